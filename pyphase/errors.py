@@ -1,0 +1,93 @@
+"""The exception hierarchy of pyphase, in one place.
+
+Classes also inherit the matching built-in (``ValueError``) where a caller
+might reasonably catch that instead.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyphase.result import Result
+
+
+class PhaseError(Exception):
+    """Base class of every error pyphase raises."""
+
+
+class InvalidModule(PhaseError, ValueError):
+    """The module bytes are malformed, invalid, unsupported or import what the host lacks."""
+
+
+class LimitsError(PhaseError, ValueError):
+    """A limit is malformed or outside what this runtime accepts."""
+
+
+class ManifestError(PhaseError, ValueError):
+    """A job manifest does not match its schema."""
+
+
+class SignatureError(PhaseError, ValueError):
+    """A signature is missing, malformed or does not verify."""
+
+
+class VerificationError(PhaseError):
+    """A receipt failed verification; ``problems`` lists every check that failed."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class IdentityError(PhaseError):
+    """An identity key file is missing, unreadable or malformed."""
+
+
+class JobError(PhaseError):
+    """A job ended with a status other than ``ok``; ``result`` holds what it produced."""
+
+    status = "error"
+
+    def __init__(self, result: Result) -> None:
+        super().__init__(f"{result.status}: {result.message}" if result.message else result.status)
+        self.result = result
+
+
+class Trap(JobError):
+    status = "trap"
+
+
+class Timeout(JobError):
+    status = "timeout"
+
+
+class FuelExhausted(JobError):
+    status = "fuel_exhausted"
+
+
+class MemoryLimitExceeded(JobError):
+    status = "memory_limit"
+
+
+class OutputLimitExceeded(JobError):
+    status = "output_limit"
+
+
+class Crashed(JobError):
+    status = "crashed"
+
+
+class Rejected(JobError):
+    status = "rejected"
+
+
+class InvalidModuleResult(JobError):
+    status = "invalid_module"
+
+
+JOB_ERRORS: dict[str, type[JobError]] = {
+    cls.status: cls
+    for cls in (Trap, Timeout, FuelExhausted, MemoryLimitExceeded, OutputLimitExceeded, Crashed, Rejected,
+                InvalidModuleResult)
+}
