@@ -1,0 +1,119 @@
+/* Phase's job core: run one WASI preview1 job in wasm3 under hard limits.
+ *
+ * The API is small and C-only so that the Python binding, the sandbox workers
+ * and cbench all drive exactly the same code:
+ *
+ *   phase_module_new()   validate bytes once, keep them with their hash and facts;
+ *   phase_job_run()      parse, load, link our WASI layer, run the entry, hash the outputs;
+ *   phase_result_clear() free what a result owns.
+ *
+ * Nothing here touches Python, and phase_job_run() needs no lock: every job owns
+ * its wasm3 environment and runtime.
+ */
+#ifndef PHASE_CORE_H
+#define PHASE_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "phase_crypto.h"
+#include "wasm_validate.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PHASE_RUNTIME_NAME "wasm3"
+#define PHASE_RUNTIME_VERSION "0.5.0+phase1"
+#define PHASE_MESSAGE_BYTES 256
+#define PHASE_WASM_PAGE 65536u
+
+/* How a job ended. The names (phase_status_name) are the receipt's `status` values. */
+typedef enum phase_status {
+    PHASE_OK = 0,             /* the entry returned, or the module called proc_exit */
+    PHASE_TRAP,               /* a wasm trap: unreachable, division by zero, out of bounds, stack overflow, ... */
+    PHASE_TIMEOUT,            /* the wall-clock limit passed */
+    PHASE_FUEL_EXHAUSTED,     /* the fuel limit was reached */
+    PHASE_MEMORY_LIMIT,       /* the module needed more linear memory than the limit allows */
+    PHASE_OUTPUT_LIMIT,       /* stdout + stderr exceeded the output limit */
+    PHASE_INVALID_MODULE,     /* malformed, invalid, unsupported, or imports what the host lacks */
+    PHASE_REJECTED,           /* refused before running (set by nodes, never by the core) */
+    PHASE_CRASHED,            /* the process running the job died (set by the sandbox) */
+    PHASE_STATUS_COUNT
+} phase_status;
+
+const char *phase_status_name(phase_status status);
+
+typedef struct phase_limits {
+    uint64_t memory_bytes;   /* linear memory cap; initial memory above it is refused, growth past it fails */
+    uint64_t fuel;           /* metering ticks (function entries + loop iterations); 0 = unlimited */
+    uint64_t timeout_ms;     /* wall clock; 0 = none */
+    uint64_t output_bytes;   /* stdout + stderr together */
+    uint32_t stack_bytes;    /* wasm value stack */
+} phase_limits;
+
+/* Defaults used when a caller passes zeros for memory, output and stack: 64 MiB, 1 MiB, 512 KiB. */
+void phase_limits_default(phase_limits *limits);
+
+/* A validated module. Immutable once made; may be shared by jobs on several threads. */
+typedef struct phase_module {
+    uint8_t *bytes;
+    size_t len;
+    uint8_t hash[PHASE_SHA256_BYTES];
+    phase_wasm_info info;
+    uint32_t wasi_imports;   /* bit i set: the module imports phase_wasi_function_at(i) */
+} phase_module;
+
+/* Validate and copy bytes. Returns NULL with a message in err on failure. */
+phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size_t errlen);
+void phase_module_free(phase_module *module);
+
+typedef struct phase_job_spec {
+    const phase_module *module;
+    const char *entry;                 /* NULL = "_start" */
+    const char *const *argv;           /* argv[0] is the program name by convention */
+    uint32_t argc;
+    const char *const *envp;           /* "KEY=VALUE" */
+    uint32_t envc;
+    const uint8_t *input;              /* stdin */
+    size_t input_len;
+    phase_limits limits;
+    int deterministic;                 /* clocks and random derived from seed */
+    uint8_t seed[32];
+} phase_job_spec;
+
+typedef struct phase_result {
+    phase_status status;
+    int32_t exit_code;                 /* proc_exit code or the entry's i32 result; -1 unless status is ok */
+    char message[PHASE_MESSAGE_BYTES];
+    uint8_t *out;                      /* stdout bytes (malloc'd, owned) */
+    size_t out_len;
+    uint8_t *err;                      /* stderr bytes (malloc'd, owned) */
+    size_t err_len;
+    uint64_t fuel_used;
+    uint64_t wall_us;
+    uint64_t memory_peak_bytes;
+    uint8_t module_hash[PHASE_SHA256_BYTES];
+    uint8_t input_hash[PHASE_SHA256_BYTES];
+    uint8_t stdout_hash[PHASE_SHA256_BYTES];
+    uint8_t stderr_hash[PHASE_SHA256_BYTES];
+} phase_result;
+
+/* Run one job. Always fills result (status says how it ended); returns 0, or -1 if the
+ * host itself failed (out of memory), with status PHASE_CRASHED and a message. */
+int phase_job_run(const phase_job_spec *spec, phase_result *result);
+void phase_result_clear(phase_result *result);
+
+/* Names and wasm3 signatures of the WASI preview1 functions the host provides. */
+typedef struct phase_wasi_function {
+    const char *name;
+    const char *signature;
+} phase_wasi_function;
+uint32_t phase_wasi_count(void);
+const phase_wasi_function *phase_wasi_function_at(uint32_t index);   /* NULL past the end */
+#define PHASE_WASI_MODULE "wasi_snapshot_preview1"
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,61 @@
+/* Internal state shared by the job runner, the meter and the WASI layer. */
+#ifndef PHASE_INTERNAL_H
+#define PHASE_INTERNAL_H
+
+#include <stdatomic.h>
+
+#include "phase_core.h"
+#include "wasm3.h"
+#include "m3_env.h"
+#include "m3_phase_hooks.h"
+
+/* Ticks handed to the interpreter between two visits of the slow path; the slow path also
+ * reads the clock, so this bounds how late a timeout is noticed (a few µs of work). */
+#define PHASE_FUEL_CHUNK 4096
+
+extern M3Result const phase_trap_output_limit;
+
+typedef struct phase_job {
+    const phase_job_spec *spec;
+    phase_result *result;
+    IM3Runtime runtime;
+
+    size_t input_pos;
+    /* out[0] = stdout, out[1] = stderr */
+    uint8_t *out[2];
+    size_t out_len[2];
+    size_t out_alloc[2];
+    uint64_t output_cap;
+
+    int exited;
+    int32_t exit_code;
+    int output_exceeded;
+    int grow_refused;
+    uint64_t grow_requested_pages;
+
+    /* fuel: ticks not yet handed out, and ticks handed out so far */
+    uint64_t fuel_left;
+    uint64_t fuel_handed;
+    int unlimited_fuel;
+    uint64_t start_ns;
+    uint64_t deadline_ns;          /* 0 = none */
+    atomic_int interrupt;
+
+    size_t memory_reserved;
+
+    /* deterministic mode */
+    uint64_t det_random_calls;
+    uint64_t det_clock_calls;
+} phase_job;
+
+uint64_t phase_now_ns(void);
+uint64_t phase_job_fuel_used(const phase_job *job);
+
+/* Link every WASI function the module imports. Returns NULL or a wasm3 error. */
+M3Result phase_wasi_link(phase_job *job, IM3Module module);
+
+/* Bit for an import if (name, signature) is a WASI function we provide, else -1 with a message. */
+int phase_wasi_lookup(const char *module, size_t module_len, const char *name, size_t name_len,
+                      const char *signature, char *err, size_t errlen);
+
+#endif

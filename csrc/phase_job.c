@@ -1,0 +1,401 @@
+/* The job executor: validate once, then per job parse -> load -> link -> arm limits -> run -> hash.
+ *
+ * wasm3 cannot reuse a parsed module across runtimes, so a job re-parses (microseconds) the bytes
+ * that phase_module_new() validated once. Every limit is armed before m3_FindFunction, because
+ * that call compiles lazily and runs the start function.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "phase_internal.h"
+
+M3Result const phase_trap_fuel_exhausted = "[trap] fuel exhausted";
+M3Result const phase_trap_timeout = "[trap] wall-clock timeout";
+M3Result const phase_trap_interrupted = "[trap] interrupted";
+
+/* Native stack kept free below the deepest wasm frame: room for host functions and libc. */
+#define PHASE_NATIVE_STACK_RESERVE (256u * 1024u)
+
+static const char *const status_names[PHASE_STATUS_COUNT] = {
+    "ok", "trap", "timeout", "fuel_exhausted", "memory_limit", "output_limit", "invalid_module", "rejected", "crashed",
+};
+
+const char *phase_status_name(phase_status status)
+{
+    return (unsigned) status < PHASE_STATUS_COUNT ? status_names[status] : "unknown";
+}
+
+void phase_limits_default(phase_limits *limits)
+{
+    limits->memory_bytes = 64ull << 20;
+    limits->fuel = 0;
+    limits->timeout_ms = 0;
+    limits->output_bytes = 1ull << 20;
+    limits->stack_bytes = 512u << 10;
+}
+
+uint64_t phase_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000000000ull + (uint64_t) ts.tv_nsec;
+}
+
+/* ---- module ------------------------------------------------------------------------------ */
+
+typedef struct import_scan {
+    uint32_t mask;
+} import_scan;
+
+static int check_import(void *ctx, const char *module, size_t module_len, const char *name, size_t name_len,
+                        const char *signature, char *err, size_t errlen)
+{
+    int bit = phase_wasi_lookup(module, module_len, name, name_len, signature, err, errlen);
+    if (bit < 0)
+        return -1;
+    ((import_scan *) ctx)->mask |= 1u << bit;
+    return 0;
+}
+
+phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size_t errlen)
+{
+    phase_wasm_caps caps;
+    phase_wasm_caps_default(&caps);
+    import_scan scan = {0};
+    phase_wasm_info info;
+    memset(&info, 0, sizeof info);
+    if (phase_wasm_validate(bytes, len, &caps, check_import, &scan, &info, err, errlen) != 0)
+        return NULL;
+
+    phase_module *module = calloc(1, sizeof *module);
+    uint8_t *copy = malloc(len ? len : 1);
+    if (!module || !copy) {
+        free(module);
+        free(copy);
+        snprintf(err, errlen, "out of memory copying a module of %zu bytes", len);
+        return NULL;
+    }
+    memcpy(copy, bytes, len);
+    module->bytes = copy;
+    module->len = len;
+    module->info = info;
+    module->wasi_imports = scan.mask;
+    phase_sha256(copy, len, module->hash);
+    return module;
+}
+
+void phase_module_free(phase_module *module)
+{
+    if (module) {
+        free(module->bytes);
+        free(module);
+    }
+}
+
+/* ---- hooks called by the patched interpreter --------------------------------------------- */
+
+uint64_t phase_job_fuel_used(const phase_job *job)
+{
+    const M3MemoryHeader *mem = job->runtime ? job->runtime->memory.mallocated : NULL;
+    int64_t countdown = mem ? mem->phase_fuel_countdown : 0;
+    uint64_t used = job->fuel_handed - (uint64_t) (countdown > 0 ? countdown : 0);
+    if (countdown < 0)
+        used += (uint64_t) (-countdown);
+    if (!job->unlimited_fuel && used > job->spec->limits.fuel)
+        used = job->spec->limits.fuel;
+    return used;
+}
+
+M3Result phase_meter_slow(M3MemoryHeader *mem)
+{
+    phase_job *job = (phase_job *) mem->runtime->userdata;
+    if (atomic_load_explicit(&job->interrupt, memory_order_relaxed))
+        return phase_trap_interrupted;
+    if (job->deadline_ns && phase_now_ns() >= job->deadline_ns)
+        return phase_trap_timeout;
+    /* The tick that brought the countdown below zero is a real tick: it is paid from the new chunk. */
+    uint64_t owed = (uint64_t) (-mem->phase_fuel_countdown);
+    if (job->fuel_left < owed) {
+        job->fuel_handed += job->fuel_left;
+        job->fuel_left = 0;
+        mem->phase_fuel_countdown = 0;
+        return phase_trap_fuel_exhausted;
+    }
+    uint64_t chunk = job->fuel_left < PHASE_FUEL_CHUNK ? job->fuel_left : PHASE_FUEL_CHUNK;
+    if (chunk < owed)
+        chunk = owed;
+    job->fuel_left -= chunk;
+    if (job->unlimited_fuel)
+        job->fuel_left = UINT64_MAX / 2;
+    job->fuel_handed += chunk;
+    mem->phase_fuel_countdown = (int64_t) (chunk - owed);
+    return m3Err_none;
+}
+
+void *phase_memory_resize(IM3Runtime runtime, void *old, size_t new_bytes, size_t max_bytes)
+{
+    phase_job *job = (phase_job *) runtime->userdata;
+    if (!old) {
+        size_t page = (size_t) sysconf(_SC_PAGESIZE);
+        size_t reserve = (max_bytes + page - 1) / page * page;
+        /* Reserve the whole maximum once: untouched pages cost nothing and read as zero, so a
+         * job pays for the memory it uses, not for what it declares; growth never moves memory. */
+        void *p = mmap(NULL, reserve, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED)
+            return NULL;
+        job->memory_reserved = reserve;
+        return p;
+    }
+    return new_bytes <= job->memory_reserved ? old : NULL;
+}
+
+void phase_memory_free(IM3Runtime runtime, void *mem)
+{
+    phase_job *job = (phase_job *) runtime->userdata;
+    if (mem)
+        munmap(mem, job->memory_reserved);
+}
+
+void phase_memory_grow_refused(IM3Runtime runtime, u64 requested_pages)
+{
+    phase_job *job = (phase_job *) runtime->userdata;
+    job->grow_refused = 1;
+    job->grow_requested_pages = requested_pages;
+}
+
+/* ---- native stack ------------------------------------------------------------------------ */
+
+static __thread uintptr_t tls_stack_low;
+
+static uintptr_t native_stack_limit(void)
+{
+    if (!tls_stack_low) {
+        pthread_attr_t attr;
+        void *addr = NULL;
+        size_t size = 0;
+        if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+            pthread_attr_getstack(&attr, &addr, &size);
+            pthread_attr_destroy(&attr);
+        }
+        uintptr_t here = (uintptr_t) __builtin_frame_address(0);
+        uintptr_t low = (uintptr_t) addr;
+        /* Unknown or unlimited stacks: assume 1 MiB below here. */
+        if (!addr || size == 0 || here < low || here - low > (64u << 20))
+            low = here - (1u << 20);
+        uintptr_t reserve = PHASE_NATIVE_STACK_RESERVE;
+        if (here - low < 4 * reserve)
+            reserve = (here - low) / 4;
+        tls_stack_low = low + reserve;
+    }
+    return tls_stack_low;
+}
+
+/* ---- the job ----------------------------------------------------------------------------- */
+
+static void set_message(phase_result *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_message(phase_result *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->message, sizeof r->message, fmt, ap);
+    va_end(ap);
+}
+
+static const char *trap_text(M3Result r)
+{
+    return strncmp(r, "[trap] ", 7) == 0 ? r + 7 : r;
+}
+
+/* Map wasm3's result of the start function or the entry to a status. */
+static void classify(phase_job *job, M3Result r, int32_t returned)
+{
+    phase_result *res = job->result;
+    const phase_limits *lim = &job->spec->limits;
+    if (r == m3Err_none) {
+        res->status = PHASE_OK;
+        res->exit_code = returned;
+    } else if (r == m3Err_trapExit && job->exited) {
+        res->status = PHASE_OK;
+        res->exit_code = job->exit_code;
+    } else if (r == phase_trap_output_limit) {
+        res->status = PHASE_OUTPUT_LIMIT;
+        set_message(res, "output exceeded the limit of %llu bytes (stdout and stderr together)",
+                    (unsigned long long) lim->output_bytes);
+    } else if (r == phase_trap_fuel_exhausted) {
+        res->status = PHASE_FUEL_EXHAUSTED;
+        set_message(res, "fuel limit of %llu exhausted", (unsigned long long) lim->fuel);
+    } else if (r == phase_trap_timeout) {
+        res->status = PHASE_TIMEOUT;
+        set_message(res, "wall-clock limit of %llu ms passed", (unsigned long long) lim->timeout_ms);
+    } else if (r == phase_trap_interrupted) {
+        res->status = PHASE_TIMEOUT;
+        set_message(res, "interrupted by the host");
+    } else if (job->grow_refused && strncmp(r, "[trap]", 6) == 0) {
+        res->status = PHASE_MEMORY_LIMIT;
+        set_message(res, "memory.grow to %llu pages was refused (limit %llu bytes), then: %s",
+                    (unsigned long long) job->grow_requested_pages, (unsigned long long) lim->memory_bytes,
+                    trap_text(r));
+    } else if (strncmp(r, "[trap]", 6) == 0) {
+        res->status = PHASE_TRAP;
+        set_message(res, "%s", trap_text(r));
+    } else {
+        /* Not a trap: wasm3 could not compile or link something the validator accepted. */
+        M3ErrorInfo info;
+        memset(&info, 0, sizeof info);
+        m3_GetErrorInfo(job->runtime, &info);
+        res->status = PHASE_INVALID_MODULE;
+        if (info.message && *info.message)
+            set_message(res, "wasm3: %s (%s)", r, info.message);
+        else
+            set_message(res, "wasm3: %s", r);
+    }
+    if (res->status != PHASE_OK)
+        res->exit_code = -1;
+}
+
+static int run_entry(phase_job *job, IM3Module module)
+{
+    const phase_job_spec *spec = job->spec;
+    phase_result *res = job->result;
+    const char *entry = spec->entry ? spec->entry : "_start";
+    M3Result r;
+
+    if ((r = phase_wasi_link(job, module)) != m3Err_none) {
+        res->status = PHASE_INVALID_MODULE;
+        set_message(res, "linking WASI imports failed: %s", r);
+        return 0;
+    }
+
+    /* Arm every limit: m3_FindFunction compiles and runs the start function. */
+    M3MemoryHeader *mem = job->runtime->memory.mallocated;
+    mem->phase_stack_limit = native_stack_limit();
+    mem->phase_fuel_countdown = 0;
+    job->unlimited_fuel = spec->limits.fuel == 0;
+    job->fuel_left = job->unlimited_fuel ? UINT64_MAX / 2 : spec->limits.fuel;
+    job->fuel_handed = 0;
+    if (spec->limits.timeout_ms)
+        job->deadline_ns = job->start_ns + spec->limits.timeout_ms * 1000000ull;
+
+    IM3Function function = NULL;
+    r = m3_FindFunction(&function, job->runtime, entry);
+    if (r == m3Err_functionLookupFailed) {
+        res->status = PHASE_INVALID_MODULE;
+        set_message(res, "the module exports no function named '%s'", entry);
+        return 0;
+    }
+    if (r != m3Err_none) {
+        classify(job, r, 0);
+        return 0;
+    }
+    uint32_t nargs = m3_GetArgCount(function), nrets = m3_GetRetCount(function);
+    if (nargs != 0 || nrets > 1 || (nrets == 1 && m3_GetRetType(function, 0) != c_m3Type_i32)) {
+        res->status = PHASE_INVALID_MODULE;
+        set_message(res, "entry '%s' must take no arguments and return nothing or one i32", entry);
+        return 0;
+    }
+    r = m3_CallV(function);
+    int32_t returned = 0;
+    if (r == m3Err_none && nrets == 1)
+        m3_GetResultsV(function, &returned);
+    classify(job, r, returned);
+    return 0;
+}
+
+int phase_job_run(const phase_job_spec *spec, phase_result *res)
+{
+    memset(res, 0, sizeof *res);
+    phase_job job;
+    memset(&job, 0, sizeof job);
+    job.spec = spec;
+    job.result = res;
+    job.start_ns = phase_now_ns();
+    job.output_cap = spec->limits.output_bytes;
+    atomic_init(&job.interrupt, 0);
+
+    const phase_module *pm = spec->module;
+    memcpy(res->module_hash, pm->hash, sizeof res->module_hash);
+    phase_sha256(spec->input, spec->input_len, res->input_hash);
+    res->exit_code = -1;
+
+    IM3Environment env = NULL;
+    IM3Module module = NULL;
+    int host_failed = 0;
+    M3Result r;
+
+    uint64_t cap_pages = spec->limits.memory_bytes / PHASE_WASM_PAGE;
+    if (pm->info.has_memory && pm->info.mem_initial_pages > cap_pages) {
+        res->status = PHASE_MEMORY_LIMIT;
+        set_message(res, "the module needs %llu bytes of initial memory, the limit is %llu",
+                    (unsigned long long) pm->info.mem_initial_pages * PHASE_WASM_PAGE,
+                    (unsigned long long) spec->limits.memory_bytes);
+        goto done;
+    }
+
+    env = m3_NewEnvironment();
+    if (env)
+        job.runtime = m3_NewRuntime(env, spec->limits.stack_bytes, &job);
+    if (!env || !job.runtime) {
+        host_failed = 1;
+        goto done;
+    }
+    r = m3_ParseModule(env, &module, pm->bytes, (uint32_t) pm->len);
+    if (r) {
+        res->status = PHASE_INVALID_MODULE;
+        set_message(res, "wasm3 cannot parse the module: %s", r);
+        module = NULL;
+        goto done;
+    }
+    /* Cap growth here instead of through wasm3's memoryLimit, which truncates silently. */
+    uint64_t declared_max = pm->info.mem_has_max ? pm->info.mem_max_pages : 65536;
+    module->memoryInfo.maxPages = pm->info.has_memory ? (u32) (declared_max < cap_pages ? declared_max : cap_pages) : 0;
+
+    r = m3_LoadModule(job.runtime, module);
+    if (r) {
+        m3_FreeModule(module);   /* the runtime owns a module only once it loaded */
+        module = NULL;
+        if (r == m3Err_mallocFailed) {
+            host_failed = 1;
+        } else {
+            res->status = PHASE_TRAP;
+            set_message(res, "instantiation failed: %s", trap_text(r));
+        }
+        goto done;
+    }
+    run_entry(&job, module);
+
+done:
+    if (host_failed) {
+        res->status = PHASE_CRASHED;
+        set_message(res, "the host ran out of memory setting up the job");
+    }
+    if (job.runtime) {
+        res->fuel_used = phase_job_fuel_used(&job);
+        res->memory_peak_bytes = (uint64_t) job.runtime->memory.numPages * PHASE_WASM_PAGE;
+        m3_FreeRuntime(job.runtime);
+    }
+    if (env)
+        m3_FreeEnvironment(env);
+    res->out = job.out[0];
+    res->out_len = job.out_len[0];
+    res->err = job.out[1];
+    res->err_len = job.out_len[1];
+    phase_sha256(res->out, res->out_len, res->stdout_hash);
+    phase_sha256(res->err, res->err_len, res->stderr_hash);
+    res->wall_us = (phase_now_ns() - job.start_ns) / 1000;
+    return host_failed ? -1 : 0;
+}
+
+void phase_result_clear(phase_result *res)
+{
+    free(res->out);
+    free(res->err);
+    res->out = res->err = NULL;
+    res->out_len = res->err_len = 0;
+}

@@ -1,0 +1,85 @@
+# C declarations of Phase's job core (csrc/phase_core.h), for the binding in _core.pyx.
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
+
+cdef extern from "phase_core.h" nogil:
+    ctypedef enum phase_status:
+        PHASE_OK
+        PHASE_STATUS_COUNT
+
+    const char *phase_status_name(phase_status status)
+
+    ctypedef struct phase_limits:
+        uint64_t memory_bytes
+        uint64_t fuel
+        uint64_t timeout_ms
+        uint64_t output_bytes
+        uint32_t stack_bytes
+
+    void phase_limits_default(phase_limits *limits)
+
+    ctypedef struct phase_wasm_info:
+        int has_memory
+        uint32_t mem_initial_pages
+        int mem_has_max
+        uint32_t mem_max_pages
+        uint32_t num_imported_functions
+        uint32_t num_defined_functions
+        uint32_t num_types
+        uint32_t num_exports
+        int has_start
+
+    ctypedef struct phase_module:
+        uint8_t *bytes
+        size_t len
+        uint8_t hash[32]
+        phase_wasm_info info
+        uint32_t wasi_imports
+
+    phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size_t errlen)
+    void phase_module_free(phase_module *module)
+
+    ctypedef struct phase_job_spec:
+        const phase_module *module
+        const char *entry
+        const char *const *argv
+        uint32_t argc
+        const char *const *envp
+        uint32_t envc
+        const uint8_t *input
+        size_t input_len
+        phase_limits limits
+        int deterministic
+        uint8_t seed[32]
+
+    ctypedef struct phase_result:
+        phase_status status
+        int32_t exit_code
+        char message[256]
+        uint8_t *out
+        size_t out_len
+        uint8_t *err
+        size_t err_len
+        uint64_t fuel_used
+        uint64_t wall_us
+        uint64_t memory_peak_bytes
+        uint8_t module_hash[32]
+        uint8_t input_hash[32]
+        uint8_t stdout_hash[32]
+        uint8_t stderr_hash[32]
+
+    int phase_job_run(const phase_job_spec *spec, phase_result *result)
+    void phase_result_clear(phase_result *result)
+
+    ctypedef struct phase_wasi_function:
+        const char *name
+        const char *signature
+    uint32_t phase_wasi_count()
+    const phase_wasi_function *phase_wasi_function_at(uint32_t index)
+
+    const char *PHASE_RUNTIME_NAME
+    const char *PHASE_RUNTIME_VERSION
+
+cdef extern from "phase_crypto.h" nogil:
+    int phase_crypto_init()
+    void phase_sha256(const void *buf, size_t len, uint8_t *out)
+    int phase_ed25519_verify(const uint8_t *sig, const uint8_t *msg, size_t msg_len, const uint8_t *pk)

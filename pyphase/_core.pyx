@@ -1,0 +1,165 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Thin binding to Phase's C job core (csrc/). Python-facing names live in pyphase.runtime."""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+
+from pyphase._core cimport *
+
+from pyphase.errors import InvalidModule, PhaseError
+
+if phase_crypto_init() != 0:
+    raise ImportError("libsodium failed to initialise")
+
+RUNTIME_NAME = PHASE_RUNTIME_NAME.decode()
+RUNTIME_VERSION = PHASE_RUNTIME_VERSION.decode()
+STATUS_NAMES = tuple(phase_status_name(<phase_status> i).decode() for i in range(<int> PHASE_STATUS_COUNT))
+
+
+def wasi_functions():
+    """(name, wasm3 signature) of every WASI preview1 function the host provides."""
+    cdef uint32_t i
+    return [(phase_wasi_function_at(i).name.decode(), phase_wasi_function_at(i).signature.decode())
+            for i in range(phase_wasi_count())]
+
+
+cdef const uint8_t *_ptr(const uint8_t[::1] view):
+    return &view[0] if view.shape[0] else NULL
+
+
+cdef class CoreModule:
+    """A validated module: its bytes, sha256 and facts. Immutable; safe to share across threads."""
+    cdef phase_module *ptr
+
+    def __cinit__(self, const uint8_t[::1] data not None):
+        cdef char err[512]
+        cdef const uint8_t *p = _ptr(data)
+        cdef size_t n = data.shape[0]
+        err[0] = 0
+        with nogil:
+            self.ptr = phase_module_new(p, n, err, sizeof(err))
+        if self.ptr is NULL:
+            raise InvalidModule(err.decode("utf-8", "replace") or "invalid module")
+
+    def __dealloc__(self):
+        if self.ptr is not NULL:
+            phase_module_free(self.ptr)
+            self.ptr = NULL
+
+    @property
+    def digest(self):
+        return PyBytes_FromStringAndSize(<char *> self.ptr.hash, 32)
+
+    @property
+    def size(self):
+        return self.ptr.len
+
+    @property
+    def bytes(self):
+        return PyBytes_FromStringAndSize(<char *> self.ptr.bytes, self.ptr.len)
+
+    @property
+    def info(self):
+        cdef phase_wasm_info *i = &self.ptr.info
+        return {
+            "memory_initial_bytes": <uint64_t> i.mem_initial_pages * 65536 if i.has_memory else 0,
+            "memory_max_bytes": (<uint64_t> i.mem_max_pages * 65536) if (i.has_memory and i.mem_has_max) else None,
+            "imported_functions": i.num_imported_functions,
+            "defined_functions": i.num_defined_functions,
+            "exports": i.num_exports,
+            "has_start": bool(i.has_start),
+            "wasi_imports": [phase_wasi_function_at(b).name.decode() for b in range(phase_wasi_count())
+                             if self.ptr.wasi_imports & (1u << b)],
+        }
+
+
+cdef char **_cstrings(list items, list keep) except? NULL:
+    cdef Py_ssize_t n = len(items), k
+    if n == 0:
+        return NULL
+    cdef char **arr = <char **> malloc(n * sizeof(char *))
+    if arr is NULL:
+        raise MemoryError()
+    for k in range(n):
+        b = items[k]
+        keep.append(b)
+        arr[k] = <char *> b
+    return arr
+
+
+def run(CoreModule module not None, const uint8_t[::1] input not None, list argv, list env, bytes entry,
+        uint64_t memory_bytes, uint64_t fuel, uint64_t timeout_ms, uint64_t output_bytes, uint32_t stack_bytes,
+        bint deterministic, bytes seed):
+    """Run one job with the GIL released. argv/env are lists of NUL-free bytes. Returns a tuple:
+    (status, exit_code, message, stdout, stderr, fuel_used, wall_us, memory_peak,
+     module_sha256, input_sha256, stdout_sha256, stderr_sha256)."""
+    cdef phase_job_spec spec
+    cdef phase_result res
+    cdef list keep = []
+    cdef int rc
+    memset(&spec, 0, sizeof(spec))
+    if len(seed) != 32:
+        raise ValueError("seed must be 32 bytes")
+    spec.module = module.ptr
+    spec.entry = <const char *> entry
+    spec.input = _ptr(input)
+    spec.input_len = input.shape[0]
+    spec.limits.memory_bytes = memory_bytes
+    spec.limits.fuel = fuel
+    spec.limits.timeout_ms = timeout_ms
+    spec.limits.output_bytes = output_bytes
+    spec.limits.stack_bytes = stack_bytes
+    spec.deterministic = deterministic
+    memcpy(spec.seed, <const char *> seed, 32)
+    spec.argv = <const char *const *> _cstrings(argv, keep)
+    spec.argc = <uint32_t> len(argv)
+    try:
+        spec.envp = <const char *const *> _cstrings(env, keep)
+        spec.envc = <uint32_t> len(env)
+        with nogil:
+            rc = phase_job_run(&spec, &res)
+        try:
+            return (
+                STATUS_NAMES[<int> res.status],
+                res.exit_code,
+                res.message.decode("utf-8", "replace"),
+                PyBytes_FromStringAndSize(<char *> res.out, res.out_len) if res.out_len else b"",
+                PyBytes_FromStringAndSize(<char *> res.err, res.err_len) if res.err_len else b"",
+                res.fuel_used,
+                res.wall_us,
+                res.memory_peak_bytes,
+                PyBytes_FromStringAndSize(<char *> res.module_hash, 32),
+                PyBytes_FromStringAndSize(<char *> res.input_hash, 32),
+                PyBytes_FromStringAndSize(<char *> res.stdout_hash, 32),
+                PyBytes_FromStringAndSize(<char *> res.stderr_hash, 32),
+            )
+        finally:
+            phase_result_clear(&res)
+    finally:
+        free(<void *> spec.argv)
+        free(<void *> spec.envp)
+
+
+def sha256(const uint8_t[::1] data not None):
+    """SHA-256 digest computed by libsodium, with the GIL released."""
+    cdef uint8_t out[32]
+    cdef const uint8_t *p = _ptr(data)
+    cdef size_t n = data.shape[0]
+    with nogil:
+        phase_sha256(p, n, out)
+    return PyBytes_FromStringAndSize(<char *> out, 32)
+
+
+def ed25519_verify(const uint8_t[::1] signature not None, const uint8_t[::1] message not None,
+                   const uint8_t[::1] public_key not None):
+    """True if signature (64 bytes) is public_key's (32 bytes) Ed25519 signature of message."""
+    if signature.shape[0] != 64 or public_key.shape[0] != 32:
+        return False
+    cdef const uint8_t *m = _ptr(message)
+    cdef size_t n = message.shape[0]
+    cdef int rc
+    with nogil:
+        rc = phase_ed25519_verify(&signature[0], m, n, &public_key[0])
+    return rc == 0
