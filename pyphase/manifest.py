@@ -1,0 +1,64 @@
+"""Job manifests: what a client asks a node to run (DESIGN.md, "Job manifest")."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Mapping, Sequence
+
+from pyphase import schemas
+from pyphase.errors import ManifestError
+from pyphase.limits import Limits
+from pyphase.result import hash_text
+from pyphase.runtime import Module
+from pyphase.signing import canonical_bytes
+
+MANIFEST_VERSION = 1
+
+
+def new_nonce() -> str:
+    """A fresh client nonce: 16 random bytes in hex."""
+    return os.urandom(16).hex()
+
+
+def make_manifest(module: Module | bytes, input: bytes = b"", *, args: Sequence[str] = (),
+                  env: Mapping[str, str] | None = None, entry: str = "_start", limits: Limits | None = None,
+                  deterministic: bool = False, nonce: str | None = None,
+                  requires: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Build a manifest for running ``module`` on ``input``; checked against the schema before it is returned."""
+    if isinstance(module, Module):
+        module_ref = {"hash": module.hash, "size": module.size}
+    else:
+        module_ref = {"hash": hash_text(hashlib.sha256(module).digest()), "size": len(module)}
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "module": module_ref,
+        "entry": entry,
+        "args": list(args),
+        "env": dict(env or {}),
+        "input": {"hash": hash_text(hashlib.sha256(input).digest()), "size": len(input)},
+        "limits": (limits or Limits()).to_json(),
+        "requires": dict(requires or {}),
+        "deterministic": bool(deterministic),
+        "nonce": nonce or new_nonce(),
+    }
+    return validate_manifest(manifest)
+
+
+def validate_manifest(document: Any) -> dict[str, Any]:
+    """Return ``document`` if it is a well-formed manifest, else raise :class:`ManifestError` listing every problem."""
+    problems = schemas.errors("manifest", document)
+    if problems:
+        raise ManifestError("; ".join(problems))
+    result: dict[str, Any] = document
+    return result
+
+
+def job_id(manifest: Mapping[str, Any]) -> str:
+    """The job's name: sha256 of the manifest's canonical bytes (nonce included, so every submission differs)."""
+    return hash_text(hashlib.sha256(canonical_bytes(manifest)).digest())
+
+
+def manifest_limits(manifest: Mapping[str, Any]) -> Limits:
+    """The :class:`Limits` a manifest asks for."""
+    return Limits.from_json(manifest["limits"])

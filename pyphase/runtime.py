@@ -1,0 +1,124 @@
+"""Run WASI jobs in this process: :class:`Module` (validated once) and :func:`run`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from typing import Mapping, Sequence
+
+from pyphase import _core
+from pyphase.limits import Limits
+from pyphase.result import Result, hash_text
+
+RUNTIME_NAME: str = _core.RUNTIME_NAME
+RUNTIME_VERSION: str = _core.RUNTIME_VERSION
+DEFAULT_PROGRAM_NAME = "main.wasm"
+
+
+class Module:
+    """A WebAssembly module checked once (full validation, imports against the WASI host) and reusable.
+
+    A module is named by the sha256 of its bytes; ``Module.cached(data)`` returns the same object for
+    the same bytes so repeated jobs skip validation.
+    """
+
+    __slots__ = ("_core", "hash")
+
+    _cache: OrderedDict[bytes, Module] = OrderedDict()
+    _cache_lock = threading.Lock()
+    CACHE_SIZE = 64
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self._core = _core.CoreModule(bytes(data) if not isinstance(data, bytes) else data)
+        self.hash: str = hash_text(self._core.digest)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Module:
+        with open(path, "rb") as f:
+            return cls.cached(f.read())
+
+    @classmethod
+    def cached(cls, data: bytes) -> Module:
+        """The module for ``data``, validated at most once per process (bounded LRU by content hash)."""
+        key = hashlib.sha256(data).digest()
+        with cls._cache_lock:
+            module = cls._cache.get(key)
+            if module is not None:
+                cls._cache.move_to_end(key)
+                return module
+        module = cls(data)
+        with cls._cache_lock:
+            cls._cache[key] = module
+            while len(cls._cache) > cls.CACHE_SIZE:
+                cls._cache.popitem(last=False)
+        return module
+
+    @property
+    def size(self) -> int:
+        return int(self._core.size)
+
+    @property
+    def bytes(self) -> bytes:
+        return bytes(self._core.bytes)
+
+    @property
+    def info(self) -> dict[str, object]:
+        """Facts found by validation: memory, function and import counts, the WASI functions it imports."""
+        return dict(self._core.info)
+
+    def __repr__(self) -> str:
+        return f"<Module {self.hash[:19]}… {self.size} bytes>"
+
+
+def _encode_strings(items: Sequence[str], what: str) -> list[bytes]:
+    out = []
+    for item in items:
+        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        if b"\0" in data:
+            raise ValueError(f"{what} must not contain NUL bytes: {item!r}")
+        out.append(data)
+    return out
+
+
+def deterministic_seed(module_hash: str, input_hash: str, args: Sequence[str], env: Mapping[str, str],
+                       entry: str) -> bytes:
+    """Seed of a deterministic job's clocks and random: a function of what the job is, so replicas agree."""
+    h = hashlib.sha256(b"phase/deterministic-seed/1\0")
+    for part in (module_hash, input_hash, entry, *args, "\0env", *(f"{k}={v}" for k, v in sorted(env.items()))):
+        h.update(part.encode("utf-8") + b"\0")
+    return h.digest()
+
+
+def run(module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview = b"", *,
+        args: Sequence[str] = (), env: Mapping[str, str] | None = None, entry: str = "_start",
+        limits: Limits | None = None, deterministic: bool = False, program_name: str = DEFAULT_PROGRAM_NAME,
+        seed: bytes | None = None) -> Result:
+    """Run ``module`` once in this process with ``input`` as stdin; the GIL is released while it runs.
+
+    ``args`` follow the program name (argv[0]). Every job outcome (trap, timeout, ...) is a
+    :class:`Result` with its ``status``; invalid modules raise :class:`~pyphase.errors.InvalidModule`.
+    Untrusted modules belong in a :class:`pyphase.Sandbox`, which adds process isolation.
+    """
+    if not isinstance(module, Module):
+        module = Module.cached(bytes(module))
+    lim = limits or Limits()
+    environment = dict(env or {})
+    for key in environment:
+        if "=" in key or not key:
+            raise ValueError(f"environment variable names must be non-empty and contain no '=': {key!r}")
+    argv = _encode_strings([program_name, *args], "arguments")
+    envp = _encode_strings([f"{k}={v}" for k, v in environment.items()], "environment")
+    if deterministic and seed is None:
+        input_hash = hash_text(_core.sha256(input))
+        seed = deterministic_seed(module.hash, input_hash, list(args), environment, entry)
+    if "\0" in entry:
+        raise ValueError("entry must not contain NUL")
+    raw = _core.run(module._core, input, argv, envp, entry.encode("utf-8"), lim.memory_bytes, lim.fuel,
+                    lim.timeout_ms, lim.output_bytes, lim.stack_bytes, deterministic, seed or bytes(32))
+    return Result(
+        status=raw[0], exit_code=raw[1], message=raw[2], stdout=raw[3], stderr=raw[4], fuel_used=raw[5],
+        wall_us=raw[6], memory_peak_bytes=raw[7], module_hash=hash_text(raw[8]), input_hash=hash_text(raw[9]),
+        stdout_hash=hash_text(raw[10]), stderr_hash=hash_text(raw[11]),
+    )
