@@ -61,7 +61,7 @@ typedef struct phase_module {
     size_t len;
     uint8_t hash[PHASE_SHA256_BYTES];
     phase_wasm_info info;
-    uint32_t wasi_imports;   /* bit i set: the module imports phase_wasi_function_at(i) */
+    uint64_t wasi_imports;   /* bit i set: the module imports phase_wasi_function_at(i) */
 } phase_module;
 
 /* Validate and copy bytes. Returns NULL with a message in err on failure. */
@@ -108,6 +108,7 @@ void phase_result_clear(phase_result *result);
 typedef struct phase_wasi_function {
     const char *name;
     const char *signature;
+    int implemented;       /* 0: a stub answering as a host without files or sockets would */
 } phase_wasi_function;
 uint32_t phase_wasi_count(void);
 const phase_wasi_function *phase_wasi_function_at(uint32_t index);   /* NULL past the end */

@@ -51,7 +51,7 @@ uint64_t phase_now_ns(void)
 /* ---- module ------------------------------------------------------------------------------ */
 
 typedef struct import_scan {
-    uint32_t mask;
+    uint64_t mask;
 } import_scan;
 
 static int check_import(void *ctx, const char *module, size_t module_len, const char *name, size_t name_len,
@@ -60,7 +60,7 @@ static int check_import(void *ctx, const char *module, size_t module_len, const 
     int bit = phase_wasi_lookup(module, module_len, name, name_len, signature, err, errlen);
     if (bit < 0)
         return -1;
-    ((import_scan *) ctx)->mask |= 1u << bit;
+    ((import_scan *) ctx)->mask |= 1ull << bit;
     return 0;
 }
 

@@ -1,8 +1,9 @@
 /* Phase's WASI preview1 host layer.
  *
  * Only what a batch job needs: args, environment, stdin from the job input, stdout and
- * stderr into bounded buffers, clocks, random, exit. No file system and no sockets:
- * a module importing anything else is refused at validation, naming the import.
+ * stderr into bounded buffers, clocks, random, exit. No file system and no sockets: the
+ * rest of preview1 links to stubs that answer EBADF/ENOTSUP/ENOSYS as a host without
+ * preopened directories would; any other import is refused at validation, naming it.
  *
  * Every guest pointer is checked in 64-bit arithmetic against the current memory size
  * before use, and no pointer into linear memory is kept across calls.
@@ -467,33 +468,97 @@ static m3ApiRawFunction(wasi_poll_oneoff)
     m3ApiReturn(WASI_ESUCCESS);
 }
 
+/* The rest of preview1 needs a file system or sockets, which a job never has: these exist so that
+ * ordinary libc programs link, and answer as a host with no preopened directories would. */
+enum stub_kind { STUB_FD, STUB_PATH, STUB_SOCK, STUB_NOSYS };
+
+enum { WASI_ENOSYS = 52, WASI_ENOTSOCK = 57 };
+
+static m3ApiRawFunction(wasi_stub)
+{
+    m3ApiReturnType(uint32_t);
+    m3ApiGetArg(uint32_t, fd);
+    (void) _mem;
+    (void) runtime;
+    switch ((enum stub_kind) (uintptr_t) _ctx->userdata) {
+    case STUB_FD: m3ApiReturn(fd <= 2 ? WASI_ENOTSUP : WASI_EBADF);
+    case STUB_SOCK: m3ApiReturn(fd <= 2 ? WASI_ENOTSOCK : WASI_EBADF);
+    case STUB_PATH: m3ApiReturn(WASI_EBADF);
+    default: m3ApiReturn(WASI_ENOSYS);
+    }
+}
+
+static m3ApiRawFunction(wasi_fd_tell)
+{
+    m3ApiReturnType(uint32_t);
+    m3ApiGetArg(uint32_t, fd);
+    m3ApiGetArg(uint32_t, ptr);
+    (void) ptr;
+    (void) _mem;
+    (void) runtime;
+    m3ApiReturn(fd <= 2 ? WASI_ESPIPE : WASI_EBADF);
+}
+
 typedef struct wasi_binding {
     phase_wasi_function f;
     M3RawCall call;
+    enum stub_kind kind;   /* for wasi_stub */
 } wasi_binding;
 
+#define IMPL(name, sig) {{#name, sig, 1}, wasi_##name, STUB_NOSYS}
+#define STUB(name, sig, kind) {{#name, sig, 0}, wasi_stub, kind}
+
 static const wasi_binding bindings[] = {
-    {{"args_get", "i(ii)"}, wasi_args_get},
-    {{"args_sizes_get", "i(ii)"}, wasi_args_sizes_get},
-    {{"environ_get", "i(ii)"}, wasi_environ_get},
-    {{"environ_sizes_get", "i(ii)"}, wasi_environ_sizes_get},
-    {{"fd_read", "i(iiii)"}, wasi_fd_read},
-    {{"fd_write", "i(iiii)"}, wasi_fd_write},
-    {{"fd_fdstat_get", "i(ii)"}, wasi_fd_fdstat_get},
-    {{"fd_prestat_get", "i(ii)"}, wasi_fd_prestat_get},
-    {{"fd_prestat_dir_name", "i(iii)"}, wasi_fd_prestat_dir_name},
-    {{"fd_close", "i(i)"}, wasi_fd_close},
-    {{"fd_seek", "i(iIii)"}, wasi_fd_seek},
-    {{"clock_time_get", "i(iIi)"}, wasi_clock_time_get},
-    {{"clock_res_get", "i(ii)"}, wasi_clock_res_get},
-    {{"random_get", "i(ii)"}, wasi_random_get},
-    {{"proc_exit", "v(i)"}, wasi_proc_exit},
-    {{"sched_yield", "i()"}, wasi_sched_yield},
-    {{"poll_oneoff", "i(iiii)"}, wasi_poll_oneoff},
+    IMPL(args_get, "i(ii)"),
+    IMPL(args_sizes_get, "i(ii)"),
+    IMPL(environ_get, "i(ii)"),
+    IMPL(environ_sizes_get, "i(ii)"),
+    IMPL(fd_read, "i(iiii)"),
+    IMPL(fd_write, "i(iiii)"),
+    IMPL(fd_fdstat_get, "i(ii)"),
+    IMPL(fd_prestat_get, "i(ii)"),
+    IMPL(fd_prestat_dir_name, "i(iii)"),
+    IMPL(fd_close, "i(i)"),
+    IMPL(fd_seek, "i(iIii)"),
+    IMPL(fd_tell, "i(ii)"),
+    IMPL(clock_time_get, "i(iIi)"),
+    IMPL(clock_res_get, "i(ii)"),
+    IMPL(random_get, "i(ii)"),
+    IMPL(proc_exit, "v(i)"),
+    IMPL(sched_yield, "i()"),
+    IMPL(poll_oneoff, "i(iiii)"),
+    STUB(fd_advise, "i(iIIi)", STUB_FD),
+    STUB(fd_allocate, "i(iII)", STUB_FD),
+    STUB(fd_datasync, "i(i)", STUB_FD),
+    STUB(fd_fdstat_set_flags, "i(ii)", STUB_FD),
+    STUB(fd_fdstat_set_rights, "i(iII)", STUB_FD),
+    STUB(fd_filestat_get, "i(ii)", STUB_FD),
+    STUB(fd_filestat_set_size, "i(iI)", STUB_FD),
+    STUB(fd_filestat_set_times, "i(iIIi)", STUB_FD),
+    STUB(fd_pread, "i(iiiIi)", STUB_FD),
+    STUB(fd_pwrite, "i(iiiIi)", STUB_FD),
+    STUB(fd_readdir, "i(iiiIi)", STUB_FD),
+    STUB(fd_renumber, "i(ii)", STUB_FD),
+    STUB(fd_sync, "i(i)", STUB_FD),
+    STUB(path_create_directory, "i(iii)", STUB_PATH),
+    STUB(path_filestat_get, "i(iiiii)", STUB_PATH),
+    STUB(path_filestat_set_times, "i(iiiiIIi)", STUB_PATH),
+    STUB(path_link, "i(iiiiiii)", STUB_PATH),
+    STUB(path_open, "i(iiiiiIIii)", STUB_PATH),
+    STUB(path_readlink, "i(iiiiii)", STUB_PATH),
+    STUB(path_remove_directory, "i(iii)", STUB_PATH),
+    STUB(path_rename, "i(iiiiii)", STUB_PATH),
+    STUB(path_symlink, "i(iiiii)", STUB_PATH),
+    STUB(path_unlink_file, "i(iii)", STUB_PATH),
+    STUB(proc_raise, "i(i)", STUB_NOSYS),
+    STUB(sock_accept, "i(iii)", STUB_SOCK),
+    STUB(sock_recv, "i(iiiiii)", STUB_SOCK),
+    STUB(sock_send, "i(iiiii)", STUB_SOCK),
+    STUB(sock_shutdown, "i(ii)", STUB_SOCK),
 };
 
 #define BINDING_COUNT (sizeof bindings / sizeof bindings[0])
-_Static_assert(BINDING_COUNT <= 32, "wasi_imports is a 32-bit mask");
+_Static_assert(BINDING_COUNT <= 64, "wasi_imports is a 64-bit mask");
 
 uint32_t phase_wasi_count(void)
 {
@@ -532,12 +597,14 @@ int phase_wasi_lookup(const char *module, size_t module_len, const char *name, s
 
 M3Result phase_wasi_link(phase_job *job, IM3Module module)
 {
-    uint32_t mask = job->spec->module->wasi_imports;
+    uint64_t mask = job->spec->module->wasi_imports;
     for (uint32_t i = 0; i < BINDING_COUNT; i++) {
-        if (!(mask & (1u << i)))
+        if (!(mask & (1ull << i)))
             continue;
+        /* Stubs carry their kind as userdata; real functions reach the job through the runtime. */
+        void *userdata = bindings[i].call == wasi_stub ? (void *) (uintptr_t) bindings[i].kind : job;
         M3Result r = m3_LinkRawFunctionEx(module, PHASE_WASI_MODULE, bindings[i].f.name, bindings[i].f.signature,
-                                          bindings[i].call, job);
+                                          bindings[i].call, userdata);
         if (r && r != m3Err_functionLookupFailed)
             return r;
     }

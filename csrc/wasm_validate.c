@@ -868,7 +868,7 @@ static void fmt_types(char *out, size_t outlen, const uint8_t *ts, size_t n, int
 
 /* Check that the top of the operand stack matches exp[0..n) (exp[n-1] on top) and pop it. With keep, the values
  * are pushed back as they were popped (unknowns materialised), as br_table's per-label check requires. */
-static int pop_check(V *v, const uint8_t *exp, uint32_t n, const char *what, size_t off, int keep)
+static int pop_check_ix(V *v, const uint8_t *exp, uint32_t n, const char *what, int64_t ix, size_t off, int keep)
 {
     ctrl *c = &v->ctrls[v->csp - 1];
     size_t avail = v->sp - c->height;
@@ -905,8 +905,14 @@ mismatch: {
         size_t show = avail < n ? avail : n;
         fmt_types(e, sizeof e, exp, n, 0);
         fmt_types(g, sizeof g, v->vals + v->sp - show, show, c->unreachable && avail < n);
+        if (ix >= 0) return vfail(v, off, "type mismatch: %s %lld expects [%s], got [%s]", what, (long long)ix, e, g);
         return vfail(v, off, "type mismatch: %s expects [%s], got [%s]", what, e, g);
     }
+}
+
+static int pop_check(V *v, const uint8_t *exp, uint32_t n, const char *what, size_t off, int keep)
+{
+    return pop_check_ix(v, exp, n, what, -1, off, keep);
 }
 
 static int pop1(V *v, uint8_t t, const char *what, size_t off)
@@ -1085,7 +1091,6 @@ static int func_body(V *v, rd *r, uint32_t fidx)
     TRY(push_ctrl(v, 0, NULL, 0, fresults, ft->nr, OFF(v, r->p)));
     /* the function frame has no params on the stack */
 
-    char namebuf[32];
     while (v->csp > 0) {
         const uint8_t *at = r->p;
         size_t off = OFF(v, at);
@@ -1194,8 +1199,7 @@ static int func_body(V *v, rd *r, uint32_t fidx)
             if (fi >= v->nfuncs) return vfail(v, off, "unknown function %u", fi);
             const functype *ct = &v->types[v->func_types[fi]];
             const uint8_t *cp = v->typebuf + ct->off;
-            snprintf(namebuf, sizeof namebuf, "call %u", fi);
-            TRY(pop_check(v, cp, ct->np, namebuf, off, 0));
+            TRY(pop_check_ix(v, cp, ct->np, "call", fi, off, 0));
             TRY(push_n(v, cp + ct->np, ct->nr, off));
             break;
         }
@@ -1211,8 +1215,7 @@ static int func_body(V *v, rd *r, uint32_t fidx)
             const functype *ct = &v->types[ti];
             const uint8_t *cp = v->typebuf + ct->off;
             TRY(pop1(v, T_I32, "call_indirect table slot", off));
-            snprintf(namebuf, sizeof namebuf, "call_indirect (type %u)", ti);
-            TRY(pop_check(v, cp, ct->np, namebuf, off, 0));
+            TRY(pop_check_ix(v, cp, ct->np, "call_indirect of type", ti, off, 0));
             TRY(push_n(v, cp + ct->np, ct->nr, off));
             break;
         }
@@ -1235,8 +1238,7 @@ static int func_body(V *v, rd *r, uint32_t fidx)
             TRY(local_type(v, li, &t, off));
             if (op == 0x20) TRY(push(v, t, off));
             else {
-                snprintf(namebuf, sizeof namebuf, "%s %u", name, li);
-                TRY(pop_check(v, &t, 1, namebuf, off, 0));
+                TRY(pop_check_ix(v, &t, 1, name, li, off, 0));
                 if (op == 0x22) TRY(push(v, t, off));
             }
             break;
@@ -1249,8 +1251,7 @@ static int func_body(V *v, rd *r, uint32_t fidx)
             if (op == 0x23) TRY(push(v, t, off));
             else {
                 if (!v->global_mut[gi]) return vfail(v, off, "global.set of immutable global %u (global is immutable)", gi);
-                snprintf(namebuf, sizeof namebuf, "global.set %u", gi);
-                TRY(pop_check(v, &t, 1, namebuf, off, 0));
+                TRY(pop_check_ix(v, &t, 1, "global.set", gi, off, 0));
             }
             break;
         }

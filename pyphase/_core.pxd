@@ -33,7 +33,7 @@ cdef extern from "phase_core.h" nogil:
         size_t len
         uint8_t hash[32]
         phase_wasm_info info
-        uint32_t wasi_imports
+        uint64_t wasi_imports
 
     phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size_t errlen)
     void phase_module_free(phase_module *module)
@@ -73,6 +73,7 @@ cdef extern from "phase_core.h" nogil:
     ctypedef struct phase_wasi_function:
         const char *name
         const char *signature
+        int implemented
     uint32_t phase_wasi_count()
     const phase_wasi_function *phase_wasi_function_at(uint32_t index)
 

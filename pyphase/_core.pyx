@@ -19,10 +19,10 @@ STATUS_NAMES = tuple(phase_status_name(<phase_status> i).decode() for i in range
 
 
 def wasi_functions():
-    """(name, wasm3 signature) of every WASI preview1 function the host provides."""
+    """(name, wasm3 signature, implemented) of every WASI preview1 function the host links (others are stubs)."""
     cdef uint32_t i
-    return [(phase_wasi_function_at(i).name.decode(), phase_wasi_function_at(i).signature.decode())
-            for i in range(phase_wasi_count())]
+    return [(phase_wasi_function_at(i).name.decode(), phase_wasi_function_at(i).signature.decode(),
+             bool(phase_wasi_function_at(i).implemented)) for i in range(phase_wasi_count())]
 
 
 cdef const uint8_t *_ptr(const uint8_t[::1] view):
@@ -71,7 +71,7 @@ cdef class CoreModule:
             "exports": i.num_exports,
             "has_start": bool(i.has_start),
             "wasi_imports": [phase_wasi_function_at(b).name.decode() for b in range(phase_wasi_count())
-                             if self.ptr.wasi_imports & (1u << b)],
+                             if self.ptr.wasi_imports & (1ULL << b)],
         }
 
 

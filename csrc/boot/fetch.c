@@ -1,0 +1,433 @@
+/* phase-fetch: fetch by hash over HTTP from a list of sources, with retries and resume,
+ * hashing as the bytes arrive.
+ *
+ *   phase-fetch --hash sha256:HEX --size N --out FILE [--retries R] [--timeout S] URL...
+ *   phase-fetch --manifest --out FILE [--retries R] [--timeout S] URL...
+ *
+ * URL is a source base, http://IP[:PORT][/prefix]; artifacts are at /sha256/<hex> below it,
+ * the manifest at /boot/manifest.json. Sources are tried in order; each gets R attempts,
+ * and an interrupted transfer resumes with a Range request. Bytes go to FILE.part; FILE
+ * appears only once the size and SHA-256 match. The manifest is only size-capped here:
+ * phase-verify checks its signature. Exit 0 ok, 1 every source failed, 2 usage. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bootmanifest.h"
+#include "tools.h"
+
+#define HEADER_MAX 8192
+
+struct url {
+    char host[64];
+    int port;
+    char prefix[256];
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+};
+
+struct job {
+    int manifest;
+    struct phase_artifact art;
+    const char *out;
+    char part[4096];
+    int timeout_s;
+    char last_error[512];
+};
+
+static int parse_url(const char *text, struct url *u, char *why, size_t whylen)
+{
+    memset(u, 0, sizeof *u);
+    if (strncmp(text, "http://", 7) != 0) {
+        snprintf(why, whylen, "only http:// sources are supported");
+        return -1;
+    }
+    const char *p = text + 7, *hend, *pstart;
+    if (*p == '[') {
+        hend = strchr(p, ']');
+        if (!hend || (size_t)(hend - p - 1) >= sizeof u->host) goto bad;
+        memcpy(u->host, p + 1, (size_t)(hend - p - 1));
+        p = hend + 1;
+    } else {
+        hend = p + strcspn(p, ":/");
+        if ((size_t)(hend - p) >= sizeof u->host || hend == p) goto bad;
+        memcpy(u->host, p, (size_t)(hend - p));
+        p = hend;
+    }
+    u->port = 80;
+    if (*p == ':') {
+        char *end;
+        long port = strtol(p + 1, &end, 10);
+        if (end == p + 1 || port < 1 || port > 65535) goto bad;
+        u->port = (int)port;
+        p = end;
+    }
+    pstart = p;
+    if (*pstart && *pstart != '/') goto bad;
+    snprintf(u->prefix, sizeof u->prefix, "%s", pstart);
+    size_t pl = strlen(u->prefix);
+    while (pl && u->prefix[pl - 1] == '/')
+        u->prefix[--pl] = 0;
+    for (const char *c = u->prefix; *c; c++)
+        if (*c <= ' ' || *c > '~') goto bad;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&u->addr;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&u->addr;
+    if (inet_pton(AF_INET, u->host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)u->port);
+        u->addrlen = sizeof *a4;
+    } else if (inet_pton(AF_INET6, u->host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)u->port);
+        u->addrlen = sizeof *a6;
+    } else {
+        /* A static binary cannot use NSS: names are resolved before we are called (see /init). */
+        snprintf(why, whylen, "host '%s' is not an IP address", u->host);
+        return -1;
+    }
+    return 0;
+bad:
+    snprintf(why, whylen, "malformed URL");
+    return -1;
+}
+
+static int connect_timeout(const struct url *u, int timeout_s, char *why, size_t whylen)
+{
+    int fd = socket(u->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        snprintf(why, whylen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    if (connect(fd, (const struct sockaddr *)&u->addr, u->addrlen) != 0 && errno != EINPROGRESS) {
+        snprintf(why, whylen, "connect: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+    int r = poll(&pfd, 1, timeout_s * 1000);
+    int err = 0;
+    socklen_t el = sizeof err;
+    if (r == 0) {
+        snprintf(why, whylen, "connect: timed out after %d s", timeout_s);
+        close(fd);
+        return -1;
+    }
+    if (r < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) || err) {
+        snprintf(why, whylen, "connect: %s", strerror(err ? err : errno));
+        close(fd);
+        return -1;
+    }
+    int flags = fcntl(fd, F_GETFL);
+    fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    struct timeval tv = {.tv_sec = timeout_s};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+static int send_all(int fd, const char *buf, size_t n)
+{
+    while (n) {
+        ssize_t w = send(fd, buf, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        buf += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int write_all(int fd, const char *buf, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, buf, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        buf += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Find a header's value in the raw header block (case-insensitive name). */
+static const char *header(const char *hdrs, const char *name, char *out, size_t outlen)
+{
+    size_t nl = strlen(name);
+    for (const char *line = strstr(hdrs, "\r\n"); line && line[2]; line = strstr(line + 2, "\r\n")) {
+        const char *l = line + 2;
+        if (strncasecmp(l, name, nl) == 0 && l[nl] == ':') {
+            const char *v = l + nl + 1;
+            while (*v == ' ' || *v == '\t') v++;
+            size_t vl = strcspn(v, "\r\n");
+            if (vl >= outlen) vl = outlen - 1;
+            memcpy(out, v, vl);
+            out[vl] = 0;
+            return out;
+        }
+    }
+    return NULL;
+}
+
+/* Re-hash what an earlier attempt left in FILE.part, so hashing stays incremental across resumes. */
+static long long resume_state(int fd, crypto_hash_sha256_state *st, long long cap)
+{
+    char buf[1 << 16];
+    long long have = 0;
+    crypto_hash_sha256_init(st);
+    if (lseek(fd, 0, SEEK_SET) < 0) return -1;
+    for (;;) {
+        ssize_t r = read(fd, buf, sizeof buf);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -1;
+        if (r == 0) break;
+        crypto_hash_sha256_update(st, (const unsigned char *)buf, (unsigned long long)r);
+        have += r;
+    }
+    if (have > cap) {  /* cannot be ours: start over */
+        if (ftruncate(fd, 0)) return -1;
+        crypto_hash_sha256_init(st);
+        have = 0;
+    }
+    return have;
+}
+
+enum attempt { OK = 0, RETRY = 1, NEXT_SOURCE = 2 };
+
+static enum attempt attempt(struct job *j, const struct url *u, const char *url_text)
+{
+    char why[300], req[1024], hdrs[HEADER_MAX + 1], val[128];
+    char path[400];
+    crypto_hash_sha256_state st;
+    long long cap = j->manifest ? PHASE_MANIFEST_MAX_BYTES : j->art.size;
+    int out = open(j->part, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (out < 0) {
+        snprintf(j->last_error, sizeof j->last_error, "cannot open %s: %s", j->part, strerror(errno));
+        return NEXT_SOURCE;
+    }
+    long long have = j->manifest ? 0 : resume_state(out, &st, cap);
+    if (j->manifest && ftruncate(out, 0) == 0)
+        crypto_hash_sha256_init(&st);
+    if (have < 0) {
+        snprintf(j->last_error, sizeof j->last_error, "cannot read %s", j->part);
+        close(out);
+        return NEXT_SOURCE;
+    }
+    if (j->manifest)
+        snprintf(path, sizeof path, "%s/boot/manifest.json", u->prefix);
+    else
+        snprintf(path, sizeof path, "%s/sha256/%s", u->prefix, j->art.hash + 7);
+
+    enum attempt result = RETRY;
+    int fd = connect_timeout(u, j->timeout_s, why, sizeof why);
+    if (fd < 0)
+        goto fail;
+    int n;
+    if (have > 0)
+        n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: phase-fetch\r\n"
+                     "Range: bytes=%lld-\r\nConnection: close\r\n\r\n", path, u->host, u->port, have);
+    else
+        n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: phase-fetch\r\n"
+                     "Connection: close\r\n\r\n", path, u->host, u->port);
+    if (send_all(fd, req, (size_t)n)) {
+        snprintf(why, sizeof why, "send: %s", strerror(errno));
+        goto fail_fd;
+    }
+    /* Read the status line and headers. */
+    size_t hl = 0;
+    char *body = NULL;
+    while (!body) {
+        if (hl == HEADER_MAX) {
+            snprintf(why, sizeof why, "response headers too long");
+            result = NEXT_SOURCE;
+            goto fail_fd;
+        }
+        ssize_t r = recv(fd, hdrs + hl, HEADER_MAX - hl, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            snprintf(why, sizeof why, "%s before the response headers", r == 0 ? "connection closed" : strerror(errno));
+            goto fail_fd;
+        }
+        hl += (size_t)r;
+        hdrs[hl] = 0;
+        body = strstr(hdrs, "\r\n\r\n");
+    }
+    body += 4;
+    size_t pre = hl - (size_t)(body - hdrs);
+    body[-2] = 0; /* hdrs now holds only the header block, ending in one CRLF */
+    int status = 0;
+    if (sscanf(hdrs, "HTTP/1.%*d %d", &status) != 1) {
+        snprintf(why, sizeof why, "not an HTTP response");
+        result = NEXT_SOURCE;
+        goto fail_fd;
+    }
+    if (header(hdrs, "Transfer-Encoding", val, sizeof val)) {
+        snprintf(why, sizeof why, "chunked responses are not supported");
+        result = NEXT_SOURCE;
+        goto fail_fd;
+    }
+    long long length = -1;
+    if (header(hdrs, "Content-Length", val, sizeof val))
+        length = strtoll(val, NULL, 10);
+    if (status == 206 && have > 0) {
+        long long start = -1;
+        if (!header(hdrs, "Content-Range", val, sizeof val) || sscanf(val, "bytes %lld-", &start) != 1 || start != have) {
+            snprintf(why, sizeof why, "bad Content-Range for resume at %lld", have);
+            goto restart;
+        }
+    } else if (status == 200) {
+        if (have > 0) { /* the source ignored our Range: take the whole body again */
+            if (ftruncate(out, 0)) goto fail_fd;
+            crypto_hash_sha256_init(&st);
+            have = 0;
+        }
+    } else {
+        snprintf(why, sizeof why, "HTTP %d", status);
+        result = (status == 503 || status == 500) ? RETRY : NEXT_SOURCE;
+        if (status == 416) goto restart;
+        goto fail_fd;
+    }
+    if (length >= 0 && have + length > cap) {
+        snprintf(why, sizeof why, "source offers %lld bytes, more than the %lld expected", have + length, cap);
+        result = NEXT_SOURCE;
+        goto restart;
+    }
+    if (lseek(out, have, SEEK_SET) < 0) goto fail_fd;
+    char buf[1 << 16];
+    size_t pending = pre;
+    const char *chunk = body;
+    for (;;) {
+        if (pending) {
+            if (have + (long long)pending > cap) {
+                snprintf(why, sizeof why, "source sent more than the %lld bytes expected", cap);
+                result = NEXT_SOURCE;
+                goto restart;
+            }
+            crypto_hash_sha256_update(&st, (const unsigned char *)chunk, pending);
+            if (write_all(out, chunk, pending)) {
+                snprintf(why, sizeof why, "write %s: %s", j->part, strerror(errno));
+                result = NEXT_SOURCE;
+                goto fail_fd;
+            }
+            have += (long long)pending;
+        }
+        ssize_t r = recv(fd, buf, sizeof buf, 0);
+        if (r < 0 && errno == EINTR) { pending = 0; continue; }
+        if (r < 0) {
+            snprintf(why, sizeof why, "receive: %s after %lld bytes", strerror(errno), have);
+            goto fail_fd; /* RETRY: the next attempt resumes */
+        }
+        if (r == 0) break;
+        chunk = buf;
+        pending = (size_t)r;
+    }
+    close(fd);
+    if (!j->manifest && have < cap) {
+        snprintf(why, sizeof why, "connection closed after %lld of %lld bytes", have, cap);
+        close(out);
+        goto report;
+    }
+    if (!j->manifest) {
+        uint8_t digest[PHASE_SHA256_BYTES];
+        char text[PHASE_HASH_TEXT_BYTES];
+        crypto_hash_sha256_final(&st, digest);
+        if (sodium_memcmp(digest, j->art.digest, sizeof digest) != 0) {
+            phase_hash_text(digest, text);
+            snprintf(why, sizeof why, "hash mismatch: got %s", text);
+            if (ftruncate(out, 0)) { /* nothing more to do */ }
+            close(out);
+            unlink(j->part);
+            result = NEXT_SOURCE;
+            goto report;
+        }
+    }
+    if (fsync(out) && errno != EINVAL) { /* tmpfs: fine either way */ }
+    close(out);
+    if (rename(j->part, j->out) != 0) {
+        snprintf(j->last_error, sizeof j->last_error, "rename to %s: %s", j->out, strerror(errno));
+        return NEXT_SOURCE;
+    }
+    fprintf(stderr, "phase-fetch: %s %s: %lld bytes ok\n", url_text, j->manifest ? "manifest" : j->art.hash, have);
+    return OK;
+
+restart:
+    if (ftruncate(out, 0)) { /* ignore */ }
+fail_fd:
+    close(fd);
+fail:
+    close(out);
+report:
+    snprintf(j->last_error, sizeof j->last_error, "%s: %s", url_text, why);
+    fprintf(stderr, "phase-fetch: %s\n", j->last_error);
+    return result;
+}
+
+int phase_fetch_main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"hash", required_argument, 0, 'H'}, {"size", required_argument, 0, 's'},
+        {"out", required_argument, 0, 'o'},  {"manifest", no_argument, 0, 'm'},
+        {"retries", required_argument, 0, 'r'}, {"timeout", required_argument, 0, 't'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    struct job j;
+    int c, retries = 3;
+    const char *hash = NULL;
+    long long size = -1;
+    memset(&j, 0, sizeof j);
+    j.timeout_s = 10;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'H': hash = optarg; break;
+        case 's': size = strtoll(optarg, NULL, 10); break;
+        case 'o': j.out = optarg; break;
+        case 'm': j.manifest = 1; break;
+        case 'r': retries = atoi(optarg); break;
+        case 't': j.timeout_s = atoi(optarg); break;
+        default: goto usage;
+        }
+    }
+    if (!j.out || optind >= argc || retries < 1 || j.timeout_s < 1) goto usage;
+    if (!j.manifest) {
+        if (!hash || size < 1 || size > PHASE_ARTIFACT_MAX_BYTES || strlen(hash) != 71 ||
+            phase_hash_parse(hash, 71, j.art.digest)) goto usage;
+        snprintf(j.art.hash, sizeof j.art.hash, "%s", hash);
+        j.art.size = size;
+    }
+    snprintf(j.part, sizeof j.part, "%s.part", j.out);
+    unlink(j.part); /* a part file from another artifact must not be resumed */
+    snprintf(j.last_error, sizeof j.last_error, "no source given");
+    for (int i = optind; i < argc; i++) {
+        struct url u;
+        char why[256];
+        if (parse_url(argv[i], &u, why, sizeof why)) {
+            snprintf(j.last_error, sizeof j.last_error, "%s: %s", argv[i], why);
+            fprintf(stderr, "phase-fetch: %s\n", j.last_error);
+            continue;
+        }
+        for (int a = 0; a < retries; a++) {
+            enum attempt r = attempt(&j, &u, argv[i]);
+            if (r == OK) return 0;
+            if (r == NEXT_SOURCE) break;
+            if (a + 1 < retries) sleep(1);
+        }
+        unlink(j.part);
+    }
+    fprintf(stderr, "phase-fetch: every source failed; last: %s\n", j.last_error);
+    return 1;
+usage:
+    fprintf(stderr, "usage: phase-fetch --hash sha256:HEX --size N --out FILE [--retries R] [--timeout S] URL...\n"
+                    "       phase-fetch --manifest --out FILE [--retries R] [--timeout S] URL...\n");
+    return 2;
+}

@@ -1,0 +1,121 @@
+"""Every limit ends a job with its own status and a clear message, never a crash or a silent truncation."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import pyphase
+from pyphase import Limits
+
+
+def test_fuel_counts_are_deterministic_and_limited(probe_bytes):
+    a = pyphase.run(probe_bytes, args=["count", "100000"])
+    b = pyphase.run(probe_bytes, args=["count", "100000"])
+    assert a.status == "ok" and a.fuel_used == b.fuel_used > 100000 // 8   # the compiler unrolls the loop
+    limited = pyphase.run(probe_bytes, args=["count", "100000"], limits=Limits(fuel=a.fuel_used - 1))
+    assert limited.status == "fuel_exhausted"
+    assert limited.fuel_used == a.fuel_used - 1
+    assert "fuel limit" in limited.message
+    exact = pyphase.run(probe_bytes, args=["count", "100000"], limits=Limits(fuel=a.fuel_used))
+    assert exact.status == "ok" and exact.fuel_used == a.fuel_used
+
+
+def test_fuel_grows_with_work(probe_bytes):
+    small = pyphase.run(probe_bytes, args=["count", "1000"]).fuel_used
+    big = pyphase.run(probe_bytes, args=["count", "101000"]).fuel_used
+    assert big - small >= 100000 // 8
+
+
+def test_timeout_interrupts_a_loop_that_never_calls_out(probe_bytes):
+    start = time.monotonic()
+    r = pyphase.run(probe_bytes, args=["spin"], limits=Limits(timeout_ms=200))
+    assert r.status == "timeout"
+    assert "200 ms" in r.message
+    assert time.monotonic() - start < 30         # generous: this asserts termination, not speed
+    assert r.exit_code == -1
+
+
+def test_timeout_in_wat_loop(wat):
+    data = wat('(module (func (export "_start") (loop (br 0))))')
+    r = pyphase.run(data, limits=Limits(timeout_ms=100))
+    assert r.status == "timeout"
+
+
+def test_fuel_stops_wat_loop(wat):
+    data = wat('(module (func (export "_start") (loop (br 0))))')
+    r = pyphase.run(data, limits=Limits(fuel=12345, timeout_ms=0))
+    assert (r.status, r.fuel_used) == ("fuel_exhausted", 12345)
+
+
+def test_output_limit_has_its_own_status(probe_bytes):
+    r = pyphase.run(probe_bytes, args=["flood"], limits=Limits(output_bytes=100_000))
+    assert r.status == "output_limit"
+    assert len(r.stdout) + len(r.stderr) == 100_000        # kept up to the cap, and the status says so
+    assert "100000 bytes" in r.message
+
+
+def test_output_exactly_at_limit_is_ok(probe_bytes):
+    data = b"x" * 5000
+    r = pyphase.run(probe_bytes, data, args=["cat"], limits=Limits(output_bytes=5000 + 5))   # + "5000\n" on stderr
+    assert r.status == "ok" and r.stdout == data
+
+
+def test_memory_growth_past_limit_is_memory_limit(probe_bytes):
+    r = pyphase.run(probe_bytes, args=["grow"], limits=Limits(memory_bytes=48 << 20))
+    assert r.status == "memory_limit", r.message
+    assert "refused" in r.message
+    assert b"malloc failed after" in r.stderr
+    assert r.memory_peak_bytes <= 48 << 20
+
+
+def test_initial_memory_above_limit_is_refused(wat):
+    data = wat('(module (memory 100) (func (export "_start")))')
+    r = pyphase.run(data, limits=Limits(memory_bytes=1 << 20))
+    assert r.status == "memory_limit"
+    assert "initial memory" in r.message
+
+
+def test_memory_grow_returns_minus_one_past_declared_max(wat):
+    data = wat('(module (memory 1 2) (func (export "_start") (result i32)'
+               ' (drop (memory.grow (i32.const 1))) (memory.grow (i32.const 1))))')
+    r = pyphase.run(data)
+    assert (r.status, r.exit_code) == ("ok", -1)
+
+
+@pytest.mark.parametrize("delta", ["-1", "0x7fffffff", "-65536"])
+def test_memory_grow_huge_or_negative_never_shrinks(wat, delta):
+    # wasm3 0.5.0 wrapped the page count (#442, #498); patch 0002 keeps it in 64 bits
+    data = wat(f'(module (memory 1) (func (export "_start") (result i32)'
+               f' (drop (memory.grow (i32.const {delta})))'
+               f' (i32.store (i32.const 65532) (i32.const 7))'
+               f' (i32.add (memory.size) (i32.load (i32.const 65532)))))')
+    r = pyphase.run(data)
+    assert (r.status, r.exit_code) == ("ok", 8)
+
+
+def test_untouched_memory_costs_no_resident_pages(probe_bytes):
+    # a 1 GiB limit with a small job must work: memory is reserved, not zeroed up front
+    r = pyphase.run(probe_bytes, args=["touch", "4"], limits=Limits(memory_bytes=1 << 30))
+    assert (r.status, r.stdout) == ("ok", b"touched 4 MiB")
+
+
+def test_limits_are_validated():
+    with pytest.raises(pyphase.LimitsError):
+        Limits(memory_bytes=-1)
+    with pytest.raises(pyphase.LimitsError):
+        Limits(stack_bytes=1)
+    with pytest.raises(pyphase.LimitsError):
+        Limits(memory_bytes=8 << 30)
+
+
+def test_limit_parsing():
+    from pyphase.limits import parse_duration_ms, parse_size
+
+    assert parse_size("64MiB") == 64 << 20
+    assert parse_size("1.5k") == 1500
+    assert parse_duration_ms("2s") == 2000
+    assert parse_duration_ms("250ms") == 250
+    with pytest.raises(pyphase.LimitsError):
+        parse_size("lots")

@@ -1,0 +1,114 @@
+"""Each trap kind maps to status ``trap`` with a clear message; none may take the process down."""
+
+from __future__ import annotations
+
+import pytest
+
+import pyphase
+
+TRAPS = {
+    "unreachable": ('(module (func (export "_start") unreachable))', "unreachable"),
+    "div_zero": ('(module (func (export "_start") (drop (i32.div_s (i32.const 1) (i32.const 0)))))',
+                 "divide by zero"),
+    "int_overflow": ('(module (func (export "_start") (drop (i32.div_s (i32.const -2147483648) (i32.const -1)))))',
+                     "overflow"),
+    "oob_load": ('(module (memory 1) (func (export "_start") (drop (i32.load (i32.const 65535)))))',
+                 "out of bounds"),
+    "oob_store_high": ('(module (memory 1) (func (export "_start") (i64.store (i32.const -1) (i64.const 1))))',
+                       "out of bounds"),
+    "indirect_mismatch": ('(module (type $t (func (result i32))) (table 1 funcref) (elem (i32.const 0) $f)'
+                          ' (func $f) (func (export "_start") (drop (call_indirect (type $t) (i32.const 0)))))',
+                          "indirect call"),
+    "indirect_null": ('(module (type $t (func)) (table 2 funcref) (func (export "_start")'
+                      ' (call_indirect (type $t) (i32.const 1))))', ""),
+    "indirect_oob": ('(module (type $t (func)) (table 1 funcref) (func (export "_start")'
+                     ' (call_indirect (type $t) (i32.const 5))))', ""),
+    "stack_overflow": ('(module (func $f (call $f)) (func (export "_start") (call $f)))', "stack overflow"),
+    "start_function": ('(module (func $s unreachable) (start $s) (func (export "_start")))', "unreachable"),
+    "float_to_int": ('(module (func (export "_start") (drop (i32.trunc_f32_s (f32.const nan)))))', ""),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRAPS))
+def test_trap(wat, name):
+    source, needle = TRAPS[name]
+    r = pyphase.run(wat(source))
+    assert r.status == "trap", (r.status, r.message)
+    assert r.exit_code == -1
+    assert needle in r.message
+    with pytest.raises(pyphase.Trap):
+        r.check()
+
+
+def test_deep_c_recursion_traps_not_segfaults(probe_bytes):
+    r = pyphase.run(probe_bytes, args=["recurse"], limits=pyphase.Limits(stack_bytes=16 << 20))
+    assert r.status == "trap" and "stack overflow" in r.message
+
+
+def test_native_stack_guard_with_huge_value_stack(wat):
+    # A value stack far larger than the C stack could back: the native-stack check must trap first.
+    r = pyphase.run(wat('(module (func $f (param i64) (call $f (local.get 0))) (func (export "_start")'
+                        ' (call $f (i64.const 1))))'), limits=pyphase.Limits(stack_bytes=16 << 20))
+    assert r.status == "trap" and "stack overflow" in r.message
+
+
+def test_deeply_nested_loops_trap_or_run(wat):
+    depth = 400
+    body = "(loop " * depth + "(br_if 0 (i32.const 0))" + ")" * depth
+    r = pyphase.run(wat(f'(module (func $f (param i32) {body} (if (local.get 0) (then'
+                        f' (call $f (i32.sub (local.get 0) (i32.const 1))))))'
+                        f' (func (export "_start") (call $f (i32.const 100000))))'),
+                    limits=pyphase.Limits(stack_bytes=16 << 20))
+    assert r.status in ("ok", "trap")
+    if r.status == "trap":
+        assert "stack overflow" in r.message
+
+
+def test_missing_entry(wat):
+    r = pyphase.run(wat('(module (func (export "main")))'))
+    assert r.status == "invalid_module" and "_start" in r.message
+
+
+def test_custom_entry_returning_i32(wat):
+    r = pyphase.run(wat('(module (func (export "main") (result i32) (i32.const 5)))'), entry="main")
+    assert (r.status, r.exit_code) == ("ok", 5)
+
+
+def test_entry_with_params_is_refused(wat):
+    r = pyphase.run(wat('(module (func (export "f") (param i32)))'), entry="f")
+    assert r.status == "invalid_module" and "no arguments" in r.message
+
+
+def test_data_segment_out_of_bounds_fails_instantiation(wat):
+    r = pyphase.run(wat('(module (memory 1) (data (i32.const 65535) "ab") (func (export "_start")))'))
+    assert r.status in ("trap", "invalid_module")
+    assert "data segment" in r.message
+
+
+def test_f32_block_result_is_not_clobbered(wat):
+    # wasm3 0.5.0 copied one slot too many for an fp block result (#465/#491), clobbering a live value.
+    r = pyphase.run(wat('''(module (func (export "_start") (result i32) (local i32)
+        (local.set 0 (i32.const 41))
+        (drop (block (result f32) (f32.const 1.5)))
+        (i32.add (local.get 0) (i32.const 1))))'''))
+    assert (r.status, r.exit_code) == ("ok", 42)
+
+
+def test_call_indirect_multibyte_table_index(hello_bytes):
+    # zig/LLVM >= 19 default flags encode call_indirect's table index as a multi-byte LEB (patch 0001)
+    assert pyphase.run(hello_bytes, b"ab").stdout == b"ba"
+
+
+def test_many_arguments_near_stack_end_trap_cleanly(wat):
+    params = " ".join(["i64"] * 200)
+    args = " ".join(["(i64.const 1)"] * 200)
+    r = pyphase.run(wat(f'(module (func $g (param {params})) (func $f (call $g {args}) (call $f))'
+                        f' (func (export "_start") (call $f)))'), limits=pyphase.Limits(stack_bytes=64 << 10))
+    assert r.status == "trap" and "stack overflow" in r.message
+
+
+def test_long_valid_function_runs(wat):
+    # the interpreter needs sibling-call optimisation; an unoptimised build crashes on long bodies
+    body = "(local.set 0 (i32.add (local.get 0) (i32.const 1)))\n" * 20000
+    r = pyphase.run(wat(f'(module (func (export "_start") (result i32) (local i32) {body} (local.get 0)))'))
+    assert (r.status, r.exit_code) == ("ok", 20000)
