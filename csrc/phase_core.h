@@ -62,6 +62,8 @@ typedef struct phase_module {
     uint8_t hash[PHASE_SHA256_BYTES];
     phase_wasm_info info;
     uint64_t wasi_imports;   /* bit i set: the module imports phase_wasi_function_at(i) */
+    /* Idle instances kept for the next job of this module (private to phase_job.c). */
+    struct phase_instance_pool *pool;
 } phase_module;
 
 /* Validate and copy bytes. Returns NULL with a message in err on failure. */

@@ -15,10 +15,28 @@
 
 extern M3Result const phase_trap_output_limit;
 
+/* A loaded, linked wasm3 runtime for one module, kept between jobs of that module so that lazily
+ * compiled code is compiled once. Between jobs its memory, globals and start function are reset to
+ * the module's initial state (see instance_reset in phase_job.c). runtime->userdata points here. */
+typedef struct phase_instance {
+    struct phase_instance *next;
+    IM3Environment env;
+    IM3Runtime runtime;
+    IM3Module module;
+    struct phase_job *job;          /* the job running now */
+    size_t memory_reserved;         /* bytes mapped for header + maximum linear memory */
+    int32_t start_function;         /* as parsed; wasm3 sets it to -1 after running it */
+    uint32_t num_globals;
+    int64_t *global_init;           /* values of the globals right after instantiation */
+    IM3Function entry;
+    char entry_name[64];
+} phase_instance;
+
 typedef struct phase_job {
     const phase_job_spec *spec;
     phase_result *result;
     IM3Runtime runtime;
+    phase_instance *instance;
 
     size_t input_pos;
     /* out[0] = stdout, out[1] = stderr */
@@ -41,7 +59,6 @@ typedef struct phase_job {
     uint64_t deadline_ns;          /* 0 = none */
     atomic_int interrupt;
 
-    size_t memory_reserved;
 
     /* deterministic mode */
     uint64_t det_random_calls;
@@ -52,7 +69,7 @@ uint64_t phase_now_ns(void);
 uint64_t phase_job_fuel_used(const phase_job *job);
 
 /* Link every WASI function the module imports. Returns NULL or a wasm3 error. */
-M3Result phase_wasi_link(phase_job *job, IM3Module module);
+M3Result phase_wasi_link(const phase_module *pm, IM3Module module);
 
 /* Bit for an import if (name, signature) is a WASI function we provide, else -1 with a message. */
 int phase_wasi_lookup(const char *module, size_t module_len, const char *name, size_t name_len,

@@ -50,6 +50,15 @@ uint64_t phase_now_ns(void)
 
 /* ---- module ------------------------------------------------------------------------------ */
 
+/* At most this many idle instances per module: one per thread that runs it concurrently. */
+#define PHASE_POOL_MAX 4
+
+struct phase_instance_pool {
+    pthread_mutex_t lock;
+    phase_instance *idle;
+    unsigned count;
+};
+
 typedef struct import_scan {
     uint64_t mask;
 } import_scan;
@@ -83,6 +92,14 @@ phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size
         return NULL;
     }
     memcpy(copy, bytes, len);
+    module->pool = calloc(1, sizeof *module->pool);
+    if (!module->pool) {
+        free(module);
+        free(copy);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&module->pool->lock, NULL);
     module->bytes = copy;
     module->len = len;
     module->info = info;
@@ -91,12 +108,22 @@ phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size
     return module;
 }
 
+static void instance_free(phase_instance *inst);
+
 void phase_module_free(phase_module *module)
 {
-    if (module) {
-        free(module->bytes);
-        free(module);
+    if (!module)
+        return;
+    if (module->pool) {
+        for (phase_instance *inst = module->pool->idle, *next; inst; inst = next) {
+            next = inst->next;
+            instance_free(inst);
+        }
+        pthread_mutex_destroy(&module->pool->lock);
+        free(module->pool);
     }
+    free(module->bytes);
+    free(module);
 }
 
 /* ---- hooks called by the patched interpreter --------------------------------------------- */
@@ -115,7 +142,7 @@ uint64_t phase_job_fuel_used(const phase_job *job)
 
 M3Result phase_meter_slow(M3MemoryHeader *mem)
 {
-    phase_job *job = (phase_job *) mem->runtime->userdata;
+    phase_job *job = ((phase_instance *) mem->runtime->userdata)->job;
     if (atomic_load_explicit(&job->interrupt, memory_order_relaxed))
         return phase_trap_interrupted;
     if (job->deadline_ns && phase_now_ns() >= job->deadline_ns)
@@ -141,7 +168,7 @@ M3Result phase_meter_slow(M3MemoryHeader *mem)
 
 void *phase_memory_resize(IM3Runtime runtime, void *old, size_t new_bytes, size_t max_bytes)
 {
-    phase_job *job = (phase_job *) runtime->userdata;
+    phase_instance *inst = (phase_instance *) runtime->userdata;
     if (!old) {
         size_t page = (size_t) sysconf(_SC_PAGESIZE);
         size_t reserve = (max_bytes + page - 1) / page * page;
@@ -150,22 +177,22 @@ void *phase_memory_resize(IM3Runtime runtime, void *old, size_t new_bytes, size_
         void *p = mmap(NULL, reserve, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (p == MAP_FAILED)
             return NULL;
-        job->memory_reserved = reserve;
+        inst->memory_reserved = reserve;
         return p;
     }
-    return new_bytes <= job->memory_reserved ? old : NULL;
+    return new_bytes <= inst->memory_reserved ? old : NULL;
 }
 
 void phase_memory_free(IM3Runtime runtime, void *mem)
 {
-    phase_job *job = (phase_job *) runtime->userdata;
+    phase_instance *inst = (phase_instance *) runtime->userdata;
     if (mem)
-        munmap(mem, job->memory_reserved);
+        munmap(mem, inst->memory_reserved);
 }
 
 void phase_memory_grow_refused(IM3Runtime runtime, u64 requested_pages)
 {
-    phase_job *job = (phase_job *) runtime->userdata;
+    phase_job *job = ((phase_instance *) runtime->userdata)->job;
     job->grow_refused = 1;
     job->grow_requested_pages = requested_pages;
 }
@@ -260,21 +287,177 @@ static void classify(phase_job *job, M3Result r, int32_t returned)
         res->exit_code = -1;
 }
 
-static int run_entry(phase_job *job, IM3Module module)
+/* wasm3 internals used to put an instance back into its just-instantiated state. */
+M3Result InitDataSegments(M3Memory *io_memory, IM3Module io_module);
+
+static void instance_free(phase_instance *inst)
+{
+    if (inst->runtime)
+        m3_FreeRuntime(inst->runtime);      /* frees the loaded module and the linear memory */
+    if (inst->env)
+        m3_FreeEnvironment(inst->env);
+    free(inst->global_init);
+    free(inst);
+}
+
+static uint32_t capped_max_pages(const phase_module *pm, uint64_t cap_pages)
+{
+    if (!pm->info.has_memory)
+        return 0;
+    uint64_t declared = pm->info.mem_has_max ? pm->info.mem_max_pages : 65536;
+    return (uint32_t) (declared < cap_pages ? declared : cap_pages);
+}
+
+/* Parse, cap memory, load and link a fresh instance. On failure returns NULL with the status set. */
+static phase_instance *instance_new(phase_job *job, uint32_t max_pages)
+{
+    const phase_job_spec *spec = job->spec;
+    const phase_module *pm = spec->module;
+    phase_result *res = job->result;
+    M3Result r;
+    phase_instance *inst = calloc(1, sizeof *inst);
+    if (!inst)
+        goto oom;
+    inst->job = job;
+    inst->env = m3_NewEnvironment();
+    if (!inst->env)
+        goto oom;
+    inst->runtime = m3_NewRuntime(inst->env, spec->limits.stack_bytes, inst);
+    if (!inst->runtime)
+        goto oom;
+    job->runtime = inst->runtime;
+    r = m3_ParseModule(inst->env, &inst->module, pm->bytes, (uint32_t) pm->len);
+    if (r) {
+        res->status = PHASE_INVALID_MODULE;
+        set_message(res, "wasm3 cannot parse the module: %s", r);
+        goto fail;
+    }
+    /* Cap growth here instead of through wasm3's memoryLimit, which truncates silently. */
+    inst->module->memoryInfo.maxPages = max_pages;
+    inst->start_function = inst->module->startFunction;
+    r = m3_LoadModule(inst->runtime, inst->module);
+    if (r) {
+        m3_FreeModule(inst->module);   /* the runtime owns a module only once it loaded */
+        inst->module = NULL;
+        if (r == m3Err_mallocFailed)
+            goto oom;
+        res->status = PHASE_TRAP;
+        set_message(res, "instantiation failed: %s", trap_text(r));
+        goto fail;
+    }
+    if ((r = phase_wasi_link(pm, inst->module)) != m3Err_none) {
+        res->status = PHASE_INVALID_MODULE;
+        set_message(res, "linking WASI imports failed: %s", r);
+        goto fail;
+    }
+    inst->num_globals = inst->module->numGlobals;
+    if (inst->num_globals) {
+        inst->global_init = malloc(inst->num_globals * sizeof *inst->global_init);
+        if (!inst->global_init)
+            goto oom;
+        for (uint32_t i = 0; i < inst->num_globals; i++)
+            inst->global_init[i] = inst->module->globals[i].intValue;
+    }
+    return inst;
+oom:
+    res->status = PHASE_CRASHED;
+    set_message(res, "the host ran out of memory setting up the job");
+fail:
+    if (inst)
+        instance_free(inst);
+    job->runtime = NULL;
+    return NULL;
+}
+
+/* Put a used instance back into its just-instantiated state: fresh zero memory of the initial size
+ * with the data segments, initial globals, the start function due again. Returns 0 on success. */
+static int instance_reset(phase_instance *inst, uint32_t max_pages)
+{
+    IM3Runtime rt = inst->runtime;
+    M3Memory *memory = &rt->memory;
+    M3MemoryHeader *hdr = memory->mallocated;
+    size_t needed = (size_t) max_pages * PHASE_WASM_PAGE + sizeof(M3MemoryHeader);
+    if (!hdr || needed > inst->memory_reserved)
+        return -1;
+    uint8_t *data = (uint8_t *) (hdr + 1);
+    size_t used = hdr->length;
+    if (used) {
+        /* Zero what the last job may have touched: the bytes up to the first page boundary by hand
+         * (the header shares that page), the rest by dropping the pages (they come back as zeros). */
+        size_t page = (size_t) sysconf(_SC_PAGESIZE);
+        uintptr_t first = ((uintptr_t) data + page - 1) & ~(uintptr_t) (page - 1);
+        size_t head = first - (uintptr_t) data;
+        if (head > used)
+            head = used;
+        memset(data, 0, head);
+        if (used > head && madvise((void *) first, used - head, MADV_DONTNEED) != 0)
+            return -1;
+    }
+    uint32_t init_pages = inst->module->memoryInfo.initPages;
+    memory->numPages = init_pages;
+    memory->maxPages = max_pages;
+    inst->module->memoryInfo.maxPages = max_pages;
+    hdr->length = (size_t) init_pages * PHASE_WASM_PAGE;
+    for (uint32_t i = 0; i < inst->num_globals; i++)
+        inst->module->globals[i].intValue = inst->global_init[i];
+    if (InitDataSegments(memory, inst->module) != m3Err_none)
+        return -1;
+    inst->module->startFunction = inst->start_function;
+    m3_ResetErrorInfo(rt);
+    return 0;
+}
+
+static phase_instance *instance_acquire(phase_job *job, uint32_t max_pages)
+{
+    struct phase_instance_pool *pool = job->spec->module->pool;
+    phase_instance *inst = NULL;
+    pthread_mutex_lock(&pool->lock);
+    if (pool->idle) {
+        inst = pool->idle;
+        pool->idle = inst->next;
+        pool->count--;
+    }
+    pthread_mutex_unlock(&pool->lock);
+    if (inst) {
+        inst->next = NULL;
+        inst->job = job;
+        job->runtime = inst->runtime;
+        if (inst->runtime->numStackSlots * sizeof(m3slot_t) == job->spec->limits.stack_bytes
+            && instance_reset(inst, max_pages) == 0)
+            return inst;
+        instance_free(inst);
+        job->runtime = NULL;
+    }
+    return instance_new(job, max_pages);
+}
+
+static void instance_release(phase_job *job, phase_instance *inst, int reusable)
+{
+    struct phase_instance_pool *pool = job->spec->module->pool;
+    inst->job = NULL;
+    if (reusable) {
+        pthread_mutex_lock(&pool->lock);
+        if (pool->count < PHASE_POOL_MAX) {
+            inst->next = pool->idle;
+            pool->idle = inst;
+            pool->count++;
+            inst = NULL;
+        }
+        pthread_mutex_unlock(&pool->lock);
+    }
+    if (inst)
+        instance_free(inst);
+}
+
+static void run_entry(phase_job *job, phase_instance *inst)
 {
     const phase_job_spec *spec = job->spec;
     phase_result *res = job->result;
     const char *entry = spec->entry ? spec->entry : "_start";
     M3Result r;
 
-    if ((r = phase_wasi_link(job, module)) != m3Err_none) {
-        res->status = PHASE_INVALID_MODULE;
-        set_message(res, "linking WASI imports failed: %s", r);
-        return 0;
-    }
-
     /* Arm every limit: m3_FindFunction compiles and runs the start function. */
-    M3MemoryHeader *mem = job->runtime->memory.mallocated;
+    M3MemoryHeader *mem = inst->runtime->memory.mallocated;
     mem->phase_stack_limit = native_stack_limit();
     mem->phase_fuel_countdown = 0;
     job->unlimited_fuel = spec->limits.fuel == 0;
@@ -284,28 +467,35 @@ static int run_entry(phase_job *job, IM3Module module)
         job->deadline_ns = job->start_ns + spec->limits.timeout_ms * 1000000ull;
 
     IM3Function function = NULL;
-    r = m3_FindFunction(&function, job->runtime, entry);
-    if (r == m3Err_functionLookupFailed) {
-        res->status = PHASE_INVALID_MODULE;
-        set_message(res, "the module exports no function named '%s'", entry);
-        return 0;
-    }
-    if (r != m3Err_none) {
-        classify(job, r, 0);
-        return 0;
+    if (inst->entry && strcmp(inst->entry_name, entry) == 0 && inst->module->startFunction < 0) {
+        function = inst->entry;
+    } else {
+        r = m3_FindFunction(&function, inst->runtime, entry);
+        if (r == m3Err_functionLookupFailed) {
+            res->status = PHASE_INVALID_MODULE;
+            set_message(res, "the module exports no function named '%s'", entry);
+            return;
+        }
+        if (r != m3Err_none) {
+            classify(job, r, 0);
+            return;
+        }
+        if (strlen(entry) < sizeof inst->entry_name) {
+            inst->entry = function;
+            strcpy(inst->entry_name, entry);
+        }
     }
     uint32_t nargs = m3_GetArgCount(function), nrets = m3_GetRetCount(function);
     if (nargs != 0 || nrets > 1 || (nrets == 1 && m3_GetRetType(function, 0) != c_m3Type_i32)) {
         res->status = PHASE_INVALID_MODULE;
         set_message(res, "entry '%s' must take no arguments and return nothing or one i32", entry);
-        return 0;
+        return;
     }
     r = m3_CallV(function);
     int32_t returned = 0;
     if (r == m3Err_none && nrets == 1)
         m3_GetResultsV(function, &returned);
     classify(job, r, returned);
-    return 0;
 }
 
 int phase_job_run(const phase_job_spec *spec, phase_result *res)
@@ -324,64 +514,24 @@ int phase_job_run(const phase_job_spec *spec, phase_result *res)
     phase_sha256(spec->input, spec->input_len, res->input_hash);
     res->exit_code = -1;
 
-    IM3Environment env = NULL;
-    IM3Module module = NULL;
-    int host_failed = 0;
-    M3Result r;
-
     uint64_t cap_pages = spec->limits.memory_bytes / PHASE_WASM_PAGE;
     if (pm->info.has_memory && pm->info.mem_initial_pages > cap_pages) {
         res->status = PHASE_MEMORY_LIMIT;
         set_message(res, "the module needs %llu bytes of initial memory, the limit is %llu",
                     (unsigned long long) pm->info.mem_initial_pages * PHASE_WASM_PAGE,
                     (unsigned long long) spec->limits.memory_bytes);
-        goto done;
-    }
-
-    env = m3_NewEnvironment();
-    if (env)
-        job.runtime = m3_NewRuntime(env, spec->limits.stack_bytes, &job);
-    if (!env || !job.runtime) {
-        host_failed = 1;
-        goto done;
-    }
-    r = m3_ParseModule(env, &module, pm->bytes, (uint32_t) pm->len);
-    if (r) {
-        res->status = PHASE_INVALID_MODULE;
-        set_message(res, "wasm3 cannot parse the module: %s", r);
-        module = NULL;
-        goto done;
-    }
-    /* Cap growth here instead of through wasm3's memoryLimit, which truncates silently. */
-    uint64_t declared_max = pm->info.mem_has_max ? pm->info.mem_max_pages : 65536;
-    module->memoryInfo.maxPages = pm->info.has_memory ? (u32) (declared_max < cap_pages ? declared_max : cap_pages) : 0;
-
-    r = m3_LoadModule(job.runtime, module);
-    if (r) {
-        m3_FreeModule(module);   /* the runtime owns a module only once it loaded */
-        module = NULL;
-        if (r == m3Err_mallocFailed) {
-            host_failed = 1;
-        } else {
-            res->status = PHASE_TRAP;
-            set_message(res, "instantiation failed: %s", trap_text(r));
+    } else {
+        phase_instance *inst = instance_acquire(&job, capped_max_pages(pm, cap_pages));
+        if (inst) {
+            job.instance = inst;
+            run_entry(&job, inst);
+            res->fuel_used = phase_job_fuel_used(&job);
+            res->memory_peak_bytes = (uint64_t) inst->runtime->memory.numPages * PHASE_WASM_PAGE;
+            /* Only a cleanly finished instance is reused; after a trap, limit or compile error start afresh. */
+            instance_release(&job, inst, res->status == PHASE_OK);
+            job.runtime = NULL;
         }
-        goto done;
     }
-    run_entry(&job, module);
-
-done:
-    if (host_failed) {
-        res->status = PHASE_CRASHED;
-        set_message(res, "the host ran out of memory setting up the job");
-    }
-    if (job.runtime) {
-        res->fuel_used = phase_job_fuel_used(&job);
-        res->memory_peak_bytes = (uint64_t) job.runtime->memory.numPages * PHASE_WASM_PAGE;
-        m3_FreeRuntime(job.runtime);
-    }
-    if (env)
-        m3_FreeEnvironment(env);
     res->out = job.out[0];
     res->out_len = job.out_len[0];
     res->err = job.out[1];
@@ -389,7 +539,7 @@ done:
     phase_sha256(res->out, res->out_len, res->stdout_hash);
     phase_sha256(res->err, res->err_len, res->stderr_hash);
     res->wall_us = (phase_now_ns() - job.start_ns) / 1000;
-    return host_failed ? -1 : 0;
+    return res->status == PHASE_CRASHED ? -1 : 0;
 }
 
 void phase_result_clear(phase_result *res)

@@ -34,7 +34,7 @@ enum { WASI_CLOCK_REALTIME = 0, WASI_CLOCK_MONOTONIC = 1, WASI_CLOCK_PROCESS_CPU
 
 M3Result const phase_trap_output_limit = "[trap] output limit exceeded";
 
-#define JOB() ((phase_job *) m3_GetUserData (runtime))
+#define JOB() (((phase_instance *) m3_GetUserData (runtime))->job)
 
 static inline uint8_t *guest(IM3Runtime runtime, void *mem, uint64_t offset, uint64_t len)
 {
@@ -595,14 +595,14 @@ int phase_wasi_lookup(const char *module, size_t module_len, const char *name, s
     return -1;
 }
 
-M3Result phase_wasi_link(phase_job *job, IM3Module module)
+M3Result phase_wasi_link(const phase_module *pm, IM3Module module)
 {
-    uint64_t mask = job->spec->module->wasi_imports;
+    uint64_t mask = pm->wasi_imports;
     for (uint32_t i = 0; i < BINDING_COUNT; i++) {
         if (!(mask & (1ull << i)))
             continue;
         /* Stubs carry their kind as userdata; real functions reach the job through the runtime. */
-        void *userdata = bindings[i].call == wasi_stub ? (void *) (uintptr_t) bindings[i].kind : job;
+        void *userdata = bindings[i].call == wasi_stub ? (void *) (uintptr_t) bindings[i].kind : NULL;
         M3Result r = m3_LinkRawFunctionEx(module, PHASE_WASI_MODULE, bindings[i].f.name, bindings[i].f.signature,
                                           bindings[i].call, userdata);
         if (r && r != m3Err_functionLookupFailed)

@@ -9,7 +9,10 @@ import sys
 
 import pytest
 
-from conftest import HELLO, ROOT
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = ROOT / "examples" / "hello" / "hello.wasm"
 
 
 def phase(*args: str, input: bytes | None = None, home=None) -> subprocess.CompletedProcess:

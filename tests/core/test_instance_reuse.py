@@ -1,0 +1,63 @@
+"""Instances are reused between jobs of one module (compiled code kept); no state may leak between jobs."""
+
+from __future__ import annotations
+
+import threading
+
+import pyphase
+
+STATEFUL = '''(module
+  (memory 1 4)
+  (global $g (mut i32) (i32.const 10))
+  (data (i32.const 100) "\\05")
+  (func $start (global.set $g (i32.add (global.get $g) (i32.const 1))))
+  (start $start)
+  (func (export "_start") (result i32)
+    ;; 1000 * memory.size + 100 * global + byte at 100 + byte at 70000 (reachable only after a grow)
+    (i32.store8 (i32.const 100) (i32.add (i32.load8_u (i32.const 100)) (i32.const 1)))
+    (global.set $g (i32.add (global.get $g) (i32.const 1)))
+    (drop (memory.grow (i32.const 1)))
+    (i32.store8 (i32.const 70000) (i32.add (i32.load8_u (i32.const 70000)) (i32.const 1)))
+    (i32.add (i32.add (i32.mul (memory.size) (i32.const 1000)) (i32.mul (global.get $g) (i32.const 100)))
+             (i32.add (i32.load8_u (i32.const 100)) (i32.load8_u (i32.const 70000))))))'''
+
+EXPECTED = 2 * 1000 + 12 * 100 + 6 + 1    # start ran once (11), entry (12); data 5 -> 6; fresh page byte 1
+
+
+def test_every_job_starts_from_the_initial_state(wat):
+    module = pyphase.Module(wat(STATEFUL))
+    results = [pyphase.run(module) for _ in range(5)]
+    assert [(r.status, r.exit_code) for r in results] == [("ok", EXPECTED)] * 5
+    assert len({r.fuel_used for r in results}) == 1
+
+
+def test_reuse_after_a_trap_and_with_other_limits(wat, probe_bytes):
+    module = pyphase.Module(probe_bytes)
+    assert pyphase.run(module, args=["spin"], limits=pyphase.Limits(fuel=10_000)).status == "fuel_exhausted"
+    a = pyphase.run(module, b"abc", args=["cat"])
+    b = pyphase.run(module, b"abc", args=["cat"], limits=pyphase.Limits(memory_bytes=512 << 20, stack_bytes=1 << 20))
+    assert a.stdout == b.stdout == b"abc"
+    assert a.fuel_used == b.fuel_used
+
+
+def test_memory_contents_do_not_leak(probe_bytes):
+    module = pyphase.Module(probe_bytes)
+    first = pyphase.run(module, b"secret" * 1000, args=["cat"])
+    second = pyphase.run(module, b"", args=["cat"])
+    assert first.stdout == b"secret" * 1000 and second.stdout == b""
+
+
+def test_concurrent_jobs_of_one_module(wat):
+    module = pyphase.Module(wat(STATEFUL))
+    codes: list[int] = []
+
+    def worker() -> None:
+        for _ in range(50):
+            codes.append(pyphase.run(module).exit_code)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [EXPECTED] * 200
