@@ -20,7 +20,7 @@ def load(name: str) -> dict[str, Any]:
 
 @lru_cache(maxsize=None)
 def _validator(name: str) -> Any:
-    import jsonschema  # imported on first use: it costs tens of ms and most commands never need it
+    import jsonschema  # type: ignore[import-untyped]  # imported on first use: it costs tens of ms and most commands never need it
 
     schema = load(name)
     return jsonschema.Draft202012Validator(schema, format_checker=None)

@@ -115,3 +115,38 @@ def test_wrong_signature_is_refused(wat):
                ' (memory 1) (func (export "_start")))')
     with pytest.raises(pyphase.InvalidModule, match="signature"):
         pyphase.Module(data)
+
+
+def test_gil_is_released_while_a_job_runs(probe_bytes):
+    import threading
+    import time
+
+    module = pyphase.Module(probe_bytes)
+    done = threading.Event()
+    ticks = 0
+
+    def job() -> None:
+        pyphase.run(module, args=["spin"], limits=pyphase.Limits(timeout_ms=400))
+        done.set()
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not done.is_set() and time.monotonic() < deadline:
+        ticks += 1
+    thread.join()
+    assert done.is_set()
+    assert ticks > 10_000          # Python kept running beside the job
+
+
+def test_core_crypto_matches_pynacl_and_hashlib():
+    import hashlib
+
+    from pyphase import Identity
+
+    assert _core.sha256(b"abc") == hashlib.sha256(b"abc").digest()
+    ident = Identity.generate()
+    sig = ident.signing_key.sign(b"msg").signature
+    assert _core.ed25519_verify(sig, b"msg", ident.public_key)
+    assert not _core.ed25519_verify(sig, b"msg!", ident.public_key)
+    assert not _core.ed25519_verify(sig[:10], b"msg", ident.public_key)
