@@ -46,7 +46,9 @@ def fetch_into(vendor: Path) -> None:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                "--disable-pip-version-check", "-d", tmp, f"{PACKAGE}=={VERSION}"]
         print("fetch_wasm3: " + " ".join(cmd[1:]), file=sys.stderr)
-        subprocess.run(cmd, check=True, stdout=sys.stderr)
+        if subprocess.run(cmd, stdout=sys.stderr).returncode != 0:
+            sys.exit(f"fetch_wasm3: pip could not download {PACKAGE}=={VERSION} (needs pip and a reachable package "
+                     f"index; an sdist of pyphase carries the sources and needs neither)")
         archives = list(Path(tmp).glob(f"{PACKAGE}-{VERSION}.tar.gz"))
         if len(archives) != 1:
             sys.exit(f"fetch_wasm3: pip did not produce {PACKAGE}-{VERSION}.tar.gz")
