@@ -850,7 +850,8 @@ static int push_n(V *v, const uint8_t *ts, uint32_t n, size_t off)
     v->work += n;
     if (v->sp + n > v->vals_cap)
         TRY(grow(v, (void **)&v->vals, &v->vals_cap, v->sp + n, 1, v->caps.max_operand_stack, off, "operand stack"));
-    memcpy(v->vals + v->sp, ts, n);
+    if (n)
+        memcpy(v->vals + v->sp, ts, n);
     v->sp += n;
     return 0;
 }
@@ -1488,6 +1489,8 @@ int phase_wasm_validate(const uint8_t *bytes, size_t len, const phase_wasm_caps 
     v.err = err;
     v.errlen = errlen;
     if (err && errlen) err[0] = 0;
+    /* The operand stack is never NULL, so arithmetic on it stays defined (UBSan, found by tests/fuzz). */
+    if (grow(&v, (void **)&v.vals, &v.vals_cap, 1, 1, SIZE_MAX, 0, "operand stack") != 0) return -1;
     if (info) memset(info, 0, sizeof *info);
 
     int rc = validate(&v, check, ctx);
