@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 from pyphase.errors import LimitsError
@@ -54,8 +54,9 @@ class Limits:
     stack_bytes: int = 512 << 10
 
     def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
                 raise LimitsError(f"{name} must be a non-negative integer, got {value!r}")
         if self.memory_bytes > MAX_MEMORY_BYTES:
             raise LimitsError(f"memory_bytes {self.memory_bytes} exceeds wasm32's {MAX_MEMORY_BYTES}")
@@ -67,6 +68,7 @@ class Limits:
             raise LimitsError("fuel must be below 2**62 (use 0 for unlimited)")
 
     def replace(self, **changes: Any) -> Limits:
+        """A copy with ``changes`` applied (and checked)."""
         return replace(self, **changes)
 
     def to_json(self) -> dict[str, int]:
@@ -76,8 +78,7 @@ class Limits:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Limits:
-        known = {"memory_bytes", "fuel", "timeout_ms", "output_bytes", "stack_bytes"}
-        unknown = set(data) - known
+        unknown = set(data) - set(_FIELDS)
         if unknown:
             raise LimitsError(f"unknown limits: {', '.join(sorted(unknown))}")
         return cls(**{k: v for k, v in data.items()})
@@ -85,8 +86,12 @@ class Limits:
     def within(self, ceiling: Limits) -> list[str]:
         """Reasons this limit set exceeds ``ceiling`` (empty when it fits). 0 (unlimited) exceeds any finite ceiling."""
         problems = []
-        for name in ("memory_bytes", "fuel", "timeout_ms", "output_bytes", "stack_bytes"):
+        for name in _FIELDS:
             mine, cap = getattr(self, name), getattr(ceiling, name)
             if cap and (mine == 0 and name in ("fuel", "timeout_ms") or mine > cap):
                 problems.append(f"{name} {mine or 'unlimited'} exceeds {cap}")
         return problems
+
+
+_FIELDS = tuple(f.name for f in fields(Limits))
+DEFAULT_LIMITS = Limits()

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from typing import Mapping, Sequence
 
 from pyphase import _core
-from pyphase.limits import Limits
+from pyphase.limits import DEFAULT_LIMITS, Limits
 from pyphase.result import Result, hash_text
 
 RUNTIME_NAME: str = _core.RUNTIME_NAME
@@ -103,7 +103,7 @@ def run(module: Module | bytes | bytearray | memoryview, input: bytes | bytearra
     """
     if not isinstance(module, Module):
         module = Module.cached(bytes(module))
-    lim = limits or Limits()
+    lim = limits or DEFAULT_LIMITS
     environment = dict(env or {})
     for key in environment:
         if "=" in key or not key:
