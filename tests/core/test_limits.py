@@ -119,3 +119,27 @@ def test_limit_parsing():
     assert parse_duration_ms("250ms") == 250
     with pytest.raises(pyphase.LimitsError):
         parse_size("lots")
+
+
+def test_timeout_holds_against_bulk_memory_work(wat):
+    # Each iteration fills 48 MiB: without per-byte fuel (patch 0007) the clock would be read only every
+    # 4096 iterations, minutes late. The bound is generous; it separates "prompt" from "minutes".
+    data = wat('(module (memory 768) (func (export "_start")'
+               ' (loop (memory.fill (i32.const 0) (i32.const 1) (i32.const 50331648)) (br 0))))')
+    r = pyphase.run(data, limits=Limits(memory_bytes=64 << 20, timeout_ms=300))
+    assert r.status == "timeout"
+    assert r.wall_us < 20_000_000
+
+
+def test_bulk_work_costs_fuel_by_the_byte(wat):
+    def fuel(n: int) -> int:
+        data = wat(f'(module (memory 1) (func (export "_start") (memory.fill (i32.const 0) (i32.const 1)'
+                   f' (i32.const {n}))))')
+        return pyphase.run(data).fuel_used
+
+    assert fuel(6400) - fuel(0) == 100
+
+
+def test_random_get_costs_fuel_by_the_byte(probe_bytes):
+    a = pyphase.run(probe_bytes, args=["clock"], deterministic=True).fuel_used
+    assert a > 0     # the probe draws 16 random bytes: below one tick, so only calls count
