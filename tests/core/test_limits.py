@@ -140,6 +140,7 @@ def test_bulk_work_costs_fuel_by_the_byte(wat):
     assert fuel(6400) - fuel(0) == 100
 
 
-def test_random_get_costs_fuel_by_the_byte(probe_bytes):
-    a = pyphase.run(probe_bytes, args=["clock"], deterministic=True).fuel_used
-    assert a > 0     # the probe draws 16 random bytes: below one tick, so only calls count
+def test_host_io_costs_fuel_by_the_byte(probe_bytes):
+    empty = pyphase.run(probe_bytes, b"", args=["cat"]).fuel_used
+    full = pyphase.run(probe_bytes, b"x" * 640_000, args=["cat"], limits=Limits(output_bytes=1 << 20)).fuel_used
+    assert full - empty >= 2 * 10_000      # read and written: one tick per 64 bytes each way
