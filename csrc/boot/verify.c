@@ -316,14 +316,14 @@ static int cmd_kexec(int argc, char **argv)
         snprintf(cmdline, sizeof cmdline, "%s phase.mode=%s", m.cmdline, o.mode);
     else
         snprintf(cmdline, sizeof cmdline, "%s", m.cmdline);
-    printf("verified: release %lld kernel %s initramfs %s (%lld bytes) in %lld ms\n", m.release, m.kernel.hash,
+    printf("PHASE-BOOT: verified: release %lld kernel %s initramfs %s (%lld bytes) in %lld ms\n", m.release, m.kernel.hash,
            m.initramfs.hash, m.kernel.size + m.initramfs.size, t1 - t0);
     fflush(stdout);
     if (syscall(SYS_kexec_file_load, kfd, ifd, strlen(cmdline) + 1, cmdline, 0UL) != 0) {
         fprintf(stderr, "phase-verify: kexec_file_load: %s\n", strerror(errno));
         return 2;
     }
-    printf("kexec loaded: cmdline \"%s\"\n", cmdline);
+    printf("PHASE-BOOT: kexec loaded: cmdline \"%s\"\n", cmdline);
     fflush(stdout);
     if (o.exec) {
         sync();

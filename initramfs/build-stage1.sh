@@ -1,0 +1,52 @@
+#!/bin/bash
+# Build the stage-1 initramfs: busybox, the static phase-boot tools, the NIC modules of the
+# target kernel, the release public key and /init. Everything comes from packages already
+# installed on the build machine; nothing is downloaded.
+#
+#   initramfs/build-stage1.sh --pub RELEASE.pub [--out FILE] [--kver VERSION]
+#                             [--seeds "http://IP:PORT ..."] [--min-release N]
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
+
+PUB= OUT="$HERE/build/stage1.cpio.gz" KVER= SEEDS= MIN_RELEASE=0
+while [ $# -gt 0 ]; do
+    case $1 in
+        --pub) PUB=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        --kver) KVER=$2; shift 2 ;;
+        --seeds) SEEDS=$2; shift 2 ;;
+        --min-release) MIN_RELEASE=$2; shift 2 ;;
+        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        *) die "unknown argument $1" ;;
+    esac
+done
+[ -n "$PUB" ] || die "--pub RELEASE.pub is required (make one with: python -m pyphase.boot keygen)"
+grep -q '^phase-ed25519-public-v1:' "$PUB" || die "$PUB is not a Phase release public key"
+KVER=${KVER:-$(default_kver)}
+[ -n "$KVER" ] || die "no kernel in /boot (apt-get install linux-image-amd64)"
+need cpio cpio; need gzip gzip; need modprobe kmod; need make make; need gcc gcc
+[ -x /bin/busybox ] || die "/bin/busybox missing (apt-get install busybox-static)"
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+ROOT=$WORK/root
+mkdir -p "$ROOT"/{bin,dev,proc,sys,run,tmp,etc/phase}
+
+make -s -C "$HERE/../csrc/boot" O="$WORK/tools" >&2
+cp "$WORK/tools/phase-boot" "$ROOT/bin/phase-boot"
+for n in phase-verify phase-fetch phase-discover; do ln -s phase-boot "$ROOT/bin/$n"; done
+
+install_busybox "$ROOT"
+copy_nic_modules "$ROOT" "$KVER"
+cp "$PUB" "$ROOT/etc/phase/release.pub"
+echo "$MIN_RELEASE" > "$ROOT/etc/phase/min-release"
+: > "$ROOT/etc/phase/seeds"
+for s in $SEEDS; do echo "$s" >> "$ROOT/etc/phase/seeds"; done
+install -m 0755 "$HERE/stage1/init" "$ROOT/init"
+install -m 0755 "$HERE/udhcpc.script" "$ROOT/etc/udhcpc.script"
+
+mkdir -p "$(dirname "$OUT")"
+pack_cpio "$ROOT" "$OUT"
+(cd "$ROOT" && find . -mindepth 1 ! -type d | LC_ALL=C sort) > "$OUT.contents"
+echo "stage 1: $OUT ($(stat -c %s "$OUT") bytes compressed, kernel $KVER)" >&2

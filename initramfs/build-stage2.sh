@@ -1,0 +1,88 @@
+#!/bin/bash
+# Build the stage-2 node image: an initramfs with busybox, a Python interpreter with its
+# standard library (trimmed), pyphase and its dependencies (pynacl, pyzmq, msgpack,
+# fastjsonschema) taken from the Python that runs this script, the NIC modules, and an
+# init that brings up the network and starts plasmd.
+#
+#   initramfs/build-stage2.sh [--out FILE] [--kver VERSION] [--python PYTHON]
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
+
+OUT="$HERE/build/stage2.cpio.gz" KVER= PY=python3
+while [ $# -gt 0 ]; do
+    case $1 in
+        --out) OUT=$2; shift 2 ;;
+        --kver) KVER=$2; shift 2 ;;
+        --python) PY=$2; shift 2 ;;
+        -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+        *) die "unknown argument $1" ;;
+    esac
+done
+KVER=${KVER:-$(default_kver)}
+need cpio cpio; need gzip gzip; need ldd libc-bin; need modprobe kmod
+[ -x /bin/busybox ] || die "/bin/busybox missing (apt-get install busybox-static)"
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+ROOT=$WORK/root
+mkdir -p "$ROOT"/{bin,dev,proc,sys,run,tmp,etc,usr/bin,opt/phase/site,lib/x86_64-linux-gnu,lib64}
+
+INFO=$(cd "$WORK" && "$PY" "$HERE/stage2/collect.py")
+get() { echo "$INFO" | "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+EXE=$(get 'd["executable"]'); STDLIB=$(get 'd["stdlib"]'); VER=$(get 'd["version"]')
+echo "stage 2: python $EXE ($VER); missing: $(get '"; ".join(d["missing"]) or "nothing"')" >&2
+get '"\n".join(d["loaded"])' > "$WORK/loaded"
+
+install_busybox "$ROOT"
+copy_nic_modules "$ROOT" "$KVER"
+
+# Interpreter and stdlib (trimmed: no tests, GUI, installers or optimised bytecode).
+cp "$EXE" "$ROOT/usr/bin/python3"
+mkdir -p "$ROOT/usr/lib/python$VER"
+tar -C "$STDLIB" -cf - \
+    --exclude='./site-packages' --exclude='./dist-packages' --exclude='./test' --exclude='./idlelib' \
+    --exclude='./tkinter' --exclude='./turtledemo' --exclude='./ensurepip' --exclude='./lib2to3' \
+    --exclude='./pydoc_data' --exclude='./distutils' --exclude='./config-*' --exclude='*/tests' \
+    --exclude='*.opt-1.pyc' --exclude='*.opt-2.pyc' --exclude='./lib-dynload/_tkinter*' \
+    --exclude='./lib-dynload/*test*' --exclude='./lib-dynload/xx*' . \
+  | tar -C "$ROOT/usr/lib/python$VER" -xf -
+
+# Site packages the node imports, with their bundled libraries.
+for spec in $(get '" ".join(p for v in d["roots"].values() for p in v)') $(get '" ".join(d["libdirs"])'); do
+    case $spec in
+        */pyphase) tar -C "$(dirname "$spec")" -cf - --exclude='__pycache__' --exclude='*.so' pyphase \
+                     | tar -C "$ROOT/opt/phase/site" -xf - ;;
+        */pyphase/_core*.so) cp "$spec" "$ROOT/opt/phase/site/pyphase/" ;;
+        *) cp -a "$spec" "$ROOT/opt/phase/site/" ;;
+    esac
+done
+find "$ROOT/opt/phase/site" -name '__pycache__' -prune -o -name '*.dist-info' -prune -exec rm -rf {} + 2>/dev/null || true
+
+# Shared libraries: everything the interpreter and the copied extensions link, by ldd.
+: > "$WORK/libs"
+ldd "$ROOT/usr/bin/python3" >> "$WORK/libs" 2>/dev/null || true
+find "$ROOT/usr/lib/python$VER/lib-dynload" "$ROOT/opt/phase/site" -name '*.so*' -type f | while read -r so; do
+    ldd "$so" 2>/dev/null || true
+done >> "$WORK/libs"
+grep -q 'not found' "$WORK/libs" && { grep 'not found' "$WORK/libs" | sort -u >&2; die "unresolved libraries"; }
+awk '/=> \//{print $3} /^\t\/lib64/{print $1}' "$WORK/libs" | sort -u | while read -r lib; do
+    case $lib in */pyzmq.libs/*|*/*.libs/*) continue ;; esac
+    if [ "$(basename "$lib")" = ld-linux-x86-64.so.2 ]; then
+        cp -L "$lib" "$ROOT/lib64/ld-linux-x86-64.so.2"
+    else
+        cp -L "$lib" "$ROOT/lib/x86_64-linux-gnu/"
+    fi
+done
+[ -e "$ROOT/lib64/ld-linux-x86-64.so.2" ] || cp -L /lib64/ld-linux-x86-64.so.2 "$ROOT/lib64/"
+
+install -m 0755 "$HERE/stage2/init" "$ROOT/init"
+install -m 0755 "$HERE/udhcpc.script" "$ROOT/etc/udhcpc.script"
+echo "PYVER=$VER" > "$ROOT/etc/phase-node.conf"
+echo "root:x:0:0:root:/root:/bin/sh" > "$ROOT/etc/passwd"
+echo "root:x:0:" > "$ROOT/etc/group"
+printf '127.0.0.1 localhost\n' > "$ROOT/etc/hosts"
+
+mkdir -p "$(dirname "$OUT")"
+pack_cpio "$ROOT" "$OUT"
+echo "stage 2: $OUT ($(stat -c %s "$OUT") bytes compressed)" >&2

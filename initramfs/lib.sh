@@ -1,0 +1,50 @@
+# Shared helpers of the stage-1 and stage-2 builders (sourced, not run).
+
+die() { echo "initramfs: error: $*" >&2; exit 1; }
+
+need() {  # need TOOL PACKAGE
+    command -v "$1" >/dev/null 2>&1 || die "$1 not found (apt-get install $2)"
+}
+
+# The newest kernel installed under /boot, unless KVER is set.
+default_kver() {
+    ls /boot/vmlinuz-* 2>/dev/null | sed 's|/boot/vmlinuz-||' | sort -V | tail -n 1
+}
+
+# Copy the NIC modules and what they depend on into $root, and write the insmod order.
+# Debian builds virtio-net and e1000 as modules; modprobe --show-depends gives the order.
+copy_nic_modules() {  # root kver
+    local root=$1 kver=$2 m line ko
+    mkdir -p "$root/lib/modules"
+    : > "$root/lib/modules/load-order"
+    for m in virtio_pci virtio_net e1000 e1000e; do
+        modprobe -S "$kver" --show-depends "$m" 2>/dev/null | while read -r line; do
+            case $line in insmod\ *) ;; *) continue ;; esac
+            ko=$(echo "$line" | awk '{print $2}')
+            base=$(basename "$ko")
+            case $base in *.ko) ;; *) die "compressed module $ko: only plain .ko is supported" ;; esac
+            if ! grep -qx "$base" "$root/lib/modules/load-order"; then
+                cp "$ko" "$root/lib/modules/$base"
+                echo "$base" >> "$root/lib/modules/load-order"
+            fi
+        done
+    done
+    [ -s "$root/lib/modules/load-order" ] || die "no NIC modules found for kernel $kver (apt-get install linux-image-amd64)"
+}
+
+install_busybox() {  # root
+    local root=$1 a
+    mkdir -p "$root/bin"
+    cp /bin/busybox "$root/bin/busybox"
+    file -L "$root/bin/busybox" 2>/dev/null | grep -q 'statically linked' || \
+        ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || die "/bin/busybox is not static (apt-get install busybox-static)"
+    for a in $(/bin/busybox --list); do
+        [ "$a" = busybox ] || ln -sf busybox "$root/bin/$a"
+    done
+}
+
+# newc cpio of $root, owned by root, reproducible order, gzip -9.
+pack_cpio() {  # root out
+    (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip -9n > "$2.tmp"
+    mv "$2.tmp" "$2"
+}
