@@ -96,6 +96,8 @@ typedef struct {
     ctrl *ctrls; size_t ctrls_cap; size_t csp;
     localrun *locals; size_t locals_cap; size_t nlocalruns;
     uint64_t nlocals;
+    uint8_t *flat;          /* locals expanded to one type byte each, when few enough; else NULL (binary search) */
+    uint8_t *flatbuf; size_t flat_cap;
     char *sigbuf;
 
     uint64_t work, work_limit;
@@ -156,8 +158,8 @@ static int rd_bytes(V *v, rd *r, size_t n, const uint8_t **out, const char *what
     return 0;
 }
 
-/* unsigned LEB128 of at most `bits` bits (32) */
-static int rd_u32(V *v, rd *r, uint32_t *out, const char *what)
+/* unsigned 32-bit LEB128 */
+static int rd_u32_slow(V *v, rd *r, uint32_t *out, const char *what)
 {
     *out = 0;
     const uint8_t *start = r->p;
@@ -173,6 +175,12 @@ static int rd_u32(V *v, rd *r, uint32_t *out, const char *what)
         if (!(b & 0x80)) { *out = result; return 0; }
     }
     return vfail(v, OFF(v, start), "integer representation too long (%s)", what); /* unreachable */
+}
+
+static inline __attribute__((always_inline)) int rd_u32(V *v, rd *r, uint32_t *out, const char *what)
+{
+    if (__builtin_expect(r->p < r->end && !(*r->p & 0x80), 1)) { *out = *r->p++; return 0; }
+    return rd_u32_slow(v, r, out, what);
 }
 
 static int rd_s32(V *v, rd *r, int32_t *out, const char *what)
@@ -780,47 +788,40 @@ static const char *const k_fc_names[12] = {
 /* numeric opcodes 0x45..0xC4: [in1 in2] -> [out]; in2 == 0 for unary */
 typedef struct { uint8_t in1, in2, out; } numsig;
 
-static numsig num_sig(uint8_t op)
-{
-    numsig s = { 0, 0, 0 };
-#define S(a, b, c) do { s.in1 = (a); s.in2 = (b); s.out = (c); } while (0)
-    if (op == 0x45) S(T_I32, 0, T_I32);
-    else if (op <= 0x4F) S(T_I32, T_I32, T_I32);
-    else if (op == 0x50) S(T_I64, 0, T_I32);
-    else if (op <= 0x5A) S(T_I64, T_I64, T_I32);
-    else if (op <= 0x60) S(T_F32, T_F32, T_I32);
-    else if (op <= 0x66) S(T_F64, T_F64, T_I32);
-    else if (op <= 0x69) S(T_I32, 0, T_I32);
-    else if (op <= 0x78) S(T_I32, T_I32, T_I32);
-    else if (op <= 0x7B) S(T_I64, 0, T_I64);
-    else if (op <= 0x8A) S(T_I64, T_I64, T_I64);
-    else if (op <= 0x91) S(T_F32, 0, T_F32);
-    else if (op <= 0x98) S(T_F32, T_F32, T_F32);
-    else if (op <= 0x9F) S(T_F64, 0, T_F64);
-    else if (op <= 0xA6) S(T_F64, T_F64, T_F64);
-    else switch (op) {
-    case 0xA7: S(T_I64, 0, T_I32); break;
-    case 0xA8: case 0xA9: S(T_F32, 0, T_I32); break;
-    case 0xAA: case 0xAB: S(T_F64, 0, T_I32); break;
-    case 0xAC: case 0xAD: S(T_I32, 0, T_I64); break;
-    case 0xAE: case 0xAF: S(T_F32, 0, T_I64); break;
-    case 0xB0: case 0xB1: S(T_F64, 0, T_I64); break;
-    case 0xB2: case 0xB3: S(T_I32, 0, T_F32); break;
-    case 0xB4: case 0xB5: S(T_I64, 0, T_F32); break;
-    case 0xB6: S(T_F64, 0, T_F32); break;
-    case 0xB7: case 0xB8: S(T_I32, 0, T_F64); break;
-    case 0xB9: case 0xBA: S(T_I64, 0, T_F64); break;
-    case 0xBB: S(T_F32, 0, T_F64); break;
-    case 0xBC: S(T_F32, 0, T_I32); break;
-    case 0xBD: S(T_F64, 0, T_I64); break;
-    case 0xBE: S(T_I32, 0, T_F32); break;
-    case 0xBF: S(T_I64, 0, T_F64); break;
-    case 0xC0: case 0xC1: S(T_I32, 0, T_I32); break;
-    default: S(T_I64, 0, T_I64); break;   /* 0xC2..0xC4 */
-    }
-#undef S
-    return s;
-}
+static const numsig k_numsig[0xC5 - 0x45] = {
+    /* 0x45 */ { T_I32, 0, T_I32 }, { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 },
+    /* 0x49 */ { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 },
+    /* 0x4D */ { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 }, { T_I64, 0, T_I32 },
+    /* 0x51 */ { T_I64, T_I64, T_I32 }, { T_I64, T_I64, T_I32 }, { T_I64, T_I64, T_I32 }, { T_I64, T_I64, T_I32 },
+    /* 0x55 */ { T_I64, T_I64, T_I32 }, { T_I64, T_I64, T_I32 }, { T_I64, T_I64, T_I32 }, { T_I64, T_I64, T_I32 },
+    /* 0x59 */ { T_I64, T_I64, T_I32 }, { T_I64, T_I64, T_I32 }, { T_F32, T_F32, T_I32 }, { T_F32, T_F32, T_I32 },
+    /* 0x5D */ { T_F32, T_F32, T_I32 }, { T_F32, T_F32, T_I32 }, { T_F32, T_F32, T_I32 }, { T_F32, T_F32, T_I32 },
+    /* 0x61 */ { T_F64, T_F64, T_I32 }, { T_F64, T_F64, T_I32 }, { T_F64, T_F64, T_I32 }, { T_F64, T_F64, T_I32 },
+    /* 0x65 */ { T_F64, T_F64, T_I32 }, { T_F64, T_F64, T_I32 }, { T_I32, 0, T_I32 }, { T_I32, 0, T_I32 },
+    /* 0x69 */ { T_I32, 0, T_I32 }, { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 },
+    /* 0x6D */ { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 },
+    /* 0x71 */ { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 },
+    /* 0x75 */ { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 }, { T_I32, T_I32, T_I32 },
+    /* 0x79 */ { T_I64, 0, T_I64 }, { T_I64, 0, T_I64 }, { T_I64, 0, T_I64 }, { T_I64, T_I64, T_I64 },
+    /* 0x7D */ { T_I64, T_I64, T_I64 }, { T_I64, T_I64, T_I64 }, { T_I64, T_I64, T_I64 }, { T_I64, T_I64, T_I64 },
+    /* 0x81 */ { T_I64, T_I64, T_I64 }, { T_I64, T_I64, T_I64 }, { T_I64, T_I64, T_I64 }, { T_I64, T_I64, T_I64 },
+    /* 0x85 */ { T_I64, T_I64, T_I64 }, { T_I64, T_I64, T_I64 }, { T_I64, T_I64, T_I64 }, { T_I64, T_I64, T_I64 },
+    /* 0x89 */ { T_I64, T_I64, T_I64 }, { T_I64, T_I64, T_I64 }, { T_F32, 0, T_F32 }, { T_F32, 0, T_F32 },
+    /* 0x8D */ { T_F32, 0, T_F32 }, { T_F32, 0, T_F32 }, { T_F32, 0, T_F32 }, { T_F32, 0, T_F32 },
+    /* 0x91 */ { T_F32, 0, T_F32 }, { T_F32, T_F32, T_F32 }, { T_F32, T_F32, T_F32 }, { T_F32, T_F32, T_F32 },
+    /* 0x95 */ { T_F32, T_F32, T_F32 }, { T_F32, T_F32, T_F32 }, { T_F32, T_F32, T_F32 }, { T_F32, T_F32, T_F32 },
+    /* 0x99 */ { T_F64, 0, T_F64 }, { T_F64, 0, T_F64 }, { T_F64, 0, T_F64 }, { T_F64, 0, T_F64 },
+    /* 0x9D */ { T_F64, 0, T_F64 }, { T_F64, 0, T_F64 }, { T_F64, 0, T_F64 }, { T_F64, T_F64, T_F64 },
+    /* 0xA1 */ { T_F64, T_F64, T_F64 }, { T_F64, T_F64, T_F64 }, { T_F64, T_F64, T_F64 }, { T_F64, T_F64, T_F64 },
+    /* 0xA5 */ { T_F64, T_F64, T_F64 }, { T_F64, T_F64, T_F64 }, { T_I64, 0, T_I32 }, { T_F32, 0, T_I32 },
+    /* 0xA9 */ { T_F32, 0, T_I32 }, { T_F64, 0, T_I32 }, { T_F64, 0, T_I32 }, { T_I32, 0, T_I64 },
+    /* 0xAD */ { T_I32, 0, T_I64 }, { T_F32, 0, T_I64 }, { T_F32, 0, T_I64 }, { T_F64, 0, T_I64 },
+    /* 0xB1 */ { T_F64, 0, T_I64 }, { T_I32, 0, T_F32 }, { T_I32, 0, T_F32 }, { T_I64, 0, T_F32 },
+    /* 0xB5 */ { T_I64, 0, T_F32 }, { T_F64, 0, T_F32 }, { T_I32, 0, T_F64 }, { T_I32, 0, T_F64 },
+    /* 0xB9 */ { T_I64, 0, T_F64 }, { T_I64, 0, T_F64 }, { T_F32, 0, T_F64 }, { T_F32, 0, T_I32 },
+    /* 0xBD */ { T_F64, 0, T_I64 }, { T_I32, 0, T_F32 }, { T_I64, 0, T_F64 }, { T_I32, 0, T_I32 },
+    /* 0xC1 */ { T_I32, 0, T_I32 }, { T_I64, 0, T_I64 }, { T_I64, 0, T_I64 }, { T_I64, 0, T_I64 },
+};
 
 /* memory access: natural alignment log2 and value type; store if is_store */
 static void mem_sig(uint8_t op, unsigned *natural, uint8_t *t, int *is_store)
@@ -837,12 +838,17 @@ static void mem_sig(uint8_t op, unsigned *natural, uint8_t *t, int *is_store)
 
 /* operand stack -------------------------------------------------------------------------------------------- */
 
-static int push(V *v, uint8_t t, size_t off)
+static int push_slow(V *v, uint8_t t, size_t off)
 {
-    if (v->sp >= v->vals_cap)
-        TRY(grow(v, (void **)&v->vals, &v->vals_cap, v->sp + 1, 1, v->caps.max_operand_stack, off, "operand stack"));
+    TRY(grow(v, (void **)&v->vals, &v->vals_cap, v->sp + 1, 1, v->caps.max_operand_stack, off, "operand stack"));
     v->vals[v->sp++] = t;
     return 0;
+}
+
+static inline __attribute__((always_inline)) int push(V *v, uint8_t t, size_t off)
+{
+    if (__builtin_expect(v->sp < v->vals_cap, 1)) { v->vals[v->sp++] = t; return 0; }
+    return push_slow(v, t, off);
 }
 
 static int push_n(V *v, const uint8_t *ts, uint32_t n, size_t off)
@@ -916,7 +922,19 @@ static int pop_check(V *v, const uint8_t *exp, uint32_t n, const char *what, siz
     return pop_check_ix(v, exp, n, what, -1, off, keep);
 }
 
-static int pop1(V *v, uint8_t t, const char *what, size_t off)
+/* pops [a b] (b on top) */
+static inline __attribute__((always_inline)) int pop2(V *v, uint8_t a, uint8_t b, const char *what, size_t off)
+{
+    const ctrl *c = &v->ctrls[v->csp - 1];
+    if (__builtin_expect(v->sp >= (size_t)c->height + 2 && v->vals[v->sp - 1] == b && v->vals[v->sp - 2] == a, 1)) {
+        v->sp -= 2;
+        return 0;
+    }
+    uint8_t in[2] = { a, b };
+    return pop_check(v, in, 2, what, off, 0);
+}
+
+static inline __attribute__((always_inline)) int pop1(V *v, uint8_t t, const char *what, size_t off)
 {
     ctrl *c = &v->ctrls[v->csp - 1];
     if (v->sp > c->height) {
@@ -967,6 +985,7 @@ static int local_type(V *v, uint32_t idx, uint8_t *t, size_t off)
 {
     if (idx >= v->nlocals) return vfail(v, off, "unknown local %u (function has %llu locals incl. parameters)", idx,
                                         (unsigned long long)v->nlocals);
+    if (v->flat) { *t = v->flat[idx]; return 0; }
     size_t lo = 0, hi = v->nlocalruns;   /* first run with end > idx */
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
@@ -1085,6 +1104,19 @@ static int func_body(V *v, rd *r, uint32_t fidx)
         if (cnt == 0) continue;
         v->locals[v->nlocalruns].end = v->nlocals;
         v->locals[v->nlocalruns++].type = t;
+    }
+
+    /* expand the locals to a byte per local when that costs no more than a few times the body's size */
+    v->flat = NULL;
+    if (v->nlocals <= 4 * (uint64_t)(r->end - r->p) + 256) {
+        TRY(grow(v, (void **)&v->flatbuf, &v->flat_cap, (size_t)v->nlocals + 1, 1, SIZE_MAX / 2, OFF(v, r->p),
+                 "locals"));
+        uint64_t k = 0;
+        for (size_t i = 0; i < v->nlocalruns; i++) {
+            memset(v->flatbuf + k, v->locals[i].type, (size_t)(v->locals[i].end - k));
+            k = v->locals[i].end;
+        }
+        v->flat = v->flatbuf;
     }
 
     v->sp = 0;
@@ -1265,8 +1297,7 @@ static int func_body(V *v, rd *r, uint32_t fidx)
             mem_sig(op, &natural, &t, &is_store);
             TRY(rd_memarg(v, r, natural, name));
             if (is_store) {
-                uint8_t in[2] = { T_I32, t };
-                TRY(pop_check(v, in, 2, name, off, 0));
+                TRY(pop2(v, T_I32, t, name, off));
             } else {
                 TRY(pop1(v, T_I32, name, off));
                 TRY(push(v, t, off));
@@ -1315,10 +1346,9 @@ static int func_body(V *v, rd *r, uint32_t fidx)
         }
         default:
             if (op >= 0x45 && op <= 0xC4) {
-                numsig s = num_sig(op);
+                const numsig s = k_numsig[op - 0x45];
                 if (s.in2) {
-                    uint8_t in[2] = { s.in1, s.in2 };
-                    TRY(pop_check(v, in, 2, name, off, 0));
+                    TRY(pop2(v, s.in1, s.in2, name, off));
                 } else {
                     TRY(pop1(v, s.in1, name, off));
                 }
@@ -1508,6 +1538,7 @@ int phase_wasm_validate(const uint8_t *bytes, size_t len, const phase_wasm_caps 
     free(v.vals);
     free(v.ctrls);
     free(v.locals);
+    free(v.flatbuf);
     free(v.sigbuf);
     return rc ? -1 : 0;
 }

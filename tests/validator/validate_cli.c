@@ -77,13 +77,19 @@ int main(int argc, char **argv)
             if (status == 0) status = 1;
         }
         if (bench > 0) {
-            struct timespec t0, t1;
-            clock_gettime(CLOCK_MONOTONIC, &t0);
-            for (long k = 0; k < bench; k++)
-                phase_wasm_validate(buf, len, NULL, NULL, NULL, &info, err, sizeof err);
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            double us = ((double)(t1.tv_sec - t0.tv_sec) * 1e6 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e3) / (double)bench;
-            printf("bench %s: %zu bytes, %.2f us per validation\n", argv[i], len, us);
+            /* best of 5 batches: the machine is shared, the minimum is the least disturbed figure */
+            double best = 1e30;
+            for (int batch = 0; batch < 5; batch++) {
+                struct timespec t0, t1;
+                clock_gettime(CLOCK_MONOTONIC, &t0);
+                for (long k = 0; k < bench; k++)
+                    phase_wasm_validate(buf, len, NULL, NULL, NULL, &info, err, sizeof err);
+                clock_gettime(CLOCK_MONOTONIC, &t1);
+                double us = ((double)(t1.tv_sec - t0.tv_sec) * 1e6 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e3) /
+                            (double)bench;
+                if (us < best) best = us;
+            }
+            printf("bench %s: %zu bytes, %.2f us per validation (best of 5 x %ld)\n", argv[i], len, best, bench);
         }
         free(buf);
     }
