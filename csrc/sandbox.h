@@ -1,0 +1,79 @@
+/* Isolated workers: a single-threaded fork server keeps one pre-forked, single-use worker per slot;
+ * the parent hands a job to a slot's worker through shared memory and reads the result back from it.
+ * See sandbox_proto.h for the processes and formats, docs/SANDBOX.md for the design.
+ */
+#ifndef PHASE_SANDBOX_H
+#define PHASE_SANDBOX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "phase_core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The fork server's entry point (the phase-sandboxd executable's main, or called from Python in a fresh
+ * process). Arguments: --main FD --slot SOCKFD:SHMFD [--slot ...]. Never returns: it _exits. */
+__attribute__((visibility("default"))) int phase_sandbox_server_main(int argc, char **argv);
+
+/* Install the worker's seccomp filter in the calling thread (after PR_SET_NO_NEW_PRIVS). 0 or -1/errno. */
+int phase_sandbox_seccomp_install(void);
+
+/* ---- the parent's side of one slot --------------------------------------------------------- */
+
+typedef struct phase_sandbox_slot {
+    int sock;                 /* seqpacket socket to the fork server */
+    uint8_t *shm;
+    size_t shm_bytes;
+    int chan;                 /* the current worker's channel; -1: none yet */
+    uint32_t gen;             /* generation of the current (or last) worker */
+    int32_t pid;              /* its pid, as the fork server reported it */
+    uint64_t cache_seq;       /* module ADDs the server had processed when it forked the current worker */
+    int awaiting_exit;        /* the last worker finished; its EXITED message is still to come */
+    uint64_t seq;
+    /* about the last worker to exit */
+    int32_t last_wait_status;
+    int64_t last_maxrss_kb;
+    int64_t last_cpu_us;
+} phase_sandbox_slot;
+
+typedef struct phase_sandbox_job {
+    const uint8_t *module_hash;           /* 32 bytes */
+    const uint8_t *module;                /* NULL: the worker must have it cached */
+    size_t module_len;
+    const uint8_t *input;
+    size_t input_len;
+    const char *entry;
+    const char *const *argv;
+    uint32_t argc;
+    const char *const *envp;
+    uint32_t envc;
+    phase_limits limits;
+    int deterministic;
+    uint8_t seed[32];
+    uint32_t test_action;                 /* sandbox_test_action; 0 outside tests */
+    uint64_t hard_timeout_ms;             /* kill the worker after this long; 0 = never */
+} phase_sandbox_job;
+
+/* Bytes of shared memory a job needs (payloads + room for output); compare with slot->shm_bytes. */
+uint64_t phase_sandbox_job_shm_bytes(const phase_sandbox_job *job);
+
+/* Take ownership of sock and map shm_fd (closed afterwards). 0, or -1 with a message. */
+int phase_sandbox_slot_open(phase_sandbox_slot *slot, int sock, int shm_fd, char *err, size_t errlen);
+void phase_sandbox_slot_close(phase_sandbox_slot *slot);
+
+/* Wait (up to timeout_ms) until the slot has a fresh worker and the previous one is reaped. 0 or -1. */
+int phase_sandbox_slot_ready(phase_sandbox_slot *slot, int timeout_ms, char *err, size_t errlen);
+
+/* Run a job on the slot's worker. Returns 0 with result filled (status tells how it ended, incl.
+ * crashed/timeout/memory_limit when the worker died); 1 if the worker lacks the module (call again with
+ * the bytes; the same worker waits); -1 if the sandbox itself failed (fork server gone), with a message. */
+int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *job, phase_result *result,
+                           char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,424 @@
+/* The parent's side of a sandbox slot: hand a job to the slot's worker through shared memory, wait for
+ * "done", the worker's death or the hard timeout, and turn what happened into a phase_result.
+ *
+ * Runs without the GIL and touches no Python. One thread at a time per slot (the Python layer keeps a
+ * free list of slots).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sandbox.h"
+#include "sandbox_proto.h"
+
+static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000ull + (uint64_t) ts.tv_nsec / 1000000ull;
+}
+
+static uint64_t align64(uint64_t v)
+{
+    return (v + 63) & ~63ull;
+}
+
+static uint64_t strings_bytes(const phase_sandbox_job *job)
+{
+    uint64_t n = strlen(job->entry ? job->entry : "_start") + 1;
+    for (uint32_t i = 0; i < job->argc; i++)
+        n += strlen(job->argv[i]) + 1;
+    for (uint32_t i = 0; i < job->envc; i++)
+        n += strlen(job->envp[i]) + 1;
+    return n;
+}
+
+uint64_t phase_sandbox_job_shm_bytes(const phase_sandbox_job *job)
+{
+    return SANDBOX_HEADER_BYTES + align64(job->module ? job->module_len : 0) + align64(job->input_len)
+           + align64(strings_bytes(job)) + job->limits.output_bytes;
+}
+
+int phase_sandbox_slot_open(phase_sandbox_slot *slot, int sock, int shm_fd, char *err, size_t errlen)
+{
+    memset(slot, 0, sizeof *slot);
+    slot->sock = sock;
+    slot->chan = -1;
+    struct stat st;
+    if (fstat(shm_fd, &st) != 0 || st.st_size < SANDBOX_MIN_SHM_BYTES) {
+        errf(err, errlen, "shared memory of the slot is missing or too small");
+        return -1;
+    }
+    slot->shm_bytes = (size_t) st.st_size;
+    void *p = mmap(NULL, slot->shm_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, shm_fd, 0);
+    if (p == MAP_FAILED) {
+        errf(err, errlen, "mmap of the slot's shared memory: %s", strerror(errno));
+        return -1;
+    }
+    slot->shm = p;
+    close(shm_fd);
+    return 0;
+}
+
+void phase_sandbox_slot_close(phase_sandbox_slot *slot)
+{
+    if (slot->chan >= 0)
+        close(slot->chan);
+    if (slot->sock >= 0)
+        close(slot->sock);
+    if (slot->shm)
+        munmap(slot->shm, slot->shm_bytes);
+    slot->chan = slot->sock = -1;
+    slot->shm = NULL;
+}
+
+/* Receive one message from the fork server (and the fd a READY carries). 1: got one; 0: timed out;
+ * -1: the server is gone. */
+static int recv_msg(phase_sandbox_slot *slot, sandbox_msg *msg, int *fd, int timeout_ms)
+{
+    struct pollfd pfd = {.fd = slot->sock, .events = POLLIN};
+    int n;
+    do
+        n = poll(&pfd, 1, timeout_ms);
+    while (n < 0 && errno == EINTR);
+    if (n == 0)
+        return 0;
+    if (n < 0)
+        return -1;
+    struct iovec iov = {.iov_base = msg, .iov_len = sizeof *msg};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr mh;
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = control.buf;
+    mh.msg_controllen = sizeof control.buf;
+    ssize_t got;
+    do
+        got = recvmsg(slot->sock, &mh, MSG_CMSG_CLOEXEC);
+    while (got < 0 && errno == EINTR);
+    if (got != (ssize_t) sizeof *msg)
+        return -1;
+    *fd = -1;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+            memcpy(fd, CMSG_DATA(cm), sizeof *fd);
+    return 1;
+}
+
+static int handle_msg(phase_sandbox_slot *slot, const sandbox_msg *msg, int fd)
+{
+    if (msg->type == SANDBOX_MSG_EXITED) {
+        if (msg->gen == slot->gen) {
+            slot->awaiting_exit = 0;
+            slot->last_wait_status = msg->wait_status;
+            slot->last_maxrss_kb = msg->maxrss_kb;
+            slot->last_cpu_us = msg->cpu_us;
+            if (slot->chan >= 0) {
+                close(slot->chan);
+                slot->chan = -1;
+            }
+        }
+        if (fd >= 0)
+            close(fd);
+        return 0;
+    }
+    if (msg->type == SANDBOX_MSG_READY && fd >= 0) {
+        if (slot->chan >= 0)
+            close(slot->chan);
+        slot->chan = fd;
+        slot->gen = msg->gen;
+        slot->pid = msg->pid;
+        slot->cache_seq = msg->cache_seq;
+        return 0;
+    }
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+int phase_sandbox_slot_ready(phase_sandbox_slot *slot, int timeout_ms, char *err, size_t errlen)
+{
+    uint64_t deadline = now_ms() + (uint64_t) timeout_ms;
+    while (slot->awaiting_exit || slot->chan < 0) {
+        uint64_t now = now_ms();
+        if (now >= deadline) {
+            errf(err, errlen, "the sandbox's fork server did not provide a worker within %d ms", timeout_ms);
+            return -1;
+        }
+        sandbox_msg msg;
+        int fd = -1;
+        int rc = recv_msg(slot, &msg, &fd, (int) (deadline - now));
+        if (rc < 0 || (rc == 1 && handle_msg(slot, &msg, fd) != 0)) {
+            errf(err, errlen, "the sandbox's fork server is gone");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void write_request(phase_sandbox_slot *slot, const phase_sandbox_job *job)
+{
+    sandbox_shm_header *hdr = (sandbox_shm_header *) slot->shm;
+    sandbox_request *req = &hdr->request;
+    uint64_t pos = SANDBOX_HEADER_BYTES;
+    memset(req, 0, sizeof *req);
+    req->magic = SANDBOX_MAGIC;
+    req->version = SANDBOX_VERSION;
+    req->seq = ++slot->seq;
+    memcpy(req->module_hash, job->module_hash, PHASE_SHA256_BYTES);
+    req->module_off = pos;
+    req->module_inline = job->module != NULL;
+    req->module_len = job->module ? job->module_len : 0;
+    if (req->module_len)
+        memcpy(slot->shm + pos, job->module, req->module_len);
+    pos += align64(req->module_len);
+    req->input_off = pos;
+    req->input_len = job->input_len;
+    if (job->input_len)
+        memcpy(slot->shm + pos, job->input, job->input_len);
+    pos += align64(job->input_len);
+    req->strings_off = pos;
+    char *s = (char *) slot->shm + pos;
+    const char *entry = job->entry ? job->entry : "_start";
+    size_t k = strlen(entry) + 1;
+    memcpy(s, entry, k);
+    s += k;
+    for (uint32_t i = 0; i < job->argc; i++, s += k) {
+        k = strlen(job->argv[i]) + 1;
+        memcpy(s, job->argv[i], k);
+    }
+    for (uint32_t i = 0; i < job->envc; i++, s += k) {
+        k = strlen(job->envp[i]) + 1;
+        memcpy(s, job->envp[i], k);
+    }
+    req->strings_len = (uint64_t) (s - ((char *) slot->shm + pos));
+    pos += align64(req->strings_len);
+    req->argc = job->argc;
+    req->envc = job->envc;
+    req->limits = job->limits;
+    req->deterministic = job->deterministic;
+    req->test_action = job->test_action;
+    memcpy(req->seed, job->seed, sizeof req->seed);
+    req->out_off = pos;
+    req->out_cap = slot->shm_bytes - pos;
+}
+
+static const char *signal_name(int sig)
+{
+    switch (sig) {
+    case SIGSEGV: return "SIGSEGV";
+    case SIGBUS: return "SIGBUS";
+    case SIGILL: return "SIGILL";
+    case SIGFPE: return "SIGFPE";
+    case SIGABRT: return "SIGABRT";
+    case SIGKILL: return "SIGKILL";
+    case SIGSYS: return "SIGSYS";
+    case SIGXCPU: return "SIGXCPU";
+    case SIGXFSZ: return "SIGXFSZ";
+    default: return "a signal";
+    }
+}
+
+static void set_result_message(phase_result *res, phase_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_result_message(phase_result *res, phase_status status, const char *fmt, ...)
+{
+    res->status = status;
+    res->exit_code = -1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(res->message, sizeof res->message, fmt, ap);
+    va_end(ap);
+}
+
+/* The worker died before saying "done": the result is how it died. */
+static void death_result(phase_sandbox_slot *slot, const phase_sandbox_job *job, int killed_for_timeout,
+                         phase_result *res)
+{
+    int st = slot->last_wait_status;
+    if (killed_for_timeout) {
+        set_result_message(res, PHASE_TIMEOUT,
+                           "the worker was killed: no result within the hard timeout of %llu ms (limit %llu ms + grace)",
+                           (unsigned long long) job->hard_timeout_ms, (unsigned long long) job->limits.timeout_ms);
+    } else if (WIFSIGNALED(st) && (WTERMSIG(st) == SIGXCPU
+                                   || (WTERMSIG(st) == SIGKILL && job->limits.timeout_ms
+                                       && (uint64_t) slot->last_cpu_us / 1000 >= job->limits.timeout_ms))) {
+        set_result_message(res, PHASE_TIMEOUT, "the worker exceeded its CPU time limit (%s) and was killed",
+                           signal_name(WTERMSIG(st)));
+    } else if (WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS) {
+        set_result_message(res, PHASE_CRASHED,
+                           "the worker was killed by SIGSYS: it made a system call its seccomp filter forbids");
+    } else if (WIFSIGNALED(st)) {
+        set_result_message(res, PHASE_CRASHED, "the worker was killed by %s (signal %d) mid-job; it was replaced",
+                           signal_name(WTERMSIG(st)), WTERMSIG(st));
+    } else if (WIFEXITED(st) && WEXITSTATUS(st) == SANDBOX_EXIT_SETUP) {
+        set_result_message(res, PHASE_CRASHED, "the worker could not confine itself (rlimits or seccomp failed)");
+    } else {
+        set_result_message(res, PHASE_CRASHED, "the worker exited with code %d without a result",
+                           WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    }
+}
+
+static int copy_response(phase_sandbox_slot *slot, phase_result *res)
+{
+    /* Untrusted: check everything against the request we wrote. */
+    const sandbox_shm_header *hdr = (const sandbox_shm_header *) slot->shm;
+    sandbox_response r = hdr->response;
+    const sandbox_request *req = &hdr->request;
+    if (r.seq != req->seq || r.status < 0 || r.status >= PHASE_STATUS_COUNT || r.out_len > req->out_cap
+        || r.err_len > req->out_cap - r.out_len) {
+        set_result_message(res, PHASE_CRASHED, "the worker returned a malformed result");
+        return 0;
+    }
+    r.message[sizeof r.message - 1] = 0;
+    res->status = (phase_status) r.status;
+    res->exit_code = r.exit_code;
+    memcpy(res->message, r.message, sizeof res->message);
+    if (r.oom && res->status == PHASE_CRASHED) {
+        char inner[PHASE_MESSAGE_BYTES];
+        memcpy(inner, res->message, sizeof inner);
+        set_result_message(res, PHASE_MEMORY_LIMIT, "the worker ran out of its address-space limit (%s)", inner);
+    }
+    if (r.out_len) {
+        res->out = malloc(r.out_len);
+        if (!res->out)
+            return -1;
+        memcpy(res->out, slot->shm + req->out_off, r.out_len);
+    }
+    if (r.err_len) {
+        res->err = malloc(r.err_len);
+        if (!res->err)
+            return -1;
+        memcpy(res->err, slot->shm + req->out_off + r.out_len, r.err_len);
+    }
+    res->out_len = r.out_len;
+    res->err_len = r.err_len;
+    res->fuel_used = r.fuel_used;
+    res->wall_us = r.wall_us;
+    res->memory_peak_bytes = r.memory_peak_bytes;
+    memcpy(res->module_hash, r.module_hash, PHASE_SHA256_BYTES);
+    memcpy(res->input_hash, r.input_hash, PHASE_SHA256_BYTES);
+    memcpy(res->stdout_hash, r.stdout_hash, PHASE_SHA256_BYTES);
+    memcpy(res->stderr_hash, r.stderr_hash, PHASE_SHA256_BYTES);
+    return 0;
+}
+
+/* Wait for the EXITED message of the current worker (after its channel closed or we asked for a kill). */
+static int wait_exited(phase_sandbox_slot *slot, char *err, size_t errlen)
+{
+    uint64_t deadline = now_ms() + 30000;
+    while (slot->awaiting_exit) {
+        uint64_t now = now_ms();
+        sandbox_msg msg;
+        int fd = -1;
+        int rc = now < deadline ? recv_msg(slot, &msg, &fd, (int) (deadline - now)) : 0;
+        if (rc <= 0 || handle_msg(slot, &msg, fd) != 0) {
+            errf(err, errlen, rc == 0 ? "the fork server did not report the worker's end" : "the sandbox's fork server is gone");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *job, phase_result *res, char *err,
+                           size_t errlen)
+{
+    memset(res, 0, sizeof *res);
+    res->exit_code = -1;
+    if (phase_sandbox_job_shm_bytes(job) > slot->shm_bytes) {
+        errf(err, errlen, "the job needs %llu bytes of shared memory (input, module, output limit); the sandbox has %zu",
+             (unsigned long long) phase_sandbox_job_shm_bytes(job), slot->shm_bytes);
+        return -1;
+    }
+    if (phase_sandbox_slot_ready(slot, 30000, err, errlen) != 0)
+        return -1;
+    write_request(slot, job);
+    /* From "go" on, the worker is responsible for this job until it says "done" or dies. */
+    slot->awaiting_exit = 1;
+    char go = 'g';
+    ssize_t w;
+    do
+        w = send(slot->chan, &go, 1, MSG_NOSIGNAL);
+    while (w < 0 && errno == EINTR);
+
+    uint64_t start = now_ms();
+    int killed_for_timeout = 0;
+    int done = 0;
+    if (w == 1) {
+        struct pollfd pfd = {.fd = slot->chan, .events = POLLIN};
+        for (;;) {
+            int timeout = -1;
+            if (job->hard_timeout_ms && !killed_for_timeout) {
+                uint64_t elapsed = now_ms() - start;
+                timeout = elapsed >= job->hard_timeout_ms ? 0 : (int) (job->hard_timeout_ms - elapsed);
+            }
+            int n = poll(&pfd, 1, timeout);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n == 0) {
+                /* Hard timeout: only the fork server knows the worker for sure; it kills it. */
+                sandbox_msg kill_msg = {.type = SANDBOX_MSG_KILL, .gen = slot->gen};
+                if (send(slot->sock, &kill_msg, sizeof kill_msg, MSG_NOSIGNAL) != (ssize_t) sizeof kill_msg) {
+                    errf(err, errlen, "the sandbox's fork server is gone");
+                    return -1;
+                }
+                killed_for_timeout = 1;
+                continue;
+            }
+            char c = 0;
+            ssize_t r = recv(slot->chan, &c, 1, MSG_DONTWAIT);
+            if (r < 0 && (errno == EAGAIN || errno == EINTR))
+                continue;
+            done = r == 1 && c == 'd';
+            break;   /* done, or EOF/error: the worker died */
+        }
+    }
+    if (done) {
+        const sandbox_shm_header *hdr = (const sandbox_shm_header *) slot->shm;
+        if (hdr->response.module_missing && hdr->response.seq == hdr->request.seq) {
+            slot->awaiting_exit = 0;   /* the same worker waits for the bytes */
+            return 1;
+        }
+        close(slot->chan);   /* the worker exits by itself; its EXITED message is read before the next job */
+        slot->chan = -1;
+        if (copy_response(slot, res) != 0) {
+            phase_result_clear(res);
+            errf(err, errlen, "out of memory copying a job's output");
+            return -1;
+        }
+        return 0;
+    }
+    if (wait_exited(slot, err, errlen) != 0)
+        return -1;
+    death_result(slot, job, killed_for_timeout, res);
+    memcpy(res->module_hash, job->module_hash, PHASE_SHA256_BYTES);
+    phase_sha256(job->input, job->input_len, res->input_hash);
+    phase_sha256(NULL, 0, res->stdout_hash);
+    phase_sha256(NULL, 0, res->stderr_hash);
+    res->wall_us = (now_ms() - start) * 1000;
+    return 0;
+}

@@ -1,0 +1,100 @@
+/* The sandbox's wire and shared-memory formats, shared by the fork server, its workers and the
+ * parent-side client. One source for every size and message: nothing here is typed twice.
+ *
+ * Processes:
+ *   parent (the node's Python)  --main socket (stream)-->  fork server  --fork-->  worker (single use)
+ *   parent  <--slot socket i (seqpacket)-->  fork server          one per slot: READY / EXITED / KILL
+ *   parent  <--worker channel (seqpacket, fresh per worker)-->  worker        "go" / "done" bytes
+ *   parent, fork server, worker of slot i: slot i's shared memory (memfd mapped before fork)
+ *
+ * Everything a worker writes is untrusted: the parent bounds-checks the response, and takes the
+ * worker's fate (exit status, pid) only from the fork server.
+ */
+#ifndef PHASE_SANDBOX_PROTO_H
+#define PHASE_SANDBOX_PROTO_H
+
+#include <stdint.h>
+
+#include "phase_core.h"
+
+#define SANDBOX_MAGIC 0x50485342u         /* "PHSB" */
+#define SANDBOX_VERSION 1u
+#define SANDBOX_HEADER_BYTES 4096u        /* request + response headers; payloads follow */
+#define SANDBOX_MIN_SHM_BYTES (1u << 20)
+
+/* Worker exit code when it could not set itself up (rlimits, seccomp, ...). */
+#define SANDBOX_EXIT_SETUP 99
+/* Worker exit code when the parent closed its channel without a job. */
+#define SANDBOX_EXIT_IDLE 0
+
+/* Test-only actions a worker performs after its seccomp filter is installed, instead of the job:
+ * they prove the confinement in tests (never set by the public API). */
+enum sandbox_test_action {
+    SANDBOX_TEST_NONE = 0,
+    SANDBOX_TEST_FORBIDDEN_SYSCALL = 1,   /* socket(): the filter must kill the worker (SIGSYS) */
+    SANDBOX_TEST_SEGFAULT = 2,            /* raise SIGSEGV mid-job */
+    SANDBOX_TEST_SPIN = 3,                /* spin in C, out of the meter's reach: only the hard timeout ends it */
+    SANDBOX_TEST_EXEC_MMAP = 4,           /* mmap with PROT_EXEC: the filter must kill the worker */
+    SANDBOX_TEST_ALLOCATE = 5,            /* malloc until it fails: RLIMIT_AS must stop it (reports memory_limit) */
+};
+
+typedef struct sandbox_request {          /* written by the parent before "go" */
+    uint32_t magic, version;
+    uint64_t seq;
+    uint8_t module_hash[PHASE_SHA256_BYTES];
+    uint32_t module_inline, reserved;     /* 1: the module's bytes are in the payload; 0: the worker's cache */
+    uint64_t module_off, module_len;
+    uint64_t input_off, input_len;
+    uint64_t strings_off, strings_len;    /* entry, argv..., envp... each NUL-terminated */
+    uint32_t argc, envc;
+    phase_limits limits;
+    int32_t deterministic;
+    uint32_t test_action;
+    uint8_t seed[32];
+    uint64_t out_off, out_cap;            /* where the worker may write stdout then stderr */
+} sandbox_request;
+
+typedef struct sandbox_response {         /* written by the worker before "done"; untrusted */
+    uint64_t seq;
+    int32_t status;                       /* phase_status */
+    int32_t exit_code;
+    uint32_t module_missing;              /* 1: the module is not in this worker's cache; send the bytes */
+    uint32_t oom;                         /* 1: the worker ran out of address space (RLIMIT_AS) */
+    char message[PHASE_MESSAGE_BYTES];
+    uint64_t out_len, err_len;            /* at request.out_off: stdout then stderr */
+    uint64_t fuel_used, wall_us, memory_peak_bytes;
+    uint8_t module_hash[PHASE_SHA256_BYTES];
+    uint8_t input_hash[PHASE_SHA256_BYTES];
+    uint8_t stdout_hash[PHASE_SHA256_BYTES];
+    uint8_t stderr_hash[PHASE_SHA256_BYTES];
+} sandbox_response;
+
+typedef struct sandbox_shm_header {
+    sandbox_request request;
+    uint8_t pad[1024 - sizeof(sandbox_request) % 1024];
+    sandbox_response response;
+} sandbox_shm_header;
+
+_Static_assert(sizeof(sandbox_shm_header) <= SANDBOX_HEADER_BYTES, "shm header too large");
+
+/* ---- messages ---------------------------------------------------------------------------- */
+
+enum sandbox_msg_type {
+    SANDBOX_MSG_READY = 1,     /* server -> parent, slot socket, carries the worker channel fd */
+    SANDBOX_MSG_EXITED = 2,    /* server -> parent, slot socket: the worker of generation gen is reaped */
+    SANDBOX_MSG_KILL = 3,      /* parent -> server, slot socket: SIGKILL the worker of generation gen */
+    SANDBOX_MSG_ADD = 4,       /* parent -> server, main socket: validate and cache a module (bytes follow) */
+};
+
+typedef struct sandbox_msg {
+    uint32_t type;
+    uint32_t gen;              /* worker generation within the slot */
+    int32_t pid;               /* READY/EXITED: the worker's pid, from the server (trusted) */
+    int32_t wait_status;       /* EXITED: as from waitpid */
+    uint64_t cache_seq;        /* READY: module ADDs the server had processed when it forked the worker;
+                                * ADD: length of the module bytes that follow */
+    int64_t maxrss_kb;         /* EXITED: the worker's peak resident size */
+    int64_t cpu_us;            /* EXITED: user + system CPU time */
+} sandbox_msg;
+
+#endif

@@ -1,0 +1,609 @@
+/* The fork server and its workers.
+ *
+ * The fork server is a small single-threaded process (exec'd, so it inherits nothing of the node: no
+ * keys, no threads, no Python heap). It holds the modules the parent asked it to cache (validated by
+ * phase_module_new here, after a sandboxed worker validated the same bytes without incident) and keeps
+ * one pre-forked worker per slot. A worker inherits the cache and its slot's shared memory, waits for
+ * "go", confines itself for the job (rlimits, no_new_privs, seccomp), runs it, writes the result into
+ * the shared memory, says "done" and exits. The server reaps it, tells the parent how it ended, and
+ * forks the next one.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sandbox.h"
+#include "sandbox_proto.h"
+
+#define MAX_SLOTS 256
+#define CACHE_MAX 64
+#define WORKER_FD 3                       /* the worker's channel, after it tidies its fds */
+/* Address space a worker may use beyond what it inherits, its linear memory and its output:
+ * wasm3's compiled code and runtime structures, the native stack, libc. */
+#define WORKER_AS_SLACK (96ull << 20)
+#define WORKER_STACK_BYTES (8ull << 20)
+
+typedef struct srv_slot {
+    int sock;
+    uint8_t *shm;
+    size_t shm_bytes;
+    pid_t pid;                 /* 0: no worker */
+    uint32_t gen;
+    uint64_t respawn_at_ns;    /* after a worker failed its own set-up: not before this */
+} srv_slot;
+
+static srv_slot slots[MAX_SLOTS];
+static unsigned nslots;
+static int main_sock = -1;
+static int devnull = -1;
+static pid_t server_pid;
+static phase_module *cache[CACHE_MAX];
+static unsigned cache_count;
+static uint64_t cache_seq;          /* ADD messages processed (accepted or not) */
+
+static void fatal(const char *what)
+{
+    fprintf(stderr, "phase-sandboxd: %s: %s\n", what, strerror(errno));
+    _exit(2);
+}
+
+/* ---- module cache (server side; workers inherit it) ---------------------------------------- */
+
+static phase_module *cache_find(const uint8_t *hash)
+{
+    for (unsigned i = 0; i < cache_count; i++)
+        if (memcmp(cache[i]->hash, hash, PHASE_SHA256_BYTES) == 0)
+            return cache[i];
+    return NULL;
+}
+
+static void cache_add(const uint8_t *bytes, size_t len)
+{
+    char err[256];
+    uint8_t hash[PHASE_SHA256_BYTES];
+    phase_sha256(bytes, len, hash);
+    if (cache_find(hash))
+        return;
+    phase_module *m = phase_module_new(bytes, len, err, sizeof err);
+    if (!m)
+        return;   /* the worker that ran it already reported why; later workers get the bytes again */
+    if (cache_count == CACHE_MAX) {   /* drop the oldest */
+        phase_module_free(cache[0]);
+        memmove(cache, cache + 1, (CACHE_MAX - 1) * sizeof cache[0]);
+        cache_count--;
+    }
+    cache[cache_count++] = m;
+}
+
+/* ---- the worker ---------------------------------------------------------------------------- */
+
+static uint64_t vm_size_bytes(void)
+{
+    /* Before seccomp: /proc is still reachable. */
+    unsigned long long pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%llu", &pages) != 1)
+            pages = 0;
+        fclose(f);
+    }
+    return pages * (uint64_t) sysconf(_SC_PAGESIZE);
+}
+
+static int set_limit(int resource, uint64_t value)
+{
+    struct rlimit rl = {.rlim_cur = value, .rlim_max = value};
+    return setrlimit(resource, &rl);
+}
+
+/* Rlimits for this job, then no_new_privs and the seccomp filter. */
+static int confine(const sandbox_request *req, uint64_t base_vm)
+{
+    uint64_t as = base_vm + WORKER_AS_SLACK + WORKER_STACK_BYTES + req->limits.memory_bytes
+                  + 2 * req->limits.output_bytes + 16 * req->module_len + 2 * (uint64_t) req->limits.stack_bytes;
+    if (set_limit(RLIMIT_AS, as) != 0 || set_limit(RLIMIT_CORE, 0) != 0 || set_limit(RLIMIT_FSIZE, 0) != 0
+        || set_limit(RLIMIT_NOFILE, WORKER_FD + 1) != 0)
+        return -1;
+    if (req->limits.timeout_ms) {
+        /* A backstop below the parent's hard timeout: CPU seconds, SIGXCPU then SIGKILL one second later. */
+        uint64_t secs = (req->limits.timeout_ms + 999) / 1000 + 1;
+        struct rlimit rl = {.rlim_cur = secs, .rlim_max = secs + 1};
+        if (setrlimit(RLIMIT_CPU, &rl) != 0)
+            return -1;
+    }
+    return phase_sandbox_seccomp_install();
+}
+
+static void say_done(void)
+{
+    char d = 'd';
+    if (write(WORKER_FD, &d, 1) != 1)
+        _exit(SANDBOX_EXIT_IDLE);
+}
+
+static void respond_message(sandbox_response *resp, phase_status status, const char *text)
+{
+    resp->status = status;
+    resp->exit_code = -1;
+    snprintf(resp->message, sizeof resp->message, "%s", text);
+}
+
+static int in_bounds(uint64_t off, uint64_t len, size_t size)
+{
+    return off >= SANDBOX_HEADER_BYTES && off <= size && len <= size - off;
+}
+
+static void test_action(uint32_t action)
+{
+    switch (action) {
+    case SANDBOX_TEST_FORBIDDEN_SYSCALL:
+        (void) socket(AF_INET, SOCK_STREAM, 0);
+        break;
+    case SANDBOX_TEST_SEGFAULT:
+        raise(SIGSEGV);
+        break;
+    case SANDBOX_TEST_SPIN:
+        for (volatile uint64_t i = 0;; i++)
+            ;
+    case SANDBOX_TEST_EXEC_MMAP:
+        (void) mmap(NULL, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        break;
+    default:
+        break;
+    }
+}
+
+/* Split the strings region into entry, argv and envp. Returns 0 or -1 if it is malformed. */
+static int split_strings(const char *s, uint64_t len, uint32_t argc, uint32_t envc, const char **entry,
+                         const char ***argv, const char ***envp)
+{
+    uint64_t need = 1ull + argc + envc;
+    if (argc > (1u << 20) || envc > (1u << 20) || len == 0 || s[len - 1] != 0)
+        return -1;
+    const char **ptrs = malloc(need * sizeof *ptrs);
+    if (!ptrs)
+        return -1;
+    uint64_t pos = 0;
+    for (uint64_t k = 0; k < need; k++) {
+        if (pos >= len) {
+            free(ptrs);
+            return -1;
+        }
+        ptrs[k] = s + pos;
+        pos += strlen(s + pos) + 1;
+    }
+    *entry = ptrs[0];
+    *argv = ptrs + 1;
+    *envp = ptrs + 1 + argc;
+    return 0;
+}
+
+static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_vm)
+{
+    uint8_t *shm = (uint8_t *) hdr;
+    for (;;) {
+        char c;
+        ssize_t n = read(WORKER_FD, &c, 1);
+        if (n != 1)
+            _exit(SANDBOX_EXIT_IDLE);
+        sandbox_request req = hdr->request;   /* one consistent copy */
+        sandbox_response *resp = &hdr->response;
+        memset(resp, 0, sizeof *resp);
+        resp->seq = req.seq;
+        resp->exit_code = -1;
+        if (req.magic != SANDBOX_MAGIC || req.version != SANDBOX_VERSION) {
+            respond_message(resp, PHASE_CRASHED, "sandbox: request of an unknown format");
+            say_done();
+            _exit(SANDBOX_EXIT_IDLE);
+        }
+        const phase_module *module = NULL;
+        if (!req.module_inline) {
+            module = cache_find(req.module_hash);
+            if (!module) {
+                resp->module_missing = 1;   /* the parent sends the bytes; wait again, still unconfined */
+                say_done();
+                continue;
+            }
+        }
+        if (!in_bounds(req.module_off, req.module_len, shm_bytes) || !in_bounds(req.input_off, req.input_len, shm_bytes)
+            || !in_bounds(req.strings_off, req.strings_len, shm_bytes) || !in_bounds(req.out_off, req.out_cap, shm_bytes)) {
+            respond_message(resp, PHASE_CRASHED, "sandbox: request out of bounds");
+            say_done();
+            _exit(SANDBOX_EXIT_IDLE);
+        }
+        if (confine(&req, base_vm) != 0)
+            _exit(SANDBOX_EXIT_SETUP);
+        /* From here on the worker is confined: anything below may be hostile. */
+        test_action(req.test_action);
+        if (req.test_action == SANDBOX_TEST_ALLOCATE) {
+            uint64_t got = 0;
+            for (;;) {
+                void *p = malloc(1 << 20);
+                if (!p)
+                    break;
+                memset(p, 1, 1 << 20);
+                got += 1 << 20;
+            }
+            resp->oom = 1;
+            char text[128];
+            snprintf(text, sizeof text, "test allocation stopped after %llu MiB", (unsigned long long) (got >> 20));
+            respond_message(resp, PHASE_CRASHED, text);
+            say_done();
+            _exit(0);
+        }
+        char err[PHASE_MESSAGE_BYTES];
+        phase_module *own = NULL;
+        if (!module) {
+            err[0] = 0;
+            own = phase_module_new(shm + req.module_off, req.module_len, err, sizeof err);
+            if (!own) {
+                /* The validator may fail by running out of address space too. */
+                respond_message(resp, PHASE_INVALID_MODULE, err[0] ? err : "invalid module");
+                say_done();
+                _exit(0);
+            }
+            module = own;
+        }
+        const char *entry, **argv, **envp;
+        if (split_strings((const char *) shm + req.strings_off, req.strings_len, req.argc, req.envc, &entry, &argv,
+                          &envp) != 0) {
+            respond_message(resp, PHASE_CRASHED, "sandbox: malformed argument strings");
+            say_done();
+            _exit(0);
+        }
+        phase_job_spec spec;
+        memset(&spec, 0, sizeof spec);
+        spec.module = module;
+        spec.entry = entry;
+        spec.argv = argv;
+        spec.argc = req.argc;
+        spec.envp = envp;
+        spec.envc = req.envc;
+        spec.input = shm + req.input_off;
+        spec.input_len = req.input_len;
+        spec.limits = req.limits;
+        spec.deterministic = req.deterministic;
+        memcpy(spec.seed, req.seed, sizeof spec.seed);
+        phase_result res;
+        int rc = phase_job_run(&spec, &res);
+        resp->status = (int32_t) res.status;
+        resp->exit_code = res.exit_code;
+        memcpy(resp->message, res.message, sizeof resp->message);
+        resp->message[sizeof resp->message - 1] = 0;
+        if (rc != 0 && res.status == PHASE_CRASHED)
+            resp->oom = 1;   /* phase_job_run fails only when the host runs out of memory */
+        uint64_t out_len = res.out_len, err_len = res.err_len;
+        if (out_len > req.out_cap)
+            out_len = req.out_cap;
+        if (err_len > req.out_cap - out_len)
+            err_len = req.out_cap - out_len;
+        if (out_len)
+            memcpy(shm + req.out_off, res.out, out_len);
+        if (err_len)
+            memcpy(shm + req.out_off + out_len, res.err, err_len);
+        resp->out_len = out_len;
+        resp->err_len = err_len;
+        resp->fuel_used = res.fuel_used;
+        resp->wall_us = res.wall_us;
+        resp->memory_peak_bytes = res.memory_peak_bytes;
+        memcpy(resp->module_hash, res.module_hash, PHASE_SHA256_BYTES);
+        memcpy(resp->input_hash, res.input_hash, PHASE_SHA256_BYTES);
+        memcpy(resp->stdout_hash, res.stdout_hash, PHASE_SHA256_BYTES);
+        memcpy(resp->stderr_hash, res.stderr_hash, PHASE_SHA256_BYTES);
+        say_done();
+        /* No clean-up: the process ends here, and its memory with it. */
+        _exit(0);
+    }
+}
+
+/* In the child right after fork: drop everything that is not this slot's, then serve one job. */
+static void worker_main(unsigned index, int chan)
+{
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != server_pid)
+        _exit(SANDBOX_EXIT_SETUP);
+    /* Other slots' shared memory holds other jobs: unmap it. */
+    for (unsigned j = 0; j < nslots; j++)
+        if (j != index)
+            munmap(slots[j].shm, slots[j].shm_bytes);
+    if (dup2(chan, WORKER_FD) < 0 || dup2(devnull, 0) < 0 || dup2(devnull, 1) < 0 || dup2(devnull, 2) < 0)
+        _exit(SANDBOX_EXIT_SETUP);
+    if (close_range(WORKER_FD + 1, ~0u, 0) != 0)
+        _exit(SANDBOX_EXIT_SETUP);
+    uint64_t base_vm = vm_size_bytes();
+    worker_run((sandbox_shm_header *) slots[index].shm, slots[index].shm_bytes, base_vm);
+    _exit(SANDBOX_EXIT_IDLE);
+}
+
+/* ---- the server loop ------------------------------------------------------------------------ */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000000000ull + (uint64_t) ts.tv_nsec;
+}
+
+static int send_msg(int sock, const sandbox_msg *msg, int fd)
+{
+    struct iovec iov = {.iov_base = (void *) msg, .iov_len = sizeof *msg};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr mh;
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    if (fd >= 0) {
+        memset(&control, 0, sizeof control);
+        mh.msg_control = control.buf;
+        mh.msg_controllen = sizeof control.buf;
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+    }
+    ssize_t n;
+    do
+        n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    return n == (ssize_t) sizeof *msg ? 0 : -1;
+}
+
+static void shutdown_all(int code)
+{
+    for (unsigned i = 0; i < nslots; i++)
+        if (slots[i].pid > 0)
+            kill(slots[i].pid, SIGKILL);
+    for (unsigned i = 0; i < nslots; i++)
+        if (slots[i].pid > 0)
+            waitpid(slots[i].pid, NULL, 0);
+    _exit(code);
+}
+
+static void spawn(unsigned index)
+{
+    srv_slot *slot = &slots[index];
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+        fatal("socketpair");
+    pid_t pid = fork();
+    if (pid < 0)
+        fatal("fork");
+    if (pid == 0) {
+        close(sv[0]);
+        worker_main(index, sv[1]);
+    }
+    close(sv[1]);
+    slot->pid = pid;
+    slot->gen++;
+    sandbox_msg msg = {.type = SANDBOX_MSG_READY, .gen = slot->gen, .pid = pid, .cache_seq = cache_seq};
+    int rc = send_msg(slot->sock, &msg, sv[0]);
+    close(sv[0]);
+    if (rc != 0)
+        shutdown_all(0);   /* the parent is gone */
+}
+
+static void reap(void)
+{
+    for (;;) {
+        int status;
+        struct rusage ru;
+        pid_t pid = wait4(-1, &status, WNOHANG, &ru);
+        if (pid <= 0)
+            return;
+        for (unsigned i = 0; i < nslots; i++) {
+            srv_slot *slot = &slots[i];
+            if (slot->pid != pid)
+                continue;
+            slot->pid = 0;
+            sandbox_msg msg = {
+                .type = SANDBOX_MSG_EXITED, .gen = slot->gen, .pid = pid, .wait_status = status,
+                .maxrss_kb = ru.ru_maxrss,
+                .cpu_us = (int64_t) (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000
+                          + ru.ru_utime.tv_usec + ru.ru_stime.tv_usec,
+            };
+            if (send_msg(slot->sock, &msg, -1) != 0)
+                shutdown_all(0);
+            /* A worker that could not even set itself up would fail again at once: do not spin. */
+            if (WIFEXITED(status) && WEXITSTATUS(status) == SANDBOX_EXIT_SETUP)
+                slot->respawn_at_ns = now_ns() + 100000000ull;
+            else
+                spawn(i);
+        }
+    }
+}
+
+static int read_full(int fd, void *buf, size_t len)
+{
+    uint8_t *p = buf;
+    while (len) {
+        ssize_t n = read(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t) n;
+    }
+    return 0;
+}
+
+static void handle_main(void)
+{
+    sandbox_msg msg;
+    if (read_full(main_sock, &msg, sizeof msg) != 0)
+        shutdown_all(0);   /* EOF: the parent closed the sandbox (or died) */
+    if (msg.type != SANDBOX_MSG_ADD || msg.cache_seq > (256ull << 20)) {
+        fprintf(stderr, "phase-sandboxd: bad message on the main socket\n");
+        shutdown_all(2);
+    }
+    size_t len = (size_t) msg.cache_seq;
+    uint8_t *bytes = malloc(len ? len : 1);
+    if (!bytes)
+        shutdown_all(2);
+    if (read_full(main_sock, bytes, len) != 0)
+        shutdown_all(0);
+    cache_add(bytes, len);
+    free(bytes);
+    cache_seq++;
+}
+
+static void handle_slot(unsigned index)
+{
+    srv_slot *slot = &slots[index];
+    sandbox_msg msg;
+    ssize_t n = recv(slot->sock, &msg, sizeof msg, 0);
+    if (n < 0 && errno == EINTR)
+        return;
+    if (n != (ssize_t) sizeof msg)
+        shutdown_all(0);
+    if (msg.type == SANDBOX_MSG_KILL && msg.gen == slot->gen && slot->pid > 0)
+        kill(slot->pid, SIGKILL);   /* reap() reports it */
+}
+
+/* A job the server runs itself once, before forking: a trusted constant module. It makes the core
+ * cache what it learns once per thread (the native stack bounds, via /proc/self/maps) so that no
+ * worker needs /proc after its seccomp filter is on. */
+static void warm_up(void)
+{
+    static const uint8_t tiny[] = {
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,             /* \0asm, version 1 */
+        0x01, 0x04, 0x01, 0x60, 0x00, 0x00,                         /* type: () -> () */
+        0x03, 0x02, 0x01, 0x00,                                     /* one function */
+        0x05, 0x03, 0x01, 0x00, 0x01,                               /* memory 1 */
+        0x07, 0x0a, 0x01, 0x06, '_', 's', 't', 'a', 'r', 't', 0x00, 0x00,
+        0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b,                         /* body: end */
+    };
+    char err[256];
+    phase_module *m = phase_module_new(tiny, sizeof tiny, err, sizeof err);
+    if (!m) {
+        fprintf(stderr, "phase-sandboxd: warm-up module rejected: %s\n", err);
+        _exit(2);
+    }
+    phase_job_spec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.module = m;
+    phase_limits_default(&spec.limits);
+    phase_result res;
+    phase_job_run(&spec, &res);
+    phase_result_clear(&res);
+    phase_module_free(m);
+}
+
+static int parse_fd(const char *s, char **end)
+{
+    long v = strtol(s, end, 10);
+    return (v >= 0 && v < 1 << 20 && *end != s) ? (int) v : -1;
+}
+
+int phase_sandbox_server_main(int argc, char **argv)
+{
+    server_pid = getpid();
+    for (int i = 1; i < argc; i++) {
+        char *end;
+        if (strcmp(argv[i], "--main") == 0 && i + 1 < argc) {
+            main_sock = parse_fd(argv[++i], &end);
+        } else if (strcmp(argv[i], "--slot") == 0 && i + 1 < argc && nslots < MAX_SLOTS) {
+            int sock = parse_fd(argv[++i], &end);
+            int shm_fd = (*end == ':') ? parse_fd(end + 1, &end) : -1;
+            struct stat st;
+            if (sock < 0 || shm_fd < 0 || fstat(shm_fd, &st) != 0 || st.st_size < SANDBOX_MIN_SHM_BYTES) {
+                fprintf(stderr, "phase-sandboxd: bad --slot %s\n", argv[i]);
+                _exit(2);
+            }
+            srv_slot *slot = &slots[nslots++];
+            slot->sock = sock;
+            slot->shm_bytes = (size_t) st.st_size;
+            slot->shm = mmap(NULL, slot->shm_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, shm_fd, 0);
+            if (slot->shm == MAP_FAILED)
+                fatal("mmap");
+            close(shm_fd);
+        } else {
+            fprintf(stderr, "usage: phase-sandboxd --main FD --slot SOCKFD:SHMFD [--slot ...]\n");
+            _exit(2);
+        }
+    }
+    if (main_sock < 0 || nslots == 0) {
+        fprintf(stderr, "usage: phase-sandboxd --main FD --slot SOCKFD:SHMFD [--slot ...]\n");
+        _exit(2);
+    }
+    if (phase_crypto_init() != 0) {
+        fprintf(stderr, "phase-sandboxd: libsodium failed to initialise\n");
+        _exit(2);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(devnull, 1) < 0)
+        fatal("/dev/null");
+    warm_up();
+
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    if (sigprocmask(SIG_BLOCK, &chld, NULL) != 0)
+        fatal("sigprocmask");
+    int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0)
+        fatal("signalfd");
+    for (unsigned i = 0; i < nslots; i++)
+        spawn(i);
+
+    struct pollfd pfds[MAX_SLOTS + 2];
+    for (;;) {
+        pfds[0] = (struct pollfd){.fd = sfd, .events = POLLIN};
+        pfds[1] = (struct pollfd){.fd = main_sock, .events = POLLIN};
+        for (unsigned i = 0; i < nslots; i++)
+            pfds[2 + i] = (struct pollfd){.fd = slots[i].sock, .events = POLLIN};
+        int timeout = -1;
+        uint64_t now = now_ns();
+        for (unsigned i = 0; i < nslots; i++) {
+            if (slots[i].pid == 0 && slots[i].respawn_at_ns) {
+                if (slots[i].respawn_at_ns <= now) {
+                    slots[i].respawn_at_ns = 0;
+                    spawn(i);
+                } else {
+                    int ms = (int) ((slots[i].respawn_at_ns - now) / 1000000) + 1;
+                    if (timeout < 0 || ms < timeout)
+                        timeout = ms;
+                }
+            }
+        }
+        int n = poll(pfds, 2 + nslots, timeout);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            fatal("poll");
+        /* Reap first, so an EXITED message always precedes the next READY on a slot. */
+        if (pfds[0].revents) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) == (ssize_t) sizeof si)
+                ;
+            reap();
+        }
+        for (unsigned i = 0; i < nslots; i++)
+            if (pfds[2 + i].revents)
+                handle_slot(i);
+        if (pfds[1].revents)
+            handle_main();
+    }
+}

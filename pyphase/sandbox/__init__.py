@@ -1,0 +1,284 @@
+"""Isolated workers: run untrusted jobs in pre-forked, single-use, confined processes.
+
+``Sandbox(workers=N)`` starts a small fork server (the ``phase-sandboxd`` executable: exec'd, so it is
+single-threaded and inherits nothing of this process) which keeps one pre-forked worker per slot. A job is
+written into the slot's shared memory, its worker confines itself (rlimits, no_new_privs, a seccomp
+allow-list), runs it and writes the result back, then exits; the fork server forks the next. A worker that
+crashes, hangs past the hard timeout or runs out of memory is reaped and replaced, and the job ends with
+status ``crashed``, ``timeout`` or ``memory_limit``. See docs/SANDBOX.md.
+
+Modules are validated inside a worker, never in this process: an invalid module is a job outcome
+(``status == "invalid_module"``), not an exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pyphase
+from pyphase import _core, _sandbox
+from pyphase.errors import LimitsError, PhaseError
+from pyphase.limits import DEFAULT_LIMITS, Limits
+from pyphase.result import Result, hash_text
+from pyphase.runtime import DEFAULT_PROGRAM_NAME, Module, _encode_strings, deterministic_seed
+
+__all__ = ["Sandbox", "SandboxError"]
+
+SERVER_NAME = "phase-sandboxd"
+DEFAULT_SHM_BYTES = 64 << 20
+DEFAULT_GRACE_MS = 1000
+START_TIMEOUT_MS = 10_000
+
+
+class SandboxError(PhaseError):
+    """The sandbox itself failed (its fork server died or could not start); the job's fate is unknown."""
+
+
+@dataclass(frozen=True)
+class _Job:
+    digest: bytes
+    data: bytes
+    input: bytes | bytearray | memoryview
+    argv: list[bytes]
+    envp: list[bytes]
+    entry: bytes
+    limits: Limits
+    deterministic: bool
+    seed: bytes
+    test_action: int = 0
+
+
+def _server_command() -> list[str]:
+    """The fork server: the installed executable, else this Python running the same C entry point."""
+    for base in pyphase.__path__:
+        exe = Path(base) / SERVER_NAME
+        if os.access(exe, os.X_OK):
+            return [str(exe)]
+    return [sys.executable, "-I", "-c", "import sys; from pyphase import _sandbox; _sandbox.server_main(sys.argv[1:])"]
+
+
+class Sandbox:
+    """A pool of ``workers`` isolated worker processes. Thread-safe; use as a context manager or ``close()``.
+
+    ``run()`` has the signature of :func:`pyphase.run` and returns the same :class:`~pyphase.Result`;
+    ``submit()`` returns a :class:`concurrent.futures.Future` (from asyncio: ``await asyncio.wrap_future(...)``).
+    ``grace_ms`` is added to a job's ``timeout_ms`` before its worker is killed from outside;
+    ``shm_bytes`` bounds one job's module + input + output limit.
+    """
+
+    def __init__(self, workers: int = 2, *, shm_bytes: int = DEFAULT_SHM_BYTES, grace_ms: int = DEFAULT_GRACE_MS) -> None:
+        if not 1 <= workers <= 256:
+            raise ValueError(f"workers must be between 1 and 256, got {workers}")
+        if shm_bytes < _sandbox.MIN_SHM_BYTES:
+            raise ValueError(f"shm_bytes must be at least {_sandbox.MIN_SHM_BYTES}")
+        self._closed = True
+        self.workers = workers
+        self.grace_ms = grace_ms
+        self._lock = threading.Lock()
+        self._modules: dict[bytes, int] = {}     # digest -> ADD sequence number (1-based) sent to the server
+        self._adds = 0
+        main_parent, main_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        child_fds = [main_child.fileno()]
+        args = ["--main", str(main_child.fileno())]
+        ends: list[tuple[socket.socket, int]] = []
+        closers: list[socket.socket | int] = [main_child]
+        try:
+            for i in range(workers):
+                parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                shm = os.memfd_create(f"phase-sandbox-{i}", os.MFD_CLOEXEC)
+                os.ftruncate(shm, shm_bytes)
+                closers += [child_end, shm]
+                ends.append((parent_end, os.dup(shm)))
+                child_fds += [child_end.fileno(), shm]
+                args += ["--slot", f"{child_end.fileno()}:{shm}"]
+            self._server = subprocess.Popen(_server_command() + args, pass_fds=child_fds, stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, close_fds=True)
+        except BaseException:
+            main_parent.close()
+            for sock, fd in ends:
+                sock.close()
+                os.close(fd)
+            raise
+        finally:
+            for c in closers:
+                c.close() if isinstance(c, socket.socket) else os.close(c)
+        self._main = main_parent
+        self._slots = [_sandbox.Slot(sock.detach(), fd) for sock, fd in ends]
+        self._free: queue.SimpleQueue[_sandbox.Slot] = queue.SimpleQueue()
+        self._closed = False
+        try:
+            for slot in self._slots:
+                slot.ready(START_TIMEOUT_MS)
+                self._free.put(slot)
+        except PhaseError as exc:
+            self.close()
+            raise SandboxError(f"the sandbox did not start: {exc}") from None
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phase-sandbox")
+
+    # ---- public API --------------------------------------------------------------------------
+
+    def run(self, module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview = b"", *,
+            args: Sequence[str] = (), env: Mapping[str, str] | None = None, entry: str = "_start",
+            limits: Limits | None = None, deterministic: bool = False, program_name: str = DEFAULT_PROGRAM_NAME,
+            seed: bytes | None = None) -> Result:
+        """Run ``module`` once in a worker (blocking this thread only; the GIL is released while waiting)."""
+        job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed)
+        return self._execute(job)
+
+    def submit(self, module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview = b"", *,
+               args: Sequence[str] = (), env: Mapping[str, str] | None = None, entry: str = "_start",
+               limits: Limits | None = None, deterministic: bool = False, program_name: str = DEFAULT_PROGRAM_NAME,
+               seed: bytes | None = None) -> Future[Result]:
+        """Queue a job; the future's result is its :class:`Result` (or a :class:`SandboxError`)."""
+        job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed)
+        return self._executor.submit(self._execute, job)
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the current workers, as the fork server reported them (for monitoring and tests)."""
+        return [slot.worker_pid for slot in self._slots]
+
+    @property
+    def server_pid(self) -> int:
+        return self._server.pid
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Wait for running jobs, stop the fork server and its workers. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        executor = getattr(self, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        taken = []
+        try:
+            for _ in self._slots:
+                taken.append(self._free.get(timeout=timeout))
+        except queue.Empty:
+            pass   # a job still runs; closing the sockets below ends it with a SandboxError
+        self._main.close()
+        try:
+            self._server.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._server.kill()
+            self._server.wait()
+        for slot in taken:
+            slot.close()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2)
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"server pid {self._server.pid}"
+        return f"<Sandbox workers={self.workers} {state}>"
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _prepare(self, module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview,
+                 args: Sequence[str], env: Mapping[str, str] | None, entry: str, limits: Limits | None,
+                 deterministic: bool, program_name: str, seed: bytes | None, test_action: int = 0) -> _Job:
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
+        if isinstance(module, Module):
+            digest = module._core.digest
+            data = module._core.bytes
+        else:
+            data = bytes(module)
+            digest = hashlib.sha256(data).digest()
+        lim = limits or DEFAULT_LIMITS
+        environment = dict(env or {})
+        for key in environment:
+            if "=" in key or not key:
+                raise ValueError(f"environment variable names must be non-empty and contain no '=': {key!r}")
+        if "\0" in entry:
+            raise ValueError("entry must not contain NUL")
+        argv = _encode_strings([program_name, *args], "arguments")
+        envp = _encode_strings([f"{k}={v}" for k, v in environment.items()], "environment")
+        if deterministic and seed is None:
+            seed = deterministic_seed(hash_text(digest), hash_text(_core.sha256(input)), list(args), environment, entry)
+        entry_b = entry.encode("utf-8")
+        strings = len(entry_b) + 1 + sum(len(s) + 1 for s in argv + envp)
+        need = self._slots[0].shm_needed(len(data), len(input), strings, lim.output_bytes)
+        if need > self._slots[0].shm_bytes:
+            raise LimitsError(f"the job needs {need} bytes of shared memory (module, input, output limit); this "
+                              f"sandbox has {self._slots[0].shm_bytes} per worker (Sandbox(shm_bytes=...))")
+        return _Job(digest, data, input, argv, envp, entry_b, lim, deterministic, seed or bytes(32), test_action)
+
+    def _execute(self, job: _Job) -> Result:
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
+        slot = self._free.get()
+        try:
+            return self._execute_on(slot, job)
+        finally:
+            self._free.put(slot)
+
+    def _execute_on(self, slot: _sandbox.Slot, job: _Job) -> Result:
+        lim = job.limits
+        hard_timeout = lim.timeout_ms + self.grace_ms if lim.timeout_ms else 0
+        try:
+            slot.ready(30_000)
+            added = self._modules.get(job.digest)
+            # The worker has the module if the server cached it before forking this worker.
+            inline = added is None or slot.cache_seq < added
+            call = (job.input, job.argv, job.envp, job.entry, lim.memory_bytes, lim.fuel, lim.timeout_ms,
+                    lim.output_bytes, lim.stack_bytes, job.deterministic, job.seed, hard_timeout, job.test_action)
+            raw = slot.run(job.digest, job.data if inline else None, *call)
+            if raw is None:   # evicted from (or refused by) the server's cache: send the bytes and add it again
+                self._modules.pop(job.digest, None)
+                added = None
+                raw = slot.run(job.digest, job.data, *call)
+        except PhaseError as exc:
+            raise SandboxError(str(exc)) from None
+        if raw is None:
+            raise SandboxError("the worker did not take the module's bytes")
+        if added is None and raw[0] not in ("invalid_module", "crashed"):
+            self._add_module(job.digest, job.data)
+        return Result(
+            status=raw[0], exit_code=raw[1], message=raw[2], stdout=raw[3], stderr=raw[4], fuel_used=raw[5],
+            wall_us=raw[6], memory_peak_bytes=raw[7], module_hash=hash_text(raw[8]), input_hash=hash_text(raw[9]),
+            stdout_hash=hash_text(raw[10]), stderr_hash=hash_text(raw[11]),
+        )
+
+    def _add_module(self, digest: bytes, data: bytes) -> None:
+        """Have the fork server cache a module a worker validated without incident, so later workers
+        inherit it (no re-validation, no copy per job)."""
+        with self._lock:
+            if digest in self._modules or self._closed:
+                return
+            header = _sandbox.add_message(len(data))
+            try:
+                self._main.sendall(header + data)
+            except OSError:
+                return   # the server is gone; the next job reports it
+            self._adds += 1
+            self._modules[digest] = self._adds
+
+    def _selftest(self, action: str, module: bytes, limits: Limits | None = None) -> Result:
+        """Test only: run a job whose worker performs ``action`` (see _sandbox.TEST_ACTIONS) once confined."""
+        job = self._prepare(module, b"", (), None, "_start", limits, False, DEFAULT_PROGRAM_NAME, None,
+                            test_action=_sandbox.TEST_ACTIONS[action])
+        return self._execute(job)
