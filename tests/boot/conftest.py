@@ -52,3 +52,7 @@ def release_key(tmp_path: Path) -> tuple[Identity, Path]:
 
 def run_tool(binary: Path, *args: str | os.PathLike[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "boot: QEMU boot tests")
