@@ -153,9 +153,12 @@ static void test_action(uint32_t action)
     case SANDBOX_TEST_FORBIDDEN_SYSCALL:
         (void) socket(AF_INET, SOCK_STREAM, 0);
         break;
-    case SANDBOX_TEST_SEGFAULT:
-        raise(SIGSEGV);
+    case SANDBOX_TEST_SEGFAULT: {
+        /* A real fault (raise() needs tgkill, which the filter forbids). */
+        volatile int *volatile bad = (volatile int *) (uintptr_t) 16;
+        *bad = 1;
         break;
+    }
     case SANDBOX_TEST_SPIN:
         for (volatile uint64_t i = 0;; i++)
             ;
@@ -323,7 +326,8 @@ static void worker_main(unsigned index, int chan)
     for (unsigned j = 0; j < nslots; j++)
         if (j != index)
             munmap(slots[j].shm, slots[j].shm_bytes);
-    if (dup2(chan, WORKER_FD) < 0 || dup2(devnull, 0) < 0 || dup2(devnull, 1) < 0 || dup2(devnull, 2) < 0)
+    /* 0-2 become /dev/null first (devnull itself may sit on fd 3), then the channel moves to fd 3. */
+    if (dup2(devnull, 0) < 0 || dup2(devnull, 1) < 0 || dup2(devnull, 2) < 0 || dup2(chan, WORKER_FD) < 0)
         _exit(SANDBOX_EXIT_SETUP);
     if (close_range(WORKER_FD + 1, ~0u, 0) != 0)
         _exit(SANDBOX_EXIT_SETUP);

@@ -1,0 +1,20 @@
+"""Fixtures of the sandbox tests: one pool shared by a test module (a crash must not hurt the next test,
+which is the point)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from pyphase.sandbox import Sandbox
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox(workers=2, grace_ms=300) as sb:
+        yield sb

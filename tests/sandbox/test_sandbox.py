@@ -1,0 +1,158 @@
+"""The Sandbox API: same results as in-process runs, futures, asyncio, module caching, worker deaths
+(SIGKILL, SIGSEGV, hard timeout) reported and replaced, and clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+import time
+import warnings
+from concurrent.futures import wait
+
+import pytest
+
+import pyphase
+from pyphase.limits import Limits
+from pyphase.sandbox import Sandbox, SandboxError
+from sandbox_helpers import assert_hello_works, cpu_ticks, pid_alive, wait_until
+
+LOOP = '(module (func (export "_start") (loop (br 0))))'
+
+
+def test_hello_matches_in_process(sandbox, hello_bytes):
+    expected = pyphase.run(hello_bytes, b"Hello, World")
+    got = sandbox.run(hello_bytes, b"Hello, World")
+    for field in ("status", "exit_code", "stdout", "stderr", "module_hash", "input_hash", "stdout_hash",
+                  "stderr_hash", "memory_peak_bytes"):
+        assert getattr(got, field) == getattr(expected, field), field
+    assert got.fuel_used == expected.fuel_used
+
+
+def test_module_object_args_env_and_deterministic(sandbox, probe_bytes):
+    module = pyphase.Module.cached(probe_bytes)
+    kwargs = dict(args=["args"], env={"A": "1"}, deterministic=True)
+    expected = pyphase.run(module, b"", **kwargs)
+    got = sandbox.run(module, b"", **kwargs)
+    assert (got.status, got.stdout, got.stderr) == (expected.status, expected.stdout, expected.stderr)
+
+
+def test_module_is_cached_in_the_fork_server(sandbox, hello_bytes):
+    sandbox.run(hello_bytes, b"x")
+    digest = pyphase.Module.cached(hello_bytes)._core.digest
+    assert digest in sandbox._modules
+    # Workers forked after the server cached it receive only the hash: every slot gets there.
+    for _ in range(2 * sandbox.workers + 2):
+        assert_hello_works(sandbox, hello_bytes)
+    assert all(slot.cache_seq >= sandbox._modules[digest] for slot in sandbox._slots)
+
+
+def test_submit_many_concurrently(sandbox, hello_bytes):
+    inputs = [f"job {i}".encode() for i in range(40)]
+    futures = [sandbox.submit(hello_bytes, data) for data in inputs]
+    done, pending = wait(futures, timeout=60)
+    assert not pending
+    for data, future in zip(inputs, futures):
+        assert future.result().stdout == data[::-1]
+
+
+def test_from_threads_and_asyncio(sandbox, hello_bytes):
+    async def main() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        a = asyncio.wrap_future(sandbox.submit(hello_bytes, b"abc"))
+        b = loop.run_in_executor(None, lambda: sandbox.run(hello_bytes, b"def"))
+        return [r.stdout for r in await asyncio.gather(a, b)]
+
+    assert asyncio.run(main()) == [b"cba", b"fed"]
+
+
+def test_invalid_module_is_a_result_not_an_exception(sandbox, hello_bytes):
+    r = sandbox.run(b"\0asm\x01\0\0\0\x01\xff", b"")
+    assert r.status == "invalid_module" and r.message
+    assert_hello_works(sandbox, hello_bytes)
+
+
+def test_core_timeout(sandbox, wat, hello_bytes):
+    r = sandbox.run(wat(LOOP), limits=Limits(timeout_ms=100))
+    assert r.status == "timeout" and "100 ms" in r.message
+    assert_hello_works(sandbox, hello_bytes)
+
+
+def test_sigkill_mid_job_is_crashed_and_replaced(hello_bytes, wat):
+    with Sandbox(workers=1) as sb:
+        assert_hello_works(sb, hello_bytes)
+        future = sb.submit(wat(LOOP), limits=Limits(timeout_ms=20_000))
+        wait_until(lambda: cpu_ticks(sb.worker_pids()[0]) > 0, what="the looping job to run")
+        victim = sb.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        r = future.result(timeout=10)
+        assert r.status == "crashed" and "SIGKILL" in r.message, r.message
+        assert_hello_works(sb, hello_bytes)
+        assert sb.worker_pids()[0] != victim
+
+
+def test_sigsegv_mid_job_is_crashed_and_replaced(sandbox, hello_bytes):
+    r = sandbox._selftest("segfault", hello_bytes)
+    assert r.status == "crashed" and "SIGSEGV" in r.message, r.message
+    assert_hello_works(sandbox, hello_bytes)
+
+
+def test_hard_timeout_kills_a_worker_the_meter_cannot_stop(sandbox, hello_bytes):
+    started = time.monotonic()
+    r = sandbox._selftest("spin", hello_bytes, Limits(timeout_ms=200))
+    elapsed = time.monotonic() - started
+    assert r.status == "timeout" and "hard timeout" in r.message, r.message
+    assert elapsed < 5
+    assert_hello_works(sandbox, hello_bytes)
+
+
+def test_detect_and_replace_is_fast(hello_bytes):
+    with Sandbox(workers=1) as sb:
+        assert_hello_works(sb, hello_bytes)
+        started = time.monotonic()
+        r = sb._selftest("segfault", hello_bytes)
+        assert r.status == "crashed"
+        sb._slots[0].ready(5000)
+        assert time.monotonic() - started < 1.0
+
+
+def test_server_death_is_a_sandbox_error(hello_bytes):
+    sb = Sandbox(workers=1)
+    try:
+        os.kill(sb.server_pid, signal.SIGKILL)
+        with pytest.raises(SandboxError):
+            for _ in range(3):   # the pre-forked worker may still answer once
+                sb.run(hello_bytes, b"x")
+    finally:
+        sb.close()
+
+
+def test_server_exits_and_workers_die_on_close(hello_bytes):
+    sb = Sandbox(workers=2)
+    assert_hello_works(sb, hello_bytes)
+    pids = [sb.server_pid, *sb.worker_pids()]
+    sb.close()
+    sb.close()   # idempotent
+    assert sb.closed
+    wait_until(lambda: not any(pid_alive(p) for p in pids), what="the sandbox processes to exit")
+    with pytest.raises(SandboxError):
+        sb.run(hello_bytes)
+
+
+def test_unclosed_sandbox_warns():
+    sb = Sandbox(workers=1)
+    pid = sb.server_pid
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del sb
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) for w in caught)
+    wait_until(lambda: not pid_alive(pid), what="the fork server to exit")
+
+
+def test_job_too_big_for_shared_memory(hello_bytes):
+    with Sandbox(workers=1, shm_bytes=4 << 20) as sb:
+        with pytest.raises(pyphase.LimitsError):
+            sb.run(hello_bytes, b"x" * (8 << 20))
+        assert_hello_works(sb, hello_bytes)
