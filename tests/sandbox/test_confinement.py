@@ -1,0 +1,82 @@
+"""A worker running a job is confined: seccomp filter on, no_new_privs, rlimits, only its channel and
+/dev/null open. Forbidden system calls kill it (SIGSYS); RLIMIT_AS stops a runaway allocation. Every WASI
+call the core implements still works under the filter."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+import pyphase
+from pyphase.limits import Limits
+from pyphase.sandbox import Sandbox
+from sandbox_helpers import assert_hello_works, cpu_ticks, proc_status, wait_until
+
+LOOP = '(module (func (export "_start") (loop (br 0))))'
+
+
+def _limits(pid: int) -> dict[str, tuple[str, str]]:
+    out = {}
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines()[1:]:
+        parts = line.split()
+        # "Max open files  4  4  files": the name is everything before the two values
+        for i in range(len(parts)):
+            if parts[i][0].isdigit() or parts[i] == "unlimited":
+                out[" ".join(parts[:i])] = (parts[i], parts[i + 1])
+                break
+    return out
+
+
+def test_a_running_worker_is_confined(hello_bytes, wat):
+    with Sandbox(workers=1) as sb:
+        future = sb.submit(wat(LOOP), limits=Limits(timeout_ms=20_000, memory_bytes=1 << 20))
+        pid = sb.worker_pids()[0]
+        wait_until(lambda: cpu_ticks(pid) > 0, what="the looping job to run")
+        status = proc_status(pid)
+        assert status["Seccomp"].strip() == "2"            # filter mode
+        assert status["NoNewPrivs"].strip() == "1"
+        limits = _limits(pid)
+        assert limits["Max open files"] == ("4", "4")
+        assert limits["Max core file size"] == ("0", "0")
+        assert limits["Max file size"] == ("0", "0")
+        assert limits["Max address space"][0] != "unlimited"
+        assert int(limits["Max address space"][0]) < 1 << 30
+        assert limits["Max cpu time"][0] == "21"             # timeout seconds + 1: a backstop to the hard timeout
+        fds = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert sorted(fds) == [0, 1, 2, 3]
+        assert {fds[0], fds[1], fds[2]} == {"/dev/null"}
+        assert fds[3].startswith("socket:")
+        os.kill(pid, signal.SIGKILL)
+        assert future.result(timeout=10).status == "crashed"
+        assert_hello_works(sb, hello_bytes)
+
+
+@pytest.mark.parametrize("action", ["forbidden_syscall", "exec_mmap"])
+def test_forbidden_system_calls_kill_the_worker(sandbox, hello_bytes, action):
+    r = sandbox._selftest(action, hello_bytes)
+    assert r.status == "crashed"
+    assert "SIGSYS" in r.message and "seccomp" in r.message
+    assert_hello_works(sandbox, hello_bytes)
+
+
+def test_address_space_limit_stops_host_allocation(sandbox, hello_bytes):
+    r = sandbox._selftest("allocate", hello_bytes, Limits(memory_bytes=1 << 20))
+    assert r.status == "memory_limit", r
+    assert "address-space limit" in r.message
+    assert_hello_works(sandbox, hello_bytes)
+
+
+@pytest.mark.parametrize("mode,stdin", [("clock", b""), ("sleep", b""), ("yield", b""), ("poll", b"abc"),
+                                        ("files", b""), ("fdstat", b""), ("cat", b"x" * 200_000),
+                                        ("stderr", b""), ("exit", b""), ("badptr", b"")])
+def test_wasi_calls_work_under_the_filter(sandbox, probe_bytes, mode, stdin):
+    expected = pyphase.run(probe_bytes, stdin, args=[mode])
+    got = sandbox.run(probe_bytes, stdin, args=[mode])
+    assert (got.status, got.exit_code) == (expected.status, expected.exit_code), got.message
+    if mode != "clock":   # clock prints the time
+        assert (got.stdout, got.stderr) == (expected.stdout, expected.stderr)
+    else:
+        assert got.stdout.count(b"\n") == expected.stdout.count(b"\n")
