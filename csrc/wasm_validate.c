@@ -1519,9 +1519,10 @@ int phase_wasm_validate(const uint8_t *bytes, size_t len, const phase_wasm_caps 
     v.err = err;
     v.errlen = errlen;
     if (err && errlen) err[0] = 0;
-    /* The operand stack is never NULL, so arithmetic on it stays defined (UBSan, found by tests/fuzz). */
-    if (grow(&v, (void **)&v.vals, &v.vals_cap, 1, 1, SIZE_MAX, 0, "operand stack") != 0) return -1;
     if (info) memset(info, 0, sizeof *info);
+    /* The operand stack is never NULL, so arithmetic on it stays defined (UBSan, found by tests/fuzz); its first
+     * allocation respects max_operand_stack like every later one. */
+    if (grow(&v, (void **)&v.vals, &v.vals_cap, 1, 1, v.caps.max_operand_stack, 0, "operand stack") != 0) return -1;
 
     int rc = validate(&v, check, ctx);
     if (rc == 0 && info) {
