@@ -309,6 +309,21 @@ static int rd_name(V *v, rd *r, const uint8_t **s, uint32_t *n, const char *what
     return 0;
 }
 
+/* a name for an error message: printable ASCII kept, anything else as \xNN, at most 48 input bytes */
+static const char *printable(char *out, size_t outlen, const uint8_t *s, uint32_t n)
+{
+    size_t k = 0;
+    uint32_t lim = n > 48 ? 48 : n;
+    for (uint32_t i = 0; i < lim && k + 5 < outlen; i++) {
+        uint8_t c = s[i];
+        if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') out[k++] = (char)c;
+        else k += (size_t)snprintf(out + k, outlen - k, "\\x%02x", c);
+    }
+    if (n > lim && k + 4 < outlen) { memcpy(out + k, "...", 3); k += 3; }
+    out[k] = 0;
+    return out;
+}
+
 /* value type byte */
 static int rd_valtype(V *v, rd *r, uint8_t *t, const char *what)
 {
@@ -459,9 +474,9 @@ static int sec_import(V *v, rd *r, phase_wasm_import_check check, void *cbctx)
                 type_sig(v, ti, v->sigbuf);
                 if (check(cbctx, (const char *)mod, modlen, (const char *)nm, nmlen, v->sigbuf, msg, sizeof msg)) {
                     msg[sizeof msg - 1] = 0;
-                    return vfail(v, OFF(v, at), "import %u (\"%.*s\".\"%.*s\" %s) rejected: %s", i,
-                                 (int)(modlen > 64 ? 64 : modlen), (const char *)mod,
-                                 (int)(nmlen > 64 ? 64 : nmlen), (const char *)nm, v->sigbuf,
+                    char pm[200], pn[200];
+                    return vfail(v, OFF(v, at), "import %u (\"%s\".\"%s\" %s) rejected: %s", i,
+                                 printable(pm, sizeof pm, mod, modlen), printable(pn, sizeof pn, nm, nmlen), v->sigbuf,
                                  msg[0] ? msg : "not allowed");
                 }
             }
@@ -644,8 +659,8 @@ static int sec_export(V *v, rd *r)
         for (uint32_t i = 1; i < n; i++)
             if (cmp_name(&names[i - 1], &names[i]) == 0) {
                 uint32_t o = names[i - 1].off > names[i].off ? names[i - 1].off : names[i].off;
-                vfail(v, o, "duplicate export name \"%.*s\"", (int)(names[i].n > 64 ? 64 : names[i].n),
-                      (const char *)names[i].s);
+                char pn[200];
+                vfail(v, o, "duplicate export name \"%s\"", printable(pn, sizeof pn, names[i].s, names[i].n));
                 goto out;
             }
     }

@@ -273,6 +273,13 @@ def test_duplicate_exports(lib):
         'duplicate export name "a"')
 
 
+def test_names_in_messages_are_printable_ascii(lib):
+    nm = "é\n\"x" * 30
+    msg = bad(lib, module(types=[functype()], funcs=[0], codes=[body(b"\x0b")],
+                          exports=[name(nm) + b"\x00\x00", name(nm) + b"\x00\x00"]), "duplicate export name")
+    assert msg.isascii() and "\n" not in msg and "\\xc3\\xa9\\x0a\\x22x" in msg and msg.endswith('..."'), msg
+
+
 def test_utf8_names(lib):
     for good_name in ["plain", "é", "日本", "\U0001F600"]:
         ok(lib, module(customs=[name(good_name)]))
