@@ -183,7 +183,19 @@ static inline __attribute__((always_inline)) int rd_u32(V *v, rd *r, uint32_t *o
     return rd_u32_slow(v, r, out, what);
 }
 
-static int rd_s32(V *v, rd *r, int32_t *out, const char *what)
+static int rd_s32_slow(V *v, rd *r, int32_t *out, const char *what);
+
+static inline __attribute__((always_inline)) int rd_s32(V *v, rd *r, int32_t *out, const char *what)
+{
+    if (__builtin_expect(r->p < r->end && !(*r->p & 0x80), 1)) {
+        uint8_t b = *r->p++;
+        *out = (b & 0x40) ? (int32_t)b - 128 : (int32_t)b;
+        return 0;
+    }
+    return rd_s32_slow(v, r, out, what);
+}
+
+static int rd_s32_slow(V *v, rd *r, int32_t *out, const char *what)
 {
     *out = 0;
     const uint8_t *start = r->p;
@@ -932,8 +944,23 @@ mismatch: {
     }
 }
 
+/* pops exp[0..n) when the top of the stack matches exactly (the common case), else takes the general path */
+static inline __attribute__((always_inline)) int popn_ix(V *v, const uint8_t *exp, uint32_t n, const char *what,
+                                                         int64_t ix, size_t off)
+{
+    const ctrl *c = &v->ctrls[v->csp - 1];
+    if (__builtin_expect(n <= 4 && v->sp >= (size_t)c->height + n, 1)) {
+        const uint8_t *top = v->vals + v->sp - n;
+        uint32_t i = 0;
+        while (i < n && top[i] == exp[i]) i++;
+        if (i == n) { v->sp -= n; return 0; }
+    }
+    return pop_check_ix(v, exp, n, what, ix, off, 0);
+}
+
 static int pop_check(V *v, const uint8_t *exp, uint32_t n, const char *what, size_t off, int keep)
 {
+    if (!keep) return popn_ix(v, exp, n, what, -1, off);
     return pop_check_ix(v, exp, n, what, -1, off, keep);
 }
 
@@ -1147,6 +1174,22 @@ static int func_body(V *v, rd *r, uint32_t fidx)
         uint8_t op;
         if (r->p >= r->end) return vfail(v, off, "unexpected end of function body (missing end)");
         op = *r->p++;
+        /* the most frequent instructions first, without the switch's indirect jump */
+        if (op >= 0x45 && op <= 0xC4) {
+            const numsig s = k_numsig[op - 0x45];
+            if (s.in2) TRY(pop2(v, s.in1, s.in2, k_opnames[op], off));
+            else TRY(pop1(v, s.in1, k_opnames[op], off));
+            TRY(push(v, s.out, off));
+            continue;
+        }
+        if (op == 0x20) {
+            uint32_t li;
+            uint8_t t;
+            TRY(rd_u32(v, r, &li, "local index"));
+            TRY(local_type(v, li, &t, off));
+            TRY(push(v, t, off));
+            continue;
+        }
         const char *name = k_opnames[op];
         switch (op) {
         case 0x00: set_unreachable(v); break;
@@ -1247,7 +1290,7 @@ static int func_body(V *v, rd *r, uint32_t fidx)
             if (fi >= v->nfuncs) return vfail(v, off, "unknown function %u", fi);
             const functype *ct = &v->types[v->func_types[fi]];
             const uint8_t *cp = v->typebuf + ct->off;
-            TRY(pop_check_ix(v, cp, ct->np, "call", fi, off, 0));
+            TRY(popn_ix(v, cp, ct->np, "call", fi, off));
             TRY(push_n(v, cp + ct->np, ct->nr, off));
             break;
         }
@@ -1286,7 +1329,7 @@ static int func_body(V *v, rd *r, uint32_t fidx)
             TRY(local_type(v, li, &t, off));
             if (op == 0x20) TRY(push(v, t, off));
             else {
-                TRY(pop_check_ix(v, &t, 1, name, li, off, 0));
+                TRY(popn_ix(v, &t, 1, name, li, off));
                 if (op == 0x22) TRY(push(v, t, off));
             }
             break;
@@ -1299,7 +1342,7 @@ static int func_body(V *v, rd *r, uint32_t fidx)
             if (op == 0x23) TRY(push(v, t, off));
             else {
                 if (!v->global_mut[gi]) return vfail(v, off, "global.set of immutable global %u (global is immutable)", gi);
-                TRY(pop_check_ix(v, &t, 1, "global.set", gi, off, 0));
+                TRY(popn_ix(v, &t, 1, "global.set", gi, off));
             }
             break;
         }
