@@ -37,6 +37,8 @@ typedef struct phase_sandbox_slot {
     int32_t last_wait_status;
     int64_t last_maxrss_kb;
     int64_t last_cpu_us;
+    /* the last job's timeline (CLOCK_MONOTONIC ns): go sent; worker woke, confined, ran; done received */
+    uint64_t t_go_ns, t_woke_ns, t_confined_ns, t_ran_ns, t_done_ns;
 } phase_sandbox_slot;
 
 typedef struct phase_sandbox_job {

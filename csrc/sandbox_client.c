@@ -38,6 +38,13 @@ static uint64_t now_ms(void)
     return (uint64_t) ts.tv_sec * 1000ull + (uint64_t) ts.tv_nsec / 1000000ull;
 }
 
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000000000ull + (uint64_t) ts.tv_nsec;
+}
+
 static uint64_t align64(uint64_t v)
 {
     return (v + 63) & ~63ull;
@@ -361,6 +368,7 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
     slot->awaiting_exit = 1;
     char go = 'g';
     ssize_t w;
+    slot->t_go_ns = now_ns();
     do
         w = send(slot->chan, &go, 1, MSG_NOSIGNAL);
     while (w < 0 && errno == EINTR);
@@ -398,11 +406,15 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
         }
     }
     if (done) {
+        slot->t_done_ns = now_ns();
         const sandbox_shm_header *hdr = (const sandbox_shm_header *) slot->shm;
         if (hdr->response.module_missing && hdr->response.seq == hdr->request.seq) {
             slot->awaiting_exit = 0;   /* the same worker waits for the bytes */
             return 1;
         }
+        slot->t_woke_ns = hdr->response.t_woke_ns;
+        slot->t_confined_ns = hdr->response.t_confined_ns;
+        slot->t_ran_ns = hdr->response.t_ran_ns;
         close(slot->chan);   /* the worker exits by itself; its EXITED message is read before the next job */
         slot->chan = -1;
         if (copy_response(slot, res) != 0) {

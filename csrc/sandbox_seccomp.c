@@ -4,7 +4,8 @@
  * Allowed is exactly what running a job needs once the worker has read its request: reading and
  * writing the fds it already holds (its channel; 0-2 are /dev/null), memory management without
  * ever making memory executable, clocks, sleeping, random, futex (libc internals), and exiting.
- * No open, no socket, no clone/fork/exec, no kill, no ptrace, no prctl, no mprotect(PROT_EXEC).
+ * No open, no socket, no clone/fork/exec, no kill, no ptrace, no prctl, no mprotect(PROT_EXEC); prlimit64 only
+ * on the worker itself. The filter goes on before the worker waits for its job (compiling it costs ~100 us).
  * Anything else kills the whole worker with SIGSYS, which the parent reports as `crashed`.
  */
 #define _GNU_SOURCE
@@ -16,6 +17,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <unistd.h>
 
 #include "sandbox.h"
 
@@ -64,6 +66,15 @@ int phase_sandbox_seccomp_install(void)
         ALLOW_NR(clock_nanosleep),
         ALLOW_NR(getrandom),
         ALLOW_NR(futex),
+        /* prlimit64 on itself only (pid 0): the job's rlimits are set after the filter is on. Without
+         * capabilities (dropped before) a process can only lower its own limits, never raise them. */
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_prlimit64, 0, 6),
+        LOAD_ARG_LO(0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 2),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args) + 4),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0),
+        KILL,
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
         KILL,
         /* prot check: argument 2 */
         LOAD_ARG_LO(2),
@@ -81,6 +92,14 @@ int phase_sandbox_seccomp_install(void)
     struct sock_fprog prog = {.len = n, .filter = filter};
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         return -1;
+    /* SPEC_ALLOW: do not force the speculative-store-bypass mitigation on the worker. Left on, it made every
+     * job about 3x slower (measured: 76 -> 260 us for hello), and it protects secrets inside the process,
+     * where a single-use worker holds nothing but its own job (other slots' memory is unmapped). */
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_SPEC_ALLOW, &prog) == 0)
+        return 0;
+    if (errno != EINVAL)
+        return -1;
+    /* Kernels before 4.17 know no flags. */
     if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0)
         return -1;
     return 0;

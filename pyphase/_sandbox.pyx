@@ -27,6 +27,7 @@ cdef extern from "sandbox.h" nogil:
         int32_t last_wait_status
         int64_t last_maxrss_kb
         int64_t last_cpu_us
+        uint64_t t_go_ns, t_woke_ns, t_confined_ns, t_ran_ns, t_done_ns
 
     ctypedef struct phase_sandbox_job:
         const uint8_t *module_hash
@@ -172,6 +173,12 @@ cdef class Slot:
     def last_exit(self):
         """(wait status, peak RSS in KiB, CPU µs) of the last worker reaped."""
         return (self.slot.last_wait_status, self.slot.last_maxrss_kb, self.slot.last_cpu_us)
+
+    @property
+    def last_timeline(self):
+        """The last job's timeline in ns since "go": (worker woke, confined, job ran, parent got "done")."""
+        cdef uint64_t g = self.slot.t_go_ns
+        return (self.slot.t_woke_ns - g, self.slot.t_confined_ns - g, self.slot.t_ran_ns - g, self.slot.t_done_ns - g)
 
     def ready(self, int timeout_ms):
         """Wait until a fresh worker is ready (the previous one reaped)."""
