@@ -91,3 +91,28 @@ JOB_ERRORS: dict[str, type[JobError]] = {
     for cls in (Trap, Timeout, FuelExhausted, MemoryLimitExceeded, OutputLimitExceeded, Crashed, Rejected,
                 InvalidModuleResult)
 }
+
+
+class NetworkError(PhaseError):
+    """A remote job could not be completed on any peer; ``attempts`` lists ``(peer_id, what went wrong)``."""
+
+    def __init__(self, message: str, attempts: list[tuple[str, str]] | None = None) -> None:
+        self.attempts = list(attempts or [])
+        if self.attempts:
+            message += ": " + "; ".join(f"{peer[:12]}: {why}" for peer, why in self.attempts)
+        super().__init__(message)
+
+
+class NoPeers(NetworkError):
+    """No peer was given and none was discovered, or none can take the job."""
+
+
+class QuorumError(NetworkError):
+    """Replicas disagreed and no output reached a quorum; ``receipts`` holds every receipt received,
+    ``groups`` maps each output digest to the peers that reported it."""
+
+    def __init__(self, message: str, receipts: list[dict], groups: dict[str, list[str]],
+                 attempts: list[tuple[str, str]] | None = None) -> None:
+        self.receipts = receipts
+        self.groups = groups
+        super().__init__(message, attempts)

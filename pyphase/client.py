@@ -1,0 +1,518 @@
+"""Run jobs on other machines: :class:`Client` talks ``phase/1`` to ``plasmd`` nodes and checks every receipt.
+
+::
+
+    from pyphase import Client
+    client = Client(peers=["PEERID@127.0.0.1:7465"])     # no peers: discover on the LAN (mDNS)
+    result = client.submit(open("hello.wasm", "rb").read(), input=b"Hello, World")
+    result.stdout, result.exit_code, result.receipt, result.peer
+
+A result is returned only when its receipt verifies: the signature, the hashes of the stdout and
+stderr received, the job (module, input, nonce) asked for, and the signer being the node the CURVE
+handshake authenticated (a peer's address carries its public key). A timeout, a reject, a dropped
+connection or a bad receipt sends the job to another peer, up to ``retries`` times.
+``replicas=K`` runs the job deterministically on K distinct peers and accepts the output a majority
+reports; dissenters are named in ``result.dissent``, and no majority raises :class:`QuorumError`.
+
+One :class:`Client` does one ``submit`` at a time (a lock serialises calls); for concurrent jobs use
+one client per thread. Its sockets are persistent: one CURVE DEALER per peer, kept across jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import zmq
+import zmq.utils.monitor
+import zmq.utils.z85
+
+from pyphase.errors import NetworkError, NoPeers, QuorumError, VerificationError
+from pyphase.identity import Identity, public_key_from_peer_id
+from pyphase.limits import Limits
+from pyphase.manifest import make_manifest
+from pyphase.net import wire
+from pyphase.net.config import split_hostport
+from pyphase.receipt import verify_receipt
+from pyphase.result import Result
+
+__all__ = ["Client", "RemoteResult", "parse_address"]
+
+DEFAULT_RETRIES = 3
+CONNECT_TIMEOUT_S = 2.0
+TIMEOUT_SLACK_S = 5.0
+_MONITOR_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                   | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+
+
+def parse_address(text: str) -> tuple[str, bytes, str, int]:
+    """``PEERID@HOST:PORT`` -> (peer id, Ed25519 public key, host, port); raises ``ValueError``."""
+    peer_id, sep, hostport = text.strip().partition("@")
+    if not sep:
+        raise ValueError(f"a peer address is PEERID@HOST:PORT, got {text!r}")
+    key = public_key_from_peer_id(peer_id)
+    host, port = split_hostport(hostport)
+    if not host or not port:
+        raise ValueError(f"a peer address needs a host and a port: {text!r}")
+    return peer_id.lower(), key, host, port
+
+
+@dataclass(frozen=True)
+class RemoteResult(Result):
+    """A verified remote :class:`~pyphase.Result`: ``peer`` ran it; with replicas, ``receipts`` holds every
+    receipt received and ``dissent`` the peers whose output differed from the accepted one."""
+
+    peer: str = ""
+    receipts: tuple[dict[str, Any], ...] = ()
+    dissent: tuple[str, ...] = ()
+    attempts: tuple[tuple[str, str], ...] = ()
+
+
+class _Peer:
+    def __init__(self, address: str) -> None:
+        self.peer_id, self.public_key, self.host, self.port = parse_address(address)
+        self.address = f"{self.peer_id}@{self.host}:{self.port}"
+        import nacl.bindings
+
+        self.server_key = zmq.utils.z85.encode(nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(self.public_key))
+        self.sock: zmq.Socket[bytes] | None = None
+        self.monitor: zmq.Socket[bytes] | None = None
+        self.connected = False
+        self.caps: dict[str, Any] | None = None
+        self.load: Mapping[str, int] | None = None
+        self.modules: set[str] = set()
+        self.down_until = 0.0
+        self.strikes = 0
+
+    def score(self, module_hash: str, now: float) -> tuple[Any, ...]:
+        load = self.load or {}
+        workers = max(1, load.get("workers", 1))
+        busy = (load.get("running", 0) + load.get("queued", 0)) / workers
+        return (self.down_until > now, module_hash not in self.modules, round(busy, 1), random.random())
+
+    def fits(self, manifest: Mapping[str, Any]) -> str | None:
+        """Why this peer's advertised capabilities cannot take the job (None: it can, or unknown)."""
+        caps = self.caps
+        if not caps:
+            return None
+        try:
+            ceiling = caps["max_limits"]
+            lim = manifest["limits"]
+            for name in ("memory_bytes", "output_bytes", "timeout_ms", "fuel"):
+                cap = ceiling.get(name, 0)
+                if cap and (lim[name] > cap or (lim[name] == 0 and name in ("fuel", "timeout_ms"))):
+                    return f"{name} above its ceiling"
+            if manifest["module"]["size"] > ceiling.get("module_bytes", 1 << 62):
+                return "module too big for it"
+            arch = manifest["requires"].get("arch")
+            if arch and arch != caps.get("arch"):
+                return f"arch {caps.get('arch')}"
+        except (KeyError, TypeError, AttributeError):
+            return None
+        return None
+
+
+@dataclass
+class _Attempt:
+    peer: _Peer
+    tag: bytes
+    manifest: dict[str, Any]
+    deadline: float
+    connect_deadline: float
+    state: str = "connecting"          # connecting -> offered -> running -> done
+
+
+@dataclass
+class _Job:
+    module: bytes
+    input: bytes
+    args: Sequence[str]
+    env: Mapping[str, str]
+    entry: str
+    limits: Limits
+    deterministic: bool
+    requires: Mapping[str, Any]
+    module_hash: str = ""
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Client:
+    """A client of the Phase network. ``peers``: addresses ``PEERID@HOST:PORT``; none: mDNS discovery."""
+
+    def __init__(self, peers: Sequence[str] | None = None, *, identity: Identity | None = None,
+                 discover_timeout: float = 1.0, connect_timeout: float = CONNECT_TIMEOUT_S,
+                 mdns_interfaces: str | None = None) -> None:
+        self.identity = identity or Identity.generate()
+        self._ctx = zmq.Context()
+        self._lock = threading.RLock()
+        self._tags = itertools.count(1)
+        self._tag_prefix = os.urandom(4)
+        self.connect_timeout = connect_timeout
+        self._peers: dict[str, _Peer] = {}
+        self._discover_timeout = discover_timeout
+        self._mdns_interfaces = mdns_interfaces
+        self._closed = False
+        curve_public, curve_secret = self.identity.curve_keypair()
+        self._curve = (zmq.utils.z85.encode(curve_public), zmq.utils.z85.encode(curve_secret))
+        for address in peers or ():
+            self.add_peer(address)
+        self._discovered = bool(peers)
+
+    # ---- peers -------------------------------------------------------------------------------------
+
+    def add_peer(self, address: str) -> str:
+        peer = _Peer(address)
+        with self._lock:
+            self._peers.setdefault(peer.peer_id, peer)
+        return peer.peer_id
+
+    def peers(self) -> list[str]:
+        """Addresses of the peers this client knows (discovering them first if none were given)."""
+        self._ensure_peers()
+        return [p.address for p in self._peers.values()]
+
+    def _ensure_peers(self) -> None:
+        if self._peers or self._discovered:
+            return
+        from pyphase.net.discovery import discover
+
+        for found in discover(self._discover_timeout, interfaces=self._mdns_interfaces):
+            self.add_peer(found.address)
+        self._discovered = True
+
+    def _socket(self, peer: _Peer) -> zmq.Socket[bytes]:
+        if peer.sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.curve_publickey, sock.curve_secretkey = self._curve
+            sock.curve_serverkey = peer.server_key
+            sock.linger = 0
+            sock.setsockopt(zmq.IMMEDIATE, 1)          # send only over a completed (authenticated) connection
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+            sock.setsockopt(zmq.MAXMSGSIZE, 1 << 30)
+            peer.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+            sock.connect(f"tcp://{peer.host}:{peer.port}")
+            peer.sock = sock
+        return peer.sock
+
+    def _drain_monitor(self, peer: _Peer) -> str | None:
+        """Apply the peer's connection events; return why it failed, if it did."""
+        failure = None
+        while peer.monitor is not None:
+            try:
+                event = zmq.utils.monitor.recv_monitor_message(peer.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                peer.connected = True
+            elif kind == zmq.EVENT_DISCONNECTED:
+                if peer.connected:
+                    failure = "connection dropped"
+                peer.connected = False
+            elif kind == zmq.EVENT_CONNECT_RETRIED:
+                if not peer.connected:
+                    failure = "unreachable (connection refused)"
+            else:
+                failure = "CURVE handshake failed (wrong key or not a phase node)"
+                peer.connected = False
+        return failure
+
+    def capabilities(self, timeout: float = 1.0) -> dict[str, dict[str, Any] | None]:
+        """Ask every known peer for its capabilities; None for those that did not answer in ``timeout``."""
+        with self._lock:
+            self._ensure_peers()
+            self._probe(list(self._peers.values()), timeout)
+            return {p.address: p.caps for p in self._peers.values()}
+
+    def _probe(self, peers: list[_Peer], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = {p.peer_id: p for p in peers}
+        sent: set[str] = set()
+        while waiting and time.monotonic() < deadline:
+            poller = zmq.Poller()
+            for p in waiting.values():
+                sock = self._socket(p)
+                poller.register(sock, zmq.POLLIN | (0 if p.peer_id in sent else zmq.POLLOUT))
+                poller.register(p.monitor, zmq.POLLIN)
+            events = dict(poller.poll(max(1, int((deadline - time.monotonic()) * 1000))))
+            for p in list(waiting.values()):
+                if events.get(p.monitor) and self._drain_monitor(p):
+                    self._mark_down(p)
+                    waiting.pop(p.peer_id)
+                    continue
+                flags = events.get(p.sock, 0)
+                if flags & zmq.POLLOUT and p.peer_id not in sent:
+                    try:
+                        p.sock.send_multipart(wire.encode("caps?"), zmq.NOBLOCK)  # type: ignore[union-attr]
+                        sent.add(p.peer_id)
+                    except zmq.Again:
+                        pass
+                if flags & zmq.POLLIN:
+                    for frames in self._recv_all(p):
+                        try:
+                            msg = wire.decode(frames)
+                        except wire.WireError:
+                            continue
+                        if msg.type == "caps":
+                            p.caps = msg["caps"]
+                            p.load = wire.check_load(p.caps.get("load"))
+                            waiting.pop(p.peer_id, None)
+
+    def _recv_all(self, peer: _Peer) -> list[list[bytes]]:
+        out = []
+        while peer.sock is not None:
+            try:
+                out.append(peer.sock.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        return out
+
+    def _mark_down(self, peer: _Peer, seconds: float | None = None) -> None:
+        peer.strikes += 1
+        peer.down_until = time.monotonic() + (seconds if seconds is not None else min(30.0, 0.5 * 2 ** peer.strikes))
+
+    # ---- jobs --------------------------------------------------------------------------------------
+
+    def submit(self, module: bytes, input: bytes = b"", *, args: Sequence[str] = (),
+               env: Mapping[str, str] | None = None, entry: str = "_start", limits: Limits | None = None,
+               timeout: float | None = None, retries: int = DEFAULT_RETRIES, replicas: int = 1,
+               deterministic: bool = False, requires: Mapping[str, Any] | None = None) -> RemoteResult:
+        """Run ``module`` on a peer and return its verified result (any job status), or raise
+        :class:`~pyphase.errors.NetworkError` (:class:`NoPeers`, :class:`QuorumError`).
+
+        ``timeout`` is how long one peer may take before the job goes elsewhere (default: the job's
+        ``timeout_ms`` plus 5 s); ``retries`` is how many further peers may be tried after failures.
+        """
+        if replicas < 1:
+            raise ValueError("replicas must be at least 1")
+        limits = limits or Limits()
+        job = _Job(bytes(module), bytes(input), list(args), dict(env or {}), entry, limits,
+                   deterministic or replicas > 1, dict(requires or {}))
+        job.module_hash = "sha256:" + hashlib.sha256(job.module).hexdigest()
+        if timeout is None:
+            timeout = (limits.timeout_ms / 1000 if limits.timeout_ms else 3600.0) + TIMEOUT_SLACK_S
+        with self._lock:
+            if self._closed:
+                raise NetworkError("the client is closed")
+            self._ensure_peers()
+            if not self._peers:
+                raise NoPeers("no peers given and none discovered on the LAN")
+            if replicas > len(self._peers):
+                raise NoPeers(f"{replicas} replicas need {replicas} distinct peers; {len(self._peers)} known")
+            unknown = [p for p in self._peers.values() if p.caps is None and p.down_until <= time.monotonic()]
+            if unknown:
+                self._probe(unknown, min(self.connect_timeout, 1.0))
+            results = self._run(job, replicas, retries, timeout)
+        if replicas == 1:
+            return results[0]
+        return self._quorum(results, replicas, job)
+
+    def _new_attempt(self, job: _Job, peer: _Peer, timeout: float) -> _Attempt:
+        manifest = make_manifest(job.module, job.input, args=job.args, env=job.env, entry=job.entry,
+                                 limits=job.limits, deterministic=job.deterministic, requires=job.requires)
+        tag = self._tag_prefix + next(self._tags).to_bytes(8, "big")
+        now = time.monotonic()
+        return _Attempt(peer, tag, manifest, now + timeout, now + self.connect_timeout)
+
+    def _pick(self, job: _Job, exclude: set[str], manifest_probe: dict[str, Any]) -> _Peer | None:
+        now = time.monotonic()
+        candidates = []
+        for p in self._peers.values():
+            if p.peer_id in exclude:
+                continue
+            why = p.fits(manifest_probe)
+            if why:
+                continue
+            candidates.append(p)
+        if not candidates:
+            return None
+        return min(candidates, key=lambda p: p.score(job.module_hash, now))
+
+    def _run(self, job: _Job, want: int, retries: int, timeout: float) -> list[RemoteResult]:
+        probe = make_manifest(job.module, job.input, args=job.args, env=job.env, entry=job.entry, limits=job.limits,
+                              deterministic=job.deterministic, requires=job.requires)
+        active: dict[bytes, _Attempt] = {}
+        results: list[RemoteResult] = []
+        budget = want + max(0, retries)
+        launched = 0
+        tried: set[str] = set()          # peers used in this job (replicas: never twice)
+        while len(results) < want:
+            while len(active) + len(results) < want and launched < budget:
+                busy = {a.peer.peer_id for a in active.values()} | {r.peer for r in results}
+                peer = self._pick(job, tried | busy, probe)
+                if peer is None and want == 1:
+                    peer = self._pick(job, busy, probe)      # all tried once: go round again (nodes come back)
+                if peer is None:
+                    break
+                tried.add(peer.peer_id)
+                attempt = self._new_attempt(job, peer, timeout)
+                active[attempt.tag] = attempt
+                launched += 1
+                self._socket(peer)
+                self._try_offer(job, attempt)
+            if not active:
+                break
+            self._step(job, active, results)
+        if len(results) < want:
+            why = "no peer could take the job" if not job.failures else "every attempt failed"
+            if want > 1:
+                why = f"only {len(results)} of {want} replicas completed"
+            raise NoPeers(why, job.failures) if not job.failures else NetworkError(why, job.failures)
+        return results
+
+    def _try_offer(self, job: _Job, attempt: _Attempt) -> None:
+        sock = attempt.peer.sock
+        assert sock is not None
+        try:
+            sock.send_multipart(wire.encode("offer", (job.input,), job=attempt.tag, manifest=attempt.manifest),
+                                zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return                      # not connected yet: POLLOUT will tell
+        attempt.state = "offered"
+
+    def _fail(self, job: _Job, active: dict[bytes, _Attempt], attempt: _Attempt, why: str,
+              down_for: float | None = None) -> None:
+        active.pop(attempt.tag, None)
+        job.failures.append((attempt.peer.peer_id, why))
+        self._mark_down(attempt.peer, down_for)
+
+    def _step(self, job: _Job, active: dict[bytes, _Attempt], results: list[RemoteResult]) -> None:
+        now = time.monotonic()
+        poller = zmq.Poller()
+        peers = {a.peer.peer_id: a.peer for a in active.values()}
+        connecting = {a.peer.peer_id for a in active.values() if a.state == "connecting"}
+        for pid, p in peers.items():
+            poller.register(p.sock, zmq.POLLIN | (zmq.POLLOUT if pid in connecting else 0))
+            poller.register(p.monitor, zmq.POLLIN)
+        next_deadline = min(min(a.deadline, a.connect_deadline if a.state == "connecting" else a.deadline)
+                            for a in active.values())
+        events = dict(poller.poll(max(0, int((next_deadline - now) * 1000)) + 1))
+        for pid, p in peers.items():
+            if events.get(p.monitor):
+                failure = self._drain_monitor(p)
+                if failure:
+                    for a in [a for a in active.values() if a.peer is p]:
+                        if a.state != "connecting" or "refused" in failure or "CURVE" in failure:
+                            self._fail(job, active, a, failure)
+            flags = events.get(p.sock, 0)
+            if flags & zmq.POLLOUT:
+                for a in [a for a in active.values() if a.peer is p and a.state == "connecting"]:
+                    self._try_offer(job, a)
+            if flags & zmq.POLLIN:
+                for frames in self._recv_all(p):
+                    self._on_message(job, p, frames, active, results)
+        now = time.monotonic()
+        for a in list(active.values()):
+            if a.state == "connecting" and now >= a.connect_deadline:
+                self._fail(job, active, a, f"not reachable within {self.connect_timeout:g} s")
+            elif now >= a.deadline:
+                self._fail(job, active, a, "timed out")
+
+    def _on_message(self, job: _Job, peer: _Peer, frames: list[bytes], active: dict[bytes, _Attempt],
+                    results: list[RemoteResult]) -> None:
+        try:
+            msg = wire.decode(frames)
+        except wire.WireError:
+            return                                     # garbage from a node is ignored; the timeout covers it
+        if msg.type == "caps":
+            peer.caps = msg["caps"]
+            peer.load = wire.check_load(peer.caps.get("load"))
+            return
+        attempt = active.get(msg.get("job") or b"")
+        if attempt is None or attempt.peer is not peer:
+            return                                     # a late answer to an attempt already given up
+        load = wire.check_load(msg.get("load"))
+        if load is not None:
+            peer.load = load
+        if msg.type == "accept":
+            attempt.state = "running"
+            if msg["module"]:
+                peer.modules.discard(job.module_hash)
+                try:
+                    peer.sock.send_multipart(wire.encode("module", (job.module,), job=attempt.tag),  # type: ignore[union-attr]
+                                             zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    self._fail(job, active, attempt, "connection lost while sending the module")
+        elif msg.type == "reject":
+            reason = msg["reason"]
+            self._fail(job, active, attempt, f"rejected: {reason} ({msg['detail']})",
+                       down_for=0.0 if reason in ("busy", "duplicate") else 5.0)
+        elif msg.type == "error":
+            self._fail(job, active, attempt, f"error {msg['code']}: {msg['detail']}")
+        elif msg.type == "result":
+            stdout, stderr = (bytes(f) for f in msg.payloads)
+            receipt = msg["receipt"]
+            try:
+                verify_receipt(receipt, stdout=stdout, stderr=stderr, nonce=attempt.manifest["nonce"],
+                               signer=peer.public_key, manifest=attempt.manifest)
+            except VerificationError as exc:
+                self._fail(job, active, attempt, f"bad receipt: {exc}", down_for=300.0)
+                return
+            active.pop(attempt.tag, None)
+            peer.modules.add(job.module_hash)
+            peer.strikes = 0
+            peer.down_until = 0.0
+            results.append(RemoteResult(
+                status=receipt["status"], exit_code=receipt["exit_code"], message=receipt["message"], stdout=stdout,
+                stderr=stderr, fuel_used=receipt["fuel_used"], wall_us=receipt["wall_us"], memory_peak_bytes=0,
+                module_hash=receipt["module"], input_hash=receipt["input"], stdout_hash=receipt["stdout"],
+                stderr_hash=receipt["stderr"], receipt=receipt, peer=peer.peer_id, receipts=(receipt,),
+                attempts=tuple(job.failures)))
+
+    def _quorum(self, results: list[RemoteResult], replicas: int, job: _Job) -> RemoteResult:
+        groups: dict[tuple[str, str, int, str], list[RemoteResult]] = {}
+        for r in results:
+            groups.setdefault((r.stdout_hash, r.stderr_hash, r.exit_code, r.status), []).append(r)
+        need = replicas // 2 + 1
+        best = max(groups.values(), key=len)
+        receipts = tuple(r.receipt for r in results if r.receipt is not None)
+        if len(best) < need:
+            named = {f"{k[0]} exit {k[2]}": [r.peer for r in v] for k, v in groups.items()}
+            raise QuorumError(f"replicas disagree: no output reached {need} of {replicas}", list(receipts), named,
+                              job.failures)
+        dissent = tuple(r.peer for r in results if r not in best)
+        first = best[0]
+        return RemoteResult(
+            status=first.status, exit_code=first.exit_code, message=first.message, stdout=first.stdout,
+            stderr=first.stderr, fuel_used=first.fuel_used, wall_us=first.wall_us, memory_peak_bytes=0,
+            module_hash=first.module_hash, input_hash=first.input_hash, stdout_hash=first.stdout_hash,
+            stderr_hash=first.stderr_hash, receipt=first.receipt, peer=first.peer, receipts=receipts,
+            dissent=dissent, attempts=tuple(job.failures))
+
+    # ---- life cycle ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every socket. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for p in self._peers.values():
+                for s in (p.sock, p.monitor):
+                    if s is not None:
+                        s.close(linger=0)
+                p.sock = p.monitor = None
+            self._ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            try:
+                self.close()
+            except Exception:
+                pass

@@ -1,0 +1,131 @@
+"""``plasmd``: the Phase node daemon.
+
+    plasmd --listen 127.0.0.1:7465 --data-dir /tmp/n1 --no-mdns
+
+Once listening it prints its address ``PEERID@HOST:PORT`` on standard output and writes it to
+``DATA_DIR/address``. Events go to standard error as JSON lines. SIGTERM (or SIGINT) stops taking
+offers, lets running jobs finish for ``shutdown_grace``, answers the rest ``rejected`` and exits 0.
+Settings: ``--config FILE`` (TOML), ``PLASMD_*`` environment variables, flags; ``--help-config``
+lists every key with its default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from pyphase.errors import IdentityError
+from pyphase.identity import Identity
+from pyphase.net import config as config_mod
+from pyphase.net.config import NodeConfig, load_config
+from pyphase.net.node import EventLog, Node
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="plasmd", description="The Phase node: runs WebAssembly jobs for peers "
+                                "over phase/1 (CURVE-encrypted ZeroMQ) and signs a receipt for each.",
+                                epilog="Settings come from flags, then PLASMD_<KEY> variables, then the "
+                                "--config file, then defaults (see --help-config).")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    p.add_argument("--help-config", action="store_true", help="print every configuration key and its default")
+    p.add_argument("--listen", metavar="HOST:PORT", help="address to bind (port 0: any free port)")
+    p.add_argument("--advertise", metavar="HOST", help="host to announce when listening on 0.0.0.0")
+    p.add_argument("--data-dir", metavar="DIR", help="identity, module cache and address file")
+    p.add_argument("--identity", metavar="FILE", help="identity key (default DATA_DIR/identity.key)")
+    p.add_argument("--ephemeral", action="store_true", default=None, help="fresh in-memory identity (Private mode)")
+    p.add_argument("--workers", type=int, metavar="N", help="job workers (default: one per core)")
+    p.add_argument("--no-sandbox", dest="sandbox", action="store_false", default=None,
+                   help="run jobs in threads of this process instead of isolated workers")
+    p.add_argument("--no-mdns", dest="mdns", action="store_false", default=None, help="do not use LAN discovery")
+    p.add_argument("--mdns-interfaces", metavar="LIST", help='"all" or comma-separated IPv4 addresses')
+    p.add_argument("--log-format", choices=("json", "text"), help="event log format (default json)")
+    return p
+
+
+def _identity(config: NodeConfig) -> Identity:
+    if config.ephemeral:
+        return Identity.generate()
+    path = Path(config.identity) if config.identity else config.data_dir / "identity.key"
+    return Identity.load_or_create(path)
+
+
+def _write_address(data_dir: Path, address: str) -> None:
+    target = data_dir / "address"
+    tmp = data_dir / f".address.{os.getpid()}.tmp"
+    tmp.write_text(address + "\n")
+    os.replace(tmp, target)
+
+
+async def run_node(config: NodeConfig, log: EventLog) -> int:
+    identity = _identity(config)
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    address_file = config.data_dir / "address"
+    address_file.unlink(missing_ok=True)
+    node = Node(config, identity, log=log)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.request_stop)
+    announcer = None
+    try:
+        address = await node.start()
+        if config.mdns:
+            from pyphase.net.discovery import Announcer
+
+            try:
+                announcer = Announcer(identity, node.host if config.listen.split(":")[0] not in ("0.0.0.0", "")
+                                      else "0.0.0.0", node.port, node.capabilities(), config.mdns_interfaces,
+                                      on_event=log)
+                await announcer.start()
+            except Exception as exc:   # no multicast here: the node still serves direct addresses
+                log("warning", message=f"mDNS unavailable: {type(exc).__name__}: {exc}")
+                announcer = None
+        print(address, flush=True)
+        _write_address(config.data_dir, address)
+        await node.serve()
+    finally:
+        if announcer is not None:
+            await announcer.close()
+        address_file.unlink(missing_ok=True)
+        await node.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.help_config:
+        print(config_mod.__doc__)
+        return 0
+    try:
+        config = load_config(args.config, listen=args.listen, advertise=args.advertise,
+                             data_dir=Path(args.data_dir) if args.data_dir else None, identity=args.identity,
+                             ephemeral=args.ephemeral, workers=args.workers, sandbox=args.sandbox, mdns=args.mdns,
+                             mdns_interfaces=args.mdns_interfaces, log_format=args.log_format)
+    except (OSError, ValueError) as exc:
+        print(f"plasmd: {exc}", file=sys.stderr)
+        return 2
+    stream = open(config.log_file, "a", buffering=1) if config.log_file else sys.stderr
+    log = EventLog(config.log_format, stream)
+    try:
+        return asyncio.run(run_node(config, log))
+    except IdentityError as exc:
+        print(f"plasmd: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"plasmd: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        import zmq
+
+        if isinstance(exc, zmq.ZMQError):
+            print(f"plasmd: cannot listen on {config.listen}: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

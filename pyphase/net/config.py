@@ -1,0 +1,162 @@
+"""``plasmd`` configuration: one TOML file (all keys optional), environment overrides, command-line flags.
+
+Precedence: flag > environment (``PLASMD_<KEY>``, upper case) > file > default. Every key, its default
+and its meaning (this table is the documentation ``plasmd --help-config`` prints)::
+
+    listen          = "0.0.0.0:7465"    # HOST:PORT of the node's one ROUTER socket (port 0: any free port)
+    advertise       = ""                # host to announce and print when listening on 0.0.0.0 (default: first
+                                        # address of the mDNS interfaces, else 127.0.0.1)
+    data_dir        = "~/.local/share/phase/node"   # identity, module cache, the address file
+    identity        = ""                # key file (default DATA_DIR/identity.key, created mode 0600)
+    ephemeral       = false             # fresh identity in memory only (Private mode: nothing on disk)
+    workers         = 0                 # job workers (0: one per core)
+    sandbox         = true              # isolated worker processes; false or unavailable: threads in the node
+    queue           = 64                # jobs accepted beyond the running ones before offers get "busy"
+    cache_bytes     = "256MiB"          # on-disk module cache bound (LRU)
+    mdns            = true              # announce on the LAN as _phase._tcp.local. and log peers found/lost
+    mdns_interfaces = "all"             # "all" or comma-separated IPv4 addresses (tests use "127.0.0.1")
+    log_format      = "json"            # "json" (one object per line) or "text"
+    log_file        = ""                # default: standard error
+    shutdown_grace  = "10s"             # on SIGTERM: how long running jobs may finish before being rejected
+
+    [limits]                            # the most a job may ask for; bigger offers are rejected "limits"
+    memory          = "256MiB"
+    fuel            = 0                 # 0: any
+    timeout         = "60s"
+    output          = "16MiB"
+    module          = "16MiB"           # largest module accepted ("module_too_big")
+    input           = "16MiB"           # largest input accepted ("input_too_big")
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from pyphase.limits import Limits, parse_duration_ms, parse_size
+
+DEFAULT_PORT = 7465
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "phase" / "node"
+
+
+def split_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, default_port
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"not HOST:PORT: {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    listen: str = f"0.0.0.0:{DEFAULT_PORT}"
+    advertise: str = ""
+    data_dir: Path = field(default_factory=default_data_dir)
+    identity: str = ""
+    ephemeral: bool = False
+    workers: int = 0
+    sandbox: bool = True
+    queue: int = 64
+    cache_bytes: int = 256 << 20
+    mdns: bool = True
+    mdns_interfaces: str = "all"
+    log_format: str = "json"
+    log_file: str = ""
+    shutdown_grace_ms: int = 10_000
+    max_memory: int = 256 << 20
+    max_fuel: int = 0
+    max_timeout_ms: int = 60_000
+    max_output: int = 16 << 20
+    max_module: int = 16 << 20
+    max_input: int = 16 << 20
+
+    @property
+    def ceiling(self) -> Limits:
+        """The largest limits this node accepts, as a :class:`Limits` (``within()`` compares against it)."""
+        return Limits(memory_bytes=self.max_memory, fuel=self.max_fuel, timeout_ms=self.max_timeout_ms,
+                      output_bytes=self.max_output)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    def replace(self, **changes: Any) -> NodeConfig:
+        return replace(self, **changes)
+
+
+# key in file / env -> (attribute, parser)
+_TOP: dict[str, tuple[str, Any]] = {
+    "listen": ("listen", str), "advertise": ("advertise", str), "data_dir": ("data_dir", lambda v: Path(v).expanduser()),
+    "identity": ("identity", str), "ephemeral": ("ephemeral", "bool"), "workers": ("workers", int),
+    "sandbox": ("sandbox", "bool"), "queue": ("queue", int), "cache_bytes": ("cache_bytes", parse_size),
+    "mdns": ("mdns", "bool"), "mdns_interfaces": ("mdns_interfaces", str), "log_format": ("log_format", str),
+    "log_file": ("log_file", str), "shutdown_grace": ("shutdown_grace_ms", parse_duration_ms),
+}
+_LIMITS: dict[str, tuple[str, Any]] = {
+    "memory": ("max_memory", parse_size), "fuel": ("max_fuel", int), "timeout": ("max_timeout_ms", parse_duration_ms),
+    "output": ("max_output", parse_size), "module": ("max_module", parse_size), "input": ("max_input", parse_size),
+}
+
+
+def _parse(parser: Any, value: Any, key: str) -> Any:
+    if parser == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{key}: not a boolean: {value!r}")
+    try:
+        return parser(value)
+    except Exception as exc:
+        raise ValueError(f"{key}: {exc}") from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+                **overrides: Any) -> NodeConfig:
+    """Defaults, then the TOML file, then ``PLASMD_*`` variables, then ``overrides`` (non-None values)."""
+    changes: dict[str, Any] = {}
+    if path is not None:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+        for key, value in doc.items():
+            if key == "limits" and isinstance(value, dict):
+                for lkey, lvalue in value.items():
+                    if lkey not in _LIMITS:
+                        raise ValueError(f"{path}: unknown key limits.{lkey}")
+                    attr, parser = _LIMITS[lkey]
+                    changes[attr] = _parse(parser, lvalue, f"limits.{lkey}")
+            elif key in _TOP:
+                attr, parser = _TOP[key]
+                changes[attr] = _parse(parser, value, key)
+            else:
+                raise ValueError(f"{path}: unknown key {key}")
+    environ = os.environ if env is None else env
+    for key, (attr, parser) in _TOP.items():
+        value = environ.get(f"PLASMD_{key.upper()}")
+        if value is not None:
+            changes[attr] = _parse(parser, value, f"PLASMD_{key.upper()}")
+    for key, (attr, parser) in _LIMITS.items():
+        value = environ.get(f"PLASMD_LIMITS_{key.upper()}")
+        if value is not None:
+            changes[attr] = _parse(parser, value, f"PLASMD_LIMITS_{key.upper()}")
+    changes.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(NodeConfig)}
+    unknown = set(changes) - known
+    if unknown:
+        raise ValueError(f"unknown settings: {sorted(unknown)}")
+    config = NodeConfig(**changes)
+    split_hostport(config.listen)
+    if config.log_format not in ("json", "text"):
+        raise ValueError(f"log_format must be json or text, got {config.log_format!r}")
+    return config

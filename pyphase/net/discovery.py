@@ -1,0 +1,185 @@
+"""LAN discovery: mDNS / DNS-SD service ``_phase._tcp.local.`` (the ``zeroconf`` package).
+
+A node announces one service whose TXT record carries its peer id (which is its public key), its
+CURVE transport key, the protocol and a few capabilities. Interfaces are ``"all"`` (every IPv4
+interface that ``ifaddr`` enumerates) or an explicit list; tests use ``127.0.0.1`` only, and the
+``PHASE_MDNS_INTERFACES`` environment variable sets the default for clients and nodes alike.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pyphase.identity import Identity, public_key_from_peer_id
+from pyphase.net import wire
+
+SERVICE = "_phase._tcp.local."
+INTERFACES_ENV = "PHASE_MDNS_INTERFACES"
+
+
+def interface_choice(text: str | None) -> Any:
+    """``"all"`` -> zeroconf's ``InterfaceChoice.All``; ``"a,b"`` -> ``["a", "b"]``. None: the environment's."""
+    from zeroconf import InterfaceChoice
+
+    text = text if text is not None else os.environ.get(INTERFACES_ENV, "all")
+    if text.strip().lower() in ("", "all"):
+        return InterfaceChoice.All
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def announce_addresses(host: str, interfaces: Any) -> list[str]:
+    """IPv4 addresses to put in the announcement for a node listening on ``host``."""
+    if host not in ("0.0.0.0", "*", ""):
+        return [host]
+    if isinstance(interfaces, list):
+        return interfaces
+    import ifaddr
+
+    out = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
+                out.append(ip.ip)
+    return out or ["127.0.0.1"]
+
+
+@dataclass(frozen=True)
+class DiscoveredPeer:
+    address: str            # PEERID@HOST:PORT
+    peer_id: str
+    host: str
+    port: int
+    properties: dict[str, str]
+    found_after_s: float
+
+
+def _txt(identity: Identity, caps: dict[str, Any]) -> dict[str, str]:
+    import zmq.utils.z85
+
+    return {
+        "id": identity.peer_id,
+        "ck": zmq.utils.z85.encode(identity.curve_keypair()[0]).decode("ascii"),
+        "proto": wire.PROTOCOL,
+        "arch": str(caps.get("arch", "")),
+        "rt": f"{caps.get('runtime', '')}/{caps.get('runtime_version', '')}",
+        "cores": str(caps.get("cores", "")),
+        "workers": str(caps.get("load", {}).get("workers", "")),
+    }
+
+
+def _service_info(identity: Identity, addresses: list[str], port: int, caps: dict[str, Any]) -> Any:
+    from zeroconf import ServiceInfo
+
+    short = identity.peer_id[:16]
+    return ServiceInfo(SERVICE, f"{short}.{SERVICE}", addresses=[socket.inet_aton(a) for a in addresses],
+                       port=port, properties=_txt(identity, caps), server=f"phase-{short}.local.")
+
+
+def _peer_from_info(info: Any, started: float) -> DiscoveredPeer | None:
+    props = {}
+    for k, v in (info.properties or {}).items():
+        if isinstance(k, bytes) and isinstance(v, bytes):
+            props[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
+    peer_id = props.get("id", "")
+    try:
+        public_key_from_peer_id(peer_id)
+    except ValueError:
+        return None
+    if props.get("proto") != wire.PROTOCOL:
+        return None
+    addresses = info.parsed_addresses()
+    v4 = [a for a in addresses if ":" not in a]
+    if not v4 or not info.port:
+        return None
+    host = v4[0]
+    return DiscoveredPeer(f"{peer_id}@{host}:{info.port}", peer_id, host, int(info.port), props,
+                          time.monotonic() - started)
+
+
+class Announcer:
+    """A node's presence on the LAN (asyncio); also reports other nodes appearing and disappearing."""
+
+    def __init__(self, identity: Identity, host: str, port: int, caps: dict[str, Any], interfaces: str | None = None,
+                 on_event: Callable[..., None] | None = None) -> None:
+        self.identity = identity
+        self.interfaces = interface_choice(interfaces)
+        self.addresses = announce_addresses(host, self.interfaces)
+        self.info = _service_info(identity, self.addresses, port, caps)
+        self.on_event = on_event or (lambda *a, **k: None)
+        self._azc: Any = None
+        self._browser: Any = None
+
+    async def start(self) -> None:
+        from zeroconf import ServiceStateChange
+        from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
+
+        self._azc = AsyncZeroconf(interfaces=self.interfaces)
+        await self._azc.async_register_service(self.info)
+        own = self.info.name
+
+        def changed(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
+            if name == own:
+                return
+            if state_change is ServiceStateChange.Added:
+                self.on_event("peer_found", name=name)
+            elif state_change is ServiceStateChange.Removed:
+                self.on_event("peer_lost", name=name)
+
+        self._browser = AsyncServiceBrowser(self._azc.zeroconf, SERVICE, handlers=[changed])
+        self.on_event("mdns_announced", name=own, addresses=self.addresses)
+
+    async def close(self) -> None:
+        if self._azc is None:
+            return
+        azc, self._azc = self._azc, None
+        try:
+            if self._browser is not None:
+                await self._browser.async_cancel()
+            await azc.async_unregister_service(self.info)
+        finally:
+            await azc.async_close()
+
+
+def discover(timeout: float = 1.0, *, interfaces: str | None = None, settle: float | None = 0.25,
+             want: int | None = None) -> list[DiscoveredPeer]:
+    """Browse for nodes for at most ``timeout`` seconds. With ``settle``, stop that long after the first find;
+    with ``want``, as soon as that many are found."""
+    from zeroconf import ServiceBrowser, ServiceStateChange, Zeroconf
+
+    started = time.monotonic()
+    names: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def changed(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
+        if state_change is ServiceStateChange.Added:
+            names.put(name)
+
+    zc = Zeroconf(interfaces=interface_choice(interfaces))
+    found: dict[str, DiscoveredPeer] = {}
+    try:
+        browser = ServiceBrowser(zc, SERVICE, handlers=[changed])
+        deadline = started + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                name = names.get(timeout=remaining)
+            except queue.Empty:
+                break
+            info = zc.get_service_info(SERVICE, name, timeout=int(max(0.05, min(remaining, 1.0)) * 1000))
+            peer = _peer_from_info(info, started) if info is not None else None
+            if peer is not None and peer.peer_id not in found:
+                found[peer.peer_id] = peer
+                if want is not None and len(found) >= want:
+                    break
+                if settle is not None:
+                    deadline = min(deadline, time.monotonic() + settle)
+        browser.cancel()
+    finally:
+        zc.close()
+    return sorted(found.values(), key=lambda p: p.found_after_s)

@@ -1,0 +1,107 @@
+"""Where a node runs jobs: isolated sandbox workers when they work, else a thread pool in the node.
+
+Both give the same :class:`~pyphase.Result`; :func:`make_executor` checks at start that the sandbox
+really runs a job before trusting it, and falls back (loudly) when it cannot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Mapping, Sequence
+
+from pyphase.errors import InvalidModule, PhaseError
+from pyphase.limits import Limits
+from pyphase.result import Result, hash_text
+
+# The smallest valid WASI command: (module (func (export "_start"))). Used to check an executor works.
+EMPTY_MODULE = (b"\0asm\1\0\0\0" + bytes([1, 4, 1, 0x60, 0, 0, 3, 2, 1, 0, 7, 10, 1, 6]) + b"_start"
+                + bytes([0, 0, 10, 4, 1, 2, 0, 0x0B]))
+
+
+def _sha(data: bytes | bytearray | memoryview) -> str:
+    return hash_text(hashlib.sha256(data).digest())
+
+
+def failed_result(status: str, message: str, module: bytes, input: bytes) -> Result:
+    """A result for a job that never ran (invalid module, executor failure)."""
+    empty = _sha(b"")
+    return Result(status=status, exit_code=0, message=message[:1024], stdout=b"", stderr=b"", fuel_used=0,
+                  wall_us=0, memory_peak_bytes=0, module_hash=_sha(module), input_hash=_sha(input),
+                  stdout_hash=empty, stderr_hash=empty)
+
+
+class ThreadExecutor:
+    """Runs :func:`pyphase.run` in a thread pool (the GIL is released while a job runs). No process isolation."""
+
+    kind = "thread"
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="plasmd-job")
+
+    @staticmethod
+    def _run(module: bytes, input: bytes, kwargs: dict[str, Any]) -> Result:
+        from pyphase.runtime import Module, run
+
+        try:
+            return run(Module.cached(module), input, **kwargs)
+        except InvalidModule as exc:
+            return failed_result("invalid_module", str(exc), module, input)
+
+    async def run(self, module: bytes, input: bytes, **kwargs: Any) -> Result:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._run, module, input, kwargs)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class SandboxExecutor:
+    """Runs jobs in :class:`pyphase.Sandbox` worker processes (the node never parses untrusted modules itself)."""
+
+    kind = "sandbox"
+
+    def __init__(self, workers: int) -> None:
+        from pyphase.sandbox import Sandbox
+
+        self.workers = workers
+        self._sandbox = Sandbox(workers=workers)
+
+    async def run(self, module: bytes, input: bytes, **kwargs: Any) -> Result:
+        try:
+            return await asyncio.wrap_future(self._sandbox.submit(module, input, **kwargs))
+        except PhaseError as exc:    # the sandbox itself failed; the job's fate is unknown
+            return failed_result("crashed", f"sandbox: {exc}", module, input)
+
+    def close(self) -> None:
+        self._sandbox.close()
+
+
+Executor = ThreadExecutor | SandboxExecutor
+
+
+def make_executor(workers: int, sandbox: bool, warn: Callable[[str], None] = lambda _: None) -> Executor:
+    """The sandbox when asked for and it runs a job correctly; else the thread pool (``warn`` says why)."""
+    if sandbox:
+        try:
+            executor = SandboxExecutor(workers)
+        except Exception as exc:   # ImportError, SandboxError, OSError: any reason means "not usable here"
+            warn(f"sandbox unavailable ({type(exc).__name__}: {exc}); running jobs in threads")
+        else:
+            try:
+                result = executor._sandbox.run(EMPTY_MODULE, b"", limits=Limits(timeout_ms=5000))
+                if result.status == "ok":
+                    return executor
+                warn(f"sandbox self-test ended {result.status}: {result.message}; running jobs in threads")
+            except Exception as exc:
+                warn(f"sandbox self-test failed ({type(exc).__name__}: {exc}); running jobs in threads")
+            executor.close()
+    return ThreadExecutor(workers)
+
+
+def job_kwargs(manifest: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
+    args: Sequence[str] = manifest["args"]
+    return {"args": list(args), "env": dict(manifest["env"]), "entry": manifest["entry"], "limits": limits,
+            "deterministic": manifest["deterministic"]}

@@ -1,0 +1,173 @@
+"""``phase submit`` and ``phase peers``: the network half of the ``phase`` command.
+
+``pyphase.cli`` calls :func:`register` with its sub-parsers; ``python -m pyphase.netcli`` runs these two
+commands on their own. Uses only the public API (:class:`pyphase.Client`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from pyphase.errors import LimitsError, NetworkError, QuorumError
+
+EXIT_NETWORK = 69      # EX_UNAVAILABLE: no peer could run the job
+EXIT_QUORUM = 1        # replicas disagreed: like a failed verification
+
+EPILOG_SUBMIT = """\
+The job runs on a peer (given with --peer, else found on the LAN) and its receipt is verified
+(signature, hashes, nonce, signer = the peer the transport authenticated) before anything is printed.
+A timeout, a reject, a dropped connection or a bad receipt sends the job to another peer.
+--timeout is the job's wall-clock limit; a peer gets that plus 5 s before the job moves on.
+exit status: the module's own exit code; the job statuses as for 'phase run';
+  69 when no peer could run it; 1 when replicas disagree with no majority.
+examples:
+  phase submit hello.wasm --input "Hello, World" --peer PEERID@127.0.0.1:7465 --receipt r.json
+  phase submit job.wasm --input-file data.bin --replicas 3 --json
+"""
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from pyphase import Client
+    from pyphase.cli import _identity
+
+    identity = _identity(args.identity) if getattr(args, "identity", None) else None
+    return Client(peers=args.peer or None, identity=identity, discover_timeout=args.discover_timeout)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pyphase.cli import _fail, _read_input, emit_result, env_from_args, limits_from_args
+
+    try:
+        module = Path(args.module).read_bytes()
+    except OSError as exc:
+        return _fail(f"cannot read {args.module}: {exc.strerror}")
+    try:
+        limits = limits_from_args(args)
+        env = env_from_args(args.env)
+        job_input = _read_input(args)
+    except (LimitsError, ValueError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot read input: {exc.strerror}")
+    if args.replicas < 1 or args.retries < 0:
+        return _fail("--replicas must be at least 1 and --retries at least 0")
+    try:
+        client = _client(args)
+    except ValueError as exc:
+        return _fail(str(exc))
+    try:
+        result = client.submit(module, job_input, args=args.arg, env=env, entry=args.entry, limits=limits,
+                               retries=args.retries, replicas=args.replicas, deterministic=args.deterministic)
+    except QuorumError as exc:
+        print(f"phase: {exc}", file=sys.stderr)
+        for digest, peers in exc.groups.items():
+            print(f"  {digest}: {', '.join(peers)}", file=sys.stderr)
+        if args.receipt:
+            Path(args.receipt).write_text(json.dumps(exc.receipts, indent=2, sort_keys=True) + "\n")
+        return EXIT_QUORUM
+    except NetworkError as exc:
+        print(f"phase: {exc}", file=sys.stderr)
+        return EXIT_NETWORK
+    finally:
+        client.close()
+    for peer in result.dissent:
+        print(f"phase: warning: peer {peer} returned a different output (outvoted)", file=sys.stderr)
+    if args.json:
+        from pyphase.cli import STATUS_EXIT_CODES
+
+        if args.receipt and result.receipt is not None:
+            Path(args.receipt).write_text(json.dumps(result.receipt, indent=2, sort_keys=True) + "\n")
+        doc = result.to_json()
+        doc.update(receipt=result.receipt, peer=result.peer, dissent=list(result.dissent),
+                   attempts=[list(a) for a in result.attempts])
+        if args.replicas > 1:
+            doc["receipts"] = list(result.receipts)
+        print(json.dumps(doc, sort_keys=True))
+        return int(result.exit_code) & 0xFF if result.status == "ok" else STATUS_EXIT_CODES.get(result.status, 1)
+    return emit_result(result, args, result.receipt)
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    from pyphase.cli import _fail
+
+    try:
+        client = _client(args)
+    except ValueError as exc:
+        return _fail(str(exc))
+    try:
+        caps = client.capabilities(timeout=args.wait)
+    finally:
+        client.close()
+    rows = []
+    for address, c in caps.items():
+        row: dict[str, Any] = {"address": address, "reachable": c is not None}
+        if c:
+            row.update({k: c.get(k) for k in ("arch", "cores", "runtime", "runtime_version", "executor",
+                                               "max_limits", "load", "cached_modules", "accepting")})
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, sort_keys=True))
+        return 0
+    if not rows:
+        print("no peers found", file=sys.stderr)
+        return 1
+    for row in rows:
+        if not row["reachable"]:
+            print(f"{row['address']}  unreachable")
+            continue
+        load = row.get("load") or {}
+        print(f"{row['address']}  {row['arch']} {row['runtime']} {row['runtime_version']}  "
+              f"{load.get('running', 0)}/{load.get('workers', 0)} busy, {load.get('queued', 0)} queued")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``submit`` and ``peers`` to the ``phase`` command's sub-parsers."""
+    from pyphase.cli import add_job_options
+
+    p = subparsers.add_parser("submit", help="run a module on a peer and print its verified output",
+                              description="Run MODULE.wasm on a Phase node and print its output once the "
+                              "node's signed receipt verifies.", epilog=EPILOG_SUBMIT,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("module", metavar="MODULE.wasm")
+    add_job_options(p)
+    _peer_options(p)
+    p.add_argument("--replicas", type=int, default=1, metavar="K",
+                   help="run on K distinct peers (deterministic mode) and accept the majority output")
+    p.add_argument("--retries", type=int, default=3, metavar="N", help="further peers to try after a failure")
+    p.add_argument("--identity", metavar="FILE", help="client identity (default: a fresh one per run)")
+    p.set_defaults(func=cmd_submit)
+
+    p = subparsers.add_parser("peers", help="list Phase nodes and their capabilities",
+                              description="Find nodes (on the LAN with mDNS, or those given with --peer) and "
+                              "show their capabilities and load.")
+    _peer_options(p)
+    p.add_argument("--wait", type=float, default=1.0, metavar="SECONDS", help="how long to wait for answers")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.set_defaults(func=cmd_peers)
+
+
+def _peer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--peer", action="append", default=[], metavar="ADDR",
+                   help="PEERID@HOST:PORT of a node (repeatable); none: discover on the LAN")
+    p.add_argument("--discover-timeout", type=float, default=1.0, metavar="SECONDS",
+                   help="how long to look for nodes on the LAN (default 1)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="phase")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
