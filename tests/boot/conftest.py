@@ -56,3 +56,35 @@ def run_tool(binary: Path, *args: str | os.PathLike[str], timeout: float = 60) -
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "boot: QEMU boot tests")
+
+
+@pytest.fixture(scope="session")
+def boot_kit(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Release key and stage-1 image baked with it (built once)."""
+    require("cpio", "cpio")
+    require("modprobe", "kmod")
+    if not Path("/bin/busybox").exists():
+        pytest.skip("/bin/busybox not found (apt-get install busybox-static)")
+    from .qemu import kernel_image
+
+    kernel = kernel_image()
+    d = tmp_path_factory.mktemp("boot-kit")
+    identity, pub = keys.generate(d / "release.key")
+    stage1 = d / "stage1.cpio.gz"
+    proc = subprocess.run([str(ROOT / "initramfs" / "build-stage1.sh"), "--pub", str(pub), "--out", str(stage1)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    print(f"\n[figures] stage 1: {stage1.stat().st_size} bytes compressed")
+    return {"dir": d, "key": identity, "pub": pub, "stage1": stage1, "kernel": kernel}
+
+
+@pytest.fixture(scope="session")
+def stage2(boot_kit: dict) -> Path:
+    out = boot_kit["dir"] / "stage2.cpio.gz"
+    proc = subprocess.run([str(ROOT / "initramfs" / "build-stage2.sh"), "--out", str(out)], capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    print(f"\n[figures] stage 2: {out.stat().st_size} bytes compressed")
+    return out
+
+

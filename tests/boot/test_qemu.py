@@ -10,8 +10,6 @@ from __future__ import annotations
 import http.server
 import importlib.util
 import json
-import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -24,42 +22,13 @@ from pyphase.boot.server import ArtifactServer
 from pyphase.boot.store import ArtifactStore
 from pyphase.identity import Identity
 
-from .conftest import ROOT, require
-from .qemu import boot, free_port, kernel_image
+from .qemu import boot, free_port
 
 pytestmark = pytest.mark.boot
 
 STAGE1_APPEND = "console=ttyS0 panic=-1 quiet phase.onfail=poweroff"
 NODE_CMDLINE = "console=ttyS0 panic=-1 quiet phase.node.poweroff=1"
 HOST = "10.0.2.2"
-
-
-@pytest.fixture(scope="session")
-def boot_kit(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Release key and stage-1 image baked with it (built once)."""
-    require("cpio", "cpio")
-    require("modprobe", "kmod")
-    if not Path("/bin/busybox").exists():
-        pytest.skip("/bin/busybox not found (apt-get install busybox-static)")
-    kernel = kernel_image()
-    d = tmp_path_factory.mktemp("boot-kit")
-    identity, pub = keys.generate(d / "release.key")
-    stage1 = d / "stage1.cpio.gz"
-    proc = subprocess.run([str(ROOT / "initramfs" / "build-stage1.sh"), "--pub", str(pub), "--out", str(stage1)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    print(f"\n[figures] stage 1: {stage1.stat().st_size} bytes compressed")
-    return {"dir": d, "key": identity, "pub": pub, "stage1": stage1, "kernel": kernel}
-
-
-@pytest.fixture(scope="session")
-def stage2(boot_kit: dict) -> Path:
-    out = boot_kit["dir"] / "stage2.cpio.gz"
-    proc = subprocess.run([str(ROOT / "initramfs" / "build-stage2.sh"), "--out", str(out)], capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr
-    print(f"\n[figures] stage 2: {out.stat().st_size} bytes compressed")
-    return out
 
 
 def publish(store_dir: Path, key: Identity, kernel: Path, initramfs: Path, *, cmdline: str = NODE_CMDLINE,
