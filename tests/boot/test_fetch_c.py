@@ -1,0 +1,192 @@
+"""phase-fetch and phase-discover (the static C tools of stage 1) against loopback servers."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from pathlib import Path
+
+import pytest
+
+from pyphase.boot.manifest import Artifact, make_manifest, sign_manifest
+from pyphase.boot.server import ArtifactServer
+from pyphase.boot.store import ArtifactStore
+from pyphase.identity import Identity
+
+from .conftest import run_tool
+from .qemu import free_port
+
+DATA = bytes((i * 7) & 0xFF for i in range(300_000))
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> tuple[Path, Artifact]:
+    (tmp_path / "blob").write_bytes(DATA)
+    s = ArtifactStore(tmp_path / "store")
+    art = s.add_file(tmp_path / "blob")
+    s.write_manifest(sign_manifest(make_manifest(art, art, "console=ttyS0", release=1, expires_at=2**40),
+                                   Identity.generate().signing_key))
+    return tmp_path / "store", art
+
+
+class OneShotServer:
+    """A raw TCP server answering each connection with the next canned behaviour."""
+
+    def __init__(self, behaviours: list) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.behaviours = behaviours
+        self.requests: list[bytes] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for behaviour in self.behaviours:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                req = b""
+                while b"\r\n\r\n" not in req:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    req += chunk
+                self.requests.append(req)
+                behaviour(conn, req)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _fetch(bin_dir: Path, art: Artifact, out: Path, *urls: str, retries: int = 2):
+    return run_tool(bin_dir / "phase-fetch", "--hash", art.hash, "--size", str(art.size), "--out", out,
+                    "--retries", str(retries), "--timeout", "5", *urls)
+
+
+def test_fetch_falls_back_past_a_dead_source(phase_boot_bin: Path, store, tmp_path: Path) -> None:
+    root, art = store
+    with ArtifactServer(root) as s:
+        r = _fetch(phase_boot_bin, art, tmp_path / "out", f"http://127.0.0.1:{free_port()}", s.url)
+    assert r.returncode == 0, r.stderr
+    assert "Connection refused" in r.stderr
+    assert (tmp_path / "out").read_bytes() == DATA
+    assert not (tmp_path / "out.part").exists()
+
+
+def test_fetch_resumes_after_a_cut_connection(phase_boot_bin: Path, store, tmp_path: Path) -> None:
+    _, art = store
+
+    def cut(conn: socket.socket, req: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(DATA) + DATA[:100_000])
+
+    def resume(conn: socket.socket, req: bytes) -> None:
+        assert b"Range: bytes=100000-" in req
+        conn.sendall(b"HTTP/1.1 206 Partial Content\r\nContent-Length: %d\r\nContent-Range: bytes 100000-%d/%d\r\n\r\n"
+                     % (len(DATA) - 100_000, len(DATA) - 1, len(DATA)) + DATA[100_000:])
+
+    srv = OneShotServer([cut, resume])
+    try:
+        r = _fetch(phase_boot_bin, art, tmp_path / "out", f"http://127.0.0.1:{srv.port}")
+    finally:
+        srv.close()
+    assert r.returncode == 0, r.stderr
+    assert "connection closed after 100000" in r.stderr
+    assert (tmp_path / "out").read_bytes() == DATA
+    assert b"Range: bytes=100000-" in srv.requests[1]
+
+
+def test_fetch_refuses_wrong_bytes_and_oversize(phase_boot_bin: Path, store, tmp_path: Path) -> None:
+    root, art = store
+    wrong = bytearray(DATA)
+    wrong[5] ^= 0xFF
+
+    def liar(conn: socket.socket, req: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(wrong) + bytes(wrong))
+
+    def flood(conn: socket.socket, req: bytes) -> None:
+        conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + DATA + b"more")
+
+    srv = OneShotServer([liar, flood])
+    try:
+        url = f"http://127.0.0.1:{srv.port}"
+        r = _fetch(phase_boot_bin, art, tmp_path / "out", url, url, retries=1)
+    finally:
+        srv.close()
+    assert r.returncode == 1
+    assert "hash mismatch: got sha256:" in r.stderr
+    assert "more than the" in r.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.part").exists()
+    # and with an honest source after the liar, the fetch succeeds
+    srv = OneShotServer([liar])
+    try:
+        with ArtifactServer(root) as s:
+            r = _fetch(phase_boot_bin, art, tmp_path / "out", f"http://127.0.0.1:{srv.port}", s.url, retries=1)
+    finally:
+        srv.close()
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out").read_bytes() == DATA
+
+
+def test_fetch_manifest_and_errors(phase_boot_bin: Path, store, tmp_path: Path) -> None:
+    root, art = store
+    with ArtifactServer(root) as s:
+        r = run_tool(phase_boot_bin / "phase-fetch", "--manifest", "--out", tmp_path / "m.json", s.url + "/")
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / "m.json").read_bytes() == (root / "boot" / "manifest.json").read_bytes()
+        missing = Artifact("sha256:" + "0" * 64, 10)
+        r = _fetch(phase_boot_bin, missing, tmp_path / "x", s.url)
+        assert r.returncode == 1 and "HTTP 404" in r.stderr
+    r = run_tool(phase_boot_bin / "phase-fetch", "--manifest", "--out", tmp_path / "m", "http://example.invalid:80")
+    assert r.returncode == 1 and "not an IP address" in r.stderr
+    r = run_tool(phase_boot_bin / "phase-fetch", "--out", tmp_path / "m", "http://127.0.0.1:1")
+    assert r.returncode == 2 and "usage" in r.stderr
+
+
+def _dns_name(name: str) -> bytes:
+    return b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
+
+
+def _rr(name: str, rtype: int, rdata: bytes) -> bytes:
+    return _dns_name(name) + struct.pack(">HHIH", rtype, 1, 120, len(rdata)) + rdata
+
+
+def test_discover_parses_an_mdns_answer(phase_boot_bin: Path) -> None:
+    service = "_phase-boot._tcp.local"
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(10)
+    port = sock.getsockname()[1]
+    seen: list[bytes] = []
+
+    def respond() -> None:
+        try:
+            query, addr = sock.recvfrom(2048)
+        except OSError:
+            return
+        seen.append(query)
+        answers = [
+            _rr(service, 12, _dns_name("node1." + service)),
+            _rr("node1." + service, 33, struct.pack(">HHH", 0, 0, 8080) + _dns_name("node1.local")),
+            _rr("node1.local", 1, socket.inet_aton("192.0.2.7")),
+            _rr(service, 12, b"\xc0\x0c"),  # a compressed pointer back to the question name: skipped, not a crash
+        ]
+        sock.sendto(struct.pack(">HHHHHH", 0, 0x8400, 0, len(answers), 0, 0) + b"".join(answers), addr)
+
+    t = threading.Thread(target=respond, daemon=True)
+    t.start()
+    r = run_tool(phase_boot_bin / "phase-discover", "--server", f"127.0.0.1:{port}", "--timeout", "2")
+    t.join(timeout=5)
+    sock.close()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["http://192.0.2.7:8080"]
+    assert _dns_name(service) in seen[0] and seen[0].endswith(b"\x00\x0c\x80\x01")  # PTR, QU, IN
+
+
+def test_discover_reports_silence(phase_boot_bin: Path) -> None:
+    r = run_tool(phase_boot_bin / "phase-discover", "--server", f"127.0.0.1:{free_port()}", "--timeout", "1")
+    assert r.returncode == 1 and "no _phase-boot._tcp.local answered" in r.stderr
