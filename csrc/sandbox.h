@@ -57,6 +57,7 @@ typedef struct phase_sandbox_job {
     uint8_t seed[32];
     uint32_t test_action;                 /* sandbox_test_action; 0 outside tests */
     uint64_t hard_timeout_ms;             /* kill the worker after this long; 0 = never */
+    uint32_t spin_us;                     /* busy-wait this long for "done" before sleeping (latency vs CPU) */
 } phase_sandbox_job;
 
 /* Bytes of shared memory a job needs (payloads + room for output); compare with slot->shm_bytes. */

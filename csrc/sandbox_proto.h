@@ -69,6 +69,7 @@ typedef struct sandbox_response {         /* written by the worker before "done"
     uint8_t stderr_hash[PHASE_SHA256_BYTES];
     /* CLOCK_MONOTONIC ns in the worker, for the benchmark's breakdown: woke on "go", confined, job done */
     uint64_t t_woke_ns, t_confined_ns, t_ran_ns;
+    uint64_t done_seq;                    /* written last (release): = seq when the response is complete */
 } sandbox_response;
 
 typedef struct sandbox_shm_header {

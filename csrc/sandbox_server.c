@@ -66,6 +66,10 @@ static void fatal(const char *what)
 
 /* ---- module cache (server side; workers inherit it) ---------------------------------------- */
 
+/* Provided by the core when it can pre-instantiate a module (see docs/SANDBOX.md); weak until then. */
+__attribute__((weak)) int phase_module_prepare(phase_module *module, const phase_limits *limits, char *err,
+                                               size_t errlen);
+
 static phase_module *cache_find(const uint8_t *hash)
 {
     for (unsigned i = 0; i < cache_count; i++)
@@ -90,6 +94,11 @@ static void cache_add(const uint8_t *bytes, size_t len)
         cache_count--;
     }
     cache[cache_count++] = m;
+    if (phase_module_prepare) {
+        phase_limits lim;
+        phase_limits_default(&lim);
+        (void) phase_module_prepare(m, &lim, err, sizeof err);
+    }
 }
 
 static uint64_t now_ns(void)
@@ -150,8 +159,10 @@ static int confine(const sandbox_request *req, uint64_t base_vm)
     return 0;
 }
 
-static void say_done(void)
+static void say_done(sandbox_response *resp)
 {
+    /* The flag first (a spinning parent sees it without a wake-up), then the byte (a sleeping one wakes). */
+    __atomic_store_n(&resp->done_seq, resp->seq, __ATOMIC_RELEASE);
     char d = 'd';
     if (write(WORKER_FD, &d, 1) != 1)
         _exit(SANDBOX_EXIT_IDLE);
@@ -233,7 +244,7 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
         resp->exit_code = -1;
         if (req.magic != SANDBOX_MAGIC || req.version != SANDBOX_VERSION) {
             respond_message(resp, PHASE_CRASHED, "sandbox: request of an unknown format");
-            say_done();
+            say_done(resp);
             _exit(SANDBOX_EXIT_IDLE);
         }
         const phase_module *module = NULL;
@@ -241,14 +252,14 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             module = cache_find(req.module_hash);
             if (!module) {
                 resp->module_missing = 1;   /* the parent sends the bytes; wait again, still unconfined */
-                say_done();
+                say_done(resp);
                 continue;
             }
         }
         if (!in_bounds(req.module_off, req.module_len, shm_bytes) || !in_bounds(req.input_off, req.input_len, shm_bytes)
             || !in_bounds(req.strings_off, req.strings_len, shm_bytes) || !in_bounds(req.out_off, req.out_cap, shm_bytes)) {
             respond_message(resp, PHASE_CRASHED, "sandbox: request out of bounds");
-            say_done();
+            say_done(resp);
             _exit(SANDBOX_EXIT_IDLE);
         }
         if (confine(&req, base_vm) != 0)
@@ -270,7 +281,7 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             char text[128];
             snprintf(text, sizeof text, "test allocation stopped after %llu MiB", (unsigned long long) (got >> 20));
             respond_message(resp, PHASE_CRASHED, text);
-            say_done();
+            say_done(resp);
             _exit(0);
         }
         char err[PHASE_MESSAGE_BYTES];
@@ -281,7 +292,7 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             if (!own) {
                 /* The validator may fail by running out of address space too. */
                 respond_message(resp, PHASE_INVALID_MODULE, err[0] ? err : "invalid module");
-                say_done();
+                say_done(resp);
                 _exit(0);
             }
             module = own;
@@ -290,7 +301,7 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
         if (split_strings((const char *) shm + req.strings_off, req.strings_len, req.argc, req.envc, &entry, &argv,
                           &envp) != 0) {
             respond_message(resp, PHASE_CRASHED, "sandbox: malformed argument strings");
-            say_done();
+            say_done(resp);
             _exit(0);
         }
         phase_job_spec spec;
@@ -333,7 +344,7 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
         memcpy(resp->input_hash, res.input_hash, PHASE_SHA256_BYTES);
         memcpy(resp->stdout_hash, res.stdout_hash, PHASE_SHA256_BYTES);
         memcpy(resp->stderr_hash, res.stderr_hash, PHASE_SHA256_BYTES);
-        say_done();
+        say_done(resp);
         /* No clean-up: the process ends here, and its memory with it. */
         _exit(0);
     }

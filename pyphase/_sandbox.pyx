@@ -45,6 +45,7 @@ cdef extern from "sandbox.h" nogil:
         uint8_t seed[32]
         uint32_t test_action
         uint64_t hard_timeout_ms
+        uint32_t spin_us
 
     uint64_t phase_sandbox_job_shm_bytes(const phase_sandbox_job *job)
     int phase_sandbox_slot_open(phase_sandbox_slot *slot, int sock, int shm_fd, char *err, size_t errlen)
@@ -195,7 +196,7 @@ cdef class Slot:
     def run(self, bytes module_hash not None, module, const uint8_t[::1] input not None, list argv, list env,
             bytes entry not None, uint64_t memory_bytes, uint64_t fuel, uint64_t timeout_ms, uint64_t output_bytes,
             uint32_t stack_bytes, bint deterministic, bytes seed not None, uint64_t hard_timeout_ms,
-            uint32_t test_action=0):
+            uint32_t test_action=0, uint32_t spin_us=0):
         """Run one job on this slot's worker with the GIL released. ``module`` is the bytes or None (the
         worker's cache). Returns None if the worker lacks the module (call again with the bytes), else the
         tuple of _core.run: (status, exit_code, message, stdout, stderr, fuel_used, wall_us, memory_peak,
@@ -231,6 +232,7 @@ cdef class Slot:
         memcpy(job.seed, <const char *> seed, 32)
         job.test_action = test_action
         job.hard_timeout_ms = hard_timeout_ms
+        job.spin_us = spin_us
         job.argv = <const char *const *> _cstrings(argv, keep)
         job.argc = <uint32_t> len(argv)
         try:

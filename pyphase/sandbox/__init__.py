@@ -38,6 +38,9 @@ __all__ = ["Sandbox", "SandboxError"]
 SERVER_NAME = "phase-sandboxd"
 DEFAULT_SHM_BYTES = 64 << 20
 DEFAULT_GRACE_MS = 1000
+# Busy-wait this long for a job's "done" before sleeping: tiny jobs return without a cross-CPU wake-up
+# (~50-100 us on small VMs), at the cost of that much CPU per job in the calling thread.
+DEFAULT_SPIN_US = 0
 START_TIMEOUT_MS = 10_000
 
 
@@ -74,10 +77,12 @@ class Sandbox:
     ``run()`` has the signature of :func:`pyphase.run` and returns the same :class:`~pyphase.Result`;
     ``submit()`` returns a :class:`concurrent.futures.Future` (from asyncio: ``await asyncio.wrap_future(...)``).
     ``grace_ms`` is added to a job's ``timeout_ms`` before its worker is killed from outside;
-    ``shm_bytes`` bounds one job's module + input + output limit.
+    ``shm_bytes`` bounds one job's module + input + output limit; ``spin_us`` trades the calling thread's CPU
+    for latency on tiny jobs (see docs/SANDBOX.md).
     """
 
-    def __init__(self, workers: int = 2, *, shm_bytes: int = DEFAULT_SHM_BYTES, grace_ms: int = DEFAULT_GRACE_MS) -> None:
+    def __init__(self, workers: int = 2, *, shm_bytes: int = DEFAULT_SHM_BYTES, grace_ms: int = DEFAULT_GRACE_MS,
+                 spin_us: int = DEFAULT_SPIN_US) -> None:
         if not 1 <= workers <= 256:
             raise ValueError(f"workers must be between 1 and 256, got {workers}")
         if shm_bytes < _sandbox.MIN_SHM_BYTES:
@@ -85,6 +90,7 @@ class Sandbox:
         self._closed = True
         self.workers = workers
         self.grace_ms = grace_ms
+        self.spin_us = spin_us
         self._lock = threading.Lock()
         self._modules: dict[bytes, int] = {}     # digest -> ADD sequence number (1-based) sent to the server
         self._adds = 0
@@ -245,7 +251,8 @@ class Sandbox:
             # The worker has the module if the server cached it before forking this worker.
             inline = added is None or slot.cache_seq < added
             call = (job.input, job.argv, job.envp, job.entry, lim.memory_bytes, lim.fuel, lim.timeout_ms,
-                    lim.output_bytes, lim.stack_bytes, job.deterministic, job.seed, hard_timeout, job.test_action)
+                    lim.output_bytes, lim.stack_bytes, job.deterministic, job.seed, hard_timeout, job.test_action,
+                    self.spin_us)
             raw = slot.run(job.digest, job.data if inline else None, *call)
             if raw is None:   # evicted from (or refused by) the server's cache: send the bytes and add it again
                 self._modules.pop(job.digest, None)

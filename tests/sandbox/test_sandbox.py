@@ -156,3 +156,15 @@ def test_job_too_big_for_shared_memory(hello_bytes):
         with pytest.raises(pyphase.LimitsError):
             sb.run(hello_bytes, b"x" * (8 << 20))
         assert_hello_works(sb, hello_bytes)
+
+
+@pytest.mark.parametrize("spin_us", [0, 5000])
+def test_evicted_modules_are_sent_again(wat, spin_us):
+    # The fork server caches 64 modules; the 65th evicts the first. A worker that lacks a module the parent
+    # thought cached says so, and gets the bytes on the same worker.
+    modules = [wat(f'(module (func (export "_start") (result i32) (i32.const {i})))') for i in range(70)]
+    with Sandbox(workers=1, spin_us=spin_us) as sb:
+        for _ in range(2):
+            for i, module in enumerate(modules):
+                r = sb.run(module)
+                assert (r.status, r.exit_code) == ("ok", i), r
