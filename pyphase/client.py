@@ -217,13 +217,13 @@ class Client:
                 peer.connected = True
             elif kind == zmq.EVENT_DISCONNECTED:
                 if peer.connected:
-                    failure = "connection dropped"
+                    failure = failure or "connection dropped"
                 peer.connected = False
             elif kind == zmq.EVENT_CONNECT_RETRIED:
                 if not peer.connected:
-                    failure = "unreachable (connection refused)"
+                    failure = failure or "unreachable (connection refused)"
             else:
-                failure = "CURVE handshake failed (wrong key or not a phase node)"
+                failure = failure or "CURVE handshake failed (wrong key or not a phase node)"
                 peer.connected = False
         return failure
 

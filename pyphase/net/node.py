@@ -42,6 +42,7 @@ MISBEHAVIOURS = ("forge-receipt", "lie-stdout", "mismatch-stdout", "wrong-signer
 """Test only: ways a node can be made to cheat (``PHASE_TEST_MISBEHAVE``), so tests can show clients catch it."""
 PENDING_MODULE_TIMEOUT_S = 30.0
 MAX_MESSAGE_SLACK = 64 << 10
+_UNHASHED = "sha256:" + "0" * 64
 
 
 class EventLog:
@@ -357,6 +358,13 @@ class Node:
             assert self.executor is not None
             started = timestamp()
             result = await self.executor.run(module, data, **job_kwargs(manifest, limits))
+            if result.stdout_hash == _UNHASHED or result.module_hash == _UNHASHED:
+                # a job that never ran (invalid module, crashed worker) comes back without hashes; the node
+                # checked the module and input against the manifest itself, and hashes what it sends
+                result = dataclasses.replace(
+                    result, module_hash=manifest["module"]["hash"], input_hash=manifest["input"]["hash"],
+                    stdout_hash=hash_text(hashlib.sha256(result.stdout).digest()),
+                    stderr_hash=hash_text(hashlib.sha256(result.stderr).digest()))
             stdout = result.stdout
             if self.misbehave == "hang":
                 await asyncio.Event().wait()

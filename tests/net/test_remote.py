@@ -1,0 +1,114 @@
+"""A job on a real remote node: verified receipt, module shipped once then served from the cache, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pyphase import Client, verify_receipt
+from pyphase.errors import NetworkError
+
+
+def test_remote_job_receipt_verifies(start_nodes, hello_bytes):
+    (node,) = start_nodes(1)
+    with Client(peers=[node.address]) as client:
+        result = client.submit(hello_bytes, input=b"Hello, World")
+    assert result.stdout == b"dlroW ,olleH"
+    assert result.exit_code == 0 and result.status == "ok"
+    assert result.peer == node.address.split("@")[0]
+    # independently re-checked, signer pinned to the node we addressed
+    verify_receipt(result.receipt, module=hello_bytes, input=b"Hello, World", stdout=result.stdout,
+                   stderr=result.stderr, signer=result.peer)
+    assert result.receipt["node"]["peer_id"] == result.peer
+
+
+def test_module_shipped_once_then_cached(start_nodes, hello_bytes):
+    (node,) = start_nodes(1)
+    with Client(peers=[node.address]) as client:
+        for i in range(5):
+            assert client.submit(hello_bytes, input=b"abc%d" % i).stdout == b"%dcba" % i
+    offers = node.events("offer")
+    assert [o["cached"] for o in offers] == [False, True, True, True, True]
+    assert len(node.events("module_cached")) == 1
+    # a different client (its own connection, no memory of what it sent) is served from the cache too
+    with Client(peers=[node.address]) as other:
+        assert other.submit(hello_bytes, input=b"xy").stdout == b"yx"
+    assert len(node.events("module_cached")) == 1
+
+
+def test_cache_survives_restart(start_nodes, hello_bytes):
+    (node,) = start_nodes(1)
+    with Client(peers=[node.address]) as client:
+        client.submit(hello_bytes, input=b"1")
+    node.terminate()
+    node.close_pipes()
+    node.start()
+    with Client(peers=[node.address]) as client:
+        assert client.submit(hello_bytes, input=b"12").stdout == b"21"
+    assert [o["cached"] for o in node.events("offer")] == [False, True]
+
+
+def test_job_failure_statuses_are_results(start_nodes, wat):
+    (node,) = start_nodes(1)
+    trap = wat('(module (func (export "_start") unreachable))')
+    with Client(peers=[node.address]) as client:
+        result = client.submit(trap)
+        assert result.status == "trap"
+        assert result.receipt["status"] == "trap"
+        bad = client.submit(b"\0asm\1\0\0\0garbage")
+        assert bad.status == "invalid_module"
+
+
+def test_limits_above_ceiling_are_rejected(start_nodes, hello_bytes):
+    from pyphase import Limits
+
+    (node,) = start_nodes(1)
+    with Client(peers=[node.address]) as client:
+        with pytest.raises(NetworkError) as info:
+            client.submit(hello_bytes, limits=Limits(memory_bytes=1 << 31), retries=0)
+    # the client knew the node's ceiling from its capabilities and did not even offer it
+    assert "could take" in str(info.value) or "limits" in str(info.value)
+
+
+def test_cli_submit_prints_stdout_and_writes_receipt(start_nodes, hello_bytes, tmp_path):
+    (node,) = start_nodes(1)
+    receipt = tmp_path / "r.json"
+    hello = tmp_path / "hello.wasm"
+    hello.write_bytes(hello_bytes)
+    out = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(hello), "--input", "Hello, World",
+                          "--peer", node.address, "--receipt", str(receipt)], capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"dlroW ,olleH"
+    check = subprocess.run([sys.executable, "-m", "pyphase", "verify", str(receipt), "--input-text", "Hello, World",
+                            "--signer", node.address.split("@")[0]], capture_output=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    js = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(hello), "--input", "ab", "--json",
+                         "--peer", node.address], capture_output=True, timeout=60)
+    doc = json.loads(js.stdout)
+    assert doc["stdout"] == "ba" and doc["peer"] == node.address.split("@")[0] and doc["receipt"]["signature"]
+
+
+def test_cli_exit_codes(start_nodes, wat, tmp_path):
+    (node,) = start_nodes(1)
+    exit7 = tmp_path / "exit7.wasm"
+    exit7.write_bytes(wat('(module (import "wasi_snapshot_preview1" "proc_exit" (func $e (param i32)))'
+                          ' (memory (export "memory") 1) (func (export "_start") (call $e (i32.const 7))))'))
+    out = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(exit7), "--peer", node.address],
+                         capture_output=True, timeout=60)
+    assert out.returncode == 7, out.stderr
+    dead = node.address.rsplit(":", 1)[0] + ":1"
+    out = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(exit7), "--peer", dead, "--retries", "0"],
+                         capture_output=True, timeout=60)
+    assert out.returncode == 69, out.stderr
+
+
+def test_cli_peers(start_nodes):
+    nodes = start_nodes(2)
+    args = [a for n in nodes for a in ("--peer", n.address)]
+    out = subprocess.run([sys.executable, "-m", "pyphase", "peers", "--json", *args], capture_output=True, timeout=60)
+    rows = json.loads(out.stdout)
+    assert sorted(r["address"] for r in rows) == sorted(n.address for n in nodes)
+    assert all(r["reachable"] and r["load"]["workers"] == 2 for r in rows)
