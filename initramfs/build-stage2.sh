@@ -43,7 +43,7 @@ mkdir -p "$ROOT/usr/lib/python$VER"
 tar -C "$STDLIB" -cf - \
     --exclude='./site-packages' --exclude='./dist-packages' --exclude='./test' --exclude='./idlelib' \
     --exclude='./tkinter' --exclude='./turtledemo' --exclude='./ensurepip' --exclude='./lib2to3' \
-    --exclude='./pydoc_data' --exclude='./distutils' --exclude='./config-*' --exclude='*/tests' \
+    --exclude='./pydoc_data' --exclude='./distutils' --exclude='./unittest' --exclude='./config-*' --exclude='*/tests' \
     --exclude='*.opt-1.pyc' --exclude='*.opt-2.pyc' --exclude='./lib-dynload/_tkinter*' \
     --exclude='./lib-dynload/*test*' --exclude='./lib-dynload/xx*' . \
   | tar -C "$ROOT/usr/lib/python$VER" -xf -
@@ -75,6 +75,12 @@ awk '/=> \//{print $3} /^\t\/lib64/{print $1}' "$WORK/libs" | sort -u | while re
     fi
 done
 [ -e "$ROOT/lib64/ld-linux-x86-64.so.2" ] || cp -L /lib64/ld-linux-x86-64.so.2 "$ROOT/lib64/"
+
+# Debug symbols are most of an unstripped interpreter (libpython alone can be 20+ MB).
+if command -v strip >/dev/null 2>&1; then
+    find "$ROOT/usr/bin" "$ROOT/usr/lib" "$ROOT/opt" "$ROOT/lib" -type f \( -name '*.so*' -o -name python3 \) \
+        -exec strip --strip-unneeded {} + 2>/dev/null || true
+fi
 
 install -m 0755 "$HERE/stage2/init" "$ROOT/init"
 install -m 0755 "$HERE/udhcpc.script" "$ROOT/etc/udhcpc.script"
