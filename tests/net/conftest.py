@@ -39,7 +39,7 @@ class NodeProc:
     """One ``plasmd`` process; ``restart()`` brings it back on the same address with the same identity."""
 
     def __init__(self, data_dir: Path, host: str, *, workers: int = 2, sandbox: bool = True, mdns: bool = False,
-                 misbehave: str | None = None, extra: tuple[str, ...] = ()) -> None:
+                 misbehave: str | None = None, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.host = host
         self.port = 0
@@ -48,6 +48,7 @@ class NodeProc:
         self.mdns = mdns
         self.misbehave = misbehave
         self.extra = extra
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
         self.log_path = data_dir.with_suffix(".log")
@@ -59,7 +60,7 @@ class NodeProc:
         if not self.sandbox:
             cmd.append("--no-sandbox")
         cmd += list(self.extra)
-        env = dict(os.environ, PHASE_MDNS_INTERFACES="127.0.0.1")
+        env = dict(os.environ, PHASE_MDNS_INTERFACES="127.0.0.1", **self.env)
         env.pop("PHASE_TEST_MISBEHAVE", None)
         if self.misbehave:
             env["PHASE_TEST_MISBEHAVE"] = self.misbehave
