@@ -1,0 +1,168 @@
+"""Sandbox figures: what process isolation costs, against in-process runs measured in the same run.
+
+    python bench/sandbox_bench.py            # about 20 s
+    python bench/sandbox_bench.py --quick    # about 5 s, for a smoke test
+    python bench/sandbox_bench.py --json     # machine-readable
+
+Method
+  * tiny job: examples/hello/hello.wasm reversing 12 bytes, module cached (the fork server holds it, so
+    workers inherit it validated), default limits. Sequential calls of Sandbox.run from one thread;
+    p50/p99 over N calls after a warm-up, against pyphase.run (in-process, instance reused) in the same run.
+    The breakdown (medians, µs after "go") comes from the worker's own clock: woke, confined (rlimits), job
+    ran, parent saw "done".
+  * throughput: N jobs submitted at once to Sandbox(workers=2), against two threads calling pyphase.run.
+  * crash: a worker segfaults mid-job (test-only action); "detect" is submit -> crashed result, "replace" is
+    result -> a fresh worker ready. Also a worker SIGKILLed from outside mid-job: kill -> crashed result.
+
+Caveats: wall-clock timings on a shared machine (the load average is printed); single-use workers mean a
+fork + exit per job, which the pool overlaps with other jobs only when there are several workers. CI never
+fails on these numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyphase
+from pyphase.limits import Limits
+from pyphase.sandbox import Sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = (ROOT / "examples" / "hello" / "hello.wasm").read_bytes()
+INPUT = b"Hello, World"
+# (module (func (export "_start") (loop (br 0)))), assembled by wat2wasm
+LOOP = bytes.fromhex("0061736d0100000001040160000003020100070a01065f737461727400000a0901070003400c000b0b")
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def latency(fn, n: int, warmup: int = 50) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1e6)
+    return out
+
+
+def tiny_job(n: int) -> dict[str, float]:
+    module = pyphase.Module.cached(HELLO)
+    inproc = latency(lambda: pyphase.run(module, INPUT), n)
+    with Sandbox(workers=2) as sb:
+        timelines: list[tuple[int, ...]] = []
+
+        def one() -> None:
+            r = sb.run(module, INPUT)
+            assert r.stdout == INPUT[::-1], r
+            timelines.append(max((s.last_timeline for s in sb._slots), key=lambda t: t[3]))
+
+        boxed = latency(one, n)
+        timelines = timelines[-n:]
+    out = {
+        "inprocess_p50_us": statistics.median(inproc), "inprocess_p99_us": pct(inproc, 99),
+        "sandbox_p50_us": statistics.median(boxed), "sandbox_p99_us": pct(boxed, 99),
+    }
+    out["added_p50_us"] = out["sandbox_p50_us"] - out["inprocess_p50_us"]
+    for i, name in enumerate(("woke", "confined", "ran", "done")):
+        out[f"timeline_{name}_us"] = statistics.median(t[i] for t in timelines) / 1000
+    return out
+
+
+def throughput(n: int) -> dict[str, float]:
+    module = pyphase.Module.cached(HELLO)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda _: pyphase.run(module, INPUT), range(100)))
+        t = time.perf_counter()
+        list(pool.map(lambda _: pyphase.run(module, INPUT), range(n)))
+        inproc = n / (time.perf_counter() - t)
+    with Sandbox(workers=2) as sb:
+        [f.result() for f in [sb.submit(module, INPUT) for _ in range(100)]]
+        t = time.perf_counter()
+        results = [f.result() for f in [sb.submit(module, INPUT) for _ in range(n)]]
+        boxed = n / (time.perf_counter() - t)
+    assert all(r.ok for r in results)
+    return {"inprocess_2threads_jobs_per_s": inproc, "sandbox_2workers_jobs_per_s": boxed}
+
+
+def crash(n: int) -> dict[str, float]:
+    detect, replace, killed = [], [], []
+    with Sandbox(workers=1) as sb:
+        sb.run(HELLO, INPUT)
+        slot = sb._slots[0]
+        for _ in range(n):
+            t0 = time.perf_counter()
+            r = sb._selftest("segfault", HELLO)
+            t1 = time.perf_counter()
+            slot.ready(10_000)
+            t2 = time.perf_counter()
+            assert r.status == "crashed", r
+            detect.append((t1 - t0) * 1e6)
+            replace.append((t2 - t1) * 1e6)
+        for _ in range(max(3, n // 10)):
+            future = sb.submit(LOOP, limits=Limits(timeout_ms=30_000))
+            deadline = time.monotonic() + 10
+            while _cpu_ticks(pid := slot.worker_pid) <= 0 and time.monotonic() < deadline:
+                time.sleep(0.001)   # until the looping job runs in the slot's current worker
+            t0 = time.perf_counter()
+            os.kill(pid, signal.SIGKILL)
+            r = future.result(timeout=10)
+            killed.append((time.perf_counter() - t0) * 1e6)
+            assert r.status == "crashed", r
+    return {"segfault_detect_p50_us": statistics.median(detect), "segfault_detect_p99_us": pct(detect, 99),
+            "replace_p50_us": statistics.median(replace), "replace_p99_us": pct(replace, 99),
+            "sigkill_to_result_p50_us": statistics.median(killed)}
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return -1
+    return int(fields[11]) + int(fields[12])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    n_lat, n_tp, n_crash = (300, 1000, 30) if args.quick else (2000, 5000, 200)
+    figures = {"cpus": os.cpu_count(), "loadavg_1m": os.getloadavg()[0]}
+    figures.update(tiny_job(n_lat))
+    figures.update(throughput(n_tp))
+    figures.update(crash(n_crash))
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return 0
+    f = figures
+    print(f"sandbox figures ({f['cpus']} CPUs, load average {f['loadavg_1m']:.2f} at start)")
+    print(f"  tiny job (hello, cached)   in-process p50 {f['inprocess_p50_us']:7.0f} us  p99 {f['inprocess_p99_us']:7.0f} us")
+    print(f"                             sandboxed  p50 {f['sandbox_p50_us']:7.0f} us  p99 {f['sandbox_p99_us']:7.0f} us"
+          f"   (x{f['sandbox_p50_us'] / f['inprocess_p50_us']:.1f} at p50, +{f['added_p50_us']:.0f} us; target +200)")
+    print(f"    breakdown after 'go' (medians): worker woke {f['timeline_woke_us']:.0f} us, limits set "
+          f"{f['timeline_confined_us']:.0f}, job done {f['timeline_ran_us']:.0f}, parent saw it {f['timeline_done_us']:.0f}")
+    print(f"  throughput                 in-process 2 threads {f['inprocess_2threads_jobs_per_s']:7.0f} jobs/s;"
+          f" sandbox 2 workers {f['sandbox_2workers_jobs_per_s']:7.0f} jobs/s"
+          f"   (x{f['sandbox_2workers_jobs_per_s'] / f['inprocess_2threads_jobs_per_s']:.2f})")
+    print(f"  crashed worker             detect p50 {f['segfault_detect_p50_us']:7.0f} us  p99 {f['segfault_detect_p99_us']:7.0f} us;"
+          f" replaced p50 {f['replace_p50_us']:.0f} us  p99 {f['replace_p99_us']:.0f} us;"
+          f" SIGKILL -> result p50 {f['sigkill_to_result_p50_us']:.0f} us")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
