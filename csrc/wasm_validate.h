@@ -19,6 +19,10 @@
 extern "C" {
 #endif
 
+/* Defaults (phase_wasm_caps_default): module 64 MiB; types 100000; functions (imported + defined) 200000;
+ * imports 10000; exports 100000; globals 100000; data segments 100000; element segments 100000; table initial
+ * size 2^20; locals per function 50000 (params excluded); params 1000; results 1000; nesting depth 1024;
+ * body 8 MiB; operand stack 2^20 values; br_table targets 2^20; work_per_byte 64. */
 typedef struct phase_wasm_caps {        /* caps beyond the spec, defaults via phase_wasm_caps_default() */
     size_t   max_module_bytes;          /* 64 MiB */
     uint32_t max_types, max_functions, max_imports, max_exports, max_globals,

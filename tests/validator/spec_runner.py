@@ -65,7 +65,8 @@ def convert(wast: Path) -> Path:
     d = cache_dir() / f"{wast.stem}-{digest}"
     j = d / f"{wast.stem}.json"
     if not j.exists():
-        tmp = Path(tempfile.mkdtemp(dir=cache_dir().mkdir(parents=True, exist_ok=True) or cache_dir()))
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache_dir()))
         subprocess.run(["wast2json", *WAST2JSON_FLAGS, str(wast), "-o", str(tmp / j.name)], check=True,
                        capture_output=True)
         try:

@@ -73,6 +73,8 @@ int main(int argc, char **argv)
                    info.has_memory, info.mem_initial_pages, info.mem_has_max ? "" : "none/", info.mem_max_pages,
                    info.has_start);
         } else {
+            for (char *c = err; *c; c++)   /* one line per file, whatever a callback wrote */
+                if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7F) *c = '?';
             printf("ERROR: %s\n", err);
             if (status == 0) status = 1;
         }
