@@ -53,7 +53,8 @@ for spec in $(get '" ".join(p for v in d["roots"].values() for p in v)') $(get '
     case $spec in
         */pyphase) tar -C "$(dirname "$spec")" -cf - --exclude='__pycache__' --exclude='*.so' pyphase \
                      | tar -C "$ROOT/opt/phase/site" -xf - ;;
-        */pyphase/_core*.so) cp "$spec" "$ROOT/opt/phase/site/pyphase/" ;;
+        */pyphase/*.so) rel=${spec#*/pyphase/}; mkdir -p "$(dirname "$ROOT/opt/phase/site/pyphase/$rel")"
+              cp "$spec" "$ROOT/opt/phase/site/pyphase/$rel" ;;
         *) cp -a "$spec" "$ROOT/opt/phase/site/" ;;
     esac
 done

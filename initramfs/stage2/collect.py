@@ -36,9 +36,15 @@ for key, mod in list(sys.modules.items()):
     top = mod.__name__.split(".")[0]
     if top == "pyphase":
         roots["pyphase"] = [os.path.dirname(os.path.realpath(sys.modules["pyphase"].__file__))]
+        # Compiled extensions may sit apart from the sources (editable installs): take every one
+        # beside _core, imported yet or not (sandbox workers load theirs later).
         core = sys.modules.get("pyphase._core")
         if core is not None and getattr(core, "__file__", None):
-            roots["pyphase"].append(os.path.realpath(core.__file__))
+            ext_dir = os.path.dirname(os.path.realpath(core.__file__))
+            for dirpath, _, files in os.walk(ext_dir):
+                for name in files:
+                    if ".so" in name:
+                        roots["pyphase"].append(os.path.join(dirpath, name))
         continue
     base = f
     while os.path.basename(os.path.dirname(base)) not in ("site-packages", "dist-packages"):

@@ -56,46 +56,70 @@ class BootResult:
         return "\n".join(self.console.splitlines()[-n:])
 
 
+class Qemu:
+    """A running QEMU whose console is read as it comes; ``wait_for`` returns on a marker or deadline."""
+
+    def __init__(self, args: list[str], marks: tuple[str, ...] = ()) -> None:
+        cmd = [qemu_binary(), "-nographic", "-no-reboot", *args]
+        self.start = time.monotonic()
+        self.marks_wanted = marks
+        self.marks: dict[str, float] = {}
+        self.raw = b""
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        assert self.proc.stdout is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.proc.stdout, selectors.EVENT_READ)
+
+    @property
+    def text(self) -> str:
+        return ANSI_RE.sub("", self.raw.decode("utf-8", "replace")).replace("\r", "")
+
+    def _pump(self, timeout: float) -> bool:
+        """Read what is there; False once QEMU has exited and its output is drained."""
+        assert self.proc.stdout is not None
+        if self.sel.select(timeout=timeout):
+            chunk = self.proc.stdout.read()
+            if chunk:
+                self.raw += chunk
+                text = self.text
+                for m in self.marks_wanted:
+                    if m not in self.marks and m in text:
+                        self.marks[m] = time.monotonic() - self.start
+                return True
+        return self.proc.poll() is None
+
+    def wait_for(self, needle: str | None, deadline: float) -> bool:
+        """Until ``needle`` is on the console (True), QEMU exits or ``deadline`` s pass (False)."""
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if needle is not None and needle in self.text:
+                return True
+            if not self._pump(min(1.0, max(0.0, end - time.monotonic()))):
+                break
+        return needle is not None and needle in self.text
+
+    def close(self) -> BootResult:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        assert self.proc.stdout is not None
+        self.sel.close()
+        os.set_blocking(self.proc.stdout.fileno(), True)
+        self.raw += self.proc.stdout.read() or b""
+        self.proc.stdout.close()
+        return BootResult(self.text, self.proc.returncode, time.monotonic() - self.start, dict(self.marks))
+
+
 def boot(args: list[str], *, deadline: float = 240.0, stop_on: str | None = None,
          marks: tuple[str, ...] = ()) -> BootResult:
     """Run QEMU with ``args`` until it exits, ``stop_on`` appears (then it is killed) or ``deadline``.
 
     ``marks``: console substrings whose first appearance time (seconds since start) is recorded.
     """
-    cmd = [qemu_binary(), "-nographic", "-no-reboot", *args]
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    raw = b""
-    seen: dict[str, float] = {}
+    q = Qemu(args, marks)
     try:
-        while True:
-            left = start + deadline - time.monotonic()
-            if left <= 0:
-                break
-            if sel.select(timeout=min(left, 1.0)):
-                chunk = proc.stdout.read()
-                if chunk:
-                    raw += chunk
-                    text = ANSI_RE.sub("", raw.decode("utf-8", "replace"))
-                    for m in marks:
-                        if m not in seen and m in text:
-                            seen[m] = time.monotonic() - start
-                    if stop_on and stop_on in text:
-                        break
-                elif proc.poll() is not None:
-                    break
-            elif proc.poll() is not None:
-                break
+        q.wait_for(stop_on, deadline)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-        sel.close()
-        rest = proc.stdout.read() or b""
-        proc.stdout.close()
-    text = ANSI_RE.sub("", (raw + rest).decode("utf-8", "replace")).replace("\r", "")
-    return BootResult(text, proc.returncode, time.monotonic() - start, seen)
+        result = q.close()
+    return result

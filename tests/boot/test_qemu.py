@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import importlib.util
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from pyphase.boot.server import ArtifactServer
 from pyphase.boot.store import ArtifactStore
 from pyphase.identity import Identity
 
-from .qemu import boot, free_port
+from .qemu import Qemu, boot, free_port
 
 pytestmark = pytest.mark.boot
 
@@ -62,28 +63,60 @@ def assert_refused(result, line: str) -> None:
     assert result.console.count("PHASE-BOOT FAIL:") == 1, result.tail()
 
 
-def test_happy_path_falls_back_to_live_source_and_reaches_stage2(boot_kit: dict, stage2: Path,
-                                                                 tmp_path: Path) -> None:
-    publish(tmp_path / "store", boot_kit["key"], boot_kit["kernel"], stage2)
-    dead = free_port()
+ECHO_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 4096))
+    (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 4) (i32.load (i32.const 8)))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"""
+ADDRESS_RE = re.compile(r"PHASE-NODE: plasmd running \(pid \d+\) at (\S+)@(\S+):(\d+)")
+
+
+def test_happy_path_falls_back_to_live_source_and_reaches_stage2(boot_kit: dict, stage2: Path, tmp_path: Path,
+                                                                 request: pytest.FixtureRequest) -> None:
+    """Stage 1 -> dead source -> live source -> verify -> kexec -> stage 2 -> plasmd answers a job."""
+    daemon = importlib.util.find_spec("pyphase.daemon") is not None
+    cmdline = "console=ttyS0 panic=-1 quiet" + ("" if daemon else " phase.node.poweroff=1")
+    publish(tmp_path / "store", boot_kit["key"], boot_kit["kernel"], stage2, cmdline=cmdline)
+    dead, fwd = free_port(), free_port()
+    up = "PHASE-NODE: plasmd running" if daemon else "PHASE-NODE: python ok"
     marks = ("PHASE-BOOT: stage 1 up", "PHASE-BOOT: signature ok", "PHASE-BOOT: verified",
-             "PHASE-BOOT: kexec loaded", "PHASE-NODE: stage 2 up", "PHASE-NODE: plasmd running",
-             "PHASE-NODE: python ok")
+             "PHASE-BOOT: kexec loaded", "PHASE-NODE: stage 2 up", up)
     with ArtifactServer(tmp_path / "store") as server:
         seeds = f"http://{HOST}:{dead},http://{HOST}:{server.port}"
-        r = boot(qemu_args(boot_kit, f"phase.seeds={seeds}", memory="1024"), deadline=300, marks=marks)
+        args = qemu_args(boot_kit, f"phase.seeds={seeds}", memory="1024")
+        args[-1] += f",hostfwd=tcp:127.0.0.1:{fwd}-:7000"
+        q = Qemu(args, marks)
+        try:
+            q.wait_for(up, 420)
+            server.close()
+            job_output = None
+            m = ADDRESS_RE.search(q.text)
+            if daemon and m:
+                wat = request.getfixturevalue("wat")
+                from pyphase.client import Client
+
+                with Client([f"{m.group(1)}@127.0.0.1:{fwd}"], connect_timeout=30) as client:
+                    result = client.submit(wat(ECHO_WAT), b"hello from the host", timeout=180, retries=2)
+                job_output = (result.status, result.stdout)
+        finally:
+            r = q.close()
     assert f"http://{HOST}:{dead}: manifest fetch failed" in r, r.tail()
-    for m in marks[:5]:
-        assert m in r, r.tail()
-    assert "PHASE-BOOT FAIL" not in r
-    assert "phase.mode=internet" in r  # stage 1 passes its mode on, inside the signed command line
-    if importlib.util.find_spec("pyphase.daemon") is not None:
-        assert "PHASE-NODE: plasmd running" in r, r.tail()
-    else:
-        assert "PHASE-NODE: python ok" in r, r.tail()
-    verify_ms = next(line for line in r.console.splitlines() if "PHASE-BOOT: verified" in line)
-    print(f"\n[figures] QEMU start -> marks: {json.dumps({k: round(v, 1) for k, v in r.marks.items()})}")
-    print(f"[figures] {verify_ms.strip()}")
+    for mark in marks:
+        assert mark in r, r.tail()
+    assert "PHASE-BOOT FAIL" not in r and "PHASE-NODE FAIL" not in r, r.tail()
+    assert "phase.mode=internet" in r  # stage 1 passes its mode on, after the signed command line
+    if daemon:
+        assert job_output == ("ok", b"hello from the host"), (job_output, r.tail())
+    verify_line = next(line for line in r.console.splitlines() if "PHASE-BOOT: verified" in line)
+    print(f"\n[figures] QEMU start -> marks (s): {json.dumps({k: round(v, 1) for k, v in r.marks.items()})}")
+    print(f"[figures] {verify_line.strip()}")
 
 
 def test_tampered_manifest_is_refused(boot_kit: dict, tmp_path: Path) -> None:
