@@ -133,7 +133,9 @@ static IM3Function export_function(IM3Module module, const char *name, size_t na
         return NULL;    /* wasm3 keeps export names as C strings */
     for (u32 i = 0; i < module->numFunctions; i++) {
         IM3Function f = &module->functions[i];
-        for (u16 j = 0; j < f->numNames; j++)
+        /* wasm3 puts an imported function's field name in names[0]: that is not an export name */
+        u16 first = (f->import.moduleUtf8 || f->import.fieldUtf8) ? 1 : 0;
+        for (u16 j = first; j < f->numNames; j++)
             if (bytes_eq(name, name_len, f->names[j]))
                 return f;
     }
