@@ -71,28 +71,41 @@ async def run_node(config: NodeConfig, log: EventLog) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.request_stop)
     announcer = None
+    announcing: asyncio.Task[None] | None = None
     try:
         address = await node.start()
+        print(address, flush=True)
+        _write_address(config.data_dir, address)
         if config.mdns:
             from pyphase.net.discovery import Announcer
 
-            try:
-                announcer = Announcer(identity, node.host if config.listen.split(":")[0] not in ("0.0.0.0", "")
-                                      else "0.0.0.0", node.port, node.capabilities(), config.mdns_interfaces,
-                                      on_event=log)
-                await announcer.start()
-            except Exception as exc:   # no multicast here: the node still serves direct addresses
-                log("warning", message=f"mDNS unavailable: {type(exc).__name__}: {exc}")
-                announcer = None
-        print(address, flush=True)
-        _write_address(config.data_dir, address)
+            listen_host = config.listen.rpartition(":")[0] or "0.0.0.0"
+            announcer = Announcer(identity, node.host if listen_host not in ("0.0.0.0", "*") else "0.0.0.0",
+                                  node.port, node.capabilities(), config.mdns_interfaces, on_event=log)
+            # probing the name takes about a second: serve direct addresses meanwhile
+            announcing = asyncio.get_running_loop().create_task(_announce(announcer, log))
         await node.serve()
     finally:
-        if announcer is not None:
-            await announcer.close()
+        if announcing is not None:
+            if not announcing.done():
+                announcing.cancel()
+            if announcer is not None:
+                try:
+                    await announcer.close()
+                except Exception as exc:
+                    log("warning", message=f"mDNS close: {type(exc).__name__}: {exc}")
         address_file.unlink(missing_ok=True)
         await node.close()
     return 0
+
+
+async def _announce(announcer: object, log: EventLog) -> None:
+    try:
+        await announcer.start()  # type: ignore[attr-defined]
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:   # no multicast here: the node still serves direct addresses
+        log("warning", message=f"mDNS unavailable: {type(exc).__name__}: {exc}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

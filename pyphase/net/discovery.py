@@ -119,7 +119,7 @@ class Announcer:
         from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
 
         self._azc = AsyncZeroconf(interfaces=self.interfaces)
-        await self._azc.async_register_service(self.info)
+        await (await self._azc.async_register_service(self.info))     # probe the name, then announce
         own = self.info.name
 
         def changed(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
@@ -140,7 +140,7 @@ class Announcer:
         try:
             if self._browser is not None:
                 await self._browser.async_cancel()
-            await azc.async_unregister_service(self.info)
+            await (await azc.async_unregister_service(self.info))      # goodbye packets sent
         finally:
             await azc.async_close()
 

@@ -107,6 +107,17 @@ class NodeProc:
                 out.append(record)
         return out
 
+    def wait_event(self, name: str, timeout: float = 20.0) -> dict:
+        """The first logged event ``name``, polling the log until ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.events(name)
+            if found:
+                return found[0]
+            if time.monotonic() > deadline or not self.alive:
+                raise AssertionError(f"no {name} event: {self.log_tail()}")
+            time.sleep(0.01)
+
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -1,0 +1,52 @@
+"""LAN discovery over mDNS, bound to 127.0.0.1 only (never the machine's real interfaces)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from pyphase import Client
+from pyphase.net.discovery import discover
+
+
+def test_discover_finds_every_node_within_a_second(start_nodes):
+    nodes = start_nodes(3, mdns=True, sandbox=False)
+    for n in nodes:
+        n.wait_event("mdns_announced")
+    started = time.monotonic()
+    found = discover(3.0, interfaces="127.0.0.1", want=3)
+    elapsed = time.monotonic() - started
+    assert sorted(p.address.split("@")[0] for p in found) == sorted(n.address.split("@")[0] for n in nodes)
+    assert {p.port for p in found} == {n.port for n in nodes}
+    assert elapsed < 1.5, elapsed
+    assert all(p.properties["proto"] == "phase/1" and p.properties["ck"] for p in found)
+
+
+def test_client_without_peers_discovers(start_nodes, hello_bytes):
+    for n in start_nodes(2, mdns=True, sandbox=False):
+        n.wait_event("mdns_announced")
+    with Client(mdns_interfaces="127.0.0.1", discover_timeout=2.0) as client:
+        assert client.submit(hello_bytes, input=b"found you").stdout == b"uoy dnuof"
+
+
+def test_stopped_node_disappears_and_others_notice(start_nodes):
+    a, b = start_nodes(2, mdns=True, sandbox=False)
+    a.wait_event("mdns_announced")
+    b.wait_event("mdns_announced")
+    b_id = b.address.split("@")[0]
+    assert b_id in {p.peer_id for p in discover(3.0, interfaces="127.0.0.1", want=2)}
+    assert b.terminate() == 0          # unregisters (goodbye packet)
+    assert a.wait_event("peer_lost", timeout=5)
+    assert b_id not in {p.peer_id for p in discover(0.5, interfaces="127.0.0.1", settle=None)}
+
+
+def test_cli_peers_discovers(start_nodes):
+    nodes = start_nodes(2, mdns=True, sandbox=False)
+    for n in nodes:
+        n.wait_event("mdns_announced")
+    out = subprocess.run([sys.executable, "-m", "pyphase", "peers", "--json", "--discover-timeout", "1.5"],
+                         capture_output=True, timeout=60)
+    rows = json.loads(out.stdout)
+    assert {n.address for n in nodes} <= {r["address"] for r in rows}
