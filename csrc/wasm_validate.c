@@ -221,7 +221,19 @@ static int rd_s32_slow(V *v, rd *r, int32_t *out, const char *what)
     return vfail(v, OFF(v, start), "integer representation too long (%s)", what);
 }
 
-static int rd_s64(V *v, rd *r, int64_t *out, const char *what)
+static int rd_s64_slow(V *v, rd *r, int64_t *out, const char *what);
+
+static inline __attribute__((always_inline)) int rd_s64(V *v, rd *r, int64_t *out, const char *what)
+{
+    if (__builtin_expect(r->p < r->end && !(*r->p & 0x80), 1)) {
+        uint8_t b = *r->p++;
+        *out = (b & 0x40) ? (int64_t)b - 128 : (int64_t)b;
+        return 0;
+    }
+    return rd_s64_slow(v, r, out, what);
+}
+
+static int rd_s64_slow(V *v, rd *r, int64_t *out, const char *what)
 {
     *out = 0;
     const uint8_t *start = r->p;
@@ -878,9 +890,16 @@ static inline __attribute__((always_inline)) int push(V *v, uint8_t t, size_t of
     return push_slow(v, t, off);
 }
 
+static int work_exceeded(V *v, size_t off)
+{
+    return vfail(v, off, "validation work limit exceeded (pathological module: %llu stack-slot operations)",
+                 (unsigned long long)v->work);
+}
+
 static int push_n(V *v, const uint8_t *ts, uint32_t n, size_t off)
 {
     v->work += n;
+    if (v->work > v->work_limit) return work_exceeded(v, off);
     if (v->sp + n > v->vals_cap)
         TRY(grow(v, (void **)&v->vals, &v->vals_cap, v->sp + n, 1, v->caps.max_operand_stack, off, "operand stack"));
     if (n)
@@ -907,6 +926,7 @@ static int pop_check_ix(V *v, const uint8_t *exp, uint32_t n, const char *what, 
     ctrl *c = &v->ctrls[v->csp - 1];
     size_t avail = v->sp - c->height;
     v->work += n;
+    if (v->work > v->work_limit) return work_exceeded(v, off);
     for (uint32_t i = 0; i < n; i++) {
         uint8_t want = exp[n - 1 - i];
         if (i < avail) {
@@ -958,7 +978,8 @@ static inline __attribute__((always_inline)) int popn_ix(V *v, const uint8_t *ex
     return pop_check_ix(v, exp, n, what, ix, off, 0);
 }
 
-static int pop_check(V *v, const uint8_t *exp, uint32_t n, const char *what, size_t off, int keep)
+static inline __attribute__((always_inline)) int pop_check(V *v, const uint8_t *exp, uint32_t n, const char *what,
+                                                            size_t off, int keep)
 {
     if (!keep) return popn_ix(v, exp, n, what, -1, off);
     return pop_check_ix(v, exp, n, what, -1, off, keep);
@@ -1023,7 +1044,15 @@ static void set_unreachable(V *v)
     c->unreachable = 1;
 }
 
-static int local_type(V *v, uint32_t idx, uint8_t *t, size_t off)
+static int local_type_slow(V *v, uint32_t idx, uint8_t *t, size_t off);
+
+static inline __attribute__((always_inline)) int local_type(V *v, uint32_t idx, uint8_t *t, size_t off)
+{
+    if (__builtin_expect(v->flat != NULL && idx < v->nlocals, 1)) { *t = v->flat[idx]; return 0; }
+    return local_type_slow(v, idx, t, off);
+}
+
+static int local_type_slow(V *v, uint32_t idx, uint8_t *t, size_t off)
 {
     if (idx >= v->nlocals) return vfail(v, off, "unknown local %u (function has %llu locals incl. parameters)", idx,
                                         (unsigned long long)v->nlocals);
@@ -1169,8 +1198,6 @@ static int func_body(V *v, rd *r, uint32_t fidx)
     while (v->csp > 0) {
         const uint8_t *at = r->p;
         size_t off = OFF(v, at);
-        if (v->work > v->work_limit)
-            return vfail(v, off, "validation work limit exceeded (pathological module)");
         uint8_t op;
         if (r->p >= r->end) return vfail(v, off, "unexpected end of function body (missing end)");
         op = *r->p++;
