@@ -74,8 +74,8 @@ async def run_node(config: NodeConfig, log: EventLog) -> int:
     announcing: asyncio.Task[None] | None = None
     try:
         address = await node.start()
+        _write_address(config.data_dir, address)     # first, so whoever reads the printed line finds the file
         print(address, flush=True)
-        _write_address(config.data_dir, address)
         if config.mdns:
             from pyphase.net.discovery import Announcer
 

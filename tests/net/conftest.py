@@ -118,6 +118,16 @@ class NodeProc:
                 raise AssertionError(f"no {name} event: {self.log_tail()}")
             time.sleep(0.01)
 
+    def wait_event_count(self, name: str, count: int, timeout: float = 20.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.events(name)
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline or not self.alive:
+                raise AssertionError(f"fewer than {count} {name} events: {self.log_tail()}")
+            time.sleep(0.01)
+
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -1,0 +1,79 @@
+"""Unit tests of the wire codec and the node's module cache (no processes)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from pyphase.net import wire
+from pyphase.net.cache import ModuleCache
+
+
+def h(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_every_message_type_round_trips():
+    samples = {
+        "caps?": ({}, ()),
+        "caps": ({"caps": {"arch": "x86_64"}}, ()),
+        "offer": ({"job": b"t1", "manifest": {"version": 1}}, (b"stdin",)),
+        "accept": ({"job": b"t1", "module": True, "load": {"running": 1, "queued": 0, "workers": 2}}, ()),
+        "reject": ({"job": b"t1", "reason": "busy", "detail": "full"}, ()),
+        "module": ({"job": b"t1"}, (b"\0asm",)),
+        "result": ({"job": b"t1", "receipt": {"status": "ok"}}, (b"out", b"err")),
+        "error": ({"code": "malformed", "detail": "x"}, ()),
+    }
+    assert set(samples) == set(wire.MESSAGES)
+    for type_, (fields, payloads) in samples.items():
+        msg = wire.decode(wire.encode(type_, payloads, **fields))
+        assert msg.type == type_ and msg.fields == fields and msg.payloads == payloads
+
+
+def test_encode_refuses_what_decode_would():
+    with pytest.raises(ValueError):
+        wire.encode("offer", (), job=b"t", manifest={})
+    with pytest.raises(ValueError):
+        wire.encode("caps?", (), bogus=1)
+
+
+def test_load_is_checked():
+    assert wire.check_load({"running": 1, "queued": 2, "workers": 3}) == {"running": 1, "queued": 2, "workers": 3}
+    assert wire.check_load({"running": -1, "queued": 0, "workers": 1}) is None
+    assert wire.check_load({"running": True, "queued": 0, "workers": 1}) is None
+    assert wire.check_load("busy") is None
+
+
+def test_cache_put_get_and_lru(tmp_path):
+    cache = ModuleCache(tmp_path, max_bytes=3000, memory_bytes=0)
+    blobs = [os.urandom(1000) for _ in range(4)]
+    for b in blobs[:3]:
+        assert cache.put(h(b), b)
+    assert cache.get(h(blobs[0])) == blobs[0]            # 0 is now the most recent
+    assert cache.put(h(blobs[3]), blobs[3])               # evicts 1, the least recently used
+    assert h(blobs[1]) not in cache and cache.get(h(blobs[1])) is None
+    assert all(cache.get(h(b)) == b for b in (blobs[0], blobs[2], blobs[3]))
+    assert cache.disk_bytes <= 3000
+    again = ModuleCache(tmp_path, max_bytes=3000)         # the index is rebuilt from disk
+    assert len(again) == 3 and again.get(h(blobs[3])) == blobs[3]
+
+
+def test_cache_refuses_wrong_hash_and_detects_corruption(tmp_path):
+    cache = ModuleCache(tmp_path, max_bytes=1 << 20, memory_bytes=0)
+    data = b"\0asm module"
+    assert not cache.put(h(b"other"), data)
+    assert cache.put(h(data), data)
+    (tmp_path / (h(data)[7:] + ".wasm")).write_bytes(b"\0asm swapped")
+    assert cache.get(h(data)) is None                     # re-hashed on load: refused and removed
+    assert h(data) not in cache and not (tmp_path / (h(data)[7:] + ".wasm")).exists()
+
+
+def test_cache_memory_layer_is_bounded(tmp_path):
+    cache = ModuleCache(tmp_path, max_bytes=1 << 20, memory_bytes=2500)
+    blobs = [os.urandom(1000) for _ in range(5)]
+    for b in blobs:
+        cache.put(h(b), b)
+    assert cache._mem_size <= 2500
+    assert all(cache.get(h(b)) == b for b in blobs)
