@@ -186,5 +186,6 @@ def test_all_sources_down_is_refused(boot_kit: dict) -> None:
 
 
 def test_no_network_is_refused(boot_kit: dict) -> None:
-    r = boot(qemu_args(boot_kit, f"phase.seeds=http://{HOST}:1", nic=False), deadline=180)
+    r = boot(qemu_args(boot_kit, f"phase.mode=private phase.seeds=http://{HOST}:1", nic=False), deadline=180)
+    assert "PHASE-BOOT: stage 1 up (mode private" in r, r.tail()
     assert_refused(r, "network no network interface found")
