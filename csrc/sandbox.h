@@ -33,6 +33,7 @@ typedef struct phase_sandbox_slot {
     uint64_t cache_seq;       /* module ADDs the server had processed when it forked the current worker */
     int awaiting_exit;        /* the last worker finished; its EXITED message is still to come */
     uint64_t seq;
+    uint64_t out_off, out_cap;    /* where the current job's output goes (parent's copy; shm is untrusted) */
     /* about the last worker to exit */
     int32_t last_wait_status;
     int64_t last_maxrss_kb;

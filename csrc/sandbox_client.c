@@ -235,6 +235,9 @@ static void write_request(phase_sandbox_slot *slot, const phase_sandbox_job *job
     memcpy(req->seed, job->seed, sizeof req->seed);
     req->out_off = pos;
     req->out_cap = slot->shm_bytes - pos;
+    /* The parent's own copies: the request in shared memory is writable by the worker. */
+    slot->out_off = req->out_off;
+    slot->out_cap = req->out_cap;
 }
 
 static const char *signal_name(int sig)
@@ -298,9 +301,9 @@ static int copy_response(phase_sandbox_slot *slot, phase_result *res)
     /* Untrusted: check everything against the request we wrote. */
     const sandbox_shm_header *hdr = (const sandbox_shm_header *) slot->shm;
     sandbox_response r = hdr->response;
-    const sandbox_request *req = &hdr->request;
-    if (r.seq != req->seq || r.status < 0 || r.status >= PHASE_STATUS_COUNT || r.out_len > req->out_cap
-        || r.err_len > req->out_cap - r.out_len) {
+    /* Offsets and sizes from the parent's copies, never from the shared request (the worker can rewrite it). */
+    if (r.seq != slot->seq || r.status < 0 || r.status >= PHASE_STATUS_COUNT || r.out_len > slot->out_cap
+        || r.err_len > slot->out_cap - r.out_len) {
         set_result_message(res, PHASE_CRASHED, "the worker returned a malformed result");
         return 0;
     }
@@ -317,13 +320,13 @@ static int copy_response(phase_sandbox_slot *slot, phase_result *res)
         res->out = malloc(r.out_len);
         if (!res->out)
             return -1;
-        memcpy(res->out, slot->shm + req->out_off, r.out_len);
+        memcpy(res->out, slot->shm + slot->out_off, r.out_len);
     }
     if (r.err_len) {
         res->err = malloc(r.err_len);
         if (!res->err)
             return -1;
-        memcpy(res->err, slot->shm + req->out_off + r.out_len, r.err_len);
+        memcpy(res->err, slot->shm + slot->out_off + r.out_len, r.err_len);
     }
     res->out_len = r.out_len;
     res->err_len = r.err_len;
@@ -432,7 +435,7 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
     if (done) {
         slot->t_done_ns = now_ns();
         const sandbox_shm_header *hdr = (const sandbox_shm_header *) slot->shm;
-        if (hdr->response.module_missing && hdr->response.seq == hdr->request.seq) {
+        if (hdr->response.module_missing && hdr->response.seq == slot->seq) {
             slot->awaiting_exit = 0;   /* the same worker waits for the bytes */
             return 1;
         }

@@ -36,6 +36,8 @@ enum sandbox_test_action {
     SANDBOX_TEST_SPIN = 3,                /* spin in C, out of the meter's reach: only the hard timeout ends it */
     SANDBOX_TEST_EXEC_MMAP = 4,           /* mmap with PROT_EXEC: the filter must kill the worker */
     SANDBOX_TEST_ALLOCATE = 5,            /* malloc until it fails: RLIMIT_AS must stop it (reports memory_limit) */
+    SANDBOX_TEST_FORGE = 6,               /* a hostile worker: rewrites the request's output window, claims more
+                                           * output than exists, then pre-answers the next job */
 };
 
 typedef struct sandbox_request {          /* written by the parent before "go" */

@@ -24,6 +24,7 @@ cdef extern from "sandbox.h" nogil:
         uint64_t cache_seq
         int awaiting_exit
         uint64_t seq
+        uint64_t out_off, out_cap
         int32_t last_wait_status
         int64_t last_maxrss_kb
         int64_t last_cpu_us
@@ -64,6 +65,7 @@ cdef extern from "sandbox_proto.h" nogil:
         SANDBOX_TEST_SPIN
         SANDBOX_TEST_EXEC_MMAP
         SANDBOX_TEST_ALLOCATE
+        SANDBOX_TEST_FORGE
         SANDBOX_MSG_ADD
 
     ctypedef struct sandbox_msg:
@@ -88,6 +90,7 @@ TEST_ACTIONS = {
     "spin": SANDBOX_TEST_SPIN,
     "exec_mmap": SANDBOX_TEST_EXEC_MMAP,
     "allocate": SANDBOX_TEST_ALLOCATE,
+    "forge": SANDBOX_TEST_FORGE,
 }
 
 

@@ -80,3 +80,15 @@ def test_wasi_calls_work_under_the_filter(sandbox, probe_bytes, mode, stdin):
         assert (got.stdout, got.stderr) == (expected.stdout, expected.stderr)
     else:
         assert got.stdout.count(b"\n") == expected.stdout.count(b"\n")
+
+
+@pytest.mark.parametrize("spin_us", [0, 5000])
+def test_a_hostile_worker_cannot_forge_beyond_its_own_job(hello_bytes, spin_us):
+    # It rewrites the output window in the shared request, claims 1 GiB of output, then writes a complete
+    # "ok" answer for the next job. The parent trusts only its own copies, and clears the response area
+    # once the fork server reports the worker reaped.
+    with Sandbox(workers=1, spin_us=spin_us) as sb:
+        r = sb._selftest("forge", hello_bytes)
+        assert r.status == "crashed" and "malformed" in r.message, r
+        nxt = sb.run(hello_bytes, b"Hello, World")
+        assert (nxt.status, nxt.stdout, nxt.message) == ("ok", b"dlroW ,olleH", "")
