@@ -6,7 +6,7 @@
  *
  * Each iteration takes a seed module (or random bytes behind a valid header), applies 1-8 random mutations
  * (bit flips, interesting bytes, LEB-ish runs, insertions, deletions, chunk copies, truncation) and validates it,
- * with default caps or with tiny caps. Invariants: no sanitizer report, and a rejection always comes with a
+ * with default caps, tiny caps or every cap at its maximum. Invariants: no sanitizer report, and a rejection always comes with a
  * non-empty, NUL-terminated message. Prints how many mutants were accepted/rejected.
  *
  * With -DPHASE_LIBFUZZER and clang -fsanitize=fuzzer,address,undefined it is a libFuzzer target instead
@@ -26,6 +26,12 @@ static void check_one(const uint8_t *data, size_t len, int tiny)
         caps.max_globals = 2; caps.max_data_segments = 2; caps.max_elem_segments = 2; caps.max_table_size = 16;
         caps.max_locals_per_function = 8; caps.max_params = 3; caps.max_results = 2; caps.max_nesting_depth = 4;
         caps.max_body_bytes = 64; caps.max_operand_stack = 8; caps.max_br_table_targets = 4; caps.work_per_byte = 2;
+    } else if (tiny == 2) {   /* a careless caller: every cap at its maximum */
+        caps.max_module_bytes = SIZE_MAX;
+        caps.max_types = caps.max_functions = caps.max_imports = caps.max_exports = caps.max_globals = UINT32_MAX;
+        caps.max_data_segments = caps.max_elem_segments = caps.max_table_size = UINT32_MAX;
+        caps.max_locals_per_function = caps.max_params = caps.max_results = caps.max_nesting_depth = UINT32_MAX;
+        caps.max_body_bytes = caps.max_operand_stack = caps.max_br_table_targets = caps.work_per_byte = UINT32_MAX;
     }
     char err[256];
     memset(err, 'x', sizeof err);
@@ -46,6 +52,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     check_one(data, size, 0);
     check_one(data, size, 1);
+    check_one(data, size, 2);
     return 0;
 }
 #else
@@ -142,7 +149,7 @@ int main(int argc, char **argv)
         char err[256];
         if (phase_wasm_validate(exact, len, &caps, NULL, NULL, NULL, err, sizeof err) == 0) accepted++;
         else rejected++;
-        check_one(exact, len, (int)(rnd() & 1));
+        check_one(exact, len, (int)(rnd() % 3));
         free(exact);
     }
     printf("fuzz: %ld iterations, %ld accepted, %ld rejected, no crash\n", iters, accepted, rejected);
