@@ -296,7 +296,7 @@ static void death_result(phase_sandbox_slot *slot, const phase_sandbox_job *job,
     }
 }
 
-static int copy_response(phase_sandbox_slot *slot, phase_result *res)
+static int copy_response(phase_sandbox_slot *slot, const phase_sandbox_job *job, phase_result *res)
 {
     /* Untrusted: check everything against the request we wrote. */
     const sandbox_shm_header *hdr = (const sandbox_shm_header *) slot->shm;
@@ -305,7 +305,7 @@ static int copy_response(phase_sandbox_slot *slot, phase_result *res)
     if (r.seq != slot->seq || r.status < 0 || r.status >= PHASE_STATUS_COUNT || r.out_len > slot->out_cap
         || r.err_len > slot->out_cap - r.out_len) {
         set_result_message(res, PHASE_CRASHED, "the worker returned a malformed result");
-        return 0;
+        goto hashes;
     }
     r.message[sizeof r.message - 1] = 0;
     res->status = (phase_status) r.status;
@@ -333,10 +333,13 @@ static int copy_response(phase_sandbox_slot *slot, phase_result *res)
     res->fuel_used = r.fuel_used;
     res->wall_us = r.wall_us;
     res->memory_peak_bytes = r.memory_peak_bytes;
-    memcpy(res->module_hash, r.module_hash, PHASE_SHA256_BYTES);
-    memcpy(res->input_hash, r.input_hash, PHASE_SHA256_BYTES);
-    memcpy(res->stdout_hash, r.stdout_hash, PHASE_SHA256_BYTES);
-    memcpy(res->stderr_hash, r.stderr_hash, PHASE_SHA256_BYTES);
+    /* Hashes go into signed receipts: compute them here from what the parent knows and what it copied,
+     * never take them from the worker. */
+hashes:
+    memcpy(res->module_hash, job->module_hash, PHASE_SHA256_BYTES);
+    phase_sha256(job->input, job->input_len, res->input_hash);
+    phase_sha256(res->out, res->out_len, res->stdout_hash);
+    phase_sha256(res->err, res->err_len, res->stderr_hash);
     return 0;
 }
 
@@ -444,7 +447,7 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
         slot->t_ran_ns = hdr->response.t_ran_ns;
         close(slot->chan);   /* the worker exits by itself; its EXITED message is read before the next job */
         slot->chan = -1;
-        if (copy_response(slot, res) != 0) {
+        if (copy_response(slot, job, res) != 0) {
             phase_result_clear(res);
             errf(err, errlen, "out of memory copying a job's output");
             return -1;

@@ -92,3 +92,15 @@ def test_a_hostile_worker_cannot_forge_beyond_its_own_job(hello_bytes, spin_us):
         assert r.status == "crashed" and "malformed" in r.message, r
         nxt = sb.run(hello_bytes, b"Hello, World")
         assert (nxt.status, nxt.stdout, nxt.message) == ("ok", b"dlroW ,olleH", "")
+
+
+def test_hashes_are_computed_by_the_parent(sandbox, probe_bytes):
+    import hashlib
+
+    r = sandbox.run(probe_bytes, b"some input", args=["stderr"])
+    assert r.stdout_hash == "sha256:" + hashlib.sha256(r.stdout).hexdigest()
+    assert r.stderr_hash == "sha256:" + hashlib.sha256(r.stderr).hexdigest()
+    assert r.input_hash == "sha256:" + hashlib.sha256(b"some input").hexdigest()
+    assert r.module_hash == "sha256:" + hashlib.sha256(probe_bytes).hexdigest()
+    forged = sandbox._selftest("forge", probe_bytes)
+    assert forged.module_hash == r.module_hash and forged.stdout_hash == "sha256:" + hashlib.sha256(b"").hexdigest()
