@@ -1528,7 +1528,9 @@ static int validate(V *v, phase_wasm_import_check check, void *cbctx)
     if (v->len < 8) return vfail(v, 4, "unexpected end (no version)");
     if (memcmp(v->base + 4, "\1\0\0\0", 4) != 0) return vfail(v, 4, "unknown binary version");
     r.p += 8;
-    v->work_limit = (uint64_t)v->caps.work_per_byte * v->len + (1u << 20);
+    v->work_limit = (uint64_t)v->len > (UINT64_MAX >> 1) / v->caps.work_per_byte
+                        ? UINT64_MAX >> 1
+                        : (uint64_t)v->caps.work_per_byte * v->len + (1u << 20);
 
     int last = 0;
     while (r.p < r.end) {
