@@ -34,6 +34,7 @@
 
 #define MAX_SLOTS 256
 #define CACHE_MAX 64
+#define CACHE_MAX_BYTES (256u << 20)
 #define WORKER_FD 3                       /* the worker's channel, after it tidies its fds */
 /* Address space a worker may use beyond what it inherits, its linear memory and its output:
  * wasm3's compiled code and runtime structures, the native stack, libc. */
@@ -56,6 +57,7 @@ static int devnull = -1;
 static pid_t server_pid;
 static phase_module *cache[CACHE_MAX];
 static unsigned cache_count;
+static size_t cache_bytes;
 static uint64_t cache_seq;          /* ADD messages processed (accepted or not) */
 
 static void fatal(const char *what)
@@ -88,12 +90,15 @@ static void cache_add(const uint8_t *bytes, size_t len)
     phase_module *m = phase_module_new(bytes, len, err, sizeof err);
     if (!m)
         return;   /* the worker that ran it already reported why; later workers get the bytes again */
-    if (cache_count == CACHE_MAX) {   /* drop the oldest */
+    /* Drop the oldest until it fits (count and bytes: the server's memory is every worker's too). */
+    while (cache_count && (cache_count == CACHE_MAX || cache_bytes + len > CACHE_MAX_BYTES)) {
+        cache_bytes -= cache[0]->len;
         phase_module_free(cache[0]);
-        memmove(cache, cache + 1, (CACHE_MAX - 1) * sizeof cache[0]);
+        memmove(cache, cache + 1, (cache_count - 1) * sizeof cache[0]);
         cache_count--;
     }
     cache[cache_count++] = m;
+    cache_bytes += len;
     if (phase_module_prepare) {
         phase_limits lim;
         phase_limits_default(&lim);

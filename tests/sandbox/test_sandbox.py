@@ -10,6 +10,7 @@ import signal
 import time
 import warnings
 from concurrent.futures import wait
+from pathlib import Path
 
 import pytest
 
@@ -168,3 +169,23 @@ def test_evicted_modules_are_sent_again(wat, spin_us):
             for i, module in enumerate(modules):
                 r = sb.run(module)
                 assert (r.status, r.exit_code) == ("ok", i), r
+
+
+def test_no_fds_or_processes_leak(hello_bytes, wat):
+    before = len(os.listdir("/proc/self/fd"))
+    with Sandbox(workers=2, grace_ms=200) as sb:
+        futures = []
+        for i in range(60):
+            if i % 10 == 3:
+                futures.append(sb.submit(wat(LOOP), limits=Limits(timeout_ms=50)))
+            elif i % 10 == 7:
+                futures.append(sb._executor.submit(sb._selftest, "segfault", hello_bytes))
+            else:
+                futures.append(sb.submit(hello_bytes, b"ab"))
+        statuses = [f.result(timeout=60).status for f in futures]
+        assert statuses.count("ok") == 48 and statuses.count("timeout") == 6 and statuses.count("crashed") == 6
+        server = sb.server_pid
+    wait_until(lambda: not pid_alive(server), what="the fork server to exit")
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    assert str(server) not in children
+    assert len(os.listdir("/proc/self/fd")) == before
