@@ -361,6 +361,7 @@ class FileResult:
     skips: dict[str, str] = field(default_factory=dict)
     crashed: str | None = None
     seconds: float = 0.0
+    by_type: dict[str, list[int]] = field(default_factory=dict)   # command type -> [passed, failed, skipped]
 
     @property
     def rate(self) -> float:
@@ -396,6 +397,7 @@ def run_file(wast: Path) -> FileResult:
         started = None
         key = f"{r['line']}:{r['type']}"
         res.run += 1
+        res.by_type.setdefault(r["type"], [0, 0, 0])[("pass", "fail", "skip").index(r["result"])] += 1
         if r["result"] == "pass":
             res.passed += 1
         elif r["result"] == "skip":
@@ -523,6 +525,17 @@ def markdown(results: list[FileResult]) -> str:
         tot.skipped += r.skipped
     lines.append(f"| **total** | **{tot.run}** | **{tot.passed}** | **{tot.failed}** | **{tot.skipped}** | "
                  f"**{tot.rate:.2f}%** |")
+    types: dict[str, list[int]] = {}
+    for r in results:
+        for t, c in r.by_type.items():
+            acc = types.setdefault(t, [0, 0, 0])
+            for i in range(3):
+                acc[i] += c[i]
+    lines += ["", "| command | passed | failed | skipped |", "|---|---:|---:|---:|"]
+    for t in EXEC_COMMANDS:
+        if t in types:
+            p, f, k = types[t]
+            lines.append(f"| {t} | {p} | {f} | {k} |")
     return "\n".join(lines)
 
 
