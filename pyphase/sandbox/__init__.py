@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -92,7 +93,17 @@ class Sandbox:
         self.grace_ms = grace_ms
         self.spin_us = spin_us
         self._lock = threading.Lock()
-        self._modules: dict[bytes, int] = {}     # digest -> ADD sequence number (1-based) sent to the server
+        self._shm_bytes = shm_bytes
+        self._restart_lock = threading.Lock()
+        self.restarts = 0
+        self._free: queue.SimpleQueue[_sandbox.Slot] = queue.SimpleQueue()
+        self._start_server()
+        self._closed = False
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phase-sandbox")
+
+    def _start_server(self) -> None:
+        """Start a fork server with one slot per worker and wait until every slot has a worker."""
+        self._modules: dict[bytes, int] = {}     # digest -> ADD sequence number (1-based) sent to this server
         self._adds = 0
         main_parent, main_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child_fds = [main_child.fileno()]
@@ -100,16 +111,16 @@ class Sandbox:
         ends: list[tuple[socket.socket, int]] = []
         closers: list[socket.socket | int] = [main_child]
         try:
-            for i in range(workers):
+            for i in range(self.workers):
                 parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 shm = os.memfd_create(f"phase-sandbox-{i}", os.MFD_CLOEXEC)
-                os.ftruncate(shm, shm_bytes)
+                os.ftruncate(shm, self._shm_bytes)
                 closers += [child_end, shm]
                 ends.append((parent_end, os.dup(shm)))
                 child_fds += [child_end.fileno(), shm]
                 args += ["--slot", f"{child_end.fileno()}:{shm}"]
-            self._server = subprocess.Popen(_server_command() + args, pass_fds=child_fds, stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, close_fds=True)
+            server = subprocess.Popen(_server_command() + args, pass_fds=child_fds, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, close_fds=True)
         except BaseException:
             main_parent.close()
             for sock, fd in ends:
@@ -119,18 +130,33 @@ class Sandbox:
         finally:
             for c in closers:
                 c.close() if isinstance(c, socket.socket) else os.close(c)
-        self._main = main_parent
-        self._slots = [_sandbox.Slot(sock.detach(), fd) for sock, fd in ends]
-        self._free: queue.SimpleQueue[_sandbox.Slot] = queue.SimpleQueue()
-        self._closed = False
+        slots = [_sandbox.Slot(sock.detach(), fd) for sock, fd in ends]
         try:
-            for slot in self._slots:
+            for slot in slots:
                 slot.ready(START_TIMEOUT_MS)
-                self._free.put(slot)
         except PhaseError as exc:
-            self.close()
+            main_parent.close()
+            for slot in slots:
+                slot.close()
+            server.kill()
+            server.wait()
             raise SandboxError(f"the sandbox did not start: {exc}") from None
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phase-sandbox")
+        self._server, self._main, self._slots = server, main_parent, slots
+        for slot in slots:
+            self._free.put(slot)
+
+    def _restart(self, broken: list[_sandbox.Slot]) -> None:
+        """The fork server died (killed from outside, or a bug of ours): start a new one, once per death.
+        Slots of the old server still queued or in use are dropped as they come back."""
+        with self._restart_lock:
+            if self._closed or self._slots is not broken:
+                return
+            self._main.close()
+            if self._server.poll() is None:
+                self._server.kill()
+            self._server.wait()
+            self._start_server()
+            self.restarts += 1
 
     # ---- public API --------------------------------------------------------------------------
 
@@ -172,9 +198,16 @@ class Sandbox:
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
         taken = []
+        pending = list(self._slots)
+        deadline = time.monotonic() + timeout
         try:
-            for _ in self._slots:
-                taken.append(self._free.get(timeout=timeout))
+            while pending:
+                slot = self._free.get(timeout=max(0.0, deadline - time.monotonic()))
+                if slot in pending:
+                    pending.remove(slot)
+                    taken.append(slot)
+                else:
+                    slot.close()   # from a replaced fork server
         except queue.Empty:
             pass   # a job still runs; closing the sockets below ends it with a SandboxError
         self._main.close()
@@ -234,13 +267,26 @@ class Sandbox:
         return _Job(digest, data, input, argv, envp, entry_b, lim, deterministic, seed or bytes(32), test_action)
 
     def _execute(self, job: _Job) -> Result:
-        if self._closed:
-            raise SandboxError("the sandbox is closed")
-        slot = self._free.get()
-        try:
-            return self._execute_on(slot, job)
-        finally:
-            self._free.put(slot)
+        while True:
+            if self._closed:
+                raise SandboxError("the sandbox is closed")
+            slots = self._slots
+            slot = self._free.get()
+            if slot not in self._slots:     # from a fork server that has been replaced
+                slot.close()
+                continue
+            try:
+                return self._execute_on(slot, job)
+            except SandboxError:
+                if self._server.poll() is None or self._closed:
+                    raise
+                self._restart(slots)
+                raise SandboxError("the sandbox's fork server died during this job; it was restarted") from None
+            finally:
+                if slot in self._slots:
+                    self._free.put(slot)
+                else:
+                    slot.close()
 
     def _execute_on(self, slot: _sandbox.Slot, job: _Job) -> Result:
         lim = job.limits

@@ -118,15 +118,17 @@ def test_detect_and_replace_is_fast(hello_bytes):
         assert time.monotonic() - started < 1.0
 
 
-def test_server_death_is_a_sandbox_error(hello_bytes):
-    sb = Sandbox(workers=1)
-    try:
-        os.kill(sb.server_pid, signal.SIGKILL)
-        with pytest.raises(SandboxError):
-            for _ in range(3):   # the pre-forked worker may still answer once
+def test_fork_server_death_fails_one_job_then_it_is_restarted(hello_bytes):
+    with Sandbox(workers=2) as sb:
+        old = sb.server_pid
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(old), what="the fork server to die")
+        with pytest.raises(SandboxError, match="restarted"):
+            for _ in range(4):   # a pre-forked worker may still answer before it notices (PDEATHSIG)
                 sb.run(hello_bytes, b"x")
-    finally:
-        sb.close()
+        assert sb.restarts == 1 and sb.server_pid != old
+        results = [f.result(timeout=30) for f in [sb.submit(hello_bytes, b"abc") for _ in range(10)]]
+        assert all(r.stdout == b"cba" for r in results)
 
 
 def test_server_exits_and_workers_die_on_close(hello_bytes):
