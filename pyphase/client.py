@@ -47,6 +47,7 @@ __all__ = ["Client", "RemoteResult", "parse_address"]
 DEFAULT_RETRIES = 3
 CONNECT_TIMEOUT_S = 2.0
 TIMEOUT_SLACK_S = 5.0
+ZERO_COPY_MIN = 256 << 10      # smaller frames are cheaper to copy than to track
 _MONITOR_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                    | zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -375,7 +376,7 @@ class Client:
         assert sock is not None
         try:
             sock.send_multipart(wire.encode("offer", (job.input,), job=attempt.tag, manifest=attempt.manifest),
-                                zmq.NOBLOCK, copy=False)
+                                zmq.NOBLOCK, copy=len(job.input) < ZERO_COPY_MIN)
         except zmq.Again:
             return                      # not connected yet: POLLOUT will tell
         attempt.state = "offered"
@@ -440,7 +441,7 @@ class Client:
                 peer.modules.discard(job.module_hash)
                 try:
                     peer.sock.send_multipart(wire.encode("module", (job.module,), job=attempt.tag),  # type: ignore[union-attr]
-                                             zmq.NOBLOCK, copy=False)
+                                             zmq.NOBLOCK, copy=len(job.module) < ZERO_COPY_MIN)
                 except zmq.Again:
                     self._fail(job, active, attempt, "connection lost while sending the module")
         elif msg.type == "reject":

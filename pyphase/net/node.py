@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
 import zmq
-import zmq.asyncio
 import zmq.utils.z85
 
 from pyphase import schemas
@@ -42,6 +41,7 @@ MISBEHAVIOURS = ("forge-receipt", "lie-stdout", "mismatch-stdout", "wrong-signer
 """Test only: ways a node can be made to cheat (``PHASE_TEST_MISBEHAVE``), so tests can show clients catch it."""
 PENDING_MODULE_TIMEOUT_S = 30.0
 MAX_MESSAGE_SLACK = 64 << 10
+ZERO_COPY_MIN = 256 << 10
 _UNHASHED = "sha256:" + "0" * 64
 
 
@@ -94,9 +94,11 @@ class Node:
             raise ValueError(f"{MISBEHAVE_ENV} must be one of {MISBEHAVIOURS}, got {self.misbehave!r}")
         self.executor = executor
         self.cache = ModuleCache(config.data_dir / "modules", config.cache_bytes)
-        self.ctx = zmq.asyncio.Context()
-        self.sock: zmq.asyncio.Socket | None = None
-        self.zap: zmq.asyncio.Socket | None = None
+        # Plain (not zmq.asyncio) sockets driven by the loop's reader callbacks: handling a message is a
+        # synchronous function call, and a send never waits (a ROUTER drops rather than blocks).
+        self.ctx = zmq.Context()
+        self.sock: zmq.Socket[bytes] | None = None
+        self.zap: zmq.Socket[bytes] | None = None
         self.address = ""
         self.host = ""
         self.port = 0
@@ -141,7 +143,11 @@ class Node:
         self.host = host if bind_host != "*" else (self.config.advertise or "127.0.0.1")
         self.sock = sock
         self.address = f"{self.identity.peer_id}@{self.host}:{self.port}"
-        self._spawn(self._zap_loop())
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.zap.getsockopt(zmq.FD), self._on_zap)
+        loop.add_reader(sock.getsockopt(zmq.FD), self._on_readable)
+        loop.call_soon(self._on_zap)
+        loop.call_soon(self._on_readable)
         self._spawn(self._sweep_loop())
         self.log("listening", address=self.address, executor=self.executor.kind, workers=self.executor.workers,
                  cached_modules=len(self.cache))
@@ -163,19 +169,17 @@ class Node:
     async def serve(self) -> None:
         """Answer messages until :meth:`request_stop`."""
         assert self.sock is not None
-        receiver = self._spawn(self._recv_loop())
         await self._stopped.wait()
         # keep receiving during the grace so late offers get "shutting_down" rather than silence
         for key, pending in list(self._pending.items()):
             self._pending.pop(key, None)
-            await self._reject(key[0], key[1], "shutting_down", "the node is stopping")
+            self._reject(key[0], key[1], "shutting_down", "the node is stopping")
         deadline = time.monotonic() + self.config.shutdown_grace_ms / 1000
         while self._running and time.monotonic() < deadline:
             await asyncio.wait(list(self._running.values()), timeout=max(0.0, deadline - time.monotonic()))
         for (rid, tag), task in list(self._running.items()):
             task.cancel()
-            await self._reject(rid, tag, "shutting_down", "the node stopped before the job finished")
-        receiver.cancel()
+            self._reject(rid, tag, "shutting_down", "the node stopped before the job finished")
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -185,18 +189,23 @@ class Node:
         if self.executor is not None:
             executor, self.executor = self.executor, None
             await asyncio.get_running_loop().run_in_executor(None, executor.close)
+        loop = asyncio.get_running_loop()
         for sock in (self.sock, self.zap):
             if sock is not None:
+                loop.remove_reader(sock.getsockopt(zmq.FD))
                 sock.close()
         self.ctx.term()
         self.log("stopped", jobs=self.jobs_done)
 
     # ---- ZAP: who is talking -----------------------------------------------------------------------
 
-    async def _zap_loop(self) -> None:
-        assert self.zap is not None
-        while True:
-            frames = await self.zap.recv_multipart()
+    def _on_zap(self) -> None:
+        zap = self.zap
+        while zap is not None:
+            try:
+                frames = zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
             try:
                 version, request_id, _domain, address, _identity, mechanism = frames[:6]
                 ok = mechanism == b"CURVE" and len(frames) == 7 and len(frames[6]) == 32
@@ -208,29 +217,39 @@ class Node:
                     self._clients.clear()
                 self._clients.add(user)
                 self.log("peer_connected", key=user, address=address.decode("utf-8", "replace"))
-            await self.zap.send_multipart([b"1.0", request_id, b"200" if ok else b"400",
-                                           b"OK" if ok else b"CURVE only", user.encode(), b""])
+            zap.send_multipart([b"1.0", request_id, b"200" if ok else b"400", b"OK" if ok else b"CURVE only",
+                                user.encode(), b""])
 
     # ---- messages ----------------------------------------------------------------------------------
 
-    async def _recv_loop(self) -> None:
-        assert self.sock is not None
+    def _on_readable(self) -> None:
+        """Handle every message waiting (the ZeroMQ descriptor is edge-triggered: drain it all)."""
         sock = self.sock
-        while True:
-            frames = await sock.recv_multipart(copy=False)
+        for _ in range(1000):          # then yield to the loop; the next call_soon picks up the rest
+            if sock is None or sock.closed:
+                return
             try:
-                await self._handle(frames)
-            except asyncio.CancelledError:
-                raise
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                self._handle(frames)
             except Exception as exc:   # a bug of ours must not take the node down with it
                 self.log("internal_error", error=f"{type(exc).__name__}: {exc}")
+        asyncio.get_running_loop().call_soon(self._on_readable)
 
-    async def _send(self, rid: bytes, frames: list[Any]) -> None:
+    def _send(self, rid: bytes, frames: list[Any]) -> None:
         assert self.sock is not None
         try:
-            await self.sock.send_multipart([rid, *frames], copy=False)
+            # zero-copy only pays for big frames: a small one costs more to track than to copy
+            big = any(len(f) > ZERO_COPY_MIN for f in frames)
+            self.sock.send_multipart([rid, *frames], zmq.NOBLOCK, copy=not big)
         except zmq.ZMQError as exc:
             self.log("send_failed", error=str(exc))
+            return
+        # a send can consume the descriptor's edge for messages that arrived meanwhile
+        if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            asyncio.get_running_loop().call_soon(self._on_readable)
 
     def load(self) -> dict[str, int]:
         workers = self.executor.workers if self.executor else 0
@@ -251,16 +270,16 @@ class Node:
             "load": self.load(), "cached_modules": len(self.cache), "accepting": not self._stopping,
         }
 
-    async def _error(self, rid: bytes, code: str, detail: str, job: bytes | None = None) -> None:
+    def _error(self, rid: bytes, code: str, detail: str, job: bytes | None = None) -> None:
         self.log("bad_message", code=code, detail=detail)
-        await self._send(rid, wire.encode("error", code=code, detail=detail[:wire.MAX_DETAIL_CHARS], job=job))
+        self._send(rid, wire.encode("error", code=code, detail=detail[:wire.MAX_DETAIL_CHARS], job=job))
 
-    async def _reject(self, rid: bytes, tag: bytes, reason: str, detail: str) -> None:
+    def _reject(self, rid: bytes, tag: bytes, reason: str, detail: str) -> None:
         self.log("reject", job=tag.hex(), reason=reason, detail=detail)
-        await self._send(rid, wire.encode("reject", job=tag, reason=reason, detail=detail[:wire.MAX_DETAIL_CHARS],
-                                          load=self.load()))
+        self._send(rid, wire.encode("reject", job=tag, reason=reason, detail=detail[:wire.MAX_DETAIL_CHARS],
+                                    load=self.load()))
 
-    async def _handle(self, frames: list[Any]) -> None:
+    def _handle(self, frames: list[Any]) -> None:
         if len(frames) < 2:
             return
         rid = frames[0].bytes
@@ -271,16 +290,16 @@ class Node:
         try:
             msg = wire.decode(frames[1:])
         except wire.WireError as exc:
-            await self._error(rid, exc.code, exc.detail, exc.job)
+            self._error(rid, exc.code, exc.detail, exc.job)
             return
         if msg.type == "caps?":
-            await self._send(rid, wire.encode("caps", caps=self.capabilities()))
+            self._send(rid, wire.encode("caps", caps=self.capabilities()))
         elif msg.type == "offer":
-            await self._offer(rid, msg, client)
+            self._offer(rid, msg, client)
         elif msg.type == "module":
-            await self._module(rid, msg)
+            self._module(rid, msg)
         else:
-            await self._error(rid, "unexpected", f"a node does not take {msg.type!r} messages", msg.get("job"))
+            self._error(rid, "unexpected", f"a node does not take {msg.type!r} messages", msg.get("job"))
 
     def _check_offer(self, manifest: dict[str, Any], data: bytes) -> tuple[str, str] | Limits:
         problems = schemas.errors("manifest", manifest)
@@ -309,55 +328,59 @@ class Node:
             return "limits", "; ".join(too_high)
         return limits
 
-    async def _offer(self, rid: bytes, msg: wire.Message, client: str) -> None:
+    def _offer(self, rid: bytes, msg: wire.Message, client: str) -> None:
+        t0 = time.perf_counter()
         tag: bytes = msg["job"]
         key = (rid, tag)
         manifest = msg["manifest"]
         if self._stopping:
-            return await self._reject(rid, tag, "shutting_down", "the node is stopping")
+            return self._reject(rid, tag, "shutting_down", "the node is stopping")
         if key in self._pending or key in self._running:
-            return await self._reject(rid, tag, "duplicate", "this job tag is in use on this connection")
+            return self._reject(rid, tag, "duplicate", "this job tag is in use on this connection")
         data = wire.payload_bytes(msg.payloads[0])
         try:
             checked = self._check_offer(manifest, data)
         except Exception as exc:   # e.g. non-string map keys the schema code trips over
             checked = ("bad_manifest", f"{type(exc).__name__}")
         if isinstance(checked, tuple):
-            return await self._reject(rid, tag, *checked)
+            return self._reject(rid, tag, *checked)
         capacity = self.executor.workers + self.config.queue if self.executor else 0
         if len(self._running) + len(self._pending) >= capacity:
-            return await self._reject(rid, tag, "busy", f"{len(self._running)} jobs in hand")
+            return self._reject(rid, tag, "busy", f"{len(self._running)} jobs in hand")
         module = self.cache.get(manifest["module"]["hash"])
         self.log("offer", job=tag.hex(), client=client, module=manifest["module"]["hash"], cached=module is not None)
-        await self._send(rid, wire.encode("accept", job=tag, module=module is None, load=self.load()))
+        self._send(rid, wire.encode("accept", job=tag, module=module is None, load=self.load()))
         if module is None:
             self._pending[key] = _Pending(manifest, data, checked, client, time.monotonic())
         else:
-            self._start(key, manifest, module, data, checked, client)
+            self._start(key, manifest, module, data, checked, client, t0)
 
-    async def _module(self, rid: bytes, msg: wire.Message) -> None:
+    def _module(self, rid: bytes, msg: wire.Message) -> None:
         tag: bytes = msg["job"]
         pending = self._pending.pop((rid, tag), None)
         if pending is None:
-            return await self._error(rid, "unknown_job", "no job on this connection is waiting for a module", tag)
+            return self._error(rid, "unknown_job", "no job on this connection is waiting for a module", tag)
         data = wire.payload_bytes(msg.payloads[0])
         ref = pending.manifest["module"]
         if len(data) != ref["size"] or not self.cache.put(ref["hash"], data):
-            return await self._reject(rid, tag, "module_mismatch", "the module bytes do not match manifest.module")
+            return self._reject(rid, tag, "module_mismatch", "the module bytes do not match manifest.module")
         self.log("module_cached", module=ref["hash"], size=len(data))
-        self._start((rid, tag), pending.manifest, data, pending.input, pending.limits, pending.client)
+        self._start((rid, tag), pending.manifest, data, pending.input, pending.limits, pending.client,
+                    time.perf_counter())
 
     def _start(self, key: tuple[bytes, bytes], manifest: dict[str, Any], module: bytes, data: bytes,
-               limits: Limits, client: str) -> None:
-        self._running[key] = self._spawn(self._execute(key, manifest, module, data, limits, client))
+               limits: Limits, client: str, t0: float) -> None:
+        self._running[key] = self._spawn(self._execute(key, manifest, module, data, limits, client, t0))
 
     async def _execute(self, key: tuple[bytes, bytes], manifest: dict[str, Any], module: bytes, data: bytes,
-                       limits: Limits, client: str) -> None:
+                       limits: Limits, client: str, t0: float) -> None:
         rid, tag = key
+        t1 = time.perf_counter()
         try:
             assert self.executor is not None
             started = timestamp()
             result = await self.executor.run(module, data, **job_kwargs(manifest, limits))
+            t2 = time.perf_counter()
             if result.stdout_hash == _UNHASHED or result.module_hash == _UNHASHED:
                 # a job that never ran (invalid module, crashed worker) comes back without hashes; the node
                 # checked the module and input against the manifest itself, and hashes what it sends
@@ -380,9 +403,12 @@ class Node:
                 stdout = stdout + b"!"
             self.jobs_done += 1
             self.log("result", job=tag.hex(), client=client, status=result.status, exit_code=result.exit_code,
-                     wall_us=result.wall_us, receipt=receipt["signature"][:16])
-            await self._send(rid, wire.encode("result", (stdout, result.stderr), job=tag, receipt=receipt,
-                                              load=self.load()))
+                     wall_us=result.wall_us, receipt=receipt["signature"][:16],
+                     # where the node's time went: offer to start, in the executor, signing and replying
+                     start_us=int((t1 - t0) * 1e6), exec_us=int((t2 - t1) * 1e6),
+                     reply_us=int((time.perf_counter() - t2) * 1e6))
+            self._send(rid, wire.encode("result", (stdout, result.stderr), job=tag, receipt=receipt,
+                                        load=self.load()))
         finally:
             self._running.pop(key, None)
 
