@@ -99,6 +99,17 @@ class Qemu:
                 break
         return needle is not None and needle in self.text
 
+    def wait_for_match(self, pattern: re.Pattern[str], deadline: float) -> re.Match[str] | None:
+        """Like :meth:`wait_for`, for a regular expression (end it with ``\\n`` to wait for whole lines)."""
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            m = pattern.search(self.text)
+            if m:
+                return m
+            if not self._pump(min(1.0, max(0.0, end - time.monotonic()))):
+                break
+        return pattern.search(self.text)
+
     def close(self) -> BootResult:
         if self.proc.poll() is None:
             self.proc.kill()

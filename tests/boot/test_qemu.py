@@ -75,7 +75,7 @@ ECHO_WAT = """
     (i32.store (i32.const 4) (i32.load (i32.const 8)))
     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
 """
-ADDRESS_RE = re.compile(r"PHASE-NODE: plasmd running \(pid \d+\) at (\S+)@(\S+):(\d+)")
+ADDRESS_RE = re.compile(r"PHASE-NODE: plasmd running \(pid \d+\) at (\S+)@(\S+):(\d+)\n")
 
 
 def test_happy_path_falls_back_to_live_source_and_reaches_stage2(boot_kit: dict, stage2: Path, tmp_path: Path,
@@ -97,8 +97,9 @@ def test_happy_path_falls_back_to_live_source_and_reaches_stage2(boot_kit: dict,
             q.wait_for(up, 420)
             server.close()
             job_output = None
-            m = ADDRESS_RE.search(q.text)
-            if daemon and m:
+            if daemon:
+                m = q.wait_for_match(ADDRESS_RE, 30)
+                assert m, q.text[-3000:]
                 wat = request.getfixturevalue("wat")
                 from pyphase.client import Client
 
