@@ -144,8 +144,8 @@ class Node:
         self.sock = sock
         self.address = f"{self.identity.peer_id}@{self.host}:{self.port}"
         loop = asyncio.get_running_loop()
-        loop.add_reader(self.zap.getsockopt(zmq.FD), self._on_zap)
-        loop.add_reader(sock.getsockopt(zmq.FD), self._on_readable)
+        loop.add_reader(self.zap.fileno(), self._on_zap)
+        loop.add_reader(sock.fileno(), self._on_readable)
         loop.call_soon(self._on_zap)
         loop.call_soon(self._on_readable)
         self._spawn(self._sweep_loop())
@@ -192,7 +192,7 @@ class Node:
         loop = asyncio.get_running_loop()
         for sock in (self.sock, self.zap):
             if sock is not None:
-                loop.remove_reader(sock.getsockopt(zmq.FD))
+                loop.remove_reader(sock.fileno())
                 sock.close()
         self.ctx.term()
         self.log("stopped", jobs=self.jobs_done)
@@ -248,7 +248,7 @@ class Node:
             self.log("send_failed", error=str(exc))
             return
         # a send can consume the descriptor's edge for messages that arrived meanwhile
-        if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             asyncio.get_running_loop().call_soon(self._on_readable)
 
     def load(self) -> dict[str, int]:

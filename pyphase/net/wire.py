@@ -138,7 +138,7 @@ def decode(frames: Sequence[Any]) -> Message:
         raise WireError("version", f"this node speaks {PROTOCOL} (v={VERSION}), got v={header.get('v')!r}", job)
     type_ = header.get("t")
     entry = MESSAGES.get(type_) if isinstance(type_, str) else None
-    if entry is None:
+    if entry is None or not isinstance(type_, str):
         raise WireError("type", f"unknown message type {type_!r}", job)
     spec, n_payloads = entry
     if len(frames) - 1 != n_payloads:
