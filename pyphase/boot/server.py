@@ -227,8 +227,9 @@ class ArtifactServer:
 
     @property
     def url(self) -> str:
-        host = self.httpd.server_address[0]
-        return f"http://[{host}]:{self.port}" if ":" in str(host) else f"http://{host}:{self.port}"
+        raw = self.httpd.server_address[0]
+        host = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
     def start(self) -> ArtifactServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="phase-boot-serve", daemon=True)

@@ -171,3 +171,37 @@ def test_canonical_escapes_match_python(phase_boot_bin: Path, tmp_path: Path) ->
     r = __import__("subprocess").run([str(phase_boot_bin / "phase-verify"), "canon", str(path)], capture_output=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout == canonical_bytes(doc)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_manifests_c_and_python_agree(phase_boot_bin: Path, tmp_path: Path, data: st.DataObject) -> None:
+    """Flip, insert or delete bytes of a signed manifest: the C verifier never crashes, and it
+    accepts exactly when the Python verifier accepts (so neither is laxer than the other)."""
+    from pyphase.boot import keys
+    from pyphase.boot.errors import BootError
+    from pyphase.boot.manifest import decode_manifest, verify_manifest
+
+    key = Identity.from_seed(b"\x01" * 32)
+    pub = tmp_path / "k.pub"
+    pub.write_text(keys.public_key_text(key.public_key))
+    raw = bytearray(_signed(key, tmp_path).read_bytes())
+    for _ in range(data.draw(st.integers(1, 3))):
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        op = data.draw(st.sampled_from(["flip", "insert", "delete"]))
+        if op == "flip":
+            raw[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "insert":
+            raw.insert(pos, data.draw(st.sampled_from(b' \n{}[]",:0123456789abcdef\\u')))
+        else:
+            del raw[pos]
+    path = tmp_path / "mutated.json"
+    path.write_bytes(bytes(raw))
+    r = run_tool(phase_boot_bin / "phase-verify", "manifest", "--key", pub, path)
+    assert r.returncode in (0, 1), r.stderr  # never a crash (negative = killed by a signal)
+    try:
+        verify_manifest(decode_manifest(bytes(raw)), key.public_key)
+        python_ok = True
+    except (BootError, ValueError):
+        python_ok = False
+    assert (r.returncode == 0) == python_ok, (bytes(raw), r.stderr)
