@@ -77,6 +77,10 @@ awk '/=> \//{print $3} /^\t\/lib64/{print $1}' "$WORK/libs" | sort -u | while re
 done
 [ -e "$ROOT/lib64/ld-linux-x86-64.so.2" ] || cp -L /lib64/ld-linux-x86-64.so.2 "$ROOT/lib64/"
 
+# Byte-compile what we copied (sources keep their mtimes in the cpio, so the caches stay valid):
+# with PYTHONDONTWRITEBYTECODE a node would otherwise recompile pyphase at every start.
+"$PY" -m compileall -q -j 0 "$ROOT/opt/phase/site" >/dev/null || die "compileall failed"
+
 # Debug symbols are most of an unstripped interpreter (libpython alone can be 20+ MB).
 if command -v strip >/dev/null 2>&1; then
     find "$ROOT/usr/bin" "$ROOT/usr/lib" "$ROOT/opt" "$ROOT/lib" -type f \( -name '*.so*' -o -name python3 \) \
