@@ -36,7 +36,7 @@ import zmq.utils.z85
 from pyphase.errors import NetworkError, NoPeers, QuorumError, VerificationError
 from pyphase.identity import Identity, public_key_from_peer_id
 from pyphase.limits import Limits
-from pyphase.manifest import make_manifest
+from pyphase.manifest import make_manifest, new_nonce
 from pyphase.net import wire
 from pyphase.net.config import split_hostport
 from pyphase.receipt import verify_receipt
@@ -318,9 +318,9 @@ class Client:
             return results[0]
         return self._quorum(results, replicas, job)
 
-    def _new_attempt(self, job: _Job, peer: _Peer, timeout: float) -> _Attempt:
-        manifest = make_manifest(job.module, job.input, args=job.args, env=job.env, entry=job.entry,
-                                 limits=job.limits, deterministic=job.deterministic, requires=job.requires)
+    def _new_attempt(self, job: _Job, peer: _Peer, timeout: float, template: dict[str, Any]) -> _Attempt:
+        # the template was built and schema-checked once per job; each attempt only needs its own nonce
+        manifest = {**template, "nonce": new_nonce()}
         tag = self._tag_prefix + next(self._tags).to_bytes(8, "big")
         now = time.monotonic()
         return _Attempt(peer, tag, manifest, now + timeout, now + self.connect_timeout)
@@ -356,7 +356,7 @@ class Client:
                 if peer is None:
                     break
                 tried.add(peer.peer_id)
-                attempt = self._new_attempt(job, peer, timeout)
+                attempt = self._new_attempt(job, peer, timeout, probe)
                 active[attempt.tag] = attempt
                 launched += 1
                 self._socket(peer)

@@ -1,17 +1,18 @@
 """Where a node runs jobs: isolated sandbox workers when they work, else a thread pool in the node.
 
+Both have ``submit(module, input, **kwargs) -> concurrent.futures.Future[Result]``.
+
 Both give the same :class:`~pyphase.Result`; :func:`make_executor` checks at start that the sandbox
 really runs a job before trusting it, and falls back (loudly) when it cannot.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Mapping, Sequence
 
-from pyphase.errors import InvalidModule, PhaseError
+from pyphase.errors import InvalidModule
 from pyphase.limits import Limits
 from pyphase.result import Result, hash_text
 
@@ -50,9 +51,8 @@ class ThreadExecutor:
         except InvalidModule as exc:
             return failed_result("invalid_module", str(exc), module, input)
 
-    async def run(self, module: bytes, input: bytes, **kwargs: Any) -> Result:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._run, module, input, kwargs)
+    def submit(self, module: bytes, input: bytes, **kwargs: Any) -> Future[Result]:
+        return self._pool.submit(self._run, module, input, kwargs)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -69,11 +69,10 @@ class SandboxExecutor:
         self.workers = workers
         self._sandbox = Sandbox(workers=workers)
 
-    async def run(self, module: bytes, input: bytes, **kwargs: Any) -> Result:
-        try:
-            return await asyncio.wrap_future(self._sandbox.submit(module, input, **kwargs))
-        except PhaseError as exc:    # the sandbox itself failed; the job's fate is unknown
-            return failed_result("crashed", f"sandbox: {exc}", module, input)
+    def submit(self, module: bytes, input: bytes, **kwargs: Any) -> Future[Result]:
+        """A future of the job's result; a failure of the sandbox itself is its exception (reported as
+        ``crashed`` by the node)."""
+        return self._sandbox.submit(module, input, **kwargs)
 
     def close(self) -> None:
         self._sandbox.close()

@@ -11,7 +11,9 @@ its header could be read) or dropped, and any fault while handling one is logged
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -30,9 +32,9 @@ from pyphase.manifest import job_id
 from pyphase.net import wire
 from pyphase.net.cache import ModuleCache
 from pyphase.net.config import NodeConfig, split_hostport
-from pyphase.net.executor import Executor, job_kwargs, make_executor
-from pyphase.receipt import make_receipt, machine_arch, timestamp
-from pyphase.result import hash_text
+from pyphase.net.executor import Executor, failed_result, job_kwargs, make_executor
+from pyphase.receipt import make_receipt, machine_arch
+from pyphase.result import Result, hash_text
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
@@ -45,6 +47,39 @@ ZERO_COPY_MIN = 256 << 10
 _UNHASHED = "sha256:" + "0" * 64
 
 
+_second_text: tuple[int, str] = (-1, "")
+
+
+def fast_timestamp() -> str:
+    """``pyphase.receipt.timestamp()``'s format (RFC 3339 UTC, milliseconds) without a strftime per call."""
+    global _second_text
+    now = time.time()
+    second = int(now)
+    if _second_text[0] != second:
+        _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second_text[1]}.{int((now - second) * 1000):03d}Z"
+
+
+class _CachedIdentity(Identity):
+    """The node's identity with its public key and peer id computed once (every receipt names them)."""
+
+    @property
+    def public_key(self) -> bytes:
+        cached: bytes | None = self.__dict__.get("_pk")
+        if cached is None:
+            cached = bytes(self.signing_key.verify_key)
+            object.__setattr__(self, "_pk", cached)
+        return cached
+
+    @property
+    def peer_id(self) -> str:
+        cached: str | None = self.__dict__.get("_pid")
+        if cached is None:
+            cached = super().peer_id
+            object.__setattr__(self, "_pid", cached)
+        return cached
+
+
 class EventLog:
     """Structured events, one per line: JSON objects (``{"ts", "event", ...}``) or ``key=value`` text."""
 
@@ -53,7 +88,7 @@ class EventLog:
         self.stream = stream if stream is not None else sys.stderr
 
     def __call__(self, event: str, **fields: Any) -> None:
-        record = {"ts": timestamp(), "event": event, **fields}
+        record = {"ts": fast_timestamp(), "event": event, **fields}
         if self.fmt == "json":
             line = json.dumps(record, separators=(",", ":"), default=str)
         else:
@@ -87,7 +122,7 @@ class Node:
     def __init__(self, config: NodeConfig, identity: Identity, *, log: Callable[..., None] | None = None,
                  executor: Executor | None = None, misbehave: str | None = None) -> None:
         self.config = config
-        self.identity = identity
+        self.identity: Identity = _CachedIdentity(identity.signing_key)
         self.log = log or EventLog("json")
         self.misbehave = misbehave if misbehave is not None else os.environ.get(MISBEHAVE_ENV) or None
         if self.misbehave and self.misbehave not in MISBEHAVIOURS:
@@ -103,7 +138,7 @@ class Node:
         self.host = ""
         self.port = 0
         self._pending: dict[tuple[bytes, bytes], _Pending] = {}
-        self._running: dict[tuple[bytes, bytes], asyncio.Task[None]] = {}
+        self._running: dict[tuple[bytes, bytes], concurrent.futures.Future[Result]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -176,9 +211,12 @@ class Node:
             self._reject(key[0], key[1], "shutting_down", "the node is stopping")
         deadline = time.monotonic() + self.config.shutdown_grace_ms / 1000
         while self._running and time.monotonic() < deadline:
-            await asyncio.wait(list(self._running.values()), timeout=max(0.0, deadline - time.monotonic()))
-        for (rid, tag), task in list(self._running.items()):
-            task.cancel()
+            waiting = [asyncio.wrap_future(f) for f in self._running.values()]
+            await asyncio.wait(waiting, timeout=max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(0)      # let the _finish callbacks queued by those futures run
+        for (rid, tag), future in list(self._running.items()):
+            self._running.pop((rid, tag), None)
+            future.cancel()
             self._reject(rid, tag, "shutting_down", "the node stopped before the job finished")
 
     async def close(self) -> None:
@@ -370,47 +408,60 @@ class Node:
 
     def _start(self, key: tuple[bytes, bytes], manifest: dict[str, Any], module: bytes, data: bytes,
                limits: Limits, client: str, t0: float) -> None:
-        self._running[key] = self._spawn(self._execute(key, manifest, module, data, limits, client, t0))
-
-    async def _execute(self, key: tuple[bytes, bytes], manifest: dict[str, Any], module: bytes, data: bytes,
-                       limits: Limits, client: str, t0: float) -> None:
-        rid, tag = key
+        # Submitted right away (not from a task on the next loop turn); the worker thread's completion
+        # comes back through call_soon_threadsafe straight to _finish: the fewest wake-ups per job.
+        assert self.executor is not None
+        loop = asyncio.get_running_loop()
         t1 = time.perf_counter()
+        started = fast_timestamp()
         try:
-            assert self.executor is not None
-            started = timestamp()
-            result = await self.executor.run(module, data, **job_kwargs(manifest, limits))
-            t2 = time.perf_counter()
-            if result.stdout_hash == _UNHASHED or result.module_hash == _UNHASHED:
-                # a job that never ran (invalid module, crashed worker) comes back without hashes; the node
-                # checked the module and input against the manifest itself, and hashes what it sends
-                result = dataclasses.replace(
-                    result, module_hash=manifest["module"]["hash"], input_hash=manifest["input"]["hash"],
-                    stdout_hash=hash_text(hashlib.sha256(result.stdout).digest()),
-                    stderr_hash=hash_text(hashlib.sha256(result.stderr).digest()))
-            stdout = result.stdout
-            if self.misbehave == "hang":
-                await asyncio.Event().wait()
-            if self.misbehave == "lie-stdout":
-                stdout = b"forged by a lying node\n" + result.stdout
-                result = dataclasses.replace(result, stdout=stdout, stdout_hash=hash_text(hashlib.sha256(stdout).digest()))
-            signer = Identity.generate() if self.misbehave == "wrong-signer" else self.identity
-            receipt = make_receipt(result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=limits,
-                                   identity=signer, started_at=started)
-            if self.misbehave == "forge-receipt":
-                receipt["exit_code"] = result.exit_code + 1
-            if self.misbehave == "mismatch-stdout":
-                stdout = stdout + b"!"
-            self.jobs_done += 1
-            self.log("result", job=tag.hex(), client=client, status=result.status, exit_code=result.exit_code,
-                     wall_us=result.wall_us, receipt=receipt["signature"][:16],
-                     # where the node's time went: offer to start, in the executor, signing and replying
-                     start_us=int((t1 - t0) * 1e6), exec_us=int((t2 - t1) * 1e6),
-                     reply_us=int((time.perf_counter() - t2) * 1e6))
-            self._send(rid, wire.encode("result", (stdout, result.stderr), job=tag, receipt=receipt,
-                                        load=self.load()))
-        finally:
-            self._running.pop(key, None)
+            future = self.executor.submit(module, data, **job_kwargs(manifest, limits))
+        except Exception as exc:   # e.g. arguments the runtime refuses (NUL bytes), a closed sandbox
+            future = concurrent.futures.Future()
+            future.set_exception(exc)
+        self._running[key] = future
+        done = functools.partial(self._finish, key, manifest, module, data, limits, client, started, (t0, t1))
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(done, f))
+
+    def _finish(self, key: tuple[bytes, bytes], manifest: dict[str, Any], module: bytes, data: bytes,
+                limits: Limits, client: str, started: str, times: tuple[float, float],
+                future: concurrent.futures.Future[Result]) -> None:
+        if self._running.pop(key, None) is None or self.sock is None:
+            return                      # already answered (the node stopped before the job finished)
+        rid, tag = key
+        t0, t1 = times
+        t2 = time.perf_counter()
+        try:
+            result = future.result()
+        except Exception as exc:        # the executor failed, not the job: report it as a crash, signed
+            result = failed_result("crashed", f"{type(exc).__name__}: {exc}", module, data)
+        if result.stdout_hash == _UNHASHED or result.module_hash == _UNHASHED:
+            # a job that never ran (invalid module, crashed worker) comes back without hashes; the node
+            # checked the module and input against the manifest itself, and hashes what it sends
+            result = dataclasses.replace(
+                result, module_hash=manifest["module"]["hash"], input_hash=manifest["input"]["hash"],
+                stdout_hash=hash_text(hashlib.sha256(result.stdout).digest()),
+                stderr_hash=hash_text(hashlib.sha256(result.stderr).digest()))
+        stdout = result.stdout
+        if self.misbehave == "hang":
+            return
+        if self.misbehave == "lie-stdout":
+            stdout = b"forged by a lying node\n" + result.stdout
+            result = dataclasses.replace(result, stdout=stdout, stdout_hash=hash_text(hashlib.sha256(stdout).digest()))
+        signer = Identity.generate() if self.misbehave == "wrong-signer" else self.identity
+        receipt = make_receipt(result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=limits,
+                               identity=signer, started_at=started)
+        if self.misbehave == "forge-receipt":
+            receipt["exit_code"] = result.exit_code + 1
+        if self.misbehave == "mismatch-stdout":
+            stdout = stdout + b"!"
+        self.jobs_done += 1
+        self.log("result", job=tag.hex(), client=client, status=result.status, exit_code=result.exit_code,
+                 wall_us=result.wall_us, receipt=receipt["signature"][:16],
+                 # where the node's time went: offer to start, in the executor, signing and replying
+                 start_us=int((t1 - t0) * 1e6), exec_us=int((t2 - t1) * 1e6),
+                 reply_us=int((time.perf_counter() - t2) * 1e6))
+        self._send(rid, wire.encode("result", (stdout, result.stderr), job=tag, receipt=receipt, load=self.load()))
 
     async def _sweep_loop(self) -> None:
         while True:
