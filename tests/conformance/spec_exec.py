@@ -22,6 +22,10 @@ Commands run, in order, on the same instances (as the spec interpreter does):
   assert_unlinkable      instantiation must fail to link
 assert_invalid / assert_malformed belong to the validator suite (tests/validator/) and are not counted here.
 
+Environment (robustness runs): PHASE_SPEC_STACK_BYTES (wasm value stack, default 512 KiB), PHASE_SPEC_THREAD_STACK
+(run each file on a thread with this native stack), PHASE_SPEC_EXTENSION (path of another _spec*.so, e.g. an
+ASan+UBSan build; see CONFORMANCE.md), PHASE_SPEC_FILE_TIMEOUT (s, default 120), PHASE_SPEC_CRASH_AT_LINE (test hook).
+
 Skipped (counted, never hidden): modules using what wasm3 0.5.0 cannot run (our validator answers "unsupported: ":
 memory/table/global imports, several memories or tables), every command on such a module or on a module importing
 from one, and text-only modules (`module quote`) that wast2json leaves as text.
@@ -66,6 +70,18 @@ def _spec_runner():
     spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "validator" / "spec_runner.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _load_spec():
+    """pyphase._spec, or the build named by PHASE_SPEC_EXTENSION (a path to a _spec*.so, e.g. an ASan build)."""
+    path = os.environ.get("PHASE_SPEC_EXTENSION")
+    if not path:
+        from pyphase import _spec  # noqa: PLC0415 (imported in the child only)
+        return _spec
+    spec = importlib.util.spec_from_file_location("pyphase._spec", path)
+    mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
@@ -168,7 +184,7 @@ class _Fail(Exception):
 
 def run_file_child(wast: Path, out) -> None:
     """Runs every execution command of one .wast, writing one JSON line per command (flushed before it runs)."""
-    from pyphase import _spec  # noqa: PLC0415 (imported in the child only)
+    _spec = _load_spec()
 
     jpath = _spec_runner().convert(wast)
     commands = json.loads(jpath.read_text())["commands"]
@@ -413,7 +429,10 @@ def run_file(wast: Path) -> FileResult:
         elif rc < 0:
             how = f"killed by signal {-rc}"
         else:
-            how = f"exit status {rc}: {err.strip().splitlines()[-1] if err.strip() else ''}"
+            lines = err.strip().splitlines()
+            # a sanitizer report's first line says what happened; otherwise the last line (a traceback's end)
+            first = next((ln for ln in lines if "runtime error" in ln or "ERROR:" in ln), lines[-1] if lines else "")
+            how = f"exit status {rc}: {first.strip()}"
         res.crashed = f"the runner died at {where}: {how}"
         res.run += 1
         res.failed += 1
