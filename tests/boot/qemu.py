@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ANSI_RE = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|c|[()][0-9A-Za-z])")
+ANSI_RE = re.compile(r"\x1b(\[[0-9;?=<>]*[ -/]*[@-~]|c|[()][0-9A-Za-z])")
 BOOT_DIR = Path("/boot")
 
 
