@@ -41,6 +41,9 @@ install_busybox "$ROOT"
 copy_nic_modules "$ROOT" "$KVER"
 cp "$PUB" "$ROOT/etc/phase/release.pub"
 echo "$MIN_RELEASE" > "$ROOT/etc/phase/min-release"
+# A floor for the clock: a machine whose RTC is unset (1970) must not accept manifests that
+# expired before this image was even built.
+date +%s > "$ROOT/etc/phase/built-at"
 : > "$ROOT/etc/phase/seeds"
 for s in $SEEDS; do echo "$s" >> "$ROOT/etc/phase/seeds"; done
 install -m 0755 "$HERE/stage1/init" "$ROOT/init"

@@ -149,6 +149,18 @@ def test_expired_manifest_is_refused(boot_kit: dict, tmp_path: Path) -> None:
     assert_refused(r, "manifest expired")
 
 
+def test_expired_manifest_is_refused_even_with_the_clock_at_2000(boot_kit: dict, tmp_path: Path) -> None:
+    """A dead RTC battery must not revive expired manifests: expiry is never judged before build time."""
+    k, i = dummy_artifacts(tmp_path / "a")
+    now = int(time.time())
+    publish(tmp_path / "store", boot_kit["key"], k, i, created_at=now - 7200, expires_at=now - 3600)
+    with ArtifactServer(tmp_path / "store") as server:
+        args = qemu_args(boot_kit, f"phase.rounds=1 phase.seeds=http://{HOST}:{server.port}")
+        r = boot([*args, "-rtc", "base=2000-01-01T00:00:00"], deadline=180)
+    assert "before this image was built" in r, r.tail()
+    assert_refused(r, "manifest expired")
+
+
 class _RawHandler(http.server.SimpleHTTPRequestHandler):
     """Serves files as they are, without checking them: a source that lies about content."""
 
