@@ -1,11 +1,12 @@
 /* phase-discover: find boot artifact sources on the LAN with a one-shot mDNS query.
  *
- *   phase-discover [--service _phase-boot._tcp.local] [--timeout S] [--server IP[:PORT]]
+ *   phase-discover [--service _phase-boot._tcp.local] [--timeout S] [--server IP[:PORT]] [--interface IP]
  *
  * Sends a PTR query for the service (QU bit set: responders answer by unicast to our port,
  * RFC 6762 section 5.1, so we need not bind 5353 or join the group), gathers the PTR, SRV and
  * A records of every answer until the timeout, and prints one source per line as
- * http://IP:PORT. --server sends the query to another address (tests use 127.0.0.1:PORT).
+ * http://IP:PORT. --server sends the query to another address (tests use 127.0.0.1:PORT);
+ * --interface picks the interface multicast leaves by (its IPv4 address; tests use 127.0.0.1).
  * Exit 0 if at least one source was found, 1 if none, 2 on usage errors. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -134,14 +135,16 @@ int phase_discover_main(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"service", required_argument, 0, 's'}, {"timeout", required_argument, 0, 't'},
-        {"server", required_argument, 0, 'S'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *service = "_phase-boot._tcp.local", *server = "224.0.0.251:5353";
+        {"server", required_argument, 0, 'S'}, {"interface", required_argument, 0, 'i'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *service = "_phase-boot._tcp.local", *server = "224.0.0.251:5353", *iface = NULL;
     int c, timeout_s = 3;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (c) {
         case 's': service = optarg; break;
         case 't': timeout_s = atoi(optarg); break;
         case 'S': server = optarg; break;
+        case 'i': iface = optarg; break;
         default: goto usage;
         }
     }
@@ -164,6 +167,15 @@ int phase_discover_main(int argc, char **argv)
     }
     unsigned char ttl = 255;
     setsockopt(fd, IPPROTO_IP, IP_MULTICAST_TTL, &ttl, sizeof ttl);
+    if (iface) {
+        struct in_addr ifaddr;
+        if (inet_pton(AF_INET, iface, &ifaddr) != 1 ||
+            setsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, &ifaddr, sizeof ifaddr) != 0) {
+            fprintf(stderr, "phase-discover: --interface %s: %s\n", iface, errno ? strerror(errno) : "not an IPv4 address");
+            close(fd);
+            return 2;
+        }
+    }
     long long deadline = phase_now_ms() + timeout_s * 1000LL, next_send = 0;
     int sends = 0;
     for (;;) {
@@ -209,6 +221,6 @@ int phase_discover_main(int argc, char **argv)
     if (!found) fprintf(stderr, "phase-discover: no %s answered within %d s\n", service, timeout_s);
     return found ? 0 : 1;
 usage:
-    fprintf(stderr, "usage: phase-discover [--service NAME] [--timeout S] [--server IP[:PORT]]\n");
+    fprintf(stderr, "usage: phase-discover [--service NAME] [--timeout S] [--server IP[:PORT]] [--interface IP]\n");
     return 2;
 }

@@ -87,13 +87,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                             timeout=args.timeout, quiet=args.quiet)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    announcer = None
     with server:
-        print(f"serving {len(good)} artifact(s) from {root} at {server.url} (read-only; Ctrl-C stops)", flush=True)
+        if args.mdns:
+            from pyphase.boot.mdns import BootAnnouncer, addresses_for
+
+            interfaces = [i.strip() for i in args.mdns_interfaces.split(",") if i.strip()] \
+                if args.mdns_interfaces and args.mdns_interfaces != "all" else None
+            announcer = BootAnnouncer(server.port, addresses_for(args.listen[0], interfaces), interfaces).start()
+        print(f"serving {len(good)} artifact(s) from {root} at {server.url} (read-only; Ctrl-C stops)"
+              + (f"; announced as {announcer.name} ({', '.join(announcer.addresses)})" if announcer else ""),
+              flush=True)
         try:
             while not stop.wait(3600):
                 pass
         except KeyboardInterrupt:
             pass
+        finally:
+            if announcer is not None:
+                announcer.close()
     return 0
 
 
@@ -148,6 +160,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="per-connection socket timeout")
     p.add_argument("--quiet", action="store_true", help="do not log requests")
+    p.add_argument("--mdns", action="store_true",
+                   help="announce the source on the LAN as _phase-boot._tcp (for stage 1 in phase.mode=local)")
+    p.add_argument("--mdns-interfaces", metavar="LIST", default="all",
+                   help='"all" (default) or comma-separated IPv4 addresses to announce on')
     p.set_defaults(boot_func=_cmd_serve)
 
     boot.set_defaults(func=run)

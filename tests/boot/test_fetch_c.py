@@ -190,3 +190,42 @@ def test_discover_parses_an_mdns_answer(phase_boot_bin: Path) -> None:
 def test_discover_reports_silence(phase_boot_bin: Path) -> None:
     r = run_tool(phase_boot_bin / "phase-discover", "--server", f"127.0.0.1:{free_port()}", "--timeout", "1")
     assert r.returncode == 1 and "no _phase-boot._tcp.local answered" in r.stderr
+
+
+def test_serve_mdns_is_found_by_discover_on_loopback(phase_boot_bin: Path, store, tmp_path: Path) -> None:
+    """Real mDNS, kept on loopback: `phase boot serve --mdns` answers phase-discover's one-shot query."""
+    import selectors
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("zeroconf")
+    root, _ = store
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pyphase.boot", "serve", str(root), "--listen",
+                             f"127.0.0.1:{port}", "--quiet", "--mdns", "--mdns-interfaces", "127.0.0.1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + 30
+        line = b""
+        while b"serving" not in line and time.monotonic() < deadline:
+            if sel.select(timeout=1):
+                line = proc.stdout.readline()
+                if not line:
+                    break
+        assert b"announced as" in line, line
+        urls: list[str] = []
+        for _ in range(3):  # the announcement may still be probing its name
+            r = run_tool(phase_boot_bin / "phase-discover", "--interface", "127.0.0.1", "--timeout", "2")
+            urls = r.stdout.split()
+            if urls:
+                break
+        assert f"http://127.0.0.1:{port}" in urls, r.stderr
+        r = run_tool(phase_boot_bin / "phase-fetch", "--manifest", "--out", tmp_path / "m.json", urls[0])
+        assert r.returncode == 0, r.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
