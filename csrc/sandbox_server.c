@@ -368,6 +368,41 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
     }
 }
 
+/* fork() does not copy page-table entries of file mappings (code, read-only data): each worker would fault
+ * every code page it runs back in, during its job. The server notes those ranges once; a worker populates
+ * them before waiting for "go". */
+#define MAX_TEXT_RANGES 64
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+static struct { uintptr_t start, end; } text_ranges[MAX_TEXT_RANGES];
+static unsigned text_count;
+
+static void note_text_ranges(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f)
+        return;
+    char line[512];
+    while (text_count < MAX_TEXT_RANGES && fgets(line, sizeof line, f)) {
+        unsigned long start, end;
+        char perms[8];
+        if (sscanf(line, "%lx-%lx %7s", &start, &end, perms) == 3 && perms[0] == 'r' && perms[1] == '-'
+            && perms[3] == 'p' && strchr(line, '/')) {
+            text_ranges[text_count].start = start;
+            text_ranges[text_count].end = end;
+            text_count++;
+        }
+    }
+    fclose(f);
+}
+
+static void populate_text(void)
+{
+    for (unsigned i = 0; i < text_count; i++)
+        (void) madvise((void *) text_ranges[i].start, text_ranges[i].end - text_ranges[i].start, MADV_POPULATE_READ);
+}
+
 /* In the child right after fork: drop everything that is not this slot's, then serve one job. */
 static void worker_main(unsigned index, int chan)
 {
@@ -387,6 +422,7 @@ static void worker_main(unsigned index, int chan)
     if (close_range(WORKER_FD + 1, ~0u, 0) != 0)
         _exit(SANDBOX_EXIT_SETUP);
     uint64_t base_vm = vm_size_bytes();
+    populate_text();
     if (confine_early() != 0)
         _exit(SANDBOX_EXIT_SETUP);
     worker_run((sandbox_shm_header *) slots[index].shm, slots[index].shm_bytes, base_vm);
@@ -614,6 +650,7 @@ int phase_sandbox_server_main(int argc, char **argv)
     if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(devnull, 1) < 0)
         fatal("/dev/null");
     warm_up();
+    note_text_ranges();
 
     sigset_t chld;
     sigemptyset(&chld);
