@@ -182,9 +182,13 @@ class Client:
     def _ensure_peers(self) -> None:
         if self._peers or self._discovered:
             return
-        from pyphase.net.discovery import discover
+        try:
+            from pyphase.net.discovery import discover
 
-        for found in discover(self._discover_timeout, interfaces=self._mdns_interfaces):
+            found_peers = discover(self._discover_timeout, interfaces=self._mdns_interfaces)
+        except ImportError as exc:
+            raise NoPeers(f"no peers given, and LAN discovery needs the zeroconf package ({exc})") from None
+        for found in found_peers:
             self.add_peer(found.address)
         self._discovered = True
 

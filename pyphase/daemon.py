@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from pyphase.errors import IdentityError
 from pyphase.identity import Identity
@@ -70,26 +70,23 @@ async def run_node(config: NodeConfig, log: EventLog) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.request_stop)
-    announcer = None
+    holder: list[Any] = []          # the Announcer, once it exists
     announcing: asyncio.Task[None] | None = None
     try:
         address = await node.start()
         _write_address(config.data_dir, address)     # first, so whoever reads the printed line finds the file
         print(address, flush=True)
         if config.mdns:
-            from pyphase.net.discovery import Announcer
-
             listen_host = config.listen.rpartition(":")[0] or "0.0.0.0"
-            announcer = Announcer(identity, node.host if listen_host not in ("0.0.0.0", "*") else "0.0.0.0",
-                                  node.port, node.capabilities(), config.mdns_interfaces, on_event=log)
-            # probing the name takes about a second: serve direct addresses meanwhile
-            announcing = asyncio.get_running_loop().create_task(_announce(announcer, log))
+            host = node.host if listen_host not in ("0.0.0.0", "*") else "0.0.0.0"
+            announcing = asyncio.get_running_loop().create_task(
+                _announce(identity, host, node.port, node.capabilities(), config.mdns_interfaces, log, holder))
         await node.serve()
     finally:
         if announcing is not None:
             if not announcing.done():
                 announcing.cancel()
-            if announcer is not None:
+            for announcer in holder:
                 try:
                     await announcer.close()
                 except Exception as exc:
@@ -99,12 +96,18 @@ async def run_node(config: NodeConfig, log: EventLog) -> int:
     return 0
 
 
-async def _announce(announcer: object, log: EventLog) -> None:
+async def _announce(identity: Identity, host: str, port: int, caps: dict[str, Any], interfaces: str,
+                    log: EventLog, holder: list[Any]) -> None:
+    """Announce on the LAN; probing the name takes about a second, so this runs beside the serving node."""
     try:
-        await announcer.start()  # type: ignore[attr-defined]
+        from pyphase.net.discovery import Announcer
+
+        announcer = Announcer(identity, host, port, caps, interfaces, on_event=log)
+        holder.append(announcer)
+        await announcer.start()
     except asyncio.CancelledError:
         raise
-    except Exception as exc:   # no multicast here: the node still serves direct addresses
+    except Exception as exc:   # no zeroconf, no multicast here: the node still serves direct addresses
         log("warning", message=f"mDNS unavailable: {type(exc).__name__}: {exc}")
 
 

@@ -7,8 +7,12 @@ import subprocess
 import sys
 import time
 
-from pyphase import Client
-from pyphase.net.discovery import discover
+import pytest
+
+pytest.importorskip("zeroconf", reason="LAN discovery needs zeroconf (a pyphase dependency)")
+
+from pyphase import Client  # noqa: E402
+from pyphase.net.discovery import discover  # noqa: E402
 
 
 def test_discover_finds_every_node_within_a_second(start_nodes):
