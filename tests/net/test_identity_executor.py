@@ -1,0 +1,50 @@
+"""The node knows which key is talking (ZAP), and falls back to threads when the sandbox cannot run."""
+
+from __future__ import annotations
+
+import zmq.utils.z85
+
+from pyphase import Client, Identity
+from pyphase.net import executor as executor_mod
+from pyphase.net.executor import EMPTY_MODULE, ThreadExecutor, make_executor
+
+
+def test_node_records_the_authenticated_client_key(start_nodes, hello_bytes):
+    (node,) = start_nodes(1, sandbox=False)
+    me = Identity.generate()
+    with Client(peers=[node.address], identity=me) as client:
+        client.submit(hello_bytes, input=b"who")
+    # the CURVE key the node authenticated is the X25519 form of the client's Ed25519 identity
+    expected = zmq.utils.z85.encode(me.curve_keypair()[0]).decode()
+    assert expected in {e["key"] for e in node.events("peer_connected")}
+    assert node.events("offer")[-1]["client"] == expected
+
+
+def test_executor_falls_back_to_threads(monkeypatch):
+    class Broken:
+        def __init__(self, workers: int) -> None:
+            raise OSError("no fork server here")
+
+    monkeypatch.setattr(executor_mod, "SandboxExecutor", Broken)
+    warnings: list[str] = []
+    ex = make_executor(1, sandbox=True, warn=warnings.append)
+    try:
+        assert isinstance(ex, ThreadExecutor) and "no fork server" in warnings[0]
+        result = ex.submit(EMPTY_MODULE, b"").result(timeout=30)
+        assert result.status == "ok"
+        bad = ex.submit(b"\0asm\1\0\0\0junk", b"").result(timeout=30)
+        assert bad.status == "invalid_module"
+    finally:
+        ex.close()
+
+
+def test_sandbox_executor_when_it_works():
+    warnings: list[str] = []
+    ex = make_executor(1, sandbox=True, warn=warnings.append)
+    try:
+        assert ex.kind in ("sandbox", "thread")
+        assert ex.submit(EMPTY_MODULE, b"").result(timeout=30).status == "ok"
+        if ex.kind == "thread":
+            assert warnings
+    finally:
+        ex.close()
