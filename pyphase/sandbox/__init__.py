@@ -94,6 +94,8 @@ class Sandbox:
         self._shm_bytes = shm_bytes
         self._restart_lock = threading.Lock()
         self.restarts = 0
+        self._uncacheable: set[bytes] = set()
+        self._last_added: tuple[bytes, float] | None = None
         self._free: queue.SimpleQueue[_sandbox.Slot] = queue.SimpleQueue()
         self._start_server()
         self._closed = False
@@ -149,6 +151,10 @@ class Sandbox:
         with self._restart_lock:
             if self._closed or self._slots is not broken:
                 return
+            # If the server died soon after we had it cache a module, never ask any server to cache that module
+            # again: its jobs still run, with the bytes validated in each worker.
+            if self._last_added is not None and time.monotonic() - self._last_added[1] < 5.0:
+                self._uncacheable.add(self._last_added[0])
             self._main.close()
             if self._server.poll() is None:
                 self._server.kill()
@@ -318,7 +324,7 @@ class Sandbox:
         """Have the fork server cache a module a worker validated without incident, so later workers
         inherit it (no re-validation, no copy per job)."""
         with self._lock:
-            if digest in self._modules or self._closed:
+            if digest in self._modules or digest in self._uncacheable or self._closed:
                 return
             header = _sandbox.add_message(len(data))
             try:
@@ -326,6 +332,7 @@ class Sandbox:
             except OSError:
                 return   # the server is gone; the next job reports it
             self._adds += 1
+            self._last_added = (digest, time.monotonic())
             self._modules[digest] = self._adds
 
     def _selftest(self, action: str, module: bytes, limits: Limits | None = None) -> Result:
