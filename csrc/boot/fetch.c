@@ -217,9 +217,14 @@ static enum attempt attempt(struct job *j, const struct url *u, const char *url_
         snprintf(j->last_error, sizeof j->last_error, "cannot open %s: %s", j->part, strerror(errno));
         return NEXT_SOURCE;
     }
-    long long have = j->manifest ? 0 : resume_state(out, &st, cap);
-    if (j->manifest && ftruncate(out, 0) == 0)
-        crypto_hash_sha256_init(&st);
+    long long have = 0;
+    crypto_hash_sha256_init(&st);
+    if (j->manifest) {
+        if (ftruncate(out, 0) != 0)
+            have = -1;
+    } else {
+        have = resume_state(out, &st, cap);
+    }
     if (have < 0) {
         snprintf(j->last_error, sizeof j->last_error, "cannot read %s", j->part);
         close(out);
