@@ -120,6 +120,7 @@ def test_detect_and_replace_is_fast(hello_bytes):
 
 def test_fork_server_death_fails_one_job_then_it_is_restarted(hello_bytes):
     with Sandbox(workers=2) as sb:
+        assert_hello_works(sb, hello_bytes)   # the server caches hello
         old = sb.server_pid
         os.kill(old, signal.SIGKILL)
         wait_until(lambda: not pid_alive(old), what="the fork server to die")
