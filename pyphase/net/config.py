@@ -4,8 +4,8 @@ Precedence: flag > environment (``PLASMD_<KEY>``, upper case) > file > default. 
 and its meaning (this table is the documentation ``plasmd --help-config`` prints)::
 
     listen          = "0.0.0.0:7465"    # HOST:PORT of the node's one ROUTER socket (port 0: any free port)
-    advertise       = ""                # host to announce and print when listening on 0.0.0.0 (default: first
-                                        # address of the mDNS interfaces, else 127.0.0.1)
+    advertise       = ""                # host to print (and write to the address file) when listening on
+                                        # 0.0.0.0 (default 127.0.0.1); mDNS announces every interface's address
     data_dir        = "~/.local/share/phase/node"   # identity, module cache, the address file
     identity        = ""                # key file (default DATA_DIR/identity.key, created mode 0600)
     ephemeral       = false             # fresh identity in memory only (Private mode: nothing on disk)

@@ -426,7 +426,7 @@ class Node:
     def _finish(self, key: tuple[bytes, bytes], manifest: dict[str, Any], module: bytes, data: bytes,
                 limits: Limits, client: str, started: str, times: tuple[float, float],
                 future: concurrent.futures.Future[Result]) -> None:
-        if self._running.pop(key, None) is None or self.sock is None:
+        if self._running.pop(key, None) is None or self.sock is None or self.sock.closed:
             return                      # already answered (the node stopped before the job finished)
         rid, tag = key
         t0, t1 = times
