@@ -67,6 +67,10 @@ def _server_command() -> list[str]:
         exe = Path(base) / SERVER_NAME
         if os.access(exe, os.X_OK):
             return [str(exe)]
+    return _fallback_command()
+
+
+def _fallback_command() -> list[str]:
     return [sys.executable, "-I", "-c", "import sys; from pyphase import _sandbox; _sandbox.server_main(sys.argv[1:])"]
 
 

@@ -194,3 +194,15 @@ def test_no_fds_or_processes_leak(hello_bytes, wat):
     children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
     assert str(server) not in children
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_fallback_fork_server_in_a_fresh_python(monkeypatch, hello_bytes):
+    # Without the phase-sandboxd executable, the same C entry point runs in a fresh `python -I`.
+    import pyphase.sandbox as sandbox_module
+
+    monkeypatch.setattr(sandbox_module, "_server_command", sandbox_module._fallback_command)
+    with Sandbox(workers=1) as sb:
+        assert_hello_works(sb, hello_bytes)
+        r = sb._selftest("forbidden_syscall", hello_bytes)
+        assert r.status == "crashed" and "SIGSYS" in r.message
+        assert_hello_works(sb, hello_bytes)
