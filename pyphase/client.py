@@ -47,6 +47,7 @@ __all__ = ["Client", "RemoteResult", "parse_address"]
 DEFAULT_RETRIES = 3
 CONNECT_TIMEOUT_S = 2.0
 TIMEOUT_SLACK_S = 5.0
+MAX_BACKOFF_S = 1.0            # longest pause before re-asking a peer that failed, when no other is left
 ZERO_COPY_MIN = 256 << 10      # smaller frames are cheaper to copy than to track
 _MONITOR_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -359,6 +360,10 @@ class Client:
                     peer = self._pick(job, busy, probe)      # all tried once: go round again (nodes come back)
                 if peer is None:
                     break
+                wait = peer.down_until - time.monotonic()
+                if wait > 0 and not active:
+                    # every candidate failed recently (busy, unreachable): back off before asking again
+                    time.sleep(min(wait, MAX_BACKOFF_S))
                 tried.add(peer.peer_id)
                 attempt = self._new_attempt(job, peer, timeout, probe)
                 active[attempt.tag] = attempt
@@ -451,7 +456,7 @@ class Client:
         elif msg.type == "reject":
             reason = msg["reason"]
             self._fail(job, active, attempt, f"rejected: {reason} ({msg['detail']})",
-                       down_for=0.0 if reason in ("busy", "duplicate") else 5.0)
+                       down_for=min(MAX_BACKOFF_S, 0.02 * 2 ** peer.strikes) if reason == "busy" else 5.0)
         elif msg.type == "error":
             self._fail(job, active, attempt, f"error {msg['code']}: {msg['detail']}")
         elif msg.type == "result":

@@ -112,3 +112,23 @@ def test_node_restart_reuses_client_connection(start_nodes, hello_bytes):
         assert client.submit(hello_bytes, input=b"12").stdout == b"21"
         node.restart()
         assert client.submit(hello_bytes, input=b"34", retries=5).stdout == b"43"
+
+
+def test_busy_node_rejects_and_client_backs_off(start_nodes, spin_bytes):
+    (node,) = start_nodes(1, workers=1, sandbox=False, env={"PLASMD_QUEUE": "0"})
+    results: dict = {}
+
+    def run(i: int) -> None:
+        with Client(peers=[node.address]) as client:
+            try:
+                results[i] = client.submit(spin_bytes, spin_input(20_000, b"%d" % i), retries=20).stdout
+            except BaseException as exc:
+                results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert all(results[i] == spin_input(20_000, b"%d" % i) for i in range(3)), results
+    assert any(r["reason"] == "busy" for r in node.events("reject"))
