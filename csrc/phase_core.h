@@ -101,6 +101,11 @@ typedef struct phase_result {
     uint8_t stderr_hash[PHASE_SHA256_BYTES];
 } phase_result;
 
+/* Instantiate and compile every function now, without running guest code (not even the start function),
+ * and keep the instance for this module's next job. A fork server calls this so that every worker it
+ * forks inherits compiled code. 0, or -1 with a message. */
+int phase_module_prepare(phase_module *module, const phase_limits *limits, char *err, size_t errlen);
+
 /* Run one job. Always fills result (status says how it ended); returns 0, or -1 if the
  * host itself failed (out of memory), with status PHASE_CRASHED and a message. */
 int phase_job_run(const phase_job_spec *spec, phase_result *result);

@@ -449,6 +449,38 @@ static void instance_release(phase_job *job, phase_instance *inst, int reusable)
         instance_free(inst);
 }
 
+int phase_module_prepare(phase_module *pm, const phase_limits *limits, char *err, size_t errlen)
+{
+    phase_job_spec spec;
+    phase_result res;
+    phase_job job;
+    memset(&spec, 0, sizeof spec);
+    memset(&res, 0, sizeof res);
+    memset(&job, 0, sizeof job);
+    spec.module = pm;
+    spec.limits = *limits;
+    job.spec = &spec;
+    job.result = &res;
+    uint64_t cap_pages = limits->memory_bytes / PHASE_WASM_PAGE;
+    if (pm->info.has_memory && pm->info.mem_initial_pages > cap_pages) {
+        snprintf(err, errlen, "initial memory is above the limit of %llu bytes", (unsigned long long) limits->memory_bytes);
+        return -1;
+    }
+    phase_instance *inst = instance_new(&job, capped_max_pages(pm, cap_pages));
+    if (!inst) {
+        snprintf(err, errlen, "%s", res.message);
+        return -1;
+    }
+    M3Result r = m3_CompileModule(inst->module);
+    if (r != m3Err_none) {
+        snprintf(err, errlen, "wasm3 cannot compile the module: %s", r);
+        instance_free(inst);
+        return -1;
+    }
+    instance_release(&job, inst, 1);
+    return 0;
+}
+
 static void run_entry(phase_job *job, phase_instance *inst)
 {
     const phase_job_spec *spec = job->spec;
