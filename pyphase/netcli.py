@@ -94,6 +94,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_peers(args: argparse.Namespace) -> int:
     from pyphase.cli import _fail
 
+    if not args.peer:
+        # listing is the point here: browse for the whole --discover-timeout, not until the first answer
+        from pyphase.net.discovery import discover
+
+        try:
+            args.peer = [p.address for p in discover(args.discover_timeout, settle=None)]
+        except ImportError as exc:
+            return _fail(f"LAN discovery needs the zeroconf package ({exc})", 1)
+        if not args.peer:
+            print("no peers found", file=sys.stderr)
+            return 1
     try:
         client = _client(args)
     except ValueError as exc:
