@@ -66,6 +66,9 @@ typedef struct phase_job {
 } phase_job;
 
 uint64_t phase_now_ns(void);
+
+/* Size table 0 as the module declares it, before m3_LoadModule. 0, or -1 when out of memory. */
+int phase_table_presize(IM3Module module, const phase_wasm_info *info);
 uint64_t phase_job_fuel_used(const phase_job *job);
 
 /* Link every WASI function the module imports. Returns NULL or a wasm3 error. */

@@ -267,7 +267,9 @@ static void classify(phase_job *job, M3Result r, int32_t returned)
     } else if (job->grow_refused && strncmp(r, "[trap]", 6) == 0) {
         res->status = PHASE_MEMORY_LIMIT;
         set_message(res, "memory.grow to %llu pages was refused (limit %llu bytes), then: %s",
-                    (unsigned long long) job->grow_requested_pages, (unsigned long long) lim->memory_bytes,
+                    (unsigned long long) job->grow_requested_pages,
+                    (unsigned long long) (lim->memory_bytes < (uint64_t) d_m3MaxLinearMemoryPages * PHASE_WASM_PAGE
+                                              ? lim->memory_bytes : (uint64_t) d_m3MaxLinearMemoryPages * PHASE_WASM_PAGE),
                     trap_text(r));
     } else if (strncmp(r, "[trap]", 6) == 0) {
         res->status = PHASE_TRAP;
@@ -308,6 +310,21 @@ static uint32_t capped_max_pages(const phase_module *pm, uint64_t cap_pages)
     return (uint32_t) (declared < cap_pages ? declared : cap_pages);
 }
 
+int phase_table_presize(IM3Module module, const phase_wasm_info *info)
+{
+    /* wasm3 does not parse the table section: give table 0 its declared initial size, so element segments
+     * are checked against it (patch 0008) and call_indirect's bounds are the declared ones. */
+    if (!info->has_table || info->table_initial == 0)
+        return 0;
+    uint32_t size = info->table_initial < d_m3MaxSaneTableSize ? info->table_initial : d_m3MaxSaneTableSize;
+    IM3Function *table = calloc(size, sizeof *table);
+    if (!table)
+        return -1;
+    module->table0 = table;   /* freed by wasm3 with the module */
+    module->table0Size = size;
+    return 0;
+}
+
 /* Parse, cap memory, load and link a fresh instance. On failure returns NULL with the status set. */
 static phase_instance *instance_new(phase_job *job, uint32_t max_pages)
 {
@@ -334,6 +351,11 @@ static phase_instance *instance_new(phase_job *job, uint32_t max_pages)
     }
     /* Cap growth here instead of through wasm3's memoryLimit, which truncates silently. */
     inst->module->memoryInfo.maxPages = max_pages;
+    if (phase_table_presize(inst->module, &pm->info) != 0) {
+        m3_FreeModule(inst->module);
+        inst->module = NULL;
+        goto oom;
+    }
     inst->start_function = inst->module->startFunction;
     r = m3_LoadModule(inst->runtime, inst->module);
     if (r) {
@@ -546,12 +568,15 @@ int phase_job_run(const phase_job_spec *spec, phase_result *res)
     phase_sha256(spec->input, spec->input_len, res->input_hash);
     res->exit_code = -1;
 
+    /* wasm3 0.5.0 holds at most d_m3MaxLinearMemoryPages (2 GiB) whatever the limit says. */
     uint64_t cap_pages = spec->limits.memory_bytes / PHASE_WASM_PAGE;
+    if (cap_pages > d_m3MaxLinearMemoryPages)
+        cap_pages = d_m3MaxLinearMemoryPages;
     if (pm->info.has_memory && pm->info.mem_initial_pages > cap_pages) {
         res->status = PHASE_MEMORY_LIMIT;
         set_message(res, "the module needs %llu bytes of initial memory, the limit is %llu",
                     (unsigned long long) pm->info.mem_initial_pages * PHASE_WASM_PAGE,
-                    (unsigned long long) spec->limits.memory_bytes);
+                    (unsigned long long) (cap_pages * PHASE_WASM_PAGE));
     } else {
         phase_instance *inst = instance_acquire(&job, capped_max_pages(pm, cap_pages));
         if (inst) {

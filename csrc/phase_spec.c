@@ -345,6 +345,11 @@ phase_spec_status phase_spec_instantiate(const uint8_t *bytes, size_t len, const
         max_pages = info.mem_has_max && info.mem_max_pages < SPEC_MEMORY_CAP_PAGES ? info.mem_max_pages
                                                                                  : SPEC_MEMORY_CAP_PAGES;
     si->inst.module->memoryInfo.maxPages = max_pages;
+    if (phase_table_presize(si->inst.module, &info) != 0) {
+        m3_FreeModule(si->inst.module);
+        si->inst.module = NULL;
+        goto oom;
+    }
     si->inst.start_function = si->inst.module->startFunction;
     r = m3_LoadModule(si->inst.runtime, si->inst.module);
     if (r) {

@@ -144,3 +144,8 @@ def test_host_io_costs_fuel_by_the_byte(probe_bytes):
     empty = pyphase.run(probe_bytes, b"", args=["cat"]).fuel_used
     full = pyphase.run(probe_bytes, b"x" * 640_000, args=["cat"], limits=Limits(output_bytes=1 << 20)).fuel_used
     assert full - empty >= 2 * 10_000      # read and written: one tick per 64 bytes each way
+
+
+def test_memory_limit_above_what_wasm3_holds_is_capped(wat):
+    r = pyphase.run(wat('(module (memory 40000) (func (export "_start")))'), limits=Limits(memory_bytes=4 << 30))
+    assert r.status == "memory_limit" and str(2 << 30) in r.message

@@ -112,3 +112,31 @@ def test_long_valid_function_runs(wat):
     body = "(local.set 0 (i32.add (local.get 0) (i32.const 1)))\n" * 20000
     r = pyphase.run(wat(f'(module (func (export "_start") (result i32) (local i32) {body} (local.get 0)))'))
     assert (r.status, r.exit_code) == ("ok", 20000)
+
+
+def test_empty_element_segment_is_fine(wat):
+    # wasm3 0.5.0 failed this valid module with "memory allocation failed" (patch 0008)
+    r = pyphase.run(wat('(module (table 10 funcref) (elem (i32.const 0)) (func (export "_start")))'))
+    assert r.status == "ok", r.message
+
+
+def test_element_segment_past_the_declared_table_fails_instantiation(wat):
+    r = pyphase.run(wat('(module (table 1 funcref) (func $f) (elem (i32.const 1) $f) (func (export "_start")))'))
+    assert r.status == "trap" and "does not fit" in r.message
+
+
+def test_call_indirect_bounds_are_the_declared_table(wat):
+    # index 3 is inside the declared table of 5 but was never initialised: a trap, not "out of bounds" of a
+    # table wasm3 had sized by its segments
+    r = pyphase.run(wat('(module (type $t (func)) (table 5 funcref) (func $f) (elem (i32.const 0) $f)'
+                        ' (func (export "_start") (call_indirect (type $t) (i32.const 3))))'))
+    assert r.status == "trap"
+    ok = pyphase.run(wat('(module (type $t (func)) (table 5 funcref) (func $f) (elem (i32.const 4) $f)'
+                         ' (func (export "_start") (call_indirect (type $t) (i32.const 4))))'))
+    assert ok.status == "ok", ok.message
+
+
+def test_wasm_integer_overflow_wraps(wat):
+    r = pyphase.run(wat('(module (func (export "_start") (result i32)'
+                        ' (i32.add (i32.const 2147483647) (i32.const 1))))'))
+    assert (r.status, r.exit_code) == ("ok", -2147483648)

@@ -15,7 +15,7 @@ common=(-g -O2 -fno-omit-frame-pointer -I "$root/csrc" -I "$w3" -Dd_m3HasWASI=0 
 objs=()
 for f in "$w3"/*.c; do
     o="$out/obj/w3_$(basename "$f" .c).o"
-    "$cc" "${common[@]}" -fsanitize=fuzzer-no-link -w -c "$f" -o "$o"
+    "$cc" "${common[@]}" -fwrapv -fsanitize=fuzzer-no-link -w -c "$f" -o "$o"
     objs+=("$o")
 done
 for f in "$root"/csrc/phase_job.c "$root"/csrc/phase_wasi.c "$root"/csrc/phase_crypto.c "$root"/csrc/wasm_validate*.c; do
