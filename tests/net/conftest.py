@@ -1,18 +1,9 @@
-"""Real ``plasmd`` processes on loopback addresses (127.0.0.x) for the network tests.
-
-Nodes are waited for by reading the address line each prints once listening (a blocking read with a
-deadline), never by sleeping. mDNS, when a test turns it on, is bound to 127.0.0.1 only.
-"""
+"""Fixtures of the network tests: nodes started per test and stopped afterwards (see net_support.py)."""
 
 from __future__ import annotations
 
-import json
 import os
-import selectors
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -20,151 +11,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import programs  # noqa: E402
+from net_support import SPIN_ECHO, NodeProc, loopback_host  # noqa: E402
 
 # Never announce or browse on this machine's real interfaces from a test.
 os.environ["PHASE_MDNS_INTERFACES"] = "127.0.0.1"
-
-START_TIMEOUT_S = 20.0
-_next_host = [2]
-
-
-def loopback_host() -> str:
-    """A fresh 127.0.0.x for each node, so tests also cover distinct hosts."""
-    _next_host[0] = _next_host[0] % 250 + 1
-    return f"127.0.0.{_next_host[0] + 1}"
-
-
-class NodeProc:
-    """One ``plasmd`` process; ``restart()`` brings it back on the same address with the same identity."""
-
-    def __init__(self, data_dir: Path, host: str, *, workers: int = 2, sandbox: bool = True, mdns: bool = False,
-                 misbehave: str | None = None, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
-        self.data_dir = data_dir
-        self.host = host
-        self.port = 0
-        self.workers = workers
-        self.sandbox = sandbox
-        self.mdns = mdns
-        self.misbehave = misbehave
-        self.extra = extra
-        self.env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.address = ""
-        self.log_path = data_dir.with_suffix(".log")
-
-    def start(self) -> NodeProc:
-        cmd = [sys.executable, "-m", "pyphase.daemon", "--listen", f"{self.host}:{self.port}",
-               "--data-dir", str(self.data_dir), "--workers", str(self.workers)]
-        cmd += ["--mdns-interfaces", "127.0.0.1"] if self.mdns else ["--no-mdns"]
-        if not self.sandbox:
-            cmd.append("--no-sandbox")
-        cmd += list(self.extra)
-        env = dict(os.environ, PHASE_MDNS_INTERFACES="127.0.0.1", **self.env)
-        env.pop("PHASE_TEST_MISBEHAVE", None)
-        if self.misbehave:
-            env["PHASE_TEST_MISBEHAVE"] = self.misbehave
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env)
-        log.close()
-        self.address = self._read_address()
-        self.port = int(self.address.rsplit(":", 1)[1])
-        return self
-
-    def _read_address(self) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        buf = b""
-        try:
-            while b"\n" not in buf:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not sel.select(remaining):
-                    raise RuntimeError(f"plasmd printed no address in {START_TIMEOUT_S}s: {self.log_tail()}")
-                chunk = os.read(self.proc.stdout.fileno(), 4096)
-                if not chunk:
-                    raise RuntimeError(f"plasmd exited ({self.proc.wait()}): {self.log_tail()}")
-                buf += chunk
-        finally:
-            sel.close()
-        return buf.split(b"\n", 1)[0].decode().strip()
-
-    def log_tail(self, n: int = 2000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def events(self, name: str | None = None) -> list[dict]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if name is None or record.get("event") == name:
-                out.append(record)
-        return out
-
-    def wait_event(self, name: str, timeout: float = 20.0) -> dict:
-        """The first logged event ``name``, polling the log until ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.events(name)
-            if found:
-                return found[0]
-            if time.monotonic() > deadline or not self.alive:
-                raise AssertionError(f"no {name} event: {self.log_tail()}")
-            time.sleep(0.01)
-
-    def wait_event_count(self, name: str, count: int, timeout: float = 20.0) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.events(name)
-            if len(found) >= count:
-                return found
-            if time.monotonic() > deadline or not self.alive:
-                raise AssertionError(f"fewer than {count} {name} events: {self.log_tail()}")
-            time.sleep(0.01)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def terminate(self, timeout: float = 20.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-
-    def restart(self) -> NodeProc:
-        self.kill()
-        self.close_pipes()
-        return self.start()
-
-    def close_pipes(self) -> None:
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                try:
-                    self.terminate(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
-            self.close_pipes()
 
 
 @pytest.fixture
@@ -189,5 +39,5 @@ def start_nodes(tmp_path: Path) -> Iterator[Callable[..., list[NodeProc]]]:
 
 @pytest.fixture(scope="session")
 def spin_bytes(wat: Callable[[str], bytes]) -> bytes:
-    return wat(programs.SPIN_ECHO)
+    return wat(SPIN_ECHO)
 

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from programs import spin_input
+from net_support import spin_input
 from pyphase import Client
 from pyphase.net.config import load_config
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from programs import spin_input
+from net_support import spin_input
 from pyphase import Client
 from pyphase.errors import NetworkError
 

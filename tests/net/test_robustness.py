@@ -23,7 +23,7 @@ SMALL = {"PLASMD_LIMITS_MODULE": "256KiB", "PLASMD_LIMITS_INPUT": "64KiB"}
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, hello_bytes):
-    from conftest import NodeProc, loopback_host  # type: ignore[import-not-found]
+    from net_support import NodeProc, loopback_host
 
     n = NodeProc(tmp_path_factory.mktemp("robust") / "node", loopback_host(), sandbox=False, env=SMALL).start()
     yield n

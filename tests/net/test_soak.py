@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from programs import spin_input
+from net_support import spin_input
 from pyphase import Client
 
 JOBS = 1000
