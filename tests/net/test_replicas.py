@@ -56,3 +56,23 @@ def test_replica_on_dead_node_is_replaced(start_nodes, hello_bytes):
         result = client.submit(hello_bytes, input=b"xyz", replicas=3)
     assert result.stdout == b"zyx" and len(result.receipts) == 3
     assert nodes[0].address.split("@")[0] not in {r["node"]["peer_id"] for r in result.receipts}
+
+
+def test_cli_replicas_names_the_liar(start_nodes, hello_bytes, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    honest = start_nodes(2, sandbox=False)
+    (liar,) = start_nodes(1, sandbox=False, misbehave="lie-stdout")
+    hello = tmp_path / "hello.wasm"
+    hello.write_bytes(hello_bytes)
+    peers = [a for n in (*honest, liar) for a in ("--peer", n.address)]
+    out = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(hello), "--input", "abc", "--replicas", "3",
+                          *peers], capture_output=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == b"cba", out.stderr
+    assert liar.address.split("@")[0].encode() in out.stderr
+    js = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(hello), "--input", "abc", "--replicas", "3",
+                         "--json", *peers], capture_output=True, timeout=60)
+    doc = json.loads(js.stdout)
+    assert doc["dissent"] == [liar.address.split("@")[0]] and len(doc["receipts"]) == 3
