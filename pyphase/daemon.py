@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from pyphase.errors import IdentityError
+from pyphase.errors import IdentityError, SandboxUnavailable
 from pyphase.identity import Identity
 from pyphase.net import config as config_mod
 from pyphase.net.config import NodeConfig, load_config
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = EventLog(config.log_format, stream)
     try:
         return asyncio.run(run_node(config, log))
-    except IdentityError as exc:
+    except (IdentityError, SandboxUnavailable) as exc:
         print(f"plasmd: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

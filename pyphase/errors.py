@@ -40,6 +40,11 @@ class VerificationError(PhaseError):
         self.problems = problems
 
 
+class SandboxUnavailable(PhaseError):
+    """Isolated workers were asked for and cannot run here; a node refuses to start rather than run strangers'
+    code in its own process (``sandbox = false`` / ``--no-sandbox`` is the explicit opt-out)."""
+
+
 class IdentityError(PhaseError):
     """An identity key file is missing, unreadable or malformed."""
 

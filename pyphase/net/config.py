@@ -10,7 +10,7 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     identity        = ""                # key file (default DATA_DIR/identity.key, created mode 0600)
     ephemeral       = false             # fresh identity in memory only (Private mode: nothing on disk)
     workers         = 0                 # job workers (0: one per core)
-    sandbox         = true              # isolated worker processes; false or unavailable: threads in the node
+    sandbox         = true              # isolated worker processes; unavailable: plasmd refuses to start; false: threads in the node
     queue           = 64                # jobs accepted beyond the running ones before offers get "busy"
     cache_bytes     = "256MiB"          # on-disk module cache bound (LRU)
     mdns            = true              # announce on the LAN as _phase._tcp.local. and log peers found/lost

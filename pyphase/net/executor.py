@@ -12,7 +12,7 @@ import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Mapping, Sequence
 
-from pyphase.errors import InvalidModule
+from pyphase.errors import InvalidModule, SandboxUnavailable
 from pyphase.limits import Limits
 from pyphase.result import Result, hash_text
 
@@ -82,22 +82,28 @@ Executor = ThreadExecutor | SandboxExecutor
 
 
 def make_executor(workers: int, sandbox: bool, warn: Callable[[str], None] = lambda _: None) -> Executor:
-    """The sandbox when asked for and it runs a job correctly; else the thread pool (``warn`` says why)."""
-    if sandbox:
-        try:
-            executor = SandboxExecutor(workers)
-        except Exception as exc:   # ImportError, SandboxError, OSError: any reason means "not usable here"
-            warn(f"sandbox unavailable ({type(exc).__name__}: {exc}); running jobs in threads")
-        else:
-            try:
-                result = executor._sandbox.run(EMPTY_MODULE, b"", limits=Limits(timeout_ms=5000))
-                if result.status == "ok":
-                    return executor
-                warn(f"sandbox self-test ended {result.status}: {result.message}; running jobs in threads")
-            except Exception as exc:
-                warn(f"sandbox self-test failed ({type(exc).__name__}: {exc}); running jobs in threads")
-            executor.close()
-    return ThreadExecutor(workers)
+    """The sandbox, checked with a self-test job; threads only when ``sandbox`` is False.
+
+    A node never falls back to threads by itself: running strangers' code in the node's own process must be
+    asked for (``sandbox = false``), so a sandbox that cannot start raises :class:`SandboxUnavailable`.
+    """
+    if not sandbox:
+        warn("sandbox disabled by configuration: jobs run in threads inside the node's process")
+        return ThreadExecutor(workers)
+    hint = "; fix it, or start plasmd with --no-sandbox to run jobs in the node's own process"
+    try:
+        executor = SandboxExecutor(workers)
+    except Exception as exc:   # ImportError, SandboxError, OSError
+        raise SandboxUnavailable(f"sandbox unavailable ({type(exc).__name__}: {exc}){hint}") from exc
+    try:
+        result = executor._sandbox.run(EMPTY_MODULE, b"", limits=Limits(timeout_ms=5000))
+    except Exception as exc:
+        executor.close()
+        raise SandboxUnavailable(f"sandbox self-test failed ({type(exc).__name__}: {exc}){hint}") from exc
+    if result.status != "ok":
+        executor.close()
+        raise SandboxUnavailable(f"sandbox self-test ended {result.status}: {result.message}{hint}")
+    return executor
 
 
 def job_kwargs(manifest: Mapping[str, Any], limits: Limits) -> dict[str, Any]:

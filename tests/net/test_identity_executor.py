@@ -1,11 +1,14 @@
-"""The node knows which key is talking (ZAP), and falls back to threads when the sandbox cannot run."""
+"""The node knows which key is talking (ZAP); without a working sandbox it stops unless threads were asked for."""
 
 from __future__ import annotations
+
+import pytest
 
 import zmq.utils.z85
 
 from pyphase import Client, Identity
 from pyphase.net import executor as executor_mod
+from pyphase.errors import SandboxUnavailable
 from pyphase.net.executor import EMPTY_MODULE, ThreadExecutor, make_executor
 
 
@@ -20,16 +23,21 @@ def test_node_records_the_authenticated_client_key(start_nodes, hello_bytes):
     assert node.events("offer")[-1]["client"] == expected
 
 
-def test_executor_falls_back_to_threads(monkeypatch):
+def test_broken_sandbox_stops_the_node_instead_of_falling_back(monkeypatch):
     class Broken:
         def __init__(self, workers: int) -> None:
             raise OSError("no fork server here")
 
     monkeypatch.setattr(executor_mod, "SandboxExecutor", Broken)
+    with pytest.raises(SandboxUnavailable, match="no fork server here.*--no-sandbox"):
+        make_executor(1, sandbox=True)
+
+
+def test_threads_only_when_asked_for():
     warnings: list[str] = []
-    ex = make_executor(1, sandbox=True, warn=warnings.append)
+    ex = make_executor(1, sandbox=False, warn=warnings.append)
     try:
-        assert isinstance(ex, ThreadExecutor) and "no fork server" in warnings[0]
+        assert isinstance(ex, ThreadExecutor) and "disabled" in warnings[0]
         result = ex.submit(EMPTY_MODULE, b"").result(timeout=30)
         assert result.status == "ok"
         bad = ex.submit(b"\0asm\1\0\0\0junk", b"").result(timeout=30)
@@ -42,9 +50,7 @@ def test_sandbox_executor_when_it_works():
     warnings: list[str] = []
     ex = make_executor(1, sandbox=True, warn=warnings.append)
     try:
-        assert ex.kind in ("sandbox", "thread")
+        assert ex.kind == "sandbox" and not warnings
         assert ex.submit(EMPTY_MODULE, b"").result(timeout=30).status == "ok"
-        if ex.kind == "thread":
-            assert warnings
     finally:
         ex.close()
