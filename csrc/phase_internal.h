@@ -67,6 +67,9 @@ typedef struct phase_job {
 
 uint64_t phase_now_ns(void);
 
+/* Lowest native stack address a wasm frame may use on this thread (computed once per thread). */
+uintptr_t phase_native_stack_limit(void);
+
 /* Size table 0 as the module declares it, before m3_LoadModule. 0, or -1 when out of memory. */
 int phase_table_presize(IM3Module module, const phase_wasm_info *info);
 uint64_t phase_job_fuel_used(const phase_job *job);

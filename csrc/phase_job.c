@@ -201,7 +201,7 @@ void phase_memory_grow_refused(IM3Runtime runtime, u64 requested_pages)
 
 static __thread uintptr_t tls_stack_low;
 
-static uintptr_t native_stack_limit(void)
+uintptr_t phase_native_stack_limit(void)
 {
     if (!tls_stack_low) {
         pthread_attr_t attr;
@@ -512,7 +512,7 @@ static void run_entry(phase_job *job, phase_instance *inst)
 
     /* Arm every limit: m3_FindFunction compiles and runs the start function. */
     M3MemoryHeader *mem = inst->runtime->memory.mallocated;
-    mem->phase_stack_limit = native_stack_limit();
+    mem->phase_stack_limit = phase_native_stack_limit();
     mem->phase_fuel_countdown = 0;
     job->unlimited_fuel = spec->limits.fuel == 0;
     job->fuel_left = job->unlimited_fuel ? UINT64_MAX / 2 : spec->limits.fuel;

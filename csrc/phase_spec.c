@@ -15,7 +15,6 @@ M3Result LinkRawFunction(IM3Module io_module, IM3Function io_function, const cha
                          const void *i_function, const void *i_userdata);
 M3Result CompileFunction(IM3Function io_function);
 
-#define SPEC_NATIVE_STACK_RESERVE (256u * 1024u)
 #define SPEC_MEMORY_CAP_PAGES 65536u          /* 4 GiB: reserved lazily by phase_memory_resize */
 
 struct phase_spec_instance {
@@ -70,38 +69,13 @@ static void functype_sig(IM3FuncType ft, char *out, size_t outlen)
     out[k] = 0;
 }
 
-/* ---- native stack (the same rule as the job executor's) ----------------------------------- */
-
-static __thread uintptr_t tls_stack_low;
-
-static uintptr_t spec_stack_limit(void)
-{
-    if (!tls_stack_low) {
-        pthread_attr_t attr;
-        void *addr = NULL;
-        size_t size = 0;
-        if (pthread_getattr_np(pthread_self(), &attr) == 0) {
-            pthread_attr_getstack(&attr, &addr, &size);
-            pthread_attr_destroy(&attr);
-        }
-        uintptr_t here = (uintptr_t) __builtin_frame_address(0);
-        uintptr_t low = (uintptr_t) addr;
-        if (!addr || size == 0 || here < low || here - low > (64u << 20))
-            low = here - (1u << 20);
-        uintptr_t reserve = SPEC_NATIVE_STACK_RESERVE;
-        if (here - low < 4 * reserve)
-            reserve = (here - low) / 4;
-        tls_stack_low = low + reserve;
-    }
-    return tls_stack_low;
-}
 
 /* Arm the hooks' state before anything may run wasm code (start function, an invocation). */
 static void arm(phase_spec_instance *si)
 {
     M3MemoryHeader *mem = si->inst.runtime->memory.mallocated;
     if (mem) {
-        mem->phase_stack_limit = spec_stack_limit();
+        mem->phase_stack_limit = phase_native_stack_limit();   /* the job executor's rule */
         mem->phase_fuel_countdown = 0;
     }
     phase_job *job = &si->job;
