@@ -58,6 +58,11 @@ for spec in $(get '" ".join(p for v in d["roots"].values() for p in v)') $(get '
         *) cp -a "$spec" "$ROOT/opt/phase/site/" ;;
     esac
 done
+# The sandbox's fork server is an executable, not a .so, so the loop above does not see it; without it plasmd
+# (which refuses to run jobs unsandboxed unless told to) would not start.
+sandboxd=$("$PY" -c 'import pyphase.sandbox as s; c = s._server_command(); print(c[0] if len(c) == 1 else "")')
+[ -n "$sandboxd" ] || { echo "stage 2: pyphase has no phase-sandboxd executable" >&2; exit 1; }
+cp "$sandboxd" "$ROOT/opt/phase/site/pyphase/"
 find "$ROOT/opt/phase/site" -name '__pycache__' -prune -o -name '*.dist-info' -prune -exec rm -rf {} + 2>/dev/null || true
 
 # Shared libraries: everything the interpreter and the copied extensions link, by ldd.
