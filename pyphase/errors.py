@@ -6,7 +6,7 @@ might reasonably catch that instead.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pyphase.result import Result
@@ -116,7 +116,7 @@ class QuorumError(NetworkError):
     """Replicas disagreed and no output reached a quorum; ``receipts`` holds every receipt received,
     ``groups`` maps each output digest to the peers that reported it."""
 
-    def __init__(self, message: str, receipts: list[dict], groups: dict[str, list[str]],
+    def __init__(self, message: str, receipts: list[dict[str, Any]], groups: dict[str, list[str]],
                  attempts: list[tuple[str, str]] | None = None) -> None:
         self.receipts = receipts
         self.groups = groups

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 PROTOCOL = "phase/1"
 VERSION = 1
