@@ -107,6 +107,24 @@ def env_from_args(pairs: Sequence[str]) -> dict[str, str]:
     return env
 
 
+class UsageError(Exception):
+    """A command line that cannot be acted on: the message is shown and the command exits 2."""
+
+
+def read_job(args: argparse.Namespace) -> tuple[bytes, Limits, dict[str, str], bytes]:
+    """Module bytes, limits, environment and input named by the job options (``run`` and ``submit``)."""
+    try:
+        data = Path(args.module).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.module}: {exc.strerror}") from None
+    try:
+        return data, limits_from_args(args), env_from_args(args.env), _read_input(args)
+    except (LimitsError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read input: {exc.strerror}") from None
+
+
 def emit_result(result: Any, args: argparse.Namespace, receipt: dict[str, Any] | None) -> int:
     """Print a job's outcome as the CLI promises and return the exit code."""
     if receipt is not None and args.receipt:
@@ -145,17 +163,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pyphase.runtime import Module, run
 
     try:
-        data = Path(args.module).read_bytes()
-    except OSError as exc:
-        return _fail(f"cannot read {args.module}: {exc.strerror}")
-    try:
-        limits = limits_from_args(args)
-        env = env_from_args(args.env)
-        job_input = _read_input(args)
-    except (LimitsError, ValueError) as exc:
+        data, limits, env, job_input = read_job(args)
+    except UsageError as exc:
         return _fail(str(exc))
-    except OSError as exc:
-        return _fail(f"cannot read input: {exc.strerror}")
     program = Path(args.module).name
     try:
         module = Module.cached(data)

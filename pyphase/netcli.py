@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from pyphase.errors import LimitsError, NetworkError, QuorumError
+from pyphase.errors import NetworkError, QuorumError
 
 EXIT_NETWORK = 69      # EX_UNAVAILABLE: no peer could run the job
 EXIT_QUORUM = 1        # replicas disagreed: like a failed verification
@@ -39,20 +39,12 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from pyphase.cli import _fail, _read_input, emit_result, env_from_args, limits_from_args
+    from pyphase.cli import UsageError, _fail, emit_result, read_job
 
     try:
-        module = Path(args.module).read_bytes()
-    except OSError as exc:
-        return _fail(f"cannot read {args.module}: {exc.strerror}")
-    try:
-        limits = limits_from_args(args)
-        env = env_from_args(args.env)
-        job_input = _read_input(args)
-    except (LimitsError, ValueError) as exc:
+        module, limits, env, job_input = read_job(args)
+    except UsageError as exc:
         return _fail(str(exc))
-    except OSError as exc:
-        return _fail(f"cannot read input: {exc.strerror}")
     if args.replicas < 1 or args.retries < 0:
         return _fail("--replicas must be at least 1 and --retries at least 0")
     try:
