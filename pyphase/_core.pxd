@@ -1,4 +1,5 @@
 # C declarations of Phase's job core (csrc/phase_core.h), for the binding in _core.pyx.
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
 
 cdef extern from "phase_core.h" nogil:
@@ -84,3 +85,23 @@ cdef extern from "phase_crypto.h" nogil:
     int phase_crypto_init()
     void phase_sha256(const void *buf, size_t len, uint8_t *out)
     int phase_ed25519_verify(const uint8_t *sig, const uint8_t *msg, size_t msg_len, const uint8_t *pk)
+
+
+cdef inline tuple result_tuple(phase_result *res, tuple status_names):
+    """A job's result as the bindings hand it to Python (pyphase.runtime / pyphase.sandbox build Result from it):
+    (status, exit_code, message, stdout, stderr, fuel_used, wall_us, memory_peak,
+     module_sha256, input_sha256, stdout_sha256, stderr_sha256)."""
+    return (
+        status_names[<int> res.status],
+        res.exit_code,
+        res.message.decode("utf-8", "replace"),
+        PyBytes_FromStringAndSize(<char *> res.out, res.out_len) if res.out_len else b"",
+        PyBytes_FromStringAndSize(<char *> res.err, res.err_len) if res.err_len else b"",
+        res.fuel_used,
+        res.wall_us,
+        res.memory_peak_bytes,
+        PyBytes_FromStringAndSize(<char *> res.module_hash, 32),
+        PyBytes_FromStringAndSize(<char *> res.input_hash, 32),
+        PyBytes_FromStringAndSize(<char *> res.stdout_hash, 32),
+        PyBytes_FromStringAndSize(<char *> res.stderr_hash, 32),
+    )

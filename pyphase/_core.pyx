@@ -121,20 +121,7 @@ def run(CoreModule module not None, const uint8_t[::1] input not None, list argv
         with nogil:
             rc = phase_job_run(&spec, &res)
         try:
-            return (
-                STATUS_NAMES[<int> res.status],
-                res.exit_code,
-                res.message.decode("utf-8", "replace"),
-                PyBytes_FromStringAndSize(<char *> res.out, res.out_len) if res.out_len else b"",
-                PyBytes_FromStringAndSize(<char *> res.err, res.err_len) if res.err_len else b"",
-                res.fuel_used,
-                res.wall_us,
-                res.memory_peak_bytes,
-                PyBytes_FromStringAndSize(<char *> res.module_hash, 32),
-                PyBytes_FromStringAndSize(<char *> res.input_hash, 32),
-                PyBytes_FromStringAndSize(<char *> res.stdout_hash, 32),
-                PyBytes_FromStringAndSize(<char *> res.stderr_hash, 32),
-            )
+            return result_tuple(&res, STATUS_NAMES)
         finally:
             phase_result_clear(&res)
     finally:

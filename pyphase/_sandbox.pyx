@@ -6,7 +6,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
 
-from pyphase._core cimport (phase_result, phase_result_clear, phase_limits, phase_status_name, phase_status,
+from pyphase._core cimport (result_tuple, phase_result, phase_result_clear, phase_limits, phase_status_name, phase_status,
                             phase_crypto_init, PHASE_STATUS_COUNT)
 
 from pyphase.errors import PhaseError
@@ -80,7 +80,7 @@ cdef extern from "sandbox_proto.h" nogil:
 if phase_crypto_init() != 0:
     raise ImportError("libsodium failed to initialise")
 
-STATUS_NAMES = tuple(phase_status_name(<phase_status> i).decode() for i in range(<int> PHASE_STATUS_COUNT))
+from pyphase._core import STATUS_NAMES  # one table of status names, read from the C core
 HEADER_BYTES = SANDBOX_HEADER_BYTES
 MIN_SHM_BYTES = SANDBOX_MIN_SHM_BYTES
 # Test-only worker actions (see sandbox_proto.h); the public API never sets them.
@@ -248,20 +248,7 @@ cdef class Slot:
             if rc != 0:
                 raise PhaseError(err.decode("utf-8", "replace"))
             try:
-                return (
-                    STATUS_NAMES[<int> res.status],
-                    res.exit_code,
-                    res.message.decode("utf-8", "replace"),
-                    PyBytes_FromStringAndSize(<char *> res.out, res.out_len) if res.out_len else b"",
-                    PyBytes_FromStringAndSize(<char *> res.err, res.err_len) if res.err_len else b"",
-                    res.fuel_used,
-                    res.wall_us,
-                    res.memory_peak_bytes,
-                    PyBytes_FromStringAndSize(<char *> res.module_hash, 32),
-                    PyBytes_FromStringAndSize(<char *> res.input_hash, 32),
-                    PyBytes_FromStringAndSize(<char *> res.stdout_hash, 32),
-                    PyBytes_FromStringAndSize(<char *> res.stderr_hash, 32),
-                )
+                return result_tuple(&res, STATUS_NAMES)
             finally:
                 phase_result_clear(&res)
         finally:
