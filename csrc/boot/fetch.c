@@ -1,14 +1,23 @@
 /* phase-fetch: fetch by hash over HTTP from a list of sources, with retries and resume,
  * hashing as the bytes arrive.
  *
- *   phase-fetch --hash sha256:HEX --size N --out FILE [--retries R] [--timeout S] URL...
- *   phase-fetch --manifest --out FILE [--retries R] [--timeout S] URL...
+ *   phase-fetch --hash sha256:HEX --size N --out FILE [options] URL...
+ *   phase-fetch --manifest --out FILE [options] URL...
+ *     --retries R        attempts per source (3)
+ *     --timeout S        connect, DNS and per-receive timeout (10 s)
+ *     --min-rate B       a source slower than B bytes/s over a window is dropped (16384; 0: off)
+ *     --rate-window S    that window (15 s)
+ *     --socks IP:PORT    every connection goes through this SOCKS5 proxy, names resolved by it
+ *     --dns IP[:PORT]    nameserver for names in URLs (default: /etc/resolv.conf)
  *
- * URL is a source base, http://IP[:PORT][/prefix]; artifacts are at /sha256/<hex> below it,
- * the manifest at /boot/manifest.json. Sources are tried in order; each gets R attempts,
- * and an interrupted transfer resumes with a Range request. Bytes go to FILE.part; FILE
+ * URL is a source base, http://HOST[:PORT][/prefix], HOST an IP or a DNS name; artifacts are
+ * at /sha256/<hex> below it, the manifest at /boot/manifest.json. Sources are tried in order;
+ * each gets R attempts, and an interrupted transfer resumes with a Range request. A source
+ * that trickles is dropped for the next one (a fresh start: bytes from two sources are never
+ * mixed, so a bad hash always names the source that sent it). Bytes go to FILE.part; FILE
  * appears only once the size and SHA-256 match. The manifest is only size-capped here:
- * phase-verify checks its signature. Exit 0 ok, 1 every source failed, 2 usage. */
+ * phase-verify checks its signature. With --socks nothing but the proxy is ever contacted:
+ * no DNS query, no direct connection. Exit 0 ok, 1 every source failed, 2 usage. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -27,16 +36,14 @@
 #include <unistd.h>
 
 #include "bootmanifest.h"
+#include "netconn.h"
 #include "tools.h"
 
 #define HEADER_MAX 8192
 
 struct url {
-    char host[64];
-    int port;
+    struct phase_endpoint ep;
     char prefix[256];
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
 };
 
 struct job {
@@ -45,6 +52,9 @@ struct job {
     const char *out;
     char part[4096];
     int timeout_s;
+    long long min_rate;  /* bytes/s, 0: no rule */
+    int rate_window_s;
+    struct phase_route route;
     char last_error[512];
 };
 
@@ -56,23 +66,24 @@ static int parse_url(const char *text, struct url *u, char *why, size_t whylen)
         return -1;
     }
     const char *p = text + 7, *hend, *pstart;
+    char *host = u->ep.host;
     if (*p == '[') {
         hend = strchr(p, ']');
-        if (!hend || (size_t)(hend - p - 1) >= sizeof u->host) goto bad;
-        memcpy(u->host, p + 1, (size_t)(hend - p - 1));
+        if (!hend || (size_t)(hend - p - 1) >= sizeof u->ep.host) goto bad;
+        memcpy(host, p + 1, (size_t)(hend - p - 1));
         p = hend + 1;
     } else {
         hend = p + strcspn(p, ":/");
-        if ((size_t)(hend - p) >= sizeof u->host || hend == p) goto bad;
-        memcpy(u->host, p, (size_t)(hend - p));
+        if ((size_t)(hend - p) >= sizeof u->ep.host || hend == p) goto bad;
+        memcpy(host, p, (size_t)(hend - p));
         p = hend;
     }
-    u->port = 80;
+    u->ep.port = 80;
     if (*p == ':') {
         char *end;
         long port = strtol(p + 1, &end, 10);
         if (end == p + 1 || port < 1 || port > 65535) goto bad;
-        u->port = (int)port;
+        u->ep.port = (int)port;
         p = end;
     }
     pstart = p;
@@ -83,59 +94,14 @@ static int parse_url(const char *text, struct url *u, char *why, size_t whylen)
         u->prefix[--pl] = 0;
     for (const char *c = u->prefix; *c; c++)
         if (*c <= ' ' || *c > '~') goto bad;
-    struct sockaddr_in *a4 = (struct sockaddr_in *)&u->addr;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&u->addr;
-    if (inet_pton(AF_INET, u->host, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons((uint16_t)u->port);
-        u->addrlen = sizeof *a4;
-    } else if (inet_pton(AF_INET6, u->host, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons((uint16_t)u->port);
-        u->addrlen = sizeof *a6;
-    } else {
-        /* A static binary cannot use NSS: names are resolved before we are called (see /init). */
-        snprintf(why, whylen, "host '%s' is not an IP address", u->host);
+    if (phase_host_kind(host) < 0) {
+        snprintf(why, whylen, "host '%s' is neither an IP address nor a DNS name", host);
         return -1;
     }
     return 0;
 bad:
     snprintf(why, whylen, "malformed URL");
     return -1;
-}
-
-static int connect_timeout(const struct url *u, int timeout_s, char *why, size_t whylen)
-{
-    int fd = socket(u->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) {
-        snprintf(why, whylen, "socket: %s", strerror(errno));
-        return -1;
-    }
-    if (connect(fd, (const struct sockaddr *)&u->addr, u->addrlen) != 0 && errno != EINPROGRESS) {
-        snprintf(why, whylen, "connect: %s", strerror(errno));
-        close(fd);
-        return -1;
-    }
-    struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-    int r = poll(&pfd, 1, timeout_s * 1000);
-    int err = 0;
-    socklen_t el = sizeof err;
-    if (r == 0) {
-        snprintf(why, whylen, "connect: timed out after %d s", timeout_s);
-        close(fd);
-        return -1;
-    }
-    if (r < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) || err) {
-        snprintf(why, whylen, "connect: %s", strerror(err ? err : errno));
-        close(fd);
-        return -1;
-    }
-    int flags = fcntl(fd, F_GETFL);
-    fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-    struct timeval tv = {.tv_sec = timeout_s};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    return fd;
 }
 
 static int send_all(int fd, const char *buf, size_t n)
@@ -236,16 +202,23 @@ static enum attempt attempt(struct job *j, const struct url *u, const char *url_
         snprintf(path, sizeof path, "%s/sha256/%s", u->prefix, j->art.hash + 7);
 
     enum attempt result = RETRY;
-    int fd = connect_timeout(u, j->timeout_s, why, sizeof why);
-    if (fd < 0)
+    int retryable = 1;
+    long long started = phase_now_ms();
+    int fd = phase_open_stream(&j->route, &u->ep, j->timeout_s, why, sizeof why, &retryable);
+    if (fd < 0) {
+        if (!retryable) result = NEXT_SOURCE;
         goto fail;
+    }
+    const char *hfmt = strchr(u->ep.host, ':') ? "[%s]:%d" : "%s:%d";
+    char hostport[PHASE_HOST_MAX + 16];
+    snprintf(hostport, sizeof hostport, hfmt, u->ep.host, u->ep.port);
     int n;
     if (have > 0)
-        n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: phase-fetch\r\n"
-                     "Range: bytes=%lld-\r\nConnection: close\r\n\r\n", path, u->host, u->port, have);
+        n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: phase-fetch\r\n"
+                     "Range: bytes=%lld-\r\nConnection: close\r\n\r\n", path, hostport, have);
     else
-        n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: phase-fetch\r\n"
-                     "Connection: close\r\n\r\n", path, u->host, u->port);
+        n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: phase-fetch\r\n"
+                     "Connection: close\r\n\r\n", path, hostport);
     if (send_all(fd, req, (size_t)n)) {
         snprintf(why, sizeof why, "send: %s", strerror(errno));
         goto fail_fd;
@@ -256,6 +229,11 @@ static enum attempt attempt(struct job *j, const struct url *u, const char *url_
     while (!body) {
         if (hl == HEADER_MAX) {
             snprintf(why, sizeof why, "response headers too long");
+            result = NEXT_SOURCE;
+            goto fail_fd;
+        }
+        if (phase_now_ms() - started > j->timeout_s * 1000LL) {
+            snprintf(why, sizeof why, "no response headers within %d s", j->timeout_s);
             result = NEXT_SOURCE;
             goto fail_fd;
         }
@@ -313,6 +291,7 @@ static enum attempt attempt(struct job *j, const struct url *u, const char *url_
     char buf[1 << 16];
     size_t pending = pre;
     const char *chunk = body;
+    long long window_start = phase_now_ms(), window_bytes = have;
     for (;;) {
         if (pending) {
             if (have + (long long)pending > cap) {
@@ -337,6 +316,18 @@ static enum attempt attempt(struct job *j, const struct url *u, const char *url_
         if (r == 0) break;
         chunk = buf;
         pending = (size_t)r;
+        long long now = phase_now_ms(), span = now - window_start;
+        if (j->min_rate > 0 && span >= j->rate_window_s * 1000LL) {
+            long long rate = (have + (long long)pending - window_bytes) * 1000 / span;
+            if (rate < j->min_rate) {
+                snprintf(why, sizeof why, "too slow: %lld bytes/s over %lld s, below the minimum of %lld",
+                         rate, span / 1000, j->min_rate);
+                result = NEXT_SOURCE;
+                goto fail_fd;
+            }
+            window_start = now;
+            window_bytes = have + (long long)pending;
+        }
     }
     close(fd);
     if (!j->manifest && have < cap) {
@@ -385,6 +376,8 @@ int phase_fetch_main(int argc, char **argv)
         {"hash", required_argument, 0, 'H'}, {"size", required_argument, 0, 's'},
         {"out", required_argument, 0, 'o'},  {"manifest", no_argument, 0, 'm'},
         {"retries", required_argument, 0, 'r'}, {"timeout", required_argument, 0, 't'},
+        {"min-rate", required_argument, 0, 'M'}, {"rate-window", required_argument, 0, 'W'},
+        {"socks", required_argument, 0, 'S'}, {"dns", required_argument, 0, 'D'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     struct job j;
     int c, retries = 3;
@@ -392,6 +385,8 @@ int phase_fetch_main(int argc, char **argv)
     long long size = -1;
     memset(&j, 0, sizeof j);
     j.timeout_s = 10;
+    j.min_rate = 16384;
+    j.rate_window_s = 15;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (c) {
         case 'H': hash = optarg; break;
@@ -400,10 +395,23 @@ int phase_fetch_main(int argc, char **argv)
         case 'm': j.manifest = 1; break;
         case 'r': retries = atoi(optarg); break;
         case 't': j.timeout_s = atoi(optarg); break;
+        case 'M': j.min_rate = strtoll(optarg, NULL, 10); break;
+        case 'W': j.rate_window_s = atoi(optarg); break;
+        case 'S':
+            if (phase_parse_ip_port(optarg, &j.route.proxy, &j.route.proxylen)) {
+                fprintf(stderr, "phase-fetch: --socks %s: want IP:PORT (the proxy itself is never looked up)\n",
+                        optarg);
+                return 2;
+            }
+            j.route.socks = 1;
+            snprintf(j.route.proxy_text, sizeof j.route.proxy_text, "%s", optarg);
+            break;
+        case 'D': j.route.dns = optarg; break;
         default: goto usage;
         }
     }
-    if (!j.out || optind >= argc || retries < 1 || j.timeout_s < 1) goto usage;
+    if (!j.out || optind >= argc || retries < 1 || j.timeout_s < 1 || j.min_rate < 0 || j.rate_window_s < 1)
+        goto usage;
     if (!j.manifest) {
         if (!hash || size < 1 || size > PHASE_ARTIFACT_MAX_BYTES || strlen(hash) != 71 ||
             phase_hash_parse(hash, 71, j.art.digest)) goto usage;
@@ -432,7 +440,10 @@ int phase_fetch_main(int argc, char **argv)
     fprintf(stderr, "phase-fetch: every source failed; last: %s\n", j.last_error);
     return 1;
 usage:
-    fprintf(stderr, "usage: phase-fetch --hash sha256:HEX --size N --out FILE [--retries R] [--timeout S] URL...\n"
-                    "       phase-fetch --manifest --out FILE [--retries R] [--timeout S] URL...\n");
+    fprintf(stderr, "usage: phase-fetch --hash sha256:HEX --size N --out FILE [options] URL...\n"
+                    "       phase-fetch --manifest --out FILE [options] URL...\n"
+                    "options: --retries R (3)  --timeout S (10)  --min-rate BYTES_PER_S (16384, 0: off)\n"
+                    "         --rate-window S (15)  --socks IP:PORT  --dns IP[:PORT]\n"
+                    "URL: http://HOST[:PORT][/prefix], HOST an IP address or a DNS name\n");
     return 2;
 }

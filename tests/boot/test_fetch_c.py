@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from pyphase.identity import Identity
 
 from .conftest import run_tool
 from .qemu import free_port
+from .services import DnsServer, SocksProxy
 
 DATA = bytes((i * 7) & 0xFF for i in range(300_000))
 
@@ -63,9 +65,11 @@ class OneShotServer:
         self.sock.close()
 
 
-def _fetch(bin_dir: Path, art: Artifact, out: Path, *urls: str, retries: int = 2):
+def _fetch(bin_dir: Path, art: Artifact, out: Path, *args: str, retries: int = 2):
+    """phase-fetch of ``art``; ``args`` are further options, then the source URLs."""
+    timeout = () if "--timeout" in args else ("--timeout", "5")
     return run_tool(bin_dir / "phase-fetch", "--hash", art.hash, "--size", str(art.size), "--out", out,
-                    "--retries", str(retries), "--timeout", "5", *urls)
+                    "--retries", str(retries), *timeout, *args)
 
 
 def test_fetch_falls_back_past_a_dead_source(phase_boot_bin: Path, store, tmp_path: Path) -> None:
@@ -141,10 +145,122 @@ def test_fetch_manifest_and_errors(phase_boot_bin: Path, store, tmp_path: Path) 
         missing = Artifact("sha256:" + "0" * 64, 10)
         r = _fetch(phase_boot_bin, missing, tmp_path / "x", s.url)
         assert r.returncode == 1 and "HTTP 404" in r.stderr
-    r = run_tool(phase_boot_bin / "phase-fetch", "--manifest", "--out", tmp_path / "m", "http://example.invalid:80")
-    assert r.returncode == 1 and "not an IP address" in r.stderr
+    r = run_tool(phase_boot_bin / "phase-fetch", "--manifest", "--out", tmp_path / "m", "http://bad_host!:80")
+    assert r.returncode == 1 and "neither an IP address nor a DNS name" in r.stderr
+    r = run_tool(phase_boot_bin / "phase-fetch", "--manifest", "--out", tmp_path / "m", "--socks", "proxy.example:9050",
+                 "http://127.0.0.1:1")
+    assert r.returncode == 2 and "want IP:PORT" in r.stderr
     r = run_tool(phase_boot_bin / "phase-fetch", "--out", tmp_path / "m", "http://127.0.0.1:1")
     assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_fetch_through_a_socks_proxy_names_resolved_by_the_proxy(phase_boot_bin: Path, store, tmp_path: Path) -> None:
+    """``--socks``: the source's name goes to the proxy (SOCKS5 domain address), as Tor needs for .onion."""
+    root, art = store
+    with SocksProxy(tmp_path) as proxy, ArtifactServer(root) as s:
+        r = _fetch(phase_boot_bin, art, tmp_path / "out", "--socks", f"127.0.0.1:{proxy.port}",
+                   f"http://localhost:{s.port}")
+        log = proxy.log()
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out").read_bytes() == DATA
+    assert f"connected to localhost:{s.port}" in log, log
+
+
+def test_fetch_with_a_dead_proxy_never_connects_directly(phase_boot_bin: Path, store, tmp_path: Path) -> None:
+    """Private mode fails closed: a proxy that is down means no fetch, not a direct one."""
+    _, art = store
+
+    def serve(conn: socket.socket, req: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(DATA) + DATA)
+
+    srv = OneShotServer([serve])
+    try:
+        r = _fetch(phase_boot_bin, art, tmp_path / "out", "--socks", f"127.0.0.1:{free_port()}",
+                   f"http://127.0.0.1:{srv.port}", retries=2)
+    finally:
+        srv.close()
+    assert r.returncode == 1
+    assert "proxy unreachable: connect 127.0.0.1:" in r.stderr and "Connection refused" in r.stderr
+    assert srv.requests == [] and not (tmp_path / "out").exists()
+
+
+def test_fetch_reports_proxy_refusals(phase_boot_bin: Path, store, tmp_path: Path) -> None:
+    """The proxy's CONNECT reply code is named; a port that is not a SOCKS5 proxy is told apart."""
+    _, art = store
+    with SocksProxy(tmp_path) as proxy:
+        r = _fetch(phase_boot_bin, art, tmp_path / "out", "--socks", f"127.0.0.1:{proxy.port}",
+                   f"http://127.0.0.1:{free_port()}", retries=1)
+    assert r.returncode == 1
+    assert f"proxy 127.0.0.1:{proxy.port}: CONNECT 127.0.0.1:" in r.stderr, r.stderr
+
+    not_socks = socket.socket()
+    not_socks.bind(("127.0.0.1", 0))
+    not_socks.listen(1)
+
+    def answer() -> None:
+        conn, _ = not_socks.accept()
+        with conn:
+            conn.recv(16)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    try:
+        r = _fetch(phase_boot_bin, art, tmp_path / "out", "--socks", f"127.0.0.1:{not_socks.getsockname()[1]}",
+                   "http://127.0.0.1:1", retries=1)
+    finally:
+        t.join(10)
+        not_socks.close()
+    assert r.returncode == 1 and "is not a SOCKS5 proxy" in r.stderr, r.stderr
+
+
+def test_fetch_resolves_names_with_dns(phase_boot_bin: Path, store, tmp_path: Path) -> None:
+    """Names in source URLs are looked up with c-ares (static binary, no NSS); unknown names fail clearly."""
+    root, art = store
+    with DnsServer({"artifacts.phase.test": "127.0.0.1"}) as dns, ArtifactServer(root) as s:
+        dead = f"http://missing.phase.test:{s.port}"
+        r = _fetch(phase_boot_bin, art, tmp_path / "out", "--dns", f"127.0.0.1:{dns.port}", dead,
+                   f"http://artifacts.phase.test:{s.port}")
+        log = dns.close()
+    assert r.returncode == 0, r.stderr
+    assert "DNS: name 'missing.phase.test' not found" in r.stderr
+    assert (tmp_path / "out").read_bytes() == DATA
+    assert "artifacts.phase.test" in log, log
+
+
+def test_fetch_drops_a_trickling_source(phase_boot_bin: Path, store, tmp_path: Path) -> None:
+    """A source slower than --min-rate over the window is left for the next; so is one that never sends headers."""
+    root, art = store
+
+    def trickle(conn: socket.socket, req: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(DATA))
+        try:
+            for i in range(0, 40_000, 2000):
+                conn.sendall(DATA[i:i + 2000])
+                time.sleep(0.1)
+        except OSError:
+            pass
+
+    def slow_headers(conn: socket.socket, req: bytes) -> None:
+        try:
+            for c in b"HTTP/1.1 200 OK\r\n":
+                conn.sendall(bytes([c]))
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+    srv, srv2 = OneShotServer([trickle]), OneShotServer([slow_headers])
+    try:
+        with ArtifactServer(root) as s:
+            r = _fetch(phase_boot_bin, art, tmp_path / "out", "--min-rate", "100000", "--rate-window", "1",
+                       "--timeout", "2", f"http://127.0.0.1:{srv.port}", f"http://127.0.0.1:{srv2.port}", s.url)
+    finally:
+        srv.close()
+        srv2.close()
+    assert r.returncode == 0, r.stderr
+    assert "too slow: " in r.stderr and "below the minimum of 100000" in r.stderr, r.stderr
+    assert "no response headers within 2 s" in r.stderr, r.stderr
+    assert (tmp_path / "out").read_bytes() == DATA
 
 
 def _dns_name(name: str) -> bytes:
