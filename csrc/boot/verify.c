@@ -4,7 +4,7 @@
  *   phase-verify file --hash sha256:HEX --size N FILE
  *   phase-verify canon FILE                       (prints canonical bytes; for tests)
  *   phase-verify kexec --key PUB --manifest M --kernel K --initrd I
- *                      [--mode internet|local|private] [--min-release N] [--now UNIX] [--exec]
+ *                      [--mode internet|local|private] [--socks IP:PORT] [--min-release N] [--now UNIX] [--exec]
  *
  * Exit status: 0 verified, 1 refused (one line on stderr says why), 2 usage or system error. */
 #define _GNU_SOURCE
@@ -24,12 +24,13 @@
 #include <unistd.h>
 
 #include "bootmanifest.h"
+#include "netconn.h"
 #include "tools.h"
 
 #define WHY 512
 
 struct opts {
-    const char *key, *manifest, *kernel, *initrd, *mode, *out, *hash;
+    const char *key, *manifest, *kernel, *initrd, *mode, *out, *hash, *socks;
     long long min_release, now, size;
     int exec, have_now;
 };
@@ -40,7 +41,8 @@ static void usage(void)
             "usage: phase-verify manifest --key PUB [--min-release N] [--now UNIX] [--out DIR] MANIFEST\n"
             "       phase-verify file --hash sha256:HEX --size N FILE\n"
             "       phase-verify canon FILE\n"
-            "       phase-verify kexec --key PUB --manifest M --kernel K --initrd I [--mode MODE] [--exec]\n");
+            "       phase-verify kexec --key PUB --manifest M --kernel K --initrd I [--mode MODE] [--socks IP:PORT]\n"
+            "                          [--exec]\n");
 }
 
 static int parse_ll(const char *s, long long *out)
@@ -63,6 +65,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         {"hash", required_argument, 0, 'H'},     {"size", required_argument, 0, 's'},
         {"min-release", required_argument, 0, 'r'}, {"now", required_argument, 0, 'n'},
         {"exec", no_argument, 0, 'e'},           {"help", no_argument, 0, 'h'},
+        {"socks", required_argument, 0, 'S'},
         {0, 0, 0, 0}};
     int c;
     memset(o, 0, sizeof *o);
@@ -75,6 +78,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         case 'K': o->kernel = optarg; break;
         case 'i': o->initrd = optarg; break;
         case 'M': o->mode = optarg; break;
+        case 'S': o->socks = optarg; break;
         case 'o': o->out = optarg; break;
         case 'H': o->hash = optarg; break;
         case 'e': o->exec = 1; break;
@@ -288,15 +292,22 @@ static int cmd_kexec(int argc, char **argv)
 {
     struct opts o;
     struct phase_manifest m;
-    char cmdline[PHASE_CMDLINE_MAX + 64];
+    char cmdline[PHASE_CMDLINE_MAX + 128];
     if (parse_opts(argc, argv, &o) || optind != argc || !o.manifest || !o.kernel || !o.initrd) {
         usage();
         return 2;
     }
-    /* Only phase.mode may be added to the signed command line, and only a known value:
-     * anything freer (init=, rdinit=) would let an unsigned input pick what runs. */
+    /* Only phase.mode and phase.socks may be added to the signed command line, and only
+     * values of a fixed shape: anything freer (init=, rdinit=) would let an unsigned input
+     * pick what runs. */
     if (o.mode && strcmp(o.mode, "internet") && strcmp(o.mode, "local") && strcmp(o.mode, "private")) {
         fprintf(stderr, "phase-verify: --mode must be internet, local or private\n");
+        return 2;
+    }
+    struct sockaddr_storage proxy;
+    socklen_t proxylen;
+    if (o.socks && (strlen(o.socks) > 60 || phase_parse_ip_port(o.socks, &proxy, &proxylen))) {
+        fprintf(stderr, "phase-verify: --socks must be IP:PORT\n");
         return 2;
     }
     long long t0 = phase_now_ms();
@@ -312,10 +323,8 @@ static int cmd_kexec(int argc, char **argv)
         return 1;
     }
     long long t1 = phase_now_ms();
-    if (o.mode)
-        snprintf(cmdline, sizeof cmdline, "%s phase.mode=%s", m.cmdline, o.mode);
-    else
-        snprintf(cmdline, sizeof cmdline, "%s", m.cmdline);
+    snprintf(cmdline, sizeof cmdline, "%s%s%s%s%s", m.cmdline, o.mode ? " phase.mode=" : "", o.mode ? o.mode : "",
+             o.socks ? " phase.socks=" : "", o.socks ? o.socks : "");
     printf("PHASE-BOOT: verified: release %lld kernel %s initramfs %s (%lld bytes) in %lld ms\n", m.release, m.kernel.hash,
            m.initramfs.hash, m.kernel.size + m.initramfs.size, t1 - t0);
     fflush(stdout);
