@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mdns", dest="mdns", action="store_false", default=None, help="do not use LAN discovery")
     p.add_argument("--mdns-interfaces", metavar="LIST", help='"all" or comma-separated IPv4 addresses')
     p.add_argument("--log-format", choices=("json", "text"), help="event log format (default json)")
+    p.add_argument("--boot-store", metavar="DIR", help="also serve this Phase Boot artifact store over HTTP "
+                   "(machines boot from this node; see docs/BOOT.md)")
+    p.add_argument("--boot-listen", metavar="HOST:PORT", help="address of that HTTP server (default 0.0.0.0:8080)")
     return p
 
 
@@ -72,7 +75,10 @@ async def run_node(config: NodeConfig, log: EventLog) -> int:
         loop.add_signal_handler(sig, node.request_stop)
     holder: list[Any] = []          # the Announcer, once it exists
     announcing: asyncio.Task[None] | None = None
+    boot_source = _BootSource(config, log) if config.boot_store else None
     try:
+        if boot_source is not None:
+            await boot_source.start()
         address = await node.start()
         _write_address(config.data_dir, address)     # first, so whoever reads the printed line finds the file
         print(address, flush=True)
@@ -92,8 +98,55 @@ async def run_node(config: NodeConfig, log: EventLog) -> int:
                 except Exception as exc:
                     log("warning", message=f"mDNS close: {type(exc).__name__}: {exc}")
         address_file.unlink(missing_ok=True)
+        if boot_source is not None:
+            await asyncio.to_thread(boot_source.close)
         await node.close()
     return 0
+
+
+class _BootSource:
+    """The node as a Phase Boot source: the artifact store over HTTP, announced on the LAN when mDNS is on."""
+
+    def __init__(self, config: NodeConfig, log: EventLog) -> None:
+        self.config = config
+        self.log = log
+        self.server: Any = None
+        self.announcer: Any = None
+
+    async def start(self) -> None:
+        from pyphase.boot.server import ArtifactServer
+        from pyphase.boot.store import ArtifactStore
+
+        root = Path(self.config.boot_store)
+        if not root.is_dir():
+            raise OSError(f"boot_store {root} is not a directory (make one with 'phase boot sign --store {root}')")
+        good = ArtifactStore(root).scan()
+        host, port = config_mod.split_hostport(self.config.boot_listen, 8080)
+        try:
+            self.server = ArtifactServer(root, host, port).start()
+        except OSError as exc:
+            raise OSError(f"cannot serve the boot store on {host}:{port}: {exc.strerror or exc}") from None
+        self.log("boot_serving", url=self.server.url, store=str(root), artifacts=len(good))
+        if self.config.mdns:
+            # zeroconf's blocking API must not run on this event loop's thread
+            await asyncio.to_thread(self._announce, host)
+
+    def _announce(self, host: str) -> None:
+        try:
+            from pyphase.boot.mdns import BootAnnouncer, addresses_for
+
+            spec = self.config.mdns_interfaces
+            interfaces = [i.strip() for i in spec.split(",") if i.strip()] if spec and spec != "all" else None
+            self.announcer = BootAnnouncer(self.server.port, addresses_for(host, interfaces), interfaces).start()
+            self.log("boot_announced", name=self.announcer.name, addresses=self.announcer.addresses)
+        except Exception as exc:    # the store is still served at its address
+            self.log("warning", message=f"boot source mDNS unavailable: {type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        if self.announcer is not None:
+            self.announcer.close()
+        if self.server is not None:
+            self.server.close()
 
 
 async def _announce(identity: Identity, host: str, port: int, caps: dict[str, Any], interfaces: str,
@@ -120,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, listen=args.listen, advertise=args.advertise,
                              data_dir=Path(args.data_dir) if args.data_dir else None, identity=args.identity,
                              ephemeral=args.ephemeral, workers=args.workers, sandbox=args.sandbox, mdns=args.mdns,
-                             mdns_interfaces=args.mdns_interfaces, log_format=args.log_format)
+                             mdns_interfaces=args.mdns_interfaces, log_format=args.log_format,
+                             boot_store=args.boot_store, boot_listen=args.boot_listen)
     except (OSError, ValueError) as exc:
         print(f"plasmd: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,9 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     log_format      = "json"            # "json" (one object per line) or "text"
     log_file        = ""                # default: standard error
     shutdown_grace  = "10s"             # on SIGTERM: how long running jobs may finish before being rejected
+    boot_store      = ""                # a Phase Boot artifact store to serve over HTTP, so machines can boot
+                                        # from this node (see docs/BOOT.md); "" serves nothing
+    boot_listen     = "0.0.0.0:8080"    # where that store is served; announced as _phase-boot._tcp when mdns is on
 
     [limits]                            # the most a job may ask for; bigger offers are rejected "limits"
     memory          = "256MiB"
@@ -71,6 +74,8 @@ class NodeConfig:
     log_format: str = "json"
     log_file: str = ""
     shutdown_grace_ms: int = 10_000
+    boot_store: str = ""
+    boot_listen: str = "0.0.0.0:8080"
     max_memory: int = 256 << 20
     max_fuel: int = 0
     max_timeout_ms: int = 60_000
@@ -99,6 +104,8 @@ _TOP: dict[str, tuple[str, Any]] = {
     "sandbox": ("sandbox", "bool"), "queue": ("queue", int), "cache_bytes": ("cache_bytes", parse_size),
     "mdns": ("mdns", "bool"), "mdns_interfaces": ("mdns_interfaces", str), "log_format": ("log_format", str),
     "log_file": ("log_file", str), "shutdown_grace": ("shutdown_grace_ms", parse_duration_ms),
+    "boot_store": ("boot_store", lambda v: str(Path(v).expanduser()) if v else ""),
+    "boot_listen": ("boot_listen", str),
 }
 _LIMITS: dict[str, tuple[str, Any]] = {
     "memory": ("max_memory", parse_size), "fuel": ("max_fuel", int), "timeout": ("max_timeout_ms", parse_duration_ms),
@@ -157,6 +164,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         raise ValueError(f"unknown settings: {sorted(unknown)}")
     config = NodeConfig(**changes)
     split_hostport(config.listen)
+    split_hostport(config.boot_listen, 8080)
     if config.log_format not in ("json", "text"):
         raise ValueError(f"log_format must be json or text, got {config.log_format!r}")
     return config
