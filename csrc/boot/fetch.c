@@ -203,12 +203,12 @@ static enum attempt attempt(struct job *j, const struct url *u, const char *url_
 
     enum attempt result = RETRY;
     int retryable = 1;
-    long long started = phase_now_ms();
     int fd = phase_open_stream(&j->route, &u->ep, j->timeout_s, why, sizeof why, &retryable);
     if (fd < 0) {
         if (!retryable) result = NEXT_SOURCE;
         goto fail;
     }
+    long long started = phase_now_ms(); /* the response headers must all come within timeout_s of this */
     const char *hfmt = strchr(u->ep.host, ':') ? "[%s]:%d" : "%s:%d";
     char hostport[PHASE_HOST_MAX + 16];
     snprintf(hostport, sizeof hostport, hfmt, u->ep.host, u->ep.port);
