@@ -4,15 +4,23 @@
  *
  * Sends a PTR query for the service (QU bit set: responders answer by unicast to our port,
  * RFC 6762 section 5.1, so we need not bind 5353 or join the group), gathers the PTR, SRV and
- * A records of every answer until the timeout, and prints one source per line as
+ * A records of every answer until the timeout -- or until SETTLE_MS after the first complete
+ * answer (PTR + SRV), since responders answer such a query at once and stage 1 should not sit
+ * out the whole timeout on every boot -- and prints one source per line as
  * http://IP:PORT. --server sends the query to another address (tests use 127.0.0.1:PORT);
  * --interface picks the interface multicast leaves by (its IPv4 address; tests use 127.0.0.1).
+ * Without --interface a multicast query goes out of every interface that is up, has an IPv4
+ * address and does multicast (loopback excluded), each chosen explicitly with IP_MULTICAST_IF:
+ * a LAN whose DHCP server names no router leaves stage 1 without a default route, and a
+ * multicast send with no interface and no route fails with "Network is unreachable".
  * Exit 0 if at least one source was found, 1 if none, 2 on usage errors. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdint.h>
@@ -26,6 +34,8 @@
 #include "tools.h"
 
 #define MAX_RECORDS 64
+#define MAX_IFACES 16
+#define SETTLE_MS 1000
 #define NAME_MAX_LEN 256
 
 struct rec {
@@ -110,6 +120,44 @@ static void parse_packet(const uint8_t *pkt, size_t len, struct in_addr from)
     }
 }
 
+/* Indexes of the interfaces a multicast query should leave by (see the top of this file). */
+static int multicast_interfaces(int *idx, int cap)
+{
+    struct ifaddrs *list, *ifa;
+    int n = 0;
+    if (getifaddrs(&list) != 0) return 0;
+    for (ifa = list; ifa && n < cap; ifa = ifa->ifa_next) {
+        if (!ifa->ifa_addr || ifa->ifa_addr->sa_family != AF_INET) continue;
+        if (!(ifa->ifa_flags & IFF_UP) || !(ifa->ifa_flags & IFF_MULTICAST) || (ifa->ifa_flags & IFF_LOOPBACK)) continue;
+        int i = (int)if_nametoindex(ifa->ifa_name), dup = 0;
+        for (int k = 0; k < n; k++) dup |= idx[k] == i;
+        if (i > 0 && !dup) idx[n++] = i;
+    }
+    freeifaddrs(list);
+    return n;
+}
+
+/* One copy of the query to dst; by interface ifindex when > 0. Returns 0 or an errno. */
+static int send_query(int fd, const uint8_t *q, size_t qlen, const struct sockaddr_in *dst, int ifindex)
+{
+    if (ifindex > 0) {
+        struct ip_mreqn mr = {.imr_ifindex = ifindex};
+        if (setsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, &mr, sizeof mr) != 0) return errno;
+    }
+    return sendto(fd, q, qlen, 0, (const struct sockaddr *)dst, sizeof *dst) < 0 ? errno : 0;
+}
+
+/* Whether some PTR for service has its SRV record yet: a source that can be printed. */
+static int have_source(const char *service)
+{
+    for (int i = 0; i < nrecs; i++) {
+        if (recs[i].type != 12 || strcasecmp(recs[i].owner, service) != 0) continue;
+        for (int k = 0; k < nrecs; k++)
+            if (recs[k].type == 33 && strcasecmp(recs[k].owner, recs[i].target) == 0) return 1;
+    }
+    return 0;
+}
+
 static size_t build_query(uint8_t *q, size_t cap, const char *service)
 {
     size_t o = 12;
@@ -176,18 +224,28 @@ int phase_discover_main(int argc, char **argv)
             return 2;
         }
     }
+    int ifidx[MAX_IFACES], nif = 0;
+    if (!iface && IN_MULTICAST(ntohl(dst.sin_addr.s_addr))) nif = multicast_interfaces(ifidx, MAX_IFACES);
+    if (nif == 0) ifidx[nif++] = 0; /* --interface, a unicast --server, or no interface found: as routed */
     long long deadline = phase_now_ms() + timeout_s * 1000LL, next_send = 0;
-    int sends = 0;
+    int sends = 0, settled = 0;
     for (;;) {
         long long now = phase_now_ms();
         if (now >= deadline) break;
-        if (now >= next_send && sends < 3) { /* a few repeats: UDP on a fresh link loses packets */
-            if (sendto(fd, q, qlen, 0, (struct sockaddr *)&dst, sizeof dst) < 0)
-                fprintf(stderr, "phase-discover: send to %s: %s\n", server, strerror(errno));
+        if (now >= next_send && sends < 3 && !settled) { /* a few repeats: UDP on a fresh link loses packets */
+            for (int k = 0; k < nif; k++) {
+                int err = send_query(fd, q, qlen, &dst, ifidx[k]);
+                if (err && sends == 0) {
+                    char name[IF_NAMESIZE] = "";
+                    if (ifidx[k] > 0) if_indextoname((unsigned)ifidx[k], name);
+                    fprintf(stderr, "phase-discover: send to %s%s%s: %s\n", server, name[0] ? " on " : "", name,
+                            strerror(err));
+                }
+            }
             sends++;
             next_send = now + 700;
         }
-        long long wait = (sends < 3 ? next_send : deadline) - now;
+        long long wait = (sends < 3 && !settled ? next_send : deadline) - now;
         if (wait > deadline - now) wait = deadline - now;
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
         if (poll(&pfd, 1, (int)(wait > 0 ? wait : 1)) <= 0) continue;
@@ -195,6 +253,10 @@ int phase_discover_main(int argc, char **argv)
         socklen_t fl = sizeof from;
         ssize_t n = recvfrom(fd, pkt, sizeof pkt, 0, (struct sockaddr *)&from, &fl);
         if (n > 0) parse_packet(pkt, (size_t)n, from.sin_addr);
+        if (!settled && have_source(service)) {
+            settled = 1;
+            if (phase_now_ms() + SETTLE_MS < deadline) deadline = phase_now_ms() + SETTLE_MS;
+        }
     }
     close(fd);
 
