@@ -11,6 +11,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -59,8 +60,9 @@ class BootResult:
 class Qemu:
     """A running QEMU whose console is read as it comes; ``wait_for`` returns on a marker or deadline."""
 
-    def __init__(self, args: list[str], marks: tuple[str, ...] = ()) -> None:
-        cmd = [qemu_binary(), "-nographic", "-no-reboot", *args]
+    def __init__(self, args: list[str], marks: tuple[str, ...] = (), prefix: Sequence[str] = ()) -> None:
+        """``prefix``: runs QEMU through it, e.g. ``ip netns exec NS`` (which execs QEMU: same pid)."""
+        cmd = [*prefix, qemu_binary(), "-nographic", "-no-reboot", *args]
         self.start = time.monotonic()
         self.marks_wanted = marks
         self.marks: dict[str, float] = {}
