@@ -50,7 +50,7 @@ def test_private_mode_fetches_only_through_the_socks_proxy(boot_kit: dict, stage
     """Private + phase.socks: manifest, kernel and node image come through the proxy; stage 2 gets the proxy."""
     publish(tmp_path / "store", boot_kit["key"], boot_kit["kernel"], stage2,
             cmdline="console=ttyS0 panic=-1 quiet phase.node.poweroff=1")
-    up = "PHASE-NODE: private mode"
+    up = "PHASE-NODE: outgoing connections through the SOCKS proxy"
     with SocksProxy(tmp_path) as proxy, ArtifactServer(tmp_path / "store") as server:
         append = f"phase.mode=private phase.socks={HOST}:{proxy.port} phase.seeds=http://localhost:{server.port}"
         r = boot(qemu_args(boot_kit, append, memory="1024"), deadline=420, stop_on=up)
@@ -58,7 +58,8 @@ def test_private_mode_fetches_only_through_the_socks_proxy(boot_kit: dict, stage
     assert f"every fetch goes through the SOCKS proxy {HOST}:{proxy.port}" in r, r.tail()
     assert "PHASE-BOOT: signature ok" in r and "PHASE-BOOT: verified" in r, r.tail()
     assert f"phase.mode=private phase.socks={HOST}:{proxy.port}\"" in r, r.tail()  # passed on to stage 2
-    assert up in r and "PHASE-BOOT FAIL" not in r, r.tail()
+    assert "PHASE-NODE: private mode: no disk touched, ephemeral identity" in r, r.tail()
+    assert f"{up} {HOST}:{proxy.port}" in r and "PHASE-BOOT FAIL" not in r, r.tail()
     # manifest, kernel, initramfs: each one CONNECT of the proxy to the name only it can resolve
     assert log.count(f"connected to localhost:{server.port}") >= 3, log
 
