@@ -16,14 +16,22 @@ reports; dissenters are named in ``result.dissent``, and no majority raises :cla
 
 One :class:`Client` does one ``submit`` at a time (a lock serialises calls); for concurrent jobs use
 one client per thread. Its sockets are persistent: one CURVE DEALER per peer, kept across jobs.
+
+``socks_proxy="HOST:PORT"`` (default: the ``PHASE_SOCKS_PROXY`` environment variable) sends every
+connection through that SOCKS5 proxy, e.g. Tor (by way of a loopback relay, :mod:`pyphase.net.socks`),
+and fails closed: the client never connects directly, and refuses mDNS discovery (peers must be named).
+Peer hosts may then be names the proxy resolves (``PEERID@xxxx.onion:7465``); this machine makes no DNS
+query for them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import itertools
 import os
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,13 +47,17 @@ from pyphase.limits import Limits
 from pyphase.manifest import make_manifest, new_nonce
 from pyphase.net import wire
 from pyphase.net.config import split_hostport
+from pyphase.net.socks import SocksRelay
 from pyphase.receipt import verify_receipt
 from pyphase.result import Result
 
-__all__ = ["Client", "RemoteResult", "parse_address"]
+__all__ = ["Client", "RemoteResult", "parse_address", "parse_socks_proxy", "resolve_socks_proxy",
+           "discovery_refused", "SOCKS_PROXY_ENV"]
 
 DEFAULT_RETRIES = 3
 CONNECT_TIMEOUT_S = 2.0
+PROXY_CONNECT_TIMEOUT_S = 30.0  # through a proxy (Tor builds a circuit first): the default connect_timeout
+SOCKS_PROXY_ENV = "PHASE_SOCKS_PROXY"
 TIMEOUT_SLACK_S = 5.0
 MAX_BACKOFF_S = 1.0            # longest pause before re-asking a peer that failed, when no other is left
 ZERO_COPY_MIN = 256 << 10      # smaller frames are cheaper to copy than to track
@@ -54,16 +66,84 @@ _MONITOR_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVEN
                    | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+_DROPPED = "connection dropped"
+
+
+def _valid_host(host: str) -> bool:
+    """An IPv4 or IPv6 literal (brackets already removed) or a DNS name (``localhost``, ``xxxx.onion``)."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    return 0 < len(host) <= 253 and all(_LABEL.match(label) for label in host.split("."))
+
+
 def parse_address(text: str) -> tuple[str, bytes, str, int]:
-    """``PEERID@HOST:PORT`` -> (peer id, Ed25519 public key, host, port); raises ``ValueError``."""
+    """``PEERID@HOST:PORT`` -> (peer id, Ed25519 public key, host, port); raises ``ValueError``.
+
+    HOST is an IP address or a DNS name. Names are resolved where the connection is made: by this
+    machine, or, through a SOCKS proxy, by the proxy (so ``PEERID@xxxx.onion:7465`` works through Tor).
+    A missing port means 7465.
+    """
     peer_id, sep, hostport = text.strip().partition("@")
     if not sep:
         raise ValueError(f"a peer address is PEERID@HOST:PORT, got {text!r}")
     key = public_key_from_peer_id(peer_id)
+    raw_host = hostport.rpartition(":")[0] if ":" in hostport else hostport
     host, port = split_hostport(hostport)
-    if not host or not port:
-        raise ValueError(f"a peer address needs a host and a port: {text!r}")
+    bracketed = raw_host.startswith("[") or raw_host.endswith("]")
+    if bracketed and not (raw_host.startswith("[") and raw_host.endswith("]") and ":" in host):
+        host = ""                                        # "[::1:7000", "[name]:7000": not an address
+    if not raw_host.strip("[]") or not port or not _valid_host(host):
+        raise ValueError(f"a peer address needs a host (an IP address or a DNS name) and a port: {text!r}")
     return peer_id.lower(), key, host, port
+
+
+def parse_socks_proxy(text: str) -> str:
+    """Check the ``HOST:PORT`` of a SOCKS5 proxy and return it normalised (no spaces, no leading zeros).
+
+    HOST is an IPv4 address, an IPv6 address in brackets (``[::1]:9050``) or a DNS name (resolved by this
+    machine: it names the proxy, not a peer); PORT is 1-65535 and required. Raises ``ValueError``.
+    """
+    value = text.strip()
+    if "://" in value:
+        raise ValueError(f"a SOCKS proxy is HOST:PORT, without a scheme (e.g. 127.0.0.1:9050), got {text!r}")
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        bare, bracketed = host[1:-1], True
+    else:
+        bare, bracketed = host, False
+    ok = (sep and port.isascii() and port.isdigit() and 0 < int(port) <= 65535 and bare
+          and _valid_host(bare) and (":" in bare) == bracketed)
+    if not ok:
+        raise ValueError(f"a SOCKS proxy is HOST:PORT (e.g. 127.0.0.1:9050, [::1]:9050 or tor:9050; "
+                         f"port 1-65535), got {text!r}")
+    return f"{host}:{int(port)}"
+
+
+def resolve_socks_proxy(socks_proxy: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The proxy a :class:`Client` uses: ``socks_proxy`` when given (``""``: none, even if the variable is
+    set), else ``PHASE_SOCKS_PROXY`` from ``environ`` (default ``os.environ``; unset or empty: none).
+    The text is checked by :func:`parse_socks_proxy`; a bad value raises ``ValueError`` naming its source."""
+    if socks_proxy is not None:
+        return parse_socks_proxy(socks_proxy) if socks_proxy.strip() else None
+    value = (os.environ if environ is None else environ).get(SOCKS_PROXY_ENV, "")
+    if not value.strip():
+        return None
+    try:
+        return parse_socks_proxy(value)
+    except ValueError as exc:
+        raise ValueError(f"{SOCKS_PROXY_ENV}: {exc}") from None
+
+
+def discovery_refused(proxy: str) -> str:
+    """Why a client with a SOCKS proxy will not look for peers on the LAN (the text of the error)."""
+    return (f"no peers named, and LAN discovery (mDNS) is refused with a SOCKS proxy set ({proxy}): it "
+            f"would announce this machine on the LAN and cannot go through the proxy. Name the peers "
+            f"(Client(peers=[...]) or phase submit --peer PEERID@HOST:PORT), or unset the proxy")
 
 
 @dataclass(frozen=True)
@@ -149,14 +229,23 @@ class Client:
     """A client of the Phase network. ``peers``: addresses ``PEERID@HOST:PORT``; none: mDNS discovery."""
 
     def __init__(self, peers: Sequence[str] | None = None, *, identity: Identity | None = None,
-                 discover_timeout: float = 1.0, connect_timeout: float = CONNECT_TIMEOUT_S,
-                 mdns_interfaces: str | None = None) -> None:
+                 discover_timeout: float = 1.0, connect_timeout: float | None = None,
+                 mdns_interfaces: str | None = None, socks_proxy: str | None = None) -> None:
+        """``connect_timeout``: how long a peer may take to be connected before the job goes elsewhere
+        (default 2 s, 30 s through a proxy). ``socks_proxy``: ``HOST:PORT`` of a SOCKS5 proxy (e.g. Tor's
+        ``127.0.0.1:9050``) for every connection; not given (None): ``PHASE_SOCKS_PROXY`` if set; ``""``:
+        no proxy even if it is set. With a proxy the client fails closed: it never connects directly and
+        refuses LAN discovery (name the peers). Bad proxy text or a bad peer address: ``ValueError``."""
+        self.socks_proxy: str | None = resolve_socks_proxy(socks_proxy)
+        if connect_timeout is None:
+            connect_timeout = PROXY_CONNECT_TIMEOUT_S if self.socks_proxy else CONNECT_TIMEOUT_S
         self.identity = identity or Identity.generate()
         self._ctx = zmq.Context()
         self._lock = threading.RLock()
         self._tags = itertools.count(1)
         self._tag_prefix = os.urandom(4)
         self.connect_timeout = connect_timeout
+        self._relay = SocksRelay(self.socks_proxy, connect_timeout) if self.socks_proxy is not None else None
         self._peers: dict[str, _Peer] = {}
         self._discover_timeout = discover_timeout
         self._mdns_interfaces = mdns_interfaces
@@ -170,6 +259,7 @@ class Client:
     # ---- peers -------------------------------------------------------------------------------------
 
     def add_peer(self, address: str) -> str:
+        """Add a peer (``PEERID@HOST:PORT``) and return its peer id; raises ``ValueError`` if malformed."""
         peer = _Peer(address)
         with self._lock:
             self._peers.setdefault(peer.peer_id, peer)
@@ -183,6 +273,8 @@ class Client:
     def _ensure_peers(self) -> None:
         if self._peers or self._discovered:
             return
+        if self.socks_proxy is not None:
+            raise NoPeers(discovery_refused(self.socks_proxy))
         try:
             from pyphase.net.discovery import discover
 
@@ -195,6 +287,12 @@ class Client:
 
     def _socket(self, peer: _Peer) -> zmq.Socket[bytes]:
         if peer.sock is None:
+            if self._relay is not None:
+                # fail closed: the socket's only endpoint is our loopback relay, which dials only the proxy
+                endpoint = self._relay.endpoint(peer.host, peer.port)
+            else:
+                endpoint = f"tcp://{peer.host}:{peer.port}"
+            slow = self._relay is not None             # Tor adds seconds of latency: do not call a circuit dead
             sock = self._ctx.socket(zmq.DEALER)
             sock.curve_publickey, sock.curve_secretkey = self._curve
             sock.curve_serverkey = peer.server_key
@@ -202,11 +300,11 @@ class Client:
             sock.setsockopt(zmq.IMMEDIATE, 1)          # send only over a completed (authenticated) connection
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 5000 if slow else 1000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 30000 if slow else 3000)
             sock.setsockopt(zmq.MAXMSGSIZE, 1 << 30)
             peer.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
-            sock.connect(f"tcp://{peer.host}:{peer.port}")
+            sock.connect(endpoint)
             peer.sock = sock
         return peer.sock
 
@@ -223,7 +321,7 @@ class Client:
                 peer.connected = True
             elif kind == zmq.EVENT_DISCONNECTED:
                 if peer.connected:
-                    failure = failure or "connection dropped"
+                    failure = failure or _DROPPED
                 peer.connected = False
             elif kind == zmq.EVENT_CONNECT_RETRIED:
                 if not peer.connected:
@@ -231,6 +329,11 @@ class Client:
             else:
                 failure = failure or "CURVE handshake failed (wrong key or not a phase node)"
                 peer.connected = False
+        if self._relay is not None and not peer.connected:
+            # the relay records why before it closes the loopback connection whose events brought us here
+            why = self._relay.take_failure(peer.host, peer.port)
+            if why:
+                failure = why                          # names the proxy: down, or its reply for this peer
         return failure
 
     def capabilities(self, timeout: float = 1.0) -> dict[str, dict[str, Any] | None]:
@@ -412,7 +515,7 @@ class Client:
                 failure = self._drain_monitor(p)
                 if failure:
                     for a in [a for a in active.values() if a.peer is p]:
-                        if a.state != "connecting" or "refused" in failure or "CURVE" in failure:
+                        if a.state != "connecting" or failure != _DROPPED:
                             self._fail(job, active, a, failure)
             flags = events.get(p.sock, 0)
             if flags & zmq.POLLOUT:
@@ -513,6 +616,8 @@ class Client:
                         s.close(linger=0)
                 p.sock = p.monitor = None
             self._ctx.term()
+            if self._relay is not None:
+                self._relay.close()
 
     def __enter__(self) -> Client:
         return self

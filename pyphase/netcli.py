@@ -22,11 +22,16 @@ The job runs on a peer (given with --peer, else found on the LAN) and its receip
 (signature, hashes, nonce, signer = the peer the transport authenticated) before anything is printed.
 A timeout, a reject, a dropped connection or a bad receipt sends the job to another peer.
 --timeout is the job's wall-clock limit; a peer gets that plus 5 s before the job moves on.
+--socks-proxy HOST:PORT (default: $PHASE_SOCKS_PROXY; --socks-proxy '' for none) sends every
+connection through that SOCKS5 proxy, e.g. Tor. It fails closed: nothing is ever sent directly, a
+proxy that is down fails the job, and LAN discovery is refused, so name peers with --peer. Their
+hosts may be names the proxy resolves (PEERID@xxxx.onion:7465); this machine makes no DNS query.
 exit status: the module's own exit code; the job statuses as for 'phase run';
   69 when no peer could run it; 1 when replicas disagree with no majority.
 examples:
   phase submit hello.wasm --input "Hello, World" --peer PEERID@127.0.0.1:7465 --receipt r.json
   phase submit job.wasm --input-file data.bin --replicas 3 --json
+  phase submit hello.wasm --socks-proxy 127.0.0.1:9050 --peer PEERID@xxxx.onion:7465
 """
 
 
@@ -35,7 +40,8 @@ def _client(args: argparse.Namespace) -> Any:
     from pyphase.cli import _identity
 
     identity = _identity(args.identity) if getattr(args, "identity", None) else None
-    return Client(peers=args.peer or None, identity=identity, discover_timeout=args.discover_timeout)
+    return Client(peers=args.peer or None, identity=identity, discover_timeout=args.discover_timeout,
+                  socks_proxy=args.socks_proxy)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -85,7 +91,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_peers(args: argparse.Namespace) -> int:
     from pyphase.cli import _fail
+    from pyphase.client import discovery_refused, resolve_socks_proxy
 
+    try:
+        proxy = resolve_socks_proxy(args.socks_proxy)
+    except ValueError as exc:
+        return _fail(str(exc))
+    if not args.peer and proxy is not None:
+        return _fail(discovery_refused(proxy))
     if not args.peer:
         # listing is the point here: browse for the whole --discover-timeout, not until the first answer
         from pyphase.net.discovery import discover
@@ -159,6 +172,10 @@ def _peer_options(p: argparse.ArgumentParser) -> None:
                    help="PEERID@HOST:PORT of a node (repeatable); none: discover on the LAN")
     p.add_argument("--discover-timeout", type=float, default=1.0, metavar="SECONDS",
                    help="how long to look for nodes on the LAN (default 1)")
+    p.add_argument("--socks-proxy", default=None, metavar="HOST:PORT",
+                   help="connect only through this SOCKS5 proxy, e.g. Tor's 127.0.0.1:9050 (default: "
+                   "$PHASE_SOCKS_PROXY; '' for none). Fails closed: never connects directly, refuses LAN "
+                   "discovery (name peers with --peer); peer host names are resolved by the proxy (.onion works)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

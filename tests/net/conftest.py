@@ -15,6 +15,8 @@ from net_support import SPIN_ECHO, NodeProc, loopback_host  # noqa: E402
 
 # Never announce or browse on this machine's real interfaces from a test.
 os.environ["PHASE_MDNS_INTERFACES"] = "127.0.0.1"
+# Nor send the tests' connections through a proxy the developer's shell names (tests/net/test_socks.py sets its own).
+os.environ.pop("PHASE_SOCKS_PROXY", None)
 
 
 @pytest.fixture

@@ -1,0 +1,254 @@
+"""SOCKS5 for the client: a loopback relay that carries every ZeroMQ connection through a SOCKS5 proxy.
+
+A :class:`~pyphase.Client` with a proxy connects its DEALER sockets to this relay only
+(``tcp://127.0.0.1:N``, one listening port per peer); each connection accepted there is opened through
+the proxy (RFC 1928 CONNECT, no authentication) to that one peer, and bytes are copied both ways. The
+relay never connects anywhere but to the proxy, so nothing can reach a peer directly (fail closed).
+A peer's host name is sent to the proxy as a name (address type 3): this machine makes no DNS query for
+it, and ``.onion`` names work through Tor.
+
+Why not libzmq's own ``ZMQ_SOCKS_PROXY``: in libzmq 4.3.5 (the release pyzmq bundles) a SOCKS connection
+that fails (the proxy down, or the proxy unable to reach the peer) leaves a stale poller handle behind
+(``socks_connecter_t::error()`` calls ``rm_fd`` without clearing ``_handle``), which closing the socket
+later removes a second time: ``Bad file descriptor (src/epoll.cpp:86)`` and SIGABRT of the whole process,
+or a use-after-free. A client must be able to close a socket whose peer is unreachable, and libzmq's
+plain TCP connecter to the relay has no such bug. The relay also says *why* a connection failed (proxy
+down, or the proxy's reply code), which libzmq's monitor events cannot.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import selectors
+import socket
+import threading
+import time
+
+__all__ = ["ProxyError", "SocksRelay", "socks5_connect"]
+
+_REPLIES = {1: "general failure", 2: "not allowed by the proxy's rules", 3: "network unreachable",
+            4: "host unreachable", 5: "connection refused", 6: "TTL expired", 7: "command not supported",
+            8: "address type not supported"}
+_CHUNK = 256 << 10
+
+
+class ProxyError(Exception):
+    """The SOCKS5 proxy could not be reached, did not speak SOCKS5, or refused to open the connection."""
+
+
+def _split_proxy(proxy: str) -> tuple[str, int]:
+    host, _, port = proxy.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ProxyError("the SOCKS proxy closed the connection during the handshake")
+        data += chunk
+    return data
+
+
+def _encode_target(host: str, port: int) -> bytes:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        name = host.encode("ascii")
+        if not 0 < len(name) <= 255:
+            raise ProxyError(f"host name too long for SOCKS5: {host!r}") from None
+        return b"\x03" + bytes([len(name)]) + name + port.to_bytes(2, "big")
+    return (b"\x01" if ip.version == 4 else b"\x04") + ip.packed + port.to_bytes(2, "big")
+
+
+def socks5_connect(proxy: str, host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to ``host:port`` opened through the SOCKS5 proxy ``proxy`` (``HOST:PORT``, IPv6 in
+    brackets), in blocking mode. ``host`` may be a name: the proxy resolves it. Raises :class:`ProxyError`
+    with the reason (unreachable proxy, or the proxy's reply) if the connection cannot be made within
+    ``timeout`` seconds."""
+    try:
+        sock = socket.create_connection(_split_proxy(proxy), timeout=timeout)
+    except OSError as exc:
+        raise ProxyError(f"the SOCKS proxy {proxy} is unreachable ({exc.strerror or exc})") from None
+    try:
+        sock.sendall(b"\x05\x01\x00")                           # SOCKS5, one method: no authentication
+        version, method = _recv_exact(sock, 2)
+        if version != 5:
+            raise ProxyError(f"{proxy} is not a SOCKS5 proxy")
+        if method != 0:
+            raise ProxyError(f"the SOCKS proxy {proxy} requires authentication (not supported)")
+        sock.sendall(b"\x05\x01\x00" + _encode_target(host, port))   # CONNECT
+        version, reply, _, kind = _recv_exact(sock, 4)
+        if version != 5:
+            raise ProxyError(f"{proxy} is not a SOCKS5 proxy")
+        if reply != 0:
+            why = _REPLIES.get(reply, f"reply {reply}")
+            raise ProxyError(f"the SOCKS proxy {proxy} could not connect to {host}:{port} ({why})")
+        if kind == 1:
+            _recv_exact(sock, 4 + 2)
+        elif kind == 4:
+            _recv_exact(sock, 16 + 2)
+        elif kind == 3:
+            _recv_exact(sock, _recv_exact(sock, 1)[0] + 2)
+        else:
+            raise ProxyError(f"the SOCKS proxy {proxy} sent a malformed reply")
+        sock.settimeout(None)
+        return sock
+    except OSError as exc:
+        sock.close()
+        raise ProxyError(f"the SOCKS proxy {proxy} failed ({exc.strerror or exc})") from None
+    except BaseException:
+        sock.close()
+        raise
+
+
+class SocksRelay:
+    """Loopback listeners, one per target ``(host, port)``, whose connections go through ``proxy`` and only
+    there. Threads: one accepting (started with the first listener), and two per live connection."""
+
+    def __init__(self, proxy: str, timeout: float) -> None:
+        self.proxy = proxy
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._listeners: dict[tuple[str, int], socket.socket] = {}
+        self._failures: dict[tuple[str, int], str] = {}
+        self._links: set[socket.socket] = set()
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._closed = False
+
+    def endpoint(self, host: str, port: int) -> str:
+        """The ZeroMQ endpoint (``tcp://127.0.0.1:N``) that reaches ``host:port`` through the proxy."""
+        with self._lock:
+            if self._closed:
+                raise ProxyError("the SOCKS relay is closed")
+            listener = self._listeners.get((host, port))
+            if listener is None:
+                listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                listener.bind(("127.0.0.1", 0))
+                listener.listen(16)
+                listener.setblocking(False)
+                self._listeners[(host, port)] = listener
+                if self._wake is None:
+                    self._wake = socket.socketpair()
+                    threading.Thread(target=self._accept_loop, args=(self._wake[0],), name="phase-socks-accept",
+                                     daemon=True).start()
+                else:
+                    self._wake[1].send(b"\0")
+            return f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+
+    def take_failure(self, host: str, port: int) -> str | None:
+        """Why the last connection to ``host:port`` could not be opened through the proxy (then forgotten)."""
+        with self._lock:
+            return self._failures.pop((host, port), None)
+
+    def close(self) -> None:
+        """Stop listening and cut every relayed connection. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            listeners = list(self._listeners.values())
+            links = list(self._links)
+            self._listeners.clear()
+            wake = self._wake
+        if wake is not None:
+            try:
+                wake[1].send(b"\0")
+            except OSError:
+                pass
+        for sock in listeners:
+            sock.close()
+        for sock in links:
+            _shutdown(sock)
+
+    # ---- threads ------------------------------------------------------------------------------------
+
+    def _accept_loop(self, wake: socket.socket) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(wake, selectors.EVENT_READ)
+        registered: dict[socket.socket, tuple[str, int]] = {}
+        try:
+            while True:
+                with self._lock:
+                    if self._closed:
+                        return
+                    current = {s: t for t, s in self._listeners.items()}
+                for sock in [s for s in registered if s not in current]:
+                    sel.unregister(sock)
+                    del registered[sock]
+                for sock, target in current.items():
+                    if sock not in registered:
+                        try:
+                            sel.register(sock, selectors.EVENT_READ)
+                        except (OSError, ValueError):
+                            continue              # closed under us: close() is under way
+                        registered[sock] = target
+                for key, _ in sel.select():
+                    if key.fileobj is wake:
+                        wake.recv(4096)
+                        continue
+                    listener = key.fileobj
+                    assert isinstance(listener, socket.socket)
+                    try:
+                        conn, _ = listener.accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        time.sleep(0.05)          # closed under us, or out of descriptors: do not spin
+                        continue
+                    conn.setblocking(True)
+                    threading.Thread(target=self._link, args=(conn, registered[listener]), name="phase-socks-link",
+                                     daemon=True).start()
+        finally:
+            sel.close()
+            wake.close()
+            with self._lock:
+                pair = self._wake
+            if pair is not None:
+                pair[1].close()
+
+    def _link(self, local: socket.socket, target: tuple[str, int]) -> None:
+        try:
+            remote = socks5_connect(self.proxy, target[0], target[1], self.timeout)
+        except ProxyError as exc:
+            with self._lock:
+                self._failures[target] = str(exc)      # recorded before the close the client will notice
+            local.close()
+            return
+        with self._lock:
+            if self._closed:
+                remote.close()
+                local.close()
+                return
+            self._links.update((local, remote))
+        back = threading.Thread(target=_pump, args=(remote, local), name="phase-socks-pump", daemon=True)
+        back.start()
+        _pump(local, remote)
+        back.join()
+        with self._lock:
+            self._links.difference_update((local, remote))
+        local.close()
+        remote.close()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    """Copy ``src`` to ``dst`` until either ends; then cut both, so the other direction stops too."""
+    try:
+        while True:
+            data = src.recv(_CHUNK)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        _shutdown(src)
+        _shutdown(dst)
