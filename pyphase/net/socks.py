@@ -2,7 +2,7 @@
 
 A :class:`~pyphase.Client` with a proxy connects its DEALER sockets to this relay only
 (``tcp://127.0.0.1:N``, one listening port per peer); each connection accepted there is opened through
-the proxy (RFC 1928 CONNECT, no authentication) to that one peer, and bytes are copied both ways. The
+the proxy (RFC 1928 CONNECT, no authentication, by python-socks) to that one peer, and bytes are copied both ways. The
 relay never connects anywhere but to the proxy, so nothing can reach a peer directly (fail closed).
 A peer's host name is sent to the proxy as a name (address type 3): this machine makes no DNS query for
 it, and ``.onion`` names work through Tor.
@@ -18,17 +18,17 @@ down, or the proxy's reply code), which libzmq's monitor events cannot.
 
 from __future__ import annotations
 
-import ipaddress
 import selectors
 import socket
 import threading
 import time
 
+from python_socks import ProxyConnectionError, ProxyTimeoutError, ProxyType
+from python_socks import ProxyError as SocksProxyError
+from python_socks.sync import Proxy
+
 __all__ = ["ProxyError", "SocksRelay", "socks5_connect"]
 
-_REPLIES = {1: "general failure", 2: "not allowed by the proxy's rules", 3: "network unreachable",
-            4: "host unreachable", 5: "connection refused", 6: "TTL expired", 7: "command not supported",
-            8: "address type not supported"}
 _CHUNK = 256 << 10
 
 
@@ -41,66 +41,29 @@ def _split_proxy(proxy: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ProxyError("the SOCKS proxy closed the connection during the handshake")
-        data += chunk
-    return data
-
-
-def _encode_target(host: str, port: int) -> bytes:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        name = host.encode("ascii")
-        if not 0 < len(name) <= 255:
-            raise ProxyError(f"host name too long for SOCKS5: {host!r}") from None
-        return b"\x03" + bytes([len(name)]) + name + port.to_bytes(2, "big")
-    return (b"\x01" if ip.version == 4 else b"\x04") + ip.packed + port.to_bytes(2, "big")
-
-
 def socks5_connect(proxy: str, host: str, port: int, timeout: float) -> socket.socket:
     """A TCP connection to ``host:port`` opened through the SOCKS5 proxy ``proxy`` (``HOST:PORT``, IPv6 in
     brackets), in blocking mode. ``host`` may be a name: the proxy resolves it. Raises :class:`ProxyError`
     with the reason (unreachable proxy, or the proxy's reply) if the connection cannot be made within
-    ``timeout`` seconds."""
+    ``timeout`` seconds. The SOCKS5 handshake is python-socks'."""
+    proxy_host, proxy_port = _split_proxy(proxy)
+    via = Proxy(ProxyType.SOCKS5, proxy_host, proxy_port, rdns=True)
     try:
-        sock = socket.create_connection(_split_proxy(proxy), timeout=timeout)
+        sock = via.connect(dest_host=host, dest_port=port, timeout=timeout)
+    except ProxyConnectionError as exc:
+        cause = exc.__cause__ or exc.__context__
+        why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
+        raise ProxyError(f"the SOCKS proxy {proxy} is unreachable ({why})") from None
+    except ProxyTimeoutError:
+        raise ProxyError(f"the SOCKS proxy {proxy} did not complete the connection within {timeout:g} s") from None
+    except SocksProxyError as exc:
+        if exc.error_code is None:
+            raise ProxyError(f"the SOCKS proxy {proxy} failed: {exc}") from None
+        raise ProxyError(f"the SOCKS proxy {proxy} could not connect to {host}:{port} ({exc})") from None
     except OSError as exc:
-        raise ProxyError(f"the SOCKS proxy {proxy} is unreachable ({exc.strerror or exc})") from None
-    try:
-        sock.sendall(b"\x05\x01\x00")                           # SOCKS5, one method: no authentication
-        version, method = _recv_exact(sock, 2)
-        if version != 5:
-            raise ProxyError(f"{proxy} is not a SOCKS5 proxy")
-        if method != 0:
-            raise ProxyError(f"the SOCKS proxy {proxy} requires authentication (not supported)")
-        sock.sendall(b"\x05\x01\x00" + _encode_target(host, port))   # CONNECT
-        version, reply, _, kind = _recv_exact(sock, 4)
-        if version != 5:
-            raise ProxyError(f"{proxy} is not a SOCKS5 proxy")
-        if reply != 0:
-            why = _REPLIES.get(reply, f"reply {reply}")
-            raise ProxyError(f"the SOCKS proxy {proxy} could not connect to {host}:{port} ({why})")
-        if kind == 1:
-            _recv_exact(sock, 4 + 2)
-        elif kind == 4:
-            _recv_exact(sock, 16 + 2)
-        elif kind == 3:
-            _recv_exact(sock, _recv_exact(sock, 1)[0] + 2)
-        else:
-            raise ProxyError(f"the SOCKS proxy {proxy} sent a malformed reply")
-        sock.settimeout(None)
-        return sock
-    except OSError as exc:
-        sock.close()
         raise ProxyError(f"the SOCKS proxy {proxy} failed ({exc.strerror or exc})") from None
-    except BaseException:
-        sock.close()
-        raise
+    sock.settimeout(None)
+    return sock
 
 
 class SocksRelay:
