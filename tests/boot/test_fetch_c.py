@@ -345,3 +345,67 @@ def test_serve_mdns_is_found_by_discover_on_loopback(phase_boot_bin: Path, store
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+class _HostileProxy:
+    """A 'SOCKS5 proxy' that answers every greeting and CONNECT with the bytes it is given, then closes."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.greeting = b""
+        self.reply = b""
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                try:
+                    conn.settimeout(2)
+                    conn.recv(16)
+                    conn.sendall(self.greeting)
+                    conn.recv(600)
+                    conn.sendall(self.reply)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_fetch_survives_hostile_proxy_replies(phase_boot_bin: Path, store, tmp_path: Path) -> None:
+    """Whatever a proxy answers, phase-fetch ends with a one-line reason and exit 1: never a crash, never a file."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    _, art = store
+    proxy = _HostileProxy()
+    replies = st.one_of(st.binary(max_size=40),
+                        st.builds(lambda rep, atyp, tail: bytes([5, rep, 0, atyp]) + tail,
+                                  st.integers(0, 255), st.sampled_from([1, 3, 4, 0, 9]), st.binary(max_size=300)))
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(greeting=st.one_of(st.just(b"\x05\x00"), st.binary(max_size=4)), reply=replies)
+    def check(greeting: bytes, reply: bytes) -> None:
+        proxy.greeting, proxy.reply = greeting, reply
+        r = _fetch(phase_boot_bin, art, tmp_path / "out", "--socks", f"127.0.0.1:{proxy.port}", "--timeout", "2",
+                   "http://127.0.0.1:9", retries=1)
+        assert r.returncode == 1, (greeting, reply, r.returncode, r.stderr)
+        assert "phase-fetch: every source failed; last: " in r.stderr
+        assert not (tmp_path / "out").exists()
+
+    try:
+        check()
+    finally:
+        proxy.close()
