@@ -23,23 +23,40 @@ int phase_sandbox_seccomp_install(void);
 
 /* ---- the parent's side of one slot --------------------------------------------------------- */
 
+/* Buffers per slot at most (each: a memfd and at most one pre-forked worker). */
+#define PHASE_SANDBOX_MAX_DEPTH 8
+
+typedef struct phase_sandbox_spare {
+    int chan;                 /* its channel */
+    uint32_t gen;
+    int32_t pid;
+    uint32_t buffer;
+    uint64_t cache_seq;       /* module ADDs the server had processed when it forked this worker */
+} phase_sandbox_spare;
+
 typedef struct phase_sandbox_slot {
     int sock;                 /* seqpacket socket to the fork server */
-    uint8_t *shm;
-    size_t shm_bytes;
-    int chan;                 /* the current worker's channel; -1: none yet */
-    uint32_t gen;             /* generation of the current (or last) worker */
-    int32_t pid;              /* its pid, as the fork server reported it */
-    uint64_t cache_seq;       /* module ADDs the server had processed when it forked the current worker */
-    int awaiting_exit;        /* the last worker finished; its EXITED message is still to come */
+    uint32_t depth;           /* buffers, each with its own shared memory and at most one worker */
+    uint8_t *shms[PHASE_SANDBOX_MAX_DEPTH];
+    size_t shm_bytes;         /* of each buffer */
+    uint8_t *shm;             /* the current job's buffer */
+    /* Workers set up and waiting for "go", oldest first (READY received, EXITED not). */
+    phase_sandbox_spare spares[PHASE_SANDBOX_MAX_DEPTH];
+    uint32_t nspares;
+    int chan;                 /* the current job's worker; -1: none */
+    uint32_t gen;             /* generation of the current (or last) job's worker */
+    int32_t pid;              /* the pid of the worker that runs (or will run) the slot's next job */
+    uint64_t cache_seq;       /* cache_seq of that worker */
+    int awaiting_exit;        /* the current job's worker died or was killed; its EXITED message is still to come */
+    int reuse;                /* the current worker lacked the module and waits for the bytes: use it again */
     uint64_t seq;
     uint64_t out_off, out_cap;    /* where the current job's output goes (parent's copy; shm is untrusted) */
-    /* about the last worker to exit */
+    /* about the last job's worker to exit */
     int32_t last_wait_status;
     int64_t last_maxrss_kb;
     int64_t last_cpu_us;
-    /* the last job's timeline (CLOCK_MONOTONIC ns): go sent; worker woke, confined, ran; done received */
-    uint64_t t_go_ns, t_woke_ns, t_confined_ns, t_ran_ns, t_done_ns;
+    /* the last job's timeline (CLOCK_MONOTONIC ns): go sent; worker set up, woke, confined, ran; done received */
+    uint64_t t_go_ns, t_ready_ns, t_woke_ns, t_confined_ns, t_ran_ns, t_done_ns;
 } phase_sandbox_slot;
 
 typedef struct phase_sandbox_job {
@@ -64,12 +81,17 @@ typedef struct phase_sandbox_job {
 /* Bytes of shared memory a job needs (payloads + room for output); compare with slot->shm_bytes. */
 uint64_t phase_sandbox_job_shm_bytes(const phase_sandbox_job *job);
 
-/* Take ownership of sock and map shm_fd (closed afterwards). 0, or -1 with a message. */
-int phase_sandbox_slot_open(phase_sandbox_slot *slot, int sock, int shm_fd, char *err, size_t errlen);
+/* Take ownership of sock and map the depth buffers' shm_fds (closed afterwards). 0, or -1 with a message. */
+int phase_sandbox_slot_open(phase_sandbox_slot *slot, int sock, const int *shm_fds, uint32_t depth, char *err,
+                            size_t errlen);
 void phase_sandbox_slot_close(phase_sandbox_slot *slot);
 
-/* Wait (up to timeout_ms) until the slot has a fresh worker and the previous one is reaped. 0 or -1. */
+/* Wait (up to timeout_ms) until the slot has a fresh worker set up for its next job. 0 or -1. */
 int phase_sandbox_slot_ready(phase_sandbox_slot *slot, int timeout_ms, char *err, size_t errlen);
+
+/* Read what the fork server has reported so far without waiting (new spares, spares that died). 0, or -1 if
+ * the server is gone. */
+int phase_sandbox_slot_poll(phase_sandbox_slot *slot);
 
 /* Run a job on the slot's worker. Returns 0 with result filled (status tells how it ended, incl.
  * crashed/timeout/memory_limit when the worker died); 1 if the worker lacks the module (call again with

@@ -66,24 +66,34 @@ uint64_t phase_sandbox_job_shm_bytes(const phase_sandbox_job *job)
            + align64(strings_bytes(job)) + job->limits.output_bytes;
 }
 
-int phase_sandbox_slot_open(phase_sandbox_slot *slot, int sock, int shm_fd, char *err, size_t errlen)
+int phase_sandbox_slot_open(phase_sandbox_slot *slot, int sock, const int *shm_fds, uint32_t depth, char *err,
+                            size_t errlen)
 {
     memset(slot, 0, sizeof *slot);
     slot->sock = sock;
     slot->chan = -1;
-    struct stat st;
-    if (fstat(shm_fd, &st) != 0 || st.st_size < SANDBOX_MIN_SHM_BYTES) {
-        errf(err, errlen, "shared memory of the slot is missing or too small");
+    if (depth < 1 || depth > PHASE_SANDBOX_MAX_DEPTH) {
+        errf(err, errlen, "a slot has 1 to %d buffers, not %u", PHASE_SANDBOX_MAX_DEPTH, depth);
         return -1;
     }
-    slot->shm_bytes = (size_t) st.st_size;
-    void *p = mmap(NULL, slot->shm_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, shm_fd, 0);
-    if (p == MAP_FAILED) {
-        errf(err, errlen, "mmap of the slot's shared memory: %s", strerror(errno));
-        return -1;
+    for (uint32_t b = 0; b < depth; b++) {
+        struct stat st;
+        if (fstat(shm_fds[b], &st) != 0 || st.st_size < SANDBOX_MIN_SHM_BYTES
+            || (b && (size_t) st.st_size != slot->shm_bytes)) {
+            errf(err, errlen, "shared memory of the slot is missing, too small or of unequal sizes");
+            return -1;
+        }
+        slot->shm_bytes = (size_t) st.st_size;
+        void *p = mmap(NULL, slot->shm_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, shm_fds[b], 0);
+        if (p == MAP_FAILED) {
+            errf(err, errlen, "mmap of the slot's shared memory: %s", strerror(errno));
+            return -1;
+        }
+        slot->shms[b] = p;
+        slot->depth = b + 1;
+        close(shm_fds[b]);
     }
-    slot->shm = p;
-    close(shm_fd);
+    slot->shm = slot->shms[0];
     return 0;
 }
 
@@ -91,10 +101,14 @@ void phase_sandbox_slot_close(phase_sandbox_slot *slot)
 {
     if (slot->chan >= 0)
         close(slot->chan);
+    for (uint32_t i = 0; i < slot->nspares; i++)
+        close(slot->spares[i].chan);
+    slot->nspares = 0;
     if (slot->sock >= 0)
         close(slot->sock);
-    if (slot->shm)
-        munmap(slot->shm, slot->shm_bytes);
+    for (uint32_t b = 0; b < slot->depth; b++)
+        munmap(slot->shms[b], slot->shm_bytes);
+    slot->depth = 0;
     slot->chan = slot->sock = -1;
     slot->shm = NULL;
 }
@@ -136,30 +150,49 @@ static int recv_msg(phase_sandbox_slot *slot, sandbox_msg *msg, int *fd, int tim
     return 1;
 }
 
+/* The worker that will take the slot's next job: the one kept for the module's bytes, else the oldest spare. */
+static void note_next(phase_sandbox_slot *slot)
+{
+    if (!slot->reuse && slot->nspares) {
+        slot->pid = slot->spares[0].pid;
+        slot->cache_seq = slot->spares[0].cache_seq;
+    }
+}
+
 static int handle_msg(phase_sandbox_slot *slot, const sandbox_msg *msg, int fd)
 {
     if (msg->type == SANDBOX_MSG_EXITED) {
-        if (msg->gen == slot->gen) {
+        if (fd >= 0)
+            close(fd);
+        /* A spare that died before it had a job (killed from outside): drop it, it is never used. */
+        for (uint32_t i = 0; i < slot->nspares; i++) {
+            if (slot->spares[i].gen != msg->gen)
+                continue;
+            close(slot->spares[i].chan);
+            memmove(slot->spares + i, slot->spares + i + 1, (slot->nspares - i - 1) * sizeof slot->spares[0]);
+            slot->nspares--;
+            note_next(slot);
+            return 0;
+        }
+        slot->last_wait_status = msg->wait_status;
+        slot->last_maxrss_kb = msg->maxrss_kb;
+        slot->last_cpu_us = msg->cpu_us;
+        if (msg->gen == slot->gen) {   /* the current worker: it died (or exited after "done") */
             slot->awaiting_exit = 0;
-            slot->last_wait_status = msg->wait_status;
-            slot->last_maxrss_kb = msg->maxrss_kb;
-            slot->last_cpu_us = msg->cpu_us;
+            slot->reuse = 0;
             if (slot->chan >= 0) {
                 close(slot->chan);
                 slot->chan = -1;
             }
         }
-        if (fd >= 0)
-            close(fd);
         return 0;
     }
-    if (msg->type == SANDBOX_MSG_READY && fd >= 0) {
-        if (slot->chan >= 0)
-            close(slot->chan);
-        slot->chan = fd;
-        slot->gen = msg->gen;
-        slot->pid = msg->pid;
-        slot->cache_seq = msg->cache_seq;
+    if (msg->type == SANDBOX_MSG_READY && fd >= 0 && msg->buffer < slot->depth
+        && slot->nspares < PHASE_SANDBOX_MAX_DEPTH) {
+        /* The server sends it only after the EXITED of the buffer's previous worker: the buffer is ours. */
+        slot->spares[slot->nspares++] = (phase_sandbox_spare){
+            .chan = fd, .gen = msg->gen, .pid = msg->pid, .buffer = msg->buffer, .cache_seq = msg->cache_seq};
+        note_next(slot);
         return 0;
     }
     if (fd >= 0)
@@ -167,10 +200,33 @@ static int handle_msg(phase_sandbox_slot *slot, const sandbox_msg *msg, int fd)
     return -1;
 }
 
+/* Read what the server has said so far without waiting (workers that died idle, new spares). 0 or -1. */
+static int drain(phase_sandbox_slot *slot)
+{
+    for (;;) {
+        sandbox_msg msg;
+        int fd = -1;
+        int rc = recv_msg(slot, &msg, &fd, 0);
+        if (rc == 0)
+            return 0;
+        if (rc < 0 || handle_msg(slot, &msg, fd) != 0)
+            return -1;
+    }
+}
+
+int phase_sandbox_slot_poll(phase_sandbox_slot *slot)
+{
+    return drain(slot);
+}
+
 int phase_sandbox_slot_ready(phase_sandbox_slot *slot, int timeout_ms, char *err, size_t errlen)
 {
     uint64_t deadline = now_ms() + (uint64_t) timeout_ms;
-    while (slot->awaiting_exit || slot->chan < 0) {
+    if (drain(slot) != 0) {
+        errf(err, errlen, "the sandbox's fork server is gone");
+        return -1;
+    }
+    while (slot->awaiting_exit || !(slot->reuse ? slot->chan >= 0 : slot->nspares > 0)) {
         uint64_t now = now_ms();
         if (now >= deadline) {
             errf(err, errlen, "the sandbox's fork server did not provide a worker within %d ms", timeout_ms);
@@ -187,13 +243,31 @@ int phase_sandbox_slot_ready(phase_sandbox_slot *slot, int timeout_ms, char *err
     return 0;
 }
 
+/* Make the oldest spare the current worker (unless the current one waits for the module's bytes). */
+static void take_worker(phase_sandbox_slot *slot)
+{
+    if (slot->reuse)
+        return;
+    phase_sandbox_spare w = slot->spares[0];
+    memmove(slot->spares, slot->spares + 1, (slot->nspares - 1) * sizeof slot->spares[0]);
+    slot->nspares--;
+    if (slot->chan >= 0)
+        close(slot->chan);
+    slot->chan = w.chan;
+    slot->gen = w.gen;
+    slot->pid = w.pid;
+    slot->cache_seq = w.cache_seq;
+    slot->shm = slot->shms[w.buffer];
+}
+
 static void write_request(phase_sandbox_slot *slot, const phase_sandbox_job *job)
 {
     sandbox_shm_header *hdr = (sandbox_shm_header *) slot->shm;
     sandbox_request *req = &hdr->request;
     uint64_t pos = SANDBOX_HEADER_BYTES;
-    /* The previous worker is reaped (slot_ready waited for it), so from here only the new worker writes the
-     * response: clear what the old one may have left, including a forged done flag for this seq. */
+    /* This buffer's previous worker is reaped (the server forks a buffer's next worker, and sends its READY,
+     * only after reaping the last one), so from here only the new worker writes the response: clear what the
+     * old one may have left, including a forged done flag for this seq. */
     memset(&hdr->response, 0, sizeof hdr->response);
     memset(req, 0, sizeof *req);
     req->magic = SANDBOX_MAGIC;
@@ -370,17 +444,28 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
              (unsigned long long) phase_sandbox_job_shm_bytes(job), slot->shm_bytes);
         return -1;
     }
-    if (phase_sandbox_slot_ready(slot, 30000, err, errlen) != 0)
-        return -1;
-    write_request(slot, job);
-    /* From "go" on, the worker is responsible for this job until it says "done" or dies. */
-    slot->awaiting_exit = 1;
-    char go = 'g';
     ssize_t w;
-    slot->t_go_ns = now_ns();
-    do
-        w = send(slot->chan, &go, 1, MSG_NOSIGNAL);
-    while (w < 0 && errno == EINTR);
+    for (unsigned attempt = 0;; attempt++) {
+        if (phase_sandbox_slot_ready(slot, 30000, err, errlen) != 0)
+            return -1;
+        take_worker(slot);
+        write_request(slot, job);
+        /* From "go" on, the worker is responsible for this job until it says "done" or dies. */
+        slot->awaiting_exit = 1;
+        char go = 'g';
+        slot->t_go_ns = now_ns();
+        do
+            w = send(slot->chan, &go, 1, MSG_NOSIGNAL);
+        while (w < 0 && errno == EINTR);
+        if (w == 1 || attempt >= 2 * PHASE_SANDBOX_MAX_DEPTH)
+            break;
+        /* Its channel is closed: the worker died while idle (it only exits, and it closes nothing before
+         * "go"), so it never read this request. Its EXITED is a spare's death; the job goes to the next one. */
+        close(slot->chan);
+        slot->chan = -1;
+        slot->awaiting_exit = 0;
+        slot->reuse = 0;
+    }
 
     uint64_t start = now_ms();
     int killed_for_timeout = 0;
@@ -440,13 +525,19 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
         const sandbox_shm_header *hdr = (const sandbox_shm_header *) slot->shm;
         if (hdr->response.module_missing && hdr->response.seq == slot->seq) {
             slot->awaiting_exit = 0;   /* the same worker waits for the bytes */
+            slot->reuse = 1;
             return 1;
         }
+        slot->reuse = 0;
+        slot->t_ready_ns = hdr->response.t_ready_ns;
         slot->t_woke_ns = hdr->response.t_woke_ns;
         slot->t_confined_ns = hdr->response.t_confined_ns;
         slot->t_ran_ns = hdr->response.t_ran_ns;
-        close(slot->chan);   /* the worker exits by itself; its EXITED message is read before the next job */
+        /* The worker exits by itself. The next job needs not wait for that: it runs on another buffer's worker. */
+        close(slot->chan);
         slot->chan = -1;
+        slot->awaiting_exit = 0;
+        note_next(slot);
         if (copy_response(slot, job, res) != 0) {
             phase_result_clear(res);
             errf(err, errlen, "out of memory copying a job's output");
@@ -454,8 +545,10 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
         }
         return 0;
     }
+    slot->reuse = 0;
     if (wait_exited(slot, err, errlen) != 0)
         return -1;
+    note_next(slot);
     death_result(slot, job, killed_for_timeout, res);
     memcpy(res->module_hash, job->module_hash, PHASE_SHA256_BYTES);
     phase_sha256(job->input, job->input_len, res->input_hash);

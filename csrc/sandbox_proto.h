@@ -5,7 +5,8 @@
  *   parent (the node's Python)  --main socket (stream)-->  fork server  --fork-->  worker (single use)
  *   parent  <--slot socket i (seqpacket)-->  fork server          one per slot: READY / EXITED / KILL
  *   parent  <--worker channel (seqpacket, fresh per worker)-->  worker        "go" / "done" bytes
- *   parent, fork server, worker of slot i: slot i's shared memory (memfd mapped before fork)
+ *   parent, fork server, worker of slot i buffer b: that buffer's shared memory (memfd mapped before fork);
+ *   a slot has 1..SANDBOX_MAX_DEPTH buffers, each with at most one worker alive at a time
  *
  * Everything a worker writes is untrusted: the parent bounds-checks the response, and takes the
  * worker's fate (exit status, pid) only from the fork server.
@@ -16,11 +17,15 @@
 #include <stdint.h>
 
 #include "phase_core.h"
+#include "sandbox.h"
 
 #define SANDBOX_MAGIC 0x50485342u         /* "PHSB" */
 #define SANDBOX_VERSION 1u
 #define SANDBOX_HEADER_BYTES 4096u        /* request + response headers; payloads follow */
 #define SANDBOX_MIN_SHM_BYTES (1u << 20)
+/* Buffers (memfd + pre-forked worker) per slot at most: the slot's next job takes a ready one while the
+ * server replaces the used ones. */
+#define SANDBOX_MAX_DEPTH PHASE_SANDBOX_MAX_DEPTH
 
 /* Worker exit code when it could not set itself up (rlimits, seccomp, ...). */
 #define SANDBOX_EXIT_SETUP 99
@@ -69,8 +74,9 @@ typedef struct sandbox_response {         /* written by the worker before "done"
     uint8_t input_hash[PHASE_SHA256_BYTES];
     uint8_t stdout_hash[PHASE_SHA256_BYTES];
     uint8_t stderr_hash[PHASE_SHA256_BYTES];
-    /* CLOCK_MONOTONIC ns in the worker, for the benchmark's breakdown: woke on "go", confined, job done */
-    uint64_t t_woke_ns, t_confined_ns, t_ran_ns;
+    /* CLOCK_MONOTONIC ns in the worker, for the benchmark's breakdown: set up and waiting for "go", woke on
+     * "go", confined, job done */
+    uint64_t t_ready_ns, t_woke_ns, t_confined_ns, t_ran_ns;
     uint64_t done_seq;                    /* written last (release): = seq when the response is complete */
 } sandbox_response;
 
@@ -85,7 +91,8 @@ _Static_assert(sizeof(sandbox_shm_header) <= SANDBOX_HEADER_BYTES, "shm header t
 /* ---- messages ---------------------------------------------------------------------------- */
 
 enum sandbox_msg_type {
-    SANDBOX_MSG_READY = 1,     /* server -> parent, slot socket, carries the worker channel fd */
+    SANDBOX_MSG_READY = 1,     /* server -> parent, slot socket, carries the worker channel fd; sent after the
+                                * EXITED of the buffer's previous worker */
     SANDBOX_MSG_EXITED = 2,    /* server -> parent, slot socket: the worker of generation gen is reaped */
     SANDBOX_MSG_KILL = 3,      /* parent -> server, slot socket: SIGKILL the worker of generation gen */
     SANDBOX_MSG_ADD = 4,       /* parent -> server, main socket: validate and cache a module (bytes follow) */
@@ -93,13 +100,15 @@ enum sandbox_msg_type {
 
 typedef struct sandbox_msg {
     uint32_t type;
-    uint32_t gen;              /* worker generation within the slot */
+    uint32_t gen;              /* worker generation within the slot (unique over its buffers) */
     int32_t pid;               /* READY/EXITED: the worker's pid, from the server (trusted) */
     int32_t wait_status;       /* EXITED: as from waitpid */
     uint64_t cache_seq;        /* READY: module ADDs the server had processed when it forked the worker;
                                 * ADD: length of the module bytes that follow */
     int64_t maxrss_kb;         /* EXITED: the worker's peak resident size */
     int64_t cpu_us;            /* EXITED: user + system CPU time */
+    uint32_t buffer;           /* READY/EXITED: the worker's buffer within the slot */
+    uint32_t reserved;
 } sandbox_msg;
 
 #endif

@@ -3,10 +3,11 @@
  * The fork server is a small single-threaded process (exec'd, so it inherits nothing of the node: no
  * keys, no threads, no Python heap). It holds the modules the parent asked it to cache (validated by
  * phase_module_new here, after a sandboxed worker validated the same bytes without incident) and keeps
- * one pre-forked worker per slot. A worker inherits the cache and its slot's shared memory, waits for
- * "go", confines itself for the job (rlimits, no_new_privs, seccomp), runs it, writes the result into
- * the shared memory, says "done" and exits. The server reaps it, tells the parent how it ended, and
- * forks the next one.
+ * one pre-forked worker per buffer; a slot has 1 + spares buffers, so its next job finds a worker set up
+ * while the used ones are replaced. A worker inherits the cache and its buffer's shared memory (only
+ * that one), confines itself (capabilities, no_new_privs, seccomp), waits for "go", sets the job's
+ * rlimits, runs it, writes the result into the shared memory, says "done" and exits. The server reaps
+ * it, tells the parent how it ended, and forks the buffer's next one.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -43,15 +44,25 @@
 
 typedef struct srv_slot {
     int sock;
+    uint32_t gen;              /* generation of the slot's newest worker (over all its buffers) */
+} srv_slot;
+
+/* A slot has up to SANDBOX_MAX_DEPTH buffers, each with its own memfd and at most one worker at a time:
+ * a spare forked on a free buffer is ready while the slot's current job runs on another one. A buffer
+ * gets its next worker only after its last one was reaped, so no worker ever sees another job's memory. */
+typedef struct srv_buffer {
+    unsigned slot, index;
     uint8_t *shm;
     size_t shm_bytes;
     pid_t pid;                 /* 0: no worker */
-    uint32_t gen;
+    uint32_t gen;              /* its worker's generation within the slot */
     uint64_t respawn_at_ns;    /* after a worker failed its own set-up: not before this */
-} srv_slot;
+} srv_buffer;
 
 static srv_slot slots[MAX_SLOTS];
 static unsigned nslots;
+static srv_buffer buffers[MAX_SLOTS * SANDBOX_MAX_DEPTH];
+static unsigned nbuffers;
 static int main_sock = -1;
 static int devnull = -1;
 static pid_t server_pid;
@@ -115,9 +126,13 @@ static uint64_t now_ns(void)
 
 /* ---- the worker ---------------------------------------------------------------------------- */
 
-static uint64_t vm_size_bytes(void)
+/* The server's address-space size, the base of every worker's RLIMIT_AS. Read from /proc in the server
+ * (at start and whenever its cache changes), not in each worker: opening /proc and stdio's buffers cost a
+ * worker ~40 us of system calls and copy-on-write faults. */
+static uint64_t server_vm_bytes;
+
+static void note_vm_size(void)
 {
-    /* Before seccomp: /proc is still reachable. */
     unsigned long long pages = 0;
     FILE *f = fopen("/proc/self/statm", "r");
     if (f) {
@@ -125,7 +140,7 @@ static uint64_t vm_size_bytes(void)
             pages = 0;
         fclose(f);
     }
-    return pages * (uint64_t) sysconf(_SC_PAGESIZE);
+    server_vm_bytes = pages * (uint64_t) sysconf(_SC_PAGESIZE);
 }
 
 static int set_limit(int resource, uint64_t value)
@@ -238,6 +253,7 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
     uint8_t *shm = (uint8_t *) hdr;
     for (;;) {
         char c;
+        uint64_t ready = now_ns();
         ssize_t n = read(WORKER_FD, &c, 1);
         if (n != 1)
             _exit(SANDBOX_EXIT_IDLE);
@@ -269,6 +285,7 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
         }
         if (confine(&req, base_vm) != 0)
             _exit(SANDBOX_EXIT_SETUP);
+        resp->t_ready_ns = ready;
         resp->t_woke_ns = woke;
         resp->t_confined_ns = now_ns();
         /* From here on the worker is confined: anything below may be hostile. */
@@ -368,42 +385,7 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
     }
 }
 
-/* fork() does not copy page-table entries of file mappings (code, read-only data): each worker would fault
- * every code page it runs back in, during its job. The server notes those ranges once; a worker populates
- * them before waiting for "go". */
-#define MAX_TEXT_RANGES 64
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22
-#endif
-static struct { uintptr_t start, end; } text_ranges[MAX_TEXT_RANGES];
-static unsigned text_count;
-
-static void note_text_ranges(void)
-{
-    FILE *f = fopen("/proc/self/maps", "r");
-    if (!f)
-        return;
-    char line[512];
-    while (text_count < MAX_TEXT_RANGES && fgets(line, sizeof line, f)) {
-        unsigned long start, end;
-        char perms[8];
-        if (sscanf(line, "%lx-%lx %7s", &start, &end, perms) == 3 && perms[0] == 'r' && perms[1] == '-'
-            && perms[3] == 'p' && strchr(line, '/')) {
-            text_ranges[text_count].start = start;
-            text_ranges[text_count].end = end;
-            text_count++;
-        }
-    }
-    fclose(f);
-}
-
-static void populate_text(void)
-{
-    for (unsigned i = 0; i < text_count; i++)
-        (void) madvise((void *) text_ranges[i].start, text_ranges[i].end - text_ranges[i].start, MADV_POPULATE_READ);
-}
-
-/* In the child right after fork: drop everything that is not this slot's, then serve one job. */
+/* In the child right after fork: drop everything that is not this buffer's, then serve one job. */
 static void worker_main(unsigned index, int chan)
 {
     sigset_t none;
@@ -412,20 +394,27 @@ static void worker_main(unsigned index, int chan)
     signal(SIGPIPE, SIG_DFL);
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != server_pid)
         _exit(SANDBOX_EXIT_SETUP);
-    /* Other slots' shared memory holds other jobs: unmap it. */
-    for (unsigned j = 0; j < nslots; j++)
+    /* Other buffers' shared memory holds other jobs: unmap it. */
+    for (unsigned j = 0; j < nbuffers; j++)
         if (j != index)
-            munmap(slots[j].shm, slots[j].shm_bytes);
+            munmap(buffers[j].shm, buffers[j].shm_bytes);
     /* 0-2 become /dev/null first (devnull itself may sit on fd 3), then the channel moves to fd 3. */
     if (dup2(devnull, 0) < 0 || dup2(devnull, 1) < 0 || dup2(devnull, 2) < 0 || dup2(chan, WORKER_FD) < 0)
         _exit(SANDBOX_EXIT_SETUP);
     if (close_range(WORKER_FD + 1, ~0u, 0) != 0)
         _exit(SANDBOX_EXIT_SETUP);
-    uint64_t base_vm = vm_size_bytes();
-    populate_text();
+    /* What this worker inherits: the server's address space less the other buffers' shared memory. */
+    uint64_t base_vm = server_vm_bytes;
+    for (unsigned j = 0; j < nbuffers; j++)
+        if (j != index)
+            base_vm -= buffers[j].shm_bytes;
+    /* Code pages are not populated ahead (MADV_POPULATE_READ over every file mapping): that cost ~300 us of
+     * CPU per worker plus as much again to unmap them at exit, for ~30 us less of page faults in the job; on
+     * 2 CPUs it halved the throughput. The job faults in the few code pages it runs (fault-around maps 16 at a
+     * time). */
     if (confine_early() != 0)
         _exit(SANDBOX_EXIT_SETUP);
-    worker_run((sandbox_shm_header *) slots[index].shm, slots[index].shm_bytes, base_vm);
+    worker_run((sandbox_shm_header *) buffers[index].shm, buffers[index].shm_bytes, base_vm);
     _exit(SANDBOX_EXIT_IDLE);
 }
 
@@ -461,18 +450,19 @@ static int send_msg(int sock, const sandbox_msg *msg, int fd)
 
 static void shutdown_all(int code)
 {
-    for (unsigned i = 0; i < nslots; i++)
-        if (slots[i].pid > 0)
-            kill(slots[i].pid, SIGKILL);
-    for (unsigned i = 0; i < nslots; i++)
-        if (slots[i].pid > 0)
-            waitpid(slots[i].pid, NULL, 0);
+    for (unsigned i = 0; i < nbuffers; i++)
+        if (buffers[i].pid > 0)
+            kill(buffers[i].pid, SIGKILL);
+    for (unsigned i = 0; i < nbuffers; i++)
+        if (buffers[i].pid > 0)
+            waitpid(buffers[i].pid, NULL, 0);
     _exit(code);
 }
 
 static void spawn(unsigned index)
 {
-    srv_slot *slot = &slots[index];
+    srv_buffer *buf = &buffers[index];
+    srv_slot *slot = &slots[buf->slot];
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
         fatal("socketpair");
@@ -484,9 +474,10 @@ static void spawn(unsigned index)
         worker_main(index, sv[1]);
     }
     close(sv[1]);
-    slot->pid = pid;
-    slot->gen++;
-    sandbox_msg msg = {.type = SANDBOX_MSG_READY, .gen = slot->gen, .pid = pid, .cache_seq = cache_seq};
+    buf->pid = pid;
+    buf->gen = ++slot->gen;
+    sandbox_msg msg = {.type = SANDBOX_MSG_READY, .gen = buf->gen, .pid = pid, .cache_seq = cache_seq,
+                       .buffer = buf->index};
     int rc = send_msg(slot->sock, &msg, sv[0]);
     close(sv[0]);
     if (rc != 0)
@@ -501,13 +492,14 @@ static void reap(void)
         pid_t pid = wait4(-1, &status, WNOHANG, &ru);
         if (pid <= 0)
             return;
-        for (unsigned i = 0; i < nslots; i++) {
-            srv_slot *slot = &slots[i];
-            if (slot->pid != pid)
+        for (unsigned i = 0; i < nbuffers; i++) {
+            srv_buffer *buf = &buffers[i];
+            if (buf->pid != pid)
                 continue;
-            slot->pid = 0;
+            srv_slot *slot = &slots[buf->slot];
+            buf->pid = 0;
             sandbox_msg msg = {
-                .type = SANDBOX_MSG_EXITED, .gen = slot->gen, .pid = pid, .wait_status = status,
+                .type = SANDBOX_MSG_EXITED, .gen = buf->gen, .pid = pid, .wait_status = status, .buffer = buf->index,
                 .maxrss_kb = ru.ru_maxrss,
                 .cpu_us = (int64_t) (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000
                           + ru.ru_utime.tv_usec + ru.ru_stime.tv_usec,
@@ -516,7 +508,7 @@ static void reap(void)
                 shutdown_all(0);
             /* A worker that could not even set itself up would fail again at once: do not spin. */
             if (WIFEXITED(status) && WEXITSTATUS(status) == SANDBOX_EXIT_SETUP)
-                slot->respawn_at_ns = now_ns() + 100000000ull;
+                buf->respawn_at_ns = now_ns() + 100000000ull;
             else
                 spawn(i);
         }
@@ -556,6 +548,7 @@ static void handle_main(void)
     cache_add(bytes, len);
     free(bytes);
     cache_seq++;
+    note_vm_size();
 }
 
 static void handle_slot(unsigned index)
@@ -567,8 +560,11 @@ static void handle_slot(unsigned index)
         return;
     if (n != (ssize_t) sizeof msg)
         shutdown_all(0);
-    if (msg.type == SANDBOX_MSG_KILL && msg.gen == slot->gen && slot->pid > 0)
-        kill(slot->pid, SIGKILL);   /* reap() reports it */
+    if (msg.type != SANDBOX_MSG_KILL)
+        return;
+    for (unsigned i = 0; i < nbuffers; i++)
+        if (buffers[i].slot == index && buffers[i].gen == msg.gen && buffers[i].pid > 0)
+            kill(buffers[i].pid, SIGKILL);   /* reap() reports it */
 }
 
 /* A job the server runs itself once, before forking: a trusted constant module. It makes the core
@@ -614,27 +610,38 @@ int phase_sandbox_server_main(int argc, char **argv)
         if (strcmp(argv[i], "--main") == 0 && i + 1 < argc) {
             main_sock = parse_fd(argv[++i], &end);
         } else if (strcmp(argv[i], "--slot") == 0 && i + 1 < argc && nslots < MAX_SLOTS) {
+            /* --slot SOCK:SHM[,SHM...]: one memfd per buffer of the slot. */
             int sock = parse_fd(argv[++i], &end);
-            int shm_fd = (*end == ':') ? parse_fd(end + 1, &end) : -1;
-            struct stat st;
-            if (sock < 0 || shm_fd < 0 || fstat(shm_fd, &st) != 0 || st.st_size < SANDBOX_MIN_SHM_BYTES) {
+            unsigned depth = 0;
+            char sep = *end;
+            while (sock >= 0 && sep == (depth ? ',' : ':')) {
+                int shm_fd = parse_fd(end + 1, &end);
+                struct stat st;
+                if (shm_fd < 0 || depth == SANDBOX_MAX_DEPTH || fstat(shm_fd, &st) != 0
+                    || st.st_size < SANDBOX_MIN_SHM_BYTES)
+                    break;
+                srv_buffer *buf = &buffers[nbuffers++];
+                buf->slot = nslots;
+                buf->index = depth++;
+                buf->shm_bytes = (size_t) st.st_size;
+                buf->shm = mmap(NULL, buf->shm_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, shm_fd, 0);
+                if (buf->shm == MAP_FAILED)
+                    fatal("mmap");
+                close(shm_fd);
+                sep = *end;
+            }
+            if (sock < 0 || depth == 0 || sep != 0) {
                 fprintf(stderr, "phase-sandboxd: bad --slot %s\n", argv[i]);
                 _exit(2);
             }
-            srv_slot *slot = &slots[nslots++];
-            slot->sock = sock;
-            slot->shm_bytes = (size_t) st.st_size;
-            slot->shm = mmap(NULL, slot->shm_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, shm_fd, 0);
-            if (slot->shm == MAP_FAILED)
-                fatal("mmap");
-            close(shm_fd);
+            slots[nslots++].sock = sock;
         } else {
-            fprintf(stderr, "usage: phase-sandboxd --main FD --slot SOCKFD:SHMFD [--slot ...]\n");
+            fprintf(stderr, "usage: phase-sandboxd --main FD --slot SOCKFD:SHMFD[,SHMFD...] [--slot ...]\n");
             _exit(2);
         }
     }
     if (main_sock < 0 || nslots == 0) {
-        fprintf(stderr, "usage: phase-sandboxd --main FD --slot SOCKFD:SHMFD [--slot ...]\n");
+        fprintf(stderr, "usage: phase-sandboxd --main FD --slot SOCKFD:SHMFD[,SHMFD...] [--slot ...]\n");
         _exit(2);
     }
     if (phase_crypto_init() != 0) {
@@ -650,7 +657,7 @@ int phase_sandbox_server_main(int argc, char **argv)
     if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(devnull, 1) < 0)
         fatal("/dev/null");
     warm_up();
-    note_text_ranges();
+    note_vm_size();
 
     sigset_t chld;
     sigemptyset(&chld);
@@ -660,7 +667,7 @@ int phase_sandbox_server_main(int argc, char **argv)
     int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
     if (sfd < 0)
         fatal("signalfd");
-    for (unsigned i = 0; i < nslots; i++)
+    for (unsigned i = 0; i < nbuffers; i++)
         spawn(i);
 
     struct pollfd pfds[MAX_SLOTS + 2];
@@ -671,13 +678,13 @@ int phase_sandbox_server_main(int argc, char **argv)
             pfds[2 + i] = (struct pollfd){.fd = slots[i].sock, .events = POLLIN};
         int timeout = -1;
         uint64_t now = now_ns();
-        for (unsigned i = 0; i < nslots; i++) {
-            if (slots[i].pid == 0 && slots[i].respawn_at_ns) {
-                if (slots[i].respawn_at_ns <= now) {
-                    slots[i].respawn_at_ns = 0;
+        for (unsigned i = 0; i < nbuffers; i++) {
+            if (buffers[i].pid == 0 && buffers[i].respawn_at_ns) {
+                if (buffers[i].respawn_at_ns <= now) {
+                    buffers[i].respawn_at_ns = 0;
                     spawn(i);
                 } else {
-                    int ms = (int) ((slots[i].respawn_at_ns - now) / 1000000) + 1;
+                    int ms = (int) ((buffers[i].respawn_at_ns - now) / 1000000) + 1;
                     if (timeout < 0 || ms < timeout)
                         timeout = ms;
                 }

@@ -14,21 +14,26 @@ from pyphase.errors import PhaseError
 cdef extern from "sandbox.h" nogil:
     int phase_sandbox_server_main(int argc, char **argv)
 
+    enum:
+        PHASE_SANDBOX_MAX_DEPTH
+
+    ctypedef struct phase_sandbox_spare:
+        int32_t pid
+        uint32_t gen
+
     ctypedef struct phase_sandbox_slot:
         int sock
-        uint8_t *shm
+        uint32_t depth
         size_t shm_bytes
-        int chan
+        phase_sandbox_spare spares[8]
+        uint32_t nspares
         uint32_t gen
         int32_t pid
         uint64_t cache_seq
-        int awaiting_exit
-        uint64_t seq
-        uint64_t out_off, out_cap
         int32_t last_wait_status
         int64_t last_maxrss_kb
         int64_t last_cpu_us
-        uint64_t t_go_ns, t_woke_ns, t_confined_ns, t_ran_ns, t_done_ns
+        uint64_t t_go_ns, t_ready_ns, t_woke_ns, t_confined_ns, t_ran_ns, t_done_ns
 
     ctypedef struct phase_sandbox_job:
         const uint8_t *module_hash
@@ -49,9 +54,11 @@ cdef extern from "sandbox.h" nogil:
         uint32_t spin_us
 
     uint64_t phase_sandbox_job_shm_bytes(const phase_sandbox_job *job)
-    int phase_sandbox_slot_open(phase_sandbox_slot *slot, int sock, int shm_fd, char *err, size_t errlen)
+    int phase_sandbox_slot_open(phase_sandbox_slot *slot, int sock, const int *shm_fds, uint32_t depth, char *err,
+                                size_t errlen)
     void phase_sandbox_slot_close(phase_sandbox_slot *slot)
     int phase_sandbox_slot_ready(phase_sandbox_slot *slot, int timeout_ms, char *err, size_t errlen)
+    int phase_sandbox_slot_poll(phase_sandbox_slot *slot)
     int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *job, phase_result *result,
                                char *err, size_t errlen)
 
@@ -83,6 +90,7 @@ if phase_crypto_init() != 0:
 from pyphase._core import STATUS_NAMES  # one table of status names, read from the C core
 HEADER_BYTES = SANDBOX_HEADER_BYTES
 MIN_SHM_BYTES = SANDBOX_MIN_SHM_BYTES
+MAX_DEPTH = PHASE_SANDBOX_MAX_DEPTH
 # Test-only worker actions (see sandbox_proto.h); the public API never sets them.
 TEST_ACTIONS = {
     "forbidden_syscall": SANDBOX_TEST_FORBIDDEN_SYSCALL,
@@ -134,15 +142,23 @@ cdef char **_cstrings(list items, list keep) except? NULL:
 
 
 cdef class Slot:
-    """The parent's end of one worker slot: a socket to the fork server and the slot's shared memory.
-    Used by one thread at a time (pyphase.sandbox keeps a free list)."""
+    """The parent's end of one worker slot: a socket to the fork server and the shared memory of the slot's
+    buffers (one per pre-forked worker). Used by one thread at a time (pyphase.sandbox keeps a free list).
+    Takes ownership of ``sock`` and of the ``shm_fds``."""
     cdef phase_sandbox_slot slot
     cdef bint opened
 
-    def __cinit__(self, int sock, int shm_fd):
+    def __cinit__(self, int sock, list shm_fds):
         cdef char err[256]
+        cdef int fds[PHASE_SANDBOX_MAX_DEPTH]
+        cdef Py_ssize_t k
+        if not 1 <= len(shm_fds) <= PHASE_SANDBOX_MAX_DEPTH:
+            raise ValueError(f"a slot has 1 to {PHASE_SANDBOX_MAX_DEPTH} buffers")
+        for k in range(len(shm_fds)):
+            fds[k] = shm_fds[k]
         err[0] = 0
-        if phase_sandbox_slot_open(&self.slot, sock, shm_fd, err, sizeof(err)) != 0:
+        if phase_sandbox_slot_open(&self.slot, sock, fds, <uint32_t> len(shm_fds), err, sizeof(err)) != 0:
+            phase_sandbox_slot_close(&self.slot)
             raise PhaseError(err.decode("utf-8", "replace"))
         self.opened = True
 
@@ -162,8 +178,29 @@ cdef class Slot:
 
     @property
     def worker_pid(self):
-        """The current (or last) worker's pid, as reported by the fork server."""
+        """Pid of the worker that runs (or will run) the slot's next job, as reported by the fork server."""
         return self.slot.pid
+
+    @property
+    def spares(self):
+        """Workers set up (or being set up) and waiting for a job, as far as this slot has heard."""
+        return self.slot.nspares
+
+    @property
+    def spare_pids(self):
+        """Their pids, the next job's worker first."""
+        return [self.slot.spares[k].pid for k in range(self.slot.nspares)]
+
+    @property
+    def depth(self):
+        return self.slot.depth
+
+    def poll(self):
+        """Read what the fork server has reported so far, without waiting (updates ``spares``)."""
+        if not self.opened:
+            raise PhaseError("the sandbox slot is closed")
+        if phase_sandbox_slot_poll(&self.slot) != 0:
+            raise PhaseError("the sandbox's fork server is gone")
 
     @property
     def generation(self):
@@ -180,12 +217,15 @@ cdef class Slot:
 
     @property
     def last_timeline(self):
-        """The last job's timeline in ns since "go": (worker woke, confined, job ran, parent got "done")."""
+        """The last job's timeline in ns since "go": (worker woke, confined, job ran, parent got "done", worker
+        set up and waiting: negative if it was ready before "go")."""
         cdef uint64_t g = self.slot.t_go_ns
-        return (self.slot.t_woke_ns - g, self.slot.t_confined_ns - g, self.slot.t_ran_ns - g, self.slot.t_done_ns - g)
+        return (<int64_t> (self.slot.t_woke_ns - g), <int64_t> (self.slot.t_confined_ns - g),
+                <int64_t> (self.slot.t_ran_ns - g), <int64_t> (self.slot.t_done_ns - g),
+                <int64_t> (self.slot.t_ready_ns - g))
 
     def ready(self, int timeout_ms):
-        """Wait until a fresh worker is ready (the previous one reaped)."""
+        """Wait until a fresh worker is there for the slot's next job."""
         cdef char err[256]
         cdef int rc
         err[0] = 0

@@ -41,6 +41,9 @@ DEFAULT_GRACE_MS = 1000
 # Busy-wait this long for a job's "done" before sleeping. Off: on a 2-vCPU VM the spinning thread took the
 # CPU the worker and the fork server needed (idle-pool p50 ~240 us without, ~700 us with 300 us of spin).
 DEFAULT_SPIN_US = 0
+# Pre-forked workers per slot beyond the one its next job takes: a job finds a worker set up while the ones
+# already used are replaced in the background (docs/SANDBOX.md, "Spare workers").
+DEFAULT_SPARES = 1
 START_TIMEOUT_MS = 10_000
 
 
@@ -81,19 +84,23 @@ class Sandbox:
     ``submit()`` returns a :class:`concurrent.futures.Future` (from asyncio: ``await asyncio.wrap_future(...)``).
     ``grace_ms`` is added to a job's ``timeout_ms`` before its worker is killed from outside;
     ``shm_bytes`` bounds one job's module + input + output limit; ``spin_us`` trades the calling thread's CPU
-    for latency on tiny jobs (see docs/SANDBOX.md).
+    for latency on tiny jobs; ``spares`` is how many more single-use workers each slot keeps pre-forked, so that
+    back-to-back jobs do not wait for the replacement of the last one (see docs/SANDBOX.md).
     """
 
     def __init__(self, workers: int = 2, *, shm_bytes: int = DEFAULT_SHM_BYTES, grace_ms: int = DEFAULT_GRACE_MS,
-                 spin_us: int = DEFAULT_SPIN_US) -> None:
+                 spin_us: int = DEFAULT_SPIN_US, spares: int = DEFAULT_SPARES) -> None:
         if not 1 <= workers <= 256:
             raise ValueError(f"workers must be between 1 and 256, got {workers}")
+        if not 0 <= spares < _sandbox.MAX_DEPTH:
+            raise ValueError(f"spares must be between 0 and {_sandbox.MAX_DEPTH - 1}, got {spares}")
         if shm_bytes < _sandbox.MIN_SHM_BYTES:
             raise ValueError(f"shm_bytes must be at least {_sandbox.MIN_SHM_BYTES}")
         self._closed = True
         self.workers = workers
         self.grace_ms = grace_ms
         self.spin_us = spin_us
+        self.spares = spares
         self._lock = threading.Lock()
         self._shm_bytes = shm_bytes
         self._restart_lock = threading.Lock()
@@ -106,35 +113,42 @@ class Sandbox:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phase-sandbox")
 
     def _start_server(self) -> None:
-        """Start a fork server with one slot per worker and wait until every slot has a worker."""
+        """Start a fork server with one slot per worker, each with 1 + spares buffers (a memfd and a pre-forked
+        worker each), and wait until every slot has a worker."""
         self._modules: dict[bytes, int] = {}     # digest -> ADD sequence number (1-based) sent to this server
         self._adds = 0
         main_parent, main_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child_fds = [main_child.fileno()]
         args = ["--main", str(main_child.fileno())]
-        ends: list[tuple[socket.socket, int]] = []
+        ends: list[tuple[socket.socket, list[int]]] = []
         closers: list[socket.socket | int] = [main_child]
         try:
             for i in range(self.workers):
                 parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-                shm = os.memfd_create(f"phase-sandbox-{i}", os.MFD_CLOEXEC)
-                os.ftruncate(shm, self._shm_bytes)
-                closers += [child_end, shm]
-                ends.append((parent_end, os.dup(shm)))
-                child_fds += [child_end.fileno(), shm]
-                args += ["--slot", f"{child_end.fileno()}:{shm}"]
+                closers.append(child_end)
+                ends.append((parent_end, []))
+                shms = []
+                for b in range(1 + self.spares):
+                    shm = os.memfd_create(f"phase-sandbox-{i}.{b}", os.MFD_CLOEXEC)
+                    closers.append(shm)
+                    os.ftruncate(shm, self._shm_bytes)
+                    ends[-1][1].append(os.dup(shm))
+                    shms.append(shm)
+                child_fds += [child_end.fileno(), *shms]
+                args += ["--slot", f"{child_end.fileno()}:{','.join(map(str, shms))}"]
             server = subprocess.Popen(_server_command() + args, pass_fds=child_fds, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, close_fds=True)
         except BaseException:
             main_parent.close()
-            for sock, fd in ends:
+            for sock, fds in ends:
                 sock.close()
-                os.close(fd)
+                for fd in fds:
+                    os.close(fd)
             raise
         finally:
             for c in closers:
                 c.close() if isinstance(c, socket.socket) else os.close(c)
-        slots = [_sandbox.Slot(sock.detach(), fd) for sock, fd in ends]
+        slots = [_sandbox.Slot(sock.detach(), fds) for sock, fds in ends]
         try:
             for slot in slots:
                 slot.ready(START_TIMEOUT_MS)
@@ -185,7 +199,8 @@ class Sandbox:
         return self._executor.submit(self._execute, job)
 
     def worker_pids(self) -> list[int]:
-        """Pids of the current workers, as the fork server reported them (for monitoring and tests)."""
+        """Per slot, the pid of the worker that runs (or will run) its next job, as the fork server reported it
+        (for monitoring and tests)."""
         return [slot.worker_pid for slot in self._slots]
 
     @property
@@ -240,7 +255,7 @@ class Sandbox:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"server pid {self._server.pid}"
-        return f"<Sandbox workers={self.workers} {state}>"
+        return f"<Sandbox workers={self.workers} spares={self.spares} {state}>"
 
     # ---- internals ---------------------------------------------------------------------------
 

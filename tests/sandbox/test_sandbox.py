@@ -17,7 +17,7 @@ import pytest
 import pyphase
 from pyphase.limits import Limits
 from pyphase.sandbox import Sandbox, SandboxError
-from sandbox_helpers import assert_hello_works, cpu_ticks, pid_alive, wait_until
+from sandbox_helpers import assert_hello_works, cpu_ticks, pid_alive, proc_status, wait_until
 
 LOOP = '(module (func (export "_start") (loop (br 0))))'
 
@@ -206,3 +206,85 @@ def test_fallback_fork_server_in_a_fresh_python(monkeypatch, hello_bytes):
         r = sb._selftest("forbidden_syscall", hello_bytes)
         assert r.status == "crashed" and "SIGSYS" in r.message
         assert_hello_works(sb, hello_bytes)
+
+
+# ---- spare workers: a slot keeps 1 + spares pre-forked, single-use workers ---------------------------------
+
+def _wait_full(sb: Sandbox) -> None:
+    def full() -> bool:
+        for slot in sb._slots:
+            slot.poll()
+        return all(slot.spares == 1 + sb.spares for slot in sb._slots)
+    wait_until(full, what="every slot to have all its workers set up")
+
+
+def test_every_job_gets_a_fresh_worker_and_the_pool_refills_after_a_burst(hello_bytes):
+    with Sandbox(workers=1, spares=2) as sb:
+        assert_hello_works(sb, hello_bytes)
+        _wait_full(sb)
+        slot = sb._slots[0]
+        generations = []
+        for i in range(12):   # more jobs than the slot has workers: replacements are forked meanwhile
+            r = sb.run(hello_bytes, f"burst {i}".encode())
+            assert r.stdout == f"burst {i}".encode()[::-1]
+            generations.append(slot.generation)
+        assert generations == sorted(set(generations)), "a worker ran two jobs"
+        _wait_full(sb)
+        assert len(set(slot.spare_pids)) == 3   # refilled: three distinct idle workers
+
+
+def test_a_spare_killed_while_idle_is_replaced_and_never_used(hello_bytes):
+    with Sandbox(workers=1, spares=2) as sb:
+        assert_hello_works(sb, hello_bytes)
+        _wait_full(sb)
+        slot = sb._slots[0]
+        victims = slot.spare_pids[:2]       # the next job's worker and the one after it
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not any(pid_alive(p) for p in victims), what="the spares to die")
+        for i in range(6):
+            r = sb.run(hello_bytes, b"after the kill")
+            assert (r.status, r.stdout) == ("ok", b"llik eht retfa"), r
+        _wait_full(sb)
+        assert not set(victims) & set(slot.spare_pids)
+
+
+def test_a_job_sent_to_a_dead_spare_moves_to_the_next(hello_bytes):
+    # The fork server is stopped, so the parent has not heard of the death when the job comes: "go" fails on
+    # the dead spare's channel (the job never reached it) and the job runs on the next spare.
+    with Sandbox(workers=1, spares=1) as sb:
+        assert_hello_works(sb, hello_bytes)
+        _wait_full(sb)
+        slot = sb._slots[0]
+        victim, survivor = slot.spare_pids
+        os.kill(sb.server_pid, signal.SIGSTOP)
+        try:
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: proc_status(victim).get("State", "").startswith("Z"), what="the spare to die")
+            r = sb.run(hello_bytes, b"abc")
+            assert (r.status, r.stdout) == ("ok", b"cba"), r
+            assert slot.worker_pid in (survivor, *slot.spare_pids) and victim not in slot.spare_pids
+        finally:
+            os.kill(sb.server_pid, signal.SIGCONT)
+        assert_hello_works(sb, hello_bytes)
+
+
+@pytest.mark.parametrize("spares", [0, 3])
+def test_deaths_and_timeouts_with_other_depths(hello_bytes, spares):
+    with Sandbox(workers=1, spares=spares, grace_ms=300) as sb:
+        assert_hello_works(sb, hello_bytes)
+        r = sb._selftest("segfault", hello_bytes)
+        assert r.status == "crashed" and "SIGSEGV" in r.message, r.message
+        r = sb._selftest("spin", hello_bytes, Limits(timeout_ms=100))
+        assert r.status == "timeout" and "hard timeout" in r.message, r.message
+        r = sb._selftest("forge", hello_bytes)
+        assert r.status == "crashed" and "malformed" in r.message, r
+        for _ in range(2 * (1 + spares)):   # every buffer again, the forger's too: its pre-answer is cleared
+            assert_hello_works(sb, hello_bytes)
+
+
+def test_spares_argument_is_checked():
+    with pytest.raises(ValueError):
+        Sandbox(workers=1, spares=-1)
+    with pytest.raises(ValueError):
+        Sandbox(workers=1, spares=8)
