@@ -270,6 +270,10 @@ static void write_request(phase_sandbox_slot *slot, const phase_sandbox_job *job
      * old one may have left, including a forged done flag for this seq. */
     memset(&hdr->response, 0, sizeof hdr->response);
     memset(req, 0, sizeof *req);
+    /* Nor may the new worker read the last job's module, input and output, should it break out of wasm3:
+     * drop every payload page (the memfd's backing store too), so it sees zeros. Costs only the pages used. */
+    if (madvise(slot->shm + SANDBOX_HEADER_BYTES, slot->shm_bytes - SANDBOX_HEADER_BYTES, MADV_REMOVE) != 0)
+        memset(slot->shm + SANDBOX_HEADER_BYTES, 0, slot->shm_bytes - SANDBOX_HEADER_BYTES);
     req->magic = SANDBOX_MAGIC;
     req->version = SANDBOX_VERSION;
     req->seq = ++slot->seq;

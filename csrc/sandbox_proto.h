@@ -43,6 +43,8 @@ enum sandbox_test_action {
     SANDBOX_TEST_ALLOCATE = 5,            /* malloc until it fails: RLIMIT_AS must stop it (reports memory_limit) */
     SANDBOX_TEST_FORGE = 6,               /* a hostile worker: rewrites the request's output window, claims more
                                            * output than exists, then pre-answers the next job */
+    SANDBOX_TEST_SNOOP = 7,               /* a worker that broke out of wasm3 reads its whole buffer: reports in its
+                                           * message how many nonzero payload bytes are not its own job's */
 };
 
 typedef struct sandbox_request {          /* written by the parent before "go" */

@@ -303,6 +303,20 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             __atomic_store_n(&resp->done_seq, req.seq + 1, __ATOMIC_RELEASE);
             _exit(0);
         }
+        if (req.test_action == SANDBOX_TEST_SNOOP) {
+            uint64_t stale = 0;
+            for (uint64_t off = SANDBOX_HEADER_BYTES; off < shm_bytes; off++) {
+                int own = (off >= req.module_off && off - req.module_off < req.module_len)
+                          || (off >= req.input_off && off - req.input_off < req.input_len)
+                          || (off >= req.strings_off && off - req.strings_off < req.strings_len);
+                stale += !own && shm[off] != 0;
+            }
+            char text[96];
+            snprintf(text, sizeof text, "snooped: %llu bytes not of this job", (unsigned long long) stale);
+            respond_message(resp, PHASE_CRASHED, text);
+            say_done(resp);
+            _exit(0);
+        }
         if (req.test_action == SANDBOX_TEST_ALLOCATE) {
             uint64_t got = 0;
             for (;;) {

@@ -73,6 +73,7 @@ cdef extern from "sandbox_proto.h" nogil:
         SANDBOX_TEST_EXEC_MMAP
         SANDBOX_TEST_ALLOCATE
         SANDBOX_TEST_FORGE
+        SANDBOX_TEST_SNOOP
         SANDBOX_MSG_ADD
 
     ctypedef struct sandbox_msg:
@@ -99,6 +100,7 @@ TEST_ACTIONS = {
     "exec_mmap": SANDBOX_TEST_EXEC_MMAP,
     "allocate": SANDBOX_TEST_ALLOCATE,
     "forge": SANDBOX_TEST_FORGE,
+    "snoop": SANDBOX_TEST_SNOOP,
 }
 
 

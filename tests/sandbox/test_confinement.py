@@ -104,3 +104,18 @@ def test_hashes_are_computed_by_the_parent(sandbox, probe_bytes):
     assert r.module_hash == "sha256:" + hashlib.sha256(probe_bytes).hexdigest()
     forged = sandbox._selftest("forge", probe_bytes)
     assert forged.module_hash == r.module_hash and forged.stdout_hash == "sha256:" + hashlib.sha256(b"").hexdigest()
+
+
+@pytest.mark.parametrize("spares", [0, 2])
+def test_a_worker_finds_nothing_of_the_jobs_before_it(hello_bytes, spares):
+    """Buffers are reused by the next worker: the last job's input and output are gone before it runs.
+
+    The 'snoop' worker acts as one that broke out of wasm3 and reads its whole shared buffer."""
+    secret = b"S3cret-input-of-another-client" * 7000      # about 200 KB, echoed (reversed) into stdout too
+    with Sandbox(workers=1, spares=spares) as sb:
+        for _ in range(2 * (1 + spares)):                # every buffer holds someone's input and output
+            r = sb.run(hello_bytes, secret)
+            assert r.status == "ok" and r.stdout == secret[::-1]
+        for _ in range(1 + spares):                      # and every buffer's next worker snoops
+            r = sb._selftest("snoop", hello_bytes)
+            assert r.message == "snooped: 0 bytes not of this job", r.message
