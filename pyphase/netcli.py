@@ -38,7 +38,11 @@ examples:
 def _client(args: argparse.Namespace) -> Any:
     from pyphase import Client
     from pyphase.cli import _identity
+    from pyphase.client import discovery_refused, resolve_socks_proxy
 
+    proxy = resolve_socks_proxy(args.socks_proxy)
+    if not args.peer and proxy is not None:     # a usage error, as in 'phase peers': name the peers
+        raise ValueError(discovery_refused(proxy))
     identity = _identity(args.identity) if getattr(args, "identity", None) else None
     return Client(peers=args.peer or None, identity=identity, discover_timeout=args.discover_timeout,
                   socks_proxy=args.socks_proxy)

@@ -227,7 +227,7 @@ def test_cli_proxy_refuses_discovery(hello_bytes, tmp_path):
     hello = tmp_path / "hello.wasm"
     hello.write_bytes(hello_bytes)
     out = _cli("submit", str(hello), "--socks-proxy", "127.0.0.1:9050")
-    assert out.returncode == 69 and b"discovery" in out.stderr and b"--peer" in out.stderr, out.stderr
+    assert out.returncode == 2 and b"discovery" in out.stderr and b"--peer" in out.stderr, out.stderr
     out = _cli("peers", env={"PHASE_SOCKS_PROXY": "127.0.0.1:9050"})
     assert out.returncode == 2 and b"discovery" in out.stderr, out.stderr
 
