@@ -1,6 +1,7 @@
 # C declarations of Phase's job core (csrc/phase_core.h), for the binding in _core.pyx.
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
+from libc.stdlib cimport malloc
 
 cdef extern from "phase_core.h" nogil:
     ctypedef enum phase_status:
@@ -105,3 +106,23 @@ cdef inline tuple result_tuple(phase_result *res, tuple status_names):
         PyBytes_FromStringAndSize(<char *> res.stdout_hash, 32),
         PyBytes_FromStringAndSize(<char *> res.stderr_hash, 32),
     )
+
+
+cdef inline const uint8_t *view_ptr(const uint8_t[::1] view):
+    """The first byte of a buffer, or NULL for an empty one (indexing an empty view raises)."""
+    return &view[0] if view.shape[0] else NULL
+
+
+cdef inline char **cstring_array(list items, list keep) except? NULL:
+    """A malloc'd array of the bytes objects in ``items`` (kept alive in ``keep``) for argv/envp; NULL if empty."""
+    cdef Py_ssize_t n = len(items), k
+    if n == 0:
+        return NULL
+    cdef char **arr = <char **> malloc(n * sizeof(char *))
+    if arr is NULL:
+        raise MemoryError()
+    for k in range(n):
+        b = items[k]
+        keep.append(b)
+        arr[k] = <char *> b
+    return arr

@@ -25,17 +25,13 @@ def wasi_functions():
              bool(phase_wasi_function_at(i).implemented)) for i in range(phase_wasi_count())]
 
 
-cdef const uint8_t *_ptr(const uint8_t[::1] view):
-    return &view[0] if view.shape[0] else NULL
-
-
 cdef class CoreModule:
     """A validated module: its bytes, sha256 and facts. Immutable; safe to share across threads."""
     cdef phase_module *ptr
 
     def __cinit__(self, const uint8_t[::1] data not None):
         cdef char err[512]
-        cdef const uint8_t *p = _ptr(data)
+        cdef const uint8_t *p = view_ptr(data)
         cdef size_t n = data.shape[0]
         err[0] = 0
         with nogil:
@@ -75,20 +71,6 @@ cdef class CoreModule:
         }
 
 
-cdef char **_cstrings(list items, list keep) except? NULL:
-    cdef Py_ssize_t n = len(items), k
-    if n == 0:
-        return NULL
-    cdef char **arr = <char **> malloc(n * sizeof(char *))
-    if arr is NULL:
-        raise MemoryError()
-    for k in range(n):
-        b = items[k]
-        keep.append(b)
-        arr[k] = <char *> b
-    return arr
-
-
 def run(CoreModule module not None, const uint8_t[::1] input not None, list argv, list env, bytes entry,
         uint64_t memory_bytes, uint64_t fuel, uint64_t timeout_ms, uint64_t output_bytes, uint32_t stack_bytes,
         bint deterministic, bytes seed):
@@ -104,7 +86,7 @@ def run(CoreModule module not None, const uint8_t[::1] input not None, list argv
         raise ValueError("seed must be 32 bytes")
     spec.module = module.ptr
     spec.entry = <const char *> entry
-    spec.input = _ptr(input)
+    spec.input = view_ptr(input)
     spec.input_len = input.shape[0]
     spec.limits.memory_bytes = memory_bytes
     spec.limits.fuel = fuel
@@ -113,10 +95,10 @@ def run(CoreModule module not None, const uint8_t[::1] input not None, list argv
     spec.limits.stack_bytes = stack_bytes
     spec.deterministic = deterministic
     memcpy(spec.seed, <const char *> seed, 32)
-    spec.argv = <const char *const *> _cstrings(argv, keep)
+    spec.argv = <const char *const *> cstring_array(argv, keep)
     spec.argc = <uint32_t> len(argv)
     try:
-        spec.envp = <const char *const *> _cstrings(env, keep)
+        spec.envp = <const char *const *> cstring_array(env, keep)
         spec.envc = <uint32_t> len(env)
         with nogil:
             rc = phase_job_run(&spec, &res)
@@ -132,7 +114,7 @@ def run(CoreModule module not None, const uint8_t[::1] input not None, list argv
 def sha256(const uint8_t[::1] data not None):
     """SHA-256 digest computed by libsodium, with the GIL released."""
     cdef uint8_t out[32]
-    cdef const uint8_t *p = _ptr(data)
+    cdef const uint8_t *p = view_ptr(data)
     cdef size_t n = data.shape[0]
     with nogil:
         phase_sha256(p, n, out)
@@ -144,7 +126,7 @@ def ed25519_verify(const uint8_t[::1] signature not None, const uint8_t[::1] mes
     """True if signature (64 bytes) is public_key's (32 bytes) Ed25519 signature of message."""
     if signature.shape[0] != 64 or public_key.shape[0] != 32:
         return False
-    cdef const uint8_t *m = _ptr(message)
+    cdef const uint8_t *m = view_ptr(message)
     cdef size_t n = message.shape[0]
     cdef int rc
     with nogil:

@@ -6,7 +6,8 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
 
-from pyphase._core cimport (result_tuple, phase_result, phase_result_clear, phase_limits, phase_status_name, phase_status,
+from pyphase._core cimport (result_tuple, view_ptr, cstring_array, phase_result, phase_result_clear, phase_limits,
+                            phase_status_name, phase_status,
                             phase_crypto_init, PHASE_STATUS_COUNT)
 
 from pyphase.errors import PhaseError
@@ -123,24 +124,6 @@ def server_main(list args):
     argv[argc] = NULL
     with nogil:
         phase_sandbox_server_main(argc, argv)
-
-
-cdef const uint8_t *_ptr(const uint8_t[::1] view):
-    return &view[0] if view.shape[0] else NULL
-
-
-cdef char **_cstrings(list items, list keep) except? NULL:
-    cdef Py_ssize_t n = len(items), k
-    if n == 0:
-        return NULL
-    cdef char **arr = <char **> malloc(n * sizeof(char *))
-    if arr is NULL:
-        raise MemoryError()
-    for k in range(n):
-        b = items[k]
-        keep.append(b)
-        arr[k] = <char *> b
-    return arr
 
 
 cdef class Slot:
@@ -261,11 +244,11 @@ cdef class Slot:
         job.module_hash = <const uint8_t *> (<char *> module_hash)
         if module is not None:
             mview = module
-            job.module = _ptr(mview)
+            job.module = view_ptr(mview)
             job.module_len = mview.shape[0]
             if job.module is NULL:
                 job.module = <const uint8_t *> (<char *> module_hash)   # non-NULL marks "bytes given" (0 bytes)
-        job.input = _ptr(input)
+        job.input = view_ptr(input)
         job.input_len = input.shape[0]
         job.entry = <const char *> entry
         job.limits.memory_bytes = memory_bytes
@@ -278,10 +261,10 @@ cdef class Slot:
         job.test_action = test_action
         job.hard_timeout_ms = hard_timeout_ms
         job.spin_us = spin_us
-        job.argv = <const char *const *> _cstrings(argv, keep)
+        job.argv = <const char *const *> cstring_array(argv, keep)
         job.argc = <uint32_t> len(argv)
         try:
-            job.envp = <const char *const *> _cstrings(env, keep)
+            job.envp = <const char *const *> cstring_array(env, keep)
             job.envc = <uint32_t> len(env)
             with nogil:
                 rc = phase_sandbox_slot_run(&self.slot, &job, &res, err, sizeof(err))

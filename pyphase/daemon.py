@@ -133,11 +133,9 @@ class _BootSource:
 
     def _announce(self, host: str) -> None:
         try:
-            from pyphase.boot.mdns import BootAnnouncer, addresses_for
+            from pyphase.boot.mdns import announce_source
 
-            spec = self.config.mdns_interfaces
-            interfaces = [i.strip() for i in spec.split(",") if i.strip()] if spec and spec != "all" else None
-            self.announcer = BootAnnouncer(self.server.port, addresses_for(host, interfaces), interfaces).start()
+            self.announcer = announce_source(self.server.port, host, self.config.mdns_interfaces)
             self.log("boot_announced", name=self.announcer.name, addresses=self.announcer.addresses)
         except Exception as exc:    # the store is still served at its address
             self.log("warning", message=f"boot source mDNS unavailable: {type(exc).__name__}: {exc}")

@@ -21,11 +21,30 @@
 
 #define MAX_ADDRS 4
 
+/* An IPv4 or IPv6 literal and a port into a socket address; 0 or -1 if host is not a literal. */
+static int ip_sockaddr(const char *host, long port, struct sockaddr_storage *addr, socklen_t *len)
+{
+    struct sockaddr_in *a4 = (struct sockaddr_in *)addr;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)addr;
+    memset(addr, 0, sizeof *addr);
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        *len = sizeof *a4;
+    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *a6;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
 int phase_parse_ip_port(const char *text, struct sockaddr_storage *addr, socklen_t *len)
 {
     char host[64];
     const char *colon;
-    memset(addr, 0, sizeof *addr);
     if (text[0] == '[') {
         const char *end = strchr(text, ']');
         if (!end || end[1] != ':' || (size_t)(end - text - 1) >= sizeof host) return -1;
@@ -41,20 +60,7 @@ int phase_parse_ip_port(const char *text, struct sockaddr_storage *addr, socklen
     char *end;
     long port = strtol(colon + 1, &end, 10);
     if (end == colon + 1 || *end || port < 1 || port > 65535) return -1;
-    struct sockaddr_in *a4 = (struct sockaddr_in *)addr;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)addr;
-    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons((uint16_t)port);
-        *len = sizeof *a4;
-    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons((uint16_t)port);
-        *len = sizeof *a6;
-    } else {
-        return -1;
-    }
-    return 0;
+    return ip_sockaddr(host, port, addr, len);
 }
 
 int phase_host_kind(const char *host)
@@ -319,22 +325,10 @@ int phase_open_stream(const struct phase_route *route, const struct phase_endpoi
         return fd;
     }
     struct lookup l;
-    if (phase_host_kind(ep->host) == 1) {
-        struct sockaddr_storage addr;
-        socklen_t len;
-        char text[PHASE_HOST_MAX + 16];
-        snprintf(text, sizeof text, strchr(ep->host, ':') ? "[%s]:%d" : "%s:%d", ep->host, ep->port);
-        if (phase_parse_ip_port(text, &addr, &len)) {
-            snprintf(why, whylen, "bad address %s", text);
-            *retryable = 0;
-            return -1;
-        }
+    if (ip_sockaddr(ep->host, ep->port, &l.addr[0], &l.len[0]) == 0)
         l.n = 1;
-        l.addr[0] = addr;
-        l.len[0] = len;
-    } else if (resolve(route->dns, ep->host, ep->port, timeout_s, &l, why, whylen, retryable)) {
+    else if (resolve(route->dns, ep->host, ep->port, timeout_s, &l, why, whylen, retryable))
         return -1;
-    }
     for (int i = 0; i < l.n; i++) {
         int fd = connect_timeout((const struct sockaddr *)&l.addr[i], l.len[i], timeout_s, why, whylen);
         if (fd >= 0) return fd;

@@ -90,11 +90,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     announcer = None
     with server:
         if args.mdns:
-            from pyphase.boot.mdns import BootAnnouncer, addresses_for
+            from pyphase.boot.mdns import announce_source
 
-            interfaces = [i.strip() for i in args.mdns_interfaces.split(",") if i.strip()] \
-                if args.mdns_interfaces and args.mdns_interfaces != "all" else None
-            announcer = BootAnnouncer(server.port, addresses_for(args.listen[0], interfaces), interfaces).start()
+            announcer = announce_source(server.port, args.listen[0], args.mdns_interfaces)
         print(f"serving {len(good)} artifact(s) from {root} at {server.url} (read-only; Ctrl-C stops)"
               + (f"; announced as {announcer.name} ({', '.join(announcer.addresses)})" if announcer else ""),
               flush=True)

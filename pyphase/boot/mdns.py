@@ -61,3 +61,10 @@ def addresses_for(host: str, interfaces: list[str] | None) -> list[str]:
     found = [ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips
              if isinstance(ip.ip, str) and not ip.ip.startswith("127.")]
     return found or ["127.0.0.1"]
+
+
+def announce_source(port: int, listen_host: str, interfaces: str | None) -> BootAnnouncer:
+    """Announce an artifact server listening on ``listen_host:port`` (started); ``interfaces``: "all" or None
+    for every interface, else comma-separated IPv4 addresses. Used by ``phase boot serve`` and plasmd."""
+    chosen = [i.strip() for i in interfaces.split(",") if i.strip()] if interfaces and interfaces != "all" else None
+    return BootAnnouncer(port, addresses_for(listen_host, chosen), chosen).start()

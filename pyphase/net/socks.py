@@ -27,6 +27,8 @@ from python_socks import ProxyConnectionError, ProxyTimeoutError, ProxyType
 from python_socks import ProxyError as SocksProxyError
 from python_socks.sync import Proxy
 
+from pyphase.net.config import split_hostport
+
 __all__ = ["ProxyError", "SocksRelay", "socks5_connect"]
 
 _CHUNK = 256 << 10
@@ -36,17 +38,12 @@ class ProxyError(Exception):
     """The SOCKS5 proxy could not be reached, did not speak SOCKS5, or refused to open the connection."""
 
 
-def _split_proxy(proxy: str) -> tuple[str, int]:
-    host, _, port = proxy.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def socks5_connect(proxy: str, host: str, port: int, timeout: float) -> socket.socket:
     """A TCP connection to ``host:port`` opened through the SOCKS5 proxy ``proxy`` (``HOST:PORT``, IPv6 in
     brackets), in blocking mode. ``host`` may be a name: the proxy resolves it. Raises :class:`ProxyError`
     with the reason (unreachable proxy, or the proxy's reply) if the connection cannot be made within
     ``timeout`` seconds. The SOCKS5 handshake is python-socks'."""
-    proxy_host, proxy_port = _split_proxy(proxy)
+    proxy_host, proxy_port = split_hostport(proxy)
     via = Proxy(ProxyType.SOCKS5, proxy_host, proxy_port, rdns=True)
     try:
         sock = via.connect(dest_host=host, dest_port=port, timeout=timeout)
