@@ -14,7 +14,10 @@
  * at /sha256/<hex> below it, the manifest at /boot/manifest.json. Sources are tried in order;
  * each gets R attempts, and an interrupted transfer resumes with a Range request. A source
  * that trickles is dropped for the next one (a fresh start: bytes from two sources are never
- * mixed, so a bad hash always names the source that sent it). Bytes go to FILE.part; FILE
+ * mixed, so a bad hash always names the source that sent it). A hash mismatch is retried once
+ * from the start on the same source (bytes can change on the way: a NIC's firmware still doing
+ * DMA after the hand-over, a broken middlebox); a second one drops the source. Wrong bytes are
+ * never kept either way. Bytes go to FILE.part; FILE
  * appears only once the size and SHA-256 match. The manifest is only size-capped here:
  * phase-verify checks its signature. With --socks nothing but the proxy is ever contacted:
  * no DNS query, no direct connection. Exit 0 ok, 1 every source failed, 2 usage. */
@@ -55,6 +58,7 @@ struct job {
     long long min_rate;  /* bytes/s, 0: no rule */
     int rate_window_s;
     struct phase_route route;
+    int mismatches;  /* hash mismatches from the current source */
     char last_error[512];
 };
 
@@ -341,11 +345,12 @@ static enum attempt attempt(struct job *j, const struct url *u, const char *url_
         crypto_hash_sha256_final(&st, digest);
         if (sodium_memcmp(digest, j->art.digest, sizeof digest) != 0) {
             phase_hash_text(digest, text);
+            j->mismatches++;
             snprintf(why, sizeof why, "hash mismatch: got %s", text);
             if (ftruncate(out, 0)) { /* nothing more to do */ }
             close(out);
             unlink(j->part);
-            result = NEXT_SOURCE;
+            result = j->mismatches < 2 ? RETRY : NEXT_SOURCE;
             goto report;
         }
     }
@@ -429,6 +434,7 @@ int phase_fetch_main(int argc, char **argv)
             fprintf(stderr, "phase-fetch: %s\n", j.last_error);
             continue;
         }
+        j.mismatches = 0;
         for (int a = 0; a < retries; a++) {
             enum attempt r = attempt(&j, &u, argv[i]);
             if (r == OK) return 0;

@@ -136,6 +136,40 @@ def test_fetch_refuses_wrong_bytes_and_oversize(phase_boot_bin: Path, store, tmp
     assert (tmp_path / "out").read_bytes() == DATA
 
 
+def test_fetch_retries_a_hash_mismatch_once_from_the_start(phase_boot_bin: Path, store, tmp_path: Path) -> None:
+    """Bytes corrupted on the way once: one fresh download from the same source; twice: the next source."""
+    root, art = store
+    wrong = bytearray(DATA)
+    wrong[-1] ^= 0x01
+
+    def corrupt(conn: socket.socket, req: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(wrong) + bytes(wrong))
+
+    def honest(conn: socket.socket, req: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(DATA) + DATA)
+
+    srv = OneShotServer([corrupt, honest])
+    try:
+        r = _fetch(phase_boot_bin, art, tmp_path / "out", f"http://127.0.0.1:{srv.port}", retries=3)
+    finally:
+        srv.close()
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("hash mismatch") == 1
+    assert len(srv.requests) == 2 and b"Range:" not in srv.requests[1]  # from the start, not resumed
+    assert (tmp_path / "out").read_bytes() == DATA
+
+    srv = OneShotServer([corrupt, corrupt, honest])  # a third request would be answered honestly
+    try:
+        with ArtifactServer(root) as s:
+            r = _fetch(phase_boot_bin, art, tmp_path / "out2", f"http://127.0.0.1:{srv.port}", s.url, retries=3)
+    finally:
+        srv.close()
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("hash mismatch") == 2
+    assert len(srv.requests) == 2, "a source that sent wrong bytes twice got a third request"
+    assert f"{s.url} {art.hash}: {art.size} bytes ok" in r.stderr and (tmp_path / "out2").read_bytes() == DATA
+
+
 def test_fetch_manifest_and_errors(phase_boot_bin: Path, store, tmp_path: Path) -> None:
     root, art = store
     with ArtifactServer(root) as s:

@@ -188,7 +188,9 @@ def test_artifact_hash_mismatch_is_refused(boot_kit: dict, tmp_path: Path) -> No
     assert "PHASE-BOOT: signature ok" in r, r.tail()
     assert "PHASE-BOOT: kernel fetched" in r, r.tail()
     assert_refused(r, "initramfs every source failed; last: ")
-    assert "hash mismatch: got sha256:" in r
+    # one fresh retry, then the source is dropped; each attempt is on the console
+    assert r.console.count("PHASE-BOOT: initramfs attempt failed: ") == 2, r.tail()
+    assert r.console.count("hash mismatch: got sha256:") == 3, r.tail()  # two attempts and the FAIL line
 
 
 def test_all_sources_down_is_refused(boot_kit: dict) -> None:
