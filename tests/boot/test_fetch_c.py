@@ -64,6 +64,19 @@ class OneShotServer:
     def close(self) -> None:
         self.sock.close()
 
+    def __enter__(self) -> OneShotServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def answer(body: bytes):
+    """A behaviour: a 200 response carrying ``body``."""
+    def send(conn: socket.socket, req: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    return send
+
 
 def _fetch(bin_dir: Path, art: Artifact, out: Path, *args: str, retries: int = 2):
     """phase-fetch of ``art``; ``args`` are further options, then the source URLs."""
@@ -109,8 +122,7 @@ def test_fetch_refuses_wrong_bytes_and_oversize(phase_boot_bin: Path, store, tmp
     wrong = bytearray(DATA)
     wrong[5] ^= 0xFF
 
-    def liar(conn: socket.socket, req: bytes) -> None:
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(wrong) + bytes(wrong))
+    liar = answer(bytes(wrong))
 
     def flood(conn: socket.socket, req: bytes) -> None:
         conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + DATA + b"more")
@@ -126,12 +138,8 @@ def test_fetch_refuses_wrong_bytes_and_oversize(phase_boot_bin: Path, store, tmp
     assert "more than the" in r.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.part").exists()
     # and with an honest source after the liar, the fetch succeeds
-    srv = OneShotServer([liar])
-    try:
-        with ArtifactServer(root) as s:
-            r = _fetch(phase_boot_bin, art, tmp_path / "out", f"http://127.0.0.1:{srv.port}", s.url, retries=1)
-    finally:
-        srv.close()
+    with OneShotServer([liar]) as srv, ArtifactServer(root) as s:
+        r = _fetch(phase_boot_bin, art, tmp_path / "out", f"http://127.0.0.1:{srv.port}", s.url, retries=1)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out").read_bytes() == DATA
 
@@ -141,29 +149,17 @@ def test_fetch_retries_a_hash_mismatch_once_from_the_start(phase_boot_bin: Path,
     root, art = store
     wrong = bytearray(DATA)
     wrong[-1] ^= 0x01
+    corrupt, honest = answer(bytes(wrong)), answer(DATA)
 
-    def corrupt(conn: socket.socket, req: bytes) -> None:
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(wrong) + bytes(wrong))
-
-    def honest(conn: socket.socket, req: bytes) -> None:
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(DATA) + DATA)
-
-    srv = OneShotServer([corrupt, honest])
-    try:
+    with OneShotServer([corrupt, honest]) as srv:
         r = _fetch(phase_boot_bin, art, tmp_path / "out", f"http://127.0.0.1:{srv.port}", retries=3)
-    finally:
-        srv.close()
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("hash mismatch") == 1
     assert len(srv.requests) == 2 and b"Range:" not in srv.requests[1]  # from the start, not resumed
     assert (tmp_path / "out").read_bytes() == DATA
 
-    srv = OneShotServer([corrupt, corrupt, honest])  # a third request would be answered honestly
-    try:
-        with ArtifactServer(root) as s:
-            r = _fetch(phase_boot_bin, art, tmp_path / "out2", f"http://127.0.0.1:{srv.port}", s.url, retries=3)
-    finally:
-        srv.close()
+    with OneShotServer([corrupt, corrupt, honest]) as srv, ArtifactServer(root) as s:  # a third try would succeed
+        r = _fetch(phase_boot_bin, art, tmp_path / "out2", f"http://127.0.0.1:{srv.port}", s.url, retries=3)
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("hash mismatch") == 2
     assert len(srv.requests) == 2, "a source that sent wrong bytes twice got a third request"
