@@ -45,7 +45,7 @@ def _client(args: argparse.Namespace) -> Any:
         raise ValueError(discovery_refused(proxy))
     identity = _identity(args.identity) if getattr(args, "identity", None) else None
     return Client(peers=args.peer or None, identity=identity, discover_timeout=args.discover_timeout,
-                  socks_proxy=args.socks_proxy)
+                  socks_proxy=proxy or "")        # resolved above: "" keeps Client from reading the variable again
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
