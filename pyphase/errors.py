@@ -45,6 +45,10 @@ class SandboxUnavailable(PhaseError):
     code in its own process (``sandbox = false`` / ``--no-sandbox`` is the explicit opt-out)."""
 
 
+class RecordError(PhaseError, ValueError):
+    """A node record from the DHT (or its UDP answer) is tampered, expired, malformed or not the key's."""
+
+
 class IdentityError(PhaseError):
     """An identity key file is missing, unreadable or malformed."""
 
