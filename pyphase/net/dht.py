@@ -253,8 +253,7 @@ class Dht:
         return self._bootstrapped.wait(timeout)
 
     def routing_nodes(self) -> int:
-        status = self._session.status()
-        return int(status.dht_nodes)
+        return len(self._session.session_state().dht_state.nodes)
 
     def known_nodes(self) -> list[tuple[str, int]]:
         """The nodes in the routing table now (to remember across restarts)."""
@@ -316,7 +315,7 @@ class Dht:
 
     @staticmethod
     def _verify(public_key: bytes, item: _Item) -> NodeRecord:
-        if not item.signature or item.salt != records.SALT:
+        if not item.value or not any(item.signature) or item.salt != records.SALT:     # libtorrent's "found nothing"
             raise RecordError("no record found in the DHT for this peer id")
         return records.verify_record(public_key, item.value, item.seq, item.signature)
 
