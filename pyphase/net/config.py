@@ -22,6 +22,14 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
                                         # from this node (see docs/BOOT.md); "" serves nothing
     boot_listen     = "0.0.0.0:8080"    # where that store is served; announced as _phase-boot._tcp when mdns is on
 
+    # The Internet: the BitTorrent Mainline DHT (docs/NETWORK.md). Private mode runs with dht = false.
+    dht             = true              # publish a signed record under the node's key, announce for rendezvous,
+                                        # answer the record query on UDP at the phase/1 port number
+    dht_listen      = ""                # IP:PORT of the DHT's UDP socket (default: listen host, phase/1 port + 1)
+    dht_bootstrap   = ""                # HOST:PORT,... to join through; "": libtorrent's default Mainline router
+                                        # (plus the good nodes remembered in DATA_DIR/dht-nodes.json either way)
+    dht_refresh     = "20m"             # republish the record (good for 2 h) and re-announce this often
+
     [limits]                            # the most a job may ask for; bigger offers are rejected "limits"
     memory          = "256MiB"
     fuel            = 0                 # 0: any
@@ -76,6 +84,10 @@ class NodeConfig:
     shutdown_grace_ms: int = 10_000
     boot_store: str = ""
     boot_listen: str = "0.0.0.0:8080"
+    dht: bool = True
+    dht_listen: str = ""
+    dht_bootstrap: str = ""
+    dht_refresh_ms: int = 20 * 60_000
     max_memory: int = 256 << 20
     max_fuel: int = 0
     max_timeout_ms: int = 60_000
@@ -106,6 +118,8 @@ _TOP: dict[str, tuple[str, Any]] = {
     "log_file": ("log_file", str), "shutdown_grace": ("shutdown_grace_ms", parse_duration_ms),
     "boot_store": ("boot_store", lambda v: str(Path(v).expanduser()) if v else ""),
     "boot_listen": ("boot_listen", str),
+    "dht": ("dht", "bool"), "dht_listen": ("dht_listen", str), "dht_bootstrap": ("dht_bootstrap", str),
+    "dht_refresh": ("dht_refresh_ms", parse_duration_ms),
 }
 _LIMITS: dict[str, tuple[str, Any]] = {
     "memory": ("max_memory", parse_size), "fuel": ("max_fuel", int), "timeout": ("max_timeout_ms", parse_duration_ms),
@@ -165,6 +179,12 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     config = NodeConfig(**changes)
     split_hostport(config.listen)
     split_hostport(config.boot_listen, 8080)
+    if config.dht_listen:
+        split_hostport(config.dht_listen)
+    if config.dht_bootstrap.strip():
+        from pyphase.net.dht import parse_endpoints
+
+        parse_endpoints(config.dht_bootstrap)
     if config.log_format not in ("json", "text"):
         raise ValueError(f"log_format must be json or text, got {config.log_format!r}")
     return config

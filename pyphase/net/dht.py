@@ -253,12 +253,17 @@ class Dht:
         return self._bootstrapped.wait(timeout)
 
     def routing_nodes(self) -> int:
-        return len(self._session.session_state().dht_state.nodes)
+        return len(self.known_nodes())
 
     def known_nodes(self) -> list[tuple[str, int]]:
-        """The nodes in the routing table now (to remember across restarts)."""
-        state = self._session.session_state().dht_state
-        return [(str(h), int(p)) for h, p in state.nodes][:200]
+        """IPv4 nodes of the routing table now (what libtorrent would save), to remember across restarts."""
+        lt = self._lt
+        state = lt.bdecode(lt.write_session_params_buf(self._session.session_state()))
+        out = []
+        for compact in (state.get(b"dht state") or {}).get(b"nodes") or []:
+            if isinstance(compact, bytes) and len(compact) == 6:
+                out.append((socket.inet_ntoa(compact[:4]), int.from_bytes(compact[4:], "big")))
+        return out[:200]
 
     def add_node(self, host: str, port: int) -> None:
         self._session.add_dht_node((host, port))
