@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identity", metavar="FILE")
     p.set_defaults(func=cmd_id)
 
-    for module_name in ("pyphase.netcli", "pyphase.boot.cli"):
+    for module_name in ("pyphase.netcli", "pyphase.dhtcli", "pyphase.boot.cli"):
         register = _optional_register(module_name)
         if register is not None:
             register(sub)
