@@ -114,11 +114,11 @@ def cmd_peers(args: argparse.Namespace) -> int:
             print("no peers found in the DHT", file=sys.stderr)
             return 1
     if not args.peer:
-        # listing is the point here: browse for the whole --discover-timeout, not until the first answer
+        # listing is the point here: browse until answers stop coming (or --discover-timeout), not the first
         from pyphase.net.discovery import discover
 
         try:
-            args.peer = [p.address for p in discover(args.discover_timeout, settle=None)]
+            args.peer = [p.address for p in discover(args.discover_timeout, settle=0.5)]
         except ImportError as exc:
             return _fail(f"LAN discovery needs the zeroconf package ({exc})", 1)
         if not args.peer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,20 @@ def test_cli_peers_discovers(start_nodes):
                          capture_output=True, timeout=60)
     rows = json.loads(out.stdout)
     assert {n.address for n in nodes} <= {r["address"] for r in rows}
+
+
+def test_fresh_processes_find_nodes_with_the_defaults(start_nodes):
+    """As a new user runs it: fresh 'phase peers' and 'phase submit' processes, default discovery window,
+    many times in a row; every one finds the nodes (zeroconf's default first question, QU, went unanswered
+    here and a fresh process heard nothing for 1.1 s, past the 1 s window)."""
+    nodes = start_nodes(3, mdns=True, sandbox=False)
+    for n in nodes:
+        n.wait_event("mdns_announced")
+    for _ in range(6):
+        out = subprocess.run([sys.executable, "-m", "pyphase", "peers", "--json"], capture_output=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert {n.address for n in nodes} <= {r["address"] for r in json.loads(out.stdout)}
+    for _ in range(4):
+        out = subprocess.run([sys.executable, "-m", "pyphase", "submit", "examples/hello/hello.wasm", "--input", "lan"],
+                             capture_output=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+        assert (out.returncode, out.stdout) == (0, b"nal"), out.stderr
