@@ -160,7 +160,7 @@ def _interface_addresses(interfaces: str | None) -> list[str]:
 
 def _peers_from_response(data: bytes, started: float) -> list[DiscoveredPeer]:
     """Peers described by one mDNS response (PTR + SRV + TXT + A records, as zeroconf responders send)."""
-    from zeroconf import DNSAddress, DNSIncoming, DNSPointer, DNSService, DNSText, ServiceInfo
+    from zeroconf import DNSAddress, DNSIncoming, DNSPointer, DNSService, DNSText, ServiceInfo  # type: ignore[attr-defined]  # exported, not in __all__
 
     msg = DNSIncoming(data)
     if not msg.valid or msg.is_query():
@@ -192,7 +192,7 @@ def _one_shot_query(interfaces: str | None, found: queue.SimpleQueue[Any], timeo
     directly, where a multicast answer given in the last second is held back a second (RFC 6762 §14)."""
     import select
 
-    from zeroconf import DNSOutgoing, DNSQuestion
+    from zeroconf import DNSOutgoing, DNSQuestion  # type: ignore[attr-defined]
     from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_PTR
 
     out = DNSOutgoing(_FLAGS_QR_QUERY, multicast=False)
