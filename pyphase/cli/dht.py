@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Any, Sequence
 
+from pyphase.cli.jobs import fail
 from pyphase.errors import RecordError
 
 
@@ -26,7 +27,6 @@ def dht_addresses(bootstrap: Sequence[str] | None, timeout: float) -> list[str]:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from pyphase.cli import _fail
     from pyphase.net.dht import client_dht, resolve_peer
 
     started = time.monotonic()
@@ -37,7 +37,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         print(f"phase: {args.peer_id}: {exc}", file=sys.stderr)
         return 1
     except (ValueError, RuntimeError, OSError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     doc = {**record.to_json(), "address": record.address, "lookup_ms": int((time.monotonic() - started) * 1000)}
     if args.json:
         print(json.dumps(doc, sort_keys=True))
@@ -49,7 +49,6 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_rendezvous(args: argparse.Namespace) -> int:
-    from pyphase.cli import _fail
     from pyphase.net.dht import client_dht, query_records, rendezvous_hash
 
     klass = f"arch/{args.arch}" if args.arch else ""
@@ -57,7 +56,7 @@ def cmd_rendezvous(args: argparse.Namespace) -> int:
         with client_dht(args.dht_bootstrap) as dht:
             announced = dht.get_peers(rendezvous_hash(klass), timeout=args.timeout)
     except (ValueError, RuntimeError, OSError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     answers = query_records(announced)
     rows: list[dict[str, Any]] = []
     for host, port in announced:
@@ -94,14 +93,3 @@ def register(subparsers: Any) -> None:
         q.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="lookup time limit")
         q.add_argument("--json", action="store_true", help="print JSON")
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="phase")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
