@@ -19,11 +19,12 @@ from pyphase.errors import RecordError
 
 
 def dht_addresses(bootstrap: Sequence[str] | None, timeout: float) -> list[str]:
-    """``PEERID@HOST:PORT`` of every node the rendezvous finds whose key its record proves."""
+    """``PEERID@HOST:PORT`` of every node the rendezvous finds whose key its record proves (listing is the
+    point: the lookup goes on until 2 s bring no new endpoint)."""
     from pyphase.net.dht import client_dht, find_nodes
 
     with client_dht(bootstrap) as dht:
-        return [r.address for r in find_nodes(dht, timeout=max(timeout, 3.0))]
+        return [r.address for r in find_nodes(dht, timeout=max(timeout, 8.0), settle=2.0)]
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -54,7 +55,7 @@ def cmd_rendezvous(args: argparse.Namespace) -> int:
     klass = f"arch/{args.arch}" if args.arch else ""
     try:
         with client_dht(args.dht_bootstrap) as dht:
-            announced = dht.get_peers(rendezvous_hash(klass), timeout=args.timeout)
+            announced = dht.get_peers(rendezvous_hash(klass), timeout=args.timeout, settle=2.0)
     except (ValueError, RuntimeError, OSError) as exc:
         return fail(str(exc))
     answers = query_records(announced)

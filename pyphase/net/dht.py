@@ -38,6 +38,7 @@ from typing import Any
 from pyphase.errors import RecordError
 from pyphase.identity import Identity, public_key_from_peer_id
 from pyphase.net import records
+from pyphase.net.addresses import split_hostport, valid_host
 from pyphase.net.records import NodeRecord
 
 BOOTSTRAP_ENV = "PHASE_DHT_BOOTSTRAP"
@@ -67,11 +68,13 @@ def parse_endpoints(text: str | Iterable[str]) -> list[tuple[str, int]]:
     for part in (p.strip() for p in parts):
         if not part:
             continue
-        host, sep, port = part.rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        try:
+            host, port = split_hostport(part, None, "")
+        except ValueError:
+            host, port = "", 0
+        if not host or not port or not valid_host(host):
             raise ValueError(f"a DHT node is HOST:PORT, got {part!r}")
-        out.append((host, int(port)))
+        out.append((host, port))
     return out
 
 
@@ -474,9 +477,11 @@ class RecordResponder:
 
 # ---- what a client does -----------------------------------------------------------------------------------
 
-def find_nodes(dht: Dht, timeout: float = 5.0, want: int | None = None, klass: str = "") -> list[NodeRecord]:
-    """Nodes announced under the rendezvous hash, each proven by the signed record its port answers with."""
-    found = dht.get_peers(rendezvous_hash(klass), timeout=timeout, want=want)
+def find_nodes(dht: Dht, timeout: float = 5.0, want: int | None = None, klass: str = "",
+               settle: float = 1.0) -> list[NodeRecord]:
+    """Nodes announced under the rendezvous hash, each proven by the signed record its port answers with
+    (gathered until ``want`` are announced, ``settle`` seconds bring nothing new, or ``timeout``)."""
+    found = dht.get_peers(rendezvous_hash(klass), timeout=timeout, settle=settle, want=want)
     answers = query_records(found, timeout=min(2.0, timeout))
     by_peer: dict[str, NodeRecord] = {}
     for (host, port), record in answers.items():

@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 from pyphase.identity import Identity
 from pyphase.net import records
-from pyphase.net.config import NodeConfig, split_hostport
+from pyphase.net.addresses import split_hostport
+from pyphase.net.config import NodeConfig
 from pyphase.net.dht import (Dht, DhtUnavailable, RecordResponder, load_known_nodes, parse_endpoints,
                              record_answer, rendezvous_hash, save_known_nodes)
 from pyphase.receipt import machine_arch
@@ -93,6 +94,7 @@ class DhtPresence:
         assert self.dht is not None
         dht = self.dht
         first = True
+        warmup = [5.0, 30.0]
         while True:
             await asyncio.to_thread(dht.wait_bootstrapped, 10.0)
             value = self.record_value()
@@ -111,8 +113,10 @@ class DhtPresence:
             self.log("dht_rendezvous", peers=len(peers))
             if self._known_path is not None:
                 await asyncio.to_thread(save_known_nodes, self._known_path, dht.known_nodes())
-            # a node that found nobody (a young DHT) retries soon rather than after the whole refresh period
-            delay = self.config.dht_refresh_ms / 1000 if stored > 0 else min(10.0, self.config.dht_refresh_ms / 1000)
+            # right after start the routing table is thin and the first put/announce reach few of the nodes
+            # closest to their targets: repeat them soon (and while nobody stored the record), then every refresh
+            refresh = self.config.dht_refresh_ms / 1000
+            delay = min(warmup.pop(0) if warmup else refresh, refresh) if stored > 0 else min(10.0, refresh)
             first = False
             await asyncio.sleep(delay)
 
