@@ -70,6 +70,11 @@ def test_peer_id_resolves_after_a_restart_on_another_port(dht_network, hello_byt
     node.port = 0                                                  # comes back on another port, same identity
     node.start()
     assert node.address != old_address and node.address.startswith(peer_id)
+    deadline = time.monotonic() + 20
+    while len(node.events("dht_listening")) < 2:                        # logged just after the address line
+        assert time.monotonic() < deadline, node.log_tail()
+        time.sleep(0.1)
+    assert node.events("dht_listening")[-1]["remembered"] >= 1          # good DHT nodes kept across the restart
     deadline = time.monotonic() + 30
     while not [e for e in node.events("dht_record_published") if e["seq"] >= 2 and e["stored"] > 0]:
         assert time.monotonic() < deadline, node.log_tail()
