@@ -55,7 +55,7 @@ def cmd_rendezvous(args: argparse.Namespace) -> int:
     klass = f"arch/{args.arch}" if args.arch else ""
     try:
         with client_dht(args.dht_bootstrap) as dht:
-            announced = dht.get_peers(rendezvous_hash(klass), timeout=args.timeout, settle=2.0)
+            announced = dht.get_peers(rendezvous_hash(klass), timeout=args.timeout, settle=2.0, rounds=2)
     except (ValueError, RuntimeError, OSError) as exc:
         return fail(str(exc))
     answers = query_records(announced)

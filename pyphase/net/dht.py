@@ -334,9 +334,11 @@ class Dht:
         self._session.dht_announce(self._lt.sha1_hash(info_hash), port, 0)
 
     def get_peers(self, info_hash: bytes, timeout: float = 5.0, settle: float = 1.0,
-                  want: int | None = None) -> list[tuple[str, int]]:
+                  want: int | None = None, rounds: int = 1) -> list[tuple[str, int]]:
         """IP:port pairs announced under ``info_hash``: answers gathered until ``settle`` seconds pass with
-        nothing new, ``want`` peers are found, or ``timeout`` (libtorrent posts no end of lookup)."""
+        nothing new, ``want`` peers are found, or ``timeout`` (libtorrent posts no end of lookup). With
+        ``rounds`` > 1 the lookup is started again while the last round found something new: a fresh
+        client's first traversal starts from a thin routing table and can miss announces."""
         seen: dict[tuple[str, int], None] = {}
         last_new = [time.monotonic()]
 
@@ -352,7 +354,14 @@ class Dht:
             return bool(seen) and time.monotonic() - last_new[0] >= settle
 
         ih = self._lt.sha1_hash(info_hash)
-        self._wait("peers", info_hash, lambda: self._session.dht_get_peers(ih), until, timeout)
+        deadline = time.monotonic() + timeout
+        for _ in range(max(1, rounds)):
+            before = len(seen)
+            last_new[0] = time.monotonic()
+            self._wait("peers", info_hash, lambda: self._session.dht_get_peers(ih), until,
+                       max(0.0, deadline - time.monotonic()))
+            if (want is not None and len(seen) >= want) or time.monotonic() >= deadline or (before and len(seen) == before):
+                break
         return list(seen)
 
     def close(self) -> None:
@@ -478,10 +487,10 @@ class RecordResponder:
 # ---- what a client does -----------------------------------------------------------------------------------
 
 def find_nodes(dht: Dht, timeout: float = 5.0, want: int | None = None, klass: str = "",
-               settle: float = 1.0) -> list[NodeRecord]:
+               settle: float = 1.0, rounds: int = 2) -> list[NodeRecord]:
     """Nodes announced under the rendezvous hash, each proven by the signed record its port answers with
     (gathered until ``want`` are announced, ``settle`` seconds bring nothing new, or ``timeout``)."""
-    found = dht.get_peers(rendezvous_hash(klass), timeout=timeout, settle=settle, want=want)
+    found = dht.get_peers(rendezvous_hash(klass), timeout=timeout, settle=settle, want=want, rounds=rounds)
     answers = query_records(found, timeout=min(2.0, timeout))
     by_peer: dict[str, NodeRecord] = {}
     for (host, port), record in answers.items():
