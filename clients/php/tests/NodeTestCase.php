@@ -1,0 +1,31 @@
+<?php
+
+declare(strict_types=1);
+
+namespace Phase\Tests;
+
+use PHPUnit\Framework\TestCase;
+
+/** A test case that starts real plasmd nodes and stops them afterwards. */
+abstract class NodeTestCase extends TestCase
+{
+    public const HELLO = __DIR__ . '/../../../examples/hello/hello.wasm';
+    /** @var list<NodeProcess> */
+    private array $nodes = [];
+
+    /** @param array<string, string> $env */
+    protected function node(array $env = [], array $extra = []): NodeProcess
+    {
+        $node = new NodeProcess(NodeProcess::tempDir() . '/node', $env, $extra);
+        $this->nodes[] = $node;
+        return $node->start();
+    }
+
+    protected function tearDown(): void
+    {
+        foreach ($this->nodes as $node) {
+            $node->stop();
+        }
+        $this->nodes = [];
+    }
+}
