@@ -116,7 +116,8 @@ class ApiJobs:
         if len(data) > self.max_input:
             raise TooBig(f"input exceeds {self.max_input} bytes, the most this node takes")
         try:
-            limits = Limits().replace(**body.get("limits", {}))
+            # JSON Schema integers include 1876.0: the schema checked each is integral
+            limits = Limits().replace(**{k: int(v) for k, v in body.get("limits", {}).items()})
         except (PhaseError, ValueError, TypeError) as exc:
             raise BadRequest(f"limits: {exc}") from None
         where = body.get("where", "here")
@@ -144,7 +145,7 @@ class ApiJobs:
             job.result = await loop.run_in_executor(self.pool, self._blocking, job)
             job.attempts = list(job.result.attempts)
             job.state = "done"
-        except PhaseError as exc:
+        except (PhaseError, ValueError) as exc:      # ValueError: a peer address that is not one
             job.state = "failed"
             job.error = f"{type(exc).__name__}: {exc}"
             job.attempts = list(getattr(exc, "attempts", []))
