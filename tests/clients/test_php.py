@@ -46,7 +46,7 @@ def test_phpunit_suite_passes_against_real_nodes(tmp_path: Path) -> None:
     ran = {case.get("name") for case in suite.iter("testcase")}
     for name in ("testJobRunsAndItsReceiptVerifies", "testModuleIsSentOnceThenCached",
                  "testFailoverAfterTheServingNodeIsKilled", "testTamperedReceiptIsRefused", "testWrongSignerIsRefused",
-                 "testRemoteDemo", "testLocalDemo"):
+                 "testRemoteDemo", "testLocalDemo", "testJobHereThroughTheApi", "testJobSentToAnotherNodeThroughTheApi"):
         assert name in ran
     assert (suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("0", "0", "0")
 

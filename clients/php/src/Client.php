@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace Phase;
 
+use Phase\Transport\HttpTransport;
 use Phase\Transport\LocalTransport;
 use Phase\Transport\NetworkTransport;
 use Phase\Transport\Transport;
@@ -38,9 +39,11 @@ final class Client
         return new self(transport: new LocalTransport($command, $identity, $signer));
     }
 
-    public static function http(string $url, ?string $token = null, float $timeout = 60.0): self
+    /** @param list<string> $peers with $where "network": run on these peers (default: the node's own) */
+    public static function http(string $url, ?string $token = null, float $timeout = 60.0, string $where = 'here',
+                                array $peers = []): self
     {
-        return new self(transport: new Transport\HttpTransport($url, $token, $timeout));
+        return new self(transport: new HttpTransport($url, $token, $timeout, $where, $peers));
     }
 
     /** Run $job and return its verified result (any job status; Result::check() throws JobError unless ok). */
