@@ -107,10 +107,9 @@ class ApiJobs:
         return sum(1 for j in self.jobs.values() if j.state in ("queued", "running"))
 
     def parse(self, body: dict[str, Any]) -> ApiJob:
-        """An :class:`ApiJob` from a request body already checked against the OpenAPI schema."""
+        """An :class:`ApiJob` from a request body already checked against the OpenAPI schema (which also
+        says: input or input_text, not both; peers only with where=network; env names without '=')."""
         module = _b64(body["module"], "module", self.max_module)
-        if "input" in body and "input_text" in body:
-            raise BadRequest("give input or input_text, not both")
         data = _b64(body["input"], "input", self.max_input) if "input" in body else \
             str(body.get("input_text", "")).encode("utf-8")
         if len(data) > self.max_input:
@@ -122,11 +121,6 @@ class ApiJobs:
             raise BadRequest(f"limits: {exc}") from None
         where = body.get("where", "here")
         peers = list(body.get("peers", []))
-        if where == "here" and peers:
-            raise BadRequest("peers are for where=network")
-        for key in body.get("env", {}):
-            if not key or "=" in key or "\0" in key:
-                raise BadRequest(f"env name {key!r} must be non-empty without '=' or NUL")
         return ApiJob(os.urandom(16).hex(), where, module, data, list(body.get("args", [])), dict(body.get("env", {})),
                       body.get("entry", "_start"), limits, bool(body.get("deterministic", False)), peers)
 

@@ -180,6 +180,10 @@ class ApiServer:
         try:
             self._check_job(body)
         except fastjsonschema.JsonSchemaValueException as exc:
+            if isinstance(body, dict) and "input" in body and "input_text" in body:
+                return _error(400, "bad_request", "give input or input_text, not both")
+            if isinstance(body, dict) and "peers" in body and body.get("where") != "network":
+                return _error(400, "bad_request", "peers are for where=network")
             return _error(400, "bad_request", f"not a JobRequest (see /openapi.json): {exc.message}")
         try:
             job = self.jobs.parse(body)

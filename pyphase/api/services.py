@@ -42,7 +42,7 @@ class _Tee:
 def api_listen(config: NodeConfig, node_port: int) -> tuple[str, int]:
     """Where the API listens: ``api_listen`` when set, else 127.0.0.1 at the phase/1 port + 1
     (a node on a random port, ``--listen HOST:0``, puts its API on a random port too)."""
-    from pyphase.net.config import split_hostport
+    from pyphase.net.addresses import split_hostport
 
     if config.api_listen:
         return split_hostport(config.api_listen, node_port + API_PORT_OFFSET)

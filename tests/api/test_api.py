@@ -89,7 +89,7 @@ def test_errors_are_clear_json(api_nodes: Callable[..., list[Any]], case: str) -
         "bad_json": ("POST", "/v1/jobs", None, b"{not json", 400, "bad_json", "not JSON"),
         "not_object": ("POST", "/v1/jobs", [1, 2], None, 400, "bad_request", "JobRequest"),
         "schema": ("POST", "/v1/jobs", hello_job(limits={"memory_bytes": -1}), None, 400, "bad_request", "memory_bytes"),
-        "base64": ("POST", "/v1/jobs", {"module": "!!!"}, None, 400, "bad_request", "not base64"),
+        "base64": ("POST", "/v1/jobs", {"module": "!!!"}, None, 400, "bad_request", "module must match pattern"),
         "both_inputs": ("POST", "/v1/jobs", hello_job(input="AA=="), None, 400, "bad_request", "not both"),
         "media_type": ("POST", "/v1/jobs", None, b"x=1", 415, "unsupported_media_type", "application/json"),
         "oversize": ("POST", "/v1/jobs", {"module": "A" * (5 << 20)}, None, 413, "too_big", "exceeded"),

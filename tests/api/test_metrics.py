@@ -10,7 +10,7 @@ import nacl.bindings
 import zmq
 
 from pyphase import Client, Identity, Limits, make_manifest
-from pyphase.client import parse_address
+from pyphase.net.addresses import parse_address
 from pyphase.net import wire
 
 
