@@ -14,14 +14,17 @@ final class PeerId
         if (strlen($publicKey) !== SODIUM_CRYPTO_SIGN_PUBLICKEYBYTES) {
             throw new \InvalidArgumentException('public key must be 32 bytes, got ' . strlen($publicKey));
         }
-        $bits = '';
-        foreach (str_split($publicKey) as $byte) {
-            $bits .= str_pad(decbin(ord($byte)), 8, '0', STR_PAD_LEFT);
-        }
         $out = '';
-        foreach (str_split($bits, 5) as $chunk) {
-            $out .= self::ALPHABET[bindec(str_pad($chunk, 5, '0'))];
+        $buffer = $bits = 0;
+        for ($i = 0; $i < 32; $i++) {
+            $buffer = (($buffer << 8) | ord($publicKey[$i])) & 0xfff;
+            $bits += 8;
+            while ($bits >= 5) {
+                $bits -= 5;
+                $out .= self::ALPHABET[($buffer >> $bits) & 31];
+            }
         }
+        $out .= self::ALPHABET[($buffer << (5 - $bits)) & 31];    // 256 = 51 * 5 + 1: one bit left
         return $out;
     }
 
@@ -32,14 +35,17 @@ final class PeerId
         if (strlen($text) !== 52 || strspn($text, self::ALPHABET) !== 52) {
             throw new \InvalidArgumentException("not a peer id: '$peerId'");
         }
-        $bits = '';
-        foreach (str_split($text) as $char) {
-            $bits .= str_pad(decbin(strpos(self::ALPHABET, $char)), 5, '0', STR_PAD_LEFT);
-        }
         $key = '';
-        foreach (str_split(substr($bits, 0, 256), 8) as $byte) {
-            $key .= chr(bindec($byte));
+        $buffer = $bits = 0;
+        for ($i = 0; $i < 52; $i++) {
+            $buffer = (($buffer << 5) | strpos(self::ALPHABET, $text[$i])) & 0xfff;
+            $bits += 5;
+            if ($bits >= 8) {
+                $bits -= 8;
+                $key .= chr(($buffer >> $bits) & 0xff);
+            }
         }
+        // 52 * 5 = 260 bits: the last 4 must be zero, or two texts would name one key
         if (self::fromPublicKey($key) !== $text) {
             throw new \InvalidArgumentException("not a peer id: '$peerId'");
         }
