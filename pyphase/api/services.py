@@ -83,13 +83,12 @@ class NodeServices:
     def peers(self) -> list[dict[str, Any]]:
         """Peers this node knows: found on the LAN (mDNS instance names), and those API jobs were sent to."""
         out: list[dict[str, Any]] = []
-        stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
         for name, seen in sorted(self.mdns_peers.items()):
-            out.append({"name": name, "source": "mdns", "address": None, "last_seen": stamp(seen)})
+            out.append({"name": name, "source": "mdns", "address": None, "last_seen": _stamp(seen)})
         if self.server is not None:
             for address, seen in sorted(self.server.jobs.used_peers.items()):
                 out.append({"name": address.split("@")[0][:16], "source": "jobs", "address": address,
-                            "last_seen": stamp(seen)})
+                            "last_seen": _stamp(seen)})
         return out
 
     async def start(self) -> None:
@@ -117,6 +116,10 @@ class NodeServices:
             await self.server.close()
             (self.config.data_dir / API_FILE).unlink(missing_ok=True)
         self.history.close()
+
+
+def _stamp(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def _write(path: Path, text: str) -> None:
