@@ -41,52 +41,43 @@ def _show(args: argparse.Namespace, receipt_only: bool) -> int:
     return 0
 
 
-def cmd_jobs(args: argparse.Namespace) -> int:
+def _command(args: argparse.Namespace, receipts: bool) -> int:
     problem = _check(args)
     if problem:
         return fail(problem, EXIT_USAGE)
     try:
         if args.action == "show":
-            return _show(args, receipt_only=False)
+            return _show(args, receipt_only=receipts)
         history = _open(args)
         try:
-            jobs = history.jobs(args.limit, with_receipts=args.json)
+            items = history.receipts(args.limit) if receipts else history.jobs(args.limit, with_receipts=args.json)
         finally:
             history.close()
     except FileNotFoundError as exc:
         return fail(str(exc), EXIT_FAILED)
     if args.json:
-        print(json.dumps(jobs, indent=2, sort_keys=True))
-        return 0
-    print(f"{'FINISHED':24} {'JOB':16} {'STATUS':14} {'EXIT':>5} {'WALL':>10}  MODULE")
-    for j in jobs:
-        print(f"{j['finished_at']:24} {j['job_id'][7:23]:16} {j['status']:14} {j['exit_code']:>5} "
-              f"{j['wall_us'] / 1000:>8.1f}ms  {j['module'][7:23]}")
+        print(json.dumps(items, indent=2, sort_keys=True))
+    elif receipts:
+        print(f"{'STARTED':24} {'JOB':16} {'STATUS':14} {'SIGNED BY':20} SIGNATURE")
+        for r in items:
+            print(f"{r['started_at']:24} {r['job_id'][7:23]:16} {r['status']:14} {r['node']['peer_id'][:20]} "
+                  f"{r['signature'][:16]}…")
+    else:
+        print(f"{'FINISHED':24} {'JOB':16} {'STATUS':14} {'EXIT':>5} {'WALL':>10}  MODULE")
+        for j in items:
+            print(f"{j['finished_at']:24} {j['job_id'][7:23]:16} {j['status']:14} {j['exit_code']:>5} "
+                  f"{j['wall_us'] / 1000:>8.1f}ms  {j['module'][7:23]}")
     return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """``phase jobs [list|show JOB_ID]``."""
+    return _command(args, receipts=False)
 
 
 def cmd_receipts(args: argparse.Namespace) -> int:
-    problem = _check(args)
-    if problem:
-        return fail(problem, EXIT_USAGE)
-    try:
-        if args.action == "show":
-            return _show(args, receipt_only=True)
-        history = _open(args)
-        try:
-            receipts = history.receipts(args.limit)
-        finally:
-            history.close()
-    except FileNotFoundError as exc:
-        return fail(str(exc), EXIT_FAILED)
-    if args.json:
-        print(json.dumps(receipts, indent=2, sort_keys=True))
-        return 0
-    print(f"{'STARTED':24} {'JOB':16} {'STATUS':14} {'SIGNED BY':20} SIGNATURE")
-    for r in receipts:
-        print(f"{r['started_at']:24} {r['job_id'][7:23]:16} {r['status']:14} {r['node']['peer_id'][:20]} "
-              f"{r['signature'][:16]}…")
-    return 0
+    """``phase receipts [list|show JOB_ID]``."""
+    return _command(args, receipts=True)
 
 
 def register(sub: Any) -> None:
