@@ -181,3 +181,32 @@ def test_loopback_api_writes_no_token(api_nodes: Callable[..., list[Any]]) -> No
     (api,) = api_nodes()
     assert not (api.node.data_dir / "api_token").exists()
     assert api.url.startswith("http://127.0.0.1:")
+
+
+def test_connections_beyond_the_cap_are_refused(api_nodes: Callable[..., list[Any]], tmp_path: Path) -> None:
+    import socket
+
+    config = tmp_path / "cap.toml"
+    config.write_text("api_max_connections = 3\n")
+    (api,) = api_nodes(extra=("--config", str(config)))
+    host, port = api.url.removeprefix("http://").rsplit(":", 1)
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(4)]   # open, never asking
+    try:
+        time.sleep(0.3)
+        status, body, _ = api.call("GET", "/v1/node")
+        assert status == 503 and body["error"] == "too_many_connections"
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 10
+    while api.call("GET", "/v1/node")[0] != 200:         # the cap frees as connections close
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_private_mode_keeps_history_in_memory(api_nodes: Callable[..., list[Any]]) -> None:
+    (api,) = api_nodes(extra=("--ephemeral",))
+    status, job, _ = api.call("POST", "/v1/jobs", hello_job(wait=True))
+    assert status == 200 and job["state"] == "done"
+    assert api.call("GET", "/v1/history")[1]["jobs"][0]["job_id"] == job["job_id"]
+    assert not (api.node.data_dir / "history.sqlite").exists()
