@@ -149,17 +149,19 @@ class ApiJobs:
         job.finished_at = _now()
         job.done.set()
 
-    def _client(self, peers: tuple[str, ...]) -> Any:
+    def _client(self, peers: tuple[str, ...], here: bool) -> Any:
         from pyphase import Client
 
-        cache: dict[tuple[str, ...], Any] = self._local.__dict__.setdefault("clients", {})
-        client = cache.get(peers)
+        cache: dict[tuple[bool, tuple[str, ...]], Any] = self._local.__dict__.setdefault("clients", {})
+        client = cache.get((here, peers))
         if client is None:
             if len(cache) > 16:                 # bounded: clients for ad-hoc peer lists come and go
                 for old in cache.values():
                     old.close()
                 cache.clear()
-            client = cache[peers] = Client(peers=list(peers), socks_proxy="")
+            # this node over loopback: never through a proxy; the network: PHASE_SOCKS_PROXY when set
+            # (Private mode), so a job sent out through the API is as anonymous as one from `phase submit`
+            client = cache[(here, peers)] = Client(peers=list(peers), socks_proxy="" if here else None)
             with self._lock:
                 self._clients.append(client)
         return client
@@ -176,7 +178,7 @@ class ApiJobs:
 
                 raise NoPeers("no peers given and none known to this node")
             retries = 3
-        result = self._client(peers).submit(job.module, job.input, args=job.args, env=job.env, entry=job.entry,
+        result = self._client(peers, job.where == "here").submit(job.module, job.input, args=job.args, env=job.env, entry=job.entry,
                                             limits=job.limits, deterministic=job.deterministic, retries=retries)
         if job.where == "network":
             for address in peers:
