@@ -456,6 +456,10 @@ static int send_msg(int sock, const sandbox_msg *msg, int fd)
     return n == (ssize_t) sizeof *msg ? 0 : -1;
 }
 
+#ifdef PHASE_COVERAGE
+void __gcov_dump(void);
+#endif
+
 static void shutdown_all(int code)
 {
     for (unsigned i = 0; i < nbuffers; i++)
@@ -464,6 +468,9 @@ static void shutdown_all(int code)
     for (unsigned i = 0; i < nbuffers; i++)
         if (buffers[i].pid > 0)
             waitpid(buffers[i].pid, NULL, 0);
+#ifdef PHASE_COVERAGE
+    __gcov_dump();   /* coverage builds only: _exit skips gcov's own writing (confined workers never write) */
+#endif
     _exit(code);
 }
 
