@@ -72,7 +72,7 @@ final class ClientTest extends NodeTestCase
 
     public function testTamperedReceiptIsRefused(): void
     {
-        $forger = $this->node(['PHASE_TEST_MISBEHAVE' => 'forge-receipt']);
+        $forger = $this->node('forge-receipt');
         $client = new Client([$forger->address], retries: 0);
         try {
             $client->submit(Job::fromFile(self::HELLO)->withInput('x'));
@@ -86,7 +86,7 @@ final class ClientTest extends NodeTestCase
 
     public function testStdoutNotMatchingTheReceiptIsRefusedAndTheJobMovesOn(): void
     {
-        $liar = $this->node(['PHASE_TEST_MISBEHAVE' => 'mismatch-stdout']);
+        $liar = $this->node('mismatch-stdout');
         $honest = $this->node();
         $client = new Client([$liar->address, $honest->address]);
         $job = Job::fromFile(self::HELLO)->withInput('xyz');
@@ -103,7 +103,7 @@ final class ClientTest extends NodeTestCase
 
     public function testWrongSignerIsRefused(): void
     {
-        $node = $this->node(['PHASE_TEST_MISBEHAVE' => 'wrong-signer']);
+        $node = $this->node('wrong-signer');
         $client = new Client([$node->address], retries: 0);
         try {
             $client->submit(Job::fromFile(self::HELLO)->withInput('x'));

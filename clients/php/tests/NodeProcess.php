@@ -19,8 +19,11 @@ final class NodeProcess
     public string $peerId = '';
     public readonly string $log;
 
-    /** @param array<string, string> $env */
-    public function __construct(public readonly string $dataDir, private readonly array $env = [],
+    /**
+     * @param string|null $misbehave a way to cheat (tests/net/misbehaving_plasmd.py: forge-receipt,
+     *        mismatch-stdout, wrong-signer, lie-stdout, hang), so tests can show the client catches it
+     */
+    public function __construct(public readonly string $dataDir, private readonly ?string $misbehave = null,
                                 private readonly array $extra = [])
     {
         $this->log = $dataDir . '.log';
@@ -41,12 +44,12 @@ final class NodeProcess
     public function start(): self
     {
         $host = '127.0.0.' . random_int(2, 250);
-        $cmd = [self::python(), '-m', 'pyphase.daemon', '--listen', "$host:0", '--data-dir', $this->dataDir,
+        $launcher = $this->misbehave === null ? ['-m', 'pyphase.daemon']
+            : [__DIR__ . '/../../../tests/net/misbehaving_plasmd.py', $this->misbehave];
+        $cmd = [self::python(), ...$launcher, '--listen', "$host:0", '--data-dir', $this->dataDir,
             '--workers', '1', '--no-mdns', ...$this->extra];
-        $env = getenv();
-        unset($env['PHASE_TEST_MISBEHAVE']);
         $this->proc = proc_open($cmd, [0 => ['file', '/dev/null', 'r'], 1 => ['pipe', 'w'], 2 => ['file', $this->log, 'a']],
-            $pipes, null, array_merge($env, $this->env));
+            $pipes);
         if (!is_resource($this->proc)) {
             throw new \RuntimeException('cannot start plasmd');
         }

@@ -13,10 +13,9 @@ abstract class NodeTestCase extends TestCase
     /** @var list<NodeProcess> */
     private array $nodes = [];
 
-    /** @param array<string, string> $env */
-    protected function node(array $env = [], array $extra = []): NodeProcess
+    protected function node(?string $misbehave = null, array $extra = []): NodeProcess
     {
-        $node = new NodeProcess(NodeProcess::tempDir() . '/node', $env, $extra);
+        $node = new NodeProcess(NodeProcess::tempDir() . '/node', $misbehave, $extra);
         $this->nodes[] = $node;
         return $node->start();
     }
