@@ -100,7 +100,7 @@ def main() -> int:
             def history() -> int:
                 conn.request("GET", "/metrics")
                 text = conn.getresponse().read().decode()
-                return int(float(next(l.split()[1] for l in text.splitlines() if l.startswith("phase_history_jobs"))))
+                return int(float(next(line.split()[1] for line in text.splitlines() if line.startswith("phase_history_jobs"))))
 
             def scrapes() -> tuple[list[float], int]:
                 times, size = [], 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from pyphase.cli.jobs import EXIT_FAILED, EXIT_USAGE, fail

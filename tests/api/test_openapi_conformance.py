@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
