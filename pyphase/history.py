@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from pyphase.receipt import timestamp
 
 HISTORY_FILE = "history.sqlite"
 DEFAULT_MAX_JOBS = 10_000
@@ -37,7 +40,7 @@ CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished);
 
 
 def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+    return timestamp(datetime.fromtimestamp(t, timezone.utc))
 
 
 class History:

@@ -18,16 +18,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from pyphase.digests import sha256_text
 from pyphase.errors import PhaseError
 from pyphase.limits import Limits
+from pyphase.receipt import timestamp
 
 MAX_KEPT = 1000                 # finished API jobs kept for status queries (the history keeps more)
 TEXT_PREVIEW = 64 << 10
-
-
-def _now() -> str:
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
 
 
 class BadRequest(ValueError):
@@ -51,7 +48,7 @@ class ApiJob:
     deterministic: bool
     peers: list[str]
     state: str = "queued"
-    submitted_at: str = field(default_factory=_now)
+    submitted_at: str = field(default_factory=timestamp)
     finished_at: str | None = None
     result: Any = None
     error: str | None = None
@@ -62,7 +59,7 @@ class ApiJob:
         r = self.result
         out: dict[str, Any] = {
             "id": self.id, "state": self.state, "where": self.where, "submitted_at": self.submitted_at,
-            "finished_at": self.finished_at, "module": "sha256:" + __import__("hashlib").sha256(self.module).hexdigest(),
+            "finished_at": self.finished_at, "module": sha256_text(self.module),
             "peer": r.peer if r else None, "status": r.status if r else None, "exit_code": r.exit_code if r else None,
             "message": r.message if r else None, "wall_us": r.wall_us if r else None,
             "fuel_used": r.fuel_used if r else None, "stdout_bytes": len(r.stdout) if r else None,
@@ -146,7 +143,7 @@ class ApiJobs:
         except Exception as exc:    # a bug of ours: the job fails, the node goes on
             job.state = "failed"
             job.error = f"internal error: {type(exc).__name__}: {exc}"
-        job.finished_at = _now()
+        job.finished_at = timestamp()
         job.done.set()
 
     def _client(self, peers: tuple[str, ...], here: bool) -> Any:

@@ -10,12 +10,14 @@ token plasmd writes to ``DATA_DIR/api_token`` (mode 0600) when the API listens b
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import ipaddress
 import json
 import os
 import secrets
 import time
+from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -26,6 +28,7 @@ from aiohttp import web
 from pyphase.api import openapi
 from pyphase.api.jobs import ApiJob, ApiJobs, BadRequest, TooBig
 from pyphase.metrics import CONTENT_TYPE
+from pyphase.receipt import timestamp
 
 if TYPE_CHECKING:
     from pyphase.history import History
@@ -159,8 +162,8 @@ class ApiServer:
         node = self.node
         return web.json_response({
             "peer_id": node.identity.peer_id, "address": node.address, "api": self.url,
-            "public_key": __import__("base64").b64encode(node.identity.public_key).decode("ascii"),
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+            "public_key": base64.b64encode(node.identity.public_key).decode("ascii"),
+            "started_at": timestamp(datetime.fromtimestamp(self.started, timezone.utc)),
             "uptime_s": int(time.time() - self.started), "capabilities": node.capabilities()})
 
     async def get_peers(self, request: web.Request) -> web.Response:

@@ -9,11 +9,13 @@ node listens; ``await close()`` at the end. The node itself knows nothing of HTT
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from pyphase.history import HISTORY_FILE, History
 from pyphase.metrics import NodeMetrics
+from pyphase.receipt import timestamp
 
 if TYPE_CHECKING:
     from pyphase.api.server import ApiServer
@@ -119,7 +121,7 @@ class NodeServices:
 
 
 def _stamp(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    return timestamp(datetime.fromtimestamp(t, timezone.utc))
 
 
 def _write(path: Path, text: str) -> None:

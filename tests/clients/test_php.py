@@ -5,7 +5,9 @@ PHP, php-zmq, php-msgpack and phpunit come from Debian (``.ci/setup --test``).
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -39,7 +41,7 @@ def test_phpunit_suite_passes_against_real_nodes(tmp_path: Path) -> None:
     junit = tmp_path / "junit.xml"
     proc = subprocess.run(["phpunit", "-c", str(PHP_DIR / "phpunit.xml.dist"), "--log-junit", str(junit)],
                           capture_output=True, text=True, timeout=600, cwd=PHP_DIR,
-                          env={**__import__("os").environ, "PHASE_PYTHON": sys.executable, "TMPDIR": str(tmp_path)})
+                          env={**os.environ, "PHASE_PYTHON": sys.executable, "TMPDIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None
@@ -78,7 +80,7 @@ def test_php_receipt_verifies_in_python(tmp_path: Path) -> None:
             "input": "sha256:" + "3" * 64, "stdout": "sha256:" + "4" * 64, "stderr": "sha256:" + "5" * 64,
             "exit_code": -7, "status": "trap", "message": "unreachable ü \"/\\\n\u2028 executed", "fuel_used": 1 << 40,
             "wall_us": 0, "started_at": "2026-11-30T04:00:00.123Z", "limits": Limits().to_json(),
-            "node": {"peer_id": node.peer_id, "public_key": __import__("base64").b64encode(node.public_key).decode(),
+            "node": {"peer_id": node.peer_id, "public_key": base64.b64encode(node.public_key).decode(),
                      "runtime": "wasm3", "runtime_version": "0.5.0", "arch": "x86_64"}}
     (tmp_path / "body.json").write_text(json.dumps(body))
     signed = json.loads(php("sign", tmp_path / "body.json", seed.hex(), check=True).stdout)
