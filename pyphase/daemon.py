@@ -93,7 +93,7 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
             listen_host = config.listen.rpartition(":")[0] or "0.0.0.0"
             host = node.host if listen_host not in ("0.0.0.0", "*") else "0.0.0.0"
             announcing = asyncio.get_running_loop().create_task(
-                _announce(identity, host, node.port, node.capabilities(), config.mdns_interfaces, log, holder))
+                _announce(identity, host, node.port, node.capabilities(), config.mdns_interfaces, node.log, holder))
         await node.serve()
     finally:
         if announcing is not None:

@@ -210,3 +210,16 @@ def test_private_mode_keeps_history_in_memory(api_nodes: Callable[..., list[Any]
     assert status == 200 and job["state"] == "done"
     assert api.call("GET", "/v1/history")[1]["jobs"][0]["job_id"] == job["job_id"]
     assert not (api.node.data_dir / "history.sqlite").exists()
+
+
+def test_peers_found_on_the_lan_are_listed(api_nodes: Callable[..., list[Any]]) -> None:
+    """mDNS bound to 127.0.0.1 (other sessions' nodes may show up too: only B is looked for)."""
+    a, b = api_nodes(2, mdns=True)
+    wanted = b.node.address.split("@")[0][:16]
+    deadline = time.monotonic() + 20
+    while True:
+        peers = a.call("GET", "/v1/peers")[1]["peers"]
+        if any(p["source"] == "mdns" and p["name"].startswith(wanted) for p in peers):
+            break
+        assert time.monotonic() < deadline, peers
+        time.sleep(0.2)
