@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from pyphase.api.services import NodeServices
 from pyphase.errors import IdentityError, SandboxUnavailable
@@ -156,7 +156,7 @@ class _BootSource:
 
 
 async def _announce(identity: Identity, host: str, port: int, caps: dict[str, Any], interfaces: str,
-                    log: EventLog, holder: list[Any]) -> None:
+                    log: Callable[..., None], holder: list[Any]) -> None:
     """Announce on the LAN; probing the name takes about a second, so this runs beside the serving node."""
     try:
         from pyphase.net.discovery import Announcer
