@@ -101,6 +101,24 @@ final class ClientTest extends NodeTestCase
         }
     }
 
+    public function testANodeThatNeverAnswersIsLeftAfterTheTimeout(): void
+    {
+        $hang = $this->node('hang');
+        $honest = $this->node();
+        $job = Job::fromFile(self::HELLO)->withInput('late');
+        $timedOut = 0;
+        for ($i = 0; $i < 12 && $timedOut === 0; $i++) {   // fresh clients pick either peer first, at random
+            $result = (new Client([$hang->address, $honest->address], timeout: 1.0))->submit($job);
+            $this->assertSame('etal', $result->stdout);
+            $this->assertSame($honest->peerId, $result->peer);
+            foreach ($result->attempts as [$peer, $why]) {
+                $this->assertSame([$hang->peerId, 'timed out'], [$peer, $why]);
+                $timedOut++;
+            }
+        }
+        $this->assertSame(1, $timedOut, 'the hanging node was never tried first (chance 1 in 4096)');
+    }
+
     public function testWrongSignerIsRefused(): void
     {
         $node = $this->node('wrong-signer');
