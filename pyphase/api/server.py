@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 TOKEN_FILE = "api_token"
 API_FILE = "api"
-BODY_TIMEOUT_S = 30.0
 WAIT_SLACK_S = 10.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -85,6 +84,7 @@ class ApiServer:
         self.jobs = ApiJobs(self._own_address, self._known_peer_addresses, capacity=capacity,
                             max_module=c.max_module, max_input=c.max_input, threads=min(16, max(2, c.worker_count * 2)))
         self.max_body = (c.max_module + c.max_input + 2) // 3 * 4 + (1 << 20)
+        self.body_timeout_s = c.api_body_timeout_ms / 1000
         schema = {**openapi()["components"]["schemas"]["JobRequest"],
                   "$defs": {"Limits": openapi()["components"]["schemas"]["Limits"]}}
         self._check_job = fastjsonschema.compile(json.loads(json.dumps(schema).replace(
@@ -173,9 +173,11 @@ class ApiServer:
         if request.content_type != "application/json":
             return _error(415, "unsupported_media_type", "send the job as application/json")
         try:
-            raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
+            raw = await asyncio.wait_for(request.read(), self.body_timeout_s)
         except asyncio.TimeoutError:
-            return _error(408, "timeout", f"the body took longer than {BODY_TIMEOUT_S:g} s to arrive")
+            response = _error(408, "timeout", f"the body took longer than {self.body_timeout_s:g} s to arrive")
+            response.force_close()
+            return response
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:

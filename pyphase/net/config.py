@@ -26,6 +26,7 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     api_listen      = ""                # HOST:PORT; "" = 127.0.0.1 at the phase/1 port + 1. Beyond loopback,
                                         # requests need the token plasmd writes to DATA_DIR/api_token (0600)
     api_max_connections = 64            # open HTTP connections; beyond, requests are answered 503
+    api_body_timeout = "30s"            # how long a request body may take to arrive (then 408)
     history_jobs    = 10000             # jobs kept in DATA_DIR/history.sqlite (in memory when ephemeral); 0: none
     history_age     = "168h"            # and for at most this long
 
@@ -75,6 +76,7 @@ class NodeConfig:
     api: bool = True
     api_listen: str = ""
     api_max_connections: int = 64
+    api_body_timeout_ms: int = 30_000
     history_jobs: int = 10_000
     history_age_ms: int = 168 * 3_600_000
     max_memory: int = 256 << 20
@@ -108,6 +110,7 @@ _TOP: dict[str, tuple[str, Any]] = {
     "boot_store": ("boot_store", lambda v: str(Path(v).expanduser()) if v else ""),
     "boot_listen": ("boot_listen", str),
     "api": ("api", "bool"), "api_listen": ("api_listen", str), "api_max_connections": ("api_max_connections", int),
+    "api_body_timeout": ("api_body_timeout_ms", parse_duration_ms),
     "history_jobs": ("history_jobs", int), "history_age": ("history_age_ms", parse_duration_ms),
 }
 _LIMITS: dict[str, tuple[str, Any]] = {

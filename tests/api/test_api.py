@@ -223,3 +223,25 @@ def test_peers_found_on_the_lan_are_listed(api_nodes: Callable[..., list[Any]]) 
             break
         assert time.monotonic() < deadline, peers
         time.sleep(0.2)
+
+
+def test_a_body_that_never_arrives_is_given_up(api_nodes: Callable[..., list[Any]], tmp_path: Path) -> None:
+    import socket
+
+    config = tmp_path / "slow.toml"
+    config.write_text('api_body_timeout = "1s"\n')
+    (api,) = api_nodes(extra=("--config", str(config)))
+    host, port = api.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        t0 = time.monotonic()
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    assert 0.8 < time.monotonic() - t0 < 8
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and json.loads(body)["error"] == "timeout"
+    assert api.call("GET", "/v1/node")[0] == 200
