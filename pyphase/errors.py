@@ -49,6 +49,10 @@ class RecordError(PhaseError, ValueError):
     """A node record from the DHT (or its UDP answer) is tampered, expired, malformed or not the key's."""
 
 
+class SandboxError(PhaseError):
+    """The sandbox itself failed (its fork server died or could not start); the job's fate is unknown."""
+
+
 class IdentityError(PhaseError):
     """An identity key file is missing, unreadable or malformed."""
 

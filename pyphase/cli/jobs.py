@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -35,13 +36,13 @@ EXIT_QUORUM = 1        # replicas disagreed: like a failed verification
 
 EPILOG_RUN = """\
 exit status: the module's own exit code when it ran to completion; otherwise
-  trap 134, timeout 124, fuel_exhausted 152, memory_limit 137, output_limit 141,
-  invalid_module 65, crashed 139. Usage errors exit 2.
+{codes}. Usage errors exit 2.
 examples:
   phase run examples/hello/hello.wasm --input "Hello, World"
   phase run job.wasm --input-file data.bin --memory 128MiB --timeout 5s --receipt r.json
   echo text | phase run job.wasm --stdin --json
-"""
+""".format(codes=textwrap.fill(", ".join(f"{status} {code}" for status, code in STATUS_EXIT_CODES.items()),
+                               width=80, initial_indent="  ", subsequent_indent="  "))
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> int:

@@ -26,11 +26,11 @@ KNOWN_NODES_FILE = "dht-nodes.json"
 
 
 def dht_listen_address(config: NodeConfig, host: str, port: int) -> str:
-    """``dht_listen``, else the ``phase/1`` listen host with the port after the node's."""
+    """``dht_listen``, else the ``phase/1`` listen host at the node's port + 2 (+ 1 is the HTTP API's)."""
     if config.dht_listen:
         return config.dht_listen
     bind = split_hostport(config.listen)[0]
-    return f"{bind}:{port + 1 if port < 65535 else 0}"
+    return f"{bind}:{port + 2 if port < 65534 else 0}"
 
 
 class DhtPresence:
