@@ -19,8 +19,10 @@ def test_discover_finds_every_node(start_nodes):
     nodes = start_nodes(3, mdns=True, sandbox=False)
     for n in nodes:
         n.wait_event("mdns_announced")
-    found = discover(15.0, interfaces="127.0.0.1", want=3, settle=None)   # returns once all 3 answered
-    assert sorted(p.address.split("@")[0] for p in found) == sorted(n.address.split("@")[0] for n in nodes)
+    ids = {n.address.split("@")[0] for n in nodes}
+    # all answers until 1 s of quiet (not want=3: nodes of other test runs on 127.0.0.1 answer as fast)
+    found = [p for p in discover(15.0, interfaces="127.0.0.1", settle=1.0) if p.peer_id in ids]
+    assert sorted(p.peer_id for p in found) == sorted(ids)
     assert {p.port for p in found} == {n.port for n in nodes}
     # how fast (goal: under a second) is measured by bench/net_bench.py, not asserted on a shared machine
     assert all(p.properties["proto"] == "phase/1" and p.properties["ck"] for p in found)
@@ -38,7 +40,8 @@ def test_stopped_node_disappears_and_others_notice(start_nodes):
     a.wait_event("mdns_announced")
     b.wait_event("mdns_announced")
     b_id = b.address.split("@")[0]
-    assert b_id in {p.peer_id for p in discover(15.0, interfaces="127.0.0.1", want=2, settle=None)}
+    # not want=2: other nodes announced on 127.0.0.1 (other test runs) answer too, as fast
+    assert b_id in {p.peer_id for p in discover(15.0, interfaces="127.0.0.1", settle=1.0)}
     assert b.terminate() == 0          # unregisters (goodbye packet)
     assert a.wait_event("peer_lost", timeout=15)
     assert b_id not in {p.peer_id for p in discover(0.5, interfaces="127.0.0.1", settle=None)}
