@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import dataclasses
 import functools
 import hashlib
@@ -45,6 +46,11 @@ PENDING_MODULE_TIMEOUT_S = 30.0
 MAX_MESSAGE_SLACK = 64 << 10
 ZERO_COPY_MIN = 256 << 10
 _UNHASHED = "sha256:" + "0" * 64
+MAX_LOG_TEXT = 256
+LOG_RATE = 20.0
+LOG_BURST = 100
+RATE_LIMITED = frozenset({"bad_message", "reject", "internal_error", "send_failed", "peer_connected",
+                          "module_timeout", "abandoned", "refused", "cancelled"})
 
 
 _second_text: tuple[int, str] = (-1, "")
@@ -81,14 +87,43 @@ class _CachedIdentity(Identity):
 
 
 class EventLog:
-    """Structured events, one per line: JSON objects (``{"ts", "event", ...}``) or ``key=value`` text."""
+    """Structured events, one per line: JSON objects (``{"ts", "event", ...}``) or ``key=value`` text.
+
+    What a peer can make the node log is bounded: every text field is cut to ``MAX_LOG_TEXT`` characters,
+    and the events a stranger triggers at will (``RATE_LIMITED``) pass at ``LOG_RATE`` per second each after
+    a burst of ``LOG_BURST``; how many were dropped is logged (``log_suppressed``) once they pass again.
+    """
 
     def __init__(self, fmt: str = "json", stream: TextIO | None = None) -> None:
         self.fmt = fmt
         self.stream = stream if stream is not None else sys.stderr
+        self._buckets: dict[str, list[float]] = {}     # event -> [tokens, last refill, suppressed]
+
+    def _admit(self, event: str) -> bool:
+        now = time.monotonic()
+        bucket = self._buckets.setdefault(event, [float(LOG_BURST), now, 0.0])
+        bucket[0] = min(float(LOG_BURST), bucket[0] + (now - bucket[1]) * LOG_RATE)
+        bucket[1] = now
+        if bucket[0] < 1.0:
+            bucket[2] += 1
+            return False
+        bucket[0] -= 1.0
+        if bucket[2]:
+            suppressed, bucket[2] = int(bucket[2]), 0.0
+            self._write({"ts": fast_timestamp(), "event": "log_suppressed", "of": event, "count": suppressed})
+        return True
 
     def __call__(self, event: str, **fields: Any) -> None:
-        record = {"ts": fast_timestamp(), "event": event, **fields}
+        if event in RATE_LIMITED and not self._admit(event):
+            return
+        for key, value in fields.items():
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                fields[key] = value = bytes(value[:MAX_LOG_TEXT]).hex()
+            if isinstance(value, str) and len(value) > MAX_LOG_TEXT:
+                fields[key] = f"{value[:MAX_LOG_TEXT]}... ({len(value)} chars)"
+        self._write({"ts": fast_timestamp(), "event": event, **fields})
+
+    def _write(self, record: dict[str, Any]) -> None:
         if self.fmt == "json":
             line = json.dumps(record, separators=(",", ":"), default=str)
         else:
@@ -111,6 +146,22 @@ class _Pending:
     since: float
 
 
+def _seed_routing_ids() -> None:
+    """Seed ``rand()`` from the OS's CSPRNG before the node makes its sockets.
+
+    libzmq 4.3.5 names an anonymous peer of a ROUTER ``00`` + a 32-bit counter started from two ``rand()``
+    calls, which nothing seeds: every process hands out the same ids, and a peer that claims the next one as
+    its own routing id makes libzmq abort (a duplicate in ``add_out_pipe``) when the next anonymous peer
+    connects. With a secret start an attacker can only guess (one in 2**32 per claimed id), and per-address
+    connection caps bound how many claims he can hold. Python itself never calls ``rand()``.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.srand(ctypes.c_uint(int.from_bytes(os.urandom(4), "little")))
+    except (OSError, AttributeError):   # no dlopen(NULL) or no srand: a platform this node does not run on
+        pass
+
+
 def curve_key_text(key: bytes) -> str:
     return zmq.utils.z85.encode(key).decode("ascii")
 
@@ -131,6 +182,7 @@ class Node:
         self.cache = ModuleCache(config.data_dir / "modules", config.cache_bytes)
         # Plain (not zmq.asyncio) sockets driven by the loop's reader callbacks: handling a message is a
         # synchronous function call, and a send never waits (a ROUTER drops rather than blocks).
+        _seed_routing_ids()
         self.ctx = zmq.Context()
         self.sock: zmq.Socket[bytes] | None = None
         self.zap: zmq.Socket[bytes] | None = None

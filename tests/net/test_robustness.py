@@ -33,12 +33,14 @@ def node(tmp_path_factory, hello_bytes):
 class Raw:
     """A hand-driven CURVE DEALER: sends whatever frames a test gives it."""
 
-    def __init__(self, address: str, curve: bool = True) -> None:
+    def __init__(self, address: str, curve: bool = True, routing_id: bytes | None = None) -> None:
         import nacl.bindings
 
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.linger = 0
+        if routing_id is not None:
+            self.sock.setsockopt(zmq.ROUTING_ID, routing_id)
         _, key, host, port = parse_address(address)
         if curve:
             pub, sec = Identity.generate().curve_keypair()
