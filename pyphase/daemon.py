@@ -23,7 +23,7 @@ from pyphase.errors import IdentityError, SandboxUnavailable
 from pyphase.identity import Identity
 from pyphase.net import config as config_mod
 from pyphase.net.config import NodeConfig, load_config
-from pyphase.net.node import EventLog, Node
+from pyphase.net.node import EventLog, Node, raise_descriptor_limit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +65,7 @@ def _write_address(data_dir: Path, address: str) -> None:
 
 
 async def run_node(config: NodeConfig, log: EventLog) -> int:
+    raise_descriptor_limit()            # connections are capped below it, with descriptors kept for jobs
     identity = _identity(config)
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     address_file = config.data_dir / "address"

@@ -22,6 +22,17 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
                                         # from this node (see docs/BOOT.md); "" serves nothing
     boot_listen     = "0.0.0.0:8080"    # where that store is served; announced as _phase-boot._tcp when mdns is on
 
+    # What one stranger may take of this node (docs/NETWORK.md, "What a stranger may take"). Keys are
+    # free to make, so each cap holds per CURVE key and per source address.
+    client_jobs     = 8                 # jobs one client key may have waiting for a module, queued or running
+    address_jobs    = 32                # the same for every client of one source address together
+    client_waiting  = 2                 # offers of one key (twice that: one address) waiting for their module
+    module_wait     = "5s"              # how long an accepted offer waits for its module before it is dropped
+    held_bytes      = "96MiB"           # inputs and modules of jobs not yet running, all clients together
+    send_queue      = "32MiB"           # result bytes queued for one connection; more are dropped (abandoned)
+    address_connections = 64            # CURVE connections from one source address
+    connections     = 0                 # connections in all (0: the open-file limit less what jobs reserve)
+
     [limits]                            # the most a job may ask for; bigger offers are rejected "limits"
     memory          = "256MiB"
     fuel            = 0                 # 0: any
@@ -76,6 +87,14 @@ class NodeConfig:
     shutdown_grace_ms: int = 10_000
     boot_store: str = ""
     boot_listen: str = "0.0.0.0:8080"
+    client_jobs: int = 8
+    address_jobs: int = 32
+    client_waiting: int = 2
+    module_wait_ms: int = 5_000
+    held_bytes: int = 96 << 20
+    send_queue: int = 32 << 20
+    address_connections: int = 64
+    connections: int = 0
     max_memory: int = 256 << 20
     max_fuel: int = 0
     max_timeout_ms: int = 60_000
@@ -106,6 +125,10 @@ _TOP: dict[str, tuple[str, Any]] = {
     "log_file": ("log_file", str), "shutdown_grace": ("shutdown_grace_ms", parse_duration_ms),
     "boot_store": ("boot_store", lambda v: str(Path(v).expanduser()) if v else ""),
     "boot_listen": ("boot_listen", str),
+    "client_jobs": ("client_jobs", int), "address_jobs": ("address_jobs", int),
+    "client_waiting": ("client_waiting", int), "module_wait": ("module_wait_ms", parse_duration_ms),
+    "held_bytes": ("held_bytes", parse_size), "send_queue": ("send_queue", parse_size),
+    "address_connections": ("address_connections", int), "connections": ("connections", int),
 }
 _LIMITS: dict[str, tuple[str, Any]] = {
     "memory": ("max_memory", parse_size), "fuel": ("max_fuel", int), "timeout": ("max_timeout_ms", parse_duration_ms),
@@ -165,6 +188,11 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     config = NodeConfig(**changes)
     split_hostport(config.listen)
     split_hostport(config.boot_listen, 8080)
+    for name in ("client_jobs", "address_jobs", "client_waiting", "address_connections"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1")
+    if config.connections < 0:
+        raise ValueError("connections must be 0 (from the open-file limit) or more")
     if config.log_format not in ("json", "text"):
         raise ValueError(f"log_format must be json or text, got {config.log_format!r}")
     return config

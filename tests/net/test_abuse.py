@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from pyphase import Client, Identity
 from pyphase.errors import NetworkError
+from pyphase.limits import Limits
 from pyphase.manifest import make_manifest
 from pyphase.net import wire
 
@@ -202,3 +203,203 @@ def test_malformed_headers_do_not_amplify_the_log(honest, hello_bytes):
         assert client.submit(hello_bytes, input=b"ok").stdout == b"ko"
     grown = honest.log_path.stat().st_size - before
     assert grown < sent / 100, f"{sent} bytes sent grew the log by {grown}"
+
+
+# ---- fair shares -----------------------------------------------------------------------------------
+
+def _offer(raw: Raw, tag: bytes, module: bytes, data: bytes, **manifest_options) -> None:
+    raw.send(wire.encode("offer", (data,), job=tag, manifest=make_manifest(module, data, **manifest_options)))
+
+
+def _rss_and_fds(pid: int) -> tuple[int, int]:
+    status = open(f"/proc/{pid}/status").read()
+    rss = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) << 10
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_offers_waiting_for_modules_do_not_hold_the_node(start_nodes, hello_bytes):
+    """Attack 2: 70 offers for modules the node lacks, never followed by the module; then a disconnect.
+    Every honest job was rejected busy for 40 s."""
+    node = start_nodes(1, sandbox=False)[0]
+    raw = Raw(node.address, source="127.0.0.90")
+    for i in range(70):
+        _offer(raw, b"w%d" % i, os.urandom(64), b"x" * 300)
+    assert raw.recv() is not None                    # the node has read them
+    with Client(peers=[node.address]) as client:     # while the attacker is still connected
+        assert client.submit(hello_bytes, input=b"abc", retries=0).stdout == b"cba"
+    raw.close()
+    with Client(peers=[node.address]) as client:     # and after it left
+        assert client.submit(hello_bytes, input=b"abc", retries=0).stdout == b"cba"
+    keys = [Raw(node.address, source="127.0.0.91") for _ in range(20)]    # fresh keys, one address
+    try:
+        for n, k in enumerate(keys):
+            for i in range(4):
+                _offer(k, b"k%d" % i, os.urandom(64), b"y")
+        with Client(peers=[node.address]) as client:
+            assert client.submit(hello_bytes, input=b"abc", retries=0).stdout == b"cba"
+    finally:
+        for k in keys:
+            k.close()
+
+
+def test_jobs_of_a_client_that_left_are_dropped(start_nodes, spin_bytes, hello_bytes):
+    """Attack 3: 66 jobs that spin to their 1 s timeout, then the client goes: honest clients got busy or
+    timed out until the backlog drained (33 s)."""
+    from net_support import spin_input
+
+    node = start_nodes(1, sandbox=False)[0]
+    with Client(peers=[node.address]) as client:
+        client.submit(spin_bytes, spin_input(0))       # the module is cached
+    raw = Raw(node.address, source="127.0.0.92")
+    for i in range(66):
+        _offer(raw, b"s%d" % i, spin_bytes, spin_input(10_000_000), limits=Limits(timeout_ms=1000))
+    assert raw.recv() is not None
+    raw.close()
+    node.wait_event("cancelled")
+    with Client(peers=[node.address]) as client:
+        t = time.monotonic()
+        assert client.submit(hello_bytes, input=b"abc", retries=0).stdout == b"cba"
+        assert time.monotonic() - t < 5
+
+
+def test_one_clients_backlog_does_not_starve_another(start_nodes, spin_bytes, hello_bytes):
+    """A client that keeps its share of the queue full: another client's job runs within about one turn."""
+    from net_support import spin_input
+
+    node = start_nodes(1, sandbox=False)[0]
+    with Client(peers=[node.address]) as client:
+        client.submit(spin_bytes, spin_input(0))
+    hogs = [Raw(node.address, source=f"127.0.0.{93 + i}") for i in range(2)]
+    try:
+        for n, hog in enumerate(hogs):
+            for i in range(8):
+                _offer(hog, b"h%d" % i, spin_bytes, spin_input(10_000_000), limits=Limits(timeout_ms=500))
+        time.sleep(0.3)
+        with Client(peers=[node.address]) as client:
+            t = time.monotonic()
+            assert client.submit(hello_bytes, input=b"abc", retries=0).stdout == b"cba"
+            waited = time.monotonic() - t
+        # FIFO would have run the 16 jobs ahead of it first (8 s on 2 workers); turns put it after about one round
+        assert waited < 3, waited
+    finally:
+        for hog in hogs:
+            hog.close()
+
+
+# ---- bounded memory --------------------------------------------------------------------------------
+
+# Writes stdin's first u32 blocks of 64 KiB of zeros to stdout.
+BIG_OUTPUT = """
+(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "_start")
+    (local $count i32)
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 4))
+    (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (local.set $count (i32.load (i32.const 64)))
+    (i32.store (i32.const 16) (i32.const 65536))
+    (i32.store (i32.const 20) (i32.const 65536))
+    (block $done (loop $l
+      (br_if $done (i32.eqz (local.get $count)))
+      (drop (call $fd_write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 24)))
+      (local.set $count (i32.sub (local.get $count) (i32.const 1)))
+      (br $l)))))
+"""
+
+
+def test_results_nobody_reads_do_not_fill_memory(start_nodes, wat, hello_bytes):
+    """Attack 4: a client asks for 16 MiB outputs and never reads: plasmd grew from 32 MB to 2.4 GB in 45 s."""
+    import struct
+
+    module = wat(BIG_OUTPUT)
+    node = start_nodes(1, sandbox=False)[0]
+    raw = Raw(node.address, source="127.0.0.95")
+    raw.sock.setsockopt(zmq.RCVBUF, 4096)       # and its libzmq reads nothing ahead: TCP pushes back on the node
+    raw.sock.setsockopt(zmq.RCVHWM, 1)
+    data = struct.pack("<I", 256)                      # 16 MiB of stdout per job
+    limits = Limits(output_bytes=16 << 20, timeout_ms=10_000)
+    peak = 0
+    try:
+        deadline = time.monotonic() + 12
+        i = 0
+        while time.monotonic() < deadline:
+            for _ in range(8):
+                _offer(raw, b"o%d" % i, module, data, limits=limits)
+                i += 1
+            if i == 8:                                  # the first offer asks for the module
+                time.sleep(0.2)
+                raw.send(wire.encode("module", (module,), job=b"o0"))
+            time.sleep(0.25)
+            peak = max(peak, _rss_and_fds(node.proc.pid)[0])
+        with Client(peers=[node.address]) as client:
+            assert client.submit(hello_bytes, input=b"abc", retries=0).stdout == b"cba"
+    finally:
+        raw.close()
+    assert node.events("abandoned"), node.log_tail()
+    assert peak < 256 << 20, f"plasmd peak RSS {peak >> 20} MiB"
+
+
+def test_float_size_is_refused(honest, hello_bytes):
+    """Smaller: a float size (1234.0) passed the schema, the job ran, and the node failed to answer."""
+    raw = Raw(honest.address)
+    try:
+        manifest = make_manifest(hello_bytes, b"in")
+        manifest["module"]["size"] = float(manifest["module"]["size"])
+        raw.send(wire.encode("offer", (b"in",), job=b"f1", manifest=manifest))
+        reply = raw.recv()
+        assert reply is not None and reply.type == "reject" and reply["reason"] == "bad_manifest", reply
+        assert "float" in reply["detail"]
+    finally:
+        raw.close()
+
+
+def test_expired_inputs_give_their_memory_back(start_nodes, hello_bytes):
+    """Smaller: the memory of 66 pending 16 MiB inputs was not given back after they expired."""
+    node = start_nodes(1, sandbox=False, env={"PLASMD_MODULE_WAIT": "1s"})[0]
+    base = _rss_and_fds(node.proc.pid)[0]
+    data = os.urandom(8 << 20)
+    raws = [Raw(node.address, source=f"127.0.0.{100 + i}") for i in range(5)]
+    try:
+        for n, raw in enumerate(raws):
+            for i in range(2):
+                _offer(raw, b"p%d" % i, os.urandom(64), data)
+            for i in range(2):
+                reply = raw.recv()
+                assert reply is not None and reply.type == "accept", reply
+        held = _rss_and_fds(node.proc.pid)[0]
+        node.wait_event_count("module_timeout", 10, timeout=10)
+        time.sleep(0.5)
+        after = _rss_and_fds(node.proc.pid)[0]
+    finally:
+        for raw in raws:
+            raw.close()
+    assert held - base > 24 << 20, (base, held)            # the inputs were really held
+    assert after - base < 16 << 20, f"{(after - base) >> 20} MiB still held after the inputs expired"
+
+
+# ---- descriptors -----------------------------------------------------------------------------------
+
+def test_idle_connections_from_one_address_are_capped(start_nodes, hello_bytes):
+    """Attack 7: about 1,000 idle CURVE connections made a node with a 1,024 open-file limit unreachable.
+    Here the node starts with a soft limit of 256 (hard 4096) and one address opens 120 connections (the cap is 64)."""
+    node = start_nodes(1, sandbox=False, prefix=("prlimit", "--nofile=256:4096"))[0]
+    limits = open(f"/proc/{node.proc.pid}/limits").read()
+    assert "Max open files            4096                 4096" in limits, limits
+    raws = [Raw(node.address, source="127.0.0.120") for _ in range(120)]
+    try:
+        for raw in raws:
+            try:        # a refused connection has no pipe left: a blocking send would wait for ever
+                raw.sock.send_multipart([header(t="caps?")], zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        answered = sum(1 for raw in raws if raw.recv(timeout_ms=50) is not None)
+        assert answered <= 64 + 1, answered
+        assert node.events("refused")
+        with Client(peers=[node.address]) as client:
+            assert client.submit(hello_bytes, input=b"abc", retries=0).stdout == b"cba"
+    finally:
+        for raw in raws:
+            raw.close()

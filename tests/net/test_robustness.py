@@ -33,7 +33,7 @@ def node(tmp_path_factory, hello_bytes):
 class Raw:
     """A hand-driven CURVE DEALER: sends whatever frames a test gives it."""
 
-    def __init__(self, address: str, curve: bool = True, routing_id: bytes | None = None) -> None:
+    def __init__(self, address: str, curve: bool = True, routing_id: bytes | None = None, source: str = "") -> None:
         import nacl.bindings
 
         self.ctx = zmq.Context()
@@ -47,7 +47,7 @@ class Raw:
             self.sock.curve_publickey = zmq.utils.z85.encode(pub)
             self.sock.curve_secretkey = zmq.utils.z85.encode(sec)
             self.sock.curve_serverkey = zmq.utils.z85.encode(nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(key))
-        self.sock.connect(f"tcp://{host}:{port}")
+        self.sock.connect(f"tcp://{source}:0;{host}:{port}" if source else f"tcp://{host}:{port}")
 
     def send(self, frames) -> None:
         self.sock.send_multipart(frames)
