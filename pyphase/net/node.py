@@ -271,7 +271,12 @@ class Node:
         if not self.max_connections:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             soft = soft if soft != resource.RLIM_INFINITY else 1 << 16
-            self.max_connections = max(16, soft - JOB_DESCRIPTORS - JOB_DESCRIPTORS_PER_WORKER * workers)
+            reserved = JOB_DESCRIPTORS + JOB_DESCRIPTORS_PER_WORKER * workers
+            if self.config.boot_store:      # the boot server's connections have their own budget
+                from pyphase.boot.server import DEFAULT_MAX_CONNECTIONS
+
+                reserved += 2 * DEFAULT_MAX_CONNECTIONS
+            self.max_connections = max(16, soft - reserved)
         self.zap = self.ctx.socket(zmq.REP)
         self.zap.linger = 0
         self.zap.bind(ZAP_ENDPOINT)
