@@ -56,6 +56,7 @@ _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 MAX_MESSAGE_SLACK = 64 << 10
 ZERO_COPY_MIN = 256 << 10
 _UNHASHED = "sha256:" + "0" * 64
+BAD_MESSAGE_BUDGET = 64             # bad messages one connection may send before the node drops it
 MAX_LOG_TEXT = 256
 LOG_RATE = 20.0
 LOG_BURST = 100
@@ -189,6 +190,26 @@ def _peer_address(fd: int) -> str:
             return ""
 
 
+def _shut_down(fd: int) -> None:
+    """End the connection libzmq holds on ``fd`` without touching its descriptor: shut down a duplicate (a
+    shutdown acts on the connection), so libzmq sees the peer go and closes it the usual way. libzmq 4.3.5
+    has no call to drop one peer of a ROUTER."""
+    try:
+        dup = os.dup(fd)
+    except OSError:
+        return
+    try:
+        sock = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        return
+    with sock:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 def _out_of_descriptors(exc: BaseException | None) -> bool:
     """Whether ``exc`` (or what caused it) is the process running out of file descriptors."""
     seen = 0
@@ -249,6 +270,8 @@ class Node:
         self._connections: dict[int, str] = {}          # descriptor -> source address
         self._address_connections: Counter[str] = Counter()
         self._fd_rid: dict[int, bytes] = {}             # descriptor -> routing id, from messages' SRCFD
+        self._rid_fd: dict[bytes, int] = {}
+        self._bad: Counter[bytes] = Counter()           # routing id -> bad messages sent
         self._unsent: dict[bytes, list[tuple[zmq.MessageTracker, int]]] = {}
         self.abandoned = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -290,10 +313,13 @@ class Node:
         sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)
         sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
-        # per connection: answers queued (results big enough to matter are also counted in bytes, _send_result)
-        # and messages read ahead of the node; a full queue or a gone peer fails the send (ROUTER_MANDATORY)
+        # Per connection, answers queued (results big enough to matter are also counted in bytes, _send_result);
+        # a full queue or a gone peer fails the send (ROUTER_MANDATORY). No receive high-water mark: in libzmq
+        # 4.3.5 a connection whose input was stopped by a full pipe and then hits an I/O error (the peer
+        # closes, or sends on) is left with _io_error set, and the next heartbeat or PONG it writes aborts the
+        # process (stream_engine_base.cpp:310, "!_io_error"). The node drains every connection at once instead.
         sock.setsockopt(zmq.SNDHWM, 256)
-        sock.setsockopt(zmq.RCVHWM, 64)
+        sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.linger = 1000
         host, port = split_hostport(self.config.listen)
@@ -388,6 +414,10 @@ class Node:
                 address = _peer_address(fd)
                 self._connections[fd] = address
                 self._address_connections[address] += 1
+                if (self._address_connections[address] > self.config.address_connections
+                        or len(self._connections) > self.max_connections):
+                    _shut_down(fd)      # before the CURVE handshake: a refusal costs no crypto
+                    self.log("refused", address=address, reason="too many connections")
             elif event == zmq.EVENT_DISCONNECTED:
                 address = self._connections.pop(fd, "")
                 if address:
@@ -396,6 +426,8 @@ class Node:
                         del self._address_connections[address]
                 rid = self._fd_rid.pop(fd, None)
                 if rid is not None:
+                    self._rid_fd.pop(rid, None)
+                    self._bad.pop(rid, None)
                     self._connection_lost(rid)
 
     def _on_zap(self) -> None:
@@ -432,7 +464,7 @@ class Node:
 
     def _on_readable(self) -> None:
         """Handle every message waiting (the ZeroMQ descriptor is edge-triggered: drain it all)."""
-        self._on_monitor()          # a closed connection's descriptor is forgotten before it is reused
+        self._on_zap()              # handshakes first: a flood of messages must not starve new connections
         sock = self.sock
         for _ in range(1000):          # then yield to the loop; the next call_soon picks up the rest
             if sock is None or sock.closed:
@@ -507,6 +539,12 @@ class Node:
 
     def _error(self, rid: bytes, code: str, detail: str, job: bytes | None = None) -> None:
         self.log("bad_message", code=code, detail=detail)
+        self._bad[rid] += 1
+        if self._bad[rid] > BAD_MESSAGE_BUDGET and rid in self._rid_fd:
+            del self._bad[rid]
+            self.log("refused", reason=f"more than {BAD_MESSAGE_BUDGET} bad messages", client_fd=self._rid_fd[rid])
+            _shut_down(self._rid_fd[rid])
+            return
         self._send(rid, wire.encode("error", code=code, detail=detail[:wire.MAX_DETAIL_CHARS], job=job))
 
     def _reject(self, rid: bytes, tag: bytes, reason: str, detail: str) -> None:
@@ -526,6 +564,7 @@ class Node:
             client, address, fd = "", "", -1
         if fd >= 0 and self._fd_rid.get(fd) != rid:
             self._fd_rid[fd] = rid
+            self._rid_fd[rid] = fd
         try:
             msg = wire.decode(frames[1:])
         except wire.WireError as exc:
@@ -625,7 +664,7 @@ class Node:
         if self.executor is None:
             return
         while self.shares.running < self.executor.workers:
-            job = self.shares.next()
+            job = self.shares.next(self.executor.workers)
             if job is None:
                 return
             self._start(job)
@@ -727,3 +766,4 @@ class Node:
             for job in [j for j in self.shares.jobs.values() if j.state == "waiting" and j.since < cutoff]:
                 self.shares.remove(job.key)
                 self.log("module_timeout", job=job.tag.hex(), client=job.client)
+            self._dispatch()            # a job held back for an address gone quiet may start now

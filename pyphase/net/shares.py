@@ -4,17 +4,22 @@ and the fair queue that interleaves them.
 A job is *waiting* (accepted, its module not yet received), *queued* (ready, no worker free) or *running*.
 Keys are free to make, so every cap applies both per CURVE key and per source address; the queue takes turns
 between addresses, and within an address between keys, so one client's backlog never starves another's.
+Running jobs cannot be taken back, so while another address is active one address runs at most
+``workers - 1`` jobs: a worker stays free for the others instead of all of them waiting out its longest job.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from pyphase.limits import Limits
 from pyphase.result import Result
+
+RECENT_S = 2.0      # an address that offered a job this recently is waiting for its share (Shares.next)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ class Shares:
         self._counts: Counter[tuple[str, str]] = Counter()
         self._queues: dict[str, dict[str, deque[HeldJob]]] = {}     # address -> client key -> queued jobs
         self.held_bytes = 0
+        self._running_by: Counter[str] = Counter()      # source address -> running jobs
+        self._last_offer: dict[str, float] = {}         # source address -> when it last offered a job
         self.running = 0
         self.queued = 0
         self.waiting = 0
@@ -89,6 +96,8 @@ class Shares:
 
     def add(self, job: HeldJob) -> None:
         self.jobs[job.key] = job
+        self._last_offer.pop(job.address, None)
+        self._last_offer[job.address] = job.since
         self._counts["client", job.client] += 1
         self._counts["address", job.address] += 1
         self.held_bytes += job.held
@@ -118,10 +127,23 @@ class Shares:
         self.queued += 1
         self._queues.setdefault(job.address, {}).setdefault(job.client, deque()).append(job)
 
-    def next(self) -> HeldJob | None:
-        """The next queued job to run: the first address's first client's oldest job; both then go last."""
+    def _others_active(self, address: str, now: float) -> bool:
+        for other, when in list(self._last_offer.items()):     # oldest first: drop the stale ones
+            if now - when < RECENT_S:
+                break
+            del self._last_offer[other]
+        return any(other != address for other in self._last_offer)
+
+    def next(self, workers: int) -> HeldJob | None:
+        """The next queued job to run: the first address's first client's oldest job; both then go last.
+        An address already running ``workers - 1`` jobs waits its turn while other addresses are active."""
+        now = time.monotonic()
         while self._queues:
-            address, clients = next(iter(self._queues.items()))
+            for address, clients in self._queues.items():
+                if self._running_by[address] < max(1, workers - 1) or not self._others_active(address, now):
+                    break
+            else:
+                return None          # a worker stays free for the active addresses that have nothing queued yet
             client, jobs = next(iter(clients.items()))
             job = jobs.popleft()
             del clients[client]
@@ -136,6 +158,7 @@ class Shares:
             self.held_bytes -= job.held
             job.state = "running"
             self.running += 1
+            self._running_by[address] += 1
             return job
         return None
 
@@ -152,6 +175,9 @@ class Shares:
             self.held_bytes -= job.held
         elif job.state == "running":
             self.running -= 1
+            self._running_by[job.address] -= 1
+            if self._running_by[job.address] <= 0:
+                del self._running_by[job.address]
         job.state = "gone"
         for kind, who in (("client", job.client), ("address", job.address)):
             self._counts[kind, who] -= 1

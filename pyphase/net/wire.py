@@ -159,14 +159,19 @@ def decode(frames: Sequence[Any]) -> Message:
     unknown = set(header) - set(spec) - {"v", "t"}
     if unknown:
         # keys may mix str and bytes, which do not sort together: sort their reprs
-        raise WireError("malformed", f"{type_}: unknown fields {_brief(sorted(map(repr, unknown))[:5])}", job)
+        raise WireError("malformed", f"{type_}: unknown fields {', '.join(_brief(k, 32) for k in sorted(map(repr, unknown))[:5])}", job)
     return Message(type_, fields, tuple(frames[1:]))
 
 
 def _brief(value: Any, limit: int = 64) -> str:
-    """``repr(value)`` cut to ``limit`` characters: a peer's value quoted in a detail stays short."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+    """A peer's value quoted in a detail, at most about ``limit`` characters, costing as little to make:
+    a long string is cut before it is quoted, a container is named by its type and length."""
+    if isinstance(value, (str, bytes)):
+        text = repr(value[:limit])
+        return text if len(value) <= limit else f"{text}... ({len(value)} long)"
+    if isinstance(value, (list, dict)):
+        return f"<{type(value).__name__} of {len(value)}>"
+    return repr(value)[:limit]
 
 
 def payload_bytes(frame: Any) -> bytes:

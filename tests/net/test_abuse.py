@@ -5,8 +5,6 @@ and checks the node still serves an honest client at once afterwards."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -23,18 +21,8 @@ from pyphase.limits import Limits
 from pyphase.manifest import make_manifest
 from pyphase.net import wire
 
+from attackers import BIG_OUTPUT, predicted_routing_ids
 from test_robustness import Raw, header
-
-
-def _predicted_routing_ids(count: int) -> list[bytes]:
-    """The ids libzmq 4.3.5 gives anonymous peers of the n-th socket a process makes, when nothing seeded
-    ``rand()``: ``00`` + a 32-bit counter started from two ``rand()`` calls (src/random.cpp). Computed in a
-    fresh process, so it is the same sequence an attacker computes on his own machine."""
-    code = ("import ctypes; libc = ctypes.CDLL(None)\n"
-            f"for _ in range({count}):\n"
-            "    lo = libc.rand(); hi = libc.rand(); print('00%08x' % (((hi << 31) | lo) & 0xffffffff))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return [bytes.fromhex(line) for line in out.split()]
 
 
 def test_claimed_routing_id_cannot_crash_the_node(start_nodes, hello_bytes):
@@ -43,7 +31,7 @@ def test_claimed_routing_id_cannot_crash_the_node(start_nodes, hello_bytes):
     node = start_nodes(1, sandbox=False)[0]
     claims = []
     try:
-        for rid in _predicted_routing_ids(6):
+        for rid in predicted_routing_ids(6):
             raw = Raw(node.address, routing_id=rid)
             raw.send([header(t="caps?")])
             assert raw.recv() is not None and node.alive
@@ -287,28 +275,6 @@ def test_one_clients_backlog_does_not_starve_another(start_nodes, spin_bytes, he
 
 
 # ---- bounded memory --------------------------------------------------------------------------------
-
-# Writes stdin's first u32 blocks of 64 KiB of zeros to stdout.
-BIG_OUTPUT = """
-(module
-  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 2)
-  (func (export "_start")
-    (local $count i32)
-    (i32.store (i32.const 0) (i32.const 64))
-    (i32.store (i32.const 4) (i32.const 4))
-    (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
-    (local.set $count (i32.load (i32.const 64)))
-    (i32.store (i32.const 16) (i32.const 65536))
-    (i32.store (i32.const 20) (i32.const 65536))
-    (block $done (loop $l
-      (br_if $done (i32.eqz (local.get $count)))
-      (drop (call $fd_write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 24)))
-      (local.set $count (i32.sub (local.get $count) (i32.const 1)))
-      (br $l)))))
-"""
-
 
 def test_results_nobody_reads_do_not_fill_memory(start_nodes, wat, hello_bytes):
     """Attack 4: a client asks for 16 MiB outputs and never reads: plasmd grew from 32 MB to 2.4 GB in 45 s."""
