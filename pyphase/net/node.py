@@ -57,6 +57,7 @@ MAX_MESSAGE_SLACK = 64 << 10
 ZERO_COPY_MIN = 256 << 10
 _UNHASHED = "sha256:" + "0" * 64
 BAD_MESSAGE_BUDGET = 64             # bad messages one connection may send before the node drops it
+PENALTY_S = 10.0                     # then its key is refused this long (its libzmq would reconnect at once)
 MAX_LOG_TEXT = 256
 LOG_RATE = 20.0
 LOG_BURST = 100
@@ -272,6 +273,8 @@ class Node:
         self._fd_rid: dict[int, bytes] = {}             # descriptor -> routing id, from messages' SRCFD
         self._rid_fd: dict[bytes, int] = {}
         self._bad: Counter[bytes] = Counter()           # routing id -> bad messages sent
+        self._rid_client: dict[bytes, str] = {}
+        self._penalty: dict[str, float] = {}            # client key -> refused until (monotonic)
         self._unsent: dict[bytes, list[tuple[zmq.MessageTracker, int]]] = {}
         self.abandoned = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -427,6 +430,7 @@ class Node:
                 rid = self._fd_rid.pop(fd, None)
                 if rid is not None:
                     self._rid_fd.pop(rid, None)
+                    self._rid_client.pop(rid, None)
                     self._bad.pop(rid, None)
                     self._connection_lost(rid)
 
@@ -446,7 +450,9 @@ class Node:
                 version, request_id, ok, user, address = b"1.0", b"", False, "", b""
             source = address.decode("utf-8", "replace")
             status, text = (b"200", b"OK") if ok else (b"400", b"CURVE only")
-            if ok and self._address_connections[source] > self.config.address_connections:
+            if ok and user in self._penalty and self._penalty_active(user):
+                status, text = b"400", b"dropped for bad messages; try later"
+            elif ok and self._address_connections[source] > self.config.address_connections:
                 status, text = b"400", b"too many connections from this address"
             elif ok and len(self._connections) > self.max_connections:
                 status, text = b"400", b"too many connections"
@@ -459,6 +465,12 @@ class Node:
                 self._clients.add(user)
                 self.log("peer_connected", key=user, address=source)
             zap.send_multipart([b"1.0", request_id, status, text, user.encode() if ok else b"", b""])
+
+    def _penalty_active(self, key: str) -> bool:
+        if self._penalty[key] > time.monotonic():
+            return True
+        del self._penalty[key]
+        return False
 
     # ---- messages ----------------------------------------------------------------------------------
 
@@ -542,7 +554,11 @@ class Node:
         self._bad[rid] += 1
         if self._bad[rid] > BAD_MESSAGE_BUDGET and rid in self._rid_fd:
             del self._bad[rid]
-            self.log("refused", reason=f"more than {BAD_MESSAGE_BUDGET} bad messages", client_fd=self._rid_fd[rid])
+            key = self._rid_client.get(rid, "")
+            if len(self._penalty) > 100_000:
+                self._penalty.clear()
+            self._penalty[key] = time.monotonic() + PENALTY_S
+            self.log("refused", key=key, reason=f"more than {BAD_MESSAGE_BUDGET} bad messages")
             _shut_down(self._rid_fd[rid])
             return
         self._send(rid, wire.encode("error", code=code, detail=detail[:wire.MAX_DETAIL_CHARS], job=job))
@@ -565,6 +581,7 @@ class Node:
         if fd >= 0 and self._fd_rid.get(fd) != rid:
             self._fd_rid[fd] = rid
             self._rid_fd[rid] = fd
+            self._rid_client[rid] = client
         try:
             msg = wire.decode(frames[1:])
         except wire.WireError as exc:
