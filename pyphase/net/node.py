@@ -16,7 +16,6 @@ import ctypes
 import dataclasses
 import errno
 import functools
-import hashlib
 import json
 import os
 import resource
@@ -32,30 +31,27 @@ import zmq
 import zmq.utils.z85
 
 from pyphase import schemas
+from pyphase.digests import digest_from_text, sha256_text
 from pyphase.identity import Identity
 from pyphase.limits import Limits
 from pyphase.manifest import job_id
 from pyphase.net import wire
 from pyphase.net.cache import ModuleCache
-from pyphase.net.config import NodeConfig, split_hostport
-from pyphase.net.executor import Executor, failed_result, job_kwargs, make_executor
+from pyphase.net.addresses import split_hostport
+from pyphase.net.config import NodeConfig
 from pyphase.net.shares import HeldJob, ShareCaps, Shares
-from pyphase.receipt import make_receipt, machine_arch
-from pyphase.result import Result, hash_text
+from pyphase.sandbox.executor import Executor, failed_result, job_kwargs, make_executor
+from pyphase.receipt import machine_arch, make_receipt, timestamp
+from pyphase.result import Result
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-MISBEHAVE_ENV = "PHASE_TEST_MISBEHAVE"
-MISBEHAVIOURS = ("forge-receipt", "lie-stdout", "mismatch-stdout", "wrong-signer", "hang")
-"""Test only: ways a node can be made to cheat (``PHASE_TEST_MISBEHAVE``), so tests can show clients catch it."""
 JOB_DESCRIPTORS = 64                 # descriptors kept back from connections: module cache, sandbox, logs
 JOB_DESCRIPTORS_PER_WORKER = 16
 TRACK_MIN = 64 << 10                 # results at least this big are tracked until libzmq has sent them
 SEND_QUEUE_TOTAL_FACTOR = 4          # all connections together: this many times one connection's send_queue
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 MAX_MESSAGE_SLACK = 64 << 10
-ZERO_COPY_MIN = 256 << 10
-_UNHASHED = "sha256:" + "0" * 64
 BAD_MESSAGE_BUDGET = 64             # bad messages one connection may send before the node drops it
 PENALTY_S = 10.0                     # then its key is refused this long (its libzmq would reconnect at once)
 MAX_LOG_TEXT = 256
@@ -63,19 +59,6 @@ LOG_RATE = 20.0
 LOG_BURST = 100
 RATE_LIMITED = frozenset({"bad_message", "reject", "internal_error", "send_failed", "peer_connected",
                           "module_timeout", "abandoned", "refused", "cancelled"})
-
-
-_second_text: tuple[int, str] = (-1, "")
-
-
-def fast_timestamp() -> str:
-    """``pyphase.receipt.timestamp()``'s format (RFC 3339 UTC, milliseconds) without a strftime per call."""
-    global _second_text
-    now = time.time()
-    second = int(now)
-    if _second_text[0] != second:
-        _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    return f"{_second_text[1]}.{int((now - second) * 1000):03d}Z"
 
 
 class _CachedIdentity(Identity):
@@ -122,7 +105,7 @@ class EventLog:
         bucket[0] -= 1.0
         if bucket[2]:
             suppressed, bucket[2] = int(bucket[2]), 0.0
-            self._write({"ts": fast_timestamp(), "event": "log_suppressed", "of": event, "count": suppressed})
+            self._write({"ts": timestamp(), "event": "log_suppressed", "of": event, "count": suppressed})
         return True
 
     def __call__(self, event: str, **fields: Any) -> None:
@@ -133,7 +116,7 @@ class EventLog:
                 fields[key] = value = bytes(value[:MAX_LOG_TEXT]).hex()
             if isinstance(value, str) and len(value) > MAX_LOG_TEXT:
                 fields[key] = f"{value[:MAX_LOG_TEXT]}... ({len(value)} chars)"
-        self._write({"ts": fast_timestamp(), "event": event, **fields})
+        self._write({"ts": timestamp(), "event": event, **fields})
 
     def _write(self, record: dict[str, Any]) -> None:
         if self.fmt == "json":
@@ -244,13 +227,10 @@ class Node:
     :meth:`request_stop`; ``await close()`` finishes in-flight jobs (up to the grace) and releases everything."""
 
     def __init__(self, config: NodeConfig, identity: Identity, *, log: Callable[..., None] | None = None,
-                 executor: Executor | None = None, misbehave: str | None = None) -> None:
+                 executor: Executor | None = None) -> None:
         self.config = config
         self.identity: Identity = _CachedIdentity(identity.signing_key)
         self.log = log or EventLog("json")
-        self.misbehave = misbehave if misbehave is not None else os.environ.get(MISBEHAVE_ENV) or None
-        if self.misbehave and self.misbehave not in MISBEHAVIOURS:
-            raise ValueError(f"{MISBEHAVE_ENV} must be one of {MISBEHAVIOURS}, got {self.misbehave!r}")
         self.executor = executor
         self.cache = ModuleCache(config.data_dir / "modules", config.cache_bytes)
         # Plain (not zmq.asyncio) sockets driven by the loop's reader callbacks: handling a message is a
@@ -282,6 +262,10 @@ class Node:
         self._stopped = asyncio.Event()
         self._clients: set[str] = set()
         self.jobs_done = 0
+        self.bytes_in = 0                # phase/1 bytes received and sent (frames, routing ids excluded)
+        self.bytes_out = 0
+        self.on_result: Callable[[dict[str, Any], str], None] | None = None
+        """Called with (receipt, client key) after each result is sent (history, metrics: pyphase.api)."""
         self._max_msg = config.max_module + config.max_input + wire.MAX_HEADER_BYTES + MAX_MESSAGE_SLACK
 
     # ---- life cycle ------------------------------------------------------------------------------
@@ -290,8 +274,6 @@ class Node:
         if self.executor is None:
             self.executor = make_executor(self.config.worker_count, self.config.sandbox,
                                           warn=lambda msg: self.log("warning", message=msg))
-        if self.misbehave:
-            self.log("warning", message=f"TEST ONLY: this node misbehaves on purpose ({self.misbehave})")
         workers = self.executor.workers
         self.shares.caps = dataclasses.replace(self.shares.caps, total_jobs=workers + self.config.queue)
         if not self.max_connections:
@@ -443,11 +425,11 @@ class Node:
             except zmq.Again:
                 return
             try:
-                version, request_id, _domain, address, _identity, mechanism = frames[:6]
+                _version, request_id, _domain, address, _identity, mechanism = frames[:6]
                 ok = mechanism == b"CURVE" and len(frames) == 7 and len(frames[6]) == 32
                 user = curve_key_text(frames[6]) if ok else ""
             except ValueError:
-                version, request_id, ok, user, address = b"1.0", b"", False, "", b""
+                request_id, ok, user, address = b"", False, "", b""
             source = address.decode("utf-8", "replace")
             status, text = (b"200", b"OK") if ok else (b"400", b"CURVE only")
             if ok and user in self._penalty and self._penalty_active(user):
@@ -505,13 +487,15 @@ class Node:
             frames = [*frames[:big_index], frame, *frames[big_index + 1:]]
         try:
             # zero-copy only pays for big frames: a small one costs more to track than to copy
-            big = any(len(f) > ZERO_COPY_MIN for f in frames)
+            big = any(len(f) > wire.ZERO_COPY_MIN for f in frames)
             self.sock.send_multipart([rid, *frames], zmq.NOBLOCK, copy=not big)
             sent = True
         except zmq.ZMQError as exc:
             if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):     # gone, or not reading: the caller counts it
                 self.log("send_failed", error=str(exc))
             sent = False
+        if sent:
+            self.bytes_out += sum(len(f) for f in frames)
         if sent and tracker is not None:
             self._unsent.setdefault(rid, []).append((tracker, size))
         # a send can consume the descriptor's edge for messages that arrived meanwhile
@@ -572,6 +556,7 @@ class Node:
         if len(frames) < 2:
             return
         rid = frames[0].bytes
+        self.bytes_in += sum(len(f) for f in frames[1:])
         try:
             client = frames[1].get("User-Id")
             address = frames[1].get("Peer-Address")
@@ -603,7 +588,7 @@ class Node:
         c = self.config
         if manifest["input"]["size"] > c.max_input or len(data) > c.max_input:
             return "input_too_big", f"input of {manifest['input']['size']} bytes exceeds {c.max_input}"
-        if len(data) != manifest["input"]["size"] or hash_text(hashlib.sha256(data).digest()) != manifest["input"]["hash"]:
+        if len(data) != manifest["input"]["size"] or sha256_text(data) != manifest["input"]["hash"]:
             return "bad_manifest", "the input bytes do not match manifest.input"
         if manifest["module"]["size"] > c.max_module:
             return "module_too_big", f"module of {manifest['module']['size']} bytes exceeds {c.max_module}"
@@ -692,9 +677,10 @@ class Node:
         assert self.executor is not None and job.module is not None
         loop = asyncio.get_running_loop()
         t1 = time.perf_counter()
-        job.started = fast_timestamp()
+        job.started = timestamp()
         try:
-            future = self.executor.submit(job.module, job.input, **job_kwargs(job.manifest, job.limits))
+            future = self.executor.submit(job.module, job.input, digest=digest_from_text(job.manifest["module"]["hash"]),
+                                          **job_kwargs(job.manifest, job.limits))
         except Exception as exc:   # e.g. arguments the runtime refuses (NUL bytes), a closed sandbox
             future = concurrent.futures.Future()
             future.set_exception(exc)
@@ -720,26 +706,12 @@ class Node:
             if _out_of_descriptors(exc):    # the node's trouble, not the job's: say busy, sign nothing
                 return self._reject(rid, tag, "busy", "the node is short of file descriptors")
             result = failed_result("crashed", f"{type(exc).__name__}: {exc}", module, data)
-        if result.stdout_hash == _UNHASHED or result.module_hash == _UNHASHED:
-            # a job that never ran (invalid module, crashed worker) comes back without hashes; the node
-            # checked the module and input against the manifest itself, and hashes what it sends
-            result = dataclasses.replace(
-                result, module_hash=manifest["module"]["hash"], input_hash=manifest["input"]["hash"],
-                stdout_hash=hash_text(hashlib.sha256(result.stdout).digest()),
-                stderr_hash=hash_text(hashlib.sha256(result.stderr).digest()))
-        stdout = result.stdout
-        if self.misbehave == "hang":
+        # a job that never ran comes back without hashes: the node checked module and input against the manifest
+        result = result.with_hashes(manifest["module"]["hash"], manifest["input"]["hash"])
+        answer = self.answer(result, manifest, limits, started)
+        if answer is None:
             return
-        if self.misbehave == "lie-stdout":
-            stdout = b"forged by a lying node\n" + result.stdout
-            result = dataclasses.replace(result, stdout=stdout, stdout_hash=hash_text(hashlib.sha256(stdout).digest()))
-        signer = Identity.generate() if self.misbehave == "wrong-signer" else self.identity
-        receipt = make_receipt(result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=limits,
-                               identity=signer, started_at=started)
-        if self.misbehave == "forge-receipt":
-            receipt["exit_code"] = result.exit_code + 1
-        if self.misbehave == "mismatch-stdout":
-            stdout = stdout + b"!"
+        stdout, receipt = answer
         self.jobs_done += 1
         self.log("result", job=tag.hex(), client=client, status=result.status, exit_code=result.exit_code,
                  wall_us=result.wall_us, receipt=receipt["signature"][:16],
@@ -748,6 +720,16 @@ class Node:
                  reply_us=int((time.perf_counter() - t2) * 1e6))
         self._send_result(job, wire.encode("result", (stdout, result.stderr), job=tag, receipt=receipt,
                                            load=self.load()), len(stdout) + len(result.stderr))
+        if self.on_result is not None:
+            self.on_result(receipt, client)
+
+    def answer(self, result: Result, manifest: dict[str, Any], limits: Limits,
+               started: str) -> tuple[bytes, dict[str, Any]] | None:
+        """The stdout to send for a finished job and its signed receipt (None: send nothing). The tests' launcher
+        (tests/net/misbehaving_plasmd.py) overrides this to cheat, to show that clients catch it."""
+        receipt = make_receipt(result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=limits,
+                               identity=self.identity, started_at=started)
+        return result.stdout, receipt
 
     def _send_result(self, job: HeldJob, frames: list[Any], size: int) -> None:
         """Send a result unless the client is gone or does not read: then it is dropped and counted abandoned."""
