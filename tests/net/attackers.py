@@ -21,7 +21,7 @@ import zmq
 import zmq.utils.z85
 
 from pyphase import Client, Identity
-from pyphase.client import parse_address
+from pyphase.net.client import parse_address
 from pyphase.limits import Limits
 from pyphase.manifest import make_manifest
 from pyphase.net import wire
