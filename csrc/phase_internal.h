@@ -60,6 +60,10 @@ typedef struct phase_job {
     atomic_int interrupt;
 
 
+    /* descriptors 3.. (phase_wasi_fs.c): fds[i] is WASI fd 3 + i */
+    struct phase_fs_fd *fds;
+    uint32_t fds_len;              /* slots allocated */
+
     /* deterministic mode */
     uint64_t det_random_calls;
     uint64_t det_clock_calls;

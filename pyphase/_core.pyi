@@ -5,6 +5,8 @@ from typing import Any
 RUNTIME_NAME: str
 RUNTIME_VERSION: str
 STATUS_NAMES: tuple[str, ...]
+MAX_PREOPENS: int
+MAX_FDS: int
 
 def wasi_functions() -> list[tuple[str, str, bool]]: ...
 
@@ -21,7 +23,7 @@ class CoreModule:
 
 def run(module: CoreModule, input: bytes | bytearray | memoryview, argv: list[bytes], env: list[bytes],
         entry: bytes, memory_bytes: int, fuel: int, timeout_ms: int, output_bytes: int, stack_bytes: int,
-        deterministic: bool, seed: bytes) -> tuple[str, int, str, bytes, bytes, int, int, int, bytes, bytes, bytes,
-                                                   bytes]: ...
+        deterministic: bool, seed: bytes, preopens: list[tuple[int, bytes, bool]] | None = None,
+        ) -> tuple[str, int, str, bytes, bytes, int, int, int, bytes, bytes, bytes, bytes, bool]: ...
 def sha256(data: bytes | bytearray | memoryview) -> bytes: ...
 def ed25519_verify(signature: bytes, message: bytes, public_key: bytes) -> bool: ...

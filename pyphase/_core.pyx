@@ -15,6 +15,8 @@ if phase_crypto_init() != 0:
 
 RUNTIME_NAME = PHASE_RUNTIME_NAME.decode()
 RUNTIME_VERSION = PHASE_RUNTIME_VERSION.decode()
+MAX_PREOPENS = PHASE_MAX_PREOPENS
+MAX_FDS = PHASE_MAX_FDS
 STATUS_NAMES = tuple(phase_status_name(<phase_status> i).decode() for i in range(<int> PHASE_STATUS_COUNT))
 
 
@@ -73,10 +75,11 @@ cdef class CoreModule:
 
 def run(CoreModule module not None, const uint8_t[::1] input not None, list argv, list env, bytes entry,
         uint64_t memory_bytes, uint64_t fuel, uint64_t timeout_ms, uint64_t output_bytes, uint32_t stack_bytes,
-        bint deterministic, bytes seed):
-    """Run one job with the GIL released. argv/env are lists of NUL-free bytes. Returns a tuple:
+        bint deterministic, bytes seed, list preopens=None):
+    """Run one job with the GIL released. argv/env are lists of NUL-free bytes; preopens a list of
+    (directory fd, guest name bytes, readonly). Returns a tuple:
     (status, exit_code, message, stdout, stderr, fuel_used, wall_us, memory_peak,
-     module_sha256, input_sha256, stdout_sha256, stderr_sha256)."""
+     module_sha256, input_sha256, stdout_sha256, stderr_sha256, fs_unavailable)."""
     cdef phase_job_spec spec
     cdef phase_result res
     cdef list keep = []
@@ -100,6 +103,9 @@ def run(CoreModule module not None, const uint8_t[::1] input not None, list argv
     try:
         spec.envp = <const char *const *> cstring_array(env, keep)
         spec.envc = <uint32_t> len(env)
+        if preopens:
+            spec.preopens = preopen_array(preopens)
+            spec.npreopens = <uint32_t> len(preopens)
         with nogil:
             rc = phase_job_run(&spec, &res)
         try:
@@ -109,6 +115,7 @@ def run(CoreModule module not None, const uint8_t[::1] input not None, list argv
     finally:
         free(<void *> spec.argv)
         free(<void *> spec.envp)
+        free(<void *> spec.preopens)
 
 
 def sha256(const uint8_t[::1] data not None):

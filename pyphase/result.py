@@ -30,6 +30,8 @@ class Result:
     stdout_hash: str
     stderr_hash: str
     receipt: dict[str, Any] | None = field(default=None, compare=False)
+    #: the module looked for a preopened directory and the job had none (``phase run`` says how to give one)
+    fs_unavailable: bool = field(default=False, compare=False)
 
     @property
     def ok(self) -> bool:

@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 
 from pyphase import _core
 from pyphase.limits import DEFAULT_LIMITS, Limits
+from pyphase.preopen import Preopen, opened
 from pyphase.result import Result, hash_text
 
 RUNTIME_NAME: str = _core.RUNTIME_NAME
@@ -94,10 +95,11 @@ def deterministic_seed(module_hash: str, input_hash: str, args: Sequence[str], e
 def run(module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview = b"", *,
         args: Sequence[str] = (), env: Mapping[str, str] | None = None, entry: str = "_start",
         limits: Limits | None = None, deterministic: bool = False, program_name: str = DEFAULT_PROGRAM_NAME,
-        seed: bytes | None = None) -> Result:
+        seed: bytes | None = None, dirs: Sequence[Preopen] = ()) -> Result:
     """Run ``module`` once in this process with ``input`` as stdin; the GIL is released while it runs.
 
-    ``args`` follow the program name (argv[0]). Every job outcome (trap, timeout, ...) is a
+    ``args`` follow the program name (argv[0]); ``dirs`` are the host directories the job sees (WASI
+    preopens, fds 3, 4, ... in this order). Every job outcome (trap, timeout, ...) is a
     :class:`Result` with its ``status``; invalid modules raise :class:`~pyphase.errors.InvalidModule`.
     Untrusted modules belong in a :class:`pyphase.Sandbox`, which adds process isolation.
     """
@@ -115,10 +117,12 @@ def run(module: Module | bytes | bytearray | memoryview, input: bytes | bytearra
         seed = deterministic_seed(module.hash, input_hash, list(args), environment, entry)
     if "\0" in entry:
         raise ValueError("entry must not contain NUL")
-    raw = _core.run(module._core, input, argv, envp, entry.encode("utf-8"), lim.memory_bytes, lim.fuel,
-                    lim.timeout_ms, lim.output_bytes, lim.stack_bytes, deterministic, seed or bytes(32))
+    with opened(dirs) as preopens:
+        raw = _core.run(module._core, input, argv, envp, entry.encode("utf-8"), lim.memory_bytes, lim.fuel,
+                        lim.timeout_ms, lim.output_bytes, lim.stack_bytes, deterministic, seed or bytes(32),
+                        preopens)
     return Result(
         status=raw[0], exit_code=raw[1], message=raw[2], stdout=raw[3], stderr=raw[4], fuel_used=raw[5],
         wall_us=raw[6], memory_peak_bytes=raw[7], module_hash=hash_text(raw[8]), input_hash=hash_text(raw[9]),
-        stdout_hash=hash_text(raw[10]), stderr_hash=hash_text(raw[11]),
+        stdout_hash=hash_text(raw[10]), stderr_hash=hash_text(raw[11]), fs_unavailable=raw[12],
     )
