@@ -85,7 +85,7 @@ enum { FST_ATIM = 1, FST_ATIM_NOW = 2, FST_MTIM = 4, FST_MTIM_NOW = 8 };
      | R_PATH_SYMLINK | R_PATH_REMOVE_DIRECTORY | R_PATH_UNLINK_FILE | R_FD_FDSTAT_SET_FLAGS)
 /* Rights that need the host fd open for reading / writing. */
 #define RIGHTS_NEED_READ (R_FD_READ | R_FD_READDIR)
-#define RIGHTS_NEED_WRITE (R_FD_WRITE | R_FD_ALLOCATE | R_FD_FILESTAT_SET_SIZE | R_FD_DATASYNC)
+#define RIGHTS_NEED_WRITE (R_FD_WRITE | R_FD_ALLOCATE | R_FD_FILESTAT_SET_SIZE)
 
 /* A directory listing larger than this (names + headers) is refused with ENOMEM rather than held. */
 #define DIR_LISTING_MAX_BYTES (16u << 20)
@@ -1069,11 +1069,6 @@ m3ApiRawFunction(phase_fs_path_open)
     if (slot < 0)
         m3ApiReturn(WASI_EMFILE);
     int host = openat_beneath(dir_host, path, flags, 0666);
-    if (host < 0 && errno == EISDIR && wr && !(oflags & (OF_CREAT | OF_TRUNC)) && !(fdflags & FDF_APPEND)) {
-        /* A directory asked for with write rights (libc does for O_RDWR): open it for what it can do. */
-        host = openat_beneath(dir_host, path, (flags & ~(uint64_t) O_ACCMODE) | O_RDONLY, 0);
-        wr = 0;
-    }
     if (host < 0)
         m3ApiReturn(errno == ENOSYS ? WASI_ENOSYS : wasi_errno(errno));
     struct stat st;
@@ -1273,7 +1268,10 @@ m3ApiRawFunction(phase_fs_path_symlink)
     phase_fs_fd *dir = dir_and_path(runtime, _mem, fd, R_PATH_SYMLINK, new_ptr, new_len, path, &rc);
     if (!dir)
         m3ApiReturn(rc);
-    /* The link's text is the guest's business; following it later is resolved beneath like any path. */
+    /* An absolute target could never resolve beneath a preopen: refused, as wasmtime does. Any other text is
+     * the guest's business; following it later is resolved beneath like any path. */
+    if (target[0] == '/')
+        m3ApiReturn(WASI_EPERM);
     split_path sp;
     if ((rc = split_open(dir->host, path, &sp)) == WASI_ESUCCESS)
         rc = sp.dots ? WASI_EEXIST : symlinkat(target, sp.parent, sp.name) == 0 ? WASI_ESUCCESS : wasi_errno(errno);
