@@ -861,9 +861,34 @@ uint32_t phase_fs_poll_ready(phase_job *job, uint32_t fd)
 
 /* ---- fd_readdir ---------------------------------------------------------------------------------- */
 
-static int entry_cmp(const void *a, const void *b)
+/* Entries in name order: a bottom-up merge sort (glibc's qsort may call sysinfo, which the sandbox forbids). */
+static int sort_entries(dir_entry *e, uint32_t n)
 {
-    return strcmp(((const dir_entry *) a)->name, ((const dir_entry *) b)->name);
+    if (n < 2)
+        return 0;
+    dir_entry *tmp = malloc((size_t) n * sizeof *tmp);
+    if (!tmp)
+        return -1;
+    dir_entry *src = e, *dst = tmp;
+    for (uint32_t width = 1; width < n; width *= 2) {
+        for (uint32_t lo = 0; lo < n; lo += 2 * width) {
+            uint32_t mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
+            uint32_t i = lo, j = mid, k = lo;
+            while (i < mid && j < hi)
+                dst[k++] = strcmp(src[i].name, src[j].name) <= 0 ? src[i++] : src[j++];
+            while (i < mid)
+                dst[k++] = src[i++];
+            while (j < hi)
+                dst[k++] = src[j++];
+        }
+        dir_entry *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != e)
+        memcpy(e, src, (size_t) n * sizeof *e);
+    free(tmp);
+    return 0;
 }
 
 static void listing_free(phase_fs_fd *f)
@@ -928,7 +953,8 @@ static uint32_t listing_take(phase_job *job, phase_fs_fd *f)
             f->nentries++;
         }
     }
-    qsort(f->entries, f->nentries, sizeof *f->entries, entry_cmp);
+    if (sort_entries(f->entries, f->nentries) != 0)
+        return WASI_ENOMEM;
     if (job->spec->deterministic) {
         for (uint32_t i = 0; i < f->nentries; i++) {
             char *p = join_normalised(f->path ? f->path : "", f->entries[i].name);

@@ -57,6 +57,8 @@ static uint64_t strings_bytes(const phase_sandbox_job *job)
         n += strlen(job->argv[i]) + 1;
     for (uint32_t i = 0; i < job->envc; i++)
         n += strlen(job->envp[i]) + 1;
+    for (uint32_t i = 0; i < job->npreopens; i++)
+        n += strlen(job->preopens[i].guest) + 1;
     return n;
 }
 
@@ -303,6 +305,13 @@ static void write_request(phase_sandbox_slot *slot, const phase_sandbox_job *job
         k = strlen(job->envp[i]) + 1;
         memcpy(s, job->envp[i], k);
     }
+    for (uint32_t i = 0; i < job->npreopens; i++, s += k) {
+        k = strlen(job->preopens[i].guest) + 1;
+        memcpy(s, job->preopens[i].guest, k);
+        if (job->preopens[i].readonly)
+            req->preopen_readonly |= 1u << i;
+    }
+    req->npreopens = job->npreopens;
     req->strings_len = (uint64_t) (s - ((char *) slot->shm + pos));
     pos += align64(req->strings_len);
     req->argc = job->argc;
@@ -388,6 +397,7 @@ static int copy_response(phase_sandbox_slot *slot, const phase_sandbox_job *job,
     r.message[sizeof r.message - 1] = 0;
     res->status = (phase_status) r.status;
     res->exit_code = r.exit_code;
+    res->fs_unavailable = r.fs_unavailable != 0;
     memcpy(res->message, r.message, sizeof res->message);
     if (r.oom && res->status == PHASE_CRASHED) {
         char inner[PHASE_MESSAGE_BYTES];
@@ -438,9 +448,36 @@ static int wait_exited(phase_sandbox_slot *slot, char *err, size_t errlen)
     return 0;
 }
 
+/* "go": one byte, with the job's preopened directories attached (SCM_RIGHTS) when it has any. */
+static ssize_t send_go(int chan, const phase_sandbox_job *job)
+{
+    char go = 'g';
+    if (job->npreopens == 0)
+        return send(chan, &go, 1, MSG_NOSIGNAL);
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * PHASE_MAX_PREOPENS)];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct iovec iov = {.iov_base = &go, .iov_len = 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                         .msg_controllen = CMSG_SPACE(sizeof(int) * job->npreopens)};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * job->npreopens);
+    for (uint32_t i = 0; i < job->npreopens; i++)
+        memcpy(CMSG_DATA(c) + i * sizeof(int), &job->preopens[i].fd, sizeof(int));
+    return sendmsg(chan, &msg, MSG_NOSIGNAL);
+}
+
 int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *job, phase_result *res, char *err,
                            size_t errlen)
 {
+    if (job->npreopens > PHASE_MAX_PREOPENS) {
+        errf(err, errlen, "at most %d preopened directories", PHASE_MAX_PREOPENS);
+        return -1;
+    }
     memset(res, 0, sizeof *res);
     res->exit_code = -1;
     if (phase_sandbox_job_shm_bytes(job) > slot->shm_bytes) {
@@ -456,10 +493,9 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
         write_request(slot, job);
         /* From "go" on, the worker is responsible for this job until it says "done" or dies. */
         slot->awaiting_exit = 1;
-        char go = 'g';
         slot->t_go_ns = now_ns();
         do
-            w = send(slot->chan, &go, 1, MSG_NOSIGNAL);
+            w = send_go(slot->chan, job);
         while (w < 0 && errno == EINTR);
         if (w == 1 || attempt >= 2 * PHASE_SANDBOX_MAX_DEPTH)
             break;

@@ -20,7 +20,7 @@
 #include "sandbox.h"
 
 #define SANDBOX_MAGIC 0x50485342u         /* "PHSB" */
-#define SANDBOX_VERSION 1u
+#define SANDBOX_VERSION 2u
 #define SANDBOX_HEADER_BYTES 4096u        /* request + response headers; payloads follow */
 #define SANDBOX_MIN_SHM_BYTES (1u << 20)
 /* Buffers (memfd + pre-forked worker) per slot at most: the slot's next job takes a ready one while the
@@ -54,8 +54,10 @@ typedef struct sandbox_request {          /* written by the parent before "go" *
     uint32_t module_inline, reserved;     /* 1: the module's bytes are in the payload; 0: the worker's cache */
     uint64_t module_off, module_len;
     uint64_t input_off, input_len;
-    uint64_t strings_off, strings_len;    /* entry, argv..., envp... each NUL-terminated */
+    uint64_t strings_off, strings_len;    /* entry, argv..., envp..., preopen guest names... each NUL-terminated */
     uint32_t argc, envc;
+    uint32_t npreopens;                   /* directory fds that came with "go" (SCM_RIGHTS), in order */
+    uint32_t preopen_readonly;            /* bit i: preopen i is read-only */
     phase_limits limits;
     int32_t deterministic;
     uint32_t test_action;
@@ -69,6 +71,8 @@ typedef struct sandbox_response {         /* written by the worker before "done"
     int32_t exit_code;
     uint32_t module_missing;              /* 1: the module is not in this worker's cache; send the bytes */
     uint32_t oom;                         /* 1: the worker ran out of address space (RLIMIT_AS) */
+    uint32_t fs_unavailable;              /* phase_result.fs_unavailable */
+    uint32_t reserved;
     char message[PHASE_MESSAGE_BYTES];
     uint64_t out_len, err_len;            /* at request.out_off: stdout then stderr */
     uint64_t fuel_used, wall_us, memory_peak_bytes;

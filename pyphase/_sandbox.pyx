@@ -6,7 +6,8 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
 
-from pyphase._core cimport (result_tuple, view_ptr, cstring_array, phase_result, phase_result_clear, phase_limits,
+from pyphase._core cimport (result_tuple, view_ptr, cstring_array, preopen_array, phase_preopen, phase_result,
+                            phase_result_clear, phase_limits,
                             phase_status_name, phase_status,
                             phase_crypto_init, PHASE_STATUS_COUNT)
 
@@ -50,6 +51,8 @@ cdef extern from "sandbox.h" nogil:
         phase_limits limits
         int deterministic
         uint8_t seed[32]
+        const phase_preopen *preopens
+        uint32_t npreopens
         uint32_t test_action
         uint64_t hard_timeout_ms
         uint32_t spin_us
@@ -224,11 +227,10 @@ cdef class Slot:
     def run(self, bytes module_hash not None, module, const uint8_t[::1] input not None, list argv, list env,
             bytes entry not None, uint64_t memory_bytes, uint64_t fuel, uint64_t timeout_ms, uint64_t output_bytes,
             uint32_t stack_bytes, bint deterministic, bytes seed not None, uint64_t hard_timeout_ms,
-            uint32_t test_action=0, uint32_t spin_us=0):
+            uint32_t test_action=0, uint32_t spin_us=0, list preopens=None):
         """Run one job on this slot's worker with the GIL released. ``module`` is the bytes or None (the
-        worker's cache). Returns None if the worker lacks the module (call again with the bytes), else the
-        tuple of _core.run: (status, exit_code, message, stdout, stderr, fuel_used, wall_us, memory_peak,
-        module_sha256, input_sha256, stdout_sha256, stderr_sha256)."""
+        worker's cache); ``preopens`` (directory fd, guest name bytes, readonly) go to the worker with "go".
+        Returns None if the worker lacks the module (call again with the bytes), else the tuple of _core.run."""
         cdef phase_sandbox_job job
         cdef phase_result res
         cdef char err[256]
@@ -266,6 +268,9 @@ cdef class Slot:
         try:
             job.envp = <const char *const *> cstring_array(env, keep)
             job.envc = <uint32_t> len(env)
+            if preopens:
+                job.preopens = preopen_array(preopens)
+                job.npreopens = <uint32_t> len(preopens)
             with nogil:
                 rc = phase_sandbox_slot_run(&self.slot, &job, &res, err, sizeof(err))
             if rc == 1:
@@ -279,6 +284,7 @@ cdef class Slot:
         finally:
             free(<void *> job.argv)
             free(<void *> job.envp)
+            free(<void *> job.preopens)
 
     def shm_needed(self, module_len, input_len, strings_len, output_bytes):
         """Shared-memory bytes a job of these sizes needs (module_len 0 when cached)."""

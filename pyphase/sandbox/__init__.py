@@ -30,6 +30,7 @@ import pyphase
 from pyphase import _core, _sandbox
 from pyphase.errors import LimitsError, PhaseError
 from pyphase.limits import DEFAULT_LIMITS, Limits
+from pyphase.preopen import Preopen, check, opened
 from pyphase.result import Result, hash_text
 from pyphase.runtime import DEFAULT_PROGRAM_NAME, Module, _encode_strings, deterministic_seed
 
@@ -62,6 +63,7 @@ class _Job(NamedTuple):   # a tuple: cheaper to build than a frozen dataclass on
     deterministic: bool
     seed: bytes
     test_action: int = 0
+    dirs: tuple[Preopen, ...] = ()
 
 
 def _server_command() -> list[str]:
@@ -185,17 +187,17 @@ class Sandbox:
     def run(self, module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview = b"", *,
             args: Sequence[str] = (), env: Mapping[str, str] | None = None, entry: str = "_start",
             limits: Limits | None = None, deterministic: bool = False, program_name: str = DEFAULT_PROGRAM_NAME,
-            seed: bytes | None = None) -> Result:
+            seed: bytes | None = None, dirs: Sequence[Preopen] = ()) -> Result:
         """Run ``module`` once in a worker (blocking this thread only; the GIL is released while waiting)."""
-        job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed)
+        job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed, dirs=dirs)
         return self._execute(job)
 
     def submit(self, module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview = b"", *,
                args: Sequence[str] = (), env: Mapping[str, str] | None = None, entry: str = "_start",
                limits: Limits | None = None, deterministic: bool = False, program_name: str = DEFAULT_PROGRAM_NAME,
-               seed: bytes | None = None) -> Future[Result]:
+               seed: bytes | None = None, dirs: Sequence[Preopen] = ()) -> Future[Result]:
         """Queue a job; the future's result is its :class:`Result` (or a :class:`SandboxError`)."""
-        job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed)
+        job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed, dirs=dirs)
         return self._executor.submit(self._execute, job)
 
     def worker_pids(self) -> list[int]:
@@ -261,7 +263,8 @@ class Sandbox:
 
     def _prepare(self, module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview,
                  args: Sequence[str], env: Mapping[str, str] | None, entry: str, limits: Limits | None,
-                 deterministic: bool, program_name: str, seed: bytes | None, test_action: int = 0) -> _Job:
+                 deterministic: bool, program_name: str, seed: bytes | None, test_action: int = 0,
+                 dirs: Sequence[Preopen] = ()) -> _Job:
         if self._closed:
             raise SandboxError("the sandbox is closed")
         if isinstance(module, Module):
@@ -282,12 +285,15 @@ class Sandbox:
         if deterministic and seed is None:
             seed = deterministic_seed(hash_text(digest), hash_text(_core.sha256(input)), list(args), environment, entry)
         entry_b = entry.encode("utf-8")
+        checked = tuple(check(dirs))
         strings = len(entry_b) + 1 + sum(len(s) + 1 for s in argv + envp)
+        strings += sum(len(os.fsencode(d.guest_path)) + 1 for d in checked)
         need = self._slots[0].shm_needed(len(data), len(input), strings, lim.output_bytes)
         if need > self._slots[0].shm_bytes:
             raise LimitsError(f"the job needs {need} bytes of shared memory (module, input, output limit); this "
                               f"sandbox has {self._slots[0].shm_bytes} per worker (Sandbox(shm_bytes=...))")
-        return _Job(digest, data, input, argv, envp, entry_b, lim, deterministic, seed or bytes(32), test_action)
+        return _Job(digest, data, input, argv, envp, entry_b, lim, deterministic, seed or bytes(32), test_action,
+                    checked)
 
     def _execute(self, job: _Job) -> Result:
         while True:
@@ -322,11 +328,12 @@ class Sandbox:
             call = (job.input, job.argv, job.envp, job.entry, lim.memory_bytes, lim.fuel, lim.timeout_ms,
                     lim.output_bytes, lim.stack_bytes, job.deterministic, job.seed, hard_timeout, job.test_action,
                     self.spin_us)
-            raw = slot.run(job.digest, job.data if inline else None, *call)
-            if raw is None:   # evicted from (or refused by) the server's cache: send the bytes and add it again
-                self._modules.pop(job.digest, None)
-                added = None
-                raw = slot.run(job.digest, job.data, *call)
+            with opened(job.dirs) as preopens:
+                raw = slot.run(job.digest, job.data if inline else None, *call, preopens)
+                if raw is None:   # evicted from (or refused by) the server's cache: send the bytes and add it again
+                    self._modules.pop(job.digest, None)
+                    added = None
+                    raw = slot.run(job.digest, job.data, *call, preopens)
         except PhaseError as exc:
             raise SandboxError(str(exc)) from None
         if raw is None:
@@ -336,7 +343,7 @@ class Sandbox:
         return Result(
             status=raw[0], exit_code=raw[1], message=raw[2], stdout=raw[3], stderr=raw[4], fuel_used=raw[5],
             wall_us=raw[6], memory_peak_bytes=raw[7], module_hash=hash_text(raw[8]), input_hash=hash_text(raw[9]),
-            stdout_hash=hash_text(raw[10]), stderr_hash=hash_text(raw[11]),
+            stdout_hash=hash_text(raw[10]), stderr_hash=hash_text(raw[11]), fs_unavailable=raw[12],
         )
 
     def _add_module(self, digest: bytes, data: bytes) -> None:
