@@ -16,6 +16,8 @@ from typing import Any, Callable, Sequence
 from pyphase.errors import IdentityError, InvalidModule, LimitsError, PhaseError, VerificationError
 from pyphase.identity import Identity, default_identity_path
 from pyphase.limits import Limits, parse_duration_ms, parse_size
+from pyphase.preopen import Preopen
+from pyphase.preopen import check as check_dirs
 
 STATUS_EXIT_CODES = {
     "trap": 134,
@@ -36,6 +38,9 @@ examples:
   phase run examples/hello/hello.wasm --input "Hello, World"
   phase run job.wasm --input-file data.bin --memory 128MiB --timeout 5s --receipt r.json
   echo text | phase run job.wasm --stdin --json
+  phase run wc.wasm --ro-dir ./data::/data --dir ./out::/out --arg /data
+directories: --dir HOST[::GUEST] preopens HOST read-write at GUEST (default: the same
+  path), --ro-dir read-only; paths the module names never resolve outside them.
 """
 
 
@@ -157,6 +162,19 @@ def _identity(path: str | None) -> Identity:
     return Identity.load(target)
 
 
+def _dir_option(readonly: bool) -> Callable[[str], Preopen]:
+    def parse(spec: str) -> Preopen:
+        try:
+            return Preopen.parse(spec, readonly)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
+
+
+NO_PREOPEN_NOTE = ("phase: note: the module looked for a directory and none was given; "
+                   "give one with --dir HOST[::GUEST] (or --ro-dir for read-only)")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pyphase.manifest import job_id, make_manifest
     from pyphase.receipt import make_receipt, timestamp
@@ -179,7 +197,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return STATUS_EXIT_CODES["invalid_module"]
     started = timestamp()
     kwargs: dict[str, Any] = dict(args=args.arg, env=env, entry=args.entry, limits=limits,
-                                  deterministic=args.deterministic, program_name=program)
+                                  deterministic=args.deterministic, program_name=program, dirs=args.dirs)
+    try:
+        check_dirs(args.dirs)
+    except ValueError as exc:
+        return _fail(str(exc))
     if args.no_sandbox:
         result = run(module, job_input, **kwargs)
     else:
@@ -193,7 +215,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  deterministic=args.deterministic)
         receipt = make_receipt(result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=limits,
                                identity=_identity(args.identity), started_at=started)
-    return emit_result(result, args, receipt)
+    code = emit_result(result, args, receipt)
+    if result.fs_unavailable and not args.dirs:
+        print(NO_PREOPEN_NOTE, file=sys.stderr)
+    return code
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -267,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_RUN, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("module", metavar="MODULE.wasm")
     add_job_options(p)
+    p.add_argument("--dir", dest="dirs", action="append", default=[], type=_dir_option(False), metavar="HOST[::GUEST]",
+                   help="let the module read and write directory HOST, seen at GUEST (repeatable)")
+    p.add_argument("--ro-dir", dest="dirs", action="append", type=_dir_option(True), metavar="HOST[::GUEST]",
+                   help="let the module read directory HOST, seen at GUEST (repeatable)")
     p.add_argument("--no-sandbox", action="store_true",
                    help="run in this process instead of an isolated worker (trusted modules only)")
     p.add_argument("--identity", metavar="FILE", help=f"key that signs the receipt (default {default_identity_path()})")
