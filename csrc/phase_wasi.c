@@ -111,8 +111,9 @@ static m3ApiRawFunction(wasi_fd_read)
     m3ApiGetArg(uint32_t, iovs_len);
     m3ApiGetArg(uint32_t, nread_ptr);
     phase_job *job = JOB();
-    if (fd != 0)
-        m3ApiReturn(fd <= 2 ? WASI_EBADF : phase_fs_read(runtime, _mem, fd, iovs, iovs_len, nread_ptr));
+    int stream = phase_fs_stream(job, fd);
+    if (stream != 0)
+        m3ApiReturn(stream < 0 && fd > 2 ? phase_fs_read(runtime, _mem, fd, iovs, iovs_len, nread_ptr) : WASI_EBADF);
     uint8_t *vec = guest(runtime, _mem, iovs, (uint64_t) iovs_len * 8);
     uint8_t *nread = guest(runtime, _mem, nread_ptr, 4);
     if (!vec || !nread)
@@ -170,8 +171,10 @@ static m3ApiRawFunction(wasi_fd_write)
     m3ApiGetArg(uint32_t, iovs_len);
     m3ApiGetArg(uint32_t, nwritten_ptr);
     phase_job *job = JOB();
-    if (fd != 1 && fd != 2)
-        m3ApiReturn(fd == 0 ? WASI_EBADF : phase_fs_write(runtime, _mem, fd, iovs, iovs_len, nwritten_ptr));
+    int stream = phase_fs_stream(job, fd);
+    if (stream != 1 && stream != 2)
+        m3ApiReturn(stream < 0 && fd > 2 ? phase_fs_write(runtime, _mem, fd, iovs, iovs_len, nwritten_ptr)
+                                         : WASI_EBADF);
     uint8_t *vec = guest(runtime, _mem, iovs, (uint64_t) iovs_len * 8);
     uint8_t *nwritten = guest(runtime, _mem, nwritten_ptr, 4);
     if (!vec || !nwritten)
@@ -182,7 +185,7 @@ static m3ApiRawFunction(wasi_fd_write)
         const uint8_t *src = guest(runtime, _mem, buf, len);
         if (!src)
             m3ApiReturn(WASI_EFAULT);
-        if (!output_append(job, (int) fd - 1, src, len)) {
+        if (!output_append(job, stream - 1, src, len)) {
             job->output_exceeded = 1;
             m3ApiTrap(phase_trap_output_limit);
         }
@@ -198,14 +201,15 @@ static m3ApiRawFunction(wasi_fd_fdstat_get)
     m3ApiReturnType(uint32_t);
     m3ApiGetArg(uint32_t, fd);
     m3ApiGetArg(uint32_t, stat_ptr);
-    if (fd > 2)
-        m3ApiReturn(phase_fs_fdstat_get(runtime, _mem, fd, stat_ptr));
+    int stream = phase_fs_stream(JOB(), fd);
+    if (stream < 0)
+        m3ApiReturn(fd > 2 ? phase_fs_fdstat_get(runtime, _mem, fd, stat_ptr) : WASI_EBADF);
     uint8_t *st = guest(runtime, _mem, stat_ptr, 24);
     if (!st)
         m3ApiReturn(WASI_EFAULT);
     /* filetype unknown (a pipe, not a tty: libc buffers fully); rights: fd_read (1<<1) or fd_write (1<<6),
      * plus poll_fd_readwrite (1<<27). */
-    uint64_t rights = (fd == 0 ? (1ull << 1) : (1ull << 6)) | (1ull << 27);
+    uint64_t rights = (stream == 0 ? (1ull << 1) : (1ull << 6)) | (1ull << 27);
     memset(st, 0, 24);
     st[0] = 0;
     wr16(st + 2, 0);
@@ -236,7 +240,7 @@ static m3ApiRawFunction(wasi_fd_close)
     m3ApiReturnType(uint32_t);
     m3ApiGetArg(uint32_t, fd);
     (void) _mem;
-    m3ApiReturn(fd <= 2 ? WASI_ESUCCESS : phase_fs_fd_close(JOB(), fd));
+    m3ApiReturn(phase_fs_fd_close(JOB(), fd));
 }
 
 static m3ApiRawFunction(wasi_fd_seek)
@@ -246,7 +250,8 @@ static m3ApiRawFunction(wasi_fd_seek)
     m3ApiGetArg(int64_t, offset);
     m3ApiGetArg(uint32_t, whence);
     m3ApiGetArg(uint32_t, result_ptr);
-    m3ApiReturn(fd <= 2 ? WASI_ESPIPE : phase_fs_seek(runtime, _mem, fd, offset, whence, result_ptr));
+    int stream = phase_fs_stream(JOB(), fd);
+    m3ApiReturn(stream >= 0 ? WASI_ESPIPE : phase_fs_seek(runtime, _mem, fd, offset, whence, result_ptr));
 }
 
 static uint64_t deterministic_time(phase_job *job)
@@ -422,11 +427,12 @@ static m3ApiRawFunction(wasi_poll_oneoff)
             uint32_t fd = rd32(sub + 16);
             uint16_t error = 0;
             uint64_t nbytes = 0;
-            if (fd > 2)
+            int stream = phase_fs_stream(job, fd);
+            if (stream < 0)
                 error = (uint16_t) phase_fs_poll_ready(job, fd);
-            else if ((tag == 1 && fd != 0) || (tag == 2 && fd != 1 && fd != 2))
+            else if ((tag == 1 && stream != 0) || (tag == 2 && stream == 0))
                 error = WASI_EBADF;
-            else if (tag == 1)
+            else if (tag == 1 && stream == 0)
                 nbytes = job->spec->input_len - job->input_pos;
             wr16(ev + 8, error);
             wr64(ev + 16, nbytes);
@@ -459,7 +465,8 @@ static m3ApiRawFunction(wasi_fd_tell)
     m3ApiReturnType(uint32_t);
     m3ApiGetArg(uint32_t, fd);
     m3ApiGetArg(uint32_t, ptr);
-    m3ApiReturn(fd <= 2 ? WASI_ESPIPE : phase_fs_tell(runtime, _mem, fd, ptr));
+    int stream = phase_fs_stream(JOB(), fd);
+    m3ApiReturn(stream >= 0 ? WASI_ESPIPE : phase_fs_tell(runtime, _mem, fd, ptr));
 }
 
 typedef struct wasi_binding {

@@ -55,16 +55,18 @@ int phase_fs_open(phase_job *job);
 /* Close every descriptor the job still holds. */
 void phase_fs_close(phase_job *job);
 
+/* The stdio stream (0 stdin, 1 stdout, 2 stderr) guest fd holds (fds 0-2, or one renumbered higher), or -1. */
+int phase_fs_stream(phase_job *job, uint32_t fd);
 uint32_t phase_fs_read(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t iovs, uint32_t iovs_len, uint32_t nread);
 uint32_t phase_fs_write(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t iovs, uint32_t iovs_len,
                         uint32_t nwritten);
 uint32_t phase_fs_fdstat_get(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t stat);
 uint32_t phase_fs_prestat_get(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t out);
 uint32_t phase_fs_prestat_dir_name(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t path, uint32_t len);
-uint32_t phase_fs_fd_close(phase_job *job, uint32_t fd);
+uint32_t phase_fs_fd_close(phase_job *job, uint32_t fd);   /* any fd, stdio included */
 uint32_t phase_fs_seek(IM3Runtime runtime, void *mem, uint32_t fd, int64_t offset, uint32_t whence, uint32_t out);
 uint32_t phase_fs_tell(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t out);
-/* poll_oneoff: a regular file or directory descriptor is always ready; 0 if fd is one, else a WASI errno. */
+/* poll_oneoff: a file or directory descriptor (not stdio) is always ready; 0 if fd is one, else a WASI errno. */
 uint32_t phase_fs_poll_ready(phase_job *job, uint32_t fd);
 
 /* The rest of the preview1 file system, linked by phase_wasi.c's table. */

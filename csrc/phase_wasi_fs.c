@@ -98,7 +98,8 @@ typedef struct dir_entry {
 } dir_entry;
 
 typedef struct phase_fs_fd {
-    int host;                 /* -1: a free slot */
+    int host;                 /* -1: a free slot; HOST_STREAM: a stdio stream renumbered here */
+    int8_t stream;            /* with HOST_STREAM: which */
     uint8_t filetype;
     uint8_t readonly;         /* beneath a read-only preopen */
     int32_t preopen;          /* index into spec->preopens, or -1 */
@@ -110,6 +111,7 @@ typedef struct phase_fs_fd {
 } phase_fs_fd;
 
 #define TABLE(job) ((job)->fds)
+#define HOST_STREAM (-2)
 
 /* ---- errors and descriptors -------------------------------------------------------------------- */
 
@@ -156,11 +158,27 @@ static uint32_t wasi_errno(int e)
     }
 }
 
-static phase_fs_fd *lookup(phase_job *job, uint32_t fd)
+/* The table slot of fd >= 3, whatever it holds (NULL: out of range or free). */
+static phase_fs_fd *slot_of(phase_job *job, uint32_t fd)
 {
-    if (fd < 3 || fd - 3 >= job->fds_len || TABLE(job)[fd - 3].host < 0)
+    if (fd < 3 || fd - 3 >= job->fds_len || TABLE(job)[fd - 3].host == -1)
         return NULL;
     return &TABLE(job)[fd - 3];
+}
+
+/* The file or directory at fd (not a stdio stream). */
+static phase_fs_fd *lookup(phase_job *job, uint32_t fd)
+{
+    phase_fs_fd *f = slot_of(job, fd);
+    return f && f->host >= 0 ? f : NULL;
+}
+
+int phase_fs_stream(phase_job *job, uint32_t fd)
+{
+    if (fd <= 2)
+        return job->stdio[fd];
+    phase_fs_fd *f = slot_of(job, fd);
+    return f && f->host == HOST_STREAM ? f->stream : -1;
 }
 
 /* The descriptor with `rights`; *rc says why not (EBADF, or ENOTCAPABLE when the rights are missing). */
@@ -195,7 +213,7 @@ static void slot_clear(phase_fs_fd *f)
 static int64_t slot_alloc(phase_job *job)
 {
     for (uint32_t i = 0; i < job->fds_len; i++)
-        if (TABLE(job)[i].host < 0)
+        if (TABLE(job)[i].host == -1)
             return i;
     if (job->fds_len >= PHASE_MAX_FDS)
         return -1;
@@ -232,6 +250,8 @@ static uint8_t filetype_of(mode_t mode)
 int phase_fs_open(phase_job *job)
 {
     const phase_job_spec *spec = job->spec;
+    for (int i = 0; i < 3; i++)
+        job->stdio[i] = (int8_t) i;
     for (uint32_t i = 0; i < spec->npreopens && i < PHASE_MAX_PREOPENS; i++) {
         int64_t slot = slot_alloc(job);
         int host = slot < 0 ? -1 : fcntl(spec->preopens[i].fd, F_DUPFD_CLOEXEC, 0);
@@ -791,7 +811,13 @@ m3ApiRawFunction(phase_fs_fd_datasync)
 
 uint32_t phase_fs_fd_close(phase_job *job, uint32_t fd)
 {
-    phase_fs_fd *f = lookup(job, fd);
+    if (fd <= 2) {
+        if (job->stdio[fd] < 0)
+            return WASI_EBADF;
+        job->stdio[fd] = -1;
+        return WASI_ESUCCESS;
+    }
+    phase_fs_fd *f = slot_of(job, fd);
     if (!f)
         return WASI_EBADF;
     slot_clear(f);
@@ -805,18 +831,38 @@ m3ApiRawFunction(phase_fs_fd_renumber)
     m3ApiGetArg(uint32_t, to);
     (void) _mem;
     phase_job *job = JOB();
-    if (from <= 2 || to <= 2)
-        m3ApiReturn((from <= 2 || lookup(job, from)) && (to <= 2 || lookup(job, to)) ? WASI_ENOTSUP : WASI_EBADF);
-    phase_fs_fd *src = lookup(job, from), *dst = lookup(job, to);
-    if (!src || !dst)
+    /* Both must be open: a stdio fd holding its stream, or a table slot (a file, a directory or a stream). */
+    int from_open = from <= 2 ? job->stdio[from] >= 0 : slot_of(job, from) != NULL;
+    int to_open = to <= 2 ? job->stdio[to] >= 0 : slot_of(job, to) != NULL;
+    if (!from_open || !to_open)
         m3ApiReturn(WASI_EBADF);
-    if (src == dst)
+    if (from == to)
         m3ApiReturn(WASI_ESUCCESS);
-    slot_clear(dst);
-    *dst = *src;
-    memset(src, 0, sizeof *src);
-    src->host = -1;
-    src->preopen = -1;
+    int stream = phase_fs_stream(job, from);
+    if (to <= 2) {
+        /* Fds 0-2 hold streams only: a file cannot become stdout (the job's output is its buffers). */
+        if (stream < 0)
+            m3ApiReturn(WASI_ENOTSUP);
+        job->stdio[to] = (int8_t) stream;
+    } else {
+        phase_fs_fd *dst = slot_of(job, to);
+        slot_clear(dst);
+        if (from <= 2) {
+            dst->host = HOST_STREAM;
+            dst->stream = (int8_t) stream;
+        } else {
+            phase_fs_fd *src = slot_of(job, from);
+            *dst = *src;
+            memset(src, 0, sizeof *src);
+            src->host = -1;
+            src->preopen = -1;
+            m3ApiReturn(WASI_ESUCCESS);
+        }
+    }
+    if (from <= 2)
+        job->stdio[from] = -1;
+    else
+        slot_clear(slot_of(job, from));
     m3ApiReturn(WASI_ESUCCESS);
 }
 

@@ -20,9 +20,7 @@ from pyphase.cli import main
 SUITE = Path(__file__).resolve().parents[2] / ".." / "shared" / "wasi-testsuite"
 TESTS = sorted(SUITE.glob("*/testsuite/wasm32-wasip1/*.wasm"))
 # Known to fail, with the reason; a listed test that passes fails too, so this list stays true.
-KNOWN_FAILURES: dict[str, str] = {
-    "rust/stdio": "fd_renumber of stdio (0-2) onto another descriptor is not supported (ENOTSUP)",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def spec_of(wasm: Path) -> dict[str, Any]:
