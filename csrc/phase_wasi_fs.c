@@ -196,6 +196,16 @@ static phase_fs_fd *lookup_rights(phase_job *job, uint32_t fd, uint64_t rights, 
     return f;
 }
 
+/* lookup_rights for the fd_* calls, where stdio (fds 0-2) answers stdio_rc. */
+static phase_fs_fd *fd_arg(phase_job *job, uint32_t fd, uint64_t rights, uint32_t stdio_rc, uint32_t *rc)
+{
+    if (fd <= 2) {
+        *rc = stdio_rc;
+        return NULL;
+    }
+    return lookup_rights(job, fd, rights, rc);
+}
+
 static void slot_clear(phase_fs_fd *f)
 {
     if (f->host >= 0)
@@ -502,23 +512,38 @@ static uint32_t transfer(IM3Runtime runtime, void *mem, phase_fs_fd *f, uint32_t
     return WASI_ESUCCESS;
 }
 
-uint32_t phase_fs_read(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t iovs, uint32_t iovs_len, uint32_t nread)
+/* fd_read/fd_write (offset < 0) and fd_pread/fd_pwrite on a file: a missing read or write right is EBADF, as
+ * for a file not open that way. */
+static uint32_t read_write(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t iovs, uint32_t iovs_len,
+                           int64_t offset, int writing, uint32_t out)
 {
+    if (fd <= 2)
+        return WASI_ESPIPE;
+    uint64_t need = (writing ? R_FD_WRITE : R_FD_READ) | (offset >= 0 ? R_FD_SEEK : 0);
     uint32_t rc;
-    phase_fs_fd *f = lookup_rights(JOB(), fd, R_FD_READ, &rc);
+    phase_fs_fd *f = lookup_rights(JOB(), fd, need, &rc);
     if (!f)
         return rc == WASI_ENOTCAPABLE ? WASI_EBADF : rc;
-    return transfer(runtime, mem, f, iovs, iovs_len, -1, 0, nread);
+    return transfer(runtime, mem, f, iovs, iovs_len, offset, writing, out);
+}
+
+uint32_t phase_fs_read(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t iovs, uint32_t iovs_len, uint32_t nread)
+{
+    return read_write(runtime, mem, fd, iovs, iovs_len, -1, 0, nread);
 }
 
 uint32_t phase_fs_write(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t iovs, uint32_t iovs_len,
                         uint32_t nwritten)
 {
-    uint32_t rc;
-    phase_fs_fd *f = lookup_rights(JOB(), fd, R_FD_WRITE, &rc);
-    if (!f)
-        return rc == WASI_ENOTCAPABLE ? WASI_EBADF : rc;
-    return transfer(runtime, mem, f, iovs, iovs_len, -1, 1, nwritten);
+    return read_write(runtime, mem, fd, iovs, iovs_len, -1, 1, nwritten);
+}
+
+static uint32_t positional(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t iovs, uint32_t iovs_len,
+                           uint64_t offset, int writing, uint32_t out)
+{
+    if (offset > INT64_MAX)
+        return WASI_EINVAL;
+    return read_write(runtime, mem, fd, iovs, iovs_len, (int64_t) offset, writing, out);
 }
 
 m3ApiRawFunction(phase_fs_fd_pread)
@@ -529,15 +554,7 @@ m3ApiRawFunction(phase_fs_fd_pread)
     m3ApiGetArg(uint32_t, iovs_len);
     m3ApiGetArg(uint64_t, offset);
     m3ApiGetArg(uint32_t, nread);
-    if (fd <= 2)
-        m3ApiReturn(WASI_ESPIPE);
-    uint32_t rc;
-    phase_fs_fd *f = lookup_rights(JOB(), fd, R_FD_READ | R_FD_SEEK, &rc);
-    if (!f)
-        m3ApiReturn(rc == WASI_ENOTCAPABLE ? WASI_EBADF : rc);
-    if (offset > INT64_MAX)
-        m3ApiReturn(WASI_EINVAL);
-    m3ApiReturn(transfer(runtime, _mem, f, iovs, iovs_len, (int64_t) offset, 0, nread));
+    m3ApiReturn(positional(runtime, _mem, fd, iovs, iovs_len, offset, 0, nread));
 }
 
 m3ApiRawFunction(phase_fs_fd_pwrite)
@@ -548,15 +565,7 @@ m3ApiRawFunction(phase_fs_fd_pwrite)
     m3ApiGetArg(uint32_t, iovs_len);
     m3ApiGetArg(uint64_t, offset);
     m3ApiGetArg(uint32_t, nwritten);
-    if (fd <= 2)
-        m3ApiReturn(WASI_ESPIPE);
-    uint32_t rc;
-    phase_fs_fd *f = lookup_rights(JOB(), fd, R_FD_WRITE | R_FD_SEEK, &rc);
-    if (!f)
-        m3ApiReturn(rc == WASI_ENOTCAPABLE ? WASI_EBADF : rc);
-    if (offset > INT64_MAX)
-        m3ApiReturn(WASI_EINVAL);
-    m3ApiReturn(transfer(runtime, _mem, f, iovs, iovs_len, (int64_t) offset, 1, nwritten));
+    m3ApiReturn(positional(runtime, _mem, fd, iovs, iovs_len, offset, 1, nwritten));
 }
 
 uint32_t phase_fs_seek(IM3Runtime runtime, void *mem, uint32_t fd, int64_t offset, uint32_t whence, uint32_t out)
@@ -623,10 +632,8 @@ m3ApiRawFunction(phase_fs_fd_fdstat_set_flags)
     m3ApiGetArg(uint32_t, fd);
     m3ApiGetArg(uint32_t, flags);
     (void) _mem;
-    if (fd <= 2)
-        m3ApiReturn(WASI_ENOTSUP);
     uint32_t rc;
-    phase_fs_fd *f = lookup_rights(JOB(), fd, R_FD_FDSTAT_SET_FLAGS, &rc);
+    phase_fs_fd *f = fd_arg(JOB(), fd, R_FD_FDSTAT_SET_FLAGS, WASI_ENOTSUP, &rc);
     if (!f)
         m3ApiReturn(rc);
     if (flags & ~(uint32_t) (FDF_APPEND | FDF_DSYNC | FDF_NONBLOCK | FDF_RSYNC | FDF_SYNC))
@@ -699,10 +706,8 @@ m3ApiRawFunction(phase_fs_fd_filestat_set_size)
     m3ApiGetArg(uint32_t, fd);
     m3ApiGetArg(uint64_t, size);
     (void) _mem;
-    if (fd <= 2)
-        m3ApiReturn(WASI_EINVAL);
     uint32_t rc;
-    phase_fs_fd *f = lookup_rights(JOB(), fd, R_FD_FILESTAT_SET_SIZE, &rc);
+    phase_fs_fd *f = fd_arg(JOB(), fd, R_FD_FILESTAT_SET_SIZE, WASI_EINVAL, &rc);
     if (!f)
         m3ApiReturn(rc);
     if (size > INT64_MAX)
@@ -720,10 +725,8 @@ m3ApiRawFunction(phase_fs_fd_filestat_set_times)
     m3ApiGetArg(uint64_t, mtim);
     m3ApiGetArg(uint32_t, flags);
     (void) _mem;
-    if (fd <= 2)
-        m3ApiReturn(WASI_ENOTSUP);
     uint32_t rc;
-    phase_fs_fd *f = lookup_rights(JOB(), fd, R_FD_FILESTAT_SET_TIMES, &rc);
+    phase_fs_fd *f = fd_arg(JOB(), fd, R_FD_FILESTAT_SET_TIMES, WASI_ENOTSUP, &rc);
     if (!f)
         m3ApiReturn(rc);
     struct timespec ts[2];
@@ -742,10 +745,8 @@ m3ApiRawFunction(phase_fs_fd_advise)
     m3ApiGetArg(uint64_t, len);
     m3ApiGetArg(uint32_t, advice);
     (void) _mem;
-    if (fd <= 2)
-        m3ApiReturn(WASI_ESPIPE);
     uint32_t rc;
-    phase_fs_fd *f = lookup_rights(JOB(), fd, R_FD_ADVISE, &rc);
+    phase_fs_fd *f = fd_arg(JOB(), fd, R_FD_ADVISE, WASI_ESPIPE, &rc);
     if (!f)
         m3ApiReturn(rc);
     static const int advices[6] = {POSIX_FADV_NORMAL, POSIX_FADV_SEQUENTIAL, POSIX_FADV_RANDOM,
@@ -765,10 +766,8 @@ m3ApiRawFunction(phase_fs_fd_allocate)
     m3ApiGetArg(uint64_t, offset);
     m3ApiGetArg(uint64_t, len);
     (void) _mem;
-    if (fd <= 2)
-        m3ApiReturn(WASI_ENOTSUP);
     uint32_t rc;
-    phase_fs_fd *f = lookup_rights(JOB(), fd, R_FD_ALLOCATE, &rc);
+    phase_fs_fd *f = fd_arg(JOB(), fd, R_FD_ALLOCATE, WASI_ENOTSUP, &rc);
     if (!f)
         m3ApiReturn(rc);
     if (offset > INT64_MAX || len > INT64_MAX || len == 0)
@@ -1020,10 +1019,8 @@ m3ApiRawFunction(phase_fs_fd_readdir)
     m3ApiGetArg(uint64_t, cookie);
     m3ApiGetArg(uint32_t, bufused_ptr);
     phase_job *job = JOB();
-    if (fd <= 2)
-        m3ApiReturn(WASI_ENOTDIR);
     uint32_t rc;
-    phase_fs_fd *f = lookup_rights(job, fd, R_FD_READDIR, &rc);
+    phase_fs_fd *f = fd_arg(job, fd, R_FD_READDIR, WASI_ENOTDIR, &rc);
     if (!f)
         m3ApiReturn(rc);
     if (f->filetype != FT_DIR)

@@ -128,27 +128,15 @@ static int recv_msg(phase_sandbox_slot *slot, sandbox_msg *msg, int *fd, int tim
         return 0;
     if (n < 0)
         return -1;
-    struct iovec iov = {.iov_base = msg, .iov_len = sizeof *msg};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    struct msghdr mh;
-    memset(&mh, 0, sizeof mh);
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = control.buf;
-    mh.msg_controllen = sizeof control.buf;
-    ssize_t got;
-    do
-        got = recvmsg(slot->sock, &mh, MSG_CMSG_CLOEXEC);
-    while (got < 0 && errno == EINTR);
-    if (got != (ssize_t) sizeof *msg)
-        return -1;
+    uint32_t nfds;
     *fd = -1;
-    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
-        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
-            memcpy(fd, CMSG_DATA(cm), sizeof *fd);
+    ssize_t got = sandbox_recv_fds(slot->sock, msg, sizeof *msg, fd, 1, &nfds);
+    if (got != (ssize_t) sizeof *msg) {
+        if (nfds)
+            close(*fd);
+        *fd = -1;
+        return -1;
+    }
     return 1;
 }
 
@@ -451,24 +439,10 @@ static int wait_exited(phase_sandbox_slot *slot, char *err, size_t errlen)
 /* "go": one byte, with the job's preopened directories attached (SCM_RIGHTS) when it has any. */
 static ssize_t send_go(int chan, const phase_sandbox_job *job)
 {
-    char go = 'g';
-    if (job->npreopens == 0)
-        return send(chan, &go, 1, MSG_NOSIGNAL);
-    union {
-        struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(int) * PHASE_MAX_PREOPENS)];
-    } control;
-    memset(&control, 0, sizeof control);
-    struct iovec iov = {.iov_base = &go, .iov_len = 1};
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                         .msg_controllen = CMSG_SPACE(sizeof(int) * job->npreopens)};
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * job->npreopens);
+    int fds[PHASE_MAX_PREOPENS];
     for (uint32_t i = 0; i < job->npreopens; i++)
-        memcpy(CMSG_DATA(c) + i * sizeof(int), &job->preopens[i].fd, sizeof(int));
-    return sendmsg(chan, &msg, MSG_NOSIGNAL);
+        fds[i] = job->preopens[i].fd;
+    return sandbox_send_fds(chan, "g", 1, fds, job->npreopens);
 }
 
 int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *job, phase_result *res, char *err,

@@ -14,7 +14,11 @@
 #ifndef PHASE_SANDBOX_PROTO_H
 #define PHASE_SANDBOX_PROTO_H
 
+#include <errno.h>
 #include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "phase_core.h"
 #include "sandbox.h"
@@ -116,5 +120,78 @@ typedef struct sandbox_msg {
     uint32_t buffer;           /* READY/EXITED: the worker's buffer within the slot */
     uint32_t reserved;
 } sandbox_msg;
+
+/* ---- descriptors over a unix socket (SCM_RIGHTS) ------------------------------------------ */
+
+/* Most descriptors one message carries: a job's directories. */
+#define SANDBOX_MAX_FDS PHASE_MAX_PREOPENS
+
+/* Send len bytes with the n fds attached (none if n is 0). sendmsg's result (EINTR retried). */
+static inline ssize_t sandbox_send_fds(int sock, const void *buf, size_t len, const int *fds, uint32_t n)
+{
+    struct iovec iov = {.iov_base = (void *) buf, .iov_len = len};
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * SANDBOX_MAX_FDS)];
+        struct cmsghdr align;
+    } control;
+    struct msghdr mh;
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    if (n > SANDBOX_MAX_FDS) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (n) {
+        memset(&control, 0, sizeof control);
+        mh.msg_control = control.buf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * n);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * n);
+        memcpy(CMSG_DATA(cm), fds, sizeof(int) * n);
+    }
+    ssize_t got;
+    do
+        got = sendmsg(sock, &mh, MSG_NOSIGNAL);
+    while (got < 0 && errno == EINTR);
+    return got;
+}
+
+/* Receive up to len bytes and up to max fds (close-on-exec; *nfds of them). recvmsg's result (EINTR retried). */
+static inline ssize_t sandbox_recv_fds(int sock, void *buf, size_t len, int *fds, uint32_t max, uint32_t *nfds)
+{
+    struct iovec iov = {.iov_base = buf, .iov_len = len};
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * SANDBOX_MAX_FDS)];
+        struct cmsghdr align;
+    } control;
+    struct msghdr mh;
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = control.buf;
+    mh.msg_controllen = sizeof control.buf;
+    ssize_t got;
+    do
+        got = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+    while (got < 0 && errno == EINTR);
+    *nfds = 0;
+    for (struct cmsghdr *cm = got >= 0 ? CMSG_FIRSTHDR(&mh) : NULL; cm; cm = CMSG_NXTHDR(&mh, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        uint32_t k = (uint32_t) ((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (uint32_t i = 0; i < k; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+            if (*nfds < max)
+                fds[(*nfds)++] = fd;
+            else
+                close(fd);
+        }
+    }
+    return got;
+}
 
 #endif

@@ -271,26 +271,7 @@ static ssize_t receive_go(received_go *go)
     go->n = 0;
     if (!landlock_abi)
         return read(WORKER_FD, &c, 1);
-    union {
-        struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(int) * PHASE_MAX_PREOPENS)];
-    } control;
-    struct iovec iov = {.iov_base = &c, .iov_len = 1};
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof control.buf;
-    ssize_t n = recvmsg(WORKER_FD, &msg, MSG_CMSG_CLOEXEC);
-    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); n == 1 && cm; cm = CMSG_NXTHDR(&msg, cm)) {
-        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-            continue;
-        uint32_t k = (uint32_t) ((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-        for (uint32_t i = 0; i < k && go->n < PHASE_MAX_PREOPENS; i++)
-            memcpy(&go->fds[go->n++], CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-    }
-    return n;
+    return sandbox_recv_fds(WORKER_FD, &c, 1, go->fds, PHASE_MAX_PREOPENS, &go->n);
 }
 
 static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_vm)
@@ -499,30 +480,7 @@ static void worker_main(unsigned index, int chan)
 
 static int send_msg(int sock, const sandbox_msg *msg, int fd)
 {
-    struct iovec iov = {.iov_base = (void *) msg, .iov_len = sizeof *msg};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    struct msghdr mh;
-    memset(&mh, 0, sizeof mh);
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    if (fd >= 0) {
-        memset(&control, 0, sizeof control);
-        mh.msg_control = control.buf;
-        mh.msg_controllen = sizeof control.buf;
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &fd, sizeof fd);
-    }
-    ssize_t n;
-    do
-        n = sendmsg(sock, &mh, MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
-    return n == (ssize_t) sizeof *msg ? 0 : -1;
+    return sandbox_send_fds(sock, msg, sizeof *msg, &fd, fd >= 0 ? 1 : 0) == (ssize_t) sizeof *msg ? 0 : -1;
 }
 
 static void shutdown_all(int code)
