@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from pyphase.errors import IdentityError, SandboxUnavailable
 from pyphase.identity import Identity
 from pyphase.net import config as config_mod
+from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig, load_config
 from pyphase.net.node import EventLog, Node
 
@@ -64,12 +65,12 @@ def _write_address(data_dir: Path, address: str) -> None:
     os.replace(tmp, target)
 
 
-async def run_node(config: NodeConfig, log: EventLog) -> int:
+async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = Node) -> int:
     identity = _identity(config)
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     address_file = config.data_dir / "address"
     address_file.unlink(missing_ok=True)
-    node = Node(config, identity, log=log)
+    node = node_class(config, identity, log=log)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.request_stop)
@@ -121,7 +122,7 @@ class _BootSource:
         if not root.is_dir():
             raise OSError(f"boot_store {root} is not a directory (make one with 'phase boot sign --store {root}')")
         good = ArtifactStore(root).scan()
-        host, port = config_mod.split_hostport(self.config.boot_listen, 8080)
+        host, port = split_hostport(self.config.boot_listen, 8080)
         try:
             self.server = ArtifactServer(root, host, port).start()
         except OSError as exc:
@@ -162,7 +163,8 @@ async def _announce(identity: Identity, host: str, port: int, caps: dict[str, An
         log("warning", message=f"mDNS unavailable: {type(exc).__name__}: {exc}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, node_class: type[Node] = Node) -> int:
+    """Run ``plasmd`` with ``argv``; ``node_class`` is for test launchers that need a node that cheats."""
     args = build_parser().parse_args(argv)
     if args.help_config:
         print(config_mod.__doc__)
@@ -179,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stream = open(config.log_file, "a", buffering=1) if config.log_file else sys.stderr
     log = EventLog(config.log_format, stream)
     try:
-        return asyncio.run(run_node(config, log))
+        return asyncio.run(run_node(config, log, node_class))
     except (IdentityError, SandboxUnavailable) as exc:
         print(f"plasmd: {exc}", file=sys.stderr)
         return 1

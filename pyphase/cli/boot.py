@@ -1,6 +1,6 @@
 """``phase boot``: release keys, signed boot manifests and the artifact server.
 
-The lead's CLI calls :func:`register`; ``python -m pyphase.boot`` runs the same commands alone.
+:func:`pyphase.cli.build_parser` calls :func:`register`; ``python -m pyphase.boot`` runs the same commands alone.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from pathlib import Path
 
 from pyphase.boot import keys
 from pyphase.boot.errors import BootError
-from pyphase.boot.manifest import ARCHES, Artifact, load_manifest, make_manifest, sign_manifest, verify_manifest
+from pyphase.boot.manifest import ARCHES, load_manifest, make_boot_manifest, sign_manifest, verify_manifest
 from pyphase.boot.server import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, ArtifactServer
 from pyphase.boot.store import ArtifactStore
 from pyphase.errors import PhaseError
 from pyphase.identity import default_home
+from pyphase.net.addresses import split_hostport
 
 _DURATION_RE = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -33,10 +34,10 @@ def _duration(text: str) -> int:
 
 
 def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    try:
+        return split_hostport(text, default_port=None, default_host="127.0.0.1")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}") from None
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -55,7 +56,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     initramfs = store.add_file(args.initramfs)
     now = int(time.time())
     expires_at = args.expires_at if args.expires_at is not None else now + args.expires_in
-    document = make_manifest(kernel, initramfs, args.cmdline, release=args.release, expires_at=expires_at,
+    document = make_boot_manifest(kernel, initramfs, args.cmdline, release=args.release, expires_at=expires_at,
                              created_at=now, arch=args.arch)
     signed = sign_manifest(document, secret.signing_key)
     path = store.write_manifest(signed)
