@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/openat2.h>
 #include <malloc.h>
 #include <poll.h>
 #include <signal.h>
@@ -342,6 +343,24 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             }
             char text[96];
             snprintf(text, sizeof text, "snooped: %llu bytes not of this job", (unsigned long long) stale);
+            respond_message(resp, PHASE_CRASHED, text);
+            say_done(resp);
+            _exit(0);
+        }
+        if (req.test_action == SANDBOX_TEST_OPEN_OUTSIDE) {
+            /* openat2 without RESOLVE_BENEATH, as code that escaped wasm3 could call it: an absolute path, the
+             * parent of the job's first directory, and a file inside it (which must still work). */
+            struct open_how how;
+            memset(&how, 0, sizeof how);
+            how.flags = O_RDONLY | O_CLOEXEC;
+            int e[3];
+            const char *paths[3] = {"/etc/passwd", "..", "inside.txt"};
+            for (int i = 0; i < 3; i++) {
+                int fd = (int) syscall(SYS_openat2, i == 0 || !go.n ? AT_FDCWD : go.fds[0], paths[i], &how, sizeof how);
+                e[i] = fd >= 0 ? 0 : errno;
+            }
+            char text[96];
+            snprintf(text, sizeof text, "absolute %d parent %d inside %d", e[0], e[1], e[2]);
             respond_message(resp, PHASE_CRASHED, text);
             say_done(resp);
             _exit(0);

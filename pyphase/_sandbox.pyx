@@ -26,6 +26,7 @@ TEST_ACTIONS = {
     "allocate": SANDBOX_TEST_ALLOCATE,
     "forge": SANDBOX_TEST_FORGE,
     "snoop": SANDBOX_TEST_SNOOP,
+    "open_outside": SANDBOX_TEST_OPEN_OUTSIDE,
 }
 
 
