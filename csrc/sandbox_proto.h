@@ -136,10 +136,7 @@ static inline ssize_t sandbox_send_fds(int sock, const void *buf, size_t len, co
         char buf[CMSG_SPACE(sizeof(int) * SANDBOX_MAX_FDS)];
         struct cmsghdr align;
     } control;
-    struct msghdr mh;
-    memset(&mh, 0, sizeof mh);
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
     if (n > SANDBOX_MAX_FDS) {
         errno = EINVAL;
         return -1;
@@ -169,10 +166,7 @@ static inline ssize_t sandbox_recv_fds(int sock, void *buf, size_t len, int *fds
         char buf[CMSG_SPACE(sizeof(int) * SANDBOX_MAX_FDS)];
         struct cmsghdr align;
     } control;
-    struct msghdr mh;
-    memset(&mh, 0, sizeof mh);
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
     mh.msg_control = control.buf;
     mh.msg_controllen = sizeof control.buf;
     ssize_t got;
