@@ -107,6 +107,7 @@ cdef extern from "phase_crypto.h" nogil:
 
 cdef extern from "sandbox.h" nogil:
     int phase_sandbox_server_main(int argc, char **argv)
+    int phase_sandbox_landlock_abi()
 
     enum:
         PHASE_SANDBOX_MAX_DEPTH

@@ -30,6 +30,11 @@ TEST_ACTIONS = {
 }
 
 
+def landlock_abi():
+    """The kernel's Landlock ABI version (0: none; then sandboxed jobs cannot be given directories)."""
+    return phase_sandbox_landlock_abi()
+
+
 def add_message(uint64_t length):
     """The header of an ADD message (module bytes of ``length`` follow) for the main socket."""
     cdef sandbox_msg m

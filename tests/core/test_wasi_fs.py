@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import pytest
 
 import pyphase
-from pyphase import Preopen, _core
+from pyphase import Preopen, _core, _sandbox
 from pyphase.sandbox import Sandbox
 
 import wasm_build
@@ -34,12 +34,27 @@ def sandbox() -> Iterator[Sandbox]:
         yield sb
 
 
+HAVE_LANDLOCK = _sandbox.landlock_abi() > 0
+NO_LANDLOCK = "this kernel has no Landlock: sandboxed jobs with directories are refused (test_without_landlock)"
+
+
 @pytest.fixture(params=["in_process", "sandbox"])
 def runner(request: pytest.FixtureRequest) -> Runner:
     if request.param == "in_process":
         return pyphase.run
+    if not HAVE_LANDLOCK:
+        pytest.skip(NO_LANDLOCK)
     sb: Sandbox = request.getfixturevalue("sandbox")
     return sb.run
+
+
+@pytest.mark.skipif(HAVE_LANDLOCK, reason="this kernel has Landlock: the tests above run in the sandbox")
+def test_without_landlock(sandbox: Sandbox, fs_probe: bytes, tree: Path) -> None:
+    """Without Landlock nothing would bound what a worker that escaped wasm3 could open: a job with directories
+    is refused, with a message saying why, and jobs without go on."""
+    r = sandbox.run(fs_probe, dirs=[Preopen(str(tree), "/")])
+    assert r.status == "crashed" and "no Landlock" in r.message
+    assert sandbox.run(fs_probe, args=["race", "0"]).status == "ok"
 
 
 @pytest.fixture
