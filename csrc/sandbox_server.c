@@ -159,7 +159,8 @@ static int confine_early(void)
 static int confine(const sandbox_request *req, uint64_t base_vm)
 {
     uint64_t as = base_vm + WORKER_AS_SLACK + WORKER_STACK_BYTES + req->limits.memory_bytes
-                  + 2 * req->limits.output_bytes + 16 * req->module_len + 2 * (uint64_t) req->limits.stack_bytes;
+                  + 2 * req->limits.output_bytes + 16 * req->module_len + 2 * (uint64_t) req->limits.stack_bytes
+                  + phase_compile_stack_bound(req->module_len);
     if (set_limit(RLIMIT_AS, as) != 0 || set_limit(RLIMIT_CORE, 0) != 0 || set_limit(RLIMIT_FSIZE, 0) != 0
         || set_limit(RLIMIT_NOFILE, WORKER_FD + 1) != 0)
         return -1;
