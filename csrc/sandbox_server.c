@@ -156,11 +156,11 @@ static int confine_early(void)
 }
 
 /* The job's rlimits, set through the filter's one allowed prlimit64 (pid 0). */
-static int confine(const sandbox_request *req, uint64_t base_vm)
+static int confine(const sandbox_request *req, uint64_t base_vm, size_t module_len)
 {
     uint64_t as = base_vm + WORKER_AS_SLACK + WORKER_STACK_BYTES + req->limits.memory_bytes
                   + 2 * req->limits.output_bytes + 16 * req->module_len + 2 * (uint64_t) req->limits.stack_bytes
-                  + phase_compile_stack_bound(req->module_len);
+                  + phase_compile_stack_bound(module_len);
     if (set_limit(RLIMIT_AS, as) != 0 || set_limit(RLIMIT_CORE, 0) != 0 || set_limit(RLIMIT_FSIZE, 0) != 0
         || set_limit(RLIMIT_NOFILE, WORKER_FD + 1) != 0)
         return -1;
@@ -278,7 +278,7 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             say_done(resp);
             _exit(SANDBOX_EXIT_IDLE);
         }
-        if (confine(&req, base_vm) != 0)
+        if (confine(&req, base_vm, module ? module->len : (size_t) req.module_len) != 0)
             _exit(SANDBOX_EXIT_SETUP);
         resp->t_ready_ns = ready;
         resp->t_woke_ns = woke;

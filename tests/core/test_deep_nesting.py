@@ -19,6 +19,8 @@ from pyphase.errors import InvalidModule
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS / "validator"))
 sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(TESTS.parent / "bench"))
+import deep_bench  # noqa: E402  (the interpreter's generator, shared with the benchmark)
 from wasm_build import build_c  # noqa: E402
 from wasm_builder import I32, body, functype, leb, module, name, sleb  # noqa: E402
 
@@ -120,78 +122,15 @@ def test_deep_blocks_with_results_end_in_a_clear_error(sandbox):
 
 # ---- from C: an interpreter loop with 3,000 cases, as real modules get deep --------------------------------------
 
-OPS = 3000
-STEPS = 200000
-
-
-def interpreter_source() -> str:
-    cases = []
-    for i in range(OPS):
-        k = (i * 2654435761) & 0xFFFFFFFF
-        shape = i % 4
-        if shape == 0:
-            expr = f"acc = acc + {k}u"
-        elif shape == 1:
-            expr = f"acc = acc ^ (acc >> {i % 13 + 1})"
-        elif shape == 2:
-            expr = f"acc = (acc << {i % 7 + 1}) | (acc >> {32 - (i % 7 + 1)})"
-        else:
-            expr = f"acc = acc * {k | 1}u"
-        cases.append(f"        case {i}: {expr}; break;")
-    body_ = "\n".join(cases)
-    return f"""#include <stdint.h>
-#include <stdio.h>
-static uint32_t step(uint32_t acc, uint32_t op) {{
-    switch (op) {{
-{body_}
-        default: acc = ~acc; break;
-    }}
-    return acc;
-}}
-int main(void) {{
-    uint32_t acc = 1, x = 12345;
-    for (uint32_t n = 0; n < {STEPS}u; n++) {{
-        x = x * 1103515245u + 12345u;
-        acc = step(acc, (x >> 8) % {OPS + 1}u);
-    }}
-    printf("%u\\n", acc);
-    return 0;
-}}
-"""
-
-
-def interpreter_expected() -> int:
-    m = 0xFFFFFFFF
-    acc, x = 1, 12345
-    for _ in range(STEPS):
-        x = (x * 1103515245 + 12345) & m
-        op = (x >> 8) % (OPS + 1)
-        if op == OPS:
-            acc = ~acc & m
-            continue
-        k = (op * 2654435761) & m
-        shape = op % 4
-        if shape == 0:
-            acc = (acc + k) & m
-        elif shape == 1:
-            acc ^= acc >> (op % 13 + 1)
-        elif shape == 2:
-            r = op % 7 + 1
-            acc = ((acc << r) | (acc >> (32 - r))) & m
-        else:
-            acc = (acc * (k | 1)) & m
-    return acc
-
-
 @pytest.fixture(scope="module")
 def interpreter_wasm(tmp_path_factory) -> bytes:
     src = tmp_path_factory.mktemp("deep") / "interp3000.c"
-    src.write_text(interpreter_source())
+    src.write_text(deep_bench.interpreter_source())
     return build_c(src).read_bytes()
 
 
 def test_c_interpreter_with_3000_cases_nests_deep_and_runs(sandbox, interpreter_wasm):
-    assert pyphase.Module(interpreter_wasm).info["max_nesting_depth"] > 1024                    # what the old cap refused
-    want = f"{interpreter_expected()}\n".encode()
+    assert pyphase.Module(interpreter_wasm).info["max_nesting_depth"] > 1024   # what the old cap refused
+    want = deep_bench.interpreter_output()
     for r in (pyphase.run(interpreter_wasm, limits=RESULT), sandbox.run(interpreter_wasm, limits=RESULT)):
         assert (r.status, r.stdout) == ("ok", want), r.message
