@@ -134,3 +134,13 @@ def test_c_interpreter_with_3000_cases_nests_deep_and_runs(sandbox, interpreter_
     want = deep_bench.interpreter_output()
     for r in (pyphase.run(interpreter_wasm, limits=RESULT), sandbox.run(interpreter_wasm, limits=RESULT)):
         assert (r.status, r.stdout) == ("ok", want), r.message
+
+
+def test_phase_run_runs_a_deep_module_sandboxed_and_in_process(monkeypatch, tmp_path):
+    from pyphase.cli import main as phase_main
+
+    monkeypatch.setenv("PHASE_HOME", str(tmp_path))
+    path = tmp_path / "deep.wasm"
+    path.write_bytes(switch_module(10000, selectors_for(10000)))
+    assert phase_main(["run", str(path)]) == expected(10000)
+    assert phase_main(["run", str(path), "--no-sandbox"]) == expected(10000)
