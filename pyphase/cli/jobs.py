@@ -41,6 +41,9 @@ examples:
   phase run examples/hello/hello.wasm --input "Hello, World"
   phase run job.wasm --input-file data.bin --memory 128MiB --timeout 5s --receipt r.json
   echo text | phase run job.wasm --stdin --json
+  phase run wc.wasm --ro-dir ./data::/data --dir ./out::/out --arg /data
+directories: --dir HOST[::GUEST] preopens HOST read-write at GUEST (default: the same
+  path), --ro-dir read-only; paths the module names never resolve outside them.
 """.format(codes=textwrap.fill(", ".join(f"{status} {code}" for status, code in STATUS_EXIT_CODES.items()),
                                width=80, initial_indent="  ", subsequent_indent="  "))
 
