@@ -68,6 +68,7 @@ static int main_sock = -1;
 static int devnull = -1;
 static pid_t server_pid;
 static phase_module *cache[CACHE_MAX];
+static size_t cache_cost[CACHE_MAX];   /* memory each cached module really holds (see cache_add) */
 static unsigned cache_count;
 static size_t cache_bytes;
 static uint64_t cache_seq;          /* ADD messages processed (accepted or not) */
@@ -95,6 +96,35 @@ static phase_module *cache_find(const uint8_t *hash)
     return NULL;
 }
 
+/* This process's resident memory in bytes (0 if /proc cannot tell). */
+static size_t resident_bytes(void)
+{
+    unsigned long size = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return 0;
+    if (fscanf(f, "%lu %lu", &size, &resident) != 2)
+        resident = 0;
+    fclose(f);
+    return (size_t) resident * (size_t) sysconf(_SC_PAGESIZE);
+}
+
+/* Bytes malloc has handed out, where glibc counts them (0 elsewhere). */
+static size_t malloc_bytes(void)
+{
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 33)
+    struct mallinfo2 mi = mallinfo2();
+    return mi.uordblks + mi.hblkhd;
+#else
+    return 0;
+#endif
+}
+
+static size_t grew(size_t before, size_t after)
+{
+    return after > before ? after - before : 0;
+}
+
 static void cache_add(const uint8_t *bytes, size_t len)
 {
     char err[256];
@@ -102,23 +132,32 @@ static void cache_add(const uint8_t *bytes, size_t len)
     phase_sha256(bytes, len, hash);
     if (cache_find(hash))
         return;
+    size_t resident_before = resident_bytes(), malloc_before = malloc_bytes();
     phase_module *m = phase_module_new(bytes, len, err, sizeof err);
     if (!m)
         return;   /* the worker that ran it already reported why; later workers get the bytes again */
-    /* Drop the oldest until it fits (count and bytes: the server's memory is every worker's too). */
-    while (cache_count && (cache_count == CACHE_MAX || cache_bytes + len > CACHE_MAX_BYTES)) {
-        cache_bytes -= cache[0]->len;
-        phase_module_free(cache[0]);
-        memmove(cache, cache + 1, (cache_count - 1) * sizeof cache[0]);
-        cache_count--;
-    }
-    cache[cache_count++] = m;
-    cache_bytes += len;
     if (phase_module_prepare) {
         phase_limits lim;
         phase_limits_default(&lim);
         (void) phase_module_prepare(m, &lim, err, sizeof err);
     }
+    /* What the module holds is its bytes, its parsed code and a prepared instance (its memory with the data
+       segments copied in, mapped apart from malloc): about twice its bytes. Counted as what it took from
+       malloc (reused pages too) plus the pages it made resident (the instance's): never less than it holds,
+       at most twice that, so the cap is a bound. */
+    size_t cost = grew(malloc_before, malloc_bytes()) + grew(resident_before, resident_bytes());
+    cost = cost > len ? cost : len;
+    /* Drop the oldest until it fits (count and bytes: the server's memory is every worker's too). */
+    while (cache_count && (cache_count == CACHE_MAX || cache_bytes + cost > CACHE_MAX_BYTES)) {
+        cache_bytes -= cache_cost[0];
+        phase_module_free(cache[0]);
+        memmove(cache, cache + 1, (cache_count - 1) * sizeof cache[0]);
+        memmove(cache_cost, cache_cost + 1, (cache_count - 1) * sizeof cache_cost[0]);
+        cache_count--;
+    }
+    cache[cache_count] = m;
+    cache_cost[cache_count++] = cost;
+    cache_bytes += cost;
 }
 
 
