@@ -77,7 +77,7 @@ def test_libsodium_tree_matches_the_pin():
     fetch = _load("fetch_libsodium")
     subprocess.run([sys.executable, str(ROOT / "tools" / "fetch_libsodium.py")], check=True, capture_output=True,
                    timeout=300)
-    assert fetch.tree_digest(ROOT / "third_party" / "libsodium") == fetch.PIN.tree_sha256
+    assert _load("pinned_sdist").tree_digest(ROOT / "third_party" / "libsodium") == fetch.PIN.tree_sha256
     assert {"crypto_sign_verify_detached", "crypto_hash_sha256_init", "sodium_init"} <= fetch.functions_used()
 
 
