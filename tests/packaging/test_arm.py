@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,13 +42,19 @@ def _wheel(arch: str) -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def arm_root() -> Iterator[Path]:
+def missing_tools() -> str:
+    """Why the arm64 chroot cannot run here, or "" when it can."""
     for tool in ("debootstrap", "qemu-aarch64-static"):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} missing (bash .ci/setup --test)")
+            return f"{tool} missing (bash .ci/setup --test)"
     if not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
-        pytest.skip("qemu-aarch64 is not registered with binfmt_misc (update-binfmts --enable qemu-aarch64)")
+        return "qemu-aarch64 is not registered with binfmt_misc (update-binfmts --enable qemu-aarch64)"
+    return ""
+
+
+@contextmanager
+def arm64_with_pyphase() -> Iterator[Path]:
+    """A fresh copy of the cached arm64 chroot with the aarch64 wheel installed in VENV."""
     wheel = _wheel("aarch64")
     with debian_chroot.fresh_copy("arm64") as root:
         # The wheel and its dependencies' aarch64 wheels are fetched here, then installed offline in the chroot.
@@ -65,6 +72,14 @@ def arm_root() -> Iterator[Path]:
             out = debian_chroot.run(root, *cmd, timeout=1800)
             assert out.returncode == 0, out.stdout + out.stderr
         shutil.copy(HELLO, root / "tmp" / "hello.wasm")
+        yield root
+
+
+@pytest.fixture(scope="module")
+def arm_root() -> Iterator[Path]:
+    if why := missing_tools():
+        pytest.skip(why)
+    with arm64_with_pyphase() as root:
         yield root
 
 
