@@ -42,7 +42,10 @@ mkdir -p "$PKG/DEBIAN" "$PKG/opt/phase" "$PKG/usr/bin" "$PKG/etc/phase" "$PKG/li
 "$PKG$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-compile "$wheel"
 "$PKG$VENV/bin/python" -m pip uninstall -q -y pip setuptools 2>/dev/null || true
 grep -rlI --null "$PKG$VENV" "$PKG$VENV/bin" "$PKG$VENV/pyvenv.cfg" | xargs -0 -r sed -i "s|$PKG$VENV|$VENV|g"
-rm -f "$PKG$VENV/bin/activate.csh" "$PKG$VENV/bin/activate.fish" "$PKG$VENV/bin/Activate.ps1"
+# Only the interpreter and our two commands stay in bin/ (the dependencies' helper scripts are not needed).
+find "$PKG$VENV/bin" -mindepth 1 ! -name 'python*' ! -name phase ! -name plasmd ! -name activate -delete
+# Debian policy for the binaries: shared objects not executable, everything stripped.
+find "$PKG$VENV" -name '*.so*' -type f -exec chmod 0644 {} + -exec strip --strip-unneeded {} +
 find "$PKG$VENV" -name __pycache__ -prune -exec rm -rf {} +
 grep -rqI "$WORK" "$PKG$VENV" && die "the venv still names the build folder"
 ln -s "$VENV/bin/phase" "$PKG/usr/bin/phase"
@@ -72,7 +75,7 @@ deb=$OUT/phase_${version}_${debarch}.deb
 dpkg-deb --root-owner-group -Zxz --build "$PKG" "$deb" >/dev/null
 if [ "$LINTIAN" = 1 ]; then
     command -v lintian >/dev/null || die "lintian missing (apt-get install lintian)"
-    report=$(lintian --fail-on none --no-tag-display-limit "$deb" 2>&1 || true)
+    report=$(lintian --fail-on none --tag-display-limit 0 "$deb" 2>&1 || true)
     if [ -n "$report" ]; then
         echo "$report" >&2
         die "lintian reports tags not covered by packaging/deb/lintian-overrides"
