@@ -75,7 +75,9 @@ deb=$OUT/phase_${version}_${debarch}.deb
 dpkg-deb --root-owner-group -Zxz --build "$PKG" "$deb" >/dev/null
 if [ "$LINTIAN" = 1 ]; then
     command -v lintian >/dev/null || die "lintian missing (apt-get install lintian)"
-    report=$(lintian --fail-on none --tag-display-limit 0 "$deb" 2>&1 || true)
+    # Tags come on stdout; stderr has lintian's own notes (e.g. that it runs as root).
+    report=$(lintian --fail-on none --tag-display-limit 0 "$deb" 2>"$WORK/lintian.err") \
+        || { cat "$WORK/lintian.err" >&2; die "lintian failed"; }
     if [ -n "$report" ]; then
         echo "$report" >&2
         die "lintian reports tags not covered by packaging/deb/lintian-overrides"
