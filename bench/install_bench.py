@@ -47,7 +47,7 @@ def timed(cmd: list[str], **kw: object) -> float:
 
 
 def install_times(work: Path) -> dict[str, float]:
-    wheels = sorted((ROOT / "dist").glob(f"pyphase-*-manylinux_2_28_{os.uname().machine}.whl"))
+    wheels = sorted((ROOT / "dist").glob(f"pyphase-*-manylinux*_{os.uname().machine}.whl"))
     if not wheels:
         sys.exit("no wheel in dist/: run tools/build-wheels.sh first")
     from scikit_build_core.build import build_sdist

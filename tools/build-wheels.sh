@@ -91,8 +91,9 @@ build_one() {
     local raw
     raw=$(ls "$dir/raw"/pyphase-*-"$pytag"-"$pytag"-linux_"$arch".whl) || die "no $arch wheel was built"
     rm -f "$OUT"/pyphase-*-"$pytag"-"$pytag"-manylinux*_"$arch".whl
-    # repair grafts nothing here (no shared library outside the manylinux set); it retags the wheel.
-    "$tools/bin/auditwheel" repair --plat "manylinux_${GLIBC/./_}_$arch" -w "$OUT" "$raw" >&2
+    # repair grafts nothing here (no shared library outside the manylinux set); it retags the wheel with the
+    # lowest manylinux tag its symbols allow ("auto" also works for a wheel of another architecture).
+    "$tools/bin/auditwheel" repair --plat auto -w "$OUT" "$raw" >&2
     local wheel
     wheel=$(ls "$OUT"/pyphase-*-"$pytag"-"$pytag"-manylinux*_"$arch".whl | head -1)
     local shown

@@ -1,4 +1,4 @@
-"""The x86_64 manylinux wheel (tools/build-wheels.sh, zig cc for glibc 2.28): auditwheel-clean, the third-party
+"""The x86_64 manylinux wheel (tools/build-wheels.sh, zig cc for glibc 2.28; auditwheel finds 2.26): auditwheel-clean, the third-party
 licences inside, installs into a fresh venv, runs the demo sandboxed, and its clang-built sandbox still stops a
 host allocation at the address-space limit (clang removed an allocation whose memory was never read)."""
 
@@ -30,7 +30,7 @@ def wheel() -> Path:
 
 
 def test_wheel_is_manylinux_2_28_and_carries_the_licences(wheel: Path) -> None:
-    assert wheel.name.endswith(f"manylinux_2_28_{ARCH}.whl")
+    assert re.search(rf"-manylinux_2_\d+_{ARCH}\.whl$", wheel.name), wheel.name
     auditwheel = ROOT / "build" / "wheels" / "tools" / "bin" / "auditwheel"
     shown = subprocess.run([str(auditwheel), "show", str(wheel)], capture_output=True, text=True, check=True).stdout
     floor = re.search(rf'consistent with the following platform tag:\s+"manylinux_2_(\d+)_{ARCH}"', shown)
