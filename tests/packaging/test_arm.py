@@ -28,6 +28,9 @@ import debian_chroot  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"
 VENV = "/opt/phase-venv"
+# What pip on Debian 12 arm64 (glibc 2.36) accepts, for fetching the dependencies' wheels from this host.
+PLATFORMS = [arg for tag in ("manylinux_2_28_aarch64", "manylinux_2_26_aarch64", "manylinux_2_17_aarch64",
+                             "manylinux2014_aarch64") for arg in ("--platform", tag)]
 
 pytestmark = [pytest.mark.arm, pytest.mark.slow]
 
@@ -62,11 +65,11 @@ def arm64_with_pyphase() -> Iterator[Path]:
         wheels.mkdir()
         shutil.copy(wheel, wheels / wheel.name)
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-                        "--only-binary", ":all:", "--platform", "manylinux_2_28_aarch64", "--python-version", "3.11",
-                        "-d", str(wheels), str(wheels / wheel.name), "pip"], check=True, capture_output=True,
+                        "--only-binary", ":all:", *PLATFORMS, "--python-version", "3.11",
+                        "-d", str(wheels), str(wheels / wheel.name), "pip==25.3"], check=True, capture_output=True,
                        timeout=600)
         pip = next(wheels.glob("pip-*.whl")).name
-        for cmd in (["python3", "-m", "venv", "--without-pip", VENV],
+        for cmd in (["python3.11", "-m", "venv", "--without-pip", VENV],
                     [f"{VENV}/bin/python3", f"/tmp/wheels/{pip}/pip", "install", "-q", "--no-index",
                      "--find-links", "/tmp/wheels", f"/tmp/wheels/{wheel.name}"]):
             out = debian_chroot.run(root, *cmd, timeout=1800)
