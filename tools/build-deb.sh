@@ -12,12 +12,14 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HERE=$ROOT/packaging/deb
 OUT=$ROOT/dist
-SYSPY=/usr/bin/python3
+# The venv links the versioned interpreter (/usr/bin/python3.X, from the python3.X package the .deb depends on),
+# not /usr/bin/python3, which belongs to another package.
+SYSPY=$(readlink -f /usr/bin/python3)
 LINTIAN=1
 [ "${1:-}" = "--no-lintian" ] && LINTIAN=0
 
 die() { echo "build-deb: $*" >&2; exit 1; }
-[ -x "$SYSPY" ] || die "$SYSPY missing (apt-get install python3 python3-venv)"
+[ -x "$SYSPY" ] || die "/usr/bin/python3 missing (apt-get install python3 python3-venv)"
 
 version=$("$SYSPY" -c 'import tomllib; print(tomllib.load(open("'"$ROOT"'/pyproject.toml", "rb"))["project"]["version"])')
 debarch=$(dpkg --print-architecture)

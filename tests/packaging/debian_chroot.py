@@ -34,10 +34,14 @@ def apt_mirror() -> str:
     raise RuntimeError("no Debian archive in /etc/apt/sources.list*")
 
 
+def mounted_below(root: Path) -> list[str]:
+    points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    return sorted(p for p in points if p == str(root) or p.startswith(f"{root}/"))
+
+
 def unmount_below(root: Path) -> None:
     """Unmount whatever is still mounted inside root (debootstrap's second stage mounts /proc and /sys)."""
-    points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-    for point in sorted((p for p in points if p == str(root) or p.startswith(f"{root}/")), reverse=True):
+    for point in reversed(mounted_below(root)):
         subprocess.run(["umount", "-l", point], check=False)
 
 
@@ -86,6 +90,9 @@ def fresh_copy(arch: str = "amd64", include: list[str] | None = None) -> Iterato
         finally:
             for point in reversed(mounts):
                 subprocess.run(["umount", "-R", "-l", str(point)], check=False)
+            if mounted_below(root):
+                # Never let the clean-up below delete through a bind mount of the host's /dev.
+                raise RuntimeError(f"{root}: still mounted after umount; remove it by hand")
 
 
 def run(root: Path, *cmd: str, timeout: float = 600, **kw: object) -> subprocess.CompletedProcess[str]:

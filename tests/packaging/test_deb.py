@@ -60,7 +60,8 @@ def test_package_layout(installed: Path) -> None:
     for name in ("phase", "plasmd"):
         assert os.readlink(installed / "usr/bin" / name) == f"/opt/phase/venv/bin/{name}"
         assert (installed / "opt/phase/venv/bin" / name).is_file()
-    assert os.readlink(installed / "opt/phase/venv/bin/python3").endswith("python3")
+    interpreter = os.readlink(installed / "opt/phase/venv/bin/python")
+    assert interpreter.startswith("/usr/bin/python3.") and (installed / interpreter.lstrip("/")).is_file()
     assert (installed / "lib/systemd/system/plasmd.service").is_file()
     licences = list((installed / "opt/phase/venv/lib").glob("python3*/site-packages/pyphase-*.dist-info/licenses/*/*/LICENSE"))
     assert {p.parent.name for p in licences} == {"wasm3", "libsodium"}
