@@ -90,7 +90,7 @@ def test_demo_runs_on_arm64_without_the_sandbox(arm_root: Path) -> None:
     out = debian_chroot.run(arm_root, f"{VENV}/bin/phase", "run", "--no-sandbox", "/tmp/hello.wasm",
                             "--input", "Hello, World", "--json", timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert json.loads(out.stdout)["receipt"]["arch"] == "aarch64"
+    assert json.loads(out.stdout)["receipt"]["node"]["arch"] == "aarch64"
 
 
 def test_node_refuses_a_sandbox_it_cannot_build(arm_root: Path) -> None:
@@ -111,10 +111,10 @@ def test_x86_64_client_submits_to_an_arm64_node(arm_root: Path, tmp_path: Path) 
         bindir = Path(sys.executable).parent
         receipt = tmp_path / "r.json"
         job = subprocess.run([str(bindir / "phase"), "submit", str(HELLO), "--input", "Hello, World", "--peer",
-                              address, "--timeout", "120s", "--receipt", str(receipt)], capture_output=True, text=True,
+                              address, "--timeout", "60s", "--receipt", str(receipt)], capture_output=True, text=True,
                              timeout=300)
         assert job.returncode == 0 and job.stdout == "dlroW ,olleH", job.stdout + job.stderr
-        assert json.loads(receipt.read_text())["arch"] == "aarch64"
+        assert json.loads(receipt.read_text())["node"]["arch"] == "aarch64"
         check = subprocess.run([str(bindir / "phase"), "verify", str(receipt)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
     finally:
@@ -134,7 +134,7 @@ def test_arm64_client_submits_to_an_x86_64_node(arm_root: Path, tmp_path: Path) 
                                 "Hello, World", "--peer", address, "--timeout", "60s", "--receipt", "/tmp/r.json",
                                 timeout=600)
         assert job.returncode == 0 and job.stdout == "dlroW ,olleH", job.stdout + job.stderr
-        assert json.loads((arm_root / "tmp" / "r.json").read_text())["arch"] == "x86_64"
+        assert json.loads((arm_root / "tmp" / "r.json").read_text())["node"]["arch"] == "x86_64"
     finally:
         node.send_signal(signal.SIGTERM)
         node.communicate(timeout=60)
