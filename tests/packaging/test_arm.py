@@ -6,7 +6,7 @@ seccomp(2) is not emulated, so the node must refuse its sandbox clearly rather t
 --no-sandbox it serves hello to `phase submit` from this host, and the receipt says arch aarch64 and verifies.
 Then an x86_64 node on this host serves the arm64 client in the chroot.
 
-    python3 -m pytest -q -m arm tests/packaging          (first run: ~15 min for the chroot, ~10 for the wheel)
+    python3 -m pytest -q -m arm tests/packaging          (first run: 11-40 min for the chroot, ~10 for the wheel)
 """
 
 from __future__ import annotations
