@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -155,15 +154,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arm", action="store_true", help="also measure a job to an aarch64 node (qemu-user)")
     parser.add_argument("--jobs", type=int, default=20, help="jobs per node for the latency figures")
+    parser.add_argument("--skip-install", action="store_true", help="skip the install times (the sdist build is slow)")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for wheel in sorted((ROOT / "dist").glob("pyphase-*.whl")):
         print(f"{wheel.name}: {wheel.stat().st_size / 1e6:.2f} MB")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        t = install_times(work)
-        print(f"install from wheel {t['wheel_s']:.1f} s, from sdist {t['sdist_s']:.1f} s "
-              f"(sdist/wheel = {t['sdist_s'] / t['wheel_s']:.1f}x)")
+        if not args.skip_install:
+            t = install_times(work)
+            print(f"install from wheel {t['wheel_s']:.1f} s, from sdist {t['sdist_s']:.1f} s "
+                  f"(sdist/wheel = {t['sdist_s'] / t['wheel_s']:.1f}x)")
         m = idle_memory(work)
         print(f"idle plasmd (node + fork server + idle workers): RSS {m['node_rss_kb'] / 1024:.1f} MiB, "
               f"PSS {m['node_pss_kb'] / 1024:.1f} MiB; bare python RSS {m['python_rss_kb'] / 1024:.1f} MiB "
@@ -173,7 +174,6 @@ def main() -> None:
             print(f"hello, {args.jobs} jobs: x86_64 node p50 {c['x86_64_p50_ms']:.1f} ms p90 {c['x86_64_p90_ms']:.1f} ms; "
                   f"aarch64 node (qemu-user) p50 {c['aarch64_p50_ms']:.1f} ms p90 {c['aarch64_p90_ms']:.1f} ms "
                   f"(aarch64/x86_64 = {c['aarch64_p50_ms'] / c['x86_64_p50_ms']:.1f}x)")
-    shutil.rmtree(ROOT / "build" / "install-bench", ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ typedef enum phase_status {
 
 const char *phase_status_name(phase_status status);
 
+/* CLOCK_MONOTONIC in nanoseconds: the one clock of the core, the sandbox and cbench. */
+uint64_t phase_now_ns(void);
+
 typedef struct phase_limits {
     uint64_t memory_bytes;   /* linear memory cap; initial memory above it is refused, growth past it fails */
     uint64_t fuel;           /* metering ticks (function entries + loop iterations); 0 = unlimited */
@@ -52,7 +55,9 @@ typedef struct phase_limits {
     uint32_t stack_bytes;    /* wasm value stack */
 } phase_limits;
 
-/* Defaults used when a caller passes zeros for memory, output and stack: 64 MiB, 1 MiB, 512 KiB. */
+/* The default limits of a job, the one source of them (pyphase.Limits reads these): 64 MiB of memory, no fuel
+ * limit, 10 s of wall clock, 1 MiB of output, 512 KiB of stack. phase_job_run() also uses the memory, output
+ * and stack defaults when a caller passes zeros for them. */
 void phase_limits_default(phase_limits *limits);
 
 /* A validated module. Immutable once made; may be shared by jobs on several threads. */
@@ -70,6 +75,19 @@ typedef struct phase_module {
 phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size_t errlen);
 void phase_module_free(phase_module *module);
 
+/* A host directory the job sees at guest path `guest` (fd_prestat_dir_name). The job dups `fd` (an open
+ * directory, O_RDONLY|O_DIRECTORY) and never closes the caller's; every path beneath it is resolved with
+ * openat2(RESOLVE_BENEATH|RESOLVE_NO_MAGICLINKS), so nothing outside is ever reached. */
+typedef struct phase_preopen {
+    int fd;
+    const char *guest;
+    int readonly;          /* no rights that create, change or remove anything */
+} phase_preopen;
+
+/* Preopens per job at most, and descriptors a job may hold open at once beyond stdio. */
+#define PHASE_MAX_PREOPENS 32
+#define PHASE_MAX_FDS 1024
+
 typedef struct phase_job_spec {
     const phase_module *module;
     const char *entry;                 /* NULL = "_start" */
@@ -80,8 +98,10 @@ typedef struct phase_job_spec {
     const uint8_t *input;              /* stdin */
     size_t input_len;
     phase_limits limits;
-    int deterministic;                 /* clocks and random derived from seed */
+    int deterministic;                 /* clocks and random derived from seed; fixed file times and inodes */
     uint8_t seed[32];
+    const phase_preopen *preopens;     /* fds 3, 4, ... in this order */
+    uint32_t npreopens;
 } phase_job_spec;
 
 typedef struct phase_result {
@@ -99,6 +119,7 @@ typedef struct phase_result {
     uint8_t input_hash[PHASE_SHA256_BYTES];
     uint8_t stdout_hash[PHASE_SHA256_BYTES];
     uint8_t stderr_hash[PHASE_SHA256_BYTES];
+    int fs_unavailable;                /* the module looked for a preopened directory and there was none */
 } phase_result;
 
 /* Instantiate and compile every function now, without running guest code (not even the start function),

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "phase_internal.h"
+#include "phase_wasi.h"
 
 M3Result const phase_trap_fuel_exhausted = "[trap] fuel exhausted";
 M3Result const phase_trap_timeout = "[trap] wall-clock timeout";
@@ -36,7 +37,7 @@ void phase_limits_default(phase_limits *limits)
 {
     limits->memory_bytes = 64ull << 20;
     limits->fuel = 0;
-    limits->timeout_ms = 0;
+    limits->timeout_ms = 10000;
     limits->output_bytes = 1ull << 20;
     limits->stack_bytes = 512u << 10;
 }
@@ -577,7 +578,7 @@ int phase_job_run(const phase_job_spec *spec, phase_result *res)
         set_message(res, "the module needs %llu bytes of initial memory, the limit is %llu",
                     (unsigned long long) pm->info.mem_initial_pages * PHASE_WASM_PAGE,
                     (unsigned long long) (cap_pages * PHASE_WASM_PAGE));
-    } else {
+    } else if (phase_fs_open(&job) == 0) {
         phase_instance *inst = instance_acquire(&job, capped_max_pages(pm, cap_pages));
         if (inst) {
             job.instance = inst;
@@ -589,6 +590,7 @@ int phase_job_run(const phase_job_spec *spec, phase_result *res)
             job.runtime = NULL;
         }
     }
+    phase_fs_close(&job);
     res->out = job.out[0];
     res->out_len = job.out_len[0];
     res->err = job.out[1];

@@ -34,31 +34,33 @@ from pyphase.errors import (
 from pyphase.identity import Identity
 from pyphase.limits import Limits
 from pyphase.manifest import make_manifest
+from pyphase.preopen import Preopen
 from pyphase.receipt import make_receipt, verify_receipt
 from pyphase.result import Result
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION, Module, run
 
 if TYPE_CHECKING:
-    from pyphase.client import Client
+    from pyphase.net.client import Client
     from pyphase.sandbox import Sandbox
 
 __version__ = "0.1.0"
 
-# Heavier parts load on first use so that `import pyphase` stays cheap for the CLI and workers.
-_LAZY = {"Client": "pyphase.client", "Sandbox": "pyphase.sandbox"}
-
-
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    # Heavier parts load on first use so that `import pyphase` stays cheap for the CLI and workers.
+    if name == "Client":
+        from pyphase.net.client import Client
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return Client
+    if name == "Sandbox":
+        from pyphase.sandbox import Sandbox
+
+        return Sandbox
     raise AttributeError(f"module 'pyphase' has no attribute {name!r}")
 
 
 __all__ = [
     "Client", "Crashed", "FuelExhausted", "Identity", "IdentityError", "InvalidModule", "JobError", "Limits",
-    "LimitsError", "ManifestError", "MemoryLimitExceeded", "Module", "OutputLimitExceeded", "PhaseError",
+    "LimitsError", "ManifestError", "MemoryLimitExceeded", "Module", "OutputLimitExceeded", "PhaseError", "Preopen",
     "RUNTIME_NAME", "RUNTIME_VERSION", "Rejected", "Result", "Sandbox", "SignatureError", "Timeout", "Trap",
     "VerificationError", "make_manifest", "make_receipt", "run", "verify_receipt", "__version__",
 ]

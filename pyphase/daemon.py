@@ -17,13 +17,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from pyphase.api.services import NodeServices
 from pyphase.errors import IdentityError, SandboxUnavailable
 from pyphase.identity import Identity
 from pyphase.net import config as config_mod
+from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig, load_config
-from pyphase.net.node import EventLog, Node
+from pyphase.net.node import EventLog, Node, raise_descriptor_limit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=("json", "text"), help="event log format (default json)")
     p.add_argument("--boot-store", metavar="DIR", help="also serve this Phase Boot artifact store over HTTP "
                    "(machines boot from this node; see docs/BOOT.md)")
+    p.add_argument("--api", metavar="HOST:PORT", dest="api_listen", help="HTTP API, /metrics and dashboard "
+                   "(default 127.0.0.1 at the phase/1 port + 1; beyond loopback a token is required, docs/API.md)")
+    p.add_argument("--no-api", dest="api", action="store_false", default=None, help="serve no HTTP API")
     p.add_argument("--boot-listen", metavar="HOST:PORT", help="address of that HTTP server (default 0.0.0.0:8080)")
     return p
 
@@ -64,12 +69,14 @@ def _write_address(data_dir: Path, address: str) -> None:
     os.replace(tmp, target)
 
 
-async def run_node(config: NodeConfig, log: EventLog) -> int:
+async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = Node) -> int:
+    raise_descriptor_limit()            # connections are capped below it, with descriptors kept for jobs
     identity = _identity(config)
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     address_file = config.data_dir / "address"
     address_file.unlink(missing_ok=True)
-    node = Node(config, identity, log=log)
+    node = node_class(config, identity, log=log)
+    services = NodeServices(node, config)          # history, metrics, HTTP API: hooks into the node
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.request_stop)
@@ -80,13 +87,14 @@ async def run_node(config: NodeConfig, log: EventLog) -> int:
         if boot_source is not None:
             await boot_source.start()
         address = await node.start()
+        await services.start()
         _write_address(config.data_dir, address)     # first, so whoever reads the printed line finds the file
         print(address, flush=True)
         if config.mdns:
             listen_host = config.listen.rpartition(":")[0] or "0.0.0.0"
             host = node.host if listen_host not in ("0.0.0.0", "*") else "0.0.0.0"
             announcing = asyncio.get_running_loop().create_task(
-                _announce(identity, host, node.port, node.capabilities(), config.mdns_interfaces, log, holder))
+                _announce(identity, host, node.port, node.capabilities(), config.mdns_interfaces, node.log, holder))
         await node.serve()
     finally:
         if announcing is not None:
@@ -100,6 +108,7 @@ async def run_node(config: NodeConfig, log: EventLog) -> int:
         address_file.unlink(missing_ok=True)
         if boot_source is not None:
             await asyncio.to_thread(boot_source.close)
+        await services.close()
         await node.close()
     return 0
 
@@ -121,7 +130,7 @@ class _BootSource:
         if not root.is_dir():
             raise OSError(f"boot_store {root} is not a directory (make one with 'phase boot sign --store {root}')")
         good = ArtifactStore(root).scan()
-        host, port = config_mod.split_hostport(self.config.boot_listen, 8080)
+        host, port = split_hostport(self.config.boot_listen, 8080)
         try:
             self.server = ArtifactServer(root, host, port).start()
         except OSError as exc:
@@ -148,7 +157,7 @@ class _BootSource:
 
 
 async def _announce(identity: Identity, host: str, port: int, caps: dict[str, Any], interfaces: str,
-                    log: EventLog, holder: list[Any]) -> None:
+                    log: Callable[..., None], holder: list[Any]) -> None:
     """Announce on the LAN; probing the name takes about a second, so this runs beside the serving node."""
     try:
         from pyphase.net.discovery import Announcer
@@ -162,7 +171,8 @@ async def _announce(identity: Identity, host: str, port: int, caps: dict[str, An
         log("warning", message=f"mDNS unavailable: {type(exc).__name__}: {exc}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, node_class: type[Node] = Node) -> int:
+    """Run ``plasmd`` with ``argv``; ``node_class`` is for test launchers that need a node that cheats."""
     args = build_parser().parse_args(argv)
     if args.help_config:
         print(config_mod.__doc__)
@@ -172,14 +182,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                              data_dir=Path(args.data_dir) if args.data_dir else None, identity=args.identity,
                              ephemeral=args.ephemeral, workers=args.workers, sandbox=args.sandbox, mdns=args.mdns,
                              mdns_interfaces=args.mdns_interfaces, log_format=args.log_format,
-                             boot_store=args.boot_store, boot_listen=args.boot_listen)
+                             boot_store=args.boot_store, boot_listen=args.boot_listen,
+                             api=args.api, api_listen=args.api_listen)
     except (OSError, ValueError) as exc:
         print(f"plasmd: {exc}", file=sys.stderr)
         return 2
     stream = open(config.log_file, "a", buffering=1) if config.log_file else sys.stderr
     log = EventLog(config.log_format, stream)
     try:
-        return asyncio.run(run_node(config, log))
+        return asyncio.run(run_node(config, log, node_class))
     except (IdentityError, SandboxUnavailable) as exc:
         print(f"plasmd: {exc}", file=sys.stderr)
         return 1

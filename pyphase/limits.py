@@ -6,13 +6,15 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
+from pyphase import _core
 from pyphase.errors import LimitsError
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**2, "mb": 1000**2,
                "mib": 1 << 20, "g": 1000**3, "gb": 1000**3, "gib": 1 << 30}
 _TIME_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000}
 
-WASM_PAGE = 65536
+WASM_PAGE = _core.WASM_PAGE
+_DEFAULT = _core.DEFAULT_LIMITS     # the C core's defaults (phase_limits_default), the one source
 MAX_MEMORY_BYTES = 4 << 30          # wasm32's whole address space
 MAX_OUTPUT_BYTES = 1 << 30
 MAX_STACK_BYTES = 16 << 20
@@ -47,11 +49,11 @@ def parse_duration_ms(text: str | int) -> int:
 class Limits:
     """Hard limits of one job. ``fuel`` and ``timeout_ms`` of 0 mean unlimited."""
 
-    memory_bytes: int = 64 << 20
-    fuel: int = 0
-    timeout_ms: int = 10_000
-    output_bytes: int = 1 << 20
-    stack_bytes: int = 512 << 10
+    memory_bytes: int = _DEFAULT["memory_bytes"]
+    fuel: int = _DEFAULT["fuel"]
+    timeout_ms: int = _DEFAULT["timeout_ms"]
+    output_bytes: int = _DEFAULT["output_bytes"]
+    stack_bytes: int = _DEFAULT["stack_bytes"]
 
     def __post_init__(self) -> None:
         for name in _FIELDS:

@@ -70,7 +70,7 @@ def test_cbench_metering_off_build_agrees(cbench_dir: Path) -> None:
 
 
 def test_pyphase_bench_quick(cbench_dir: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "pyphase.bench", "--quick", "--json"], capture_output=True,
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "core", "--quick", "--json"], capture_output=True,
                          text=True, timeout=900, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
     doc = json.loads(out.stdout)
@@ -130,3 +130,12 @@ def test_very_long_function_runs(wat) -> None:
         assert result.status == "ok", result.message
         assert result.exit_code == expected
         assert result.fuel_used >= 1024          # the loop's iterations are metered
+
+
+def test_fs_bench_runs() -> None:
+    """bench/fs_bench.py --quick: every job it times ended ok (the script exits non-zero otherwise)."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "fs_bench.py"), "--quick", "--json"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["tree"]["in_process_s"] > 0 and doc["per_file"]["sandbox_us"] > 0

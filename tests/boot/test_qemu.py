@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pyphase.boot import keys
-from pyphase.boot.manifest import Artifact, encode_manifest, make_manifest, sign_manifest
+from pyphase.boot.manifest import Artifact, encode_manifest, make_boot_manifest, sign_manifest
 from pyphase.boot.server import ArtifactServer
 from pyphase.boot.store import ArtifactStore
 from pyphase.identity import Identity
@@ -37,7 +36,7 @@ def publish(store_dir: Path, key: Identity, kernel: Path, initramfs: Path, *, cm
     store = ArtifactStore(store_dir)
     k, i = store.add_file(kernel), store.add_file(initramfs)
     now = int(time.time())
-    doc = make_manifest(k, i, cmdline, release=release, created_at=created_at or now,
+    doc = make_boot_manifest(k, i, cmdline, release=release, created_at=created_at or now,
                         expires_at=expires_at or now + 3600)
     signed = sign_manifest(doc, key.signing_key)
     store.write_manifest(signed)
@@ -101,7 +100,7 @@ def test_happy_path_falls_back_to_live_source_and_reaches_stage2(boot_kit: dict,
                 m = q.wait_for_match(ADDRESS_RE, 30)
                 assert m, q.text[-3000:]
                 wat = request.getfixturevalue("wat")
-                from pyphase.client import Client
+                from pyphase import Client
 
                 with Client([f"{m.group(1)}@127.0.0.1:{fwd}"], connect_timeout=30) as client:
                     result = client.submit(wat(ECHO_WAT), b"hello from the host", timeout=180, retries=2)

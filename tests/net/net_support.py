@@ -30,7 +30,8 @@ class NodeProc:
     """One ``plasmd`` process; ``restart()`` brings it back on the same address with the same identity."""
 
     def __init__(self, data_dir: Path, host: str, *, workers: int = 2, sandbox: bool = True, mdns: bool = False,
-                 misbehave: str | None = None, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+                 misbehave: str | None = None, extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 prefix: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.host = host
         self.port = 0
@@ -39,22 +40,23 @@ class NodeProc:
         self.mdns = mdns
         self.misbehave = misbehave
         self.extra = extra
+        self.prefix = prefix            # a command the node runs under, e.g. ("prlimit", "--nofile=256:4096")
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
         self.log_path = data_dir.with_suffix(".log")
 
     def start(self) -> NodeProc:
-        cmd = [sys.executable, "-m", "pyphase.daemon", "--listen", f"{self.host}:{self.port}",
+        # a node that cheats on purpose runs from the tests' launcher: the shipped daemon has no such switch
+        launcher = [str(Path(__file__).with_name("misbehaving_plasmd.py")), self.misbehave] if self.misbehave else [
+            "-m", "pyphase.daemon"]
+        cmd = [*self.prefix, sys.executable, *launcher, "--listen", f"{self.host}:{self.port}",
                "--data-dir", str(self.data_dir), "--workers", str(self.workers)]
         cmd += ["--mdns-interfaces", "127.0.0.1"] if self.mdns else ["--no-mdns"]
         if not self.sandbox:
             cmd.append("--no-sandbox")
         cmd += list(self.extra)
         env = dict(os.environ, PHASE_MDNS_INTERFACES="127.0.0.1", **self.env)
-        env.pop("PHASE_TEST_MISBEHAVE", None)
-        if self.misbehave:
-            env["PHASE_TEST_MISBEHAVE"] = self.misbehave
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env)
         log.close()

@@ -26,12 +26,9 @@ query for them.
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import itertools
 import os
 import random
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,102 +38,30 @@ import zmq
 import zmq.utils.monitor
 import zmq.utils.z85
 
+from pyphase.digests import sha256_text
 from pyphase.errors import NetworkError, NoPeers, QuorumError, VerificationError
-from pyphase.identity import Identity, public_key_from_peer_id
+from pyphase.identity import Identity
 from pyphase.limits import Limits
 from pyphase.manifest import make_manifest, new_nonce
 from pyphase.net import wire
-from pyphase.net.config import split_hostport
+from pyphase.net.addresses import parse_address, resolve_socks_proxy
 from pyphase.net.socks import SocksRelay
 from pyphase.receipt import verify_receipt
 from pyphase.result import Result
 
-__all__ = ["Client", "RemoteResult", "parse_address", "parse_socks_proxy", "resolve_socks_proxy",
-           "discovery_refused", "SOCKS_PROXY_ENV"]
+__all__ = ["Client", "RemoteResult", "discovery_refused"]
 
 DEFAULT_RETRIES = 3
 CONNECT_TIMEOUT_S = 2.0
 PROXY_CONNECT_TIMEOUT_S = 30.0  # through a proxy (Tor builds a circuit first): the default connect_timeout
-SOCKS_PROXY_ENV = "PHASE_SOCKS_PROXY"
 TIMEOUT_SLACK_S = 5.0
 MAX_BACKOFF_S = 1.0            # longest pause before re-asking a peer that failed, when no other is left
-ZERO_COPY_MIN = 256 << 10      # smaller frames are cheaper to copy than to track
 _MONITOR_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                    | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
-_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 _DROPPED = "connection dropped"
-
-
-def _valid_host(host: str) -> bool:
-    """An IPv4 or IPv6 literal (brackets already removed) or a DNS name (``localhost``, ``xxxx.onion``)."""
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            return False
-        return True
-    return 0 < len(host) <= 253 and all(_LABEL.match(label) for label in host.split("."))
-
-
-def parse_address(text: str) -> tuple[str, bytes, str, int]:
-    """``PEERID@HOST:PORT`` -> (peer id, Ed25519 public key, host, port); raises ``ValueError``.
-
-    HOST is an IP address or a DNS name. Names are resolved where the connection is made: by this
-    machine, or, through a SOCKS proxy, by the proxy (so ``PEERID@xxxx.onion:7465`` works through Tor).
-    A missing port means 7465.
-    """
-    peer_id, sep, hostport = text.strip().partition("@")
-    if not sep:
-        raise ValueError(f"a peer address is PEERID@HOST:PORT, got {text!r}")
-    key = public_key_from_peer_id(peer_id)
-    raw_host = hostport.rpartition(":")[0] if ":" in hostport else hostport
-    host, port = split_hostport(hostport)
-    bracketed = raw_host.startswith("[") or raw_host.endswith("]")
-    if bracketed and not (raw_host.startswith("[") and raw_host.endswith("]") and ":" in host):
-        host = ""                                        # "[::1:7000", "[name]:7000": not an address
-    if not raw_host.strip("[]") or not port or not _valid_host(host):
-        raise ValueError(f"a peer address needs a host (an IP address or a DNS name) and a port: {text!r}")
-    return peer_id.lower(), key, host, port
-
-
-def parse_socks_proxy(text: str) -> str:
-    """Check the ``HOST:PORT`` of a SOCKS5 proxy and return it normalised (no spaces, no leading zeros).
-
-    HOST is an IPv4 address, an IPv6 address in brackets (``[::1]:9050``) or a DNS name (resolved by this
-    machine: it names the proxy, not a peer); PORT is 1-65535 and required. Raises ``ValueError``.
-    """
-    value = text.strip()
-    if "://" in value:
-        raise ValueError(f"a SOCKS proxy is HOST:PORT, without a scheme (e.g. 127.0.0.1:9050), got {text!r}")
-    host, sep, port = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        bare, bracketed = host[1:-1], True
-    else:
-        bare, bracketed = host, False
-    ok = (sep and port.isascii() and port.isdigit() and 0 < int(port) <= 65535 and bare
-          and _valid_host(bare) and (":" in bare) == bracketed)
-    if not ok:
-        raise ValueError(f"a SOCKS proxy is HOST:PORT (e.g. 127.0.0.1:9050, [::1]:9050 or tor:9050; "
-                         f"port 1-65535), got {text!r}")
-    return f"{host}:{int(port)}"
-
-
-def resolve_socks_proxy(socks_proxy: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
-    """The proxy a :class:`Client` uses: ``socks_proxy`` when given (``""``: none, even if the variable is
-    set), else ``PHASE_SOCKS_PROXY`` from ``environ`` (default ``os.environ``; unset or empty: none).
-    The text is checked by :func:`parse_socks_proxy`; a bad value raises ``ValueError`` naming its source."""
-    if socks_proxy is not None:
-        return parse_socks_proxy(socks_proxy) if socks_proxy.strip() else None
-    value = (os.environ if environ is None else environ).get(SOCKS_PROXY_ENV, "")
-    if not value.strip():
-        return None
-    try:
-        return parse_socks_proxy(value)
-    except ValueError as exc:
-        raise ValueError(f"{SOCKS_PROXY_ENV}: {exc}") from None
 
 
 def discovery_refused(proxy: str) -> str:
@@ -376,6 +301,8 @@ class Client:
                             p.caps = msg["caps"]
                             p.load = wire.check_load(p.caps.get("load"))
                             waiting.pop(p.peer_id, None)
+        for p in waiting.values():      # no answer in time: not asked again on every submit while it sulks
+            self._mark_down(p)
 
     def _recv_all(self, peer: _Peer) -> list[list[bytes]]:
         out = []
@@ -407,7 +334,7 @@ class Client:
         limits = limits or Limits()
         job = _Job(bytes(module), bytes(input), list(args), dict(env or {}), entry, limits,
                    deterministic or replicas > 1, dict(requires or {}))
-        job.module_hash = "sha256:" + hashlib.sha256(job.module).hexdigest()
+        job.module_hash = sha256_text(job.module)
         if timeout is None:
             timeout = (limits.timeout_ms / 1000 if limits.timeout_ms else 3600.0) + TIMEOUT_SLACK_S
         with self._lock:
@@ -449,7 +376,7 @@ class Client:
 
     def _run(self, job: _Job, want: int, retries: int, timeout: float) -> list[RemoteResult]:
         probe = make_manifest(job.module, job.input, args=job.args, env=job.env, entry=job.entry, limits=job.limits,
-                              deterministic=job.deterministic, requires=job.requires)
+                              deterministic=job.deterministic, requires=job.requires, module_hash=job.module_hash)
         active: dict[bytes, _Attempt] = {}
         results: list[RemoteResult] = []
         budget = want + max(0, retries)
@@ -488,7 +415,7 @@ class Client:
         assert sock is not None
         try:
             sock.send_multipart(wire.encode("offer", (job.input,), job=attempt.tag, manifest=attempt.manifest),
-                                zmq.NOBLOCK, copy=len(job.input) < ZERO_COPY_MIN)
+                                zmq.NOBLOCK, copy=len(job.input) < wire.ZERO_COPY_MIN)
         except zmq.Again:
             return                      # not connected yet: POLLOUT will tell
         attempt.state = "offered"
@@ -535,8 +462,12 @@ class Client:
                     results: list[RemoteResult]) -> None:
         try:
             msg = wire.decode(frames)
-        except wire.WireError:
-            return                                     # garbage from a node is ignored; the timeout covers it
+        except wire.WireError as exc:
+            # garbage naming one of our jobs fails that attempt now; other garbage is ignored (the timeout covers it)
+            attempt = active.get(exc.job or b"")
+            if attempt is not None and attempt.peer is peer:
+                self._fail(job, active, attempt, f"malformed answer ({exc.code})", down_for=60.0)
+            return
         if msg.type == "caps":
             peer.caps = msg["caps"]
             peer.load = wire.check_load(peer.caps.get("load"))
@@ -544,6 +475,14 @@ class Client:
         attempt = active.get(msg.get("job") or b"")
         if attempt is None or attempt.peer is not peer:
             return                                     # a late answer to an attempt already given up
+        try:
+            self._on_answer(job, peer, msg, attempt, active, results)
+        except Exception as exc:   # every byte from a peer is hostile: a fault here fails that attempt only
+            if attempt.tag in active:
+                self._fail(job, active, attempt, f"malformed answer ({type(exc).__name__})", down_for=60.0)
+
+    def _on_answer(self, job: _Job, peer: _Peer, msg: wire.Message, attempt: _Attempt,
+                   active: dict[bytes, _Attempt], results: list[RemoteResult]) -> None:
         load = wire.check_load(msg.get("load"))
         if load is not None:
             peer.load = load
@@ -553,7 +492,7 @@ class Client:
                 peer.modules.discard(job.module_hash)
                 try:
                     peer.sock.send_multipart(wire.encode("module", (job.module,), job=attempt.tag),  # type: ignore[union-attr]
-                                             zmq.NOBLOCK, copy=len(job.module) < ZERO_COPY_MIN)
+                                             zmq.NOBLOCK, copy=len(job.module) < wire.ZERO_COPY_MIN)
                 except zmq.Again:
                     self._fail(job, active, attempt, "connection lost while sending the module")
         elif msg.type == "reject":

@@ -1,6 +1,6 @@
 """``phase boot``: release keys, signed boot manifests and the artifact server.
 
-The lead's CLI calls :func:`register`; ``python -m pyphase.boot`` runs the same commands alone.
+:func:`pyphase.cli.build_parser` calls :func:`register`; ``python -m pyphase.boot`` runs the same commands alone.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from pathlib import Path
 
 from pyphase.boot import keys
 from pyphase.boot.errors import BootError
-from pyphase.boot.manifest import ARCHES, Artifact, load_manifest, make_manifest, sign_manifest, verify_manifest
-from pyphase.boot.server import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, ArtifactServer
+from pyphase.boot.manifest import ARCHES, load_manifest, make_boot_manifest, sign_manifest, verify_manifest
+from pyphase.boot.server import (DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, DEFAULT_MIN_RATE,
+                                 DEFAULT_TIMEOUT, ArtifactServer)
 from pyphase.boot.store import ArtifactStore
 from pyphase.errors import PhaseError
 from pyphase.identity import default_home
+from pyphase.net.addresses import split_hostport
 
 _DURATION_RE = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -33,10 +35,10 @@ def _duration(text: str) -> int:
 
 
 def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    try:
+        return split_hostport(text, default_port=None, default_host="127.0.0.1")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}") from None
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -55,7 +57,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     initramfs = store.add_file(args.initramfs)
     now = int(time.time())
     expires_at = args.expires_at if args.expires_at is not None else now + args.expires_in
-    document = make_manifest(kernel, initramfs, args.cmdline, release=args.release, expires_at=expires_at,
+    document = make_boot_manifest(kernel, initramfs, args.cmdline, release=args.release, expires_at=expires_at,
                              created_at=now, arch=args.arch)
     signed = sign_manifest(document, secret.signing_key)
     path = store.write_manifest(signed)
@@ -84,6 +86,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise BootError(f"{root} is not a directory (create it with 'phase boot sign --store {root} ...')")
     good = ArtifactStore(root).scan()
     server = ArtifactServer(root, args.listen[0], args.listen[1], max_connections=args.max_connections,
+                            max_per_address=args.max_per_address, min_rate=args.min_rate,
                             timeout=args.timeout, quiet=args.quiet)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -154,7 +157,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("store", metavar="STORE")
     p.add_argument("--listen", type=_listen, default=("127.0.0.1", 8080), metavar="HOST:PORT",
                    help="address to listen on (default 127.0.0.1:8080; use 0.0.0.0:8080 to serve a LAN)")
-    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N")
+    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                   help="connections at once (default %(default)s); beyond it, 503 at once")
+    p.add_argument("--max-per-address", type=int, default=DEFAULT_MAX_PER_ADDRESS, metavar="N",
+                   help="connections from one source address (default %(default)s)")
+    p.add_argument("--min-rate", type=int, default=DEFAULT_MIN_RATE, metavar="BYTES",
+                   help="bytes per second a download must keep up, after 10 s (default %(default)s)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="per-connection socket timeout")
     p.add_argument("--quiet", action="store_true", help="do not log requests")
