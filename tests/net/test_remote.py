@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pyphase import Client, verify_receipt
+from pyphase import Client, Identity, verify_receipt
 from pyphase.errors import NetworkError
 
 
@@ -112,3 +112,14 @@ def test_cli_peers(start_nodes):
     rows = json.loads(out.stdout)
     assert sorted(r["address"] for r in rows) == sorted(n.address for n in nodes)
     assert all(r["reachable"] and r["load"]["workers"] == 2 for r in rows)
+
+
+def test_cli_peers_table_names_reachable_and_unreachable_nodes(start_nodes):
+    (node,) = start_nodes(1)
+    dead = f"{Identity.generate().peer_id}@127.0.0.1:1"      # nobody listens on port 1
+    out = subprocess.run([sys.executable, "-m", "pyphase", "peers", "--peer", node.address, "--peer", dead,
+                          "--wait", "2"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line for line in out.stdout.splitlines()}
+    assert lines[dead].endswith("unreachable")
+    assert "0/2 busy, 0 queued" in lines[node.address] and "wasm3" in lines[node.address]
