@@ -7,6 +7,9 @@
     python bench/run.py cbench [--quick] ...         native gcc -O2 vs the C core (cbench/run.sh)
     python bench/run.py deep [--reps N] [--json]     a 3,000-case C switch (deep nesting): cold start vs wasmtime-py
     python bench/run.py all --quick                  each of the above in turn, small sizes
+    python bench/run.py install [--arm]              wheel sizes, install from wheel vs sdist, idle plasmd memory,
+                                                     a job to an aarch64 node (needs tools/build-wheels.sh first;
+                                                     not part of "all")
 
 Further arguments go to the benchmark named. BENCHMARKS.md keeps the latest figures with their commands.
 """
@@ -28,16 +31,18 @@ BENCHMARKS = {
     "cbench": [str(ROOT / "cbench" / "run.sh")],
     "deep": [sys.executable, str(HERE / "deep_bench.py")],
 }
+# Run only by name: needs the wheels built and takes minutes.
+BY_NAME_ONLY = {"install": [sys.executable, str(HERE / "install_bench.py")]}
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in (*BENCHMARKS, "all") or argv[0] in ("-h", "--help"):
+    if not argv or argv[0] not in (*BENCHMARKS, *BY_NAME_ONLY, "all") or argv[0] in ("-h", "--help"):
         print(__doc__, file=sys.stderr)
         return 2
     name, rest = argv[0], argv[1:]
     env = dict(os.environ, PYTHON=sys.executable)
     if name != "all":
-        return subprocess.call([*BENCHMARKS[name], *rest], env=env)
+        return subprocess.call([*{**BENCHMARKS, **BY_NAME_ONLY}[name], *rest], env=env)
     status = 0
     for bench, cmd in BENCHMARKS.items():
         print(f"==> {bench}", flush=True)

@@ -354,6 +354,9 @@ static void death_result(phase_sandbox_slot *slot, const phase_sandbox_job *job,
     } else if (WIFSIGNALED(st)) {
         set_result_message(res, PHASE_CRASHED, "the worker was killed by %s (signal %d) mid-job; it was replaced",
                            signal_name(WTERMSIG(st)), WTERMSIG(st));
+    } else if (WIFEXITED(st) && WEXITSTATUS(st) == SANDBOX_EXIT_NO_SECCOMP) {
+        set_result_message(res, PHASE_CRASHED, "the worker could not confine itself: seccomp(2) is not available on "
+                           "this system (ENOSYS: a kernel without seccomp filters, or qemu-user emulation)");
     } else if (WIFEXITED(st) && WEXITSTATUS(st) == SANDBOX_EXIT_SETUP) {
         set_result_message(res, PHASE_CRASHED, "the worker could not confine itself (rlimits or seccomp failed)");
     } else {

@@ -33,6 +33,8 @@
 
 /* Worker exit code when it could not set itself up (rlimits, seccomp, ...). */
 #define SANDBOX_EXIT_SETUP 99
+/* ... because this system has no seccomp(2) (ENOSYS: a kernel without it, or qemu-user emulation). */
+#define SANDBOX_EXIT_NO_SECCOMP 98
 /* Worker exit code when the parent closed its channel without a job. */
 #define SANDBOX_EXIT_IDLE 0
 

@@ -33,7 +33,8 @@ trap 'rm -rf "$WORK"' EXIT
 ROOT=$WORK/root
 mkdir -p "$ROOT"/{bin,dev,proc,sys,run,tmp,etc/phase}
 
-make -s -C "$HERE/../csrc/boot" O="$WORK/tools" >&2
+# libsodium (bundled in PyNaCl's pinned sdist, static) is built once and cached in the repo's build/.
+make -s -C "$HERE/../csrc/boot" O="$WORK/tools" SODIUM_PREFIX="$HERE/../build/libsodium-boot" >&2
 cp "$WORK/tools/phase-boot" "$ROOT/bin/phase-boot"
 for n in phase-verify phase-fetch phase-discover; do ln -s phase-boot "$ROOT/bin/$n"; done
 

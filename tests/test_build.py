@@ -1,18 +1,24 @@
-"""The build's promises: wasm3 pinned and patched at build time, never committed, carried by our sdist."""
+"""The build's promises: wasm3 and libsodium pinned and fetched at build time, never committed, carried by our
+sdist, which installs offline into a fresh venv with nothing but a C compiler and links no shared libsodium."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import tarfile
+import tomllib
+import venv
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _fetch_module():
-    spec = importlib.util.spec_from_file_location("fetch_wasm3", ROOT / "tools" / "fetch_wasm3.py")
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(module)
@@ -26,7 +32,7 @@ def test_no_third_party_source_is_committed():
 
 
 def test_vendored_tree_matches_the_pin_and_patches_apply(tmp_path):
-    fetch = _fetch_module()
+    fetch = _load("fetch_wasm3")
     dest = tmp_path / "wasm3-src"
     subprocess.run([sys.executable, str(ROOT / "tools" / "fetch_wasm3.py"), "--dest", str(dest)], check=True,
                    capture_output=True, timeout=300)
@@ -37,7 +43,7 @@ def test_vendored_tree_matches_the_pin_and_patches_apply(tmp_path):
 
 
 def test_tampered_vendored_tree_is_detected(tmp_path):
-    fetch = _fetch_module()
+    fetch = _load("fetch_wasm3")
     copy = tmp_path / "w"
     copy.mkdir()
     for f in (ROOT / "third_party" / "wasm3").iterdir():
@@ -46,14 +52,64 @@ def test_tampered_vendored_tree_is_detected(tmp_path):
     assert fetch.tree_digest(copy) != fetch.TREE_SHA256
 
 
-def test_sdist_carries_wasm3_sources(tmp_path):
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from scikit_build_core.build import build_sdist
 
-    name = build_sdist(str(tmp_path))
-    with tarfile.open(tmp_path / name) as tar:
-        names = tar.getnames()
-    root = name[: -len(".tar.gz")]
-    assert f"{root}/third_party/wasm3/m3_exec.h" in names
-    assert f"{root}/third_party/wasm3/LICENSE" in names
-    assert f"{root}/csrc/phase_job.c" in names
-    assert not any("/build/" in n for n in names)
+    out = tmp_path_factory.mktemp("sdist")
+    return out / build_sdist(str(out))
+
+
+def test_sdist_carries_wasm3_and_libsodium_sources(sdist):
+    with tarfile.open(sdist) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    root = sdist.name[: -len(".tar.gz")]
+    assert f"{root}/third_party/wasm3/m3_exec.h" in members
+    assert f"{root}/third_party/wasm3/LICENSE" in members
+    assert f"{root}/third_party/libsodium/LICENSE" in members
+    assert members[f"{root}/third_party/libsodium/configure"].mode & 0o111, "configure lost its execute bit"
+    assert f"{root}/tools/pinned_sdist.py" in members
+    assert f"{root}/csrc/phase_job.c" in members
+    assert not any(n.startswith(f"{root}/build/") for n in members)
+
+
+def test_libsodium_tree_matches_the_pin():
+    fetch = _load("fetch_libsodium")
+    subprocess.run([sys.executable, str(ROOT / "tools" / "fetch_libsodium.py")], check=True, capture_output=True,
+                   timeout=300)
+    assert _load("pinned_sdist").tree_digest(ROOT / "third_party" / "libsodium") == fetch.PIN.tree_sha256
+    assert {"crypto_sign_verify_detached", "crypto_hash_sha256_init", "sodium_init"} <= fetch.functions_used()
+
+
+def _elf_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and p.read_bytes()[:4] == b"\x7fELF"]
+
+
+def test_sdist_installs_offline_in_a_fresh_venv_without_shared_libsodium(sdist, tmp_path):
+    """Build requirements and dependencies come from the index first; the sdist itself then builds with no index
+    at all (PIP_NO_INDEX reaches the fetch tools' pip too), so it must carry every third-party source."""
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    needs = project["build-system"]["requires"] + project["project"]["dependencies"]
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *needs], check=True,
+                   capture_output=True, timeout=600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PHASE_"))}
+    env["PIP_NO_INDEX"] = "1"
+    built = subprocess.run([str(py), "-m", "pip", "install", "--no-build-isolation", "--no-deps",
+                            "--disable-pip-version-check", str(sdist)], capture_output=True, text=True,
+                           timeout=1200, env=env, cwd=tmp_path)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    site = Path(subprocess.run([str(py), "-c", "import pyphase, os; print(os.path.dirname(pyphase.__file__))"],
+                               check=True, capture_output=True, text=True, cwd=tmp_path).stdout.strip())
+    binaries = _elf_files(site)
+    assert {p.name.split(".")[0] for p in binaries} >= {"_core", "_sandbox", "phase-sandboxd"}
+    for binary in binaries:
+        linked = subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
+        assert "sodium" not in linked, f"{binary.name} links a shared libsodium:\n{linked}"
+        exported = subprocess.run(["nm", "-D", "--defined-only", str(binary)], capture_output=True, text=True).stdout
+        assert "crypto_sign" not in exported, f"{binary.name} exports the bundled libsodium's symbols"
+    demo = subprocess.run([str(env_dir / "bin" / "phase"), "run", str(ROOT / "examples" / "hello" / "hello.wasm"),
+                           "--input", "Hello, World"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert demo.returncode == 0 and demo.stdout.strip() == "dlroW ,olleH", demo.stdout + demo.stderr

@@ -20,7 +20,7 @@ RUN_SH = ROOT / "cbench" / "run.sh"
 
 
 def _need_toolchain() -> None:
-    for tool in ("cmake", "gcc", "pkg-config"):
+    for tool in ("cmake", "gcc"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
     if importlib.util.find_spec("ziglang") is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from pyphase.identity import Identity
 ROOT = Path(__file__).resolve().parents[2]
 CSRC_BOOT = ROOT / "csrc" / "boot"
 LIBDIR = Path("/usr/lib/x86_64-linux-gnu")
+SODIUM_BOOT = ROOT / "build" / "libsodium-boot"
 
 
 def require(tool: str, package: str) -> str:
@@ -33,12 +35,13 @@ def phase_boot_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Build the static stage-1 tools once per session; the directory holds phase-verify etc."""
     require("gcc", "gcc")
     require("make", "make")
-    for lib, pkg in (("libsodium.a", "libsodium-dev"), ("libjansson.a", "libjansson-dev")):
+    for lib, pkg in (("libjansson.a", "libjansson-dev"), ("libcares.a", "libc-ares-dev")):
         if not (LIBDIR / lib).exists():
             pytest.skip(f"{LIBDIR / lib} not found (apt-get install {pkg})")
     out = tmp_path_factory.mktemp("phase-boot-bin")
-    proc = subprocess.run(["make", "-s", "-C", str(CSRC_BOOT), f"O={out}"], capture_output=True, text=True,
-                          timeout=300)
+    # libsodium (bundled, static) is built once into the repo's build/ and reused by later sessions.
+    proc = subprocess.run(["make", "-s", "-C", str(CSRC_BOOT), f"O={out}", f"SODIUM_PREFIX={SODIUM_BOOT}",
+                           f"PYTHON={sys.executable}"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
 

@@ -10,8 +10,9 @@ out="$root/build/fuzz"
 mkdir -p "$out/obj"
 cc=${CC:-clang-14}
 python3 "$root/tools/fetch_wasm3.py" --dest "$out/wasm3-src"
+python3 "$root/tools/fetch_libsodium.py" --build "$out/libsodium" --cc "$cc"
 w3="$out/wasm3-src/wasm3"
-common=(-g -O2 -fno-omit-frame-pointer -I "$root/csrc" -I "$w3" -Dd_m3HasWASI=0 -Dd_m3LogOutput=0)
+common=(-g -O2 -fno-omit-frame-pointer -I "$root/csrc" -I "$w3" -I "$out/libsodium/include" -Dd_m3HasWASI=0 -Dd_m3LogOutput=0)
 objs=()
 for f in "$w3"/*.c; do
     o="$out/obj/w3_$(basename "$f" .c).o"
@@ -24,5 +25,5 @@ for f in "$root"/csrc/phase_job.c "$root"/csrc/phase_wasi.c "$root"/csrc/phase_c
     objs+=("$o")
 done
 "$cc" "${common[@]}" -fsanitize=fuzzer,address,undefined "$root/tests/fuzz/fuzz_module.c" "${objs[@]}" \
-    -lsodium -lpthread -lm -o "$out/fuzz_module"
+    "$out/libsodium/lib/libsodium.a" -lpthread -lm -o "$out/fuzz_module"
 echo "$out/fuzz_module"

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Provide libsodium to the build: the copy bundled in PyNaCl's pinned sdist, built static and PIC.
+
+Sources, in order: ``third_party/libsodium/`` in the source tree (an sdist of ours carries it, so it installs
+offline); otherwise the ``pynacl==1.6.2`` sdist fetched by name with pip, checked against its pinned sha256, and
+its ``src/libsodium/`` tree (libsodium 1.0.20) unpacked there. The tree is always checked against its digest.
+
+``--build PREFIX`` configures and builds it out of tree (``--disable-shared --enable-static --with-pic
+--disable-pie --enable-minimal``), installs it into PREFIX, and checks that every libsodium function csrc/
+calls is defined in ``libsodium.a``. A PREFIX already built from the same tree with the same compiler and
+flags is kept as it is; builds run in a private staging folder and are renamed into place, so two builds
+at once never see each other's half-done files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pinned_sdist import Pin, fail, provide  # noqa: E402
+
+PIN = Pin(package="pynacl", version="1.6.2",
+          sdist_sha256="018494d6d696ae03c7e656e5e74cdfd8ea1326962cc401bcf018f1ed8436811c",
+          # tree digest (pinned_sdist.tree_digest) over PyNaCl's src/libsodium/
+          tree_sha256="31b8ccaaeb4d276ad3cf86121eaf9409d87bc6adab6f3e28219216c036d7c8b2")
+
+ROOT = Path(__file__).resolve().parent.parent
+VENDOR = ROOT / "third_party" / "libsodium"
+CSRC = ROOT / "csrc"
+CONFIGURE_FLAGS = ["--disable-shared", "--enable-static", "--with-pic", "--disable-pie", "--enable-minimal",
+                   "--disable-dependency-tracking"]
+WHO = "fetch_libsodium"
+
+
+def select(rel: str) -> str | None:
+    """PyNaCl's bundled libsodium tree, whole (configure expects every Makefile.in it names)."""
+    prefix = "src/libsodium/"
+    return rel[len(prefix):] if rel.startswith(prefix) else None
+
+
+def functions_used() -> set[str]:
+    """Every libsodium function csrc/ calls: the names the built library must define."""
+    call = re.compile(r"\b((?:crypto|sodium|randombytes)_\w+)\s*\(")
+    return {m.group(1) for path in CSRC.rglob("*.[ch]") for m in call.finditer(path.read_text(errors="replace"))}
+
+
+def defined_symbols(archive: Path, nm: str) -> set[str]:
+    out = subprocess.run([nm, "-g", "--defined-only", str(archive)], capture_output=True, text=True)
+    if out.returncode != 0:
+        fail(WHO, f"{nm} could not read {archive}: {out.stderr.strip()}")
+    return {line.split()[-1] for line in out.stdout.splitlines() if len(line.split()) == 3}
+
+
+def build(prefix: Path, cc: str, cflags: str, host: str | None, nm: str) -> None:
+    recipe = "\n".join([PIN.tree_sha256, cc, cflags, host or "", *CONFIGURE_FLAGS])
+    stamp = hashlib.sha256(recipe.encode()).hexdigest()
+    library = prefix / "lib" / "libsodium.a"
+    if library.is_file() and (prefix / "phase-build-stamp").is_file() \
+            and (prefix / "phase-build-stamp").read_text().strip() == stamp:
+        return
+    staging = prefix.with_name(f"{prefix.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    work = staging / "build"
+    work.mkdir(parents=True)
+    env = dict(os.environ, CC=cc, CFLAGS=cflags)
+    configure = ["sh", str(VENDOR / "configure"), f"--prefix={staging}", *CONFIGURE_FLAGS]
+    if host:
+        configure.append(f"--host={host}")
+    jobs = str(len(os.sched_getaffinity(0)))
+    for step in (configure, ["make", "-j", jobs], ["make", "install"]):
+        print(f"{WHO}: {' '.join(step[:3])} …", file=sys.stderr)
+        result = subprocess.run(step, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if result.returncode != 0:
+            log = work / "config.log"
+            hint = f" (see {log})" if log.exists() else ""
+            fail(WHO, f"`{' '.join(step)}` failed{hint}:\n{result.stderr[-4000:]}")
+    missing = functions_used() - defined_symbols(staging / "lib" / "libsodium.a", nm)
+    if missing:
+        fail(WHO, f"libsodium built with {' '.join(CONFIGURE_FLAGS)} lacks what csrc/ calls: {', '.join(sorted(missing))}")
+    shutil.rmtree(work)
+    for unused in ("share", "lib/pkgconfig", "lib/libsodium.la"):
+        shutil.rmtree(staging / unused, ignore_errors=True) if (staging / unused).is_dir() \
+            else (staging / unused).unlink(missing_ok=True)
+    (staging / "phase-build-stamp").write_text(stamp + "\n")
+    shutil.rmtree(prefix, ignore_errors=True)
+    try:
+        staging.rename(prefix)
+    except OSError:                       # another build renamed the same result into place first
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--build", type=Path, metavar="PREFIX", help="build and install static libsodium here")
+    parser.add_argument("--cc", default=os.environ.get("CC", "cc"), help="C compiler (default: $CC or cc)")
+    parser.add_argument("--cflags", default=os.environ.get("CFLAGS", "-O2"), help="C flags (default: $CFLAGS or -O2)")
+    parser.add_argument("--host", help="configure's --host when cross-compiling (e.g. aarch64-linux-gnu)")
+    parser.add_argument("--nm", default=os.environ.get("NM", "nm"), help="nm used to check the built library")
+    args = parser.parse_args()
+
+    provide(PIN, VENDOR, select, WHO)
+    if args.build is not None:
+        build(args.build.resolve(), args.cc, args.cflags, args.host, args.nm)
+
+
+if __name__ == "__main__":
+    main()
