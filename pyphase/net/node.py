@@ -24,7 +24,6 @@ import struct
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
 import zmq
