@@ -23,7 +23,7 @@ from pyphase.errors import IdentityError, SandboxUnavailable
 from pyphase.identity import Identity
 from pyphase.net import config as config_mod
 from pyphase.net.config import NodeConfig, load_config
-from pyphase.net.node import EventLog, Node
+from pyphase.net.node import EventLog, ListenError, Node
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,15 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"plasmd: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"plasmd: {exc}", file=sys.stderr)
+        print(f"plasmd: {exc.strerror if isinstance(exc, ListenError) else exc}", file=sys.stderr)
         return 1
-    except Exception as exc:
-        import zmq
-
-        if isinstance(exc, zmq.ZMQError):
-            print(f"plasmd: cannot listen on {config.listen}: {exc}", file=sys.stderr)
-            return 1
-        raise
 
 
 if __name__ == "__main__":

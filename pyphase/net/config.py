@@ -58,6 +58,20 @@ def split_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def check_listen(text: str, key: str, default_port: int = DEFAULT_PORT) -> None:
+    """Refuse a listen address that would not mean what it seems: a bare port (``7071`` would be read as a host
+    named 7071) or a malformed ``HOST:PORT``; the message says what to write instead."""
+    value = text.strip()
+    if value.isdigit():
+        raise ValueError(f"{key} {text!r} is a port without a host: write 127.0.0.1:{value} (this machine only) "
+                         f"or 0.0.0.0:{value} (every interface)")
+    try:
+        split_hostport(value, default_port)
+    except ValueError:
+        raise ValueError(f"{key} {text!r} is not HOST:PORT (e.g. 127.0.0.1:{default_port}; port 0-65535, "
+                         f"0 for any free port)") from None
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     listen: str = f"0.0.0.0:{DEFAULT_PORT}"
@@ -163,8 +177,8 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     if unknown:
         raise ValueError(f"unknown settings: {sorted(unknown)}")
     config = NodeConfig(**changes)
-    split_hostport(config.listen)
-    split_hostport(config.boot_listen, 8080)
+    check_listen(config.listen, "listen")
+    check_listen(config.boot_listen, "boot_listen", 8080)
     if config.log_format not in ("json", "text"):
         raise ValueError(f"log_format must be json or text, got {config.log_format!r}")
     return config

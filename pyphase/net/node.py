@@ -60,6 +60,21 @@ def fast_timestamp() -> str:
     return f"{_second_text[1]}.{int((now - second) * 1000):03d}Z"
 
 
+class ListenError(OSError):
+    """The node cannot bind its address; the message says which address, why, and what to change."""
+
+    def __init__(self, host: str, port: int, errno: int) -> None:
+        import errno as errnos
+
+        hint = {errnos.EADDRINUSE: "another process holds that port: stop it, or pick another port "
+                                   "(--listen HOST:PORT; port 0 takes any free port)",
+                errnos.EADDRNOTAVAIL: "no interface of this machine has that address (127.0.0.1: this machine "
+                                      "only; 0.0.0.0: every interface)",
+                errnos.EACCES: "ports below 1024 need root: pick a port above 1024",
+                errnos.ENODEV: "the host is neither an address of this machine nor a name it resolves"}.get(errno, "")
+        super().__init__(errno, f"cannot listen on {host}:{port}: {os.strerror(errno)}" + (f"; {hint}" if hint else ""))
+
+
 class _CachedIdentity(Identity):
     """The node's identity with its public key and peer id computed once (every receipt names them)."""
 
@@ -149,9 +164,6 @@ class Node:
     # ---- life cycle ------------------------------------------------------------------------------
 
     async def start(self) -> str:
-        if self.executor is None:
-            self.executor = make_executor(self.config.worker_count, self.config.sandbox,
-                                          warn=lambda msg: self.log("warning", message=msg))
         if self.misbehave:
             self.log("warning", message=f"TEST ONLY: this node misbehaves on purpose ({self.misbehave})")
         self.zap = self.ctx.socket(zmq.REP)
@@ -172,12 +184,19 @@ class Node:
         sock.linger = 1000
         host, port = split_hostport(self.config.listen)
         bind_host = "*" if host in ("0.0.0.0", "*", "") else host
-        sock.bind(f"tcp://{bind_host}:{port}")
+        try:
+            sock.bind(f"tcp://{bind_host}:{port}")
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)        # an unclosed socket would hold ctx.term() (and plasmd) forever
+            raise ListenError(host, port, exc.errno) from None
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.port = int(endpoint.rsplit(":", 1)[1])
         self.host = host if bind_host != "*" else (self.config.advertise or "127.0.0.1")
         self.sock = sock
         self.address = f"{self.identity.peer_id}@{self.host}:{self.port}"
+        if self.executor is None:       # after the bind: a port in use fails before the sandbox starts
+            self.executor = make_executor(self.config.worker_count, self.config.sandbox,
+                                          warn=lambda msg: self.log("warning", message=msg))
         loop = asyncio.get_running_loop()
         loop.add_reader(self.zap.fileno(), self._on_zap)
         loop.add_reader(sock.fileno(), self._on_readable)
@@ -220,6 +239,9 @@ class Node:
             self._reject(rid, tag, "shutting_down", "the node stopped before the job finished")
 
     async def close(self) -> None:
+        if not self._stopping:          # closed without a stop request (a failed start): same events, same order
+            self._stopping = True
+            self.log("stopping", running=len(self._running), pending=len(self._pending))
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
