@@ -104,8 +104,16 @@ class NetworkError(PhaseError):
     def __init__(self, message: str, attempts: list[tuple[str, str]] | None = None) -> None:
         self.attempts = list(attempts or [])
         if self.attempts:
-            message += ": " + "; ".join(f"{peer[:12]}: {why}" for peer, why in self.attempts)
+            message += ": " + "; ".join(describe_attempts(self.attempts))
         super().__init__(message)
+
+
+def describe_attempts(attempts: list[tuple[str, str]]) -> list[str]:
+    """One line per distinct ``(peer, why)``, in order, with a count when it happened more than once."""
+    counts: dict[tuple[str, str], int] = {}
+    for attempt in attempts:
+        counts[attempt] = counts.get(attempt, 0) + 1
+    return [f"{peer[:12]}: {why}" + (f" ({n} times)" if n > 1 else "") for (peer, why), n in counts.items()]
 
 
 class NoPeers(NetworkError):

@@ -112,3 +112,36 @@ def test_cli_peers(start_nodes):
     rows = json.loads(out.stdout)
     assert sorted(r["address"] for r in rows) == sorted(n.address for n in nodes)
     assert all(r["reachable"] and r["load"]["workers"] == 2 for r in rows)
+
+
+def test_no_peers_says_which_peer_refused_what_and_what_it_allows(start_nodes, hello_bytes):
+    from pyphase import Limits
+    from pyphase.errors import NoPeers
+
+    (node,) = start_nodes(1)
+    peer_id = node.address.split("@")[0]
+    with Client(peers=[node.address]) as client:
+        for limits, says in ((Limits(memory_bytes=512 << 20), "memory_bytes 512 MiB exceeds the ceiling 256 MiB"),
+                             (Limits(timeout_ms=120_000), "timeout_ms 2 min exceeds the ceiling 1 min")):
+            with pytest.raises(NoPeers) as info:
+                client.submit(hello_bytes, limits=limits)
+            assert info.value.attempts == [(peer_id, f"not offered: it allows less than the job asks: {says}")]
+            assert says in str(info.value) and peer_id[:12] in str(info.value)
+    assert node.events("offer") == []
+
+
+def test_a_peer_that_is_down_is_reported_once_and_fast(start_nodes, hello_bytes):
+    import time
+
+    from pyphase.errors import NoPeers
+
+    (node,) = start_nodes(1)
+    dead = node.address.rsplit(":", 1)[0] + ":1"
+    started = time.monotonic()
+    with Client(peers=[dead]) as client:
+        with pytest.raises(NoPeers) as info:
+            client.submit(hello_bytes, retries=3)
+    took = time.monotonic() - started
+    assert took < 2.0, took
+    assert len(info.value.attempts) == 1, info.value.attempts
+    assert str(info.value).count("connection refused") == 1 and f"{node.host}:1" in str(info.value), str(info.value)
