@@ -165,7 +165,7 @@ async def _announce(identity: Identity, host: str, port: int, caps: dict[str, An
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.help_config:
-        print(config_mod.__doc__)
+        print(config_mod.help_text(), end="")
         return 0
     try:
         config = load_config(args.config, listen=args.listen, advertise=args.advertise,

@@ -29,6 +29,10 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     output          = "16MiB"
     module          = "16MiB"           # largest module accepted ("module_too_big")
     input           = "16MiB"           # largest input accepted ("input_too_big")
+
+Sizes and durations are text with a unit: B; KB, MB, GB (powers of 1000); KiB, MiB, GiB (powers of 1024);
+ms, s, m (minutes), h. A bare number in text is refused (is "64" bytes or MiB?), except 0 (for timeout: no
+limit); a TOML integer size is a byte count.
 """
 
 from __future__ import annotations
@@ -42,6 +46,11 @@ from typing import Any, Mapping
 from pyphase.limits import Limits, parse_duration_ms, parse_size
 
 DEFAULT_PORT = 7465
+
+
+def help_text() -> str:
+    """This module's documentation as ``plasmd --help-config`` prints it: plain text, not reST."""
+    return (__doc__ or "").replace("``", "").replace("::\n", ":\n").strip() + "\n"
 
 
 def default_data_dir() -> Path:

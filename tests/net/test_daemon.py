@@ -20,6 +20,7 @@ def test_help_and_help_config():
     out = subprocess.run([sys.executable, "-m", "pyphase.daemon", "--help-config"], capture_output=True, text=True,
                          timeout=30)
     assert "cache_bytes" in out.stdout and "[limits]" in out.stdout
+    assert "``" not in out.stdout and "::" not in out.stdout, out.stdout     # plain text, not reST
 
 
 def test_config_file_env_and_flags(tmp_path):
