@@ -39,13 +39,13 @@ from pyphase.result import Result
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION, Module, run
 
 if TYPE_CHECKING:
-    from pyphase.client import Client
+    from pyphase.net.client import Client
     from pyphase.sandbox import Sandbox
 
 __version__ = "0.1.0"
 
 # Heavier parts load on first use so that `import pyphase` stays cheap for the CLI and workers.
-_LAZY = {"Client": "pyphase.client", "Sandbox": "pyphase.sandbox"}
+_LAZY = {"Client": "pyphase.net.client", "Sandbox": "pyphase.sandbox"}
 
 
 def __getattr__(name: str) -> Any:

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from pyphase.errors import IdentityError, SandboxUnavailable
 from pyphase.identity import Identity
 from pyphase.net import config as config_mod
+from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig, load_config
 from pyphase.net.node import EventLog, ListenError, Node
 
@@ -121,7 +122,7 @@ class _BootSource:
         if not root.is_dir():
             raise OSError(f"boot_store {root} is not a directory (make one with 'phase boot sign --store {root}')")
         good = ArtifactStore(root).scan()
-        host, port = config_mod.split_hostport(self.config.boot_listen, 8080)
+        host, port = split_hostport(self.config.boot_listen, 8080)
         try:
             self.server = ArtifactServer(root, host, port).start()
         except OSError as exc:

@@ -12,7 +12,7 @@ import sys
 import sysconfig
 
 WANTED = ["pyphase", "pyphase._core", "pyphase.cli", "pyphase.boot", "pyphase.daemon", "nacl.signing",
-          "nacl.bindings", "zmq", "msgpack", "fastjsonschema", "pyphase.client", "pyphase.net.discovery",
+          "nacl.bindings", "zmq", "msgpack", "fastjsonschema", "pyphase.net.client", "pyphase.net.discovery",
           "zeroconf", "ifaddr"]  # the last three: mDNS in Local mode (imported lazily by plasmd)
 baseline = set(sys.modules)
 loaded, missing = [], []

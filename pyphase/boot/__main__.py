@@ -2,6 +2,6 @@
 
 import sys
 
-from pyphase.boot.cli import main
+from pyphase.cli.boot import main
 
 sys.exit(main())

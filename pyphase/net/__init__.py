@@ -1,5 +1,6 @@
-"""Phase's peer layer: the ``phase/1`` wire codec, the node, its module cache and executors, LAN discovery.
+"""Phase's peer layer, both ends of ``phase/1``: the client, the wire codec, the node and its module cache,
+addresses and SOCKS proxies, LAN discovery.
 
-Users want :class:`pyphase.Client` (``pyphase/client.py``) and the ``plasmd`` daemon (``pyphase/daemon.py``);
+Users want :class:`pyphase.Client` (``pyphase/net/client.py``) and the ``plasmd`` daemon (``pyphase/daemon.py``);
 ``docs/NETWORK.md`` describes the protocol.
 """

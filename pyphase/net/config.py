@@ -44,9 +44,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pyphase.limits import Limits, parse_duration_ms, parse_size
-
-DEFAULT_PORT = 7465
-
+from pyphase.net.addresses import DEFAULT_PORT, split_hostport
 
 def help_text() -> str:
     """This module's documentation as ``plasmd --help-config`` prints it: plain text, not reST."""
@@ -56,15 +54,6 @@ def help_text() -> str:
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "phase" / "node"
-
-
-def split_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        return text, default_port
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"not HOST:PORT: {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def check_listen(text: str, key: str, default_port: int = DEFAULT_PORT) -> None:

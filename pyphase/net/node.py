@@ -31,8 +31,9 @@ from pyphase.limits import Limits
 from pyphase.manifest import job_id
 from pyphase.net import wire
 from pyphase.net.cache import ModuleCache
-from pyphase.net.config import NodeConfig, split_hostport
-from pyphase.net.executor import Executor, failed_result, job_kwargs, make_executor
+from pyphase.net.addresses import split_hostport
+from pyphase.net.config import NodeConfig
+from pyphase.sandbox.executor import Executor, failed_result, job_kwargs, make_executor
 from pyphase.receipt import make_receipt, machine_arch
 from pyphase.result import Result, hash_text
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION

@@ -27,7 +27,7 @@ from python_socks import ProxyConnectionError, ProxyTimeoutError, ProxyType
 from python_socks import ProxyError as SocksProxyError
 from python_socks.sync import Proxy
 
-from pyphase.net.config import split_hostport
+from pyphase.net.addresses import split_hostport
 
 __all__ = ["ProxyError", "SocksRelay", "socks5_connect"]
 

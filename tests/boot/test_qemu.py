@@ -101,7 +101,7 @@ def test_happy_path_falls_back_to_live_source_and_reaches_stage2(boot_kit: dict,
                 m = q.wait_for_match(ADDRESS_RE, 30)
                 assert m, q.text[-3000:]
                 wat = request.getfixturevalue("wat")
-                from pyphase.client import Client
+                from pyphase import Client
 
                 with Client([f"{m.group(1)}@127.0.0.1:{fwd}"], connect_timeout=30) as client:
                     result = client.submit(wat(ECHO_WAT), b"hello from the host", timeout=180, retries=2)

@@ -7,9 +7,9 @@ import pytest
 import zmq.utils.z85
 
 from pyphase import Client, Identity
-from pyphase.net import executor as executor_mod
+from pyphase.sandbox import executor as executor_mod
 from pyphase.errors import SandboxUnavailable
-from pyphase.net.executor import EMPTY_MODULE, ThreadExecutor, make_executor
+from pyphase.sandbox.executor import EMPTY_MODULE, ThreadExecutor, make_executor
 
 
 def test_node_records_the_authenticated_client_key(start_nodes, hello_bytes):

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyphase import Client, Identity
-from pyphase.client import parse_address
+from pyphase.net.addresses import parse_address
 from pyphase.manifest import make_manifest
 from pyphase.net import wire
 

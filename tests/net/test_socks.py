@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from pyphase import Client, verify_receipt
-from pyphase.client import parse_address, parse_socks_proxy, resolve_socks_proxy
+from pyphase.net.addresses import parse_address, parse_socks_proxy, resolve_socks_proxy
 from pyphase.errors import NetworkError, NoPeers
 
 PROXY_SOURCE = "127.0.0.254"        # microsocks -b: where the proxy's own connections come from

@@ -1,6 +1,6 @@
 """``phase boot``: release keys, signed boot manifests and the artifact server.
 
-The lead's CLI calls :func:`register`; ``python -m pyphase.boot`` runs the same commands alone.
+:func:`pyphase.cli.build_parser` calls :func:`register`; ``python -m pyphase.boot`` runs the same commands alone.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pyphase.boot.server import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, Artifa
 from pyphase.boot.store import ArtifactStore
 from pyphase.errors import PhaseError
 from pyphase.identity import default_home
+from pyphase.net.addresses import split_hostport
 
 _DURATION_RE = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -33,10 +34,10 @@ def _duration(text: str) -> int:
 
 
 def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    try:
+        return split_hostport(text, default_port=None, default_host="127.0.0.1")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}") from None
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """``phase submit`` and ``phase peers``: the network half of the ``phase`` command.
 
-``pyphase.cli`` calls :func:`register` with its sub-parsers; ``python -m pyphase.netcli`` runs these two
-commands on their own. Uses only the public API (:class:`pyphase.Client`).
+:func:`pyphase.cli.build_parser` calls :func:`register` with its sub-parsers. Uses only the public API
+(:class:`pyphase.Client`).
 """
 
 from __future__ import annotations
@@ -10,12 +10,20 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from pyphase.cli.jobs import (
+    EXIT_FAILED,
+    EXIT_NETWORK,
+    EXIT_QUORUM,
+    UsageError,
+    add_job_options,
+    emit_result,
+    fail,
+    load_identity,
+    read_job,
+)
 from pyphase.errors import NetworkError, QuorumError
-
-EXIT_NETWORK = 69      # EX_UNAVAILABLE: no peer could run the job
-EXIT_QUORUM = 1        # replicas disagreed: like a failed verification
 
 EPILOG_SUBMIT = """\
 The job runs on a peer (given with --peer, else found on the LAN) and its receipt is verified
@@ -37,30 +45,28 @@ examples:
 
 def _client(args: argparse.Namespace) -> Any:
     from pyphase import Client
-    from pyphase.cli import _identity
-    from pyphase.client import discovery_refused, resolve_socks_proxy
+    from pyphase.net.addresses import resolve_socks_proxy
+    from pyphase.net.client import discovery_refused
 
     proxy = resolve_socks_proxy(args.socks_proxy)
     if not args.peer and proxy is not None:     # a usage error, as in 'phase peers': name the peers
         raise ValueError(discovery_refused(proxy))
-    identity = _identity(args.identity) if getattr(args, "identity", None) else None
+    identity = load_identity(args.identity) if getattr(args, "identity", None) else None
     return Client(peers=args.peer or None, identity=identity, discover_timeout=args.discover_timeout,
                   socks_proxy=proxy or "")        # resolved above: "" keeps Client from reading the variable again
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from pyphase.cli import UsageError, _fail, emit_result, read_job
-
     try:
         module, limits, env, job_input = read_job(args)
     except UsageError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     if args.replicas < 1 or args.retries < 0:
-        return _fail("--replicas must be at least 1 and --retries at least 0")
+        return fail("--replicas must be at least 1 and --retries at least 0")
     try:
         client = _client(args)
     except ValueError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     try:
         result = client.submit(module, job_input, args=args.arg, env=env, entry=args.entry, limits=limits,
                                retries=args.retries, replicas=args.replicas, deterministic=args.deterministic)
@@ -78,31 +84,23 @@ def cmd_submit(args: argparse.Namespace) -> int:
         client.close()
     for peer in result.dissent:
         print(f"phase: warning: peer {peer} returned a different output (outvoted)", file=sys.stderr)
-    if args.json:
-        from pyphase.cli import STATUS_EXIT_CODES
-
-        if args.receipt and result.receipt is not None:
-            Path(args.receipt).write_text(json.dumps(result.receipt, indent=2, sort_keys=True) + "\n")
-        doc = result.to_json()
-        doc.update(receipt=result.receipt, peer=result.peer, dissent=list(result.dissent),
-                   attempts=[list(a) for a in result.attempts])
-        if args.replicas > 1:
-            doc["receipts"] = list(result.receipts)
-        print(json.dumps(doc, sort_keys=True))
-        return int(result.exit_code) & 0xFF if result.status == "ok" else STATUS_EXIT_CODES.get(result.status, 1)
-    return emit_result(result, args, result.receipt)
+    extra: dict[str, Any] = dict(peer=result.peer, dissent=list(result.dissent),
+                                 attempts=[list(a) for a in result.attempts])
+    if args.replicas > 1:
+        extra["receipts"] = list(result.receipts)
+    return emit_result(result, args, result.receipt, extra)
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
-    from pyphase.cli import _fail
-    from pyphase.client import discovery_refused, resolve_socks_proxy
+    from pyphase.net.addresses import resolve_socks_proxy
+    from pyphase.net.client import discovery_refused
 
     try:
         proxy = resolve_socks_proxy(args.socks_proxy)
     except ValueError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     if not args.peer and proxy is not None:
-        return _fail(discovery_refused(proxy))
+        return fail(discovery_refused(proxy))
     if not args.peer:
         # listing is the point here: browse for the whole --discover-timeout, not until the first answer
         from pyphase.net.discovery import discover
@@ -110,14 +108,14 @@ def cmd_peers(args: argparse.Namespace) -> int:
         try:
             args.peer = [p.address for p in discover(args.discover_timeout, settle=None)]
         except ImportError as exc:
-            return _fail(f"LAN discovery needs the zeroconf package ({exc})", 1)
+            return fail(f"LAN discovery needs the zeroconf package ({exc})", EXIT_FAILED)
         if not args.peer:
             print("no peers found", file=sys.stderr)
             return 1
     try:
         client = _client(args)
     except ValueError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     try:
         caps = client.capabilities(timeout=args.wait)
     finally:
@@ -134,7 +132,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
         return 0
     if not rows:
         print("no peers found", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     for row in rows:
         if not row["reachable"]:
             print(f"{row['address']}  unreachable")
@@ -147,8 +145,6 @@ def cmd_peers(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``submit`` and ``peers`` to the ``phase`` command's sub-parsers."""
-    from pyphase.cli import add_job_options
-
     p = subparsers.add_parser("submit", help="run a module on a peer and print its verified output",
                               description="Run MODULE.wasm on a Phase node and print its output once the "
                               "node's signed receipt verifies.", epilog=EPILOG_SUBMIT,
@@ -181,17 +177,3 @@ def _peer_options(p: argparse.ArgumentParser) -> None:
                    "$PHASE_SOCKS_PROXY; '' for none). Fails closed: never connects directly, refuses LAN "
                    "discovery (name peers with --peer); peer host names are resolved by the proxy (.onion works)")
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="phase")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    code: int = args.func(args)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

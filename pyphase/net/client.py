@@ -27,11 +27,9 @@ query for them.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import itertools
 import os
 import random
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,22 +40,20 @@ import zmq.utils.monitor
 import zmq.utils.z85
 
 from pyphase.errors import NetworkError, NoPeers, QuorumError, VerificationError
-from pyphase.identity import Identity, public_key_from_peer_id
+from pyphase.identity import Identity
 from pyphase.limits import Limits, format_size
 from pyphase.manifest import make_manifest, new_nonce
 from pyphase.net import wire
-from pyphase.net.config import split_hostport
+from pyphase.net.addresses import parse_address, resolve_socks_proxy
 from pyphase.net.socks import SocksRelay
 from pyphase.receipt import verify_receipt
 from pyphase.result import Result
 
-__all__ = ["Client", "RemoteResult", "parse_address", "parse_socks_proxy", "resolve_socks_proxy",
-           "discovery_refused", "SOCKS_PROXY_ENV"]
+__all__ = ["Client", "RemoteResult", "discovery_refused"]
 
 DEFAULT_RETRIES = 3
 CONNECT_TIMEOUT_S = 2.0
 PROXY_CONNECT_TIMEOUT_S = 30.0  # through a proxy (Tor builds a circuit first): the default connect_timeout
-SOCKS_PROXY_ENV = "PHASE_SOCKS_PROXY"
 TIMEOUT_SLACK_S = 5.0
 MAX_BACKOFF_S = 1.0            # longest pause before re-asking a peer that failed, when no other is left
 ZERO_COPY_MIN = 256 << 10      # smaller frames are cheaper to copy than to track
@@ -66,82 +62,12 @@ _MONITOR_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVEN
                    | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
-_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 _DROPPED = "connection dropped"
 _REFUSED = "connection refused"
 
 
 def _refused(peer: _Peer) -> str:
     return f"{_REFUSED} at {peer.host}:{peer.port}: nothing listens there (is plasmd running? is the address right?)"
-
-
-def _valid_host(host: str) -> bool:
-    """An IPv4 or IPv6 literal (brackets already removed) or a DNS name (``localhost``, ``xxxx.onion``)."""
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            return False
-        return True
-    return 0 < len(host) <= 253 and all(_LABEL.match(label) for label in host.split("."))
-
-
-def parse_address(text: str) -> tuple[str, bytes, str, int]:
-    """``PEERID@HOST:PORT`` -> (peer id, Ed25519 public key, host, port); raises ``ValueError``.
-
-    HOST is an IP address or a DNS name. Names are resolved where the connection is made: by this
-    machine, or, through a SOCKS proxy, by the proxy (so ``PEERID@xxxx.onion:7465`` works through Tor).
-    A missing port means 7465.
-    """
-    peer_id, sep, hostport = text.strip().partition("@")
-    if not sep:
-        raise ValueError(f"a peer address is PEERID@HOST:PORT, got {text!r}")
-    key = public_key_from_peer_id(peer_id)
-    raw_host = hostport.rpartition(":")[0] if ":" in hostport else hostport
-    host, port = split_hostport(hostport)
-    bracketed = raw_host.startswith("[") or raw_host.endswith("]")
-    if bracketed and not (raw_host.startswith("[") and raw_host.endswith("]") and ":" in host):
-        host = ""                                        # "[::1:7000", "[name]:7000": not an address
-    if not raw_host.strip("[]") or not port or not _valid_host(host):
-        raise ValueError(f"a peer address needs a host (an IP address or a DNS name) and a port: {text!r}")
-    return peer_id.lower(), key, host, port
-
-
-def parse_socks_proxy(text: str) -> str:
-    """Check the ``HOST:PORT`` of a SOCKS5 proxy and return it normalised (no spaces, no leading zeros).
-
-    HOST is an IPv4 address, an IPv6 address in brackets (``[::1]:9050``) or a DNS name (resolved by this
-    machine: it names the proxy, not a peer); PORT is 1-65535 and required. Raises ``ValueError``.
-    """
-    value = text.strip()
-    if "://" in value:
-        raise ValueError(f"a SOCKS proxy is HOST:PORT, without a scheme (e.g. 127.0.0.1:9050), got {text!r}")
-    host, sep, port = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        bare, bracketed = host[1:-1], True
-    else:
-        bare, bracketed = host, False
-    ok = (sep and port.isascii() and port.isdigit() and 0 < int(port) <= 65535 and bare
-          and _valid_host(bare) and (":" in bare) == bracketed)
-    if not ok:
-        raise ValueError(f"a SOCKS proxy is HOST:PORT (e.g. 127.0.0.1:9050, [::1]:9050 or tor:9050; "
-                         f"port 1-65535), got {text!r}")
-    return f"{host}:{int(port)}"
-
-
-def resolve_socks_proxy(socks_proxy: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
-    """The proxy a :class:`Client` uses: ``socks_proxy`` when given (``""``: none, even if the variable is
-    set), else ``PHASE_SOCKS_PROXY`` from ``environ`` (default ``os.environ``; unset or empty: none).
-    The text is checked by :func:`parse_socks_proxy`; a bad value raises ``ValueError`` naming its source."""
-    if socks_proxy is not None:
-        return parse_socks_proxy(socks_proxy) if socks_proxy.strip() else None
-    value = (os.environ if environ is None else environ).get(SOCKS_PROXY_ENV, "")
-    if not value.strip():
-        return None
-    try:
-        return parse_socks_proxy(value)
-    except ValueError as exc:
-        raise ValueError(f"{SOCKS_PROXY_ENV}: {exc}") from None
 
 
 def discovery_refused(proxy: str) -> str:

@@ -1,4 +1,4 @@
-"""Where a node runs jobs: isolated sandbox workers when they work, else a thread pool in the node.
+"""Where a node runs jobs: isolated sandbox workers when they work, else a thread pool in the node's process.
 
 Both have ``submit(module, input, **kwargs) -> concurrent.futures.Future[Result]``.
 
@@ -74,6 +74,10 @@ class SandboxExecutor:
         ``crashed`` by the node)."""
         return self._sandbox.submit(module, input, **kwargs)
 
+    def run(self, module: bytes, input: bytes, **kwargs: Any) -> Result:
+        """Run one job and wait for its result (the start-up self-test)."""
+        return self._sandbox.run(module, input, **kwargs)
+
     def close(self) -> None:
         self._sandbox.close()
 
@@ -96,7 +100,7 @@ def make_executor(workers: int, sandbox: bool, warn: Callable[[str], None] = lam
     except Exception as exc:   # ImportError, SandboxError, OSError
         raise SandboxUnavailable(f"sandbox unavailable ({type(exc).__name__}: {exc}){hint}") from exc
     try:
-        result = executor._sandbox.run(EMPTY_MODULE, b"", limits=Limits(timeout_ms=5000))
+        result = executor.run(EMPTY_MODULE, b"", limits=Limits(timeout_ms=5000))
     except Exception as exc:
         executor.close()
         raise SandboxUnavailable(f"sandbox self-test failed ({type(exc).__name__}: {exc}){hint}") from exc

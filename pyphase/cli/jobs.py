@@ -1,0 +1,186 @@
+"""What every job command of ``phase`` shares: the job options, reading a job, printing its outcome, exit codes.
+
+Uses only the public Python API. Exit codes: a job's own exit code when it ran to completion;
+otherwise one per status (see ``STATUS_EXIT_CODES``); 1 for a failed verification, 2 for usage errors.
+This module is the one place that maps outcomes to exit codes (``run``, ``submit`` and their ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from pyphase.errors import LimitsError, PhaseError
+from pyphase.identity import Identity, default_identity_path
+from pyphase.limits import Limits, parse_duration_ms, parse_size
+
+STATUS_EXIT_CODES = {
+    "trap": 134,
+    "timeout": 124,
+    "fuel_exhausted": 152,
+    "memory_limit": 137,
+    "output_limit": 141,
+    "invalid_module": 65,
+    "crashed": 139,
+    "rejected": 75,
+}
+EXIT_USAGE = 2         # a command line that cannot be acted on
+EXIT_FAILED = 1        # a failed verification, or an error that is not a job's outcome
+EXIT_NETWORK = 69      # EX_UNAVAILABLE: no peer could run the job
+EXIT_QUORUM = 1        # replicas disagreed: like a failed verification
+
+EPILOG_RUN = """\
+exit status: the module's own exit code when it ran to completion; otherwise
+  trap 134, timeout 124, fuel_exhausted 152, memory_limit 137, output_limit 141,
+  invalid_module 65, crashed 139. Usage errors exit 2.
+examples:
+  phase run examples/hello/hello.wasm --input "Hello, World"
+  phase run job.wasm --input-file data.bin --memory 128MiB --timeout 5s --receipt r.json
+  echo text | phase run job.wasm --stdin --json
+"""
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> int:
+    """Print ``phase: message`` on stderr and return ``code`` (the command's exit status)."""
+    print(f"phase: {message}", file=sys.stderr)
+    return code
+
+
+def _write_stdout(data: bytes) -> None:
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def _read_input(args: argparse.Namespace) -> bytes:
+    if args.input is not None:
+        return str(args.input).encode("utf-8")
+    if args.input_file is not None:
+        return Path(args.input_file).read_bytes()
+    if args.stdin:
+        return sys.stdin.buffer.read()
+    return b""
+
+
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``run`` and ``submit``: input, arguments, environment and limits."""
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--input", metavar="TEXT", help="job input (stdin of the module) as text")
+    src.add_argument("--input-file", metavar="F", help="job input read from a file")
+    src.add_argument("--stdin", action="store_true", help="job input read from this command's stdin")
+    parser.add_argument("--arg", action="append", default=[], metavar="A", help="argument after argv[0] (repeatable)")
+    parser.add_argument("--env", action="append", default=[], metavar="K=V", help="environment variable (repeatable)")
+    parser.add_argument("--entry", default="_start", help="exported function to call (default: _start)")
+    defaults = Limits()
+    parser.add_argument("--memory", default=None, metavar="SIZE",
+                        help=f"linear memory limit, e.g. 64MiB (default {defaults.memory_bytes >> 20}MiB)")
+    parser.add_argument("--fuel", type=int, default=None, metavar="N",
+                        help="fuel limit in metering ticks (function entries + loop iterations); default unlimited")
+    parser.add_argument("--timeout", default=None, metavar="DURATION",
+                        help=f"wall-clock limit, e.g. 2s or 500ms (default {defaults.timeout_ms // 1000}s)")
+    parser.add_argument("--output-limit", default=None, metavar="SIZE",
+                        help=f"stdout+stderr limit (default {defaults.output_bytes >> 20}MiB)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="derive clocks and random from the job, so every run gives the same bytes")
+    parser.add_argument("--receipt", metavar="FILE", help="write the signed receipt to FILE")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of the job's output")
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    changes: dict[str, int] = {}
+    if args.memory is not None:
+        changes["memory_bytes"] = parse_size(args.memory)
+    if args.fuel is not None:
+        changes["fuel"] = args.fuel
+    if getattr(args, "timeout", None) is not None:
+        changes["timeout_ms"] = parse_duration_ms(args.timeout)
+    if args.output_limit is not None:
+        changes["output_bytes"] = parse_size(args.output_limit)
+    return Limits().replace(**changes)
+
+
+def env_from_args(pairs: Sequence[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--env expects KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env
+
+
+class UsageError(Exception):
+    """A command line that cannot be acted on: the message is shown and the command exits 2."""
+
+
+def read_job(args: argparse.Namespace) -> tuple[bytes, Limits, dict[str, str], bytes]:
+    """Module bytes, limits, environment and input named by the job options (``run`` and ``submit``)."""
+    try:
+        data = Path(args.module).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.module}: {exc.strerror}") from None
+    try:
+        return data, limits_from_args(args), env_from_args(args.env), _read_input(args)
+    except (LimitsError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read input: {exc.strerror}") from None
+
+
+def exit_code(result: Any) -> int:
+    """The exit status for a job's outcome: its own exit code when it ran to completion, else its status's."""
+    if result.status == "ok":
+        return int(result.exit_code) & 0xFF
+    return STATUS_EXIT_CODES.get(result.status, 1)
+
+
+def emit_result(result: Any, args: argparse.Namespace, receipt: dict[str, Any] | None,
+                extra: Mapping[str, Any] | None = None) -> int:
+    """Print a job's outcome as the CLI promises and return the exit code. ``extra``: more ``--json`` fields."""
+    if receipt is not None and args.receipt:
+        Path(args.receipt).write_text(json.dumps(receipt, indent=2, sort_keys=True) + "\n")
+    if args.json:
+        doc = result.to_json()
+        if receipt is not None:
+            doc["receipt"] = receipt
+        doc.update(extra or {})
+        print(json.dumps(doc, sort_keys=True))
+    else:
+        _write_stdout(result.stdout)
+        if result.stderr:
+            sys.stderr.buffer.write(result.stderr)
+            sys.stderr.flush()
+        if result.status != "ok":
+            print(f"phase: {result.status}: {result.message}", file=sys.stderr)
+    return exit_code(result)
+
+
+def load_identity(path: str | None) -> Identity:
+    """The user's identity, created at the default path on first use (announced on stderr)."""
+    target = Path(path) if path else default_identity_path()
+    if not target.exists():
+        identity = Identity.generate()
+        identity.save(target)
+        print(f"phase: created identity {identity.peer_id} at {target}", file=sys.stderr)
+        return identity
+    return Identity.load(target)
+
+
+def call(args: argparse.Namespace) -> int:
+    """Run a parsed command (``args.func``); errors that are not a job's outcome become one line on stderr
+    and exit 1, an interrupt exits 130."""
+    try:
+        code: int = args.func(args)
+        return code
+    except PhaseError as exc:
+        return fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1

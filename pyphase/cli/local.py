@@ -1,0 +1,157 @@
+"""``phase run``, ``phase verify``, ``phase keygen`` and ``phase id``: the commands that need no network.
+
+Uses only the public Python API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pyphase.cli.jobs import (
+    EPILOG_RUN,
+    STATUS_EXIT_CODES,
+    UsageError,
+    add_job_options,
+    emit_result,
+    fail,
+    load_identity,
+    read_job,
+)
+from pyphase.errors import IdentityError, InvalidModule, VerificationError
+from pyphase.identity import Identity, default_identity_path
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pyphase.manifest import job_id, make_manifest
+    from pyphase.receipt import make_receipt, timestamp
+    from pyphase.runtime import Module, run
+
+    try:
+        data, limits, env, job_input = read_job(args)
+    except UsageError as exc:
+        return fail(str(exc))
+    program = Path(args.module).name
+    try:
+        module = Module.cached(data)
+    except InvalidModule as exc:
+        result = None
+        message = str(exc)
+        if args.json:
+            print(json.dumps({"status": "invalid_module", "message": message}))
+        else:
+            print(f"phase: invalid_module: {message}", file=sys.stderr)
+        return STATUS_EXIT_CODES["invalid_module"]
+    started = timestamp()
+    kwargs: dict[str, Any] = dict(args=args.arg, env=env, entry=args.entry, limits=limits,
+                                  deterministic=args.deterministic, program_name=program)
+    if args.no_sandbox:
+        result = run(module, job_input, **kwargs)
+    else:
+        from pyphase.sandbox import Sandbox
+
+        with Sandbox(workers=1) as sandbox:
+            result = sandbox.run(module, job_input, **kwargs)
+    receipt = None
+    if args.receipt or args.json:
+        manifest = make_manifest(module, job_input, args=args.arg, env=env, entry=args.entry, limits=limits,
+                                 deterministic=args.deterministic)
+        receipt = make_receipt(result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=limits,
+                               identity=load_identity(args.identity), started_at=started)
+    return emit_result(result, args, receipt)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pyphase.receipt import verify_receipt
+
+    try:
+        receipt = json.loads(Path(args.receipt).read_text("utf-8"))
+    except OSError as exc:
+        return fail(f"cannot read {args.receipt}: {exc.strerror}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return fail(f"{args.receipt} is not JSON: {exc}", 1)
+    given: dict[str, Any] = {}
+    try:
+        for name in ("module", "input", "stdout", "stderr"):
+            path = getattr(args, name)
+            if path is not None:
+                given[name] = Path(path).read_bytes()
+    except OSError as exc:
+        return fail(f"cannot read {exc.filename}: {exc.strerror}")
+    if args.input_text is not None:
+        given["input"] = args.input_text.encode("utf-8")
+    try:
+        verify_receipt(receipt, nonce=args.nonce, signer=args.signer, **given)
+    except VerificationError as exc:
+        print(f"phase verify: FAILED {args.receipt}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    checked = ["signature", *sorted(given)]
+    if args.nonce:
+        checked.append("nonce")
+    if args.signer:
+        checked.append("signer")
+    node = receipt["node"]["peer_id"]
+    print(f"receipt OK: {receipt['status']} exit {receipt['exit_code']}, signed by {node} "
+          f"(checked: {', '.join(checked)})")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    target = Path(args.out) if args.out else default_identity_path()
+    identity = Identity.generate()
+    try:
+        identity.save(target, overwrite=args.force)
+    except IdentityError as exc:
+        return fail(str(exc))
+    print(identity.peer_id)
+    print(f"phase: wrote {target} (mode 0600)", file=sys.stderr)
+    return 0
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    try:
+        identity = Identity.load(args.identity or default_identity_path())
+    except IdentityError as exc:
+        return fail(str(exc))
+    print(identity.peer_id)
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``run``, ``verify``, ``keygen`` and ``id`` to the ``phase`` command's sub-parsers."""
+    p = sub.add_parser("run", help="run a module locally and print its output",
+                       description="Run MODULE.wasm on this machine in an isolated worker process.",
+                       epilog=EPILOG_RUN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("module", metavar="MODULE.wasm")
+    add_job_options(p)
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="run in this process instead of an isolated worker (trusted modules only)")
+    p.add_argument("--identity", metavar="FILE", help=f"key that signs the receipt (default {default_identity_path()})")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("verify", help="check a receipt's signature and hashes",
+                       description="Check RECEIPT.json: its signature, and the hash of every file given.")
+    p.add_argument("receipt", metavar="RECEIPT.json")
+    p.add_argument("--module", metavar="F", help="the module file the job ran")
+    p.add_argument("--input", metavar="F", help="the input file")
+    p.add_argument("--input-text", metavar="TEXT", help="the input, as text")
+    p.add_argument("--stdout", metavar="F", help="the stdout bytes received")
+    p.add_argument("--stderr", metavar="F", help="the stderr bytes received")
+    p.add_argument("--nonce", help="the nonce the client chose")
+    p.add_argument("--signer", metavar="PEERID", help="the peer that must have signed it")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("keygen", help="create an Ed25519 identity",
+                       description="Create an identity key (mode 0600) and print its peer id.")
+    p.add_argument("--out", metavar="FILE", help=f"where to write it (default {default_identity_path()})")
+    p.add_argument("--force", action="store_true", help="replace an existing key")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("id", help="print this machine's peer id")
+    p.add_argument("--identity", metavar="FILE")
+    p.set_defaults(func=cmd_id)
