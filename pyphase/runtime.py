@@ -9,12 +9,43 @@ from collections import OrderedDict
 from typing import Mapping, Sequence
 
 from pyphase import _core
+from pyphase.errors import InvalidModule
 from pyphase.limits import DEFAULT_LIMITS, Limits
 from pyphase.result import Result, hash_text
 
 RUNTIME_NAME: str = _core.RUNTIME_NAME
 RUNTIME_VERSION: str = _core.RUNTIME_VERSION
 DEFAULT_PROGRAM_NAME = "main.wasm"
+
+
+WASM_MAGIC = b"\0asm"
+BUILD_HINT = ("compile C to a WASI module with zig's toolchain (pip install ziglang): "
+              "python -m ziglang cc -target wasm32-wasi -O2 -o job.wasm job.c")
+
+
+def not_wasm_hint(data: bytes | bytearray | memoryview) -> str | None:
+    """What these bytes are, when they are not a WebAssembly binary at all, and how to get a module from them
+    (None when they start like one): a new user's usual mistakes are the text format, the C source, an empty
+    or a native file."""
+    head = bytes(data[:512])
+    if head.startswith(WASM_MAGIC):
+        return None
+    if not head:
+        return f"the module is empty (0 bytes); {BUILD_HINT}"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text.startswith((b"(module", b"(component", b";;", b"(;")):
+        return ("this is WebAssembly text (.wat), not a binary module: convert it with "
+                "'wat2wasm job.wat -o job.wasm' (wabt, e.g. apt-get install wabt)")
+    if text.startswith(b"\x7fELF") or head.startswith(b"\x7fELF"):
+        return f"this is a native executable (ELF), not WebAssembly; {BUILD_HINT}"
+    if any(marker in head for marker in (b"#include", b"int main", b"void main", b"#define")):
+        return f"this looks like C source, not a compiled module; {BUILD_HINT}"
+    return None
+
+
+def _explained(message: str, data: bytes | bytearray | memoryview) -> str:
+    hint = not_wasm_hint(data)
+    return f"{message}: {hint}" if hint else message
 
 
 class Module:
@@ -31,7 +62,10 @@ class Module:
     CACHE_SIZE = 64
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
-        self._core = _core.CoreModule(bytes(data) if not isinstance(data, bytes) else data)
+        try:
+            self._core = _core.CoreModule(bytes(data) if not isinstance(data, bytes) else data)
+        except InvalidModule as exc:
+            raise InvalidModule(_explained(str(exc), data)) from None
         self.hash: str = hash_text(self._core.digest)
 
     @classmethod

@@ -31,7 +31,7 @@ from pyphase import _core, _sandbox
 from pyphase.errors import LimitsError, PhaseError
 from pyphase.limits import DEFAULT_LIMITS, Limits
 from pyphase.result import Result, hash_text
-from pyphase.runtime import DEFAULT_PROGRAM_NAME, Module, _encode_strings, deterministic_seed
+from pyphase.runtime import DEFAULT_PROGRAM_NAME, Module, _encode_strings, _explained, deterministic_seed
 
 __all__ = ["Sandbox", "SandboxError"]
 
@@ -333,8 +333,9 @@ class Sandbox:
             raise SandboxError("the worker did not take the module's bytes")
         if added is None and raw[0] not in ("invalid_module", "crashed"):
             self._add_module(job.digest, job.data)
+        message = _explained(raw[2], job.data) if raw[0] == "invalid_module" else raw[2]
         return Result(
-            status=raw[0], exit_code=raw[1], message=raw[2], stdout=raw[3], stderr=raw[4], fuel_used=raw[5],
+            status=raw[0], exit_code=raw[1], message=message, stdout=raw[3], stderr=raw[4], fuel_used=raw[5],
             wall_us=raw[6], memory_peak_bytes=raw[7], module_hash=hash_text(raw[8]), input_hash=hash_text(raw[9]),
             stdout_hash=hash_text(raw[10]), stderr_hash=hash_text(raw[11]),
         )
