@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pyphase.cli.jobs import (
+    EXIT_HELP,
+    LIMITS_HELP,
     EXIT_FAILED,
     EXIT_NETWORK,
     EXIT_QUORUM,
@@ -29,13 +31,15 @@ EPILOG_SUBMIT = """\
 The job runs on a peer (given with --peer, else found on the LAN) and its receipt is verified
 (signature, hashes, nonce, signer = the peer the transport authenticated) before anything is printed.
 A timeout, a reject, a dropped connection or a bad receipt sends the job to another peer.
---timeout is the job's wall-clock limit; a peer gets that plus 5 s before the job moves on.
 --socks-proxy HOST:PORT (default: $PHASE_SOCKS_PROXY; --socks-proxy '' for none) sends every
 connection through that SOCKS5 proxy, e.g. Tor. It fails closed: nothing is ever sent directly, a
 proxy that is down fails the job, and LAN discovery is refused, so name peers with --peer. Their
 hosts may be names the proxy resolves (PEERID@xxxx.onion:7465); this machine makes no DNS query.
-exit status: the module's own exit code; the job statuses as for 'phase run';
-  69 when no peer could run it; 1 when replicas disagree with no majority.
+--timeout is the job's own limit; a peer gets that plus 5 s to answer before the job moves on
+(--timeout 0 asks for no limit, which a node with a timeout ceiling, 60 s by default, refuses).
+""" + LIMITS_HELP + EXIT_HELP.replace("Usage errors exit 2.", "Usage errors exit 2;") + """
+  69 when no peer could run it (each peer's reason on stderr, or in the --json document);
+  1 when replicas disagree with no majority.
 examples:
   phase submit hello.wasm --input "Hello, World" --peer PEERID@127.0.0.1:7465 --receipt r.json
   phase submit job.wasm --input-file data.bin --replicas 3 --json
@@ -60,7 +64,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         module, limits, env, job_input = read_job(args)
     except UsageError as exc:
-        return fail(str(exc))
+        return fail(str(exc), exc.code)
     if args.replicas < 1 or args.retries < 0:
         return fail("--replicas must be at least 1 and --retries at least 0")
     try:
