@@ -108,12 +108,14 @@ class NetworkError(PhaseError):
         super().__init__(message)
 
 
-def describe_attempts(attempts: list[tuple[str, str]]) -> list[str]:
-    """One line per distinct ``(peer, why)``, in order, with a count when it happened more than once."""
+def describe_attempts(attempts: list[tuple[str, str]], full_ids: bool = False) -> list[str]:
+    """One line per distinct ``(peer, why)``, in order, with a count when it happened more than once; peer ids
+    shortened to 12 characters unless ``full_ids``."""
     counts: dict[tuple[str, str], int] = {}
     for attempt in attempts:
         counts[attempt] = counts.get(attempt, 0) + 1
-    return [f"{peer[:12]}: {why}" + (f" ({n} times)" if n > 1 else "") for (peer, why), n in counts.items()]
+    return [f"{peer if full_ids else peer[:12]}: {why}" + (f" ({n} times)" if n > 1 else "")
+            for (peer, why), n in counts.items()]
 
 
 class NoPeers(NetworkError):

@@ -145,3 +145,38 @@ def test_a_peer_that_is_down_is_reported_once_and_fast(start_nodes, hello_bytes)
     assert took < 2.0, took
     assert len(info.value.attempts) == 1, info.value.attempts
     assert str(info.value).count("connection refused") == 1 and f"{node.host}:1" in str(info.value), str(info.value)
+
+
+def test_cli_no_peers_prints_each_refusal_and_a_json_document(start_nodes, hello_bytes, tmp_path):
+    (node,) = start_nodes(1)
+    peer_id = node.address.split("@")[0]
+    hello = tmp_path / "hello.wasm"
+    hello.write_bytes(hello_bytes)
+    out = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(hello), "--memory", "512MiB",
+                          "--peer", node.address], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 69, out.stderr
+    assert f"{peer_id}: not offered" in out.stderr and "memory_bytes 512 MiB exceeds the ceiling 256 MiB" \
+        in out.stderr, out.stderr
+    js = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(hello), "--timeout", "2m", "--json",
+                         "--peer", node.address], capture_output=True, text=True, timeout=60)
+    assert js.returncode == 69, js.stderr
+    doc = json.loads(js.stdout)
+    assert doc["status"] == "no_peers" and "no peer could take the job" in doc["message"]
+    assert doc["attempts"] == [{"peer": peer_id, "why": "not offered: it allows less than the job asks: "
+                                                        "timeout_ms 2 min exceeds the ceiling 1 min"}]
+
+
+def test_cli_peers_down_exits_non_zero_with_the_reason(start_nodes):
+    from pyphase import Identity
+
+    (node,) = start_nodes(1)
+    dead = f"{Identity.generate().peer_id}@{node.host}:1"
+    out = subprocess.run([sys.executable, "-m", "pyphase", "peers", "--peer", dead, "--peer", node.address],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 69, out
+    assert "unreachable: connection refused" in out.stdout and node.address in out.stdout, out.stdout
+    js = subprocess.run([sys.executable, "-m", "pyphase", "peers", "--json", "--peer", dead], capture_output=True,
+                        text=True, timeout=60)
+    assert js.returncode == 69
+    (row,) = json.loads(js.stdout)
+    assert not row["reachable"] and row["error"].startswith("connection refused"), row
