@@ -95,7 +95,8 @@ class Identity:
         try:
             fd = os.open(target, flags, 0o600)
         except FileExistsError:
-            raise IdentityError(f"{target} already exists (use overwrite to replace it)") from None
+            raise IdentityError(f"{target} already exists (save(..., overwrite=True) replaces it; "
+                                f"the CLI: phase keygen --force)") from None
         with os.fdopen(fd, "w") as f:
             os.fchmod(f.fileno(), 0o600)
             f.write(_KEY_FILE_HEADER + base64.b64encode(bytes(self.signing_key)).decode("ascii") + "\n")

@@ -364,9 +364,14 @@ class Client:
                 raise NetworkError("the client is closed")
             self._ensure_peers()
             if not self._peers:
-                raise NoPeers("no peers given and none discovered on the LAN")
+                interfaces = self._mdns_interfaces or os.environ.get("PHASE_MDNS_INTERFACES") or "all"
+                raise NoPeers(f"no peers given, and none answered on the LAN (mDNS on {interfaces} interfaces, "
+                              f"{self._discover_timeout:g} s): name one (phase submit --peer PEERID@HOST:PORT, "
+                              f"Client(peers=[...])), start one (plasmd --listen HOST:PORT --data-dir DIR), "
+                              f"or look longer (--discover-timeout, Client(discover_timeout=...))")
             if replicas > len(self._peers):
-                raise NoPeers(f"{replicas} replicas need {replicas} distinct peers; {len(self._peers)} known")
+                raise NoPeers(f"{replicas} replicas need {replicas} distinct peers; {len(self._peers)} known: "
+                              f"name more (--peer, Client(peers=[...])) or ask for fewer (--replicas)")
             unknown = [p for p in self._peers.values() if p.caps is None and p.down_until <= time.monotonic()]
             if unknown:
                 self._probe(unknown, min(self.connect_timeout, 1.0))

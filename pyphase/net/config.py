@@ -152,14 +152,14 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
             if key == "limits" and isinstance(value, dict):
                 for lkey, lvalue in value.items():
                     if lkey not in _LIMITS:
-                        raise ValueError(f"{path}: unknown key limits.{lkey}")
+                        raise ValueError(f"{path}: unknown key limits.{lkey} (plasmd --help-config lists every key)")
                     attr, parser = _LIMITS[lkey]
                     changes[attr] = _parse(parser, lvalue, f"limits.{lkey}")
             elif key in _TOP:
                 attr, parser = _TOP[key]
                 changes[attr] = _parse(parser, value, key)
             else:
-                raise ValueError(f"{path}: unknown key {key}")
+                raise ValueError(f"{path}: unknown key {key} (plasmd --help-config lists every key)")
     environ = os.environ if env is None else env
     for key, (attr, parser) in _TOP.items():
         value = environ.get(f"PLASMD_{key.upper()}")

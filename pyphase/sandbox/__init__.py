@@ -29,7 +29,7 @@ from typing import Mapping, NamedTuple, Sequence
 import pyphase
 from pyphase import _core, _sandbox
 from pyphase.errors import LimitsError, PhaseError
-from pyphase.limits import DEFAULT_LIMITS, Limits
+from pyphase.limits import DEFAULT_LIMITS, Limits, format_size
 from pyphase.result import Result, hash_text
 from pyphase.runtime import DEFAULT_PROGRAM_NAME, Module, _encode_strings, _explained, deterministic_seed
 
@@ -285,8 +285,9 @@ class Sandbox:
         strings = len(entry_b) + 1 + sum(len(s) + 1 for s in argv + envp)
         need = self._slots[0].shm_needed(len(data), len(input), strings, lim.output_bytes)
         if need > self._slots[0].shm_bytes:
-            raise LimitsError(f"the job needs {need} bytes of shared memory (module, input, output limit); this "
-                              f"sandbox has {self._slots[0].shm_bytes} per worker (Sandbox(shm_bytes=...))")
+            raise LimitsError(f"the job needs {format_size(need)} of shared memory (module, input, output limit); "
+                              f"this sandbox has {format_size(self._slots[0].shm_bytes)} per worker: lower the "
+                              f"output limit or input, or make the sandbox with Sandbox(shm_bytes=...)")
         return _Job(digest, data, input, argv, envp, entry_b, lim, deterministic, seed or bytes(32), test_action)
 
     def _execute(self, job: _Job) -> Result:

@@ -190,3 +190,13 @@ def test_host_io_costs_fuel_by_the_byte(probe_bytes):
 def test_memory_limit_above_what_wasm3_holds_is_capped(wat):
     r = pyphase.run(wat('(module (memory 40000) (func (export "_start")))'), limits=Limits(memory_bytes=4 << 30))
     assert r.status == "memory_limit" and str(2 << 30) in r.message
+
+
+def test_limit_statuses_name_the_limit_that_fixes_them(wat):
+    spin = wat('(module (memory 1) (func (export "_start") (loop (br 0))))')
+    assert "--timeout" in pyphase.run(spin, limits=Limits(timeout_ms=50)).message
+    assert "--fuel" in pyphase.run(spin, limits=Limits(fuel=1000)).message
+    big = wat('(module (memory 20) (func (export "_start")))')
+    r = pyphase.run(big, limits=Limits(memory_bytes=1 << 20))
+    assert r.status == "memory_limit" and "20 pages" in r.message and "--memory" in r.message, r.message
+    assert "--entry" in pyphase.run(big, entry="main").message
