@@ -189,7 +189,7 @@ class Node:
             sock.bind(f"tcp://{bind_host}:{port}")
         except zmq.ZMQError as exc:
             sock.close(linger=0)        # an unclosed socket would hold ctx.term() (and plasmd) forever
-            raise ListenError(host, port, exc.errno) from None
+            raise ListenError(host, port, exc.errno or 0) from None
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.port = int(endpoint.rsplit(":", 1)[1])
         self.host = host if bind_host != "*" else (self.config.advertise or "127.0.0.1")
