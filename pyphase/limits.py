@@ -21,29 +21,34 @@ MAX_OUTPUT_BYTES = 1 << 30
 MAX_STACK_BYTES = 16 << 20
 
 
+def _number_and_unit(text: str | int, what: str, rule: str, example: str, suggest: tuple[str, ...]) -> tuple[str, str]:
+    """``(number, unit)`` of a limit's text; a bare number other than 0 is refused with ``suggest``ed units."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not match:
+        raise LimitsError(f"not a {what}: {text!r} ({rule}; e.g. {example})")
+    number, unit = match.group(1), match.group(2)
+    if not unit and float(number) != 0:
+        choices = ", ".join(f"{number}{u}" for u in suggest[:-1]) + f" or {number}{suggest[-1]}"
+        raise LimitsError(f"{text!r} has no unit: write {choices} ({rule})")
+    return number, unit.lower()
+
+
 def parse_size(text: str | int) -> int:
     """Bytes from ``64MiB``, ``512KB``, ``1.5GiB`` or ``100B``: the unit is required (``0`` alone is 0), so
     ``64`` or ``64M`` is refused with the choices rather than guessed. An ``int`` is a byte count."""
     if isinstance(text, int):
         value = text
     else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-        if not match:
-            raise LimitsError(f"not a size: {text!r} ({SIZE_RULE}; e.g. 64MiB)")
-        number, unit = match.group(1), match.group(2)
-        if not unit:
-            if float(number) == 0:
-                return 0
-            raise LimitsError(f"{text!r} has no unit: write {number}MiB, {number}KiB or {number}B ({SIZE_RULE})")
-        if unit.lower() in _AMBIGUOUS:
-            letter = _AMBIGUOUS[unit.lower()]
-            iec, si = _SIZE_UNITS[letter.lower() + "ib"], _SIZE_UNITS[letter.lower() + "b"]
-            raise LimitsError(f"{text!r}: the unit {unit!r} is ambiguous: write {number}{letter}iB "
+        number, unit = _number_and_unit(text, "size", SIZE_RULE, "64MiB", ("MiB", "KiB", "B"))
+        if unit in _AMBIGUOUS:
+            letter = _AMBIGUOUS[unit]
+            iec, si = _SIZE_UNITS[unit + "ib"], _SIZE_UNITS[unit + "b"]
+            raise LimitsError(f"{text!r}: the unit {text.strip()[-1]!r} is ambiguous: write {number}{letter}iB "
                               f"({int(float(number) * iec):,} bytes) or {number}{letter}B "
                               f"({int(float(number) * si):,} bytes)")
-        if unit.lower() not in _SIZE_UNITS:
+        if unit and unit not in _SIZE_UNITS:
             raise LimitsError(f"not a size: {text!r} ({SIZE_RULE})")
-        value = int(float(number) * _SIZE_UNITS[unit.lower()])
+        value = int(float(number) * _SIZE_UNITS[unit]) if unit else 0
     if value < 0:
         raise LimitsError(f"size must not be negative: {text!r}")
     return value
@@ -52,17 +57,10 @@ def parse_size(text: str | int) -> int:
 def parse_duration_ms(text: str | int) -> int:
     """Milliseconds from ``2s``, ``500ms``, ``1.5m`` or ``1h``: the unit is required (``0`` alone is 0, which
     for a timeout means no limit), so ``5`` is refused rather than guessed."""
-    if isinstance(text, int) and text == 0:
-        return 0
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", str(text).lower())
-    if not match or (match.group(2) and match.group(2) not in _TIME_UNITS):
+    number, unit = _number_and_unit(text, "duration", DURATION_RULE, "2s, 500ms", ("s", "ms", "m"))
+    if unit and unit not in _TIME_UNITS:
         raise LimitsError(f"not a duration: {text!r} ({DURATION_RULE}; e.g. 2s, 500ms)")
-    number, unit = match.group(1), match.group(2)
-    if not unit:
-        if float(number) == 0:
-            return 0
-        raise LimitsError(f"{text!r} has no unit: write {number}s, {number}ms or {number}m ({DURATION_RULE})")
-    return int(float(number) * _TIME_UNITS[unit])
+    return int(float(number) * _TIME_UNITS[unit]) if unit else 0
 
 
 def format_size(value: int) -> str:
