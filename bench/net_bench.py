@@ -163,7 +163,10 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2000, help="latency samples and throughput jobs")
     ap.add_argument("--clients", default="2,4,6", help="numbers of concurrent client processes to try (comma list)")
     ap.add_argument("--executor", choices=("sandbox", "thread", "both"), default="both")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 200 jobs, 2 clients, threads only")
     args = ap.parse_args()
+    if args.quick:
+        args.jobs, args.clients, args.executor = 200, "2", "thread"
     module = HELLO.read_bytes()
     local_run, local_sandbox = local_reference(module, 2000)
     print(f"reference, same job locally: pyphase.run p50 {local_run * 1e3:.3f} ms; "

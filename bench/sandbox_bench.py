@@ -30,7 +30,6 @@ import os
 import signal
 import statistics
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path

@@ -26,6 +26,7 @@ fi
 # Release like the wheel (pyproject: cmake.build-type = "Release"), so cbench measures the same core build.
 # shellcheck disable=SC2086
 cmake -S "$ROOT" -B "$BUILD" $GEN -DCMAKE_BUILD_TYPE=Release -DPHASE_BUILD_CBENCH=ON -DPHASE_BUILD_PYTHON=OFF \
+      -DPHASE_WERROR="${PHASE_WERROR:-OFF}" \
       -DPython_EXECUTABLE="$(command -v "$PYTHON")" >"$BUILD.configure.log" 2>&1 \
     || { cat "$BUILD.configure.log" >&2; exit 1; }
 cmake --build "$BUILD" --target cbench cbench-nometer cbench-wasm -j 2 >"$BUILD.build.log" 2>&1 \

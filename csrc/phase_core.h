@@ -44,6 +44,9 @@ typedef enum phase_status {
 
 const char *phase_status_name(phase_status status);
 
+/* CLOCK_MONOTONIC in nanoseconds: the one clock of the core, the sandbox and cbench. */
+uint64_t phase_now_ns(void);
+
 typedef struct phase_limits {
     uint64_t memory_bytes;   /* linear memory cap; initial memory above it is refused, growth past it fails */
     uint64_t fuel;           /* metering ticks (function entries + loop iterations); 0 = unlimited */
@@ -52,7 +55,9 @@ typedef struct phase_limits {
     uint32_t stack_bytes;    /* wasm value stack */
 } phase_limits;
 
-/* Defaults used when a caller passes zeros for memory, output and stack: 64 MiB, 1 MiB, 512 KiB. */
+/* The default limits of a job, the one source of them (pyphase.Limits reads these): 64 MiB of memory, no fuel
+ * limit, 10 s of wall clock, 1 MiB of output, 512 KiB of stack. phase_job_run() also uses the memory, output
+ * and stack defaults when a caller passes zeros for them. */
 void phase_limits_default(phase_limits *limits);
 
 /* A validated module. Immutable once made; may be shared by jobs on several threads. */

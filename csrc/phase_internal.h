@@ -65,8 +65,6 @@ typedef struct phase_job {
     uint64_t det_clock_calls;
 } phase_job;
 
-uint64_t phase_now_ns(void);
-
 /* Lowest native stack address a wasm frame may use on this thread (computed once per thread). */
 uintptr_t phase_native_stack_limit(void);
 

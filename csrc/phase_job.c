@@ -36,7 +36,7 @@ void phase_limits_default(phase_limits *limits)
 {
     limits->memory_bytes = 64ull << 20;
     limits->fuel = 0;
-    limits->timeout_ms = 0;
+    limits->timeout_ms = 10000;
     limits->output_bytes = 1ull << 20;
     limits->stack_bytes = 512u << 10;
 }

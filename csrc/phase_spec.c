@@ -288,6 +288,7 @@ phase_spec_status phase_spec_instantiate(const uint8_t *bytes, size_t len, const
     memcpy(si->bytes, bytes, len);
     si->call_timeout_ms = 20000;
     phase_limits_default(&si->spec.limits);
+    si->spec.limits.timeout_ms = 0;   /* calls are bounded by call_timeout_ms instead */
     si->spec.limits.memory_bytes = (uint64_t) SPEC_MEMORY_CAP_PAGES * PHASE_WASM_PAGE;
     si->spec.limits.fuel = 0;
     si->spec.limits.stack_bytes = stack_bytes ? stack_bytes : 512u << 10;

@@ -33,16 +33,7 @@ static void errf(char *err, size_t errlen, const char *fmt, ...)
 
 static uint64_t now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t) ts.tv_sec * 1000ull + (uint64_t) ts.tv_nsec / 1000000ull;
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t) ts.tv_sec * 1000000000ull + (uint64_t) ts.tv_nsec;
+    return phase_now_ns() / 1000000ull;
 }
 
 static uint64_t align64(uint64_t v)
@@ -457,7 +448,7 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
         /* From "go" on, the worker is responsible for this job until it says "done" or dies. */
         slot->awaiting_exit = 1;
         char go = 'g';
-        slot->t_go_ns = now_ns();
+        slot->t_go_ns = phase_now_ns();
         do
             w = send(slot->chan, &go, 1, MSG_NOSIGNAL);
         while (w < 0 && errno == EINTR);
@@ -480,7 +471,7 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
          * on small VMs. Watch the shared flag for a while first. */
         uint64_t until = slot->t_go_ns + (uint64_t) job->spin_us * 1000ull;
         while (__atomic_load_n(&shdr->response.done_seq, __ATOMIC_ACQUIRE) != slot->seq) {
-            if (now_ns() >= until)
+            if (phase_now_ns() >= until)
                 break;
 #if defined(__x86_64__)
             __builtin_ia32_pause();
@@ -525,7 +516,7 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
         }
     }
     if (done) {
-        slot->t_done_ns = now_ns();
+        slot->t_done_ns = phase_now_ns();
         const sandbox_shm_header *hdr = (const sandbox_shm_header *) slot->shm;
         if (hdr->response.module_missing && hdr->response.seq == slot->seq) {
             slot->awaiting_exit = 0;   /* the same worker waits for the bytes */

@@ -117,12 +117,6 @@ static void cache_add(const uint8_t *bytes, size_t len)
     }
 }
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t) ts.tv_sec * 1000000000ull + (uint64_t) ts.tv_nsec;
-}
 
 /* ---- the worker ---------------------------------------------------------------------------- */
 
@@ -253,11 +247,11 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
     uint8_t *shm = (uint8_t *) hdr;
     for (;;) {
         char c;
-        uint64_t ready = now_ns();
+        uint64_t ready = phase_now_ns();
         ssize_t n = read(WORKER_FD, &c, 1);
         if (n != 1)
             _exit(SANDBOX_EXIT_IDLE);
-        uint64_t woke = now_ns();
+        uint64_t woke = phase_now_ns();
         sandbox_request req = hdr->request;   /* one consistent copy */
         sandbox_response *resp = &hdr->response;
         memset(resp, 0, sizeof *resp);
@@ -287,7 +281,7 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             _exit(SANDBOX_EXIT_SETUP);
         resp->t_ready_ns = ready;
         resp->t_woke_ns = woke;
-        resp->t_confined_ns = now_ns();
+        resp->t_confined_ns = phase_now_ns();
         /* From here on the worker is confined: anything below may be hostile. */
         test_action(req.test_action);
         if (req.test_action == SANDBOX_TEST_FORGE) {
@@ -368,7 +362,7 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
         memcpy(spec.seed, req.seed, sizeof spec.seed);
         phase_result res;
         int rc = phase_job_run(&spec, &res);
-        resp->t_ran_ns = now_ns();
+        resp->t_ran_ns = phase_now_ns();
         resp->status = (int32_t) res.status;
         resp->exit_code = res.exit_code;
         memcpy(resp->message, res.message, sizeof resp->message);
@@ -462,6 +456,10 @@ static int send_msg(int sock, const sandbox_msg *msg, int fd)
     return n == (ssize_t) sizeof *msg ? 0 : -1;
 }
 
+#ifdef PHASE_COVERAGE
+void __gcov_dump(void);
+#endif
+
 static void shutdown_all(int code)
 {
     for (unsigned i = 0; i < nbuffers; i++)
@@ -470,6 +468,9 @@ static void shutdown_all(int code)
     for (unsigned i = 0; i < nbuffers; i++)
         if (buffers[i].pid > 0)
             waitpid(buffers[i].pid, NULL, 0);
+#ifdef PHASE_COVERAGE
+    __gcov_dump();   /* coverage builds only: _exit skips gcov's own writing (confined workers never write) */
+#endif
     _exit(code);
 }
 
@@ -522,7 +523,7 @@ static void reap(void)
                 shutdown_all(0);
             /* A worker that could not even set itself up would fail again at once: do not spin. */
             if (WIFEXITED(status) && WEXITSTATUS(status) == SANDBOX_EXIT_SETUP)
-                buf->respawn_at_ns = now_ns() + 100000000ull;
+                buf->respawn_at_ns = phase_now_ns() + 100000000ull;
             else
                 spawn(i);
         }
@@ -691,7 +692,7 @@ int phase_sandbox_server_main(int argc, char **argv)
         for (unsigned i = 0; i < nslots; i++)
             pfds[2 + i] = (struct pollfd){.fd = slots[i].sock, .events = POLLIN};
         int timeout = -1;
-        uint64_t now = now_ns();
+        uint64_t now = phase_now_ns();
         for (unsigned i = 0; i < nbuffers; i++) {
             if (buffers[i].pid == 0 && buffers[i].respawn_at_ns) {
                 if (buffers[i].respawn_at_ns <= now) {

@@ -44,15 +44,16 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-# Heavier parts load on first use so that `import pyphase` stays cheap for the CLI and workers.
-_LAZY = {"Client": "pyphase.net.client", "Sandbox": "pyphase.sandbox"}
-
-
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    # Heavier parts load on first use so that `import pyphase` stays cheap for the CLI and workers.
+    if name == "Client":
+        from pyphase.net.client import Client
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return Client
+    if name == "Sandbox":
+        from pyphase.sandbox import Sandbox
+
+        return Sandbox
     raise AttributeError(f"module 'pyphase' has no attribute {name!r}")
 
 

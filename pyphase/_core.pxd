@@ -1,7 +1,10 @@
-# C declarations of Phase's job core (csrc/phase_core.h), for the binding in _core.pyx.
+# Every C declaration the bindings use, in one place: the job core (csrc/phase_core.h, for _core.pyx), the
+# sandbox (csrc/sandbox.h and sandbox_proto.h, for _sandbox.pyx), the spec-test support (csrc/phase_spec.h, for
+# _spec.pyx); and the few helpers they share (result tuple, buffers, argv arrays, limits, return-code checks).
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc
+from libc.string cimport memcpy
 
 cdef extern from "phase_core.h" nogil:
     ctypedef enum phase_status:
@@ -18,6 +21,9 @@ cdef extern from "phase_core.h" nogil:
         uint32_t stack_bytes
 
     void phase_limits_default(phase_limits *limits)
+
+    enum:
+        PHASE_WASM_PAGE
 
     ctypedef struct phase_wasm_info:
         int has_memory
@@ -86,6 +92,131 @@ cdef extern from "phase_crypto.h" nogil:
     int phase_crypto_init()
     void phase_sha256(const void *buf, size_t len, uint8_t *out)
     int phase_ed25519_verify(const uint8_t *sig, const uint8_t *msg, size_t msg_len, const uint8_t *pk)
+
+cdef extern from "sandbox.h" nogil:
+    int phase_sandbox_server_main(int argc, char **argv)
+
+    enum:
+        PHASE_SANDBOX_MAX_DEPTH
+
+    ctypedef struct phase_sandbox_spare:
+        int32_t pid
+        uint32_t gen
+
+    ctypedef struct phase_sandbox_slot:
+        int sock
+        uint32_t depth
+        size_t shm_bytes
+        phase_sandbox_spare spares[8]
+        uint32_t nspares
+        uint32_t gen
+        int32_t pid
+        uint64_t cache_seq
+        int32_t last_wait_status
+        int64_t last_maxrss_kb
+        int64_t last_cpu_us
+        uint64_t t_go_ns, t_ready_ns, t_woke_ns, t_confined_ns, t_ran_ns, t_done_ns
+
+    ctypedef struct phase_sandbox_job:
+        const uint8_t *module_hash
+        const uint8_t *module
+        size_t module_len
+        const uint8_t *input
+        size_t input_len
+        const char *entry
+        const char *const *argv
+        uint32_t argc
+        const char *const *envp
+        uint32_t envc
+        phase_limits limits
+        int deterministic
+        uint8_t seed[32]
+        uint32_t test_action
+        uint64_t hard_timeout_ms
+        uint32_t spin_us
+
+    uint64_t phase_sandbox_job_shm_bytes(const phase_sandbox_job *job)
+    int phase_sandbox_slot_open(phase_sandbox_slot *slot, int sock, const int *shm_fds, uint32_t depth, char *err,
+                                size_t errlen)
+    void phase_sandbox_slot_close(phase_sandbox_slot *slot)
+    int phase_sandbox_slot_ready(phase_sandbox_slot *slot, int timeout_ms, char *err, size_t errlen)
+    int phase_sandbox_slot_poll(phase_sandbox_slot *slot)
+    int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *job, phase_result *result,
+                               char *err, size_t errlen)
+
+cdef extern from "sandbox_proto.h" nogil:
+    enum:
+        SANDBOX_HEADER_BYTES
+        SANDBOX_MIN_SHM_BYTES
+        SANDBOX_TEST_NONE
+        SANDBOX_TEST_FORBIDDEN_SYSCALL
+        SANDBOX_TEST_SEGFAULT
+        SANDBOX_TEST_SPIN
+        SANDBOX_TEST_EXEC_MMAP
+        SANDBOX_TEST_ALLOCATE
+        SANDBOX_TEST_FORGE
+        SANDBOX_TEST_SNOOP
+        SANDBOX_MSG_ADD
+
+    ctypedef struct sandbox_msg:
+        uint32_t type
+        uint32_t gen
+        int32_t pid
+        int32_t wait_status
+        uint64_t cache_seq
+        int64_t maxrss_kb
+        int64_t cpu_us
+
+cdef extern from "phase_spec.h" nogil:
+    ctypedef struct phase_spec_instance:
+        pass
+    ctypedef enum phase_spec_status:
+        PHASE_SPEC_OK
+        PHASE_SPEC_INVALID
+        PHASE_SPEC_UNSUPPORTED
+        PHASE_SPEC_UNLINKABLE
+        PHASE_SPEC_TRAP
+        PHASE_SPEC_ERROR
+    ctypedef struct phase_spec_registry:
+        const char *const *names
+        phase_spec_instance *const *instances
+        uint32_t count
+    phase_spec_status phase_spec_instantiate(const uint8_t *bytes, size_t len, const phase_spec_registry *registry,
+                                             uint32_t stack_bytes, phase_spec_instance **out, char *err,
+                                             size_t errlen)
+    void phase_spec_free(phase_spec_instance *inst)
+    int phase_spec_invoke(phase_spec_instance *inst, const char *name, size_t name_len, const uint64_t *args,
+                          const char *arg_types, uint32_t nargs, uint64_t *results, char *result_types,
+                          uint32_t results_cap, uint32_t *nresults, char *err, size_t errlen)
+    int phase_spec_get_global(phase_spec_instance *inst, const char *name, size_t name_len, uint64_t *bits,
+                              char *type, char *err, size_t errlen)
+    int phase_spec_export_signature(phase_spec_instance *inst, const char *name, size_t name_len, char *sig,
+                                    size_t siglen)
+    void phase_spec_set_call_timeout_ms(phase_spec_instance *inst, uint64_t ms)
+
+
+cdef inline int check_rc(int rc, const char *err) except -1:
+    """The one return-code check of the bindings: a non-zero ``rc`` from C raises PhaseError with C's message."""
+    if rc != 0:
+        from pyphase.errors import PhaseError
+
+        raise PhaseError(err.decode("utf-8", "replace") or f"error {rc}")
+    return 0
+
+
+cdef inline int fill_job(object job, phase_limits *limits, uint8_t *seed) except -1:
+    """Copy a pyphase.runtime.PreparedJob's limits and seed into C (the parts _core.run and Slot.run share)."""
+    cdef bytes s = job.seed
+    if len(s) != 32:
+        raise ValueError("seed must be 32 bytes")
+    lim = job.limits
+    limits.memory_bytes = lim.memory_bytes
+    limits.fuel = lim.fuel
+    limits.timeout_ms = lim.timeout_ms
+    limits.output_bytes = lim.output_bytes
+    limits.stack_bytes = lim.stack_bytes
+    memcpy(seed, <const char *> s, 32)
+    return 0
 
 
 cdef inline tuple result_tuple(phase_result *res, tuple status_names):

@@ -2,9 +2,14 @@
 
 from typing import Any
 
+from pyphase.result import RawResult
+from pyphase.runtime import PreparedJob
+
 RUNTIME_NAME: str
 RUNTIME_VERSION: str
 STATUS_NAMES: tuple[str, ...]
+WASM_PAGE: int
+DEFAULT_LIMITS: dict[str, int]
 
 def wasi_functions() -> list[tuple[str, str, bool]]: ...
 
@@ -19,9 +24,6 @@ class CoreModule:
     @property
     def info(self) -> dict[str, Any]: ...
 
-def run(module: CoreModule, input: bytes | bytearray | memoryview, argv: list[bytes], env: list[bytes],
-        entry: bytes, memory_bytes: int, fuel: int, timeout_ms: int, output_bytes: int, stack_bytes: int,
-        deterministic: bool, seed: bytes) -> tuple[str, int, str, bytes, bytes, int, int, int, bytes, bytes, bytes,
-                                                   bytes]: ...
+def run(module: CoreModule, job: PreparedJob) -> RawResult: ...
 def sha256(data: bytes | bytearray | memoryview) -> bytes: ...
 def ed25519_verify(signature: bytes, message: bytes, public_key: bytes) -> bool: ...

@@ -15,6 +15,11 @@ if phase_crypto_init() != 0:
 
 RUNTIME_NAME = PHASE_RUNTIME_NAME.decode()
 RUNTIME_VERSION = PHASE_RUNTIME_VERSION.decode()
+WASM_PAGE = PHASE_WASM_PAGE
+cdef phase_limits _defaults
+phase_limits_default(&_defaults)
+DEFAULT_LIMITS = {"memory_bytes": _defaults.memory_bytes, "fuel": _defaults.fuel, "timeout_ms": _defaults.timeout_ms,
+                  "output_bytes": _defaults.output_bytes, "stack_bytes": _defaults.stack_bytes}
 STATUS_NAMES = tuple(phase_status_name(<phase_status> i).decode() for i in range(<int> PHASE_STATUS_COUNT))
 
 
@@ -71,30 +76,25 @@ cdef class CoreModule:
         }
 
 
-def run(CoreModule module not None, const uint8_t[::1] input not None, list argv, list env, bytes entry,
-        uint64_t memory_bytes, uint64_t fuel, uint64_t timeout_ms, uint64_t output_bytes, uint32_t stack_bytes,
-        bint deterministic, bytes seed):
-    """Run one job with the GIL released. argv/env are lists of NUL-free bytes. Returns a tuple:
+def run(CoreModule module not None, job):
+    """Run a pyphase.runtime.PreparedJob on ``module`` with the GIL released. Returns a tuple:
     (status, exit_code, message, stdout, stderr, fuel_used, wall_us, memory_peak,
      module_sha256, input_sha256, stdout_sha256, stderr_sha256)."""
     cdef phase_job_spec spec
     cdef phase_result res
     cdef list keep = []
+    cdef list argv = job.argv
+    cdef list env = job.envp
+    cdef bytes entry = job.entry
+    cdef const uint8_t[::1] input = job.input
     cdef int rc
     memset(&spec, 0, sizeof(spec))
-    if len(seed) != 32:
-        raise ValueError("seed must be 32 bytes")
+    fill_job(job, &spec.limits, spec.seed)
     spec.module = module.ptr
     spec.entry = <const char *> entry
     spec.input = view_ptr(input)
     spec.input_len = input.shape[0]
-    spec.limits.memory_bytes = memory_bytes
-    spec.limits.fuel = fuel
-    spec.limits.timeout_ms = timeout_ms
-    spec.limits.output_bytes = output_bytes
-    spec.limits.stack_bytes = stack_bytes
-    spec.deterministic = deterministic
-    memcpy(spec.seed, <const char *> seed, 32)
+    spec.deterministic = job.deterministic
     spec.argv = <const char *const *> cstring_array(argv, keep)
     spec.argc = <uint32_t> len(argv)
     try:

@@ -1,12 +1,13 @@
 """Type stubs of the compiled binding to the sandbox's C side (pyphase/_sandbox.pyx)."""
 
+from pyphase.result import RawResult
+from pyphase.runtime import PreparedJob
+
 STATUS_NAMES: tuple[str, ...]
 HEADER_BYTES: int
 MIN_SHM_BYTES: int
 MAX_DEPTH: int
 TEST_ACTIONS: dict[str, int]
-
-RawResult = tuple[str, int, str, bytes, bytes, int, int, int, bytes, bytes, bytes, bytes]
 
 def add_message(length: int) -> bytes: ...
 def server_main(args: list[str]) -> None: ...
@@ -34,8 +35,6 @@ class Slot:
     @property
     def last_timeline(self) -> tuple[int, int, int, int, int]: ...
     def ready(self, timeout_ms: int) -> None: ...
-    def run(self, module_hash: bytes, module: bytes | None, input: bytes | bytearray | memoryview, argv: list[bytes],
-            env: list[bytes], entry: bytes, memory_bytes: int, fuel: int, timeout_ms: int, output_bytes: int,
-            stack_bytes: int, deterministic: bool, seed: bytes, hard_timeout_ms: int, test_action: int = 0,
+    def run(self, job: PreparedJob, module: bytes | None, hard_timeout_ms: int, test_action: int = 0,
             spin_us: int = 0) -> RawResult | None: ...
-    def shm_needed(self, module_len: int, input_len: int, strings_len: int, output_bytes: int) -> int: ...
+    def shm_needed(self, job: PreparedJob, inline: bool) -> int: ...

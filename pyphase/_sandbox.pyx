@@ -6,85 +6,9 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
 
-from pyphase._core cimport (result_tuple, view_ptr, cstring_array, phase_result, phase_result_clear, phase_limits,
-                            phase_status_name, phase_status,
-                            phase_crypto_init, PHASE_STATUS_COUNT)
+from pyphase._core cimport *
 
 from pyphase.errors import PhaseError
-
-cdef extern from "sandbox.h" nogil:
-    int phase_sandbox_server_main(int argc, char **argv)
-
-    enum:
-        PHASE_SANDBOX_MAX_DEPTH
-
-    ctypedef struct phase_sandbox_spare:
-        int32_t pid
-        uint32_t gen
-
-    ctypedef struct phase_sandbox_slot:
-        int sock
-        uint32_t depth
-        size_t shm_bytes
-        phase_sandbox_spare spares[8]
-        uint32_t nspares
-        uint32_t gen
-        int32_t pid
-        uint64_t cache_seq
-        int32_t last_wait_status
-        int64_t last_maxrss_kb
-        int64_t last_cpu_us
-        uint64_t t_go_ns, t_ready_ns, t_woke_ns, t_confined_ns, t_ran_ns, t_done_ns
-
-    ctypedef struct phase_sandbox_job:
-        const uint8_t *module_hash
-        const uint8_t *module
-        size_t module_len
-        const uint8_t *input
-        size_t input_len
-        const char *entry
-        const char *const *argv
-        uint32_t argc
-        const char *const *envp
-        uint32_t envc
-        phase_limits limits
-        int deterministic
-        uint8_t seed[32]
-        uint32_t test_action
-        uint64_t hard_timeout_ms
-        uint32_t spin_us
-
-    uint64_t phase_sandbox_job_shm_bytes(const phase_sandbox_job *job)
-    int phase_sandbox_slot_open(phase_sandbox_slot *slot, int sock, const int *shm_fds, uint32_t depth, char *err,
-                                size_t errlen)
-    void phase_sandbox_slot_close(phase_sandbox_slot *slot)
-    int phase_sandbox_slot_ready(phase_sandbox_slot *slot, int timeout_ms, char *err, size_t errlen)
-    int phase_sandbox_slot_poll(phase_sandbox_slot *slot)
-    int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *job, phase_result *result,
-                               char *err, size_t errlen)
-
-cdef extern from "sandbox_proto.h" nogil:
-    enum:
-        SANDBOX_HEADER_BYTES
-        SANDBOX_MIN_SHM_BYTES
-        SANDBOX_TEST_NONE
-        SANDBOX_TEST_FORBIDDEN_SYSCALL
-        SANDBOX_TEST_SEGFAULT
-        SANDBOX_TEST_SPIN
-        SANDBOX_TEST_EXEC_MMAP
-        SANDBOX_TEST_ALLOCATE
-        SANDBOX_TEST_FORGE
-        SANDBOX_TEST_SNOOP
-        SANDBOX_MSG_ADD
-
-    ctypedef struct sandbox_msg:
-        uint32_t type
-        uint32_t gen
-        int32_t pid
-        int32_t wait_status
-        uint64_t cache_seq
-        int64_t maxrss_kb
-        int64_t cpu_us
 
 if phase_crypto_init() != 0:
     raise ImportError("libsodium failed to initialise")
@@ -137,14 +61,16 @@ cdef class Slot:
         cdef char err[256]
         cdef int fds[PHASE_SANDBOX_MAX_DEPTH]
         cdef Py_ssize_t k
+        cdef int rc
         if not 1 <= len(shm_fds) <= PHASE_SANDBOX_MAX_DEPTH:
             raise ValueError(f"a slot has 1 to {PHASE_SANDBOX_MAX_DEPTH} buffers")
         for k in range(len(shm_fds)):
             fds[k] = shm_fds[k]
         err[0] = 0
-        if phase_sandbox_slot_open(&self.slot, sock, fds, <uint32_t> len(shm_fds), err, sizeof(err)) != 0:
+        rc = phase_sandbox_slot_open(&self.slot, sock, fds, <uint32_t> len(shm_fds), err, sizeof(err))
+        if rc != 0:
             phase_sandbox_slot_close(&self.slot)
-            raise PhaseError(err.decode("utf-8", "replace"))
+        check_rc(rc, err)
         self.opened = True
 
     def __dealloc__(self):
@@ -218,70 +144,77 @@ cdef class Slot:
             raise PhaseError("the sandbox slot is closed")
         with nogil:
             rc = phase_sandbox_slot_ready(&self.slot, timeout_ms, err, sizeof(err))
-        if rc != 0:
-            raise PhaseError(err.decode("utf-8", "replace"))
+        check_rc(rc, err)
 
-    def run(self, bytes module_hash not None, module, const uint8_t[::1] input not None, list argv, list env,
-            bytes entry not None, uint64_t memory_bytes, uint64_t fuel, uint64_t timeout_ms, uint64_t output_bytes,
-            uint32_t stack_bytes, bint deterministic, bytes seed not None, uint64_t hard_timeout_ms,
-            uint32_t test_action=0, uint32_t spin_us=0):
-        """Run one job on this slot's worker with the GIL released. ``module`` is the bytes or None (the
-        worker's cache). Returns None if the worker lacks the module (call again with the bytes), else the
-        tuple of _core.run: (status, exit_code, message, stdout, stderr, fuel_used, wall_us, memory_peak,
-        module_sha256, input_sha256, stdout_sha256, stderr_sha256)."""
-        cdef phase_sandbox_job job
+    cdef int _fill(self, phase_sandbox_job *j, job, module, list keep) except -1:
+        """Fill ``j`` from a pyphase.runtime.PreparedJob (``module``: its bytes, or None when the worker has it
+        cached); argv/envp arrays are malloc'd (free them) and what they point to is kept alive in ``keep``."""
+        cdef bytes digest = job.digest
+        cdef bytes entry = job.entry
+        cdef const uint8_t[::1] mview
+        cdef const uint8_t[::1] iview = job.input
+        if len(digest) != 32:
+            raise ValueError("module_hash must be 32 bytes")
+        keep += [digest, entry, iview]
+        fill_job(job, &j.limits, j.seed)
+        j.module_hash = <const uint8_t *> (<char *> digest)
+        if module is not None:
+            mview = module
+            keep.append(mview)
+            j.module = view_ptr(mview)
+            j.module_len = mview.shape[0]
+            if j.module is NULL:
+                j.module = j.module_hash   # non-NULL marks "bytes given" (0 bytes)
+        j.input = view_ptr(iview)
+        j.input_len = iview.shape[0]
+        j.entry = <const char *> entry
+        j.deterministic = job.deterministic
+        j.argv = <const char *const *> cstring_array(job.argv, keep)
+        j.argc = <uint32_t> len(job.argv)
+        j.envp = <const char *const *> cstring_array(job.envp, keep)
+        j.envc = <uint32_t> len(job.envp)
+        return 0
+
+    def run(self, job, module, uint64_t hard_timeout_ms, uint32_t test_action=0, uint32_t spin_us=0):
+        """Run a pyphase.runtime.PreparedJob on this slot's worker with the GIL released. ``module`` is its
+        bytes or None (the worker's cache). Returns None if the worker lacks the module (call again with the
+        bytes), else the tuple of _core.run: (status, exit_code, message, stdout, stderr, fuel_used, wall_us,
+        memory_peak, module_sha256, input_sha256, stdout_sha256, stderr_sha256)."""
+        cdef phase_sandbox_job j
         cdef phase_result res
         cdef char err[256]
         cdef list keep = []
         cdef int rc
-        cdef const uint8_t[::1] mview
         if not self.opened:
             raise PhaseError("the sandbox slot is closed")
-        if len(seed) != 32 or len(module_hash) != 32:
-            raise ValueError("seed and module_hash must be 32 bytes")
-        memset(&job, 0, sizeof(job))
+        memset(&j, 0, sizeof(j))
         err[0] = 0
-        job.module_hash = <const uint8_t *> (<char *> module_hash)
-        if module is not None:
-            mview = module
-            job.module = view_ptr(mview)
-            job.module_len = mview.shape[0]
-            if job.module is NULL:
-                job.module = <const uint8_t *> (<char *> module_hash)   # non-NULL marks "bytes given" (0 bytes)
-        job.input = view_ptr(input)
-        job.input_len = input.shape[0]
-        job.entry = <const char *> entry
-        job.limits.memory_bytes = memory_bytes
-        job.limits.fuel = fuel
-        job.limits.timeout_ms = timeout_ms
-        job.limits.output_bytes = output_bytes
-        job.limits.stack_bytes = stack_bytes
-        job.deterministic = deterministic
-        memcpy(job.seed, <const char *> seed, 32)
-        job.test_action = test_action
-        job.hard_timeout_ms = hard_timeout_ms
-        job.spin_us = spin_us
-        job.argv = <const char *const *> cstring_array(argv, keep)
-        job.argc = <uint32_t> len(argv)
         try:
-            job.envp = <const char *const *> cstring_array(env, keep)
-            job.envc = <uint32_t> len(env)
+            self._fill(&j, job, module, keep)
+            j.test_action = test_action
+            j.hard_timeout_ms = hard_timeout_ms
+            j.spin_us = spin_us
             with nogil:
-                rc = phase_sandbox_slot_run(&self.slot, &job, &res, err, sizeof(err))
+                rc = phase_sandbox_slot_run(&self.slot, &j, &res, err, sizeof(err))
             if rc == 1:
                 return None
-            if rc != 0:
-                raise PhaseError(err.decode("utf-8", "replace"))
+            check_rc(rc, err)
             try:
                 return result_tuple(&res, STATUS_NAMES)
             finally:
                 phase_result_clear(&res)
         finally:
-            free(<void *> job.argv)
-            free(<void *> job.envp)
+            free(<void *> j.argv)
+            free(<void *> j.envp)
 
-    def shm_needed(self, module_len, input_len, strings_len, output_bytes):
-        """Shared-memory bytes a job of these sizes needs (module_len 0 when cached)."""
-        def a64(v):
-            return (v + 63) & ~63
-        return HEADER_BYTES + a64(module_len) + a64(input_len) + a64(strings_len) + output_bytes
+    def shm_needed(self, job, bint inline):
+        """Shared-memory bytes a prepared job needs (with the module's bytes when ``inline``), as C lays it out."""
+        cdef phase_sandbox_job j
+        cdef list keep = []
+        memset(&j, 0, sizeof(j))
+        try:
+            self._fill(&j, job, job.data if inline else None, keep)
+            return phase_sandbox_job_shm_bytes(&j)
+        finally:
+            free(<void *> j.argv)
+            free(<void *> j.envp)

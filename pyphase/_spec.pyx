@@ -8,32 +8,7 @@ letters: 'i' i32, 'I' i64, 'f' f32, 'F' f64.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
 
-cdef extern from "phase_spec.h" nogil:
-    ctypedef struct phase_spec_instance:
-        pass
-    ctypedef enum phase_spec_status:
-        PHASE_SPEC_OK
-        PHASE_SPEC_INVALID
-        PHASE_SPEC_UNSUPPORTED
-        PHASE_SPEC_UNLINKABLE
-        PHASE_SPEC_TRAP
-        PHASE_SPEC_ERROR
-    ctypedef struct phase_spec_registry:
-        const char *const *names
-        phase_spec_instance *const *instances
-        uint32_t count
-    phase_spec_status phase_spec_instantiate(const uint8_t *bytes, size_t len, const phase_spec_registry *registry,
-                                             uint32_t stack_bytes, phase_spec_instance **out, char *err,
-                                             size_t errlen)
-    void phase_spec_free(phase_spec_instance *inst)
-    int phase_spec_invoke(phase_spec_instance *inst, const char *name, size_t name_len, const uint64_t *args,
-                          const char *arg_types, uint32_t nargs, uint64_t *results, char *result_types,
-                          uint32_t results_cap, uint32_t *nresults, char *err, size_t errlen)
-    int phase_spec_get_global(phase_spec_instance *inst, const char *name, size_t name_len, uint64_t *bits,
-                              char *type, char *err, size_t errlen)
-    int phase_spec_export_signature(phase_spec_instance *inst, const char *name, size_t name_len, char *sig,
-                                    size_t siglen)
-    void phase_spec_set_call_timeout_ms(phase_spec_instance *inst, uint64_t ms)
+from pyphase._core cimport *
 
 STATUS = {PHASE_SPEC_OK: "ok", PHASE_SPEC_INVALID: "invalid", PHASE_SPEC_UNSUPPORTED: "unsupported",
           PHASE_SPEC_UNLINKABLE: "unlinkable", PHASE_SPEC_TRAP: "trap", PHASE_SPEC_ERROR: "error"}

@@ -65,12 +65,12 @@ def _write_address(data_dir: Path, address: str) -> None:
     os.replace(tmp, target)
 
 
-async def run_node(config: NodeConfig, log: EventLog) -> int:
+async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = Node) -> int:
     identity = _identity(config)
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     address_file = config.data_dir / "address"
     address_file.unlink(missing_ok=True)
-    node = Node(config, identity, log=log)
+    node = node_class(config, identity, log=log)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.request_stop)
@@ -163,7 +163,8 @@ async def _announce(identity: Identity, host: str, port: int, caps: dict[str, An
         log("warning", message=f"mDNS unavailable: {type(exc).__name__}: {exc}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, node_class: type[Node] = Node) -> int:
+    """Run ``plasmd`` with ``argv``; ``node_class`` is for test launchers that need a node that cheats."""
     args = build_parser().parse_args(argv)
     if args.help_config:
         print(config_mod.help_text(), end="")
@@ -180,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stream = open(config.log_file, "a", buffering=1) if config.log_file else sys.stderr
     log = EventLog(config.log_format, stream)
     try:
-        return asyncio.run(run_node(config, log))
+        return asyncio.run(run_node(config, log, node_class))
     except (IdentityError, SandboxUnavailable) as exc:
         print(f"plasmd: {exc}", file=sys.stderr)
         return 1

@@ -45,6 +45,10 @@ class SandboxUnavailable(PhaseError):
     code in its own process (``sandbox = false`` / ``--no-sandbox`` is the explicit opt-out)."""
 
 
+class SandboxError(PhaseError):
+    """The sandbox itself failed (its fork server died or could not start); the job's fate is unknown."""
+
+
 class IdentityError(PhaseError):
     """An identity key file is missing, unreadable or malformed."""
 

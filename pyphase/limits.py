@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
+from pyphase import _core
 from pyphase.errors import LimitsError
 
 _SIZE_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
@@ -15,7 +16,8 @@ _AMBIGUOUS = {"k": "K", "m": "M", "g": "G"}
 SIZE_RULE = "a size is a number and a unit: B; KB, MB, GB (powers of 1000); KiB, MiB, GiB (powers of 1024)"
 DURATION_RULE = "a duration is a number and a unit: ms, s, m (minutes) or h"
 
-WASM_PAGE = 65536
+WASM_PAGE = _core.WASM_PAGE
+_DEFAULT = _core.DEFAULT_LIMITS     # the C core's defaults (phase_limits_default), the one source
 MAX_MEMORY_BYTES = 4 << 30          # wasm32's whole address space
 MAX_OUTPUT_BYTES = 1 << 30
 MAX_STACK_BYTES = 16 << 20
@@ -94,11 +96,11 @@ def format_duration_ms(value: int) -> str:
 class Limits:
     """Hard limits of one job. ``fuel`` and ``timeout_ms`` of 0 mean unlimited."""
 
-    memory_bytes: int = 64 << 20
-    fuel: int = 0
-    timeout_ms: int = 10_000
-    output_bytes: int = 1 << 20
-    stack_bytes: int = 512 << 10
+    memory_bytes: int = _DEFAULT["memory_bytes"]
+    fuel: int = _DEFAULT["fuel"]
+    timeout_ms: int = _DEFAULT["timeout_ms"]
+    output_bytes: int = _DEFAULT["output_bytes"]
+    stack_bytes: int = _DEFAULT["stack_bytes"]
 
     def __post_init__(self) -> None:
         for name in _FIELDS:

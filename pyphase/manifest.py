@@ -1,15 +1,14 @@
-"""Job manifests: what a client asks a node to run (DESIGN.md, "Job manifest")."""
+"""Job manifests: what a client asks a node to run (docs/DESIGN.md, "Job manifest")."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any, Mapping, Sequence
 
 from pyphase import schemas
 from pyphase.errors import ManifestError
 from pyphase.limits import Limits
-from pyphase.result import hash_text
+from pyphase.digests import sha256_text
 from pyphase.runtime import Module
 from pyphase.signing import canonical_bytes
 
@@ -24,19 +23,20 @@ def new_nonce() -> str:
 def make_manifest(module: Module | bytes, input: bytes = b"", *, args: Sequence[str] = (),
                   env: Mapping[str, str] | None = None, entry: str = "_start", limits: Limits | None = None,
                   deterministic: bool = False, nonce: str | None = None,
-                  requires: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Build a manifest for running ``module`` on ``input``; checked against the schema before it is returned."""
+                  requires: Mapping[str, Any] | None = None, module_hash: str | None = None) -> dict[str, Any]:
+    """Build a manifest for running ``module`` on ``input``; checked against the schema before it is returned.
+    ``module_hash``: the module's ``sha256:`` text when the caller computed it already from the same bytes."""
     if isinstance(module, Module):
         module_ref = {"hash": module.hash, "size": module.size}
     else:
-        module_ref = {"hash": hash_text(hashlib.sha256(module).digest()), "size": len(module)}
+        module_ref = {"hash": module_hash or sha256_text(module), "size": len(module)}
     manifest = {
         "version": MANIFEST_VERSION,
         "module": module_ref,
         "entry": entry,
         "args": list(args),
         "env": dict(env or {}),
-        "input": {"hash": hash_text(hashlib.sha256(input).digest()), "size": len(input)},
+        "input": {"hash": sha256_text(input), "size": len(input)},
         "limits": (limits or Limits()).to_json(),
         "requires": dict(requires or {}),
         "deterministic": bool(deterministic),
@@ -56,7 +56,7 @@ def validate_manifest(document: Any) -> dict[str, Any]:
 
 def job_id(manifest: Mapping[str, Any]) -> str:
     """The job's name: sha256 of the manifest's canonical bytes (nonce included, so every submission differs)."""
-    return hash_text(hashlib.sha256(canonical_bytes(manifest)).digest())
+    return sha256_text(canonical_bytes(manifest))
 
 
 def manifest_limits(manifest: Mapping[str, Any]) -> Limits:

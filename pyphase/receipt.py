@@ -1,4 +1,4 @@
-"""Receipts: a node's signed statement of what a job was and what it produced (DESIGN.md, "Receipt").
+"""Receipts: a node's signed statement of what a job was and what it produced (docs/DESIGN.md, "Receipt").
 
 A client accepts a result only if the signature verifies, every hash matches the bytes it holds,
 the nonce is its own, and the signer is the peer it meant to talk to; :func:`verify_receipt`
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import platform
+import time
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -18,7 +18,8 @@ from pyphase import schemas
 from pyphase.errors import SignatureError, VerificationError
 from pyphase.identity import Identity, peer_id_from_public_key, public_key_from_peer_id
 from pyphase.limits import Limits
-from pyphase.result import Result, hash_text
+from pyphase.digests import sha256_text
+from pyphase.result import Result
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION
 from pyphase.signing import sign_document, verify_document
 
@@ -42,10 +43,21 @@ def node_info(identity: Identity) -> dict[str, str]:
     }
 
 
+_second_text: tuple[int, str] = (-1, "")
+
+
 def timestamp(moment: datetime | None = None) -> str:
-    """RFC 3339 UTC time with milliseconds, the form receipts carry."""
-    moment = moment or datetime.now(timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """RFC 3339 UTC time with milliseconds, the form receipts (and the node's event log) carry: the one place
+    that formats it. Now (the default) costs a strftime only once a second."""
+    global _second_text
+    if moment is not None:
+        moment = moment.astimezone(timezone.utc)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{moment.microsecond // 1000:03d}Z"
+    now = time.time()
+    second = int(now)
+    if _second_text[0] != second:
+        _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second_text[1]}.{int((now - second) * 1000):03d}Z"
 
 
 def make_receipt(result: Result, *, job_id: str, nonce: str, limits: Limits, identity: Identity,
@@ -85,10 +97,6 @@ def signer_public_key(receipt: Mapping[str, Any]) -> bytes:
     return key
 
 
-def _digest(data: bytes | bytearray | memoryview) -> str:
-    return hash_text(hashlib.sha256(data).digest())
-
-
 def verify_receipt(receipt: Any, *, module: bytes | None = None, input: bytes | None = None,
                    stdout: bytes | None = None, stderr: bytes | None = None, nonce: str | None = None,
                    signer: str | bytes | None = None, manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -124,8 +132,8 @@ def verify_receipt(receipt: Any, *, module: bytes | None = None, input: bytes | 
     if nonce is not None and receipt.get("nonce") != nonce:
         problems.append(f"nonce {receipt.get('nonce')!r} is not ours ({nonce!r})")
     for field, data in (("module", module), ("input", input), ("stdout", stdout), ("stderr", stderr)):
-        if data is not None and receipt.get(field) != _digest(data):
-            problems.append(f"{field} hash {receipt.get(field)} does not match the bytes given ({_digest(data)})")
+        if data is not None and receipt.get(field) != sha256_text(data):
+            problems.append(f"{field} hash {receipt.get(field)} does not match the bytes given ({sha256_text(data)})")
     if manifest is not None:
         from pyphase.manifest import job_id
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pyphase.digests import UNHASHED, hash_text, sha256_text
 from pyphase.errors import JOB_ERRORS
 
-
-def hash_text(digest: bytes) -> str:
-    """``sha256:<hex>`` name of a digest."""
-    return "sha256:" + digest.hex()
+RawResult = tuple[str, int, str, bytes, bytes, int, int, int, bytes, bytes, bytes, bytes]
+"""A result as the C bindings return it (``_core.run``, ``_sandbox.Slot.run``); :meth:`Result.from_core` reads it."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +29,24 @@ class Result:
     stdout_hash: str
     stderr_hash: str
     receipt: dict[str, Any] | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_core(cls, raw: RawResult) -> Result:
+        """The result of a job the C core ran (in this process or in a sandbox worker)."""
+        return cls(
+            status=raw[0], exit_code=raw[1], message=raw[2], stdout=raw[3], stderr=raw[4], fuel_used=raw[5],
+            wall_us=raw[6], memory_peak_bytes=raw[7], module_hash=hash_text(raw[8]), input_hash=hash_text(raw[9]),
+            stdout_hash=hash_text(raw[10]), stderr_hash=hash_text(raw[11]),
+        )
+
+    def with_hashes(self, module_hash: str, input_hash: str) -> Result:
+        """This result, or, for a job that never ran and so hashed nothing (:data:`~pyphase.digests.UNHASHED`:
+        invalid module, crashed worker), a copy naming the module and input the caller checked and hashing the
+        output it holds."""
+        if self.stdout_hash != UNHASHED and self.module_hash != UNHASHED:
+            return self
+        return replace(self, module_hash=module_hash, input_hash=input_hash, stdout_hash=sha256_text(self.stdout),
+                       stderr_hash=sha256_text(self.stderr))
 
     @property
     def ok(self) -> bool:

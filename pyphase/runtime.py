@@ -1,17 +1,24 @@
-"""Run WASI jobs in this process: :class:`Module` (validated once) and :func:`run`."""
+"""Run WASI jobs in this process: :class:`Module` (validated once), :func:`prepare_job` and :func:`run`.
+
+A job is prepared once (:class:`PreparedJob`: the module's digest and bytes, argv/env encoded for C, entry,
+limits, seed) and that one object goes to the C core, here (:func:`run`) or in a sandbox worker
+(:meth:`pyphase.Sandbox.run`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
 from collections import OrderedDict
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 from pyphase import _core
+from pyphase.digests import hash_text
 from pyphase.errors import InvalidModule
 from pyphase.limits import DEFAULT_LIMITS, Limits
-from pyphase.result import Result, hash_text
+from pyphase.result import Result
 
 RUNTIME_NAME: str = _core.RUNTIME_NAME
 RUNTIME_VERSION: str = _core.RUNTIME_VERSION
@@ -48,6 +55,13 @@ def _explained(message: str, data: bytes | bytearray | memoryview) -> str:
     return f"{message}: {hint}" if hint else message
 
 
+def explain_invalid(result: Result, data: bytes | bytearray | memoryview) -> Result:
+    """``result`` with :func:`not_wasm_hint`'s explanation added when the job's bytes were not a module at all."""
+    if result.status != "invalid_module":
+        return result
+    return dataclasses.replace(result, message=_explained(result.message, data))
+
+
 class Module:
     """A WebAssembly module checked once (full validation, imports against the WASI host) and reusable.
 
@@ -74,9 +88,10 @@ class Module:
             return cls.cached(f.read())
 
     @classmethod
-    def cached(cls, data: bytes) -> Module:
-        """The module for ``data``, validated at most once per process (bounded LRU by content hash)."""
-        key = hashlib.sha256(data).digest()
+    def cached(cls, data: bytes, digest: bytes | None = None) -> Module:
+        """The module for ``data``, validated at most once per process (bounded LRU by content hash).
+        ``digest``: the sha256 of ``data`` when the caller has it already."""
+        key = digest or hashlib.sha256(data).digest()
         with cls._cache_lock:
             module = cls._cache.get(key)
             if module is not None:
@@ -88,6 +103,11 @@ class Module:
             while len(cls._cache) > cls.CACHE_SIZE:
                 cls._cache.popitem(last=False)
         return module
+
+    @property
+    def digest(self) -> bytes:
+        """The sha256 of the module's bytes (``hash`` is its text form)."""
+        return bytes(self._core.digest)
 
     @property
     def size(self) -> int:
@@ -106,7 +126,8 @@ class Module:
         return f"<Module {self.hash[:19]}… {self.size} bytes>"
 
 
-def _encode_strings(items: Sequence[str], what: str) -> list[bytes]:
+def encode_strings(items: Sequence[str], what: str) -> list[bytes]:
+    """UTF-8 bytes of each string for C's argv/envp; ``ValueError`` on a NUL byte (C would cut the string)."""
     out = []
     for item in items:
         data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
@@ -125,6 +146,57 @@ def deterministic_seed(module_hash: str, input_hash: str, args: Sequence[str], e
     return h.digest()
 
 
+class PreparedJob(NamedTuple):
+    """A job ready for the C core, built once by :func:`prepare_job` (a tuple: cheap on the per-job path).
+
+    ``module`` is a validated :class:`Module` or the raw bytes (validated where the job runs: in this process
+    by :func:`run`, in a worker by the sandbox); ``digest`` is the sha256 of its bytes, computed once."""
+
+    digest: bytes
+    module: Module | bytes
+    input: bytes | bytearray | memoryview
+    argv: list[bytes]
+    envp: list[bytes]
+    entry: bytes
+    limits: Limits
+    deterministic: bool
+    seed: bytes
+
+    @property
+    def data(self) -> bytes:
+        """The module's bytes."""
+        return self.module if isinstance(self.module, bytes) else self.module.bytes
+
+
+def prepare_job(module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview = b"", *,
+                args: Sequence[str] = (), env: Mapping[str, str] | None = None, entry: str = "_start",
+                limits: Limits | None = None, deterministic: bool = False,
+                program_name: str = DEFAULT_PROGRAM_NAME, seed: bytes | None = None,
+                digest: bytes | None = None) -> PreparedJob:
+    """Check and encode a job's parts for C (``ValueError`` for NUL bytes or a bad environment name).
+
+    ``digest``: the module's sha256 when the caller computed it already (it travels with the bytes); the
+    deterministic seed is derived here unless given."""
+    if isinstance(module, Module):
+        digest = module.digest
+    else:
+        module = bytes(module)
+        if digest is None:
+            digest = hashlib.sha256(module).digest()
+    environment = dict(env or {})
+    for key in environment:
+        if "=" in key or not key:
+            raise ValueError(f"environment variable names must be non-empty and contain no '=': {key!r}")
+    if "\0" in entry:
+        raise ValueError("entry must not contain NUL")
+    argv = encode_strings([program_name, *args], "arguments")
+    envp = encode_strings([f"{k}={v}" for k, v in environment.items()], "environment")
+    if deterministic and seed is None:
+        seed = deterministic_seed(hash_text(digest), hash_text(_core.sha256(input)), list(args), environment, entry)
+    return PreparedJob(digest, module, input, argv, envp, entry.encode("utf-8"), limits or DEFAULT_LIMITS,
+                       deterministic, seed or bytes(32))
+
+
 def run(module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview = b"", *,
         args: Sequence[str] = (), env: Mapping[str, str] | None = None, entry: str = "_start",
         limits: Limits | None = None, deterministic: bool = False, program_name: str = DEFAULT_PROGRAM_NAME,
@@ -135,24 +207,12 @@ def run(module: Module | bytes | bytearray | memoryview, input: bytes | bytearra
     :class:`Result` with its ``status``; invalid modules raise :class:`~pyphase.errors.InvalidModule`.
     Untrusted modules belong in a :class:`pyphase.Sandbox`, which adds process isolation.
     """
-    if not isinstance(module, Module):
-        module = Module.cached(bytes(module))
-    lim = limits or DEFAULT_LIMITS
-    environment = dict(env or {})
-    for key in environment:
-        if "=" in key or not key:
-            raise ValueError(f"environment variable names must be non-empty and contain no '=': {key!r}")
-    argv = _encode_strings([program_name, *args], "arguments")
-    envp = _encode_strings([f"{k}={v}" for k, v in environment.items()], "environment")
-    if deterministic and seed is None:
-        input_hash = hash_text(_core.sha256(input))
-        seed = deterministic_seed(module.hash, input_hash, list(args), environment, entry)
-    if "\0" in entry:
-        raise ValueError("entry must not contain NUL")
-    raw = _core.run(module._core, input, argv, envp, entry.encode("utf-8"), lim.memory_bytes, lim.fuel,
-                    lim.timeout_ms, lim.output_bytes, lim.stack_bytes, deterministic, seed or bytes(32))
-    return Result(
-        status=raw[0], exit_code=raw[1], message=raw[2], stdout=raw[3], stderr=raw[4], fuel_used=raw[5],
-        wall_us=raw[6], memory_peak_bytes=raw[7], module_hash=hash_text(raw[8]), input_hash=hash_text(raw[9]),
-        stdout_hash=hash_text(raw[10]), stderr_hash=hash_text(raw[11]),
-    )
+    job = prepare_job(module, input, args=args, env=env, entry=entry, limits=limits, deterministic=deterministic,
+                      program_name=program_name, seed=seed)
+    return run_prepared(job)
+
+
+def run_prepared(job: PreparedJob) -> Result:
+    """Run a prepared job in this process (validating its module here if it is raw bytes)."""
+    module = job.module if isinstance(job.module, Module) else Module.cached(job.module, job.digest)
+    return Result.from_core(_core.run(module._core, job))

@@ -9,7 +9,7 @@ from pyphase.boot.manifest import (
     BootManifest,
     decode_manifest,
     encode_manifest,
-    make_manifest,
+    make_boot_manifest,
     parse_manifest,
     sign_manifest,
     verify_manifest,
@@ -17,6 +17,6 @@ from pyphase.boot.manifest import (
 
 __all__ = [
     "Artifact", "ArtifactError", "BootError", "BootManifest", "BootManifestError", "ManifestExpired",
-    "ReleaseKeyError", "decode_manifest", "encode_manifest", "make_manifest", "parse_manifest",
+    "ReleaseKeyError", "decode_manifest", "encode_manifest", "make_boot_manifest", "parse_manifest",
     "sign_manifest", "verify_manifest",
 ]

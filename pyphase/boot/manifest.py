@@ -18,7 +18,7 @@ A boot manifest is a signed JSON document (see :mod:`pyphase.signing`)::
 The schema is closed (no other keys), every number is an integer that fits in 63 bits
 and ``cmdline`` is printable ASCII, so the canonical bytes the C verifier rebuilds in
 stage 1 cannot differ from Python's. The same rules are enforced in
-``csrc/boot/manifest.c``; keep the two in step.
+``csrc/boot/bootmanifest.c``; keep the two in step.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Any, Mapping
 import nacl.signing
 
 from pyphase.boot.errors import ArtifactError, BootManifestError, ManifestExpired
+from pyphase.digests import PREFIX, hash_text, is_hash_text
 from pyphase.errors import SignatureError
 from pyphase.signing import sign_document, verify_document
 
@@ -47,7 +48,6 @@ ARCHES = ("x86_64", "aarch64")
 ARTIFACT_ROLES = ("kernel", "initramfs")
 KEYS = frozenset({"type", "version", "release", "arch", "created_at", "expires_at", "cmdline", "signature",
                   *ARTIFACT_ROLES})
-_HASH_PREFIX = "sha256:"
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class Artifact:
 
     @property
     def hex(self) -> str:
-        return self.hash[len(_HASH_PREFIX):]
+        return self.hash[len(PREFIX):]
 
     def to_json(self) -> dict[str, Any]:
         return {"hash": self.hash, "size": self.size}
@@ -75,7 +75,7 @@ class Artifact:
                     size += len(chunk)
         except OSError as exc:
             raise ArtifactError(f"cannot read {path}: {exc.strerror}") from None
-        return cls(_HASH_PREFIX + h.hexdigest(), size)
+        return cls(hash_text(h.digest()), size)
 
     def check_file(self, path: str | os.PathLike[str]) -> None:
         """Raise :class:`ArtifactError` unless the file at ``path`` is exactly this artifact."""
@@ -108,10 +108,9 @@ def _is_int(value: Any) -> bool:
 
 
 def _check_hash(text: Any, where: str) -> str:
-    if not isinstance(text, str) or not text.startswith(_HASH_PREFIX) or len(text) != len(_HASH_PREFIX) + 64:
+    if not isinstance(text, str) or not text.startswith(PREFIX) or len(text) != len(PREFIX) + 64:
         raise BootManifestError(f"{where}: expected 'sha256:' and 64 hex digits")
-    hexpart = text[len(_HASH_PREFIX):]
-    if any(c not in "0123456789abcdef" for c in hexpart):
+    if not is_hash_text(text):
         raise BootManifestError(f"{where}: hash must be lower-case hex")
     return text
 
@@ -163,7 +162,7 @@ def parse_manifest(document: Mapping[str, Any]) -> BootManifest:
     )
 
 
-def make_manifest(kernel: Artifact, initramfs: Artifact, cmdline: str, *, release: int,
+def make_boot_manifest(kernel: Artifact, initramfs: Artifact, cmdline: str, *, release: int,
                   expires_at: int, created_at: int | None = None, arch: str = "x86_64") -> dict[str, Any]:
     """Build an unsigned manifest document; the schema is checked before it is returned."""
     created = int(time.time()) if created_at is None else created_at

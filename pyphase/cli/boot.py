@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pyphase.boot import keys
 from pyphase.boot.errors import BootError
-from pyphase.boot.manifest import ARCHES, Artifact, load_manifest, make_manifest, sign_manifest, verify_manifest
+from pyphase.boot.manifest import ARCHES, load_manifest, make_boot_manifest, sign_manifest, verify_manifest
 from pyphase.boot.server import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, ArtifactServer
 from pyphase.boot.store import ArtifactStore
 from pyphase.errors import PhaseError
@@ -56,7 +56,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     initramfs = store.add_file(args.initramfs)
     now = int(time.time())
     expires_at = args.expires_at if args.expires_at is not None else now + args.expires_in
-    document = make_manifest(kernel, initramfs, args.cmdline, release=args.release, expires_at=expires_at,
+    document = make_boot_manifest(kernel, initramfs, args.cmdline, release=args.release, expires_at=expires_at,
                              created_at=now, arch=args.arch)
     signed = sign_manifest(document, secret.signing_key)
     path = store.write_manifest(signed)

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -42,9 +43,10 @@ units: a SIZE is a number and a unit: B; KB, MB, GB (powers of 1000); KiB, MiB, 
 """
 EXIT_HELP = """\
 exit status: the module's own exit code when it ran to completion; otherwise
-  trap 134, timeout 124, fuel_exhausted 152, memory_limit 137, output_limit 141,
-  invalid_module 65 (also a file that is not a module: .wat, C source, empty), crashed 139.
-  Usage errors exit 2."""
+{codes}
+  (invalid_module also for a file that is not a module: .wat, C source, empty). Usage errors exit 2.""".format(
+    codes=textwrap.fill(", ".join(f"{status} {code}" for status, code in STATUS_EXIT_CODES.items()),
+                        width=80, initial_indent="  ", subsequent_indent="  "))
 EPILOG_RUN = LIMITS_HELP + EXIT_HELP + """
 examples:
   phase run examples/hello/hello.wasm --input "Hello, World"

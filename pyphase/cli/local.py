@@ -26,39 +26,42 @@ from pyphase.identity import Identity, default_identity_path
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Run a module here: its raw bytes go to an isolated worker (validated there, never in this process)."""
+    from pyphase.digests import hash_text, sha256_text
     from pyphase.manifest import job_id, make_manifest
     from pyphase.receipt import make_receipt, timestamp
-    from pyphase.runtime import Module, run
+    from pyphase.runtime import prepare_job, run_prepared
 
     try:
         data, limits, env, job_input = read_job(args)
+        job = prepare_job(data, job_input, args=args.arg, env=env, entry=args.entry, limits=limits,
+                          deterministic=args.deterministic, program_name=Path(args.module).name)
     except UsageError as exc:
         return fail(str(exc), exc.code)
-    program = Path(args.module).name
-    try:
-        module = Module.cached(data)
-    except InvalidModule as exc:
-        result = None
-        message = str(exc)
-        if args.json:
-            print(json.dumps({"status": "invalid_module", "message": message}))
-        else:
-            print(f"phase: invalid_module: {message}", file=sys.stderr)
-        return STATUS_EXIT_CODES["invalid_module"]
+    except ValueError as exc:
+        return fail(str(exc))
     started = timestamp()
-    kwargs: dict[str, Any] = dict(args=args.arg, env=env, entry=args.entry, limits=limits,
-                                  deterministic=args.deterministic, program_name=program)
     if args.no_sandbox:
-        result = run(module, job_input, **kwargs)
+        try:
+            result = run_prepared(job)
+        except InvalidModule as exc:
+            message = str(exc)
+            if args.json:
+                print(json.dumps({"status": "invalid_module", "message": message}))
+            else:
+                print(f"phase: invalid_module: {message}", file=sys.stderr)
+            return STATUS_EXIT_CODES["invalid_module"]
     else:
         from pyphase.sandbox import Sandbox
 
         with Sandbox(workers=1) as sandbox:
-            result = sandbox.run(module, job_input, **kwargs)
+            result = sandbox.run_prepared(job)
+    module_hash = hash_text(job.digest)
+    result = result.with_hashes(module_hash, sha256_text(job_input))
     receipt = None
     if args.receipt or args.json:
-        manifest = make_manifest(module, job_input, args=args.arg, env=env, entry=args.entry, limits=limits,
-                                 deterministic=args.deterministic)
+        manifest = make_manifest(data, job_input, args=args.arg, env=env, entry=args.entry, limits=limits,
+                                 deterministic=args.deterministic, module_hash=module_hash)
         receipt = make_receipt(result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=limits,
                                identity=load_identity(args.identity), started_at=started)
     return emit_result(result, args, receipt)

@@ -14,13 +14,15 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from pyphase.digests import PREFIX, is_hash_text
+
 _NAME = re.compile(r"^([0-9a-f]{64})\.wasm$")
 
 
 def _hex(module_hash: str) -> str:
-    if not module_hash.startswith("sha256:") or len(module_hash) != 71:
+    if not is_hash_text(module_hash):
         raise ValueError(f"not a module hash: {module_hash!r}")
-    return module_hash[7:]
+    return module_hash[len(PREFIX):]
 
 
 class ModuleCache:

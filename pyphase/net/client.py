@@ -26,7 +26,6 @@ query for them.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import random
@@ -39,6 +38,7 @@ import zmq
 import zmq.utils.monitor
 import zmq.utils.z85
 
+from pyphase.digests import sha256_text
 from pyphase.errors import NetworkError, NoPeers, QuorumError, VerificationError
 from pyphase.identity import Identity
 from pyphase.limits import Limits, format_size
@@ -56,7 +56,6 @@ CONNECT_TIMEOUT_S = 2.0
 PROXY_CONNECT_TIMEOUT_S = 30.0  # through a proxy (Tor builds a circuit first): the default connect_timeout
 TIMEOUT_SLACK_S = 5.0
 MAX_BACKOFF_S = 1.0            # longest pause before re-asking a peer that failed, when no other is left
-ZERO_COPY_MIN = 256 << 10      # smaller frames are cheaper to copy than to track
 _MONITOR_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                    | zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -356,7 +355,7 @@ class Client:
         limits = limits or Limits()
         job = _Job(bytes(module), bytes(input), list(args), dict(env or {}), entry, limits,
                    deterministic or replicas > 1, dict(requires or {}))
-        job.module_hash = "sha256:" + hashlib.sha256(job.module).hexdigest()
+        job.module_hash = sha256_text(job.module)
         if timeout is None:
             timeout = (limits.timeout_ms / 1000 if limits.timeout_ms else 3600.0) + TIMEOUT_SLACK_S
         with self._lock:
@@ -411,7 +410,7 @@ class Client:
 
     def _run(self, job: _Job, want: int, retries: int, timeout: float) -> list[RemoteResult]:
         probe = make_manifest(job.module, job.input, args=job.args, env=job.env, entry=job.entry, limits=job.limits,
-                              deterministic=job.deterministic, requires=job.requires)
+                              deterministic=job.deterministic, requires=job.requires, module_hash=job.module_hash)
         active: dict[bytes, _Attempt] = {}
         results: list[RemoteResult] = []
         budget = want + max(0, retries)
@@ -450,7 +449,7 @@ class Client:
         assert sock is not None
         try:
             sock.send_multipart(wire.encode("offer", (job.input,), job=attempt.tag, manifest=attempt.manifest),
-                                zmq.NOBLOCK, copy=len(job.input) < ZERO_COPY_MIN)
+                                zmq.NOBLOCK, copy=len(job.input) < wire.ZERO_COPY_MIN)
         except zmq.Again:
             return                      # not connected yet: POLLOUT will tell
         attempt.state = "offered"
@@ -515,7 +514,7 @@ class Client:
                 peer.modules.discard(job.module_hash)
                 try:
                     peer.sock.send_multipart(wire.encode("module", (job.module,), job=attempt.tag),  # type: ignore[union-attr]
-                                             zmq.NOBLOCK, copy=len(job.module) < ZERO_COPY_MIN)
+                                             zmq.NOBLOCK, copy=len(job.module) < wire.ZERO_COPY_MIN)
                 except zmq.Again:
                     self._fail(job, active, attempt, "connection lost while sending the module")
         elif msg.type == "reject":

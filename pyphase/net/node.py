@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import functools
-import hashlib
 import json
 import os
 import sys
@@ -26,6 +24,7 @@ import zmq
 import zmq.utils.z85
 
 from pyphase import schemas
+from pyphase.digests import digest_from_text, sha256_text
 from pyphase.identity import Identity
 from pyphase.limits import Limits
 from pyphase.manifest import job_id
@@ -34,31 +33,13 @@ from pyphase.net.cache import ModuleCache
 from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig
 from pyphase.sandbox.executor import Executor, failed_result, job_kwargs, make_executor
-from pyphase.receipt import make_receipt, machine_arch
-from pyphase.result import Result, hash_text
+from pyphase.receipt import machine_arch, make_receipt, timestamp
+from pyphase.result import Result
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-MISBEHAVE_ENV = "PHASE_TEST_MISBEHAVE"
-MISBEHAVIOURS = ("forge-receipt", "lie-stdout", "mismatch-stdout", "wrong-signer", "hang")
-"""Test only: ways a node can be made to cheat (``PHASE_TEST_MISBEHAVE``), so tests can show clients catch it."""
 PENDING_MODULE_TIMEOUT_S = 30.0
 MAX_MESSAGE_SLACK = 64 << 10
-ZERO_COPY_MIN = 256 << 10
-_UNHASHED = "sha256:" + "0" * 64
-
-
-_second_text: tuple[int, str] = (-1, "")
-
-
-def fast_timestamp() -> str:
-    """``pyphase.receipt.timestamp()``'s format (RFC 3339 UTC, milliseconds) without a strftime per call."""
-    global _second_text
-    now = time.time()
-    second = int(now)
-    if _second_text[0] != second:
-        _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    return f"{_second_text[1]}.{int((now - second) * 1000):03d}Z"
 
 
 class ListenError(OSError):
@@ -104,7 +85,7 @@ class EventLog:
         self.stream = stream if stream is not None else sys.stderr
 
     def __call__(self, event: str, **fields: Any) -> None:
-        record = {"ts": fast_timestamp(), "event": event, **fields}
+        record = {"ts": timestamp(), "event": event, **fields}
         if self.fmt == "json":
             line = json.dumps(record, separators=(",", ":"), default=str)
         else:
@@ -136,13 +117,10 @@ class Node:
     :meth:`request_stop`; ``await close()`` finishes in-flight jobs (up to the grace) and releases everything."""
 
     def __init__(self, config: NodeConfig, identity: Identity, *, log: Callable[..., None] | None = None,
-                 executor: Executor | None = None, misbehave: str | None = None) -> None:
+                 executor: Executor | None = None) -> None:
         self.config = config
         self.identity: Identity = _CachedIdentity(identity.signing_key)
         self.log = log or EventLog("json")
-        self.misbehave = misbehave if misbehave is not None else os.environ.get(MISBEHAVE_ENV) or None
-        if self.misbehave and self.misbehave not in MISBEHAVIOURS:
-            raise ValueError(f"{MISBEHAVE_ENV} must be one of {MISBEHAVIOURS}, got {self.misbehave!r}")
         self.executor = executor
         self.cache = ModuleCache(config.data_dir / "modules", config.cache_bytes)
         # Plain (not zmq.asyncio) sockets driven by the loop's reader callbacks: handling a message is a
@@ -165,8 +143,6 @@ class Node:
     # ---- life cycle ------------------------------------------------------------------------------
 
     async def start(self) -> str:
-        if self.misbehave:
-            self.log("warning", message=f"TEST ONLY: this node misbehaves on purpose ({self.misbehave})")
         self.zap = self.ctx.socket(zmq.REP)
         self.zap.linger = 0
         self.zap.bind(ZAP_ENDPOINT)
@@ -268,11 +244,11 @@ class Node:
             except zmq.Again:
                 return
             try:
-                version, request_id, _domain, address, _identity, mechanism = frames[:6]
+                _version, request_id, _domain, address, _identity, mechanism = frames[:6]
                 ok = mechanism == b"CURVE" and len(frames) == 7 and len(frames[6]) == 32
                 user = curve_key_text(frames[6]) if ok else ""
             except ValueError:
-                version, request_id, ok, user, address = b"1.0", b"", False, "", b""
+                request_id, ok, user, address = b"", False, "", b""
             if ok and user not in self._clients:
                 if len(self._clients) > 100_000:
                     self._clients.clear()
@@ -303,7 +279,7 @@ class Node:
         assert self.sock is not None
         try:
             # zero-copy only pays for big frames: a small one costs more to track than to copy
-            big = any(len(f) > ZERO_COPY_MIN for f in frames)
+            big = any(len(f) > wire.ZERO_COPY_MIN for f in frames)
             self.sock.send_multipart([rid, *frames], zmq.NOBLOCK, copy=not big)
         except zmq.ZMQError as exc:
             self.log("send_failed", error=str(exc))
@@ -369,7 +345,7 @@ class Node:
         c = self.config
         if manifest["input"]["size"] > c.max_input or len(data) > c.max_input:
             return "input_too_big", f"input of {manifest['input']['size']} bytes exceeds {c.max_input}"
-        if len(data) != manifest["input"]["size"] or hash_text(hashlib.sha256(data).digest()) != manifest["input"]["hash"]:
+        if len(data) != manifest["input"]["size"] or sha256_text(data) != manifest["input"]["hash"]:
             return "bad_manifest", "the input bytes do not match manifest.input"
         if manifest["module"]["size"] > c.max_module:
             return "module_too_big", f"module of {manifest['module']['size']} bytes exceeds {c.max_module}"
@@ -436,9 +412,10 @@ class Node:
         assert self.executor is not None
         loop = asyncio.get_running_loop()
         t1 = time.perf_counter()
-        started = fast_timestamp()
+        started = timestamp()
         try:
-            future = self.executor.submit(module, data, **job_kwargs(manifest, limits))
+            future = self.executor.submit(module, data, digest=digest_from_text(manifest["module"]["hash"]),
+                                          **job_kwargs(manifest, limits))
         except Exception as exc:   # e.g. arguments the runtime refuses (NUL bytes), a closed sandbox
             future = concurrent.futures.Future()
             future.set_exception(exc)
@@ -458,26 +435,12 @@ class Node:
             result = future.result()
         except Exception as exc:        # the executor failed, not the job: report it as a crash, signed
             result = failed_result("crashed", f"{type(exc).__name__}: {exc}", module, data)
-        if result.stdout_hash == _UNHASHED or result.module_hash == _UNHASHED:
-            # a job that never ran (invalid module, crashed worker) comes back without hashes; the node
-            # checked the module and input against the manifest itself, and hashes what it sends
-            result = dataclasses.replace(
-                result, module_hash=manifest["module"]["hash"], input_hash=manifest["input"]["hash"],
-                stdout_hash=hash_text(hashlib.sha256(result.stdout).digest()),
-                stderr_hash=hash_text(hashlib.sha256(result.stderr).digest()))
-        stdout = result.stdout
-        if self.misbehave == "hang":
+        # a job that never ran comes back without hashes: the node checked module and input against the manifest
+        result = result.with_hashes(manifest["module"]["hash"], manifest["input"]["hash"])
+        answer = self.answer(result, manifest, limits, started)
+        if answer is None:
             return
-        if self.misbehave == "lie-stdout":
-            stdout = b"forged by a lying node\n" + result.stdout
-            result = dataclasses.replace(result, stdout=stdout, stdout_hash=hash_text(hashlib.sha256(stdout).digest()))
-        signer = Identity.generate() if self.misbehave == "wrong-signer" else self.identity
-        receipt = make_receipt(result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=limits,
-                               identity=signer, started_at=started)
-        if self.misbehave == "forge-receipt":
-            receipt["exit_code"] = result.exit_code + 1
-        if self.misbehave == "mismatch-stdout":
-            stdout = stdout + b"!"
+        stdout, receipt = answer
         self.jobs_done += 1
         self.log("result", job=tag.hex(), client=client, status=result.status, exit_code=result.exit_code,
                  wall_us=result.wall_us, receipt=receipt["signature"][:16],
@@ -485,6 +448,14 @@ class Node:
                  start_us=int((t1 - t0) * 1e6), exec_us=int((t2 - t1) * 1e6),
                  reply_us=int((time.perf_counter() - t2) * 1e6))
         self._send(rid, wire.encode("result", (stdout, result.stderr), job=tag, receipt=receipt, load=self.load()))
+
+    def answer(self, result: Result, manifest: dict[str, Any], limits: Limits,
+               started: str) -> tuple[bytes, dict[str, Any]] | None:
+        """The stdout to send for a finished job and its signed receipt (None: send nothing). The tests' launcher
+        (tests/net/misbehaving_plasmd.py) overrides this to cheat, to show that clients catch it."""
+        receipt = make_receipt(result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=limits,
+                               identity=self.identity, started_at=started)
+        return result.stdout, receipt
 
     async def _sweep_loop(self) -> None:
         while True:

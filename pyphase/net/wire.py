@@ -40,6 +40,7 @@ MAX_TAG_BYTES = 32
 MAX_DETAIL_CHARS = 1024
 MAX_STR = 64 << 10                    # longest string anywhere in a header (manifest args/env values)
 MAX_ITEMS = 4096                      # longest array / map anywhere in a header
+ZERO_COPY_MIN = 256 << 10             # payload frames this big are sent zero-copy; smaller ones are cheaper to copy
 
 REJECT_REASONS = ("busy", "limits", "arch", "runtime", "module_too_big", "input_too_big", "bad_manifest",
                   "duplicate", "shutting_down", "module_mismatch")

@@ -13,7 +13,6 @@ Modules are validated inside a worker, never in this process: an invalid module 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import socket
@@ -24,16 +23,16 @@ import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Mapping, NamedTuple, Sequence
+from typing import Mapping, Sequence
 
 import pyphase
-from pyphase import _core, _sandbox
-from pyphase.errors import LimitsError, PhaseError
-from pyphase.limits import DEFAULT_LIMITS, Limits, format_size
-from pyphase.result import Result, hash_text
-from pyphase.runtime import DEFAULT_PROGRAM_NAME, Module, _encode_strings, _explained, deterministic_seed
+from pyphase import _sandbox
+from pyphase.errors import LimitsError, PhaseError, SandboxError
+from pyphase.limits import Limits, format_size
+from pyphase.result import Result
+from pyphase.runtime import DEFAULT_PROGRAM_NAME, Module, PreparedJob, explain_invalid, prepare_job
 
-__all__ = ["Sandbox", "SandboxError"]
+__all__ = ["Sandbox", "SandboxError"]   # SandboxError lives in pyphase.errors; re-exported for callers here
 
 SERVER_NAME = "phase-sandboxd"
 DEFAULT_SHM_BYTES = 64 << 20
@@ -45,23 +44,6 @@ DEFAULT_SPIN_US = 0
 # already used are replaced in the background (docs/SANDBOX.md, "Spare workers").
 DEFAULT_SPARES = 1
 START_TIMEOUT_MS = 10_000
-
-
-class SandboxError(PhaseError):
-    """The sandbox itself failed (its fork server died or could not start); the job's fate is unknown."""
-
-
-class _Job(NamedTuple):   # a tuple: cheaper to build than a frozen dataclass on the per-job path
-    digest: bytes
-    data: bytes
-    input: bytes | bytearray | memoryview
-    argv: list[bytes]
-    envp: list[bytes]
-    entry: bytes
-    limits: Limits
-    deterministic: bool
-    seed: bytes
-    test_action: int = 0
 
 
 def _server_command() -> list[str]:
@@ -190,6 +172,16 @@ class Sandbox:
         job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed)
         return self._execute(job)
 
+    def run_prepared(self, job: PreparedJob) -> Result:
+        """Run a job prepared by :func:`pyphase.runtime.prepare_job` (its module's digest travels with it)."""
+        self._check_fits(job)
+        return self._execute(job)
+
+    def submit_prepared(self, job: PreparedJob) -> Future[Result]:
+        """Queue a prepared job; the future's result is its :class:`Result` (or a :class:`SandboxError`)."""
+        self._check_fits(job)
+        return self._executor.submit(self._execute, job)
+
     def submit(self, module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview = b"", *,
                args: Sequence[str] = (), env: Mapping[str, str] | None = None, entry: str = "_start",
                limits: Limits | None = None, deterministic: bool = False, program_name: str = DEFAULT_PROGRAM_NAME,
@@ -261,36 +253,23 @@ class Sandbox:
 
     def _prepare(self, module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview,
                  args: Sequence[str], env: Mapping[str, str] | None, entry: str, limits: Limits | None,
-                 deterministic: bool, program_name: str, seed: bytes | None, test_action: int = 0) -> _Job:
+                 deterministic: bool, program_name: str, seed: bytes | None) -> PreparedJob:
+        job = prepare_job(module, input, args=args, env=env, entry=entry, limits=limits, deterministic=deterministic,
+                          program_name=program_name, seed=seed)
+        self._check_fits(job)
+        return job
+
+    def _check_fits(self, job: PreparedJob) -> None:
         if self._closed:
             raise SandboxError("the sandbox is closed")
-        if isinstance(module, Module):
-            digest = module._core.digest
-            data = module._core.bytes
-        else:
-            data = bytes(module)
-            digest = hashlib.sha256(data).digest()
-        lim = limits or DEFAULT_LIMITS
-        environment = dict(env or {})
-        for key in environment:
-            if "=" in key or not key:
-                raise ValueError(f"environment variable names must be non-empty and contain no '=': {key!r}")
-        if "\0" in entry:
-            raise ValueError("entry must not contain NUL")
-        argv = _encode_strings([program_name, *args], "arguments")
-        envp = _encode_strings([f"{k}={v}" for k, v in environment.items()], "environment")
-        if deterministic and seed is None:
-            seed = deterministic_seed(hash_text(digest), hash_text(_core.sha256(input)), list(args), environment, entry)
-        entry_b = entry.encode("utf-8")
-        strings = len(entry_b) + 1 + sum(len(s) + 1 for s in argv + envp)
-        need = self._slots[0].shm_needed(len(data), len(input), strings, lim.output_bytes)
-        if need > self._slots[0].shm_bytes:
+        slot = self._slots[0]
+        need = slot.shm_needed(job, True)
+        if need > slot.shm_bytes:
             raise LimitsError(f"the job needs {format_size(need)} of shared memory (module, input, output limit); "
-                              f"this sandbox has {format_size(self._slots[0].shm_bytes)} per worker: lower the "
-                              f"output limit or input, or make the sandbox with Sandbox(shm_bytes=...)")
-        return _Job(digest, data, input, argv, envp, entry_b, lim, deterministic, seed or bytes(32), test_action)
+                              f"this sandbox has {format_size(slot.shm_bytes)} per worker: lower the output limit or "
+                              f"the input, or make the sandbox with Sandbox(shm_bytes=...)")
 
-    def _execute(self, job: _Job) -> Result:
+    def _execute(self, job: PreparedJob, test_action: int = 0) -> Result:
         while True:
             if self._closed:
                 raise SandboxError("the sandbox is closed")
@@ -300,7 +279,7 @@ class Sandbox:
                 slot.close()
                 continue
             try:
-                return self._execute_on(slot, job)
+                return self._execute_on(slot, job, test_action)
             except SandboxError:
                 if self._server.poll() is None or self._closed:
                     raise
@@ -312,34 +291,27 @@ class Sandbox:
                 else:
                     slot.close()
 
-    def _execute_on(self, slot: _sandbox.Slot, job: _Job) -> Result:
+    def _execute_on(self, slot: _sandbox.Slot, job: PreparedJob, test_action: int) -> Result:
         lim = job.limits
         hard_timeout = lim.timeout_ms + self.grace_ms if lim.timeout_ms else 0
+        data = job.data
         try:
             slot.ready(30_000)
             added = self._modules.get(job.digest)
             # The worker has the module if the server cached it before forking this worker.
             inline = added is None or slot.cache_seq < added
-            call = (job.input, job.argv, job.envp, job.entry, lim.memory_bytes, lim.fuel, lim.timeout_ms,
-                    lim.output_bytes, lim.stack_bytes, job.deterministic, job.seed, hard_timeout, job.test_action,
-                    self.spin_us)
-            raw = slot.run(job.digest, job.data if inline else None, *call)
+            raw = slot.run(job, data if inline else None, hard_timeout, test_action, self.spin_us)
             if raw is None:   # evicted from (or refused by) the server's cache: send the bytes and add it again
                 self._modules.pop(job.digest, None)
                 added = None
-                raw = slot.run(job.digest, job.data, *call)
+                raw = slot.run(job, data, hard_timeout, test_action, self.spin_us)
         except PhaseError as exc:
             raise SandboxError(str(exc)) from None
         if raw is None:
             raise SandboxError("the worker did not take the module's bytes")
         if added is None and raw[0] not in ("invalid_module", "crashed"):
-            self._add_module(job.digest, job.data)
-        message = _explained(raw[2], job.data) if raw[0] == "invalid_module" else raw[2]
-        return Result(
-            status=raw[0], exit_code=raw[1], message=message, stdout=raw[3], stderr=raw[4], fuel_used=raw[5],
-            wall_us=raw[6], memory_peak_bytes=raw[7], module_hash=hash_text(raw[8]), input_hash=hash_text(raw[9]),
-            stdout_hash=hash_text(raw[10]), stderr_hash=hash_text(raw[11]),
-        )
+            self._add_module(job.digest, data)
+        return explain_invalid(Result.from_core(raw), data)
 
     def _add_module(self, digest: bytes, data: bytes) -> None:
         """Have the fork server cache a module a worker validated without incident, so later workers
@@ -358,6 +330,5 @@ class Sandbox:
 
     def _selftest(self, action: str, module: bytes, limits: Limits | None = None) -> Result:
         """Test only: run a job whose worker performs ``action`` (see _sandbox.TEST_ACTIONS) once confined."""
-        job = self._prepare(module, b"", (), None, "_start", limits, False, DEFAULT_PROGRAM_NAME, None,
-                            test_action=_sandbox.TEST_ACTIONS[action])
-        return self._execute(job)
+        job = self._prepare(module, b"", (), None, "_start", limits, False, DEFAULT_PROGRAM_NAME, None)
+        return self._execute(job, _sandbox.TEST_ACTIONS[action])

@@ -1,6 +1,8 @@
 """Where a node runs jobs: isolated sandbox workers when they work, else a thread pool in the node's process.
 
-Both have ``submit(module, input, **kwargs) -> concurrent.futures.Future[Result]``.
+Both have ``submit(module, input, digest=None, **kwargs) -> concurrent.futures.Future[Result]``; ``digest`` is
+the module's sha256 when the caller has it (a node checked the bytes against the manifest), so it is not
+computed again.
 
 Both give the same :class:`~pyphase.Result`; :func:`make_executor` checks at start that the sandbox
 really runs a job before trusting it, and falls back (loudly) when it cannot.
@@ -8,28 +10,25 @@ really runs a job before trusting it, and falls back (loudly) when it cannot.
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Mapping, Sequence
 
 from pyphase.errors import InvalidModule, SandboxUnavailable
 from pyphase.limits import Limits
-from pyphase.result import Result, hash_text
+from pyphase.digests import sha256_text
+from pyphase.result import Result
+from pyphase.runtime import PreparedJob, prepare_job, run_prepared
 
 # The smallest valid WASI command: (module (func (export "_start"))). Used to check an executor works.
 EMPTY_MODULE = (b"\0asm\1\0\0\0" + bytes([1, 4, 1, 0x60, 0, 0, 3, 2, 1, 0, 7, 10, 1, 6]) + b"_start"
                 + bytes([0, 0, 10, 4, 1, 2, 0, 0x0B]))
 
 
-def _sha(data: bytes | bytearray | memoryview) -> str:
-    return hash_text(hashlib.sha256(data).digest())
-
-
 def failed_result(status: str, message: str, module: bytes, input: bytes) -> Result:
     """A result for a job that never ran (invalid module, executor failure)."""
-    empty = _sha(b"")
+    empty = sha256_text(b"")
     return Result(status=status, exit_code=0, message=message[:1024], stdout=b"", stderr=b"", fuel_used=0,
-                  wall_us=0, memory_peak_bytes=0, module_hash=_sha(module), input_hash=_sha(input),
+                  wall_us=0, memory_peak_bytes=0, module_hash=sha256_text(module), input_hash=sha256_text(input),
                   stdout_hash=empty, stderr_hash=empty)
 
 
@@ -43,16 +42,14 @@ class ThreadExecutor:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="plasmd-job")
 
     @staticmethod
-    def _run(module: bytes, input: bytes, kwargs: dict[str, Any]) -> Result:
-        from pyphase.runtime import Module, run
-
+    def _run(job: PreparedJob) -> Result:
         try:
-            return run(Module.cached(module), input, **kwargs)
+            return run_prepared(job)
         except InvalidModule as exc:
-            return failed_result("invalid_module", str(exc), module, input)
+            return failed_result("invalid_module", str(exc), job.data, bytes(job.input))
 
-    def submit(self, module: bytes, input: bytes, **kwargs: Any) -> Future[Result]:
-        return self._pool.submit(self._run, module, input, kwargs)
+    def submit(self, module: bytes, input: bytes, digest: bytes | None = None, **kwargs: Any) -> Future[Result]:
+        return self._pool.submit(self._run, prepare_job(module, input, digest=digest, **kwargs))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -69,14 +66,14 @@ class SandboxExecutor:
         self.workers = workers
         self._sandbox = Sandbox(workers=workers)
 
-    def submit(self, module: bytes, input: bytes, **kwargs: Any) -> Future[Result]:
+    def submit(self, module: bytes, input: bytes, digest: bytes | None = None, **kwargs: Any) -> Future[Result]:
         """A future of the job's result; a failure of the sandbox itself is its exception (reported as
         ``crashed`` by the node)."""
-        return self._sandbox.submit(module, input, **kwargs)
+        return self._sandbox.submit_prepared(prepare_job(module, input, digest=digest, **kwargs))
 
     def run(self, module: bytes, input: bytes, **kwargs: Any) -> Result:
         """Run one job and wait for its result (the start-up self-test)."""
-        return self._sandbox.run(module, input, **kwargs)
+        return self._sandbox.run_prepared(prepare_job(module, input, **kwargs))
 
     def close(self) -> None:
         self._sandbox.close()

@@ -70,7 +70,7 @@ def test_cbench_metering_off_build_agrees(cbench_dir: Path) -> None:
 
 
 def test_pyphase_bench_quick(cbench_dir: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "pyphase.bench", "--quick", "--json"], capture_output=True,
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "core", "--quick", "--json"], capture_output=True,
                          text=True, timeout=900, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
     doc = json.loads(out.stdout)

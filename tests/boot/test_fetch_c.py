@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pyphase.boot.manifest import Artifact, make_manifest, sign_manifest
+from pyphase.boot.manifest import Artifact, make_boot_manifest, sign_manifest
 from pyphase.boot.server import ArtifactServer
 from pyphase.boot.store import ArtifactStore
 from pyphase.identity import Identity
@@ -27,7 +27,7 @@ def store(tmp_path: Path) -> tuple[Path, Artifact]:
     (tmp_path / "blob").write_bytes(DATA)
     s = ArtifactStore(tmp_path / "store")
     art = s.add_file(tmp_path / "blob")
-    s.write_manifest(sign_manifest(make_manifest(art, art, "console=ttyS0", release=1, expires_at=2**40),
+    s.write_manifest(sign_manifest(make_boot_manifest(art, art, "console=ttyS0", release=1, expires_at=2**40),
                                    Identity.generate().signing_key))
     return tmp_path / "store", art
 

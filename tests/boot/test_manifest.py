@@ -16,7 +16,7 @@ from pyphase.boot.manifest import (
     Artifact,
     decode_manifest,
     encode_manifest,
-    make_manifest,
+    make_boot_manifest,
     parse_manifest,
     sign_manifest,
     verify_manifest,
@@ -29,7 +29,7 @@ INITRD = Artifact("sha256:" + "cd" * 32, 5678)
 
 
 def _doc(**over: object) -> dict:
-    doc = make_manifest(KERNEL, INITRD, "console=ttyS0 panic=-1", release=3,
+    doc = make_boot_manifest(KERNEL, INITRD, "console=ttyS0 panic=-1", release=3,
                         expires_at=int(time.time()) + 3600, created_at=int(time.time()))
     doc.update(over)
     return doc

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pyphase.boot.manifest import make_manifest, sign_manifest
+from pyphase.boot.manifest import make_boot_manifest, sign_manifest
 from pyphase.boot.store import ArtifactStore
 from pyphase.identity import Identity
 
@@ -47,7 +47,7 @@ def test_plasmd_serves_its_boot_store_and_announces_it(phase_boot_bin: Path, tmp
     (tmp_path / "blob").write_bytes(DATA)
     store = ArtifactStore(tmp_path / "store")
     art = store.add_file(tmp_path / "blob")
-    store.write_manifest(sign_manifest(make_manifest(art, art, "console=ttyS0", release=1, expires_at=2**40),
+    store.write_manifest(sign_manifest(make_boot_manifest(art, art, "console=ttyS0", release=1, expires_at=2**40),
                                        Identity.generate().signing_key))
     log = tmp_path / "plasmd.log"
     with log.open("wb") as err:

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pyphase.boot import keys
-from pyphase.boot.manifest import Artifact, encode_manifest, make_manifest, sign_manifest
+from pyphase.boot.manifest import Artifact, encode_manifest, make_boot_manifest, sign_manifest
 from pyphase.boot.server import ArtifactServer
 from pyphase.boot.store import ArtifactStore
 from pyphase.identity import Identity
@@ -37,7 +36,7 @@ def publish(store_dir: Path, key: Identity, kernel: Path, initramfs: Path, *, cm
     store = ArtifactStore(store_dir)
     k, i = store.add_file(kernel), store.add_file(initramfs)
     now = int(time.time())
-    doc = make_manifest(k, i, cmdline, release=release, created_at=created_at or now,
+    doc = make_boot_manifest(k, i, cmdline, release=release, created_at=created_at or now,
                         expires_at=expires_at or now + 3600)
     signed = sign_manifest(doc, key.signing_key)
     store.write_manifest(signed)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pyphase.boot.manifest import Artifact, make_manifest, sign_manifest
+from pyphase.boot.manifest import Artifact, make_boot_manifest, sign_manifest
 from pyphase.boot.server import ArtifactServer
 from pyphase.boot.store import ArtifactStore
 from pyphase.identity import Identity
@@ -29,7 +29,7 @@ def store(tmp_path: Path) -> tuple[Path, Artifact]:
     s = ArtifactStore(tmp_path / "store")
     art = s.add_file(blob)
     other = s.add_file(_write(tmp_path / "k", b"kernel"))
-    s.write_manifest(sign_manifest(make_manifest(other, art, "console=ttyS0", release=1,
+    s.write_manifest(sign_manifest(make_boot_manifest(other, art, "console=ttyS0", release=1,
                                                  expires_at=int(time.time()) + 60), Identity.generate().signing_key))
     return tmp_path / "store", art
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyphase.boot.manifest import Artifact, encode_manifest, make_manifest, sign_manifest
+from pyphase.boot.manifest import Artifact, encode_manifest, make_boot_manifest, sign_manifest
 from pyphase.identity import Identity
 from pyphase.signing import canonical_bytes
 
@@ -23,7 +23,7 @@ def _signed(key: Identity, tmp_path: Path, **over: object) -> Path:
     kernel.write_bytes(b"K" * 3000)
     initrd.write_bytes(b"I" * 5000)
     now = int(time.time())
-    doc = make_manifest(Artifact.of_file(kernel), Artifact.of_file(initrd), 'console=ttyS0 quiet x="a b\\c"',
+    doc = make_boot_manifest(Artifact.of_file(kernel), Artifact.of_file(initrd), 'console=ttyS0 quiet x="a b\\c"',
                         release=5, expires_at=now + 3600, created_at=now)
     doc.update(over)
     path = tmp_path / "manifest.json"

@@ -109,12 +109,14 @@ def unsupported_features(wasm: bytes) -> list[str]:
                 found.append({1: "table import", 2: "memory import", 3: "global import"}.get(kind, "import"))
                 if kind == 1:
                     j += 1
-                    flags = wasm[j]; j += 1
+                    flags = wasm[j]
+                    j += 1
                     _, j = _leb(wasm, j)
                     if flags & 1:
                         _, j = _leb(wasm, j)
                 elif kind == 2:
-                    flags = wasm[j]; j += 1
+                    flags = wasm[j]
+                    j += 1
                     _, j = _leb(wasm, j)
                     if flags & 1:
                         _, j = _leb(wasm, j)

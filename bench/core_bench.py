@@ -1,8 +1,8 @@
 """Benchmarks of the in-process Python API against cbench (the C core without Python) and wasmtime-py.
 
-    python -m pyphase.bench            full run (minutes on a 2-core machine)
-    python -m pyphase.bench --quick    smoke run for CI: small sizes, few repetitions
-    python -m pyphase.bench --json     one JSON document instead of the report
+    python bench/run.py core            full run (minutes on a 2-core machine)
+    python bench/run.py core --quick    smoke run for CI: small sizes, few repetitions
+    python bench/run.py core --json     one JSON document instead of the report
 
 Needs a source checkout (the benchmark programs live in ``cbench/programs/``); builds cbench and the wasm
 programs with ``cbench/run.sh --build-only`` (CMake, gcc, ``pip install ziglang``). Everything is measured in
@@ -356,7 +356,7 @@ def print_report(report: Report) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pyphase.bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python bench/run.py core", description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI smoke run: small sizes, few repetitions (< 30 s)")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     ap.add_argument("--no-wasmtime", action="store_true", help="skip wasmtime-py even when it is installed")

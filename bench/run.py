@@ -1,0 +1,45 @@
+"""Every benchmark of Phase, from one entry point. Each prints ratios against a reference measured in the same run.
+
+    python bench/run.py core [--quick] [--json]      pyphase.run vs cbench (the C core alone) vs wasmtime-py
+    python bench/run.py sandbox [--quick] [--json]   isolated workers vs in-process runs
+    python bench/run.py net [--jobs N] ...           remote jobs over loopback: latency, throughput, discovery
+    python bench/run.py cbench [--quick] ...         native gcc -O2 vs the C core (cbench/run.sh)
+    python bench/run.py all --quick                  each of the above in turn, small sizes
+
+Further arguments go to the benchmark named. BENCHMARKS.md keeps the latest figures with their commands.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BENCHMARKS = {
+    "core": [sys.executable, str(HERE / "core_bench.py")],
+    "sandbox": [sys.executable, str(HERE / "sandbox_bench.py")],
+    "net": [sys.executable, str(HERE / "net_bench.py")],
+    "cbench": [str(ROOT / "cbench" / "run.sh")],
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in (*BENCHMARKS, "all") or argv[0] in ("-h", "--help"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    name, rest = argv[0], argv[1:]
+    env = dict(os.environ, PYTHON=sys.executable)
+    if name != "all":
+        return subprocess.call([*BENCHMARKS[name], *rest], env=env)
+    status = 0
+    for bench, cmd in BENCHMARKS.items():
+        print(f"==> {bench}", flush=True)
+        status |= subprocess.call([*cmd, *rest], env=env)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

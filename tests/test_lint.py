@@ -1,0 +1,15 @@
+"""The Python sources are lint-clean under the pinned ruff (configuration in pyproject.toml)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ruff_check_is_clean():
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "pyphase", "tests", "bench", "tools"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
