@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import shlex
 import shutil
 import signal
 import socket
