@@ -134,3 +134,9 @@ def test_help_explains_units_timeouts_and_exit_codes(command):
     out = phase(command, "--help").stdout.decode()
     for needed in ("KiB", "MB", "powers of 1024", "--timeout 0", "no limit", "exit status", "124", "65"):
         assert needed in out, (needed, out)
+
+
+def test_a_placeholder_peer_address_says_where_the_real_one_is(tmp_path):
+    for peer, says in (("PEERID@127.0.0.1:7070", "DATA_DIR/address"), ("127.0.0.1:7070", "DATA_DIR/address")):
+        p = phase("submit", str(HELLO), "--peer", peer, home=tmp_path)
+        assert p.returncode == 2 and says.encode() in p.stderr, p.stderr
