@@ -180,3 +180,15 @@ def test_cli_peers_down_exits_non_zero_with_the_reason(start_nodes):
     assert js.returncode == 69
     (row,) = json.loads(js.stdout)
     assert not row["reachable"] and row["error"].startswith("connection refused"), row
+
+
+def test_no_peers_found_says_how_to_name_start_or_find_one(monkeypatch, hello_bytes):
+    import pyphase.net.discovery
+    from pyphase.errors import NoPeers
+
+    monkeypatch.setattr(pyphase.net.discovery, "discover", lambda *a, **k: [])   # an empty LAN, whoever else runs here
+    with Client(discover_timeout=0.5) as client:
+        with pytest.raises(NoPeers) as info:
+            client.submit(hello_bytes)
+    message = str(info.value)
+    assert "--peer" in message and "plasmd --listen" in message and "--discover-timeout" in message, message
