@@ -17,8 +17,9 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from pyphase.api.services import NodeServices
 from pyphase.errors import IdentityError, SandboxUnavailable
 from pyphase.identity import Identity
 from pyphase.net import config as config_mod
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=("json", "text"), help="event log format (default json)")
     p.add_argument("--boot-store", metavar="DIR", help="also serve this Phase Boot artifact store over HTTP "
                    "(machines boot from this node; see docs/BOOT.md)")
+    p.add_argument("--api", metavar="HOST:PORT", dest="api_listen", help="HTTP API, /metrics and dashboard "
+                   "(default 127.0.0.1 at the phase/1 port + 1; beyond loopback a token is required, docs/API.md)")
+    p.add_argument("--no-api", dest="api", action="store_false", default=None, help="serve no HTTP API")
     p.add_argument("--boot-listen", metavar="HOST:PORT", help="address of that HTTP server (default 0.0.0.0:8080)")
     return p
 
@@ -71,6 +75,7 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
     address_file = config.data_dir / "address"
     address_file.unlink(missing_ok=True)
     node = node_class(config, identity, log=log)
+    services = NodeServices(node, config)          # history, metrics, HTTP API: hooks into the node
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.request_stop)
@@ -81,13 +86,14 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
         if boot_source is not None:
             await boot_source.start()
         address = await node.start()
+        await services.start()
         _write_address(config.data_dir, address)     # first, so whoever reads the printed line finds the file
         print(address, flush=True)
         if config.mdns:
             listen_host = config.listen.rpartition(":")[0] or "0.0.0.0"
             host = node.host if listen_host not in ("0.0.0.0", "*") else "0.0.0.0"
             announcing = asyncio.get_running_loop().create_task(
-                _announce(identity, host, node.port, node.capabilities(), config.mdns_interfaces, log, holder))
+                _announce(identity, host, node.port, node.capabilities(), config.mdns_interfaces, node.log, holder))
         await node.serve()
     finally:
         if announcing is not None:
@@ -101,6 +107,7 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
         address_file.unlink(missing_ok=True)
         if boot_source is not None:
             await asyncio.to_thread(boot_source.close)
+        await services.close()
         await node.close()
     return 0
 
@@ -149,7 +156,7 @@ class _BootSource:
 
 
 async def _announce(identity: Identity, host: str, port: int, caps: dict[str, Any], interfaces: str,
-                    log: EventLog, holder: list[Any]) -> None:
+                    log: Callable[..., None], holder: list[Any]) -> None:
     """Announce on the LAN; probing the name takes about a second, so this runs beside the serving node."""
     try:
         from pyphase.net.discovery import Announcer
@@ -174,7 +181,8 @@ def main(argv: Sequence[str] | None = None, *, node_class: type[Node] = Node) ->
                              data_dir=Path(args.data_dir) if args.data_dir else None, identity=args.identity,
                              ephemeral=args.ephemeral, workers=args.workers, sandbox=args.sandbox, mdns=args.mdns,
                              mdns_interfaces=args.mdns_interfaces, log_format=args.log_format,
-                             boot_store=args.boot_store, boot_listen=args.boot_listen)
+                             boot_store=args.boot_store, boot_listen=args.boot_listen,
+                             api=args.api, api_listen=args.api_listen)
     except (OSError, ValueError) as exc:
         print(f"plasmd: {exc}", file=sys.stderr)
         return 2

@@ -2,7 +2,8 @@
 
 One module per group of commands, each adding its own to the parser here: :mod:`pyphase.cli.local`
 (``run``, ``verify``, ``keygen``, ``id``), :mod:`pyphase.cli.net` (``submit``, ``peers``) and
-:mod:`pyphase.cli.boot` (``boot ...``). :mod:`pyphase.cli.jobs` holds what they share: the job options,
+:mod:`pyphase.cli.boot` (``boot ...``), :mod:`pyphase.cli.history` (``jobs``, ``receipts``).
+:mod:`pyphase.cli.jobs` holds what they share: the job options,
 reading a job, printing its outcome and the exit codes.
 """
 
@@ -12,7 +13,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from pyphase.cli import boot, local, net
+from pyphase.cli import boot, history, local, net
 from pyphase.cli.jobs import EXIT_USAGE, call
 
 __all__ = ["build_parser", "main"]
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     local.register(sub)
     net.register(sub)
+    history.register(sub)
     boot.register(sub)
     return parser
 

@@ -21,6 +21,14 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     boot_store      = ""                # a Phase Boot artifact store to serve over HTTP, so machines can boot
                                         # from this node (see docs/BOOT.md); "" serves nothing
     boot_listen     = "0.0.0.0:8080"    # where that store is served; announced as _phase-boot._tcp when mdns is on
+    # the HTTP side (docs/API.md): JSON API, /metrics, dashboard; job history
+    api             = true              # serve them
+    api_listen      = ""                # HOST:PORT; "" = 127.0.0.1 at the phase/1 port + 1. Beyond loopback,
+                                        # requests need the token plasmd writes to DATA_DIR/api_token (0600)
+    api_max_connections = 64            # open HTTP connections; beyond, requests are answered 503
+    api_body_timeout = "30s"            # how long a request body may take to arrive (then 408)
+    history_jobs    = 10000             # jobs kept in DATA_DIR/history.sqlite (in memory when ephemeral); 0: none
+    history_age     = "168h"            # and for at most this long
 
     [limits]                            # the most a job may ask for; bigger offers are rejected "limits"
     memory          = "256MiB"
@@ -88,6 +96,12 @@ class NodeConfig:
     shutdown_grace_ms: int = 10_000
     boot_store: str = ""
     boot_listen: str = "0.0.0.0:8080"
+    api: bool = True
+    api_listen: str = ""
+    api_max_connections: int = 64
+    api_body_timeout_ms: int = 30_000
+    history_jobs: int = 10_000
+    history_age_ms: int = 168 * 3_600_000
     max_memory: int = 256 << 20
     max_fuel: int = 0
     max_timeout_ms: int = 60_000
@@ -118,6 +132,9 @@ _TOP: dict[str, tuple[str, Any]] = {
     "log_file": ("log_file", str), "shutdown_grace": ("shutdown_grace_ms", parse_duration_ms),
     "boot_store": ("boot_store", lambda v: str(Path(v).expanduser()) if v else ""),
     "boot_listen": ("boot_listen", str),
+    "api": ("api", "bool"), "api_listen": ("api_listen", str), "api_max_connections": ("api_max_connections", int),
+    "api_body_timeout": ("api_body_timeout_ms", parse_duration_ms),
+    "history_jobs": ("history_jobs", int), "history_age": ("history_age_ms", parse_duration_ms),
 }
 _LIMITS: dict[str, tuple[str, Any]] = {
     "memory": ("max_memory", parse_size), "fuel": ("max_fuel", int), "timeout": ("max_timeout_ms", parse_duration_ms),
@@ -177,6 +194,10 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     config = NodeConfig(**changes)
     check_listen(config.listen, "listen")
     check_listen(config.boot_listen, "boot_listen", 8080)
+    if config.api_listen:
+        check_listen(config.api_listen, "api_listen")
+    if config.api_max_connections < 1 or config.history_jobs < 0:
+        raise ValueError("api_max_connections must be at least 1 and history_jobs at least 0")
     if config.log_format not in ("json", "text"):
         raise ValueError(f"log_format must be json or text, got {config.log_format!r}")
     return config

@@ -138,6 +138,10 @@ class Node:
         self._stopped = asyncio.Event()
         self._clients: set[str] = set()
         self.jobs_done = 0
+        self.bytes_in = 0                # phase/1 bytes received and sent (frames, routing ids excluded)
+        self.bytes_out = 0
+        self.on_result: Callable[[dict[str, Any], str], None] | None = None
+        """Called with (receipt, client key) after each result is sent (history, metrics: pyphase.api)."""
         self._max_msg = config.max_module + config.max_input + wire.MAX_HEADER_BYTES + MAX_MESSAGE_SLACK
 
     # ---- life cycle ------------------------------------------------------------------------------
@@ -284,6 +288,7 @@ class Node:
         except zmq.ZMQError as exc:
             self.log("send_failed", error=str(exc))
             return
+        self.bytes_out += sum(len(f) for f in frames)
         # a send can consume the descriptor's edge for messages that arrived meanwhile
         if int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             asyncio.get_running_loop().call_soon(self._on_readable)
@@ -320,6 +325,7 @@ class Node:
         if len(frames) < 2:
             return
         rid = frames[0].bytes
+        self.bytes_in += sum(len(f) for f in frames[1:])
         try:
             client = frames[1].get("User-Id")
         except zmq.ZMQError:
@@ -448,6 +454,8 @@ class Node:
                  start_us=int((t1 - t0) * 1e6), exec_us=int((t2 - t1) * 1e6),
                  reply_us=int((time.perf_counter() - t2) * 1e6))
         self._send(rid, wire.encode("result", (stdout, result.stderr), job=tag, receipt=receipt, load=self.load()))
+        if self.on_result is not None:
+            self.on_result(receipt, client)
 
     def answer(self, result: Result, manifest: dict[str, Any], limits: Limits,
                started: str) -> tuple[bytes, dict[str, Any]] | None:

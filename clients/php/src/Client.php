@@ -1,0 +1,64 @@
+<?php
+
+declare(strict_types=1);
+
+namespace Phase;
+
+use Phase\Transport\HttpTransport;
+use Phase\Transport\LocalTransport;
+use Phase\Transport\NetworkTransport;
+use Phase\Transport\Transport;
+
+/**
+ * Run WebAssembly jobs with Phase and get results whose receipts have been verified.
+ *
+ *     $client = new Phase\Client(['PEERID@127.0.0.1:7465']);          // phase/1 to these nodes
+ *     $client = Phase\Client::local();                                 // `phase run` on this machine
+ *     $client = Phase\Client::http('http://127.0.0.1:7466');           // a node's HTTP API
+ *     $result = $client->submit(Phase\Job::fromFile('hello.wasm')->withInput('Hello, World'));
+ *     echo $result->stdout, $result->exitCode, $result->wallTimeMs();
+ *
+ * Errors are the Python client's: NetworkError (every attempt failed; ->attempts), NoPeers,
+ * VerificationError, InvalidModule, all PhaseError.
+ */
+final class Client
+{
+    public readonly Transport $transport;
+
+    /** @param list<string|PeerAddress> $peers */
+    public function __construct(array $peers = [], ?Transport $transport = null, ?Identity $identity = null,
+                                float $connectTimeout = 2.0, int $retries = 3, ?float $timeout = null)
+    {
+        $this->transport = $transport ?? new NetworkTransport($peers, $identity, $connectTimeout, $retries, $timeout);
+    }
+
+    /** @param string|list<string>|null $command see LocalTransport */
+    public static function local(string|array|null $command = null, ?string $identity = null,
+                                 ?string $signer = null): self
+    {
+        return new self(transport: new LocalTransport($command, $identity, $signer));
+    }
+
+    /** @param list<string> $peers with $where "network": run on these peers (default: the node's own) */
+    public static function http(string $url, ?string $token = null, float $timeout = 60.0, string $where = 'here',
+                                array $peers = []): self
+    {
+        return new self(transport: new HttpTransport($url, $token, $timeout, $where, $peers));
+    }
+
+    /** Run $job and return its verified result (any job status; Result::check() throws JobError unless ok). */
+    public function submit(Job $job): Result
+    {
+        return $this->transport->run($job);
+    }
+
+    public function close(): void
+    {
+        $this->transport->close();
+    }
+
+    public function __destruct()
+    {
+        $this->close();
+    }
+}

@@ -1,0 +1,16 @@
+"""What ``plasmd`` serves over HTTP beside ``phase/1``: the JSON API (OpenAPI 3.1 in ``openapi.json``),
+``/metrics`` and the dashboard (``static/``), plus the job history they read. See docs/API.md."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+
+@lru_cache(maxsize=None)
+def openapi() -> dict[str, Any]:
+    """The API's OpenAPI 3.1 document, as shipped in the package (the one source of its shapes)."""
+    doc: dict[str, Any] = json.loads(resources.files(__name__).joinpath("openapi.json").read_text("utf-8"))
+    return doc

@@ -1,0 +1,247 @@
+"""The node's HTTP/JSON API against real plasmd processes: examples, every documented error, the token rule."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from pyphase import verify_receipt
+from pyphase.api import openapi
+
+HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello" / "hello.wasm"
+
+
+def hello_job(**extra: Any) -> dict[str, Any]:
+    return {"module": base64.b64encode(HELLO.read_bytes()).decode(), "input_text": "Hello, World", **extra}
+
+
+def test_job_here_end_to_end(api_nodes: Callable[..., list[Any]]) -> None:
+    (api,) = api_nodes()
+    status, job, _ = api.call("POST", "/v1/jobs", hello_job(wait=True))
+    assert status == 200, job
+    assert job["state"] == "done" and job["status"] == "ok" and job["exit_code"] == 0
+    assert job["stdout_text"] == "dlroW ,olleH" and job["stdout_bytes"] == 12
+    peer_id = api.node.address.split("@")[0]
+    assert job["peer"] == peer_id
+    status, stdout, headers = api.call("GET", f"/v1/jobs/{job['id']}/stdout")
+    assert (status, stdout, headers["Content-Type"]) == (200, b"dlroW ,olleH", "application/octet-stream")
+    status, receipt, _ = api.call("GET", f"/v1/jobs/{job['id']}/receipt")
+    verify_receipt(receipt, signer=peer_id, stdout=stdout, stderr=b"", input=b"Hello, World", module=HELLO.read_bytes())
+    assert receipt["job_id"] == job["job_id"]
+    # the node's history has it too, with the same receipt, and so do its receipts
+    status, history, _ = api.call("GET", "/v1/history?limit=5")
+    assert history["jobs"][0]["receipt"] == receipt and history["jobs"][0]["status"] == "ok"
+    assert api.call("GET", "/v1/receipts")[1]["receipts"] == [receipt]
+    assert api.call("GET", "/v1/jobs")[1]["jobs"][0]["id"] == job["id"]
+    status, node, _ = api.call("GET", "/v1/node")
+    assert node["peer_id"] == peer_id and node["address"] == api.node.address and node["api"] == api.url
+    assert node["capabilities"]["max_limits"]["module_bytes"] > 0 and "load" in node["capabilities"]
+
+
+def test_job_without_wait_is_followed_to_the_end(api_nodes: Callable[..., list[Any]]) -> None:
+    (api,) = api_nodes()
+    status, job, _ = api.call("POST", "/v1/jobs", hello_job(args=["x"], env={"K": "V"}, limits={"timeout_ms": 5000}))
+    assert status == 202 and job["state"] in ("queued", "running", "done")
+    deadline = time.monotonic() + 30
+    while job["state"] not in ("done", "failed") and time.monotonic() < deadline:
+        time.sleep(0.02)
+        job = api.call("GET", f"/v1/jobs/{job['id']}")[1]
+    assert job["state"] == "done" and job["stdout_text"] == "dlroW ,olleH"
+
+
+def test_job_sent_to_the_network(api_nodes: Callable[..., list[Any]]) -> None:
+    gateway, worker = api_nodes(2)
+    status, job, _ = gateway.call("POST", "/v1/jobs", hello_job(wait=True, where="network", peers=[worker.node.address]))
+    assert status == 200 and job["state"] == "done", job
+    assert job["peer"] == worker.node.address.split("@")[0]
+    assert worker.call("GET", "/v1/history")[1]["jobs"][0]["job_id"] == job["job_id"]
+    assert gateway.call("GET", "/v1/history")[1]["jobs"] == []           # the gateway ran nothing itself
+    peers = gateway.call("GET", "/v1/peers")[1]["peers"]
+    assert [p["address"] for p in peers if p["source"] == "jobs"] == [worker.node.address]
+
+
+def test_failed_network_job_says_why(api_nodes: Callable[..., list[Any]]) -> None:
+    (api,) = api_nodes()
+    dead = api.node.address.split("@")[0] + "@127.0.0.1:9"
+    status, job, _ = api.call("POST", "/v1/jobs", hello_job(wait=True, where="network", peers=[dead]))
+    assert status == 200 and job["state"] == "failed"
+    assert job["error"].startswith("NetworkError: every attempt failed") and job["attempts"]
+    status, body, _ = api.call("GET", f"/v1/jobs/{job['id']}/stdout")
+    assert status == 409 and body["error"] == "not_finished" and "failed" in body["detail"]
+
+
+@pytest.mark.parametrize("case", ["bad_json", "not_object", "schema", "base64", "both_inputs", "media_type", "oversize", "module_too_big",
+                                  "unknown_job", "bad_limit", "unknown_route", "peers_here", "bad_job_id"])
+def test_errors_are_clear_json(api_nodes: Callable[..., list[Any]], case: str) -> None:
+    (api,) = api_nodes(extra=("--config", str(_small_config(api_nodes))) if case in ("oversize", "module_too_big") else ())
+    calls: dict[str, tuple[Any, ...]] = {
+        "bad_json": ("POST", "/v1/jobs", None, b"{not json", 400, "bad_json", "not JSON"),
+        "not_object": ("POST", "/v1/jobs", [1, 2], None, 400, "bad_request", "JobRequest"),
+        "schema": ("POST", "/v1/jobs", hello_job(limits={"memory_bytes": -1}), None, 400, "bad_request", "memory_bytes"),
+        "base64": ("POST", "/v1/jobs", {"module": "!!!"}, None, 400, "bad_request", "module must match pattern"),
+        "both_inputs": ("POST", "/v1/jobs", hello_job(input="AA=="), None, 400, "bad_request", "not both"),
+        "media_type": ("POST", "/v1/jobs", None, b"x=1", 415, "unsupported_media_type", "application/json"),
+        "oversize": ("POST", "/v1/jobs", {"module": "A" * (5 << 20)}, None, 413, "too_big", "exceeded"),
+        "module_too_big": ("POST", "/v1/jobs", {"module": "A" * (3 << 20)}, None, 413, "too_big", "module exceeds"),
+        "unknown_job": ("GET", "/v1/jobs/" + "0" * 32, None, None, 404, "not_found", "no job"),
+        "bad_limit": ("GET", "/v1/history?limit=0", None, None, 400, "bad_request", "limit"),
+        "unknown_route": ("GET", "/v2/nothing", None, None, 404, "not_found", "Not Found"),
+        "peers_here": ("POST", "/v1/jobs", hello_job(peers=["x"]), None, 400, "bad_request", "where=network"),
+        "bad_job_id": ("GET", "/v1/jobs/zz/receipt", None, None, 404, "not_found", "no job"),
+    }
+    method, path, body, raw, want_status, want_code, want_text = calls[case]
+    headers = {"Content-Type": "application/x-www-form-urlencoded"} if case == "media_type" else None
+    status, answer, got = api.call(method, path, body, raw=raw, headers=headers)
+    assert status == want_status, answer
+    assert got["Content-Type"].startswith("application/json")
+    assert answer["error"] == want_code and want_text in answer["detail"], answer
+    assert api.call("GET", "/v1/node")[0] == 200                     # and the node goes on
+
+
+def _small_config(api_nodes: Any) -> Path:
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"plasmd-small-{os.getpid()}-{random.randrange(1 << 30)}.toml"
+    path.write_text("[limits]\nmodule = \"1MiB\"\ninput = \"1MiB\"\n")
+    return path
+
+
+def test_openapi_is_served_and_shipped(api_nodes: Callable[..., list[Any]]) -> None:
+    (api,) = api_nodes()
+    status, doc, _ = api.call("GET", "/openapi.json")
+    assert status == 200 and doc == openapi() and doc["openapi"] == "3.1.0"
+    served = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    for method, path in served:
+        probe = path.replace("{id}", "0" * 32)
+        status, _, _ = api.call(method, probe, {} if method == "POST" else None)
+        assert status != 405 and (status != 404 or "{id}" in path), (method, path, status)
+
+
+def test_api_beyond_loopback_needs_the_token(tmp_path: Path) -> None:
+    """In a network namespace of its own (a bridge with no ports, nothing leaves): the node and its client talk
+    over 10.x, a non-loopback address, so the token rule applies; loopback inside the namespace does not."""
+    ip = shutil.which("ip")
+    if os.geteuid() != 0 or ip is None:
+        pytest.skip("needs root and iproute2 for a network namespace")
+    ns = f"phase-api-{os.getpid()}-{random.randrange(1 << 20):05x}"
+    net = f"10.79.{random.randint(1, 254)}"
+
+    def run(*args: str) -> None:
+        subprocess.run([ip, *args], check=True, capture_output=True, timeout=30)
+
+    run("netns", "add", ns)
+    node = None
+    try:
+        run("-n", ns, "link", "set", "lo", "up")
+        run("-n", ns, "link", "add", "br0", "type", "bridge")
+        run("-n", ns, "addr", "add", f"{net}.1/24", "dev", "br0")
+        run("-n", ns, "link", "set", "br0", "up")
+        data = tmp_path / "node"
+        node = subprocess.Popen([ip, "netns", "exec", ns, sys.executable, "-m", "pyphase.daemon", "--listen",
+                                 f"{net}.1:0", "--api", f"{net}.1:0", "--data-dir", str(data), "--no-mdns",
+                                 "--workers", "1"], stdout=subprocess.PIPE, stderr=open(tmp_path / "log", "wb"))
+        assert node.stdout is not None and node.stdout.readline(), (tmp_path / "log").read_text()
+        url = (data / "api").read_text().strip()
+        token_file = data / "api_token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        token = token_file.read_text().strip()
+        probe = ("import json, sys, urllib.request, urllib.error\n"
+                 "req = urllib.request.Request(sys.argv[1], headers=json.loads(sys.argv[2]))\n"
+                 "try:\n    r = urllib.request.urlopen(req, timeout=10); print(r.status, r.read().decode())\n"
+                 "except urllib.error.HTTPError as e:\n    print(e.code, e.read().decode())\n")
+
+        def get(headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+            out = subprocess.run([ip, "netns", "exec", ns, sys.executable, "-c", probe, url + "/v1/node",
+                                  json.dumps(headers)], capture_output=True, text=True, timeout=30, check=True).stdout
+            code, _, body = out.partition(" ")
+            return int(code), json.loads(body)
+
+        status, body = get({})
+        assert status == 401 and body["error"] == "unauthorized" and "api_token" in body["detail"]
+        assert get({"Authorization": "Bearer wrong"})[0] == 401
+        status, body = get({"Authorization": f"Bearer {token}"})
+        assert status == 200 and body["address"].endswith(f"{net}.1:" + body["address"].rsplit(":", 1)[1])
+    finally:
+        if node is not None:
+            node.terminate()
+            node.wait(timeout=20)
+        subprocess.run([ip, "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def test_loopback_api_writes_no_token(api_nodes: Callable[..., list[Any]]) -> None:
+    (api,) = api_nodes()
+    assert not (api.node.data_dir / "api_token").exists()
+    assert api.url.startswith("http://127.0.0.1:")
+
+
+def test_connections_beyond_the_cap_are_refused(api_nodes: Callable[..., list[Any]], tmp_path: Path) -> None:
+    import socket
+
+    config = tmp_path / "cap.toml"
+    config.write_text("api_max_connections = 3\n")
+    (api,) = api_nodes(extra=("--config", str(config)))
+    host, port = api.url.removeprefix("http://").rsplit(":", 1)
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(4)]   # open, never asking
+    try:
+        time.sleep(0.3)
+        status, body, _ = api.call("GET", "/v1/node")
+        assert status == 503 and body["error"] == "too_many_connections"
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 10
+    while api.call("GET", "/v1/node")[0] != 200:         # the cap frees as connections close
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_private_mode_keeps_history_in_memory(api_nodes: Callable[..., list[Any]]) -> None:
+    (api,) = api_nodes(extra=("--ephemeral",))
+    status, job, _ = api.call("POST", "/v1/jobs", hello_job(wait=True))
+    assert status == 200 and job["state"] == "done"
+    assert api.call("GET", "/v1/history")[1]["jobs"][0]["job_id"] == job["job_id"]
+    assert not (api.node.data_dir / "history.sqlite").exists()
+
+
+def test_peers_found_on_the_lan_are_listed(api_nodes: Callable[..., list[Any]]) -> None:
+    """mDNS bound to 127.0.0.1 (other sessions' nodes may show up too: only B is looked for)."""
+    a, b = api_nodes(2, mdns=True)
+    wanted = b.node.address.split("@")[0][:16]
+    deadline = time.monotonic() + 20
+    while True:
+        peers = a.call("GET", "/v1/peers")[1]["peers"]
+        if any(p["source"] == "mdns" and p["name"].startswith(wanted) for p in peers):
+            break
+        assert time.monotonic() < deadline, peers
+        time.sleep(0.2)
+
+
+def test_a_body_that_never_arrives_is_given_up(api_nodes: Callable[..., list[Any]], tmp_path: Path) -> None:
+    import socket
+
+    config = tmp_path / "slow.toml"
+    config.write_text('api_body_timeout = "1s"\n')
+    (api,) = api_nodes(extra=("--config", str(config)))
+    host, port = api.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        t0 = time.monotonic()
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    assert 0.8 < time.monotonic() - t0 < 8
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and json.loads(body)["error"] == "timeout"
+    assert api.call("GET", "/v1/node")[0] == 200
