@@ -56,13 +56,15 @@ CONNECT_TIMEOUT_S = 2.0
 PROXY_CONNECT_TIMEOUT_S = 30.0  # through a proxy (Tor builds a circuit first): the default connect_timeout
 TIMEOUT_SLACK_S = 5.0
 MAX_BACKOFF_S = 1.0            # longest pause before re-asking a peer that failed, when no other is left
-_MONITOR_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+_MONITOR_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                    | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
 _DROPPED = "connection dropped"
 _REFUSED = "connection refused"
+_HANDSHAKE_FAILED = "CURVE handshake failed (wrong key or not a phase node)"
 
 
 def _refused(peer: _Peer) -> str:
@@ -103,6 +105,7 @@ class _Peer:
         self.down_until = 0.0
         self.strikes = 0
         self.reached = False            # this client has completed a handshake with it at least once
+        self.tcp_connected = False      # the current connection attempt got past TCP (not refused)
         self.last_failure: str | None = None
 
     def score(self, module_hash: str, now: float) -> tuple[Any, ...]:
@@ -260,11 +263,16 @@ class Client:
                 if peer.connected:
                     failure = failure or _DROPPED
                 peer.connected = False
+            elif kind == zmq.EVENT_CONNECTED:
+                peer.tcp_connected = True
             elif kind == zmq.EVENT_CONNECT_RETRIED:
                 if not peer.connected:
-                    failure = failure or _refused(peer)
+                    # TCP was accepted and then closed before the handshake completed: something listens there,
+                    # but not the node this peer id names (a CURVE server drops a client with the wrong key)
+                    failure = failure or (_HANDSHAKE_FAILED if peer.tcp_connected else _refused(peer))
+                peer.tcp_connected = False
             else:
-                failure = failure or "CURVE handshake failed (wrong key or not a phase node)"
+                failure = failure or _HANDSHAKE_FAILED
                 peer.connected = False
         if self._relay is not None and not peer.connected:
             # the relay records why before it closes the loopback connection whose events brought us here

@@ -192,3 +192,15 @@ def test_no_peers_found_says_how_to_name_start_or_find_one(monkeypatch, hello_by
             client.submit(hello_bytes)
     message = str(info.value)
     assert "--peer" in message and "plasmd --listen" in message and "--discover-timeout" in message, message
+
+
+def test_a_wrong_peer_id_is_not_called_connection_refused(start_nodes, hello_bytes):
+    from pyphase import Identity
+
+    (node,) = start_nodes(1)
+    impostor = f"{Identity.generate().peer_id}@{node.host}:{node.port}"
+    with Client(peers=[impostor], connect_timeout=1.0) as client:
+        with pytest.raises(NetworkError) as info:
+            client.submit(hello_bytes, retries=0, timeout=2)
+    assert "nothing listens there" not in str(info.value), str(info.value)
+    assert "CURVE handshake failed" in str(info.value) or "not reachable" in str(info.value), str(info.value)
