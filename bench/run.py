@@ -3,6 +3,7 @@
     python bench/run.py core [--quick] [--json]      pyphase.run vs cbench (the C core alone) vs wasmtime-py
     python bench/run.py sandbox [--quick] [--json]   isolated workers vs in-process runs
     python bench/run.py net [--jobs N] ...           remote jobs over loopback: latency, throughput, discovery
+    python bench/run.py fs [--quick] [--json]        reading files through preopens vs cat and wasmtime-py
     python bench/run.py cbench [--quick] ...         native gcc -O2 vs the C core (cbench/run.sh)
     python bench/run.py all --quick                  each of the above in turn, small sizes
 
@@ -22,6 +23,7 @@ BENCHMARKS = {
     "core": [sys.executable, str(HERE / "core_bench.py")],
     "sandbox": [sys.executable, str(HERE / "sandbox_bench.py")],
     "net": [sys.executable, str(HERE / "net_bench.py")],
+    "fs": [sys.executable, str(HERE / "fs_bench.py")],
     "cbench": [str(ROOT / "cbench" / "run.sh")],
 }
 

@@ -75,6 +75,19 @@ typedef struct phase_module {
 phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size_t errlen);
 void phase_module_free(phase_module *module);
 
+/* A host directory the job sees at guest path `guest` (fd_prestat_dir_name). The job dups `fd` (an open
+ * directory, O_RDONLY|O_DIRECTORY) and never closes the caller's; every path beneath it is resolved with
+ * openat2(RESOLVE_BENEATH|RESOLVE_NO_MAGICLINKS), so nothing outside is ever reached. */
+typedef struct phase_preopen {
+    int fd;
+    const char *guest;
+    int readonly;          /* no rights that create, change or remove anything */
+} phase_preopen;
+
+/* Preopens per job at most, and descriptors a job may hold open at once beyond stdio. */
+#define PHASE_MAX_PREOPENS 32
+#define PHASE_MAX_FDS 1024
+
 typedef struct phase_job_spec {
     const phase_module *module;
     const char *entry;                 /* NULL = "_start" */
@@ -85,8 +98,10 @@ typedef struct phase_job_spec {
     const uint8_t *input;              /* stdin */
     size_t input_len;
     phase_limits limits;
-    int deterministic;                 /* clocks and random derived from seed */
+    int deterministic;                 /* clocks and random derived from seed; fixed file times and inodes */
     uint8_t seed[32];
+    const phase_preopen *preopens;     /* fds 3, 4, ... in this order */
+    uint32_t npreopens;
 } phase_job_spec;
 
 typedef struct phase_result {
@@ -104,6 +119,7 @@ typedef struct phase_result {
     uint8_t input_hash[PHASE_SHA256_BYTES];
     uint8_t stdout_hash[PHASE_SHA256_BYTES];
     uint8_t stderr_hash[PHASE_SHA256_BYTES];
+    int fs_unavailable;                /* the module looked for a preopened directory and there was none */
 } phase_result;
 
 /* Instantiate and compile every function now, without running guest code (not even the start function),

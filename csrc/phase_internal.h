@@ -60,6 +60,11 @@ typedef struct phase_job {
     atomic_int interrupt;
 
 
+    /* descriptors 3.. (phase_wasi_fs.c): fds[i] is WASI fd 3 + i */
+    struct phase_fs_fd *fds;
+    uint32_t fds_len;              /* slots allocated */
+    int8_t stdio[3];               /* the stream guest fds 0-2 hold (0 stdin, 1 stdout, 2 stderr), -1: closed */
+
     /* deterministic mode */
     uint64_t det_random_calls;
     uint64_t det_clock_calls;

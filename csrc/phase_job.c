@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "phase_internal.h"
+#include "phase_wasi.h"
 
 M3Result const phase_trap_fuel_exhausted = "[trap] fuel exhausted";
 M3Result const phase_trap_timeout = "[trap] wall-clock timeout";
@@ -580,7 +581,7 @@ int phase_job_run(const phase_job_spec *spec, phase_result *res)
                     (unsigned long long) pm->info.mem_initial_pages * PHASE_WASM_PAGE,
                     (unsigned long long) pm->info.mem_initial_pages,
                     (unsigned long long) (cap_pages * PHASE_WASM_PAGE));
-    } else {
+    } else if (phase_fs_open(&job) == 0) {
         phase_instance *inst = instance_acquire(&job, capped_max_pages(pm, cap_pages));
         if (inst) {
             job.instance = inst;
@@ -592,6 +593,7 @@ int phase_job_run(const phase_job_spec *spec, phase_result *res)
             job.runtime = NULL;
         }
     }
+    phase_fs_close(&job);
     res->out = job.out[0];
     res->out_len = job.out_len[0];
     res->err = job.out[1];

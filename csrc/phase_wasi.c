@@ -1,9 +1,9 @@
-/* Phase's WASI preview1 host layer.
+/* Phase's WASI preview1 host layer: the function table, and what is not the file system.
  *
- * Only what a batch job needs: args, environment, stdin from the job input, stdout and
- * stderr into bounded buffers, clocks, random, exit. No file system and no sockets: the
- * rest of preview1 links to stubs that answer EBADF/ENOTSUP/ENOSYS as a host without
- * preopened directories would; any other import is refused at validation, naming it.
+ * Args, environment, stdin from the job input, stdout and stderr into bounded buffers,
+ * clocks, random, exit, poll. Descriptors 3 and up (preopened directories and what is
+ * opened beneath them) are phase_wasi_fs.c's. No sockets and no proc_raise: those link to
+ * stubs; any other import is refused at validation, naming it.
  *
  * Every guest pointer is checked in 64-bit arithmetic against the current memory size
  * before use, and no pointer into linear memory is kept across calls.
@@ -15,47 +15,13 @@
 
 #include <sodium.h>
 
-#include "phase_internal.h"
-
-enum {
-    WASI_ESUCCESS = 0,
-    WASI_EBADF = 8,
-    WASI_EFAULT = 21,
-    WASI_EINVAL = 28,
-    WASI_ENOTSUP = 58,
-    WASI_ESPIPE = 70,
-};
-
-enum { WASI_CLOCK_REALTIME = 0, WASI_CLOCK_MONOTONIC = 1, WASI_CLOCK_PROCESS_CPUTIME = 2, WASI_CLOCK_THREAD_CPUTIME = 3 };
-
-/* Deterministic clocks start here (2024-01-01T00:00:00Z) and advance with the fuel used. */
-#define PHASE_DET_EPOCH_NS 1704067200000000000ull
-#define PHASE_DET_NS_PER_TICK 1000ull
+#include "phase_wasi.h"
 
 M3Result const phase_trap_output_limit = "[trap] output limit exceeded";
 
-#define JOB() (((phase_instance *) m3_GetUserData (runtime))->job)
+enum { WASI_CLOCK_REALTIME = 0, WASI_CLOCK_MONOTONIC = 1, WASI_CLOCK_PROCESS_CPUTIME = 2, WASI_CLOCK_THREAD_CPUTIME = 3 };
 
-static inline uint8_t *guest(IM3Runtime runtime, void *mem, uint64_t offset, uint64_t len)
-{
-    uint64_t size = runtime->memory.mallocated ? runtime->memory.mallocated->length : 0;
-    if (offset > size || len > size - offset)
-        return NULL;
-    return (uint8_t *) mem + offset;
-}
-
-/* Host calls that move bytes cost fuel like memory.copy does (patch 0007), so a job cannot hide a lot
- * of work between two metering ticks and the timeout check on the slow path comes round soon. */
-static inline void charge(IM3Runtime runtime, uint64_t bytes)
-{
-    runtime->memory.mallocated->phase_fuel_countdown -= (int64_t) (bytes / PHASE_BYTES_PER_TICK);
-}
-
-static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static inline void wr16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
-static inline void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
-static inline void wr64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
-static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+#define PHASE_DET_NS_PER_TICK 1000ull
 
 /* argv/environ share one shape: a list of NUL-terminated strings. */
 static uint32_t strings_sizes(const char *const *list, uint32_t count, uint64_t *bytes)
@@ -145,8 +111,9 @@ static m3ApiRawFunction(wasi_fd_read)
     m3ApiGetArg(uint32_t, iovs_len);
     m3ApiGetArg(uint32_t, nread_ptr);
     phase_job *job = JOB();
-    if (fd != 0)
-        m3ApiReturn(WASI_EBADF);
+    int stream = phase_fs_stream(job, fd);
+    if (stream != 0)
+        m3ApiReturn(stream < 0 && fd > 2 ? phase_fs_read(runtime, _mem, fd, iovs, iovs_len, nread_ptr) : WASI_EBADF);
     uint8_t *vec = guest(runtime, _mem, iovs, (uint64_t) iovs_len * 8);
     uint8_t *nread = guest(runtime, _mem, nread_ptr, 4);
     if (!vec || !nread)
@@ -204,8 +171,10 @@ static m3ApiRawFunction(wasi_fd_write)
     m3ApiGetArg(uint32_t, iovs_len);
     m3ApiGetArg(uint32_t, nwritten_ptr);
     phase_job *job = JOB();
-    if (fd != 1 && fd != 2)
-        m3ApiReturn(WASI_EBADF);
+    int stream = phase_fs_stream(job, fd);
+    if (stream != 1 && stream != 2)
+        m3ApiReturn(stream < 0 && fd > 2 ? phase_fs_write(runtime, _mem, fd, iovs, iovs_len, nwritten_ptr)
+                                         : WASI_EBADF);
     uint8_t *vec = guest(runtime, _mem, iovs, (uint64_t) iovs_len * 8);
     uint8_t *nwritten = guest(runtime, _mem, nwritten_ptr, 4);
     if (!vec || !nwritten)
@@ -216,7 +185,7 @@ static m3ApiRawFunction(wasi_fd_write)
         const uint8_t *src = guest(runtime, _mem, buf, len);
         if (!src)
             m3ApiReturn(WASI_EFAULT);
-        if (!output_append(job, (int) fd - 1, src, len)) {
+        if (!output_append(job, stream - 1, src, len)) {
             job->output_exceeded = 1;
             m3ApiTrap(phase_trap_output_limit);
         }
@@ -232,14 +201,15 @@ static m3ApiRawFunction(wasi_fd_fdstat_get)
     m3ApiReturnType(uint32_t);
     m3ApiGetArg(uint32_t, fd);
     m3ApiGetArg(uint32_t, stat_ptr);
-    if (fd > 2)
-        m3ApiReturn(WASI_EBADF);
+    int stream = phase_fs_stream(JOB(), fd);
+    if (stream < 0)
+        m3ApiReturn(fd > 2 ? phase_fs_fdstat_get(runtime, _mem, fd, stat_ptr) : WASI_EBADF);
     uint8_t *st = guest(runtime, _mem, stat_ptr, 24);
     if (!st)
         m3ApiReturn(WASI_EFAULT);
     /* filetype unknown (a pipe, not a tty: libc buffers fully); rights: fd_read (1<<1) or fd_write (1<<6),
      * plus poll_fd_readwrite (1<<27). */
-    uint64_t rights = (fd == 0 ? (1ull << 1) : (1ull << 6)) | (1ull << 27);
+    uint64_t rights = (stream == 0 ? (1ull << 1) : (1ull << 6)) | (1ull << 27);
     memset(st, 0, 24);
     st[0] = 0;
     wr16(st + 2, 0);
@@ -253,9 +223,7 @@ static m3ApiRawFunction(wasi_fd_prestat_get)
     m3ApiReturnType(uint32_t);
     m3ApiGetArg(uint32_t, fd);
     m3ApiGetArg(uint32_t, ptr);
-    (void) fd;
-    (void) ptr;
-    m3ApiReturn(WASI_EBADF);   /* no preopened directories */
+    m3ApiReturn(phase_fs_prestat_get(runtime, _mem, fd, ptr));
 }
 
 static m3ApiRawFunction(wasi_fd_prestat_dir_name)
@@ -264,17 +232,15 @@ static m3ApiRawFunction(wasi_fd_prestat_dir_name)
     m3ApiGetArg(uint32_t, fd);
     m3ApiGetArg(uint32_t, path);
     m3ApiGetArg(uint32_t, len);
-    (void) fd;
-    (void) path;
-    (void) len;
-    m3ApiReturn(WASI_EBADF);
+    m3ApiReturn(phase_fs_prestat_dir_name(runtime, _mem, fd, path, len));
 }
 
 static m3ApiRawFunction(wasi_fd_close)
 {
     m3ApiReturnType(uint32_t);
     m3ApiGetArg(uint32_t, fd);
-    m3ApiReturn(fd <= 2 ? WASI_ESUCCESS : WASI_EBADF);
+    (void) _mem;
+    m3ApiReturn(phase_fs_fd_close(JOB(), fd));
 }
 
 static m3ApiRawFunction(wasi_fd_seek)
@@ -284,10 +250,8 @@ static m3ApiRawFunction(wasi_fd_seek)
     m3ApiGetArg(int64_t, offset);
     m3ApiGetArg(uint32_t, whence);
     m3ApiGetArg(uint32_t, result_ptr);
-    (void) offset;
-    (void) whence;
-    (void) result_ptr;
-    m3ApiReturn(fd <= 2 ? WASI_ESPIPE : WASI_EBADF);
+    int stream = phase_fs_stream(JOB(), fd);
+    m3ApiReturn(stream >= 0 ? WASI_ESPIPE : phase_fs_seek(runtime, _mem, fd, offset, whence, result_ptr));
 }
 
 static uint64_t deterministic_time(phase_job *job)
@@ -463,9 +427,12 @@ static m3ApiRawFunction(wasi_poll_oneoff)
             uint32_t fd = rd32(sub + 16);
             uint16_t error = 0;
             uint64_t nbytes = 0;
-            if ((tag == 1 && fd != 0) || (tag == 2 && fd != 1 && fd != 2))
+            int stream = phase_fs_stream(job, fd);
+            if (stream < 0)
+                error = (uint16_t) phase_fs_poll_ready(job, fd);
+            else if ((tag == 1 && stream != 0) || (tag == 2 && stream == 0))
                 error = WASI_EBADF;
-            else if (tag == 1)
+            else if (tag == 1 && stream == 0)
                 nbytes = job->spec->input_len - job->input_pos;
             wr16(ev + 8, error);
             wr64(ev + 16, nbytes);
@@ -478,11 +445,8 @@ static m3ApiRawFunction(wasi_poll_oneoff)
     m3ApiReturn(WASI_ESUCCESS);
 }
 
-/* The rest of preview1 needs a file system or sockets, which a job never has: these exist so that
- * ordinary libc programs link, and answer as a host with no preopened directories would. */
-enum stub_kind { STUB_FD, STUB_PATH, STUB_SOCK, STUB_NOSYS };
-
-enum { WASI_ENOSYS = 52, WASI_ENOTSOCK = 57 };
+/* Sockets and proc_raise, which a job never has: these exist so that ordinary libc programs link. */
+enum stub_kind { STUB_SOCK, STUB_NOSYS };
 
 static m3ApiRawFunction(wasi_stub)
 {
@@ -491,9 +455,7 @@ static m3ApiRawFunction(wasi_stub)
     (void) _mem;
     (void) runtime;
     switch ((enum stub_kind) (uintptr_t) _ctx->userdata) {
-    case STUB_FD: m3ApiReturn(fd <= 2 ? WASI_ENOTSUP : WASI_EBADF);
     case STUB_SOCK: m3ApiReturn(fd <= 2 ? WASI_ENOTSOCK : WASI_EBADF);
-    case STUB_PATH: m3ApiReturn(WASI_EBADF);
     default: m3ApiReturn(WASI_ENOSYS);
     }
 }
@@ -503,10 +465,8 @@ static m3ApiRawFunction(wasi_fd_tell)
     m3ApiReturnType(uint32_t);
     m3ApiGetArg(uint32_t, fd);
     m3ApiGetArg(uint32_t, ptr);
-    (void) ptr;
-    (void) _mem;
-    (void) runtime;
-    m3ApiReturn(fd <= 2 ? WASI_ESPIPE : WASI_EBADF);
+    int stream = phase_fs_stream(JOB(), fd);
+    m3ApiReturn(stream >= 0 ? WASI_ESPIPE : phase_fs_tell(runtime, _mem, fd, ptr));
 }
 
 typedef struct wasi_binding {
@@ -516,6 +476,7 @@ typedef struct wasi_binding {
 } wasi_binding;
 
 #define IMPL(name, sig) {{#name, sig, 1}, wasi_##name, STUB_NOSYS}
+#define FS(name, sig) {{#name, sig, 1}, phase_fs_##name, STUB_NOSYS}
 #define STUB(name, sig, kind) {{#name, sig, 0}, wasi_stub, kind}
 
 static const wasi_binding bindings[] = {
@@ -537,29 +498,29 @@ static const wasi_binding bindings[] = {
     IMPL(proc_exit, "v(i)"),
     IMPL(sched_yield, "i()"),
     IMPL(poll_oneoff, "i(iiii)"),
-    STUB(fd_advise, "i(iIIi)", STUB_FD),
-    STUB(fd_allocate, "i(iII)", STUB_FD),
-    STUB(fd_datasync, "i(i)", STUB_FD),
-    STUB(fd_fdstat_set_flags, "i(ii)", STUB_FD),
-    STUB(fd_fdstat_set_rights, "i(iII)", STUB_FD),
-    STUB(fd_filestat_get, "i(ii)", STUB_FD),
-    STUB(fd_filestat_set_size, "i(iI)", STUB_FD),
-    STUB(fd_filestat_set_times, "i(iIIi)", STUB_FD),
-    STUB(fd_pread, "i(iiiIi)", STUB_FD),
-    STUB(fd_pwrite, "i(iiiIi)", STUB_FD),
-    STUB(fd_readdir, "i(iiiIi)", STUB_FD),
-    STUB(fd_renumber, "i(ii)", STUB_FD),
-    STUB(fd_sync, "i(i)", STUB_FD),
-    STUB(path_create_directory, "i(iii)", STUB_PATH),
-    STUB(path_filestat_get, "i(iiiii)", STUB_PATH),
-    STUB(path_filestat_set_times, "i(iiiiIIi)", STUB_PATH),
-    STUB(path_link, "i(iiiiiii)", STUB_PATH),
-    STUB(path_open, "i(iiiiiIIii)", STUB_PATH),
-    STUB(path_readlink, "i(iiiiii)", STUB_PATH),
-    STUB(path_remove_directory, "i(iii)", STUB_PATH),
-    STUB(path_rename, "i(iiiiii)", STUB_PATH),
-    STUB(path_symlink, "i(iiiii)", STUB_PATH),
-    STUB(path_unlink_file, "i(iii)", STUB_PATH),
+    FS(fd_advise, "i(iIIi)"),
+    FS(fd_allocate, "i(iII)"),
+    FS(fd_datasync, "i(i)"),
+    FS(fd_fdstat_set_flags, "i(ii)"),
+    FS(fd_fdstat_set_rights, "i(iII)"),
+    FS(fd_filestat_get, "i(ii)"),
+    FS(fd_filestat_set_size, "i(iI)"),
+    FS(fd_filestat_set_times, "i(iIIi)"),
+    FS(fd_pread, "i(iiiIi)"),
+    FS(fd_pwrite, "i(iiiIi)"),
+    FS(fd_readdir, "i(iiiIi)"),
+    FS(fd_renumber, "i(ii)"),
+    FS(fd_sync, "i(i)"),
+    FS(path_create_directory, "i(iii)"),
+    FS(path_filestat_get, "i(iiiii)"),
+    FS(path_filestat_set_times, "i(iiiiIIi)"),
+    FS(path_link, "i(iiiiiii)"),
+    FS(path_open, "i(iiiiiIIii)"),
+    FS(path_readlink, "i(iiiiii)"),
+    FS(path_remove_directory, "i(iii)"),
+    FS(path_rename, "i(iiiiii)"),
+    FS(path_symlink, "i(iiiii)"),
+    FS(path_unlink_file, "i(iii)"),
     STUB(proc_raise, "i(i)", STUB_NOSYS),
     STUB(sock_accept, "i(iii)", STUB_SOCK),
     STUB(sock_recv, "i(iiiiii)", STUB_SOCK),
@@ -600,7 +561,7 @@ int phase_wasi_lookup(const char *module, size_t module_len, const char *name, s
             return (int) i;
         }
     }
-    snprintf(err, errlen, "import %s.%.*s is not provided by this host (no file system, sockets or threads)",
+    snprintf(err, errlen, "import %s.%.*s is not provided by this host (no sockets or threads)",
              PHASE_WASI_MODULE, (int) (name_len > 64 ? 64 : name_len), name);
     return -1;
 }

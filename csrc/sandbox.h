@@ -18,8 +18,15 @@ extern "C" {
  * process). Arguments: --main FD --slot SOCKFD:SHMFD [--slot ...]. Never returns: it _exits. */
 __attribute__((visibility("default"))) int phase_sandbox_server_main(int argc, char **argv);
 
-/* Install the worker's seccomp filter in the calling thread (after PR_SET_NO_NEW_PRIVS). 0 or -1/errno. */
-int phase_sandbox_seccomp_install(void);
+/* Install the worker's seccomp filter in the calling thread (after PR_SET_NO_NEW_PRIVS). allow_fs: also the
+ * file system's calls (only where Landlock confines them). 0 or -1/errno. */
+int phase_sandbox_seccomp_install(int allow_fs);
+
+/* The kernel's Landlock ABI version, 0 if it has none. */
+int phase_sandbox_landlock_abi(void);
+/* Confine the calling process's file system access to beneath the n directory fds (bit i of readonly_mask:
+ * read only), nothing elsewhere. 0 or -1/errno. */
+int phase_sandbox_landlock(int abi, const int *fds, uint32_t readonly_mask, uint32_t n);
 
 /* ---- the parent's side of one slot --------------------------------------------------------- */
 
@@ -73,6 +80,8 @@ typedef struct phase_sandbox_job {
     phase_limits limits;
     int deterministic;
     uint8_t seed[32];
+    const phase_preopen *preopens;        /* directories passed to the worker with "go" (SCM_RIGHTS) */
+    uint32_t npreopens;
     uint32_t test_action;                 /* sandbox_test_action; 0 outside tests */
     uint64_t hard_timeout_ms;             /* kill the worker after this long; 0 = never */
     uint32_t spin_us;                     /* busy-wait this long for "done" before sleeping (latency vs CPU) */

@@ -48,6 +48,8 @@ static uint64_t strings_bytes(const phase_sandbox_job *job)
         n += strlen(job->argv[i]) + 1;
     for (uint32_t i = 0; i < job->envc; i++)
         n += strlen(job->envp[i]) + 1;
+    for (uint32_t i = 0; i < job->npreopens; i++)
+        n += strlen(job->preopens[i].guest) + 1;
     return n;
 }
 
@@ -117,27 +119,15 @@ static int recv_msg(phase_sandbox_slot *slot, sandbox_msg *msg, int *fd, int tim
         return 0;
     if (n < 0)
         return -1;
-    struct iovec iov = {.iov_base = msg, .iov_len = sizeof *msg};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    struct msghdr mh;
-    memset(&mh, 0, sizeof mh);
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = control.buf;
-    mh.msg_controllen = sizeof control.buf;
-    ssize_t got;
-    do
-        got = recvmsg(slot->sock, &mh, MSG_CMSG_CLOEXEC);
-    while (got < 0 && errno == EINTR);
-    if (got != (ssize_t) sizeof *msg)
-        return -1;
+    uint32_t nfds;
     *fd = -1;
-    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
-        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
-            memcpy(fd, CMSG_DATA(cm), sizeof *fd);
+    ssize_t got = sandbox_recv_fds(slot->sock, msg, sizeof *msg, fd, 1, &nfds);
+    if (got != (ssize_t) sizeof *msg) {
+        if (nfds)
+            close(*fd);
+        *fd = -1;
+        return -1;
+    }
     return 1;
 }
 
@@ -294,6 +284,13 @@ static void write_request(phase_sandbox_slot *slot, const phase_sandbox_job *job
         k = strlen(job->envp[i]) + 1;
         memcpy(s, job->envp[i], k);
     }
+    for (uint32_t i = 0; i < job->npreopens; i++, s += k) {
+        k = strlen(job->preopens[i].guest) + 1;
+        memcpy(s, job->preopens[i].guest, k);
+        if (job->preopens[i].readonly)
+            req->preopen_readonly |= 1u << i;
+    }
+    req->npreopens = job->npreopens;
     req->strings_len = (uint64_t) (s - ((char *) slot->shm + pos));
     pos += align64(req->strings_len);
     req->argc = job->argc;
@@ -379,6 +376,7 @@ static int copy_response(phase_sandbox_slot *slot, const phase_sandbox_job *job,
     r.message[sizeof r.message - 1] = 0;
     res->status = (phase_status) r.status;
     res->exit_code = r.exit_code;
+    res->fs_unavailable = r.fs_unavailable != 0;
     memcpy(res->message, r.message, sizeof res->message);
     if (r.oom && res->status == PHASE_CRASHED) {
         char inner[PHASE_MESSAGE_BYTES];
@@ -429,9 +427,22 @@ static int wait_exited(phase_sandbox_slot *slot, char *err, size_t errlen)
     return 0;
 }
 
+/* "go": one byte, with the job's preopened directories attached (SCM_RIGHTS) when it has any. */
+static ssize_t send_go(int chan, const phase_sandbox_job *job)
+{
+    int fds[PHASE_MAX_PREOPENS];
+    for (uint32_t i = 0; i < job->npreopens; i++)
+        fds[i] = job->preopens[i].fd;
+    return sandbox_send_fds(chan, "g", 1, fds, job->npreopens);
+}
+
 int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *job, phase_result *res, char *err,
                            size_t errlen)
 {
+    if (job->npreopens > PHASE_MAX_PREOPENS) {
+        errf(err, errlen, "at most %d preopened directories", PHASE_MAX_PREOPENS);
+        return -1;
+    }
     memset(res, 0, sizeof *res);
     res->exit_code = -1;
     if (phase_sandbox_job_shm_bytes(job) > slot->shm_bytes) {
@@ -447,10 +458,9 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
         write_request(slot, job);
         /* From "go" on, the worker is responsible for this job until it says "done" or dies. */
         slot->awaiting_exit = 1;
-        char go = 'g';
         slot->t_go_ns = phase_now_ns();
         do
-            w = send(slot->chan, &go, 1, MSG_NOSIGNAL);
+            w = send_go(slot->chan, job);
         while (w < 0 && errno == EINTR);
         if (w == 1 || attempt >= 2 * PHASE_SANDBOX_MAX_DEPTH)
             break;

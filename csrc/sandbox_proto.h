@@ -14,13 +14,17 @@
 #ifndef PHASE_SANDBOX_PROTO_H
 #define PHASE_SANDBOX_PROTO_H
 
+#include <errno.h>
 #include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "phase_core.h"
 #include "sandbox.h"
 
 #define SANDBOX_MAGIC 0x50485342u         /* "PHSB" */
-#define SANDBOX_VERSION 1u
+#define SANDBOX_VERSION 2u
 #define SANDBOX_HEADER_BYTES 4096u        /* request + response headers; payloads follow */
 #define SANDBOX_MIN_SHM_BYTES (1u << 20)
 /* Buffers (memfd + pre-forked worker) per slot at most: the slot's next job takes a ready one while the
@@ -45,6 +49,8 @@ enum sandbox_test_action {
                                            * output than exists, then pre-answers the next job */
     SANDBOX_TEST_SNOOP = 7,               /* a worker that broke out of wasm3 reads its whole buffer: reports in its
                                            * message how many nonzero payload bytes are not its own job's */
+    SANDBOX_TEST_OPEN_OUTSIDE = 8,        /* a worker that broke out of wasm3 opens paths itself, without
+                                           * RESOLVE_BENEATH: reports each errno (Landlock must refuse outside) */
 };
 
 typedef struct sandbox_request {          /* written by the parent before "go" */
@@ -54,8 +60,10 @@ typedef struct sandbox_request {          /* written by the parent before "go" *
     uint32_t module_inline, reserved;     /* 1: the module's bytes are in the payload; 0: the worker's cache */
     uint64_t module_off, module_len;
     uint64_t input_off, input_len;
-    uint64_t strings_off, strings_len;    /* entry, argv..., envp... each NUL-terminated */
+    uint64_t strings_off, strings_len;    /* entry, argv..., envp..., preopen guest names... each NUL-terminated */
     uint32_t argc, envc;
+    uint32_t npreopens;                   /* directory fds that came with "go" (SCM_RIGHTS), in order */
+    uint32_t preopen_readonly;            /* bit i: preopen i is read-only */
     phase_limits limits;
     int32_t deterministic;
     uint32_t test_action;
@@ -69,6 +77,8 @@ typedef struct sandbox_response {         /* written by the worker before "done"
     int32_t exit_code;
     uint32_t module_missing;              /* 1: the module is not in this worker's cache; send the bytes */
     uint32_t oom;                         /* 1: the worker ran out of address space (RLIMIT_AS) */
+    uint32_t fs_unavailable;              /* phase_result.fs_unavailable */
+    uint32_t reserved;
     char message[PHASE_MESSAGE_BYTES];
     uint64_t out_len, err_len;            /* at request.out_off: stdout then stderr */
     uint64_t fuel_used, wall_us, memory_peak_bytes;
@@ -112,5 +122,72 @@ typedef struct sandbox_msg {
     uint32_t buffer;           /* READY/EXITED: the worker's buffer within the slot */
     uint32_t reserved;
 } sandbox_msg;
+
+/* ---- descriptors over a unix socket (SCM_RIGHTS) ------------------------------------------ */
+
+/* Most descriptors one message carries: a job's directories. */
+#define SANDBOX_MAX_FDS PHASE_MAX_PREOPENS
+
+/* Send len bytes with the n fds attached (none if n is 0). sendmsg's result (EINTR retried). */
+static inline ssize_t sandbox_send_fds(int sock, const void *buf, size_t len, const int *fds, uint32_t n)
+{
+    struct iovec iov = {.iov_base = (void *) buf, .iov_len = len};
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * SANDBOX_MAX_FDS)];
+        struct cmsghdr align;
+    } control;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (n > SANDBOX_MAX_FDS) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (n) {
+        memset(&control, 0, sizeof control);
+        mh.msg_control = control.buf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * n);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * n);
+        memcpy(CMSG_DATA(cm), fds, sizeof(int) * n);
+    }
+    ssize_t got;
+    do
+        got = sendmsg(sock, &mh, MSG_NOSIGNAL);
+    while (got < 0 && errno == EINTR);
+    return got;
+}
+
+/* Receive up to len bytes and up to max fds (close-on-exec; *nfds of them). recvmsg's result (EINTR retried). */
+static inline ssize_t sandbox_recv_fds(int sock, void *buf, size_t len, int *fds, uint32_t max, uint32_t *nfds)
+{
+    struct iovec iov = {.iov_base = buf, .iov_len = len};
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * SANDBOX_MAX_FDS)];
+        struct cmsghdr align;
+    } control;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    mh.msg_control = control.buf;
+    mh.msg_controllen = sizeof control.buf;
+    ssize_t got;
+    do
+        got = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+    while (got < 0 && errno == EINTR);
+    *nfds = 0;
+    for (struct cmsghdr *cm = got >= 0 ? CMSG_FIRSTHDR(&mh) : NULL; cm; cm = CMSG_NXTHDR(&mh, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        uint32_t k = (uint32_t) ((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (uint32_t i = 0; i < k; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+            if (*nfds < max)
+                fds[(*nfds)++] = fd;
+            else
+                close(fd);
+        }
+    }
+    return got;
+}
 
 #endif

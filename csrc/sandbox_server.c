@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/openat2.h>
 #include <malloc.h>
 #include <poll.h>
 #include <signal.h>
@@ -70,6 +71,9 @@ static phase_module *cache[CACHE_MAX];
 static unsigned cache_count;
 static size_t cache_bytes;
 static uint64_t cache_seq;          /* ADD messages processed (accepted or not) */
+/* The kernel's Landlock ABI (0: none). Without it workers get no file system calls at all and a job with
+ * directories is refused, since nothing else would bound the paths a worker that broke out of wasm3 could name. */
+static int landlock_abi;
 
 static void fatal(const char *what)
 {
@@ -152,7 +156,7 @@ static int confine_early(void)
     memset(data, 0, sizeof data);
     if (syscall(SYS_capset, &head, data) != 0)
         return -1;
-    return phase_sandbox_seccomp_install();
+    return phase_sandbox_seccomp_install(landlock_abi > 0);
 }
 
 /* The job's rlimits, set through the filter's one allowed prlimit64 (pid 0). */
@@ -160,8 +164,12 @@ static int confine(const sandbox_request *req, uint64_t base_vm)
 {
     uint64_t as = base_vm + WORKER_AS_SLACK + WORKER_STACK_BYTES + req->limits.memory_bytes
                   + 2 * req->limits.output_bytes + 16 * req->module_len + 2 * (uint64_t) req->limits.stack_bytes;
-    if (set_limit(RLIMIT_AS, as) != 0 || set_limit(RLIMIT_CORE, 0) != 0 || set_limit(RLIMIT_FSIZE, 0) != 0
-        || set_limit(RLIMIT_NOFILE, WORKER_FD + 1) != 0)
+    /* Descriptors: the channel, the directories received, the job's own copies of them and its table. Files
+     * may grow only where the job was given a writable directory. */
+    uint64_t nofile = WORKER_FD + 1 + (req->npreopens ? 2ull * req->npreopens + PHASE_MAX_FDS + 8 : 0);
+    int writable = req->npreopens && req->preopen_readonly != (uint32_t) ((1ull << req->npreopens) - 1);
+    if (set_limit(RLIMIT_AS, as) != 0 || set_limit(RLIMIT_CORE, 0) != 0
+        || set_limit(RLIMIT_FSIZE, writable ? RLIM_INFINITY : 0) != 0 || set_limit(RLIMIT_NOFILE, nofile) != 0)
         return -1;
     if (req->limits.timeout_ms) {
         /* A backstop below the parent's hard timeout: CPU seconds, SIGXCPU then SIGKILL one second later. */
@@ -218,11 +226,11 @@ static void test_action(uint32_t action)
 }
 
 /* Split the strings region into entry, argv and envp. Returns 0 or -1 if it is malformed. */
-static int split_strings(const char *s, uint64_t len, uint32_t argc, uint32_t envc, const char **entry,
-                         const char ***argv, const char ***envp)
+static int split_strings(const char *s, uint64_t len, uint32_t argc, uint32_t envc, uint32_t npre,
+                         const char **entry, const char ***argv, const char ***envp, const char ***guests)
 {
-    uint64_t need = 1ull + argc + envc;
-    if (argc > (1u << 20) || envc > (1u << 20) || len == 0 || s[len - 1] != 0)
+    uint64_t need = 1ull + argc + envc + npre;
+    if (argc > (1u << 20) || envc > (1u << 20) || npre > PHASE_MAX_PREOPENS || len == 0 || s[len - 1] != 0)
         return -1;
     const char **ptrs = malloc(need * sizeof *ptrs);
     if (!ptrs)
@@ -239,17 +247,35 @@ static int split_strings(const char *s, uint64_t len, uint32_t argc, uint32_t en
     *entry = ptrs[0];
     *argv = ptrs + 1;
     *envp = ptrs + 1 + argc;
+    *guests = ptrs + 1 + argc + envc;
     return 0;
+}
+
+/* "go" and the directory fds that came with it (none when the kernel has no Landlock: then the worker reads a
+ * plain byte, and the filter allows no recvmsg). Fds of an earlier "go" (module missing, sent again) are closed. */
+typedef struct received_go {
+    int fds[PHASE_MAX_PREOPENS];
+    uint32_t n;
+} received_go;
+
+static ssize_t receive_go(received_go *go)
+{
+    char c;
+    for (uint32_t i = 0; i < go->n; i++)
+        close(go->fds[i]);
+    go->n = 0;
+    if (!landlock_abi)
+        return read(WORKER_FD, &c, 1);
+    return sandbox_recv_fds(WORKER_FD, &c, 1, go->fds, PHASE_MAX_PREOPENS, &go->n);
 }
 
 static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_vm)
 {
     uint8_t *shm = (uint8_t *) hdr;
+    received_go go = {.n = 0};
     for (;;) {
-        char c;
         uint64_t ready = phase_now_ns();
-        ssize_t n = read(WORKER_FD, &c, 1);
-        if (n != 1)
+        if (receive_go(&go) != 1)
             _exit(SANDBOX_EXIT_IDLE);
         uint64_t woke = phase_now_ns();
         sandbox_request req = hdr->request;   /* one consistent copy */
@@ -277,6 +303,16 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             say_done(resp);
             _exit(SANDBOX_EXIT_IDLE);
         }
+        if (req.npreopens != go.n) {
+            respond_message(resp, PHASE_CRASHED, landlock_abi ? "sandbox: the job's directories did not arrive"
+                            : "sandbox: this kernel has no Landlock, so directories cannot be given to sandboxed jobs");
+            say_done(resp);
+            _exit(SANDBOX_EXIT_IDLE);
+        }
+        /* Nothing of the file system outside the job's directories, whatever path anything names from here on
+         * (before the rlimits: the ruleset needs a descriptor of its own for a moment). */
+        if (landlock_abi && phase_sandbox_landlock(landlock_abi, go.fds, req.preopen_readonly, go.n) != 0)
+            _exit(SANDBOX_EXIT_SETUP);
         if (confine(&req, base_vm) != 0)
             _exit(SANDBOX_EXIT_SETUP);
         resp->t_ready_ns = ready;
@@ -311,6 +347,24 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             say_done(resp);
             _exit(0);
         }
+        if (req.test_action == SANDBOX_TEST_OPEN_OUTSIDE) {
+            /* openat2 without RESOLVE_BENEATH, as code that escaped wasm3 could call it: an absolute path, the
+             * parent of the job's first directory, and a file inside it (which must still work). */
+            struct open_how how;
+            memset(&how, 0, sizeof how);
+            how.flags = O_RDONLY | O_CLOEXEC;
+            int e[3];
+            const char *paths[3] = {"/etc/passwd", "..", "inside.txt"};
+            for (int i = 0; i < 3; i++) {
+                int fd = (int) syscall(SYS_openat2, i == 0 || !go.n ? AT_FDCWD : go.fds[0], paths[i], &how, sizeof how);
+                e[i] = fd >= 0 ? 0 : errno;
+            }
+            char text[96];
+            snprintf(text, sizeof text, "absolute %d parent %d inside %d", e[0], e[1], e[2]);
+            respond_message(resp, PHASE_CRASHED, text);
+            say_done(resp);
+            _exit(0);
+        }
         if (req.test_action == SANDBOX_TEST_ALLOCATE) {
             uint64_t got = 0;
             for (;;) {
@@ -340,9 +394,9 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             }
             module = own;
         }
-        const char *entry, **argv, **envp;
-        if (split_strings((const char *) shm + req.strings_off, req.strings_len, req.argc, req.envc, &entry, &argv,
-                          &envp) != 0) {
+        const char *entry, **argv, **envp, **guests;
+        if (split_strings((const char *) shm + req.strings_off, req.strings_len, req.argc, req.envc, req.npreopens,
+                          &entry, &argv, &envp, &guests) != 0) {
             respond_message(resp, PHASE_CRASHED, "sandbox: malformed argument strings");
             say_done(resp);
             _exit(0);
@@ -360,11 +414,20 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
         spec.limits = req.limits;
         spec.deterministic = req.deterministic;
         memcpy(spec.seed, req.seed, sizeof spec.seed);
+        phase_preopen preopens[PHASE_MAX_PREOPENS];
+        for (uint32_t i = 0; i < req.npreopens; i++) {
+            preopens[i].fd = go.fds[i];
+            preopens[i].guest = guests[i];
+            preopens[i].readonly = (req.preopen_readonly >> i) & 1;
+        }
+        spec.preopens = preopens;
+        spec.npreopens = req.npreopens;
         phase_result res;
         int rc = phase_job_run(&spec, &res);
         resp->t_ran_ns = phase_now_ns();
         resp->status = (int32_t) res.status;
         resp->exit_code = res.exit_code;
+        resp->fs_unavailable = (uint32_t) res.fs_unavailable;
         memcpy(resp->message, res.message, sizeof resp->message);
         resp->message[sizeof resp->message - 1] = 0;
         if (rc != 0 && res.status == PHASE_CRASHED)
@@ -430,30 +493,7 @@ static void worker_main(unsigned index, int chan)
 
 static int send_msg(int sock, const sandbox_msg *msg, int fd)
 {
-    struct iovec iov = {.iov_base = (void *) msg, .iov_len = sizeof *msg};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    struct msghdr mh;
-    memset(&mh, 0, sizeof mh);
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    if (fd >= 0) {
-        memset(&control, 0, sizeof control);
-        mh.msg_control = control.buf;
-        mh.msg_controllen = sizeof control.buf;
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &fd, sizeof fd);
-    }
-    ssize_t n;
-    do
-        n = sendmsg(sock, &mh, MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
-    return n == (ssize_t) sizeof *msg ? 0 : -1;
+    return sandbox_send_fds(sock, msg, sizeof *msg, &fd, fd >= 0 ? 1 : 0) == (ssize_t) sizeof *msg ? 0 : -1;
 }
 
 #ifdef PHASE_COVERAGE
@@ -655,6 +695,7 @@ int phase_sandbox_server_main(int argc, char **argv)
             _exit(2);
         }
     }
+    landlock_abi = phase_sandbox_landlock_abi();
     if (main_sock < 0 || nslots == 0) {
         fprintf(stderr, "usage: phase-sandboxd --main FD --slot SOCKFD:SHMFD[,SHMFD...] [--slot ...]\n");
         _exit(2);

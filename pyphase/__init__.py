@@ -34,6 +34,7 @@ from pyphase.errors import (
 from pyphase.identity import Identity
 from pyphase.limits import Limits
 from pyphase.manifest import make_manifest
+from pyphase.preopen import Preopen
 from pyphase.receipt import make_receipt, verify_receipt
 from pyphase.result import Result
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION, Module, run
@@ -59,7 +60,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Client", "Crashed", "FuelExhausted", "Identity", "IdentityError", "InvalidModule", "JobError", "Limits",
-    "LimitsError", "ManifestError", "MemoryLimitExceeded", "Module", "OutputLimitExceeded", "PhaseError",
+    "LimitsError", "ManifestError", "MemoryLimitExceeded", "Module", "OutputLimitExceeded", "PhaseError", "Preopen",
     "RUNTIME_NAME", "RUNTIME_VERSION", "Rejected", "Result", "Sandbox", "SignatureError", "Timeout", "Trap",
     "VerificationError", "make_manifest", "make_receipt", "run", "verify_receipt", "__version__",
 ]

@@ -46,6 +46,15 @@ cdef extern from "phase_core.h" nogil:
     phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size_t errlen)
     void phase_module_free(phase_module *module)
 
+    ctypedef struct phase_preopen:
+        int fd
+        const char *guest
+        int readonly
+
+    enum:
+        PHASE_MAX_PREOPENS
+        PHASE_MAX_FDS
+
     ctypedef struct phase_job_spec:
         const phase_module *module
         const char *entry
@@ -58,6 +67,8 @@ cdef extern from "phase_core.h" nogil:
         phase_limits limits
         int deterministic
         uint8_t seed[32]
+        const phase_preopen *preopens
+        uint32_t npreopens
 
     ctypedef struct phase_result:
         phase_status status
@@ -74,6 +85,7 @@ cdef extern from "phase_core.h" nogil:
         uint8_t input_hash[32]
         uint8_t stdout_hash[32]
         uint8_t stderr_hash[32]
+        int fs_unavailable
 
     int phase_job_run(const phase_job_spec *spec, phase_result *result)
     void phase_result_clear(phase_result *result)
@@ -95,6 +107,7 @@ cdef extern from "phase_crypto.h" nogil:
 
 cdef extern from "sandbox.h" nogil:
     int phase_sandbox_server_main(int argc, char **argv)
+    int phase_sandbox_landlock_abi()
 
     enum:
         PHASE_SANDBOX_MAX_DEPTH
@@ -131,6 +144,8 @@ cdef extern from "sandbox.h" nogil:
         phase_limits limits
         int deterministic
         uint8_t seed[32]
+        const phase_preopen *preopens
+        uint32_t npreopens
         uint32_t test_action
         uint64_t hard_timeout_ms
         uint32_t spin_us
@@ -156,6 +171,7 @@ cdef extern from "sandbox_proto.h" nogil:
         SANDBOX_TEST_ALLOCATE
         SANDBOX_TEST_FORGE
         SANDBOX_TEST_SNOOP
+        SANDBOX_TEST_OPEN_OUTSIDE
         SANDBOX_MSG_ADD
 
     ctypedef struct sandbox_msg:
@@ -222,7 +238,7 @@ cdef inline int fill_job(object job, phase_limits *limits, uint8_t *seed) except
 cdef inline tuple result_tuple(phase_result *res, tuple status_names):
     """A job's result as the bindings hand it to Python (pyphase.runtime / pyphase.sandbox build Result from it):
     (status, exit_code, message, stdout, stderr, fuel_used, wall_us, memory_peak,
-     module_sha256, input_sha256, stdout_sha256, stderr_sha256)."""
+     module_sha256, input_sha256, stdout_sha256, stderr_sha256, fs_unavailable)."""
     return (
         status_names[<int> res.status],
         res.exit_code,
@@ -236,6 +252,7 @@ cdef inline tuple result_tuple(phase_result *res, tuple status_names):
         PyBytes_FromStringAndSize(<char *> res.input_hash, 32),
         PyBytes_FromStringAndSize(<char *> res.stdout_hash, 32),
         PyBytes_FromStringAndSize(<char *> res.stderr_hash, 32),
+        bool(res.fs_unavailable),
     )
 
 
@@ -256,4 +273,23 @@ cdef inline char **cstring_array(list items, list keep) except? NULL:
         b = items[k]
         keep.append(b)
         arr[k] = <char *> b
+    return arr
+
+
+cdef inline phase_preopen *preopen_array(list preopens) except? NULL:
+    """A malloc'd array of (fd, guest name bytes, readonly) tuples for phase_job_spec; NULL if empty. The names
+    must stay alive (they are the tuples' bytes)."""
+    cdef Py_ssize_t n = len(preopens), k
+    if n == 0:
+        return NULL
+    if n > PHASE_MAX_PREOPENS:
+        raise ValueError(f"at most {PHASE_MAX_PREOPENS} preopened directories")
+    cdef phase_preopen *arr = <phase_preopen *> malloc(n * sizeof(phase_preopen))
+    if arr is NULL:
+        raise MemoryError()
+    for k in range(n):
+        fd, guest, readonly = preopens[k]
+        arr[k].fd = fd
+        arr[k].guest = <const char *> (<bytes> guest)
+        arr[k].readonly = 1 if readonly else 0
     return arr

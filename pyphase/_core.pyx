@@ -16,6 +16,8 @@ if phase_crypto_init() != 0:
 RUNTIME_NAME = PHASE_RUNTIME_NAME.decode()
 RUNTIME_VERSION = PHASE_RUNTIME_VERSION.decode()
 WASM_PAGE = PHASE_WASM_PAGE
+MAX_PREOPENS = PHASE_MAX_PREOPENS
+MAX_FDS = PHASE_MAX_FDS
 cdef phase_limits _defaults
 phase_limits_default(&_defaults)
 DEFAULT_LIMITS = {"memory_bytes": _defaults.memory_bytes, "fuel": _defaults.fuel, "timeout_ms": _defaults.timeout_ms,
@@ -76,10 +78,11 @@ cdef class CoreModule:
         }
 
 
-def run(CoreModule module not None, job):
-    """Run a pyphase.runtime.PreparedJob on ``module`` with the GIL released. Returns a tuple:
+def run(CoreModule module not None, job, list preopens=None):
+    """Run a pyphase.runtime.PreparedJob on ``module`` with the GIL released; ``preopens``: its directories as
+    (open fd, guest name bytes, readonly). Returns a tuple:
     (status, exit_code, message, stdout, stderr, fuel_used, wall_us, memory_peak,
-     module_sha256, input_sha256, stdout_sha256, stderr_sha256)."""
+     module_sha256, input_sha256, stdout_sha256, stderr_sha256, fs_unavailable)."""
     cdef phase_job_spec spec
     cdef phase_result res
     cdef list keep = []
@@ -100,6 +103,9 @@ def run(CoreModule module not None, job):
     try:
         spec.envp = <const char *const *> cstring_array(env, keep)
         spec.envc = <uint32_t> len(env)
+        if preopens:
+            spec.preopens = preopen_array(preopens)
+            spec.npreopens = <uint32_t> len(preopens)
         with nogil:
             rc = phase_job_run(&spec, &res)
         try:
@@ -109,6 +115,7 @@ def run(CoreModule module not None, job):
     finally:
         free(<void *> spec.argv)
         free(<void *> spec.envp)
+        free(<void *> spec.preopens)
 
 
 def sha256(const uint8_t[::1] data not None):

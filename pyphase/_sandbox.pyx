@@ -26,7 +26,13 @@ TEST_ACTIONS = {
     "allocate": SANDBOX_TEST_ALLOCATE,
     "forge": SANDBOX_TEST_FORGE,
     "snoop": SANDBOX_TEST_SNOOP,
+    "open_outside": SANDBOX_TEST_OPEN_OUTSIDE,
 }
+
+
+def landlock_abi():
+    """The kernel's Landlock ABI version (0: none; then sandboxed jobs cannot be given directories)."""
+    return phase_sandbox_landlock_abi()
 
 
 def add_message(uint64_t length):
@@ -146,9 +152,10 @@ cdef class Slot:
             rc = phase_sandbox_slot_ready(&self.slot, timeout_ms, err, sizeof(err))
         check_rc(rc, err)
 
-    cdef int _fill(self, phase_sandbox_job *j, job, module, list keep) except -1:
+    cdef int _fill(self, phase_sandbox_job *j, job, module, list keep, list preopens) except -1:
         """Fill ``j`` from a pyphase.runtime.PreparedJob (``module``: its bytes, or None when the worker has it
-        cached); argv/envp arrays are malloc'd (free them) and what they point to is kept alive in ``keep``."""
+        cached; ``preopens``: its directories as (open fd, guest name bytes, readonly)); argv/envp/preopen arrays
+        are malloc'd (free them) and what they point to is kept alive in ``keep``."""
         cdef bytes digest = job.digest
         cdef bytes entry = job.entry
         cdef const uint8_t[::1] mview
@@ -173,13 +180,17 @@ cdef class Slot:
         j.argc = <uint32_t> len(job.argv)
         j.envp = <const char *const *> cstring_array(job.envp, keep)
         j.envc = <uint32_t> len(job.envp)
+        if preopens:
+            keep.append(preopens)
+            j.preopens = preopen_array(preopens)
+            j.npreopens = <uint32_t> len(preopens)
         return 0
 
-    def run(self, job, module, uint64_t hard_timeout_ms, uint32_t test_action=0, uint32_t spin_us=0):
+    def run(self, job, module, uint64_t hard_timeout_ms, uint32_t test_action=0, uint32_t spin_us=0,
+            list preopens=None):
         """Run a pyphase.runtime.PreparedJob on this slot's worker with the GIL released. ``module`` is its
-        bytes or None (the worker's cache). Returns None if the worker lacks the module (call again with the
-        bytes), else the tuple of _core.run: (status, exit_code, message, stdout, stderr, fuel_used, wall_us,
-        memory_peak, module_sha256, input_sha256, stdout_sha256, stderr_sha256)."""
+        bytes or None (the worker's cache); ``preopens`` its open directories, sent to the worker with "go".
+        Returns None if the worker lacks the module (call again with the bytes), else the tuple of _core.run."""
         cdef phase_sandbox_job j
         cdef phase_result res
         cdef char err[256]
@@ -190,7 +201,7 @@ cdef class Slot:
         memset(&j, 0, sizeof(j))
         err[0] = 0
         try:
-            self._fill(&j, job, module, keep)
+            self._fill(&j, job, module, keep, preopens)
             j.test_action = test_action
             j.hard_timeout_ms = hard_timeout_ms
             j.spin_us = spin_us
@@ -206,6 +217,7 @@ cdef class Slot:
         finally:
             free(<void *> j.argv)
             free(<void *> j.envp)
+            free(<void *> j.preopens)
 
     def shm_needed(self, job, bint inline):
         """Shared-memory bytes a prepared job needs (with the module's bytes when ``inline``), as C lays it out."""
@@ -213,8 +225,9 @@ cdef class Slot:
         cdef list keep = []
         memset(&j, 0, sizeof(j))
         try:
-            self._fill(&j, job, job.data if inline else None, keep)
+            self._fill(&j, job, job.data if inline else None, keep, [(-1, g, False) for g in job.guest_names])
             return phase_sandbox_job_shm_bytes(&j)
         finally:
             free(<void *> j.argv)
             free(<void *> j.envp)
+            free(<void *> j.preopens)

@@ -25,7 +25,7 @@ from pyphase.identity import Identity
 from pyphase.net import config as config_mod
 from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig, load_config
-from pyphase.net.node import EventLog, ListenError, Node
+from pyphase.net.node import EventLog, ListenError, Node, raise_descriptor_limit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +70,7 @@ def _write_address(data_dir: Path, address: str) -> None:
 
 
 async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = Node) -> int:
+    raise_descriptor_limit()            # connections are capped below it, with descriptors kept for jobs
     identity = _identity(config)
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     address_file = config.data_dir / "address"

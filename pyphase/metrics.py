@@ -130,7 +130,9 @@ class _NodeCollector(Collector):
         node = self.node
         load = node.load()
         yield GaugeMetricFamily("phase_queue_depth", "Jobs waiting for a worker or for their module",
-                                value=load["queued"] + len(getattr(node, "_pending", ())))
+                                value=load["queued"] + node.shares.waiting)
+        yield GaugeMetricFamily("phase_jobs_abandoned", "Results dropped: their client was gone or did not read",
+                                value=node.abandoned)
         yield GaugeMetricFamily("phase_workers_busy", "Workers running a job", value=load["running"])
         yield GaugeMetricFamily("phase_workers", "Workers in all", value=load["workers"])
         yield GaugeMetricFamily("phase_cache_bytes", "Module cache size on disk", value=node.cache.disk_bytes)

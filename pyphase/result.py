@@ -8,7 +8,7 @@ from typing import Any
 from pyphase.digests import UNHASHED, hash_text, sha256_text
 from pyphase.errors import JOB_ERRORS
 
-RawResult = tuple[str, int, str, bytes, bytes, int, int, int, bytes, bytes, bytes, bytes]
+RawResult = tuple[str, int, str, bytes, bytes, int, int, int, bytes, bytes, bytes, bytes, bool]
 """A result as the C bindings return it (``_core.run``, ``_sandbox.Slot.run``); :meth:`Result.from_core` reads it."""
 
 
@@ -29,6 +29,8 @@ class Result:
     stdout_hash: str
     stderr_hash: str
     receipt: dict[str, Any] | None = field(default=None, compare=False)
+    #: the module looked for a preopened directory and the job had none (``phase run`` says how to give one)
+    fs_unavailable: bool = field(default=False, compare=False)
 
     @classmethod
     def from_core(cls, raw: RawResult) -> Result:
@@ -36,7 +38,7 @@ class Result:
         return cls(
             status=raw[0], exit_code=raw[1], message=raw[2], stdout=raw[3], stderr=raw[4], fuel_used=raw[5],
             wall_us=raw[6], memory_peak_bytes=raw[7], module_hash=hash_text(raw[8]), input_hash=hash_text(raw[9]),
-            stdout_hash=hash_text(raw[10]), stderr_hash=hash_text(raw[11]),
+            stdout_hash=hash_text(raw[10]), stderr_hash=hash_text(raw[11]), fs_unavailable=raw[12],
         )
 
     def with_hashes(self, module_hash: str, input_hash: str) -> Result:

@@ -18,6 +18,7 @@ from pyphase import _core
 from pyphase.digests import hash_text
 from pyphase.errors import InvalidModule
 from pyphase.limits import DEFAULT_LIMITS, Limits
+from pyphase.preopen import Preopen, check, opened
 from pyphase.result import Result
 
 RUNTIME_NAME: str = _core.RUNTIME_NAME
@@ -161,6 +162,12 @@ class PreparedJob(NamedTuple):
     limits: Limits
     deterministic: bool
     seed: bytes
+    dirs: tuple[Preopen, ...] = ()
+
+    @property
+    def guest_names(self) -> list[bytes]:
+        """The guest paths of its directories, as C takes them."""
+        return [os.fsencode(d.guest_path) for d in self.dirs]
 
     @property
     def data(self) -> bytes:
@@ -172,7 +179,7 @@ def prepare_job(module: Module | bytes | bytearray | memoryview, input: bytes | 
                 args: Sequence[str] = (), env: Mapping[str, str] | None = None, entry: str = "_start",
                 limits: Limits | None = None, deterministic: bool = False,
                 program_name: str = DEFAULT_PROGRAM_NAME, seed: bytes | None = None,
-                digest: bytes | None = None) -> PreparedJob:
+                digest: bytes | None = None, dirs: Sequence[Preopen] = ()) -> PreparedJob:
     """Check and encode a job's parts for C (``ValueError`` for NUL bytes or a bad environment name).
 
     ``digest``: the module's sha256 when the caller computed it already (it travels with the bytes); the
@@ -194,25 +201,27 @@ def prepare_job(module: Module | bytes | bytearray | memoryview, input: bytes | 
     if deterministic and seed is None:
         seed = deterministic_seed(hash_text(digest), hash_text(_core.sha256(input)), list(args), environment, entry)
     return PreparedJob(digest, module, input, argv, envp, entry.encode("utf-8"), limits or DEFAULT_LIMITS,
-                       deterministic, seed or bytes(32))
+                       deterministic, seed or bytes(32), tuple(check(dirs)))
 
 
 def run(module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview = b"", *,
         args: Sequence[str] = (), env: Mapping[str, str] | None = None, entry: str = "_start",
         limits: Limits | None = None, deterministic: bool = False, program_name: str = DEFAULT_PROGRAM_NAME,
-        seed: bytes | None = None) -> Result:
+        seed: bytes | None = None, dirs: Sequence[Preopen] = ()) -> Result:
     """Run ``module`` once in this process with ``input`` as stdin; the GIL is released while it runs.
 
-    ``args`` follow the program name (argv[0]). Every job outcome (trap, timeout, ...) is a
+    ``args`` follow the program name (argv[0]); ``dirs`` are the host directories the job sees (WASI
+    preopens, fds 3, 4, ... in this order). Every job outcome (trap, timeout, ...) is a
     :class:`Result` with its ``status``; invalid modules raise :class:`~pyphase.errors.InvalidModule`.
     Untrusted modules belong in a :class:`pyphase.Sandbox`, which adds process isolation.
     """
     job = prepare_job(module, input, args=args, env=env, entry=entry, limits=limits, deterministic=deterministic,
-                      program_name=program_name, seed=seed)
+                      program_name=program_name, seed=seed, dirs=dirs)
     return run_prepared(job)
 
 
 def run_prepared(job: PreparedJob) -> Result:
     """Run a prepared job in this process (validating its module here if it is raw bytes)."""
     module = job.module if isinstance(job.module, Module) else Module.cached(job.module, job.digest)
-    return Result.from_core(_core.run(module._core, job))
+    with opened(job.dirs) as preopens:
+        return Result.from_core(_core.run(module._core, job, preopens))

@@ -6,20 +6,34 @@
     /boot/manifest.json     the current signed boot manifest (clients verify it themselves)
 
 Single byte ranges (``Range: bytes=a-b``, ``a-``, ``-n``) are answered with 206 so a client
-can resume. Limits: a cap on concurrent connections (503 beyond it), a socket timeout, and
-no directory listings, no other paths, no writes.
+can resume. No directory listings, no other paths, no writes.
+
+One asyncio event loop (on a background thread) serves every connection; a connection costs one
+descriptor and a little memory, never a thread. What a stranger may take:
+
+* ``max_connections`` connections at once, ``max_per_address`` of them from one source address; beyond
+  either, the connection is answered 503 at once and closed (it never holds a slot);
+* the request line and headers (at most 8 KiB) must arrive within ``header_timeout``; an idle keep-alive
+  connection is closed after ``timeout``;
+* a response must be read at ``min_rate`` bytes per second or better (after a grace of
+  ``MIN_RATE_GRACE_S``), and no write may stall for ``timeout``: slower readers are cut off, so they
+  cannot hold the slots a boot needs.
+
+A dropped connection is not an error: nothing is logged for it beyond the access line (none with ``quiet``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import errno
-import http.server
 import os
 import re
 import socket
 import sys
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -27,10 +41,16 @@ from pyphase.boot.manifest import Artifact
 from pyphase.boot.store import MANIFEST_PATH, ArtifactStore
 
 ARTIFACT_PATH_RE = re.compile(r"^/sha256/([0-9a-f]{64})$")
-RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+RANGE_RE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")    # 19 digits: any size a file can have
 DEFAULT_MAX_CONNECTIONS = 32
+DEFAULT_MAX_PER_ADDRESS = 8
 DEFAULT_TIMEOUT = 30.0
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_MIN_RATE = 32 << 10           # bytes per second
+MIN_RATE_GRACE_S = 10.0
+MAX_HEADER_BYTES = 8 << 10
 CHUNK = 1 << 16
+SEND_BUFFER = 128 << 10
 
 
 @dataclass(frozen=True)
@@ -68,88 +88,164 @@ class _Index:
         return f, st.st_size
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: ArtifactHTTPServer
-    server_version = "phase-boot"
-    sys_version = ""
-    protocol_version = "HTTP/1.1"
+class _Drop(Exception):
+    """End this connection quietly (the peer left, stalled or read too slowly)."""
 
-    def setup(self) -> None:
-        super().setup()
-        self.connection.settimeout(self.server.timeout_seconds)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
-        if not self.server.quiet:
-            sys.stderr.write(f"phase boot serve: {self.client_address[0]} {format % args}\n")
+class _Request:
+    def __init__(self, method: str, path: str, version: str, headers: dict[str, str]) -> None:
+        self.method = method
+        self.path = path
+        self.version = version
+        self.headers = headers
 
-    def _simple(self, code: int, message: str, extra: dict[str, str] | None = None) -> None:
-        body = (message + "\n").encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.close_connection = True
-        if self.command != "HEAD":
-            self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-        self._serve()
+class ArtifactHTTPServer:
+    """The server's state and its connection handler; runs on the loop of :class:`ArtifactServer`."""
 
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._serve()
+    def __init__(self, store: ArtifactStore, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 max_per_address: int = DEFAULT_MAX_PER_ADDRESS, timeout: float = DEFAULT_TIMEOUT,
+                 header_timeout: float = DEFAULT_HEADER_TIMEOUT, min_rate: int = DEFAULT_MIN_RATE,
+                 min_rate_grace: float = MIN_RATE_GRACE_S, quiet: bool = False) -> None:
+        self.store = store
+        self.index = _Index(store)
+        self.max_connections = max_connections
+        self.max_per_address = max_per_address
+        self.timeout_seconds = timeout
+        self.header_timeout = header_timeout
+        self.min_rate = min_rate
+        self.min_rate_grace = min_rate_grace
+        self.quiet = quiet
+        self.active = 0
+        self.per_address: Counter[str] = Counter()
 
-    def _method_not_allowed(self) -> None:
-        self._simple(405, "read-only server: GET and HEAD only", {"Allow": "GET, HEAD"})
+    def _log(self, address: str, text: str) -> None:
+        if not self.quiet:
+            sys.stderr.write(f"phase boot serve: {address} {text}\n")
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed  # noqa: N815
-
-    def _serve(self) -> None:
-        if not self.server.slots.acquire(blocking=False):
-            self._simple(503, "too many connections", {"Retry-After": "1"})
-            return
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) else "?"
+        over = self.active >= self.max_connections or self.per_address[address] >= self.max_per_address
+        self.active += 1
+        self.per_address[address] += 1
         try:
-            self._serve_path()
-        except (BrokenPipeError, ConnectionResetError, socket.timeout):
-            self.close_connection = True
+            writer.transport.set_write_buffer_limits(high=CHUNK * 2)
+            sock = writer.get_extra_info("socket")
+            if sock is not None:    # a small kernel buffer too, so the rate measured is the reader's
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            if over:
+                await self._simple(writer, "GET", 503, "too many connections", {"Retry-After": "1"})
+                return
+            await self._serve_connection(reader, writer, address)
+        except (_Drop, ConnectionError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                OSError):
+            pass
         finally:
-            self.server.slots.release()
+            self.active -= 1
+            self.per_address[address] -= 1
+            if self.per_address[address] <= 0:
+                del self.per_address[address]
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()          # a peer that stopped reading gets no more of our time
+            else:
+                writer.close()
 
-    def _serve_path(self) -> None:
-        path = self.path.split("?", 1)[0]
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                address: str) -> None:
+        first = True
+        while True:
+            # the first request's headers get header_timeout; an idle keep-alive connection gets timeout
+            deadline = self.header_timeout if first else min(self.timeout_seconds, self.header_timeout)
+            request = await self._read_request(reader, writer, deadline)
+            if request is None:
+                return
+            first = False
+            keep = await self._respond(request, writer, address)
+            if not keep:
+                return
+
+    async def _read_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            deadline: float) -> _Request | None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), deadline)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial.strip():
+                raise _Drop() from None
+            return None                                  # the client closed between requests
+        except (TimeoutError, asyncio.TimeoutError):
+            raise _Drop() from None
+        except asyncio.LimitOverrunError:
+            await self._simple(writer, "GET", 431, "request headers too large")
+            return None
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            await self._simple(writer, "GET", 400, "bad request")
+            return None
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        return _Request(parts[0], parts[1], parts[2], headers)
+
+    async def _respond(self, request: _Request, writer: asyncio.StreamWriter, address: str) -> bool:
+        """Answer one request; whether the connection may carry another."""
+        keep = request.version == "HTTP/1.1" and request.headers.get("connection", "").lower() != "close"
+        if request.method not in ("GET", "HEAD"):
+            status = await self._simple(writer, request.method, 405, "read-only server: GET and HEAD only",
+                                        {"Allow": "GET, HEAD"})
+            self._log(address, f'"{request.method} {request.path[:128]}" {status}')
+            return False
+        path = request.path.split("?", 1)[0]
+        status = 404
         if len(path) > 128:
-            self._simple(414, "path too long")
-            return
-        match = ARTIFACT_PATH_RE.match(path)
-        if match:
-            opened = self.server.index.open(match.group(1))
+            status = await self._simple(writer, request.method, 414, "path too long")
+            keep = False
+        elif (match := ARTIFACT_PATH_RE.match(path)) is not None:
+            opened = await asyncio.to_thread(self.index.open, match.group(1))   # hashing may take a while
             if opened is None:
-                self._simple(404, "no such artifact")
-                return
-            f, size = opened
-            with f:
-                self._send_file(f, size, etag=f'"sha256:{match.group(1)}"',
-                                cache="public, max-age=31536000, immutable")
-            return
-        if path == "/" + MANIFEST_PATH:
+                status = await self._simple(writer, request.method, 404, "no such artifact")
+                keep = False
+            else:
+                f, size = opened
+                with f:
+                    status, keep = await self._send_file(request, writer, f, size, keep,
+                                                         etag=f'"sha256:{match.group(1)}"',
+                                                         cache="public, max-age=31536000, immutable")
+        elif path == "/" + MANIFEST_PATH:
             try:
-                f = open(self.server.store.manifest_path, "rb")
+                f = open(self.store.manifest_path, "rb")
             except OSError:
-                self._simple(404, "no boot manifest published")
-                return
-            with f:
-                self._send_file(f, os.fstat(f.fileno()).st_size, etag=None, cache="no-cache",
-                                content_type="application/json")
-            return
-        self._simple(404, "not found")
+                status = await self._simple(writer, request.method, 404, "no boot manifest published")
+                keep = False
+            else:
+                with f:
+                    status, keep = await self._send_file(request, writer, f, os.fstat(f.fileno()).st_size, keep,
+                                                         etag=None, cache="no-cache",
+                                                         content_type="application/json")
+        else:
+            status = await self._simple(writer, request.method, 404, "not found")
+            keep = False
+        self._log(address, f'"{request.method} {path[:128]}" {status}')
+        return keep
 
-    def _send_file(self, f: BinaryIO, size: int, *, etag: str | None, cache: str,
-                   content_type: str = "application/octet-stream") -> None:
+    async def _simple(self, writer: asyncio.StreamWriter, method: str, code: int, message: str,
+                      extra: dict[str, str] | None = None) -> int:
+        body = (message + "\n").encode()
+        headers = {"Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body)),
+                   "Connection": "close", **(extra or {})}
+        writer.write(_head(code, headers) + (b"" if method == "HEAD" else body))
+        await self._drain(writer, len(body), time.monotonic())
+        return code
+
+    async def _send_file(self, request: _Request, writer: asyncio.StreamWriter, f: BinaryIO, size: int,
+                         keep: bool, *, etag: str | None, cache: str,
+                         content_type: str = "application/octet-stream") -> tuple[int, bool]:
         start, end = 0, size  # [start, end)
         status = 200
-        header = self.headers.get("Range")
+        header = request.headers.get("range")
         if header is not None:
             m = RANGE_RE.match(header.strip())
             if m and (m.group(1) or m.group(2)):
@@ -160,88 +256,132 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 else:
                     start, end = max(0, size - int(last)), size
                 if start >= size or start >= end:
-                    self._simple(416, "range not satisfiable", {"Content-Range": f"bytes */{size}"})
-                    return
+                    code = await self._simple(writer, request.method, 416, "range not satisfiable",
+                                              {"Content-Range": f"bytes */{size}"})
+                    return code, False
                 status = 206
+            elif re.match(r"^bytes=\d+-\d*$", header.strip()):
+                # a number beyond any file's size (e.g. thousands of digits): nothing of this file is there
+                code = await self._simple(writer, request.method, 416, "range not satisfiable",
+                                          {"Content-Range": f"bytes */{size}"})
+                return code, False
             # anything else (multiple ranges, other units) is ignored: a full 200 is a valid answer
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(end - start))
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Cache-Control", cache)
-        self.send_header("Last-Modified", email.utils.formatdate(os.fstat(f.fileno()).st_mtime, usegmt=True))
+        headers = {"Content-Type": content_type, "Content-Length": str(end - start), "Accept-Ranges": "bytes",
+                   "Cache-Control": cache,
+                   "Last-Modified": email.utils.formatdate(os.fstat(f.fileno()).st_mtime, usegmt=True)}
         if etag:
-            self.send_header("ETag", etag)
+            headers["ETag"] = etag
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
-        self.end_headers()
-        if self.command == "HEAD":
-            return
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        if not keep:
+            headers["Connection"] = "close"
+        writer.write(_head(status, headers))
+        if request.method == "HEAD":
+            await self._drain(writer, 0, time.monotonic())
+            return status, keep
         f.seek(start)
         remaining = end - start
+        began = time.monotonic()
+        sent = 0
         while remaining > 0:
             chunk = f.read(min(CHUNK, remaining))
             if not chunk:  # the file shrank under us: cut the connection rather than pad
-                self.close_connection = True
-                return
-            self.wfile.write(chunk)
+                raise _Drop()
+            writer.write(chunk)
+            sent += len(chunk)
             remaining -= len(chunk)
+            await self._drain(writer, sent, began)
+        return status, keep
+
+    async def _drain(self, writer: asyncio.StreamWriter, sent: int, began: float) -> None:
+        """Wait until the socket took the bytes: within ``timeout``, and by the time ``sent`` bytes at
+        ``min_rate`` allow (at the earliest the grace's end); a slower reader is cut off."""
+        allowed = max(self.min_rate_grace, sent / self.min_rate) - (time.monotonic() - began)
+        try:
+            await asyncio.wait_for(writer.drain(), max(0.0, min(self.timeout_seconds, allowed)))
+        except (TimeoutError, asyncio.TimeoutError):
+            raise _Drop() from None
 
 
-class ArtifactHTTPServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64
+_REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            414: "URI Too Long", 416: "Range Not Satisfiable", 431: "Request Header Fields Too Large",
+            503: "Service Unavailable"}
 
-    def __init__(self, store: ArtifactStore, address: tuple[str, int], *,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS, timeout: float = DEFAULT_TIMEOUT,
-                 quiet: bool = False) -> None:
-        self.store = store
-        self.index = _Index(store)
-        self.slots = threading.BoundedSemaphore(max_connections)
-        self.timeout_seconds = timeout
-        self.quiet = quiet
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
+
+def _head(code: int, headers: dict[str, str]) -> bytes:
+    lines = [f"HTTP/1.1 {code} {_REASONS.get(code, '')}", "Server: phase-boot",
+             f"Date: {email.utils.formatdate(usegmt=True)}", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 class ArtifactServer:
-    """An :class:`ArtifactHTTPServer` on a background thread; ``with ArtifactServer(dir) as s: s.url``."""
+    """The artifact server on its own event loop thread; ``with ArtifactServer(dir) as s: s.url``."""
 
     def __init__(self, store_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 0, *,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS, timeout: float = DEFAULT_TIMEOUT,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, max_per_address: int = DEFAULT_MAX_PER_ADDRESS,
+                 timeout: float = DEFAULT_TIMEOUT, header_timeout: float | None = None,
+                 min_rate: int = DEFAULT_MIN_RATE, min_rate_grace: float = MIN_RATE_GRACE_S,
                  quiet: bool = True) -> None:
         self.store = ArtifactStore(store_dir)
+        self.httpd = ArtifactHTTPServer(
+            self.store, max_connections=max_connections, max_per_address=max_per_address, timeout=timeout,
+            header_timeout=min(timeout, DEFAULT_HEADER_TIMEOUT) if header_timeout is None else header_timeout,
+            min_rate=min_rate, min_rate_grace=min_rate_grace, quiet=quiet)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self.httpd = ArtifactHTTPServer(self.store, (host, port), max_connections=max_connections,
-                                            timeout=timeout, quiet=quiet)
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._listener.bind((host, port))
+            self._listener.listen(64)
         except OSError as exc:
+            self._listener.close()
             if exc.errno == errno.EADDRINUSE:
                 raise OSError(exc.errno, f"cannot listen on {host}:{port}: address already in use") from None
             raise
+        self._listener.setblocking(False)
+        self.server_address = self._listener.getsockname()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
 
     @property
     def port(self) -> int:
-        return int(self.httpd.server_address[1])
+        return int(self.server_address[1])
 
     @property
     def url(self) -> str:
-        raw = self.httpd.server_address[0]
-        host = raw.decode() if isinstance(raw, bytes) else str(raw)
+        host = str(self.server_address[0])
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
     def start(self) -> ArtifactServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="phase-boot-serve", daemon=True)
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="phase-boot-serve", daemon=True)
         self._thread.start()
+        ready.wait(10)
         return self
 
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.run(self._main(ready))
+
+    async def _main(self, ready: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self.httpd.handle, sock=self._listener, limit=MAX_HEADER_BYTES)
+        ready.set()
+        async with server:
+            await self._stop.wait()
+            server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     def close(self) -> None:
-        if self._thread is not None:
-            self.httpd.shutdown()
+        if self._thread is not None and self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(timeout=10)
             self._thread = None
-        self.httpd.server_close()
+        self._listener.close()
 
     def __enter__(self) -> ArtifactServer:
         return self.start()

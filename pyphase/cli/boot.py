@@ -16,7 +16,8 @@ from pathlib import Path
 from pyphase.boot import keys
 from pyphase.boot.errors import BootError
 from pyphase.boot.manifest import ARCHES, load_manifest, make_boot_manifest, sign_manifest, verify_manifest
-from pyphase.boot.server import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, ArtifactServer
+from pyphase.boot.server import (DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, DEFAULT_MIN_RATE,
+                                 DEFAULT_TIMEOUT, ArtifactServer)
 from pyphase.boot.store import ArtifactStore
 from pyphase.errors import PhaseError
 from pyphase.identity import default_home
@@ -85,6 +86,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise BootError(f"{root} is not a directory (create it with 'phase boot sign --store {root} ...')")
     good = ArtifactStore(root).scan()
     server = ArtifactServer(root, args.listen[0], args.listen[1], max_connections=args.max_connections,
+                            max_per_address=args.max_per_address, min_rate=args.min_rate,
                             timeout=args.timeout, quiet=args.quiet)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -155,7 +157,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("store", metavar="STORE")
     p.add_argument("--listen", type=_listen, default=("127.0.0.1", 8080), metavar="HOST:PORT",
                    help="address to listen on (default 127.0.0.1:8080; use 0.0.0.0:8080 to serve a LAN)")
-    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N")
+    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                   help="connections at once (default %(default)s); beyond it, 503 at once")
+    p.add_argument("--max-per-address", type=int, default=DEFAULT_MAX_PER_ADDRESS, metavar="N",
+                   help="connections from one source address (default %(default)s)")
+    p.add_argument("--min-rate", type=int, default=DEFAULT_MIN_RATE, metavar="BYTES",
+                   help="bytes per second a download must keep up, after 10 s (default %(default)s)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="per-connection socket timeout")
     p.add_argument("--quiet", action="store_true", help="do not log requests")

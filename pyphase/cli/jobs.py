@@ -52,6 +52,9 @@ examples:
   phase run examples/hello/hello.wasm --input "Hello, World"
   phase run job.wasm --input-file data.bin --memory 128MiB --timeout 5s --receipt r.json
   echo text | phase run job.wasm --stdin --json
+  phase run wc.wasm --ro-dir ./data::/data --dir ./out::/out --arg /data
+directories: --dir HOST[::GUEST] preopens HOST read-write at GUEST (default: the same
+  path), --ro-dir read-only; paths the module names never resolve outside them.
 """
 
 

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pyphase.cli.jobs import (
     EPILOG_RUN,
@@ -23,6 +23,19 @@ from pyphase.cli.jobs import (
 )
 from pyphase.errors import IdentityError, InvalidModule, VerificationError
 from pyphase.identity import Identity, default_identity_path
+from pyphase.preopen import Preopen
+
+NO_PREOPEN_NOTE = ("phase: note: the module looked for a directory and none was given; "
+                   "give one with --dir HOST[::GUEST] (or --ro-dir for read-only)")
+
+
+def _dir_option(readonly: bool) -> Callable[[str], Preopen]:
+    def parse(spec: str) -> Preopen:
+        try:
+            return Preopen.parse(spec, readonly)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -35,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         data, limits, env, job_input = read_job(args)
         job = prepare_job(data, job_input, args=args.arg, env=env, entry=args.entry, limits=limits,
-                          deterministic=args.deterministic, program_name=Path(args.module).name)
+                          deterministic=args.deterministic, program_name=Path(args.module).name, dirs=args.dirs)
     except UsageError as exc:
         return fail(str(exc), exc.code)
     except ValueError as exc:
@@ -64,7 +77,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  deterministic=args.deterministic, module_hash=module_hash)
         receipt = make_receipt(result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=limits,
                                identity=load_identity(args.identity), started_at=started)
-    return emit_result(result, args, receipt)
+    code = emit_result(result, args, receipt)
+    if result.fs_unavailable and not args.dirs:
+        print(NO_PREOPEN_NOTE, file=sys.stderr)
+    return code
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -145,6 +161,10 @@ def register(sub: Any) -> None:
                        epilog=EPILOG_RUN, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("module", metavar="MODULE.wasm")
     add_job_options(p)
+    p.add_argument("--dir", dest="dirs", action="append", default=[], type=_dir_option(False), metavar="HOST[::GUEST]",
+                   help="let the module read and write directory HOST, seen at GUEST (repeatable)")
+    p.add_argument("--ro-dir", dest="dirs", action="append", type=_dir_option(True), metavar="HOST[::GUEST]",
+                   help="let the module read directory HOST, seen at GUEST (repeatable)")
     p.add_argument("--no-sandbox", action="store_true",
                    help="run in this process instead of an isolated worker (trusted modules only)")
     p.add_argument("--identity", metavar="FILE", help=f"key that signs the receipt (default {default_identity_path()})")

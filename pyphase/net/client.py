@@ -332,6 +332,8 @@ class Client:
                             p.reached, p.last_failure = True, None
                             p.load = wire.check_load(p.caps.get("load"))
                             waiting.pop(p.peer_id, None)
+        for p in waiting.values():      # no answer in time: not asked again on every submit while it sulks
+            self._mark_down(p)
 
     def _recv_all(self, peer: _Peer) -> list[list[bytes]]:
         out = []
@@ -504,8 +506,12 @@ class Client:
                     results: list[RemoteResult]) -> None:
         try:
             msg = wire.decode(frames)
-        except wire.WireError:
-            return                                     # garbage from a node is ignored; the timeout covers it
+        except wire.WireError as exc:
+            # garbage naming one of our jobs fails that attempt now; other garbage is ignored (the timeout covers it)
+            attempt = active.get(exc.job or b"")
+            if attempt is not None and attempt.peer is peer:
+                self._fail(job, active, attempt, f"malformed answer ({exc.code})", down_for=60.0)
+            return
         if msg.type == "caps":
             peer.caps = msg["caps"]
             peer.load = wire.check_load(peer.caps.get("load"))
@@ -513,6 +519,14 @@ class Client:
         attempt = active.get(msg.get("job") or b"")
         if attempt is None or attempt.peer is not peer:
             return                                     # a late answer to an attempt already given up
+        try:
+            self._on_answer(job, peer, msg, attempt, active, results)
+        except Exception as exc:   # every byte from a peer is hostile: a fault here fails that attempt only
+            if attempt.tag in active:
+                self._fail(job, active, attempt, f"malformed answer ({type(exc).__name__})", down_for=60.0)
+
+    def _on_answer(self, job: _Job, peer: _Peer, msg: wire.Message, attempt: _Attempt,
+                   active: dict[bytes, _Attempt], results: list[RemoteResult]) -> None:
         load = wire.check_load(msg.get("load"))
         if load is not None:
             peer.load = load

@@ -30,6 +30,17 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     history_jobs    = 10000             # jobs kept in DATA_DIR/history.sqlite (in memory when ephemeral); 0: none
     history_age     = "168h"            # and for at most this long
 
+    # What one stranger may take of this node (docs/NETWORK.md, "What a stranger may take"). Keys are
+    # free to make, so each cap holds per CURVE key and per source address.
+    client_jobs     = 8                 # jobs one client key may have waiting for a module, queued or running
+    address_jobs    = 32                # the same for every client of one source address together
+    client_waiting  = 2                 # offers of one key (twice that: one address) waiting for their module
+    module_wait     = "5s"              # how long an accepted offer waits for its module before it is dropped
+    held_bytes      = "96MiB"           # inputs and modules of jobs not yet running, all clients together
+    send_queue      = "32MiB"           # result bytes queued for one connection; more are dropped (abandoned)
+    address_connections = 64            # CURVE connections from one source address
+    connections     = 0                 # connections in all (0: the open-file limit less what jobs reserve)
+
     [limits]                            # the most a job may ask for; bigger offers are rejected "limits"
     memory          = "256MiB"
     fuel            = 0                 # 0: any
@@ -102,6 +113,14 @@ class NodeConfig:
     api_body_timeout_ms: int = 30_000
     history_jobs: int = 10_000
     history_age_ms: int = 168 * 3_600_000
+    client_jobs: int = 8
+    address_jobs: int = 32
+    client_waiting: int = 2
+    module_wait_ms: int = 5_000
+    held_bytes: int = 96 << 20
+    send_queue: int = 32 << 20
+    address_connections: int = 64
+    connections: int = 0
     max_memory: int = 256 << 20
     max_fuel: int = 0
     max_timeout_ms: int = 60_000
@@ -135,6 +154,10 @@ _TOP: dict[str, tuple[str, Any]] = {
     "api": ("api", "bool"), "api_listen": ("api_listen", str), "api_max_connections": ("api_max_connections", int),
     "api_body_timeout": ("api_body_timeout_ms", parse_duration_ms),
     "history_jobs": ("history_jobs", int), "history_age": ("history_age_ms", parse_duration_ms),
+    "client_jobs": ("client_jobs", int), "address_jobs": ("address_jobs", int),
+    "client_waiting": ("client_waiting", int), "module_wait": ("module_wait_ms", parse_duration_ms),
+    "held_bytes": ("held_bytes", parse_size), "send_queue": ("send_queue", parse_size),
+    "address_connections": ("address_connections", int), "connections": ("connections", int),
 }
 _LIMITS: dict[str, tuple[str, Any]] = {
     "memory": ("max_memory", parse_size), "fuel": ("max_fuel", int), "timeout": ("max_timeout_ms", parse_duration_ms),
@@ -198,6 +221,11 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         check_listen(config.api_listen, "api_listen")
     if config.api_max_connections < 1 or config.history_jobs < 0:
         raise ValueError("api_max_connections must be at least 1 and history_jobs at least 0")
+    for name in ("client_jobs", "address_jobs", "client_waiting", "address_connections"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1")
+    if config.connections < 0:
+        raise ValueError("connections must be 0 (from the open-file limit) or more")
     if config.log_format not in ("json", "text"):
         raise ValueError(f"log_format must be json or text, got {config.log_format!r}")
     return config

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
+import dataclasses
+import errno
 import functools
 import json
 import os
+import resource
+import socket
+import struct
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
 from typing import Any, Callable, TextIO
 
 import zmq
@@ -32,14 +38,26 @@ from pyphase.net import wire
 from pyphase.net.cache import ModuleCache
 from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig
+from pyphase.net.shares import HeldJob, ShareCaps, Shares
 from pyphase.sandbox.executor import Executor, failed_result, job_kwargs, make_executor
 from pyphase.receipt import machine_arch, make_receipt, timestamp
 from pyphase.result import Result
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-PENDING_MODULE_TIMEOUT_S = 30.0
+JOB_DESCRIPTORS = 64                 # descriptors kept back from connections: module cache, sandbox, logs
+JOB_DESCRIPTORS_PER_WORKER = 16
+TRACK_MIN = 64 << 10                 # results at least this big are tracked until libzmq has sent them
+SEND_QUEUE_TOTAL_FACTOR = 4          # all connections together: this many times one connection's send_queue
+_MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 MAX_MESSAGE_SLACK = 64 << 10
+BAD_MESSAGE_BUDGET = 64             # bad messages one connection may send before the node drops it
+PENALTY_S = 10.0                     # then its key is refused this long (its libzmq would reconnect at once)
+MAX_LOG_TEXT = 256
+LOG_RATE = 20.0
+LOG_BURST = 100
+RATE_LIMITED = frozenset({"bad_message", "reject", "internal_error", "send_failed", "peer_connected",
+                          "module_timeout", "abandoned", "refused", "cancelled"})
 
 
 class ListenError(OSError):
@@ -78,14 +96,43 @@ class _CachedIdentity(Identity):
 
 
 class EventLog:
-    """Structured events, one per line: JSON objects (``{"ts", "event", ...}``) or ``key=value`` text."""
+    """Structured events, one per line: JSON objects (``{"ts", "event", ...}``) or ``key=value`` text.
+
+    What a peer can make the node log is bounded: every text field is cut to ``MAX_LOG_TEXT`` characters,
+    and the events a stranger triggers at will (``RATE_LIMITED``) pass at ``LOG_RATE`` per second each after
+    a burst of ``LOG_BURST``; how many were dropped is logged (``log_suppressed``) once they pass again.
+    """
 
     def __init__(self, fmt: str = "json", stream: TextIO | None = None) -> None:
         self.fmt = fmt
         self.stream = stream if stream is not None else sys.stderr
+        self._buckets: dict[str, list[float]] = {}     # event -> [tokens, last refill, suppressed]
+
+    def _admit(self, event: str) -> bool:
+        now = time.monotonic()
+        bucket = self._buckets.setdefault(event, [float(LOG_BURST), now, 0.0])
+        bucket[0] = min(float(LOG_BURST), bucket[0] + (now - bucket[1]) * LOG_RATE)
+        bucket[1] = now
+        if bucket[0] < 1.0:
+            bucket[2] += 1
+            return False
+        bucket[0] -= 1.0
+        if bucket[2]:
+            suppressed, bucket[2] = int(bucket[2]), 0.0
+            self._write({"ts": timestamp(), "event": "log_suppressed", "of": event, "count": suppressed})
+        return True
 
     def __call__(self, event: str, **fields: Any) -> None:
-        record = {"ts": timestamp(), "event": event, **fields}
+        if event in RATE_LIMITED and not self._admit(event):
+            return
+        for key, value in fields.items():
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                fields[key] = value = bytes(value[:MAX_LOG_TEXT]).hex()
+            if isinstance(value, str) and len(value) > MAX_LOG_TEXT:
+                fields[key] = f"{value[:MAX_LOG_TEXT]}... ({len(value)} chars)"
+        self._write({"ts": timestamp(), "event": event, **fields})
+
+    def _write(self, record: dict[str, Any]) -> None:
         if self.fmt == "json":
             line = json.dumps(record, separators=(",", ":"), default=str)
         else:
@@ -97,15 +144,92 @@ class EventLog:
             pass
 
 
-@dataclass
-class _Pending:
-    """A job accepted but waiting for its module's bytes."""
+def _seed_routing_ids() -> None:
+    """Seed ``rand()`` from the OS's CSPRNG before the node makes its sockets.
 
-    manifest: dict[str, Any]
-    input: bytes
-    limits: Limits
-    client: str
-    since: float
+    libzmq 4.3.5 names an anonymous peer of a ROUTER ``00`` + a 32-bit counter started from two ``rand()``
+    calls, which nothing seeds: every process hands out the same ids, and a peer that claims the next one as
+    its own routing id makes libzmq abort (a duplicate in ``add_out_pipe``) when the next anonymous peer
+    connects. With a secret start an attacker can only guess (one in 2**32 per claimed id), and per-address
+    connection caps bound how many claims he can hold. Python itself never calls ``rand()``.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.srand(ctypes.c_uint(int.from_bytes(os.urandom(4), "little")))
+    except (OSError, AttributeError):   # no dlopen(NULL) or no srand: a platform this node does not run on
+        pass
+
+
+def _return_big_buffers() -> None:
+    """Have glibc's malloc map every buffer of 1 MiB or more on its own, so freeing one gives it back to the
+    system. By default the threshold grows with the largest buffer freed (up to 32 MiB), and the memory of
+    expired 16 MiB inputs then stays in the heap."""
+    try:
+        ctypes.CDLL(None).mallopt(-3, 1 << 20)        # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):                 # not glibc
+        pass
+
+
+def _peer_address(fd: int) -> str:
+    """The remote address of a connection libzmq accepted on ``fd`` ("" if it is already gone)."""
+    try:
+        dup = os.dup(fd)
+    except OSError:
+        return ""
+    try:
+        sock = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        return ""
+    with sock:
+        try:
+            return str(sock.getpeername()[0])
+        except OSError:
+            return ""
+
+
+def _shut_down(fd: int) -> None:
+    """End the connection libzmq holds on ``fd`` without touching its descriptor: shut down a duplicate (a
+    shutdown acts on the connection), so libzmq sees the peer go and closes it the usual way. libzmq 4.3.5
+    has no call to drop one peer of a ROUTER."""
+    try:
+        dup = os.dup(fd)
+    except OSError:
+        return
+    try:
+        sock = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        return
+    with sock:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _out_of_descriptors(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) is the process running out of file descriptors."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        if "Too many open files" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft open-file limit to its hard limit; return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 def curve_key_text(key: bytes) -> str:
@@ -125,14 +249,28 @@ class Node:
         self.cache = ModuleCache(config.data_dir / "modules", config.cache_bytes)
         # Plain (not zmq.asyncio) sockets driven by the loop's reader callbacks: handling a message is a
         # synchronous function call, and a send never waits (a ROUTER drops rather than blocks).
+        _seed_routing_ids()
+        _return_big_buffers()
         self.ctx = zmq.Context()
         self.sock: zmq.Socket[bytes] | None = None
         self.zap: zmq.Socket[bytes] | None = None
         self.address = ""
         self.host = ""
         self.port = 0
-        self._pending: dict[tuple[bytes, bytes], _Pending] = {}
-        self._running: dict[tuple[bytes, bytes], concurrent.futures.Future[Result]] = {}
+        self.monitor: zmq.Socket[bytes] | None = None
+        c = config
+        self.shares = Shares(ShareCaps(total_jobs=0, client_jobs=c.client_jobs, address_jobs=c.address_jobs,
+                                       client_waiting=c.client_waiting, held_bytes=c.held_bytes))
+        self.max_connections = c.connections
+        self._connections: dict[int, str] = {}          # descriptor -> source address
+        self._address_connections: Counter[str] = Counter()
+        self._fd_rid: dict[int, bytes] = {}             # descriptor -> routing id, from messages' SRCFD
+        self._rid_fd: dict[bytes, int] = {}
+        self._bad: Counter[bytes] = Counter()           # routing id -> bad messages sent
+        self._rid_client: dict[bytes, str] = {}
+        self._penalty: dict[str, float] = {}            # client key -> refused until (monotonic)
+        self._unsent: dict[bytes, list[tuple[zmq.MessageTracker, int]]] = {}
+        self.abandoned = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -160,8 +298,14 @@ class Node:
         sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)
         sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
-        sock.setsockopt(zmq.SNDHWM, 10_000)
-        sock.setsockopt(zmq.RCVHWM, 10_000)
+        # Per connection, answers queued (results big enough to matter are also counted in bytes, _send_result);
+        # a full queue or a gone peer fails the send (ROUTER_MANDATORY). No receive high-water mark: in libzmq
+        # 4.3.5 a connection whose input was stopped by a full pipe and then hits an I/O error (the peer
+        # closes, or sends on) is left with _io_error set, and the next heartbeat or PONG it writes aborts the
+        # process (stream_engine_base.cpp:310, "!_io_error"). The node drains every connection at once instead.
+        sock.setsockopt(zmq.SNDHWM, 256)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.linger = 1000
         host, port = split_hostport(self.config.listen)
         bind_host = "*" if host in ("0.0.0.0", "*", "") else host
@@ -174,18 +318,31 @@ class Node:
         self.port = int(endpoint.rsplit(":", 1)[1])
         self.host = host if bind_host != "*" else (self.config.advertise or "127.0.0.1")
         self.sock = sock
+        self.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
         self.address = f"{self.identity.peer_id}@{self.host}:{self.port}"
         if self.executor is None:       # after the bind: a port in use fails before the sandbox starts
             self.executor = make_executor(self.config.worker_count, self.config.sandbox,
                                           warn=lambda msg: self.log("warning", message=msg))
+        workers = self.executor.workers
+        self.shares.caps = dataclasses.replace(self.shares.caps, total_jobs=workers + self.config.queue)
+        if not self.max_connections:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            soft = soft if soft != resource.RLIM_INFINITY else 1 << 16
+            reserved = JOB_DESCRIPTORS + JOB_DESCRIPTORS_PER_WORKER * workers
+            if self.config.boot_store:      # the boot server's connections have their own budget
+                from pyphase.boot.server import DEFAULT_MAX_CONNECTIONS
+
+                reserved += 2 * DEFAULT_MAX_CONNECTIONS
+            self.max_connections = max(16, soft - reserved)
         loop = asyncio.get_running_loop()
+        loop.add_reader(self.monitor.fileno(), self._on_monitor)
         loop.add_reader(self.zap.fileno(), self._on_zap)
         loop.add_reader(sock.fileno(), self._on_readable)
         loop.call_soon(self._on_zap)
         loop.call_soon(self._on_readable)
         self._spawn(self._sweep_loop())
         self.log("listening", address=self.address, executor=self.executor.kind, workers=self.executor.workers,
-                 cached_modules=len(self.cache))
+                 cached_modules=len(self.cache), max_connections=self.max_connections)
         return self.address
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -198,7 +355,7 @@ class Node:
         """Stop taking offers (they are rejected ``shutting_down``); :meth:`serve` returns once jobs are done."""
         if not self._stopping:
             self._stopping = True
-            self.log("stopping", running=len(self._running), pending=len(self._pending))
+            self.log("stopping", running=self.shares.running + self.shares.queued, pending=self.shares.waiting)
         self._stopped.set()
 
     async def serve(self) -> None:
@@ -206,23 +363,25 @@ class Node:
         assert self.sock is not None
         await self._stopped.wait()
         # keep receiving during the grace so late offers get "shutting_down" rather than silence
-        for key, pending in list(self._pending.items()):
-            self._pending.pop(key, None)
-            self._reject(key[0], key[1], "shutting_down", "the node is stopping")
+        for job in [j for j in self.shares.jobs.values() if j.state == "waiting"]:
+            self.shares.remove(job.key)
+            self._reject(job.rid, job.tag, "shutting_down", "the node is stopping")
         deadline = time.monotonic() + self.config.shutdown_grace_ms / 1000
-        while self._running and time.monotonic() < deadline:
-            waiting = [asyncio.wrap_future(f) for f in self._running.values()]
+        while self.shares.jobs and time.monotonic() < deadline:
+            waiting = [asyncio.wrap_future(j.future) for j in self.shares.jobs.values() if j.future is not None]
+            if not waiting:
+                break
             await asyncio.wait(waiting, timeout=max(0.0, deadline - time.monotonic()))
             await asyncio.sleep(0)      # let the _finish callbacks queued by those futures run
-        for (rid, tag), future in list(self._running.items()):
-            self._running.pop((rid, tag), None)
-            future.cancel()
-            self._reject(rid, tag, "shutting_down", "the node stopped before the job finished")
+        for job in list(self.shares.jobs.values()):
+            self.shares.remove(job.key)
+            if job.future is not None:
+                job.future.cancel()
+            self._reject(job.rid, job.tag, "shutting_down", "the node stopped before the job finished")
 
     async def close(self) -> None:
         if not self._stopping:          # closed without a stop request (a failed start): same events, same order
-            self._stopping = True
-            self.log("stopping", running=len(self._running), pending=len(self._pending))
+            self.request_stop()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -231,6 +390,10 @@ class Node:
             executor, self.executor = self.executor, None
             await asyncio.get_running_loop().run_in_executor(None, executor.close)
         loop = asyncio.get_running_loop()
+        if self.sock is not None and self.monitor is not None:
+            loop.remove_reader(self.monitor.fileno())
+            self.sock.disable_monitor()
+            self.monitor.close()
         for sock in (self.sock, self.zap):
             if sock is not None:
                 loop.remove_reader(sock.fileno())
@@ -238,9 +401,43 @@ class Node:
         self.ctx.term()
         self.log("stopped", jobs=self.jobs_done)
 
-    # ---- ZAP: who is talking -----------------------------------------------------------------------
+    # ---- connections: who is talking, from where, and when they are gone ------------------------------
+
+    def _on_monitor(self) -> None:
+        """Connection events: count connections per source address; a connection that closed takes its
+        waiting and queued jobs with it, and its running ones' results are not sent."""
+        monitor = self.monitor
+        while monitor is not None and not monitor.closed:
+            try:
+                frames = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2 or len(frames[0]) != 6:
+                continue
+            event, fd = struct.unpack("=HI", frames[0])
+            if event == zmq.EVENT_ACCEPTED:
+                address = _peer_address(fd)
+                self._connections[fd] = address
+                self._address_connections[address] += 1
+                if (self._address_connections[address] > self.config.address_connections
+                        or len(self._connections) > self.max_connections):
+                    _shut_down(fd)      # before the CURVE handshake: a refusal costs no crypto
+                    self.log("refused", address=address, reason="too many connections")
+            elif event == zmq.EVENT_DISCONNECTED:
+                address = self._connections.pop(fd, "")
+                if address:
+                    self._address_connections[address] -= 1
+                    if self._address_connections[address] <= 0:
+                        del self._address_connections[address]
+                rid = self._fd_rid.pop(fd, None)
+                if rid is not None:
+                    self._rid_fd.pop(rid, None)
+                    self._rid_client.pop(rid, None)
+                    self._bad.pop(rid, None)
+                    self._connection_lost(rid)
 
     def _on_zap(self) -> None:
+        self._on_monitor()          # count the connection being authenticated before deciding on it
         zap = self.zap
         while zap is not None:
             try:
@@ -253,18 +450,35 @@ class Node:
                 user = curve_key_text(frames[6]) if ok else ""
             except ValueError:
                 request_id, ok, user, address = b"", False, "", b""
+            source = address.decode("utf-8", "replace")
+            status, text = (b"200", b"OK") if ok else (b"400", b"CURVE only")
+            if ok and user in self._penalty and self._penalty_active(user):
+                status, text = b"400", b"dropped for bad messages; try later"
+            elif ok and self._address_connections[source] > self.config.address_connections:
+                status, text = b"400", b"too many connections from this address"
+            elif ok and len(self._connections) > self.max_connections:
+                status, text = b"400", b"too many connections"
+            if status != b"200" and ok:
+                self.log("refused", address=source, key=user, reason=text.decode())
+                ok = False
             if ok and user not in self._clients:
                 if len(self._clients) > 100_000:
                     self._clients.clear()
                 self._clients.add(user)
-                self.log("peer_connected", key=user, address=address.decode("utf-8", "replace"))
-            zap.send_multipart([b"1.0", request_id, b"200" if ok else b"400", b"OK" if ok else b"CURVE only",
-                                user.encode(), b""])
+                self.log("peer_connected", key=user, address=source)
+            zap.send_multipart([b"1.0", request_id, status, text, user.encode() if ok else b"", b""])
+
+    def _penalty_active(self, key: str) -> bool:
+        if self._penalty[key] > time.monotonic():
+            return True
+        del self._penalty[key]
+        return False
 
     # ---- messages ----------------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
         """Handle every message waiting (the ZeroMQ descriptor is edge-triggered: drain it all)."""
+        self._on_zap()              # handshakes first: a flood of messages must not starve new connections
         sock = self.sock
         for _ in range(1000):          # then yield to the loop; the next call_soon picks up the rest
             if sock is None or sock.closed:
@@ -279,24 +493,51 @@ class Node:
                 self.log("internal_error", error=f"{type(exc).__name__}: {exc}")
         asyncio.get_running_loop().call_soon(self._on_readable)
 
-    def _send(self, rid: bytes, frames: list[Any]) -> None:
+    def _send(self, rid: bytes, frames: list[Any], size: int = 0) -> bool:
+        """Send without waiting; False when the peer is gone or its queue is full (the message is dropped).
+        ``size`` of at least ``TRACK_MIN``: the bytes are counted against the connection until libzmq sent them."""
         assert self.sock is not None
+        tracker = None
+        if size >= TRACK_MIN:
+            # the biggest frame, zero-copy, with its own tracker (send_multipart's tracks only the last frame,
+            # and not at all when that one is small enough to be copied)
+            big_index = max(range(len(frames)), key=lambda i: len(frames[i]))
+            frame = zmq.Frame(frames[big_index], track=True, copy=False)
+            tracker = frame.tracker
+            frames = [*frames[:big_index], frame, *frames[big_index + 1:]]
         try:
             # zero-copy only pays for big frames: a small one costs more to track than to copy
             big = any(len(f) > wire.ZERO_COPY_MIN for f in frames)
             self.sock.send_multipart([rid, *frames], zmq.NOBLOCK, copy=not big)
+            sent = True
         except zmq.ZMQError as exc:
-            self.log("send_failed", error=str(exc))
-            return
-        self.bytes_out += sum(len(f) for f in frames)
+            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):     # gone, or not reading: the caller counts it
+                self.log("send_failed", error=str(exc))
+            sent = False
+        if sent:
+            self.bytes_out += sum(len(f) for f in frames)
+        if sent and tracker is not None:
+            self._unsent.setdefault(rid, []).append((tracker, size))
         # a send can consume the descriptor's edge for messages that arrived meanwhile
         if int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             asyncio.get_running_loop().call_soon(self._on_readable)
+        return sent
+
+    def _queued_bytes(self, rid: bytes | None = None) -> int:
+        """Result bytes libzmq still holds for ``rid`` (None: for every connection); sent ones are forgotten."""
+        total = 0
+        for who in ([rid] if rid is not None else list(self._unsent)):
+            queue = [(t, n) for t, n in self._unsent.get(who, ()) if not t.done]
+            if queue:
+                self._unsent[who] = queue
+            else:
+                self._unsent.pop(who, None)
+            total += sum(n for _, n in queue)
+        return total
 
     def load(self) -> dict[str, int]:
         workers = self.executor.workers if self.executor else 0
-        active = len(self._running)
-        return {"running": min(active, workers), "queued": max(0, active - workers), "workers": workers}
+        return {"running": self.shares.running, "queued": self.shares.queued, "workers": workers}
 
     def capabilities(self) -> dict[str, Any]:
         try:
@@ -314,6 +555,16 @@ class Node:
 
     def _error(self, rid: bytes, code: str, detail: str, job: bytes | None = None) -> None:
         self.log("bad_message", code=code, detail=detail)
+        self._bad[rid] += 1
+        if self._bad[rid] > BAD_MESSAGE_BUDGET and rid in self._rid_fd:
+            del self._bad[rid]
+            key = self._rid_client.get(rid, "")
+            if len(self._penalty) > 100_000:
+                self._penalty.clear()
+            self._penalty[key] = time.monotonic() + PENALTY_S
+            self.log("refused", key=key, reason=f"more than {BAD_MESSAGE_BUDGET} bad messages")
+            _shut_down(self._rid_fd[rid])
+            return
         self._send(rid, wire.encode("error", code=code, detail=detail[:wire.MAX_DETAIL_CHARS], job=job))
 
     def _reject(self, rid: bytes, tag: bytes, reason: str, detail: str) -> None:
@@ -328,8 +579,14 @@ class Node:
         self.bytes_in += sum(len(f) for f in frames[1:])
         try:
             client = frames[1].get("User-Id")
+            address = frames[1].get("Peer-Address")
+            fd = frames[1].get(zmq.SRCFD)
         except zmq.ZMQError:
-            client = ""
+            client, address, fd = "", "", -1
+        if fd >= 0 and self._fd_rid.get(fd) != rid:
+            self._fd_rid[fd] = rid
+            self._rid_fd[rid] = fd
+            self._rid_client[rid] = client
         try:
             msg = wire.decode(frames[1:])
         except wire.WireError as exc:
@@ -338,7 +595,7 @@ class Node:
         if msg.type == "caps?":
             self._send(rid, wire.encode("caps", caps=self.capabilities()))
         elif msg.type == "offer":
-            self._offer(rid, msg, client)
+            self._offer(rid, msg, client, address)
         elif msg.type == "module":
             self._module(rid, msg)
         else:
@@ -371,15 +628,24 @@ class Node:
             return "limits", "; ".join(too_high)
         return limits
 
-    def _offer(self, rid: bytes, msg: wire.Message, client: str) -> None:
+    def _offer(self, rid: bytes, msg: wire.Message, client: str, address: str) -> None:
         t0 = time.perf_counter()
         tag: bytes = msg["job"]
         key = (rid, tag)
         manifest = msg["manifest"]
         if self._stopping:
             return self._reject(rid, tag, "shutting_down", "the node is stopping")
-        if key in self._pending or key in self._running:
+        if key in self.shares.jobs:
             return self._reject(rid, tag, "duplicate", "this job tag is in use on this connection")
+        # capacity first: a job that cannot be taken costs no copy and no hash of its input
+        module_ref = manifest.get("module")
+        module_hash = module_ref.get("hash") if isinstance(module_ref, dict) else None
+        module = self.cache.get(module_hash) if isinstance(module_hash, str) else None
+        declared = module_ref.get("size") if module is None and isinstance(module_ref, dict) else 0
+        size = len(msg.payloads[0]) + (declared if type(declared) is int and 0 <= declared <= self.config.max_module else 0)
+        busy = self.shares.refuse(client, address, size, waiting=module is None)
+        if busy is not None:
+            return self._reject(rid, tag, "busy", busy)
         data = wire.payload_bytes(msg.payloads[0])
         try:
             checked = self._check_offer(manifest, data)
@@ -387,59 +653,78 @@ class Node:
             checked = ("bad_manifest", f"{type(exc).__name__}")
         if isinstance(checked, tuple):
             return self._reject(rid, tag, *checked)
-        capacity = self.executor.workers + self.config.queue if self.executor else 0
-        if len(self._running) + len(self._pending) >= capacity:
-            return self._reject(rid, tag, "busy", f"{len(self._running)} jobs in hand")
-        module = self.cache.get(manifest["module"]["hash"])
         self.log("offer", job=tag.hex(), client=client, module=manifest["module"]["hash"], cached=module is not None)
         self._send(rid, wire.encode("accept", job=tag, module=module is None, load=self.load()))
-        if module is None:
-            self._pending[key] = _Pending(manifest, data, checked, client, time.monotonic())
-        else:
-            self._start(key, manifest, module, data, checked, client, t0)
+        job = HeldJob(rid, tag, manifest, data, checked, client, address, time.monotonic(), t0, module,
+                      "waiting" if module is None else "queued")
+        self.shares.add(job)
+        if module is not None:
+            self._dispatch()
 
     def _module(self, rid: bytes, msg: wire.Message) -> None:
         tag: bytes = msg["job"]
-        pending = self._pending.pop((rid, tag), None)
-        if pending is None:
+        job = self.shares.jobs.get((rid, tag))
+        if job is None or job.state != "waiting":
             return self._error(rid, "unknown_job", "no job on this connection is waiting for a module", tag)
         data = wire.payload_bytes(msg.payloads[0])
-        ref = pending.manifest["module"]
-        if len(data) != ref["size"] or not self.cache.put(ref["hash"], data):
+        ref = job.manifest["module"]
+        try:
+            stored = len(data) == ref["size"] and self.cache.put(ref["hash"], data)
+        except OSError as exc:          # no disk space or no descriptor: this job cannot run now
+            self.shares.remove(job.key)
+            return self._reject(rid, tag, "busy", f"the node cannot store the module now ({exc.strerror or exc})")
+        if not stored:
+            self.shares.remove(job.key)
             return self._reject(rid, tag, "module_mismatch", "the module bytes do not match manifest.module")
         self.log("module_cached", module=ref["hash"], size=len(data))
-        self._start((rid, tag), pending.manifest, data, pending.input, pending.limits, pending.client,
-                    time.perf_counter())
+        job.t0 = time.perf_counter()
+        self.shares.ready(job, data)
+        self._dispatch()
 
-    def _start(self, key: tuple[bytes, bytes], manifest: dict[str, Any], module: bytes, data: bytes,
-               limits: Limits, client: str, t0: float) -> None:
+    def _dispatch(self) -> None:
+        """Start queued jobs while workers are free, taking turns between addresses and between clients."""
+        if self.executor is None:
+            return
+        while self.shares.running < self.executor.workers:
+            job = self.shares.next(self.executor.workers)
+            if job is None:
+                return
+            self._start(job)
+
+    def _start(self, job: HeldJob) -> None:
         # Submitted right away (not from a task on the next loop turn); the worker thread's completion
         # comes back through call_soon_threadsafe straight to _finish: the fewest wake-ups per job.
-        assert self.executor is not None
+        assert self.executor is not None and job.module is not None
         loop = asyncio.get_running_loop()
         t1 = time.perf_counter()
-        started = timestamp()
+        job.started = timestamp()
         try:
-            future = self.executor.submit(module, data, digest=digest_from_text(manifest["module"]["hash"]),
-                                          **job_kwargs(manifest, limits))
+            future = self.executor.submit(job.module, job.input, digest=digest_from_text(job.manifest["module"]["hash"]),
+                                          **job_kwargs(job.manifest, job.limits))
         except Exception as exc:   # e.g. arguments the runtime refuses (NUL bytes), a closed sandbox
             future = concurrent.futures.Future()
             future.set_exception(exc)
-        self._running[key] = future
-        done = functools.partial(self._finish, key, manifest, module, data, limits, client, started, (t0, t1))
+        job.future = future
+        done = functools.partial(self._finish, job, (job.t0, t1))
         future.add_done_callback(lambda f: loop.call_soon_threadsafe(done, f))
 
-    def _finish(self, key: tuple[bytes, bytes], manifest: dict[str, Any], module: bytes, data: bytes,
-                limits: Limits, client: str, started: str, times: tuple[float, float],
-                future: concurrent.futures.Future[Result]) -> None:
-        if self._running.pop(key, None) is None or self.sock is None or self.sock.closed:
+    def _finish(self, job: HeldJob, times: tuple[float, float], future: concurrent.futures.Future[Result]) -> None:
+        manifest, module, data, limits, client, started = job.manifest, job.module, job.input, job.limits, job.client, job.started
+        job.future = None               # the future's callback holds the job: no cycle keeps the result alive
+        if self.shares.remove(job.key) is None or self.sock is None or self.sock.closed:
             return                      # already answered (the node stopped before the job finished)
-        rid, tag = key
+        self._dispatch()
+        assert module is not None
+        rid, tag = job.key
         t0, t1 = times
         t2 = time.perf_counter()
+        if job.abandoned:
+            return self._abandon(job, "its connection closed while it ran")
         try:
             result = future.result()
         except Exception as exc:        # the executor failed, not the job: report it as a crash, signed
+            if _out_of_descriptors(exc):    # the node's trouble, not the job's: say busy, sign nothing
+                return self._reject(rid, tag, "busy", "the node is short of file descriptors")
             result = failed_result("crashed", f"{type(exc).__name__}: {exc}", module, data)
         # a job that never ran comes back without hashes: the node checked module and input against the manifest
         result = result.with_hashes(manifest["module"]["hash"], manifest["input"]["hash"])
@@ -453,7 +738,8 @@ class Node:
                  # where the node's time went: offer to start, in the executor, signing and replying
                  start_us=int((t1 - t0) * 1e6), exec_us=int((t2 - t1) * 1e6),
                  reply_us=int((time.perf_counter() - t2) * 1e6))
-        self._send(rid, wire.encode("result", (stdout, result.stderr), job=tag, receipt=receipt, load=self.load()))
+        self._send_result(job, wire.encode("result", (stdout, result.stderr), job=tag, receipt=receipt,
+                                           load=self.load()), len(stdout) + len(result.stderr))
         if self.on_result is not None:
             self.on_result(receipt, client)
 
@@ -465,12 +751,38 @@ class Node:
                                identity=self.identity, started_at=started)
         return result.stdout, receipt
 
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(PENDING_MODULE_TIMEOUT_S / 3)
-            cutoff = time.monotonic() - PENDING_MODULE_TIMEOUT_S
-            for key, pending in list(self._pending.items()):
-                if pending.since < cutoff:
-                    self._pending.pop(key, None)
-                    self.log("module_timeout", job=key[1].hex())
+    def _send_result(self, job: HeldJob, frames: list[Any], size: int) -> None:
+        """Send a result unless the client is gone or does not read: then it is dropped and counted abandoned."""
+        rid = job.rid
+        limit, total = self.config.send_queue, self.config.send_queue * SEND_QUEUE_TOTAL_FACTOR
+        if size >= TRACK_MIN and (self._queued_bytes(rid) + size > limit or self._queued_bytes() + size > total):
+            return self._abandon(job, "its connection has too many unread results queued")
+        if not self._send(rid, frames, size):
+            self._abandon(job, "its connection is gone or not reading")
 
+    def _abandon(self, job: HeldJob, why: str) -> None:
+        self.abandoned += 1
+        self.log("abandoned", job=job.tag.hex(), client=job.client, reason=why, abandoned=self.abandoned)
+
+    def _connection_lost(self, rid: bytes) -> None:
+        """A client's connection closed: its waiting and queued jobs are dropped; running ones finish within
+        their own limits, and their results are not sent."""
+        self._unsent.pop(rid, None)
+        for job in self.shares.of_connection(rid):
+            if job.state == "running":
+                job.abandoned = True
+                if job.future is not None:
+                    job.future.cancel()
+            else:
+                self.shares.remove(job.key)
+                self.log("cancelled", job=job.tag.hex(), client=job.client, reason="its connection closed")
+
+    async def _sweep_loop(self) -> None:
+        wait_s = self.config.module_wait_ms / 1000
+        while True:
+            await asyncio.sleep(max(0.05, wait_s / 4))
+            cutoff = time.monotonic() - wait_s
+            for job in [j for j in self.shares.jobs.values() if j.state == "waiting" and j.since < cutoff]:
+                self.shares.remove(job.key)
+                self.log("module_timeout", job=job.tag.hex(), client=job.client)
+            self._dispatch()            # a job held back for an address gone quiet may start now

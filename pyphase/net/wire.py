@@ -136,11 +136,11 @@ def decode(frames: Sequence[Any]) -> Message:
         raise WireError("malformed", "header is not a map")
     job = header.get("job") if isinstance(header.get("job"), bytes) and 0 < len(header["job"]) <= MAX_TAG_BYTES else None
     if header.get("v") != VERSION:
-        raise WireError("version", f"this node speaks {PROTOCOL} (v={VERSION}), got v={header.get('v')!r}", job)
+        raise WireError("version", f"this node speaks {PROTOCOL} (v={VERSION}), got v={_brief(header.get('v'))}", job)
     type_ = header.get("t")
     entry = MESSAGES.get(type_) if isinstance(type_, str) else None
     if entry is None or not isinstance(type_, str):
-        raise WireError("type", f"unknown message type {type_!r}", job)
+        raise WireError("type", f"unknown message type {_brief(type_)}", job)
     spec, n_payloads = entry
     if len(frames) - 1 != n_payloads:
         raise WireError("malformed", f"{type_} takes {n_payloads} payload frames, got {len(frames) - 1}", job)
@@ -159,8 +159,20 @@ def decode(frames: Sequence[Any]) -> Message:
         fields[name] = value
     unknown = set(header) - set(spec) - {"v", "t"}
     if unknown:
-        raise WireError("malformed", f"{type_}: unknown fields {sorted(unknown)[:5]}", job)
+        # keys may mix str and bytes, which do not sort together: sort their reprs
+        raise WireError("malformed", f"{type_}: unknown fields {', '.join(_brief(k, 32) for k in sorted(map(repr, unknown))[:5])}", job)
     return Message(type_, fields, tuple(frames[1:]))
+
+
+def _brief(value: Any, limit: int = 64) -> str:
+    """A peer's value quoted in a detail, at most about ``limit`` characters, costing as little to make:
+    a long string is cut before it is quoted, a container is named by its type and length."""
+    if isinstance(value, (str, bytes)):
+        text = repr(value[:limit])
+        return text if len(value) <= limit else f"{text}... ({len(value)} long)"
+    if isinstance(value, (list, dict)):
+        return f"<{type(value).__name__} of {len(value)}>"
+    return repr(value)[:limit]
 
 
 def payload_bytes(frame: Any) -> bytes:

@@ -30,6 +30,7 @@ from pyphase import _sandbox
 from pyphase.errors import LimitsError, PhaseError, SandboxError
 from pyphase.limits import Limits, format_size
 from pyphase.result import Result
+from pyphase.preopen import Preopen, opened
 from pyphase.runtime import DEFAULT_PROGRAM_NAME, Module, PreparedJob, explain_invalid, prepare_job
 
 __all__ = ["Sandbox", "SandboxError"]   # SandboxError lives in pyphase.errors; re-exported for callers here
@@ -167,9 +168,10 @@ class Sandbox:
     def run(self, module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview = b"", *,
             args: Sequence[str] = (), env: Mapping[str, str] | None = None, entry: str = "_start",
             limits: Limits | None = None, deterministic: bool = False, program_name: str = DEFAULT_PROGRAM_NAME,
-            seed: bytes | None = None) -> Result:
-        """Run ``module`` once in a worker (blocking this thread only; the GIL is released while waiting)."""
-        job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed)
+            seed: bytes | None = None, dirs: Sequence[Preopen] = ()) -> Result:
+        """Run ``module`` once in a worker (blocking this thread only; the GIL is released while waiting).
+        ``dirs``: the host directories the job sees, passed to its worker for the job's length."""
+        job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed, dirs)
         return self._execute(job)
 
     def run_prepared(self, job: PreparedJob) -> Result:
@@ -185,9 +187,9 @@ class Sandbox:
     def submit(self, module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview = b"", *,
                args: Sequence[str] = (), env: Mapping[str, str] | None = None, entry: str = "_start",
                limits: Limits | None = None, deterministic: bool = False, program_name: str = DEFAULT_PROGRAM_NAME,
-               seed: bytes | None = None) -> Future[Result]:
+               seed: bytes | None = None, dirs: Sequence[Preopen] = ()) -> Future[Result]:
         """Queue a job; the future's result is its :class:`Result` (or a :class:`SandboxError`)."""
-        job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed)
+        job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed, dirs)
         return self._executor.submit(self._execute, job)
 
     def worker_pids(self) -> list[int]:
@@ -253,9 +255,10 @@ class Sandbox:
 
     def _prepare(self, module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview,
                  args: Sequence[str], env: Mapping[str, str] | None, entry: str, limits: Limits | None,
-                 deterministic: bool, program_name: str, seed: bytes | None) -> PreparedJob:
+                 deterministic: bool, program_name: str, seed: bytes | None,
+                 dirs: Sequence[Preopen] = ()) -> PreparedJob:
         job = prepare_job(module, input, args=args, env=env, entry=entry, limits=limits, deterministic=deterministic,
-                          program_name=program_name, seed=seed)
+                          program_name=program_name, seed=seed, dirs=dirs)
         self._check_fits(job)
         return job
 
@@ -300,11 +303,12 @@ class Sandbox:
             added = self._modules.get(job.digest)
             # The worker has the module if the server cached it before forking this worker.
             inline = added is None or slot.cache_seq < added
-            raw = slot.run(job, data if inline else None, hard_timeout, test_action, self.spin_us)
-            if raw is None:   # evicted from (or refused by) the server's cache: send the bytes and add it again
-                self._modules.pop(job.digest, None)
-                added = None
-                raw = slot.run(job, data, hard_timeout, test_action, self.spin_us)
+            with opened(job.dirs) as preopens:
+                raw = slot.run(job, data if inline else None, hard_timeout, test_action, self.spin_us, preopens)
+                if raw is None:   # evicted from (or refused by) the server's cache: send the bytes and add it again
+                    self._modules.pop(job.digest, None)
+                    added = None
+                    raw = slot.run(job, data, hard_timeout, test_action, self.spin_us, preopens)
         except PhaseError as exc:
             raise SandboxError(str(exc)) from None
         if raw is None:
@@ -328,7 +332,8 @@ class Sandbox:
             self._last_added = (digest, time.monotonic())
             self._modules[digest] = self._adds
 
-    def _selftest(self, action: str, module: bytes, limits: Limits | None = None) -> Result:
+    def _selftest(self, action: str, module: bytes, limits: Limits | None = None,
+                  dirs: Sequence[Preopen] = ()) -> Result:
         """Test only: run a job whose worker performs ``action`` (see _sandbox.TEST_ACTIONS) once confined."""
-        job = self._prepare(module, b"", (), None, "_start", limits, False, DEFAULT_PROGRAM_NAME, None)
+        job = self._prepare(module, b"", (), None, "_start", limits, False, DEFAULT_PROGRAM_NAME, None, dirs)
         return self._execute(job, _sandbox.TEST_ACTIONS[action])

@@ -39,4 +39,23 @@ def errors(name: str, document: Any) -> list[str]:
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in (exc.path or [])[1:])
         message = exc.message.replace("data" + path, "").strip() if path else exc.message.replace("data ", "", 1)
         return [f"{name}{path}: {message}"]
+    where = _float_path(document)
+    if where is not None:
+        # JSON Schema calls 1234.0 an integer; no number in these documents is fractional, and a float size
+        # or limit would pass here and break whoever computes with it later
+        return [f"{name}{where}: must be an integer, not a float"]
     return []
+
+
+def _float_path(document: Any) -> str | None:
+    """The path of the first float in ``document`` (None: there is none). Iterative: depth costs no stack."""
+    stack: list[tuple[Any, str]] = [(document, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float):
+            return path
+        if isinstance(value, dict):
+            stack.extend((v, f"{path}.{k}") for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
+    return None

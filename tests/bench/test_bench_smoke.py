@@ -139,3 +139,12 @@ def test_sandbox_bench_says_when_the_worker_was_set_up_without_a_negative_time()
     spec.loader.exec_module(bench)
     assert bench.ready_text(-875.4) == "worker set up 875 us before 'go' (a spare, waiting)"
     assert bench.ready_text(12) == "worker set up 12 us after 'go' (the job waited for it)"
+
+
+def test_fs_bench_runs() -> None:
+    """bench/fs_bench.py --quick: every job it times ended ok (the script exits non-zero otherwise)."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "fs_bench.py"), "--quick", "--json"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["tree"]["in_process_s"] > 0 and doc["per_file"]["sandbox_us"] > 0

@@ -7,6 +7,7 @@ import http.client
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -110,12 +111,12 @@ def test_corrupted_artifact_is_not_served(store) -> None:
 def test_connection_limit(store) -> None:
     root, art = store
     with ArtifactServer(root, max_connections=1) as s:
-        s.httpd.slots.acquire()  # one transfer in flight
-        try:
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as held:
+            held.sendall(b"GET /boot/manifest.json HTTP/1.1\r\n")     # holds the one slot
+            time.sleep(0.2)
             status, h, _ = _get(s.port, f"/sha256/{art.hex}")
             assert status == 503 and h["retry-after"] == "1"
-        finally:
-            s.httpd.slots.release()
+        time.sleep(0.2)
         assert _get(s.port, f"/sha256/{art.hex}")[0] == 200
 
 
@@ -156,3 +157,105 @@ def test_cli_keygen_sign_verify(tmp_path: Path) -> None:
     r = run("sign", "--key", str(tmp_path / "rk"), "--kernel", str(k), "--initramfs", str(i), "--release", "2",
             "--cmdline", "bad\tcmd", "--store", str(tmp_path / "s"))
     assert r.returncode == 1 and "printable ASCII" in r.stderr
+
+
+# ---- abuse (issue 10): slots, descriptors and threads a stranger could take ---------------------------
+
+def _slow_reader(port: int, path: str, source: str) -> socket.socket:
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    c.bind((source, 0))
+    c.connect(("127.0.0.1", port))
+    c.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return c
+
+
+def test_slow_readers_are_cut_off(tmp_path: Path) -> None:
+    """34 clients reading a big artifact at a trickle held all 32 slots: every GET got 503 for as long as
+    they liked. Below the minimum rate (after its grace) they are cut off and the slots come back."""
+    blob = _write(tmp_path / "big", bytes(8 << 20))
+    art = ArtifactStore(tmp_path / "store").add_file(blob)
+    with ArtifactServer(tmp_path / "store", min_rate=256 << 10, min_rate_grace=1.0) as s:
+        slow = [_slow_reader(s.port, f"/sha256/{art.hex}", f"127.0.0.{10 + i}") for i in range(34)]
+        try:
+            for c in slow:
+                c.recv(4096)
+            deadline = time.monotonic() + 8
+            while True:
+                for c in slow:                          # a trickle: 4 KiB now and then
+                    c.setblocking(False)
+                    try:
+                        c.recv(4096)
+                    except OSError:
+                        pass
+                status = _get(s.port, f"/sha256/{art.hex}", "HEAD")[0]
+                if status == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert status == 200
+        finally:
+            for c in slow:
+                c.close()
+
+
+def test_trickled_headers_cost_no_thread_and_hit_a_deadline(store) -> None:
+    """1,100 connections sending headers a byte at a time each cost a thread; now they cost nothing but a
+    descriptor within the caps, and are closed at the header deadline."""
+    root, art = store
+    threads = threading.active_count()
+    with ArtifactServer(root, header_timeout=1.0) as s:
+        conns = []
+        for i in range(100):
+            c = socket.socket()
+            c.bind((f"127.0.0.{20 + i % 10}", 0))
+            c.connect(("127.0.0.1", s.port))
+            c.sendall(b"G")
+            conns.append(c)
+        try:
+            assert threading.active_count() <= threads + 3
+            assert _get(s.port, "/boot/manifest.json")[0] in (200, 503)
+            time.sleep(1.5)                             # past the header deadline: all of them are closed
+            closed = 0
+            for c in conns:
+                c.settimeout(2)
+                try:
+                    closed += c.recv(100) in (b"",) or True
+                except OSError:
+                    closed += 1
+            assert closed == len(conns)
+            assert _get(s.port, "/boot/manifest.json")[0] == 200
+        finally:
+            for c in conns:
+                c.close()
+
+
+def test_huge_range_start_is_416(store) -> None:
+    """A 5,000-digit Range start raised ValueError: no response and a traceback in the log."""
+    root, art = store
+    with ArtifactServer(root) as s:
+        status, h, _ = _get(s.port, f"/sha256/{art.hex}", headers={"Range": "bytes=" + "9" * 5000 + "-"})
+        assert status == 416 and h["content-range"] == f"bytes */{len(DATA)}"
+        assert _get(s.port, f"/sha256/{art.hex}")[0] == 200
+
+
+def test_quiet_server_logs_no_traceback_for_dropped_connections(store) -> None:
+    root, art = store
+    proc = subprocess.Popen([sys.executable, "-m", "pyphase.boot", "serve", str(root), "--listen",
+                             "127.0.0.1:0", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        port = int(line.split("http://127.0.0.1:")[1].split()[0])
+        for _ in range(5):
+            c = socket.create_connection(("127.0.0.1", port))       # gone in the middle of a download
+            c.sendall(f"GET /sha256/{art.hex} HTTP/1.1\r\n\r\n".encode())
+            c.recv(10)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            c.close()
+            c = socket.create_connection(("127.0.0.1", port))       # gone before its headers ended
+            c.sendall(b"GET / HT")
+            c.close()
+        assert _get(port, "/boot/manifest.json")[0] == 200
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert "Traceback" not in err and err.strip() == "", err

@@ -33,19 +33,21 @@ def node(tmp_path_factory, hello_bytes):
 class Raw:
     """A hand-driven CURVE DEALER: sends whatever frames a test gives it."""
 
-    def __init__(self, address: str, curve: bool = True) -> None:
+    def __init__(self, address: str, curve: bool = True, routing_id: bytes | None = None, source: str = "") -> None:
         import nacl.bindings
 
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.linger = 0
+        if routing_id is not None:
+            self.sock.setsockopt(zmq.ROUTING_ID, routing_id)
         _, key, host, port = parse_address(address)
         if curve:
             pub, sec = Identity.generate().curve_keypair()
             self.sock.curve_publickey = zmq.utils.z85.encode(pub)
             self.sock.curve_secretkey = zmq.utils.z85.encode(sec)
             self.sock.curve_serverkey = zmq.utils.z85.encode(nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(key))
-        self.sock.connect(f"tcp://{host}:{port}")
+        self.sock.connect(f"tcp://{source}:0;{host}:{port}" if source else f"tcp://{host}:{port}")
 
     def send(self, frames) -> None:
         self.sock.send_multipart(frames)

@@ -99,10 +99,15 @@ int main(int argc, char **argv)
         int r0 = __wasi_fd_fdstat_get(0, &st);
         int r9 = __wasi_fd_fdstat_get(9, &st);
         off_t off = lseek(0, 0, SEEK_CUR);
-        int rc = __wasi_fd_close(1);
         int rbad = __wasi_fd_close(9);
         printf("fdstat0 %d fdstat9 %d lseek %lld close9 %d", r0, r9, (long long) off, rbad);
-        (void) rc;
+        fflush(stdout);
+        /* stdout closed is closed: writing to it is EBADF, closing it again too (told on stderr) */
+        int rc = __wasi_fd_close(1);
+        __wasi_ciovec_t iov = {(const uint8_t *) "lost", 4};
+        __wasi_size_t n;
+        int rw = __wasi_fd_write(1, &iov, 1, &n);
+        fprintf(stderr, "close1 %d write1 %d close1 %d", rc, rw, __wasi_fd_close(1));
     } else if (!strcmp(mode, "badptr")) {
         __wasi_ciovec_t iov = {(const uint8_t *) 0xfffffff0u, 64};
         __wasi_size_t n;

@@ -4,6 +4,7 @@ call the core implements still works under the filter."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from pathlib import Path
@@ -119,3 +120,19 @@ def test_a_worker_finds_nothing_of_the_jobs_before_it(hello_bytes, spares):
         for _ in range(1 + spares):                      # and every buffer's next worker snoops
             r = sb._selftest("snoop", hello_bytes)
             assert r.message == "snooped: 0 bytes not of this job", r.message
+
+
+@pytest.mark.skipif(not pyphase._sandbox.landlock_abi(), reason="this kernel has no Landlock (see test_wasi_fs)")
+def test_landlock_bounds_a_worker_that_escaped_wasm3(hello_bytes, tmp_path):
+    """A worker that broke out of wasm3 and calls openat2 itself, without RESOLVE_BENEATH: Landlock refuses an
+    absolute path and the parent of the job's directory (EACCES), and still allows a file inside it. Without
+    directories, not even a descriptor can be made."""
+    from pyphase import Preopen
+
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "inside.txt").write_text("in")
+    with Sandbox(workers=1) as sb:
+        r = sb._selftest("open_outside", hello_bytes, dirs=[Preopen(str(tmp_path / "root"), "/", readonly=True)])
+        assert r.message == f"absolute {errno.EACCES} parent {errno.EACCES} inside 0"
+        r = sb._selftest("open_outside", hello_bytes)   # no descriptor to spare either (RLIMIT_NOFILE 4)
+        assert r.message == f"absolute {errno.EMFILE} parent {errno.EMFILE} inside {errno.EMFILE}"

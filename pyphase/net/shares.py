@@ -1,0 +1,191 @@
+"""What one stranger may take of a node: the jobs a node holds, counted per client key and per source address,
+and the fair queue that interleaves them.
+
+A job is *waiting* (accepted, its module not yet received), *queued* (ready, no worker free) or *running*.
+Keys are free to make, so every cap applies both per CURVE key and per source address; the queue takes turns
+between addresses, and within an address between keys, so one client's backlog never starves another's.
+Running jobs cannot be taken back, so while another address is active one address runs at most
+``workers - 1`` jobs: a worker stays free for the others instead of all of them waiting out its longest job.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyphase.limits import Limits
+from pyphase.result import Result
+
+RECENT_S = 2.0      # an address that offered a job this recently is waiting for its share (Shares.next)
+
+
+@dataclass(frozen=True)
+class ShareCaps:
+    """The caps of :class:`Shares` (``plasmd`` configuration: ``client_jobs``, ``address_jobs`` ...)."""
+
+    total_jobs: int
+    client_jobs: int
+    address_jobs: int
+    client_waiting: int
+    held_bytes: int
+
+
+@dataclass(eq=False)
+class HeldJob:
+    """A job in the node's hands. ``abandoned``: its connection died while it ran (the result is not sent)."""
+
+    rid: bytes
+    tag: bytes
+    manifest: dict[str, Any]
+    input: bytes
+    limits: Limits
+    client: str
+    address: str
+    since: float
+    t0: float
+    module: bytes | None = None
+    state: str = "waiting"
+    future: concurrent.futures.Future[Result] | None = None
+    abandoned: bool = False
+    started: str = field(default="")
+
+    @property
+    def key(self) -> tuple[bytes, bytes]:
+        return (self.rid, self.tag)
+
+    @property
+    def held(self) -> int:
+        """Bytes this job holds while it is not running (its input, and its module once received)."""
+        return len(self.input) + (len(self.module) if self.module is not None else 0)
+
+
+class Shares:
+    """Every job the node holds, with per-client and per-address counts and a two-level round-robin queue."""
+
+    def __init__(self, caps: ShareCaps) -> None:
+        self.caps = caps
+        self.jobs: dict[tuple[bytes, bytes], HeldJob] = {}
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._queues: dict[str, dict[str, deque[HeldJob]]] = {}     # address -> client key -> queued jobs
+        self.held_bytes = 0
+        self._running_by: Counter[str] = Counter()      # source address -> running jobs
+        self._last_offer: dict[str, float] = {}         # source address -> when it last offered a job
+        self.running = 0
+        self.queued = 0
+        self.waiting = 0
+
+    def refuse(self, client: str, address: str, size: int, waiting: bool) -> str | None:
+        """Why a new job of ``size`` bytes from this client cannot be taken now (None: it can)."""
+        c = self.caps
+        count = self._counts
+        if len(self.jobs) >= c.total_jobs:
+            return f"{len(self.jobs)} jobs in hand"
+        if count["client", client] >= c.client_jobs:
+            return f"this client already has {c.client_jobs} jobs here"
+        if count["address", address] >= c.address_jobs:
+            return f"this address already has {c.address_jobs} jobs here"
+        if waiting and (count["client-waiting", client] >= c.client_waiting
+                        or count["address-waiting", address] >= 2 * c.client_waiting):
+            return "too many offers of this client wait for their module"
+        if self.held_bytes + size > c.held_bytes:
+            return f"{self.held_bytes} bytes of jobs already wait here"
+        return None
+
+    def add(self, job: HeldJob) -> None:
+        self.jobs[job.key] = job
+        self._last_offer.pop(job.address, None)
+        self._last_offer[job.address] = job.since
+        self._counts["client", job.client] += 1
+        self._counts["address", job.address] += 1
+        self.held_bytes += job.held
+        if job.state == "waiting":
+            self.waiting += 1
+            self._counts["client-waiting", job.client] += 1
+            self._counts["address-waiting", job.address] += 1
+        else:
+            self._push(job)
+
+    def ready(self, job: HeldJob, module: bytes) -> None:
+        """A waiting job got its module: it joins the queue."""
+        self._unwait(job)
+        job.module = module
+        self.held_bytes += len(module)
+        self._push(job)
+
+    def _unwait(self, job: HeldJob) -> None:
+        self.waiting -= 1
+        for kind, who in (("client-waiting", job.client), ("address-waiting", job.address)):
+            self._counts[kind, who] -= 1
+            if self._counts[kind, who] <= 0:
+                del self._counts[kind, who]
+
+    def _push(self, job: HeldJob) -> None:
+        job.state = "queued"
+        self.queued += 1
+        self._queues.setdefault(job.address, {}).setdefault(job.client, deque()).append(job)
+
+    def _others_active(self, address: str, now: float) -> bool:
+        for other, when in list(self._last_offer.items()):     # oldest first: drop the stale ones
+            if now - when < RECENT_S:
+                break
+            del self._last_offer[other]
+        return any(other != address for other in self._last_offer)
+
+    def next(self, workers: int) -> HeldJob | None:
+        """The next queued job to run: the first address's first client's oldest job; both then go last.
+        An address already running ``workers - 1`` jobs waits its turn while other addresses are active."""
+        now = time.monotonic()
+        while self._queues:
+            for address, clients in self._queues.items():
+                if self._running_by[address] < max(1, workers - 1) or not self._others_active(address, now):
+                    break
+            else:
+                return None          # a worker stays free for the active addresses that have nothing queued yet
+            client, jobs = next(iter(clients.items()))
+            job = jobs.popleft()
+            del clients[client]
+            if jobs:
+                clients[client] = jobs
+            del self._queues[address]
+            if clients:
+                self._queues[address] = clients
+            if job.state != "queued":        # removed while queued (its connection died): skip it
+                continue
+            self.queued -= 1
+            self.held_bytes -= job.held
+            job.state = "running"
+            self.running += 1
+            self._running_by[address] += 1
+            return job
+        return None
+
+    def remove(self, key: tuple[bytes, bytes]) -> HeldJob | None:
+        """Forget a job (done, expired, cancelled); a queued one is skipped when its turn comes."""
+        job = self.jobs.pop(key, None)
+        if job is None:
+            return None
+        if job.state == "waiting":
+            self._unwait(job)
+            self.held_bytes -= job.held
+        elif job.state == "queued":
+            self.queued -= 1
+            self.held_bytes -= job.held
+        elif job.state == "running":
+            self.running -= 1
+            self._running_by[job.address] -= 1
+            if self._running_by[job.address] <= 0:
+                del self._running_by[job.address]
+        job.state = "gone"
+        for kind, who in (("client", job.client), ("address", job.address)):
+            self._counts[kind, who] -= 1
+            if self._counts[kind, who] <= 0:
+                del self._counts[kind, who]
+        job.input = b""                  # give the memory back now, not when the queue reaches it
+        job.module = None
+        return job
+
+    def of_connection(self, rid: bytes) -> list[HeldJob]:
+        return [job for job in self.jobs.values() if job.rid == rid]
