@@ -5,6 +5,7 @@
     python bench/run.py net [--jobs N] ...           remote jobs over loopback: latency, throughput, discovery
     python bench/run.py fs [--quick] [--json]        reading files through preopens vs cat and wasmtime-py
     python bench/run.py cbench [--quick] ...         native gcc -O2 vs the C core (cbench/run.sh)
+    python bench/run.py deep [--reps N] [--json]     a 3,000-case C switch (deep nesting): cold start vs wasmtime-py
     python bench/run.py all --quick                  each of the above in turn, small sizes
 
 Further arguments go to the benchmark named. BENCHMARKS.md keeps the latest figures with their commands.
@@ -25,6 +26,7 @@ BENCHMARKS = {
     "net": [sys.executable, str(HERE / "net_bench.py")],
     "fs": [sys.executable, str(HERE / "fs_bench.py")],
     "cbench": [str(ROOT / "cbench" / "run.sh")],
+    "deep": [sys.executable, str(HERE / "deep_bench.py")],
 }
 
 

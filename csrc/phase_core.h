@@ -126,6 +126,9 @@ typedef struct phase_result {
  * and keep the instance for this module's next job. A fork server calls this so that every worker it
  * forks inherits compiled code. 0, or -1 with a message. */
 int phase_module_prepare(phase_module *module, const phase_limits *limits, char *err, size_t errlen);
+/* The most address space a job may map to compile any module of module_len bytes: deeply nested modules compile
+ * on a stack of their own (phase_stack.c). Part of the sandbox worker's RLIMIT_AS. */
+size_t phase_compile_stack_bound(size_t module_len);
 
 /* Run one job. Always fills result (status says how it ended); returns 0, or -1 if the
  * host itself failed (out of memory), with status PHASE_CRASHED and a message. */

@@ -73,6 +73,18 @@ typedef struct phase_job {
 /* Lowest native stack address a wasm frame may use on this thread (computed once per thread). */
 uintptr_t phase_native_stack_limit(void);
 
+/* Deep nesting (phase_stack.c). Bodies nesting at most PHASE_LAZY_COMPILE_DEPTH levels compile lazily on the job's
+ * stack (at most ~64 KiB of it, inside PHASE_NATIVE_STACK_RESERVE); deeper modules compile whole before the job on
+ * a stack of PHASE_COMPILE_STACK_BASE + depth * PHASE_COMPILE_STACK_PER_LEVEL bytes. */
+#define PHASE_LAZY_COMPILE_DEPTH 256u
+#define PHASE_COMPILE_STACK_PER_LEVEL 320u
+#define PHASE_COMPILE_STACK_BASE (1u << 20)
+/* Bytes of compile stack for a module of this depth; 0 when it compiles on the caller's stack. */
+size_t phase_compile_stack_bytes(uint64_t depth);
+/* m3_CompileModule, on a stack sized for depth when the module nests deeper than PHASE_LAZY_COMPILE_DEPTH.
+ * Returns NULL with wasm3's result in *result, or a message when no compile stack could be had. */
+const char *phase_compile_module(IM3Module module, uint32_t depth, M3Result *result);
+
 /* Size table 0 as the module declares it, before m3_LoadModule. 0, or -1 when out of memory. */
 int phase_table_presize(IM3Module module, const phase_wasm_info *info);
 uint64_t phase_job_fuel_used(const phase_job *job);

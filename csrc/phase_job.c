@@ -2,7 +2,8 @@
  *
  * wasm3 cannot reuse a parsed module across runtimes, so a job re-parses (microseconds) the bytes
  * that phase_module_new() validated once. Every limit is armed before m3_FindFunction, because
- * that call compiles lazily and runs the start function.
+ * that call compiles lazily and runs the start function. A module nesting deeper than
+ * PHASE_LAZY_COMPILE_DEPTH is compiled whole when its instance is made (phase_stack.c).
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -374,6 +375,22 @@ static phase_instance *instance_new(phase_job *job, uint32_t max_pages)
         set_message(res, "linking WASI imports failed: %s", r);
         goto fail;
     }
+    if (pm->info.max_nesting_depth > PHASE_LAZY_COMPILE_DEPTH) {
+        /* Too deep to compile lazily on the job's stack: compile it all now, on a stack sized for it. */
+        const char *why = phase_compile_module(inst->module, pm->info.max_nesting_depth, &r);
+        if (why) {
+            res->status = PHASE_CRASHED;
+            set_message(res, "%s", why);
+            goto fail;
+        }
+        if (r == m3Err_mallocFailed)
+            goto oom;
+        if (r) {
+            res->status = PHASE_INVALID_MODULE;
+            set_message(res, "wasm3 cannot compile the module: %s", r);
+            goto fail;
+        }
+    }
     inst->num_globals = inst->module->numGlobals;
     if (inst->num_globals) {
         inst->global_init = malloc(inst->num_globals * sizeof *inst->global_init);
@@ -495,7 +512,13 @@ int phase_module_prepare(phase_module *pm, const phase_limits *limits, char *err
         snprintf(err, errlen, "%s", res.message);
         return -1;
     }
-    M3Result r = m3_CompileModule(inst->module);
+    M3Result r = m3Err_none;
+    const char *why = phase_compile_module(inst->module, pm->info.max_nesting_depth, &r);
+    if (why) {
+        snprintf(err, errlen, "%s", why);
+        instance_free(inst);
+        return -1;
+    }
     if (r != m3Err_none) {
         snprintf(err, errlen, "wasm3 cannot compile the module: %s", r);
         instance_free(inst);

@@ -160,10 +160,11 @@ static int confine_early(void)
 }
 
 /* The job's rlimits, set through the filter's one allowed prlimit64 (pid 0). */
-static int confine(const sandbox_request *req, uint64_t base_vm)
+static int confine(const sandbox_request *req, uint64_t base_vm, size_t module_len)
 {
     uint64_t as = base_vm + WORKER_AS_SLACK + WORKER_STACK_BYTES + req->limits.memory_bytes
-                  + 2 * req->limits.output_bytes + 16 * req->module_len + 2 * (uint64_t) req->limits.stack_bytes;
+                  + 2 * req->limits.output_bytes + 16 * req->module_len + 2 * (uint64_t) req->limits.stack_bytes
+                  + phase_compile_stack_bound(module_len);
     /* Descriptors: the channel, the directories received, the job's own copies of them and its table. Files
      * may grow only where the job was given a writable directory. */
     uint64_t nofile = WORKER_FD + 1 + (req->npreopens ? 2ull * req->npreopens + PHASE_MAX_FDS + 8 : 0);
@@ -313,7 +314,7 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
          * (before the rlimits: the ruleset needs a descriptor of its own for a moment). */
         if (landlock_abi && phase_sandbox_landlock(landlock_abi, go.fds, req.preopen_readonly, go.n) != 0)
             _exit(SANDBOX_EXIT_SETUP);
-        if (confine(&req, base_vm) != 0)
+        if (confine(&req, base_vm, module ? module->len : (size_t) req.module_len) != 0)
             _exit(SANDBOX_EXIT_SETUP);
         resp->t_ready_ns = ready;
         resp->t_woke_ns = woke;

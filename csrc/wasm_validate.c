@@ -1027,6 +1027,7 @@ static int push_ctrl(V *v, uint8_t op, const uint8_t *params, uint32_t np, const
         TRY(grow(v, (void **)&v->ctrls, &v->ctrls_cap, v->csp + 1, sizeof(ctrl), v->caps.max_nesting_depth, off,
                  "control stack"));
     ctrl *c = &v->ctrls[v->csp++];
+    if (v->csp > v->info.max_nesting_depth) v->info.max_nesting_depth = (uint32_t)v->csp;
     c->op = op;
     c->params = params;
     c->np = np;
@@ -1495,7 +1496,7 @@ void phase_wasm_caps_default(phase_wasm_caps *c)
     c->max_locals_per_function = 50000;
     c->max_params = 1000;
     c->max_results = 1000;
-    c->max_nesting_depth = 1024;
+    c->max_nesting_depth = 1u << 18;
     c->max_body_bytes = 8u << 20;
     c->max_operand_stack = 1u << 20;
     c->max_br_table_targets = 1u << 20;

@@ -21,15 +21,19 @@ extern "C" {
 
 /* Defaults (phase_wasm_caps_default): module 64 MiB; types 100000; functions (imported + defined) 200000;
  * imports 10000; exports 100000; globals 100000; data segments 100000; element segments 100000; table initial
- * size 2^20; locals per function 50000 (params excluded); params 1000; results 1000; nesting depth 1024;
+ * size 2^20; locals per function 50000 (params excluded); params 1000; results 1000; nesting depth 2^18;
  * body 8 MiB; operand stack 2^20 values; br_table targets 2^20; work_per_byte 64. */
 typedef struct phase_wasm_caps {        /* caps beyond the spec, defaults via phase_wasm_caps_default() */
     size_t   max_module_bytes;          /* 64 MiB */
     uint32_t max_types, max_functions, max_imports, max_exports, max_globals,
              max_data_segments, max_elem_segments, max_table_size,
              max_locals_per_function, max_params, max_results,
-             max_nesting_depth,         /* control-frame depth (function frame included); wasm3 compiles blocks
-                                           recursively in C */
+             max_nesting_depth,         /* control-frame depth (function frame included). wasm3 compiles blocks
+                                           recursively in C, so a module nesting deeper than a few hundred
+                                           levels is compiled on a stack sized from its measured depth
+                                           (phase_job.c); this cap bounds that stack (2^18 levels, ~80 MiB of
+                                           address space, touched only as deep as the module nests). Real code
+                                           nests one level per switch case: thousands, not 2^18. */
              max_body_bytes, max_operand_stack;
     uint32_t max_br_table_targets;      /* labels in one br_table */
     uint32_t work_per_byte;             /* bound on type-checking work: (work_per_byte * module bytes + 1 Mi)
@@ -45,6 +49,7 @@ typedef struct phase_wasm_info {
     uint32_t start_function;            /* valid if has_start */
     int      has_table; uint32_t table_initial; int table_has_max; uint32_t table_max;
     uint32_t num_globals, num_data_segments, num_elem_segments;
+    uint32_t max_nesting_depth;         /* deepest control-frame nesting of any body (function frame included) */
 } phase_wasm_info;
 
 /* Called for every imported function: module and name (not NUL-terminated), and its signature in wasm3's

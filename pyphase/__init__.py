@@ -25,6 +25,7 @@ from pyphase.errors import (
     MemoryLimitExceeded,
     OutputLimitExceeded,
     PhaseError,
+    RecordError,
     Rejected,
     SignatureError,
     Timeout,
@@ -61,6 +62,6 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Client", "Crashed", "FuelExhausted", "Identity", "IdentityError", "InvalidModule", "JobError", "Limits",
     "LimitsError", "ManifestError", "MemoryLimitExceeded", "Module", "OutputLimitExceeded", "PhaseError", "Preopen",
-    "RUNTIME_NAME", "RUNTIME_VERSION", "Rejected", "Result", "Sandbox", "SignatureError", "Timeout", "Trap",
+    "RUNTIME_NAME", "RUNTIME_VERSION", "RecordError", "Rejected", "Result", "Sandbox", "SignatureError", "Timeout", "Trap",
     "VerificationError", "make_manifest", "make_receipt", "run", "verify_receipt", "__version__",
 ]

@@ -35,6 +35,7 @@ cdef extern from "phase_core.h" nogil:
         uint32_t num_types
         uint32_t num_exports
         int has_start
+        uint32_t max_nesting_depth
 
     ctypedef struct phase_module:
         uint8_t *bytes

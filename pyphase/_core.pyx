@@ -73,6 +73,7 @@ cdef class CoreModule:
             "defined_functions": i.num_defined_functions,
             "exports": i.num_exports,
             "has_start": bool(i.has_start),
+            "max_nesting_depth": i.max_nesting_depth,
             "wasi_imports": [phase_wasi_function_at(b).name.decode() for b in range(phase_wasi_count())
                              if self.ptr.wasi_imports & (1ULL << b)],
         }

@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 127.0.0.1 at the phase/1 port + 1; beyond loopback a token is required, docs/API.md)")
     p.add_argument("--no-api", dest="api", action="store_false", default=None, help="serve no HTTP API")
     p.add_argument("--boot-listen", metavar="HOST:PORT", help="address of that HTTP server (default 0.0.0.0:8080)")
+    p.add_argument("--no-dht", dest="dht", action="store_false", default=None,
+                   help="stay off the Mainline DHT (no record, no rendezvous; Private mode)")
+    p.add_argument("--dht-bootstrap", nargs="+", action="extend", metavar="HOST:PORT",
+                   help="DHT nodes to join through (default: libtorrent's Mainline router)")
+    p.add_argument("--dht-listen", metavar="IP:PORT", help="the DHT's UDP socket (default: listen host, port + 2)")
     return p
 
 
@@ -83,6 +88,7 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
     holder: list[Any] = []          # the Announcer, once it exists
     announcing: asyncio.Task[None] | None = None
     boot_source = _BootSource(config, log) if config.boot_store else None
+    presence: Any = None
     try:
         if boot_source is not None:
             await boot_source.start()
@@ -95,8 +101,12 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
             host = node.host if listen_host not in ("0.0.0.0", "*") else "0.0.0.0"
             announcing = asyncio.get_running_loop().create_task(
                 _announce(identity, host, node.port, node.capabilities(), config.mdns_interfaces, node.log, holder))
+        if config.dht:
+            presence = await _join_dht(config, identity, node, node.log)
         await node.serve()
     finally:
+        if presence is not None:
+            await presence.close()
         if announcing is not None:
             if not announcing.done():
                 announcing.cancel()
@@ -171,6 +181,22 @@ async def _announce(identity: Identity, host: str, port: int, caps: dict[str, An
         log("warning", message=f"mDNS unavailable: {type(exc).__name__}: {exc}")
 
 
+async def _join_dht(config: NodeConfig, identity: Identity, node: Node, log: Callable[..., None]) -> Any:
+    """The node's DHT presence (pyphase.net.dhtnode), or None with a warning: the direct address still serves."""
+    presence: Any = None
+    try:
+        from pyphase.net.dhtnode import DhtPresence
+
+        presence = DhtPresence(config, identity, node.host, node.port, node.capabilities(), log)
+        await presence.start()
+        return presence
+    except (ImportError, OSError, RuntimeError) as exc:     # PermissionError: the test suite's DHT guard
+        log("warning", message=f"DHT unavailable: {type(exc).__name__}: {exc}")
+        if presence is not None:
+            await presence.close()
+        return None
+
+
 def main(argv: Sequence[str] | None = None, *, node_class: type[Node] = Node) -> int:
     """Run ``plasmd`` with ``argv``; ``node_class`` is for test launchers that need a node that cheats."""
     args = build_parser().parse_args(argv)
@@ -183,7 +209,8 @@ def main(argv: Sequence[str] | None = None, *, node_class: type[Node] = Node) ->
                              ephemeral=args.ephemeral, workers=args.workers, sandbox=args.sandbox, mdns=args.mdns,
                              mdns_interfaces=args.mdns_interfaces, log_format=args.log_format,
                              boot_store=args.boot_store, boot_listen=args.boot_listen,
-                             api=args.api, api_listen=args.api_listen)
+                             api=args.api, api_listen=args.api_listen, dht=args.dht, dht_listen=args.dht_listen,
+                             dht_bootstrap=",".join(args.dht_bootstrap) if args.dht_bootstrap else None)
     except (OSError, ValueError) as exc:
         print(f"plasmd: {exc}", file=sys.stderr)
         return 2

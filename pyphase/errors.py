@@ -45,6 +45,10 @@ class SandboxUnavailable(PhaseError):
     code in its own process (``sandbox = false`` / ``--no-sandbox`` is the explicit opt-out)."""
 
 
+class RecordError(PhaseError, ValueError):
+    """A node record from the DHT (or its UDP answer) is tampered, expired, malformed or not the key's."""
+
+
 class SandboxError(PhaseError):
     """The sandbox itself failed (its fork server died or could not start); the job's fate is unknown."""
 

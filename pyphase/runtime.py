@@ -120,7 +120,8 @@ class Module:
 
     @property
     def info(self) -> dict[str, object]:
-        """Facts found by validation: memory, function and import counts, the WASI functions it imports."""
+        """Facts found by validation: memory, function and import counts, the deepest control nesting of any
+        body, the WASI functions it imports."""
         return dict(self._core.info)
 
     def __repr__(self) -> str:

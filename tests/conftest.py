@@ -1,7 +1,9 @@
-"""Shared fixtures: real wasm built from sources under tests/ (cached in tests/.wasm-cache)."""
+"""Shared fixtures: real wasm built from sources under tests/ (cached in tests/.wasm-cache), and the DHT guard."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +12,73 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import wasm_build  # noqa: E402
+
+# The DHT guard: no test may reach the public Mainline DHT. pyphase.net.dht refuses any session (in this
+# process and in every plasmd/phase it starts, through the environment) whose bootstrap nodes or listen
+# address lie outside these networks, and any session left to libtorrent's default routers; sessions a
+# test makes with libtorrent directly are checked by the same rule below. Tests in network namespaces
+# add their own subnets to the variable.
+DHT_ALLOWED = "127.0.0.0/8"
+os.environ["PHASE_DHT_ALLOW"] = DHT_ALLOWED
+os.environ.pop("PHASE_DHT_BOOTSTRAP", None)
+
+
+def _dht_settings_allowed(settings: dict) -> None:
+    """Raise PermissionError unless a libtorrent session's DHT stays inside the allowed networks."""
+    if not settings.get("enable_dht", True):
+        return
+    nets = [ipaddress.ip_network(n) for n in os.environ.get("PHASE_DHT_ALLOW", DHT_ALLOWED).split(",") if n]
+
+    def inside(endpoint: str) -> bool:
+        host = endpoint.strip().rpartition(":")[0].strip("[]")
+        try:
+            return any(ipaddress.ip_address(host) in n for n in nets)
+        except ValueError:
+            return False
+
+    routers = settings.get("dht_bootstrap_nodes")
+    if routers is None:
+        raise PermissionError("test DHT session left to libtorrent's default routers: set dht_bootstrap_nodes")
+    for endpoint in filter(None, str(routers).split(",")):
+        if not inside(endpoint):
+            raise PermissionError(f"test DHT bootstrap node {endpoint} is outside {nets}")
+    for endpoint in filter(None, str(settings.get("listen_interfaces", "0.0.0.0:6881")).split(",")):
+        if not inside(endpoint):
+            raise PermissionError(f"test DHT session listens on {endpoint}, outside {nets}")
+
+
+def _guard_libtorrent() -> None:
+    try:
+        import libtorrent
+    except ImportError:
+        return
+    if getattr(libtorrent.session, "_phase_guarded", False):
+        return
+
+    class GuardedSession(libtorrent.session):  # type: ignore[misc,name-defined]
+        _phase_guarded = True
+
+        def __init__(self, params=None, *args, **kwargs):
+            settings = params.settings if hasattr(params, "settings") else dict(params or {})
+            _dht_settings_allowed(dict(settings))
+            super().__init__(params, *args, **kwargs) if params is not None else super().__init__(*args, **kwargs)
+
+        def apply_settings(self, settings):
+            _dht_settings_allowed({**self.get_settings(), **dict(settings)})
+            return super().apply_settings(settings)
+
+    libtorrent.session = GuardedSession
+
+
+_guard_libtorrent()
+
+
+@pytest.fixture(autouse=True)
+def _dht_guard_in_place():
+    """A test must not widen (or drop) the DHT guard for the tests after it."""
+    yield
+    assert os.environ.get("PHASE_DHT_ALLOW", "").startswith(DHT_ALLOWED), "a test removed the DHT guard"
+    os.environ["PHASE_DHT_ALLOW"] = DHT_ALLOWED
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"

@@ -1,7 +1,8 @@
 """The ``phase`` command: run jobs locally or on the network, verify receipts, manage keys, make boot media.
 
 One module per group of commands, each adding its own to the parser here: :mod:`pyphase.cli.local`
-(``run``, ``verify``, ``keygen``, ``id``), :mod:`pyphase.cli.net` (``submit``, ``peers``) and
+(``run``, ``verify``, ``keygen``, ``id``), :mod:`pyphase.cli.net` (``submit``, ``peers``),
+:mod:`pyphase.cli.dht` (``dht ...``),
 :mod:`pyphase.cli.boot` (``boot ...``), :mod:`pyphase.cli.history` (``jobs``, ``receipts``).
 :mod:`pyphase.cli.jobs` holds what they share: the job options,
 reading a job, printing its outcome and the exit codes.
@@ -13,7 +14,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from pyphase.cli import boot, history, local, net
+from pyphase.cli import boot, dht, history, local, net
 from pyphase.cli.jobs import EXIT_USAGE, call
 
 __all__ = ["build_parser", "main"]
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     local.register(sub)
     net.register(sub)
+    dht.register(sub)
     history.register(sub)
     boot.register(sub)
     return parser

@@ -57,7 +57,7 @@ def _client(args: argparse.Namespace) -> Any:
         raise ValueError(discovery_refused(proxy))
     identity = load_identity(args.identity) if getattr(args, "identity", None) else None
     return Client(peers=args.peer or None, identity=identity, discover_timeout=args.discover_timeout,
-                  socks_proxy=proxy or "")        # resolved above: "" keeps Client from reading the variable again
+                  socks_proxy=proxy or "", dht_bootstrap=args.dht_bootstrap)        # resolved above: "" keeps Client from reading the variable again
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -123,12 +123,22 @@ def cmd_peers(args: argparse.Namespace) -> int:
         return fail(str(exc))
     if not args.peer and proxy is not None:
         return fail(discovery_refused(proxy))
+    if args.dht and not args.peer:
+        from pyphase.cli.dht import dht_addresses
+
+        try:
+            args.peer = dht_addresses(args.dht_bootstrap, args.discover_timeout)
+        except (ValueError, RuntimeError, OSError) as exc:
+            return fail(f"the DHT: {exc}", 1)
+        if not args.peer:
+            print("no peers found in the DHT", file=sys.stderr)
+            return 1
     if not args.peer:
-        # listing is the point here: browse for the whole --discover-timeout, not until the first answer
+        # listing is the point here: browse until answers stop coming (or --discover-timeout), not the first
         from pyphase.net.discovery import discover
 
         try:
-            args.peer = [p.address for p in discover(args.discover_timeout, settle=None)]
+            args.peer = [p.address for p in discover(args.discover_timeout, settle=0.5)]
         except ImportError as exc:
             return fail(f"LAN discovery needs the zeroconf package ({exc})", EXIT_FAILED)
         if not args.peer:
@@ -190,6 +200,8 @@ def register(subparsers: Any) -> None:
                               epilog="exit status: 0 when every peer listed answered; 69 when one did not (its "
                               "reason is on its line, or in 'error' with --json); 1 when none was found.")
     _peer_options(p)
+    p.add_argument("--dht", action="store_true", help="list the nodes found through the Mainline DHT's "
+                   "rendezvous (each proven by its signed record) instead of the LAN")
     p.add_argument("--wait", type=float, default=1.0, metavar="SECONDS", help="how long to wait for answers")
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p.set_defaults(func=cmd_peers)
@@ -197,7 +209,11 @@ def register(subparsers: Any) -> None:
 
 def _peer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer", action="append", default=[], metavar="ADDR",
-                   help="PEERID@HOST:PORT of a node (repeatable); none: discover on the LAN")
+                   help="PEERID@HOST:PORT of a node, or a bare PEERID found through the DHT (repeatable); "
+                   "none: discover on the LAN, then the DHT")
+    p.add_argument("--dht-bootstrap", action="append", default=None, metavar="HOST:PORT",
+                   help="DHT node to join through (repeatable; default: $PHASE_DHT_BOOTSTRAP, else "
+                   "libtorrent's Mainline router)")
     p.add_argument("--discover-timeout", type=float, default=1.0, metavar="SECONDS",
                    help="how long to look for nodes on the LAN (default 1)")
     p.add_argument("--socks-proxy", default=None, metavar="HOST:PORT",

@@ -39,8 +39,8 @@ import zmq.utils.monitor
 import zmq.utils.z85
 
 from pyphase.digests import sha256_text
-from pyphase.errors import NetworkError, NoPeers, QuorumError, VerificationError
-from pyphase.identity import Identity
+from pyphase.errors import NetworkError, NoPeers, PhaseError, QuorumError, VerificationError
+from pyphase.identity import Identity, public_key_from_peer_id
 from pyphase.limits import Limits, format_size
 from pyphase.manifest import make_manifest, new_nonce
 from pyphase.net import wire
@@ -170,12 +170,16 @@ class Client:
 
     def __init__(self, peers: Sequence[str] | None = None, *, identity: Identity | None = None,
                  discover_timeout: float = 1.0, connect_timeout: float | None = None,
-                 mdns_interfaces: str | None = None, socks_proxy: str | None = None) -> None:
+                 mdns_interfaces: str | None = None, socks_proxy: str | None = None,
+                 dht_bootstrap: str | Sequence[str] | None = None) -> None:
         """``connect_timeout``: how long a peer may take to be connected before the job goes elsewhere
         (default 2 s, 30 s through a proxy). ``socks_proxy``: ``HOST:PORT`` of a SOCKS5 proxy (e.g. Tor's
         ``127.0.0.1:9050``) for every connection; not given (None): ``PHASE_SOCKS_PROXY`` if set; ``""``:
         no proxy even if it is set. With a proxy the client fails closed: it never connects directly and
-        refuses LAN discovery (name the peers). Bad proxy text or a bad peer address: ``ValueError``."""
+        refuses LAN discovery (name the peers). Bad proxy text or a bad peer address: ``ValueError``.
+        A peer given as a bare PEERID is resolved through the Mainline DHT (its signed record), and with no
+        peers at all the DHT's rendezvous is asked when mDNS finds none; ``dht_bootstrap``: ``HOST:PORT``
+        nodes to join through (default ``PHASE_DHT_BOOTSTRAP``, else libtorrent's default router)."""
         self.socks_proxy: str | None = resolve_socks_proxy(socks_proxy)
         if connect_timeout is None:
             connect_timeout = PROXY_CONNECT_TIMEOUT_S if self.socks_proxy else CONNECT_TIMEOUT_S
@@ -192,8 +196,18 @@ class Client:
         self._closed = False
         curve_public, curve_secret = self.identity.curve_keypair()
         self._curve = (zmq.utils.z85.encode(curve_public), zmq.utils.z85.encode(curve_secret))
+        self._dht_bootstrap = dht_bootstrap
+        self._dht_failure = ""
+        self._unresolved: list[str] = []
         for address in peers or ():
-            self.add_peer(address)
+            if "@" in address:
+                self.add_peer(address)
+            else:
+                public_key_from_peer_id(address)         # a bare peer id: found through the DHT when first needed
+                self._unresolved.append(address.strip().lower())
+        if self._unresolved and self.socks_proxy is not None:
+            raise ValueError(f"peer ids without an address are resolved through the DHT (UDP), which cannot go "
+                             f"through the SOCKS proxy {self.socks_proxy}: give PEERID@HOST:PORT")
         self._discovered = bool(peers)
 
     # ---- peers -------------------------------------------------------------------------------------
@@ -211,6 +225,8 @@ class Client:
         return [p.address for p in self._peers.values()]
 
     def _ensure_peers(self) -> None:
+        if self._unresolved:
+            self._resolve_unresolved()
         if self._peers or self._discovered:
             return
         if self.socks_proxy is not None:
@@ -223,7 +239,38 @@ class Client:
             raise NoPeers(f"no peers given, and LAN discovery needs the zeroconf package ({exc})") from None
         for found in found_peers:
             self.add_peer(found.address)
+        if not found_peers:
+            self._discover_dht()
         self._discovered = True
+
+    def _resolve_unresolved(self) -> None:
+        """Bare peer ids -> addresses from their signed DHT records (NoPeers naming why, if none resolves)."""
+        from pyphase.net.dht import client_dht, resolve_peer
+
+        ids, self._unresolved = self._unresolved, []
+        failures = []
+        try:
+            with client_dht(self._dht_bootstrap) as dht:
+                for peer_id in ids:
+                    try:
+                        self.add_peer(resolve_peer(dht, peer_id).address)
+                    except PhaseError as exc:
+                        failures.append(f"{peer_id}: {exc}")
+        except (RuntimeError, OSError) as exc:
+            failures.append(f"the DHT is unavailable: {exc}")
+        if failures and not self._peers:
+            raise NoPeers("no peer id could be resolved through the DHT: " + "; ".join(failures))
+
+    def _discover_dht(self) -> None:
+        """Nodes from the DHT's rendezvous, each proven by its signed record (nothing when the DHT is unavailable)."""
+        from pyphase.net.dht import client_dht, find_nodes
+
+        try:
+            with client_dht(self._dht_bootstrap) as dht:
+                for record in find_nodes(dht, timeout=max(self._discover_timeout, 3.0)):
+                    self.add_peer(record.address)
+        except (RuntimeError, OSError) as exc:   # PermissionError: the test suite's guard; no libtorrent; no UDP
+            self._dht_failure = f"{type(exc).__name__}: {exc}"
 
     def _socket(self, peer: _Peer) -> zmq.Socket[bytes]:
         if peer.sock is None:
@@ -374,10 +421,12 @@ class Client:
             self._ensure_peers()
             if not self._peers:
                 interfaces = self._mdns_interfaces or os.environ.get("PHASE_MDNS_INTERFACES") or "all"
+                why = self._dht_failure
                 raise NoPeers(f"no peers given, and none answered on the LAN (mDNS on {interfaces} interfaces, "
-                              f"{self._discover_timeout:g} s): name one (phase submit --peer PEERID@HOST:PORT, "
-                              f"Client(peers=[...])), start one (plasmd --listen HOST:PORT --data-dir DIR), "
-                              f"or look longer (--discover-timeout, Client(discover_timeout=...))")
+                              f"{self._discover_timeout:g} s) or the DHT" + (f" ({why})" if why else "") +
+                              ": name one (phase submit --peer PEERID@HOST:PORT, Client(peers=[...])), start one "
+                              "(plasmd --listen HOST:PORT --data-dir DIR), or look longer (--discover-timeout, "
+                              "Client(discover_timeout=...))")
             if replicas > len(self._peers):
                 raise NoPeers(f"{replicas} replicas need {replicas} distinct peers; {len(self._peers)} known: "
                               f"name more (--peer, Client(peers=[...])) or ask for fewer (--replicas)")

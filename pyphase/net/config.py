@@ -41,6 +41,14 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     address_connections = 64            # CURVE connections from one source address
     connections     = 0                 # connections in all (0: the open-file limit less what jobs reserve)
 
+    # The Internet: the BitTorrent Mainline DHT (docs/NETWORK.md). Private mode runs with dht = false.
+    dht             = true              # publish a signed record under the node's key, announce for rendezvous,
+                                        # answer the record query on UDP at the phase/1 port number
+    dht_listen      = ""                # IP:PORT of the DHT's UDP socket (default: listen host, phase/1 port + 2)
+    dht_bootstrap   = ""                # HOST:PORT,... to join through; "": libtorrent's default Mainline router
+                                        # (plus the good nodes remembered in DATA_DIR/dht-nodes.json either way)
+    dht_refresh     = "20m"             # republish the record (good for 2 h) and re-announce this often
+
     [limits]                            # the most a job may ask for; bigger offers are rejected "limits"
     memory          = "256MiB"
     fuel            = 0                 # 0: any
@@ -107,6 +115,10 @@ class NodeConfig:
     shutdown_grace_ms: int = 10_000
     boot_store: str = ""
     boot_listen: str = "0.0.0.0:8080"
+    dht: bool = True
+    dht_listen: str = ""
+    dht_bootstrap: str = ""
+    dht_refresh_ms: int = 20 * 60_000
     api: bool = True
     api_listen: str = ""
     api_max_connections: int = 64
@@ -151,6 +163,8 @@ _TOP: dict[str, tuple[str, Any]] = {
     "log_file": ("log_file", str), "shutdown_grace": ("shutdown_grace_ms", parse_duration_ms),
     "boot_store": ("boot_store", lambda v: str(Path(v).expanduser()) if v else ""),
     "boot_listen": ("boot_listen", str),
+    "dht": ("dht", "bool"), "dht_listen": ("dht_listen", str), "dht_bootstrap": ("dht_bootstrap", str),
+    "dht_refresh": ("dht_refresh_ms", parse_duration_ms),
     "api": ("api", "bool"), "api_listen": ("api_listen", str), "api_max_connections": ("api_max_connections", int),
     "api_body_timeout": ("api_body_timeout_ms", parse_duration_ms),
     "history_jobs": ("history_jobs", int), "history_age": ("history_age_ms", parse_duration_ms),
@@ -217,6 +231,12 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     config = NodeConfig(**changes)
     check_listen(config.listen, "listen")
     check_listen(config.boot_listen, "boot_listen", 8080)
+    if config.dht_listen:
+        check_listen(config.dht_listen, "dht_listen")
+    if config.dht_bootstrap.strip():
+        from pyphase.net.dht import parse_endpoints
+
+        parse_endpoints(config.dht_bootstrap)
     if config.api_listen:
         check_listen(config.api_listen, "api_listen")
     if config.api_max_connections < 1 or config.history_jobs < 0:

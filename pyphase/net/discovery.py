@@ -145,14 +145,107 @@ class Announcer:
             await azc.async_close()
 
 
+MDNS_GROUP = ("224.0.0.251", 5353)
+
+
+def _interface_addresses(interfaces: str | None) -> list[str]:
+    choice = interface_choice(interfaces)
+    if isinstance(choice, list):
+        return choice
+    import ifaddr
+
+    return [ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips
+            if isinstance(ip.ip, str) and not ip.ip.startswith("127.")] or ["127.0.0.1"]
+
+
+def _peers_from_response(data: bytes, started: float) -> list[DiscoveredPeer]:
+    """Peers described by one mDNS response (PTR + SRV + TXT + A records, as zeroconf responders send)."""
+    from zeroconf import DNSAddress, DNSIncoming, DNSPointer, DNSService, DNSText, ServiceInfo  # type: ignore[attr-defined]  # exported, not in __all__
+
+    msg = DNSIncoming(data)
+    if not msg.valid or msg.is_query():
+        return []
+    records = msg.answers()
+    services = {r.name.lower(): r for r in records if isinstance(r, DNSService)}
+    texts = {r.name.lower(): r.text for r in records if isinstance(r, DNSText)}
+    addresses: dict[str, list[bytes]] = {}
+    for r in records:
+        if isinstance(r, DNSAddress) and len(r.address) == 4:
+            addresses.setdefault(r.name.lower(), []).append(r.address)
+    out = []
+    for r in records:
+        if not isinstance(r, DNSPointer) or r.name.lower() != SERVICE.lower():
+            continue
+        srv = services.get(r.alias.lower())
+        if srv is None or r.alias.lower() not in texts or srv.server.lower() not in addresses:
+            continue
+        info = ServiceInfo(SERVICE, r.alias, port=srv.port, addresses=addresses[srv.server.lower()],
+                           properties=texts[r.alias.lower()], server=srv.server)
+        peer = _peer_from_info(info, started)
+        if peer is not None:
+            out.append(peer)
+    return out
+
+
+def _one_shot_query(interfaces: str | None, found: queue.SimpleQueue[Any], timeout: float, started: float) -> None:
+    """An RFC 6762 one-shot (legacy unicast) query from an ephemeral port: responders answer it at once and
+    directly, where a multicast answer given in the last second is held back a second (RFC 6762 §14)."""
+    import select
+
+    from zeroconf import DNSOutgoing, DNSQuestion  # type: ignore[attr-defined]
+    from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_PTR
+
+    out = DNSOutgoing(_FLAGS_QR_QUERY, multicast=False)
+    out.add_question(DNSQuestion(SERVICE, _TYPE_PTR, _CLASS_IN))
+    packets = out.packets()
+    socks = []
+    try:
+        for address in _interface_addresses(interfaces):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(sock)
+            try:
+                sock.bind((address, 0))
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+                for packet in packets:
+                    sock.sendto(packet, MDNS_GROUP)
+            except OSError:
+                continue
+        deadline = time.monotonic() + timeout
+        while socks:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ready, _, _ = select.select(socks, [], [], remaining)
+            for sock in ready:
+                try:
+                    data = sock.recv(9000)
+                    for peer in _peers_from_response(data, started):
+                        found.put(peer)
+                except Exception:       # a malformed answer from someone on the LAN: ignore it
+                    continue
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def discover(timeout: float = 1.0, *, interfaces: str | None = None, settle: float | None = 0.25,
              want: int | None = None) -> list[DiscoveredPeer]:
-    """Browse for nodes for at most ``timeout`` seconds. With ``settle``, stop that long after the first find;
-    with ``want``, as soon as that many are found."""
-    from zeroconf import ServiceBrowser, ServiceStateChange, Zeroconf
+    """Browse for nodes for at most ``timeout`` seconds. With ``settle``, stop once that long passed with
+    nothing new found (after at least one find); with ``want``, as soon as that many are found.
+
+    Two queries go out at once: a one-shot query from an ephemeral port (answered directly and at once) and
+    the browser's, as a multicast (QM) question: zeroconf's default first question asks for unicast answers
+    (QU), which on a host where several mDNS stacks share port 5353 reach whichever socket the kernel picks,
+    and a multicast answer already given in the last second is held back a second; so a fresh process
+    often heard nothing within its 1 s window."""
+    from zeroconf import DNSQuestionType, ServiceBrowser, ServiceStateChange, Zeroconf
+
+    import threading
 
     started = time.monotonic()
-    names: queue.SimpleQueue[str] = queue.SimpleQueue()
+    names: queue.SimpleQueue[Any] = queue.SimpleQueue()       # names from the browser, peers from the one-shot
+    threading.Thread(target=_one_shot_query, args=(interfaces, names, timeout, started), daemon=True).start()
 
     def changed(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
         if state_change is ServiceStateChange.Added:
@@ -161,24 +254,28 @@ def discover(timeout: float = 1.0, *, interfaces: str | None = None, settle: flo
     zc = Zeroconf(interfaces=interface_choice(interfaces))
     found: dict[str, DiscoveredPeer] = {}
     try:
-        browser = ServiceBrowser(zc, SERVICE, handlers=[changed])
+        browser = ServiceBrowser(zc, SERVICE, handlers=[changed], question_type=DNSQuestionType.QM)
         deadline = started + timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             try:
-                name = names.get(timeout=remaining)
+                item = names.get(timeout=remaining)
             except queue.Empty:
                 break
-            info = zc.get_service_info(SERVICE, name, timeout=int(max(0.05, min(remaining, 1.0)) * 1000))
-            peer = _peer_from_info(info, started) if info is not None else None
+            if isinstance(item, DiscoveredPeer):
+                peer: DiscoveredPeer | None = item
+            else:
+                info = zc.get_service_info(SERVICE, item, timeout=int(max(0.05, min(remaining, 1.0)) * 1000),
+                                           question_type=DNSQuestionType.QM)
+                peer = _peer_from_info(info, started) if info is not None else None
             if peer is not None and peer.peer_id not in found:
                 found[peer.peer_id] = peer
                 if want is not None and len(found) >= want:
                     break
                 if settle is not None:
-                    deadline = min(deadline, time.monotonic() + settle)
+                    deadline = min(started + timeout, time.monotonic() + settle)
         browser.cancel()
     finally:
         zc.close()

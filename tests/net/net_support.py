@@ -53,6 +53,8 @@ class NodeProc:
         cmd = [*self.prefix, sys.executable, *launcher, "--listen", f"{self.host}:{self.port}",
                "--data-dir", str(self.data_dir), "--workers", str(self.workers)]
         cmd += ["--mdns-interfaces", "127.0.0.1"] if self.mdns else ["--no-mdns"]
+        if not any(arg.startswith("--dht") for arg in self.extra):
+            cmd.append("--no-dht")          # DHT tests name their loopback bootstrap nodes (tests/net/test_dht*.py)
         if not self.sandbox:
             cmd.append("--no-sandbox")
         cmd += list(self.extra)

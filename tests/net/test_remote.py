@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pyphase import Client, verify_receipt
+from pyphase import Client, Identity, verify_receipt
 from pyphase.errors import NetworkError
 
 
@@ -204,3 +204,14 @@ def test_a_wrong_peer_id_is_not_called_connection_refused(start_nodes, hello_byt
             client.submit(hello_bytes, retries=0, timeout=2)
     assert "nothing listens there" not in str(info.value), str(info.value)
     assert "CURVE handshake failed" in str(info.value) or "not reachable" in str(info.value), str(info.value)
+
+
+def test_cli_peers_table_names_reachable_and_unreachable_nodes(start_nodes):
+    (node,) = start_nodes(1)
+    dead = f"{Identity.generate().peer_id}@127.0.0.1:1"      # nobody listens on port 1
+    out = subprocess.run([sys.executable, "-m", "pyphase", "peers", "--peer", node.address, "--peer", dead,
+                          "--wait", "2"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 69, out.stderr                 # issue #16: a listed peer that is down is an error
+    lines = {line.split()[0]: line for line in out.stdout.splitlines()}
+    assert "unreachable: connection refused" in lines[dead]
+    assert "0/2 busy, 0 queued" in lines[node.address] and "wasm3" in lines[node.address]

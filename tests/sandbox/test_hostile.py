@@ -85,6 +85,12 @@ def nested_blocks(depth: int) -> bytes:
     return module(code=[body(b"\x02\x40" * depth + b"\x0b" * depth)])
 
 
+def deep_functions(count: int, depth: int) -> bytes:
+    # _start calls `count` functions, each nesting `depth` blocks
+    calls = b"".join(b"\x10" + leb(i + 1) for i in range(count))
+    return module(funcs=[0] * (count + 1), code=[body(calls)] + [body(b"\x02\x40" * depth + b"\x0b" * depth)] * count)
+
+
 def many_functions(count: int) -> bytes:
     # function 0 is _start and calls the `count` others
     calls = b"".join(b"\x10" + leb(i + 1) for i in range(count))
@@ -126,7 +132,12 @@ CASES = {
     "output_flood": (lambda h: wasm_build.build_c(CORPUS / "output_flood.c").read_bytes(), None,
                      {"output_limit"}, "output"),
     "start_trap": (lambda h: wat_file("start_trap.wat"), None, {"trap"}, "unreachable"),
-    "nested_blocks_10000": (lambda h: nested_blocks(10_000), None, {"invalid_module"}, "nest"),
+    "nested_blocks_10000": (lambda h: nested_blocks(10_000), None, {"ok"}, ""),
+    "nested_blocks_at_cap": (lambda h: nested_blocks((1 << 18) - 1), None, {"ok"}, ""),
+    "nested_blocks_over_cap": (lambda h: nested_blocks(1 << 18), None, {"invalid_module"}, "nesting depth"),
+    "nested_blocks_unclosed_4m": (lambda h: module(code=[body(b"\x02\x40" * ((4 << 20) - 8))]), None,
+                                  {"invalid_module"}, "nesting depth"),
+    "deep_functions_16x100000": (lambda h: deep_functions(16, 100_000), None, {"ok"}, ""),
     "functions_5000": (lambda h: many_functions(5000), None, {"ok"}, ""),
     "imports_5000": (lambda h: many_imports(5000), None, {"ok"}, ""),
     "imports_20000": (lambda h: many_imports(20_000), None, {"invalid_module"}, "import"),

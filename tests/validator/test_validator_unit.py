@@ -41,7 +41,8 @@ class Info(ctypes.Structure):
                 ("num_exports", ctypes.c_uint32), ("has_start", ctypes.c_int), ("start_function", ctypes.c_uint32),
                 ("has_table", ctypes.c_int), ("table_initial", ctypes.c_uint32), ("table_has_max", ctypes.c_int),
                 ("table_max", ctypes.c_uint32), ("num_globals", ctypes.c_uint32),
-                ("num_data_segments", ctypes.c_uint32), ("num_elem_segments", ctypes.c_uint32)]
+                ("num_data_segments", ctypes.c_uint32), ("num_elem_segments", ctypes.c_uint32),
+                ("max_nesting_depth", ctypes.c_uint32)]
 
 
 CHECK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
@@ -233,18 +234,37 @@ def test_caps_are_enforced(lib):
     bad(lib, HEADER + bytes(100), "exceeds the limit", caps_=caps(lib, max_module_bytes=64))
 
 
-def test_ten_thousand_nested_blocks_hit_the_nesting_cap(lib):
-    n = 10000
-    wasm = func_module(b"\x02\x40" * n + b"\x0b" * n, memory=False)
+def test_deep_nesting_validates_in_linear_time_and_reports_its_depth(lib):
+    # A big C switch is one block per case: real modules nest far deeper than 1024 (wasm3 compiles them on a
+    # stack sized from the depth reported here, csrc/phase_stack.c).
+    for n in (1025, 10000, 100000):
+        t0 = time.perf_counter()
+        info = ok(lib, func_module(b"\x02\x40" * n + b"\x0b" * n, memory=False))
+        assert time.perf_counter() - t0 < 0.5
+        assert info.max_nesting_depth == n + 1          # the function frame counts
+    info = ok(lib, func_module(b"\x03\x40" * 5000 + b"\x0b" * 5000 + b"\x02\x40\x0b", memory=False))
+    assert info.max_nesting_depth == 5001
+    info = ok(lib, func_module((b"\x41\x01\x04\x40") * 3000 + b"\x0b" * 3000, memory=False))
+    assert info.max_nesting_depth == 3001
+    assert ok(lib, func_module(b"\x01", memory=False)).max_nesting_depth == 1
+
+
+def test_nesting_cap_bounds_the_hostile_extremes(lib):
+    default = caps(lib)
+    assert default.max_nesting_depth == 1 << 18
+    # 2.8 M nested blocks in one 8 MiB body (3 bytes a level): refused at the cap, quickly
+    n = (8 << 20) // 3 - 4
     t0 = time.perf_counter()
-    msg = bad(lib, wasm, "control nesting depth exceeds the limit of 1024")
-    assert time.perf_counter() - t0 < 0.5
+    msg = bad(lib, func_module(b"\x02\x40" * n + b"\x0b" * n, memory=False),
+              f"control nesting depth exceeds the limit of {1 << 18}")
+    assert time.perf_counter() - t0 < 2.0
     print("\n" + msg)
-    # the same with loops and ifs
-    bad(lib, func_module(b"\x03\x40" * n + b"\x0b" * n, memory=False), "nesting depth")
-    bad(lib, func_module((b"\x41\x01\x04\x40") * n + b"\x0b" * n, memory=False), "nesting depth")
-    # 1000 nested blocks are fine
-    ok(lib, func_module(b"\x02\x40" * 1000 + b"\x0b" * 1000, memory=False))
+    # 4 M opened blocks never closed: the body ends first or the cap does, never memory
+    bad(lib, func_module(b"\x02\x40" * ((4 << 20) - 8), memory=False), "nesting depth")
+    # exactly the cap is fine, one more is not
+    m = (1 << 18) - 1
+    assert ok(lib, func_module(b"\x02\x40" * m + b"\x0b" * m, memory=False)).max_nesting_depth == 1 << 18
+    bad(lib, func_module(b"\x02\x40" * (m + 1) + b"\x0b" * (m + 1), memory=False), "nesting depth")
     # a lower cap
     bad(lib, func_module(b"\x02\x40" * 20 + b"\x0b" * 20), "limit of 16", caps_=caps(lib, max_nesting_depth=16))
 
