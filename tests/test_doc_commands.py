@@ -87,17 +87,17 @@ def _help_command(words: list[str]) -> list[str] | None:
     first = os.path.basename(words[0])
     if first == "phase" or words[:3] in (["python", "-m", "pyphase"], ["python3", "-m", "pyphase"]):
         rest = words[1:] if first == "phase" else words[3:]
-        sub = [w for w in rest[:2] if not w.startswith("-")]
-        if sub[:1] == ["boot"] and len(rest) > 1:
-            sub = rest[:2]
-        else:
-            sub = sub[:1]
+        sub = []
+        for w in rest[:2]:                 # 'phase boot sign', 'phase dht rendezvous', 'phase run MODULE'
+            if w.startswith("-") or not re.fullmatch(r"[a-z][a-z-]*", w):
+                break
+            sub.append(w)
         return [sys.executable, "-m", "pyphase", *sub, "--help"]
     if first in ("python", "python3") and words[1:3] == ["-m", "pyphase.boot"]:
         return [sys.executable, "-m", "pyphase", "boot", *words[3:4], "--help"]
     if first == "plasmd" or words[1:3] == ["-m", "pyphase.daemon"]:
         return [sys.executable, "-m", "pyphase.daemon", "--help"]
-    if first.endswith(".sh") and (ROOT / words[0]).exists():
+    if first.endswith(".sh") and words[0].startswith(("initramfs/", "bootloader/")) and (ROOT / words[0]).exists():
         return [str(ROOT / words[0]), "--help"]
     if first == "qemu-system-x86_64":
         return ["qemu-system-x86_64", "-help"]
