@@ -10,8 +10,8 @@ Method
     p50/p99 over N calls after a warm-up, against pyphase.run (in-process, instance reused) in the same run.
     Back-to-back calls overlap each job with the replacement of the previous worker (fork, filter install,
     exit) on the same 2 CPUs; "2 ms apart" models jobs arriving at an idle pool.
-    The breakdown (medians, µs after "go") comes from the worker's own clock: set up (negative: it was
-    waiting before "go"), woke, confined (rlimits), job ran, parent saw "done". Sandbox() defaults: one spare
+    The breakdown (medians, µs after "go") comes from the worker's own clock: when it was set up (usually
+    before "go": a spare waits set up), woke, confined (rlimits), job ran, parent saw "done". Sandbox() defaults: one spare
     worker per slot.
   * throughput: N jobs submitted at once to Sandbox(workers=2), against two threads calling pyphase.run.
   * crash: a worker segfaults mid-job (test-only action); "detect" is submit -> crashed result, "replace" is
@@ -92,6 +92,13 @@ def tiny_job(n: int) -> dict[str, float]:
     return out
 
 
+def ready_text(ready_us: float) -> str:
+    """When the worker finished setting up, relative to "go": usually before (a spare waits set up)."""
+    if ready_us < 0:
+        return f"worker set up {-ready_us:.0f} us before 'go' (a spare, waiting)"
+    return f"worker set up {ready_us:.0f} us after 'go' (the job waited for it)"
+
+
 def throughput(n: int) -> dict[str, float]:
     module = pyphase.Module.cached(HELLO)
     with ThreadPoolExecutor(2) as pool:
@@ -163,7 +170,7 @@ def main() -> int:
     print(f"  tiny job (hello, cached)   in-process p50 {f['inprocess_p50_us']:7.0f} us  p99 {f['inprocess_p99_us']:7.0f} us")
     print(f"                             sandboxed  p50 {f['sandbox_p50_us']:7.0f} us  p99 {f['sandbox_p99_us']:7.0f} us"
           f"   (x{f['sandbox_p50_us'] / f['inprocess_p50_us']:.1f} at p50, +{f['added_p50_us']:.0f} us; target +200)")
-    print(f"    breakdown after 'go' (medians): worker set up {f['timeline_ready_us']:.0f} us, woke {f['timeline_woke_us']:.0f} us, limits set "
+    print(f"    breakdown after 'go' (medians): {ready_text(f['timeline_ready_us'])}, woke {f['timeline_woke_us']:.0f} us, limits set "
           f"{f['timeline_confined_us']:.0f}, job done {f['timeline_ran_us']:.0f}, parent saw it {f['timeline_done_us']:.0f}")
     print(f"    jobs 2 ms apart (idle pool) p50 {f['sandbox_spaced_p50_us']:7.0f} us  p99 {f['sandbox_spaced_p99_us']:7.0f} us"
           f"   (+{f['added_spaced_p50_us']:.0f} us at p50; breakdown: woke {f['spaced_timeline_woke_us']:.0f},"

@@ -255,14 +255,15 @@ static void classify(phase_job *job, M3Result r, int32_t returned)
         res->exit_code = job->exit_code;
     } else if (r == phase_trap_output_limit) {
         res->status = PHASE_OUTPUT_LIMIT;
-        set_message(res, "output exceeded the limit of %llu bytes (stdout and stderr together)",
+        set_message(res, "output exceeded the limit of %llu bytes (stdout and stderr together; "
+                    "phase --output-limit, Limits(output_bytes=...))",
                     (unsigned long long) lim->output_bytes);
     } else if (r == phase_trap_fuel_exhausted) {
         res->status = PHASE_FUEL_EXHAUSTED;
-        set_message(res, "fuel limit of %llu exhausted", (unsigned long long) lim->fuel);
+        set_message(res, "fuel limit of %llu exhausted (phase --fuel, Limits(fuel=...); 0: none)", (unsigned long long) lim->fuel);
     } else if (r == phase_trap_timeout) {
         res->status = PHASE_TIMEOUT;
-        set_message(res, "wall-clock limit of %llu ms passed", (unsigned long long) lim->timeout_ms);
+        set_message(res, "wall-clock limit of %llu ms passed (phase --timeout, Limits(timeout_ms=...); 0: none)", (unsigned long long) lim->timeout_ms);
     } else if (r == phase_trap_interrupted) {
         res->status = PHASE_TIMEOUT;
         set_message(res, "interrupted by the host");
@@ -551,7 +552,7 @@ static void run_entry(phase_job *job, phase_instance *inst)
         r = m3_FindFunction(&function, inst->runtime, entry);
         if (r == m3Err_functionLookupFailed) {
             res->status = PHASE_INVALID_MODULE;
-            set_message(res, "the module exports no function named '%s'", entry);
+            set_message(res, "the module exports no function named '%s' (phase --entry; a WASI command exports _start)", entry);
             return;
         }
         if (r != m3Err_none) {
@@ -598,8 +599,10 @@ int phase_job_run(const phase_job_spec *spec, phase_result *res)
         cap_pages = d_m3MaxLinearMemoryPages;
     if (pm->info.has_memory && pm->info.mem_initial_pages > cap_pages) {
         res->status = PHASE_MEMORY_LIMIT;
-        set_message(res, "the module needs %llu bytes of initial memory, the limit is %llu",
+        set_message(res, "the module needs %llu bytes (%llu pages of 64 KiB) of initial memory, above the "
+                    "memory limit of %llu bytes: raise the limit (phase --memory, Limits(memory_bytes=...))",
                     (unsigned long long) pm->info.mem_initial_pages * PHASE_WASM_PAGE,
+                    (unsigned long long) pm->info.mem_initial_pages,
                     (unsigned long long) (cap_pages * PHASE_WASM_PAGE));
     } else if (phase_fs_open(&job) == 0) {
         phase_instance *inst = instance_acquire(&job, capped_max_pages(pm, cap_pages));

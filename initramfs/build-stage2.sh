@@ -4,21 +4,32 @@
 # fastjsonschema) taken from the Python that runs this script, the NIC modules, and an
 # init that brings up the network and starts plasmd.
 #
-#   initramfs/build-stage2.sh [--out FILE] [--kver VERSION] [--python PYTHON]
+#   initramfs/build-stage2.sh [--out FILE] [--kver VERSION] [--python PYTHON] [--dry-run]
+#   It packs the pyphase that PYTHON imports (said on stderr; --dry-run says only that).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 
-OUT="$HERE/build/stage2.cpio.gz" KVER= PY=python3
+OUT="$HERE/build/stage2.cpio.gz" KVER= PY=python3 DRY=
 while [ $# -gt 0 ]; do
     case $1 in
         --out) OUT=$2; shift 2 ;;
         --kver) KVER=$2; shift 2 ;;
         --python) PY=$2; shift 2 ;;
-        -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+        --dry-run) DRY=1; shift ;;
+        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
         *) die "unknown argument $1" ;;
     esac
 done
+# Which pyphase: the one PYTHON imports, which need not be this checkout's (an older pip install, another worktree).
+REPO=$(cd "$HERE/.." && pwd)
+PYPHASE=$(cd / && "$PY" -c 'import os, pyphase; print(pyphase.__version__, os.path.dirname(os.path.realpath(pyphase.__file__)))' \
+    2>"${TMPDIR:-/tmp}/stage2-import.$$") || { tail -n1 "${TMPDIR:-/tmp}/stage2-import.$$" >&2; rm -f "${TMPDIR:-/tmp}/stage2-import.$$"; die "$PY cannot import pyphase: pip install -e $REPO (or pass --python of the environment that has it)"; }
+rm -f "${TMPDIR:-/tmp}/stage2-import.$$"
+echo "stage 2: packing pyphase ${PYPHASE%% *} from ${PYPHASE#* } (the one $(command -v "$PY" || echo "$PY") imports)" >&2
+[ "${PYPHASE#* }" = "$REPO/pyphase" ] || echo "stage 2: note: that is not this checkout's pyphase ($REPO/pyphase):" \
+    "to pack this one, pip install -e $REPO or pass --python of the environment that has it" >&2
+[ -z "$DRY" ] || exit 0
 KVER=${KVER:-$(default_kver)}
 need cpio cpio; need gzip gzip; need ldd libc-bin; need modprobe kmod
 [ -x /bin/busybox ] || die "/bin/busybox missing (apt-get install busybox-static)"

@@ -25,7 +25,7 @@ from pyphase.identity import Identity
 from pyphase.net import config as config_mod
 from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig, load_config
-from pyphase.net.node import EventLog, Node, raise_descriptor_limit
+from pyphase.net.node import EventLog, ListenError, Node, raise_descriptor_limit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None, *, node_class: type[Node] = Node) ->
     """Run ``plasmd`` with ``argv``; ``node_class`` is for test launchers that need a node that cheats."""
     args = build_parser().parse_args(argv)
     if args.help_config:
-        print(config_mod.__doc__)
+        print(config_mod.help_text(), end="")
         return 0
     try:
         config = load_config(args.config, listen=args.listen, advertise=args.advertise,
@@ -222,15 +222,8 @@ def main(argv: Sequence[str] | None = None, *, node_class: type[Node] = Node) ->
         print(f"plasmd: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"plasmd: {exc}", file=sys.stderr)
+        print(f"plasmd: {exc.strerror if isinstance(exc, ListenError) else exc}", file=sys.stderr)
         return 1
-    except Exception as exc:
-        import zmq
-
-        if isinstance(exc, zmq.ZMQError):
-            print(f"plasmd: cannot listen on {config.listen}: {exc}", file=sys.stderr)
-            return 1
-        raise
 
 
 if __name__ == "__main__":

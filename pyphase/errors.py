@@ -112,8 +112,18 @@ class NetworkError(PhaseError):
     def __init__(self, message: str, attempts: list[tuple[str, str]] | None = None) -> None:
         self.attempts = list(attempts or [])
         if self.attempts:
-            message += ": " + "; ".join(f"{peer[:12]}: {why}" for peer, why in self.attempts)
+            message += ": " + "; ".join(describe_attempts(self.attempts))
         super().__init__(message)
+
+
+def describe_attempts(attempts: list[tuple[str, str]], full_ids: bool = False) -> list[str]:
+    """One line per distinct ``(peer, why)``, in order, with a count when it happened more than once; peer ids
+    shortened to 12 characters unless ``full_ids``."""
+    counts: dict[tuple[str, str], int] = {}
+    for attempt in attempts:
+        counts[attempt] = counts.get(attempt, 0) + 1
+    return [f"{peer if full_ids else peer[:12]}: {why}" + (f" ({n} times)" if n > 1 else "")
+            for (peer, why), n in counts.items()]
 
 
 class NoPeers(NetworkError):

@@ -47,12 +47,14 @@ def public_key_from_peer_id(peer_id: str) -> bytes:
     """Inverse of :func:`peer_id_from_public_key`; raises ``ValueError`` on malformed ids."""
     text = peer_id.strip().upper()
     padded = text + "=" * (-len(text) % 8)
+    why = (f"not a peer id: {peer_id!r} (a peer id is 52 base32 characters, the part before '@' of the "
+           f"PEERID@HOST:PORT a node prints when it starts and writes to DATA_DIR/address)")
     try:
         key = base64.b32decode(padded)
     except (binascii.Error, ValueError):
-        raise ValueError(f"not a peer id: {peer_id!r}") from None
+        raise ValueError(why) from None
     if len(key) != PUBLIC_KEY_BYTES or peer_id_from_public_key(key) != peer_id.strip().lower():
-        raise ValueError(f"not a peer id: {peer_id!r}")
+        raise ValueError(why)
     return key
 
 
@@ -95,7 +97,8 @@ class Identity:
         try:
             fd = os.open(target, flags, 0o600)
         except FileExistsError:
-            raise IdentityError(f"{target} already exists (use overwrite to replace it)") from None
+            raise IdentityError(f"{target} already exists (save(..., overwrite=True) replaces it; "
+                                f"the CLI: phase keygen --force)") from None
         with os.fdopen(fd, "w") as f:
             os.fchmod(f.fileno(), 0o600)
             f.write(_KEY_FILE_HEADER + base64.b64encode(bytes(self.signing_key)).decode("ascii") + "\n")

@@ -9,9 +9,12 @@ from typing import Any, Mapping
 from pyphase import _core
 from pyphase.errors import LimitsError
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**2, "mb": 1000**2,
-               "mib": 1 << 20, "g": 1000**3, "gb": 1000**3, "gib": 1 << 30}
+_SIZE_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
 _TIME_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000}
+_AMBIGUOUS = {"k": "K", "m": "M", "g": "G"}
+
+SIZE_RULE = "a size is a number and a unit: B; KB, MB, GB (powers of 1000); KiB, MiB, GiB (powers of 1024)"
+DURATION_RULE = "a duration is a number and a unit: ms, s, m (minutes) or h"
 
 WASM_PAGE = _core.WASM_PAGE
 _DEFAULT = _core.DEFAULT_LIMITS     # the C core's defaults (phase_limits_default), the one source
@@ -20,29 +23,73 @@ MAX_OUTPUT_BYTES = 1 << 30
 MAX_STACK_BYTES = 16 << 20
 
 
+def _number_and_unit(text: str | int, what: str, rule: str, example: str, suggest: tuple[str, ...]) -> tuple[str, str]:
+    """``(number, unit)`` of a limit's text; a bare number other than 0 is refused with ``suggest``ed units."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not match:
+        raise LimitsError(f"not a {what}: {text!r} ({rule}; e.g. {example})")
+    number, unit = match.group(1), match.group(2)
+    if not unit and float(number) != 0:
+        choices = ", ".join(f"{number}{u}" for u in suggest[:-1]) + f" or {number}{suggest[-1]}"
+        raise LimitsError(f"{text!r} has no unit: write {choices} ({rule})")
+    return number, unit.lower()
+
+
 def parse_size(text: str | int) -> int:
-    """Bytes from ``1048576``, ``64MiB``, ``512k`` or ``1.5GiB`` (binary and decimal units)."""
+    """Bytes from ``64MiB``, ``512KB``, ``1.5GiB`` or ``100B``: the unit is required (``0`` alone is 0), so
+    ``64`` or ``64M`` is refused with the choices rather than guessed. An ``int`` is a byte count."""
     if isinstance(text, int):
         value = text
     else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-        if not match or match.group(2).lower() not in _SIZE_UNITS:
-            raise LimitsError(f"not a size: {text!r} (examples: 65536, 64MiB, 512KiB, 1GB)")
-        value = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+        number, unit = _number_and_unit(text, "size", SIZE_RULE, "64MiB", ("MiB", "KiB", "B"))
+        if unit in _AMBIGUOUS:
+            letter = _AMBIGUOUS[unit]
+            iec, si = _SIZE_UNITS[unit + "ib"], _SIZE_UNITS[unit + "b"]
+            raise LimitsError(f"{text!r}: the unit {text.strip()[-1]!r} is ambiguous: write {number}{letter}iB "
+                              f"({int(float(number) * iec):,} bytes) or {number}{letter}B "
+                              f"({int(float(number) * si):,} bytes)")
+        if unit and unit not in _SIZE_UNITS:
+            raise LimitsError(f"not a size: {text!r} ({SIZE_RULE})")
+        value = int(float(number) * _SIZE_UNITS[unit]) if unit else 0
     if value < 0:
         raise LimitsError(f"size must not be negative: {text!r}")
     return value
 
 
 def parse_duration_ms(text: str | int) -> int:
-    """Milliseconds from ``2s``, ``500ms``, ``1.5m``; a bare number is seconds."""
-    if isinstance(text, int):
-        return text * 1000
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", text.lower())
-    if not match or (match.group(2) and match.group(2) not in _TIME_UNITS):
-        raise LimitsError(f"not a duration: {text!r} (examples: 2s, 500ms, 1m)")
-    unit = _TIME_UNITS[match.group(2)] if match.group(2) else 1000
-    return int(float(match.group(1)) * unit)
+    """Milliseconds from ``2s``, ``500ms``, ``1.5m`` or ``1h``: the unit is required (``0`` alone is 0, which
+    for a timeout means no limit), so ``5`` is refused rather than guessed."""
+    number, unit = _number_and_unit(text, "duration", DURATION_RULE, "2s, 500ms", ("s", "ms", "m"))
+    if unit and unit not in _TIME_UNITS:
+        raise LimitsError(f"not a duration: {text!r} ({DURATION_RULE}; e.g. 2s, 500ms)")
+    return int(float(number) * _TIME_UNITS[unit]) if unit else 0
+
+
+def format_size(value: int) -> str:
+    """Bytes as a person would write them, exactly when an IEC or SI unit fits (``64 MiB``, ``64 MB``),
+    else the byte count with the nearest IEC size beside it."""
+    if value == 0:
+        return "0 B"
+    exact = [(value // scale, unit) for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10),
+                                                         ("GB", 1000**3), ("MB", 1000**2), ("KB", 1000))
+             if value % scale == 0]
+    if exact:
+        number, unit = min(exact, key=lambda e: e[0])     # the shortest exact form: 64 MB, not 62500 KiB
+        return f"{number} {unit}"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= scale:
+            return f"{value:,} bytes ({value / scale:.1f} {unit})"
+    return f"{value:,} B"
+
+
+def format_duration_ms(value: int) -> str:
+    """Milliseconds as ``60 s``, ``2 min``, ``250 ms``; 0 is ``no limit``."""
+    if value == 0:
+        return "no limit"
+    for unit, scale in (("h", 3_600_000), ("min", 60_000), ("s", 1000)):
+        if value % scale == 0:
+            return f"{value // scale} {unit}"
+    return f"{value} ms" if value < 1000 else f"{value / 1000:g} s"
 
 
 @dataclass(frozen=True)
@@ -60,10 +107,15 @@ class Limits:
             value = getattr(self, name)
             if type(value) is not int or value < 0:
                 raise LimitsError(f"{name} must be a non-negative integer, got {value!r}")
+        if 0 < self.memory_bytes < WASM_PAGE:
+            raise LimitsError(f"memory_bytes {self.memory_bytes} is less than one WebAssembly page (64 KiB), so "
+                              f"no module with memory could start: give at least 64KiB (0: no memory at all)")
         if self.memory_bytes > MAX_MEMORY_BYTES:
-            raise LimitsError(f"memory_bytes {self.memory_bytes} exceeds wasm32's {MAX_MEMORY_BYTES}")
+            raise LimitsError(f"memory_bytes {format_size(self.memory_bytes)} exceeds wasm32's whole address space, "
+                              f"{format_size(MAX_MEMORY_BYTES)}")
         if self.output_bytes > MAX_OUTPUT_BYTES:
-            raise LimitsError(f"output_bytes {self.output_bytes} exceeds the maximum {MAX_OUTPUT_BYTES}")
+            raise LimitsError(f"output_bytes {format_size(self.output_bytes)} exceeds the maximum, "
+                              f"{format_size(MAX_OUTPUT_BYTES)}")
         if not 4096 <= self.stack_bytes <= MAX_STACK_BYTES:
             raise LimitsError(f"stack_bytes must be between 4096 and {MAX_STACK_BYTES}, got {self.stack_bytes}")
         if self.fuel >= 1 << 62:
@@ -91,9 +143,20 @@ class Limits:
         for name in _FIELDS:
             mine, cap = getattr(self, name), getattr(ceiling, name)
             if cap and (mine == 0 and name in ("fuel", "timeout_ms") or mine > cap):
-                problems.append(f"{name} {mine or 'unlimited'} exceeds {cap}")
+                problems.append(f"{name} {describe(name, mine)} exceeds the ceiling {describe(name, cap)}")
         return problems
 
 
 _FIELDS = tuple(f.name for f in fields(Limits))
+
+
+def describe(name: str, value: int) -> str:
+    """One limit's value in its unit: ``256 MiB``, ``60 s``, ``unlimited`` (0 fuel or timeout)."""
+    if value == 0 and name in ("fuel", "timeout_ms"):
+        return "unlimited"
+    if name.endswith("_ms"):
+        return format_duration_ms(value)
+    if name.endswith("_bytes"):
+        return format_size(value)
+    return f"{value:,}"
 DEFAULT_LIMITS = Limits()

@@ -7,6 +7,7 @@ limits, seed) and that one object goes to the C core, here (:func:`run`) or in a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -15,6 +16,7 @@ from typing import Mapping, NamedTuple, Sequence
 
 from pyphase import _core
 from pyphase.digests import hash_text
+from pyphase.errors import InvalidModule
 from pyphase.limits import DEFAULT_LIMITS, Limits
 from pyphase.preopen import Preopen, check, opened
 from pyphase.result import Result
@@ -22,6 +24,43 @@ from pyphase.result import Result
 RUNTIME_NAME: str = _core.RUNTIME_NAME
 RUNTIME_VERSION: str = _core.RUNTIME_VERSION
 DEFAULT_PROGRAM_NAME = "main.wasm"
+
+
+WASM_MAGIC = b"\0asm"
+BUILD_HINT = ("compile C to a WASI module with zig's toolchain (pip install ziglang): "
+              "python -m ziglang cc -target wasm32-wasi -O2 -o job.wasm job.c")
+
+
+def not_wasm_hint(data: bytes | bytearray | memoryview) -> str | None:
+    """What these bytes are, when they are not a WebAssembly binary at all, and how to get a module from them
+    (None when they start like one): a new user's usual mistakes are the text format, the C source, an empty
+    or a native file."""
+    head = bytes(data[:512])
+    if head.startswith(WASM_MAGIC):
+        return None
+    if not head:
+        return f"the module is empty (0 bytes); {BUILD_HINT}"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text.startswith((b"(module", b"(component", b";;", b"(;")):
+        return ("this is WebAssembly text (.wat), not a binary module: convert it with "
+                "'wat2wasm job.wat -o job.wasm' (wabt, e.g. apt-get install wabt)")
+    if text.startswith(b"\x7fELF") or head.startswith(b"\x7fELF"):
+        return f"this is a native executable (ELF), not WebAssembly; {BUILD_HINT}"
+    if any(marker in head for marker in (b"#include", b"int main", b"void main", b"#define")):
+        return f"this looks like C source, not a compiled module; {BUILD_HINT}"
+    return None
+
+
+def _explained(message: str, data: bytes | bytearray | memoryview) -> str:
+    hint = not_wasm_hint(data)
+    return f"{message}: {hint}" if hint else message
+
+
+def explain_invalid(result: Result, data: bytes | bytearray | memoryview) -> Result:
+    """``result`` with :func:`not_wasm_hint`'s explanation added when the job's bytes were not a module at all."""
+    if result.status != "invalid_module":
+        return result
+    return dataclasses.replace(result, message=_explained(result.message, data))
 
 
 class Module:
@@ -38,7 +77,10 @@ class Module:
     CACHE_SIZE = 64
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
-        self._core = _core.CoreModule(bytes(data) if not isinstance(data, bytes) else data)
+        try:
+            self._core = _core.CoreModule(bytes(data) if not isinstance(data, bytes) else data)
+        except InvalidModule as exc:
+            raise InvalidModule(_explained(str(exc), data)) from None
         self.hash: str = hash_text(self._core.digest)
 
     @classmethod

@@ -83,3 +83,60 @@ def test_keygen_writes_0600(tmp_path):
 def test_help_explains():
     p = phase("run", "--help")
     assert p.returncode == 0 and b"--timeout" in p.stdout and b"exit status" in p.stdout
+
+
+@pytest.mark.parametrize("name, data, says", [
+    ("job.wat", b"(module)\n", ["WebAssembly text", "wat2wasm job.wat -o job.wasm"]),
+    ("prog.c", b"#include <stdio.h>\nint main(void) { return 0; }\n", ["C source", "-o prog.wasm prog.c"]),
+    ("empty.wasm", b"", ["empty", "wasm32-wasi"]),
+])
+def test_not_a_module_says_what_to_do(tmp_path, name, data, says):
+    path = tmp_path / name
+    path.write_bytes(data)
+    p = phase("run", str(path), home=tmp_path)
+    assert p.returncode == 65, p.stderr
+    err = p.stderr.decode()
+    assert all(s in err for s in says) and "magic header" not in err, err
+
+
+def test_bare_numbers_and_ambiguous_units_are_refused_with_the_choices(tmp_path):
+    for flag, value, says in (("--memory", "64", "64MiB"), ("--memory", "64M", "64MB (64,000,000 bytes)"),
+                              ("--timeout", "5", "5s"), ("--output-limit", "1k", "1KiB")):
+        p = phase("run", str(HELLO), flag, value, home=tmp_path)
+        assert p.returncode == 2 and flag in p.stderr.decode() and says in p.stderr.decode(), (flag, p.stderr)
+
+
+def test_applied_limits_are_echoed_when_not_what_was_typed(tmp_path):
+    p = phase("run", str(HELLO), "--input", "ab", "--memory", "64MB", "--timeout", "0", "--json", home=tmp_path)
+    assert p.returncode == 0, p.stderr
+    err = p.stderr.decode()
+    assert "--memory 64MB is 64,000,000 bytes" in err and "976 pages (61 MiB)" in err, err
+    assert "--timeout 0: no wall-clock limit" in err, err
+    doc = json.loads(p.stdout)
+    assert doc["receipt"]["limits"]["memory_bytes"] == 64_000_000
+    quiet = phase("run", str(HELLO), "--memory", "64MiB", "--timeout", "2s", home=tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == b"", quiet.stderr
+
+
+def test_keygen_names_force_and_refuses_a_missing_directory(tmp_path):
+    key = tmp_path / "id.key"
+    assert phase("keygen", "--out", str(key), home=tmp_path).returncode == 0
+    again = phase("keygen", "--out", str(key), home=tmp_path)
+    assert again.returncode == 2 and b"--force" in again.stderr and b"overwrite" not in again.stderr, again.stderr
+    nowhere = tmp_path / "no" / "such" / "dir" / "k.key"
+    p = phase("keygen", "--out", str(nowhere), home=tmp_path)
+    assert p.returncode == 2 and b"does not exist" in p.stderr, p.stderr
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_help_explains_units_timeouts_and_exit_codes(command):
+    out = phase(command, "--help").stdout.decode()
+    for needed in ("KiB", "MB", "powers of 1024", "--timeout 0", "no limit", "exit status", "124", "65"):
+        assert needed in out, (needed, out)
+
+
+def test_a_placeholder_peer_address_says_where_the_real_one_is(tmp_path):
+    for peer, says in (("PEERID@127.0.0.1:7070", "DATA_DIR/address"), ("127.0.0.1:7070", "DATA_DIR/address")):
+        p = phase("submit", str(HELLO), "--peer", peer, home=tmp_path)
+        assert p.returncode == 2 and says.encode() in p.stderr, p.stderr

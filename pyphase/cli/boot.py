@@ -45,7 +45,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     path = Path(args.out) if args.out else default_home() / "release.key"
     identity, pub = keys.generate(path, overwrite=args.force)
     print(f"release key:        {path} (secret, mode 0600: keep it offline)")
-    print(f"release public key: {pub} (bake into stage 1: make -C initramfs RELEASE_PUB={pub})")
+    print(f"release public key: {pub} (bake into stage 1: make -C initramfs RELEASE_PUB={Path(pub).resolve()})")
     print(keys.public_key_text(identity.public_key), end="")
     return 0
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from pyphase.errors import LimitsError, PhaseError
 from pyphase.identity import Identity, default_identity_path
-from pyphase.limits import Limits, parse_duration_ms, parse_size
+from pyphase.limits import WASM_PAGE, Limits, format_size, parse_duration_ms, parse_size
 
 STATUS_EXIT_CODES = {
     "trap": 134,
@@ -34,9 +34,20 @@ EXIT_FAILED = 1        # a failed verification, or an error that is not a job's 
 EXIT_NETWORK = 69      # EX_UNAVAILABLE: no peer could run the job
 EXIT_QUORUM = 1        # replicas disagreed: like a failed verification
 
-EPILOG_RUN = """\
+LIMITS_HELP = """\
+units: a SIZE is a number and a unit: B; KB, MB, GB (powers of 1000); KiB, MiB, GiB
+  (powers of 1024); e.g. 64MiB = 67,108,864 bytes, 64MB = 64,000,000. A DURATION takes ms, s,
+  m (minutes) or h, e.g. 500ms, 2s. A bare number (64, 5) or an ambiguous unit (64M, 1k) is
+  refused with the choices. Linear memory comes in 64 KiB pages: --memory is rounded down to
+  whole pages (said on stderr when it is). --timeout 0 and --fuel 0 mean no limit.
+"""
+EXIT_HELP = """\
 exit status: the module's own exit code when it ran to completion; otherwise
-{codes}. Usage errors exit 2.
+{codes}
+  (invalid_module also for a file that is not a module: .wat, C source, empty). Usage errors exit 2.""".format(
+    codes=textwrap.fill(", ".join(f"{status} {code}" for status, code in STATUS_EXIT_CODES.items()),
+                        width=80, initial_indent="  ", subsequent_indent="  "))
+EPILOG_RUN = LIMITS_HELP + EXIT_HELP + """
 examples:
   phase run examples/hello/hello.wasm --input "Hello, World"
   phase run job.wasm --input-file data.bin --memory 128MiB --timeout 5s --receipt r.json
@@ -44,8 +55,7 @@ examples:
   phase run wc.wasm --ro-dir ./data::/data --dir ./out::/out --arg /data
 directories: --dir HOST[::GUEST] preopens HOST read-write at GUEST (default: the same
   path), --ro-dir read-only; paths the module names never resolve outside them.
-""".format(codes=textwrap.fill(", ".join(f"{status} {code}" for status, code in STATUS_EXIT_CODES.items()),
-                               width=80, initial_indent="  ", subsequent_indent="  "))
+"""
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -81,13 +91,15 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--entry", default="_start", help="exported function to call (default: _start)")
     defaults = Limits()
     parser.add_argument("--memory", default=None, metavar="SIZE",
-                        help=f"linear memory limit, e.g. 64MiB (default {defaults.memory_bytes >> 20}MiB)")
+                        help=f"linear memory limit, e.g. 64MiB or 64MB (default {format_size(defaults.memory_bytes)})")
     parser.add_argument("--fuel", type=int, default=None, metavar="N",
-                        help="fuel limit in metering ticks (function entries + loop iterations); default unlimited")
+                        help="fuel limit in metering ticks (function entries + loop iterations); 0 or default: "
+                        "no limit")
     parser.add_argument("--timeout", default=None, metavar="DURATION",
-                        help=f"wall-clock limit, e.g. 2s or 500ms (default {defaults.timeout_ms // 1000}s)")
+                        help=f"the job's wall-clock limit, e.g. 2s or 500ms; 0: no limit "
+                        f"(default {defaults.timeout_ms // 1000}s)")
     parser.add_argument("--output-limit", default=None, metavar="SIZE",
-                        help=f"stdout+stderr limit (default {defaults.output_bytes >> 20}MiB)")
+                        help=f"stdout+stderr limit (default {format_size(defaults.output_bytes)})")
     parser.add_argument("--deterministic", action="store_true",
                         help="derive clocks and random from the job, so every run gives the same bytes")
     parser.add_argument("--receipt", metavar="FILE", help="write the signed receipt to FILE")
@@ -95,16 +107,40 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
 
 
 def limits_from_args(args: argparse.Namespace) -> Limits:
+    """The job's limits from ``--memory``, ``--fuel``, ``--timeout`` and ``--output-limit``; an error names the flag."""
     changes: dict[str, int] = {}
-    if args.memory is not None:
-        changes["memory_bytes"] = parse_size(args.memory)
+    for flag, field, value, parse in (("--memory", "memory_bytes", args.memory, parse_size),
+                                      ("--timeout", "timeout_ms", getattr(args, "timeout", None), parse_duration_ms),
+                                      ("--output-limit", "output_bytes", args.output_limit, parse_size)):
+        if value is not None:
+            try:
+                changes[field] = parse(value)
+            except LimitsError as exc:
+                raise LimitsError(f"{flag}: {exc}") from None
     if args.fuel is not None:
         changes["fuel"] = args.fuel
-    if getattr(args, "timeout", None) is not None:
-        changes["timeout_ms"] = parse_duration_ms(args.timeout)
-    if args.output_limit is not None:
-        changes["output_bytes"] = parse_size(args.output_limit)
-    return Limits().replace(**changes)
+    try:
+        return Limits().replace(**changes)
+    except LimitsError as exc:
+        flags = {"memory_bytes": "--memory", "timeout_ms": "--timeout", "output_bytes": "--output-limit",
+                 "fuel": "--fuel"}
+        name = next((f for f in flags if str(exc).startswith(f)), "")
+        raise LimitsError(f"{flags[name]}: {exc}" if name else str(exc)) from None
+
+
+def limit_notes(args: argparse.Namespace, limits: Limits) -> list[str]:
+    """What the job will get where that is not plainly what was typed: memory rounded down to whole pages,
+    and 0 meaning no limit."""
+    notes = []
+    if args.memory is not None and limits.memory_bytes % WASM_PAGE:
+        pages = limits.memory_bytes // WASM_PAGE
+        notes.append(f"--memory {args.memory} is {limits.memory_bytes:,} bytes; linear memory comes in 64 KiB pages, "
+                     f"so the job gets {pages} page{'s' if pages != 1 else ''} ({format_size(pages * WASM_PAGE)})")
+    if getattr(args, "timeout", None) is not None and limits.timeout_ms == 0:
+        notes.append(f"--timeout {args.timeout}: no wall-clock limit")
+    if args.fuel == 0:
+        notes.append("--fuel 0: no fuel limit")
+    return notes
 
 
 def env_from_args(pairs: Sequence[str]) -> dict[str, str]:
@@ -118,17 +154,32 @@ def env_from_args(pairs: Sequence[str]) -> dict[str, str]:
 
 
 class UsageError(Exception):
-    """A command line that cannot be acted on: the message is shown and the command exits 2."""
+    """A command line that cannot be acted on: the message is shown and the command exits ``code`` (2; 65 for
+    a file that is not a module)."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def read_job(args: argparse.Namespace) -> tuple[bytes, Limits, dict[str, str], bytes]:
     """Module bytes, limits, environment and input named by the job options (``run`` and ``submit``)."""
+    from pyphase.runtime import not_wasm_hint
+
+    path = Path(args.module)
     try:
-        data = Path(args.module).read_bytes()
+        data = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {args.module}: {exc.strerror}") from None
+    hint = not_wasm_hint(data)
+    if hint is not None:        # said here, before any sandbox or network: with the file's own name
+        named = hint.replace("job.wat", path.name).replace("job.c", path.name).replace("job.wasm", f"{path.stem}.wasm")
+        raise UsageError(f"invalid_module: {args.module}: {named}", STATUS_EXIT_CODES["invalid_module"])
     try:
-        return data, limits_from_args(args), env_from_args(args.env), _read_input(args)
+        limits = limits_from_args(args)
+        for note in limit_notes(args, limits):
+            print(f"phase: note: {note}", file=sys.stderr)
+        return data, limits, env_from_args(args.env), _read_input(args)
     except (LimitsError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:

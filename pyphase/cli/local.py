@@ -49,7 +49,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         data, limits, env, job_input = read_job(args)
         job = prepare_job(data, job_input, args=args.arg, env=env, entry=args.entry, limits=limits,
                           deterministic=args.deterministic, program_name=Path(args.module).name, dirs=args.dirs)
-    except (UsageError, ValueError) as exc:
+    except UsageError as exc:
+        return fail(str(exc), exc.code)
+    except ValueError as exc:
         return fail(str(exc))
     started = timestamp()
     if args.no_sandbox:
@@ -120,6 +122,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     target = Path(args.out) if args.out else default_identity_path()
+    if args.out and not target.parent.is_dir():      # a typo in --out must not become a tree of directories
+        return fail(f"{target.parent} does not exist (or is not a directory): create it first, or give --out a "
+                    f"path in an existing directory")
+    if target.exists() and not args.force:
+        return fail(f"{target} already exists: 'phase keygen --force' replaces it (the peer id "
+                    f"{_peer_id_or_unreadable(target)} is then lost for good)")
     identity = Identity.generate()
     try:
         identity.save(target, overwrite=args.force)
@@ -128,6 +136,13 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     print(identity.peer_id)
     print(f"phase: wrote {target} (mode 0600)", file=sys.stderr)
     return 0
+
+
+def _peer_id_or_unreadable(path: Path) -> str:
+    try:
+        return Identity.load(path).peer_id
+    except IdentityError:
+        return "(unreadable)"
 
 
 def cmd_id(args: argparse.Namespace) -> int:

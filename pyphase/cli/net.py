@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pyphase.cli.jobs import (
+    EXIT_HELP,
+    LIMITS_HELP,
     EXIT_FAILED,
     EXIT_NETWORK,
     EXIT_QUORUM,
@@ -29,13 +31,15 @@ EPILOG_SUBMIT = """\
 The job runs on a peer (given with --peer, else found on the LAN) and its receipt is verified
 (signature, hashes, nonce, signer = the peer the transport authenticated) before anything is printed.
 A timeout, a reject, a dropped connection or a bad receipt sends the job to another peer.
---timeout is the job's wall-clock limit; a peer gets that plus 5 s before the job moves on.
 --socks-proxy HOST:PORT (default: $PHASE_SOCKS_PROXY; --socks-proxy '' for none) sends every
 connection through that SOCKS5 proxy, e.g. Tor. It fails closed: nothing is ever sent directly, a
 proxy that is down fails the job, and LAN discovery is refused, so name peers with --peer. Their
 hosts may be names the proxy resolves (PEERID@xxxx.onion:7465); this machine makes no DNS query.
-exit status: the module's own exit code; the job statuses as for 'phase run';
-  69 when no peer could run it; 1 when replicas disagree with no majority.
+--timeout is the job's own limit; a peer gets that plus 5 s to answer before the job moves on
+(--timeout 0 asks for no limit, which a node with a timeout ceiling, 60 s by default, refuses).
+""" + LIMITS_HELP + EXIT_HELP.replace("Usage errors exit 2.", "Usage errors exit 2;") + """
+  69 when no peer could run it (each peer's reason on stderr, or in the --json document);
+  1 when replicas disagree with no majority.
 examples:
   phase submit hello.wasm --input "Hello, World" --peer PEERID@127.0.0.1:7465 --receipt r.json
   phase submit job.wasm --input-file data.bin --replicas 3 --json
@@ -60,7 +64,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         module, limits, env, job_input = read_job(args)
     except UsageError as exc:
-        return fail(str(exc))
+        return fail(str(exc), exc.code)
     if args.replicas < 1 or args.retries < 0:
         return fail("--replicas must be at least 1 and --retries at least 0")
     try:
@@ -71,14 +75,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         result = client.submit(module, job_input, args=args.arg, env=env, entry=args.entry, limits=limits,
                                retries=args.retries, replicas=args.replicas, deterministic=args.deterministic)
     except QuorumError as exc:
-        print(f"phase: {exc}", file=sys.stderr)
-        for digest, peers in exc.groups.items():
-            print(f"  {digest}: {', '.join(peers)}", file=sys.stderr)
         if args.receipt:
             Path(args.receipt).write_text(json.dumps(exc.receipts, indent=2, sort_keys=True) + "\n")
+        _network_failure(exc, args.json, groups=exc.groups)
         return EXIT_QUORUM
     except NetworkError as exc:
-        print(f"phase: {exc}", file=sys.stderr)
+        _network_failure(exc, args.json)
         return EXIT_NETWORK
     finally:
         client.close()
@@ -89,6 +91,26 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.replicas > 1:
         extra["receipts"] = list(result.receipts)
     return emit_result(result, args, result.receipt, extra)
+
+
+def _network_failure(exc: NetworkError, as_json: bool, groups: dict[str, list[str]] | None = None) -> None:
+    """Say why no peer ran the job: the summary, then each peer's reason on its own line (or one JSON document)."""
+    from pyphase.errors import NoPeers, describe_attempts
+
+    summary = str(exc).split(": ", 1)[0] if exc.attempts else str(exc)
+    if as_json:
+        status = "quorum" if groups is not None else "no_peers" if isinstance(exc, NoPeers) else "network_error"
+        doc: dict[str, Any] = {"status": status, "message": summary,
+                               "attempts": [{"peer": peer, "why": why} for peer, why in exc.attempts]}
+        if groups is not None:
+            doc["groups"] = groups
+        print(json.dumps(doc, sort_keys=True))
+        return
+    print(f"phase: {summary}", file=sys.stderr)
+    for line in describe_attempts(exc.attempts, full_ids=True):
+        print(f"  {line}", file=sys.stderr)
+    for digest, peers in (groups or {}).items():
+        print(f"  {digest}: {', '.join(peers)}", file=sys.stderr)
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
@@ -128,29 +150,33 @@ def cmd_peers(args: argparse.Namespace) -> int:
         return fail(str(exc))
     try:
         caps = client.capabilities(timeout=args.wait)
+        failures = client.failures()
     finally:
         client.close()
     rows = []
     for address, c in caps.items():
         row: dict[str, Any] = {"address": address, "reachable": c is not None}
+        if c is None:
+            row["error"] = failures.get(address) or f"no answer within --wait {args.wait:g} s"
         if c:
             row.update({k: c.get(k) for k in ("arch", "cores", "runtime", "runtime_version", "executor",
                                                "max_limits", "load", "cached_modules", "accepting")})
         rows.append(row)
+    code = EXIT_NETWORK if any(not row["reachable"] for row in rows) else 0
     if args.json:
         print(json.dumps(rows, sort_keys=True))
-        return 0
+        return code
     if not rows:
         print("no peers found", file=sys.stderr)
         return EXIT_FAILED
     for row in rows:
         if not row["reachable"]:
-            print(f"{row['address']}  unreachable")
+            print(f"{row['address']}  unreachable: {row['error']}")
             continue
         load = row.get("load") or {}
         print(f"{row['address']}  {row['arch']} {row['runtime']} {row['runtime_version']}  "
               f"{load.get('running', 0)}/{load.get('workers', 0)} busy, {load.get('queued', 0)} queued")
-    return 0
+    return code
 
 
 def register(subparsers: Any) -> None:
@@ -170,7 +196,9 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser("peers", help="list Phase nodes and their capabilities",
                               description="Find nodes (on the LAN with mDNS, or those given with --peer) and "
-                              "show their capabilities and load.")
+                              "show their capabilities and load.",
+                              epilog="exit status: 0 when every peer listed answered; 69 when one did not (its "
+                              "reason is on its line, or in 'error' with --json); 1 when none was found.")
     _peer_options(p)
     p.add_argument("--dht", action="store_true", help="list the nodes found through the Mainline DHT's "
                    "rendezvous (each proven by its signed record) instead of the LAN")

@@ -56,7 +56,8 @@ def parse_address(text: str) -> tuple[str, bytes, str, int]:
     """
     peer_id, sep, hostport = text.strip().partition("@")
     if not sep:
-        raise ValueError(f"a peer address is PEERID@HOST:PORT, got {text!r}")
+        raise ValueError(f"a peer address is PEERID@HOST:PORT, got {text!r} (a node prints its own when it starts "
+                         f"and writes it to DATA_DIR/address: --peer \"$(cat DATA_DIR/address)\")")
     key = public_key_from_peer_id(peer_id)
     raw_host = hostport.rpartition(":")[0] if ":" in hostport else hostport
     host, port = split_hostport(hostport)

@@ -41,7 +41,7 @@ import zmq.utils.z85
 from pyphase.digests import sha256_text
 from pyphase.errors import NetworkError, NoPeers, PhaseError, QuorumError, VerificationError
 from pyphase.identity import Identity, public_key_from_peer_id
-from pyphase.limits import Limits
+from pyphase.limits import Limits, format_size
 from pyphase.manifest import make_manifest, new_nonce
 from pyphase.net import wire
 from pyphase.net.addresses import parse_address, resolve_socks_proxy
@@ -56,12 +56,19 @@ CONNECT_TIMEOUT_S = 2.0
 PROXY_CONNECT_TIMEOUT_S = 30.0  # through a proxy (Tor builds a circuit first): the default connect_timeout
 TIMEOUT_SLACK_S = 5.0
 MAX_BACKOFF_S = 1.0            # longest pause before re-asking a peer that failed, when no other is left
-_MONITOR_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+_MONITOR_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                    | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
 _DROPPED = "connection dropped"
+_REFUSED = "connection refused"
+_HANDSHAKE_FAILED = "CURVE handshake failed (wrong key or not a phase node)"
+
+
+def _refused(peer: _Peer) -> str:
+    return f"{_REFUSED} at {peer.host}:{peer.port}: nothing listens there (is plasmd running? is the address right?)"
 
 
 def discovery_refused(proxy: str) -> str:
@@ -97,6 +104,9 @@ class _Peer:
         self.modules: set[str] = set()
         self.down_until = 0.0
         self.strikes = 0
+        self.reached = False            # this client has completed a handshake with it at least once
+        self.tcp_connected = False      # the current connection attempt got past TCP (not refused)
+        self.last_failure: str | None = None
 
     def score(self, module_hash: str, now: float) -> tuple[Any, ...]:
         load = self.load or {}
@@ -105,25 +115,29 @@ class _Peer:
         return (self.down_until > now, module_hash not in self.modules, round(busy, 1), random.random())
 
     def fits(self, manifest: Mapping[str, Any]) -> str | None:
-        """Why this peer's advertised capabilities cannot take the job (None: it can, or unknown)."""
+        """Why this peer's advertised capabilities cannot take the job (None: it can, or unknown): what the
+        job asks and what the peer allows, in units."""
         caps = self.caps
         if not caps:
             return None
         try:
             ceiling = caps["max_limits"]
-            lim = manifest["limits"]
-            for name in ("memory_bytes", "output_bytes", "timeout_ms", "fuel"):
-                cap = ceiling.get(name, 0)
-                if cap and (lim[name] > cap or (lim[name] == 0 and name in ("fuel", "timeout_ms"))):
-                    return f"{name} above its ceiling"
-            if manifest["module"]["size"] > ceiling.get("module_bytes", 1 << 62):
-                return "module too big for it"
+            asked = Limits.from_json(manifest["limits"])
+            allowed = Limits(**{name: int(ceiling.get(name, 0)) for name in asked.to_json()},
+                             stack_bytes=asked.stack_bytes)
+            problems = asked.within(allowed)
+            size, cap = manifest["module"]["size"], ceiling.get("module_bytes")
+            if cap and size > cap:
+                problems.append(f"module {format_size(size)} exceeds the ceiling {format_size(cap)}")
+            size, cap = manifest["input"]["size"], ceiling.get("input_bytes")
+            if cap and size > cap:
+                problems.append(f"input {format_size(size)} exceeds the ceiling {format_size(cap)}")
             arch = manifest["requires"].get("arch")
             if arch and arch != caps.get("arch"):
-                return f"arch {caps.get('arch')}"
-        except (KeyError, TypeError, AttributeError):
+                problems.append(f"the job requires arch {arch}, the peer is {caps.get('arch')}")
+        except (KeyError, TypeError, AttributeError, ValueError):
             return None
-        return None
+        return "; ".join(problems) or None
 
 
 @dataclass
@@ -148,6 +162,7 @@ class _Job:
     requires: Mapping[str, Any]
     module_hash: str = ""
     failures: list[tuple[str, str]] = field(default_factory=list)
+    excluded: set[str] = field(default_factory=set)      # peers not to offer this job to, with a failure said
 
 
 class Client:
@@ -290,16 +305,21 @@ class Client:
                 break
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                peer.connected = True
+                peer.connected = peer.reached = True
             elif kind == zmq.EVENT_DISCONNECTED:
                 if peer.connected:
                     failure = failure or _DROPPED
                 peer.connected = False
+            elif kind == zmq.EVENT_CONNECTED:
+                peer.tcp_connected = True
             elif kind == zmq.EVENT_CONNECT_RETRIED:
                 if not peer.connected:
-                    failure = failure or "unreachable (connection refused)"
+                    # TCP was accepted and then closed before the handshake completed: something listens there,
+                    # but not the node this peer id names (a CURVE server drops a client with the wrong key)
+                    failure = failure or (_HANDSHAKE_FAILED if peer.tcp_connected else _refused(peer))
+                peer.tcp_connected = False
             else:
-                failure = failure or "CURVE handshake failed (wrong key or not a phase node)"
+                failure = failure or _HANDSHAKE_FAILED
                 peer.connected = False
         if self._relay is not None and not peer.connected:
             # the relay records why before it closes the loopback connection whose events brought us here
@@ -315,7 +335,15 @@ class Client:
             self._probe(list(self._peers.values()), timeout)
             return {p.address: p.caps for p in self._peers.values()}
 
+    def failures(self) -> dict[str, str]:
+        """Why each peer that did not answer the last :meth:`capabilities` (or first contact) failed, by address:
+        e.g. ``connection refused at HOST:PORT``; a peer that merely did not answer in time is not listed."""
+        with self._lock:
+            return {p.address: p.last_failure for p in self._peers.values() if p.last_failure and not p.caps}
+
     def _probe(self, peers: list[_Peer], timeout: float) -> None:
+        for p in peers:
+            p.last_failure = None
         deadline = time.monotonic() + timeout
         waiting = {p.peer_id: p for p in peers}
         sent: set[str] = set()
@@ -327,7 +355,9 @@ class Client:
                 poller.register(p.monitor, zmq.POLLIN)
             events = dict(poller.poll(max(1, int((deadline - time.monotonic()) * 1000))))
             for p in list(waiting.values()):
-                if events.get(p.monitor) and self._drain_monitor(p):
+                failure = self._drain_monitor(p) if events.get(p.monitor) else None
+                if failure:
+                    p.last_failure = failure
                     self._mark_down(p)
                     waiting.pop(p.peer_id)
                     continue
@@ -346,6 +376,7 @@ class Client:
                             continue
                         if msg.type == "caps":
                             p.caps = msg["caps"]
+                            p.reached, p.last_failure = True, None
                             p.load = wire.check_load(p.caps.get("load"))
                             waiting.pop(p.peer_id, None)
         for p in waiting.values():      # no answer in time: not asked again on every submit while it sulks
@@ -389,13 +420,25 @@ class Client:
                 raise NetworkError("the client is closed")
             self._ensure_peers()
             if not self._peers:
+                interfaces = self._mdns_interfaces or os.environ.get("PHASE_MDNS_INTERFACES") or "all"
                 why = self._dht_failure
-                raise NoPeers("no peers given and none discovered on the LAN or the DHT" + (f" ({why})" if why else ""))
+                raise NoPeers(f"no peers given, and none answered on the LAN (mDNS on {interfaces} interfaces, "
+                              f"{self._discover_timeout:g} s) or the DHT" + (f" ({why})" if why else "") +
+                              ": name one (phase submit --peer PEERID@HOST:PORT, Client(peers=[...])), start one "
+                              "(plasmd --listen HOST:PORT --data-dir DIR), or look longer (--discover-timeout, "
+                              "Client(discover_timeout=...))")
             if replicas > len(self._peers):
-                raise NoPeers(f"{replicas} replicas need {replicas} distinct peers; {len(self._peers)} known")
+                raise NoPeers(f"{replicas} replicas need {replicas} distinct peers; {len(self._peers)} known: "
+                              f"name more (--peer, Client(peers=[...])) or ask for fewer (--replicas)")
             unknown = [p for p in self._peers.values() if p.caps is None and p.down_until <= time.monotonic()]
             if unknown:
                 self._probe(unknown, min(self.connect_timeout, 1.0))
+            # a peer never reached that refused the connection just now is a wrong address or a stopped node,
+            # not one restarting: said once, not retried within this job
+            for p in unknown:
+                if not p.reached and p.last_failure and p.last_failure.startswith(_REFUSED):
+                    job.failures.append((p.peer_id, p.last_failure))
+                    job.excluded.add(p.peer_id)
             results = self._run(job, replicas, retries, timeout)
         if replicas == 1:
             return results[0]
@@ -412,10 +455,12 @@ class Client:
         now = time.monotonic()
         candidates = []
         for p in self._peers.values():
-            if p.peer_id in exclude:
+            if p.peer_id in exclude or p.peer_id in job.excluded:
                 continue
             why = p.fits(manifest_probe)
             if why:
+                job.failures.append((p.peer_id, f"not offered: it allows less than the job asks: {why}"))
+                job.excluded.add(p.peer_id)
                 continue
             candidates.append(p)
         if not candidates:
@@ -452,10 +497,10 @@ class Client:
                 break
             self._step(job, active, results)
         if len(results) < want:
-            why = "no peer could take the job" if not job.failures else "every attempt failed"
+            why = "no peer could take the job" if not launched else "every attempt failed"
             if want > 1:
                 why = f"only {len(results)} of {want} replicas completed"
-            raise NoPeers(why, job.failures) if not job.failures else NetworkError(why, job.failures)
+            raise NoPeers(why, job.failures) if not launched else NetworkError(why, job.failures)
         return results
 
     def _try_offer(self, job: _Job, attempt: _Attempt) -> None:

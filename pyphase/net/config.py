@@ -56,6 +56,10 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     output          = "16MiB"
     module          = "16MiB"           # largest module accepted ("module_too_big")
     input           = "16MiB"           # largest input accepted ("input_too_big")
+
+Sizes and durations are text with a unit: B; KB, MB, GB (powers of 1000); KiB, MiB, GiB (powers of 1024);
+ms, s, m (minutes), h. A bare number in text is refused (is "64" bytes or MiB?), except 0 (for timeout: no
+limit); a TOML integer size is a byte count.
 """
 
 from __future__ import annotations
@@ -69,9 +73,28 @@ from typing import Any, Mapping
 from pyphase.limits import Limits, parse_duration_ms, parse_size
 from pyphase.net.addresses import DEFAULT_PORT, split_hostport
 
+def help_text() -> str:
+    """This module's documentation as ``plasmd --help-config`` prints it: plain text, not reST."""
+    return (__doc__ or "").replace("``", "").replace("::\n", ":\n").strip() + "\n"
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "phase" / "node"
+
+
+def check_listen(text: str, key: str, default_port: int = DEFAULT_PORT) -> None:
+    """Refuse a listen address that would not mean what it seems: a bare port (``7071`` would be read as a host
+    named 7071) or a malformed ``HOST:PORT``; the message says what to write instead."""
+    value = text.strip()
+    if value.isdigit():
+        raise ValueError(f"{key} {text!r} is a port without a host: write 127.0.0.1:{value} (this machine only) "
+                         f"or 0.0.0.0:{value} (every interface)")
+    try:
+        split_hostport(value, default_port)
+    except ValueError:
+        raise ValueError(f"{key} {text!r} is not HOST:PORT (e.g. 127.0.0.1:{default_port}; port 0-65535, "
+                         f"0 for any free port)") from None
 
 
 @dataclass(frozen=True)
@@ -183,14 +206,14 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
             if key == "limits" and isinstance(value, dict):
                 for lkey, lvalue in value.items():
                     if lkey not in _LIMITS:
-                        raise ValueError(f"{path}: unknown key limits.{lkey}")
+                        raise ValueError(f"{path}: unknown key limits.{lkey} (plasmd --help-config lists every key)")
                     attr, parser = _LIMITS[lkey]
                     changes[attr] = _parse(parser, lvalue, f"limits.{lkey}")
             elif key in _TOP:
                 attr, parser = _TOP[key]
                 changes[attr] = _parse(parser, value, key)
             else:
-                raise ValueError(f"{path}: unknown key {key}")
+                raise ValueError(f"{path}: unknown key {key} (plasmd --help-config lists every key)")
     environ = os.environ if env is None else env
     for key, (attr, parser) in _TOP.items():
         value = environ.get(f"PLASMD_{key.upper()}")
@@ -206,16 +229,16 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     if unknown:
         raise ValueError(f"unknown settings: {sorted(unknown)}")
     config = NodeConfig(**changes)
-    split_hostport(config.listen)
-    split_hostport(config.boot_listen, 8080)
+    check_listen(config.listen, "listen")
+    check_listen(config.boot_listen, "boot_listen", 8080)
     if config.dht_listen:
-        split_hostport(config.dht_listen)
+        check_listen(config.dht_listen, "dht_listen")
     if config.dht_bootstrap.strip():
         from pyphase.net.dht import parse_endpoints
 
         parse_endpoints(config.dht_bootstrap)
     if config.api_listen:
-        split_hostport(config.api_listen)
+        check_listen(config.api_listen, "api_listen")
     if config.api_max_connections < 1 or config.history_jobs < 0:
         raise ValueError("api_max_connections must be at least 1 and history_jobs at least 0")
     for name in ("client_jobs", "address_jobs", "client_waiting", "address_connections"):

@@ -60,6 +60,21 @@ RATE_LIMITED = frozenset({"bad_message", "reject", "internal_error", "send_faile
                           "module_timeout", "abandoned", "refused", "cancelled"})
 
 
+class ListenError(OSError):
+    """The node cannot bind its address; the message says which address, why, and what to change."""
+
+    def __init__(self, host: str, port: int, errno: int) -> None:
+        import errno as errnos
+
+        hint = {errnos.EADDRINUSE: "another process holds that port: stop it, or pick another port "
+                                   "(--listen HOST:PORT; port 0 takes any free port)",
+                errnos.EADDRNOTAVAIL: "no interface of this machine has that address (127.0.0.1: this machine "
+                                      "only; 0.0.0.0: every interface)",
+                errnos.EACCES: "ports below 1024 need root: pick a port above 1024",
+                errnos.ENODEV: "the host is neither an address of this machine nor a name it resolves"}.get(errno, "")
+        super().__init__(errno, f"cannot listen on {host}:{port}: {os.strerror(errno)}" + (f"; {hint}" if hint else ""))
+
+
 class _CachedIdentity(Identity):
     """The node's identity with its public key and peer id computed once (every receipt names them)."""
 
@@ -270,20 +285,6 @@ class Node:
     # ---- life cycle ------------------------------------------------------------------------------
 
     async def start(self) -> str:
-        if self.executor is None:
-            self.executor = make_executor(self.config.worker_count, self.config.sandbox,
-                                          warn=lambda msg: self.log("warning", message=msg))
-        workers = self.executor.workers
-        self.shares.caps = dataclasses.replace(self.shares.caps, total_jobs=workers + self.config.queue)
-        if not self.max_connections:
-            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-            soft = soft if soft != resource.RLIM_INFINITY else 1 << 16
-            reserved = JOB_DESCRIPTORS + JOB_DESCRIPTORS_PER_WORKER * workers
-            if self.config.boot_store:      # the boot server's connections have their own budget
-                from pyphase.boot.server import DEFAULT_MAX_CONNECTIONS
-
-                reserved += 2 * DEFAULT_MAX_CONNECTIONS
-            self.max_connections = max(16, soft - reserved)
         self.zap = self.ctx.socket(zmq.REP)
         self.zap.linger = 0
         self.zap.bind(ZAP_ENDPOINT)
@@ -308,13 +309,31 @@ class Node:
         sock.linger = 1000
         host, port = split_hostport(self.config.listen)
         bind_host = "*" if host in ("0.0.0.0", "*", "") else host
-        sock.bind(f"tcp://{bind_host}:{port}")
+        try:
+            sock.bind(f"tcp://{bind_host}:{port}")
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)        # an unclosed socket would hold ctx.term() (and plasmd) forever
+            raise ListenError(host, port, exc.errno or 0) from None
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.port = int(endpoint.rsplit(":", 1)[1])
         self.host = host if bind_host != "*" else (self.config.advertise or "127.0.0.1")
         self.sock = sock
         self.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
         self.address = f"{self.identity.peer_id}@{self.host}:{self.port}"
+        if self.executor is None:       # after the bind: a port in use fails before the sandbox starts
+            self.executor = make_executor(self.config.worker_count, self.config.sandbox,
+                                          warn=lambda msg: self.log("warning", message=msg))
+        workers = self.executor.workers
+        self.shares.caps = dataclasses.replace(self.shares.caps, total_jobs=workers + self.config.queue)
+        if not self.max_connections:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            soft = soft if soft != resource.RLIM_INFINITY else 1 << 16
+            reserved = JOB_DESCRIPTORS + JOB_DESCRIPTORS_PER_WORKER * workers
+            if self.config.boot_store:      # the boot server's connections have their own budget
+                from pyphase.boot.server import DEFAULT_MAX_CONNECTIONS
+
+                reserved += 2 * DEFAULT_MAX_CONNECTIONS
+            self.max_connections = max(16, soft - reserved)
         loop = asyncio.get_running_loop()
         loop.add_reader(self.monitor.fileno(), self._on_monitor)
         loop.add_reader(self.zap.fileno(), self._on_zap)
@@ -361,6 +380,8 @@ class Node:
             self._reject(job.rid, job.tag, "shutting_down", "the node stopped before the job finished")
 
     async def close(self) -> None:
+        if not self._stopping:          # closed without a stop request (a failed start): same events, same order
+            self.request_stop()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

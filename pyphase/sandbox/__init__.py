@@ -28,10 +28,10 @@ from typing import Mapping, Sequence
 import pyphase
 from pyphase import _sandbox
 from pyphase.errors import LimitsError, PhaseError, SandboxError
-from pyphase.limits import Limits
+from pyphase.limits import Limits, format_size
 from pyphase.result import Result
 from pyphase.preopen import Preopen, opened
-from pyphase.runtime import DEFAULT_PROGRAM_NAME, Module, PreparedJob, prepare_job
+from pyphase.runtime import DEFAULT_PROGRAM_NAME, Module, PreparedJob, explain_invalid, prepare_job
 
 __all__ = ["Sandbox", "SandboxError"]   # SandboxError lives in pyphase.errors; re-exported for callers here
 
@@ -268,8 +268,9 @@ class Sandbox:
         slot = self._slots[0]
         need = slot.shm_needed(job, True)
         if need > slot.shm_bytes:
-            raise LimitsError(f"the job needs {need} bytes of shared memory (module, input, output limit); this "
-                              f"sandbox has {slot.shm_bytes} per worker (Sandbox(shm_bytes=...))")
+            raise LimitsError(f"the job needs {format_size(need)} of shared memory (module, input, output limit); "
+                              f"this sandbox has {format_size(slot.shm_bytes)} per worker: lower the output limit or "
+                              f"the input, or make the sandbox with Sandbox(shm_bytes=...)")
 
     def _execute(self, job: PreparedJob, test_action: int = 0) -> Result:
         while True:
@@ -314,7 +315,7 @@ class Sandbox:
             raise SandboxError("the worker did not take the module's bytes")
         if added is None and raw[0] not in ("invalid_module", "crashed"):
             self._add_module(job.digest, data)
-        return Result.from_core(raw)
+        return explain_invalid(Result.from_core(raw), data)
 
     def _add_module(self, digest: bytes, data: bytes) -> None:
         """Have the fork server cache a module a worker validated without incident, so later workers

@@ -132,6 +132,15 @@ def test_very_long_function_runs(wat) -> None:
         assert result.fuel_used >= 1024          # the loop's iterations are metered
 
 
+def test_sandbox_bench_says_when_the_worker_was_set_up_without_a_negative_time() -> None:
+    spec = importlib.util.spec_from_file_location("sandbox_bench", ROOT / "bench" / "sandbox_bench.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.ready_text(-875.4) == "worker set up 875 us before 'go' (a spare, waiting)"
+    assert bench.ready_text(12) == "worker set up 12 us after 'go' (the job waited for it)"
+
+
 def test_fs_bench_runs() -> None:
     """bench/fs_bench.py --quick: every job it times ended ok (the script exits non-zero otherwise)."""
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "fs_bench.py"), "--quick", "--json"],

@@ -114,11 +114,52 @@ def test_limit_parsing():
     from pyphase.limits import parse_duration_ms, parse_size
 
     assert parse_size("64MiB") == 64 << 20
-    assert parse_size("1.5k") == 1500
+    assert parse_size("1.5KB") == 1500
+    assert parse_size("64MB") == 64_000_000 and parse_size("64mb") == 64_000_000
+    assert parse_size("1KiB") == 1024 and parse_size("100B") == 100 and parse_size("0") == 0
     assert parse_duration_ms("2s") == 2000
     assert parse_duration_ms("250ms") == 250
+    assert parse_duration_ms("2m") == 120_000 and parse_duration_ms("0") == 0
     with pytest.raises(pyphase.LimitsError):
         parse_size("lots")
+
+
+@pytest.mark.parametrize("text, says", [
+    ("64", ["no unit", "64MiB", "64KiB", "64B"]),
+    ("64k", ["ambiguous", "64KiB (65,536 bytes)", "64KB (64,000 bytes)"]),
+    ("64M", ["ambiguous", "64MiB (67,108,864 bytes)", "64MB (64,000,000 bytes)"]),
+])
+def test_a_size_without_a_clear_unit_is_refused_with_the_choices(text, says):
+    from pyphase.limits import parse_size
+
+    with pytest.raises(pyphase.LimitsError) as info:
+        parse_size(text)
+    assert all(s in str(info.value) for s in says), str(info.value)
+
+
+def test_a_duration_without_a_unit_is_refused_except_zero():
+    from pyphase.limits import parse_duration_ms
+
+    with pytest.raises(pyphase.LimitsError, match=r"'5' has no unit: write 5s, 5ms or 5m"):
+        parse_duration_ms("5")
+    with pytest.raises(pyphase.LimitsError, match="no unit"):
+        parse_duration_ms(5)
+
+
+def test_memory_below_one_page_is_refused_not_rounded_to_nothing():
+    with pytest.raises(pyphase.LimitsError, match="less than one WebAssembly page"):
+        Limits(memory_bytes=1024)
+    assert Limits(memory_bytes=0).memory_bytes == 0
+
+
+def test_limits_are_described_in_their_units():
+    from pyphase.limits import format_duration_ms, format_size
+
+    assert [format_size(n) for n in (64 << 20, 64_000_000, 61 * 2**20, 1000, 100, 1_234_567)] == \
+        ["64 MiB", "64 MB", "61 MiB", "1 KB", "100 B", "1,234,567 bytes (1.2 MiB)"]
+    assert [format_duration_ms(n) for n in (0, 250, 60_000, 1500)] == ["no limit", "250 ms", "1 min", "1.5 s"]
+    assert Limits(memory_bytes=512 << 20, timeout_ms=0).within(Limits(memory_bytes=256 << 20, timeout_ms=60_000)) \
+        == ["memory_bytes 512 MiB exceeds the ceiling 256 MiB", "timeout_ms unlimited exceeds the ceiling 1 min"]
 
 
 def test_timeout_holds_against_bulk_memory_work(wat):
@@ -149,3 +190,13 @@ def test_host_io_costs_fuel_by_the_byte(probe_bytes):
 def test_memory_limit_above_what_wasm3_holds_is_capped(wat):
     r = pyphase.run(wat('(module (memory 40000) (func (export "_start")))'), limits=Limits(memory_bytes=4 << 30))
     assert r.status == "memory_limit" and str(2 << 30) in r.message
+
+
+def test_limit_statuses_name_the_limit_that_fixes_them(wat):
+    spin = wat('(module (memory 1) (func (export "_start") (loop (br 0))))')
+    assert "--timeout" in pyphase.run(spin, limits=Limits(timeout_ms=50)).message
+    assert "--fuel" in pyphase.run(spin, limits=Limits(fuel=1000)).message
+    big = wat('(module (memory 20) (func (export "_start")))')
+    r = pyphase.run(big, limits=Limits(memory_bytes=1 << 20))
+    assert r.status == "memory_limit" and "20 pages" in r.message and "--memory" in r.message, r.message
+    assert "--entry" in pyphase.run(big, entry="main").message

@@ -115,3 +115,29 @@ def test_invalid_body_is_refused_before_wasm3(wat):
 def test_invalid_module_verdict_is_clean_for_run():
     with pytest.raises(pyphase.InvalidModule):
         pyphase.run(b"not wasm")
+
+
+NOT_WASM = [
+    (b"", ["empty", "wasm32-wasi"]),
+    (b"(module\n  (func (export \"_start\")))\n", ["WebAssembly text", "wat2wasm"]),
+    (b"  ;; a comment\n(module)", ["WebAssembly text", "wat2wasm"]),
+    (b"#include <stdio.h>\nint main(void) { puts(\"hi\"); }\n", ["C source", "ziglang cc -target wasm32-wasi"]),
+    (b"\x7fELF\x02\x01\x01\0" + bytes(56), ["native executable", "wasm32-wasi"]),
+]
+
+
+@pytest.mark.parametrize("data, says", NOT_WASM, ids=["empty", "wat", "wat-comment", "c", "elf"])
+def test_not_a_module_says_what_it_is_and_what_to_do(data, says):
+    with pytest.raises(pyphase.InvalidModule) as info:
+        pyphase.Module(data)
+    assert all(s in str(info.value) for s in says), str(info.value)
+    with pytest.raises(pyphase.InvalidModule, match=says[-1].replace(" ", r"\s")):
+        pyphase.run(data)
+
+
+@pytest.mark.parametrize("data, says", NOT_WASM[:4], ids=["empty", "wat", "wat-comment", "c"])
+def test_not_a_module_in_the_sandbox_says_the_same(data, says):
+    with pyphase.Sandbox(workers=1) as sandbox:
+        result = sandbox.run(data)
+    assert result.status == "invalid_module"
+    assert all(s in result.message for s in says), result.message

@@ -20,6 +20,7 @@ def test_help_and_help_config():
     out = subprocess.run([sys.executable, "-m", "pyphase.daemon", "--help-config"], capture_output=True, text=True,
                          timeout=30)
     assert "cache_bytes" in out.stdout and "[limits]" in out.stdout
+    assert "``" not in out.stdout and "::" not in out.stdout, out.stdout     # plain text, not reST
 
 
 def test_config_file_env_and_flags(tmp_path):
@@ -101,3 +102,36 @@ def test_offers_after_sigterm_are_rejected(start_nodes, spin_bytes, hello_bytes)
                 late.submit(hello_bytes, retries=0)
         t.join(timeout=30)
     assert node.proc.wait(timeout=30) == 0
+
+
+def _plasmd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pyphase.daemon", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_port_in_use_fails_fast_and_says_which(tmp_path):
+    import json
+    import socket
+    import time
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        out = _plasmd("--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path), "--no-mdns", "--no-sandbox",
+                      timeout=20)
+    assert time.monotonic() - started < 15
+    assert out.returncode == 1, out.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr and "in use" in out.stderr, out.stderr
+    assert out.stdout == ""
+    events = [json.loads(line)["event"] for line in out.stderr.splitlines() if line.startswith("{")]
+    assert "listening" not in events
+    if "stopped" in events:
+        assert "stopping" in events and events.index("stopping") < events.index("stopped"), events
+
+
+def test_listen_needs_host_and_port(tmp_path):
+    out = _plasmd("--listen", "7071", "--data-dir", str(tmp_path), "--no-mdns", timeout=20)
+    assert out.returncode == 2, out.stderr
+    assert "7071" in out.stderr and "127.0.0.1:7071" in out.stderr and "0.0.0.0:7071" in out.stderr, out.stderr

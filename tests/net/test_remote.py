@@ -114,12 +114,104 @@ def test_cli_peers(start_nodes):
     assert all(r["reachable"] and r["load"]["workers"] == 2 for r in rows)
 
 
+def test_no_peers_says_which_peer_refused_what_and_what_it_allows(start_nodes, hello_bytes):
+    from pyphase import Limits
+    from pyphase.errors import NoPeers
+
+    (node,) = start_nodes(1)
+    peer_id = node.address.split("@")[0]
+    with Client(peers=[node.address]) as client:
+        for limits, says in ((Limits(memory_bytes=512 << 20), "memory_bytes 512 MiB exceeds the ceiling 256 MiB"),
+                             (Limits(timeout_ms=120_000), "timeout_ms 2 min exceeds the ceiling 1 min")):
+            with pytest.raises(NoPeers) as info:
+                client.submit(hello_bytes, limits=limits)
+            assert info.value.attempts == [(peer_id, f"not offered: it allows less than the job asks: {says}")]
+            assert says in str(info.value) and peer_id[:12] in str(info.value)
+    assert node.events("offer") == []
+
+
+def test_a_peer_that_is_down_is_reported_once_and_fast(start_nodes, hello_bytes):
+    import time
+
+    from pyphase.errors import NoPeers
+
+    (node,) = start_nodes(1)
+    dead = node.address.rsplit(":", 1)[0] + ":1"
+    started = time.monotonic()
+    with Client(peers=[dead]) as client:
+        with pytest.raises(NoPeers) as info:
+            client.submit(hello_bytes, retries=3)
+    took = time.monotonic() - started
+    assert took < 2.0, took
+    assert len(info.value.attempts) == 1, info.value.attempts
+    assert str(info.value).count("connection refused") == 1 and f"{node.host}:1" in str(info.value), str(info.value)
+
+
+def test_cli_no_peers_prints_each_refusal_and_a_json_document(start_nodes, hello_bytes, tmp_path):
+    (node,) = start_nodes(1)
+    peer_id = node.address.split("@")[0]
+    hello = tmp_path / "hello.wasm"
+    hello.write_bytes(hello_bytes)
+    out = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(hello), "--memory", "512MiB",
+                          "--peer", node.address], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 69, out.stderr
+    assert f"{peer_id}: not offered" in out.stderr and "memory_bytes 512 MiB exceeds the ceiling 256 MiB" \
+        in out.stderr, out.stderr
+    js = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(hello), "--timeout", "2m", "--json",
+                         "--peer", node.address], capture_output=True, text=True, timeout=60)
+    assert js.returncode == 69, js.stderr
+    doc = json.loads(js.stdout)
+    assert doc["status"] == "no_peers" and "no peer could take the job" in doc["message"]
+    assert doc["attempts"] == [{"peer": peer_id, "why": "not offered: it allows less than the job asks: "
+                                                        "timeout_ms 2 min exceeds the ceiling 1 min"}]
+
+
+def test_cli_peers_down_exits_non_zero_with_the_reason(start_nodes):
+    from pyphase import Identity
+
+    (node,) = start_nodes(1)
+    dead = f"{Identity.generate().peer_id}@{node.host}:1"
+    out = subprocess.run([sys.executable, "-m", "pyphase", "peers", "--peer", dead, "--peer", node.address],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 69, out
+    assert "unreachable: connection refused" in out.stdout and node.address in out.stdout, out.stdout
+    js = subprocess.run([sys.executable, "-m", "pyphase", "peers", "--json", "--peer", dead], capture_output=True,
+                        text=True, timeout=60)
+    assert js.returncode == 69
+    (row,) = json.loads(js.stdout)
+    assert not row["reachable"] and row["error"].startswith("connection refused"), row
+
+
+def test_no_peers_found_says_how_to_name_start_or_find_one(monkeypatch, hello_bytes):
+    import pyphase.net.discovery
+    from pyphase.errors import NoPeers
+
+    monkeypatch.setattr(pyphase.net.discovery, "discover", lambda *a, **k: [])   # an empty LAN, whoever else runs here
+    with Client(discover_timeout=0.5) as client:
+        with pytest.raises(NoPeers) as info:
+            client.submit(hello_bytes)
+    message = str(info.value)
+    assert "--peer" in message and "plasmd --listen" in message and "--discover-timeout" in message, message
+
+
+def test_a_wrong_peer_id_is_not_called_connection_refused(start_nodes, hello_bytes):
+    from pyphase import Identity
+
+    (node,) = start_nodes(1)
+    impostor = f"{Identity.generate().peer_id}@{node.host}:{node.port}"
+    with Client(peers=[impostor], connect_timeout=1.0) as client:
+        with pytest.raises(NetworkError) as info:
+            client.submit(hello_bytes, retries=0, timeout=2)
+    assert "nothing listens there" not in str(info.value), str(info.value)
+    assert "CURVE handshake failed" in str(info.value) or "not reachable" in str(info.value), str(info.value)
+
+
 def test_cli_peers_table_names_reachable_and_unreachable_nodes(start_nodes):
     (node,) = start_nodes(1)
     dead = f"{Identity.generate().peer_id}@127.0.0.1:1"      # nobody listens on port 1
     out = subprocess.run([sys.executable, "-m", "pyphase", "peers", "--peer", node.address, "--peer", dead,
                           "--wait", "2"], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 69, out.stderr                 # issue #16: a listed peer that is down is an error
     lines = {line.split()[0]: line for line in out.stdout.splitlines()}
-    assert lines[dead].endswith("unreachable")
+    assert "unreachable: connection refused" in lines[dead]
     assert "0/2 busy, 0 queued" in lines[node.address] and "wasm3" in lines[node.address]
