@@ -76,7 +76,9 @@ def test_failed_network_job_says_why(api_nodes: Callable[..., list[Any]]) -> Non
     dead = api.node.address.split("@")[0] + "@127.0.0.1:9"
     status, job, _ = api.call("POST", "/v1/jobs", hello_job(wait=True, where="network", peers=[dead]))
     assert status == 200 and job["state"] == "failed"
-    assert job["error"].startswith("NetworkError: every attempt failed") and job["attempts"]
+    # a peer never reached is named with the reason (NoPeers is a NetworkError)
+    assert job["error"].startswith("NoPeers: no peer could take the job") and job["attempts"]
+    assert "connection refused at 127.0.0.1:9" in job["error"]
     status, body, _ = api.call("GET", f"/v1/jobs/{job['id']}/stdout")
     assert status == 409 and body["error"] == "not_finished" and "failed" in body["detail"]
 
