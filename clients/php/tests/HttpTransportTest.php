@@ -48,7 +48,7 @@ final class HttpTransportTest extends NodeTestCase
             $client->submit(Job::fromFile(self::HELLO));
             $this->fail('a job no peer could run succeeded');
         } catch (NetworkError $e) {
-            $this->assertStringContainsString('every attempt failed', $e->getMessage());
+            $this->assertStringContainsString('no peer could take the job', $e->getMessage());
         }
         $this->expectException(PhaseError::class);
         $this->expectExceptionMessageMatches('/HTTP 400 bad_request: .*limits/');

@@ -49,8 +49,8 @@ final class LocalTransport implements Transport
             $errors = $tmp[] = self::tempFile('', '.err');
             $l = $job->limits;
             $cmd = [...$this->command, 'run', $module, '--json', '--input-file', $input, '--entry', $job->entry,
-                '--memory', (string) $l['memory_bytes'], '--timeout', $l['timeout_ms'] . 'ms',
-                '--output-limit', (string) $l['output_bytes']];
+                '--memory', $l['memory_bytes'] . 'B', '--timeout', $l['timeout_ms'] . 'ms',
+                '--output-limit', $l['output_bytes'] . 'B'];
             if ($l['fuel'] > 0) {
                 array_push($cmd, '--fuel', (string) $l['fuel']);
             }
