@@ -24,7 +24,10 @@ die() { echo "build-wheels: $*" >&2; exit 1; }
 
 mapfile -t BUILD_REQ < <("$PY" -c 'import tomllib; print("\n".join(tomllib.load(open("'"$ROOT"'/pyproject.toml", "rb"))["build-system"]["requires"]))')
 tools=$WORK/tools
-[ -x "$tools/bin/python" ] || "$PY" -m venv "$tools"
+# The tools venv is the interpreter's: build-deb.sh builds with Debian's python3, a user with another one.
+interp=$("$PY" -c 'import sys; print(sys.base_prefix, sys.version)')
+[ "$(cat "$tools/interp" 2>/dev/null)" = "$interp" ] || rm -rf "$tools"
+[ -x "$tools/bin/python" ] || { "$PY" -m venv "$tools" && echo "$interp" > "$tools/interp"; }
 if [ "$(cat "$tools/req" 2>/dev/null)" != "${TOOLS_REQ[*]} ${BUILD_REQ[*]}" ]; then
     "$tools/bin/pip" install -q --disable-pip-version-check "${TOOLS_REQ[@]}" "${BUILD_REQ[@]}"
     echo "${TOOLS_REQ[*]} ${BUILD_REQ[*]}" > "$tools/req"
@@ -73,7 +76,17 @@ build_one() {
             echo "set(CMAKE_SYSTEM_PROCESSOR $arch)"
         fi
     } > "$dir/toolchain.cmake"
-    if [ "$arch" != "$(uname -m)" ]; then
+    if [ "$arch" = "$(uname -m)" ]; then
+        # Debian's Python.h reaches <MULTIARCH/python3.X/pyconfig.h>, which zig cc (its own libc headers, not
+        # /usr/include) cannot find: give it that one directory and nothing else of the host's headers.
+        local multiarch
+        multiarch=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("MULTIARCH") or "")')
+        if [ -n "$multiarch" ] && [ -f "/usr/include/$multiarch/python$pyver/pyconfig.h" ]; then
+            mkdir -p "$dir/pyinc/$multiarch"
+            ln -sfn "/usr/include/$multiarch/python$pyver" "$dir/pyinc/$multiarch/python$pyver"
+            defines+=(-Ccmake.define.CMAKE_C_FLAGS="-isystem $dir/pyinc")
+        fi
+    else
         [ "$arch" = aarch64 ] || die "cross builds are set up for aarch64 only"
         local inc soabi
         inc=$(arm64_python_headers)

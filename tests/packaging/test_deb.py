@@ -21,7 +21,7 @@ import debian_chroot  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.package]
 
 
 def _need(*tools: str) -> None:

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"
 ARCH = os.uname().machine
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.package]
 
 
 @pytest.fixture(scope="module")
