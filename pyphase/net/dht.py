@@ -489,16 +489,25 @@ class RecordResponder:
 def find_nodes(dht: Dht, timeout: float = 5.0, want: int | None = None, klass: str = "",
                settle: float = 1.0, rounds: int = 2) -> list[NodeRecord]:
     """Nodes announced under the rendezvous hash, each proven by the signed record its port answers with
-    (gathered until ``want`` are announced, ``settle`` seconds bring nothing new, or ``timeout``)."""
-    found = dht.get_peers(rendezvous_hash(klass), timeout=timeout, settle=settle, want=want, rounds=rounds)
-    answers = query_records(found, timeout=min(2.0, timeout))
+    (gathered until ``want`` are proven, ``settle`` seconds bring nothing new, or ``timeout``). With ``want``
+    the lookup and the record queries are repeated for what is still missing until ``timeout``: on a busy
+    machine an announce or an answer can come late."""
+    deadline = time.monotonic() + timeout
     by_peer: dict[str, NodeRecord] = {}
-    for (host, port), record in answers.items():
-        # dial the address the rendezvous gave (what the node is reachable at from here), keyed by the proven key
-        direct = NodeRecord(record.peer_id, (f"{host}:{port}", *record.addresses), record.engines, record.caps,
-                            record.issued, record.expires, record.seq)
-        by_peer.setdefault(record.peer_id, direct)
-    return list(by_peer.values())
+    answered: set[tuple[str, int]] = set()
+    while True:
+        remaining = max(0.1, deadline - time.monotonic())
+        found = dht.get_peers(rendezvous_hash(klass), timeout=remaining, settle=settle, want=want, rounds=rounds)
+        fresh = [e for e in found if e not in answered]
+        answers = query_records(fresh, timeout=min(2.0, max(0.5, deadline - time.monotonic())))
+        for (host, port), record in answers.items():
+            answered.add((host, port))
+            # dial the address the rendezvous gave (what the node is reachable at from here), keyed by the proven key
+            direct = NodeRecord(record.peer_id, (f"{host}:{port}", *record.addresses), record.engines, record.caps,
+                                record.issued, record.expires, record.seq)
+            by_peer.setdefault(record.peer_id, direct)
+        if want is None or len(by_peer) >= want or time.monotonic() >= deadline:
+            return list(by_peer.values())
 
 
 def resolve_peer(dht: Dht, peer_id: str, timeout: float = 10.0) -> NodeRecord:
