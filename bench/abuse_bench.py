@@ -41,7 +41,7 @@ def run(seconds: float, clients: int, sandbox: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         node = NodeProc(Path(tmp) / "node", "127.0.0.2", sandbox=sandbox).start()
         try:
-            honest_load(node.address, hello, 1.0, clients)           # warm up: module cached, connections up
+            honest_load(node.address, hello, 1.0, clients)  # warm up: module cached, connections up
             rows = []
             cases: list[tuple[str, list[type]]] = [("no attack", [])]
             cases += [(a.name_, [a]) for a in ATTACKS]
@@ -49,11 +49,12 @@ def run(seconds: float, clients: int, sandbox: bool) -> None:
             for name, attacks in cases:
                 sampler = Sampler(node.proc.pid)
                 sampler.start()
-                running = [AttackProcess(cls, node.address, f"127.0.0.{100 + i}", modules)
-                           for i, cls in enumerate(attacks)]
+                running = [
+                    AttackProcess(cls, node.address, f"127.0.0.{100 + i}", modules) for i, cls in enumerate(attacks)
+                ]
                 for a in running:
                     a.start()
-                time.sleep(2.0 if attacks else 0)                   # let the attack build up first
+                time.sleep(2.0 if attacks else 0)  # let the attack build up first
                 latencies, tried, failures = honest_load(node.address, hello, seconds, clients)
                 for a in running:
                     a.stop()
@@ -62,18 +63,22 @@ def run(seconds: float, clients: int, sandbox: bool) -> None:
                 if not node.alive:
                     print(f"plasmd died during {name!r}: {node.log_tail()}")
                     return
-                time.sleep(1.5)                                      # the node settles between cases
+                time.sleep(1.5)  # the node settles between cases
         finally:
             node.stop()
     base_p99 = percentile(rows[0][1], 99)
-    print(f"honest load: {clients} clients back to back, {seconds:g} s per case; executor "
-          f"{'sandbox' if sandbox else 'thread'}")
+    print(
+        f"honest load: {clients} clients back to back, {seconds:g} s per case; executor "
+        f"{'sandbox' if sandbox else 'thread'}"
+    )
     print(f"{'case':40} {'jobs':>6} {'ok':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99/ref':>8} {'RSS MB':>7} {'fds':>5}")
     for name, latencies, tried, failures, rss, fds in rows:
         ok = len(latencies) / tried if tried else 0.0
         p50, p99 = percentile(latencies, 50) * 1e3, percentile(latencies, 99) * 1e3
-        print(f"{name:40} {tried:6d} {ok:7.1%} {p50:8.1f} {p99:8.1f} {p99 / (base_p99 * 1e3):8.2f} "
-              f"{rss / 1e6:7.0f} {fds:5d}")
+        print(
+            f"{name:40} {tried:6d} {ok:7.1%} {p50:8.1f} {p99:8.1f} {p99 / (base_p99 * 1e3):8.2f} "
+            f"{rss / 1e6:7.0f} {fds:5d}"
+        )
         for why in sorted(set(failures))[:3]:
             print(f"    failed: {why}")
 

@@ -38,14 +38,32 @@ def pct(values: list[float], p: float) -> float:
 
 
 def summary(name: str, us: list[float]) -> dict[str, Any]:
-    return {"name": name, "n": len(us), "p50_us": pct(us, 0.5), "p99_us": pct(us, 0.99),
-            "mean_us": statistics.fmean(us)}
+    return {
+        "name": name,
+        "n": len(us),
+        "p50_us": pct(us, 0.5),
+        "p99_us": pct(us, 0.99),
+        "mean_us": statistics.fmean(us),
+    }
 
 
 def start_node(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "pyphase.daemon", "--listen", "127.0.0.90:0", "--data-dir",
-                             str(data_dir), "--workers", "2", "--no-mdns"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pyphase.daemon",
+            "--listen",
+            "127.0.0.90:0",
+            "--data-dir",
+            str(data_dir),
+            "--workers",
+            "2",
+            "--no-mdns",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     assert proc.stdout is not None
     address = proc.stdout.readline().decode().strip()
     return proc, address, (data_dir / "api").read_text().strip()
@@ -66,8 +84,9 @@ def main() -> int:
             client = Client(peers=[address])
             for _ in range(100):
                 client.submit(module, b"Hello, World")
-            subprocess.run(["php", str(ROOT / "bench" / "php_latency.php"), address, "50"], check=True,
-                           capture_output=True)
+            subprocess.run(
+                ["php", str(ROOT / "bench" / "php_latency.php"), address, "50"], check=True, capture_output=True
+            )
             per_round = max(1, args.jobs // args.rounds)
             py: list[float] = []
             php: list[float] = []
@@ -76,13 +95,16 @@ def main() -> int:
                     t0 = time.perf_counter_ns()
                     client.submit(module, b"Hello, World")
                     py.append((time.perf_counter_ns() - t0) / 1000)
-                out = subprocess.run(["php", str(ROOT / "bench" / "php_latency.php"), address, str(per_round)],
-                                     check=True, capture_output=True, text=True).stdout
+                out = subprocess.run(
+                    ["php", str(ROOT / "bench" / "php_latency.php"), address, str(per_round)],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
                 php.extend(float(x) for x in out.split())
             host, port = api.removeprefix("http://").rsplit(":", 1)
             conn = http.client.HTTPConnection(host, int(port), timeout=60)
-            body = json.dumps({"module": base64.b64encode(module).decode(), "input_text": "Hello, World",
-                               "wait": True})
+            body = json.dumps({"module": base64.b64encode(module).decode(), "input_text": "Hello, World", "wait": True})
             http_us: list[float] = []
             py2: list[float] = []
             for _ in range(args.rounds):
@@ -100,7 +122,9 @@ def main() -> int:
             def history() -> int:
                 conn.request("GET", "/metrics")
                 text = conn.getresponse().read().decode()
-                return int(float(next(line.split()[1] for line in text.splitlines() if line.startswith("phase_history_jobs"))))
+                return int(
+                    float(next(line.split()[1] for line in text.splitlines() if line.startswith("phase_history_jobs")))
+                )
 
             def scrapes() -> tuple[list[float], int]:
                 times, size = [], 0
@@ -121,14 +145,22 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    rows = [summary("phase/1, Python client", py), summary("phase/1, PHP client", php),
-            summary("HTTP API (POST /v1/jobs wait)", http_us), summary("phase/1, Python (alternating with HTTP)", py2),
-            summary(f"GET /metrics, {early} jobs in history", scrape_early),
-            summary(f"GET /metrics, {args.history} jobs in history ({size} bytes)", scrape)]
+    rows = [
+        summary("phase/1, Python client", py),
+        summary("phase/1, PHP client", php),
+        summary("HTTP API (POST /v1/jobs wait)", http_us),
+        summary("phase/1, Python (alternating with HTTP)", py2),
+        summary(f"GET /metrics, {early} jobs in history", scrape_early),
+        summary(f"GET /metrics, {args.history} jobs in history ({size} bytes)", scrape),
+    ]
     for r in rows:
         print(f"{r['name']:58} n={r['n']:5}  p50 {r['p50_us'] / 1000:7.3f} ms  p99 {r['p99_us'] / 1000:7.3f} ms")
-    print(f"PHP / Python p50: {rows[1]['p50_us'] / rows[0]['p50_us']:.2f}   p99: {rows[1]['p99_us'] / rows[0]['p99_us']:.2f}")
-    print(f"HTTP / phase/1 p50: {rows[2]['p50_us'] / rows[3]['p50_us']:.2f}   p99: {rows[2]['p99_us'] / rows[3]['p99_us']:.2f}")
+    print(
+        f"PHP / Python p50: {rows[1]['p50_us'] / rows[0]['p50_us']:.2f}   p99: {rows[1]['p99_us'] / rows[0]['p99_us']:.2f}"
+    )
+    print(
+        f"HTTP / phase/1 p50: {rows[2]['p50_us'] / rows[3]['p50_us']:.2f}   p99: {rows[2]['p99_us'] / rows[3]['p99_us']:.2f}"
+    )
     return 0
 
 

@@ -101,6 +101,7 @@ def _time_calls(fn: Callable[[], Any], n: int) -> tuple[list[float], Any]:
 
 # ---- wasmtime-py -----------------------------------------------------------------------------------------
 
+
 class WasmtimeRunner:
     """wasmtime-py's fastest way to run a WASI job repeatedly: the module compiled once and serialized
     (precompiled), deserialized once, a Linker with WASI and an InstancePre made once; per job a new Store
@@ -157,10 +158,12 @@ def wasmtime_version() -> str | None:
 
 # ---- the benchmark ---------------------------------------------------------------------------------------
 
-def bench_compute(report: Report, bindir: Path, quick: bool, blocks: int, per_block: int, wt_ok: bool,
-                  workdir: Path) -> None:
+
+def bench_compute(
+    report: Report, bindir: Path, quick: bool, blocks: int, per_block: int, wt_ok: bool, workdir: Path
+) -> None:
     """pyphase.run vs cbench (both phase_job_run on the same module), in alternating blocks."""
-    limits = pyphase.Limits(timeout_ms=0)        # as cbench: no wall-clock limit, unlimited fuel
+    limits = pyphase.Limits(timeout_ms=0)  # as cbench: no wall-clock limit, unlimited fuel
     wasm_dir = bindir / "wasm"
     samples_py: dict[str, list[float]] = {p: [] for p in COMPUTE}
     samples_c: dict[str, list[float]] = {p: [] for p in COMPUTE}
@@ -185,7 +188,7 @@ def bench_compute(report: Report, bindir: Path, quick: bool, blocks: int, per_bl
             module = pyphase.Module.cached((wasm_dir / f"{name}.wasm").read_bytes())
             arg = small if quick else full
             run = lambda: pyphase.run(module, args=[arg], program_name=name, limits=limits)  # noqa: E731
-            first = run()                     # warm-up, as cbench does
+            first = run()  # warm-up, as cbench does
             if first.status != "ok":
                 report.errors.append(f"pyphase: {name}: {first.status}: {first.message}")
                 continue
@@ -204,13 +207,19 @@ def bench_compute(report: Report, bindir: Path, quick: bool, blocks: int, per_bl
         if got is not None and not match:
             report.errors.append(f"{name}: pyphase printed {got!r}, cbench's native build {expected!r}")
         entry: dict[str, Any] = {
-            "name": name, "blocks": blocks, "reps_per_block": per_block,
+            "name": name,
+            "blocks": blocks,
+            "reps_per_block": per_block,
             "native_ms": c_row.get("native_median_ms"),
-            "cbench_ms": _median(samples_c[name]), "pyphase_ms": _median(samples_py[name]),
+            "cbench_ms": _median(samples_c[name]),
+            "pyphase_ms": _median(samples_py[name]),
             "cbench_min_ms": min(mins_c[name], default=float("nan")),
             "pyphase_min_ms": min(mins_py[name], default=float("nan")),
-            "cbench_block_medians_ms": samples_c[name], "pyphase_block_medians_ms": samples_py[name],
-            "fuel": fuel.get(name), "cbench_fuel": c_row.get("fuel"), "checksum_match": match,
+            "cbench_block_medians_ms": samples_c[name],
+            "pyphase_block_medians_ms": samples_py[name],
+            "fuel": fuel.get(name),
+            "cbench_fuel": c_row.get("fuel"),
+            "checksum_match": match,
             "output": got.decode(errors="replace").strip() if got else None,
         }
         # the fastest run of each is the least disturbed by other load on a shared machine: the headline ratio
@@ -219,8 +228,9 @@ def bench_compute(report: Report, bindir: Path, quick: bool, blocks: int, per_bl
         if entry["native_ms"]:
             entry["cbench_vs_native"] = entry["cbench_ms"] / entry["native_ms"]
         if fuel.get(name) != c_row.get("fuel"):
-            report.errors.append(f"{name}: fuel differs between pyphase ({fuel.get(name)}) and cbench "
-                                 f"({c_row.get('fuel')})")
+            report.errors.append(
+                f"{name}: fuel differs between pyphase ({fuel.get(name)}) and cbench ({c_row.get('fuel')})"
+            )
         if wt_ok:
             arg = COMPUTE[name][1] if quick else COMPUTE[name][0]
             runner = WasmtimeRunner((wasm_dir / f"{name}.wasm").read_bytes(), [name, arg], b"", workdir)
@@ -238,8 +248,10 @@ def bench_hello(report: Report, bindir: Path, quick: bool, wt_ok: bool, workdir:
     """A cached hello job in process: p50 of pyphase.run, zig's default 16 MiB stack vs a 64 KiB stack,
     against wasmtime-py's fastest way, in alternating blocks."""
     wasm_dir = bindir / "wasm"
-    mods = {"hello": (wasm_dir / "hello.wasm").read_bytes(),
-            "hello_stack64k": (wasm_dir / "hello_stack64k.wasm").read_bytes()}
+    mods = {
+        "hello": (wasm_dir / "hello.wasm").read_bytes(),
+        "hello_stack64k": (wasm_dir / "hello_stack64k.wasm").read_bytes(),
+    }
     blocks, per_block = (2, 500) if quick else (5, 4000)
     samples: dict[str, list[float]] = {"hello": [], "hello_stack64k": [], "hello_bytes": [], "wasmtime": []}
     runner = None
@@ -272,8 +284,13 @@ def bench_hello(report: Report, bindir: Path, quick: bool, wt_ok: bool, workdir:
     h: dict[str, Any] = {}
     for name, xs in samples.items():
         if xs:
-            h[name] = {"p50_us": _median(xs), "p10_us": _pct(xs, 0.10), "p90_us": _pct(xs, 0.90),
-                       "p99_us": _pct(xs, 0.99), "n": len(xs)}
+            h[name] = {
+                "p50_us": _median(xs),
+                "p10_us": _pct(xs, 0.10),
+                "p90_us": _pct(xs, 0.90),
+                "p99_us": _pct(xs, 0.99),
+                "n": len(xs),
+            }
     h["cbench_hello_p50_us"] = cb.get("hello")
     h["cbench_hello_stack64k_p50_us"] = cb.get("hello_stack64k")
     h["stack16m_vs_stack64k"] = h["hello"]["p50_us"] / h["hello_stack64k"]["p50_us"]
@@ -294,23 +311,30 @@ def _verdict(ok: bool) -> str:
 
 def print_report(report: Report) -> None:
     env = report.environment
-    print(f"pyphase.bench ({'quick' if report.quick else 'full'}): {env['python']}, pyphase {env['pyphase']} "
-          f"({env['runtime']}), wasmtime-py {env['wasmtime'] or env.get('wasmtime_note', 'not installed')}, "
-          f"{env['cpus']} CPUs, "
-          f"load {env['load']}")
+    print(
+        f"pyphase.bench ({'quick' if report.quick else 'full'}): {env['python']}, pyphase {env['pyphase']} "
+        f"({env['runtime']}), wasmtime-py {env['wasmtime'] or env.get('wasmtime_note', 'not installed')}, "
+        f"{env['cpus']} CPUs, "
+        f"load {env['load']}"
+    )
     print()
-    print("Compute: medians of per-block medians (blocks alternate cbench and pyphase); py/cbench from the "
-          "fastest runs (min), then from the medians")
-    hdr = (f"{'program':<8} {'native':>9} {'cbench':>9} {'pyphase':>9} {'py/c min':>9} {'py/c med':>9} "
-           f"{'cbench/nat':>10}")
+    print(
+        "Compute: medians of per-block medians (blocks alternate cbench and pyphase); py/cbench from the "
+        "fastest runs (min), then from the medians"
+    )
+    hdr = (
+        f"{'program':<8} {'native':>9} {'cbench':>9} {'pyphase':>9} {'py/c min':>9} {'py/c med':>9} {'cbench/nat':>10}"
+    )
     if report.wasmtime:
         hdr += f" {'wasmtime':>9} {'py/wt':>7}"
     print(hdr + "  fuel        checksum")
     for e in report.compute:
-        line = (f"{e['name']:<8} {_fmt_ms(e['native_ms']):>6} ms {_fmt_ms(e['cbench_ms']):>6} ms "
-                f"{_fmt_ms(e['pyphase_ms']):>6} ms {e['pyphase_vs_cbench']:>8.3f}x "
-                f"{e['pyphase_vs_cbench_median']:>8.3f}x "
-                f"{e.get('cbench_vs_native', float('nan')):>9.1f}x")
+        line = (
+            f"{e['name']:<8} {_fmt_ms(e['native_ms']):>6} ms {_fmt_ms(e['cbench_ms']):>6} ms "
+            f"{_fmt_ms(e['pyphase_ms']):>6} ms {e['pyphase_vs_cbench']:>8.3f}x "
+            f"{e['pyphase_vs_cbench_median']:>8.3f}x "
+            f"{e.get('cbench_vs_native', float('nan')):>9.1f}x"
+        )
         if report.wasmtime:
             line += f" {_fmt_ms(e.get('wasmtime_ms')):>6} ms {e.get('pyphase_vs_wasmtime', float('nan')):>6.1f}x"
         line += f"  {e['fuel'] or 0:<11} {'match' if e['checksum_match'] else 'MISMATCH'}"
@@ -319,33 +343,47 @@ def print_report(report: Report) -> None:
         worst = max(e["pyphase_vs_cbench"] for e in report.compute)
         total_py = sum(e["pyphase_min_ms"] for e in report.compute)
         total_c = sum(e["cbench_min_ms"] for e in report.compute)
-        print(f"pyphase vs cbench on the compute set (min): {total_py / total_c:.3f}x overall, worst {worst:.3f}x "
-              f"(target <= {TARGET_PYPHASE_VS_CBENCH:.2f}x: {_verdict(worst <= TARGET_PYPHASE_VS_CBENCH)})")
+        print(
+            f"pyphase vs cbench on the compute set (min): {total_py / total_c:.3f}x overall, worst {worst:.3f}x "
+            f"(target <= {TARGET_PYPHASE_VS_CBENCH:.2f}x: {_verdict(worst <= TARGET_PYPHASE_VS_CBENCH)})"
+        )
     h = report.hello
     if h:
         print()
         print("Hello (cached module, in process, p50 of many jobs; input 'Hello, World')")
-        rows = [("pyphase.run(Module) 16 MiB stack (zig default)", "hello"),
-                ("pyphase.run(Module) 64 KiB stack", "hello_stack64k"),
-                ("pyphase.run(bytes) 16 MiB stack", "hello_bytes"),
-                ("wasmtime-py, precompiled + InstancePre", "wasmtime")]
+        rows = [
+            ("pyphase.run(Module) 16 MiB stack (zig default)", "hello"),
+            ("pyphase.run(Module) 64 KiB stack", "hello_stack64k"),
+            ("pyphase.run(bytes) 16 MiB stack", "hello_bytes"),
+            ("wasmtime-py, precompiled + InstancePre", "wasmtime"),
+        ]
         for label, key in rows:
             if key in h:
                 s = h[key]
-                print(f"  {label:<48} p50 {s['p50_us']:8.1f} us  p10 {s['p10_us']:8.1f}  p90 {s['p90_us']:8.1f}"
-                      f"  p99 {s['p99_us']:8.1f}  (n={s['n']})")
-        print(f"  {'cbench (C core, no Python) 16 MiB / 64 KiB stack':<48} p50 {h['cbench_hello_p50_us']:8.1f} us"
-              f" / {h['cbench_hello_stack64k_p50_us']:.1f} us")
+                print(
+                    f"  {label:<48} p50 {s['p50_us']:8.1f} us  p10 {s['p10_us']:8.1f}  p90 {s['p90_us']:8.1f}"
+                    f"  p99 {s['p99_us']:8.1f}  (n={s['n']})"
+                )
+        print(
+            f"  {'cbench (C core, no Python) 16 MiB / 64 KiB stack':<48} p50 {h['cbench_hello_p50_us']:8.1f} us"
+            f" / {h['cbench_hello_stack64k_p50_us']:.1f} us"
+        )
         p50 = h["hello"]["p50_us"]
-        print(f"  cached hello p50 {p50:.1f} us (target <= {TARGET_HELLO_P50_US:.0f} us: "
-              f"{_verdict(p50 <= TARGET_HELLO_P50_US)})")
-        print(f"  16 MiB-stack vs 64 KiB-stack build: {h['stack16m_vs_stack64k']:.2f}x (untouched linear memory "
-              f"should cost nothing; 16 MiB p50 <= {TARGET_HELLO_P50_US:.0f} us: "
-              f"{_verdict(h['hello']['p50_us'] <= TARGET_HELLO_P50_US)})")
+        print(
+            f"  cached hello p50 {p50:.1f} us (target <= {TARGET_HELLO_P50_US:.0f} us: "
+            f"{_verdict(p50 <= TARGET_HELLO_P50_US)})"
+        )
+        print(
+            f"  16 MiB-stack vs 64 KiB-stack build: {h['stack16m_vs_stack64k']:.2f}x (untouched linear memory "
+            f"should cost nothing; 16 MiB p50 <= {TARGET_HELLO_P50_US:.0f} us: "
+            f"{_verdict(h['hello']['p50_us'] <= TARGET_HELLO_P50_US)})"
+        )
         if "wasmtime_vs_pyphase" in h:
             r = h["wasmtime_vs_pyphase"]
-            print(f"  wasmtime-py / pyphase: {r:.1f}x (target >= {TARGET_VS_WASMTIME:.0f}x: "
-                  f"{_verdict(r >= TARGET_VS_WASMTIME)})")
+            print(
+                f"  wasmtime-py / pyphase: {r:.1f}x (target >= {TARGET_VS_WASMTIME:.0f}x: "
+                f"{_verdict(r >= TARGET_VS_WASMTIME)})"
+            )
     print()
     if report.errors:
         print("ERRORS (the figures above are not valid):")
@@ -368,9 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     wt_version = None if args.no_wasmtime else wasmtime_version()
     report = Report(quick=args.quick)
     report.environment = {
-        "python": sys.version.split()[0], "pyphase": pyphase.__version__,
-        "runtime": f"{pyphase.RUNTIME_NAME} {pyphase.RUNTIME_VERSION}", "wasmtime": wt_version,
-        "cpus": os.cpu_count(), "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "python": sys.version.split()[0],
+        "pyphase": pyphase.__version__,
+        "runtime": f"{pyphase.RUNTIME_NAME} {pyphase.RUNTIME_VERSION}",
+        "wasmtime": wt_version,
+        "cpus": os.cpu_count(),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     if args.no_wasmtime:
         report.environment["wasmtime_note"] = "skipped (--no-wasmtime)"
@@ -384,9 +425,19 @@ def main(argv: list[str] | None = None) -> int:
         bench_hello(report, bindir, args.quick, wt_version is not None, workdir)
     report.wasmtime = {"version": wt_version} if wt_version else {}
     if args.json:
-        print(json.dumps({"quick": report.quick, "environment": report.environment, "compute": report.compute,
-                          "hello": report.hello, "errors": report.errors,
-                          "checksums_match": not report.errors}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "quick": report.quick,
+                    "environment": report.environment,
+                    "compute": report.compute,
+                    "hello": report.hello,
+                    "errors": report.errors,
+                    "checksums_match": not report.errors,
+                },
+                indent=2,
+            )
+        )
     else:
         print_report(report)
     return 1 if report.errors else 0

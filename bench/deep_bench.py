@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import wasmtime  # noqa: F401
             from importlib.metadata import version
+
             report["wasmtime"] = version("wasmtime")
         except ImportError:
             report["wasmtime"] = None
@@ -170,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"deep C module: {report['module_bytes']} bytes, nesting depth {report['max_nesting_depth']}, "
-          f"{STEPS} interpreter steps; median of {args.reps} cold starts (validate/compile + instantiate + run)")
+    print(
+        f"deep C module: {report['module_bytes']} bytes, nesting depth {report['max_nesting_depth']}, "
+        f"{STEPS} interpreter steps; median of {args.reps} cold starts (validate/compile + instantiate + run)"
+    )
     print(f"  pyphase      {report['pyphase_ms']:9.1f} ms")
     if theirs:
         print(f"  wasmtime-py  {report['wasmtime_ms']:9.1f} ms   (wasmtime {report['wasmtime']})")

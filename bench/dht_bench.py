@@ -53,8 +53,20 @@ def rss_kib(pid: int) -> int:
 def plasmd_rss(extra: list[str], boot: str) -> int:
     with tempfile.TemporaryDirectory() as d:
         host = dht_host()
-        cmd = [sys.executable, "-m", "pyphase.daemon", "--listen", f"{host}:0", "--data-dir", d, "--no-mdns",
-               "--workers", "1", "--no-sandbox", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pyphase.daemon",
+            "--listen",
+            f"{host}:0",
+            "--data-dir",
+            d,
+            "--no-mdns",
+            "--workers",
+            "1",
+            "--no-sandbox",
+            *extra,
+        ]
         if "--no-dht" not in extra:
             cmd += ["--dht-bootstrap", boot]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -120,8 +132,10 @@ def main() -> None:
             dht.query_records([endpoint])
             ref.append(time.monotonic() - t)
         p50, ref50 = statistics.median(times), statistics.median(ref)
-        print(f"resolve a peer id (get + verify): p50 {ms(p50)}, p90 {ms(sorted(times)[int(len(times) * 0.9) - 1])}"
-              f"; reference UDP record query p50 {ms(ref50)}; ratio {p50 / ref50:.1f}x")
+        print(
+            f"resolve a peer id (get + verify): p50 {ms(p50)}, p90 {ms(sorted(times)[int(len(times) * 0.9) - 1])}"
+            f"; reference UDP record query p50 {ms(ref50)}; ratio {p50 / ref50:.1f}x"
+        )
 
         # rendezvous
         responders = []
@@ -142,19 +156,23 @@ def main() -> None:
                         r.on_readable()
 
         threading.Thread(target=serve_all, daemon=True).start()
-        time.sleep(3)                   # announces post no completion: give their traversals time
+        time.sleep(3)  # announces post no completion: give their traversals time
         t = time.monotonic()
         found = dht.find_nodes(client, timeout=15, want=args.announced)
-        print(f"rendezvous: {len(found)} of {args.announced} announced nodes found and proven in "
-              f"{ms(time.monotonic() - t)}")
+        print(
+            f"rendezvous: {len(found)} of {args.announced} announced nodes found and proven in "
+            f"{ms(time.monotonic() - t)}"
+        )
         stop.set()
         client.close()
 
         # memory
         with_dht = plasmd_rss([], f"{boot[0][0]}:{boot[0][1]}")
         without = plasmd_rss(["--no-dht"], "")
-        print(f"idle plasmd RSS: {without} KiB without the DHT, {with_dht} KiB with it "
-              f"(+{with_dht - without} KiB, ratio {with_dht / without:.2f})")
+        print(
+            f"idle plasmd RSS: {without} KiB without the DHT, {with_dht} KiB with it "
+            f"(+{with_dht - without} KiB, ratio {with_dht / without:.2f})"
+        )
     finally:
         for n in nodes:
             n.close()

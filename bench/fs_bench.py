@@ -44,7 +44,7 @@ LIMITS = Limits(timeout_ms=600_000)
 
 
 def median_s(fn: Callable[[], object], runs: int) -> float:
-    fn()   # warm: page cache, module cache, worker
+    fn()  # warm: page cache, module cache, worker
     times = []
     for _ in range(runs):
         t = time.perf_counter()
@@ -96,6 +96,7 @@ def wasmtime_runner(wasm: bytes) -> Callable[[list[str], str], None] | None:
         except wasmtime.ExitTrap as exc:
             if exc.code != 0:
                 raise SystemExit(f"wasmtime run failed: exit {exc.code}") from None
+
     return run
 
 
@@ -107,8 +108,11 @@ def main() -> int:
     tree_files, tree_size, small_n, runs = (8, 1 << 20, 1000, 3) if args.quick else (100, 1 << 20, 10_000, 5)
     wasm = wasm_build.build_c("fs_bench.c").read_bytes()
     module = pyphase.Module(wasm)
-    figures: dict[str, Any] = {"load_average": os.getloadavg(), "tree_bytes": tree_files * tree_size,
-                               "small_files": small_n}
+    figures: dict[str, Any] = {
+        "load_average": os.getloadavg(),
+        "tree_bytes": tree_files * tree_size,
+        "small_files": small_n,
+    }
 
     with tempfile.TemporaryDirectory(prefix="fs-bench-") as tmp, Sandbox(workers=1) as sandbox:
         tree, small = Path(tmp) / "tree", Path(tmp) / "small"
@@ -129,9 +133,14 @@ def main() -> int:
         t_sb = median_s(phase_tree(sandbox.run), runs)
         mb = tree_files * tree_size / 1e6
         figures["tree"] = {
-            "cat_s": t_cat, "in_process_s": t_in, "sandbox_s": t_sb,
-            "cat_MBps": mb / t_cat, "in_process_MBps": mb / t_in, "sandbox_MBps": mb / t_sb,
-            "in_process_vs_cat": t_in / t_cat, "sandbox_vs_cat": t_sb / t_cat,
+            "cat_s": t_cat,
+            "in_process_s": t_in,
+            "sandbox_s": t_sb,
+            "cat_MBps": mb / t_cat,
+            "in_process_MBps": mb / t_in,
+            "sandbox_MBps": mb / t_sb,
+            "in_process_vs_cat": t_in / t_cat,
+            "sandbox_vs_cat": t_sb / t_cat,
         }
 
         def per_file(run_n: Callable[[int], object]) -> float:
@@ -144,12 +153,17 @@ def main() -> int:
         per = {
             "in_process_us": per_file(phase_small(pyphase.run)) * 1e6,
             "sandbox_us": per_file(phase_small(sandbox.run)) * 1e6,
-            "cat_us": per_file(lambda n: subprocess.run(["cat", *small_names[:n]], stdout=subprocess.DEVNULL,
-                                                        stdin=subprocess.DEVNULL, check=True)) * 1e6,
+            "cat_us": per_file(
+                lambda n: subprocess.run(
+                    ["cat", *small_names[:n]], stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, check=True
+                )
+            )
+            * 1e6,
         }
         wt = wasmtime_runner(wasm)
         if wt is not None:
             import wasmtime
+
             per["wasmtime_us"] = per_file(lambda n: wt(["small", "/data", str(n)], str(small))) * 1e6
             per["wasmtime_version"] = wasmtime.__version__ if hasattr(wasmtime, "__version__") else "?"
             per["in_process_vs_wasmtime"] = per["in_process_us"] / per["wasmtime_us"]
@@ -161,14 +175,20 @@ def main() -> int:
         return 0
     t, p = figures["tree"], figures["per_file"]
     print(f"load average {figures['load_average'][0]:.2f}")
-    print(f"tree of {tree_files} x {tree_size >> 20} MiB: cat {t['cat_MBps']:.0f} MB/s; phase in-process "
-          f"{t['in_process_MBps']:.0f} MB/s ({t['in_process_vs_cat']:.2f}x cat's time), sandboxed "
-          f"{t['sandbox_MBps']:.0f} MB/s ({t['sandbox_vs_cat']:.2f}x)")
-    line = (f"per file (open+read+close of {small_n} x 100 B): phase in-process {p['in_process_us']:.1f} us, "
-            f"sandboxed {p['sandbox_us']:.1f} us, native cat {p['cat_us']:.1f} us")
+    print(
+        f"tree of {tree_files} x {tree_size >> 20} MiB: cat {t['cat_MBps']:.0f} MB/s; phase in-process "
+        f"{t['in_process_MBps']:.0f} MB/s ({t['in_process_vs_cat']:.2f}x cat's time), sandboxed "
+        f"{t['sandbox_MBps']:.0f} MB/s ({t['sandbox_vs_cat']:.2f}x)"
+    )
+    line = (
+        f"per file (open+read+close of {small_n} x 100 B): phase in-process {p['in_process_us']:.1f} us, "
+        f"sandboxed {p['sandbox_us']:.1f} us, native cat {p['cat_us']:.1f} us"
+    )
     if "wasmtime_us" in p:
-        line += (f", wasmtime-py {p['wasmtime_us']:.1f} us (phase/wasmtime {p['in_process_vs_wasmtime']:.2f}x "
-                 f"in-process, {p['sandbox_vs_wasmtime']:.2f}x sandboxed)")
+        line += (
+            f", wasmtime-py {p['wasmtime_us']:.1f} us (phase/wasmtime {p['in_process_vs_wasmtime']:.2f}x "
+            f"in-process, {p['sandbox_vs_wasmtime']:.2f}x sandboxed)"
+        )
     else:
         line += "; wasmtime-py not installed (pip install -e '.[bench]')"
     print(line)

@@ -54,8 +54,20 @@ def install_times(work: Path) -> dict[str, float]:
     sdist = work / build_sdist(str(work))
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     house = work / "house"
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(house),
-                    *project["project"]["dependencies"], *project["build-system"]["requires"]], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "-d",
+            str(house),
+            *project["project"]["dependencies"],
+            *project["build-system"]["requires"],
+        ],
+        check=True,
+    )
     offline = ["--no-index", "--find-links", str(house), "--disable-pip-version-check", "-q"]
     py = fresh_venv(work / "w")
     wheel_s = timed([str(py), "-m", "pip", "install", *offline, str(wheels[-1])])
@@ -82,9 +94,21 @@ def tree_memory(pid: int) -> tuple[int, int]:
 
 def idle_memory(work: Path) -> dict[str, int]:
     bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    node = subprocess.Popen([str(Path(sys.executable).parent / "plasmd"), "--listen", "127.0.0.1:0", "--data-dir",
-                             str(work / "node"), "--no-mdns", "--workers", "2"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    node = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "plasmd"),
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(work / "node"),
+            "--no-mdns",
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert node.stdout is not None
         node.stdout.readline()
@@ -127,8 +151,19 @@ def cross_arch(work: Path, n: int) -> dict[str, float]:
     sys.path.insert(0, str(ROOT / "tests" / "packaging"))
     import test_arm  # the arm64 chroot with the aarch64 wheel installed, as the tests make it
 
-    local, address = start_node([str(Path(sys.executable).parent / "plasmd"), "--listen", "127.0.0.1:0",
-                                 "--data-dir", str(work / "x86"), "--no-mdns", "--workers", "1", "--no-sandbox"])
+    local, address = start_node(
+        [
+            str(Path(sys.executable).parent / "plasmd"),
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(work / "x86"),
+            "--no-mdns",
+            "--workers",
+            "1",
+            "--no-sandbox",
+        ]
+    )
     try:
         x86 = latency(address, n)
     finally:
@@ -137,17 +172,32 @@ def cross_arch(work: Path, n: int) -> dict[str, float]:
     if why := test_arm.missing_tools():
         sys.exit(why)
     with test_arm.arm64_with_pyphase() as root:
-        remote, address = start_node(["chroot", str(root), f"{test_arm.VENV}/bin/plasmd", "--listen",
-                                      "127.0.0.1:0", "--data-dir", "/tmp/n", "--no-mdns", "--no-sandbox",
-                                      "--workers", "1"])
+        remote, address = start_node(
+            [
+                "chroot",
+                str(root),
+                f"{test_arm.VENV}/bin/plasmd",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                "/tmp/n",
+                "--no-mdns",
+                "--no-sandbox",
+                "--workers",
+                "1",
+            ]
+        )
         try:
             arm = latency(address, n)
         finally:
             remote.terminate()
             remote.wait(60)
-    return {"x86_64_p50_ms": statistics.median(x86) * 1e3, "aarch64_p50_ms": statistics.median(arm) * 1e3,
-            "x86_64_p90_ms": statistics.quantiles(x86, n=10)[-1] * 1e3,
-            "aarch64_p90_ms": statistics.quantiles(arm, n=10)[-1] * 1e3}
+    return {
+        "x86_64_p50_ms": statistics.median(x86) * 1e3,
+        "aarch64_p50_ms": statistics.median(arm) * 1e3,
+        "x86_64_p90_ms": statistics.quantiles(x86, n=10)[-1] * 1e3,
+        "aarch64_p90_ms": statistics.quantiles(arm, n=10)[-1] * 1e3,
+    }
 
 
 def main() -> None:
@@ -163,17 +213,23 @@ def main() -> None:
         work = Path(tmp)
         if not args.skip_install:
             t = install_times(work)
-            print(f"install from wheel {t['wheel_s']:.1f} s, from sdist {t['sdist_s']:.1f} s "
-                  f"(sdist/wheel = {t['sdist_s'] / t['wheel_s']:.1f}x)")
+            print(
+                f"install from wheel {t['wheel_s']:.1f} s, from sdist {t['sdist_s']:.1f} s "
+                f"(sdist/wheel = {t['sdist_s'] / t['wheel_s']:.1f}x)"
+            )
         m = idle_memory(work)
-        print(f"idle plasmd (node + fork server + idle workers): RSS {m['node_rss_kb'] / 1024:.1f} MiB, "
-              f"PSS {m['node_pss_kb'] / 1024:.1f} MiB; bare python RSS {m['python_rss_kb'] / 1024:.1f} MiB "
-              f"(node/python = {m['node_rss_kb'] / m['python_rss_kb']:.1f}x)")
+        print(
+            f"idle plasmd (node + fork server + idle workers): RSS {m['node_rss_kb'] / 1024:.1f} MiB, "
+            f"PSS {m['node_pss_kb'] / 1024:.1f} MiB; bare python RSS {m['python_rss_kb'] / 1024:.1f} MiB "
+            f"(node/python = {m['node_rss_kb'] / m['python_rss_kb']:.1f}x)"
+        )
         if args.arm:
             c = cross_arch(work, args.jobs)
-            print(f"hello, {args.jobs} jobs: x86_64 node p50 {c['x86_64_p50_ms']:.1f} ms p90 {c['x86_64_p90_ms']:.1f} ms; "
-                  f"aarch64 node (qemu-user) p50 {c['aarch64_p50_ms']:.1f} ms p90 {c['aarch64_p90_ms']:.1f} ms "
-                  f"(aarch64/x86_64 = {c['aarch64_p50_ms'] / c['x86_64_p50_ms']:.1f}x)")
+            print(
+                f"hello, {args.jobs} jobs: x86_64 node p50 {c['x86_64_p50_ms']:.1f} ms p90 {c['x86_64_p90_ms']:.1f} ms; "
+                f"aarch64 node (qemu-user) p50 {c['aarch64_p50_ms']:.1f} ms p90 {c['aarch64_p90_ms']:.1f} ms "
+                f"(aarch64/x86_64 = {c['aarch64_p50_ms'] / c['x86_64_p50_ms']:.1f}x)"
+            )
 
 
 if __name__ == "__main__":

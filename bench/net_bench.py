@@ -36,8 +36,19 @@ INPUT = b"Hello, World"
 
 
 def start_node(data_dir: Path, host: str, *, sandbox: bool, mdns: bool = False, workers: int = 2):
-    cmd = [sys.executable, "-m", "pyphase.daemon", "--listen", f"{host}:0", "--data-dir", str(data_dir),
-           "--workers", str(workers), "--log-format", "json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pyphase.daemon",
+        "--listen",
+        f"{host}:0",
+        "--data-dir",
+        str(data_dir),
+        "--workers",
+        str(workers),
+        "--log-format",
+        "json",
+    ]
     cmd += ["--mdns-interfaces", "127.0.0.1"] if mdns else ["--no-mdns"]
     if not sandbox:
         cmd.append("--no-sandbox")
@@ -103,7 +114,7 @@ def throughput(address: str, module: bytes, clients: int, jobs: int) -> float:
     procs = [ctx.Process(target=_throughput_worker, args=(address, module, per, start, q)) for _ in range(clients)]
     for p in procs:
         p.start()
-    time.sleep(2.0)     # let every client connect and warm up (not a synchronisation: the Event starts them)
+    time.sleep(2.0)  # let every client connect and warm up (not a synchronisation: the Event starts them)
     start.set()
     spans = [q.get(timeout=300) for _ in procs]
     for p in procs:
@@ -114,7 +125,7 @@ def throughput(address: str, module: bytes, clients: int, jobs: int) -> float:
 def unique_module(base: bytes, i: int) -> bytes:
     name = b"bench"
     payload = bytes([len(name)]) + name + i.to_bytes(8, "little")
-    return base + b"\x00" + bytes([len(payload)]) + payload     # a custom section: same code, new hash
+    return base + b"\x00" + bytes([len(payload)]) + payload  # a custom section: same code, new hash
 
 
 def first_job(address: str, module: bytes, n: int = 30) -> tuple[float, float]:
@@ -143,7 +154,7 @@ def discovery_time(tmp: Path, nodes: int = 3, rounds: int = 5) -> tuple[float, f
 
     procs = [start_node(tmp / f"mdns{i}", f"127.0.0.{20 + i}", sandbox=False, mdns=True) for i in range(nodes)]
     try:
-        time.sleep(2.5)     # the nodes probe their names (about 1 s) before they answer
+        time.sleep(2.5)  # the nodes probe their names (about 1 s) before they answer
         first, all_ = [], []
         for _ in range(rounds):
             t = time.monotonic()
@@ -169,8 +180,10 @@ def main() -> None:
         args.jobs, args.clients, args.executor = 200, "2", "thread"
     module = HELLO.read_bytes()
     local_run, local_sandbox = local_reference(module, 2000)
-    print(f"reference, same job locally: pyphase.run p50 {local_run * 1e3:.3f} ms; "
-          f"one Sandbox worker p50 {local_sandbox * 1e3:.3f} ms")
+    print(
+        f"reference, same job locally: pyphase.run p50 {local_run * 1e3:.3f} ms; "
+        f"one Sandbox worker p50 {local_sandbox * 1e3:.3f} ms"
+    )
     kinds = ["sandbox", "thread"] if args.executor == "both" else [args.executor]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -180,23 +193,31 @@ def main() -> None:
                 lat = latency(address, module, args.jobs)
                 p50, p99 = statistics.median(lat), percentile(lat, 0.99)
                 ref = local_sandbox if kind == "sandbox" else local_run
-                print(f"[{kind} node] remote tiny job, cached, receipt verified: p50 {p50 * 1e3:.2f} ms, "
-                      f"p99 {p99 * 1e3:.2f} ms (goals 2 / 10 ms; {p50 / ref:.1f}x the local {kind} run)")
+                print(
+                    f"[{kind} node] remote tiny job, cached, receipt verified: p50 {p50 * 1e3:.2f} ms, "
+                    f"p99 {p99 * 1e3:.2f} ms (goals 2 / 10 ms; {p50 / ref:.1f}x the local {kind} run)"
+                )
                 rates = {c: throughput(address, module, c, args.jobs) for c in map(int, args.clients.split(","))}
                 best = max(rates, key=rates.__getitem__)
                 each = ", ".join(f"{c} clients {r:,.0f}" for c, r in rates.items())
-                print(f"[{kind} node] throughput, client processes -> 1 node (2 workers), 2 cores shared: "
-                      f"{each} jobs/s; best {rates[best]:,.0f} jobs/s = {rates[best] / 1000:.2f}x the 1,000 goal")
+                print(
+                    f"[{kind} node] throughput, client processes -> 1 node (2 workers), 2 cores shared: "
+                    f"{each} jobs/s; best {rates[best]:,.0f} jobs/s = {rates[best] / 1000:.2f}x the 1,000 goal"
+                )
                 warm, cold = first_job(address, module)
-                print(f"[{kind} node] first job of a new module (transfer + validation + run): {warm * 1e3:.2f} ms "
-                      f"over an open connection, {cold * 1e3:.2f} ms with a new client "
-                      f"({warm / p50:.1f}x / {cold / p50:.1f}x a cached job)")
+                print(
+                    f"[{kind} node] first job of a new module (transfer + validation + run): {warm * 1e3:.2f} ms "
+                    f"over an open connection, {cold * 1e3:.2f} ms with a new client "
+                    f"({warm / p50:.1f}x / {cold / p50:.1f}x a cached job)"
+                )
             finally:
                 proc.terminate()
                 proc.wait()
         first, all_ = discovery_time(tmp)
-        print(f"LAN discovery (mDNS on 127.0.0.1, 3 nodes): first node after {first * 1e3:.0f} ms, "
-              f"all 3 after {all_ * 1e3:.0f} ms (goal 1 s)")
+        print(
+            f"LAN discovery (mDNS on 127.0.0.1, 3 nodes): first node after {first * 1e3:.0f} ms, "
+            f"all 3 after {all_ * 1e3:.0f} ms (goal 1 s)"
+        )
 
 
 if __name__ == "__main__":

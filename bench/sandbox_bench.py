@@ -56,7 +56,7 @@ def latency(fn, n: int, warmup: int = 50, gap_s: float = 0.0) -> list[float]:
     out = []
     for _ in range(n):
         if gap_s:
-            time.sleep(gap_s)   # spaced arrivals: the pool has replaced the last worker before the next job
+            time.sleep(gap_s)  # spaced arrivals: the pool has replaced the last worker before the next job
         t = time.perf_counter()
         fn()
         out.append((time.perf_counter() - t) * 1e6)
@@ -77,11 +77,14 @@ def tiny_job(n: int) -> dict[str, float]:
         boxed = latency(one, n)
         timelines = timelines[-n:]
         spaced = latency(one, max(100, n // 4), warmup=5, gap_s=0.002)
-        spaced_timelines = timelines[-max(100, n // 4):]
+        spaced_timelines = timelines[-max(100, n // 4) :]
     out = {
-        "inprocess_p50_us": statistics.median(inproc), "inprocess_p99_us": pct(inproc, 99),
-        "sandbox_p50_us": statistics.median(boxed), "sandbox_p99_us": pct(boxed, 99),
-        "sandbox_spaced_p50_us": statistics.median(spaced), "sandbox_spaced_p99_us": pct(spaced, 99),
+        "inprocess_p50_us": statistics.median(inproc),
+        "inprocess_p99_us": pct(inproc, 99),
+        "sandbox_p50_us": statistics.median(boxed),
+        "sandbox_p99_us": pct(boxed, 99),
+        "sandbox_spaced_p50_us": statistics.median(spaced),
+        "sandbox_spaced_p99_us": pct(spaced, 99),
         "added_spaced_p50_us": statistics.median(spaced) - statistics.median(inproc),
     }
     for i, name in enumerate(("woke", "confined", "ran", "done", "ready")):
@@ -133,15 +136,19 @@ def crash(n: int) -> dict[str, float]:
             future = sb.submit(LOOP, limits=Limits(timeout_ms=30_000))
             deadline = time.monotonic() + 10
             while _cpu_ticks(pid := slot.worker_pid) <= 0 and time.monotonic() < deadline:
-                time.sleep(0.001)   # until the looping job runs in the slot's current worker
+                time.sleep(0.001)  # until the looping job runs in the slot's current worker
             t0 = time.perf_counter()
             os.kill(pid, signal.SIGKILL)
             r = future.result(timeout=10)
             killed.append((time.perf_counter() - t0) * 1e6)
             assert r.status == "crashed", r
-    return {"segfault_detect_p50_us": statistics.median(detect), "segfault_detect_p99_us": pct(detect, 99),
-            "replace_p50_us": statistics.median(replace), "replace_p99_us": pct(replace, 99),
-            "sigkill_to_result_p50_us": statistics.median(killed)}
+    return {
+        "segfault_detect_p50_us": statistics.median(detect),
+        "segfault_detect_p99_us": pct(detect, 99),
+        "replace_p50_us": statistics.median(replace),
+        "replace_p99_us": pct(replace, 99),
+        "sigkill_to_result_p50_us": statistics.median(killed),
+    }
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -167,21 +174,33 @@ def main() -> int:
         return 0
     f = figures
     print(f"sandbox figures ({f['cpus']} CPUs, load average {f['loadavg_1m']:.2f} at start)")
-    print(f"  tiny job (hello, cached)   in-process p50 {f['inprocess_p50_us']:7.0f} us  p99 {f['inprocess_p99_us']:7.0f} us")
-    print(f"                             sandboxed  p50 {f['sandbox_p50_us']:7.0f} us  p99 {f['sandbox_p99_us']:7.0f} us"
-          f"   (x{f['sandbox_p50_us'] / f['inprocess_p50_us']:.1f} at p50, +{f['added_p50_us']:.0f} us; target +200)")
-    print(f"    breakdown after 'go' (medians): {ready_text(f['timeline_ready_us'])}, woke {f['timeline_woke_us']:.0f} us, limits set "
-          f"{f['timeline_confined_us']:.0f}, job done {f['timeline_ran_us']:.0f}, parent saw it {f['timeline_done_us']:.0f}")
-    print(f"    jobs 2 ms apart (idle pool) p50 {f['sandbox_spaced_p50_us']:7.0f} us  p99 {f['sandbox_spaced_p99_us']:7.0f} us"
-          f"   (+{f['added_spaced_p50_us']:.0f} us at p50; breakdown: woke {f['spaced_timeline_woke_us']:.0f},"
-          f" limits {f['spaced_timeline_confined_us']:.0f}, job {f['spaced_timeline_ran_us']:.0f},"
-          f" parent {f['spaced_timeline_done_us']:.0f})")
-    print(f"  throughput                 in-process 2 threads {f['inprocess_2threads_jobs_per_s']:7.0f} jobs/s;"
-          f" sandbox 2 workers {f['sandbox_2workers_jobs_per_s']:7.0f} jobs/s"
-          f"   (x{f['sandbox_2workers_jobs_per_s'] / f['inprocess_2threads_jobs_per_s']:.2f})")
-    print(f"  crashed worker             detect p50 {f['segfault_detect_p50_us']:7.0f} us  p99 {f['segfault_detect_p99_us']:7.0f} us;"
-          f" replaced p50 {f['replace_p50_us']:.0f} us  p99 {f['replace_p99_us']:.0f} us;"
-          f" SIGKILL -> result p50 {f['sigkill_to_result_p50_us']:.0f} us")
+    print(
+        f"  tiny job (hello, cached)   in-process p50 {f['inprocess_p50_us']:7.0f} us  p99 {f['inprocess_p99_us']:7.0f} us"
+    )
+    print(
+        f"                             sandboxed  p50 {f['sandbox_p50_us']:7.0f} us  p99 {f['sandbox_p99_us']:7.0f} us"
+        f"   (x{f['sandbox_p50_us'] / f['inprocess_p50_us']:.1f} at p50, +{f['added_p50_us']:.0f} us; target +200)"
+    )
+    print(
+        f"    breakdown after 'go' (medians): {ready_text(f['timeline_ready_us'])}, woke {f['timeline_woke_us']:.0f} us, limits set "
+        f"{f['timeline_confined_us']:.0f}, job done {f['timeline_ran_us']:.0f}, parent saw it {f['timeline_done_us']:.0f}"
+    )
+    print(
+        f"    jobs 2 ms apart (idle pool) p50 {f['sandbox_spaced_p50_us']:7.0f} us  p99 {f['sandbox_spaced_p99_us']:7.0f} us"
+        f"   (+{f['added_spaced_p50_us']:.0f} us at p50; breakdown: woke {f['spaced_timeline_woke_us']:.0f},"
+        f" limits {f['spaced_timeline_confined_us']:.0f}, job {f['spaced_timeline_ran_us']:.0f},"
+        f" parent {f['spaced_timeline_done_us']:.0f})"
+    )
+    print(
+        f"  throughput                 in-process 2 threads {f['inprocess_2threads_jobs_per_s']:7.0f} jobs/s;"
+        f" sandbox 2 workers {f['sandbox_2workers_jobs_per_s']:7.0f} jobs/s"
+        f"   (x{f['sandbox_2workers_jobs_per_s'] / f['inprocess_2threads_jobs_per_s']:.2f})"
+    )
+    print(
+        f"  crashed worker             detect p50 {f['segfault_detect_p50_us']:7.0f} us  p99 {f['segfault_detect_p99_us']:7.0f} us;"
+        f" replaced p50 {f['replace_p50_us']:.0f} us  p99 {f['replace_p99_us']:.0f} us;"
+        f" SIGKILL -> result p50 {f['sigkill_to_result_p50_us']:.0f} us"
+    )
     return 0
 
 

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+
 def __getattr__(name: str) -> Any:
     # Heavier parts load on first use so that `import pyphase` stays cheap for the CLI and workers.
     if name == "Client":
@@ -60,8 +61,34 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "Client", "Crashed", "FuelExhausted", "Identity", "IdentityError", "InvalidModule", "JobError", "Limits",
-    "LimitsError", "ManifestError", "MemoryLimitExceeded", "Module", "OutputLimitExceeded", "PhaseError", "Preopen",
-    "RUNTIME_NAME", "RUNTIME_VERSION", "RecordError", "Rejected", "Result", "Sandbox", "SignatureError", "Timeout", "Trap",
-    "VerificationError", "make_manifest", "make_receipt", "run", "verify_receipt", "__version__",
+    "Client",
+    "Crashed",
+    "FuelExhausted",
+    "Identity",
+    "IdentityError",
+    "InvalidModule",
+    "JobError",
+    "Limits",
+    "LimitsError",
+    "ManifestError",
+    "MemoryLimitExceeded",
+    "Module",
+    "OutputLimitExceeded",
+    "PhaseError",
+    "Preopen",
+    "RUNTIME_NAME",
+    "RUNTIME_VERSION",
+    "RecordError",
+    "Rejected",
+    "Result",
+    "Sandbox",
+    "SignatureError",
+    "Timeout",
+    "Trap",
+    "VerificationError",
+    "make_manifest",
+    "make_receipt",
+    "run",
+    "verify_receipt",
+    "__version__",
 ]

@@ -29,10 +29,13 @@ from pyphase.net.node import EventLog, ListenError, Node, raise_descriptor_limit
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="plasmd", description="The Phase node: runs WebAssembly jobs for peers "
-                                "over phase/1 (CURVE-encrypted ZeroMQ) and signs a receipt for each.",
-                                epilog="Settings come from flags, then PLASMD_<KEY> variables, then the "
-                                "--config file, then defaults (see --help-config).")
+    p = argparse.ArgumentParser(
+        prog="plasmd",
+        description="The Phase node: runs WebAssembly jobs for peers "
+        "over phase/1 (CURVE-encrypted ZeroMQ) and signs a receipt for each.",
+        epilog="Settings come from flags, then PLASMD_<KEY> variables, then the "
+        "--config file, then defaults (see --help-config).",
+    )
     p.add_argument("--config", metavar="FILE", help="TOML configuration file")
     p.add_argument("--help-config", action="store_true", help="print every configuration key and its default")
     p.add_argument("--listen", metavar="HOST:PORT", help="address to bind (port 0: any free port)")
@@ -41,21 +44,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identity", metavar="FILE", help="identity key (default DATA_DIR/identity.key)")
     p.add_argument("--ephemeral", action="store_true", default=None, help="fresh in-memory identity (Private mode)")
     p.add_argument("--workers", type=int, metavar="N", help="job workers (default: one per core)")
-    p.add_argument("--no-sandbox", dest="sandbox", action="store_false", default=None,
-                   help="run jobs in threads of this process instead of isolated workers")
+    p.add_argument(
+        "--no-sandbox",
+        dest="sandbox",
+        action="store_false",
+        default=None,
+        help="run jobs in threads of this process instead of isolated workers",
+    )
     p.add_argument("--no-mdns", dest="mdns", action="store_false", default=None, help="do not use LAN discovery")
     p.add_argument("--mdns-interfaces", metavar="LIST", help='"all" or comma-separated IPv4 addresses')
     p.add_argument("--log-format", choices=("json", "text"), help="event log format (default json)")
-    p.add_argument("--boot-store", metavar="DIR", help="also serve this Phase Boot artifact store over HTTP "
-                   "(machines boot from this node; see docs/BOOT.md)")
-    p.add_argument("--api", metavar="HOST:PORT", dest="api_listen", help="HTTP API, /metrics and dashboard "
-                   "(default 127.0.0.1 at the phase/1 port + 1; beyond loopback a token is required, docs/API.md)")
+    p.add_argument(
+        "--boot-store",
+        metavar="DIR",
+        help="also serve this Phase Boot artifact store over HTTP (machines boot from this node; see docs/BOOT.md)",
+    )
+    p.add_argument(
+        "--api",
+        metavar="HOST:PORT",
+        dest="api_listen",
+        help="HTTP API, /metrics and dashboard "
+        "(default 127.0.0.1 at the phase/1 port + 1; beyond loopback a token is required, docs/API.md)",
+    )
     p.add_argument("--no-api", dest="api", action="store_false", default=None, help="serve no HTTP API")
     p.add_argument("--boot-listen", metavar="HOST:PORT", help="address of that HTTP server (default 0.0.0.0:8080)")
-    p.add_argument("--no-dht", dest="dht", action="store_false", default=None,
-                   help="stay off the Mainline DHT (no record, no rendezvous; Private mode)")
-    p.add_argument("--dht-bootstrap", nargs="+", action="extend", metavar="HOST:PORT",
-                   help="DHT nodes to join through (default: libtorrent's Mainline router)")
+    p.add_argument(
+        "--no-dht",
+        dest="dht",
+        action="store_false",
+        default=None,
+        help="stay off the Mainline DHT (no record, no rendezvous; Private mode)",
+    )
+    p.add_argument(
+        "--dht-bootstrap",
+        nargs="+",
+        action="extend",
+        metavar="HOST:PORT",
+        help="DHT nodes to join through (default: libtorrent's Mainline router)",
+    )
     p.add_argument("--dht-listen", metavar="IP:PORT", help="the DHT's UDP socket (default: listen host, port + 2)")
     return p
 
@@ -75,17 +101,17 @@ def _write_address(data_dir: Path, address: str) -> None:
 
 
 async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = Node) -> int:
-    raise_descriptor_limit()            # connections are capped below it, with descriptors kept for jobs
+    raise_descriptor_limit()  # connections are capped below it, with descriptors kept for jobs
     identity = _identity(config)
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     address_file = config.data_dir / "address"
     address_file.unlink(missing_ok=True)
     node = node_class(config, identity, log=log)
-    services = NodeServices(node, config)          # history, metrics, HTTP API: hooks into the node
+    services = NodeServices(node, config)  # history, metrics, HTTP API: hooks into the node
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.request_stop)
-    holder: list[Any] = []          # the Announcer, once it exists
+    holder: list[Any] = []  # the Announcer, once it exists
     announcing: asyncio.Task[None] | None = None
     boot_source = _BootSource(config, log) if config.boot_store else None
     presence: Any = None
@@ -94,13 +120,14 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
             await boot_source.start()
         address = await node.start()
         await services.start()
-        _write_address(config.data_dir, address)     # first, so whoever reads the printed line finds the file
+        _write_address(config.data_dir, address)  # first, so whoever reads the printed line finds the file
         print(address, flush=True)
         if config.mdns:
             listen_host = config.listen.rpartition(":")[0] or "0.0.0.0"
             host = node.host if listen_host not in ("0.0.0.0", "*") else "0.0.0.0"
             announcing = asyncio.get_running_loop().create_task(
-                _announce(identity, host, node.port, node.capabilities(), config.mdns_interfaces, node.log, holder))
+                _announce(identity, host, node.port, node.capabilities(), config.mdns_interfaces, node.log, holder)
+            )
         if config.dht:
             presence = await _join_dht(config, identity, node, node.log)
         await node.serve()
@@ -156,7 +183,7 @@ class _BootSource:
 
             self.announcer = announce_source(self.server.port, host, self.config.mdns_interfaces)
             self.log("boot_announced", name=self.announcer.name, addresses=self.announcer.addresses)
-        except Exception as exc:    # the store is still served at its address
+        except Exception as exc:  # the store is still served at its address
             self.log("warning", message=f"boot source mDNS unavailable: {type(exc).__name__}: {exc}")
 
     def close(self) -> None:
@@ -166,8 +193,15 @@ class _BootSource:
             self.server.close()
 
 
-async def _announce(identity: Identity, host: str, port: int, caps: dict[str, Any], interfaces: str,
-                    log: Callable[..., None], holder: list[Any]) -> None:
+async def _announce(
+    identity: Identity,
+    host: str,
+    port: int,
+    caps: dict[str, Any],
+    interfaces: str,
+    log: Callable[..., None],
+    holder: list[Any],
+) -> None:
     """Announce on the LAN; probing the name takes about a second, so this runs beside the serving node."""
     try:
         from pyphase.net.discovery import Announcer
@@ -177,7 +211,7 @@ async def _announce(identity: Identity, host: str, port: int, caps: dict[str, An
         await announcer.start()
     except asyncio.CancelledError:
         raise
-    except Exception as exc:   # no zeroconf, no multicast here: the node still serves direct addresses
+    except Exception as exc:  # no zeroconf, no multicast here: the node still serves direct addresses
         log("warning", message=f"mDNS unavailable: {type(exc).__name__}: {exc}")
 
 
@@ -190,7 +224,7 @@ async def _join_dht(config: NodeConfig, identity: Identity, node: Node, log: Cal
         presence = DhtPresence(config, identity, node.host, node.port, node.capabilities(), log)
         await presence.start()
         return presence
-    except (ImportError, OSError, RuntimeError) as exc:     # PermissionError: the test suite's DHT guard
+    except (ImportError, OSError, RuntimeError) as exc:  # PermissionError: the test suite's DHT guard
         log("warning", message=f"DHT unavailable: {type(exc).__name__}: {exc}")
         if presence is not None:
             await presence.close()
@@ -204,13 +238,26 @@ def main(argv: Sequence[str] | None = None, *, node_class: type[Node] = Node) ->
         print(config_mod.help_text(), end="")
         return 0
     try:
-        config = load_config(args.config, listen=args.listen, advertise=args.advertise,
-                             data_dir=Path(args.data_dir) if args.data_dir else None, identity=args.identity,
-                             ephemeral=args.ephemeral, workers=args.workers, sandbox=args.sandbox, mdns=args.mdns,
-                             mdns_interfaces=args.mdns_interfaces, log_format=args.log_format,
-                             boot_store=args.boot_store, boot_listen=args.boot_listen,
-                             api=args.api, api_listen=args.api_listen, dht=args.dht, dht_listen=args.dht_listen,
-                             dht_bootstrap=",".join(args.dht_bootstrap) if args.dht_bootstrap else None)
+        config = load_config(
+            args.config,
+            listen=args.listen,
+            advertise=args.advertise,
+            data_dir=Path(args.data_dir) if args.data_dir else None,
+            identity=args.identity,
+            ephemeral=args.ephemeral,
+            workers=args.workers,
+            sandbox=args.sandbox,
+            mdns=args.mdns,
+            mdns_interfaces=args.mdns_interfaces,
+            log_format=args.log_format,
+            boot_store=args.boot_store,
+            boot_listen=args.boot_listen,
+            api=args.api,
+            api_listen=args.api_listen,
+            dht=args.dht,
+            dht_listen=args.dht_listen,
+            dht_bootstrap=",".join(args.dht_bootstrap) if args.dht_bootstrap else None,
+        )
     except (OSError, ValueError) as exc:
         print(f"plasmd: {exc}", file=sys.stderr)
         return 2

@@ -36,4 +36,4 @@ def digest_from_text(text: str) -> bytes:
     """The 32-byte digest named by ``sha256:<hex>``; ``ValueError`` for anything else."""
     if not is_hash_text(text):
         raise ValueError(f"not a sha256 content address: {text!r}")
-    return bytes.fromhex(text[len(PREFIX):])
+    return bytes.fromhex(text[len(PREFIX) :])

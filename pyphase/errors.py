@@ -101,8 +101,16 @@ class InvalidModuleResult(JobError):
 
 JOB_ERRORS: dict[str, type[JobError]] = {
     cls.status: cls
-    for cls in (Trap, Timeout, FuelExhausted, MemoryLimitExceeded, OutputLimitExceeded, Crashed, Rejected,
-                InvalidModuleResult)
+    for cls in (
+        Trap,
+        Timeout,
+        FuelExhausted,
+        MemoryLimitExceeded,
+        OutputLimitExceeded,
+        Crashed,
+        Rejected,
+        InvalidModuleResult,
+    )
 }
 
 
@@ -122,8 +130,10 @@ def describe_attempts(attempts: list[tuple[str, str]], full_ids: bool = False) -
     counts: dict[tuple[str, str], int] = {}
     for attempt in attempts:
         counts[attempt] = counts.get(attempt, 0) + 1
-    return [f"{peer if full_ids else peer[:12]}: {why}" + (f" ({n} times)" if n > 1 else "")
-            for (peer, why), n in counts.items()]
+    return [
+        f"{peer if full_ids else peer[:12]}: {why}" + (f" ({n} times)" if n > 1 else "")
+        for (peer, why), n in counts.items()
+    ]
 
 
 class NoPeers(NetworkError):
@@ -134,8 +144,13 @@ class QuorumError(NetworkError):
     """Replicas disagreed and no output reached a quorum; ``receipts`` holds every receipt received,
     ``groups`` maps each output digest to the peers that reported it."""
 
-    def __init__(self, message: str, receipts: list[dict[str, Any]], groups: dict[str, list[str]],
-                 attempts: list[tuple[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        receipts: list[dict[str, Any]],
+        groups: dict[str, list[str]],
+        attempts: list[tuple[str, str]] | None = None,
+    ) -> None:
         self.receipts = receipts
         self.groups = groups
         super().__init__(message, attempts)

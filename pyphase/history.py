@@ -20,7 +20,7 @@ from pyphase.receipt import timestamp
 HISTORY_FILE = "history.sqlite"
 DEFAULT_MAX_JOBS = 10_000
 DEFAULT_MAX_AGE_S = 7 * 86400
-_PRUNE_EVERY = 64                 # inserts between two pruning passes (the bound is exceeded by at most this)
+_PRUNE_EVERY = 64  # inserts between two pruning passes (the bound is exceeded by at most this)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -46,8 +46,14 @@ def _iso(t: float) -> str:
 class History:
     """The jobs a node ran, newest first. ``path=None``: in memory (Private mode)."""
 
-    def __init__(self, path: str | Path | None, max_jobs: int = DEFAULT_MAX_JOBS,
-                 max_age_s: float = DEFAULT_MAX_AGE_S, *, readonly: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path | None,
+        max_jobs: int = DEFAULT_MAX_JOBS,
+        max_age_s: float = DEFAULT_MAX_AGE_S,
+        *,
+        readonly: bool = False,
+    ) -> None:
         self.path = Path(path) if path is not None else None
         self.max_jobs = max_jobs
         self.max_age_s = max_age_s
@@ -59,7 +65,7 @@ class History:
             self.db = sqlite3.connect(self.path, check_same_thread=False)
             self.path.chmod(0o600)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")   # a crash may lose the last rows, never corrupt
+            self.db.execute("PRAGMA synchronous=NORMAL")  # a crash may lose the last rows, never corrupt
         if not readonly:
             self.db.executescript(_SCHEMA)
         self._inserts = 0
@@ -77,8 +83,17 @@ class History:
         self.db.execute(
             "INSERT INTO jobs (job_id, finished, status, exit_code, wall_us, module, client, receipt) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (receipt["job_id"], finished or time.time(), receipt["status"], receipt["exit_code"], receipt["wall_us"],
-             receipt["module"], client, json.dumps(receipt, separators=(",", ":"))))
+            (
+                receipt["job_id"],
+                finished or time.time(),
+                receipt["status"],
+                receipt["exit_code"],
+                receipt["wall_us"],
+                receipt["module"],
+                client,
+                json.dumps(receipt, separators=(",", ":")),
+            ),
+        )
         self._inserts += 1
         if self._inserts % _PRUNE_EVERY == 0:
             self.prune()
@@ -88,8 +103,10 @@ class History:
     def prune(self, now: float | None = None) -> int:
         """Drop rows beyond ``max_jobs`` or older than ``max_age_s``; return how many went."""
         cutoff = (now or time.time()) - self.max_age_s
-        cur = self.db.execute("DELETE FROM jobs WHERE finished < ? OR seq <= "
-                              "(SELECT COALESCE(MAX(seq), 0) FROM jobs) - ?", (cutoff, self.max_jobs))
+        cur = self.db.execute(
+            "DELETE FROM jobs WHERE finished < ? OR seq <= (SELECT COALESCE(MAX(seq), 0) FROM jobs) - ?",
+            (cutoff, self.max_jobs),
+        )
         self.db.commit()
         return cur.rowcount
 
@@ -99,8 +116,11 @@ class History:
 
     def jobs(self, limit: int = 50, *, with_receipts: bool = True) -> list[dict[str, Any]]:
         """The newest ``limit`` jobs."""
-        rows = self.db.execute("SELECT job_id, finished, status, exit_code, wall_us, module, client, receipt "
-                               "FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        rows = self.db.execute(
+            "SELECT job_id, finished, status, exit_code, wall_us, module, client, receipt "
+            "FROM jobs ORDER BY seq DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
         return [self._row(row, with_receipts) for row in rows]
 
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -109,9 +129,11 @@ class History:
             return None
         if not job_id.startswith("sha256:"):
             job_id = "sha256:" + job_id
-        row = self.db.execute("SELECT job_id, finished, status, exit_code, wall_us, module, client, receipt "
-                              "FROM jobs WHERE job_id >= ? AND job_id < ? ORDER BY seq DESC LIMIT 1",
-                              (job_id, job_id + "\uffff")).fetchone()
+        row = self.db.execute(
+            "SELECT job_id, finished, status, exit_code, wall_us, module, client, receipt "
+            "FROM jobs WHERE job_id >= ? AND job_id < ? ORDER BY seq DESC LIMIT 1",
+            (job_id, job_id + "\uffff"),
+        ).fetchone()
         return self._row(row, True) if row else None
 
     def receipts(self, limit: int = 50) -> list[dict[str, Any]]:
@@ -121,8 +143,15 @@ class History:
     @staticmethod
     def _row(row: tuple[Any, ...], with_receipt: bool) -> dict[str, Any]:
         job_id, finished, status, exit_code, wall_us, module, client, receipt = row
-        out = {"job_id": job_id, "finished_at": _iso(finished), "status": status, "exit_code": exit_code,
-               "wall_us": wall_us, "module": module, "client": client}
+        out = {
+            "job_id": job_id,
+            "finished_at": _iso(finished),
+            "status": status,
+            "exit_code": exit_code,
+            "wall_us": wall_us,
+            "module": module,
+            "client": client,
+        }
         if with_receipt:
             out["receipt"] = json.loads(receipt)
         return out

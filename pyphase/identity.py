@@ -47,8 +47,10 @@ def public_key_from_peer_id(peer_id: str) -> bytes:
     """Inverse of :func:`peer_id_from_public_key`; raises ``ValueError`` on malformed ids."""
     text = peer_id.strip().upper()
     padded = text + "=" * (-len(text) % 8)
-    why = (f"not a peer id: {peer_id!r} (a peer id is 52 base32 characters, the part before '@' of the "
-           f"PEERID@HOST:PORT a node prints when it starts and writes to DATA_DIR/address)")
+    why = (
+        f"not a peer id: {peer_id!r} (a peer id is 52 base32 characters, the part before '@' of the "
+        f"PEERID@HOST:PORT a node prints when it starts and writes to DATA_DIR/address)"
+    )
     try:
         key = base64.b32decode(padded)
     except (binascii.Error, ValueError):
@@ -97,8 +99,9 @@ class Identity:
         try:
             fd = os.open(target, flags, 0o600)
         except FileExistsError:
-            raise IdentityError(f"{target} already exists (save(..., overwrite=True) replaces it; "
-                                f"the CLI: phase keygen --force)") from None
+            raise IdentityError(
+                f"{target} already exists (save(..., overwrite=True) replaces it; the CLI: phase keygen --force)"
+            ) from None
         with os.fdopen(fd, "w") as f:
             os.fchmod(f.fileno(), 0o600)
             f.write(_KEY_FILE_HEADER + base64.b64encode(bytes(self.signing_key)).decode("ascii") + "\n")
@@ -120,7 +123,7 @@ class Identity:
         if not text.startswith(_KEY_FILE_HEADER):
             raise IdentityError(f"{source} is not a Phase identity file")
         try:
-            seed = base64.b64decode(text[len(_KEY_FILE_HEADER):], validate=True)
+            seed = base64.b64decode(text[len(_KEY_FILE_HEADER) :], validate=True)
         except (binascii.Error, ValueError):
             raise IdentityError(f"{source} holds a malformed key") from None
         return cls.from_seed(seed)

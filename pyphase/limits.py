@@ -17,8 +17,8 @@ SIZE_RULE = "a size is a number and a unit: B; KB, MB, GB (powers of 1000); KiB,
 DURATION_RULE = "a duration is a number and a unit: ms, s, m (minutes) or h"
 
 WASM_PAGE = _core.WASM_PAGE
-_DEFAULT = _core.DEFAULT_LIMITS     # the C core's defaults (phase_limits_default), the one source
-MAX_MEMORY_BYTES = 4 << 30          # wasm32's whole address space
+_DEFAULT = _core.DEFAULT_LIMITS  # the C core's defaults (phase_limits_default), the one source
+MAX_MEMORY_BYTES = 4 << 30  # wasm32's whole address space
 MAX_OUTPUT_BYTES = 1 << 30
 MAX_STACK_BYTES = 16 << 20
 
@@ -45,9 +45,11 @@ def parse_size(text: str | int) -> int:
         if unit in _AMBIGUOUS:
             letter = _AMBIGUOUS[unit]
             iec, si = _SIZE_UNITS[unit + "ib"], _SIZE_UNITS[unit + "b"]
-            raise LimitsError(f"{text!r}: the unit {text.strip()[-1]!r} is ambiguous: write {number}{letter}iB "
-                              f"({int(float(number) * iec):,} bytes) or {number}{letter}B "
-                              f"({int(float(number) * si):,} bytes)")
+            raise LimitsError(
+                f"{text!r}: the unit {text.strip()[-1]!r} is ambiguous: write {number}{letter}iB "
+                f"({int(float(number) * iec):,} bytes) or {number}{letter}B "
+                f"({int(float(number) * si):,} bytes)"
+            )
         if unit and unit not in _SIZE_UNITS:
             raise LimitsError(f"not a size: {text!r} ({SIZE_RULE})")
         value = int(float(number) * _SIZE_UNITS[unit]) if unit else 0
@@ -70,11 +72,20 @@ def format_size(value: int) -> str:
     else the byte count with the nearest IEC size beside it."""
     if value == 0:
         return "0 B"
-    exact = [(value // scale, unit) for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10),
-                                                         ("GB", 1000**3), ("MB", 1000**2), ("KB", 1000))
-             if value % scale == 0]
+    exact = [
+        (value // scale, unit)
+        for unit, scale in (
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+            ("GB", 1000**3),
+            ("MB", 1000**2),
+            ("KB", 1000),
+        )
+        if value % scale == 0
+    ]
     if exact:
-        number, unit = min(exact, key=lambda e: e[0])     # the shortest exact form: 64 MB, not 62500 KiB
+        number, unit = min(exact, key=lambda e: e[0])  # the shortest exact form: 64 MB, not 62500 KiB
         return f"{number} {unit}"
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if value >= scale:
@@ -108,14 +119,19 @@ class Limits:
             if type(value) is not int or value < 0:
                 raise LimitsError(f"{name} must be a non-negative integer, got {value!r}")
         if 0 < self.memory_bytes < WASM_PAGE:
-            raise LimitsError(f"memory_bytes {self.memory_bytes} is less than one WebAssembly page (64 KiB), so "
-                              f"no module with memory could start: give at least 64KiB (0: no memory at all)")
+            raise LimitsError(
+                f"memory_bytes {self.memory_bytes} is less than one WebAssembly page (64 KiB), so "
+                f"no module with memory could start: give at least 64KiB (0: no memory at all)"
+            )
         if self.memory_bytes > MAX_MEMORY_BYTES:
-            raise LimitsError(f"memory_bytes {format_size(self.memory_bytes)} exceeds wasm32's whole address space, "
-                              f"{format_size(MAX_MEMORY_BYTES)}")
+            raise LimitsError(
+                f"memory_bytes {format_size(self.memory_bytes)} exceeds wasm32's whole address space, "
+                f"{format_size(MAX_MEMORY_BYTES)}"
+            )
         if self.output_bytes > MAX_OUTPUT_BYTES:
-            raise LimitsError(f"output_bytes {format_size(self.output_bytes)} exceeds the maximum, "
-                              f"{format_size(MAX_OUTPUT_BYTES)}")
+            raise LimitsError(
+                f"output_bytes {format_size(self.output_bytes)} exceeds the maximum, {format_size(MAX_OUTPUT_BYTES)}"
+            )
         if not 4096 <= self.stack_bytes <= MAX_STACK_BYTES:
             raise LimitsError(f"stack_bytes must be between 4096 and {MAX_STACK_BYTES}, got {self.stack_bytes}")
         if self.fuel >= 1 << 62:
@@ -127,8 +143,12 @@ class Limits:
 
     def to_json(self) -> dict[str, int]:
         """The manifest/receipt form (``stack_bytes`` is a node-side setting and not included)."""
-        return {"memory_bytes": self.memory_bytes, "fuel": self.fuel, "timeout_ms": self.timeout_ms,
-                "output_bytes": self.output_bytes}
+        return {
+            "memory_bytes": self.memory_bytes,
+            "fuel": self.fuel,
+            "timeout_ms": self.timeout_ms,
+            "output_bytes": self.output_bytes,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Limits:
@@ -159,4 +179,6 @@ def describe(name: str, value: int) -> str:
     if name.endswith("_bytes"):
         return format_size(value)
     return f"{value:,}"
+
+
 DEFAULT_LIMITS = Limits()

@@ -20,10 +20,19 @@ def new_nonce() -> str:
     return os.urandom(16).hex()
 
 
-def make_manifest(module: Module | bytes, input: bytes = b"", *, args: Sequence[str] = (),
-                  env: Mapping[str, str] | None = None, entry: str = "_start", limits: Limits | None = None,
-                  deterministic: bool = False, nonce: str | None = None,
-                  requires: Mapping[str, Any] | None = None, module_hash: str | None = None) -> dict[str, Any]:
+def make_manifest(
+    module: Module | bytes,
+    input: bytes = b"",
+    *,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    entry: str = "_start",
+    limits: Limits | None = None,
+    deterministic: bool = False,
+    nonce: str | None = None,
+    requires: Mapping[str, Any] | None = None,
+    module_hash: str | None = None,
+) -> dict[str, Any]:
     """Build a manifest for running ``module`` on ``input``; checked against the schema before it is returned.
     ``module_hash``: the module's ``sha256:`` text when the caller computed it already from the same bytes."""
     if isinstance(module, Module):

@@ -73,16 +73,25 @@ class Recent:
 class NodeMetrics:
     """The node's metrics in a registry of their own (nothing global), fed by :meth:`on_event`."""
 
-    def __init__(self, node: Node, api_connections: Callable[[], int] = lambda: 0,
-                 history_jobs: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self, node: Node, api_connections: Callable[[], int] = lambda: 0, history_jobs: Callable[[], int] = lambda: 0
+    ) -> None:
         self.node = node
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.recent = Recent()
         self.jobs = Counter("phase_jobs", "Jobs run, by receipt status and engine", ["status", "engine"], registry=r)
-        self.duration = Histogram("phase_job_duration_seconds", "Job wall time in the engine (receipt wall_us)",
-                                  buckets=DURATION_BUCKETS, registry=r)
-        self.node_time = Histogram("phase_job_node_seconds", "Offer (or module) received to result sent, on the node",
-                                   buckets=DURATION_BUCKETS, registry=r)
+        self.duration = Histogram(
+            "phase_job_duration_seconds",
+            "Job wall time in the engine (receipt wall_us)",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.node_time = Histogram(
+            "phase_job_node_seconds",
+            "Offer (or module) received to result sent, on the node",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.cache_hits = Counter("phase_cache_hits", "Offers whose module was cached", registry=r)
         self.cache_misses = Counter("phase_cache_misses", "Offers that needed the module's bytes", registry=r)
         self.cache_stored = Counter("phase_cache_stored_bytes", "Module bytes received and cached", registry=r)
@@ -101,7 +110,9 @@ class NodeMetrics:
     def on_event(self, event: str, fields: dict[str, Any]) -> None:
         """One node event (as logged): count what it tells."""
         if event == "result":
-            self.node_time.observe((fields.get("start_us", 0) + fields.get("exec_us", 0) + fields.get("reply_us", 0)) / 1e6)
+            self.node_time.observe(
+                (fields.get("start_us", 0) + fields.get("exec_us", 0) + fields.get("reply_us", 0)) / 1e6
+            )
         elif event == "offer":
             (self.cache_hits if fields.get("cached") else self.cache_misses).inc()
         elif event == "module_cached":
@@ -129,16 +140,21 @@ class _NodeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         node = self.node
         load = node.load()
-        yield GaugeMetricFamily("phase_queue_depth", "Jobs waiting for a worker or for their module",
-                                value=load["queued"] + node.shares.waiting)
-        yield GaugeMetricFamily("phase_jobs_abandoned", "Results dropped: their client was gone or did not read",
-                                value=node.abandoned)
+        yield GaugeMetricFamily(
+            "phase_queue_depth",
+            "Jobs waiting for a worker or for their module",
+            value=load["queued"] + node.shares.waiting,
+        )
+        yield GaugeMetricFamily(
+            "phase_jobs_abandoned", "Results dropped: their client was gone or did not read", value=node.abandoned
+        )
         yield GaugeMetricFamily("phase_workers_busy", "Workers running a job", value=load["running"])
         yield GaugeMetricFamily("phase_workers", "Workers in all", value=load["workers"])
         yield GaugeMetricFamily("phase_cache_bytes", "Module cache size on disk", value=node.cache.disk_bytes)
         yield GaugeMetricFamily("phase_cache_modules", "Modules in the cache", value=len(node.cache))
-        yield GaugeMetricFamily("phase_api_connections", "Open HTTP connections to the API",
-                                value=self.api_connections())
+        yield GaugeMetricFamily(
+            "phase_api_connections", "Open HTTP connections to the API", value=self.api_connections()
+        )
         yield GaugeMetricFamily("phase_history_jobs", "Jobs in the history", value=self.history_jobs())
         yield CounterMetricFamily("phase_received_bytes", "phase/1 bytes received", value=node.bytes_in)
         yield CounterMetricFamily("phase_sent_bytes", "phase/1 bytes sent", value=node.bytes_out)

@@ -60,8 +60,9 @@ def timestamp(moment: datetime | None = None) -> str:
     return f"{_second_text[1]}.{int((now - second) * 1000):03d}Z"
 
 
-def make_receipt(result: Result, *, job_id: str, nonce: str, limits: Limits, identity: Identity,
-                 started_at: str | None = None) -> dict[str, Any]:
+def make_receipt(
+    result: Result, *, job_id: str, nonce: str, limits: Limits, identity: Identity, started_at: str | None = None
+) -> dict[str, Any]:
     """Sign a receipt for ``result`` with ``identity``."""
     receipt = {
         "version": RECEIPT_VERSION,
@@ -97,9 +98,17 @@ def signer_public_key(receipt: Mapping[str, Any]) -> bytes:
     return key
 
 
-def verify_receipt(receipt: Any, *, module: bytes | None = None, input: bytes | None = None,
-                   stdout: bytes | None = None, stderr: bytes | None = None, nonce: str | None = None,
-                   signer: str | bytes | None = None, manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def verify_receipt(
+    receipt: Any,
+    *,
+    module: bytes | None = None,
+    input: bytes | None = None,
+    stdout: bytes | None = None,
+    stderr: bytes | None = None,
+    nonce: str | None = None,
+    signer: str | bytes | None = None,
+    manifest: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Check everything that can be checked; return the receipt or raise :class:`VerificationError`.
 
     ``signer`` is the expected node, as a peer id or raw public key. Bytes given (module, input,
@@ -127,8 +136,9 @@ def verify_receipt(receipt: Any, *, module: bytes | None = None, input: bytes | 
             problems.append(f"expected signer: {exc}")
         else:
             if expected != public_key:
-                problems.append(f"signed by {peer_id_from_public_key(public_key)}, "
-                                f"expected {peer_id_from_public_key(expected)}")
+                problems.append(
+                    f"signed by {peer_id_from_public_key(public_key)}, expected {peer_id_from_public_key(expected)}"
+                )
     if nonce is not None and receipt.get("nonce") != nonce:
         problems.append(f"nonce {receipt.get('nonce')!r} is not ours ({nonce!r})")
     for field, data in (("module", module), ("input", input), ("stdout", stdout), ("stderr", stderr)):

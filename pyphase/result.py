@@ -36,9 +36,19 @@ class Result:
     def from_core(cls, raw: RawResult) -> Result:
         """The result of a job the C core ran (in this process or in a sandbox worker)."""
         return cls(
-            status=raw[0], exit_code=raw[1], message=raw[2], stdout=raw[3], stderr=raw[4], fuel_used=raw[5],
-            wall_us=raw[6], memory_peak_bytes=raw[7], module_hash=hash_text(raw[8]), input_hash=hash_text(raw[9]),
-            stdout_hash=hash_text(raw[10]), stderr_hash=hash_text(raw[11]), fs_unavailable=raw[12],
+            status=raw[0],
+            exit_code=raw[1],
+            message=raw[2],
+            stdout=raw[3],
+            stderr=raw[4],
+            fuel_used=raw[5],
+            wall_us=raw[6],
+            memory_peak_bytes=raw[7],
+            module_hash=hash_text(raw[8]),
+            input_hash=hash_text(raw[9]),
+            stdout_hash=hash_text(raw[10]),
+            stderr_hash=hash_text(raw[11]),
+            fs_unavailable=raw[12],
         )
 
     def with_hashes(self, module_hash: str, input_hash: str) -> Result:
@@ -47,8 +57,13 @@ class Result:
         output it holds."""
         if self.stdout_hash != UNHASHED and self.module_hash != UNHASHED:
             return self
-        return replace(self, module_hash=module_hash, input_hash=input_hash, stdout_hash=sha256_text(self.stdout),
-                       stderr_hash=sha256_text(self.stderr))
+        return replace(
+            self,
+            module_hash=module_hash,
+            input_hash=input_hash,
+            stdout_hash=sha256_text(self.stdout),
+            stderr_hash=sha256_text(self.stderr),
+        )
 
     @property
     def ok(self) -> bool:
@@ -64,9 +79,15 @@ class Result:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary; stdout/stderr as text when they are UTF-8, else omitted (see the hashes)."""
         out: dict[str, Any] = {
-            "status": self.status, "exit_code": self.exit_code, "message": self.message,
-            "fuel_used": self.fuel_used, "wall_us": self.wall_us, "memory_peak_bytes": self.memory_peak_bytes,
-            "module": self.module_hash, "input": self.input_hash, "stdout_hash": self.stdout_hash,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "message": self.message,
+            "fuel_used": self.fuel_used,
+            "wall_us": self.wall_us,
+            "memory_peak_bytes": self.memory_peak_bytes,
+            "module": self.module_hash,
+            "input": self.input_hash,
+            "stdout_hash": self.stdout_hash,
             "stderr_hash": self.stderr_hash,
         }
         for name in ("stdout", "stderr"):

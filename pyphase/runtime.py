@@ -27,8 +27,10 @@ DEFAULT_PROGRAM_NAME = "main.wasm"
 
 
 WASM_MAGIC = b"\0asm"
-BUILD_HINT = ("compile C to a WASI module with zig's toolchain (pip install ziglang): "
-              "python -m ziglang cc -target wasm32-wasi -O2 -o job.wasm job.c")
+BUILD_HINT = (
+    "compile C to a WASI module with zig's toolchain (pip install ziglang): "
+    "python -m ziglang cc -target wasm32-wasi -O2 -o job.wasm job.c"
+)
 
 
 def not_wasm_hint(data: bytes | bytearray | memoryview) -> str | None:
@@ -42,8 +44,10 @@ def not_wasm_hint(data: bytes | bytearray | memoryview) -> str | None:
         return f"the module is empty (0 bytes); {BUILD_HINT}"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if text.startswith((b"(module", b"(component", b";;", b"(;")):
-        return ("this is WebAssembly text (.wat), not a binary module: convert it with "
-                "'wat2wasm job.wat -o job.wasm' (wabt, e.g. apt-get install wabt)")
+        return (
+            "this is WebAssembly text (.wat), not a binary module: convert it with "
+            "'wat2wasm job.wat -o job.wasm' (wabt, e.g. apt-get install wabt)"
+        )
     if text.startswith(b"\x7fELF") or head.startswith(b"\x7fELF"):
         return f"this is a native executable (ELF), not WebAssembly; {BUILD_HINT}"
     if any(marker in head for marker in (b"#include", b"int main", b"void main", b"#define")):
@@ -139,8 +143,9 @@ def encode_strings(items: Sequence[str], what: str) -> list[bytes]:
     return out
 
 
-def deterministic_seed(module_hash: str, input_hash: str, args: Sequence[str], env: Mapping[str, str],
-                       entry: str) -> bytes:
+def deterministic_seed(
+    module_hash: str, input_hash: str, args: Sequence[str], env: Mapping[str, str], entry: str
+) -> bytes:
     """Seed of a deterministic job's clocks and random: a function of what the job is, so replicas agree."""
     h = hashlib.sha256(b"phase/deterministic-seed/1\0")
     for part in (module_hash, input_hash, entry, *args, "\0env", *(f"{k}={v}" for k, v in sorted(env.items()))):
@@ -176,11 +181,20 @@ class PreparedJob(NamedTuple):
         return self.module if isinstance(self.module, bytes) else self.module.bytes
 
 
-def prepare_job(module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview = b"", *,
-                args: Sequence[str] = (), env: Mapping[str, str] | None = None, entry: str = "_start",
-                limits: Limits | None = None, deterministic: bool = False,
-                program_name: str = DEFAULT_PROGRAM_NAME, seed: bytes | None = None,
-                digest: bytes | None = None, dirs: Sequence[Preopen] = ()) -> PreparedJob:
+def prepare_job(
+    module: Module | bytes | bytearray | memoryview,
+    input: bytes | bytearray | memoryview = b"",
+    *,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    entry: str = "_start",
+    limits: Limits | None = None,
+    deterministic: bool = False,
+    program_name: str = DEFAULT_PROGRAM_NAME,
+    seed: bytes | None = None,
+    digest: bytes | None = None,
+    dirs: Sequence[Preopen] = (),
+) -> PreparedJob:
     """Check and encode a job's parts for C (``ValueError`` for NUL bytes or a bad environment name).
 
     ``digest``: the module's sha256 when the caller computed it already (it travels with the bytes); the
@@ -201,14 +215,33 @@ def prepare_job(module: Module | bytes | bytearray | memoryview, input: bytes | 
     envp = encode_strings([f"{k}={v}" for k, v in environment.items()], "environment")
     if deterministic and seed is None:
         seed = deterministic_seed(hash_text(digest), hash_text(_core.sha256(input)), list(args), environment, entry)
-    return PreparedJob(digest, module, input, argv, envp, entry.encode("utf-8"), limits or DEFAULT_LIMITS,
-                       deterministic, seed or bytes(32), tuple(check(dirs)))
+    return PreparedJob(
+        digest,
+        module,
+        input,
+        argv,
+        envp,
+        entry.encode("utf-8"),
+        limits or DEFAULT_LIMITS,
+        deterministic,
+        seed or bytes(32),
+        tuple(check(dirs)),
+    )
 
 
-def run(module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview = b"", *,
-        args: Sequence[str] = (), env: Mapping[str, str] | None = None, entry: str = "_start",
-        limits: Limits | None = None, deterministic: bool = False, program_name: str = DEFAULT_PROGRAM_NAME,
-        seed: bytes | None = None, dirs: Sequence[Preopen] = ()) -> Result:
+def run(
+    module: Module | bytes | bytearray | memoryview,
+    input: bytes | bytearray | memoryview = b"",
+    *,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    entry: str = "_start",
+    limits: Limits | None = None,
+    deterministic: bool = False,
+    program_name: str = DEFAULT_PROGRAM_NAME,
+    seed: bytes | None = None,
+    dirs: Sequence[Preopen] = (),
+) -> Result:
     """Run ``module`` once in this process with ``input`` as stdin; the GIL is released while it runs.
 
     ``args`` follow the program name (argv[0]); ``dirs`` are the host directories the job sees (WASI
@@ -216,8 +249,18 @@ def run(module: Module | bytes | bytearray | memoryview, input: bytes | bytearra
     :class:`Result` with its ``status``; invalid modules raise :class:`~pyphase.errors.InvalidModule`.
     Untrusted modules belong in a :class:`pyphase.Sandbox`, which adds process isolation.
     """
-    job = prepare_job(module, input, args=args, env=env, entry=entry, limits=limits, deterministic=deterministic,
-                      program_name=program_name, seed=seed, dirs=dirs)
+    job = prepare_job(
+        module,
+        input,
+        args=args,
+        env=env,
+        entry=entry,
+        limits=limits,
+        deterministic=deterministic,
+        program_name=program_name,
+        seed=seed,
+        dirs=dirs,
+    )
     return run_prepared(job)
 
 

@@ -80,6 +80,7 @@ def _dht_guard_in_place():
     assert os.environ.get("PHASE_DHT_ALLOW", "").startswith(DHT_ALLOWED), "a test removed the DHT guard"
     os.environ["PHASE_DHT_ALLOW"] = DHT_ALLOWED
 
+
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"
 

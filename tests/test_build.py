@@ -34,8 +34,12 @@ def test_no_third_party_source_is_committed():
 def test_vendored_tree_matches_the_pin_and_patches_apply(tmp_path):
     fetch = _load("fetch_wasm3")
     dest = tmp_path / "wasm3-src"
-    subprocess.run([sys.executable, str(ROOT / "tools" / "fetch_wasm3.py"), "--dest", str(dest)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "fetch_wasm3.py"), "--dest", str(dest)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert fetch.tree_digest(ROOT / "third_party" / "wasm3") == fetch.TREE_SHA256
     patched = (dest / "wasm3" / "m3_exec.h").read_text()
     assert "phase_meter_slow" in patched and (dest / "wasm3" / "m3_phase_hooks.h").exists()
@@ -75,8 +79,9 @@ def test_sdist_carries_wasm3_and_libsodium_sources(sdist):
 
 def test_libsodium_tree_matches_the_pin():
     fetch = _load("fetch_libsodium")
-    subprocess.run([sys.executable, str(ROOT / "tools" / "fetch_libsodium.py")], check=True, capture_output=True,
-                   timeout=300)
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "fetch_libsodium.py")], check=True, capture_output=True, timeout=300
+    )
     assert _load("pinned_sdist").tree_digest(ROOT / "third_party" / "libsodium") == fetch.PIN.tree_sha256
     assert {"crypto_sign_verify_detached", "crypto_hash_sha256_init", "sodium_init"} <= fetch.functions_used()
 
@@ -93,16 +98,41 @@ def test_sdist_installs_offline_in_a_fresh_venv_without_shared_libsodium(sdist, 
     py = env_dir / "bin" / "python"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     needs = project["build-system"]["requires"] + project["project"]["dependencies"]
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *needs], check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *needs],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PHASE_"))}
     env["PIP_NO_INDEX"] = "1"
-    built = subprocess.run([str(py), "-m", "pip", "install", "--no-build-isolation", "--no-deps",
-                            "--disable-pip-version-check", str(sdist)], capture_output=True, text=True,
-                           timeout=1200, env=env, cwd=tmp_path)
+    built = subprocess.run(
+        [
+            str(py),
+            "-m",
+            "pip",
+            "install",
+            "--no-build-isolation",
+            "--no-deps",
+            "--disable-pip-version-check",
+            str(sdist),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
+        cwd=tmp_path,
+    )
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    site = Path(subprocess.run([str(py), "-c", "import pyphase, os; print(os.path.dirname(pyphase.__file__))"],
-                               check=True, capture_output=True, text=True, cwd=tmp_path).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(py), "-c", "import pyphase, os; print(os.path.dirname(pyphase.__file__))"],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        ).stdout.strip()
+    )
     binaries = _elf_files(site)
     assert {p.name.split(".")[0] for p in binaries} >= {"_core", "_sandbox", "phase-sandboxd"}
     for binary in binaries:
@@ -110,6 +140,17 @@ def test_sdist_installs_offline_in_a_fresh_venv_without_shared_libsodium(sdist, 
         assert "sodium" not in linked, f"{binary.name} links a shared libsodium:\n{linked}"
         exported = subprocess.run(["nm", "-D", "--defined-only", str(binary)], capture_output=True, text=True).stdout
         assert "crypto_sign" not in exported, f"{binary.name} exports the bundled libsodium's symbols"
-    demo = subprocess.run([str(env_dir / "bin" / "phase"), "run", str(ROOT / "examples" / "hello" / "hello.wasm"),
-                           "--input", "Hello, World"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    demo = subprocess.run(
+        [
+            str(env_dir / "bin" / "phase"),
+            "run",
+            str(ROOT / "examples" / "hello" / "hello.wasm"),
+            "--input",
+            "Hello, World",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert demo.returncode == 0 and demo.stdout.strip() == "dlroW ,olleH", demo.stdout + demo.stderr

@@ -17,8 +17,9 @@ HELLO = ROOT / "examples" / "hello" / "hello.wasm"
 
 def phase(*args: str, input: bytes | None = None, home=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PHASE_HOME": str(home)} if home else None
-    return subprocess.run([sys.executable, "-m", "pyphase", *args], input=input, capture_output=True, timeout=120,
-                          cwd=ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "pyphase", *args], input=input, capture_output=True, timeout=120, cwd=ROOT, env=env
+    )
 
 
 @pytest.mark.parametrize("isolation", [[], ["--no-sandbox"]])
@@ -85,11 +86,14 @@ def test_help_explains():
     assert p.returncode == 0 and b"--timeout" in p.stdout and b"exit status" in p.stdout
 
 
-@pytest.mark.parametrize("name, data, says", [
-    ("job.wat", b"(module)\n", ["WebAssembly text", "wat2wasm job.wat -o job.wasm"]),
-    ("prog.c", b"#include <stdio.h>\nint main(void) { return 0; }\n", ["C source", "-o prog.wasm prog.c"]),
-    ("empty.wasm", b"", ["empty", "wasm32-wasi"]),
-])
+@pytest.mark.parametrize(
+    "name, data, says",
+    [
+        ("job.wat", b"(module)\n", ["WebAssembly text", "wat2wasm job.wat -o job.wasm"]),
+        ("prog.c", b"#include <stdio.h>\nint main(void) { return 0; }\n", ["C source", "-o prog.wasm prog.c"]),
+        ("empty.wasm", b"", ["empty", "wasm32-wasi"]),
+    ],
+)
 def test_not_a_module_says_what_to_do(tmp_path, name, data, says):
     path = tmp_path / name
     path.write_bytes(data)
@@ -100,8 +104,12 @@ def test_not_a_module_says_what_to_do(tmp_path, name, data, says):
 
 
 def test_bare_numbers_and_ambiguous_units_are_refused_with_the_choices(tmp_path):
-    for flag, value, says in (("--memory", "64", "64MiB"), ("--memory", "64M", "64MB (64,000,000 bytes)"),
-                              ("--timeout", "5", "5s"), ("--output-limit", "1k", "1KiB")):
+    for flag, value, says in (
+        ("--memory", "64", "64MiB"),
+        ("--memory", "64M", "64MB (64,000,000 bytes)"),
+        ("--timeout", "5", "5s"),
+        ("--output-limit", "1k", "1KiB"),
+    ):
         p = phase("run", str(HELLO), flag, value, home=tmp_path)
         assert p.returncode == 2 and flag in p.stderr.decode() and says in p.stderr.decode(), (flag, p.stderr)
 

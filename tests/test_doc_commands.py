@@ -59,7 +59,7 @@ def blocks(doc: Path) -> list[Block]:
     found = []
     for m in FENCE.finditer(text):
         line = text.count("\n", 0, m.start()) + 1
-        before = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
         d = DIRECTIVE.search(before)
         found.append(Block(doc, line, m.group(1), m.group(2), d.group(1) if d else "", d.group(2) if d else ""))
     return found
@@ -80,6 +80,7 @@ def test_every_block_says_what_it_is():
 
 # ---- flags against --help ------------------------------------------------------------------------------------
 
+
 def _help_command(words: list[str]) -> list[str] | None:
     """The --help command for a command line's words, or None when it is not one of ours (or QEMU)."""
     if not words:
@@ -88,7 +89,7 @@ def _help_command(words: list[str]) -> list[str] | None:
     if first == "phase" or words[:3] in (["python", "-m", "pyphase"], ["python3", "-m", "pyphase"]):
         rest = words[1:] if first == "phase" else words[3:]
         sub = []
-        for w in rest[:2]:                 # 'phase boot sign', 'phase dht rendezvous', 'phase run MODULE'
+        for w in rest[:2]:  # 'phase boot sign', 'phase dht rendezvous', 'phase run MODULE'
             if w.startswith("-") or not re.fullmatch(r"[a-z][a-z-]*", w):
                 break
             sub.append(w)
@@ -118,7 +119,7 @@ def _commands(code: str) -> list[str]:
     lines: list[str] = []
     for line in joined.splitlines():
         if line[:1].isspace() and lines and not line.strip().startswith("#"):
-            lines[-1] += " " + line.strip()          # a synopsis continues a command on indented lines
+            lines[-1] += " " + line.strip()  # a synopsis continues a command on indented lines
         else:
             lines.append(line)
     out = []
@@ -132,7 +133,7 @@ def _commands(code: str) -> list[str]:
 
 def _flags_unknown(command: str) -> list[str]:
     words = command.replace("[", " ").replace("]", " ").split()
-    while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):     # VAR=value before the command
+    while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VAR=value before the command
         words = words[1:]
     helper = _help_command(words)
     if helper is None:
@@ -156,6 +157,7 @@ def test_every_flag_a_page_shows_exists(block: Block):
 
 
 # ---- running the pages ---------------------------------------------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -214,20 +216,25 @@ def test_a_page_runs_as_written(doc: Path, tmp_path: Path):
         pytest.skip("no kernel in /boot (bash .ci/setup --test installs one)")
     script = _script(doc, work)
     if script is None:
-        return                                     # nothing to run on this page (every block is data)
+        return  # nothing to run on this page (every block is data)
     bindir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "PHASE_HOME": str(tmp_path / "home"),
-           "PHASE_MDNS_INTERFACES": "127.0.0.1"}     # HOME stays: zig keeps its compiled libc there
+    env = {
+        **os.environ,
+        "PATH": f"{bindir}:{os.environ['PATH']}",
+        "PHASE_HOME": str(tmp_path / "home"),
+        "PHASE_MDNS_INTERFACES": "127.0.0.1",
+    }  # HOME stays: zig keeps its compiled libc there
     env.pop("PHASE_SOCKS_PROXY", None)
     # files, not pipes: a server the page leaves running in the background would hold a pipe open
     with open(tmp_path / "out", "w+") as out_f, open(tmp_path / "err", "w+") as err_f:
-        proc = subprocess.Popen(["bash", "-c", script], cwd=work, env=env, stdout=out_f, stderr=err_f,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            ["bash", "-c", script], cwd=work, env=env, stdout=out_f, stderr=err_f, start_new_session=True
+        )
         try:
             proc.wait(timeout=240)
         finally:
             try:
-                os.killpg(proc.pid, signal.SIGTERM)       # a node or server the page left running
+                os.killpg(proc.pid, signal.SIGTERM)  # a node or server the page left running
             except ProcessLookupError:
                 pass
             proc.kill()

@@ -23,7 +23,7 @@ def test_every_failing_status_has_an_exception_and_an_exit_code():
     failing = set(_core.STATUS_NAMES) - {"ok"}
     assert set(JOB_ERRORS) == failing
     assert set(STATUS_EXIT_CODES) == failing
-    assert len(set(STATUS_EXIT_CODES.values())) == len(STATUS_EXIT_CODES)     # each status its own code
+    assert len(set(STATUS_EXIT_CODES.values())) == len(STATUS_EXIT_CODES)  # each status its own code
     for status, code in STATUS_EXIT_CODES.items():
         assert f"{status} {code}" in " ".join(EPILOG_RUN.split())
 

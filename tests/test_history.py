@@ -33,11 +33,11 @@ def test_kept_newest_first_and_found_by_prefix(tmp_path: Path, receipt_factory) 
     assert stat.S_IMODE((tmp_path / HISTORY_FILE).stat().st_mode) == 0o600
     assert [j["job_id"] for j in history.jobs(3)] == [r["job_id"] for r in receipts[::-1][:3]]
     assert history.receipts(1) == [receipts[-1]]
-    found = history.get(receipts[1]["job_id"][7:19])           # a hex prefix, as `phase jobs show` takes
+    found = history.get(receipts[1]["job_id"][7:19])  # a hex prefix, as `phase jobs show` takes
     assert found is not None and found["receipt"] == receipts[1] and found["client"] == "client-key"
     assert history.get("abc") is None and history.get("sha256:" + "f" * 64) is None
     history.close()
-    reader = History.open_readonly(tmp_path)                   # what `phase jobs` opens while the node runs
+    reader = History.open_readonly(tmp_path)  # what `phase jobs` opens while the node runs
     assert len(reader) == 5
 
 
@@ -45,10 +45,10 @@ def test_bounded_by_count_and_by_age(tmp_path: Path, receipt_factory) -> None:
     history = History(tmp_path / HISTORY_FILE, max_jobs=10, max_age_s=3600)
     for i in range(300):
         history.add(receipt_factory(), "c", finished=1_000_000.0 + i)
-    assert len(history) <= 10 + 64                     # pruned every 64 inserts
+    assert len(history) <= 10 + 64  # pruned every 64 inserts
     history.prune(now=1_000_000.0 + 299)
     assert len(history) == 10
-    history.prune(now=1_000_000.0 + 295 + 3600)        # older than an hour goes: 295..299 stay
+    history.prune(now=1_000_000.0 + 295 + 3600)  # older than an hour goes: 295..299 stay
     assert len(history) == 5
 
 

@@ -20,7 +20,7 @@ def test_prepared_job_keeps_the_digest_it_is_given():
     data = HELLO.read_bytes()
     assert prepare_job(data).digest == hashlib.sha256(data).digest()
     given = bytes(range(32))
-    assert prepare_job(data, digest=given).digest == given       # trusted: computed once by the caller
+    assert prepare_job(data, digest=given).digest == given  # trusted: computed once by the caller
     module = Module(data)
     assert prepare_job(module).digest == module.digest
 
@@ -32,7 +32,10 @@ def test_one_prepared_job_runs_alike_in_process_and_in_a_worker():
         there = sandbox.run_prepared(job)
     assert here.stdout == there.stdout == b"cba"
     assert (here.module_hash, here.input_hash, here.stdout_hash) == (
-        there.module_hash, there.input_hash, there.stdout_hash)
+        there.module_hash,
+        there.input_hash,
+        there.stdout_hash,
+    )
 
 
 def test_prepare_job_refuses_what_c_cannot_carry():
@@ -47,6 +50,6 @@ def test_phase_run_validates_the_module_in_the_worker_only(monkeypatch, capsys, 
     monkeypatch.setattr(Module, "_cache", OrderedDict())
     assert phase_main(["run", str(HELLO), "--input", "Hello"]) == 0
     assert capsys.readouterr().out == "olleH"
-    assert len(Module._cache) == 0          # nothing was validated (or cached) in this process
+    assert len(Module._cache) == 0  # nothing was validated (or cached) in this process
     assert phase_main(["run", str(HELLO), "--input", "Hello", "--no-sandbox"]) == 0
-    assert len(Module._cache) == 1          # --no-sandbox: validated here, as asked
+    assert len(Module._cache) == 1  # --no-sandbox: validated here, as asked

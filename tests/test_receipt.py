@@ -24,15 +24,22 @@ def signed(hello_bytes):
     identity = Identity.generate()
     result = pyphase.run(hello_bytes, INPUT)
     manifest = make_manifest(hello_bytes, INPUT)
-    receipt = make_receipt(result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=Limits(),
-                           identity=identity)
+    receipt = make_receipt(result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=Limits(), identity=identity)
     return identity, result, manifest, receipt
 
 
 def test_good_receipt_verifies_everything(signed, hello_bytes):
     identity, result, manifest, receipt = signed
-    out = verify_receipt(receipt, module=hello_bytes, input=INPUT, stdout=result.stdout, stderr=result.stderr,
-                         nonce=manifest["nonce"], signer=identity.peer_id, manifest=manifest)
+    out = verify_receipt(
+        receipt,
+        module=hello_bytes,
+        input=INPUT,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        nonce=manifest["nonce"],
+        signer=identity.peer_id,
+        manifest=manifest,
+    )
     assert out["status"] == "ok" and out["stdout"] == result.stdout_hash
 
 
@@ -51,8 +58,26 @@ def _flip(value):
     raise AssertionError(type(value))
 
 
-@pytest.mark.parametrize("field", ["version", "job_id", "nonce", "module", "input", "stdout", "stderr", "exit_code",
-                                   "status", "message", "fuel_used", "wall_us", "started_at", "limits", "node"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "version",
+        "job_id",
+        "nonce",
+        "module",
+        "input",
+        "stdout",
+        "stderr",
+        "exit_code",
+        "status",
+        "message",
+        "fuel_used",
+        "wall_us",
+        "started_at",
+        "limits",
+        "node",
+    ],
+)
 def test_any_changed_field_breaks_the_signature(signed, field):
     receipt = copy.deepcopy(signed[3])
     receipt[field] = _flip(receipt[field]) if field != "status" else "trap"
@@ -82,7 +107,7 @@ def test_wrong_key_resigned_by_someone_else(signed):
 
     _, _, _, receipt = signed
     mallory = Identity.generate()
-    forged = sign_document(receipt, mallory.signing_key)      # claims the original node
+    forged = sign_document(receipt, mallory.signing_key)  # claims the original node
     with pytest.raises(VerificationError, match="signature"):
         verify_receipt(forged)
 
@@ -91,9 +116,9 @@ def test_swapped_node_key_is_not_the_expected_signer(signed, hello_bytes):
     identity, result, manifest, _ = signed
     other = Identity.generate()
     receipt = make_receipt(result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=Limits(), identity=other)
-    verify_receipt(receipt)                                   # self-consistent ...
+    verify_receipt(receipt)  # self-consistent ...
     with pytest.raises(VerificationError, match="expected"):
-        verify_receipt(receipt, signer=identity.peer_id)      # ... but not from the peer we talked to
+        verify_receipt(receipt, signer=identity.peer_id)  # ... but not from the peer we talked to
 
 
 def test_wrong_nonce(signed):
@@ -129,9 +154,13 @@ def test_canonical_bytes_are_sorted_compact_and_refuse_floats():
 
 def test_manifest_schema_rejects_bad_documents(hello_bytes):
     manifest = make_manifest(hello_bytes, b"")
-    for mutate in (lambda m: m.pop("nonce"), lambda m: m.update(version=2),
-                   lambda m: m["limits"].update(fuel=-1), lambda m: m.update(extra=1),
-                   lambda m: m["module"].update(hash="md5:00")):
+    for mutate in (
+        lambda m: m.pop("nonce"),
+        lambda m: m.update(version=2),
+        lambda m: m["limits"].update(fuel=-1),
+        lambda m: m.update(extra=1),
+        lambda m: m["module"].update(hash="md5:00"),
+    ):
         bad = copy.deepcopy(manifest)
         mutate(bad)
         with pytest.raises(pyphase.ManifestError):

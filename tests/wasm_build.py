@@ -12,7 +12,7 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 CACHE = TESTS / ".wasm-cache"
 PROGRAMS = TESTS / "programs"
-ZIG_DEFAULT = ("-O2",)                  # what users' modules come with
+ZIG_DEFAULT = ("-O2",)  # what users' modules come with
 ZIG_MVP = ("-O2", "-mcpu=mvp")
 
 
@@ -44,8 +44,9 @@ def build_wat(text: str) -> bytes:
         src.write_text(text)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
         try:
-            subprocess.run(["wat2wasm", "--enable-all", str(src), "-o", str(tmp)], check=True, capture_output=True,
-                           timeout=60)
+            subprocess.run(
+                ["wat2wasm", "--enable-all", str(src), "-o", str(tmp)], check=True, capture_output=True, timeout=60
+            )
             tmp.replace(out)
         finally:
             src.unlink(missing_ok=True)

@@ -26,23 +26,32 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pinned_sdist import Pin, fail, provide  # noqa: E402
 
-PIN = Pin(package="pynacl", version="1.6.2",
-          sdist_sha256="018494d6d696ae03c7e656e5e74cdfd8ea1326962cc401bcf018f1ed8436811c",
-          # tree digest (pinned_sdist.tree_digest) over PyNaCl's src/libsodium/
-          tree_sha256="31b8ccaaeb4d276ad3cf86121eaf9409d87bc6adab6f3e28219216c036d7c8b2")
+PIN = Pin(
+    package="pynacl",
+    version="1.6.2",
+    sdist_sha256="018494d6d696ae03c7e656e5e74cdfd8ea1326962cc401bcf018f1ed8436811c",
+    # tree digest (pinned_sdist.tree_digest) over PyNaCl's src/libsodium/
+    tree_sha256="31b8ccaaeb4d276ad3cf86121eaf9409d87bc6adab6f3e28219216c036d7c8b2",
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 VENDOR = ROOT / "third_party" / "libsodium"
 CSRC = ROOT / "csrc"
-CONFIGURE_FLAGS = ["--disable-shared", "--enable-static", "--with-pic", "--disable-pie", "--enable-minimal",
-                   "--disable-dependency-tracking"]
+CONFIGURE_FLAGS = [
+    "--disable-shared",
+    "--enable-static",
+    "--with-pic",
+    "--disable-pie",
+    "--enable-minimal",
+    "--disable-dependency-tracking",
+]
 WHO = "fetch_libsodium"
 
 
 def select(rel: str) -> str | None:
     """PyNaCl's bundled libsodium tree, whole (configure expects every Makefile.in it names)."""
     prefix = "src/libsodium/"
-    return rel[len(prefix):] if rel.startswith(prefix) else None
+    return rel[len(prefix) :] if rel.startswith(prefix) else None
 
 
 def functions_used() -> set[str]:
@@ -62,8 +71,11 @@ def build(prefix: Path, cc: str, cflags: str, host: str | None, nm: str) -> None
     recipe = "\n".join([PIN.tree_sha256, cc, cflags, host or "", *CONFIGURE_FLAGS])
     stamp = hashlib.sha256(recipe.encode()).hexdigest()
     library = prefix / "lib" / "libsodium.a"
-    if library.is_file() and (prefix / "phase-build-stamp").is_file() \
-            and (prefix / "phase-build-stamp").read_text().strip() == stamp:
+    if (
+        library.is_file()
+        and (prefix / "phase-build-stamp").is_file()
+        and (prefix / "phase-build-stamp").read_text().strip() == stamp
+    ):
         return
     staging = prefix.with_name(f"{prefix.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -83,16 +95,20 @@ def build(prefix: Path, cc: str, cflags: str, host: str | None, nm: str) -> None
             fail(WHO, f"`{' '.join(step)}` failed{hint}:\n{result.stderr[-4000:]}")
     missing = functions_used() - defined_symbols(staging / "lib" / "libsodium.a", nm)
     if missing:
-        fail(WHO, f"libsodium built with {' '.join(CONFIGURE_FLAGS)} lacks what csrc/ calls: {', '.join(sorted(missing))}")
+        fail(
+            WHO,
+            f"libsodium built with {' '.join(CONFIGURE_FLAGS)} lacks what csrc/ calls: {', '.join(sorted(missing))}",
+        )
     shutil.rmtree(work)
     for unused in ("share", "lib/pkgconfig", "lib/libsodium.la"):
-        shutil.rmtree(staging / unused, ignore_errors=True) if (staging / unused).is_dir() \
-            else (staging / unused).unlink(missing_ok=True)
+        shutil.rmtree(staging / unused, ignore_errors=True) if (staging / unused).is_dir() else (
+            staging / unused
+        ).unlink(missing_ok=True)
     (staging / "phase-build-stamp").write_text(stamp + "\n")
     shutil.rmtree(prefix, ignore_errors=True)
     try:
         staging.rename(prefix)
-    except OSError:                       # another build renamed the same result into place first
+    except OSError:  # another build renamed the same result into place first
         shutil.rmtree(staging, ignore_errors=True)
 
 

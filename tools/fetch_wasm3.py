@@ -22,10 +22,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pinned_sdist import Pin, provide, tree_digest  # noqa: E402
 
-PIN = Pin(package="pywasm3", version="0.5.0",
-          sdist_sha256="5a47c8a39f7f6ae71b3316b2e5d86c9d0db6e771a65f09a86e4d4aa3a19aefcc",
-          # tree digest (pinned_sdist.tree_digest) over wasm3/*.c|h plus LICENSE
-          tree_sha256="a04abc8b2d9bd6065d6c21d24df64c57778dae8860158277a6e500fdccecc7ef")
+PIN = Pin(
+    package="pywasm3",
+    version="0.5.0",
+    sdist_sha256="5a47c8a39f7f6ae71b3316b2e5d86c9d0db6e771a65f09a86e4d4aa3a19aefcc",
+    # tree digest (pinned_sdist.tree_digest) over wasm3/*.c|h plus LICENSE
+    tree_sha256="a04abc8b2d9bd6065d6c21d24df64c57778dae8860158277a6e500fdccecc7ef",
+)
 TREE_SHA256 = PIN.tree_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,8 +60,12 @@ def main() -> None:
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(VENDOR, staging / "wasm3")
     for patch in sorted(PATCHES.glob("*.patch")):
-        result = subprocess.run(["patch", "-p1", "--forward", "--batch", "--silent", "-i", str(patch)],
-                                cwd=staging, capture_output=True, text=True)
+        result = subprocess.run(
+            ["patch", "-p1", "--forward", "--batch", "--silent", "-i", str(patch)],
+            cwd=staging,
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
             sys.exit(f"fetch_wasm3: {patch.name} does not apply:\n{result.stdout}{result.stderr}")
     shutil.rmtree(args.dest, ignore_errors=True)

@@ -49,12 +49,26 @@ def provide(pin: Pin, vendor: Path, select: Callable[[str], str | None], who: st
     if vendor.is_dir() and tree_digest(vendor) == pin.tree_sha256:
         return
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "-d", tmp, f"{pin.package}=={pin.version}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            f"{pin.package}=={pin.version}",
+        ]
         print(f"{who}: " + " ".join(cmd[1:]), file=sys.stderr)
         if subprocess.run(cmd, stdout=sys.stderr).returncode != 0:
-            fail(who, f"pip could not download {pin.package}=={pin.version} (needs pip and a reachable package "
-                      f"index; an sdist of pyphase carries the sources and needs neither)")
+            fail(
+                who,
+                f"pip could not download {pin.package}=={pin.version} (needs pip and a reachable package "
+                f"index; an sdist of pyphase carries the sources and needs neither)",
+            )
         archives = [p for p in Path(tmp).iterdir() if p.name.lower() == f"{pin.package}-{pin.version}.tar.gz"]
         if len(archives) != 1:
             fail(who, f"pip did not produce {pin.package}-{pin.version}.tar.gz")

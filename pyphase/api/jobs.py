@@ -23,7 +23,7 @@ from pyphase.errors import PhaseError
 from pyphase.limits import Limits
 from pyphase.receipt import timestamp
 
-MAX_KEPT = 1000                 # finished API jobs kept for status queries (the history keeps more)
+MAX_KEPT = 1000  # finished API jobs kept for status queries (the history keeps more)
 TEXT_PREVIEW = 64 << 10
 
 
@@ -58,13 +58,24 @@ class ApiJob:
     def to_json(self) -> dict[str, Any]:
         r = self.result
         out: dict[str, Any] = {
-            "id": self.id, "state": self.state, "where": self.where, "submitted_at": self.submitted_at,
-            "finished_at": self.finished_at, "module": sha256_text(self.module),
-            "peer": r.peer if r else None, "status": r.status if r else None, "exit_code": r.exit_code if r else None,
-            "message": r.message if r else None, "wall_us": r.wall_us if r else None,
-            "fuel_used": r.fuel_used if r else None, "stdout_bytes": len(r.stdout) if r else None,
-            "stderr_bytes": len(r.stderr) if r else None, "stdout_text": None, "error": self.error,
-            "attempts": [list(a) for a in self.attempts], "job_id": r.receipt["job_id"] if r else None,
+            "id": self.id,
+            "state": self.state,
+            "where": self.where,
+            "submitted_at": self.submitted_at,
+            "finished_at": self.finished_at,
+            "module": sha256_text(self.module),
+            "peer": r.peer if r else None,
+            "status": r.status if r else None,
+            "exit_code": r.exit_code if r else None,
+            "message": r.message if r else None,
+            "wall_us": r.wall_us if r else None,
+            "fuel_used": r.fuel_used if r else None,
+            "stdout_bytes": len(r.stdout) if r else None,
+            "stderr_bytes": len(r.stderr) if r else None,
+            "stdout_text": None,
+            "error": self.error,
+            "attempts": [list(a) for a in self.attempts],
+            "job_id": r.receipt["job_id"] if r else None,
         }
         if r is not None:
             try:
@@ -86,8 +97,16 @@ def _b64(value: Any, name: str, limit: int) -> bytes:
 class ApiJobs:
     """The API's jobs: at most ``capacity`` unfinished at once, the last :data:`MAX_KEPT` finished kept."""
 
-    def __init__(self, own_address: Callable[[], str], known_peers: Callable[[], list[str]], *, capacity: int,
-                 max_module: int, max_input: int, threads: int = 4) -> None:
+    def __init__(
+        self,
+        own_address: Callable[[], str],
+        known_peers: Callable[[], list[str]],
+        *,
+        capacity: int,
+        max_module: int,
+        max_input: int,
+        threads: int = 4,
+    ) -> None:
         self.own_address = own_address
         self.known_peers = known_peers
         self.capacity = capacity
@@ -107,8 +126,11 @@ class ApiJobs:
         """An :class:`ApiJob` from a request body already checked against the OpenAPI schema (which also
         says: input or input_text, not both; peers only with where=network; env names without '=')."""
         module = _b64(body["module"], "module", self.max_module)
-        data = _b64(body["input"], "input", self.max_input) if "input" in body else \
-            str(body.get("input_text", "")).encode("utf-8")
+        data = (
+            _b64(body["input"], "input", self.max_input)
+            if "input" in body
+            else str(body.get("input_text", "")).encode("utf-8")
+        )
         if len(data) > self.max_input:
             raise TooBig(f"input exceeds {self.max_input} bytes, the most this node takes")
         try:
@@ -118,8 +140,18 @@ class ApiJobs:
             raise BadRequest(f"limits: {exc}") from None
         where = body.get("where", "here")
         peers = list(body.get("peers", []))
-        return ApiJob(os.urandom(16).hex(), where, module, data, list(body.get("args", [])), dict(body.get("env", {})),
-                      body.get("entry", "_start"), limits, bool(body.get("deterministic", False)), peers)
+        return ApiJob(
+            os.urandom(16).hex(),
+            where,
+            module,
+            data,
+            list(body.get("args", [])),
+            dict(body.get("env", {})),
+            body.get("entry", "_start"),
+            limits,
+            bool(body.get("deterministic", False)),
+            peers,
+        )
 
     def start(self, job: ApiJob) -> None:
         self.jobs[job.id] = job
@@ -136,11 +168,11 @@ class ApiJobs:
             job.result = await loop.run_in_executor(self.pool, self._blocking, job)
             job.attempts = list(job.result.attempts)
             job.state = "done"
-        except (PhaseError, ValueError) as exc:      # ValueError: a peer address that is not one
+        except (PhaseError, ValueError) as exc:  # ValueError: a peer address that is not one
             job.state = "failed"
             job.error = f"{type(exc).__name__}: {exc}"
             job.attempts = list(getattr(exc, "attempts", []))
-        except Exception as exc:    # a bug of ours: the job fails, the node goes on
+        except Exception as exc:  # a bug of ours: the job fails, the node goes on
             job.state = "failed"
             job.error = f"internal error: {type(exc).__name__}: {exc}"
         job.finished_at = timestamp()
@@ -152,7 +184,7 @@ class ApiJobs:
         cache: dict[tuple[bool, tuple[str, ...]], Any] = self._local.__dict__.setdefault("clients", {})
         client = cache.get((here, peers))
         if client is None:
-            if len(cache) > 16:                 # bounded: clients for ad-hoc peer lists come and go
+            if len(cache) > 16:  # bounded: clients for ad-hoc peer lists come and go
                 for old in cache.values():
                     old.close()
                 cache.clear()
@@ -175,8 +207,16 @@ class ApiJobs:
 
                 raise NoPeers("no peers given and none known to this node")
             retries = 3
-        result = self._client(peers, job.where == "here").submit(job.module, job.input, args=job.args, env=job.env, entry=job.entry,
-                                            limits=job.limits, deterministic=job.deterministic, retries=retries)
+        result = self._client(peers, job.where == "here").submit(
+            job.module,
+            job.input,
+            args=job.args,
+            env=job.env,
+            entry=job.entry,
+            limits=job.limits,
+            deterministic=job.deterministic,
+            retries=retries,
+        )
         if job.where == "network":
             for address in peers:
                 if address.startswith(result.peer):

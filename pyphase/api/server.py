@@ -63,15 +63,34 @@ def _error(status: int, code: str, detail: str) -> web.Response:
     return web.json_response({"error": code, "detail": detail}, status=status)
 
 
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-               408: "timeout", 409: "not_finished", 413: "too_big", 415: "unsupported_media_type", 429: "busy", 503: "unavailable"}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "timeout",
+    409: "not_finished",
+    413: "too_big",
+    415: "unsupported_media_type",
+    429: "busy",
+    503: "unavailable",
+}
 
 
 class ApiServer:
     """The aiohttp application of one node; ``await start(host, port)``, ``await close()``."""
 
-    def __init__(self, node: Node, history: History, metrics: NodeMetrics, *, token: str | None,
-                 max_connections: int, peers: Callable[[], list[dict[str, Any]]], started: float) -> None:
+    def __init__(
+        self,
+        node: Node,
+        history: History,
+        metrics: NodeMetrics,
+        *,
+        token: str | None,
+        max_connections: int,
+        peers: Callable[[], list[dict[str, Any]]],
+        started: float,
+    ) -> None:
         self.node = node
         self.history = history
         self.metrics = metrics
@@ -81,14 +100,23 @@ class ApiServer:
         self.started = started
         c = node.config
         capacity = c.worker_count + c.queue
-        self.jobs = ApiJobs(self._own_address, self._known_peer_addresses, capacity=capacity,
-                            max_module=c.max_module, max_input=c.max_input, threads=min(16, max(2, c.worker_count * 2)))
+        self.jobs = ApiJobs(
+            self._own_address,
+            self._known_peer_addresses,
+            capacity=capacity,
+            max_module=c.max_module,
+            max_input=c.max_input,
+            threads=min(16, max(2, c.worker_count * 2)),
+        )
         self.max_body = (c.max_module + c.max_input + 2) // 3 * 4 + (1 << 20)
         self.body_timeout_s = c.api_body_timeout_ms / 1000
-        schema = {**openapi()["components"]["schemas"]["JobRequest"],
-                  "$defs": {"Limits": openapi()["components"]["schemas"]["Limits"]}}
-        self._check_job = fastjsonschema.compile(json.loads(json.dumps(schema).replace(
-            "#/components/schemas/", "#/$defs/")))
+        schema = {
+            **openapi()["components"]["schemas"]["JobRequest"],
+            "$defs": {"Limits": openapi()["components"]["schemas"]["Limits"]},
+        }
+        self._check_job = fastjsonschema.compile(
+            json.loads(json.dumps(schema).replace("#/components/schemas/", "#/$defs/"))
+        )
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -136,8 +164,12 @@ class ApiServer:
             response.force_close()
             return response
         if not is_loopback(request.remote or "") and not self._authorized(request):
-            return _error(401, "unauthorized", "requests from beyond loopback need 'Authorization: Bearer TOKEN' "
-                          "(the token is in the node's DATA_DIR/api_token)")
+            return _error(
+                401,
+                "unauthorized",
+                "requests from beyond loopback need 'Authorization: Bearer TOKEN' "
+                "(the token is in the node's DATA_DIR/api_token)",
+            )
         try:
             return await handler(request)
         except web.HTTPException as exc:
@@ -160,11 +192,17 @@ class ApiServer:
 
     async def get_node(self, request: web.Request) -> web.Response:
         node = self.node
-        return web.json_response({
-            "peer_id": node.identity.peer_id, "address": node.address, "api": self.url,
-            "public_key": base64.b64encode(node.identity.public_key).decode("ascii"),
-            "started_at": timestamp(datetime.fromtimestamp(self.started, timezone.utc)),
-            "uptime_s": int(time.time() - self.started), "capabilities": node.capabilities()})
+        return web.json_response(
+            {
+                "peer_id": node.identity.peer_id,
+                "address": node.address,
+                "api": self.url,
+                "public_key": base64.b64encode(node.identity.public_key).decode("ascii"),
+                "started_at": timestamp(datetime.fromtimestamp(self.started, timezone.utc)),
+                "uptime_s": int(time.time() - self.started),
+                "capabilities": node.capabilities(),
+            }
+        )
 
     async def get_peers(self, request: web.Request) -> web.Response:
         return web.json_response({"peers": self.peers()})
@@ -216,8 +254,10 @@ class ApiServer:
     def _job(self, request: web.Request) -> ApiJob:
         job = self.jobs.jobs.get(request.match_info["id"])
         if job is None:
-            raise web.HTTPNotFound(text=f"no job {request.match_info['id']} on this node's API "
-                                        "(finished jobs are kept for a while; see /v1/history)")
+            raise web.HTTPNotFound(
+                text=f"no job {request.match_info['id']} on this node's API "
+                "(finished jobs are kept for a while; see /v1/history)"
+            )
         return job
 
     def _finished(self, job: ApiJob) -> Any:

@@ -37,7 +37,7 @@ class _Tee:
         self.log(event, **fields)
         try:
             self.observe(event, fields)
-        except Exception as exc:     # an observer's bug must not take the node's logging down
+        except Exception as exc:  # an observer's bug must not take the node's logging down
             self.log("internal_error", error=f"observer: {type(exc).__name__}: {exc}")
 
 
@@ -59,8 +59,11 @@ class NodeServices:
         path = None if config.ephemeral or not config.history_jobs else config.data_dir / HISTORY_FILE
         self.history = History(path, max(1, config.history_jobs), config.history_age_ms / 1000)
         self.server: ApiServer | None = None
-        self.metrics = NodeMetrics(node, api_connections=lambda: self.server.connections() if self.server else 0,
-                                   history_jobs=lambda: len(self.history))
+        self.metrics = NodeMetrics(
+            node,
+            api_connections=lambda: self.server.connections() if self.server else 0,
+            history_jobs=lambda: len(self.history),
+        )
         self.started = time.time()
         self.mdns_peers: dict[str, float] = {}
         self.log = node.log
@@ -89,8 +92,14 @@ class NodeServices:
             out.append({"name": name, "source": "mdns", "address": None, "last_seen": _stamp(seen)})
         if self.server is not None:
             for address, seen in sorted(self.server.jobs.used_peers.items()):
-                out.append({"name": address.split("@")[0][:16], "source": "jobs", "address": address,
-                            "last_seen": _stamp(seen)})
+                out.append(
+                    {
+                        "name": address.split("@")[0][:16],
+                        "source": "jobs",
+                        "address": address,
+                        "last_seen": _stamp(seen),
+                    }
+                )
         return out
 
     async def start(self) -> None:
@@ -101,9 +110,15 @@ class NodeServices:
 
         host, port = api_listen(self.config, self.node.port)
         token = None if is_loopback(host) else write_token(self.config.data_dir)
-        self.server = ApiServer(self.node, self.history, self.metrics, token=token,
-                                max_connections=self.config.api_max_connections, peers=self.peers,
-                                started=self.started)
+        self.server = ApiServer(
+            self.node,
+            self.history,
+            self.metrics,
+            token=token,
+            max_connections=self.config.api_max_connections,
+            peers=self.peers,
+            started=self.started,
+        )
         try:
             url = await self.server.start(host, port)
         except OSError as exc:

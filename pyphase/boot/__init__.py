@@ -16,7 +16,17 @@ from pyphase.boot.manifest import (
 )
 
 __all__ = [
-    "Artifact", "ArtifactError", "BootError", "BootManifest", "BootManifestError", "ManifestExpired",
-    "ReleaseKeyError", "decode_manifest", "encode_manifest", "make_boot_manifest", "parse_manifest",
-    "sign_manifest", "verify_manifest",
+    "Artifact",
+    "ArtifactError",
+    "BootError",
+    "BootManifest",
+    "BootManifestError",
+    "ManifestExpired",
+    "ReleaseKeyError",
+    "decode_manifest",
+    "encode_manifest",
+    "make_boot_manifest",
+    "parse_manifest",
+    "sign_manifest",
+    "verify_manifest",
 ]

@@ -37,7 +37,7 @@ def parse_public_key(text: str) -> bytes:
     if not line.startswith(PUBLIC_KEY_HEADER):
         raise ReleaseKeyError("not a Phase release public key (expected 'phase-ed25519-public-v1:...')")
     try:
-        key = base64.b64decode(line[len(PUBLIC_KEY_HEADER):], validate=True)
+        key = base64.b64decode(line[len(PUBLIC_KEY_HEADER) :], validate=True)
     except (binascii.Error, ValueError):
         raise ReleaseKeyError("release public key is not valid base64") from None
     if len(key) != PUBLIC_KEY_BYTES:

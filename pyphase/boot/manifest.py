@@ -41,13 +41,14 @@ from pyphase.signing import sign_document, verify_document
 MANIFEST_TYPE = "phase-boot-manifest"
 FORMAT_VERSION = 1
 MAX_MANIFEST_BYTES = 16 * 1024
-MAX_CMDLINE_BYTES = 1024          # stage 1 appends a few bytes; x86 COMMAND_LINE_SIZE is 2048
-MAX_ARTIFACT_BYTES = 1 << 31      # 2 GiB: far above any kernel or node image
+MAX_CMDLINE_BYTES = 1024  # stage 1 appends a few bytes; x86 COMMAND_LINE_SIZE is 2048
+MAX_ARTIFACT_BYTES = 1 << 31  # 2 GiB: far above any kernel or node image
 MAX_INT = (1 << 63) - 1
 ARCHES = ("x86_64", "aarch64")
 ARTIFACT_ROLES = ("kernel", "initramfs")
-KEYS = frozenset({"type", "version", "release", "arch", "created_at", "expires_at", "cmdline", "signature",
-                  *ARTIFACT_ROLES})
+KEYS = frozenset(
+    {"type", "version", "release", "arch", "created_at", "expires_at", "cmdline", "signature", *ARTIFACT_ROLES}
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Artifact:
 
     @property
     def hex(self) -> str:
-        return self.hash[len(PREFIX):]
+        return self.hash[len(PREFIX) :]
 
     def to_json(self) -> dict[str, Any]:
         return {"hash": self.hash, "size": self.size}
@@ -156,20 +157,39 @@ def parse_manifest(document: Mapping[str, Any]) -> BootManifest:
             raise BootManifestError(f"{role}.size: must be an integer in 1..{MAX_ARTIFACT_BYTES}")
         artifacts[role] = Artifact(_check_hash(entry["hash"], f"{role}.hash"), size)
     return BootManifest(
-        release=document["release"], arch=document["arch"], created_at=document["created_at"],
-        expires_at=document["expires_at"], kernel=artifacts["kernel"], initramfs=artifacts["initramfs"],
-        cmdline=check_cmdline(document["cmdline"]), document=document,
+        release=document["release"],
+        arch=document["arch"],
+        created_at=document["created_at"],
+        expires_at=document["expires_at"],
+        kernel=artifacts["kernel"],
+        initramfs=artifacts["initramfs"],
+        cmdline=check_cmdline(document["cmdline"]),
+        document=document,
     )
 
 
-def make_boot_manifest(kernel: Artifact, initramfs: Artifact, cmdline: str, *, release: int,
-                  expires_at: int, created_at: int | None = None, arch: str = "x86_64") -> dict[str, Any]:
+def make_boot_manifest(
+    kernel: Artifact,
+    initramfs: Artifact,
+    cmdline: str,
+    *,
+    release: int,
+    expires_at: int,
+    created_at: int | None = None,
+    arch: str = "x86_64",
+) -> dict[str, Any]:
     """Build an unsigned manifest document; the schema is checked before it is returned."""
     created = int(time.time()) if created_at is None else created_at
     document = {
-        "type": MANIFEST_TYPE, "version": FORMAT_VERSION, "release": release, "arch": arch,
-        "created_at": created, "expires_at": expires_at,
-        "kernel": kernel.to_json(), "initramfs": initramfs.to_json(), "cmdline": cmdline,
+        "type": MANIFEST_TYPE,
+        "version": FORMAT_VERSION,
+        "release": release,
+        "arch": arch,
+        "created_at": created,
+        "expires_at": expires_at,
+        "kernel": kernel.to_json(),
+        "initramfs": initramfs.to_json(),
+        "cmdline": cmdline,
     }
     parse_manifest(document)
     return document
@@ -201,8 +221,9 @@ def decode_manifest(data: bytes) -> dict[str, Any]:
         raise BootManifestError(f"floats are not allowed ({text})")
 
     try:
-        document = json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates, parse_float=no_float,
-                              parse_constant=no_float)
+        document = json.loads(
+            data.decode("utf-8"), object_pairs_hook=no_duplicates, parse_float=no_float, parse_constant=no_float
+        )
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BootManifestError(f"manifest is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
@@ -210,8 +231,9 @@ def decode_manifest(data: bytes) -> dict[str, Any]:
     return document
 
 
-def verify_manifest(document: Mapping[str, Any], public_key: bytes, *, now: int | None = None,
-                    min_release: int = 0) -> BootManifest:
+def verify_manifest(
+    document: Mapping[str, Any], public_key: bytes, *, now: int | None = None, min_release: int = 0
+) -> BootManifest:
     """Check the signature, schema, expiry and release floor of a manifest, as stage 1 does."""
     try:
         verify_document(document, public_key)

@@ -16,8 +16,9 @@ SERVICE = "_phase-boot._tcp.local."
 class BootAnnouncer:
     """Registers one ``_phase-boot._tcp`` instance for ``port`` on ``addresses`` until :meth:`close`."""
 
-    def __init__(self, port: int, addresses: list[str], interfaces: list[str] | None = None,
-                 name: str | None = None) -> None:
+    def __init__(
+        self, port: int, addresses: list[str], interfaces: list[str] | None = None, name: str | None = None
+    ) -> None:
         self.port = port
         self.addresses = addresses
         self.interfaces = interfaces
@@ -29,9 +30,14 @@ class BootAnnouncer:
         from zeroconf import InterfaceChoice, IPVersion, ServiceInfo, Zeroconf
 
         self._zc = Zeroconf(interfaces=self.interfaces or InterfaceChoice.All, ip_version=IPVersion.V4Only)
-        self._info = ServiceInfo(SERVICE, f"{self.name}.{SERVICE}",
-                                 addresses=[socket.inet_aton(a) for a in self.addresses], port=self.port,
-                                 properties={"path": "/", "v": "1"}, server=f"{self.name}.local.")
+        self._info = ServiceInfo(
+            SERVICE,
+            f"{self.name}.{SERVICE}",
+            addresses=[socket.inet_aton(a) for a in self.addresses],
+            port=self.port,
+            properties={"path": "/", "v": "1"},
+            server=f"{self.name}.local.",
+        )
         self._zc.register_service(self._info)
         return self
 
@@ -58,8 +64,12 @@ def addresses_for(host: str, interfaces: list[str] | None) -> list[str]:
         return interfaces
     import ifaddr
 
-    found = [ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips
-             if isinstance(ip.ip, str) and not ip.ip.startswith("127.")]
+    found = [
+        ip.ip
+        for adapter in ifaddr.get_adapters()
+        for ip in adapter.ips
+        if isinstance(ip.ip, str) and not ip.ip.startswith("127.")
+    ]
     return found or ["127.0.0.1"]
 
 

@@ -41,12 +41,12 @@ from pyphase.boot.manifest import Artifact
 from pyphase.boot.store import MANIFEST_PATH, ArtifactStore
 
 ARTIFACT_PATH_RE = re.compile(r"^/sha256/([0-9a-f]{64})$")
-RANGE_RE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")    # 19 digits: any size a file can have
+RANGE_RE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")  # 19 digits: any size a file can have
 DEFAULT_MAX_CONNECTIONS = 32
 DEFAULT_MAX_PER_ADDRESS = 8
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_HEADER_TIMEOUT = 10.0
-DEFAULT_MIN_RATE = 32 << 10           # bytes per second
+DEFAULT_MIN_RATE = 32 << 10  # bytes per second
 MIN_RATE_GRACE_S = 10.0
 MAX_HEADER_BYTES = 8 << 10
 CHUNK = 1 << 16
@@ -103,10 +103,18 @@ class _Request:
 class ArtifactHTTPServer:
     """The server's state and its connection handler; runs on the loop of :class:`ArtifactServer`."""
 
-    def __init__(self, store: ArtifactStore, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 max_per_address: int = DEFAULT_MAX_PER_ADDRESS, timeout: float = DEFAULT_TIMEOUT,
-                 header_timeout: float = DEFAULT_HEADER_TIMEOUT, min_rate: int = DEFAULT_MIN_RATE,
-                 min_rate_grace: float = MIN_RATE_GRACE_S, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_per_address: int = DEFAULT_MAX_PER_ADDRESS,
+        timeout: float = DEFAULT_TIMEOUT,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        min_rate: int = DEFAULT_MIN_RATE,
+        min_rate_grace: float = MIN_RATE_GRACE_S,
+        quiet: bool = False,
+    ) -> None:
         self.store = store
         self.index = _Index(store)
         self.max_connections = max_connections
@@ -132,14 +140,13 @@ class ArtifactHTTPServer:
         try:
             writer.transport.set_write_buffer_limits(high=CHUNK * 2)
             sock = writer.get_extra_info("socket")
-            if sock is not None:    # a small kernel buffer too, so the rate measured is the reader's
+            if sock is not None:  # a small kernel buffer too, so the rate measured is the reader's
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             if over:
                 await self._simple(writer, "GET", 503, "too many connections", {"Retry-After": "1"})
                 return
             await self._serve_connection(reader, writer, address)
-        except (_Drop, ConnectionError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                OSError):
+        except (_Drop, ConnectionError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
             pass
         finally:
             self.active -= 1
@@ -147,12 +154,11 @@ class ArtifactHTTPServer:
             if self.per_address[address] <= 0:
                 del self.per_address[address]
             if writer.transport.get_write_buffer_size():
-                writer.transport.abort()          # a peer that stopped reading gets no more of our time
+                writer.transport.abort()  # a peer that stopped reading gets no more of our time
             else:
                 writer.close()
 
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                address: str) -> None:
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str) -> None:
         first = True
         while True:
             # the first request's headers get header_timeout; an idle keep-alive connection gets timeout
@@ -165,14 +171,15 @@ class ArtifactHTTPServer:
             if not keep:
                 return
 
-    async def _read_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                            deadline: float) -> _Request | None:
+    async def _read_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, deadline: float
+    ) -> _Request | None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), deadline)
         except asyncio.IncompleteReadError as exc:
             if exc.partial.strip():
                 raise _Drop() from None
-            return None                                  # the client closed between requests
+            return None  # the client closed between requests
         except (TimeoutError, asyncio.TimeoutError):
             raise _Drop() from None
         except asyncio.LimitOverrunError:
@@ -194,8 +201,9 @@ class ArtifactHTTPServer:
         """Answer one request; whether the connection may carry another."""
         keep = request.version == "HTTP/1.1" and request.headers.get("connection", "").lower() != "close"
         if request.method not in ("GET", "HEAD"):
-            status = await self._simple(writer, request.method, 405, "read-only server: GET and HEAD only",
-                                        {"Allow": "GET, HEAD"})
+            status = await self._simple(
+                writer, request.method, 405, "read-only server: GET and HEAD only", {"Allow": "GET, HEAD"}
+            )
             self._log(address, f'"{request.method} {request.path[:128]}" {status}')
             return False
         path = request.path.split("?", 1)[0]
@@ -204,16 +212,22 @@ class ArtifactHTTPServer:
             status = await self._simple(writer, request.method, 414, "path too long")
             keep = False
         elif (match := ARTIFACT_PATH_RE.match(path)) is not None:
-            opened = await asyncio.to_thread(self.index.open, match.group(1))   # hashing may take a while
+            opened = await asyncio.to_thread(self.index.open, match.group(1))  # hashing may take a while
             if opened is None:
                 status = await self._simple(writer, request.method, 404, "no such artifact")
                 keep = False
             else:
                 f, size = opened
                 with f:
-                    status, keep = await self._send_file(request, writer, f, size, keep,
-                                                         etag=f'"sha256:{match.group(1)}"',
-                                                         cache="public, max-age=31536000, immutable")
+                    status, keep = await self._send_file(
+                        request,
+                        writer,
+                        f,
+                        size,
+                        keep,
+                        etag=f'"sha256:{match.group(1)}"',
+                        cache="public, max-age=31536000, immutable",
+                    )
         elif path == "/" + MANIFEST_PATH:
             try:
                 f = open(self.store.manifest_path, "rb")
@@ -222,27 +236,48 @@ class ArtifactHTTPServer:
                 keep = False
             else:
                 with f:
-                    status, keep = await self._send_file(request, writer, f, os.fstat(f.fileno()).st_size, keep,
-                                                         etag=None, cache="no-cache",
-                                                         content_type="application/json")
+                    status, keep = await self._send_file(
+                        request,
+                        writer,
+                        f,
+                        os.fstat(f.fileno()).st_size,
+                        keep,
+                        etag=None,
+                        cache="no-cache",
+                        content_type="application/json",
+                    )
         else:
             status = await self._simple(writer, request.method, 404, "not found")
             keep = False
         self._log(address, f'"{request.method} {path[:128]}" {status}')
         return keep
 
-    async def _simple(self, writer: asyncio.StreamWriter, method: str, code: int, message: str,
-                      extra: dict[str, str] | None = None) -> int:
+    async def _simple(
+        self, writer: asyncio.StreamWriter, method: str, code: int, message: str, extra: dict[str, str] | None = None
+    ) -> int:
         body = (message + "\n").encode()
-        headers = {"Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body)),
-                   "Connection": "close", **(extra or {})}
+        headers = {
+            "Content-Type": "text/plain; charset=utf-8",
+            "Content-Length": str(len(body)),
+            "Connection": "close",
+            **(extra or {}),
+        }
         writer.write(_head(code, headers) + (b"" if method == "HEAD" else body))
         await self._drain(writer, len(body), time.monotonic())
         return code
 
-    async def _send_file(self, request: _Request, writer: asyncio.StreamWriter, f: BinaryIO, size: int,
-                         keep: bool, *, etag: str | None, cache: str,
-                         content_type: str = "application/octet-stream") -> tuple[int, bool]:
+    async def _send_file(
+        self,
+        request: _Request,
+        writer: asyncio.StreamWriter,
+        f: BinaryIO,
+        size: int,
+        keep: bool,
+        *,
+        etag: str | None,
+        cache: str,
+        content_type: str = "application/octet-stream",
+    ) -> tuple[int, bool]:
         start, end = 0, size  # [start, end)
         status = 200
         header = request.headers.get("range")
@@ -256,19 +291,25 @@ class ArtifactHTTPServer:
                 else:
                     start, end = max(0, size - int(last)), size
                 if start >= size or start >= end:
-                    code = await self._simple(writer, request.method, 416, "range not satisfiable",
-                                              {"Content-Range": f"bytes */{size}"})
+                    code = await self._simple(
+                        writer, request.method, 416, "range not satisfiable", {"Content-Range": f"bytes */{size}"}
+                    )
                     return code, False
                 status = 206
             elif re.match(r"^bytes=\d+-\d*$", header.strip()):
                 # a number beyond any file's size (e.g. thousands of digits): nothing of this file is there
-                code = await self._simple(writer, request.method, 416, "range not satisfiable",
-                                          {"Content-Range": f"bytes */{size}"})
+                code = await self._simple(
+                    writer, request.method, 416, "range not satisfiable", {"Content-Range": f"bytes */{size}"}
+                )
                 return code, False
             # anything else (multiple ranges, other units) is ignored: a full 200 is a valid answer
-        headers = {"Content-Type": content_type, "Content-Length": str(end - start), "Accept-Ranges": "bytes",
-                   "Cache-Control": cache,
-                   "Last-Modified": email.utils.formatdate(os.fstat(f.fileno()).st_mtime, usegmt=True)}
+        headers = {
+            "Content-Type": content_type,
+            "Content-Length": str(end - start),
+            "Accept-Ranges": "bytes",
+            "Cache-Control": cache,
+            "Last-Modified": email.utils.formatdate(os.fstat(f.fileno()).st_mtime, usegmt=True),
+        }
         if etag:
             headers["ETag"] = etag
         if status == 206:
@@ -303,30 +344,57 @@ class ArtifactHTTPServer:
             raise _Drop() from None
 
 
-_REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            414: "URI Too Long", 416: "Range Not Satisfiable", 431: "Request Header Fields Too Large",
-            503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    206: "Partial Content",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
 
 
 def _head(code: int, headers: dict[str, str]) -> bytes:
-    lines = [f"HTTP/1.1 {code} {_REASONS.get(code, '')}", "Server: phase-boot",
-             f"Date: {email.utils.formatdate(usegmt=True)}", *(f"{k}: {v}" for k, v in headers.items())]
+    lines = [
+        f"HTTP/1.1 {code} {_REASONS.get(code, '')}",
+        "Server: phase-boot",
+        f"Date: {email.utils.formatdate(usegmt=True)}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 class ArtifactServer:
     """The artifact server on its own event loop thread; ``with ArtifactServer(dir) as s: s.url``."""
 
-    def __init__(self, store_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 0, *,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS, max_per_address: int = DEFAULT_MAX_PER_ADDRESS,
-                 timeout: float = DEFAULT_TIMEOUT, header_timeout: float | None = None,
-                 min_rate: int = DEFAULT_MIN_RATE, min_rate_grace: float = MIN_RATE_GRACE_S,
-                 quiet: bool = True) -> None:
+    def __init__(
+        self,
+        store_dir: str | os.PathLike[str],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_per_address: int = DEFAULT_MAX_PER_ADDRESS,
+        timeout: float = DEFAULT_TIMEOUT,
+        header_timeout: float | None = None,
+        min_rate: int = DEFAULT_MIN_RATE,
+        min_rate_grace: float = MIN_RATE_GRACE_S,
+        quiet: bool = True,
+    ) -> None:
         self.store = ArtifactStore(store_dir)
         self.httpd = ArtifactHTTPServer(
-            self.store, max_connections=max_connections, max_per_address=max_per_address, timeout=timeout,
+            self.store,
+            max_connections=max_connections,
+            max_per_address=max_per_address,
+            timeout=timeout,
             header_timeout=min(timeout, DEFAULT_HEADER_TIMEOUT) if header_timeout is None else header_timeout,
-            min_rate=min_rate, min_rate_grace=min_rate_grace, quiet=quiet)
+            min_rate=min_rate,
+            min_rate_grace=min_rate_grace,
+            quiet=quiet,
+        )
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.socket(family, socket.SOCK_STREAM)
         try:

@@ -16,8 +16,13 @@ from pathlib import Path
 from pyphase.boot import keys
 from pyphase.boot.errors import BootError
 from pyphase.boot.manifest import ARCHES, load_manifest, make_boot_manifest, sign_manifest, verify_manifest
-from pyphase.boot.server import (DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, DEFAULT_MIN_RATE,
-                                 DEFAULT_TIMEOUT, ArtifactServer)
+from pyphase.boot.server import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_ADDRESS,
+    DEFAULT_MIN_RATE,
+    DEFAULT_TIMEOUT,
+    ArtifactServer,
+)
 from pyphase.boot.store import ArtifactStore
 from pyphase.errors import PhaseError
 from pyphase.identity import default_home
@@ -57,13 +62,16 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     initramfs = store.add_file(args.initramfs)
     now = int(time.time())
     expires_at = args.expires_at if args.expires_at is not None else now + args.expires_in
-    document = make_boot_manifest(kernel, initramfs, args.cmdline, release=args.release, expires_at=expires_at,
-                             created_at=now, arch=args.arch)
+    document = make_boot_manifest(
+        kernel, initramfs, args.cmdline, release=args.release, expires_at=expires_at, created_at=now, arch=args.arch
+    )
     signed = sign_manifest(document, secret.signing_key)
     path = store.write_manifest(signed)
     print(f"kernel    {kernel.hash} {kernel.size}")
     print(f"initramfs {initramfs.hash} {initramfs.size}")
-    print(f"manifest  {path} (release {args.release}, expires {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(expires_at))})")
+    print(
+        f"manifest  {path} (release {args.release}, expires {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(expires_at))})"
+    )
     return 0
 
 
@@ -85,9 +93,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise BootError(f"{root} is not a directory (create it with 'phase boot sign --store {root} ...')")
     good = ArtifactStore(root).scan()
-    server = ArtifactServer(root, args.listen[0], args.listen[1], max_connections=args.max_connections,
-                            max_per_address=args.max_per_address, min_rate=args.min_rate,
-                            timeout=args.timeout, quiet=args.quiet)
+    server = ArtifactServer(
+        root,
+        args.listen[0],
+        args.listen[1],
+        max_connections=args.max_connections,
+        max_per_address=args.max_per_address,
+        min_rate=args.min_rate,
+        timeout=args.timeout,
+        quiet=args.quiet,
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     announcer = None
@@ -96,9 +111,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             from pyphase.boot.mdns import announce_source
 
             announcer = announce_source(server.port, args.listen[0], args.mdns_interfaces)
-        print(f"serving {len(good)} artifact(s) from {root} at {server.url} (read-only; Ctrl-C stops)"
-              + (f"; announced as {announcer.name} ({', '.join(announcer.addresses)})" if announcer else ""),
-              flush=True)
+        print(
+            f"serving {len(good)} artifact(s) from {root} at {server.url} (read-only; Ctrl-C stops)"
+            + (f"; announced as {announcer.name} ({', '.join(announcer.addresses)})" if announcer else ""),
+            flush=True,
+        )
         try:
             while not stop.wait(3600):
                 pass
@@ -113,31 +130,52 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``boot`` command and its subcommands to a parent CLI."""
     boot = subparsers.add_parser(
-        "boot", help="Phase Boot: release keys, signed boot manifests, artifact server",
+        "boot",
+        help="Phase Boot: release keys, signed boot manifests, artifact server",
         description="Make release keys, sign boot manifests that stage 1 verifies before kexec, "
-                    "and serve boot artifacts by hash over HTTP.")
+        "and serve boot artifacts by hash over HTTP.",
+    )
     commands = boot.add_subparsers(dest="boot_command", metavar="COMMAND", required=True)
 
-    p = commands.add_parser("keygen", help="create a release signing key",
-                            description="Create an Ed25519 release key (secret file, mode 0600) and "
-                                        "PATH.pub, the public half that stage 1 bakes in.")
+    p = commands.add_parser(
+        "keygen",
+        help="create a release signing key",
+        description="Create an Ed25519 release key (secret file, mode 0600) and "
+        "PATH.pub, the public half that stage 1 bakes in.",
+    )
     p.add_argument("--out", metavar="PATH", help="secret key file (default: $PHASE_HOME/release.key)")
     p.add_argument("--force", action="store_true", help="overwrite an existing key")
     p.set_defaults(boot_func=_cmd_keygen)
 
-    p = commands.add_parser("sign", help="add kernel + node image to a store and sign a boot manifest",
-                            description="Copy the kernel and node initramfs into STORE under their sha256, "
-                                        "then write STORE/boot/manifest.json signed with the release key.")
+    p = commands.add_parser(
+        "sign",
+        help="add kernel + node image to a store and sign a boot manifest",
+        description="Copy the kernel and node initramfs into STORE under their sha256, "
+        "then write STORE/boot/manifest.json signed with the release key.",
+    )
     p.add_argument("--key", required=True, metavar="PATH", help="release secret key (from 'phase boot keygen')")
     p.add_argument("--kernel", required=True, metavar="PATH", help="kernel image (bzImage) for stage 2")
     p.add_argument("--initramfs", required=True, metavar="PATH", help="stage-2 node initramfs")
-    p.add_argument("--cmdline", default="console=ttyS0 panic=-1", help="stage-2 kernel command line "
-                   "(printable ASCII; default: %(default)r)")
-    p.add_argument("--release", required=True, type=int, metavar="N",
-                   help="release number; stage 1 can refuse releases below a floor")
+    p.add_argument(
+        "--cmdline",
+        default="console=ttyS0 panic=-1",
+        help="stage-2 kernel command line (printable ASCII; default: %(default)r)",
+    )
+    p.add_argument(
+        "--release",
+        required=True,
+        type=int,
+        metavar="N",
+        help="release number; stage 1 can refuse releases below a floor",
+    )
     when = p.add_mutually_exclusive_group()
-    when.add_argument("--expires-in", type=_duration, default=30 * 86400, metavar="DURATION",
-                      help="validity, e.g. 12h or 30d (default 30d)")
+    when.add_argument(
+        "--expires-in",
+        type=_duration,
+        default=30 * 86400,
+        metavar="DURATION",
+        help="validity, e.g. 12h or 30d (default 30d)",
+    )
     when.add_argument("--expires-at", type=int, metavar="UNIX", help="absolute expiry in Unix seconds")
     p.add_argument("--arch", choices=ARCHES, default="x86_64")
     p.add_argument("--store", required=True, metavar="DIR", help="artifact store directory (created if needed)")
@@ -150,26 +188,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--min-release", type=int, default=0, metavar="N")
     p.set_defaults(boot_func=_cmd_verify)
 
-    p = commands.add_parser("serve", help="serve a store's artifacts by hash over HTTP (read-only)",
-                            description="Serve STORE over HTTP: GET/HEAD /sha256/<hex> and /boot/manifest.json, "
-                                        "with range requests. Artifacts are served only if their bytes "
-                                        "match their names.")
+    p = commands.add_parser(
+        "serve",
+        help="serve a store's artifacts by hash over HTTP (read-only)",
+        description="Serve STORE over HTTP: GET/HEAD /sha256/<hex> and /boot/manifest.json, "
+        "with range requests. Artifacts are served only if their bytes "
+        "match their names.",
+    )
     p.add_argument("store", metavar="STORE")
-    p.add_argument("--listen", type=_listen, default=("127.0.0.1", 8080), metavar="HOST:PORT",
-                   help="address to listen on (default 127.0.0.1:8080; use 0.0.0.0:8080 to serve a LAN)")
-    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
-                   help="connections at once (default %(default)s); beyond it, 503 at once")
-    p.add_argument("--max-per-address", type=int, default=DEFAULT_MAX_PER_ADDRESS, metavar="N",
-                   help="connections from one source address (default %(default)s)")
-    p.add_argument("--min-rate", type=int, default=DEFAULT_MIN_RATE, metavar="BYTES",
-                   help="bytes per second a download must keep up, after 10 s (default %(default)s)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                   help="per-connection socket timeout")
+    p.add_argument(
+        "--listen",
+        type=_listen,
+        default=("127.0.0.1", 8080),
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:8080; use 0.0.0.0:8080 to serve a LAN)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="connections at once (default %(default)s); beyond it, 503 at once",
+    )
+    p.add_argument(
+        "--max-per-address",
+        type=int,
+        default=DEFAULT_MAX_PER_ADDRESS,
+        metavar="N",
+        help="connections from one source address (default %(default)s)",
+    )
+    p.add_argument(
+        "--min-rate",
+        type=int,
+        default=DEFAULT_MIN_RATE,
+        metavar="BYTES",
+        help="bytes per second a download must keep up, after 10 s (default %(default)s)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS", help="per-connection socket timeout"
+    )
     p.add_argument("--quiet", action="store_true", help="do not log requests")
-    p.add_argument("--mdns", action="store_true",
-                   help="announce the source on the LAN as _phase-boot._tcp (for stage 1 in phase.mode=local)")
-    p.add_argument("--mdns-interfaces", metavar="LIST", default="all",
-                   help='"all" (default) or comma-separated IPv4 addresses to announce on')
+    p.add_argument(
+        "--mdns",
+        action="store_true",
+        help="announce the source on the LAN as _phase-boot._tcp (for stage 1 in phase.mode=local)",
+    )
+    p.add_argument(
+        "--mdns-interfaces",
+        metavar="LIST",
+        default="all",
+        help='"all" (default) or comma-separated IPv4 addresses to announce on',
+    )
     p.set_defaults(boot_func=_cmd_serve)
 
     boot.set_defaults(func=run)

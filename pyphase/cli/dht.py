@@ -62,13 +62,20 @@ def cmd_rendezvous(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for host, port in announced:
         record = answers.get((host, port))
-        rows.append({"endpoint": f"{host}:{port}", "peer_id": record.peer_id if record else None,
-                     "record": record.to_json() if record else None})
+        rows.append(
+            {
+                "endpoint": f"{host}:{port}",
+                "peer_id": record.peer_id if record else None,
+                "record": record.to_json() if record else None,
+            }
+        )
     if args.json:
         print(json.dumps({"info_hash": rendezvous_hash(klass).hex(), "peers": rows}, sort_keys=True))
         return 0
-    print(f"rendezvous {rendezvous_hash(klass).hex()} ({'phase/1/' + klass if klass else 'phase/1'}): "
-          f"{len(rows)} announced")
+    print(
+        f"rendezvous {rendezvous_hash(klass).hex()} ({'phase/1/' + klass if klass else 'phase/1'}): "
+        f"{len(rows)} announced"
+    )
     for row in rows:
         print(f"  {row['endpoint']}  " + (f"{row['peer_id']}" if row["peer_id"] else "no valid record answer"))
     return 0 if rows else 1
@@ -76,21 +83,35 @@ def cmd_rendezvous(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``dht`` (``record``, ``rendezvous``) to the ``phase`` command's sub-parsers."""
-    p = subparsers.add_parser("dht", help="look up node records and the rendezvous on the Mainline DHT",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "dht",
+        help="look up node records and the rendezvous on the Mainline DHT",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="dht_command", metavar="COMMAND", required=True)
-    r = sub.add_parser("record", help="a node's signed record, verified", description="Look up PEERID's "
-                       "record (BEP 44, salt phase/1), verify its signature and validity, print it.")
+    r = sub.add_parser(
+        "record",
+        help="a node's signed record, verified",
+        description="Look up PEERID's record (BEP 44, salt phase/1), verify its signature and validity, print it.",
+    )
     r.add_argument("peer_id", metavar="PEERID")
     r.set_defaults(func=cmd_record)
-    z = sub.add_parser("rendezvous", help="nodes announced for phase/1 and their record answers",
-                       description="List the IP:port pairs announced under the phase/1 info-hash (BEP 5) and "
-                       "ask each for its signed record over UDP.")
+    z = sub.add_parser(
+        "rendezvous",
+        help="nodes announced for phase/1 and their record answers",
+        description="List the IP:port pairs announced under the phase/1 info-hash (BEP 5) and "
+        "ask each for its signed record over UDP.",
+    )
     z.add_argument("--arch", metavar="ARCH", help="the per-arch rendezvous (e.g. x86_64) instead of all nodes")
     z.set_defaults(func=cmd_rendezvous)
     for q in (r, z):
-        q.add_argument("--dht-bootstrap", action="append", default=None, metavar="HOST:PORT",
-                       help="DHT node to join through (repeatable; default $PHASE_DHT_BOOTSTRAP)")
+        q.add_argument(
+            "--dht-bootstrap",
+            action="append",
+            default=None,
+            metavar="HOST:PORT",
+            help="DHT node to join through (repeatable; default $PHASE_DHT_BOOTSTRAP)",
+        )
         q.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="lookup time limit")
         q.add_argument("--json", action="store_true", help="print JSON")
-

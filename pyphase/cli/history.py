@@ -59,13 +59,17 @@ def _command(args: argparse.Namespace, receipts: bool) -> int:
     elif receipts:
         print(f"{'STARTED':24} {'JOB':16} {'STATUS':14} {'SIGNED BY':20} SIGNATURE")
         for r in items:
-            print(f"{r['started_at']:24} {r['job_id'][7:23]:16} {r['status']:14} {r['node']['peer_id'][:20]} "
-                  f"{r['signature'][:16]}…")
+            print(
+                f"{r['started_at']:24} {r['job_id'][7:23]:16} {r['status']:14} {r['node']['peer_id'][:20]} "
+                f"{r['signature'][:16]}…"
+            )
     else:
         print(f"{'FINISHED':24} {'JOB':16} {'STATUS':14} {'EXIT':>5} {'WALL':>10}  MODULE")
         for j in items:
-            print(f"{j['finished_at']:24} {j['job_id'][7:23]:16} {j['status']:14} {j['exit_code']:>5} "
-                  f"{j['wall_us'] / 1000:>8.1f}ms  {j['module'][7:23]}")
+            print(
+                f"{j['finished_at']:24} {j['job_id'][7:23]:16} {j['status']:14} {j['exit_code']:>5} "
+                f"{j['wall_us'] / 1000:>8.1f}ms  {j['module'][7:23]}"
+            )
     return 0
 
 
@@ -81,11 +85,18 @@ def cmd_receipts(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add ``jobs`` and ``receipts`` to the ``phase`` command's sub-parsers."""
-    for name, func, what in (("jobs", cmd_jobs, "jobs a node ran"), ("receipts", cmd_receipts, "receipts a node signed")):
-        p = sub.add_parser(name, help=f"list or show the {what} (its history)",
-                           description=f"List the {what}, newest first, or show one by (a prefix of) its job id. "
-                           "Reads the node's DATA_DIR/history.sqlite.", epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, func, what in (
+        ("jobs", cmd_jobs, "jobs a node ran"),
+        ("receipts", cmd_receipts, "receipts a node signed"),
+    ):
+        p = sub.add_parser(
+            name,
+            help=f"list or show the {what} (its history)",
+            description=f"List the {what}, newest first, or show one by (a prefix of) its job id. "
+            "Reads the node's DATA_DIR/history.sqlite.",
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("action", nargs="?", choices=("list", "show"), default="list")
         p.add_argument("job_id", nargs="?", metavar="JOB_ID", help="for show: the job id, or its first 8+ characters")
         p.add_argument("--data-dir", metavar="DIR", help="the node's data directory (default: plasmd's default)")

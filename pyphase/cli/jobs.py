@@ -29,10 +29,10 @@ STATUS_EXIT_CODES = {
     "crashed": 139,
     "rejected": 75,
 }
-EXIT_USAGE = 2         # a command line that cannot be acted on
-EXIT_FAILED = 1        # a failed verification, or an error that is not a job's outcome
-EXIT_NETWORK = 69      # EX_UNAVAILABLE: no peer could run the job
-EXIT_QUORUM = 1        # replicas disagreed: like a failed verification
+EXIT_USAGE = 2  # a command line that cannot be acted on
+EXIT_FAILED = 1  # a failed verification, or an error that is not a job's outcome
+EXIT_NETWORK = 69  # EX_UNAVAILABLE: no peer could run the job
+EXIT_QUORUM = 1  # replicas disagreed: like a failed verification
 
 LIMITS_HELP = """\
 units: a SIZE is a number and a unit: B; KB, MB, GB (powers of 1000); KiB, MiB, GiB
@@ -45,9 +45,17 @@ EXIT_HELP = """\
 exit status: the module's own exit code when it ran to completion; otherwise
 {codes}
   (invalid_module also for a file that is not a module: .wat, C source, empty). Usage errors exit 2.""".format(
-    codes=textwrap.fill(", ".join(f"{status} {code}" for status, code in STATUS_EXIT_CODES.items()),
-                        width=80, initial_indent="  ", subsequent_indent="  "))
-EPILOG_RUN = LIMITS_HELP + EXIT_HELP + """
+    codes=textwrap.fill(
+        ", ".join(f"{status} {code}" for status, code in STATUS_EXIT_CODES.items()),
+        width=80,
+        initial_indent="  ",
+        subsequent_indent="  ",
+    )
+)
+EPILOG_RUN = (
+    LIMITS_HELP
+    + EXIT_HELP
+    + """
 examples:
   phase run examples/hello/hello.wasm --input "Hello, World"
   phase run job.wasm --input-file data.bin --memory 128MiB --timeout 5s --receipt r.json
@@ -56,6 +64,7 @@ examples:
 directories: --dir HOST[::GUEST] preopens HOST read-write at GUEST (default: the same
   path), --ro-dir read-only; paths the module names never resolve outside them.
 """
+)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -90,18 +99,36 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="environment variable (repeatable)")
     parser.add_argument("--entry", default="_start", help="exported function to call (default: _start)")
     defaults = Limits()
-    parser.add_argument("--memory", default=None, metavar="SIZE",
-                        help=f"linear memory limit, e.g. 64MiB or 64MB (default {format_size(defaults.memory_bytes)})")
-    parser.add_argument("--fuel", type=int, default=None, metavar="N",
-                        help="fuel limit in metering ticks (function entries + loop iterations); 0 or default: "
-                        "no limit")
-    parser.add_argument("--timeout", default=None, metavar="DURATION",
-                        help=f"the job's wall-clock limit, e.g. 2s or 500ms; 0: no limit "
-                        f"(default {defaults.timeout_ms // 1000}s)")
-    parser.add_argument("--output-limit", default=None, metavar="SIZE",
-                        help=f"stdout+stderr limit (default {format_size(defaults.output_bytes)})")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="derive clocks and random from the job, so every run gives the same bytes")
+    parser.add_argument(
+        "--memory",
+        default=None,
+        metavar="SIZE",
+        help=f"linear memory limit, e.g. 64MiB or 64MB (default {format_size(defaults.memory_bytes)})",
+    )
+    parser.add_argument(
+        "--fuel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="fuel limit in metering ticks (function entries + loop iterations); 0 or default: no limit",
+    )
+    parser.add_argument(
+        "--timeout",
+        default=None,
+        metavar="DURATION",
+        help=f"the job's wall-clock limit, e.g. 2s or 500ms; 0: no limit (default {defaults.timeout_ms // 1000}s)",
+    )
+    parser.add_argument(
+        "--output-limit",
+        default=None,
+        metavar="SIZE",
+        help=f"stdout+stderr limit (default {format_size(defaults.output_bytes)})",
+    )
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="derive clocks and random from the job, so every run gives the same bytes",
+    )
     parser.add_argument("--receipt", metavar="FILE", help="write the signed receipt to FILE")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the job's output")
 
@@ -109,9 +136,11 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
 def limits_from_args(args: argparse.Namespace) -> Limits:
     """The job's limits from ``--memory``, ``--fuel``, ``--timeout`` and ``--output-limit``; an error names the flag."""
     changes: dict[str, int] = {}
-    for flag, field, value, parse in (("--memory", "memory_bytes", args.memory, parse_size),
-                                      ("--timeout", "timeout_ms", getattr(args, "timeout", None), parse_duration_ms),
-                                      ("--output-limit", "output_bytes", args.output_limit, parse_size)):
+    for flag, field, value, parse in (
+        ("--memory", "memory_bytes", args.memory, parse_size),
+        ("--timeout", "timeout_ms", getattr(args, "timeout", None), parse_duration_ms),
+        ("--output-limit", "output_bytes", args.output_limit, parse_size),
+    ):
         if value is not None:
             try:
                 changes[field] = parse(value)
@@ -122,8 +151,12 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     try:
         return Limits().replace(**changes)
     except LimitsError as exc:
-        flags = {"memory_bytes": "--memory", "timeout_ms": "--timeout", "output_bytes": "--output-limit",
-                 "fuel": "--fuel"}
+        flags = {
+            "memory_bytes": "--memory",
+            "timeout_ms": "--timeout",
+            "output_bytes": "--output-limit",
+            "fuel": "--fuel",
+        }
         name = next((f for f in flags if str(exc).startswith(f)), "")
         raise LimitsError(f"{flags[name]}: {exc}" if name else str(exc)) from None
 
@@ -134,8 +167,10 @@ def limit_notes(args: argparse.Namespace, limits: Limits) -> list[str]:
     notes = []
     if args.memory is not None and limits.memory_bytes % WASM_PAGE:
         pages = limits.memory_bytes // WASM_PAGE
-        notes.append(f"--memory {args.memory} is {limits.memory_bytes:,} bytes; linear memory comes in 64 KiB pages, "
-                     f"so the job gets {pages} page{'s' if pages != 1 else ''} ({format_size(pages * WASM_PAGE)})")
+        notes.append(
+            f"--memory {args.memory} is {limits.memory_bytes:,} bytes; linear memory comes in 64 KiB pages, "
+            f"so the job gets {pages} page{'s' if pages != 1 else ''} ({format_size(pages * WASM_PAGE)})"
+        )
     if getattr(args, "timeout", None) is not None and limits.timeout_ms == 0:
         notes.append(f"--timeout {args.timeout}: no wall-clock limit")
     if args.fuel == 0:
@@ -172,7 +207,7 @@ def read_job(args: argparse.Namespace) -> tuple[bytes, Limits, dict[str, str], b
     except OSError as exc:
         raise UsageError(f"cannot read {args.module}: {exc.strerror}") from None
     hint = not_wasm_hint(data)
-    if hint is not None:        # said here, before any sandbox or network: with the file's own name
+    if hint is not None:  # said here, before any sandbox or network: with the file's own name
         named = hint.replace("job.wat", path.name).replace("job.c", path.name).replace("job.wasm", f"{path.stem}.wasm")
         raise UsageError(f"invalid_module: {args.module}: {named}", STATUS_EXIT_CODES["invalid_module"])
     try:
@@ -193,8 +228,9 @@ def exit_code(result: Any) -> int:
     return STATUS_EXIT_CODES.get(result.status, 1)
 
 
-def emit_result(result: Any, args: argparse.Namespace, receipt: dict[str, Any] | None,
-                extra: Mapping[str, Any] | None = None) -> int:
+def emit_result(
+    result: Any, args: argparse.Namespace, receipt: dict[str, Any] | None, extra: Mapping[str, Any] | None = None
+) -> int:
     """Print a job's outcome as the CLI promises and return the exit code. ``extra``: more ``--json`` fields."""
     if receipt is not None and args.receipt:
         Path(args.receipt).write_text(json.dumps(receipt, indent=2, sort_keys=True) + "\n")

@@ -25,8 +25,10 @@ from pyphase.errors import IdentityError, InvalidModule, VerificationError
 from pyphase.identity import Identity, default_identity_path
 from pyphase.preopen import Preopen
 
-NO_PREOPEN_NOTE = ("phase: note: the module looked for a directory and none was given; "
-                   "give one with --dir HOST[::GUEST] (or --ro-dir for read-only)")
+NO_PREOPEN_NOTE = (
+    "phase: note: the module looked for a directory and none was given; "
+    "give one with --dir HOST[::GUEST] (or --ro-dir for read-only)"
+)
 
 
 def _dir_option(readonly: bool) -> Callable[[str], Preopen]:
@@ -35,6 +37,7 @@ def _dir_option(readonly: bool) -> Callable[[str], Preopen]:
             return Preopen.parse(spec, readonly)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+
     return parse
 
 
@@ -47,8 +50,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         data, limits, env, job_input = read_job(args)
-        job = prepare_job(data, job_input, args=args.arg, env=env, entry=args.entry, limits=limits,
-                          deterministic=args.deterministic, program_name=Path(args.module).name, dirs=args.dirs)
+        job = prepare_job(
+            data,
+            job_input,
+            args=args.arg,
+            env=env,
+            entry=args.entry,
+            limits=limits,
+            deterministic=args.deterministic,
+            program_name=Path(args.module).name,
+            dirs=args.dirs,
+        )
     except UsageError as exc:
         return fail(str(exc), exc.code)
     except ValueError as exc:
@@ -73,10 +85,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = result.with_hashes(module_hash, sha256_text(job_input))
     receipt = None
     if args.receipt or args.json:
-        manifest = make_manifest(data, job_input, args=args.arg, env=env, entry=args.entry, limits=limits,
-                                 deterministic=args.deterministic, module_hash=module_hash)
-        receipt = make_receipt(result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=limits,
-                               identity=load_identity(args.identity), started_at=started)
+        manifest = make_manifest(
+            data,
+            job_input,
+            args=args.arg,
+            env=env,
+            entry=args.entry,
+            limits=limits,
+            deterministic=args.deterministic,
+            module_hash=module_hash,
+        )
+        receipt = make_receipt(
+            result,
+            job_id=job_id(manifest),
+            nonce=manifest["nonce"],
+            limits=limits,
+            identity=load_identity(args.identity),
+            started_at=started,
+        )
     code = emit_result(result, args, receipt)
     if result.fs_unavailable and not args.dirs:
         print(NO_PREOPEN_NOTE, file=sys.stderr)
@@ -115,19 +141,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.signer:
         checked.append("signer")
     node = receipt["node"]["peer_id"]
-    print(f"receipt OK: {receipt['status']} exit {receipt['exit_code']}, signed by {node} "
-          f"(checked: {', '.join(checked)})")
+    print(
+        f"receipt OK: {receipt['status']} exit {receipt['exit_code']}, signed by {node} (checked: {', '.join(checked)})"
+    )
     return 0
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     target = Path(args.out) if args.out else default_identity_path()
-    if args.out and not target.parent.is_dir():      # a typo in --out must not become a tree of directories
-        return fail(f"{target.parent} does not exist (or is not a directory): create it first, or give --out a "
-                    f"path in an existing directory")
+    if args.out and not target.parent.is_dir():  # a typo in --out must not become a tree of directories
+        return fail(
+            f"{target.parent} does not exist (or is not a directory): create it first, or give --out a "
+            f"path in an existing directory"
+        )
     if target.exists() and not args.force:
-        return fail(f"{target} already exists: 'phase keygen --force' replaces it (the peer id "
-                    f"{_peer_id_or_unreadable(target)} is then lost for good)")
+        return fail(
+            f"{target} already exists: 'phase keygen --force' replaces it (the peer id "
+            f"{_peer_id_or_unreadable(target)} is then lost for good)"
+        )
     identity = Identity.generate()
     try:
         identity.save(target, overwrite=args.force)
@@ -156,22 +187,45 @@ def cmd_id(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add ``run``, ``verify``, ``keygen`` and ``id`` to the ``phase`` command's sub-parsers."""
-    p = sub.add_parser("run", help="run a module locally and print its output",
-                       description="Run MODULE.wasm on this machine in an isolated worker process.",
-                       epilog=EPILOG_RUN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "run",
+        help="run a module locally and print its output",
+        description="Run MODULE.wasm on this machine in an isolated worker process.",
+        epilog=EPILOG_RUN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("module", metavar="MODULE.wasm")
     add_job_options(p)
-    p.add_argument("--dir", dest="dirs", action="append", default=[], type=_dir_option(False), metavar="HOST[::GUEST]",
-                   help="let the module read and write directory HOST, seen at GUEST (repeatable)")
-    p.add_argument("--ro-dir", dest="dirs", action="append", type=_dir_option(True), metavar="HOST[::GUEST]",
-                   help="let the module read directory HOST, seen at GUEST (repeatable)")
-    p.add_argument("--no-sandbox", action="store_true",
-                   help="run in this process instead of an isolated worker (trusted modules only)")
+    p.add_argument(
+        "--dir",
+        dest="dirs",
+        action="append",
+        default=[],
+        type=_dir_option(False),
+        metavar="HOST[::GUEST]",
+        help="let the module read and write directory HOST, seen at GUEST (repeatable)",
+    )
+    p.add_argument(
+        "--ro-dir",
+        dest="dirs",
+        action="append",
+        type=_dir_option(True),
+        metavar="HOST[::GUEST]",
+        help="let the module read directory HOST, seen at GUEST (repeatable)",
+    )
+    p.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="run in this process instead of an isolated worker (trusted modules only)",
+    )
     p.add_argument("--identity", metavar="FILE", help=f"key that signs the receipt (default {default_identity_path()})")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("verify", help="check a receipt's signature and hashes",
-                       description="Check RECEIPT.json: its signature, and the hash of every file given.")
+    p = sub.add_parser(
+        "verify",
+        help="check a receipt's signature and hashes",
+        description="Check RECEIPT.json: its signature, and the hash of every file given.",
+    )
     p.add_argument("receipt", metavar="RECEIPT.json")
     p.add_argument("--module", metavar="F", help="the module file the job ran")
     p.add_argument("--input", metavar="F", help="the input file")
@@ -182,8 +236,11 @@ def register(sub: Any) -> None:
     p.add_argument("--signer", metavar="PEERID", help="the peer that must have signed it")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("keygen", help="create an Ed25519 identity",
-                       description="Create an identity key (mode 0600) and print its peer id.")
+    p = sub.add_parser(
+        "keygen",
+        help="create an Ed25519 identity",
+        description="Create an identity key (mode 0600) and print its peer id.",
+    )
     p.add_argument("--out", metavar="FILE", help=f"where to write it (default {default_identity_path()})")
     p.add_argument("--force", action="store_true", help="replace an existing key")
     p.set_defaults(func=cmd_keygen)

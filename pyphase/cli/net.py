@@ -27,7 +27,8 @@ from pyphase.cli.jobs import (
 )
 from pyphase.errors import NetworkError, QuorumError
 
-EPILOG_SUBMIT = """\
+EPILOG_SUBMIT = (
+    """\
 The job runs on a peer (given with --peer, else found on the LAN) and its receipt is verified
 (signature, hashes, nonce, signer = the peer the transport authenticated) before anything is printed.
 A timeout, a reject, a dropped connection or a bad receipt sends the job to another peer.
@@ -37,7 +38,10 @@ proxy that is down fails the job, and LAN discovery is refused, so name peers wi
 hosts may be names the proxy resolves (PEERID@xxxx.onion:7465); this machine makes no DNS query.
 --timeout is the job's own limit; a peer gets that plus 5 s to answer before the job moves on
 (--timeout 0 asks for no limit, which a node with a timeout ceiling, 60 s by default, refuses).
-""" + LIMITS_HELP + EXIT_HELP.replace("Usage errors exit 2.", "Usage errors exit 2;") + """
+"""
+    + LIMITS_HELP
+    + EXIT_HELP.replace("Usage errors exit 2.", "Usage errors exit 2;")
+    + """
   69 when no peer could run it (each peer's reason on stderr, or in the --json document);
   1 when replicas disagree with no majority.
 examples:
@@ -45,6 +49,7 @@ examples:
   phase submit job.wasm --input-file data.bin --replicas 3 --json
   phase submit hello.wasm --socks-proxy 127.0.0.1:9050 --peer PEERID@xxxx.onion:7465
 """
+)
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -53,11 +58,16 @@ def _client(args: argparse.Namespace) -> Any:
     from pyphase.net.client import discovery_refused
 
     proxy = resolve_socks_proxy(args.socks_proxy)
-    if not args.peer and proxy is not None:     # a usage error, as in 'phase peers': name the peers
+    if not args.peer and proxy is not None:  # a usage error, as in 'phase peers': name the peers
         raise ValueError(discovery_refused(proxy))
     identity = load_identity(args.identity) if getattr(args, "identity", None) else None
-    return Client(peers=args.peer or None, identity=identity, discover_timeout=args.discover_timeout,
-                  socks_proxy=proxy or "", dht_bootstrap=args.dht_bootstrap)        # resolved above: "" keeps Client from reading the variable again
+    return Client(
+        peers=args.peer or None,
+        identity=identity,
+        discover_timeout=args.discover_timeout,
+        socks_proxy=proxy or "",
+        dht_bootstrap=args.dht_bootstrap,
+    )  # resolved above: "" keeps Client from reading the variable again
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -72,8 +82,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return fail(str(exc))
     try:
-        result = client.submit(module, job_input, args=args.arg, env=env, entry=args.entry, limits=limits,
-                               retries=args.retries, replicas=args.replicas, deterministic=args.deterministic)
+        result = client.submit(
+            module,
+            job_input,
+            args=args.arg,
+            env=env,
+            entry=args.entry,
+            limits=limits,
+            retries=args.retries,
+            replicas=args.replicas,
+            deterministic=args.deterministic,
+        )
     except QuorumError as exc:
         if args.receipt:
             Path(args.receipt).write_text(json.dumps(exc.receipts, indent=2, sort_keys=True) + "\n")
@@ -86,8 +105,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         client.close()
     for peer in result.dissent:
         print(f"phase: warning: peer {peer} returned a different output (outvoted)", file=sys.stderr)
-    extra: dict[str, Any] = dict(peer=result.peer, dissent=list(result.dissent),
-                                 attempts=[list(a) for a in result.attempts])
+    extra: dict[str, Any] = dict(
+        peer=result.peer, dissent=list(result.dissent), attempts=[list(a) for a in result.attempts]
+    )
     if args.replicas > 1:
         extra["receipts"] = list(result.receipts)
     return emit_result(result, args, result.receipt, extra)
@@ -100,8 +120,11 @@ def _network_failure(exc: NetworkError, as_json: bool, groups: dict[str, list[st
     summary = str(exc).split(": ", 1)[0] if exc.attempts else str(exc)
     if as_json:
         status = "quorum" if groups is not None else "no_peers" if isinstance(exc, NoPeers) else "network_error"
-        doc: dict[str, Any] = {"status": status, "message": summary,
-                               "attempts": [{"peer": peer, "why": why} for peer, why in exc.attempts]}
+        doc: dict[str, Any] = {
+            "status": status,
+            "message": summary,
+            "attempts": [{"peer": peer, "why": why} for peer, why in exc.attempts],
+        }
         if groups is not None:
             doc["groups"] = groups
         print(json.dumps(doc, sort_keys=True))
@@ -159,8 +182,22 @@ def cmd_peers(args: argparse.Namespace) -> int:
         if c is None:
             row["error"] = failures.get(address) or f"no answer within --wait {args.wait:g} s"
         if c:
-            row.update({k: c.get(k) for k in ("arch", "cores", "runtime", "runtime_version", "executor",
-                                               "max_limits", "load", "cached_modules", "accepting")})
+            row.update(
+                {
+                    k: c.get(k)
+                    for k in (
+                        "arch",
+                        "cores",
+                        "runtime",
+                        "runtime_version",
+                        "executor",
+                        "max_limits",
+                        "load",
+                        "cached_modules",
+                        "accepting",
+                    )
+                }
+            )
         rows.append(row)
     code = EXIT_NETWORK if any(not row["reachable"] for row in rows) else 0
     if args.json:
@@ -174,50 +211,84 @@ def cmd_peers(args: argparse.Namespace) -> int:
             print(f"{row['address']}  unreachable: {row['error']}")
             continue
         load = row.get("load") or {}
-        print(f"{row['address']}  {row['arch']} {row['runtime']} {row['runtime_version']}  "
-              f"{load.get('running', 0)}/{load.get('workers', 0)} busy, {load.get('queued', 0)} queued")
+        print(
+            f"{row['address']}  {row['arch']} {row['runtime']} {row['runtime_version']}  "
+            f"{load.get('running', 0)}/{load.get('workers', 0)} busy, {load.get('queued', 0)} queued"
+        )
     return code
 
 
 def register(subparsers: Any) -> None:
     """Add ``submit`` and ``peers`` to the ``phase`` command's sub-parsers."""
-    p = subparsers.add_parser("submit", help="run a module on a peer and print its verified output",
-                              description="Run MODULE.wasm on a Phase node and print its output once the "
-                              "node's signed receipt verifies.", epilog=EPILOG_SUBMIT,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "submit",
+        help="run a module on a peer and print its verified output",
+        description="Run MODULE.wasm on a Phase node and print its output once the node's signed receipt verifies.",
+        epilog=EPILOG_SUBMIT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("module", metavar="MODULE.wasm")
     add_job_options(p)
     _peer_options(p)
-    p.add_argument("--replicas", type=int, default=1, metavar="K",
-                   help="run on K distinct peers (deterministic mode) and accept the majority output")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="K",
+        help="run on K distinct peers (deterministic mode) and accept the majority output",
+    )
     p.add_argument("--retries", type=int, default=3, metavar="N", help="further peers to try after a failure")
     p.add_argument("--identity", metavar="FILE", help="client identity (default: a fresh one per run)")
     p.set_defaults(func=cmd_submit)
 
-    p = subparsers.add_parser("peers", help="list Phase nodes and their capabilities",
-                              description="Find nodes (on the LAN with mDNS, or those given with --peer) and "
-                              "show their capabilities and load.",
-                              epilog="exit status: 0 when every peer listed answered; 69 when one did not (its "
-                              "reason is on its line, or in 'error' with --json); 1 when none was found.")
+    p = subparsers.add_parser(
+        "peers",
+        help="list Phase nodes and their capabilities",
+        description="Find nodes (on the LAN with mDNS, or those given with --peer) and "
+        "show their capabilities and load.",
+        epilog="exit status: 0 when every peer listed answered; 69 when one did not (its "
+        "reason is on its line, or in 'error' with --json); 1 when none was found.",
+    )
     _peer_options(p)
-    p.add_argument("--dht", action="store_true", help="list the nodes found through the Mainline DHT's "
-                   "rendezvous (each proven by its signed record) instead of the LAN")
+    p.add_argument(
+        "--dht",
+        action="store_true",
+        help="list the nodes found through the Mainline DHT's "
+        "rendezvous (each proven by its signed record) instead of the LAN",
+    )
     p.add_argument("--wait", type=float, default=1.0, metavar="SECONDS", help="how long to wait for answers")
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p.set_defaults(func=cmd_peers)
 
 
 def _peer_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--peer", action="append", default=[], metavar="ADDR",
-                   help="PEERID@HOST:PORT of a node, or a bare PEERID found through the DHT (repeatable); "
-                   "none: discover on the LAN, then the DHT")
-    p.add_argument("--dht-bootstrap", action="append", default=None, metavar="HOST:PORT",
-                   help="DHT node to join through (repeatable; default: $PHASE_DHT_BOOTSTRAP, else "
-                   "libtorrent's Mainline router)")
-    p.add_argument("--discover-timeout", type=float, default=1.0, metavar="SECONDS",
-                   help="how long to look for nodes on the LAN (default 1)")
-    p.add_argument("--socks-proxy", default=None, metavar="HOST:PORT",
-                   help="connect only through this SOCKS5 proxy, e.g. Tor's 127.0.0.1:9050 (default: "
-                   "$PHASE_SOCKS_PROXY; '' for none). Fails closed: never connects directly, refuses LAN "
-                   "discovery (name peers with --peer); peer host names are resolved by the proxy (.onion works)")
-
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="PEERID@HOST:PORT of a node, or a bare PEERID found through the DHT (repeatable); "
+        "none: discover on the LAN, then the DHT",
+    )
+    p.add_argument(
+        "--dht-bootstrap",
+        action="append",
+        default=None,
+        metavar="HOST:PORT",
+        help="DHT node to join through (repeatable; default: $PHASE_DHT_BOOTSTRAP, else libtorrent's Mainline router)",
+    )
+    p.add_argument(
+        "--discover-timeout",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how long to look for nodes on the LAN (default 1)",
+    )
+    p.add_argument(
+        "--socks-proxy",
+        default=None,
+        metavar="HOST:PORT",
+        help="connect only through this SOCKS5 proxy, e.g. Tor's 127.0.0.1:9050 (default: "
+        "$PHASE_SOCKS_PROXY; '' for none). Fails closed: never connects directly, refuses LAN "
+        "discovery (name peers with --peer); peer host names are resolved by the proxy (.onion works)",
+    )

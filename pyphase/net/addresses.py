@@ -13,14 +13,23 @@ from typing import Mapping
 
 from pyphase.identity import public_key_from_peer_id
 
-__all__ = ["DEFAULT_PORT", "SOCKS_PROXY_ENV", "parse_address", "parse_socks_proxy", "resolve_socks_proxy",
-           "split_hostport", "valid_host"]
+__all__ = [
+    "DEFAULT_PORT",
+    "SOCKS_PROXY_ENV",
+    "parse_address",
+    "parse_socks_proxy",
+    "resolve_socks_proxy",
+    "split_hostport",
+    "valid_host",
+]
 
 DEFAULT_PORT = 7465
 SOCKS_PROXY_ENV = "PHASE_SOCKS_PROXY"
 
 
-def split_hostport(text: str, default_port: int | None = DEFAULT_PORT, default_host: str = "0.0.0.0") -> tuple[str, int]:
+def split_hostport(
+    text: str, default_port: int | None = DEFAULT_PORT, default_host: str = "0.0.0.0"
+) -> tuple[str, int]:
     """``HOST:PORT`` (IPv6 in brackets) -> (host, port); no port: ``default_port`` (None: required),
     no host: ``default_host``. Raises ``ValueError``."""
     host, sep, port = text.rpartition(":")
@@ -56,14 +65,16 @@ def parse_address(text: str) -> tuple[str, bytes, str, int]:
     """
     peer_id, sep, hostport = text.strip().partition("@")
     if not sep:
-        raise ValueError(f"a peer address is PEERID@HOST:PORT, got {text!r} (a node prints its own when it starts "
-                         f"and writes it to DATA_DIR/address: --peer \"$(cat DATA_DIR/address)\")")
+        raise ValueError(
+            f"a peer address is PEERID@HOST:PORT, got {text!r} (a node prints its own when it starts "
+            f'and writes it to DATA_DIR/address: --peer "$(cat DATA_DIR/address)")'
+        )
     key = public_key_from_peer_id(peer_id)
     raw_host = hostport.rpartition(":")[0] if ":" in hostport else hostport
     host, port = split_hostport(hostport)
     bracketed = raw_host.startswith("[") or raw_host.endswith("]")
     if bracketed and not (raw_host.startswith("[") and raw_host.endswith("]") and ":" in host):
-        host = ""                                        # "[::1:7000", "[name]:7000": not an address
+        host = ""  # "[::1:7000", "[name]:7000": not an address
     if not raw_host.strip("[]") or not port or not valid_host(host):
         raise ValueError(f"a peer address needs a host (an IP address or a DNS name) and a port: {text!r}")
     return peer_id.lower(), key, host, port
@@ -83,11 +94,19 @@ def parse_socks_proxy(text: str) -> str:
         bare, bracketed = host[1:-1], True
     else:
         bare, bracketed = host, False
-    ok = (sep and port.isascii() and port.isdigit() and 0 < int(port) <= 65535 and bare
-          and valid_host(bare) and (":" in bare) == bracketed)
+    ok = (
+        sep
+        and port.isascii()
+        and port.isdigit()
+        and 0 < int(port) <= 65535
+        and bare
+        and valid_host(bare)
+        and (":" in bare) == bracketed
+    )
     if not ok:
-        raise ValueError(f"a SOCKS proxy is HOST:PORT (e.g. 127.0.0.1:9050, [::1]:9050 or tor:9050; "
-                         f"port 1-65535), got {text!r}")
+        raise ValueError(
+            f"a SOCKS proxy is HOST:PORT (e.g. 127.0.0.1:9050, [::1]:9050 or tor:9050; port 1-65535), got {text!r}"
+        )
     return f"{host}:{int(port)}"
 
 

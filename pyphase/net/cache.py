@@ -22,7 +22,7 @@ _NAME = re.compile(r"^([0-9a-f]{64})\.wasm$")
 def _hex(module_hash: str) -> str:
     if not is_hash_text(module_hash):
         raise ValueError(f"not a module hash: {module_hash!r}")
-    return module_hash[len(PREFIX):]
+    return module_hash[len(PREFIX) :]
 
 
 class ModuleCache:
@@ -35,7 +35,7 @@ class ModuleCache:
         self.max_bytes = max_bytes
         self.memory_bytes = memory_bytes
         self._lock = threading.Lock()
-        self._disk: OrderedDict[str, int] = OrderedDict()      # hex -> size, least recently used first
+        self._disk: OrderedDict[str, int] = OrderedDict()  # hex -> size, least recently used first
         self._mem: OrderedDict[str, bytes] = OrderedDict()
         self._mem_size = 0
         found = []

@@ -55,11 +55,16 @@ DEFAULT_RETRIES = 3
 CONNECT_TIMEOUT_S = 2.0
 PROXY_CONNECT_TIMEOUT_S = 30.0  # through a proxy (Tor builds a circuit first): the default connect_timeout
 TIMEOUT_SLACK_S = 5.0
-MAX_BACKOFF_S = 1.0            # longest pause before re-asking a peer that failed, when no other is left
-_MONITOR_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
-                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                   | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+MAX_BACKOFF_S = 1.0  # longest pause before re-asking a peer that failed, when no other is left
+_MONITOR_EVENTS = (
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_CONNECT_RETRIED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+)
 
 
 _DROPPED = "connection dropped"
@@ -73,9 +78,11 @@ def _refused(peer: _Peer) -> str:
 
 def discovery_refused(proxy: str) -> str:
     """Why a client with a SOCKS proxy will not look for peers on the LAN (the text of the error)."""
-    return (f"no peers named, and LAN discovery (mDNS) is refused with a SOCKS proxy set ({proxy}): it "
-            f"would announce this machine on the LAN and cannot go through the proxy. Name the peers "
-            f"(Client(peers=[...]) or phase submit --peer PEERID@HOST:PORT), or unset the proxy")
+    return (
+        f"no peers named, and LAN discovery (mDNS) is refused with a SOCKS proxy set ({proxy}): it "
+        f"would announce this machine on the LAN and cannot go through the proxy. Name the peers "
+        f"(Client(peers=[...]) or phase submit --peer PEERID@HOST:PORT), or unset the proxy"
+    )
 
 
 @dataclass(frozen=True)
@@ -104,8 +111,8 @@ class _Peer:
         self.modules: set[str] = set()
         self.down_until = 0.0
         self.strikes = 0
-        self.reached = False            # this client has completed a handshake with it at least once
-        self.tcp_connected = False      # the current connection attempt got past TCP (not refused)
+        self.reached = False  # this client has completed a handshake with it at least once
+        self.tcp_connected = False  # the current connection attempt got past TCP (not refused)
         self.last_failure: str | None = None
 
     def score(self, module_hash: str, now: float) -> tuple[Any, ...]:
@@ -123,8 +130,9 @@ class _Peer:
         try:
             ceiling = caps["max_limits"]
             asked = Limits.from_json(manifest["limits"])
-            allowed = Limits(**{name: int(ceiling.get(name, 0)) for name in asked.to_json()},
-                             stack_bytes=asked.stack_bytes)
+            allowed = Limits(
+                **{name: int(ceiling.get(name, 0)) for name in asked.to_json()}, stack_bytes=asked.stack_bytes
+            )
             problems = asked.within(allowed)
             size, cap = manifest["module"]["size"], ceiling.get("module_bytes")
             if cap and size > cap:
@@ -147,7 +155,7 @@ class _Attempt:
     manifest: dict[str, Any]
     deadline: float
     connect_deadline: float
-    state: str = "connecting"          # connecting -> offered -> running -> done
+    state: str = "connecting"  # connecting -> offered -> running -> done
 
 
 @dataclass
@@ -162,16 +170,23 @@ class _Job:
     requires: Mapping[str, Any]
     module_hash: str = ""
     failures: list[tuple[str, str]] = field(default_factory=list)
-    excluded: set[str] = field(default_factory=set)      # peers not to offer this job to, with a failure said
+    excluded: set[str] = field(default_factory=set)  # peers not to offer this job to, with a failure said
 
 
 class Client:
     """A client of the Phase network. ``peers``: addresses ``PEERID@HOST:PORT``; none: mDNS discovery."""
 
-    def __init__(self, peers: Sequence[str] | None = None, *, identity: Identity | None = None,
-                 discover_timeout: float = 1.0, connect_timeout: float | None = None,
-                 mdns_interfaces: str | None = None, socks_proxy: str | None = None,
-                 dht_bootstrap: str | Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        peers: Sequence[str] | None = None,
+        *,
+        identity: Identity | None = None,
+        discover_timeout: float = 1.0,
+        connect_timeout: float | None = None,
+        mdns_interfaces: str | None = None,
+        socks_proxy: str | None = None,
+        dht_bootstrap: str | Sequence[str] | None = None,
+    ) -> None:
         """``connect_timeout``: how long a peer may take to be connected before the job goes elsewhere
         (default 2 s, 30 s through a proxy). ``socks_proxy``: ``HOST:PORT`` of a SOCKS5 proxy (e.g. Tor's
         ``127.0.0.1:9050``) for every connection; not given (None): ``PHASE_SOCKS_PROXY`` if set; ``""``:
@@ -203,11 +218,13 @@ class Client:
             if "@" in address:
                 self.add_peer(address)
             else:
-                public_key_from_peer_id(address)         # a bare peer id: found through the DHT when first needed
+                public_key_from_peer_id(address)  # a bare peer id: found through the DHT when first needed
                 self._unresolved.append(address.strip().lower())
         if self._unresolved and self.socks_proxy is not None:
-            raise ValueError(f"peer ids without an address are resolved through the DHT (UDP), which cannot go "
-                             f"through the SOCKS proxy {self.socks_proxy}: give PEERID@HOST:PORT")
+            raise ValueError(
+                f"peer ids without an address are resolved through the DHT (UDP), which cannot go "
+                f"through the SOCKS proxy {self.socks_proxy}: give PEERID@HOST:PORT"
+            )
         self._discovered = bool(peers)
 
     # ---- peers -------------------------------------------------------------------------------------
@@ -269,7 +286,7 @@ class Client:
             with client_dht(self._dht_bootstrap) as dht:
                 for record in find_nodes(dht, timeout=max(self._discover_timeout, 3.0)):
                     self.add_peer(record.address)
-        except (RuntimeError, OSError) as exc:   # PermissionError: the test suite's guard; no libtorrent; no UDP
+        except (RuntimeError, OSError) as exc:  # PermissionError: the test suite's guard; no libtorrent; no UDP
             self._dht_failure = f"{type(exc).__name__}: {exc}"
 
     def _socket(self, peer: _Peer) -> zmq.Socket[bytes]:
@@ -279,12 +296,12 @@ class Client:
                 endpoint = self._relay.endpoint(peer.host, peer.port)
             else:
                 endpoint = f"tcp://{peer.host}:{peer.port}"
-            slow = self._relay is not None             # Tor adds seconds of latency: do not call a circuit dead
+            slow = self._relay is not None  # Tor adds seconds of latency: do not call a circuit dead
             sock = self._ctx.socket(zmq.DEALER)
             sock.curve_publickey, sock.curve_secretkey = self._curve
             sock.curve_serverkey = peer.server_key
             sock.linger = 0
-            sock.setsockopt(zmq.IMMEDIATE, 1)          # send only over a completed (authenticated) connection
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # send only over a completed (authenticated) connection
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
             sock.setsockopt(zmq.HEARTBEAT_IVL, 5000 if slow else 1000)
@@ -325,7 +342,7 @@ class Client:
             # the relay records why before it closes the loopback connection whose events brought us here
             why = self._relay.take_failure(peer.host, peer.port)
             if why:
-                failure = why                          # names the proxy: down, or its reply for this peer
+                failure = why  # names the proxy: down, or its reply for this peer
         return failure
 
     def capabilities(self, timeout: float = 1.0) -> dict[str, dict[str, Any] | None]:
@@ -379,7 +396,7 @@ class Client:
                             p.reached, p.last_failure = True, None
                             p.load = wire.check_load(p.caps.get("load"))
                             waiting.pop(p.peer_id, None)
-        for p in waiting.values():      # no answer in time: not asked again on every submit while it sulks
+        for p in waiting.values():  # no answer in time: not asked again on every submit while it sulks
             self._mark_down(p)
 
     def _recv_all(self, peer: _Peer) -> list[list[bytes]]:
@@ -393,14 +410,25 @@ class Client:
 
     def _mark_down(self, peer: _Peer, seconds: float | None = None) -> None:
         peer.strikes += 1
-        peer.down_until = time.monotonic() + (seconds if seconds is not None else min(30.0, 0.5 * 2 ** peer.strikes))
+        peer.down_until = time.monotonic() + (seconds if seconds is not None else min(30.0, 0.5 * 2**peer.strikes))
 
     # ---- jobs --------------------------------------------------------------------------------------
 
-    def submit(self, module: bytes, input: bytes = b"", *, args: Sequence[str] = (),
-               env: Mapping[str, str] | None = None, entry: str = "_start", limits: Limits | None = None,
-               timeout: float | None = None, retries: int = DEFAULT_RETRIES, replicas: int = 1,
-               deterministic: bool = False, requires: Mapping[str, Any] | None = None) -> RemoteResult:
+    def submit(
+        self,
+        module: bytes,
+        input: bytes = b"",
+        *,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        entry: str = "_start",
+        limits: Limits | None = None,
+        timeout: float | None = None,
+        retries: int = DEFAULT_RETRIES,
+        replicas: int = 1,
+        deterministic: bool = False,
+        requires: Mapping[str, Any] | None = None,
+    ) -> RemoteResult:
         """Run ``module`` on a peer and return its verified result (any job status), or raise
         :class:`~pyphase.errors.NetworkError` (:class:`NoPeers`, :class:`QuorumError`).
 
@@ -410,8 +438,16 @@ class Client:
         if replicas < 1:
             raise ValueError("replicas must be at least 1")
         limits = limits or Limits()
-        job = _Job(bytes(module), bytes(input), list(args), dict(env or {}), entry, limits,
-                   deterministic or replicas > 1, dict(requires or {}))
+        job = _Job(
+            bytes(module),
+            bytes(input),
+            list(args),
+            dict(env or {}),
+            entry,
+            limits,
+            deterministic or replicas > 1,
+            dict(requires or {}),
+        )
         job.module_hash = sha256_text(job.module)
         if timeout is None:
             timeout = (limits.timeout_ms / 1000 if limits.timeout_ms else 3600.0) + TIMEOUT_SLACK_S
@@ -422,14 +458,19 @@ class Client:
             if not self._peers:
                 interfaces = self._mdns_interfaces or os.environ.get("PHASE_MDNS_INTERFACES") or "all"
                 why = self._dht_failure
-                raise NoPeers(f"no peers given, and none answered on the LAN (mDNS on {interfaces} interfaces, "
-                              f"{self._discover_timeout:g} s) or the DHT" + (f" ({why})" if why else "") +
-                              ": name one (phase submit --peer PEERID@HOST:PORT, Client(peers=[...])), start one "
-                              "(plasmd --listen HOST:PORT --data-dir DIR), or look longer (--discover-timeout, "
-                              "Client(discover_timeout=...))")
+                raise NoPeers(
+                    f"no peers given, and none answered on the LAN (mDNS on {interfaces} interfaces, "
+                    f"{self._discover_timeout:g} s) or the DHT"
+                    + (f" ({why})" if why else "")
+                    + ": name one (phase submit --peer PEERID@HOST:PORT, Client(peers=[...])), start one "
+                    "(plasmd --listen HOST:PORT --data-dir DIR), or look longer (--discover-timeout, "
+                    "Client(discover_timeout=...))"
+                )
             if replicas > len(self._peers):
-                raise NoPeers(f"{replicas} replicas need {replicas} distinct peers; {len(self._peers)} known: "
-                              f"name more (--peer, Client(peers=[...])) or ask for fewer (--replicas)")
+                raise NoPeers(
+                    f"{replicas} replicas need {replicas} distinct peers; {len(self._peers)} known: "
+                    f"name more (--peer, Client(peers=[...])) or ask for fewer (--replicas)"
+                )
             unknown = [p for p in self._peers.values() if p.caps is None and p.down_until <= time.monotonic()]
             if unknown:
                 self._probe(unknown, min(self.connect_timeout, 1.0))
@@ -468,19 +509,28 @@ class Client:
         return min(candidates, key=lambda p: p.score(job.module_hash, now))
 
     def _run(self, job: _Job, want: int, retries: int, timeout: float) -> list[RemoteResult]:
-        probe = make_manifest(job.module, job.input, args=job.args, env=job.env, entry=job.entry, limits=job.limits,
-                              deterministic=job.deterministic, requires=job.requires, module_hash=job.module_hash)
+        probe = make_manifest(
+            job.module,
+            job.input,
+            args=job.args,
+            env=job.env,
+            entry=job.entry,
+            limits=job.limits,
+            deterministic=job.deterministic,
+            requires=job.requires,
+            module_hash=job.module_hash,
+        )
         active: dict[bytes, _Attempt] = {}
         results: list[RemoteResult] = []
         budget = want + max(0, retries)
         launched = 0
-        tried: set[str] = set()          # peers used in this job (replicas: never twice)
+        tried: set[str] = set()  # peers used in this job (replicas: never twice)
         while len(results) < want:
             while len(active) + len(results) < want and launched < budget:
                 busy = {a.peer.peer_id for a in active.values()} | {r.peer for r in results}
                 peer = self._pick(job, tried | busy, probe)
                 if peer is None and want == 1:
-                    peer = self._pick(job, busy, probe)      # all tried once: go round again (nodes come back)
+                    peer = self._pick(job, busy, probe)  # all tried once: go round again (nodes come back)
                 if peer is None:
                     break
                 wait = peer.down_until - time.monotonic()
@@ -507,14 +557,18 @@ class Client:
         sock = attempt.peer.sock
         assert sock is not None
         try:
-            sock.send_multipart(wire.encode("offer", (job.input,), job=attempt.tag, manifest=attempt.manifest),
-                                zmq.NOBLOCK, copy=len(job.input) < wire.ZERO_COPY_MIN)
+            sock.send_multipart(
+                wire.encode("offer", (job.input,), job=attempt.tag, manifest=attempt.manifest),
+                zmq.NOBLOCK,
+                copy=len(job.input) < wire.ZERO_COPY_MIN,
+            )
         except zmq.Again:
-            return                      # not connected yet: POLLOUT will tell
+            return  # not connected yet: POLLOUT will tell
         attempt.state = "offered"
 
-    def _fail(self, job: _Job, active: dict[bytes, _Attempt], attempt: _Attempt, why: str,
-              down_for: float | None = None) -> None:
+    def _fail(
+        self, job: _Job, active: dict[bytes, _Attempt], attempt: _Attempt, why: str, down_for: float | None = None
+    ) -> None:
         active.pop(attempt.tag, None)
         job.failures.append((attempt.peer.peer_id, why))
         self._mark_down(attempt.peer, down_for)
@@ -527,8 +581,9 @@ class Client:
         for pid, p in peers.items():
             poller.register(p.sock, zmq.POLLIN | (zmq.POLLOUT if pid in connecting else 0))
             poller.register(p.monitor, zmq.POLLIN)
-        next_deadline = min(min(a.deadline, a.connect_deadline if a.state == "connecting" else a.deadline)
-                            for a in active.values())
+        next_deadline = min(
+            min(a.deadline, a.connect_deadline if a.state == "connecting" else a.deadline) for a in active.values()
+        )
         events = dict(poller.poll(max(0, int((next_deadline - now) * 1000)) + 1))
         for pid, p in peers.items():
             if events.get(p.monitor):
@@ -551,8 +606,9 @@ class Client:
             elif now >= a.deadline:
                 self._fail(job, active, a, "timed out")
 
-    def _on_message(self, job: _Job, peer: _Peer, frames: list[bytes], active: dict[bytes, _Attempt],
-                    results: list[RemoteResult]) -> None:
+    def _on_message(
+        self, job: _Job, peer: _Peer, frames: list[bytes], active: dict[bytes, _Attempt], results: list[RemoteResult]
+    ) -> None:
         try:
             msg = wire.decode(frames)
         except wire.WireError as exc:
@@ -567,15 +623,22 @@ class Client:
             return
         attempt = active.get(msg.get("job") or b"")
         if attempt is None or attempt.peer is not peer:
-            return                                     # a late answer to an attempt already given up
+            return  # a late answer to an attempt already given up
         try:
             self._on_answer(job, peer, msg, attempt, active, results)
-        except Exception as exc:   # every byte from a peer is hostile: a fault here fails that attempt only
+        except Exception as exc:  # every byte from a peer is hostile: a fault here fails that attempt only
             if attempt.tag in active:
                 self._fail(job, active, attempt, f"malformed answer ({type(exc).__name__})", down_for=60.0)
 
-    def _on_answer(self, job: _Job, peer: _Peer, msg: wire.Message, attempt: _Attempt,
-                   active: dict[bytes, _Attempt], results: list[RemoteResult]) -> None:
+    def _on_answer(
+        self,
+        job: _Job,
+        peer: _Peer,
+        msg: wire.Message,
+        attempt: _Attempt,
+        active: dict[bytes, _Attempt],
+        results: list[RemoteResult],
+    ) -> None:
         load = wire.check_load(msg.get("load"))
         if load is not None:
             peer.load = load
@@ -584,22 +647,36 @@ class Client:
             if msg["module"]:
                 peer.modules.discard(job.module_hash)
                 try:
-                    peer.sock.send_multipart(wire.encode("module", (job.module,), job=attempt.tag),  # type: ignore[union-attr]
-                                             zmq.NOBLOCK, copy=len(job.module) < wire.ZERO_COPY_MIN)
+                    peer.sock.send_multipart(  # type: ignore[union-attr]
+                        wire.encode("module", (job.module,), job=attempt.tag),
+                        zmq.NOBLOCK,
+                        copy=len(job.module) < wire.ZERO_COPY_MIN,
+                    )
                 except zmq.Again:
                     self._fail(job, active, attempt, "connection lost while sending the module")
         elif msg.type == "reject":
             reason = msg["reason"]
-            self._fail(job, active, attempt, f"rejected: {reason} ({msg['detail']})",
-                       down_for=min(MAX_BACKOFF_S, 0.02 * 2 ** peer.strikes) if reason == "busy" else 5.0)
+            self._fail(
+                job,
+                active,
+                attempt,
+                f"rejected: {reason} ({msg['detail']})",
+                down_for=min(MAX_BACKOFF_S, 0.02 * 2**peer.strikes) if reason == "busy" else 5.0,
+            )
         elif msg.type == "error":
             self._fail(job, active, attempt, f"error {msg['code']}: {msg['detail']}")
         elif msg.type == "result":
             stdout, stderr = (bytes(f) for f in msg.payloads)
             receipt = msg["receipt"]
             try:
-                verify_receipt(receipt, stdout=stdout, stderr=stderr, nonce=attempt.manifest["nonce"],
-                               signer=peer.public_key, manifest=attempt.manifest)
+                verify_receipt(
+                    receipt,
+                    stdout=stdout,
+                    stderr=stderr,
+                    nonce=attempt.manifest["nonce"],
+                    signer=peer.public_key,
+                    manifest=attempt.manifest,
+                )
             except VerificationError as exc:
                 self._fail(job, active, attempt, f"bad receipt: {exc}", down_for=300.0)
                 return
@@ -607,12 +684,26 @@ class Client:
             peer.modules.add(job.module_hash)
             peer.strikes = 0
             peer.down_until = 0.0
-            results.append(RemoteResult(
-                status=receipt["status"], exit_code=receipt["exit_code"], message=receipt["message"], stdout=stdout,
-                stderr=stderr, fuel_used=receipt["fuel_used"], wall_us=receipt["wall_us"], memory_peak_bytes=0,
-                module_hash=receipt["module"], input_hash=receipt["input"], stdout_hash=receipt["stdout"],
-                stderr_hash=receipt["stderr"], receipt=receipt, peer=peer.peer_id, receipts=(receipt,),
-                attempts=tuple(job.failures)))
+            results.append(
+                RemoteResult(
+                    status=receipt["status"],
+                    exit_code=receipt["exit_code"],
+                    message=receipt["message"],
+                    stdout=stdout,
+                    stderr=stderr,
+                    fuel_used=receipt["fuel_used"],
+                    wall_us=receipt["wall_us"],
+                    memory_peak_bytes=0,
+                    module_hash=receipt["module"],
+                    input_hash=receipt["input"],
+                    stdout_hash=receipt["stdout"],
+                    stderr_hash=receipt["stderr"],
+                    receipt=receipt,
+                    peer=peer.peer_id,
+                    receipts=(receipt,),
+                    attempts=tuple(job.failures),
+                )
+            )
 
     def _quorum(self, results: list[RemoteResult], replicas: int, job: _Job) -> RemoteResult:
         groups: dict[tuple[str, str, int, str], list[RemoteResult]] = {}
@@ -623,16 +714,30 @@ class Client:
         receipts = tuple(r.receipt for r in results if r.receipt is not None)
         if len(best) < need:
             named = {f"{k[0]} exit {k[2]}": [r.peer for r in v] for k, v in groups.items()}
-            raise QuorumError(f"replicas disagree: no output reached {need} of {replicas}", list(receipts), named,
-                              job.failures)
+            raise QuorumError(
+                f"replicas disagree: no output reached {need} of {replicas}", list(receipts), named, job.failures
+            )
         dissent = tuple(r.peer for r in results if r not in best)
         first = best[0]
         return RemoteResult(
-            status=first.status, exit_code=first.exit_code, message=first.message, stdout=first.stdout,
-            stderr=first.stderr, fuel_used=first.fuel_used, wall_us=first.wall_us, memory_peak_bytes=0,
-            module_hash=first.module_hash, input_hash=first.input_hash, stdout_hash=first.stdout_hash,
-            stderr_hash=first.stderr_hash, receipt=first.receipt, peer=first.peer, receipts=receipts,
-            dissent=dissent, attempts=tuple(job.failures))
+            status=first.status,
+            exit_code=first.exit_code,
+            message=first.message,
+            stdout=first.stdout,
+            stderr=first.stderr,
+            fuel_used=first.fuel_used,
+            wall_us=first.wall_us,
+            memory_peak_bytes=0,
+            module_hash=first.module_hash,
+            input_hash=first.input_hash,
+            stdout_hash=first.stdout_hash,
+            stderr_hash=first.stderr_hash,
+            receipt=first.receipt,
+            peer=first.peer,
+            receipts=receipts,
+            dissent=dissent,
+            attempts=tuple(job.failures),
+        )
 
     # ---- life cycle ----------------------------------------------------------------------------------
 

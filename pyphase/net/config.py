@@ -73,6 +73,7 @@ from typing import Any, Mapping
 from pyphase.limits import Limits, parse_duration_ms, parse_size
 from pyphase.net.addresses import DEFAULT_PORT, split_hostport
 
+
 def help_text() -> str:
     """This module's documentation as ``plasmd --help-config`` prints it: plain text, not reST."""
     return (__doc__ or "").replace("``", "").replace("::\n", ":\n").strip() + "\n"
@@ -88,13 +89,16 @@ def check_listen(text: str, key: str, default_port: int = DEFAULT_PORT) -> None:
     named 7071) or a malformed ``HOST:PORT``; the message says what to write instead."""
     value = text.strip()
     if value.isdigit():
-        raise ValueError(f"{key} {text!r} is a port without a host: write 127.0.0.1:{value} (this machine only) "
-                         f"or 0.0.0.0:{value} (every interface)")
+        raise ValueError(
+            f"{key} {text!r} is a port without a host: write 127.0.0.1:{value} (this machine only) "
+            f"or 0.0.0.0:{value} (every interface)"
+        )
     try:
         split_hostport(value, default_port)
     except ValueError:
-        raise ValueError(f"{key} {text!r} is not HOST:PORT (e.g. 127.0.0.1:{default_port}; port 0-65535, "
-                         f"0 for any free port)") from None
+        raise ValueError(
+            f"{key} {text!r} is not HOST:PORT (e.g. 127.0.0.1:{default_port}; port 0-65535, 0 for any free port)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -143,8 +147,12 @@ class NodeConfig:
     @property
     def ceiling(self) -> Limits:
         """The largest limits this node accepts, as a :class:`Limits` (``within()`` compares against it)."""
-        return Limits(memory_bytes=self.max_memory, fuel=self.max_fuel, timeout_ms=self.max_timeout_ms,
-                      output_bytes=self.max_output)
+        return Limits(
+            memory_bytes=self.max_memory,
+            fuel=self.max_fuel,
+            timeout_ms=self.max_timeout_ms,
+            output_bytes=self.max_output,
+        )
 
     @property
     def worker_count(self) -> int:
@@ -156,26 +164,48 @@ class NodeConfig:
 
 # key in file / env -> (attribute, parser)
 _TOP: dict[str, tuple[str, Any]] = {
-    "listen": ("listen", str), "advertise": ("advertise", str), "data_dir": ("data_dir", lambda v: Path(v).expanduser()),
-    "identity": ("identity", str), "ephemeral": ("ephemeral", "bool"), "workers": ("workers", int),
-    "sandbox": ("sandbox", "bool"), "queue": ("queue", int), "cache_bytes": ("cache_bytes", parse_size),
-    "mdns": ("mdns", "bool"), "mdns_interfaces": ("mdns_interfaces", str), "log_format": ("log_format", str),
-    "log_file": ("log_file", str), "shutdown_grace": ("shutdown_grace_ms", parse_duration_ms),
+    "listen": ("listen", str),
+    "advertise": ("advertise", str),
+    "data_dir": ("data_dir", lambda v: Path(v).expanduser()),
+    "identity": ("identity", str),
+    "ephemeral": ("ephemeral", "bool"),
+    "workers": ("workers", int),
+    "sandbox": ("sandbox", "bool"),
+    "queue": ("queue", int),
+    "cache_bytes": ("cache_bytes", parse_size),
+    "mdns": ("mdns", "bool"),
+    "mdns_interfaces": ("mdns_interfaces", str),
+    "log_format": ("log_format", str),
+    "log_file": ("log_file", str),
+    "shutdown_grace": ("shutdown_grace_ms", parse_duration_ms),
     "boot_store": ("boot_store", lambda v: str(Path(v).expanduser()) if v else ""),
     "boot_listen": ("boot_listen", str),
-    "dht": ("dht", "bool"), "dht_listen": ("dht_listen", str), "dht_bootstrap": ("dht_bootstrap", str),
+    "dht": ("dht", "bool"),
+    "dht_listen": ("dht_listen", str),
+    "dht_bootstrap": ("dht_bootstrap", str),
     "dht_refresh": ("dht_refresh_ms", parse_duration_ms),
-    "api": ("api", "bool"), "api_listen": ("api_listen", str), "api_max_connections": ("api_max_connections", int),
+    "api": ("api", "bool"),
+    "api_listen": ("api_listen", str),
+    "api_max_connections": ("api_max_connections", int),
     "api_body_timeout": ("api_body_timeout_ms", parse_duration_ms),
-    "history_jobs": ("history_jobs", int), "history_age": ("history_age_ms", parse_duration_ms),
-    "client_jobs": ("client_jobs", int), "address_jobs": ("address_jobs", int),
-    "client_waiting": ("client_waiting", int), "module_wait": ("module_wait_ms", parse_duration_ms),
-    "held_bytes": ("held_bytes", parse_size), "send_queue": ("send_queue", parse_size),
-    "address_connections": ("address_connections", int), "connections": ("connections", int),
+    "history_jobs": ("history_jobs", int),
+    "history_age": ("history_age_ms", parse_duration_ms),
+    "client_jobs": ("client_jobs", int),
+    "address_jobs": ("address_jobs", int),
+    "client_waiting": ("client_waiting", int),
+    "module_wait": ("module_wait_ms", parse_duration_ms),
+    "held_bytes": ("held_bytes", parse_size),
+    "send_queue": ("send_queue", parse_size),
+    "address_connections": ("address_connections", int),
+    "connections": ("connections", int),
 }
 _LIMITS: dict[str, tuple[str, Any]] = {
-    "memory": ("max_memory", parse_size), "fuel": ("max_fuel", int), "timeout": ("max_timeout_ms", parse_duration_ms),
-    "output": ("max_output", parse_size), "module": ("max_module", parse_size), "input": ("max_input", parse_size),
+    "memory": ("max_memory", parse_size),
+    "fuel": ("max_fuel", int),
+    "timeout": ("max_timeout_ms", parse_duration_ms),
+    "output": ("max_output", parse_size),
+    "module": ("max_module", parse_size),
+    "input": ("max_input", parse_size),
 }
 
 
@@ -195,8 +225,9 @@ def _parse(parser: Any, value: Any, key: str) -> Any:
         raise ValueError(f"{key}: {exc}") from None
 
 
-def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
-                **overrides: Any) -> NodeConfig:
+def load_config(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None, **overrides: Any
+) -> NodeConfig:
     """Defaults, then the TOML file, then ``PLASMD_*`` variables, then ``overrides`` (non-None values)."""
     changes: dict[str, Any] = {}
     if path is not None:

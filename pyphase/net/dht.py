@@ -46,9 +46,9 @@ ALLOW_ENV = "PHASE_DHT_ALLOW"
 RENDEZVOUS = b"phase/1"
 QUERY_MAGIC = b"phase/1 record?\n"
 ANSWER_MAGIC = b"phase/1 record\n"
-QUERY_BYTES = 1280              # a query is padded to this, more than any answer: the node never amplifies
+QUERY_BYTES = 1280  # a query is padded to this, more than any answer: the node never amplifies
 MAX_ANSWER_BYTES = 1200
-ANSWERS_PER_SECOND = 200        # the responder's global bound; beyond it queries are dropped
+ANSWERS_PER_SECOND = 200  # the responder's global bound; beyond it queries are dropped
 
 
 class DhtUnavailable(RuntimeError):
@@ -92,8 +92,9 @@ def bootstrap_from_env(given: str | Iterable[str] | None = None) -> list[tuple[s
         raise ValueError(f"{BOOTSTRAP_ENV}: {exc}") from None
 
 
-def check_allowed(listen_host: str, bootstrap: list[tuple[str, int]] | None,
-                  environ: dict[str, str] | None = None) -> None:
+def check_allowed(
+    listen_host: str, bootstrap: list[tuple[str, int]] | None, environ: dict[str, str] | None = None
+) -> None:
     """Refuse (``PermissionError``) a DHT configuration that could leave the networks ``PHASE_DHT_ALLOW`` names."""
     text = (os.environ if environ is None else environ).get(ALLOW_ENV, "")
     if not text.strip():
@@ -104,7 +105,7 @@ def check_allowed(listen_host: str, bootstrap: list[tuple[str, int]] | None,
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
-            return False               # a name could resolve anywhere
+            return False  # a name could resolve anywhere
         return any(ip in n for n in nets)
 
     if bootstrap is None:
@@ -149,9 +150,15 @@ class Dht:
     ``bootstrap``: [(host, port)] or None for libtorrent's default routers; ``read_only`` (BEP 43) for
     clients, which take no part in storing; ``on_event(name, **fields)`` receives DHT events."""
 
-    def __init__(self, listen: str = "0.0.0.0:0", bootstrap: list[tuple[str, int]] | None = None, *,
-                 read_only: bool = False, known_nodes: Iterable[tuple[str, int]] = (),
-                 on_event: Callable[..., None] | None = None) -> None:
+    def __init__(
+        self,
+        listen: str = "0.0.0.0:0",
+        bootstrap: list[tuple[str, int]] | None = None,
+        *,
+        read_only: bool = False,
+        known_nodes: Iterable[tuple[str, int]] = (),
+        on_event: Callable[..., None] | None = None,
+    ) -> None:
         lt = _lt()
         host, _, port = listen.rpartition(":")
         self.listen_host = host.strip("[]") or "0.0.0.0"
@@ -159,12 +166,24 @@ class Dht:
         check_allowed(self.listen_host, None if bootstrap is None else bootstrap + known)
         self.on_event = on_event or (lambda *a, **k: None)
         settings: dict[str, Any] = {
-            "listen_interfaces": f"{host}:{port}", "enable_dht": True, "enable_lsd": False,
-            "enable_upnp": False, "enable_natpmp": False, "enable_ip_notifier": False,
-            "enable_incoming_tcp": False, "enable_outgoing_tcp": False, "enable_incoming_utp": False,
-            "enable_outgoing_utp": False, "max_retry_port_bind": 0, "dht_read_only": read_only,
-            "alert_mask": int(lt.alert_category.dht | lt.alert_category.dht_operation | lt.alert_category.error
-                              | lt.alert_category.status),
+            "listen_interfaces": f"{host}:{port}",
+            "enable_dht": True,
+            "enable_lsd": False,
+            "enable_upnp": False,
+            "enable_natpmp": False,
+            "enable_ip_notifier": False,
+            "enable_incoming_tcp": False,
+            "enable_outgoing_tcp": False,
+            "enable_incoming_utp": False,
+            "enable_outgoing_utp": False,
+            "max_retry_port_bind": 0,
+            "dht_read_only": read_only,
+            "alert_mask": int(
+                lt.alert_category.dht
+                | lt.alert_category.dht_operation
+                | lt.alert_category.error
+                | lt.alert_category.status
+            ),
         }
         if bootstrap is not None:
             settings["dht_bootstrap_nodes"] = ",".join(f"{h}:{p}" for h, p in bootstrap)
@@ -184,7 +203,9 @@ class Dht:
             self._session.add_dht_node((h, p))
         if not self._listening.wait(5.0) or self._listen_error:
             self.close()
-            raise DhtUnavailable(f"the DHT cannot listen on {listen}: {self._listen_error or 'no answer from libtorrent'}")
+            raise DhtUnavailable(
+                f"the DHT cannot listen on {listen}: {self._listen_error or 'no answer from libtorrent'}"
+            )
 
     @property
     def port(self) -> int:
@@ -214,11 +235,13 @@ class Dht:
                 elif isinstance(a, lt.dht_put_alert):
                     self._deliver("put", bytes(a.public_key), (int(a.seq), int(a.num_success)))
                 elif isinstance(a, lt.dht_mutable_item_alert):
-                    self._deliver("get", bytes(a.key), _Item(bytes(a.item), int(a.seq), bytes(a.signature),
-                                                            bytes(a.salt), bool(a.authoritative)))
+                    self._deliver(
+                        "get",
+                        bytes(a.key),
+                        _Item(bytes(a.item), int(a.seq), bytes(a.signature), bytes(a.salt), bool(a.authoritative)),
+                    )
                 elif isinstance(a, lt.dht_get_peers_reply_alert):
-                    self._deliver("peers", bytes.fromhex(str(a.info_hash)),
-                                  [(str(h), int(p)) for h, p in a.peers()])
+                    self._deliver("peers", bytes.fromhex(str(a.info_hash)), [(str(h), int(p)) for h, p in a.peers()])
 
     def _deliver(self, kind: str, key: bytes, alert: Any) -> None:
         with self._lock:
@@ -228,8 +251,15 @@ class Dht:
                 w.items.append(alert)
                 w.changed.notify_all()
 
-    def _wait(self, kind: str, key: bytes, start: Callable[[], None], until: Callable[[list[Any]], bool],
-              timeout: float, poll: float = 0.1) -> list[Any]:
+    def _wait(
+        self,
+        kind: str,
+        key: bytes,
+        start: Callable[[], None],
+        until: Callable[[list[Any]], bool],
+        timeout: float,
+        poll: float = 0.1,
+    ) -> list[Any]:
         """Start a request and collect its alerts until ``until(alerts)`` (checked on each alert and every
         ``poll`` seconds) or ``timeout``."""
         w = _Waiter(kind, key)
@@ -278,8 +308,13 @@ class Dht:
         libtorrent reads the current item first and stores it with the next sequence number."""
         pk = identity.public_key
         sk = records.expanded_secret(identity)
-        got = self._wait("put", pk, lambda: self._session.dht_put_mutable_item(sk, pk, value, records.SALT),
-                         lambda items: bool(items), timeout)
+        got = self._wait(
+            "put",
+            pk,
+            lambda: self._session.dht_put_mutable_item(sk, pk, value, records.SALT),
+            lambda items: bool(items),
+            timeout,
+        )
         if not got:
             return -1, 0
         seq, stored = got[0]
@@ -305,8 +340,9 @@ class Dht:
                 return settle <= 0
             return False
 
-        items = self._wait("get", public_key, lambda: self._session.dht_get_mutable_item(public_key, records.SALT),
-                           until, timeout)
+        items = self._wait(
+            "get", public_key, lambda: self._session.dht_get_mutable_item(public_key, records.SALT), until, timeout
+        )
         best: NodeRecord | None = None
         errors = []
         for a in items:
@@ -323,7 +359,7 @@ class Dht:
 
     @staticmethod
     def _verify(public_key: bytes, item: _Item) -> NodeRecord:
-        if not item.value or not any(item.signature) or item.salt != records.SALT:     # libtorrent's "found nothing"
+        if not item.value or not any(item.signature) or item.salt != records.SALT:  # libtorrent's "found nothing"
             raise RecordError("no record found in the DHT for this peer id")
         return records.verify_record(public_key, item.value, item.seq, item.signature)
 
@@ -333,8 +369,9 @@ class Dht:
         """Announce this host's ``port`` under ``info_hash`` (libtorrent posts no completion)."""
         self._session.dht_announce(self._lt.sha1_hash(info_hash), port, 0)
 
-    def get_peers(self, info_hash: bytes, timeout: float = 5.0, settle: float = 1.0,
-                  want: int | None = None, rounds: int = 1) -> list[tuple[str, int]]:
+    def get_peers(
+        self, info_hash: bytes, timeout: float = 5.0, settle: float = 1.0, want: int | None = None, rounds: int = 1
+    ) -> list[tuple[str, int]]:
         """IP:port pairs announced under ``info_hash``: answers gathered until ``settle`` seconds pass with
         nothing new, ``want`` peers are found, or ``timeout`` (libtorrent posts no end of lookup). With
         ``rounds`` > 1 the lookup is started again while the last round found something new: a fresh
@@ -358,9 +395,18 @@ class Dht:
         for _ in range(max(1, rounds)):
             before = len(seen)
             last_new[0] = time.monotonic()
-            self._wait("peers", info_hash, lambda: self._session.dht_get_peers(ih), until,
-                       max(0.0, deadline - time.monotonic()))
-            if (want is not None and len(seen) >= want) or time.monotonic() >= deadline or (before and len(seen) == before):
+            self._wait(
+                "peers",
+                info_hash,
+                lambda: self._session.dht_get_peers(ih),
+                until,
+                max(0.0, deadline - time.monotonic()),
+            )
+            if (
+                (want is not None and len(seen) >= want)
+                or time.monotonic() >= deadline
+                or (before and len(seen) == before)
+            ):
                 break
         return list(seen)
 
@@ -384,6 +430,7 @@ class Dht:
 
 # ---- the record query (UDP, on the announced port) ------------------------------------------------------
 
+
 def record_answer(public_key: bytes, value: bytes, seq: int, signature: bytes) -> bytes:
     return ANSWER_MAGIC + records.bencode({"k": public_key, "seq": seq, "sig": signature, "v": value})
 
@@ -393,14 +440,19 @@ def parse_answer(datagram: bytes, *, now: float | None = None) -> NodeRecord:
     if not datagram.startswith(ANSWER_MAGIC):
         raise RecordError("not a phase/1 record answer")
     try:
-        doc = records.bdecode(datagram[len(ANSWER_MAGIC):])
+        doc = records.bdecode(datagram[len(ANSWER_MAGIC) :])
     except (ValueError, IndexError):
         raise RecordError("the record answer is not valid bencoding") from None
     if not isinstance(doc, dict):
         raise RecordError("the record answer is not a dictionary")
     pk, seq, sig, value = doc.get(b"k"), doc.get(b"seq"), doc.get(b"sig"), doc.get(b"v")
-    if not (isinstance(pk, bytes) and len(pk) == 32 and isinstance(seq, int) and isinstance(sig, bytes)
-            and isinstance(value, bytes)):
+    if not (
+        isinstance(pk, bytes)
+        and len(pk) == 32
+        and isinstance(seq, int)
+        and isinstance(sig, bytes)
+        and isinstance(value, bytes)
+    ):
         raise RecordError("the record answer lacks a key, sequence number, signature or value")
     return records.verify_record(pk, value, seq, sig, now=now)
 
@@ -414,7 +466,7 @@ def query_records(endpoints: Iterable[tuple[str, int]], timeout: float = 1.0) ->
     query = QUERY_MAGIC + os.urandom(QUERY_BYTES - len(QUERY_MAGIC))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
-        for attempt in range(2):           # one resend for a lost datagram
+        for attempt in range(2):  # one resend for a lost datagram
             for t in targets:
                 if t not in out:
                     try:
@@ -451,7 +503,7 @@ class RecordResponder:
         self.sock.bind((host if host not in ("*", "") else "0.0.0.0", port))
         self.sock.setblocking(False)
         self.answer = b""
-        self._window = (0, 0)          # (second, answers sent in it)
+        self._window = (0, 0)  # (second, answers sent in it)
         self.answered = 0
 
     def set_record(self, answer: bytes) -> None:
@@ -486,8 +538,10 @@ class RecordResponder:
 
 # ---- what a client does -----------------------------------------------------------------------------------
 
-def find_nodes(dht: Dht, timeout: float = 5.0, want: int | None = None, klass: str = "",
-               settle: float = 1.0, rounds: int = 2) -> list[NodeRecord]:
+
+def find_nodes(
+    dht: Dht, timeout: float = 5.0, want: int | None = None, klass: str = "", settle: float = 1.0, rounds: int = 2
+) -> list[NodeRecord]:
     """Nodes announced under the rendezvous hash, each proven by the signed record its port answers with
     (gathered until ``want`` are proven, ``settle`` seconds bring nothing new, or ``timeout``). With ``want``
     the lookup and the record queries are repeated for what is still missing until ``timeout``: on a busy
@@ -503,8 +557,15 @@ def find_nodes(dht: Dht, timeout: float = 5.0, want: int | None = None, klass: s
         for (host, port), record in answers.items():
             answered.add((host, port))
             # dial the address the rendezvous gave (what the node is reachable at from here), keyed by the proven key
-            direct = NodeRecord(record.peer_id, (f"{host}:{port}", *record.addresses), record.engines, record.caps,
-                                record.issued, record.expires, record.seq)
+            direct = NodeRecord(
+                record.peer_id,
+                (f"{host}:{port}", *record.addresses),
+                record.engines,
+                record.caps,
+                record.issued,
+                record.expires,
+                record.seq,
+            )
             by_peer.setdefault(record.peer_id, direct)
         if want is None or len(by_peer) >= want or time.monotonic() >= deadline:
             return list(by_peer.values())

@@ -17,8 +17,16 @@ from pyphase.identity import Identity
 from pyphase.net import records
 from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig
-from pyphase.net.dht import (Dht, DhtUnavailable, RecordResponder, load_known_nodes, parse_endpoints,
-                             record_answer, rendezvous_hash, save_known_nodes)
+from pyphase.net.dht import (
+    Dht,
+    DhtUnavailable,
+    RecordResponder,
+    load_known_nodes,
+    parse_endpoints,
+    record_answer,
+    rendezvous_hash,
+    save_known_nodes,
+)
 from pyphase.receipt import machine_arch
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION
 
@@ -36,8 +44,15 @@ def dht_listen_address(config: NodeConfig, host: str, port: int) -> str:
 class DhtPresence:
     """Start with :meth:`start` (after the node listens), stop with :meth:`close`."""
 
-    def __init__(self, config: NodeConfig, identity: Identity, host: str, port: int, caps: dict[str, Any],
-                 log: Callable[..., None]) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        identity: Identity,
+        host: str,
+        port: int,
+        caps: dict[str, Any],
+        log: Callable[..., None],
+    ) -> None:
         self.config = config
         self.identity = identity
         self.host = host
@@ -51,9 +66,12 @@ class DhtPresence:
         self._known_path = config.data_dir / KNOWN_NODES_FILE if not config.ephemeral else None
 
     def record_value(self) -> bytes:
-        caps = {"arch": machine_arch(), "cores": int(self.caps.get("cores", 0)),
-                "workers": int(self.caps.get("load", {}).get("workers", 0)),
-                "memory": int(self.caps.get("memory_bytes", 0))}
+        caps = {
+            "arch": machine_arch(),
+            "cores": int(self.caps.get("cores", 0)),
+            "workers": int(self.caps.get("load", {}).get("workers", 0)),
+            "memory": int(self.caps.get("memory_bytes", 0)),
+        }
         return records.encode_value([f"{self.host}:{self.port}"], [f"{RUNTIME_NAME}/{RUNTIME_VERSION}"], caps)
 
     async def start(self) -> None:
@@ -72,10 +90,16 @@ class DhtPresence:
             if self.config.dht_listen:
                 raise
             self.log("warning", message=f"{exc}; the DHT takes any free port instead")
-            self.dht = await asyncio.to_thread(Dht, f"{where.rpartition(':')[0]}:0", bootstrap, known_nodes=known,
-                                               on_event=log)
-        self.log("dht_listening", address=f"{self.dht.listen_host}:{self.dht.port}", record_query_port=self.port,
-                 bootstrap=[f"{h}:{p}" for h, p in bootstrap] if bootstrap else "default", remembered=len(known))
+            self.dht = await asyncio.to_thread(
+                Dht, f"{where.rpartition(':')[0]}:0", bootstrap, known_nodes=known, on_event=log
+            )
+        self.log(
+            "dht_listening",
+            address=f"{self.dht.listen_host}:{self.dht.port}",
+            record_query_port=self.port,
+            bootstrap=[f"{h}:{p}" for h, p in bootstrap] if bootstrap else "default",
+            remembered=len(known),
+        )
         self._task = loop.create_task(self._refresh_loop())
 
     def _threadsafe_log(self) -> Callable[..., None]:
@@ -83,6 +107,7 @@ class DhtPresence:
 
         def log(event: str, **fields: Any) -> None:
             loop.call_soon_threadsafe(lambda: self.log(event, **fields))
+
         return log
 
     def _set_answer(self, value: bytes, seq: int) -> None:
@@ -103,9 +128,17 @@ class DhtPresence:
             if seq >= 0:
                 self.seq = seq
                 self._set_answer(value, seq)
-            self.log("dht_record_published" if first else "dht_record_refreshed", seq=seq, stored=stored,
-                     ms=int((time.monotonic() - started) * 1000), routing_nodes=dht.routing_nodes())
-            hashes = {"phase/1": rendezvous_hash(), f"phase/1/arch/{machine_arch()}": rendezvous_hash(f"arch/{machine_arch()}")}
+            self.log(
+                "dht_record_published" if first else "dht_record_refreshed",
+                seq=seq,
+                stored=stored,
+                ms=int((time.monotonic() - started) * 1000),
+                routing_nodes=dht.routing_nodes(),
+            )
+            hashes = {
+                "phase/1": rendezvous_hash(),
+                f"phase/1/arch/{machine_arch()}": rendezvous_hash(f"arch/{machine_arch()}"),
+            }
             for info_hash in hashes.values():
                 dht.announce(info_hash, self.port)
             self.log("dht_announced", port=self.port, hashes={k: v.hex() for k, v in hashes.items()})
@@ -136,4 +169,3 @@ class DhtPresence:
                 save_known_nodes(self._known_path, dht.known_nodes())
             await asyncio.to_thread(dht.close)
             self.log("dht_stopped", answered=self.responder.answered if self.responder else 0)
-

@@ -50,7 +50,7 @@ def announce_addresses(host: str, interfaces: Any) -> list[str]:
 
 @dataclass(frozen=True)
 class DiscoveredPeer:
-    address: str            # PEERID@HOST:PORT
+    address: str  # PEERID@HOST:PORT
     peer_id: str
     host: str
     port: int
@@ -76,8 +76,14 @@ def _service_info(identity: Identity, addresses: list[str], port: int, caps: dic
     from zeroconf import ServiceInfo
 
     short = identity.peer_id[:16]
-    return ServiceInfo(SERVICE, f"{short}.{SERVICE}", addresses=[socket.inet_aton(a) for a in addresses],
-                       port=port, properties=_txt(identity, caps), server=f"phase-{short}.local.")
+    return ServiceInfo(
+        SERVICE,
+        f"{short}.{SERVICE}",
+        addresses=[socket.inet_aton(a) for a in addresses],
+        port=port,
+        properties=_txt(identity, caps),
+        server=f"phase-{short}.local.",
+    )
 
 
 def _peer_from_info(info: Any, started: float) -> DiscoveredPeer | None:
@@ -97,15 +103,23 @@ def _peer_from_info(info: Any, started: float) -> DiscoveredPeer | None:
     if not v4 or not info.port:
         return None
     host = v4[0]
-    return DiscoveredPeer(f"{peer_id}@{host}:{info.port}", peer_id, host, int(info.port), props,
-                          time.monotonic() - started)
+    return DiscoveredPeer(
+        f"{peer_id}@{host}:{info.port}", peer_id, host, int(info.port), props, time.monotonic() - started
+    )
 
 
 class Announcer:
     """A node's presence on the LAN (asyncio); also reports other nodes appearing and disappearing."""
 
-    def __init__(self, identity: Identity, host: str, port: int, caps: dict[str, Any], interfaces: str | None = None,
-                 on_event: Callable[..., None] | None = None) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        host: str,
+        port: int,
+        caps: dict[str, Any],
+        interfaces: str | None = None,
+        on_event: Callable[..., None] | None = None,
+    ) -> None:
         self.identity = identity
         self.interfaces = interface_choice(interfaces)
         self.addresses = announce_addresses(host, self.interfaces)
@@ -119,7 +133,7 @@ class Announcer:
         from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
 
         self._azc = AsyncZeroconf(interfaces=self.interfaces)
-        await (await self._azc.async_register_service(self.info))     # probe the name, then announce
+        await (await self._azc.async_register_service(self.info))  # probe the name, then announce
         own = self.info.name
 
         def changed(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
@@ -140,7 +154,7 @@ class Announcer:
         try:
             if self._browser is not None:
                 await self._browser.async_cancel()
-            await (await azc.async_unregister_service(self.info))      # goodbye packets sent
+            await (await azc.async_unregister_service(self.info))  # goodbye packets sent
         finally:
             await azc.async_close()
 
@@ -154,8 +168,12 @@ def _interface_addresses(interfaces: str | None) -> list[str]:
         return choice
     import ifaddr
 
-    return [ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips
-            if isinstance(ip.ip, str) and not ip.ip.startswith("127.")] or ["127.0.0.1"]
+    return [
+        ip.ip
+        for adapter in ifaddr.get_adapters()
+        for ip in adapter.ips
+        if isinstance(ip.ip, str) and not ip.ip.startswith("127.")
+    ] or ["127.0.0.1"]
 
 
 def _peers_from_response(data: bytes, started: float) -> list[DiscoveredPeer]:
@@ -179,8 +197,14 @@ def _peers_from_response(data: bytes, started: float) -> list[DiscoveredPeer]:
         srv = services.get(r.alias.lower())
         if srv is None or r.alias.lower() not in texts or srv.server.lower() not in addresses:
             continue
-        info = ServiceInfo(SERVICE, r.alias, port=srv.port, addresses=addresses[srv.server.lower()],
-                           properties=texts[r.alias.lower()], server=srv.server)
+        info = ServiceInfo(
+            SERVICE,
+            r.alias,
+            port=srv.port,
+            addresses=addresses[srv.server.lower()],
+            properties=texts[r.alias.lower()],
+            server=srv.server,
+        )
         peer = _peer_from_info(info, started)
         if peer is not None:
             out.append(peer)
@@ -222,15 +246,16 @@ def _one_shot_query(interfaces: str | None, found: queue.SimpleQueue[Any], timeo
                     data = sock.recv(9000)
                     for peer in _peers_from_response(data, started):
                         found.put(peer)
-                except Exception:       # a malformed answer from someone on the LAN: ignore it
+                except Exception:  # a malformed answer from someone on the LAN: ignore it
                     continue
     finally:
         for sock in socks:
             sock.close()
 
 
-def discover(timeout: float = 1.0, *, interfaces: str | None = None, settle: float | None = 0.25,
-             want: int | None = None) -> list[DiscoveredPeer]:
+def discover(
+    timeout: float = 1.0, *, interfaces: str | None = None, settle: float | None = 0.25, want: int | None = None
+) -> list[DiscoveredPeer]:
     """Browse for nodes for at most ``timeout`` seconds. With ``settle``, stop once that long passed with
     nothing new found (after at least one find); with ``want``, as soon as that many are found.
 
@@ -244,7 +269,7 @@ def discover(timeout: float = 1.0, *, interfaces: str | None = None, settle: flo
     import threading
 
     started = time.monotonic()
-    names: queue.SimpleQueue[Any] = queue.SimpleQueue()       # names from the browser, peers from the one-shot
+    names: queue.SimpleQueue[Any] = queue.SimpleQueue()  # names from the browser, peers from the one-shot
     threading.Thread(target=_one_shot_query, args=(interfaces, names, timeout, started), daemon=True).start()
 
     def changed(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
@@ -267,8 +292,9 @@ def discover(timeout: float = 1.0, *, interfaces: str | None = None, settle: flo
             if isinstance(item, DiscoveredPeer):
                 peer: DiscoveredPeer | None = item
             else:
-                info = zc.get_service_info(SERVICE, item, timeout=int(max(0.05, min(remaining, 1.0)) * 1000),
-                                           question_type=DNSQuestionType.QM)
+                info = zc.get_service_info(
+                    SERVICE, item, timeout=int(max(0.05, min(remaining, 1.0)) * 1000), question_type=DNSQuestionType.QM
+                )
                 peer = _peer_from_info(info, started) if info is not None else None
             if peer is not None and peer.peer_id not in found:
                 found[peer.peer_id] = peer

@@ -45,19 +45,30 @@ from pyphase.result import Result
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-JOB_DESCRIPTORS = 64                 # descriptors kept back from connections: module cache, sandbox, logs
+JOB_DESCRIPTORS = 64  # descriptors kept back from connections: module cache, sandbox, logs
 JOB_DESCRIPTORS_PER_WORKER = 16
-TRACK_MIN = 64 << 10                 # results at least this big are tracked until libzmq has sent them
-SEND_QUEUE_TOTAL_FACTOR = 4          # all connections together: this many times one connection's send_queue
+TRACK_MIN = 64 << 10  # results at least this big are tracked until libzmq has sent them
+SEND_QUEUE_TOTAL_FACTOR = 4  # all connections together: this many times one connection's send_queue
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 MAX_MESSAGE_SLACK = 64 << 10
-BAD_MESSAGE_BUDGET = 64             # bad messages one connection may send before the node drops it
-PENALTY_S = 10.0                     # then its key is refused this long (its libzmq would reconnect at once)
+BAD_MESSAGE_BUDGET = 64  # bad messages one connection may send before the node drops it
+PENALTY_S = 10.0  # then its key is refused this long (its libzmq would reconnect at once)
 MAX_LOG_TEXT = 256
 LOG_RATE = 20.0
 LOG_BURST = 100
-RATE_LIMITED = frozenset({"bad_message", "reject", "internal_error", "send_failed", "peer_connected",
-                          "module_timeout", "abandoned", "refused", "cancelled"})
+RATE_LIMITED = frozenset(
+    {
+        "bad_message",
+        "reject",
+        "internal_error",
+        "send_failed",
+        "peer_connected",
+        "module_timeout",
+        "abandoned",
+        "refused",
+        "cancelled",
+    }
+)
 
 
 class ListenError(OSError):
@@ -66,12 +77,14 @@ class ListenError(OSError):
     def __init__(self, host: str, port: int, errno: int) -> None:
         import errno as errnos
 
-        hint = {errnos.EADDRINUSE: "another process holds that port: stop it, or pick another port "
-                                   "(--listen HOST:PORT; port 0 takes any free port)",
-                errnos.EADDRNOTAVAIL: "no interface of this machine has that address (127.0.0.1: this machine "
-                                      "only; 0.0.0.0: every interface)",
-                errnos.EACCES: "ports below 1024 need root: pick a port above 1024",
-                errnos.ENODEV: "the host is neither an address of this machine nor a name it resolves"}.get(errno, "")
+        hint = {
+            errnos.EADDRINUSE: "another process holds that port: stop it, or pick another port "
+            "(--listen HOST:PORT; port 0 takes any free port)",
+            errnos.EADDRNOTAVAIL: "no interface of this machine has that address (127.0.0.1: this machine "
+            "only; 0.0.0.0: every interface)",
+            errnos.EACCES: "ports below 1024 need root: pick a port above 1024",
+            errnos.ENODEV: "the host is neither an address of this machine nor a name it resolves",
+        }.get(errno, "")
         super().__init__(errno, f"cannot listen on {host}:{port}: {os.strerror(errno)}" + (f"; {hint}" if hint else ""))
 
 
@@ -106,7 +119,7 @@ class EventLog:
     def __init__(self, fmt: str = "json", stream: TextIO | None = None) -> None:
         self.fmt = fmt
         self.stream = stream if stream is not None else sys.stderr
-        self._buckets: dict[str, list[float]] = {}     # event -> [tokens, last refill, suppressed]
+        self._buckets: dict[str, list[float]] = {}  # event -> [tokens, last refill, suppressed]
 
     def _admit(self, event: str) -> bool:
         now = time.monotonic()
@@ -156,7 +169,7 @@ def _seed_routing_ids() -> None:
     try:
         libc = ctypes.CDLL(None)
         libc.srand(ctypes.c_uint(int.from_bytes(os.urandom(4), "little")))
-    except (OSError, AttributeError):   # no dlopen(NULL) or no srand: a platform this node does not run on
+    except (OSError, AttributeError):  # no dlopen(NULL) or no srand: a platform this node does not run on
         pass
 
 
@@ -165,8 +178,8 @@ def _return_big_buffers() -> None:
     system. By default the threshold grows with the largest buffer freed (up to 32 MiB), and the memory of
     expired 16 MiB inputs then stays in the heap."""
     try:
-        ctypes.CDLL(None).mallopt(-3, 1 << 20)        # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):                 # not glibc
+        ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
         pass
 
 
@@ -240,8 +253,14 @@ class Node:
     """A ``phase/1`` node. ``await start()`` binds and returns the address; ``await serve()`` runs until
     :meth:`request_stop`; ``await close()`` finishes in-flight jobs (up to the grace) and releases everything."""
 
-    def __init__(self, config: NodeConfig, identity: Identity, *, log: Callable[..., None] | None = None,
-                 executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        identity: Identity,
+        *,
+        log: Callable[..., None] | None = None,
+        executor: Executor | None = None,
+    ) -> None:
         self.config = config
         self.identity: Identity = _CachedIdentity(identity.signing_key)
         self.log = log or EventLog("json")
@@ -259,16 +278,23 @@ class Node:
         self.port = 0
         self.monitor: zmq.Socket[bytes] | None = None
         c = config
-        self.shares = Shares(ShareCaps(total_jobs=0, client_jobs=c.client_jobs, address_jobs=c.address_jobs,
-                                       client_waiting=c.client_waiting, held_bytes=c.held_bytes))
+        self.shares = Shares(
+            ShareCaps(
+                total_jobs=0,
+                client_jobs=c.client_jobs,
+                address_jobs=c.address_jobs,
+                client_waiting=c.client_waiting,
+                held_bytes=c.held_bytes,
+            )
+        )
         self.max_connections = c.connections
-        self._connections: dict[int, str] = {}          # descriptor -> source address
+        self._connections: dict[int, str] = {}  # descriptor -> source address
         self._address_connections: Counter[str] = Counter()
-        self._fd_rid: dict[int, bytes] = {}             # descriptor -> routing id, from messages' SRCFD
+        self._fd_rid: dict[int, bytes] = {}  # descriptor -> routing id, from messages' SRCFD
         self._rid_fd: dict[bytes, int] = {}
-        self._bad: Counter[bytes] = Counter()           # routing id -> bad messages sent
+        self._bad: Counter[bytes] = Counter()  # routing id -> bad messages sent
         self._rid_client: dict[bytes, str] = {}
-        self._penalty: dict[str, float] = {}            # client key -> refused until (monotonic)
+        self._penalty: dict[str, float] = {}  # client key -> refused until (monotonic)
         self._unsent: dict[bytes, list[tuple[zmq.MessageTracker, int]]] = {}
         self.abandoned = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -276,7 +302,7 @@ class Node:
         self._stopped = asyncio.Event()
         self._clients: set[str] = set()
         self.jobs_done = 0
-        self.bytes_in = 0                # phase/1 bytes received and sent (frames, routing ids excluded)
+        self.bytes_in = 0  # phase/1 bytes received and sent (frames, routing ids excluded)
         self.bytes_out = 0
         self.on_result: Callable[[dict[str, Any], str], None] | None = None
         """Called with (receipt, client key) after each result is sent (history, metrics: pyphase.api)."""
@@ -312,7 +338,7 @@ class Node:
         try:
             sock.bind(f"tcp://{bind_host}:{port}")
         except zmq.ZMQError as exc:
-            sock.close(linger=0)        # an unclosed socket would hold ctx.term() (and plasmd) forever
+            sock.close(linger=0)  # an unclosed socket would hold ctx.term() (and plasmd) forever
             raise ListenError(host, port, exc.errno or 0) from None
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.port = int(endpoint.rsplit(":", 1)[1])
@@ -320,16 +346,17 @@ class Node:
         self.sock = sock
         self.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
         self.address = f"{self.identity.peer_id}@{self.host}:{self.port}"
-        if self.executor is None:       # after the bind: a port in use fails before the sandbox starts
-            self.executor = make_executor(self.config.worker_count, self.config.sandbox,
-                                          warn=lambda msg: self.log("warning", message=msg))
+        if self.executor is None:  # after the bind: a port in use fails before the sandbox starts
+            self.executor = make_executor(
+                self.config.worker_count, self.config.sandbox, warn=lambda msg: self.log("warning", message=msg)
+            )
         workers = self.executor.workers
         self.shares.caps = dataclasses.replace(self.shares.caps, total_jobs=workers + self.config.queue)
         if not self.max_connections:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             soft = soft if soft != resource.RLIM_INFINITY else 1 << 16
             reserved = JOB_DESCRIPTORS + JOB_DESCRIPTORS_PER_WORKER * workers
-            if self.config.boot_store:      # the boot server's connections have their own budget
+            if self.config.boot_store:  # the boot server's connections have their own budget
                 from pyphase.boot.server import DEFAULT_MAX_CONNECTIONS
 
                 reserved += 2 * DEFAULT_MAX_CONNECTIONS
@@ -341,8 +368,14 @@ class Node:
         loop.call_soon(self._on_zap)
         loop.call_soon(self._on_readable)
         self._spawn(self._sweep_loop())
-        self.log("listening", address=self.address, executor=self.executor.kind, workers=self.executor.workers,
-                 cached_modules=len(self.cache), max_connections=self.max_connections)
+        self.log(
+            "listening",
+            address=self.address,
+            executor=self.executor.kind,
+            workers=self.executor.workers,
+            cached_modules=len(self.cache),
+            max_connections=self.max_connections,
+        )
         return self.address
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -372,7 +405,7 @@ class Node:
             if not waiting:
                 break
             await asyncio.wait(waiting, timeout=max(0.0, deadline - time.monotonic()))
-            await asyncio.sleep(0)      # let the _finish callbacks queued by those futures run
+            await asyncio.sleep(0)  # let the _finish callbacks queued by those futures run
         for job in list(self.shares.jobs.values()):
             self.shares.remove(job.key)
             if job.future is not None:
@@ -380,7 +413,7 @@ class Node:
             self._reject(job.rid, job.tag, "shutting_down", "the node stopped before the job finished")
 
     async def close(self) -> None:
-        if not self._stopping:          # closed without a stop request (a failed start): same events, same order
+        if not self._stopping:  # closed without a stop request (a failed start): same events, same order
             self.request_stop()
         for task in list(self._tasks):
             task.cancel()
@@ -419,9 +452,11 @@ class Node:
                 address = _peer_address(fd)
                 self._connections[fd] = address
                 self._address_connections[address] += 1
-                if (self._address_connections[address] > self.config.address_connections
-                        or len(self._connections) > self.max_connections):
-                    _shut_down(fd)      # before the CURVE handshake: a refusal costs no crypto
+                if (
+                    self._address_connections[address] > self.config.address_connections
+                    or len(self._connections) > self.max_connections
+                ):
+                    _shut_down(fd)  # before the CURVE handshake: a refusal costs no crypto
                     self.log("refused", address=address, reason="too many connections")
             elif event == zmq.EVENT_DISCONNECTED:
                 address = self._connections.pop(fd, "")
@@ -437,7 +472,7 @@ class Node:
                     self._connection_lost(rid)
 
     def _on_zap(self) -> None:
-        self._on_monitor()          # count the connection being authenticated before deciding on it
+        self._on_monitor()  # count the connection being authenticated before deciding on it
         zap = self.zap
         while zap is not None:
             try:
@@ -478,9 +513,9 @@ class Node:
 
     def _on_readable(self) -> None:
         """Handle every message waiting (the ZeroMQ descriptor is edge-triggered: drain it all)."""
-        self._on_zap()              # handshakes first: a flood of messages must not starve new connections
+        self._on_zap()  # handshakes first: a flood of messages must not starve new connections
         sock = self.sock
-        for _ in range(1000):          # then yield to the loop; the next call_soon picks up the rest
+        for _ in range(1000):  # then yield to the loop; the next call_soon picks up the rest
             if sock is None or sock.closed:
                 return
             try:
@@ -489,7 +524,7 @@ class Node:
                 return
             try:
                 self._handle(frames)
-            except Exception as exc:   # a bug of ours must not take the node down with it
+            except Exception as exc:  # a bug of ours must not take the node down with it
                 self.log("internal_error", error=f"{type(exc).__name__}: {exc}")
         asyncio.get_running_loop().call_soon(self._on_readable)
 
@@ -504,14 +539,14 @@ class Node:
             big_index = max(range(len(frames)), key=lambda i: len(frames[i]))
             frame = zmq.Frame(frames[big_index], track=True, copy=False)
             tracker = frame.tracker
-            frames = [*frames[:big_index], frame, *frames[big_index + 1:]]
+            frames = [*frames[:big_index], frame, *frames[big_index + 1 :]]
         try:
             # zero-copy only pays for big frames: a small one costs more to track than to copy
             big = any(len(f) > wire.ZERO_COPY_MIN for f in frames)
             self.sock.send_multipart([rid, *frames], zmq.NOBLOCK, copy=not big)
             sent = True
         except zmq.ZMQError as exc:
-            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):     # gone, or not reading: the caller counts it
+            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):  # gone, or not reading: the caller counts it
                 self.log("send_failed", error=str(exc))
             sent = False
         if sent:
@@ -526,7 +561,7 @@ class Node:
     def _queued_bytes(self, rid: bytes | None = None) -> int:
         """Result bytes libzmq still holds for ``rid`` (None: for every connection); sent ones are forgotten."""
         total = 0
-        for who in ([rid] if rid is not None else list(self._unsent)):
+        for who in [rid] if rid is not None else list(self._unsent):
             queue = [(t, n) for t, n in self._unsent.get(who, ()) if not t.done]
             if queue:
                 self._unsent[who] = queue
@@ -546,11 +581,18 @@ class Node:
             memory = 0
         c = self.config
         return {
-            "peer_id": self.identity.peer_id, "protocol": wire.PROTOCOL, "arch": machine_arch(),
-            "cores": os.cpu_count() or 1, "memory_bytes": memory, "runtime": RUNTIME_NAME,
-            "runtime_version": RUNTIME_VERSION, "executor": self.executor.kind if self.executor else "none",
+            "peer_id": self.identity.peer_id,
+            "protocol": wire.PROTOCOL,
+            "arch": machine_arch(),
+            "cores": os.cpu_count() or 1,
+            "memory_bytes": memory,
+            "runtime": RUNTIME_NAME,
+            "runtime_version": RUNTIME_VERSION,
+            "executor": self.executor.kind if self.executor else "none",
             "max_limits": {**c.ceiling.to_json(), "module_bytes": c.max_module, "input_bytes": c.max_input},
-            "load": self.load(), "cached_modules": len(self.cache), "accepting": not self._stopping,
+            "load": self.load(),
+            "cached_modules": len(self.cache),
+            "accepting": not self._stopping,
         }
 
     def _error(self, rid: bytes, code: str, detail: str, job: bytes | None = None) -> None:
@@ -565,12 +607,13 @@ class Node:
             self.log("refused", key=key, reason=f"more than {BAD_MESSAGE_BUDGET} bad messages")
             _shut_down(self._rid_fd[rid])
             return
-        self._send(rid, wire.encode("error", code=code, detail=detail[:wire.MAX_DETAIL_CHARS], job=job))
+        self._send(rid, wire.encode("error", code=code, detail=detail[: wire.MAX_DETAIL_CHARS], job=job))
 
     def _reject(self, rid: bytes, tag: bytes, reason: str, detail: str) -> None:
         self.log("reject", job=tag.hex(), reason=reason, detail=detail)
-        self._send(rid, wire.encode("reject", job=tag, reason=reason, detail=detail[:wire.MAX_DETAIL_CHARS],
-                                    load=self.load()))
+        self._send(
+            rid, wire.encode("reject", job=tag, reason=reason, detail=detail[: wire.MAX_DETAIL_CHARS], load=self.load())
+        )
 
     def _handle(self, frames: list[Any]) -> None:
         if len(frames) < 2:
@@ -642,21 +685,34 @@ class Node:
         module_hash = module_ref.get("hash") if isinstance(module_ref, dict) else None
         module = self.cache.get(module_hash) if isinstance(module_hash, str) else None
         declared = module_ref.get("size") if module is None and isinstance(module_ref, dict) else 0
-        size = len(msg.payloads[0]) + (declared if type(declared) is int and 0 <= declared <= self.config.max_module else 0)
+        size = len(msg.payloads[0]) + (
+            declared if type(declared) is int and 0 <= declared <= self.config.max_module else 0
+        )
         busy = self.shares.refuse(client, address, size, waiting=module is None)
         if busy is not None:
             return self._reject(rid, tag, "busy", busy)
         data = wire.payload_bytes(msg.payloads[0])
         try:
             checked = self._check_offer(manifest, data)
-        except Exception as exc:   # e.g. non-string map keys the schema code trips over
+        except Exception as exc:  # e.g. non-string map keys the schema code trips over
             checked = ("bad_manifest", f"{type(exc).__name__}")
         if isinstance(checked, tuple):
             return self._reject(rid, tag, *checked)
         self.log("offer", job=tag.hex(), client=client, module=manifest["module"]["hash"], cached=module is not None)
         self._send(rid, wire.encode("accept", job=tag, module=module is None, load=self.load()))
-        job = HeldJob(rid, tag, manifest, data, checked, client, address, time.monotonic(), t0, module,
-                      "waiting" if module is None else "queued")
+        job = HeldJob(
+            rid,
+            tag,
+            manifest,
+            data,
+            checked,
+            client,
+            address,
+            time.monotonic(),
+            t0,
+            module,
+            "waiting" if module is None else "queued",
+        )
         self.shares.add(job)
         if module is not None:
             self._dispatch()
@@ -670,7 +726,7 @@ class Node:
         ref = job.manifest["module"]
         try:
             stored = len(data) == ref["size"] and self.cache.put(ref["hash"], data)
-        except OSError as exc:          # no disk space or no descriptor: this job cannot run now
+        except OSError as exc:  # no disk space or no descriptor: this job cannot run now
             self.shares.remove(job.key)
             return self._reject(rid, tag, "busy", f"the node cannot store the module now ({exc.strerror or exc})")
         if not stored:
@@ -699,9 +755,13 @@ class Node:
         t1 = time.perf_counter()
         job.started = timestamp()
         try:
-            future = self.executor.submit(job.module, job.input, digest=digest_from_text(job.manifest["module"]["hash"]),
-                                          **job_kwargs(job.manifest, job.limits))
-        except Exception as exc:   # e.g. arguments the runtime refuses (NUL bytes), a closed sandbox
+            future = self.executor.submit(
+                job.module,
+                job.input,
+                digest=digest_from_text(job.manifest["module"]["hash"]),
+                **job_kwargs(job.manifest, job.limits),
+            )
+        except Exception as exc:  # e.g. arguments the runtime refuses (NUL bytes), a closed sandbox
             future = concurrent.futures.Future()
             future.set_exception(exc)
         job.future = future
@@ -709,10 +769,17 @@ class Node:
         future.add_done_callback(lambda f: loop.call_soon_threadsafe(done, f))
 
     def _finish(self, job: HeldJob, times: tuple[float, float], future: concurrent.futures.Future[Result]) -> None:
-        manifest, module, data, limits, client, started = job.manifest, job.module, job.input, job.limits, job.client, job.started
-        job.future = None               # the future's callback holds the job: no cycle keeps the result alive
+        manifest, module, data, limits, client, started = (
+            job.manifest,
+            job.module,
+            job.input,
+            job.limits,
+            job.client,
+            job.started,
+        )
+        job.future = None  # the future's callback holds the job: no cycle keeps the result alive
         if self.shares.remove(job.key) is None or self.sock is None or self.sock.closed:
-            return                      # already answered (the node stopped before the job finished)
+            return  # already answered (the node stopped before the job finished)
         self._dispatch()
         assert module is not None
         rid, tag = job.key
@@ -722,8 +789,8 @@ class Node:
             return self._abandon(job, "its connection closed while it ran")
         try:
             result = future.result()
-        except Exception as exc:        # the executor failed, not the job: report it as a crash, signed
-            if _out_of_descriptors(exc):    # the node's trouble, not the job's: say busy, sign nothing
+        except Exception as exc:  # the executor failed, not the job: report it as a crash, signed
+            if _out_of_descriptors(exc):  # the node's trouble, not the job's: say busy, sign nothing
                 return self._reject(rid, tag, "busy", "the node is short of file descriptors")
             result = failed_result("crashed", f"{type(exc).__name__}: {exc}", module, data)
         # a job that never ran comes back without hashes: the node checked module and input against the manifest
@@ -733,22 +800,40 @@ class Node:
             return
         stdout, receipt = answer
         self.jobs_done += 1
-        self.log("result", job=tag.hex(), client=client, status=result.status, exit_code=result.exit_code,
-                 wall_us=result.wall_us, receipt=receipt["signature"][:16],
-                 # where the node's time went: offer to start, in the executor, signing and replying
-                 start_us=int((t1 - t0) * 1e6), exec_us=int((t2 - t1) * 1e6),
-                 reply_us=int((time.perf_counter() - t2) * 1e6))
-        self._send_result(job, wire.encode("result", (stdout, result.stderr), job=tag, receipt=receipt,
-                                           load=self.load()), len(stdout) + len(result.stderr))
+        self.log(
+            "result",
+            job=tag.hex(),
+            client=client,
+            status=result.status,
+            exit_code=result.exit_code,
+            wall_us=result.wall_us,
+            receipt=receipt["signature"][:16],
+            # where the node's time went: offer to start, in the executor, signing and replying
+            start_us=int((t1 - t0) * 1e6),
+            exec_us=int((t2 - t1) * 1e6),
+            reply_us=int((time.perf_counter() - t2) * 1e6),
+        )
+        self._send_result(
+            job,
+            wire.encode("result", (stdout, result.stderr), job=tag, receipt=receipt, load=self.load()),
+            len(stdout) + len(result.stderr),
+        )
         if self.on_result is not None:
             self.on_result(receipt, client)
 
-    def answer(self, result: Result, manifest: dict[str, Any], limits: Limits,
-               started: str) -> tuple[bytes, dict[str, Any]] | None:
+    def answer(
+        self, result: Result, manifest: dict[str, Any], limits: Limits, started: str
+    ) -> tuple[bytes, dict[str, Any]] | None:
         """The stdout to send for a finished job and its signed receipt (None: send nothing). The tests' launcher
         (tests/net/misbehaving_plasmd.py) overrides this to cheat, to show that clients catch it."""
-        receipt = make_receipt(result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=limits,
-                               identity=self.identity, started_at=started)
+        receipt = make_receipt(
+            result,
+            job_id=job_id(manifest),
+            nonce=manifest["nonce"],
+            limits=limits,
+            identity=self.identity,
+            started_at=started,
+        )
         return result.stdout, receipt
 
     def _send_result(self, job: HeldJob, frames: list[Any], size: int) -> None:
@@ -785,4 +870,4 @@ class Node:
             for job in [j for j in self.shares.jobs.values() if j.state == "waiting" and j.since < cutoff]:
                 self.shares.remove(job.key)
                 self.log("module_timeout", job=job.tag.hex(), client=job.client)
-            self._dispatch()            # a job held back for an address gone quiet may start now
+            self._dispatch()  # a job held back for an address gone quiet may start now

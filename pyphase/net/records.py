@@ -26,8 +26,8 @@ from pyphase.identity import Identity, peer_id_from_public_key
 
 SALT = b"phase/1"
 VERSION = 1
-MAX_VALUE_BYTES = 1000          # BEP 44's bound on a bencoded value
-LIFETIME_S = 2 * 3600           # how long a record says it is good for; republished well before
+MAX_VALUE_BYTES = 1000  # BEP 44's bound on a bencoded value
+LIFETIME_S = 2 * 3600  # how long a record says it is good for; republished well before
 MAX_LIFETIME_S = 24 * 3600
 CLOCK_SKEW_S = 300
 MAX_ADDRESSES = 8
@@ -82,16 +82,16 @@ def _decode(data: bytes, i: int, depth: int) -> tuple[Any, int]:
         raise ValueError("nested too deeply")
     if i >= len(data):
         raise ValueError("truncated")
-    c = data[i:i + 1]
+    c = data[i : i + 1]
     if c == b"i":
         end = data.index(b"e", i)
-        text = data[i + 1:end]
+        text = data[i + 1 : end]
         if not text or text == b"-0" or (text.lstrip(b"-").startswith(b"0") and text not in (b"0",)):
             raise ValueError("malformed integer")
         return int(text), end + 1
     if c == b"l":
         out, i = [], i + 1
-        while data[i:i + 1] != b"e":
+        while data[i : i + 1] != b"e":
             item, i = _decode(data, i, depth - 1)
             out.append(item)
         return out, i + 1
@@ -99,7 +99,7 @@ def _decode(data: bytes, i: int, depth: int) -> tuple[Any, int]:
         d: dict[bytes, Any] = {}
         i += 1
         last = None
-        while data[i:i + 1] != b"e":
+        while data[i : i + 1] != b"e":
             key, i = _decode(data, i, depth - 1)
             if not isinstance(key, bytes) or (last is not None and key <= last):
                 raise ValueError("dictionary keys must be strings in sorted order")
@@ -109,12 +109,12 @@ def _decode(data: bytes, i: int, depth: int) -> tuple[Any, int]:
     if c.isdigit():
         colon = data.index(b":", i)
         length = int(data[i:colon])
-        if data[i:i + 1] == b"0" and colon != i + 1:
+        if data[i : i + 1] == b"0" and colon != i + 1:
             raise ValueError("malformed string length")
         start = colon + 1
         if start + length > len(data):
             raise ValueError("truncated string")
-        return data[start:start + length], start + length
+        return data[start : start + length], start + length
     raise ValueError(f"unexpected byte {c!r}")
 
 
@@ -136,16 +136,37 @@ class NodeRecord:
         return f"{self.peer_id}@{self.addresses[0]}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"peer_id": self.peer_id, "addresses": list(self.addresses), "engines": list(self.engines),
-                "caps": self.caps, "issued": self.issued, "expires": self.expires, "seq": self.seq}
+        return {
+            "peer_id": self.peer_id,
+            "addresses": list(self.addresses),
+            "engines": list(self.engines),
+            "caps": self.caps,
+            "issued": self.issued,
+            "expires": self.expires,
+            "seq": self.seq,
+        }
 
 
-def encode_value(addresses: Sequence[str], engines: Sequence[str], caps: dict[str, Any], *,
-                 issued: int | None = None, lifetime_s: int = LIFETIME_S) -> bytes:
+def encode_value(
+    addresses: Sequence[str],
+    engines: Sequence[str],
+    caps: dict[str, Any],
+    *,
+    issued: int | None = None,
+    lifetime_s: int = LIFETIME_S,
+) -> bytes:
     """The record's value bytes; raises ``ValueError`` when it would not fit in a BEP 44 item."""
     now = int(time.time()) if issued is None else issued
-    value = bencode({"v": VERSION, "a": list(addresses)[:MAX_ADDRESSES], "e": list(engines), "c": caps,
-                     "t": now, "x": now + lifetime_s})
+    value = bencode(
+        {
+            "v": VERSION,
+            "a": list(addresses)[:MAX_ADDRESSES],
+            "e": list(engines),
+            "c": caps,
+            "t": now,
+            "x": now + lifetime_s,
+        }
+    )
     if len(_bstr(value)) > MAX_VALUE_BYTES:
         raise ValueError(f"a node record must bencode to at most {MAX_VALUE_BYTES} bytes, this one has {len(value)}")
     return value
@@ -165,7 +186,9 @@ def _text(value: Any, what: str) -> str:
         raise RecordError(f"record field {what} is not UTF-8") from None
 
 
-def verify_record(public_key: bytes, value: bytes, seq: int, signature: bytes, *, now: float | None = None) -> NodeRecord:
+def verify_record(
+    public_key: bytes, value: bytes, seq: int, signature: bytes, *, now: float | None = None
+) -> NodeRecord:
     """Check a record's signature by ``public_key`` and its contents; return it, or raise :class:`RecordError`."""
     if len(_bstr(value)) > MAX_VALUE_BYTES:
         raise RecordError(f"record of {len(value)} bytes is above the BEP 44 bound")
@@ -204,5 +227,12 @@ def verify_record(public_key: bytes, value: bytes, seq: int, signature: bytes, *
     caps_out: dict[str, Any] = {}
     for k, v in caps.items():
         caps_out[_text(k, "c")] = v if isinstance(v, int) else _text(v, "c") if isinstance(v, bytes) else None
-    return NodeRecord(peer_id_from_public_key(public_key), texts, tuple(_text(e, "e") for e in engines), caps_out,
-                      issued, expires, seq)
+    return NodeRecord(
+        peer_id_from_public_key(public_key),
+        texts,
+        tuple(_text(e, "e") for e in engines),
+        caps_out,
+        issued,
+        expires,
+        seq,
+    )

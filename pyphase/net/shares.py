@@ -19,7 +19,7 @@ from typing import Any
 from pyphase.limits import Limits
 from pyphase.result import Result
 
-RECENT_S = 2.0      # an address that offered a job this recently is waiting for its share (Shares.next)
+RECENT_S = 2.0  # an address that offered a job this recently is waiting for its share (Shares.next)
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,10 @@ class Shares:
         self.caps = caps
         self.jobs: dict[tuple[bytes, bytes], HeldJob] = {}
         self._counts: Counter[tuple[str, str]] = Counter()
-        self._queues: dict[str, dict[str, deque[HeldJob]]] = {}     # address -> client key -> queued jobs
+        self._queues: dict[str, dict[str, deque[HeldJob]]] = {}  # address -> client key -> queued jobs
         self.held_bytes = 0
-        self._running_by: Counter[str] = Counter()      # source address -> running jobs
-        self._last_offer: dict[str, float] = {}         # source address -> when it last offered a job
+        self._running_by: Counter[str] = Counter()  # source address -> running jobs
+        self._last_offer: dict[str, float] = {}  # source address -> when it last offered a job
         self.running = 0
         self.queued = 0
         self.waiting = 0
@@ -87,8 +87,10 @@ class Shares:
             return f"this client already has {c.client_jobs} jobs here"
         if count["address", address] >= c.address_jobs:
             return f"this address already has {c.address_jobs} jobs here"
-        if waiting and (count["client-waiting", client] >= c.client_waiting
-                        or count["address-waiting", address] >= 2 * c.client_waiting):
+        if waiting and (
+            count["client-waiting", client] >= c.client_waiting
+            or count["address-waiting", address] >= 2 * c.client_waiting
+        ):
             return "too many offers of this client wait for their module"
         if self.held_bytes + size > c.held_bytes:
             return f"{self.held_bytes} bytes of jobs already wait here"
@@ -128,7 +130,7 @@ class Shares:
         self._queues.setdefault(job.address, {}).setdefault(job.client, deque()).append(job)
 
     def _others_active(self, address: str, now: float) -> bool:
-        for other, when in list(self._last_offer.items()):     # oldest first: drop the stale ones
+        for other, when in list(self._last_offer.items()):  # oldest first: drop the stale ones
             if now - when < RECENT_S:
                 break
             del self._last_offer[other]
@@ -143,7 +145,7 @@ class Shares:
                 if self._running_by[address] < max(1, workers - 1) or not self._others_active(address, now):
                     break
             else:
-                return None          # a worker stays free for the active addresses that have nothing queued yet
+                return None  # a worker stays free for the active addresses that have nothing queued yet
             client, jobs = next(iter(clients.items()))
             job = jobs.popleft()
             del clients[client]
@@ -152,7 +154,7 @@ class Shares:
             del self._queues[address]
             if clients:
                 self._queues[address] = clients
-            if job.state != "queued":        # removed while queued (its connection died): skip it
+            if job.state != "queued":  # removed while queued (its connection died): skip it
                 continue
             self.queued -= 1
             self.held_bytes -= job.held
@@ -183,7 +185,7 @@ class Shares:
             self._counts[kind, who] -= 1
             if self._counts[kind, who] <= 0:
                 del self._counts[kind, who]
-        job.input = b""                  # give the memory back now, not when the queue reaches it
+        job.input = b""  # give the memory back now, not when the queue reaches it
         job.module = None
         return job
 

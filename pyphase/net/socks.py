@@ -91,8 +91,9 @@ class SocksRelay:
                 self._listeners[(host, port)] = listener
                 if self._wake is None:
                     self._wake = socket.socketpair()
-                    threading.Thread(target=self._accept_loop, args=(self._wake[0],), name="phase-socks-accept",
-                                     daemon=True).start()
+                    threading.Thread(
+                        target=self._accept_loop, args=(self._wake[0],), name="phase-socks-accept", daemon=True
+                    ).start()
                 else:
                     self._wake[1].send(b"\0")
             return f"tcp://127.0.0.1:{listener.getsockname()[1]}"
@@ -142,7 +143,7 @@ class SocksRelay:
                         try:
                             sel.register(sock, selectors.EVENT_READ)
                         except (OSError, ValueError):
-                            continue              # closed under us: close() is under way
+                            continue  # closed under us: close() is under way
                         registered[sock] = target
                 for key, _ in sel.select():
                     if key.fileobj is wake:
@@ -155,11 +156,12 @@ class SocksRelay:
                     except (BlockingIOError, InterruptedError):
                         continue
                     except OSError:
-                        time.sleep(0.05)          # closed under us, or out of descriptors: do not spin
+                        time.sleep(0.05)  # closed under us, or out of descriptors: do not spin
                         continue
                     conn.setblocking(True)
-                    threading.Thread(target=self._link, args=(conn, registered[listener]), name="phase-socks-link",
-                                     daemon=True).start()
+                    threading.Thread(
+                        target=self._link, args=(conn, registered[listener]), name="phase-socks-link", daemon=True
+                    ).start()
         finally:
             sel.close()
             wake.close()
@@ -173,7 +175,7 @@ class SocksRelay:
             remote = socks5_connect(self.proxy, target[0], target[1], self.timeout)
         except ProxyError as exc:
             with self._lock:
-                self._failures[target] = str(exc)      # recorded before the close the client will notice
+                self._failures[target] = str(exc)  # recorded before the close the client will notice
             local.close()
             return
         with self._lock:

@@ -35,15 +35,25 @@ import msgpack  # type: ignore[import-untyped]
 PROTOCOL = "phase/1"
 VERSION = 1
 
-MAX_HEADER_BYTES = 256 << 10          # a manifest with many args/env entries still fits
+MAX_HEADER_BYTES = 256 << 10  # a manifest with many args/env entries still fits
 MAX_TAG_BYTES = 32
 MAX_DETAIL_CHARS = 1024
-MAX_STR = 64 << 10                    # longest string anywhere in a header (manifest args/env values)
-MAX_ITEMS = 4096                      # longest array / map anywhere in a header
-ZERO_COPY_MIN = 256 << 10             # payload frames this big are sent zero-copy; smaller ones are cheaper to copy
+MAX_STR = 64 << 10  # longest string anywhere in a header (manifest args/env values)
+MAX_ITEMS = 4096  # longest array / map anywhere in a header
+ZERO_COPY_MIN = 256 << 10  # payload frames this big are sent zero-copy; smaller ones are cheaper to copy
 
-REJECT_REASONS = ("busy", "limits", "arch", "runtime", "module_too_big", "input_too_big", "bad_manifest",
-                  "duplicate", "shutting_down", "module_mismatch")
+REJECT_REASONS = (
+    "busy",
+    "limits",
+    "arch",
+    "runtime",
+    "module_too_big",
+    "input_too_big",
+    "bad_manifest",
+    "duplicate",
+    "shutting_down",
+    "module_mismatch",
+)
 ERROR_CODES = ("malformed", "version", "type", "too_big", "unexpected", "unknown_job")
 
 
@@ -74,12 +84,20 @@ MESSAGES: dict[str, tuple[dict[str, Field], int]] = {
     "caps": ({"caps": Field(dict)}, 0),
     "offer": ({"job": _TAG, "manifest": Field(dict)}, 1),
     "accept": ({"job": _TAG, "module": Field(bool), "load": _LOAD}, 0),
-    "reject": ({"job": _TAG, "reason": Field(str, max_len=64), "detail": Field(str, max_len=MAX_DETAIL_CHARS),
-                "load": _LOAD}, 0),
+    "reject": (
+        {"job": _TAG, "reason": Field(str, max_len=64), "detail": Field(str, max_len=MAX_DETAIL_CHARS), "load": _LOAD},
+        0,
+    ),
     "module": ({"job": _TAG}, 1),
     "result": ({"job": _TAG, "receipt": Field(dict), "load": _LOAD}, 2),
-    "error": ({"code": Field(str, max_len=64), "detail": Field(str, max_len=MAX_DETAIL_CHARS),
-               "job": Field(bytes, required=False, min_len=1, max_len=MAX_TAG_BYTES)}, 0),
+    "error": (
+        {
+            "code": Field(str, max_len=64),
+            "detail": Field(str, max_len=MAX_DETAIL_CHARS),
+            "job": Field(bytes, required=False, min_len=1, max_len=MAX_TAG_BYTES),
+        },
+        0,
+    ),
 }
 
 
@@ -116,8 +134,17 @@ def encode(type_: str, payloads: Sequence[Any] = (), **fields: Any) -> list[Any]
 
 
 def _unpack(raw: Any) -> Any:
-    return msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True, max_str_len=MAX_STR,
-                           max_bin_len=MAX_STR, max_array_len=MAX_ITEMS, max_map_len=MAX_ITEMS, max_ext_len=0)
+    return msgpack.unpackb(
+        raw,
+        raw=False,
+        use_list=True,
+        strict_map_key=True,
+        max_str_len=MAX_STR,
+        max_bin_len=MAX_STR,
+        max_array_len=MAX_ITEMS,
+        max_map_len=MAX_ITEMS,
+        max_ext_len=0,
+    )
 
 
 def decode(frames: Sequence[Any]) -> Message:
@@ -130,11 +157,13 @@ def decode(frames: Sequence[Any]) -> Message:
         raise WireError("too_big", f"header of {size} bytes exceeds {MAX_HEADER_BYTES}")
     try:
         header = _unpack(head.buffer if hasattr(head, "buffer") else head)
-    except Exception as exc:   # msgpack raises a zoo of types on hostile input; all mean the same here
+    except Exception as exc:  # msgpack raises a zoo of types on hostile input; all mean the same here
         raise WireError("malformed", f"header is not msgpack: {type(exc).__name__}") from None
     if not isinstance(header, dict):
         raise WireError("malformed", "header is not a map")
-    job = header.get("job") if isinstance(header.get("job"), bytes) and 0 < len(header["job"]) <= MAX_TAG_BYTES else None
+    job = (
+        header.get("job") if isinstance(header.get("job"), bytes) and 0 < len(header["job"]) <= MAX_TAG_BYTES else None
+    )
     if header.get("v") != VERSION:
         raise WireError("version", f"this node speaks {PROTOCOL} (v={VERSION}), got v={_brief(header.get('v'))}", job)
     type_ = header.get("t")
@@ -160,7 +189,11 @@ def decode(frames: Sequence[Any]) -> Message:
     unknown = set(header) - set(spec) - {"v", "t"}
     if unknown:
         # keys may mix str and bytes, which do not sort together: sort their reprs
-        raise WireError("malformed", f"{type_}: unknown fields {', '.join(_brief(k, 32) for k in sorted(map(repr, unknown))[:5])}", job)
+        raise WireError(
+            "malformed",
+            f"{type_}: unknown fields {', '.join(_brief(k, 32) for k in sorted(map(repr, unknown))[:5])}",
+            job,
+        )
     return Message(type_, fields, tuple(frames[1:]))
 
 

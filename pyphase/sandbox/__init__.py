@@ -33,7 +33,7 @@ from pyphase.result import Result
 from pyphase.preopen import Preopen, opened
 from pyphase.runtime import DEFAULT_PROGRAM_NAME, Module, PreparedJob, explain_invalid, prepare_job
 
-__all__ = ["Sandbox", "SandboxError"]   # SandboxError lives in pyphase.errors; re-exported for callers here
+__all__ = ["Sandbox", "SandboxError"]  # SandboxError lives in pyphase.errors; re-exported for callers here
 
 SERVER_NAME = "phase-sandboxd"
 DEFAULT_SHM_BYTES = 64 << 20
@@ -71,8 +71,15 @@ class Sandbox:
     back-to-back jobs do not wait for the replacement of the last one (see docs/SANDBOX.md).
     """
 
-    def __init__(self, workers: int = 2, *, shm_bytes: int = DEFAULT_SHM_BYTES, grace_ms: int = DEFAULT_GRACE_MS,
-                 spin_us: int = DEFAULT_SPIN_US, spares: int = DEFAULT_SPARES) -> None:
+    def __init__(
+        self,
+        workers: int = 2,
+        *,
+        shm_bytes: int = DEFAULT_SHM_BYTES,
+        grace_ms: int = DEFAULT_GRACE_MS,
+        spin_us: int = DEFAULT_SPIN_US,
+        spares: int = DEFAULT_SPARES,
+    ) -> None:
         if not 1 <= workers <= 256:
             raise ValueError(f"workers must be between 1 and 256, got {workers}")
         if not 0 <= spares < _sandbox.MAX_DEPTH:
@@ -98,7 +105,7 @@ class Sandbox:
     def _start_server(self) -> None:
         """Start a fork server with one slot per worker, each with 1 + spares buffers (a memfd and a pre-forked
         worker each), and wait until every slot has a worker."""
-        self._modules: dict[bytes, int] = {}     # digest -> ADD sequence number (1-based) sent to this server
+        self._modules: dict[bytes, int] = {}  # digest -> ADD sequence number (1-based) sent to this server
         self._adds = 0
         main_parent, main_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child_fds = [main_child.fileno()]
@@ -119,8 +126,13 @@ class Sandbox:
                     shms.append(shm)
                 child_fds += [child_end.fileno(), *shms]
                 args += ["--slot", f"{child_end.fileno()}:{','.join(map(str, shms))}"]
-            server = subprocess.Popen(_server_command() + args, pass_fds=child_fds, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, close_fds=True)
+            server = subprocess.Popen(
+                _server_command() + args,
+                pass_fds=child_fds,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                close_fds=True,
+            )
         except BaseException:
             main_parent.close()
             for sock, fds in ends:
@@ -165,10 +177,20 @@ class Sandbox:
 
     # ---- public API --------------------------------------------------------------------------
 
-    def run(self, module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview = b"", *,
-            args: Sequence[str] = (), env: Mapping[str, str] | None = None, entry: str = "_start",
-            limits: Limits | None = None, deterministic: bool = False, program_name: str = DEFAULT_PROGRAM_NAME,
-            seed: bytes | None = None, dirs: Sequence[Preopen] = ()) -> Result:
+    def run(
+        self,
+        module: Module | bytes | bytearray | memoryview,
+        input: bytes | bytearray | memoryview = b"",
+        *,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        entry: str = "_start",
+        limits: Limits | None = None,
+        deterministic: bool = False,
+        program_name: str = DEFAULT_PROGRAM_NAME,
+        seed: bytes | None = None,
+        dirs: Sequence[Preopen] = (),
+    ) -> Result:
         """Run ``module`` once in a worker (blocking this thread only; the GIL is released while waiting).
         ``dirs``: the host directories the job sees, passed to its worker for the job's length."""
         job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed, dirs)
@@ -184,10 +206,20 @@ class Sandbox:
         self._check_fits(job)
         return self._executor.submit(self._execute, job)
 
-    def submit(self, module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview = b"", *,
-               args: Sequence[str] = (), env: Mapping[str, str] | None = None, entry: str = "_start",
-               limits: Limits | None = None, deterministic: bool = False, program_name: str = DEFAULT_PROGRAM_NAME,
-               seed: bytes | None = None, dirs: Sequence[Preopen] = ()) -> Future[Result]:
+    def submit(
+        self,
+        module: Module | bytes | bytearray | memoryview,
+        input: bytes | bytearray | memoryview = b"",
+        *,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        entry: str = "_start",
+        limits: Limits | None = None,
+        deterministic: bool = False,
+        program_name: str = DEFAULT_PROGRAM_NAME,
+        seed: bytes | None = None,
+        dirs: Sequence[Preopen] = (),
+    ) -> Future[Result]:
         """Queue a job; the future's result is its :class:`Result` (or a :class:`SandboxError`)."""
         job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed, dirs)
         return self._executor.submit(self._execute, job)
@@ -224,9 +256,9 @@ class Sandbox:
                     pending.remove(slot)
                     taken.append(slot)
                 else:
-                    slot.close()   # from a replaced fork server
+                    slot.close()  # from a replaced fork server
         except queue.Empty:
-            pass   # a job still runs; closing the sockets below ends it with a SandboxError
+            pass  # a job still runs; closing the sockets below ends it with a SandboxError
         self._main.close()
         try:
             self._server.wait(timeout=timeout)
@@ -253,12 +285,31 @@ class Sandbox:
 
     # ---- internals ---------------------------------------------------------------------------
 
-    def _prepare(self, module: Module | bytes | bytearray | memoryview, input: bytes | bytearray | memoryview,
-                 args: Sequence[str], env: Mapping[str, str] | None, entry: str, limits: Limits | None,
-                 deterministic: bool, program_name: str, seed: bytes | None,
-                 dirs: Sequence[Preopen] = ()) -> PreparedJob:
-        job = prepare_job(module, input, args=args, env=env, entry=entry, limits=limits, deterministic=deterministic,
-                          program_name=program_name, seed=seed, dirs=dirs)
+    def _prepare(
+        self,
+        module: Module | bytes | bytearray | memoryview,
+        input: bytes | bytearray | memoryview,
+        args: Sequence[str],
+        env: Mapping[str, str] | None,
+        entry: str,
+        limits: Limits | None,
+        deterministic: bool,
+        program_name: str,
+        seed: bytes | None,
+        dirs: Sequence[Preopen] = (),
+    ) -> PreparedJob:
+        job = prepare_job(
+            module,
+            input,
+            args=args,
+            env=env,
+            entry=entry,
+            limits=limits,
+            deterministic=deterministic,
+            program_name=program_name,
+            seed=seed,
+            dirs=dirs,
+        )
         self._check_fits(job)
         return job
 
@@ -268,9 +319,11 @@ class Sandbox:
         slot = self._slots[0]
         need = slot.shm_needed(job, True)
         if need > slot.shm_bytes:
-            raise LimitsError(f"the job needs {format_size(need)} of shared memory (module, input, output limit); "
-                              f"this sandbox has {format_size(slot.shm_bytes)} per worker: lower the output limit or "
-                              f"the input, or make the sandbox with Sandbox(shm_bytes=...)")
+            raise LimitsError(
+                f"the job needs {format_size(need)} of shared memory (module, input, output limit); "
+                f"this sandbox has {format_size(slot.shm_bytes)} per worker: lower the output limit or "
+                f"the input, or make the sandbox with Sandbox(shm_bytes=...)"
+            )
 
     def _execute(self, job: PreparedJob, test_action: int = 0) -> Result:
         while True:
@@ -278,7 +331,7 @@ class Sandbox:
                 raise SandboxError("the sandbox is closed")
             slots = self._slots
             slot = self._free.get()
-            if slot not in self._slots:     # from a fork server that has been replaced
+            if slot not in self._slots:  # from a fork server that has been replaced
                 slot.close()
                 continue
             try:
@@ -305,7 +358,7 @@ class Sandbox:
             inline = added is None or slot.cache_seq < added
             with opened(job.dirs) as preopens:
                 raw = slot.run(job, data if inline else None, hard_timeout, test_action, self.spin_us, preopens)
-                if raw is None:   # evicted from (or refused by) the server's cache: send the bytes and add it again
+                if raw is None:  # evicted from (or refused by) the server's cache: send the bytes and add it again
                     self._modules.pop(job.digest, None)
                     added = None
                     raw = slot.run(job, data, hard_timeout, test_action, self.spin_us, preopens)
@@ -327,13 +380,14 @@ class Sandbox:
             try:
                 self._main.sendall(header + data)
             except OSError:
-                return   # the server is gone; the next job reports it
+                return  # the server is gone; the next job reports it
             self._adds += 1
             self._last_added = (digest, time.monotonic())
             self._modules[digest] = self._adds
 
-    def _selftest(self, action: str, module: bytes, limits: Limits | None = None,
-                  dirs: Sequence[Preopen] = ()) -> Result:
+    def _selftest(
+        self, action: str, module: bytes, limits: Limits | None = None, dirs: Sequence[Preopen] = ()
+    ) -> Result:
         """Test only: run a job whose worker performs ``action`` (see _sandbox.TEST_ACTIONS) once confined."""
         job = self._prepare(module, b"", (), None, "_start", limits, False, DEFAULT_PROGRAM_NAME, None, dirs)
         return self._execute(job, _sandbox.TEST_ACTIONS[action])

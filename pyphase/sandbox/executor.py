@@ -20,16 +20,31 @@ from pyphase.result import Result
 from pyphase.runtime import PreparedJob, prepare_job, run_prepared
 
 # The smallest valid WASI command: (module (func (export "_start"))). Used to check an executor works.
-EMPTY_MODULE = (b"\0asm\1\0\0\0" + bytes([1, 4, 1, 0x60, 0, 0, 3, 2, 1, 0, 7, 10, 1, 6]) + b"_start"
-                + bytes([0, 0, 10, 4, 1, 2, 0, 0x0B]))
+EMPTY_MODULE = (
+    b"\0asm\1\0\0\0"
+    + bytes([1, 4, 1, 0x60, 0, 0, 3, 2, 1, 0, 7, 10, 1, 6])
+    + b"_start"
+    + bytes([0, 0, 10, 4, 1, 2, 0, 0x0B])
+)
 
 
 def failed_result(status: str, message: str, module: bytes, input: bytes) -> Result:
     """A result for a job that never ran (invalid module, executor failure)."""
     empty = sha256_text(b"")
-    return Result(status=status, exit_code=0, message=message[:1024], stdout=b"", stderr=b"", fuel_used=0,
-                  wall_us=0, memory_peak_bytes=0, module_hash=sha256_text(module), input_hash=sha256_text(input),
-                  stdout_hash=empty, stderr_hash=empty)
+    return Result(
+        status=status,
+        exit_code=0,
+        message=message[:1024],
+        stdout=b"",
+        stderr=b"",
+        fuel_used=0,
+        wall_us=0,
+        memory_peak_bytes=0,
+        module_hash=sha256_text(module),
+        input_hash=sha256_text(input),
+        stdout_hash=empty,
+        stderr_hash=empty,
+    )
 
 
 class ThreadExecutor:
@@ -94,7 +109,7 @@ def make_executor(workers: int, sandbox: bool, warn: Callable[[str], None] = lam
     hint = "; fix it, or start plasmd with --no-sandbox to run jobs in the node's own process"
     try:
         executor = SandboxExecutor(workers)
-    except Exception as exc:   # ImportError, SandboxError, OSError
+    except Exception as exc:  # ImportError, SandboxError, OSError
         raise SandboxUnavailable(f"sandbox unavailable ({type(exc).__name__}: {exc}){hint}") from exc
     try:
         result = executor.run(EMPTY_MODULE, b"", limits=Limits(timeout_ms=5000))
@@ -109,5 +124,10 @@ def make_executor(workers: int, sandbox: bool, warn: Callable[[str], None] = lam
 
 def job_kwargs(manifest: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
     args: Sequence[str] = manifest["args"]
-    return {"args": list(args), "env": dict(manifest["env"]), "entry": manifest["entry"], "limits": limits,
-            "deterministic": manifest["deterministic"]}
+    return {
+        "args": list(args),
+        "env": dict(manifest["env"]),
+        "entry": manifest["entry"],
+        "limits": limits,
+        "deterministic": manifest["deterministic"],
+    }

@@ -62,11 +62,13 @@ def test_job_without_wait_is_followed_to_the_end(api_nodes: Callable[..., list[A
 
 def test_job_sent_to_the_network(api_nodes: Callable[..., list[Any]]) -> None:
     gateway, worker = api_nodes(2)
-    status, job, _ = gateway.call("POST", "/v1/jobs", hello_job(wait=True, where="network", peers=[worker.node.address]))
+    status, job, _ = gateway.call(
+        "POST", "/v1/jobs", hello_job(wait=True, where="network", peers=[worker.node.address])
+    )
     assert status == 200 and job["state"] == "done", job
     assert job["peer"] == worker.node.address.split("@")[0]
     assert worker.call("GET", "/v1/history")[1]["jobs"][0]["job_id"] == job["job_id"]
-    assert gateway.call("GET", "/v1/history")[1]["jobs"] == []           # the gateway ran nothing itself
+    assert gateway.call("GET", "/v1/history")[1]["jobs"] == []  # the gateway ran nothing itself
     peers = gateway.call("GET", "/v1/peers")[1]["peers"]
     assert [p["address"] for p in peers if p["source"] == "jobs"] == [worker.node.address]
 
@@ -83,14 +85,40 @@ def test_failed_network_job_says_why(api_nodes: Callable[..., list[Any]]) -> Non
     assert status == 409 and body["error"] == "not_finished" and "failed" in body["detail"]
 
 
-@pytest.mark.parametrize("case", ["bad_json", "not_object", "schema", "base64", "both_inputs", "media_type", "oversize", "module_too_big",
-                                  "unknown_job", "bad_limit", "unknown_route", "peers_here", "bad_job_id"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "bad_json",
+        "not_object",
+        "schema",
+        "base64",
+        "both_inputs",
+        "media_type",
+        "oversize",
+        "module_too_big",
+        "unknown_job",
+        "bad_limit",
+        "unknown_route",
+        "peers_here",
+        "bad_job_id",
+    ],
+)
 def test_errors_are_clear_json(api_nodes: Callable[..., list[Any]], case: str) -> None:
-    (api,) = api_nodes(extra=("--config", str(_small_config(api_nodes))) if case in ("oversize", "module_too_big") else ())
+    (api,) = api_nodes(
+        extra=("--config", str(_small_config(api_nodes))) if case in ("oversize", "module_too_big") else ()
+    )
     calls: dict[str, tuple[Any, ...]] = {
         "bad_json": ("POST", "/v1/jobs", None, b"{not json", 400, "bad_json", "not JSON"),
         "not_object": ("POST", "/v1/jobs", [1, 2], None, 400, "bad_request", "JobRequest"),
-        "schema": ("POST", "/v1/jobs", hello_job(limits={"memory_bytes": -1}), None, 400, "bad_request", "memory_bytes"),
+        "schema": (
+            "POST",
+            "/v1/jobs",
+            hello_job(limits={"memory_bytes": -1}),
+            None,
+            400,
+            "bad_request",
+            "memory_bytes",
+        ),
         "base64": ("POST", "/v1/jobs", {"module": "!!!"}, None, 400, "bad_request", "module must match pattern"),
         "both_inputs": ("POST", "/v1/jobs", hello_job(input="AA=="), None, 400, "bad_request", "not both"),
         "media_type": ("POST", "/v1/jobs", None, b"x=1", 415, "unsupported_media_type", "application/json"),
@@ -108,12 +136,12 @@ def test_errors_are_clear_json(api_nodes: Callable[..., list[Any]], case: str) -
     assert status == want_status, answer
     assert got["Content-Type"].startswith("application/json")
     assert answer["error"] == want_code and want_text in answer["detail"], answer
-    assert api.call("GET", "/v1/node")[0] == 200                     # and the node goes on
+    assert api.call("GET", "/v1/node")[0] == 200  # and the node goes on
 
 
 def _small_config(api_nodes: Any) -> Path:
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"plasmd-small-{os.getpid()}-{random.randrange(1 << 30)}.toml"
-    path.write_text("[limits]\nmodule = \"1MiB\"\ninput = \"1MiB\"\n")
+    path.write_text('[limits]\nmodule = "1MiB"\ninput = "1MiB"\n')
     return path
 
 
@@ -148,22 +176,48 @@ def test_api_beyond_loopback_needs_the_token(tmp_path: Path) -> None:
         run("-n", ns, "addr", "add", f"{net}.1/24", "dev", "br0")
         run("-n", ns, "link", "set", "br0", "up")
         data = tmp_path / "node"
-        node = subprocess.Popen([ip, "netns", "exec", ns, sys.executable, "-m", "pyphase.daemon", "--listen",
-                                 f"{net}.1:0", "--api", f"{net}.1:0", "--data-dir", str(data), "--no-mdns",
-                                 "--workers", "1"], stdout=subprocess.PIPE, stderr=open(tmp_path / "log", "wb"))
+        node = subprocess.Popen(
+            [
+                ip,
+                "netns",
+                "exec",
+                ns,
+                sys.executable,
+                "-m",
+                "pyphase.daemon",
+                "--listen",
+                f"{net}.1:0",
+                "--api",
+                f"{net}.1:0",
+                "--data-dir",
+                str(data),
+                "--no-mdns",
+                "--workers",
+                "1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=open(tmp_path / "log", "wb"),
+        )
         assert node.stdout is not None and node.stdout.readline(), (tmp_path / "log").read_text()
         url = (data / "api").read_text().strip()
         token_file = data / "api_token"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         token = token_file.read_text().strip()
-        probe = ("import json, sys, urllib.request, urllib.error\n"
-                 "req = urllib.request.Request(sys.argv[1], headers=json.loads(sys.argv[2]))\n"
-                 "try:\n    r = urllib.request.urlopen(req, timeout=10); print(r.status, r.read().decode())\n"
-                 "except urllib.error.HTTPError as e:\n    print(e.code, e.read().decode())\n")
+        probe = (
+            "import json, sys, urllib.request, urllib.error\n"
+            "req = urllib.request.Request(sys.argv[1], headers=json.loads(sys.argv[2]))\n"
+            "try:\n    r = urllib.request.urlopen(req, timeout=10); print(r.status, r.read().decode())\n"
+            "except urllib.error.HTTPError as e:\n    print(e.code, e.read().decode())\n"
+        )
 
         def get(headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
-            out = subprocess.run([ip, "netns", "exec", ns, sys.executable, "-c", probe, url + "/v1/node",
-                                  json.dumps(headers)], capture_output=True, text=True, timeout=30, check=True).stdout
+            out = subprocess.run(
+                [ip, "netns", "exec", ns, sys.executable, "-c", probe, url + "/v1/node", json.dumps(headers)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
             code, _, body = out.partition(" ")
             return int(code), json.loads(body)
 
@@ -192,7 +246,7 @@ def test_connections_beyond_the_cap_are_refused(api_nodes: Callable[..., list[An
     config.write_text("api_max_connections = 3\n")
     (api,) = api_nodes(extra=("--config", str(config)))
     host, port = api.url.removeprefix("http://").rsplit(":", 1)
-    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(4)]   # open, never asking
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(4)]  # open, never asking
     try:
         time.sleep(0.3)
         status, body, _ = api.call("GET", "/v1/node")
@@ -201,7 +255,7 @@ def test_connections_beyond_the_cap_are_refused(api_nodes: Callable[..., list[An
         for s in idle:
             s.close()
     deadline = time.monotonic() + 10
-    while api.call("GET", "/v1/node")[0] != 200:         # the cap frees as connections close
+    while api.call("GET", "/v1/node")[0] != 200:  # the cap frees as connections close
         assert time.monotonic() < deadline
         time.sleep(0.1)
 
@@ -235,7 +289,9 @@ def test_a_body_that_never_arrives_is_given_up(api_nodes: Callable[..., list[Any
     (api,) = api_nodes(extra=("--config", str(config)))
     host, port = api.url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        s.sendall(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+        )
         t0 = time.monotonic()
         answer = b""
         while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):

@@ -18,8 +18,10 @@ CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                                reason="needs a browser: apt-get install chromium chromium-driver (.ci/setup --test)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs a browser: apt-get install chromium chromium-driver (.ci/setup --test)",
+)
 
 
 @pytest.fixture
@@ -29,11 +31,22 @@ def browser(tmp_path: Path) -> Any:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM  # type: ignore[assignment]
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-default-apps", "--disable-extensions", "--window-size=1280,1400",
-                 # the page is served by a node on loopback; nothing else may be looked up or reached
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", f"--user-data-dir={tmp_path / 'chromium'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--disable-extensions",
+        "--window-size=1280,1400",
+        # the page is served by a node on loopback; nothing else may be looked up or reached
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
         options.add_argument(flag)
     # an explicit driver: selenium's manager would otherwise try to download one
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)

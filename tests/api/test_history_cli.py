@@ -15,8 +15,9 @@ def phase(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pyphase", *args], capture_output=True, text=True, timeout=60)
 
 
-def test_jobs_and_receipts_listed_and_shown(api_nodes: Callable[..., list[Any]], hello_bytes: bytes,
-                                             tmp_path: Path) -> None:
+def test_jobs_and_receipts_listed_and_shown(
+    api_nodes: Callable[..., list[Any]], hello_bytes: bytes, tmp_path: Path
+) -> None:
     (api,) = api_nodes()
     data_dir = str(api.node.data_dir)
     with Client(peers=[api.node.address]) as client:
@@ -26,7 +27,7 @@ def test_jobs_and_receipts_listed_and_shown(api_nodes: Callable[..., list[Any]],
     lines = listing.stdout.splitlines()
     assert lines[0].split()[:4] == ["FINISHED", "JOB", "STATUS", "EXIT"] and len(lines) == 4
     assert [line.split()[1] for line in lines[1:]] == [r.receipt["job_id"][7:23] for r in reversed(results)]
-    api.node.stop()                                           # the history outlives the node
+    api.node.stop()  # the history outlives the node
     shown = phase("jobs", "show", results[0].receipt["job_id"][7:17], "--data-dir", data_dir)
     assert shown.returncode == 0, shown.stderr
     entry = json.loads(shown.stdout)
@@ -34,8 +35,14 @@ def test_jobs_and_receipts_listed_and_shown(api_nodes: Callable[..., list[Any]],
     receipt = phase("receipts", "show", results[1].receipt["job_id"], "--data-dir", data_dir)
     (tmp_path / "r.json").write_text(receipt.stdout)
     (tmp_path / "out").write_bytes(b"owt")
-    verified = phase("verify", str(tmp_path / "r.json"), "--stdout", str(tmp_path / "out"),
-                     "--signer", api.node.address.split("@")[0])
+    verified = phase(
+        "verify",
+        str(tmp_path / "r.json"),
+        "--stdout",
+        str(tmp_path / "out"),
+        "--signer",
+        api.node.address.split("@")[0],
+    )
     assert verified.returncode == 0, verified.stderr
     receipts = json.loads(phase("receipts", "--json", "--limit", "2", "--data-dir", data_dir).stdout)
     assert receipts == [results[2].receipt, results[1].receipt]

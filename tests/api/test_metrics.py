@@ -32,8 +32,11 @@ def offer_raw(address: str, module: bytes, limits: Limits) -> tuple[str, str]:
 def scrape(api: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     status, body, headers = api.call("GET", "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
 
 
 def test_metrics_count_what_happened(api_nodes: Callable[..., list[Any]], hello_bytes: bytes) -> None:
@@ -54,9 +57,9 @@ def test_metrics_count_what_happened(api_nodes: Callable[..., list[Any]], hello_
     assert m[("phase_cache_stored_bytes_total", ())] == len(hello_bytes)
     assert m[("phase_cache_bytes", ())] == len(hello_bytes) and m[("phase_cache_modules", ())] == 1
     assert m[("phase_rejects_total", (("reason", "limits"),))] == 1
-    assert m[("phase_peers_connected_total", ())] == 2          # the client and offer_raw: two keys
+    assert m[("phase_peers_connected_total", ())] == 2  # the client and offer_raw: two keys
     assert m[("phase_received_bytes_total", ())] > len(hello_bytes)
     assert m[("phase_sent_bytes_total", ())] > 0
     assert m[("phase_history_jobs", ())] == 3
     assert m[("phase_queue_depth", ())] == 0
-    assert m[("phase_api_connections", ())] >= 1          # this scrape's own connection
+    assert m[("phase_api_connections", ())] >= 1  # this scrape's own connection

@@ -21,12 +21,12 @@ def test_every_operation_conforms(api_nodes: Callable[..., list[Any]]) -> None:
     assert len(operations) == sum(len(ops) for ops in openapi()["paths"].values())
     checked: dict[str, int] = {}
     for operation in operations:
-        @settings(max_examples=EXAMPLES, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+
+        @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy())
         def conforms(case: Any) -> None:
             if isinstance(case.body, dict):
-                case.body["wait"] = True           # keep the node from piling up unfinished jobs
+                case.body["wait"] = True  # keep the node from piling up unfinished jobs
                 if case.body.get("where") == "network":
                     # generated peer addresses must never be dialled: network jobs go to this node only
                     case.body["peers"] = [api.node.address]

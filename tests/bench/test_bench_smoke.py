@@ -31,15 +31,34 @@ def _need_toolchain() -> None:
 def cbench_dir() -> Path:
     """cbench and its wasm programs, built once (incrementally) in build/cbench."""
     _need_toolchain()
-    out = subprocess.run([str(RUN_SH), "--build-only"], capture_output=True, text=True, timeout=1800,
-                         env=dict(os.environ, PYTHON=sys.executable))
+    out = subprocess.run(
+        [str(RUN_SH), "--build-only"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=dict(os.environ, PYTHON=sys.executable),
+    )
     assert out.returncode == 0, out.stderr
     return Path(out.stdout.strip().splitlines()[-1])
 
 
 def test_cbench_checksums_match_native(cbench_dir: Path) -> None:
-    out = subprocess.run([str(cbench_dir / "cbench"), "--wasm-dir", str(cbench_dir / "wasm"), "--quick", "--json",
-                          "--reps", "1", "sha256", "hello"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            str(cbench_dir / "cbench"),
+            "--wasm-dir",
+            str(cbench_dir / "wasm"),
+            "--quick",
+            "--json",
+            "--reps",
+            "1",
+            "sha256",
+            "hello",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["mismatches"] == 0
@@ -62,16 +81,35 @@ def test_cbench_checksums_match_native(cbench_dir: Path) -> None:
 
 def test_cbench_metering_off_build_agrees(cbench_dir: Path) -> None:
     """The -DPHASE_NO_METERING build computes the same outputs (and reports no fuel)."""
-    out = subprocess.run([str(cbench_dir / "cbench-nometer"), "--wasm-dir", str(cbench_dir / "wasm"), "--quick",
-                          "--phase-only", "--raw", "--reps", "1", "fib"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            str(cbench_dir / "cbench-nometer"),
+            "--wasm-dir",
+            str(cbench_dir / "wasm"),
+            "--quick",
+            "--phase-only",
+            "--raw",
+            "--reps",
+            "1",
+            "fib",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     name, _digest, fuel, count, *_samples = out.stdout.split()
     assert name == "fib" and int(count) == 1 and int(fuel) == 0
 
 
 def test_pyphase_bench_quick(cbench_dir: Path) -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "core", "--quick", "--json"], capture_output=True,
-                         text=True, timeout=900, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "core", "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     doc = json.loads(out.stdout)
     assert doc["errors"] == [] and doc["checksums_match"]
@@ -85,7 +123,7 @@ def test_pyphase_bench_quick(cbench_dir: Path) -> None:
 
 # ---- a very long valid function ---------------------------------------------------------------------------
 
-CHUNKS = 10_000          # 12 instructions each: 120k instructions in one function body
+CHUNKS = 10_000  # 12 instructions each: 120k instructions in one function body
 MASK = 0xFFFFFFFF
 
 
@@ -93,29 +131,32 @@ def _long_function_wat() -> tuple[str, int]:
     """A straight-line body of ~120k instructions mixing locals, arithmetic, rotates and memory, with the
     value it must return computed here the same way."""
     body = []
-    a, b = 0, 0                 # locals start at zero
+    a, b = 0, 0  # locals start at zero
     mem = {}
     for i in range(CHUNKS):
         k = (i * 2654435761) & 0x7FFFFFFF
         addr = (i % 1024) * 4
-        body.append(f"local.get 0 i32.const {k} i32.add local.set 0 "
-                    f"local.get 1 local.get 0 i32.xor i32.const 5 i32.rotl local.set 1 "
-                    f"i32.const {addr} local.get 1 i32.store")
+        body.append(
+            f"local.get 0 i32.const {k} i32.add local.set 0 "
+            f"local.get 1 local.get 0 i32.xor i32.const 5 i32.rotl local.set 1 "
+            f"i32.const {addr} local.get 1 i32.store"
+        )
         a = (a + k) & MASK
         x = b ^ a
         b = ((x << 5) | (x >> 27)) & MASK
         mem[addr] = b
     # fold memory back in with a loop, so the function also branches after its long straight line
-    body.append("i32.const 0 local.set 2 "
-                "(block (loop "
-                "local.get 1 local.get 2 i32.load i32.add local.set 1 "
-                "local.get 2 i32.const 4 i32.add local.tee 2 i32.const 4096 i32.lt_u br_if 0))")
+    body.append(
+        "i32.const 0 local.set 2 "
+        "(block (loop "
+        "local.get 1 local.get 2 i32.load i32.add local.set 1 "
+        "local.get 2 i32.const 4 i32.add local.tee 2 i32.const 4096 i32.lt_u br_if 0))"
+    )
     for addr in range(0, 4096, 4):
         b = (b + mem.get(addr, 0)) & MASK
     body.append("local.get 1 local.get 0 i32.xor")
     result = (b ^ a) & MASK
-    text = ("(module (memory 1) (func (export \"run\") (result i32) (local i32 i32 i32) "
-            + "\n".join(body) + "))")
+    text = '(module (memory 1) (func (export "run") (result i32) (local i32 i32 i32) ' + "\n".join(body) + "))"
     return text, result - (1 << 32) if result >= 1 << 31 else result
 
 
@@ -125,11 +166,11 @@ def test_very_long_function_runs(wat) -> None:
     text, expected = _long_function_wat()
     wasm = wat(text)
     module = pyphase.Module(wasm)
-    for _ in range(2):                          # a fresh instance, then the reused one
+    for _ in range(2):  # a fresh instance, then the reused one
         result = pyphase.run(module, entry="run")
         assert result.status == "ok", result.message
         assert result.exit_code == expected
-        assert result.fuel_used >= 1024          # the loop's iterations are metered
+        assert result.fuel_used >= 1024  # the loop's iterations are metered
 
 
 def test_sandbox_bench_says_when_the_worker_was_set_up_without_a_negative_time() -> None:
@@ -143,8 +184,12 @@ def test_sandbox_bench_says_when_the_worker_was_set_up_without_a_negative_time()
 
 def test_fs_bench_runs() -> None:
     """bench/fs_bench.py --quick: every job it times ended ok (the script exits non-zero otherwise)."""
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "fs_bench.py"), "--quick", "--json"],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fs_bench.py"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["tree"]["in_process_s"] > 0 and doc["per_file"]["sandbox_us"] > 0

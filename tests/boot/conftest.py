@@ -40,8 +40,12 @@ def phase_boot_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pytest.skip(f"{LIBDIR / lib} not found (apt-get install {pkg})")
     out = tmp_path_factory.mktemp("phase-boot-bin")
     # libsodium (bundled, static) is built once into the repo's build/ and reused by later sessions.
-    proc = subprocess.run(["make", "-s", "-C", str(CSRC_BOOT), f"O={out}", f"SODIUM_PREFIX={SODIUM_BOOT}",
-                           f"PYTHON={sys.executable}"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["make", "-s", "-C", str(CSRC_BOOT), f"O={out}", f"SODIUM_PREFIX={SODIUM_BOOT}", f"PYTHON={sys.executable}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
 
@@ -74,8 +78,12 @@ def boot_kit(tmp_path_factory: pytest.TempPathFactory) -> dict:
     d = tmp_path_factory.mktemp("boot-kit")
     identity, pub = keys.generate(d / "release.key")
     stage1 = d / "stage1.cpio.gz"
-    proc = subprocess.run([str(ROOT / "initramfs" / "build-stage1.sh"), "--pub", str(pub), "--out", str(stage1)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(ROOT / "initramfs" / "build-stage1.sh"), "--pub", str(pub), "--out", str(stage1)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     print(f"\n[figures] stage 1: {stage1.stat().st_size} bytes compressed")
     return {"dir": d, "key": identity, "pub": pub, "stage1": stage1, "kernel": kernel}
@@ -84,10 +92,9 @@ def boot_kit(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="session")
 def stage2(boot_kit: dict) -> Path:
     out = boot_kit["dir"] / "stage2.cpio.gz"
-    proc = subprocess.run([str(ROOT / "initramfs" / "build-stage2.sh"), "--out", str(out)], capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [str(ROOT / "initramfs" / "build-stage2.sh"), "--out", str(out)], capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr
     print(f"\n[figures] stage 2: {out.stat().st_size} bytes compressed")
     return out
-
-

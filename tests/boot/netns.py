@@ -77,21 +77,28 @@ class Netns:
         return self
 
     def links(self) -> list[str]:
-        out = subprocess.run([self.ip_bin, "-n", self.name, "-o", "link", "show"], capture_output=True, text=True,
-                             timeout=30, check=True).stdout
+        out = subprocess.run(
+            [self.ip_bin, "-n", self.name, "-o", "link", "show"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
         return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line]
 
     def routes(self) -> str:
-        return subprocess.run([self.ip_bin, "-n", self.name, "route", "show", "table", "all"], capture_output=True,
-                              text=True, timeout=30, check=True).stdout
+        return subprocess.run(
+            [self.ip_bin, "-n", self.name, "route", "show", "table", "all"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
 
     def close(self) -> None:
         for proc in reversed(self.procs):
             _stop(proc)
         if self._created:
             # Anything still inside was started through this namespace (children of ours): end it by pid.
-            pids = subprocess.run([self.ip_bin, "netns", "pids", self.name], capture_output=True, text=True,
-                                  timeout=30).stdout.split()
+            pids = subprocess.run(
+                [self.ip_bin, "netns", "pids", self.name], capture_output=True, text=True, timeout=30
+            ).stdout.split()
             for pid in pids:
                 try:
                     os.kill(int(pid), signal.SIGKILL)
@@ -117,13 +124,19 @@ class Netns:
         """Start ``cmd`` inside, stdout and stderr to ``workdir/log_name``; stopped by :meth:`close`."""
         log = open(self.workdir / log_name, "wb")
         self._logs.append(log)
-        proc = subprocess.Popen([*self.prefix(), *cmd], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(
+            [*self.prefix(), *cmd], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
         self.procs.append(proc)
         return proc
 
-    def run(self, cmd: Sequence[str], *, timeout: float, env: dict[str, str] | None = None,
-            ) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        cmd: Sequence[str],
+        *,
+        timeout: float,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*self.prefix(), *cmd], capture_output=True, text=True, timeout=timeout, env=env)
 
     def wait_log(self, proc: subprocess.Popen[bytes], log_name: str, needle: str, deadline: float) -> str:
@@ -144,9 +157,11 @@ class Netns:
         conf = self.workdir / "udhcpd.conf"
         leases = self.workdir / "udhcpd.leases"
         leases.touch()
-        conf.write_text(f"start {self.net}.10\nend {self.net}.50\ninterface {self.bridge}\n"
-                        f"lease_file {leases}\npidfile {self.workdir / 'udhcpd.pid'}\nmax_leases 40\n"
-                        f"opt subnet 255.255.255.0\nopt lease 3600\n")
+        conf.write_text(
+            f"start {self.net}.10\nend {self.net}.50\ninterface {self.bridge}\n"
+            f"lease_file {leases}\npidfile {self.workdir / 'udhcpd.pid'}\nmax_leases 40\n"
+            f"opt subnet 255.255.255.0\nopt lease 3600\n"
+        )
         proc = self.popen([busybox, "udhcpd", "-f", str(conf)], "udhcpd.log")
         self.wait_log(proc, "udhcpd.log", "started", 30)
         return proc

@@ -20,8 +20,9 @@ BOOT_DIR = Path("/boot")
 
 
 def kernel_image() -> Path:
-    kernels = sorted(BOOT_DIR.glob("vmlinuz-*"), key=lambda p: [int(x) if x.isdigit() else x for x in
-                                                                 re.split(r"(\d+)", p.name)])
+    kernels = sorted(
+        BOOT_DIR.glob("vmlinuz-*"), key=lambda p: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", p.name)]
+    )
     if not kernels:
         pytest.skip("no kernel in /boot (apt-get install linux-image-amd64)")
     if not os.access(kernels[-1], os.R_OK):
@@ -124,8 +125,9 @@ class Qemu:
         return BootResult(self.text, self.proc.returncode, time.monotonic() - self.start, dict(self.marks))
 
 
-def boot(args: list[str], *, deadline: float = 240.0, stop_on: str | None = None,
-         marks: tuple[str, ...] = ()) -> BootResult:
+def boot(
+    args: list[str], *, deadline: float = 240.0, stop_on: str | None = None, marks: tuple[str, ...] = ()
+) -> BootResult:
     """Run QEMU with ``args`` until it exits, ``stop_on`` appears (then it is killed) or ``deadline``.
 
     ``marks``: console substrings whose first appearance time (seconds since start) is recorded.

@@ -40,8 +40,9 @@ class SocksProxy:
         self.port = free_port()
         self.logfile = directory / f"microsocks-{self.port}.log"
         self._log = self.logfile.open("wb")
-        self.proc = subprocess.Popen([binary, "-i", bind, "-p", str(self.port)], stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [binary, "-i", bind, "-p", str(self.port)], stdout=self._log, stderr=subprocess.STDOUT
+        )
         _wait_listening(self.port, self.proc, "microsocks")
 
     def log(self) -> str:
@@ -70,9 +71,22 @@ class DnsServer:
         if binary is None:
             pytest.skip("dnsmasq not found (apt-get install dnsmasq-base)")
         self.port = free_port()
-        args = [binary, "--keep-in-foreground", f"--port={self.port}", "--listen-address=127.0.0.1",
-                "--bind-interfaces", "--no-resolv", "--no-hosts", "--no-poll", "--local=/phase.test/",
-                "--user=root", "--group=root", "--pid-file=", "--log-queries", "--log-facility=-"]
+        args = [
+            binary,
+            "--keep-in-foreground",
+            f"--port={self.port}",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--local=/phase.test/",
+            "--user=root",
+            "--group=root",
+            "--pid-file=",
+            "--log-queries",
+            "--log-facility=-",
+        ]
         args += [f"--address=/{name}/{ip}" for name, ip in records.items()]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _wait_listening(self.port, self.proc, "dnsmasq", udp=True)
@@ -92,4 +106,3 @@ class DnsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

@@ -27,8 +27,11 @@ def store(tmp_path: Path) -> tuple[Path, Artifact]:
     (tmp_path / "blob").write_bytes(DATA)
     s = ArtifactStore(tmp_path / "store")
     art = s.add_file(tmp_path / "blob")
-    s.write_manifest(sign_manifest(make_boot_manifest(art, art, "console=ttyS0", release=1, expires_at=2**40),
-                                   Identity.generate().signing_key))
+    s.write_manifest(
+        sign_manifest(
+            make_boot_manifest(art, art, "console=ttyS0", release=1, expires_at=2**40), Identity.generate().signing_key
+        )
+    )
     return tmp_path / "store", art
 
 
@@ -73,16 +76,29 @@ class OneShotServer:
 
 def answer(body: bytes):
     """A behaviour: a 200 response carrying ``body``."""
+
     def send(conn: socket.socket, req: bytes) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
     return send
 
 
 def _fetch(bin_dir: Path, art: Artifact, out: Path, *args: str, retries: int = 2):
     """phase-fetch of ``art``; ``args`` are further options, then the source URLs."""
     timeout = () if "--timeout" in args else ("--timeout", "5")
-    return run_tool(bin_dir / "phase-fetch", "--hash", art.hash, "--size", str(art.size), "--out", out,
-                    "--retries", str(retries), *timeout, *args)
+    return run_tool(
+        bin_dir / "phase-fetch",
+        "--hash",
+        art.hash,
+        "--size",
+        str(art.size),
+        "--out",
+        out,
+        "--retries",
+        str(retries),
+        *timeout,
+        *args,
+    )
 
 
 def test_fetch_falls_back_past_a_dead_source(phase_boot_bin: Path, store, tmp_path: Path) -> None:
@@ -103,8 +119,11 @@ def test_fetch_resumes_after_a_cut_connection(phase_boot_bin: Path, store, tmp_p
 
     def resume(conn: socket.socket, req: bytes) -> None:
         assert b"Range: bytes=100000-" in req
-        conn.sendall(b"HTTP/1.1 206 Partial Content\r\nContent-Length: %d\r\nContent-Range: bytes 100000-%d/%d\r\n\r\n"
-                     % (len(DATA) - 100_000, len(DATA) - 1, len(DATA)) + DATA[100_000:])
+        conn.sendall(
+            b"HTTP/1.1 206 Partial Content\r\nContent-Length: %d\r\nContent-Range: bytes 100000-%d/%d\r\n\r\n"
+            % (len(DATA) - 100_000, len(DATA) - 1, len(DATA))
+            + DATA[100_000:]
+        )
 
     srv = OneShotServer([cut, resume])
     try:
@@ -177,8 +196,15 @@ def test_fetch_manifest_and_errors(phase_boot_bin: Path, store, tmp_path: Path) 
         assert r.returncode == 1 and "HTTP 404" in r.stderr
     r = run_tool(phase_boot_bin / "phase-fetch", "--manifest", "--out", tmp_path / "m", "http://bad_host!:80")
     assert r.returncode == 1 and "neither an IP address nor a DNS name" in r.stderr
-    r = run_tool(phase_boot_bin / "phase-fetch", "--manifest", "--out", tmp_path / "m", "--socks", "proxy.example:9050",
-                 "http://127.0.0.1:1")
+    r = run_tool(
+        phase_boot_bin / "phase-fetch",
+        "--manifest",
+        "--out",
+        tmp_path / "m",
+        "--socks",
+        "proxy.example:9050",
+        "http://127.0.0.1:1",
+    )
     assert r.returncode == 2 and "want IP:PORT" in r.stderr
     r = run_tool(phase_boot_bin / "phase-fetch", "--out", tmp_path / "m", "http://127.0.0.1:1")
     assert r.returncode == 2 and "usage" in r.stderr
@@ -188,8 +214,9 @@ def test_fetch_through_a_socks_proxy_names_resolved_by_the_proxy(phase_boot_bin:
     """``--socks``: the source's name goes to the proxy (SOCKS5 domain address), as Tor needs for .onion."""
     root, art = store
     with SocksProxy(tmp_path) as proxy, ArtifactServer(root) as s:
-        r = _fetch(phase_boot_bin, art, tmp_path / "out", "--socks", f"127.0.0.1:{proxy.port}",
-                   f"http://localhost:{s.port}")
+        r = _fetch(
+            phase_boot_bin, art, tmp_path / "out", "--socks", f"127.0.0.1:{proxy.port}", f"http://localhost:{s.port}"
+        )
         log = proxy.log()
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out").read_bytes() == DATA
@@ -205,8 +232,15 @@ def test_fetch_with_a_dead_proxy_never_connects_directly(phase_boot_bin: Path, s
 
     srv = OneShotServer([serve])
     try:
-        r = _fetch(phase_boot_bin, art, tmp_path / "out", "--socks", f"127.0.0.1:{free_port()}",
-                   f"http://127.0.0.1:{srv.port}", retries=2)
+        r = _fetch(
+            phase_boot_bin,
+            art,
+            tmp_path / "out",
+            "--socks",
+            f"127.0.0.1:{free_port()}",
+            f"http://127.0.0.1:{srv.port}",
+            retries=2,
+        )
     finally:
         srv.close()
     assert r.returncode == 1
@@ -218,8 +252,15 @@ def test_fetch_reports_proxy_refusals(phase_boot_bin: Path, store, tmp_path: Pat
     """The proxy's CONNECT reply code is named; a port that is not a SOCKS5 proxy is told apart."""
     _, art = store
     with SocksProxy(tmp_path) as proxy:
-        r = _fetch(phase_boot_bin, art, tmp_path / "out", "--socks", f"127.0.0.1:{proxy.port}",
-                   f"http://127.0.0.1:{free_port()}", retries=1)
+        r = _fetch(
+            phase_boot_bin,
+            art,
+            tmp_path / "out",
+            "--socks",
+            f"127.0.0.1:{proxy.port}",
+            f"http://127.0.0.1:{free_port()}",
+            retries=1,
+        )
     assert r.returncode == 1
     assert f"proxy 127.0.0.1:{proxy.port}: CONNECT 127.0.0.1:" in r.stderr, r.stderr
 
@@ -236,8 +277,15 @@ def test_fetch_reports_proxy_refusals(phase_boot_bin: Path, store, tmp_path: Pat
     t = threading.Thread(target=answer, daemon=True)
     t.start()
     try:
-        r = _fetch(phase_boot_bin, art, tmp_path / "out", "--socks", f"127.0.0.1:{not_socks.getsockname()[1]}",
-                   "http://127.0.0.1:1", retries=1)
+        r = _fetch(
+            phase_boot_bin,
+            art,
+            tmp_path / "out",
+            "--socks",
+            f"127.0.0.1:{not_socks.getsockname()[1]}",
+            "http://127.0.0.1:1",
+            retries=1,
+        )
     finally:
         t.join(10)
         not_socks.close()
@@ -249,8 +297,15 @@ def test_fetch_resolves_names_with_dns(phase_boot_bin: Path, store, tmp_path: Pa
     root, art = store
     with DnsServer({"artifacts.phase.test": "127.0.0.1"}) as dns, ArtifactServer(root) as s:
         dead = f"http://missing.phase.test:{s.port}"
-        r = _fetch(phase_boot_bin, art, tmp_path / "out", "--dns", f"127.0.0.1:{dns.port}", dead,
-                   f"http://artifacts.phase.test:{s.port}")
+        r = _fetch(
+            phase_boot_bin,
+            art,
+            tmp_path / "out",
+            "--dns",
+            f"127.0.0.1:{dns.port}",
+            dead,
+            f"http://artifacts.phase.test:{s.port}",
+        )
         log = dns.close()
     assert r.returncode == 0, r.stderr
     assert "DNS: name 'missing.phase.test' not found" in r.stderr
@@ -266,7 +321,7 @@ def test_fetch_drops_a_trickling_source(phase_boot_bin: Path, store, tmp_path: P
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(DATA))
         try:
             for i in range(0, 40_000, 2000):
-                conn.sendall(DATA[i:i + 2000])
+                conn.sendall(DATA[i : i + 2000])
                 time.sleep(0.1)
         except OSError:
             pass
@@ -282,8 +337,20 @@ def test_fetch_drops_a_trickling_source(phase_boot_bin: Path, store, tmp_path: P
     srv, srv2 = OneShotServer([trickle]), OneShotServer([slow_headers])
     try:
         with ArtifactServer(root) as s:
-            r = _fetch(phase_boot_bin, art, tmp_path / "out", "--min-rate", "100000", "--rate-window", "1",
-                       "--timeout", "2", f"http://127.0.0.1:{srv.port}", f"http://127.0.0.1:{srv2.port}", s.url)
+            r = _fetch(
+                phase_boot_bin,
+                art,
+                tmp_path / "out",
+                "--min-rate",
+                "100000",
+                "--rate-window",
+                "1",
+                "--timeout",
+                "2",
+                f"http://127.0.0.1:{srv.port}",
+                f"http://127.0.0.1:{srv2.port}",
+                s.url,
+            )
     finally:
         srv.close()
         srv2.close()
@@ -348,9 +415,23 @@ def test_serve_mdns_is_found_by_discover_on_loopback(phase_boot_bin: Path, store
     pytest.importorskip("zeroconf")
     root, _ = store
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pyphase.boot", "serve", str(root), "--listen",
-                             f"127.0.0.1:{port}", "--quiet", "--mdns", "--mdns-interfaces", "127.0.0.1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pyphase.boot",
+            "serve",
+            str(root),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--quiet",
+            "--mdns",
+            "--mdns-interfaces",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         assert proc.stdout is not None
         sel = selectors.DefaultSelector()
@@ -421,16 +502,31 @@ def test_fetch_survives_hostile_proxy_replies(phase_boot_bin: Path, store, tmp_p
 
     _, art = store
     proxy = _HostileProxy()
-    replies = st.one_of(st.binary(max_size=40),
-                        st.builds(lambda rep, atyp, tail: bytes([5, rep, 0, atyp]) + tail,
-                                  st.integers(0, 255), st.sampled_from([1, 3, 4, 0, 9]), st.binary(max_size=300)))
+    replies = st.one_of(
+        st.binary(max_size=40),
+        st.builds(
+            lambda rep, atyp, tail: bytes([5, rep, 0, atyp]) + tail,
+            st.integers(0, 255),
+            st.sampled_from([1, 3, 4, 0, 9]),
+            st.binary(max_size=300),
+        ),
+    )
 
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
     @given(greeting=st.one_of(st.just(b"\x05\x00"), st.binary(max_size=4)), reply=replies)
     def check(greeting: bytes, reply: bytes) -> None:
         proxy.greeting, proxy.reply = greeting, reply
-        r = _fetch(phase_boot_bin, art, tmp_path / "out", "--socks", f"127.0.0.1:{proxy.port}", "--timeout", "2",
-                   "http://127.0.0.1:9", retries=1)
+        r = _fetch(
+            phase_boot_bin,
+            art,
+            tmp_path / "out",
+            "--socks",
+            f"127.0.0.1:{proxy.port}",
+            "--timeout",
+            "2",
+            "http://127.0.0.1:9",
+            retries=1,
+        )
         assert r.returncode == 1, (greeting, reply, r.returncode, r.stderr)
         assert "phase-fetch: every source failed; last: " in r.stderr
         assert not (tmp_path / "out").exists()

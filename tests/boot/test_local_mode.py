@@ -26,7 +26,7 @@ from .netns import Netns
 from .qemu import Qemu
 from .test_qemu import ADDRESS_RE, ECHO_WAT, dummy_artifacts, publish
 
-PORT = 18080          # the artifact server's port inside the namespace (announced by SRV, never a default)
+PORT = 18080  # the artifact server's port inside the namespace (announced by SRV, never a default)
 NODE_PORT = 7000
 TEXT = "hello over mDNS"
 
@@ -48,8 +48,22 @@ def _phase(ns: Netns, env: dict[str, str], *args: str, timeout: float) -> tuple[
 
 def _serve(ns: Netns, store: Path, env: dict[str, str]) -> None:
     """`phase boot serve --mdns` on the bridge's address, announced there only; returns once announced."""
-    proc = ns.popen([sys.executable, "-m", "pyphase.boot", "serve", str(store), "--listen", f"{ns.host}:{PORT}",
-                     "--mdns", "--mdns-interfaces", ns.host], "serve.log", env=env)
+    proc = ns.popen(
+        [
+            sys.executable,
+            "-m",
+            "pyphase.boot",
+            "serve",
+            str(store),
+            "--listen",
+            f"{ns.host}:{PORT}",
+            "--mdns",
+            "--mdns-interfaces",
+            ns.host,
+        ],
+        "serve.log",
+        env=env,
+    )
     ns.wait_log(proc, "serve.log", "announced as", 60)
 
 
@@ -71,12 +85,13 @@ def test_local_discover_without_a_default_route(phase_boot_bin: Path, netns: Net
 
 
 @pytest.mark.boot
-def test_local_mode_finds_source_and_node_over_mdns(boot_kit: dict, stage2: Path, netns: Netns, tmp_path: Path,
-                                                   wat) -> None:
+def test_local_mode_finds_source_and_node_over_mdns(
+    boot_kit: dict, stage2: Path, netns: Netns, tmp_path: Path, wat
+) -> None:
     pytest.importorskip("zeroconf")
     if importlib.util.find_spec("pyphase.daemon") is None:
         pytest.skip("this pyphase has no plasmd (pyphase.daemon)")
-    assert "default" not in netns.routes(), netns.routes()   # a LAN with no way out
+    assert "default" not in netns.routes(), netns.routes()  # a LAN with no way out
     publish(tmp_path / "store", boot_kit["key"], boot_kit["kernel"], stage2, cmdline="console=ttyS0 panic=-1 quiet")
     (tmp_path / "echo.wasm").write_bytes(wat(ECHO_WAT))
     env = {**os.environ, "PHASE_MDNS_INTERFACES": netns.host, "PHASE_HOME": str(tmp_path / "home")}
@@ -86,21 +101,47 @@ def test_local_mode_finds_source_and_node_over_mdns(boot_kit: dict, stage2: Path
 
     source = f"http://{netns.host}:{PORT}"
     up = "PHASE-NODE: announced on the LAN"
-    marks = ("PHASE-BOOT: stage 1 up", "PHASE-BOOT: network up", f"PHASE-BOOT: sources: {source}",
-             "PHASE-BOOT: signature ok", "PHASE-BOOT: verified", "PHASE-BOOT: kexec loaded",
-             "PHASE-NODE: stage 2 up", "PHASE-NODE: network up", "PHASE-NODE: plasmd running", up)
-    args = ["-m", "1024", "-smp", "1", "-kernel", str(boot_kit["kernel"]), "-initrd", str(boot_kit["stage1"]),
-            "-append", "console=ttyS0 panic=-1 quiet phase.onfail=poweroff phase.mode=local",
-            "-netdev", f"tap,id=n0,ifname={netns.tap},script=no,downscript=no",
-            "-device", "virtio-net-pci,netdev=n0"]
+    marks = (
+        "PHASE-BOOT: stage 1 up",
+        "PHASE-BOOT: network up",
+        f"PHASE-BOOT: sources: {source}",
+        "PHASE-BOOT: signature ok",
+        "PHASE-BOOT: verified",
+        "PHASE-BOOT: kexec loaded",
+        "PHASE-NODE: stage 2 up",
+        "PHASE-NODE: network up",
+        "PHASE-NODE: plasmd running",
+        up,
+    )
+    args = [
+        "-m",
+        "1024",
+        "-smp",
+        "1",
+        "-kernel",
+        str(boot_kit["kernel"]),
+        "-initrd",
+        str(boot_kit["stage1"]),
+        "-append",
+        "console=ttyS0 panic=-1 quiet phase.onfail=poweroff phase.mode=local",
+        "-netdev",
+        f"tap,id=n0,ifname={netns.tap},script=no,downscript=no",
+        "-device",
+        "virtio-net-pci,netdev=n0",
+    ]
     q = Qemu(args, marks, prefix=netns.prefix())
     peers: list[dict] = []
     peers_err = ""
     submitted: dict = {}
     host_marks: dict[str, float] = {}
     try:
-        end = q.wait_for_match(re.compile(rf"{up}.*\n|PHASE-NODE: not announced.*\n|PHASE-BOOT FAIL.*\n"
-                                          r"|PHASE-NODE FAIL.*\n"), 480)
+        end = q.wait_for_match(
+            re.compile(
+                rf"{up}.*\n|PHASE-NODE: not announced.*\n|PHASE-BOOT FAIL.*\n"
+                r"|PHASE-NODE FAIL.*\n"
+            ),
+            480,
+        )
         assert end and end.group(0).startswith(up), q.text[-3000:]
         node = ADDRESS_RE.search(q.text)
         assert node, q.text[-3000:]
@@ -113,8 +154,9 @@ def test_local_mode_finds_source_and_node_over_mdns(boot_kit: dict, stage2: Path
         # --discover-timeout; a few rounds in case a loaded host drops the first answers).
         t0 = time.monotonic()
         for _ in range(12):
-            code, out, err = _phase(netns, env, "peers", "--discover-timeout", "5", "--wait", "60", "--json",
-                                    timeout=180)
+            code, out, err = _phase(
+                netns, env, "peers", "--discover-timeout", "5", "--wait", "60", "--json", timeout=180
+            )
             peers = json.loads(out) if code == 0 and out.strip() else []
             peers_err = err
             if any(p["address"].startswith(peer_id) for p in peers):
@@ -123,8 +165,20 @@ def test_local_mode_finds_source_and_node_over_mdns(boot_kit: dict, stage2: Path
 
         # A job for "any node on the LAN": no --peer, the client finds it by mDNS itself.
         t0 = time.monotonic()
-        code, out, err = _phase(netns, env, "submit", str(tmp_path / "echo.wasm"), "--input", TEXT,
-                                "--discover-timeout", "15", "--timeout", "60s", "--json", timeout=600)
+        code, out, err = _phase(
+            netns,
+            env,
+            "submit",
+            str(tmp_path / "echo.wasm"),
+            "--input",
+            TEXT,
+            "--discover-timeout",
+            "15",
+            "--timeout",
+            "60s",
+            "--json",
+            timeout=600,
+        )
         assert code == 0, (code, out, err, q.text[-2000:])
         submitted = json.loads(out)
         host_marks["phase submit done"] = time.monotonic() - t0
@@ -152,7 +206,10 @@ def test_local_mode_finds_source_and_node_over_mdns(boot_kit: dict, stage2: Path
     assert submitted["status"] == "ok" and submitted["stdout"] == TEXT, submitted
     assert submitted["peer"] == peer_id and submitted["receipt"]["node"]["peer_id"] == peer_id, submitted
 
-    print(f"\n[figures] local mode, QEMU start -> marks (s): "
-          f"{json.dumps({k: round(v, 1) for k, v in r.marks.items()})}")
-    print(f"[figures] local mode, host side after plasmd is up (s): "
-          f"{json.dumps({k: round(v, 1) for k, v in host_marks.items()})}")
+    print(
+        f"\n[figures] local mode, QEMU start -> marks (s): {json.dumps({k: round(v, 1) for k, v in r.marks.items()})}"
+    )
+    print(
+        f"[figures] local mode, host side after plasmd is up (s): "
+        f"{json.dumps({k: round(v, 1) for k, v in host_marks.items()})}"
+    )

@@ -29,8 +29,14 @@ INITRD = Artifact("sha256:" + "cd" * 32, 5678)
 
 
 def _doc(**over: object) -> dict:
-    doc = make_boot_manifest(KERNEL, INITRD, "console=ttyS0 panic=-1", release=3,
-                        expires_at=int(time.time()) + 3600, created_at=int(time.time()))
+    doc = make_boot_manifest(
+        KERNEL,
+        INITRD,
+        "console=ttyS0 panic=-1",
+        release=3,
+        expires_at=int(time.time()) + 3600,
+        created_at=int(time.time()),
+    )
     doc.update(over)
     return doc
 
@@ -43,11 +49,17 @@ def test_sign_and_verify_roundtrip() -> None:
     assert m.cmdline == "console=ttyS0 panic=-1"
 
 
-@pytest.mark.parametrize("field,value", [
-    ("release", 4), ("cmdline", "console=ttyS0 init=/bin/sh"), ("expires_at", 2**40),
-    ("kernel", {"hash": "sha256:" + "00" * 32, "size": 1234}), ("initramfs", {"hash": INITRD.hash, "size": 5679}),
-    ("arch", "aarch64"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("release", 4),
+        ("cmdline", "console=ttyS0 init=/bin/sh"),
+        ("expires_at", 2**40),
+        ("kernel", {"hash": "sha256:" + "00" * 32, "size": 1234}),
+        ("initramfs", {"hash": INITRD.hash, "size": 5679}),
+        ("arch", "aarch64"),
+    ],
+)
 def test_any_tampered_field_is_refused(field: str, value: object) -> None:
     key = Identity.generate()
     signed = sign_manifest(_doc(), key.signing_key)
@@ -74,18 +86,21 @@ def test_expired_and_rollback() -> None:
     assert verify_manifest(fresh, key.public_key, min_release=3).release == 3
 
 
-@pytest.mark.parametrize("over,match", [
-    ({"extra": 1}, "unknown field"),
-    ({"cmdline": "a\nb"}, "printable ASCII"),
-    ({"cmdline": "x" * 2000}, "longer"),
-    ({"kernel": {"hash": "sha256:" + "AB" * 32, "size": 1}}, "lower-case"),
-    ({"kernel": {"hash": KERNEL.hash, "size": 0}}, "size"),
-    ({"kernel": {"hash": KERNEL.hash, "size": True}}, "size"),
-    ({"version": 2}, "version"),
-    ({"type": "other"}, "type"),
-    ({"release": -1}, "release"),
-    ({"expires_at": 0}, "after"),
-])
+@pytest.mark.parametrize(
+    "over,match",
+    [
+        ({"extra": 1}, "unknown field"),
+        ({"cmdline": "a\nb"}, "printable ASCII"),
+        ({"cmdline": "x" * 2000}, "longer"),
+        ({"kernel": {"hash": "sha256:" + "AB" * 32, "size": 1}}, "lower-case"),
+        ({"kernel": {"hash": KERNEL.hash, "size": 0}}, "size"),
+        ({"kernel": {"hash": KERNEL.hash, "size": True}}, "size"),
+        ({"version": 2}, "version"),
+        ({"type": "other"}, "type"),
+        ({"release": -1}, "release"),
+        ({"expires_at": 0}, "after"),
+    ],
+)
 def test_schema_is_closed(over: dict, match: str) -> None:
     with pytest.raises(BootManifestError, match=match):
         parse_manifest(_doc(**over))

@@ -47,14 +47,33 @@ def test_plasmd_serves_its_boot_store_and_announces_it(phase_boot_bin: Path, tmp
     (tmp_path / "blob").write_bytes(DATA)
     store = ArtifactStore(tmp_path / "store")
     art = store.add_file(tmp_path / "blob")
-    store.write_manifest(sign_manifest(make_boot_manifest(art, art, "console=ttyS0", release=1, expires_at=2**40),
-                                       Identity.generate().signing_key))
+    store.write_manifest(
+        sign_manifest(
+            make_boot_manifest(art, art, "console=ttyS0", release=1, expires_at=2**40), Identity.generate().signing_key
+        )
+    )
     log = tmp_path / "plasmd.log"
     with log.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "pyphase.daemon", "--listen", "127.0.0.1:0", "--data-dir",
-                                 str(tmp_path / "node"), "--no-sandbox", "--mdns-interfaces", "127.0.0.1",
-                                 "--boot-store", str(tmp_path / "store"), "--boot-listen", "127.0.0.1:0"],
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pyphase.daemon",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                str(tmp_path / "node"),
+                "--no-sandbox",
+                "--mdns-interfaces",
+                "127.0.0.1",
+                "--boot-store",
+                str(tmp_path / "store"),
+                "--boot-listen",
+                "127.0.0.1:0",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
         serving = _wait_event(log, "boot_serving", proc)
         url = serving["url"]
@@ -64,8 +83,9 @@ def test_plasmd_serves_its_boot_store_and_announces_it(phase_boot_bin: Path, tmp
         req = urllib.request.Request(f"{url}/sha256/{art.hex}", headers={"Range": "bytes=1000-"})
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status == 206 and r.read() == DATA[1000:]
-        fetched = run_tool(phase_boot_bin / "phase-fetch", "--hash", art.hash, "--size", str(art.size),
-                           "--out", tmp_path / "got", url)
+        fetched = run_tool(
+            phase_boot_bin / "phase-fetch", "--hash", art.hash, "--size", str(art.size), "--out", tmp_path / "got", url
+        )
         assert fetched.returncode == 0, fetched.stderr
         assert (tmp_path / "got").read_bytes() == DATA
         _wait_event(log, "boot_announced", proc)
@@ -78,17 +98,54 @@ def test_plasmd_serves_its_boot_store_and_announces_it(phase_boot_bin: Path, tmp
 
 
 def test_plasmd_refuses_a_boot_store_that_is_not_a_directory(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "pyphase.daemon", "--listen", "127.0.0.1:0", "--data-dir",
-                          str(tmp_path / "node"), "--no-sandbox", "--no-mdns", "--boot-store", str(tmp_path / "nope")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyphase.daemon",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(tmp_path / "node"),
+            "--no-sandbox",
+            "--no-mdns",
+            "--boot-store",
+            str(tmp_path / "nope"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1, out.stderr
     assert "boot_store" in out.stderr and "is not a directory" in out.stderr
 
 
-@pytest.mark.parametrize("listen, code, message", [("127.0.0.1:99999", 2, "not HOST:PORT"),
-                                                    ("192.0.2.1:8080", 1, "cannot serve the boot store on 192.0.2.1:8080: Cannot assign")])
+@pytest.mark.parametrize(
+    "listen, code, message",
+    [
+        ("127.0.0.1:99999", 2, "not HOST:PORT"),
+        ("192.0.2.1:8080", 1, "cannot serve the boot store on 192.0.2.1:8080: Cannot assign"),
+    ],
+)
 def test_plasmd_refuses_a_bad_boot_listen(tmp_path: Path, listen: str, code: int, message: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "pyphase.daemon", "--listen", "127.0.0.1:0", "--data-dir",
-                          str(tmp_path / "node"), "--no-sandbox", "--no-mdns", "--boot-store", str(tmp_path),
-                          "--boot-listen", listen], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyphase.daemon",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(tmp_path / "node"),
+            "--no-sandbox",
+            "--no-mdns",
+            "--boot-store",
+            str(tmp_path),
+            "--boot-listen",
+            listen,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == code and "plasmd: " in out.stderr and message in out.stderr, out.stderr

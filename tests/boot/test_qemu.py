@@ -31,13 +31,23 @@ NODE_CMDLINE = "console=ttyS0 panic=-1 quiet phase.node.poweroff=1"
 HOST = "10.0.2.2"
 
 
-def publish(store_dir: Path, key: Identity, kernel: Path, initramfs: Path, *, cmdline: str = NODE_CMDLINE,
-            created_at: int | None = None, expires_at: int | None = None, release: int = 1) -> dict:
+def publish(
+    store_dir: Path,
+    key: Identity,
+    kernel: Path,
+    initramfs: Path,
+    *,
+    cmdline: str = NODE_CMDLINE,
+    created_at: int | None = None,
+    expires_at: int | None = None,
+    release: int = 1,
+) -> dict:
     store = ArtifactStore(store_dir)
     k, i = store.add_file(kernel), store.add_file(initramfs)
     now = int(time.time())
-    doc = make_boot_manifest(k, i, cmdline, release=release, created_at=created_at or now,
-                        expires_at=expires_at or now + 3600)
+    doc = make_boot_manifest(
+        k, i, cmdline, release=release, created_at=created_at or now, expires_at=expires_at or now + 3600
+    )
     signed = sign_manifest(doc, key.signing_key)
     store.write_manifest(signed)
     return signed
@@ -45,8 +55,19 @@ def publish(store_dir: Path, key: Identity, kernel: Path, initramfs: Path, *, cm
 
 def qemu_args(kit: dict, append: str, *, nic: bool = True, memory: str = "512") -> list[str]:
     net = ["-nic", "user,model=virtio-net-pci"] if nic else ["-nic", "none"]
-    return ["-m", memory, "-smp", "1", "-kernel", str(kit["kernel"]), "-initrd", str(kit["stage1"]),
-            "-append", f"{STAGE1_APPEND} {append}", *net]
+    return [
+        "-m",
+        memory,
+        "-smp",
+        "1",
+        "-kernel",
+        str(kit["kernel"]),
+        "-initrd",
+        str(kit["stage1"]),
+        "-append",
+        f"{STAGE1_APPEND} {append}",
+        *net,
+    ]
 
 
 def dummy_artifacts(d: Path) -> tuple[Path, Path]:
@@ -77,16 +98,23 @@ ECHO_WAT = """
 ADDRESS_RE = re.compile(r"PHASE-NODE: plasmd running \(pid \d+\) at (\S+)@(\S+):(\d+)\n")
 
 
-def test_happy_path_falls_back_to_live_source_and_reaches_stage2(boot_kit: dict, stage2: Path, tmp_path: Path,
-                                                                 request: pytest.FixtureRequest) -> None:
+def test_happy_path_falls_back_to_live_source_and_reaches_stage2(
+    boot_kit: dict, stage2: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """Stage 1 -> dead source -> live source -> verify -> kexec -> stage 2 -> plasmd answers a job."""
     daemon = importlib.util.find_spec("pyphase.daemon") is not None
     cmdline = "console=ttyS0 panic=-1 quiet" + ("" if daemon else " phase.node.poweroff=1")
     publish(tmp_path / "store", boot_kit["key"], boot_kit["kernel"], stage2, cmdline=cmdline)
     dead, fwd = free_port(), free_port()
     up = "PHASE-NODE: plasmd running" if daemon else "PHASE-NODE: python ok"
-    marks = ("PHASE-BOOT: stage 1 up", "PHASE-BOOT: signature ok", "PHASE-BOOT: verified",
-             "PHASE-BOOT: kexec loaded", "PHASE-NODE: stage 2 up", up)
+    marks = (
+        "PHASE-BOOT: stage 1 up",
+        "PHASE-BOOT: signature ok",
+        "PHASE-BOOT: verified",
+        "PHASE-BOOT: kexec loaded",
+        "PHASE-NODE: stage 2 up",
+        up,
+    )
     with ArtifactServer(tmp_path / "store") as server:
         seeds = f"http://{HOST}:{dead},http://{HOST}:{server.port}"
         args = qemu_args(boot_kit, f"phase.seeds={seeds}", memory="1024")
@@ -179,8 +207,9 @@ def test_artifact_hash_mismatch_is_refused(boot_kit: dict, tmp_path: Path) -> No
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        r = boot(qemu_args(boot_kit, f"phase.rounds=1 phase.seeds=http://{HOST}:{httpd.server_address[1]}"),
-                 deadline=180)
+        r = boot(
+            qemu_args(boot_kit, f"phase.rounds=1 phase.seeds=http://{HOST}:{httpd.server_address[1]}"), deadline=180
+        )
     finally:
         httpd.shutdown()
         httpd.server_close()

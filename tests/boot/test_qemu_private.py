@@ -48,8 +48,13 @@ class CountingServer:
 
 def test_private_mode_fetches_only_through_the_socks_proxy(boot_kit: dict, stage2: Path, tmp_path: Path) -> None:
     """Private + phase.socks: manifest, kernel and node image come through the proxy; stage 2 gets the proxy."""
-    publish(tmp_path / "store", boot_kit["key"], boot_kit["kernel"], stage2,
-            cmdline="console=ttyS0 panic=-1 quiet phase.node.poweroff=1")
+    publish(
+        tmp_path / "store",
+        boot_kit["key"],
+        boot_kit["kernel"],
+        stage2,
+        cmdline="console=ttyS0 panic=-1 quiet phase.node.poweroff=1",
+    )
     up = "PHASE-NODE: outgoing connections through the SOCKS proxy"
     with SocksProxy(tmp_path) as proxy, ArtifactServer(tmp_path / "store") as server:
         append = f"phase.mode=private phase.socks={HOST}:{proxy.port} phase.seeds=http://localhost:{server.port}"
@@ -57,7 +62,7 @@ def test_private_mode_fetches_only_through_the_socks_proxy(boot_kit: dict, stage
         log = proxy.log()
     assert f"every fetch goes through the SOCKS proxy {HOST}:{proxy.port}" in r, r.tail()
     assert "PHASE-BOOT: signature ok" in r and "PHASE-BOOT: verified" in r, r.tail()
-    assert f"phase.mode=private phase.socks={HOST}:{proxy.port}\"" in r, r.tail()  # passed on to stage 2
+    assert f'phase.mode=private phase.socks={HOST}:{proxy.port}"' in r, r.tail()  # passed on to stage 2
     assert "PHASE-NODE: private mode: no disk touched, ephemeral identity" in r, r.tail()
     assert f"{up} {HOST}:{proxy.port}" in r and "PHASE-BOOT FAIL" not in r, r.tail()
     # manifest, kernel, initramfs: each one CONNECT of the proxy to the name only it can resolve
@@ -68,8 +73,10 @@ def test_private_mode_with_the_proxy_down_never_connects_directly(boot_kit: dict
     """Fail closed: the source is reachable directly, but with the proxy down nothing is fetched."""
     direct = CountingServer()
     try:
-        append = (f"phase.mode=private phase.rounds=1 phase.socks={HOST}:{free_port()} "
-                  f"phase.seeds=http://{HOST}:{direct.port}")
+        append = (
+            f"phase.mode=private phase.rounds=1 phase.socks={HOST}:{free_port()} "
+            f"phase.seeds=http://{HOST}:{direct.port}"
+        )
         r = boot(qemu_args(boot_kit, append), deadline=240)
     finally:
         direct.close()
@@ -83,8 +90,10 @@ def test_sources_by_dns_name(boot_kit: dict, tmp_path: Path) -> None:
     k, i = dummy_artifacts(tmp_path / "a")
     publish(tmp_path / "store", boot_kit["key"], k, i)
     with DnsServer({"artifacts.phase.test": HOST}) as dns, ArtifactServer(tmp_path / "store") as server:
-        append = (f"phase.rounds=1 phase.dns={HOST}:{dns.port} "
-                  f"phase.seeds=http://missing.phase.test:{server.port},http://artifacts.phase.test:{server.port}")
+        append = (
+            f"phase.rounds=1 phase.dns={HOST}:{dns.port} "
+            f"phase.seeds=http://missing.phase.test:{server.port},http://artifacts.phase.test:{server.port}"
+        )
         r = boot(qemu_args(boot_kit, append), deadline=240)
         queries = dns.close()
     assert "DNS: name 'missing.phase.test' not found" in r, r.tail()

@@ -30,8 +30,12 @@ def store(tmp_path: Path) -> tuple[Path, Artifact]:
     s = ArtifactStore(tmp_path / "store")
     art = s.add_file(blob)
     other = s.add_file(_write(tmp_path / "k", b"kernel"))
-    s.write_manifest(sign_manifest(make_boot_manifest(other, art, "console=ttyS0", release=1,
-                                                 expires_at=int(time.time()) + 60), Identity.generate().signing_key))
+    s.write_manifest(
+        sign_manifest(
+            make_boot_manifest(other, art, "console=ttyS0", release=1, expires_at=int(time.time()) + 60),
+            Identity.generate().signing_key,
+        )
+    )
     return tmp_path / "store", art
 
 
@@ -61,9 +65,15 @@ def test_get_head_and_manifest(store) -> None:
         assert status == 200 and b"phase-boot-manifest" in body and h["cache-control"] == "no-cache"
 
 
-@pytest.mark.parametrize("rng,start,end", [("bytes=0-99", 0, 100), ("bytes=100-", 100, len(DATA)),
-                                           ("bytes=-10", len(DATA) - 10, len(DATA)),
-                                           ("bytes=50-999999", 50, len(DATA))])
+@pytest.mark.parametrize(
+    "rng,start,end",
+    [
+        ("bytes=0-99", 0, 100),
+        ("bytes=100-", 100, len(DATA)),
+        ("bytes=-10", len(DATA) - 10, len(DATA)),
+        ("bytes=50-999999", 50, len(DATA)),
+    ],
+)
 def test_ranges(store, rng: str, start: int, end: int) -> None:
     root, art = store
     with ArtifactServer(root) as s:
@@ -81,8 +91,18 @@ def test_unsatisfiable_and_odd_ranges(store) -> None:
         assert status == 200 and body == DATA  # multiple ranges: the whole body is a valid answer
 
 
-@pytest.mark.parametrize("path", ["/", "/sha256/", "/sha256/" + "0" * 64, "/sha256/../boot/manifest.json",
-                                  "/sha256/" + "A" * 64, "/store/boot/manifest.json", "/" + "x" * 300])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/sha256/",
+        "/sha256/" + "0" * 64,
+        "/sha256/../boot/manifest.json",
+        "/sha256/" + "A" * 64,
+        "/store/boot/manifest.json",
+        "/" + "x" * 300,
+    ],
+)
 def test_unknown_paths_are_404(store, path: str) -> None:
     root, _ = store
     with ArtifactServer(root) as s:
@@ -112,7 +132,7 @@ def test_connection_limit(store) -> None:
     root, art = store
     with ArtifactServer(root, max_connections=1) as s:
         with socket.create_connection(("127.0.0.1", s.port), timeout=10) as held:
-            held.sendall(b"GET /boot/manifest.json HTTP/1.1\r\n")     # holds the one slot
+            held.sendall(b"GET /boot/manifest.json HTTP/1.1\r\n")  # holds the one slot
             time.sleep(0.2)
             status, h, _ = _get(s.port, f"/sha256/{art.hex}")
             assert status == 503 and h["retry-after"] == "1"
@@ -129,11 +149,16 @@ def test_idle_connections_time_out(store) -> None:
 
 
 def test_cli_serve_help_and_errors(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "pyphase.boot", "serve", "--help"], capture_output=True, text=True,
-                       cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "pyphase.boot", "serve", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
     assert r.returncode == 0 and "range requests" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "pyphase.boot", "serve", str(tmp_path / "nope")], capture_output=True,
-                       text=True, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "pyphase.boot", "serve", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 1 and "is not a directory" in r.stderr
 
 
@@ -145,21 +170,60 @@ def test_cli_keygen_sign_verify(tmp_path: Path) -> None:
     assert run("keygen", "--out", str(tmp_path / "rk")).returncode == 1  # never overwrites silently
     k = _write(tmp_path / "k", b"K" * 10)
     i = _write(tmp_path / "i", b"I" * 10)
-    r = run("sign", "--key", str(tmp_path / "rk"), "--kernel", str(k), "--initramfs", str(i), "--release", "2",
-            "--expires-in", "2h", "--store", str(tmp_path / "s"))
+    r = run(
+        "sign",
+        "--key",
+        str(tmp_path / "rk"),
+        "--kernel",
+        str(k),
+        "--initramfs",
+        str(i),
+        "--release",
+        "2",
+        "--expires-in",
+        "2h",
+        "--store",
+        str(tmp_path / "s"),
+    )
     assert r.returncode == 0, r.stderr
-    r = run("verify", str(tmp_path / "s" / "boot" / "manifest.json"), "--pub", str(tmp_path / "rk.pub"),
-            "--store", str(tmp_path / "s"))
+    r = run(
+        "verify",
+        str(tmp_path / "s" / "boot" / "manifest.json"),
+        "--pub",
+        str(tmp_path / "rk.pub"),
+        "--store",
+        str(tmp_path / "s"),
+    )
     assert r.returncode == 0 and "initramfs ok" in r.stdout, r.stderr
-    r = run("verify", str(tmp_path / "s" / "boot" / "manifest.json"), "--pub", str(tmp_path / "rk.pub"),
-            "--min-release", "3")
+    r = run(
+        "verify",
+        str(tmp_path / "s" / "boot" / "manifest.json"),
+        "--pub",
+        str(tmp_path / "rk.pub"),
+        "--min-release",
+        "3",
+    )
     assert r.returncode == 1 and "floor" in r.stderr
-    r = run("sign", "--key", str(tmp_path / "rk"), "--kernel", str(k), "--initramfs", str(i), "--release", "2",
-            "--cmdline", "bad\tcmd", "--store", str(tmp_path / "s"))
+    r = run(
+        "sign",
+        "--key",
+        str(tmp_path / "rk"),
+        "--kernel",
+        str(k),
+        "--initramfs",
+        str(i),
+        "--release",
+        "2",
+        "--cmdline",
+        "bad\tcmd",
+        "--store",
+        str(tmp_path / "s"),
+    )
     assert r.returncode == 1 and "printable ASCII" in r.stderr
 
 
 # ---- abuse (issue 10): slots, descriptors and threads a stranger could take ---------------------------
+
 
 def _slow_reader(port: int, path: str, source: str) -> socket.socket:
     c = socket.socket()
@@ -182,7 +246,7 @@ def test_slow_readers_are_cut_off(tmp_path: Path) -> None:
                 c.recv(4096)
             deadline = time.monotonic() + 8
             while True:
-                for c in slow:                          # a trickle: 4 KiB now and then
+                for c in slow:  # a trickle: 4 KiB now and then
                     c.setblocking(False)
                     try:
                         c.recv(4096)
@@ -214,7 +278,7 @@ def test_trickled_headers_cost_no_thread_and_hit_a_deadline(store) -> None:
         try:
             assert threading.active_count() <= threads + 3
             assert _get(s.port, "/boot/manifest.json")[0] in (200, 503)
-            time.sleep(1.5)                             # past the header deadline: all of them are closed
+            time.sleep(1.5)  # past the header deadline: all of them are closed
             closed = 0
             for c in conns:
                 c.settimeout(2)
@@ -240,18 +304,22 @@ def test_huge_range_start_is_416(store) -> None:
 
 def test_quiet_server_logs_no_traceback_for_dropped_connections(store) -> None:
     root, art = store
-    proc = subprocess.Popen([sys.executable, "-m", "pyphase.boot", "serve", str(root), "--listen",
-                             "127.0.0.1:0", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyphase.boot", "serve", str(root), "--listen", "127.0.0.1:0", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         port = int(line.split("http://127.0.0.1:")[1].split()[0])
         for _ in range(5):
-            c = socket.create_connection(("127.0.0.1", port))       # gone in the middle of a download
+            c = socket.create_connection(("127.0.0.1", port))  # gone in the middle of a download
             c.sendall(f"GET /sha256/{art.hex} HTTP/1.1\r\n\r\n".encode())
             c.recv(10)
             c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
             c.close()
-            c = socket.create_connection(("127.0.0.1", port))       # gone before its headers ended
+            c = socket.create_connection(("127.0.0.1", port))  # gone before its headers ended
             c.sendall(b"GET / HT")
             c.close()
         assert _get(port, "/boot/manifest.json")[0] == 200

@@ -23,8 +23,14 @@ def _signed(key: Identity, tmp_path: Path, **over: object) -> Path:
     kernel.write_bytes(b"K" * 3000)
     initrd.write_bytes(b"I" * 5000)
     now = int(time.time())
-    doc = make_boot_manifest(Artifact.of_file(kernel), Artifact.of_file(initrd), 'console=ttyS0 quiet x="a b\\c"',
-                        release=5, expires_at=now + 3600, created_at=now)
+    doc = make_boot_manifest(
+        Artifact.of_file(kernel),
+        Artifact.of_file(initrd),
+        'console=ttyS0 quiet x="a b\\c"',
+        release=5,
+        expires_at=now + 3600,
+        created_at=now,
+    )
     doc.update(over)
     path = tmp_path / "manifest.json"
     path.write_bytes(encode_manifest(sign_manifest(doc, key.signing_key)))
@@ -55,8 +61,10 @@ def _tamper(value: object) -> object:
     raise AssertionError(value)
 
 
-@pytest.mark.parametrize("field", ["type", "version", "release", "arch", "created_at", "expires_at", "kernel",
-                                   "initramfs", "cmdline", "signature"])
+@pytest.mark.parametrize(
+    "field",
+    ["type", "version", "release", "arch", "created_at", "expires_at", "kernel", "initramfs", "cmdline", "signature"],
+)
 def test_tampering_any_field_fails_in_c(phase_boot_bin: Path, release_key, tmp_path: Path, field: str) -> None:
     key, pub = release_key
     manifest = _signed(key, tmp_path)
@@ -71,8 +79,10 @@ def test_tampering_any_field_fails_in_c(phase_boot_bin: Path, release_key, tmp_p
 def test_added_field_and_hash_case_fail_in_c(phase_boot_bin: Path, release_key, tmp_path: Path) -> None:
     key, pub = release_key
     doc = json.loads(_signed(key, tmp_path).read_text())
-    for mutate in (lambda d: d.__setitem__("extra", 1),
-                   lambda d: d["kernel"].__setitem__("hash", d["kernel"]["hash"].upper().replace("SHA256", "sha256"))):
+    for mutate in (
+        lambda d: d.__setitem__("extra", 1),
+        lambda d: d["kernel"].__setitem__("hash", d["kernel"]["hash"].upper().replace("SHA256", "sha256")),
+    ):
         copy = json.loads(json.dumps(doc))
         mutate(copy)
         (tmp_path / "m2.json").write_text(json.dumps(copy))
@@ -110,8 +120,18 @@ def test_wrong_key_expired_and_rollback_in_c(phase_boot_bin: Path, release_key, 
 
 def test_malformed_inputs_are_refused_not_crashed(phase_boot_bin: Path, release_key, tmp_path: Path) -> None:
     _, pub = release_key
-    cases = [b"", b"[]", b"{", b'{"signature": 5}', b'{"signature": "!!!"}', b"\xff\xfe", b'{"a": 1.5}',
-             b'{"a":1,"a":2}', b"{" * 100000, b'{"signature":"' + b"A" * 88 + b'"}']
+    cases = [
+        b"",
+        b"[]",
+        b"{",
+        b'{"signature": 5}',
+        b'{"signature": "!!!"}',
+        b"\xff\xfe",
+        b'{"a": 1.5}',
+        b'{"a":1,"a":2}',
+        b"{" * 100000,
+        b'{"signature":"' + b"A" * 88 + b'"}',
+    ]
     for i, data in enumerate(cases):
         path = tmp_path / f"bad{i}.json"
         path.write_bytes(data)
@@ -157,15 +177,19 @@ def test_canonical_bytes_match_python(phase_boot_bin: Path, tmp_path: Path, doc:
     path = tmp_path / "doc.json"
     # The file may be written any way (escaped or raw UTF-8); canonical bytes must not care.
     path.write_bytes(json.dumps(doc, ensure_ascii=ascii_out, indent=1).encode())
-    r = __import__("subprocess").run([str(phase_boot_bin / "phase-verify"), "canon", str(path)], capture_output=True,
-                                     timeout=30)
+    r = __import__("subprocess").run(
+        [str(phase_boot_bin / "phase-verify"), "canon", str(path)], capture_output=True, timeout=30
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout == canonical_bytes(doc)
 
 
 def test_canonical_escapes_match_python(phase_boot_bin: Path, tmp_path: Path) -> None:
-    doc = {"s": "".join(chr(c) for c in range(1, 0x80)) + "é\u2028\U0001F600", "signature": "dropped",
-           "k\u00e9y": [True, False, None, -0, 9223372036854775807]}
+    doc = {
+        "s": "".join(chr(c) for c in range(1, 0x80)) + "é\u2028\U0001f600",
+        "signature": "dropped",
+        "k\u00e9y": [True, False, None, -0, 9223372036854775807],
+    }
     path = tmp_path / "doc.json"
     path.write_text(json.dumps(doc))
     r = __import__("subprocess").run([str(phase_boot_bin / "phase-verify"), "canon", str(path)], capture_output=True)

@@ -27,28 +27,44 @@ PHP_DIR = ROOT / "clients" / "php"
 PHASE_PHP = PHP_DIR / "bin" / "phase-php"
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"
 
-pytestmark = pytest.mark.skipif(shutil.which("php") is None or shutil.which("phpunit") is None,
-                                reason="needs PHP: apt-get install php-cli php-zmq php-msgpack phpunit (.ci/setup --test)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("php") is None or shutil.which("phpunit") is None,
+    reason="needs PHP: apt-get install php-cli php-zmq php-msgpack phpunit (.ci/setup --test)",
+)
 
 
 def php(*args: str | Path, check: bool = False) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["php", str(PHASE_PHP), *map(str, args)], capture_output=True, text=True, timeout=60,
-                          check=check)
+    return subprocess.run(
+        ["php", str(PHASE_PHP), *map(str, args)], capture_output=True, text=True, timeout=60, check=check
+    )
 
 
 def test_phpunit_suite_passes_against_real_nodes(tmp_path: Path) -> None:
     """Job, cached module, failover after a kill, tampered receipt, wrong signer, the demo scripts' output."""
     junit = tmp_path / "junit.xml"
-    proc = subprocess.run(["phpunit", "-c", str(PHP_DIR / "phpunit.xml.dist"), "--log-junit", str(junit)],
-                          capture_output=True, text=True, timeout=600, cwd=PHP_DIR,
-                          env={**os.environ, "PHASE_PYTHON": sys.executable, "TMPDIR": str(tmp_path)})
+    proc = subprocess.run(
+        ["phpunit", "-c", str(PHP_DIR / "phpunit.xml.dist"), "--log-junit", str(junit)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=PHP_DIR,
+        env={**os.environ, "PHASE_PYTHON": sys.executable, "TMPDIR": str(tmp_path)},
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None
     ran = {case.get("name") for case in suite.iter("testcase")}
-    for name in ("testJobRunsAndItsReceiptVerifies", "testModuleIsSentOnceThenCached",
-                 "testFailoverAfterTheServingNodeIsKilled", "testTamperedReceiptIsRefused", "testWrongSignerIsRefused",
-                 "testRemoteDemo", "testLocalDemo", "testJobHereThroughTheApi", "testJobSentToAnotherNodeThroughTheApi"):
+    for name in (
+        "testJobRunsAndItsReceiptVerifies",
+        "testModuleIsSentOnceThenCached",
+        "testFailoverAfterTheServingNodeIsKilled",
+        "testTamperedReceiptIsRefused",
+        "testWrongSignerIsRefused",
+        "testRemoteDemo",
+        "testLocalDemo",
+        "testJobHereThroughTheApi",
+        "testJobSentToAnotherNodeThroughTheApi",
+    ):
         assert name in ran
     assert (suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("0", "0", "0")
 
@@ -61,8 +77,20 @@ def test_python_receipt_verifies_in_php(tmp_path: Path, hello_bytes: bytes) -> N
     (tmp_path / "r.json").write_text(json.dumps(receipt))
     (tmp_path / "out").write_bytes(result.stdout)
     (tmp_path / "in").write_bytes(b"Hello, World")
-    ok = php("verify", tmp_path / "r.json", "--signer", node.peer_id, "--nonce", manifest["nonce"],
-             "--stdout", tmp_path / "out", "--input", tmp_path / "in", "--module", HELLO)
+    ok = php(
+        "verify",
+        tmp_path / "r.json",
+        "--signer",
+        node.peer_id,
+        "--nonce",
+        manifest["nonce"],
+        "--stdout",
+        tmp_path / "out",
+        "--input",
+        tmp_path / "in",
+        "--module",
+        HELLO,
+    )
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout == f"receipt OK: ok exit 0, signed by {node.peer_id}\n"
     other = php("verify", tmp_path / "r.json", "--signer", Identity.generate().peer_id)
@@ -76,12 +104,29 @@ def test_python_receipt_verifies_in_php(tmp_path: Path, hello_bytes: bytes) -> N
 def test_php_receipt_verifies_in_python(tmp_path: Path) -> None:
     seed = bytes(range(32))
     node = Identity.from_seed(seed)
-    body = {"version": 1, "job_id": "sha256:" + "1" * 64, "nonce": "ab" * 16, "module": "sha256:" + "2" * 64,
-            "input": "sha256:" + "3" * 64, "stdout": "sha256:" + "4" * 64, "stderr": "sha256:" + "5" * 64,
-            "exit_code": -7, "status": "trap", "message": "unreachable ü \"/\\\n\u2028 executed", "fuel_used": 1 << 40,
-            "wall_us": 0, "started_at": "2026-11-30T04:00:00.123Z", "limits": Limits().to_json(),
-            "node": {"peer_id": node.peer_id, "public_key": base64.b64encode(node.public_key).decode(),
-                     "runtime": "wasm3", "runtime_version": "0.5.0", "arch": "x86_64"}}
+    body = {
+        "version": 1,
+        "job_id": "sha256:" + "1" * 64,
+        "nonce": "ab" * 16,
+        "module": "sha256:" + "2" * 64,
+        "input": "sha256:" + "3" * 64,
+        "stdout": "sha256:" + "4" * 64,
+        "stderr": "sha256:" + "5" * 64,
+        "exit_code": -7,
+        "status": "trap",
+        "message": 'unreachable ü "/\\\n\u2028 executed',
+        "fuel_used": 1 << 40,
+        "wall_us": 0,
+        "started_at": "2026-11-30T04:00:00.123Z",
+        "limits": Limits().to_json(),
+        "node": {
+            "peer_id": node.peer_id,
+            "public_key": base64.b64encode(node.public_key).decode(),
+            "runtime": "wasm3",
+            "runtime_version": "0.5.0",
+            "arch": "x86_64",
+        },
+    }
     (tmp_path / "body.json").write_text(json.dumps(body))
     signed = json.loads(php("sign", tmp_path / "body.json", seed.hex(), check=True).stdout)
     assert verify_receipt(signed, signer=node.peer_id, nonce="ab" * 16) == signed
@@ -100,7 +145,11 @@ def test_php_manifest_is_valid_and_names_the_same_job(tmp_path: Path) -> None:
 
 
 def test_canonical_bytes_agree(tmp_path: Path) -> None:
-    doc = {"z": [1, -2, True, None, {}], "a": {"é": "tab\there \u0001 \u007f \u2028 / \\ \"", "": []},
-           "ü": {"b": 1, "B": 2, "a\u00ff": 3, "a\u0100": 4}, "signature": "ignored"}
+    doc = {
+        "z": [1, -2, True, None, {}],
+        "a": {"é": 'tab\there \u0001 \u007f \u2028 / \\ "', "": []},
+        "ü": {"b": 1, "B": 2, "a\u00ff": 3, "a\u0100": 4},
+        "signature": "ignored",
+    }
     (tmp_path / "doc.json").write_text(json.dumps({k: v for k, v in doc.items() if k != "signature"}))
     assert php("canonical", tmp_path / "doc.json", check=True).stdout.encode() == canonical_bytes(doc)

@@ -30,6 +30,7 @@ Skipped (counted, never hidden): modules using what wasm3 0.5.0 cannot run (our 
 memory/table/global imports, several memories or tables), every command on such a module or on a module importing
 from one, and text-only modules (`module quote`) that wast2json leaves as text.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,10 +48,18 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 BASELINE = HERE / "baseline.json"
 SPEC_DIR = Path(os.environ.get("PHASE_SPEC_TESTSUITE", REPO.parent / "shared" / "testsuite" / "core"))
-STACK_BYTES = int(os.environ.get("PHASE_SPEC_STACK_BYTES", "0"))   # wasm value stack; 0 = the job default (512 KiB)
+STACK_BYTES = int(os.environ.get("PHASE_SPEC_STACK_BYTES", "0"))  # wasm value stack; 0 = the job default (512 KiB)
 FILE_TIMEOUT_S = float(os.environ.get("PHASE_SPEC_FILE_TIMEOUT", "120"))
-EXEC_COMMANDS = ("module", "register", "action", "assert_return", "assert_trap", "assert_exhaustion",
-                 "assert_uninstantiable", "assert_unlinkable")
+EXEC_COMMANDS = (
+    "module",
+    "register",
+    "action",
+    "assert_return",
+    "assert_trap",
+    "assert_exhaustion",
+    "assert_uninstantiable",
+    "assert_unlinkable",
+)
 TYPE_LETTER = {"i32": "i", "i64": "I", "f32": "f", "f64": "F"}
 
 # The spec interpreter's trap messages -> the wasm3 messages that mean the same (after "[trap] ").
@@ -79,6 +88,7 @@ def _load_spec():
     path = os.environ.get("PHASE_SPEC_EXTENSION")
     if not path:
         from pyphase import _spec  # noqa: PLC0415 (imported in the child only)
+
         return _spec
     spec = importlib.util.spec_from_file_location("pyphase._spec", path)
     mod = importlib.util.module_from_spec(spec)
@@ -92,6 +102,7 @@ def wast_files() -> list[Path]:
 
 # ---- values -------------------------------------------------------------------------------------------------------
 
+
 def _value_matches(exp: dict, got: tuple[str, int]) -> bool:
     letter = TYPE_LETTER.get(exp["type"])
     t, bits = got
@@ -101,8 +112,7 @@ def _value_matches(exp: dict, got: tuple[str, int]) -> bool:
     if v == "nan:canonical":
         return (bits & 0x7FFFFFFF) == 0x7FC00000 if t == "f" else (bits & (2**63 - 1)) == 0x7FF8000000000000
     if v == "nan:arithmetic":
-        return (bits & 0x7FC00000) == 0x7FC00000 if t == "f" else \
-            (bits & 0x7FF8000000000000) == 0x7FF8000000000000
+        return (bits & 0x7FC00000) == 0x7FC00000 if t == "f" else (bits & 0x7FF8000000000000) == 0x7FF8000000000000
     return bits == int(v)
 
 
@@ -110,7 +120,7 @@ def _fmt(v) -> str:
     if isinstance(v, dict):
         return f"{v['type']}:{v.get('value')}"
     t, bits = v
-    return f"{ {'i': 'i32', 'I': 'i64', 'f': 'f32', 'F': 'f64'}[t]}:{bits}"
+    return f"{ {'i': 'i32', 'I': 'i64', 'f': 'f32', 'F': 'f64'}[t] }:{bits}"
 
 
 def _trap_matches(expected: str, got: str) -> bool:
@@ -125,7 +135,7 @@ def _trap_matches(expected: str, got: str) -> bool:
 
 def module_imports(wasm: bytes) -> list[tuple[str, str]]:
     """(module name, kind) of a valid module's imports; kind is func, table, memory or global."""
-    _leb = _spec_runner()._leb     # the validator suite's LEB reader, not a second copy
+    _leb = _spec_runner()._leb  # the validator suite's LEB reader, not a second copy
     found = []
     i = 8
     try:
@@ -137,7 +147,7 @@ def module_imports(wasm: bytes) -> list[tuple[str, str]]:
                 n, j = _leb(wasm, j)
                 for _ in range(n):
                     ln, j = _leb(wasm, j)
-                    mod = wasm[j:j + ln].decode("utf-8", "replace")
+                    mod = wasm[j : j + ln].decode("utf-8", "replace")
                     j += ln
                     ln, j = _leb(wasm, j)
                     j += ln
@@ -164,6 +174,7 @@ def module_imports(wasm: bytes) -> list[tuple[str, str]]:
 
 # ---- one file (the child) -----------------------------------------------------------------------------------------
 
+
 class _Skip(Exception):
     pass
 
@@ -179,8 +190,8 @@ def run_file_child(wast: Path, out) -> None:
     jpath = _spec_runner().convert(wast)
     commands = json.loads(jpath.read_text())["commands"]
     base = jpath.parent
-    instances: dict[str, object] = {}       # $name -> Instance
-    unavailable: dict[str, tuple[str, str]] = {}   # $name -> ("skip"|"fail", why)
+    instances: dict[str, object] = {}  # $name -> Instance
+    unavailable: dict[str, tuple[str, str]] = {}  # $name -> ("skip"|"fail", why)
     current: object | None = None
     current_bad: tuple[str, str] | None = None
     registry: dict[str, object] = {}
@@ -189,7 +200,7 @@ def run_file_child(wast: Path, out) -> None:
     # (element or data segments written into the shared table or memory) are missing, so a later failure
     # on such an instance is a consequence of the skip, counted as skipped with the reason.
     shared_with_skipped: dict[int, str] = {}
-    depends_on: dict[int, set[int]] = {}     # id(instance) -> ids of the instances it calls into (imports)
+    depends_on: dict[int, set[int]] = {}  # id(instance) -> ids of the instances it calls into (imports)
 
     def emit(rec: dict) -> None:
         out.write(json.dumps(rec) + "\n")
@@ -253,8 +264,9 @@ def run_file_child(wast: Path, out) -> None:
         line = cmd["line"]
         rec = {"line": line, "type": ctype}
         emit({"start": line, "type": ctype})
-        if crash_at == line:           # test hook: the parent must report a dying child as a failure
+        if crash_at == line:  # test hook: the parent must report a dying child as a failure
             import signal  # noqa: PLC0415
+
             os.kill(os.getpid(), signal.SIGSEGV)
         try:
             if ctype == "module":
@@ -301,8 +313,12 @@ def run_file_child(wast: Path, out) -> None:
                 except _spec.Trap as e:
                     raise _Fail(f"unexpected trap: {e}")
                 if len(got) != len(expected) or not all(_value_matches(e, g) for e, g in zip(expected, got)):
-                    raise _Fail("wrong result: expected " + " ".join(_fmt(e) for e in expected)
-                                + ", got " + " ".join(_fmt(g) for g in got))
+                    raise _Fail(
+                        "wrong result: expected "
+                        + " ".join(_fmt(e) for e in expected)
+                        + ", got "
+                        + " ".join(_fmt(g) for g in got)
+                    )
             elif ctype in ("assert_trap", "assert_exhaustion"):
                 try:
                     got = perform(cmd["action"])
@@ -315,8 +331,9 @@ def run_file_child(wast: Path, out) -> None:
                     elif not _trap_matches(want, msg):
                         raise _Fail(f"trapped with a different reason: expected '{want}', got '{msg}'")
                 else:
-                    raise _Fail(f"expected a trap ('{cmd.get('text', '')}'), returned "
-                                + " ".join(_fmt(g) for g in got))
+                    raise _Fail(
+                        f"expected a trap ('{cmd.get('text', '')}'), returned " + " ".join(_fmt(g) for g in got)
+                    )
             elif ctype in ("assert_uninstantiable", "assert_unlinkable"):
                 try:
                     inst, bad = instantiate(cmd["filename"])
@@ -344,8 +361,9 @@ def run_file_child(wast: Path, out) -> None:
         if rec["result"] == "fail" and "action" in cmd and "different reason" not in rec["why"]:
             try:
                 t = id(target(cmd["action"]))
-                shared = next((shared_with_skipped[d] for d in [t, *depends_on.get(t, ())]
-                               if d in shared_with_skipped), None)
+                shared = next(
+                    (shared_with_skipped[d] for d in [t, *depends_on.get(t, ())] if d in shared_with_skipped), None
+                )
             except (_Skip, _Fail):
                 shared = None
             if shared:
@@ -356,6 +374,7 @@ def run_file_child(wast: Path, out) -> None:
 
 # ---- the parent ---------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class FileResult:
     name: str
@@ -363,11 +382,11 @@ class FileResult:
     passed: int = 0
     failed: int = 0
     skipped: int = 0
-    failures: dict[str, str] = field(default_factory=dict)   # "line:type" -> why
+    failures: dict[str, str] = field(default_factory=dict)  # "line:type" -> why
     skips: dict[str, str] = field(default_factory=dict)
     crashed: str | None = None
     seconds: float = 0.0
-    by_type: dict[str, list[int]] = field(default_factory=dict)   # command type -> [passed, failed, skipped]
+    by_type: dict[str, list[int]] = field(default_factory=dict)  # command type -> [passed, failed, skipped]
 
     @property
     def rate(self) -> float:
@@ -433,13 +452,14 @@ def run_file(wast: Path) -> FileResult:
 
 def run_all(files: list[Path] | None = None, jobs: int = 2) -> list[FileResult]:
     files = files if files is not None else wast_files()
-    for f in files:                      # convert in the parent first: the cache is shared, no races
+    for f in files:  # convert in the parent first: the cache is shared, no races
         _spec_runner().convert(f)
     with ThreadPoolExecutor(max_workers=jobs) as ex:
         return list(ex.map(run_file, files))
 
 
 # ---- failure classes (for CONFORMANCE.md and the baseline) --------------------------------------------------------
+
 
 def _bits_pair(why: str) -> tuple[int, int] | None:
     """(expected, got) raw bits of a single-value wrong result, when both are numbers."""
@@ -478,33 +498,26 @@ def classify(file: str, why: str) -> str:
 
 
 CLASSES = {
-    "f32-snan-quieted":
-        "wasm3 0.5.0 limit. The interpreter keeps floating-point values in one register of type double (_fp0, "
-        "m3_exec_defs.h), so an f32 signalling NaN that passes through it is converted f32->f64->f32 and comes "
-        "back with the quiet bit set (0x7fa00000 -> 0x7fe00000). The spec requires NaN payloads to be kept by "
-        "loads, stores, select, locals, reinterpret, abs/neg/copysign. Deterministic on one build; never a crash.",
-    "f64-rounding-snan":
-        "wasm3 0.5.0 limit (with glibc). f64.floor/ceil/trunc/nearest call libm's floor/ceil/trunc/rint, which "
-        "return a signalling-NaN argument unchanged; the spec requires an arithmetic (quiet) NaN result. "
-        "(f32 versions pass only because of the f32->f64 conversion above.)",
-    "empty-elem-segment":
-        "wasm3 0.5.0 bug. InitElements (m3_env.c) allocates table0 only when a segment extends it, then checks "
-        "table0 for NULL: a module whose first element segment is empty fails to load with m3Err_mallocFailed "
-        "('memory allocation failed'). Valid module refused; our job executor reports it as status 'crashed' "
-        "(see the report to the lead).",
-    "elem-bounds-unchecked":
-        "wasm3 0.5.0 limit. The table is sized by the element segments (up to d_m3MaxSaneTableSize), not by its "
-        "declared size, so an element segment past the declared table is accepted instead of refusing "
-        "instantiation (call_indirect then reaches those elements). Memory-safe; not conformant.",
-    "table-size-from-segments":
-        "wasm3 0.5.0 limit. The table is as long as its element segments reach, not its declared size, so "
-        "call_indirect on an index below the declared size but past the last element traps with 'undefined "
-        "element' where the spec says 'uninitialized element'. A trap either way; only the reason differs.",
-    "empty-memory-section":
-        "wasm3 0.5.0 limit (wasm3 #510). A memory section that declares zero memories is rejected by wasm3's "
-        "parser ('only one memory per module is supported'), though valid.",
-    "export-name-nul":
-        "wasm3 0.5.0 limit. Export names are kept as C strings, so a name containing a NUL byte cannot be found.",
+    "f32-snan-quieted": "wasm3 0.5.0 limit. The interpreter keeps floating-point values in one register of type double (_fp0, "
+    "m3_exec_defs.h), so an f32 signalling NaN that passes through it is converted f32->f64->f32 and comes "
+    "back with the quiet bit set (0x7fa00000 -> 0x7fe00000). The spec requires NaN payloads to be kept by "
+    "loads, stores, select, locals, reinterpret, abs/neg/copysign. Deterministic on one build; never a crash.",
+    "f64-rounding-snan": "wasm3 0.5.0 limit (with glibc). f64.floor/ceil/trunc/nearest call libm's floor/ceil/trunc/rint, which "
+    "return a signalling-NaN argument unchanged; the spec requires an arithmetic (quiet) NaN result. "
+    "(f32 versions pass only because of the f32->f64 conversion above.)",
+    "empty-elem-segment": "wasm3 0.5.0 bug. InitElements (m3_env.c) allocates table0 only when a segment extends it, then checks "
+    "table0 for NULL: a module whose first element segment is empty fails to load with m3Err_mallocFailed "
+    "('memory allocation failed'). Valid module refused; our job executor reports it as status 'crashed' "
+    "(see the report to the lead).",
+    "elem-bounds-unchecked": "wasm3 0.5.0 limit. The table is sized by the element segments (up to d_m3MaxSaneTableSize), not by its "
+    "declared size, so an element segment past the declared table is accepted instead of refusing "
+    "instantiation (call_indirect then reaches those elements). Memory-safe; not conformant.",
+    "table-size-from-segments": "wasm3 0.5.0 limit. The table is as long as its element segments reach, not its declared size, so "
+    "call_indirect on an index below the declared size but past the last element traps with 'undefined "
+    "element' where the spec says 'uninitialized element'. A trap either way; only the reason differs.",
+    "empty-memory-section": "wasm3 0.5.0 limit (wasm3 #510). A memory section that declares zero memories is rejected by wasm3's "
+    "parser ('only one memory per module is supported'), though valid.",
+    "export-name-nul": "wasm3 0.5.0 limit. Export names are kept as C strings, so a name containing a NUL byte cannot be found.",
     "crash": "The runner process died (signal or timeout): a crash reachable by a valid module. Must not happen.",
     "unclassified": "Not yet explained: investigate.",
 }
@@ -514,14 +527,20 @@ def baseline_from(results: list[FileResult]) -> dict:
     files = {}
     for r in results:
         files[r.name] = {
-            "run": r.run, "passed": r.passed, "failed": r.failed, "skipped": r.skipped,
-            "known_failures": {k: {"class": classify(r.name, v), "detail": v}
-                               for k, v in sorted(r.failures.items(), key=lambda kv: int(kv[0].split(":")[0]))},
+            "run": r.run,
+            "passed": r.passed,
+            "failed": r.failed,
+            "skipped": r.skipped,
+            "known_failures": {
+                k: {"class": classify(r.name, v), "detail": v}
+                for k, v in sorted(r.failures.items(), key=lambda kv: int(kv[0].split(":")[0]))
+            },
         }
     return {"testsuite": "WebAssembly/testsuite core (../shared/testsuite/core)", "classes": CLASSES, "files": files}
 
 
 # ---- reports ------------------------------------------------------------------------------------------------------
+
 
 def markdown(results: list[FileResult]) -> str:
     lines = ["| file | commands | passed | failed | skipped | pass rate |", "|---|---:|---:|---:|---:|---:|"]
@@ -532,8 +551,9 @@ def markdown(results: list[FileResult]) -> str:
         tot.passed += r.passed
         tot.failed += r.failed
         tot.skipped += r.skipped
-    lines.append(f"| **total** | **{tot.run}** | **{tot.passed}** | **{tot.failed}** | **{tot.skipped}** | "
-                 f"**{tot.rate:.2f}%** |")
+    lines.append(
+        f"| **total** | **{tot.run}** | **{tot.passed}** | **{tot.failed}** | **{tot.skipped}** | **{tot.rate:.2f}%** |"
+    )
     types: dict[str, list[int]] = {}
     for r in results:
         for t, c in r.by_type.items():
@@ -565,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         # Robustness check: run on a thread with a small native stack (the native-stack guard must still turn
         # deep recursion into a trap, never a segfault).
         import threading  # noqa: PLC0415
+
         threading.stack_size(native)
         t = threading.Thread(target=run_file_child, args=(Path(a.child), sys.stdout))
         t.start()
@@ -577,14 +598,19 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(results))
     elif not a.failures:
         for r in results:
-            print(f"{r.name:32} run {r.run:5} pass {r.passed:5} fail {r.failed:4} skip {r.skipped:4} "
-                  f"{r.rate:6.1f}%  {r.seconds:5.1f}s" + (f"  CRASH: {r.crashed}" if r.crashed else ""))
+            print(
+                f"{r.name:32} run {r.run:5} pass {r.passed:5} fail {r.failed:4} skip {r.skipped:4} "
+                f"{r.rate:6.1f}%  {r.seconds:5.1f}s" + (f"  CRASH: {r.crashed}" if r.crashed else "")
+            )
     if a.failures:
         for r in results:
             for k, v in r.failures.items():
                 print(f"{r.name}:{k}: [{classify(r.name, v)}] {v}")
-    print(f"# {sum(r.passed for r in results)}/{sum(r.passed + r.failed for r in results)} passed, "
-          f"{sum(r.skipped for r in results)} skipped, {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    print(
+        f"# {sum(r.passed for r in results)}/{sum(r.passed + r.failed for r in results)} passed, "
+        f"{sum(r.skipped for r in results)} skipped, {time.monotonic() - t0:.1f} s",
+        file=sys.stderr,
+    )
     if a.write_baseline:
         BASELINE.write_text(json.dumps(baseline_from(results), indent=1, ensure_ascii=False) + "\n")
     return 0

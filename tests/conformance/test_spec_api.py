@@ -1,4 +1,5 @@
 """pyphase._spec (csrc/phase_spec.c): the test-support API the spec runner drives, checked on small modules."""
+
 from __future__ import annotations
 
 import shutil
@@ -12,8 +13,9 @@ try:
 except ImportError:
     _spec = None
 
-pytestmark = pytest.mark.skipif(_spec is None or shutil.which("wat2wasm") is None,
-                                reason="needs the pyphase._spec extension and wabt's wat2wasm")
+pytestmark = pytest.mark.skipif(
+    _spec is None or shutil.which("wat2wasm") is None, reason="needs the pyphase._spec extension and wabt's wat2wasm"
+)
 
 
 def wat(tmp_path, text: str) -> bytes:
@@ -28,13 +30,18 @@ def f32(x: float) -> int:
 
 
 def test_invoke_results_globals_and_traps(tmp_path):
-    inst = _spec.Instance(wat(tmp_path, """(module
+    inst = _spec.Instance(
+        wat(
+            tmp_path,
+            """(module
       (import "spectest" "print_i32" (func $p (param i32)))
       (global (export "g") f32 (f32.const 1.5))
       (func (export "add") (param i32 i32) (result i32) (call $p (local.get 0)) (i32.add (local.get 0) (local.get 1)))
       (func (export "div") (param i64 i64) (result i64) (i64.div_s (local.get 0) (local.get 1)))
       (func (export "multi") (result i32 i64 f64) (i32.const -1) (i64.const -2) (f64.const -0))
-      (func $r (export "rec") (call $r)))"""))
+      (func $r (export "rec") (call $r)))""",
+        )
+    )
     assert inst.invoke("add", [0xFFFFFFFF, 2], "ii") == [("i", 1)]
     assert inst.get_global("g") == ("f", f32(1.5))
     assert inst.signature("multi") == "iIF()"
@@ -43,7 +50,7 @@ def test_invoke_results_globals_and_traps(tmp_path):
         inst.invoke("div", [1, 0])
     with pytest.raises(_spec.Trap, match="stack overflow"):
         inst.invoke("rec")
-    assert inst.invoke("add", [1, 2]) == [("i", 3)]          # usable after traps
+    assert inst.invoke("add", [1, 2]) == [("i", 3)]  # usable after traps
     with pytest.raises(_spec.InvokeError, match="expects 'i'"):
         inst.invoke("add", [1, 2], "iI")
     with pytest.raises(_spec.InvokeError, match="no exported function"):
@@ -51,18 +58,29 @@ def test_invoke_results_globals_and_traps(tmp_path):
 
 
 def test_registered_imports_call_across_runtimes(tmp_path):
-    a = _spec.Instance(wat(tmp_path, """(module
+    a = _spec.Instance(
+        wat(
+            tmp_path,
+            """(module
       (memory 1) (data (i32.const 0) "\\2a")
       (func (export "load") (param i32) (result i32) (i32.load8_u (local.get 0)))
-      (func (export "boom") (unreachable)))"""))
-    b = _spec.Instance(wat(tmp_path, """(module
+      (func (export "boom") (unreachable)))""",
+        )
+    )
+    b = _spec.Instance(
+        wat(
+            tmp_path,
+            """(module
       (import "A" "load" (func $load (param i32) (result i32)))
       (import "A" "boom" (func $boom))
       (export "A.load" (func $load))
       (func (export "twice") (param i32) (result i32) (i32.add (call $load (local.get 0)) (call $load (local.get 0))))
-      (func (export "boom") (call $boom)))"""), {"A": a})
+      (func (export "boom") (call $boom)))""",
+        ),
+        {"A": a},
+    )
     assert b.invoke("twice", [0]) == [("i", 84)]
-    assert b.invoke("A.load", [0]) == [("i", 42)]              # an exported import is found
+    assert b.invoke("A.load", [0]) == [("i", 42)]  # an exported import is found
     with pytest.raises(_spec.Trap, match="unreachable"):
         b.invoke("boom")
     with pytest.raises(_spec.InstantiateError) as e:
@@ -75,7 +93,7 @@ def test_statuses(tmp_path):
         ('(module (import "spectest" "memory" (memory 1)))', "unsupported"),
         ('(module (import "spectest" "nothing" (func)))', "unlinkable"),
         ('(module (memory 1) (data (i32.const 65536) "x"))', "trap"),
-        ('(module (func $s unreachable) (start $s))', "trap"),
+        ("(module (func $s unreachable) (start $s))", "trap"),
     ]:
         with pytest.raises(_spec.InstantiateError) as e:
             _spec.Instance(wat(tmp_path, text))
@@ -93,10 +111,15 @@ def test_runaway_loop_ends_at_the_call_deadline(tmp_path):
 
 
 def test_memory_is_reserved_lazily_up_to_4_gib(tmp_path):
-    inst = _spec.Instance(wat(tmp_path, """(module (memory 1)
+    inst = _spec.Instance(
+        wat(
+            tmp_path,
+            """(module (memory 1)
       (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))
       (func (export "poke") (param i32) (i32.store8 (local.get 0) (i32.const 7)))
-      (func (export "peek") (param i32) (result i32) (i32.load8_u (local.get 0))))"""))
+      (func (export "peek") (param i32) (result i32) (i32.load8_u (local.get 0))))""",
+        )
+    )
     assert inst.invoke("grow", [1000]) == [("i", 1)]
     inst.invoke("poke", [1001 * 65536 - 1])
     assert inst.invoke("peek", [1001 * 65536 - 1]) == [("i", 7)]

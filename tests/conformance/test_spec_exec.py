@@ -11,6 +11,7 @@ Run: python -m pytest tests/conformance -q -s        (needs Debian's wabt for wa
 Table for CONFORMANCE.md: python tests/conformance/spec_exec.py --markdown
 After a deliberate change: python tests/conformance/spec_exec.py --write-baseline (and explain new classes)
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,9 @@ import spec_exec  # noqa: E402
 
 try:
     from pyphase import _spec  # noqa: F401
+
     HAVE_SPEC = True
-except ImportError:   # the extension is built by `pip install -e .`
+except ImportError:  # the extension is built by `pip install -e .`
     HAVE_SPEC = False
 
 pytestmark = pytest.mark.skipif(
@@ -47,17 +49,19 @@ def results() -> dict[str, spec_exec.FileResult]:
 def test_spec_exec_file(results, wast):
     r = results[wast.name]
     base = BASELINE["files"].get(wast.name)
-    print(f"\n{r.name}: {r.passed}/{r.passed + r.failed} passed ({r.rate:.1f}%), {r.skipped} skipped, "
-          f"{r.run} commands, {r.seconds:.1f} s")
+    print(
+        f"\n{r.name}: {r.passed}/{r.passed + r.failed} passed ({r.rate:.1f}%), {r.skipped} skipped, "
+        f"{r.run} commands, {r.seconds:.1f} s"
+    )
     assert r.crashed is None, r.crashed
     assert base is not None, f"{wast.name} is not in baseline.json: run spec_exec.py --write-baseline"
     known = base["known_failures"]
     new = {k: v for k, v in r.failures.items() if k not in known}
     fixed = sorted(set(known) - set(r.failures))
     assert not new, "new failures (regression, or a limit to explain in baseline.json):\n" + "\n".join(
-        f"  line {k}: {v}" for k, v in new.items())
-    assert not fixed, ("listed as known failures but now passing (remove them from baseline.json): "
-                       + ", ".join(fixed))
+        f"  line {k}: {v}" for k, v in new.items()
+    )
+    assert not fixed, "listed as known failures but now passing (remove them from baseline.json): " + ", ".join(fixed)
     assert (r.run, r.passed, r.failed, r.skipped) == (base["run"], base["passed"], base["failed"], base["skipped"])
 
 
@@ -87,19 +91,22 @@ def test_crash_is_reported_not_fatal(monkeypatch):
     assert f"{line}:crash" in r.failures and r.passed > 0
 
 
-@pytest.mark.parametrize("exp,got,ok", [
-    ({"type": "f32", "value": "nan:canonical"}, ("f", 0x7FC00000), True),
-    ({"type": "f32", "value": "nan:canonical"}, ("f", 0xFFC00000), True),
-    ({"type": "f32", "value": "nan:canonical"}, ("f", 0x7FC00001), False),
-    ({"type": "f32", "value": "nan:arithmetic"}, ("f", 0x7FC00001), True),
-    ({"type": "f32", "value": "nan:arithmetic"}, ("f", 0x7FA00000), False),
-    ({"type": "f64", "value": "nan:canonical"}, ("F", 0xFFF8000000000000), True),
-    ({"type": "f64", "value": "nan:arithmetic"}, ("F", 0x7FF8000000000001), True),
-    ({"type": "f64", "value": "nan:arithmetic"}, ("F", 0x7FF4000000000000), False),
-    ({"type": "f32", "value": str(0x7FA00000)}, ("f", 0x7FA00000), True),
-    ({"type": "f32", "value": str(0x80000000)}, ("f", 0), False),          # -0.0 is not +0.0
-    ({"type": "i32", "value": "1"}, ("I", 1), False),                     # type counts
-])
+@pytest.mark.parametrize(
+    "exp,got,ok",
+    [
+        ({"type": "f32", "value": "nan:canonical"}, ("f", 0x7FC00000), True),
+        ({"type": "f32", "value": "nan:canonical"}, ("f", 0xFFC00000), True),
+        ({"type": "f32", "value": "nan:canonical"}, ("f", 0x7FC00001), False),
+        ({"type": "f32", "value": "nan:arithmetic"}, ("f", 0x7FC00001), True),
+        ({"type": "f32", "value": "nan:arithmetic"}, ("f", 0x7FA00000), False),
+        ({"type": "f64", "value": "nan:canonical"}, ("F", 0xFFF8000000000000), True),
+        ({"type": "f64", "value": "nan:arithmetic"}, ("F", 0x7FF8000000000001), True),
+        ({"type": "f64", "value": "nan:arithmetic"}, ("F", 0x7FF4000000000000), False),
+        ({"type": "f32", "value": str(0x7FA00000)}, ("f", 0x7FA00000), True),
+        ({"type": "f32", "value": str(0x80000000)}, ("f", 0), False),  # -0.0 is not +0.0
+        ({"type": "i32", "value": "1"}, ("I", 1), False),  # type counts
+    ],
+)
 def test_value_matching(exp, got, ok):
     assert spec_exec._value_matches(exp, got) is ok
 

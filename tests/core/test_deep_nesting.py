@@ -37,14 +37,18 @@ def switch_module(depth: int, selectors: tuple[int, ...]) -> bytes:
     sw = bytearray(b"\x02\x40" * depth)
     sw += b"\x20\x00\x0e" + leb(depth) + b"".join(leb(i) for i in range(depth)) + leb(depth - 1)
     for i in range(depth):
-        sw += b"\x0b\x41" + sleb(case_value(i)) + b"\x0f"      # end; i32.const; return
-    sw += b"\x41\x00\x0b"                                    # unreachable fall-through keeps the body typed
+        sw += b"\x0b\x41" + sleb(case_value(i)) + b"\x0f"  # end; i32.const; return
+    sw += b"\x41\x00\x0b"  # unreachable fall-through keeps the body typed
     start = bytearray()
     for k, s in enumerate(selectors):
         start += b"\x41" + sleb(s) + b"\x10\x01" + (b"\x6a" if k else b"")
     start += b"\x0b"
-    return module(types=[functype([], [I32]), functype([I32], [I32])], funcs=[0, 1],
-                  exports=[name("_start") + b"\x00\x00"], codes=[body(bytes(start)), body(bytes(sw))])
+    return module(
+        types=[functype([], [I32]), functype([I32], [I32])],
+        funcs=[0, 1],
+        exports=[name("_start") + b"\x00\x00"],
+        codes=[body(bytes(start)), body(bytes(sw))],
+    )
 
 
 def nested_control_module(levels: int) -> bytes:
@@ -54,7 +58,7 @@ def nested_control_module(levels: int) -> bytes:
 
 
 def selectors_for(depth: int) -> tuple[int, ...]:
-    return (0, 1, depth // 2, depth - 1, depth + 5)         # the last one takes the default
+    return (0, 1, depth // 2, depth - 1, depth + 5)  # the last one takes the default
 
 
 def expected(depth: int) -> int:
@@ -74,12 +78,12 @@ def test_deep_switch_runs_in_process_and_in_a_worker(sandbox, depth):
     assert (here.status, here.exit_code) == ("ok", expected(depth)), here.message
     there = sandbox.run(wasm, limits=RESULT)
     assert (there.status, there.exit_code) == ("ok", expected(depth)), there.message
-    again = pyphase.run(wasm, limits=RESULT)                 # a pooled instance keeps its compiled code
+    again = pyphase.run(wasm, limits=RESULT)  # a pooled instance keeps its compiled code
     assert (again.status, again.exit_code) == ("ok", expected(depth))
 
 
 def test_deep_if_loop_block_nesting_runs(sandbox):
-    wasm = nested_control_module(3400)                       # 10,200 levels, every loop entered
+    wasm = nested_control_module(3400)  # 10,200 levels, every loop entered
     for r in (pyphase.run(wasm, limits=RESULT), sandbox.run(wasm, limits=RESULT)):
         assert (r.status, r.exit_code) == ("ok", 7), r.message
 
@@ -88,16 +92,24 @@ def test_many_deep_functions_in_one_module(sandbox):
     depth, count = 2000, 200
     sw = body(b"\x02\x40" * depth + b"\x20\x00\x0d\x00" + b"\x0b" * depth + b"\x41\x05\x0b")
     start = b"".join(b"\x41\x00\x10" + leb(1 + i) + (b"\x6a" if i else b"") for i in range(count)) + b"\x0b"
-    wasm = module(types=[functype([], [I32]), functype([I32], [I32])], funcs=[0] + [1] * count,
-                  exports=[name("_start") + b"\x00\x00"], codes=[body(start)] + [sw] * count)
+    wasm = module(
+        types=[functype([], [I32]), functype([I32], [I32])],
+        funcs=[0] + [1] * count,
+        exports=[name("_start") + b"\x00\x00"],
+        codes=[body(start)] + [sw] * count,
+    )
     for r in (pyphase.run(wasm, limits=RESULT), sandbox.run(wasm, limits=RESULT)):
         assert (r.status, r.exit_code) == ("ok", 5 * count), r.message
 
 
 def test_nesting_beyond_the_cap_is_refused_clearly(sandbox):
-    n = 1 << 18                                              # one more than the cap with the function frame
-    wasm = module(types=[functype([], [])], funcs=[0], exports=[name("_start") + b"\x00\x00"],
-                  codes=[body(b"\x02\x40" * n + b"\x0b" * n + b"\x0b")])
+    n = 1 << 18  # one more than the cap with the function frame
+    wasm = module(
+        types=[functype([], [])],
+        funcs=[0],
+        exports=[name("_start") + b"\x00\x00"],
+        codes=[body(b"\x02\x40" * n + b"\x0b" * n + b"\x0b")],
+    )
     with pytest.raises(InvalidModule, match="control nesting depth exceeds the limit of 262144"):
         pyphase.run(wasm)
     r = sandbox.run(wasm)
@@ -105,22 +117,31 @@ def test_nesting_beyond_the_cap_is_refused_clearly(sandbox):
 
 
 def test_deepest_allowed_nesting_ends_cleanly_on_both_paths(sandbox):
-    n = (1 << 18) - 1                                        # exactly the cap: ~80 MiB of compile stack
-    wasm = module(types=[functype([], [I32])], funcs=[0], exports=[name("_start") + b"\x00\x00"],
-                  codes=[body(b"\x02\x40" * n + b"\x0b" * n + b"\x41\x09\x0b")])
+    n = (1 << 18) - 1  # exactly the cap: ~80 MiB of compile stack
+    wasm = module(
+        types=[functype([], [I32])],
+        funcs=[0],
+        exports=[name("_start") + b"\x00\x00"],
+        codes=[body(b"\x02\x40" * n + b"\x0b" * n + b"\x41\x09\x0b")],
+    )
     for r in (pyphase.run(wasm, limits=RESULT), sandbox.run(wasm, limits=RESULT)):
         assert (r.status, r.exit_code) == ("ok", 9), r.message
 
 
 def test_deep_blocks_with_results_end_in_a_clear_error(sandbox):
-    n = 10000                                                # wasm3 keeps at most 2000 values while compiling
-    wasm = module(types=[functype([], [I32])], funcs=[0], exports=[name("_start") + b"\x00\x00"],
-                  codes=[body(b"\x02\x7f" * n + b"\x41\x07" + b"\x0b" * n + b"\x0b")])
+    n = 10000  # wasm3 keeps at most 2000 values while compiling
+    wasm = module(
+        types=[functype([], [I32])],
+        funcs=[0],
+        exports=[name("_start") + b"\x00\x00"],
+        codes=[body(b"\x02\x7f" * n + b"\x41\x07" + b"\x0b" * n + b"\x0b")],
+    )
     for r in (pyphase.run(wasm, limits=RESULT), sandbox.run(wasm, limits=RESULT)):
         assert r.status == "invalid_module" and "stack height limit" in r.message, (r.status, r.message)
 
 
 # ---- from C: an interpreter loop with 3,000 cases, as real modules get deep --------------------------------------
+
 
 @pytest.fixture(scope="module")
 def interpreter_wasm(tmp_path_factory) -> bytes:
@@ -130,7 +151,7 @@ def interpreter_wasm(tmp_path_factory) -> bytes:
 
 
 def test_c_interpreter_with_3000_cases_nests_deep_and_runs(sandbox, interpreter_wasm):
-    assert pyphase.Module(interpreter_wasm).info["max_nesting_depth"] > 1024   # what the old cap refused
+    assert pyphase.Module(interpreter_wasm).info["max_nesting_depth"] > 1024  # what the old cap refused
     want = deep_bench.interpreter_output()
     for r in (pyphase.run(interpreter_wasm, limits=RESULT), sandbox.run(interpreter_wasm, limits=RESULT)):
         assert (r.status, r.stdout) == ("ok", want), r.message

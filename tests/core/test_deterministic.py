@@ -15,7 +15,7 @@ def test_two_deterministic_runs_are_identical(probe_bytes):
 def test_deterministic_runs_differ_by_input(probe_bytes):
     a = pyphase.run(probe_bytes, b"one", args=["clock"], deterministic=True)
     b = pyphase.run(probe_bytes, b"two", args=["clock"], deterministic=True)
-    assert a.stdout.splitlines()[-1] != b.stdout.splitlines()[-1]      # random depends on the job
+    assert a.stdout.splitlines()[-1] != b.stdout.splitlines()[-1]  # random depends on the job
 
 
 def test_real_clocks_differ(probe_bytes):

@@ -6,7 +6,7 @@ import threading
 
 import pyphase
 
-STATEFUL = '''(module
+STATEFUL = """(module
   (memory 1 4)
   (global $g (mut i32) (i32.const 10))
   (data (i32.const 100) "\\05")
@@ -19,9 +19,9 @@ STATEFUL = '''(module
     (drop (memory.grow (i32.const 1)))
     (i32.store8 (i32.const 70000) (i32.add (i32.load8_u (i32.const 70000)) (i32.const 1)))
     (i32.add (i32.add (i32.mul (memory.size) (i32.const 1000)) (i32.mul (global.get $g) (i32.const 100)))
-             (i32.add (i32.load8_u (i32.const 100)) (i32.load8_u (i32.const 70000))))))'''
+             (i32.add (i32.load8_u (i32.const 100)) (i32.load8_u (i32.const 70000))))))"""
 
-EXPECTED = 2 * 1000 + 12 * 100 + 6 + 1    # start ran once (11), entry (12); data 5 -> 6; fresh page byte 1
+EXPECTED = 2 * 1000 + 12 * 100 + 6 + 1  # start ran once (11), entry (12); data 5 -> 6; fresh page byte 1
 
 
 def test_every_job_starts_from_the_initial_state(wat):
@@ -67,10 +67,12 @@ def test_precompiled_instances_in_sandbox_workers_behave_the_same(wat, probe_byt
     # The fork server prepares (instantiates and compiles) cached modules so workers inherit compiled code:
     # the start function must still run in each job, state must be fresh, fuel identical to a lazy first run.
     stateful = wat(STATEFUL)
-    fresh = pyphase.run(pyphase.Module(stateful)).fuel_used       # new Module object: lazily compiled
+    fresh = pyphase.run(pyphase.Module(stateful)).fuel_used  # new Module object: lazily compiled
     with pyphase.Sandbox(workers=1) as sandbox:
-        results = [sandbox.run(stateful) for _ in range(4)]       # first sends bytes, later ones hit the cache
+        results = [sandbox.run(stateful) for _ in range(4)]  # first sends bytes, later ones hit the cache
         probes = [sandbox.run(probe_bytes, b"abc", args=["cat"]) for _ in range(3)]
     assert [(r.status, r.exit_code) for r in results] == [("ok", EXPECTED)] * 4
     assert {r.fuel_used for r in results} == {fresh}
-    assert {(r.stdout, r.fuel_used) for r in probes} == {(b"abc", pyphase.run(probe_bytes, b"abc", args=["cat"]).fuel_used)}
+    assert {(r.stdout, r.fuel_used) for r in probes} == {
+        (b"abc", pyphase.run(probe_bytes, b"abc", args=["cat"]).fuel_used)
+    }

@@ -13,7 +13,7 @@ from pyphase import Limits
 def test_fuel_counts_are_deterministic_and_limited(probe_bytes):
     a = pyphase.run(probe_bytes, args=["count", "100000"])
     b = pyphase.run(probe_bytes, args=["count", "100000"])
-    assert a.status == "ok" and a.fuel_used == b.fuel_used > 100000 // 8   # the compiler unrolls the loop
+    assert a.status == "ok" and a.fuel_used == b.fuel_used > 100000 // 8  # the compiler unrolls the loop
     limited = pyphase.run(probe_bytes, args=["count", "100000"], limits=Limits(fuel=a.fuel_used - 1))
     assert limited.status == "fuel_exhausted"
     assert limited.fuel_used == a.fuel_used - 1
@@ -33,7 +33,7 @@ def test_timeout_interrupts_a_loop_that_never_calls_out(probe_bytes):
     r = pyphase.run(probe_bytes, args=["spin"], limits=Limits(timeout_ms=200))
     assert r.status == "timeout"
     assert "200 ms" in r.message
-    assert time.monotonic() - start < 30         # generous: this asserts termination, not speed
+    assert time.monotonic() - start < 30  # generous: this asserts termination, not speed
     assert r.exit_code == -1
 
 
@@ -52,13 +52,13 @@ def test_fuel_stops_wat_loop(wat):
 def test_output_limit_has_its_own_status(probe_bytes):
     r = pyphase.run(probe_bytes, args=["flood"], limits=Limits(output_bytes=100_000))
     assert r.status == "output_limit"
-    assert len(r.stdout) + len(r.stderr) == 100_000        # kept up to the cap, and the status says so
+    assert len(r.stdout) + len(r.stderr) == 100_000  # kept up to the cap, and the status says so
     assert "100000 bytes" in r.message
 
 
 def test_output_exactly_at_limit_is_ok(probe_bytes):
     data = b"x" * 5000
-    r = pyphase.run(probe_bytes, data, args=["cat"], limits=Limits(output_bytes=5000 + 5))   # + "5000\n" on stderr
+    r = pyphase.run(probe_bytes, data, args=["cat"], limits=Limits(output_bytes=5000 + 5))  # + "5000\n" on stderr
     assert r.status == "ok" and r.stdout == data
 
 
@@ -78,8 +78,10 @@ def test_initial_memory_above_limit_is_refused(wat):
 
 
 def test_memory_grow_returns_minus_one_past_declared_max(wat):
-    data = wat('(module (memory 1 2) (func (export "_start") (result i32)'
-               ' (drop (memory.grow (i32.const 1))) (memory.grow (i32.const 1))))')
+    data = wat(
+        '(module (memory 1 2) (func (export "_start") (result i32)'
+        " (drop (memory.grow (i32.const 1))) (memory.grow (i32.const 1))))"
+    )
     r = pyphase.run(data)
     assert (r.status, r.exit_code) == ("ok", -1)
 
@@ -87,10 +89,12 @@ def test_memory_grow_returns_minus_one_past_declared_max(wat):
 @pytest.mark.parametrize("delta", ["-1", "0x7fffffff", "-65536"])
 def test_memory_grow_huge_or_negative_never_shrinks(wat, delta):
     # wasm3 0.5.0 wrapped the page count (#442, #498); patch 0002 keeps it in 64 bits
-    data = wat(f'(module (memory 1) (func (export "_start") (result i32)'
-               f' (drop (memory.grow (i32.const {delta})))'
-               f' (i32.store (i32.const 65532) (i32.const 7))'
-               f' (i32.add (memory.size) (i32.load (i32.const 65532)))))')
+    data = wat(
+        f'(module (memory 1) (func (export "_start") (result i32)'
+        f" (drop (memory.grow (i32.const {delta})))"
+        f" (i32.store (i32.const 65532) (i32.const 7))"
+        f" (i32.add (memory.size) (i32.load (i32.const 65532)))))"
+    )
     r = pyphase.run(data)
     assert (r.status, r.exit_code) == ("ok", 8)
 
@@ -124,11 +128,14 @@ def test_limit_parsing():
         parse_size("lots")
 
 
-@pytest.mark.parametrize("text, says", [
-    ("64", ["no unit", "64MiB", "64KiB", "64B"]),
-    ("64k", ["ambiguous", "64KiB (65,536 bytes)", "64KB (64,000 bytes)"]),
-    ("64M", ["ambiguous", "64MiB (67,108,864 bytes)", "64MB (64,000,000 bytes)"]),
-])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("64", ["no unit", "64MiB", "64KiB", "64B"]),
+        ("64k", ["ambiguous", "64KiB (65,536 bytes)", "64KB (64,000 bytes)"]),
+        ("64M", ["ambiguous", "64MiB (67,108,864 bytes)", "64MB (64,000,000 bytes)"]),
+    ],
+)
 def test_a_size_without_a_clear_unit_is_refused_with_the_choices(text, says):
     from pyphase.limits import parse_size
 
@@ -155,18 +162,28 @@ def test_memory_below_one_page_is_refused_not_rounded_to_nothing():
 def test_limits_are_described_in_their_units():
     from pyphase.limits import format_duration_ms, format_size
 
-    assert [format_size(n) for n in (64 << 20, 64_000_000, 61 * 2**20, 1000, 100, 1_234_567)] == \
-        ["64 MiB", "64 MB", "61 MiB", "1 KB", "100 B", "1,234,567 bytes (1.2 MiB)"]
+    assert [format_size(n) for n in (64 << 20, 64_000_000, 61 * 2**20, 1000, 100, 1_234_567)] == [
+        "64 MiB",
+        "64 MB",
+        "61 MiB",
+        "1 KB",
+        "100 B",
+        "1,234,567 bytes (1.2 MiB)",
+    ]
     assert [format_duration_ms(n) for n in (0, 250, 60_000, 1500)] == ["no limit", "250 ms", "1 min", "1.5 s"]
-    assert Limits(memory_bytes=512 << 20, timeout_ms=0).within(Limits(memory_bytes=256 << 20, timeout_ms=60_000)) \
-        == ["memory_bytes 512 MiB exceeds the ceiling 256 MiB", "timeout_ms unlimited exceeds the ceiling 1 min"]
+    assert Limits(memory_bytes=512 << 20, timeout_ms=0).within(Limits(memory_bytes=256 << 20, timeout_ms=60_000)) == [
+        "memory_bytes 512 MiB exceeds the ceiling 256 MiB",
+        "timeout_ms unlimited exceeds the ceiling 1 min",
+    ]
 
 
 def test_timeout_holds_against_bulk_memory_work(wat):
     # Each iteration fills 48 MiB: without per-byte fuel (patch 0007) the clock would be read only every
     # 4096 iterations, minutes late. The bound is generous; it separates "prompt" from "minutes".
-    data = wat('(module (memory 768) (func (export "_start")'
-               ' (loop (memory.fill (i32.const 0) (i32.const 1) (i32.const 50331648)) (br 0))))')
+    data = wat(
+        '(module (memory 768) (func (export "_start")'
+        " (loop (memory.fill (i32.const 0) (i32.const 1) (i32.const 50331648)) (br 0))))"
+    )
     r = pyphase.run(data, limits=Limits(memory_bytes=64 << 20, timeout_ms=300))
     assert r.status == "timeout"
     assert r.wall_us < 20_000_000
@@ -174,8 +191,9 @@ def test_timeout_holds_against_bulk_memory_work(wat):
 
 def test_bulk_work_costs_fuel_by_the_byte(wat):
     def fuel(n: int) -> int:
-        data = wat(f'(module (memory 1) (func (export "_start") (memory.fill (i32.const 0) (i32.const 1)'
-                   f' (i32.const {n}))))')
+        data = wat(
+            f'(module (memory 1) (func (export "_start") (memory.fill (i32.const 0) (i32.const 1) (i32.const {n}))))'
+        )
         return pyphase.run(data).fuel_used
 
     assert fuel(6400) - fuel(0) == 100
@@ -184,7 +202,7 @@ def test_bulk_work_costs_fuel_by_the_byte(wat):
 def test_host_io_costs_fuel_by_the_byte(probe_bytes):
     empty = pyphase.run(probe_bytes, b"", args=["cat"]).fuel_used
     full = pyphase.run(probe_bytes, b"x" * 640_000, args=["cat"], limits=Limits(output_bytes=1 << 20)).fuel_used
-    assert full - empty >= 2 * 10_000      # read and written: one tick per 64 bytes each way
+    assert full - empty >= 2 * 10_000  # read and written: one tick per 64 bytes each way
 
 
 def test_memory_limit_above_what_wasm3_holds_is_capped(wat):

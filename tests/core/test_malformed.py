@@ -29,13 +29,16 @@ def section_boundaries(data: bytes) -> list[int]:
     return offsets
 
 
-@pytest.mark.parametrize("data, needle", [
-    (b"", ""),
-    (b"\0asm", ""),
-    (b"\0asn\x01\0\0\0", "magic"),
-    (b"\0asm\x02\0\0\0", "version"),
-    (b"MZ\x90\0" + b"\0" * 60, "magic"),
-])
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        (b"", ""),
+        (b"\0asm", ""),
+        (b"\0asn\x01\0\0\0", "magic"),
+        (b"\0asm\x02\0\0\0", "version"),
+        (b"MZ\x90\0" + b"\0" * 60, "magic"),
+    ],
+)
 def test_bad_headers(data, needle):
     with pytest.raises(pyphase.InvalidModule) as info:
         pyphase.Module(data)
@@ -47,7 +50,7 @@ def test_truncated_at_every_section_boundary(hello_bytes):
     boundaries = section_boundaries(hello_bytes)
     assert boundaries[-1] == len(hello_bytes) and len(boundaries) > 5
     for cut in boundaries[:-1]:
-        for delta in (-1, 1, 2, 3):   # inside the previous section, or mid-header of the next
+        for delta in (-1, 1, 2, 3):  # inside the previous section, or mid-header of the next
             n = cut + delta
             if 8 <= n < len(hello_bytes):
                 with pytest.raises(pyphase.InvalidModule):
@@ -58,7 +61,7 @@ def test_truncated_at_every_byte_of_a_small_module(wat):
     data = wat('(module (memory 1) (data (i32.const 0) "hi") (func (export "_start") (drop (i32.const 1))))')
     boundaries = set(section_boundaries(data))
     for n in range(len(data)):
-        if n in boundaries:                 # whole sections: valid or not by the spec's rules, never a crash
+        if n in boundaries:  # whole sections: valid or not by the spec's rules, never a crash
             try:
                 pyphase.Module(data[:n])
             except pyphase.InvalidModule:
@@ -82,8 +85,15 @@ def test_single_byte_flips_never_crash(hello_bytes):
             continue
         ok += 1
         result = pyphase.run(module, b"abc", limits=pyphase.Limits(fuel=2_000_000, timeout_ms=2000))
-        assert result.status in {"ok", "trap", "fuel_exhausted", "timeout", "invalid_module", "memory_limit",
-                                 "output_limit"}
+        assert result.status in {
+            "ok",
+            "trap",
+            "fuel_exhausted",
+            "timeout",
+            "invalid_module",
+            "memory_limit",
+            "output_limit",
+        }
     assert bad > 0
 
 
@@ -119,9 +129,9 @@ def test_invalid_module_verdict_is_clean_for_run():
 
 NOT_WASM = [
     (b"", ["empty", "wasm32-wasi"]),
-    (b"(module\n  (func (export \"_start\")))\n", ["WebAssembly text", "wat2wasm"]),
+    (b'(module\n  (func (export "_start")))\n', ["WebAssembly text", "wat2wasm"]),
     (b"  ;; a comment\n(module)", ["WebAssembly text", "wat2wasm"]),
-    (b"#include <stdio.h>\nint main(void) { puts(\"hi\"); }\n", ["C source", "ziglang cc -target wasm32-wasi"]),
+    (b'#include <stdio.h>\nint main(void) { puts("hi"); }\n', ["C source", "ziglang cc -target wasm32-wasi"]),
     (b"\x7fELF\x02\x01\x01\0" + bytes(56), ["native executable", "wasm32-wasi"]),
 ]
 

@@ -35,7 +35,11 @@ def test_no_environment_by_default(probe_bytes):
 
 @pytest.mark.parametrize("size", [0, 1, 65536, 5 * 1024 * 1024 + 7])
 def test_stdin_round_trips(probe_bytes, size):
-    data = bytes((i * 7 + 3) % 251 for i in range(size)) if size < 70000 else (b"0123456789abcdef" * (size // 16 + 1))[:size]
+    data = (
+        bytes((i * 7 + 3) % 251 for i in range(size))
+        if size < 70000
+        else (b"0123456789abcdef" * (size // 16 + 1))[:size]
+    )
     r = probe(probe_bytes, "cat", input=data, limits=pyphase.Limits(output_bytes=16 << 20))
     assert r.status == "ok"
     assert r.stdout == data
@@ -58,7 +62,7 @@ def test_main_return_value(probe_bytes):
 
 def test_clocks_and_random(probe_bytes):
     lines = dict(line.split(" ", 1) for line in probe(probe_bytes, "clock").stdout.decode().splitlines())
-    assert float(lines["realtime"]) > 1.7e9          # a real wall clock, not zero
+    assert float(lines["realtime"]) > 1.7e9  # a real wall clock, not zero
     assert int(lines["res"]) > 0
     assert len(lines["random"]) == 32
 
@@ -92,12 +96,17 @@ def test_bad_guest_pointer_is_efault_not_a_crash(probe_bytes):
 def test_wasi_table_is_consistent():
     table = _core.wasi_functions()
     names = [name for name, _, _ in table]
-    assert len(names) == len(set(names)) == 46          # all of preview1
+    assert len(names) == len(set(names)) == 46  # all of preview1
     implemented = {name for name, _, impl in table if impl}
     assert {"fd_read", "fd_write", "proc_exit", "random_get", "clock_time_get", "poll_oneoff"} <= implemented
     assert {"path_open", "fd_readdir", "path_rename", "fd_renumber"} <= implemented
-    assert {name for name, _, impl in table if not impl} == {"proc_raise", "sock_accept", "sock_recv", "sock_send",
-                                                             "sock_shutdown"}
+    assert {name for name, _, impl in table if not impl} == {
+        "proc_raise",
+        "sock_accept",
+        "sock_recv",
+        "sock_send",
+        "sock_shutdown",
+    }
 
 
 def test_import_outside_wasi_is_refused_naming_it(wat):
@@ -107,15 +116,19 @@ def test_import_outside_wasi_is_refused_naming_it(wat):
 
 
 def test_unknown_wasi_function_is_refused(wat):
-    data = wat('(module (import "wasi_snapshot_preview1" "thread_spawn" (func (param i32) (result i32)))'
-               ' (memory 1) (func (export "_start")))')
+    data = wat(
+        '(module (import "wasi_snapshot_preview1" "thread_spawn" (func (param i32) (result i32)))'
+        ' (memory 1) (func (export "_start")))'
+    )
     with pytest.raises(pyphase.InvalidModule, match="thread_spawn"):
         pyphase.Module(data)
 
 
 def test_wrong_signature_is_refused(wat):
-    data = wat('(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32) (result i32)))'
-               ' (memory 1) (func (export "_start")))')
+    data = wat(
+        '(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32) (result i32)))'
+        ' (memory 1) (func (export "_start")))'
+    )
     with pytest.raises(pyphase.InvalidModule, match="signature"):
         pyphase.Module(data)
 
@@ -139,7 +152,7 @@ def test_gil_is_released_while_a_job_runs(probe_bytes):
         ticks += 1
     thread.join()
     assert done.is_set()
-    assert ticks > 10_000          # Python kept running beside the job
+    assert ticks > 10_000  # Python kept running beside the job
 
 
 def test_core_crypto_matches_pynacl_and_hashlib():

@@ -83,8 +83,14 @@ def attempts(result: pyphase.Result) -> dict[str, int]:
 
 
 # Attempts that are meant to work: none of them reaches outside (checked separately).
-ALLOWED = {"inside", "make_rel_link", "hardlink_via_symlink", "readlink_host_symlink", "open_for_renumber",
-           "renumber_over_preopen"}
+ALLOWED = {
+    "inside",
+    "make_rel_link",
+    "hardlink_via_symlink",
+    "readlink_host_symlink",
+    "open_for_renumber",
+    "renumber_over_preopen",
+}
 ENOTCAPABLE, EBADF, EMFILE, EPERM, EROFS = 76, 8, 33, 63, 69
 
 
@@ -97,11 +103,25 @@ def test_no_way_out(runner: Runner, fs_probe: bytes, tree: Path) -> None:
             assert errno == 0, name
         else:
             assert errno != 0, f"{name} succeeded"
-    for name in ("dotdot", "sub_dotdot", "absolute", "etc_passwd", "host_symlink", "own_symlink", "hardlink_out",
-                 "rename_out", "rename_in", "mkdir_out", "unlink_out", "stat_dotdot", "utimes_dotdot", "create_out"):
+    for name in (
+        "dotdot",
+        "sub_dotdot",
+        "absolute",
+        "etc_passwd",
+        "host_symlink",
+        "own_symlink",
+        "hardlink_out",
+        "rename_out",
+        "rename_in",
+        "mkdir_out",
+        "unlink_out",
+        "stat_dotdot",
+        "utimes_dotdot",
+        "create_out",
+    ):
         assert got[name] == ENOTCAPABLE, name
     assert got["make_abs_link"] == EPERM
-    assert got["prestat_after_renumber"] == EBADF          # the preopen is gone, a plain file took its number
+    assert got["prestat_after_renumber"] == EBADF  # the preopen is gone, a plain file took its number
     assert outside_state(tree) == before
     assert (tree / "inside.txt").read_text() == "inside\n"
 
@@ -197,7 +217,7 @@ def test_deterministic_mode_fixes_what_the_job_sees(runner: Runner, fs_probe: by
     assert det_a == det_b
     assert [line.split()[0] for line in det_a] == [".", "..", "alpha", "dir", "mid", "zeta"]
     assert all("mtim=1704067200000000000" in line for line in det_a if not line.startswith(".."))
-    assert listing(runner, fs_probe, a, False) != listing(runner, fs_probe, b, False)   # real inodes and times
+    assert listing(runner, fs_probe, a, False) != listing(runner, fs_probe, b, False)  # real inodes and times
 
 
 def test_dirs_are_checked(fs_probe: bytes, tmp_path: Path) -> None:
@@ -222,7 +242,8 @@ def test_no_directories_note(fs_probe: bytes, tmp_path: Path, capfd: pytest.Capt
     assert err.count("give one with --dir HOST[::GUEST]") == 1
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "x").write_text("x!")
-    assert main(["run", str(wasm), "--arg", "fopen", "--arg", "/data/x", "--ro-dir",
-                 f"{tmp_path / 'data'}::/data"]) == 0
+    assert (
+        main(["run", str(wasm), "--arg", "fopen", "--arg", "/data/x", "--ro-dir", f"{tmp_path / 'data'}::/data"]) == 0
+    )
     captured = capfd.readouterr()
     assert captured.out == "x!" and "--dir" not in captured.err

@@ -51,9 +51,11 @@ BIG_OUTPUT = """
 def predicted_routing_ids(count: int) -> list[bytes]:
     """The ids libzmq 4.3.5 hands anonymous peers when nothing seeded ``rand()``: ``00`` + a counter started
     from two ``rand()`` calls per socket made (src/random.cpp). Computed in a fresh process, as an attacker would."""
-    code = ("import ctypes; libc = ctypes.CDLL(None)\n"
-            f"for _ in range({count}):\n"
-            "    lo = libc.rand(); hi = libc.rand(); print('00%08x' % (((hi << 31) | lo) & 0xffffffff))\n")
+    code = (
+        "import ctypes; libc = ctypes.CDLL(None)\n"
+        f"for _ in range({count}):\n"
+        "    lo = libc.rand(); hi = libc.rand(); print('00%08x' % (((hi << 31) | lo) & 0xffffffff))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return [bytes.fromhex(line) for line in out.split()]
 
@@ -61,15 +63,16 @@ def predicted_routing_ids(count: int) -> list[bytes]:
 class Conn:
     """One hand-driven CURVE DEALER with a fresh key, from ``source`` (a loopback address)."""
 
-    def __init__(self, ctx: zmq.Context[Any], address: str, source: str, *, routing_id: bytes | None = None,
-                 unread: bool = False) -> None:
+    def __init__(
+        self, ctx: zmq.Context[Any], address: str, source: str, *, routing_id: bytes | None = None, unread: bool = False
+    ) -> None:
         import nacl.bindings
 
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.linger = 0
         if routing_id is not None:
             self.sock.setsockopt(zmq.ROUTING_ID, routing_id)
-        if unread:                       # reads nothing ahead: TCP pushes back on the node
+        if unread:  # reads nothing ahead: TCP pushes back on the node
             self.sock.setsockopt(zmq.RCVHWM, 1)
             self.sock.setsockopt(zmq.RCVBUF, 4096)
         _, key, host, port = parse_address(address)
@@ -200,8 +203,9 @@ class UnreadResults(Attack):
     def step(self) -> None:
         big = self.modules["big_output"]
         for _ in range(8):
-            self.count += self.c.offer(b"o%d" % self.i, big, struct.pack("<I", 256),
-                                       limits=Limits(output_bytes=16 << 20, timeout_ms=10_000))
+            self.count += self.c.offer(
+                b"o%d" % self.i, big, struct.pack("<I", 256), limits=Limits(output_bytes=16 << 20, timeout_ms=10_000)
+            )
             if self.i == 0:
                 self.wait(0.2)
                 self.c.send(wire.encode("module", (big,), job=b"o0"))
@@ -293,8 +297,9 @@ class Sampler(threading.Thread):
         self.join(5)
 
 
-def honest_load(address: str, module: bytes, seconds: float, clients: int = 2,
-                should_stop: Callable[[], bool] = lambda: False) -> tuple[list[float], int, list[str]]:
+def honest_load(
+    address: str, module: bytes, seconds: float, clients: int = 2, should_stop: Callable[[], bool] = lambda: False
+) -> tuple[list[float], int, list[str]]:
     """``clients`` threads, each its own Client, submitting ``module`` back to back for ``seconds``:
     (latencies of the jobs that succeeded, jobs tried, why the others failed)."""
     latencies: list[float] = []

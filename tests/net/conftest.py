@@ -42,4 +42,3 @@ def start_nodes(tmp_path: Path) -> Iterator[Callable[..., list[NodeProc]]]:
 @pytest.fixture(scope="session")
 def spin_bytes(wat: Callable[[str], bytes]) -> bytes:
     return wat(SPIN_ECHO)
-

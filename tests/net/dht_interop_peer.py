@@ -27,9 +27,18 @@ def main():
     listen, bootstrap = sys.argv[1], sys.argv[2]
     if not all(inside(e) for e in [listen] + bootstrap.split(",")):
         sys.exit("refused: outside PHASE_DHT_ALLOW")
-    s = lt.session({"listen_interfaces": listen, "enable_dht": True, "enable_lsd": False, "enable_upnp": False,
-                    "enable_natpmp": False, "enable_ip_notifier": False, "dht_bootstrap_nodes": bootstrap,
-                    "alert_mask": lt.alert_category.dht | lt.alert_category.dht_operation | lt.alert_category.error})
+    s = lt.session(
+        {
+            "listen_interfaces": listen,
+            "enable_dht": True,
+            "enable_lsd": False,
+            "enable_upnp": False,
+            "enable_natpmp": False,
+            "enable_ip_notifier": False,
+            "dht_bootstrap_nodes": bootstrap,
+            "alert_mask": lt.alert_category.dht | lt.alert_category.dht_operation | lt.alert_category.error,
+        }
+    )
     for endpoint in bootstrap.split(","):
         host, _, port = endpoint.rpartition(":")
         s.add_dht_node((host, int(port)))
@@ -40,8 +49,11 @@ def main():
         out = {}
         if cmd["op"] == "get":
             s.dht_get_mutable_item(bytes.fromhex(cmd["pk"]), b"phase/1")
-            out = wait(s, lambda a: isinstance(a, lt.dht_mutable_item_alert) and a.authoritative,
-                       lambda a: {"value": as_bytes(a.item).hex(), "seq": a.seq, "sig": bytes(a.signature).hex()})
+            out = wait(
+                s,
+                lambda a: isinstance(a, lt.dht_mutable_item_alert) and a.authoritative,
+                lambda a: {"value": as_bytes(a.item).hex(), "seq": a.seq, "sig": bytes(a.signature).hex()},
+            )
         elif cmd["op"] == "peers":
             s.dht_get_peers(lt.sha1_hash(bytes.fromhex(cmd["ih"])))
             peers = set()
@@ -53,8 +65,9 @@ def main():
                         peers.update(f"{h}:{p}" for h, p in a.peers())
             out = {"peers": sorted(peers)}
         elif cmd["op"] == "put":
-            s.dht_put_mutable_item(bytes.fromhex(cmd["sk"]), bytes.fromhex(cmd["pk"]), bytes.fromhex(cmd["value"]),
-                                   b"phase/1")
+            s.dht_put_mutable_item(
+                bytes.fromhex(cmd["sk"]), bytes.fromhex(cmd["pk"]), bytes.fromhex(cmd["value"]), b"phase/1"
+            )
             out = wait(s, lambda a: isinstance(a, lt.dht_put_alert), lambda a: {"seq": a.seq, "stored": a.num_success})
         elif cmd["op"] == "announce":
             atp = lt.add_torrent_params()
@@ -67,7 +80,7 @@ def main():
 
 def as_bytes(item):
     """The item's value bytes: 2.1 hands them over as bytes, 2.0.x inside a dict (or as str)."""
-    if isinstance(item, dict):           # 2.0.x: {"key", "value", ...}
+    if isinstance(item, dict):  # 2.0.x: {"key", "value", ...}
         item = item["value"]
     return item.encode() if isinstance(item, str) else bytes(item)
 

@@ -30,16 +30,23 @@ def misbehaving_node(mode: str) -> type[Node]:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
     class MisbehavingNode(Node):
-        def answer(self, result: Result, manifest: dict[str, Any], limits: Limits,
-                   started: str) -> tuple[bytes, dict[str, Any]] | None:
+        def answer(
+            self, result: Result, manifest: dict[str, Any], limits: Limits, started: str
+        ) -> tuple[bytes, dict[str, Any]] | None:
             if mode == "hang":
                 return None
             if mode == "lie-stdout":
                 stdout = b"forged by a lying node\n" + result.stdout
                 result = dataclasses.replace(result, stdout=stdout, stdout_hash=sha256_text(stdout))
             signer = Identity.generate() if mode == "wrong-signer" else self.identity
-            receipt = make_receipt(result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=limits,
-                                   identity=signer, started_at=started)
+            receipt = make_receipt(
+                result,
+                job_id=job_id(manifest),
+                nonce=manifest["nonce"],
+                limits=limits,
+                identity=signer,
+                started_at=started,
+            )
             if mode == "forge-receipt":
                 receipt["exit_code"] = result.exit_code + 1
             stdout = result.stdout + b"!" if mode == "mismatch-stdout" else result.stdout

@@ -29,9 +29,19 @@ def loopback_host() -> str:
 class NodeProc:
     """One ``plasmd`` process; ``restart()`` brings it back on the same address with the same identity."""
 
-    def __init__(self, data_dir: Path, host: str, *, workers: int = 2, sandbox: bool = True, mdns: bool = False,
-                 misbehave: str | None = None, extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                 prefix: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        host: str,
+        *,
+        workers: int = 2,
+        sandbox: bool = True,
+        mdns: bool = False,
+        misbehave: str | None = None,
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
         self.data_dir = data_dir
         self.host = host
         self.port = 0
@@ -40,7 +50,7 @@ class NodeProc:
         self.mdns = mdns
         self.misbehave = misbehave
         self.extra = extra
-        self.prefix = prefix            # a command the node runs under, e.g. ("prlimit", "--nofile=256:4096")
+        self.prefix = prefix  # a command the node runs under, e.g. ("prlimit", "--nofile=256:4096")
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
@@ -48,13 +58,25 @@ class NodeProc:
 
     def start(self) -> NodeProc:
         # a node that cheats on purpose runs from the tests' launcher: the shipped daemon has no such switch
-        launcher = [str(Path(__file__).with_name("misbehaving_plasmd.py")), self.misbehave] if self.misbehave else [
-            "-m", "pyphase.daemon"]
-        cmd = [*self.prefix, sys.executable, *launcher, "--listen", f"{self.host}:{self.port}",
-               "--data-dir", str(self.data_dir), "--workers", str(self.workers)]
+        launcher = (
+            [str(Path(__file__).with_name("misbehaving_plasmd.py")), self.misbehave]
+            if self.misbehave
+            else ["-m", "pyphase.daemon"]
+        )
+        cmd = [
+            *self.prefix,
+            sys.executable,
+            *launcher,
+            "--listen",
+            f"{self.host}:{self.port}",
+            "--data-dir",
+            str(self.data_dir),
+            "--workers",
+            str(self.workers),
+        ]
         cmd += ["--mdns-interfaces", "127.0.0.1"] if self.mdns else ["--no-mdns"]
         if not any(arg.startswith("--dht") for arg in self.extra):
-            cmd.append("--no-dht")          # DHT tests name their loopback bootstrap nodes (tests/net/test_dht*.py)
+            cmd.append("--no-dht")  # DHT tests name their loopback bootstrap nodes (tests/net/test_dht*.py)
         if not self.sandbox:
             cmd.append("--no-sandbox")
         cmd += list(self.extra)

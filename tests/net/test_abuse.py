@@ -36,7 +36,7 @@ def test_claimed_routing_id_cannot_crash_the_node(start_nodes, hello_bytes):
             raw.send([header(t="caps?")])
             assert raw.recv() is not None and node.alive
             claims.append(raw)
-        for _ in range(3):      # several anonymous connections walk the counter over the claimed ids
+        for _ in range(3):  # several anonymous connections walk the counter over the claimed ids
             with Client(peers=[node.address]) as client:
                 assert client.submit(hello_bytes, input=b"abc").stdout == b"cba"
         assert node.alive, node.log_tail()
@@ -46,6 +46,7 @@ def test_claimed_routing_id_cannot_crash_the_node(start_nodes, hello_bytes):
 
 
 # ---- a hostile peer beside an honest one: the client moves on ---------------------------------------
+
 
 class HostilePeer:
     """A real CURVE ROUTER with its own identity that answers every message with ``answer(tag)`` frames."""
@@ -78,7 +79,7 @@ class HostilePeer:
             except Exception:
                 continue
             tag = msg.get("job", b"") if isinstance(msg, dict) else b""
-            if isinstance(msg, dict) and msg.get("t") == "caps?":      # looks like any node until it is used
+            if isinstance(msg, dict) and msg.get("t") == "caps?":  # looks like any node until it is used
                 caps = {"peer_id": self.identity.peer_id, "load": {"running": 0, "queued": 0, "workers": 4}}
                 self.sock.send_multipart([rid, *wire.encode("caps", caps=caps)])
                 continue
@@ -121,8 +122,9 @@ def _hostile_first(client: Client, honest) -> None:
 
 def test_mixed_key_header_moves_the_job_on(honest, hostile, hello_bytes):
     """Attack 6: a header mixing a text key and a bytes key it does not know raised TypeError out of submit."""
-    hostile.answer = lambda tag: [msgpack.packb({"v": 1, "t": "accept", "job": tag, "module": False,
-                                                 "x": 1, b"y": 2}, use_bin_type=True)]
+    hostile.answer = lambda tag: [
+        msgpack.packb({"v": 1, "t": "accept", "job": tag, "module": False, "x": 1, b"y": 2}, use_bin_type=True)
+    ]
     with Client(peers=[hostile.address, honest.address]) as client:
         for _ in range(3):
             offers = hostile.offers
@@ -133,18 +135,31 @@ def test_mixed_key_header_moves_the_job_on(honest, hostile, hello_bytes):
 
 
 _values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(allow_nan=True),
-              st.text(max_size=8), st.binary(max_size=8)),
-    lambda inner: st.one_of(st.lists(inner, max_size=3),
-                            st.dictionaries(st.one_of(st.text(max_size=6), st.binary(max_size=6)), inner, max_size=3)),
-    max_leaves=8)
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**64 - 1),
+        st.floats(allow_nan=True),
+        st.text(max_size=8),
+        st.binary(max_size=8),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.one_of(st.text(max_size=6), st.binary(max_size=6)), inner, max_size=3),
+    ),
+    max_leaves=8,
+)
 _answers = st.tuples(
     st.sampled_from(["accept", "reject", "result", "error", "caps", "offer", "bogus"]),
-    st.dictionaries(st.sampled_from(["module", "reason", "detail", "load", "receipt", "code", "caps", "x", "v"]),
-                    _values, max_size=4),
+    st.dictionaries(
+        st.sampled_from(["module", "reason", "detail", "load", "receipt", "code", "caps", "x", "v"]),
+        _values,
+        max_size=4,
+    ),
     st.dictionaries(st.binary(min_size=1, max_size=4), _values, max_size=2),
     st.lists(st.binary(max_size=16), max_size=3),
-    st.booleans())
+    st.booleans(),
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -172,6 +187,7 @@ def test_any_hostile_answer_is_a_failed_attempt(honest, hostile, hello_bytes, an
 
 # ---- logs ------------------------------------------------------------------------------------------
 
+
 def test_malformed_headers_do_not_amplify_the_log(honest, hello_bytes):
     """Attack 5: headers with 4 x 60 KiB of zeros in ``v`` were each logged in full (49 MB became 246 MB)."""
     before = honest.log_path.stat().st_size
@@ -187,13 +203,14 @@ def test_malformed_headers_do_not_amplify_the_log(honest, hello_bytes):
             replies += 1
     finally:
         raw.close()
-    with Client(peers=[honest.address]) as client:      # the node still answers
+    with Client(peers=[honest.address]) as client:  # the node still answers
         assert client.submit(hello_bytes, input=b"ok").stdout == b"ko"
     grown = honest.log_path.stat().st_size - before
     assert grown < sent / 100, f"{sent} bytes sent grew the log by {grown}"
 
 
 # ---- fair shares -----------------------------------------------------------------------------------
+
 
 def _offer(raw: Raw, tag: bytes, module: bytes, data: bytes, **manifest_options) -> None:
     raw.send(wire.encode("offer", (data,), job=tag, manifest=make_manifest(module, data, **manifest_options)))
@@ -212,13 +229,13 @@ def test_offers_waiting_for_modules_do_not_hold_the_node(start_nodes, hello_byte
     raw = Raw(node.address, source="127.0.0.90")
     for i in range(70):
         _offer(raw, b"w%d" % i, os.urandom(64), b"x" * 300)
-    assert raw.recv() is not None                    # the node has read them
-    with Client(peers=[node.address]) as client:     # while the attacker is still connected
+    assert raw.recv() is not None  # the node has read them
+    with Client(peers=[node.address]) as client:  # while the attacker is still connected
         assert client.submit(hello_bytes, input=b"abc", retries=0).stdout == b"cba"
     raw.close()
-    with Client(peers=[node.address]) as client:     # and after it left
+    with Client(peers=[node.address]) as client:  # and after it left
         assert client.submit(hello_bytes, input=b"abc", retries=0).stdout == b"cba"
-    keys = [Raw(node.address, source="127.0.0.91") for _ in range(20)]    # fresh keys, one address
+    keys = [Raw(node.address, source="127.0.0.91") for _ in range(20)]  # fresh keys, one address
     try:
         for n, k in enumerate(keys):
             for i in range(4):
@@ -237,7 +254,7 @@ def test_jobs_of_a_client_that_left_are_dropped(start_nodes, spin_bytes, hello_b
 
     node = start_nodes(1, sandbox=False)[0]
     with Client(peers=[node.address]) as client:
-        client.submit(spin_bytes, spin_input(0))       # the module is cached
+        client.submit(spin_bytes, spin_input(0))  # the module is cached
     raw = Raw(node.address, source="127.0.0.92")
     for i in range(66):
         _offer(raw, b"s%d" % i, spin_bytes, spin_input(10_000_000), limits=Limits(timeout_ms=1000))
@@ -276,6 +293,7 @@ def test_one_clients_backlog_does_not_starve_another(start_nodes, spin_bytes, he
 
 # ---- bounded memory --------------------------------------------------------------------------------
 
+
 def test_results_nobody_reads_do_not_fill_memory(start_nodes, wat, hello_bytes):
     """Attack 4: a client asks for 16 MiB outputs and never reads: plasmd grew from 32 MB to 2.4 GB in 45 s."""
     import struct
@@ -283,9 +301,9 @@ def test_results_nobody_reads_do_not_fill_memory(start_nodes, wat, hello_bytes):
     module = wat(BIG_OUTPUT)
     node = start_nodes(1, sandbox=False)[0]
     raw = Raw(node.address, source="127.0.0.95")
-    raw.sock.setsockopt(zmq.RCVBUF, 4096)       # and its libzmq reads nothing ahead: TCP pushes back on the node
+    raw.sock.setsockopt(zmq.RCVBUF, 4096)  # and its libzmq reads nothing ahead: TCP pushes back on the node
     raw.sock.setsockopt(zmq.RCVHWM, 1)
-    data = struct.pack("<I", 256)                      # 16 MiB of stdout per job
+    data = struct.pack("<I", 256)  # 16 MiB of stdout per job
     limits = Limits(output_bytes=16 << 20, timeout_ms=10_000)
     peak = 0
     try:
@@ -295,7 +313,7 @@ def test_results_nobody_reads_do_not_fill_memory(start_nodes, wat, hello_bytes):
             for _ in range(8):
                 _offer(raw, b"o%d" % i, module, data, limits=limits)
                 i += 1
-            if i == 8:                                  # the first offer asks for the module
+            if i == 8:  # the first offer asks for the module
                 time.sleep(0.2)
                 raw.send(wire.encode("module", (module,), job=b"o0"))
             time.sleep(0.25)
@@ -342,11 +360,12 @@ def test_expired_inputs_give_their_memory_back(start_nodes, hello_bytes):
     finally:
         for raw in raws:
             raw.close()
-    assert held - base > 24 << 20, (base, held)            # the inputs were really held
+    assert held - base > 24 << 20, (base, held)  # the inputs were really held
     assert after - base < 16 << 20, f"{(after - base) >> 20} MiB still held after the inputs expired"
 
 
 # ---- descriptors -----------------------------------------------------------------------------------
+
 
 def test_idle_connections_from_one_address_are_capped(start_nodes, hello_bytes):
     """Attack 7: about 1,000 idle CURVE connections made a node with a 1,024 open-file limit unreachable.
@@ -357,7 +376,7 @@ def test_idle_connections_from_one_address_are_capped(start_nodes, hello_bytes):
     raws = [Raw(node.address, source="127.0.0.120") for _ in range(120)]
     try:
         for raw in raws:
-            try:        # a refused connection has no pipe left: a blocking send would wait for ever
+            try:  # a refused connection has no pipe left: a blocking send would wait for ever
                 raw.sock.send_multipart([header(t="caps?")], zmq.NOBLOCK)
             except zmq.Again:
                 pass

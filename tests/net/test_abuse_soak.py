@@ -21,7 +21,7 @@ SECONDS = 20.0
 def test_honest_clients_beside_every_attacker(start_nodes, hello_bytes, wat):
     node = start_nodes(1)[0]
     modules = {"spin": wat(SPIN_ECHO), "big_output": wat(BIG_OUTPUT)}
-    honest_load(node.address, hello_bytes, 1.0)                         # warm up
+    honest_load(node.address, hello_bytes, 1.0)  # warm up
     reference, tried_ref, _ = honest_load(node.address, hello_bytes, 5.0)
     sampler = Sampler(node.proc.pid)
     sampler.start()
@@ -37,10 +37,12 @@ def test_honest_clients_beside_every_attacker(start_nodes, hello_bytes, wat):
         sampler.stop()
     ref_p99, p50, p99 = percentile(reference, 99), percentile(latencies, 50), percentile(latencies, 99)
     success = len(latencies) / tried if tried else 0.0
-    print(f"\nunattacked: {tried_ref} jobs, p99 {ref_p99 * 1e3:.1f} ms; under every attack: {tried} jobs, "
-          f"success {success:.2%}, p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms ({p99 / ref_p99:.1f}x); "
-          f"plasmd peak RSS {sampler.peak_rss / 1e6:.0f} MB, {sampler.peak_fds} descriptors; failures {failures[:3]}")
+    print(
+        f"\nunattacked: {tried_ref} jobs, p99 {ref_p99 * 1e3:.1f} ms; under every attack: {tried} jobs, "
+        f"success {success:.2%}, p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms ({p99 / ref_p99:.1f}x); "
+        f"plasmd peak RSS {sampler.peak_rss / 1e6:.0f} MB, {sampler.peak_fds} descriptors; failures {failures[:3]}"
+    )
     assert node.alive, node.log_tail()
     assert tried >= 20 and success >= 0.98, failures[:5]
-    assert p99 < max(100 * ref_p99, 5.0)                # loose: the machine is shared; the goal is 10x
+    assert p99 < max(100 * ref_p99, 5.0)  # loose: the machine is shared; the goal is 10x
     assert sampler.peak_rss < 256 << 20

@@ -14,19 +14,21 @@ from pyphase.net.config import load_config
 
 
 def test_help_and_help_config():
-    out = subprocess.run([sys.executable, "-m", "pyphase.daemon", "--help"], capture_output=True, text=True,
-                         timeout=30)
+    out = subprocess.run([sys.executable, "-m", "pyphase.daemon", "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "--listen" in out.stdout and "--data-dir" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "pyphase.daemon", "--help-config"], capture_output=True, text=True,
-                         timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "pyphase.daemon", "--help-config"], capture_output=True, text=True, timeout=30
+    )
     assert "cache_bytes" in out.stdout and "[limits]" in out.stdout
-    assert "``" not in out.stdout and "::" not in out.stdout, out.stdout     # plain text, not reST
+    assert "``" not in out.stdout and "::" not in out.stdout, out.stdout  # plain text, not reST
 
 
 def test_config_file_env_and_flags(tmp_path):
     cfg = tmp_path / "plasmd.toml"
-    cfg.write_text('listen = "127.0.0.1:9000"\nworkers = 3\ncache_bytes = "1MiB"\nmdns = false\n'
-                   '[limits]\nmemory = "32MiB"\ntimeout = "5s"\n')
+    cfg.write_text(
+        'listen = "127.0.0.1:9000"\nworkers = 3\ncache_bytes = "1MiB"\nmdns = false\n'
+        '[limits]\nmemory = "32MiB"\ntimeout = "5s"\n'
+    )
     c = load_config(cfg, env={})
     assert (c.listen, c.workers, c.cache_bytes, c.mdns) == ("127.0.0.1:9000", 3, 1 << 20, False)
     assert c.ceiling.memory_bytes == 32 << 20 and c.ceiling.timeout_ms == 5000
@@ -43,8 +45,12 @@ def test_config_file_env_and_flags(tmp_path):
 
 
 def test_bad_config_exits_2(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pyphase.daemon", "--listen", "nonsense:port", "--data-dir",
-                          str(tmp_path)], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "pyphase.daemon", "--listen", "nonsense:port", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 2 and "plasmd:" in out.stderr
 
 
@@ -59,15 +65,15 @@ def test_address_file_identity_and_logs(start_nodes):
     assert not (node.data_dir / "address").exists()
     node.close_pipes()
     node.start()
-    assert node.address.split("@")[0] == first_id          # same identity after a restart
+    assert node.address.split("@")[0] == first_id  # same identity after a restart
 
 
 def test_sigterm_lets_running_jobs_finish(start_nodes, spin_bytes):
     (node,) = start_nodes(1)
     outcome = {}
-    job_input = spin_input(60_000, b"finish me")           # about half a second
+    job_input = spin_input(60_000, b"finish me")  # about half a second
     with Client(peers=[node.address]) as client:
-        client.submit(spin_bytes, spin_input(0))            # module cached, connection up
+        client.submit(spin_bytes, spin_input(0))  # module cached, connection up
 
         def run():
             try:
@@ -105,8 +111,9 @@ def test_offers_after_sigterm_are_rejected(start_nodes, spin_bytes, hello_bytes)
 
 
 def _plasmd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pyphase.daemon", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pyphase.daemon", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_port_in_use_fails_fast_and_says_which(tmp_path):
@@ -119,8 +126,9 @@ def test_port_in_use_fails_fast_and_says_which(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         started = time.monotonic()
-        out = _plasmd("--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path), "--no-mdns", "--no-sandbox",
-                      timeout=20)
+        out = _plasmd(
+            "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path), "--no-mdns", "--no-sandbox", timeout=20
+        )
     assert time.monotonic() - started < 15
     assert out.returncode == 1, out.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr and "in use" in out.stderr, out.stderr

@@ -60,9 +60,9 @@ def test_tampered_expired_and_foreign_records_are_refused() -> None:
     with pytest.raises(RecordError, match="signature"):
         records.verify_record(ident.public_key, value.replace(b"7465", b"7466"), 3, sig)
     with pytest.raises(RecordError, match="signature"):
-        records.verify_record(ident.public_key, value, 4, sig)              # replayed under another seq
+        records.verify_record(ident.public_key, value, 4, sig)  # replayed under another seq
     with pytest.raises(RecordError, match="signature"):
-        records.verify_record(other.public_key, value, 3, sig)              # not this peer id's
+        records.verify_record(other.public_key, value, 3, sig)  # not this peer id's
     old = _value("127.0.0.1", 7465, issued=int(time.time()) - 3 * 3600)
     with pytest.raises(RecordError, match="expired"):
         records.verify_record(ident.public_key, old, 1, records.sign_value(ident, old, 1))
@@ -141,7 +141,7 @@ def test_record_query_never_amplifies_and_ignores_junk() -> None:
             for junk in (b"", dht.QUERY_MAGIC, dht.QUERY_MAGIC + b"x" * 100, b"y" * dht.QUERY_BYTES):
                 s.sendto(junk, (host, port))
             with pytest.raises(socket.timeout):
-                s.recvfrom(4096)                        # short or foreign queries: no answer at all
+                s.recvfrom(4096)  # short or foreign queries: no answer at all
             s.sendto(dht.QUERY_MAGIC + b"\0" * (dht.QUERY_BYTES - len(dht.QUERY_MAGIC)), (host, port))
             answer, _ = s.recvfrom(4096)
         assert len(answer) <= dht.QUERY_BYTES
@@ -172,12 +172,12 @@ def test_rendezvous_finds_every_node_and_proves_their_keys() -> None:
 def test_the_guard_refuses_public_bootstrap_and_default_routers() -> None:
     assert os.environ["PHASE_DHT_ALLOW"].startswith("127.0.0.0/8")
     with pytest.raises(PermissionError, match="bootstrap"):
-        dht.Dht(f"{dht_host()}:0", None)                          # libtorrent's default routers
+        dht.Dht(f"{dht_host()}:0", None)  # libtorrent's default routers
     with pytest.raises(PermissionError, match="outside"):
         dht.Dht(f"{dht_host()}:0", [("192.0.2.1", 6881)])
     with pytest.raises(PermissionError, match="listen"):
         dht.Dht("0.0.0.0:0", [("127.0.0.1", 6881)])
-    with pytest.raises(PermissionError):                          # libtorrent used directly: same rule
+    with pytest.raises(PermissionError):  # libtorrent used directly: same rule
         libtorrent.session({"listen_interfaces": "127.0.0.1:0", "enable_dht": True})
     with pytest.raises(PermissionError):
         libtorrent.session({"listen_interfaces": "127.0.0.1:0", "dht_bootstrap_nodes": "198.51.100.1:6881"})

@@ -25,8 +25,9 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 def _debian_libtorrent() -> str:
     if not shutil.which(SYSTEM_PYTHON):
         pytest.fail("no /usr/bin/python3 (bash .ci/setup --test installs python3-libtorrent)")
-    out = subprocess.run([SYSTEM_PYTHON, "-c", "import libtorrent; print(libtorrent.__version__)"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import libtorrent; print(libtorrent.__version__)"], capture_output=True, text=True
+    )
     if out.returncode != 0:
         pytest.fail(f"Debian's python3-libtorrent is missing (bash .ci/setup --test installs it): {out.stderr}")
     return out.stdout.strip()
@@ -34,8 +35,12 @@ def _debian_libtorrent() -> str:
 
 class _Peer:
     def __init__(self, listen: str, bootstrap: str) -> None:
-        self.proc = subprocess.Popen([SYSTEM_PYTHON, str(Path(__file__).with_name("dht_interop_peer.py")), listen,
-                                      bootstrap], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [SYSTEM_PYTHON, str(Path(__file__).with_name("dht_interop_peer.py")), listen, bootstrap],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.hello = self._read()
 
     def _read(self) -> dict:
@@ -59,7 +64,7 @@ def test_debian_libtorrent_reads_and_writes_in_our_dht() -> None:
     version = _debian_libtorrent()
     import libtorrent
 
-    assert version.split(".")[:2] != libtorrent.__version__.split(".")[:2]      # truly another build
+    assert version.split(".")[:2] != libtorrent.__version__.split(".")[:2]  # truly another build
     ours, theirs = Identity.generate(), Identity.generate()
     with private_dht(8) as nodes:
         host = dht_host()
@@ -77,8 +82,9 @@ def test_debian_libtorrent_reads_and_writes_in_our_dht() -> None:
             assert f"{nodes[1].listen_host}:7465" in peer.ask(op="peers", ih=dht.rendezvous_hash().hex())["peers"]
             # its record and announce, read by 2.1 and verified with PyNaCl
             theirs_value = records.encode_value(["127.0.0.2:7000"], ["other/build"], {})
-            put = peer.ask(op="put", sk=records.expanded_secret(theirs).hex(), pk=theirs.public_key.hex(),
-                           value=theirs_value.hex())
+            put = peer.ask(
+                op="put", sk=records.expanded_secret(theirs).hex(), pk=theirs.public_key.hex(), value=theirs_value.hex()
+            )
             assert put["stored"] > 0
             record = nodes[5].get_record(theirs.public_key)
             assert record.addresses == ("127.0.0.2:7000",) and record.engines == ("other/build",)

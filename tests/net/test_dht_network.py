@@ -32,8 +32,14 @@ def dht_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list
         try:
             for i in range(3):
                 extra = ("--dht-bootstrap", f"{boot[i][0]}:{boot[i][1]}", f"{boot[i + 1][0]}:{boot[i + 1][1]}")
-                node = NodeProc(tmp_path / f"node{i}", dht_host(), sandbox=False, workers=1, extra=extra,
-                                env={"PLASMD_DHT_REFRESH": "3s"} if i == 0 else None)
+                node = NodeProc(
+                    tmp_path / f"node{i}",
+                    dht_host(),
+                    sandbox=False,
+                    workers=1,
+                    extra=extra,
+                    env={"PLASMD_DHT_REFRESH": "3s"} if i == 0 else None,
+                )
                 nodes.append(node.start())
             for node in nodes:
                 published = node.wait_event("dht_record_published")
@@ -49,7 +55,7 @@ def test_nodes_publish_refresh_and_are_found_and_used(dht_network, hello_bytes) 
     refreshed = nodes[0].wait_event("dht_record_refreshed", timeout=30)
     assert refreshed["seq"] > nodes[0].events("dht_record_published")[0]["seq"]
     assert nodes[0].events("dht_listening")[0]["record_query_port"] == nodes[0].port
-    with dht.client_dht([f"{boot[5][0]}:{boot[5][1]}"]) as client_dht:      # knows one address only
+    with dht.client_dht([f"{boot[5][0]}:{boot[5][1]}"]) as client_dht:  # knows one address only
         found = dht.find_nodes(client_dht, timeout=10, want=len(nodes))
         by_id = {r.peer_id: r for r in found}
         for node in nodes:
@@ -65,20 +71,33 @@ def test_nodes_publish_refresh_and_are_found_and_used(dht_network, hello_bytes) 
 def test_cli_peers_dht_and_rendezvous(dht_network) -> None:
     boot, nodes = dht_network
     bootstrap = f"{boot[2][0]}:{boot[2][1]}"
-    out = subprocess.run([sys.executable, "-m", "pyphase", "peers", "--dht", "--json", "--dht-bootstrap", bootstrap],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "pyphase", "peers", "--dht", "--json", "--dht-bootstrap", bootstrap],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert sorted(r["address"] for r in rows) == sorted(n.address for n in nodes)
     assert all(r["reachable"] for r in rows)
-    out = subprocess.run([sys.executable, "-m", "pyphase", "dht", "rendezvous", "--json"],
-                         capture_output=True, text=True, timeout=60, env={**_env(), "PHASE_DHT_BOOTSTRAP": bootstrap})
+    out = subprocess.run(
+        [sys.executable, "-m", "pyphase", "dht", "rendezvous", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_env(), "PHASE_DHT_BOOTSTRAP": bootstrap},
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert sorted(p["peer_id"] for p in doc["peers"]) == sorted(n.address.split("@")[0] for n in nodes)
     unknown = "a" * 52
-    out = subprocess.run([sys.executable, "-m", "pyphase", "dht", "record", unknown, "--dht-bootstrap", bootstrap,
-                          "--timeout", "3"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "pyphase", "dht", "record", unknown, "--dht-bootstrap", bootstrap, "--timeout", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1 and "no record" in out.stderr
 
 
@@ -88,32 +107,50 @@ def test_peer_id_resolves_after_a_restart_on_another_port(dht_network, hello_byt
     node = nodes[1]
     peer_id, old_address = node.address.split("@")[0], node.address
     node.stop()
-    node.port = 0                                                  # comes back on another port, same identity
+    node.port = 0  # comes back on another port, same identity
     node.start()
     assert node.address != old_address and node.address.startswith(peer_id)
     deadline = time.monotonic() + 20
-    while len(node.events("dht_listening")) < 2:                        # logged just after the address line
+    while len(node.events("dht_listening")) < 2:  # logged just after the address line
         assert time.monotonic() < deadline, node.log_tail()
         time.sleep(0.1)
-    assert node.events("dht_listening")[-1]["remembered"] >= 1          # good DHT nodes kept across the restart
+    assert node.events("dht_listening")[-1]["remembered"] >= 1  # good DHT nodes kept across the restart
     deadline = time.monotonic() + 30
     while not [e for e in node.events("dht_record_published") if e["seq"] >= 2 and e["stored"] > 0]:
         assert time.monotonic() < deadline, node.log_tail()
         time.sleep(0.1)
     bootstrap = f"{boot[4][0]}:{boot[4][1]}"
-    with Client(peers=[peer_id], dht_bootstrap=[bootstrap]) as client:     # a bare peer id: no host given
+    with Client(peers=[peer_id], dht_bootstrap=[bootstrap]) as client:  # a bare peer id: no host given
         assert client.peers() == [node.address]
         result = client.submit(hello_bytes, b"again")
     assert result.stdout == b"niaga" and result.peer == peer_id
     # the same through the CLI, and the operator's view
     env_cmd = [sys.executable, "-m", "pyphase"]
-    out = subprocess.run([*env_cmd, "submit", "examples/hello/hello.wasm", "--input", "cli", "--peer", peer_id,
-                          "--dht-bootstrap", bootstrap], capture_output=True, text=True, timeout=60,
-                         cwd=Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [
+            *env_cmd,
+            "submit",
+            "examples/hello/hello.wasm",
+            "--input",
+            "cli",
+            "--peer",
+            peer_id,
+            "--dht-bootstrap",
+            bootstrap,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ilc")
-    out = subprocess.run([*env_cmd, "dht", "record", peer_id, "--dht-bootstrap", bootstrap, "--json"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*env_cmd, "dht", "record", peer_id, "--dht-bootstrap", bootstrap, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)
     assert record["address"] == node.address and record["seq"] >= 2

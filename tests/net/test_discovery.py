@@ -42,7 +42,7 @@ def test_stopped_node_disappears_and_others_notice(start_nodes):
     b_id = b.address.split("@")[0]
     # not want=2: other nodes announced on 127.0.0.1 (other test runs) answer too, as fast
     assert b_id in {p.peer_id for p in discover(15.0, interfaces="127.0.0.1", settle=1.0)}
-    assert b.terminate() == 0          # unregisters (goodbye packet)
+    assert b.terminate() == 0  # unregisters (goodbye packet)
     assert a.wait_event("peer_lost", timeout=15)
     assert b_id not in {p.peer_id for p in discover(0.5, interfaces="127.0.0.1", settle=None)}
 
@@ -51,8 +51,9 @@ def test_cli_peers_discovers(start_nodes):
     nodes = start_nodes(2, mdns=True, sandbox=False)
     for n in nodes:
         n.wait_event("mdns_announced")
-    out = subprocess.run([sys.executable, "-m", "pyphase", "peers", "--json", "--discover-timeout", "3"],
-                         capture_output=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "pyphase", "peers", "--json", "--discover-timeout", "3"], capture_output=True, timeout=60
+    )
     rows = json.loads(out.stdout)
     assert {n.address for n in nodes} <= {r["address"] for r in rows}
 
@@ -69,6 +70,10 @@ def test_fresh_processes_find_nodes_with_the_defaults(start_nodes):
         assert out.returncode == 0, out.stderr
         assert {n.address for n in nodes} <= {r["address"] for r in json.loads(out.stdout)}
     for _ in range(4):
-        out = subprocess.run([sys.executable, "-m", "pyphase", "submit", "examples/hello/hello.wasm", "--input", "lan"],
-                             capture_output=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+        out = subprocess.run(
+            [sys.executable, "-m", "pyphase", "submit", "examples/hello/hello.wasm", "--input", "lan"],
+            capture_output=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parents[2],
+        )
         assert (out.returncode, out.stdout) == (0, b"nal"), out.stderr

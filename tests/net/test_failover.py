@@ -25,17 +25,17 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
 def test_sigkill_mid_job_result_from_another_node_once(start_nodes, spin_bytes):
     nodes = start_nodes(2)
     by_id = {n.address.split("@")[0]: n for n in nodes}
-    job_input = spin_input(150_000, b"kill-me")          # ~1 s of work
+    job_input = spin_input(150_000, b"kill-me")  # ~1 s of work
     outcome: dict = {}
     client = Client(peers=[n.address for n in nodes])
-    client.submit(spin_bytes, spin_input(0))               # warm: connections up, module cached on one node
+    client.submit(spin_bytes, spin_input(0))  # warm: connections up, module cached on one node
     for n in nodes:
         client.submit(spin_bytes, spin_input(0))
 
     def run() -> None:
         try:
             outcome["result"] = client.submit(spin_bytes, job_input, timeout=30)
-        except BaseException as exc:   # surfaced by the assertion below
+        except BaseException as exc:  # surfaced by the assertion below
             outcome["error"] = exc
 
     t = threading.Thread(target=run)
@@ -49,8 +49,9 @@ def test_sigkill_mid_job_result_from_another_node_once(start_nodes, spin_bytes):
     assert result.stdout == job_input
     survivor = by_id[result.peer]
     assert survivor is not victim
-    assert any(peer == victim.address.split("@")[0] and "dropped" in why for peer, why in result.attempts), \
+    assert any(peer == victim.address.split("@")[0] and "dropped" in why for peer, why in result.attempts), (
         result.attempts
+    )
     # exactly once: the survivor produced this result once, and the client returned one result
     assert sum(1 for r in survivor.events("result") if r["job"] == _last_offer_job(survivor)) == 1
 
@@ -74,7 +75,7 @@ def test_bad_receipts_rejected_and_retried_elsewhere(start_nodes, hello_bytes, m
         with pytest.raises(NetworkError, match="bad receipt"):
             alone.submit(hello_bytes, input=b"abc", retries=0)
     seen_bad = False
-    for i in range(20):    # fresh clients know nothing of either node, so each picks one at random first
+    for i in range(20):  # fresh clients know nothing of either node, so each picks one at random first
         with Client(peers=[bad.address, good.address]) as client:
             result = client.submit(hello_bytes, input=b"job%d" % i)
         assert result.stdout == (b"job%d" % i)[::-1]

@@ -20,8 +20,14 @@ def test_remote_job_receipt_verifies(start_nodes, hello_bytes):
     assert result.exit_code == 0 and result.status == "ok"
     assert result.peer == node.address.split("@")[0]
     # independently re-checked, signer pinned to the node we addressed
-    verify_receipt(result.receipt, module=hello_bytes, input=b"Hello, World", stdout=result.stdout,
-                   stderr=result.stderr, signer=result.peer)
+    verify_receipt(
+        result.receipt,
+        module=hello_bytes,
+        input=b"Hello, World",
+        stdout=result.stdout,
+        stderr=result.stderr,
+        signer=result.peer,
+    )
     assert result.receipt["node"]["peer_id"] == result.peer
 
 
@@ -78,15 +84,46 @@ def test_cli_submit_prints_stdout_and_writes_receipt(start_nodes, hello_bytes, t
     receipt = tmp_path / "r.json"
     hello = tmp_path / "hello.wasm"
     hello.write_bytes(hello_bytes)
-    out = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(hello), "--input", "Hello, World",
-                          "--peer", node.address, "--receipt", str(receipt)], capture_output=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyphase",
+            "submit",
+            str(hello),
+            "--input",
+            "Hello, World",
+            "--peer",
+            node.address,
+            "--receipt",
+            str(receipt),
+        ],
+        capture_output=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout == b"dlroW ,olleH"
-    check = subprocess.run([sys.executable, "-m", "pyphase", "verify", str(receipt), "--input-text", "Hello, World",
-                            "--signer", node.address.split("@")[0]], capture_output=True, timeout=60)
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyphase",
+            "verify",
+            str(receipt),
+            "--input-text",
+            "Hello, World",
+            "--signer",
+            node.address.split("@")[0],
+        ],
+        capture_output=True,
+        timeout=60,
+    )
     assert check.returncode == 0, check.stderr
-    js = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(hello), "--input", "ab", "--json",
-                         "--peer", node.address], capture_output=True, timeout=60)
+    js = subprocess.run(
+        [sys.executable, "-m", "pyphase", "submit", str(hello), "--input", "ab", "--json", "--peer", node.address],
+        capture_output=True,
+        timeout=60,
+    )
     doc = json.loads(js.stdout)
     assert doc["stdout"] == "ba" and doc["peer"] == node.address.split("@")[0] and doc["receipt"]["signature"]
 
@@ -94,14 +131,22 @@ def test_cli_submit_prints_stdout_and_writes_receipt(start_nodes, hello_bytes, t
 def test_cli_exit_codes(start_nodes, wat, tmp_path):
     (node,) = start_nodes(1)
     exit7 = tmp_path / "exit7.wasm"
-    exit7.write_bytes(wat('(module (import "wasi_snapshot_preview1" "proc_exit" (func $e (param i32)))'
-                          ' (memory (export "memory") 1) (func (export "_start") (call $e (i32.const 7))))'))
-    out = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(exit7), "--peer", node.address],
-                         capture_output=True, timeout=60)
+    exit7.write_bytes(
+        wat(
+            '(module (import "wasi_snapshot_preview1" "proc_exit" (func $e (param i32)))'
+            ' (memory (export "memory") 1) (func (export "_start") (call $e (i32.const 7))))'
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "pyphase", "submit", str(exit7), "--peer", node.address], capture_output=True, timeout=60
+    )
     assert out.returncode == 7, out.stderr
     dead = node.address.rsplit(":", 1)[0] + ":1"
-    out = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(exit7), "--peer", dead, "--retries", "0"],
-                         capture_output=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "pyphase", "submit", str(exit7), "--peer", dead, "--retries", "0"],
+        capture_output=True,
+        timeout=60,
+    )
     assert out.returncode == 69, out.stderr
 
 
@@ -121,8 +166,10 @@ def test_no_peers_says_which_peer_refused_what_and_what_it_allows(start_nodes, h
     (node,) = start_nodes(1)
     peer_id = node.address.split("@")[0]
     with Client(peers=[node.address]) as client:
-        for limits, says in ((Limits(memory_bytes=512 << 20), "memory_bytes 512 MiB exceeds the ceiling 256 MiB"),
-                             (Limits(timeout_ms=120_000), "timeout_ms 2 min exceeds the ceiling 1 min")):
+        for limits, says in (
+            (Limits(memory_bytes=512 << 20), "memory_bytes 512 MiB exceeds the ceiling 256 MiB"),
+            (Limits(timeout_ms=120_000), "timeout_ms 2 min exceeds the ceiling 1 min"),
+        ):
             with pytest.raises(NoPeers) as info:
                 client.submit(hello_bytes, limits=limits)
             assert info.value.attempts == [(peer_id, f"not offered: it allows less than the job asks: {says}")]
@@ -152,18 +199,31 @@ def test_cli_no_peers_prints_each_refusal_and_a_json_document(start_nodes, hello
     peer_id = node.address.split("@")[0]
     hello = tmp_path / "hello.wasm"
     hello.write_bytes(hello_bytes)
-    out = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(hello), "--memory", "512MiB",
-                          "--peer", node.address], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "pyphase", "submit", str(hello), "--memory", "512MiB", "--peer", node.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 69, out.stderr
-    assert f"{peer_id}: not offered" in out.stderr and "memory_bytes 512 MiB exceeds the ceiling 256 MiB" \
-        in out.stderr, out.stderr
-    js = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(hello), "--timeout", "2m", "--json",
-                         "--peer", node.address], capture_output=True, text=True, timeout=60)
+    assert (
+        f"{peer_id}: not offered" in out.stderr and "memory_bytes 512 MiB exceeds the ceiling 256 MiB" in out.stderr
+    ), out.stderr
+    js = subprocess.run(
+        [sys.executable, "-m", "pyphase", "submit", str(hello), "--timeout", "2m", "--json", "--peer", node.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert js.returncode == 69, js.stderr
     doc = json.loads(js.stdout)
     assert doc["status"] == "no_peers" and "no peer could take the job" in doc["message"]
-    assert doc["attempts"] == [{"peer": peer_id, "why": "not offered: it allows less than the job asks: "
-                                                        "timeout_ms 2 min exceeds the ceiling 1 min"}]
+    assert doc["attempts"] == [
+        {
+            "peer": peer_id,
+            "why": "not offered: it allows less than the job asks: timeout_ms 2 min exceeds the ceiling 1 min",
+        }
+    ]
 
 
 def test_cli_peers_down_exits_non_zero_with_the_reason(start_nodes):
@@ -171,12 +231,17 @@ def test_cli_peers_down_exits_non_zero_with_the_reason(start_nodes):
 
     (node,) = start_nodes(1)
     dead = f"{Identity.generate().peer_id}@{node.host}:1"
-    out = subprocess.run([sys.executable, "-m", "pyphase", "peers", "--peer", dead, "--peer", node.address],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "pyphase", "peers", "--peer", dead, "--peer", node.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 69, out
     assert "unreachable: connection refused" in out.stdout and node.address in out.stdout, out.stdout
-    js = subprocess.run([sys.executable, "-m", "pyphase", "peers", "--json", "--peer", dead], capture_output=True,
-                        text=True, timeout=60)
+    js = subprocess.run(
+        [sys.executable, "-m", "pyphase", "peers", "--json", "--peer", dead], capture_output=True, text=True, timeout=60
+    )
     assert js.returncode == 69
     (row,) = json.loads(js.stdout)
     assert not row["reachable"] and row["error"].startswith("connection refused"), row
@@ -186,7 +251,7 @@ def test_no_peers_found_says_how_to_name_start_or_find_one(monkeypatch, hello_by
     import pyphase.net.discovery
     from pyphase.errors import NoPeers
 
-    monkeypatch.setattr(pyphase.net.discovery, "discover", lambda *a, **k: [])   # an empty LAN, whoever else runs here
+    monkeypatch.setattr(pyphase.net.discovery, "discover", lambda *a, **k: [])  # an empty LAN, whoever else runs here
     with Client(discover_timeout=0.5) as client:
         with pytest.raises(NoPeers) as info:
             client.submit(hello_bytes)
@@ -208,10 +273,14 @@ def test_a_wrong_peer_id_is_not_called_connection_refused(start_nodes, hello_byt
 
 def test_cli_peers_table_names_reachable_and_unreachable_nodes(start_nodes):
     (node,) = start_nodes(1)
-    dead = f"{Identity.generate().peer_id}@127.0.0.1:1"      # nobody listens on port 1
-    out = subprocess.run([sys.executable, "-m", "pyphase", "peers", "--peer", node.address, "--peer", dead,
-                          "--wait", "2"], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 69, out.stderr                 # issue #16: a listed peer that is down is an error
+    dead = f"{Identity.generate().peer_id}@127.0.0.1:1"  # nobody listens on port 1
+    out = subprocess.run(
+        [sys.executable, "-m", "pyphase", "peers", "--peer", node.address, "--peer", dead, "--wait", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 69, out.stderr  # issue #16: a listed peer that is down is an error
     lines = {line.split()[0]: line for line in out.stdout.splitlines()}
     assert "unreachable: connection refused" in lines[dead]
     assert "0/2 busy, 0 queued" in lines[node.address] and "wasm3" in lines[node.address]

@@ -39,7 +39,8 @@ def test_no_majority_raises_with_every_receipt(start_nodes, hello_bytes):
     err = info.value
     assert len(err.receipts) == 2
     assert sorted(p for peers in err.groups.values() for p in peers) == sorted(
-        n.address.split("@")[0] for n in (honest, liar))
+        n.address.split("@")[0] for n in (honest, liar)
+    )
 
 
 def test_replicas_need_distinct_peers(start_nodes, hello_bytes):
@@ -68,11 +69,17 @@ def test_cli_replicas_names_the_liar(start_nodes, hello_bytes, tmp_path):
     hello = tmp_path / "hello.wasm"
     hello.write_bytes(hello_bytes)
     peers = [a for n in (*honest, liar) for a in ("--peer", n.address)]
-    out = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(hello), "--input", "abc", "--replicas", "3",
-                          *peers], capture_output=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "pyphase", "submit", str(hello), "--input", "abc", "--replicas", "3", *peers],
+        capture_output=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and out.stdout == b"cba", out.stderr
     assert liar.address.split("@")[0].encode() in out.stderr
-    js = subprocess.run([sys.executable, "-m", "pyphase", "submit", str(hello), "--input", "abc", "--replicas", "3",
-                         "--json", *peers], capture_output=True, timeout=60)
+    js = subprocess.run(
+        [sys.executable, "-m", "pyphase", "submit", str(hello), "--input", "abc", "--replicas", "3", "--json", *peers],
+        capture_output=True,
+        timeout=60,
+    )
     doc = json.loads(js.stdout)
     assert doc["dissent"] == [liar.address.split("@")[0]] and len(doc["receipts"]) == 3

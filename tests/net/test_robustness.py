@@ -72,24 +72,27 @@ def header(**fields) -> bytes:
     return msgpack.packb({"v": 1, **fields}, use_bin_type=True)
 
 
-@pytest.mark.parametrize("frames, code", [
-    ([b"\xc1garbage"], "malformed"),
-    ([b""], "malformed"),
-    ([msgpack.packb([1, 2, 3])], "malformed"),
-    ([msgpack.packb({"v": 2, "t": "caps?"})], "version"),
-    ([msgpack.packb({"t": "caps?"})], "version"),
-    ([header(t="gossip")], "type"),
-    ([header(t="caps?"), b"extra frame"], "malformed"),
-    ([header(t="offer", job=b"j1")], "malformed"),
-    ([header(t="offer", job=b"j1", manifest={}, extra=1), b""], "malformed"),
-    ([header(t="offer", job=b"x" * 33, manifest={}), b""], "malformed"),
-    ([header(t="offer", job="text-tag", manifest={}), b""], "malformed"),
-    ([msgpack.packb({1: 1, "v": 1, "t": "caps?"})], "malformed"),
-    ([header(t="module", job=b"nobody"), b"\0asm"], "unknown_job"),
-    ([header(t="accept", job=b"j1", module=True)], "unexpected"),
-    ([header(t="result", job=b"j1", receipt={}), b"", b""], "unexpected"),
-    ([header(t="caps?", pad="x" * (wire.MAX_HEADER_BYTES + 10))], "too_big"),
-])
+@pytest.mark.parametrize(
+    "frames, code",
+    [
+        ([b"\xc1garbage"], "malformed"),
+        ([b""], "malformed"),
+        ([msgpack.packb([1, 2, 3])], "malformed"),
+        ([msgpack.packb({"v": 2, "t": "caps?"})], "version"),
+        ([msgpack.packb({"t": "caps?"})], "version"),
+        ([header(t="gossip")], "type"),
+        ([header(t="caps?"), b"extra frame"], "malformed"),
+        ([header(t="offer", job=b"j1")], "malformed"),
+        ([header(t="offer", job=b"j1", manifest={}, extra=1), b""], "malformed"),
+        ([header(t="offer", job=b"x" * 33, manifest={}), b""], "malformed"),
+        ([header(t="offer", job="text-tag", manifest={}), b""], "malformed"),
+        ([msgpack.packb({1: 1, "v": 1, "t": "caps?"})], "malformed"),
+        ([header(t="module", job=b"nobody"), b"\0asm"], "unknown_job"),
+        ([header(t="accept", job=b"j1", module=True)], "unexpected"),
+        ([header(t="result", job=b"j1", receipt={}), b"", b""], "unexpected"),
+        ([header(t="caps?", pad="x" * (wire.MAX_HEADER_BYTES + 10))], "too_big"),
+    ],
+)
 def test_bad_messages_get_an_error(node, hello_bytes, frames, code):
     raw = Raw(node.address)
     try:
@@ -141,7 +144,7 @@ def test_oversized_message_drops_only_that_connection(node, hello_bytes):
     try:
         raw.send([header(t="caps?")])
         assert raw.recv().type == "caps"
-        raw.send([header(t="module", job=b"big"), b"\0" * (2 << 20)])    # above the node's ZMQ_MAXMSGSIZE
+        raw.send([header(t="module", job=b"big"), b"\0" * (2 << 20)])  # above the node's ZMQ_MAXMSGSIZE
         assert raw.recv(timeout_ms=1000) is None
     finally:
         raw.close()
@@ -185,11 +188,26 @@ def test_arbitrary_frames_decode_or_raise_wire_error(frames):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.one_of(st.binary(max_size=32),
-                          st.dictionaries(st.sampled_from(["v", "t", "job", "manifest", "module", "caps"]),
-                                          st.one_of(st.integers(-2**63, 2**64 - 1), st.text(max_size=8), st.binary(max_size=8),
-                                                    st.booleans(), st.none()), max_size=4)
-                          .map(lambda d: msgpack.packb(d, use_bin_type=True))), min_size=1, max_size=3))
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=32),
+            st.dictionaries(
+                st.sampled_from(["v", "t", "job", "manifest", "module", "caps"]),
+                st.one_of(
+                    st.integers(-(2**63), 2**64 - 1),
+                    st.text(max_size=8),
+                    st.binary(max_size=8),
+                    st.booleans(),
+                    st.none(),
+                ),
+                max_size=4,
+            ).map(lambda d: msgpack.packb(d, use_bin_type=True)),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
 def test_fuzzed_messages_never_harm_the_node(node, frames):
     raw = Raw(node.address)
     try:

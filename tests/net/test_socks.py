@@ -22,7 +22,7 @@ from pyphase import Client, verify_receipt
 from pyphase.net.addresses import parse_address, parse_socks_proxy, resolve_socks_proxy
 from pyphase.errors import NetworkError, NoPeers
 
-PROXY_SOURCE = "127.0.0.254"        # microsocks -b: where the proxy's own connections come from
+PROXY_SOURCE = "127.0.0.254"  # microsocks -b: where the proxy's own connections come from
 
 
 class Microsocks:
@@ -38,11 +38,15 @@ class Microsocks:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> Microsocks:
-        for _ in range(5):                                  # a port taken between probe and bind: try another
+        for _ in range(5):  # a port taken between probe and bind: try another
             self.port = _free_port()
             log = open(self.log_path, "ab")
-            self.proc = subprocess.Popen(["microsocks", "-i", "127.0.0.1", "-p", str(self.port), "-b", PROXY_SOURCE],
-                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                ["microsocks", "-i", "127.0.0.1", "-p", str(self.port), "-b", PROXY_SOURCE],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
             log.close()
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.proc.poll() is None:
@@ -92,11 +96,13 @@ def dead_port() -> Iterator[int]:
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     # conftest.py removed any PHASE_SOCKS_PROXY of the developer's shell from os.environ
-    return subprocess.run([sys.executable, "-m", "pyphase", *args], capture_output=True, timeout=120,
-                          env=dict(os.environ, **(env or {})))
+    return subprocess.run(
+        [sys.executable, "-m", "pyphase", *args], capture_output=True, timeout=120, env=dict(os.environ, **(env or {}))
+    )
 
 
 # ---- (1) a job through the proxy ------------------------------------------------------------------------
+
 
 def test_job_through_proxy_verifies(start_nodes, socks_proxy, hello_bytes):
     (node,) = start_nodes(1)
@@ -104,8 +110,14 @@ def test_job_through_proxy_verifies(start_nodes, socks_proxy, hello_bytes):
         assert client.socks_proxy == socks_proxy.address
         result = client.submit(hello_bytes, input=b"Hello, World")
     assert result.stdout == b"dlroW ,olleH" and result.status == "ok"
-    verify_receipt(result.receipt, module=hello_bytes, input=b"Hello, World", stdout=result.stdout,
-                   stderr=result.stderr, signer=node.address.split("@")[0])
+    verify_receipt(
+        result.receipt,
+        module=hello_bytes,
+        input=b"Hello, World",
+        stdout=result.stdout,
+        stderr=result.stderr,
+        signer=node.address.split("@")[0],
+    )
     # the proxy opened the connection to the node's port, and the node saw it come from the proxy
     assert f"connected to {node.host}:{node.port}" in socks_proxy.log()
     assert [e["address"] for e in node.events("peer_connected")] == [PROXY_SOURCE]
@@ -116,14 +128,25 @@ def test_cli_submit_through_proxy_flag_and_environment(start_nodes, socks_proxy,
     hello = tmp_path / "hello.wasm"
     hello.write_bytes(hello_bytes)
     receipt = tmp_path / "r.json"
-    out = _cli("submit", str(hello), "--input", "abc", "--peer", node.address, "--socks-proxy", socks_proxy.address,
-               "--receipt", str(receipt))
+    out = _cli(
+        "submit",
+        str(hello),
+        "--input",
+        "abc",
+        "--peer",
+        node.address,
+        "--socks-proxy",
+        socks_proxy.address,
+        "--receipt",
+        str(receipt),
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout == b"cba"
     check = _cli("verify", str(receipt), "--input-text", "abc", "--signer", node.address.split("@")[0])
     assert check.returncode == 0, check.stderr
-    out = _cli("submit", str(hello), "--input", "xy", "--peer", node.address,
-               env={"PHASE_SOCKS_PROXY": socks_proxy.address})
+    out = _cli(
+        "submit", str(hello), "--input", "xy", "--peer", node.address, env={"PHASE_SOCKS_PROXY": socks_proxy.address}
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout == b"yx"
     assert socks_proxy.log().count(f"connected to {node.host}:{node.port}") == 2
@@ -131,6 +154,7 @@ def test_cli_submit_through_proxy_flag_and_environment(start_nodes, socks_proxy,
 
 
 # ---- (2) a host name, resolved by the proxy ----------------------------------------------------------------
+
 
 def test_hostname_peer_resolved_by_proxy(tmp_path, socks_proxy, hello_bytes):
     from net_support import NodeProc
@@ -159,13 +183,24 @@ def test_addresses_accept_names_and_refuse_junk():
     assert parse_address(f"{peer_id}@{onion}:7000")[2:] == (onion, 7000)
     assert parse_address(f"{peer_id}@localhost")[2:] == ("localhost", 7465)
     assert parse_address(f"{peer_id}@[::1]:7000")[2:] == ("::1", 7000)
-    for bad in ("@:7000", "@a b:7000", "@-bad:7000", "@bad-.x:7000", "@a..b:7000", "@host:0", "@host:x",
-                "@" + "a" * 64 + ".onion:7000", "@[::1:7000", "@host/evil:7000"):
+    for bad in (
+        "@:7000",
+        "@a b:7000",
+        "@-bad:7000",
+        "@bad-.x:7000",
+        "@a..b:7000",
+        "@host:0",
+        "@host:x",
+        "@" + "a" * 64 + ".onion:7000",
+        "@[::1:7000",
+        "@host/evil:7000",
+    ):
         with pytest.raises(ValueError):
             parse_address(peer_id + bad)
 
 
 # ---- (3) the proxy down: fail closed -------------------------------------------------------------------------
+
 
 def test_proxy_down_fails_closed(start_nodes, dead_port, hello_bytes):
     (node,) = start_nodes(1)
@@ -185,9 +220,18 @@ def test_cli_proxy_down_exits_69_and_node_sees_nothing(start_nodes, dead_port, h
     (node,) = start_nodes(1)
     hello = tmp_path / "hello.wasm"
     hello.write_bytes(hello_bytes)
-    out = _cli("submit", str(hello), "--peer", node.address, "--retries", "0", "--timeout", "2s",
-               env={"PHASE_SOCKS_PROXY": f"127.0.0.1:{dead_port}"})
-    assert out.returncode == 69, out.stderr                 # a clean exit, not libzmq's SIGABRT on close
+    out = _cli(
+        "submit",
+        str(hello),
+        "--peer",
+        node.address,
+        "--retries",
+        "0",
+        "--timeout",
+        "2s",
+        env={"PHASE_SOCKS_PROXY": f"127.0.0.1:{dead_port}"},
+    )
+    assert out.returncode == 69, out.stderr  # a clean exit, not libzmq's SIGABRT on close
     assert b"SOCKS proxy" in out.stderr and b"unreachable" in out.stderr
     assert node.events("peer_connected") == [] and node.events("offer") == []
 
@@ -204,6 +248,7 @@ def test_proxy_cannot_reach_peer_says_so(start_nodes, socks_proxy, hello_bytes):
 
 
 # ---- (4) a proxy and no peers: discovery refused ------------------------------------------------------------
+
 
 def test_proxy_refuses_discovery(monkeypatch, hello_bytes):
     import pyphase.net.discovery
@@ -234,10 +279,27 @@ def test_cli_proxy_refuses_discovery(hello_bytes, tmp_path):
 
 # ---- (5) the proxy's text --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text", ["127.0.0.1", "127.0.0.1:", ":9050", "127.0.0.1:0", "127.0.0.1:65536",
-                                  "127.0.0.1:port", "socks5://127.0.0.1:9050", "socks5h://tor:9050", "a b:9050",
-                                  "-tor:9050", "::1:9050", "[::1:9050", "[tor]:9050", "127.0.0.1:9050:1",
-                                  "127.0.0.1:٩٠٥٠"])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "127.0.0.1",
+        "127.0.0.1:",
+        ":9050",
+        "127.0.0.1:0",
+        "127.0.0.1:65536",
+        "127.0.0.1:port",
+        "socks5://127.0.0.1:9050",
+        "socks5h://tor:9050",
+        "a b:9050",
+        "-tor:9050",
+        "::1:9050",
+        "[::1:9050",
+        "[tor]:9050",
+        "127.0.0.1:9050:1",
+        "127.0.0.1:٩٠٥٠",
+    ],
+)
 def test_bad_proxy_text_is_a_value_error(text):
     with pytest.raises(ValueError, match="SOCKS proxy"):
         parse_socks_proxy(text)

@@ -51,12 +51,12 @@ def test_cache_put_get_and_lru(tmp_path):
     blobs = [os.urandom(1000) for _ in range(4)]
     for b in blobs[:3]:
         assert cache.put(h(b), b)
-    assert cache.get(h(blobs[0])) == blobs[0]            # 0 is now the most recent
-    assert cache.put(h(blobs[3]), blobs[3])               # evicts 1, the least recently used
+    assert cache.get(h(blobs[0])) == blobs[0]  # 0 is now the most recent
+    assert cache.put(h(blobs[3]), blobs[3])  # evicts 1, the least recently used
     assert h(blobs[1]) not in cache and cache.get(h(blobs[1])) is None
     assert all(cache.get(h(b)) == b for b in (blobs[0], blobs[2], blobs[3]))
     assert cache.disk_bytes <= 3000
-    again = ModuleCache(tmp_path, max_bytes=3000)         # the index is rebuilt from disk
+    again = ModuleCache(tmp_path, max_bytes=3000)  # the index is rebuilt from disk
     assert len(again) == 3 and again.get(h(blobs[3])) == blobs[3]
 
 
@@ -66,7 +66,7 @@ def test_cache_refuses_wrong_hash_and_detects_corruption(tmp_path):
     assert not cache.put(h(b"other"), data)
     assert cache.put(h(data), data)
     (tmp_path / (h(data)[7:] + ".wasm")).write_bytes(b"\0asm swapped")
-    assert cache.get(h(data)) is None                     # re-hashed on load: refused and removed
+    assert cache.get(h(data)) is None  # re-hashed on load: refused and removed
     assert h(data) not in cache and not (tmp_path / (h(data)[7:] + ".wasm")).exists()
 
 

@@ -25,8 +25,11 @@ INCLUDE = ["python3.11", "ca-certificates"]
 
 def apt_mirror() -> str:
     """The first Debian archive (not security) that apt is configured with here."""
-    texts = [p.read_text() for p in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]
-             if p.is_file() and p.suffix in ("", ".list", ".sources")]
+    texts = [
+        p.read_text()
+        for p in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]
+        if p.is_file() and p.suffix in ("", ".list", ".sources")
+    ]
     for text in texts:
         for uri in re.findall(r"^(?:URIs:\s*|deb\s+(?:\[[^]]*\]\s+)?)(\S+)", text, re.MULTILINE):
             if uri.rstrip("/").endswith("/debian"):
@@ -58,15 +61,23 @@ def cached(arch: str = "amd64", include: list[str] | None = None) -> Path:
             return target
         shutil.rmtree(target, ignore_errors=True)
         stamp.unlink(missing_ok=True)
-        foreign = arch != subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
-                                         check=True).stdout.strip()
+        foreign = (
+            arch
+            != subprocess.run(
+                ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+        )
         cmd = ["debootstrap", "--variant=minbase", f"--arch={arch}", f"--include={','.join(packages)}"]
         if foreign:
             cmd.append("--foreign")
         subprocess.run([*cmd, SUITE, str(target), apt_mirror()], check=True, capture_output=True, timeout=3600)
         if foreign:
-            subprocess.run(["chroot", str(target), "/debootstrap/debootstrap", "--second-stage"], check=True,
-                           capture_output=True, timeout=3600)
+            subprocess.run(
+                ["chroot", str(target), "/debootstrap/debootstrap", "--second-stage"],
+                check=True,
+                capture_output=True,
+                timeout=3600,
+            )
         subprocess.run(["chroot", str(target), "apt-get", "clean"], check=True, capture_output=True)
         unmount_below(target)
         stamp.write_text(",".join(packages))
@@ -97,7 +108,5 @@ def fresh_copy(arch: str = "amd64", include: list[str] | None = None) -> Iterato
 
 def run(root: Path, *cmd: str, timeout: float = 600, **kw: object) -> subprocess.CompletedProcess[str]:
     """Run cmd inside the chroot with a plain environment."""
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-           "HOME": "/root"}
-    return subprocess.run(["chroot", str(root), *cmd], capture_output=True, text=True, timeout=timeout, env=env,
-                          **kw)  # type: ignore[call-overload]
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
+    return subprocess.run(["chroot", str(root), *cmd], capture_output=True, text=True, timeout=timeout, env=env, **kw)  # type: ignore[call-overload]

@@ -29,8 +29,11 @@ ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"
 VENV = "/opt/phase-venv"
 # What pip on Debian 12 arm64 (glibc 2.36) accepts, for fetching the dependencies' wheels from this host.
-PLATFORMS = [arg for tag in ("manylinux_2_28_aarch64", "manylinux_2_26_aarch64", "manylinux_2_17_aarch64",
-                             "manylinux2014_aarch64") for arg in ("--platform", tag)]
+PLATFORMS = [
+    arg
+    for tag in ("manylinux_2_28_aarch64", "manylinux_2_26_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")
+    for arg in ("--platform", tag)
+]
 
 pytestmark = [pytest.mark.arm, pytest.mark.slow]
 
@@ -39,8 +42,7 @@ def _wheel(arch: str) -> Path:
     found = sorted((ROOT / "dist").glob(f"pyphase-*-manylinux*_{arch}.whl"))
     if found:
         return found[-1]
-    out = subprocess.run([str(ROOT / "tools" / "build-wheels.sh"), arch], capture_output=True, text=True,
-                         timeout=3600)
+    out = subprocess.run([str(ROOT / "tools" / "build-wheels.sh"), arch], capture_output=True, text=True, timeout=3600)
     assert out.returncode == 0, out.stderr[-5000:]
     return Path(out.stdout.strip().splitlines()[-1])
 
@@ -64,14 +66,42 @@ def arm64_with_pyphase() -> Iterator[Path]:
         wheels = root / "tmp" / "wheels"
         wheels.mkdir()
         shutil.copy(wheel, wheels / wheel.name)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-                        "--only-binary", ":all:", *PLATFORMS, "--python-version", "3.11",
-                        "-d", str(wheels), str(wheels / wheel.name), "pip==25.3"], check=True, capture_output=True,
-                       timeout=600)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--disable-pip-version-check",
+                "--only-binary",
+                ":all:",
+                *PLATFORMS,
+                "--python-version",
+                "3.11",
+                "-d",
+                str(wheels),
+                str(wheels / wheel.name),
+                "pip==25.3",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
         pip = next(wheels.glob("pip-*.whl")).name
-        for cmd in (["python3.11", "-m", "venv", "--without-pip", VENV],
-                    [f"{VENV}/bin/python3", f"/tmp/wheels/{pip}/pip", "install", "-q", "--no-index",
-                     "--find-links", "/tmp/wheels", f"/tmp/wheels/{wheel.name}"]):
+        for cmd in (
+            ["python3.11", "-m", "venv", "--without-pip", VENV],
+            [
+                f"{VENV}/bin/python3",
+                f"/tmp/wheels/{pip}/pip",
+                "install",
+                "-q",
+                "--no-index",
+                "--find-links",
+                "/tmp/wheels",
+                f"/tmp/wheels/{wheel.name}",
+            ],
+        ):
             out = debian_chroot.run(root, *cmd, timeout=1800)
             assert out.returncode == 0, out.stdout + out.stderr
         shutil.copy(HELLO, root / "tmp" / "hello.wasm")
@@ -87,32 +117,81 @@ def arm_root() -> Iterator[Path]:
 
 
 def test_demo_runs_on_arm64_without_the_sandbox(arm_root: Path) -> None:
-    out = debian_chroot.run(arm_root, f"{VENV}/bin/phase", "run", "--no-sandbox", "/tmp/hello.wasm",
-                            "--input", "Hello, World", "--json", timeout=600)
+    out = debian_chroot.run(
+        arm_root,
+        f"{VENV}/bin/phase",
+        "run",
+        "--no-sandbox",
+        "/tmp/hello.wasm",
+        "--input",
+        "Hello, World",
+        "--json",
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads(out.stdout)["receipt"]["node"]["arch"] == "aarch64"
 
 
 def test_node_refuses_a_sandbox_it_cannot_build(arm_root: Path) -> None:
-    out = debian_chroot.run(arm_root, f"{VENV}/bin/plasmd", "--listen", "127.0.0.1:0", "--data-dir", "/tmp/n0",
-                            "--no-mdns", "--workers", "1", timeout=600)
+    out = debian_chroot.run(
+        arm_root,
+        f"{VENV}/bin/plasmd",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        "/tmp/n0",
+        "--no-mdns",
+        "--workers",
+        "1",
+        timeout=600,
+    )
     assert out.returncode != 0
     assert "sandbox" in out.stderr and "seccomp" in out.stderr and "--no-sandbox" in out.stderr, out.stderr
 
 
 def test_x86_64_client_submits_to_an_arm64_node(arm_root: Path, tmp_path: Path) -> None:
-    node = subprocess.Popen(["chroot", str(arm_root), f"{VENV}/bin/plasmd", "--listen", "127.0.0.1:0",
-                             "--data-dir", "/tmp/n1", "--no-mdns", "--no-sandbox", "--workers", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    node = subprocess.Popen(
+        [
+            "chroot",
+            str(arm_root),
+            f"{VENV}/bin/plasmd",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "/tmp/n1",
+            "--no-mdns",
+            "--no-sandbox",
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert node.stdout is not None
         address = node.stdout.readline().strip()
         assert "@127.0.0.1:" in address, node.stderr.read() if node.stderr else ""
         bindir = Path(sys.executable).parent
         receipt = tmp_path / "r.json"
-        job = subprocess.run([str(bindir / "phase"), "submit", str(HELLO), "--input", "Hello, World", "--peer",
-                              address, "--timeout", "60s", "--receipt", str(receipt)], capture_output=True, text=True,
-                             timeout=300)
+        job = subprocess.run(
+            [
+                str(bindir / "phase"),
+                "submit",
+                str(HELLO),
+                "--input",
+                "Hello, World",
+                "--peer",
+                address,
+                "--timeout",
+                "60s",
+                "--receipt",
+                str(receipt),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert job.returncode == 0 and job.stdout == "dlroW ,olleH", job.stdout + job.stderr
         assert json.loads(receipt.read_text())["node"]["arch"] == "aarch64"
         check = subprocess.run([str(bindir / "phase"), "verify", str(receipt)], capture_output=True, text=True)
@@ -124,15 +203,40 @@ def test_x86_64_client_submits_to_an_arm64_node(arm_root: Path, tmp_path: Path) 
 
 def test_arm64_client_submits_to_an_x86_64_node(arm_root: Path, tmp_path: Path) -> None:
     bindir = Path(sys.executable).parent
-    node = subprocess.Popen([str(bindir / "plasmd"), "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "n"),
-                             "--no-mdns", "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    node = subprocess.Popen(
+        [
+            str(bindir / "plasmd"),
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(tmp_path / "n"),
+            "--no-mdns",
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert node.stdout is not None
         address = node.stdout.readline().strip()
         assert "@127.0.0.1:" in address, node.stderr.read() if node.stderr else ""
-        job = debian_chroot.run(arm_root, f"{VENV}/bin/phase", "submit", "/tmp/hello.wasm", "--input",
-                                "Hello, World", "--peer", address, "--timeout", "60s", "--receipt", "/tmp/r.json",
-                                timeout=600)
+        job = debian_chroot.run(
+            arm_root,
+            f"{VENV}/bin/phase",
+            "submit",
+            "/tmp/hello.wasm",
+            "--input",
+            "Hello, World",
+            "--peer",
+            address,
+            "--timeout",
+            "60s",
+            "--receipt",
+            "/tmp/r.json",
+            timeout=600,
+        )
         assert job.returncode == 0 and job.stdout == "dlroW ,olleH", job.stdout + job.stderr
         assert json.loads((arm_root / "tmp" / "r.json").read_text())["node"]["arch"] == "x86_64"
     finally:

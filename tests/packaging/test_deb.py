@@ -60,17 +60,21 @@ def test_package_layout(installed: Path) -> None:
     for name in ("phase", "plasmd"):
         assert os.readlink(installed / "usr/bin" / name) == f"/opt/phase/venv/bin/{name}"
         assert (installed / "opt/phase/venv/bin" / name).is_file()
-    interpreter = debian_chroot.run(installed, "/opt/phase/venv/bin/python", "-c",
-                                    "import os, sys; print(os.path.realpath(sys.executable))").stdout.strip()
+    interpreter = debian_chroot.run(
+        installed, "/opt/phase/venv/bin/python", "-c", "import os, sys; print(os.path.realpath(sys.executable))"
+    ).stdout.strip()
     assert interpreter.startswith("/usr/bin/python3."), interpreter
     assert (installed / "lib/systemd/system/plasmd.service").is_file()
-    licences = list((installed / "opt/phase/venv/lib").glob("python3*/site-packages/pyphase-*.dist-info/licenses/*/*/LICENSE"))
+    licences = list(
+        (installed / "opt/phase/venv/lib").glob("python3*/site-packages/pyphase-*.dist-info/licenses/*/*/LICENSE")
+    )
     assert {p.parent.name for p in licences} == {"wasm3", "libsodium"}
 
 
 def test_phase_run_hello_inside_the_chroot(installed: Path) -> None:
-    out = debian_chroot.run(installed, "phase", "run", "/tmp/hello.wasm", "--input", "Hello, World",
-                            "--receipt", "/tmp/hello.receipt.json")
+    out = debian_chroot.run(
+        installed, "phase", "run", "/tmp/hello.wasm", "--input", "Hello, World", "--receipt", "/tmp/hello.receipt.json"
+    )
     assert out.returncode == 0 and out.stdout.strip() == "dlroW ,olleH", out.stdout + out.stderr
     verify = debian_chroot.run(installed, "phase", "verify", "/tmp/hello.receipt.json")
     assert verify.returncode == 0, verify.stdout + verify.stderr
@@ -82,18 +86,32 @@ def test_plasmd_from_the_units_execstart_serves_a_job(installed: Path, tmp_path:
     assert len(exec_start) == 1
     # What the unit's StateDirectory= would provide; loopback and no mDNS for the test (environment overrides).
     (installed / "var/lib/phase").mkdir(parents=True, exist_ok=True)
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PLASMD_LISTEN": "127.0.0.1:0", "PLASMD_MDNS": "false",
-           "PLASMD_WORKERS": "1"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "PLASMD_LISTEN": "127.0.0.1:0",
+        "PLASMD_MDNS": "false",
+        "PLASMD_WORKERS": "1",
+    }
     chroot = shutil.which("chroot") or "/usr/sbin/chroot"
-    node = subprocess.Popen([chroot, str(installed), *shlex.split(exec_start[0])], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    node = subprocess.Popen(
+        [chroot, str(installed), *shlex.split(exec_start[0])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert node.stdout is not None
         address = node.stdout.readline().strip()
         assert "@127.0.0.1:" in address, node.stderr.read() if node.stderr else ""
         bindir = Path(sys.executable).parent
-        job = subprocess.run([str(bindir / "phase"), "submit", str(HELLO), "--input", "Hello, World",
-                              "--peer", address, "--json"], capture_output=True, text=True, timeout=120)
+        job = subprocess.run(
+            [str(bindir / "phase"), "submit", str(HELLO), "--input", "Hello, World", "--peer", address, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert job.returncode == 0 and "dlroW ,olleH" in job.stdout, job.stdout + job.stderr
         assert (installed / "var/lib/phase/identity.key").exists()
     finally:

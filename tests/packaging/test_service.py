@@ -44,8 +44,12 @@ def unit_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_unit_verifies_without_a_word(unit_root: Path) -> None:
-    out = subprocess.run(["systemd-analyze", "verify", f"--root={unit_root}", "plasmd.service"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={unit_root}", "plasmd.service"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and out.stdout == "" and out.stderr == "", out.stdout + out.stderr
 
 
@@ -55,16 +59,24 @@ def test_a_bad_value_is_caught(unit_root: Path, tmp_path: Path) -> None:
     good = unit.read_text()
     try:
         unit.write_text(good.replace("MemoryMax=2G", "MemoryMax=2 gigs"))
-        out = subprocess.run(["systemd-analyze", "verify", f"--root={unit_root}", "plasmd.service"],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            ["systemd-analyze", "verify", f"--root={unit_root}", "plasmd.service"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert "Invalid memory limit" in out.stdout + out.stderr
     finally:
         unit.write_text(good)
 
 
 def test_security_exposure_score(unit_root: Path) -> None:
-    out = subprocess.run(["systemd-analyze", "security", "--offline=yes", f"--root={unit_root}", "plasmd.service"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", f"--root={unit_root}", "plasmd.service"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     match = re.search(r"Overall exposure level for plasmd.service: ([0-9.]+) (\w+)", out.stdout + out.stderr)
     assert match, out.stdout + out.stderr
     print(f"\nsystemd-analyze security --offline=yes plasmd.service: {match.group(1)} {match.group(2)}")
@@ -82,8 +94,9 @@ def expand_filter(items: list[str], seen: set[str] | None = None) -> set[str]:
         if item in seen:
             continue
         seen.add(item)
-        listing = subprocess.run(["systemd-analyze", "syscall-filter", item], capture_output=True, text=True,
-                                 check=True).stdout
+        listing = subprocess.run(
+            ["systemd-analyze", "syscall-filter", item], capture_output=True, text=True, check=True
+        ).stdout
         members = [w.strip() for w in listing.splitlines()[1:] if w.strip() and not w.strip().startswith("#")]
         names |= expand_filter(members, seen)
     return names
@@ -101,15 +114,50 @@ def traced_job(tmp_path_factory: pytest.TempPathFactory) -> str:
     trace = tmp / "trace"
     bindir = Path(sys.executable).parent
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.Popen(["strace", "-f", "-qq", "-s", "0", "-o", str(trace), str(bindir / "plasmd"),
-                             "--listen", "127.0.0.1:0", "--data-dir", str(tmp / "data"), "--no-mdns",
-                             "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            "strace",
+            "-f",
+            "-qq",
+            "-s",
+            "0",
+            "-o",
+            str(trace),
+            str(bindir / "plasmd"),
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(tmp / "data"),
+            "--no-mdns",
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert proc.stdout is not None
         address = proc.stdout.readline().strip()
         assert "@127.0.0.1:" in address, proc.stderr.read() if proc.stderr else ""
-        job = subprocess.run([str(bindir / "phase"), "submit", str(HELLO), "--input", "Hello, World", "--peer",
-                              address, "--timeout", "60s"], capture_output=True, text=True, timeout=120, env=env)
+        job = subprocess.run(
+            [
+                str(bindir / "phase"),
+                "submit",
+                str(HELLO),
+                "--input",
+                "Hello, World",
+                "--peer",
+                address,
+                "--timeout",
+                "60s",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
         assert job.returncode == 0 and "dlroW ,olleH" in job.stdout, job.stdout + job.stderr
     finally:
         # SIGTERM to plasmd itself (strace's child): strace would only detach.
@@ -132,9 +180,13 @@ def test_sockets_memory_and_namespaces_stay_inside_the_unit(traced_job: str) -> 
     allowed = set(" ".join(unit_settings("RestrictAddressFamilies")).split())
     assert families and families <= allowed, f"RestrictAddressFamilies would refuse {families - allowed}"
     # MemoryDenyWriteExecute: no writable+executable mapping, no mprotect() making memory executable.
-    wx = [line for line in traced_job.splitlines()
-          if re.search(r"\b(mmap|mprotect|pkey_mprotect)\(.*PROT_EXEC", line)
-          and (" mprotect(" in line or "PROT_WRITE" in line) and "= -1" not in line]
+    wx = [
+        line
+        for line in traced_job.splitlines()
+        if re.search(r"\b(mmap|mprotect|pkey_mprotect)\(.*PROT_EXEC", line)
+        and (" mprotect(" in line or "PROT_WRITE" in line)
+        and "= -1" not in line
+    ]
     assert unit_settings("MemoryDenyWriteExecute") == ["yes"] and wx == [], wx[:5]
     # RestrictNamespaces: no new namespaces.
     assert not re.search(r"\b(unshare|setns)\(|CLONE_NEW", traced_job)

@@ -22,8 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.package]
 
 @pytest.fixture(scope="module")
 def wheel() -> Path:
-    out = subprocess.run([str(ROOT / "tools" / "build-wheels.sh"), ARCH], capture_output=True, text=True,
-                         timeout=3600)
+    out = subprocess.run([str(ROOT / "tools" / "build-wheels.sh"), ARCH], capture_output=True, text=True, timeout=3600)
     assert out.returncode == 0, out.stderr[-5000:]
     return Path(out.stdout.strip().splitlines()[-1])
 
@@ -32,8 +31,9 @@ def test_wheel_is_manylinux_2_28_and_carries_the_licences(wheel: Path) -> None:
     assert re.search(rf"-manylinux_2_\d+_{ARCH}\.whl$", wheel.name), wheel.name
     auditwheel = ROOT / "build" / "wheels" / "tools" / "bin" / "auditwheel"
     # auditwheel wraps its text to the terminal's width: compare it as one line
-    shown = " ".join(subprocess.run([str(auditwheel), "show", str(wheel)], capture_output=True, text=True,
-                                    check=True).stdout.split())
+    shown = " ".join(
+        subprocess.run([str(auditwheel), "show", str(wheel)], capture_output=True, text=True, check=True).stdout.split()
+    )
     floor = re.search(rf'consistent with the following platform tag:\s+"manylinux_2_(\d+)_{ARCH}"', shown)
     assert floor and int(floor.group(1)) <= 28, shown
     names = zipfile.ZipFile(wheel).namelist()
@@ -46,16 +46,26 @@ def test_wheel_installs_and_its_sandbox_holds(wheel: Path, tmp_path: Path) -> No
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)], check=True,
-                   capture_output=True, timeout=900)
-    demo = subprocess.run([str(env_dir / "bin" / "phase"), "run", str(HELLO), "--input", "Hello, World"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    demo = subprocess.run(
+        [str(env_dir / "bin" / "phase"), "run", str(HELLO), "--input", "Hello, World"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert demo.returncode == 0 and demo.stdout.strip() == "dlroW ,olleH", demo.stdout + demo.stderr
-    probe = ("import pyphase, sys\n"
-             "from pyphase.limits import Limits\n"
-             "with pyphase.Sandbox(workers=1) as s:\n"
-             "    r = s._selftest('allocate', open(sys.argv[1], 'rb').read(), Limits(memory_bytes=1 << 20))\n"
-             "    print(r.status, r.message)\n")
-    out = subprocess.run([str(py), "-c", probe, str(HELLO)], capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path)
+    probe = (
+        "import pyphase, sys\n"
+        "from pyphase.limits import Limits\n"
+        "with pyphase.Sandbox(workers=1) as s:\n"
+        "    r = s._selftest('allocate', open(sys.argv[1], 'rb').read(), Limits(memory_bytes=1 << 20))\n"
+        "    print(r.status, r.message)\n"
+    )
+    out = subprocess.run([str(py), "-c", probe, str(HELLO)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.startswith("memory_limit"), out.stdout + out.stderr

@@ -37,7 +37,7 @@ def test_a_running_worker_is_confined(hello_bytes, wat):
         pid = sb.worker_pids()[0]
         wait_until(lambda: cpu_ticks(pid) > 0, what="the looping job to run")
         status = proc_status(pid)
-        assert status["Seccomp"].strip() == "2"            # filter mode
+        assert status["Seccomp"].strip() == "2"  # filter mode
         assert status["NoNewPrivs"].strip() == "1"
         limits = _limits(pid)
         assert limits["Max open files"] == ("4", "4")
@@ -45,7 +45,7 @@ def test_a_running_worker_is_confined(hello_bytes, wat):
         assert limits["Max file size"] == ("0", "0")
         assert limits["Max address space"][0] != "unlimited"
         assert int(limits["Max address space"][0]) < 1 << 30
-        assert limits["Max cpu time"][0] == "21"             # timeout seconds + 1: a backstop to the hard timeout
+        assert limits["Max cpu time"][0] == "21"  # timeout seconds + 1: a backstop to the hard timeout
         fds = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
         assert sorted(fds) == [0, 1, 2, 3]
         assert {fds[0], fds[1], fds[2]} == {"/dev/null"}
@@ -70,14 +70,26 @@ def test_address_space_limit_stops_host_allocation(sandbox, hello_bytes):
     assert_hello_works(sandbox, hello_bytes)
 
 
-@pytest.mark.parametrize("mode,stdin", [("clock", b""), ("sleep", b""), ("yield", b""), ("poll", b"abc"),
-                                        ("files", b""), ("fdstat", b""), ("cat", b"x" * 200_000),
-                                        ("stderr", b""), ("exit", b""), ("badptr", b"")])
+@pytest.mark.parametrize(
+    "mode,stdin",
+    [
+        ("clock", b""),
+        ("sleep", b""),
+        ("yield", b""),
+        ("poll", b"abc"),
+        ("files", b""),
+        ("fdstat", b""),
+        ("cat", b"x" * 200_000),
+        ("stderr", b""),
+        ("exit", b""),
+        ("badptr", b""),
+    ],
+)
 def test_wasi_calls_work_under_the_filter(sandbox, probe_bytes, mode, stdin):
     expected = pyphase.run(probe_bytes, stdin, args=[mode])
     got = sandbox.run(probe_bytes, stdin, args=[mode])
     assert (got.status, got.exit_code) == (expected.status, expected.exit_code), got.message
-    if mode != "clock":   # clock prints the time
+    if mode != "clock":  # clock prints the time
         assert (got.stdout, got.stderr) == (expected.stdout, expected.stderr)
     else:
         assert got.stdout.count(b"\n") == expected.stdout.count(b"\n")
@@ -112,12 +124,12 @@ def test_a_worker_finds_nothing_of_the_jobs_before_it(hello_bytes, spares):
     """Buffers are reused by the next worker: the last job's input and output are gone before it runs.
 
     The 'snoop' worker acts as one that broke out of wasm3 and reads its whole shared buffer."""
-    secret = b"S3cret-input-of-another-client" * 7000      # about 200 KB, echoed (reversed) into stdout too
+    secret = b"S3cret-input-of-another-client" * 7000  # about 200 KB, echoed (reversed) into stdout too
     with Sandbox(workers=1, spares=spares) as sb:
-        for _ in range(2 * (1 + spares)):                # every buffer holds someone's input and output
+        for _ in range(2 * (1 + spares)):  # every buffer holds someone's input and output
             r = sb.run(hello_bytes, secret)
             assert r.status == "ok" and r.stdout == secret[::-1]
-        for _ in range(1 + spares):                      # and every buffer's next worker snoops
+        for _ in range(1 + spares):  # and every buffer's next worker snoops
             r = sb._selftest("snoop", hello_bytes)
             assert r.message == "snooped: 0 bytes not of this job", r.message
 
@@ -134,5 +146,5 @@ def test_landlock_bounds_a_worker_that_escaped_wasm3(hello_bytes, tmp_path):
     with Sandbox(workers=1) as sb:
         r = sb._selftest("open_outside", hello_bytes, dirs=[Preopen(str(tmp_path / "root"), "/", readonly=True)])
         assert r.message == f"absolute {errno.EACCES} parent {errno.EACCES} inside 0"
-        r = sb._selftest("open_outside", hello_bytes)   # no descriptor to spare either (RLIMIT_NOFILE 4)
+        r = sb._selftest("open_outside", hello_bytes)  # no descriptor to spare either (RLIMIT_NOFILE 4)
         assert r.message == f"absolute {errno.EMFILE} parent {errno.EMFILE} inside {errno.EMFILE}"

@@ -52,7 +52,7 @@ def body(code: bytes, locals_: bytes = b"\x00") -> bytes:
 
 
 MAGIC = b"\0asm\x01\0\0\0"
-VOID = b"\x60\x00\x00"                      # () -> ()
+VOID = b"\x60\x00\x00"  # () -> ()
 EXPORT_START = section(7, vec([name("_start") + b"\x00" + leb(0)]))
 
 
@@ -101,8 +101,9 @@ def many_imports(count: int) -> bytes:
     imp = name("wasi_snapshot_preview1") + name("sched_yield") + b"\x00" + leb(1)
     ret_i32 = b"\x60\x00\x01\x7f"
     exports = section(7, vec([name("_start") + b"\x00" + leb(count)]))
-    return module(types=[VOID, ret_i32], imports=[imp] * count, exports=exports,
-                  code=[body(b"\x10\x00\x1a")])        # call import 0, drop
+    return module(
+        types=[VOID, ret_i32], imports=[imp] * count, exports=exports, code=[body(b"\x10\x00\x1a")]
+    )  # call import 0, drop
 
 
 def huge_data(pages: int, size: int, offset: int = 0) -> bytes:
@@ -119,38 +120,57 @@ def truncated(hello: bytes, cut: int) -> bytes:
 CASES = {
     # name: (module builder, limits, accepted statuses, text the message must contain)
     "infinite_loop": (lambda h: wat_file("infinite_loop.wat"), Limits(timeout_ms=200), {"timeout"}, "200 ms"),
-    "infinite_loop_fuel": (lambda h: wat_file("infinite_loop.wat"), Limits(fuel=1_000_000), {"fuel_exhausted"},
-                           "fuel"),
+    "infinite_loop_fuel": (lambda h: wat_file("infinite_loop.wat"), Limits(fuel=1_000_000), {"fuel_exhausted"}, "fuel"),
     "deep_recursion": (lambda h: wat_file("deep_recursion.wat"), None, {"trap"}, "stack overflow"),
     "grow_to_max": (lambda h: wat_file("grow_to_max.wat"), Limits(memory_bytes=4 << 20), {"ok"}, ""),
-    "grow_then_touch": (lambda h: wat_file("grow_then_touch.wat"), Limits(memory_bytes=4 << 20), {"memory_limit"},
-                        "refused"),
-    "huge_data_over_limit": (lambda h: huge_data(256, 8 << 20), Limits(memory_bytes=4 << 20), {"memory_limit"},
-                             "initial memory"),
+    "grow_then_touch": (
+        lambda h: wat_file("grow_then_touch.wat"),
+        Limits(memory_bytes=4 << 20),
+        {"memory_limit"},
+        "refused",
+    ),
+    "huge_data_over_limit": (
+        lambda h: huge_data(256, 8 << 20),
+        Limits(memory_bytes=4 << 20),
+        {"memory_limit"},
+        "initial memory",
+    ),
     "huge_data_out_of_bounds": (lambda h: huge_data(1, 8 << 20), None, {"invalid_module", "trap"}, ""),
     "huge_data_fits": (lambda h: huge_data(256, 8 << 20), None, {"ok"}, ""),
-    "output_flood": (lambda h: wasm_build.build_c(CORPUS / "output_flood.c").read_bytes(), None,
-                     {"output_limit"}, "output"),
+    "output_flood": (
+        lambda h: wasm_build.build_c(CORPUS / "output_flood.c").read_bytes(),
+        None,
+        {"output_limit"},
+        "output",
+    ),
     "start_trap": (lambda h: wat_file("start_trap.wat"), None, {"trap"}, "unreachable"),
     "nested_blocks_10000": (lambda h: nested_blocks(10_000), None, {"ok"}, ""),
     "nested_blocks_at_cap": (lambda h: nested_blocks((1 << 18) - 1), None, {"ok"}, ""),
     "nested_blocks_over_cap": (lambda h: nested_blocks(1 << 18), None, {"invalid_module"}, "nesting depth"),
-    "nested_blocks_unclosed_4m": (lambda h: module(code=[body(b"\x02\x40" * ((4 << 20) - 8))]), None,
-                                  {"invalid_module"}, "nesting depth"),
+    "nested_blocks_unclosed_4m": (
+        lambda h: module(code=[body(b"\x02\x40" * ((4 << 20) - 8))]),
+        None,
+        {"invalid_module"},
+        "nesting depth",
+    ),
     "deep_functions_16x100000": (lambda h: deep_functions(16, 100_000), None, {"ok"}, ""),
     "functions_5000": (lambda h: many_functions(5000), None, {"ok"}, ""),
     "imports_5000": (lambda h: many_imports(5000), None, {"ok"}, ""),
     "imports_20000": (lambda h: many_imports(20_000), None, {"invalid_module"}, "import"),
-    "missing_wasi_import": (lambda h: wat_file("missing_wasi_import.wat"), None, {"invalid_module"},
-                            "no_such_function"),
-    "missing_env_import": (lambda h: wat_file("missing_env_import.wat"), None, {"invalid_module"},
-                           "launch_missiles"),
+    "missing_wasi_import": (
+        lambda h: wat_file("missing_wasi_import.wat"),
+        None,
+        {"invalid_module"},
+        "no_such_function",
+    ),
+    "missing_env_import": (lambda h: wat_file("missing_env_import.wat"), None, {"invalid_module"}, "launch_missiles"),
     "empty": (lambda h: b"", None, {"invalid_module"}, ""),
     "bad_magic": (lambda h: b"\0wasm\x01\0\0\0", None, {"invalid_module"}, ""),
     "bad_version": (lambda h: b"\0asm\x02\0\0\0", None, {"invalid_module"}, ""),
     "random_bytes": (lambda h: MAGIC + random.Random(7).randbytes(4000), None, {"invalid_module"}, ""),
-    **{f"truncated_{cut}": ((lambda h, cut=cut: truncated(h, cut)), None, {"invalid_module"}, "")
-       for cut in HELLO_CUTS},
+    **{
+        f"truncated_{cut}": ((lambda h, cut=cut: truncated(h, cut)), None, {"invalid_module"}, "") for cut in HELLO_CUTS
+    },
 }
 
 

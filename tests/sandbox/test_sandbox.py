@@ -25,8 +25,17 @@ LOOP = '(module (func (export "_start") (loop (br 0))))'
 def test_hello_matches_in_process(sandbox, hello_bytes):
     expected = pyphase.run(hello_bytes, b"Hello, World")
     got = sandbox.run(hello_bytes, b"Hello, World")
-    for field in ("status", "exit_code", "stdout", "stderr", "module_hash", "input_hash", "stdout_hash",
-                  "stderr_hash", "memory_peak_bytes"):
+    for field in (
+        "status",
+        "exit_code",
+        "stdout",
+        "stderr",
+        "module_hash",
+        "input_hash",
+        "stdout_hash",
+        "stderr_hash",
+        "memory_peak_bytes",
+    ):
         assert getattr(got, field) == getattr(expected, field), field
     assert got.fuel_used == expected.fuel_used
 
@@ -120,12 +129,12 @@ def test_detect_and_replace_is_fast(hello_bytes):
 
 def test_fork_server_death_fails_one_job_then_it_is_restarted(hello_bytes):
     with Sandbox(workers=2) as sb:
-        assert_hello_works(sb, hello_bytes)   # the server caches hello
+        assert_hello_works(sb, hello_bytes)  # the server caches hello
         old = sb.server_pid
         os.kill(old, signal.SIGKILL)
         wait_until(lambda: not pid_alive(old), what="the fork server to die")
         with pytest.raises(SandboxError, match="restarted"):
-            for _ in range(4):   # a pre-forked worker may still answer before it notices (PDEATHSIG)
+            for _ in range(4):  # a pre-forked worker may still answer before it notices (PDEATHSIG)
                 sb.run(hello_bytes, b"x")
         assert sb.restarts == 1 and sb.server_pid != old
         # hello was the module cached just before the death: suspect, so it is no longer cached, only run
@@ -139,7 +148,7 @@ def test_server_exits_and_workers_die_on_close(hello_bytes):
     assert_hello_works(sb, hello_bytes)
     pids = [sb.server_pid, *sb.worker_pids()]
     sb.close()
-    sb.close()   # idempotent
+    sb.close()  # idempotent
     assert sb.closed
     wait_until(lambda: not any(pid_alive(p) for p in pids), what="the sandbox processes to exit")
     with pytest.raises(SandboxError):
@@ -210,11 +219,13 @@ def test_fallback_fork_server_in_a_fresh_python(monkeypatch, hello_bytes):
 
 # ---- spare workers: a slot keeps 1 + spares pre-forked, single-use workers ---------------------------------
 
+
 def _wait_full(sb: Sandbox) -> None:
     def full() -> bool:
         for slot in sb._slots:
             slot.poll()
         return all(slot.spares == 1 + sb.spares for slot in sb._slots)
+
     wait_until(full, what="every slot to have all its workers set up")
 
 
@@ -224,13 +235,13 @@ def test_every_job_gets_a_fresh_worker_and_the_pool_refills_after_a_burst(hello_
         _wait_full(sb)
         slot = sb._slots[0]
         generations = []
-        for i in range(12):   # more jobs than the slot has workers: replacements are forked meanwhile
+        for i in range(12):  # more jobs than the slot has workers: replacements are forked meanwhile
             r = sb.run(hello_bytes, f"burst {i}".encode())
             assert r.stdout == f"burst {i}".encode()[::-1]
             generations.append(slot.generation)
         assert generations == sorted(set(generations)), "a worker ran two jobs"
         _wait_full(sb)
-        assert len(set(slot.spare_pids)) == 3   # refilled: three distinct idle workers
+        assert len(set(slot.spare_pids)) == 3  # refilled: three distinct idle workers
 
 
 def test_a_spare_killed_while_idle_is_replaced_and_never_used(hello_bytes):
@@ -238,7 +249,7 @@ def test_a_spare_killed_while_idle_is_replaced_and_never_used(hello_bytes):
         assert_hello_works(sb, hello_bytes)
         _wait_full(sb)
         slot = sb._slots[0]
-        victims = slot.spare_pids[:2]       # the next job's worker and the one after it
+        victims = slot.spare_pids[:2]  # the next job's worker and the one after it
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not any(pid_alive(p) for p in victims), what="the spares to die")
@@ -279,7 +290,7 @@ def test_deaths_and_timeouts_with_other_depths(hello_bytes, spares):
         assert r.status == "timeout" and "hard timeout" in r.message, r.message
         r = sb._selftest("forge", hello_bytes)
         assert r.status == "crashed" and "malformed" in r.message, r
-        for _ in range(2 * (1 + spares)):   # every buffer again, the forger's too: its pre-answer is cleared
+        for _ in range(2 * (1 + spares)):  # every buffer again, the forger's too: its pre-answer is cleared
             assert_hello_works(sb, hello_bytes)
 
 
@@ -307,9 +318,15 @@ def _data_module(size: int, salt: bytes) -> bytes:
     """A valid WASI command doing nothing, with ``size`` bytes of data copied into its memory."""
     data = salt + bytes(size - len(salt))
     pages = size // 65536 + 1
-    return (b"\0asm\1\0\0\0" + _section(1, b"\1\x60\0\0") + _section(3, b"\1\0")
-            + _section(5, b"\1\0" + _leb(pages)) + _section(7, b"\1\6_start\0\0") + _section(10, b"\1\2\0\x0b")
-            + _section(11, b"\1\0\x41\0\x0b" + _leb(len(data)) + data))
+    return (
+        b"\0asm\1\0\0\0"
+        + _section(1, b"\1\x60\0\0")
+        + _section(3, b"\1\0")
+        + _section(5, b"\1\0" + _leb(pages))
+        + _section(7, b"\1\6_start\0\0")
+        + _section(10, b"\1\2\0\x0b")
+        + _section(11, b"\1\0\x41\0\x0b" + _leb(len(data)) + data)
+    )
 
 
 def test_fork_server_cache_honours_its_memory_cap():

@@ -23,6 +23,7 @@ def test_soak_mixed_jobs(hello_bytes, wat):
     expected = {"hello": "ok", "loop": "timeout", "trap": "trap", "segfault": "crashed", "invalid": "invalid_module"}
     fds_before = len(os.listdir("/proc/self/fd"))
     with Sandbox(workers=3, grace_ms=200) as sb:
+
         def one(kind: str) -> tuple[str, str]:
             if kind == "hello":
                 r = sb.run(hello_bytes, b"soak")

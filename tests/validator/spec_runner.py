@@ -17,6 +17,7 @@ Rules checked per module file:
     Which modules use such features is decided here independently of the validator (a small section walker:
     non-function imports, more than one table or memory).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -67,8 +68,9 @@ def convert(wast: Path) -> Path:
     if not j.exists():
         cache_dir().mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cache_dir()))
-        subprocess.run(["wast2json", *WAST2JSON_FLAGS, str(wast), "-o", str(tmp / j.name)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["wast2json", *WAST2JSON_FLAGS, str(wast), "-o", str(tmp / j.name)], check=True, capture_output=True
+        )
         try:
             tmp.rename(d)
         except OSError:  # another process won the race
@@ -133,12 +135,12 @@ def unsupported_features(wasm: bytes) -> list[str]:
 @dataclass
 class FileResult:
     name: str
-    neg_total: int = 0          # binary assert_invalid + assert_malformed
+    neg_total: int = 0  # binary assert_invalid + assert_malformed
     neg_rejected: int = 0
-    text_skipped: int = 0       # text-format assert_malformed
-    pos_total: int = 0          # valid modules
+    text_skipped: int = 0  # text-format assert_malformed
+    pos_total: int = 0  # valid modules
     pos_accepted: int = 0
-    unsup_total: int = 0        # valid modules using unsupported features
+    unsup_total: int = 0  # valid modules using unsupported features
     unsup_rejected: int = 0
     failures: list[str] = field(default_factory=list)
 
@@ -150,7 +152,7 @@ class FileResult:
 def run_cli(cli: Path, files: list[Path]) -> list[str]:
     out: list[str] = []
     for k in range(0, len(files), 200):
-        chunk = files[k:k + 200]
+        chunk = files[k : k + 200]
         p = subprocess.run([str(cli), *map(str, chunk)], capture_output=True, text=True, errors="replace")
         if p.returncode not in (0, 1):
             raise RuntimeError(f"validate_cli crashed (rc {p.returncode}) on {chunk}: {p.stderr[-2000:]}")
@@ -186,10 +188,12 @@ def run_file(cli: Path, wast: Path) -> FileResult:
             if not accepted:
                 res.neg_rejected += 1
             elif (wast.name, path.name) in KNOWN_ACCEPTED:
-                res.failures.append(f"line {line} ({path.name}): accepted, expected \"{text}\" — deliberate: "
-                                    f"{KNOWN_ACCEPTED[(wast.name, path.name)]}")
+                res.failures.append(
+                    f'line {line} ({path.name}): accepted, expected "{text}" — deliberate: '
+                    f"{KNOWN_ACCEPTED[(wast.name, path.name)]}"
+                )
             else:
-                res.failures.append(f"line {line} ({path.name}): accepted, expected rejection \"{text}\"")
+                res.failures.append(f'line {line} ({path.name}): accepted, expected rejection "{text}"')
         else:
             unsup = unsupported_features(path.read_bytes())
             if unsup:
@@ -197,8 +201,10 @@ def run_file(cli: Path, wast: Path) -> FileResult:
                 if not accepted and "unsupported: " in out:
                     res.unsup_rejected += 1
                 else:
-                    res.failures.append(f"line {line} ({path.name}): uses {', '.join(sorted(set(unsup)))}; "
-                                        f"expected 'unsupported', got {out}")
+                    res.failures.append(
+                        f"line {line} ({path.name}): uses {', '.join(sorted(set(unsup)))}; "
+                        f"expected 'unsupported', got {out}"
+                    )
             else:
                 res.pos_total += 1
                 if accepted:
@@ -220,22 +226,35 @@ def main(argv: list[str]) -> int:
     for w in all_wasts():
         r = run_file(cli, w)
         rows.append(r)
-        for f in ("neg_total", "neg_rejected", "text_skipped", "pos_total", "pos_accepted", "unsup_total",
-                  "unsup_rejected"):
+        for f in (
+            "neg_total",
+            "neg_rejected",
+            "text_skipped",
+            "pos_total",
+            "pos_accepted",
+            "unsup_total",
+            "unsup_rejected",
+        ):
             setattr(tot, f, getattr(tot, f) + getattr(r, f))
         tot.failures += [f"{r.name}: {x}" for x in r.failures]
     if markdown:
-        print("| file | invalid+malformed rejected | text-only skipped | valid modules accepted | "
-              "unsupported-feature modules rejected | status |")
+        print(
+            "| file | invalid+malformed rejected | text-only skipped | valid modules accepted | "
+            "unsupported-feature modules rejected | status |"
+        )
         print("|---|---|---|---|---|---|")
     for r in rows + [tot]:
         if markdown:
             st = "pass" if r.ok else f"{len(r.failures)} failing"
-            print(f"| {r.name} | {r.neg_rejected}/{r.neg_total} | {r.text_skipped} | {r.pos_accepted}/{r.pos_total} | "
-                  f"{r.unsup_rejected}/{r.unsup_total} | {st} |")
+            print(
+                f"| {r.name} | {r.neg_rejected}/{r.neg_total} | {r.text_skipped} | {r.pos_accepted}/{r.pos_total} | "
+                f"{r.unsup_rejected}/{r.unsup_total} | {st} |"
+            )
         else:
-            print(f"{r.name:28} rejected {r.neg_rejected}/{r.neg_total}  text-skipped {r.text_skipped}  "
-                  f"accepted {r.pos_accepted}/{r.pos_total}  unsupported {r.unsup_rejected}/{r.unsup_total}")
+            print(
+                f"{r.name:28} rejected {r.neg_rejected}/{r.neg_total}  text-skipped {r.text_skipped}  "
+                f"accepted {r.pos_accepted}/{r.pos_total}  unsupported {r.unsup_rejected}/{r.unsup_total}"
+            )
     for f in tot.failures:
         print("FAIL", f)
     return 0 if tot.ok else 1

@@ -6,6 +6,7 @@ the spec requires the function's own end there: "missing end").
 
 Run: python -m pytest tests/validator/test_differential_wabt.py -q -s
 """
+
 from __future__ import annotations
 
 import random
@@ -22,8 +23,12 @@ import spec_runner  # noqa: E402
 from wasm_builder import sections  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("wasm-validate") is None or shutil.which("wast2json") is None or shutil.which("gcc") is None
-    or not spec_runner.SPEC_DIR.is_dir(), reason="needs wabt, gcc and the spec testsuite")
+    shutil.which("wasm-validate") is None
+    or shutil.which("wast2json") is None
+    or shutil.which("gcc") is None
+    or not spec_runner.SPEC_DIR.is_dir(),
+    reason="needs wabt, gcc and the spec testsuite",
+)
 
 ALLOWED = ("unsupported: ", "limit", "missing end")
 
@@ -31,8 +36,20 @@ ALLOWED = ("unsupported: ", "limit", "missing end")
 def test_never_accept_what_wabt_rejects(tmp_path):
     cli = spec_runner.build_cli(tmp_path / "validate_cli")
     seeds = []
-    for w in ("block.wast", "br_table.wast", "loop.wast", "if.wast", "call_indirect.wast", "func.wast",
-              "memory.wast", "global.wast", "exports.wast", "binary.wast", "select.wast", "local_tee.wast"):
+    for w in (
+        "block.wast",
+        "br_table.wast",
+        "loop.wast",
+        "if.wast",
+        "call_indirect.wast",
+        "func.wast",
+        "memory.wast",
+        "global.wast",
+        "exports.wast",
+        "binary.wast",
+        "select.wast",
+        "local_tee.wast",
+    ):
         j = spec_runner.convert(spec_runner.SPEC_DIR / w)
         seeds += [p.read_bytes() for p in j.parent.glob("*.wasm")]
     code = []
@@ -51,8 +68,28 @@ def test_never_accept_what_wabt_rejects(tmp_path):
         for _ in range(rng.choice([1, 1, 2])):
             i = rng.randrange(a + 2, e) if rng.random() < 0.85 else rng.randrange(8, len(b))
             if rng.random() < 0.6:
-                b[i] = rng.choice([rng.randrange(256), 0x0b, 0x1a, 0x00, 0x41, 0x20, 0x0c, 0x0d, 0x0e, 0x02, 0x03,
-                                   0x04, 0x05, 0x6a, 0x7c, 0x45, 0x1b, 0x0f])
+                b[i] = rng.choice(
+                    [
+                        rng.randrange(256),
+                        0x0B,
+                        0x1A,
+                        0x00,
+                        0x41,
+                        0x20,
+                        0x0C,
+                        0x0D,
+                        0x0E,
+                        0x02,
+                        0x03,
+                        0x04,
+                        0x05,
+                        0x6A,
+                        0x7C,
+                        0x45,
+                        0x1B,
+                        0x0F,
+                    ]
+                )
             else:
                 b[i] ^= 1 << rng.randrange(8)
         f = tmp_path / f"m{k}.wasm"

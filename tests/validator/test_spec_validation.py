@@ -7,6 +7,7 @@ assert_malformed modules cannot be produced by wast2json and are counted as skip
 
 Run: python -m pytest tests/validator -q -s   (needs gcc and Debian's wabt; conversions cached outside the repo)
 """
+
 from __future__ import annotations
 
 import shutil
@@ -34,9 +35,11 @@ def cli(tmp_path_factory):
 @pytest.mark.parametrize("wast", WASTS, ids=[w.stem for w in WASTS])
 def test_spec_file(cli, wast):
     r = spec_runner.run_file(cli, wast)
-    print(f"\n{r.name}: invalid/malformed rejected {r.neg_rejected}/{r.neg_total}, text-only skipped "
-          f"{r.text_skipped}, valid accepted {r.pos_accepted}/{r.pos_total}, unsupported-feature modules rejected "
-          f"{r.unsup_rejected}/{r.unsup_total}")
+    print(
+        f"\n{r.name}: invalid/malformed rejected {r.neg_rejected}/{r.neg_total}, text-only skipped "
+        f"{r.text_skipped}, valid accepted {r.pos_accepted}/{r.pos_total}, unsupported-feature modules rejected "
+        f"{r.unsup_rejected}/{r.unsup_total}"
+    )
     assert not r.failures, "\n".join(r.failures)
     assert r.neg_rejected == r.neg_total and r.pos_accepted == r.pos_total
 

@@ -2,6 +2,7 @@
 
 Run: python -m pytest tests/validator -q -s
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -17,17 +18,47 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from wasm_builder import (F32, F64, HEADER, I32, I64, body, func_module, functype, leb, module,  # noqa: E402
-                          name, section, sections, sleb, vec)
+from wasm_builder import (  # noqa: E402
+    F32,
+    F64,
+    HEADER,
+    I32,
+    I64,
+    body,
+    func_module,
+    functype,
+    leb,
+    module,
+    name,
+    section,
+    sections,
+    sleb,
+    vec,
+)
 
 REPO = HERE.parent.parent
 SOURCES = sorted(str(p) for p in (REPO / "csrc").glob("wasm_validate*.c"))
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 
-CAP_FIELDS = ["max_types", "max_functions", "max_imports", "max_exports", "max_globals", "max_data_segments",
-              "max_elem_segments", "max_table_size", "max_locals_per_function", "max_params", "max_results",
-              "max_nesting_depth", "max_body_bytes", "max_operand_stack", "max_br_table_targets", "work_per_byte"]
+CAP_FIELDS = [
+    "max_types",
+    "max_functions",
+    "max_imports",
+    "max_exports",
+    "max_globals",
+    "max_data_segments",
+    "max_elem_segments",
+    "max_table_size",
+    "max_locals_per_function",
+    "max_params",
+    "max_results",
+    "max_nesting_depth",
+    "max_body_bytes",
+    "max_operand_stack",
+    "max_br_table_targets",
+    "work_per_byte",
+]
 
 
 class Caps(ctypes.Structure):
@@ -35,29 +66,73 @@ class Caps(ctypes.Structure):
 
 
 class Info(ctypes.Structure):
-    _fields_ = [("has_memory", ctypes.c_int), ("mem_initial_pages", ctypes.c_uint32), ("mem_has_max", ctypes.c_int),
-                ("mem_max_pages", ctypes.c_uint32), ("num_imported_functions", ctypes.c_uint32),
-                ("num_defined_functions", ctypes.c_uint32), ("num_types", ctypes.c_uint32),
-                ("num_exports", ctypes.c_uint32), ("has_start", ctypes.c_int), ("start_function", ctypes.c_uint32),
-                ("has_table", ctypes.c_int), ("table_initial", ctypes.c_uint32), ("table_has_max", ctypes.c_int),
-                ("table_max", ctypes.c_uint32), ("num_globals", ctypes.c_uint32),
-                ("num_data_segments", ctypes.c_uint32), ("num_elem_segments", ctypes.c_uint32),
-                ("max_nesting_depth", ctypes.c_uint32)]
+    _fields_ = [
+        ("has_memory", ctypes.c_int),
+        ("mem_initial_pages", ctypes.c_uint32),
+        ("mem_has_max", ctypes.c_int),
+        ("mem_max_pages", ctypes.c_uint32),
+        ("num_imported_functions", ctypes.c_uint32),
+        ("num_defined_functions", ctypes.c_uint32),
+        ("num_types", ctypes.c_uint32),
+        ("num_exports", ctypes.c_uint32),
+        ("has_start", ctypes.c_int),
+        ("start_function", ctypes.c_uint32),
+        ("has_table", ctypes.c_int),
+        ("table_initial", ctypes.c_uint32),
+        ("table_has_max", ctypes.c_int),
+        ("table_max", ctypes.c_uint32),
+        ("num_globals", ctypes.c_uint32),
+        ("num_data_segments", ctypes.c_uint32),
+        ("num_elem_segments", ctypes.c_uint32),
+        ("max_nesting_depth", ctypes.c_uint32),
+    ]
 
 
-CHECK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
-                         ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t)
+CHECK = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_char_p,
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+)
 
 
 @pytest.fixture(scope="session")
 def lib(tmp_path_factory):
     so = tmp_path_factory.mktemp("validator") / "libwasmvalidate.so"
-    subprocess.run(["gcc", "-Wall", "-Wextra", "-Werror", "-O2", "-shared", "-fPIC", "-I", str(REPO / "csrc"),
-                    *SOURCES, "-o", str(so)], check=True)
+    subprocess.run(
+        [
+            "gcc",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-O2",
+            "-shared",
+            "-fPIC",
+            "-I",
+            str(REPO / "csrc"),
+            *SOURCES,
+            "-o",
+            str(so),
+        ],
+        check=True,
+    )
     lib = ctypes.CDLL(str(so))
     lib.phase_wasm_validate.restype = ctypes.c_int
-    lib.phase_wasm_validate.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(Caps), CHECK,
-                                        ctypes.c_void_p, ctypes.POINTER(Info), ctypes.c_char_p, ctypes.c_size_t]
+    lib.phase_wasm_validate.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.POINTER(Caps),
+        CHECK,
+        ctypes.c_void_p,
+        ctypes.POINTER(Info),
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+    ]
     lib.phase_wasm_caps_default.argtypes = [ctypes.POINTER(Caps)]
     return lib
 
@@ -75,8 +150,9 @@ def validate(lib, wasm: bytes, caps_: Caps | None = None, check=None):
     err = ctypes.create_string_buffer(512)
     info = Info()
     cb = CHECK(check) if check else CHECK()
-    rc = lib.phase_wasm_validate(wasm, len(wasm), ctypes.byref(caps_) if caps_ else None, cb, None,
-                                 ctypes.byref(info), err, len(err))
+    rc = lib.phase_wasm_validate(
+        wasm, len(wasm), ctypes.byref(caps_) if caps_ else None, cb, None, ctypes.byref(info), err, len(err)
+    )
     return rc == 0, err.value.decode("utf-8", "replace"), info
 
 
@@ -97,6 +173,7 @@ def bad(lib, wasm, *fragments, **kw) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # a module with every section, used for truncation tests
+
 
 def full_module() -> bytes:
     return module(
@@ -157,7 +234,7 @@ def test_every_section_truncated_at_each_byte(lib):
     count = 0
     for sid, hdr, start, end in sections(wasm):
         for k in range(end - start):
-            payload = wasm[start:start + k]
+            payload = wasm[start : start + k]
             mutated = wasm[:hdr] + section(sid, payload) + wasm[end:]
             if sid == 0 and k >= 6:  # a custom section only needs its name
                 ok(lib, mutated)
@@ -168,19 +245,24 @@ def test_every_section_truncated_at_each_byte(lib):
 
 
 def test_messages_name_section_function_and_offset(lib):
-    wasm = func_module(b"\x42\x01\x41\x02\x6a\x1a", memory=False)   # i64.const 1; i32.const 2; i32.add
+    wasm = func_module(b"\x42\x01\x41\x02\x6a\x1a", memory=False)  # i64.const 1; i32.const 2; i32.add
     msg = bad(lib, wasm, "type mismatch: i32.add expects [i32 i32], got [i64 i32]")
     assert msg.startswith("function 0 at offset 0x"), msg
     msg = bad(lib, module(types=[functype()], funcs=[5]), "unknown type 5")
     assert msg.startswith("function section at offset 0x"), msg
     # imported functions count in the function index space
-    wasm = module(types=[functype()], imports=[name("m") + name("f") + b"\x00\x00"], funcs=[0, 0],
-                  codes=[body(b"\x0b"), body(b"\x41\x00\x0b")])
+    wasm = module(
+        types=[functype()],
+        imports=[name("m") + name("f") + b"\x00\x00"],
+        funcs=[0, 0],
+        codes=[body(b"\x0b"), body(b"\x41\x00\x0b")],
+    )
     bad(lib, wasm, "function 2 at offset", "extra value")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # LEB128
+
 
 def test_leb_encodings(lib):
     # a 5-byte u32 encoding of a small number is legal
@@ -192,8 +274,8 @@ def test_leb_encodings(lib):
     # i32.const: overlong and unused bits
     bad(lib, func_module(b"\x41\x80\x80\x80\x80\x80\x00\x1a"), "integer representation too long")
     bad(lib, func_module(b"\x41\xff\xff\xff\xff\x4f\x1a"), "integer too large")
-    ok(lib, func_module(b"\x41\xff\xff\xff\xff\x7f\x1a"))      # -1 in 5 bytes: sign bits consistent
-    ok(lib, func_module(b"\x41\x80\x80\x80\x80\x78\x1a"))      # INT32_MIN
+    ok(lib, func_module(b"\x41\xff\xff\xff\xff\x7f\x1a"))  # -1 in 5 bytes: sign bits consistent
+    ok(lib, func_module(b"\x41\x80\x80\x80\x80\x78\x1a"))  # INT32_MIN
     # i64.const: 10 bytes ok, 11 too long, bad unused bits
     ok(lib, func_module(b"\x42" + b"\xff" * 9 + b"\x7f\x1a"))
     bad(lib, func_module(b"\x42" + b"\x80" * 10 + b"\x00\x1a"), "integer representation too long")
@@ -205,6 +287,7 @@ def test_leb_encodings(lib):
 # ---------------------------------------------------------------------------------------------------------------
 # counts and caps
 
+
 def test_huge_counts_are_rejected_without_allocating(lib):
     t0 = time.perf_counter()
     bad(lib, HEADER + section(1, leb(0xFFFFFFFF)), "types")
@@ -214,8 +297,12 @@ def test_huge_counts_are_rejected_without_allocating(lib):
     bad(lib, HEADER + section(11, leb(99999)), "data segments")
     # a huge local count: caps, then the 2^32 overflow itself
     bad(lib, func_module(b"", locals_=[(0xFFFFFFFF, I32)]), "too many locals")
-    bad(lib, func_module(b"", locals_=[(0x80000000, I32), (0x80000000, I64)]),
-        "too many locals", caps_=caps(lib, max_locals_per_function=0xFFFFFFFF))
+    bad(
+        lib,
+        func_module(b"", locals_=[(0x80000000, I32), (0x80000000, I64)]),
+        "too many locals",
+        caps_=caps(lib, max_locals_per_function=0xFFFFFFFF),
+    )
     bad(lib, func_module(b"\x41\x00\x0e" + leb(0xFFFFFFF) + b"\x00"), "br_table targets")
     bad(lib, module(types=[functype([I32] * 1001)]), "1001 parameters")
     assert time.perf_counter() - t0 < 1.0
@@ -224,10 +311,18 @@ def test_huge_counts_are_rejected_without_allocating(lib):
 def test_caps_are_enforced(lib):
     f = [functype()]
     bad(lib, module(types=f * 5), "too many types", caps_=caps(lib, max_types=4))
-    bad(lib, module(types=f, funcs=[0] * 5, codes=[body(b"\x0b")] * 5), "too many functions",
-        caps_=caps(lib, max_functions=4))
-    bad(lib, module(types=f, imports=[name("m") + name(str(i)) + b"\x00\x00" for i in range(3)]), "imports",
-        caps_=caps(lib, max_imports=2))
+    bad(
+        lib,
+        module(types=f, funcs=[0] * 5, codes=[body(b"\x0b")] * 5),
+        "too many functions",
+        caps_=caps(lib, max_functions=4),
+    )
+    bad(
+        lib,
+        module(types=f, imports=[name("m") + name(str(i)) + b"\x00\x00" for i in range(3)]),
+        "imports",
+        caps_=caps(lib, max_imports=2),
+    )
     bad(lib, module(tables=[b"\x70\x00" + leb(2000)]), "table initial size 2000", caps_=caps(lib, max_table_size=1000))
     bad(lib, func_module(b"\x01" * 100), "exceeds the limit", caps_=caps(lib, max_body_bytes=50))
     bad(lib, func_module(b"\x41\x00" * 10 + b"\x1a" * 10), "operand stack", caps_=caps(lib, max_operand_stack=8))
@@ -241,7 +336,7 @@ def test_deep_nesting_validates_in_linear_time_and_reports_its_depth(lib):
         t0 = time.perf_counter()
         info = ok(lib, func_module(b"\x02\x40" * n + b"\x0b" * n, memory=False))
         assert time.perf_counter() - t0 < 0.5
-        assert info.max_nesting_depth == n + 1          # the function frame counts
+        assert info.max_nesting_depth == n + 1  # the function frame counts
     info = ok(lib, func_module(b"\x03\x40" * 5000 + b"\x0b" * 5000 + b"\x02\x40\x0b", memory=False))
     assert info.max_nesting_depth == 5001
     info = ok(lib, func_module((b"\x41\x01\x04\x40") * 3000 + b"\x0b" * 3000, memory=False))
@@ -255,8 +350,11 @@ def test_nesting_cap_bounds_the_hostile_extremes(lib):
     # 2.8 M nested blocks in one 8 MiB body (3 bytes a level): refused at the cap, quickly
     n = (8 << 20) // 3 - 4
     t0 = time.perf_counter()
-    msg = bad(lib, func_module(b"\x02\x40" * n + b"\x0b" * n, memory=False),
-              f"control nesting depth exceeds the limit of {1 << 18}")
+    msg = bad(
+        lib,
+        func_module(b"\x02\x40" * n + b"\x0b" * n, memory=False),
+        f"control nesting depth exceeds the limit of {1 << 18}",
+    )
     assert time.perf_counter() - t0 < 2.0
     print("\n" + msg)
     # 4 M opened blocks never closed: the body ends first or the cap does, never memory
@@ -272,8 +370,12 @@ def test_nesting_cap_bounds_the_hostile_extremes(lib):
 def test_thousands_of_functions(lib):
     n = 20000
     code = body(b"\x20\x00\x41\x01\x6a\x10" + leb(0) + b"\x0b")  # local.get 0; i32.const 1; i32.add; call 0
-    wasm = module(types=[functype([I32], [I32])], funcs=[0] * n, codes=[code] * n,
-                  exports=[name(f"f{i}") + b"\x00" + leb(i) for i in range(n)])
+    wasm = module(
+        types=[functype([I32], [I32])],
+        funcs=[0] * n,
+        codes=[code] * n,
+        exports=[name(f"f{i}") + b"\x00" + leb(i) for i in range(n)],
+    )
     t0 = time.perf_counter()
     info = ok(lib, wasm)
     dt = time.perf_counter() - t0
@@ -286,22 +388,44 @@ def test_thousands_of_functions(lib):
 
 
 def test_duplicate_exports(lib):
-    ok(lib, module(types=[functype()], funcs=[0], codes=[body(b"\x0b")],
-                   exports=[name("a") + b"\x00\x00", name("b") + b"\x00\x00"]))
-    bad(lib, module(types=[functype()], funcs=[0], codes=[body(b"\x0b")],
-                    exports=[name("a") + b"\x00\x00", name("b") + b"\x00\x00", name("a") + b"\x00\x00"]),
-        'duplicate export name "a"')
+    ok(
+        lib,
+        module(
+            types=[functype()],
+            funcs=[0],
+            codes=[body(b"\x0b")],
+            exports=[name("a") + b"\x00\x00", name("b") + b"\x00\x00"],
+        ),
+    )
+    bad(
+        lib,
+        module(
+            types=[functype()],
+            funcs=[0],
+            codes=[body(b"\x0b")],
+            exports=[name("a") + b"\x00\x00", name("b") + b"\x00\x00", name("a") + b"\x00\x00"],
+        ),
+        'duplicate export name "a"',
+    )
 
 
 def test_names_in_messages_are_printable_ascii(lib):
-    nm = "é\n\"x" * 30
-    msg = bad(lib, module(types=[functype()], funcs=[0], codes=[body(b"\x0b")],
-                          exports=[name(nm) + b"\x00\x00", name(nm) + b"\x00\x00"]), "duplicate export name")
+    nm = 'é\n"x' * 30
+    msg = bad(
+        lib,
+        module(
+            types=[functype()],
+            funcs=[0],
+            codes=[body(b"\x0b")],
+            exports=[name(nm) + b"\x00\x00", name(nm) + b"\x00\x00"],
+        ),
+        "duplicate export name",
+    )
     assert msg.isascii() and "\n" not in msg and "\\xc3\\xa9\\x0a\\x22x" in msg and msg.endswith('..."'), msg
 
 
 def test_utf8_names(lib):
-    for good_name in ["plain", "é", "日本", "\U0001F600"]:
+    for good_name in ["plain", "é", "日本", "\U0001f600"]:
         ok(lib, module(customs=[name(good_name)]))
     for bad_name in [b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe0\x80\x80", b"\x80", b"\xc3"]:
         bad(lib, module(customs=[name(bad_name)]), "UTF-8")
@@ -310,6 +434,7 @@ def test_utf8_names(lib):
 
 # ---------------------------------------------------------------------------------------------------------------
 # imports through the callback
+
 
 def test_import_callback_gets_wasm3_signatures(lib):
     seen = []
@@ -325,24 +450,34 @@ def test_import_callback_gets_wasm3_signatures(lib):
         return 0
 
     types = [functype([I32] * 4, [I32]), functype([I64, F32, F64], []), functype([], [I32, I64])]
-    imports = [name("wasi_snapshot_preview1") + name("fd_write") + b"\x00\x00",
-               name("env") + name("f") + b"\x00\x01", name("env") + name("g") + b"\x00\x02"]
+    imports = [
+        name("wasi_snapshot_preview1") + name("fd_write") + b"\x00\x00",
+        name("env") + name("f") + b"\x00\x01",
+        name("env") + name("g") + b"\x00\x02",
+    ]
     ok(lib, module(types=types, imports=imports), check=check)
     assert seen == [("wasi_snapshot_preview1", "fd_write", "i(iiii)"), ("env", "f", "v(IfF)"), ("env", "g", "iI()")]
-    msg = bad(lib, module(types=types, imports=imports + [name("env") + name("forbidden") + b"\x00\x00"]),
-              "forbidden", "no such host function", check=check)
+    msg = bad(
+        lib,
+        module(types=types, imports=imports + [name("env") + name("forbidden") + b"\x00\x00"]),
+        "forbidden",
+        "no such host function",
+        check=check,
+    )
     assert msg.startswith("import section at offset"), msg
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # features: accepted extensions, and what wasm3 0.5.0 cannot run
 
+
 def test_accepted_extensions(lib):
     # sign extension
     ok(lib, func_module(b"\x41\x00\xc0\x41\x00\xc1\x6a\x1a\x42\x00\xc2\x42\x00\xc3\x7c\x42\x00\xc4\x7c\x1a"))
     # non-trapping float-to-int
-    for sub, (src, dst) in enumerate([(F32, I32), (F32, I32), (F64, I32), (F64, I32), (F32, I64), (F32, I64),
-                                      (F64, I64), (F64, I64)]):
+    for sub, (src, dst) in enumerate(
+        [(F32, I32), (F32, I32), (F64, I32), (F64, I32), (F32, I64), (F32, I64), (F64, I64), (F64, I64)]
+    ):
         const = b"\x43" + bytes(4) if src == F32 else b"\x44" + bytes(8)
         ok(lib, func_module(const + b"\xfc" + leb(sub), results=[dst]))
     # bulk memory copy / fill
@@ -350,10 +485,17 @@ def test_accepted_extensions(lib):
     bad(lib, func_module(b"\x41\x00\x41\x00\x41\x00\xfc\x0b\x00", memory=False), "unknown memory 0")
     # multi-value: function results, block with type index and params, br with values
     t_pair = functype([], [I32, I64])
-    ok(lib, module(types=[t_pair, functype([I32, I64], [I64, I32])], funcs=[0],
-                   codes=[body(b"\x41\x01\x42\x02\x02\x01\x1a\x1a\x42\x03\x41\x04\x0b\x1a\x1a\x41\x05\x42\x06\x0b")]))
-    ok(lib, module(types=[functype([I32], [I32])], funcs=[0],
-                   codes=[body(b"\x20\x00\x03\x00\x41\x01\x6a\x0b\x0b")]))  # loop (type 0) [i32]->[i32]
+    ok(
+        lib,
+        module(
+            types=[t_pair, functype([I32, I64], [I64, I32])],
+            funcs=[0],
+            codes=[body(b"\x41\x01\x42\x02\x02\x01\x1a\x1a\x42\x03\x41\x04\x0b\x1a\x1a\x41\x05\x42\x06\x0b")],
+        ),
+    )
+    ok(
+        lib, module(types=[functype([I32], [I32])], funcs=[0], codes=[body(b"\x20\x00\x03\x00\x41\x01\x6a\x0b\x0b")])
+    )  # loop (type 0) [i32]->[i32]
     # mutable global export
     ok(lib, module(globals_=[bytes([I32, 1]) + b"\x41\x00\x0b"], exports=[name("g") + b"\x03\x00"]))
     # data count section
@@ -408,6 +550,7 @@ def test_unsupported_features_are_named(lib, what):
 # ---------------------------------------------------------------------------------------------------------------
 # body typing details
 
+
 def test_body_typing(lib):
     # unreachable makes the stack polymorphic
     ok(lib, func_module(b"\x00\x6a", results=[I32]))
@@ -432,8 +575,11 @@ def test_body_typing(lib):
     # locals
     ok(lib, func_module(b"\x20\x05\x21\x04", params=[I32], locals_=[(3, I64), (2, F32)]))
     bad(lib, func_module(b"\x20\x06\x1a", params=[I32], locals_=[(3, I64), (2, F32)]), "unknown local 6")
-    bad(lib, func_module(b"\x20\x05\x21\x01", params=[I32], locals_=[(3, I64), (2, F32)]),
-        "local.set 1 expects [i64], got [f32]")
+    bad(
+        lib,
+        func_module(b"\x20\x05\x21\x01", params=[I32], locals_=[(3, I64), (2, F32)]),
+        "local.set 1 expects [i64], got [f32]",
+    )
     # globals
     g = [bytes([I32, 0]) + b"\x41\x00\x0b"]
     bad(lib, module(types=[functype()], funcs=[0], globals_=g, codes=[body(b"\x41\x00\x24\x00\x0b")]), "immutable")
@@ -465,7 +611,7 @@ def test_random_bytes_never_crash_in_process(lib):
             b = bytearray(base)
             for _ in range(rng.randrange(1, 6)):
                 b[rng.randrange(len(b))] = rng.randrange(256)
-            wasm = bytes(b[:rng.randrange(len(b) + 1)] if rng.random() < 0.2 else b)
+            wasm = bytes(b[: rng.randrange(len(b) + 1)] if rng.random() < 0.2 else b)
         good, msg, _ = validate(lib, wasm)
         assert good or msg
 
@@ -473,17 +619,45 @@ def test_random_bytes_never_crash_in_process(lib):
 # ---------------------------------------------------------------------------------------------------------------
 # ASan + UBSan mutation fuzzing (C driver)
 
+
 def test_mutation_fuzz_under_asan_ubsan(tmp_path):
     exe = tmp_path / "fuzz_validate"
-    subprocess.run(["gcc", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",
-                    "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-I", str(REPO / "csrc"), *SOURCES,
-                    str(HERE / "fuzz_validate.c"), "-o", str(exe)], check=True)
+    subprocess.run(
+        [
+            "gcc",
+            "-O1",
+            "-g",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer",
+            "-I",
+            str(REPO / "csrc"),
+            *SOURCES,
+            str(HERE / "fuzz_validate.c"),
+            "-o",
+            str(exe),
+        ],
+        check=True,
+    )
     seeds = [tmp_path / "full.wasm", tmp_path / "multi.wasm"]
     seeds[0].write_bytes(full_module())
-    seeds[1].write_bytes(module(types=[functype([I32], [I32, I64]), functype([I32, I64], [I64, I32])], funcs=[0],
-                                tables=[b"\x70\x00\x01"], mems=[b"\x00\x01"],
-                                codes=[body(b"\x20\x00\x42\x01\x02\x01\x1a\x20\x00\x0e\x01\x00\x00\x0b\x42\x02"
-                                            b"\x41\x00\x41\x00\x41\x00\xfc\x0b\x00\x0b")]))
+    seeds[1].write_bytes(
+        module(
+            types=[functype([I32], [I32, I64]), functype([I32, I64], [I64, I32])],
+            funcs=[0],
+            tables=[b"\x70\x00\x01"],
+            mems=[b"\x00\x01"],
+            codes=[
+                body(
+                    b"\x20\x00\x42\x01\x02\x01\x1a\x20\x00\x0e\x01\x00\x00\x0b\x42\x02"
+                    b"\x41\x00\x41\x00\x41\x00\xfc\x0b\x00\x0b"
+                )
+            ],
+        )
+    )
     hello = REPO / "examples" / "hello" / "hello.wasm"
     if hello.exists():
         seeds.append(hello)

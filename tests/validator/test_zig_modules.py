@@ -4,6 +4,7 @@ and with -mcpu=mvp. Also measures validation time on a generated program of abou
 
 Run: python -m pytest tests/validator/test_zig_modules.py -q -s
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -21,8 +22,10 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 import spec_runner  # noqa: E402
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("ziglang") is None or shutil.which("gcc") is None,
-                                reason="needs the ziglang pip package and gcc")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("ziglang") is None or shutil.which("gcc") is None,
+    reason="needs the ziglang pip package and gcc",
+)
 
 SMALL_C = r"""
 #include <stdio.h>
@@ -55,8 +58,25 @@ int main(int argc, char **argv) {
 
 
 def zig_cc(src: Path, out: Path, *flags: str) -> Path:
-    subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", "wasm32-wasi", "-O2", "-s", *flags,
-                    str(src), "-o", str(out)], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ziglang",
+            "cc",
+            "-target",
+            "wasm32-wasi",
+            "-O2",
+            "-s",
+            *flags,
+            str(src),
+            "-o",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return out
 
 
@@ -81,11 +101,16 @@ __attribute__((noinline)) uint32_t f{i}(uint32_t a, uint64_t b, double c) {{
     if (acc % 7 == 3) acc += f{(i + 1) % n}(acc >> 3, b + 1, c / 2);
     return acc + (uint32_t)buf[acc % 32] + (uint32_t)c;
 }}""")
-    out.append("typedef uint32_t (*fp)(uint32_t, uint64_t, double);\nstatic fp table[] = {"
-               + ",".join(f"f{i}" for i in range(n)) + "};\n")
-    out.append("int main(int argc, char **argv) { uint32_t s = 0;\n"
-               f"  for (int i = 0; i < argc * 1000; i++) s += table[i % {n}](i, s, i * 0.5);\n"
-               '  printf("%u\\n", s); return 0; }\n')
+    out.append(
+        "typedef uint32_t (*fp)(uint32_t, uint64_t, double);\nstatic fp table[] = {"
+        + ",".join(f"f{i}" for i in range(n))
+        + "};\n"
+    )
+    out.append(
+        "int main(int argc, char **argv) { uint32_t s = 0;\n"
+        f"  for (int i = 0; i < argc * 1000; i++) s += table[i % {n}](i, s, i * 0.5);\n"
+        '  printf("%u\\n", s); return 0; }\n'
+    )
     return "".join(out)
 
 
@@ -106,8 +131,11 @@ def test_zig_output_validates(cli, tmp_path, flags):
     for line in p.stdout.splitlines()[:-1]:
         assert re.fullmatch(r"import wasi_snapshot_preview1\.\w+ [viIfF]+\([iIfF]*\)", line), line
     if not flags:
-        dis = subprocess.run(["wasm-objdump", "-d", str(wasm)], capture_output=True, text=True).stdout \
-            if shutil.which("wasm-objdump") else ""
+        dis = (
+            subprocess.run(["wasm-objdump", "-d", str(wasm)], capture_output=True, text=True).stdout
+            if shutil.which("wasm-objdump")
+            else ""
+        )
         if dis:  # the default cpu really uses the post-MVP operators we accept
             assert "memory.fill" in dis or "memory.copy" in dis
             assert "trunc_sat" in dis

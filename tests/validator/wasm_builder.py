@@ -1,4 +1,5 @@
 """Tiny helpers to hand-assemble WebAssembly binaries for the validator's unit tests."""
+
 from __future__ import annotations
 
 I32, I64, F32, F64 = 0x7F, 0x7E, 0x7D, 0x7C
@@ -52,8 +53,21 @@ def body(code: bytes, locals_=()) -> bytes:
     return leb(len(b)) + b
 
 
-def module(types=(), imports=(), funcs=(), tables=(), mems=(), globals_=(), exports=(), start=None, elems=(),
-           datacount=None, codes=(), data=(), customs=()) -> bytes:
+def module(
+    types=(),
+    imports=(),
+    funcs=(),
+    tables=(),
+    mems=(),
+    globals_=(),
+    exports=(),
+    start=None,
+    elems=(),
+    datacount=None,
+    codes=(),
+    data=(),
+    customs=(),
+) -> bytes:
     """Each argument is a list of already-encoded entries (bytes); sections are emitted only when non-empty."""
     out = bytearray(HEADER)
     for c in customs:
@@ -87,9 +101,13 @@ def module(types=(), imports=(), funcs=(), tables=(), mems=(), globals_=(), expo
 
 def func_module(code: bytes, params=(), results=(), locals_=(), memory=True, table=False, extra_types=()) -> bytes:
     """One function of type params->results with the given body code (without the final end)."""
-    return module(types=[functype(params, results), *extra_types], funcs=[0],
-                  tables=[b"\x70\x00\x01"] if table else [], mems=[b"\x00\x01"] if memory else [],
-                  codes=[body(code + b"\x0b", locals_)])
+    return module(
+        types=[functype(params, results), *extra_types],
+        funcs=[0],
+        tables=[b"\x70\x00\x01"] if table else [],
+        mems=[b"\x00\x01"] if memory else [],
+        codes=[body(code + b"\x0b", locals_)],
+    )
 
 
 def sections(wasm: bytes):
