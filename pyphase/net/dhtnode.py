@@ -237,6 +237,7 @@ class DhtPresence:
             bind = split_hostport(self.config.listen)[0]
             result = verdict(answers, {self.host, bind}, mapped, port)
         self.reachability = {**result, "asked": [a.to_json() for a in answers]}
+        self.node.reachability = self.reachability
         self.log("reachability", **result, asked=len(answers), heard=sum(a.heard for a in answers))
         return self.reachability
 

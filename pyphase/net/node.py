@@ -311,6 +311,8 @@ class Node:
         self.dial_back = DialBackService(self.ctx)
         self.dial_nonces: dict[bytes, threading.Event] = {}
         """Nonces of this node's own reachability checks; set when their dial back arrives."""
+        self.reachability: dict[str, Any] | None = None
+        """The last dial-back verdict (pyphase.net.dhtnode sets it; the HTTP API shows it)."""
         self._max_msg = config.max_module + config.max_input + wire.MAX_HEADER_BYTES + MAX_MESSAGE_SLACK
 
     # ---- life cycle ------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ def test_verdicts_public_mapped_unreachable_in_the_nat_lab(natlab: NatLab, tmp_p
                 host.ip,
                 sandbox=False,
                 prefix=tuple(host.exec_prefix),
-                extra=("--dht-bootstrap", bootstrap, "--no-api"),
+                extra=("--dht-bootstrap", bootstrap, *(() if name == "h1" else ("--no-api",))),
                 env={**lab_env(lab), "PLASMD_DHT_REFRESH": "5s"},
             )
             node.port = PORT
@@ -159,6 +159,17 @@ def test_verdicts_public_mapped_unreachable_in_the_nat_lab(natlab: NatLab, tmp_p
             )
             assert event["asked"] >= 1
         assert "did not arrive" in last["h2"]["why"] or "no connection" in last["h2"]["why"]
+        # the node's own HTTP API says the same (GET /v1/node, on loopback inside its namespace)
+        api = hosts["h1"].run(
+            [
+                sys.executable,
+                "-c",
+                f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{PORT + 1}/v1/node').read().decode())",
+            ]
+        )
+        shown = json.loads(api.stdout)["reachability"]
+        assert shown["verdict"] == "mapped" and shown["address"] == f"{upnp.wan_ip}:{PORT}"
+        assert any(a["heard"] for a in shown["asked"])
         # an operator anywhere sees it in the record
         peer_id = nodes["h1"].address.split("@")[0]
         client = lab.host("c")
