@@ -116,16 +116,18 @@ def test_verdicts_public_mapped_unreachable_in_the_nat_lab(natlab: NatLab, tmp_p
     lab = natlab
     upnp = lab.router("r1", upnp=True)
     plain = lab.router("r2")
+    symmetric = lab.router("r3", symmetric=True)
     bootstrap = start_bootstrap(lab)
     hosts = {
         "w1": lab.host("w1"),
         "w2": lab.host("w2"),
         "h1": lab.host("h1", behind=upnp),
         "h2": lab.host("h2", behind=plain),
+        "h3": lab.host("h3", behind=symmetric),
     }
     nodes: dict[str, NodeProc] = {}
     try:
-        for name in ("w1", "w2", "h1", "h2"):
+        for name in ("w1", "w2", "h1", "h2", "h3"):
             host = hosts[name]
             node = NodeProc(
                 tmp_path / name,
@@ -144,6 +146,7 @@ def test_verdicts_public_mapped_unreachable_in_the_nat_lab(natlab: NatLab, tmp_p
             "w1": ("public", f"{hosts['w1'].ip}:{PORT}"),
             "h1": ("mapped", f"{upnp.wan_ip}:{PORT}"),
             "h2": ("unreachable", None),
+            "h3": ("unreachable", None),
         }
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
