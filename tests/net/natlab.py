@@ -18,6 +18,7 @@ API (for any test; ``natlab`` is also a pytest fixture in tests/net/conftest.py)
         h1.run(["ip", "addr"])                  # subprocess.run inside the namespace (check=True, text output)
         p = h1.popen(["plasmd", ...], ...)      # subprocess.Popen inside the namespace; killed at lab.close()
         h1.exec_prefix                          # ["ip", "netns", "exec", NAME]: prefix for any argv
+        h1.wait_listening(7465)                 # until something listens there (udp=True for UDP), else TimeoutError
         r1.mappings()                           # the router's current UPnP/NAT-PMP redirects (nft text)
 
 * ``Router`` and ``Host`` both have ``name``, ``ns`` (namespace), ``run``, ``popen``; a ``Router`` also
@@ -112,6 +113,11 @@ class Host:
         proc = subprocess.Popen([*self.exec_prefix, *argv], **kw)
         self.lab._procs.append(proc)
         return proc
+
+    def wait_listening(self, port: int, udp: bool = False, timeout: float = 10) -> None:
+        """Return once something in this namespace listens on ``port`` (TCP, or UDP); TimeoutError after ``timeout``."""
+        flags = "-ulnH" if udp else "-tlnH"
+        _wait_for(lambda: f":{port} " in self.run(["ss", flags]).stdout, timeout, f"port {port} in {self.name}")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.ip}>"
@@ -246,7 +252,7 @@ class NatLab:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            _wait_for(lambda: f":{STUN_PORT} " in self.wan.run(["ss", "-ulnH"]).stdout, 5, "stund to listen")
+            self.wan.wait_listening(STUN_PORT, udp=True, timeout=10)
 
     def _start_miniupnpd(self, r: Router) -> None:
         self._start_stun()
@@ -275,7 +281,7 @@ class NatLab:
         log = open(self.dir / f"{r.name}-miniupnpd.log", "wb")
         r.popen(["miniupnpd", "-d", "-f", str(conf), "-P", str(self.dir / f"{r.name}.pid")], stdout=log, stderr=log)
         log.close()
-        _wait_for(lambda: ":5351 " in r.run(["ss", "-ulnH"]).stdout, 10, f"miniupnpd on {r.name} (NAT-PMP port)")
+        r.wait_listening(5351, udp=True, timeout=20)  # miniupnpd's NAT-PMP port: it listens once STUN answered
 
     def miniupnpd_log(self, r: Router) -> str:
         path = self.dir / f"{r.name}-miniupnpd.log"
