@@ -86,6 +86,9 @@ def test_node_behind_upnp_router_is_mapped_published_and_reachable(natlab: NatLa
     client = lab.host("c")
     bootstrap = start_bootstrap(lab)
     node = start_node(lab, home, tmp_path, bootstrap)
+    # its neighbour behind the same router opts out: maps nothing, asks nobody to dial back
+    quiet_host = lab.host("h1b", behind=router)
+    quiet = start_node(lab, quiet_host, tmp_path, bootstrap, "--no-upnp", "--no-reachability")
     try:
         mapped = f"{router.wan_ip}:{PORT}"
         # phase/1 (TCP), the record query (UDP, same port number) and the DHT's UDP port, each by UPnP and NAT-PMP
@@ -104,8 +107,13 @@ def test_node_behind_upnp_router_is_mapped_published_and_reachable(natlab: NatLa
         # ... and by peer id alone, resolved through the DHT to the record's mapped address
         out = submit(lab, client, peer_id, "--dht-bootstrap", bootstrap)
         assert out.returncode == 0, out.stdout + out.stderr
+        quiet.wait_event("dht_record_published", timeout=30)
+        assert not quiet.events("port_mapping_obtained") and not quiet.events("reachability")
+        assert quiet_host.ip not in router.mappings()
+        assert all(e["addresses"] == [f"{quiet_host.ip}:{PORT}"] for e in _records(quiet))
     finally:
         node.stop()
+        quiet.stop()
 
 
 def test_node_behind_router_without_upnp_is_not_reachable(natlab: NatLab, tmp_path: Path) -> None:
