@@ -88,13 +88,19 @@ def main() -> int:
         router = lab.router("r1", upnp=True)
         home, public, client = lab.host("h1", behind=router), lab.host("w1"), lab.host("c")
         where = f"{lab.wan.ip}:6881"
-        boot = lab.wan.popen([sys.executable, "-c", BOOTSTRAP, where], stdout=subprocess.PIPE, env={**os.environ, **env})
+        boot = lab.wan.popen(
+            [sys.executable, "-c", BOOTSTRAP, where], stdout=subprocess.PIPE, env={**os.environ, **env}
+        )
         assert boot.stdout is not None and boot.stdout.readline().strip() == b"ready"
         tmp = lab.dir
         nodes = {}
         for name, host in (("direct", public), ("mapped", home)):
             node = NodeProc(
-                tmp / name, host.ip, prefix=tuple(host.exec_prefix), extra=("--dht-bootstrap", where, "--no-api"), env=env
+                tmp / name,
+                host.ip,
+                prefix=tuple(host.exec_prefix),
+                extra=("--dht-bootstrap", where, "--no-api"),
+                env=env,
             )
             node.port = PORT
             nodes[name] = node.start()
@@ -117,8 +123,15 @@ def main() -> int:
                 "mapped": f"{nodes['mapped'].address.split('@')[0]}@{external['external']}",
             }
             out = client.run(
-                [sys.executable, "-c", CLIENT, str(ROOT / "examples/hello/hello.wasm"), json.dumps(targets),
-                 str(args.jobs), str(args.rounds)],
+                [
+                    sys.executable,
+                    "-c",
+                    CLIENT,
+                    str(ROOT / "examples/hello/hello.wasm"),
+                    json.dumps(targets),
+                    str(args.jobs),
+                    str(args.rounds),
+                ],
                 timeout=1800,
                 check=False,
             )
@@ -131,12 +144,16 @@ def main() -> int:
     ref = pct(times["direct"], 0.5)
     print(f"{'path':<8} {'jobs':>5} {'p50 ms':>8} {'p99 ms':>8} {'ratio p50':>10}")
     for name, values in times.items():
-        print(f"{name:<8} {len(values):>5} {pct(values, 0.5):>8.2f} {pct(values, 0.99):>8.2f} {pct(values, 0.5) / ref:>10.2f}")
+        print(
+            f"{name:<8} {len(values):>5} {pct(values, 0.5):>8.2f} {pct(values, 0.99):>8.2f} {pct(values, 0.5) / ref:>10.2f}"
+        )
     print(
         "phase/1 mapped after the DHT session started: "
         + ", ".join(f"{t} {s * 1000:.0f} ms" for t, s in sorted(mapping_s.items()))
     )
-    print(f"mapped via {targets['mapped'].split('@')[1]} ({external['transport']} first); direct {targets['direct'].split('@')[1]}")
+    print(
+        f"mapped via {targets['mapped'].split('@')[1]} ({external['transport']} first); direct {targets['direct'].split('@')[1]}"
+    )
     return 0
 
 
