@@ -26,7 +26,7 @@ from net_support import NodeProc
 from pyphase.identity import Identity
 from pyphase.net import wire
 from pyphase.net.reachability import PER_ADDRESS_PER_MINUTE, ask_dial_back
-from test_portmap import lab_env, start_bootstrap
+from test_portmap import lab_env
 
 PORT = 7465
 
@@ -117,7 +117,7 @@ def test_verdicts_public_mapped_unreachable_in_the_nat_lab(natlab: NatLab, tmp_p
     upnp = lab.router("r1", upnp=True)
     plain = lab.router("r2")
     symmetric = lab.router("r3", symmetric=True)
-    bootstrap = start_bootstrap(lab)
+    bootstrap = lab.dht_bootstrap()
     hosts = {
         "w1": lab.host("w1"),
         "w2": lab.host("w2"),
@@ -189,7 +189,7 @@ def test_verdicts_public_mapped_unreachable_in_the_nat_lab(natlab: NatLab, tmp_p
                     "--json",
                 ],
                 check=False,
-                env=dict(os.environ, **lab_env(lab), PHASE_DHT_LISTEN=f"{client.ip}:0"),
+                env=lab.env(PHASE_DHT_LISTEN=f"{client.ip}:0"),
             )
             doc = json.loads(out.stdout) if out.returncode == 0 else {}
             if doc.get("caps", {}).get("reach") == "mapped" or time.monotonic() > deadline:
