@@ -31,7 +31,12 @@ def misbehaving_node(mode: str) -> type[Node]:
 
     class MisbehavingNode(Node):
         def answer(
-            self, result: Result, manifest: dict[str, Any], limits: Limits, started: str
+            self,
+            result: Result,
+            manifest: dict[str, Any],
+            limits: Limits,
+            started: str,
+            outputs: dict[str, Any] | None = None,
         ) -> tuple[bytes, dict[str, Any]] | None:
             if mode == "hang":
                 return None
@@ -46,6 +51,7 @@ def misbehaving_node(mode: str) -> type[Node]:
                 limits=limits,
                 identity=signer,
                 started_at=started,
+                outputs=outputs,
             )
             if mode == "forge-receipt":
                 receipt["exit_code"] = result.exit_code + 1

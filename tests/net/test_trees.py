@@ -289,3 +289,23 @@ def test_each_bad_tree_gets_its_own_reject_and_the_node_goes_on(strict_node, tre
     assert answer.type == "result" and answer["receipt"]["status"] == "ok"
     assert strict_node.alive
     assert list((strict_node.data_dir / "blobs" / "incoming").iterdir()) == []
+
+
+def test_replicas_agree_on_the_output_tree(start_nodes, tree_job, tmp_path):
+    work = tmp_path / "w"
+    (work / "sub").mkdir(parents=True)
+    (work / "sub" / "a.txt").write_text("a\n")
+    nodes = start_nodes(2)
+    with Client(peers=[n.address for n in nodes]) as client:
+        r = client.submit(
+            tree_job,
+            args=["write", "/w/sub/b.txt", "b", "list", "/w"],
+            dirs=[Preopen(str(work), "/w")],
+            replicas=2,
+            out=tmp_path / "out",
+        )
+    assert r.dissent == () and len(r.receipts) == 2
+    assert r.receipts[0]["outputs"] == r.receipts[1]["outputs"] == r.outputs
+    assert r.stdout == b"wrote /w/sub/b.txt\n/w/sub\n/w/sub/a.txt\n/w/sub/b.txt\nend\n"
+    assert trees.verify_dir(tmp_path / "out", r.outputs).hash == r.outputs["hash"]
+    assert (tmp_path / "out" / "w" / "sub" / "b.txt").read_text() == "b"
