@@ -87,10 +87,18 @@ class JobFS:
     def complete(self) -> bool:
         return not self._pending and not self._listing_of
 
-    def requests(self) -> list[tuple[str, int, int]]:
-        """The next chunks to ask the client for, keeping at most ``WINDOW`` outstanding: (blob, offset, size)."""
+    @property
+    def outstanding(self) -> int:
+        """Chunks asked for and not yet received."""
+        return sum(self._asked.values())
+
+    def requests(self, allowed: int = WINDOW) -> list[tuple[str, int, int]]:
+        """The next chunks to ask the client for, keeping at most ``WINDOW`` outstanding and asking at most
+        ``allowed`` more (the node's budget for all jobs together): (blob, offset, size)."""
         out = []
-        while self._queue and sum(self._asked.values()) < WINDOW:
+        asked = self.outstanding
+        while self._queue and asked < WINDOW and len(out) < allowed:
+            asked += 1
             blob, offset, size = self._queue.popleft()
             self._asked[blob] = self._asked.get(blob, 0) + 1
             out.append((blob, offset, size))

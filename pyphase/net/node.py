@@ -821,8 +821,18 @@ class Node:
             assert module is not None
             self.shares.ready(job, module)
             return self._dispatch()
-        for blob, offset, size in fs.requests():
+        self._ask(job)
+
+    def _ask(self, job: HeldJob) -> None:
+        """Ask for a job's next chunks within the node's budget: at most ``held_bytes`` of file bytes asked for and
+        not yet received, all jobs together (they wait in the socket's receive queue: no high-water mark)."""
+        assert job.fs is not None
+        budget = self.config.held_bytes // CHUNK - sum(j.fs.outstanding for j in self._fetching())
+        for blob, offset, size in job.fs.requests(max(0, budget)):
             self._send(job.rid, wire.encode("want", job=job.tag, blob=blob, offset=offset, size=size))
+
+    def _fetching(self) -> list[HeldJob]:
+        return [j for j in self.shares.jobs.values() if j.state == "waiting" and j.fs is not None]
 
     def _blob(self, rid: bytes, msg: wire.Message) -> None:
         tag: bytes = msg["job"]
@@ -837,6 +847,9 @@ class Node:
             return self._drop_job(job, "busy", f"the node cannot store the job's files now ({exc.strerror or exc})")
         job.since = time.monotonic()
         self._pump(job)
+        for other in self._fetching():  # a chunk received frees budget for jobs that had to wait for it
+            if other is not job and other.fs is not None and other.fs.outstanding == 0:
+                self._ask(other)
 
     def _drop_job(self, job: HeldJob, reason: str, detail: str) -> None:
         """Refuse a job still in hand and delete its files."""
@@ -1045,6 +1058,10 @@ class Node:
             await asyncio.sleep(max(0.05, wait_s / 4))
             cutoff = time.monotonic() - wait_s
             for job in [j for j in self.shares.jobs.values() if j.state == "waiting" and j.since < cutoff]:
+                if job.fs is not None and job.fs.outstanding == 0:  # waiting for the node's budget, not the client
+                    job.since = time.monotonic()
+                    self._ask(job)
+                    continue
                 if job.fs is not None:  # the client stopped sending the files asked for
                     self.log("blob_timeout", job=job.tag.hex(), client=job.client)
                     self._drop_job(job, "blob_timeout", f"no file bytes arrived for {wait_s:g} s")

@@ -193,3 +193,16 @@ def test_fs_bench_runs() -> None:
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["tree"]["in_process_s"] > 0 and doc["per_file"]["sandbox_us"] > 0
+
+
+def test_tree_bench_runs() -> None:
+    """bench/tree_bench.py --quick: every job read the whole tree, the node fetched it once and then nothing."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "tree_bench.py"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["remote_first_s"] > 0 and doc["remote_cached_s"] > 0 and doc["fetched_bytes"][0][1] == 0

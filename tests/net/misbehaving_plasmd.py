@@ -21,7 +21,7 @@ from pyphase.net.node import Node
 from pyphase.receipt import make_receipt
 from pyphase.result import Result
 
-MODES = ("forge-receipt", "lie-stdout", "mismatch-stdout", "wrong-signer", "hang")
+MODES = ("forge-receipt", "lie-stdout", "mismatch-stdout", "wrong-signer", "hang", "tamper-outputs")
 
 
 def misbehaving_node(mode: str) -> type[Node]:
@@ -57,6 +57,17 @@ def misbehaving_node(mode: str) -> type[Node]:
                 receipt["exit_code"] = result.exit_code + 1
             stdout = result.stdout + b"!" if mode == "mismatch-stdout" else result.stdout
             return stdout, receipt
+
+        def _want(self, rid: bytes, msg: Any) -> None:
+            held = self._outputs.get((rid, msg["job"]))
+            if mode == "tamper-outputs" and held is not None:
+                path = held[0].output_paths.get(msg["blob"])
+                if path is not None:  # the receipt names the true file; the bytes sent are another's
+                    with open(path, "r+b") as f:
+                        first = f.read(1)
+                        f.seek(0)
+                        f.write(bytes([first[0] ^ 1]) if first else b"")
+            super()._want(rid, msg)
 
     return MisbehavingNode
 

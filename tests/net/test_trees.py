@@ -16,7 +16,7 @@ import zmq
 from attackers import Conn
 from pyphase import Client, Preopen, trees
 from pyphase.digests import sha256_text
-from pyphase.errors import TreeError
+from pyphase.errors import NetworkError, TreeError
 from pyphase.manifest import make_manifest
 from pyphase.net import wire
 from wasm_build import build_c
@@ -309,3 +309,36 @@ def test_replicas_agree_on_the_output_tree(start_nodes, tree_job, tmp_path):
     assert r.stdout == b"wrote /w/sub/b.txt\n/w/sub\n/w/sub/a.txt\n/w/sub/b.txt\nend\n"
     assert trees.verify_dir(tmp_path / "out", r.outputs).hash == r.outputs["hash"]
     assert (tmp_path / "out" / "w" / "sub" / "b.txt").read_text() == "b"
+
+
+def test_output_bytes_that_do_not_match_the_receipt_are_refused(start_nodes, tree_job, tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    (node,) = start_nodes(1, misbehave="tamper-outputs")
+    with Client(peers=[node.address]) as client:
+        with pytest.raises(NetworkError, match="do not match"):
+            client.submit(
+                tree_job, args=["write", "/w/x.txt", "true"], dirs=[Preopen(str(work), "/w")], out=tmp_path / "o"
+            )
+    assert not (tmp_path / "o" / "w" / "x.txt").exists()  # nothing written under the name of a file that failed
+
+
+def test_concurrent_fetches_share_the_nodes_budget_of_bytes_in_flight(start_nodes, tree_job, tmp_path):
+    import threading
+
+    (node,) = start_nodes(1, env={"PLASMD_HELD_BYTES": "2MiB"})  # 2 chunks in flight for every job together
+    results: list = []
+
+    def one(i: int) -> None:
+        data = make_tree(tmp_path / f"t{i}", 6 * MiB, 3)
+        with Client(peers=[node.address]) as client:
+            results.append(client.submit(tree_job, args=["read", "/d"], dirs=[Preopen(str(data), "/d", True)]))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [r.status for r in results] == ["ok"] * 3
+    assert all(r.stdout.startswith(b"read 3 6291456 ") for r in results)
+    assert [e["fetched_bytes"] > 6 * MiB for e in node.events("files_ready")] == [True] * 3
