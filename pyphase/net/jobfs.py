@@ -95,7 +95,7 @@ class JobFS:
     def requests(self, allowed: int = WINDOW) -> list[tuple[str, int, int]]:
         """The next chunks to ask the client for, keeping at most ``WINDOW`` outstanding and asking at most
         ``allowed`` more (the node's budget for all jobs together): (blob, offset, size)."""
-        out = []
+        out: list[tuple[str, int, int]] = []
         asked = self.outstanding
         while self._queue and asked < WINDOW and len(out) < allowed:
             asked += 1
