@@ -18,6 +18,9 @@ import json
 import os
 import posixpath
 import stat
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -238,6 +241,38 @@ def hash_file(path: str | os.PathLike[str]) -> tuple[str, int]:
     return "sha256:" + h.hexdigest(), size
 
 
+_known: OrderedDict[tuple[int, ...], tuple[str, int]] = OrderedDict()
+KNOWN_FILES = 100_000
+RACY_NS = 100_000_000
+_known_lock = threading.Lock()
+
+
+def _hash_known(path: str, st: os.stat_result) -> tuple[str, int]:
+    """``hash_file``, remembered in this process by (device, inode, size, mtime, ctime): sending the same tree
+    again does not read it again (any write changes ctime, which no one can set back)."""
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _known_lock:
+        found = _known.get(key)
+        if found is not None:
+            _known.move_to_end(key)
+            return found
+    found = hash_file(path)
+    # not changed while it was read, and not changed so recently that a change within the same clock tick
+    # (file times are as coarse as the kernel's tick) could leave every key field as it is
+    if found[1] == st.st_size and time.time_ns() - st.st_ctime_ns > RACY_NS:
+        with _known_lock:
+            _known[key] = found
+            while len(_known) > KNOWN_FILES:
+                _known.popitem(last=False)
+    return found
+
+
+def forget_hashes() -> None:
+    """Forget the file hashes this process remembers (the next scan reads every file again)."""
+    with _known_lock:
+        _known.clear()
+
+
 def file_mode(st_mode: int) -> int:
     return 0o755 if st_mode & 0o100 else 0o644
 
@@ -258,7 +293,7 @@ def scan(
         if stat.S_ISDIR(st.st_mode):
             entries.append(Entry(rel, "dir"))
         elif stat.S_ISREG(st.st_mode):
-            digest, size = hash_file(full)
+            digest, size = _hash_known(full, st)
             entries.append(Entry(rel, "file", size=size, mode=file_mode(st.st_mode), hash=digest))
             where.setdefault(digest, full)
         elif stat.S_ISLNK(st.st_mode):

@@ -15,15 +15,14 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from pyphase.digests import PREFIX, is_hash_text
+from pyphase.digests import PREFIX, digest_from_text
 
 _NAME = re.compile(r"^[0-9a-f]{64}$")
 
 
 def blob_hex(blob_hash: str) -> str:
-    if not is_hash_text(blob_hash):
-        raise ValueError(f"not a blob hash: {blob_hash!r}")
-    return blob_hash[len(PREFIX) :]
+    """The file name of a blob: the hex of its ``sha256:`` name (``ValueError`` for anything else)."""
+    return digest_from_text(blob_hash).hex()
 
 
 class BlobStore:

@@ -85,6 +85,21 @@ def test_a_scanned_tree_parses_back_and_hashes_its_listing(tmp_path):
     assert sorted(where) == sorted(tree.blobs()) and tree.file_bytes == 10_000
 
 
+def test_a_file_changed_behind_the_remembered_hash_is_read_again(tmp_path):
+    root = tmp_path / "t"
+    root.mkdir()
+    f = root / "f"
+    f.write_bytes(b"aaaa")
+    time.sleep(0.2)  # old enough to be remembered
+    first, _ = trees.scan(root)
+    assert trees._known
+    st = f.stat()
+    f.write_bytes(b"bbbb")  # same size; its mtime set back: only ctime tells
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again, _ = trees.scan(root)
+    assert again.files[0].hash == sha256_text(b"bbbb") != first.files[0].hash
+
+
 def test_scanning_refuses_a_symlink_that_leads_out(tmp_path):
     root = tmp_path / "t"
     (root / "sub").mkdir(parents=True)
