@@ -54,7 +54,8 @@ class JobFS:
     _listing_of: dict[str, list[int]] = field(default_factory=dict)  # listing blob -> dir indexes
     _queue: deque[tuple[str, int, int]] = field(default_factory=deque)
     _asked: dict[str, int] = field(default_factory=dict)  # blob -> chunks asked and not yet received
-    _incoming: dict[str, Incoming] = field(default_factory=dict)
+    _incoming: dict[str, Incoming] = field(default_factory=dict)  # blobs being received: at most WINDOW open
+    _sizes: dict[str, int] = field(default_factory=dict)  # blobs asked for or to ask for, and their sizes
     _baseline: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # path -> (ino, size, ctime_ns)
     outputs: trees.Tree | None = None
     output_paths: dict[str, str] = field(default_factory=dict)  # blob -> host path
@@ -100,6 +101,8 @@ class JobFS:
         while self._queue and asked < WINDOW and len(out) < allowed:
             asked += 1
             blob, offset, size = self._queue.popleft()
+            if offset == 0:  # its part file is opened only now: a tree of many files holds few descriptors
+                self._open(blob)
             self._asked[blob] = self._asked.get(blob, 0) + 1
             out.append((blob, offset, size))
         return out
@@ -118,7 +121,7 @@ class JobFS:
         self.fetched_bytes += len(chunk)
         if not incoming.complete:
             return
-        del self._incoming[blob], self._asked[blob]
+        del self._incoming[blob], self._asked[blob], self._sizes[blob]
         if not incoming.finish():
             raise TreeError("blob_mismatch", f"the bytes sent for {blob} do not match its hash")
         dests = self._pending.pop(blob, [])
@@ -141,15 +144,19 @@ class JobFS:
             self._pending.setdefault(blob, []).extend(dests)
         if listing is not None:
             self._listing_of.setdefault(blob, []).append(listing)
-        if blob in self._incoming:
+        if blob in self._sizes:
             return
-        name = f"{self.root.name}-{blob_hex(blob)}"
-        self._incoming[blob] = Incoming(self.store.incoming, name, blob, size)
+        self._sizes[blob] = size
         for offset in range(0, size, CHUNK):
             self._queue.append((blob, offset, min(CHUNK, size - offset)))
         if size == 0:  # nothing to ask for: complete at once (an empty file's hash is still checked)
+            self._open(blob)
             self._asked[blob] = 1
             self.receive(blob, 0, b"")
+
+    def _open(self, blob: str) -> None:
+        name = f"{self.root.name}-{blob_hex(blob)}"
+        self._incoming[blob] = Incoming(self.store.incoming, name, blob, self._sizes[blob])
 
     def _lay_out(self, index: int, data: bytes) -> None:
         d = self.dirs[index]

@@ -828,7 +828,11 @@ class Node:
         not yet received, all jobs together (they wait in the socket's receive queue: no high-water mark)."""
         assert job.fs is not None
         budget = self.config.held_bytes // CHUNK - sum(j.fs.outstanding for j in self._fetching())
-        for blob, offset, size in job.fs.requests(max(0, budget)):
+        try:
+            chunks = job.fs.requests(max(0, budget))
+        except OSError as exc:  # no descriptor or no disk for a part file
+            return self._drop_job(job, "busy", f"the node cannot store the job's files now ({exc.strerror or exc})")
+        for blob, offset, size in chunks:
             self._send(job.rid, wire.encode("want", job=job.tag, blob=blob, offset=offset, size=size))
 
     def _fetching(self) -> list[HeldJob]:

@@ -357,3 +357,16 @@ def test_concurrent_fetches_share_the_nodes_budget_of_bytes_in_flight(start_node
     assert [r.status for r in results] == ["ok"] * 3
     assert all(r.stdout.startswith(b"read 3 6291456 ") for r in results)
     assert [e["fetched_bytes"] > 6 * MiB for e in node.events("files_ready")] == [True] * 3
+
+
+def test_a_tree_of_many_files_holds_few_descriptors(start_nodes, tree_job, tmp_path):
+    data = tmp_path / "many"
+    data.mkdir()
+    for i in range(1500):
+        (data / f"f{i:04d}").write_bytes(b"%d\n" % i)
+    # fewer descriptors than files (a sandbox worker with directories needs about 1,040 of its own): part files
+    # are opened as their bytes are asked for, at most 8 at once
+    (node,) = start_nodes(1, prefix=("prlimit", "--nofile=1200:1200"))
+    with Client(peers=[node.address]) as client:
+        r = client.submit(tree_job, args=["read", "/d"], dirs=[Preopen(str(data), "/d", True)])
+    assert r.status == "ok" and r.stdout.startswith(b"read 1500 "), (r.message, r.stdout[:200])
