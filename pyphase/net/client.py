@@ -479,6 +479,8 @@ class Client:
         job.module_hash = sha256_text(job.module)
         if dirs:
             self._add_trees(job, dirs, disk_bytes, files)
+        if out is not None and not dirs:
+            raise ValueError("--out receives what the job writes in its directories: give one (--dir HOST::GUEST)")
         if out is not None:
             out = Path(out)
             if out.exists() and (not out.is_dir() or any(out.iterdir())):

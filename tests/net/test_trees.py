@@ -205,6 +205,13 @@ def test_writing_more_than_disk_bytes_ends_output_limit(start_nodes, tree_job, t
             tree_job, args=["fill", "/w/big", str(2 * MiB)], dirs=[Preopen(str(work), "/w")], disk_bytes=MiB
         )
     assert r.status == "output_limit" and "disk_bytes" in r.message
+    with Client(peers=[node.address]) as client:  # refused before anything is sent
+        with pytest.raises(ValueError, match="--dir"):
+            client.submit(tree_job, out=tmp_path / "o")
+        (tmp_path / "full").mkdir()
+        (tmp_path / "full" / "x").write_text("x")
+        with pytest.raises(ValueError, match="empty or new directory"):
+            client.submit(tree_job, dirs=[Preopen(str(work), "/w")], out=tmp_path / "full")
     assert r.receipt["outputs"]["hash"] == trees.build(()).hash
 
 
