@@ -377,3 +377,12 @@ def test_a_tree_of_many_files_holds_few_descriptors(start_nodes, tree_job, tmp_p
     with Client(peers=[node.address]) as client:
         r = client.submit(tree_job, args=["read", "/d"], dirs=[Preopen(str(data), "/d", True)])
     assert r.status == "ok" and r.stdout.startswith(b"read 1500 "), (r.message, r.stdout[:200])
+
+
+def test_trees_work_on_a_node_without_the_sandbox(start_nodes, tree_job, tmp_path):
+    data = make_tree(tmp_path / "data", 3 * MiB, 4)
+    files, total, digest = checksum(data)
+    (node,) = start_nodes(1, sandbox=False)
+    with Client(peers=[node.address]) as client:
+        r = client.submit(tree_job, args=["read", "/d", "write", "/d/x", "no"], dirs=[Preopen(str(data), "/d", True)])
+    assert r.stdout.decode().startswith(f"read {files} {total} {digest}\nwrite /d/x: ")  # read-only there too
