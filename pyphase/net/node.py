@@ -22,6 +22,7 @@ import resource
 import socket
 import struct
 import sys
+import threading
 import time
 from collections import Counter
 from typing import Any, Callable, TextIO
@@ -42,7 +43,7 @@ from pyphase.net.shares import HeldJob, ShareCaps, Shares
 from pyphase.sandbox.executor import Executor, failed_result, job_kwargs, make_executor
 from pyphase.receipt import machine_arch, make_receipt, timestamp
 from pyphase.result import Result
-from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION
+from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION, OutputSink
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 JOB_DESCRIPTORS = 64  # descriptors kept back from connections: module cache, sandbox, logs
@@ -247,6 +248,50 @@ def raise_descriptor_limit() -> int:
 
 def curve_key_text(key: bytes) -> str:
     return zmq.utils.z85.encode(key).decode("ascii")
+
+
+class OutputRelay:
+    """A running job's output on its way from the executor's thread to the node's loop: pieces are gathered and
+    handed over in one loop wake-up (a burst of small writes costs one ``call_soon_threadsafe``)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, flush: Callable[[], None]) -> None:
+        self._loop = loop
+        self._flush = flush
+        self._lock = threading.Lock()
+        self._pieces: list[tuple[int, bytes]] = []
+        self._scheduled = False
+        self.stopped = False  # set on the loop: nothing more is sent
+
+    def __call__(self, stream: int, data: bytes) -> bool:
+        with self._lock:
+            if self.stopped:
+                return True
+            self._pieces.append((stream, data))
+            if self._scheduled:
+                return True
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._flush)
+        except RuntimeError:  # the loop is closed: the node is stopping
+            pass
+        return True
+
+    def take(self) -> list[tuple[int, bytes]]:
+        with self._lock:
+            pieces, self._pieces, self._scheduled = self._pieces, [], False
+        return pieces
+
+
+def coalesce(pieces: list[tuple[int, bytes]], most: int) -> list[tuple[int, bytes]]:
+    """Consecutive pieces of one stream joined, then cut into pieces of at most ``most`` bytes."""
+    runs: list[tuple[int, list[bytes]]] = []
+    for stream, data in pieces:
+        if runs and runs[-1][0] == stream:
+            runs[-1][1].append(data)
+        else:
+            runs.append((stream, [data]))
+    joined = [(stream, b"".join(parts)) for stream, parts in runs]
+    return [(stream, data[i : i + most]) for stream, data in joined for i in range(0, len(data), most)]
 
 
 class Node:
@@ -593,6 +638,7 @@ class Node:
             "load": self.load(),
             "cached_modules": len(self.cache),
             "accepting": not self._stopping,
+            "stream": True,
         }
 
     def _error(self, rid: bytes, code: str, detail: str, job: bytes | None = None) -> None:
@@ -713,6 +759,7 @@ class Node:
             module,
             "waiting" if module is None else "queued",
         )
+        job.stream = msg.get("stream") is True
         self.shares.add(job)
         if module is not None:
             self._dispatch()
@@ -754,11 +801,16 @@ class Node:
         loop = asyncio.get_running_loop()
         t1 = time.perf_counter()
         job.started = timestamp()
+        sink = None
+        if job.stream:
+            job.relay = OutputRelay(loop, functools.partial(self._send_chunks, job))
+            sink = OutputSink(job.relay, keep=True)
         try:
             future = self.executor.submit(
                 job.module,
                 job.input,
                 digest=digest_from_text(job.manifest["module"]["hash"]),
+                on_output=sink,
                 **job_kwargs(job.manifest, job.limits),
             )
         except Exception as exc:  # e.g. arguments the runtime refuses (NUL bytes), a closed sandbox
@@ -799,6 +851,11 @@ class Node:
         if answer is None:
             return
         stdout, receipt = answer
+        stderr = result.stderr
+        if job.relay is not None:  # streamed: what was not sent in chunks yet goes with the receipt
+            self._send_chunks(job)
+            job.relay.stopped = True
+            stdout, stderr = stdout[job.streamed[1] :], stderr[job.streamed[2] :]
         self.jobs_done += 1
         self.log(
             "result",
@@ -815,8 +872,8 @@ class Node:
         )
         self._send_result(
             job,
-            wire.encode("result", (stdout, result.stderr), job=tag, receipt=receipt, load=self.load()),
-            len(stdout) + len(result.stderr),
+            wire.encode("result", (stdout, stderr), job=tag, receipt=receipt, load=self.load()),
+            len(stdout) + len(stderr),
         )
         if self.on_result is not None:
             self.on_result(receipt, client)
@@ -835,6 +892,23 @@ class Node:
             started_at=started,
         )
         return result.stdout, receipt
+
+    def _send_chunks(self, job: HeldJob) -> None:
+        """Send a running job's output gathered so far as ``chunk`` messages. Streaming stops for good (the rest
+        goes with the result) when the connection is gone, does not read, or holds too many unsent bytes."""
+        relay = job.relay
+        pieces = relay.take()
+        if relay.stopped or job.abandoned or self.sock is None or self.sock.closed:
+            return
+        for stream, data in coalesce(pieces, wire.MAX_CHUNK_BYTES):
+            if self._queued_bytes(job.rid) + len(data) > self.config.send_queue:
+                relay.stopped = True
+                return
+            frames = wire.encode("chunk", (data,), job=job.tag, stream=stream, offset=job.streamed[stream])
+            if not self._send(job.rid, frames, len(data)):
+                relay.stopped = True
+                return
+            job.streamed[stream] += len(data)
 
     def _send_result(self, job: HeldJob, frames: list[Any], size: int) -> None:
         """Send a result unless the client is gone or does not read: then it is dropped and counted abandoned."""

@@ -51,6 +51,10 @@ class HeldJob:
     future: concurrent.futures.Future[Result] | None = None
     abandoned: bool = False
     started: str = field(default="")
+    #: the client asked for output as it comes (``offer.stream``); bytes of stdout (1) and stderr (2) sent in chunks
+    stream: bool = False
+    streamed: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0})
+    relay: Any = None
 
     @property
     def key(self) -> tuple[bytes, bytes]:

@@ -193,3 +193,16 @@ def test_fs_bench_runs() -> None:
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["tree"]["in_process_s"] > 0 and doc["per_file"]["sandbox_us"] > 0
+
+
+def test_stream_bench_runs() -> None:
+    """bench/stream_bench.py --quick: hello printed its output with and without a callback, everywhere it times."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "stream_bench.py"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert all(doc[where]["ratio"] > 0 for where in ("in_process", "sandbox", "remote"))
