@@ -12,7 +12,7 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from pyphase import _core
 from pyphase.digests import hash_text
@@ -197,7 +197,7 @@ class OutputSink:
         self.callback = callback
         self.keep = keep
         self.error: BaseException | None = None
-        self.digests = {1: hashlib.sha256(), 2: hashlib.sha256()}
+        self.digests: dict[int, Any] = {}  # made at a stream's first piece: a tiny job pays for no hash object
         self.sizes = {1: 0, 2: 0}
         self.kept = {1: bytearray(), 2: bytearray()}
 
@@ -209,7 +209,10 @@ class OutputSink:
         except BaseException as exc:  # the C core cannot carry it; raised again after the job
             self.error = exc
             return False
-        self.digests[stream].update(data)
+        digest = self.digests.get(stream)
+        if digest is None:
+            digest = self.digests[stream] = hashlib.sha256()
+        digest.update(data)
         self.sizes[stream] += len(data)
         if self.keep:
             self.kept[stream] += data
@@ -217,9 +220,9 @@ class OutputSink:
 
     def matches(self, result: Result) -> bool:
         """Whether what was delivered is exactly the result's stdout and stderr (by digest)."""
-        return (
-            hash_text(self.digests[1].digest()) == result.stdout_hash
-            and hash_text(self.digests[2].digest()) == result.stderr_hash
+        return all(
+            hash_text((self.digests.get(stream) or hashlib.sha256()).digest()) == expected
+            for stream, expected in ((1, result.stdout_hash), (2, result.stderr_hash))
         )
 
     def reraise(self) -> None:

@@ -48,6 +48,7 @@ from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION, OutputSink
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 JOB_DESCRIPTORS = 64  # descriptors kept back from connections: module cache, sandbox, logs
 JOB_DESCRIPTORS_PER_WORKER = 16
+STREAM_GATHER_S = 0.01  # a streaming job's output is gathered this long before it is sent
 TRACK_MIN = 64 << 10  # results at least this big are tracked until libzmq has sent them
 SEND_QUEUE_TOTAL_FACTOR = 4  # all connections together: this many times one connection's send_queue
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
@@ -251,8 +252,9 @@ def curve_key_text(key: bytes) -> str:
 
 
 class OutputRelay:
-    """A running job's output on its way from the executor's thread to the node's loop: pieces are gathered and
-    handed over in one loop wake-up (a burst of small writes costs one ``call_soon_threadsafe``)."""
+    """A running job's output on its way from the executor's thread to the node's loop: pieces are gathered for
+    ``STREAM_GATHER_S`` and handed over in one loop wake-up (a burst of small writes costs one message, and a job
+    that ends within it sends its output with the result alone, as without streaming)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, flush: Callable[[], None]) -> None:
         self._loop = loop
@@ -271,7 +273,7 @@ class OutputRelay:
                 return True
             self._scheduled = True
         try:
-            self._loop.call_soon_threadsafe(self._flush)
+            self._loop.call_soon_threadsafe(self._loop.call_later, STREAM_GATHER_S, self._flush)
         except RuntimeError:  # the loop is closed: the node is stopping
             pass
         return True
@@ -853,8 +855,8 @@ class Node:
         stdout, receipt = answer
         stderr = result.stderr
         if job.relay is not None:  # streamed: what was not sent in chunks yet goes with the receipt
-            self._send_chunks(job)
             job.relay.stopped = True
+            job.relay.take()
             stdout, stderr = stdout[job.streamed[1] :], stderr[job.streamed[2] :]
         self.jobs_done += 1
         self.log(

@@ -22,8 +22,8 @@ from pyphase.net.node import Node
 from pyphase.receipt import make_receipt
 from pyphase.result import Result
 
-MODES = ("forge-receipt", "lie-stdout", "mismatch-stdout", "wrong-signer", "hang", "tamper-chunk", "overlong-chunk")
-CHUNK_MODES = ("tamper-chunk", "overlong-chunk")
+CHUNK_MODES = ("tamper-chunk", "overlong-chunk", "flood-chunks")
+MODES = ("forge-receipt", "lie-stdout", "mismatch-stdout", "wrong-signer", "hang", *CHUNK_MODES)
 
 
 def misbehaving_node(mode: str) -> type[Node]:
@@ -37,8 +37,10 @@ def misbehaving_node(mode: str) -> type[Node]:
                 data = bytes(frames[1])
                 if mode == "tamper-chunk":  # the receipt then covers other bytes than those streamed
                     data = bytes([data[0] ^ 0x20]) + data[1:]
-                else:  # more than a chunk may carry
+                elif mode == "overlong-chunk":  # more than a chunk may carry
                     data = data + b"x" * wire.MAX_CHUNK_BYTES
+                else:  # chunks of a legal size, adding up to more than the job's output limit
+                    data = data + b"x" * (wire.MAX_CHUNK_BYTES - len(data))
                 frames = [frames[0], data]
             return super()._send(rid, frames, size)
 

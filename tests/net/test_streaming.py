@@ -125,11 +125,23 @@ def test_a_tampered_chunk_is_caught_after_the_output_and_said_loudly(start_nodes
     seen: list[bytes] = []
     with Client(peers=[node.address]) as client:
         with pytest.raises(UnverifiedOutput, match="UNVERIFIED OUTPUT") as caught:
-            client.submit(drip_path.read_bytes(), args=["2", "10"], on_output=lambda s, d: seen.append(d))
+            client.submit(drip_path.read_bytes(), args=["3", "100"], on_output=lambda s, d: seen.append(d))
     assert seen and caught.value.shown == sum(map(len, seen))
     assert "hash" in str(caught.value)
     p = subprocess.run(
-        [sys.executable, "-m", "pyphase", "submit", str(drip_path), "--arg", "2", "--peer", node.address],
+        [
+            sys.executable,
+            "-m",
+            "pyphase",
+            "submit",
+            str(drip_path),
+            "--arg",
+            "3",
+            "--arg",
+            "100",
+            "--peer",
+            node.address,
+        ],
         capture_output=True,
         timeout=60,
     )
@@ -141,22 +153,24 @@ def test_an_overlong_chunk_is_refused_before_anything_is_shown(start_nodes, drip
     seen: list[bytes] = []
     with Client(peers=[node.address]) as client:
         with pytest.raises(NetworkError, match="bad output stream: sent a chunk of") as caught:
-            client.submit(drip_path.read_bytes(), args=["2", "10"], retries=0, on_output=lambda s, d: seen.append(d))
+            client.submit(drip_path.read_bytes(), args=["3", "100"], retries=0, on_output=lambda s, d: seen.append(d))
     assert not seen and not isinstance(caught.value, UnverifiedOutput)
 
 
-def test_chunks_count_against_the_jobs_output_limit(start_nodes, bulk_path):
-    # an honest node never streams past the limit; a node that pads each chunk with 64 KiB does, and is refused
-    (node,) = start_nodes(1, misbehave="overlong-chunk")
+def test_chunks_count_against_the_jobs_output_limit(start_nodes, drip_path):
+    # an honest node never streams past the limit; one that pads each chunk to 64 KiB does, and is refused
+    (node,) = start_nodes(1, misbehave="flood-chunks")
+    seen: list[bytes] = []
     with Client(peers=[node.address]) as client:
-        with pytest.raises(NetworkError, match="bad output stream"):
+        with pytest.raises(NetworkError, match="more than the job's output limit of 4 KiB"):
             client.submit(
-                bulk_path.read_bytes(),
-                args=["1000"],
+                drip_path.read_bytes(),
+                args=["3", "100"],
                 limits=Limits(output_bytes=4096),
                 retries=0,
-                on_output=lambda s, d: None,
+                on_output=lambda s, d: seen.append(d),
             )
+    assert not seen
 
 
 def _submit_on_a_pty(args: list[str]) -> tuple[bytes, int]:
