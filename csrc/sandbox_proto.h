@@ -60,6 +60,8 @@ enum sandbox_test_action {
                                            * output than exists, then pre-answers the next job */
     SANDBOX_TEST_SNOOP = 7,               /* a worker that broke out of wasm3 reads its whole buffer: reports in its
                                            * message how many nonzero payload bytes are not its own job's */
+    SANDBOX_TEST_STREAM_FORGE = 9,        /* a hostile worker that streams far more than the output limit, then
+                                           * reports success with no output at all */
     SANDBOX_TEST_OPEN_OUTSIDE = 8,        /* a worker that broke out of wasm3 opens paths itself, without
                                            * RESOLVE_BENEATH: reports each errno (Landlock must refuse outside) */
 };

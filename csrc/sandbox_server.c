@@ -409,6 +409,16 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             say_done(resp);
             _exit(0);
         }
+        if (req.test_action == SANDBOX_TEST_STREAM_FORGE) {
+            static const uint8_t forged[] = "forged by the worker\n";
+            for (uint64_t sent = 0; req.stream_output && sent <= 2 * req.limits.output_bytes; sent += sizeof forged - 1)
+                if (send_chunks(NULL, 1, forged, sizeof forged - 1) != 0)
+                    break;
+            resp->status = PHASE_OK;
+            resp->exit_code = 0;
+            say_done(resp);
+            _exit(0);
+        }
         if (req.test_action == SANDBOX_TEST_OPEN_OUTSIDE) {
             /* openat2 without RESOLVE_BENEATH, as code that escaped wasm3 could call it: an absolute path, the
              * parent of the job's first directory, and a file inside it (which must still work). */

@@ -179,6 +179,7 @@ cdef extern from "sandbox_proto.h" nogil:
         SANDBOX_TEST_FORGE
         SANDBOX_TEST_SNOOP
         SANDBOX_TEST_OPEN_OUTSIDE
+        SANDBOX_TEST_STREAM_FORGE
         SANDBOX_MSG_ADD
 
     ctypedef struct sandbox_msg:

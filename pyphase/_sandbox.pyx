@@ -27,6 +27,7 @@ TEST_ACTIONS = {
     "forge": SANDBOX_TEST_FORGE,
     "snoop": SANDBOX_TEST_SNOOP,
     "open_outside": SANDBOX_TEST_OPEN_OUTSIDE,
+    "stream_forge": SANDBOX_TEST_STREAM_FORGE,
 }
 
 

@@ -442,8 +442,13 @@ class Sandbox:
             self._modules[digest] = self._adds
 
     def _selftest(
-        self, action: str, module: bytes, limits: Limits | None = None, dirs: Sequence[Preopen] = ()
+        self,
+        action: str,
+        module: bytes,
+        limits: Limits | None = None,
+        dirs: Sequence[Preopen] = (),
+        on_output: OutputCallback | None = None,
     ) -> Result:
         """Test only: run a job whose worker performs ``action`` (see _sandbox.TEST_ACTIONS) once confined."""
         job = self._prepare(module, b"", (), None, "_start", limits, False, DEFAULT_PROGRAM_NAME, None, dirs)
-        return self._execute(job, _sandbox.TEST_ACTIONS[action])
+        return self._execute(job, _sandbox.TEST_ACTIONS[action], on_output)
