@@ -60,6 +60,8 @@ class DhtPresence:
         self.caps = caps
         self.log = log
         self.dht: Dht | None = None
+        # more (name, info-hash, port) announces kept up beside the rendezvous, e.g. the node's boot source
+        self.also_announce: list[tuple[str, bytes, int]] = []
         self.responder: RecordResponder | None = None
         self.seq = 0
         self._task: asyncio.Task[None] | None = None
@@ -142,6 +144,9 @@ class DhtPresence:
             for info_hash in hashes.values():
                 dht.announce(info_hash, self.port)
             self.log("dht_announced", port=self.port, hashes={k: v.hex() for k, v in hashes.items()})
+            for name, info_hash, port in self.also_announce:
+                dht.announce(info_hash, port)
+                self.log("dht_announced", port=port, hashes={name: info_hash.hex()})
             peers = await asyncio.to_thread(dht.get_peers, hashes["phase/1"], 5.0)
             self.log("dht_rendezvous", peers=len(peers))
             if self._known_path is not None:
