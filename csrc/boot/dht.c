@@ -3,6 +3,7 @@
  *   phase-dht --key PUB --bootstrap IP:PORT[,IP:PORT...] [--timeout S] [--max-queries N]
  *   phase-dht --key PUB --info-hash          (print the info-hash)
  *   phase-dht --target HEX --bootstrap ...   (look up another info-hash: simulations, diagnostics)
+ *   [--source IP]                            (send from this local address)
  *
  * Sources announce their HTTP port under the info-hash of the release key (the first 20 bytes of
  * SHA-256("phase-boot/1" || public key); pyphase.boot.dht computes the same). This runs the KRPC
@@ -318,9 +319,9 @@ int phase_dht_main(int argc, char **argv)
     static const struct option longopts[] = {
         {"key", required_argument, 0, 'k'}, {"bootstrap", required_argument, 0, 'b'},
         {"timeout", required_argument, 0, 't'}, {"max-queries", required_argument, 0, 'q'},
-        {"info-hash", no_argument, 0, 'i'}, {"target", required_argument, 0, 'T'},
+        {"info-hash", no_argument, 0, 'i'}, {"target", required_argument, 0, 'T'}, {"source", required_argument, 0, 's'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *keypath = NULL, *bootstrap = NULL, *target = NULL;
+    const char *keypath = NULL, *bootstrap = NULL, *target = NULL, *source = NULL;
     int c, timeout_s = 10, max_queries = 100, print_hash = 0;
     static struct lookup L;
     memset(&L, 0, sizeof L);
@@ -332,6 +333,7 @@ int phase_dht_main(int argc, char **argv)
         case 'q': max_queries = atoi(optarg); break;
         case 'i': print_hash = 1; break;
         case 'T': target = optarg; break;
+        case 's': source = optarg; break;
         default: goto usage;
         }
     }
@@ -367,6 +369,14 @@ lookup:
     if (fd < 0) {
         fprintf(stderr, "phase-dht: socket: %s\n", strerror(errno));
         return 1;
+    }
+    if (source) { /* one address of a multi-homed machine; simulations give each lookup its own */
+        struct sockaddr_in me = {.sin_family = AF_INET};
+        if (inet_pton(AF_INET, source, &me.sin_addr) != 1 || bind(fd, (struct sockaddr *)&me, sizeof me) != 0) {
+            fprintf(stderr, "phase-dht: --source %s: %s\n", source, errno ? strerror(errno) : "not an IPv4 address");
+            close(fd);
+            return 2;
+        }
     }
     long long start = phase_now_ms(), deadline = start + timeout_s * 1000LL;
     uint8_t pkt[MAX_DATAGRAM + 1];
@@ -410,6 +420,6 @@ lookup:
     return L.npeers ? 0 : 1;
 usage:
     fprintf(stderr, "usage: phase-dht (--key PUB | --target HEX) --bootstrap IP:PORT[,IP:PORT...] [--timeout S] "
-                    "[--max-queries N] | phase-dht --key PUB --info-hash\n");
+                    "[--max-queries N] [--source IP] | phase-dht --key PUB --info-hash\n");
     return 2;
 }

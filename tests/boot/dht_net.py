@@ -15,16 +15,10 @@ from typing import Any, Iterator
 
 import libtorrent as lt
 
+from pyphase.net.dht import DHT_ONLY_SETTINGS
+
 ONE_ADDRESS_SETTINGS: dict[str, Any] = {
-    "enable_dht": True,
-    "enable_lsd": False,
-    "enable_upnp": False,
-    "enable_natpmp": False,
-    "enable_ip_notifier": False,
-    "enable_incoming_tcp": False,
-    "enable_outgoing_tcp": False,
-    "enable_incoming_utp": False,
-    "enable_outgoing_utp": False,
+    **DHT_ONLY_SETTINGS,
     "dht_restrict_routing_ips": False,
     "dht_restrict_search_ips": False,
     "dht_enforce_node_id": False,

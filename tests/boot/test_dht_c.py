@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from pyphase.boot.dht import boot_info_hash
-from pyphase.boot.manifest import make_boot_manifest, sign_manifest
-from pyphase.boot.store import ArtifactStore
+from pyphase.cli import boot as boot_cli
 from pyphase.boot import keys
 from pyphase.identity import Identity
 
@@ -73,21 +72,28 @@ def test_lookup_finds_sources_announced_by_libtorrent(phase_boot_bin: Path, rele
         print(f"\n[figures] phase-dht over 30 libtorrent nodes: {stats[0]}")
 
 
+def _signed_store(tmp_path: Path, secret: Path) -> Path:
+    """A store made as an operator does (`phase boot sign`), which also writes STORE/boot/release.pub."""
+    (tmp_path / "blob").write_bytes(b"kernel bytes" * 100)
+    store = tmp_path / "store"
+    signed = boot_cli.main(
+        ["sign", "--key", str(secret), "--kernel", str(tmp_path / "blob"), "--initramfs", str(tmp_path / "blob"),
+         "--release", "1", "--expires-in", "1d", "--cmdline", "console=ttyS0", "--store", str(store)]
+    )  # fmt: skip
+    assert signed == 0
+    return store
+
+
 def test_serve_announces_under_the_release_key(phase_boot_bin: Path, release_key: tuple, tmp_path: Path) -> None:
     """`phase boot serve --dht-bootstrap` announces; stage 1's lookup finds it and fetches a manifest that verifies."""
     identity, pub = release_key
-    (tmp_path / "blob").write_bytes(b"kernel bytes" * 100)
-    store = ArtifactStore(tmp_path / "store")
-    art = store.add_file(tmp_path / "blob")
-    store.write_manifest(
-        sign_manifest(make_boot_manifest(art, art, "console=ttyS0", release=1, expires_at=2**40), identity.signing_key)
-    )
-    (tmp_path / "store" / "boot" / "release.pub").write_text(keys.public_key_text(identity.public_key))
+    store = _signed_store(tmp_path, tmp_path / "release.key")
+    assert keys.load_public_key(store / "boot" / "release.pub") == identity.public_key
     port = free_port()
     with private_dht(8) as nodes:
         bootstrap = ",".join(f"{n.listen_host}:{n.port}" for n in nodes[:2])
         serve = subprocess.Popen(
-            [sys.executable, "-m", "pyphase", "boot", "serve", str(tmp_path / "store"), "--listen",
+            [sys.executable, "-m", "pyphase", "boot", "serve", str(store), "--listen",
              f"127.0.0.1:{port}", "--dht-bootstrap", bootstrap, "--quiet"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -108,13 +114,7 @@ def test_serve_announces_under_the_release_key(phase_boot_bin: Path, release_key
 
 
 def test_serve_refuses_to_announce_under_a_key_that_does_not_sign_the_store(release_key: tuple, tmp_path: Path) -> None:
-    identity, pub = release_key
-    (tmp_path / "blob").write_bytes(b"x" * 10)
-    store = ArtifactStore(tmp_path / "store")
-    art = store.add_file(tmp_path / "blob")
-    store.write_manifest(
-        sign_manifest(make_boot_manifest(art, art, "x", release=1, expires_at=2**40), identity.signing_key)
-    )
+    store = _signed_store(tmp_path, tmp_path / "release.key")
     _, other_pub = keys.generate(tmp_path / "other.key")
     proc = subprocess.run(
         [sys.executable, "-m", "pyphase", "boot", "serve", str(tmp_path / "store"), "--listen",
@@ -122,6 +122,7 @@ def test_serve_refuses_to_announce_under_a_key_that_does_not_sign_the_store(rele
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert proc.returncode == 1 and "not announcing" in proc.stderr and "signature" in proc.stderr, proc.stderr
+    (store / "boot" / "release.pub").unlink()
     proc = subprocess.run(
         [sys.executable, "-m", "pyphase", "boot", "serve", str(tmp_path / "store"), "--listen",
          f"127.0.0.1:{free_port()}", "--dht-bootstrap", "127.0.0.1:9"],
