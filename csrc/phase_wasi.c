@@ -348,6 +348,7 @@ static PHASE_WASI_FN(wasi_proc_exit)
 
 static PHASE_WASI_FN(wasi_sched_yield)
 {
+    (void) call;
     WASI_RET_TYPE(uint32_t);
     WASI_RETURN(WASI_ESUCCESS);
 }

@@ -607,11 +607,16 @@ void phase_wasmtime_run(phase_job *job, phase_job_classify classify)
         r = m3Err_trapExit;
     if (r && r != m3Err_trapExit && r != phase_trap_output_limit && r != phase_trap_timeout
         && r != phase_trap_interrupted && r != phase_trap_fuel_exhausted && pm->info.has_memory && st.has_memory) {
-        /* The store limiter refuses growth past the limit (memory.grow returns -1); a trap soon after one is
-         * the module failing for want of memory. A refusal leaves the memory within a page of the limit or
-         * below a request we cannot see: treat a trap while the next page would pass the limit as memory_limit. */
+        /* The store limiter refuses growth past the limit (memory.grow returns -1) without telling us; a trap soon
+         * after is the module failing for want of memory. We infer it: a trap while memory is within an eighth of
+         * the limit (at most 16 MiB) is memory_limit. wasm3 sees the refusal itself; see docs/SANDBOX.md. */
         uint64_t size = api.wasmtime_memory_data_size(ctx, &st.memory);
-        if (size + PHASE_WASM_PAGE > spec->limits.memory_bytes) {
+        uint64_t window = spec->limits.memory_bytes / 8;
+        if (window > (16u << 20))
+            window = 16u << 20;
+        if (window < PHASE_WASM_PAGE)
+            window = PHASE_WASM_PAGE;
+        if (size + window > spec->limits.memory_bytes) {
             job->grow_refused = 1;
             job->grow_requested_pages = size / PHASE_WASM_PAGE + 1;
         }

@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from typing import Mapping, NamedTuple, Sequence
 
-from pyphase import _core
+from pyphase import _core, engines
 from pyphase.digests import hash_text
 from pyphase.errors import InvalidModule
 from pyphase.limits import DEFAULT_LIMITS, Limits
@@ -169,6 +169,8 @@ class PreparedJob(NamedTuple):
     deterministic: bool
     seed: bytes
     dirs: tuple[Preopen, ...] = ()
+    #: ``wasm3``, ``wasmtime`` or ``auto`` (pyphase.engines.choose picks where the job runs)
+    engine: str = "auto"
 
     @property
     def guest_names(self) -> list[bytes]:
@@ -194,6 +196,7 @@ def prepare_job(
     seed: bytes | None = None,
     digest: bytes | None = None,
     dirs: Sequence[Preopen] = (),
+    engine: str = "auto",
 ) -> PreparedJob:
     """Check and encode a job's parts for C (``ValueError`` for NUL bytes or a bad environment name).
 
@@ -226,6 +229,7 @@ def prepare_job(
         deterministic,
         seed or bytes(32),
         tuple(check(dirs)),
+        engines.check(engine),
     )
 
 
@@ -241,11 +245,13 @@ def run(
     program_name: str = DEFAULT_PROGRAM_NAME,
     seed: bytes | None = None,
     dirs: Sequence[Preopen] = (),
+    engine: str = "auto",
 ) -> Result:
     """Run ``module`` once in this process with ``input`` as stdin; the GIL is released while it runs.
 
     ``args`` follow the program name (argv[0]); ``dirs`` are the host directories the job sees (WASI
-    preopens, fds 3, 4, ... in this order). Every job outcome (trap, timeout, ...) is a
+    preopens, fds 3, 4, ... in this order); ``engine``: ``wasm3``, ``wasmtime`` or ``auto`` (short jobs on wasm3,
+    long ones compiled; :mod:`pyphase.engines`). Every job outcome (trap, timeout, ...) is a
     :class:`Result` with its ``status``; invalid modules raise :class:`~pyphase.errors.InvalidModule`.
     Untrusted modules belong in a :class:`pyphase.Sandbox`, which adds process isolation.
     """
@@ -260,6 +266,7 @@ def run(
         program_name=program_name,
         seed=seed,
         dirs=dirs,
+        engine=engine,
     )
     return run_prepared(job)
 
@@ -267,5 +274,9 @@ def run(
 def run_prepared(job: PreparedJob) -> Result:
     """Run a prepared job in this process (validating its module here if it is raw bytes)."""
     module = job.module if isinstance(job.module, Module) else Module.cached(job.module, job.digest)
+    engine = job.engine if job.engine == "wasm3" else engines.choose(job.engine, module, job.limits, job.deterministic)
     with opened(job.dirs) as preopens:
-        return Result.from_core(_core.run(module._core, job, preopens))
+        result = Result.from_core(_core.run(module._core, job, preopens, engine), engine)
+    if engine == "wasm3" and job.engine == "auto":
+        engines.record(job.digest, engine, result.wall_us)
+    return result
