@@ -40,6 +40,7 @@ from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig
 from pyphase.net.shares import HeldJob, ShareCaps, Shares
 from pyphase.sandbox.executor import Executor, failed_result, job_kwargs, make_executor
+from pyphase import engines
 from pyphase.receipt import machine_arch, make_receipt, timestamp
 from pyphase.result import Result
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION
@@ -588,6 +589,8 @@ class Node:
             "memory_bytes": memory,
             "runtime": RUNTIME_NAME,
             "runtime_version": RUNTIME_VERSION,
+            # the compiling engine runs only in process (thread executor) so far: sandbox workers are wasm3's
+            "engines": engines.available() if self.executor and self.executor.kind == "thread" else ["wasm3"],
             "executor": self.executor.kind if self.executor else "none",
             "max_limits": {**c.ceiling.to_json(), "module_bytes": c.max_module, "input_bytes": c.max_input},
             "load": self.load(),

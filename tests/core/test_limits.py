@@ -202,7 +202,9 @@ def test_bulk_work_costs_fuel_by_the_byte(wat):
 def test_host_io_costs_fuel_by_the_byte(probe_bytes):
     metered = Limits(fuel=10**12)  # the compiling engine counts fuel only for jobs with a fuel limit
     empty = pyphase.run(probe_bytes, b"", args=["cat"], limits=metered).fuel_used
-    full = pyphase.run(probe_bytes, b"x" * 640_000, args=["cat"], limits=Limits(fuel=10**12, output_bytes=1 << 20)).fuel_used
+    full = pyphase.run(
+        probe_bytes, b"x" * 640_000, args=["cat"], limits=Limits(fuel=10**12, output_bytes=1 << 20)
+    ).fuel_used
     assert full - empty >= 2 * 10_000  # read and written: one tick per 64 bytes each way
 
 
