@@ -590,7 +590,7 @@ class Node:
             "runtime": RUNTIME_NAME,
             "runtime_version": RUNTIME_VERSION,
             # the compiling engine runs only in process (thread executor) so far: sandbox workers are wasm3's
-            "engines": engines.available() if self.executor and self.executor.kind == "thread" else ["wasm3"],
+            "engines": self._engines(),
             "executor": self.executor.kind if self.executor else "none",
             "max_limits": {**c.ceiling.to_json(), "module_bytes": c.max_module, "input_bytes": c.max_input},
             "load": self.load(),
@@ -647,6 +647,13 @@ class Node:
         else:
             self._error(rid, "unexpected", f"a node does not take {msg.type!r} messages", msg.get("job"))
 
+    def _engines(self) -> list[str]:
+        """The engines this node's executor runs jobs on: the compiling engine runs in process only (thread
+        executor) so far; sandbox workers are wasm3's (docs/SANDBOX.md, "Engines")."""
+        if self.executor is not None and self.executor.kind == "thread":
+            return engines.available()
+        return ["wasm3"]
+
     def _check_offer(self, manifest: dict[str, Any], data: bytes) -> tuple[str, str] | Limits:
         problems = schemas.errors("manifest", manifest)
         if problems:
@@ -661,8 +668,9 @@ class Node:
         requires = manifest["requires"]
         if requires.get("arch", machine_arch()) != machine_arch():
             return "arch", f"this node is {machine_arch()}, the job requires {requires['arch']}"
-        if requires.get("runtime", RUNTIME_NAME) != RUNTIME_NAME:
-            return "runtime", f"this node runs {RUNTIME_NAME}, the job requires {requires['runtime']}"
+        here = self._engines()
+        if requires.get("runtime", here[0]) not in here:
+            return "runtime", f"this node runs {', '.join(here)}, the job requires {requires['runtime']}"
         try:
             limits = Limits.from_json(manifest["limits"])
         except Exception as exc:
