@@ -48,6 +48,11 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     dht_bootstrap   = ""                # HOST:PORT,... to join through; "": libtorrent's default Mainline router
                                         # (plus the good nodes remembered in DATA_DIR/dht-nodes.json either way)
     dht_refresh     = "20m"             # republish the record (good for 2 h) and re-announce this often
+    upnp            = true              # map the phase/1 port and the DHT port on the home router (UPnP-IGD and
+                                        # NAT-PMP, through the DHT's libtorrent session; nothing with dht = false or
+                                        # a loopback listen address) and publish the mapped address in the record
+    reachability    = true              # ask peers found through the DHT to dial back (docs/NETWORK.md,
+                                        # "Reachability"); the verdict is the "reachability" event
 
     [limits]                            # the most a job may ask for; bigger offers are rejected "limits"
     memory          = "256MiB"
@@ -123,6 +128,8 @@ class NodeConfig:
     dht_listen: str = ""
     dht_bootstrap: str = ""
     dht_refresh_ms: int = 20 * 60_000
+    upnp: bool = True
+    reachability: bool = True
     api: bool = True
     api_listen: str = ""
     api_max_connections: int = 64
@@ -184,6 +191,8 @@ _TOP: dict[str, tuple[str, Any]] = {
     "dht_listen": ("dht_listen", str),
     "dht_bootstrap": ("dht_bootstrap", str),
     "dht_refresh": ("dht_refresh_ms", parse_duration_ms),
+    "upnp": ("upnp", "bool"),
+    "reachability": ("reachability", "bool"),
     "api": ("api", "bool"),
     "api_listen": ("api_listen", str),
     "api_max_connections": ("api_max_connections", int),
