@@ -17,19 +17,17 @@ ENGINE_MODULES = ("test_limits", "test_traps", "test_wasi", "test_deterministic"
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     name = metafunc.module.__name__.rpartition(".")[2]
-    if name in ENGINE_MODULES and "engine" not in metafunc.fixturenames:
-        metafunc.fixturenames.append("engine")
+    marked = any("engine" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize") if m.args)
+    if name in ENGINE_MODULES and not marked:
+        if "engine" not in metafunc.fixturenames:
+            metafunc.fixturenames.append("engine")
         metafunc.parametrize("engine", ["wasm3", "wasmtime"])
 
 
 @pytest.fixture(autouse=True)
 def _run_on_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    if "engine" in request.fixturenames:
-        engine = request.getfixturevalue("engine")
+    callspec = getattr(request.node, "callspec", None)
+    engine = callspec.params.get("engine") if callspec is not None else None
+    if engine is not None:
         monkeypatch.setattr(pyphase, "run", functools.partial(runtime.run, engine=engine))
     yield
-
-
-def wasm3_only(why: str) -> pytest.MarkDecorator:
-    """For a test of how wasm3 counts or reuses: on the compiling engine the thing tested does not exist."""
-    return pytest.mark.parametrize("engine", ["wasm3"], ids=[f"wasm3-only({why})"])
