@@ -507,7 +507,9 @@ class Client:
             entry,
             limits,
             deterministic or replicas > 1,
-            dict(requires or {}),
+            # replicas agree byte for byte only on one engine (fuel and deterministic clocks are per engine):
+            # pin the one every node has unless the caller named one
+            {"runtime": "wasm3", **(requires or {})} if replicas > 1 else dict(requires or {}),
         )
         job.module_hash = sha256_text(job.module)
         if dirs:
