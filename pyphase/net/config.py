@@ -49,6 +49,19 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
                                         # (plus the good nodes remembered in DATA_DIR/dht-nodes.json either way)
     dht_refresh     = "20m"             # republish the record (good for 2 h) and re-announce this often
 
+    # Relays (docs/NETWORK.md, "Relays"): a reachable node carries circuits to nodes that cannot be reached;
+    # the relay sees only CURVE ciphertext. A node behind a relay publishes "via relay" in its DHT record.
+    relay           = false             # offer relaying (announced on the DHT under sha1("phase/1/relay"))
+    relay_listen    = ""                # HOST:PORT of the relay service (default: listen host, phase/1 port + 3)
+    relay_reservations = 64             # nodes holding a reservation at once (4 from one source address)
+    relay_circuits  = 128               # circuits open at once, in all
+    relay_node_circuits = 8             # circuits open at once to one node
+    relay_circuit_bytes = "256MiB"      # bytes one circuit carries (both ways) before it is closed
+    relay_circuit_time = "10m"          # how long one circuit lives (the client's ZeroMQ then reconnects)
+    via_relay       = ""                # reach this node through relays: "HOST:PORT,..." of relays (at most 2
+                                        # used), a relay's PEERID, or "auto" (relays found on the DHT); the
+                                        # record then names the relays instead of the node's own address
+
     [limits]                            # the most a job may ask for; bigger offers are rejected "limits"
     memory          = "256MiB"
     fuel            = 0                 # 0: any
@@ -101,6 +114,26 @@ def check_listen(text: str, key: str, default_port: int = DEFAULT_PORT) -> None:
         ) from None
 
 
+def check_via_relay(text: str) -> None:
+    """``via_relay`` is "", "auto", one relay's PEERID, or HOST:PORT,... (ports required); else ``ValueError``."""
+    value = text.strip()
+    if value in ("", "auto"):
+        return
+    if ":" not in value and "," not in value:
+        from pyphase.identity import public_key_from_peer_id
+
+        try:
+            public_key_from_peer_id(value)
+        except ValueError:
+            raise ValueError(f"via_relay {text!r} is not auto, a relay's PEERID or HOST:PORT,...") from None
+        return
+    for part in value.split(","):
+        try:
+            split_hostport(part.strip(), None)
+        except ValueError:
+            raise ValueError(f"via_relay {text!r}: {part.strip()!r} is not HOST:PORT") from None
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     listen: str = f"0.0.0.0:{DEFAULT_PORT}"
@@ -123,6 +156,14 @@ class NodeConfig:
     dht_listen: str = ""
     dht_bootstrap: str = ""
     dht_refresh_ms: int = 20 * 60_000
+    relay: bool = False
+    relay_listen: str = ""
+    relay_reservations: int = 64
+    relay_circuits: int = 128
+    relay_node_circuits: int = 8
+    relay_circuit_bytes: int = 256 << 20
+    relay_circuit_time_ms: int = 600_000
+    via_relay: str = ""
     api: bool = True
     api_listen: str = ""
     api_max_connections: int = 64
@@ -184,6 +225,14 @@ _TOP: dict[str, tuple[str, Any]] = {
     "dht_listen": ("dht_listen", str),
     "dht_bootstrap": ("dht_bootstrap", str),
     "dht_refresh": ("dht_refresh_ms", parse_duration_ms),
+    "relay": ("relay", "bool"),
+    "relay_listen": ("relay_listen", str),
+    "relay_reservations": ("relay_reservations", int),
+    "relay_circuits": ("relay_circuits", int),
+    "relay_node_circuits": ("relay_node_circuits", int),
+    "relay_circuit_bytes": ("relay_circuit_bytes", parse_size),
+    "relay_circuit_time": ("relay_circuit_time_ms", parse_duration_ms),
+    "via_relay": ("via_relay", str),
     "api": ("api", "bool"),
     "api_listen": ("api_listen", str),
     "api_max_connections": ("api_max_connections", int),
@@ -270,6 +319,12 @@ def load_config(
         parse_endpoints(config.dht_bootstrap)
     if config.api_listen:
         check_listen(config.api_listen, "api_listen")
+    if config.relay_listen:
+        check_listen(config.relay_listen, "relay_listen")
+    check_via_relay(config.via_relay)
+    for name in ("relay_reservations", "relay_circuits", "relay_node_circuits", "relay_circuit_bytes"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1")
     if config.api_max_connections < 1 or config.history_jobs < 0:
         raise ValueError("api_max_connections must be at least 1 and history_jobs at least 0")
     for name in ("client_jobs", "address_jobs", "client_waiting", "address_connections"):

@@ -63,6 +63,10 @@ class DhtPresence:
         self.responder: RecordResponder | None = None
         self.seq = 0
         self._task: asyncio.Task[None] | None = None
+        self.relay_port = 0  # this node offers relaying there (plasmd --relay): said in the record, announced
+        self.via_relay = bool(config.via_relay.strip())  # reached only through relays: the record names them
+        self.relays: list[str] = []
+        self._wake = asyncio.Event()
         self._known_path = config.data_dir / KNOWN_NODES_FILE if not config.ephemeral else None
 
     def record_value(self) -> bytes:
@@ -72,13 +76,48 @@ class DhtPresence:
             "workers": int(self.caps.get("load", {}).get("workers", 0)),
             "memory": int(self.caps.get("memory_bytes", 0)),
         }
-        return records.encode_value([f"{self.host}:{self.port}"], [f"{RUNTIME_NAME}/{RUNTIME_VERSION}"], caps)
+        if self.relay_port:
+            caps["relay"] = self.relay_port
+        engines = [f"{RUNTIME_NAME}/{RUNTIME_VERSION}"]
+        if self.via_relay:
+            return records.encode_value([], engines, caps, relays=self.relays)
+        return records.encode_value([f"{self.host}:{self.port}"], engines, caps)
+
+    def set_relays(self, relays: list[str]) -> None:
+        """The relays holding a reservation for this node changed: republish the record now."""
+        if relays != self.relays:
+            self.relays = list(relays)
+            self._wake.set()
+
+    async def find_relays(self, peer_id: str | None) -> list[tuple[str, int]]:
+        """Relay services (host, port) from the DHT: the relay ``peer_id``'s record, or the relays' rendezvous."""
+        from pyphase.errors import PhaseError
+        from pyphase.net.dht import find_nodes, resolve_peer
+
+        dht = self.dht
+        if dht is None:
+            return []
+        await asyncio.to_thread(dht.wait_bootstrapped, 10.0)
+        try:
+            if peer_id is not None:
+                found = [await asyncio.to_thread(resolve_peer, dht, peer_id)]
+            else:
+                found = await asyncio.to_thread(find_nodes, dht, 5.0, None, "relay")
+        except (PhaseError, ValueError, OSError):
+            return []
+        out = []
+        for record in found:
+            port = record.caps.get("relay")
+            if record.peer_id != self.identity.peer_id and isinstance(port, int) and record.addresses:
+                out.append((split_hostport(record.addresses[0])[0], port))
+        return out
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         bind_host = split_hostport(self.config.listen)[0]
         self.responder = RecordResponder(bind_host, self.port)
-        self._set_answer(self.record_value(), self.seq)
+        if not self.via_relay:
+            self._set_answer(self.record_value(), self.seq)
         loop.add_reader(self.responder.sock.fileno(), self.responder.on_readable)
         bootstrap = parse_endpoints(self.config.dht_bootstrap) if self.config.dht_bootstrap.strip() else None
         known = load_known_nodes(self._known_path) if self._known_path else []
@@ -121,6 +160,10 @@ class DhtPresence:
         first = True
         warmup = [5.0, 30.0]
         while True:
+            while self.via_relay and not self.relays:  # nothing to say until a relay holds a reservation
+                self._wake.clear()
+                await self._wake.wait()
+            self._wake.clear()
             await asyncio.to_thread(dht.wait_bootstrapped, 10.0)
             value = self.record_value()
             started = time.monotonic()
@@ -139,9 +182,12 @@ class DhtPresence:
                 "phase/1": rendezvous_hash(),
                 f"phase/1/arch/{machine_arch()}": rendezvous_hash(f"arch/{machine_arch()}"),
             }
-            for info_hash in hashes.values():
-                dht.announce(info_hash, self.port)
-            self.log("dht_announced", port=self.port, hashes={k: v.hex() for k, v in hashes.items()})
+            if self.relay_port:
+                hashes["phase/1/relay"] = rendezvous_hash("relay")
+            if not self.via_relay:  # a node behind a relay cannot answer the record query at its own port
+                for info_hash in hashes.values():
+                    dht.announce(info_hash, self.port)
+                self.log("dht_announced", port=self.port, hashes={k: v.hex() for k, v in hashes.items()})
             peers = await asyncio.to_thread(dht.get_peers, hashes["phase/1"], 5.0)
             self.log("dht_rendezvous", peers=len(peers))
             if self._known_path is not None:
@@ -151,7 +197,10 @@ class DhtPresence:
             refresh = self.config.dht_refresh_ms / 1000
             delay = min(warmup.pop(0) if warmup else refresh, refresh) if stored > 0 else min(10.0, refresh)
             first = False
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)  # or sooner, when the relays change
+            except TimeoutError:
+                pass
 
     async def close(self) -> None:
         if self._task is not None:
