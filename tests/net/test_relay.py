@@ -4,9 +4,11 @@ relay's limits hold and hostile peers cannot take it down."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -241,3 +243,29 @@ def test_record_names_relays_within_the_bound_and_needs_an_address_or_a_relay() 
     )
     with pytest.raises(RecordError):
         records.verify_record(ident.public_key, bad, 1, records.sign_value(ident, bad, 1))
+
+
+def test_cli_resolves_a_relayed_node_and_runs_a_job_through_the_relay(relayed) -> None:
+    node, tap = relayed["node"], relayed["tap"]
+    peer_id = node.address.split("@")[0]
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "pyphase"]
+    out = subprocess.run(
+        [*cmd, "dht", "record", peer_id, "--dht-bootstrap", relayed["boot"][0], "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["address"] == f"{peer_id}@relay/127.0.0.1:{tap.port}" and doc["addresses"] == []
+    out = subprocess.run(
+        [*cmd, "submit", "examples/hello/hello.wasm", "--input", "via", "--peer", peer_id]
+        + ["--dht-bootstrap", relayed["boot"][1]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("aiv")
