@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dht_support import dht_host, endpoints, private_dht  # noqa: E402
-from net_support import NodeProc  # noqa: E402
+from net_support import NodeProc, loopback_host  # noqa: E402
 
 from pyphase import Client
 from pyphase.errors import PhaseError, RecordError
@@ -269,3 +269,32 @@ def test_cli_resolves_a_relayed_node_and_runs_a_job_through_the_relay(relayed) -
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("aiv")
+
+
+def test_node_re_reserves_when_its_relay_comes_back(tmp_path, hello_bytes) -> None:
+    host = loopback_host()
+    with socket.socket() as probe:  # a fixed relay port, so the restarted relay is where the node looks
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    relay = NodeProc(
+        tmp_path / "relay", host, sandbox=False, workers=1, extra=("--relay", "--relay-listen", f"{host}:{port}")
+    )
+    node = NodeProc(
+        tmp_path / "node", loopback_host(), sandbox=False, workers=1, extra=("--via-relay", f"{host}:{port}")
+    )
+    try:
+        relay.start()
+        node.start()
+        node.wait_event("relay_reserved")
+        relay.kill()
+        lost = node.wait_event("relay_lost")
+        assert lost["relay"] == f"{host}:{port}" and node.alive
+        relay.close_pipes()
+        relay.start()
+        node.wait_event_count("relay_reserved", 2, timeout=30)
+        peer_id = node.address.split("@")[0]
+        with Client(peers=[f"{peer_id}@relay/{host}:{port}"]) as client:
+            assert client.submit(hello_bytes, b"back").peer == peer_id
+    finally:
+        node.stop()
+        relay.stop()
