@@ -246,6 +246,7 @@ async def _start_relay(config: NodeConfig, identity: Identity, node: Node) -> An
         reservations=config.relay_reservations,
         circuits=config.relay_circuits,
         node_circuits=config.relay_node_circuits,
+        address_circuits=config.relay_address_circuits,
         circuit_bytes=config.relay_circuit_bytes,
         circuit_time_s=config.relay_circuit_time_ms / 1000,
     )

@@ -56,6 +56,7 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     relay_reservations = 64             # nodes holding a reservation at once (4 from one source address)
     relay_circuits  = 128               # circuits open at once, in all
     relay_node_circuits = 8             # circuits open at once to one node
+    relay_address_circuits = 4          # circuits open at once from one client address
     relay_circuit_bytes = "256MiB"      # bytes one circuit carries (both ways) before it is closed
     relay_circuit_time = "10m"          # how long one circuit lives (the client's ZeroMQ then reconnects)
     via_relay       = ""                # reach this node through relays: "HOST:PORT,..." of relays (at most 2
@@ -161,6 +162,7 @@ class NodeConfig:
     relay_reservations: int = 64
     relay_circuits: int = 128
     relay_node_circuits: int = 8
+    relay_address_circuits: int = 4
     relay_circuit_bytes: int = 256 << 20
     relay_circuit_time_ms: int = 600_000
     via_relay: str = ""
@@ -230,6 +232,7 @@ _TOP: dict[str, tuple[str, Any]] = {
     "relay_reservations": ("relay_reservations", int),
     "relay_circuits": ("relay_circuits", int),
     "relay_node_circuits": ("relay_node_circuits", int),
+    "relay_address_circuits": ("relay_address_circuits", int),
     "relay_circuit_bytes": ("relay_circuit_bytes", parse_size),
     "relay_circuit_time": ("relay_circuit_time_ms", parse_duration_ms),
     "via_relay": ("via_relay", str),
@@ -322,7 +325,7 @@ def load_config(
     if config.relay_listen:
         check_listen(config.relay_listen, "relay_listen")
     check_via_relay(config.via_relay)
-    for name in ("relay_reservations", "relay_circuits", "relay_node_circuits", "relay_circuit_bytes"):
+    for name in ("relay_reservations", "relay_circuits", "relay_node_circuits", "relay_address_circuits"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be at least 1")
     if config.api_max_connections < 1 or config.history_jobs < 0:
@@ -330,6 +333,8 @@ def load_config(
     for name in ("client_jobs", "address_jobs", "client_waiting", "address_connections"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be at least 1")
+    if config.relay_circuit_bytes < 1:
+        raise ValueError("relay_circuit_bytes must be at least 1 byte")
     if config.connections < 0:
         raise ValueError("connections must be 0 (from the open-file limit) or more")
     if config.log_format not in ("json", "text"):

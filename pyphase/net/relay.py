@@ -73,6 +73,13 @@ def relay_listen_address(listen: str, port: int, configured: str) -> str:
     return f"{host}:{port + 3 if port < 65533 else 0}"
 
 
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has ended, whatever it ended with."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 # ---- frames --------------------------------------------------------------------------------------------
 
 
@@ -161,6 +168,7 @@ class RelayLimits:
     address_reservations: int = 4  # the same, from one source address
     circuits: int = 128  # circuits open at once, in all
     node_circuits: int = 8  # circuits open at once to one node
+    address_circuits: int = 4  # circuits open at once from one client address (to any node)
     circuit_bytes: int = 256 << 20  # both directions together; then the circuit is closed
     circuit_time_s: float = 600.0  # then the circuit is closed (the client's ZeroMQ reconnects)
     pending: int = 64  # connections still in their handshake
@@ -196,6 +204,7 @@ class RelayServer:
         self._reservations: dict[str, _Reservation] = {}
         self._pending_circuits: dict[bytes, tuple[_Reservation, asyncio.Future[Any]]] = {}
         self._circuits = 0
+        self._by_address: dict[str, int] = {}  # circuits open (or waiting) per client address
         self._handshaking = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self.forwarded = 0  # bytes carried, both directions, every circuit
@@ -218,13 +227,7 @@ class RelayServer:
             self._server.close()
         for res in list(self._reservations.values()):
             res.writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await _cancel(list(self._tasks))
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -348,6 +351,9 @@ class RelayServer:
             raise RelayError("relay_busy", f"{self.limits.circuits} circuits open at this relay")
         if res.circuits >= self.limits.node_circuits:
             raise RelayError("node_busy", f"{self.limits.node_circuits} circuits open to that node")
+        if self._by_address.get(address, 0) >= self.limits.address_circuits:
+            raise RelayError("relay_busy", f"{self.limits.address_circuits} circuits open from {address}")
+        self._by_address[address] = self._by_address.get(address, 0) + 1
         token = os.urandom(16)
         fut: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
             asyncio.get_running_loop().create_future()
@@ -375,6 +381,9 @@ class RelayServer:
             self._pending_circuits.pop(token, None)
             self._circuits -= 1
             res.circuits -= 1
+            left = self._by_address.pop(address) - 1
+            if left:
+                self._by_address[address] = left
             if node_writer is not None:
                 node_writer.close()
                 self.forwarded += carried[0]
@@ -507,13 +516,7 @@ class RelayAgent:
             self._tasks.append(self._loop.create_task(self._keep(relay)))
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await _cancel(list(self._tasks))
         with self._lock:
             for sock in list(self._open):
                 _shutdown(sock)

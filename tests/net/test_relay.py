@@ -93,7 +93,7 @@ def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                 sandbox=False,
                 workers=1,
                 extra=("--relay", "--relay-listen", f"{relay_host}:0", "--dht-bootstrap", *boot[:2]),
-                env={"PLASMD_RELAY_CIRCUIT_BYTES": "1MiB"},
+                env={"PLASMD_RELAY_CIRCUIT_BYTES": "1MiB", "PLASMD_RELAY_ADDRESS_CIRCUITS": "6"},
             ).start()
             procs.append(relay)
             tap = Tap((relay_host, _relay_port(relay)))
@@ -168,16 +168,27 @@ def test_relay_limits_and_hostile_peers(relayed, hello_bytes) -> None:
         assert recv_frame(s)["t"] == "challenge"
         s.sendall(encode_frame("proof", sig=os.urandom(64)))
         assert recv_frame(s)["reason"] == "bad_proof"
-    # circuits per node: 8 by default; the ninth is refused while they stay open
+    # circuits from one client address (6 here): the seventh is refused while they stay open; circuits to one
+    # node (8 by default): from other addresses two more fit, and the ninth is refused
     held = []
+
+    def circuit(source: str, to: tuple[str, int]) -> socket.socket:
+        s = socket.create_connection(to, timeout=5, source_address=(source, 0))
+        held.append(s)
+        open_circuit(s, peer_id, 5.0)
+        return s
+
+    direct = (relay.host, _relay_port(relay))
     try:
-        for _ in range(8):
-            s = socket.create_connection(relay_addr, timeout=5)
-            held.append(s)
-            open_circuit(s, peer_id, 5.0)
-        with socket.create_connection(relay_addr, timeout=5) as s:
-            with pytest.raises(RelayError) as refused:
-                open_circuit(s, peer_id, 5.0)
+        for _ in range(6):
+            circuit("127.0.0.1", relay_addr)
+        with pytest.raises(RelayError) as refused:
+            circuit("127.0.0.1", relay_addr)
+        assert refused.value.reason == "relay_busy" and "127.0.0.1" in refused.value.detail
+        circuit("127.0.0.77", direct)
+        circuit("127.0.0.78", direct)
+        with pytest.raises(RelayError) as refused:
+            circuit("127.0.0.79", direct)
         assert refused.value.reason == "node_busy"
     finally:
         for s in held:
