@@ -10,7 +10,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -21,57 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dht_support import dht_host, endpoints, private_dht  # noqa: E402
 from net_support import NodeProc, loopback_host  # noqa: E402
+from relay_tap import Tap  # noqa: E402
 
 from pyphase import Client
 from pyphase.errors import PhaseError, RecordError
 from pyphase.identity import Identity
 from pyphase.net import dht, records
 from pyphase.net.relay import RelayError, encode_frame, open_circuit, recv_frame
-
-
-class Tap:
-    """A TCP forwarder in front of the relay that keeps a copy of every byte both ways: what the relay is given
-    and what it forwards (it forwards the same bytes to the other side of a circuit)."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.seen = bytearray()
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                up = socket.create_connection(self.target)
-            except OSError:
-                conn.close()
-                continue
-            for a, b in ((conn, up), (up, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                with self.lock:
-                    self.seen += data
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def _relay_port(node: NodeProc) -> int:

@@ -42,36 +42,6 @@ CLIENT = textwrap.dedent(
     """
 )
 
-# A TCP forwarder that copies every byte it passes to a file (run on the WAN in front of the relay).
-TAP = textwrap.dedent(
-    """
-    import socket, sys, threading
-    listen, target, dump = sys.argv[1], sys.argv[2], open(sys.argv[3], "ab", buffering=0)
-    lock = threading.Lock()
-    def pump(a, b):
-        try:
-            while data := a.recv(65536):
-                with lock:
-                    dump.write(data)
-                b.sendall(data)
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-    host, port = listen.rsplit(":", 1)
-    srv = socket.create_server((host, int(port)))
-    th, tp = target.rsplit(":", 1)
-    while True:
-        c, _ = srv.accept()
-        u = socket.create_connection((th, int(tp)))
-        for a, b in ((c, u), (u, c)):
-            threading.Thread(target=pump, args=(a, b), daemon=True).start()
-    """
-)
-
 
 def test_nodes_behind_nat_reached_through_a_relay_by_a_client_behind_nat(natlab, tmp_path, hello_bytes) -> None:
     lab = natlab
@@ -98,7 +68,8 @@ def test_nodes_behind_nat_reached_through_a_relay_by_a_client_behind_nat(natlab,
     relay.start()
     relay.wait_event("relay_listening")
     dump = tmp_path / "forwarded.bin"
-    tap_host.popen([sys.executable, "-c", TAP, f"{tap_host.ip}:7468", f"{relay_host.ip}:7468", str(dump)])
+    tap = Path(__file__).with_name("relay_tap.py")
+    tap_host.popen([sys.executable, str(tap), f"{tap_host.ip}:7468", f"{relay_host.ip}:7468", str(dump)])
     via = f"{tap_host.ip}:7468"
     nodes = []
     for name, host in (("n1", behind_plain), ("n2", behind_sym)):
