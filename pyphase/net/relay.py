@@ -134,7 +134,8 @@ def recv_frame(sock: socket.socket) -> dict[str, Any]:
     return decode_frame(_recv_exactly(sock, size))
 
 
-def _proof_message(nonce: bytes, public_key: bytes) -> bytes:
+def proof_message(nonce: bytes, public_key: bytes) -> bytes:
+    """What a node signs to reserve: the context, the relay's nonce, the node's own public key."""
     return PROOF_CONTEXT + nonce + public_key
 
 
@@ -257,6 +258,8 @@ class RelayServer:
             await self._refuse(writer, exc.reason, exc.detail)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
+        except Exception as exc:  # a fault of ours on hostile input: this connection ends, the relay goes on
+            self.log("internal_error", where="relay", error=f"{type(exc).__name__}: {exc}")
         finally:
             self._tasks.discard(task)
             if not keep:
@@ -299,7 +302,7 @@ class RelayServer:
             self._handshaking -= 1
         signature = proof.get("sig")
         try:
-            nacl.signing.VerifyKey(public_key).verify(_proof_message(nonce, public_key), signature)
+            nacl.signing.VerifyKey(public_key).verify(proof_message(nonce, public_key), signature)
         except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
             raise RelayError("bad_proof", "the reservation is not signed by that peer id's key") from None
         replacing = self._reservations.get(peer_id)  # a restarted node proves its key again: newest wins
@@ -551,7 +554,7 @@ class RelayAgent:
             nonce = challenge.get("nonce")
             if challenge["t"] != "challenge" or not isinstance(nonce, bytes) or len(nonce) != 32:
                 raise RelayError("bad_answer", "the relay sent no challenge")
-            sig = self.identity.signing_key.sign(_proof_message(nonce, self.identity.public_key)).signature
+            sig = self.identity.signing_key.sign(proof_message(nonce, self.identity.public_key)).signature
             writer.write(encode_frame("proof", sig=sig))
             answer = await read_frame(reader, HANDSHAKE_TIMEOUT_S)
             if answer["t"] != "reserved":

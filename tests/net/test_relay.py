@@ -26,7 +26,7 @@ from pyphase import Client
 from pyphase.errors import PhaseError, RecordError
 from pyphase.identity import Identity
 from pyphase.net import dht, records
-from pyphase.net.relay import RelayError, encode_frame, open_circuit, recv_frame
+from pyphase.net.relay import RelayError, encode_frame, open_circuit, proof_message, recv_frame
 
 
 def _relay_port(node: NodeProc) -> int:
@@ -264,3 +264,23 @@ def test_node_re_reserves_when_its_relay_comes_back(tmp_path, hello_bytes) -> No
     finally:
         node.stop()
         relay.stop()
+
+
+def test_a_node_that_reserves_and_never_answers_costs_the_client_a_timeout_only(relayed, hello_bytes) -> None:
+    relay, tap, node = relayed["relay"], relayed["tap"], relayed["node"]
+    liar = Identity.generate()
+    with socket.create_connection(("127.0.0.1", tap.port), timeout=10) as control:
+        control.sendall(encode_frame("reserve", peer=liar.peer_id))
+        challenge = recv_frame(control)
+        proof = liar.signing_key.sign(proof_message(challenge["nonce"], liar.public_key)).signature
+        control.sendall(encode_frame("proof", sig=proof))
+        assert recv_frame(control)["t"] == "reserved"
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=10) as client:
+            with pytest.raises(RelayError) as failed:
+                open_circuit(client, liar.peer_id, 10.0)
+        assert failed.value.reason == "timeout"
+        assert recv_frame(control)["t"] == "circuit"  # it was asked, and said nothing
+    relay.wait_event_count("relay_lost", 1)
+    peer_id = node.address.split("@")[0]
+    with Client(peers=[f"{peer_id}@relay/127.0.0.1:{tap.port}"]) as client:  # the honest node is still served
+        assert client.submit(hello_bytes, b"honest").peer == peer_id
