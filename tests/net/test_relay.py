@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -91,6 +92,13 @@ def test_node_reached_only_through_the_relay_and_the_relay_sees_ciphertext(relay
     for plain in (secret[:64], secret[::-1][:64], hello_bytes[len(hello_bytes) // 2 :][:48]):
         assert plain not in seen  # ...as ciphertext only
     assert relay.events("circuit_closed")[0]["bytes"] >= len(secret)
+    # and the relay's /metrics (its HTTP API on loopback) counts the same
+    api = relay.wait_event("api_listening")["url"].rstrip("/")
+    with urllib.request.urlopen(f"{api}/metrics", timeout=10) as answer:
+        metrics = answer.read().decode()
+    assert 'phase_relay_reservations_total{role="relay"} 1.0' in metrics
+    carried = [line for line in metrics.splitlines() if line.startswith('phase_relay_bytes_total{role="relay"}')]
+    assert carried and float(carried[0].split()[-1]) >= len(secret)
 
 
 def test_relay_limits_and_hostile_peers(relayed, hello_bytes) -> None:
