@@ -96,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="be reached through relays (this node is not reachable directly): relays' HOST:PORT,..., "
         "a relay's PEERID, or auto (found on the DHT)",
     )
+    p.add_argument(
+        "--no-upnp",
+        dest="upnp",
+        action="store_false",
+        default=None,
+        help="map no port on the router (UPnP-IGD, NAT-PMP); the record then names only the listen address",
+    )
+    p.add_argument(
+        "--no-reachability",
+        dest="reachability",
+        action="store_false",
+        default=None,
+        help="ask no peer to dial back (no reachability verdict)",
+    )
     return p
 
 
@@ -300,7 +314,7 @@ async def _join_dht(
     try:
         from pyphase.net.dhtnode import DhtPresence
 
-        presence = DhtPresence(config, identity, node.host, node.port, node.capabilities(), log)
+        presence = DhtPresence(config, identity, node.host, node.port, node.capabilities(), log, node=node)
         if relay_server is not None:
             presence.relay_port = relay_server.port
         await presence.start()
@@ -341,6 +355,8 @@ def main(argv: Sequence[str] | None = None, *, node_class: type[Node] = Node) ->
             relay=args.relay,
             relay_listen=args.relay_listen,
             via_relay=args.via_relay,
+            upnp=args.upnp,
+            reachability=args.reachability,
         )
     except (OSError, ValueError) as exc:
         print(f"plasmd: {exc}", file=sys.stderr)

@@ -48,6 +48,11 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     dht_bootstrap   = ""                # HOST:PORT,... to join through; "": libtorrent's default Mainline router
                                         # (plus the good nodes remembered in DATA_DIR/dht-nodes.json either way)
     dht_refresh     = "20m"             # republish the record (good for 2 h) and re-announce this often
+    upnp            = true              # map the phase/1 port and the DHT port on the home router (UPnP-IGD and
+                                        # NAT-PMP, through the DHT's libtorrent session; nothing with dht = false or
+                                        # a loopback listen address) and publish the mapped address in the record
+    reachability    = true              # ask peers found through the DHT to dial back (docs/NETWORK.md,
+                                        # "Reachability"); the verdict is the "reachability" event
 
     # Relays (docs/NETWORK.md, "Relays"): a reachable node carries circuits to nodes that cannot be reached;
     # the relay sees only CURVE ciphertext. A node behind a relay publishes "via relay" in its DHT record.
@@ -166,6 +171,8 @@ class NodeConfig:
     relay_circuit_bytes: int = 256 << 20
     relay_circuit_time_ms: int = 600_000
     via_relay: str = ""
+    upnp: bool = True
+    reachability: bool = True
     api: bool = True
     api_listen: str = ""
     api_max_connections: int = 64
@@ -236,6 +243,8 @@ _TOP: dict[str, tuple[str, Any]] = {
     "relay_circuit_bytes": ("relay_circuit_bytes", parse_size),
     "relay_circuit_time": ("relay_circuit_time_ms", parse_duration_ms),
     "via_relay": ("via_relay", str),
+    "upnp": ("upnp", "bool"),
+    "reachability": ("reachability", "bool"),
     "api": ("api", "bool"),
     "api_listen": ("api_listen", str),
     "api_max_connections": ("api_max_connections", int),

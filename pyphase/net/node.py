@@ -22,6 +22,7 @@ import resource
 import socket
 import struct
 import sys
+import threading
 import time
 from collections import Counter
 from typing import Any, Callable, TextIO
@@ -38,6 +39,7 @@ from pyphase.net import wire
 from pyphase.net.cache import ModuleCache
 from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig
+from pyphase.net.reachability import DialBackService
 from pyphase.net.shares import HeldJob, ShareCaps, Shares
 from pyphase.sandbox.executor import Executor, failed_result, job_kwargs, make_executor
 from pyphase.receipt import machine_arch, make_receipt, timestamp
@@ -306,6 +308,11 @@ class Node:
         self.bytes_out = 0
         self.on_result: Callable[[dict[str, Any], str], None] | None = None
         """Called with (receipt, client key) after each result is sent (history, metrics: pyphase.api)."""
+        self.dial_back = DialBackService(self.ctx)
+        self.dial_nonces: dict[bytes, threading.Event] = {}
+        """Nonces of this node's own reachability checks; set when their dial back arrives."""
+        self.reachability: dict[str, Any] | None = None
+        """The last dial-back verdict (pyphase.net.dhtnode sets it; the HTTP API shows it)."""
         self._max_msg = config.max_module + config.max_input + wire.MAX_HEADER_BYTES + MAX_MESSAGE_SLACK
 
     # ---- life cycle ------------------------------------------------------------------------------
@@ -641,8 +648,34 @@ class Node:
             self._offer(rid, msg, client, address)
         elif msg.type == "module":
             self._module(rid, msg)
+        elif msg.type == "dial?":
+            self._dial_back(rid, msg, client, address)
+        elif msg.type == "dialback":
+            heard = self.dial_nonces.get(msg["nonce"])
+            if heard is not None:
+                heard.set()
         else:
             self._error(rid, "unexpected", f"a node does not take {msg.type!r} messages", msg.get("job"))
+
+    def _dial_back(self, rid: bytes, msg: wire.Message, client: str, address: str) -> None:
+        """Dial the requester back at its own source address (pyphase.net.reachability), within the bounds."""
+        nonce, port = msg["nonce"], msg["port"]
+
+        def answer(ok: bool, detail: str) -> None:
+            self._send(rid, wire.encode("dial", nonce=nonce, ok=ok, seen=address, detail=detail))
+
+        if not 0 < port < 65536 or not client or not address:
+            return answer(False, "a dial back needs a port (1-65535) and a CURVE key")
+        refused = self.dial_back.admit(address)
+        if refused is not None:
+            return answer(False, refused)
+
+        async def dial() -> None:
+            ok, detail = await asyncio.to_thread(self.dial_back.dial, address, port, client, nonce)
+            self.log("dial_back", address=f"{address}:{port}", ok=ok, detail=detail)
+            answer(ok, detail)
+
+        self._spawn(dial())
 
     def _check_offer(self, manifest: dict[str, Any], data: bytes) -> tuple[str, str] | Limits:
         problems = schemas.errors("manifest", manifest)

@@ -18,6 +18,11 @@ module     client -> node      ``job``                                          
 result     node -> client      ``job``, ``receipt`` (map), ``load``                   stdout, stderr
 error      node -> client      ``code`` (see ``ERROR_CODES``), ``detail``,            --
                                optional ``job``
+dial?      node -> node        ``nonce`` (16-32 bytes), ``port``: dial me back        --
+                               (:mod:`pyphase.net.reachability`)
+dial       node -> node        ``nonce``, ``ok`` (bool), ``seen`` (the requester's    --
+                               address as seen), ``detail``
+dialback   node -> node        ``nonce``: the dial back itself, on a new connection   --
 =========  ==================  =====================================================  =========================
 
 The job tag is chosen by the client and names the exchange on its connection; the node keys jobs by
@@ -77,6 +82,7 @@ class Field:
 
 _TAG = Field(bytes, min_len=1, max_len=MAX_TAG_BYTES)
 _LOAD = Field(dict, required=False)
+_NONCE = Field(bytes, min_len=16, max_len=32)
 
 # One table: message type -> (header fields, number of payload frames). Nothing else defines a message.
 MESSAGES: dict[str, tuple[dict[str, Field], int]] = {
@@ -98,6 +104,17 @@ MESSAGES: dict[str, tuple[dict[str, Field], int]] = {
         },
         0,
     ),
+    "dial?": ({"nonce": _NONCE, "port": Field(int)}, 0),
+    "dial": (
+        {
+            "nonce": _NONCE,
+            "ok": Field(bool),
+            "seen": Field(str, max_len=64),
+            "detail": Field(str, max_len=MAX_DETAIL_CHARS),
+        },
+        0,
+    ),
+    "dialback": ({"nonce": _NONCE}, 0),
 }
 
 

@@ -92,3 +92,19 @@ def test_upnp_router_enables_forwarding_after_stun_and_lab_cleans_up() -> None:
 
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(ns in listed for ns in namespaces)
+
+
+def test_a_lab_left_by_a_killed_process_is_swept() -> None:
+    """A test killed with SIGKILL cannot clean up: the next lab deletes namespaces whose creator is gone."""
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = f"phlab-{dead.pid}-1-wan"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    try:
+        with NatLab():
+            listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+            assert stale not in listed.split()
+    finally:
+        subprocess.run(["ip", "netns", "delete", stale], capture_output=True)

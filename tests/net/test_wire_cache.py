@@ -25,6 +25,9 @@ def test_every_message_type_round_trips():
         "module": ({"job": b"t1"}, (b"\0asm",)),
         "result": ({"job": b"t1", "receipt": {"status": "ok"}}, (b"out", b"err")),
         "error": ({"code": "malformed", "detail": "x"}, ()),
+        "dial?": ({"nonce": b"n" * 16, "port": 7465}, ()),
+        "dial": ({"nonce": b"n" * 16, "ok": True, "seen": "198.18.0.11", "detail": ""}, ()),
+        "dialback": ({"nonce": b"n" * 16}, ()),
     }
     assert set(samples) == set(wire.MESSAGES)
     for type_, (fields, payloads) in samples.items():
