@@ -144,6 +144,7 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
     presence: Any = None
     relay_server: Any = None
     relay_agent: Any = None
+    fallback: _RelayFallback | None = None
     try:
         if boot_source is not None:
             await boot_source.start()
@@ -161,12 +162,17 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
             relay_server = await _start_relay(config, identity, node)
         if config.dht:
             presence = await _join_dht(config, identity, node, node.log, relay_server)
-        if config.via_relay.strip():
-            relay_agent = await _start_relay_agent(config, identity, node, presence)
+        if config.via_relay.strip() not in ("", "off"):
+            relay_agent = _start_relay_agent(config, identity, node, presence, config.via_relay.strip())
+        elif not config.via_relay.strip() and presence is not None:
+            fallback = _RelayFallback(config, identity, node, presence)
+            presence.on_reachability = fallback.on_verdict
         await node.serve()
     finally:
         if relay_agent is not None:
             await relay_agent.close()
+        if fallback is not None:
+            await fallback.close()
         if relay_server is not None:
             await relay_server.close()
         if presence is not None:
@@ -274,9 +280,9 @@ async def _start_relay(config: NodeConfig, identity: Identity, node: Node) -> An
     return server
 
 
-async def _start_relay_agent(config: NodeConfig, identity: Identity, node: Node, presence: Any) -> Any:
-    """Reservations at the relays of ``--via-relay`` (found in the background when they come from the DHT);
-    the DHT record names the relays that hold one (pyphase.net.relay)."""
+def _start_relay_agent(config: NodeConfig, identity: Identity, node: Node, presence: Any, via: str) -> Any:
+    """Reservations at the relays ``via`` names (found in the background when they come from the DHT); the
+    DHT record names the relays that hold one (pyphase.net.relay)."""
     from pyphase.net.relay import RelayAgent
 
     listen_host = split_hostport(config.listen)[0]
@@ -284,13 +290,39 @@ async def _start_relay_agent(config: NodeConfig, identity: Identity, node: Node,
     agent = RelayAgent(identity, local, node.log)
     if presence is not None:
         agent.on_change = lambda: presence.set_relays(agent.reserved())
-    agent.begin(_relays_for(config, presence, node.log))
+    agent.begin(_relays_for(via, presence, node.log))
     return agent
 
 
-async def _relays_for(config: NodeConfig, presence: Any, log: Callable[..., None]) -> list[tuple[str, int]]:
+class _RelayFallback:
+    """``via_relay = ""``: relays found on the DHT once the dial-back verdict is ``unreachable``, given up
+    once it is ``public`` or ``mapped`` (the record then names the node's own addresses again)."""
+
+    def __init__(self, config: NodeConfig, identity: Identity, node: Node, presence: Any) -> None:
+        self.config, self.identity, self.node, self.presence = config, identity, node, presence
+        self.agent: Any = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def on_verdict(self, verdict: str) -> None:
+        if verdict == "unreachable" and self.agent is None:
+            self.node.log("relay_fallback", verdict=verdict, action="looking for relays on the DHT")
+            self.agent = _start_relay_agent(self.config, self.identity, self.node, self.presence, "auto")
+        elif verdict in ("public", "mapped") and self.agent is not None:
+            self.node.log("relay_fallback", verdict=verdict, action="reachable: relays given up")
+            agent, self.agent = self.agent, None
+            task = asyncio.get_running_loop().create_task(agent.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            self.presence.set_relays([])
+
+    async def close(self) -> None:
+        if self.agent is not None:
+            await self.agent.close()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+async def _relays_for(value: str, presence: Any, log: Callable[..., None]) -> list[tuple[str, int]]:
     """``via_relay`` as relay endpoints: given, or the relay service of a relay's record, or found on the DHT."""
-    value = config.via_relay.strip()
     if ":" in value or "," in value:
         return [split_hostport(part.strip(), None) for part in value.split(",")]
     if presence is None or presence.dht is None:

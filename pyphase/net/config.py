@@ -66,7 +66,8 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     relay_circuit_time = "10m"          # how long one circuit lives (the client's ZeroMQ then reconnects)
     via_relay       = ""                # reach this node through relays: "HOST:PORT,..." of relays (at most 2
                                         # used), a relay's PEERID, or "auto" (relays found on the DHT); the
-                                        # record then names the relays instead of the node's own address
+                                        # record then names the relays instead of the node's own address.
+                                        # "": "auto" once the dial-back verdict is "unreachable"; "off": never
 
     [limits]                            # the most a job may ask for; bigger offers are rejected "limits"
     memory          = "256MiB"
@@ -121,9 +122,9 @@ def check_listen(text: str, key: str, default_port: int = DEFAULT_PORT) -> None:
 
 
 def check_via_relay(text: str) -> None:
-    """``via_relay`` is "", "auto", one relay's PEERID, or HOST:PORT,... (ports required); else ``ValueError``."""
+    """``via_relay`` is "", "off", "auto", one relay's PEERID, or HOST:PORT,... (ports required); else ``ValueError``."""
     value = text.strip()
-    if value in ("", "auto"):
+    if value in ("", "auto", "off"):
         return
     if ":" not in value and "," not in value:
         from pyphase.identity import public_key_from_peer_id
@@ -131,7 +132,7 @@ def check_via_relay(text: str) -> None:
         try:
             public_key_from_peer_id(value)
         except ValueError:
-            raise ValueError(f"via_relay {text!r} is not auto, a relay's PEERID or HOST:PORT,...") from None
+            raise ValueError(f"via_relay {text!r} is not auto, off, a relay's PEERID or HOST:PORT,...") from None
         return
     for part in value.split(","):
         try:

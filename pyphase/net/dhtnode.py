@@ -75,8 +75,10 @@ class DhtPresence:
         self.seq = 0
         self._task: asyncio.Task[None] | None = None
         self.relay_port = 0  # this node offers relaying there (plasmd --relay): said in the record, announced
-        self.via_relay = bool(config.via_relay.strip())  # reached only through relays: the record names them
-        self.relays: list[str] = []
+        # reached only through relays (configured): the record names them, nothing is published until one holds
+        self.via_relay = config.via_relay.strip() not in ("", "off")
+        self.relays: list[str] = []  # relays holding a reservation now; when any, the record names only them
+        self.on_reachability: Callable[[str], None] | None = None  # called with each verdict
         self._known_path = config.data_dir / KNOWN_NODES_FILE if not config.ephemeral else None
         self._changed = asyncio.Event()  # the record's contents changed: republish before the next refresh
 
@@ -106,7 +108,7 @@ class DhtPresence:
         if self.relay_port:
             caps["relay"] = self.relay_port
         engines = [f"{RUNTIME_NAME}/{RUNTIME_VERSION}"]
-        if self.via_relay:
+        if self.via_relay or self.relays:
             return records.encode_value([], engines, caps, relays=self.relays)
         return records.encode_value(self.addresses(), engines, caps)
 
@@ -210,7 +212,7 @@ class DhtPresence:
                 self._set_answer(value, seq)
             self.log(
                 "dht_record_published" if first else "dht_record_refreshed",
-                addresses=[] if self.via_relay else self.addresses(),
+                addresses=[] if self.via_relay or self.relays else self.addresses(),
                 relays=self.relays,
                 seq=seq,
                 stored=stored,
@@ -223,7 +225,7 @@ class DhtPresence:
             }
             if self.relay_port:
                 hashes["phase/1/relay"] = rendezvous_hash("relay")
-            if not self.via_relay:  # a node behind a relay cannot answer the record query at its own port
+            if not (self.via_relay or self.relays):  # a node behind a relay cannot answer the record query
                 port = self.announce_port()
                 for info_hash in hashes.values():
                     dht.announce(info_hash, port)
@@ -284,6 +286,8 @@ class DhtPresence:
         self.reachability = {**result, "asked": [a.to_json() for a in answers]}
         self.node.reachability = self.reachability
         self.log("reachability", **result, asked=len(answers), heard=sum(a.heard for a in answers))
+        if self.on_reachability is not None:
+            self.on_reachability(str(result["verdict"]))
         return self.reachability
 
     async def close(self) -> None:

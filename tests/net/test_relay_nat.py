@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,76 @@ def test_nodes_behind_nat_reached_through_a_relay_by_a_client_behind_nat(natlab,
         for node in nodes:
             node.stop()
         relay.stop()
+
+
+def test_an_unreachable_verdict_finds_a_relay_on_the_dht_and_clients_follow_the_record(natlab, tmp_path) -> None:
+    """The whole way with no relay named anywhere: nodes behind a router without UPnP and behind symmetric NAT
+    learn by dial-back that they are unreachable, find the relay's rendezvous on the DHT, reserve, republish
+    their records naming it; a client behind its own NAT resolves each peer id and runs a job."""
+    from test_portmap import lab_env, start_bootstrap
+
+    lab = natlab
+    plain, sym, home = lab.router("plain"), lab.router("sym", symmetric=True), lab.router("home")
+    bootstrap = start_bootstrap(lab)
+    env = {**lab_env(lab), "PLASMD_DHT_REFRESH": "5s"}
+
+    def start(name: str, host, *extra: str) -> NodeProc:
+        node = NodeProc(
+            tmp_path / name,
+            host.ip,
+            sandbox=False,
+            workers=1,
+            prefix=tuple(host.exec_prefix),
+            extra=("--dht-bootstrap", bootstrap, "--no-api", *extra),
+            env=env,
+        )
+        node.port = 7465
+        return node.start()
+
+    nodes: list[NodeProc] = []
+    try:
+        relay_host = lab.host("relay")
+        relay = start("relay", relay_host, "--relay")
+        nodes.append(relay)
+        relay.wait_event("dht_announced", timeout=30)
+        behind = [start("n1", lab.host("n1", behind=plain)), start("n2", lab.host("n2", behind=sym))]
+        nodes += behind
+        for node in behind:
+            assert node.wait_event("relay_fallback", timeout=90)["verdict"] == "unreachable"
+            assert node.wait_event("relay_found", timeout=60)["relays"] == [f"{relay_host.ip}:7468"]
+            node.wait_event("relay_reserved", timeout=30)
+            deadline = time.monotonic() + 60
+            while not any(e.get("relays") for e in node.events("dht_record_refreshed")):
+                assert time.monotonic() < deadline, node.log_tail(3000)
+                time.sleep(0.5)
+        client = lab.host("cl", behind=home)
+        phase = str(Path(sys.executable).with_name("phase"))
+        client_env = dict(os.environ, **lab_env(lab), PHASE_DHT_LISTEN=f"{client.ip}:0")
+        for node in behind:
+            peer_id = node.address.split("@")[0]
+            deadline = time.monotonic() + 60
+            while True:  # the DHT is eventually consistent: wait until a lookup from here sees the new record
+                out = client.run(
+                    [phase, "dht", "record", peer_id, "--dht-bootstrap", bootstrap, "--json"],
+                    check=False,
+                    env=client_env,
+                )
+                doc = json.loads(out.stdout) if out.returncode == 0 else {}
+                if doc.get("relays") or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            assert doc.get("relays") == [f"{relay_host.ip}:7468"] and doc["addresses"] == [], out.stdout + out.stderr
+            assert doc["address"] == f"{peer_id}@relay/{relay_host.ip}:7468"
+            out = client.run(
+                [phase, "submit", str(ROOT / "examples/hello/hello.wasm"), "--input", "nat", "--peer", peer_id]
+                + ["--dht-bootstrap", bootstrap, "--json"],
+                check=False,
+                timeout=90,
+                env=client_env,
+            )
+            assert out.returncode == 0, out.stdout + out.stderr + node.log_tail(2000)
+            assert json.loads(out.stdout)["peer"] == peer_id
+            assert node.wait_event("circuit_opened")["role"] == "node"
+    finally:
+        for node in nodes:
+            node.stop()
