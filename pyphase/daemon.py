@@ -164,7 +164,7 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
             presence = await _join_dht(config, identity, node, node.log, relay_server)
         if config.via_relay.strip() not in ("", "off"):
             relay_agent = _start_relay_agent(config, identity, node, presence, config.via_relay.strip())
-        elif not config.via_relay.strip() and presence is not None:
+        elif not config.via_relay.strip() and presence is not None and not config.relay:
             fallback = _RelayFallback(config, identity, node, presence)
             presence.on_reachability = fallback.on_verdict
         await node.serve()
