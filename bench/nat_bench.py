@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,14 +53,6 @@ for c in clients.values():
 print(json.dumps(times))
 """
 
-BOOTSTRAP = """
-import sys, time
-from pyphase.net.dht import Dht
-d = Dht(sys.argv[1], [])
-print("ready", flush=True)
-time.sleep(3600)
-"""
-
 
 def _when(event: dict) -> float:
     from datetime import datetime
@@ -87,11 +78,7 @@ def main() -> int:
         env = {"PHASE_DHT_ALLOW": f"{os.environ['PHASE_DHT_ALLOW']},{lab.allow}"}
         router = lab.router("r1", upnp=True)
         home, public, client = lab.host("h1", behind=router), lab.host("w1"), lab.host("c")
-        where = f"{lab.wan.ip}:6881"
-        boot = lab.wan.popen(
-            [sys.executable, "-c", BOOTSTRAP, where], stdout=subprocess.PIPE, env={**os.environ, **env}
-        )
-        assert boot.stdout is not None and boot.stdout.readline().strip() == b"ready"
+        where = lab.dht_bootstrap()
         tmp = lab.dir
         nodes = {}
         for name, host in (("direct", public), ("mapped", home)):

@@ -1,7 +1,8 @@
 """The BitTorrent Mainline DHT through libtorrent: node records (BEP 44), rendezvous (BEP 5), the record query.
 
-:class:`Dht` is one libtorrent session with everything but the DHT off (no peer connections, no UPnP,
-NAT-PMP, LSD or IP notifier; the posix disk back end, one thread). Its calls block until libtorrent's
+:class:`Dht` is one libtorrent session with everything but the DHT off (no peer connections, LSD or IP
+notifier; the posix disk back end, one thread); UPnP-IGD and NAT-PMP only when a node asks for port
+mapping (:class:`PortMapping`, :meth:`Dht.map_port`). Its calls block until libtorrent's
 alerts answer them, so a node calls them from a worker thread and a client calls them directly.
 
 * Records: :meth:`Dht.put_record` publishes the node's signed record under its own key (salt

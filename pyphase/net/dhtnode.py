@@ -19,6 +19,7 @@ from pyphase.identity import Identity
 from pyphase.net import records
 from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig
+from pyphase.net.discovery import announce_addresses
 from pyphase.net.dht import (
     Dht,
     DhtUnavailable,
@@ -282,7 +283,9 @@ class DhtPresence:
                 ask_dial_back, self.node.ctx, self.identity, peers, port, self.node.dial_nonces
             )
             bind = split_hostport(self.config.listen)[0]
-            result = verdict(answers, {self.host, bind}, mapped, port)
+            # a node listening on every interface is "public" when a peer saw any of their addresses
+            local = {self.host, bind, *announce_addresses(bind, None)}
+            result = verdict(answers, local, mapped, port)
         self.reachability = {**result, "asked": [a.to_json() for a in answers]}
         self.node.reachability = self.reachability
         self.log("reachability", **result, asked=len(answers), heard=sum(a.heard for a in answers))

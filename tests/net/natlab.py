@@ -18,6 +18,7 @@ API (for any test; ``natlab`` is also a pytest fixture in tests/net/conftest.py)
         h1.run(["ip", "addr"])                  # subprocess.run inside the namespace (check=True, text output)
         p = h1.popen(["plasmd", ...], ...)      # subprocess.Popen inside the namespace; killed at lab.close()
         h1.exec_prefix                          # ["ip", "netns", "exec", NAME]: prefix for any argv
+        h1.wait_listening(7465)                 # until something listens there (udp=True for UDP), else TimeoutError
         r1.mappings()                           # the router's current UPnP/NAT-PMP redirects (nft text)
 
 * ``Router`` and ``Host`` both have ``name``, ``ns`` (namespace), ``run``, ``popen``; a ``Router`` also
@@ -30,7 +31,10 @@ API (for any test; ``natlab`` is also a pytest fixture in tests/net/conftest.py)
   killed with SIGKILL cannot clean up after itself).
 * ``natlab_skip_reason()`` is None when the lab can run here (root, ``ip``, ``nft``, ``miniupnpd``, ``stund``),
   else why not; the fixture skips with it. CI runs as root and ``.ci/setup --test`` installs the tools.
-* ``lab.allow`` is the networks to add to ``PHASE_DHT_ALLOW`` for DHT nodes inside the lab.
+* DHT inside the lab: ``lab.allow`` is the networks to add to ``PHASE_DHT_ALLOW``, ``lab.env()`` the
+  environment for a plasmd/phase started in the lab (that variable widened), ``lab.dht_bootstrap()`` starts
+  a libtorrent DHT node on the WAN (198.18.0.1:6881, once) and returns ``HOST:PORT`` for ``--dht-bootstrap``
+  (no DHT outside the lab is reachable from it). A client in a namespace also needs ``PHASE_DHT_LISTEN=IP:0``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -113,6 +118,11 @@ class Host:
         self.lab._procs.append(proc)
         return proc
 
+    def wait_listening(self, port: int, udp: bool = False, timeout: float = 10) -> None:
+        """Return once something in this namespace listens on ``port`` (TCP, or UDP); TimeoutError after ``timeout``."""
+        flags = "-ulnH" if udp else "-tlnH"
+        _wait_for(lambda: f":{port} " in self.run(["ss", flags]).stdout, timeout, f"port {port} in {self.name}")
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.ip}>"
 
@@ -182,6 +192,7 @@ class NatLab:
         self._routers: list[Router] = []
         self._wan_hosts = 0
         self._stun: subprocess.Popen[Any] | None = None
+        self._bootstrap: str | None = None
         self.allow = f"{WAN_NET}.0/24,10.0.0.0/8"
         try:
             ns = self._new_ns("wan")
@@ -239,6 +250,21 @@ class NatLab:
             _ip("-n", ns, "route", "add", "default", "via", behind.lan_ip)
         return Host(self, name, ns, ip)
 
+    def env(self, **extra: str) -> dict[str, str]:
+        """``os.environ`` with ``PHASE_DHT_ALLOW`` widened to the lab's networks, plus ``extra``."""
+        allowed = os.environ.get("PHASE_DHT_ALLOW", "127.0.0.0/8")
+        return {**os.environ, "PHASE_DHT_ALLOW": f"{allowed},{self.allow}", **extra}
+
+    def dht_bootstrap(self) -> str:
+        """A DHT node on the WAN for the lab's nodes to join through (started once); -> ``HOST:PORT``."""
+        if self._bootstrap is None:
+            where = f"{self.wan.ip}:6881"
+            code = "import sys, time; from pyphase.net.dht import Dht; d = Dht(sys.argv[1], []); time.sleep(1e6)"
+            self.wan.popen([sys.executable, "-c", code, where], env=self.env())
+            self.wan.wait_listening(6881, udp=True, timeout=20)
+            self._bootstrap = where
+        return self._bootstrap
+
     def _start_stun(self) -> None:
         if self._stun is None:
             self._stun = self.wan.popen(
@@ -246,7 +272,7 @@ class NatLab:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            _wait_for(lambda: f":{STUN_PORT} " in self.wan.run(["ss", "-ulnH"]).stdout, 5, "stund to listen")
+            self.wan.wait_listening(STUN_PORT, udp=True, timeout=10)
 
     def _start_miniupnpd(self, r: Router) -> None:
         self._start_stun()
@@ -275,7 +301,7 @@ class NatLab:
         log = open(self.dir / f"{r.name}-miniupnpd.log", "wb")
         r.popen(["miniupnpd", "-d", "-f", str(conf), "-P", str(self.dir / f"{r.name}.pid")], stdout=log, stderr=log)
         log.close()
-        _wait_for(lambda: ":5351 " in r.run(["ss", "-ulnH"]).stdout, 10, f"miniupnpd on {r.name} (NAT-PMP port)")
+        r.wait_listening(5351, udp=True, timeout=20)  # miniupnpd's NAT-PMP port: it listens once STUN answered
 
     def miniupnpd_log(self, r: Router) -> str:
         path = self.dir / f"{r.name}-miniupnpd.log"

@@ -27,7 +27,7 @@ while True:
 ASK = """
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(3)
+s.settimeout(10)
 for target in sys.argv[1:]:
     host, port = target.split(":")
     s.sendto(b"?", (host, int(port)))
@@ -57,9 +57,8 @@ def test_routers_masquerade_cone_and_symmetric_and_block_unsolicited() -> None:
         wan_host = lab.host("w")
         for port in (4001, 4002):
             lab.wan.popen([sys.executable, "-c", ECHO, lab.wan.ip, str(port)])
-        import time
-
-        time.sleep(0.5)
+        lab.wan.wait_listening(4001, udp=True)
+        lab.wan.wait_listening(4002, udp=True)
         # masquerade: the WAN sees the router's address; a cone NAT keeps one external port per socket
         a, b = _seen(lab, h_cone)
         assert a.split(":")[0] == b.split(":")[0] == cone.wan_ip
@@ -74,7 +73,7 @@ def test_routers_masquerade_cone_and_symmetric_and_block_unsolicited() -> None:
         server = h_cone.popen(
             [sys.executable, "-c", "import socket,time; s=socket.create_server(('0.0.0.0', 4100)); time.sleep(30)"]
         )
-        time.sleep(0.3)
+        h_cone.wait_listening(4100)
         assert h_cone.run([sys.executable, "-c", CONNECT, "127.0.0.1", "4100"]).stdout.strip() == "connected"
         for target in (cone.wan_ip, h_cone.ip):
             out = wan_host.run([sys.executable, "-c", CONNECT, target, "4100"]).stdout.strip()

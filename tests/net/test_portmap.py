@@ -6,7 +6,6 @@ without UPnP the same node stays unreachable from the WAN."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,27 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"
 PORT = 7465
 
-# A DHT node on the WAN for the lab's nodes to bootstrap from (no other DHT is reachable from the lab).
-BOOTSTRAP = """
-import sys, time
-from pyphase.net.dht import Dht
-d = Dht(sys.argv[1], [])
-print("ready", flush=True)
-time.sleep(600)
-"""
-
 
 def lab_env(lab: NatLab) -> dict[str, str]:
-    return {"PHASE_DHT_ALLOW": f"{os.environ['PHASE_DHT_ALLOW']},{lab.allow}"}
-
-
-def start_bootstrap(lab: NatLab) -> str:
-    where = f"{lab.wan.ip}:6881"
-    proc = lab.wan.popen(
-        [sys.executable, "-c", BOOTSTRAP, where], stdout=subprocess.PIPE, env=dict(os.environ, **lab_env(lab))
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-    return where
+    return {"PHASE_DHT_ALLOW": lab.env()["PHASE_DHT_ALLOW"]}
 
 
 def start_node(lab: NatLab, host, tmp_path: Path, bootstrap: str, *extra: str) -> NodeProc:
@@ -75,7 +56,7 @@ def submit(lab: NatLab, client, peer: str, *extra: str, timeout: float = 60) -> 
         ],
         check=False,
         timeout=timeout,
-        env=dict(os.environ, **lab_env(lab), PHASE_DHT_LISTEN=f"{client.ip}:0"),
+        env=lab.env(PHASE_DHT_LISTEN=f"{client.ip}:0"),
     )
 
 
@@ -84,8 +65,11 @@ def test_node_behind_upnp_router_is_mapped_published_and_reachable(natlab: NatLa
     router = lab.router("r1", upnp=True)
     home = lab.host("h1", behind=router)
     client = lab.host("c")
-    bootstrap = start_bootstrap(lab)
+    bootstrap = lab.dht_bootstrap()
     node = start_node(lab, home, tmp_path, bootstrap)
+    # its neighbour behind the same router opts out: maps nothing, asks nobody to dial back
+    quiet_host = lab.host("h1b", behind=router)
+    quiet = start_node(lab, quiet_host, tmp_path, bootstrap, "--no-upnp", "--no-reachability")
     try:
         mapped = f"{router.wan_ip}:{PORT}"
         # phase/1 (TCP), the record query (UDP, same port number) and the DHT's UDP port, each by UPnP and NAT-PMP
@@ -104,8 +88,13 @@ def test_node_behind_upnp_router_is_mapped_published_and_reachable(natlab: NatLa
         # ... and by peer id alone, resolved through the DHT to the record's mapped address
         out = submit(lab, client, peer_id, "--dht-bootstrap", bootstrap)
         assert out.returncode == 0, out.stdout + out.stderr
+        quiet.wait_event("dht_record_published", timeout=30)
+        assert not quiet.events("port_mapping_obtained") and not quiet.events("reachability")
+        assert quiet_host.ip not in router.mappings()
+        assert all(e["addresses"] == [f"{quiet_host.ip}:{PORT}"] for e in _records(quiet))
     finally:
         node.stop()
+        quiet.stop()
 
 
 def test_node_behind_router_without_upnp_is_not_reachable(natlab: NatLab, tmp_path: Path) -> None:
@@ -113,7 +102,7 @@ def test_node_behind_router_without_upnp_is_not_reachable(natlab: NatLab, tmp_pa
     router = lab.router("r2")
     home = lab.host("h2", behind=router)
     client = lab.host("c")
-    bootstrap = start_bootstrap(lab)
+    bootstrap = lab.dht_bootstrap()
     node = start_node(lab, home, tmp_path, bootstrap)
     try:
         node.wait_event("dht_record_published", timeout=30)

@@ -25,8 +25,8 @@ from natlab import NatLab, natlab_skip_reason
 from net_support import NodeProc
 from pyphase.identity import Identity
 from pyphase.net import wire
-from pyphase.net.reachability import PER_ADDRESS_PER_MINUTE, ask_dial_back
-from test_portmap import lab_env, start_bootstrap
+from pyphase.net.reachability import PER_ADDRESS_PER_MINUTE, DialAnswer, ask_dial_back, verdict
+from test_portmap import lab_env
 
 PORT = 7465
 
@@ -117,7 +117,7 @@ def test_verdicts_public_mapped_unreachable_in_the_nat_lab(natlab: NatLab, tmp_p
     upnp = lab.router("r1", upnp=True)
     plain = lab.router("r2")
     symmetric = lab.router("r3", symmetric=True)
-    bootstrap = start_bootstrap(lab)
+    bootstrap = lab.dht_bootstrap()
     hosts = {
         "w1": lab.host("w1"),
         "w2": lab.host("w2"),
@@ -189,7 +189,7 @@ def test_verdicts_public_mapped_unreachable_in_the_nat_lab(natlab: NatLab, tmp_p
                     "--json",
                 ],
                 check=False,
-                env=dict(os.environ, **lab_env(lab), PHASE_DHT_LISTEN=f"{client.ip}:0"),
+                env=lab.env(PHASE_DHT_LISTEN=f"{client.ip}:0"),
             )
             doc = json.loads(out.stdout) if out.returncode == 0 else {}
             if doc.get("caps", {}).get("reach") == "mapped" or time.monotonic() > deadline:
@@ -200,3 +200,21 @@ def test_verdicts_public_mapped_unreachable_in_the_nat_lab(natlab: NatLab, tmp_p
     finally:
         for node in nodes.values():
             node.stop()
+
+
+def test_verdict_trusts_only_dial_backs_heard() -> None:
+    said_ok = DialAnswer("peer-a", heard=False, ok=True, seen="198.18.0.11", detail="")
+    lost = DialAnswer("peer-b", heard=False, ok=False, seen="198.18.0.11", detail="no connection")
+    heard = DialAnswer("peer-c", heard=True, ok=True, seen="198.18.0.11", detail="")
+    # a peer's word is not enough: a dial back that never arrived is no reachability
+    got = verdict([said_ok, lost], {"10.1.0.10"}, "198.18.0.11:7465", 7465)
+    assert got["verdict"] == "unreachable" and "no connection" in got["why"]
+    assert verdict([], set(), None, 7465)["why"] == "no peer to ask"
+    assert verdict([heard], {"198.18.0.11"}, None, 7465) == {
+        "verdict": "public",
+        "address": "198.18.0.11:7465",
+        "why": "reachable at its own address",
+    }
+    assert verdict([heard], {"10.1.0.10"}, "198.18.0.11:40000", 40000)["address"] == "198.18.0.11:40000"
+    forwarded = verdict([heard], {"10.1.0.10"}, None, 7465)
+    assert forwarded["verdict"] == "mapped" and "not by UPnP" in forwarded["why"]

@@ -125,12 +125,10 @@ def test_an_unreachable_verdict_finds_a_relay_on_the_dht_and_clients_follow_the_
     """The whole way with no relay named anywhere: nodes behind a router without UPnP and behind symmetric NAT
     learn by dial-back that they are unreachable, find the relay's rendezvous on the DHT, reserve, republish
     their records naming it; a client behind its own NAT resolves each peer id and runs a job."""
-    from test_portmap import lab_env, start_bootstrap
-
     lab = natlab
     plain, sym, home = lab.router("plain"), lab.router("sym", symmetric=True), lab.router("home")
-    bootstrap = start_bootstrap(lab)
-    env = {**lab_env(lab), "PLASMD_DHT_REFRESH": "5s"}
+    bootstrap = lab.dht_bootstrap()
+    env = {"PHASE_DHT_ALLOW": lab.env()["PHASE_DHT_ALLOW"], "PLASMD_DHT_REFRESH": "5s"}
 
     def start(name: str, host, *extra: str) -> NodeProc:
         node = NodeProc(
@@ -163,7 +161,7 @@ def test_an_unreachable_verdict_finds_a_relay_on_the_dht_and_clients_follow_the_
                 time.sleep(0.5)
         client = lab.host("cl", behind=home)
         phase = str(Path(sys.executable).with_name("phase"))
-        client_env = dict(os.environ, **lab_env(lab), PHASE_DHT_LISTEN=f"{client.ip}:0")
+        client_env = lab.env(PHASE_DHT_LISTEN=f"{client.ip}:0")
         for node in behind:
             peer_id = node.address.split("@")[0]
             deadline = time.monotonic() + 60
