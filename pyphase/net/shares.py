@@ -51,6 +51,7 @@ class HeldJob:
     future: concurrent.futures.Future[Result] | None = None
     abandoned: bool = False
     started: str = field(default="")
+    fs: Any = None  # pyphase.net.jobfs.JobFS of a job with directories: its files, fetched and laid out
 
     @property
     def key(self) -> tuple[bytes, bytes]:
