@@ -674,21 +674,18 @@ class Node:
             self._offer(rid, msg, client, address)
         elif msg.type == "module":
             self._module(rid, msg)
-<<<<<<< HEAD
         elif msg.type == "dial?":
             self._dial_back(rid, msg, client, address)
         elif msg.type == "dialback":
             heard = self.dial_nonces.get(msg["nonce"])
             if heard is not None:
                 heard.set()
-=======
         elif msg.type == "blob":
             self._blob(rid, msg)
         elif msg.type == "want":
             self._want(rid, msg)
         elif msg.type == "done":
             self._release_outputs((rid, msg["job"]))
->>>>>>> remote
         else:
             self._error(rid, "unexpected", f"a node does not take {msg.type!r} messages", msg.get("job"))
 
