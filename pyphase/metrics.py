@@ -19,6 +19,10 @@ metric                                      type       meaning
 ``phase_received_bytes_total``              counter    phase/1 bytes received (all frames)
 ``phase_sent_bytes_total``                  counter    phase/1 bytes sent
 ``phase_history_jobs``                      gauge      jobs in the history (``phase jobs``)
+``phase_relay_reservations_total{role}``    counter    relay reservations made (``relay``: held here for a node;
+                                                       ``node``: this node's at a relay)
+``phase_relay_circuits_total{role}``        counter    relay circuits opened (at this relay, or to this node)
+``phase_relay_bytes_total{role}``           counter    bytes carried by relay circuits, counted when they close
 ==========================================  =========  ==========================================================
 
 Counters are fed by the node's event log (the same events it writes as JSON lines), gauges are read
@@ -98,6 +102,9 @@ class NodeMetrics:
         self.rejects = Counter("phase_rejects", "Offers rejected, by reason", ["reason"], registry=r)
         self.bad_messages = Counter("phase_bad_messages", "Messages answered error, by code", ["code"], registry=r)
         self.peers = Counter("phase_peers_connected", "CURVE clients seen (new client keys)", registry=r)
+        self.relay_reservations = Counter("phase_relay_reservations", "Relay reservations made", ["role"], registry=r)
+        self.relay_circuits = Counter("phase_relay_circuits", "Relay circuits opened", ["role"], registry=r)
+        self.relay_bytes = Counter("phase_relay_bytes", "Bytes carried by closed relay circuits", ["role"], registry=r)
 
         r.register(_NodeCollector(node, api_connections, history_jobs))
 
@@ -123,6 +130,12 @@ class NodeMetrics:
             self.bad_messages.labels(str(fields.get("code", "?"))).inc()
         elif event == "peer_connected":
             self.peers.inc()
+        elif event == "relay_reserved":
+            self.relay_reservations.labels(str(fields.get("role", "?"))).inc()
+        elif event == "circuit_opened":
+            self.relay_circuits.labels(str(fields.get("role", "?"))).inc()
+        elif event == "circuit_closed":
+            self.relay_bytes.labels(str(fields.get("role", "?"))).inc(int(fields.get("bytes") or 0))
 
     def exposition(self) -> bytes:
         """The metrics in the Prometheus text format."""

@@ -658,6 +658,7 @@ def find_nodes(
                 record.issued,
                 record.expires,
                 record.seq,
+                record.relays,
             )
             by_peer.setdefault(record.peer_id, direct)
         if want is None or len(by_peer) >= want or time.monotonic() >= deadline:
