@@ -35,7 +35,8 @@ class ShareCaps:
 
 @dataclass(eq=False)
 class HeldJob:
-    """A job in the node's hands. ``abandoned``: its connection died while it ran (the result is not sent)."""
+    """A job in the node's hands. ``abandoned``: its connection died while it ran (the result is not sent);
+    ``stopped``: and its worker was told to stop it."""
 
     rid: bytes
     tag: bytes
@@ -50,6 +51,7 @@ class HeldJob:
     state: str = "waiting"
     future: concurrent.futures.Future[Result] | None = None
     abandoned: bool = False
+    stopped: bool = False
     started: str = field(default="")
 
     @property

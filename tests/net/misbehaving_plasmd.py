@@ -22,12 +22,16 @@ from pyphase.receipt import make_receipt
 from pyphase.result import Result
 
 MODES = ("forge-receipt", "lie-stdout", "mismatch-stdout", "wrong-signer", "hang")
+# the node's defences against claimed routing ids, taken away one at a time (test_abuse.py shows the attack is real)
+ROUTING_MODES = ("predictable-routing-ids", "peer-routing-ids")
 
 
 def misbehaving_node(mode: str) -> type[Node]:
     """A node class that answers every job dishonestly in the way ``mode`` names."""
+    if mode in ROUTING_MODES:
+        return weakened_node(mode)
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"mode must be one of {MODES + ROUTING_MODES}, got {mode!r}")
 
     class MisbehavingNode(Node):
         def answer(
@@ -53,6 +57,22 @@ def misbehaving_node(mode: str) -> type[Node]:
             return stdout, receipt
 
     return MisbehavingNode
+
+
+def weakened_node(mode: str) -> type[Node]:
+    """``predictable-routing-ids``: libzmq's counter of anonymous peers is left unseeded (the same in every
+    process, as before the fix); ``peer-routing-ids``: that, and peers keep the routing ids they claim (the
+    ZAP handler assigns none): the node as it was when a claimed id crashed it. Test only: the shipped
+    node has neither switch."""
+    from pyphase.net import node as node_module
+
+    node_module._seed_routing_ids = lambda: None
+
+    class WeakenedNode(Node):
+        def _routing_metadata(self) -> bytes:
+            return b"" if mode == "peer-routing-ids" else super()._routing_metadata()
+
+    return WeakenedNode
 
 
 if __name__ == "__main__":
