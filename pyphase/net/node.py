@@ -54,6 +54,7 @@ SEND_QUEUE_TOTAL_FACTOR = 4  # all connections together: this many times one con
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 MAX_MESSAGE_SLACK = 64 << 10
 BAD_MESSAGE_BUDGET = 64  # bad messages one connection may send before the node drops it
+BARRIER_RESEND_S = 1.0  # a ZAP barrier token not back by then is sent anew
 PENALTY_S = 10.0  # then its key is refused this long (its libzmq would reconnect at once)
 MAX_LOG_TEXT = 256
 LOG_RATE = 20.0
@@ -281,6 +282,7 @@ class Node:
         self._zap_held: list[list[bytes]] = []  # replies made since the last barrier was sent
         self._zap_covered: list[list[bytes]] = []  # replies the barrier in flight covers
         self._barrier_token = b""
+        self._barrier_sent = 0.0
         self.address = ""
         self.host = ""
         self.port = 0
@@ -526,11 +528,21 @@ class Node:
     def _send_barrier(self) -> None:
         """Send a fresh token through libzmq's I/O thread (PUSH to PULL over loopback TCP) for the replies held,
         unless one is already in flight (its return sends the next)."""
-        if not self._zap_held or self._barrier_token or self._barrier_out is None:
+        if self._barrier_out is None:
             return
+        if self._barrier_token and time.monotonic() - self._barrier_sent > BARRIER_RESEND_S:
+            self._barrier_token = b""  # lost or late: a new token proves as much (sent after the same requests)
+            self._zap_held = self._zap_covered + self._zap_held
+            self._zap_covered = []
+        if not self._zap_held or self._barrier_token:
+            return
+        token = os.urandom(16)
+        try:
+            self._barrier_out.send(token, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return  # tried again by the sweep
         self._zap_covered, self._zap_held = self._zap_held, []
-        self._barrier_token = os.urandom(16)
-        self._barrier_out.send(self._barrier_token, zmq.NOBLOCK)
+        self._barrier_token, self._barrier_sent = token, time.monotonic()
 
     def _on_barrier(self) -> None:
         """The token came back: libzmq's I/O thread has finished every handshake step that asked for the
@@ -548,7 +560,8 @@ class Node:
                 if self.zap is not None:
                     self.zap.send_multipart(reply)
             self._zap_covered = []
-        self._send_barrier()
+        # sending on the ZAP socket can consume its descriptor's edge for requests that arrived meanwhile
+        self._on_zap()
 
     def _routing_metadata(self) -> bytes:
         """ZAP reply metadata that gives the connection being accepted its routing id: ``01`` + a counter.
@@ -938,6 +951,7 @@ class Node:
         wait_s = self.config.module_wait_ms / 1000
         while True:
             await asyncio.sleep(max(0.05, wait_s / 4))
+            self._on_barrier()  # a ZAP or barrier descriptor's edge taken by a send is not waited on for ever
             cutoff = time.monotonic() - wait_s
             for job in [j for j in self.shares.jobs.values() if j.state == "waiting" and j.since < cutoff]:
                 self.shares.remove(job.key)
