@@ -49,6 +49,15 @@ class RecordError(PhaseError, ValueError):
     """A node record from the DHT (or its UDP answer) is tampered, expired, malformed or not the key's."""
 
 
+class TreeError(PhaseError, ValueError):
+    """A directory tree (listing, file bytes or host directory) that cannot be sent, taken or written;
+    ``reason`` is the node's reject reason it maps to (``bad_tree``, ``tree_too_big``, ``blob_mismatch``)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class SandboxError(PhaseError):
     """The sandbox itself failed (its fork server died or could not start); the job's fate is unknown."""
 

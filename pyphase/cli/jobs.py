@@ -13,11 +13,12 @@ import os
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from pyphase.errors import LimitsError, PhaseError
 from pyphase.identity import Identity, default_identity_path
 from pyphase.limits import WASM_PAGE, Limits, format_size, parse_duration_ms, parse_size
+from pyphase.preopen import Preopen
 
 STATUS_EXIT_CODES = {
     "trap": 134,
@@ -131,6 +132,37 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--receipt", metavar="FILE", help="write the signed receipt to FILE")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the job's output")
+
+
+def _dir_option(readonly: bool) -> Callable[[str], Preopen]:
+    def parse(spec: str) -> Preopen:
+        try:
+            return Preopen.parse(spec, readonly)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def add_dir_options(parser: argparse.ArgumentParser, rw_help: str, ro_help: str) -> None:
+    """``--dir`` and ``--ro-dir HOST[::GUEST]`` (wasmtime's spelling), shared by ``run`` and ``submit``."""
+    parser.add_argument(
+        "--dir",
+        dest="dirs",
+        action="append",
+        default=[],
+        type=_dir_option(False),
+        metavar="HOST[::GUEST]",
+        help=f"{rw_help}, seen at GUEST (repeatable)",
+    )
+    parser.add_argument(
+        "--ro-dir",
+        dest="dirs",
+        action="append",
+        type=_dir_option(True),
+        metavar="HOST[::GUEST]",
+        help=f"{ro_help}, seen at GUEST (repeatable)",
+    )
 
 
 def limits_from_args(args: argparse.Namespace) -> Limits:

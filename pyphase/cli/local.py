@@ -9,9 +9,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pyphase.cli.jobs import (
+    add_dir_options,
     EPILOG_RUN,
     STATUS_EXIT_CODES,
     UsageError,
@@ -23,22 +24,11 @@ from pyphase.cli.jobs import (
 )
 from pyphase.errors import IdentityError, InvalidModule, VerificationError
 from pyphase.identity import Identity, default_identity_path
-from pyphase.preopen import Preopen
 
 NO_PREOPEN_NOTE = (
     "phase: note: the module looked for a directory and none was given; "
     "give one with --dir HOST[::GUEST] (or --ro-dir for read-only)"
 )
-
-
-def _dir_option(readonly: bool) -> Callable[[str], Preopen]:
-    def parse(spec: str) -> Preopen:
-        try:
-            return Preopen.parse(spec, readonly)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -130,12 +120,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         given["input"] = args.input_text.encode("utf-8")
     try:
         verify_receipt(receipt, nonce=args.nonce, signer=args.signer, **given)
+        if args.outputs is not None:
+            _verify_outputs(receipt, args.outputs)
     except VerificationError as exc:
         print(f"phase verify: FAILED {args.receipt}", file=sys.stderr)
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 1
-    checked = ["signature", *sorted(given)]
+    checked = ["signature", *sorted(given), *(["outputs"] if args.outputs is not None else [])]
     if args.nonce:
         checked.append("nonce")
     if args.signer:
@@ -145,6 +137,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"receipt OK: {receipt['status']} exit {receipt['exit_code']}, signed by {node} (checked: {', '.join(checked)})"
     )
     return 0
+
+
+def _verify_outputs(receipt: dict[str, Any], directory: str) -> None:
+    """Check that ``directory`` is exactly the output tree the (verified) receipt names."""
+    from pyphase import trees
+    from pyphase.errors import TreeError
+
+    expected = receipt.get("outputs")
+    if expected is None:
+        raise VerificationError(["outputs: the receipt names no output tree (the job had no directories)"])
+    try:
+        trees.verify_dir(directory, expected)
+    except TreeError as exc:
+        raise VerificationError([f"outputs: {exc}"]) from None
+    except OSError as exc:
+        raise VerificationError([f"outputs: cannot read {directory}: {exc.strerror or exc}"]) from None
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -196,23 +204,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("module", metavar="MODULE.wasm")
     add_job_options(p)
-    p.add_argument(
-        "--dir",
-        dest="dirs",
-        action="append",
-        default=[],
-        type=_dir_option(False),
-        metavar="HOST[::GUEST]",
-        help="let the module read and write directory HOST, seen at GUEST (repeatable)",
-    )
-    p.add_argument(
-        "--ro-dir",
-        dest="dirs",
-        action="append",
-        type=_dir_option(True),
-        metavar="HOST[::GUEST]",
-        help="let the module read directory HOST, seen at GUEST (repeatable)",
-    )
+    add_dir_options(p, "let the module read and write directory HOST", "let the module read directory HOST")
     p.add_argument(
         "--no-sandbox",
         action="store_true",
@@ -234,6 +226,9 @@ def register(sub: Any) -> None:
     p.add_argument("--stderr", metavar="F", help="the stderr bytes received")
     p.add_argument("--nonce", help="the nonce the client chose")
     p.add_argument("--signer", metavar="PEERID", help="the peer that must have signed it")
+    p.add_argument(
+        "--outputs", metavar="DIR", help="the directory phase submit --out wrote: must be the output tree it names"
+    )
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pyphase.cli.jobs import (
+    add_dir_options,
     EXIT_HELP,
     LIMITS_HELP,
     EXIT_FAILED,
@@ -26,6 +27,7 @@ from pyphase.cli.jobs import (
     read_job,
 )
 from pyphase.errors import NetworkError, QuorumError
+from pyphase.limits import parse_size
 
 EPILOG_SUBMIT = (
     """\
@@ -92,6 +94,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             retries=args.retries,
             replicas=args.replicas,
             deterministic=args.deterministic,
+            dirs=args.dirs,
+            out=args.out,
+            **({"disk_bytes": parse_size(args.disk)} if args.disk else {}),
+            **({"files": args.files} if args.files is not None else {}),
         )
     except QuorumError as exc:
         if args.receipt:
@@ -101,6 +107,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except NetworkError as exc:
         _network_failure(exc, args.json)
         return EXIT_NETWORK
+    except (ValueError, OSError) as exc:  # a directory that cannot be sent, an --out that is not empty
+        return fail(str(exc))
     finally:
         client.close()
     for peer in result.dissent:
@@ -229,6 +237,16 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("module", metavar="MODULE.wasm")
     add_job_options(p)
+    add_dir_options(
+        p,
+        "send directory HOST (as a content-addressed tree; the job may change its copy)",
+        "send directory HOST read-only",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="write the files the job created or changed (its output tree) to DIR, new or empty"
+    )
+    p.add_argument("--disk", metavar="SIZE", help="the most the job may write in its directories (default 256MiB)")
+    p.add_argument("--files", type=int, metavar="N", help="the most files it may create or change (default 10000)")
     _peer_options(p)
     p.add_argument(
         "--replicas",

@@ -57,6 +57,7 @@ class HeldJob:
     stopped: bool = False
     started: str = field(default="")
     ran_from: float = 0.0  # monotonic time it started running
+    fs: Any = None  # pyphase.net.jobfs.JobFS of a job with directories: its files, fetched and laid out
 
     @property
     def key(self) -> tuple[bytes, bytes]:

@@ -16,8 +16,16 @@ reject     node -> client      ``job``, ``reason`` (see ``REJECT_REASONS``),    
                                ``detail`` (str), ``load``
 module     client -> node      ``job``                                                module bytes
 result     node -> client      ``job``, ``receipt`` (map), ``load``                   stdout, stderr
+want       either way          ``job``, ``blob`` (``sha256:``), ``offset``, ``size``  --
+blob       either way          ``job``, ``blob``, ``offset``                          bytes of the blob
+done       client -> node      ``job`` (its outputs may be deleted)                   --
 error      node -> client      ``code`` (see ``ERROR_CODES``), ``detail``,            --
                                optional ``job``
+dial?      node -> node        ``nonce`` (16-32 bytes), ``port``: dial me back        --
+                               (:mod:`pyphase.net.reachability`)
+dial       node -> node        ``nonce``, ``ok`` (bool), ``seen`` (the requester's    --
+                               address as seen), ``detail``
+dialback   node -> node        ``nonce``: the dial back itself, on a new connection   --
 =========  ==================  =====================================================  =========================
 
 The job tag is chosen by the client and names the exchange on its connection; the node keys jobs by
@@ -53,8 +61,13 @@ REJECT_REASONS = (
     "duplicate",
     "shutting_down",
     "module_mismatch",
+    "bad_tree",
+    "tree_too_big",
+    "bad_blob",
+    "blob_mismatch",
+    "blob_timeout",
 )
-ERROR_CODES = ("malformed", "version", "type", "too_big", "unexpected", "unknown_job")
+ERROR_CODES = ("malformed", "version", "type", "too_big", "unexpected", "unknown_job", "unknown_blob")
 
 
 class WireError(Exception):
@@ -77,6 +90,8 @@ class Field:
 
 _TAG = Field(bytes, min_len=1, max_len=MAX_TAG_BYTES)
 _LOAD = Field(dict, required=False)
+_NONCE = Field(bytes, min_len=16, max_len=32)
+_BLOB = Field(str, min_len=71, max_len=71)  # sha256:<64 hex>, checked further where it is used
 
 # One table: message type -> (header fields, number of payload frames). Nothing else defines a message.
 MESSAGES: dict[str, tuple[dict[str, Field], int]] = {
@@ -90,6 +105,10 @@ MESSAGES: dict[str, tuple[dict[str, Field], int]] = {
     ),
     "module": ({"job": _TAG}, 1),
     "result": ({"job": _TAG, "receipt": Field(dict), "load": _LOAD}, 2),
+    # files (docs/NETWORK.md, "Files"): the node wants input blobs, the client wants output blobs
+    "want": ({"job": _TAG, "blob": _BLOB, "offset": Field(int), "size": Field(int)}, 0),
+    "blob": ({"job": _TAG, "blob": _BLOB, "offset": Field(int)}, 1),
+    "done": ({"job": _TAG}, 0),
     "error": (
         {
             "code": Field(str, max_len=64),
@@ -98,6 +117,17 @@ MESSAGES: dict[str, tuple[dict[str, Field], int]] = {
         },
         0,
     ),
+    "dial?": ({"nonce": _NONCE, "port": Field(int)}, 0),
+    "dial": (
+        {
+            "nonce": _NONCE,
+            "ok": Field(bool),
+            "seen": Field(str, max_len=64),
+            "detail": Field(str, max_len=MAX_DETAIL_CHARS),
+        },
+        0,
+    ),
+    "dialback": ({"nonce": _NONCE}, 0),
 }
 
 

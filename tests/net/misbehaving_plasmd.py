@@ -21,7 +21,7 @@ from pyphase.net.node import Node
 from pyphase.receipt import make_receipt
 from pyphase.result import Result
 
-MODES = ("forge-receipt", "lie-stdout", "mismatch-stdout", "wrong-signer", "hang")
+MODES = ("forge-receipt", "lie-stdout", "mismatch-stdout", "wrong-signer", "hang", "tamper-outputs")
 # the node's defences against claimed routing ids, taken away one at a time (test_abuse.py shows the attack is real)
 ROUTING_MODES = ("predictable-routing-ids", "peer-routing-ids")
 
@@ -35,7 +35,12 @@ def misbehaving_node(mode: str) -> type[Node]:
 
     class MisbehavingNode(Node):
         def answer(
-            self, result: Result, manifest: dict[str, Any], limits: Limits, started: str
+            self,
+            result: Result,
+            manifest: dict[str, Any],
+            limits: Limits,
+            started: str,
+            outputs: dict[str, Any] | None = None,
         ) -> tuple[bytes, dict[str, Any]] | None:
             if mode == "hang":
                 return None
@@ -50,11 +55,23 @@ def misbehaving_node(mode: str) -> type[Node]:
                 limits=limits,
                 identity=signer,
                 started_at=started,
+                outputs=outputs,
             )
             if mode == "forge-receipt":
                 receipt["exit_code"] = result.exit_code + 1
             stdout = result.stdout + b"!" if mode == "mismatch-stdout" else result.stdout
             return stdout, receipt
+
+        def _want(self, rid: bytes, msg: Any) -> None:
+            held = self._outputs.get((rid, msg["job"]))
+            if mode == "tamper-outputs" and held is not None:
+                path = held[0].output_paths.get(msg["blob"])
+                if path is not None:  # the receipt names the true file; the bytes sent are another's
+                    with open(path, "r+b") as f:
+                        first = f.read(1)
+                        f.seek(0)
+                        f.write(bytes([first[0] ^ 1]) if first else b"")
+            super()._want(rid, msg)
 
     return MisbehavingNode
 
