@@ -144,6 +144,8 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
             )
         if config.dht:
             presence = await _join_dht(config, identity, node, node.log)
+            if presence is not None and boot_source is not None:
+                boot_source.announce_on(presence)
         await node.serve()
     finally:
         if presence is not None:
@@ -165,7 +167,8 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
 
 
 class _BootSource:
-    """The node as a Phase Boot source: the artifact store over HTTP, announced on the LAN when mDNS is on."""
+    """The node as a Phase Boot source: the artifact store over HTTP, announced on the LAN when mDNS is on and
+    on the DHT when the DHT is on."""
 
     def __init__(self, config: NodeConfig, log: EventLog) -> None:
         self.config = config
@@ -199,6 +202,18 @@ class _BootSource:
             self.log("boot_announced", name=self.announcer.name, addresses=self.announcer.addresses)
         except Exception as exc:  # the store is still served at its address
             self.log("warning", message=f"boot source mDNS unavailable: {type(exc).__name__}: {exc}")
+
+    def announce_on(self, presence: Any) -> None:
+        """Keep the store announced on the DHT under its release key's info-hash (Phase Boot, Internet mode)."""
+        from pyphase.boot.dht import boot_info_hash, store_release_key
+        from pyphase.errors import PhaseError
+
+        try:
+            info_hash = boot_info_hash(store_release_key(self.config.boot_store))
+        except PhaseError as exc:  # the store is still served at its address and on the LAN
+            self.log("warning", message=f"boot source not announced on the DHT: {exc}")
+            return
+        presence.also_announce.append(("phase-boot", info_hash, self.server.port))
 
     def close(self) -> None:
         if self.announcer is not None:

@@ -145,6 +145,21 @@ def describe_attempts(attempts: list[tuple[str, str]], full_ids: bool = False) -
     ]
 
 
+class UnverifiedOutput(NetworkError):
+    """Output was handed over as a peer streamed it, and then the job failed on that peer (its receipt did not
+    verify, it broke the stream's rules, the connection dropped): what was shown is not verified. Not retried
+    elsewhere, since the output already went out; ``peer`` and ``shown`` (bytes) say what was shown."""
+
+    def __init__(self, peer: str, shown: int, why: str, attempts: list[tuple[str, str]] | None = None) -> None:
+        self.peer = peer
+        self.shown = shown
+        super().__init__(
+            f"UNVERIFIED OUTPUT: {shown:,} bytes of output from {peer} were shown as they came, then {why}; "
+            f"do not trust them",
+            attempts,
+        )
+
+
 class NoPeers(NetworkError):
     """No peer was given and none was discovered, or none can take the job."""
 

@@ -20,10 +20,12 @@ from pyphase.cli.jobs import (
     emit_result,
     fail,
     load_identity,
+    print_output,
     read_job,
 )
 from pyphase.errors import IdentityError, InvalidModule, VerificationError
 from pyphase.identity import Identity, default_identity_path
+from pyphase.limits import LOCAL_LIMITS
 
 NO_PREOPEN_NOTE = (
     "phase: note: the module looked for a directory and none was given; "
@@ -56,9 +58,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return fail(str(exc))
     started = timestamp()
+    on_output = None if args.json else print_output
     if args.no_sandbox:
         try:
-            result = run_prepared(job)
+            result = run_prepared(job, on_output)
         except InvalidModule as exc:
             message = str(exc)
             if args.json:
@@ -69,8 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         from pyphase.sandbox import Sandbox
 
-        with Sandbox(workers=1) as sandbox:
-            result = sandbox.run_prepared(job)
+        with Sandbox(workers=1, shm_bytes=Sandbox.shm_bytes_for(job)) as sandbox:
+            result = sandbox.run_prepared(job, on_output)
     module_hash = hash_text(job.digest)
     result = result.with_hashes(module_hash, sha256_text(job_input))
     receipt = None
@@ -93,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             identity=load_identity(args.identity),
             started_at=started,
         )
-    code = emit_result(result, args, receipt)
+    code = emit_result(result, args, receipt, streamed=on_output is not None)
     if result.fs_unavailable and not args.dirs:
         print(NO_PREOPEN_NOTE, file=sys.stderr)
     return code
@@ -198,12 +201,14 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "run",
         help="run a module locally and print its output",
-        description="Run MODULE.wasm on this machine in an isolated worker process.",
+        description="Run MODULE.wasm on this machine in an isolated worker process, printing its output as it\n"
+        "writes. Here, as with 'wasmtime run', a job has no wall-clock limit, memory up to wasm32's 4 GiB\n"
+        "and no output cap unless you give one; 'phase submit' takes a node's stricter defaults.",
         epilog=EPILOG_RUN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("module", metavar="MODULE.wasm")
-    add_job_options(p)
+    add_job_options(p, LOCAL_LIMITS)
     add_dir_options(p, "let the module read and write directory HOST", "let the module read directory HOST")
     p.add_argument(
         "--no-sandbox",

@@ -26,6 +26,7 @@ query for them.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import random
@@ -34,15 +35,23 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import zmq
 import zmq.utils.monitor
 import zmq.utils.z85
 
 from pyphase import trees
-from pyphase.digests import sha256_text
-from pyphase.errors import NetworkError, NoPeers, PhaseError, QuorumError, TreeError, VerificationError
+from pyphase.digests import hash_text, sha256_text
+from pyphase.errors import (
+    NetworkError,
+    NoPeers,
+    PhaseError,
+    QuorumError,
+    TreeError,
+    UnverifiedOutput,
+    VerificationError,
+)
 from pyphase.identity import Identity, public_key_from_peer_id
 from pyphase.limits import Limits, format_size
 from pyphase.manifest import make_manifest, new_nonce
@@ -52,6 +61,11 @@ from pyphase.net.socks import SocksRelay
 from pyphase.preopen import Preopen
 from pyphase.receipt import verify_receipt
 from pyphase.result import Result
+from pyphase.runtime import OutputCallback, OutputSink, sink_for
+
+ProgressCallback = Callable[[str, str, str], object]
+"""Called with ``(state, peer_id, detail)`` as a job moves: ``connecting``, ``offered``, ``accepted``, ``running``,
+``verifying``, ``failed`` (detail: why; the job may go on elsewhere)."""
 
 __all__ = ["Client", "RemoteResult", "discovery_refused"]
 
@@ -172,6 +186,9 @@ class _Attempt:
     deadline: float
     connect_deadline: float
     state: str = "connecting"  # connecting -> offered -> running -> done
+    streaming: bool = False  # asked the peer for chunks
+    received: dict[int, bytearray] = field(default_factory=lambda: {1: bytearray(), 2: bytearray()})
+    digests: dict[int, Any] = field(default_factory=lambda: {1: hashlib.sha256(), 2: hashlib.sha256()})
 
 
 @dataclass
@@ -190,6 +207,13 @@ class _Job:
     fs: dict[str, Any] | None = None  # manifest.fs
     listings: dict[str, bytes] = field(default_factory=dict)  # tree listings by hash
     blobs: dict[str, tuple[str, int]] = field(default_factory=dict)  # file blobs: hash -> (host path, size)
+    sink: OutputSink | None = None
+    progress: ProgressCallback | None = None
+    fatal: NetworkError | None = None  # an attempt failed after its output was shown: not retried
+
+    def tell(self, state: str, peer: _Peer, detail: str = "") -> None:
+        if self.progress is not None:
+            self.progress(state, peer.peer_id, detail)
 
 
 class Client:
@@ -451,6 +475,8 @@ class Client:
         out: str | os.PathLike[str] | None = None,
         disk_bytes: int = DEFAULT_DISK_BYTES,
         files: int = DEFAULT_FILES,
+        on_output: OutputCallback | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> RemoteResult:
         """Run ``module`` on a peer and return its verified result (any job status), or raise
         :class:`~pyphase.errors.NetworkError` (:class:`NoPeers`, :class:`QuorumError`).
@@ -462,9 +488,16 @@ class Client:
         node asks only for the files it lacks); read-write ones may be changed by the job, which may leave at
         most ``files`` new or changed files of ``disk_bytes`` together. ``out``: an empty or new directory that
         receives those files (the output tree the receipt names, checked as it arrives; ``result.outputs``).
+
+        ``on_output(stream, data)`` gets stdout (1) and stderr (2) as the node streams them, before the receipt
+        is checked: the result still comes only once everything verified, and a failure after output was shown
+        raises :class:`~pyphase.errors.UnverifiedOutput` instead of moving the job to another peer.
+        ``on_progress(state, peer_id, detail)`` follows the job (see :data:`ProgressCallback`).
         """
         if replicas < 1:
             raise ValueError("replicas must be at least 1")
+        if on_output is not None and replicas > 1:
+            raise ValueError("on_output streams one peer's output; with replicas the output is chosen at the end")
         limits = limits or Limits()
         job = _Job(
             bytes(module),
@@ -485,6 +518,8 @@ class Client:
             out = Path(out)
             if out.exists() and (not out.is_dir() or any(out.iterdir())):
                 raise ValueError(f"--out {out}: give an empty or new directory (it receives the job's output tree)")
+        job.sink = sink_for(on_output)
+        job.progress = on_progress
         if timeout is None:
             timeout = (limits.timeout_ms / 1000 if limits.timeout_ms else 3600.0) + TIMEOUT_SLACK_S
         with self._lock:
@@ -668,10 +703,15 @@ class Client:
                 active[attempt.tag] = attempt
                 launched += 1
                 self._socket(peer)
+                job.tell("connecting", peer)
                 self._try_offer(job, attempt)
             if not active:
                 break
             self._step(job, active, results)
+            if job.sink is not None:
+                job.sink.reraise()  # the caller's own callback failed: its exception, as it was
+            if job.fatal is not None:
+                raise job.fatal
         if len(results) < want:
             why = "no peer could take the job" if not launched else "every attempt failed"
             if want > 1:
@@ -682,15 +722,19 @@ class Client:
     def _try_offer(self, job: _Job, attempt: _Attempt) -> None:
         sock = attempt.peer.sock
         assert sock is not None
+        # chunks only from nodes that say they send them (an older node would refuse the field)
+        stream = job.sink is not None and bool((attempt.peer.caps or {}).get("stream"))
         try:
             sock.send_multipart(
-                wire.encode("offer", (job.input,), job=attempt.tag, manifest=attempt.manifest),
+                wire.encode("offer", (job.input,), job=attempt.tag, manifest=attempt.manifest, stream=stream or None),
                 zmq.NOBLOCK,
                 copy=len(job.input) < wire.ZERO_COPY_MIN,
             )
         except zmq.Again:
             return  # not connected yet: POLLOUT will tell
         attempt.state = "offered"
+        attempt.streaming = stream
+        job.tell("offered", attempt.peer)
 
     def _fail(
         self, job: _Job, active: dict[bytes, _Attempt], attempt: _Attempt, why: str, down_for: float | None = None
@@ -698,6 +742,10 @@ class Client:
         active.pop(attempt.tag, None)
         job.failures.append((attempt.peer.peer_id, why))
         self._mark_down(attempt.peer, down_for)
+        job.tell("failed", attempt.peer, why)
+        shown = len(attempt.received[1]) + len(attempt.received[2])
+        if shown and job.fatal is None:
+            job.fatal = UnverifiedOutput(attempt.peer.peer_id, shown, why, job.failures)
 
     def _step(self, job: _Job, active: dict[bytes, _Attempt], results: list[RemoteResult]) -> None:
         now = time.monotonic()
@@ -768,8 +816,12 @@ class Client:
         load = wire.check_load(msg.get("load"))
         if load is not None:
             peer.load = load
-        if msg.type == "accept":
+        if msg.type == "chunk":
+            self._on_chunk(job, msg, attempt, active)
+        elif msg.type == "accept":
             attempt.state = "running"
+            job.tell("accepted", peer, "module sent" if msg["module"] else "module cached")
+            job.tell("running", peer)
             if msg["module"]:
                 peer.modules.discard(job.module_hash)
                 try:
@@ -794,17 +846,26 @@ class Client:
         elif msg.type == "error":
             self._fail(job, active, attempt, f"error {msg['code']}: {msg['detail']}")
         elif msg.type == "result":
-            stdout, stderr = (bytes(f) for f in msg.payloads)
+            job.tell("verifying", peer)
+            stdout, stderr = (attempt.received[i] + bytes(f) for i, f in ((1, msg.payloads[0]), (2, msg.payloads[1])))
             receipt = msg["receipt"]
             try:
                 verify_receipt(
                     receipt,
-                    stdout=stdout,
-                    stderr=stderr,
                     nonce=attempt.manifest["nonce"],
                     signer=peer.public_key,
                     manifest=attempt.manifest,
                 )
+                # the output's hashes were computed as the chunks came; the rest came with the receipt
+                for name, index, frame in (("stdout", 1, msg.payloads[0]), ("stderr", 2, msg.payloads[1])):
+                    digest = attempt.digests[index].copy()
+                    digest.update(frame)
+                    if hash_text(digest.digest()) != receipt.get(name):
+                        raise VerificationError([f"{name} hash {receipt.get(name)} does not match the bytes received"])
+                if job.sink is not None:  # the rest of the output, now that it is verified
+                    for index, frame in ((1, msg.payloads[0]), (2, msg.payloads[1])):
+                        if len(frame):
+                            job.sink(index, bytes(frame))
             except VerificationError as exc:
                 self._fail(job, active, attempt, f"bad receipt: {exc}", down_for=300.0)
                 return
@@ -817,8 +878,8 @@ class Client:
                     status=receipt["status"],
                     exit_code=receipt["exit_code"],
                     message=receipt["message"],
-                    stdout=stdout,
-                    stderr=stderr,
+                    stdout=bytes(stdout),
+                    stderr=bytes(stderr),
                     fuel_used=receipt["fuel_used"],
                     wall_us=receipt["wall_us"],
                     memory_peak_bytes=0,
@@ -859,6 +920,32 @@ class Client:
         except zmq.Again:
             self._fail(job, active, attempt, "connection lost while sending files")
         attempt.deadline = max(attempt.deadline, time.monotonic() + self.connect_timeout + TIMEOUT_SLACK_S)
+
+    def _on_chunk(self, job: _Job, msg: wire.Message, attempt: _Attempt, active: dict[bytes, _Attempt]) -> None:
+        """A piece of a running job's output: checked against the stream's rules (asked for, in order, bounded,
+        within the job's output limit), hashed, and handed to ``on_output``."""
+        stream, offset, data = msg["stream"], msg["offset"], wire.payload_bytes(msg.payloads[0])
+        received = attempt.received
+        total = len(received[1]) + len(received[2]) + len(data)
+        why = None
+        if not attempt.streaming or job.sink is None:
+            why = "sent output chunks it was not asked for"
+        elif stream not in (1, 2):
+            why = f"sent a chunk of stream {stream!r} (1 stdout, 2 stderr)"
+        elif offset != len(received[stream]):
+            why = f"sent a chunk at offset {offset} of stream {stream}, expected {len(received[stream])}"
+        elif not 0 < len(data) <= wire.MAX_CHUNK_BYTES:
+            why = f"sent a chunk of {len(data)} bytes (1 to {wire.MAX_CHUNK_BYTES} allowed)"
+        elif total > job.limits.output_bytes:
+            why = (
+                f"streamed {total:,} bytes, more than the job's output limit of {format_size(job.limits.output_bytes)}"
+            )
+        if why is not None:
+            return self._fail(job, active, attempt, f"bad output stream: {why}", down_for=300.0)
+        received[stream] += data
+        attempt.digests[stream].update(data)
+        assert job.sink is not None
+        job.sink(stream, data)
 
     def _quorum(self, results: list[RemoteResult], replicas: int, job: _Job) -> RemoteResult:
         groups: dict[tuple[str, str, int, str, str], list[RemoteResult]] = {}

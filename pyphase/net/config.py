@@ -22,7 +22,8 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     shutdown_grace  = "10s"             # on SIGTERM: how long running jobs may finish before being rejected
     boot_store      = ""                # a Phase Boot artifact store to serve over HTTP, so machines can boot
                                         # from this node (see docs/BOOT.md); "" serves nothing
-    boot_listen     = "0.0.0.0:8080"    # where that store is served; announced as _phase-boot._tcp when mdns is on
+    boot_listen     = "0.0.0.0:8080"    # where that store is served; announced as _phase-boot._tcp when mdns is on,
+                                        # and on the DHT under the key in STORE/boot/release.pub when dht is on
     # the HTTP side (docs/API.md): JSON API, /metrics, dashboard; job history
     api             = true              # serve them
     api_listen      = ""                # HOST:PORT; "" = 127.0.0.1 at the phase/1 port + 1. Beyond loopback,

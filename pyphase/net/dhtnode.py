@@ -72,6 +72,8 @@ class DhtPresence:
         self.caps = caps
         self.log = log
         self.dht: Dht | None = None
+        # more (name, info-hash, port) announces kept up beside the rendezvous, e.g. the node's boot source
+        self.also_announce: list[tuple[str, bytes, int]] = []
         self.responder: RecordResponder | None = None
         self.seq = 0
         self._task: asyncio.Task[None] | None = None
@@ -184,6 +186,9 @@ class DhtPresence:
             for info_hash in hashes.values():
                 dht.announce(info_hash, port)
             self.log("dht_announced", port=port, hashes={k: v.hex() for k, v in hashes.items()})
+            for name, extra_hash, extra_port in self.also_announce:
+                dht.announce(extra_hash, extra_port)
+                self.log("dht_announced", port=extra_port, hashes={name: extra_hash.hex()})
             peers = await asyncio.to_thread(dht.get_peers, hashes["phase/1"], 5.0)
             self.log("dht_rendezvous", peers=len(peers))
             if self._check_due():

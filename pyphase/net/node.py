@@ -50,12 +50,13 @@ from pyphase.net.shares import HeldJob, ShareCaps, Shares
 from pyphase.sandbox.executor import Executor, failed_result, job_kwargs, make_executor
 from pyphase.receipt import machine_arch, make_receipt, timestamp
 from pyphase.result import Result
-from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION
+from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION, OutputSink
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ROUTING_ID_PREFIX = b"\x01"  # the node's routing ids; libzmq's own (anonymous peers) start with 0x00
 JOB_DESCRIPTORS = 64  # descriptors kept back from connections: module cache, sandbox, logs
 JOB_DESCRIPTORS_PER_WORKER = 16
+STREAM_GATHER_S = 0.01  # a streaming job's output is gathered this long before it is sent
 TRACK_MIN = 64 << 10  # results at least this big are tracked until libzmq has sent them
 SEND_QUEUE_TOTAL_FACTOR = 4  # all connections together: this many times one connection's send_queue
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
@@ -258,6 +259,51 @@ def raise_descriptor_limit() -> int:
 
 def curve_key_text(key: bytes) -> str:
     return zmq.utils.z85.encode(key).decode("ascii")
+
+
+class OutputRelay:
+    """A running job's output on its way from the executor's thread to the node's loop: pieces are gathered for
+    ``STREAM_GATHER_S`` and handed over in one loop wake-up (a burst of small writes costs one message, and a job
+    that ends within it sends its output with the result alone, as without streaming)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, flush: Callable[[], None]) -> None:
+        self._loop = loop
+        self._flush = flush
+        self._lock = threading.Lock()
+        self._pieces: list[tuple[int, bytes]] = []
+        self._scheduled = False
+        self.stopped = False  # set on the loop: nothing more is sent
+
+    def __call__(self, stream: int, data: bytes) -> bool:
+        with self._lock:
+            if self.stopped:
+                return True
+            self._pieces.append((stream, data))
+            if self._scheduled:
+                return True
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._loop.call_later, STREAM_GATHER_S, self._flush)
+        except RuntimeError:  # the loop is closed: the node is stopping
+            pass
+        return True
+
+    def take(self) -> list[tuple[int, bytes]]:
+        with self._lock:
+            pieces, self._pieces, self._scheduled = self._pieces, [], False
+        return pieces
+
+
+def coalesce(pieces: list[tuple[int, bytes]], most: int) -> list[tuple[int, bytes]]:
+    """Consecutive pieces of one stream joined, then cut into pieces of at most ``most`` bytes."""
+    runs: list[tuple[int, list[bytes]]] = []
+    for stream, data in pieces:
+        if runs and runs[-1][0] == stream:
+            runs[-1][1].append(data)
+        else:
+            runs.append((stream, [data]))
+    joined = [(stream, b"".join(parts)) for stream, parts in runs]
+    return [(stream, data[i : i + most]) for stream, data in joined for i in range(0, len(data), most)]
 
 
 class Node:
@@ -706,6 +752,7 @@ class Node:
             "load": self.load(),
             "cached_modules": len(self.cache),
             "accepting": not self._stopping,
+            "stream": True,
         }
 
     def _error(self, rid: bytes, code: str, detail: str, job: bytes | None = None) -> None:
@@ -868,6 +915,7 @@ class Node:
             None if has_fs else module,
             "waiting" if module is None or has_fs else "queued",
         )
+        job.stream = msg.get("stream") is True
         self.shares.add(job)
         if module is not None and has_fs:
             self._begin_fs(job, module)
@@ -1021,11 +1069,16 @@ class Node:
         loop = asyncio.get_running_loop()
         t1 = time.perf_counter()
         job.started = timestamp()
+        sink = None
+        if job.stream:
+            job.output_relay = OutputRelay(loop, functools.partial(self._send_chunks, job))
+            sink = OutputSink(job.output_relay, keep=True)
         try:
             future = self.executor.submit(
                 job.module,
                 job.input,
                 digest=digest_from_text(job.manifest["module"]["hash"]),
+                on_output=sink,
                 **job_kwargs(job.manifest, job.limits),
                 **({"dirs": job.fs.preopens} if job.fs is not None else {}),
             )
@@ -1081,6 +1134,11 @@ class Node:
                 fs.remove()
             return
         stdout, receipt = answer
+        stderr = result.stderr
+        if job.output_relay is not None:  # streamed: what was not sent in chunks yet goes with the receipt
+            job.output_relay.stopped = True
+            job.output_relay.take()
+            stdout, stderr = stdout[job.streamed[1] :], stderr[job.streamed[2] :]
         self.jobs_done += 1
         self.log(
             "result",
@@ -1099,8 +1157,8 @@ class Node:
             self._outputs[job.key] = (fs, time.monotonic())
         self._send_result(
             job,
-            wire.encode("result", (stdout, result.stderr), job=tag, receipt=receipt, load=self.load()),
-            len(stdout) + len(result.stderr),
+            wire.encode("result", (stdout, stderr), job=tag, receipt=receipt, load=self.load()),
+            len(stdout) + len(stderr),
         )
         if self.on_result is not None:
             self.on_result(receipt, client)
@@ -1141,6 +1199,23 @@ class Node:
             outputs=outputs,
         )
         return result.stdout, receipt
+
+    def _send_chunks(self, job: HeldJob) -> None:
+        """Send a running job's output gathered so far as ``chunk`` messages. Streaming stops for good (the rest
+        goes with the result) when the connection is gone, does not read, or holds too many unsent bytes."""
+        relay = job.output_relay
+        pieces = relay.take()
+        if relay.stopped or job.abandoned or self.sock is None or self.sock.closed:
+            return
+        for stream, data in coalesce(pieces, wire.MAX_CHUNK_BYTES):
+            if self._queued_bytes(job.rid) + len(data) > self.config.send_queue:
+                relay.stopped = True
+                return
+            frames = wire.encode("chunk", (data,), job=job.tag, stream=stream, offset=job.streamed[stream])
+            if not self._send(job.rid, frames, len(data)):
+                relay.stopped = True
+                return
+            job.streamed[stream] += len(data)
 
     def _send_result(self, job: HeldJob, frames: list[Any], size: int) -> None:
         """Send a result unless the client is gone or does not read: then it is dropped and counted abandoned."""

@@ -202,3 +202,16 @@ def test_tree_bench_runs() -> None:
     """bench/tree_bench.py --quick: every job read the whole tree, the node fetched it once and then nothing."""
     doc = _quick_json("tree_bench.py")
     assert doc["remote_first_s"] > 0 and doc["remote_cached_s"] > 0 and doc["fetched_bytes"][0][1] == 0
+
+
+def test_stream_bench_runs() -> None:
+    """bench/stream_bench.py --quick: hello printed its output with and without a callback, everywhere it times."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "stream_bench.py"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert all(doc[where]["ratio"] > 0 for where in ("in_process", "sandbox", "remote"))

@@ -17,11 +17,13 @@ from pyphase.digests import sha256_text
 from pyphase.identity import Identity
 from pyphase.limits import Limits
 from pyphase.manifest import job_id
+from pyphase.net import wire
 from pyphase.net.node import Node
 from pyphase.receipt import make_receipt
 from pyphase.result import Result
 
-MODES = ("forge-receipt", "lie-stdout", "mismatch-stdout", "wrong-signer", "hang", "tamper-outputs")
+CHUNK_MODES = ("tamper-chunk", "overlong-chunk", "flood-chunks")
+MODES = ("forge-receipt", "lie-stdout", "mismatch-stdout", "wrong-signer", "hang", "tamper-outputs", *CHUNK_MODES)
 # the node's defences against claimed routing ids, taken away one at a time (test_abuse.py shows the attack is real)
 ROUTING_MODES = ("predictable-routing-ids", "peer-routing-ids")
 
@@ -34,6 +36,18 @@ def misbehaving_node(mode: str) -> type[Node]:
         raise ValueError(f"mode must be one of {MODES + ROUTING_MODES}, got {mode!r}")
 
     class MisbehavingNode(Node):
+        def _send(self, rid: bytes, frames: list[Any], size: int = 0) -> bool:
+            if mode in CHUNK_MODES and len(frames) == 2 and wire.decode(frames).type == "chunk":
+                data = bytes(frames[1])
+                if mode == "tamper-chunk":  # the receipt then covers other bytes than those streamed
+                    data = bytes([data[0] ^ 0x20]) + data[1:]
+                elif mode == "overlong-chunk":  # more than a chunk may carry
+                    data = data + b"x" * wire.MAX_CHUNK_BYTES
+                else:  # chunks of a legal size, adding up to more than the job's output limit
+                    data = data + b"x" * (wire.MAX_CHUNK_BYTES - len(data))
+                frames = [frames[0], data]
+            return super()._send(rid, frames, size)
+
         def answer(
             self,
             result: Result,
@@ -42,6 +56,8 @@ def misbehaving_node(mode: str) -> type[Node]:
             started: str,
             outputs: dict[str, Any] | None = None,
         ) -> tuple[bytes, dict[str, Any]] | None:
+            if mode in CHUNK_MODES:
+                return super().answer(result, manifest, limits, started, outputs)
             if mode == "hang":
                 return None
             if mode == "lie-stdout":

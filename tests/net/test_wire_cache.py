@@ -20,10 +20,11 @@ def test_every_message_type_round_trips():
     samples = {
         "caps?": ({}, ()),
         "caps": ({"caps": {"arch": "x86_64"}}, ()),
-        "offer": ({"job": b"t1", "manifest": {"version": 1}}, (b"stdin",)),
+        "offer": ({"job": b"t1", "manifest": {"version": 1}, "stream": True}, (b"stdin",)),
         "accept": ({"job": b"t1", "module": True, "load": {"running": 1, "queued": 0, "workers": 2}}, ()),
         "reject": ({"job": b"t1", "reason": "busy", "detail": "full"}, ()),
         "module": ({"job": b"t1"}, (b"\0asm",)),
+        "chunk": ({"job": b"t1", "stream": 1, "offset": 0}, (b"out",)),
         "result": ({"job": b"t1", "receipt": {"status": "ok"}}, (b"out", b"err")),
         "error": ({"code": "malformed", "detail": "x"}, ()),
         "dial?": ({"nonce": b"n" * 16, "port": 7465}, ()),
