@@ -1,6 +1,6 @@
 """Honest clients under abuse: what each attack of issue 10 costs the honest clients of one ``plasmd``.
 
-    python bench/abuse_bench.py [--seconds 10] [--clients 2] [--executor sandbox|thread]
+    python bench/abuse_bench.py [--seconds 10] [--clients 2] [--executor sandbox|thread] [--only all]
 
 Method: one node (2 job workers, default settings) on 127.0.0.x. The reference is the honest load alone,
 measured in the same run: ``--clients`` threads, each with its own ``Client``, submitting
@@ -8,8 +8,9 @@ examples/hello/hello.wasm back to back (module cached, receipt verified) for ``-
 same load again while each attacker of tests/net/attackers.py runs beside it from its own loopback address
 (claimed routing ids, offers never followed by their module, spinning jobs whose client left, 16 MiB results
 never read, malformed 240 KiB headers, 300 idle connections), and once with all of them at the same time.
-For each: honest p50/p99 latency and success rate, the p99 as a ratio to the unattacked p99, and plasmd's
-peak RSS and open descriptors (sampled every 50 ms).
+For each: honest p50/p99 latency and success rate, the p99 as a ratio to the unattacked p99, plasmd's
+peak RSS and open descriptors (sampled every 50 ms) and its CPU use (100 % = one core), and, from the node's
+log, where the honest jobs' time went inside the node: p99 from offer to start (queued) and of the run.
 
 Goal (issue 10): every honest job succeeds, p99 under 10x the unattacked p99, RSS under 256 MB.
 Caveats: attackers, honest clients and node share this machine's cores, so some of the slowdown is CPU the
@@ -27,13 +28,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests" / "net"), str(ROOT / "tests")]
 
-from attackers import ATTACKS, BIG_OUTPUT, AttackProcess, Sampler, honest_load, percentile  # noqa: E402
+from attackers import ATTACKS, BIG_OUTPUT, HONEST_KEYS, AttackProcess, Sampler, honest_load, percentile  # noqa: E402
 from net_support import SPIN_ECHO, NodeProc  # noqa: E402
 
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"
 
 
-def run(seconds: float, clients: int, sandbox: bool) -> None:
+def run(seconds: float, clients: int, sandbox: bool, only: str = "") -> None:
     import wasm_build
 
     modules = {"spin": wasm_build.build_wat(SPIN_ECHO), "big_output": wasm_build.build_wat(BIG_OUTPUT)}
@@ -46,7 +47,10 @@ def run(seconds: float, clients: int, sandbox: bool) -> None:
             cases: list[tuple[str, list[type]]] = [("no attack", [])]
             cases += [(a.name_, [a]) for a in ATTACKS]
             cases.append(("all at once", list(ATTACKS)))
+            if only:  # the reference and the cases whose name contains ``only``
+                cases = [c for c in cases if c[0] == "no attack" or only in c[0]]
             for name, attacks in cases:
+                log_from = node.log_path.stat().st_size
                 sampler = Sampler(node.proc.pid)
                 sampler.start()
                 running = [
@@ -59,7 +63,9 @@ def run(seconds: float, clients: int, sandbox: bool) -> None:
                 for a in running:
                     a.stop()
                 sampler.stop()
-                rows.append((name, latencies, tried, failures, sampler.peak_rss, sampler.peak_fds))
+                waits = _honest_waits(node.log_path, log_from)
+                cpu = sampler.cpu_s / sampler.wall_s if sampler.wall_s else 0.0
+                rows.append((name, latencies, tried, failures, sampler.peak_rss, sampler.peak_fds, cpu, waits))
                 if not node.alive:
                     print(f"plasmd died during {name!r}: {node.log_tail()}")
                     return
@@ -71,16 +77,38 @@ def run(seconds: float, clients: int, sandbox: bool) -> None:
         f"honest load: {clients} clients back to back, {seconds:g} s per case; executor "
         f"{'sandbox' if sandbox else 'thread'}"
     )
-    print(f"{'case':40} {'jobs':>6} {'ok':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99/ref':>8} {'RSS MB':>7} {'fds':>5}")
-    for name, latencies, tried, failures, rss, fds in rows:
+    print(
+        f"{'case':40} {'jobs':>6} {'ok':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99/ref':>8} {'RSS MB':>7} {'fds':>5} "
+        f"{'CPU':>5} {'queue p99':>9} {'run p99':>8}"
+    )
+    for name, latencies, tried, failures, rss, fds, cpu, (queue_ms, run_ms) in rows:
         ok = len(latencies) / tried if tried else 0.0
         p50, p99 = percentile(latencies, 50) * 1e3, percentile(latencies, 99) * 1e3
         print(
             f"{name:40} {tried:6d} {ok:7.1%} {p50:8.1f} {p99:8.1f} {p99 / (base_p99 * 1e3):8.2f} "
-            f"{rss / 1e6:7.0f} {fds:5d}"
+            f"{rss / 1e6:7.0f} {fds:5d} {cpu:5.0%} {queue_ms:9.1f} {run_ms:8.1f}"
         )
         for why in sorted(set(failures))[:3]:
             print(f"    failed: {why}")
+
+
+def _honest_waits(log_path: Path, offset: int) -> tuple[float, float]:
+    """From the node's log since ``offset``: p99 of the honest jobs' time from offer to start (queued) and from
+    start to result (running), in ms; where an honest job's time went inside the node."""
+    import json
+
+    queued, running = [], []
+    with open(log_path, "rb") as f:
+        f.seek(offset)
+        for line in f:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "result" and event.get("client") in HONEST_KEYS:
+                queued.append(event["start_us"] / 1e3)
+                running.append(event["exec_us"] / 1e3)
+    return percentile(queued, 99), percentile(running, 99)
 
 
 def main() -> None:
@@ -88,8 +116,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--clients", type=int, default=2)
     p.add_argument("--executor", choices=("sandbox", "thread"), default="sandbox")
+    p.add_argument("--only", default="", help="run only the cases whose name contains this (and the reference)")
     args = p.parse_args()
-    run(args.seconds, args.clients, args.executor == "sandbox")
+    run(args.seconds, args.clients, args.executor == "sandbox", args.only)
 
 
 if __name__ == "__main__":

@@ -140,8 +140,20 @@ static void note_next(phase_sandbox_slot *slot)
     }
 }
 
+/* What the server said, applied to the slot. 0: fine; -1: nonsense (the server is broken or gone);
+ * NO_DESCRIPTOR: a READY whose worker channel this process could not take (no descriptor free, EMFILE). */
+#define NO_DESCRIPTOR (-2)
+
 static int handle_msg(phase_sandbox_slot *slot, const sandbox_msg *msg, int fd)
 {
+    if (msg->type == SANDBOX_MSG_READY && fd < 0) {
+        /* That worker can never be reached: have the server kill it, so that it forks a replacement (a new
+         * READY) which this process takes once it has a descriptor again. */
+        sandbox_msg kill_msg = {.type = SANDBOX_MSG_KILL, .gen = msg->gen};
+        if (send(slot->sock, &kill_msg, sizeof kill_msg, MSG_NOSIGNAL) != (ssize_t) sizeof kill_msg)
+            return -1;
+        return NO_DESCRIPTOR;
+    }
     if (msg->type == SANDBOX_MSG_EXITED) {
         if (fd >= 0)
             close(fd);
@@ -181,33 +193,51 @@ static int handle_msg(phase_sandbox_slot *slot, const sandbox_msg *msg, int fd)
     return -1;
 }
 
-/* Read what the server has said so far without waiting (workers that died idle, new spares). 0 or -1. */
+/* Read what the server has said so far without waiting (workers that died idle, new spares). 0; -1: the
+ * server is gone; NO_DESCRIPTOR: a new spare could not be taken (no descriptor free; it is being replaced). */
 static int drain(phase_sandbox_slot *slot)
 {
+    int short_of_fds = 0;
     for (;;) {
         sandbox_msg msg;
         int fd = -1;
         int rc = recv_msg(slot, &msg, &fd, 0);
         if (rc == 0)
-            return 0;
-        if (rc < 0 || handle_msg(slot, &msg, fd) != 0)
+            return short_of_fds ? NO_DESCRIPTOR : 0;
+        if (rc < 0)
+            return -1;
+        int h = handle_msg(slot, &msg, fd);
+        if (h == NO_DESCRIPTOR)
+            short_of_fds = 1;
+        else if (h != 0)
             return -1;
     }
 }
 
+static void no_descriptor(char *err, size_t errlen)
+{
+    errf(err, errlen, "no file descriptor free for the job's worker (%s); it will be replaced", strerror(EMFILE));
+}
+
 int phase_sandbox_slot_poll(phase_sandbox_slot *slot)
 {
-    return drain(slot);
+    int d = drain(slot);
+    return d == NO_DESCRIPTOR ? 0 : d;   /* that spare is being replaced */
 }
 
 int phase_sandbox_slot_ready(phase_sandbox_slot *slot, int timeout_ms, char *err, size_t errlen)
 {
     uint64_t deadline = now_ms() + (uint64_t) timeout_ms;
-    if (drain(slot) != 0) {
+    int d = drain(slot);
+    if (d == -1) {
         errf(err, errlen, "the sandbox's fork server is gone");
         return -1;
     }
     while (slot->awaiting_exit || !(slot->reuse ? slot->chan >= 0 : slot->nspares > 0)) {
+        if (d == NO_DESCRIPTOR && !slot->awaiting_exit) {   /* the worker this job needs could not be taken */
+            no_descriptor(err, errlen);
+            return -1;
+        }
         uint64_t now = now_ms();
         if (now >= deadline) {
             errf(err, errlen, "the sandbox's fork server did not provide a worker within %d ms", timeout_ms);
@@ -216,7 +246,12 @@ int phase_sandbox_slot_ready(phase_sandbox_slot *slot, int timeout_ms, char *err
         sandbox_msg msg;
         int fd = -1;
         int rc = recv_msg(slot, &msg, &fd, (int) (deadline - now));
-        if (rc < 0 || (rc == 1 && handle_msg(slot, &msg, fd) != 0)) {
+        int h = rc == 1 ? handle_msg(slot, &msg, fd) : 0;
+        if (h == NO_DESCRIPTOR) {
+            no_descriptor(err, errlen);
+            return -1;
+        }
+        if (rc < 0 || h != 0) {
             errf(err, errlen, "the sandbox's fork server is gone");
             return -1;
         }
@@ -423,7 +458,8 @@ static int wait_exited(phase_sandbox_slot *slot, char *err, size_t errlen)
         sandbox_msg msg;
         int fd = -1;
         int rc = now < deadline ? recv_msg(slot, &msg, &fd, (int) (deadline - now)) : 0;
-        if (rc <= 0 || handle_msg(slot, &msg, fd) != 0) {
+        int h = rc == 1 ? handle_msg(slot, &msg, fd) : 0;
+        if (rc <= 0 || (h != 0 && h != NO_DESCRIPTOR)) {   /* a spare without a channel is being replaced */
             errf(err, errlen, rc == 0 ? "the fork server did not report the worker's end" : "the sandbox's fork server is gone");
             return -1;
         }

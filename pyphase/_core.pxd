@@ -148,6 +148,7 @@ cdef extern from "sandbox.h" nogil:
         uint32_t gen
         int32_t pid
         uint64_t cache_seq
+        int reuse
         int32_t last_wait_status
         int64_t last_maxrss_kb
         int64_t last_cpu_us
@@ -199,6 +200,7 @@ cdef extern from "sandbox_proto.h" nogil:
         SANDBOX_TEST_OPEN_OUTSIDE
         SANDBOX_TEST_STREAM_FORGE
         SANDBOX_MSG_ADD
+        SANDBOX_MSG_KILL
 
     ctypedef struct sandbox_msg:
         uint32_t type

@@ -6,6 +6,11 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
 
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef long ssize_t
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+    int MSG_NOSIGNAL
+
 from pyphase._core cimport *
 
 from pyphase.errors import PhaseError
@@ -125,6 +130,13 @@ cdef class Slot:
         return self.slot.gen
 
     @property
+    def next_generation(self):
+        """Generation of the worker the slot's next job goes to (0: none set up yet); see :meth:`kill`."""
+        if self.slot.reuse:
+            return self.slot.gen
+        return self.slot.spares[0].gen if self.slot.nspares else 0
+
+    @property
     def cache_seq(self):
         return self.slot.cache_seq
 
@@ -141,6 +153,20 @@ cdef class Slot:
         return (<int64_t> (self.slot.t_woke_ns - g), <int64_t> (self.slot.t_confined_ns - g),
                 <int64_t> (self.slot.t_ran_ns - g), <int64_t> (self.slot.t_done_ns - g),
                 <int64_t> (self.slot.t_ready_ns - g))
+
+    def kill(self, uint32_t gen):
+        """Have the fork server SIGKILL this slot's worker of generation ``gen`` (from any thread; the
+        generation of a worker already gone kills nothing). False when the fork server is gone."""
+        cdef sandbox_msg m
+        cdef ssize_t n
+        if not self.opened:
+            return False
+        memset(&m, 0, sizeof(m))
+        m.type = SANDBOX_MSG_KILL
+        m.gen = gen
+        with nogil:
+            n = send(self.slot.sock, &m, sizeof(m), MSG_NOSIGNAL)
+        return n == sizeof(m)
 
     def ready(self, int timeout_ms):
         """Wait until a fresh worker is there for the slot's next job."""

@@ -74,8 +74,10 @@ class ModuleCache:
         path = self.dir / f"{hex_}.wasm"
         try:
             data = path.read_bytes()
-        except OSError:
+        except FileNotFoundError:
             data = None
+        except OSError:  # unreadable now (no descriptor free, I/O trouble): not corrupt, keep it
+            return None
         if data is None or hashlib.sha256(data).hexdigest() != hex_:
             with self._lock:
                 self._disk.pop(hex_, None)

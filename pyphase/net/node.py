@@ -2,7 +2,8 @@
 
 A ZAP handler in the same ZeroMQ context accepts every CURVE client (the network is open) and stamps
 each connection with the client's public transport key, so every message the node handles carries
-the key of the peer that sent it (``User-Id``). A client without CURVE never gets past the handshake.
+the key of the peer that sent it (``User-Id``), and with a routing id the node chooses (see
+:meth:`Node._routing_metadata`: no peer picks its own). A client without CURVE never gets past the handshake.
 
 Nothing a peer sends can stop the node: a message that cannot be decoded is answered ``error`` (when
 its header could be read) or dropped, and any fault while handling one is logged and the loop goes on.
@@ -53,6 +54,7 @@ from pyphase.result import Result
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION, OutputSink
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+ROUTING_ID_PREFIX = b"\x01"  # the node's routing ids; libzmq's own (anonymous peers) start with 0x00
 JOB_DESCRIPTORS = 64  # descriptors kept back from connections: module cache, sandbox, logs
 JOB_DESCRIPTORS_PER_WORKER = 16
 STREAM_GATHER_S = 0.01  # a streaming job's output is gathered this long before it is sent
@@ -61,6 +63,7 @@ SEND_QUEUE_TOTAL_FACTOR = 4  # all connections together: this many times one con
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 MAX_MESSAGE_SLACK = 64 << 10
 BAD_MESSAGE_BUDGET = 64  # bad messages one connection may send before the node drops it
+BARRIER_RESEND_S = 1.0  # a ZAP barrier token not back by then is sent anew
 PENALTY_S = 10.0  # then its key is refused this long (its libzmq would reconnect at once)
 MAX_LOG_TEXT = 256
 LOG_RATE = 20.0
@@ -332,9 +335,16 @@ class Node:
         # synchronous function call, and a send never waits (a ROUTER drops rather than blocks).
         _seed_routing_ids()
         _return_big_buffers()
-        self.ctx = zmq.Context()
+        self.ctx = zmq.Context(io_threads=1)  # one I/O thread: the ZAP barrier relies on it (_routing_metadata)
         self.sock: zmq.Socket[bytes] | None = None
         self.zap: zmq.Socket[bytes] | None = None
+        # ZAP replies wait for a round trip through libzmq's I/O thread (see _routing_metadata)
+        self._barrier_in: zmq.Socket[bytes] | None = None
+        self._barrier_out: zmq.Socket[bytes] | None = None
+        self._zap_held: list[list[bytes]] = []  # replies made since the last barrier was sent
+        self._zap_covered: list[list[bytes]] = []  # replies the barrier in flight covers
+        self._barrier_token = b""
+        self._barrier_sent = 0.0
         self.address = ""
         self.host = ""
         self.port = 0
@@ -358,6 +368,7 @@ class Node:
         self._rid_client: dict[bytes, str] = {}
         self._penalty: dict[str, float] = {}  # client key -> refused until (monotonic)
         self._unsent: dict[bytes, list[tuple[zmq.MessageTracker, int]]] = {}
+        self._routing_ids = 0  # routing ids handed out by the ZAP handler
         self.abandoned = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -378,9 +389,16 @@ class Node:
     # ---- life cycle ------------------------------------------------------------------------------
 
     async def start(self) -> str:
-        self.zap = self.ctx.socket(zmq.REP)
+        self.zap = self.ctx.socket(zmq.ROUTER)
         self.zap.linger = 0
         self.zap.bind(ZAP_ENDPOINT)
+        self._barrier_in = self.ctx.socket(zmq.PULL)
+        self._barrier_in.linger = 0
+        self._barrier_in.setsockopt(zmq.MAXMSGSIZE, 64)
+        barrier_port = self._barrier_in.bind_to_random_port("tcp://127.0.0.1")
+        self._barrier_out = self.ctx.socket(zmq.PUSH)
+        self._barrier_out.linger = 0
+        self._barrier_out.connect(f"tcp://127.0.0.1:{barrier_port}")
         public, secret = self.identity.curve_keypair()
         sock = self.ctx.socket(zmq.ROUTER)
         sock.curve_server = True
@@ -431,6 +449,7 @@ class Node:
         loop = asyncio.get_running_loop()
         loop.add_reader(self.monitor.fileno(), self._on_monitor)
         loop.add_reader(self.zap.fileno(), self._on_zap)
+        loop.add_reader(self._barrier_in.fileno(), self._on_barrier)
         loop.add_reader(sock.fileno(), self._on_readable)
         loop.call_soon(self._on_zap)
         loop.call_soon(self._on_readable)
@@ -495,7 +514,7 @@ class Node:
             loop.remove_reader(self.monitor.fileno())
             self.sock.disable_monitor()
             self.monitor.close()
-        for sock in (self.sock, self.zap):
+        for sock in (self.sock, self.zap, self._barrier_in, self._barrier_out):
             if sock is not None:
                 loop.remove_reader(sock.fileno())
                 sock.close()
@@ -549,13 +568,13 @@ class Node:
             try:
                 frames = zap.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             try:
-                _version, request_id, _domain, address, _identity, mechanism = frames[:6]
-                ok = mechanism == b"CURVE" and len(frames) == 7 and len(frames[6]) == 32
-                user = curve_key_text(frames[6]) if ok else ""
+                peer, _empty, _version, request_id, _domain, address, _identity, mechanism = frames[:8]
+                ok = mechanism == b"CURVE" and len(frames) == 9 and len(frames[8]) == 32
+                user = curve_key_text(frames[8]) if ok else ""
             except ValueError:
-                request_id, ok, user, address = b"", False, "", b""
+                continue  # not a ZAP request: libzmq sends nothing else here
             source = address.decode("utf-8", "replace")
             status, text = (b"200", b"OK") if ok else (b"400", b"CURVE only")
             if ok and user in self._penalty and self._penalty_active(user):
@@ -572,7 +591,68 @@ class Node:
                     self._clients.clear()
                 self._clients.add(user)
                 self.log("peer_connected", key=user, address=source)
-            zap.send_multipart([b"1.0", request_id, status, text, user.encode() if ok else b"", b""])
+            metadata = self._routing_metadata() if ok else b""
+            reply = [peer, b"", b"1.0", request_id, status, text, user.encode() if ok else b"", metadata]
+            self._zap_held.append(reply)
+        self._send_barrier()
+
+    def _send_barrier(self) -> None:
+        """Send a fresh token through libzmq's I/O thread (PUSH to PULL over loopback TCP) for the replies held,
+        unless one is already in flight (its return sends the next)."""
+        if self._barrier_out is None:
+            return
+        if self._barrier_token and time.monotonic() - self._barrier_sent > BARRIER_RESEND_S:
+            self._barrier_token = b""  # lost or late: a new token proves as much (sent after the same requests)
+            self._zap_held = self._zap_covered + self._zap_held
+            self._zap_covered = []
+        if not self._zap_held or self._barrier_token:
+            return
+        token = os.urandom(16)
+        try:
+            self._barrier_out.send(token, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return  # tried again by the sweep
+        self._zap_covered, self._zap_held = self._zap_held, []
+        self._barrier_token, self._barrier_sent = token, time.monotonic()
+
+    def _on_barrier(self) -> None:
+        """The token came back: libzmq's I/O thread has finished every handshake step that asked for the
+        replies it covers, so they can be sent (see :meth:`_routing_metadata`)."""
+        sock = self._barrier_in
+        while sock is not None:
+            try:
+                token = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if token != self._barrier_token:
+                continue  # an old token, or anything else that reached the port: proves nothing
+            self._barrier_token = b""
+            for reply in self._zap_covered:
+                if self.zap is not None:
+                    self.zap.send_multipart(reply)
+            self._zap_covered = []
+        # sending on the ZAP socket can consume its descriptor's edge for requests that arrived meanwhile
+        self._on_zap()
+
+    def _routing_metadata(self) -> bytes:
+        """ZAP reply metadata that gives the connection being accepted its routing id: ``01`` + a counter.
+
+        libzmq 4.3.5 (and its master) names a ROUTER's peer by the id the peer claims, or, when it claims
+        none, by ``00`` + an internal counter, and aborts the process (``add_out_pipe``, socket_base.cpp) when
+        that generated id is already held: a peer that claims the next one crashed the node as soon as an
+        anonymous peer connected. A ZAP reply's ``Identity`` property replaces the id the peer claimed if
+        libzmq reads the reply after the peer's metadata. It tries to read it once at once, right after it
+        sends the request and before it parses that metadata (curve_server.cpp, process_initiate); a reply
+        already there then loses to the peer's claim, and that happened to about 4 connections in 10 here
+        (waking the ZAP handler preempts libzmq's thread). So every reply waits until a token sent after the
+        request has gone through libzmq's I/O thread and back (:meth:`_on_barrier`): that thread runs one step
+        at a time, so it has finished the handshake step that sent the request. The context has one I/O
+        thread (the default), so that is the thread that runs every connection. Then every id is the node's
+        own: never empty (the counter is never used), never a ``00`` id, never the same twice.
+        """
+        self._routing_ids += 1
+        rid = ROUTING_ID_PREFIX + self._routing_ids.to_bytes(8, "big")
+        return b"\x08Identity" + struct.pack(">I", len(rid)) + rid
 
     def _penalty_active(self, key: str) -> bool:
         if self._penalty[key] > time.monotonic():
@@ -1040,6 +1120,8 @@ class Node:
         rid, tag = job.key
         t0, t1 = times
         t2 = time.perf_counter()
+        if job.stopped:
+            return  # stopped when its client left (the "cancelled" event): nothing to send, nothing abandoned
         if job.abandoned:
             if fs is not None:
                 fs.remove()
@@ -1160,18 +1242,21 @@ class Node:
         self.log("abandoned", job=job.tag.hex(), client=job.client, reason=why, abandoned=self.abandoned)
 
     def _connection_lost(self, rid: bytes) -> None:
-        """A client's connection closed: its waiting and queued jobs are dropped; running ones finish within
-        their own limits, and their results are not sent."""
+        """A client's connection closed (or its heartbeats stopped): its waiting and queued jobs are dropped and
+        its running ones stopped (their workers killed: sandbox only; in threads they run to their own limit),
+        so its workers are free for others at once. Nothing is sent for any of them."""
         self._unsent.pop(rid, None)
         for job in self.shares.of_connection(rid):
             if job.state == "running":
                 job.abandoned = True
-                if job.future is not None:
-                    job.future.cancel()
+                if job.future is not None and self.executor is not None:
+                    job.stopped = self.executor.stop(job.future)
+                state = "running" if job.stopped else "running, not stoppable"
             else:
+                state = job.state
                 self.shares.remove(job.key)
                 self._drop_fs(job)
-                self.log("cancelled", job=job.tag.hex(), client=job.client, reason="its connection closed")
+            self.log("cancelled", job=job.tag.hex(), client=job.client, reason="its connection closed", state=state)
         for key in [k for k in self._outputs if k[0] == rid]:
             self._release_outputs(key)
 
@@ -1179,6 +1264,7 @@ class Node:
         wait_s = self.config.module_wait_ms / 1000
         while True:
             await asyncio.sleep(max(0.05, wait_s / 4))
+            self._on_barrier()  # a ZAP or barrier descriptor's edge taken by a send is not waited on for ever
             cutoff = time.monotonic() - wait_s
             for job in [j for j in self.shares.jobs.values() if j.state == "waiting" and j.since < cutoff]:
                 if job.fs is not None and job.fs.outstanding == 0:  # waiting for the node's budget, not the client

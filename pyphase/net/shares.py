@@ -3,7 +3,9 @@ and the fair queue that interleaves them.
 
 A job is *waiting* (accepted, its module not yet received), *queued* (ready, no worker free) or *running*.
 Keys are free to make, so every cap applies both per CURVE key and per source address; the queue takes turns
-between addresses, and within an address between keys, so one client's backlog never starves another's.
+between addresses, and within an address between keys, so one client's backlog never starves another's. When
+a worker frees, the address that has used the least worker time lately goes first (decayed over ``USAGE_HALF_LIFE_S``):
+a client of short jobs is not kept waiting behind the turns of clients of long ones.
 Running jobs cannot be taken back, so while another address is active one address runs at most
 ``workers - 1`` jobs: a worker stays free for the others instead of all of them waiting out its longest job.
 """
@@ -20,6 +22,7 @@ from pyphase.limits import Limits
 from pyphase.result import Result
 
 RECENT_S = 2.0  # an address that offered a job this recently is waiting for its share (Shares.next)
+USAGE_HALF_LIFE_S = 5.0  # worker time an address used counts half after this long (Shares.next)
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,8 @@ class ShareCaps:
 
 @dataclass(eq=False)
 class HeldJob:
-    """A job in the node's hands. ``abandoned``: its connection died while it ran (the result is not sent)."""
+    """A job in the node's hands. ``abandoned``: its connection died while it ran (the result is not sent);
+    ``stopped``: and its worker was told to stop it."""
 
     rid: bytes
     tag: bytes
@@ -50,7 +54,9 @@ class HeldJob:
     state: str = "waiting"
     future: concurrent.futures.Future[Result] | None = None
     abandoned: bool = False
+    stopped: bool = False
     started: str = field(default="")
+    ran_from: float = 0.0  # monotonic time it started running
     fs: Any = None  # pyphase.net.jobfs.JobFS of a job with directories: its files, fetched and laid out
     #: the client asked for output as it comes (``offer.stream``); bytes of stdout (1) and stderr (2) sent in chunks
     stream: bool = False
@@ -78,6 +84,7 @@ class Shares:
         self.held_bytes = 0
         self._running_by: Counter[str] = Counter()  # source address -> running jobs
         self._last_offer: dict[str, float] = {}  # source address -> when it last offered a job
+        self._usage: dict[str, tuple[float, float]] = {}  # source address -> (worker seconds, as of when)
         self.running = 0
         self.queued = 0
         self.waiting = 0
@@ -141,16 +148,32 @@ class Shares:
             del self._last_offer[other]
         return any(other != address for other in self._last_offer)
 
+    def usage(self, address: str, now: float) -> float:
+        """Worker seconds the jobs of ``address`` that finished lately used (halved every ``USAGE_HALF_LIFE_S``)."""
+        used, when = self._usage.get(address, (0.0, now))
+        return float(used * 0.5 ** ((now - when) / USAGE_HALF_LIFE_S))
+
+    def _charge(self, job: HeldJob, now: float) -> None:
+        self._usage[job.address] = (self.usage(job.address, now) + max(0.0, now - job.ran_from), now)
+        if len(self._usage) > 4096:  # forget the smallest: bounded whatever the number of addresses
+            for address, _ in sorted(self._usage.items(), key=lambda kv: kv[1][0])[:2048]:
+                del self._usage[address]
+
     def next(self, workers: int) -> HeldJob | None:
-        """The next queued job to run: the first address's first client's oldest job; both then go last.
-        An address already running ``workers - 1`` jobs waits its turn while other addresses are active."""
+        """The next queued job to run: of the addresses allowed to start one, the one that used the least worker
+        time lately (ties: the first in turn), its first client's oldest job; both then go last. An address
+        already running ``workers - 1`` jobs waits its turn while other addresses are active."""
         now = time.monotonic()
         while self._queues:
-            for address, clients in self._queues.items():
+            best, best_usage = None, 0.0
+            for address in self._queues:
                 if self._running_by[address] < max(1, workers - 1) or not self._others_active(address, now):
-                    break
-            else:
+                    used = self.usage(address, now)
+                    if best is None or used < best_usage:
+                        best, best_usage = address, used
+            if best is None:
                 return None  # a worker stays free for the active addresses that have nothing queued yet
+            address, clients = best, self._queues[best]
             client, jobs = next(iter(clients.items()))
             job = jobs.popleft()
             del clients[client]
@@ -164,6 +187,7 @@ class Shares:
             self.queued -= 1
             self.held_bytes -= job.held
             job.state = "running"
+            job.ran_from = now
             self.running += 1
             self._running_by[address] += 1
             return job
@@ -181,6 +205,7 @@ class Shares:
             self.queued -= 1
             self.held_bytes -= job.held
         elif job.state == "running":
+            self._charge(job, time.monotonic())
             self.running -= 1
             self._running_by[job.address] -= 1
             if self._running_by[job.address] <= 0:

@@ -59,6 +59,17 @@ DEFAULT_SPARES = 1
 START_TIMEOUT_MS = 10_000
 
 
+class _Running:
+    """Where a submitted job runs (its slot and worker generation, once it has one), so it can be stopped."""
+
+    __slots__ = ("slot", "gen", "stopped")
+
+    def __init__(self) -> None:
+        self.slot: _sandbox.Slot | None = None
+        self.gen = 0
+        self.stopped = False
+
+
 def _server_command() -> list[str]:
     """The fork server: the installed executable, else this Python running the same C entry point."""
     for base in pyphase.__path__:
@@ -136,6 +147,7 @@ class Sandbox:
         self._uncacheable: set[bytes] = set()
         self._last_added: tuple[bytes, float] | None = None
         self._free: queue.SimpleQueue[_sandbox.Slot] = queue.SimpleQueue()
+        self._running: dict[Future[Result], _Running] = {}
         self._start_server()
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phase-sandbox")
@@ -245,7 +257,7 @@ class Sandbox:
         """Queue a prepared job; the future's result is its :class:`Result` (or a :class:`SandboxError`).
         ``on_output`` is called from the sandbox's own thread."""
         self._check_fits(job)
-        return self._executor.submit(self._execute, job, on_output=on_output)
+        return self._tracked(job, on_output)
 
     def submit(
         self,
@@ -264,7 +276,29 @@ class Sandbox:
     ) -> Future[Result]:
         """Queue a job; the future's result is its :class:`Result` (or a :class:`SandboxError`)."""
         job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed, dirs)
-        return self._executor.submit(self._execute, job, on_output=on_output)
+        return self._tracked(job, on_output)
+
+    def stop(self, future: Future[Result]) -> bool:
+        """Stop a job this sandbox was given: cancel it if it has not started, else have its worker killed
+        (the future then ends with that worker's death, status ``crashed``, at once rather than at the job's
+        timeout). False when the job is already done or was not submitted here."""
+        if future.cancel():
+            return True
+        running = self._running.get(future)
+        if running is None or future.done():
+            return False
+        running.stopped = True
+        slot = running.slot
+        if slot is not None:
+            slot.kill(running.gen)
+        return True
+
+    def _tracked(self, job: PreparedJob, on_output: OutputCallback | None = None) -> Future[Result]:
+        running = _Running()
+        future = self._executor.submit(self._execute, job, 0, on_output, running)
+        self._running[future] = running
+        future.add_done_callback(lambda f: self._running.pop(f, None))
+        return future
 
     @staticmethod
     def shm_bytes_for(job: PreparedJob) -> int:
@@ -382,7 +416,13 @@ class Sandbox:
                 f"the input, or make the sandbox with Sandbox(shm_bytes=...)"
             )
 
-    def _execute(self, job: PreparedJob, test_action: int = 0, on_output: OutputCallback | None = None) -> Result:
+    def _execute(
+        self,
+        job: PreparedJob,
+        test_action: int = 0,
+        on_output: OutputCallback | None = None,
+        running: _Running | None = None,
+    ) -> Result:
         while True:
             if self._closed:
                 raise SandboxError("the sandbox is closed")
@@ -392,7 +432,7 @@ class Sandbox:
                 slot.close()
                 continue
             try:
-                return self._execute_on(slot, job, test_action, on_output)
+                return self._execute_on(slot, job, test_action, on_output, running)
             except SandboxError:
                 if self._server.poll() is None or self._closed:
                     raise
@@ -405,7 +445,12 @@ class Sandbox:
                     slot.close()
 
     def _execute_on(
-        self, slot: _sandbox.Slot, job: PreparedJob, test_action: int, on_output: OutputCallback | None = None
+        self,
+        slot: _sandbox.Slot,
+        job: PreparedJob,
+        test_action: int,
+        on_output: OutputCallback | None = None,
+        running: _Running | None = None,
     ) -> Result:
         lim = job.limits
         sink = sink_for(on_output)
@@ -413,6 +458,10 @@ class Sandbox:
         data = job.data
         try:
             slot.ready(30_000)
+            if running is not None:  # the worker that takes this job, for stop(); then whether it was stopped already
+                running.gen, running.slot = slot.next_generation, slot
+                if running.stopped:
+                    raise SandboxError("the job was stopped before it started")
             added = self._modules.get(job.digest)
             # The worker has the module if the server cached it before forking this worker.
             inline = added is None or slot.cache_seq < added

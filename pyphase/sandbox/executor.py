@@ -73,6 +73,10 @@ class ThreadExecutor:
     ) -> Future[Result]:
         return self._pool.submit(self._run, prepare_job(module, input, digest=digest, **kwargs), on_output)
 
+    def stop(self, future: Future[Result]) -> bool:
+        """Cancel a job that has not started; a running thread cannot be stopped (it ends at its timeout)."""
+        return future.cancel()
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
@@ -99,6 +103,10 @@ class SandboxExecutor:
         """A future of the job's result; a failure of the sandbox itself is its exception (reported as
         ``crashed`` by the node). ``on_output``: the output as the worker writes it (from the sandbox's thread)."""
         return self._sandbox.submit_prepared(prepare_job(module, input, digest=digest, **kwargs), on_output)
+
+    def stop(self, future: Future[Result]) -> bool:
+        """Stop a submitted job, running or not: its worker is killed (see :meth:`pyphase.Sandbox.stop`)."""
+        return self._sandbox.stop(future)
 
     def run(self, module: bytes, input: bytes, **kwargs: Any) -> Result:
         """Run one job and wait for its result (the start-up self-test)."""

@@ -243,7 +243,26 @@ class IdleConnections(Attack):
 ATTACKS: list[type[Attack]] = [ClaimRoutingIds, PendingOffers, GoneSpinners, UnreadResults, LogFlood, IdleConnections]
 
 
-def _attack_main(cls: type[Attack], address: str, source: str, modules: dict[str, bytes], stop: Any) -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when the thread that started it ends (its process killed, even by
+    SIGKILL, or pytest stopped by SIGTERM); exit at once if that already happened before the call."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent_pid:  # the parent died between the fork and the prctl
+        os._exit(1)
+
+
+def _attack_main(
+    cls: type[Attack], address: str, source: str, modules: dict[str, bytes], stop: Any, parent_pid: int
+) -> None:
+    die_with_parent(parent_pid)
     attack = cls(address, source, modules)
     attack.start()
     stop.wait()
@@ -251,7 +270,10 @@ def _attack_main(cls: type[Attack], address: str, source: str, modules: dict[str
 
 
 class AttackProcess:
-    """An :class:`Attack` in a process of its own, so its CPU and GIL are not the honest clients'."""
+    """An :class:`Attack` in a process of its own, so its CPU and GIL are not the honest clients'.
+
+    It dies with the thread that called :meth:`start` (PR_SET_PDEATHSIG): a killed test run leaves no
+    attacker behind. Start it from a thread that outlives it (the main thread)."""
 
     def __init__(self, cls: type[Attack], address: str, source: str, modules: dict[str, bytes]) -> None:
         import multiprocessing
@@ -259,7 +281,13 @@ class AttackProcess:
         ctx = multiprocessing.get_context("spawn")
         self.name_ = cls.name_
         self._stop = ctx.Event()
-        self._proc = ctx.Process(target=_attack_main, args=(cls, address, source, modules, self._stop), daemon=True)
+        self._proc = ctx.Process(
+            target=_attack_main, args=(cls, address, source, modules, self._stop, os.getpid()), daemon=True
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
 
     def start(self) -> None:
         self._proc.start()
@@ -272,7 +300,7 @@ class AttackProcess:
 
 
 class Sampler(threading.Thread):
-    """Peak RSS and open descriptors of a process, sampled every 50 ms."""
+    """Peak RSS and open descriptors of a process, sampled every 50 ms, and the CPU time it used meanwhile."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
@@ -280,6 +308,16 @@ class Sampler(threading.Thread):
         self.peak_rss = 0
         self.peak_fds = 0
         self._stop_event = threading.Event()
+        self.cpu_s = 0.0
+        self.wall_s = 0.0
+        self._t0 = (time.monotonic(), self._cpu())
+
+    def _cpu(self) -> float:
+        try:
+            fields = open(f"/proc/{self.pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
     def run(self) -> None:
         while not self._stop_event.wait(0.05):
@@ -295,6 +333,10 @@ class Sampler(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join(5)
+        self.wall_s, self.cpu_s = time.monotonic() - self._t0[0], self._cpu() - self._t0[1]
+
+
+HONEST_KEYS: set[str] = set()  # transport keys of the honest clients (a node's log names each job's client key)
 
 
 def honest_load(
@@ -310,6 +352,8 @@ def honest_load(
     def one() -> None:
         deadline = time.monotonic() + seconds
         with Client(peers=[address]) as client:
+            with lock:
+                HONEST_KEYS.add(zmq.utils.z85.encode(client.identity.curve_keypair()[0]).decode())
             while time.monotonic() < deadline and not should_stop():
                 t = time.perf_counter()
                 try:

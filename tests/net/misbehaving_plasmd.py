@@ -24,12 +24,16 @@ from pyphase.result import Result
 
 CHUNK_MODES = ("tamper-chunk", "overlong-chunk", "flood-chunks")
 MODES = ("forge-receipt", "lie-stdout", "mismatch-stdout", "wrong-signer", "hang", "tamper-outputs", *CHUNK_MODES)
+# the node's defences against claimed routing ids, taken away one at a time (test_abuse.py shows the attack is real)
+ROUTING_MODES = ("predictable-routing-ids", "peer-routing-ids")
 
 
 def misbehaving_node(mode: str) -> type[Node]:
     """A node class that answers every job dishonestly in the way ``mode`` names."""
+    if mode in ROUTING_MODES:
+        return weakened_node(mode)
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"mode must be one of {MODES + ROUTING_MODES}, got {mode!r}")
 
     class MisbehavingNode(Node):
         def _send(self, rid: bytes, frames: list[Any], size: int = 0) -> bool:
@@ -86,6 +90,22 @@ def misbehaving_node(mode: str) -> type[Node]:
             super()._want(rid, msg)
 
     return MisbehavingNode
+
+
+def weakened_node(mode: str) -> type[Node]:
+    """``predictable-routing-ids``: libzmq's counter of anonymous peers is left unseeded (the same in every
+    process, as before the fix); ``peer-routing-ids``: that, and peers keep the routing ids they claim (the
+    ZAP handler assigns none): the node as it was when a claimed id crashed it. Test only: the shipped
+    node has neither switch."""
+    from pyphase.net import node as node_module
+
+    node_module._seed_routing_ids = lambda: None
+
+    class WeakenedNode(Node):
+        def _routing_metadata(self) -> bytes:
+            return b"" if mode == "peer-routing-ids" else super()._routing_metadata()
+
+    return WeakenedNode
 
 
 if __name__ == "__main__":

@@ -102,6 +102,28 @@ def test_sigkill_mid_job_is_crashed_and_replaced(hello_bytes, wat):
         assert sb.worker_pids()[0] != victim
 
 
+def test_stop_kills_a_running_job_and_cancels_a_queued_one(hello_bytes, wat):
+    """stop(): the running job's worker is killed at once (not at its 20 s timeout), the queued one never runs,
+    a finished job is left alone, and the pool goes on serving."""
+    with Sandbox(workers=1) as sb:
+        assert_hello_works(sb, hello_bytes)
+        running = sb.submit(wat(LOOP), limits=Limits(timeout_ms=20_000))
+        queued = sb.submit(wat(LOOP), limits=Limits(timeout_ms=20_000))
+        wait_until(lambda: cpu_ticks(sb.worker_pids()[0]) > 0, what="the looping job to run")
+        victim = sb.worker_pids()[0]
+        t = time.monotonic()
+        assert sb.stop(queued) and sb.stop(running)
+        r = running.result(timeout=10)
+        assert time.monotonic() - t < 5
+        assert r.status == "crashed" and "SIGKILL" in r.message, r.message
+        assert queued.cancelled()
+        assert not pid_alive(victim)
+        done = sb.submit(hello_bytes, b"abc")
+        assert done.result(timeout=10).stdout == b"cba"
+        assert not sb.stop(done)
+        assert_hello_works(sb, hello_bytes)
+
+
 def test_sigsegv_mid_job_is_crashed_and_replaced(sandbox, hello_bytes):
     r = sandbox._selftest("segfault", hello_bytes)
     assert r.status == "crashed" and "SIGSEGV" in r.message, r.message
