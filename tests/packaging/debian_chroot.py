@@ -9,6 +9,7 @@ second stage under emulation (about 11 minutes here).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import re
 import shutil
 import subprocess
@@ -49,9 +50,11 @@ def unmount_below(root: Path) -> None:
 
 
 def cached(arch: str = "amd64", include: list[str] | None = None) -> Path:
-    """The completed cached chroot for arch, made now if missing."""
+    """The completed cached chroot for arch (plus the packages in include, cached apart), made now if missing."""
     packages = INCLUDE + (include or [])
     name = f"{SUITE}-{arch}-minbase"
+    if include:
+        name += "-" + hashlib.sha256(",".join(include).encode()).hexdigest()[:8]
     target = CACHE / name
     stamp = CACHE / f"{name}.done"
     CACHE.mkdir(parents=True, exist_ok=True)
