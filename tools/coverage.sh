@@ -20,7 +20,7 @@ if [ ! -x "$OUT/venv/bin/python" ]; then
 fi
 . "$OUT/venv/bin/activate"
 python -m pip install -q --disable-pip-version-check -e ".[test]" gcovr==8.8 \
-    -C build-dir="$OUT/cmake" -C cmake.define.PHASE_COVERAGE=ON -C cmake.build-type=Release
+    -C build-dir="$OUT/cmake" -C cmake.define.PHASE_COVERAGE=ON -C cmake.define.PHASE_BUILD_SPEC=ON -C cmake.build-type=Release
 find "$OUT/cmake" -name '*.gcda' -delete
 rm -f "$OUT"/.coverage*
 [ $# -gt 0 ] || set -- -m "not boot" --ignore=tests/boot/test_plasmd_source.py

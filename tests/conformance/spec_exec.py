@@ -44,6 +44,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 BASELINE = HERE / "baseline.json"
@@ -94,6 +96,19 @@ def _load_spec():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def require_spec():
+    """pyphase._spec for a test module, or a collection error that says how to build it (never a silent skip:
+    the extension is built only for tests, by `bash .ci/setup --test`)."""
+    try:
+        return _load_spec()
+    except ImportError as exc:
+        pytest.fail(
+            f"pyphase._spec is not built ({exc}): it is test-only; build it with `bash .ci/setup --test` or "
+            "`pip install -e '.[test]' -C cmake.define.PHASE_BUILD_SPEC=ON`",
+            pytrace=False,
+        )
 
 
 def wast_files() -> list[Path]:

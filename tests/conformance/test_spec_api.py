@@ -5,17 +5,17 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-try:
-    from pyphase import _spec
-except ImportError:
-    _spec = None
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from spec_exec import require_spec  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    _spec is None or shutil.which("wat2wasm") is None, reason="needs the pyphase._spec extension and wabt's wat2wasm"
-)
+_spec = require_spec()
+
+pytestmark = pytest.mark.skipif(shutil.which("wat2wasm") is None, reason="needs wabt's wat2wasm")
 
 
 def wat(tmp_path, text: str) -> bytes:

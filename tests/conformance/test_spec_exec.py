@@ -24,16 +24,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import spec_exec  # noqa: E402
 
-try:
-    from pyphase import _spec  # noqa: F401
-
-    HAVE_SPEC = True
-except ImportError:  # the extension is built by `pip install -e .`
-    HAVE_SPEC = False
+spec_exec.require_spec()
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("wast2json") is None or not spec_exec.SPEC_DIR.is_dir() or not HAVE_SPEC,
-    reason="needs wabt's wast2json, the spec testsuite and the pyphase._spec extension",
+    shutil.which("wast2json") is None or not spec_exec.SPEC_DIR.is_dir(),
+    reason="needs wabt's wast2json and the spec testsuite",
 )
 
 WASTS = spec_exec.wast_files()

@@ -40,6 +40,7 @@ def test_wheel_is_manylinux_2_28_and_carries_the_licences(wheel: Path) -> None:
     licences = {n.split("/")[-2] for n in names if "/licenses/third_party/" in n and n.endswith("/LICENSE")}
     assert licences == {"wasm3", "libsodium"}
     assert any(n.endswith("pyphase/phase-sandboxd") for n in names)
+    assert not [n for n in names if "/_spec" in n or n.startswith("pyphase/_spec")], "the test-only _spec shipped"
 
 
 def test_wheel_installs_and_its_sandbox_holds(wheel: Path, tmp_path: Path) -> None:
