@@ -2,11 +2,12 @@
 # a static, position-independent library target `sodium`, with no configure, make or shell tools, so an sdist
 # of ours builds with nothing but a C compiler (and the cmake/ninja that the build backend brings from PyPI).
 #
-# This is what libsodium's own build.zig does: every .c and .S file under src/libsodium compiled with the same
-# flags (the files for SSE/AVX/AES-NI/ARM crypto enable their instructions themselves with target pragmas and are
-# chosen at run time by CPU detection; the assembly files are guarded by HAVE_AMD64_ASM/HAVE_AVX_ASM). The
-# HAVE_* macros that configure would define are found by the same checks here, with the compiler in use, so a
-# cross build or an older glibc target (the zig wheels) gets the right answers.
+# As libsodium's own build.zig does, every .c and .S file under src/libsodium is compiled (each guards itself; the
+# assembly by HAVE_AMD64_ASM/HAVE_AVX_ASM). As its Makefile.am does, the files for SSE/AVX/AES-NI/RDRAND/ARM crypto
+# get their instruction-set flags (-mavx2, ...) one by one: the library picks them at run time by CPU detection.
+# (Their target pragmas alone are not enough for every clang: zig's refuses the AVX-512 file without -mavx512f.)
+# The HAVE_* macros that configure would define are found by the same checks here, with the compiler in use, so
+# a cross build or an older glibc target (the zig wheels) gets the right answers.
 #
 # In: SODIUM_SOURCE_DIR (the unpacked libsodium tree). Out: target `sodium`.
 
@@ -77,6 +78,36 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
          HAVE_AVXINTRIN_H=1 HAVE_AVX2INTRIN_H=1 HAVE_AVX512FINTRIN_H=1 HAVE_WMMINTRIN_H=1)
 elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^(aarch64|arm64)$")
     list(APPEND SODIUM_DEFINITIONS HAVE_ARMCRYPTO=1)
+endif()
+
+# Makefile.am's libsse2/libssse3/libsse41/libavx2/libavx512f/libaesni/librdrand/libarmcrypto: file -> flags
+function(sodium_instruction_set flags)
+    foreach(file ${ARGN})
+        if(NOT EXISTS ${SODIUM_SRC}/${file})
+            message(FATAL_ERROR "libsodium: ${file} is not in ${SODIUM_SRC} (a new libsodium moved it?)")
+        endif()
+        set_property(SOURCE ${SODIUM_SRC}/${file} APPEND PROPERTY COMPILE_OPTIONS ${flags})
+    endforeach()
+endfunction()
+if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
+    set(SSSE3 -msse2 -mssse3)
+    set(AVX2 ${SSSE3} -msse4.1 -mavx -mavx2)
+    sodium_instruction_set("-msse2" crypto_onetimeauth/poly1305/sse2/poly1305_sse2.c
+        crypto_pwhash/scryptsalsa208sha256/sse/pwhash_scryptsalsa208sha256_sse.c
+        crypto_stream/salsa20/xmm6int/salsa20_xmm6int-sse2.c)
+    sodium_instruction_set("${SSSE3}" crypto_generichash/blake2b/ref/blake2b-compress-ssse3.c
+        crypto_pwhash/argon2/argon2-fill-block-ssse3.c crypto_stream/chacha20/dolbeau/chacha20_dolbeau-ssse3.c)
+    sodium_instruction_set("${SSSE3};-msse4.1" crypto_generichash/blake2b/ref/blake2b-compress-sse41.c)
+    sodium_instruction_set("${AVX2}" crypto_generichash/blake2b/ref/blake2b-compress-avx2.c
+        crypto_pwhash/argon2/argon2-fill-block-avx2.c crypto_stream/chacha20/dolbeau/chacha20_dolbeau-avx2.c
+        crypto_stream/salsa20/xmm6int/salsa20_xmm6int-avx2.c)
+    sodium_instruction_set("${AVX2};-mavx512f" crypto_pwhash/argon2/argon2-fill-block-avx512f.c)
+    sodium_instruction_set("${SSSE3};-mavx;-maes;-mpclmul" crypto_aead/aegis128l/aegis128l_aesni.c
+        crypto_aead/aegis256/aegis256_aesni.c crypto_aead/aes256gcm/aesni/aead_aes256gcm_aesni.c)
+    sodium_instruction_set("-mrdrnd" randombytes/internal/randombytes_internal_random.c)
+elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^(aarch64|arm64)$")
+    sodium_instruction_set("-march=armv8-a+crypto+aes" crypto_aead/aegis128l/aegis128l_armcrypto.c
+        crypto_aead/aegis256/aegis256_armcrypto.c crypto_aead/aes256gcm/armcrypto/aead_aes256gcm_armcrypto.c)
 endif()
 
 add_library(sodium STATIC ${SODIUM_C_SOURCES} ${SODIUM_ASM_SOURCES})
