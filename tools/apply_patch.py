@@ -82,7 +82,7 @@ def parse(text: bytes, strip: int = 1) -> list[FilePatch]:
                     hunk.new.append(body)
                 i += 1
                 if i < len(lines) and lines[i].rstrip(b"\r\n") == NO_NEWLINE:
-                    for side in ([hunk.old] if kind == b"-" else [hunk.new] if kind == b"+" else [hunk.old, hunk.new]):
+                    for side in [hunk.old] if kind == b"-" else [hunk.new] if kind == b"+" else [hunk.old, hunk.new]:
                         side[-1] = side[-1].rstrip(b"\r\n")
                     i += 1
             if len(hunk.old) != old_count or len(hunk.new) != new_count:
