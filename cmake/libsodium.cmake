@@ -11,6 +11,7 @@
 #
 # In: SODIUM_SOURCE_DIR (the unpacked libsodium tree). Out: target `sodium`.
 
+include(CheckCCompilerFlag)
 include(CheckCSourceCompiles)
 include(CheckIncludeFile)
 include(CheckSymbolExists)
@@ -106,8 +107,12 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
         crypto_aead/aegis256/aegis256_aesni.c crypto_aead/aes256gcm/aesni/aead_aes256gcm_aesni.c)
     sodium_instruction_set("-mrdrnd" randombytes/internal/randombytes_internal_random.c)
 elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^(aarch64|arm64)$")
-    sodium_instruction_set("-march=armv8-a+crypto+aes" crypto_aead/aegis128l/aegis128l_armcrypto.c
-        crypto_aead/aegis256/aegis256_armcrypto.c crypto_aead/aes256gcm/armcrypto/aead_aes256gcm_armcrypto.c)
+    # gcc takes configure's flag; zig's clang knows no "armv8" -march and relies on the files' target pragmas
+    check_c_compiler_flag(-march=armv8-a+crypto+aes SODIUM_MARCH_ARMCRYPTO)
+    if(SODIUM_MARCH_ARMCRYPTO)
+        sodium_instruction_set("-march=armv8-a+crypto+aes" crypto_aead/aegis128l/aegis128l_armcrypto.c
+            crypto_aead/aegis256/aegis256_armcrypto.c crypto_aead/aes256gcm/armcrypto/aead_aes256gcm_armcrypto.c)
+    endif()
 endif()
 
 add_library(sodium STATIC ${SODIUM_C_SOURCES} ${SODIUM_ASM_SOURCES})
