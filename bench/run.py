@@ -4,8 +4,10 @@
     python bench/run.py sandbox [--quick] [--json]   isolated workers vs in-process runs
     python bench/run.py net [--jobs N] ...           remote jobs over loopback: latency, throughput, discovery
     python bench/run.py fs [--quick] [--json]        reading files through preopens vs cat and wasmtime-py
+    python bench/run.py tree [--quick] [--json]      a 100 MB input tree: local, remote first time and cached, vs cat
     python bench/run.py cbench [--quick] ...         native gcc -O2 vs the C core (cbench/run.sh)
     python bench/run.py deep [--reps N] [--json]     a 3,000-case C switch (deep nesting): cold start vs wasmtime-py
+    python bench/run.py stream [--quick] [--json]    the tiny job with and without streamed output (local, remote)
     python bench/run.py all --quick                  each of the above in turn, small sizes
     python bench/run.py install [--arm]              wheel sizes, install from wheel vs sdist, idle plasmd memory,
                                                      a job to an aarch64 node (needs tools/build-wheels.sh first;
@@ -28,8 +30,10 @@ BENCHMARKS = {
     "sandbox": [sys.executable, str(HERE / "sandbox_bench.py")],
     "net": [sys.executable, str(HERE / "net_bench.py")],
     "fs": [sys.executable, str(HERE / "fs_bench.py")],
+    "tree": [sys.executable, str(HERE / "tree_bench.py")],
     "cbench": [str(ROOT / "cbench" / "run.sh")],
     "deep": [sys.executable, str(HERE / "deep_bench.py")],
+    "stream": [sys.executable, str(HERE / "stream_bench.py")],
 }
 # Run only by name: needs the wheels built and takes minutes.
 BY_NAME_ONLY = {"install": [sys.executable, str(HERE / "install_bench.py")]}

@@ -88,6 +88,12 @@ typedef struct phase_preopen {
 #define PHASE_MAX_PREOPENS 32
 #define PHASE_MAX_FDS 1024
 
+/* Streamed output: the core calls a sink with each piece of stdout (stream 1) or stderr (stream 2) as the module
+ * writes it, after the output limit is applied, so the pieces add up to exactly the result's out and err. It runs on
+ * the job's thread inside the guest's fd_write; nonzero means the reader is gone: that write fails with EPIPE (as on a
+ * closed pipe) and its bytes are not kept. */
+typedef int (*phase_output_sink)(void *ctx, int stream, const uint8_t *bytes, size_t len);
+
 typedef struct phase_job_spec {
     const phase_module *module;
     const char *entry;                 /* NULL = "_start" */
@@ -102,6 +108,8 @@ typedef struct phase_job_spec {
     uint8_t seed[32];
     const phase_preopen *preopens;     /* fds 3, 4, ... in this order */
     uint32_t npreopens;
+    phase_output_sink output_sink;     /* NULL: output is only collected */
+    void *output_ctx;
 } phase_job_spec;
 
 typedef struct phase_result {

@@ -137,7 +137,10 @@ static m3ApiRawFunction(wasi_fd_read)
     m3ApiReturn(WASI_ESUCCESS);
 }
 
-/* Append to stdout (stream 0) or stderr (stream 1); false once the shared cap is passed. */
+enum { APPENDED = 0, OVER_LIMIT = 1, SINK_GONE = 2 };
+
+/* Append to stdout (stream 0) or stderr (stream 1), up to the shared cap, and hand what is kept to the job's
+ * output sink if it has one. */
 static int output_append(phase_job *job, int stream, const uint8_t *src, size_t len)
 {
     uint64_t used = job->out_len[0] + job->out_len[1];
@@ -153,14 +156,17 @@ static int output_append(phase_job *job, int stream, const uint8_t *src, size_t 
                 alloc = (size_t) job->output_cap;
             uint8_t *grown = realloc(job->out[stream], alloc);
             if (!grown)
-                return 0;
+                return OVER_LIMIT;
             job->out[stream] = grown;
             job->out_alloc[stream] = alloc;
         }
+        const phase_job_spec *spec = job->spec;
+        if (spec->output_sink && spec->output_sink(spec->output_ctx, stream + 1, src, take) != 0)
+            return SINK_GONE;
         memcpy(job->out[stream] + job->out_len[stream], src, take);
         job->out_len[stream] += take;
     }
-    return take == len;
+    return take == len ? APPENDED : OVER_LIMIT;
 }
 
 static m3ApiRawFunction(wasi_fd_write)
@@ -185,7 +191,13 @@ static m3ApiRawFunction(wasi_fd_write)
         const uint8_t *src = guest(runtime, _mem, buf, len);
         if (!src)
             m3ApiReturn(WASI_EFAULT);
-        if (!output_append(job, stream - 1, src, len)) {
+        int appended = output_append(job, stream - 1, src, len);
+        if (appended == SINK_GONE) {
+            if (total)
+                break;
+            m3ApiReturn(WASI_EPIPE);
+        }
+        if (appended == OVER_LIMIT) {
             job->output_exceeded = 1;
             m3ApiTrap(phase_trap_output_limit);
         }

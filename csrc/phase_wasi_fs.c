@@ -206,6 +206,13 @@ static phase_fs_fd *fd_arg(phase_job *job, uint32_t fd, uint64_t rights, uint32_
     return lookup_rights(job, fd, rights, rc);
 }
 
+/* In a host function: `f` is the file `fd` names with `rights`, or the function returns why (stdio: `stdio_rc`). */
+#define FD_ARG_OR_RETURN(f, fd, rights, stdio_rc)                        \
+    uint32_t f##_rc;                                                     \
+    phase_fs_fd *f = fd_arg(JOB(), (fd), (rights), (stdio_rc), &f##_rc); \
+    if (!f)                                                              \
+        m3ApiReturn(f##_rc)
+
 static void slot_clear(phase_fs_fd *f)
 {
     if (f->host >= 0)
@@ -632,10 +639,7 @@ m3ApiRawFunction(phase_fs_fd_fdstat_set_flags)
     m3ApiGetArg(uint32_t, fd);
     m3ApiGetArg(uint32_t, flags);
     (void) _mem;
-    uint32_t rc;
-    phase_fs_fd *f = fd_arg(JOB(), fd, R_FD_FDSTAT_SET_FLAGS, WASI_ENOTSUP, &rc);
-    if (!f)
-        m3ApiReturn(rc);
+    FD_ARG_OR_RETURN(f, fd, R_FD_FDSTAT_SET_FLAGS, WASI_ENOTSUP);
     if (flags & ~(uint32_t) (FDF_APPEND | FDF_DSYNC | FDF_NONBLOCK | FDF_RSYNC | FDF_SYNC))
         m3ApiReturn(WASI_EINVAL);
     /* Linux changes only O_APPEND and O_NONBLOCK on an open file; the sync flags are fixed at open. */
@@ -706,10 +710,7 @@ m3ApiRawFunction(phase_fs_fd_filestat_set_size)
     m3ApiGetArg(uint32_t, fd);
     m3ApiGetArg(uint64_t, size);
     (void) _mem;
-    uint32_t rc;
-    phase_fs_fd *f = fd_arg(JOB(), fd, R_FD_FILESTAT_SET_SIZE, WASI_EINVAL, &rc);
-    if (!f)
-        m3ApiReturn(rc);
+    FD_ARG_OR_RETURN(f, fd, R_FD_FILESTAT_SET_SIZE, WASI_EINVAL);
     if (size > INT64_MAX)
         m3ApiReturn(WASI_EINVAL);
     if (ftruncate(f->host, (off_t) size) != 0)
@@ -725,11 +726,9 @@ m3ApiRawFunction(phase_fs_fd_filestat_set_times)
     m3ApiGetArg(uint64_t, mtim);
     m3ApiGetArg(uint32_t, flags);
     (void) _mem;
-    uint32_t rc;
-    phase_fs_fd *f = fd_arg(JOB(), fd, R_FD_FILESTAT_SET_TIMES, WASI_ENOTSUP, &rc);
-    if (!f)
-        m3ApiReturn(rc);
+    FD_ARG_OR_RETURN(f, fd, R_FD_FILESTAT_SET_TIMES, WASI_ENOTSUP);
     struct timespec ts[2];
+    uint32_t rc;
     if ((rc = make_times(atim, mtim, flags, ts)) != WASI_ESUCCESS)
         m3ApiReturn(rc);
     if (utimensat(f->host, "", ts, AT_EMPTY_PATH) != 0)
@@ -745,10 +744,7 @@ m3ApiRawFunction(phase_fs_fd_advise)
     m3ApiGetArg(uint64_t, len);
     m3ApiGetArg(uint32_t, advice);
     (void) _mem;
-    uint32_t rc;
-    phase_fs_fd *f = fd_arg(JOB(), fd, R_FD_ADVISE, WASI_ESPIPE, &rc);
-    if (!f)
-        m3ApiReturn(rc);
+    FD_ARG_OR_RETURN(f, fd, R_FD_ADVISE, WASI_ESPIPE);
     static const int advices[6] = {POSIX_FADV_NORMAL, POSIX_FADV_SEQUENTIAL, POSIX_FADV_RANDOM,
                                    POSIX_FADV_WILLNEED, POSIX_FADV_DONTNEED, POSIX_FADV_NOREUSE};
     if (advice > 5 || offset > INT64_MAX || len > INT64_MAX)
@@ -766,10 +762,7 @@ m3ApiRawFunction(phase_fs_fd_allocate)
     m3ApiGetArg(uint64_t, offset);
     m3ApiGetArg(uint64_t, len);
     (void) _mem;
-    uint32_t rc;
-    phase_fs_fd *f = fd_arg(JOB(), fd, R_FD_ALLOCATE, WASI_ENOTSUP, &rc);
-    if (!f)
-        m3ApiReturn(rc);
+    FD_ARG_OR_RETURN(f, fd, R_FD_ALLOCATE, WASI_ENOTSUP);
     if (offset > INT64_MAX || len > INT64_MAX || len == 0)
         m3ApiReturn(WASI_EINVAL);
     if (f->filetype == FT_DIR)
@@ -1165,17 +1158,22 @@ m3ApiRawFunction(phase_fs_path_open)
     m3ApiReturn(WASI_ESUCCESS);
 }
 
+/* In a host function: `dir` is the directory `fd` names with `right` and `path` (a buffer declared here) the guest's
+ * path at ptr/len, or the function returns why; `rc` is declared for the rest of the function. */
+#define DIR_AND_PATH_OR_RETURN(dir, path, rc, fd, right, ptr, len)                           \
+    char path[PATH_MAX];                                                                     \
+    uint32_t rc;                                                                             \
+    phase_fs_fd *dir = dir_and_path(runtime, _mem, (fd), (right), (ptr), (len), path, &rc); \
+    if (!dir)                                                                                \
+        m3ApiReturn(rc)
+
 m3ApiRawFunction(phase_fs_path_create_directory)
 {
     m3ApiReturnType(uint32_t);
     m3ApiGetArg(uint32_t, fd);
     m3ApiGetArg(uint32_t, path_ptr);
     m3ApiGetArg(uint32_t, path_len);
-    char path[PATH_MAX];
-    uint32_t rc;
-    phase_fs_fd *dir = dir_and_path(runtime, _mem, fd, R_PATH_CREATE_DIRECTORY, path_ptr, path_len, path, &rc);
-    if (!dir)
-        m3ApiReturn(rc);
+    DIR_AND_PATH_OR_RETURN(dir, path, rc, fd, R_PATH_CREATE_DIRECTORY, path_ptr, path_len);
     split_path sp;
     if ((rc = split_open(dir->host, path, &sp)) == WASI_ESUCCESS)
         rc = sp.dots ? WASI_EEXIST : mkdirat(sp.parent, sp.name, 0777) == 0 ? WASI_ESUCCESS : wasi_errno(errno);
@@ -1240,11 +1238,7 @@ m3ApiRawFunction(phase_fs_path_filestat_get)
     m3ApiGetArg(uint32_t, path_len);
     m3ApiGetArg(uint32_t, buf);
     phase_job *job = JOB();
-    char path[PATH_MAX];
-    uint32_t rc;
-    phase_fs_fd *dir = dir_and_path(runtime, _mem, fd, R_PATH_FILESTAT_GET, path_ptr, path_len, path, &rc);
-    if (!dir)
-        m3ApiReturn(rc);
+    DIR_AND_PATH_OR_RETURN(dir, path, rc, fd, R_PATH_FILESTAT_GET, path_ptr, path_len);
     if (!guest(runtime, _mem, buf, 64))
         m3ApiReturn(WASI_EFAULT);
     int e = open_entry(dir, path, lookupflags, &rc);
@@ -1272,11 +1266,7 @@ m3ApiRawFunction(phase_fs_path_filestat_set_times)
     m3ApiGetArg(uint64_t, atim);
     m3ApiGetArg(uint64_t, mtim);
     m3ApiGetArg(uint32_t, flags);
-    char path[PATH_MAX];
-    uint32_t rc;
-    phase_fs_fd *dir = dir_and_path(runtime, _mem, fd, R_PATH_FILESTAT_SET_TIMES, path_ptr, path_len, path, &rc);
-    if (!dir)
-        m3ApiReturn(rc);
+    DIR_AND_PATH_OR_RETURN(dir, path, rc, fd, R_PATH_FILESTAT_SET_TIMES, path_ptr, path_len);
     struct timespec ts[2];
     if ((rc = make_times(atim, mtim, flags, ts)) != WASI_ESUCCESS)
         m3ApiReturn(rc);
@@ -1297,11 +1287,7 @@ m3ApiRawFunction(phase_fs_path_readlink)
     m3ApiGetArg(uint32_t, buf);
     m3ApiGetArg(uint32_t, buf_len);
     m3ApiGetArg(uint32_t, bufused_ptr);
-    char path[PATH_MAX];
-    uint32_t rc;
-    phase_fs_fd *dir = dir_and_path(runtime, _mem, fd, R_PATH_READLINK, path_ptr, path_len, path, &rc);
-    if (!dir)
-        m3ApiReturn(rc);
+    DIR_AND_PATH_OR_RETURN(dir, path, rc, fd, R_PATH_READLINK, path_ptr, path_len);
     if (!guest(runtime, _mem, buf, buf_len) || !guest(runtime, _mem, bufused_ptr, 4))
         m3ApiReturn(WASI_EFAULT);
     split_path sp;

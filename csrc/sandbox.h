@@ -85,6 +85,9 @@ typedef struct phase_sandbox_job {
     uint32_t test_action;                 /* sandbox_test_action; 0 outside tests */
     uint64_t hard_timeout_ms;             /* kill the worker after this long; 0 = never */
     uint32_t spin_us;                     /* busy-wait this long for "done" before sleeping (latency vs CPU) */
+    phase_output_sink output_sink;        /* the worker's output as it writes (at most limits.output_bytes); NULL:
+                                           * only in the result. A nonzero return stops further delivery. */
+    void *output_ctx;
 } phase_sandbox_job;
 
 /* Bytes of shared memory a job needs (payloads + room for output); compare with slot->shm_bytes. */

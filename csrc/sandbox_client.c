@@ -261,6 +261,7 @@ static void write_request(phase_sandbox_slot *slot, const phase_sandbox_job *job
     memcpy(req->module_hash, job->module_hash, PHASE_SHA256_BYTES);
     req->module_off = pos;
     req->module_inline = job->module != NULL;
+    req->stream_output = job->output_sink != NULL;
     req->module_len = job->module ? job->module_len : 0;
     if (req->module_len)
         memcpy(slot->shm + pos, job->module, req->module_len);
@@ -479,7 +480,18 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
     int killed_for_timeout = 0;
     int done = 0;
     const sandbox_shm_header *shdr = (const sandbox_shm_header *) slot->shm;
-    if (w == 1 && job->spin_us) {
+    /* Streaming: the worker's chunks arrive on the channel before its "done" (never spin past them). */
+    uint8_t *chunk = NULL;
+    if (w == 1 && job->output_sink) {
+        chunk = malloc(1 + SANDBOX_CHUNK_BYTES);
+        if (!chunk) {
+            errf(err, errlen, "out of memory for a job's streamed output");
+            return -1;
+        }
+    }
+    uint64_t streamed = 0;
+    int sink_stopped = 0;
+    if (w == 1 && job->spin_us && !chunk) {
         /* A tiny job finishes within microseconds; waking a sleeping thread on another CPU costs ~50-100 us
          * on small VMs. Watch the shared flag for a while first. */
         uint64_t until = slot->t_go_ns + (uint64_t) job->spin_us * 1000ull;
@@ -520,14 +532,26 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
                 killed_for_timeout = 1;
                 continue;
             }
-            char c = 0;
-            ssize_t r = recv(slot->chan, &c, 1, MSG_DONTWAIT);
+            uint8_t c[1];
+            uint8_t *got = chunk ? chunk : c;
+            ssize_t r = recv(slot->chan, got, chunk ? 1 + SANDBOX_CHUNK_BYTES : 1, MSG_DONTWAIT);
             if (r < 0 && (errno == EAGAIN || errno == EINTR))
                 continue;
-            done = r == 1 && c == 'd';
+            if (chunk && r > 1 && (got[0] == SANDBOX_CHUNK_STDOUT || got[0] == SANDBOX_CHUNK_STDERR)) {
+                /* Untrusted: never more than the job's output limit reaches the sink. */
+                uint64_t room = streamed < job->limits.output_bytes ? job->limits.output_bytes - streamed : 0;
+                size_t n = (size_t) r - 1 < room ? (size_t) r - 1 : (size_t) room;
+                if (n && !sink_stopped
+                    && job->output_sink(job->output_ctx, got[0] == SANDBOX_CHUNK_STDOUT ? 1 : 2, got + 1, n) != 0)
+                    sink_stopped = 1;
+                streamed += n;
+                continue;
+            }
+            done = r == 1 && got[0] == SANDBOX_DONE;
             break;   /* done, or EOF/error: the worker died */
         }
     }
+    free(chunk);
     if (done) {
         slot->t_done_ns = phase_now_ns();
         const sandbox_shm_header *hdr = (const sandbox_shm_header *) slot->shm;

@@ -4,7 +4,8 @@
  * Processes:
  *   parent (the node's Python)  --main socket (stream)-->  fork server  --fork-->  worker (single use)
  *   parent  <--slot socket i (seqpacket)-->  fork server          one per slot: READY / EXITED / KILL
- *   parent  <--worker channel (seqpacket, fresh per worker)-->  worker        "go" / "done" bytes
+ *   parent  <--worker channel (seqpacket, fresh per worker)-->  worker        "go" / "done" bytes, and the
+ *                                                                             job's streamed output (chunks)
  *   parent, fork server, worker of slot i buffer b: that buffer's shared memory (memfd mapped before fork);
  *   a slot has 1..SANDBOX_MAX_DEPTH buffers, each with at most one worker alive at a time
  *
@@ -31,6 +32,14 @@
  * server replaces the used ones. */
 #define SANDBOX_MAX_DEPTH PHASE_SANDBOX_MAX_DEPTH
 
+/* Streamed output on the worker channel (when the request asks for it): one message per chunk, a tag byte then at
+ * most SANDBOX_CHUNK_BYTES of output, before "done". Untrusted like the rest: the parent delivers no more than the
+ * job's output limit. */
+#define SANDBOX_CHUNK_BYTES 65536u
+#define SANDBOX_CHUNK_STDOUT 'o'
+#define SANDBOX_CHUNK_STDERR 'e'
+#define SANDBOX_DONE 'd'
+
 /* Worker exit code when it could not set itself up (rlimits, seccomp, ...). */
 #define SANDBOX_EXIT_SETUP 99
 /* ... because this system has no seccomp(2) (ENOSYS: a kernel without it, or qemu-user emulation). */
@@ -51,6 +60,8 @@ enum sandbox_test_action {
                                            * output than exists, then pre-answers the next job */
     SANDBOX_TEST_SNOOP = 7,               /* a worker that broke out of wasm3 reads its whole buffer: reports in its
                                            * message how many nonzero payload bytes are not its own job's */
+    SANDBOX_TEST_STREAM_FORGE = 9,        /* a hostile worker that streams far more than the output limit, then
+                                           * reports success with no output at all */
     SANDBOX_TEST_OPEN_OUTSIDE = 8,        /* a worker that broke out of wasm3 opens paths itself, without
                                            * RESOLVE_BENEATH: reports each errno (Landlock must refuse outside) */
 };
@@ -59,7 +70,8 @@ typedef struct sandbox_request {          /* written by the parent before "go" *
     uint32_t magic, version;
     uint64_t seq;
     uint8_t module_hash[PHASE_SHA256_BYTES];
-    uint32_t module_inline, reserved;     /* 1: the module's bytes are in the payload; 0: the worker's cache */
+    uint32_t module_inline;               /* 1: the module's bytes are in the payload; 0: the worker's cache */
+    uint32_t stream_output;               /* 1: send output chunks on the channel as the job writes */
     uint64_t module_off, module_len;
     uint64_t input_off, input_len;
     uint64_t strings_off, strings_len;    /* entry, argv..., envp..., preopen guest names... each NUL-terminated */

@@ -225,9 +225,31 @@ static void say_done(sandbox_response *resp)
 {
     /* The flag first (a spinning parent sees it without a wake-up), then the byte (a sleeping one wakes). */
     __atomic_store_n(&resp->done_seq, resp->seq, __ATOMIC_RELEASE);
-    char d = 'd';
+    char d = SANDBOX_DONE;
     if (write(WORKER_FD, &d, 1) != 1)
         _exit(SANDBOX_EXIT_IDLE);
+}
+
+/* The job's output sink in a worker: each piece goes to the parent as chunk messages on the channel. A parent that
+ * stopped reading makes the write fail, and the job sees EPIPE. */
+static int send_chunks(void *ctx, int stream, const uint8_t *bytes, size_t len)
+{
+    static uint8_t msg[1 + SANDBOX_CHUNK_BYTES];
+    (void) ctx;
+    while (len) {
+        size_t n = len < SANDBOX_CHUNK_BYTES ? len : SANDBOX_CHUNK_BYTES;
+        msg[0] = stream == 1 ? SANDBOX_CHUNK_STDOUT : SANDBOX_CHUNK_STDERR;
+        memcpy(msg + 1, bytes, n);
+        ssize_t w;
+        do
+            w = write(WORKER_FD, msg, n + 1);
+        while (w < 0 && errno == EINTR);
+        if (w != (ssize_t) (n + 1))
+            return -1;
+        bytes += n;
+        len -= n;
+    }
+    return 0;
 }
 
 static void respond_message(sandbox_response *resp, phase_status status, const char *text)
@@ -387,6 +409,16 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             say_done(resp);
             _exit(0);
         }
+        if (req.test_action == SANDBOX_TEST_STREAM_FORGE) {
+            static const uint8_t forged[] = "forged by the worker\n";
+            for (uint64_t sent = 0; req.stream_output && sent <= 2 * req.limits.output_bytes; sent += sizeof forged - 1)
+                if (send_chunks(NULL, 1, forged, sizeof forged - 1) != 0)
+                    break;
+            resp->status = PHASE_OK;
+            resp->exit_code = 0;
+            say_done(resp);
+            _exit(0);
+        }
         if (req.test_action == SANDBOX_TEST_OPEN_OUTSIDE) {
             /* openat2 without RESOLVE_BENEATH, as code that escaped wasm3 could call it: an absolute path, the
              * parent of the job's first directory, and a file inside it (which must still work). */
@@ -468,6 +500,8 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
         }
         spec.preopens = preopens;
         spec.npreopens = req.npreopens;
+        if (req.stream_output)
+            spec.output_sink = send_chunks;
         phase_result res;
         int rc = phase_job_run(&spec, &res);
         resp->t_ran_ns = phase_now_ns();

@@ -56,6 +56,8 @@ cdef extern from "phase_core.h" nogil:
         PHASE_MAX_PREOPENS
         PHASE_MAX_FDS
 
+    ctypedef int (*phase_output_sink)(void *ctx, int stream, const uint8_t *data, size_t n)
+
     ctypedef struct phase_job_spec:
         const phase_module *module
         const char *entry
@@ -70,6 +72,8 @@ cdef extern from "phase_core.h" nogil:
         uint8_t seed[32]
         const phase_preopen *preopens
         uint32_t npreopens
+        phase_output_sink output_sink
+        void *output_ctx
 
     ctypedef struct phase_result:
         phase_status status
@@ -150,6 +154,8 @@ cdef extern from "sandbox.h" nogil:
         uint32_t test_action
         uint64_t hard_timeout_ms
         uint32_t spin_us
+        phase_output_sink output_sink
+        void *output_ctx
 
     uint64_t phase_sandbox_job_shm_bytes(const phase_sandbox_job *job)
     int phase_sandbox_slot_open(phase_sandbox_slot *slot, int sock, const int *shm_fds, uint32_t depth, char *err,
@@ -173,6 +179,7 @@ cdef extern from "sandbox_proto.h" nogil:
         SANDBOX_TEST_FORGE
         SANDBOX_TEST_SNOOP
         SANDBOX_TEST_OPEN_OUTSIDE
+        SANDBOX_TEST_STREAM_FORGE
         SANDBOX_MSG_ADD
 
     ctypedef struct sandbox_msg:
@@ -234,6 +241,15 @@ cdef inline int fill_job(object job, phase_limits *limits, uint8_t *seed) except
     limits.stack_bytes = lim.stack_bytes
     memcpy(seed, <const char *> s, 32)
     return 0
+
+
+cdef inline int output_to_python(void *ctx, int stream, const uint8_t *data, size_t n) noexcept with gil:
+    """A C output sink that hands each piece to ``ctx``, a Python callable ``(stream, bytes) -> bool`` that must not
+    raise (pyphase.runtime.OutputSink catches); False stops the output (the job sees a closed pipe)."""
+    try:
+        return 0 if (<object> ctx)(stream, PyBytes_FromStringAndSize(<const char *> data, n)) else -1
+    except BaseException:
+        return -1
 
 
 cdef inline tuple result_tuple(phase_result *res, tuple status_names):

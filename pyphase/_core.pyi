@@ -1,6 +1,6 @@
 """Type stubs of the compiled binding to Phase's C core (pyphase/_core.pyx)."""
 
-from typing import Any
+from typing import Any, Callable
 
 from pyphase.result import RawResult
 from pyphase.runtime import PreparedJob
@@ -26,6 +26,11 @@ class CoreModule:
     @property
     def info(self) -> dict[str, Any]: ...
 
-def run(module: CoreModule, job: PreparedJob, preopens: list[tuple[int, bytes, bool]] | None = None) -> RawResult: ...
+def run(
+    module: CoreModule,
+    job: PreparedJob,
+    preopens: list[tuple[int, bytes, bool]] | None = None,
+    on_output: Callable[[int, bytes], bool] | None = None,
+) -> RawResult: ...
 def sha256(data: bytes | bytearray | memoryview) -> bytes: ...
 def ed25519_verify(signature: bytes, message: bytes, public_key: bytes) -> bool: ...

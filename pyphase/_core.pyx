@@ -79,9 +79,10 @@ cdef class CoreModule:
         }
 
 
-def run(CoreModule module not None, job, list preopens=None):
+def run(CoreModule module not None, job, list preopens=None, on_output=None):
     """Run a pyphase.runtime.PreparedJob on ``module`` with the GIL released; ``preopens``: its directories as
-    (open fd, guest name bytes, readonly). Returns a tuple:
+    (open fd, guest name bytes, readonly); ``on_output(stream, bytes) -> bool``: the output as the module writes
+    it (the GIL is taken for each piece; see output_to_python). Returns a tuple:
     (status, exit_code, message, stdout, stderr, fuel_used, wall_us, memory_peak,
      module_sha256, input_sha256, stdout_sha256, stderr_sha256, fs_unavailable)."""
     cdef phase_job_spec spec
@@ -107,6 +108,9 @@ def run(CoreModule module not None, job, list preopens=None):
         if preopens:
             spec.preopens = preopen_array(preopens)
             spec.npreopens = <uint32_t> len(preopens)
+        if on_output is not None:
+            spec.output_sink = output_to_python
+            spec.output_ctx = <void *> on_output
         with nogil:
             rc = phase_job_run(&spec, &res)
         try:

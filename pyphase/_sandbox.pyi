@@ -1,5 +1,7 @@
 """Type stubs of the compiled binding to the sandbox's C side (pyphase/_sandbox.pyx)."""
 
+from typing import Callable
+
 from pyphase.result import RawResult
 from pyphase.runtime import PreparedJob
 
@@ -44,5 +46,6 @@ class Slot:
         test_action: int = 0,
         spin_us: int = 0,
         preopens: list[tuple[int, bytes, bool]] | None = None,
+        on_output: Callable[[int, bytes], bool] | None = None,
     ) -> RawResult | None: ...
     def shm_needed(self, job: PreparedJob, inline: bool) -> int: ...

@@ -27,6 +27,7 @@ TEST_ACTIONS = {
     "forge": SANDBOX_TEST_FORGE,
     "snoop": SANDBOX_TEST_SNOOP,
     "open_outside": SANDBOX_TEST_OPEN_OUTSIDE,
+    "stream_forge": SANDBOX_TEST_STREAM_FORGE,
 }
 
 
@@ -187,9 +188,10 @@ cdef class Slot:
         return 0
 
     def run(self, job, module, uint64_t hard_timeout_ms, uint32_t test_action=0, uint32_t spin_us=0,
-            list preopens=None):
+            list preopens=None, on_output=None):
         """Run a pyphase.runtime.PreparedJob on this slot's worker with the GIL released. ``module`` is its
-        bytes or None (the worker's cache); ``preopens`` its open directories, sent to the worker with "go".
+        bytes or None (the worker's cache); ``preopens`` its open directories, sent to the worker with "go";
+        ``on_output(stream, bytes) -> bool`` gets the output as the worker writes it (see _core.output_to_python).
         Returns None if the worker lacks the module (call again with the bytes), else the tuple of _core.run."""
         cdef phase_sandbox_job j
         cdef phase_result res
@@ -205,6 +207,9 @@ cdef class Slot:
             j.test_action = test_action
             j.hard_timeout_ms = hard_timeout_ms
             j.spin_us = spin_us
+            if on_output is not None:
+                j.output_sink = output_to_python
+                j.output_ctx = <void *> on_output
             with nogil:
                 rc = phase_sandbox_slot_run(&self.slot, &j, &res, err, sizeof(err))
             if rc == 1:

@@ -83,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="DHT nodes to join through (default: libtorrent's Mainline router)",
     )
     p.add_argument("--dht-listen", metavar="IP:PORT", help="the DHT's UDP socket (default: listen host, port + 2)")
+    p.add_argument(
+        "--no-upnp",
+        dest="upnp",
+        action="store_false",
+        default=None,
+        help="map no port on the router (UPnP-IGD, NAT-PMP); the record then names only the listen address",
+    )
+    p.add_argument(
+        "--no-reachability",
+        dest="reachability",
+        action="store_false",
+        default=None,
+        help="ask no peer to dial back (no reachability verdict)",
+    )
     return p
 
 
@@ -221,7 +235,7 @@ async def _join_dht(config: NodeConfig, identity: Identity, node: Node, log: Cal
     try:
         from pyphase.net.dhtnode import DhtPresence
 
-        presence = DhtPresence(config, identity, node.host, node.port, node.capabilities(), log)
+        presence = DhtPresence(config, identity, node.host, node.port, node.capabilities(), log, node=node)
         await presence.start()
         return presence
     except (ImportError, OSError, RuntimeError) as exc:  # PermissionError: the test suite's DHT guard
@@ -257,6 +271,8 @@ def main(argv: Sequence[str] | None = None, *, node_class: type[Node] = Node) ->
             dht=args.dht,
             dht_listen=args.dht_listen,
             dht_bootstrap=",".join(args.dht_bootstrap) if args.dht_bootstrap else None,
+            upnp=args.upnp,
+            reachability=args.reachability,
         )
     except (OSError, ValueError) as exc:
         print(f"plasmd: {exc}", file=sys.stderr)

@@ -49,6 +49,15 @@ class RecordError(PhaseError, ValueError):
     """A node record from the DHT (or its UDP answer) is tampered, expired, malformed or not the key's."""
 
 
+class TreeError(PhaseError, ValueError):
+    """A directory tree (listing, file bytes or host directory) that cannot be sent, taken or written;
+    ``reason`` is the node's reject reason it maps to (``bad_tree``, ``tree_too_big``, ``blob_mismatch``)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class SandboxError(PhaseError):
     """The sandbox itself failed (its fork server died or could not start); the job's fate is unknown."""
 
@@ -134,6 +143,21 @@ def describe_attempts(attempts: list[tuple[str, str]], full_ids: bool = False) -
         f"{peer if full_ids else peer[:12]}: {why}" + (f" ({n} times)" if n > 1 else "")
         for (peer, why), n in counts.items()
     ]
+
+
+class UnverifiedOutput(NetworkError):
+    """Output was handed over as a peer streamed it, and then the job failed on that peer (its receipt did not
+    verify, it broke the stream's rules, the connection dropped): what was shown is not verified. Not retried
+    elsewhere, since the output already went out; ``peer`` and ``shown`` (bytes) say what was shown."""
+
+    def __init__(self, peer: str, shown: int, why: str, attempts: list[tuple[str, str]] | None = None) -> None:
+        self.peer = peer
+        self.shown = shown
+        super().__init__(
+            f"UNVERIFIED OUTPUT: {shown:,} bytes of output from {peer} were shown as they came, then {why}; "
+            f"do not trust them",
+            attempts,
+        )
 
 
 class NoPeers(NetworkError):

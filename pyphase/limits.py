@@ -182,3 +182,7 @@ def describe(name: str, value: int) -> str:
 
 
 DEFAULT_LIMITS = Limits()
+LOCAL_LIMITS = Limits(memory_bytes=MAX_MEMORY_BYTES, timeout_ms=0, output_bytes=MAX_OUTPUT_BYTES)
+"""``phase run``'s defaults on your own machine, as ``wasmtime run`` behaves: no wall-clock limit, memory up to wasm32's
+whole address space, and output up to the most a job can produce (it is kept whole for the receipt). Nodes keep
+:data:`DEFAULT_LIMITS` for strangers' jobs."""

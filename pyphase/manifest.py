@@ -32,9 +32,12 @@ def make_manifest(
     nonce: str | None = None,
     requires: Mapping[str, Any] | None = None,
     module_hash: str | None = None,
+    fs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build a manifest for running ``module`` on ``input``; checked against the schema before it is returned.
-    ``module_hash``: the module's ``sha256:`` text when the caller computed it already from the same bytes."""
+    ``module_hash``: the module's ``sha256:`` text when the caller computed it already from the same bytes.
+    ``fs``: the job's directories (``dirs`` of guest path, readonly, tree listing ``{hash, size}``) and the bounds
+    ``disk_bytes`` and ``files`` on what it writes (docs/NETWORK.md, "Files")."""
     if isinstance(module, Module):
         module_ref = {"hash": module.hash, "size": module.size}
     else:
@@ -51,6 +54,8 @@ def make_manifest(
         "deterministic": bool(deterministic),
         "nonce": nonce or new_nonce(),
     }
+    if fs is not None:
+        manifest["fs"] = dict(fs)
     return validate_manifest(manifest)
 
 

@@ -61,9 +61,17 @@ def timestamp(moment: datetime | None = None) -> str:
 
 
 def make_receipt(
-    result: Result, *, job_id: str, nonce: str, limits: Limits, identity: Identity, started_at: str | None = None
+    result: Result,
+    *,
+    job_id: str,
+    nonce: str,
+    limits: Limits,
+    identity: Identity,
+    started_at: str | None = None,
+    outputs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Sign a receipt for ``result`` with ``identity``."""
+    """Sign a receipt for ``result`` with ``identity``; ``outputs`` (``{"hash", "size"}`` of the output tree's
+    listing) for a job that had directories."""
     receipt = {
         "version": RECEIPT_VERSION,
         "job_id": job_id,
@@ -81,6 +89,8 @@ def make_receipt(
         "limits": limits.to_json(),
         "node": node_info(identity),
     }
+    if outputs is not None:
+        receipt["outputs"] = {"hash": outputs["hash"], "size": outputs["size"]}
     return sign_document(receipt, identity.signing_key)
 
 
@@ -155,6 +165,8 @@ def verify_receipt(
             problems.append("input hash differs from the manifest's")
         if receipt.get("nonce") != manifest["nonce"]:
             problems.append("nonce differs from the manifest's")
+        if ("fs" in manifest) != ("outputs" in receipt):
+            problems.append("outputs: a receipt names an output tree exactly when the job had directories")
     if problems:
         raise VerificationError(problems)
     return dict(receipt)

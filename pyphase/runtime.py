@@ -12,7 +12,7 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
-from typing import Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from pyphase import _core
 from pyphase.digests import hash_text
@@ -181,6 +181,60 @@ class PreparedJob(NamedTuple):
         return self.module if isinstance(self.module, bytes) else self.module.bytes
 
 
+OutputCallback = Callable[[int, bytes], object]
+"""Called with ``(stream, data)`` as a job writes: stream 1 is stdout, 2 stderr (their descriptor numbers)."""
+
+
+class OutputSink:
+    """Hands a job's output to a callback as the module writes it, from the thread that runs the job.
+
+    The first exception the callback raises is kept (:meth:`reraise` raises it once the job is over) and the output
+    stops there: the module's next write fails as on a closed pipe. ``digests`` and ``sizes`` count, per stream,
+    the bytes delivered, so that a runner can check them against the result that follows; with ``keep`` the bytes
+    are kept too (``kept``), so that a worker that dies after streaming still has its output in the result."""
+
+    def __init__(self, callback: OutputCallback, keep: bool = False) -> None:
+        self.callback = callback
+        self.keep = keep
+        self.error: BaseException | None = None
+        self.digests: dict[int, Any] = {}  # made at a stream's first piece: a tiny job pays for no hash object
+        self.sizes = {1: 0, 2: 0}
+        self.kept = {1: bytearray(), 2: bytearray()}
+
+    def __call__(self, stream: int, data: bytes) -> bool:
+        if self.error is not None:
+            return False
+        try:
+            self.callback(stream, data)
+        except BaseException as exc:  # the C core cannot carry it; raised again after the job
+            self.error = exc
+            return False
+        digest = self.digests.get(stream)
+        if digest is None:
+            digest = self.digests[stream] = hashlib.sha256()
+        digest.update(data)
+        self.sizes[stream] += len(data)
+        if self.keep:
+            self.kept[stream] += data
+        return True
+
+    def matches(self, result: Result) -> bool:
+        """Whether what was delivered is exactly the result's stdout and stderr (by digest)."""
+        return all(
+            hash_text((self.digests.get(stream) or hashlib.sha256()).digest()) == expected
+            for stream, expected in ((1, result.stdout_hash), (2, result.stderr_hash))
+        )
+
+    def reraise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+def sink_for(on_output: OutputCallback | None) -> OutputSink | None:
+    return None if on_output is None else on_output if isinstance(on_output, OutputSink) else OutputSink(on_output)
+
+
 def prepare_job(
     module: Module | bytes | bytearray | memoryview,
     input: bytes | bytearray | memoryview = b"",
@@ -241,11 +295,14 @@ def run(
     program_name: str = DEFAULT_PROGRAM_NAME,
     seed: bytes | None = None,
     dirs: Sequence[Preopen] = (),
+    on_output: OutputCallback | None = None,
 ) -> Result:
     """Run ``module`` once in this process with ``input`` as stdin; the GIL is released while it runs.
 
     ``args`` follow the program name (argv[0]); ``dirs`` are the host directories the job sees (WASI
-    preopens, fds 3, 4, ... in this order). Every job outcome (trap, timeout, ...) is a
+    preopens, fds 3, 4, ... in this order); ``on_output(stream, data)`` is called, on this thread, with
+    every piece of stdout (1) and stderr (2) as the module writes it (the result still holds all of it; an
+    exception from it stops the output and is raised once the job ends). Every job outcome (trap, timeout, ...) is a
     :class:`Result` with its ``status``; invalid modules raise :class:`~pyphase.errors.InvalidModule`.
     Untrusted modules belong in a :class:`pyphase.Sandbox`, which adds process isolation.
     """
@@ -261,11 +318,15 @@ def run(
         seed=seed,
         dirs=dirs,
     )
-    return run_prepared(job)
+    return run_prepared(job, on_output)
 
 
-def run_prepared(job: PreparedJob) -> Result:
+def run_prepared(job: PreparedJob, on_output: OutputCallback | None = None) -> Result:
     """Run a prepared job in this process (validating its module here if it is raw bytes)."""
     module = job.module if isinstance(job.module, Module) else Module.cached(job.module, job.digest)
+    sink = sink_for(on_output)
     with opened(job.dirs) as preopens:
-        return Result.from_core(_core.run(module._core, job, preopens))
+        result = Result.from_core(_core.run(module._core, job, preopens, sink))
+    if sink is not None:
+        sink.reraise()
+    return result

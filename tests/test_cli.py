@@ -148,3 +148,21 @@ def test_a_placeholder_peer_address_says_where_the_real_one_is(tmp_path):
     for peer, says in (("PEERID@127.0.0.1:7070", "DATA_DIR/address"), ("127.0.0.1:7070", "DATA_DIR/address")):
         p = phase("submit", str(HELLO), "--peer", peer, home=tmp_path)
         assert p.returncode == 2 and says.encode() in p.stderr, p.stderr
+
+
+def test_run_applies_a_users_local_defaults_and_submit_a_nodes(tmp_path):
+    # phase run on one's own machine: no wall-clock limit, wasm32's whole memory, no output cap below the most a
+    # job can produce; the receipt says what was applied
+    p = phase("run", str(HELLO), "--input", "ab", "--json", home=tmp_path)
+    applied = json.loads(p.stdout)["receipt"]["limits"]
+    assert applied == {"memory_bytes": 4 << 30, "fuel": 0, "timeout_ms": 0, "output_bytes": 1 << 30}
+    given = phase("run", str(HELLO), "--json", "--timeout", "2s", "--memory", "1MiB", "--output-limit", "1KiB")
+    assert json.loads(given.stdout)["receipt"]["limits"] == {
+        "memory_bytes": 1 << 20,
+        "fuel": 0,
+        "timeout_ms": 2000,
+        "output_bytes": 1024,
+    }
+    run_help, submit_help = (" ".join(phase(c, "--help").stdout.decode().split()) for c in ("run", "submit"))
+    assert "no limit (default none)" in run_help and "(default 4 GiB" in run_help
+    assert "(default 10s)" in submit_help and "(default 64 MiB)" in submit_help and "(default 1 MiB)" in submit_help

@@ -180,6 +180,7 @@ class ApiServer:
                 "started_at": timestamp(datetime.fromtimestamp(self.started, timezone.utc)),
                 "uptime_s": int(time.time() - self.started),
                 "capabilities": node.capabilities(),
+                "reachability": node.reachability,
             }
         )
 

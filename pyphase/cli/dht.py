@@ -46,6 +46,8 @@ def cmd_record(args: argparse.Namespace) -> int:
         print(f"{record.address}  seq {record.seq}  expires in {record.expires - int(time.time())} s")
         for key in ("addresses", "engines", "caps"):
             print(f"  {key}: {doc[key]}")
+        reach = record.caps.get("reach")
+        print(f"  reachability: {reach} (the node's own dial-back check)" if reach else "  reachability: not checked")
     return 0
 
 

@@ -13,11 +13,22 @@ import os
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from pyphase.errors import LimitsError, PhaseError
 from pyphase.identity import Identity, default_identity_path
-from pyphase.limits import WASM_PAGE, Limits, format_size, parse_duration_ms, parse_size
+from pyphase.limits import (
+    DEFAULT_LIMITS,
+    MAX_MEMORY_BYTES,
+    MAX_OUTPUT_BYTES,
+    WASM_PAGE,
+    Limits,
+    format_duration_ms,
+    format_size,
+    parse_duration_ms,
+    parse_size,
+)
+from pyphase.preopen import Preopen
 
 STATUS_EXIT_CODES = {
     "trap": 134,
@@ -79,6 +90,14 @@ def _write_stdout(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
+def print_output(stream: int, data: bytes) -> None:
+    """A job's output as it writes: stdout (1) or stderr (2) here, unbuffered like the module's own descriptors."""
+    out = sys.stdout if stream == 1 else sys.stderr
+    out.flush()
+    out.buffer.write(data)
+    out.buffer.flush()
+
+
 def _read_input(args: argparse.Namespace) -> bytes:
     if args.input is not None:
         return str(args.input).encode("utf-8")
@@ -89,8 +108,10 @@ def _read_input(args: argparse.Namespace) -> bytes:
     return b""
 
 
-def add_job_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``run`` and ``submit``: input, arguments, environment and limits."""
+def add_job_options(parser: argparse.ArgumentParser, defaults: Limits = DEFAULT_LIMITS) -> None:
+    """Options shared by ``run`` and ``submit``: input, arguments, environment and limits, whose ``defaults`` differ
+    (``run``: :data:`~pyphase.limits.LOCAL_LIMITS`; ``submit``: a node's)."""
+    parser.set_defaults(limit_defaults=defaults)
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--input", metavar="TEXT", help="job input (stdin of the module) as text")
     src.add_argument("--input-file", metavar="F", help="job input read from a file")
@@ -98,12 +119,12 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arg", action="append", default=[], metavar="A", help="argument after argv[0] (repeatable)")
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="environment variable (repeatable)")
     parser.add_argument("--entry", default="_start", help="exported function to call (default: _start)")
-    defaults = Limits()
     parser.add_argument(
         "--memory",
         default=None,
         metavar="SIZE",
-        help=f"linear memory limit, e.g. 64MiB or 64MB (default {format_size(defaults.memory_bytes)})",
+        help=f"linear memory limit, e.g. 64MiB or 64MB (default {format_size(defaults.memory_bytes)}"
+        + (", wasm32's maximum)" if defaults.memory_bytes == MAX_MEMORY_BYTES else ")"),
     )
     parser.add_argument(
         "--fuel",
@@ -116,13 +137,14 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
         "--timeout",
         default=None,
         metavar="DURATION",
-        help=f"the job's wall-clock limit, e.g. 2s or 500ms; 0: no limit (default {defaults.timeout_ms // 1000}s)",
+        help=f"the job's wall-clock limit, e.g. 2s or 500ms; 0: no limit (default {describe_default(defaults.timeout_ms)})",
     )
     parser.add_argument(
         "--output-limit",
         default=None,
         metavar="SIZE",
-        help=f"stdout+stderr limit (default {format_size(defaults.output_bytes)})",
+        help=f"stdout+stderr limit (default {format_size(defaults.output_bytes)}"
+        + (", all a job can produce)" if defaults.output_bytes == MAX_OUTPUT_BYTES else ")"),
     )
     parser.add_argument(
         "--deterministic",
@@ -131,6 +153,41 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--receipt", metavar="FILE", help="write the signed receipt to FILE")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the job's output")
+
+
+def _dir_option(readonly: bool) -> Callable[[str], Preopen]:
+    def parse(spec: str) -> Preopen:
+        try:
+            return Preopen.parse(spec, readonly)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def add_dir_options(parser: argparse.ArgumentParser, rw_help: str, ro_help: str) -> None:
+    """``--dir`` and ``--ro-dir HOST[::GUEST]`` (wasmtime's spelling), shared by ``run`` and ``submit``."""
+    parser.add_argument(
+        "--dir",
+        dest="dirs",
+        action="append",
+        default=[],
+        type=_dir_option(False),
+        metavar="HOST[::GUEST]",
+        help=f"{rw_help}, seen at GUEST (repeatable)",
+    )
+    parser.add_argument(
+        "--ro-dir",
+        dest="dirs",
+        action="append",
+        type=_dir_option(True),
+        metavar="HOST[::GUEST]",
+        help=f"{ro_help}, seen at GUEST (repeatable)",
+    )
+
+
+def describe_default(timeout_ms: int) -> str:
+    return "none" if timeout_ms == 0 else format_duration_ms(timeout_ms).replace(" ", "")
 
 
 def limits_from_args(args: argparse.Namespace) -> Limits:
@@ -149,7 +206,7 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     if args.fuel is not None:
         changes["fuel"] = args.fuel
     try:
-        return Limits().replace(**changes)
+        return getattr(args, "limit_defaults", DEFAULT_LIMITS).replace(**changes)
     except LimitsError as exc:
         flags = {
             "memory_bytes": "--memory",
@@ -229,9 +286,14 @@ def exit_code(result: Any) -> int:
 
 
 def emit_result(
-    result: Any, args: argparse.Namespace, receipt: dict[str, Any] | None, extra: Mapping[str, Any] | None = None
+    result: Any,
+    args: argparse.Namespace,
+    receipt: dict[str, Any] | None,
+    extra: Mapping[str, Any] | None = None,
+    streamed: bool = False,
 ) -> int:
-    """Print a job's outcome as the CLI promises and return the exit code. ``extra``: more ``--json`` fields."""
+    """Print a job's outcome as the CLI promises and return the exit code. ``extra``: more ``--json`` fields;
+    ``streamed``: the output was printed as the job wrote it (only the outcome is left to say)."""
     if receipt is not None and args.receipt:
         Path(args.receipt).write_text(json.dumps(receipt, indent=2, sort_keys=True) + "\n")
     if args.json:
@@ -241,8 +303,9 @@ def emit_result(
         doc.update(extra or {})
         print(json.dumps(doc, sort_keys=True))
     else:
-        _write_stdout(result.stdout)
-        if result.stderr:
+        if not streamed:
+            _write_stdout(result.stdout)
+        if result.stderr and not streamed:
             sys.stderr.buffer.write(result.stderr)
             sys.stderr.flush()
         if result.status != "ok":

@@ -9,9 +9,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pyphase.cli.jobs import (
+    add_dir_options,
     EPILOG_RUN,
     STATUS_EXIT_CODES,
     UsageError,
@@ -19,26 +20,17 @@ from pyphase.cli.jobs import (
     emit_result,
     fail,
     load_identity,
+    print_output,
     read_job,
 )
 from pyphase.errors import IdentityError, InvalidModule, VerificationError
 from pyphase.identity import Identity, default_identity_path
-from pyphase.preopen import Preopen
+from pyphase.limits import LOCAL_LIMITS
 
 NO_PREOPEN_NOTE = (
     "phase: note: the module looked for a directory and none was given; "
     "give one with --dir HOST[::GUEST] (or --ro-dir for read-only)"
 )
-
-
-def _dir_option(readonly: bool) -> Callable[[str], Preopen]:
-    def parse(spec: str) -> Preopen:
-        try:
-            return Preopen.parse(spec, readonly)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -66,9 +58,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return fail(str(exc))
     started = timestamp()
+    on_output = None if args.json else print_output
     if args.no_sandbox:
         try:
-            result = run_prepared(job)
+            result = run_prepared(job, on_output)
         except InvalidModule as exc:
             message = str(exc)
             if args.json:
@@ -79,8 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         from pyphase.sandbox import Sandbox
 
-        with Sandbox(workers=1) as sandbox:
-            result = sandbox.run_prepared(job)
+        with Sandbox(workers=1, shm_bytes=Sandbox.shm_bytes_for(job)) as sandbox:
+            result = sandbox.run_prepared(job, on_output)
     module_hash = hash_text(job.digest)
     result = result.with_hashes(module_hash, sha256_text(job_input))
     receipt = None
@@ -103,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             identity=load_identity(args.identity),
             started_at=started,
         )
-    code = emit_result(result, args, receipt)
+    code = emit_result(result, args, receipt, streamed=on_output is not None)
     if result.fs_unavailable and not args.dirs:
         print(NO_PREOPEN_NOTE, file=sys.stderr)
     return code
@@ -130,12 +123,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         given["input"] = args.input_text.encode("utf-8")
     try:
         verify_receipt(receipt, nonce=args.nonce, signer=args.signer, **given)
+        if args.outputs is not None:
+            _verify_outputs(receipt, args.outputs)
     except VerificationError as exc:
         print(f"phase verify: FAILED {args.receipt}", file=sys.stderr)
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 1
-    checked = ["signature", *sorted(given)]
+    checked = ["signature", *sorted(given), *(["outputs"] if args.outputs is not None else [])]
     if args.nonce:
         checked.append("nonce")
     if args.signer:
@@ -145,6 +140,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"receipt OK: {receipt['status']} exit {receipt['exit_code']}, signed by {node} (checked: {', '.join(checked)})"
     )
     return 0
+
+
+def _verify_outputs(receipt: dict[str, Any], directory: str) -> None:
+    """Check that ``directory`` is exactly the output tree the (verified) receipt names."""
+    from pyphase import trees
+    from pyphase.errors import TreeError
+
+    expected = receipt.get("outputs")
+    if expected is None:
+        raise VerificationError(["outputs: the receipt names no output tree (the job had no directories)"])
+    try:
+        trees.verify_dir(directory, expected)
+    except TreeError as exc:
+        raise VerificationError([f"outputs: {exc}"]) from None
+    except OSError as exc:
+        raise VerificationError([f"outputs: cannot read {directory}: {exc.strerror or exc}"]) from None
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -190,29 +201,15 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "run",
         help="run a module locally and print its output",
-        description="Run MODULE.wasm on this machine in an isolated worker process.",
+        description="Run MODULE.wasm on this machine in an isolated worker process, printing its output as it\n"
+        "writes. Here, as with 'wasmtime run', a job has no wall-clock limit, memory up to wasm32's 4 GiB\n"
+        "and no output cap unless you give one; 'phase submit' takes a node's stricter defaults.",
         epilog=EPILOG_RUN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("module", metavar="MODULE.wasm")
-    add_job_options(p)
-    p.add_argument(
-        "--dir",
-        dest="dirs",
-        action="append",
-        default=[],
-        type=_dir_option(False),
-        metavar="HOST[::GUEST]",
-        help="let the module read and write directory HOST, seen at GUEST (repeatable)",
-    )
-    p.add_argument(
-        "--ro-dir",
-        dest="dirs",
-        action="append",
-        type=_dir_option(True),
-        metavar="HOST[::GUEST]",
-        help="let the module read directory HOST, seen at GUEST (repeatable)",
-    )
+    add_job_options(p, LOCAL_LIMITS)
+    add_dir_options(p, "let the module read and write directory HOST", "let the module read directory HOST")
     p.add_argument(
         "--no-sandbox",
         action="store_true",
@@ -234,6 +231,9 @@ def register(sub: Any) -> None:
     p.add_argument("--stderr", metavar="F", help="the stderr bytes received")
     p.add_argument("--nonce", help="the nonce the client chose")
     p.add_argument("--signer", metavar="PEERID", help="the peer that must have signed it")
+    p.add_argument(
+        "--outputs", metavar="DIR", help="the directory phase submit --out wrote: must be the output tree it names"
+    )
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(

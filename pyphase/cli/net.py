@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pyphase.cli.jobs import (
+    add_dir_options,
     EXIT_HELP,
     LIMITS_HELP,
     EXIT_FAILED,
@@ -25,13 +26,19 @@ from pyphase.cli.jobs import (
     load_identity,
     read_job,
 )
-from pyphase.errors import NetworkError, QuorumError
+from pyphase.errors import NetworkError, QuorumError, UnverifiedOutput
+from pyphase.limits import parse_size
 
 EPILOG_SUBMIT = (
     """\
 The job runs on a peer (given with --peer, else found on the LAN) and its receipt is verified
-(signature, hashes, nonce, signer = the peer the transport authenticated) before anything is printed.
-A timeout, a reject, a dropped connection or a bad receipt sends the job to another peer.
+(signature, hashes, nonce, signer = the peer the transport authenticated) before the command succeeds.
+Its output is printed as the node streams it (not with --json or --replicas, which print it once
+verified); if the receipt then fails to verify, or the peer breaks off, the command says UNVERIFIED
+OUTPUT on stderr and exits 1. On a terminal, stderr shows where the job is (connecting, offered,
+accepted, running with the time so far, verifying); nothing of that when stderr is piped or with --json.
+A timeout, a reject, a dropped connection or a bad receipt before any output was shown sends the job
+to another peer.
 --socks-proxy HOST:PORT (default: $PHASE_SOCKS_PROXY; --socks-proxy '' for none) sends every
 connection through that SOCKS5 proxy, e.g. Tor. It fails closed: nothing is ever sent directly, a
 proxy that is down fails the job, and LAN discovery is refused, so name peers with --peer. Their
@@ -43,7 +50,7 @@ hosts may be names the proxy resolves (PEERID@xxxx.onion:7465); this machine mak
     + EXIT_HELP.replace("Usage errors exit 2.", "Usage errors exit 2;")
     + """
   69 when no peer could run it (each peer's reason on stderr, or in the --json document);
-  1 when replicas disagree with no majority.
+  1 when replicas disagree with no majority, or when output shown as it came is not verified.
 examples:
   phase submit hello.wasm --input "Hello, World" --peer PEERID@127.0.0.1:7465 --receipt r.json
   phase submit job.wasm --input-file data.bin --replicas 3 --json
@@ -81,18 +88,35 @@ def cmd_submit(args: argparse.Namespace) -> int:
         client = _client(args)
     except ValueError as exc:
         return fail(str(exc))
+    from pyphase.cli.progress import Progress
+
+    streamed = args.replicas == 1 and not args.json
+    progress = Progress(enabled=False if args.json else None)
     try:
-        result = client.submit(
-            module,
-            job_input,
-            args=args.arg,
-            env=env,
-            entry=args.entry,
-            limits=limits,
-            retries=args.retries,
-            replicas=args.replicas,
-            deterministic=args.deterministic,
-        )
+        with progress:
+            result = client.submit(
+                module,
+                job_input,
+                args=args.arg,
+                env=env,
+                entry=args.entry,
+                limits=limits,
+                retries=args.retries,
+                replicas=args.replicas,
+                deterministic=args.deterministic,
+                dirs=args.dirs,
+                out=args.out,
+                on_output=progress.output if streamed else None,
+                on_progress=progress,
+                **({"disk_bytes": parse_size(args.disk)} if args.disk else {}),
+                **({"files": args.files} if args.files is not None else {}),
+            )
+    except UnverifiedOutput as exc:
+        if args.json:
+            _network_failure(exc, True)
+        else:
+            print(f"\nphase: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except QuorumError as exc:
         if args.receipt:
             Path(args.receipt).write_text(json.dumps(exc.receipts, indent=2, sort_keys=True) + "\n")
@@ -101,6 +125,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except NetworkError as exc:
         _network_failure(exc, args.json)
         return EXIT_NETWORK
+    except (ValueError, OSError) as exc:  # a directory that cannot be sent, an --out that is not empty
+        return fail(str(exc))
     finally:
         client.close()
     for peer in result.dissent:
@@ -110,7 +136,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     )
     if args.replicas > 1:
         extra["receipts"] = list(result.receipts)
-    return emit_result(result, args, result.receipt, extra)
+    return emit_result(result, args, result.receipt, extra, streamed=streamed)
 
 
 def _network_failure(exc: NetworkError, as_json: bool, groups: dict[str, list[str]] | None = None) -> None:
@@ -120,6 +146,8 @@ def _network_failure(exc: NetworkError, as_json: bool, groups: dict[str, list[st
     summary = str(exc).split(": ", 1)[0] if exc.attempts else str(exc)
     if as_json:
         status = "quorum" if groups is not None else "no_peers" if isinstance(exc, NoPeers) else "network_error"
+        if isinstance(exc, UnverifiedOutput):
+            status = "unverified_output"
         doc: dict[str, Any] = {
             "status": status,
             "message": summary,
@@ -229,6 +257,16 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("module", metavar="MODULE.wasm")
     add_job_options(p)
+    add_dir_options(
+        p,
+        "send directory HOST (as a content-addressed tree; the job may change its copy)",
+        "send directory HOST read-only",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="write the files the job created or changed (its output tree) to DIR, new or empty"
+    )
+    p.add_argument("--disk", metavar="SIZE", help="the most the job may write in its directories (default 256MiB)")
+    p.add_argument("--files", type=int, metavar="N", help="the most files it may create or change (default 10000)")
     _peer_options(p)
     p.add_argument(
         "--replicas",

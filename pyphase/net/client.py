@@ -26,28 +26,46 @@ query for them.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import random
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import zmq
 import zmq.utils.monitor
 import zmq.utils.z85
 
-from pyphase.digests import sha256_text
-from pyphase.errors import NetworkError, NoPeers, PhaseError, QuorumError, VerificationError
+from pyphase import trees
+from pyphase.digests import hash_text, sha256_text
+from pyphase.errors import (
+    NetworkError,
+    NoPeers,
+    PhaseError,
+    QuorumError,
+    TreeError,
+    UnverifiedOutput,
+    VerificationError,
+)
 from pyphase.identity import Identity, public_key_from_peer_id
 from pyphase.limits import Limits, format_size
 from pyphase.manifest import make_manifest, new_nonce
 from pyphase.net import wire
 from pyphase.net.addresses import parse_address, resolve_socks_proxy
 from pyphase.net.socks import SocksRelay
+from pyphase.preopen import Preopen
 from pyphase.receipt import verify_receipt
 from pyphase.result import Result
+from pyphase.runtime import OutputCallback, OutputSink, sink_for
+
+ProgressCallback = Callable[[str, str, str], object]
+"""Called with ``(state, peer_id, detail)`` as a job moves: ``connecting``, ``offered``, ``accepted``, ``running``,
+``verifying``, ``failed`` (detail: why; the job may go on elsewhere)."""
 
 __all__ = ["Client", "RemoteResult", "discovery_refused"]
 
@@ -56,6 +74,10 @@ CONNECT_TIMEOUT_S = 2.0
 PROXY_CONNECT_TIMEOUT_S = 30.0  # through a proxy (Tor builds a circuit first): the default connect_timeout
 TIMEOUT_SLACK_S = 5.0
 MAX_BACKOFF_S = 1.0  # longest pause before re-asking a peer that failed, when no other is left
+CHUNK = 1 << 20  # file bytes in one blob message (a node asks for at most this much at once)
+FETCH_WINDOW = 8  # output chunks asked for and not yet received
+DEFAULT_DISK_BYTES = 256 << 20  # what a job with directories may write, unless told
+DEFAULT_FILES = 10_000
 _MONITOR_EVENTS = (
     zmq.EVENT_CONNECTED
     | zmq.EVENT_DISCONNECTED
@@ -94,6 +116,9 @@ class RemoteResult(Result):
     receipts: tuple[dict[str, Any], ...] = ()
     dissent: tuple[str, ...] = ()
     attempts: tuple[tuple[str, str], ...] = ()
+    outputs: Mapping[str, Any] | None = None
+    """``{"hash", "size"}`` of the job's output tree (jobs with ``dirs``), as its receipt names it."""
+    tag: bytes = b""
 
 
 class _Peer:
@@ -140,6 +165,11 @@ class _Peer:
             size, cap = manifest["input"]["size"], ceiling.get("input_bytes")
             if cap and size > cap:
                 problems.append(f"input {format_size(size)} exceeds the ceiling {format_size(cap)}")
+            fs = manifest.get("fs")
+            for name in ("disk_bytes", "files"):
+                cap = ceiling.get(name)
+                if fs is not None and cap is not None and fs[name] > cap:
+                    problems.append(f"fs.{name} {fs[name]} exceeds the ceiling {cap}")
             arch = manifest["requires"].get("arch")
             if arch and arch != caps.get("arch"):
                 problems.append(f"the job requires arch {arch}, the peer is {caps.get('arch')}")
@@ -156,6 +186,9 @@ class _Attempt:
     deadline: float
     connect_deadline: float
     state: str = "connecting"  # connecting -> offered -> running -> done
+    streaming: bool = False  # asked the peer for chunks
+    received: dict[int, bytearray] = field(default_factory=lambda: {1: bytearray(), 2: bytearray()})
+    digests: dict[int, Any] = field(default_factory=lambda: {1: hashlib.sha256(), 2: hashlib.sha256()})
 
 
 @dataclass
@@ -171,6 +204,16 @@ class _Job:
     module_hash: str = ""
     failures: list[tuple[str, str]] = field(default_factory=list)
     excluded: set[str] = field(default_factory=set)  # peers not to offer this job to, with a failure said
+    fs: dict[str, Any] | None = None  # manifest.fs
+    listings: dict[str, bytes] = field(default_factory=dict)  # tree listings by hash
+    blobs: dict[str, tuple[str, int]] = field(default_factory=dict)  # file blobs: hash -> (host path, size)
+    sink: OutputSink | None = None
+    progress: ProgressCallback | None = None
+    fatal: NetworkError | None = None  # an attempt failed after its output was shown: not retried
+
+    def tell(self, state: str, peer: _Peer, detail: str = "") -> None:
+        if self.progress is not None:
+            self.progress(state, peer.peer_id, detail)
 
 
 class Client:
@@ -428,15 +471,33 @@ class Client:
         replicas: int = 1,
         deterministic: bool = False,
         requires: Mapping[str, Any] | None = None,
+        dirs: Sequence[Preopen] = (),
+        out: str | os.PathLike[str] | None = None,
+        disk_bytes: int = DEFAULT_DISK_BYTES,
+        files: int = DEFAULT_FILES,
+        on_output: OutputCallback | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> RemoteResult:
         """Run ``module`` on a peer and return its verified result (any job status), or raise
         :class:`~pyphase.errors.NetworkError` (:class:`NoPeers`, :class:`QuorumError`).
 
         ``timeout`` is how long one peer may take before the job goes elsewhere (default: the job's
         ``timeout_ms`` plus 5 s); ``retries`` is how many further peers may be tried after failures.
+
+        ``dirs``: host directories the job sees (:class:`~pyphase.Preopen`), sent as content-addressed trees (a
+        node asks only for the files it lacks); read-write ones may be changed by the job, which may leave at
+        most ``files`` new or changed files of ``disk_bytes`` together. ``out``: an empty or new directory that
+        receives those files (the output tree the receipt names, checked as it arrives; ``result.outputs``).
+
+        ``on_output(stream, data)`` gets stdout (1) and stderr (2) as the node streams them, before the receipt
+        is checked: the result still comes only once everything verified, and a failure after output was shown
+        raises :class:`~pyphase.errors.UnverifiedOutput` instead of moving the job to another peer.
+        ``on_progress(state, peer_id, detail)`` follows the job (see :data:`ProgressCallback`).
         """
         if replicas < 1:
             raise ValueError("replicas must be at least 1")
+        if on_output is not None and replicas > 1:
+            raise ValueError("on_output streams one peer's output; with replicas the output is chosen at the end")
         limits = limits or Limits()
         job = _Job(
             bytes(module),
@@ -449,6 +510,16 @@ class Client:
             dict(requires or {}),
         )
         job.module_hash = sha256_text(job.module)
+        if dirs:
+            self._add_trees(job, dirs, disk_bytes, files)
+        if out is not None and not dirs:
+            raise ValueError("--out receives what the job writes in its directories: give one (--dir HOST::GUEST)")
+        if out is not None:
+            out = Path(out)
+            if out.exists() and (not out.is_dir() or any(out.iterdir())):
+                raise ValueError(f"--out {out}: give an empty or new directory (it receives the job's output tree)")
+        job.sink = sink_for(on_output)
+        job.progress = on_progress
         if timeout is None:
             timeout = (limits.timeout_ms / 1000 if limits.timeout_ms else 3600.0) + TIMEOUT_SLACK_S
         with self._lock:
@@ -481,9 +552,98 @@ class Client:
                     job.failures.append((p.peer_id, p.last_failure))
                     job.excluded.add(p.peer_id)
             results = self._run(job, replicas, retries, timeout)
-        if replicas == 1:
-            return results[0]
-        return self._quorum(results, replicas, job)
+            chosen = results[0] if replicas == 1 else self._quorum(results, replicas, job)
+            if job.fs is not None:
+                try:
+                    if out is not None:
+                        self._fetch_outputs(job, chosen, Path(out), timeout)
+                finally:
+                    for r in results:  # the nodes may delete the job's files now
+                        self._send_done(r)
+        return chosen
+
+    def _add_trees(self, job: _Job, dirs: Sequence[Preopen], disk_bytes: int, files: int) -> None:
+        """Scan each directory into a tree listing (hashing every file) for ``manifest.fs``."""
+        entries = []
+        for d in dirs:
+            d = d if isinstance(d, Preopen) else Preopen(*d)
+            tree, where = trees.scan(d.host)
+            job.listings[tree.hash] = tree.data
+            for digest, path in where.items():
+                job.blobs[digest] = (path, tree.blobs()[digest])
+            entries.append({"guest": d.guest_path, "readonly": bool(d.readonly), "tree": tree.ref})
+        job.fs = {"dirs": entries, "disk_bytes": int(disk_bytes), "files": int(files)}
+
+    def _send_done(self, result: RemoteResult) -> None:
+        peer = self._peers.get(result.peer)
+        if peer is not None and peer.sock is not None and result.tag:
+            try:
+                peer.sock.send_multipart(wire.encode("done", job=result.tag), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # the node deletes them after its output_wait anyway
+
+    def _fetch_outputs(self, job: _Job, result: RemoteResult, out: Path, timeout: float) -> None:
+        """Fetch the output tree the receipt names from the node that ran the job, into ``out``."""
+        peer = self._peers[result.peer]
+        ref = result.outputs
+        assert job.fs is not None and ref is not None
+        deadline = time.monotonic() + timeout
+        try:
+            listing = b"".join(self._fetch_blob(peer, result.tag, ref["hash"], ref["size"], deadline))
+            if sha256_text(listing) != ref["hash"]:
+                raise TreeError("blob_mismatch", "the output listing does not match the receipt")
+            tree = trees.parse(listing, max_files=job.fs["files"], max_bytes=job.fs["disk_bytes"])
+            out.mkdir(parents=True, exist_ok=True)
+            for entry in tree.entries:
+                dest = out / entry.path
+                if entry.type == "dir":
+                    dest.mkdir()
+                elif entry.type == "file":
+                    chunks = self._fetch_blob(peer, result.tag, entry.hash, entry.size, deadline)
+                    trees.write_file_from(str(dest), chunks, entry.hash, entry.size, entry.mode)
+                else:
+                    raise TreeError("bad_tree", f"an output tree holds files and directories only, not {entry.path!r}")
+        except (TreeError, OSError, zmq.ZMQError) as exc:
+            raise NetworkError(f"the output tree from {peer.peer_id} could not be written to {out}: {exc}") from None
+
+    def _fetch_blob(self, peer: _Peer, tag: bytes, blob: str, size: int, deadline: float) -> Iterator[bytes]:
+        """The bytes of one output blob, in order, asking for ``FETCH_WINDOW`` chunks at a time."""
+        sock = peer.sock
+        if sock is None:
+            raise NetworkError(f"{peer.peer_id}: the connection is closed")
+        offsets = iter(range(0, size, CHUNK))
+        asked: deque[int] = deque()
+        got: dict[int, bytes] = {}
+        done = size == 0
+        while not done:
+            while len(asked) < FETCH_WINDOW:
+                offset = next(offsets, None)
+                if offset is None:
+                    break
+                want = wire.encode("want", job=tag, blob=blob, offset=offset, size=min(CHUNK, size - offset))
+                sock.send_multipart(want, zmq.NOBLOCK)
+                asked.append(offset)
+            while asked and asked[0] in got:
+                yield got.pop(asked.popleft())
+            if not asked:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1):
+                raise NetworkError(f"{peer.peer_id} did not send the output files in time")
+            for frames in self._recv_all(peer):
+                try:
+                    msg = wire.decode(frames)
+                except wire.WireError:
+                    continue
+                if msg.get("job") != tag:
+                    continue  # a late answer to another attempt
+                if msg.type == "error":
+                    raise NetworkError(f"{peer.peer_id} refused the output files: {msg['code']}: {msg['detail']}")
+                if msg.type == "blob" and msg["blob"] == blob and msg["offset"] in asked:
+                    data = wire.payload_bytes(msg.payloads[0])
+                    if len(data) != min(CHUNK, size - msg["offset"]):
+                        raise NetworkError(f"{peer.peer_id} sent {len(data)} bytes for a chunk of {blob}")
+                    got[msg["offset"]] = data
 
     def _new_attempt(self, job: _Job, peer: _Peer, timeout: float, template: dict[str, Any]) -> _Attempt:
         # the template was built and schema-checked once per job; each attempt only needs its own nonce
@@ -519,6 +679,7 @@ class Client:
             deterministic=job.deterministic,
             requires=job.requires,
             module_hash=job.module_hash,
+            fs=job.fs,
         )
         active: dict[bytes, _Attempt] = {}
         results: list[RemoteResult] = []
@@ -542,10 +703,15 @@ class Client:
                 active[attempt.tag] = attempt
                 launched += 1
                 self._socket(peer)
+                job.tell("connecting", peer)
                 self._try_offer(job, attempt)
             if not active:
                 break
             self._step(job, active, results)
+            if job.sink is not None:
+                job.sink.reraise()  # the caller's own callback failed: its exception, as it was
+            if job.fatal is not None:
+                raise job.fatal
         if len(results) < want:
             why = "no peer could take the job" if not launched else "every attempt failed"
             if want > 1:
@@ -556,15 +722,19 @@ class Client:
     def _try_offer(self, job: _Job, attempt: _Attempt) -> None:
         sock = attempt.peer.sock
         assert sock is not None
+        # chunks only from nodes that say they send them (an older node would refuse the field)
+        stream = job.sink is not None and bool((attempt.peer.caps or {}).get("stream"))
         try:
             sock.send_multipart(
-                wire.encode("offer", (job.input,), job=attempt.tag, manifest=attempt.manifest),
+                wire.encode("offer", (job.input,), job=attempt.tag, manifest=attempt.manifest, stream=stream or None),
                 zmq.NOBLOCK,
                 copy=len(job.input) < wire.ZERO_COPY_MIN,
             )
         except zmq.Again:
             return  # not connected yet: POLLOUT will tell
         attempt.state = "offered"
+        attempt.streaming = stream
+        job.tell("offered", attempt.peer)
 
     def _fail(
         self, job: _Job, active: dict[bytes, _Attempt], attempt: _Attempt, why: str, down_for: float | None = None
@@ -572,6 +742,10 @@ class Client:
         active.pop(attempt.tag, None)
         job.failures.append((attempt.peer.peer_id, why))
         self._mark_down(attempt.peer, down_for)
+        job.tell("failed", attempt.peer, why)
+        shown = len(attempt.received[1]) + len(attempt.received[2])
+        if shown and job.fatal is None:
+            job.fatal = UnverifiedOutput(attempt.peer.peer_id, shown, why, job.failures)
 
     def _step(self, job: _Job, active: dict[bytes, _Attempt], results: list[RemoteResult]) -> None:
         now = time.monotonic()
@@ -642,8 +816,12 @@ class Client:
         load = wire.check_load(msg.get("load"))
         if load is not None:
             peer.load = load
-        if msg.type == "accept":
+        if msg.type == "chunk":
+            self._on_chunk(job, msg, attempt, active)
+        elif msg.type == "accept":
             attempt.state = "running"
+            job.tell("accepted", peer, "module sent" if msg["module"] else "module cached")
+            job.tell("running", peer)
             if msg["module"]:
                 peer.modules.discard(job.module_hash)
                 try:
@@ -654,6 +832,8 @@ class Client:
                     )
                 except zmq.Again:
                     self._fail(job, active, attempt, "connection lost while sending the module")
+        elif msg.type == "want":
+            self._send_blob(job, peer, msg, attempt, active)
         elif msg.type == "reject":
             reason = msg["reason"]
             self._fail(
@@ -666,17 +846,26 @@ class Client:
         elif msg.type == "error":
             self._fail(job, active, attempt, f"error {msg['code']}: {msg['detail']}")
         elif msg.type == "result":
-            stdout, stderr = (bytes(f) for f in msg.payloads)
+            job.tell("verifying", peer)
+            stdout, stderr = (attempt.received[i] + bytes(f) for i, f in ((1, msg.payloads[0]), (2, msg.payloads[1])))
             receipt = msg["receipt"]
             try:
                 verify_receipt(
                     receipt,
-                    stdout=stdout,
-                    stderr=stderr,
                     nonce=attempt.manifest["nonce"],
                     signer=peer.public_key,
                     manifest=attempt.manifest,
                 )
+                # the output's hashes were computed as the chunks came; the rest came with the receipt
+                for name, index, frame in (("stdout", 1, msg.payloads[0]), ("stderr", 2, msg.payloads[1])):
+                    digest = attempt.digests[index].copy()
+                    digest.update(frame)
+                    if hash_text(digest.digest()) != receipt.get(name):
+                        raise VerificationError([f"{name} hash {receipt.get(name)} does not match the bytes received"])
+                if job.sink is not None:  # the rest of the output, now that it is verified
+                    for index, frame in ((1, msg.payloads[0]), (2, msg.payloads[1])):
+                        if len(frame):
+                            job.sink(index, bytes(frame))
             except VerificationError as exc:
                 self._fail(job, active, attempt, f"bad receipt: {exc}", down_for=300.0)
                 return
@@ -689,8 +878,8 @@ class Client:
                     status=receipt["status"],
                     exit_code=receipt["exit_code"],
                     message=receipt["message"],
-                    stdout=stdout,
-                    stderr=stderr,
+                    stdout=bytes(stdout),
+                    stderr=bytes(stderr),
                     fuel_used=receipt["fuel_used"],
                     wall_us=receipt["wall_us"],
                     memory_peak_bytes=0,
@@ -702,13 +891,67 @@ class Client:
                     peer=peer.peer_id,
                     receipts=(receipt,),
                     attempts=tuple(job.failures),
+                    outputs=receipt.get("outputs"),
+                    tag=attempt.tag,
                 )
             )
 
+    def _send_blob(
+        self, job: _Job, peer: _Peer, msg: wire.Message, attempt: _Attempt, active: dict[bytes, _Attempt]
+    ) -> None:
+        """Answer a node's ``want`` with the bytes of a listing or file of the job's trees (read from disk)."""
+        blob, offset, size = msg["blob"], msg["offset"], msg["size"]
+        listing = job.listings.get(blob)
+        path, total = job.blobs.get(blob, ("", len(listing) if listing is not None else -1))
+        if total < 0 or not (0 <= offset and 0 < size <= CHUNK and offset + size <= total):
+            return self._fail(job, active, attempt, f"malformed answer (want of {size} bytes at {offset})", 60.0)
+        if listing is not None:
+            data = listing[offset : offset + size]
+        else:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read(size)
+        try:
+            peer.sock.send_multipart(  # type: ignore[union-attr]
+                wire.encode("blob", (data,), job=attempt.tag, blob=blob, offset=offset),
+                zmq.NOBLOCK,
+                copy=len(data) < wire.ZERO_COPY_MIN,
+            )
+        except zmq.Again:
+            self._fail(job, active, attempt, "connection lost while sending files")
+        attempt.deadline = max(attempt.deadline, time.monotonic() + self.connect_timeout + TIMEOUT_SLACK_S)
+
+    def _on_chunk(self, job: _Job, msg: wire.Message, attempt: _Attempt, active: dict[bytes, _Attempt]) -> None:
+        """A piece of a running job's output: checked against the stream's rules (asked for, in order, bounded,
+        within the job's output limit), hashed, and handed to ``on_output``."""
+        stream, offset, data = msg["stream"], msg["offset"], wire.payload_bytes(msg.payloads[0])
+        received = attempt.received
+        total = len(received[1]) + len(received[2]) + len(data)
+        why = None
+        if not attempt.streaming or job.sink is None:
+            why = "sent output chunks it was not asked for"
+        elif stream not in (1, 2):
+            why = f"sent a chunk of stream {stream!r} (1 stdout, 2 stderr)"
+        elif offset != len(received[stream]):
+            why = f"sent a chunk at offset {offset} of stream {stream}, expected {len(received[stream])}"
+        elif not 0 < len(data) <= wire.MAX_CHUNK_BYTES:
+            why = f"sent a chunk of {len(data)} bytes (1 to {wire.MAX_CHUNK_BYTES} allowed)"
+        elif total > job.limits.output_bytes:
+            why = (
+                f"streamed {total:,} bytes, more than the job's output limit of {format_size(job.limits.output_bytes)}"
+            )
+        if why is not None:
+            return self._fail(job, active, attempt, f"bad output stream: {why}", down_for=300.0)
+        received[stream] += data
+        attempt.digests[stream].update(data)
+        assert job.sink is not None
+        job.sink(stream, data)
+
     def _quorum(self, results: list[RemoteResult], replicas: int, job: _Job) -> RemoteResult:
-        groups: dict[tuple[str, str, int, str], list[RemoteResult]] = {}
+        groups: dict[tuple[str, str, int, str, str], list[RemoteResult]] = {}
         for r in results:
-            groups.setdefault((r.stdout_hash, r.stderr_hash, r.exit_code, r.status), []).append(r)
+            key = (r.stdout_hash, r.stderr_hash, r.exit_code, r.status, (r.outputs or {}).get("hash", ""))
+            groups.setdefault(key, []).append(r)
         need = replicas // 2 + 1
         best = max(groups.values(), key=len)
         receipts = tuple(r.receipt for r in results if r.receipt is not None)
@@ -737,6 +980,8 @@ class Client:
             receipts=receipts,
             dissent=dissent,
             attempts=tuple(job.failures),
+            outputs=first.outputs,
+            tag=first.tag,
         )
 
     # ---- life cycle ----------------------------------------------------------------------------------

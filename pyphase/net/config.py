@@ -13,6 +13,8 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     sandbox         = true              # isolated worker processes; unavailable: plasmd refuses to start; false: threads in the node
     queue           = 64                # jobs accepted beyond the running ones before offers get "busy"
     cache_bytes     = "256MiB"          # on-disk module cache bound (LRU)
+    blob_cache_bytes = "1GiB"           # on-disk store of input-tree files (LRU), so a tree is sent once
+    output_wait     = "60s"             # how long a finished job's output tree waits for its client to fetch it
     mdns            = true              # announce on the LAN as _phase._tcp.local. and log peers found/lost
     mdns_interfaces = "all"             # "all" or comma-separated IPv4 addresses (tests use "127.0.0.1")
     log_format      = "json"            # "json" (one object per line) or "text"
@@ -48,6 +50,11 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     dht_bootstrap   = ""                # HOST:PORT,... to join through; "": libtorrent's default Mainline router
                                         # (plus the good nodes remembered in DATA_DIR/dht-nodes.json either way)
     dht_refresh     = "20m"             # republish the record (good for 2 h) and re-announce this often
+    upnp            = true              # map the phase/1 port and the DHT port on the home router (UPnP-IGD and
+                                        # NAT-PMP, through the DHT's libtorrent session; nothing with dht = false or
+                                        # a loopback listen address) and publish the mapped address in the record
+    reachability    = true              # ask peers found through the DHT to dial back (docs/NETWORK.md,
+                                        # "Reachability"); the verdict is the "reachability" event
 
     [limits]                            # the most a job may ask for; bigger offers are rejected "limits"
     memory          = "256MiB"
@@ -56,6 +63,10 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     output          = "16MiB"
     module          = "16MiB"           # largest module accepted ("module_too_big")
     input           = "16MiB"           # largest input accepted ("input_too_big")
+    tree            = "1GiB"            # the most file bytes of a job's input trees ("tree_too_big")
+    tree_files      = 10000             # the most files in a job's input trees ("tree_too_big")
+    disk            = "1GiB"            # the most fs.disk_bytes a job may ask to write
+    files           = 10000             # the most fs.files (files written) a job may ask for
 
 Sizes and durations are text with a unit: B; KB, MB, GB (powers of 1000); KiB, MiB, GiB (powers of 1024);
 ms, s, m (minutes), h. A bare number in text is refused (is "64" bytes or MiB?), except 0 (for timeout: no
@@ -112,6 +123,8 @@ class NodeConfig:
     sandbox: bool = True
     queue: int = 64
     cache_bytes: int = 256 << 20
+    blob_cache_bytes: int = 1 << 30
+    output_wait_ms: int = 60_000
     mdns: bool = True
     mdns_interfaces: str = "all"
     log_format: str = "json"
@@ -123,6 +136,8 @@ class NodeConfig:
     dht_listen: str = ""
     dht_bootstrap: str = ""
     dht_refresh_ms: int = 20 * 60_000
+    upnp: bool = True
+    reachability: bool = True
     api: bool = True
     api_listen: str = ""
     api_max_connections: int = 64
@@ -143,6 +158,10 @@ class NodeConfig:
     max_output: int = 16 << 20
     max_module: int = 16 << 20
     max_input: int = 16 << 20
+    max_tree_bytes: int = 1 << 30
+    max_tree_files: int = 10_000
+    max_disk: int = 1 << 30
+    max_files: int = 10_000
 
     @property
     def ceiling(self) -> Limits:
@@ -173,6 +192,8 @@ _TOP: dict[str, tuple[str, Any]] = {
     "sandbox": ("sandbox", "bool"),
     "queue": ("queue", int),
     "cache_bytes": ("cache_bytes", parse_size),
+    "blob_cache_bytes": ("blob_cache_bytes", parse_size),
+    "output_wait": ("output_wait_ms", parse_duration_ms),
     "mdns": ("mdns", "bool"),
     "mdns_interfaces": ("mdns_interfaces", str),
     "log_format": ("log_format", str),
@@ -184,6 +205,8 @@ _TOP: dict[str, tuple[str, Any]] = {
     "dht_listen": ("dht_listen", str),
     "dht_bootstrap": ("dht_bootstrap", str),
     "dht_refresh": ("dht_refresh_ms", parse_duration_ms),
+    "upnp": ("upnp", "bool"),
+    "reachability": ("reachability", "bool"),
     "api": ("api", "bool"),
     "api_listen": ("api_listen", str),
     "api_max_connections": ("api_max_connections", int),
@@ -206,6 +229,10 @@ _LIMITS: dict[str, tuple[str, Any]] = {
     "output": ("max_output", parse_size),
     "module": ("max_module", parse_size),
     "input": ("max_input", parse_size),
+    "tree": ("max_tree_bytes", parse_size),
+    "tree_files": ("max_tree_files", int),
+    "disk": ("max_disk", parse_size),
+    "files": ("max_files", int),
 }
 
 

@@ -1,7 +1,8 @@
 """The BitTorrent Mainline DHT through libtorrent: node records (BEP 44), rendezvous (BEP 5), the record query.
 
-:class:`Dht` is one libtorrent session with everything but the DHT off (no peer connections, no UPnP,
-NAT-PMP, LSD or IP notifier; the posix disk back end, one thread). Its calls block until libtorrent's
+:class:`Dht` is one libtorrent session with everything but the DHT off (no peer connections, LSD or IP
+notifier; the posix disk back end, one thread); UPnP-IGD and NAT-PMP only when a node asks for port
+mapping (:class:`PortMapping`, :meth:`Dht.map_port`). Its calls block until libtorrent's
 alerts answer them, so a node calls them from a worker thread and a client calls them directly.
 
 * Records: :meth:`Dht.put_record` publishes the node's signed record under its own key (salt
@@ -145,10 +146,69 @@ class _Waiter:
     changed: threading.Condition = field(default_factory=threading.Condition)
 
 
+class PortMapping:
+    """What the router gave: mappings by (what, protocol) -> (external port, transport), the external IP.
+    Fed from the alert thread; ``on_event`` gets ``port_mapping_obtained`` / ``port_mapping_lost`` /
+    ``port_mapping_failed``."""
+
+    def __init__(self, on_event: Callable[..., None]) -> None:
+        self.on_event = on_event
+        self.external_ip = ""
+        self.requested: dict[int, tuple[str, str, int]] = {}
+        self.active: dict[tuple[str, str, str], int] = {}  # (what, protocol, transport) -> external port
+        self._failed: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def _what(self, mapping: int, protocol: str) -> tuple[str, int]:
+        what, _, port = self.requested.get(mapping, ("dht" if protocol == "udp" else "dht-tcp", protocol, 0))
+        return what, port
+
+    def obtained(self, transport: str, mapping: int, protocol: str, external_port: int) -> None:
+        what, port = self._what(mapping, protocol)
+        with self._lock:
+            if self.active.get((what, protocol, transport)) == external_port:
+                return  # a refresh
+            self.active[(what, protocol, transport)] = external_port
+        self.on_event(
+            "port_mapping_obtained",
+            what=what,
+            protocol=protocol,
+            local_port=port or None,
+            external=f"{self.external_ip}:{external_port}" if self.external_ip else f"?:{external_port}",
+            transport=transport,
+        )
+
+    def failed(self, transport: str, mapping: int, error: str) -> None:
+        known = self.requested.get(mapping)
+        with self._lock:
+            keys = [
+                k
+                for k in self.active
+                if k[2] == transport and (k[:2] == known[:2] if known else k[0] in ("dht", "dht-tcp"))
+            ]
+            lost = [(k, self.active.pop(k)) for k in keys]
+        for (what, protocol, _), ext in lost:
+            self.on_event(
+                "port_mapping_lost", what=what, protocol=protocol, external_port=ext, transport=transport, error=error
+            )
+        if not lost and (transport, error) not in self._failed:
+            self._failed.add((transport, error))
+            self.on_event("port_mapping_failed", transport=transport, error=error)
+
+    def external(self, what: str = "phase/1", protocol: str = "tcp") -> str | None:
+        """``IP:PORT`` the router forwards to ``what`` (by either transport), or None."""
+        with self._lock:
+            ports = [p for (w, pr, _), p in self.active.items() if w == what and pr == protocol]
+        if not ports or not self.external_ip:
+            return None
+        return f"{self.external_ip}:{ports[0]}"
+
+
 class Dht:
     """One libtorrent DHT session. ``listen``: ``IP:PORT`` (an address, never a device name; port 0: any);
     ``bootstrap``: [(host, port)] or None for libtorrent's default routers; ``read_only`` (BEP 43) for
-    clients, which take no part in storing; ``on_event(name, **fields)`` receives DHT events."""
+    clients, which take no part in storing; ``on_event(name, **fields)`` receives DHT events;
+    ``port_mapping``: UPnP-IGD and NAT-PMP on (the DHT port is mapped, :meth:`map_port` maps others)."""
 
     def __init__(
         self,
@@ -158,6 +218,7 @@ class Dht:
         read_only: bool = False,
         known_nodes: Iterable[tuple[str, int]] = (),
         on_event: Callable[..., None] | None = None,
+        port_mapping: bool = False,
     ) -> None:
         lt = _lt()
         host, _, port = listen.rpartition(":")
@@ -169,8 +230,8 @@ class Dht:
             "listen_interfaces": f"{host}:{port}",
             "enable_dht": True,
             "enable_lsd": False,
-            "enable_upnp": False,
-            "enable_natpmp": False,
+            "enable_upnp": port_mapping,
+            "enable_natpmp": port_mapping,
             "enable_ip_notifier": False,
             "enable_incoming_tcp": False,
             "enable_outgoing_tcp": False,
@@ -183,6 +244,7 @@ class Dht:
                 | lt.alert_category.dht_operation
                 | lt.alert_category.error
                 | lt.alert_category.status
+                | (lt.alert_category.port_mapping if port_mapping else 0)
             ),
         }
         if bootstrap is not None:
@@ -197,6 +259,7 @@ class Dht:
         self._closed = False
         self._listen_error: str | None = None
         self._listening = threading.Event()
+        self.mapping = PortMapping(self.on_event)
         self._pump = threading.Thread(target=self._pump_alerts, name="dht-alerts", daemon=True)
         self._pump.start()
         for h, p in known:
@@ -242,6 +305,27 @@ class Dht:
                     )
                 elif isinstance(a, lt.dht_get_peers_reply_alert):
                     self._deliver("peers", bytes.fromhex(str(a.info_hash)), [(str(h), int(p)) for h, p in a.peers()])
+                elif isinstance(a, lt.external_ip_alert):
+                    self.mapping.external_ip = str(a.external_address)
+                elif isinstance(a, lt.portmap_alert):
+                    self.mapping.obtained(self._transport(a), int(a.mapping), self._proto(a), int(a.external_port))
+                elif isinstance(a, lt.portmap_error_alert):
+                    self.mapping.failed(self._transport(a), int(a.mapping), a.error.message())
+
+    def _transport(self, alert: Any) -> str:
+        return "upnp" if alert.map_transport == self._lt.portmap_transport.upnp else "natpmp"
+
+    def _proto(self, alert: Any) -> str:
+        return "udp" if alert.map_protocol == self._lt.portmap_protocol.udp else "tcp"
+
+    def map_port(self, protocol: str, port: int, what: str) -> None:
+        """Ask the router (UPnP-IGD and NAT-PMP at once) to forward ``protocol`` ``port`` to this host, same
+        port outside if free; the outcome arrives as ``port_mapping_obtained`` / ``port_mapping_lost`` events.
+        (The DHT's own UDP port is mapped by libtorrent itself when port mapping is on.)"""
+        lt = self._lt
+        proto = lt.portmap_protocol.udp if protocol == "udp" else lt.portmap_protocol.tcp
+        for mapping in self._session.add_port_mapping(proto, port, port):
+            self.mapping.requested[int(mapping)] = (what, protocol, port)
 
     def _deliver(self, kind: str, key: bytes, alert: Any) -> None:
         with self._lock:

@@ -10,25 +10,33 @@ start is a ``warning`` and the node goes on serving its direct address.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import random
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pyphase.identity import Identity
 from pyphase.net import records
 from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig
+from pyphase.net.discovery import announce_addresses
 from pyphase.net.dht import (
     Dht,
     DhtUnavailable,
     RecordResponder,
     load_known_nodes,
     parse_endpoints,
+    query_records,
     record_answer,
     rendezvous_hash,
     save_known_nodes,
 )
+from pyphase.net.reachability import ask_dial_back, verdict
 from pyphase.receipt import machine_arch
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION
+
+if TYPE_CHECKING:
+    from pyphase.net.node import Node
 
 KNOWN_NODES_FILE = "dht-nodes.json"
 
@@ -52,8 +60,12 @@ class DhtPresence:
         port: int,
         caps: dict[str, Any],
         log: Callable[..., None],
+        node: Node | None = None,
     ) -> None:
         self.config = config
+        self.node = node  # for dial-back checks: its ZeroMQ context, and the nonces its listener heard
+        self.reachability: dict[str, Any] = {}
+        self._checked: tuple[float, str | None] | None = None  # (when, the mapped address then)
         self.identity = identity
         self.host = host
         self.port = port
@@ -64,6 +76,21 @@ class DhtPresence:
         self.seq = 0
         self._task: asyncio.Task[None] | None = None
         self._known_path = config.data_dir / KNOWN_NODES_FILE if not config.ephemeral else None
+        self._changed = asyncio.Event()  # the record's contents changed: republish before the next refresh
+
+    def mapped_address(self) -> str | None:
+        """``IP:PORT`` the router forwards to the ``phase/1`` port, once a mapping was obtained."""
+        return self.dht.mapping.external() if self.dht is not None else None
+
+    def addresses(self) -> list[str]:
+        """The record's addresses: the port-mapped one first (reachable from anywhere), then the listen one."""
+        direct = f"{self.host}:{self.port}"
+        mapped = self.mapped_address()
+        return [mapped, direct] if mapped and mapped != direct else [direct]
+
+    def announce_port(self) -> int:
+        mapped = self.mapped_address()
+        return int(mapped.rpartition(":")[2]) if mapped else self.port
 
     def record_value(self) -> bytes:
         caps = {
@@ -72,7 +99,9 @@ class DhtPresence:
             "workers": int(self.caps.get("load", {}).get("workers", 0)),
             "memory": int(self.caps.get("memory_bytes", 0)),
         }
-        return records.encode_value([f"{self.host}:{self.port}"], [f"{RUNTIME_NAME}/{RUNTIME_VERSION}"], caps)
+        if self.reachability:
+            caps["reach"] = self.reachability["verdict"]
+        return records.encode_value(self.addresses(), [f"{RUNTIME_NAME}/{RUNTIME_VERSION}"], caps)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -84,15 +113,21 @@ class DhtPresence:
         known = load_known_nodes(self._known_path) if self._known_path else []
         where = dht_listen_address(self.config, self.host, self.port)
         log = self._threadsafe_log()
+        mapping = self.config.upnp and not _is_loopback(where.rpartition(":")[0].strip("[]"))
         try:
-            self.dht = await asyncio.to_thread(Dht, where, bootstrap, known_nodes=known, on_event=log)
+            self.dht = await asyncio.to_thread(
+                Dht, where, bootstrap, known_nodes=known, on_event=log, port_mapping=mapping
+            )
         except DhtUnavailable as exc:
             if self.config.dht_listen:
                 raise
             self.log("warning", message=f"{exc}; the DHT takes any free port instead")
             self.dht = await asyncio.to_thread(
-                Dht, f"{where.rpartition(':')[0]}:0", bootstrap, known_nodes=known, on_event=log
+                Dht, f"{where.rpartition(':')[0]}:0", bootstrap, known_nodes=known, on_event=log, port_mapping=mapping
             )
+        if mapping:
+            self.dht.map_port("tcp", self.port, "phase/1")
+            self.dht.map_port("udp", self.port, "record-query")
         self.log(
             "dht_listening",
             address=f"{self.dht.listen_host}:{self.dht.port}",
@@ -106,9 +141,14 @@ class DhtPresence:
         loop = asyncio.get_running_loop()
 
         def log(event: str, **fields: Any) -> None:
-            loop.call_soon_threadsafe(lambda: self.log(event, **fields))
+            loop.call_soon_threadsafe(lambda: self._on_event(event, fields))
 
         return log
+
+    def _on_event(self, event: str, fields: dict[str, Any]) -> None:
+        self.log(event, **fields)
+        if event.startswith("port_mapping_") and fields.get("what") == "phase/1":
+            self._changed.set()  # the record's addresses changed: republish now
 
     def _set_answer(self, value: bytes, seq: int) -> None:
         assert self.responder is not None
@@ -130,6 +170,7 @@ class DhtPresence:
                 self._set_answer(value, seq)
             self.log(
                 "dht_record_published" if first else "dht_record_refreshed",
+                addresses=self.addresses(),
                 seq=seq,
                 stored=stored,
                 ms=int((time.monotonic() - started) * 1000),
@@ -139,11 +180,17 @@ class DhtPresence:
                 "phase/1": rendezvous_hash(),
                 f"phase/1/arch/{machine_arch()}": rendezvous_hash(f"arch/{machine_arch()}"),
             }
+            port = self.announce_port()
             for info_hash in hashes.values():
-                dht.announce(info_hash, self.port)
-            self.log("dht_announced", port=self.port, hashes={k: v.hex() for k, v in hashes.items()})
+                dht.announce(info_hash, port)
+            self.log("dht_announced", port=port, hashes={k: v.hex() for k, v in hashes.items()})
             peers = await asyncio.to_thread(dht.get_peers, hashes["phase/1"], 5.0)
             self.log("dht_rendezvous", peers=len(peers))
+            if self._check_due():
+                before = self.reachability.get("verdict")
+                await self.check_reachability(peers)
+                if self.reachability.get("verdict") != before:
+                    self._changed.set()  # the record says how the node is reachable: republish
             if self._known_path is not None:
                 await asyncio.to_thread(save_known_nodes, self._known_path, dht.known_nodes())
             # right after start the routing table is thin and the first put/announce reach few of the nodes
@@ -151,7 +198,51 @@ class DhtPresence:
             refresh = self.config.dht_refresh_ms / 1000
             delay = min(warmup.pop(0) if warmup else refresh, refresh) if stored > 0 else min(10.0, refresh)
             first = False
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.wait_for(self._changed.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+            self._changed.clear()
+
+    def _check_due(self) -> bool:
+        if not self.config.reachability or self.node is None:
+            return False
+        if self._checked is None:
+            return True
+        when, mapped = self._checked
+        unknown = self.reachability.get("verdict") in (None, "unknown")
+        return (
+            mapped != self.mapped_address()
+            or (unknown and time.monotonic() - when > 10)
+            or time.monotonic() - when > self.config.dht_refresh_ms / 1000
+        )
+
+    async def check_reachability(self, endpoints: list[tuple[str, int]]) -> dict[str, Any]:
+        """Ask up to three peers of the rendezvous (each proven by its record) to dial back; log the verdict
+        (``reachability``) and keep it for the record and for ``phase dht``."""
+        assert self.node is not None
+        mapped = self.mapped_address()
+        self._checked = (time.monotonic(), mapped)
+        found = await asyncio.to_thread(query_records, endpoints, 1.0)
+        me = self.identity.peer_id
+        peers = [(r.peer_id, h, p) for (h, p), r in found.items() if r.peer_id != me]
+        peers = list({p[0]: p for p in random.sample(peers, len(peers))}.values())[:3]
+        if not peers:
+            result: dict[str, Any] = {"verdict": "unknown", "address": None, "why": "no peer to ask yet"}
+            answers = []
+        else:
+            port = self.announce_port()
+            answers = await asyncio.to_thread(
+                ask_dial_back, self.node.ctx, self.identity, peers, port, self.node.dial_nonces
+            )
+            bind = split_hostport(self.config.listen)[0]
+            # a node listening on every interface is "public" when a peer saw any of their addresses
+            local = {self.host, bind, *announce_addresses(bind, None)}
+            result = verdict(answers, local, mapped, port)
+        self.reachability = {**result, "asked": [a.to_json() for a in answers]}
+        self.node.reachability = self.reachability
+        self.log("reachability", **result, asked=len(answers), heard=sum(a.heard for a in answers))
+        return self.reachability
 
     async def close(self) -> None:
         if self._task is not None:
@@ -169,3 +260,11 @@ class DhtPresence:
                 save_known_nodes(self._known_path, dht.known_nodes())
             await asyncio.to_thread(dht.close)
             self.log("dht_stopped", answered=self.responder.answered if self.responder else 0)
+
+
+def _is_loopback(host: str) -> bool:
+    """A loopback DHT (tests, one machine) has no router to map ports on."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

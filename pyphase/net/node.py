@@ -19,9 +19,11 @@ import functools
 import json
 import os
 import resource
+import shutil
 import socket
 import struct
 import sys
+import threading
 import time
 from collections import Counter
 from typing import Any, Callable, TextIO
@@ -35,18 +37,24 @@ from pyphase.identity import Identity
 from pyphase.limits import Limits
 from pyphase.manifest import job_id
 from pyphase.net import wire
+from pyphase import trees
+from pyphase.errors import TreeError
+from pyphase.net.blobs import BlobStore
 from pyphase.net.cache import ModuleCache
+from pyphase.net.jobfs import CHUNK, JobFS
 from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig
+from pyphase.net.reachability import DialBackService
 from pyphase.net.shares import HeldJob, ShareCaps, Shares
 from pyphase.sandbox.executor import Executor, failed_result, job_kwargs, make_executor
 from pyphase.receipt import machine_arch, make_receipt, timestamp
 from pyphase.result import Result
-from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION
+from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION, OutputSink
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 JOB_DESCRIPTORS = 64  # descriptors kept back from connections: module cache, sandbox, logs
 JOB_DESCRIPTORS_PER_WORKER = 16
+STREAM_GATHER_S = 0.01  # a streaming job's output is gathered this long before it is sent
 TRACK_MIN = 64 << 10  # results at least this big are tracked until libzmq has sent them
 SEND_QUEUE_TOTAL_FACTOR = 4  # all connections together: this many times one connection's send_queue
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
@@ -67,6 +75,7 @@ RATE_LIMITED = frozenset(
         "abandoned",
         "refused",
         "cancelled",
+        "blob_timeout",
     }
 )
 
@@ -249,6 +258,51 @@ def curve_key_text(key: bytes) -> str:
     return zmq.utils.z85.encode(key).decode("ascii")
 
 
+class OutputRelay:
+    """A running job's output on its way from the executor's thread to the node's loop: pieces are gathered for
+    ``STREAM_GATHER_S`` and handed over in one loop wake-up (a burst of small writes costs one message, and a job
+    that ends within it sends its output with the result alone, as without streaming)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, flush: Callable[[], None]) -> None:
+        self._loop = loop
+        self._flush = flush
+        self._lock = threading.Lock()
+        self._pieces: list[tuple[int, bytes]] = []
+        self._scheduled = False
+        self.stopped = False  # set on the loop: nothing more is sent
+
+    def __call__(self, stream: int, data: bytes) -> bool:
+        with self._lock:
+            if self.stopped:
+                return True
+            self._pieces.append((stream, data))
+            if self._scheduled:
+                return True
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._loop.call_later, STREAM_GATHER_S, self._flush)
+        except RuntimeError:  # the loop is closed: the node is stopping
+            pass
+        return True
+
+    def take(self) -> list[tuple[int, bytes]]:
+        with self._lock:
+            pieces, self._pieces, self._scheduled = self._pieces, [], False
+        return pieces
+
+
+def coalesce(pieces: list[tuple[int, bytes]], most: int) -> list[tuple[int, bytes]]:
+    """Consecutive pieces of one stream joined, then cut into pieces of at most ``most`` bytes."""
+    runs: list[tuple[int, list[bytes]]] = []
+    for stream, data in pieces:
+        if runs and runs[-1][0] == stream:
+            runs[-1][1].append(data)
+        else:
+            runs.append((stream, [data]))
+    joined = [(stream, b"".join(parts)) for stream, parts in runs]
+    return [(stream, data[i : i + most]) for stream, data in joined for i in range(0, len(data), most)]
+
+
 class Node:
     """A ``phase/1`` node. ``await start()`` binds and returns the address; ``await serve()`` runs until
     :meth:`request_stop`; ``await close()`` finishes in-flight jobs (up to the grace) and releases everything."""
@@ -266,6 +320,13 @@ class Node:
         self.log = log or EventLog("json")
         self.executor = executor
         self.cache = ModuleCache(config.data_dir / "modules", config.cache_bytes)
+        self.blobs = BlobStore(config.data_dir / "blobs", config.blob_cache_bytes)
+        self.jobs_dir = config.data_dir / "jobs"
+        shutil.rmtree(self.jobs_dir, ignore_errors=True)  # directories of jobs a stopped node left behind
+        self.jobs_dir.mkdir(mode=0o700)
+        self._outputs: dict[tuple[bytes, bytes], tuple[JobFS, float]] = {}  # finished jobs' outputs, last asked
+        self.blob_bytes_in = 0  # file bytes of input trees received, and reused from the blob store
+        self.blob_bytes_reused = 0
         # Plain (not zmq.asyncio) sockets driven by the loop's reader callbacks: handling a message is a
         # synchronous function call, and a send never waits (a ROUTER drops rather than blocks).
         _seed_routing_ids()
@@ -306,6 +367,11 @@ class Node:
         self.bytes_out = 0
         self.on_result: Callable[[dict[str, Any], str], None] | None = None
         """Called with (receipt, client key) after each result is sent (history, metrics: pyphase.api)."""
+        self.dial_back = DialBackService(self.ctx)
+        self.dial_nonces: dict[bytes, threading.Event] = {}
+        """Nonces of this node's own reachability checks; set when their dial back arrives."""
+        self.reachability: dict[str, Any] | None = None
+        """The last dial-back verdict (pyphase.net.dhtnode sets it; the HTTP API shows it)."""
         self._max_msg = config.max_module + config.max_input + wire.MAX_HEADER_BYTES + MAX_MESSAGE_SLACK
 
     # ---- life cycle ------------------------------------------------------------------------------
@@ -398,6 +464,7 @@ class Node:
         # keep receiving during the grace so late offers get "shutting_down" rather than silence
         for job in [j for j in self.shares.jobs.values() if j.state == "waiting"]:
             self.shares.remove(job.key)
+            self._drop_fs(job)
             self._reject(job.rid, job.tag, "shutting_down", "the node is stopping")
         deadline = time.monotonic() + self.config.shutdown_grace_ms / 1000
         while self.shares.jobs and time.monotonic() < deadline:
@@ -432,6 +499,9 @@ class Node:
                 loop.remove_reader(sock.fileno())
                 sock.close()
         self.ctx.term()
+        for key in list(self._outputs):
+            self._release_outputs(key)
+        shutil.rmtree(self.jobs_dir, ignore_errors=True)
         self.log("stopped", jobs=self.jobs_done)
 
     # ---- connections: who is talking, from where, and when they are gone ------------------------------
@@ -589,10 +659,20 @@ class Node:
             "runtime": RUNTIME_NAME,
             "runtime_version": RUNTIME_VERSION,
             "executor": self.executor.kind if self.executor else "none",
-            "max_limits": {**c.ceiling.to_json(), "module_bytes": c.max_module, "input_bytes": c.max_input},
+            "max_limits": {
+                **c.ceiling.to_json(),
+                "module_bytes": c.max_module,
+                "input_bytes": c.max_input,
+                "tree_bytes": c.max_tree_bytes,
+                "tree_files": c.max_tree_files,
+                "disk_bytes": c.max_disk,
+                "files": c.max_files,
+            },
+            "cached_blobs": len(self.blobs),
             "load": self.load(),
             "cached_modules": len(self.cache),
             "accepting": not self._stopping,
+            "stream": True,
         }
 
     def _error(self, rid: bytes, code: str, detail: str, job: bytes | None = None) -> None:
@@ -641,8 +721,40 @@ class Node:
             self._offer(rid, msg, client, address)
         elif msg.type == "module":
             self._module(rid, msg)
+        elif msg.type == "dial?":
+            self._dial_back(rid, msg, client, address)
+        elif msg.type == "dialback":
+            heard = self.dial_nonces.get(msg["nonce"])
+            if heard is not None:
+                heard.set()
+        elif msg.type == "blob":
+            self._blob(rid, msg)
+        elif msg.type == "want":
+            self._want(rid, msg)
+        elif msg.type == "done":
+            self._release_outputs((rid, msg["job"]))
         else:
             self._error(rid, "unexpected", f"a node does not take {msg.type!r} messages", msg.get("job"))
+
+    def _dial_back(self, rid: bytes, msg: wire.Message, client: str, address: str) -> None:
+        """Dial the requester back at its own source address (pyphase.net.reachability), within the bounds."""
+        nonce, port = msg["nonce"], msg["port"]
+
+        def answer(ok: bool, detail: str) -> None:
+            self._send(rid, wire.encode("dial", nonce=nonce, ok=ok, seen=address, detail=detail))
+
+        if not 0 < port < 65536 or not client or not address:
+            return answer(False, "a dial back needs a port (1-65535) and a CURVE key")
+        refused = self.dial_back.admit(address)
+        if refused is not None:
+            return answer(False, refused)
+
+        async def dial() -> None:
+            ok, detail = await asyncio.to_thread(self.dial_back.dial, address, port, client, nonce)
+            self.log("dial_back", address=f"{address}:{port}", ok=ok, detail=detail)
+            answer(ok, detail)
+
+        self._spawn(dial())
 
     def _check_offer(self, manifest: dict[str, Any], data: bytes) -> tuple[str, str] | Limits:
         problems = schemas.errors("manifest", manifest)
@@ -669,6 +781,15 @@ class Node:
             too_high.append(f"min_memory_bytes {requires['min_memory_bytes']} exceeds {c.max_memory}")
         if too_high:
             return "limits", "; ".join(too_high)
+        fs = manifest.get("fs")
+        if fs is not None:
+            listing_cap = c.max_tree_files * 512 + 1024
+            if any(d["tree"]["size"] > listing_cap for d in fs["dirs"]):
+                return "tree_too_big", f"a tree listing of more than {listing_cap} bytes ({c.max_tree_files} files)"
+            if fs["disk_bytes"] > c.max_disk or fs["files"] > c.max_files:
+                return "limits", (
+                    f"fs.disk_bytes {fs['disk_bytes']} / fs.files {fs['files']} exceed {c.max_disk} / {c.max_files}"
+                )
         return limits
 
     def _offer(self, rid: bytes, msg: wire.Message, client: str, address: str) -> None:
@@ -688,7 +809,8 @@ class Node:
         size = len(msg.payloads[0]) + (
             declared if type(declared) is int and 0 <= declared <= self.config.max_module else 0
         )
-        busy = self.shares.refuse(client, address, size, waiting=module is None)
+        has_fs = isinstance(manifest.get("fs"), dict)
+        busy = self.shares.refuse(client, address, size, waiting=module is None or has_fs)
         if busy is not None:
             return self._reject(rid, tag, "busy", busy)
         data = wire.payload_bytes(msg.payloads[0])
@@ -710,11 +832,14 @@ class Node:
             address,
             time.monotonic(),
             t0,
-            module,
-            "waiting" if module is None else "queued",
+            None if has_fs else module,
+            "waiting" if module is None or has_fs else "queued",
         )
+        job.stream = msg.get("stream") is True
         self.shares.add(job)
-        if module is not None:
+        if module is not None and has_fs:
+            self._begin_fs(job, module)
+        elif module is not None:
             self._dispatch()
 
     def _module(self, rid: bytes, msg: wire.Message) -> None:
@@ -734,8 +859,118 @@ class Node:
             return self._reject(rid, tag, "module_mismatch", "the module bytes do not match manifest.module")
         self.log("module_cached", module=ref["hash"], size=len(data))
         job.t0 = time.perf_counter()
+        if job.manifest.get("fs") is not None:
+            return self._begin_fs(job, data)
         self.shares.ready(job, data)
         self._dispatch()
+
+    # ---- files: input trees in, output trees out (docs/NETWORK.md, "Files") -------------------------------
+
+    def _begin_fs(self, job: HeldJob, module: bytes) -> None:
+        """Lay out the job's input trees from the blob store and ask the client for what is missing."""
+        c = self.config
+        try:
+            job.fs = JobFS.create(self.jobs_dir, self.blobs, job.manifest["fs"], c.max_tree_files, c.max_tree_bytes)
+        except TreeError as exc:
+            return self._drop_job(job, exc.reason, str(exc))
+        except OSError as exc:
+            return self._drop_job(job, "busy", f"the node cannot lay out the job's files now ({exc.strerror or exc})")
+        job.fs.module = module
+        job.since = time.monotonic()
+        self._pump(job)
+
+    def _pump(self, job: HeldJob) -> None:
+        """Ask for the next chunks, or queue the job once every file is in place."""
+        fs = job.fs
+        assert fs is not None
+        if fs.complete:
+            try:
+                fs.finish_layout()
+            except OSError as exc:
+                return self._drop_job(job, "busy", f"the node cannot lay out the job's files now ({exc})")
+            self.blob_bytes_in += fs.fetched_bytes
+            self.blob_bytes_reused += fs.reused_bytes
+            self.log(
+                "files_ready",
+                job=job.tag.hex(),
+                client=job.client,
+                trees=[d["tree"]["hash"] for d in job.manifest["fs"]["dirs"]],
+                fetched_bytes=fs.fetched_bytes,
+                reused_bytes=fs.reused_bytes,
+            )
+            module, fs.module = fs.module, None
+            assert module is not None
+            self.shares.ready(job, module)
+            return self._dispatch()
+        self._ask(job)
+
+    def _ask(self, job: HeldJob) -> None:
+        """Ask for a job's next chunks within the node's budget: at most ``held_bytes`` of file bytes asked for and
+        not yet received, all jobs together (they wait in the socket's receive queue: no high-water mark)."""
+        assert job.fs is not None
+        budget = self.config.held_bytes // CHUNK - sum(j.fs.outstanding for j in self._fetching())
+        try:
+            chunks = job.fs.requests(max(0, budget))
+        except OSError as exc:  # no descriptor or no disk for a part file
+            return self._drop_job(job, "busy", f"the node cannot store the job's files now ({exc.strerror or exc})")
+        for blob, offset, size in chunks:
+            self._send(job.rid, wire.encode("want", job=job.tag, blob=blob, offset=offset, size=size))
+
+    def _fetching(self) -> list[HeldJob]:
+        return [j for j in self.shares.jobs.values() if j.state == "waiting" and j.fs is not None]
+
+    def _blob(self, rid: bytes, msg: wire.Message) -> None:
+        tag: bytes = msg["job"]
+        job = self.shares.jobs.get((rid, tag))
+        if job is None or job.state != "waiting" or job.fs is None:
+            return self._error(rid, "unknown_job", "no job on this connection is waiting for files", tag)
+        try:
+            job.fs.receive(msg["blob"], msg["offset"], wire.payload_bytes(msg.payloads[0]))
+        except TreeError as exc:
+            return self._drop_job(job, exc.reason, str(exc))
+        except OSError as exc:
+            return self._drop_job(job, "busy", f"the node cannot store the job's files now ({exc.strerror or exc})")
+        job.since = time.monotonic()
+        self._pump(job)
+        for other in self._fetching():  # a chunk received frees budget for jobs that had to wait for it
+            if other is not job and other.fs is not None and other.fs.outstanding == 0:
+                self._ask(other)
+
+    def _drop_job(self, job: HeldJob, reason: str, detail: str) -> None:
+        """Refuse a job still in hand and delete its files."""
+        self.shares.remove(job.key)
+        self._drop_fs(job)
+        self._reject(job.rid, job.tag, reason, detail)
+
+    def _drop_fs(self, job: HeldJob) -> None:
+        if job.fs is not None:
+            job.fs.remove()
+            job.fs = None
+
+    def _want(self, rid: bytes, msg: wire.Message) -> None:
+        """A client asks for bytes of a finished job's output tree (its listing or a file)."""
+        key = (rid, msg["job"])
+        held = self._outputs.get(key)
+        offset, size = msg["offset"], msg["size"]
+        if held is None:
+            return self._error(rid, "unknown_job", "no finished job on this connection holds outputs", msg["job"])
+        if not (0 <= offset < 1 << 62 and 0 < size <= CHUNK):
+            return self._error(rid, "malformed", f"want: offset >= 0 and 0 < size <= {CHUNK}", msg["job"])
+        fs = held[0]
+        try:
+            data = fs.read_output(msg["blob"], offset, size)
+        except OSError as exc:
+            data = None
+            self.log("warning", message=f"cannot read an output file: {exc}")
+        if data is None:
+            return self._error(rid, "unknown_blob", "that blob is not among the job's outputs", msg["job"])
+        self._outputs[key] = (fs, time.monotonic())
+        self._send(rid, wire.encode("blob", (data,), job=msg["job"], blob=msg["blob"], offset=offset), len(data))
+
+    def _release_outputs(self, key: tuple[bytes, bytes]) -> None:
+        held = self._outputs.pop(key, None)
+        if held is not None:
+            held[0].remove()
 
     def _dispatch(self) -> None:
         """Start queued jobs while workers are free, taking turns between addresses and between clients."""
@@ -754,12 +989,18 @@ class Node:
         loop = asyncio.get_running_loop()
         t1 = time.perf_counter()
         job.started = timestamp()
+        sink = None
+        if job.stream:
+            job.output_relay = OutputRelay(loop, functools.partial(self._send_chunks, job))
+            sink = OutputSink(job.output_relay, keep=True)
         try:
             future = self.executor.submit(
                 job.module,
                 job.input,
                 digest=digest_from_text(job.manifest["module"]["hash"]),
+                on_output=sink,
                 **job_kwargs(job.manifest, job.limits),
+                **({"dirs": job.fs.preopens} if job.fs is not None else {}),
             )
         except Exception as exc:  # e.g. arguments the runtime refuses (NUL bytes), a closed sandbox
             future = concurrent.futures.Future()
@@ -778,7 +1019,10 @@ class Node:
             job.started,
         )
         job.future = None  # the future's callback holds the job: no cycle keeps the result alive
+        fs, job.fs = job.fs, None
         if self.shares.remove(job.key) is None or self.sock is None or self.sock.closed:
+            if fs is not None:
+                fs.remove()
             return  # already answered (the node stopped before the job finished)
         self._dispatch()
         assert module is not None
@@ -786,19 +1030,33 @@ class Node:
         t0, t1 = times
         t2 = time.perf_counter()
         if job.abandoned:
+            if fs is not None:
+                fs.remove()
             return self._abandon(job, "its connection closed while it ran")
         try:
             result = future.result()
         except Exception as exc:  # the executor failed, not the job: report it as a crash, signed
             if _out_of_descriptors(exc):  # the node's trouble, not the job's: say busy, sign nothing
+                if fs is not None:
+                    fs.remove()
                 return self._reject(rid, tag, "busy", "the node is short of file descriptors")
             result = failed_result("crashed", f"{type(exc).__name__}: {exc}", module, data)
         # a job that never ran comes back without hashes: the node checked module and input against the manifest
         result = result.with_hashes(manifest["module"]["hash"], manifest["input"]["hash"])
-        answer = self.answer(result, manifest, limits, started)
+        outputs = None
+        if fs is not None:
+            result, outputs = self._collect_outputs(fs, result)
+        answer = self.answer(result, manifest, limits, started, outputs)
         if answer is None:
+            if fs is not None:
+                fs.remove()
             return
         stdout, receipt = answer
+        stderr = result.stderr
+        if job.output_relay is not None:  # streamed: what was not sent in chunks yet goes with the receipt
+            job.output_relay.stopped = True
+            job.output_relay.take()
+            stdout, stderr = stdout[job.streamed[1] :], stderr[job.streamed[2] :]
         self.jobs_done += 1
         self.log(
             "result",
@@ -813,19 +1071,42 @@ class Node:
             exec_us=int((t2 - t1) * 1e6),
             reply_us=int((time.perf_counter() - t2) * 1e6),
         )
+        if fs is not None:  # held for the client to fetch until it says done, goes, or waits too long
+            self._outputs[job.key] = (fs, time.monotonic())
         self._send_result(
             job,
-            wire.encode("result", (stdout, result.stderr), job=tag, receipt=receipt, load=self.load()),
-            len(stdout) + len(result.stderr),
+            wire.encode("result", (stdout, stderr), job=tag, receipt=receipt, load=self.load()),
+            len(stdout) + len(stderr),
         )
         if self.on_result is not None:
             self.on_result(receipt, client)
 
+    def _collect_outputs(self, fs: JobFS, result: Result) -> tuple[Result, dict[str, Any]]:
+        """The tree of what the job wrote (its ``{"hash", "size"}`` for the receipt); beyond the manifest's
+        ``fs.disk_bytes``/``fs.files`` the job ends ``output_limit`` with an empty output tree."""
+        try:
+            tree = fs.collect_outputs()
+        except (TreeError, OSError) as exc:
+            fs.output_paths.clear()
+            fs.outputs = tree = trees.build(())
+            if result.status == "ok":
+                result = dataclasses.replace(result, status="output_limit", message=str(exc)[:1024])
+        for d in fs.dirs:  # the read-only inputs are not needed any more; the outputs stay until fetched
+            if d.readonly:
+                shutil.rmtree(d.host, ignore_errors=True)
+        return result, tree.ref
+
     def answer(
-        self, result: Result, manifest: dict[str, Any], limits: Limits, started: str
+        self,
+        result: Result,
+        manifest: dict[str, Any],
+        limits: Limits,
+        started: str,
+        outputs: dict[str, Any] | None = None,
     ) -> tuple[bytes, dict[str, Any]] | None:
-        """The stdout to send for a finished job and its signed receipt (None: send nothing). The tests' launcher
-        (tests/net/misbehaving_plasmd.py) overrides this to cheat, to show that clients catch it."""
+        """The stdout to send for a finished job and its signed receipt (None: send nothing); ``outputs`` names
+        the job's output tree. The tests' launcher (tests/net/misbehaving_plasmd.py) overrides this to cheat,
+        to show that clients catch it."""
         receipt = make_receipt(
             result,
             job_id=job_id(manifest),
@@ -833,8 +1114,26 @@ class Node:
             limits=limits,
             identity=self.identity,
             started_at=started,
+            outputs=outputs,
         )
         return result.stdout, receipt
+
+    def _send_chunks(self, job: HeldJob) -> None:
+        """Send a running job's output gathered so far as ``chunk`` messages. Streaming stops for good (the rest
+        goes with the result) when the connection is gone, does not read, or holds too many unsent bytes."""
+        relay = job.output_relay
+        pieces = relay.take()
+        if relay.stopped or job.abandoned or self.sock is None or self.sock.closed:
+            return
+        for stream, data in coalesce(pieces, wire.MAX_CHUNK_BYTES):
+            if self._queued_bytes(job.rid) + len(data) > self.config.send_queue:
+                relay.stopped = True
+                return
+            frames = wire.encode("chunk", (data,), job=job.tag, stream=stream, offset=job.streamed[stream])
+            if not self._send(job.rid, frames, len(data)):
+                relay.stopped = True
+                return
+            job.streamed[stream] += len(data)
 
     def _send_result(self, job: HeldJob, frames: list[Any], size: int) -> None:
         """Send a result unless the client is gone or does not read: then it is dropped and counted abandoned."""
@@ -860,7 +1159,10 @@ class Node:
                     job.future.cancel()
             else:
                 self.shares.remove(job.key)
+                self._drop_fs(job)
                 self.log("cancelled", job=job.tag.hex(), client=job.client, reason="its connection closed")
+        for key in [k for k in self._outputs if k[0] == rid]:
+            self._release_outputs(key)
 
     async def _sweep_loop(self) -> None:
         wait_s = self.config.module_wait_ms / 1000
@@ -868,6 +1170,17 @@ class Node:
             await asyncio.sleep(max(0.05, wait_s / 4))
             cutoff = time.monotonic() - wait_s
             for job in [j for j in self.shares.jobs.values() if j.state == "waiting" and j.since < cutoff]:
+                if job.fs is not None and job.fs.outstanding == 0:  # waiting for the node's budget, not the client
+                    job.since = time.monotonic()
+                    self._ask(job)
+                    continue
+                if job.fs is not None:  # the client stopped sending the files asked for
+                    self.log("blob_timeout", job=job.tag.hex(), client=job.client)
+                    self._drop_job(job, "blob_timeout", f"no file bytes arrived for {wait_s:g} s")
+                    continue
                 self.shares.remove(job.key)
                 self.log("module_timeout", job=job.tag.hex(), client=job.client)
+            idle = time.monotonic() - self.config.output_wait_ms / 1000
+            for key in [k for k, (_, last) in self._outputs.items() if last < idle]:
+                self._release_outputs(key)
             self._dispatch()  # a job held back for an address gone quiet may start now

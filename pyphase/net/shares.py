@@ -51,6 +51,11 @@ class HeldJob:
     future: concurrent.futures.Future[Result] | None = None
     abandoned: bool = False
     started: str = field(default="")
+    fs: Any = None  # pyphase.net.jobfs.JobFS of a job with directories: its files, fetched and laid out
+    #: the client asked for output as it comes (``offer.stream``); bytes of stdout (1) and stderr (2) sent in chunks
+    stream: bool = False
+    streamed: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0})
+    output_relay: Any = None  # pyphase.net.node.OutputRelay of a streaming job
 
     @property
     def key(self) -> tuple[bytes, bytes]:

@@ -9,15 +9,27 @@ type       direction           header fields (besides ``v``, ``t``)             
 =========  ==================  =====================================================  =========================
 caps?      client -> node      --                                                     --
 caps       node -> client      ``caps`` (map, see :func:`pyphase.net.node`)             --
-offer      client -> node      ``job`` (tag, 1-32 bytes), ``manifest`` (map)          input (stdin)
+offer      client -> node      ``job`` (tag, 1-32 bytes), ``manifest`` (map),         input (stdin)
+                               optional ``stream`` (bool: send output as it comes)
 accept     node -> client      ``job``, ``module`` (bool: send me the module),        --
                                ``load`` (map)
 reject     node -> client      ``job``, ``reason`` (see ``REJECT_REASONS``),          --
                                ``detail`` (str), ``load``
 module     client -> node      ``job``                                                module bytes
-result     node -> client      ``job``, ``receipt`` (map), ``load``                   stdout, stderr
+chunk      node -> client      ``job``, ``stream`` (1 stdout, 2 stderr), ``offset``   at most ``MAX_CHUNK_BYTES``
+                               (bytes of that stream sent before)                     of output
+result     node -> client      ``job``, ``receipt`` (map), ``load``                   stdout, stderr (after a
+                                                                                      stream: what is left)
+want       either way          ``job``, ``blob`` (``sha256:``), ``offset``, ``size``  --
+blob       either way          ``job``, ``blob``, ``offset``                          bytes of the blob
+done       client -> node      ``job`` (its outputs may be deleted)                   --
 error      node -> client      ``code`` (see ``ERROR_CODES``), ``detail``,            --
                                optional ``job``
+dial?      node -> node        ``nonce`` (16-32 bytes), ``port``: dial me back        --
+                               (:mod:`pyphase.net.reachability`)
+dial       node -> node        ``nonce``, ``ok`` (bool), ``seen`` (the requester's    --
+                               address as seen), ``detail``
+dialback   node -> node        ``nonce``: the dial back itself, on a new connection   --
 =========  ==================  =====================================================  =========================
 
 The job tag is chosen by the client and names the exchange on its connection; the node keys jobs by
@@ -40,6 +52,7 @@ MAX_TAG_BYTES = 32
 MAX_DETAIL_CHARS = 1024
 MAX_STR = 64 << 10  # longest string anywhere in a header (manifest args/env values)
 MAX_ITEMS = 4096  # longest array / map anywhere in a header
+MAX_CHUNK_BYTES = 64 << 10  # output in one chunk message at most
 ZERO_COPY_MIN = 256 << 10  # payload frames this big are sent zero-copy; smaller ones are cheaper to copy
 
 REJECT_REASONS = (
@@ -53,8 +66,13 @@ REJECT_REASONS = (
     "duplicate",
     "shutting_down",
     "module_mismatch",
+    "bad_tree",
+    "tree_too_big",
+    "bad_blob",
+    "blob_mismatch",
+    "blob_timeout",
 )
-ERROR_CODES = ("malformed", "version", "type", "too_big", "unexpected", "unknown_job")
+ERROR_CODES = ("malformed", "version", "type", "too_big", "unexpected", "unknown_job", "unknown_blob")
 
 
 class WireError(Exception):
@@ -77,19 +95,26 @@ class Field:
 
 _TAG = Field(bytes, min_len=1, max_len=MAX_TAG_BYTES)
 _LOAD = Field(dict, required=False)
+_NONCE = Field(bytes, min_len=16, max_len=32)
+_BLOB = Field(str, min_len=71, max_len=71)  # sha256:<64 hex>, checked further where it is used
 
 # One table: message type -> (header fields, number of payload frames). Nothing else defines a message.
 MESSAGES: dict[str, tuple[dict[str, Field], int]] = {
     "caps?": ({}, 0),
     "caps": ({"caps": Field(dict)}, 0),
-    "offer": ({"job": _TAG, "manifest": Field(dict)}, 1),
+    "offer": ({"job": _TAG, "manifest": Field(dict), "stream": Field(bool, required=False)}, 1),
     "accept": ({"job": _TAG, "module": Field(bool), "load": _LOAD}, 0),
     "reject": (
         {"job": _TAG, "reason": Field(str, max_len=64), "detail": Field(str, max_len=MAX_DETAIL_CHARS), "load": _LOAD},
         0,
     ),
     "module": ({"job": _TAG}, 1),
+    "chunk": ({"job": _TAG, "stream": Field(int), "offset": Field(int)}, 1),
     "result": ({"job": _TAG, "receipt": Field(dict), "load": _LOAD}, 2),
+    # files (docs/NETWORK.md, "Files"): the node wants input blobs, the client wants output blobs
+    "want": ({"job": _TAG, "blob": _BLOB, "offset": Field(int), "size": Field(int)}, 0),
+    "blob": ({"job": _TAG, "blob": _BLOB, "offset": Field(int)}, 1),
+    "done": ({"job": _TAG}, 0),
     "error": (
         {
             "code": Field(str, max_len=64),
@@ -98,6 +123,17 @@ MESSAGES: dict[str, tuple[dict[str, Field], int]] = {
         },
         0,
     ),
+    "dial?": ({"nonce": _NONCE, "port": Field(int)}, 0),
+    "dial": (
+        {
+            "nonce": _NONCE,
+            "ok": Field(bool),
+            "seen": Field(str, max_len=64),
+            "detail": Field(str, max_len=MAX_DETAIL_CHARS),
+        },
+        0,
+    ),
+    "dialback": ({"nonce": _NONCE}, 0),
 }
 
 

@@ -22,16 +22,27 @@ import threading
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import pyphase
 from pyphase import _sandbox
+from pyphase.digests import sha256_text
 from pyphase.errors import LimitsError, PhaseError, SandboxError
 from pyphase.limits import Limits, format_size
 from pyphase.result import Result
 from pyphase.preopen import Preopen, opened
-from pyphase.runtime import DEFAULT_PROGRAM_NAME, Module, PreparedJob, explain_invalid, prepare_job
+from pyphase.runtime import (
+    DEFAULT_PROGRAM_NAME,
+    Module,
+    OutputCallback,
+    OutputSink,
+    PreparedJob,
+    explain_invalid,
+    prepare_job,
+    sink_for,
+)
 
 __all__ = ["Sandbox", "SandboxError"]  # SandboxError lives in pyphase.errors; re-exported for callers here
 
@@ -54,6 +65,32 @@ def _server_command() -> list[str]:
         if os.access(exe, os.X_OK):
             return [str(exe)]
     return _fallback_command()
+
+
+def _streamed_as_kept(result: Result, sink: OutputSink) -> Result:
+    """A worker's result after it streamed its output: what it streamed must be what it kept, or the job is
+    reported crashed (a worker is untrusted). A worker that died (killed at the hard timeout, out of memory) keeps
+    nothing: its output is then what it streamed, when the sink kept that, else none."""
+    if sink.matches(result):
+        return result
+    if result.status in _DEATHS and not result.stdout and not result.stderr:
+        status, message = result.status, result.message
+    else:
+        status, message = "crashed", "sandbox: the worker's streamed output does not match the output it reported"
+    out, err = (bytes(sink.kept[1]), bytes(sink.kept[2])) if sink.keep else (b"", b"")
+    return replace(
+        result,
+        status=status,
+        exit_code=-1,
+        message=message,
+        stdout=out,
+        stderr=err,
+        stdout_hash=sha256_text(out),
+        stderr_hash=sha256_text(err),
+    )
+
+
+_DEATHS = ("crashed", "timeout", "memory_limit")
 
 
 def _fallback_command() -> list[str]:
@@ -190,21 +227,24 @@ class Sandbox:
         program_name: str = DEFAULT_PROGRAM_NAME,
         seed: bytes | None = None,
         dirs: Sequence[Preopen] = (),
+        on_output: OutputCallback | None = None,
     ) -> Result:
         """Run ``module`` once in a worker (blocking this thread only; the GIL is released while waiting).
-        ``dirs``: the host directories the job sees, passed to its worker for the job's length."""
+        ``dirs``: the host directories the job sees, passed to its worker for the job's length;
+        ``on_output(stream, data)``: the output as the worker writes it (as in :func:`pyphase.run`)."""
         job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed, dirs)
-        return self._execute(job)
+        return self._execute(job, on_output=on_output)
 
-    def run_prepared(self, job: PreparedJob) -> Result:
+    def run_prepared(self, job: PreparedJob, on_output: OutputCallback | None = None) -> Result:
         """Run a job prepared by :func:`pyphase.runtime.prepare_job` (its module's digest travels with it)."""
         self._check_fits(job)
-        return self._execute(job)
+        return self._execute(job, on_output=on_output)
 
-    def submit_prepared(self, job: PreparedJob) -> Future[Result]:
-        """Queue a prepared job; the future's result is its :class:`Result` (or a :class:`SandboxError`)."""
+    def submit_prepared(self, job: PreparedJob, on_output: OutputCallback | None = None) -> Future[Result]:
+        """Queue a prepared job; the future's result is its :class:`Result` (or a :class:`SandboxError`).
+        ``on_output`` is called from the sandbox's own thread."""
         self._check_fits(job)
-        return self._executor.submit(self._execute, job)
+        return self._executor.submit(self._execute, job, on_output=on_output)
 
     def submit(
         self,
@@ -219,10 +259,19 @@ class Sandbox:
         program_name: str = DEFAULT_PROGRAM_NAME,
         seed: bytes | None = None,
         dirs: Sequence[Preopen] = (),
+        on_output: OutputCallback | None = None,
     ) -> Future[Result]:
         """Queue a job; the future's result is its :class:`Result` (or a :class:`SandboxError`)."""
         job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed, dirs)
-        return self._executor.submit(self._execute, job)
+        return self._executor.submit(self._execute, job, on_output=on_output)
+
+    @staticmethod
+    def shm_bytes_for(job: PreparedJob) -> int:
+        """Shared memory per worker that fits ``job`` (module, input, strings and its whole output limit), at least
+        the default; memfd pages are taken only when written, so a large output limit costs nothing unused."""
+        strings = sum(len(s) + 1 for s in (*job.argv, *job.envp, job.entry, *job.guest_names))
+        need = _sandbox.HEADER_BYTES + len(job.data) + len(job.input) + strings + job.limits.output_bytes + (1 << 20)
+        return max(DEFAULT_SHM_BYTES, need)
 
     def worker_pids(self) -> list[int]:
         """Per slot, the pid of the worker that runs (or will run) its next job, as the fork server reported it
@@ -325,7 +374,7 @@ class Sandbox:
                 f"the input, or make the sandbox with Sandbox(shm_bytes=...)"
             )
 
-    def _execute(self, job: PreparedJob, test_action: int = 0) -> Result:
+    def _execute(self, job: PreparedJob, test_action: int = 0, on_output: OutputCallback | None = None) -> Result:
         while True:
             if self._closed:
                 raise SandboxError("the sandbox is closed")
@@ -335,7 +384,7 @@ class Sandbox:
                 slot.close()
                 continue
             try:
-                return self._execute_on(slot, job, test_action)
+                return self._execute_on(slot, job, test_action, on_output)
             except SandboxError:
                 if self._server.poll() is None or self._closed:
                     raise
@@ -347,8 +396,11 @@ class Sandbox:
                 else:
                     slot.close()
 
-    def _execute_on(self, slot: _sandbox.Slot, job: PreparedJob, test_action: int) -> Result:
+    def _execute_on(
+        self, slot: _sandbox.Slot, job: PreparedJob, test_action: int, on_output: OutputCallback | None = None
+    ) -> Result:
         lim = job.limits
+        sink = sink_for(on_output)
         hard_timeout = lim.timeout_ms + self.grace_ms if lim.timeout_ms else 0
         data = job.data
         try:
@@ -357,18 +409,22 @@ class Sandbox:
             # The worker has the module if the server cached it before forking this worker.
             inline = added is None or slot.cache_seq < added
             with opened(job.dirs) as preopens:
-                raw = slot.run(job, data if inline else None, hard_timeout, test_action, self.spin_us, preopens)
+                raw = slot.run(job, data if inline else None, hard_timeout, test_action, self.spin_us, preopens, sink)
                 if raw is None:  # evicted from (or refused by) the server's cache: send the bytes and add it again
                     self._modules.pop(job.digest, None)
                     added = None
-                    raw = slot.run(job, data, hard_timeout, test_action, self.spin_us, preopens)
+                    raw = slot.run(job, data, hard_timeout, test_action, self.spin_us, preopens, sink)
         except PhaseError as exc:
             raise SandboxError(str(exc)) from None
         if raw is None:
             raise SandboxError("the worker did not take the module's bytes")
         if added is None and raw[0] not in ("invalid_module", "crashed"):
             self._add_module(job.digest, data)
-        return explain_invalid(Result.from_core(raw), data)
+        result = explain_invalid(Result.from_core(raw), data)
+        if sink is not None:
+            sink.reraise()
+            result = _streamed_as_kept(result, sink)
+        return result
 
     def _add_module(self, digest: bytes, data: bytes) -> None:
         """Have the fork server cache a module a worker validated without incident, so later workers
@@ -386,8 +442,13 @@ class Sandbox:
             self._modules[digest] = self._adds
 
     def _selftest(
-        self, action: str, module: bytes, limits: Limits | None = None, dirs: Sequence[Preopen] = ()
+        self,
+        action: str,
+        module: bytes,
+        limits: Limits | None = None,
+        dirs: Sequence[Preopen] = (),
+        on_output: OutputCallback | None = None,
     ) -> Result:
         """Test only: run a job whose worker performs ``action`` (see _sandbox.TEST_ACTIONS) once confined."""
         job = self._prepare(module, b"", (), None, "_start", limits, False, DEFAULT_PROGRAM_NAME, None, dirs)
-        return self._execute(job, _sandbox.TEST_ACTIONS[action])
+        return self._execute(job, _sandbox.TEST_ACTIONS[action], on_output)

@@ -1,8 +1,8 @@
 """Where a node runs jobs: isolated sandbox workers when they work, else a thread pool in the node's process.
 
-Both have ``submit(module, input, digest=None, **kwargs) -> concurrent.futures.Future[Result]``; ``digest`` is
-the module's sha256 when the caller has it (a node checked the bytes against the manifest), so it is not
-computed again.
+Both have ``submit(module, input, digest=None, on_output=None, **kwargs) -> concurrent.futures.Future[Result]``;
+``digest`` is the module's sha256 when the caller has it (a node checked the bytes against the manifest), so it is
+not computed again; ``on_output(stream, data)`` gets the output as the job writes it, from the executor's thread.
 
 Both give the same :class:`~pyphase.Result`; :func:`make_executor` checks at start that the sandbox
 really runs a job before trusting it, and falls back (loudly) when it cannot.
@@ -17,7 +17,7 @@ from pyphase.errors import InvalidModule, SandboxUnavailable
 from pyphase.limits import Limits
 from pyphase.digests import sha256_text
 from pyphase.result import Result
-from pyphase.runtime import PreparedJob, prepare_job, run_prepared
+from pyphase.runtime import OutputCallback, PreparedJob, prepare_job, run_prepared
 
 # The smallest valid WASI command: (module (func (export "_start"))). Used to check an executor works.
 EMPTY_MODULE = (
@@ -57,14 +57,21 @@ class ThreadExecutor:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="plasmd-job")
 
     @staticmethod
-    def _run(job: PreparedJob) -> Result:
+    def _run(job: PreparedJob, on_output: OutputCallback | None) -> Result:
         try:
-            return run_prepared(job)
+            return run_prepared(job, on_output)
         except InvalidModule as exc:
             return failed_result("invalid_module", str(exc), job.data, bytes(job.input))
 
-    def submit(self, module: bytes, input: bytes, digest: bytes | None = None, **kwargs: Any) -> Future[Result]:
-        return self._pool.submit(self._run, prepare_job(module, input, digest=digest, **kwargs))
+    def submit(
+        self,
+        module: bytes,
+        input: bytes,
+        digest: bytes | None = None,
+        on_output: OutputCallback | None = None,
+        **kwargs: Any,
+    ) -> Future[Result]:
+        return self._pool.submit(self._run, prepare_job(module, input, digest=digest, **kwargs), on_output)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -81,10 +88,17 @@ class SandboxExecutor:
         self.workers = workers
         self._sandbox = Sandbox(workers=workers)
 
-    def submit(self, module: bytes, input: bytes, digest: bytes | None = None, **kwargs: Any) -> Future[Result]:
+    def submit(
+        self,
+        module: bytes,
+        input: bytes,
+        digest: bytes | None = None,
+        on_output: OutputCallback | None = None,
+        **kwargs: Any,
+    ) -> Future[Result]:
         """A future of the job's result; a failure of the sandbox itself is its exception (reported as
-        ``crashed`` by the node)."""
-        return self._sandbox.submit_prepared(prepare_job(module, input, digest=digest, **kwargs))
+        ``crashed`` by the node). ``on_output``: the output as the worker writes it (from the sandbox's thread)."""
+        return self._sandbox.submit_prepared(prepare_job(module, input, digest=digest, **kwargs), on_output)
 
     def run(self, module: bytes, input: bytes, **kwargs: Any) -> Result:
         """Run one job and wait for its result (the start-up self-test)."""

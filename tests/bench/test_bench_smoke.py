@@ -182,14 +182,36 @@ def test_sandbox_bench_says_when_the_worker_was_set_up_without_a_negative_time()
     assert bench.ready_text(12) == "worker set up 12 us after 'go' (the job waited for it)"
 
 
-def test_fs_bench_runs() -> None:
-    """bench/fs_bench.py --quick: every job it times ended ok (the script exits non-zero otherwise)."""
+def _quick_json(script: str) -> dict:
+    """Run ``bench/SCRIPT --quick --json``; it exits non-zero when a job it times failed."""
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "fs_bench.py"), "--quick", "--json"],
+        [sys.executable, str(ROOT / "bench" / script), "--quick", "--json"], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr
+    doc: dict = json.loads(out.stdout)
+    return doc
+
+
+def test_fs_bench_runs() -> None:
+    """bench/fs_bench.py --quick: every job it times ended ok."""
+    doc = _quick_json("fs_bench.py")
+    assert doc["tree"]["in_process_s"] > 0 and doc["per_file"]["sandbox_us"] > 0
+
+
+def test_tree_bench_runs() -> None:
+    """bench/tree_bench.py --quick: every job read the whole tree, the node fetched it once and then nothing."""
+    doc = _quick_json("tree_bench.py")
+    assert doc["remote_first_s"] > 0 and doc["remote_cached_s"] > 0 and doc["fetched_bytes"][0][1] == 0
+
+
+def test_stream_bench_runs() -> None:
+    """bench/stream_bench.py --quick: hello printed its output with and without a callback, everywhere it times."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "stream_bench.py"), "--quick", "--json"],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert doc["tree"]["in_process_s"] > 0 and doc["per_file"]["sandbox_us"] > 0
+    assert all(doc[where]["ratio"] > 0 for where in ("in_process", "sandbox", "remote"))

@@ -42,3 +42,19 @@ def start_nodes(tmp_path: Path) -> Iterator[Callable[..., list[NodeProc]]]:
 @pytest.fixture(scope="session")
 def spin_bytes(wat: Callable[[str], bytes]) -> bytes:
     return wat(SPIN_ECHO)
+
+
+@pytest.fixture
+def natlab() -> Iterator[object]:
+    """A NAT lab in network namespaces (tests/net/natlab.py documents its API); removed even when the test
+    fails. Skips, saying why, where it cannot run (not root, tools missing); CI runs as root."""
+    from natlab import NatLab, natlab_skip_reason
+
+    reason = natlab_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    lab = NatLab()
+    try:
+        yield lab
+    finally:
+        lab.close()

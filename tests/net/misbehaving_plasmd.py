@@ -17,11 +17,13 @@ from pyphase.digests import sha256_text
 from pyphase.identity import Identity
 from pyphase.limits import Limits
 from pyphase.manifest import job_id
+from pyphase.net import wire
 from pyphase.net.node import Node
 from pyphase.receipt import make_receipt
 from pyphase.result import Result
 
-MODES = ("forge-receipt", "lie-stdout", "mismatch-stdout", "wrong-signer", "hang")
+CHUNK_MODES = ("tamper-chunk", "overlong-chunk", "flood-chunks")
+MODES = ("forge-receipt", "lie-stdout", "mismatch-stdout", "wrong-signer", "hang", "tamper-outputs", *CHUNK_MODES)
 
 
 def misbehaving_node(mode: str) -> type[Node]:
@@ -30,9 +32,28 @@ def misbehaving_node(mode: str) -> type[Node]:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
     class MisbehavingNode(Node):
+        def _send(self, rid: bytes, frames: list[Any], size: int = 0) -> bool:
+            if mode in CHUNK_MODES and len(frames) == 2 and wire.decode(frames).type == "chunk":
+                data = bytes(frames[1])
+                if mode == "tamper-chunk":  # the receipt then covers other bytes than those streamed
+                    data = bytes([data[0] ^ 0x20]) + data[1:]
+                elif mode == "overlong-chunk":  # more than a chunk may carry
+                    data = data + b"x" * wire.MAX_CHUNK_BYTES
+                else:  # chunks of a legal size, adding up to more than the job's output limit
+                    data = data + b"x" * (wire.MAX_CHUNK_BYTES - len(data))
+                frames = [frames[0], data]
+            return super()._send(rid, frames, size)
+
         def answer(
-            self, result: Result, manifest: dict[str, Any], limits: Limits, started: str
+            self,
+            result: Result,
+            manifest: dict[str, Any],
+            limits: Limits,
+            started: str,
+            outputs: dict[str, Any] | None = None,
         ) -> tuple[bytes, dict[str, Any]] | None:
+            if mode in CHUNK_MODES:
+                return super().answer(result, manifest, limits, started, outputs)
             if mode == "hang":
                 return None
             if mode == "lie-stdout":
@@ -46,11 +67,23 @@ def misbehaving_node(mode: str) -> type[Node]:
                 limits=limits,
                 identity=signer,
                 started_at=started,
+                outputs=outputs,
             )
             if mode == "forge-receipt":
                 receipt["exit_code"] = result.exit_code + 1
             stdout = result.stdout + b"!" if mode == "mismatch-stdout" else result.stdout
             return stdout, receipt
+
+        def _want(self, rid: bytes, msg: Any) -> None:
+            held = self._outputs.get((rid, msg["job"]))
+            if mode == "tamper-outputs" and held is not None:
+                path = held[0].output_paths.get(msg["blob"])
+                if path is not None:  # the receipt names the true file; the bytes sent are another's
+                    with open(path, "r+b") as f:
+                        first = f.read(1)
+                        f.seek(0)
+                        f.write(bytes([first[0] ^ 1]) if first else b"")
+            super()._want(rid, msg)
 
     return MisbehavingNode
 

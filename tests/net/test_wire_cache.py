@@ -8,6 +8,7 @@ import os
 import pytest
 
 from pyphase.net import wire
+from pyphase.net.blobs import BlobStore, Incoming
 from pyphase.net.cache import ModuleCache
 
 
@@ -19,12 +20,19 @@ def test_every_message_type_round_trips():
     samples = {
         "caps?": ({}, ()),
         "caps": ({"caps": {"arch": "x86_64"}}, ()),
-        "offer": ({"job": b"t1", "manifest": {"version": 1}}, (b"stdin",)),
+        "offer": ({"job": b"t1", "manifest": {"version": 1}, "stream": True}, (b"stdin",)),
         "accept": ({"job": b"t1", "module": True, "load": {"running": 1, "queued": 0, "workers": 2}}, ()),
         "reject": ({"job": b"t1", "reason": "busy", "detail": "full"}, ()),
         "module": ({"job": b"t1"}, (b"\0asm",)),
+        "chunk": ({"job": b"t1", "stream": 1, "offset": 0}, (b"out",)),
         "result": ({"job": b"t1", "receipt": {"status": "ok"}}, (b"out", b"err")),
         "error": ({"code": "malformed", "detail": "x"}, ()),
+        "dial?": ({"nonce": b"n" * 16, "port": 7465}, ()),
+        "dial": ({"nonce": b"n" * 16, "ok": True, "seen": "198.18.0.11", "detail": ""}, ()),
+        "dialback": ({"nonce": b"n" * 16}, ()),
+        "want": ({"job": b"t1", "blob": h(b"x"), "offset": 0, "size": 1}, ()),
+        "blob": ({"job": b"t1", "blob": h(b"x"), "offset": 0}, (b"x",)),
+        "done": ({"job": b"t1"}, ()),
     }
     assert set(samples) == set(wire.MESSAGES)
     for type_, (fields, payloads) in samples.items():
@@ -77,3 +85,27 @@ def test_cache_memory_layer_is_bounded(tmp_path):
         cache.put(h(b), b)
     assert cache._mem_size <= 2500
     assert all(cache.get(h(b)) == b for b in blobs)
+
+
+def test_blob_store_streams_checks_links_and_evicts(tmp_path):
+    store = BlobStore(tmp_path / "blobs", max_bytes=3000)
+    blobs = [os.urandom(1000) for _ in range(4)]
+    for i, b in enumerate(blobs[:3]):
+        part = Incoming(store.incoming, f"p{i}", h(b), len(b))
+        part.write(0, b[:600])
+        with pytest.raises(ValueError):
+            part.write(0, b[600:])  # out of order
+        part.write(600, b[600:])
+        assert part.complete and part.finish()
+        store.adopt(part.path, h(b), len(b))
+    assert store.link(h(blobs[0]), str(tmp_path / "a"))  # 0 is now the most recent
+    bad = Incoming(store.incoming, "bad", h(blobs[3]), 1000)
+    bad.write(0, os.urandom(1000))
+    assert not bad.finish() and not os.path.exists(bad.path)  # bytes not matching their name never enter
+    part = Incoming(store.incoming, "p3", h(blobs[3]), 1000)
+    part.write(0, blobs[3])
+    assert part.finish()
+    store.adopt(part.path, h(blobs[3]), 1000)  # evicts 1, the least recently used
+    assert h(blobs[1]) not in store and not store.link(h(blobs[1]), str(tmp_path / "b"))
+    assert (tmp_path / "a").read_bytes() == blobs[0] and store.bytes <= 3000
+    assert len(BlobStore(tmp_path / "blobs", max_bytes=3000)) == 3  # the index is rebuilt from disk

@@ -107,6 +107,16 @@ def test_a_hostile_worker_cannot_forge_beyond_its_own_job(hello_bytes, spin_us):
         assert (nxt.status, nxt.stdout, nxt.message) == ("ok", b"dlroW ,olleH", "")
 
 
+def test_a_worker_cannot_stream_past_the_limit_or_other_bytes_than_it_reports(sandbox, hello_bytes):
+    # it streams twice the output limit, then reports success with no output: the parent hands on no more than
+    # the limit, and the job ends crashed rather than with a result that disowns what was shown
+    seen: list[bytes] = []
+    r = sandbox._selftest("stream_forge", hello_bytes, Limits(output_bytes=4096), on_output=lambda s, d: seen.append(d))
+    assert r.status == "crashed" and "streamed output does not match" in r.message, r
+    assert 0 < sum(map(len, seen)) <= 4096 and b"".join(seen).startswith(b"forged by the worker\n")
+    assert sandbox.run(hello_bytes, b"ab").stdout == b"ba"
+
+
 def test_hashes_are_computed_by_the_parent(sandbox, probe_bytes):
     import hashlib
 
