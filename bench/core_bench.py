@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pyphase
+from pyphase import engines
 
 ROOT = Path(__file__).resolve().parent.parent
 CBENCH_RUN = ROOT / "cbench" / "run.sh"
@@ -187,7 +189,7 @@ def bench_compute(
         for name, (full, small) in COMPUTE.items():
             module = pyphase.Module.cached((wasm_dir / f"{name}.wasm").read_bytes())
             arg = small if quick else full
-            run = lambda: pyphase.run(module, args=[arg], program_name=name, limits=limits)  # noqa: E731
+            run = lambda: pyphase.run(module, args=[arg], program_name=name, limits=limits, engine="wasm3")  # noqa: E731
             first = run()  # warm-up, as cbench does
             if first.status != "ok":
                 report.errors.append(f"pyphase: {name}: {first.status}: {first.message}")
@@ -231,6 +233,19 @@ def bench_compute(
             report.errors.append(
                 f"{name}: fuel differs between pyphase ({fuel.get(name)}) and cbench ({c_row.get('fuel')})"
             )
+        if "wasmtime" in engines.available():
+            # the compiling engine through pyphase: the first job compiles (reported), then the code is reused
+            arg = COMPUTE[name][1] if quick else COMPUTE[name][0]
+            module = pyphase.Module((wasm_dir / f"{name}.wasm").read_bytes())
+            jit = lambda: pyphase.run(module, args=[arg], program_name=name, limits=limits, engine="wasmtime")  # noqa: E731
+            first = jit()
+            if first.stdout != expected:
+                report.errors.append(f"pyphase-wasmtime: {name}: printed {first.stdout!r}, expected {expected!r}")
+            ms, _ = _time_calls(jit, max(3, per_block))
+            entry["jit_compile_ms"] = first.compile_us / 1000.0
+            entry["jit_ms"] = _median([u / 1000.0 for u in ms])
+            if entry["native_ms"]:
+                entry["jit_vs_native"] = entry["jit_ms"] / entry["native_ms"]
         if wt_ok:
             arg = COMPUTE[name][1] if quick else COMPUTE[name][0]
             runner = WasmtimeRunner((wasm_dir / f"{name}.wasm").read_bytes(), [name, arg], b"", workdir)
@@ -240,6 +255,8 @@ def bench_compute(
             ms, _ = _time_calls(runner.run, max(3, per_block))
             entry["wasmtime_ms"] = _median([u / 1000.0 for u in ms])
             entry["pyphase_vs_wasmtime"] = entry["pyphase_ms"] / entry["wasmtime_ms"]
+            if "jit_ms" in entry:
+                entry["jit_vs_wasmtime"] = entry["jit_ms"] / entry["wasmtime_ms"]
             runner.close()
         report.compute.append(entry)
 
@@ -253,7 +270,14 @@ def bench_hello(report: Report, bindir: Path, quick: bool, wt_ok: bool, workdir:
         "hello_stack64k": (wasm_dir / "hello_stack64k.wasm").read_bytes(),
     }
     blocks, per_block = (2, 500) if quick else (5, 4000)
-    samples: dict[str, list[float]] = {"hello": [], "hello_stack64k": [], "hello_bytes": [], "wasmtime": []}
+    samples: dict[str, list[float]] = {
+        "hello": [],
+        "hello_stack64k": [],
+        "hello_bytes": [],
+        "hello_jit": [],
+        "wasmtime": [],
+    }
+    jit_ok = "wasmtime" in engines.available()
     runner = None
     if wt_ok:
         runner = WasmtimeRunner(mods["hello"], ["main.wasm"], HELLO_INPUT, workdir)
@@ -273,6 +297,11 @@ def bench_hello(report: Report, bindir: Path, quick: bool, wt_ok: bool, workdir:
         # the same job given as bytes each time (Module.cached hashes them to find the module)
         us, _ = _time_calls(lambda: pyphase.run(hello_bytes, HELLO_INPUT), per_block // 2)
         samples["hello_bytes"] += us
+        if jit_ok:
+            # a cached compiled module starting a job through pyphase's compiling engine
+            jm = modules["hello"]
+            us, _ = _time_calls(lambda: pyphase.run(jm, HELLO_INPUT, engine="wasmtime"), max(50, per_block // 8))
+            samples["hello_jit"] += us
         if runner:
             us, _ = _time_calls(runner.run, max(50, per_block // 8))
             samples["wasmtime"] += us
@@ -339,6 +368,24 @@ def print_report(report: Report) -> None:
             line += f" {_fmt_ms(e.get('wasmtime_ms')):>6} ms {e.get('pyphase_vs_wasmtime', float('nan')):>6.1f}x"
         line += f"  {e['fuel'] or 0:<11} {'match' if e['checksum_match'] else 'MISMATCH'}"
         print(line)
+    jit = [e for e in report.compute if "jit_ms" in e]
+    if jit:
+        print()
+        print("Compiling engine (pyphase.run(engine='wasmtime'), code compiled once, then medians)")
+        print(
+            f"{'program':<8} {'native':>9} {'wasm3':>9} {'pyphase-wt':>10} {'wasmtime-py':>11} {'jit/nat':>8} {'jit/wt-py':>9} {'compile':>9}"
+        )
+        for e in jit:
+            print(
+                f"{e['name']:<8} {_fmt_ms(e['native_ms']):>6} ms {_fmt_ms(e['pyphase_ms']):>6} ms "
+                f"{_fmt_ms(e['jit_ms']):>7} ms {_fmt_ms(e.get('wasmtime_ms')):>8} ms "
+                f"{e.get('jit_vs_native', float('nan')):>7.2f}x {e.get('jit_vs_wasmtime', float('nan')):>8.2f}x "
+                f"{e['jit_compile_ms']:>6.1f} ms"
+            )
+        ratios = [e["jit_vs_native"] for e in jit if e.get("jit_vs_native")]
+        if ratios:
+            geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+            print(f"pyphase-wasmtime vs native, geometric mean: {geo:.2f}x (target <= 1.5x: {_verdict(geo <= 1.5)})")
     if report.compute:
         worst = max(e["pyphase_vs_cbench"] for e in report.compute)
         total_py = sum(e["pyphase_min_ms"] for e in report.compute)
@@ -355,6 +402,7 @@ def print_report(report: Report) -> None:
             ("pyphase.run(Module) 16 MiB stack (zig default)", "hello"),
             ("pyphase.run(Module) 64 KiB stack", "hello_stack64k"),
             ("pyphase.run(bytes) 16 MiB stack", "hello_bytes"),
+            ("pyphase.run(Module, engine='wasmtime'), compiled", "hello_jit"),
             ("wasmtime-py, precompiled + InstancePre", "wasmtime"),
         ]
         for label, key in rows:

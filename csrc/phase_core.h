@@ -69,6 +69,8 @@ typedef struct phase_module {
     uint64_t wasi_imports;   /* bit i set: the module imports phase_wasi_function_at(i) */
     /* Idle instances kept for the next job of this module (private to phase_job.c). */
     struct phase_instance_pool *pool;
+    /* Code compiled by the compiling engine, per engine configuration (private to phase_wasmtime.c). */
+    struct phase_jit_cache *jit;
 } phase_module;
 
 /* Validate and copy bytes. Returns NULL with a message in err on failure. */
@@ -93,6 +95,35 @@ typedef struct phase_preopen {
  * the job's thread inside the guest's fd_write; nonzero means the reader is gone: that write fails with EPIPE (as on a
  * closed pipe) and its bytes are not kept. */
 typedef int (*phase_output_sink)(void *ctx, int stream, const uint8_t *bytes, size_t len);
+/* The engines that can run a job: both see the same module (validated by us first), the same WASI layer, the
+ * same limits and statuses. wasm3 interprets (fast to start); wasmtime compiles with Cranelift (fast to run) and
+ * is present only once phase_wasmtime_load() found its library. */
+typedef enum phase_engine {
+    PHASE_ENGINE_WASM3 = 0,
+    PHASE_ENGINE_WASMTIME = 1,
+} phase_engine;
+
+/* Load wasmtime's C API from path (the `wasmtime` wheel's _libwasmtime.so, version PHASE_WASMTIME_VERSION).
+ * Idempotent; 0, or -1 with a message. */
+int phase_wasmtime_load(const char *path, char *err, size_t errlen);
+int phase_wasmtime_available(void);
+/* Why the compiling engine is not available (the last load failure). */
+const char *phase_wasmtime_error(void);
+/* Compile pm now for the engine a job with these limits and mode uses (a fork server or a background thread calls
+ * this so jobs find the code ready). compile_us: how long it took (0 if it was compiled already). 0 or -1. */
+int phase_wasmtime_compile(phase_module *pm, const phase_limits *limits, int deterministic, uint64_t *compile_us,
+                           char *err, size_t errlen);
+int phase_wasmtime_is_compiled(phase_module *pm, const phase_limits *limits, int deterministic);
+/* The compiled code as bytes (malloc'd) to keep on disk, and back; wasmtime refuses bytes made by another
+ * version or configuration. The module itself was validated by phase_module_new() first. 0 or -1. */
+int phase_wasmtime_serialize(phase_module *pm, const phase_limits *limits, int deterministic, uint8_t **out,
+                             size_t *out_len, char *err, size_t errlen);
+int phase_wasmtime_deserialize(phase_module *pm, const phase_limits *limits, int deterministic, const uint8_t *bytes,
+                               size_t len, char *err, size_t errlen);
+/* Whether jobs start a thread that advances wasmtime's epoch (default on; a sandbox worker ticks from a timer). */
+void phase_wasmtime_set_ticker(int enabled);
+/* Advance every engine's epoch once (the ticker, or a worker's timer signal). */
+void phase_wasmtime_tick(void);
 
 typedef struct phase_job_spec {
     const phase_module *module;
@@ -110,6 +141,7 @@ typedef struct phase_job_spec {
     uint32_t npreopens;
     phase_output_sink output_sink;     /* NULL: output is only collected */
     void *output_ctx;
+    phase_engine engine;               /* which engine runs it; PHASE_ENGINE_WASM3 (0) by default */
 } phase_job_spec;
 
 typedef struct phase_result {
@@ -128,6 +160,7 @@ typedef struct phase_result {
     uint8_t stdout_hash[PHASE_SHA256_BYTES];
     uint8_t stderr_hash[PHASE_SHA256_BYTES];
     int fs_unavailable;                /* the module looked for a preopened directory and there was none */
+    uint64_t compile_us;               /* time this job spent compiling (compiling engine; 0: code was ready) */
 } phase_result;
 
 /* Instantiate and compile every function now, without running guest code (not even the start function),

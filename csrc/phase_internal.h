@@ -13,7 +13,12 @@
  * reads the clock, so this bounds how late a timeout is noticed (a few µs of work). */
 #define PHASE_FUEL_CHUNK 4096
 
-extern M3Result const phase_trap_output_limit;
+/* Traps the WASI layer and the meters raise, the same strings on every engine. */
+extern const char *const phase_trap_output_limit;
+extern const char *const phase_trap_exit;            /* proc_exit: job->exited says it was one */
+extern const char *const phase_trap_timeout;
+extern const char *const phase_trap_fuel_exhausted;
+extern const char *const phase_trap_interrupted;
 
 /* A loaded, linked wasm3 runtime for one module, kept between jobs of that module so that lazily
  * compiled code is compiled once. Between jobs its memory, globals and start function are reset to
@@ -65,6 +70,8 @@ typedef struct phase_job {
     uint32_t fds_len;              /* slots allocated */
     int8_t stdio[3];               /* the stream guest fds 0-2 hold (0 stdin, 1 stdout, 2 stderr), -1: closed */
 
+    void *engine_state;            /* the compiling engine's per-job state (phase_wasmtime.c) */
+
     /* deterministic mode */
     uint64_t det_random_calls;
     uint64_t det_clock_calls;
@@ -89,8 +96,6 @@ const char *phase_compile_module(IM3Module module, uint32_t depth, M3Result *res
 int phase_table_presize(IM3Module module, const phase_wasm_info *info);
 uint64_t phase_job_fuel_used(const phase_job *job);
 
-/* Link every WASI function the module imports. Returns NULL or a wasm3 error. */
-M3Result phase_wasi_link(const phase_module *pm, IM3Module module);
 
 /* Bit for an import if (name, signature) is a WASI function we provide, else -1 with a message. */
 int phase_wasi_lookup(const char *module, size_t module_len, const char *name, size_t name_len,

@@ -17,10 +17,11 @@
 
 #include "phase_internal.h"
 #include "phase_wasi.h"
+#include "phase_wasmtime.h"
 
-M3Result const phase_trap_fuel_exhausted = "[trap] fuel exhausted";
-M3Result const phase_trap_timeout = "[trap] wall-clock timeout";
-M3Result const phase_trap_interrupted = "[trap] interrupted";
+const char *const phase_trap_fuel_exhausted = "[trap] fuel exhausted";
+const char *const phase_trap_timeout = "[trap] wall-clock timeout";
+const char *const phase_trap_interrupted = "[trap] interrupted";
 
 /* Native stack kept free below the deepest wasm frame: room for host functions and libc. */
 #define PHASE_NATIVE_STACK_RESERVE (256u * 1024u)
@@ -124,6 +125,7 @@ void phase_module_free(phase_module *module)
         pthread_mutex_destroy(&module->pool->lock);
         free(module->pool);
     }
+    phase_wasmtime_module_free(module);
     free(module->bytes);
     free(module);
 }
@@ -277,6 +279,10 @@ static void classify(phase_job *job, M3Result r, int32_t returned)
     } else if (strncmp(r, "[trap]", 6) == 0) {
         res->status = PHASE_TRAP;
         set_message(res, "%s", trap_text(r));
+    } else if (!job->runtime) {
+        /* The compiling engine could not instantiate what the validator accepted (its message says why). */
+        res->status = PHASE_TRAP;
+        set_message(res, "instantiation failed: %s", r);
     } else {
         /* Not a trap: wasm3 could not compile or link something the validator accepted. */
         M3ErrorInfo info;
@@ -290,6 +296,37 @@ static void classify(phase_job *job, M3Result r, int32_t returned)
     }
     if (res->status != PHASE_OK)
         res->exit_code = -1;
+}
+
+/* ---- the wasm3 side of the WASI layer ----------------------------------------------------- */
+
+/* Every WASI import links to this one adapter: it gives the function its view of the instance and bills the
+ * fuel the call's byte moves cost to wasm3's meter. */
+static m3ApiRawFunction(wasm3_wasi_call)
+{
+    const phase_wasi_binding *b = (const phase_wasi_binding *) _ctx->userdata;
+    M3MemoryHeader *hdr = runtime->memory.mallocated;
+    phase_wasi_call call = {((phase_instance *) runtime->userdata)->job, (uint8_t *) _mem, hdr ? hdr->length : 0,
+                            0, b->userdata};
+    const char *trap = b->call(&call, _sp);
+    if (call.ticks && hdr)
+        hdr->phase_fuel_countdown -= (int64_t) call.ticks;
+    return trap == phase_trap_exit ? m3Err_trapExit : trap;
+}
+
+/* Link every WASI function the module imports. Returns NULL or a wasm3 error. */
+static M3Result wasm3_wasi_link(const phase_module *pm, IM3Module module)
+{
+    const phase_wasi_binding *b;
+    for (uint32_t i = 0; (b = phase_wasi_binding_at(i)) != NULL; i++) {
+        if (!(pm->wasi_imports & (1ull << i)))
+            continue;
+        M3Result r = m3_LinkRawFunctionEx(module, PHASE_WASI_MODULE, b->name, b->signature, wasm3_wasi_call,
+                                          (const void *) b);
+        if (r && r != m3Err_functionLookupFailed)
+            return r;
+    }
+    return m3Err_none;
 }
 
 /* wasm3 internals used to put an instance back into its just-instantiated state. */
@@ -370,7 +407,7 @@ static phase_instance *instance_new(phase_job *job, uint32_t max_pages)
         set_message(res, "instantiation failed: %s", trap_text(r));
         goto fail;
     }
-    if ((r = phase_wasi_link(pm, inst->module)) != m3Err_none) {
+    if ((r = wasm3_wasi_link(pm, inst->module)) != m3Err_none) {
         res->status = PHASE_INVALID_MODULE;
         set_message(res, "linking WASI imports failed: %s", r);
         goto fail;
@@ -604,7 +641,14 @@ int phase_job_run(const phase_job_spec *spec, phase_result *res)
                     (unsigned long long) pm->info.mem_initial_pages * PHASE_WASM_PAGE,
                     (unsigned long long) pm->info.mem_initial_pages,
                     (unsigned long long) (cap_pages * PHASE_WASM_PAGE));
-    } else if (phase_fs_open(&job) == 0) {
+    } else if (phase_fs_open(&job) != 0) {
+        /* the result says why */
+    } else if (spec->engine == PHASE_ENGINE_WASMTIME) {
+        phase_wasmtime_run(&job, classify);
+    } else if (spec->engine != PHASE_ENGINE_WASM3) {
+        res->status = PHASE_REJECTED;
+        set_message(res, "unknown engine %d", (int) spec->engine);
+    } else {
         phase_instance *inst = instance_acquire(&job, capped_max_pages(pm, cap_pages));
         if (inst) {
             job.instance = inst;

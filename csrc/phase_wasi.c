@@ -17,7 +17,8 @@
 
 #include "phase_wasi.h"
 
-M3Result const phase_trap_output_limit = "[trap] output limit exceeded";
+const char *const phase_trap_output_limit = "[trap] output limit exceeded";
+const char *const phase_trap_exit = "[trap] program called exit";
 
 enum { WASI_CLOCK_REALTIME = 0, WASI_CLOCK_MONOTONIC = 1, WASI_CLOCK_PROCESS_CPUTIME = 2, WASI_CLOCK_THREAD_CPUTIME = 3 };
 
@@ -33,13 +34,13 @@ static uint32_t strings_sizes(const char *const *list, uint32_t count, uint64_t 
     return count;
 }
 
-static uint32_t strings_get(IM3Runtime runtime, void *_mem, const char *const *list, uint32_t count,
+static uint32_t strings_get(phase_wasi_call *call, const char *const *list, uint32_t count,
                             uint32_t ptrs, uint32_t buf)
 {
     uint64_t bytes;
     strings_sizes(list, count, &bytes);
-    uint8_t *p = guest(runtime, _mem, ptrs, (uint64_t) count * 4);
-    uint8_t *b = guest(runtime, _mem, buf, bytes);
+    uint8_t *p = guest(call, ptrs, (uint64_t) count * 4);
+    uint8_t *b = guest(call, buf, bytes);
     if (!p || !b)
         return WASI_EFAULT;
     uint32_t offset = buf;
@@ -53,13 +54,13 @@ static uint32_t strings_get(IM3Runtime runtime, void *_mem, const char *const *l
     return WASI_ESUCCESS;
 }
 
-static uint32_t strings_sizes_put(IM3Runtime runtime, void *_mem, const char *const *list, uint32_t count,
+static uint32_t strings_sizes_put(phase_wasi_call *call, const char *const *list, uint32_t count,
                                   uint32_t count_ptr, uint32_t size_ptr)
 {
     uint64_t bytes;
     strings_sizes(list, count, &bytes);
-    uint8_t *c = guest(runtime, _mem, count_ptr, 4);
-    uint8_t *s = guest(runtime, _mem, size_ptr, 4);
+    uint8_t *c = guest(call, count_ptr, 4);
+    uint8_t *s = guest(call, size_ptr, 4);
     if (!c || !s)
         return WASI_EFAULT;
     wr32(c, count);
@@ -67,63 +68,63 @@ static uint32_t strings_sizes_put(IM3Runtime runtime, void *_mem, const char *co
     return WASI_ESUCCESS;
 }
 
-static m3ApiRawFunction(wasi_args_get)
+static PHASE_WASI_FN(wasi_args_get)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, argv);
-    m3ApiGetArg(uint32_t, buf);
-    const phase_job_spec *spec = JOB()->spec;
-    m3ApiReturn(strings_get(runtime, _mem, spec->argv, spec->argc, argv, buf));
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, argv);
+    WASI_ARG(uint32_t, buf);
+    const phase_job_spec *spec = call->job->spec;
+    WASI_RETURN(strings_get(call, spec->argv, spec->argc, argv, buf));
 }
 
-static m3ApiRawFunction(wasi_args_sizes_get)
+static PHASE_WASI_FN(wasi_args_sizes_get)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, count_ptr);
-    m3ApiGetArg(uint32_t, size_ptr);
-    const phase_job_spec *spec = JOB()->spec;
-    m3ApiReturn(strings_sizes_put(runtime, _mem, spec->argv, spec->argc, count_ptr, size_ptr));
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, count_ptr);
+    WASI_ARG(uint32_t, size_ptr);
+    const phase_job_spec *spec = call->job->spec;
+    WASI_RETURN(strings_sizes_put(call, spec->argv, spec->argc, count_ptr, size_ptr));
 }
 
-static m3ApiRawFunction(wasi_environ_get)
+static PHASE_WASI_FN(wasi_environ_get)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, envp);
-    m3ApiGetArg(uint32_t, buf);
-    const phase_job_spec *spec = JOB()->spec;
-    m3ApiReturn(strings_get(runtime, _mem, spec->envp, spec->envc, envp, buf));
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, envp);
+    WASI_ARG(uint32_t, buf);
+    const phase_job_spec *spec = call->job->spec;
+    WASI_RETURN(strings_get(call, spec->envp, spec->envc, envp, buf));
 }
 
-static m3ApiRawFunction(wasi_environ_sizes_get)
+static PHASE_WASI_FN(wasi_environ_sizes_get)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, count_ptr);
-    m3ApiGetArg(uint32_t, size_ptr);
-    const phase_job_spec *spec = JOB()->spec;
-    m3ApiReturn(strings_sizes_put(runtime, _mem, spec->envp, spec->envc, count_ptr, size_ptr));
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, count_ptr);
+    WASI_ARG(uint32_t, size_ptr);
+    const phase_job_spec *spec = call->job->spec;
+    WASI_RETURN(strings_sizes_put(call, spec->envp, spec->envc, count_ptr, size_ptr));
 }
 
-static m3ApiRawFunction(wasi_fd_read)
+static PHASE_WASI_FN(wasi_fd_read)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, iovs);
-    m3ApiGetArg(uint32_t, iovs_len);
-    m3ApiGetArg(uint32_t, nread_ptr);
-    phase_job *job = JOB();
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, iovs);
+    WASI_ARG(uint32_t, iovs_len);
+    WASI_ARG(uint32_t, nread_ptr);
+    phase_job *job = call->job;
     int stream = phase_fs_stream(job, fd);
     if (stream != 0)
-        m3ApiReturn(stream < 0 && fd > 2 ? phase_fs_read(runtime, _mem, fd, iovs, iovs_len, nread_ptr) : WASI_EBADF);
-    uint8_t *vec = guest(runtime, _mem, iovs, (uint64_t) iovs_len * 8);
-    uint8_t *nread = guest(runtime, _mem, nread_ptr, 4);
+        WASI_RETURN(stream < 0 && fd > 2 ? phase_fs_read(call, fd, iovs, iovs_len, nread_ptr) : WASI_EBADF);
+    uint8_t *vec = guest(call, iovs, (uint64_t) iovs_len * 8);
+    uint8_t *nread = guest(call, nread_ptr, 4);
     if (!vec || !nread)
-        m3ApiReturn(WASI_EFAULT);
+        WASI_RETURN(WASI_EFAULT);
     uint64_t total = 0;
     for (uint32_t i = 0; i < iovs_len; i++) {
         uint32_t buf = rd32(vec + 8 * i), len = rd32(vec + 8 * i + 4);
-        uint8_t *dst = guest(runtime, _mem, buf, len);
+        uint8_t *dst = guest(call, buf, len);
         if (!dst)
-            m3ApiReturn(WASI_EFAULT);
+            WASI_RETURN(WASI_EFAULT);
         size_t left = job->spec->input_len - job->input_pos;
         size_t n = len < left ? len : left;
         memcpy(dst, job->spec->input + job->input_pos, n);
@@ -133,8 +134,8 @@ static m3ApiRawFunction(wasi_fd_read)
             break;
     }
     wr32(nread, (uint32_t) total);
-    charge(runtime, total);
-    m3ApiReturn(WASI_ESUCCESS);
+    charge(call, total);
+    WASI_RETURN(WASI_ESUCCESS);
 }
 
 enum { APPENDED = 0, OVER_LIMIT = 1, SINK_GONE = 2 };
@@ -169,56 +170,56 @@ static int output_append(phase_job *job, int stream, const uint8_t *src, size_t 
     return take == len ? APPENDED : OVER_LIMIT;
 }
 
-static m3ApiRawFunction(wasi_fd_write)
+static PHASE_WASI_FN(wasi_fd_write)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, iovs);
-    m3ApiGetArg(uint32_t, iovs_len);
-    m3ApiGetArg(uint32_t, nwritten_ptr);
-    phase_job *job = JOB();
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, iovs);
+    WASI_ARG(uint32_t, iovs_len);
+    WASI_ARG(uint32_t, nwritten_ptr);
+    phase_job *job = call->job;
     int stream = phase_fs_stream(job, fd);
     if (stream != 1 && stream != 2)
-        m3ApiReturn(stream < 0 && fd > 2 ? phase_fs_write(runtime, _mem, fd, iovs, iovs_len, nwritten_ptr)
+        WASI_RETURN(stream < 0 && fd > 2 ? phase_fs_write(call, fd, iovs, iovs_len, nwritten_ptr)
                                          : WASI_EBADF);
-    uint8_t *vec = guest(runtime, _mem, iovs, (uint64_t) iovs_len * 8);
-    uint8_t *nwritten = guest(runtime, _mem, nwritten_ptr, 4);
+    uint8_t *vec = guest(call, iovs, (uint64_t) iovs_len * 8);
+    uint8_t *nwritten = guest(call, nwritten_ptr, 4);
     if (!vec || !nwritten)
-        m3ApiReturn(WASI_EFAULT);
+        WASI_RETURN(WASI_EFAULT);
     uint64_t total = 0;
     for (uint32_t i = 0; i < iovs_len; i++) {
         uint32_t buf = rd32(vec + 8 * i), len = rd32(vec + 8 * i + 4);
-        const uint8_t *src = guest(runtime, _mem, buf, len);
+        const uint8_t *src = guest(call, buf, len);
         if (!src)
-            m3ApiReturn(WASI_EFAULT);
+            WASI_RETURN(WASI_EFAULT);
         int appended = output_append(job, stream - 1, src, len);
         if (appended == SINK_GONE) {
             if (total)
                 break;
-            m3ApiReturn(WASI_EPIPE);
+            WASI_RETURN(WASI_EPIPE);
         }
         if (appended == OVER_LIMIT) {
             job->output_exceeded = 1;
-            m3ApiTrap(phase_trap_output_limit);
+            WASI_TRAP(phase_trap_output_limit);
         }
         total += len;
     }
     wr32(nwritten, (uint32_t) total);
-    charge(runtime, total);
-    m3ApiReturn(WASI_ESUCCESS);
+    charge(call, total);
+    WASI_RETURN(WASI_ESUCCESS);
 }
 
-static m3ApiRawFunction(wasi_fd_fdstat_get)
+static PHASE_WASI_FN(wasi_fd_fdstat_get)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, stat_ptr);
-    int stream = phase_fs_stream(JOB(), fd);
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, stat_ptr);
+    int stream = phase_fs_stream(call->job, fd);
     if (stream < 0)
-        m3ApiReturn(fd > 2 ? phase_fs_fdstat_get(runtime, _mem, fd, stat_ptr) : WASI_EBADF);
-    uint8_t *st = guest(runtime, _mem, stat_ptr, 24);
+        WASI_RETURN(fd > 2 ? phase_fs_fdstat_get(call, fd, stat_ptr) : WASI_EBADF);
+    uint8_t *st = guest(call, stat_ptr, 24);
     if (!st)
-        m3ApiReturn(WASI_EFAULT);
+        WASI_RETURN(WASI_EFAULT);
     /* filetype unknown (a pipe, not a tty: libc buffers fully); rights: fd_read (1<<1) or fd_write (1<<6),
      * plus poll_fd_readwrite (1<<27). */
     uint64_t rights = (stream == 0 ? (1ull << 1) : (1ull << 6)) | (1ull << 27);
@@ -227,43 +228,42 @@ static m3ApiRawFunction(wasi_fd_fdstat_get)
     wr16(st + 2, 0);
     wr64(st + 8, rights);
     wr64(st + 16, 0);
-    m3ApiReturn(WASI_ESUCCESS);
+    WASI_RETURN(WASI_ESUCCESS);
 }
 
-static m3ApiRawFunction(wasi_fd_prestat_get)
+static PHASE_WASI_FN(wasi_fd_prestat_get)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, ptr);
-    m3ApiReturn(phase_fs_prestat_get(runtime, _mem, fd, ptr));
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, ptr);
+    WASI_RETURN(phase_fs_prestat_get(call, fd, ptr));
 }
 
-static m3ApiRawFunction(wasi_fd_prestat_dir_name)
+static PHASE_WASI_FN(wasi_fd_prestat_dir_name)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, path);
-    m3ApiGetArg(uint32_t, len);
-    m3ApiReturn(phase_fs_prestat_dir_name(runtime, _mem, fd, path, len));
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, path);
+    WASI_ARG(uint32_t, len);
+    WASI_RETURN(phase_fs_prestat_dir_name(call, fd, path, len));
 }
 
-static m3ApiRawFunction(wasi_fd_close)
+static PHASE_WASI_FN(wasi_fd_close)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    (void) _mem;
-    m3ApiReturn(phase_fs_fd_close(JOB(), fd));
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_RETURN(phase_fs_fd_close(call->job, fd));
 }
 
-static m3ApiRawFunction(wasi_fd_seek)
+static PHASE_WASI_FN(wasi_fd_seek)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(int64_t, offset);
-    m3ApiGetArg(uint32_t, whence);
-    m3ApiGetArg(uint32_t, result_ptr);
-    int stream = phase_fs_stream(JOB(), fd);
-    m3ApiReturn(stream >= 0 ? WASI_ESPIPE : phase_fs_seek(runtime, _mem, fd, offset, whence, result_ptr));
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(int64_t, offset);
+    WASI_ARG(uint32_t, whence);
+    WASI_ARG(uint32_t, result_ptr);
+    int stream = phase_fs_stream(call->job, fd);
+    WASI_RETURN(stream >= 0 ? WASI_ESPIPE : phase_fs_seek(call, fd, offset, whence, result_ptr));
 }
 
 static uint64_t deterministic_time(phase_job *job)
@@ -294,46 +294,46 @@ static int clock_read(phase_job *job, uint32_t id, uint64_t *out)
     return WASI_ESUCCESS;
 }
 
-static m3ApiRawFunction(wasi_clock_time_get)
+static PHASE_WASI_FN(wasi_clock_time_get)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, id);
-    m3ApiGetArg(uint64_t, precision);
-    m3ApiGetArg(uint32_t, time_ptr);
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, id);
+    WASI_ARG(uint64_t, precision);
+    WASI_ARG(uint32_t, time_ptr);
     (void) precision;
-    uint8_t *dst = guest(runtime, _mem, time_ptr, 8);
+    uint8_t *dst = guest(call, time_ptr, 8);
     if (!dst)
-        m3ApiReturn(WASI_EFAULT);
+        WASI_RETURN(WASI_EFAULT);
     uint64_t t;
-    uint32_t rc = (uint32_t) clock_read(JOB(), id, &t);
+    uint32_t rc = (uint32_t) clock_read(call->job, id, &t);
     if (rc == WASI_ESUCCESS)
         wr64(dst, t);
-    m3ApiReturn(rc);
+    WASI_RETURN(rc);
 }
 
-static m3ApiRawFunction(wasi_clock_res_get)
+static PHASE_WASI_FN(wasi_clock_res_get)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, id);
-    m3ApiGetArg(uint32_t, res_ptr);
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, id);
+    WASI_ARG(uint32_t, res_ptr);
     if (id > WASI_CLOCK_THREAD_CPUTIME)
-        m3ApiReturn(WASI_EINVAL);
-    uint8_t *dst = guest(runtime, _mem, res_ptr, 8);
+        WASI_RETURN(WASI_EINVAL);
+    uint8_t *dst = guest(call, res_ptr, 8);
     if (!dst)
-        m3ApiReturn(WASI_EFAULT);
-    wr64(dst, JOB()->spec->deterministic ? 1 : 1000);
-    m3ApiReturn(WASI_ESUCCESS);
+        WASI_RETURN(WASI_EFAULT);
+    wr64(dst, call->job->spec->deterministic ? 1 : 1000);
+    WASI_RETURN(WASI_ESUCCESS);
 }
 
-static m3ApiRawFunction(wasi_random_get)
+static PHASE_WASI_FN(wasi_random_get)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, buf);
-    m3ApiGetArg(uint32_t, len);
-    phase_job *job = JOB();
-    uint8_t *dst = guest(runtime, _mem, buf, len);
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, buf);
+    WASI_ARG(uint32_t, len);
+    phase_job *job = call->job;
+    uint8_t *dst = guest(call, buf, len);
     if (!dst)
-        m3ApiReturn(WASI_EFAULT);
+        WASI_RETURN(WASI_EFAULT);
     if (job->spec->deterministic) {
         /* Each call draws from its own ChaCha20 stream keyed by sha256(seed || call number). */
         uint8_t material[40], key[randombytes_SEEDBYTES];
@@ -345,42 +345,43 @@ static m3ApiRawFunction(wasi_random_get)
     } else {
         randombytes_buf(dst, len);
     }
-    charge(runtime, len);
-    m3ApiReturn(WASI_ESUCCESS);
+    charge(call, len);
+    WASI_RETURN(WASI_ESUCCESS);
 }
 
-static m3ApiRawFunction(wasi_proc_exit)
+static PHASE_WASI_FN(wasi_proc_exit)
 {
-    m3ApiGetArg(uint32_t, code);
-    phase_job *job = JOB();
+    WASI_ARG(uint32_t, code);
+    phase_job *job = call->job;
     job->exited = 1;
     job->exit_code = (int32_t) code;
-    m3ApiTrap(m3Err_trapExit);
+    WASI_TRAP(phase_trap_exit);
 }
 
-static m3ApiRawFunction(wasi_sched_yield)
+static PHASE_WASI_FN(wasi_sched_yield)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiReturn(WASI_ESUCCESS);
+    (void) call;
+    WASI_RET_TYPE(uint32_t);
+    WASI_RETURN(WASI_ESUCCESS);
 }
 
 /* poll_oneoff: fd subscriptions on stdio are always ready; clock subscriptions sleep (real
  * mode, never past the job's deadline) or advance nothing (deterministic mode) and fire. */
-static m3ApiRawFunction(wasi_poll_oneoff)
+static PHASE_WASI_FN(wasi_poll_oneoff)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, in_ptr);
-    m3ApiGetArg(uint32_t, out_ptr);
-    m3ApiGetArg(uint32_t, nsubs);
-    m3ApiGetArg(uint32_t, nevents_ptr);
-    phase_job *job = JOB();
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, in_ptr);
+    WASI_ARG(uint32_t, out_ptr);
+    WASI_ARG(uint32_t, nsubs);
+    WASI_ARG(uint32_t, nevents_ptr);
+    phase_job *job = call->job;
     if (nsubs == 0)
-        m3ApiReturn(WASI_EINVAL);
-    uint8_t *in = guest(runtime, _mem, in_ptr, (uint64_t) nsubs * 48);
-    uint8_t *out = guest(runtime, _mem, out_ptr, (uint64_t) nsubs * 32);
-    uint8_t *nevents = guest(runtime, _mem, nevents_ptr, 4);
+        WASI_RETURN(WASI_EINVAL);
+    uint8_t *in = guest(call, in_ptr, (uint64_t) nsubs * 48);
+    uint8_t *out = guest(call, out_ptr, (uint64_t) nsubs * 32);
+    uint8_t *nevents = guest(call, nevents_ptr, 4);
     if (!in || !out || !nevents)
-        m3ApiReturn(WASI_EFAULT);
+        WASI_RETURN(WASI_EFAULT);
 
     int any_fd = 0;
     uint64_t earliest = UINT64_MAX;
@@ -413,14 +414,14 @@ static m3ApiRawFunction(wasi_poll_oneoff)
         while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
             ;
         if (job->deadline_ns && phase_now_ns() >= job->deadline_ns)
-            m3ApiTrap(phase_trap_timeout);
+            WASI_TRAP(phase_trap_timeout);
     }
 
     /* Re-validate: memory cannot move here, but keep to the rule of no pointer across a call. */
-    in = guest(runtime, _mem, in_ptr, (uint64_t) nsubs * 48);
-    out = guest(runtime, _mem, out_ptr, (uint64_t) nsubs * 32);
+    in = guest(call, in_ptr, (uint64_t) nsubs * 48);
+    out = guest(call, out_ptr, (uint64_t) nsubs * 32);
     if (!in || !out)
-        m3ApiReturn(WASI_EFAULT);
+        WASI_RETURN(WASI_EFAULT);
     uint32_t n = 0;
     for (uint32_t i = 0; i < nsubs; i++) {
         const uint8_t *sub = in + 48 * i;
@@ -454,42 +455,39 @@ static m3ApiRawFunction(wasi_poll_oneoff)
         n++;
     }
     wr32(nevents, n);
-    m3ApiReturn(WASI_ESUCCESS);
+    WASI_RETURN(WASI_ESUCCESS);
 }
 
 /* Sockets and proc_raise, which a job never has: these exist so that ordinary libc programs link. */
 enum stub_kind { STUB_SOCK, STUB_NOSYS };
 
-static m3ApiRawFunction(wasi_stub)
+static PHASE_WASI_FN(wasi_stub)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    (void) _mem;
-    (void) runtime;
-    switch ((enum stub_kind) (uintptr_t) _ctx->userdata) {
-    case STUB_SOCK: m3ApiReturn(fd <= 2 ? WASI_ENOTSOCK : WASI_EBADF);
-    default: m3ApiReturn(WASI_ENOSYS);
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    switch ((enum stub_kind) (uintptr_t) call->userdata) {
+    case STUB_SOCK: WASI_RETURN(fd <= 2 ? WASI_ENOTSOCK : WASI_EBADF);
+    default: WASI_RETURN(WASI_ENOSYS);
     }
 }
 
-static m3ApiRawFunction(wasi_fd_tell)
+static PHASE_WASI_FN(wasi_fd_tell)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, ptr);
-    int stream = phase_fs_stream(JOB(), fd);
-    m3ApiReturn(stream >= 0 ? WASI_ESPIPE : phase_fs_tell(runtime, _mem, fd, ptr));
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, ptr);
+    int stream = phase_fs_stream(call->job, fd);
+    WASI_RETURN(stream >= 0 ? WASI_ESPIPE : phase_fs_tell(call, fd, ptr));
 }
 
 typedef struct wasi_binding {
     phase_wasi_function f;
-    M3RawCall call;
-    enum stub_kind kind;   /* for wasi_stub */
+    phase_wasi_binding b;
 } wasi_binding;
 
-#define IMPL(name, sig) {{#name, sig, 1}, wasi_##name, STUB_NOSYS}
-#define FS(name, sig) {{#name, sig, 1}, phase_fs_##name, STUB_NOSYS}
-#define STUB(name, sig, kind) {{#name, sig, 0}, wasi_stub, kind}
+#define IMPL(name, sig) {{#name, sig, 1}, {#name, sig, wasi_##name, STUB_NOSYS}}
+#define FS(name, sig) {{#name, sig, 1}, {#name, sig, phase_fs_##name, STUB_NOSYS}}
+#define STUB(name, sig, kind) {{#name, sig, 0}, {#name, sig, wasi_stub, kind}}
 
 static const wasi_binding bindings[] = {
     IMPL(args_get, "i(ii)"),
@@ -578,18 +576,7 @@ int phase_wasi_lookup(const char *module, size_t module_len, const char *name, s
     return -1;
 }
 
-M3Result phase_wasi_link(const phase_module *pm, IM3Module module)
+const phase_wasi_binding *phase_wasi_binding_at(uint32_t index)
 {
-    uint64_t mask = pm->wasi_imports;
-    for (uint32_t i = 0; i < BINDING_COUNT; i++) {
-        if (!(mask & (1ull << i)))
-            continue;
-        /* Stubs carry their kind as userdata; real functions reach the job through the runtime. */
-        void *userdata = bindings[i].call == wasi_stub ? (void *) (uintptr_t) bindings[i].kind : NULL;
-        M3Result r = m3_LinkRawFunctionEx(module, PHASE_WASI_MODULE, bindings[i].f.name, bindings[i].f.signature,
-                                          bindings[i].call, userdata);
-        if (r && r != m3Err_functionLookupFailed)
-            return r;
-    }
-    return m3Err_none;
+    return index < BINDING_COUNT ? &bindings[index].b : NULL;
 }

@@ -24,21 +24,49 @@ enum {
 /* Deterministic clocks and file times start here (2024-01-01T00:00:00Z). */
 #define PHASE_DET_EPOCH_NS 1704067200000000000ull
 
-#define JOB() (((phase_instance *) m3_GetUserData (runtime))->job)
+/* A WASI call's small view of the instance it serves, filled by the engine's adapter for every call (wasm3:
+ * phase_job.c; wasmtime: phase_wasmtime.c): the job, linear memory as it is now, and the fuel the call's byte
+ * moves cost, which the adapter bills to its engine's meter afterwards. */
+typedef struct phase_wasi_call {
+    phase_job *job;
+    uint8_t *mem;
+    uint64_t mem_size;
+    uint64_t ticks;          /* fuel owed for bytes moved (charge) */
+    uintptr_t userdata;      /* the binding's own (a stub's kind) */
+} phase_wasi_call;
 
-static inline uint8_t *guest(IM3Runtime runtime, void *mem, uint64_t offset, uint64_t len)
+/* A host function: arguments in 64-bit slots from _sp, the result (if any) in the first slot before them.
+ * Returns NULL, or a trap (one of the phase_trap_* strings). Both engines call the same functions. */
+typedef const char *(*phase_wasi_fn)(phase_wasi_call *call, uint64_t *_sp);
+#define PHASE_WASI_FN(name) const char *name(phase_wasi_call *call, uint64_t *_sp)
+#define WASI_RET_TYPE(TYPE) TYPE *raw_return = (TYPE *) (_sp++);
+#define WASI_ARG(TYPE, NAME) TYPE NAME = *(TYPE *) (_sp++);
+#define WASI_RETURN(VALUE) { *raw_return = (VALUE); return NULL; }
+#define WASI_TRAP(VALUE) { return (VALUE); }
+
+/* One WASI function as an engine links it: name, wasm3-style signature ("i(iIii)"), the call, its userdata. */
+typedef struct phase_wasi_binding {
+    const char *name;
+    const char *signature;
+    phase_wasi_fn call;
+    uintptr_t userdata;
+} phase_wasi_binding;
+/* The binding of bit i of phase_module.wasi_imports. */
+const phase_wasi_binding *phase_wasi_binding_at(uint32_t index);
+
+static inline uint8_t *guest(phase_wasi_call *call, uint64_t offset, uint64_t len)
 {
-    uint64_t size = runtime->memory.mallocated ? runtime->memory.mallocated->length : 0;
+    uint64_t size = call->mem ? call->mem_size : 0;
     if (offset > size || len > size - offset)
         return NULL;
-    return (uint8_t *) mem + offset;
+    return call->mem + offset;
 }
 
 /* Host calls that move bytes cost fuel like memory.copy does (patch 0007), so a job cannot hide a lot
  * of work between two metering ticks and the timeout check on the slow path comes round soon. */
-static inline void charge(IM3Runtime runtime, uint64_t bytes)
+static inline void charge(phase_wasi_call *call, uint64_t bytes)
 {
-    runtime->memory.mallocated->phase_fuel_countdown -= (int64_t) (bytes / PHASE_BYTES_PER_TICK);
+    call->ticks += bytes / PHASE_BYTES_PER_TICK;
 }
 
 static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
@@ -57,15 +85,15 @@ void phase_fs_close(phase_job *job);
 
 /* The stdio stream (0 stdin, 1 stdout, 2 stderr) guest fd holds (fds 0-2, or one renumbered higher), or -1. */
 int phase_fs_stream(phase_job *job, uint32_t fd);
-uint32_t phase_fs_read(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t iovs, uint32_t iovs_len, uint32_t nread);
-uint32_t phase_fs_write(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t iovs, uint32_t iovs_len,
+uint32_t phase_fs_read(phase_wasi_call *call, uint32_t fd, uint32_t iovs, uint32_t iovs_len, uint32_t nread);
+uint32_t phase_fs_write(phase_wasi_call *call, uint32_t fd, uint32_t iovs, uint32_t iovs_len,
                         uint32_t nwritten);
-uint32_t phase_fs_fdstat_get(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t stat);
-uint32_t phase_fs_prestat_get(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t out);
-uint32_t phase_fs_prestat_dir_name(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t path, uint32_t len);
+uint32_t phase_fs_fdstat_get(phase_wasi_call *call, uint32_t fd, uint32_t stat);
+uint32_t phase_fs_prestat_get(phase_wasi_call *call, uint32_t fd, uint32_t out);
+uint32_t phase_fs_prestat_dir_name(phase_wasi_call *call, uint32_t fd, uint32_t path, uint32_t len);
 uint32_t phase_fs_fd_close(phase_job *job, uint32_t fd);   /* any fd, stdio included */
-uint32_t phase_fs_seek(IM3Runtime runtime, void *mem, uint32_t fd, int64_t offset, uint32_t whence, uint32_t out);
-uint32_t phase_fs_tell(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t out);
+uint32_t phase_fs_seek(phase_wasi_call *call, uint32_t fd, int64_t offset, uint32_t whence, uint32_t out);
+uint32_t phase_fs_tell(phase_wasi_call *call, uint32_t fd, uint32_t out);
 /* poll_oneoff: a file or directory descriptor (not stdio) is always ready; 0 if fd is one, else a WASI errno. */
 uint32_t phase_fs_poll_ready(phase_job *job, uint32_t fd);
 
@@ -76,7 +104,7 @@ uint32_t phase_fs_poll_ready(phase_job *job, uint32_t fd);
     X(fd_readdir) X(fd_renumber) X(fd_sync) X(path_create_directory) X(path_filestat_get) \
     X(path_filestat_set_times) X(path_link) X(path_open) X(path_readlink) X(path_remove_directory) \
     X(path_rename) X(path_symlink) X(path_unlink_file)
-#define PHASE_FS_DECLARE(name) m3ApiRawFunction(phase_fs_##name);
+#define PHASE_FS_DECLARE(name) PHASE_WASI_FN(phase_fs_##name);
 PHASE_FS_FUNCTIONS(PHASE_FS_DECLARE)
 
 #endif

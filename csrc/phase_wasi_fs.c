@@ -209,9 +209,9 @@ static phase_fs_fd *fd_arg(phase_job *job, uint32_t fd, uint64_t rights, uint32_
 /* In a host function: `f` is the file `fd` names with `rights`, or the function returns why (stdio: `stdio_rc`). */
 #define FD_ARG_OR_RETURN(f, fd, rights, stdio_rc)                        \
     uint32_t f##_rc;                                                     \
-    phase_fs_fd *f = fd_arg(JOB(), (fd), (rights), (stdio_rc), &f##_rc); \
-    if (!f)                                                              \
-        m3ApiReturn(f##_rc)
+    phase_fs_fd *f = fd_arg(call->job, (fd), (rights), (stdio_rc), &f##_rc); \
+    if (!f)                                                                 \
+        WASI_RETURN(f##_rc)
 
 static void slot_clear(phase_fs_fd *f)
 {
@@ -311,11 +311,11 @@ void phase_fs_close(phase_job *job)
 /* ---- paths --------------------------------------------------------------------------------------- */
 
 /* The guest's path as a C string in out[PATH_MAX]: EFAULT, EINVAL (a NUL inside) or ENAMETOOLONG. */
-static uint32_t guest_path(IM3Runtime runtime, void *mem, uint32_t ptr, uint32_t len, char *out)
+static uint32_t guest_path(phase_wasi_call *call, uint32_t ptr, uint32_t len, char *out)
 {
     if (len >= PATH_MAX)
         return WASI_ENAMETOOLONG;
-    const uint8_t *p = guest(runtime, mem, ptr, len);
+    const uint8_t *p = guest(call, ptr, len);
     if (!p)
         return WASI_EFAULT;
     if (memchr(p, 0, len))
@@ -485,18 +485,18 @@ static uint32_t make_times(uint64_t atim, uint64_t mtim, uint32_t flags, struct 
 
 /* Read or write through the guest's iovecs (validated; at most IOV_BATCH of them per call, as a short
  * read or write). offset < 0: at the file position. */
-static uint32_t transfer(IM3Runtime runtime, void *mem, phase_fs_fd *f, uint32_t iovs, uint32_t iovs_len,
+static uint32_t transfer(phase_wasi_call *call, phase_fs_fd *f, uint32_t iovs, uint32_t iovs_len,
                          int64_t offset, int writing, uint32_t out_ptr)
 {
-    uint8_t *vec = guest(runtime, mem, iovs, (uint64_t) iovs_len * 8);
-    uint8_t *out = guest(runtime, mem, out_ptr, 4);
+    uint8_t *vec = guest(call, iovs, (uint64_t) iovs_len * 8);
+    uint8_t *out = guest(call, out_ptr, 4);
     if (!vec || !out)
         return WASI_EFAULT;
     struct iovec io[IOV_BATCH];
     int n = 0;
     for (uint32_t i = 0; i < iovs_len && n < IOV_BATCH; i++) {
         uint32_t buf = rd32(vec + 8 * i), len = rd32(vec + 8 * i + 4);
-        uint8_t *p = guest(runtime, mem, buf, len);
+        uint8_t *p = guest(call, buf, len);
         if (!p)
             return WASI_EFAULT;
         if (len == 0)
@@ -515,71 +515,71 @@ static uint32_t transfer(IM3Runtime runtime, void *mem, phase_fs_fd *f, uint32_t
     if (done < 0)
         return wasi_errno(errno);
     wr32(out, (uint32_t) done);
-    charge(runtime, (uint64_t) done);
+    charge(call, (uint64_t) done);
     return WASI_ESUCCESS;
 }
 
 /* fd_read/fd_write (offset < 0) and fd_pread/fd_pwrite on a file: a missing read or write right is EBADF, as
  * for a file not open that way. */
-static uint32_t read_write(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t iovs, uint32_t iovs_len,
+static uint32_t read_write(phase_wasi_call *call, uint32_t fd, uint32_t iovs, uint32_t iovs_len,
                            int64_t offset, int writing, uint32_t out)
 {
     if (fd <= 2)
         return WASI_ESPIPE;
     uint64_t need = (writing ? R_FD_WRITE : R_FD_READ) | (offset >= 0 ? R_FD_SEEK : 0);
     uint32_t rc;
-    phase_fs_fd *f = lookup_rights(JOB(), fd, need, &rc);
+    phase_fs_fd *f = lookup_rights(call->job, fd, need, &rc);
     if (!f)
         return rc == WASI_ENOTCAPABLE ? WASI_EBADF : rc;
-    return transfer(runtime, mem, f, iovs, iovs_len, offset, writing, out);
+    return transfer(call, f, iovs, iovs_len, offset, writing, out);
 }
 
-uint32_t phase_fs_read(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t iovs, uint32_t iovs_len, uint32_t nread)
+uint32_t phase_fs_read(phase_wasi_call *call, uint32_t fd, uint32_t iovs, uint32_t iovs_len, uint32_t nread)
 {
-    return read_write(runtime, mem, fd, iovs, iovs_len, -1, 0, nread);
+    return read_write(call, fd, iovs, iovs_len, -1, 0, nread);
 }
 
-uint32_t phase_fs_write(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t iovs, uint32_t iovs_len,
+uint32_t phase_fs_write(phase_wasi_call *call, uint32_t fd, uint32_t iovs, uint32_t iovs_len,
                         uint32_t nwritten)
 {
-    return read_write(runtime, mem, fd, iovs, iovs_len, -1, 1, nwritten);
+    return read_write(call, fd, iovs, iovs_len, -1, 1, nwritten);
 }
 
-static uint32_t positional(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t iovs, uint32_t iovs_len,
+static uint32_t positional(phase_wasi_call *call, uint32_t fd, uint32_t iovs, uint32_t iovs_len,
                            uint64_t offset, int writing, uint32_t out)
 {
     if (offset > INT64_MAX)
         return WASI_EINVAL;
-    return read_write(runtime, mem, fd, iovs, iovs_len, (int64_t) offset, writing, out);
+    return read_write(call, fd, iovs, iovs_len, (int64_t) offset, writing, out);
 }
 
-m3ApiRawFunction(phase_fs_fd_pread)
+PHASE_WASI_FN(phase_fs_fd_pread)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, iovs);
-    m3ApiGetArg(uint32_t, iovs_len);
-    m3ApiGetArg(uint64_t, offset);
-    m3ApiGetArg(uint32_t, nread);
-    m3ApiReturn(positional(runtime, _mem, fd, iovs, iovs_len, offset, 0, nread));
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, iovs);
+    WASI_ARG(uint32_t, iovs_len);
+    WASI_ARG(uint64_t, offset);
+    WASI_ARG(uint32_t, nread);
+    WASI_RETURN(positional(call, fd, iovs, iovs_len, offset, 0, nread));
 }
 
-m3ApiRawFunction(phase_fs_fd_pwrite)
+PHASE_WASI_FN(phase_fs_fd_pwrite)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, iovs);
-    m3ApiGetArg(uint32_t, iovs_len);
-    m3ApiGetArg(uint64_t, offset);
-    m3ApiGetArg(uint32_t, nwritten);
-    m3ApiReturn(positional(runtime, _mem, fd, iovs, iovs_len, offset, 1, nwritten));
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, iovs);
+    WASI_ARG(uint32_t, iovs_len);
+    WASI_ARG(uint64_t, offset);
+    WASI_ARG(uint32_t, nwritten);
+    WASI_RETURN(positional(call, fd, iovs, iovs_len, offset, 1, nwritten));
 }
 
-uint32_t phase_fs_seek(IM3Runtime runtime, void *mem, uint32_t fd, int64_t offset, uint32_t whence, uint32_t out)
+uint32_t phase_fs_seek(phase_wasi_call *call, uint32_t fd, int64_t offset, uint32_t whence, uint32_t out)
 {
     /* A pure position query needs only fd_tell. */
     uint64_t need = (whence == 1 && offset == 0) ? R_FD_TELL : R_FD_SEEK;
-    phase_fs_fd *f = lookup(JOB(), fd);
+    phase_fs_fd *f = lookup(call->job, fd);
     if (!f)
         return WASI_EBADF;
     if (f->filetype == FT_DIR)
@@ -588,7 +588,7 @@ uint32_t phase_fs_seek(IM3Runtime runtime, void *mem, uint32_t fd, int64_t offse
         return WASI_ENOTCAPABLE;
     if (whence > 2)
         return WASI_EINVAL;
-    uint8_t *dst = guest(runtime, mem, out, 8);
+    uint8_t *dst = guest(call, out, 8);
     if (!dst)
         return WASI_EFAULT;
     static const int whences[3] = {SEEK_SET, SEEK_CUR, SEEK_END};
@@ -599,9 +599,9 @@ uint32_t phase_fs_seek(IM3Runtime runtime, void *mem, uint32_t fd, int64_t offse
     return WASI_ESUCCESS;
 }
 
-uint32_t phase_fs_tell(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t out)
+uint32_t phase_fs_tell(phase_wasi_call *call, uint32_t fd, uint32_t out)
 {
-    return phase_fs_seek(runtime, mem, fd, 0, 1, out);
+    return phase_fs_seek(call, fd, 0, 1, out);
 }
 
 static uint16_t host_fdflags(int host)
@@ -617,12 +617,12 @@ static uint16_t host_fdflags(int host)
     return flags;
 }
 
-uint32_t phase_fs_fdstat_get(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t stat)
+uint32_t phase_fs_fdstat_get(phase_wasi_call *call, uint32_t fd, uint32_t stat)
 {
-    phase_fs_fd *f = lookup(JOB(), fd);
+    phase_fs_fd *f = lookup(call->job, fd);
     if (!f)
         return WASI_EBADF;
-    uint8_t *st = guest(runtime, mem, stat, 24);
+    uint8_t *st = guest(call, stat, 24);
     if (!st)
         return WASI_EFAULT;
     memset(st, 0, 24);
@@ -633,143 +633,137 @@ uint32_t phase_fs_fdstat_get(IM3Runtime runtime, void *mem, uint32_t fd, uint32_
     return WASI_ESUCCESS;
 }
 
-m3ApiRawFunction(phase_fs_fd_fdstat_set_flags)
+PHASE_WASI_FN(phase_fs_fd_fdstat_set_flags)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, flags);
-    (void) _mem;
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, flags);
     FD_ARG_OR_RETURN(f, fd, R_FD_FDSTAT_SET_FLAGS, WASI_ENOTSUP);
     if (flags & ~(uint32_t) (FDF_APPEND | FDF_DSYNC | FDF_NONBLOCK | FDF_RSYNC | FDF_SYNC))
-        m3ApiReturn(WASI_EINVAL);
+        WASI_RETURN(WASI_EINVAL);
     /* Linux changes only O_APPEND and O_NONBLOCK on an open file; the sync flags are fixed at open. */
     if ((flags & (FDF_DSYNC | FDF_RSYNC | FDF_SYNC)) != (host_fdflags(f->host) & (FDF_DSYNC | FDF_RSYNC | FDF_SYNC)))
-        m3ApiReturn(WASI_ENOTSUP);
+        WASI_RETURN(WASI_ENOTSUP);
     int fl = fcntl(f->host, F_GETFL);
     if (fl < 0)
-        m3ApiReturn(wasi_errno(errno));
+        WASI_RETURN(wasi_errno(errno));
     fl &= ~(O_APPEND | O_NONBLOCK);
     if (flags & FDF_APPEND) fl |= O_APPEND;
     if (flags & FDF_NONBLOCK) fl |= O_NONBLOCK;
     if (fcntl(f->host, F_SETFL, fl) != 0)
-        m3ApiReturn(wasi_errno(errno));
-    m3ApiReturn(WASI_ESUCCESS);
+        WASI_RETURN(wasi_errno(errno));
+    WASI_RETURN(WASI_ESUCCESS);
 }
 
-m3ApiRawFunction(phase_fs_fd_fdstat_set_rights)
+PHASE_WASI_FN(phase_fs_fd_fdstat_set_rights)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint64_t, base);
-    m3ApiGetArg(uint64_t, inheriting);
-    (void) _mem;
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint64_t, base);
+    WASI_ARG(uint64_t, inheriting);
     if (fd <= 2)
-        m3ApiReturn(WASI_ENOTSUP);
-    phase_fs_fd *f = lookup(JOB(), fd);
+        WASI_RETURN(WASI_ENOTSUP);
+    phase_fs_fd *f = lookup(call->job, fd);
     if (!f)
-        m3ApiReturn(WASI_EBADF);
+        WASI_RETURN(WASI_EBADF);
     if ((base & ~f->base) || (inheriting & ~f->inheriting))
-        m3ApiReturn(WASI_ENOTCAPABLE);
+        WASI_RETURN(WASI_ENOTCAPABLE);
     f->base = base;
     f->inheriting = inheriting;
-    m3ApiReturn(WASI_ESUCCESS);
+    WASI_RETURN(WASI_ESUCCESS);
 }
 
-m3ApiRawFunction(phase_fs_fd_filestat_get)
+PHASE_WASI_FN(phase_fs_fd_filestat_get)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, buf);
-    phase_job *job = JOB();
-    uint8_t *out = guest(runtime, _mem, buf, 64);
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, buf);
+    phase_job *job = call->job;
+    uint8_t *out = guest(call, buf, 64);
     if (fd <= 2) {
         /* stdio: a character device of no size, as seen by the job (a pipe's details stay the host's) */
         if (!out)
-            m3ApiReturn(WASI_EFAULT);
+            WASI_RETURN(WASI_EFAULT);
         memset(out, 0, 64);
         out[16] = FT_CHAR;
         wr64(out + 24, 1);
-        m3ApiReturn(WASI_ESUCCESS);
+        WASI_RETURN(WASI_ESUCCESS);
     }
     uint32_t rc;
     phase_fs_fd *f = lookup_rights(job, fd, R_FD_FILESTAT_GET, &rc);
     if (!f)
-        m3ApiReturn(rc);
+        WASI_RETURN(rc);
     if (!out)
-        m3ApiReturn(WASI_EFAULT);
+        WASI_RETURN(WASI_EFAULT);
     struct stat st;
     if (fstat(f->host, &st) != 0)
-        m3ApiReturn(wasi_errno(errno));
+        WASI_RETURN(wasi_errno(errno));
     put_filestat(job, out, &st, f->root, f->path);
-    m3ApiReturn(WASI_ESUCCESS);
+    WASI_RETURN(WASI_ESUCCESS);
 }
 
-m3ApiRawFunction(phase_fs_fd_filestat_set_size)
+PHASE_WASI_FN(phase_fs_fd_filestat_set_size)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint64_t, size);
-    (void) _mem;
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint64_t, size);
     FD_ARG_OR_RETURN(f, fd, R_FD_FILESTAT_SET_SIZE, WASI_EINVAL);
     if (size > INT64_MAX)
-        m3ApiReturn(WASI_EINVAL);
+        WASI_RETURN(WASI_EINVAL);
     if (ftruncate(f->host, (off_t) size) != 0)
-        m3ApiReturn(wasi_errno(errno));
-    m3ApiReturn(WASI_ESUCCESS);
+        WASI_RETURN(wasi_errno(errno));
+    WASI_RETURN(WASI_ESUCCESS);
 }
 
-m3ApiRawFunction(phase_fs_fd_filestat_set_times)
+PHASE_WASI_FN(phase_fs_fd_filestat_set_times)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint64_t, atim);
-    m3ApiGetArg(uint64_t, mtim);
-    m3ApiGetArg(uint32_t, flags);
-    (void) _mem;
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint64_t, atim);
+    WASI_ARG(uint64_t, mtim);
+    WASI_ARG(uint32_t, flags);
     FD_ARG_OR_RETURN(f, fd, R_FD_FILESTAT_SET_TIMES, WASI_ENOTSUP);
     struct timespec ts[2];
     uint32_t rc;
     if ((rc = make_times(atim, mtim, flags, ts)) != WASI_ESUCCESS)
-        m3ApiReturn(rc);
+        WASI_RETURN(rc);
     if (utimensat(f->host, "", ts, AT_EMPTY_PATH) != 0)
-        m3ApiReturn(wasi_errno(errno));
-    m3ApiReturn(WASI_ESUCCESS);
+        WASI_RETURN(wasi_errno(errno));
+    WASI_RETURN(WASI_ESUCCESS);
 }
 
-m3ApiRawFunction(phase_fs_fd_advise)
+PHASE_WASI_FN(phase_fs_fd_advise)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint64_t, offset);
-    m3ApiGetArg(uint64_t, len);
-    m3ApiGetArg(uint32_t, advice);
-    (void) _mem;
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint64_t, offset);
+    WASI_ARG(uint64_t, len);
+    WASI_ARG(uint32_t, advice);
     FD_ARG_OR_RETURN(f, fd, R_FD_ADVISE, WASI_ESPIPE);
     static const int advices[6] = {POSIX_FADV_NORMAL, POSIX_FADV_SEQUENTIAL, POSIX_FADV_RANDOM,
                                    POSIX_FADV_WILLNEED, POSIX_FADV_DONTNEED, POSIX_FADV_NOREUSE};
     if (advice > 5 || offset > INT64_MAX || len > INT64_MAX)
-        m3ApiReturn(WASI_EINVAL);
+        WASI_RETURN(WASI_EINVAL);
     if (f->filetype == FT_DIR)
-        m3ApiReturn(WASI_EBADF);
+        WASI_RETURN(WASI_EBADF);
     int e = posix_fadvise(f->host, (off_t) offset, (off_t) len, advices[advice]);
-    m3ApiReturn(wasi_errno(e));
+    WASI_RETURN(wasi_errno(e));
 }
 
-m3ApiRawFunction(phase_fs_fd_allocate)
+PHASE_WASI_FN(phase_fs_fd_allocate)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint64_t, offset);
-    m3ApiGetArg(uint64_t, len);
-    (void) _mem;
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint64_t, offset);
+    WASI_ARG(uint64_t, len);
     FD_ARG_OR_RETURN(f, fd, R_FD_ALLOCATE, WASI_ENOTSUP);
     if (offset > INT64_MAX || len > INT64_MAX || len == 0)
-        m3ApiReturn(WASI_EINVAL);
+        WASI_RETURN(WASI_EINVAL);
     if (f->filetype == FT_DIR)
-        m3ApiReturn(WASI_EBADF);
+        WASI_RETURN(WASI_EBADF);
     if (fallocate(f->host, 0, (off_t) offset, (off_t) len) != 0)
-        m3ApiReturn(wasi_errno(errno));
-    m3ApiReturn(WASI_ESUCCESS);
+        WASI_RETURN(wasi_errno(errno));
+    WASI_RETURN(WASI_ESUCCESS);
 }
 
 static uint32_t sync_fd(phase_job *job, uint32_t fd, uint64_t right, int data_only)
@@ -785,20 +779,18 @@ static uint32_t sync_fd(phase_job *job, uint32_t fd, uint64_t right, int data_on
     return WASI_ESUCCESS;
 }
 
-m3ApiRawFunction(phase_fs_fd_sync)
+PHASE_WASI_FN(phase_fs_fd_sync)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    (void) _mem;
-    m3ApiReturn(sync_fd(JOB(), fd, R_FD_SYNC, 0));
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_RETURN(sync_fd(call->job, fd, R_FD_SYNC, 0));
 }
 
-m3ApiRawFunction(phase_fs_fd_datasync)
+PHASE_WASI_FN(phase_fs_fd_datasync)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    (void) _mem;
-    m3ApiReturn(sync_fd(JOB(), fd, R_FD_DATASYNC, 1));
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_RETURN(sync_fd(call->job, fd, R_FD_DATASYNC, 1));
 }
 
 uint32_t phase_fs_fd_close(phase_job *job, uint32_t fd)
@@ -816,25 +808,24 @@ uint32_t phase_fs_fd_close(phase_job *job, uint32_t fd)
     return WASI_ESUCCESS;
 }
 
-m3ApiRawFunction(phase_fs_fd_renumber)
+PHASE_WASI_FN(phase_fs_fd_renumber)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, from);
-    m3ApiGetArg(uint32_t, to);
-    (void) _mem;
-    phase_job *job = JOB();
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, from);
+    WASI_ARG(uint32_t, to);
+    phase_job *job = call->job;
     /* Both must be open: a stdio fd holding its stream, or a table slot (a file, a directory or a stream). */
     int from_open = from <= 2 ? job->stdio[from] >= 0 : slot_of(job, from) != NULL;
     int to_open = to <= 2 ? job->stdio[to] >= 0 : slot_of(job, to) != NULL;
     if (!from_open || !to_open)
-        m3ApiReturn(WASI_EBADF);
+        WASI_RETURN(WASI_EBADF);
     if (from == to)
-        m3ApiReturn(WASI_ESUCCESS);
+        WASI_RETURN(WASI_ESUCCESS);
     int stream = phase_fs_stream(job, from);
     if (to <= 2) {
         /* Fds 0-2 hold streams only: a file cannot become stdout (the job's output is its buffers). */
         if (stream < 0)
-            m3ApiReturn(WASI_ENOTSUP);
+            WASI_RETURN(WASI_ENOTSUP);
         job->stdio[to] = (int8_t) stream;
     } else {
         phase_fs_fd *dst = slot_of(job, to);
@@ -848,26 +839,26 @@ m3ApiRawFunction(phase_fs_fd_renumber)
             memset(src, 0, sizeof *src);
             src->host = -1;
             src->preopen = -1;
-            m3ApiReturn(WASI_ESUCCESS);
+            WASI_RETURN(WASI_ESUCCESS);
         }
     }
     if (from <= 2)
         job->stdio[from] = -1;
     else
         slot_clear(slot_of(job, from));
-    m3ApiReturn(WASI_ESUCCESS);
+    WASI_RETURN(WASI_ESUCCESS);
 }
 
-uint32_t phase_fs_prestat_get(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t out)
+uint32_t phase_fs_prestat_get(phase_wasi_call *call, uint32_t fd, uint32_t out)
 {
-    phase_job *job = JOB();
+    phase_job *job = call->job;
     phase_fs_fd *f = lookup(job, fd);
     if (!f || f->preopen < 0) {
         if (job->spec->npreopens == 0)
             job->result->fs_unavailable = 1;
         return WASI_EBADF;
     }
-    uint8_t *p = guest(runtime, mem, out, 8);
+    uint8_t *p = guest(call, out, 8);
     if (!p)
         return WASI_EFAULT;
     memset(p, 0, 8);
@@ -875,9 +866,9 @@ uint32_t phase_fs_prestat_get(IM3Runtime runtime, void *mem, uint32_t fd, uint32
     return WASI_ESUCCESS;
 }
 
-uint32_t phase_fs_prestat_dir_name(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t path, uint32_t len)
+uint32_t phase_fs_prestat_dir_name(phase_wasi_call *call, uint32_t fd, uint32_t path, uint32_t len)
 {
-    phase_job *job = JOB();
+    phase_job *job = call->job;
     phase_fs_fd *f = lookup(job, fd);
     if (!f || f->preopen < 0)
         return WASI_EBADF;
@@ -885,7 +876,7 @@ uint32_t phase_fs_prestat_dir_name(IM3Runtime runtime, void *mem, uint32_t fd, u
     size_t n = strlen(name);
     if (len < n)
         return WASI_ENAMETOOLONG;
-    uint8_t *p = guest(runtime, mem, path, n);
+    uint8_t *p = guest(call, path, n);
     if (!p)
         return WASI_EFAULT;
     memcpy(p, name, n);
@@ -1003,30 +994,30 @@ static uint32_t listing_take(phase_job *job, phase_fs_fd *f)
     return WASI_ESUCCESS;
 }
 
-m3ApiRawFunction(phase_fs_fd_readdir)
+PHASE_WASI_FN(phase_fs_fd_readdir)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, buf);
-    m3ApiGetArg(uint32_t, buf_len);
-    m3ApiGetArg(uint64_t, cookie);
-    m3ApiGetArg(uint32_t, bufused_ptr);
-    phase_job *job = JOB();
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, buf);
+    WASI_ARG(uint32_t, buf_len);
+    WASI_ARG(uint64_t, cookie);
+    WASI_ARG(uint32_t, bufused_ptr);
+    phase_job *job = call->job;
     uint32_t rc;
     phase_fs_fd *f = fd_arg(job, fd, R_FD_READDIR, WASI_ENOTDIR, &rc);
     if (!f)
-        m3ApiReturn(rc);
+        WASI_RETURN(rc);
     if (f->filetype != FT_DIR)
-        m3ApiReturn(WASI_ENOTDIR);
-    if (!guest(runtime, _mem, buf, buf_len) || !guest(runtime, _mem, bufused_ptr, 4))
-        m3ApiReturn(WASI_EFAULT);
+        WASI_RETURN(WASI_ENOTDIR);
+    if (!guest(call, buf, buf_len) || !guest(call, bufused_ptr, 4))
+        WASI_RETURN(WASI_EFAULT);
     if (cookie == 0 || !f->entries) {
         if ((rc = listing_take(job, f)) != WASI_ESUCCESS) {
             listing_free(f);
-            m3ApiReturn(rc);
+            WASI_RETURN(rc);
         }
     }
-    uint8_t *out = guest(runtime, _mem, buf, buf_len);
+    uint8_t *out = guest(call, buf, buf_len);
     uint32_t used = 0;
     for (uint64_t i = cookie; i < f->nentries && used < buf_len; i++) {
         dir_entry *e = &f->entries[i];
@@ -1043,18 +1034,18 @@ m3ApiRawFunction(phase_fs_fd_readdir)
         memcpy(out + used, e->name, take);
         used += take;
     }
-    wr32(guest(runtime, _mem, bufused_ptr, 4), used);
-    charge(runtime, used);
-    m3ApiReturn(WASI_ESUCCESS);
+    wr32(guest(call, bufused_ptr, 4), used);
+    charge(call, used);
+    WASI_RETURN(WASI_ESUCCESS);
 }
 
 /* ---- path_* ---------------------------------------------------------------------------------------- */
 
 /* The directory descriptor `fd` with `rights`, and the guest's path copied into path[PATH_MAX]. */
-static phase_fs_fd *dir_and_path(IM3Runtime runtime, void *mem, uint32_t fd, uint64_t rights, uint32_t ptr,
+static phase_fs_fd *dir_and_path(phase_wasi_call *call, uint32_t fd, uint64_t rights, uint32_t ptr,
                                  uint32_t len, char *path, uint32_t *rc)
 {
-    phase_job *job = JOB();
+    phase_job *job = call->job;
     if (job->spec->npreopens == 0)
         job->result->fs_unavailable = 1;
     phase_fs_fd *f = lookup(job, fd);
@@ -1070,38 +1061,38 @@ static phase_fs_fd *dir_and_path(IM3Runtime runtime, void *mem, uint32_t fd, uin
         *rc = f->readonly && (rights & RIGHTS_MUTATE) ? WASI_EROFS : WASI_ENOTCAPABLE;
         return NULL;
     }
-    if ((*rc = guest_path(runtime, mem, ptr, len, path)) != WASI_ESUCCESS)
+    if ((*rc = guest_path(call, ptr, len, path)) != WASI_ESUCCESS)
         return NULL;
     return f;
 }
 
-m3ApiRawFunction(phase_fs_path_open)
+PHASE_WASI_FN(phase_fs_path_open)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, dirflags);
-    m3ApiGetArg(uint32_t, path_ptr);
-    m3ApiGetArg(uint32_t, path_len);
-    m3ApiGetArg(uint32_t, oflags);
-    m3ApiGetArg(uint64_t, want_base);
-    m3ApiGetArg(uint64_t, want_inheriting);
-    m3ApiGetArg(uint32_t, fdflags);
-    m3ApiGetArg(uint32_t, fd_ptr);
-    phase_job *job = JOB();
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, dirflags);
+    WASI_ARG(uint32_t, path_ptr);
+    WASI_ARG(uint32_t, path_len);
+    WASI_ARG(uint32_t, oflags);
+    WASI_ARG(uint64_t, want_base);
+    WASI_ARG(uint64_t, want_inheriting);
+    WASI_ARG(uint32_t, fdflags);
+    WASI_ARG(uint32_t, fd_ptr);
+    phase_job *job = call->job;
     char path[PATH_MAX];
     uint32_t rc;
     uint64_t need = R_PATH_OPEN | ((oflags & OF_CREAT) ? R_PATH_CREATE_FILE : 0);
-    phase_fs_fd *dir = dir_and_path(runtime, _mem, fd, need, path_ptr, path_len, path, &rc);
+    phase_fs_fd *dir = dir_and_path(call, fd, need, path_ptr, path_len, path, &rc);
     if (!dir)
-        m3ApiReturn(rc);
-    if (!guest(runtime, _mem, fd_ptr, 4))
-        m3ApiReturn(WASI_EFAULT);
+        WASI_RETURN(rc);
+    if (!guest(call, fd_ptr, 4))
+        WASI_RETURN(WASI_EFAULT);
     if (oflags & ~(uint32_t) (OF_CREAT | OF_DIRECTORY | OF_EXCL | OF_TRUNC))
-        m3ApiReturn(WASI_EINVAL);
+        WASI_RETURN(WASI_EINVAL);
     if (fdflags & ~(uint32_t) (FDF_APPEND | FDF_DSYNC | FDF_NONBLOCK | FDF_RSYNC | FDF_SYNC))
-        m3ApiReturn(WASI_EINVAL);
+        WASI_RETURN(WASI_EINVAL);
     if (dir->readonly && ((oflags & (OF_CREAT | OF_TRUNC)) || (fdflags & FDF_APPEND)))
-        m3ApiReturn(WASI_EROFS);
+        WASI_RETURN(WASI_EROFS);
 
     uint64_t base = want_base & dir->inheriting;
     uint64_t inheriting = want_inheriting & dir->inheriting;
@@ -1121,7 +1112,7 @@ m3ApiRawFunction(phase_fs_path_open)
     if (!(dirflags & LOOKUP_SYMLINK_FOLLOW))
         flags |= O_NOFOLLOW;
     if ((oflags & OF_DIRECTORY) && (oflags & (OF_CREAT | OF_TRUNC)))
-        m3ApiReturn(WASI_EINVAL);
+        WASI_RETURN(WASI_EINVAL);
 
     /* slot_alloc may move the table: keep what is needed of dir first. */
     int dir_host = dir->host, readonly = dir->readonly;
@@ -1129,15 +1120,15 @@ m3ApiRawFunction(phase_fs_path_open)
     const char *dir_path = dir->path;
     int64_t slot = slot_alloc(job);
     if (slot < 0)
-        m3ApiReturn(WASI_EMFILE);
+        WASI_RETURN(WASI_EMFILE);
     int host = openat_beneath(dir_host, path, flags, 0666);
     if (host < 0)
-        m3ApiReturn(errno == ENOSYS ? WASI_ENOSYS : wasi_errno(errno));
+        WASI_RETURN(errno == ENOSYS ? WASI_ENOSYS : wasi_errno(errno));
     struct stat st;
     if (fstat(host, &st) != 0) {
         rc = wasi_errno(errno);
         close(host);
-        m3ApiReturn(rc);
+        WASI_RETURN(rc);
     }
     phase_fs_fd *f = &TABLE(job)[slot];
     f->host = host;
@@ -1154,39 +1145,39 @@ m3ApiRawFunction(phase_fs_path_open)
     f->inheriting = inheriting;
     if (job->spec->deterministic)
         f->path = join_normalised(dir_path ? dir_path : "", path);
-    wr32(guest(runtime, _mem, fd_ptr, 4), (uint32_t) slot + 3);
-    m3ApiReturn(WASI_ESUCCESS);
+    wr32(guest(call, fd_ptr, 4), (uint32_t) slot + 3);
+    WASI_RETURN(WASI_ESUCCESS);
 }
 
 /* In a host function: `dir` is the directory `fd` names with `right` and `path` (a buffer declared here) the guest's
  * path at ptr/len, or the function returns why; `rc` is declared for the rest of the function. */
-#define DIR_AND_PATH_OR_RETURN(dir, path, rc, fd, right, ptr, len)                           \
-    char path[PATH_MAX];                                                                     \
-    uint32_t rc;                                                                             \
-    phase_fs_fd *dir = dir_and_path(runtime, _mem, (fd), (right), (ptr), (len), path, &rc); \
-    if (!dir)                                                                                \
-        m3ApiReturn(rc)
+#define DIR_AND_PATH_OR_RETURN(dir, path, rc, fd, right, ptr, len)                \
+    char path[PATH_MAX];                                                          \
+    uint32_t rc;                                                                  \
+    phase_fs_fd *dir = dir_and_path(call, (fd), (right), (ptr), (len), path, &rc); \
+    if (!dir)                                                                     \
+        WASI_RETURN(rc)
 
-m3ApiRawFunction(phase_fs_path_create_directory)
+PHASE_WASI_FN(phase_fs_path_create_directory)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, path_ptr);
-    m3ApiGetArg(uint32_t, path_len);
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, path_ptr);
+    WASI_ARG(uint32_t, path_len);
     DIR_AND_PATH_OR_RETURN(dir, path, rc, fd, R_PATH_CREATE_DIRECTORY, path_ptr, path_len);
     split_path sp;
     if ((rc = split_open(dir->host, path, &sp)) == WASI_ESUCCESS)
         rc = sp.dots ? WASI_EEXIST : mkdirat(sp.parent, sp.name, 0777) == 0 ? WASI_ESUCCESS : wasi_errno(errno);
     split_close(&sp);
-    m3ApiReturn(rc);
+    WASI_RETURN(rc);
 }
 
-static uint32_t remove_entry(IM3Runtime runtime, void *mem, uint32_t fd, uint32_t path_ptr, uint32_t path_len,
+static uint32_t remove_entry(phase_wasi_call *call, uint32_t fd, uint32_t path_ptr, uint32_t path_len,
                              int is_dir)
 {
     char path[PATH_MAX];
     uint32_t rc;
-    phase_fs_fd *dir = dir_and_path(runtime, mem, fd, is_dir ? R_PATH_REMOVE_DIRECTORY : R_PATH_UNLINK_FILE,
+    phase_fs_fd *dir = dir_and_path(call, fd, is_dir ? R_PATH_REMOVE_DIRECTORY : R_PATH_UNLINK_FILE,
                                     path_ptr, path_len, path, &rc);
     if (!dir)
         return rc;
@@ -1201,22 +1192,22 @@ static uint32_t remove_entry(IM3Runtime runtime, void *mem, uint32_t fd, uint32_
     return rc;
 }
 
-m3ApiRawFunction(phase_fs_path_remove_directory)
+PHASE_WASI_FN(phase_fs_path_remove_directory)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, path_ptr);
-    m3ApiGetArg(uint32_t, path_len);
-    m3ApiReturn(remove_entry(runtime, _mem, fd, path_ptr, path_len, 1));
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, path_ptr);
+    WASI_ARG(uint32_t, path_len);
+    WASI_RETURN(remove_entry(call, fd, path_ptr, path_len, 1));
 }
 
-m3ApiRawFunction(phase_fs_path_unlink_file)
+PHASE_WASI_FN(phase_fs_path_unlink_file)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, path_ptr);
-    m3ApiGetArg(uint32_t, path_len);
-    m3ApiReturn(remove_entry(runtime, _mem, fd, path_ptr, path_len, 0));
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, path_ptr);
+    WASI_ARG(uint32_t, path_len);
+    WASI_RETURN(remove_entry(call, fd, path_ptr, path_len, 0));
 }
 
 /* The entry itself as an O_PATH fd beneath dir (following a final symlink or not). */
@@ -1229,67 +1220,67 @@ static int open_entry(phase_fs_fd *dir, const char *path, uint32_t lookupflags, 
     return fd;
 }
 
-m3ApiRawFunction(phase_fs_path_filestat_get)
+PHASE_WASI_FN(phase_fs_path_filestat_get)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, lookupflags);
-    m3ApiGetArg(uint32_t, path_ptr);
-    m3ApiGetArg(uint32_t, path_len);
-    m3ApiGetArg(uint32_t, buf);
-    phase_job *job = JOB();
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, lookupflags);
+    WASI_ARG(uint32_t, path_ptr);
+    WASI_ARG(uint32_t, path_len);
+    WASI_ARG(uint32_t, buf);
+    phase_job *job = call->job;
     DIR_AND_PATH_OR_RETURN(dir, path, rc, fd, R_PATH_FILESTAT_GET, path_ptr, path_len);
-    if (!guest(runtime, _mem, buf, 64))
-        m3ApiReturn(WASI_EFAULT);
+    if (!guest(call, buf, 64))
+        WASI_RETURN(WASI_EFAULT);
     int e = open_entry(dir, path, lookupflags, &rc);
     if (e < 0)
-        m3ApiReturn(rc);
+        WASI_RETURN(rc);
     struct stat st;
     int ok = fstat(e, &st) == 0;
     rc = ok ? WASI_ESUCCESS : wasi_errno(errno);
     close(e);
     if (ok) {
         char *p = job->spec->deterministic ? join_normalised(dir->path ? dir->path : "", path) : NULL;
-        put_filestat(job, guest(runtime, _mem, buf, 64), &st, dir->root, p);
+        put_filestat(job, guest(call, buf, 64), &st, dir->root, p);
         free(p);
     }
-    m3ApiReturn(rc);
+    WASI_RETURN(rc);
 }
 
-m3ApiRawFunction(phase_fs_path_filestat_set_times)
+PHASE_WASI_FN(phase_fs_path_filestat_set_times)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, lookupflags);
-    m3ApiGetArg(uint32_t, path_ptr);
-    m3ApiGetArg(uint32_t, path_len);
-    m3ApiGetArg(uint64_t, atim);
-    m3ApiGetArg(uint64_t, mtim);
-    m3ApiGetArg(uint32_t, flags);
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, lookupflags);
+    WASI_ARG(uint32_t, path_ptr);
+    WASI_ARG(uint32_t, path_len);
+    WASI_ARG(uint64_t, atim);
+    WASI_ARG(uint64_t, mtim);
+    WASI_ARG(uint32_t, flags);
     DIR_AND_PATH_OR_RETURN(dir, path, rc, fd, R_PATH_FILESTAT_SET_TIMES, path_ptr, path_len);
     struct timespec ts[2];
     if ((rc = make_times(atim, mtim, flags, ts)) != WASI_ESUCCESS)
-        m3ApiReturn(rc);
+        WASI_RETURN(rc);
     int e = open_entry(dir, path, lookupflags, &rc);
     if (e < 0)
-        m3ApiReturn(rc);
+        WASI_RETURN(rc);
     rc = utimensat(e, "", ts, AT_EMPTY_PATH) == 0 ? WASI_ESUCCESS : wasi_errno(errno);
     close(e);
-    m3ApiReturn(rc);
+    WASI_RETURN(rc);
 }
 
-m3ApiRawFunction(phase_fs_path_readlink)
+PHASE_WASI_FN(phase_fs_path_readlink)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, path_ptr);
-    m3ApiGetArg(uint32_t, path_len);
-    m3ApiGetArg(uint32_t, buf);
-    m3ApiGetArg(uint32_t, buf_len);
-    m3ApiGetArg(uint32_t, bufused_ptr);
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, path_ptr);
+    WASI_ARG(uint32_t, path_len);
+    WASI_ARG(uint32_t, buf);
+    WASI_ARG(uint32_t, buf_len);
+    WASI_ARG(uint32_t, bufused_ptr);
     DIR_AND_PATH_OR_RETURN(dir, path, rc, fd, R_PATH_READLINK, path_ptr, path_len);
-    if (!guest(runtime, _mem, buf, buf_len) || !guest(runtime, _mem, bufused_ptr, 4))
-        m3ApiReturn(WASI_EFAULT);
+    if (!guest(call, buf, buf_len) || !guest(call, bufused_ptr, 4))
+        WASI_RETURN(WASI_EFAULT);
     split_path sp;
     char target[PATH_MAX];
     ssize_t n = -1;
@@ -1301,52 +1292,52 @@ m3ApiRawFunction(phase_fs_path_readlink)
     }
     split_close(&sp);
     if (rc != WASI_ESUCCESS)
-        m3ApiReturn(rc);
+        WASI_RETURN(rc);
     uint32_t take = (uint64_t) n < buf_len ? (uint32_t) n : buf_len;
-    memcpy(guest(runtime, _mem, buf, buf_len), target, take);
-    wr32(guest(runtime, _mem, bufused_ptr, 4), take);
-    m3ApiReturn(WASI_ESUCCESS);
+    memcpy(guest(call, buf, buf_len), target, take);
+    wr32(guest(call, bufused_ptr, 4), take);
+    WASI_RETURN(WASI_ESUCCESS);
 }
 
-m3ApiRawFunction(phase_fs_path_symlink)
+PHASE_WASI_FN(phase_fs_path_symlink)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, old_ptr);
-    m3ApiGetArg(uint32_t, old_len);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, new_ptr);
-    m3ApiGetArg(uint32_t, new_len);
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, old_ptr);
+    WASI_ARG(uint32_t, old_len);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, new_ptr);
+    WASI_ARG(uint32_t, new_len);
     char target[PATH_MAX], path[PATH_MAX];
     uint32_t rc;
-    if ((rc = guest_path(runtime, _mem, old_ptr, old_len, target)) != WASI_ESUCCESS)
-        m3ApiReturn(rc);
-    phase_fs_fd *dir = dir_and_path(runtime, _mem, fd, R_PATH_SYMLINK, new_ptr, new_len, path, &rc);
+    if ((rc = guest_path(call, old_ptr, old_len, target)) != WASI_ESUCCESS)
+        WASI_RETURN(rc);
+    phase_fs_fd *dir = dir_and_path(call, fd, R_PATH_SYMLINK, new_ptr, new_len, path, &rc);
     if (!dir)
-        m3ApiReturn(rc);
+        WASI_RETURN(rc);
     /* An absolute target could never resolve beneath a preopen: refused, as wasmtime does. Any other text is
      * the guest's business; following it later is resolved beneath like any path. */
     if (target[0] == '/')
-        m3ApiReturn(WASI_EPERM);
+        WASI_RETURN(WASI_EPERM);
     split_path sp;
     if ((rc = split_open(dir->host, path, &sp)) == WASI_ESUCCESS)
         rc = sp.dots ? WASI_EEXIST : symlinkat(target, sp.parent, sp.name) == 0 ? WASI_ESUCCESS : wasi_errno(errno);
     split_close(&sp);
-    m3ApiReturn(rc);
+    WASI_RETURN(rc);
 }
 
 /* Two entries for rename and link: both parents beneath their own directory descriptors. */
-static uint32_t two_entries(IM3Runtime runtime, void *mem, uint32_t fd1, uint64_t r1, uint32_t p1, uint32_t l1,
+static uint32_t two_entries(phase_wasi_call *call, uint32_t fd1, uint64_t r1, uint32_t p1, uint32_t l1,
                             uint32_t fd2, uint64_t r2, uint32_t p2, uint32_t l2, char *a, char *b, split_path *s1,
                             split_path *s2)
 {
     uint32_t rc;
     s1->parent = s2->parent = -1;
     s1->owned = s2->owned = 0;
-    phase_fs_fd *d1 = dir_and_path(runtime, mem, fd1, r1, p1, l1, a, &rc);
+    phase_fs_fd *d1 = dir_and_path(call, fd1, r1, p1, l1, a, &rc);
     if (!d1)
         return rc;
     int h1 = d1->host;
-    phase_fs_fd *d2 = dir_and_path(runtime, mem, fd2, r2, p2, l2, b, &rc);
+    phase_fs_fd *d2 = dir_and_path(call, fd2, r2, p2, l2, b, &rc);
     if (!d2)
         return rc;
     if ((rc = split_open(h1, a, s1)) != WASI_ESUCCESS)
@@ -1354,18 +1345,18 @@ static uint32_t two_entries(IM3Runtime runtime, void *mem, uint32_t fd1, uint64_
     return split_open(d2->host, b, s2);
 }
 
-m3ApiRawFunction(phase_fs_path_rename)
+PHASE_WASI_FN(phase_fs_path_rename)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, old_ptr);
-    m3ApiGetArg(uint32_t, old_len);
-    m3ApiGetArg(uint32_t, new_fd);
-    m3ApiGetArg(uint32_t, new_ptr);
-    m3ApiGetArg(uint32_t, new_len);
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, old_ptr);
+    WASI_ARG(uint32_t, old_len);
+    WASI_ARG(uint32_t, new_fd);
+    WASI_ARG(uint32_t, new_ptr);
+    WASI_ARG(uint32_t, new_len);
     char a[PATH_MAX], b[PATH_MAX];
     split_path s1, s2;
-    uint32_t rc = two_entries(runtime, _mem, fd, R_PATH_RENAME_SOURCE, old_ptr, old_len, new_fd,
+    uint32_t rc = two_entries(call, fd, R_PATH_RENAME_SOURCE, old_ptr, old_len, new_fd,
                               R_PATH_RENAME_TARGET, new_ptr, new_len, a, b, &s1, &s2);
     if (rc == WASI_ESUCCESS) {
         if (s1.dots || s2.dots)
@@ -1375,25 +1366,25 @@ m3ApiRawFunction(phase_fs_path_rename)
     }
     split_close(&s1);
     split_close(&s2);
-    m3ApiReturn(rc);
+    WASI_RETURN(rc);
 }
 
-m3ApiRawFunction(phase_fs_path_link)
+PHASE_WASI_FN(phase_fs_path_link)
 {
-    m3ApiReturnType(uint32_t);
-    m3ApiGetArg(uint32_t, fd);
-    m3ApiGetArg(uint32_t, old_flags);
-    m3ApiGetArg(uint32_t, old_ptr);
-    m3ApiGetArg(uint32_t, old_len);
-    m3ApiGetArg(uint32_t, new_fd);
-    m3ApiGetArg(uint32_t, new_ptr);
-    m3ApiGetArg(uint32_t, new_len);
+    WASI_RET_TYPE(uint32_t);
+    WASI_ARG(uint32_t, fd);
+    WASI_ARG(uint32_t, old_flags);
+    WASI_ARG(uint32_t, old_ptr);
+    WASI_ARG(uint32_t, old_len);
+    WASI_ARG(uint32_t, new_fd);
+    WASI_ARG(uint32_t, new_ptr);
+    WASI_ARG(uint32_t, new_len);
     char a[PATH_MAX], b[PATH_MAX];
     split_path s1, s2;
     /* Following a symlink at the source would need linkat(AT_EMPTY_PATH), which takes a capability. */
     if (old_flags & LOOKUP_SYMLINK_FOLLOW)
-        m3ApiReturn(WASI_EINVAL);
-    uint32_t rc = two_entries(runtime, _mem, fd, R_PATH_LINK_SOURCE, old_ptr, old_len, new_fd, R_PATH_LINK_TARGET,
+        WASI_RETURN(WASI_EINVAL);
+    uint32_t rc = two_entries(call, fd, R_PATH_LINK_SOURCE, old_ptr, old_len, new_fd, R_PATH_LINK_TARGET,
                               new_ptr, new_len, a, b, &s1, &s2);
     if (rc == WASI_ESUCCESS) {
         if (s2.dots)
@@ -1405,5 +1396,5 @@ m3ApiRawFunction(phase_fs_path_link)
     }
     split_close(&s1);
     split_close(&s2);
-    m3ApiReturn(rc);
+    WASI_RETURN(rc);
 }

@@ -5,11 +5,12 @@
 #
 #   initramfs/build-stage1.sh --pub RELEASE.pub [--out FILE] [--kver VERSION]
 #                             [--seeds "http://IP:PORT ..."] [--min-release N]
+#                             [--dht-bootstrap "IP:PORT ..."]   (Mainline DHT nodes for internet mode)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 
-PUB= OUT="$HERE/build/stage1.cpio.gz" KVER= SEEDS= MIN_RELEASE=0
+PUB= OUT="$HERE/build/stage1.cpio.gz" KVER= SEEDS= MIN_RELEASE=0 DHT_NODES=
 while [ $# -gt 0 ]; do
     case $1 in
         --pub) PUB=$2; shift 2 ;;
@@ -17,7 +18,8 @@ while [ $# -gt 0 ]; do
         --kver) KVER=$2; shift 2 ;;
         --seeds) SEEDS=$2; shift 2 ;;
         --min-release) MIN_RELEASE=$2; shift 2 ;;
-        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        --dht-bootstrap) DHT_NODES=$2; shift 2 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
         *) die "unknown argument $1" ;;
     esac
 done
@@ -36,7 +38,7 @@ mkdir -p "$ROOT"/{bin,dev,proc,sys,run,tmp,etc/phase}
 # libsodium (bundled in PyNaCl's pinned sdist, static) is built once and cached in the repo's build/.
 make -s -C "$HERE/../csrc/boot" O="$WORK/tools" SODIUM_PREFIX="$HERE/../build/libsodium-boot" >&2
 cp "$WORK/tools/phase-boot" "$ROOT/bin/phase-boot"
-for n in phase-verify phase-fetch phase-discover; do ln -s phase-boot "$ROOT/bin/$n"; done
+for n in phase-verify phase-fetch phase-discover phase-dht; do ln -s phase-boot "$ROOT/bin/$n"; done
 
 install_busybox "$ROOT"
 copy_nic_modules "$ROOT" "$KVER"
@@ -47,6 +49,8 @@ echo "$MIN_RELEASE" > "$ROOT/etc/phase/min-release"
 date +%s > "$ROOT/etc/phase/built-at"
 : > "$ROOT/etc/phase/seeds"
 for s in $SEEDS; do echo "$s" >> "$ROOT/etc/phase/seeds"; done
+: > "$ROOT/etc/phase/dht-bootstrap"
+for n in $DHT_NODES; do echo "$n" >> "$ROOT/etc/phase/dht-bootstrap"; done
 install -m 0755 "$HERE/stage1/init" "$ROOT/init"
 install -m 0755 "$HERE/udhcpc.script" "$ROOT/etc/udhcpc.script"
 

@@ -57,6 +57,19 @@ cdef extern from "phase_core.h" nogil:
         PHASE_MAX_FDS
 
     ctypedef int (*phase_output_sink)(void *ctx, int stream, const uint8_t *data, size_t n)
+    ctypedef enum phase_engine:
+        PHASE_ENGINE_WASM3
+        PHASE_ENGINE_WASMTIME
+
+    int phase_wasmtime_load(const char *path, char *err, size_t errlen)
+    int phase_wasmtime_available()
+    int phase_wasmtime_compile(phase_module *pm, const phase_limits *limits, int deterministic, uint64_t *compile_us,
+                               char *err, size_t errlen)
+    int phase_wasmtime_is_compiled(phase_module *pm, const phase_limits *limits, int deterministic)
+    int phase_wasmtime_serialize(phase_module *pm, const phase_limits *limits, int deterministic, uint8_t **out,
+                                 size_t *out_len, char *err, size_t errlen)
+    int phase_wasmtime_deserialize(phase_module *pm, const phase_limits *limits, int deterministic,
+                                   const uint8_t *bytes, size_t len, char *err, size_t errlen)
 
     ctypedef struct phase_job_spec:
         const phase_module *module
@@ -74,6 +87,7 @@ cdef extern from "phase_core.h" nogil:
         uint32_t npreopens
         phase_output_sink output_sink
         void *output_ctx
+        phase_engine engine
 
     ctypedef struct phase_result:
         phase_status status
@@ -91,6 +105,7 @@ cdef extern from "phase_core.h" nogil:
         uint8_t stdout_hash[32]
         uint8_t stderr_hash[32]
         int fs_unavailable
+        uint64_t compile_us
 
     int phase_job_run(const phase_job_spec *spec, phase_result *result)
     void phase_result_clear(phase_result *result)
@@ -104,6 +119,9 @@ cdef extern from "phase_core.h" nogil:
 
     const char *PHASE_RUNTIME_NAME
     const char *PHASE_RUNTIME_VERSION
+
+cdef extern from "phase_wasmtime_api.h":
+    const char *PHASE_WASMTIME_VERSION
 
 cdef extern from "phase_crypto.h" nogil:
     int phase_crypto_init()
@@ -255,7 +273,7 @@ cdef inline int output_to_python(void *ctx, int stream, const uint8_t *data, siz
 cdef inline tuple result_tuple(phase_result *res, tuple status_names):
     """A job's result as the bindings hand it to Python (pyphase.runtime / pyphase.sandbox build Result from it):
     (status, exit_code, message, stdout, stderr, fuel_used, wall_us, memory_peak,
-     module_sha256, input_sha256, stdout_sha256, stderr_sha256, fs_unavailable)."""
+     module_sha256, input_sha256, stdout_sha256, stderr_sha256, fs_unavailable, compile_us)."""
     return (
         status_names[<int> res.status],
         res.exit_code,
@@ -270,6 +288,7 @@ cdef inline tuple result_tuple(phase_result *res, tuple status_names):
         PyBytes_FromStringAndSize(<char *> res.stdout_hash, 32),
         PyBytes_FromStringAndSize(<char *> res.stderr_hash, 32),
         bool(res.fs_unavailable),
+        res.compile_us,
     )
 
 

@@ -1,12 +1,16 @@
 """Type stubs of the compiled binding to Phase's C core (pyphase/_core.pyx)."""
 
+import builtins
 from typing import Any, Callable
 
+from pyphase.limits import Limits
 from pyphase.result import RawResult
 from pyphase.runtime import PreparedJob
 
 RUNTIME_NAME: str
 RUNTIME_VERSION: str
+WASMTIME_VERSION: str
+ENGINE_CODES: dict[str, int]
 STATUS_NAMES: tuple[str, ...]
 WASM_PAGE: int
 MAX_PREOPENS: int
@@ -25,12 +29,18 @@ class CoreModule:
     def bytes(self) -> bytes: ...
     @property
     def info(self) -> dict[str, Any]: ...
+    def compile(self, limits: Limits, deterministic: bool = False) -> int: ...
+    def is_compiled(self, limits: Limits, deterministic: bool = False) -> bool: ...
+    def serialize(self, limits: Limits, deterministic: bool = False) -> builtins.bytes: ...
+    def deserialize(self, limits: Limits, deterministic: bool, data: builtins.bytes) -> None: ...
 
+def load_wasmtime(path: str) -> None: ...
 def run(
     module: CoreModule,
     job: PreparedJob,
     preopens: list[tuple[int, bytes, bool]] | None = None,
     on_output: Callable[[int, bytes], bool] | None = None,
+    engine: str = "wasm3",
 ) -> RawResult: ...
 def sha256(data: bytes | bytearray | memoryview) -> bytes: ...
 def ed25519_verify(signature: bytes, message: bytes, public_key: bytes) -> bool: ...

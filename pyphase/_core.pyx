@@ -15,6 +15,8 @@ if phase_crypto_init() != 0:
 
 RUNTIME_NAME = PHASE_RUNTIME_NAME.decode()
 RUNTIME_VERSION = PHASE_RUNTIME_VERSION.decode()
+WASMTIME_VERSION = PHASE_WASMTIME_VERSION.decode()
+ENGINE_CODES = {"wasm3": PHASE_ENGINE_WASM3, "wasmtime": PHASE_ENGINE_WASMTIME}
 WASM_PAGE = PHASE_WASM_PAGE
 MAX_PREOPENS = PHASE_MAX_PREOPENS
 MAX_FDS = PHASE_MAX_FDS
@@ -63,6 +65,55 @@ cdef class CoreModule:
     def bytes(self):
         return PyBytes_FromStringAndSize(<char *> self.ptr.bytes, self.ptr.len)
 
+    def compile(self, limits, bint deterministic=False):
+        """Compile for the compiling engine's configuration that jobs with these limits use (fuel metering, and
+        canonical NaNs when deterministic); returns the microseconds it took (0 if compiled already)."""
+        cdef phase_limits lim
+        cdef char err[512]
+        cdef uint64_t us = 0
+        cdef int rc
+        _limits_of(limits, &lim)
+        err[0] = 0
+        with nogil:
+            rc = phase_wasmtime_compile(self.ptr, &lim, deterministic, &us, err, sizeof(err))
+        check_rc(rc, err)
+        return us
+
+    def is_compiled(self, limits, bint deterministic=False):
+        cdef phase_limits lim
+        _limits_of(limits, &lim)
+        return bool(phase_wasmtime_is_compiled(self.ptr, &lim, deterministic))
+
+    def serialize(self, limits, bint deterministic=False):
+        """The compiled code as bytes (compiling first if needed), to keep on disk."""
+        cdef phase_limits lim
+        cdef char err[512]
+        cdef uint8_t *out = NULL
+        cdef size_t n = 0
+        cdef int rc
+        _limits_of(limits, &lim)
+        err[0] = 0
+        with nogil:
+            rc = phase_wasmtime_serialize(self.ptr, &lim, deterministic, &out, &n, err, sizeof(err))
+        check_rc(rc, err)
+        try:
+            return PyBytes_FromStringAndSize(<char *> out, n)
+        finally:
+            free(out)
+
+    def deserialize(self, limits, bint deterministic, const uint8_t[::1] data not None):
+        """Take compiled code made by serialize() (wasmtime refuses another version's or configuration's)."""
+        cdef phase_limits lim
+        cdef char err[512]
+        cdef const uint8_t *p = view_ptr(data)
+        cdef size_t n = data.shape[0]
+        cdef int rc
+        _limits_of(limits, &lim)
+        err[0] = 0
+        with nogil:
+            rc = phase_wasmtime_deserialize(self.ptr, &lim, deterministic, p, n, err, sizeof(err))
+        check_rc(rc, err)
+
     @property
     def info(self):
         cdef phase_wasm_info *i = &self.ptr.info
@@ -79,7 +130,28 @@ cdef class CoreModule:
         }
 
 
-def run(CoreModule module not None, job, list preopens=None, on_output=None):
+def load_wasmtime(str path not None):
+    """dlopen wasmtime's C library at ``path`` (once per process); PhaseError with the reason otherwise."""
+    cdef char err[512]
+    cdef bytes b = path.encode()
+    cdef const char *p = b
+    cdef int rc
+    err[0] = 0
+    with nogil:
+        rc = phase_wasmtime_load(p, err, sizeof(err))
+    check_rc(rc, err)
+
+
+cdef inline int _limits_of(object limits, phase_limits *out) except -1:
+    out.memory_bytes = limits.memory_bytes
+    out.fuel = limits.fuel
+    out.timeout_ms = limits.timeout_ms
+    out.output_bytes = limits.output_bytes
+    out.stack_bytes = limits.stack_bytes
+    return 0
+
+
+def run(CoreModule module not None, job, list preopens=None, on_output=None, str engine="wasm3"):
     """Run a pyphase.runtime.PreparedJob on ``module`` with the GIL released; ``preopens``: its directories as
     (open fd, guest name bytes, readonly); ``on_output(stream, bytes) -> bool``: the output as the module writes
     it (the GIL is taken for each piece; see output_to_python). Returns a tuple:
@@ -100,6 +172,7 @@ def run(CoreModule module not None, job, list preopens=None, on_output=None):
     spec.input = view_ptr(input)
     spec.input_len = input.shape[0]
     spec.deterministic = job.deterministic
+    spec.engine = ENGINE_CODES[engine]
     spec.argv = <const char *const *> cstring_array(argv, keep)
     spec.argc = <uint32_t> len(argv)
     try:

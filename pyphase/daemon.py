@@ -84,6 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dht-listen", metavar="IP:PORT", help="the DHT's UDP socket (default: listen host, port + 2)")
     p.add_argument(
+        "--relay",
+        action="store_true",
+        default=None,
+        help="offer relaying to nodes that cannot be reached (the relay sees only ciphertext; limits: --help-config)",
+    )
+    p.add_argument("--relay-listen", metavar="HOST:PORT", help="the relay service (default: listen host, port + 3)")
+    p.add_argument(
+        "--via-relay",
+        metavar="auto|HOST:PORT|PEERID",
+        help="be reached through relays (this node is not reachable directly): relays' HOST:PORT,..., "
+        "a relay's PEERID, or auto (found on the DHT)",
+    )
+    p.add_argument(
         "--no-upnp",
         dest="upnp",
         action="store_false",
@@ -129,6 +142,9 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
     announcing: asyncio.Task[None] | None = None
     boot_source = _BootSource(config, log) if config.boot_store else None
     presence: Any = None
+    relay_server: Any = None
+    relay_agent: Any = None
+    fallback: _RelayFallback | None = None
     try:
         if boot_source is not None:
             await boot_source.start()
@@ -142,10 +158,25 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
             announcing = asyncio.get_running_loop().create_task(
                 _announce(identity, host, node.port, node.capabilities(), config.mdns_interfaces, node.log, holder)
             )
+        if config.relay:
+            relay_server = await _start_relay(config, identity, node)
         if config.dht:
-            presence = await _join_dht(config, identity, node, node.log)
+            presence = await _join_dht(config, identity, node, node.log, relay_server)
+            if presence is not None and boot_source is not None:
+                boot_source.announce_on(presence)
+        if config.via_relay.strip() not in ("", "off"):
+            relay_agent = _start_relay_agent(config, identity, node, presence, config.via_relay.strip())
+        elif not config.via_relay.strip() and presence is not None and not config.relay:
+            fallback = _RelayFallback(config, identity, node, presence)
+            presence.on_reachability = fallback.on_verdict
         await node.serve()
     finally:
+        if relay_agent is not None:
+            await relay_agent.close()
+        if fallback is not None:
+            await fallback.close()
+        if relay_server is not None:
+            await relay_server.close()
         if presence is not None:
             await presence.close()
         if announcing is not None:
@@ -165,7 +196,8 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
 
 
 class _BootSource:
-    """The node as a Phase Boot source: the artifact store over HTTP, announced on the LAN when mDNS is on."""
+    """The node as a Phase Boot source: the artifact store over HTTP, announced on the LAN when mDNS is on and
+    on the DHT when the DHT is on."""
 
     def __init__(self, config: NodeConfig, log: EventLog) -> None:
         self.config = config
@@ -200,6 +232,18 @@ class _BootSource:
         except Exception as exc:  # the store is still served at its address
             self.log("warning", message=f"boot source mDNS unavailable: {type(exc).__name__}: {exc}")
 
+    def announce_on(self, presence: Any) -> None:
+        """Keep the store announced on the DHT under its release key's info-hash (Phase Boot, Internet mode)."""
+        from pyphase.boot.dht import boot_info_hash, store_release_key
+        from pyphase.errors import PhaseError
+
+        try:
+            info_hash = boot_info_hash(store_release_key(self.config.boot_store))
+        except PhaseError as exc:  # the store is still served at its address and on the LAN
+            self.log("warning", message=f"boot source not announced on the DHT: {exc}")
+            return
+        presence.also_announce.append(("phase-boot", info_hash, self.server.port))
+
     def close(self) -> None:
         if self.announcer is not None:
             self.announcer.close()
@@ -229,13 +273,97 @@ async def _announce(
         log("warning", message=f"mDNS unavailable: {type(exc).__name__}: {exc}")
 
 
-async def _join_dht(config: NodeConfig, identity: Identity, node: Node, log: Callable[..., None]) -> Any:
+async def _start_relay(config: NodeConfig, identity: Identity, node: Node) -> Any:
+    """The relay service of ``--relay`` (pyphase.net.relay), listening; an address it cannot bind stops plasmd."""
+    from pyphase.net.relay import RelayLimits, RelayServer, relay_listen_address
+
+    limits = RelayLimits(
+        reservations=config.relay_reservations,
+        circuits=config.relay_circuits,
+        node_circuits=config.relay_node_circuits,
+        address_circuits=config.relay_address_circuits,
+        circuit_bytes=config.relay_circuit_bytes,
+        circuit_time_s=config.relay_circuit_time_ms / 1000,
+    )
+    server = RelayServer(identity, node.log, limits)
+    host, port = split_hostport(relay_listen_address(config.listen, node.port, config.relay_listen))
+    try:
+        await server.start(host, port)
+    except OSError as exc:
+        raise OSError(f"cannot offer relaying on {host}:{port}: {exc.strerror or exc} (set relay_listen)") from None
+    node.log("relay_listening", address=f"{server.host}:{server.port}", limits=limits.to_wire())
+    return server
+
+
+def _start_relay_agent(config: NodeConfig, identity: Identity, node: Node, presence: Any, via: str) -> Any:
+    """Reservations at the relays ``via`` names (found in the background when they come from the DHT); the
+    DHT record names the relays that hold one (pyphase.net.relay)."""
+    from pyphase.net.relay import RelayAgent
+
+    listen_host = split_hostport(config.listen)[0]
+    local = ("127.0.0.1" if listen_host in ("0.0.0.0", "*", "") else listen_host, node.port)
+    agent = RelayAgent(identity, local, node.log)
+    if presence is not None:
+        agent.on_change = lambda: presence.set_relays(agent.reserved())
+    agent.begin(_relays_for(via, presence, node.log))
+    return agent
+
+
+class _RelayFallback:
+    """``via_relay = ""``: relays found on the DHT once the dial-back verdict is ``unreachable``, given up
+    once it is ``public`` or ``mapped`` (the record then names the node's own addresses again)."""
+
+    def __init__(self, config: NodeConfig, identity: Identity, node: Node, presence: Any) -> None:
+        self.config, self.identity, self.node, self.presence = config, identity, node, presence
+        self.agent: Any = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def on_verdict(self, verdict: str) -> None:
+        if verdict == "unreachable" and self.agent is None:
+            self.node.log("relay_fallback", verdict=verdict, action="looking for relays on the DHT")
+            self.agent = _start_relay_agent(self.config, self.identity, self.node, self.presence, "auto")
+        elif verdict in ("public", "mapped") and self.agent is not None:
+            self.node.log("relay_fallback", verdict=verdict, action="reachable: relays given up")
+            agent, self.agent = self.agent, None
+            task = asyncio.get_running_loop().create_task(agent.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            self.presence.set_relays([])
+
+    async def close(self) -> None:
+        if self.agent is not None:
+            await self.agent.close()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+async def _relays_for(value: str, presence: Any, log: Callable[..., None]) -> list[tuple[str, int]]:
+    """``via_relay`` as relay endpoints: given, or the relay service of a relay's record, or found on the DHT."""
+    if ":" in value or "," in value:
+        return [split_hostport(part.strip(), None) for part in value.split(",")]
+    if presence is None or presence.dht is None:
+        log("warning", message=f"via_relay {value} needs the DHT to find relays (it is off or unavailable)")
+        return []
+    attempt = 0
+    while True:
+        found: list[tuple[str, int]] = await presence.find_relays(None if value == "auto" else value)
+        if found:
+            log("relay_found", relays=[f"{h}:{p}" for h, p in found])
+            return found
+        attempt += 1
+        await asyncio.sleep(min(2.0 * attempt, 30.0))
+
+
+async def _join_dht(
+    config: NodeConfig, identity: Identity, node: Node, log: Callable[..., None], relay_server: Any = None
+) -> Any:
     """The node's DHT presence (pyphase.net.dhtnode), or None with a warning: the direct address still serves."""
     presence: Any = None
     try:
         from pyphase.net.dhtnode import DhtPresence
 
         presence = DhtPresence(config, identity, node.host, node.port, node.capabilities(), log, node=node)
+        if relay_server is not None:
+            presence.relay_port = relay_server.port
         await presence.start()
         return presence
     except (ImportError, OSError, RuntimeError) as exc:  # PermissionError: the test suite's DHT guard
@@ -271,6 +399,9 @@ def main(argv: Sequence[str] | None = None, *, node_class: type[Node] = Node) ->
             dht=args.dht,
             dht_listen=args.dht_listen,
             dht_bootstrap=",".join(args.dht_bootstrap) if args.dht_bootstrap else None,
+            relay=args.relay,
+            relay_listen=args.relay_listen,
+            via_relay=args.via_relay,
             upnp=args.upnp,
             reachability=args.reachability,
         )

@@ -19,6 +19,10 @@ metric                                      type       meaning
 ``phase_received_bytes_total``              counter    phase/1 bytes received (all frames)
 ``phase_sent_bytes_total``                  counter    phase/1 bytes sent
 ``phase_history_jobs``                      gauge      jobs in the history (``phase jobs``)
+``phase_relay_reservations_total{role}``    counter    relay reservations made (``relay``: held here for a node;
+                                                       ``node``: this node's at a relay)
+``phase_relay_circuits_total{role}``        counter    relay circuits opened (at this relay, or to this node)
+``phase_relay_bytes_total{role}``           counter    bytes carried by relay circuits, counted when they close
 ==========================================  =========  ==========================================================
 
 Counters are fed by the node's event log (the same events it writes as JSON lines), gauges are read
@@ -116,10 +120,28 @@ class NodeMetrics:
             r.bad_messages.labels(str(fields.get("code", "?"))).inc()
         elif event == "peer_connected":
             r.peers.inc()
+        elif event == "relay_reserved":
+            r.relay_reservations.labels(str(fields.get("role", "?"))).inc()
+        elif event == "circuit_opened":
+            r.relay_circuits.labels(str(fields.get("role", "?"))).inc()
+        elif event == "circuit_closed":
+            r.relay_bytes.labels(str(fields.get("role", "?"))).inc(int(fields.get("bytes") or 0))
 
     def exposition(self) -> bytes:
         """The metrics in the Prometheus text format."""
         return self.registry.exposition()
 
 
-_COUNTED = frozenset({"result", "offer", "module_cached", "reject", "bad_message", "peer_connected"})
+_COUNTED = frozenset(
+    {
+        "result",
+        "offer",
+        "module_cached",
+        "reject",
+        "bad_message",
+        "peer_connected",
+        "relay_reserved",
+        "circuit_opened",
+        "circuit_closed",
+    }
+)

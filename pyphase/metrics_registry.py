@@ -40,6 +40,9 @@ class Registry:
         self.rejects = Counter("phase_rejects", "Offers rejected, by reason", ["reason"], registry=r)
         self.bad_messages = Counter("phase_bad_messages", "Messages answered error, by code", ["code"], registry=r)
         self.peers = Counter("phase_peers_connected", "CURVE clients seen (new client keys)", registry=r)
+        self.relay_reservations = Counter("phase_relay_reservations", "Relay reservations made", ["role"], registry=r)
+        self.relay_circuits = Counter("phase_relay_circuits", "Relay circuits opened", ["role"], registry=r)
+        self.relay_bytes = Counter("phase_relay_bytes", "Bytes carried by closed relay circuits", ["role"], registry=r)
         r.register(_NodeCollector(node, api_connections, history_jobs))
 
     def exposition(self) -> bytes:

@@ -8,7 +8,7 @@ from typing import Any
 from pyphase.digests import UNHASHED, hash_text, sha256_text
 from pyphase.errors import JOB_ERRORS
 
-RawResult = tuple[str, int, str, bytes, bytes, int, int, int, bytes, bytes, bytes, bytes, bool]
+RawResult = tuple[str, int, str, bytes, bytes, int, int, int, bytes, bytes, bytes, bytes, bool, int]
 """A result as the C bindings return it (``_core.run``, ``_sandbox.Slot.run``); :meth:`Result.from_core` reads it."""
 
 
@@ -31,10 +31,13 @@ class Result:
     receipt: dict[str, Any] | None = field(default=None, compare=False)
     #: the module looked for a preopened directory and the job had none (``phase run`` says how to give one)
     fs_unavailable: bool = field(default=False, compare=False)
+    #: the engine that ran it (``wasm3`` or ``wasmtime``; pyphase.engines), and the time it spent compiling first
+    engine: str = field(default="wasm3", compare=False)
+    compile_us: int = field(default=0, compare=False)
 
     @classmethod
-    def from_core(cls, raw: RawResult) -> Result:
-        """The result of a job the C core ran (in this process or in a sandbox worker)."""
+    def from_core(cls, raw: RawResult, engine: str = "wasm3") -> Result:
+        """The result of a job the C core ran (in this process or in a sandbox worker) on ``engine``."""
         return cls(
             status=raw[0],
             exit_code=raw[1],
@@ -49,6 +52,8 @@ class Result:
             stdout_hash=hash_text(raw[10]),
             stderr_hash=hash_text(raw[11]),
             fs_unavailable=raw[12],
+            engine=engine,
+            compile_us=raw[13],
         )
 
     def with_hashes(self, module_hash: str, input_hash: str) -> Result:

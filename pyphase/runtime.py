@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
-from pyphase import _core
+from pyphase import _core, engines
 from pyphase.digests import hash_text
 from pyphase.errors import InvalidModule
 from pyphase.limits import DEFAULT_LIMITS, Limits
@@ -169,6 +169,8 @@ class PreparedJob(NamedTuple):
     deterministic: bool
     seed: bytes
     dirs: tuple[Preopen, ...] = ()
+    #: ``wasm3``, ``wasmtime`` or ``auto`` (pyphase.engines.choose picks where the job runs)
+    engine: str = "auto"
 
     @property
     def guest_names(self) -> list[bytes]:
@@ -248,6 +250,7 @@ def prepare_job(
     seed: bytes | None = None,
     digest: bytes | None = None,
     dirs: Sequence[Preopen] = (),
+    engine: str = "auto",
 ) -> PreparedJob:
     """Check and encode a job's parts for C (``ValueError`` for NUL bytes or a bad environment name).
 
@@ -280,6 +283,7 @@ def prepare_job(
         deterministic,
         seed or bytes(32),
         tuple(check(dirs)),
+        engines.check(engine),
     )
 
 
@@ -296,13 +300,15 @@ def run(
     seed: bytes | None = None,
     dirs: Sequence[Preopen] = (),
     on_output: OutputCallback | None = None,
+    engine: str = "auto",
 ) -> Result:
     """Run ``module`` once in this process with ``input`` as stdin; the GIL is released while it runs.
 
     ``args`` follow the program name (argv[0]); ``dirs`` are the host directories the job sees (WASI
     preopens, fds 3, 4, ... in this order); ``on_output(stream, data)`` is called, on this thread, with
     every piece of stdout (1) and stderr (2) as the module writes it (the result still holds all of it; an
-    exception from it stops the output and is raised once the job ends). Every job outcome (trap, timeout, ...) is a
+    exception from it stops the output and is raised once the job ends); ``engine``: ``wasm3``, ``wasmtime`` or
+    ``auto`` (short jobs on wasm3, long ones compiled; :mod:`pyphase.engines`). Every job outcome (trap, timeout, ...) is a
     :class:`Result` with its ``status``; invalid modules raise :class:`~pyphase.errors.InvalidModule`.
     Untrusted modules belong in a :class:`pyphase.Sandbox`, which adds process isolation.
     """
@@ -317,6 +323,7 @@ def run(
         program_name=program_name,
         seed=seed,
         dirs=dirs,
+        engine=engine,
     )
     return run_prepared(job, on_output)
 
@@ -324,9 +331,12 @@ def run(
 def run_prepared(job: PreparedJob, on_output: OutputCallback | None = None) -> Result:
     """Run a prepared job in this process (validating its module here if it is raw bytes)."""
     module = job.module if isinstance(job.module, Module) else Module.cached(job.module, job.digest)
+    engine = job.engine if job.engine == "wasm3" else engines.choose(job.engine, module, job.limits, job.deterministic)
     sink = sink_for(on_output)
     with opened(job.dirs) as preopens:
-        result = Result.from_core(_core.run(module._core, job, preopens, sink))
+        result = Result.from_core(_core.run(module._core, job, preopens, sink, engine), engine)
+    if engine == "wasm3" and job.engine == "auto":
+        engines.record(job.digest, engine, result.wall_us)
     if sink is not None:
         sink.reraise()
     return result

@@ -1,5 +1,5 @@
-/* phase-boot: one static binary for stage 1, called by the names phase-verify, phase-fetch and
- * phase-discover (symlinks), or as `phase-boot verify|fetch|discover ...`. One binary keeps
+/* phase-boot: one static binary for stage 1, called by the names phase-verify, phase-fetch,
+ * phase-discover and phase-dht (symlinks), or as `phase-boot verify|fetch|discover ...`. One binary keeps
  * stage 1 small: static glibc, libsodium and jansson are carried once. */
 #include <errno.h>
 #include <fcntl.h>
@@ -89,6 +89,8 @@ int main(int argc, char **argv)
         return phase_fetch_main(argc, argv);
     if (strcmp(name, "phase-discover") == 0)
         return phase_discover_main(argc, argv);
-    fprintf(stderr, "usage: phase-boot verify|fetch|discover ... (or call as phase-verify, phase-fetch, phase-discover)\n");
+    if (strcmp(name, "phase-dht") == 0)
+        return phase_dht_main(argc, argv);
+    fprintf(stderr, "usage: phase-boot verify|fetch|discover|dht ... (or call as phase-verify, phase-fetch, phase-discover, phase-dht)\n");
     return 2;
 }

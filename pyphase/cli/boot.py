@@ -6,14 +6,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from pyphase.boot import keys
+from pyphase.boot.dht import RELEASE_PUB_PATH, BootAnnouncer, boot_info_hash, store_release_key
 from pyphase.boot.errors import BootError
 from pyphase.boot.manifest import ARCHES, load_manifest, make_boot_manifest, sign_manifest, verify_manifest
 from pyphase.boot.server import (
@@ -67,6 +70,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     )
     signed = sign_manifest(document, secret.signing_key)
     path = store.write_manifest(signed)
+    (store.root / RELEASE_PUB_PATH).write_text(keys.public_key_text(secret.public_key))  # what the store announces
     print(f"kernel    {kernel.hash} {kernel.size}")
     print(f"initramfs {initramfs.hash} {initramfs.size}")
     print(
@@ -93,6 +97,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise BootError(f"{root} is not a directory (create it with 'phase boot sign --store {root} ...')")
     good = ArtifactStore(root).scan()
+    announce_dht = args.dht or args.dht_bootstrap is not None
+    info_hash = boot_info_hash(store_release_key(root, args.release_pub)) if announce_dht else b""
     server = ArtifactServer(
         root,
         args.listen[0],
@@ -106,25 +112,42 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     announcer = None
+    dht: Any = None
+    on_dht: BootAnnouncer | None = None
     with server:
-        if args.mdns:
-            from pyphase.boot.mdns import announce_source
-
-            announcer = announce_source(server.port, args.listen[0], args.mdns_interfaces)
-        print(
-            f"serving {len(good)} artifact(s) from {root} at {server.url} (read-only; Ctrl-C stops)"
-            + (f"; announced as {announcer.name} ({', '.join(announcer.addresses)})" if announcer else ""),
-            flush=True,
-        )
         try:
+            if args.mdns:
+                from pyphase.boot.mdns import announce_source
+
+                announcer = announce_source(server.port, args.listen[0], args.mdns_interfaces)
+            if announce_dht:
+                from pyphase.net.dht import Dht, bootstrap_from_env
+
+                listen = args.dht_listen or f"{args.listen[0]}:0"
+                dht = Dht(listen, bootstrap_from_env(args.dht_bootstrap))
+                on_dht = BootAnnouncer(dht, info_hash, server.port, _print_event).start()
+            print(
+                f"serving {len(good)} artifact(s) from {root} at {server.url} (read-only; Ctrl-C stops)"
+                + (f"; announced as {announcer.name} ({', '.join(announcer.addresses)})" if announcer else "")
+                + (f"; on the DHT at {dht.listen_host}:{dht.port} under {info_hash.hex()}" if dht else ""),
+                flush=True,
+            )
             while not stop.wait(3600):
                 pass
         except KeyboardInterrupt:
             pass
         finally:
+            if on_dht is not None:
+                on_dht.close()
+            if dht is not None:
+                dht.close()
             if announcer is not None:
                 announcer.close()
     return 0
+
+
+def _print_event(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -238,6 +261,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="LIST",
         default="all",
         help='"all" (default) or comma-separated IPv4 addresses to announce on',
+    )
+    p.add_argument(
+        "--dht",
+        action="store_true",
+        help="announce the source on the Mainline DHT under the release key's info-hash "
+        "(for stage 1 in phase.mode=internet; bootstrap: $PHASE_DHT_BOOTSTRAP or libtorrent's default router)",
+    )
+    p.add_argument(
+        "--dht-bootstrap",
+        metavar="HOST:PORT,...",
+        help="DHT nodes to join through (implies --dht)",
+    )
+    p.add_argument("--dht-listen", metavar="IP:PORT", help="the DHT's UDP socket (default: the --listen IP, any port)")
+    p.add_argument(
+        "--release-pub",
+        metavar="PATH",
+        help=f"release public key to announce under (default STORE/{RELEASE_PUB_PATH}, written by 'phase boot sign'); "
+        "the store's manifest must verify with it",
     )
     p.set_defaults(boot_func=_cmd_serve)
 

@@ -38,6 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pyphase.digests import hash_text, sha256_text
     from pyphase.manifest import job_id, make_manifest
     from pyphase.receipt import make_receipt, timestamp
+    from pyphase.engines import EngineUnavailable
     from pyphase.runtime import prepare_job, run_prepared
 
     try:
@@ -52,10 +53,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             deterministic=args.deterministic,
             program_name=Path(args.module).name,
             dirs=args.dirs,
+            engine=args.engine if args.no_sandbox else ("wasm3" if args.engine == "auto" else args.engine),
         )
     except UsageError as exc:
         return fail(str(exc), exc.code)
-    except ValueError as exc:
+    except (ValueError, EngineUnavailable) as exc:
         return fail(str(exc))
     started = timestamp()
     on_output = None if args.json else print_output
@@ -72,8 +74,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         from pyphase.sandbox import Sandbox
 
-        with Sandbox(workers=1, shm_bytes=Sandbox.shm_bytes_for(job)) as sandbox:
-            result = sandbox.run_prepared(job, on_output)
+        try:
+            with Sandbox(workers=1, shm_bytes=Sandbox.shm_bytes_for(job)) as sandbox:
+                result = sandbox.run_prepared(job, on_output)
+        except EngineUnavailable as exc:
+            return fail(str(exc))
     module_hash = hash_text(job.digest)
     result = result.with_hashes(module_hash, sha256_text(job_input))
     receipt = None
@@ -214,6 +219,13 @@ def register(sub: Any) -> None:
         "--no-sandbox",
         action="store_true",
         help="run in this process instead of an isolated worker (trusted modules only)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("wasm3", "wasmtime", "auto"),
+        default="auto",
+        help="wasm3 interprets (starts in µs), wasmtime compiles (needs pyphase[jit]; in process only so far); "
+        "auto: long jobs compiled, short ones on wasm3 (default auto)",
     )
     p.add_argument("--identity", metavar="FILE", help=f"key that signs the receipt (default {default_identity_path()})")
     p.set_defaults(func=cmd_run)

@@ -15,15 +15,18 @@ from pyphase.identity import public_key_from_peer_id
 
 __all__ = [
     "DEFAULT_PORT",
+    "RELAY_PREFIX",
     "SOCKS_PROXY_ENV",
     "parse_address",
     "parse_socks_proxy",
     "resolve_socks_proxy",
     "split_hostport",
+    "split_relayed",
     "valid_host",
 ]
 
 DEFAULT_PORT = 7465
+RELAY_PREFIX = "relay/"  # PEERID@relay/HOST:PORT: the node PEERID, reached through the Phase relay at HOST:PORT
 SOCKS_PROXY_ENV = "PHASE_SOCKS_PROXY"
 
 
@@ -54,6 +57,15 @@ def valid_host(host: str) -> bool:
             return False
         return True
     return 0 < len(host) <= 253 and all(_LABEL.match(label) for label in host.split("."))
+
+
+def split_relayed(text: str) -> tuple[str, bool]:
+    """``PEERID@relay/HOST:PORT`` -> (``PEERID@HOST:PORT``, True): a node reached through the relay at
+    HOST:PORT (:mod:`pyphase.net.relay`); any other text -> (text, False)."""
+    peer_id, sep, hostport = text.strip().partition("@")
+    if sep and hostport.startswith(RELAY_PREFIX):
+        return f"{peer_id}@{hostport[len(RELAY_PREFIX) :]}", True
+    return text, False
 
 
 def parse_address(text: str) -> tuple[str, bytes, str, int]:

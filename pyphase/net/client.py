@@ -56,7 +56,7 @@ from pyphase.identity import Identity, public_key_from_peer_id
 from pyphase.limits import Limits, format_size
 from pyphase.manifest import make_manifest, new_nonce
 from pyphase.net import wire
-from pyphase.net.addresses import parse_address, resolve_socks_proxy
+from pyphase.net.addresses import RELAY_PREFIX, parse_address, resolve_socks_proxy, split_relayed
 from pyphase.net.socks import SocksRelay
 from pyphase.preopen import Preopen
 from pyphase.receipt import verify_receipt
@@ -123,8 +123,9 @@ class RemoteResult(Result):
 
 class _Peer:
     def __init__(self, address: str) -> None:
-        self.peer_id, self.public_key, self.host, self.port = parse_address(address)
-        self.address = f"{self.peer_id}@{self.host}:{self.port}"
+        direct, self.relayed = split_relayed(address)
+        self.peer_id, self.public_key, self.host, self.port = parse_address(direct)
+        self.address = f"{self.peer_id}@{RELAY_PREFIX if self.relayed else ''}{self.host}:{self.port}"
         import nacl.bindings
 
         self.server_key = zmq.utils.z85.encode(nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(self.public_key))
@@ -334,12 +335,15 @@ class Client:
 
     def _socket(self, peer: _Peer) -> zmq.Socket[bytes]:
         if peer.sock is None:
-            if self._relay is not None:
-                # fail closed: the socket's only endpoint is our loopback relay, which dials only the proxy
-                endpoint = self._relay.endpoint(peer.host, peer.port)
+            if peer.relayed and self._relay is None:
+                self._relay = SocksRelay(None, self.connect_timeout)  # circuits through Phase relays, directly
+            if self._relay is not None and (peer.relayed or self.socks_proxy is not None):
+                # fail closed: the socket's only endpoint is our loopback forwarder, which dials only the proxy
+                # (or, for a node behind a Phase relay, opens a circuit at that relay; pyphase.net.relay)
+                endpoint = self._relay.endpoint(peer.host, peer.port, peer.peer_id if peer.relayed else None)
             else:
                 endpoint = f"tcp://{peer.host}:{peer.port}"
-            slow = self._relay is not None  # Tor adds seconds of latency: do not call a circuit dead
+            slow = self.socks_proxy is not None  # Tor adds seconds of latency: do not call a circuit dead
             sock = self._ctx.socket(zmq.DEALER)
             sock.curve_publickey, sock.curve_secretkey = self._curve
             sock.curve_serverkey = peer.server_key
@@ -383,7 +387,7 @@ class Client:
                 peer.connected = False
         if self._relay is not None and not peer.connected:
             # the relay records why before it closes the loopback connection whose events brought us here
-            why = self._relay.take_failure(peer.host, peer.port)
+            why = self._relay.take_failure(peer.host, peer.port, peer.peer_id if peer.relayed else None)
             if why:
                 failure = why  # names the proxy: down, or its reply for this peer
         return failure
@@ -507,7 +511,9 @@ class Client:
             entry,
             limits,
             deterministic or replicas > 1,
-            dict(requires or {}),
+            # replicas agree byte for byte only on one engine (fuel and deterministic clocks are per engine):
+            # pin the one every node has unless the caller named one
+            {"runtime": "wasm3", **(requires or {})} if replicas > 1 else dict(requires or {}),
         )
         job.module_hash = sha256_text(job.module)
         if dirs:

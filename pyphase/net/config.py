@@ -22,7 +22,8 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     shutdown_grace  = "10s"             # on SIGTERM: how long running jobs may finish before being rejected
     boot_store      = ""                # a Phase Boot artifact store to serve over HTTP, so machines can boot
                                         # from this node (see docs/BOOT.md); "" serves nothing
-    boot_listen     = "0.0.0.0:8080"    # where that store is served; announced as _phase-boot._tcp when mdns is on
+    boot_listen     = "0.0.0.0:8080"    # where that store is served; announced as _phase-boot._tcp when mdns is on,
+                                        # and on the DHT under the key in STORE/boot/release.pub when dht is on
     # the HTTP side (docs/API.md): JSON API, /metrics, dashboard; job history
     api             = true              # serve them
     api_listen      = ""                # HOST:PORT; "" = 127.0.0.1 at the phase/1 port + 1. Beyond loopback,
@@ -55,6 +56,21 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
                                         # a loopback listen address) and publish the mapped address in the record
     reachability    = true              # ask peers found through the DHT to dial back (docs/NETWORK.md,
                                         # "Reachability"); the verdict is the "reachability" event
+
+    # Relays (docs/NETWORK.md, "Relays"): a reachable node carries circuits to nodes that cannot be reached;
+    # the relay sees only CURVE ciphertext. A node behind a relay publishes "via relay" in its DHT record.
+    relay           = false             # offer relaying (announced on the DHT under sha1("phase/1/relay"))
+    relay_listen    = ""                # HOST:PORT of the relay service (default: listen host, phase/1 port + 3)
+    relay_reservations = 64             # nodes holding a reservation at once (4 from one source address)
+    relay_circuits  = 128               # circuits open at once, in all
+    relay_node_circuits = 8             # circuits open at once to one node
+    relay_address_circuits = 4          # circuits open at once from one client address
+    relay_circuit_bytes = "256MiB"      # bytes one circuit carries (both ways) before it is closed
+    relay_circuit_time = "10m"          # how long one circuit lives (the client's ZeroMQ then reconnects)
+    via_relay       = ""                # reach this node through relays: "HOST:PORT,..." of relays (at most 2
+                                        # used), a relay's PEERID, or "auto" (relays found on the DHT); the
+                                        # record then names the relays instead of the node's own address.
+                                        # "": "auto" once the dial-back verdict is "unreachable"; "off": never
 
     [limits]                            # the most a job may ask for; bigger offers are rejected "limits"
     memory          = "256MiB"
@@ -112,6 +128,26 @@ def check_listen(text: str, key: str, default_port: int = DEFAULT_PORT) -> None:
         ) from None
 
 
+def check_via_relay(text: str) -> None:
+    """``via_relay`` is "", "off", "auto", one relay's PEERID, or HOST:PORT,... (ports required); else ``ValueError``."""
+    value = text.strip()
+    if value in ("", "auto", "off"):
+        return
+    if ":" not in value and "," not in value:
+        from pyphase.identity import public_key_from_peer_id
+
+        try:
+            public_key_from_peer_id(value)
+        except ValueError:
+            raise ValueError(f"via_relay {text!r} is not auto, off, a relay's PEERID or HOST:PORT,...") from None
+        return
+    for part in value.split(","):
+        try:
+            split_hostport(part.strip(), None)
+        except ValueError:
+            raise ValueError(f"via_relay {text!r}: {part.strip()!r} is not HOST:PORT") from None
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     listen: str = f"0.0.0.0:{DEFAULT_PORT}"
@@ -136,6 +172,15 @@ class NodeConfig:
     dht_listen: str = ""
     dht_bootstrap: str = ""
     dht_refresh_ms: int = 20 * 60_000
+    relay: bool = False
+    relay_listen: str = ""
+    relay_reservations: int = 64
+    relay_circuits: int = 128
+    relay_node_circuits: int = 8
+    relay_address_circuits: int = 4
+    relay_circuit_bytes: int = 256 << 20
+    relay_circuit_time_ms: int = 600_000
+    via_relay: str = ""
     upnp: bool = True
     reachability: bool = True
     api: bool = True
@@ -205,6 +250,15 @@ _TOP: dict[str, tuple[str, Any]] = {
     "dht_listen": ("dht_listen", str),
     "dht_bootstrap": ("dht_bootstrap", str),
     "dht_refresh": ("dht_refresh_ms", parse_duration_ms),
+    "relay": ("relay", "bool"),
+    "relay_listen": ("relay_listen", str),
+    "relay_reservations": ("relay_reservations", int),
+    "relay_circuits": ("relay_circuits", int),
+    "relay_node_circuits": ("relay_node_circuits", int),
+    "relay_address_circuits": ("relay_address_circuits", int),
+    "relay_circuit_bytes": ("relay_circuit_bytes", parse_size),
+    "relay_circuit_time": ("relay_circuit_time_ms", parse_duration_ms),
+    "via_relay": ("via_relay", str),
     "upnp": ("upnp", "bool"),
     "reachability": ("reachability", "bool"),
     "api": ("api", "bool"),
@@ -297,11 +351,19 @@ def load_config(
         parse_endpoints(config.dht_bootstrap)
     if config.api_listen:
         check_listen(config.api_listen, "api_listen")
+    if config.relay_listen:
+        check_listen(config.relay_listen, "relay_listen")
+    check_via_relay(config.via_relay)
+    for name in ("relay_reservations", "relay_circuits", "relay_node_circuits", "relay_address_circuits"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1")
     if config.api_max_connections < 1 or config.history_jobs < 0:
         raise ValueError("api_max_connections must be at least 1 and history_jobs at least 0")
     for name in ("client_jobs", "address_jobs", "client_waiting", "address_connections"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be at least 1")
+    if config.relay_circuit_bytes < 1:
+        raise ValueError("relay_circuit_bytes must be at least 1 byte")
     if config.connections < 0:
         raise ValueError("connections must be 0 (from the open-file limit) or more")
     if config.log_format not in ("json", "text"):

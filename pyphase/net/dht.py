@@ -52,6 +52,22 @@ MAX_ANSWER_BYTES = 1200
 ANSWERS_PER_SECOND = 200  # the responder's global bound; beyond it queries are dropped
 
 
+# A libtorrent session that is a DHT node and nothing else: no peer connections, no UPnP, NAT-PMP, LSD or
+# IP notifier, one listen attempt (also used by the simulation and the boot tests' sessions).
+DHT_ONLY_SETTINGS: dict[str, Any] = {
+    "enable_dht": True,
+    "enable_lsd": False,
+    "enable_upnp": False,
+    "enable_natpmp": False,
+    "enable_ip_notifier": False,
+    "enable_incoming_tcp": False,
+    "enable_outgoing_tcp": False,
+    "enable_incoming_utp": False,
+    "enable_outgoing_utp": False,
+    "max_retry_port_bind": 0,
+}
+
+
 class DhtUnavailable(RuntimeError):
     """libtorrent cannot be imported, or its session cannot listen where asked."""
 
@@ -227,17 +243,10 @@ class Dht:
         check_allowed(self.listen_host, None if bootstrap is None else bootstrap + known)
         self.on_event = on_event or (lambda *a, **k: None)
         settings: dict[str, Any] = {
+            **DHT_ONLY_SETTINGS,
             "listen_interfaces": f"{host}:{port}",
-            "enable_dht": True,
-            "enable_lsd": False,
             "enable_upnp": port_mapping,
             "enable_natpmp": port_mapping,
-            "enable_ip_notifier": False,
-            "enable_incoming_tcp": False,
-            "enable_outgoing_tcp": False,
-            "enable_incoming_utp": False,
-            "enable_outgoing_utp": False,
-            "max_retry_port_bind": 0,
             "dht_read_only": read_only,
             "alert_mask": int(
                 lt.alert_category.dht
@@ -649,6 +658,7 @@ def find_nodes(
                 record.issued,
                 record.expires,
                 record.seq,
+                record.relays,
             )
             by_peer.setdefault(record.peer_id, direct)
         if want is None or len(by_peer) >= want or time.monotonic() >= deadline:

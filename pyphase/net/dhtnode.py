@@ -72,9 +72,16 @@ class DhtPresence:
         self.caps = caps
         self.log = log
         self.dht: Dht | None = None
+        # more (name, info-hash, port) announces kept up beside the rendezvous, e.g. the node's boot source
+        self.also_announce: list[tuple[str, bytes, int]] = []
         self.responder: RecordResponder | None = None
         self.seq = 0
         self._task: asyncio.Task[None] | None = None
+        self.relay_port = 0  # this node offers relaying there (plasmd --relay): said in the record, announced
+        # reached only through relays (configured): the record names them, nothing is published until one holds
+        self.via_relay = config.via_relay.strip() not in ("", "off")
+        self.relays: list[str] = []  # relays holding a reservation now; when any, the record names only them
+        self.on_reachability: Callable[[str], None] | None = None  # called with each verdict
         self._known_path = config.data_dir / KNOWN_NODES_FILE if not config.ephemeral else None
         self._changed = asyncio.Event()  # the record's contents changed: republish before the next refresh
 
@@ -101,13 +108,48 @@ class DhtPresence:
         }
         if self.reachability:
             caps["reach"] = self.reachability["verdict"]
-        return records.encode_value(self.addresses(), [f"{RUNTIME_NAME}/{RUNTIME_VERSION}"], caps)
+        if self.relay_port:
+            caps["relay"] = self.relay_port
+        engines = [f"{RUNTIME_NAME}/{RUNTIME_VERSION}"]
+        if self.via_relay or self.relays:
+            return records.encode_value([], engines, caps, relays=self.relays)
+        return records.encode_value(self.addresses(), engines, caps)
+
+    def set_relays(self, relays: list[str]) -> None:
+        """The relays holding a reservation for this node changed: republish the record now."""
+        if relays != self.relays:
+            self.relays = list(relays)
+            self._changed.set()
+
+    async def find_relays(self, peer_id: str | None) -> list[tuple[str, int]]:
+        """Relay services (host, port) from the DHT: the relay ``peer_id``'s record, or the relays' rendezvous."""
+        from pyphase.errors import PhaseError
+        from pyphase.net.dht import find_nodes, resolve_peer
+
+        dht = self.dht
+        if dht is None:
+            return []
+        await asyncio.to_thread(dht.wait_bootstrapped, 10.0)
+        try:
+            if peer_id is not None:
+                found = [await asyncio.to_thread(resolve_peer, dht, peer_id)]
+            else:
+                found = await asyncio.to_thread(find_nodes, dht, 5.0, None, "relay")
+        except (PhaseError, ValueError, OSError):
+            return []
+        out = []
+        for record in found:
+            port = record.caps.get("relay")
+            if record.peer_id != self.identity.peer_id and isinstance(port, int) and record.addresses:
+                out.append((split_hostport(record.addresses[0])[0], port))
+        return out
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         bind_host = split_hostport(self.config.listen)[0]
         self.responder = RecordResponder(bind_host, self.port)
-        self._set_answer(self.record_value(), self.seq)
+        if not self.via_relay:
+            self._set_answer(self.record_value(), self.seq)
         loop.add_reader(self.responder.sock.fileno(), self.responder.on_readable)
         bootstrap = parse_endpoints(self.config.dht_bootstrap) if self.config.dht_bootstrap.strip() else None
         known = load_known_nodes(self._known_path) if self._known_path else []
@@ -161,6 +203,9 @@ class DhtPresence:
         first = True
         warmup = [5.0, 30.0]
         while True:
+            while self.via_relay and not self.relays:  # nothing to say until a relay holds a reservation
+                self._changed.clear()
+                await self._changed.wait()
             await asyncio.to_thread(dht.wait_bootstrapped, 10.0)
             value = self.record_value()
             started = time.monotonic()
@@ -170,7 +215,8 @@ class DhtPresence:
                 self._set_answer(value, seq)
             self.log(
                 "dht_record_published" if first else "dht_record_refreshed",
-                addresses=self.addresses(),
+                addresses=[] if self.via_relay or self.relays else self.addresses(),
+                relays=self.relays,
                 seq=seq,
                 stored=stored,
                 ms=int((time.monotonic() - started) * 1000),
@@ -180,10 +226,16 @@ class DhtPresence:
                 "phase/1": rendezvous_hash(),
                 f"phase/1/arch/{machine_arch()}": rendezvous_hash(f"arch/{machine_arch()}"),
             }
-            port = self.announce_port()
-            for info_hash in hashes.values():
-                dht.announce(info_hash, port)
-            self.log("dht_announced", port=port, hashes={k: v.hex() for k, v in hashes.items()})
+            if self.relay_port:
+                hashes["phase/1/relay"] = rendezvous_hash("relay")
+            if not (self.via_relay or self.relays):  # a node behind a relay cannot answer the record query
+                port = self.announce_port()
+                for info_hash in hashes.values():
+                    dht.announce(info_hash, port)
+                self.log("dht_announced", port=port, hashes={k: v.hex() for k, v in hashes.items()})
+                for name, extra_hash, extra_port in self.also_announce:
+                    dht.announce(extra_hash, extra_port)
+                    self.log("dht_announced", port=extra_port, hashes={name: extra_hash.hex()})
             peers = await asyncio.to_thread(dht.get_peers, hashes["phase/1"], 5.0)
             self.log("dht_rendezvous", peers=len(peers))
             if self._check_due():
@@ -199,7 +251,7 @@ class DhtPresence:
             delay = min(warmup.pop(0) if warmup else refresh, refresh) if stored > 0 else min(10.0, refresh)
             first = False
             try:
-                await asyncio.wait_for(self._changed.wait(), delay)
+                await asyncio.wait_for(self._changed.wait(), delay)  # or sooner: a mapping, a verdict, relays
             except asyncio.TimeoutError:
                 pass
             self._changed.clear()
@@ -242,6 +294,8 @@ class DhtPresence:
         self.reachability = {**result, "asked": [a.to_json() for a in answers]}
         self.node.reachability = self.reachability
         self.log("reachability", **result, asked=len(answers), heard=sum(a.heard for a in answers))
+        if self.on_reachability is not None:
+            self.on_reachability(str(result["verdict"]))
         return self.reachability
 
     async def close(self) -> None:

@@ -47,6 +47,7 @@ from pyphase.net.config import NodeConfig
 from pyphase.net.reachability import DialBackService
 from pyphase.net.shares import HeldJob, ShareCaps, Shares
 from pyphase.sandbox.executor import Executor, failed_result, job_kwargs, make_executor
+from pyphase import engines
 from pyphase.receipt import machine_arch, make_receipt, timestamp
 from pyphase.result import Result
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION, OutputSink
@@ -658,6 +659,8 @@ class Node:
             "memory_bytes": memory,
             "runtime": RUNTIME_NAME,
             "runtime_version": RUNTIME_VERSION,
+            # the compiling engine runs only in process (thread executor) so far: sandbox workers are wasm3's
+            "engines": self._engines(),
             "executor": self.executor.kind if self.executor else "none",
             "max_limits": {
                 **c.ceiling.to_json(),
@@ -756,6 +759,13 @@ class Node:
 
         self._spawn(dial())
 
+    def _engines(self) -> list[str]:
+        """The engines this node's executor runs jobs on: the compiling engine runs in process only (thread
+        executor) so far; sandbox workers are wasm3's (docs/SANDBOX.md, "Engines")."""
+        if self.executor is not None and self.executor.kind == "thread":
+            return engines.available()
+        return ["wasm3"]
+
     def _check_offer(self, manifest: dict[str, Any], data: bytes) -> tuple[str, str] | Limits:
         problems = schemas.errors("manifest", manifest)
         if problems:
@@ -770,8 +780,9 @@ class Node:
         requires = manifest["requires"]
         if requires.get("arch", machine_arch()) != machine_arch():
             return "arch", f"this node is {machine_arch()}, the job requires {requires['arch']}"
-        if requires.get("runtime", RUNTIME_NAME) != RUNTIME_NAME:
-            return "runtime", f"this node runs {RUNTIME_NAME}, the job requires {requires['runtime']}"
+        here = self._engines()
+        if requires.get("runtime", here[0]) not in here:
+            return "runtime", f"this node runs {', '.join(here)}, the job requires {requires['runtime']}"
         try:
             limits = Limits.from_json(manifest["limits"])
         except Exception as exc:

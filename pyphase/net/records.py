@@ -3,7 +3,11 @@
 A record is a bencoded dictionary, at most :data:`MAX_VALUE_BYTES` once wrapped as the item's value::
 
     {"v": 1, "a": ["HOST:PORT", ...], "e": ["wasm3/0.5.0"], "c": {"arch": "x86_64", "cores": 4, "workers": 4},
-     "t": issued (unix seconds), "x": expires (unix seconds)}
+     "t": issued (unix seconds), "x": expires (unix seconds), "r": ["HOST:PORT", ...]}
+
+``r`` (optional) lists the relays that hold a reservation for the node (:mod:`pyphase.net.relay`): a node
+that cannot be reached directly publishes no ``a`` and is dialled ``PEERID@relay/HOST:PORT``. A relay
+itself says so in ``c`` (``relay``: the port of its relay service, on the host of its first address).
 
 It is signed the BEP 44 way (``salt`` :data:`SALT`, sequence number ``seq``, value), so the same bytes
 a DHT node stores are what a client verifies, here with PyNaCl and never by trusting libtorrent's check.
@@ -23,6 +27,7 @@ import nacl.signing
 
 from pyphase.errors import RecordError
 from pyphase.identity import Identity, peer_id_from_public_key
+from pyphase.net.addresses import RELAY_PREFIX
 
 SALT = b"phase/1"
 VERSION = 1
@@ -31,6 +36,7 @@ LIFETIME_S = 2 * 3600  # how long a record says it is good for; republished well
 MAX_LIFETIME_S = 24 * 3600
 CLOCK_SKEW_S = 300
 MAX_ADDRESSES = 8
+MAX_RELAYS = 2
 
 
 def expanded_secret(identity: Identity) -> bytes:
@@ -129,11 +135,15 @@ class NodeRecord:
     issued: int
     expires: int
     seq: int
+    relays: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
-        """``PEERID@HOST:PORT`` of the first address (the one a client dials first)."""
-        return f"{self.peer_id}@{self.addresses[0]}"
+        """``PEERID@HOST:PORT`` of the first address (the one a client dials first); a node with no direct
+        address: ``PEERID@relay/HOST:PORT`` of its first relay."""
+        if self.addresses:
+            return f"{self.peer_id}@{self.addresses[0]}"
+        return f"{self.peer_id}@{RELAY_PREFIX}{self.relays[0]}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -144,6 +154,7 @@ class NodeRecord:
             "issued": self.issued,
             "expires": self.expires,
             "seq": self.seq,
+            "relays": list(self.relays),
         }
 
 
@@ -154,19 +165,23 @@ def encode_value(
     *,
     issued: int | None = None,
     lifetime_s: int = LIFETIME_S,
+    relays: Sequence[str] = (),
 ) -> bytes:
     """The record's value bytes; raises ``ValueError`` when it would not fit in a BEP 44 item."""
     now = int(time.time()) if issued is None else issued
-    value = bencode(
-        {
-            "v": VERSION,
-            "a": list(addresses)[:MAX_ADDRESSES],
-            "e": list(engines),
-            "c": caps,
-            "t": now,
-            "x": now + lifetime_s,
-        }
-    )
+    doc: dict[str, Any] = {
+        "v": VERSION,
+        "a": list(addresses)[:MAX_ADDRESSES],
+        "e": list(engines),
+        "c": caps,
+        "t": now,
+        "x": now + lifetime_s,
+    }
+    if relays:
+        doc["r"] = list(relays)[:MAX_RELAYS]
+    if not doc["a"] and not relays:
+        raise ValueError("a node record needs an address or a relay")
+    value = bencode(doc)
     if len(_bstr(value)) > MAX_VALUE_BYTES:
         raise ValueError(f"a node record must bencode to at most {MAX_VALUE_BYTES} bytes, this one has {len(value)}")
     return value
@@ -217,10 +232,14 @@ def verify_record(
     addresses = doc.get(b"a")
     engines = doc.get(b"e", [])
     caps = doc.get(b"c", {})
-    if not isinstance(addresses, list) or not addresses or not isinstance(engines, list) or not isinstance(caps, dict):
+    relays = doc.get(b"r", [])
+    if not isinstance(addresses, list) or not isinstance(engines, list) or not isinstance(caps, dict):
+        raise RecordError("record has no addresses")
+    if not isinstance(relays, list) or not (addresses or relays):
         raise RecordError("record has no addresses")
     texts = tuple(_text(a, "a") for a in addresses[:MAX_ADDRESSES])
-    for a in texts:
+    via = tuple(_text(r, "r") for r in relays[:MAX_RELAYS])
+    for a in texts + via:
         host, sep, port = a.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise RecordError(f"record address {a!r} is not HOST:PORT")
@@ -235,4 +254,5 @@ def verify_record(
         issued,
         expires,
         seq,
+        via,
     )

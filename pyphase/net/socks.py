@@ -28,10 +28,9 @@ from python_socks import ProxyError as SocksProxyError
 from python_socks.sync import Proxy
 
 from pyphase.net.addresses import split_hostport
+from pyphase.net.relay import RelayError, open_circuit, pump
 
 __all__ = ["ProxyError", "SocksRelay", "socks5_connect"]
-
-_CHUNK = 256 << 10
 
 
 class ProxyError(Exception):
@@ -63,32 +62,40 @@ def socks5_connect(proxy: str, host: str, port: int, timeout: float) -> socket.s
     return sock
 
 
-class SocksRelay:
-    """Loopback listeners, one per target ``(host, port)``, whose connections go through ``proxy`` and only
-    there. Threads: one accepting (started with the first listener), and two per live connection."""
+Target = tuple[str, int] | tuple[str, int, str]
 
-    def __init__(self, proxy: str, timeout: float) -> None:
+
+class SocksRelay:
+    """Loopback listeners, one per target, whose connections go through ``proxy`` and only there.
+    A target is ``(host, port)``, or ``(relay host, relay port, peer id)`` for a node reached through a
+    Phase relay (:mod:`pyphase.net.relay`): then the connection asks that relay for a circuit to the node,
+    through the proxy when there is one (``proxy=None``: directly). Threads: one accepting (started with
+    the first listener), and two per live connection."""
+
+    def __init__(self, proxy: str | None, timeout: float) -> None:
         self.proxy = proxy
         self.timeout = timeout
         self._lock = threading.Lock()
-        self._listeners: dict[tuple[str, int], socket.socket] = {}
-        self._failures: dict[tuple[str, int], str] = {}
+        self._listeners: dict[Target, socket.socket] = {}
+        self._failures: dict[Target, str] = {}
         self._links: set[socket.socket] = set()
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._closed = False
 
-    def endpoint(self, host: str, port: int) -> str:
-        """The ZeroMQ endpoint (``tcp://127.0.0.1:N``) that reaches ``host:port`` through the proxy."""
+    def endpoint(self, host: str, port: int, via_peer: str | None = None) -> str:
+        """The ZeroMQ endpoint (``tcp://127.0.0.1:N``) that reaches ``host:port`` through the proxy (with
+        ``via_peer``: the node ``via_peer`` through the relay at ``host:port``)."""
+        target: Target = (host, port) if via_peer is None else (host, port, via_peer)
         with self._lock:
             if self._closed:
                 raise ProxyError("the SOCKS relay is closed")
-            listener = self._listeners.get((host, port))
+            listener = self._listeners.get(target)
             if listener is None:
                 listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 listener.bind(("127.0.0.1", 0))
                 listener.listen(16)
                 listener.setblocking(False)
-                self._listeners[(host, port)] = listener
+                self._listeners[target] = listener
                 if self._wake is None:
                     self._wake = socket.socketpair()
                     threading.Thread(
@@ -98,10 +105,11 @@ class SocksRelay:
                     self._wake[1].send(b"\0")
             return f"tcp://127.0.0.1:{listener.getsockname()[1]}"
 
-    def take_failure(self, host: str, port: int) -> str | None:
-        """Why the last connection to ``host:port`` could not be opened through the proxy (then forgotten)."""
+    def take_failure(self, host: str, port: int, via_peer: str | None = None) -> str | None:
+        """Why the last connection to ``host:port`` (``via_peer``: to that node through the relay there)
+        could not be opened (then forgotten)."""
         with self._lock:
-            return self._failures.pop((host, port), None)
+            return self._failures.pop((host, port) if via_peer is None else (host, port, via_peer), None)
 
     def close(self) -> None:
         """Stop listening and cut every relayed connection. Idempotent."""
@@ -121,14 +129,17 @@ class SocksRelay:
         for sock in listeners:
             sock.close()
         for sock in links:
-            _shutdown(sock)
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     # ---- threads ------------------------------------------------------------------------------------
 
     def _accept_loop(self, wake: socket.socket) -> None:
         sel = selectors.DefaultSelector()
         sel.register(wake, selectors.EVENT_READ)
-        registered: dict[socket.socket, tuple[str, int]] = {}
+        registered: dict[socket.socket, Target] = {}
         try:
             while True:
                 with self._lock:
@@ -159,6 +170,7 @@ class SocksRelay:
                         time.sleep(0.05)  # closed under us, or out of descriptors: do not spin
                         continue
                     conn.setblocking(True)
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     threading.Thread(
                         target=self._link, args=(conn, registered[listener]), name="phase-socks-link", daemon=True
                     ).start()
@@ -170,9 +182,27 @@ class SocksRelay:
             if pair is not None:
                 pair[1].close()
 
-    def _link(self, local: socket.socket, target: tuple[str, int]) -> None:
+    def _dial(self, target: Target) -> socket.socket:
+        host, port = target[0], target[1]
+        if self.proxy is not None:
+            sock = socks5_connect(self.proxy, host, port, self.timeout)
+        else:
+            try:
+                sock = socket.create_connection((host, port), timeout=self.timeout)
+            except OSError as exc:
+                raise ProxyError(f"the relay {host}:{port} is unreachable ({exc.strerror or exc})") from None
+        if len(target) == 3:
+            try:
+                open_circuit(sock, target[2], self.timeout)
+            except RelayError as exc:
+                sock.close()
+                raise ProxyError(f"the relay {host}:{port} opened no circuit to the node ({exc})") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _link(self, local: socket.socket, target: Target) -> None:
         try:
-            remote = socks5_connect(self.proxy, target[0], target[1], self.timeout)
+            remote = self._dial(target)
         except ProxyError as exc:
             with self._lock:
                 self._failures[target] = str(exc)  # recorded before the close the client will notice
@@ -184,33 +214,11 @@ class SocksRelay:
                 local.close()
                 return
             self._links.update((local, remote))
-        back = threading.Thread(target=_pump, args=(remote, local), name="phase-socks-pump", daemon=True)
+        back = threading.Thread(target=pump, args=(remote, local), name="phase-socks-pump", daemon=True)
         back.start()
-        _pump(local, remote)
+        pump(local, remote)
         back.join()
         with self._lock:
             self._links.difference_update((local, remote))
         local.close()
         remote.close()
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    """Copy ``src`` to ``dst`` until either ends; then cut both, so the other direction stops too."""
-    try:
-        while True:
-            data = src.recv(_CHUNK)
-            if not data:
-                break
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        _shutdown(src)
-        _shutdown(dst)

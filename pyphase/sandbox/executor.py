@@ -144,4 +144,6 @@ def job_kwargs(manifest: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
         "entry": manifest["entry"],
         "limits": limits,
         "deterministic": manifest["deterministic"],
+        # requires.runtime names an engine (pyphase.engines); without it the node picks (auto)
+        "engine": manifest["requires"].get("runtime", "auto"),
     }

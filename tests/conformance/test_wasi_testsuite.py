@@ -43,7 +43,7 @@ def test_the_suite_is_there() -> None:
     assert sum("root" in spec_of(w) for w in TESTS) == 49
 
 
-@pytest.mark.parametrize("mode", ["sandbox", "no-sandbox"])
+@pytest.mark.parametrize("mode", ["sandbox", "no-sandbox", "wasmtime"])
 @pytest.mark.parametrize("wasm", TESTS, ids=[f"{w.parts[-4]}/{w.stem}" for w in TESTS])
 def test_wasi_testsuite(wasm: Path, mode: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     name = f"{wasm.parts[-4]}/{wasm.stem}"
@@ -56,7 +56,9 @@ def test_wasi_testsuite(wasm: Path, mode: str, tmp_path: Path, capfd: pytest.Cap
             pytest.skip("this kernel has no Landlock: sandboxed jobs with directories are refused (docs/SANDBOX.md)")
         argv += ["--dir", f"{fresh_root(wasm, spec, tmp_path)}::/"]
     if mode == "no-sandbox":
-        argv.append("--no-sandbox")
+        argv += ["--no-sandbox", "--engine", "wasm3"]
+    elif mode == "wasmtime":  # the compiling engine, in process (sandbox workers run wasm3 only so far)
+        argv += ["--no-sandbox", "--engine", "wasmtime"]
     code = main(argv)
     out, err = capfd.readouterr()
     passed = code == spec.get("exit_code", 0) and ("stdout" not in spec or out == spec["stdout"])

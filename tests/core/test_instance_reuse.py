@@ -67,12 +67,12 @@ def test_precompiled_instances_in_sandbox_workers_behave_the_same(wat, probe_byt
     # The fork server prepares (instantiates and compiles) cached modules so workers inherit compiled code:
     # the start function must still run in each job, state must be fresh, fuel identical to a lazy first run.
     stateful = wat(STATEFUL)
-    fresh = pyphase.run(pyphase.Module(stateful)).fuel_used  # new Module object: lazily compiled
+    fresh = pyphase.run(pyphase.Module(stateful), engine="wasm3").fuel_used  # new Module object: lazily compiled
     with pyphase.Sandbox(workers=1) as sandbox:
         results = [sandbox.run(stateful) for _ in range(4)]  # first sends bytes, later ones hit the cache
         probes = [sandbox.run(probe_bytes, b"abc", args=["cat"]) for _ in range(3)]
     assert [(r.status, r.exit_code) for r in results] == [("ok", EXPECTED)] * 4
     assert {r.fuel_used for r in results} == {fresh}
     assert {(r.stdout, r.fuel_used) for r in probes} == {
-        (b"abc", pyphase.run(probe_bytes, b"abc", args=["cat"]).fuel_used)
+        (b"abc", pyphase.run(probe_bytes, b"abc", args=["cat"], engine="wasm3").fuel_used)
     }

@@ -284,3 +284,14 @@ def test_cli_peers_table_names_reachable_and_unreachable_nodes(start_nodes):
     lines = {line.split()[0]: line for line in out.stdout.splitlines()}
     assert "unreachable: connection refused" in lines[dead]
     assert "0/2 busy, 0 queued" in lines[node.address] and "wasm3" in lines[node.address]
+
+
+def test_a_node_says_which_engines_it_runs_and_refuses_one_it_lacks(start_nodes, hello_bytes):
+    (node,) = start_nodes(1)  # sandboxed: its workers run wasm3 only
+    with Client(peers=[node.address]) as client:
+        result = client.submit(hello_bytes, input=b"ab", requires={"runtime": "wasm3"})
+        assert result.stdout == b"ba" and result.receipt["node"]["runtime"] == "wasm3"
+        assert result.receipt["node"]["fuel_unit"] == "wasm3-ticks"
+        with pytest.raises(NetworkError) as info:
+            client.submit(hello_bytes, input=b"ab", requires={"runtime": "wasmtime"}, retries=0)
+    assert "runtime" in str(info.value) and "wasmtime" in str(info.value)

@@ -1,0 +1,425 @@
+/* phase-dht: find boot artifact sources on the BitTorrent Mainline DHT (BEP 5).
+ *
+ *   phase-dht --key PUB --bootstrap IP:PORT[,IP:PORT...] [--timeout S] [--max-queries N]
+ *   phase-dht --key PUB --info-hash          (print the info-hash)
+ *   phase-dht --target HEX --bootstrap ...   (look up another info-hash: simulations, diagnostics)
+ *   [--source IP]                            (send from this local address)
+ *
+ * Sources announce their HTTP port under the info-hash of the release key (the first 20 bytes of
+ * SHA-256("phase-boot/1" || public key); pyphase.boot.dht computes the same). This runs the KRPC
+ * get_peers iterative lookup over UDP: ask the nodes closest to the info-hash (XOR metric) for
+ * peers, learn closer nodes from their answers, until the closest ones have all been asked. Each
+ * peer found is printed as http://IP:PORT. The queries say "ro" (BEP 43): stage 1 stores nothing.
+ *
+ * Everything about it is bounded, since any node on the Internet may answer: at most MAX_CANDIDATES
+ * nodes kept (the closest), --max-queries queries, --timeout seconds, MAX_PEERS peers, datagrams of
+ * at most MAX_DATAGRAM bytes, bencode nested at most MAX_DEPTH deep; an answer is taken only from
+ * the address it was asked of, with the transaction id it was asked with, once. Malformed answers
+ * are dropped. A loopback address in an answer from a node that is not itself on loopback stands
+ * for that node's own host (QEMU's user network shows the host's loopback as 10.0.2.2); other
+ * unusable addresses (0/8, 127/8 otherwise, multicast, broadcast, port 0) are dropped.
+ * Exit 0 if at least one source was found, 1 if none, 2 on usage errors. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sodium.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "../phase_crypto.h"
+#include "bootmanifest.h"
+#include "tools.h"
+
+#define ID_LEN 20
+#define MAX_CANDIDATES 128
+#define MAX_PEERS 32
+#define MAX_BOOTSTRAP 16
+#define MAX_DATAGRAM 1500
+#define MAX_DEPTH 16
+#define CLOSEST 8          /* the lookup ends when the CLOSEST nearest answering nodes were all asked */
+#define PARALLEL 4         /* queries in flight */
+#define QUERY_TIMEOUT_MS 1000
+#define SETTLE_MS 1000     /* after the first peer, wait at most this long for more */
+
+static const char INFOHASH_PREFIX[] = "phase-boot/1";
+
+enum { C_NEW, C_ASKED, C_ANSWERED, C_FAILED };
+
+struct candidate {
+    struct sockaddr_in addr;
+    uint8_t id[ID_LEN];
+    int has_id;    /* bootstrap nodes have no known id: asked first */
+    int state;
+    int hops;      /* answers it took to learn of this node: 1 for a bootstrap node */
+    uint16_t tid;  /* transaction id of the query in flight */
+    long long sent_ms;
+};
+
+struct lookup {
+    uint8_t target[ID_LEN], self[ID_LEN];
+    struct candidate c[MAX_CANDIDATES];
+    int n;
+    struct sockaddr_in peers[MAX_PEERS];
+    int npeers;
+    int queries, answers, malformed;
+    long long first_peer_ms;
+    int peer_hops;  /* hops of the node that named the first peer */
+    uint16_t next_tid;
+};
+
+/* ---- bencode: a bounded reader ---------------------------------------------------------------- */
+
+/* Length of the string at *off ("<len>:<bytes>"); sets *data and advances. -1 if malformed. */
+static int b_string(const uint8_t *p, size_t n, size_t *off, const uint8_t **data, size_t *len)
+{
+    size_t o = *off, v = 0;
+    if (o >= n || p[o] < '0' || p[o] > '9') return -1;
+    if (p[o] == '0' && o + 1 < n && p[o + 1] != ':') return -1;
+    while (o < n && p[o] >= '0' && p[o] <= '9') {
+        v = v * 10 + (size_t)(p[o++] - '0');
+        if (v > n) return -1;
+    }
+    if (o >= n || p[o] != ':' || v > n - o - 1) return -1;
+    *data = p + o + 1;
+    *len = v;
+    *off = o + 1 + v;
+    return 0;
+}
+
+/* Skip one value of any type at *off, nested at most depth deep. 0 or -1. */
+static int b_skip(const uint8_t *p, size_t n, size_t *off, int depth)
+{
+    const uint8_t *d;
+    size_t l, o = *off;
+    if (o >= n || depth <= 0) return -1;
+    if (p[o] == 'i') {
+        o++;
+        if (o < n && p[o] == '-') o++;
+        size_t digits = 0;
+        while (o < n && p[o] >= '0' && p[o] <= '9') o++, digits++;
+        if (digits == 0 || digits > 20 || o >= n || p[o] != 'e') return -1;
+        *off = o + 1;
+        return 0;
+    }
+    if (p[o] == 'l' || p[o] == 'd') {
+        int dict = p[o] == 'd';
+        o++;
+        while (o < n && p[o] != 'e') {
+            if (dict && b_string(p, n, &o, &d, &l)) return -1;
+            if (b_skip(p, n, &o, depth - 1)) return -1;
+        }
+        if (o >= n) return -1;
+        *off = o + 1;
+        return 0;
+    }
+    return b_string(p, n, off, &d, &l);
+}
+
+/* In the dict at p[off] (which must start with 'd'), the offset of the value of key, or -1. The whole
+ * dict is walked, so a malformed dict is never half-trusted. */
+static long b_dict_get(const uint8_t *p, size_t n, size_t off, const char *key)
+{
+    const uint8_t *k;
+    size_t kl, klen = strlen(key);
+    long found = -1;
+    if (off >= n || p[off] != 'd') return -1;
+    off++;
+    while (off < n && p[off] != 'e') {
+        if (b_string(p, n, &off, &k, &kl)) return -1;
+        size_t at = off;
+        if (b_skip(p, n, &off, MAX_DEPTH)) return -1;
+        if (kl == klen && memcmp(k, key, kl) == 0 && found < 0) found = (long)at;
+    }
+    return off < n ? found : -1;
+}
+
+/* The string value of key in the dict at off; 0 with data/len, or -1. */
+static int b_dict_str(const uint8_t *p, size_t n, size_t off, const char *key, const uint8_t **data, size_t *len)
+{
+    long at = b_dict_get(p, n, off, key);
+    size_t o = (size_t)at;
+    return at < 0 ? -1 : b_string(p, n, &o, data, len);
+}
+
+/* ---- the lookup ------------------------------------------------------------------------------- */
+
+static int closer(const uint8_t *target, const struct candidate *a, const struct candidate *b)
+{
+    if (a->has_id != b->has_id) return a->has_id < b->has_id; /* bootstrap nodes first */
+    for (int i = 0; i < ID_LEN; i++) {
+        uint8_t x = a->id[i] ^ target[i], y = b->id[i] ^ target[i];
+        if (x != y) return x < y;
+    }
+    return 0;
+}
+
+static int same_addr(const struct sockaddr_in *a, const struct sockaddr_in *b)
+{
+    return a->sin_addr.s_addr == b->sin_addr.s_addr && a->sin_port == b->sin_port;
+}
+
+static int is_loopback(struct in_addr a) { return (ntohl(a.s_addr) >> 24) == 127; }
+
+/* An address from an answer, made usable or refused (see the top of this file). */
+static int usable(struct sockaddr_in *a, const struct sockaddr_in *from)
+{
+    uint32_t ip = ntohl(a->sin_addr.s_addr);
+    if (a->sin_port == 0) return 0;
+    if ((ip >> 24) == 127) {
+        if (is_loopback(from->sin_addr)) return 1;
+        a->sin_addr = from->sin_addr;
+        return 1;
+    }
+    return (ip >> 24) != 0 && ip < 0xE0000000u;
+}
+
+/* Insert a node in the list, kept sorted by distance and bounded: the farthest falls off. */
+static void add_candidate(struct lookup *L, const struct sockaddr_in *addr, const uint8_t *id, int hops)
+{
+    struct candidate c = {.addr = *addr, .has_id = id != NULL, .state = C_NEW, .hops = hops};
+    if (id) memcpy(c.id, id, ID_LEN);
+    for (int i = 0; i < L->n; i++)
+        if (same_addr(&L->c[i].addr, addr)) return;
+    int pos = L->n;
+    while (pos > 0 && closer(L->target, &c, &L->c[pos - 1])) pos--;
+    if (pos >= MAX_CANDIDATES) return;
+    int last = L->n < MAX_CANDIDATES ? L->n : MAX_CANDIDATES - 1;
+    memmove(&L->c[pos + 1], &L->c[pos], (size_t)(last - pos) * sizeof c);
+    L->c[pos] = c;
+    if (L->n < MAX_CANDIDATES) L->n++;
+}
+
+static void add_peer(struct lookup *L, struct sockaddr_in *addr, const struct sockaddr_in *from, int hops)
+{
+    if (!usable(addr, from) || L->npeers >= MAX_PEERS) return;
+    for (int i = 0; i < L->npeers; i++)
+        if (same_addr(&L->peers[i], addr)) return;
+    if (L->npeers == 0) L->first_peer_ms = phase_now_ms(), L->peer_hops = hops;
+    L->peers[L->npeers++] = *addr;
+}
+
+static int send_query(int fd, struct lookup *L, struct candidate *c)
+{
+    uint8_t q[160];
+    size_t o = 0;
+    c->tid = ++L->next_tid;
+    o += (size_t)snprintf((char *)q, sizeof q, "d1:ad2:id20:");
+    memcpy(q + o, L->self, ID_LEN), o += ID_LEN;
+    memcpy(q + o, "9:info_hash20:", 14), o += 14;
+    memcpy(q + o, L->target, ID_LEN), o += ID_LEN;
+    memcpy(q + o, "e1:q9:get_peers2:roi1e1:t2:", 27), o += 27;
+    q[o++] = (uint8_t)(c->tid >> 8);
+    q[o++] = (uint8_t)c->tid;
+    memcpy(q + o, "1:y1:qe", 7), o += 7;
+    c->state = C_ASKED;
+    c->sent_ms = phase_now_ms();
+    L->queries++;
+    return sendto(fd, q, o, 0, (struct sockaddr *)&c->addr, sizeof c->addr) < 0 ? -1 : 0;
+}
+
+/* Take one datagram: a get_peers answer from a node we asked, with our transaction id. */
+static void take_answer(struct lookup *L, const uint8_t *p, size_t n, const struct sockaddr_in *from)
+{
+    const uint8_t *t, *y, *id, *s;
+    size_t tl, yl, idl, sl;
+    struct candidate *c = NULL;
+    for (int i = 0; i < L->n; i++)
+        if (L->c[i].state == C_ASKED && same_addr(&L->c[i].addr, from)) c = &L->c[i];
+    if (!c) return;
+    if (b_dict_str(p, n, 0, "t", &t, &tl) || tl != 2 || (uint16_t)(t[0] << 8 | t[1]) != c->tid ||
+        b_dict_str(p, n, 0, "y", &y, &yl) || yl != 1) {
+        L->malformed++;
+        return;
+    }
+    if (y[0] != 'r') { /* an error answer: this node will not help */
+        c->state = C_FAILED;
+        return;
+    }
+    long r = b_dict_get(p, n, 0, "r");
+    if (r < 0 || b_dict_str(p, n, (size_t)r, "id", &id, &idl) || idl != ID_LEN) {
+        L->malformed++;
+        c->state = C_FAILED;
+        return;
+    }
+    c->state = C_ANSWERED;
+    L->answers++;
+    int hops = c->hops;
+    if (!c->has_id) { /* a bootstrap node: now placed by its id */
+        struct candidate copy = *c;
+        int at = (int)(c - L->c);
+        memmove(&L->c[at], &L->c[at + 1], (size_t)(L->n - at - 1) * sizeof copy);
+        L->n--;
+        add_candidate(L, &copy.addr, id, hops);
+        for (int i = 0; i < L->n; i++)
+            if (same_addr(&L->c[i].addr, &copy.addr)) L->c[i].state = C_ANSWERED;
+    }
+    if (b_dict_str(p, n, (size_t)r, "nodes", &s, &sl) == 0 && sl % 26 == 0) {
+        for (size_t k = 0; k + 26 <= sl; k += 26) {
+            struct sockaddr_in a = {.sin_family = AF_INET};
+            memcpy(&a.sin_addr, s + k + 20, 4);
+            memcpy(&a.sin_port, s + k + 24, 2);
+            if (usable(&a, from) && memcmp(s + k, L->self, ID_LEN) != 0) add_candidate(L, &a, s + k, hops + 1);
+        }
+    }
+    long v = b_dict_get(p, n, (size_t)r, "values");
+    if (v >= 0 && p[v] == 'l') {
+        size_t o = (size_t)v + 1;
+        while (o < n && p[o] != 'e') {
+            if (b_string(p, n, &o, &s, &sl)) break;
+            if (sl != 6) continue;
+            struct sockaddr_in a = {.sin_family = AF_INET};
+            memcpy(&a.sin_addr, s, 4);
+            memcpy(&a.sin_port, s + 4, 2);
+            add_peer(L, &a, from, hops);
+        }
+    }
+}
+
+/* Whether the CLOSEST nearest nodes that did not fail have all answered (nothing closer to ask). */
+static int converged(const struct lookup *L)
+{
+    int seen = 0;
+    for (int i = 0; i < L->n && seen < CLOSEST; i++) {
+        if (L->c[i].state == C_FAILED) continue;
+        if (L->c[i].state != C_ANSWERED) return 0;
+        seen++;
+    }
+    return 1;
+}
+
+static int parse_bootstrap(struct lookup *L, const char *text)
+{
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", text);
+    int count = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+        char *colon = strrchr(tok, ':');
+        struct sockaddr_in a = {.sin_family = AF_INET};
+        if (!colon || count >= MAX_BOOTSTRAP) return -1;
+        *colon = 0;
+        char *end;
+        long port = strtol(colon + 1, &end, 10);
+        if (*end || port < 1 || port > 65535 || inet_pton(AF_INET, tok, &a.sin_addr) != 1) return -1;
+        a.sin_port = htons((uint16_t)port);
+        add_candidate(L, &a, NULL, 1);
+        count++;
+    }
+    return count > 0 ? 0 : -1;
+}
+
+int phase_dht_main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"key", required_argument, 0, 'k'}, {"bootstrap", required_argument, 0, 'b'},
+        {"timeout", required_argument, 0, 't'}, {"max-queries", required_argument, 0, 'q'},
+        {"info-hash", no_argument, 0, 'i'}, {"target", required_argument, 0, 'T'}, {"source", required_argument, 0, 's'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *keypath = NULL, *bootstrap = NULL, *target = NULL, *source = NULL;
+    int c, timeout_s = 10, max_queries = 100, print_hash = 0;
+    static struct lookup L;
+    memset(&L, 0, sizeof L);
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'k': keypath = optarg; break;
+        case 'b': bootstrap = optarg; break;
+        case 't': timeout_s = atoi(optarg); break;
+        case 'q': max_queries = atoi(optarg); break;
+        case 'i': print_hash = 1; break;
+        case 'T': target = optarg; break;
+        case 's': source = optarg; break;
+        default: goto usage;
+        }
+    }
+    if (optind != argc || !(keypath || target) || timeout_s < 1 || max_queries < 1 || max_queries > 1000) goto usage;
+    if (target) { /* another info-hash, in hex (simulations, diagnostics) */
+        if (strlen(target) != 2 * ID_LEN || sodium_hex2bin(L.target, ID_LEN, target, 2 * ID_LEN, NULL, NULL, NULL) != 0)
+            goto usage;
+        goto lookup;
+    }
+    uint8_t pk[PHASE_ED25519_PUBLICKEY_BYTES], digest[crypto_hash_sha256_BYTES];
+    char why[256];
+    if (phase_load_public_key(keypath, pk, why, sizeof why) != 0) {
+        fprintf(stderr, "phase-dht: %s\n", why);
+        return 2;
+    }
+    crypto_hash_sha256_state st;
+    crypto_hash_sha256_init(&st);
+    crypto_hash_sha256_update(&st, (const uint8_t *)INFOHASH_PREFIX, sizeof INFOHASH_PREFIX - 1);
+    crypto_hash_sha256_update(&st, pk, sizeof pk);
+    crypto_hash_sha256_final(&st, digest);
+    memcpy(L.target, digest, ID_LEN);
+    if (print_hash) {
+        for (int i = 0; i < ID_LEN; i++) printf("%02x", L.target[i]);
+        printf("\n");
+        return 0;
+    }
+lookup:
+    if (!bootstrap || parse_bootstrap(&L, bootstrap) != 0) goto usage;
+    randombytes_buf(L.self, sizeof L.self);
+    randombytes_buf(&L.next_tid, sizeof L.next_tid);
+
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        fprintf(stderr, "phase-dht: socket: %s\n", strerror(errno));
+        return 1;
+    }
+    if (source) { /* one address of a multi-homed machine; simulations give each lookup its own */
+        struct sockaddr_in me = {.sin_family = AF_INET};
+        if (inet_pton(AF_INET, source, &me.sin_addr) != 1 || bind(fd, (struct sockaddr *)&me, sizeof me) != 0) {
+            fprintf(stderr, "phase-dht: --source %s: %s\n", source, errno ? strerror(errno) : "not an IPv4 address");
+            close(fd);
+            return 2;
+        }
+    }
+    long long start = phase_now_ms(), deadline = start + timeout_s * 1000LL;
+    uint8_t pkt[MAX_DATAGRAM + 1];
+    for (;;) {
+        long long now = phase_now_ms();
+        int inflight = 0;
+        for (int i = 0; i < L.n; i++) {
+            if (L.c[i].state == C_ASKED && now - L.c[i].sent_ms >= QUERY_TIMEOUT_MS) L.c[i].state = C_FAILED;
+            inflight += L.c[i].state == C_ASKED;
+        }
+        /* ask the nearest nodes not asked yet, among the CLOSEST nearest still in play */
+        int inplay = 0;
+        for (int i = 0; i < L.n && inflight < PARALLEL && L.queries < max_queries && inplay < CLOSEST + PARALLEL; i++) {
+            if (L.c[i].state == C_FAILED) continue;
+            inplay++;
+            if (L.c[i].state != C_NEW) continue;
+            if (send_query(fd, &L, &L.c[i]) != 0) L.c[i].state = C_FAILED;
+            else inflight++;
+        }
+        if (now >= deadline || inflight == 0) break;
+        if (L.npeers > 0 && (converged(&L) || now >= L.first_peer_ms + SETTLE_MS)) break;
+        long long wait = deadline - now < QUERY_TIMEOUT_MS ? deadline - now : 100;
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (poll(&pfd, 1, (int)wait) <= 0) continue;
+        struct sockaddr_in from;
+        socklen_t fl = sizeof from;
+        ssize_t got = recvfrom(fd, pkt, sizeof pkt, 0, (struct sockaddr *)&from, &fl);
+        if (got <= 0 || got > MAX_DATAGRAM || from.sin_family != AF_INET) continue;
+        take_answer(&L, pkt, (size_t)got, &from);
+    }
+    close(fd);
+    for (int i = 0; i < L.npeers; i++) {
+        char ip[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &L.peers[i].sin_addr, ip, sizeof ip);
+        printf("http://%s:%d\n", ip, ntohs(L.peers[i].sin_port));
+    }
+    fprintf(stderr, "phase-dht: %d source%s after %d queries (%d answered, %d malformed) in %lld ms", L.npeers,
+            L.npeers == 1 ? "" : "s", L.queries, L.answers, L.malformed, phase_now_ms() - start);
+    if (L.npeers) fprintf(stderr, "; first after %d hops, %lld ms", L.peer_hops, L.first_peer_ms - start);
+    fprintf(stderr, "\n");
+    return L.npeers ? 0 : 1;
+usage:
+    fprintf(stderr, "usage: phase-dht (--key PUB | --target HEX) --bootstrap IP:PORT[,IP:PORT...] [--timeout S] "
+                    "[--max-queries N] [--source IP] | phase-dht --key PUB --info-hash\n");
+    return 2;
+}

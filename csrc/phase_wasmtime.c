@@ -1,0 +1,634 @@
+/* The compiling engine: wasmtime (Cranelift) through its C API, loaded at run time from the `wasmtime` wheel's
+ * _libwasmtime.so (phase_wasmtime_load). Jobs run under the same limits and the same WASI layer as on wasm3:
+ *
+ *   memory   the store limiter caps every linear memory at the job's limit;
+ *   fuel     wasmtime's fuel (its own unit: roughly one per wasm operator), on engines built to consume it;
+ *   timeout  epoch interruption: a ticker thread advances the epoch every PHASE_EPOCH_TICK_MS while jobs run,
+ *            and a per-store deadline callback ends the job once its deadline (or an interrupt) has come;
+ *   stack    max_wasm_stack (PHASE_WASMTIME_STACK bytes of native stack for wasm frames);
+ *   output   our WASI layer, through the same phase_wasi_call view as wasm3's adapter.
+ *
+ * Up to four engines exist, one per (fuel metering, NaN canonicalisation) pair, made on first use; each module
+ * keeps its compiled code per engine (phase_module.jit), compiled once and shared by every later job.
+ * Parallel compilation is off: a fork server compiles before it forks, and threads do not survive fork().
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "phase_internal.h"
+#include "phase_wasi.h"
+#include "phase_wasmtime.h"
+#include "phase_wasmtime_api.h"
+
+#define PW_POINTER(ret, name, params) ret (*name) params;
+static struct {
+    void *dl;
+    PW_FUNCTIONS(PW_POINTER)
+    wasmtime_error_t *(*wasmtime_error_new)(const char *);
+} api;
+
+static pthread_mutex_t state_lock = PTHREAD_MUTEX_INITIALIZER;
+static int loaded;                          /* 1 once every symbol resolved */
+static char load_error[256] = "the compiling engine is not loaded (pip install 'pyphase[jit]')";
+static wasm_engine_t *engines[4];           /* index: metered | canonical_nans << 1 */
+static wasmtime_linker_t *linkers[4];
+static int ticker_started;
+static int ticker_enabled = 1;
+static unsigned active_jobs;
+static pthread_cond_t ticker_wake = PTHREAD_COND_INITIALIZER;
+
+/* Compiled code of one module, per engine. */
+struct phase_jit_cache {
+    pthread_mutex_t lock;
+    wasmtime_module_t *compiled[4];
+    uint64_t compile_us[4];
+};
+
+static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* A wasmtime error's text into buf, and the error freed. */
+static void error_text(wasmtime_error_t *e, char *buf, size_t len)
+{
+    pw_byte_vec msg = {0, NULL};
+    api.wasmtime_error_message(e, &msg);
+    snprintf(buf, len, "%.*s", (int) (msg.size > 200 ? 200 : msg.size), msg.data ? (const char *) msg.data : "");
+    api.wasm_byte_vec_delete(&msg);
+    api.wasmtime_error_delete(e);
+}
+
+int phase_wasmtime_load(const char *path, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&state_lock);
+    if (loaded) {
+        pthread_mutex_unlock(&state_lock);
+        return 0;
+    }
+    void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!dl) {
+        errf(load_error, sizeof load_error, "cannot load %s: %s", path, dlerror());
+        goto fail;
+    }
+#define PW_RESOLVE(ret, name, params)                                                                       \
+    if (!(*(void **) &api.name = dlsym(dl, #name))) {                                                        \
+        errf(load_error, sizeof load_error, "%s lacks %s: not wasmtime %s's C API", path, #name,             \
+             PHASE_WASMTIME_VERSION);                                                                        \
+        dlclose(dl);                                                                                         \
+        goto fail;                                                                                           \
+    }
+    PW_FUNCTIONS(PW_RESOLVE)
+    PW_RESOLVE(wasmtime_error_t *, wasmtime_error_new, (const char *))
+#undef PW_RESOLVE
+    api.dl = dl;
+    loaded = 1;
+    pthread_mutex_unlock(&state_lock);
+    return 0;
+fail:
+    memset(&api, 0, sizeof api);
+    errf(err, errlen, "%s", load_error);
+    pthread_mutex_unlock(&state_lock);
+    return -1;
+}
+
+int phase_wasmtime_available(void)
+{
+    pthread_mutex_lock(&state_lock);
+    int ok = loaded;
+    pthread_mutex_unlock(&state_lock);
+    return ok;
+}
+
+const char *phase_wasmtime_error(void)
+{
+    return load_error;
+}
+
+void phase_wasmtime_set_ticker(int enabled)
+{
+    pthread_mutex_lock(&state_lock);
+    ticker_enabled = enabled;
+    pthread_mutex_unlock(&state_lock);
+}
+
+void phase_wasmtime_tick(void)
+{
+    for (int i = 0; i < 4; i++) {
+        wasm_engine_t *e = __atomic_load_n(&engines[i], __ATOMIC_ACQUIRE);
+        if (e)
+            api.wasmtime_engine_increment_epoch(e);
+    }
+}
+
+/* ---- engines and the WASI linker ------------------------------------------------------------------------ */
+
+static __thread phase_job *current_job;
+
+typedef struct pw_job_state {
+    wasmtime_context_t *context;
+    pw_memory memory;
+    int has_memory;
+    int metered;
+    uint64_t fuel_start;
+    const char *host_trap;      /* the trap our WASI layer or the deadline callback raised */
+} pw_job_state;
+
+static uint64_t fuel_consumed(phase_job *job, pw_job_state *st)
+{
+    uint64_t left = 0;
+    if (!st->metered)
+        return 0;
+    wasmtime_error_t *e = api.wasmtime_context_get_fuel(st->context, &left);
+    if (e) {
+        api.wasmtime_error_delete(e);
+        return 0;
+    }
+    (void) job;
+    return st->fuel_start > left ? st->fuel_start - left : 0;
+}
+
+/* Every WASI import calls this with its binding as env: the same functions as wasm3's, in the same view. */
+static wasm_trap_t *wasi_callback(void *env, wasmtime_caller_t *caller, pw_val_raw *raw, size_t nraw)
+{
+    const phase_wasi_binding *b = (const phase_wasi_binding *) env;
+    phase_job *job = current_job;
+    pw_job_state *st = (pw_job_state *) job->engine_state;
+    uint64_t slots[16];
+    size_t k = 0;
+    const char *sig = b->signature;
+    int returns = sig[0] != 'v';
+    if (returns)
+        slots[k++] = 0;
+    size_t i = 0;
+    for (const char *p = sig + 2; *p && *p != ')' && k < 16 && i < nraw; p++, i++)
+        slots[k++] = *p == 'I' ? (uint64_t) raw[i].i64 : (uint64_t) (uint32_t) raw[i].i32;
+
+    if (!st->has_memory) {
+        /* During instantiation (a start function) the instance's exports are not ours yet: ask the caller. */
+        pw_extern ext;
+        if (api.wasmtime_caller_export_get(caller, "memory", 6, &ext) && ext.kind == PW_EXTERN_MEMORY) {
+            st->memory = ext.of.memory;
+            st->has_memory = 1;
+        }
+    }
+    wasmtime_context_t *ctx = api.wasmtime_caller_context(caller);
+    phase_wasi_call call = {job, NULL, 0, 0, b->userdata};
+    if (st->has_memory) {
+        call.mem = api.wasmtime_memory_data(ctx, &st->memory);
+        call.mem_size = api.wasmtime_memory_data_size(ctx, &st->memory);
+    }
+    if (job->spec->deterministic)
+        job->fuel_handed = fuel_consumed(job, st);
+    const char *trap = b->call(&call, slots);
+    if (call.ticks && st->metered) {
+        uint64_t left = 0;
+        wasmtime_error_t *e = api.wasmtime_context_get_fuel(ctx, &left);
+        if (e)
+            api.wasmtime_error_delete(e);
+        else if ((e = api.wasmtime_context_set_fuel(ctx, left > call.ticks ? left - call.ticks : 0)) != NULL)
+            api.wasmtime_error_delete(e);
+    }
+    if (trap) {
+        st->host_trap = trap;
+        return api.wasmtime_trap_new(trap, strlen(trap));
+    }
+    if (returns && nraw)
+        raw[0].i32 = (int32_t) (uint32_t) slots[0];
+    return NULL;
+}
+
+static wasm_functype_t *functype_of(const char *sig)
+{
+    wasm_valtype_t *params[16];
+    size_t n = 0;
+    for (const char *p = sig + 2; *p && *p != ')' && n < 16; p++)
+        params[n++] = api.wasm_valtype_new(*p == 'I' ? PW_I64 : PW_I32);
+    pw_valtype_vec pv, rv;
+    api.wasm_valtype_vec_new(&pv, n, params);
+    if (sig[0] == 'v') {
+        api.wasm_valtype_vec_new_empty(&rv);
+    } else {
+        wasm_valtype_t *r = api.wasm_valtype_new(sig[0] == 'I' ? PW_I64 : PW_I32);
+        api.wasm_valtype_vec_new(&rv, 1, &r);
+    }
+    return api.wasm_functype_new(&pv, &rv);
+}
+
+static void *ticker_main(void *arg)
+{
+    (void) arg;
+    pthread_mutex_lock(&state_lock);
+    for (;;) {
+        while (!active_jobs)
+            pthread_cond_wait(&ticker_wake, &state_lock);
+        pthread_mutex_unlock(&state_lock);
+        struct timespec ts = {0, PHASE_EPOCH_TICK_MS * 1000000L};
+        nanosleep(&ts, NULL);
+        phase_wasmtime_tick();
+        pthread_mutex_lock(&state_lock);
+    }
+    return NULL;
+}
+
+/* The engine for index (metered | nans << 1), made with its linker on first use. NULL with a message. */
+static wasm_engine_t *engine_for(int index, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&state_lock);
+    if (!loaded) {
+        errf(err, errlen, "%s", load_error);
+        pthread_mutex_unlock(&state_lock);
+        return NULL;
+    }
+    if (!engines[index]) {
+        wasm_config_t *config = api.wasm_config_new();
+        api.wasmtime_config_consume_fuel_set(config, index & 1);
+        api.wasmtime_config_epoch_interruption_set(config, 1);
+        api.wasmtime_config_max_wasm_stack_set(config, PHASE_WASMTIME_STACK);
+        api.wasmtime_config_parallel_compilation_set(config, 0);
+        api.wasmtime_config_cranelift_nan_canonicalization_set(config, (index >> 1) & 1);
+        wasm_engine_t *engine = api.wasm_engine_new_with_config(config);
+        wasmtime_linker_t *linker = engine ? api.wasmtime_linker_new(engine) : NULL;
+        if (!engine || !linker) {
+            if (engine)
+                api.wasm_engine_delete(engine);
+            errf(err, errlen, "wasmtime could not make an engine");
+            pthread_mutex_unlock(&state_lock);
+            return NULL;
+        }
+        const phase_wasi_binding *b;
+        for (uint32_t i = 0; (b = phase_wasi_binding_at(i)) != NULL; i++) {
+            wasm_functype_t *ty = functype_of(b->signature);
+            wasmtime_error_t *e = api.wasmtime_linker_define_func_unchecked(
+                linker, PHASE_WASI_MODULE, sizeof PHASE_WASI_MODULE - 1, b->name, strlen(b->name), ty,
+                wasi_callback, (void *) b, NULL);
+            api.wasm_functype_delete(ty);
+            if (e) {
+                error_text(e, err, errlen);
+                api.wasmtime_linker_delete(linker);
+                api.wasm_engine_delete(engine);
+                pthread_mutex_unlock(&state_lock);
+                return NULL;
+            }
+        }
+        linkers[index] = linker;
+        __atomic_store_n(&engines[index], engine, __ATOMIC_RELEASE);
+    }
+    wasm_engine_t *engine = engines[index];
+    pthread_mutex_unlock(&state_lock);
+    return engine;
+}
+
+/* ---- compiled code --------------------------------------------------------------------------------------- */
+
+static struct phase_jit_cache *jit_cache(phase_module *pm)
+{
+    struct phase_jit_cache *c = __atomic_load_n(&pm->jit, __ATOMIC_ACQUIRE);
+    if (c)
+        return c;
+    pthread_mutex_lock(&state_lock);
+    if (!pm->jit) {
+        c = calloc(1, sizeof *c);
+        if (c) {
+            pthread_mutex_init(&c->lock, NULL);
+            __atomic_store_n(&pm->jit, c, __ATOMIC_RELEASE);
+        }
+    }
+    c = pm->jit;
+    pthread_mutex_unlock(&state_lock);
+    return c;
+}
+
+/* The module compiled for engine index, compiling it now if needed (the caller's thread). NULL with a message. */
+static wasmtime_module_t *compiled_for(phase_module *pm, int index, uint64_t *compile_us, char *err, size_t errlen)
+{
+    wasm_engine_t *engine = engine_for(index, err, errlen);
+    struct phase_jit_cache *c = engine ? jit_cache(pm) : NULL;
+    if (!c) {
+        if (engine)
+            errf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_lock(&c->lock);
+    if (!c->compiled[index]) {
+        uint64_t t0 = phase_now_ns();
+        wasmtime_module_t *m = NULL;
+        wasmtime_error_t *e = api.wasmtime_module_new(engine, pm->bytes, pm->len, &m);
+        if (e) {
+            char why[200];
+            error_text(e, why, sizeof why);
+            errf(err, errlen, "wasmtime cannot compile the module: %s", why);
+            pthread_mutex_unlock(&c->lock);
+            return NULL;
+        }
+        c->compiled[index] = m;
+        c->compile_us[index] = (phase_now_ns() - t0) / 1000;
+        if (compile_us)
+            *compile_us = c->compile_us[index];
+    }
+    wasmtime_module_t *m = c->compiled[index];
+    pthread_mutex_unlock(&c->lock);
+    return m;
+}
+
+static int engine_index(const phase_limits *limits, int deterministic)
+{
+    return (limits->fuel != 0) | ((deterministic != 0) << 1);
+}
+
+int phase_wasmtime_compile(phase_module *pm, const phase_limits *limits, int deterministic, uint64_t *compile_us,
+                           char *err, size_t errlen)
+{
+    uint64_t us = 0;
+    wasmtime_module_t *m = compiled_for(pm, engine_index(limits, deterministic), &us, err, errlen);
+    if (compile_us)
+        *compile_us = us;
+    return m ? 0 : -1;
+}
+
+int phase_wasmtime_is_compiled(phase_module *pm, const phase_limits *limits, int deterministic)
+{
+    struct phase_jit_cache *c = __atomic_load_n(&pm->jit, __ATOMIC_ACQUIRE);
+    if (!c)
+        return 0;
+    pthread_mutex_lock(&c->lock);
+    int yes = c->compiled[engine_index(limits, deterministic)] != NULL;
+    pthread_mutex_unlock(&c->lock);
+    return yes;
+}
+
+int phase_wasmtime_serialize(phase_module *pm, const phase_limits *limits, int deterministic, uint8_t **out,
+                             size_t *out_len, char *err, size_t errlen)
+{
+    wasmtime_module_t *m = compiled_for(pm, engine_index(limits, deterministic), NULL, err, errlen);
+    if (!m)
+        return -1;
+    pw_byte_vec v = {0, NULL};
+    wasmtime_error_t *e = api.wasmtime_module_serialize(m, &v);
+    if (e) {
+        error_text(e, err, errlen);
+        return -1;
+    }
+    *out = malloc(v.size ? v.size : 1);
+    if (!*out) {
+        api.wasm_byte_vec_delete(&v);
+        errf(err, errlen, "out of memory");
+        return -1;
+    }
+    memcpy(*out, v.data, v.size);
+    *out_len = v.size;
+    api.wasm_byte_vec_delete(&v);
+    return 0;
+}
+
+int phase_wasmtime_deserialize(phase_module *pm, const phase_limits *limits, int deterministic, const uint8_t *bytes,
+                               size_t len, char *err, size_t errlen)
+{
+    int index = engine_index(limits, deterministic);
+    wasm_engine_t *engine = engine_for(index, err, errlen);
+    struct phase_jit_cache *c = engine ? jit_cache(pm) : NULL;
+    if (!c)
+        return -1;
+    wasmtime_module_t *m = NULL;
+    /* wasmtime checks the artifact's header (version, engine settings) and refuses a mismatch. */
+    wasmtime_error_t *e = api.wasmtime_module_deserialize(engine, bytes, len, &m);
+    if (e) {
+        error_text(e, err, errlen);
+        return -1;
+    }
+    pthread_mutex_lock(&c->lock);
+    if (c->compiled[index])
+        api.wasmtime_module_delete(m);
+    else
+        c->compiled[index] = m;
+    pthread_mutex_unlock(&c->lock);
+    return 0;
+}
+
+void phase_wasmtime_module_free(phase_module *pm)
+{
+    struct phase_jit_cache *c = pm->jit;
+    if (!c)
+        return;
+    for (int i = 0; i < 4; i++)
+        if (c->compiled[i])
+            api.wasmtime_module_delete(c->compiled[i]);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+    pm->jit = NULL;
+}
+
+/* ---- a job ----------------------------------------------------------------------------------------------- */
+
+static wasmtime_error_t *on_epoch(wasmtime_context_t *ctx, void *env, uint64_t *delta, uint8_t *kind)
+{
+    (void) ctx;
+    phase_job *job = (phase_job *) env;
+    pw_job_state *st = (pw_job_state *) job->engine_state;
+    if (atomic_load_explicit(&job->interrupt, memory_order_relaxed)) {
+        st->host_trap = phase_trap_interrupted;
+        return api.wasmtime_error_new(phase_trap_interrupted);
+    }
+    if (job->deadline_ns && phase_now_ns() >= job->deadline_ns) {
+        st->host_trap = phase_trap_timeout;
+        return api.wasmtime_error_new(phase_trap_timeout);
+    }
+    *delta = 1;
+    *kind = PW_DEADLINE_CONTINUE;
+    return NULL;
+}
+
+/* wasmtime's trap codes as wasm3's trap strings, so that a trap reads the same on both engines. */
+static const char *trap_string(wasm_trap_t *trap, char *buf, size_t len)
+{
+    uint8_t code;
+    if (api.wasmtime_trap_code(trap, &code)) {
+        switch (code) {
+        case PW_TRAP_STACK_OVERFLOW: return m3Err_trapStackOverflow;
+        case PW_TRAP_MEMORY_OUT_OF_BOUNDS: case PW_TRAP_HEAP_MISALIGNED: return m3Err_trapOutOfBoundsMemoryAccess;
+        case PW_TRAP_TABLE_OUT_OF_BOUNDS: return m3Err_trapTableIndexOutOfRange;
+        case PW_TRAP_INDIRECT_CALL_TO_NULL: return m3Err_trapTableElementIsNull;
+        case PW_TRAP_BAD_SIGNATURE: return m3Err_trapIndirectCallTypeMismatch;
+        case PW_TRAP_INTEGER_OVERFLOW: return m3Err_trapIntegerOverflow;
+        case PW_TRAP_INTEGER_DIVISION_BY_ZERO: return m3Err_trapDivisionByZero;
+        case PW_TRAP_BAD_CONVERSION_TO_INTEGER: return m3Err_trapIntegerConversion;
+        case PW_TRAP_UNREACHABLE: return m3Err_trapUnreachable;
+        case PW_TRAP_INTERRUPT: return phase_trap_timeout;
+        case PW_TRAP_OUT_OF_FUEL: return phase_trap_fuel_exhausted;
+        default: break;
+        }
+    }
+    pw_byte_vec msg = {0, NULL};
+    api.wasm_trap_message(trap, &msg);
+    snprintf(buf, len, "[trap] %.*s", (int) (msg.size > 180 ? 180 : msg.size), msg.data ? (const char *) msg.data : "");
+    api.wasm_byte_vec_delete(&msg);
+    return buf;
+}
+
+/* What ended a call: NULL (returned), our host trap, or a trap/error as a "[trap] ..." string in buf. */
+static const char *call_outcome(pw_job_state *st, wasmtime_error_t *error, wasm_trap_t *trap, char *buf,
+                                size_t len)
+{
+    const char *r = NULL;
+    if (trap) {
+        r = st->host_trap ? st->host_trap : trap_string(trap, buf, len);
+        api.wasm_trap_delete(trap);
+    } else if (error) {
+        if (st->host_trap) {
+            r = st->host_trap;
+            api.wasmtime_error_delete(error);
+        } else {
+            char why[200];
+            error_text(error, why, sizeof why);
+            snprintf(buf, len, "wasmtime: %s", why);
+            r = buf;
+        }
+    }
+    return r;
+}
+
+static void job_begin(void)
+{
+    pthread_mutex_lock(&state_lock);
+    active_jobs++;
+    if (ticker_enabled && !ticker_started) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 64 * 1024);
+        if (pthread_create(&t, &attr, ticker_main, NULL) == 0)
+            ticker_started = 1;
+        pthread_attr_destroy(&attr);
+    }
+    pthread_cond_signal(&ticker_wake);
+    pthread_mutex_unlock(&state_lock);
+}
+
+static void job_end(void)
+{
+    pthread_mutex_lock(&state_lock);
+    active_jobs--;
+    pthread_mutex_unlock(&state_lock);
+}
+
+void phase_wasmtime_run(phase_job *job, phase_job_classify classify)
+{
+    const phase_job_spec *spec = job->spec;
+    phase_result *res = job->result;
+    phase_module *pm = (phase_module *) spec->module;
+    char buf[PHASE_MESSAGE_BYTES];
+    int index = engine_index(&spec->limits, spec->deterministic);
+    uint64_t compile_us = 0;
+    wasmtime_module_t *module = compiled_for(pm, index, &compile_us, buf, sizeof buf);
+    res->compile_us = compile_us;
+    if (!module) {
+        res->status = loaded ? PHASE_INVALID_MODULE : PHASE_REJECTED;
+        snprintf(res->message, sizeof res->message, "%s", buf);
+        return;
+    }
+    pw_job_state st;
+    memset(&st, 0, sizeof st);
+    st.metered = index & 1;
+    job->engine_state = &st;
+    job->unlimited_fuel = spec->limits.fuel == 0;
+    wasmtime_store_t *store = api.wasmtime_store_new(engines[index], job, NULL);
+    if (!store) {
+        res->status = PHASE_CRASHED;
+        snprintf(res->message, sizeof res->message, "wasmtime could not make a store");
+        return;
+    }
+    wasmtime_context_t *ctx = api.wasmtime_store_context(store);
+    st.context = ctx;
+    api.wasmtime_store_limiter(store, (int64_t) spec->limits.memory_bytes, -1, -1, -1, -1);
+    if (st.metered) {
+        st.fuel_start = spec->limits.fuel;
+        wasmtime_error_t *e = api.wasmtime_context_set_fuel(ctx, spec->limits.fuel);
+        if (e)
+            api.wasmtime_error_delete(e);
+    }
+    if (spec->limits.timeout_ms)
+        job->deadline_ns = job->start_ns + spec->limits.timeout_ms * 1000000ull;
+    api.wasmtime_store_epoch_deadline_callback(store, on_epoch, job, NULL);
+    api.wasmtime_context_set_epoch_deadline(ctx, 1);
+
+    phase_job *outer = current_job;
+    current_job = job;
+    job_begin();
+    pw_instance inst;
+    wasm_trap_t *trap = NULL;
+    wasmtime_error_t *error = api.wasmtime_linker_instantiate(linkers[index], ctx, module, &inst, &trap);
+    const char *r = call_outcome(&st, error, trap, buf, sizeof buf);
+    int32_t returned = 0;
+    if (!r) {
+        pw_extern ext;
+        if (api.wasmtime_instance_export_get(ctx, &inst, "memory", 6, &ext) && ext.kind == PW_EXTERN_MEMORY) {
+            st.memory = ext.of.memory;
+            st.has_memory = 1;
+        }
+        const char *entry = spec->entry ? spec->entry : "_start";
+        if (!api.wasmtime_instance_export_get(ctx, &inst, entry, strlen(entry), &ext) || ext.kind != PW_EXTERN_FUNC) {
+            res->status = PHASE_INVALID_MODULE;
+            snprintf(res->message, sizeof res->message,
+                     "the module exports no function named '%s' (phase --entry; a WASI command exports _start)", entry);
+            goto done;
+        }
+        wasm_functype_t *ty = api.wasmtime_func_type(ctx, &ext.of.func);
+        const pw_valtype_vec *params = api.wasm_functype_params(ty);
+        const pw_valtype_vec *results = api.wasm_functype_results(ty);
+        size_t nrets = results->size;
+        int ok = params->size == 0 && nrets <= 1 && (nrets == 0 || api.wasm_valtype_kind(results->data[0]) == PW_I32);
+        api.wasm_functype_delete(ty);
+        if (!ok) {
+            res->status = PHASE_INVALID_MODULE;
+            snprintf(res->message, sizeof res->message,
+                     "entry '%s' must take no arguments and return nothing or one i32", entry);
+            goto done;
+        }
+        pw_val_raw raw[1];
+        memset(raw, 0, sizeof raw);
+        trap = NULL;
+        error = api.wasmtime_func_call_unchecked(ctx, &ext.of.func, raw, 1, &trap);
+        r = call_outcome(&st, error, trap, buf, sizeof buf);
+        if (!r && nrets == 1)
+            returned = raw[0].i32;
+    }
+    if (r == phase_trap_exit)
+        r = m3Err_trapExit;
+    if (r && r != m3Err_trapExit && r != phase_trap_output_limit && r != phase_trap_timeout
+        && r != phase_trap_interrupted && r != phase_trap_fuel_exhausted && pm->info.has_memory && st.has_memory) {
+        /* The store limiter refuses growth past the limit (memory.grow returns -1) without telling us; a trap soon
+         * after is the module failing for want of memory. We infer it: a trap while memory is within an eighth of
+         * the limit (at most 16 MiB) is memory_limit. wasm3 sees the refusal itself; see docs/SANDBOX.md. */
+        uint64_t size = api.wasmtime_memory_data_size(ctx, &st.memory);
+        uint64_t window = spec->limits.memory_bytes / 8;
+        if (window > (16u << 20))
+            window = 16u << 20;
+        if (window < PHASE_WASM_PAGE)
+            window = PHASE_WASM_PAGE;
+        if (size + window > spec->limits.memory_bytes) {
+            job->grow_refused = 1;
+            job->grow_requested_pages = size / PHASE_WASM_PAGE + 1;
+        }
+    }
+    classify(job, r, returned);
+done:
+    job_end();
+    current_job = outer;
+    job->fuel_handed = fuel_consumed(job, &st);
+    res->fuel_used = job->fuel_handed;
+    if (st.has_memory)
+        res->memory_peak_bytes = api.wasmtime_memory_data_size(ctx, &st.memory);
+    api.wasmtime_store_delete(store);
+    job->engine_state = NULL;
+}

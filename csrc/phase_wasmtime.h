@@ -1,0 +1,20 @@
+/* The compiling engine's entry points (phase_wasmtime.c): load wasmtime's C API at run time, compile a module
+ * for the engine a job needs (or load that compiled code back), and run a job whose WASI state is open. */
+#ifndef PHASE_WASMTIME_H
+#define PHASE_WASMTIME_H
+
+#include "phase_core.h"
+
+/* Native stack wasm frames may use on the compiling engine (its max_wasm_stack; the thread needs more). */
+#define PHASE_WASMTIME_STACK (1u << 20)
+/* How often the ticker advances the epoch while jobs run: how late a timeout may be noticed. */
+#define PHASE_EPOCH_TICK_MS 2
+
+struct phase_job;
+typedef void (*phase_job_classify)(struct phase_job *job, const char *r, int32_t returned);
+
+/* Run job's entry on wasmtime; the job's WASI state (descriptors) is open. Sets status, message, fuel, peak. */
+void phase_wasmtime_run(struct phase_job *job, phase_job_classify classify);
+void phase_wasmtime_module_free(phase_module *pm);
+
+#endif
