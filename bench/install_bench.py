@@ -8,9 +8,11 @@ Method
   * install: a fresh venv each time, offline from a wheelhouse filled first (pip download of the dependencies
     and build requirements), so the network is not measured. Wheel install against sdist install (which
     builds wasm3, libsodium and the extensions): the ratio is what a missing wheel costs a user.
-  * idle memory: plasmd (sandbox on, 2 workers, no mDNS) 10 s after it printed its address; RSS and PSS of
-    the node and of its fork server and idle workers, against a bare `python3 -c "import time; ..."` in the
-    same run.
+  * idle memory: plasmd with its defaults (sandbox on, HTTP API on, metrics and history on) but 2 workers and
+    no mDNS (no multicast here), once with --no-dht and once with the DHT on, joined through an unanswered
+    loopback port (never the public routers); RSS and PSS of the node and of its fork server and idle workers
+    10 s after it printed its address, then RSS again after one API request (which loads aiohttp), against a
+    bare `python3 -c "import time; ..."` in the same run.
   * cross-arch latency: hello submitted N times from this host with pyphase.Client to a local x86_64 node and
     to an aarch64 node (no sandbox, under qemu-user emulation); median and p90 of each and their ratio.
 
@@ -21,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
+import urllib.request
 import venv
 from pathlib import Path
 
@@ -76,8 +80,8 @@ def install_times(work: Path) -> dict[str, float]:
     return {"wheel_s": wheel_s, "sdist_s": sdist_s}
 
 
-def tree_memory(pid: int) -> tuple[int, int]:
-    """RSS and PSS (kB) of pid and all its descendants."""
+def tree_memory(pid: int, children: bool = True) -> tuple[int, int]:
+    """RSS and PSS (kB) of pid and (unless children is False) all its descendants."""
     rss = pss = 0
     todo = [pid]
     while todo:
@@ -87,23 +91,27 @@ def tree_memory(pid: int) -> tuple[int, int]:
                 rss += int(line.split()[1])
             elif line.startswith("Pss:"):
                 pss += int(line.split()[1])
-        for task in Path(f"/proc/{p}/task").iterdir():
+        for task in Path(f"/proc/{p}/task").iterdir() if children else ():
             todo += [int(c) for c in (task / "children").read_text().split()]
     return rss, pss
 
 
-def idle_memory(work: Path) -> dict[str, int]:
+def idle_memory(work: Path, *flags: str) -> dict[str, int]:
+    """plasmd's tree 10 s after it printed its address (idle), then again 2 s after one API request (aiohttp
+    loaded on that first connection); a bare python in the same run for reference."""
     bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    data = work / f"node{len(list(work.glob('node*')))}"
     node = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "plasmd"),
             "--listen",
             "127.0.0.1:0",
             "--data-dir",
-            str(work / "node"),
+            str(data),
             "--no-mdns",
             "--workers",
             "2",
+            *flags,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -114,13 +122,31 @@ def idle_memory(work: Path) -> dict[str, int]:
         node.stdout.readline()
         time.sleep(10)
         rss, pss = tree_memory(node.pid)
+        node_rss = tree_memory(node.pid, children=False)[0]
         bare_rss, _ = tree_memory(bare.pid)
+        url = (data / "api").read_text().strip()
+        with urllib.request.urlopen(f"{url}/v1/node", timeout=30) as answer:
+            answer.read()
+        time.sleep(2)
+        api_rss, _ = tree_memory(node.pid)
     finally:
         node.terminate()
         bare.kill()
         node.wait(30)
         bare.wait(30)
-    return {"node_rss_kb": rss, "node_pss_kb": pss, "python_rss_kb": bare_rss}
+    return {
+        "node_rss_kb": rss,
+        "node_pss_kb": pss,
+        "node_only_rss_kb": node_rss,
+        "after_api_rss_kb": api_rss,
+        "python_rss_kb": bare_rss,
+    }
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def latency(address: str, n: int) -> list[float]:
@@ -217,12 +243,19 @@ def main() -> None:
                 f"install from wheel {t['wheel_s']:.1f} s, from sdist {t['sdist_s']:.1f} s "
                 f"(sdist/wheel = {t['sdist_s'] / t['wheel_s']:.1f}x)"
             )
-        m = idle_memory(work)
-        print(
-            f"idle plasmd (node + fork server + idle workers): RSS {m['node_rss_kb'] / 1024:.1f} MiB, "
-            f"PSS {m['node_pss_kb'] / 1024:.1f} MiB; bare python RSS {m['python_rss_kb'] / 1024:.1f} MiB "
-            f"(node/python = {m['node_rss_kb'] / m['python_rss_kb']:.1f}x)"
-        )
+        # the DHT joins through a loopback port nobody answers (never the public routers, its default) and maps no
+        # port on a router (no multicast leaves this machine)
+        for label, flags in (
+            ("defaults but --no-dht", ["--no-dht"]),
+            ("defaults, DHT on", ["--dht-bootstrap", f"127.0.0.1:{free_udp_port()}", "--no-upnp"]),
+        ):
+            m = idle_memory(work, *flags)
+            print(
+                f"idle plasmd, {label} (node + fork server + idle workers): RSS {m['node_rss_kb'] / 1024:.1f} MiB "
+                f"(node alone {m['node_only_rss_kb'] / 1024:.1f}), PSS {m['node_pss_kb'] / 1024:.1f} MiB; "
+                f"after one API request {m['after_api_rss_kb'] / 1024:.1f} MiB; bare python RSS "
+                f"{m['python_rss_kb'] / 1024:.1f} MiB (node/python = {m['node_rss_kb'] / m['python_rss_kb']:.1f}x)"
+            )
         if args.arm:
             c = cross_arch(work, args.jobs)
             print(

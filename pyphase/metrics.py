@@ -33,13 +33,10 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
+    from pyphase.metrics_registry import Registry
     from pyphase.net.node import Node
 
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -75,99 +72,76 @@ class Recent:
 
 
 class NodeMetrics:
-    """The node's metrics in a registry of their own (nothing global), fed by :meth:`on_event`."""
+    """The node's metrics in a registry of their own (nothing global), fed by :meth:`on_event`.
+
+    prometheus-client (and the registry) is loaded only when something is counted or scraped: an idle node that
+    nobody asks never pays its memory. Counters start at zero either way."""
 
     def __init__(
         self, node: Node, api_connections: Callable[[], int] = lambda: 0, history_jobs: Callable[[], int] = lambda: 0
     ) -> None:
         self.node = node
-        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.api_connections = api_connections
+        self.history_jobs = history_jobs
         self.recent = Recent()
-        self.jobs = Counter("phase_jobs", "Jobs run, by receipt status and engine", ["status", "engine"], registry=r)
-        self.duration = Histogram(
-            "phase_job_duration_seconds",
-            "Job wall time in the engine (receipt wall_us)",
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
-        self.node_time = Histogram(
-            "phase_job_node_seconds",
-            "Offer (or module) received to result sent, on the node",
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
-        self.cache_hits = Counter("phase_cache_hits", "Offers whose module was cached", registry=r)
-        self.cache_misses = Counter("phase_cache_misses", "Offers that needed the module's bytes", registry=r)
-        self.cache_stored = Counter("phase_cache_stored_bytes", "Module bytes received and cached", registry=r)
-        self.rejects = Counter("phase_rejects", "Offers rejected, by reason", ["reason"], registry=r)
-        self.bad_messages = Counter("phase_bad_messages", "Messages answered error, by code", ["code"], registry=r)
-        self.peers = Counter("phase_peers_connected", "CURVE clients seen (new client keys)", registry=r)
-        self.relay_reservations = Counter("phase_relay_reservations", "Relay reservations made", ["role"], registry=r)
-        self.relay_circuits = Counter("phase_relay_circuits", "Relay circuits opened", ["role"], registry=r)
-        self.relay_bytes = Counter("phase_relay_bytes", "Bytes carried by closed relay circuits", ["role"], registry=r)
+        self._registry: Registry | None = None
 
-        r.register(_NodeCollector(node, api_connections, history_jobs))
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            from pyphase.metrics_registry import Registry
+
+            self._registry = Registry(self.node, self.api_connections, self.history_jobs, DURATION_BUCKETS)
+        return self._registry
 
     def on_receipt(self, receipt: dict[str, Any]) -> None:
         """One job finished and signed: count it by status and engine, time it."""
-        self.jobs.labels(receipt["status"], receipt["node"]["runtime"]).inc()
-        self.duration.observe(receipt["wall_us"] / 1e6)
+        r = self.registry
+        r.jobs.labels(receipt["status"], receipt["node"]["runtime"]).inc()
+        r.duration.observe(receipt["wall_us"] / 1e6)
         self.recent.add(receipt["wall_us"])
 
     def on_event(self, event: str, fields: dict[str, Any]) -> None:
         """One node event (as logged): count what it tells."""
+        if event not in _COUNTED:
+            return
+        r = self.registry
         if event == "result":
-            self.node_time.observe(
+            r.node_time.observe(
                 (fields.get("start_us", 0) + fields.get("exec_us", 0) + fields.get("reply_us", 0)) / 1e6
             )
         elif event == "offer":
-            (self.cache_hits if fields.get("cached") else self.cache_misses).inc()
+            (r.cache_hits if fields.get("cached") else r.cache_misses).inc()
         elif event == "module_cached":
-            self.cache_stored.inc(int(fields.get("size") or 0))
+            r.cache_stored.inc(int(fields.get("size") or 0))
         elif event == "reject":
-            self.rejects.labels(str(fields.get("reason", "?"))).inc()
+            r.rejects.labels(str(fields.get("reason", "?"))).inc()
         elif event == "bad_message":
-            self.bad_messages.labels(str(fields.get("code", "?"))).inc()
+            r.bad_messages.labels(str(fields.get("code", "?"))).inc()
         elif event == "peer_connected":
-            self.peers.inc()
+            r.peers.inc()
         elif event == "relay_reserved":
-            self.relay_reservations.labels(str(fields.get("role", "?"))).inc()
+            r.relay_reservations.labels(str(fields.get("role", "?"))).inc()
         elif event == "circuit_opened":
-            self.relay_circuits.labels(str(fields.get("role", "?"))).inc()
+            r.relay_circuits.labels(str(fields.get("role", "?"))).inc()
         elif event == "circuit_closed":
-            self.relay_bytes.labels(str(fields.get("role", "?"))).inc(int(fields.get("bytes") or 0))
+            r.relay_bytes.labels(str(fields.get("role", "?"))).inc(int(fields.get("bytes") or 0))
 
     def exposition(self) -> bytes:
         """The metrics in the Prometheus text format."""
-        return generate_latest(self.registry)
+        return self.registry.exposition()
 
 
-class _NodeCollector(Collector):
-    """Values that live in the node, read when scraped."""
-
-    def __init__(self, node: Node, api_connections: Callable[[], int], history_jobs: Callable[[], int]) -> None:
-        self.node = node
-        self.api_connections = api_connections
-        self.history_jobs = history_jobs
-
-    def collect(self) -> Iterator[Metric]:
-        node = self.node
-        load = node.load()
-        yield GaugeMetricFamily(
-            "phase_queue_depth",
-            "Jobs waiting for a worker or for their module",
-            value=load["queued"] + node.shares.waiting,
-        )
-        yield GaugeMetricFamily(
-            "phase_jobs_abandoned", "Results dropped: their client was gone or did not read", value=node.abandoned
-        )
-        yield GaugeMetricFamily("phase_workers_busy", "Workers running a job", value=load["running"])
-        yield GaugeMetricFamily("phase_workers", "Workers in all", value=load["workers"])
-        yield GaugeMetricFamily("phase_cache_bytes", "Module cache size on disk", value=node.cache.disk_bytes)
-        yield GaugeMetricFamily("phase_cache_modules", "Modules in the cache", value=len(node.cache))
-        yield GaugeMetricFamily(
-            "phase_api_connections", "Open HTTP connections to the API", value=self.api_connections()
-        )
-        yield GaugeMetricFamily("phase_history_jobs", "Jobs in the history", value=self.history_jobs())
-        yield CounterMetricFamily("phase_received_bytes", "phase/1 bytes received", value=node.bytes_in)
-        yield CounterMetricFamily("phase_sent_bytes", "phase/1 bytes sent", value=node.bytes_out)
+_COUNTED = frozenset(
+    {
+        "result",
+        "offer",
+        "module_cached",
+        "reject",
+        "bad_message",
+        "peer_connected",
+        "relay_reserved",
+        "circuit_opened",
+        "circuit_closed",
+    }
+)

@@ -67,6 +67,13 @@ def defined_symbols(archive: Path, nm: str) -> set[str]:
     return {line.split()[-1] for line in out.stdout.splitlines() if len(line.split()) == 3}
 
 
+def check(archive: Path, nm: str) -> None:
+    """Fail unless the built library defines every libsodium function csrc/ calls."""
+    missing = functions_used() - defined_symbols(archive, nm)
+    if missing:
+        fail(WHO, f"{archive} lacks functions csrc/ calls: {', '.join(sorted(missing))}")
+
+
 def build(prefix: Path, cc: str, cflags: str, host: str | None, nm: str) -> None:
     recipe = "\n".join([PIN.tree_sha256, cc, cflags, host or "", *CONFIGURE_FLAGS])
     stamp = hashlib.sha256(recipe.encode()).hexdigest()
@@ -93,12 +100,7 @@ def build(prefix: Path, cc: str, cflags: str, host: str | None, nm: str) -> None
             log = work / "config.log"
             hint = f" (see {log})" if log.exists() else ""
             fail(WHO, f"`{' '.join(step)}` failed{hint}:\n{result.stderr[-4000:]}")
-    missing = functions_used() - defined_symbols(staging / "lib" / "libsodium.a", nm)
-    if missing:
-        fail(
-            WHO,
-            f"libsodium built with {' '.join(CONFIGURE_FLAGS)} lacks what csrc/ calls: {', '.join(sorted(missing))}",
-        )
+    check(staging / "lib" / "libsodium.a", nm)
     shutil.rmtree(work)
     for unused in ("share", "lib/pkgconfig", "lib/libsodium.la"):
         shutil.rmtree(staging / unused, ignore_errors=True) if (staging / unused).is_dir() else (
@@ -115,12 +117,18 @@ def build(prefix: Path, cc: str, cflags: str, host: str | None, nm: str) -> None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", type=Path, metavar="PREFIX", help="build and install static libsodium here")
+    parser.add_argument(
+        "--check", type=Path, metavar="ARCHIVE", help="check that ARCHIVE defines every libsodium function csrc/ calls"
+    )
     parser.add_argument("--cc", default=os.environ.get("CC", "cc"), help="C compiler (default: $CC or cc)")
     parser.add_argument("--cflags", default=os.environ.get("CFLAGS", "-O2"), help="C flags (default: $CFLAGS or -O2)")
     parser.add_argument("--host", help="configure's --host when cross-compiling (e.g. aarch64-linux-gnu)")
     parser.add_argument("--nm", default=os.environ.get("NM", "nm"), help="nm used to check the built library")
     args = parser.parse_args()
 
+    if args.check is not None:
+        check(args.check, args.nm)
+        return
     provide(PIN, VENDOR, select, WHO)
     if args.build is not None:
         build(args.build.resolve(), args.cc, args.cflags, args.host, args.nm)

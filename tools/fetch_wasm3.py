@@ -8,18 +8,19 @@ Order of sources:
    ``third_party/wasm3/``.
 
 Either way every file is checked against the pinned tree digest, then copied to ``--dest`` and
-Phase's patches (``csrc/wasm3-patches/*.patch``) are applied there with ``patch -p1``.
+Phase's patches (``csrc/wasm3-patches/*.patch``) are applied there, exactly, by ``apply_patch.py`` (no ``patch``
+or ``git`` needed).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from apply_patch import PatchError, apply  # noqa: E402
 from pinned_sdist import Pin, provide, tree_digest  # noqa: E402
 
 PIN = Pin(
@@ -60,14 +61,10 @@ def main() -> None:
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(VENDOR, staging / "wasm3")
     for patch in sorted(PATCHES.glob("*.patch")):
-        result = subprocess.run(
-            ["patch", "-p1", "--forward", "--batch", "--silent", "-i", str(patch)],
-            cwd=staging,
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            sys.exit(f"fetch_wasm3: {patch.name} does not apply:\n{result.stdout}{result.stderr}")
+        try:
+            apply(patch, staging)
+        except (PatchError, OSError) as error:
+            sys.exit(f"fetch_wasm3: {patch.name} does not apply: {error}")
     shutil.rmtree(args.dest, ignore_errors=True)
     staging.rename(args.dest)
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import ipaddress
 import json
-import os
-import secrets
+import socket
 import time
 from datetime import datetime, timezone
 from importlib import resources
@@ -26,6 +24,7 @@ import fastjsonschema  # type: ignore[import-untyped]
 from aiohttp import web
 
 from pyphase.api import openapi
+from pyphase.api.listen import is_loopback
 from pyphase.api.jobs import ApiJob, ApiJobs, BadRequest, TooBig
 from pyphase.metrics import CONTENT_TYPE
 from pyphase.receipt import timestamp
@@ -35,28 +34,8 @@ if TYPE_CHECKING:
     from pyphase.metrics import NodeMetrics
     from pyphase.net.node import Node
 
-TOKEN_FILE = "api_token"
-API_FILE = "api"
 WAIT_SLACK_S = 10.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
-def write_token(data_dir: Path) -> str:
-    """A fresh token in ``DATA_DIR/api_token`` (mode 0600, replaced atomically)."""
-    token = secrets.token_urlsafe(32)
-    tmp = data_dir / f".{TOKEN_FILE}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.replace(tmp, data_dir / TOKEN_FILE)
-    return token
 
 
 def _error(status: int, code: str, detail: str) -> web.Response:
@@ -302,14 +281,13 @@ class ApiServer:
 
     # ---- life cycle ----------------------------------------------------------------------------------
 
-    async def start(self, host: str, port: int) -> str:
+    async def start(self, socks: list[socket.socket], url: str) -> None:
+        """Serve on sockets already listening (:func:`pyphase.api.listen.listen_sockets`)."""
         self.runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True, keepalive_timeout=15.0)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, backlog=self.max_connections, reuse_address=True)
-        await site.start()
-        bound = self.runner.addresses[0][1] if self.runner.addresses else port
-        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}"
-        return self.url
+        for sock in socks:
+            await web.SockSite(self.runner, sock, backlog=self.max_connections).start()
+        self.url = url
 
     async def close(self) -> None:
         self.jobs.close()

@@ -303,3 +303,30 @@ def test_a_body_that_never_arrives_is_given_up(api_nodes: Callable[..., list[Any
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408") and json.loads(body)["error"] == "timeout"
     assert api.call("GET", "/v1/node")[0] == 200
+
+
+def _loaded(pid: int, library: str) -> bool:
+    return library in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_an_idle_node_loads_aiohttp_only_when_asked(api_nodes) -> None:
+    """The API's port answers from the start, but its HTTP stack costs memory (about 8 MB) only once used:
+    aiohttp's C parts are not mapped into an idle node, and are after the first request."""
+    (api,) = api_nodes(1)
+    assert api.node.proc is not None
+    pid = api.node.proc.pid
+    assert not _loaded(pid, "/aiohttp/") and not _loaded(pid, "/multidict/")
+    status, body, _ = api.call("GET", "/v1/node")
+    assert status == 200 and body["api"] == api.url
+    assert _loaded(pid, "/aiohttp/")
+    status, text, _ = api.call("GET", "/metrics")
+    assert status == 200 and b"phase_cache_hits_total 0.0" in text
+
+
+def test_the_daemon_imports_neither_http_stack_nor_metrics_library() -> None:
+    """Both are loaded on first use (pyphase/api/services.py, pyphase/metrics.py)."""
+    code = (
+        "import sys, pyphase.daemon; print(sorted({'aiohttp', 'prometheus_client', 'libtorrent'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -9,6 +9,8 @@ second stage under emulation (about 11 minutes here).
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -17,7 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-CACHE = Path("/var/cache/phase-test")
+# PHASE_TEST_CACHE: another folder (an empty one measures a first run, as on a fresh CI machine)
+CACHE = Path(os.environ.get("PHASE_TEST_CACHE", "/var/cache/phase-test"))
 SUITE = "bookworm"
 # What every chroot holds besides minbase: the Python the .deb's venv runs on.
 INCLUDE = ["python3.11", "ca-certificates"]
@@ -49,9 +52,11 @@ def unmount_below(root: Path) -> None:
 
 
 def cached(arch: str = "amd64", include: list[str] | None = None) -> Path:
-    """The completed cached chroot for arch, made now if missing."""
+    """The completed cached chroot for arch (plus the packages in include, cached apart), made now if missing."""
     packages = INCLUDE + (include or [])
     name = f"{SUITE}-{arch}-minbase"
+    if include:
+        name += "-" + hashlib.sha256(",".join(include).encode()).hexdigest()[:8]
     target = CACHE / name
     stamp = CACHE / f"{name}.done"
     CACHE.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"
 ARCH = os.uname().machine
 
-pytestmark = [pytest.mark.slow, pytest.mark.package]
+# In the default run (about 5 minutes from an empty cache here); the chroot tests are under the `package` marker.
+pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
