@@ -12,6 +12,13 @@
     python bench/run.py install [--arm]              wheel sizes, install from wheel vs sdist, idle plasmd memory,
                                                      a job to an aarch64 node (needs tools/build-wheels.sh first;
                                                      not part of "all")
+    python bench/run.py abuse [--seconds N]          honest latency while a node is attacked six ways
+    python bench/run.py dht ...                      a private DHT on loopback: findable, resolve, rendezvous
+    python bench/run.py sim [--nodes 1000]           the DHT at scale with churn (minutes of both cores)
+    python bench/run.py nat [--jobs N]               direct vs port-mapped jobs in the NAT lab (root)
+    python bench/run.py relay [--jobs N]             direct vs relayed jobs on loopback
+    python bench/run.py clients                      the Python and PHP clients side by side
+The last six are run by name only, like install.
 
 Further arguments go to the benchmark named. BENCHMARKS.md keeps the latest figures with their commands.
 """
@@ -35,8 +42,16 @@ BENCHMARKS = {
     "deep": [sys.executable, str(HERE / "deep_bench.py")],
     "stream": [sys.executable, str(HERE / "stream_bench.py")],
 }
-# Run only by name: needs the wheels built and takes minutes.
-BY_NAME_ONLY = {"install": [sys.executable, str(HERE / "install_bench.py")]}
+# Run only by name: each needs something more (built wheels, root, PHP) or takes minutes.
+BY_NAME_ONLY = {
+    "install": [sys.executable, str(HERE / "install_bench.py")],
+    "abuse": [sys.executable, str(HERE / "abuse_bench.py")],
+    "dht": [sys.executable, str(HERE / "dht_bench.py")],
+    "sim": [sys.executable, str(HERE / "dht_sim.py")],
+    "nat": [sys.executable, str(HERE / "nat_bench.py")],
+    "relay": [sys.executable, str(HERE / "relay_bench.py")],
+    "clients": [sys.executable, str(HERE / "clients_bench.py")],
+}
 
 
 def main(argv: list[str]) -> int:
