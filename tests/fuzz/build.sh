@@ -19,12 +19,12 @@ for f in "$w3"/*.c; do
     "$cc" "${common[@]}" -fwrapv -fsanitize=fuzzer-no-link -w -c "$f" -o "$o"
     objs+=("$o")
 done
-for f in "$root"/csrc/phase_job.c "$root"/csrc/phase_stack.c "$root"/csrc/phase_wasi.c "$root"/csrc/phase_wasi_fs.c \
+for f in "$root"/csrc/phase_job.c "$root"/csrc/phase_stack.c "$root"/csrc/phase_wasi.c "$root"/csrc/phase_wasi_fs.c "$root"/csrc/phase_wasmtime.c \
          "$root"/csrc/phase_crypto.c "$root"/csrc/wasm_validate*.c; do
     o="$out/obj/$(basename "$f" .c).o"
     "$cc" "${common[@]}" -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined ${EXTRA_SAN:-} -c "$f" -o "$o"
     objs+=("$o")
 done
 "$cc" "${common[@]}" -fsanitize=fuzzer,address,undefined "$root/tests/fuzz/fuzz_module.c" "${objs[@]}" \
-    "$out/libsodium/lib/libsodium.a" -lpthread -lm -o "$out/fuzz_module"
+    "$out/libsodium/lib/libsodium.a" -lpthread -ldl -lm -o "$out/fuzz_module"
 echo "$out/fuzz_module"

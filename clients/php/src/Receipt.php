@@ -22,6 +22,9 @@ final class Receipt
         'status', 'message', 'fuel_used', 'wall_us', 'started_at', 'limits', 'node', 'signature'];
     private const LIMITS = ['memory_bytes', 'fuel', 'timeout_ms', 'output_bytes'];
     private const NODE = ['peer_id', 'public_key', 'runtime', 'runtime_version', 'arch'];
+    /** Present only where they apply: the output tree of a job with directories; the fuel unit of its engine. */
+    private const OPTIONAL = ['outputs'];
+    private const NODE_OPTIONAL = ['fuel_unit'];
 
     /** @param array<string, mixed> $fields */
     public function __construct(public readonly array $fields)
@@ -183,7 +186,7 @@ final class Receipt
         foreach (array_diff(self::FIELDS, array_map('strval', array_keys($r))) as $missing) {
             $p[] = "$: '$missing' is a required property";
         }
-        foreach (array_diff(array_map('strval', array_keys($r)), self::FIELDS) as $extra) {
+        foreach (array_diff(array_map('strval', array_keys($r)), self::FIELDS, self::OPTIONAL) as $extra) {
             $p[] = "$: additional property '$extra' is not allowed";
         }
         $str = static fn (string $k, string $re) => !array_key_exists($k, $r)
@@ -216,11 +219,24 @@ final class Receipt
                 }
             }
         }
+        if (array_key_exists('outputs', $r)) {
+            $o = $r['outputs'];
+            if (!is_array($o) || !self::sameKeys($o, ['hash', 'size'])
+                || !is_string($o['hash']) || !preg_match(self::HASH, $o['hash'])
+                || !is_int($o['size']) || $o['size'] < 0) {
+                $p[] = '$.outputs: must hold exactly hash (sha256:) and size (a non-negative integer)';
+            }
+        }
         if (array_key_exists('node', $r)) {
             $n = $r['node'];
-            if (!is_array($n) || !self::sameKeys($n, self::NODE)) {
-                $p[] = '$.node: must hold exactly ' . implode(', ', self::NODE);
+            if (!is_array($n) || !self::sameKeys($n, self::NODE, self::NODE_OPTIONAL)) {
+                $p[] = '$.node: must hold exactly ' . implode(', ', self::NODE) . ' (and may hold '
+                    . implode(', ', self::NODE_OPTIONAL) . ')';
             } else {
+                if (array_key_exists('fuel_unit', $n)
+                    && (!is_string($n['fuel_unit']) || mb_strlen($n['fuel_unit'], 'UTF-8') > 64)) {
+                    $p[] = '$.node.fuel_unit: not a string of at most 64 characters';
+                }
                 if (!is_string($n['peer_id']) || !preg_match('/^[a-z2-7]{52}$/D', $n['peer_id'])) {
                     $p[] = '$.node.peer_id: not a peer id';
                 }
@@ -240,12 +256,11 @@ final class Receipt
     /**
      * @param array<mixed> $map
      * @param list<string> $keys
+     * @param list<string> $optional
      */
-    private static function sameKeys(array $map, array $keys): bool
+    private static function sameKeys(array $map, array $keys, array $optional = []): bool
     {
         $have = array_map('strval', array_keys($map));
-        sort($have);
-        sort($keys);
-        return $have === $keys;
+        return !array_diff($keys, $have) && !array_diff($have, $keys, $optional);
     }
 }
