@@ -3,7 +3,10 @@
 The host runs 8 libtorrent DHT nodes on 127.0.0.1 (tests/boot/dht_net.py) and a ``plasmd --boot-store`` that
 announces its store under the release key's info-hash through them. The guest gets only ``phase.dht=`` with
 two of those nodes as 10.0.2.2:PORT (QEMU's user network), runs stage 1's own KRPC lookup (phase-dht), fetches,
-verifies, kexecs, and stage 2's plasmd answers a job from the host.
+verifies, kexecs, and stage 2's plasmd joins the same DHT (stage 1 hands it ``phase.dht=``): a client on
+the host that knows only two other DHT nodes resolves the booted node's peer id to its signed record and
+runs a job through the address the record names (the host's port forward, ``phase.advertise=127.0.0.1``
+in the signed command line).
 """
 
 from __future__ import annotations
@@ -44,10 +47,11 @@ def _wait_event(log: Path, proc: subprocess.Popen, match, timeout: float = 60) -
 def test_internet_mode_finds_its_source_on_the_dht_and_boots_to_a_node(
     boot_kit: dict, stage2: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    publish(tmp_path / "store", boot_kit["key"], boot_kit["kernel"], stage2, cmdline="console=ttyS0 panic=-1 quiet")
+    fwd = free_port()  # the guest's plasmd listens on the same port number, so its record names 127.0.0.1:fwd
+    cmdline = f"console=ttyS0 panic=-1 quiet phase.port={fwd} phase.advertise=127.0.0.1"
+    publish(tmp_path / "store", boot_kit["key"], boot_kit["kernel"], stage2, cmdline=cmdline)
     (tmp_path / "store" / "boot" / "release.pub").write_text(keys.public_key_text(boot_kit["key"].public_key))
     info_hash = boot_info_hash(boot_kit["key"].public_key).hex()
-    fwd = free_port()
     log = tmp_path / "plasmd.log"
     with loopback_dht(8) as nodes:
         bootstrap = ",".join(f"{h}:{p}" for h, p in nodes[:2])
@@ -71,19 +75,20 @@ def test_internet_mode_finds_its_source_on_the_dht_and_boots_to_a_node(
                 "PHASE-BOOT: kexec loaded",
                 "PHASE-NODE: stage 2 up",
                 "PHASE-NODE: plasmd running",
+                f"phase.dht={guest_dht}",  # the kexec line: stage 2 joins through the nodes stage 1 used
+                "PHASE-NODE: on the DHT",
             )
             args = qemu_args(boot_kit, f"phase.mode=internet phase.dht={guest_dht}", memory="1024")
-            args[-1] += f",hostfwd=tcp:127.0.0.1:{fwd}-:7000"
+            args[-1] += f",hostfwd=tcp:127.0.0.1:{fwd}-:{fwd}"
             q = Qemu(args, marks)
             try:
                 q.wait_for("PHASE-NODE: plasmd running", 420)
                 m = q.wait_for_match(ADDRESS_RE, 30)
                 assert m, q.text[-3000:]
+                q.wait_for("PHASE-NODE: on the DHT", 150)
                 wat = request.getfixturevalue("wat")
-                from pyphase import Client
-
-                with Client([f"{m.group(1)}@127.0.0.1:{fwd}"], connect_timeout=30) as client:
-                    result = client.submit(wat(ECHO_WAT), b"booted from the DHT", timeout=180, retries=2)
+                client_dht = ",".join(f"{h}:{p}" for h, p in nodes[4:6])  # neither the guest's nor the source's
+                result = _submit_by_peer_id(m.group(1), client_dht, wat(ECHO_WAT), b"booted from the DHT")
             finally:
                 r = q.close()
         finally:
@@ -92,4 +97,30 @@ def test_internet_mode_finds_its_source_on_the_dht_and_boots_to_a_node(
     for mark in marks:
         assert mark in r, r.tail()
     assert "PHASE-BOOT FAIL" not in r, r.tail()
+    assert "PHASE-NODE: on the DHT (through" in r and '"stored":0' not in r, r.tail()
+    print("\n[figures] " + next(line for line in r.console.splitlines() if "PHASE-NODE: on the DHT" in line))
+    record, result = result
+    assert record.peer_id == m.group(1) and record.address == f"{m.group(1)}@127.0.0.1:{fwd}", record
     assert (result.status, result.stdout) == ("ok", b"booted from the DHT"), result
+    assert result.receipt is not None and result.receipt["node"]["peer_id"] == m.group(1)
+
+
+def _submit_by_peer_id(peer_id: str, bootstrap: str, module: bytes, stdin: bytes) -> tuple:
+    """The booted node's record from the DHT (retried: a young private DHT can miss at first), then a job on
+    the node it names, by peer id alone as ``phase submit --peer PEERID`` does."""
+    from pyphase import Client
+    from pyphase.errors import PhaseError
+    from pyphase.net.dht import client_dht, resolve_peer
+
+    end, why = time.monotonic() + 90, ""
+    while time.monotonic() < end:
+        try:
+            with client_dht(bootstrap) as dht:
+                record = resolve_peer(dht, peer_id, timeout=10)
+            break
+        except PhaseError as exc:
+            why = str(exc)
+    else:
+        raise AssertionError(f"the booted node's record was not found on the DHT: {why}")
+    with Client([peer_id], dht_bootstrap=bootstrap, connect_timeout=30) as client:
+        return record, client.submit(module, stdin, timeout=180, retries=2)
