@@ -123,7 +123,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             if announce_dht:
                 from pyphase.net.dht import Dht, bootstrap_from_env, maps_ports
 
-                listen = args.dht_listen or f"{args.listen[0]}:0"
+                host = args.listen[0]
+                listen = args.dht_listen or (f"[{host}]:0" if ":" in host else f"{host}:0")
                 mapping = maps_ports(listen, args.upnp)
                 woken: list[BootAnnouncer] = []
 

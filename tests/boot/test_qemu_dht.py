@@ -12,6 +12,7 @@ in the signed command line).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,9 +23,10 @@ import pytest
 from pyphase.boot import keys
 from pyphase.boot.dht import boot_info_hash
 
-from .dht_net import loopback_dht
-from .qemu import Qemu, free_port
-from .test_qemu import ADDRESS_RE, ECHO_WAT, HOST, publish, qemu_args
+from .dht_net import loopback_dht, loopback_sessions
+from .qemu import Qemu, boot, free_port
+from .services import DnsServer
+from .test_qemu import ADDRESS_RE, ECHO_WAT, HOST, dummy_artifacts, publish, qemu_args
 
 pytestmark = pytest.mark.boot
 
@@ -124,3 +126,37 @@ def _submit_by_peer_id(peer_id: str, bootstrap: str, module: bytes, stdin: bytes
         raise AssertionError(f"the booted node's record was not found on the DHT: {why}")
     with Client([peer_id], dht_bootstrap=bootstrap, connect_timeout=30) as client:
         return record, client.submit(module, stdin, timeout=180, retries=2)
+
+
+def test_internet_mode_over_ipv6_with_a_named_dht_node(
+    boot_kit: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stage 1 alone, over QEMU's IPv6 user network (the guest's SLAAC address; the host's ::1 is fec0::2):
+    ``phase.dht=`` names a DHT node by a DNS name that has only an IPv6 address (dnsmasq on the host, reached as
+    ``phase.dns=10.0.2.2:PORT``); the lookup runs over IPv6 (BEP 32) to libtorrent nodes on [::1], finds
+    ``phase boot serve`` listening on [::1], and the manifest fetched from http://[fec0::2]:PORT verifies.
+    Stops there: the rest of the boot is the IPv4 test's."""
+    monkeypatch.setenv("PHASE_DHT_ALLOW", os.environ["PHASE_DHT_ALLOW"] + ",::1/128")  # IPv6 loopback: still local
+    kernel, initramfs = dummy_artifacts(tmp_path / "artifacts")
+    publish(tmp_path / "store", boot_kit["key"], kernel, initramfs)
+    (tmp_path / "store" / "boot" / "release.pub").write_text(keys.public_key_text(boot_kit["key"].public_key))
+    port = free_port()
+    with loopback_sessions(8, host="::1") as sessions, DnsServer({"dht.phase.test": "fec0::2"}) as dns:
+        ports = [s.listen_port() for s in sessions]
+        out = tmp_path / "serve.out"
+        with out.open("wb") as sink:
+            serve = subprocess.Popen(
+                [sys.executable, "-m", "pyphase.boot", "serve", str(tmp_path / "store"), "--listen", f"[::1]:{port}",
+                 "--dht-bootstrap", ",".join(f"[::1]:{p}" for p in ports[:2]), "--quiet"],
+                stdout=sink, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            _wait_event(out, serve, lambda e: e.get("event") == "boot_dht_announced")
+            append = f"phase.mode=internet phase.dht=dht.phase.test:{ports[3]} phase.dns={HOST}:{dns.port}"
+            r = boot(qemu_args(boot_kit, append), deadline=300, stop_on="PHASE-BOOT: signature ok")
+        finally:
+            serve.terminate()
+            serve.wait(30)
+    assert "PHASE-BOOT: DHT: 1 source after" in r, r.tail()
+    assert f"PHASE-BOOT: sources: http://[fec0::2]:{port}\n" in r, r.tail()
+    assert "PHASE-BOOT: signature ok" in r and "PHASE-BOOT FAIL" not in r, r.tail()
