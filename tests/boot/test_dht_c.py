@@ -265,6 +265,29 @@ def test_loopback_peers_from_a_loopback_node_stay_as_they_are(phase_boot_bin: Pa
     assert proc.returncode == 0 and proc.stdout.split() == ["http://127.0.0.1:18123"], proc.stderr
 
 
+def test_lookup_through_debian_libtorrent_finds_its_announce(phase_boot_bin: Path, release_key: tuple) -> None:
+    """Interop with another build: Debian's python3-libtorrent 2.0.x (tests/net/dht_interop_peer.py) joins a
+    private DHT of ours and announces under the release key's hash; the C lookup, bootstrapped from that peer
+    alone (so it parses 2.0.x's answers first), finds the announce."""
+    from dht_support import dht_host, endpoints
+    from test_dht_interop import _debian_libtorrent, _Peer
+
+    _debian_libtorrent()
+    identity, pub = release_key
+    with private_dht(8, fanout=4) as nodes:
+        host = dht_host()
+        peer = _Peer(f"{host}:0", ",".join(f"{h}:{p}" for h, p in endpoints(nodes[:3])))
+        try:
+            announced = peer.ask(op="announce", ih=boot_info_hash(identity.public_key).hex())
+            want = {f"http://{host}:{announced['port']}"}
+            found, stderr = _until_found(phase_boot_bin / "phase-dht", pub, f"{host}:{peer.hello['port']}", want, 30)
+        finally:
+            peer.close()
+    assert found == want, stderr
+    stats = STATS.search(stderr)
+    assert stats and int(stats[4]) == 0, stderr
+
+
 # ---- names and IPv6 in --bootstrap -------------------------------------------------------------------
 
 
