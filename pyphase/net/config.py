@@ -53,7 +53,8 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     dht_refresh     = "20m"             # republish the record (good for 2 h) and re-announce this often
     upnp            = true              # map the phase/1 port and the DHT port on the home router (UPnP-IGD and
                                         # NAT-PMP, through the DHT's libtorrent session; nothing with dht = false or
-                                        # a loopback listen address) and publish the mapped address in the record
+                                        # a loopback listen address) and publish the mapped address in the record;
+                                        # with boot_store, its HTTP port too (the external port is announced)
     reachability    = true              # ask peers found through the DHT to dial back (docs/NETWORK.md,
                                         # "Reachability"); the verdict is the "reachability" event
 
