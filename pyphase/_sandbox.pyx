@@ -190,7 +190,7 @@ cdef class Slot:
         if len(digest) != 32:
             raise ValueError("module_hash must be 32 bytes")
         keep += [digest, entry, iview]
-        fill_job(job, &j.limits, j.seed)
+        fill_job(job, &j.limits, j.seed, &j.quota)
         j.module_hash = <const uint8_t *> (<char *> digest)
         if module is not None:
             mview = module

@@ -21,7 +21,7 @@ from typing import Any
 from pyphase import trees
 from pyphase.errors import TreeError
 from pyphase.net.blobs import BlobStore, Incoming, blob_hex
-from pyphase.preopen import Preopen
+from pyphase.preopen import FsQuota, Preopen, usage
 
 CHUNK = 1 << 20  # bytes asked for in one ``want``
 WINDOW = 8  # chunks asked for and not yet received, per job
@@ -163,6 +163,15 @@ class JobFS:
         files_left = self.tree_files - sum(len(x.tree.files) for x in self.dirs if x.tree is not None)
         bytes_left = self.tree_bytes - sum(x.tree.file_bytes for x in self.dirs if x.tree is not None)
         d.tree = trees.parse(data, max_files=max(0, files_left), max_bytes=max(0, bytes_left))
+        if not d.readonly:
+            used_bytes, used_files = self.quota.used_bytes, self.quota.used_files
+            if used_bytes > self.disk_bytes or used_files > self.max_files:
+                raise TreeError(
+                    "tree_too_big",
+                    f"the writable trees take {used_bytes} bytes in {used_files} entries, more than the job's "
+                    f"fs.disk_bytes {self.disk_bytes} or fs.files {self.max_files} (counted as the quota counts: "
+                    "files in 4 KiB blocks, a block per directory or symlink)",
+                )
         for entry in d.tree.entries:
             dest = str(d.host / entry.path)
             if entry.type == "dir":
@@ -209,6 +218,13 @@ class JobFS:
                 os.chmod(path, entry.mode)
                 st = os.stat(path)
                 self._baseline[f"{d.host}/{entry.path}"] = (st.st_ino, st.st_size, st.st_ctime_ns)
+
+    @property
+    def quota(self) -> FsQuota:
+        """The bound on the writable directories, with what their input trees take already."""
+        sizes = [e.size for d in self.dirs if not d.readonly and d.tree for e in d.tree.entries if e.type == "file"]
+        others = sum(1 for d in self.dirs if not d.readonly and d.tree for e in d.tree.entries if e.type != "file")
+        return FsQuota(self.disk_bytes, self.max_files, *usage(sizes, others))
 
     @property
     def preopens(self) -> list[Preopen]:

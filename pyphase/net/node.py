@@ -1091,7 +1091,7 @@ class Node:
                 digest=digest_from_text(job.manifest["module"]["hash"]),
                 on_output=sink,
                 **job_kwargs(job.manifest, job.limits),
-                **({"dirs": job.fs.preopens} if job.fs is not None else {}),
+                **({"dirs": job.fs.preopens, "quota": job.fs.quota} if job.fs is not None else {}),
             )
         except Exception as exc:  # e.g. arguments the runtime refuses (NUL bytes), a closed sandbox
             future = concurrent.futures.Future()
