@@ -64,6 +64,8 @@ enum sandbox_test_action {
                                            * reports success with no output at all */
     SANDBOX_TEST_OPEN_OUTSIDE = 8,        /* a worker that broke out of wasm3 opens paths itself, without
                                            * RESOLVE_BENEATH: reports each errno (Landlock must refuse outside) */
+    SANDBOX_TEST_WRITE_PAST = 10,         /* a worker that broke out of wasm3 writes one file past the quota's
+                                           * disk_bytes itself (RLIMIT_FSIZE must stop it) */
 };
 
 typedef struct sandbox_request {          /* written by the parent before "go" */

@@ -439,6 +439,22 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             say_done(resp);
             _exit(0);
         }
+        if (req.test_action == SANDBOX_TEST_WRITE_PAST && go.n) {
+            /* Without the WASI layer's count: one file in the first directory, 64 KiB at a time, past disk_bytes. */
+            struct open_how how;
+            memset(&how, 0, sizeof how);
+            how.flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC;
+            how.mode = 0600;
+            how.resolve = RESOLVE_BENEATH;
+            int fd = (int) syscall(SYS_openat2, go.fds[0], "past.bin", &how, sizeof how);
+            static uint8_t block[65536];
+            for (uint64_t i = 0; fd >= 0 && i <= req.quota.max_bytes / sizeof block; i++)
+                if (write(fd, block, sizeof block) < 0)
+                    break;
+            respond_message(resp, PHASE_CRASHED, fd < 0 ? "cannot create past.bin" : "wrote past disk_bytes");
+            say_done(resp);
+            _exit(0);
+        }
         if (req.test_action == SANDBOX_TEST_ALLOCATE) {
             /* The blocks are chained and the chain counted, so the allocations are observable: an optimiser
              * (clang does) may otherwise remove a malloc whose memory is never read, and loop forever. */

@@ -210,6 +210,7 @@ cdef extern from "sandbox_proto.h" nogil:
         SANDBOX_TEST_SNOOP
         SANDBOX_TEST_OPEN_OUTSIDE
         SANDBOX_TEST_STREAM_FORGE
+        SANDBOX_TEST_WRITE_PAST
         SANDBOX_MSG_ADD
         SANDBOX_MSG_KILL
 

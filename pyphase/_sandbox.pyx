@@ -33,6 +33,7 @@ TEST_ACTIONS = {
     "snoop": SANDBOX_TEST_SNOOP,
     "open_outside": SANDBOX_TEST_OPEN_OUTSIDE,
     "stream_forge": SANDBOX_TEST_STREAM_FORGE,
+    "write_past": SANDBOX_TEST_WRITE_PAST,
 }
 
 

@@ -1176,8 +1176,11 @@ class Node:
 
     def _collect_outputs(self, fs: JobFS, result: Result) -> tuple[Result, dict[str, Any]]:
         """The tree of what the job wrote (its ``{"hash", "size"}`` for the receipt); beyond the manifest's
-        ``fs.disk_bytes``/``fs.files`` the job ends ``output_limit`` with an empty output tree."""
+        ``fs.disk_bytes``/``fs.files`` the job ends ``output_limit`` with an empty output tree (also when the WASI
+        layer refused a call of the job at a bound: ``result.fs_limit``)."""
         try:
+            if result.fs_limit:
+                raise TreeError("output_limit", result.message)
             tree = fs.collect_outputs()
         except (TreeError, OSError) as exc:
             fs.output_paths.clear()

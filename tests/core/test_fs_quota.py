@@ -157,3 +157,12 @@ def test_read_only_directories_do_not_count(runner: Runner, probe: bytes, tmp_pa
     dirs = [Preopen(str(tmp_path / "ro"), "/ro", readonly=True), Preopen(str(tmp_path / "rw"), "/s")]
     r = runner(probe, args=["fill", "/s/a", "65536"], dirs=dirs, quota=FsQuota(BYTES, FILES))
     assert r.status == "ok" and r.stdout.decode() == "fill ok 65536\n"
+
+
+@pytest.mark.skipif(_sandbox.landlock_abi() <= 0, reason="this kernel has no Landlock (sandboxed directories refused)")
+def test_a_worker_that_escaped_wasm3_is_stopped_at_disk_bytes(sandbox: Sandbox, probe: bytes, tmp_path: Path) -> None:
+    """The backstop below the WASI layer: a worker writing by itself (test action) is killed by RLIMIT_FSIZE at
+    disk_bytes, and the file holds no more."""
+    r = sandbox._selftest("write_past", probe, dirs=[Preopen(str(tmp_path), "/s")], quota=FsQuota(BYTES, FILES))
+    assert r.status == "crashed" and "SIGXFSZ" in r.message, r.message
+    assert (tmp_path / "past.bin").stat().st_size == BYTES

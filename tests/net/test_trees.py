@@ -197,14 +197,27 @@ def test_nothing_of_one_job_is_seen_by_the_next(start_nodes, tree_job, tmp_path)
 
 
 def test_writing_more_than_disk_bytes_ends_output_limit(start_nodes, tree_job, tmp_path):
+    """The job's write is refused (EDQUOT) when it would pass disk_bytes, not after: 200 MiB asked, 1 MiB kept; more
+    entries than ``files`` likewise; a writable input tree that does not fit is refused before the job runs."""
     work = tmp_path / "w"
     work.mkdir()
+    (work / "in.txt").write_text("input\n")
     (node,) = start_nodes(1)
     with Client(peers=[node.address]) as client:
         r = client.submit(
-            tree_job, args=["fill", "/w/big", str(2 * MiB)], dirs=[Preopen(str(work), "/w")], disk_bytes=MiB
+            tree_job, args=["fill", "/w/big", str(200 * MiB)], dirs=[Preopen(str(work), "/w")], disk_bytes=MiB
         )
-    assert r.status == "output_limit" and "disk_bytes" in r.message
+        assert r.status == "output_limit" and "disk_bytes of 1048576 bytes" in r.message and "EDQUOT" in r.message
+        assert r.stdout.decode().startswith("fill /w/big: ") and "quota" in r.stdout.decode().lower()
+        made = client.submit(
+            tree_job, args=["mkdir", "/w/a", "mkdir", "/w/b", "mkdir", "/w/c"], dirs=[Preopen(str(work), "/w")], files=3
+        )  # in.txt, a, b
+        assert made.status == "output_limit" and "files of 3 entries" in made.message
+        assert made.stdout.decode().splitlines()[:2] == ["made /w/a", "made /w/b"]
+        assert "quota" in made.stdout.decode().splitlines()[2].lower()
+        with pytest.raises(NetworkError, match="tree_too_big.*fs.files 1"):
+            (work / "second.txt").write_text("x")
+            client.submit(tree_job, args=["list", "/w"], dirs=[Preopen(str(work), "/w")], files=1)
     with Client(peers=[node.address]) as client:  # refused before anything is sent
         with pytest.raises(ValueError, match="--dir"):
             client.submit(tree_job, out=tmp_path / "o")
