@@ -13,11 +13,14 @@ import os
 import re
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 from pyphase.digests import PREFIX, digest_from_text
 
 _NAME = re.compile(r"^[0-9a-f]{64}$")
+T = TypeVar("T")
 
 
 def blob_hex(blob_hash: str) -> str:
@@ -114,6 +117,30 @@ class BlobStore:
             (self.dir / hex_).unlink(missing_ok=True)
 
 
+class BlobIO:
+    """Where a node writes, hashes and places arriving blob bytes: one thread of its own, in the order given, so
+    the event loop only counts them (``threaded``); or at once on the caller's thread (the benchmark's reference).
+    ``submit(fn, *args)`` returns a :class:`~concurrent.futures.Future`."""
+
+    def __init__(self, threaded: bool = True) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plasmd-blobs") if threaded else None
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        if self._pool is not None:
+            return self._pool.submit(fn, *args)
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+    def close(self) -> None:
+        """Finish what was given, then stop the thread."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
 class Incoming:
     """One blob arriving in order, chunk by chunk, into a part file; hashed as it comes."""
 
@@ -123,28 +150,46 @@ class Incoming:
         self.received = 0
         self.path = str(directory / name)
         self._sha = hashlib.sha256()
+        self.error: OSError | None = None
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
     def write(self, offset: int, chunk: bytes | memoryview) -> None:
         """Append ``chunk``; it must start where the last one ended and not pass the declared size."""
-        if offset != self.received or self.received + len(chunk) > self.size:
-            raise ValueError(
-                f"bytes {offset}..{offset + len(chunk)} of a blob of {self.size}, expected {self.received}"
-            )
-        view = memoryview(chunk)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        self.accept(offset, len(chunk))
+        self.store(chunk)
+
+    def accept(self, offset: int, n: int) -> None:
+        """Count ``n`` bytes at ``offset`` as received (``ValueError`` when out of order or past the size); their
+        bytes follow with :meth:`store`, possibly on another thread."""
+        if offset != self.received or self.received + n > self.size:
+            raise ValueError(f"bytes {offset}..{offset + n} of a blob of {self.size}, expected {self.received}")
+        self.received += n
+
+    def store(self, chunk: bytes | memoryview) -> None:
+        """Write and hash the next accepted bytes (the first error is kept for :meth:`finish`)."""
+        if self.error is not None:
+            return
+        try:
+            view = memoryview(chunk)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as exc:
+            self.error = exc
+            return
         self._sha.update(chunk)
-        self.received += len(chunk)
 
     @property
     def complete(self) -> bool:
         return self.received == self.size
 
     def finish(self) -> bool:
-        """Close the part file; True when its bytes match the hash (else it is deleted)."""
+        """Close the part file; True when its bytes match the hash (else it is deleted). Raises the first
+        ``OSError`` writing met (the part file deleted)."""
         self.close()
+        if self.error is not None:
+            self.discard()
+            raise self.error
         if PREFIX + self._sha.hexdigest() == self.hash:
             return True
         self.discard()
