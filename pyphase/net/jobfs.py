@@ -25,7 +25,7 @@ from pyphase.net.blobs import BlobIO, BlobStore, Incoming, blob_hex
 from pyphase.preopen import FsQuota, Preopen, usage
 
 CHUNK = 1 << 20  # bytes asked for in one ``want``
-WINDOW = 8  # chunks asked for and not yet received, per job
+WINDOW = 32  # chunks asked for and not yet written, per job (32 MiB: the round trips of a loaded machine)
 
 
 @dataclass

@@ -1042,7 +1042,7 @@ class Node:
         if job is None or job.state != "waiting" or job.fs is None:
             return self._error(rid, "unknown_job", "no job on this connection is waiting for files", tag)
         try:
-            job.fs.receive(msg["blob"], msg["offset"], wire.payload_bytes(msg.payloads[0]))
+            job.fs.receive(msg["blob"], msg["offset"], wire.payload_view(msg.payloads[0]))
         except TreeError as exc:
             return self._drop_job(job, exc.reason, str(exc))
         except OSError as exc:
