@@ -2,7 +2,8 @@
 
 Files are ``DIR/<hex>``, mode 0444, each hashed while it arrived (:class:`Incoming` streams a blob to a part
 file chunk by chunk, so no blob is ever whole in memory) and moved into the store only when its bytes match
-its name. A job's read-only tree is made of hard links to them, so a blob evicted from the store while a job
+its name. A blob found on disk when the store opens is hashed again before its first use, and again whenever
+its file's inode, size, mtime or ctime changed: a corrupted one is deleted and fetched again, never used. A job's read-only tree is made of hard links to them, so a blob evicted from the store while a job
 uses it stays on disk until the job's directory is removed; the store's bound counts only its own names.
 """
 
@@ -42,6 +43,7 @@ class BlobStore:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._disk: OrderedDict[str, int] = OrderedDict()  # hex -> size, least recently used first
+        self._checked: dict[str, tuple[int, int, int, int]] = {}  # hex -> (ino, size, mtime, ctime) when hashed
         found = []
         for entry in os.scandir(self.dir):
             if _NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
@@ -68,15 +70,35 @@ class BlobStore:
             self._disk.move_to_end(hex_)
         path = self.dir / hex_
         try:
-            if os.stat(path).st_size != size:  # changed behind our back: forget it, the job fetches it again
+            if not self._intact(hex_, path, size):  # changed behind our back: forget it, the job fetches it again
                 raise FileNotFoundError(path)
             os.link(path, dest)
         except FileNotFoundError:
             with self._lock:
                 if self._disk.pop(hex_, None) is not None:
                     self.bytes -= size
+            self._checked.pop(hex_, None)
             path.unlink(missing_ok=True)
             return False
+        return True
+
+    def _intact(self, hex_: str, path: Path, size: int) -> bool:
+        """Whether the blob's file still holds its bytes: hashed again the first time it is used after the store
+        was opened (a blob is never trusted for its name alone), and again whenever its inode, size, mtime or
+        ctime moved since (any write changes them)."""
+        st = os.stat(path)
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if st.st_size != size:
+            return False
+        if self._checked.get(hex_) == stamp:
+            return True
+        sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                sha.update(chunk)
+        if sha.hexdigest() != hex_:
+            return False
+        self._checked[hex_] = stamp
         return True
 
     def read(self, blob_hash: str) -> bytes | None:
@@ -103,6 +125,8 @@ class BlobStore:
             return
         os.chmod(part, 0o444)
         os.replace(part, self.dir / hex_)
+        st = os.stat(self.dir / hex_)  # hashed as it arrived: checked as it is now
+        self._checked[hex_] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         with self._lock:
             if hex_ not in self._disk:
                 self.bytes += size
@@ -114,6 +138,7 @@ class BlobStore:
         while self.bytes > self.max_bytes and self._disk:
             hex_, size = self._disk.popitem(last=False)
             self.bytes -= size
+            self._checked.pop(hex_, None)
             (self.dir / hex_).unlink(missing_ok=True)
 
 

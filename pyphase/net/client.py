@@ -490,7 +490,7 @@ class Client:
 
         ``dirs``: host directories the job sees (:class:`~pyphase.Preopen`), sent as content-addressed trees (a
         node asks only for the files it lacks); read-write ones may be changed by the job, which may leave at
-        most ``files`` new or changed files of ``disk_bytes`` together. ``out``: an empty or new directory that
+        most ``files`` new or changed files of ``disk_bytes`` together. ``out``: an empty or new directory (its listing is kept beside it, ``OUT.tree.json``) that
         receives those files (the output tree the receipt names, checked as it arrives; ``result.outputs``).
 
         ``on_output(stream, data)`` gets stdout (1) and stderr (2) as the node streams them, before the receipt
@@ -609,6 +609,7 @@ class Client:
                     trees.write_file_from(str(dest), chunks, entry.hash, entry.size, entry.mode)
                 else:
                     raise TreeError("bad_tree", f"an output tree holds files and directories only, not {entry.path!r}")
+            trees.listing_path(out).write_bytes(listing)  # for phase verify --outputs to name what differs
         except (TreeError, OSError, zmq.ZMQError) as exc:
             raise NetworkError(f"the output tree from {peer.peer_id} could not be written to {out}: {exc}") from None
 

@@ -167,9 +167,17 @@ def test_the_output_tree_arrives_and_verifies_and_a_tampered_file_is_refused(sta
     (out / "w" / "new" / "made.txt").write_text("forged")
     bad = phase("verify", str(receipt), "--outputs", str(out))
     assert bad.returncode == 1 and "outputs" in bad.stderr and "not the tree the receipt names" in bad.stderr
+    assert "w/new/made.txt: changed" in bad.stderr and "w/change.txt" not in bad.stderr  # names the file
     (out / "w" / "new" / "made.txt").write_text("made")
     (out / "w" / "extra.txt").write_text("slipped in")
-    assert phase("verify", str(receipt), "--outputs", str(out)).returncode == 1
+    (out / "w" / "change.txt").unlink()
+    bad = phase("verify", str(receipt), "--outputs", str(out))
+    assert (
+        bad.returncode == 1 and "w/extra.txt: not in the tree" in bad.stderr and "w/change.txt: missing" in bad.stderr
+    )
+    (tmp_path / "out.tree.json").write_bytes(b'{"forged": 1}')  # a listing the receipt does not name is not used
+    bad = phase("verify", str(receipt), "--outputs", str(out))
+    assert bad.returncode == 1 and "hashes to" in bad.stderr and "cannot be named" in bad.stderr
     # and the node keeps nothing of the job once its client said done
     deadline = time.monotonic() + 10
     while list((node.data_dir / "jobs").iterdir()) and time.monotonic() < deadline:
