@@ -1293,6 +1293,14 @@ PHASE_WASI_FN(phase_fs_path_open)
                 before.st_mode = 0;
             close(probe);
         } else if (errno == ENOENT && (oflags & OF_CREAT)) {
+            /* A missing parent is ENOENT whatever the quota says. */
+            char parent[PATH_MAX];
+            split_path sp;
+            memcpy(parent, path, strlen(path) + 1);
+            rc = split_open(dir_host, parent, &sp);
+            split_close(&sp);
+            if (rc != WASI_ESUCCESS)
+                WASI_RETURN(rc);
             creates = 1;
             if ((rc = quota_fits(job, 0, 1)) != WASI_ESUCCESS)
                 WASI_RETURN(rc);
@@ -1348,10 +1356,11 @@ static uint32_t new_entry(phase_job *job, const phase_fs_fd *dir, const split_pa
 {
     int quota = counted(job, dir->readonly);
     uint32_t rc;
-    if (quota && (rc = quota_fits(job, bytes, 1)) != WASI_ESUCCESS) {
-        struct stat st;   /* an entry that exists is EEXIST, as without a quota */
-        return fstatat(sp->parent, sp->name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? WASI_EEXIST : rc;
-    }
+    struct stat st;
+    if (quota && fstatat(sp->parent, sp->name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+        return WASI_EEXIST;   /* as without a quota, and not a refusal at the bound */
+    if (quota && (rc = quota_fits(job, bytes, 1)) != WASI_ESUCCESS)
+        return rc;
     int ok = target ? symlinkat(target, sp->parent, sp->name) == 0 : mkdirat(sp->parent, sp->name, 0777) == 0;
     if (!ok)
         return wasi_errno(errno);

@@ -121,6 +121,10 @@ def test_more_entries_than_files_is_refused(runner: Runner, probe: bytes, tmp_pa
     assert r.status == "output_limit" and r.fs_limit == "files" and "files of 8 entries" in r.message
     out = run(runner, probe, tmp_path, "rm", "@f0", "rm", "@f1", "mkdir", "@d", "symlink", "f2", "@d/l", "mkdir", "@e")
     assert out == ["rm ok", "rm ok", "mkdir ok", "symlink ok", "mkdir EDQUOT"]
+    # at the bound, what fails for another reason says that reason and is no refusal at the bound
+    out = run(runner, probe, tmp_path, "touch", "@nodir/x", "mkdir", "@d", "symlink", "x", "@f2", "touch", "@f3")
+    assert out == ["touch ENOENT", "mkdir EEXIST", "symlink EEXIST", "touch ok"]
+    assert last().status == "ok" and last().fs_limit == ""
 
 
 def test_hard_links_open_files_and_renames(runner: Runner, probe: bytes, tmp_path: Path) -> None:
