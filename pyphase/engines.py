@@ -14,7 +14,6 @@ is not ready runs on wasm3 while the code is compiled in the background for the 
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import os
 import platform
@@ -66,7 +65,11 @@ def _library_path() -> Path:
             "the compiling engine needs the wasmtime wheel: pip install 'pyphase[jit]' "
             f"(wasmtime=={WASMTIME_VERSION}); without it jobs run on wasm3"
         )
-    version = importlib.metadata.version("wasmtime")
+    from importlib import (
+        metadata,
+    )  # here, not at the top: it brings email, zipfile, csv (2.5 MB an idle node never needs)
+
+    version = metadata.version("wasmtime")
     if version != WASMTIME_VERSION:
         raise EngineUnavailable(
             f"wasmtime {version} is installed, pyphase's compiling engine is built for {WASMTIME_VERSION}: "

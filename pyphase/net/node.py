@@ -17,6 +17,7 @@ import ctypes
 import dataclasses
 import errno
 import functools
+import gc
 import json
 import os
 import resource
@@ -192,6 +193,17 @@ def _return_big_buffers() -> None:
     expired 16 MiB inputs then stays in the heap."""
     try:
         ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def release_free_memory() -> None:
+    """Hand the free pages inside malloc's heap back to the system (glibc's ``malloc_trim``). Start-up frees
+    megabytes it no longer needs (import-time temporaries, the first event loop's set-up), which would otherwise
+    stay counted against an idle node: about 1.5 MB of its RSS."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
 
