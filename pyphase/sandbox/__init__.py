@@ -60,14 +60,14 @@ START_TIMEOUT_MS = 10_000
 
 
 class _Running:
-    """Where a submitted job runs (its slot and worker generation, once it has one), so it can be stopped."""
+    """Where a submitted job runs (its slot, once it has one) and its stop request, so it can be stopped."""
 
-    __slots__ = ("slot", "gen", "stopped")
+    __slots__ = ("slot", "signal", "nice")
 
     def __init__(self) -> None:
         self.slot: _sandbox.Slot | None = None
-        self.gen = 0
-        self.stopped = False
+        self.signal = _sandbox.StopSignal()
+        self.nice = 0  # the worker's CPU priority (setpriority), raised before the job is handed to it
 
 
 def _server_command() -> list[str]:
@@ -103,6 +103,14 @@ def _streamed_as_kept(result: Result, sink: OutputSink) -> Result:
 
 
 _DEATHS = ("crashed", "timeout", "memory_limit")
+
+
+def _lower_priority(pid: int, nice: int) -> None:
+    """Raise a worker's nice value before it gets its job (a worker that died meanwhile: nothing to do)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+    except OSError:
+        pass
 
 
 def _fallback_command() -> list[str]:
@@ -253,11 +261,16 @@ class Sandbox:
         self._check_fits(job)
         return self._execute(job, on_output=on_output)
 
-    def submit_prepared(self, job: PreparedJob, on_output: OutputCallback | None = None) -> Future[Result]:
+    def submit_prepared(
+        self, job: PreparedJob, on_output: OutputCallback | None = None, nice: int = 0
+    ) -> Future[Result]:
         """Queue a prepared job; the future's result is its :class:`Result` (or a :class:`SandboxError`).
-        ``on_output`` is called from the sandbox's own thread."""
+        ``on_output`` is called from the sandbox's own thread; ``nice`` (0 to 19) lowers its worker's CPU priority
+        (workers are single-use: the next one starts at 0 again)."""
+        if not 0 <= nice <= 19:
+            raise ValueError(f"nice must be between 0 and 19, got {nice}")
         self._check_fits(job)
-        return self._tracked(job, on_output)
+        return self._tracked(job, on_output, nice)
 
     def submit(
         self,
@@ -287,14 +300,15 @@ class Sandbox:
         running = self._running.get(future)
         if running is None or future.done():
             return False
-        running.stopped = True
+        gen = running.signal.request()  # from here no worker gets the job, unless it is the one of ``gen``
         slot = running.slot
-        if slot is not None:
-            slot.kill(running.gen)
+        if gen and slot is not None:
+            slot.kill(gen)
         return True
 
-    def _tracked(self, job: PreparedJob, on_output: OutputCallback | None = None) -> Future[Result]:
+    def _tracked(self, job: PreparedJob, on_output: OutputCallback | None = None, nice: int = 0) -> Future[Result]:
         running = _Running()
+        running.nice = nice
         future = self._executor.submit(self._execute, job, 0, on_output, running)
         self._running[future] = running
         future.add_done_callback(lambda f: self._running.pop(f, None))
@@ -457,20 +471,23 @@ class Sandbox:
         hard_timeout = lim.timeout_ms + self.grace_ms if lim.timeout_ms else 0
         data = job.data
         try:
+            if running is not None:  # for stop(): which slot's worker to kill (the run tells it which generation)
+                running.slot = slot
             slot.ready(30_000)
-            if running is not None:  # the worker that takes this job, for stop(); then whether it was stopped already
-                running.gen, running.slot = slot.next_generation, slot
-                if running.stopped:
-                    raise SandboxError("the job was stopped before it started")
+            if running is not None and running.nice:
+                _lower_priority(slot.worker_pid, running.nice)
             added = self._modules.get(job.digest)
             # The worker has the module if the server cached it before forking this worker.
             inline = added is None or slot.cache_seq < added
             with opened(job.dirs) as preopens:
-                raw = slot.run(job, data if inline else None, hard_timeout, test_action, self.spin_us, preopens, sink)
+                stop = running.signal if running is not None else None
+                raw = slot.run(
+                    job, data if inline else None, hard_timeout, test_action, self.spin_us, preopens, sink, stop
+                )
                 if raw is None:  # evicted from (or refused by) the server's cache: send the bytes and add it again
                     self._modules.pop(job.digest, None)
                     added = None
-                    raw = slot.run(job, data, hard_timeout, test_action, self.spin_us, preopens, sink)
+                    raw = slot.run(job, data, hard_timeout, test_action, self.spin_us, preopens, sink, stop)
         except PhaseError as exc:
             raise SandboxError(str(exc)) from None
         if raw is None:
