@@ -103,6 +103,48 @@ def test_a_claimed_routing_id_is_never_used(start_nodes, hello_bytes):
         b.close()
 
 
+def _flood_then_close(node, connections: int = 4, messages: int = 2000) -> None:
+    """More messages than a bounded receive queue holds, all there at once, from connections already closed:
+    libzmq stops reading each on its full queue, sees the peer gone (_io_error) when it writes an answer there,
+    and its next heartbeat asserts !_io_error (stream_engine_base.cpp:310, libzmq #4841). All there at once: the
+    node is paused (SIGSTOP) while the connections send and close, so its kernel holds every byte for it."""
+    import signal
+
+    frame = header(t="caps?")
+    raws = [Raw(node.address, source="127.0.0.96") for _ in range(connections)]
+    for raw in raws:  # connected and authenticated first (the handshake needs the running node)
+        raw.send([frame])
+        assert raw.recv() is not None
+    node.proc.send_signal(signal.SIGSTOP)
+    try:
+        for raw in raws:
+            raw.sock.linger = 2000  # every message goes out before the close
+            for _ in range(messages):
+                raw.send([frame])
+        for raw in raws:
+            raw.close()
+        time.sleep(2.5)  # a heartbeat falls due meanwhile
+    finally:
+        node.proc.send_signal(signal.SIGCONT)
+
+
+def test_a_full_receive_queue_then_a_close_cannot_abort_the_node(tmp_path, hello_bytes):
+    """The libzmq abort on a connection closed while its reading was stopped: the node has no receive queue
+    limit (RECEIVE_QUEUE_LIMIT), so its reading never stops; the traffic that aborts a socket with a limit
+    (tests/net/test_receive_queue.py) leaves it serving, past two more heartbeats."""
+    from net_support import NodeProc, loopback_host
+
+    node = NodeProc(tmp_path / "node", loopback_host(), sandbox=False).start()
+    try:
+        _flood_then_close(node)
+        time.sleep(4.5)  # two more heartbeats (2 s apart)
+        assert node.alive, node.log_tail()
+        with Client(peers=[node.address]) as client:
+            assert client.submit(hello_bytes, input=b"abc", retries=0).stdout == b"cba"
+    finally:
+        node.stop()
+
+
 # ---- a hostile peer beside an honest one: the client moves on ---------------------------------------
 
 
