@@ -1098,7 +1098,6 @@ class Node:
                 job.input,
                 digest=digest_from_text(job.manifest["module"]["hash"]),
                 on_output=sink,
-                background=self.shares.yields_to_shorter(job.address, time.monotonic()),
                 **job_kwargs(job.manifest, job.limits),
                 **({"dirs": job.fs.preopens} if job.fs is not None else {}),
             )

@@ -8,10 +8,6 @@ a worker frees, the address that has used the least worker time lately goes firs
 a client of short jobs is not kept waiting behind the turns of clients of long ones.
 Running jobs cannot be taken back, so while another address is active one address runs at most
 ``workers - 1`` jobs: a worker stays free for the others instead of all of them waiting out its longest job.
-And the last free worker is kept for short jobs: an address whose jobs lately ran more than ``SHORT_FACTOR``
-times as long as those of another recently active address does not get it, so a client of short jobs finds a
-worker free (or soon free) whatever number of addresses with long jobs keep their queues full; their jobs also
-run at background CPU priority meanwhile (the node's ``_start``), so the short ones are not slowed by them.
 """
 
 from __future__ import annotations
@@ -27,8 +23,6 @@ from pyphase.result import Result
 
 RECENT_S = 2.0  # an address that offered a job this recently is waiting for its share (Shares.next)
 USAGE_HALF_LIFE_S = 5.0  # worker time an address used counts half after this long (Shares.next)
-SHORT_FACTOR = 2.0  # jobs this many times longer than another active address's do not get the last free worker
-JOB_LENGTH_WEIGHT = 0.25  # weight of the newest job in an address's running mean of job lengths
 
 
 @dataclass(frozen=True)
@@ -91,7 +85,6 @@ class Shares:
         self._running_by: Counter[str] = Counter()  # source address -> running jobs
         self._last_offer: dict[str, float] = {}  # source address -> when it last offered a job
         self._usage: dict[str, tuple[float, float]] = {}  # source address -> (worker seconds, as of when)
-        self._job_s: dict[str, float] = {}  # source address -> running mean of its jobs' lengths (s)
         self.running = 0
         self.queued = 0
         self.waiting = 0
@@ -160,42 +153,20 @@ class Shares:
         used, when = self._usage.get(address, (0.0, now))
         return float(used * 0.5 ** ((now - when) / USAGE_HALF_LIFE_S))
 
-    def job_length(self, address: str) -> float | None:
-        """Running mean of how long the jobs of ``address`` ran lately, in seconds (None: none ran yet)."""
-        return self._job_s.get(address)
-
     def _charge(self, job: HeldJob, now: float) -> None:
-        ran = max(0.0, now - job.ran_from)
-        self._usage[job.address] = (self.usage(job.address, now) + ran, now)
-        mean = self._job_s.get(job.address)
-        self._job_s[job.address] = ran if mean is None else mean + JOB_LENGTH_WEIGHT * (ran - mean)
+        self._usage[job.address] = (self.usage(job.address, now) + max(0.0, now - job.ran_from), now)
         if len(self._usage) > 4096:  # forget the smallest: bounded whatever the number of addresses
             for address, _ in sorted(self._usage.items(), key=lambda kv: kv[1][0])[:2048]:
                 del self._usage[address]
-                self._job_s.pop(address, None)
-
-    def yields_to_shorter(self, address: str, now: float) -> bool:
-        """Whether the jobs of ``address`` ran more than ``SHORT_FACTOR`` times as long as those of another
-        address active lately (an address with no job run yet does not yield): it then does not get the last
-        free worker, and its jobs run at background CPU priority."""
-        mean = self._job_s.get(address)
-        if mean is None or not self._others_active(address, now):
-            return False
-        others = [self._job_s[a] for a in self._last_offer if a != address and a in self._job_s]
-        return bool(others) and mean > SHORT_FACTOR * min(others)
 
     def next(self, workers: int) -> HeldJob | None:
         """The next queued job to run: of the addresses allowed to start one, the one that used the least worker
         time lately (ties: the first in turn), its first client's oldest job; both then go last. An address
-        already running ``workers - 1`` jobs waits its turn while other addresses are active, and one of long jobs
-        does not get the last free worker while an address of shorter jobs is active."""
+        already running ``workers - 1`` jobs waits its turn while other addresses are active."""
         now = time.monotonic()
-        last_worker = workers >= 2 and workers - self.running <= 1
         while self._queues:
             best, best_usage = None, 0.0
             for address in self._queues:
-                if last_worker and self.yields_to_shorter(address, now):
-                    continue
                 if self._running_by[address] < max(1, workers - 1) or not self._others_active(address, now):
                     used = self.usage(address, now)
                     if best is None or used < best_usage:

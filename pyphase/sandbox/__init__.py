@@ -62,12 +62,11 @@ START_TIMEOUT_MS = 10_000
 class _Running:
     """Where a submitted job runs (its slot, once it has one) and its stop request, so it can be stopped."""
 
-    __slots__ = ("slot", "signal", "nice")
+    __slots__ = ("slot", "signal")
 
     def __init__(self) -> None:
         self.slot: _sandbox.Slot | None = None
         self.signal = _sandbox.StopSignal()
-        self.nice = 0  # the worker's CPU priority (setpriority), raised before the job is handed to it
 
 
 def _server_command() -> list[str]:
@@ -103,14 +102,6 @@ def _streamed_as_kept(result: Result, sink: OutputSink) -> Result:
 
 
 _DEATHS = ("crashed", "timeout", "memory_limit")
-
-
-def _lower_priority(pid: int, nice: int) -> None:
-    """Raise a worker's nice value before it gets its job (a worker that died meanwhile: nothing to do)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, pid, nice)
-    except OSError:
-        pass
 
 
 def _fallback_command() -> list[str]:
@@ -261,16 +252,11 @@ class Sandbox:
         self._check_fits(job)
         return self._execute(job, on_output=on_output)
 
-    def submit_prepared(
-        self, job: PreparedJob, on_output: OutputCallback | None = None, nice: int = 0
-    ) -> Future[Result]:
+    def submit_prepared(self, job: PreparedJob, on_output: OutputCallback | None = None) -> Future[Result]:
         """Queue a prepared job; the future's result is its :class:`Result` (or a :class:`SandboxError`).
-        ``on_output`` is called from the sandbox's own thread; ``nice`` (0 to 19) lowers its worker's CPU priority
-        (workers are single-use: the next one starts at 0 again)."""
-        if not 0 <= nice <= 19:
-            raise ValueError(f"nice must be between 0 and 19, got {nice}")
+        ``on_output`` is called from the sandbox's own thread."""
         self._check_fits(job)
-        return self._tracked(job, on_output, nice)
+        return self._tracked(job, on_output)
 
     def submit(
         self,
@@ -306,9 +292,8 @@ class Sandbox:
             slot.kill(gen)
         return True
 
-    def _tracked(self, job: PreparedJob, on_output: OutputCallback | None = None, nice: int = 0) -> Future[Result]:
+    def _tracked(self, job: PreparedJob, on_output: OutputCallback | None = None) -> Future[Result]:
         running = _Running()
-        running.nice = nice
         future = self._executor.submit(self._execute, job, 0, on_output, running)
         self._running[future] = running
         future.add_done_callback(lambda f: self._running.pop(f, None))
@@ -474,8 +459,6 @@ class Sandbox:
             if running is not None:  # for stop(): which slot's worker to kill (the run tells it which generation)
                 running.slot = slot
             slot.ready(30_000)
-            if running is not None and running.nice:
-                _lower_priority(slot.worker_pid, running.nice)
             added = self._modules.get(job.digest)
             # The worker has the module if the server cached it before forking this worker.
             inline = added is None or slot.cache_seq < added

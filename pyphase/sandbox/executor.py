@@ -26,7 +26,6 @@ EMPTY_MODULE = (
     + b"_start"
     + bytes([0, 0, 10, 4, 1, 2, 0, 0x0B])
 )
-BACKGROUND_NICE = 10  # the nice(1) default: a background job gets about a tenth of a core another wants
 
 
 def failed_result(status: str, message: str, module: bytes, input: bytes) -> Result:
@@ -70,10 +69,8 @@ class ThreadExecutor:
         input: bytes,
         digest: bytes | None = None,
         on_output: OutputCallback | None = None,
-        background: bool = False,
         **kwargs: Any,
     ) -> Future[Result]:
-        """``background`` is ignored: the pool's threads are the node's own and are reused from job to job."""
         return self._pool.submit(self._run, prepare_job(module, input, digest=digest, **kwargs), on_output)
 
     def stop(self, future: Future[Result]) -> bool:
@@ -101,14 +98,11 @@ class SandboxExecutor:
         input: bytes,
         digest: bytes | None = None,
         on_output: OutputCallback | None = None,
-        background: bool = False,
         **kwargs: Any,
     ) -> Future[Result]:
         """A future of the job's result; a failure of the sandbox itself is its exception (reported as
-        ``crashed`` by the node). ``on_output``: the output as the worker writes it (from the sandbox's thread);
-        ``background``: its worker runs at a lower CPU priority (``BACKGROUND_NICE``)."""
-        job = prepare_job(module, input, digest=digest, **kwargs)
-        return self._sandbox.submit_prepared(job, on_output, nice=BACKGROUND_NICE if background else 0)
+        ``crashed`` by the node). ``on_output``: the output as the worker writes it (from the sandbox's thread)."""
+        return self._sandbox.submit_prepared(prepare_job(module, input, digest=digest, **kwargs), on_output)
 
     def stop(self, future: Future[Result]) -> bool:
         """Stop a submitted job, running or not: its worker is killed (see :meth:`pyphase.Sandbox.stop`)."""

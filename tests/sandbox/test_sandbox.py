@@ -158,27 +158,6 @@ def test_a_stop_just_before_the_job_starts_never_lets_it_run(wat):
             assert time.monotonic() - t < 1.5, (i, outcome)
 
 
-def test_a_job_given_a_nice_value_runs_at_that_priority_and_the_next_does_not(wat, hello_bytes):
-    """``nice``: the worker of a background job runs at that nice value (the node's jobs of long-job addresses
-    yield the CPU to short ones); workers are single-use, so the next job's worker starts at 0 again."""
-    from pyphase.runtime import prepare_job
-
-    def nice_of(pid: int) -> int:
-        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[16])
-
-    with Sandbox(workers=1) as sb:
-        future = sb.submit_prepared(prepare_job(wat(LOOP), b"", limits=Limits(timeout_ms=20_000)), nice=10)
-        wait_until(lambda: cpu_ticks(sb.worker_pids()[0]) > 0, what="the looping job to run")
-        assert nice_of(sb.worker_pids()[0]) == 10
-        assert sb.stop(future)
-        future.exception(timeout=10)
-        assert_hello_works(sb, hello_bytes)
-        wait_until(lambda: pid_alive(sb.worker_pids()[0]), what="the next worker")
-        assert nice_of(sb.worker_pids()[0]) == 0
-        with pytest.raises(ValueError):
-            sb.submit_prepared(prepare_job(hello_bytes, b""), nice=20)
-
-
 def test_sigsegv_mid_job_is_crashed_and_replaced(sandbox, hello_bytes):
     r = sandbox._selftest("segfault", hello_bytes)
     assert r.status == "crashed" and "SIGSEGV" in r.message, r.message
