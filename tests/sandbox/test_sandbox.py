@@ -127,14 +127,14 @@ def test_stop_kills_a_running_job_and_cancels_a_queued_one(hello_bytes, wat):
 def test_a_stop_just_before_the_job_starts_never_lets_it_run(wat):
     """The race of a stop landing while the job is handed to its worker: its 40 MiB input is being copied into
     the worker's memory (milliseconds) when stop() kills that still idle worker. Before the fix the run then
-    moved the job to the slot's spare worker and it ran to its end (here: its 2 s timeout); now either no
+    moved the job to the slot's spare worker and it ran to its end (here: its 5 s timeout); now either no
     worker gets it (SandboxError) or the one that did is killed. Stops land at several points of the hand-over."""
     import random
     import threading
 
     with Sandbox(workers=1) as sb:
         for i in range(24):
-            future = sb.submit(wat(LOOP), b"\0" * (40 << 20), limits=Limits(timeout_ms=2_000))
+            future = sb.submit(wat(LOOP), b"\0" * (40 << 20), limits=Limits(timeout_ms=5_000))
             running = sb._running[future]
             stopped = threading.Event()
 
@@ -155,7 +155,7 @@ def test_a_stop_just_before_the_job_starts_never_lets_it_run(wat):
             assert stopped.is_set()
             assert outcome.startswith(("crashed", "SandboxError: the job was stopped before")), (i, outcome)
             assert "SIGKILL" in outcome or "stopped" in outcome, (i, outcome)
-            assert time.monotonic() - t < 1.5, (i, outcome)
+            assert time.monotonic() - t < 4, (i, outcome)  # not the job's 5 s
 
 
 def test_sigsegv_mid_job_is_crashed_and_replaced(sandbox, hello_bytes):
