@@ -170,17 +170,6 @@ class EventLog:
             pass
 
 
-# Messages libzmq may queue from one connection before it stops reading that connection: no limit (0). In
-# libzmq 4.3.5 (and master) a connection whose reading stopped on a full queue and whose peer then closes is
-# marked _io_error and taken out of the poller, but its heartbeat timer still fires and writes a PING, which
-# asserts !_io_error and aborts the process (stream_engine_base.cpp:310; libzmq #4841, fix PR #4852 declined).
-# Any peer could do it: flood more messages than the limit faster than the node reads, then close. With no
-# limit reading never stops, so that state cannot be reached (tests/net/test_receive_queue.py shows both). What one
-# connection may make the node hold is bounded instead by MAXMSGSIZE, the node reading every connection as it
-# comes, and the bad-message budget that shuts a flooding connection down.
-RECEIVE_QUEUE_LIMIT = 0
-
-
 def _seed_routing_ids() -> None:
     """Seed ``rand()`` from the OS's CSPRNG before the node makes its sockets.
 
@@ -421,9 +410,9 @@ class Node:
         sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
         # Per connection, answers queued (results big enough to matter are also counted in bytes, _send_result);
-        # a full queue or a gone peer fails the send (ROUTER_MANDATORY). Received: see RECEIVE_QUEUE_LIMIT.
+        # a full queue or a gone peer fails the send (ROUTER_MANDATORY). Received: see wire.RECEIVE_QUEUE_LIMIT.
         sock.setsockopt(zmq.SNDHWM, 256)
-        sock.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE_LIMIT)
+        sock.setsockopt(zmq.RCVHWM, wire.RECEIVE_QUEUE_LIMIT)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.linger = 1000
         host, port = split_hostport(self.config.listen)

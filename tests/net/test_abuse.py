@@ -145,6 +145,56 @@ def test_a_full_receive_queue_then_a_close_cannot_abort_the_node(tmp_path, hello
         node.stop()
 
 
+IDLE_CLIENT_FLOOD = """
+import sys, threading, time
+import zmq, zmq.utils.z85
+from pyphase import Client, Identity
+identity = Identity.generate()
+ctx = zmq.Context()
+sock = ctx.socket(zmq.ROUTER)
+sock.linger = 2000
+sock.curve_server = True
+pub, sec = identity.curve_keypair()
+sock.curve_publickey, sock.curve_secretkey = zmq.utils.z85.encode(pub), zmq.utils.z85.encode(sec)
+port = sock.bind_to_random_port("tcp://127.0.0.1")
+client = Client(peers=[f"{identity.peer_id}@127.0.0.1:{port}"])
+peers = []
+def serve():
+    while not peers or sock.poll(100):
+        if sock.poll(50):
+            peers.append(sock.recv_multipart()[0])
+server = threading.Thread(target=serve)
+server.start()
+try:
+    client.submit(open(sys.argv[1], "rb").read(), input=b"x", timeout=1.5, retries=0)
+except Exception as exc:
+    print("submit failed:", type(exc).__name__, flush=True)
+server.join()
+for _ in range(3000):  # the client is idle now: it reads nothing
+    sock.send_multipart([peers[0], b"x" * 100])
+time.sleep(0.1)
+sock.close()
+time.sleep(3.5)  # three of the client's heartbeats
+client.close()
+print("client alive", flush=True)
+"""
+
+
+def test_a_hostile_node_flooding_an_idle_client_then_leaving_cannot_abort_it(hello_bytes, tmp_path):
+    """The same libzmq abort from the other side: a peer that never answers the job sends an idle ``Client``
+    3,000 messages, then closes. With libzmq's default receive queue (1,000) the client process aborted
+    (``!_io_error``) at its next heartbeat; with RECEIVE_QUEUE_LIMIT it lives on."""
+    import subprocess
+    import sys
+
+    module = tmp_path / "hello.wasm"
+    module.write_bytes(hello_bytes)
+    done = subprocess.run(
+        [sys.executable, "-c", IDLE_CLIENT_FLOOD, str(module)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "client alive" in done.stdout, (done.returncode, done.stderr[-2000:])
+
+
 # ---- a hostile peer beside an honest one: the client moves on ---------------------------------------
 
 

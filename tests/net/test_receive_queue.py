@@ -1,4 +1,4 @@
-"""The libzmq abort the node's unbounded receive queue rules out (pyphase.net.node.RECEIVE_QUEUE_LIMIT).
+"""The libzmq abort the unbounded receive queue of node and client rules out (pyphase.net.wire.RECEIVE_QUEUE_LIMIT).
 
 libzmq 4.3.5 stops reading a connection whose receive queue is full; if the peer is then gone, the connection
 is marked _io_error, and its next heartbeat asserts ``!_io_error`` (stream_engine_base.cpp:310, libzmq #4841):
@@ -14,7 +14,7 @@ import time
 
 import zmq
 
-from pyphase.net.node import RECEIVE_QUEUE_LIMIT
+from pyphase.net.wire import RECEIVE_QUEUE_LIMIT
 
 VICTIM = """
 import sys, time, zmq
