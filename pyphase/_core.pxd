@@ -164,6 +164,12 @@ cdef extern from "sandbox.h" nogil:
         int64_t last_cpu_us
         uint64_t t_go_ns, t_ready_ns, t_woke_ns, t_confined_ns, t_ran_ns, t_done_ns
 
+    ctypedef struct phase_sandbox_stop:
+        int stopped
+        uint32_t gen
+
+    uint32_t phase_sandbox_stop_request(phase_sandbox_stop *stop)
+
     ctypedef struct phase_sandbox_job:
         const uint8_t *module_hash
         const uint8_t *module
@@ -186,6 +192,7 @@ cdef extern from "sandbox.h" nogil:
         uint32_t spin_us
         phase_output_sink output_sink
         void *output_ctx
+        phase_sandbox_stop *stop
 
     uint64_t phase_sandbox_job_shm_bytes(const phase_sandbox_job *job)
     int phase_sandbox_slot_open(phase_sandbox_slot *slot, int sock, const int *shm_fds, uint32_t depth, char *err,

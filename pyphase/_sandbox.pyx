@@ -63,6 +63,24 @@ def server_main(list args):
         phase_sandbox_server_main(argc, argv)
 
 
+cdef class StopSignal:
+    """A job's stop request, shared by the thread that runs it (:meth:`Slot.run`) and any thread that stops it:
+    either the run sees the request before its worker gets "go" (no worker runs the job: the run raises), or
+    :meth:`request` returns the generation of the worker that got it, for :meth:`Slot.kill`."""
+    cdef phase_sandbox_stop stop
+
+    def request(self):
+        """Mark the job stopped; the generation of the worker it was last given (0: none yet)."""
+        cdef uint32_t gen
+        with nogil:
+            gen = phase_sandbox_stop_request(&self.stop)
+        return gen
+
+    @property
+    def requested(self):
+        return bool(self.stop.stopped)
+
+
 cdef class Slot:
     """The parent's end of one worker slot: a socket to the fork server and the shared memory of the slot's
     buffers (one per pre-forked worker). Used by one thread at a time (pyphase.sandbox keeps a free list).
@@ -215,10 +233,11 @@ cdef class Slot:
         return 0
 
     def run(self, job, module, uint64_t hard_timeout_ms, uint32_t test_action=0, uint32_t spin_us=0,
-            list preopens=None, on_output=None):
+            list preopens=None, on_output=None, StopSignal stop=None):
         """Run a pyphase.runtime.PreparedJob on this slot's worker with the GIL released. ``module`` is its
         bytes or None (the worker's cache); ``preopens`` its open directories, sent to the worker with "go";
         ``on_output(stream, bytes) -> bool`` gets the output as the worker writes it (see _core.output_to_python).
+        ``stop``: the job's :class:`StopSignal`; requested before a worker got "go", the run raises PhaseError.
         Returns None if the worker lacks the module (call again with the bytes), else the tuple of _core.run."""
         cdef phase_sandbox_job j
         cdef phase_result res
@@ -237,6 +256,8 @@ cdef class Slot:
             if on_output is not None:
                 j.output_sink = output_to_python
                 j.output_ctx = <void *> on_output
+            if stop is not None:
+                j.stop = &stop.stop
             with nogil:
                 rc = phase_sandbox_slot_run(&self.slot, &j, &res, err, sizeof(err))
             if rc == 1:

@@ -354,6 +354,7 @@ class Client:
             sock.setsockopt(zmq.HEARTBEAT_IVL, 5000 if slow else 1000)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 30000 if slow else 3000)
             sock.setsockopt(zmq.MAXMSGSIZE, 1 << 30)
+            sock.setsockopt(zmq.RCVHWM, wire.RECEIVE_QUEUE_LIMIT)  # a full queue, then a close, aborted us
             peer.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
             sock.connect(endpoint)
             peer.sock = sock

@@ -423,12 +423,9 @@ class Node:
         sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
         # Per connection, answers queued (results big enough to matter are also counted in bytes, _send_result);
-        # a full queue or a gone peer fails the send (ROUTER_MANDATORY). No receive high-water mark: in libzmq
-        # 4.3.5 a connection whose input was stopped by a full pipe and then hits an I/O error (the peer
-        # closes, or sends on) is left with _io_error set, and the next heartbeat or PONG it writes aborts the
-        # process (stream_engine_base.cpp:310, "!_io_error"). The node drains every connection at once instead.
+        # a full queue or a gone peer fails the send (ROUTER_MANDATORY). Received: see wire.RECEIVE_QUEUE_LIMIT.
         sock.setsockopt(zmq.SNDHWM, 256)
-        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, wire.RECEIVE_QUEUE_LIMIT)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.linger = 1000
         host, port = split_hostport(self.config.listen)

@@ -60,14 +60,13 @@ START_TIMEOUT_MS = 10_000
 
 
 class _Running:
-    """Where a submitted job runs (its slot and worker generation, once it has one), so it can be stopped."""
+    """Where a submitted job runs (its slot, once it has one) and its stop request, so it can be stopped."""
 
-    __slots__ = ("slot", "gen", "stopped")
+    __slots__ = ("slot", "signal")
 
     def __init__(self) -> None:
         self.slot: _sandbox.Slot | None = None
-        self.gen = 0
-        self.stopped = False
+        self.signal = _sandbox.StopSignal()
 
 
 def _server_command() -> list[str]:
@@ -287,10 +286,10 @@ class Sandbox:
         running = self._running.get(future)
         if running is None or future.done():
             return False
-        running.stopped = True
+        gen = running.signal.request()  # from here no worker gets the job, unless it is the one of ``gen``
         slot = running.slot
-        if slot is not None:
-            slot.kill(running.gen)
+        if gen and slot is not None:
+            slot.kill(gen)
         return True
 
     def _tracked(self, job: PreparedJob, on_output: OutputCallback | None = None) -> Future[Result]:
@@ -457,20 +456,21 @@ class Sandbox:
         hard_timeout = lim.timeout_ms + self.grace_ms if lim.timeout_ms else 0
         data = job.data
         try:
+            if running is not None:  # for stop(): which slot's worker to kill (the run tells it which generation)
+                running.slot = slot
             slot.ready(30_000)
-            if running is not None:  # the worker that takes this job, for stop(); then whether it was stopped already
-                running.gen, running.slot = slot.next_generation, slot
-                if running.stopped:
-                    raise SandboxError("the job was stopped before it started")
             added = self._modules.get(job.digest)
             # The worker has the module if the server cached it before forking this worker.
             inline = added is None or slot.cache_seq < added
             with opened(job.dirs) as preopens:
-                raw = slot.run(job, data if inline else None, hard_timeout, test_action, self.spin_us, preopens, sink)
+                stop = running.signal if running is not None else None
+                raw = slot.run(
+                    job, data if inline else None, hard_timeout, test_action, self.spin_us, preopens, sink, stop
+                )
                 if raw is None:  # evicted from (or refused by) the server's cache: send the bytes and add it again
                     self._modules.pop(job.digest, None)
                     added = None
-                    raw = slot.run(job, data, hard_timeout, test_action, self.spin_us, preopens, sink)
+                    raw = slot.run(job, data, hard_timeout, test_action, self.spin_us, preopens, sink, stop)
         except PhaseError as exc:
             raise SandboxError(str(exc)) from None
         if raw is None:
