@@ -292,3 +292,72 @@ def test_a_node_that_reserves_and_never_answers_costs_the_client_a_timeout_only(
     peer_id = node.address.split("@")[0]
     with Client(peers=[f"{peer_id}@relay/127.0.0.1:{tap.port}"]) as client:  # the honest node is still served
         assert client.submit(hello_bytes, b"honest").peer == peer_id
+
+
+def _reserve_raw(address: tuple[str, int], who: Identity) -> tuple[socket.socket, dict]:
+    """A reservation made by hand (a node that then never refreshes it); returns the control socket and answer."""
+    control = socket.create_connection(address, timeout=10)
+    control.sendall(encode_frame("reserve", peer=who.peer_id))
+    challenge = recv_frame(control)
+    if challenge["t"] == "error":
+        return control, challenge
+    control.sendall(
+        encode_frame("proof", sig=who.signing_key.sign(proof_message(challenge["nonce"], who.public_key)).signature)
+    )
+    return control, recv_frame(control)
+
+
+def test_reservations_expire_unless_refreshed_and_free_their_slot(tmp_path, hello_bytes) -> None:
+    host = loopback_host()
+    relay = NodeProc(
+        tmp_path / "relay",
+        host,
+        sandbox=False,
+        workers=1,
+        extra=("--relay", "--relay-listen", f"{host}:0"),
+        env={"PLASMD_RELAY_RESERVATION_TIME": "2s", "PLASMD_RELAY_RESERVATIONS": "2"},
+    ).start()
+    node = None
+    try:
+        address = (host, _relay_port(relay))
+        node = NodeProc(
+            tmp_path / "node",
+            loopback_host(),
+            sandbox=False,
+            workers=1,
+            extra=("--via-relay", f"{host}:{address[1]}"),
+        ).start()
+        assert node.wait_event("relay_reserved")["limits"]["reservation"] == 2
+        silent, third = Identity.generate(), Identity.generate()
+        control, answer = _reserve_raw(address, silent)
+        assert answer["t"] == "reserved" and answer["limits"]["reservation"] == 2
+        refused, answer = _reserve_raw(address, third)  # two slots, both taken
+        refused.close()
+        assert answer["reason"] == "relay_busy"
+        # the silent one answers nothing and never refreshes: after 2 s the relay says why and closes
+        with control:
+            control.settimeout(6)
+            ended = recv_frame(control)
+            assert ended["t"] == "error" and ended["reason"] == "expired", ended
+            assert control.recv(1) == b""
+        lost = [e for e in relay.wait_event_count("relay_lost", 1) if e["peer"] == silent.peer_id]
+        assert lost and lost[0]["reason"].startswith("expired"), lost
+        with socket.create_connection(address, timeout=5) as client:
+            with pytest.raises(RelayError) as failed:
+                open_circuit(client, silent.peer_id, 5.0)
+        assert failed.value.reason == "no_reservation"
+        # its slot is free again (memory bounded by relay_reservations, and turned over)
+        taken, answer = _reserve_raw(address, third)
+        taken.close()
+        assert answer["t"] == "reserved"
+        # the real node refreshed every second all along: never lost, and still carries jobs
+        time.sleep(1.5)
+        assert not [e for e in relay.events("relay_lost") if e["peer"] == node.address.split("@")[0]]
+        assert not node.events("relay_lost")
+        peer_id = node.address.split("@")[0]
+        with Client(peers=[f"{peer_id}@relay/{host}:{address[1]}"]) as client:
+            assert client.submit(hello_bytes, b"fresh").peer == peer_id
+    finally:
+        if node is not None:
+            node.stop()
+        relay.stop()
