@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dht_support import dht_host, endpoints, private_dht  # noqa: E402
-from net_support import NodeProc, loopback_host  # noqa: E402
+from net_support import NodeProc, fixed_port_relay, loopback_host  # noqa: E402
 from relay_tap import Tap  # noqa: E402
 
 from pyphase import Client
@@ -249,12 +249,7 @@ def test_cli_resolves_a_relayed_node_and_runs_a_job_through_the_relay(relayed) -
 
 def test_node_re_reserves_when_its_relay_comes_back(tmp_path, hello_bytes) -> None:
     host = loopback_host()
-    with socket.socket() as probe:  # a fixed relay port, so the restarted relay is where the node looks
-        probe.bind((host, 0))
-        port = probe.getsockname()[1]
-    relay = NodeProc(
-        tmp_path / "relay", host, sandbox=False, workers=1, extra=("--relay", "--relay-listen", f"{host}:{port}")
-    )
+    relay, port = fixed_port_relay(tmp_path / "relay", host)
     node = NodeProc(
         tmp_path / "node", loopback_host(), sandbox=False, workers=1, extra=("--via-relay", f"{host}:{port}")
     )

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dht_support import dht_host, endpoints, private_dht  # noqa: E402
-from net_support import NodeProc, loopback_host  # noqa: E402
+from net_support import NodeProc, fixed_port_relay, loopback_host  # noqa: E402
 
 from pyphase import Client
 from pyphase.errors import NoPeers
@@ -106,12 +106,7 @@ def test_node_that_loses_its_last_relay_stops_naming_it(tmp_path, hello_bytes) -
     with private_dht(4) as routers:
         boot = [f"{h}:{p}" for h, p in endpoints(routers)]
         host = dht_host()
-        with socket.socket() as probe:  # a fixed relay port, so the restarted relay is where the node looks
-            probe.bind((host, 0))
-            port = probe.getsockname()[1]
-        relay = NodeProc(
-            tmp_path / "relay", host, sandbox=False, workers=1, extra=("--relay", "--relay-listen", f"{host}:{port}")
-        )
+        relay, port = fixed_port_relay(tmp_path / "relay", host)
         node = NodeProc(
             tmp_path / "node",
             dht_host(),
