@@ -138,6 +138,15 @@ cdef extern from "phase_crypto.h" nogil:
     void phase_sha256(const void *buf, size_t len, uint8_t *out)
     int phase_ed25519_verify(const uint8_t *sig, const uint8_t *msg, size_t msg_len, const uint8_t *pk)
 
+cdef extern from "phase_splice.h" nogil:
+    ctypedef enum phase_splice_end:
+        PHASE_SPLICE_CLOSED
+        PHASE_SPLICE_BYTES
+        PHASE_SPLICE_TIME
+        PHASE_SPLICE_ERROR
+
+    phase_splice_end phase_splice(int a, int b, uint64_t max_bytes, int64_t timeout_ms, uint64_t *carried)
+
 cdef extern from "sandbox.h" nogil:
     int phase_sandbox_server_main(int argc, char **argv)
     int phase_sandbox_landlock_abi()

@@ -286,6 +286,7 @@ async def _start_relay(config: NodeConfig, identity: Identity, node: Node) -> An
         address_circuits=config.relay_address_circuits,
         circuit_bytes=config.relay_circuit_bytes,
         circuit_time_s=config.relay_circuit_time_ms / 1000,
+        reservation_s=config.relay_reservation_time_ms / 1000,
     )
     server = RelayServer(identity, node.log, limits)
     host, port = split_hostport(relay_listen_address(config.listen, node.port, config.relay_listen))

@@ -70,6 +70,7 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     relay_address_circuits = 4          # circuits open at once from one client address
     relay_circuit_bytes = "256MiB"      # bytes one circuit carries (both ways) before it is closed
     relay_circuit_time = "10m"          # how long one circuit lives (the client's ZeroMQ then reconnects)
+    relay_reservation_time = "1h"       # a reservation not refreshed within this ends (nodes refresh at half)
     via_relay       = ""                # reach this node through relays: "HOST:PORT,..." of relays (at most 2
                                         # used), a relay's PEERID, or "auto" (relays found on the DHT); the
                                         # record then names the relays instead of the node's own address.
@@ -184,6 +185,7 @@ class NodeConfig:
     relay_address_circuits: int = 4
     relay_circuit_bytes: int = 256 << 20
     relay_circuit_time_ms: int = 600_000
+    relay_reservation_time_ms: int = 3_600_000
     via_relay: str = ""
     upnp: bool = True
     reachability: bool = True
@@ -263,6 +265,7 @@ _TOP: dict[str, tuple[str, Any]] = {
     "relay_address_circuits": ("relay_address_circuits", int),
     "relay_circuit_bytes": ("relay_circuit_bytes", parse_size),
     "relay_circuit_time": ("relay_circuit_time_ms", parse_duration_ms),
+    "relay_reservation_time": ("relay_reservation_time_ms", parse_duration_ms),
     "via_relay": ("via_relay", str),
     "upnp": ("upnp", "bool"),
     "reachability": ("reachability", "bool"),
@@ -369,6 +372,8 @@ def load_config(
             raise ValueError(f"{name} must be at least 1")
     if config.relay_circuit_bytes < 1:
         raise ValueError("relay_circuit_bytes must be at least 1 byte")
+    if config.relay_reservation_time_ms < 1000:
+        raise ValueError("relay_reservation_time must be at least 1s")
     if config.connections < 0:
         raise ValueError("connections must be 0 (from the open-file limit) or more")
     if config.log_format not in ("json", "text"):

@@ -215,7 +215,9 @@ class DhtPresence:
         first = True
         warmup = [5.0, 30.0]
         while True:
-            while self.via_relay and not self.relays:  # nothing to say until a relay holds a reservation
+            # nothing to say until a relay holds a reservation; once one did, losing them all is said (an empty
+            # record), so the DHT never keeps naming a relay that no longer holds this node
+            while self.via_relay and not self.relays and first:
                 self._changed.clear()
                 await self._changed.wait()
             await asyncio.to_thread(dht.wait_bootstrapped, 10.0)
