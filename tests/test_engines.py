@@ -110,8 +110,9 @@ def test_an_unknown_engine_is_a_value_error(hello_bytes):
         run(hello_bytes, engine="v8")
 
 
-def test_the_sandbox_refuses_the_compiling_engine_clearly(hello_bytes):
-    with pyphase.Sandbox(workers=1) as sandbox:
+def test_a_sandbox_made_without_the_compiling_engine_refuses_it_clearly(hello_bytes):
+    with pyphase.Sandbox(workers=1, engines=["wasm3"]) as sandbox:
+        assert sandbox.engines == ("wasm3",)
         with pytest.raises(engines.EngineUnavailable, match="wasm3 only"):
             sandbox.run_prepared(prepare_job(hello_bytes, engine="wasmtime"))
         assert sandbox.run(hello_bytes, b"ab").stdout == b"ba"

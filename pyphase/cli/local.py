@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             deterministic=args.deterministic,
             program_name=Path(args.module).name,
             dirs=args.dirs,
-            engine=args.engine if args.no_sandbox else ("wasm3" if args.engine == "auto" else args.engine),
+            engine=args.engine,
         )
     except UsageError as exc:
         return fail(str(exc), exc.code)
@@ -224,7 +224,7 @@ def register(sub: Any) -> None:
         "--engine",
         choices=("wasm3", "wasmtime", "auto"),
         default="auto",
-        help="wasm3 interprets (starts in µs), wasmtime compiles (needs pyphase[jit]; in process only so far); "
+        help="wasm3 interprets (starts in µs), wasmtime compiles (needs pyphase[jit]; in the sandbox too); "
         "auto: long jobs compiled, short ones on wasm3 (default auto)",
     )
     p.add_argument("--identity", metavar="FILE", help=f"key that signs the receipt (default {default_identity_path()})")
