@@ -157,7 +157,19 @@ class Sandbox:
         self._last_added: tuple[bytes, float] | None = None
         self._free: queue.SimpleQueue[_sandbox.Slot] = queue.SimpleQueue()
         self._running: dict[Future[Result], _Running] = {}
-        self._start_server()
+        try:
+            self._start_server()
+        except SandboxError as exc:
+            if engines is not None or "wasmtime" not in self.engines:
+                raise
+            # e.g. under systemd's MemoryDenyWriteExecute no process may make code executable: wasm3 still can run
+            warnings.warn(
+                f"the sandbox could not set up the compiling engine ({exc}); its workers run wasm3 only",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.engines = ("wasm3",)
+            self._start_server()
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phase-sandbox")
 

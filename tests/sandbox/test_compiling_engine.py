@@ -11,6 +11,7 @@ import pytest
 import pyphase
 from pyphase import Limits, engines
 from pyphase.digests import hash_text
+from pyphase.errors import SandboxError
 from pyphase.sandbox import Sandbox
 
 from sandbox_helpers import CORPUS, cpu_ticks, proc_status, wait_until
@@ -130,3 +131,17 @@ def test_a_worker_on_the_compiling_engine_is_confined(wat):
         assert 4 << 30 < limit < 5 << 30
         assert sb.stop(future)
         assert future.result(timeout=10).status == "crashed"
+
+
+def test_a_fork_server_that_cannot_set_up_the_compiling_engine_falls_back_to_wasm3(monkeypatch, hello_bytes, tmp_path):
+    # as under systemd's MemoryDenyWriteExecute (packaging/deb/plasmd.service), where no code may be made executable
+    bogus = tmp_path / "libnot.so"
+    bogus.write_bytes(b"not a library")
+    monkeypatch.setattr(engines, "library", lambda: str(bogus))
+    with pytest.warns(RuntimeWarning, match="compiling engine"):
+        sb = Sandbox(workers=1)
+    with sb:
+        assert sb.engines == ("wasm3",)
+        assert sb.run(hello_bytes, b"ab", limits=Limits(timeout_ms=60_000)).engine == "wasm3"
+    with pytest.raises(SandboxError):  # asked for by name: no silent fallback
+        Sandbox(workers=1, engines=["wasmtime"])
