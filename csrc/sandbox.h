@@ -20,7 +20,8 @@ __attribute__((visibility("default"))) int phase_sandbox_server_main(int argc, c
 
 /* Install the worker's seccomp filter in the calling thread (after PR_SET_NO_NEW_PRIVS). allow_fs: also the
  * file system's calls (only where Landlock confines them); allow_timer: setitimer(ITIMER_REAL), the compiling
- * engine's epoch timer (only in workers of a fork server that runs it). 0 or -1/errno. */
+ * engine's epoch timer, and rt_sigaction on the four fault signals (only in workers of a fork server that runs
+ * it). 0 or -1/errno. */
 int phase_sandbox_seccomp_install(int allow_fs, int allow_timer);
 
 /* The kernel's Landlock ABI version, 0 if it has none. */
