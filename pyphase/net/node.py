@@ -47,7 +47,7 @@ from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig
 from pyphase.net.reachability import DialBackService
 from pyphase.net.shares import HeldJob, ShareCaps, Shares
-from pyphase.sandbox.executor import Executor, failed_result, job_kwargs, make_executor
+from pyphase.sandbox.executor import Executor, SandboxExecutor, failed_result, job_kwargs, make_executor
 from pyphase import engines
 from pyphase.receipt import machine_arch, make_receipt, timestamp
 from pyphase.result import Result
@@ -843,7 +843,7 @@ class Node:
         installed: docs/SANDBOX.md, "Engines")."""
         if self.executor is None:
             return ["wasm3"]
-        if self.executor.kind == "sandbox":
+        if isinstance(self.executor, SandboxExecutor):
             return self.executor.engines
         return engines.available()
 
