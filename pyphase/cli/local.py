@@ -72,10 +72,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"phase: invalid_module: {message}", file=sys.stderr)
             return STATUS_EXIT_CODES["invalid_module"]
     else:
+        from pyphase.engines import looks_long
         from pyphase.sandbox import Sandbox
 
         try:
-            with Sandbox(workers=1, shm_bytes=Sandbox.shm_bytes_for(job)) as sandbox:
+            # the compiling engine costs its fork server tens of ms to set up: only when this job may use it
+            jit = job.engine == "wasmtime" or (job.engine == "auto" and looks_long(job.digest, job.limits))
+            with Sandbox(
+                workers=1, shm_bytes=Sandbox.shm_bytes_for(job), engines=None if jit else ["wasm3"]
+            ) as sandbox:
                 result = sandbox.run_prepared(job, on_output)
         except EngineUnavailable as exc:
             return fail(str(exc))
