@@ -15,6 +15,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -137,6 +138,22 @@ void phase_wasmtime_tick(void)
         if (e)
             api.wasmtime_engine_increment_epoch(e);
     }
+}
+
+static void tick_on_signal(int sig)
+{
+    (void) sig;
+    phase_wasmtime_tick();   /* atomic increments only: async-signal-safe */
+}
+
+int phase_wasmtime_tick_on(int signum)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = tick_on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(signum, &sa, NULL);
 }
 
 /* ---- engines and the WASI linker ------------------------------------------------------------------------ */

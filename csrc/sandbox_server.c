@@ -616,7 +616,7 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             spec.output_sink = send_chunks;
         if (jit) {
             spec.engine = PHASE_ENGINE_WASMTIME;
-            /* The epoch ticks from SIGALRM (on_alarm): first at the deadline, then every tick until the job's
+            /* The epoch ticks from SIGALRM (phase_wasmtime_tick_on): first at the deadline, then every tick until the job's
              * deadline callback sees it has passed. No tick before: a job that ends in time never sees a signal. */
             uint64_t t = req.limits.timeout_ms;
             struct itimerval it = {
@@ -871,12 +871,6 @@ static void warm_up(void)
     phase_module_free(m);
 }
 
-/* SIGALRM in a worker of a compiling-engine job: one epoch tick (an atomic increment, async-signal-safe). */
-static void on_alarm(int sig)
-{
-    (void) sig;
-    phase_wasmtime_tick();
-}
 
 static int parse_fd(const char *s, char **end)
 {
@@ -946,12 +940,7 @@ int phase_sandbox_server_main(int argc, char **argv)
             _exit(2);
         }
         phase_wasmtime_set_ticker(0);
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = on_alarm;
-        sa.sa_flags = SA_RESTART;
-        sigemptyset(&sa.sa_mask);
-        if (sigaction(SIGALRM, &sa, NULL) != 0)
+        if (phase_wasmtime_tick_on(SIGALRM) != 0)   /* workers inherit it: their epoch timer */
             fatal("sigaction");
         wasmtime_on = 1;
     }

@@ -22,12 +22,6 @@
 
 static int jit;
 
-static void on_alarm(int sig)
-{
-    (void) sig;
-    phase_wasmtime_tick();
-}
-
 /* exit_group itself: the sanitizers' _exit interceptor makes calls (sigaltstack) no worker makes. */
 static void leave(int code)
 {
@@ -39,12 +33,7 @@ static void leave(int code)
 static void confined_run(phase_job_spec *spec)
 {
     phase_wasmtime_set_compiling(0);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_alarm;
-    sa.sa_flags = SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGALRM, &sa, NULL) != 0 || prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0
+    if (phase_wasmtime_tick_on(SIGALRM) != 0 || prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0
         || phase_sandbox_seccomp_install(0, 1) != 0)
         leave(100);
     struct itimerval it = {.it_interval = {0, 2000}, .it_value = {(time_t) (spec->limits.timeout_ms / 1000),
