@@ -83,7 +83,12 @@ static unsigned cache_count;
 static size_t cache_bytes;
 static uint64_t cache_seq;          /* ADD messages processed (accepted or not) */
 /* The compiling engine (--wasmtime): per cached module, the engine configurations whose compile failed and why. */
-static int wasmtime_on;
+static int wasmtime_on;            /* the library is loaded (--wasmtime) */
+/* Set up on the first compile, not at start (an idle node keeps the ~12 MiB wasmtime's compiler touches):
+ * 1 once the warm-up ran, so workers forked from then on get the epoch timer in their filter; jit_failure says why
+ * it could not be (e.g. MemoryDenyWriteExecute), and every compiling-engine job is then refused with it. */
+static int jit_ready;
+static char jit_failure[200];
 static uint8_t cache_failed[CACHE_MAX];
 static char cache_failure[CACHE_MAX][160];
 /* The kernel's Landlock ABI (0: none). Without it workers get no file system calls at all and a job with
@@ -178,9 +183,11 @@ static void limits_for_engine_index(unsigned index, phase_limits *lim, int *dete
 
 /* Compile cached module i for configuration index, here in the single-threaded server (parallel compilation is
  * off), so every worker forked later inherits the code. Its memory counts toward the cache's cap. */
+static int jit_set_up(void);
+
 static void cache_compile(unsigned i, uint32_t compile)
 {
-    if (!wasmtime_on || compile == 0 || compile > 4)
+    if (!wasmtime_on || compile == 0 || compile > 4 || !jit_set_up())
         return;
     unsigned index = compile - 1;
     phase_limits lim;
@@ -277,7 +284,7 @@ static int confine_early(void)
     memset(data, 0, sizeof data);
     if (syscall(SYS_capset, &head, data) != 0)
         return -1;
-    return phase_sandbox_seccomp_install(landlock_abi > 0, wasmtime_on);
+    return phase_sandbox_seccomp_install(landlock_abi > 0, jit_ready);
 }
 
 /* The job's rlimits, set through the filter's one allowed prlimit64 (pid 0). */
@@ -567,8 +574,9 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
         if (jit) {
             int ci = own ? -1 : cache_index(module->hash);
             unsigned index = (req.limits.fuel != 0) | ((req.deterministic != 0) << 1);
-            if (!wasmtime_on) {
-                respond_message(resp, PHASE_REJECTED, "this sandbox was started without the compiling engine");
+            if (!wasmtime_on || jit_failure[0]) {
+                respond_message(resp, PHASE_REJECTED,
+                                jit_failure[0] ? jit_failure : "this sandbox was started without the compiling engine");
                 say_done(resp);
                 _exit(0);
             }
@@ -833,18 +841,19 @@ static void handle_slot(unsigned index)
 /* A job the server runs itself once, before forking: a trusted constant module. It makes the core
  * cache what it learns once per thread (the native stack bounds, via /proc/self/maps) so that no
  * worker needs /proc after its seccomp filter is on. */
+static const uint8_t warm_up_module[] = {
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,             /* \0asm, version 1 */
+    0x01, 0x04, 0x01, 0x60, 0x00, 0x00,                         /* type: () -> () */
+    0x03, 0x02, 0x01, 0x00,                                     /* one function */
+    0x05, 0x03, 0x01, 0x00, 0x01,                               /* memory 1 */
+    0x07, 0x0a, 0x01, 0x06, '_', 's', 't', 'a', 'r', 't', 0x00, 0x00,
+    0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b,                         /* body: end */
+};
+
 static void warm_up(void)
 {
-    static const uint8_t tiny[] = {
-        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,             /* \0asm, version 1 */
-        0x01, 0x04, 0x01, 0x60, 0x00, 0x00,                         /* type: () -> () */
-        0x03, 0x02, 0x01, 0x00,                                     /* one function */
-        0x05, 0x03, 0x01, 0x00, 0x01,                               /* memory 1 */
-        0x07, 0x0a, 0x01, 0x06, '_', 's', 't', 'a', 'r', 't', 0x00, 0x00,
-        0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b,                         /* body: end */
-    };
     char err[256];
-    phase_module *m = phase_module_new(tiny, sizeof tiny, err, sizeof err);
+    phase_module *m = phase_module_new(warm_up_module, sizeof warm_up_module, err, sizeof err);
     if (!m) {
         fprintf(stderr, "phase-sandboxd: warm-up module rejected: %s\n", err);
         _exit(2);
@@ -856,19 +865,34 @@ static void warm_up(void)
     phase_result res;
     phase_job_run(&spec, &res);
     phase_result_clear(&res);
-    if (wasmtime_on) {
-        /* The same on the compiling engine: its engine, its signal handlers and this thread's trap state are set
-         * up once here, so workers inherit them (no sigaltstack or sigaction after their filter is on). */
-        spec.engine = PHASE_ENGINE_WASMTIME;
-        phase_job_run(&spec, &res);
-        if (res.status != PHASE_OK) {
-            fprintf(stderr, "phase-sandboxd: the compiling engine's warm-up job failed: %s\n", res.message);
-            _exit(2);
-        }
-        phase_result_clear(&res);
-        check_single_threaded("the compiling engine");
-    }
     phase_module_free(m);
+}
+
+/* The compiling engine's warm-up, once, before its first compile: the tiny module on wasmtime sets up its engine,
+ * its signal handlers and this thread's trap state here, so workers inherit them (no sigaltstack or sigaction
+ * after their filter is on). 1 when ready; 0 with jit_failure set when it cannot be. */
+static int jit_set_up(void)
+{
+    if (jit_ready || jit_failure[0])
+        return jit_ready;
+    char err[256];
+    phase_module *m = phase_module_new(warm_up_module, sizeof warm_up_module, err, sizeof err);
+    phase_job_spec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.module = m;
+    spec.engine = PHASE_ENGINE_WASMTIME;
+    phase_limits_default(&spec.limits);
+    phase_result res;
+    phase_job_run(&spec, &res);
+    if (res.status == PHASE_OK)
+        jit_ready = 1;
+    else
+        snprintf(jit_failure, sizeof jit_failure, "the compiling engine cannot run in this sandbox: %.150s",
+                 res.message);
+    phase_result_clear(&res);
+    phase_module_free(m);
+    check_single_threaded("the compiling engine");
+    return jit_ready;
 }
 
 

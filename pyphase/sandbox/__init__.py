@@ -35,7 +35,7 @@ from pyphase.digests import sha256_text
 from pyphase.engines import EngineUnavailable
 from pyphase.errors import LimitsError, PhaseError, SandboxError
 from pyphase.limits import Limits, format_size
-from pyphase.result import Result
+from pyphase.result import RawResult, Result
 from pyphase.preopen import Preopen, opened
 from pyphase.runtime import (
     DEFAULT_PROGRAM_NAME,
@@ -63,6 +63,8 @@ START_TIMEOUT_MS = 10_000
 # Workers a compiling-engine job may go through while the fork server compiles its module (each one forked before
 # the code was there answers "not compiled" and exits).
 COMPILE_ATTEMPTS = 4 * _sandbox.MAX_DEPTH
+# How a worker says the fork server could not set up the compiling engine (csrc/sandbox_server.c, jit_set_up).
+JIT_REFUSED = "the compiling engine cannot run in this sandbox"
 
 
 class _Running:
@@ -162,7 +164,7 @@ class Sandbox:
         except SandboxError as exc:
             if engines is not None or "wasmtime" not in self.engines:
                 raise
-            # e.g. under systemd's MemoryDenyWriteExecute no process may make code executable: wasm3 still can run
+            # the library did not load in the fork server: wasm3 still can run
             warnings.warn(
                 f"the sandbox could not set up the compiling engine ({exc}); its workers run wasm3 only",
                 RuntimeWarning,
@@ -593,6 +595,8 @@ class Sandbox:
             except PhaseError as exc:
                 raise SandboxError(str(exc)) from None
             if isinstance(raw, tuple):
+                if raw[0] == "rejected" and str(raw[2]).startswith(JIT_REFUSED):
+                    return self._without_compiling_engine(slot, job, test_action, sink, running, str(raw[2]), raw)
                 return self._finish(Result.from_core(raw, "wasmtime"), data, sink)
             if raw is None:  # the cache lost it (evicted): compile it again
                 self._compiled.pop(key, None)
@@ -601,6 +605,25 @@ class Sandbox:
             if key not in self._compiled:
                 self._add_module(job.digest, data, key[1])
         raise SandboxError("the sandbox's fork server did not compile the module for the compiling engine")
+
+    def _without_compiling_engine(
+        self,
+        slot: _sandbox.Slot,
+        job: PreparedJob,
+        test_action: int,
+        sink: OutputSink | None,
+        running: _Running | None,
+        why: str,
+        raw: RawResult,
+    ) -> Result:
+        """The fork server could not set up the compiling engine at its first compile (e.g. under systemd's
+        MemoryDenyWriteExecute): from now on this sandbox runs wasm3 only; an ``auto`` job runs there now."""
+        if "wasmtime" in self.engines:
+            self.engines = ("wasm3",)
+            warnings.warn(f"{why}; the sandbox's workers run wasm3 only", RuntimeWarning, stacklevel=2)
+        if job.engine != "auto":
+            return self._finish(Result.from_core(raw, "wasmtime"), job.data, sink)
+        return self._execute_on(slot, job, test_action, None if sink is None else sink.callback, running)
 
     def _add_module(self, digest: bytes, data: bytes, compile_index: int = -1) -> None:
         """Have the fork server cache a module a worker validated without incident, so later workers
