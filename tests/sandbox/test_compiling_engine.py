@@ -3,6 +3,8 @@ statuses as wasm3, the epoch timer, and a seccomp policy that adds only that tim
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -149,3 +151,41 @@ def test_a_fork_server_that_cannot_set_up_the_compiling_engine_falls_back_to_was
         assert sb.run(hello_bytes, b"ab", limits=Limits(timeout_ms=60_000)).engine == "wasm3"
     with pytest.raises(SandboxError):  # asked for by name: no silent fallback
         Sandbox(workers=1, engines=["wasmtime"])
+
+
+MDWE_SCRIPT = """
+import ctypes, sys, warnings
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+    print(f"prctl(PR_SET_MDWE) failed: errno {ctypes.get_errno()}")
+    sys.exit(3)
+from pyphase import Limits
+from pyphase.engines import EngineUnavailable
+from pyphase.sandbox import Sandbox
+hello = open(sys.argv[1], "rb").read()
+warnings.simplefilter("error")
+with Sandbox(workers=1) as sb:
+    assert sb.engines == ("wasm3", "wasmtime"), sb.engines
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        r = sb.run(hello, b"ab", limits=Limits(timeout_ms=60_000))  # auto: on its way to the compiler
+    assert (r.status, r.engine, r.stdout) == ("ok", "wasm3", b"ba"), r
+    assert sb.engines == ("wasm3",) and "make memory executable" in str(seen[0].message), seen
+    try:
+        sb.run(hello, b"ab", engine="wasmtime")
+    except EngineUnavailable as exc:
+        print("refused:", exc)
+"""
+
+
+def test_under_memory_deny_write_execute_the_sandbox_runs_wasm3_only(tmp_path):
+    # the kernel's own W^X for a process tree (PR_SET_MDWE, as systemd's MemoryDenyWriteExecute): no compiled code
+    hello = Path(__file__).resolve().parents[2] / "examples" / "hello" / "hello.wasm"
+    out = subprocess.run(
+        [sys.executable, "-c", MDWE_SCRIPT, str(hello)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    if out.returncode == 3:  # kernels before 6.3 have no PR_SET_MDWE; the unit's filter cannot be applied here
+        pytest.skip(out.stdout.strip())
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "refused: this sandbox runs wasm3 only" in out.stdout
