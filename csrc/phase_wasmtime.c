@@ -15,6 +15,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +41,7 @@ static wasm_engine_t *engines[4];           /* index: metered | canonical_nans <
 static wasmtime_linker_t *linkers[4];
 static int ticker_started;
 static int ticker_enabled = 1;
+static int compiling_allowed = 1;
 static unsigned active_jobs;
 static pthread_cond_t ticker_wake = PTHREAD_COND_INITIALIZER;
 
@@ -122,6 +124,13 @@ void phase_wasmtime_set_ticker(int enabled)
     pthread_mutex_unlock(&state_lock);
 }
 
+void phase_wasmtime_set_compiling(int allowed)
+{
+    pthread_mutex_lock(&state_lock);
+    compiling_allowed = allowed;
+    pthread_mutex_unlock(&state_lock);
+}
+
 void phase_wasmtime_tick(void)
 {
     for (int i = 0; i < 4; i++) {
@@ -129,6 +138,22 @@ void phase_wasmtime_tick(void)
         if (e)
             api.wasmtime_engine_increment_epoch(e);
     }
+}
+
+static void tick_on_signal(int sig)
+{
+    (void) sig;
+    phase_wasmtime_tick();   /* atomic increments only: async-signal-safe */
+}
+
+int phase_wasmtime_tick_on(int signum)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = tick_on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(signum, &sa, NULL);
 }
 
 /* ---- engines and the WASI linker ------------------------------------------------------------------------ */
@@ -257,6 +282,11 @@ static wasm_engine_t *engine_for(int index, char *err, size_t errlen)
         api.wasmtime_config_max_wasm_stack_set(config, PHASE_WASMTIME_STACK);
         api.wasmtime_config_parallel_compilation_set(config, 0);
         api.wasmtime_config_cranelift_nan_canonicalization_set(config, (index >> 1) & 1);
+        api.wasmtime_config_memory_reservation_set(config, PHASE_WASMTIME_RESERVATION);
+        api.wasmtime_config_memory_guard_size_set(config, PHASE_WASMTIME_GUARD);
+        /* Data segments are copied at instantiation, as on wasm3: copy-on-write images would need a memfd made
+         * on a module's first instantiation, which a sandbox worker may not create (nor keep: it closes fds). */
+        api.wasmtime_config_memory_init_cow_set(config, 0);
         wasm_engine_t *engine = api.wasm_engine_new_with_config(config);
         wasmtime_linker_t *linker = engine ? api.wasmtime_linker_new(engine) : NULL;
         if (!engine || !linker) {
@@ -320,6 +350,12 @@ static wasmtime_module_t *compiled_for(phase_module *pm, int index, uint64_t *co
         return NULL;
     }
     pthread_mutex_lock(&c->lock);
+    if (!c->compiled[index] && !__atomic_load_n(&compiling_allowed, __ATOMIC_RELAXED)) {
+        errf(err, errlen, "the module's compiled code is not here (a sandbox worker runs only code its fork server "
+                          "compiled)");
+        pthread_mutex_unlock(&c->lock);
+        return NULL;
+    }
     if (!c->compiled[index]) {
         uint64_t t0 = phase_now_ns();
         wasmtime_module_t *m = NULL;

@@ -297,6 +297,7 @@ static void write_request(phase_sandbox_slot *slot, const phase_sandbox_job *job
     req->module_off = pos;
     req->module_inline = job->module != NULL;
     req->stream_output = job->output_sink != NULL;
+    req->engine = (uint32_t) job->engine;
     req->module_len = job->module ? job->module_len : 0;
     if (req->module_len)
         memcpy(slot->shm + pos, job->module, req->module_len);
@@ -640,6 +641,8 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
         slot->chan = -1;
         slot->awaiting_exit = 0;
         note_next(slot);
+        if (hdr->response.uncompiled && hdr->response.seq == slot->seq && job->engine == PHASE_ENGINE_WASMTIME)
+            return 3;
         if (copy_response(slot, job, res) != 0) {
             phase_result_clear(res);
             errf(err, errlen, "out of memory copying a job's output");

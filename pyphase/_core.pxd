@@ -202,6 +202,7 @@ cdef extern from "sandbox.h" nogil:
         phase_output_sink output_sink
         void *output_ctx
         phase_sandbox_stop *stop
+        phase_engine engine
 
     uint64_t phase_sandbox_job_shm_bytes(const phase_sandbox_job *job)
     int phase_sandbox_slot_open(phase_sandbox_slot *slot, int sock, const int *shm_fds, uint32_t depth, char *err,
@@ -227,6 +228,7 @@ cdef extern from "sandbox_proto.h" nogil:
         SANDBOX_TEST_OPEN_OUTSIDE
         SANDBOX_TEST_STREAM_FORGE
         SANDBOX_TEST_WRITE_PAST
+        SANDBOX_TEST_TIMER
         SANDBOX_MSG_ADD
         SANDBOX_MSG_KILL
 
@@ -238,6 +240,7 @@ cdef extern from "sandbox_proto.h" nogil:
         uint64_t cache_seq
         int64_t maxrss_kb
         int64_t cpu_us
+        uint32_t compile
 
 cdef extern from "phase_spec.h" nogil:
     ctypedef struct phase_spec_instance:

@@ -100,6 +100,25 @@ def load_wasmtime() -> None:
         _loaded = True
 
 
+def library() -> str:
+    """The path of the loaded compiling engine's library (a sandbox's fork server loads the same one)."""
+    load_wasmtime()
+    return os.environ.get("PHASE_WASMTIME_LIBRARY") or str(_library_path())
+
+
+def config_index(limits: Limits, deterministic: bool) -> int:
+    """Which of the compiling engine's configurations a job uses (fuel metering | NaN canonicalisation << 1): its
+    compiled code is per configuration (csrc/phase_wasmtime.c)."""
+    return (limits.fuel != 0) | (int(deterministic) << 1)
+
+
+def looks_long(digest: bytes, limits: Limits) -> bool:
+    """Whether ``auto`` takes a job of this module for a long one: its own budget, or an earlier job's time on wasm3."""
+    with _lock:
+        past = _history.get(digest, 0)
+    return limits.fuel >= AUTO_FUEL or limits.timeout_ms >= AUTO_TIMEOUT_MS or past >= AUTO_WALL_US
+
+
 def available() -> list[str]:
     """The engines this process can run jobs on (a node's ``caps.engines``)."""
     if _loaded:
@@ -157,10 +176,7 @@ def choose(engine: str, module: Module | None, limits: Limits, deterministic: bo
         return "wasm3"
     if module._core.is_compiled(limits, deterministic):
         return "wasmtime"
-    with _lock:
-        past = _history.get(module.digest, 0)
-    long = limits.fuel >= AUTO_FUEL or limits.timeout_ms >= AUTO_TIMEOUT_MS or past >= AUTO_WALL_US
-    if not long:
+    if not looks_long(module.digest, limits):
         return "wasm3"
     if module.size <= AUTO_INLINE_COMPILE_BYTES:
         return "wasmtime"

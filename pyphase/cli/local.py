@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             deterministic=args.deterministic,
             program_name=Path(args.module).name,
             dirs=args.dirs,
-            engine=args.engine if args.no_sandbox else ("wasm3" if args.engine == "auto" else args.engine),
+            engine=args.engine,
         )
     except UsageError as exc:
         return fail(str(exc), exc.code)
@@ -72,10 +72,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"phase: invalid_module: {message}", file=sys.stderr)
             return STATUS_EXIT_CODES["invalid_module"]
     else:
+        from pyphase.engines import looks_long
         from pyphase.sandbox import Sandbox
 
         try:
-            with Sandbox(workers=1, shm_bytes=Sandbox.shm_bytes_for(job)) as sandbox:
+            # the compiling engine costs its fork server tens of ms to set up: only when this job may use it
+            jit = job.engine == "wasmtime" or (job.engine == "auto" and looks_long(job.digest, job.limits))
+            with Sandbox(
+                workers=1, shm_bytes=Sandbox.shm_bytes_for(job), engines=None if jit else ["wasm3"]
+            ) as sandbox:
                 result = sandbox.run_prepared(job, on_output)
         except EngineUnavailable as exc:
             return fail(str(exc))
@@ -228,7 +233,7 @@ def register(sub: Any) -> None:
         "--engine",
         choices=("wasm3", "wasmtime", "auto"),
         default="auto",
-        help="wasm3 interprets (starts in µs), wasmtime compiles (needs pyphase[jit]; in process only so far); "
+        help="wasm3 interprets (starts in µs), wasmtime compiles (needs pyphase[jit]; in the sandbox too); "
         "auto: long jobs compiled, short ones on wasm3 (default auto)",
     )
     p.add_argument("--identity", metavar="FILE", help=f"key that signs the receipt (default {default_identity_path()})")

@@ -48,7 +48,7 @@ from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig
 from pyphase.net.reachability import DialBackService
 from pyphase.net.shares import HeldJob, ShareCaps, Shares
-from pyphase.sandbox.executor import Executor, failed_result, job_kwargs, make_executor
+from pyphase.sandbox.executor import Executor, SandboxExecutor, failed_result, job_kwargs, make_executor
 from pyphase import engines
 from pyphase.receipt import machine_arch, make_receipt, timestamp
 from pyphase.result import Result
@@ -750,7 +750,6 @@ class Node:
             "memory_bytes": memory,
             "runtime": RUNTIME_NAME,
             "runtime_version": RUNTIME_VERSION,
-            # the compiling engine runs only in process (thread executor) so far: sandbox workers are wasm3's
             "engines": self._engines(),
             "executor": self.executor.kind if self.executor else "none",
             "max_limits": {
@@ -851,11 +850,13 @@ class Node:
         self._spawn(dial())
 
     def _engines(self) -> list[str]:
-        """The engines this node's executor runs jobs on: the compiling engine runs in process only (thread
-        executor) so far; sandbox workers are wasm3's (docs/SANDBOX.md, "Engines")."""
-        if self.executor is not None and self.executor.kind == "thread":
-            return engines.available()
-        return ["wasm3"]
+        """The engines this node's executor runs jobs on (sandbox workers run both when the compiling engine is
+        installed: docs/SANDBOX.md, "Engines")."""
+        if self.executor is None:
+            return ["wasm3"]
+        if isinstance(self.executor, SandboxExecutor):
+            return self.executor.engines
+        return engines.available()
 
     def _check_offer(self, manifest: dict[str, Any], data: bytes) -> tuple[str, str] | Limits:
         problems = schemas.errors("manifest", manifest)
