@@ -532,6 +532,8 @@ void phase_wasmtime_run(phase_job *job, phase_job_classify classify)
     uint64_t compile_us = 0;
     wasmtime_module_t *module = compiled_for(pm, index, &compile_us, buf, sizeof buf);
     res->compile_us = compile_us;
+    if (compile_us)
+        job->start_ns = phase_now_ns(); /* wall_us and the deadline count the run, not the compile (compile_us) */
     if (!module) {
         res->status = loaded ? PHASE_INVALID_MODULE : PHASE_REJECTED;
         snprintf(res->message, sizeof res->message, "%s", buf);

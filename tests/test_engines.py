@@ -33,6 +33,7 @@ def test_compile_time_is_reported_once_then_code_is_reused(probe_bytes):
     again = run(module, args=["echo", "x"], limits=limits, engine="wasmtime")
     assert first.status == again.status == "ok"
     assert first.compile_us > 0 and again.compile_us == 0
+    assert first.wall_us < first.compile_us  # wall_us is the run alone: the compile is reported apart
     assert module._core.is_compiled(limits) and not module._core.is_compiled(Limits())
 
 
@@ -65,7 +66,7 @@ def test_auto_learns_from_a_long_job_of_the_module(hello_bytes):
     try:
         assert engines.choose("auto", module, Limits(), False) == "wasmtime"
     finally:
-        engines.record(module.digest, "wasm3", 0)
+        engines.forget(module.digest)
     assert engines.choose("auto", module, Limits(), False) == "wasm3"
 
 
@@ -89,6 +90,11 @@ def test_fuel_is_counted_in_the_engines_own_unit_and_the_receipt_says_which(prob
         assert receipt["node"]["runtime"] == engine and receipt["node"]["fuel_unit"] == unit
         assert receipt["node"]["runtime_version"] == engines.VERSIONS[engine]
         verify_receipt(receipt, stdout=result.stdout, signer=identity.peer_id)
+    # without a fuel limit the compiling engine does not meter (it would cost up to 1.6x): the receipt says so
+    result = run(probe_bytes, args=["count", "1000"], engine="wasmtime")
+    receipt = make_receipt(result, job_id="sha256:" + "0" * 64, nonce="a" * 32, limits=Limits(), identity=identity)
+    assert result.fuel_used == 0 and receipt["node"]["fuel_unit"] == engines.UNMETERED == "none"
+    assert run(probe_bytes, args=["count", "1000"], engine="wasm3").fuel_used > 0  # wasm3 always counts
 
 
 def test_compiled_code_round_trips_as_bytes_and_garbage_is_refused(probe_bytes):
