@@ -18,6 +18,7 @@ from pyphase.history import ModuleRuns
 from pyphase.runtime import Module, run
 
 LIMITS = Limits()
+pytestmark = pytest.mark.usefixtures("no_data_dir")
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from pyphase.cli import main
 from pyphase.errors import PhaseError
 from pyphase.runtime import Module, prepare_job, run
 
+pytestmark = pytest.mark.usefixtures("no_data_dir")
+
 
 def test_both_engines_are_available_and_give_the_same_bytes(hello_bytes):
     assert engines.available() == ["wasm3", "wasmtime"]
