@@ -1,7 +1,7 @@
 """Compiled code kept on disk by module hash (``DATA_DIR/compiled/``), so a node or ``phase run`` compiles a module
 once, not once per process.
 
-Each file is one module compiled for one engine configuration (fuel metering, canonical NaNs)::
+Each file is one module compiled for one engine configuration (fuel metering, canonical NaNs, epoch checks)::
 
     header   magic "PHASECW1" | module sha256 (32) | configuration (1) | engine tag (32, NUL-padded) | length (8)
     payload  wasmtime's serialized module
@@ -43,8 +43,9 @@ class CompiledCacheError(PhaseError):
 
 
 def configuration(limits: Limits, deterministic: bool) -> int:
-    """The engine configuration a job with these limits uses (C's engine index: metered | canonical NaNs << 1)."""
-    return int(limits.fuel != 0) | (int(deterministic) << 1)
+    """The engine configuration a job with these limits uses (C's engine_index: fuel metering | canonical NaNs << 1 |
+    epoch interruption, for a wall-clock limit, << 2)."""
+    return int(limits.fuel != 0) | (int(deterministic) << 1) | (int(limits.timeout_ms != 0) << 2)
 
 
 class CompiledCache:

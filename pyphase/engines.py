@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyphase import _core
-from pyphase.compiled import DEFAULT_MAX_BYTES, CompiledCache
+from pyphase.compiled import DEFAULT_MAX_BYTES, CompiledCache, configuration
 from pyphase.errors import PhaseError
 
 if TYPE_CHECKING:
@@ -75,14 +75,14 @@ _lock = threading.Lock()
 _load_error: str | None = None
 _loaded = False
 _history: dict[bytes, int] = {}
-_compiling: dict[tuple[bytes, bool, bool], threading.Thread] = {}
+_compiling: dict[tuple[bytes, int], threading.Thread] = {}
 _HISTORY_MAX = 4096
 _runs: ModuleRuns | None = None
 _cache: CompiledCache | None = None
 _cache_dir: tuple[Path, int] | None = None
 #: names the compiler build whose code the disk cache holds: wasmtime's release and our engine settings (bump the
 #: suffix when phase_wasmtime.c changes a setting that changes generated code)
-ENGINE_TAG = f"wasmtime-{WASMTIME_VERSION}/phase-1"
+ENGINE_TAG = f"wasmtime-{WASMTIME_VERSION}/phase-2"
 
 
 def _library_path() -> Path:
@@ -237,7 +237,7 @@ def _store(module: Module, limits: Limits, deterministic: bool) -> None:
 def compile_in_background(module: Module, limits: Limits, deterministic: bool) -> None:
     """Compile ``module`` for jobs with these limits on a thread of its own (and keep the code in the data dir), unless
     it is compiled or compiling already; jobs meanwhile run on wasm3."""
-    key = (module.digest, limits.fuel != 0, deterministic)
+    key = (module.digest, configuration(limits, deterministic))
     if module._core.is_compiled(limits, deterministic):
         return
 

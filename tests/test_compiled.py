@@ -18,6 +18,7 @@ from pyphase.history import ModuleRuns
 from pyphase.runtime import Module, run
 
 LIMITS = Limits()
+CONFIG = configuration(LIMITS, False)  # a node's default limits: epoch checks for the wall-clock limit
 pytestmark = pytest.mark.usefixtures("no_data_dir")
 
 
@@ -37,7 +38,7 @@ def data_dir(tmp_path: Path):
 
 def test_compiled_code_stored_on_disk_is_used_by_a_fresh_module_without_compiling(cache, probe_bytes):
     path = cache.store(Module(probe_bytes), LIMITS, False)
-    assert path.name == f"{Module(probe_bytes).digest.hex()}-0.cwasm" and path.stat().st_mode & 0o777 == 0o600
+    assert path.name == f"{Module(probe_bytes).digest.hex()}-{CONFIG}.cwasm" and path.stat().st_mode & 0o777 == 0o600
     fresh = Module(probe_bytes)  # a new object: nothing compiled in memory
     assert not fresh._core.is_compiled(LIMITS)
     assert cache.load(fresh, LIMITS, False) and fresh._core.is_compiled(LIMITS)
@@ -63,12 +64,12 @@ def _damage(kind: str, data: bytes, cache: CompiledCache, other: bytes, digest: 
         return other
     if kind == "another engine build":
         foreign = CompiledCache(cache.directory, "wasmtime-49.0.0/phase-1")
-        return foreign.encode(digest, 0, bytes(cache.decode(digest, 0, data)))
+        return foreign.encode(digest, CONFIG, bytes(cache.decode(digest, CONFIG, data)))
     if kind == "another node's key":
         (cache.directory / "key").rename(cache.directory / "key.mine")
         stranger = CompiledCache(cache.directory, engines.ENGINE_TAG)
         (cache.directory / "key.mine").replace(cache.directory / "key")
-        return stranger.encode(digest, 0, bytes(cache.decode(digest, 0, data)))
+        return stranger.encode(digest, CONFIG, bytes(cache.decode(digest, CONFIG, data)))
     raise AssertionError(kind)
 
 
@@ -103,9 +104,9 @@ def test_decode_names_the_check_that_failed(cache, probe_bytes):
     with pytest.raises(CompiledCacheError, match="another module or configuration"):
         cache.decode(module.digest, configuration(Limits(fuel=1), True), data)
     with pytest.raises(CompiledCacheError, match="bad magic"):
-        cache.decode(module.digest, 0, b"X" + data[1:])
+        cache.decode(module.digest, CONFIG, b"X" + data[1:])
     with pytest.raises(CompiledCacheError, match="truncated"):
-        cache.decode(module.digest, 0, data[:20])
+        cache.decode(module.digest, CONFIG, data[:20])
 
 
 def test_the_directory_stays_within_its_bound_least_recently_used_out_first(tmp_path, probe_bytes, hello_bytes):

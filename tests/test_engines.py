@@ -72,6 +72,12 @@ def test_auto_learns_from_a_long_job_of_the_module(hello_bytes):
     assert engines.choose("auto", module, Limits(), False) == "wasm3"
 
 
+def test_jobs_without_a_wall_clock_limit_use_code_without_epoch_checks(probe_bytes):
+    module = Module(probe_bytes)  # epoch checks cost up to 1.7x on call-heavy code; only a timeout needs them
+    assert run(module, b"x", args=["cat"], limits=Limits(timeout_ms=0), engine="wasmtime").stdout == b"x"
+    assert module._core.is_compiled(Limits(timeout_ms=0)) and not module._core.is_compiled(Limits())
+
+
 def test_spinning_module_on_the_compiling_engine_ends_in_timeout_soon_after_the_limit(probe_bytes):
     run(probe_bytes, args=["echo"], engine="wasmtime")  # compile outside the measured run
     start = time.monotonic()
