@@ -25,7 +25,7 @@ from pyphase.identity import Identity
 from pyphase.net import config as config_mod
 from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig, load_config
-from pyphase.net.node import EventLog, ListenError, Node, raise_descriptor_limit
+from pyphase.net.node import EventLog, ListenError, Node, raise_descriptor_limit, release_free_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +169,7 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
         elif not config.via_relay.strip() and presence is not None and not config.relay:
             fallback = _RelayFallback(config, identity, node, presence)
             presence.on_reachability = fallback.on_verdict
+        release_free_memory()  # what start-up freed, before the node settles in to wait
         await node.serve()
     finally:
         if relay_agent is not None:
@@ -243,6 +244,7 @@ class _BootSource:
             self.log("warning", message=f"boot source not announced on the DHT: {exc}")
             return
         presence.also_announce.append(("phase-boot", info_hash, self.server.port))
+        presence.map_also("phase-boot", self.server.port)  # a machine outside the router can then fetch from it
 
     def close(self) -> None:
         if self.announcer is not None:

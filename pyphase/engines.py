@@ -17,7 +17,6 @@ ran long. Compiled code is kept by module hash in memory and, with a data dir, o
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import os
 import platform
@@ -92,7 +91,11 @@ def _library_path() -> Path:
             "the compiling engine needs the wasmtime wheel: pip install 'pyphase[jit]' "
             f"(wasmtime=={WASMTIME_VERSION}); without it jobs run on wasm3"
         )
-    version = importlib.metadata.version("wasmtime")
+    from importlib import (
+        metadata,
+    )  # here, not at the top: it brings email, zipfile, csv (2.5 MB an idle node never needs)
+
+    version = metadata.version("wasmtime")
     if version != WASMTIME_VERSION:
         raise EngineUnavailable(
             f"wasmtime {version} is installed, pyphase's compiling engine is built for {WASMTIME_VERSION}: "

@@ -73,6 +73,7 @@ def test_sdist_carries_wasm3_and_libsodium_sources(sdist):
     assert f"{root}/third_party/libsodium/LICENSE" in members
     assert f"{root}/third_party/libsodium/src/libsodium/include/sodium.h" in members
     assert f"{root}/cmake/libsodium.cmake" in members and f"{root}/tools/apply_patch.py" in members
+    assert f"{root}/cmake/libsodium/CMakeLists.txt" in members  # libsodium for the boot tools and the fuzz build
     assert f"{root}/tools/pinned_sdist.py" in members
     assert f"{root}/csrc/phase_job.c" in members
     assert not any(n.startswith(f"{root}/build/") for n in members)

@@ -6,8 +6,8 @@
 #   tools/build-wheels.sh [x86_64] [aarch64]        (default: both)
 #
 # Needs: python3 (the wheels are for its CPython version: 3.11 on Debian 12), make, patch. The aarch64 wheel
-# also needs the target's pyconfig.h: it is taken from Debian's libpython3.X-dev:arm64 (apt-get download, never
-# installed; the first run adds the arm64 architecture to dpkg, as root).
+# also needs the target's pyconfig.h: it is taken from Debian's libpython3.X-dev:arm64 (tools/arm64-sysroot.sh:
+# apt-get download, never installed; the first run adds the arm64 architecture to dpkg, as root).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/dist
@@ -39,17 +39,8 @@ pytag=cp${pyver/./}
 # The target's Python headers: the host's headers are the same for every architecture but pyconfig.h, so the
 # aarch64 build uses Debian's arm64 development package of the same Python version, unpacked.
 arm64_python_headers() {
-    local dest=$WORK/aarch64/sysroot pkg=libpython$pyver-dev:arm64
-    if [ ! -f "$dest/usr/include/aarch64-linux-gnu/python$pyver/pyconfig.h" ]; then
-        if ! dpkg --print-foreign-architectures | grep -qx arm64; then
-            [ "$(id -u)" -eq 0 ] || die "run once as root: dpkg --add-architecture arm64 && apt-get update"
-            dpkg --add-architecture arm64
-        fi
-        apt-cache show "$pkg" >/dev/null 2>&1 || apt-get update -qq
-        rm -rf "$dest" "$WORK/aarch64/debs" && mkdir -p "$dest" "$WORK/aarch64/debs"
-        (cd "$WORK/aarch64/debs" && apt-get download -qq "$pkg") || die "apt-get download $pkg failed"
-        for deb in "$WORK/aarch64/debs"/*.deb; do dpkg-deb -x "$deb" "$dest"; done
-    fi
+    local dest=$WORK/aarch64/sysroot
+    "$ROOT/tools/arm64-sysroot.sh" "$dest" "libpython$pyver-dev:arm64" || die "no arm64 Python headers"
     echo "$dest/usr/include"
 }
 

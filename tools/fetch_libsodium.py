@@ -5,11 +5,13 @@ Sources, in order: ``third_party/libsodium/`` in the source tree (an sdist of ou
 offline); otherwise the ``pynacl==1.6.2`` sdist fetched by name with pip, checked against its pinned sha256, and
 its ``src/libsodium/`` tree (libsodium 1.0.20) unpacked there. The tree is always checked against its digest.
 
-``--build PREFIX`` configures and builds it out of tree (``--disable-shared --enable-static --with-pic
---disable-pie --enable-minimal``), installs it into PREFIX, and checks that every libsodium function csrc/
-calls is defined in ``libsodium.a``. A PREFIX already built from the same tree with the same compiler and
-flags is kept as it is; builds run in a private staging folder and are renamed into place, so two builds
-at once never see each other's half-done files.
+``--build PREFIX`` builds it for the builds that are not CMake's own (the static boot tools, the fuzz build):
+the standalone project ``cmake/libsodium/`` compiles it with ``cmake/libsodium.cmake``, the same recipe that
+makes the library the Python extensions link (one source for how libsodium is built), installs
+``lib/libsodium.a`` and ``include/`` into PREFIX, and checks that every libsodium function csrc/ calls is defined
+in it. A PREFIX already built from the same tree and recipe with the same compiler and flags is kept as it is;
+builds run in a private staging folder and are renamed into place, so two builds at once never see each other's
+half-done files.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -37,19 +40,12 @@ PIN = Pin(
 ROOT = Path(__file__).resolve().parent.parent
 VENDOR = ROOT / "third_party" / "libsodium"
 CSRC = ROOT / "csrc"
-CONFIGURE_FLAGS = [
-    "--disable-shared",
-    "--enable-static",
-    "--with-pic",
-    "--disable-pie",
-    "--enable-minimal",
-    "--disable-dependency-tracking",
-]
+RECIPE = [ROOT / "cmake" / "libsodium.cmake", ROOT / "cmake" / "libsodium" / "CMakeLists.txt"]
 WHO = "fetch_libsodium"
 
 
 def select(rel: str) -> str | None:
-    """PyNaCl's bundled libsodium tree, whole (configure expects every Makefile.in it names)."""
+    """PyNaCl's bundled libsodium tree, whole (its licence, version.h and sources; an sdist carries it as is)."""
     prefix = "src/libsodium/"
     return rel[len(prefix) :] if rel.startswith(prefix) else None
 
@@ -75,7 +71,8 @@ def check(archive: Path, nm: str) -> None:
 
 
 def build(prefix: Path, cc: str, cflags: str, host: str | None, nm: str) -> None:
-    recipe = "\n".join([PIN.tree_sha256, cc, cflags, host or "", *CONFIGURE_FLAGS])
+    recipe_digest = hashlib.sha256(b"".join(path.read_bytes() for path in RECIPE)).hexdigest()
+    recipe = "\n".join([PIN.tree_sha256, recipe_digest, cc, cflags, host or ""])
     stamp = hashlib.sha256(recipe.encode()).hexdigest()
     library = prefix / "lib" / "libsodium.a"
     if (
@@ -84,28 +81,37 @@ def build(prefix: Path, cc: str, cflags: str, host: str | None, nm: str) -> None
         and (prefix / "phase-build-stamp").read_text().strip() == stamp
     ):
         return
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        fail(WHO, "cmake is needed to build libsodium (apt-get install cmake, or pip install cmake)")
     staging = prefix.with_name(f"{prefix.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     work = staging / "build"
     work.mkdir(parents=True)
-    env = dict(os.environ, CC=cc, CFLAGS=cflags)
-    configure = ["sh", str(VENDOR / "configure"), f"--prefix={staging}", *CONFIGURE_FLAGS]
-    if host:
-        configure.append(f"--host={host}")
+    # CC may carry arguments ("zig cc -target aarch64-linux-gnu"): CMake takes them from the environment
+    env = dict(os.environ, CC=cc, CFLAGS=cflags, ASM=cc)
+    configure = [
+        cmake,
+        "-S",
+        str(ROOT / "cmake" / "libsodium"),
+        "-B",
+        str(work),
+        f"-DSODIUM_SOURCE_DIR={VENDOR}",
+        f"-DCMAKE_INSTALL_PREFIX={staging}",
+        "-DCMAKE_BUILD_TYPE=Release",
+    ]
+    if host:  # a GNU triple, as configure's --host took it: aarch64-linux-gnu
+        configure += ["-DCMAKE_SYSTEM_NAME=Linux", f"-DCMAKE_SYSTEM_PROCESSOR={host.split('-')[0]}"]
     jobs = str(len(os.sched_getaffinity(0)))
-    for step in (configure, ["make", "-j", jobs], ["make", "install"]):
-        print(f"{WHO}: {' '.join(step[:3])} …", file=sys.stderr)
+    for step in (configure, [cmake, "--build", str(work), "-j", jobs], [cmake, "--install", str(work)]):
+        print(f"{WHO}: {shlex.join(step[:3])} …", file=sys.stderr)
         result = subprocess.run(step, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if result.returncode != 0:
-            log = work / "config.log"
+            log = work / "CMakeFiles" / "CMakeConfigureLog.yaml"
             hint = f" (see {log})" if log.exists() else ""
-            fail(WHO, f"`{' '.join(step)}` failed{hint}:\n{result.stderr[-4000:]}")
+            fail(WHO, f"`{shlex.join(step)}` failed{hint}:\n{result.stderr[-4000:]}")
     check(staging / "lib" / "libsodium.a", nm)
     shutil.rmtree(work)
-    for unused in ("share", "lib/pkgconfig", "lib/libsodium.la"):
-        shutil.rmtree(staging / unused, ignore_errors=True) if (staging / unused).is_dir() else (
-            staging / unused
-        ).unlink(missing_ok=True)
     (staging / "phase-build-stamp").write_text(stamp + "\n")
     shutil.rmtree(prefix, ignore_errors=True)
     try:
@@ -116,13 +122,15 @@ def build(prefix: Path, cc: str, cflags: str, host: str | None, nm: str) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--build", type=Path, metavar="PREFIX", help="build and install static libsodium here")
+    parser.add_argument(
+        "--build", type=Path, metavar="PREFIX", help="build static libsodium (cmake/libsodium/) and install it here"
+    )
     parser.add_argument(
         "--check", type=Path, metavar="ARCHIVE", help="check that ARCHIVE defines every libsodium function csrc/ calls"
     )
     parser.add_argument("--cc", default=os.environ.get("CC", "cc"), help="C compiler (default: $CC or cc)")
     parser.add_argument("--cflags", default=os.environ.get("CFLAGS", "-O2"), help="C flags (default: $CFLAGS or -O2)")
-    parser.add_argument("--host", help="configure's --host when cross-compiling (e.g. aarch64-linux-gnu)")
+    parser.add_argument("--host", help="the target's GNU triple when cross-compiling (e.g. aarch64-linux-gnu)")
     parser.add_argument("--nm", default=os.environ.get("NM", "nm"), help="nm used to check the built library")
     args = parser.parse_args()
 

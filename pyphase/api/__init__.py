@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 
 @lru_cache(maxsize=None)
 def openapi() -> dict[str, Any]:
     """The API's OpenAPI 3.1 document, as shipped in the package (the one source of its shapes)."""
+    from importlib import resources  # here: it brings tempfile, shutil, bz2, lzma, which an idle node never needs
+
     doc: dict[str, Any] = json.loads(resources.files(__name__).joinpath("openapi.json").read_text("utf-8"))
     return doc

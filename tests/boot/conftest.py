@@ -35,6 +35,7 @@ def phase_boot_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Build the static stage-1 tools once per session; the directory holds phase-verify etc."""
     require("gcc", "gcc")
     require("make", "make")
+    require("cmake", "cmake")  # builds the bundled libsodium (cmake/libsodium/)
     for lib, pkg in (("libjansson.a", "libjansson-dev"), ("libcares.a", "libc-ares-dev")):
         if not (LIBDIR / lib).exists():
             pytest.skip(f"{LIBDIR / lib} not found (apt-get install {pkg})")
