@@ -177,7 +177,7 @@ def compiled_cache() -> CompiledCache | None:
 
 
 def _past(digest: bytes) -> int:
-    """The wall time of the module's last wasm3 job (this process's, else the data dir's), 0 if none."""
+    """The wall time of the module's longest wasm3 job (as this process knows it, else the data dir), 0 if none."""
     with _lock:
         past = _history.get(digest)
         runs = _runs

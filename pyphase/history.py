@@ -172,7 +172,7 @@ CREATE INDEX IF NOT EXISTS module_runs_updated ON module_runs (updated);
 
 
 class ModuleRuns:
-    """How long the last job of each module ran on wasm3, kept beside the job history (same file, own table) so that
+    """How long the longest job of each module ran on wasm3, kept beside the job history (same file, own table) so that
     ``auto`` (pyphase.engines) still knows a long module after a restart. ``path=None``: in memory. At most
     ``max_modules`` rows: the least recently updated go first."""
 
@@ -191,7 +191,7 @@ class ModuleRuns:
         self.db.executescript(_MODULE_RUNS_SCHEMA)
 
     def get(self, module: bytes) -> int | None:
-        """The wall time (µs) of the module's last recorded wasm3 job, or None."""
+        """The wall time (µs) of the module's longest recorded wasm3 job, or None."""
         with self._lock:
             row = self.db.execute("SELECT wall_us FROM module_runs WHERE module = ?", (module,)).fetchone()
         return None if row is None else int(row[0])
