@@ -8,7 +8,7 @@ validator, the same WASI layer, the same limits and statuses; fuel is counted in
 fuel limit and so did not count).
 
 ``auto`` (the default) keeps short jobs on wasm3 and sends a job to the compiler when its own budget says it is
-long (:data:`AUTO_FUEL`, :data:`AUTO_TIMEOUT_MS`), when the last wasm3 job of its module took long
+long (:data:`AUTO_FUEL`, :data:`AUTO_TIMEOUT_MS`), when a wasm3 job of its module took long
 (:data:`AUTO_WALL_US`; kept in the data dir's history when :func:`use_data_dir` names one, so it outlives the
 process), or when the module's compiled code is ready already. A long job of a big module whose code is not ready
 runs on wasm3 while the code is compiled in the background for the next one; so does a module whose wasm3 job just
