@@ -179,6 +179,8 @@ static void limits_for_engine_index(unsigned index, phase_limits *lim, int *dete
     phase_limits_default(lim);
     lim->fuel = index & 1;
     *deterministic = (int) (index >> 1) & 1;
+    if (!((index >> 2) & 1))
+        lim->timeout_ms = 0;   /* no epoch checks: a job without a wall-clock limit */
 }
 
 /* Compile cached module i for configuration index, here in the single-threaded server (parallel compilation is
@@ -187,7 +189,7 @@ static int jit_set_up(void);
 
 static void cache_compile(unsigned i, uint32_t compile)
 {
-    if (!wasmtime_on || compile == 0 || compile > 4 || !jit_set_up())
+    if (!wasmtime_on || compile == 0 || compile > PHASE_WASMTIME_CONFIGS || !jit_set_up())
         return;
     unsigned index = compile - 1;
     phase_limits lim;

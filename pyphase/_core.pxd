@@ -256,6 +256,7 @@ cdef extern from "phase_spec.h" nogil:
         const char *const *names
         phase_spec_instance *const *instances
         uint32_t count
+    phase_spec_status phase_spec_validate(const uint8_t *bytes, size_t len, char *err, size_t errlen)
     phase_spec_status phase_spec_instantiate(const uint8_t *bytes, size_t len, const phase_spec_registry *registry,
                                              uint32_t stack_bytes, phase_spec_instance **out, char *err,
                                              size_t errlen)

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from pyphase import engines
 from pyphase.api.listen import API_FILE, is_loopback, listen_sockets, write_token
 from pyphase.history import HISTORY_FILE, History
 from pyphase.metrics import NodeMetrics
@@ -66,6 +67,7 @@ class NodeServices:
         self.config = config
         path = None if config.ephemeral or not config.history_jobs else config.data_dir / HISTORY_FILE
         self.history = History(path, max(1, config.history_jobs), config.history_age_ms / 1000)
+        engines.use_data_dir(None if config.ephemeral else config.data_dir)  # auto's history, compiled code
         self.server: ApiServer | None = None
         self.sockets: list[socket.socket] = []
         self.url = ""
