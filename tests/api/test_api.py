@@ -11,10 +11,12 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
+import wasm_build
 
 from pyphase import verify_receipt
 from pyphase.api import openapi
@@ -330,3 +332,66 @@ def test_the_daemon_imports_neither_http_stack_nor_metrics_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _events(api: Any, job_id: str) -> Iterator[tuple[float, str, dict[str, Any]]]:
+    """Read ``/v1/jobs/{id}/events`` as it comes: (seconds since the request, event, parsed data)."""
+    start = time.monotonic()
+    with urllib.request.urlopen(f"{api.url}/v1/jobs/{job_id}/events", timeout=60) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+        event = data = None
+        for raw in resp:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+            elif line == "" and event is not None:
+                yield time.monotonic() - start, event, data
+                event = data = None
+
+
+def _collect(api: Any, job_id: str) -> tuple[dict[str, bytes], list[tuple[float, str]], dict[str, Any]]:
+    out = {"stdout": b"", "stderr": b""}
+    seen, end = [], None
+    for at, event, data in _events(api, job_id):
+        seen.append((at, event))
+        if event == "end":
+            end = data
+        else:
+            assert data["offset"] == len(out[event])  # in order, nothing lost
+            out[event] += base64.b64decode(data["data"])
+    assert end is not None and seen[-1][1] == "end"
+    return out, seen, end
+
+
+def test_output_streams_as_server_sent_events_while_the_job_runs(api_nodes: Callable[..., list[Any]]) -> None:
+    (api,) = api_nodes()
+    drip = wasm_build.build_c("drip.c").read_bytes()
+    body = {"module": base64.b64encode(drip).decode(), "args": ["5", "500"], "limits": {"timeout_ms": 30000}}
+    status, job, _ = api.call("POST", "/v1/jobs", body)
+    assert status == 202
+    out, seen, end = _collect(api, job["id"])
+    assert out == {
+        "stdout": b"".join(b"tick %d\n" % i for i in range(5)),
+        "stderr": b"tock 1\ntock 3\n",
+    }
+    first = next(at for at, event in seen if event == "stdout")
+    assert first < seen[-1][0] - 1.0  # the first tick came while 4 pauses of 0.5 s were still to run
+    assert end["state"] == "done" and end["status"] == "ok" and end["engine"] == "wasm3"
+    # what was streamed is what the receipt covers
+    _, receipt, _ = api.call("GET", f"/v1/jobs/{job['id']}/receipt")
+    verify_receipt(receipt, signer=api.node.address.split("@")[0], stdout=out["stdout"], stderr=out["stderr"])
+    # a reader that comes after the end gets all of it from offset 0, then the end
+    assert _collect(api, job["id"])[0] == out
+    status, error, _ = api.call("GET", "/v1/jobs/" + "0" * 32 + "/events")
+    assert status == 404 and error["error"] == "not_found"
+
+
+def test_a_failed_job_ends_its_event_stream_with_the_reason(api_nodes: Callable[..., list[Any]]) -> None:
+    (api,) = api_nodes()
+    dead = api.node.address.split("@")[0] + "@127.0.0.1:9"
+    status, job, _ = api.call("POST", "/v1/jobs", hello_job(where="network", peers=[dead]))
+    out, seen, end = _collect(api, job["id"])
+    assert out == {"stdout": b"", "stderr": b""} and [e for _, e in seen] == ["end"]
+    assert end["state"] == "failed" and end["error"].startswith(("NoPeers", "NetworkError")), end
