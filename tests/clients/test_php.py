@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import wasm_build
 
 from pyphase import Identity, Limits, make_manifest, make_receipt, run, verify_receipt
 from pyphase.errors import VerificationError
@@ -48,7 +49,12 @@ def test_phpunit_suite_passes_against_real_nodes(tmp_path: Path) -> None:
         text=True,
         timeout=600,
         cwd=PHP_DIR,
-        env={**os.environ, "PHASE_PYTHON": sys.executable, "TMPDIR": str(tmp_path)},
+        env={
+            **os.environ,
+            "PHASE_PYTHON": sys.executable,
+            "TMPDIR": str(tmp_path),
+            "PHASE_DRIP_WASM": str(wasm_build.build_c("drip.c")),
+        },
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     suite = ET.parse(junit).getroot().find("testsuite")
@@ -63,6 +69,9 @@ def test_phpunit_suite_passes_against_real_nodes(tmp_path: Path) -> None:
         "testRemoteDemo",
         "testLocalDemo",
         "testJobHereThroughTheApi",
+        "testOutputStreamsAsTheJobRuns",
+        "testTamperedChunkIsCaughtAfterTheOutputAndSaidLoudly",
+        "testOutputStreamsThroughTheApi",
         "testJobSentToAnotherNodeThroughTheApi",
     ):
         assert name in ran
