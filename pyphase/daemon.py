@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         dest="api_listen",
         help="HTTP API, /metrics and dashboard "
-        "(default 127.0.0.1 at the phase/1 port + 1; beyond loopback a token is required, docs/API.md)",
+        "(default 127.0.0.1 at the phase/1 port + 1000, or a free port when that is taken; "
+        "beyond loopback a token is required, docs/API.md)",
     )
     p.add_argument("--no-api", dest="api", action="store_false", default=None, help="serve no HTTP API")
     p.add_argument("--boot-listen", metavar="HOST:PORT", help="address of that HTTP server (default 0.0.0.0:8080)")

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from pyphase.net.config import NodeConfig
     from pyphase.net.node import Node
 
-API_PORT_OFFSET = 1
+# far from the phase/1 port, so nodes started on consecutive ports (7465, 7466, ...) never take each other's
+API_PORT_OFFSET = 1000
 MAX_PEERS_LISTED = 1024
 
 
@@ -50,14 +51,15 @@ class _Tee:
 
 
 def api_listen(config: NodeConfig, node_port: int) -> tuple[str, int]:
-    """Where the API listens: ``api_listen`` when set, else 127.0.0.1 at the phase/1 port + 1
-    (a node on a random port, ``--listen HOST:0``, puts its API on a random port too)."""
+    """Where the API listens: ``api_listen`` when set, else 127.0.0.1 at the phase/1 port + 1000
+    (a node on a random port, ``--listen HOST:0``, or one above 64535, puts its API on a random port)."""
     from pyphase.net.addresses import split_hostport
 
     if config.api_listen:
         return split_hostport(config.api_listen, node_port + API_PORT_OFFSET)
     listen_port = split_hostport(config.listen)[1]
-    return "127.0.0.1", (node_port + API_PORT_OFFSET) if listen_port else 0
+    port = node_port + API_PORT_OFFSET
+    return "127.0.0.1", port if listen_port and port <= 65535 else 0
 
 
 class NodeServices:
@@ -120,16 +122,21 @@ class NodeServices:
             return
         host, port = api_listen(self.config, self.node.port)
         self.token = None if is_loopback(host) else write_token(self.config.data_dir)
+        note = None
         try:
             self.sockets, self.url = listen_sockets(host, port, self.config.api_max_connections)
         except OSError as exc:
-            raise OSError(f"cannot serve the API on {host}:{port}: {exc.strerror or exc}") from None
+            if self.config.api_listen or not port:  # a place the user chose: refuse rather than serve elsewhere
+                raise OSError(f"cannot serve the API on {host}:{port}: {exc.strerror or exc}") from None
+            # the default place is taken (another program, another node's API): any free port, said in the log
+            self.sockets, self.url = listen_sockets(host, 0, self.config.api_max_connections)
+            note = f"{host}:{port} (the default) is taken ({exc.strerror or exc}): serving on a free port"
         loop = asyncio.get_running_loop()
         for sock in self.sockets:
             loop.add_reader(sock.fileno(), self._first_connection)
         _write(self.config.data_dir / API_FILE, self.url + "\n")
         token_file = str(self.config.data_dir / "api_token") if self.token else None
-        self.log("api_listening", url=self.url, token_file=token_file)
+        self.log("api_listening", url=self.url, token_file=token_file, **({"note": note} if note else {}))
 
     def _first_connection(self) -> None:
         loop = asyncio.get_running_loop()

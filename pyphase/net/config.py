@@ -26,7 +26,7 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
                                         # and on the DHT under the key in STORE/boot/release.pub when dht is on
     # the HTTP side (docs/API.md): JSON API, /metrics, dashboard; job history
     api             = true              # serve them
-    api_listen      = ""                # HOST:PORT; "" = 127.0.0.1 at the phase/1 port + 1. Beyond loopback,
+    api_listen      = ""                # HOST:PORT; "" = 127.0.0.1 at the phase/1 port + 1000. Beyond loopback,
                                         # requests need the token plasmd writes to DATA_DIR/api_token (0600)
     api_max_connections = 64            # open HTTP connections; beyond, requests are answered 503
     api_body_timeout = "30s"            # how long a request body may take to arrive (then 408)

@@ -395,3 +395,52 @@ def test_a_failed_job_ends_its_event_stream_with_the_reason(api_nodes: Callable[
     out, seen, end = _collect(api, job["id"])
     assert out == {"stdout": b"", "stderr": b""} and [e for _, e in seen] == ["end"]
     assert end["state"] == "failed" and end["error"].startswith(("NoPeers", "NetworkError")), end
+
+
+def _free_port_with_room() -> int:
+    """A free port P with P + 1 and P + 1000 free too (checked, not reserved: others may race for them)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 1000 > 65535:
+            continue
+        try:
+            for p in (port + 1, port + 1000, port + 1001):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port with room after it")
+
+
+def test_nodes_on_consecutive_ports_each_get_an_api(tmp_path: Path) -> None:
+    """The API's default port is far from phase/1's, so nodes on ports P and P + 1 both start (acceptance's
+    remote.sh starts three so); a taken default means a free port and a note in the log, not a failed start."""
+    import socket
+
+    from net_support import NodeProc, loopback_host
+
+    port = _free_port_with_room()
+    nodes = [NodeProc(tmp_path / f"n{i}", loopback_host()) for i in range(3)]
+    held = socket.socket()
+    try:
+        held.bind(("127.0.0.1", port + 1002))  # node 2's default API port, taken by someone else
+        held.listen(1)
+        for i, node in enumerate(nodes):
+            node.port = port + i
+            node.start()
+        urls = [(node.data_dir / "api").read_text().strip() for node in nodes]
+        assert urls[:2] == [f"http://127.0.0.1:{port + 1000}", f"http://127.0.0.1:{port + 1001}"]
+        assert urls[2] != f"http://127.0.0.1:{port + 1002}"
+        assert "(the default) is taken" in nodes[2].log_path.read_text()
+        for node, url in zip(nodes, urls):
+            with urllib.request.urlopen(url + "/v1/node", timeout=30) as resp:
+                assert json.load(resp)["address"] == node.address
+    finally:
+        held.close()
+        for node in nodes:
+            node.stop()

@@ -14,7 +14,7 @@ use Phase\Transport\Transport;
  *
  *     $client = new Phase\Client(['PEERID@127.0.0.1:7465']);          // phase/1 to these nodes
  *     $client = Phase\Client::local();                                 // `phase run` on this machine
- *     $client = Phase\Client::http('http://127.0.0.1:7466');           // a node's HTTP API
+ *     $client = Phase\Client::http('http://127.0.0.1:8465');           // a node's HTTP API
  *     $result = $client->submit(Phase\Job::fromFile('hello.wasm')->withInput('Hello, World'));
  *     echo $result->stdout, $result->exitCode, $result->wallTimeMs();
  *     $client->submit($job, fn (int $stream, string $data) => print($data));  // output as it comes
