@@ -163,6 +163,8 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
             relay_server = await _start_relay(config, identity, node)
         if config.dht:
             presence = await _join_dht(config, identity, node, node.log, relay_server)
+            if presence is not None:
+                presence.on_peers = services.saw_dht_peers
             if presence is not None and boot_source is not None:
                 boot_source.announce_on(presence)
         if config.via_relay.strip() not in ("", "off"):

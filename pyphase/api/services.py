@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 # far from the phase/1 port, so nodes started on consecutive ports (7465, 7466, ...) never take each other's
 API_PORT_OFFSET = 1000
 MAX_PEERS_LISTED = 1024
+DHT_PEER_KEPT_S = 3600.0
 
 
 class _Tee:
@@ -80,6 +81,7 @@ class NodeServices:
         )
         self.started = time.time()
         self.mdns_peers: dict[str, float] = {}
+        self.dht_peers: dict[str, float] = {}
         self.log = node.log
         node.log = _Tee(node.log, self._on_event)
         node.on_result = self._on_result
@@ -99,11 +101,25 @@ class NodeServices:
         except Exception as exc:
             self.log("internal_error", error=f"history: {type(exc).__name__}: {exc}")
 
+    def saw_dht_peers(self, peers: list[tuple[str, int]]) -> None:
+        """The endpoints the DHT's rendezvous gave (announced under ``phase/1``), kept for an hour."""
+        now = time.time()
+        for host, port in peers[:MAX_PEERS_LISTED]:
+            self.dht_peers[f"{'[' + host + ']' if ':' in host else host}:{port}"] = now
+        for endpoint, seen in list(self.dht_peers.items()):
+            if seen < now - DHT_PEER_KEPT_S:
+                del self.dht_peers[endpoint]
+        while len(self.dht_peers) > MAX_PEERS_LISTED:
+            del self.dht_peers[min(self.dht_peers, key=self.dht_peers.__getitem__)]
+
     def peers(self) -> list[dict[str, Any]]:
-        """Peers this node knows: found on the LAN (mDNS instance names), and those API jobs were sent to."""
+        """Peers this node knows: found on the LAN (mDNS instance names), on the DHT's rendezvous (endpoints, as
+        announced), and those API jobs were sent to."""
         out: list[dict[str, Any]] = []
         for name, seen in sorted(self.mdns_peers.items()):
             out.append({"name": name, "source": "mdns", "address": None, "last_seen": _stamp(seen)})
+        for endpoint, seen in sorted(self.dht_peers.items()):
+            out.append({"name": endpoint, "source": "dht", "address": None, "last_seen": _stamp(seen)})
         if self.server is not None:  # before the API's first connection there is no API job either
             for address, seen in sorted(self.server.jobs.used_peers.items()):
                 out.append(

@@ -74,6 +74,9 @@ class DhtPresence:
         self.dht: Dht | None = None
         # more (name, info-hash, port) announces kept up beside the rendezvous, e.g. the node's boot source
         self.also_announce: list[tuple[str, bytes, int]] = []
+        self.on_peers: Callable[[list[tuple[str, int]]], None] | None = (
+            None  # each rendezvous's peers (the API lists them)
+        )
         self.responder: RecordResponder | None = None
         self.seq = 0
         self._task: asyncio.Task[None] | None = None
@@ -238,6 +241,8 @@ class DhtPresence:
                     self.log("dht_announced", port=extra_port, hashes={name: extra_hash.hex()})
             peers = await asyncio.to_thread(dht.get_peers, hashes["phase/1"], 5.0)
             self.log("dht_rendezvous", peers=len(peers))
+            if self.on_peers is not None:
+                self.on_peers(peers)
             if self._check_due():
                 before = self.reachability.get("verdict")
                 await self.check_reachability(peers)

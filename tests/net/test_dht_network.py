@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -160,3 +161,16 @@ def _env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+def test_the_api_lists_the_peers_the_dht_rendezvous_found(dht_network) -> None:
+    _, nodes = dht_network
+    deadline = time.monotonic() + 30
+    url = (nodes[0].data_dir / "api").read_text().strip()
+    others = {node.address.split("@")[1] for node in nodes[1:]}
+    listed: set[str] = set()
+    while not others <= listed and time.monotonic() < deadline:
+        with urllib.request.urlopen(url + "/v1/peers", timeout=30) as resp:
+            listed = {p["name"] for p in json.load(resp)["peers"] if p["source"] == "dht"}
+        time.sleep(0.5)
+    assert others <= listed, (others, listed)
