@@ -72,6 +72,7 @@ def test_phpunit_suite_passes_against_real_nodes(tmp_path: Path) -> None:
         "testOutputStreamsAsTheJobRuns",
         "testTamperedChunkIsCaughtAfterTheOutputAndSaidLoudly",
         "testOutputStreamsThroughTheApi",
+        "testLocalTransportHandsTheVerifiedOutputToTheCallback",
         "testJobSentToAnotherNodeThroughTheApi",
     ):
         assert name in ran

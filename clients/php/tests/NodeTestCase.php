@@ -45,6 +45,23 @@ abstract class NodeTestCase extends TestCase
             array_filter($pieces, static fn (array $p): bool => $p[1] === $stream)));
     }
 
+    /** Run drip (5 ticks, 0.5 s apart) with a callback: all output reaches it, in order, the first tick early. */
+    protected function assertDripStreams(\Phase\Client $client): \Phase\Result
+    {
+        $pieces = [];
+        $start = microtime(true);
+        $result = $client->submit(self::drip()->withArgs(['5', '500']), self::recorder($pieces, $start));
+        $ended = microtime(true) - $start;
+        $ticks = implode('', array_map(static fn (int $i): string => "tick $i\n", range(0, 4)));
+        $this->assertSame($ticks, $result->stdout);
+        $this->assertSame("tock 1\ntock 3\n", $result->stderr);
+        $this->assertTrue($result->verified);
+        $this->assertSame($ticks, self::joined($pieces, 1));
+        $this->assertSame("tock 1\ntock 3\n", self::joined($pieces, 2));
+        $this->assertLessThan($ended - 1.0, $pieces[0][0]);   // while 4 pauses of 0.5 s were still ahead
+        return $result;
+    }
+
     protected function tearDown(): void
     {
         foreach ($this->nodes as $node) {
