@@ -47,6 +47,7 @@ class ApiJob:
     limits: Limits
     deterministic: bool
     peers: list[str]
+    stream: bool = True
     state: str = "queued"
     submitted_at: str = field(default_factory=timestamp)
     finished_at: str | None = None
@@ -97,6 +98,7 @@ class ApiJob:
             "attempts": [list(a) for a in self.attempts],
             "job_id": r.receipt["job_id"] if r else None,
             "engine": r.receipt["node"]["runtime"] if r else None,
+            "stream": self.stream,
         }
         if r is not None:
             try:
@@ -172,6 +174,7 @@ class ApiJobs:
             limits,
             bool(body.get("deterministic", False)),
             peers,
+            bool(body.get("stream", where == "here")),
         )
 
     def start(self, job: ApiJob) -> None:
@@ -243,7 +246,7 @@ class ApiJobs:
             limits=job.limits,
             deterministic=job.deterministic,
             retries=retries,
-            on_output=on_output,
+            on_output=on_output if job.stream else None,
         )
         if job.where == "network":
             for address in peers:

@@ -263,7 +263,7 @@ class ApiServer:
     async def get_events(self, request: web.Request) -> web.StreamResponse:
         """The job's output as server-sent events while it runs (``stdout``/``stderr``, each piece at its offset,
         base64), then ``end`` with the job as ``GET /v1/jobs/{id}`` gives it. Every reader gets the output from
-        offset 0. Output is unverified until ``end`` says ``done``; a failed job's shown output is not to be trusted.
+        offset 0; a job submitted with ``stream`` false has all of it at its end. Output is unverified until ``end`` says ``done``; a failed job's shown output is not to be trusted.
         """
         job = self._job(request)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})

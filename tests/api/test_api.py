@@ -68,6 +68,7 @@ def test_job_sent_to_the_network(api_nodes: Callable[..., list[Any]]) -> None:
         "POST", "/v1/jobs", hello_job(wait=True, where="network", peers=[worker.node.address])
     )
     assert status == 200 and job["state"] == "done", job
+    assert job["stream"] is False  # a network job streams only when asked: a failure mid-job then fails over
     assert job["peer"] == worker.node.address.split("@")[0]
     assert worker.call("GET", "/v1/history")[1]["jobs"][0]["job_id"] == job["job_id"]
     assert gateway.call("GET", "/v1/history")[1]["jobs"] == []  # the gateway ran nothing itself
@@ -378,7 +379,7 @@ def test_output_streams_as_server_sent_events_while_the_job_runs(api_nodes: Call
     }
     first = next(at for at, event in seen if event == "stdout")
     assert first < seen[-1][0] - 1.0  # the first tick came while 4 pauses of 0.5 s were still to run
-    assert end["state"] == "done" and end["status"] == "ok" and end["engine"] == "wasm3"
+    assert end["state"] == "done" and end["status"] == "ok" and end["engine"] == "wasm3" and end["stream"] is True
     # what was streamed is what the receipt covers
     _, receipt, _ = api.call("GET", f"/v1/jobs/{job['id']}/receipt")
     verify_receipt(receipt, signer=api.node.address.split("@")[0], stdout=out["stdout"], stderr=out["stderr"])
@@ -444,3 +445,14 @@ def test_nodes_on_consecutive_ports_each_get_an_api(tmp_path: Path) -> None:
         held.close()
         for node in nodes:
             node.stop()
+
+
+def test_a_network_job_streams_when_asked(api_nodes: Callable[..., list[Any]]) -> None:
+    gateway, worker = api_nodes(2)
+    drip = wasm_build.build_c("drip.c").read_bytes()
+    body = {"module": base64.b64encode(drip).decode(), "args": ["4", "500"], "where": "network"}
+    status, job, _ = gateway.call("POST", "/v1/jobs", {**body, "peers": [worker.node.address], "stream": True})
+    out, seen, end = _collect(gateway, job["id"])
+    assert end["state"] == "done" and end["peer"] == worker.node.address.split("@")[0]
+    assert out["stdout"] == b"tick 0\ntick 1\ntick 2\ntick 3\n"
+    assert next(at for at, event in seen if event == "stdout") < seen[-1][0] - 0.7

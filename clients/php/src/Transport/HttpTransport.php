@@ -42,7 +42,8 @@ final class HttpTransport implements Transport
     {
         $body = ['module' => base64_encode($job->module), 'input' => base64_encode($job->input),
             'args' => $job->args, 'env' => (object) $job->env, 'entry' => $job->entry, 'limits' => $job->limits,
-            'deterministic' => $job->deterministic, 'where' => $this->where, 'wait' => $onOutput === null];
+            'deterministic' => $job->deterministic, 'where' => $this->where, 'wait' => $onOutput === null,
+            'stream' => $onOutput !== null];
         if ($this->peers) {
             $body['peers'] = $this->peers;
         }
