@@ -83,14 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="DHT nodes to join through (default: libtorrent's Mainline router)",
     )
-    p.add_argument("--dht-listen", metavar="IP:PORT", help="the DHT's UDP socket (default: listen host, port + 2)")
+    p.add_argument("--dht-listen", metavar="IP:PORT", help="the DHT's UDP socket (default: listen host, port + 2000)")
     p.add_argument(
         "--relay",
         action="store_true",
         default=None,
         help="offer relaying to nodes that cannot be reached (the relay sees only ciphertext; limits: --help-config)",
     )
-    p.add_argument("--relay-listen", metavar="HOST:PORT", help="the relay service (default: listen host, port + 3)")
+    p.add_argument("--relay-listen", metavar="HOST:PORT", help="the relay service (default: listen host, port + 3000)")
     p.add_argument(
         "--via-relay",
         metavar="auto|HOST:PORT|PEERID",

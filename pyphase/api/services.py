@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from pyphase.net.config import NodeConfig
     from pyphase.net.node import Node
 
-# far from the phase/1 port, so nodes started on consecutive ports (7465, 7466, ...) never take each other's
-API_PORT_OFFSET = 1000
 MAX_PEERS_LISTED = 1024
 DHT_PEER_KEPT_S = 3600.0
 
@@ -54,13 +52,12 @@ class _Tee:
 def api_listen(config: NodeConfig, node_port: int) -> tuple[str, int]:
     """Where the API listens: ``api_listen`` when set, else 127.0.0.1 at the phase/1 port + 1000
     (a node on a random port, ``--listen HOST:0``, or one above 64535, puts its API on a random port)."""
-    from pyphase.net.addresses import split_hostport
+    from pyphase.net.addresses import API_PORT_OFFSET, side_port, split_hostport
 
     if config.api_listen:
         return split_hostport(config.api_listen, node_port + API_PORT_OFFSET)
     listen_port = split_hostport(config.listen)[1]
-    port = node_port + API_PORT_OFFSET
-    return "127.0.0.1", port if listen_port and port <= 65535 else 0
+    return "127.0.0.1", side_port(node_port, API_PORT_OFFSET) if listen_port else 0
 
 
 class NodeServices:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pyphase.identity import Identity
 from pyphase.net import records
-from pyphase.net.addresses import split_hostport
+from pyphase.net.addresses import DHT_PORT_OFFSET, side_port, split_hostport
 from pyphase.net.config import NodeConfig
 from pyphase.net.discovery import announce_addresses
 from pyphase.net.dht import (
@@ -42,11 +42,11 @@ KNOWN_NODES_FILE = "dht-nodes.json"
 
 
 def dht_listen_address(config: NodeConfig, host: str, port: int) -> str:
-    """``dht_listen``, else the ``phase/1`` listen host at the node's port + 2 (+ 1 is the HTTP API's)."""
+    """``dht_listen``, else the ``phase/1`` listen host at the node's port + ``DHT_PORT_OFFSET``."""
     if config.dht_listen:
         return config.dht_listen
     bind = split_hostport(config.listen)[0]
-    return f"{bind}:{port + 2 if port < 65534 else 0}"
+    return f"{bind}:{side_port(port, DHT_PORT_OFFSET)}"
 
 
 class DhtPresence:
