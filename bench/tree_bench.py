@@ -14,6 +14,10 @@ Method
     run, started untimed): the client hashes the tree (its remembered hashes forgotten first), the node asks for
     every blob (1 MiB chunks, 8 in
     flight), lays the tree out as hard links and runs the job; the whole submit is timed.
+  * remote, first, on the loop: the same with the node writing and hashing arriving files on its event loop
+    (``blob_thread = false``, the path before they moved to a thread of their own), in the same run.
+  * CurveZMQ stream: the same bytes as 1 MiB messages from a DEALER to a ROUTER over an encrypted loopback
+    connection (as a client's and a node's sockets are), sent back to back: what the connection alone allows.
   * remote, cached: the same submit again to the same node: the client names the tree from the hashes it
     remembers (same inode, size, mtime and ctime: not read again), the node links it from its blob store and
     fetches nothing (checked from its ``files_ready`` event).
@@ -52,6 +56,39 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t
 
 
+def curve_stream(total: int) -> float:
+    """Seconds to send ``total`` bytes as 1 MiB messages over a CurveZMQ loopback connection, one direction."""
+    import threading
+
+    import zmq
+
+    ctx = zmq.Context()
+    server_public, server_secret = zmq.curve_keypair()
+    client_public, client_secret = zmq.curve_keypair()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    try:
+        router.curve_server = True
+        router.curve_secretkey, router.curve_publickey = server_secret, server_public
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        dealer.curve_serverkey = server_public
+        dealer.curve_publickey, dealer.curve_secretkey = client_public, client_secret
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        dealer.send(b"hello")
+        router.recv_multipart()
+        chunk, count = os.urandom(1 << 20), total >> 20
+        t = time.perf_counter()
+        sender = threading.Thread(target=lambda: [dealer.send(chunk, copy=False) for _ in range(count)])
+        sender.start()
+        for _ in range(count):
+            router.recv_multipart(copy=False)
+        sender.join()
+        return time.perf_counter() - t
+    finally:
+        dealer.close(0)
+        router.close(0)
+        ctx.term()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -84,32 +121,42 @@ def main() -> int:
                 timed(lambda: check(sandbox.run(wasm, args=["read", "/data"], dirs=dirs, limits=LIMITS).stdout))
                 for _ in range(runs)
             ]
-        first, cached, fetched = [], [], []
+        curve = [curve_stream(files << 20) for _ in range(runs)]
+        first, first_loop, cached, fetched = [], [], [], []
         for run in range(runs):
-            node = NodeProc(Path(tmp) / f"node{run}", "127.0.0.1", workers=1).start()
-            try:
-                with Client(peers=[node.address]) as client:
-                    client.submit(wasm, args=["read", "/tmp"], limits=LIMITS)  # connected, module cached: not timed
-                    trees.forget_hashes()  # the client hashes the whole tree, as a new process would
-                    first.append(
-                        timed(
+            for blob_thread in ("false", "true"):  # interleaved: both see the same load
+                env = {"PLASMD_BLOB_THREAD": blob_thread}
+                node = NodeProc(Path(tmp) / f"node{run}{blob_thread}", "127.0.0.1", workers=1, env=env).start()
+                try:
+                    with Client(peers=[node.address]) as client:
+                        client.submit(wasm, args=["read", "/tmp"], limits=LIMITS)  # connected, module cached
+                        trees.forget_hashes()  # the client hashes the whole tree, as a new process would
+                        t = timed(
                             lambda: check(client.submit(wasm, args=["read", "/data"], dirs=dirs, limits=LIMITS).stdout)
                         )
-                    )
-                    cached.append(
-                        timed(
-                            lambda: check(client.submit(wasm, args=["read", "/data"], dirs=dirs, limits=LIMITS).stdout)
+                        (first if blob_thread == "true" else first_loop).append(t)
+                        cached.append(
+                            timed(
+                                lambda: check(
+                                    client.submit(wasm, args=["read", "/data"], dirs=dirs, limits=LIMITS).stdout
+                                )
+                            )
                         )
-                    )
-                fetched.append([e["fetched_bytes"] for e in node.wait_event_count("files_ready", 2)])
-            finally:
-                node.stop()
-    t_cat, t_local, t_first, t_cached = (statistics.median(x) for x in (cat[1:], local, first, cached))
+                    fetched.append([e["fetched_bytes"] for e in node.wait_event_count("files_ready", 2)])
+                finally:
+                    node.stop()
+    t_cat, t_local, t_curve, t_first, t_first_loop, t_cached = (
+        statistics.median(x) for x in (cat[1:], local, curve, first, first_loop, cached)
+    )
     mb = (files << 20) / 1e6
     figures.update(
         cat_s=t_cat,
         local_s=t_local,
         remote_first_s=t_first,
+        remote_first_on_loop_s=t_first_loop,
+        curve_stream_s=t_curve,
+        remote_first_vs_curve_stream=t_first / t_curve,
+        thread_vs_loop=t_first / t_first_loop,
         remote_cached_s=t_cached,
         local_vs_cat=t_local / t_cat,
         remote_first_vs_cat=t_first / t_cat,
@@ -125,10 +172,16 @@ def main() -> int:
     for label, t in (
         ("cat", t_cat),
         ("local (sandboxed, --ro-dir)", t_local),
+        ("CurveZMQ stream alone", t_curve),
+        ("remote, first, on the loop", t_first_loop),
         ("remote, first", t_first),
         ("remote, cached", t_cached),
     ):
         print(f"  {label:28s} {t * 1000:8.0f} ms  {mb / t:7.0f} MB/s  {t / t_cat:6.2f}x cat's time")
+    print(
+        f"  first time, thread vs loop: {t_first / t_first_loop:.2f}x the time; vs the CurveZMQ stream alone: "
+        f"{t_first / t_curve:.2f}x"
+    )
     return 0
 
 

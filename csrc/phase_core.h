@@ -86,6 +86,20 @@ typedef struct phase_preopen {
     int readonly;          /* no rights that create, change or remove anything */
 } phase_preopen;
 
+/* The bound on what a job keeps in its writable directories (a remote job's scratch area), enforced as it writes:
+ * `max_bytes` counts each regular file's size rounded up to PHASE_FS_QUOTA_BLOCK (holes and fd_allocate count as
+ * written) and one block per directory or symlink; `max_files` counts entries of any kind. `used_*` is what the
+ * writable directories hold when the job starts, counted the same way. A call that would pass either bound fails
+ * with EDQUOT (a write that fits in part is short), the result's fs_limit says which, and a job that would have
+ * ended ok ends output_limit. Read-only directories never count; without `enabled` nothing is counted. */
+#define PHASE_FS_QUOTA_BLOCK 4096u
+typedef struct phase_fs_quota {
+    int enabled;
+    uint64_t max_bytes, max_files;
+    uint64_t used_bytes, used_files;
+} phase_fs_quota;
+enum { PHASE_FS_LIMIT_NONE = 0, PHASE_FS_LIMIT_BYTES = 1, PHASE_FS_LIMIT_FILES = 2 };
+
 /* Preopens per job at most, and descriptors a job may hold open at once beyond stdio. */
 #define PHASE_MAX_PREOPENS 32
 #define PHASE_MAX_FDS 1024
@@ -142,6 +156,7 @@ typedef struct phase_job_spec {
     phase_output_sink output_sink;     /* NULL: output is only collected */
     void *output_ctx;
     phase_engine engine;               /* which engine runs it; PHASE_ENGINE_WASM3 (0) by default */
+    phase_fs_quota quota;              /* the writable directories' bound (not enabled: none) */
 } phase_job_spec;
 
 typedef struct phase_result {
@@ -161,6 +176,7 @@ typedef struct phase_result {
     uint8_t stderr_hash[PHASE_SHA256_BYTES];
     int fs_unavailable;                /* the module looked for a preopened directory and there was none */
     uint64_t compile_us;               /* time this job spent compiling (compiling engine; 0: code was ready) */
+    int fs_limit;                      /* PHASE_FS_LIMIT_*: the first quota bound a call of the job was refused at */
 } phase_result;
 
 /* Instantiate and compile every function now, without running guest code (not even the start function),

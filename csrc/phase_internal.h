@@ -69,6 +69,7 @@ typedef struct phase_job {
     struct phase_fs_fd *fds;
     uint32_t fds_len;              /* slots allocated */
     int8_t stdio[3];               /* the stream guest fds 0-2 hold (0 stdin, 1 stdout, 2 stderr), -1: closed */
+    uint64_t fs_bytes, fs_files;   /* what the writable directories hold now, as spec->quota counts it */
 
     void *engine_state;            /* the compiling engine's per-job state (phase_wasmtime.c) */
 

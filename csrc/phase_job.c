@@ -661,6 +661,15 @@ int phase_job_run(const phase_job_spec *spec, phase_result *res)
         }
     }
     phase_fs_close(&job);
+    if (res->fs_limit && res->status == PHASE_OK) {
+        int bytes = res->fs_limit == PHASE_FS_LIMIT_BYTES;
+        res->status = PHASE_OUTPUT_LIMIT;
+        set_message(res, "the job tried to keep more than its %s of %llu %s in its writable directories: refused "
+                    "with EDQUOT at that call (manifest fs.%s; phase submit %s)",
+                    bytes ? "disk_bytes" : "files", (unsigned long long) (bytes ? spec->quota.max_bytes
+                                                                                 : spec->quota.max_files),
+                    bytes ? "bytes" : "entries", bytes ? "disk_bytes" : "files", bytes ? "--disk" : "--files");
+    }
     res->out = job.out[0];
     res->out_len = job.out_len[0];
     res->err = job.out[1];

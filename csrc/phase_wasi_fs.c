@@ -262,6 +262,105 @@ static uint8_t filetype_of(mode_t mode)
     return FT_UNKNOWN;
 }
 
+/* ---- the scratch quota (phase_fs_quota) ----------------------------------------------------------------
+ *
+ * Every call that creates, grows, shrinks or removes something beneath a writable directory of a quota'd job checks
+ * the bound first and counts what it did after, from the file system's own answer (fstat): bytes per inode (a
+ * file's size rounded up to a block; a block per directory or symlink), entries per name. Space an unlinked file
+ * still holds while the job has it open is counted until its last descriptor closes. */
+
+#define QUOTA_BLOCK ((uint64_t) PHASE_FS_QUOTA_BLOCK)
+
+static uint64_t quota_blocks(uint64_t size)
+{
+    return (size + QUOTA_BLOCK - 1) / QUOTA_BLOCK * QUOTA_BLOCK;
+}
+
+/* Whether changes beneath a descriptor count: the job has a quota and the directory is writable. */
+static int counted(const phase_job *job, int readonly)
+{
+    return job->spec->quota.enabled && !readonly;
+}
+
+static uint32_t quota_refuse(phase_job *job, int which)
+{
+    if (!job->result->fs_limit)
+        job->result->fs_limit = which;
+    return WASI_EDQUOT;
+}
+
+/* Bytes that may still be added before the bound. */
+static uint64_t quota_room(const phase_job *job)
+{
+    const phase_fs_quota *q = &job->spec->quota;
+    return job->fs_bytes < q->max_bytes ? q->max_bytes - job->fs_bytes : 0;
+}
+
+/* ESUCCESS if `bytes` more bytes and `entries` more entries fit, else EDQUOT (and the result says which). */
+static uint32_t quota_fits(phase_job *job, uint64_t bytes, uint64_t entries)
+{
+    const phase_fs_quota *q = &job->spec->quota;
+    if (entries && (job->fs_files >= q->max_files || entries > q->max_files - job->fs_files))
+        return quota_refuse(job, PHASE_FS_LIMIT_FILES);
+    if (bytes > quota_room(job))
+        return quota_refuse(job, PHASE_FS_LIMIT_BYTES);
+    return WASI_ESUCCESS;
+}
+
+/* ESUCCESS if a regular file may grow from `from` to `to` bytes. */
+static uint32_t quota_grows(phase_job *job, uint64_t from, uint64_t to)
+{
+    uint64_t a = quota_blocks(from), b = quota_blocks(to);
+    return b > a ? quota_fits(job, b - a, 0) : WASI_ESUCCESS;
+}
+
+static void quota_add(phase_job *job, int64_t bytes, int64_t entries)
+{
+    job->fs_bytes = bytes < 0 && (uint64_t) -bytes > job->fs_bytes ? 0 : job->fs_bytes + (uint64_t) bytes;
+    job->fs_files = entries < 0 && (uint64_t) -entries > job->fs_files ? 0 : job->fs_files + (uint64_t) entries;
+}
+
+static void quota_resized(phase_job *job, uint64_t from, uint64_t to)
+{
+    quota_add(job, (int64_t) quota_blocks(to) - (int64_t) quota_blocks(from), 0);
+}
+
+/* Whether a descriptor of the job other than `except` holds the regular file dev/ino open. */
+static int inode_open(phase_job *job, dev_t dev, ino_t ino, const phase_fs_fd *except)
+{
+    for (uint32_t i = 0; i < job->fds_len; i++) {
+        phase_fs_fd *f = &TABLE(job)[i];
+        struct stat st;
+        if (f != except && f->host >= 0 && f->filetype == FT_REG && fstat(f->host, &st) == 0 && st.st_dev == dev
+            && st.st_ino == ino)
+            return 1;
+    }
+    return 0;
+}
+
+/* An entry described by `st` (lstat before it went) was removed or replaced: its name, and its space when that
+ * was the last name and nothing holds it open. */
+static void quota_removed(phase_job *job, const struct stat *st)
+{
+    int64_t bytes = 0;
+    if (S_ISDIR(st->st_mode) || S_ISLNK(st->st_mode))
+        bytes = (int64_t) QUOTA_BLOCK;
+    else if (S_ISREG(st->st_mode) && st->st_nlink <= 1 && !inode_open(job, st->st_dev, st->st_ino, NULL))
+        bytes = (int64_t) quota_blocks((uint64_t) st->st_size);
+    quota_add(job, -bytes, -1);
+}
+
+/* Close a descriptor the job closes (fd_close, fd_renumber over it): the space of an unlinked file goes with its
+ * last descriptor. */
+static void slot_release(phase_job *job, phase_fs_fd *f)
+{
+    struct stat st;
+    if (f->host >= 0 && f->filetype == FT_REG && counted(job, f->readonly) && fstat(f->host, &st) == 0
+        && st.st_nlink == 0 && !inode_open(job, st.st_dev, st.st_ino, f))
+        quota_add(job, -(int64_t) quota_blocks((uint64_t) st.st_size), 0);
+    slot_clear(f);
+}
+
 /* ---- job set-up and tear-down ------------------------------------------------------------------ */
 
 int phase_fs_open(phase_job *job)
@@ -269,6 +368,8 @@ int phase_fs_open(phase_job *job)
     const phase_job_spec *spec = job->spec;
     for (int i = 0; i < 3; i++)
         job->stdio[i] = (int8_t) i;
+    job->fs_bytes = spec->quota.used_bytes;
+    job->fs_files = spec->quota.used_files;
     for (uint32_t i = 0; i < spec->npreopens && i < PHASE_MAX_PREOPENS; i++) {
         int64_t slot = slot_alloc(job);
         int host = slot < 0 ? -1 : fcntl(spec->preopens[i].fd, F_DUPFD_CLOEXEC, 0);
@@ -505,6 +606,41 @@ static uint32_t transfer(phase_wasi_call *call, phase_fs_fd *f, uint32_t iovs, u
         io[n].iov_len = len;
         n++;
     }
+    /* A quota'd write grows the file at most to the bound: short, or EDQUOT when not one byte fits. */
+    int quota = writing && n && f->filetype == FT_REG && counted(call->job, f->readonly);
+    struct stat st;
+    if (quota) {
+        if (fstat(f->host, &st) != 0)
+            return wasi_errno(errno);
+        uint64_t size = (uint64_t) st.st_size, pos, total = 0;
+        int fl = fcntl(f->host, F_GETFL);
+        if (offset >= 0) {
+            pos = (uint64_t) offset;
+        } else if (fl >= 0 && (fl & O_APPEND)) {
+            pos = size;
+        } else {
+            off_t p = lseek(f->host, 0, SEEK_CUR);
+            if (p < 0)
+                return wasi_errno(errno);
+            pos = (uint64_t) p;
+        }
+        for (int i = 0; i < n; i++)
+            total += io[i].iov_len;
+        uint64_t cap = quota_blocks(size) + quota_room(call->job) / QUOTA_BLOCK * QUOTA_BLOCK;
+        if (pos + total > cap) {
+            if (pos >= cap)
+                return quota_refuse(call->job, PHASE_FS_LIMIT_BYTES);
+            uint64_t keep = cap - pos;
+            int k = 0;
+            while (k < n && keep > 0) {
+                if (io[k].iov_len > keep)
+                    io[k].iov_len = keep;
+                keep -= io[k].iov_len;
+                k++;
+            }
+            n = k;
+        }
+    }
     ssize_t done;
     if (n == 0)
         done = 0;
@@ -514,6 +650,11 @@ static uint32_t transfer(phase_wasi_call *call, phase_fs_fd *f, uint32_t iovs, u
         done = writing ? pwritev(f->host, io, n, offset) : preadv(f->host, io, n, offset);
     if (done < 0)
         return wasi_errno(errno);
+    if (quota) {
+        struct stat after;
+        if (fstat(f->host, &after) == 0)
+            quota_resized(call->job, (uint64_t) st.st_size, (uint64_t) after.st_size);
+    }
     wr32(out, (uint32_t) done);
     charge(call, (uint64_t) done);
     return WASI_ESUCCESS;
@@ -710,8 +851,19 @@ PHASE_WASI_FN(phase_fs_fd_filestat_set_size)
     FD_ARG_OR_RETURN(f, fd, R_FD_FILESTAT_SET_SIZE, WASI_EINVAL);
     if (size > INT64_MAX)
         WASI_RETURN(WASI_EINVAL);
+    struct stat st;
+    int quota = f->filetype == FT_REG && counted(call->job, f->readonly);
+    if (quota) {
+        if (fstat(f->host, &st) != 0)
+            WASI_RETURN(wasi_errno(errno));
+        uint32_t rc = quota_grows(call->job, (uint64_t) st.st_size, size);
+        if (rc != WASI_ESUCCESS)
+            WASI_RETURN(rc);
+    }
     if (ftruncate(f->host, (off_t) size) != 0)
         WASI_RETURN(wasi_errno(errno));
+    if (quota)
+        quota_resized(call->job, (uint64_t) st.st_size, size);
     WASI_RETURN(WASI_ESUCCESS);
 }
 
@@ -761,8 +913,20 @@ PHASE_WASI_FN(phase_fs_fd_allocate)
         WASI_RETURN(WASI_EINVAL);
     if (f->filetype == FT_DIR)
         WASI_RETURN(WASI_EBADF);
+    struct stat st;
+    int quota = f->filetype == FT_REG && counted(call->job, f->readonly);
+    if (quota) {
+        if (fstat(f->host, &st) != 0)
+            WASI_RETURN(wasi_errno(errno));
+        uint32_t rc = quota_grows(call->job, (uint64_t) st.st_size, offset + len);
+        if (rc != WASI_ESUCCESS)
+            WASI_RETURN(rc);
+    }
     if (fallocate(f->host, 0, (off_t) offset, (off_t) len) != 0)
         WASI_RETURN(wasi_errno(errno));
+    struct stat after;
+    if (quota && fstat(f->host, &after) == 0)
+        quota_resized(call->job, (uint64_t) st.st_size, (uint64_t) after.st_size);
     WASI_RETURN(WASI_ESUCCESS);
 }
 
@@ -804,7 +968,7 @@ uint32_t phase_fs_fd_close(phase_job *job, uint32_t fd)
     phase_fs_fd *f = slot_of(job, fd);
     if (!f)
         return WASI_EBADF;
-    slot_clear(f);
+    slot_release(job, f);
     return WASI_ESUCCESS;
 }
 
@@ -829,7 +993,7 @@ PHASE_WASI_FN(phase_fs_fd_renumber)
         job->stdio[to] = (int8_t) stream;
     } else {
         phase_fs_fd *dst = slot_of(job, to);
-        slot_clear(dst);
+        slot_release(job, dst);
         if (from <= 2) {
             dst->host = HOST_STREAM;
             dst->stream = (int8_t) stream;
@@ -1118,6 +1282,30 @@ PHASE_WASI_FN(phase_fs_path_open)
     int dir_host = dir->host, readonly = dir->readonly;
     uint32_t root = dir->root;
     const char *dir_path = dir->path;
+    /* Quota: a name the open creates is a new entry; a file it truncates gives its blocks back. */
+    int quota = counted(job, readonly) && (oflags & (OF_CREAT | OF_TRUNC)), creates = 0;
+    struct stat before;
+    memset(&before, 0, sizeof before);
+    if (quota) {
+        int probe = openat_beneath(dir_host, path, O_PATH | (flags & O_NOFOLLOW), 0);
+        if (probe >= 0) {
+            if (fstat(probe, &before) != 0)
+                before.st_mode = 0;
+            close(probe);
+        } else if (errno == ENOENT && (oflags & OF_CREAT)) {
+            /* A missing parent is ENOENT whatever the quota says. */
+            char parent[PATH_MAX];
+            split_path sp;
+            memcpy(parent, path, strlen(path) + 1);
+            rc = split_open(dir_host, parent, &sp);
+            split_close(&sp);
+            if (rc != WASI_ESUCCESS)
+                WASI_RETURN(rc);
+            creates = 1;
+            if ((rc = quota_fits(job, 0, 1)) != WASI_ESUCCESS)
+                WASI_RETURN(rc);
+        }
+    }
     int64_t slot = slot_alloc(job);
     if (slot < 0)
         WASI_RETURN(WASI_EMFILE);
@@ -1130,6 +1318,10 @@ PHASE_WASI_FN(phase_fs_path_open)
         close(host);
         WASI_RETURN(rc);
     }
+    if (creates)
+        quota_add(job, 0, 1);
+    else if (quota && S_ISREG(before.st_mode) && (oflags & OF_TRUNC))
+        quota_resized(job, (uint64_t) before.st_size, (uint64_t) st.st_size);
     phase_fs_fd *f = &TABLE(job)[slot];
     f->host = host;
     f->filetype = filetype_of(st.st_mode);
@@ -1158,6 +1350,25 @@ PHASE_WASI_FN(phase_fs_path_open)
     if (!dir)                                                                     \
         WASI_RETURN(rc)
 
+/* mkdir (target NULL) or symlink at sp beneath dir, within the quota: one entry and `bytes`. */
+static uint32_t new_entry(phase_job *job, const phase_fs_fd *dir, const split_path *sp, const char *target,
+                          uint64_t bytes)
+{
+    int quota = counted(job, dir->readonly);
+    uint32_t rc;
+    struct stat st;
+    if (quota && fstatat(sp->parent, sp->name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+        return WASI_EEXIST;   /* as without a quota, and not a refusal at the bound */
+    if (quota && (rc = quota_fits(job, bytes, 1)) != WASI_ESUCCESS)
+        return rc;
+    int ok = target ? symlinkat(target, sp->parent, sp->name) == 0 : mkdirat(sp->parent, sp->name, 0777) == 0;
+    if (!ok)
+        return wasi_errno(errno);
+    if (quota)
+        quota_add(job, (int64_t) bytes, 1);
+    return WASI_ESUCCESS;
+}
+
 PHASE_WASI_FN(phase_fs_path_create_directory)
 {
     WASI_RET_TYPE(uint32_t);
@@ -1167,7 +1378,7 @@ PHASE_WASI_FN(phase_fs_path_create_directory)
     DIR_AND_PATH_OR_RETURN(dir, path, rc, fd, R_PATH_CREATE_DIRECTORY, path_ptr, path_len);
     split_path sp;
     if ((rc = split_open(dir->host, path, &sp)) == WASI_ESUCCESS)
-        rc = sp.dots ? WASI_EEXIST : mkdirat(sp.parent, sp.name, 0777) == 0 ? WASI_ESUCCESS : wasi_errno(errno);
+        rc = sp.dots ? WASI_EEXIST : new_entry(call->job, dir, &sp, NULL, QUOTA_BLOCK);
     split_close(&sp);
     WASI_RETURN(rc);
 }
@@ -1183,10 +1394,14 @@ static uint32_t remove_entry(phase_wasi_call *call, uint32_t fd, uint32_t path_p
         return rc;
     split_path sp;
     if ((rc = split_open(dir->host, path, &sp)) == WASI_ESUCCESS) {
+        struct stat st;
+        int quota = counted(call->job, dir->readonly) && fstatat(sp.parent, sp.name, &st, AT_SYMLINK_NOFOLLOW) == 0;
         if (sp.dots)
             rc = is_dir ? WASI_EBUSY : WASI_EISDIR;
-        else
-            rc = unlinkat(sp.parent, sp.name, is_dir ? AT_REMOVEDIR : 0) == 0 ? WASI_ESUCCESS : wasi_errno(errno);
+        else if (unlinkat(sp.parent, sp.name, is_dir ? AT_REMOVEDIR : 0) != 0)
+            rc = wasi_errno(errno);
+        else if (quota)
+            quota_removed(call->job, &st);
     }
     split_close(&sp);
     return rc;
@@ -1320,7 +1535,7 @@ PHASE_WASI_FN(phase_fs_path_symlink)
         WASI_RETURN(WASI_EPERM);
     split_path sp;
     if ((rc = split_open(dir->host, path, &sp)) == WASI_ESUCCESS)
-        rc = sp.dots ? WASI_EEXIST : symlinkat(target, sp.parent, sp.name) == 0 ? WASI_ESUCCESS : wasi_errno(errno);
+        rc = sp.dots ? WASI_EEXIST : new_entry(call->job, dir, &sp, target, QUOTA_BLOCK);
     split_close(&sp);
     WASI_RETURN(rc);
 }
@@ -1359,10 +1574,17 @@ PHASE_WASI_FN(phase_fs_path_rename)
     uint32_t rc = two_entries(call, fd, R_PATH_RENAME_SOURCE, old_ptr, old_len, new_fd,
                               R_PATH_RENAME_TARGET, new_ptr, new_len, a, b, &s1, &s2);
     if (rc == WASI_ESUCCESS) {
+        /* Quota: a target it replaces goes (unless both names are one file, when rename does nothing). */
+        struct stat from, to;
+        int replaces = counted(call->job, 0) && fstatat(s2.parent, s2.name, &to, AT_SYMLINK_NOFOLLOW) == 0
+                       && fstatat(s1.parent, s1.name, &from, AT_SYMLINK_NOFOLLOW) == 0
+                       && !(from.st_dev == to.st_dev && from.st_ino == to.st_ino);
         if (s1.dots || s2.dots)
             rc = WASI_EBUSY;
-        else
-            rc = renameat(s1.parent, s1.name, s2.parent, s2.name) == 0 ? WASI_ESUCCESS : wasi_errno(errno);
+        else if (renameat(s1.parent, s1.name, s2.parent, s2.name) != 0)
+            rc = wasi_errno(errno);
+        else if (replaces)
+            quota_removed(call->job, &to);
     }
     split_close(&s1);
     split_close(&s2);
@@ -1391,8 +1613,15 @@ PHASE_WASI_FN(phase_fs_path_link)
             rc = WASI_EEXIST;
         else if (s1.dots)
             rc = WASI_EPERM;
-        else
-            rc = linkat(s1.parent, s1.name, s2.parent, s2.name, 0) == 0 ? WASI_ESUCCESS : wasi_errno(errno);
+        else {
+            int quota = counted(call->job, 0);   /* both directories are writable: they have the link rights */
+            if (!quota || (rc = quota_fits(call->job, 0, 1)) == WASI_ESUCCESS) {
+                if (linkat(s1.parent, s1.name, s2.parent, s2.name, 0) != 0)
+                    rc = wasi_errno(errno);
+                else if (quota)
+                    quota_add(call->job, 0, 1);
+            }
+        }
     }
     split_close(&s1);
     split_close(&s2);

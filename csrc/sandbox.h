@@ -82,6 +82,7 @@ typedef struct phase_sandbox_job {
     uint8_t seed[32];
     const phase_preopen *preopens;        /* directories passed to the worker with "go" (SCM_RIGHTS) */
     uint32_t npreopens;
+    phase_fs_quota quota;                 /* the bound on what the job keeps in its writable directories */
     uint32_t test_action;                 /* sandbox_test_action; 0 outside tests */
     uint64_t hard_timeout_ms;             /* kill the worker after this long; 0 = never */
     uint32_t spin_us;                     /* busy-wait this long for "done" before sleeping (latency vs CPU) */

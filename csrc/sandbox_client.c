@@ -327,6 +327,7 @@ static void write_request(phase_sandbox_slot *slot, const phase_sandbox_job *job
             req->preopen_readonly |= 1u << i;
     }
     req->npreopens = job->npreopens;
+    req->quota = job->quota;
     req->strings_len = (uint64_t) (s - ((char *) slot->shm + pos));
     pos += align64(req->strings_len);
     req->argc = job->argc;
@@ -416,6 +417,7 @@ static int copy_response(phase_sandbox_slot *slot, const phase_sandbox_job *job,
     res->status = (phase_status) r.status;
     res->exit_code = r.exit_code;
     res->fs_unavailable = r.fs_unavailable != 0;
+    res->fs_limit = r.fs_limit == PHASE_FS_LIMIT_BYTES || r.fs_limit == PHASE_FS_LIMIT_FILES ? (int) r.fs_limit : 0;
     memcpy(res->message, r.message, sizeof res->message);
     if (r.oom && res->status == PHASE_CRASHED) {
         char inner[PHASE_MESSAGE_BYTES];

@@ -25,7 +25,7 @@
 #include "sandbox.h"
 
 #define SANDBOX_MAGIC 0x50485342u         /* "PHSB" */
-#define SANDBOX_VERSION 2u
+#define SANDBOX_VERSION 3u
 #define SANDBOX_HEADER_BYTES 4096u        /* request + response headers; payloads follow */
 #define SANDBOX_MIN_SHM_BYTES (1u << 20)
 /* Buffers (memfd + pre-forked worker) per slot at most: the slot's next job takes a ready one while the
@@ -64,6 +64,8 @@ enum sandbox_test_action {
                                            * reports success with no output at all */
     SANDBOX_TEST_OPEN_OUTSIDE = 8,        /* a worker that broke out of wasm3 opens paths itself, without
                                            * RESOLVE_BENEATH: reports each errno (Landlock must refuse outside) */
+    SANDBOX_TEST_WRITE_PAST = 10,         /* a worker that broke out of wasm3 writes one file past the quota's
+                                           * disk_bytes itself (RLIMIT_FSIZE must stop it) */
 };
 
 typedef struct sandbox_request {          /* written by the parent before "go" */
@@ -78,6 +80,7 @@ typedef struct sandbox_request {          /* written by the parent before "go" *
     uint32_t argc, envc;
     uint32_t npreopens;                   /* directory fds that came with "go" (SCM_RIGHTS), in order */
     uint32_t preopen_readonly;            /* bit i: preopen i is read-only */
+    phase_fs_quota quota;                 /* the writable directories' bound (also the worker's RLIMIT_FSIZE) */
     phase_limits limits;
     int32_t deterministic;
     uint32_t test_action;
@@ -92,7 +95,7 @@ typedef struct sandbox_response {         /* written by the worker before "done"
     uint32_t module_missing;              /* 1: the module is not in this worker's cache; send the bytes */
     uint32_t oom;                         /* 1: the worker ran out of address space (RLIMIT_AS) */
     uint32_t fs_unavailable;              /* phase_result.fs_unavailable */
-    uint32_t reserved;
+    uint32_t fs_limit;                    /* phase_result.fs_limit */
     char message[PHASE_MESSAGE_BYTES];
     uint64_t out_len, err_len;            /* at request.out_off: stdout then stderr */
     uint64_t fuel_used, wall_us, memory_peak_bytes;

@@ -205,11 +205,13 @@ static int confine(const sandbox_request *req, uint64_t base_vm, size_t module_l
                   + 2 * req->limits.output_bytes + 16 * req->module_len + 2 * (uint64_t) req->limits.stack_bytes
                   + phase_compile_stack_bound(module_len);
     /* Descriptors: the channel, the directories received, the job's own copies of them and its table. Files
-     * may grow only where the job was given a writable directory. */
+     * may grow only where the job was given a writable directory, and with a quota to its disk_bytes at most (a
+     * backstop: the WASI layer refuses before that). */
     uint64_t nofile = WORKER_FD + 1 + (req->npreopens ? 2ull * req->npreopens + PHASE_MAX_FDS + 8 : 0);
     int writable = req->npreopens && req->preopen_readonly != (uint32_t) ((1ull << req->npreopens) - 1);
     if (set_limit(RLIMIT_AS, as) != 0 || set_limit(RLIMIT_CORE, 0) != 0
-        || set_limit(RLIMIT_FSIZE, writable ? RLIM_INFINITY : 0) != 0 || set_limit(RLIMIT_NOFILE, nofile) != 0)
+        || set_limit(RLIMIT_FSIZE, !writable ? 0 : req->quota.enabled ? req->quota.max_bytes : RLIM_INFINITY) != 0
+        || set_limit(RLIMIT_NOFILE, nofile) != 0)
         return -1;
     if (req->limits.timeout_ms) {
         /* A backstop below the parent's hard timeout: CPU seconds, SIGXCPU then SIGKILL one second later. */
@@ -437,6 +439,22 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             say_done(resp);
             _exit(0);
         }
+        if (req.test_action == SANDBOX_TEST_WRITE_PAST && go.n) {
+            /* Without the WASI layer's count: one file in the first directory, 64 KiB at a time, past disk_bytes. */
+            struct open_how how;
+            memset(&how, 0, sizeof how);
+            how.flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC;
+            how.mode = 0600;
+            how.resolve = RESOLVE_BENEATH;
+            int fd = (int) syscall(SYS_openat2, go.fds[0], "past.bin", &how, sizeof how);
+            static uint8_t block[65536];
+            for (uint64_t i = 0; fd >= 0 && i <= req.quota.max_bytes / sizeof block; i++)
+                if (write(fd, block, sizeof block) < 0)
+                    break;
+            respond_message(resp, PHASE_CRASHED, fd < 0 ? "cannot create past.bin" : "wrote past disk_bytes");
+            say_done(resp);
+            _exit(0);
+        }
         if (req.test_action == SANDBOX_TEST_ALLOCATE) {
             /* The blocks are chained and the chain counted, so the allocations are observable: an optimiser
              * (clang does) may otherwise remove a malloc whose memory is never read, and loop forever. */
@@ -500,6 +518,7 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
         }
         spec.preopens = preopens;
         spec.npreopens = req.npreopens;
+        spec.quota = req.quota;
         if (req.stream_output)
             spec.output_sink = send_chunks;
         phase_result res;
@@ -508,6 +527,7 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
         resp->status = (int32_t) res.status;
         resp->exit_code = res.exit_code;
         resp->fs_unavailable = (uint32_t) res.fs_unavailable;
+        resp->fs_limit = (uint32_t) res.fs_limit;
         memcpy(resp->message, res.message, sizeof resp->message);
         resp->message[sizeof resp->message - 1] = 0;
         if (rc != 0 && res.status == PHASE_CRASHED)

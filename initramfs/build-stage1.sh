@@ -5,7 +5,8 @@
 #
 #   initramfs/build-stage1.sh --pub RELEASE.pub [--out FILE] [--kver VERSION]
 #                             [--seeds "http://IP:PORT ..."] [--min-release N]
-#                             [--dht-bootstrap "IP:PORT ..."]   (Mainline DHT nodes for internet mode)
+#                             [--dht-bootstrap "HOST:PORT ..."] (Mainline DHT nodes for internet mode, both
+#                                                                stages; HOST: IPv4, [IPv6] or a DNS name)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
@@ -19,7 +20,7 @@ while [ $# -gt 0 ]; do
         --seeds) SEEDS=$2; shift 2 ;;
         --min-release) MIN_RELEASE=$2; shift 2 ;;
         --dht-bootstrap) DHT_NODES=$2; shift 2 ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
         *) die "unknown argument $1" ;;
     esac
 done

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Build the stage-2 node image: an initramfs with busybox, a Python interpreter with its
-# standard library (trimmed), pyphase and its dependencies (pynacl, pyzmq, msgpack,
+# standard library (trimmed), pyphase and its dependencies (pynacl, pyzmq, msgpack, libtorrent,
 # fastjsonschema) taken from the Python that runs this script, the NIC modules, and an
 # init that brings up the network and starts plasmd.
 #

@@ -35,7 +35,7 @@ from pyphase.errors import (
 from pyphase.identity import Identity
 from pyphase.limits import Limits
 from pyphase.manifest import make_manifest
-from pyphase.preopen import Preopen
+from pyphase.preopen import FsQuota, Preopen
 from pyphase.receipt import make_receipt, verify_receipt
 from pyphase.result import Result
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION, Module, run
@@ -63,6 +63,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Client",
     "Crashed",
+    "FsQuota",
     "FuelExhausted",
     "Identity",
     "IdentityError",

@@ -4,7 +4,7 @@
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 cdef extern from "phase_core.h" nogil:
     ctypedef enum phase_status:
@@ -55,6 +55,14 @@ cdef extern from "phase_core.h" nogil:
     enum:
         PHASE_MAX_PREOPENS
         PHASE_MAX_FDS
+        PHASE_FS_QUOTA_BLOCK
+        PHASE_FS_LIMIT_BYTES
+        PHASE_FS_LIMIT_FILES
+
+    ctypedef struct phase_fs_quota:
+        int enabled
+        uint64_t max_bytes, max_files
+        uint64_t used_bytes, used_files
 
     ctypedef int (*phase_output_sink)(void *ctx, int stream, const uint8_t *data, size_t n)
     ctypedef enum phase_engine:
@@ -88,6 +96,7 @@ cdef extern from "phase_core.h" nogil:
         phase_output_sink output_sink
         void *output_ctx
         phase_engine engine
+        phase_fs_quota quota
 
     ctypedef struct phase_result:
         phase_status status
@@ -106,6 +115,7 @@ cdef extern from "phase_core.h" nogil:
         uint8_t stderr_hash[32]
         int fs_unavailable
         uint64_t compile_us
+        int fs_limit
 
     int phase_job_run(const phase_job_spec *spec, phase_result *result)
     void phase_result_clear(phase_result *result)
@@ -170,6 +180,7 @@ cdef extern from "sandbox.h" nogil:
         uint8_t seed[32]
         const phase_preopen *preopens
         uint32_t npreopens
+        phase_fs_quota quota
         uint32_t test_action
         uint64_t hard_timeout_ms
         uint32_t spin_us
@@ -199,6 +210,7 @@ cdef extern from "sandbox_proto.h" nogil:
         SANDBOX_TEST_SNOOP
         SANDBOX_TEST_OPEN_OUTSIDE
         SANDBOX_TEST_STREAM_FORGE
+        SANDBOX_TEST_WRITE_PAST
         SANDBOX_MSG_ADD
         SANDBOX_MSG_KILL
 
@@ -248,8 +260,8 @@ cdef inline int check_rc(int rc, const char *err) except -1:
     return 0
 
 
-cdef inline int fill_job(object job, phase_limits *limits, uint8_t *seed) except -1:
-    """Copy a pyphase.runtime.PreparedJob's limits and seed into C (the parts _core.run and Slot.run share)."""
+cdef inline int fill_job(object job, phase_limits *limits, uint8_t *seed, phase_fs_quota *quota) except -1:
+    """Copy a pyphase.runtime.PreparedJob's limits, seed and quota into C (the parts _core.run and Slot.run share)."""
     cdef bytes s = job.seed
     if len(s) != 32:
         raise ValueError("seed must be 32 bytes")
@@ -260,6 +272,14 @@ cdef inline int fill_job(object job, phase_limits *limits, uint8_t *seed) except
     limits.output_bytes = lim.output_bytes
     limits.stack_bytes = lim.stack_bytes
     memcpy(seed, <const char *> s, 32)
+    q = job.quota
+    memset(quota, 0, sizeof(phase_fs_quota))
+    if q is not None:
+        quota.enabled = 1
+        quota.max_bytes = q.max_bytes
+        quota.max_files = q.max_files
+        quota.used_bytes = q.used_bytes
+        quota.used_files = q.used_files
     return 0
 
 
@@ -275,7 +295,7 @@ cdef inline int output_to_python(void *ctx, int stream, const uint8_t *data, siz
 cdef inline tuple result_tuple(phase_result *res, tuple status_names):
     """A job's result as the bindings hand it to Python (pyphase.runtime / pyphase.sandbox build Result from it):
     (status, exit_code, message, stdout, stderr, fuel_used, wall_us, memory_peak,
-     module_sha256, input_sha256, stdout_sha256, stderr_sha256, fs_unavailable, compile_us)."""
+     module_sha256, input_sha256, stdout_sha256, stderr_sha256, fs_unavailable, compile_us, fs_limit)."""
     return (
         status_names[<int> res.status],
         res.exit_code,
@@ -291,6 +311,7 @@ cdef inline tuple result_tuple(phase_result *res, tuple status_names):
         PyBytes_FromStringAndSize(<char *> res.stderr_hash, 32),
         bool(res.fs_unavailable),
         res.compile_us,
+        "disk_bytes" if res.fs_limit == PHASE_FS_LIMIT_BYTES else "files" if res.fs_limit == PHASE_FS_LIMIT_FILES else "",
     )
 
 

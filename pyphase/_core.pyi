@@ -14,6 +14,7 @@ ENGINE_CODES: dict[str, int]
 STATUS_NAMES: tuple[str, ...]
 WASM_PAGE: int
 MAX_PREOPENS: int
+FS_QUOTA_BLOCK: int
 MAX_FDS: int
 DEFAULT_LIMITS: dict[str, int]
 

@@ -19,6 +19,7 @@ WASMTIME_VERSION = PHASE_WASMTIME_VERSION.decode()
 ENGINE_CODES = {"wasm3": PHASE_ENGINE_WASM3, "wasmtime": PHASE_ENGINE_WASMTIME}
 WASM_PAGE = PHASE_WASM_PAGE
 MAX_PREOPENS = PHASE_MAX_PREOPENS
+FS_QUOTA_BLOCK = PHASE_FS_QUOTA_BLOCK
 MAX_FDS = PHASE_MAX_FDS
 cdef phase_limits _defaults
 phase_limits_default(&_defaults)
@@ -156,7 +157,7 @@ def run(CoreModule module not None, job, list preopens=None, on_output=None, str
     (open fd, guest name bytes, readonly); ``on_output(stream, bytes) -> bool``: the output as the module writes
     it (the GIL is taken for each piece; see output_to_python). Returns a tuple:
     (status, exit_code, message, stdout, stderr, fuel_used, wall_us, memory_peak,
-     module_sha256, input_sha256, stdout_sha256, stderr_sha256, fs_unavailable)."""
+     module_sha256, input_sha256, stdout_sha256, stderr_sha256, fs_unavailable, compile_us, fs_limit)."""
     cdef phase_job_spec spec
     cdef phase_result res
     cdef list keep = []
@@ -166,7 +167,7 @@ def run(CoreModule module not None, job, list preopens=None, on_output=None, str
     cdef const uint8_t[::1] input = job.input
     cdef int rc
     memset(&spec, 0, sizeof(spec))
-    fill_job(job, &spec.limits, spec.seed)
+    fill_job(job, &spec.limits, spec.seed, &spec.quota)
     spec.module = module.ptr
     spec.entry = <const char *> entry
     spec.input = view_ptr(input)

@@ -33,6 +33,7 @@ TEST_ACTIONS = {
     "snoop": SANDBOX_TEST_SNOOP,
     "open_outside": SANDBOX_TEST_OPEN_OUTSIDE,
     "stream_forge": SANDBOX_TEST_STREAM_FORGE,
+    "write_past": SANDBOX_TEST_WRITE_PAST,
 }
 
 
@@ -190,7 +191,7 @@ cdef class Slot:
         if len(digest) != 32:
             raise ValueError("module_hash must be 32 bytes")
         keep += [digest, entry, iview]
-        fill_job(job, &j.limits, j.seed)
+        fill_job(job, &j.limits, j.seed, &j.quota)
         j.module_hash = <const uint8_t *> (<char *> digest)
         if module is not None:
             mview = module

@@ -246,6 +246,7 @@ class _BootSource:
             self.log("warning", message=f"boot source not announced on the DHT: {exc}")
             return
         presence.also_announce.append(("phase-boot", info_hash, self.server.port))
+        presence.map_also("phase-boot", self.server.port)  # a machine outside the router can then fetch from it
 
     def close(self) -> None:
         if self.announcer is not None:

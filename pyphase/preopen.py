@@ -32,6 +32,31 @@ class Preopen(NamedTuple):
         return cls(host, guest, readonly)
 
 
+class FsQuota(NamedTuple):
+    """The bound on what a job keeps in its writable directories, enforced by the WASI layer as the job writes.
+
+    ``max_bytes`` counts each regular file's size rounded up to :data:`QUOTA_BLOCK` (holes and ``fd_allocate``
+    count as written) and one block per directory or symlink; ``max_files`` counts entries of any kind. ``used_*``
+    is what the directories hold when the job starts (:func:`usage`). A call that would pass a bound fails with
+    ``EDQUOT`` and a job that would have ended ``ok`` ends ``output_limit``, its ``Result.fs_limit`` naming the
+    bound."""
+
+    max_bytes: int
+    max_files: int
+    used_bytes: int = 0
+    used_files: int = 0
+
+
+QUOTA_BLOCK: int = _core.FS_QUOTA_BLOCK
+
+
+def usage(file_sizes: Sequence[int], others: int) -> tuple[int, int]:
+    """(bytes, entries) as :class:`FsQuota` counts them, of regular files of ``file_sizes`` and ``others``
+    directories and symlinks."""
+    blocks = sum(-(-size // QUOTA_BLOCK) for size in file_sizes)
+    return (blocks + others) * QUOTA_BLOCK, len(file_sizes) + others
+
+
 def check(dirs: Sequence[Preopen]) -> list[Preopen]:
     """The preopens, checked: a list of :class:`Preopen` of existing directories, guest names without NUL."""
     out = [d if isinstance(d, Preopen) else Preopen(*d) for d in dirs]

@@ -8,7 +8,7 @@ from typing import Any
 from pyphase.digests import UNHASHED, hash_text, sha256_text
 from pyphase.errors import JOB_ERRORS
 
-RawResult = tuple[str, int, str, bytes, bytes, int, int, int, bytes, bytes, bytes, bytes, bool, int]
+RawResult = tuple[str, int, str, bytes, bytes, int, int, int, bytes, bytes, bytes, bytes, bool, int, str]
 """A result as the C bindings return it (``_core.run``, ``_sandbox.Slot.run``); :meth:`Result.from_core` reads it."""
 
 
@@ -34,6 +34,8 @@ class Result:
     #: the engine that ran it (``wasm3`` or ``wasmtime``; pyphase.engines), and the time it spent compiling first
     engine: str = field(default="wasm3", compare=False)
     compile_us: int = field(default=0, compare=False)
+    #: the bound of its :class:`~pyphase.FsQuota` a call of the job was refused at (``disk_bytes``, ``files``), or ""
+    fs_limit: str = field(default="", compare=False)
 
     @classmethod
     def from_core(cls, raw: RawResult, engine: str = "wasm3") -> Result:
@@ -54,6 +56,7 @@ class Result:
             fs_unavailable=raw[12],
             engine=engine,
             compile_us=raw[13],
+            fs_limit=raw[14],
         )
 
     def with_hashes(self, module_hash: str, input_hash: str) -> Result:

@@ -18,7 +18,7 @@ from pyphase import _core, engines
 from pyphase.digests import hash_text
 from pyphase.errors import InvalidModule
 from pyphase.limits import DEFAULT_LIMITS, Limits
-from pyphase.preopen import Preopen, check, opened
+from pyphase.preopen import FsQuota, Preopen, check, opened
 from pyphase.result import Result
 
 RUNTIME_NAME: str = _core.RUNTIME_NAME
@@ -171,6 +171,8 @@ class PreparedJob(NamedTuple):
     dirs: tuple[Preopen, ...] = ()
     #: ``wasm3``, ``wasmtime`` or ``auto`` (pyphase.engines.choose picks where the job runs)
     engine: str = "auto"
+    #: the bound on what it keeps in its writable directories (None: none)
+    quota: FsQuota | None = None
 
     @property
     def guest_names(self) -> list[bytes]:
@@ -251,6 +253,7 @@ def prepare_job(
     digest: bytes | None = None,
     dirs: Sequence[Preopen] = (),
     engine: str = "auto",
+    quota: FsQuota | None = None,
 ) -> PreparedJob:
     """Check and encode a job's parts for C (``ValueError`` for NUL bytes or a bad environment name).
 
@@ -284,6 +287,7 @@ def prepare_job(
         seed or bytes(32),
         tuple(check(dirs)),
         engines.check(engine),
+        quota,
     )
 
 
@@ -301,11 +305,13 @@ def run(
     dirs: Sequence[Preopen] = (),
     on_output: OutputCallback | None = None,
     engine: str = "auto",
+    quota: FsQuota | None = None,
 ) -> Result:
     """Run ``module`` once in this process with ``input`` as stdin; the GIL is released while it runs.
 
     ``args`` follow the program name (argv[0]); ``dirs`` are the host directories the job sees (WASI
-    preopens, fds 3, 4, ... in this order); ``on_output(stream, data)`` is called, on this thread, with
+    preopens, fds 3, 4, ... in this order) and ``quota`` bounds what it keeps in the writable ones (:class:`FsQuota`);
+    ``on_output(stream, data)`` is called, on this thread, with
     every piece of stdout (1) and stderr (2) as the module writes it (the result still holds all of it; an
     exception from it stops the output and is raised once the job ends); ``engine``: ``wasm3``, ``wasmtime`` or
     ``auto`` (short jobs on wasm3, long ones compiled; :mod:`pyphase.engines`). Every job outcome (trap, timeout, ...) is a
@@ -324,6 +330,7 @@ def run(
         seed=seed,
         dirs=dirs,
         engine=engine,
+        quota=quota,
     )
     return run_prepared(job, on_output)
 

@@ -345,14 +345,35 @@ def write_file_from(dest: str, chunks: Iterable[bytes], digest: str, size: int, 
     os.replace(tmp, dest)
 
 
-def verify_dir(root: str | os.PathLike[str], expected: Mapping[str, Any]) -> Tree:
+def listing_path(root: str | os.PathLike[str]) -> Path:
+    """Where ``phase submit --out DIR`` keeps the output tree's listing: ``DIR.tree.json`` beside it, so that
+    ``phase verify --outputs DIR`` can name the files that differ (the listing is trusted only when its hash is
+    the one the signed receipt names)."""
+    path = Path(os.path.abspath(root))
+    return path.with_name(path.name + ".tree.json")
+
+
+def verify_dir(root: str | os.PathLike[str], expected: Mapping[str, Any], listing: bytes | None = None) -> Tree:
     """Check that the directory ``root`` is exactly the tree ``expected`` (``{"hash", "size"}``) names; return
-    its listing, or raise :class:`TreeError` saying how it differs."""
+    its listing, or raise :class:`TreeError` saying how it differs: file by file (changed, missing, not in the
+    tree) when ``listing`` is the expected tree's listing, else by the two hashes."""
     tree, _ = scan(root)
     if tree.hash == expected.get("hash"):
         return tree
+    if listing is not None and sha256_text(listing) == expected.get("hash"):
+        big = 1 << 62  # the signed receipt names this listing: its size was bounded where it was written
+        want = {e.path: e for e in parse(listing, max_files=big, max_bytes=big).entries}
+        have = {e.path: e for e in tree.entries}
+        problems = [
+            f"{path}: {'missing' if path not in have else 'changed'}"
+            for path, entry in want.items()
+            if have.get(path) != entry
+        ] + [f"{path}: not in the tree" for path in have if path not in want]
+        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise TreeError("bad_tree", f"{root} is not the tree the receipt names: {shown}")
     raise TreeError(
         "bad_tree",
         f"{root} is not the tree the receipt names: its listing hashes to {tree.hash}, "
-        f"the receipt says {expected.get('hash')}",
+        f"the receipt says {expected.get('hash')} (without {listing_path(root).name} beside it the files that "
+        "differ cannot be named)",
     )

@@ -1,9 +1,14 @@
 /* phase-dht: find boot artifact sources on the BitTorrent Mainline DHT (BEP 5).
  *
- *   phase-dht --key PUB --bootstrap IP:PORT[,IP:PORT...] [--timeout S] [--max-queries N]
+ *   phase-dht --key PUB --bootstrap HOST:PORT[,HOST:PORT...] [--timeout S] [--max-queries N] [--dns IP[:PORT]]
  *   phase-dht --key PUB --info-hash          (print the info-hash)
  *   phase-dht --target HEX --bootstrap ...   (look up another info-hash: simulations, diagnostics)
  *   [--source IP]                            (send from this local address)
+ *
+ * HOST is an IPv4 address, an IPv6 address in brackets ([::1]:6881), or a DNS name (resolved with c-ares
+ * against /etc/resolv.conf or --dns, every address it has; a name that does not resolve is skipped with
+ * a line saying why). IPv6 is BEP 32: nodes6 in answers, 18-byte peers in values, and the queries ask
+ * (want) for the families of the bootstrap nodes, so an IPv4-only machine never spends queries on IPv6.
  *
  * Sources announce their HTTP port under the info-hash of the release key (the first 20 bytes of
  * SHA-256("phase-boot/1" || public key); pyphase.boot.dht computes the same). This runs the KRPC
@@ -35,6 +40,7 @@
 
 #include "../phase_crypto.h"
 #include "bootmanifest.h"
+#include "netconn.h"
 #include "tools.h"
 
 #define ID_LEN 20
@@ -47,13 +53,21 @@
 #define PARALLEL 4         /* queries in flight */
 #define QUERY_TIMEOUT_MS 1000
 #define SETTLE_MS 1000     /* after the first peer, wait at most this long for more */
+#define DNS_TIMEOUT_S 5    /* per bootstrap name */
 
 static const char INFOHASH_PREFIX[] = "phase-boot/1";
 
 enum { C_NEW, C_ASKED, C_ANSWERED, C_FAILED };
 
+/* A node or peer address, IPv4 or IPv6 (the family says which part of the union). */
+typedef union {
+    struct sockaddr sa;
+    struct sockaddr_in in4;
+    struct sockaddr_in6 in6;
+} addr_t;
+
 struct candidate {
-    struct sockaddr_in addr;
+    addr_t addr;
     uint8_t id[ID_LEN];
     int has_id;    /* bootstrap nodes have no known id: asked first */
     int state;
@@ -66,8 +80,9 @@ struct lookup {
     uint8_t target[ID_LEN], self[ID_LEN];
     struct candidate c[MAX_CANDIDATES];
     int n;
-    struct sockaddr_in peers[MAX_PEERS];
+    addr_t peers[MAX_PEERS];
     int npeers;
+    int want4, want6;  /* address families to ask nodes for (BEP 32 "want"), from the bootstrap nodes' */
     int queries, answers, malformed;
     long long first_peer_ms;
     int peer_hops;  /* hops of the node that named the first peer */
@@ -160,28 +175,67 @@ static int closer(const uint8_t *target, const struct candidate *a, const struct
     return 0;
 }
 
-static int same_addr(const struct sockaddr_in *a, const struct sockaddr_in *b)
+static socklen_t addr_len(const addr_t *a)
 {
-    return a->sin_addr.s_addr == b->sin_addr.s_addr && a->sin_port == b->sin_port;
+    return a->sa.sa_family == AF_INET6 ? sizeof a->in6 : sizeof a->in4;
 }
 
-static int is_loopback(struct in_addr a) { return (ntohl(a.s_addr) >> 24) == 127; }
+static int same_addr(const addr_t *a, const addr_t *b)
+{
+    if (a->sa.sa_family != b->sa.sa_family) return 0;
+    if (a->sa.sa_family == AF_INET6)
+        return memcmp(&a->in6.sin6_addr, &b->in6.sin6_addr, 16) == 0 && a->in6.sin6_port == b->in6.sin6_port;
+    return a->in4.sin_addr.s_addr == b->in4.sin_addr.s_addr && a->in4.sin_port == b->in4.sin_port;
+}
+
+static int is_loopback(const addr_t *a)
+{
+    if (a->sa.sa_family == AF_INET6) return IN6_IS_ADDR_LOOPBACK(&a->in6.sin6_addr);
+    return (ntohl(a->in4.sin_addr.s_addr) >> 24) == 127;
+}
+
+/* Compact form (BEP 5: 4-byte IPv4 or, BEP 32, 16-byte IPv6, then the port) into an address. */
+static void from_compact(addr_t *a, const uint8_t *p, size_t iplen)
+{
+    memset(a, 0, sizeof *a);
+    if (iplen == 16) {
+        a->in6.sin6_family = AF_INET6;
+        memcpy(&a->in6.sin6_addr, p, 16);
+        memcpy(&a->in6.sin6_port, p + 16, 2);
+    } else {
+        a->in4.sin_family = AF_INET;
+        memcpy(&a->in4.sin_addr, p, 4);
+        memcpy(&a->in4.sin_port, p + 4, 2);
+    }
+}
 
 /* An address from an answer, made usable or refused (see the top of this file). */
-static int usable(struct sockaddr_in *a, const struct sockaddr_in *from)
+static int usable(addr_t *a, const addr_t *from)
 {
-    uint32_t ip = ntohl(a->sin_addr.s_addr);
-    if (a->sin_port == 0) return 0;
+    if (a->sa.sa_family == AF_INET6) {
+        const struct in6_addr *ip = &a->in6.sin6_addr;
+        if (a->in6.sin6_port == 0 || IN6_IS_ADDR_UNSPECIFIED(ip) || IN6_IS_ADDR_MULTICAST(ip) ||
+            IN6_IS_ADDR_V4MAPPED(ip) || IN6_IS_ADDR_V4COMPAT(ip))
+            return 0;
+        if (IN6_IS_ADDR_LOOPBACK(ip) && !is_loopback(from)) {
+            if (from->sa.sa_family != AF_INET6) return 0;
+            a->in6.sin6_addr = from->in6.sin6_addr;
+        }
+        return 1;
+    }
+    uint32_t ip = ntohl(a->in4.sin_addr.s_addr);
+    if (a->in4.sin_port == 0) return 0;
     if ((ip >> 24) == 127) {
-        if (is_loopback(from->sin_addr)) return 1;
-        a->sin_addr = from->sin_addr;
+        if (is_loopback(from)) return 1;
+        if (from->sa.sa_family != AF_INET) return 0;
+        a->in4.sin_addr = from->in4.sin_addr;
         return 1;
     }
     return (ip >> 24) != 0 && ip < 0xE0000000u;
 }
 
 /* Insert a node in the list, kept sorted by distance and bounded: the farthest falls off. */
-static void add_candidate(struct lookup *L, const struct sockaddr_in *addr, const uint8_t *id, int hops)
+static void add_candidate(struct lookup *L, const addr_t *addr, const uint8_t *id, int hops)
 {
     struct candidate c = {.addr = *addr, .has_id = id != NULL, .state = C_NEW, .hops = hops};
     if (id) memcpy(c.id, id, ID_LEN);
@@ -196,7 +250,7 @@ static void add_candidate(struct lookup *L, const struct sockaddr_in *addr, cons
     if (L->n < MAX_CANDIDATES) L->n++;
 }
 
-static void add_peer(struct lookup *L, struct sockaddr_in *addr, const struct sockaddr_in *from, int hops)
+static void add_peer(struct lookup *L, addr_t *addr, const addr_t *from, int hops)
 {
     if (!usable(addr, from) || L->npeers >= MAX_PEERS) return;
     for (int i = 0; i < L->npeers; i++)
@@ -205,15 +259,21 @@ static void add_peer(struct lookup *L, struct sockaddr_in *addr, const struct so
     L->peers[L->npeers++] = *addr;
 }
 
-static int send_query(int fd, struct lookup *L, struct candidate *c)
+static int send_query(const int fds[2], struct lookup *L, struct candidate *c)
 {
-    uint8_t q[160];
+    uint8_t q[192];
     size_t o = 0;
+    int fd = fds[c->addr.sa.sa_family == AF_INET6];
+    if (fd < 0) return -1;
     c->tid = ++L->next_tid;
     o += (size_t)snprintf((char *)q, sizeof q, "d1:ad2:id20:");
     memcpy(q + o, L->self, ID_LEN), o += ID_LEN;
     memcpy(q + o, "9:info_hash20:", 14), o += 14;
     memcpy(q + o, L->target, ID_LEN), o += ID_LEN;
+    if (L->want6) { /* BEP 32; without it a node answers in the family it was asked in */
+        const char *want = L->want4 ? "4:wantl2:n42:n6e" : "4:wantl2:n6e";
+        memcpy(q + o, want, strlen(want)), o += strlen(want);
+    }
     memcpy(q + o, "e1:q9:get_peers2:roi1e1:t2:", 27), o += 27;
     q[o++] = (uint8_t)(c->tid >> 8);
     q[o++] = (uint8_t)c->tid;
@@ -221,11 +281,11 @@ static int send_query(int fd, struct lookup *L, struct candidate *c)
     c->state = C_ASKED;
     c->sent_ms = phase_now_ms();
     L->queries++;
-    return sendto(fd, q, o, 0, (struct sockaddr *)&c->addr, sizeof c->addr) < 0 ? -1 : 0;
+    return sendto(fd, q, o, 0, &c->addr.sa, addr_len(&c->addr)) < 0 ? -1 : 0;
 }
 
 /* Take one datagram: a get_peers answer from a node we asked, with our transaction id. */
-static void take_answer(struct lookup *L, const uint8_t *p, size_t n, const struct sockaddr_in *from)
+static void take_answer(struct lookup *L, const uint8_t *p, size_t n, const addr_t *from)
 {
     const uint8_t *t, *y, *id, *s;
     size_t tl, yl, idl, sl;
@@ -260,11 +320,13 @@ static void take_answer(struct lookup *L, const uint8_t *p, size_t n, const stru
         for (int i = 0; i < L->n; i++)
             if (same_addr(&L->c[i].addr, &copy.addr)) L->c[i].state = C_ANSWERED;
     }
-    if (b_dict_str(p, n, (size_t)r, "nodes", &s, &sl) == 0 && sl % 26 == 0) {
-        for (size_t k = 0; k + 26 <= sl; k += 26) {
-            struct sockaddr_in a = {.sin_family = AF_INET};
-            memcpy(&a.sin_addr, s + k + 20, 4);
-            memcpy(&a.sin_port, s + k + 24, 2);
+    static const struct { const char *key; size_t iplen; } lists[] = {{"nodes", 4}, {"nodes6", 16}};
+    for (size_t f = 0; f < 2; f++) {
+        size_t step = ID_LEN + lists[f].iplen + 2;
+        if (b_dict_str(p, n, (size_t)r, lists[f].key, &s, &sl) != 0 || sl % step != 0) continue;
+        for (size_t k = 0; k + step <= sl; k += step) {
+            addr_t a;
+            from_compact(&a, s + k + ID_LEN, lists[f].iplen);
             if (usable(&a, from) && memcmp(s + k, L->self, ID_LEN) != 0) add_candidate(L, &a, s + k, hops + 1);
         }
     }
@@ -273,10 +335,9 @@ static void take_answer(struct lookup *L, const uint8_t *p, size_t n, const stru
         size_t o = (size_t)v + 1;
         while (o < n && p[o] != 'e') {
             if (b_string(p, n, &o, &s, &sl)) break;
-            if (sl != 6) continue;
-            struct sockaddr_in a = {.sin_family = AF_INET};
-            memcpy(&a.sin_addr, s, 4);
-            memcpy(&a.sin_port, s + 4, 2);
+            if (sl != 6 && sl != 18) continue;
+            addr_t a;
+            from_compact(&a, s, sl - 2);
             add_peer(L, &a, from, hops);
         }
     }
@@ -294,24 +355,75 @@ static int converged(const struct lookup *L)
     return 1;
 }
 
-static int parse_bootstrap(struct lookup *L, const char *text)
+static void add_bootstrap(struct lookup *L, const addr_t *a)
+{
+    add_candidate(L, a, NULL, 1);
+    if (a->sa.sa_family == AF_INET6) L->want6 = 1;
+    else L->want4 = 1;
+}
+
+/* --bootstrap: HOST:PORT items, HOST an IPv4 address, [IPv6] or a DNS name (every address it resolves to).
+ * -1 with a message if the text is malformed (a usage error); else the number of nodes, 0 if no name
+ * resolved (each failure said on stderr). */
+static int parse_bootstrap(struct lookup *L, const char *text, const char *dns)
 {
     char buf[1024];
-    snprintf(buf, sizeof buf, "%s", text);
-    int count = 0;
-    for (char *save = NULL, *tok = strtok_r(buf, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
-        char *colon = strrchr(tok, ':');
-        struct sockaddr_in a = {.sin_family = AF_INET};
-        if (!colon || count >= MAX_BOOTSTRAP) return -1;
-        *colon = 0;
-        char *end;
-        long port = strtol(colon + 1, &end, 10);
-        if (*end || port < 1 || port > 65535 || inet_pton(AF_INET, tok, &a.sin_addr) != 1) return -1;
-        a.sin_port = htons((uint16_t)port);
-        add_candidate(L, &a, NULL, 1);
-        count++;
+    if (strlen(text) >= sizeof buf) {
+        fprintf(stderr, "phase-dht: --bootstrap is longer than %zu bytes\n", sizeof buf - 1);
+        return -1;
     }
-    return count > 0 ? 0 : -1;
+    snprintf(buf, sizeof buf, "%s", text);
+    int items = 0, count = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+        char host[PHASE_HOST_MAX], *colon, *end;
+        if (++items > MAX_BOOTSTRAP) {
+            fprintf(stderr, "phase-dht: --bootstrap names more than %d nodes\n", MAX_BOOTSTRAP);
+            return -1;
+        }
+        if (tok[0] == '[') { /* [IPv6]:PORT */
+            char *close = strchr(tok, ']');
+            colon = close && close[1] == ':' ? close + 1 : NULL;
+            if (colon) *close = 0;
+            snprintf(host, sizeof host, "%s", tok + 1);
+        } else {
+            colon = strrchr(tok, ':');
+            if (colon && memchr(tok, ':', (size_t)(colon - tok))) {
+                fprintf(stderr, "phase-dht: bootstrap node '%s': an IPv6 address goes in brackets, [ADDR]:PORT\n", tok);
+                return -1;
+            }
+            if (colon) snprintf(host, sizeof host, "%.*s", (int)(colon - tok), tok);
+        }
+        long port = colon ? strtol(colon + 1, &end, 10) : 0;
+        if (!colon || colon[1] == 0 || *end || port < 1 || port > 65535) {
+            fprintf(stderr, "phase-dht: bootstrap node '%s' is not HOST:PORT (port 1-65535)\n", tok);
+            return -1;
+        }
+        int kind = phase_host_kind(host);
+        if (kind < 0 || (tok[0] == '[' && (kind != 1 || !strchr(host, ':')))) {
+            fprintf(stderr, "phase-dht: bootstrap node '%s': '%s' is neither an IP address nor a DNS name\n", tok, host);
+            return -1;
+        }
+        struct sockaddr_storage ss[PHASE_RESOLVE_MAX];
+        socklen_t lens[PHASE_RESOLVE_MAX];
+        char why[256];
+        int n = phase_resolve(dns, host, (int)port, DNS_TIMEOUT_S, ss, lens, PHASE_RESOLVE_MAX, why, sizeof why);
+        if (n <= 0) {
+            fprintf(stderr, "phase-dht: bootstrap node %s skipped: %s\n", tok, why);
+            continue;
+        }
+        for (int i = 0; i < n; i++) {
+            addr_t a;
+            memset(&a, 0, sizeof a);
+            memcpy(&a, &ss[i], lens[i] <= sizeof a ? lens[i] : sizeof a);
+            add_bootstrap(L, &a);
+            count++;
+        }
+    }
+    if (items == 0) {
+        fprintf(stderr, "phase-dht: --bootstrap names no node\n");
+        return -1;
+    }
+    return count;
 }
 
 int phase_dht_main(int argc, char **argv)
@@ -320,8 +432,8 @@ int phase_dht_main(int argc, char **argv)
         {"key", required_argument, 0, 'k'}, {"bootstrap", required_argument, 0, 'b'},
         {"timeout", required_argument, 0, 't'}, {"max-queries", required_argument, 0, 'q'},
         {"info-hash", no_argument, 0, 'i'}, {"target", required_argument, 0, 'T'}, {"source", required_argument, 0, 's'},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *keypath = NULL, *bootstrap = NULL, *target = NULL, *source = NULL;
+        {"dns", required_argument, 0, 'd'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *keypath = NULL, *bootstrap = NULL, *target = NULL, *source = NULL, *dns = NULL;
     int c, timeout_s = 10, max_queries = 100, print_hash = 0;
     static struct lookup L;
     memset(&L, 0, sizeof L);
@@ -334,6 +446,7 @@ int phase_dht_main(int argc, char **argv)
         case 'i': print_hash = 1; break;
         case 'T': target = optarg; break;
         case 's': source = optarg; break;
+        case 'd': dns = optarg; break;
         default: goto usage;
         }
     }
@@ -361,24 +474,50 @@ int phase_dht_main(int argc, char **argv)
         return 0;
     }
 lookup:
-    if (!bootstrap || parse_bootstrap(&L, bootstrap) != 0) goto usage;
+    if (!bootstrap) goto usage;
+    long long start = phase_now_ms();
+    int nboot = parse_bootstrap(&L, bootstrap, dns);
+    if (nboot < 0) goto usage;
+    if (nboot == 0) {
+        fprintf(stderr, "phase-dht: 0 sources: no bootstrap node could be resolved (%s)\n", bootstrap);
+        return 1;
+    }
     randombytes_buf(L.self, sizeof L.self);
     randombytes_buf(&L.next_tid, sizeof L.next_tid);
 
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        fprintf(stderr, "phase-dht: socket: %s\n", strerror(errno));
-        return 1;
-    }
+    /* one socket per family the bootstrap nodes are in: [0] IPv4, [1] IPv6 */
+    int fds[2] = {-1, -1};
+    addr_t me;
+    memset(&me, 0, sizeof me);
     if (source) { /* one address of a multi-homed machine; simulations give each lookup its own */
-        struct sockaddr_in me = {.sin_family = AF_INET};
-        if (inet_pton(AF_INET, source, &me.sin_addr) != 1 || bind(fd, (struct sockaddr *)&me, sizeof me) != 0) {
-            fprintf(stderr, "phase-dht: --source %s: %s\n", source, errno ? strerror(errno) : "not an IPv4 address");
-            close(fd);
+        if (inet_pton(AF_INET, source, &me.in4.sin_addr) == 1) me.sa.sa_family = AF_INET;
+        else if (inet_pton(AF_INET6, source, &me.in6.sin6_addr) == 1) me.sa.sa_family = AF_INET6;
+        else {
+            fprintf(stderr, "phase-dht: --source %s: not an IP address\n", source);
             return 2;
         }
     }
-    long long start = phase_now_ms(), deadline = start + timeout_s * 1000LL;
+    for (int f = 0; f < 2; f++) {
+        int family = f ? AF_INET6 : AF_INET;
+        if (!(f ? L.want6 : L.want4) || (source && me.sa.sa_family != family)) continue;
+        fds[f] = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (fds[f] < 0) {
+            fprintf(stderr, "phase-dht: %s socket: %s\n", f ? "IPv6" : "IPv4", strerror(errno));
+            continue;
+        }
+        if (f) setsockopt(fds[f], IPPROTO_IPV6, IPV6_V6ONLY, &(int){1}, sizeof(int));
+        if (source && bind(fds[f], &me.sa, addr_len(&me)) != 0) {
+            fprintf(stderr, "phase-dht: --source %s: %s\n", source, strerror(errno));
+            close(fds[f]);
+            return 2;
+        }
+    }
+    if (fds[0] < 0 && fds[1] < 0) {
+        fprintf(stderr, "phase-dht: 0 sources: no socket for the bootstrap nodes' address family%s\n",
+                source ? " (--source is of another family)" : "");
+        return 1;
+    }
+    long long deadline = start + timeout_s * 1000LL;
     uint8_t pkt[MAX_DATAGRAM + 1];
     for (;;) {
         long long now = phase_now_ms();
@@ -393,25 +532,35 @@ lookup:
             if (L.c[i].state == C_FAILED) continue;
             inplay++;
             if (L.c[i].state != C_NEW) continue;
-            if (send_query(fd, &L, &L.c[i]) != 0) L.c[i].state = C_FAILED;
+            if (send_query(fds, &L, &L.c[i]) != 0) L.c[i].state = C_FAILED;
             else inflight++;
         }
         if (now >= deadline || inflight == 0) break;
         if (L.npeers > 0 && (converged(&L) || now >= L.first_peer_ms + SETTLE_MS)) break;
         long long wait = deadline - now < QUERY_TIMEOUT_MS ? deadline - now : 100;
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        if (poll(&pfd, 1, (int)wait) <= 0) continue;
-        struct sockaddr_in from;
-        socklen_t fl = sizeof from;
-        ssize_t got = recvfrom(fd, pkt, sizeof pkt, 0, (struct sockaddr *)&from, &fl);
-        if (got <= 0 || got > MAX_DATAGRAM || from.sin_family != AF_INET) continue;
-        take_answer(&L, pkt, (size_t)got, &from);
+        struct pollfd pfd[2] = {{.fd = fds[0], .events = POLLIN}, {.fd = fds[1], .events = POLLIN}};
+        if (poll(pfd, 2, (int)wait) <= 0) continue;
+        for (int f = 0; f < 2; f++) {
+            if (!(pfd[f].revents & POLLIN)) continue;
+            addr_t from;
+            socklen_t fl = sizeof from;
+            ssize_t got = recvfrom(fds[f], pkt, sizeof pkt, 0, &from.sa, &fl);
+            if (got <= 0 || got > MAX_DATAGRAM || from.sa.sa_family != (f ? AF_INET6 : AF_INET)) continue;
+            take_answer(&L, pkt, (size_t)got, &from);
+        }
     }
-    close(fd);
+    for (int f = 0; f < 2; f++)
+        if (fds[f] >= 0) close(fds[f]);
     for (int i = 0; i < L.npeers; i++) {
-        char ip[INET_ADDRSTRLEN];
-        inet_ntop(AF_INET, &L.peers[i].sin_addr, ip, sizeof ip);
-        printf("http://%s:%d\n", ip, ntohs(L.peers[i].sin_port));
+        char ip[INET6_ADDRSTRLEN];
+        const addr_t *a = &L.peers[i];
+        if (a->sa.sa_family == AF_INET6) {
+            inet_ntop(AF_INET6, &a->in6.sin6_addr, ip, sizeof ip);
+            printf("http://[%s]:%d\n", ip, ntohs(a->in6.sin6_port));
+        } else {
+            inet_ntop(AF_INET, &a->in4.sin_addr, ip, sizeof ip);
+            printf("http://%s:%d\n", ip, ntohs(a->in4.sin_port));
+        }
     }
     fprintf(stderr, "phase-dht: %d source%s after %d queries (%d answered, %d malformed) in %lld ms", L.npeers,
             L.npeers == 1 ? "" : "s", L.queries, L.answers, L.malformed, phase_now_ms() - start);
@@ -419,7 +568,7 @@ lookup:
     fprintf(stderr, "\n");
     return L.npeers ? 0 : 1;
 usage:
-    fprintf(stderr, "usage: phase-dht (--key PUB | --target HEX) --bootstrap IP:PORT[,IP:PORT...] [--timeout S] "
-                    "[--max-queries N] [--source IP] | phase-dht --key PUB --info-hash\n");
+    fprintf(stderr, "usage: phase-dht (--key PUB | --target HEX) --bootstrap HOST:PORT[,HOST:PORT...] [--timeout S] "
+                    "[--max-queries N] [--source IP] [--dns IP[:PORT]] | phase-dht --key PUB --info-hash\n");
     return 2;
 }

@@ -219,6 +219,22 @@ static int resolve(const char *dns, const char *host, int port, int timeout_s, s
     return -1;
 }
 
+int phase_resolve(const char *dns, const char *host, int port, int timeout_s, struct sockaddr_storage *out,
+                  socklen_t *lens, int max, char *why, size_t whylen)
+{
+    struct lookup l;
+    int retryable = 0;
+    if (max < 1) return -1;
+    if (ip_sockaddr(host, port, &out[0], &lens[0]) == 0) return 1;
+    if (resolve(dns, host, port, timeout_s, &l, why, whylen, &retryable)) return -1;
+    int n = l.n < max ? l.n : max;
+    for (int i = 0; i < n; i++) {
+        out[i] = l.addr[i];
+        lens[i] = l.len[i];
+    }
+    return n;
+}
+
 /* --- SOCKS5 ---------------------------------------------------------------------------------- */
 
 static int recv_exact(int fd, unsigned char *buf, size_t n)

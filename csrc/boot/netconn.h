@@ -28,6 +28,13 @@ int phase_parse_ip_port(const char *text, struct sockaddr_storage *addr, socklen
 /* 1 if host is an IPv4/IPv6 literal, 0 if it is a well-formed DNS name, -1 otherwise. */
 int phase_host_kind(const char *host);
 
+#define PHASE_RESOLVE_MAX 4
+
+/* host (a literal, or a DNS name resolved with c-ares, through dns if given) and port into up to max
+ * socket addresses, IPv4 and IPv6; the number, or -1 with a one-line reason in why. */
+int phase_resolve(const char *dns, const char *host, int port, int timeout_s, struct sockaddr_storage *out,
+                  socklen_t *lens, int max, char *why, size_t whylen);
+
 /* A connected TCP stream to ep (via the proxy if route->socks), with send/receive timeouts of
  * timeout_s set; -1 with a one-line reason in why. *retryable says whether trying again later
  * may help (refused, unreachable, DNS timeout) or not (name does not exist, proxy protocol). */

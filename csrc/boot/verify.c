@@ -5,9 +5,11 @@
  *   phase-verify canon FILE                       (prints canonical bytes; for tests)
  *   phase-verify kexec --key PUB --manifest M --kernel K --initrd I
  *                      [--mode internet|local|private] [--socks IP:PORT] [--min-release N] [--now UNIX] [--exec]
+ *                      [--dht HOST:PORT,...|off]   (phase.dht= for stage 2: the DHT nodes it joins through)
  *
  * Exit status: 0 verified, 1 refused (one line on stderr says why), 2 usage or system error. */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -28,9 +30,10 @@
 #include "tools.h"
 
 #define WHY 512
+#define PHASE_DHT_ARG_MAX 512 /* phase.dht= passed on to stage 2 */
 
 struct opts {
-    const char *key, *manifest, *kernel, *initrd, *mode, *out, *hash, *socks;
+    const char *key, *manifest, *kernel, *initrd, *mode, *out, *hash, *socks, *dht;
     long long min_release, now, size;
     int exec, have_now;
 };
@@ -42,7 +45,7 @@ static void usage(void)
             "       phase-verify file --hash sha256:HEX --size N FILE\n"
             "       phase-verify canon FILE\n"
             "       phase-verify kexec --key PUB --manifest M --kernel K --initrd I [--mode MODE] [--socks IP:PORT]\n"
-            "                          [--exec]\n");
+            "                          [--dht HOST:PORT,...|off] [--exec]\n");
 }
 
 static int parse_ll(const char *s, long long *out)
@@ -65,7 +68,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         {"hash", required_argument, 0, 'H'},     {"size", required_argument, 0, 's'},
         {"min-release", required_argument, 0, 'r'}, {"now", required_argument, 0, 'n'},
         {"exec", no_argument, 0, 'e'},           {"help", no_argument, 0, 'h'},
-        {"socks", required_argument, 0, 'S'},
+        {"socks", required_argument, 0, 'S'},    {"dht", required_argument, 0, 'D'},
         {0, 0, 0, 0}};
     int c;
     memset(o, 0, sizeof *o);
@@ -79,6 +82,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         case 'i': o->initrd = optarg; break;
         case 'M': o->mode = optarg; break;
         case 'S': o->socks = optarg; break;
+        case 'D': o->dht = optarg; break;
         case 'o': o->out = optarg; break;
         case 'H': o->hash = optarg; break;
         case 'e': o->exec = 1; break;
@@ -288,11 +292,26 @@ static int cmd_canon(int argc, char **argv)
     return 0;
 }
 
+/* The DHT nodes stage 2 joins through (the ones stage 1 used): "off", or HOST:PORT items of a fixed
+ * alphabet, so that nothing but a phase.dht= value can reach the kernel command line. */
+static int dht_list_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (!strcmp(s, "off"))
+        return 1;
+    if (n == 0 || n > PHASE_DHT_ARG_MAX)
+        return 0;
+    for (const char *p = s; *p; p++)
+        if (!(isalnum((unsigned char)*p) || strchr(".-:,[]", *p)))
+            return 0;
+    return 1;
+}
+
 static int cmd_kexec(int argc, char **argv)
 {
     struct opts o;
     struct phase_manifest m;
-    char cmdline[PHASE_CMDLINE_MAX + 128];
+    char cmdline[PHASE_CMDLINE_MAX + 128 + PHASE_DHT_ARG_MAX];
     if (parse_opts(argc, argv, &o) || optind != argc || !o.manifest || !o.kernel || !o.initrd) {
         usage();
         return 2;
@@ -310,6 +329,10 @@ static int cmd_kexec(int argc, char **argv)
         fprintf(stderr, "phase-verify: --socks must be IP:PORT\n");
         return 2;
     }
+    if (o.dht && !dht_list_ok(o.dht)) {
+        fprintf(stderr, "phase-verify: --dht must be off or HOST:PORT[,HOST:PORT...] (names, IPv4, [IPv6])\n");
+        return 2;
+    }
     long long t0 = phase_now_ms();
     int rc = load_and_verify(&o, o.manifest, &m);
     if (rc)
@@ -323,8 +346,8 @@ static int cmd_kexec(int argc, char **argv)
         return 1;
     }
     long long t1 = phase_now_ms();
-    snprintf(cmdline, sizeof cmdline, "%s%s%s%s%s", m.cmdline, o.mode ? " phase.mode=" : "", o.mode ? o.mode : "",
-             o.socks ? " phase.socks=" : "", o.socks ? o.socks : "");
+    snprintf(cmdline, sizeof cmdline, "%s%s%s%s%s%s%s", m.cmdline, o.mode ? " phase.mode=" : "", o.mode ? o.mode : "",
+             o.socks ? " phase.socks=" : "", o.socks ? o.socks : "", o.dht ? " phase.dht=" : "", o.dht ? o.dht : "");
     printf("PHASE-BOOT: verified: release %lld kernel %s initramfs %s (%lld bytes) in %lld ms\n", m.release, m.kernel.hash,
            m.initramfs.hash, m.kernel.size + m.initramfs.size, t1 - t0);
     fflush(stdout);

@@ -14,7 +14,8 @@ import sysconfig
 WANTED = ["pyphase", "pyphase._core", "pyphase.cli", "pyphase.boot", "pyphase.daemon", "nacl.signing",
           "nacl.bindings", "zmq", "msgpack", "fastjsonschema", "pyphase.net.client", "pyphase.net.discovery",
           "zeroconf", "ifaddr",  # these three: mDNS in Local mode (imported lazily by plasmd)
-          "pyphase.api.server", "pyphase.api.services", "aiohttp", "prometheus_client", "sqlite3"]  # the HTTP API
+          "pyphase.api.server", "pyphase.api.services", "aiohttp", "prometheus_client", "sqlite3",  # the HTTP API
+          "libtorrent", "pyphase.net.dhtnode"]  # the Mainline DHT in Internet mode (libtorrent's PyPI wheel)
 baseline = set(sys.modules)
 loaded, missing = [], []
 for name in WANTED:

@@ -47,7 +47,11 @@ def store_release_key(store: str | Path, pub: str | Path | None = None) -> bytes
 
 class BootAnnouncer:
     """Announce ``port`` under ``info_hash`` on ``dht`` (a :class:`pyphase.net.dht.Dht`), now and again on a
-    schedule, from a daemon thread, until :meth:`close`."""
+    schedule, from a daemon thread, until :meth:`close`. When the router forwards a port to ``port`` (the
+    DHT's port mapping, ``what="phase-boot"``), the external port is announced instead; :meth:`wake`
+    re-announces at once (a mapping was obtained or lost)."""
+
+    MAPPING_NAME = "phase-boot"
 
     def __init__(self, dht: Any, info_hash: bytes, port: int, on_event: Callable[..., None]) -> None:
         self.dht = dht
@@ -55,27 +59,40 @@ class BootAnnouncer:
         self.port = port
         self.on_event = on_event
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="boot-announce", daemon=True)
 
     def start(self) -> BootAnnouncer:
+        if getattr(self.dht, "port_mapping", False):
+            self.dht.map_port("tcp", self.port, self.MAPPING_NAME)
         self._thread.start()
         return self
+
+    def announced_port(self) -> int:
+        """The router's external port for the HTTP port once mapped, else the HTTP port itself."""
+        mapped = self.dht.mapping.external(self.MAPPING_NAME) if hasattr(self.dht, "mapping") else None
+        return int(mapped.rpartition(":")[2]) if mapped else self.port
 
     def _run(self) -> None:
         self.dht.wait_bootstrapped(10.0)
         delays = list(REANNOUNCE_S)
         while not self._stop.is_set():
-            self.dht.announce(self.info_hash, self.port)
+            port = self.announced_port()
+            self.dht.announce(self.info_hash, port)
             self.on_event(
                 "boot_dht_announced",
                 info_hash=self.info_hash.hex(),
-                port=self.port,
+                port=port,
                 routing_nodes=self.dht.routing_nodes(),
             )
-            if self._stop.wait(delays.pop(0) if len(delays) > 1 else delays[0]):
-                return
+            self._wake.wait(delays.pop(0) if len(delays) > 1 else delays[0])
+            self._wake.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(2.0)

@@ -148,6 +148,10 @@ class ArtifactHTTPServer:
             await self._serve_connection(reader, writer, address)
         except (_Drop, ConnectionError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
             pass
+        except asyncio.CancelledError:
+            # the server is closing: end quietly (Python 3.11's stream callback logs a handler task that ends
+            # cancelled as "Exception in callback ...", which the quiet server must not print)
+            pass
         finally:
             self.active -= 1
             self.per_address[address] -= 1

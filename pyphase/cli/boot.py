@@ -121,11 +121,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
                 announcer = announce_source(server.port, args.listen[0], args.mdns_interfaces)
             if announce_dht:
-                from pyphase.net.dht import Dht, bootstrap_from_env
+                from pyphase.net.dht import Dht, bootstrap_from_env, maps_ports
 
-                listen = args.dht_listen or f"{args.listen[0]}:0"
-                dht = Dht(listen, bootstrap_from_env(args.dht_bootstrap))
-                on_dht = BootAnnouncer(dht, info_hash, server.port, _print_event).start()
+                host = args.listen[0]
+                listen = args.dht_listen or (f"[{host}]:0" if ":" in host else f"{host}:0")
+                mapping = maps_ports(listen, args.upnp)
+                woken: list[BootAnnouncer] = []
+
+                def on_event(event: str, **fields: Any) -> None:
+                    _print_event(event, **fields)
+                    if event.startswith("port_mapping_") and fields.get("what") == BootAnnouncer.MAPPING_NAME:
+                        for a in woken:
+                            a.wake()  # announce the external port now
+
+                dht = Dht(listen, bootstrap_from_env(args.dht_bootstrap), port_mapping=mapping, on_event=on_event)
+                on_dht = BootAnnouncer(dht, info_hash, server.port, _print_event)
+                woken.append(on_dht)
+                on_dht.start()
             print(
                 f"serving {len(good)} artifact(s) from {root} at {server.url} (read-only; Ctrl-C stops)"
                 + (f"; announced as {announcer.name} ({', '.join(announcer.addresses)})" if announcer else "")
@@ -274,6 +286,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="DHT nodes to join through (implies --dht)",
     )
     p.add_argument("--dht-listen", metavar="IP:PORT", help="the DHT's UDP socket (default: the --listen IP, any port)")
+    p.add_argument(
+        "--no-upnp",
+        dest="upnp",
+        action="store_false",
+        help="with the DHT on, do not ask the router (UPnP-IGD, NAT-PMP) to forward the HTTP port and the DHT's; "
+        "by default both are mapped unless the DHT listens on loopback, and the external port is announced",
+    )
     p.add_argument(
         "--release-pub",
         metavar="PATH",

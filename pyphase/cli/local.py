@@ -156,7 +156,11 @@ def _verify_outputs(receipt: dict[str, Any], directory: str) -> None:
     if expected is None:
         raise VerificationError(["outputs: the receipt names no output tree (the job had no directories)"])
     try:
-        trees.verify_dir(directory, expected)
+        listing = trees.listing_path(directory).read_bytes()
+    except OSError:
+        listing = None
+    try:
+        trees.verify_dir(directory, expected, listing)
     except TreeError as exc:
         raise VerificationError([f"outputs: {exc}"]) from None
     except OSError as exc:

@@ -265,8 +265,18 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--out", metavar="DIR", help="write the files the job created or changed (its output tree) to DIR, new or empty"
     )
-    p.add_argument("--disk", metavar="SIZE", help="the most the job may write in its directories (default 256MiB)")
-    p.add_argument("--files", type=int, metavar="N", help="the most files it may create or change (default 10000)")
+    p.add_argument(
+        "--disk",
+        metavar="SIZE",
+        help="the most its writable directories may hold, input copies included, in 4 KiB blocks: a write past it "
+        "fails with EDQUOT and the job ends output_limit (default 256MiB)",
+    )
+    p.add_argument(
+        "--files",
+        type=int,
+        metavar="N",
+        help="the most entries (files, directories, symlinks) its writable directories may hold (default 10000)",
+    )
     _peer_options(p)
     p.add_argument(
         "--replicas",

@@ -2,7 +2,8 @@
 
 Files are ``DIR/<hex>``, mode 0444, each hashed while it arrived (:class:`Incoming` streams a blob to a part
 file chunk by chunk, so no blob is ever whole in memory) and moved into the store only when its bytes match
-its name. A job's read-only tree is made of hard links to them, so a blob evicted from the store while a job
+its name. A blob found on disk when the store opens is hashed again before its first use, and again whenever
+its file's inode, size, mtime or ctime changed: a corrupted one is deleted and fetched again, never used. A job's read-only tree is made of hard links to them, so a blob evicted from the store while a job
 uses it stays on disk until the job's directory is removed; the store's bound counts only its own names.
 """
 
@@ -13,11 +14,14 @@ import os
 import re
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 from pyphase.digests import PREFIX, digest_from_text
 
 _NAME = re.compile(r"^[0-9a-f]{64}$")
+T = TypeVar("T")
 
 
 def blob_hex(blob_hash: str) -> str:
@@ -39,6 +43,7 @@ class BlobStore:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._disk: OrderedDict[str, int] = OrderedDict()  # hex -> size, least recently used first
+        self._checked: dict[str, tuple[int, int, int, int]] = {}  # hex -> (ino, size, mtime, ctime) when hashed
         found = []
         for entry in os.scandir(self.dir):
             if _NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
@@ -65,15 +70,35 @@ class BlobStore:
             self._disk.move_to_end(hex_)
         path = self.dir / hex_
         try:
-            if os.stat(path).st_size != size:  # changed behind our back: forget it, the job fetches it again
+            if not self._intact(hex_, path, size):  # changed behind our back: forget it, the job fetches it again
                 raise FileNotFoundError(path)
             os.link(path, dest)
         except FileNotFoundError:
             with self._lock:
                 if self._disk.pop(hex_, None) is not None:
                     self.bytes -= size
+            self._checked.pop(hex_, None)
             path.unlink(missing_ok=True)
             return False
+        return True
+
+    def _intact(self, hex_: str, path: Path, size: int) -> bool:
+        """Whether the blob's file still holds its bytes: hashed again the first time it is used after the store
+        was opened (a blob is never trusted for its name alone), and again whenever its inode, size, mtime or
+        ctime moved since (any write changes them)."""
+        st = os.stat(path)
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if st.st_size != size:
+            return False
+        if self._checked.get(hex_) == stamp:
+            return True
+        sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                sha.update(chunk)
+        if sha.hexdigest() != hex_:
+            return False
+        self._checked[hex_] = stamp
         return True
 
     def read(self, blob_hash: str) -> bytes | None:
@@ -100,6 +125,8 @@ class BlobStore:
             return
         os.chmod(part, 0o444)
         os.replace(part, self.dir / hex_)
+        st = os.stat(self.dir / hex_)  # hashed as it arrived: checked as it is now
+        self._checked[hex_] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         with self._lock:
             if hex_ not in self._disk:
                 self.bytes += size
@@ -111,7 +138,32 @@ class BlobStore:
         while self.bytes > self.max_bytes and self._disk:
             hex_, size = self._disk.popitem(last=False)
             self.bytes -= size
+            self._checked.pop(hex_, None)
             (self.dir / hex_).unlink(missing_ok=True)
+
+
+class BlobIO:
+    """Where a node writes, hashes and places arriving blob bytes: one thread of its own, in the order given, so
+    the event loop only counts them (``threaded``); or at once on the caller's thread (the benchmark's reference).
+    ``submit(fn, *args)`` returns a :class:`~concurrent.futures.Future`."""
+
+    def __init__(self, threaded: bool = True) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plasmd-blobs") if threaded else None
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        if self._pool is not None:
+            return self._pool.submit(fn, *args)
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+    def close(self) -> None:
+        """Finish what was given, then stop the thread."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 class Incoming:
@@ -123,28 +175,46 @@ class Incoming:
         self.received = 0
         self.path = str(directory / name)
         self._sha = hashlib.sha256()
+        self.error: OSError | None = None
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
     def write(self, offset: int, chunk: bytes | memoryview) -> None:
         """Append ``chunk``; it must start where the last one ended and not pass the declared size."""
-        if offset != self.received or self.received + len(chunk) > self.size:
-            raise ValueError(
-                f"bytes {offset}..{offset + len(chunk)} of a blob of {self.size}, expected {self.received}"
-            )
-        view = memoryview(chunk)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        self.accept(offset, len(chunk))
+        self.store(chunk)
+
+    def accept(self, offset: int, n: int) -> None:
+        """Count ``n`` bytes at ``offset`` as received (``ValueError`` when out of order or past the size); their
+        bytes follow with :meth:`store`, possibly on another thread."""
+        if offset != self.received or self.received + n > self.size:
+            raise ValueError(f"bytes {offset}..{offset + n} of a blob of {self.size}, expected {self.received}")
+        self.received += n
+
+    def store(self, chunk: bytes | memoryview) -> None:
+        """Write and hash the next accepted bytes (the first error is kept for :meth:`finish`)."""
+        if self.error is not None:
+            return
+        try:
+            view = memoryview(chunk)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as exc:
+            self.error = exc
+            return
         self._sha.update(chunk)
-        self.received += len(chunk)
 
     @property
     def complete(self) -> bool:
         return self.received == self.size
 
     def finish(self) -> bool:
-        """Close the part file; True when its bytes match the hash (else it is deleted)."""
+        """Close the part file; True when its bytes match the hash (else it is deleted). Raises the first
+        ``OSError`` writing met (the part file deleted)."""
         self.close()
+        if self.error is not None:
+            self.discard()
+            raise self.error
         if PREFIX + self._sha.hexdigest() == self.hash:
             return True
         self.discard()

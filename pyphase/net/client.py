@@ -489,9 +489,10 @@ class Client:
         ``timeout_ms`` plus 5 s); ``retries`` is how many further peers may be tried after failures.
 
         ``dirs``: host directories the job sees (:class:`~pyphase.Preopen`), sent as content-addressed trees (a
-        node asks only for the files it lacks); read-write ones may be changed by the job, which may leave at
-        most ``files`` new or changed files of ``disk_bytes`` together. ``out``: an empty or new directory that
-        receives those files (the output tree the receipt names, checked as it arrives; ``result.outputs``).
+        node asks only for the files it lacks); read-write ones may be changed by the job, within ``disk_bytes``
+        and ``files`` for all of them together (counted as the job writes: :class:`~pyphase.FsQuota`). ``out``: an
+        empty or new directory that receives the new and changed files (the output tree the receipt names, checked
+        as it arrives; ``result.outputs``), its listing kept beside it (``OUT.tree.json``).
 
         ``on_output(stream, data)`` gets stdout (1) and stderr (2) as the node streams them, before the receipt
         is checked: the result still comes only once everything verified, and a failure after output was shown
@@ -609,6 +610,7 @@ class Client:
                     trees.write_file_from(str(dest), chunks, entry.hash, entry.size, entry.mode)
                 else:
                     raise TreeError("bad_tree", f"an output tree holds files and directories only, not {entry.path!r}")
+            trees.listing_path(out).write_bytes(listing)  # for phase verify --outputs to name what differs
         except (TreeError, OSError, zmq.ZMQError) as exc:
             raise NetworkError(f"the output tree from {peer.peer_id} could not be written to {out}: {exc}") from None
 

@@ -15,6 +15,8 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     cache_bytes     = "256MiB"          # on-disk module cache bound (LRU)
     blob_cache_bytes = "1GiB"           # on-disk store of input-tree files (LRU), so a tree is sent once
     output_wait     = "60s"             # how long a finished job's output tree waits for its client to fetch it
+    blob_thread     = true              # write and hash arriving tree files on a thread of their own (false: on
+                                        # the event loop, the benchmark's reference)
     mdns            = true              # announce on the LAN as _phase._tcp.local. and log peers found/lost
     mdns_interfaces = "all"             # "all" or comma-separated IPv4 addresses (tests use "127.0.0.1")
     log_format      = "json"            # "json" (one object per line) or "text"
@@ -53,7 +55,8 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     dht_refresh     = "20m"             # republish the record (good for 2 h) and re-announce this often
     upnp            = true              # map the phase/1 port and the DHT port on the home router (UPnP-IGD and
                                         # NAT-PMP, through the DHT's libtorrent session; nothing with dht = false or
-                                        # a loopback listen address) and publish the mapped address in the record
+                                        # a loopback listen address) and publish the mapped address in the record;
+                                        # with boot_store, its HTTP port too (the external port is announced)
     reachability    = true              # ask peers found through the DHT to dial back (docs/NETWORK.md,
                                         # "Reachability"); the verdict is the "reachability" event
 
@@ -161,6 +164,7 @@ class NodeConfig:
     cache_bytes: int = 256 << 20
     blob_cache_bytes: int = 1 << 30
     output_wait_ms: int = 60_000
+    blob_thread: bool = True
     mdns: bool = True
     mdns_interfaces: str = "all"
     log_format: str = "json"
@@ -239,6 +243,7 @@ _TOP: dict[str, tuple[str, Any]] = {
     "cache_bytes": ("cache_bytes", parse_size),
     "blob_cache_bytes": ("blob_cache_bytes", parse_size),
     "output_wait": ("output_wait_ms", parse_duration_ms),
+    "blob_thread": ("blob_thread", "bool"),
     "mdns": ("mdns", "bool"),
     "mdns_interfaces": ("mdns_interfaces", str),
     "log_format": ("log_format", str),

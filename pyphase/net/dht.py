@@ -269,6 +269,7 @@ class Dht:
         self._listen_error: str | None = None
         self._listening = threading.Event()
         self.mapping = PortMapping(self.on_event)
+        self.port_mapping = port_mapping  # UPnP-IGD and NAT-PMP on: map_port() asks the router
         self._pump = threading.Thread(target=self._pump_alerts, name="dht-alerts", daemon=True)
         self._pump.start()
         for h, p in known:
@@ -692,6 +693,12 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def maps_ports(listen: str, upnp: bool) -> bool:
+    """Whether a DHT session listening on ``listen`` (``IP:PORT``) asks the router to map ports: ``upnp`` is on
+    and the address is not loopback (a loopback DHT, tests or one machine, has no router)."""
+    return upnp and not _is_loopback(listen.rpartition(":")[0].strip("[]"))
 
 
 def load_known_nodes(path: Path) -> list[tuple[str, int]]:

@@ -10,7 +10,6 @@ start is a ``warning`` and the node goes on serving its direct address.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import random
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -25,6 +24,7 @@ from pyphase.net.dht import (
     DhtUnavailable,
     RecordResponder,
     load_known_nodes,
+    maps_ports,
     parse_endpoints,
     query_records,
     record_answer,
@@ -98,6 +98,17 @@ class DhtPresence:
         mapped = self.mapped_address()
         return [mapped, direct] if mapped and mapped != direct else [direct]
 
+    def map_also(self, name: str, port: int) -> None:
+        """Ask the router to forward TCP ``port`` (an ``also_announce`` service, e.g. the boot store's HTTP port)
+        when port mapping is on; its announce then names the external port."""
+        if self.dht is not None and self.dht.port_mapping:
+            self.dht.map_port("tcp", port, name)
+
+    def external_port(self, name: str, port: int) -> int:
+        """The port the router forwards to ``name``'s TCP ``port``, or ``port`` itself while none is mapped."""
+        mapped = self.dht.mapping.external(name) if self.dht is not None else None
+        return int(mapped.rpartition(":")[2]) if mapped else port
+
     def announce_port(self) -> int:
         mapped = self.mapped_address()
         return int(mapped.rpartition(":")[2]) if mapped else self.port
@@ -158,7 +169,7 @@ class DhtPresence:
         known = load_known_nodes(self._known_path) if self._known_path else []
         where = dht_listen_address(self.config, self.host, self.port)
         log = self._threadsafe_log()
-        mapping = self.config.upnp and not _is_loopback(where.rpartition(":")[0].strip("[]"))
+        mapping = maps_ports(where, self.config.upnp)
         try:
             self.dht = await asyncio.to_thread(
                 Dht, where, bootstrap, known_nodes=known, on_event=log, port_mapping=mapping
@@ -192,8 +203,9 @@ class DhtPresence:
 
     def _on_event(self, event: str, fields: dict[str, Any]) -> None:
         self.log(event, **fields)
-        if event.startswith("port_mapping_") and fields.get("what") == "phase/1":
-            self._changed.set()  # the record's addresses changed: republish now
+        what = fields.get("what")
+        if event.startswith("port_mapping_") and (what == "phase/1" or any(a[0] == what for a in self.also_announce)):
+            self._changed.set()  # the record's addresses or an announced port changed: republish now
 
     def _set_answer(self, value: bytes, seq: int) -> None:
         assert self.responder is not None
@@ -237,6 +249,7 @@ class DhtPresence:
                     dht.announce(info_hash, port)
                 self.log("dht_announced", port=port, hashes={k: v.hex() for k, v in hashes.items()})
                 for name, extra_hash, extra_port in self.also_announce:
+                    extra_port = self.external_port(name, extra_port)
                     dht.announce(extra_hash, extra_port)
                     self.log("dht_announced", port=extra_port, hashes={name: extra_hash.hex()})
             peers = await asyncio.to_thread(dht.get_peers, hashes["phase/1"], 5.0)
@@ -319,11 +332,3 @@ class DhtPresence:
                 save_known_nodes(self._known_path, dht.known_nodes())
             await asyncio.to_thread(dht.close)
             self.log("dht_stopped", answered=self.responder.answered if self.responder else 0)
-
-
-def _is_loopback(host: str) -> bool:
-    """A loopback DHT (tests, one machine) has no router to map ports on."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -14,17 +14,18 @@ import os
 import shutil
 import stat
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pyphase import trees
 from pyphase.errors import TreeError
-from pyphase.net.blobs import BlobStore, Incoming, blob_hex
-from pyphase.preopen import Preopen
+from pyphase.net.blobs import BlobIO, BlobStore, Incoming, blob_hex
+from pyphase.preopen import FsQuota, Preopen, usage
 
 CHUNK = 1 << 20  # bytes asked for in one ``want``
-WINDOW = 8  # chunks asked for and not yet received, per job
+WINDOW = 32  # chunks asked for and not yet written, per job (32 MiB: the round trips of a loaded machine)
 
 
 @dataclass
@@ -48,6 +49,16 @@ class JobFS:
     tree_files: int
     tree_bytes: int
     module: bytes | None = None
+    #: where blob bytes are written, hashed and placed (the node's thread), and how a finished blob's outcome gets
+    #: back to the node's loop (``loop.call_soon_threadsafe``); :meth:`receive` returns at once
+    io: BlobIO = field(default_factory=lambda: BlobIO(threaded=False))
+    notify: Callable[[Callable[[], None]], object] = lambda fn: fn()
+    #: called on the loop after a blob settled (placed, or ``failure`` set: the job is to be dropped)
+    on_change: Callable[[], None] = lambda: None
+    failure: TreeError | OSError | None = None
+    _settling: int = 0  # blobs whose last bytes were received and that are not placed yet
+    _unstored: int = 0  # chunks received and not yet written by ``io``
+    _removed: bool = False
     fetched_bytes: int = 0
     reused_bytes: int = 0
     _pending: dict[str, list[str]] = field(default_factory=dict)  # blob -> destination paths
@@ -61,7 +72,11 @@ class JobFS:
     output_paths: dict[str, str] = field(default_factory=dict)  # blob -> host path
 
     @classmethod
-    def create(cls, jobs_dir: Path, store: BlobStore, fs: dict[str, Any], tree_files: int, tree_bytes: int) -> JobFS:
+    def create(
+        cls, jobs_dir: Path, store: BlobStore, fs: dict[str, Any], tree_files: int, tree_bytes: int, **kwargs: Any
+    ) -> JobFS:
+        """The job's directories, laid out from the store as far as it holds their blobs; ``kwargs``: ``io``,
+        ``notify``, ``on_change``."""
         root = Path(jobs_dir) / os.urandom(8).hex()
         root.mkdir(mode=0o700)
         dirs = []
@@ -69,7 +84,7 @@ class JobFS:
             host = root / str(i)
             host.mkdir(mode=0o755)
             dirs.append(_Dir(d["guest"], d["readonly"], d["tree"], host))
-        job = cls(root, store, dirs, fs["disk_bytes"], fs["files"], tree_files, tree_bytes)
+        job = cls(root, store, dirs, fs["disk_bytes"], fs["files"], tree_files, tree_bytes, **kwargs)
         try:
             for i, d in enumerate(dirs):
                 data = store.read(d.ref["hash"])
@@ -86,12 +101,13 @@ class JobFS:
 
     @property
     def complete(self) -> bool:
-        return not self._pending and not self._listing_of
+        return not self._pending and not self._listing_of and not self._settling
 
     @property
     def outstanding(self) -> int:
-        """Chunks asked for and not yet received."""
-        return sum(self._asked.values())
+        """Chunks asked for and not yet written: the window (the node's budget of bytes in flight) covers both
+        the network and ``io``'s queue, so a slow disk slows the asking."""
+        return sum(self._asked.values()) + self._unstored
 
     def requests(self, allowed: int = WINDOW) -> list[tuple[str, int, int]]:
         """The next chunks to ask the client for, keeping at most ``WINDOW`` outstanding and asking at most
@@ -108,34 +124,78 @@ class JobFS:
         return out
 
     def receive(self, blob: str, offset: int, chunk: bytes | memoryview) -> None:
-        """One chunk the client sent. Raises :class:`TreeError` (``bad_blob``: not asked for or out of order;
-        ``blob_mismatch``: the completed bytes do not match; ``bad_tree``/``tree_too_big``: a listing refused)."""
+        """One chunk the client sent: counted here, written and hashed on ``io``. Raises :class:`TreeError`
+        ``bad_blob`` (not asked for, or out of order); a blob whose completed bytes do not match (``blob_mismatch``),
+        a listing refused (``bad_tree``/``tree_too_big``) or a write that failed set :attr:`failure` later, before
+        :attr:`on_change` is called."""
         incoming = self._incoming.get(blob)
         if incoming is None or not self._asked.get(blob):
             raise TreeError("bad_blob", f"bytes of {blob[:20]}... at {offset} were not asked for")
         try:
-            incoming.write(offset, chunk)
+            incoming.accept(offset, len(chunk))
         except ValueError as exc:
             raise TreeError("bad_blob", str(exc)) from None
         self._asked[blob] -= 1
         self.fetched_bytes += len(chunk)
+        self._unstored += 1
+        self.io.submit(incoming.store, chunk).add_done_callback(lambda _: self.notify(self._stored))
         if not incoming.complete:
             return
         del self._incoming[blob], self._asked[blob], self._sizes[blob]
-        if not incoming.finish():
-            raise TreeError("blob_mismatch", f"the bytes sent for {blob} do not match its hash")
         dests = self._pending.pop(blob, [])
-        for dest in dests:
-            self._place_from(incoming.path, dest)
         listings = self._listing_of.pop(blob, [])
-        try:  # a listing is checked before it is kept: a refused one never enters the store
-            data = Path(incoming.path).read_bytes() if listings else b""
-            for i in listings:
-                self._lay_out(i, data)
+        self._settling += 1
+        future = self.io.submit(self._place, incoming, dests, bool(listings))
+        future.add_done_callback(lambda f: self.notify(lambda: self._settled(incoming, listings, f)))
+
+    def _stored(self) -> None:
+        """On the loop: a chunk was written (room in the window)."""
+        self._unstored -= 1
+        if self.failure is None and not self._removed:
+            self.on_change()
+
+    def _place(self, incoming: Incoming, dests: list[str], listing: bool) -> bytes:
+        """On ``io``: check the completed blob, make its files, keep it in the store (a listing's bytes are
+        returned to be checked first)."""
+        if not incoming.finish():
+            raise TreeError("blob_mismatch", f"the bytes sent for {incoming.hash} do not match its hash")
+        try:
+            for dest in dests:
+                self._place_from(incoming.path, dest)
+            if listing:
+                return Path(incoming.path).read_bytes()
         except BaseException:
             os.unlink(incoming.path)
             raise
-        self.store.adopt(incoming.path, blob, incoming.size)
+        self.store.adopt(incoming.path, incoming.hash, incoming.size)
+        return b""
+
+    def _settled(self, incoming: Incoming, listings: list[int], future: Future[bytes]) -> None:
+        """On the loop: a blob placed (its listings laid out and it kept) or failed. Nothing more of a job that
+        failed or was removed meanwhile."""
+        self._settling -= 1
+        dropped = self.failure is not None or self._removed
+        try:
+            data = future.result()
+            if listings:
+                try:  # a listing is checked before it is kept: a refused one never enters the store
+                    for i in [] if dropped else listings:
+                        self._lay_out(i, data)
+                except BaseException:
+                    dropped = True
+                    raise
+                finally:
+                    if dropped:
+                        Path(incoming.path).unlink(missing_ok=True)
+                if not dropped:
+                    self.store.adopt(incoming.path, incoming.hash, incoming.size)
+        except (TreeError, OSError) as exc:
+            if self.failure is None and not self._removed:
+                self.failure = exc
+                self.on_change()
+            return
+        if not dropped:
+            self.on_change()
 
     def _want(self, blob: str, size: int, dests: list[str], listing: int | None = None) -> None:
         """Ask for ``blob`` (once, however many places it goes): ``dests`` are files to make of it, ``listing``
@@ -163,6 +223,15 @@ class JobFS:
         files_left = self.tree_files - sum(len(x.tree.files) for x in self.dirs if x.tree is not None)
         bytes_left = self.tree_bytes - sum(x.tree.file_bytes for x in self.dirs if x.tree is not None)
         d.tree = trees.parse(data, max_files=max(0, files_left), max_bytes=max(0, bytes_left))
+        if not d.readonly:
+            used_bytes, used_files = self.quota.used_bytes, self.quota.used_files
+            if used_bytes > self.disk_bytes or used_files > self.max_files:
+                raise TreeError(
+                    "tree_too_big",
+                    f"the writable trees take {used_bytes} bytes in {used_files} entries, more than the job's "
+                    f"fs.disk_bytes {self.disk_bytes} or fs.files {self.max_files} (counted as the quota counts: "
+                    "files in 4 KiB blocks, a block per directory or symlink)",
+                )
         for entry in d.tree.entries:
             dest = str(d.host / entry.path)
             if entry.type == "dir":
@@ -209,6 +278,13 @@ class JobFS:
                 os.chmod(path, entry.mode)
                 st = os.stat(path)
                 self._baseline[f"{d.host}/{entry.path}"] = (st.st_ino, st.st_size, st.st_ctime_ns)
+
+    @property
+    def quota(self) -> FsQuota:
+        """The bound on the writable directories, with what their input trees take already."""
+        sizes = [e.size for d in self.dirs if not d.readonly and d.tree for e in d.tree.entries if e.type == "file"]
+        others = sum(1 for d in self.dirs if not d.readonly and d.tree for e in d.tree.entries if e.type != "file")
+        return FsQuota(self.disk_bytes, self.max_files, *usage(sizes, others))
 
     @property
     def preopens(self) -> list[Preopen]:
@@ -271,9 +347,14 @@ class JobFS:
             return f.read(size)
 
     def remove(self) -> None:
-        for incoming in self._incoming.values():
-            incoming.discard()
-        self._incoming.clear()
+        """Delete everything of the job (on ``io``, after the writes already given to it)."""
+        self._removed = True
+        incoming, self._incoming = list(self._incoming.values()), {}
+        self.io.submit(self._remove_now, incoming)
+
+    def _remove_now(self, incoming: list[Incoming]) -> None:
+        for part in incoming:
+            part.discard()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -40,7 +40,7 @@ from pyphase.manifest import job_id
 from pyphase.net import wire
 from pyphase import trees
 from pyphase.errors import TreeError
-from pyphase.net.blobs import BlobStore
+from pyphase.net.blobs import BlobIO, BlobStore
 from pyphase.net.cache import ModuleCache
 from pyphase.net.jobfs import CHUNK, JobFS
 from pyphase.net.addresses import split_hostport
@@ -325,6 +325,7 @@ class Node:
         self.executor = executor
         self.cache = ModuleCache(config.data_dir / "modules", config.cache_bytes)
         self.blobs = BlobStore(config.data_dir / "blobs", config.blob_cache_bytes)
+        self.blob_io = BlobIO(threaded=config.blob_thread)
         self.jobs_dir = config.data_dir / "jobs"
         shutil.rmtree(self.jobs_dir, ignore_errors=True)  # directories of jobs a stopped node left behind
         self.jobs_dir.mkdir(mode=0o700)
@@ -521,6 +522,7 @@ class Node:
         self.ctx.term()
         for key in list(self._outputs):
             self._release_outputs(key)
+        await loop.run_in_executor(None, self.blob_io.close)  # what it was given is done before the rmtree
         shutil.rmtree(self.jobs_dir, ignore_errors=True)
         self.log("stopped", jobs=self.jobs_done)
 
@@ -961,7 +963,16 @@ class Node:
         """Lay out the job's input trees from the blob store and ask the client for what is missing."""
         c = self.config
         try:
-            job.fs = JobFS.create(self.jobs_dir, self.blobs, job.manifest["fs"], c.max_tree_files, c.max_tree_bytes)
+            job.fs = JobFS.create(
+                self.jobs_dir,
+                self.blobs,
+                job.manifest["fs"],
+                c.max_tree_files,
+                c.max_tree_bytes,
+                io=self.blob_io,
+                notify=asyncio.get_running_loop().call_soon_threadsafe,
+                on_change=functools.partial(self._fs_changed, job),
+            )
         except TreeError as exc:
             return self._drop_job(job, exc.reason, str(exc))
         except OSError as exc:
@@ -1007,6 +1018,21 @@ class Node:
         for blob, offset, size in chunks:
             self._send(job.rid, wire.encode("want", job=job.tag, blob=blob, offset=offset, size=size))
 
+    def _fs_changed(self, job: HeldJob) -> None:
+        """A blob of a job waiting for its files was placed, or failed (written, hashed and placed off the loop)."""
+        fs = job.fs
+        if fs is None or job.state != "waiting" or self.shares.jobs.get(job.key) is not job:
+            return
+        if isinstance(fs.failure, TreeError):
+            return self._drop_job(job, fs.failure.reason, str(fs.failure))
+        if fs.failure is not None:
+            why = fs.failure.strerror or fs.failure
+            return self._drop_job(job, "busy", f"the node cannot store the job's files now ({why})")
+        self._pump(job)
+        for other in self._fetching():  # a chunk written frees budget for jobs that had to wait for it
+            if other is not job and other.fs is not None and other.fs.outstanding == 0:
+                self._ask(other)
+
     def _fetching(self) -> list[HeldJob]:
         return [j for j in self.shares.jobs.values() if j.state == "waiting" and j.fs is not None]
 
@@ -1016,16 +1042,12 @@ class Node:
         if job is None or job.state != "waiting" or job.fs is None:
             return self._error(rid, "unknown_job", "no job on this connection is waiting for files", tag)
         try:
-            job.fs.receive(msg["blob"], msg["offset"], wire.payload_bytes(msg.payloads[0]))
+            job.fs.receive(msg["blob"], msg["offset"], wire.payload_view(msg.payloads[0]))
         except TreeError as exc:
             return self._drop_job(job, exc.reason, str(exc))
         except OSError as exc:
             return self._drop_job(job, "busy", f"the node cannot store the job's files now ({exc.strerror or exc})")
-        job.since = time.monotonic()
-        self._pump(job)
-        for other in self._fetching():  # a chunk received frees budget for jobs that had to wait for it
-            if other is not job and other.fs is not None and other.fs.outstanding == 0:
-                self._ask(other)
+        job.since = time.monotonic()  # the rest follows once io wrote the chunk (_fs_changed)
 
     def _drop_job(self, job: HeldJob, reason: str, detail: str) -> None:
         """Refuse a job still in hand and delete its files."""
@@ -1091,7 +1113,7 @@ class Node:
                 digest=digest_from_text(job.manifest["module"]["hash"]),
                 on_output=sink,
                 **job_kwargs(job.manifest, job.limits),
-                **({"dirs": job.fs.preopens} if job.fs is not None else {}),
+                **({"dirs": job.fs.preopens, "quota": job.fs.quota} if job.fs is not None else {}),
             )
         except Exception as exc:  # e.g. arguments the runtime refuses (NUL bytes), a closed sandbox
             future = concurrent.futures.Future()
@@ -1176,8 +1198,11 @@ class Node:
 
     def _collect_outputs(self, fs: JobFS, result: Result) -> tuple[Result, dict[str, Any]]:
         """The tree of what the job wrote (its ``{"hash", "size"}`` for the receipt); beyond the manifest's
-        ``fs.disk_bytes``/``fs.files`` the job ends ``output_limit`` with an empty output tree."""
+        ``fs.disk_bytes``/``fs.files`` the job ends ``output_limit`` with an empty output tree (also when the WASI
+        layer refused a call of the job at a bound: ``result.fs_limit``)."""
         try:
+            if result.fs_limit:
+                raise TreeError("output_limit", result.message)
             tree = fs.collect_outputs()
         except (TreeError, OSError) as exc:
             fs.output_paths.clear()

@@ -245,8 +245,14 @@ def _brief(value: Any, limit: int = 64) -> str:
 
 
 def payload_bytes(frame: Any) -> bytes:
-    """The bytes of a payload frame (``zmq.Frame`` or bytes)."""
-    return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
+    """The bytes of a payload frame (``zmq.Frame`` or bytes), copied once."""
+    return frame if isinstance(frame, bytes) else bytes(payload_view(frame))
+
+
+def payload_view(frame: Any) -> memoryview:
+    """A payload frame's bytes without a copy (the view keeps the frame alive)."""
+    buffer = getattr(frame, "buffer", None)  # zmq.Frame: a view of libzmq's message
+    return buffer if isinstance(buffer, memoryview) else memoryview(frame)
 
 
 def check_load(load: Any) -> Mapping[str, int] | None:

@@ -33,7 +33,7 @@ from pyphase.engines import EngineUnavailable
 from pyphase.errors import LimitsError, PhaseError, SandboxError
 from pyphase.limits import Limits, format_size
 from pyphase.result import Result
-from pyphase.preopen import Preopen, opened
+from pyphase.preopen import FsQuota, Preopen, opened
 from pyphase.runtime import (
     DEFAULT_PROGRAM_NAME,
     Module,
@@ -505,7 +505,8 @@ class Sandbox:
         limits: Limits | None = None,
         dirs: Sequence[Preopen] = (),
         on_output: OutputCallback | None = None,
+        quota: FsQuota | None = None,
     ) -> Result:
         """Test only: run a job whose worker performs ``action`` (see _sandbox.TEST_ACTIONS) once confined."""
         job = self._prepare(module, b"", (), None, "_start", limits, False, DEFAULT_PROGRAM_NAME, None, dirs)
-        return self._execute(job, _sandbox.TEST_ACTIONS[action], on_output)
+        return self._execute(job._replace(quota=quota), _sandbox.TEST_ACTIONS[action], on_output)

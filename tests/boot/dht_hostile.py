@@ -35,17 +35,19 @@ def query_tid(query: bytes) -> bytes:
 
 
 def compact(host: str, port: int) -> bytes:
-    return socket.inet_aton(host) + port.to_bytes(2, "big")
+    """BEP 5's compact form (4 bytes of IPv4, or BEP 32's 16 of IPv6, then the port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.inet_pton(family, host) + port.to_bytes(2, "big")
 
 
 class HostileNodes:
-    """``count`` UDP sockets on 127.0.0.1 answering get_peers with ``answer(index, tid, query)`` bytes."""
+    """``count`` UDP sockets on 127.0.0.1 (or ``host``) answering get_peers with ``answer(index, tid, query)`` bytes."""
 
-    def __init__(self, count: int, answer) -> None:
+    def __init__(self, count: int, answer, host: str = "127.0.0.1") -> None:
         self.socks = []
         for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(("127.0.0.1", 0))
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((host, 0))
             self.socks.append(s)
         self.ports = [s.getsockname()[1] for s in self.socks]
         self.answer = answer

@@ -29,30 +29,39 @@ ONE_ADDRESS_SETTINGS: dict[str, Any] = {
 }
 
 
-def _session(bootstrap: str) -> Any:
-    settings = dict(ONE_ADDRESS_SETTINGS, listen_interfaces="127.0.0.1:0", dht_bootstrap_nodes=bootstrap)
+def _session(bootstrap: str, host: str) -> Any:
+    listen = f"[{host}]:0" if ":" in host else f"{host}:0"
+    settings = dict(ONE_ADDRESS_SETTINGS, listen_interfaces=listen, dht_bootstrap_nodes=bootstrap)
     params = lt.session_params(settings)
     params.disk_io_constructor = "posix_disk_io_constructor"
     return lt.session(params)
 
 
 @contextmanager
-def loopback_dht(n: int = 8) -> Iterator[list[tuple[str, int]]]:
-    """``n`` DHT nodes on 127.0.0.1 that know each other; yields their (host, port)."""
+def loopback_sessions(n: int = 8, host: str = "127.0.0.1") -> Iterator[list[Any]]:
+    """``n`` libtorrent DHT sessions on ``host`` (127.0.0.1 or ::1) that know each other."""
     sessions: list[Any] = []
+    at = f"[{host}]" if ":" in host else host
     try:
-        first = _session("127.0.0.1:9")  # a session never routes through its own bootstrap: primed below
+        first = _session(f"{at}:9", host)  # a session never routes through its own bootstrap: primed below
         sessions.append(first)
         for _ in range(n - 1):
-            sessions.append(_session(f"127.0.0.1:{first.listen_port()}"))
+            sessions.append(_session(f"{at}:{first.listen_port()}", host))
         ports = [s.listen_port() for s in sessions]
         for s in sessions:
             for p in random.sample(ports, min(n, len(ports))):
                 if p != s.listen_port():
-                    s.add_dht_node(("127.0.0.1", p))
+                    s.add_dht_node((host, p))
         time.sleep(1.0)
-        yield [("127.0.0.1", p) for p in ports]
+        yield sessions
     finally:
         for s in sessions:
             s.pause()
         del sessions[:]
+
+
+@contextmanager
+def loopback_dht(n: int = 8) -> Iterator[list[tuple[str, int]]]:
+    """``n`` DHT nodes on 127.0.0.1 that know each other; yields their (host, port)."""
+    with loopback_sessions(n) as sessions:
+        yield [("127.0.0.1", s.listen_port()) for s in sessions]

@@ -44,6 +44,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The DHT guard for guests: the suite's PHASE_DHT_ALLOW cannot see inside a booted machine, whose stage 1 and
+# stage 2 take their DHT nodes from phase.dht=. Allowed: the host as QEMU's user network shows it (10.0.2.2,
+# fec0::2) and names under phase.test (only the tests' dnsmasq answers those).
+GUEST_DHT_HOSTS = ("10.0.2.2", "fec0::2")
+
+
+def check_guest_dht(append: str) -> None:
+    """Fail (AssertionError) if a guest's command line names a DHT node outside this machine."""
+    for arg in append.split():
+        if not arg.startswith("phase.dht=") or arg == "phase.dht=off":
+            continue
+        for item in filter(None, arg.split("=", 1)[1].split(",")):
+            host = item.rpartition(":")[0].strip("[]")
+            if host not in GUEST_DHT_HOSTS and not host.endswith(".phase.test"):
+                raise AssertionError(f"a guest's DHT node {item} could be outside this machine ({arg})")
+
+
 @dataclass
 class BootResult:
     console: str
@@ -63,6 +80,8 @@ class Qemu:
 
     def __init__(self, args: list[str], marks: tuple[str, ...] = (), prefix: Sequence[str] = ()) -> None:
         """``prefix``: runs QEMU through it, e.g. ``ip netns exec NS`` (which execs QEMU: same pid)."""
+        if "-append" in args:
+            check_guest_dht(args[args.index("-append") + 1])
         cmd = [*prefix, qemu_binary(), "-nographic", "-no-reboot", *args]
         self.start = time.monotonic()
         self.marks_wanted = marks

@@ -23,6 +23,7 @@ from pyphase.identity import Identity
 from .conftest import CSRC_BOOT, SODIUM_BOOT, run_tool
 from .dht_hostile import HostileNodes, benc, compact, ok_answer
 from .qemu import free_port
+from .services import DnsServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "net"))
 from dht_support import private_dht  # noqa: E402
@@ -264,17 +265,119 @@ def test_loopback_peers_from_a_loopback_node_stay_as_they_are(phase_boot_bin: Pa
     assert proc.returncode == 0 and proc.stdout.split() == ["http://127.0.0.1:18123"], proc.stderr
 
 
+def test_lookup_through_debian_libtorrent_finds_its_announce(phase_boot_bin: Path, release_key: tuple) -> None:
+    """Interop with another build: Debian's python3-libtorrent 2.0.x (tests/net/dht_interop_peer.py) joins a
+    private DHT of ours and announces under the release key's hash; the C lookup, bootstrapped from that peer
+    alone (so it parses 2.0.x's answers first), finds the announce."""
+    from dht_support import dht_host, endpoints
+    from test_dht_interop import _debian_libtorrent, _Peer
+
+    _debian_libtorrent()
+    identity, pub = release_key
+    with private_dht(8, fanout=4) as nodes:
+        host = dht_host()
+        peer = _Peer(f"{host}:0", ",".join(f"{h}:{p}" for h, p in endpoints(nodes[:3])))
+        try:
+            announced = peer.ask(op="announce", ih=boot_info_hash(identity.public_key).hex())
+            want = {f"http://{host}:{announced['port']}"}
+            found, stderr = _until_found(phase_boot_bin / "phase-dht", pub, f"{host}:{peer.hello['port']}", want, 30)
+        finally:
+            peer.close()
+    assert found == want, stderr
+    stats = STATS.search(stderr)
+    assert stats and int(stats[4]) == 0, stderr
+
+
+# ---- names and IPv6 in --bootstrap -------------------------------------------------------------------
+
+
+def test_bootstrap_names_resolve_through_dns(phase_boot_bin: Path, release_key: tuple) -> None:
+    """A DHT node given by name is resolved (c-ares, --dns: a dnsmasq on loopback that knows only phase.test);
+    a name that does not resolve is skipped with a line saying why, and with none left the lookup says so."""
+    identity, pub = release_key
+    tool = phase_boot_bin / "phase-dht"
+    with private_dht(8, fanout=4) as nodes, DnsServer({"dht.phase.test": nodes[0].listen_host}) as dns:
+        nodes[5].announce(boot_info_hash(identity.public_key), 18090)
+        want = {f"http://{nodes[5].listen_host}:18090"}
+        bootstrap = f"missing.phase.test:6881,dht.phase.test:{nodes[0].port}"
+        deadline, found, proc = time.monotonic() + 20, set(), None
+        while found != want and time.monotonic() < deadline:
+            proc = _lookup(tool, pub, bootstrap, "--dns", f"127.0.0.1:{dns.port}", "--timeout", "5")
+            found = set(proc.stdout.split())
+        assert proc is not None and found == want, proc and proc.stderr
+        assert "bootstrap node missing.phase.test:6881 skipped: DNS: name 'missing.phase.test' not found" in proc.stderr
+        none = _lookup(tool, pub, "missing.phase.test:6881", "--dns", f"127.0.0.1:{dns.port}")
+    assert none.returncode == 1 and none.stdout == "", none
+    assert "0 sources: no bootstrap node could be resolved (missing.phase.test:6881)" in none.stderr, none.stderr
+
+
+def test_ipv6_nodes_and_peers_bep32(phase_boot_bin: Path, release_key: tuple) -> None:
+    """An IPv6 bootstrap node ([::1]:PORT) makes the queries ask for nodes6 (BEP 32 "want"); nodes6 entries are
+    followed and 18-byte peers printed as http://[ADDR]:PORT. With an IPv4 bootstrap node too, both are asked for."""
+    _, pub = release_key
+    seen: list[bytes] = []
+    last = HostileNodes(1, lambda i, t, q: [ok_answer(t, values=[compact("::1", 18123)])], host="::1")
+
+    def first(i: int, t: bytes, q: bytes) -> list[bytes]:
+        seen.append(q)
+        return [ok_answer(t, nodes6=os.urandom(20) + compact("::1", last.ports[0]))]
+
+    hostile = HostileNodes(1, first, host="::1")
+    four = HostileNodes(1, lambda i, t, q: (seen.append(q), [ok_answer(t, nodes=b"")])[1])
+    try:
+        proc = _lookup(phase_boot_bin / "phase-dht", pub, f"[::1]:{hostile.ports[0]}", "--timeout", "3")
+        assert proc.returncode == 0 and proc.stdout.split() == ["http://[::1]:18123"], proc.stderr
+        assert b"4:wantl2:n6e" in seen[0], seen
+        both = f"127.0.0.1:{four.ports[0]},[::1]:{hostile.ports[0]}"
+        proc = _lookup(phase_boot_bin / "phase-dht", pub, both, "--timeout", "3")
+        assert proc.returncode == 0 and proc.stdout.split() == ["http://[::1]:18123"], proc.stderr
+        assert all(b"4:wantl2:n42:n6e" in q for q in seen[1:]) and len(seen) == 3, seen
+    finally:
+        for h in (last, hostile, four):
+            h.close()
+
+
+def test_lookup_over_ipv6_finds_a_source_announced_by_libtorrent(
+    phase_boot_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interop over IPv6: libtorrent sessions on [::1] (one address, so test_qemu_dht's relaxed settings)."""
+    import libtorrent as lt
+
+    monkeypatch.setenv("PHASE_DHT_ALLOW", os.environ["PHASE_DHT_ALLOW"] + ",::1/128")  # IPv6 loopback: still local
+
+    from .dht_net import loopback_sessions
+
+    target = os.urandom(20)
+    with loopback_sessions(8, host="::1") as sessions:
+        sessions[5].dht_announce(lt.sha1_hash(target), 18077, 0)
+        for _ in range(20):
+            proc = run_tool(phase_boot_bin / "phase-dht", "--target", target.hex(), "--bootstrap",
+                            f"[::1]:{sessions[0].listen_port()}", "--timeout", "5")  # fmt: skip
+            if proc.stdout.split() == ["http://[::1]:18077"]:
+                break
+            time.sleep(0.5)
+    assert proc.returncode == 0 and proc.stdout.split() == ["http://[::1]:18077"], proc.stderr
+    stats = STATS.search(proc.stderr)
+    assert stats and int(stats[4]) == 0, proc.stderr
+
+
 def test_usage_errors(phase_boot_bin: Path, release_key: tuple, tmp_path: Path) -> None:
     _, pub = release_key
     tool = phase_boot_bin / "phase-dht"
-    for args in (
-        ["--key", pub],
-        ["--key", pub, "--bootstrap", "10.0.2.2"],
-        ["--key", pub, "--bootstrap", "host.example:6881"],
-        ["--key", pub, "--bootstrap", "10.0.2.2:0"],
-        ["--bootstrap", "10.0.2.2:6881"],
+    for args, why in (
+        (["--key", pub], "usage"),
+        (["--key", pub, "--bootstrap", "10.0.2.2"], "is not HOST:PORT"),
+        (["--key", pub, "--bootstrap", "10.0.2.2:0"], "is not HOST:PORT"),
+        (["--key", pub, "--bootstrap", "::1:6881"], "an IPv6 address goes in brackets"),
+        (["--key", pub, "--bootstrap", "[127.0.0.1]:6881"], "neither an IP address nor a DNS name"),
+        (["--key", pub, "--bootstrap", "bad!name:6881"], "neither an IP address nor a DNS name"),
+        (["--key", pub, "--bootstrap", ","], "names no node"),
+        (["--key", pub, "--bootstrap", ",".join(["127.0.0.1:9"] * 17)], "more than 16 nodes"),
+        (["--key", pub, "--bootstrap", "127.0.0.1:9", "--source", "nope"], "not an IP address"),
+        (["--bootstrap", "10.0.2.2:6881"], "usage"),
     ):
-        assert run_tool(tool, *args).returncode == 2
+        proc = run_tool(tool, *args)
+        assert proc.returncode == 2 and why in proc.stderr, (args, proc.stderr)
     (tmp_path / "bad.pub").write_text("nope\n")
     proc = run_tool(tool, "--key", tmp_path / "bad.pub", "--bootstrap", "127.0.0.1:9")
     assert proc.returncode == 2 and "not a Phase release public key" in proc.stderr

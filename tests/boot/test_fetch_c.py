@@ -535,3 +535,16 @@ def test_fetch_survives_hostile_proxy_replies(phase_boot_bin: Path, store, tmp_p
         check()
     finally:
         proxy.close()
+
+
+def test_fetch_over_ipv6_by_literal_and_by_a_name_with_only_an_aaaa_record(
+    phase_boot_bin: Path, store, tmp_path: Path
+) -> None:
+    """Sources on IPv6: http://[::1]:PORT, and a name whose only address is ::1 (dnsmasq answers AAAA)."""
+    root, art = store
+    with DnsServer({"v6.phase.test": "::1"}) as dns, ArtifactServer(root, "::1") as s:
+        literal = _fetch(phase_boot_bin, art, tmp_path / "a", f"http://[::1]:{s.port}")
+        named = _fetch(phase_boot_bin, art, tmp_path / "b", "--dns", f"127.0.0.1:{dns.port}",
+                       f"http://v6.phase.test:{s.port}")  # fmt: skip
+    assert literal.returncode == 0 and (tmp_path / "a").read_bytes() == DATA, literal.stderr
+    assert named.returncode == 0 and (tmp_path / "b").read_bytes() == DATA, named.stderr

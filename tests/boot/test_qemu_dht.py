@@ -3,12 +3,17 @@
 The host runs 8 libtorrent DHT nodes on 127.0.0.1 (tests/boot/dht_net.py) and a ``plasmd --boot-store`` that
 announces its store under the release key's info-hash through them. The guest gets only ``phase.dht=`` with
 two of those nodes as 10.0.2.2:PORT (QEMU's user network), runs stage 1's own KRPC lookup (phase-dht), fetches,
-verifies, kexecs, and stage 2's plasmd answers a job from the host.
+verifies, kexecs, and stage 2's plasmd joins the same DHT (stage 1 hands it ``phase.dht=``): a client on
+the host that knows only two other DHT nodes resolves the booted node's peer id to its signed record and
+runs a job through the address the record names (the host's port forward, ``phase.advertise=127.0.0.1``
+in the signed command line).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -19,9 +24,10 @@ import pytest
 from pyphase.boot import keys
 from pyphase.boot.dht import boot_info_hash
 
-from .dht_net import loopback_dht
-from .qemu import Qemu, free_port
-from .test_qemu import ADDRESS_RE, ECHO_WAT, HOST, publish, qemu_args
+from .dht_net import loopback_dht, loopback_sessions
+from .qemu import Qemu, boot, free_port
+from .services import DnsServer
+from .test_qemu import ADDRESS_RE, ECHO_WAT, HOST, dummy_artifacts, publish, qemu_args
 
 pytestmark = pytest.mark.boot
 
@@ -44,10 +50,11 @@ def _wait_event(log: Path, proc: subprocess.Popen, match, timeout: float = 60) -
 def test_internet_mode_finds_its_source_on_the_dht_and_boots_to_a_node(
     boot_kit: dict, stage2: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    publish(tmp_path / "store", boot_kit["key"], boot_kit["kernel"], stage2, cmdline="console=ttyS0 panic=-1 quiet")
+    fwd = free_port()  # the guest's plasmd listens on the same port number, so its record names 127.0.0.1:fwd
+    cmdline = f"console=ttyS0 panic=-1 quiet phase.port={fwd} phase.advertise=127.0.0.1"
+    publish(tmp_path / "store", boot_kit["key"], boot_kit["kernel"], stage2, cmdline=cmdline)
     (tmp_path / "store" / "boot" / "release.pub").write_text(keys.public_key_text(boot_kit["key"].public_key))
     info_hash = boot_info_hash(boot_kit["key"].public_key).hex()
-    fwd = free_port()
     log = tmp_path / "plasmd.log"
     with loopback_dht(8) as nodes:
         bootstrap = ",".join(f"{h}:{p}" for h, p in nodes[:2])
@@ -71,19 +78,20 @@ def test_internet_mode_finds_its_source_on_the_dht_and_boots_to_a_node(
                 "PHASE-BOOT: kexec loaded",
                 "PHASE-NODE: stage 2 up",
                 "PHASE-NODE: plasmd running",
+                f"phase.dht={guest_dht}",  # the kexec line: stage 2 joins through the nodes stage 1 used
+                "PHASE-NODE: on the DHT",
             )
             args = qemu_args(boot_kit, f"phase.mode=internet phase.dht={guest_dht}", memory="1024")
-            args[-1] += f",hostfwd=tcp:127.0.0.1:{fwd}-:7000"
+            args[-1] += f",hostfwd=tcp:127.0.0.1:{fwd}-:{fwd}"
             q = Qemu(args, marks)
             try:
                 q.wait_for("PHASE-NODE: plasmd running", 420)
                 m = q.wait_for_match(ADDRESS_RE, 30)
                 assert m, q.text[-3000:]
+                q.wait_for("PHASE-NODE: on the DHT", 150)
                 wat = request.getfixturevalue("wat")
-                from pyphase import Client
-
-                with Client([f"{m.group(1)}@127.0.0.1:{fwd}"], connect_timeout=30) as client:
-                    result = client.submit(wat(ECHO_WAT), b"booted from the DHT", timeout=180, retries=2)
+                client_dht = ",".join(f"{h}:{p}" for h, p in nodes[4:6])  # neither the guest's nor the source's
+                result = _submit_by_peer_id(m.group(1), client_dht, wat(ECHO_WAT), b"booted from the DHT")
             finally:
                 r = q.close()
         finally:
@@ -92,4 +100,64 @@ def test_internet_mode_finds_its_source_on_the_dht_and_boots_to_a_node(
     for mark in marks:
         assert mark in r, r.tail()
     assert "PHASE-BOOT FAIL" not in r, r.tail()
+    assert re.search(r"PHASE-NODE: on the DHT \(through [^)]*\): record stored on [1-9]\d* nodes", r.console), r.tail()
+    print("\n[figures] " + next(line for line in r.console.splitlines() if "PHASE-NODE: on the DHT" in line))
+    record, result = result
+    assert record.peer_id == m.group(1) and record.address == f"{m.group(1)}@127.0.0.1:{fwd}", record
     assert (result.status, result.stdout) == ("ok", b"booted from the DHT"), result
+    assert result.receipt is not None and result.receipt["node"]["peer_id"] == m.group(1)
+
+
+def _submit_by_peer_id(peer_id: str, bootstrap: str, module: bytes, stdin: bytes) -> tuple:
+    """The booted node's record from the DHT (retried: a young private DHT can miss at first), then a job on
+    the node it names, by peer id alone as ``phase submit --peer PEERID`` does."""
+    from pyphase import Client
+    from pyphase.errors import PhaseError
+    from pyphase.net.dht import client_dht, resolve_peer
+
+    end, why = time.monotonic() + 90, ""
+    while time.monotonic() < end:
+        try:
+            with client_dht(bootstrap) as dht:
+                record = resolve_peer(dht, peer_id, timeout=10)
+            break
+        except PhaseError as exc:
+            why = str(exc)
+    else:
+        raise AssertionError(f"the booted node's record was not found on the DHT: {why}")
+    with Client([peer_id], dht_bootstrap=bootstrap, connect_timeout=30) as client:
+        return record, client.submit(module, stdin, timeout=180, retries=2)
+
+
+def test_internet_mode_over_ipv6_with_a_named_dht_node(
+    boot_kit: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stage 1 alone, over QEMU's IPv6 user network (the guest's SLAAC address; the host's ::1 is fec0::2):
+    ``phase.dht=`` names a DHT node by a DNS name that has only an IPv6 address (dnsmasq on the host, reached as
+    ``phase.dns=10.0.2.2:PORT``); the lookup runs over IPv6 (BEP 32) to libtorrent nodes on [::1], finds
+    ``phase boot serve`` listening on [::1], and the manifest fetched from http://[fec0::2]:PORT verifies.
+    Stops there: the rest of the boot is the IPv4 test's."""
+    monkeypatch.setenv("PHASE_DHT_ALLOW", os.environ["PHASE_DHT_ALLOW"] + ",::1/128")  # IPv6 loopback: still local
+    kernel, initramfs = dummy_artifacts(tmp_path / "artifacts")
+    publish(tmp_path / "store", boot_kit["key"], kernel, initramfs)
+    (tmp_path / "store" / "boot" / "release.pub").write_text(keys.public_key_text(boot_kit["key"].public_key))
+    port = free_port()
+    with loopback_sessions(8, host="::1") as sessions, DnsServer({"dht.phase.test": "fec0::2"}) as dns:
+        ports = [s.listen_port() for s in sessions]
+        out = tmp_path / "serve.out"
+        with out.open("wb") as sink:
+            serve = subprocess.Popen(
+                [sys.executable, "-m", "pyphase.boot", "serve", str(tmp_path / "store"), "--listen", f"[::1]:{port}",
+                 "--dht-bootstrap", ",".join(f"[::1]:{p}" for p in ports[:2]), "--quiet"],
+                stdout=sink, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            _wait_event(out, serve, lambda e: e.get("event") == "boot_dht_announced")
+            append = f"phase.mode=internet phase.dht=dht.phase.test:{ports[3]} phase.dns={HOST}:{dns.port}"
+            r = boot(qemu_args(boot_kit, append), deadline=300, stop_on="PHASE-BOOT: signature ok")
+        finally:
+            serve.terminate()
+            serve.wait(30)
+    assert "PHASE-BOOT: DHT: 1 source after" in r, r.tail()
+    assert f"PHASE-BOOT: sources: http://[fec0::2]:{port}\n" in r, r.tail()
+    assert "PHASE-BOOT: signature ok" in r and "PHASE-BOOT FAIL" not in r, r.tail()

@@ -229,3 +229,18 @@ def test_mutated_manifests_c_and_python_agree(phase_boot_bin: Path, tmp_path: Pa
     except (BootError, ValueError):
         python_ok = False
     assert (r.returncode == 0) == python_ok, (bytes(raw), r.stderr)
+
+
+@pytest.mark.parametrize(
+    "dht", ["10.0.2.2:6881 init=/bin/sh", "a:1;reboot", 'x:1"', "a:1\nb:2", "", "x" * 513, "é.test:1"]
+)
+def test_kexec_refuses_a_dht_list_that_could_add_to_the_command_line(
+    phase_boot_bin: Path, release_key, tmp_path: Path, dht: str
+) -> None:
+    """--dht becomes phase.dht= on stage 2's command line: only "off" or HOST:PORT items of a fixed alphabet
+    pass, so nothing else (init=, quotes, spaces) can ride on it. Refused before anything is loaded."""
+    identity, pub = release_key
+    manifest = _signed(identity, tmp_path)
+    r = run_tool(phase_boot_bin / "phase-verify", "kexec", "--key", pub, "--manifest", manifest,
+                 "--kernel", tmp_path / "kernel", "--initrd", tmp_path / "initrd", "--dht", dht)  # fmt: skip
+    assert r.returncode == 2 and "--dht must be off or HOST:PORT" in r.stderr, r.stderr

@@ -167,9 +167,17 @@ def test_the_output_tree_arrives_and_verifies_and_a_tampered_file_is_refused(sta
     (out / "w" / "new" / "made.txt").write_text("forged")
     bad = phase("verify", str(receipt), "--outputs", str(out))
     assert bad.returncode == 1 and "outputs" in bad.stderr and "not the tree the receipt names" in bad.stderr
+    assert "w/new/made.txt: changed" in bad.stderr and "w/change.txt" not in bad.stderr  # names the file
     (out / "w" / "new" / "made.txt").write_text("made")
     (out / "w" / "extra.txt").write_text("slipped in")
-    assert phase("verify", str(receipt), "--outputs", str(out)).returncode == 1
+    (out / "w" / "change.txt").unlink()
+    bad = phase("verify", str(receipt), "--outputs", str(out))
+    assert (
+        bad.returncode == 1 and "w/extra.txt: not in the tree" in bad.stderr and "w/change.txt: missing" in bad.stderr
+    )
+    (tmp_path / "out.tree.json").write_bytes(b'{"forged": 1}')  # a listing the receipt does not name is not used
+    bad = phase("verify", str(receipt), "--outputs", str(out))
+    assert bad.returncode == 1 and "hashes to" in bad.stderr and "cannot be named" in bad.stderr
     # and the node keeps nothing of the job once its client said done
     deadline = time.monotonic() + 10
     while list((node.data_dir / "jobs").iterdir()) and time.monotonic() < deadline:
@@ -197,14 +205,27 @@ def test_nothing_of_one_job_is_seen_by_the_next(start_nodes, tree_job, tmp_path)
 
 
 def test_writing_more_than_disk_bytes_ends_output_limit(start_nodes, tree_job, tmp_path):
+    """The job's write is refused (EDQUOT) when it would pass disk_bytes, not after: 200 MiB asked, 1 MiB kept; more
+    entries than ``files`` likewise; a writable input tree that does not fit is refused before the job runs."""
     work = tmp_path / "w"
     work.mkdir()
+    (work / "in.txt").write_text("input\n")
     (node,) = start_nodes(1)
     with Client(peers=[node.address]) as client:
         r = client.submit(
-            tree_job, args=["fill", "/w/big", str(2 * MiB)], dirs=[Preopen(str(work), "/w")], disk_bytes=MiB
+            tree_job, args=["fill", "/w/big", str(200 * MiB)], dirs=[Preopen(str(work), "/w")], disk_bytes=MiB
         )
-    assert r.status == "output_limit" and "disk_bytes" in r.message
+        assert r.status == "output_limit" and "disk_bytes of 1048576 bytes" in r.message and "EDQUOT" in r.message
+        assert r.stdout.decode().startswith("fill /w/big: ") and "quota" in r.stdout.decode().lower()
+        made = client.submit(
+            tree_job, args=["mkdir", "/w/a", "mkdir", "/w/b", "mkdir", "/w/c"], dirs=[Preopen(str(work), "/w")], files=3
+        )  # in.txt, a, b
+        assert made.status == "output_limit" and "files of 3 entries" in made.message
+        assert made.stdout.decode().splitlines()[:2] == ["made /w/a", "made /w/b"]
+        assert "quota" in made.stdout.decode().splitlines()[2].lower()
+        with pytest.raises(NetworkError, match="tree_too_big.*fs.files 1"):
+            (work / "second.txt").write_text("x")
+            client.submit(tree_job, args=["list", "/w"], dirs=[Preopen(str(work), "/w")], files=1)
     with Client(peers=[node.address]) as client:  # refused before anything is sent
         with pytest.raises(ValueError, match="--dir"):
             client.submit(tree_job, out=tmp_path / "o")

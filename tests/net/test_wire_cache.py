@@ -109,3 +109,29 @@ def test_blob_store_streams_checks_links_and_evicts(tmp_path):
     assert h(blobs[1]) not in store and not store.link(h(blobs[1]), str(tmp_path / "b"))
     assert (tmp_path / "a").read_bytes() == blobs[0] and store.bytes <= 3000
     assert len(BlobStore(tmp_path / "blobs", max_bytes=3000)) == 3  # the index is rebuilt from disk
+
+
+def test_a_corrupted_blob_in_the_store_is_never_used(tmp_path):
+    """A blob is hashed again before its first use after the store opens, and whenever its file changed: bytes
+    that no longer match (same size) are deleted, not linked into a job."""
+    store = BlobStore(tmp_path / "blobs", max_bytes=1 << 20)
+    good = [os.urandom(1000) for _ in range(3)]
+    for i, b in enumerate(good):
+        part = Incoming(store.incoming, f"p{i}", h(b), len(b))
+        part.write(0, b)
+        assert part.finish()
+        store.adopt(part.path, h(b), len(b))
+
+    def corrupt(b: bytes) -> None:
+        path = tmp_path / "blobs" / h(b).split(":")[1]
+        os.chmod(path, 0o644)
+        path.write_bytes(bytes([b[0] ^ 1]) + b[1:])  # same size
+        os.chmod(path, 0o444)
+
+    corrupt(good[0])  # while the store is open: its file changed since it was hashed
+    assert not store.link(h(good[0]), str(tmp_path / "a")) and h(good[0]) not in store
+    reopened = BlobStore(tmp_path / "blobs", max_bytes=1 << 20)
+    corrupt(good[1])  # on disk when the store opened: hashed before its first use
+    assert not reopened.link(h(good[1]), str(tmp_path / "b")) and not (tmp_path / "b").exists()
+    assert not (tmp_path / "blobs" / h(good[1]).split(":")[1]).exists()
+    assert reopened.link(h(good[2]), str(tmp_path / "c")) and (tmp_path / "c").read_bytes() == good[2]
