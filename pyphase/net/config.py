@@ -28,7 +28,7 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
                                         # and on the DHT under the key in STORE/boot/release.pub when dht is on
     # the HTTP side (docs/API.md): JSON API, /metrics, dashboard; job history
     api             = true              # serve them
-    api_listen      = ""                # HOST:PORT; "" = 127.0.0.1 at the phase/1 port + 1. Beyond loopback,
+    api_listen      = ""                # HOST:PORT; "" = 127.0.0.1 at the phase/1 port + 1000. Beyond loopback,
                                         # requests need the token plasmd writes to DATA_DIR/api_token (0600)
     api_max_connections = 64            # open HTTP connections; beyond, requests are answered 503
     api_body_timeout = "30s"            # how long a request body may take to arrive (then 408)
@@ -49,7 +49,7 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     # The Internet: the BitTorrent Mainline DHT (docs/NETWORK.md). Private mode runs with dht = false.
     dht             = true              # publish a signed record under the node's key, announce for rendezvous,
                                         # answer the record query on UDP at the phase/1 port number
-    dht_listen      = ""                # IP:PORT of the DHT's UDP socket (default: listen host, phase/1 port + 2)
+    dht_listen      = ""                # IP:PORT of the DHT's UDP socket (default: listen host, phase/1 port + 2000)
     dht_bootstrap   = ""                # HOST:PORT,... to join through; "": libtorrent's default Mainline router
                                         # (plus the good nodes remembered in DATA_DIR/dht-nodes.json either way)
     dht_refresh     = "20m"             # republish the record (good for 2 h) and re-announce this often
@@ -63,7 +63,7 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     # Relays (docs/NETWORK.md, "Relays"): a reachable node carries circuits to nodes that cannot be reached;
     # the relay sees only CURVE ciphertext. A node behind a relay publishes "via relay" in its DHT record.
     relay           = false             # offer relaying (announced on the DHT under sha1("phase/1/relay"))
-    relay_listen    = ""                # HOST:PORT of the relay service (default: listen host, phase/1 port + 3)
+    relay_listen    = ""                # HOST:PORT of the relay service (default: listen host, phase/1 port + 3000)
     relay_reservations = 64             # nodes holding a reservation at once (4 from one source address)
     relay_circuits  = 128               # circuits open at once, in all
     relay_node_circuits = 8             # circuits open at once to one node

@@ -35,6 +35,7 @@ import nacl.signing
 
 from pyphase._core import splice
 from pyphase.identity import Identity, public_key_from_peer_id
+from pyphase.net.addresses import RELAY_PORT_OFFSET, side_port
 
 __all__ = [
     "MAX_FRAME",
@@ -66,11 +67,11 @@ class RelayError(Exception):
 
 
 def relay_listen_address(listen: str, port: int, configured: str) -> str:
-    """``relay_listen``, else the ``phase/1`` listen host at the node's port + 3 (+1 API, +2 DHT)."""
+    """``relay_listen``, else the ``phase/1`` listen host at the node's port + ``RELAY_PORT_OFFSET``."""
     if configured:
         return configured
     host = listen.rpartition(":")[0] or "0.0.0.0"
-    return f"{host}:{port + 3 if port < 65533 else 0}"
+    return f"{host}:{side_port(port, RELAY_PORT_OFFSET)}"
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
