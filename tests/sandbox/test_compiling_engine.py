@@ -51,6 +51,17 @@ def test_a_job_runs_on_compiled_code_inherited_from_the_fork_server(jit_sandbox,
     assert proc_status(jit_sandbox.server_pid)["Threads"] == "1"
 
 
+def test_each_engine_configuration_is_compiled_for_the_job_that_needs_it(hello_bytes):
+    # epoch checks are compiled in only for a job with a wall-clock limit (phase run's local default has none);
+    # fuel metering and canonical NaNs make the other variants: each job must find the code of its own one
+    variants = [Limits(timeout_ms=0), Limits(timeout_ms=0, fuel=10**9), Limits(timeout_ms=5000)]
+    with Sandbox(workers=1, grace_ms=1000) as sb:  # its own: the module-wide one counts on what is not compiled
+        for limits in variants:
+            for deterministic in (False, True):
+                r = sb.run(hello_bytes, b"ab", limits=limits, engine="wasmtime", deterministic=deterministic)
+                assert (r.status, r.stdout, r.engine) == ("ok", b"ba", "wasmtime"), (limits, deterministic, r.message)
+
+
 def test_a_spinning_module_ends_in_timeout_within_the_limit_plus_a_little(jit_sandbox, wat):
     spin = wat(SPIN)
     jit_sandbox.run(spin, limits=Limits(timeout_ms=50), engine="wasmtime")  # compiled once
