@@ -165,4 +165,4 @@ def test_phase_run_engine_flag(tmp_path, hello_bytes, capsys):
     # in the sandbox too: the fork server compiles, a worker runs the code
     assert main(["run", str(path), "--input", "abc", "--engine", "wasmtime", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["receipt"]["node"]["runtime"] == "wasmtime" and doc["receipt"]["node"]["fuel_unit"] == "wasmtime-fuel"
+    assert doc["receipt"]["node"]["runtime"] == "wasmtime" and doc["receipt"]["node"]["fuel_unit"] == engines.UNMETERED
