@@ -13,12 +13,15 @@ default_kver() {
 
 # Copy the NIC modules and what they depend on into $root, and write the insmod order.
 # Debian builds virtio-net and e1000 as modules; modprobe --show-depends gives the order.
-copy_nic_modules() {  # root kver
-    local root=$1 kver=$2 m line ko
+# BASE: where lib/modules/KVER is (default /; an unpacked foreign kernel after depmod -b); then the modules wanted.
+copy_nic_modules() {  # root kver [base [module...]]
+    local root=$1 kver=$2 base=${3:-/} m line ko mods
+    shift 2; [ $# -gt 0 ] && shift
+    mods=${*:-virtio_pci virtio_net e1000 e1000e}
     mkdir -p "$root/lib/modules"
     : > "$root/lib/modules/load-order"
-    for m in virtio_pci virtio_net e1000 e1000e; do
-        modprobe -S "$kver" --show-depends "$m" 2>/dev/null | while read -r line; do
+    for m in $mods; do
+        modprobe -d "$base" -S "$kver" --show-depends "$m" 2>/dev/null | while read -r line; do
             case $line in insmod\ *) ;; *) continue ;; esac
             ko=$(echo "$line" | awk '{print $2}')
             base=$(basename "$ko")
