@@ -46,9 +46,7 @@ ROOT=$WORK/root
 LIBDIR=/lib/aarch64-linux-gnu
 mkdir -p "$ROOT"/{bin,dev,proc,sys,run,tmp,etc,usr/bin,opt/phase/site,lib} "$ROOT$LIBDIR"
 
-# busybox: static, the applet links are those of the host's busybox-static (same Debian version).
-cp "$SYS/bin/busybox" "$ROOT/bin/busybox"
-for a in $(/bin/busybox --list 2>/dev/null || echo sh); do [ "$a" = busybox ] || ln -sf busybox "$ROOT/bin/$a"; done
+install_busybox "$ROOT" "$SYS/bin/busybox"
 copy_nic_modules "$ROOT" "$KVER" "$SYS" virtio_mmio virtio_pci virtio_net
 [ -z "$KOUT" ] || { mkdir -p "$(dirname "$KOUT")"; cp "$SYS/boot/vmlinuz-$KVER" "$KOUT"; }
 
