@@ -53,15 +53,10 @@ copy_nic_modules "$ROOT" "$KVER" "$SYS" virtio_mmio virtio_pci virtio_net
 # Interpreter and stdlib, trimmed as in the x86_64 image.
 VER=3.11
 cp "$SYS/usr/bin/python$VER" "$ROOT/usr/bin/python3"
-mkdir -p "$ROOT/usr/lib/python$VER"
-tar -C "$SYS/usr/lib/python$VER" -cf - \
-    --exclude='./site-packages' --exclude='./dist-packages' --exclude='./test' --exclude='./idlelib' \
-    --exclude='./tkinter' --exclude='./turtledemo' --exclude='./ensurepip' --exclude='./lib2to3' \
-    --exclude='./pydoc_data' --exclude='./distutils' --exclude='./unittest' --exclude='./config-*' --exclude='*/tests' \
-    --exclude='__pycache__' --exclude='./lib-dynload/*test*' --exclude='./lib-dynload/xx*' \
+# No __pycache__ (compiled below) and no modules that would pull in curses, readline, NIS or dbm libraries.
+copy_stdlib "$SYS/usr/lib/python$VER" "$ROOT/usr/lib/python$VER" --exclude='__pycache__' \
     --exclude='./lib-dynload/_curses*' --exclude='./lib-dynload/readline*' --exclude='./lib-dynload/nis*' \
-    --exclude='./lib-dynload/_dbm*' --exclude='./lib-dynload/_gdbm*' --exclude='./lib-dynload/_tkinter*' . \
-  | tar -C "$ROOT/usr/lib/python$VER" -xf -
+    --exclude='./lib-dynload/_dbm*' --exclude='./lib-dynload/_gdbm*'
 # Debian's sysconfig module is split by multiarch tuple.
 ls "$ROOT/usr/lib/python$VER"/_sysconfigdata__linux_aarch64-linux-gnu.py >/dev/null || die "arm64 stdlib incomplete"
 

@@ -51,3 +51,18 @@ pack_cpio() {  # root out
     (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip -9n > "$2.tmp"
     mv "$2.tmp" "$2"
 }
+
+# The interpreter's standard library, trimmed: no tests, GUI, installers or optimised bytecode; more tar
+# --exclude patterns may follow.
+copy_stdlib() {  # src dest [tar option...]
+    local src=$1 dest=$2
+    shift 2
+    mkdir -p "$dest"
+    tar -C "$src" -cf - \
+        --exclude='./site-packages' --exclude='./dist-packages' --exclude='./test' --exclude='./idlelib' \
+        --exclude='./tkinter' --exclude='./turtledemo' --exclude='./ensurepip' --exclude='./lib2to3' \
+        --exclude='./pydoc_data' --exclude='./distutils' --exclude='./unittest' --exclude='./config-*' \
+        --exclude='*/tests' --exclude='*.opt-1.pyc' --exclude='*.opt-2.pyc' --exclude='./lib-dynload/_tkinter*' \
+        --exclude='./lib-dynload/*test*' --exclude='./lib-dynload/xx*' "$@" . \
+      | tar -C "$dest" -xf -
+}
