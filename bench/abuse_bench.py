@@ -34,7 +34,7 @@ from net_support import SPIN_ECHO, NodeProc  # noqa: E402
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"
 
 
-def run(seconds: float, clients: int, sandbox: bool, only: str = "") -> None:
+def run(seconds: float, clients: int, sandbox: bool, only: str = "", keep_log: str = "") -> None:
     import wasm_build
 
     modules = {"spin": wasm_build.build_wat(SPIN_ECHO), "big_output": wasm_build.build_wat(BIG_OUTPUT)}
@@ -72,6 +72,10 @@ def run(seconds: float, clients: int, sandbox: bool, only: str = "") -> None:
                 time.sleep(1.5)  # the node settles between cases
         finally:
             node.stop()
+            if keep_log:
+                import shutil
+
+                shutil.copyfile(node.log_path, keep_log)
     base_p99 = percentile(rows[0][1], 99)
     print(
         f"honest load: {clients} clients back to back, {seconds:g} s per case; executor "
@@ -117,8 +121,9 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=2)
     p.add_argument("--executor", choices=("sandbox", "thread"), default="sandbox")
     p.add_argument("--only", default="", help="run only the cases whose name contains this (and the reference)")
+    p.add_argument("--keep-log", default="", metavar="PATH", help="copy the node's log (JSON lines) there")
     args = p.parse_args()
-    run(args.seconds, args.clients, args.executor == "sandbox", args.only)
+    run(args.seconds, args.clients, args.executor == "sandbox", args.only, args.keep_log)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ def start_node(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
             "--workers",
             "2",
             "--no-mdns",
+            "--no-dht",  # loopback only: never the public DHT's routers
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

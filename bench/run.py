@@ -8,6 +8,7 @@
     python bench/run.py cbench [--quick] ...         native gcc -O2 vs the C core (cbench/run.sh)
     python bench/run.py deep [--reps N] [--json]     a 3,000-case C switch (deep nesting): cold start vs wasmtime-py
     python bench/run.py stream [--quick] [--json]    the tiny job with and without streamed output (local, remote)
+    python bench/run.py zstd [--rounds N] [--json]   zstd -3 of 5.8 MB: native vs phase run --engine auto (minutes)
     python bench/run.py all --quick                  each of the above in turn, small sizes
     python bench/run.py install [--arm]              wheel sizes, install from wheel vs sdist, idle plasmd memory,
                                                      a job to an aarch64 node (needs tools/build-wheels.sh first;
@@ -51,6 +52,7 @@ BY_NAME_ONLY = {
     "nat": [sys.executable, str(HERE / "nat_bench.py")],
     "relay": [sys.executable, str(HERE / "relay_bench.py")],
     "clients": [sys.executable, str(HERE / "clients_bench.py")],
+    "zstd": [sys.executable, str(HERE / "zstd_bench.py")],
 }
 
 

@@ -138,6 +138,11 @@ int phase_wasmtime_deserialize(phase_module *pm, const phase_limits *limits, int
 void phase_wasmtime_set_ticker(int enabled);
 /* Advance every engine's epoch once (the ticker, or a worker's timer signal). */
 void phase_wasmtime_tick(void);
+/* Make signal signum advance every engine's epoch (SA_RESTART): a sandbox worker's timer. 0 or -1/errno. */
+int phase_wasmtime_tick_on(int signum);
+/* Whether a job may compile its module (default on). A sandbox worker turns it off: it runs only code its fork
+ * server compiled, and a job whose code is missing fails instead of compiling there. */
+void phase_wasmtime_set_compiling(int allowed);
 
 typedef struct phase_job_spec {
     const phase_module *module;

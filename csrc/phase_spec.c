@@ -258,6 +258,34 @@ void phase_spec_free(phase_spec_instance *si)
     free(si);
 }
 
+static int any_function_import(void *vctx, const char *module, size_t module_len, const char *name, size_t name_len,
+                               const char *signature, char *err, size_t errlen)
+{
+    (void) vctx, (void) module, (void) module_len, (void) name, (void) name_len, (void) signature, (void) err;
+    (void) errlen;
+    return 0;
+}
+
+static phase_spec_status validation_status(const char *verr)
+{
+    if (strstr(verr, "unsupported: "))
+        return PHASE_SPEC_UNSUPPORTED;
+    if (strstr(verr, "unknown import") || strstr(verr, "incompatible import type"))
+        return PHASE_SPEC_UNLINKABLE;
+    return PHASE_SPEC_INVALID;
+}
+
+phase_spec_status phase_spec_validate(const uint8_t *bytes, size_t len, char *err, size_t errlen)
+{
+    char verr[512] = "";
+    phase_wasm_info info;
+    memset(&info, 0, sizeof info);
+    if (phase_wasm_validate(bytes, len, NULL, any_function_import, NULL, &info, verr, sizeof verr) == 0)
+        return PHASE_SPEC_OK;
+    msg(err, errlen, "%s", verr);
+    return validation_status(verr);
+}
+
 phase_spec_status phase_spec_instantiate(const uint8_t *bytes, size_t len, const phase_spec_registry *registry,
                                          uint32_t stack_bytes, phase_spec_instance **out, char *err, size_t errlen)
 {
@@ -270,11 +298,7 @@ phase_spec_status phase_spec_instantiate(const uint8_t *bytes, size_t len, const
     memset(&info, 0, sizeof info);
     if (phase_wasm_validate(bytes, len, NULL, check_import, &ictx, &info, verr, sizeof verr) != 0) {
         msg(err, errlen, "%s", verr);
-        if (strstr(verr, "unsupported: "))
-            return PHASE_SPEC_UNSUPPORTED;
-        if (strstr(verr, "unknown import") || strstr(verr, "incompatible import type"))
-            return PHASE_SPEC_UNLINKABLE;
-        return PHASE_SPEC_INVALID;
+        return validation_status(verr);
     }
 
     phase_spec_instance *si = calloc(1, sizeof *si);

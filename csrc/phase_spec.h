@@ -51,6 +51,11 @@ phase_spec_status phase_spec_instantiate(const uint8_t *bytes, size_t len, const
 
 void phase_spec_free(phase_spec_instance *inst);
 
+/* Only our validator, as phase_spec_instantiate runs it, with every function import allowed (linking is then the
+ * engine's): PHASE_SPEC_OK, PHASE_SPEC_INVALID or PHASE_SPEC_UNSUPPORTED with a message. For the runner's other
+ * engine (the compiling engine), which instantiates and links modules itself. */
+phase_spec_status phase_spec_validate(const uint8_t *bytes, size_t len, char *err, size_t errlen);
+
 /* Invoke the function exported as name (name_len bytes, may hold any UTF-8). args: nargs raw values.
  * On success returns 0 and writes up to results_cap results (raw bits) and their types (letters) and
  * *nresults. Returns 1 on a trap (err = wasm3's trap message, e.g. "[trap] integer divide by zero"),

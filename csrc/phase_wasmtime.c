@@ -8,13 +8,15 @@
  *   stack    max_wasm_stack (PHASE_WASMTIME_STACK bytes of native stack for wasm frames);
  *   output   our WASI layer, through the same phase_wasi_call view as wasm3's adapter.
  *
- * Up to four engines exist, one per (fuel metering, NaN canonicalisation) pair, made on first use; each module
+ * Up to eight engines exist, one per (fuel metering, NaN canonicalisation, epoch interruption) choice, made on
+ * first use (epoch checks only for jobs with a wall-clock limit: they cost up to 1.7x on call-heavy code); each module
  * keeps its compiled code per engine (phase_module.jit), compiled once and shared by every later job.
  * Parallel compilation is off: a fork server compiles before it forks, and threads do not survive fork().
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,18 +38,20 @@ static struct {
 static pthread_mutex_t state_lock = PTHREAD_MUTEX_INITIALIZER;
 static int loaded;                          /* 1 once every symbol resolved */
 static char load_error[256] = "the compiling engine is not loaded (pip install 'pyphase[jit]')";
-static wasm_engine_t *engines[4];           /* index: metered | canonical_nans << 1 */
-static wasmtime_linker_t *linkers[4];
+#define PW_ENGINES PHASE_WASMTIME_CONFIGS
+static wasm_engine_t *engines[PW_ENGINES];  /* index: metered | canonical_nans << 1 | epoch << 2 */
+static wasmtime_linker_t *linkers[PW_ENGINES];
 static int ticker_started;
 static int ticker_enabled = 1;
+static int compiling_allowed = 1;
 static unsigned active_jobs;
 static pthread_cond_t ticker_wake = PTHREAD_COND_INITIALIZER;
 
 /* Compiled code of one module, per engine. */
 struct phase_jit_cache {
     pthread_mutex_t lock;
-    wasmtime_module_t *compiled[4];
-    uint64_t compile_us[4];
+    wasmtime_module_t *compiled[PW_ENGINES];
+    uint64_t compile_us[PW_ENGINES];
 };
 
 static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -122,13 +126,36 @@ void phase_wasmtime_set_ticker(int enabled)
     pthread_mutex_unlock(&state_lock);
 }
 
+void phase_wasmtime_set_compiling(int allowed)
+{
+    pthread_mutex_lock(&state_lock);
+    compiling_allowed = allowed;
+    pthread_mutex_unlock(&state_lock);
+}
+
 void phase_wasmtime_tick(void)
 {
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < PW_ENGINES; i++) {
         wasm_engine_t *e = __atomic_load_n(&engines[i], __ATOMIC_ACQUIRE);
         if (e)
             api.wasmtime_engine_increment_epoch(e);
     }
+}
+
+static void tick_on_signal(int sig)
+{
+    (void) sig;
+    phase_wasmtime_tick();   /* atomic increments only: async-signal-safe */
+}
+
+int phase_wasmtime_tick_on(int signum)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = tick_on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(signum, &sa, NULL);
 }
 
 /* ---- engines and the WASI linker ------------------------------------------------------------------------ */
@@ -253,10 +280,17 @@ static wasm_engine_t *engine_for(int index, char *err, size_t errlen)
     if (!engines[index]) {
         wasm_config_t *config = api.wasm_config_new();
         api.wasmtime_config_consume_fuel_set(config, index & 1);
-        api.wasmtime_config_epoch_interruption_set(config, 1);
+        /* Epoch checks at every function entry and loop head cost up to 1.7x on call-heavy code: only engines for
+         * jobs with a wall-clock limit have them (nothing else interrupts a job that runs in process). */
+        api.wasmtime_config_epoch_interruption_set(config, (index >> 2) & 1);
         api.wasmtime_config_max_wasm_stack_set(config, PHASE_WASMTIME_STACK);
         api.wasmtime_config_parallel_compilation_set(config, 0);
         api.wasmtime_config_cranelift_nan_canonicalization_set(config, (index >> 1) & 1);
+        api.wasmtime_config_memory_reservation_set(config, PHASE_WASMTIME_RESERVATION);
+        api.wasmtime_config_memory_guard_size_set(config, PHASE_WASMTIME_GUARD);
+        /* Data segments are copied at instantiation, as on wasm3: copy-on-write images would need a memfd made
+         * on a module's first instantiation, which a sandbox worker may not create (nor keep: it closes fds). */
+        api.wasmtime_config_memory_init_cow_set(config, 0);
         wasm_engine_t *engine = api.wasm_engine_new_with_config(config);
         wasmtime_linker_t *linker = engine ? api.wasmtime_linker_new(engine) : NULL;
         if (!engine || !linker) {
@@ -320,6 +354,12 @@ static wasmtime_module_t *compiled_for(phase_module *pm, int index, uint64_t *co
         return NULL;
     }
     pthread_mutex_lock(&c->lock);
+    if (!c->compiled[index] && !__atomic_load_n(&compiling_allowed, __ATOMIC_RELAXED)) {
+        errf(err, errlen, "the module's compiled code is not here (a sandbox worker runs only code its fork server "
+                          "compiled)");
+        pthread_mutex_unlock(&c->lock);
+        return NULL;
+    }
     if (!c->compiled[index]) {
         uint64_t t0 = phase_now_ns();
         wasmtime_module_t *m = NULL;
@@ -343,7 +383,7 @@ static wasmtime_module_t *compiled_for(phase_module *pm, int index, uint64_t *co
 
 static int engine_index(const phase_limits *limits, int deterministic)
 {
-    return (limits->fuel != 0) | ((deterministic != 0) << 1);
+    return (limits->fuel != 0) | ((deterministic != 0) << 1) | ((limits->timeout_ms != 0) << 2);
 }
 
 int phase_wasmtime_compile(phase_module *pm, const phase_limits *limits, int deterministic, uint64_t *compile_us,
@@ -420,7 +460,7 @@ void phase_wasmtime_module_free(phase_module *pm)
     struct phase_jit_cache *c = pm->jit;
     if (!c)
         return;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < PW_ENGINES; i++)
         if (c->compiled[i])
             api.wasmtime_module_delete(c->compiled[i]);
     pthread_mutex_destroy(&c->lock);
@@ -532,6 +572,8 @@ void phase_wasmtime_run(phase_job *job, phase_job_classify classify)
     uint64_t compile_us = 0;
     wasmtime_module_t *module = compiled_for(pm, index, &compile_us, buf, sizeof buf);
     res->compile_us = compile_us;
+    if (compile_us)
+        job->start_ns = phase_now_ns(); /* wall_us and the deadline count the run, not the compile (compile_us) */
     if (!module) {
         res->status = loaded ? PHASE_INVALID_MODULE : PHASE_REJECTED;
         snprintf(res->message, sizeof res->message, "%s", buf);
@@ -559,12 +601,16 @@ void phase_wasmtime_run(phase_job *job, phase_job_classify classify)
     }
     if (spec->limits.timeout_ms)
         job->deadline_ns = job->start_ns + spec->limits.timeout_ms * 1000000ull;
-    api.wasmtime_store_epoch_deadline_callback(store, on_epoch, job, NULL);
-    api.wasmtime_context_set_epoch_deadline(ctx, 1);
+    int epoch = (index >> 2) & 1;
+    if (epoch) {
+        api.wasmtime_store_epoch_deadline_callback(store, on_epoch, job, NULL);
+        api.wasmtime_context_set_epoch_deadline(ctx, 1);
+    }
 
     phase_job *outer = current_job;
     current_job = job;
-    job_begin();
+    if (epoch)
+        job_begin();
     pw_instance inst;
     wasm_trap_t *trap = NULL;
     wasmtime_error_t *error = api.wasmtime_linker_instantiate(linkers[index], ctx, module, &inst, &trap);
@@ -623,7 +669,8 @@ void phase_wasmtime_run(phase_job *job, phase_job_classify classify)
     }
     classify(job, r, returned);
 done:
-    job_end();
+    if (epoch)
+        job_end();
     current_job = outer;
     job->fuel_handed = fuel_consumed(job, &st);
     res->fuel_used = job->fuel_handed;

@@ -9,6 +9,13 @@
 #define PHASE_WASMTIME_STACK (1u << 20)
 /* How often the ticker advances the epoch while jobs run: how late a timeout may be noticed. */
 #define PHASE_EPOCH_TICK_MS 2
+/* Engine configurations (compiled code is per configuration): fuel metering | canonical NaNs << 1 | epoch
+ * interruption (a job with a wall-clock limit) << 2; pyphase.compiled.configuration is the Python side. */
+#define PHASE_WASMTIME_CONFIGS 8
+/* Address space each linear memory reserves on the compiling engine (PROT_NONE until the store limiter lets it
+ * grow), and the guard regions before and after it: a sandbox worker's RLIMIT_AS makes room for them. */
+#define PHASE_WASMTIME_RESERVATION (4ull << 30)
+#define PHASE_WASMTIME_GUARD (32ull << 20)
 
 struct phase_job;
 typedef void (*phase_job_classify)(struct phase_job *job, const char *r, int32_t returned);

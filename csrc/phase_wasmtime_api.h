@@ -78,6 +78,9 @@ typedef wasmtime_error_t *(*pw_deadline_callback)(wasmtime_context_t *context, v
     X(void, wasmtime_config_max_wasm_stack_set, (wasm_config_t *, size_t)) \
     X(void, wasmtime_config_parallel_compilation_set, (wasm_config_t *, bool)) \
     X(void, wasmtime_config_cranelift_nan_canonicalization_set, (wasm_config_t *, bool)) \
+    X(void, wasmtime_config_memory_reservation_set, (wasm_config_t *, uint64_t)) \
+    X(void, wasmtime_config_memory_guard_size_set, (wasm_config_t *, uint64_t)) \
+    X(void, wasmtime_config_memory_init_cow_set, (wasm_config_t *, bool)) \
     X(void, wasmtime_engine_increment_epoch, (wasm_engine_t *)) \
     X(wasmtime_error_t *, wasmtime_module_new, (wasm_engine_t *, const uint8_t *, size_t, wasmtime_module_t **)) \
     X(void, wasmtime_module_delete, (wasmtime_module_t *)) \

@@ -19,8 +19,10 @@ extern "C" {
 __attribute__((visibility("default"))) int phase_sandbox_server_main(int argc, char **argv);
 
 /* Install the worker's seccomp filter in the calling thread (after PR_SET_NO_NEW_PRIVS). allow_fs: also the
- * file system's calls (only where Landlock confines them). 0 or -1/errno. */
-int phase_sandbox_seccomp_install(int allow_fs);
+ * file system's calls (only where Landlock confines them); allow_timer: setitimer(ITIMER_REAL), the compiling
+ * engine's epoch timer, and rt_sigaction on the four fault signals (only in workers of a fork server that runs
+ * it). 0 or -1/errno. */
+int phase_sandbox_seccomp_install(int allow_fs, int allow_timer);
 
 /* The kernel's Landlock ABI version, 0 if it has none. */
 int phase_sandbox_landlock_abi(void);
@@ -66,6 +68,19 @@ typedef struct phase_sandbox_slot {
     uint64_t t_go_ns, t_ready_ns, t_woke_ns, t_confined_ns, t_ran_ns, t_done_ns;
 } phase_sandbox_slot;
 
+/* A job's stop request, shared by the thread that runs the job and one that may stop it (Sandbox.stop). Before
+ * each "go", phase_sandbox_slot_run stores the generation of the worker it is about to give the job in ``gen``,
+ * then loads ``stopped``; phase_sandbox_stop_request stores ``stopped``, then loads ``gen`` for the caller to
+ * have that worker killed. Both sequentially consistent, so either the run sees the stop and sends no "go", or
+ * the stopper sees the generation of the worker that gets it: a stopped job never runs to completion. */
+typedef struct phase_sandbox_stop {
+    int stopped;
+    uint32_t gen;             /* 0: no worker chosen yet */
+} phase_sandbox_stop;
+
+/* Mark the job stopped; the generation of the worker it was last given (0: none), to be killed. Any thread. */
+uint32_t phase_sandbox_stop_request(phase_sandbox_stop *stop);
+
 typedef struct phase_sandbox_job {
     const uint8_t *module_hash;           /* 32 bytes */
     const uint8_t *module;                /* NULL: the worker must have it cached */
@@ -89,6 +104,9 @@ typedef struct phase_sandbox_job {
     phase_output_sink output_sink;        /* the worker's output as it writes (at most limits.output_bytes); NULL:
                                            * only in the result. A nonzero return stops further delivery. */
     void *output_ctx;
+    phase_sandbox_stop *stop;             /* NULL: the job cannot be stopped */
+    phase_engine engine;                  /* wasmtime: the fork server must have compiled the module (see
+                                           * phase_sandbox_slot_run's 3) */
 } phase_sandbox_job;
 
 /* Bytes of shared memory a job needs (payloads + room for output); compare with slot->shm_bytes. */
@@ -108,7 +126,10 @@ int phase_sandbox_slot_poll(phase_sandbox_slot *slot);
 
 /* Run a job on the slot's worker. Returns 0 with result filled (status tells how it ended, incl.
  * crashed/timeout/memory_limit when the worker died); 1 if the worker lacks the module (call again with
- * the bytes; the same worker waits); -1 if the sandbox itself failed (fork server gone), with a message. */
+ * the bytes; the same worker waits); 2 if the job's stop was requested before its worker got "go" (no worker ran
+ * it), with a message; 3 if the job is a wasmtime job whose module the fork server has not compiled (the worker
+ * validated the bytes and exited: have the server compile it, then call again); -1 if the sandbox itself failed
+ * (fork server gone), with a message. */
 int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *job, phase_result *result,
                            char *err, size_t errlen);
 

@@ -297,6 +297,7 @@ static void write_request(phase_sandbox_slot *slot, const phase_sandbox_job *job
     req->module_off = pos;
     req->module_inline = job->module != NULL;
     req->stream_output = job->output_sink != NULL;
+    req->engine = (uint32_t) job->engine;
     req->module_len = job->module ? job->module_len : 0;
     if (req->module_len)
         memcpy(slot->shm + pos, job->module, req->module_len);
@@ -469,6 +470,36 @@ static int wait_exited(phase_sandbox_slot *slot, char *err, size_t errlen)
     return 0;
 }
 
+uint32_t phase_sandbox_stop_request(phase_sandbox_stop *stop)
+{
+    __atomic_store_n(&stop->stopped, 1, __ATOMIC_SEQ_CST);
+    return __atomic_load_n(&stop->gen, __ATOMIC_SEQ_CST);
+}
+
+/* Publish the generation of the worker the job is about to get, then see whether its stop was requested (see
+ * phase_sandbox_stop). Stopped: the worker kept waiting for this job's module (reuse) is killed, never given
+ * another job; a spare stays for the next one. 1 when stopped (no "go" may be sent), else 0. */
+static int stopped_before_go(phase_sandbox_slot *slot, const phase_sandbox_job *job, char *err, size_t errlen)
+{
+    if (!job->stop)
+        return 0;
+    uint32_t gen = slot->reuse ? slot->gen : slot->spares[0].gen;
+    __atomic_store_n(&job->stop->gen, gen, __ATOMIC_SEQ_CST);
+    if (!__atomic_load_n(&job->stop->stopped, __ATOMIC_SEQ_CST))
+        return 0;
+    if (slot->reuse) {
+        sandbox_msg kill_msg = {.type = SANDBOX_MSG_KILL, .gen = slot->gen};
+        (void) send(slot->sock, &kill_msg, sizeof kill_msg, MSG_NOSIGNAL);   /* server gone: the next job says so */
+        close(slot->chan);
+        slot->chan = -1;
+        slot->reuse = 0;
+        slot->awaiting_exit = 1;   /* the next job waits for its EXITED */
+        note_next(slot);
+    }
+    errf(err, errlen, "the job was stopped before it started");
+    return 1;
+}
+
 /* "go": one byte, with the job's preopened directories attached (SCM_RIGHTS) when it has any. */
 static ssize_t send_go(int chan, const phase_sandbox_job *job)
 {
@@ -496,6 +527,8 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
     for (unsigned attempt = 0;; attempt++) {
         if (phase_sandbox_slot_ready(slot, 30000, err, errlen) != 0)
             return -1;
+        if (stopped_before_go(slot, job, err, errlen))
+            return 2;
         take_worker(slot);
         write_request(slot, job);
         /* From "go" on, the worker is responsible for this job until it says "done" or dies. */
@@ -608,6 +641,8 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
         slot->chan = -1;
         slot->awaiting_exit = 0;
         note_next(slot);
+        if (hdr->response.uncompiled && hdr->response.seq == slot->seq && job->engine == PHASE_ENGINE_WASMTIME)
+            return 3;
         if (copy_response(slot, job, res) != 0) {
             phase_result_clear(res);
             errf(err, errlen, "out of memory copying a job's output");

@@ -25,7 +25,7 @@
 #include "sandbox.h"
 
 #define SANDBOX_MAGIC 0x50485342u         /* "PHSB" */
-#define SANDBOX_VERSION 3u
+#define SANDBOX_VERSION 4u
 #define SANDBOX_HEADER_BYTES 4096u        /* request + response headers; payloads follow */
 #define SANDBOX_MIN_SHM_BYTES (1u << 20)
 /* Buffers (memfd + pre-forked worker) per slot at most: the slot's next job takes a ready one while the
@@ -66,6 +66,8 @@ enum sandbox_test_action {
                                            * RESOLVE_BENEATH: reports each errno (Landlock must refuse outside) */
     SANDBOX_TEST_WRITE_PAST = 10,         /* a worker that broke out of wasm3 writes one file past the quota's
                                            * disk_bytes itself (RLIMIT_FSIZE must stop it) */
+    SANDBOX_TEST_TIMER = 11,              /* setitimer(ITIMER_REAL, 100 s), then the job: allowed only in workers a
+                                           * fork server forked after setting up the compiling engine (epoch timer) */
 };
 
 typedef struct sandbox_request {          /* written by the parent before "go" */
@@ -86,6 +88,8 @@ typedef struct sandbox_request {          /* written by the parent before "go" *
     uint32_t test_action;
     uint8_t seed[32];
     uint64_t out_off, out_cap;            /* where the worker may write stdout then stderr */
+    uint32_t engine;                      /* phase_engine: wasmtime runs only code the fork server compiled */
+    uint32_t reserved;
 } sandbox_request;
 
 typedef struct sandbox_response {         /* written by the worker before "done"; untrusted */
@@ -96,6 +100,9 @@ typedef struct sandbox_response {         /* written by the worker before "done"
     uint32_t oom;                         /* 1: the worker ran out of address space (RLIMIT_AS) */
     uint32_t fs_unavailable;              /* phase_result.fs_unavailable */
     uint32_t fs_limit;                    /* phase_result.fs_limit */
+    uint32_t uncompiled;                  /* 1: a wasmtime job whose code the fork server has not compiled (the
+                                           * worker validated the bytes it was given, and exits) */
+    uint32_t reserved;
     char message[PHASE_MESSAGE_BYTES];
     uint64_t out_len, err_len;            /* at request.out_off: stdout then stderr */
     uint64_t fuel_used, wall_us, memory_peak_bytes;
@@ -124,7 +131,8 @@ enum sandbox_msg_type {
                                 * EXITED of the buffer's previous worker */
     SANDBOX_MSG_EXITED = 2,    /* server -> parent, slot socket: the worker of generation gen is reaped */
     SANDBOX_MSG_KILL = 3,      /* parent -> server, slot socket: SIGKILL the worker of generation gen */
-    SANDBOX_MSG_ADD = 4,       /* parent -> server, main socket: validate and cache a module (bytes follow) */
+    SANDBOX_MSG_ADD = 4,       /* parent -> server, main socket: validate and cache a module (bytes follow); with
+                                * compile, also compile it for the compiling engine's configuration compile - 1 */
 };
 
 typedef struct sandbox_msg {
@@ -137,7 +145,7 @@ typedef struct sandbox_msg {
     int64_t maxrss_kb;         /* EXITED: the worker's peak resident size */
     int64_t cpu_us;            /* EXITED: user + system CPU time */
     uint32_t buffer;           /* READY/EXITED: the worker's buffer within the slot */
-    uint32_t reserved;
+    uint32_t compile;          /* ADD: 0, or 1 + the engine index (fuel metering | NaN canonicalisation << 1) */
 } sandbox_msg;
 
 /* ---- descriptors over a unix socket (SCM_RIGHTS) ------------------------------------------ */

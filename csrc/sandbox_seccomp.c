@@ -9,6 +9,12 @@
  * on its channel, and the *at calls of phase_wasi_fs.c; the only open is openat2, which the WASI layer always
  * calls with RESOLVE_BENEATH, and Landlock (phase_sandbox_landlock, applied before the job) bounds what any
  * path may reach to the job's directories, so a worker that broke out of wasm3 cannot name anything else.
+ * With the compiling engine (a fork server started with --wasmtime): setitimer(ITIMER_REAL) too, the epoch timer
+ * that ends a job at its deadline, and rt_sigaction on SIGSEGV/SIGBUS/SIGILL/SIGFPE only (wasmtime's handler
+ * restores the default action for a fault outside wasm code). Nothing else: the code was compiled and mapped
+ * executable in the fork server
+ * before the fork, its signal handlers and trap state set up there, so a worker still never maps anything
+ * executable (the PROT_EXEC rule below holds for it as for wasm3) and never starts a thread.
  * The filter goes on before the worker waits for its job (compiling it costs ~100 us).
  * Anything else kills the whole worker with SIGSYS, which the parent reports as `crashed`.
  */
@@ -28,6 +34,8 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <signal.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "sandbox.h"
@@ -90,7 +98,7 @@ static const unsigned fs_calls[] = {
     __NR_landlock_restrict_self,
 };
 
-int phase_sandbox_seccomp_install(int allow_fs)
+int phase_sandbox_seccomp_install(int allow_fs, int allow_timer)
 {
     filter f;
     f.n = 0;
@@ -121,6 +129,15 @@ int phase_sandbox_seccomp_install(int allow_fs)
      * capabilities (dropped before) a process can only lower its own limits, never raise them. */
     static const uint32_t self[] = {0};
     allow_nr_if_arg(&f, __NR_prlimit64, 0, self, 1);
+    if (allow_timer) {
+        /* the epoch timer: only ITIMER_REAL, which signals the worker itself */
+        static const uint32_t real[] = {ITIMER_REAL};
+        allow_nr_if_arg(&f, __NR_setitimer, 0, real, 1);
+        /* wasmtime's fault handler, on a fault outside wasm code (a crash), restores the default action before
+         * the fault repeats: only for the four fault signals, so the worker dies of its real signal */
+        static const uint32_t faults[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE};
+        allow_nr_if_arg(&f, __NR_rt_sigaction, 0, faults, 4);
+    }
     if (allow_fs) {
         /* "go" arrives on the worker's channel (fd 3) with the job's directories attached */
         static const uint32_t channel[] = {3};

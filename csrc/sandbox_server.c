@@ -8,6 +8,11 @@
  * that one), confines itself (capabilities, no_new_privs, seccomp), waits for "go", sets the job's
  * rlimits, runs it, writes the result into the shared memory, says "done" and exits. The server reaps
  * it, tells the parent how it ended, and forks the buffer's next one.
+ *
+ * With --wasmtime PATH the server also runs the compiling engine's jobs: it loads wasmtime's C API, compiles a
+ * cached module when the parent's ADD asks (here, single-threaded, before any later fork: workers inherit the
+ * code copy-on-write), and its workers never compile (phase_wasmtime_set_compiling(0)); they advance the epoch
+ * from a SIGALRM timer instead of a ticker thread. See docs/SANDBOX.md, "Engines".
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,10 +32,12 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "phase_wasmtime.h"
 #include "sandbox.h"
 #include "sandbox_proto.h"
 
@@ -42,6 +49,9 @@
  * wasm3's compiled code and runtime structures, the native stack, libc. */
 #define WORKER_AS_SLACK (96ull << 20)
 #define WORKER_STACK_BYTES (8ull << 20)
+/* A compiling-engine job's address space beyond that: its linear memory's reservation and guards (PROT_NONE
+ * until the store limiter lets it grow) and wasmtime's own runtime structures. */
+#define WORKER_WASMTIME_AS (PHASE_WASMTIME_RESERVATION + 2 * PHASE_WASMTIME_GUARD + (64ull << 20))
 
 typedef struct srv_slot {
     int sock;
@@ -72,6 +82,15 @@ static size_t cache_cost[CACHE_MAX];   /* memory each cached module really holds
 static unsigned cache_count;
 static size_t cache_bytes;
 static uint64_t cache_seq;          /* ADD messages processed (accepted or not) */
+/* The compiling engine (--wasmtime): per cached module, the engine configurations whose compile failed and why. */
+static int wasmtime_on;            /* the library is loaded (--wasmtime) */
+/* Set up on the first compile, not at start (an idle node keeps the ~12 MiB wasmtime's compiler touches):
+ * 1 once the warm-up ran, so workers forked from then on get the epoch timer in their filter; jit_failure says why
+ * it could not be (e.g. MemoryDenyWriteExecute), and every compiling-engine job is then refused with it. */
+static int jit_ready;
+static char jit_failure[200];
+static uint8_t cache_failed[CACHE_MAX];
+static char cache_failure[CACHE_MAX][160];
 /* The kernel's Landlock ABI (0: none). Without it workers get no file system calls at all and a job with
  * directories is refused, since nothing else would bound the paths a worker that broke out of wasm3 could name. */
 static int landlock_abi;
@@ -88,12 +107,18 @@ static void fatal(const char *what)
 __attribute__((weak)) int phase_module_prepare(phase_module *module, const phase_limits *limits, char *err,
                                                size_t errlen);
 
-static phase_module *cache_find(const uint8_t *hash)
+static int cache_index(const uint8_t *hash)
 {
     for (unsigned i = 0; i < cache_count; i++)
         if (memcmp(cache[i]->hash, hash, PHASE_SHA256_BYTES) == 0)
-            return cache[i];
-    return NULL;
+            return (int) i;
+    return -1;
+}
+
+static phase_module *cache_find(const uint8_t *hash)
+{
+    int i = cache_index(hash);
+    return i < 0 ? NULL : cache[i];
 }
 
 /* This process's resident memory in bytes (0 if /proc cannot tell). */
@@ -125,13 +150,75 @@ static size_t grew(size_t before, size_t after)
     return after > before ? after - before : 0;
 }
 
-static void cache_add(const uint8_t *bytes, size_t len)
+/* Threads of this process (0 if /proc cannot tell): the server must stay at one to fork safely. */
+static int thread_count(void)
+{
+    char line[128];
+    int n = 0;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "Threads: %d", &n) == 1)
+            break;
+    fclose(f);
+    return n;
+}
+
+static void check_single_threaded(const char *after)
+{
+    if (thread_count() > 1) {
+        fprintf(stderr, "phase-sandboxd: %s started a thread; forking workers would be unsafe\n", after);
+        _exit(2);
+    }
+}
+
+/* The limits and mode of a job on the compiling engine's configuration index (fuel metering | NaNs << 1). */
+static void limits_for_engine_index(unsigned index, phase_limits *lim, int *deterministic)
+{
+    phase_limits_default(lim);
+    lim->fuel = index & 1;
+    *deterministic = (int) (index >> 1) & 1;
+    if (!((index >> 2) & 1))
+        lim->timeout_ms = 0;   /* no epoch checks: a job without a wall-clock limit */
+}
+
+/* Compile cached module i for configuration index, here in the single-threaded server (parallel compilation is
+ * off), so every worker forked later inherits the code. Its memory counts toward the cache's cap. */
+static int jit_set_up(void);
+
+static void cache_compile(unsigned i, uint32_t compile)
+{
+    if (!wasmtime_on || compile == 0 || compile > PHASE_WASMTIME_CONFIGS || !jit_set_up())
+        return;
+    unsigned index = compile - 1;
+    phase_limits lim;
+    int det;
+    limits_for_engine_index(index, &lim, &det);
+    if ((cache_failed[i] >> index) & 1 || phase_wasmtime_is_compiled(cache[i], &lim, det))
+        return;
+    size_t resident_before = resident_bytes(), malloc_before = malloc_bytes();
+    char err[160];
+    if (phase_wasmtime_compile(cache[i], &lim, det, NULL, err, sizeof err) != 0) {
+        cache_failed[i] |= (uint8_t) (1u << index);
+        snprintf(cache_failure[i], sizeof cache_failure[i], "%s", err);
+    }
+    check_single_threaded("compiling");
+    size_t cost = grew(malloc_before, malloc_bytes()) + grew(resident_before, resident_bytes());
+    cache_cost[i] += cost;
+    cache_bytes += cost;
+}
+
+static void cache_add(const uint8_t *bytes, size_t len, uint32_t compile)
 {
     char err[256];
     uint8_t hash[PHASE_SHA256_BYTES];
     phase_sha256(bytes, len, hash);
-    if (cache_find(hash))
+    int found = cache_index(hash);
+    if (found >= 0) {
+        cache_compile((unsigned) found, compile);
         return;
+    }
     size_t resident_before = resident_bytes(), malloc_before = malloc_bytes();
     phase_module *m = phase_module_new(bytes, len, err, sizeof err);
     if (!m)
@@ -153,11 +240,15 @@ static void cache_add(const uint8_t *bytes, size_t len)
         phase_module_free(cache[0]);
         memmove(cache, cache + 1, (cache_count - 1) * sizeof cache[0]);
         memmove(cache_cost, cache_cost + 1, (cache_count - 1) * sizeof cache_cost[0]);
+        memmove(cache_failed, cache_failed + 1, (cache_count - 1) * sizeof cache_failed[0]);
+        memmove(cache_failure, cache_failure + 1, (cache_count - 1) * sizeof cache_failure[0]);
         cache_count--;
     }
     cache[cache_count] = m;
+    cache_failed[cache_count] = 0;
     cache_cost[cache_count++] = cost;
     cache_bytes += cost;
+    cache_compile(cache_count - 1, compile);
 }
 
 
@@ -195,7 +286,7 @@ static int confine_early(void)
     memset(data, 0, sizeof data);
     if (syscall(SYS_capset, &head, data) != 0)
         return -1;
-    return phase_sandbox_seccomp_install(landlock_abi > 0);
+    return phase_sandbox_seccomp_install(landlock_abi > 0, jit_ready);
 }
 
 /* The job's rlimits, set through the filter's one allowed prlimit64 (pid 0). */
@@ -204,6 +295,8 @@ static int confine(const sandbox_request *req, uint64_t base_vm, size_t module_l
     uint64_t as = base_vm + WORKER_AS_SLACK + WORKER_STACK_BYTES + req->limits.memory_bytes
                   + 2 * req->limits.output_bytes + 16 * req->module_len + 2 * (uint64_t) req->limits.stack_bytes
                   + phase_compile_stack_bound(module_len);
+    if (req->engine == PHASE_ENGINE_WASMTIME)
+        as += WORKER_WASMTIME_AS;
     /* Descriptors: the channel, the directories received, the job's own copies of them and its table. Files
      * may grow only where the job was given a writable directory, and with a quota to its disk_bytes at most (a
      * backstop: the WASI layer refuses before that). */
@@ -284,6 +377,11 @@ static void test_action(uint32_t action)
     case SANDBOX_TEST_EXEC_MMAP:
         (void) mmap(NULL, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         break;
+    case SANDBOX_TEST_TIMER: {
+        struct itimerval later = {.it_interval = {0, 0}, .it_value = {100, 0}};
+        (void) setitimer(ITIMER_REAL, &later, NULL);
+        break;
+    }
     default:
         break;
     }
@@ -353,6 +451,9 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             _exit(SANDBOX_EXIT_IDLE);
         }
         const phase_module *module = NULL;
+        int jit = req.engine == PHASE_ENGINE_WASMTIME;
+        if (jit && req.module_inline)
+            module = cache_find(req.module_hash);   /* compiled here already: the bytes need no validation */
         if (!req.module_inline) {
             module = cache_find(req.module_hash);
             if (!module) {
@@ -490,6 +591,27 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             }
             module = own;
         }
+        if (jit) {
+            int ci = own ? -1 : cache_index(module->hash);
+            unsigned index = (req.limits.fuel != 0) | ((req.deterministic != 0) << 1);
+            if (!wasmtime_on || jit_failure[0]) {
+                respond_message(resp, PHASE_REJECTED,
+                                jit_failure[0] ? jit_failure : "this sandbox was started without the compiling engine");
+                say_done(resp);
+                _exit(0);
+            }
+            if (ci >= 0 && ((cache_failed[ci] >> index) & 1)) {
+                respond_message(resp, PHASE_INVALID_MODULE, cache_failure[ci]);
+                say_done(resp);
+                _exit(0);
+            }
+            if (!phase_wasmtime_is_compiled((phase_module *) module, &req.limits, req.deterministic)) {
+                /* Valid, but no code: the parent has the server compile it and sends the job to a later worker. */
+                resp->uncompiled = 1;
+                say_done(resp);
+                _exit(0);
+            }
+        }
         const char *entry, **argv, **envp, **guests;
         if (split_strings((const char *) shm + req.strings_off, req.strings_len, req.argc, req.envc, req.npreopens,
                           &entry, &argv, &envp, &guests) != 0) {
@@ -521,6 +643,18 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
         spec.quota = req.quota;
         if (req.stream_output)
             spec.output_sink = send_chunks;
+        if (jit) {
+            spec.engine = PHASE_ENGINE_WASMTIME;
+            /* The epoch ticks from SIGALRM (phase_wasmtime_tick_on): first at the deadline, then every tick until the job's
+             * deadline callback sees it has passed. No tick before: a job that ends in time never sees a signal. */
+            uint64_t t = req.limits.timeout_ms;
+            struct itimerval it = {
+                .it_interval = {.tv_sec = 0, .tv_usec = PHASE_EPOCH_TICK_MS * 1000},
+                .it_value = {.tv_sec = (time_t) (t / 1000), .tv_usec = (suseconds_t) (t % 1000) * 1000},
+            };
+            if (t && setitimer(ITIMER_REAL, &it, NULL) != 0)
+                _exit(SANDBOX_EXIT_SETUP);
+        }
         phase_result res;
         int rc = phase_job_run(&spec, &res);
         resp->t_ran_ns = phase_now_ns();
@@ -565,6 +699,8 @@ static void worker_main(unsigned index, int chan)
     signal(SIGPIPE, SIG_DFL);
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != server_pid)
         _exit(SANDBOX_EXIT_SETUP);
+    if (wasmtime_on)
+        phase_wasmtime_set_compiling(0);
     /* Other buffers' shared memory holds other jobs: unmap it. */
     for (unsigned j = 0; j < nbuffers; j++)
         if (j != index)
@@ -702,7 +838,7 @@ static void handle_main(void)
         shutdown_all(2);
     if (read_full(main_sock, bytes, len) != 0)
         shutdown_all(0);
-    cache_add(bytes, len);
+    cache_add(bytes, len, msg.compile);
     free(bytes);
     cache_seq++;
     note_vm_size();
@@ -727,18 +863,19 @@ static void handle_slot(unsigned index)
 /* A job the server runs itself once, before forking: a trusted constant module. It makes the core
  * cache what it learns once per thread (the native stack bounds, via /proc/self/maps) so that no
  * worker needs /proc after its seccomp filter is on. */
+static const uint8_t warm_up_module[] = {
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,             /* \0asm, version 1 */
+    0x01, 0x04, 0x01, 0x60, 0x00, 0x00,                         /* type: () -> () */
+    0x03, 0x02, 0x01, 0x00,                                     /* one function */
+    0x05, 0x03, 0x01, 0x00, 0x01,                               /* memory 1 */
+    0x07, 0x0a, 0x01, 0x06, '_', 's', 't', 'a', 'r', 't', 0x00, 0x00,
+    0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b,                         /* body: end */
+};
+
 static void warm_up(void)
 {
-    static const uint8_t tiny[] = {
-        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,             /* \0asm, version 1 */
-        0x01, 0x04, 0x01, 0x60, 0x00, 0x00,                         /* type: () -> () */
-        0x03, 0x02, 0x01, 0x00,                                     /* one function */
-        0x05, 0x03, 0x01, 0x00, 0x01,                               /* memory 1 */
-        0x07, 0x0a, 0x01, 0x06, '_', 's', 't', 'a', 'r', 't', 0x00, 0x00,
-        0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b,                         /* body: end */
-    };
     char err[256];
-    phase_module *m = phase_module_new(tiny, sizeof tiny, err, sizeof err);
+    phase_module *m = phase_module_new(warm_up_module, sizeof warm_up_module, err, sizeof err);
     if (!m) {
         fprintf(stderr, "phase-sandboxd: warm-up module rejected: %s\n", err);
         _exit(2);
@@ -753,6 +890,34 @@ static void warm_up(void)
     phase_module_free(m);
 }
 
+/* The compiling engine's warm-up, once, before its first compile: the tiny module on wasmtime sets up its engine,
+ * its signal handlers and this thread's trap state here, so workers inherit them (no sigaltstack or sigaction
+ * after their filter is on). 1 when ready; 0 with jit_failure set when it cannot be. */
+static int jit_set_up(void)
+{
+    if (jit_ready || jit_failure[0])
+        return jit_ready;
+    char err[256];
+    phase_module *m = phase_module_new(warm_up_module, sizeof warm_up_module, err, sizeof err);
+    phase_job_spec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.module = m;
+    spec.engine = PHASE_ENGINE_WASMTIME;
+    phase_limits_default(&spec.limits);
+    phase_result res;
+    phase_job_run(&spec, &res);
+    if (res.status == PHASE_OK)
+        jit_ready = 1;
+    else
+        snprintf(jit_failure, sizeof jit_failure, "the compiling engine cannot run in this sandbox: %.150s",
+                 res.message);
+    phase_result_clear(&res);
+    phase_module_free(m);
+    check_single_threaded("the compiling engine");
+    return jit_ready;
+}
+
+
 static int parse_fd(const char *s, char **end)
 {
     long v = strtol(s, end, 10);
@@ -761,11 +926,14 @@ static int parse_fd(const char *s, char **end)
 
 int phase_sandbox_server_main(int argc, char **argv)
 {
+    const char *wasmtime_path = NULL;
     server_pid = getpid();
     for (int i = 1; i < argc; i++) {
         char *end;
         if (strcmp(argv[i], "--main") == 0 && i + 1 < argc) {
             main_sock = parse_fd(argv[++i], &end);
+        } else if (strcmp(argv[i], "--wasmtime") == 0 && i + 1 < argc) {
+            wasmtime_path = argv[++i];
         } else if (strcmp(argv[i], "--slot") == 0 && i + 1 < argc && nslots < MAX_SLOTS) {
             /* --slot SOCK:SHM[,SHM...]: one memfd per buffer of the slot. */
             int sock = parse_fd(argv[++i], &end);
@@ -793,13 +961,13 @@ int phase_sandbox_server_main(int argc, char **argv)
             }
             slots[nslots++].sock = sock;
         } else {
-            fprintf(stderr, "usage: phase-sandboxd --main FD --slot SOCKFD:SHMFD[,SHMFD...] [--slot ...]\n");
+            fprintf(stderr, "usage: phase-sandboxd --main FD --slot SOCKFD:SHMFD[,SHMFD...] [--slot ...] [--wasmtime LIBRARY]\n");
             _exit(2);
         }
     }
     landlock_abi = phase_sandbox_landlock_abi();
     if (main_sock < 0 || nslots == 0) {
-        fprintf(stderr, "usage: phase-sandboxd --main FD --slot SOCKFD:SHMFD[,SHMFD...] [--slot ...]\n");
+        fprintf(stderr, "usage: phase-sandboxd --main FD --slot SOCKFD:SHMFD[,SHMFD...] [--slot ...] [--wasmtime LIBRARY]\n");
         _exit(2);
     }
     if (phase_crypto_init() != 0) {
@@ -811,6 +979,17 @@ int phase_sandbox_server_main(int argc, char **argv)
      * dynamic threshold would move them onto the heap after the warm-up job freed one.) */
     mallopt(M_MMAP_THRESHOLD, 64 << 10);
     signal(SIGPIPE, SIG_IGN);
+    if (wasmtime_path) {
+        char err[256];
+        if (phase_wasmtime_load(wasmtime_path, err, sizeof err) != 0) {
+            fprintf(stderr, "phase-sandboxd: %s\n", err);
+            _exit(2);
+        }
+        phase_wasmtime_set_ticker(0);
+        if (phase_wasmtime_tick_on(SIGALRM) != 0)   /* workers inherit it: their epoch timer */
+            fatal("sigaction");
+        wasmtime_on = 1;
+    }
     devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
     if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(devnull, 1) < 0)
         fatal("/dev/null");

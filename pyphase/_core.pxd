@@ -138,6 +138,15 @@ cdef extern from "phase_crypto.h" nogil:
     void phase_sha256(const void *buf, size_t len, uint8_t *out)
     int phase_ed25519_verify(const uint8_t *sig, const uint8_t *msg, size_t msg_len, const uint8_t *pk)
 
+cdef extern from "phase_splice.h" nogil:
+    ctypedef enum phase_splice_end:
+        PHASE_SPLICE_CLOSED
+        PHASE_SPLICE_BYTES
+        PHASE_SPLICE_TIME
+        PHASE_SPLICE_ERROR
+
+    phase_splice_end phase_splice(int a, int b, uint64_t max_bytes, int64_t timeout_ms, uint64_t *carried)
+
 cdef extern from "sandbox.h" nogil:
     int phase_sandbox_server_main(int argc, char **argv)
     int phase_sandbox_landlock_abi()
@@ -164,6 +173,12 @@ cdef extern from "sandbox.h" nogil:
         int64_t last_cpu_us
         uint64_t t_go_ns, t_ready_ns, t_woke_ns, t_confined_ns, t_ran_ns, t_done_ns
 
+    ctypedef struct phase_sandbox_stop:
+        int stopped
+        uint32_t gen
+
+    uint32_t phase_sandbox_stop_request(phase_sandbox_stop *stop)
+
     ctypedef struct phase_sandbox_job:
         const uint8_t *module_hash
         const uint8_t *module
@@ -186,6 +201,8 @@ cdef extern from "sandbox.h" nogil:
         uint32_t spin_us
         phase_output_sink output_sink
         void *output_ctx
+        phase_sandbox_stop *stop
+        phase_engine engine
 
     uint64_t phase_sandbox_job_shm_bytes(const phase_sandbox_job *job)
     int phase_sandbox_slot_open(phase_sandbox_slot *slot, int sock, const int *shm_fds, uint32_t depth, char *err,
@@ -211,6 +228,7 @@ cdef extern from "sandbox_proto.h" nogil:
         SANDBOX_TEST_OPEN_OUTSIDE
         SANDBOX_TEST_STREAM_FORGE
         SANDBOX_TEST_WRITE_PAST
+        SANDBOX_TEST_TIMER
         SANDBOX_MSG_ADD
         SANDBOX_MSG_KILL
 
@@ -222,6 +240,7 @@ cdef extern from "sandbox_proto.h" nogil:
         uint64_t cache_seq
         int64_t maxrss_kb
         int64_t cpu_us
+        uint32_t compile
 
 cdef extern from "phase_spec.h" nogil:
     ctypedef struct phase_spec_instance:
@@ -237,6 +256,7 @@ cdef extern from "phase_spec.h" nogil:
         const char *const *names
         phase_spec_instance *const *instances
         uint32_t count
+    phase_spec_status phase_spec_validate(const uint8_t *bytes, size_t len, char *err, size_t errlen)
     phase_spec_status phase_spec_instantiate(const uint8_t *bytes, size_t len, const phase_spec_registry *registry,
                                              uint32_t stack_bytes, phase_spec_instance **out, char *err,
                                              size_t errlen)

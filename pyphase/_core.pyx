@@ -4,9 +4,12 @@
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.errno cimport errno
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
 from pyphase._core cimport *
+
+import os
 
 from pyphase.errors import InvalidModule, PhaseError
 
@@ -218,3 +221,21 @@ def ed25519_verify(const uint8_t[::1] signature not None, const uint8_t[::1] mes
     with nogil:
         rc = phase_ed25519_verify(&signature[0], m, n, &public_key[0])
     return rc == 0
+
+
+SPLICE_ENDS = {PHASE_SPLICE_CLOSED: "closed", PHASE_SPLICE_BYTES: "bytes", PHASE_SPLICE_TIME: "time"}
+
+
+def splice(int a, int b, uint64_t max_bytes=0, double timeout=-1.0):
+    """Copy bytes between the connected sockets ``a`` and ``b`` (descriptors) both ways, with the GIL released,
+    until either end closes (``"closed"``; shutting a socket down is how another thread stops it), more than
+    ``max_bytes`` would pass (``"bytes"``; 0: no limit) or ``timeout`` seconds pass (``"time"``; < 0: none).
+    Returns (why it ended, bytes carried in both directions). Leaves both sockets non-blocking and open."""
+    cdef uint64_t carried = 0
+    cdef int64_t ms = -1 if timeout < 0 else <int64_t> (timeout * 1000)
+    cdef phase_splice_end end
+    with nogil:
+        end = phase_splice(a, b, max_bytes, ms, &carried)
+    if end == PHASE_SPLICE_ERROR:
+        raise OSError(errno, os.strerror(errno))
+    return SPLICE_ENDS[end], carried

@@ -1,6 +1,6 @@
 """Type stubs of the compiled binding to the sandbox's C side (pyphase/_sandbox.pyx)."""
 
-from typing import Callable
+from typing import Callable, Literal
 
 from pyphase.result import RawResult
 from pyphase.runtime import PreparedJob
@@ -12,8 +12,16 @@ MAX_DEPTH: int
 TEST_ACTIONS: dict[str, int]
 
 def landlock_abi() -> int: ...
-def add_message(length: int) -> bytes: ...
+
+NOT_COMPILED: Literal["not_compiled"]
+
+def add_message(length: int, compile_index: int = -1) -> bytes: ...
 def server_main(args: list[str]) -> None: ...
+
+class StopSignal:
+    def request(self) -> int: ...
+    @property
+    def requested(self) -> bool: ...
 
 class Slot:
     def __init__(self, sock: int, shm_fds: list[int]) -> None: ...
@@ -50,5 +58,7 @@ class Slot:
         spin_us: int = 0,
         preopens: list[tuple[int, bytes, bool]] | None = None,
         on_output: Callable[[int, bytes], bool] | None = None,
-    ) -> RawResult | None: ...
+        stop: StopSignal | None = None,
+        engine: str = "wasm3",
+    ) -> RawResult | Literal["not_compiled"] | None: ...
     def shm_needed(self, job: PreparedJob, inline: bool) -> int: ...

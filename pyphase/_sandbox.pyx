@@ -34,6 +34,7 @@ TEST_ACTIONS = {
     "open_outside": SANDBOX_TEST_OPEN_OUTSIDE,
     "stream_forge": SANDBOX_TEST_STREAM_FORGE,
     "write_past": SANDBOX_TEST_WRITE_PAST,
+    "timer": SANDBOX_TEST_TIMER,
 }
 
 
@@ -42,12 +43,19 @@ def landlock_abi():
     return phase_sandbox_landlock_abi()
 
 
-def add_message(uint64_t length):
-    """The header of an ADD message (module bytes of ``length`` follow) for the main socket."""
+# Slot.run's answer when a wasmtime job's module is not compiled in the fork server yet (see Slot.run).
+NOT_COMPILED = "not_compiled"
+
+
+def add_message(uint64_t length, int compile_index=-1):
+    """The header of an ADD message (module bytes of ``length`` follow) for the main socket; with
+    ``compile_index`` >= 0 the fork server also compiles the module for that engine configuration
+    (fuel metering | NaN canonicalisation << 1)."""
     cdef sandbox_msg m
     memset(&m, 0, sizeof(m))
     m.type = SANDBOX_MSG_ADD
     m.cache_seq = length
+    m.compile = <uint32_t> (compile_index + 1) if compile_index >= 0 else 0
     return PyBytes_FromStringAndSize(<char *> &m, sizeof(m))
 
 
@@ -61,6 +69,24 @@ def server_main(list args):
     argv[argc] = NULL
     with nogil:
         phase_sandbox_server_main(argc, argv)
+
+
+cdef class StopSignal:
+    """A job's stop request, shared by the thread that runs it (:meth:`Slot.run`) and any thread that stops it:
+    either the run sees the request before its worker gets "go" (no worker runs the job: the run raises), or
+    :meth:`request` returns the generation of the worker that got it, for :meth:`Slot.kill`."""
+    cdef phase_sandbox_stop stop
+
+    def request(self):
+        """Mark the job stopped; the generation of the worker it was last given (0: none yet)."""
+        cdef uint32_t gen
+        with nogil:
+            gen = phase_sandbox_stop_request(&self.stop)
+        return gen
+
+    @property
+    def requested(self):
+        return bool(self.stop.stopped)
 
 
 cdef class Slot:
@@ -215,11 +241,14 @@ cdef class Slot:
         return 0
 
     def run(self, job, module, uint64_t hard_timeout_ms, uint32_t test_action=0, uint32_t spin_us=0,
-            list preopens=None, on_output=None):
+            list preopens=None, on_output=None, StopSignal stop=None, str engine="wasm3"):
         """Run a pyphase.runtime.PreparedJob on this slot's worker with the GIL released. ``module`` is its
         bytes or None (the worker's cache); ``preopens`` its open directories, sent to the worker with "go";
         ``on_output(stream, bytes) -> bool`` gets the output as the worker writes it (see _core.output_to_python).
-        Returns None if the worker lacks the module (call again with the bytes), else the tuple of _core.run."""
+        ``stop``: the job's :class:`StopSignal`; requested before a worker got "go", the run raises PhaseError.
+        ``engine``: ``wasm3`` or ``wasmtime`` (the worker runs only code the fork server compiled). Returns None if
+        the worker lacks the module (call again with the bytes), NOT_COMPILED if a wasmtime job's module is valid
+        but not compiled in the fork server (have it compiled, then call again), else the tuple of _core.run."""
         cdef phase_sandbox_job j
         cdef phase_result res
         cdef char err[256]
@@ -234,13 +263,18 @@ cdef class Slot:
             j.test_action = test_action
             j.hard_timeout_ms = hard_timeout_ms
             j.spin_us = spin_us
+            j.engine = PHASE_ENGINE_WASMTIME if engine == "wasmtime" else PHASE_ENGINE_WASM3
             if on_output is not None:
                 j.output_sink = output_to_python
                 j.output_ctx = <void *> on_output
+            if stop is not None:
+                j.stop = &stop.stop
             with nogil:
                 rc = phase_sandbox_slot_run(&self.slot, &j, &res, err, sizeof(err))
             if rc == 1:
                 return None
+            if rc == 3:
+                return NOT_COMPILED
             check_rc(rc, err)
             try:
                 return result_tuple(&res, STATUS_NAMES)

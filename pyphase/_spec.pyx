@@ -31,6 +31,20 @@ class InvokeError(Exception):
     """The invocation could not run (no such export, argument mismatch, compile error)."""
 
 
+def validate(bytes wasm not None):
+    """Our validator alone, every function import allowed (the compiling engine's runner links modules itself);
+    InstantiateError (invalid, unsupported) when it refuses."""
+    cdef char err[1024]
+    cdef const uint8_t *p = <const uint8_t *> <char *> wasm
+    cdef size_t n = len(wasm)
+    cdef phase_spec_status st
+    err[0] = 0
+    with nogil:
+        st = phase_spec_validate(p, n, err, sizeof(err))
+    if st != PHASE_SPEC_OK:
+        raise InstantiateError(STATUS.get(st, "error"), err.decode("utf-8", "replace"))
+
+
 cdef class Instance:
     """An instantiated module kept alive for a sequence of invocations."""
     cdef phase_spec_instance *ptr

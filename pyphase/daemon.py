@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         dest="api_listen",
         help="HTTP API, /metrics and dashboard "
-        "(default 127.0.0.1 at the phase/1 port + 1; beyond loopback a token is required, docs/API.md)",
+        "(default 127.0.0.1 at the phase/1 port + 1000, or a free port when that is taken; "
+        "beyond loopback a token is required, docs/API.md)",
     )
     p.add_argument("--no-api", dest="api", action="store_false", default=None, help="serve no HTTP API")
     p.add_argument("--boot-listen", metavar="HOST:PORT", help="address of that HTTP server (default 0.0.0.0:8080)")
@@ -82,14 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="DHT nodes to join through (default: libtorrent's Mainline router)",
     )
-    p.add_argument("--dht-listen", metavar="IP:PORT", help="the DHT's UDP socket (default: listen host, port + 2)")
+    p.add_argument("--dht-listen", metavar="IP:PORT", help="the DHT's UDP socket (default: listen host, port + 2000)")
     p.add_argument(
         "--relay",
         action="store_true",
         default=None,
         help="offer relaying to nodes that cannot be reached (the relay sees only ciphertext; limits: --help-config)",
     )
-    p.add_argument("--relay-listen", metavar="HOST:PORT", help="the relay service (default: listen host, port + 3)")
+    p.add_argument("--relay-listen", metavar="HOST:PORT", help="the relay service (default: listen host, port + 3000)")
     p.add_argument(
         "--via-relay",
         metavar="auto|HOST:PORT|PEERID",
@@ -162,6 +163,8 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
             relay_server = await _start_relay(config, identity, node)
         if config.dht:
             presence = await _join_dht(config, identity, node, node.log, relay_server)
+            if presence is not None:
+                presence.on_peers = services.saw_dht_peers
             if presence is not None and boot_source is not None:
                 boot_source.announce_on(presence)
         if config.via_relay.strip() not in ("", "off"):
@@ -286,6 +289,7 @@ async def _start_relay(config: NodeConfig, identity: Identity, node: Node) -> An
         address_circuits=config.relay_address_circuits,
         circuit_bytes=config.relay_circuit_bytes,
         circuit_time_s=config.relay_circuit_time_ms / 1000,
+        reservation_s=config.relay_reservation_time_ms / 1000,
     )
     server = RelayServer(identity, node.log, limits)
     host, port = split_hostport(relay_listen_address(config.listen, node.port, config.relay_listen))

@@ -4,12 +4,15 @@
 (wasmtime's C API, loaded from the ``wasmtime`` wheel: ``pip install 'pyphase[jit]'``): it runs compute close to
 native speed but compiles first (milliseconds to seconds, cached per module). Both see the module after our
 validator, the same WASI layer, the same limits and statuses; fuel is counted in each engine's own unit
-(:data:`FUEL_UNITS`), which the receipt names.
+(:data:`FUEL_UNITS`), which the receipt names (:func:`fuel_unit`: ``none`` when the compiling engine ran without a
+fuel limit and so did not count).
 
 ``auto`` (the default) keeps short jobs on wasm3 and sends a job to the compiler when its own budget says it is
-long (:data:`AUTO_FUEL`, :data:`AUTO_TIMEOUT_MS`), when earlier jobs of its module in this process took long
-(:data:`AUTO_WALL_US`), or when the module's compiled code is ready already. A long job of a big module whose code
-is not ready runs on wasm3 while the code is compiled in the background for the next one.
+long (:data:`AUTO_FUEL`, :data:`AUTO_TIMEOUT_MS`), when a wasm3 job of its module took long
+(:data:`AUTO_WALL_US`; kept in the data dir's history when :func:`use_data_dir` names one, so it outlives the
+process), or when the module's compiled code is ready already. A long job of a big module whose code is not ready
+runs on wasm3 while the code is compiled in the background for the next one; so does a module whose wasm3 job just
+ran long. Compiled code is kept by module hash in memory and, with a data dir, on disk (:mod:`pyphase.compiled`).
 """
 
 from __future__ import annotations
@@ -17,14 +20,18 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyphase import _core
+from pyphase.compiled import DEFAULT_MAX_BYTES, CompiledCache, configuration
 from pyphase.errors import PhaseError
 
 if TYPE_CHECKING:
+    from pyphase.history import ModuleRuns
     from pyphase.limits import Limits
     from pyphase.runtime import Module
 
@@ -34,6 +41,19 @@ CHOICES = (*ENGINES, "auto")
 WASMTIME_VERSION: str = _core.WASMTIME_VERSION
 #: what ``fuel_used`` and ``limits.fuel`` count on each engine
 FUEL_UNITS = {"wasm3": "wasm3-ticks", "wasmtime": "wasmtime-fuel"}
+#: the unit of a ``fuel_used`` that was not counted (it reads 0)
+UNMETERED = "none"
+
+
+def fuel_unit(engine: str, fuel_limit: int) -> str:
+    """What a job's ``fuel_used`` counts: wasm3 always counts its ticks; the compiling engine counts its fuel only
+    under a fuel limit (metering would slow compiled code by up to 1.6x), so without one it reads 0 in unit
+    :data:`UNMETERED`."""
+    if engine == "wasmtime" and not fuel_limit:
+        return UNMETERED
+    return FUEL_UNITS.get(engine, FUEL_UNITS["wasm3"])
+
+
 VERSIONS = {"wasm3": _core.RUNTIME_VERSION, "wasmtime": WASMTIME_VERSION}
 
 #: a fuel budget at least this large says the job is long
@@ -54,8 +74,14 @@ _lock = threading.Lock()
 _load_error: str | None = None
 _loaded = False
 _history: dict[bytes, int] = {}
-_compiling: set[tuple[bytes, bool, bool]] = set()
+_compiling: dict[tuple[bytes, int], threading.Thread] = {}
 _HISTORY_MAX = 4096
+_runs: ModuleRuns | None = None
+_cache: CompiledCache | None = None
+_cache_dir: tuple[Path, int] | None = None
+#: names the compiler build whose code the disk cache holds: wasmtime's release and our engine settings (bump the
+#: suffix when phase_wasmtime.c changes a setting that changes generated code)
+ENGINE_TAG = f"wasmtime-{WASMTIME_VERSION}/phase-2"
 
 
 def _library_path() -> Path:
@@ -100,6 +126,23 @@ def load_wasmtime() -> None:
         _loaded = True
 
 
+def library() -> str:
+    """The path of the loaded compiling engine's library (a sandbox's fork server loads the same one)."""
+    load_wasmtime()
+    return os.environ.get("PHASE_WASMTIME_LIBRARY") or str(_library_path())
+
+
+def config_index(limits: Limits, deterministic: bool) -> int:
+    """Which of the compiling engine's configurations a job uses (:func:`pyphase.compiled.configuration`): its
+    compiled code is per configuration (csrc/phase_wasmtime.c)."""
+    return configuration(limits, deterministic)
+
+
+def looks_long(digest: bytes, limits: Limits) -> bool:
+    """Whether ``auto`` takes a job of this module for a long one: its own budget, or an earlier job's time on wasm3."""
+    return limits.fuel >= AUTO_FUEL or limits.timeout_ms >= AUTO_TIMEOUT_MS or _past(digest) >= AUTO_WALL_US
+
+
 def available() -> list[str]:
     """The engines this process can run jobs on (a node's ``caps.engines``)."""
     if _loaded:
@@ -120,49 +163,171 @@ def check(engine: str) -> str:
     return engine
 
 
+def use_data_dir(data_dir: str | os.PathLike[str] | None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    """Keep ``auto``'s module history in ``DATA_DIR/history.sqlite`` and compiled code in ``DATA_DIR/compiled/``
+    (at most ``max_bytes``), so both outlive this process; None: in memory only (Private mode). Loads nothing: the
+    compiled-code directory is opened once the compiling engine is."""
+    from pyphase.history import HISTORY_FILE, ModuleRuns  # history imports receipts, which import this module
+
+    global _runs, _cache, _cache_dir
+    runs = None if data_dir is None else ModuleRuns(Path(data_dir) / HISTORY_FILE)
+    with _lock:
+        old, _runs, _cache = _runs, runs, None
+        _cache_dir = None if data_dir is None else (Path(data_dir) / "compiled", max_bytes)
+        _history.clear()
+    if old is not None:
+        old.close()
+
+
+def compiled_cache() -> CompiledCache | None:
+    """The data dir's compiled code (None without a data dir, or before the compiling engine is loaded)."""
+    global _cache, _cache_dir
+    if not _loaded:
+        return None
+    with _lock:
+        if _cache is None and _cache_dir is not None:
+            try:
+                _cache = CompiledCache(_cache_dir[0], ENGINE_TAG, _cache_dir[1])
+            except (OSError, PhaseError):
+                _cache_dir = None  # an unwritable data dir: compiled code stays in memory
+        return _cache
+
+
+def _past(digest: bytes) -> int:
+    """The wall time of the module's longest wasm3 job (as this process knows it, else the data dir), 0 if none."""
+    with _lock:
+        past = _history.get(digest)
+        runs = _runs
+    if past is not None:
+        return past
+    try:
+        past = (runs.get(digest) if runs is not None else None) or 0
+    except sqlite3.Error:
+        past = 0
+    with _lock:
+        _remember(digest, past)
+    return past
+
+
+def _remember(digest: bytes, wall_us: int) -> None:
+    if len(_history) >= _HISTORY_MAX and digest not in _history:
+        _history.pop(next(iter(_history)))
+    _history[digest] = wall_us
+
+
 def record(digest: bytes, engine: str, wall_us: int) -> None:
-    """Remember how long a job of this module ran on wasm3 (``auto`` reads it for the next job)."""
+    """Remember the longest wasm3 job of this module (``auto`` reads it for the next job; a module once long stays
+    long, since a short job of it on compiled code costs a fraction of a millisecond); a long one is written to the
+    data dir's history too."""
     if engine != "wasm3":
         return
     with _lock:
-        if len(_history) >= _HISTORY_MAX and digest not in _history:
-            _history.pop(next(iter(_history)))
-        _history[digest] = wall_us
+        before = _history.get(digest, 0)
+        _remember(digest, max(before, wall_us))
+        runs = _runs
+    if runs is not None and wall_us >= AUTO_WALL_US and wall_us > before:
+        _persist(runs, digest, wall_us)
 
 
-def _compile_in_background(module: Module, limits: Limits, deterministic: bool) -> None:
-    key = (module.digest, limits.fuel != 0, deterministic)
+def _persist(runs: ModuleRuns, digest: bytes, wall_us: int) -> None:
+    try:
+        runs.put(digest, wall_us)
+    except sqlite3.Error:
+        pass  # a full or damaged disk loses the history for the next process, never a job
+
+
+def forget(digest: bytes) -> None:
+    """Drop what ``auto`` remembers of a module (in this process and in the data dir)."""
     with _lock:
-        if key in _compiling:
-            return
-        _compiling.add(key)
+        _history.pop(digest, None)
+        runs = _runs
+    if runs is not None:
+        _persist(runs, digest, 0)
+
+
+def _store(module: Module, limits: Limits, deterministic: bool) -> None:
+    cache = compiled_cache()
+    if cache is not None:
+        try:
+            cache.store(module, limits, deterministic)
+        except (OSError, PhaseError):
+            pass  # a full or read-only disk costs the next process a compile, nothing else
+
+
+def compile_in_background(module: Module, limits: Limits, deterministic: bool) -> None:
+    """Compile ``module`` for jobs with these limits on a thread of its own (and keep the code in the data dir), unless
+    it is compiled or compiling already; jobs meanwhile run on wasm3."""
+    key = (module.digest, configuration(limits, deterministic))
+    if module._core.is_compiled(limits, deterministic):
+        return
 
     def work() -> None:
         try:
             module._core.compile(limits, deterministic)
+            _store(module, limits, deterministic)
         except PhaseError:
             pass
         finally:
             with _lock:
-                _compiling.discard(key)
+                _compiling.pop(key, None)
 
-    threading.Thread(target=work, name=f"phase-compile-{module.hash[7:19]}", daemon=True).start()
+    with _lock:
+        if key in _compiling:
+            return
+        thread = _compiling[key] = threading.Thread(target=work, name=f"phase-compile-{module.hash[7:19]}", daemon=True)
+    thread.start()
+
+
+def wait_for_compiles(timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for background compiles (``phase run`` before it exits); True when none is left."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with _lock:
+            threads = list(_compiling.values())
+        if not threads:
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        threads[0].join(left)
+
+
+def _ready(module: Module, limits: Limits, deterministic: bool) -> bool:
+    """Whether ``module``'s code for these limits is compiled in memory, or could be loaded from the data dir."""
+    if module._core.is_compiled(limits, deterministic):
+        return True
+    cache = compiled_cache()
+    return cache is not None and cache.load(module, limits, deterministic)
 
 
 def choose(engine: str, module: Module | None, limits: Limits, deterministic: bool) -> str:
     """The engine a job runs on: ``engine`` itself unless it is ``auto`` (see the module's docstring)."""
     if engine != "auto":
-        return check(engine)
+        check(engine)
+        if engine == "wasmtime" and module is not None:
+            _ready(module, limits, deterministic)  # compiled code from the data dir, when it has it
+        return engine
     if module is None or (not _loaded and "wasmtime" not in available()):
         return "wasm3"
     if module._core.is_compiled(limits, deterministic):
         return "wasmtime"
-    with _lock:
-        past = _history.get(module.digest, 0)
-    long = limits.fuel >= AUTO_FUEL or limits.timeout_ms >= AUTO_TIMEOUT_MS or past >= AUTO_WALL_US
-    if not long:
+    if not looks_long(module.digest, limits):
         return "wasm3"
-    if module.size <= AUTO_INLINE_COMPILE_BYTES:
+    if _ready(module, limits, deterministic) or module.size <= AUTO_INLINE_COMPILE_BYTES:
         return "wasmtime"
-    _compile_in_background(module, limits, deterministic)
+    compile_in_background(module, limits, deterministic)
     return "wasm3"
+
+
+def after_job(
+    module: Module, limits: Limits, deterministic: bool, asked: str, ran: str, wall_us: int, compile_us: int
+) -> None:
+    """What ``auto`` learns from a finished job: its wasm3 time (history), and whether to compile the module now (a
+    long wasm3 job) or keep the code the job compiled (on disk)."""
+    if ran == "wasm3":
+        if asked == "auto":
+            record(module.digest, ran, wall_us)
+            if wall_us >= AUTO_WALL_US and _loaded:
+                compile_in_background(module, limits, deterministic)
+    elif compile_us and compiled_cache() is not None:
+        threading.Thread(target=_store, args=(module, limits, deterministic), daemon=True).start()

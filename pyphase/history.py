@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -158,3 +159,57 @@ class History:
 
     def close(self) -> None:
         self.db.close()
+
+
+_MODULE_RUNS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS module_runs (
+    module  BLOB PRIMARY KEY,
+    wall_us INTEGER NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS module_runs_updated ON module_runs (updated);
+"""
+
+
+class ModuleRuns:
+    """How long the longest job of each module ran on wasm3, kept beside the job history (same file, own table) so that
+    ``auto`` (pyphase.engines) still knows a long module after a restart. ``path=None``: in memory. At most
+    ``max_modules`` rows: the least recently updated go first."""
+
+    def __init__(self, path: str | Path | None, max_modules: int = 4096) -> None:
+        self.path = Path(path) if path is not None else None
+        self.max_modules = max_modules
+        self._lock = threading.Lock()
+        if self.path is None:
+            self.db = sqlite3.connect(":memory:", check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=5)
+            self.path.chmod(0o600)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_MODULE_RUNS_SCHEMA)
+
+    def get(self, module: bytes) -> int | None:
+        """The wall time (µs) of the module's longest recorded wasm3 job, or None."""
+        with self._lock:
+            row = self.db.execute("SELECT wall_us FROM module_runs WHERE module = ?", (module,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def put(self, module: bytes, wall_us: int) -> None:
+        with self._lock:
+            self.db.execute(
+                "INSERT INTO module_runs (module, wall_us, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT (module) DO UPDATE SET wall_us = excluded.wall_us, updated = excluded.updated",
+                (module, wall_us, time.time()),
+            )
+            self.db.execute(
+                "DELETE FROM module_runs WHERE module IN "
+                "(SELECT module FROM module_runs ORDER BY updated DESC LIMIT -1 OFFSET ?)",
+                (self.max_modules,),
+            )
+            self.db.commit()
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()

@@ -20,7 +20,7 @@ from pyphase.identity import Identity, peer_id_from_public_key, public_key_from_
 from pyphase.limits import Limits
 from pyphase.digests import sha256_text
 from pyphase.result import Result
-from pyphase.engines import FUEL_UNITS, VERSIONS
+from pyphase.engines import VERSIONS, fuel_unit
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION
 from pyphase.signing import sign_document, verify_document
 
@@ -34,14 +34,15 @@ def machine_arch() -> str:
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
 
 
-def node_info(identity: Identity, engine: str = RUNTIME_NAME) -> dict[str, str]:
-    """The signer and what ran the job: the engine (``runtime``, its version) and the unit its fuel counts."""
+def node_info(identity: Identity, engine: str = RUNTIME_NAME, fuel_limit: int = 0) -> dict[str, str]:
+    """The signer and what ran the job: the engine (``runtime``, its version) and the unit its ``fuel_used`` counts
+    (``none`` when the engine did not count: the compiling engine without a fuel limit)."""
     return {
         "peer_id": identity.peer_id,
         "public_key": base64.b64encode(identity.public_key).decode("ascii"),
         "runtime": engine,
         "runtime_version": VERSIONS.get(engine, RUNTIME_VERSION),
-        "fuel_unit": FUEL_UNITS.get(engine, FUEL_UNITS[RUNTIME_NAME]),
+        "fuel_unit": fuel_unit(engine, fuel_limit),
         "arch": machine_arch(),
     }
 
@@ -90,7 +91,7 @@ def make_receipt(
         "wall_us": result.wall_us,
         "started_at": started_at or timestamp(),
         "limits": limits.to_json(),
-        "node": node_info(identity, result.engine),
+        "node": node_info(identity, result.engine, limits.fuel),
     }
     if outputs is not None:
         receipt["outputs"] = {"hash": outputs["hash"], "size": outputs["size"]}

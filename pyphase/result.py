@@ -97,6 +97,8 @@ class Result:
             "input": self.input_hash,
             "stdout_hash": self.stdout_hash,
             "stderr_hash": self.stderr_hash,
+            "engine": self.engine,
+            "compile_us": self.compile_us,
         }
         for name in ("stdout", "stderr"):
             try:

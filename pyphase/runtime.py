@@ -342,8 +342,7 @@ def run_prepared(job: PreparedJob, on_output: OutputCallback | None = None) -> R
     sink = sink_for(on_output)
     with opened(job.dirs) as preopens:
         result = Result.from_core(_core.run(module._core, job, preopens, sink, engine), engine)
-    if engine == "wasm3" and job.engine == "auto":
-        engines.record(job.digest, engine, result.wall_us)
+    engines.after_job(module, job.limits, job.deterministic, job.engine, engine, result.wall_us, result.compile_us)
     if sink is not None:
         sink.reraise()
     return result

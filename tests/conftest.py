@@ -104,3 +104,14 @@ def probe_mvp_bytes() -> bytes:
 @pytest.fixture(scope="session")
 def wat():
     return wasm_build.build_wat
+
+
+@pytest.fixture
+def no_data_dir():
+    """A test that starts without a process-wide data dir for ``auto`` and compiled code (pyphase.engines), which an
+    in-process node of an earlier test may have set."""
+    from pyphase import engines
+
+    engines.use_data_dir(None)
+    yield
+    engines.use_data_dir(None)

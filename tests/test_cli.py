@@ -91,7 +91,7 @@ def test_help_explains():
     [
         ("job.wat", b"(module)\n", ["WebAssembly text", "wat2wasm job.wat -o job.wasm"]),
         ("prog.c", b"#include <stdio.h>\nint main(void) { return 0; }\n", ["C source", "-o prog.wasm prog.c"]),
-        ("empty.wasm", b"", ["empty", "wasm32-wasi"]),
+        ("empty.wasm", b"", ["empty", "wasm32-wasi", "-o job.wasm job.c"]),  # not "-o empty.wasm empty.wasm"
     ],
 )
 def test_not_a_module_says_what_to_do(tmp_path, name, data, says):

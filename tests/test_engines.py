@@ -17,6 +17,8 @@ from pyphase.cli import main
 from pyphase.errors import PhaseError
 from pyphase.runtime import Module, prepare_job, run
 
+pytestmark = pytest.mark.usefixtures("no_data_dir")
+
 
 def test_both_engines_are_available_and_give_the_same_bytes(hello_bytes):
     assert engines.available() == ["wasm3", "wasmtime"]
@@ -33,6 +35,7 @@ def test_compile_time_is_reported_once_then_code_is_reused(probe_bytes):
     again = run(module, args=["echo", "x"], limits=limits, engine="wasmtime")
     assert first.status == again.status == "ok"
     assert first.compile_us > 0 and again.compile_us == 0
+    assert first.wall_us < first.compile_us  # wall_us is the run alone: the compile is reported apart
     assert module._core.is_compiled(limits) and not module._core.is_compiled(Limits())
 
 
@@ -65,8 +68,14 @@ def test_auto_learns_from_a_long_job_of_the_module(hello_bytes):
     try:
         assert engines.choose("auto", module, Limits(), False) == "wasmtime"
     finally:
-        engines.record(module.digest, "wasm3", 0)
+        engines.forget(module.digest)
     assert engines.choose("auto", module, Limits(), False) == "wasm3"
+
+
+def test_jobs_without_a_wall_clock_limit_use_code_without_epoch_checks(probe_bytes):
+    module = Module(probe_bytes)  # epoch checks cost up to 1.7x on call-heavy code; only a timeout needs them
+    assert run(module, b"x", args=["cat"], limits=Limits(timeout_ms=0), engine="wasmtime").stdout == b"x"
+    assert module._core.is_compiled(Limits(timeout_ms=0)) and not module._core.is_compiled(Limits())
 
 
 def test_spinning_module_on_the_compiling_engine_ends_in_timeout_soon_after_the_limit(probe_bytes):
@@ -89,6 +98,11 @@ def test_fuel_is_counted_in_the_engines_own_unit_and_the_receipt_says_which(prob
         assert receipt["node"]["runtime"] == engine and receipt["node"]["fuel_unit"] == unit
         assert receipt["node"]["runtime_version"] == engines.VERSIONS[engine]
         verify_receipt(receipt, stdout=result.stdout, signer=identity.peer_id)
+    # without a fuel limit the compiling engine does not meter (it would cost up to 1.6x): the receipt says so
+    result = run(probe_bytes, args=["count", "1000"], engine="wasmtime")
+    receipt = make_receipt(result, job_id="sha256:" + "0" * 64, nonce="a" * 32, limits=Limits(), identity=identity)
+    assert result.fuel_used == 0 and receipt["node"]["fuel_unit"] == engines.UNMETERED == "none"
+    assert run(probe_bytes, args=["count", "1000"], engine="wasm3").fuel_used > 0  # wasm3 always counts
 
 
 def test_compiled_code_round_trips_as_bytes_and_garbage_is_refused(probe_bytes):
@@ -110,8 +124,9 @@ def test_an_unknown_engine_is_a_value_error(hello_bytes):
         run(hello_bytes, engine="v8")
 
 
-def test_the_sandbox_refuses_the_compiling_engine_clearly(hello_bytes):
-    with pyphase.Sandbox(workers=1) as sandbox:
+def test_a_sandbox_made_without_the_compiling_engine_refuses_it_clearly(hello_bytes):
+    with pyphase.Sandbox(workers=1, engines=["wasm3"]) as sandbox:
+        assert sandbox.engines == ("wasm3",)
         with pytest.raises(engines.EngineUnavailable, match="wasm3 only"):
             sandbox.run_prepared(prepare_job(hello_bytes, engine="wasmtime"))
         assert sandbox.run(hello_bytes, b"ab").stdout == b"ba"
@@ -147,5 +162,7 @@ def test_phase_run_engine_flag(tmp_path, hello_bytes, capsys):
     assert main(["run", str(path), "--input", "abc", "--no-sandbox", "--engine", "wasmtime", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["receipt"]["node"]["runtime"] == "wasmtime"
-    assert main(["run", str(path), "--input", "abc", "--engine", "wasmtime"]) != 0
-    assert "wasm3 only" in capsys.readouterr().err
+    # in the sandbox too: the fork server compiles, a worker runs the code
+    assert main(["run", str(path), "--input", "abc", "--engine", "wasmtime", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["receipt"]["node"]["runtime"] == "wasmtime" and doc["receipt"]["node"]["fuel_unit"] == "wasmtime-fuel"

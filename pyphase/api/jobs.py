@@ -47,6 +47,7 @@ class ApiJob:
     limits: Limits
     deterministic: bool
     peers: list[str]
+    stream: bool = True
     state: str = "queued"
     submitted_at: str = field(default_factory=timestamp)
     finished_at: str | None = None
@@ -54,6 +55,26 @@ class ApiJob:
     error: str | None = None
     attempts: list[tuple[str, str]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # output as the node streams it (1 stdout, 2 stderr): unverified until the job is done; replaced by the
+    # result's bytes then (dropped when the job fails), so a job's output is held once
+    streamed: dict[int, bytearray] | None = field(default_factory=lambda: {1: bytearray(), 2: bytearray()})
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def output(self, stream: int) -> bytes | bytearray:
+        """The bytes of ``stream`` (1 stdout, 2 stderr) known so far: streamed while running, the result's when done."""
+        if self.result is not None:
+            return bytes(self.result.stdout if stream == 1 else self.result.stderr)
+        return self.streamed[stream] if self.streamed is not None else b""
+
+    def wake(self) -> None:
+        """Tell whoever follows the job's output that something changed (new bytes, or the end)."""
+        event, self.changed = self.changed, asyncio.Event()
+        event.set()
+
+    def append(self, stream: int, data: bytes) -> None:
+        if self.streamed is not None and self.result is None:
+            self.streamed[stream] += data
+            self.wake()
 
     def to_json(self) -> dict[str, Any]:
         r = self.result
@@ -76,6 +97,8 @@ class ApiJob:
             "error": self.error,
             "attempts": [list(a) for a in self.attempts],
             "job_id": r.receipt["job_id"] if r else None,
+            "engine": r.receipt["node"]["runtime"] if r else None,
+            "stream": self.stream,
         }
         if r is not None:
             try:
@@ -151,6 +174,7 @@ class ApiJobs:
             limits,
             bool(body.get("deterministic", False)),
             peers,
+            bool(body.get("stream", where == "here")),
         )
 
     def start(self, job: ApiJob) -> None:
@@ -164,8 +188,12 @@ class ApiJobs:
 
     async def _run(self, job: ApiJob) -> None:
         loop = asyncio.get_running_loop()
+
+        def on_output(stream: int, data: bytes) -> None:  # in the client's thread
+            loop.call_soon_threadsafe(job.append, stream, bytes(data))
+
         try:
-            job.result = await loop.run_in_executor(self.pool, self._blocking, job)
+            job.result = await loop.run_in_executor(self.pool, self._blocking, job, on_output)
             job.attempts = list(job.result.attempts)
             job.state = "done"
         except (PhaseError, ValueError) as exc:  # ValueError: a peer address that is not one
@@ -176,7 +204,9 @@ class ApiJobs:
             job.state = "failed"
             job.error = f"internal error: {type(exc).__name__}: {exc}"
         job.finished_at = timestamp()
+        job.streamed = None
         job.done.set()
+        job.wake()
 
     def _client(self, peers: tuple[str, ...], here: bool) -> Any:
         from pyphase import Client
@@ -195,7 +225,7 @@ class ApiJobs:
                 self._clients.append(client)
         return client
 
-    def _blocking(self, job: ApiJob) -> Any:
+    def _blocking(self, job: ApiJob, on_output: Callable[[int, bytes], None]) -> Any:
         job.state = "running"
         if job.where == "here":
             peers: tuple[str, ...] = (self.own_address(),)
@@ -216,6 +246,7 @@ class ApiJobs:
             limits=job.limits,
             deterministic=job.deterministic,
             retries=retries,
+            on_output=on_output if job.stream else None,
         )
         if job.where == "network":
             for address in peers:

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from pyphase.net.node import Node
 
 WAIT_SLACK_S = 10.0
+EVENT_PIECE = 48 << 10  # output bytes per server-sent event (64 KiB once in base64)
+KEEPALIVE_S = 10.0  # a comment line on a quiet event stream, so idle proxies keep it open
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -98,6 +100,7 @@ class ApiServer:
         )
         self.runner: web.AppRunner | None = None
         self.url = ""
+        self.closing = False
 
     def _own_address(self) -> str:
         host = self.node.config.listen.rpartition(":")[0].strip("[]")
@@ -128,6 +131,7 @@ class ApiServer:
         r.add_get("/v1/jobs/{id}/stdout", self.get_output)
         r.add_get("/v1/jobs/{id}/stderr", self.get_output)
         r.add_get("/v1/jobs/{id}/receipt", self.get_receipt)
+        r.add_get("/v1/jobs/{id}/events", self.get_events)
         r.add_get("/v1/history", self.get_history)
         r.add_get("/v1/receipts", self.get_receipts)
         r.add_get("/v1/stats", self.get_stats)
@@ -256,6 +260,35 @@ class ApiServer:
     async def get_receipt(self, request: web.Request) -> web.Response:
         return web.json_response(self._finished(self._job(request)).receipt)
 
+    async def get_events(self, request: web.Request) -> web.StreamResponse:
+        """The job's output as server-sent events while it runs (``stdout``/``stderr``, each piece at its offset,
+        base64), then ``end`` with the job as ``GET /v1/jobs/{id}`` gives it. Every reader gets the output from
+        offset 0; a job submitted with ``stream`` false has all of it at its end. Output is unverified until ``end`` says ``done``; a failed job's shown output is not to be trusted.
+        """
+        job = self._job(request)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+        await response.prepare(request)
+        sent = {1: 0, 2: 0}
+        while True:
+            changed = job.changed
+            for stream, name in ((1, "stdout"), (2, "stderr")):
+                data = job.output(stream)
+                while sent[stream] < len(data):
+                    piece = bytes(data[sent[stream] : sent[stream] + EVENT_PIECE])
+                    event = {"offset": sent[stream], "data": base64.b64encode(piece).decode("ascii")}
+                    await response.write(f"event: {name}\ndata: {json.dumps(event)}\n\n".encode())
+                    sent[stream] += len(piece)
+            if job.done.is_set() or self.closing:
+                break
+            try:
+                await asyncio.wait_for(changed.wait(), KEEPALIVE_S)
+            except asyncio.TimeoutError:
+                await response.write(b": still running\n\n")
+        if job.done.is_set():
+            await response.write(f"event: end\ndata: {json.dumps(job.to_json())}\n\n".encode())
+        await response.write_eof()
+        return response
+
     def _limit(self, request: web.Request) -> int:
         text = request.query.get("limit", "50")
         if not text.isdigit() or not 1 <= int(text) <= 1000:
@@ -290,6 +323,9 @@ class ApiServer:
         self.url = url
 
     async def close(self) -> None:
+        self.closing = True  # followers of running jobs end their event streams
+        for job in list(self.jobs.jobs.values()):
+            job.wake()
         self.jobs.close()
         if self.runner is not None:
             await self.runner.cleanup()

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from pyphase import engines
 from pyphase.api.listen import API_FILE, is_loopback, listen_sockets, write_token
 from pyphase.history import HISTORY_FILE, History
 from pyphase.metrics import NodeMetrics
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
     from pyphase.net.config import NodeConfig
     from pyphase.net.node import Node
 
-API_PORT_OFFSET = 1
 MAX_PEERS_LISTED = 1024
+DHT_PEER_KEPT_S = 3600.0
 
 
 class _Tee:
@@ -50,14 +51,14 @@ class _Tee:
 
 
 def api_listen(config: NodeConfig, node_port: int) -> tuple[str, int]:
-    """Where the API listens: ``api_listen`` when set, else 127.0.0.1 at the phase/1 port + 1
-    (a node on a random port, ``--listen HOST:0``, puts its API on a random port too)."""
-    from pyphase.net.addresses import split_hostport
+    """Where the API listens: ``api_listen`` when set, else 127.0.0.1 at the phase/1 port + 1000
+    (a node on a random port, ``--listen HOST:0``, or one above 64535, puts its API on a random port)."""
+    from pyphase.net.addresses import API_PORT_OFFSET, side_port, split_hostport
 
     if config.api_listen:
         return split_hostport(config.api_listen, node_port + API_PORT_OFFSET)
     listen_port = split_hostport(config.listen)[1]
-    return "127.0.0.1", (node_port + API_PORT_OFFSET) if listen_port else 0
+    return "127.0.0.1", side_port(node_port, API_PORT_OFFSET) if listen_port else 0
 
 
 class NodeServices:
@@ -66,6 +67,7 @@ class NodeServices:
         self.config = config
         path = None if config.ephemeral or not config.history_jobs else config.data_dir / HISTORY_FILE
         self.history = History(path, max(1, config.history_jobs), config.history_age_ms / 1000)
+        engines.use_data_dir(None if config.ephemeral else config.data_dir)  # auto's history, compiled code
         self.server: ApiServer | None = None
         self.sockets: list[socket.socket] = []
         self.url = ""
@@ -78,6 +80,7 @@ class NodeServices:
         )
         self.started = time.time()
         self.mdns_peers: dict[str, float] = {}
+        self.dht_peers: dict[str, float] = {}
         self.log = node.log
         node.log = _Tee(node.log, self._on_event)
         node.on_result = self._on_result
@@ -97,11 +100,25 @@ class NodeServices:
         except Exception as exc:
             self.log("internal_error", error=f"history: {type(exc).__name__}: {exc}")
 
+    def saw_dht_peers(self, peers: list[tuple[str, int]]) -> None:
+        """The endpoints the DHT's rendezvous gave (announced under ``phase/1``), kept for an hour."""
+        now = time.time()
+        for host, port in peers[:MAX_PEERS_LISTED]:
+            self.dht_peers[f"{'[' + host + ']' if ':' in host else host}:{port}"] = now
+        for endpoint, seen in list(self.dht_peers.items()):
+            if seen < now - DHT_PEER_KEPT_S:
+                del self.dht_peers[endpoint]
+        while len(self.dht_peers) > MAX_PEERS_LISTED:
+            del self.dht_peers[min(self.dht_peers, key=self.dht_peers.__getitem__)]
+
     def peers(self) -> list[dict[str, Any]]:
-        """Peers this node knows: found on the LAN (mDNS instance names), and those API jobs were sent to."""
+        """Peers this node knows: found on the LAN (mDNS instance names), on the DHT's rendezvous (endpoints, as
+        announced), and those API jobs were sent to."""
         out: list[dict[str, Any]] = []
         for name, seen in sorted(self.mdns_peers.items()):
             out.append({"name": name, "source": "mdns", "address": None, "last_seen": _stamp(seen)})
+        for endpoint, seen in sorted(self.dht_peers.items()):
+            out.append({"name": endpoint, "source": "dht", "address": None, "last_seen": _stamp(seen)})
         if self.server is not None:  # before the API's first connection there is no API job either
             for address, seen in sorted(self.server.jobs.used_peers.items()):
                 out.append(
@@ -120,16 +137,21 @@ class NodeServices:
             return
         host, port = api_listen(self.config, self.node.port)
         self.token = None if is_loopback(host) else write_token(self.config.data_dir)
+        note = None
         try:
             self.sockets, self.url = listen_sockets(host, port, self.config.api_max_connections)
         except OSError as exc:
-            raise OSError(f"cannot serve the API on {host}:{port}: {exc.strerror or exc}") from None
+            if self.config.api_listen or not port:  # a place the user chose: refuse rather than serve elsewhere
+                raise OSError(f"cannot serve the API on {host}:{port}: {exc.strerror or exc}") from None
+            # the default place is taken (another program, another node's API): any free port, said in the log
+            self.sockets, self.url = listen_sockets(host, 0, self.config.api_max_connections)
+            note = f"{host}:{port} (the default) is taken ({exc.strerror or exc}): serving on a free port"
         loop = asyncio.get_running_loop()
         for sock in self.sockets:
             loop.add_reader(sock.fileno(), self._first_connection)
         _write(self.config.data_dir / API_FILE, self.url + "\n")
         token_file = str(self.config.data_dir / "api_token") if self.token else None
-        self.log("api_listening", url=self.url, token_file=token_file)
+        self.log("api_listening", url=self.url, token_file=token_file, **({"note": note} if note else {}))
 
     def _first_connection(self) -> None:
         loop = asyncio.get_running_loop()

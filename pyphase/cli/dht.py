@@ -24,7 +24,7 @@ def dht_addresses(bootstrap: Sequence[str] | None, timeout: float) -> list[str]:
     from pyphase.net.dht import client_dht, find_nodes
 
     with client_dht(bootstrap) as dht:
-        return [r.address for r in find_nodes(dht, timeout=max(timeout, 8.0), settle=2.0)]
+        return [r.address for r in find_nodes(dht, timeout=max(timeout, 8.0), settle=2.0) if r.candidates]
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -39,12 +39,13 @@ def cmd_record(args: argparse.Namespace) -> int:
         return 1
     except (ValueError, RuntimeError, OSError) as exc:
         return fail(str(exc))
-    doc = {**record.to_json(), "address": record.address, "lookup_ms": int((time.monotonic() - started) * 1000)}
+    address = record.address if record.candidates else f"{record.peer_id}@(no address or relay now)"
+    doc = {**record.to_json(), "address": address, "lookup_ms": int((time.monotonic() - started) * 1000)}
     if args.json:
         print(json.dumps(doc, sort_keys=True))
     else:
-        print(f"{record.address}  seq {record.seq}  expires in {record.expires - int(time.time())} s")
-        for key in ("addresses", "engines", "caps"):
+        print(f"{address}  seq {record.seq}  expires in {record.expires - int(time.time())} s")
+        for key in ("addresses", "relays", "engines", "caps"):
             print(f"  {key}: {doc[key]}")
         reach = record.caps.get("reach")
         print(f"  reachability: {reach} (the node's own dial-back check)" if reach else "  reachability: not checked")

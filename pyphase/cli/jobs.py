@@ -265,7 +265,11 @@ def read_job(args: argparse.Namespace) -> tuple[bytes, Limits, dict[str, str], b
         raise UsageError(f"cannot read {args.module}: {exc.strerror}") from None
     hint = not_wasm_hint(data)
     if hint is not None:  # said here, before any sandbox or network: with the file's own name
-        named = hint.replace("job.wat", path.name).replace("job.c", path.name).replace("job.wasm", f"{path.stem}.wasm")
+        named = hint
+        if hint.startswith(("this is WebAssembly text", "this looks like C source")):  # the file is the source
+            named = (
+                hint.replace("job.wat", path.name).replace("job.c", path.name).replace("job.wasm", f"{path.stem}.wasm")
+            )
         raise UsageError(f"invalid_module: {args.module}: {named}", STATUS_EXIT_CODES["invalid_module"])
     try:
         limits = limits_from_args(args)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyphase.cli.jobs import (
     add_dir_options,
@@ -27,6 +29,10 @@ from pyphase.errors import IdentityError, InvalidModule, VerificationError
 from pyphase.identity import Identity, default_identity_path
 from pyphase.limits import LOCAL_LIMITS
 
+if TYPE_CHECKING:
+    from pyphase.result import Result
+    from pyphase.runtime import OutputCallback, PreparedJob
+
 NO_PREOPEN_NOTE = (
     "phase: note: the module looked for a directory and none was given; "
     "give one with --dir HOST[::GUEST] (or --ro-dir for read-only)"
@@ -39,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pyphase.manifest import job_id, make_manifest
     from pyphase.receipt import make_receipt, timestamp
     from pyphase.engines import EngineUnavailable
-    from pyphase.runtime import prepare_job, run_prepared
+    from pyphase.runtime import prepare_job
 
     try:
         data, limits, env, job_input = read_job(args)
@@ -53,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             deterministic=args.deterministic,
             program_name=Path(args.module).name,
             dirs=args.dirs,
-            engine=args.engine if args.no_sandbox else ("wasm3" if args.engine == "auto" else args.engine),
+            engine=args.engine,
         )
     except UsageError as exc:
         return fail(str(exc), exc.code)
@@ -63,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     on_output = None if args.json else print_output
     if args.no_sandbox:
         try:
-            result = run_prepared(job, on_output)
+            result = _run_here(job, on_output, args.data_dir)
         except InvalidModule as exc:
             message = str(exc)
             if args.json:
@@ -72,10 +78,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"phase: invalid_module: {message}", file=sys.stderr)
             return STATUS_EXIT_CODES["invalid_module"]
     else:
+        from pyphase.engines import looks_long
         from pyphase.sandbox import Sandbox
 
         try:
-            with Sandbox(workers=1, shm_bytes=Sandbox.shm_bytes_for(job)) as sandbox:
+            # the compiling engine costs its fork server tens of ms to set up: only when this job may use it
+            jit = job.engine == "wasmtime" or (job.engine == "auto" and looks_long(job.digest, job.limits))
+            with Sandbox(
+                workers=1, shm_bytes=Sandbox.shm_bytes_for(job), engines=None if jit else ["wasm3"]
+            ) as sandbox:
                 result = sandbox.run_prepared(job, on_output)
         except EngineUnavailable as exc:
             return fail(str(exc))
@@ -105,6 +116,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.fs_unavailable and not args.dirs:
         print(NO_PREOPEN_NOTE, file=sys.stderr)
     return code
+
+
+def _run_here(job: PreparedJob, on_output: OutputCallback | None, data_dir: str | None) -> Result:
+    """Run ``job`` in this process. Unless it is pinned to wasm3, the data dir keeps what ``auto`` learns and the
+    compiled code across runs; a job still on wasm3 after AUTO_WALL_US has its module compiled meanwhile (kept for
+    the next run, which then starts compiled), and this process waits for that compile at most as long again as the
+    job ran."""
+    from pyphase import engines
+    from pyphase.net.config import default_data_dir
+    from pyphase.runtime import Module, run_prepared
+
+    if job.engine == "wasm3":
+        return run_prepared(job, on_output)
+    target = Path(data_dir) if data_dir else default_data_dir()
+    try:
+        engines.use_data_dir(target)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"phase: note: compiled code is not kept across runs ({target}: {exc})", file=sys.stderr)
+    module = Module.cached(job.data, job.digest)
+    timer = None
+    if job.engine == "auto" and engines.choose("auto", module, job.limits, job.deterministic) == "wasm3":
+        timer = threading.Timer(
+            engines.AUTO_WALL_US / 1e6, engines.compile_in_background, (module, job.limits, job.deterministic)
+        )
+        timer.daemon = True
+        timer.start()
+    try:
+        result = run_prepared(job._replace(module=module), on_output)
+    finally:
+        if timer is not None:
+            timer.cancel()
+    engines.wait_for_compiles(result.wall_us / 1e6)
+    return result
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -228,8 +272,14 @@ def register(sub: Any) -> None:
         "--engine",
         choices=("wasm3", "wasmtime", "auto"),
         default="auto",
-        help="wasm3 interprets (starts in µs), wasmtime compiles (needs pyphase[jit]; in process only so far); "
+        help="wasm3 interprets (starts in µs), wasmtime compiles (needs pyphase[jit]; in the sandbox too); "
         "auto: long jobs compiled, short ones on wasm3 (default auto)",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where --no-sandbox runs keep compiled code and which modules ran long, as a node does "
+        "(default: plasmd's default data directory)",
     )
     p.add_argument("--identity", metavar="FILE", help=f"key that signs the receipt (default {default_identity_path()})")
     p.set_defaults(func=cmd_run)

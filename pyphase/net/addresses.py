@@ -14,18 +14,34 @@ from typing import Mapping
 from pyphase.identity import public_key_from_peer_id
 
 __all__ = [
+    "API_PORT_OFFSET",
     "DEFAULT_PORT",
+    "DHT_PORT_OFFSET",
+    "RELAY_PORT_OFFSET",
     "RELAY_PREFIX",
     "SOCKS_PROXY_ENV",
     "parse_address",
     "parse_socks_proxy",
     "resolve_socks_proxy",
+    "side_port",
     "split_hostport",
     "split_relayed",
     "valid_host",
 ]
 
 DEFAULT_PORT = 7465
+# A node's other services listen by default at its phase/1 port P plus these: far from P, so nodes started on
+# consecutive ports (7465, 7466, ...) never take each other's (at P + 1, P + 2, P + 3 they did)
+API_PORT_OFFSET = 1000  # the HTTP API (TCP)
+DHT_PORT_OFFSET = 2000  # libtorrent's DHT socket (UDP, and the TCP listener libtorrent always opens beside it)
+RELAY_PORT_OFFSET = 3000  # the relay service (TCP)
+
+
+def side_port(port: int, offset: int) -> int:
+    """The default port of a node's service at ``offset`` from its phase/1 ``port``; 0 (any free port) past 65535."""
+    return port + offset if 0 < port and port + offset <= 65535 else 0
+
+
 RELAY_PREFIX = "relay/"  # PEERID@relay/HOST:PORT: the node PEERID, reached through the Phase relay at HOST:PORT
 SOCKS_PROXY_ENV = "PHASE_SOCKS_PROXY"
 

@@ -307,6 +307,7 @@ class Client:
     def _resolve_unresolved(self) -> None:
         """Bare peer ids -> addresses from their signed DHT records (NoPeers naming why, if none resolves)."""
         from pyphase.net.dht import client_dht, resolve_peer
+        from pyphase.net.dial import DIAL_TIMEOUT_S, first_reachable
 
         ids, self._unresolved = self._unresolved, []
         failures = []
@@ -314,7 +315,8 @@ class Client:
             with client_dht(self._dht_bootstrap) as dht:
                 for peer_id in ids:
                     try:
-                        self.add_peer(resolve_peer(dht, peer_id).address)
+                        record = resolve_peer(dht, peer_id)
+                        self.add_peer(first_reachable(record, min(self.connect_timeout, DIAL_TIMEOUT_S)))
                     except PhaseError as exc:
                         failures.append(f"{peer_id}: {exc}")
         except (RuntimeError, OSError) as exc:
@@ -329,7 +331,8 @@ class Client:
         try:
             with client_dht(self._dht_bootstrap) as dht:
                 for record in find_nodes(dht, timeout=max(self._discover_timeout, 3.0)):
-                    self.add_peer(record.address)
+                    if record.candidates:  # it answered at its announced address: the record names it
+                        self.add_peer(record.address)
         except (RuntimeError, OSError) as exc:  # PermissionError: the test suite's guard; no libtorrent; no UDP
             self._dht_failure = f"{type(exc).__name__}: {exc}"
 
@@ -354,6 +357,7 @@ class Client:
             sock.setsockopt(zmq.HEARTBEAT_IVL, 5000 if slow else 1000)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 30000 if slow else 3000)
             sock.setsockopt(zmq.MAXMSGSIZE, 1 << 30)
+            sock.setsockopt(zmq.RCVHWM, wire.RECEIVE_QUEUE_LIMIT)  # a full queue, then a close, aborted us
             peer.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
             sock.connect(endpoint)
             peer.sock = sock

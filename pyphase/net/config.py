@@ -28,7 +28,7 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
                                         # and on the DHT under the key in STORE/boot/release.pub when dht is on
     # the HTTP side (docs/API.md): JSON API, /metrics, dashboard; job history
     api             = true              # serve them
-    api_listen      = ""                # HOST:PORT; "" = 127.0.0.1 at the phase/1 port + 1. Beyond loopback,
+    api_listen      = ""                # HOST:PORT; "" = 127.0.0.1 at the phase/1 port + 1000. Beyond loopback,
                                         # requests need the token plasmd writes to DATA_DIR/api_token (0600)
     api_max_connections = 64            # open HTTP connections; beyond, requests are answered 503
     api_body_timeout = "30s"            # how long a request body may take to arrive (then 408)
@@ -49,7 +49,7 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     # The Internet: the BitTorrent Mainline DHT (docs/NETWORK.md). Private mode runs with dht = false.
     dht             = true              # publish a signed record under the node's key, announce for rendezvous,
                                         # answer the record query on UDP at the phase/1 port number
-    dht_listen      = ""                # IP:PORT of the DHT's UDP socket (default: listen host, phase/1 port + 2)
+    dht_listen      = ""                # IP:PORT of the DHT's UDP socket (default: listen host, phase/1 port + 2000)
     dht_bootstrap   = ""                # HOST:PORT,... to join through; "": libtorrent's default Mainline router
                                         # (plus the good nodes remembered in DATA_DIR/dht-nodes.json either way)
     dht_refresh     = "20m"             # republish the record (good for 2 h) and re-announce this often
@@ -63,13 +63,14 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     # Relays (docs/NETWORK.md, "Relays"): a reachable node carries circuits to nodes that cannot be reached;
     # the relay sees only CURVE ciphertext. A node behind a relay publishes "via relay" in its DHT record.
     relay           = false             # offer relaying (announced on the DHT under sha1("phase/1/relay"))
-    relay_listen    = ""                # HOST:PORT of the relay service (default: listen host, phase/1 port + 3)
+    relay_listen    = ""                # HOST:PORT of the relay service (default: listen host, phase/1 port + 3000)
     relay_reservations = 64             # nodes holding a reservation at once (4 from one source address)
     relay_circuits  = 128               # circuits open at once, in all
     relay_node_circuits = 8             # circuits open at once to one node
     relay_address_circuits = 4          # circuits open at once from one client address
     relay_circuit_bytes = "256MiB"      # bytes one circuit carries (both ways) before it is closed
     relay_circuit_time = "10m"          # how long one circuit lives (the client's ZeroMQ then reconnects)
+    relay_reservation_time = "1h"       # a reservation not refreshed within this ends (nodes refresh at half)
     via_relay       = ""                # reach this node through relays: "HOST:PORT,..." of relays (at most 2
                                         # used), a relay's PEERID, or "auto" (relays found on the DHT); the
                                         # record then names the relays instead of the node's own address.
@@ -184,6 +185,7 @@ class NodeConfig:
     relay_address_circuits: int = 4
     relay_circuit_bytes: int = 256 << 20
     relay_circuit_time_ms: int = 600_000
+    relay_reservation_time_ms: int = 3_600_000
     via_relay: str = ""
     upnp: bool = True
     reachability: bool = True
@@ -263,6 +265,7 @@ _TOP: dict[str, tuple[str, Any]] = {
     "relay_address_circuits": ("relay_address_circuits", int),
     "relay_circuit_bytes": ("relay_circuit_bytes", parse_size),
     "relay_circuit_time": ("relay_circuit_time_ms", parse_duration_ms),
+    "relay_reservation_time": ("relay_reservation_time_ms", parse_duration_ms),
     "via_relay": ("via_relay", str),
     "upnp": ("upnp", "bool"),
     "reachability": ("reachability", "bool"),
@@ -369,6 +372,8 @@ def load_config(
             raise ValueError(f"{name} must be at least 1")
     if config.relay_circuit_bytes < 1:
         raise ValueError("relay_circuit_bytes must be at least 1 byte")
+    if config.relay_reservation_time_ms < 1000:
+        raise ValueError("relay_reservation_time must be at least 1s")
     if config.connections < 0:
         raise ValueError("connections must be 0 (from the open-file limit) or more")
     if config.log_format not in ("json", "text"):

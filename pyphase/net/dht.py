@@ -13,9 +13,9 @@ alerts answer them, so a node calls them from a worker thread and a client calls
 * Record query: a node answers a padded UDP datagram on its announced port with its signed record
   (:class:`RecordResponder`; :func:`query_record` asks), so a client learns the key CURVE then proves.
 
-The DHT's own UDP socket is on ``dht_listen`` (by default the ``phase/1`` port + 2; + 1 is the HTTP API's): libtorrent 2.1
-always opens a TCP listener beside its UDP socket, so the DHT cannot share the ``phase/1`` port number;
-the record query does (UDP on the TCP listener's port number), and that is the port announced.
+The DHT's own UDP socket is on ``dht_listen`` (by default the ``phase/1`` port + 2000,
+``pyphase.net.addresses.DHT_PORT_OFFSET``): libtorrent 2.1 always opens a TCP listener beside its UDP socket,
+so the DHT cannot share the ``phase/1`` port number; the record query does (UDP on the TCP listener's port number), and that is the port announced.
 
 Tests must never reach the public DHT: when ``PHASE_DHT_ALLOW`` names networks (``127.0.0.0/8``),
 every bootstrap node, remembered node and listen address must lie inside them, and leaving the

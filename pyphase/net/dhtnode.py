@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pyphase.identity import Identity
 from pyphase.net import records
-from pyphase.net.addresses import split_hostport
+from pyphase.net.addresses import DHT_PORT_OFFSET, side_port, split_hostport
 from pyphase.net.config import NodeConfig
 from pyphase.net.discovery import announce_addresses
 from pyphase.net.dht import (
@@ -42,11 +42,11 @@ KNOWN_NODES_FILE = "dht-nodes.json"
 
 
 def dht_listen_address(config: NodeConfig, host: str, port: int) -> str:
-    """``dht_listen``, else the ``phase/1`` listen host at the node's port + 2 (+ 1 is the HTTP API's)."""
+    """``dht_listen``, else the ``phase/1`` listen host at the node's port + ``DHT_PORT_OFFSET``."""
     if config.dht_listen:
         return config.dht_listen
     bind = split_hostport(config.listen)[0]
-    return f"{bind}:{port + 2 if port < 65534 else 0}"
+    return f"{bind}:{side_port(port, DHT_PORT_OFFSET)}"
 
 
 class DhtPresence:
@@ -74,6 +74,9 @@ class DhtPresence:
         self.dht: Dht | None = None
         # more (name, info-hash, port) announces kept up beside the rendezvous, e.g. the node's boot source
         self.also_announce: list[tuple[str, bytes, int]] = []
+        self.on_peers: Callable[[list[tuple[str, int]]], None] | None = (
+            None  # each rendezvous's peers (the API lists them)
+        )
         self.responder: RecordResponder | None = None
         self.seq = 0
         self._task: asyncio.Task[None] | None = None
@@ -215,7 +218,9 @@ class DhtPresence:
         first = True
         warmup = [5.0, 30.0]
         while True:
-            while self.via_relay and not self.relays:  # nothing to say until a relay holds a reservation
+            # nothing to say until a relay holds a reservation; once one did, losing them all is said (an empty
+            # record), so the DHT never keeps naming a relay that no longer holds this node
+            while self.via_relay and not self.relays and first:
                 self._changed.clear()
                 await self._changed.wait()
             await asyncio.to_thread(dht.wait_bootstrapped, 10.0)
@@ -251,6 +256,8 @@ class DhtPresence:
                     self.log("dht_announced", port=extra_port, hashes={name: extra_hash.hex()})
             peers = await asyncio.to_thread(dht.get_peers, hashes["phase/1"], 5.0)
             self.log("dht_rendezvous", peers=len(peers))
+            if self.on_peers is not None:
+                self.on_peers(peers)
             if self._check_due():
                 before = self.reachability.get("verdict")
                 await self.check_reachability(peers)

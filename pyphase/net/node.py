@@ -48,7 +48,7 @@ from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig
 from pyphase.net.reachability import DialBackService
 from pyphase.net.shares import HeldJob, ShareCaps, Shares
-from pyphase.sandbox.executor import Executor, failed_result, job_kwargs, make_executor
+from pyphase.sandbox.executor import Executor, SandboxExecutor, failed_result, job_kwargs, make_executor
 from pyphase import engines
 from pyphase.receipt import machine_arch, make_receipt, timestamp
 from pyphase.result import Result
@@ -423,12 +423,9 @@ class Node:
         sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
         # Per connection, answers queued (results big enough to matter are also counted in bytes, _send_result);
-        # a full queue or a gone peer fails the send (ROUTER_MANDATORY). No receive high-water mark: in libzmq
-        # 4.3.5 a connection whose input was stopped by a full pipe and then hits an I/O error (the peer
-        # closes, or sends on) is left with _io_error set, and the next heartbeat or PONG it writes aborts the
-        # process (stream_engine_base.cpp:310, "!_io_error"). The node drains every connection at once instead.
+        # a full queue or a gone peer fails the send (ROUTER_MANDATORY). Received: see wire.RECEIVE_QUEUE_LIMIT.
         sock.setsockopt(zmq.SNDHWM, 256)
-        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, wire.RECEIVE_QUEUE_LIMIT)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.linger = 1000
         host, port = split_hostport(self.config.listen)
@@ -753,7 +750,6 @@ class Node:
             "memory_bytes": memory,
             "runtime": RUNTIME_NAME,
             "runtime_version": RUNTIME_VERSION,
-            # the compiling engine runs only in process (thread executor) so far: sandbox workers are wasm3's
             "engines": self._engines(),
             "executor": self.executor.kind if self.executor else "none",
             "max_limits": {
@@ -854,11 +850,13 @@ class Node:
         self._spawn(dial())
 
     def _engines(self) -> list[str]:
-        """The engines this node's executor runs jobs on: the compiling engine runs in process only (thread
-        executor) so far; sandbox workers are wasm3's (docs/SANDBOX.md, "Engines")."""
-        if self.executor is not None and self.executor.kind == "thread":
-            return engines.available()
-        return ["wasm3"]
+        """The engines this node's executor runs jobs on (sandbox workers run both when the compiling engine is
+        installed: docs/SANDBOX.md, "Engines")."""
+        if self.executor is None:
+            return ["wasm3"]
+        if isinstance(self.executor, SandboxExecutor):
+            return self.executor.engines
+        return engines.available()
 
     def _check_offer(self, manifest: dict[str, Any], data: bytes) -> tuple[str, str] | Limits:
         problems = schemas.errors("manifest", manifest)

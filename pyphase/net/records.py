@@ -8,6 +8,8 @@ A record is a bencoded dictionary, at most :data:`MAX_VALUE_BYTES` once wrapped 
 ``r`` (optional) lists the relays that hold a reservation for the node (:mod:`pyphase.net.relay`): a node
 that cannot be reached directly publishes no ``a`` and is dialled ``PEERID@relay/HOST:PORT``. A relay
 itself says so in ``c`` (``relay``: the port of its relay service, on the host of its first address).
+A node reached only through relays that has lost every reservation publishes neither ``a`` nor ``r``
+(nobody can reach it now), rather than leave a record naming a relay that would refuse its clients.
 
 It is signed the BEP 44 way (``salt`` :data:`SALT`, sequence number ``seq``, value), so the same bytes
 a DHT node stores are what a client verifies, here with PyNaCl and never by trusting libtorrent's check.
@@ -138,12 +140,22 @@ class NodeRecord:
     relays: tuple[str, ...] = ()
 
     @property
+    def candidates(self) -> tuple[str, ...]:
+        """Every way to dial the node, in the record's order: ``PEERID@HOST:PORT`` of each address, then
+        ``PEERID@relay/HOST:PORT`` of each relay."""
+        return tuple(f"{self.peer_id}@{a}" for a in self.addresses) + tuple(
+            f"{self.peer_id}@{RELAY_PREFIX}{r}" for r in self.relays
+        )
+
+    @property
     def address(self) -> str:
-        """``PEERID@HOST:PORT`` of the first address (the one a client dials first); a node with no direct
-        address: ``PEERID@relay/HOST:PORT`` of its first relay."""
-        if self.addresses:
-            return f"{self.peer_id}@{self.addresses[0]}"
-        return f"{self.peer_id}@{RELAY_PREFIX}{self.relays[0]}"
+        """The first of :attr:`candidates`; ``RecordError`` when the record names no way to reach the node."""
+        if not self.candidates:
+            raise RecordError(
+                f"the record of {self.peer_id} names no address and no relay: the node holds no relay "
+                "reservation now (it is republished when one does)"
+            )
+        return self.candidates[0]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -179,8 +191,6 @@ def encode_value(
     }
     if relays:
         doc["r"] = list(relays)[:MAX_RELAYS]
-    if not doc["a"] and not relays:
-        raise ValueError("a node record needs an address or a relay")
     value = bencode(doc)
     if len(_bstr(value)) > MAX_VALUE_BYTES:
         raise ValueError(f"a node record must bencode to at most {MAX_VALUE_BYTES} bytes, this one has {len(value)}")
@@ -235,7 +245,7 @@ def verify_record(
     relays = doc.get(b"r", [])
     if not isinstance(addresses, list) or not isinstance(engines, list) or not isinstance(caps, dict):
         raise RecordError("record has no addresses")
-    if not isinstance(relays, list) or not (addresses or relays):
+    if not isinstance(relays, list):
         raise RecordError("record has no addresses")
     texts = tuple(_text(a, "a") for a in addresses[:MAX_ADDRESSES])
     via = tuple(_text(r, "r") for r in relays[:MAX_RELAYS])

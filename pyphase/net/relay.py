@@ -33,7 +33,9 @@ import msgpack  # type: ignore[import-untyped]
 import nacl.exceptions
 import nacl.signing
 
+from pyphase._core import splice
 from pyphase.identity import Identity, public_key_from_peer_id
+from pyphase.net.addresses import RELAY_PORT_OFFSET, side_port
 
 __all__ = [
     "MAX_FRAME",
@@ -51,7 +53,6 @@ HANDSHAKE_TIMEOUT_S = 5.0
 ACCEPT_TIMEOUT_S = 5.0  # how long a client waits for the node to answer its circuit
 PING_S = 15.0
 DEAD_S = 45.0
-CHUNK = 64 << 10
 PROOF_CONTEXT = b"phase/1 relay reserve\n"
 _packer = msgpack.Packer(use_bin_type=True)
 
@@ -66,11 +67,11 @@ class RelayError(Exception):
 
 
 def relay_listen_address(listen: str, port: int, configured: str) -> str:
-    """``relay_listen``, else the ``phase/1`` listen host at the node's port + 3 (+1 API, +2 DHT)."""
+    """``relay_listen``, else the ``phase/1`` listen host at the node's port + ``RELAY_PORT_OFFSET``."""
     if configured:
         return configured
     host = listen.rpartition(":")[0] or "0.0.0.0"
-    return f"{host}:{port + 3 if port < 65533 else 0}"
+    return f"{host}:{side_port(port, RELAY_PORT_OFFSET)}"
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
@@ -111,6 +112,32 @@ async def read_frame(reader: asyncio.StreamReader, timeout: float) -> dict[str, 
     try:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
             body = await reader.readexactly(size)
+    except TimeoutError:
+        raise RelayError("bad_request", "a frame began and never ended") from None
+    return decode_frame(body)
+
+
+async def _sock_exactly(sock: socket.socket, n: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    buf = b""
+    while len(buf) < n:
+        chunk = await loop.sock_recv(sock, n - len(buf))
+        if not chunk:
+            raise asyncio.IncompleteReadError(buf, n)
+        buf += chunk
+    return buf
+
+
+async def _sock_read_frame(sock: socket.socket, timeout: float) -> dict[str, Any]:
+    """One frame from a non-blocking socket, reading no byte beyond it (what follows belongs to the stream)."""
+    async with asyncio.timeout(timeout):
+        head = await _sock_exactly(sock, 2)
+    (size,) = struct.unpack(">H", head)
+    if size > MAX_FRAME:
+        raise RelayError("bad_request", f"frame of {size} bytes exceeds {MAX_FRAME}")
+    try:
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            body = await _sock_exactly(sock, size)
     except TimeoutError:
         raise RelayError("bad_request", "a frame began and never ended") from None
     return decode_frame(body)
@@ -173,12 +200,14 @@ class RelayLimits:
     circuit_bytes: int = 256 << 20  # both directions together; then the circuit is closed
     circuit_time_s: float = 600.0  # then the circuit is closed (the client's ZeroMQ reconnects)
     pending: int = 64  # connections still in their handshake
+    reservation_s: float = 3600.0  # a reservation not refreshed within this ends (the node refreshes at half)
 
     def to_wire(self) -> dict[str, int]:
         return {
             "circuits": self.node_circuits,
             "bytes": self.circuit_bytes,
             "seconds": int(self.circuit_time_s),
+            "reservation": max(1, int(self.reservation_s)),
         }
 
 
@@ -187,7 +216,8 @@ class _Reservation:
     peer_id: str
     address: str
     writer: asyncio.StreamWriter
-    since: float = field(default_factory=time.monotonic)
+    since: float = field(default_factory=time.monotonic)  # last word from the node
+    expires: float = 0.0  # monotonic; a refresh moves it on
     circuits: int = 0
 
 
@@ -201,19 +231,33 @@ class RelayServer:
         self.limits = limits or RelayLimits()
         self.host = ""
         self.port = 0
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
         self._reservations: dict[str, _Reservation] = {}
-        self._pending_circuits: dict[bytes, tuple[_Reservation, asyncio.Future[Any]]] = {}
+        self._pending_circuits: dict[bytes, tuple[_Reservation, asyncio.Future[socket.socket]]] = {}
         self._circuits = 0
         self._by_address: dict[str, int] = {}  # circuits open (or waiting) per client address
         self._handshaking = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._spliced: set[socket.socket] = set()  # owned by a splice thread, which closes them
         self.forwarded = 0  # bytes carried, both directions, every circuit
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._on_connection, host, port, limit=CHUNK, backlog=256)
-        sockname = self._server.sockets[0].getsockname()
-        self.host, self.port = sockname[0], sockname[1]
+        loop = asyncio.get_running_loop()
+        family, kind, proto, _, address = (
+            await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        )[0]
+        listener = socket.socket(family, kind, proto)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(address)
+            listener.listen(256)
+        except OSError:
+            listener.close()
+            raise
+        listener.setblocking(False)
+        self._listener = listener
+        self.host, self.port = listener.getsockname()[:2]
+        self._spawn(self._accept_loop(listener))
 
     @property
     def reservations(self) -> int:
@@ -224,52 +268,79 @@ class RelayServer:
         return self._circuits
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            self._listener.close()
         for res in list(self._reservations.values()):
             res.writer.close()
+        for sock in list(self._spliced):
+            _shutdown(sock)  # its splice thread ends and closes it
         await _cancel(list(self._tasks))
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(listener)
+            except OSError:
+                await asyncio.sleep(0.05)  # out of descriptors, or closing: do not spin
+                continue
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's transports do
+            self._spawn(self._on_connection(conn, str(peer[0])))
+
+    async def _on_connection(self, conn: socket.socket, address: str) -> None:
+        """Handshake frames are read from the socket itself, never beyond the frame: what follows is the
+        ZeroMQ stream, which the splice thread copies from the kernel's buffer."""
         keep = False
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        address = str(peer[0])
         try:
             if self._handshaking >= self.limits.pending:
                 return
             self._handshaking += 1
             try:
-                first = await read_frame(reader, HANDSHAKE_TIMEOUT_S)
+                first = await _sock_read_frame(conn, HANDSHAKE_TIMEOUT_S)
             finally:
                 self._handshaking -= 1
             kind = first["t"]
             if kind == "reserve":
-                await self._reserve(first, reader, writer, address)
+                keep = True  # its streams own the socket from here
+                reader, writer = await asyncio.open_connection(sock=conn, limit=MAX_FRAME * 2)
+                try:
+                    await self._reserve(first, reader, writer, address)
+                except RelayError as exc:
+                    writer.write(encode_frame("error", reason=exc.reason, detail=exc.detail[:256]))
+                    async with asyncio.timeout(1.0):
+                        await writer.drain()
+                finally:
+                    writer.close()
             elif kind == "connect":
-                await self._connect(first, reader, writer, address)
+                await self._connect(first, conn, address)
             elif kind == "accept":
-                keep = self._accept(first, reader, writer, address)
+                keep = self._accept(first, conn, address)
             else:
                 raise RelayError("bad_request", f"unknown message {kind[:32]!r}")
         except RelayError as exc:
-            await self._refuse(writer, exc.reason, exc.detail)
+            await self._refuse(conn, exc.reason, exc.detail)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         except Exception as exc:  # a fault of ours on hostile input: this connection ends, the relay goes on
             self.log("internal_error", where="relay", error=f"{type(exc).__name__}: {exc}")
         finally:
-            self._tasks.discard(task)
-            if not keep:
-                writer.close()
+            if not keep and conn not in self._spliced:
+                conn.close()
 
-    async def _refuse(self, writer: asyncio.StreamWriter, reason: str, detail: str) -> None:
+    async def _refuse(self, conn: socket.socket, reason: str, detail: str) -> None:
+        if conn in self._spliced or conn.fileno() < 0:
+            return
         try:
-            writer.write(encode_frame("error", reason=reason, detail=detail[:256]))
             async with asyncio.timeout(1.0):
-                await writer.drain()
+                await asyncio.get_running_loop().sock_sendall(
+                    conn, encode_frame("error", reason=reason, detail=detail[:256])
+                )
         except (TimeoutError, ConnectionError, OSError):
             pass
 
@@ -310,26 +381,41 @@ class RelayServer:
             replacing.writer.close()
         elif len(self._reservations) >= self.limits.reservations:
             raise RelayError("relay_busy", f"this relay holds {self.limits.reservations} reservations")
-        res = _Reservation(peer_id, address, writer)
+        ttl = self.limits.reservation_s
+        res = _Reservation(peer_id, address, writer, expires=time.monotonic() + ttl)
         self._reservations[peer_id] = res
         writer.write(encode_frame("reserved", limits=self.limits.to_wire()))
         await writer.drain()
         self.log("relay_reserved", role="relay", peer=peer_id, address=address, reservations=len(self._reservations))
         why = "closed"
+        ping_at = time.monotonic() + PING_S
         try:
             while True:
+                now = time.monotonic()
+                if now >= res.expires:  # the slot and its memory go to the next node
+                    why = f"expired (not refreshed within {ttl:g} s)"
+                    writer.write(encode_frame("error", reason="expired", detail=why))
+                    async with asyncio.timeout(1.0):
+                        await writer.drain()
+                    break
                 try:
-                    msg = await read_frame(reader, PING_S)
+                    msg = await read_frame(reader, min(ping_at, res.expires) - now)
                 except TimeoutError:
                     if time.monotonic() - res.since > DEAD_S:
                         why = f"silent for {DEAD_S:g} s"
                         break
-                    writer.write(encode_frame("ping"))
-                    await writer.drain()
+                    if time.monotonic() >= ping_at:
+                        ping_at = time.monotonic() + PING_S
+                        writer.write(encode_frame("ping"))
+                        await writer.drain()
                     continue
                 res.since = time.monotonic()
                 if msg["t"] == "ping":
                     writer.write(encode_frame("pong"))
+                    await writer.drain()
+                elif msg["t"] == "refresh":
+                    res.expires = res.since + ttl
+                    writer.write(encode_frame("reserved", limits=self.limits.to_wire()))
                     await writer.drain()
         except RelayError as exc:
             why = str(exc)
@@ -343,9 +429,7 @@ class RelayServer:
                         fut.set_exception(RelayError("node_lost", "the node's reservation ended"))
                 self.log("relay_lost", role="relay", peer=peer_id, address=address, reason=why)
 
-    async def _connect(
-        self, first: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str
-    ) -> None:
+    async def _connect(self, first: dict[str, Any], conn: socket.socket, address: str) -> None:
         peer_id = first.get("peer")
         res = self._reservations.get(peer_id.lower()) if isinstance(peer_id, str) else None
         if res is None:
@@ -358,28 +442,27 @@ class RelayServer:
             raise RelayError("relay_busy", f"{self.limits.address_circuits} circuits open from {address}")
         self._by_address[address] = self._by_address.get(address, 0) + 1
         token = os.urandom(16)
-        fut: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[socket.socket] = loop.create_future()
         self._pending_circuits[token] = (res, fut)
         self._circuits += 1
         res.circuits += 1
-        node_writer: asyncio.StreamWriter | None = None
+        node_conn: socket.socket | None = None
         opened = time.monotonic()
-        carried = [0]
-        why = "closed"
+        why, carried = "closed", 0
         try:
             res.writer.write(encode_frame("circuit", id=token))
             try:
                 async with asyncio.timeout(ACCEPT_TIMEOUT_S):
-                    node_reader, node_writer = await fut
+                    node_conn = await fut
             except TimeoutError:
                 raise RelayError(
                     "timeout", f"the node did not take the circuit within {ACCEPT_TIMEOUT_S:g} s"
                 ) from None
-            writer.write(encode_frame("ok"))
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                await loop.sock_sendall(conn, encode_frame("ok"))
             self.log("circuit_opened", role="relay", peer=res.peer_id, client=address, circuit=token[:4].hex())
-            why = await self._splice(reader, writer, node_reader, node_writer, carried)
+            why, carried = await self._splice(conn, node_conn)
         finally:
             self._pending_circuits.pop(token, None)
             self._circuits -= 1
@@ -387,22 +470,21 @@ class RelayServer:
             left = self._by_address.pop(address) - 1
             if left:
                 self._by_address[address] = left
-            if node_writer is not None:
-                node_writer.close()
-                self.forwarded += carried[0]
+            if node_conn is not None:
+                if node_conn not in self._spliced:
+                    node_conn.close()
+                self.forwarded += carried
                 self.log(
                     "circuit_closed",
                     role="relay",
                     peer=res.peer_id,
                     circuit=token[:4].hex(),
-                    bytes=carried[0],
+                    bytes=carried,
                     seconds=round(time.monotonic() - opened, 3),
                     reason=why,
                 )
 
-    def _accept(
-        self, first: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str
-    ) -> bool:
+    def _accept(self, first: dict[str, Any], conn: socket.socket, address: str) -> bool:
         token = first.get("circuit")
         entry = self._pending_circuits.get(token) if isinstance(token, bytes) else None
         if entry is None or entry[1].done():
@@ -410,43 +492,47 @@ class RelayServer:
         res, fut = entry
         if res.address != address:
             raise RelayError("unknown_circuit", "the circuit belongs to a node at another address")
-        fut.set_result((reader, writer))
+        fut.set_result(conn)
         return True
 
-    async def _splice(
-        self,
-        a_reader: asyncio.StreamReader,
-        a_writer: asyncio.StreamWriter,
-        b_reader: asyncio.StreamReader,
-        b_writer: asyncio.StreamWriter,
-        carried: list[int],
-    ) -> str:
-        """Copy both ways until either side closes or a limit is reached; return why it ended."""
-        limit = self.limits.circuit_bytes
+    async def _splice(self, a: socket.socket, b: socket.socket) -> tuple[str, int]:
+        """Join ``a`` and ``b`` in a thread of their own, copying in C without the GIL (an asyncio copy loop
+        costs this relay ~0.1 ms per message round trip, bench/relay_bench.py ``--hops``); the thread closes
+        both sockets when the circuit ends. Returns why it ended and the bytes carried."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[tuple[str, int]] = loop.create_future()
+        limits = self.limits
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> str:
-            while True:
-                data = await src.read(CHUNK)
-                if not data:
-                    return "closed"
-                carried[0] += len(data)
-                if carried[0] > limit:
-                    return f"byte limit ({limit} bytes)"
-                dst.write(data)
-                await dst.drain()
+        def run() -> None:
+            end = ("closed", 0)
+            try:
+                end = join(a, b, limits.circuit_bytes, limits.circuit_time_s)
+            finally:
+                a.close()
+                b.close()
+                try:
+                    loop.call_soon_threadsafe(_settle, done, end)
+                except RuntimeError:
+                    pass  # the loop is gone: plasmd is exiting
 
-        tasks = [asyncio.ensure_future(pump(a_reader, b_writer)), asyncio.ensure_future(pump(b_reader, a_writer))]
+        def _settle(fut: asyncio.Future[tuple[str, int]], end: tuple[str, int]) -> None:
+            self._spliced.difference_update((a, b))
+            if not fut.done():
+                fut.set_result(end)
+
+        self._spliced.update((a, b))
+        threading.Thread(target=run, name="phase-relay-splice", daemon=True).start()
         try:
-            done, _ = await asyncio.wait(tasks, timeout=self.limits.circuit_time_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if not done:
-            return f"time limit ({self.limits.circuit_time_s:g} s)"
-        task = done.pop()
-        exc = task.exception()
-        return "closed" if exc is not None else str(task.result())
+            why, carried = await asyncio.shield(done)
+        except asyncio.CancelledError:
+            _shutdown(a)  # the thread ends and closes them
+            _shutdown(b)
+            raise
+        if why == "bytes":
+            return f"byte limit ({limits.circuit_bytes} bytes)", carried
+        if why == "time":
+            return f"time limit ({limits.circuit_time_s:g} s)", carried
+        return why, carried
 
 
 # ---- the node's side -----------------------------------------------------------------------------------
@@ -459,21 +545,23 @@ def _shutdown(sock: socket.socket) -> None:
         pass
 
 
-def pump(src: socket.socket, dst: socket.socket, counter: list[int] | None = None) -> None:
-    """Copy ``src`` to ``dst`` until either ends; then cut both, so the other direction stops too."""
+def join(a: socket.socket, b: socket.socket, max_bytes: int = 0, timeout: float = -1.0) -> tuple[str, int]:
+    """Copy ``a`` ⇄ ``b`` in C with the GIL released (:func:`pyphase._core.splice`) until either ends, a limit
+    is reached (``max_bytes``, ``timeout`` seconds; 0 / negative: none) or another thread shuts one down;
+    then cut both. Returns why it ended (``closed``, ``bytes``, ``time``) and the bytes carried."""
     try:
-        while True:
-            data = src.recv(CHUNK)
-            if not data:
-                break
-            if counter is not None:
-                counter[0] += len(data)
-            dst.sendall(data)
+        return splice(a.fileno(), b.fileno(), max_bytes, timeout)
     except OSError:
-        pass
+        return "closed", 0
     finally:
-        _shutdown(src)
-        _shutdown(dst)
+        _shutdown(a)
+        _shutdown(b)
+
+
+def _refresh_after(limits: Any) -> float:
+    """Seconds until a node refreshes its reservation: half the time the relay's ``limits`` give it."""
+    ttl = limits.get("reservation") if isinstance(limits, dict) else None
+    return max(0.5, ttl / 2) if isinstance(ttl, (int, float)) and ttl > 0 else 1800.0
 
 
 class RelayAgent:
@@ -567,13 +655,21 @@ class RelayAgent:
             self.log("relay_reserved", role="node", relay=name, relay_peer=relay_peer, limits=limits)
             self.on_change()
             last = time.monotonic()
+            ping_at = last + PING_S
+            refresh_at = last + _refresh_after(limits)
             while True:
                 try:
-                    msg = await read_frame(reader, PING_S)
+                    msg = await read_frame(reader, max(0.0, min(ping_at, refresh_at) - time.monotonic()))
                 except TimeoutError:
-                    if time.monotonic() - last > DEAD_S:
+                    now = time.monotonic()
+                    if now - last > DEAD_S:
                         raise RelayError("silent", f"no word from the relay for {DEAD_S:g} s") from None
-                    writer.write(encode_frame("ping"))
+                    if now >= refresh_at:  # the relay ends a reservation that is not refreshed
+                        writer.write(encode_frame("refresh"))
+                        refresh_at = now + PING_S  # until the relay's answer says when next
+                    if now >= ping_at:
+                        writer.write(encode_frame("ping"))
+                        ping_at = now + PING_S
                     await writer.drain()
                     continue
                 last = time.monotonic()
@@ -582,6 +678,10 @@ class RelayAgent:
                 elif msg["t"] == "ping":
                     writer.write(encode_frame("pong"))
                     await writer.drain()
+                elif msg["t"] == "reserved":
+                    refresh_at = last + _refresh_after(msg.get("limits"))
+                elif msg["t"] == "error":
+                    raise RelayError(str(msg.get("reason", "refused"))[:64], str(msg.get("detail", ""))[:256])
         finally:
             writer.close()
 
@@ -597,7 +697,7 @@ class RelayAgent:
     def _circuit(self, relay: tuple[str, int], token: bytes) -> None:
         remote = local = None
         opened = time.monotonic()
-        carried = [0]
+        carried = 0
         try:
             try:
                 remote = socket.create_connection(relay, timeout=HANDSHAKE_TIMEOUT_S)
@@ -612,16 +712,13 @@ class RelayAgent:
             with self._lock:
                 self._open.update((remote, local))
             self._threadsafe_log("circuit_opened", role="node", relay=f"{relay[0]}:{relay[1]}", circuit=token[:4].hex())
-            back = threading.Thread(target=pump, args=(local, remote, carried), daemon=True)
-            back.start()
-            pump(remote, local, carried)
-            back.join()
+            carried = join(remote, local)[1]
             self._threadsafe_log(
                 "circuit_closed",
                 role="node",
                 relay=f"{relay[0]}:{relay[1]}",
                 circuit=token[:4].hex(),
-                bytes=carried[0],
+                bytes=carried,
                 seconds=round(time.monotonic() - opened, 3),
             )
         finally:

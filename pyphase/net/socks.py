@@ -28,7 +28,7 @@ from python_socks import ProxyError as SocksProxyError
 from python_socks.sync import Proxy
 
 from pyphase.net.addresses import split_hostport
-from pyphase.net.relay import RelayError, open_circuit, pump
+from pyphase.net.relay import RelayError, join, open_circuit
 
 __all__ = ["ProxyError", "SocksRelay", "socks5_connect"]
 
@@ -70,7 +70,7 @@ class SocksRelay:
     A target is ``(host, port)``, or ``(relay host, relay port, peer id)`` for a node reached through a
     Phase relay (:mod:`pyphase.net.relay`): then the connection asks that relay for a circuit to the node,
     through the proxy when there is one (``proxy=None``: directly). Threads: one accepting (started with
-    the first listener), and two per live connection."""
+    the first listener), and one per live connection (copying in C, without the GIL)."""
 
     def __init__(self, proxy: str | None, timeout: float) -> None:
         self.proxy = proxy
@@ -214,10 +214,7 @@ class SocksRelay:
                 local.close()
                 return
             self._links.update((local, remote))
-        back = threading.Thread(target=pump, args=(remote, local), name="phase-socks-pump", daemon=True)
-        back.start()
-        pump(local, remote)
-        back.join()
+        join(local, remote)
         with self._lock:
             self._links.difference_update((local, remote))
         local.close()

@@ -55,6 +55,17 @@ MAX_ITEMS = 4096  # longest array / map anywhere in a header
 MAX_CHUNK_BYTES = 64 << 10  # output in one chunk message at most
 ZERO_COPY_MIN = 256 << 10  # payload frames this big are sent zero-copy; smaller ones are cheaper to copy
 
+# Messages libzmq may queue from one connection before it stops reading it, on the node and in the client: no
+# limit (0). In libzmq 4.3.5 (and master) a connection whose reading stopped on a full queue and whose peer then
+# closes is marked _io_error and taken out of the poller, but its heartbeat timer still fires and writes a PING,
+# which asserts !_io_error and aborts the process (stream_engine_base.cpp:310; libzmq #4841, fix PR #4852
+# declined). Any peer could do it: flood more messages than the limit faster than the other side reads (a client
+# reads nothing while idle), then close. With no limit reading never stops, so that state cannot be reached
+# (tests/net/test_receive_queue.py, test_abuse.py). What one connection may make the node hold is bounded instead
+# by MAXMSGSIZE, the node reading every connection as it comes, and the bad-message budget that shuts a flooding
+# connection down; in a client, by nothing yet while it is idle (docs/NETWORK.md).
+RECEIVE_QUEUE_LIMIT = 0
+
 REJECT_REASONS = (
     "busy",
     "limits",

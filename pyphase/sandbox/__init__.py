@@ -7,6 +7,9 @@ allow-list), runs it and writes the result back, then exits; the fork server for
 crashes, hangs past the hard timeout or runs out of memory is reaped and replaced, and the job ends with
 status ``crashed``, ``timeout`` or ``memory_limit``. See docs/SANDBOX.md.
 
+Both engines run in workers (:mod:`pyphase.engines`): the compiling engine's code is compiled by the fork server
+(never by a worker) when a worker has validated the module, and inherited by every worker forked after that.
+
 Modules are validated inside a worker, never in this process: an invalid module is a job outcome
 (``status == "invalid_module"``), not an exception.
 """
@@ -27,12 +30,12 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import pyphase
-from pyphase import _sandbox
+from pyphase import _sandbox, engines
 from pyphase.digests import sha256_text
 from pyphase.engines import EngineUnavailable
 from pyphase.errors import LimitsError, PhaseError, SandboxError
 from pyphase.limits import Limits, format_size
-from pyphase.result import Result
+from pyphase.result import RawResult, Result
 from pyphase.preopen import FsQuota, Preopen, opened
 from pyphase.runtime import (
     DEFAULT_PROGRAM_NAME,
@@ -57,17 +60,21 @@ DEFAULT_SPIN_US = 0
 # already used are replaced in the background (docs/SANDBOX.md, "Spare workers").
 DEFAULT_SPARES = 1
 START_TIMEOUT_MS = 10_000
+# Workers a compiling-engine job may go through while the fork server compiles its module (each one forked before
+# the code was there answers "not compiled" and exits).
+COMPILE_ATTEMPTS = 4 * _sandbox.MAX_DEPTH
+# How a worker says the fork server could not set up the compiling engine (csrc/sandbox_server.c, jit_set_up).
+JIT_REFUSED = "the compiling engine cannot run in this sandbox"
 
 
 class _Running:
-    """Where a submitted job runs (its slot and worker generation, once it has one), so it can be stopped."""
+    """Where a submitted job runs (its slot, once it has one) and its stop request, so it can be stopped."""
 
-    __slots__ = ("slot", "gen", "stopped")
+    __slots__ = ("slot", "signal")
 
     def __init__(self) -> None:
         self.slot: _sandbox.Slot | None = None
-        self.gen = 0
-        self.stopped = False
+        self.signal = _sandbox.StopSignal()
 
 
 def _server_command() -> list[str]:
@@ -117,7 +124,8 @@ class Sandbox:
     ``grace_ms`` is added to a job's ``timeout_ms`` before its worker is killed from outside;
     ``shm_bytes`` bounds one job's module + input + output limit; ``spin_us`` trades the calling thread's CPU
     for latency on tiny jobs; ``spares`` is how many more single-use workers each slot keeps pre-forked, so that
-    back-to-back jobs do not wait for the replacement of the last one (see docs/SANDBOX.md).
+    back-to-back jobs do not wait for the replacement of the last one (see docs/SANDBOX.md); ``engines``: those its
+    workers run (default: every engine installed here, :func:`pyphase.engines.available`).
     """
 
     def __init__(
@@ -128,6 +136,7 @@ class Sandbox:
         grace_ms: int = DEFAULT_GRACE_MS,
         spin_us: int = DEFAULT_SPIN_US,
         spares: int = DEFAULT_SPARES,
+        engines: Sequence[str] | None = None,
     ) -> None:
         if not 1 <= workers <= 256:
             raise ValueError(f"workers must be between 1 and 256, got {workers}")
@@ -136,6 +145,7 @@ class Sandbox:
         if shm_bytes < _sandbox.MIN_SHM_BYTES:
             raise ValueError(f"shm_bytes must be at least {_sandbox.MIN_SHM_BYTES}")
         self._closed = True
+        self.engines = self._engines_wanted(engines)
         self.workers = workers
         self.grace_ms = grace_ms
         self.spin_us = spin_us
@@ -148,18 +158,44 @@ class Sandbox:
         self._last_added: tuple[bytes, float] | None = None
         self._free: queue.SimpleQueue[_sandbox.Slot] = queue.SimpleQueue()
         self._running: dict[Future[Result], _Running] = {}
-        self._start_server()
+        try:
+            self._start_server()
+        except SandboxError as exc:
+            if engines is not None or "wasmtime" not in self.engines:
+                raise
+            # the library did not load in the fork server: wasm3 still can run
+            warnings.warn(
+                f"the sandbox could not set up the compiling engine ({exc}); its workers run wasm3 only",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.engines = ("wasm3",)
+            self._start_server()
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phase-sandbox")
+
+    @staticmethod
+    def _engines_wanted(wanted: Sequence[str] | None) -> tuple[str, ...]:
+        if wanted is None:
+            return tuple(engines.available())
+        for name in wanted:
+            if name not in engines.ENGINES:
+                raise ValueError(f"unknown engine {name!r}: choose among {', '.join(engines.ENGINES)}")
+            engines.check(name)
+        return tuple(dict.fromkeys(("wasm3", *wanted)))
 
     def _start_server(self) -> None:
         """Start a fork server with one slot per worker, each with 1 + spares buffers (a memfd and a pre-forked
         worker each), and wait until every slot has a worker."""
         self._modules: dict[bytes, int] = {}  # digest -> ADD sequence number (1-based) sent to this server
+        # (digest, compiling engine configuration) -> the ADD that had this server compile it
+        self._compiled: dict[tuple[bytes, int], int] = {}
         self._adds = 0
         main_parent, main_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child_fds = [main_child.fileno()]
         args = ["--main", str(main_child.fileno())]
+        if "wasmtime" in self.engines:
+            args += ["--wasmtime", engines.library()]
         ends: list[tuple[socket.socket, list[int]]] = []
         closers: list[socket.socket | int] = [main_child]
         try:
@@ -241,11 +277,13 @@ class Sandbox:
         seed: bytes | None = None,
         dirs: Sequence[Preopen] = (),
         on_output: OutputCallback | None = None,
+        engine: str = "auto",
     ) -> Result:
         """Run ``module`` once in a worker (blocking this thread only; the GIL is released while waiting).
         ``dirs``: the host directories the job sees, passed to its worker for the job's length;
-        ``on_output(stream, data)``: the output as the worker writes it (as in :func:`pyphase.run`)."""
-        job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed, dirs)
+        ``on_output(stream, data)``: the output as the worker writes it (as in :func:`pyphase.run`); ``engine``:
+        ``wasm3``, ``wasmtime`` or ``auto``, as in :func:`pyphase.run`."""
+        job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed, dirs, engine)
         return self._execute(job, on_output=on_output)
 
     def run_prepared(self, job: PreparedJob, on_output: OutputCallback | None = None) -> Result:
@@ -273,9 +311,10 @@ class Sandbox:
         seed: bytes | None = None,
         dirs: Sequence[Preopen] = (),
         on_output: OutputCallback | None = None,
+        engine: str = "auto",
     ) -> Future[Result]:
         """Queue a job; the future's result is its :class:`Result` (or a :class:`SandboxError`)."""
-        job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed, dirs)
+        job = self._prepare(module, input, args, env, entry, limits, deterministic, program_name, seed, dirs, engine)
         return self._tracked(job, on_output)
 
     def stop(self, future: Future[Result]) -> bool:
@@ -287,10 +326,10 @@ class Sandbox:
         running = self._running.get(future)
         if running is None or future.done():
             return False
-        running.stopped = True
+        gen = running.signal.request()  # from here no worker gets the job, unless it is the one of ``gen``
         slot = running.slot
-        if slot is not None:
-            slot.kill(running.gen)
+        if gen and slot is not None:
+            slot.kill(gen)
         return True
 
     def _tracked(self, job: PreparedJob, on_output: OutputCallback | None = None) -> Future[Result]:
@@ -381,6 +420,7 @@ class Sandbox:
         program_name: str,
         seed: bytes | None,
         dirs: Sequence[Preopen] = (),
+        engine: str = "auto",
     ) -> PreparedJob:
         job = prepare_job(
             module,
@@ -393,6 +433,7 @@ class Sandbox:
             program_name=program_name,
             seed=seed,
             dirs=dirs,
+            engine=engine,
         )
         self._check_fits(job)
         return job
@@ -400,12 +441,10 @@ class Sandbox:
     def _check_fits(self, job: PreparedJob) -> None:
         if self._closed:
             raise SandboxError("the sandbox is closed")
-        if job.engine == "wasmtime":
-            # Workers are single-threaded under a seccomp policy without executable mappings; the compiling engine
-            # is not confined there yet (docs/SANDBOX.md, "Engines"): auto stays on wasm3 in the sandbox.
+        if job.engine == "wasmtime" and "wasmtime" not in self.engines:
             raise EngineUnavailable(
-                "the sandbox runs jobs on wasm3 only for now; the compiling engine runs trusted modules in "
-                "process (phase run --no-sandbox --engine wasmtime, pyphase.run(..., engine='wasmtime'))"
+                "this sandbox runs wasm3 only: the compiling engine needs pip install 'pyphase[jit]' "
+                "(and a Sandbox made with it)"
             )
         slot = self._slots[0]
         need = slot.shm_needed(job, True)
@@ -456,47 +495,155 @@ class Sandbox:
         sink = sink_for(on_output)
         hard_timeout = lim.timeout_ms + self.grace_ms if lim.timeout_ms else 0
         data = job.data
+        engine = self._choose(job)
+        if engine == "wasmtime":
+            return self._execute_compiled(slot, job, test_action, sink, running, hard_timeout)
         try:
+            if running is not None:  # for stop(): which slot's worker to kill (the run tells it which generation)
+                running.slot = slot
             slot.ready(30_000)
-            if running is not None:  # the worker that takes this job, for stop(); then whether it was stopped already
-                running.gen, running.slot = slot.next_generation, slot
-                if running.stopped:
-                    raise SandboxError("the job was stopped before it started")
             added = self._modules.get(job.digest)
             # The worker has the module if the server cached it before forking this worker.
             inline = added is None or slot.cache_seq < added
             with opened(job.dirs) as preopens:
-                raw = slot.run(job, data if inline else None, hard_timeout, test_action, self.spin_us, preopens, sink)
+                stop = running.signal if running is not None else None
+                raw = slot.run(
+                    job, data if inline else None, hard_timeout, test_action, self.spin_us, preopens, sink, stop
+                )
                 if raw is None:  # evicted from (or refused by) the server's cache: send the bytes and add it again
                     self._modules.pop(job.digest, None)
                     added = None
-                    raw = slot.run(job, data, hard_timeout, test_action, self.spin_us, preopens, sink)
+                    raw = slot.run(job, data, hard_timeout, test_action, self.spin_us, preopens, sink, stop)
         except PhaseError as exc:
             raise SandboxError(str(exc)) from None
-        if raw is None:
+        if not isinstance(raw, tuple):
             raise SandboxError("the worker did not take the module's bytes")
-        if added is None and raw[0] not in ("invalid_module", "crashed"):
+        valid = raw[0] not in ("invalid_module", "crashed")
+        if added is None and valid:
             self._add_module(job.digest, data)
-        result = explain_invalid(Result.from_core(raw), data)
+        result = self._finish(Result.from_core(raw), data, sink)
+        if job.engine == "auto":
+            engines.record(job.digest, "wasm3", result.wall_us)
+            if valid and self._compile_later(job):
+                # a long job of a big module ran here; its next ones find the compiled code (pyphase.engines)
+                self._add_module(job.digest, data, engines.config_index(lim, job.deterministic))
+        return result
+
+    @staticmethod
+    def _finish(result: Result, data: bytes, sink: OutputSink | None) -> Result:
+        result = explain_invalid(result, data)
         if sink is not None:
             sink.reraise()
             result = _streamed_as_kept(result, sink)
         return result
 
-    def _add_module(self, digest: bytes, data: bytes) -> None:
+    def _choose(self, job: PreparedJob) -> str:
+        """The engine a job runs on here: ``auto`` as :func:`pyphase.engines.choose` decides it in process, with
+        "compiled" meaning compiled in this sandbox's fork server."""
+        if job.engine != "auto":
+            return job.engine
+        if "wasmtime" not in self.engines or job.digest in self._uncacheable:
+            return "wasm3"
+        if (job.digest, engines.config_index(job.limits, job.deterministic)) in self._compiled:
+            return "wasmtime"
+        if not engines.looks_long(job.digest, job.limits):
+            return "wasm3"
+        return "wasmtime" if len(job.data) <= engines.AUTO_INLINE_COMPILE_BYTES else "wasm3"
+
+    def _compile_later(self, job: PreparedJob) -> bool:
+        """A big module whose job ``auto`` kept on wasm3 while it looked long: compile it for the next ones."""
+        key = (job.digest, engines.config_index(job.limits, job.deterministic))
+        return "wasmtime" in self.engines and key not in self._compiled and engines.looks_long(job.digest, job.limits)
+
+    def _execute_compiled(
+        self,
+        slot: _sandbox.Slot,
+        job: PreparedJob,
+        test_action: int,
+        sink: OutputSink | None,
+        running: _Running | None,
+        hard_timeout: int,
+    ) -> Result:
+        """A job on the compiling engine. A worker runs only code the fork server compiled before forking it: the
+        first worker validates the bytes and answers "not compiled", the server then compiles the module (an ADD
+        with a configuration), and the job goes to the next worker forked after that."""
+        key = (job.digest, engines.config_index(job.limits, job.deterministic))
+        data = job.data
+        if job.digest in self._uncacheable:
+            raise SandboxError("the fork server died caching this module: it is not compiled in this sandbox")
+        for _ in range(COMPILE_ATTEMPTS):
+            try:
+                slot.ready(30_000)
+                if running is not None:  # for stop(): which slot's worker to kill (the run tells it which generation)
+                    running.slot = slot
+                stop = running.signal if running is not None else None
+                worker_seq = slot.cache_seq
+                compiled_at = self._compiled.get(key)
+                inline = compiled_at is None or worker_seq < compiled_at
+                with opened(job.dirs) as preopens:
+                    raw = slot.run(
+                        job,
+                        data if inline else None,
+                        hard_timeout,
+                        test_action,
+                        self.spin_us,
+                        preopens,
+                        sink,
+                        stop,
+                        engine="wasmtime",
+                    )
+            except PhaseError as exc:
+                raise SandboxError(str(exc)) from None
+            if isinstance(raw, tuple):
+                if raw[0] == "rejected" and str(raw[2]).startswith(JIT_REFUSED):
+                    return self._without_compiling_engine(slot, job, test_action, sink, running, str(raw[2]), raw)
+                return self._finish(Result.from_core(raw, "wasmtime"), data, sink)
+            if raw is None:  # the cache lost it (evicted): compile it again
+                self._compiled.pop(key, None)
+            elif compiled_at is not None and worker_seq >= compiled_at:
+                self._compiled.pop(key, None)  # forked after the compile and still without the code: evicted
+            if key not in self._compiled:
+                self._add_module(job.digest, data, key[1])
+        raise SandboxError("the sandbox's fork server did not compile the module for the compiling engine")
+
+    def _without_compiling_engine(
+        self,
+        slot: _sandbox.Slot,
+        job: PreparedJob,
+        test_action: int,
+        sink: OutputSink | None,
+        running: _Running | None,
+        why: str,
+        raw: RawResult,
+    ) -> Result:
+        """The fork server could not set up the compiling engine at its first compile (e.g. under systemd's
+        MemoryDenyWriteExecute): from now on this sandbox runs wasm3 only; an ``auto`` job runs there now."""
+        if "wasmtime" in self.engines:
+            self.engines = ("wasm3",)
+            warnings.warn(f"{why}; the sandbox's workers run wasm3 only", RuntimeWarning, stacklevel=2)
+        if job.engine != "auto":
+            return self._finish(Result.from_core(raw, "wasmtime"), job.data, sink)
+        return self._execute_on(slot, job, test_action, None if sink is None else sink.callback, running)
+
+    def _add_module(self, digest: bytes, data: bytes, compile_index: int = -1) -> None:
         """Have the fork server cache a module a worker validated without incident, so later workers
-        inherit it (no re-validation, no copy per job)."""
+        inherit it (no re-validation, no copy per job); with ``compile_index``, also compile it for that
+        configuration of the compiling engine (pyphase.engines.config_index)."""
         with self._lock:
-            if digest in self._modules or digest in self._uncacheable or self._closed:
+            if digest in self._uncacheable or self._closed:
                 return
-            header = _sandbox.add_message(len(data))
+            if (digest in self._modules) if compile_index < 0 else ((digest, compile_index) in self._compiled):
+                return
+            header = _sandbox.add_message(len(data), compile_index)
             try:
                 self._main.sendall(header + data)
             except OSError:
                 return  # the server is gone; the next job reports it
             self._adds += 1
             self._last_added = (digest, time.monotonic())
-            self._modules[digest] = self._adds
+            self._modules.setdefault(digest, self._adds)
+            if compile_index >= 0:
+                self._compiled[(digest, compile_index)] = self._adds
 
     def _selftest(
         self,
@@ -506,7 +653,8 @@ class Sandbox:
         dirs: Sequence[Preopen] = (),
         on_output: OutputCallback | None = None,
         quota: FsQuota | None = None,
+        engine: str = "wasm3",
     ) -> Result:
         """Test only: run a job whose worker performs ``action`` (see _sandbox.TEST_ACTIONS) once confined."""
-        job = self._prepare(module, b"", (), None, "_start", limits, False, DEFAULT_PROGRAM_NAME, None, dirs)
+        job = self._prepare(module, b"", (), None, "_start", limits, False, DEFAULT_PROGRAM_NAME, None, dirs, engine)
         return self._execute(job._replace(quota=quota), _sandbox.TEST_ACTIONS[action], on_output)

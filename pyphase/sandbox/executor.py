@@ -92,6 +92,11 @@ class SandboxExecutor:
         self.workers = workers
         self._sandbox = Sandbox(workers=workers)
 
+    @property
+    def engines(self) -> list[str]:
+        """The engines its workers run (both when the compiling engine is installed)."""
+        return list(self._sandbox.engines)
+
     def submit(
         self,
         module: bytes,

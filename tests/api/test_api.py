@@ -11,10 +11,12 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
+import wasm_build
 
 from pyphase import verify_receipt
 from pyphase.api import openapi
@@ -66,6 +68,7 @@ def test_job_sent_to_the_network(api_nodes: Callable[..., list[Any]]) -> None:
         "POST", "/v1/jobs", hello_job(wait=True, where="network", peers=[worker.node.address])
     )
     assert status == 200 and job["state"] == "done", job
+    assert job["stream"] is False  # a network job streams only when asked: a failure mid-job then fails over
     assert job["peer"] == worker.node.address.split("@")[0]
     assert worker.call("GET", "/v1/history")[1]["jobs"][0]["job_id"] == job["job_id"]
     assert gateway.call("GET", "/v1/history")[1]["jobs"] == []  # the gateway ran nothing itself
@@ -341,3 +344,126 @@ def test_the_daemon_imports_neither_http_stack_nor_metrics_library() -> None:
     code = f"import sys, pyphase.daemon; print(sorted({lazy!r} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _events(api: Any, job_id: str) -> Iterator[tuple[float, str, dict[str, Any]]]:
+    """Read ``/v1/jobs/{id}/events`` as it comes: (seconds since the request, event, parsed data)."""
+    start = time.monotonic()
+    with urllib.request.urlopen(f"{api.url}/v1/jobs/{job_id}/events", timeout=60) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+        event = data = None
+        for raw in resp:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+            elif line == "" and event is not None:
+                yield time.monotonic() - start, event, data
+                event = data = None
+
+
+def _collect(api: Any, job_id: str) -> tuple[dict[str, bytes], list[tuple[float, str]], dict[str, Any]]:
+    out = {"stdout": b"", "stderr": b""}
+    seen, end = [], None
+    for at, event, data in _events(api, job_id):
+        seen.append((at, event))
+        if event == "end":
+            end = data
+        else:
+            assert data["offset"] == len(out[event])  # in order, nothing lost
+            out[event] += base64.b64decode(data["data"])
+    assert end is not None and seen[-1][1] == "end"
+    return out, seen, end
+
+
+def test_output_streams_as_server_sent_events_while_the_job_runs(api_nodes: Callable[..., list[Any]]) -> None:
+    (api,) = api_nodes()
+    drip = wasm_build.build_c("drip.c").read_bytes()
+    body = {"module": base64.b64encode(drip).decode(), "args": ["5", "500"], "limits": {"timeout_ms": 30000}}
+    status, job, _ = api.call("POST", "/v1/jobs", body)
+    assert status == 202
+    out, seen, end = _collect(api, job["id"])
+    assert out == {
+        "stdout": b"".join(b"tick %d\n" % i for i in range(5)),
+        "stderr": b"tock 1\ntock 3\n",
+    }
+    first = next(at for at, event in seen if event == "stdout")
+    assert first < seen[-1][0] - 1.0  # the first tick came while 4 pauses of 0.5 s were still to run
+    assert end["state"] == "done" and end["status"] == "ok" and end["engine"] == "wasm3" and end["stream"] is True
+    # what was streamed is what the receipt covers
+    _, receipt, _ = api.call("GET", f"/v1/jobs/{job['id']}/receipt")
+    verify_receipt(receipt, signer=api.node.address.split("@")[0], stdout=out["stdout"], stderr=out["stderr"])
+    # a reader that comes after the end gets all of it from offset 0, then the end
+    assert _collect(api, job["id"])[0] == out
+    status, error, _ = api.call("GET", "/v1/jobs/" + "0" * 32 + "/events")
+    assert status == 404 and error["error"] == "not_found"
+
+
+def test_a_failed_job_ends_its_event_stream_with_the_reason(api_nodes: Callable[..., list[Any]]) -> None:
+    (api,) = api_nodes()
+    dead = api.node.address.split("@")[0] + "@127.0.0.1:9"
+    status, job, _ = api.call("POST", "/v1/jobs", hello_job(where="network", peers=[dead]))
+    out, seen, end = _collect(api, job["id"])
+    assert out == {"stdout": b"", "stderr": b""} and [e for _, e in seen] == ["end"]
+    assert end["state"] == "failed" and end["error"].startswith(("NoPeers", "NetworkError")), end
+
+
+def _free_port_with_room() -> int:
+    """A free port P with P + 1 and P + 1000 free too (checked, not reserved: others may race for them)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 1000 > 65535:
+            continue
+        try:
+            for p in (port + 1, port + 1000, port + 1001):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port with room after it")
+
+
+def test_nodes_on_consecutive_ports_each_get_an_api(tmp_path: Path) -> None:
+    """The API's default port is far from phase/1's, so nodes on ports P and P + 1 both start (acceptance's
+    remote.sh starts three so); a taken default means a free port and a note in the log, not a failed start."""
+    import socket
+
+    from net_support import NodeProc, loopback_host
+
+    port = _free_port_with_room()
+    nodes = [NodeProc(tmp_path / f"n{i}", loopback_host()) for i in range(3)]
+    held = socket.socket()
+    try:
+        held.bind(("127.0.0.1", port + 1002))  # node 2's default API port, taken by someone else
+        held.listen(1)
+        for i, node in enumerate(nodes):
+            node.port = port + i
+            node.start()
+        urls = [(node.data_dir / "api").read_text().strip() for node in nodes]
+        assert urls[:2] == [f"http://127.0.0.1:{port + 1000}", f"http://127.0.0.1:{port + 1001}"]
+        assert urls[2] != f"http://127.0.0.1:{port + 1002}"
+        assert "(the default) is taken" in nodes[2].log_path.read_text()
+        for node, url in zip(nodes, urls):
+            with urllib.request.urlopen(url + "/v1/node", timeout=30) as resp:
+                assert json.load(resp)["address"] == node.address
+    finally:
+        held.close()
+        for node in nodes:
+            node.stop()
+
+
+def test_a_network_job_streams_when_asked(api_nodes: Callable[..., list[Any]]) -> None:
+    gateway, worker = api_nodes(2)
+    drip = wasm_build.build_c("drip.c").read_bytes()
+    body = {"module": base64.b64encode(drip).decode(), "args": ["4", "500"], "where": "network"}
+    status, job, _ = gateway.call("POST", "/v1/jobs", {**body, "peers": [worker.node.address], "stream": True})
+    out, seen, end = _collect(gateway, job["id"])
+    assert end["state"] == "done" and end["peer"] == worker.node.address.split("@")[0]
+    assert out["stdout"] == b"tick 0\ntick 1\ntick 2\ntick 3\n"
+    assert next(at for at, event in seen if event == "stdout") < seen[-1][0] - 0.7

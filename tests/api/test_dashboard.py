@@ -1,5 +1,5 @@
 """The dashboard in a real headless browser (Debian's chromium and chromedriver, driven by selenium): the page
-loads from the node, a job submitted through the API appears in it, and a screenshot is saved for a person
+loads from the node, a job submitted through the API appears in it, a running job's output shows as it comes, and a screenshot is saved for a person
 to look at (build/test-artifacts/dashboard.png)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import wasm_build
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "build" / "test-artifacts"
@@ -88,6 +89,15 @@ def test_dashboard_shows_the_node_and_a_job(api_nodes: Callable[..., list[Any]],
         for (let i = 0; i < d.length; i += 4) if (d[i] === 185 && d[i + 1] === 205 && d[i + 2] === 243) return true;
         return false;""")
     assert drawn
+    # a running job's output appears as the node streams it, marked unverified, then verified at its end
+    drip = wasm_build.build_c("drip.c").read_bytes()
+    body = {"module": base64.b64encode(drip).decode(), "args": ["6", "700"], "limits": {"timeout_ms": 30000}}
+    job = api.call("POST", "/v1/jobs", body)[1]
+    wait_for(lambda: "tick 1" in browser.find_element(By.ID, "output").text)
+    assert api.call("GET", f"/v1/jobs/{job['id']}")[1]["state"] == "running"  # shown before the job ended
+    assert "unverified" in browser.find_element(By.ID, "output-of").text
+    wait_for(lambda: "verified ✓" in browser.find_element(By.ID, "output-of").text)
+    assert browser.find_element(By.ID, "output").text.startswith("tick 0\ntick 1\ntock 1")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000

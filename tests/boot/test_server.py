@@ -140,6 +140,27 @@ def test_connection_limit(store) -> None:
         assert _get(s.port, f"/sha256/{art.hex}")[0] == 200
 
 
+def test_connections_are_capped_per_source_address(store) -> None:
+    """Issue 10, attack 8: beyond ``max_per_address`` connections from one address, that address gets 503 at once;
+    another address is still served (its slots are not the first one's to take)."""
+    root, art = store
+    with ArtifactServer(root, max_per_address=2) as s:
+        held = [socket.create_connection(("127.0.0.1", s.port), timeout=10) for _ in range(2)]
+        try:
+            for sock in held:
+                sock.sendall(b"GET /boot/manifest.json HTTP/1.1\r\n")  # each holds a slot, headers unfinished
+            time.sleep(0.2)
+            assert _get(s.port, f"/sha256/{art.hex}")[0] == 503
+            other = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10, source_address=("127.0.0.2", 0))
+            other.request("GET", f"/sha256/{art.hex}")
+            response = other.getresponse()
+            assert response.status == 200 and response.read() == DATA
+            other.close()
+        finally:
+            for sock in held:
+                sock.close()
+
+
 def test_idle_connections_time_out(store) -> None:
     root, _ = store
     with ArtifactServer(root, timeout=0.5) as s:

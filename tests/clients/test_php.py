@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import wasm_build
 
 from pyphase import Identity, Limits, make_manifest, make_receipt, run, verify_receipt
 from pyphase.errors import VerificationError
@@ -48,7 +49,12 @@ def test_phpunit_suite_passes_against_real_nodes(tmp_path: Path) -> None:
         text=True,
         timeout=600,
         cwd=PHP_DIR,
-        env={**os.environ, "PHASE_PYTHON": sys.executable, "TMPDIR": str(tmp_path)},
+        env={
+            **os.environ,
+            "PHASE_PYTHON": sys.executable,
+            "TMPDIR": str(tmp_path),
+            "PHASE_DRIP_WASM": str(wasm_build.build_c("drip.c")),
+        },
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     suite = ET.parse(junit).getroot().find("testsuite")
@@ -63,6 +69,10 @@ def test_phpunit_suite_passes_against_real_nodes(tmp_path: Path) -> None:
         "testRemoteDemo",
         "testLocalDemo",
         "testJobHereThroughTheApi",
+        "testOutputStreamsAsTheJobRuns",
+        "testTamperedChunkIsCaughtAfterTheOutputAndSaidLoudly",
+        "testOutputStreamsThroughTheApi",
+        "testLocalTransportHandsTheVerifiedOutputToTheCallback",
         "testJobSentToAnotherNodeThroughTheApi",
     ):
         assert name in ran
@@ -153,3 +163,31 @@ def test_canonical_bytes_agree(tmp_path: Path) -> None:
     }
     (tmp_path / "doc.json").write_text(json.dumps({k: v for k, v in doc.items() if k != "signature"}))
     assert php("canonical", tmp_path / "doc.json", check=True).stdout.encode() == canonical_bytes(doc)
+
+
+def test_receipt_fields_added_since_verify_in_php(tmp_path: Path, hello_bytes: bytes) -> None:
+    """A receipt of a job run by the compiling engine (node.runtime wasmtime, node.fuel_unit) with an output tree
+    (outputs): PHP checks each field's shape and the signature over all of them; a changed one is refused."""
+    node = Identity.generate()
+    manifest = make_manifest(hello_bytes, b"abc")
+    result = run(Module(hello_bytes), b"abc", engine="wasmtime")
+    outputs = {"hash": "sha256:" + "6" * 64, "size": 42}
+    receipt = make_receipt(
+        result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=Limits(), identity=node, outputs=outputs
+    )
+    assert receipt["node"]["runtime"] == "wasmtime" and receipt["node"]["fuel_unit"] == "wasmtime-fuel"
+    assert receipt["outputs"] == outputs
+    (tmp_path / "r.json").write_text(json.dumps(receipt))
+    ok = php("verify", tmp_path / "r.json", "--signer", node.peer_id, "--nonce", manifest["nonce"])
+    assert ok.returncode == 0, ok.stderr
+    for path, value, says in (
+        (("node", "fuel_unit"), "wasm3-ticks", "signature does not match"),
+        (("outputs", "size"), 43, "signature does not match"),
+        (("node", "fuel_unit"), 7, "$.node.fuel_unit: not a string"),
+        (("outputs", "hash"), "md5:00", "$.outputs: must hold exactly hash"),
+    ):
+        bad = json.loads(json.dumps(receipt))
+        bad[path[0]][path[1]] = value
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        refused = php("verify", tmp_path / "bad.json")
+        assert refused.returncode == 1 and says in refused.stderr, (path, refused.stderr)

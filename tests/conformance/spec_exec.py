@@ -5,6 +5,7 @@
     python tests/conformance/spec_exec.py --failures      # every failure with its class
     python tests/conformance/spec_exec.py --write-baseline  # refresh tests/conformance/baseline.json
     python tests/conformance/spec_exec.py --child FILE.wast # one file, JSON lines (what the parent runs)
+    python tests/conformance/spec_exec.py --engine wasmtime --markdown   # the compiling engine's column
 
 Each .wast is converted by the validator suite's helper (tests/validator/spec_runner.py: wast2json into a cache) and
 run in its own subprocess, two at a time: a crash in wasm3 (a segfault, say) is reported as a failure of that file,
@@ -86,7 +87,13 @@ def _spec_runner():
 
 
 def _load_spec():
-    """pyphase._spec, or the build named by PHASE_SPEC_EXTENSION (a path to a _spec*.so, e.g. an ASan build)."""
+    """pyphase._spec, or the build named by PHASE_SPEC_EXTENSION (a path to a _spec*.so, e.g. an ASan build), or
+    with PHASE_SPEC_ENGINE=wasmtime the compiling engine's equivalent (spec_wasmtime.py)."""
+    if os.environ.get("PHASE_SPEC_ENGINE", "wasm3") == "wasmtime":
+        spec = importlib.util.spec_from_file_location("phase_spec_wasmtime", HERE / "spec_wasmtime.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
     path = os.environ.get("PHASE_SPEC_EXTENSION")
     if not path:
         from pyphase import _spec  # noqa: PLC0415 (imported in the child only)
@@ -590,8 +597,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--failures", action="store_true")
     ap.add_argument("--write-baseline", action="store_true")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument(
+        "--engine",
+        choices=("wasm3", "wasmtime"),
+        default=os.environ.get("PHASE_SPEC_ENGINE", "wasm3"),
+        help="wasm3 (pyphase._spec, default) or the compiling engine (spec_wasmtime.py)",
+    )
     ap.add_argument("files", nargs="*")
     a = ap.parse_args(argv)
+    os.environ["PHASE_SPEC_ENGINE"] = a.engine  # the children read it
     if a.child:
         native = int(os.environ.get("PHASE_SPEC_THREAD_STACK", "0"))
         if not native:

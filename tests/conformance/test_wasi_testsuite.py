@@ -43,7 +43,7 @@ def test_the_suite_is_there() -> None:
     assert sum("root" in spec_of(w) for w in TESTS) == 49
 
 
-@pytest.mark.parametrize("mode", ["sandbox", "no-sandbox", "wasmtime"])
+@pytest.mark.parametrize("mode", ["sandbox", "sandbox-wasmtime", "no-sandbox", "wasmtime"])
 @pytest.mark.parametrize("wasm", TESTS, ids=[f"{w.parts[-4]}/{w.stem}" for w in TESTS])
 def test_wasi_testsuite(wasm: Path, mode: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     name = f"{wasm.parts[-4]}/{wasm.stem}"
@@ -52,12 +52,16 @@ def test_wasi_testsuite(wasm: Path, mode: str, tmp_path: Path, capfd: pytest.Cap
     argv += [f"--arg={a}" for a in spec.get("args", [])]
     argv += [f"--env={k}={v}" for k, v in spec.get("env", {}).items()]
     if "root" in spec:
-        if mode == "sandbox" and not _sandbox.landlock_abi():
+        if mode.startswith("sandbox") and not _sandbox.landlock_abi():
             pytest.skip("this kernel has no Landlock: sandboxed jobs with directories are refused (docs/SANDBOX.md)")
         argv += ["--dir", f"{fresh_root(wasm, spec, tmp_path)}::/"]
-    if mode == "no-sandbox":
+    if mode == "sandbox":
+        argv += ["--engine", "wasm3"]
+    elif mode == "sandbox-wasmtime":  # the compiling engine in a worker (the fork server compiles)
+        argv += ["--engine", "wasmtime"]
+    elif mode == "no-sandbox":
         argv += ["--no-sandbox", "--engine", "wasm3"]
-    elif mode == "wasmtime":  # the compiling engine, in process (sandbox workers run wasm3 only so far)
+    elif mode == "wasmtime":  # the compiling engine, in process
         argv += ["--no-sandbox", "--engine", "wasmtime"]
     code = main(argv)
     out, err = capfd.readouterr()

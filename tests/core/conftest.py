@@ -1,18 +1,22 @@
-"""Core tests of execution, limits, traps, WASI and determinism run on every engine: ``pyphase.run`` is pinned to
-the engine of the test's ``engine`` parameter (wasmtime is in the test extra, so its cases fail, not skip, when
-it cannot load)."""
+"""Core tests of execution, limits, traps, WASI and determinism run on every engine, in this process and in sandbox
+workers: ``pyphase.run`` is pinned to the test's ``engine`` parameter (wasmtime is in the test extra, so its cases
+fail, not skip, when it cannot load); ``sandbox-*`` cases run the job in a worker of one shared
+:class:`pyphase.Sandbox`, after loading the module here as :func:`pyphase.run` does (so that a module our validator
+refuses raises the same :class:`~pyphase.InvalidModule`)."""
 
 from __future__ import annotations
 
 import functools
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
 import pyphase
 from pyphase import runtime
+from pyphase.result import Result
 
 ENGINE_MODULES = ("test_limits", "test_traps", "test_wasi", "test_deterministic")
+ENGINES = ("wasm3", "wasmtime", "sandbox-wasm3", "sandbox-wasmtime")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -21,13 +25,28 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if name in ENGINE_MODULES and not marked:
         if "engine" not in metafunc.fixturenames:
             metafunc.fixturenames.append("engine")
-        metafunc.parametrize("engine", ["wasm3", "wasmtime"])
+        metafunc.parametrize("engine", ENGINES)
+
+
+@pytest.fixture(scope="session")
+def _core_sandbox() -> Iterator[pyphase.Sandbox]:
+    with pyphase.Sandbox(workers=2, grace_ms=1000) as sandbox:
+        yield sandbox
+
+
+def _run_in(sandbox: pyphase.Sandbox, engine: str, module: Any, *args: Any, **kwargs: Any) -> Result:
+    return sandbox.run(
+        module if isinstance(module, pyphase.Module) else pyphase.Module(module), *args, engine=engine, **kwargs
+    )
 
 
 @pytest.fixture(autouse=True)
 def _run_on_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     callspec = getattr(request.node, "callspec", None)
     engine = callspec.params.get("engine") if callspec is not None else None
-    if engine is not None:
+    if engine is not None and engine.startswith("sandbox-"):
+        sandbox = request.getfixturevalue("_core_sandbox")
+        monkeypatch.setattr(pyphase, "run", functools.partial(_run_in, sandbox, engine.removeprefix("sandbox-")))
+    elif engine is not None:
         monkeypatch.setattr(pyphase, "run", functools.partial(runtime.run, engine=engine))
     yield

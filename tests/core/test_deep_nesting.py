@@ -136,9 +136,11 @@ def test_deep_blocks_with_results_end_in_a_clear_error(sandbox):
         exports=[name("_start") + b"\x00\x00"],
         codes=[body(b"\x02\x7f" * n + b"\x41\x07" + b"\x0b" * n + b"\x0b")],
     )
-    # wasm3's own compile limit (the module is valid: the compiling engine runs it)
-    for r in (pyphase.run(wasm, limits=RESULT, engine="wasm3"), sandbox.run(wasm, limits=RESULT)):
+    # wasm3's own compile limit (the module is valid: the compiling engine runs it, in a worker too)
+    for r in (pyphase.run(wasm, limits=RESULT, engine="wasm3"), sandbox.run(wasm, limits=RESULT, engine="wasm3")):
         assert r.status == "invalid_module" and "stack height limit" in r.message, (r.status, r.message)
+    r = sandbox.run(wasm, limits=RESULT, engine="wasmtime")
+    assert (r.status, r.exit_code) == ("ok", 7), r.message
 
 
 # ---- from C: an interpreter loop with 3,000 cases, as real modules get deep --------------------------------------

@@ -97,7 +97,7 @@ def test_data_segment_out_of_bounds_fails_instantiation(wat, engine):
     r = pyphase.run(wat('(module (memory 1) (data (i32.const 65535) "ab") (func (export "_start")))'))
     assert r.status in ("trap", "invalid_module")
     # wasmtime names the trap only: "out of bounds memory access"
-    assert "data segment" in r.message if engine == "wasm3" else "out of bounds" in r.message
+    assert "data segment" in r.message if engine.endswith("wasm3") else "out of bounds" in r.message
 
 
 def test_f32_block_result_is_not_clobbered(wat):
@@ -238,7 +238,7 @@ def test_empty_element_segment_is_fine(wat):
 
 def test_element_segment_past_the_declared_table_fails_instantiation(wat, engine):
     r = pyphase.run(wat('(module (table 1 funcref) (func $f) (elem (i32.const 1) $f) (func (export "_start")))'))
-    assert r.status == "trap" and ("does not fit" if engine == "wasm3" else "undefined element") in r.message
+    assert r.status == "trap" and ("does not fit" if engine.endswith("wasm3") else "undefined element") in r.message
 
 
 def test_call_indirect_bounds_are_the_declared_table(wat):

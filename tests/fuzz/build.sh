@@ -20,7 +20,7 @@ for f in "$w3"/*.c; do
     objs+=("$o")
 done
 for f in "$root"/csrc/phase_job.c "$root"/csrc/phase_stack.c "$root"/csrc/phase_wasi.c "$root"/csrc/phase_wasi_fs.c "$root"/csrc/phase_wasmtime.c \
-         "$root"/csrc/phase_crypto.c "$root"/csrc/wasm_validate*.c; do
+         "$root"/csrc/sandbox_seccomp.c "$root"/csrc/phase_crypto.c "$root"/csrc/wasm_validate*.c; do
     o="$out/obj/$(basename "$f" .c).o"
     "$cc" "${common[@]}" -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined ${EXTRA_SAN:-} -c "$f" -o "$o"
     objs+=("$o")

@@ -1,4 +1,5 @@
-"""A one-minute libFuzzer run over module loading and running (CI's share; see build.sh for long runs)."""
+"""A one-minute libFuzzer run over module loading and running on both engines, the compiling one also confined as
+in a sandbox worker (CI's share; see build.sh for long runs)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from pyphase import engines
 
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS = int(os.environ.get("PHASE_FUZZ_SECONDS", "60"))
@@ -53,10 +56,12 @@ def test_fuzz_one_minute(fuzzer, tmp_path, wat):
         text=True,
         timeout=SECONDS + 300,
         cwd=tmp_path,
+        env={**os.environ, "PHASE_WASMTIME_LIBRARY": engines.library()},
     )
     tail = proc.stderr[-3000:]
     crashes = list(tmp_path.glob("crash-*")) + list(tmp_path.glob("leak-*")) + list(tmp_path.glob("timeout-*"))
     assert proc.returncode == 0 and not crashes, tail
     runs = [line for line in proc.stderr.splitlines() if line.startswith("Done ")]
     assert runs, tail
+    assert "fuzz: a compiled job ran confined like a sandbox worker" in proc.stderr, tail
     print(f"\nfuzz: {runs[-1]}")

@@ -10,6 +10,7 @@ import json
 import os
 import selectors
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -212,3 +213,12 @@ SPIN_ECHO = """
 def spin_input(thousands: int, tag: bytes = b"") -> bytes:
     """Input making SPIN_ECHO loop ``thousands`` * 1000 times (about 128k per second here), then echo."""
     return struct.pack("<I", thousands) + tag
+
+
+def fixed_port_relay(data_dir: Path, host: str) -> tuple[NodeProc, int]:
+    """A relay (``plasmd --relay``, not started) on a port fixed now, so a restarted relay is where nodes look."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    relay = NodeProc(data_dir, host, sandbox=False, workers=1, extra=("--relay", "--relay-listen", f"{host}:{port}"))
+    return relay, port

@@ -103,6 +103,98 @@ def test_a_claimed_routing_id_is_never_used(start_nodes, hello_bytes):
         b.close()
 
 
+def _flood_then_close(node, connections: int = 4, messages: int = 2000) -> None:
+    """More messages than a bounded receive queue holds, all there at once, from connections already closed:
+    libzmq stops reading each on its full queue, sees the peer gone (_io_error) when it writes an answer there,
+    and its next heartbeat asserts !_io_error (stream_engine_base.cpp:310, libzmq #4841). All there at once: the
+    node is paused (SIGSTOP) while the connections send and close, so its kernel holds every byte for it."""
+    import signal
+
+    frame = header(t="caps?")
+    raws = [Raw(node.address, source="127.0.0.96") for _ in range(connections)]
+    for raw in raws:  # connected and authenticated first (the handshake needs the running node)
+        raw.send([frame])
+        assert raw.recv() is not None
+    node.proc.send_signal(signal.SIGSTOP)
+    try:
+        for raw in raws:
+            raw.sock.linger = 2000  # every message goes out before the close
+            for _ in range(messages):
+                raw.send([frame])
+        for raw in raws:
+            raw.close()
+        time.sleep(2.5)  # a heartbeat falls due meanwhile
+    finally:
+        node.proc.send_signal(signal.SIGCONT)
+
+
+def test_a_full_receive_queue_then_a_close_cannot_abort_the_node(tmp_path, hello_bytes):
+    """The libzmq abort on a connection closed while its reading was stopped: the node has no receive queue
+    limit (RECEIVE_QUEUE_LIMIT), so its reading never stops; the traffic that aborts a socket with a limit
+    (tests/net/test_receive_queue.py) leaves it serving, past two more heartbeats."""
+    from net_support import NodeProc, loopback_host
+
+    node = NodeProc(tmp_path / "node", loopback_host(), sandbox=False).start()
+    try:
+        _flood_then_close(node)
+        time.sleep(4.5)  # two more heartbeats (2 s apart)
+        assert node.alive, node.log_tail()
+        with Client(peers=[node.address]) as client:
+            assert client.submit(hello_bytes, input=b"abc", retries=0).stdout == b"cba"
+    finally:
+        node.stop()
+
+
+IDLE_CLIENT_FLOOD = """
+import sys, threading, time
+import zmq, zmq.utils.z85
+from pyphase import Client, Identity
+identity = Identity.generate()
+ctx = zmq.Context()
+sock = ctx.socket(zmq.ROUTER)
+sock.linger = 2000
+sock.curve_server = True
+pub, sec = identity.curve_keypair()
+sock.curve_publickey, sock.curve_secretkey = zmq.utils.z85.encode(pub), zmq.utils.z85.encode(sec)
+port = sock.bind_to_random_port("tcp://127.0.0.1")
+client = Client(peers=[f"{identity.peer_id}@127.0.0.1:{port}"])
+peers = []
+def serve():
+    while not peers or sock.poll(100):
+        if sock.poll(50):
+            peers.append(sock.recv_multipart()[0])
+server = threading.Thread(target=serve)
+server.start()
+try:
+    client.submit(open(sys.argv[1], "rb").read(), input=b"x", timeout=1.5, retries=0)
+except Exception as exc:
+    print("submit failed:", type(exc).__name__, flush=True)
+server.join()
+for _ in range(3000):  # the client is idle now: it reads nothing
+    sock.send_multipart([peers[0], b"x" * 100])
+time.sleep(0.1)
+sock.close()
+time.sleep(3.5)  # three of the client's heartbeats
+client.close()
+print("client alive", flush=True)
+"""
+
+
+def test_a_hostile_node_flooding_an_idle_client_then_leaving_cannot_abort_it(hello_bytes, tmp_path):
+    """The same libzmq abort from the other side: a peer that never answers the job sends an idle ``Client``
+    3,000 messages, then closes. With libzmq's default receive queue (1,000) the client process aborted
+    (``!_io_error``) at its next heartbeat; with RECEIVE_QUEUE_LIMIT it lives on."""
+    import subprocess
+    import sys
+
+    module = tmp_path / "hello.wasm"
+    module.write_bytes(hello_bytes)
+    done = subprocess.run(
+        [sys.executable, "-c", IDLE_CLIENT_FLOOD, str(module)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "client alive" in done.stdout, (done.returncode, done.stderr[-2000:])
+
+
 # ---- a hostile peer beside an honest one: the client moves on ---------------------------------------
 
 

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -160,3 +161,51 @@ def _env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+def test_the_api_lists_the_peers_the_dht_rendezvous_found(dht_network) -> None:
+    _, nodes = dht_network
+    deadline = time.monotonic() + 30
+    url = (nodes[0].data_dir / "api").read_text().strip()
+    others = {node.address.split("@")[1] for node in nodes[1:]}
+    listed: set[str] = set()
+    while not others <= listed and time.monotonic() < deadline:
+        with urllib.request.urlopen(url + "/v1/peers", timeout=30) as resp:
+            listed = {p["name"] for p in json.load(resp)["peers"] if p["source"] == "dht"}
+        time.sleep(0.5)
+    assert others <= listed, (others, listed)
+
+
+def test_nodes_on_consecutive_ports_keep_their_own_ports(tmp_path: Path) -> None:
+    """Each node's side services (HTTP API, DHT socket and the TCP listener libtorrent opens beside it) listen far
+    from its phase/1 port, so nodes on P, P + 1, P + 2 (as acceptance's remote.sh starts them) all start, each on
+    its defaults. At P + 1 and P + 2, one node's API or DHT took the next node's phase/1 port."""
+    import socket
+
+    host = dht_host()
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port + 2002 <= 65535:
+            break
+    nodes: list[NodeProc] = []
+    with private_dht(2) as routers:
+        boot = endpoints(routers)
+        try:
+            for i in range(3):
+                node = NodeProc(
+                    tmp_path / f"n{i}",
+                    host,
+                    sandbox=False,
+                    workers=1,
+                    extra=("--dht-bootstrap", f"{boot[0][0]}:{boot[0][1]}"),
+                )
+                node.port = port + i
+                nodes.append(node.start())
+            for i, node in enumerate(nodes):
+                assert node.wait_event("dht_listening")["address"] == f"{host}:{port + i + 2000}"
+                assert (node.data_dir / "api").read_text().strip() == f"http://127.0.0.1:{port + i + 1000}"
+        finally:
+            for node in nodes:
+                node.stop()

@@ -24,6 +24,7 @@ import zmq.utils.z85
 from natlab import NatLab, natlab_skip_reason
 from net_support import NodeProc
 from pyphase.identity import Identity
+from pyphase.net.addresses import API_PORT_OFFSET
 from pyphase.net import wire
 from pyphase.net.reachability import PER_ADDRESS_PER_MINUTE, DialAnswer, ask_dial_back, verdict
 from test_portmap import lab_env
@@ -167,7 +168,7 @@ def test_verdicts_public_mapped_unreachable_in_the_nat_lab(natlab: NatLab, tmp_p
             [
                 sys.executable,
                 "-c",
-                f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{PORT + 1}/v1/node').read().decode())",
+                f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{PORT + API_PORT_OFFSET}/v1/node').read().decode())",
             ]
         )
         shown = json.loads(api.stdout)["reachability"]

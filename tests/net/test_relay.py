@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dht_support import dht_host, endpoints, private_dht  # noqa: E402
-from net_support import NodeProc, loopback_host  # noqa: E402
+from net_support import NodeProc, fixed_port_relay, loopback_host  # noqa: E402
 from relay_tap import Tap  # noqa: E402
 
 from pyphase import Client
@@ -198,7 +198,7 @@ def test_relay_found_on_the_dht_with_via_relay_auto(relayed, tmp_path, hello_byt
         node.stop()
 
 
-def test_record_names_relays_within_the_bound_and_needs_an_address_or_a_relay() -> None:
+def test_record_names_relays_within_the_bound_and_a_record_naming_neither_says_so() -> None:
     ident = Identity.generate()
     relays = ["[2001:db8:ffff:ffff:ffff:ffff:ffff:1]:65535", "[2001:db8:ffff:ffff:ffff:ffff:ffff:2]:65535"]
     caps = {"arch": "x86_64", "cores": 1024, "workers": 1024, "memory": 1 << 40, "relay": 65535}
@@ -207,11 +207,13 @@ def test_record_names_relays_within_the_bound_and_needs_an_address_or_a_relay() 
     record = records.verify_record(ident.public_key, value, 1, records.sign_value(ident, value, 1))
     assert record.addresses == () and record.relays == tuple(relays)  # at most two
     assert record.address == f"{ident.peer_id}@relay/{relays[0]}" and record.caps["relay"] == 65535
-    with pytest.raises(ValueError):
-        records.encode_value([], [], caps)
-    bare = records.bencode({"v": 1, "a": [], "e": [], "c": {}, "t": int(time.time()), "x": int(time.time()) + 60})
-    with pytest.raises(RecordError):
-        records.verify_record(ident.public_key, bare, 1, records.sign_value(ident, bare, 1))
+    assert record.candidates == (record.address, f"{ident.peer_id}@relay/{relays[1]}")
+    # a node that lost every relay publishes neither: the record is valid and says nobody can reach it now
+    bare = records.encode_value([], [], caps)
+    record = records.verify_record(ident.public_key, bare, 1, records.sign_value(ident, bare, 1))
+    assert record.candidates == ()
+    with pytest.raises(RecordError, match="names no address and no relay"):
+        record.address
     bad = records.bencode(
         {"v": 1, "a": [], "r": ["nowhere"], "e": [], "c": {}, "t": int(time.time()), "x": int(time.time()) + 60}
     )
@@ -247,12 +249,7 @@ def test_cli_resolves_a_relayed_node_and_runs_a_job_through_the_relay(relayed) -
 
 def test_node_re_reserves_when_its_relay_comes_back(tmp_path, hello_bytes) -> None:
     host = loopback_host()
-    with socket.socket() as probe:  # a fixed relay port, so the restarted relay is where the node looks
-        probe.bind((host, 0))
-        port = probe.getsockname()[1]
-    relay = NodeProc(
-        tmp_path / "relay", host, sandbox=False, workers=1, extra=("--relay", "--relay-listen", f"{host}:{port}")
-    )
+    relay, port = fixed_port_relay(tmp_path / "relay", host)
     node = NodeProc(
         tmp_path / "node", loopback_host(), sandbox=False, workers=1, extra=("--via-relay", f"{host}:{port}")
     )
@@ -292,3 +289,72 @@ def test_a_node_that_reserves_and_never_answers_costs_the_client_a_timeout_only(
     peer_id = node.address.split("@")[0]
     with Client(peers=[f"{peer_id}@relay/127.0.0.1:{tap.port}"]) as client:  # the honest node is still served
         assert client.submit(hello_bytes, b"honest").peer == peer_id
+
+
+def _reserve_raw(address: tuple[str, int], who: Identity) -> tuple[socket.socket, dict]:
+    """A reservation made by hand (a node that then never refreshes it); returns the control socket and answer."""
+    control = socket.create_connection(address, timeout=10)
+    control.sendall(encode_frame("reserve", peer=who.peer_id))
+    challenge = recv_frame(control)
+    if challenge["t"] == "error":
+        return control, challenge
+    control.sendall(
+        encode_frame("proof", sig=who.signing_key.sign(proof_message(challenge["nonce"], who.public_key)).signature)
+    )
+    return control, recv_frame(control)
+
+
+def test_reservations_expire_unless_refreshed_and_free_their_slot(tmp_path, hello_bytes) -> None:
+    host = loopback_host()
+    relay = NodeProc(
+        tmp_path / "relay",
+        host,
+        sandbox=False,
+        workers=1,
+        extra=("--relay", "--relay-listen", f"{host}:0"),
+        env={"PLASMD_RELAY_RESERVATION_TIME": "2s", "PLASMD_RELAY_RESERVATIONS": "2"},
+    ).start()
+    node = None
+    try:
+        address = (host, _relay_port(relay))
+        node = NodeProc(
+            tmp_path / "node",
+            loopback_host(),
+            sandbox=False,
+            workers=1,
+            extra=("--via-relay", f"{host}:{address[1]}"),
+        ).start()
+        assert node.wait_event("relay_reserved")["limits"]["reservation"] == 2
+        silent, third = Identity.generate(), Identity.generate()
+        control, answer = _reserve_raw(address, silent)
+        assert answer["t"] == "reserved" and answer["limits"]["reservation"] == 2
+        refused, answer = _reserve_raw(address, third)  # two slots, both taken
+        refused.close()
+        assert answer["reason"] == "relay_busy"
+        # the silent one answers nothing and never refreshes: after 2 s the relay says why and closes
+        with control:
+            control.settimeout(6)
+            ended = recv_frame(control)
+            assert ended["t"] == "error" and ended["reason"] == "expired", ended
+            assert control.recv(1) == b""
+        lost = [e for e in relay.wait_event_count("relay_lost", 1) if e["peer"] == silent.peer_id]
+        assert lost and lost[0]["reason"].startswith("expired"), lost
+        with socket.create_connection(address, timeout=5) as client:
+            with pytest.raises(RelayError) as failed:
+                open_circuit(client, silent.peer_id, 5.0)
+        assert failed.value.reason == "no_reservation"
+        # its slot is free again (memory bounded by relay_reservations, and turned over)
+        taken, answer = _reserve_raw(address, third)
+        taken.close()
+        assert answer["t"] == "reserved"
+        # the real node refreshed every second all along: never lost, and still carries jobs
+        time.sleep(1.5)
+        assert not [e for e in relay.events("relay_lost") if e["peer"] == node.address.split("@")[0]]
+        assert not node.events("relay_lost")
+        peer_id = node.address.split("@")[0]
+        with Client(peers=[f"{peer_id}@relay/{host}:{address[1]}"]) as client:
+            assert client.submit(hello_bytes, b"fresh").peer == peer_id
+    finally:
+        if node is not None:
+            node.stop()
+        relay.stop()

@@ -18,6 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from natlab import natlab_skip_reason  # noqa: E402
 from net_support import NodeProc  # noqa: E402
 
+from pyphase.net.addresses import RELAY_PORT_OFFSET  # noqa: E402
+
+RELAY_DEFAULT_PORT = 7465 + RELAY_PORT_OFFSET  # a relay started with --relay alone
+
 pytestmark = pytest.mark.skipif(natlab_skip_reason() is not None, reason=natlab_skip_reason() or "")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,7 +157,7 @@ def test_an_unreachable_verdict_finds_a_relay_on_the_dht_and_clients_follow_the_
         nodes += behind
         for node in behind:
             assert node.wait_event("relay_fallback", timeout=90)["verdict"] == "unreachable"
-            assert node.wait_event("relay_found", timeout=60)["relays"] == [f"{relay_host.ip}:7468"]
+            assert node.wait_event("relay_found", timeout=60)["relays"] == [f"{relay_host.ip}:{RELAY_DEFAULT_PORT}"]
             node.wait_event("relay_reserved", timeout=30)
             deadline = time.monotonic() + 60
             while not any(e.get("relays") for e in node.events("dht_record_refreshed")):
@@ -175,8 +179,10 @@ def test_an_unreachable_verdict_finds_a_relay_on_the_dht_and_clients_follow_the_
                 if doc.get("relays") or time.monotonic() > deadline:
                     break
                 time.sleep(1)
-            assert doc.get("relays") == [f"{relay_host.ip}:7468"] and doc["addresses"] == [], out.stdout + out.stderr
-            assert doc["address"] == f"{peer_id}@relay/{relay_host.ip}:7468"
+            assert doc.get("relays") == [f"{relay_host.ip}:{RELAY_DEFAULT_PORT}"] and doc["addresses"] == [], (
+                out.stdout + out.stderr
+            )
+            assert doc["address"] == f"{peer_id}@relay/{relay_host.ip}:{RELAY_DEFAULT_PORT}"
             out = client.run(
                 [phase, "submit", str(ROOT / "examples/hello/hello.wasm"), "--input", "nat", "--peer", peer_id]
                 + ["--dht-bootstrap", bootstrap, "--json"],

@@ -287,11 +287,14 @@ def test_cli_peers_table_names_reachable_and_unreachable_nodes(start_nodes):
 
 
 def test_a_node_says_which_engines_it_runs_and_refuses_one_it_lacks(start_nodes, hello_bytes):
-    (node,) = start_nodes(1)  # sandboxed: its workers run wasm3 only
+    (node,) = start_nodes(1)  # sandboxed: its workers run both engines (wasmtime is in the test extra)
     with Client(peers=[node.address]) as client:
         result = client.submit(hello_bytes, input=b"ab", requires={"runtime": "wasm3"})
         assert result.stdout == b"ba" and result.receipt["node"]["runtime"] == "wasm3"
         assert result.receipt["node"]["fuel_unit"] == "wasm3-ticks"
+        result = client.submit(hello_bytes, input=b"ab", requires={"runtime": "wasmtime"})
+        assert result.stdout == b"ba" and result.receipt["node"]["runtime"] == "wasmtime"
+        assert result.receipt["node"]["fuel_unit"] == "wasmtime-fuel"
         with pytest.raises(NetworkError) as info:
-            client.submit(hello_bytes, input=b"ab", requires={"runtime": "wasmtime"}, retries=0)
-    assert "runtime" in str(info.value) and "wasmtime" in str(info.value)
+            client.submit(hello_bytes, input=b"ab", requires={"runtime": "v8"}, retries=0)
+    assert "runtime" in str(info.value) and "v8" in str(info.value)

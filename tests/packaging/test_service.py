@@ -113,7 +113,10 @@ def traced_job(tmp_path_factory: pytest.TempPathFactory) -> str:
     tmp = tmp_path_factory.mktemp("traced")
     trace = tmp / "trace"
     bindir = Path(sys.executable).parent
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    # Under the unit's MemoryDenyWriteExecute no process may make code executable, so the sandbox cannot set up the
+    # compiling engine and runs wasm3 only (the fallback: tests/sandbox/test_compiling_engine.py); the node traced
+    # here is given no compiling engine, so that its trace is what runs under the unit.
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PHASE_WASMTIME_LIBRARY=str(tmp / "no-compiling-engine.so"))
     proc = subprocess.Popen(
         [
             "strace",

@@ -124,6 +124,40 @@ def test_stop_kills_a_running_job_and_cancels_a_queued_one(hello_bytes, wat):
         assert_hello_works(sb, hello_bytes)
 
 
+def test_a_stop_just_before_the_job_starts_never_lets_it_run(wat):
+    """The race of a stop landing while the job is handed to its worker: its 40 MiB input is being copied into
+    the worker's memory (milliseconds) when stop() kills that still idle worker. Before the fix the run then
+    moved the job to the slot's spare worker and it ran to its end (here: its 5 s timeout); now either no
+    worker gets it (SandboxError) or the one that did is killed. Stops land at several points of the hand-over."""
+    import random
+    import threading
+
+    with Sandbox(workers=1) as sb:
+        for i in range(24):
+            future = sb.submit(wat(LOOP), b"\0" * (40 << 20), limits=Limits(timeout_ms=5_000))
+            running = sb._running[future]
+            stopped = threading.Event()
+
+            def stop_soon(future=future, running=running, stopped=stopped):
+                while running.slot is None and not future.done():
+                    time.sleep(0)
+                time.sleep(random.uniform(0, 0.004) if i % 4 else 0)
+                stopped.set()
+                sb.stop(future)
+
+            t = time.monotonic()
+            threading.Thread(target=stop_soon).start()
+            try:
+                r = future.result(timeout=10)
+                outcome = f"{r.status}: {r.message}"
+            except SandboxError as exc:
+                outcome = f"SandboxError: {exc}"
+            assert stopped.is_set()
+            assert outcome.startswith(("crashed", "SandboxError: the job was stopped before")), (i, outcome)
+            assert "SIGKILL" in outcome or "stopped" in outcome, (i, outcome)
+            assert time.monotonic() - t < 4, (i, outcome)  # not the job's 5 s
+
+
 def test_sigsegv_mid_job_is_crashed_and_replaced(sandbox, hello_bytes):
     r = sandbox._selftest("segfault", hello_bytes)
     assert r.status == "crashed" and "SIGSEGV" in r.message, r.message

@@ -14,9 +14,10 @@ use Phase\Transport\Transport;
  *
  *     $client = new Phase\Client(['PEERID@127.0.0.1:7465']);          // phase/1 to these nodes
  *     $client = Phase\Client::local();                                 // `phase run` on this machine
- *     $client = Phase\Client::http('http://127.0.0.1:7466');           // a node's HTTP API
+ *     $client = Phase\Client::http('http://127.0.0.1:8465');           // a node's HTTP API
  *     $result = $client->submit(Phase\Job::fromFile('hello.wasm')->withInput('Hello, World'));
  *     echo $result->stdout, $result->exitCode, $result->wallTimeMs();
+ *     $client->submit($job, fn (int $stream, string $data) => print($data));  // output as it comes
  *
  * Errors are the Python client's: NetworkError (every attempt failed; ->attempts), NoPeers,
  * VerificationError, InvalidModule, all PhaseError.
@@ -46,10 +47,19 @@ final class Client
         return new self(transport: new HttpTransport($url, $token, $timeout, $where, $peers));
     }
 
-    /** Run $job and return its verified result (any job status; Result::check() throws JobError unless ok). */
-    public function submit(Job $job): Result
+    /**
+     * Run $job and return its verified result (any job status; Result::check() throws JobError unless ok).
+     *
+     * $onOutput(int $stream, string $data) gets stdout (1) and stderr (2) as the job writes them: over phase/1 as
+     * the node streams them (docs/NETWORK.md, "Streamed output"), through the API as its event stream delivers
+     * them, from LocalTransport once the job ended. What comes before the receipt is unverified until submit()
+     * returns; a failure after output was shown throws UnverifiedOutput instead of moving the job elsewhere.
+     *
+     * @param (callable(int, string): mixed)|null $onOutput
+     */
+    public function submit(Job $job, ?callable $onOutput = null): Result
     {
-        return $this->transport->run($job);
+        return $this->transport->run($job, $onOutput);
     }
 
     public function close(): void

@@ -19,7 +19,9 @@ final class Wire
     public const MAX_HEADER_BYTES = 256 << 10;
     public const MAX_TAG_BYTES = 32;
     /** node -> client message types and their payload frame counts */
-    private const INBOUND = ['caps' => 0, 'accept' => 0, 'reject' => 0, 'result' => 2, 'error' => 0];
+    private const INBOUND = ['caps' => 0, 'accept' => 0, 'reject' => 0, 'chunk' => 1, 'result' => 2, 'error' => 0];
+    /** the most output bytes one chunk carries */
+    public const MAX_CHUNK_BYTES = 64 << 10;
     private const OUTBOUND = ['caps?' => 0, 'offer' => 1, 'module' => 1];
 
     /**

@@ -9,6 +9,7 @@ use Phase\Job;
 use Phase\NetworkError;
 use Phase\NoPeers;
 use Phase\Receipt;
+use Phase\UnverifiedOutput;
 
 /** The SDK against real plasmd processes over phase/1 on loopback. */
 final class ClientTest extends NodeTestCase
@@ -32,6 +33,41 @@ final class ClientTest extends NodeTestCase
         $again->verify(signer: $node->peerId, stdout: 'dlroW ,olleH', module: $job->module, input: 'Hello, World');
         $this->expectException(\Phase\VerificationError::class);
         $again->verify(stdout: 'something else');
+    }
+
+    public function testOutputStreamsAsTheJobRuns(): void
+    {
+        $node = $this->node();
+        $client = new Client([$node->address]);
+        $result = $this->assertDripStreams($client);
+        $this->assertSame($node->peerId, $result->peer);
+        $start = microtime(true);
+        // a job that ends at once: its output comes with the result, still through the callback
+        $pieces = [];
+        $this->assertSame('cba', $client->submit(Job::fromFile(self::HELLO)->withInput('abc'),
+            self::recorder($pieces, $start))->stdout);
+        $this->assertSame('cba', self::joined($pieces, 1));
+    }
+
+    public function testTamperedChunkIsCaughtAfterTheOutputAndSaidLoudly(): void
+    {
+        $cheat = $this->node('tamper-chunk');
+        $honest = $this->node();
+        $client = new Client([$cheat->address]);
+        $pieces = [];
+        try {
+            $client->submit(self::drip()->withArgs(['3', '300']), self::recorder($pieces, microtime(true)));
+            $this->fail('output that does not match its receipt was accepted');
+        } catch (UnverifiedOutput $e) {
+            $this->assertNotEmpty($pieces);
+            $this->assertSame(array_sum(array_map(static fn (array $p): int => strlen($p[2]), $pieces)), $e->shown);
+            $this->assertSame($cheat->peerId, $e->peer);
+            $this->assertStringContainsString('UNVERIFIED OUTPUT', $e->getMessage());
+            $this->assertStringContainsString('hash', $e->getMessage());
+        }
+        // not moved to another peer once output was shown; without a callback the job does fail over
+        $both = new Client([$cheat->address, $honest->address], retries: 1);
+        $this->assertSame("tick 0\ntick 1\ntick 2\n", $both->submit(self::drip()->withArgs(['3', '10']))->stdout);
     }
 
     public function testModuleIsSentOnceThenCached(): void

@@ -50,6 +50,17 @@ final class DemoTest extends NodeTestCase
         $this->assertFileExists("$home/identity.key");     // the CLI signed with the user's identity
     }
 
+    public function testLocalTransportHandsTheVerifiedOutputToTheCallback(): void
+    {
+        putenv('PHASE_HOME=' . NodeProcess::tempDir());
+        $client = \Phase\Client::local([NodeProcess::python(), '-m', 'pyphase']);
+        $pieces = [];
+        $result = $client->submit(self::drip()->withArgs(['3', '10']), self::recorder($pieces, microtime(true)));
+        $this->assertSame("tick 0\ntick 1\ntick 2\n", $result->stdout);
+        $this->assertSame([[1, $result->stdout], [2, "tock 1\n"]], array_map(static fn (array $p): array => [$p[1], $p[2]],
+            $pieces));                                   // at the end, once verified: phase run --json gives it so
+    }
+
     public function testRemoteDemoNamesAnUnreachableNode(): void
     {
         $node = $this->node();

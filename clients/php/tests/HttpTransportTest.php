@@ -28,6 +28,14 @@ final class HttpTransportTest extends NodeTestCase
         $this->assertSame($node->peerId, $result->receipt->signerPeerId());
     }
 
+    public function testOutputStreamsThroughTheApi(): void
+    {
+        $node = $this->node();
+        $client = Client::http(self::api($node));
+        $result = $this->assertDripStreams($client);
+        $this->assertSame($node->peerId, $result->receipt->signerPeerId());
+    }
+
     public function testJobSentToAnotherNodeThroughTheApi(): void
     {
         $gateway = $this->node();

@@ -47,7 +47,7 @@ final class NodeProcess
         $launcher = $this->misbehave === null ? ['-m', 'pyphase.daemon']
             : [__DIR__ . '/../../../tests/net/misbehaving_plasmd.py', $this->misbehave];
         $cmd = [self::python(), ...$launcher, '--listen', "$host:0", '--data-dir', $this->dataDir,
-            '--workers', '1', '--no-mdns', ...$this->extra];
+            '--workers', '1', '--no-mdns', '--no-dht', ...$this->extra];
         $this->proc = proc_open($cmd, [0 => ['file', '/dev/null', 'r'], 1 => ['pipe', 'w'], 2 => ['file', $this->log, 'a']],
             $pipes);
         if (!is_resource($this->proc)) {

@@ -30,7 +30,8 @@ function fill(id, items, render, columns) {
 function showNode(node) {
   const c = node.capabilities;
   $("identity").innerHTML = `${esc(node.address)}<br>API ${esc(node.api)} · up ${node.uptime_s} s`;
-  $("engine").innerHTML = rows([["runtime", c.runtime + " " + c.runtime_version], ["executor", c.executor],
+  $("engine").innerHTML = rows([["runtime", c.runtime + " " + c.runtime_version],
+    ["engines", (c.engines || []).join(", ")], ["executor", c.executor],
     ["arch", c.arch], ["cores", c.cores], ["protocol", c.protocol]]);
   $("load").innerHTML = rows([["running", c.load.running], ["queued", c.load.queued], ["workers", c.load.workers],
     ["cached modules", c.cached_modules], ["accepting", c.accepting ? "yes" : "no"]]);
@@ -91,6 +92,52 @@ function plot(stats) {
     ["last p50", (b.filter((x) => x.p50_ms != null).pop() || {}).p50_ms ?? "–"]]);
 }
 
+// The output of the newest running API job, as the node streams it (GET /v1/jobs/{id}/events, read with fetch
+// so the token header goes along: EventSource cannot send one). Unverified until its "end" event says done.
+let following = null;
+
+async function follow(job) {
+  following = job.id;
+  const out = $("output");
+  out.textContent = "";
+  $("output-of").textContent = `job ${short(job.id)} · running (output unverified until it ends)`;
+  $("output-of").className = "";
+  const decoders = { stdout: new TextDecoder(), stderr: new TextDecoder() };
+  const headers = token ? { Authorization: "Bearer " + token } : {};
+  const response = await fetch(`/v1/jobs/${encodeURIComponent(job.id)}/events`, { headers, cache: "no-store" });
+  if (!response.ok || !response.body) throw new Error("events: HTTP " + response.status);
+  const reader = response.body.getReader();
+  const text = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += text.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      const event = (block.match(/^event: (.*)$/m) || [])[1];
+      const data = (block.match(/^data: (.*)$/m) || [])[1];
+      if (!event || data === undefined) continue;
+      const doc = JSON.parse(data);
+      if (event === "end") {
+        const ok = doc.state === "done";
+        $("output-of").textContent = `job ${short(job.id)} · ` + (ok ? `${doc.status}, exit ${doc.exit_code}, receipt `
+          + "verified ✓" : `failed: ${doc.error} (the output above is not to be trusted)`);
+        $("output-of").className = ok ? "ok" : "bad";
+      } else {
+        const raw = Uint8Array.from(atob(doc.data), (c) => c.charCodeAt(0));
+        const span = document.createElement("span");
+        span.className = event;
+        span.textContent = decoders[event].decode(raw, { stream: true });
+        out.appendChild(span);
+        out.scrollTop = out.scrollHeight;
+      }
+    }
+  }
+}
+
 async function refresh() {
   try {
     const [node, jobs, peers, receipts, stats] = await Promise.all([api("/v1/node"), api("/v1/jobs?limit=20"),
@@ -100,6 +147,8 @@ async function refresh() {
       <td class="mono">${esc(short(j.id))}</td><td>${esc(j.where)}</td>
       <td class="${statusClass(j.state)}">${esc(j.state)}</td><td class="${statusClass(j.status)}">${esc(j.status)}</td>
       <td>${esc(j.exit_code)}</td><td>${ms(j.wall_us)}</td><td class="mono">${esc(short(j.peer, 16))}</td></tr>`, 8);
+    const live = jobs.jobs.find((j) => j.state === "running" || j.state === "queued");
+    if (live && live.id !== following) follow(live).catch((e) => { $("output-of").textContent = e.message; });
     fill("peers", peers.peers, (p) => `<tr><td class="mono">${esc(p.name)}</td><td>${esc(p.source)}</td>
       <td class="mono">${esc(p.address ? p.address.split("@")[1] : "")}</td><td>${esc(p.last_seen)}</td></tr>`, 4);
     fill("receipts", receipts.receipts, (r) => `<tr data-job="${esc(r.job_id)}"><td>${esc(r.started_at.slice(11, 23))}</td>

@@ -37,7 +37,7 @@ final class LocalTransport implements Transport
         $this->command = is_array($command) ? array_values($command) : [$command];
     }
 
-    public function run(Job $job): Result
+    public function run(Job $job, ?callable $onOutput = null): Result
     {
         $tmp = [];
         try {
@@ -95,6 +95,13 @@ final class LocalTransport implements Transport
         }
         $receipt = (new Receipt($doc['receipt']))->verify(signer: $this->signer, stdout: $doc['stdout'],
             stderr: $doc['stderr'], module: $job->module, input: $job->input);
+        if ($onOutput !== null) {              // phase run --json gives the output at the end, verified
+            foreach ([1 => $doc['stdout'], 2 => $doc['stderr']] as $stream => $data) {
+                if ($data !== '') {
+                    $onOutput($stream, $data);
+                }
+            }
+        }
         return Result::fromReceipt($receipt, $doc['stdout'], $doc['stderr'], $receipt->signerPeerId(), [], true);
     }
 

@@ -13,6 +13,7 @@ use Phase\PeerAddress;
 use Phase\PhaseError;
 use Phase\Receipt;
 use Phase\Result;
+use Phase\UnverifiedOutput;
 use Phase\VerificationError;
 use Phase\Wire;
 
@@ -26,6 +27,11 @@ use Phase\Wire;
  * sends the job to the next peer, up to $retries further attempts. Failed peers are avoided for a
  * while (a bad receipt: 5 minutes). As in pyphase.Client; php-zmq has no socket monitor, so a node
  * that dies mid-job is noticed by the timeout rather than at once.
+ *
+ * With $onOutput, a node whose caps say "stream" is asked to stream the output: each chunk is checked (asked
+ * for, stream 1 or 2, at the offset of the bytes received so far, 1 to 64 KiB, all within the job's
+ * output_bytes) before it is handed on, and the receipt is verified against everything received. A failure
+ * after output was shown throws UnverifiedOutput (docs/NETWORK.md, "Streamed output").
  */
 final class NetworkTransport implements Transport
 {
@@ -36,7 +42,7 @@ final class NetworkTransport implements Transport
     private \ZMQContext $ctx;
     private string $curvePublic;
     private string $curveSecret;
-    /** @var array<string, array{address: PeerAddress, sock: ?\ZMQSocket, down_until: float, strikes: int, load: int, modules: array<string, true>}> */
+    /** @var array<string, array{address: PeerAddress, sock: ?\ZMQSocket, down_until: float, strikes: int, load: int, modules: array<string, true>, caps: ?array<string, mixed>}> */
     private array $peers = [];
     private int $counter = 0;
     private string $tagPrefix;
@@ -53,7 +59,7 @@ final class NetworkTransport implements Transport
         foreach ($peers as $peer) {
             $address = $peer instanceof PeerAddress ? $peer : PeerAddress::parse($peer);
             $this->peers[$address->peerId] = ['address' => $address, 'sock' => null, 'down_until' => 0.0,
-                'strikes' => 0, 'load' => 0, 'modules' => []];
+                'strikes' => 0, 'load' => 0, 'modules' => [], 'caps' => null];
         }
         if (!$this->peers) {
             throw new NoPeers('no peers given (PHP clients name their peers: PEERID@HOST:PORT)');
@@ -63,7 +69,7 @@ final class NetworkTransport implements Transport
         $this->tagPrefix = random_bytes(8);
     }
 
-    public function run(Job $job): Result
+    public function run(Job $job, ?callable $onOutput = null): Result
     {
         if ($this->closed) {
             throw new NetworkError('the client is closed');
@@ -81,11 +87,15 @@ final class NetworkTransport implements Transport
                 usleep((int) (min($wait, self::MAX_BACKOFF_S) * 1e6));
             }
             $tried[$id] = true;
+            $shown = 0;
             try {
-                return $this->attempt($job, $id, $timeout, $failures);
+                return $this->attempt($job, $id, $timeout, $failures, $onOutput, $shown);
             } catch (AttemptFailed $e) {
                 $failures[] = [$id, $e->getMessage()];
                 $this->markDown($id, $e->downFor);
+                if ($shown > 0) {                  // the output is out: not moved to another peer
+                    throw new UnverifiedOutput($id, $shown, $e->getMessage(), $failures);
+                }
             }
         }
         throw $failures ? new NetworkError('every attempt failed', $failures)
@@ -136,31 +146,79 @@ final class NetworkTransport implements Transport
         return $p['sock'];
     }
 
-    /** @param list<array{0: string, 1: string}> $failures */
-    private function attempt(Job $job, string $id, float $timeout, array $failures): Result
+    /**
+     * @param list<array{0: string, 1: string}> $failures
+     * @param (callable(int, string): mixed)|null $onOutput
+     * @param int $shown set to the output bytes handed to $onOutput before the attempt ended
+     */
+    private function attempt(Job $job, string $id, float $timeout, array $failures, ?callable $onOutput,
+                             int &$shown): Result
     {
         $sock = $this->socket($id);
         $manifest = $job->manifest();
         $tag = $this->tagPrefix . pack('J', ++$this->counter);
         $now = microtime(true);
         $deadline = $now + $timeout;
-        $offer = Wire::encode('offer', ['job' => new Bin($tag), 'manifest' => $manifest->fields], [$job->input]);
-        if (!$this->waitWritable($sock, $now + $this->connectTimeout) || $sock->sendmulti($offer, \ZMQ::MODE_DONTWAIT) === false) {
+        if (!$this->waitWritable($sock, $now + $this->connectTimeout)) {
             throw new AttemptFailed(sprintf('not reachable within %g s', $this->connectTimeout));
         }
+        $stream = $onOutput !== null && ($this->caps($id, $sock, $now + $this->connectTimeout)['stream'] ?? false) === true;
+        $fields = ['job' => new Bin($tag), 'manifest' => $manifest->fields] + ($stream ? ['stream' => true] : []);
+        if ($sock->sendmulti(Wire::encode('offer', $fields, [$job->input]), \ZMQ::MODE_DONTWAIT) === false) {
+            throw new AttemptFailed(sprintf('not reachable within %g s', $this->connectTimeout));
+        }
+        $received = [1 => '', 2 => ''];
+        $output = $stream ? static function (int $s, string $data) use ($onOutput, &$shown): void {
+            $shown += strlen($data);
+            $onOutput($s, $data);
+        } : null;
         while (($left = $deadline - microtime(true)) > 0) {
             $poll = new \ZMQPoll();
             $poll->add($sock, \ZMQ::POLL_IN);
             $readable = $writable = [];
             $poll->poll($readable, $writable, max(1, (int) ceil($left * 1000)));
             while (($frames = $sock->recvmulti(\ZMQ::MODE_DONTWAIT)) !== false) {
-                $result = $this->onMessage($job, $id, $sock, $tag, $manifest, $frames, $failures);
+                $result = $this->onMessage($job, $id, $sock, $tag, $manifest, $frames, $failures, $output, $received);
                 if ($result !== null) {
+                    if ($onOutput !== null) {       // what no chunk carried, now that it is verified
+                        foreach ([1 => $result->stdout, 2 => $result->stderr] as $s => $data) {
+                            if (strlen($data) > strlen($received[$s])) {
+                                $onOutput($s, substr($data, strlen($received[$s])));
+                            }
+                        }
+                    }
                     return $result;
                 }
             }
         }
         throw new AttemptFailed('timed out');
+    }
+
+    /** The node's caps (asked for once per peer, within the connect timeout; [] when it does not answer). */
+    private function caps(string $id, \ZMQSocket $sock, float $until): array
+    {
+        if ($this->peers[$id]['caps'] !== null) {
+            return $this->peers[$id]['caps'];
+        }
+        if ($sock->sendmulti(Wire::encode('caps?'), \ZMQ::MODE_DONTWAIT) !== false) {
+            while (($left = $until - microtime(true)) > 0 && $this->peers[$id]['caps'] === null) {
+                $poll = new \ZMQPoll();
+                $poll->add($sock, \ZMQ::POLL_IN);
+                $readable = $writable = [];
+                $poll->poll($readable, $writable, max(1, (int) ceil($left * 1000)));
+                while (($frames = $sock->recvmulti(\ZMQ::MODE_DONTWAIT)) !== false) {
+                    try {
+                        [$type, $h] = Wire::decode($frames);
+                    } catch (PhaseError) {
+                        continue;
+                    }
+                    if ($type === 'caps' && is_array($h['caps'] ?? null)) {
+                        $this->peers[$id]['caps'] = $h['caps'];
+                    }
+                }
+            }
+        }
+        return $this->peers[$id]['caps'] ?? [];
     }
 
     private function waitWritable(\ZMQSocket $sock, float $until): bool
@@ -179,9 +237,11 @@ final class NetworkTransport implements Transport
     /**
      * @param list<string> $frames
      * @param list<array{0: string, 1: string}> $failures
+     * @param (callable(int, string): void)|null $output where chunks go (null: none were asked for)
+     * @param array{1: string, 2: string} $received the output streamed so far
      */
     private function onMessage(Job $job, string $id, \ZMQSocket $sock, string $tag, \Phase\Manifest $manifest,
-                               array $frames, array $failures): ?Result
+                               array $frames, array $failures, ?callable $output, array &$received): ?Result
     {
         try {
             [$type, $h, $payloads] = Wire::decode($frames);
@@ -196,6 +256,9 @@ final class NetworkTransport implements Transport
             return null;                            // caps, or a late answer to an attempt already given up
         }
         switch ($type) {
+            case 'chunk':
+                $this->onChunk($job, $h, $payloads[0], $output, $received);
+                return null;
             case 'accept':
                 if (($h['module'] ?? false) === true) {
                     unset($this->peers[$id]['modules'][$job->moduleHash()]);
@@ -212,7 +275,7 @@ final class NetworkTransport implements Transport
             case 'error':
                 throw new AttemptFailed('error ' . (string) ($h['code'] ?? '?') . ': ' . (string) ($h['detail'] ?? ''));
             case 'result':
-                [$stdout, $stderr] = $payloads;
+                [$stdout, $stderr] = [$received[1] . $payloads[0], $received[2] . $payloads[1]];
                 $receipt = new Receipt(is_array($h['receipt'] ?? null) ? $h['receipt'] : []);
                 try {
                     $receipt->verify(signer: $this->peers[$id]['address']->publicKey, nonce: $manifest->nonce(),
@@ -226,6 +289,35 @@ final class NetworkTransport implements Transport
                 return Result::fromReceipt($receipt, $stdout, $stderr, $id, $failures, true);
         }
         return null;
+    }
+
+    /**
+     * A piece of the running job's output, checked against the stream's rules before it is handed on.
+     *
+     * @param array<string, mixed> $h
+     * @param array{1: string, 2: string} $received
+     */
+    private function onChunk(Job $job, array $h, string $data, ?callable $output, array &$received): void
+    {
+        $stream = $h['stream'] ?? null;
+        $offset = $h['offset'] ?? null;
+        $total = strlen($received[1]) + strlen($received[2]) + strlen($data);
+        $why = match (true) {
+            $output === null => 'sent output chunks it was not asked for',
+            $stream !== 1 && $stream !== 2 => 'sent a chunk of stream ' . json_encode($stream) . ' (1 stdout, 2 stderr)',
+            $offset !== strlen($received[$stream]) => 'sent a chunk at offset ' . json_encode($offset)
+                . " of stream $stream, expected " . strlen($received[$stream]),
+            $data === '' || strlen($data) > Wire::MAX_CHUNK_BYTES => 'sent a chunk of ' . strlen($data)
+                . ' bytes (1 to ' . Wire::MAX_CHUNK_BYTES . ' allowed)',
+            $total > $job->limits['output_bytes'] => 'streamed ' . number_format($total)
+                . " bytes, more than the job's output limit of " . $job->limits['output_bytes'] . ' bytes',
+            default => null,
+        };
+        if ($why !== null) {
+            throw new AttemptFailed("bad output stream: $why", self::BAD_RECEIPT_DOWN_S);
+        }
+        $received[$stream] .= $data;
+        $output($stream, $data);
     }
 
     public function close(): void

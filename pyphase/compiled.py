@@ -1,0 +1,176 @@
+"""Compiled code kept on disk by module hash (``DATA_DIR/compiled/``), so a node or ``phase run`` compiles a module
+once, not once per process.
+
+Each file is one module compiled for one engine configuration (fuel metering, canonical NaNs, epoch checks)::
+
+    header   magic "PHASECW1" | module sha256 (32) | configuration (1) | engine tag (32, NUL-padded) | length (8)
+    payload  wasmtime's serialized module
+    mac      HMAC-SHA256 of header and payload under DATA_DIR/compiled/key (32 random bytes, this node's own)
+
+A file is machine code that this process will map executable, so nothing in it is trusted: a file that is short,
+long, of another module, configuration or engine build, or whose MAC does not verify is deleted and the module
+compiled again; wasmtime's own check (its version and engine settings) then runs on what is left. The directory is
+bounded (``max_bytes``): the least recently used files go first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import struct
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pyphase.errors import PhaseError
+
+if TYPE_CHECKING:
+    from pyphase.limits import Limits
+    from pyphase.runtime import Module
+
+MAGIC = b"PHASECW1"
+_HEADER = struct.Struct(">8s32sB32sQ")
+_MAC_BYTES = 32
+#: the compiled files a data directory keeps at most (bytes), least recently used out first
+DEFAULT_MAX_BYTES = 1 << 30
+SUFFIX = ".cwasm"
+
+
+class CompiledCacheError(PhaseError):
+    """A compiled-code file was refused (and removed): the reason says which check failed."""
+
+
+def configuration(limits: Limits, deterministic: bool) -> int:
+    """The engine configuration a job with these limits uses (C's engine_index: fuel metering | canonical NaNs << 1 |
+    epoch interruption, for a wall-clock limit, << 2)."""
+    return int(limits.fuel != 0) | (int(deterministic) << 1) | (int(limits.timeout_ms != 0) << 2)
+
+
+class CompiledCache:
+    """Compiled modules in ``directory`` (made 0700), at most ``max_bytes`` of them; ``engine_tag`` names the
+    compiler build whose code it holds (another build's files are refused)."""
+
+    def __init__(self, directory: str | os.PathLike[str], engine_tag: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.engine_tag = engine_tag.encode()[:32]
+        self.max_bytes = max_bytes
+        self._key = self._load_key()
+        self._lock = threading.Lock()
+
+    def _load_key(self) -> bytes:
+        path = self.directory / "key"
+        try:
+            key = path.read_bytes()
+            if len(key) == 32:
+                return key
+        except FileNotFoundError:
+            pass
+        key = secrets.token_bytes(32)
+        tmp = self.directory / f".key.{os.getpid()}.{threading.get_ident()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        try:
+            os.link(tmp, path)  # the first writer's key wins; others read it
+        except FileExistsError:
+            key = path.read_bytes()
+        finally:
+            tmp.unlink()
+        if len(key) != 32:
+            raise CompiledCacheError(f"{path} is not a 32-byte key: remove it")
+        return key
+
+    def path(self, digest: bytes, config: int) -> Path:
+        return self.directory / f"{digest.hex()}-{config}{SUFFIX}"
+
+    def encode(self, digest: bytes, config: int, payload: bytes) -> bytes:
+        """A file's bytes for ``payload`` (wasmtime's serialized module)."""
+        header = _HEADER.pack(MAGIC, digest, config, self.engine_tag, len(payload))
+        mac = hmac.new(self._key, header, hashlib.sha256)
+        mac.update(payload)
+        return header + payload + mac.digest()
+
+    def decode(self, digest: bytes, config: int, data: bytes) -> memoryview:
+        """The payload of a file's bytes, after every check (:class:`CompiledCacheError` says which failed)."""
+        if len(data) < _HEADER.size + _MAC_BYTES:
+            raise CompiledCacheError(f"truncated ({len(data)} bytes)")
+        magic, file_digest, file_config, tag, length = _HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise CompiledCacheError("not a compiled-module file (bad magic)")
+        if file_digest != digest or file_config != config:
+            raise CompiledCacheError("compiled for another module or configuration")
+        tag = tag.rstrip(b"\0")
+        if tag != self.engine_tag:
+            raise CompiledCacheError(
+                f"compiled by {tag.decode(errors='replace')!r}, this is {self.engine_tag.decode()!r}"
+            )
+        if len(data) != _HEADER.size + length + _MAC_BYTES:
+            raise CompiledCacheError(f"length {len(data)} does not match its header ({length} bytes of code)")
+        view = memoryview(data)
+        mac = hmac.new(self._key, view[: _HEADER.size], hashlib.sha256)
+        mac.update(view[_HEADER.size : _HEADER.size + length])
+        if not hmac.compare_digest(mac.digest(), view[-_MAC_BYTES:]):
+            raise CompiledCacheError("MAC does not verify (written by someone else, or damaged)")
+        return view[_HEADER.size : _HEADER.size + length]
+
+    def load(self, module: Module, limits: Limits, deterministic: bool) -> bool:
+        """Give ``module`` its compiled code from disk: True when it has it now; a bad file is removed (False)."""
+        config = configuration(limits, deterministic)
+        path = self.path(module.digest, config)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > self.max_bytes:
+                    raise CompiledCacheError(f"{size} bytes, above the cache's bound")
+                data = f.read()
+            module._core.deserialize(limits, deterministic, self.decode(module.digest, config, data))
+        except FileNotFoundError:
+            return False
+        except PhaseError:  # CompiledCacheError, or wasmtime refused the code (another version or settings)
+            path.unlink(missing_ok=True)
+            return False
+        os.utime(path)  # recently used
+        return True
+
+    def store(self, module: Module, limits: Limits, deterministic: bool) -> Path:
+        """Write ``module``'s compiled code (compiling it first if needed) and keep the directory in its bound."""
+        config = configuration(limits, deterministic)
+        data = self.encode(module.digest, config, module._core.serialize(limits, deterministic))
+        path = self.path(module.digest, config)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.trim()
+        return path
+
+    def files(self) -> list[Path]:
+        return sorted(self.directory.glob(f"*{SUFFIX}"))
+
+    def trim(self) -> int:
+        """Remove the least recently used files until the rest fit in ``max_bytes``; return how many went."""
+        with self._lock:
+            entries = []
+            for path in self.directory.glob(f"*{SUFFIX}"):
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                entries.append((st.st_mtime, st.st_size, path))
+            total = sum(size for _, size, _ in entries)
+            removed = 0
+            for _, size, path in sorted(entries):
+                if total <= self.max_bytes:
+                    break
+                path.unlink(missing_ok=True)
+                total -= size
+                removed += 1
+            return removed
