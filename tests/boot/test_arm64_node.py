@@ -1,5 +1,7 @@
 """The arm64 node image booted under qemu-system-aarch64 (TCG, ``-M virt -cpu max``, UEFI from
-qemu-efi-aarch64, Debian's arm64 kernel) to plasmd, which answers a job from this x86_64 host.
+qemu-efi-aarch64, Debian's arm64 kernel) to plasmd, which answers a job from this x86_64 host: booted directly,
+and reached through stage 1 for aarch64, which verifies the signed release and kexec_load()s exactly the
+verified bytes.
 
 Unlike qemu-user (tests/packaging/test_arm.py, where the node refuses a sandbox it cannot build), this is a
 whole emulated machine: its kernel runs the seccomp filters, so plasmd starts with the sandbox on. Markers
