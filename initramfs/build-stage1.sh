@@ -11,7 +11,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 
-PUB= OUT="$HERE/build/stage1.cpio.gz" KVER= SEEDS= MIN_RELEASE=0 DHT_NODES=
+PUB= OUT="$HERE/build/stage1.cpio.gz" KVER= SEEDS= MIN_RELEASE=0 DHT_NODES= ARCH=$(uname -m)
 while [ $# -gt 0 ]; do
     case $1 in
         --pub) PUB=$2; shift 2 ;;
@@ -20,16 +20,24 @@ while [ $# -gt 0 ]; do
         --seeds) SEEDS=$2; shift 2 ;;
         --min-release) MIN_RELEASE=$2; shift 2 ;;
         --dht-bootstrap) DHT_NODES=$2; shift 2 ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        --arch) ARCH=$2; shift 2 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) die "unknown argument $1" ;;
     esac
 done
 [ -n "$PUB" ] || die "--pub RELEASE.pub is required (make one with: python -m pyphase.boot keygen)"
 grep -q '^phase-ed25519-public-v1:' "$PUB" || die "$PUB is not a Phase release public key"
+case $ARCH in
+    "$(uname -m)") SYS=/ BUSYBOX=/bin/busybox ;;
+    aarch64) SYS=$HERE/../build/arm64-node BUSYBOX=$SYS/bin/busybox
+             [ -x "$BUSYBOX" ] || die "no arm64 packages in $SYS: run initramfs/build-stage2-aarch64.sh first"
+             KVER=${KVER:-$(ls "$SYS/lib/modules" | head -n 1)} ;;
+    *) die "--arch $ARCH: only $(uname -m) and aarch64" ;;
+esac
 KVER=${KVER:-$(default_kver)}
 [ -n "$KVER" ] || die "no kernel in /boot (apt-get install linux-image-amd64)"
 need cpio cpio; need gzip gzip; need modprobe kmod; need make make; need gcc gcc
-[ -x /bin/busybox ] || die "/bin/busybox missing (apt-get install busybox-static)"
+[ -x "$BUSYBOX" ] || die "$BUSYBOX missing (apt-get install busybox-static)"
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -37,12 +45,20 @@ ROOT=$WORK/root
 mkdir -p "$ROOT"/{bin,dev,proc,sys,run,tmp,etc/phase}
 
 # libsodium (bundled in PyNaCl's pinned sdist, static) is built once and cached in the repo's build/.
-make -s -C "$HERE/../csrc/boot" O="$WORK/tools" SODIUM_PREFIX="$HERE/../build/libsodium-boot" >&2
+if [ "$ARCH" = aarch64 ]; then
+    "$HERE/../tools/cross-boot-tools.sh" "$WORK/tools" >&2
+else
+    make -s -C "$HERE/../csrc/boot" O="$WORK/tools" SODIUM_PREFIX="$HERE/../build/libsodium-boot" >&2
+fi
 cp "$WORK/tools/phase-boot" "$ROOT/bin/phase-boot"
 for n in phase-verify phase-fetch phase-discover phase-dht; do ln -s phase-boot "$ROOT/bin/$n"; done
 
-install_busybox "$ROOT"
-copy_nic_modules "$ROOT" "$KVER"
+install_busybox "$ROOT" "$BUSYBOX"
+if [ "$ARCH" = aarch64 ]; then
+    copy_nic_modules "$ROOT" "$KVER" "$SYS" virtio_mmio virtio_pci virtio_net
+else
+    copy_nic_modules "$ROOT" "$KVER"
+fi
 cp "$PUB" "$ROOT/etc/phase/release.pub"
 echo "$MIN_RELEASE" > "$ROOT/etc/phase/min-release"
 # A floor for the clock: a machine whose RTC is unset (1970) must not accept manifests that
@@ -58,4 +74,4 @@ install -m 0755 "$HERE/udhcpc.script" "$ROOT/etc/udhcpc.script"
 mkdir -p "$(dirname "$OUT")"
 pack_cpio "$ROOT" "$OUT"
 (cd "$ROOT" && find . -mindepth 1 ! -type d | LC_ALL=C sort) > "$OUT.contents"
-echo "stage 1: $OUT ($(stat -c %s "$OUT") bytes compressed, kernel $KVER)" >&2
+echo "stage 1: $OUT ($(stat -c %s "$OUT") bytes compressed, $ARCH, kernel $KVER)" >&2

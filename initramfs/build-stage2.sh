@@ -50,14 +50,7 @@ copy_nic_modules "$ROOT" "$KVER"
 
 # Interpreter and stdlib (trimmed: no tests, GUI, installers or optimised bytecode).
 cp "$EXE" "$ROOT/usr/bin/python3"
-mkdir -p "$ROOT/usr/lib/python$VER"
-tar -C "$STDLIB" -cf - \
-    --exclude='./site-packages' --exclude='./dist-packages' --exclude='./test' --exclude='./idlelib' \
-    --exclude='./tkinter' --exclude='./turtledemo' --exclude='./ensurepip' --exclude='./lib2to3' \
-    --exclude='./pydoc_data' --exclude='./distutils' --exclude='./unittest' --exclude='./config-*' --exclude='*/tests' \
-    --exclude='*.opt-1.pyc' --exclude='*.opt-2.pyc' --exclude='./lib-dynload/_tkinter*' \
-    --exclude='./lib-dynload/*test*' --exclude='./lib-dynload/xx*' . \
-  | tar -C "$ROOT/usr/lib/python$VER" -xf -
+copy_stdlib "$STDLIB" "$ROOT/usr/lib/python$VER"
 
 # Site packages the node imports, with their bundled libraries.
 for spec in $(get '" ".join(p for v in d["roots"].values() for p in v)') $(get '" ".join(d["libdirs"])'); do

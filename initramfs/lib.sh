@@ -13,12 +13,15 @@ default_kver() {
 
 # Copy the NIC modules and what they depend on into $root, and write the insmod order.
 # Debian builds virtio-net and e1000 as modules; modprobe --show-depends gives the order.
-copy_nic_modules() {  # root kver
-    local root=$1 kver=$2 m line ko
+# BASE: where lib/modules/KVER is (default /; an unpacked foreign kernel after depmod -b); then the modules wanted.
+copy_nic_modules() {  # root kver [base [module...]]
+    local root=$1 kver=$2 base=${3:-/} m line ko mods
+    shift 2; [ $# -gt 0 ] && shift
+    mods=${*:-virtio_pci virtio_net e1000 e1000e}
     mkdir -p "$root/lib/modules"
     : > "$root/lib/modules/load-order"
-    for m in virtio_pci virtio_net e1000 e1000e; do
-        modprobe -S "$kver" --show-depends "$m" 2>/dev/null | while read -r line; do
+    for m in $mods; do
+        modprobe -d "$base" -S "$kver" --show-depends "$m" 2>/dev/null | while read -r line; do
             case $line in insmod\ *) ;; *) continue ;; esac
             ko=$(echo "$line" | awk '{print $2}')
             base=$(basename "$ko")
@@ -32,12 +35,12 @@ copy_nic_modules() {  # root kver
     [ -s "$root/lib/modules/load-order" ] || die "no NIC modules found for kernel $kver (apt-get install linux-image-amd64)"
 }
 
-install_busybox() {  # root
-    local root=$1 a
+# BUSYBOX: another build (busybox-static:arm64, unpacked); its applets are listed by the host's, the same Debian version.
+install_busybox() {  # root [busybox]
+    local root=$1 bb=${2:-/bin/busybox} a
     mkdir -p "$root/bin"
-    cp /bin/busybox "$root/bin/busybox"
-    file -L "$root/bin/busybox" 2>/dev/null | grep -q 'statically linked' || \
-        ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || die "/bin/busybox is not static (apt-get install busybox-static)"
+    cp "$bb" "$root/bin/busybox"
+    readelf -l "$bb" 2>/dev/null | grep -q INTERP && die "$bb is not static (apt-get install busybox-static)"
     for a in $(/bin/busybox --list); do
         [ "$a" = busybox ] || ln -sf busybox "$root/bin/$a"
     done
@@ -47,4 +50,19 @@ install_busybox() {  # root
 pack_cpio() {  # root out
     (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip -9n > "$2.tmp"
     mv "$2.tmp" "$2"
+}
+
+# The interpreter's standard library, trimmed: no tests, GUI, installers or optimised bytecode; more tar
+# --exclude patterns may follow.
+copy_stdlib() {  # src dest [tar option...]
+    local src=$1 dest=$2
+    shift 2
+    mkdir -p "$dest"
+    tar -C "$src" -cf - \
+        --exclude='./site-packages' --exclude='./dist-packages' --exclude='./test' --exclude='./idlelib' \
+        --exclude='./tkinter' --exclude='./turtledemo' --exclude='./ensurepip' --exclude='./lib2to3' \
+        --exclude='./pydoc_data' --exclude='./distutils' --exclude='./unittest' --exclude='./config-*' \
+        --exclude='*/tests' --exclude='*.opt-1.pyc' --exclude='*.opt-2.pyc' --exclude='./lib-dynload/_tkinter*' \
+        --exclude='./lib-dynload/*test*' --exclude='./lib-dynload/xx*' "$@" . \
+      | tar -C "$dest" -xf -
 }

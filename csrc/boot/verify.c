@@ -307,6 +307,14 @@ static int dht_list_ok(const char *s)
     return 1;
 }
 
+#if defined(__x86_64__)
+#define MACHINE_ARCH "x86_64"
+#elif defined(__aarch64__)
+#define MACHINE_ARCH "aarch64"
+#else
+#error "verify.c: add this architecture's manifest arch"
+#endif
+
 static int cmd_kexec(int argc, char **argv)
 {
     struct opts o;
@@ -337,6 +345,10 @@ static int cmd_kexec(int argc, char **argv)
     int rc = load_and_verify(&o, o.manifest, &m);
     if (rc)
         return rc;
+    if (strcmp(m.arch, MACHINE_ARCH) != 0) {
+        fprintf(stderr, "phase-verify: arch: the manifest is for %s, this machine is %s\n", m.arch, MACHINE_ARCH);
+        return 2;
+    }
     int kfd = sealed_verified_copy("kernel", o.kernel, &m.kernel);
     if (kfd < 0)
         return 1;
@@ -352,7 +364,10 @@ static int cmd_kexec(int argc, char **argv)
            m.initramfs.hash, m.kernel.size + m.initramfs.size, t1 - t0);
     fflush(stdout);
     if (syscall(SYS_kexec_file_load, kfd, ifd, strlen(cmdline) + 1, cmdline, 0UL) != 0) {
-        fprintf(stderr, "phase-verify: kexec_file_load: %s\n", strerror(errno));
+        if (errno == ENOSYS) /* e.g. Debian's arm64 kernels: built without CONFIG_KEXEC_FILE */
+            fprintf(stderr, "phase-verify: kexec_file_load: this kernel has no kexec_file_load (CONFIG_KEXEC_FILE)\n");
+        else
+            fprintf(stderr, "phase-verify: kexec_file_load: %s\n", strerror(errno));
         return 2;
     }
     printf("PHASE-BOOT: kexec loaded: cmdline \"%s\"\n", cmdline);

@@ -78,11 +78,14 @@ class BootResult:
 class Qemu:
     """A running QEMU whose console is read as it comes; ``wait_for`` returns on a marker or deadline."""
 
-    def __init__(self, args: list[str], marks: tuple[str, ...] = (), prefix: Sequence[str] = ()) -> None:
-        """``prefix``: runs QEMU through it, e.g. ``ip netns exec NS`` (which execs QEMU: same pid)."""
+    def __init__(
+        self, args: list[str], marks: tuple[str, ...] = (), prefix: Sequence[str] = (), binary: str | None = None
+    ) -> None:
+        """``prefix``: runs QEMU through it, e.g. ``ip netns exec NS`` (which execs QEMU: same pid).
+        ``binary``: another QEMU than qemu-system-x86_64 (qemu-system-aarch64)."""
         if "-append" in args:
             check_guest_dht(args[args.index("-append") + 1])
-        cmd = [*prefix, qemu_binary(), "-nographic", "-no-reboot", *args]
+        cmd = [*prefix, binary or qemu_binary(), "-nographic", "-no-reboot", *args]
         self.start = time.monotonic()
         self.marks_wanted = marks
         self.marks: dict[str, float] = {}

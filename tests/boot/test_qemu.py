@@ -41,12 +41,13 @@ def publish(
     created_at: int | None = None,
     expires_at: int | None = None,
     release: int = 1,
+    arch: str = "x86_64",
 ) -> dict:
     store = ArtifactStore(store_dir)
     k, i = store.add_file(kernel), store.add_file(initramfs)
     now = int(time.time())
     doc = make_boot_manifest(
-        k, i, cmdline, release=release, created_at=created_at or now, expires_at=expires_at or now + 3600
+        k, i, cmdline, release=release, created_at=created_at or now, expires_at=expires_at or now + 3600, arch=arch
     )
     signed = sign_manifest(doc, key.signing_key)
     store.write_manifest(signed)

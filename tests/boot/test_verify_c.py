@@ -244,3 +244,13 @@ def test_kexec_refuses_a_dht_list_that_could_add_to_the_command_line(
     r = run_tool(phase_boot_bin / "phase-verify", "kexec", "--key", pub, "--manifest", manifest,
                  "--kernel", tmp_path / "kernel", "--initrd", tmp_path / "initrd", "--dht", dht)  # fmt: skip
     assert r.returncode == 2 and "--dht must be off or HOST:PORT" in r.stderr, r.stderr
+
+
+def test_kexec_refuses_a_release_for_another_architecture(phase_boot_bin: Path, release_key, tmp_path: Path) -> None:
+    """A validly signed aarch64 release is never loaded on x86_64 (and the other way round: the arm64 test)."""
+    identity, pub = release_key
+    manifest = _signed(identity, tmp_path, arch="aarch64")
+    r = run_tool(phase_boot_bin / "phase-verify", "kexec", "--key", pub, "--manifest", manifest,
+                 "--kernel", tmp_path / "kernel", "--initrd", tmp_path / "initrd")  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "arch: the manifest is for aarch64, this machine is x86_64" in r.stderr, r.stderr
