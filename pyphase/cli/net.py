@@ -106,6 +106,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 deterministic=args.deterministic,
                 dirs=args.dirs,
                 out=args.out,
+                requires={"runtime": args.engine} if args.engine else None,
                 on_output=progress.output if streamed else None,
                 on_progress=progress,
                 **({"disk_bytes": parse_size(args.disk)} if args.disk else {}),
@@ -286,6 +287,12 @@ def register(subparsers: Any) -> None:
         help="run on K distinct peers (deterministic mode) and accept the majority output",
     )
     p.add_argument("--retries", type=int, default=3, metavar="N", help="further peers to try after a failure")
+    p.add_argument(
+        "--engine",
+        choices=("wasm3", "wasmtime"),
+        help="only peers running this engine take the job (requires.runtime); default: the node's auto "
+        "(with --replicas: wasm3, on which replicas agree byte for byte)",
+    )
     p.add_argument("--identity", metavar="FILE", help="client identity (default: a fresh one per run)")
     p.set_defaults(func=cmd_submit)
 

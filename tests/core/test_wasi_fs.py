@@ -1,4 +1,5 @@
-"""The WASI file system: preopened directories, and every way out of one refused, in-process and in the sandbox.
+"""The WASI file system: preopened directories, and every way out of one refused, on wasm3 and wasmtime, each
+in-process and in the sandbox.
 
 The probe is tests/programs/fs_probe.c; the tree it gets is ``root/`` (inside.txt, sub/, link_out -> the
 directory above) next to ``secret.txt``, which nothing may read, change or remove.
@@ -15,7 +16,7 @@ from typing import Callable, Iterator
 import pytest
 
 import pyphase
-from pyphase import Preopen, _core, _sandbox
+from pyphase import Preopen, _core, _sandbox, engines
 from pyphase.sandbox import Sandbox
 
 import wasm_build
@@ -38,14 +39,25 @@ HAVE_LANDLOCK = _sandbox.landlock_abi() > 0
 NO_LANDLOCK = "this kernel has no Landlock: sandboxed jobs with directories are refused (test_without_landlock)"
 
 
-@pytest.fixture(params=["in_process", "sandbox"])
+@pytest.fixture(params=["wasm3", "wasmtime", "sandbox-wasm3", "sandbox-wasmtime"])
 def runner(request: pytest.FixtureRequest) -> Runner:
-    if request.param == "in_process":
-        return pyphase.run
-    if not HAVE_LANDLOCK:
-        pytest.skip(NO_LANDLOCK)
-    sb: Sandbox = request.getfixturevalue("sandbox")
-    return sb.run
+    """Each job on one engine, in this process or in a sandbox worker; the result says that engine ran it."""
+    where = request.param
+    engine = where.removeprefix("sandbox-")
+    if engine not in engines.available():
+        pytest.skip("the compiling engine is not installed (pyphase[jit])")
+    run = pyphase.run
+    if where.startswith("sandbox-"):
+        if not HAVE_LANDLOCK:
+            pytest.skip(NO_LANDLOCK)
+        run = request.getfixturevalue("sandbox").run
+
+    def on_engine(module: bytes, **kw: object) -> pyphase.Result:
+        result = run(module, engine=engine, **kw)  # type: ignore[arg-type]
+        assert result.engine == engine, result
+        return result
+
+    return on_engine
 
 
 @pytest.mark.skipif(HAVE_LANDLOCK, reason="this kernel has Landlock: the tests above run in the sandbox")

@@ -236,6 +236,47 @@ def test_writing_more_than_disk_bytes_ends_output_limit(start_nodes, tree_job, t
     assert r.receipt["outputs"]["hash"] == trees.build(()).hash
 
 
+def test_trees_work_on_the_compiling_engine(start_nodes, tree_job, tmp_path):
+    """A job that asks for wasmtime (``phase submit --engine``, the client's ``requires.runtime``) reads its input
+    tree, writes an output tree that arrives and verifies, and a write past disk_bytes ends as it does on wasm3:
+    EDQUOT at that write."""
+    data = make_tree(tmp_path / "data", 256 * 1024, 4)
+    files, total, digest = checksum(data)
+    work, out, receipt = tmp_path / "w", tmp_path / "out", tmp_path / "r.json"
+    work.mkdir()
+    wasm = tmp_path / "tree_job.wasm"
+    wasm.write_bytes(tree_job)
+    (node,) = start_nodes(1)
+    args = ["read", "/data", "mkdir", "/w/new", "write", "/w/new/made.txt", "made"]
+    proc = phase(
+        "submit", str(wasm), *(f"--arg={a}" for a in args), "--ro-dir", f"{data}::/data", "--dir", f"{work}::/w",
+        "--out", str(out), "--receipt", str(receipt), "--engine", "wasmtime", "--peer", node.address,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"read {files} {total} {digest}", "made /w/new", "wrote /w/new/made.txt"]
+    assert json.loads(receipt.read_text())["node"]["runtime"] == "wasmtime"
+    assert (out / "w" / "new" / "made.txt").read_text() == "made" and os.listdir(work) == []
+    ok = phase("verify", str(receipt), "--outputs", str(out))
+    assert ok.returncode == 0 and "outputs" in ok.stdout, ok.stderr
+    fill = ["fill", "/w/big", str(200 * MiB)]
+    with Client(peers=[node.address]) as client:
+        over = {
+            runtime: client.submit(
+                tree_job, args=fill, dirs=[Preopen(str(work), "/w")], disk_bytes=MiB, requires={"runtime": runtime}
+            )
+            for runtime in ("wasmtime", "wasm3")
+        }
+    assert [o.receipt["node"]["runtime"] for o in over.values()] == ["wasmtime", "wasm3"]
+    w, w3 = over["wasmtime"], over["wasm3"]
+    assert w.status == "output_limit" and "disk_bytes of 1048576 bytes" in w.message and "EDQUOT" in w.message
+    assert (w.status, w.message, w.stdout, w.receipt["outputs"]) == (
+        w3.status,
+        w3.message,
+        w3.stdout,
+        w3.receipt["outputs"],
+    )
+
+
 # ---- bad trees, one by one, against a hand-driven connection ---------------------------------------------
 
 

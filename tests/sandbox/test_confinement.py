@@ -145,16 +145,18 @@ def test_a_worker_finds_nothing_of_the_jobs_before_it(hello_bytes, spares):
 
 
 @pytest.mark.skipif(not pyphase._sandbox.landlock_abi(), reason="this kernel has no Landlock (see test_wasi_fs)")
-def test_landlock_bounds_a_worker_that_escaped_wasm3(hello_bytes, tmp_path):
-    """A worker that broke out of wasm3 and calls openat2 itself, without RESOLVE_BENEATH: Landlock refuses an
-    absolute path and the parent of the job's directory (EACCES), and still allows a file inside it. Without
-    directories, not even a descriptor can be made."""
-    from pyphase import Preopen
+def test_landlock_bounds_a_worker_that_escaped_its_engine(hello_bytes, tmp_path):
+    """A worker that broke out of wasm3 or wasmtime and calls openat2 itself, without RESOLVE_BENEATH: Landlock
+    refuses an absolute path and the parent of the job's directory (EACCES), and still allows a file inside it.
+    Without directories, not even a descriptor can be made."""
+    from pyphase import Preopen, engines
 
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "inside.txt").write_text("in")
+    dirs = [Preopen(str(tmp_path / "root"), "/", readonly=True)]
     with Sandbox(workers=1) as sb:
-        r = sb._selftest("open_outside", hello_bytes, dirs=[Preopen(str(tmp_path / "root"), "/", readonly=True)])
-        assert r.message == f"absolute {errno.EACCES} parent {errno.EACCES} inside 0"
-        r = sb._selftest("open_outside", hello_bytes)  # no descriptor to spare either (RLIMIT_NOFILE 4)
-        assert r.message == f"absolute {errno.EMFILE} parent {errno.EMFILE} inside {errno.EMFILE}"
+        for engine in engines.available():
+            r = sb._selftest("open_outside", hello_bytes, dirs=dirs, engine=engine)
+            assert r.message == f"absolute {errno.EACCES} parent {errno.EACCES} inside 0", engine
+            r = sb._selftest("open_outside", hello_bytes, engine=engine)  # no descriptor to spare (RLIMIT_NOFILE 4)
+            assert r.message == f"absolute {errno.EMFILE} parent {errno.EMFILE} inside {errno.EMFILE}", engine
