@@ -322,22 +322,56 @@ static int kexec_load_sealed(int kfd, int ifd, const char *cmdline)
     char *const argv[] = {"kexec", "--kexec-syscall", "--load", "/proc/self/fd/3", "--initrd=/proc/self/fd/4",
                           cmdarg, NULL};
     char *const envp[] = {"PATH=/bin:/sbin", NULL};
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) != 0) {
+        fprintf(stderr, "phase-verify: kexec_load: pipe: %s\n", strerror(errno));
+        return -1;
+    }
     fflush(stdout);
     fflush(stderr);
     pid_t pid = fork();
     if (pid < 0) {
         fprintf(stderr, "phase-verify: kexec_load: fork: %s\n", strerror(errno));
+        close(out[0]);
+        close(out[1]);
         return -1;
     }
     if (pid == 0) {
         /* Moved above 4 first, so that dup2 onto 3 and 4 never lands on itself (dup2 clears FD_CLOEXEC). */
         int k = fcntl(kfd, F_DUPFD_CLOEXEC, 10), i = fcntl(ifd, F_DUPFD_CLOEXEC, 10);
-        if (k < 0 || i < 0 || dup2(k, 3) < 0 || dup2(i, 4) < 0)
+        if (k < 0 || i < 0 || dup2(k, 3) < 0 || dup2(i, 4) < 0 || dup2(out[1], 2) < 0 || dup2(out[1], 1) < 0)
             _exit(126);
         execve(PHASE_KEXEC_TOOL, argv, envp);
-        fprintf(stderr, "phase-verify: kexec_load: cannot run %s: %s\n", PHASE_KEXEC_TOOL, strerror(errno));
+        fprintf(stderr, "cannot run %s: %s\n", PHASE_KEXEC_TOOL, strerror(errno));
         _exit(127);
     }
+    close(out[1]);
+    /* What kexec says goes to stderr as it comes; its last line (bounded) names the reason of a failure. */
+    char buf[4096], last[256] = "";
+    size_t lastlen = 0;
+    int fresh = 1;
+    for (;;) {
+        ssize_t r = read(out[0], buf, sizeof buf);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        fwrite(buf, 1, (size_t)r, stderr);
+        for (ssize_t j = 0; j < r; j++) {
+            if (buf[j] == '\n') {
+                fresh = 1;
+                continue;
+            }
+            if (fresh) {
+                lastlen = 0;
+                fresh = 0;
+            }
+            if (lastlen < sizeof last - 1)
+                last[lastlen++] = isprint((unsigned char)buf[j]) ? buf[j] : '?';
+            last[lastlen] = '\0';
+        }
+    }
+    close(out[0]);
     int status = 0;
     while (waitpid(pid, &status, 0) < 0) {
         if (errno != EINTR) {
@@ -346,8 +380,8 @@ static int kexec_load_sealed(int kfd, int ifd, const char *cmdline)
         }
     }
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        fprintf(stderr, "phase-verify: kexec_load: %s --kexec-syscall --load failed (status %d)\n", PHASE_KEXEC_TOOL,
-                WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+        fprintf(stderr, "phase-verify: kexec_load: %s failed (status %d)%s%s\n", PHASE_KEXEC_TOOL,
+                WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), lastlen ? ": " : "", last);
         return -1;
     }
     return 0;

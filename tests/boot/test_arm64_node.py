@@ -29,7 +29,7 @@ from pyphase.identity import Identity
 
 from .conftest import ROOT
 from .qemu import BootResult, Qemu, free_port
-from .test_qemu import publish
+from .test_qemu import dummy_artifacts, publish
 
 pytestmark = [pytest.mark.arm, pytest.mark.slow, pytest.mark.boot]
 
@@ -187,6 +187,22 @@ def test_arm64_stage1_kexecs_the_verified_arm64_release_into_a_node_that_answers
         f"\n[figures] arm64 stage 1 -> kexec_load -> node, from QEMU start (s): "
         f"{json.dumps({k: round(v, 1) for k, v in r.marks.items()})}"
     )
+
+
+def test_arm64_stage1_says_why_kexec_load_refuses_a_verified_release_that_is_no_kernel(
+    arm64_node: tuple[Path, Path], arm64_stage1: tuple[Identity, Path], tmp_path: Path
+) -> None:
+    """A validly signed release whose kernel is not a kernel: verified, then refused by kexec-tools, whose own
+    reason ends up in stage 1's one failure line; nothing boots."""
+    kernel, _ = arm64_node
+    key, stage1 = arm64_stage1
+    k, i = dummy_artifacts(tmp_path / "a")
+    publish(tmp_path / "store", key, k, i, cmdline="console=ttyAMA0", arch="aarch64")
+    r = boot_stage1(kernel, stage1, tmp_path / "store")
+    assert "PHASE-BOOT: verified: release 1" in r, r.tail()
+    line = "PHASE-BOOT FAIL: kexec kexec_load: /sbin/kexec failed (status 255): Cannot determine the file type of"
+    assert f"{line} /proc/self/fd/3" in r, r.tail()  # fd 3: the sealed kernel copy
+    assert "kexec loaded" not in r and r.console.count("PHASE-BOOT FAIL") == 1, r.tail()
 
 
 def test_arm64_stage1_refuses_an_x86_64_release_before_fetching_it(
