@@ -7,12 +7,12 @@ refuses raises the same :class:`~pyphase.InvalidModule`)."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 import pyphase
-from pyphase import runtime
+from pyphase import _sandbox, engines, runtime
 from pyphase.result import Result
 
 ENGINE_MODULES = ("test_limits", "test_traps", "test_wasi", "test_deterministic")
@@ -50,3 +50,30 @@ def _run_on_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     elif engine is not None:
         monkeypatch.setattr(pyphase, "run", functools.partial(runtime.run, engine=engine))
     yield
+
+
+@pytest.fixture(params=ENGINES)
+def runner(request: pytest.FixtureRequest) -> Callable[..., Result]:
+    """For tests with directories: each job on one engine, in this process or in a worker of the shared sandbox
+    (``pyphase.run``'s keywords, ``dirs`` and ``quota`` included); the result says that engine ran it."""
+    where = request.param
+    engine = where.removeprefix("sandbox-")
+    if engine not in engines.available():
+        pytest.skip("the compiling engine is not installed (pyphase[jit])")
+    sandbox: pyphase.Sandbox | None = None
+    if where.startswith("sandbox-"):
+        if _sandbox.landlock_abi() <= 0:
+            pytest.skip(
+                "this kernel has no Landlock: sandboxed jobs with directories are refused (test_without_landlock)"
+            )
+        sandbox = request.getfixturevalue("_core_sandbox")
+
+    def on_engine(module: bytes, **kw: Any) -> Result:
+        if sandbox is not None:
+            result = sandbox.run_prepared(runtime.prepare_job(module, engine=engine, **kw))
+        else:
+            result = runtime.run(module, engine=engine, **kw)
+        assert result.engine == engine, result
+        return result
+
+    return on_engine

@@ -17,7 +17,6 @@ import pytest
 import pyphase
 from pyphase import FsQuota, Preopen, _sandbox, engines
 from pyphase.preopen import QUOTA_BLOCK
-from pyphase.runtime import prepare_job
 from pyphase.sandbox import Sandbox
 
 import wasm_build
@@ -36,28 +35,6 @@ def probe() -> bytes:
 def sandbox() -> Iterator[Sandbox]:
     with Sandbox(workers=1) as sb:
         yield sb
-
-
-@pytest.fixture(params=["wasm3", "wasmtime", "sandbox-wasm3", "sandbox-wasmtime"])
-def runner(request: pytest.FixtureRequest) -> Runner:
-    where = request.param
-    engine = where.removeprefix("sandbox-")
-    if engine not in engines.available():
-        pytest.skip("the compiling engine is not installed (pyphase[jit])")
-    if where.startswith("sandbox-"):
-        if _sandbox.landlock_abi() <= 0:
-            pytest.skip("this kernel has no Landlock: sandboxed jobs with directories are refused")
-        sb: Sandbox = request.getfixturevalue("sandbox")
-
-    def on_engine(module: bytes, **kw: object) -> pyphase.Result:
-        if where.startswith("sandbox-"):
-            result = sb.run_prepared(prepare_job(module, engine=engine, **kw))  # type: ignore[arg-type]
-        else:
-            result = pyphase.run(module, engine=engine, **kw)  # type: ignore[arg-type]
-        assert result.engine == engine, result
-        return result
-
-    return on_engine
 
 
 def run(runner: Runner, probe: bytes, scratch: Path, *commands: str, quota: FsQuota | None = None) -> list[str]:

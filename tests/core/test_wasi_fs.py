@@ -11,12 +11,12 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 
 import pyphase
-from pyphase import Preopen, _core, _sandbox, engines
+from pyphase import Preopen, _core, _sandbox
 from pyphase.sandbox import Sandbox
 
 import wasm_build
@@ -29,44 +29,16 @@ def fs_probe() -> bytes:
     return wasm_build.build_c("fs_probe.c").read_bytes()
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
-    with Sandbox(workers=1) as sb:
-        yield sb
-
-
 HAVE_LANDLOCK = _sandbox.landlock_abi() > 0
-NO_LANDLOCK = "this kernel has no Landlock: sandboxed jobs with directories are refused (test_without_landlock)"
 
 
-@pytest.fixture(params=["wasm3", "wasmtime", "sandbox-wasm3", "sandbox-wasmtime"])
-def runner(request: pytest.FixtureRequest) -> Runner:
-    """Each job on one engine, in this process or in a sandbox worker; the result says that engine ran it."""
-    where = request.param
-    engine = where.removeprefix("sandbox-")
-    if engine not in engines.available():
-        pytest.skip("the compiling engine is not installed (pyphase[jit])")
-    run = pyphase.run
-    if where.startswith("sandbox-"):
-        if not HAVE_LANDLOCK:
-            pytest.skip(NO_LANDLOCK)
-        run = request.getfixturevalue("sandbox").run
-
-    def on_engine(module: bytes, **kw: object) -> pyphase.Result:
-        result = run(module, engine=engine, **kw)  # type: ignore[arg-type]
-        assert result.engine == engine, result
-        return result
-
-    return on_engine
-
-
-@pytest.mark.skipif(HAVE_LANDLOCK, reason="this kernel has Landlock: the tests above run in the sandbox")
-def test_without_landlock(sandbox: Sandbox, fs_probe: bytes, tree: Path) -> None:
+@pytest.mark.skipif(HAVE_LANDLOCK, reason="this kernel has Landlock: the other tests run in the sandbox")
+def test_without_landlock(_core_sandbox: Sandbox, fs_probe: bytes, tree: Path) -> None:
     """Without Landlock nothing would bound what a worker that escaped wasm3 could open: a job with directories
     is refused, with a message saying why, and jobs without go on."""
-    r = sandbox.run(fs_probe, dirs=[Preopen(str(tree), "/")])
+    r = _core_sandbox.run(fs_probe, dirs=[Preopen(str(tree), "/")])
     assert r.status == "crashed" and "no Landlock" in r.message
-    assert sandbox.run(fs_probe, args=["race", "0"]).status == "ok"
+    assert _core_sandbox.run(fs_probe, args=["race", "0"]).status == "ok"
 
 
 @pytest.fixture
