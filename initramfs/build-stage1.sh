@@ -1,7 +1,7 @@
 #!/bin/bash
 # Build the stage-1 initramfs: busybox, the static phase-boot tools, the NIC modules of the
 # target kernel, the release public key and /init. Everything comes from packages already
-# installed on the build machine; nothing is downloaded.
+# installed on the build machine; nothing is downloaded for x86_64 (aarch64: Debian arm64 packages, unpacked).
 #
 #   initramfs/build-stage1.sh --pub RELEASE.pub [--out FILE] [--kver VERSION]
 #                             [--seeds "http://IP:PORT ..."] [--min-release N]
@@ -56,6 +56,18 @@ for n in phase-verify phase-fetch phase-discover phase-dht; do ln -s phase-boot 
 install_busybox "$ROOT" "$BUSYBOX"
 if [ "$ARCH" = aarch64 ]; then
     copy_nic_modules "$ROOT" "$KVER" "$SYS" virtio_mmio virtio_pci virtio_net
+    # Debian's arm64 kernels have no kexec_file_load (CONFIG_KEXEC_FILE), only kexec_load: phase-verify hands
+    # the sealed, verified copies to kexec-tools (kexec --kexec-syscall), which adds the purgatory and device tree.
+    # Debian's kexec-tools:arm64 and the libraries it links (Xen's among them), unpacked, never installed.
+    KX=$HERE/../build/arm64-kexec
+    "$HERE/../tools/arm64-sysroot.sh" "$KX" kexec-tools:arm64 libxenmisc4.17:arm64 libxencall1:arm64 libxendevicemodel1:arm64 \
+        libxenevtchn1:arm64 libxenforeignmemory1:arm64 libxengnttab1:arm64 libxentoolcore1:arm64 \
+        libxentoollog1:arm64 zlib1g:arm64 libc6:arm64 >&2
+    mkdir -p "$ROOT/sbin" "$ROOT/lib"
+    cp "$KX/sbin/kexec" "$ROOT/sbin/kexec"
+    copy_needed_libs "$ROOT" /lib/aarch64-linux-gnu "$KX" "" "$ROOT/sbin/kexec"
+    command -v aarch64-linux-gnu-strip >/dev/null 2>&1 &&
+        aarch64-linux-gnu-strip --strip-unneeded "$ROOT/sbin/kexec" "$ROOT"/lib/aarch64-linux-gnu/*.so* 2>/dev/null || true
 else
     copy_nic_modules "$ROOT" "$KVER"
 fi

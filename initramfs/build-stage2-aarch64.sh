@@ -69,32 +69,10 @@ rm -rf "$ROOT/opt/phase/site/bin"
 find "$ROOT/opt/phase/site" -name '*.dist-info' -prune -exec rm -rf {} +
 [ -x "$ROOT/opt/phase/site/pyphase/phase-sandboxd" ] || die "the wheel has no phase-sandboxd"
 
-# Shared libraries: what the interpreter and every ELF in the image needs (readelf NEEDED, transitively), from
-# the unpacked packages; libraries a wheel bundles (*.libs/) are found beside it by their RPATH.
-find_lib() {  # name -> path in $SYS or empty
-    local d
-    for d in "$SYS/lib/aarch64-linux-gnu" "$SYS/usr/lib/aarch64-linux-gnu"; do
-        [ -e "$d/$1" ] && { echo "$d/$1"; return; }
-    done
-}
-: > "$WORK/have"
-queue=$(find "$ROOT/usr/bin" "$ROOT/usr/lib" "$ROOT/opt" -type f \( -name '*.so*' -o -name python3 -o -name phase-sandboxd \))
-while [ -n "$queue" ]; do
-    next=
-    for elf in $queue; do
-        for lib in $(readelf -d "$elf" 2>/dev/null | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
-            grep -qx "$lib" "$WORK/have" && continue
-            echo "$lib" >> "$WORK/have"
-            [ -n "$(find "$ROOT/opt/phase/site" -name "$lib" -path '*.libs/*' | head -n 1)" ] && continue
-            path=$(find_lib "$lib")
-            [ -n "$path" ] || die "$elf needs $lib, which none of the unpacked arm64 packages has"
-            cp -L "$path" "$ROOT$LIBDIR/$lib"
-            next="$next $ROOT$LIBDIR/$lib"
-        done
-    done
-    queue=$next
-done
-cp -L "$SYS/lib/ld-linux-aarch64.so.1" "$ROOT/lib/ld-linux-aarch64.so.1"
+# Shared libraries: what the interpreter and every ELF in the image needs, from the unpacked packages; libraries
+# a wheel bundles (*.libs/) are found beside it by their RPATH.
+copy_needed_libs "$ROOT" "$LIBDIR" "$SYS" "$ROOT/opt/phase/site" \
+    $(find "$ROOT/usr/bin" "$ROOT/usr/lib" "$ROOT/opt" -type f \( -name '*.so*' -o -name python3 -o -name phase-sandboxd \))
 
 # Bytecode (pyc is the same on every architecture; the host's Python must be the same version).
 [ "$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "$VER" ] || die "$PY is not Python $VER"

@@ -66,3 +66,32 @@ copy_stdlib() {  # src dest [tar option...]
         --exclude='./lib-dynload/*test*' --exclude='./lib-dynload/xx*' "$@" . \
       | tar -C "$dest" -xf -
 }
+
+# The shared libraries ELF files need (readelf NEEDED, transitively), copied from an unpacked arm64 sysroot into
+# $root$libdir, and its dynamic loader into $root/lib. A library found under BUNDLED (a wheel's *.libs/, found by
+# RPATH) is left where it is; "" for none.
+copy_needed_libs() {  # root libdir sys bundled elf...
+    local root=$1 libdir=$2 sys=$3 bundled=$4 have=" " queue next elf lib path d
+    shift 4
+    queue="$*"
+    mkdir -p "$root$libdir"
+    while [ -n "$queue" ]; do
+        next=
+        for elf in $queue; do
+            for lib in $(readelf -d "$elf" 2>/dev/null | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+                case $have in *" $lib "*) continue ;; esac
+                have="$have$lib "
+                [ -n "$bundled" ] && [ -n "$(find "$bundled" -name "$lib" -path '*.libs/*' | head -n 1)" ] && continue
+                path=
+                for d in "$sys/lib/aarch64-linux-gnu" "$sys/usr/lib/aarch64-linux-gnu"; do
+                    [ -e "$d/$lib" ] && { path=$d/$lib; break; }
+                done
+                [ -n "$path" ] || die "$elf needs $lib, which none of the unpacked arm64 packages has"
+                cp -L "$path" "$root$libdir/$lib"
+                next="$next $root$libdir/$lib"
+            done
+        done
+        queue=$next
+    done
+    cp -L "$sys/lib/ld-linux-aarch64.so.1" "$root/lib/ld-linux-aarch64.so.1"
+}

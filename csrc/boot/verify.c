@@ -22,6 +22,7 @@
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -307,6 +308,85 @@ static int dht_list_ok(const char *s)
     return 1;
 }
 
+/* kexec-tools (Debian's kexec-tools, carried by the aarch64 stage 1): the kexec_load(2) path. */
+#define PHASE_KEXEC_TOOL "/sbin/kexec"
+
+/* Load the sealed, verified copies with kexec_load(2) through kexec-tools, for kernels without
+ * kexec_file_load. kexec reads the kernel and initramfs from the sealed memfds themselves (inherited
+ * as fds 3 and 4, opened as /proc/self/fd/N): the bytes it loads are the bytes hashed, exactly as
+ * with kexec_file_load. It adds the purgatory and the device tree, which kexec_load leaves to user space. */
+static int kexec_load_sealed(int kfd, int ifd, const char *cmdline)
+{
+    char cmdarg[PHASE_CMDLINE_MAX + 128 + PHASE_DHT_ARG_MAX + 32];
+    snprintf(cmdarg, sizeof cmdarg, "--command-line=%s", cmdline);
+    char *const argv[] = {"kexec", "--kexec-syscall", "--load", "/proc/self/fd/3", "--initrd=/proc/self/fd/4",
+                          cmdarg, NULL};
+    char *const envp[] = {"PATH=/bin:/sbin", NULL};
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) != 0) {
+        fprintf(stderr, "phase-verify: kexec_load: pipe: %s\n", strerror(errno));
+        return -1;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "phase-verify: kexec_load: fork: %s\n", strerror(errno));
+        close(out[0]);
+        close(out[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        /* Moved above 4 first, so that dup2 onto 3 and 4 never lands on itself (dup2 clears FD_CLOEXEC). */
+        int k = fcntl(kfd, F_DUPFD_CLOEXEC, 10), i = fcntl(ifd, F_DUPFD_CLOEXEC, 10);
+        if (k < 0 || i < 0 || dup2(k, 3) < 0 || dup2(i, 4) < 0 || dup2(out[1], 2) < 0 || dup2(out[1], 1) < 0)
+            _exit(126);
+        execve(PHASE_KEXEC_TOOL, argv, envp);
+        fprintf(stderr, "cannot run %s: %s\n", PHASE_KEXEC_TOOL, strerror(errno));
+        _exit(127);
+    }
+    close(out[1]);
+    /* What kexec says goes to stderr as it comes; its last line (bounded) names the reason of a failure. */
+    char buf[4096], last[256] = "";
+    size_t lastlen = 0;
+    int fresh = 1;
+    for (;;) {
+        ssize_t r = read(out[0], buf, sizeof buf);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        fwrite(buf, 1, (size_t)r, stderr);
+        for (ssize_t j = 0; j < r; j++) {
+            if (buf[j] == '\n') {
+                fresh = 1;
+                continue;
+            }
+            if (fresh) {
+                lastlen = 0;
+                fresh = 0;
+            }
+            if (lastlen < sizeof last - 1)
+                last[lastlen++] = isprint((unsigned char)buf[j]) ? buf[j] : '?';
+            last[lastlen] = '\0';
+        }
+    }
+    close(out[0]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) {
+            fprintf(stderr, "phase-verify: kexec_load: waitpid: %s\n", strerror(errno));
+            return -1;
+        }
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "phase-verify: kexec_load: %s failed (status %d)%s%s\n", PHASE_KEXEC_TOOL,
+                WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), lastlen ? ": " : "", last);
+        return -1;
+    }
+    return 0;
+}
+
 #if defined(__x86_64__)
 #define MACHINE_ARCH "x86_64"
 #elif defined(__aarch64__)
@@ -364,11 +444,20 @@ static int cmd_kexec(int argc, char **argv)
            m.initramfs.hash, m.kernel.size + m.initramfs.size, t1 - t0);
     fflush(stdout);
     if (syscall(SYS_kexec_file_load, kfd, ifd, strlen(cmdline) + 1, cmdline, 0UL) != 0) {
-        if (errno == ENOSYS) /* e.g. Debian's arm64 kernels: built without CONFIG_KEXEC_FILE */
-            fprintf(stderr, "phase-verify: kexec_file_load: this kernel has no kexec_file_load (CONFIG_KEXEC_FILE)\n");
-        else
+        if (errno != ENOSYS) {
             fprintf(stderr, "phase-verify: kexec_file_load: %s\n", strerror(errno));
-        return 2;
+            return 2;
+        }
+        /* e.g. Debian's arm64 kernels: built without CONFIG_KEXEC_FILE, but with CONFIG_KEXEC */
+        if (access(PHASE_KEXEC_TOOL, X_OK) != 0) {
+            fprintf(stderr, "phase-verify: kexec_file_load: this kernel has no kexec_file_load (CONFIG_KEXEC_FILE) "
+                            "and this image has no %s for kexec_load\n", PHASE_KEXEC_TOOL);
+            return 2;
+        }
+        printf("PHASE-BOOT: no kexec_file_load in this kernel (CONFIG_KEXEC_FILE): loading the sealed copies with "
+               "kexec_load through %s\n", PHASE_KEXEC_TOOL);
+        if (kexec_load_sealed(kfd, ifd, cmdline))
+            return 2;
     }
     printf("PHASE-BOOT: kexec loaded: cmdline \"%s\"\n", cmdline);
     fflush(stdout);

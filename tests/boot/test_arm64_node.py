@@ -1,5 +1,7 @@
 """The arm64 node image booted under qemu-system-aarch64 (TCG, ``-M virt -cpu max``, UEFI from
-qemu-efi-aarch64, Debian's arm64 kernel) to plasmd, which answers a job from this x86_64 host.
+qemu-efi-aarch64, Debian's arm64 kernel) to plasmd, which answers a job from this x86_64 host: booted directly,
+and reached through stage 1 for aarch64, which verifies the signed release and kexec_load()s exactly the
+verified bytes.
 
 Unlike qemu-user (tests/packaging/test_arm.py, where the node refuses a sandbox it cannot build), this is a
 whole emulated machine: its kernel runs the seccomp filters, so plasmd starts with the sandbox on. Markers
@@ -27,7 +29,7 @@ from pyphase.identity import Identity
 
 from .conftest import ROOT
 from .qemu import BootResult, Qemu, free_port
-from .test_qemu import publish
+from .test_qemu import dummy_artifacts, publish
 
 pytestmark = [pytest.mark.arm, pytest.mark.slow, pytest.mark.boot]
 
@@ -121,21 +123,86 @@ def boot_stage1(kernel: Path, stage1: Path, store: Path) -> BootResult:
     return r
 
 
-def test_arm64_stage1_fetches_and_verifies_the_arm64_release_but_the_kernel_cannot_kexec_it(
+def answers_hello(q: Qemu, fwd: int, tmp_path: Path) -> None:
+    """The node in q (its port 7000 forwarded to 127.0.0.1:fwd) runs hello.wasm from this host, sandboxed, and
+    signs an aarch64 receipt that verifies."""
+    m = q.wait_for_match(ADDRESS_RE, 900)
+    assert m, q.text[-3000:]
+    peer = f"{m.group(1)}@127.0.0.1:{fwd}"
+    with Client([peer], connect_timeout=60) as client:
+        (caps,) = client.capabilities(timeout=60).values()
+    assert caps is not None, q.text[-3000:]
+    # The node runs jobs in sandboxed workers (seccomp, namespaces): plasmd refuses to start without them.
+    assert (caps["arch"], caps["executor"]) == ("aarch64", "sandbox"), caps
+    phase = Path(sys.executable).parent / "phase"
+    receipt = tmp_path / "receipt.json"
+    job = subprocess.run(
+        [str(phase), "submit", str(HELLO), "--input", "Hello, World", "--peer", peer, "--timeout", "60s"]
+        + ["--receipt", str(receipt)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert job.returncode == 0 and job.stdout == "dlroW ,olleH", job.stdout + job.stderr + q.text[-3000:]
+    assert json.loads(receipt.read_text())["node"]["arch"] == "aarch64"
+    check = subprocess.run([str(phase), "verify", str(receipt)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_arm64_stage1_kexecs_the_verified_arm64_release_into_a_node_that_answers_a_job(
     arm64_node: tuple[Path, Path], arm64_stage1: tuple[Identity, Path], tmp_path: Path
 ) -> None:
-    """Stage 1 on aarch64 does everything up to the handoff: network, manifest, signature, both artifacts by hash,
-    the sealed re-verification. Debian's arm64 kernels are built without CONFIG_KEXEC_FILE, so the handoff
-    (kexec_file_load of exactly the verified bytes) fails, with that reason on the console (docs/BOOT.md)."""
+    """The whole arm64 Phase Boot: stage 1 fetches the signed arm64 release, verifies the signature and both
+    artifacts by hash in sealed memory and, Debian's arm64 kernels having no kexec_file_load (CONFIG_KEXEC_FILE),
+    hands exactly those sealed copies to kexec-tools' kexec_load (docs/BOOT.md). The verified kernel boots the
+    node image, whose plasmd answers a job from this host."""
     kernel, image = arm64_node
     key, stage1 = arm64_stage1
-    publish(tmp_path / "store", key, kernel, image, cmdline="console=ttyAMA0 panic=-1 quiet", arch="aarch64")
-    r = boot_stage1(kernel, stage1, tmp_path / "store")
-    for mark in ("stage 1 up", "signature ok: manifest ok: release 1 aarch64", "kernel fetched", "verified: release 1"):
-        assert f"PHASE-BOOT: {mark}" in r, r.tail()
-    assert "PHASE-BOOT FAIL: kexec kexec_file_load: this kernel has no kexec_file_load (CONFIG_KEXEC_FILE)" in r, (
-        r.tail()
+    cmdline = "console=ttyAMA0 panic=-1 quiet"
+    publish(tmp_path / "store", key, kernel, image, cmdline=cmdline, arch="aarch64")
+    fwd = free_port()
+    marks = (
+        "PHASE-BOOT: stage 1 up",
+        "PHASE-BOOT: kexec loaded",
+        "PHASE-NODE: stage 2 up",
+        "PHASE-NODE: plasmd running",
     )
+    with ArtifactServer(tmp_path / "store") as server:
+        append = f"phase.onfail=poweroff phase.dht=off phase.seeds=http://10.0.2.2:{server.port}"
+        nic = f"user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{fwd}-:7000"
+        q = Qemu(machine(kernel, stage1, append, nic), marks, binary=shutil.which("qemu-system-aarch64"))
+        try:
+            answers_hello(q, fwd, tmp_path)
+        finally:
+            r = q.close()
+    for mark in ("signature ok: manifest ok: release 1 aarch64", "kernel fetched", "verified: release 1"):
+        assert f"PHASE-BOOT: {mark}" in r, r.tail()
+    assert "PHASE-BOOT: no kexec_file_load in this kernel (CONFIG_KEXEC_FILE): loading the sealed copies" in r
+    # The signed command line, plus only what stage 1 may add.
+    assert f'PHASE-BOOT: kexec loaded: cmdline "{cmdline} phase.mode=internet"' in r, r.tail()
+    assert "PHASE-BOOT FAIL" not in r and "PHASE-NODE FAIL" not in r, r.tail()
+    # Stage 2 really came up after the handoff, not beside it.
+    assert r.console.index("PHASE-BOOT: kexec loaded") < r.console.index("PHASE-NODE: stage 2 up"), r.tail()
+    print(
+        f"\n[figures] arm64 stage 1 -> kexec_load -> node, from QEMU start (s): "
+        f"{json.dumps({k: round(v, 1) for k, v in r.marks.items()})}"
+    )
+
+
+def test_arm64_stage1_says_why_kexec_load_refuses_a_verified_release_that_is_no_kernel(
+    arm64_node: tuple[Path, Path], arm64_stage1: tuple[Identity, Path], tmp_path: Path
+) -> None:
+    """A validly signed release whose kernel is not a kernel: verified, then refused by kexec-tools, whose own
+    reason ends up in stage 1's one failure line; nothing boots."""
+    kernel, _ = arm64_node
+    key, stage1 = arm64_stage1
+    k, i = dummy_artifacts(tmp_path / "a")
+    publish(tmp_path / "store", key, k, i, cmdline="console=ttyAMA0", arch="aarch64")
+    r = boot_stage1(kernel, stage1, tmp_path / "store")
+    assert "PHASE-BOOT: verified: release 1" in r, r.tail()
+    line = "PHASE-BOOT FAIL: kexec kexec_load: /sbin/kexec failed (status 255): Cannot determine the file type of"
+    assert f"{line} /proc/self/fd/3" in r, r.tail()  # fd 3: the sealed kernel copy
+    assert "kexec loaded" not in r and r.console.count("PHASE-BOOT FAIL") == 1, r.tail()
 
 
 def test_arm64_stage1_refuses_an_x86_64_release_before_fetching_it(
@@ -159,27 +226,7 @@ def test_arm64_node_boots_to_plasmd_and_answers_a_job_with_the_sandbox_on(
     marks = ("PHASE-NODE: stage 2 up", "PHASE-NODE: network up", "PHASE-NODE: plasmd running")
     q = Qemu(args, marks, binary=shutil.which("qemu-system-aarch64"))
     try:
-        m = q.wait_for_match(ADDRESS_RE, 900)
-        assert m, q.text[-3000:]
-        peer = f"{m.group(1)}@127.0.0.1:{fwd}"
-        with Client([peer], connect_timeout=60) as client:
-            (caps,) = client.capabilities(timeout=60).values()
-        assert caps is not None, q.text[-3000:]
-        # The node runs jobs in sandboxed workers (seccomp, namespaces): plasmd refuses to start without them.
-        assert (caps["arch"], caps["executor"]) == ("aarch64", "sandbox"), caps
-        phase = Path(sys.executable).parent / "phase"
-        receipt = tmp_path / "receipt.json"
-        job = subprocess.run(
-            [str(phase), "submit", str(HELLO), "--input", "Hello, World", "--peer", peer, "--timeout", "60s"]
-            + ["--receipt", str(receipt)],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert job.returncode == 0 and job.stdout == "dlroW ,olleH", job.stdout + job.stderr + q.text[-3000:]
-        assert json.loads(receipt.read_text())["node"]["arch"] == "aarch64"
-        check = subprocess.run([str(phase), "verify", str(receipt)], capture_output=True, text=True, timeout=60)
-        assert check.returncode == 0, check.stdout + check.stderr
+        answers_hello(q, fwd, tmp_path)
     finally:
         r = q.close()
     assert "PHASE-NODE FAIL" not in r, r.tail()
