@@ -62,6 +62,9 @@ def verify_document(document: Mapping[str, Any], public_key: bytes) -> None:
         raise SignatureError(f"signature is not valid base64: {exc}") from None
     if len(signature) != nacl.bindings.crypto_sign_BYTES:
         raise SignatureError(f"signature has {len(signature)} bytes, expected {nacl.bindings.crypto_sign_BYTES}")
+    if base64.b64encode(signature).decode("ascii") != encoded:
+        # the unused low bits of the last character set: the same bytes under another spelling (C refuses it too)
+        raise SignatureError("signature is not canonical base64")
     try:
         message = canonical_bytes(document)
     except ValueError as exc:

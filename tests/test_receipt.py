@@ -95,6 +95,18 @@ def test_flipped_signature_byte(signed):
         verify_receipt(receipt)
 
 
+def test_signature_spelled_with_unused_bits_set_is_refused(signed):
+    # 64 bytes are 86 base64 characters and "==": the last character carries 4 bits nobody reads. Setting one
+    # keeps the bytes (a lenient decoder accepts them) but changes the document; C's verifier refuses it, so must we.
+    receipt = copy.deepcopy(signed[3])
+    text = receipt["signature"]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    receipt["signature"] = text[:85] + alphabet[alphabet.index(text[85]) ^ 1] + text[86:]
+    assert base64.b64decode(receipt["signature"]) == base64.b64decode(text)
+    with pytest.raises(VerificationError, match="canonical base64"):
+        verify_receipt(receipt)
+
+
 def test_missing_signature(signed):
     receipt = copy.deepcopy(signed[3])
     del receipt["signature"]

@@ -170,10 +170,11 @@ def test_receipt_fields_added_since_verify_in_php(tmp_path: Path, hello_bytes: b
     (outputs): PHP checks each field's shape and the signature over all of them; a changed one is refused."""
     node = Identity.generate()
     manifest = make_manifest(hello_bytes, b"abc")
-    result = run(Module(hello_bytes), b"abc", engine="wasmtime")
+    limits = Limits(fuel=10**9)  # metered: wasmtime counts fuel only under a fuel limit (fuel_unit none without)
+    result = run(Module(hello_bytes), b"abc", engine="wasmtime", limits=limits)
     outputs = {"hash": "sha256:" + "6" * 64, "size": 42}
     receipt = make_receipt(
-        result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=Limits(), identity=node, outputs=outputs
+        result, job_id=job_id(manifest), nonce=manifest["nonce"], limits=limits, identity=node, outputs=outputs
     )
     assert receipt["node"]["runtime"] == "wasmtime" and receipt["node"]["fuel_unit"] == "wasmtime-fuel"
     assert receipt["outputs"] == outputs

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pyphase import Client, Identity, verify_receipt
+from pyphase import Client, Identity, Limits, verify_receipt
 from pyphase.errors import NetworkError
 
 
@@ -294,7 +294,12 @@ def test_a_node_says_which_engines_it_runs_and_refuses_one_it_lacks(start_nodes,
         assert result.receipt["node"]["fuel_unit"] == "wasm3-ticks"
         result = client.submit(hello_bytes, input=b"ab", requires={"runtime": "wasmtime"})
         assert result.stdout == b"ba" and result.receipt["node"]["runtime"] == "wasmtime"
-        assert result.receipt["node"]["fuel_unit"] == "wasmtime-fuel"
+        assert result.receipt["node"]["fuel_unit"] == "none"  # wasmtime meters only under a fuel limit
+        result = client.submit(hello_bytes, input=b"ab", requires={"runtime": "wasmtime"}, limits=Limits(fuel=10**9))
+        assert (
+            result.receipt["node"]["runtime"] == "wasmtime" and result.receipt["node"]["fuel_unit"] == "wasmtime-fuel"
+        )
+        assert 0 < result.receipt["fuel_used"] < 10**9
         with pytest.raises(NetworkError) as info:
             client.submit(hello_bytes, input=b"ab", requires={"runtime": "v8"}, retries=0)
     assert "runtime" in str(info.value) and "v8" in str(info.value)
