@@ -165,6 +165,10 @@ final class Receipt
         if (strlen($signature) !== SODIUM_CRYPTO_SIGN_BYTES) {
             return ['signature: signature has ' . strlen($signature) . ' bytes, expected 64'];
         }
+        if (base64_encode($signature) !== $encoded) {
+            // unused low bits of the last character set: the same bytes spelled another way (pyphase and C refuse it)
+            return ['signature: signature is not canonical base64'];
+        }
         try {
             $message = Canonical::bytes($r);
         } catch (\InvalidArgumentException | \JsonException $e) {
