@@ -132,12 +132,6 @@ def library() -> str:
     return os.environ.get("PHASE_WASMTIME_LIBRARY") or str(_library_path())
 
 
-def config_index(limits: Limits, deterministic: bool) -> int:
-    """Which of the compiling engine's configurations a job uses (:func:`pyphase.compiled.configuration`): its
-    compiled code is per configuration (csrc/phase_wasmtime.c)."""
-    return configuration(limits, deterministic)
-
-
 def looks_long(digest: bytes, limits: Limits) -> bool:
     """Whether ``auto`` takes a job of this module for a long one: its own budget, or an earlier job's time on wasm3."""
     return limits.fuel >= AUTO_FUEL or limits.timeout_ms >= AUTO_TIMEOUT_MS or _past(digest) >= AUTO_WALL_US

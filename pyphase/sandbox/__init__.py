@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import pyphase
+from pyphase.compiled import configuration
 from pyphase import _sandbox, engines
 from pyphase.digests import sha256_text
 from pyphase.engines import EngineUnavailable
@@ -526,7 +527,7 @@ class Sandbox:
             engines.record(job.digest, "wasm3", result.wall_us)
             if valid and self._compile_later(job):
                 # a long job of a big module ran here; its next ones find the compiled code (pyphase.engines)
-                self._add_module(job.digest, data, engines.config_index(lim, job.deterministic))
+                self._add_module(job.digest, data, configuration(lim, job.deterministic))
         return result
 
     @staticmethod
@@ -544,7 +545,7 @@ class Sandbox:
             return job.engine
         if "wasmtime" not in self.engines or job.digest in self._uncacheable:
             return "wasm3"
-        if (job.digest, engines.config_index(job.limits, job.deterministic)) in self._compiled:
+        if (job.digest, configuration(job.limits, job.deterministic)) in self._compiled:
             return "wasmtime"
         if not engines.looks_long(job.digest, job.limits):
             return "wasm3"
@@ -552,7 +553,7 @@ class Sandbox:
 
     def _compile_later(self, job: PreparedJob) -> bool:
         """A big module whose job ``auto`` kept on wasm3 while it looked long: compile it for the next ones."""
-        key = (job.digest, engines.config_index(job.limits, job.deterministic))
+        key = (job.digest, configuration(job.limits, job.deterministic))
         return "wasmtime" in self.engines and key not in self._compiled and engines.looks_long(job.digest, job.limits)
 
     def _execute_compiled(
@@ -567,7 +568,7 @@ class Sandbox:
         """A job on the compiling engine. A worker runs only code the fork server compiled before forking it: the
         first worker validates the bytes and answers "not compiled", the server then compiles the module (an ADD
         with a configuration), and the job goes to the next worker forked after that."""
-        key = (job.digest, engines.config_index(job.limits, job.deterministic))
+        key = (job.digest, configuration(job.limits, job.deterministic))
         data = job.data
         if job.digest in self._uncacheable:
             raise SandboxError("the fork server died caching this module: it is not compiled in this sandbox")
@@ -628,7 +629,7 @@ class Sandbox:
     def _add_module(self, digest: bytes, data: bytes, compile_index: int = -1) -> None:
         """Have the fork server cache a module a worker validated without incident, so later workers
         inherit it (no re-validation, no copy per job); with ``compile_index``, also compile it for that
-        configuration of the compiling engine (pyphase.engines.config_index)."""
+        configuration of the compiling engine (pyphase.compiled.configuration)."""
         with self._lock:
             if digest in self._uncacheable or self._closed:
                 return

@@ -63,23 +63,20 @@ def arm64_node(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     assert FIRMWARE.is_file(), f"{FIRMWARE} not found (apt-get install qemu-efi-aarch64)"
     d = tmp_path_factory.mktemp("arm64-node")
     kernel, image = d / "vmlinuz", d / "stage2-aarch64.cpio.gz"
+    build("build-stage2-aarch64.sh", "--wheel", str(aarch64_wheel()), "--out", str(image), "--kernel-out", str(kernel))
+    return kernel, image
+
+
+def build(script: str, *args: str) -> None:
+    """Run one of initramfs/'s image builders with this Python; its last error lines if it fails."""
     proc = subprocess.run(
-        [
-            str(ROOT / "initramfs" / "build-stage2-aarch64.sh"),
-            "--wheel",
-            str(aarch64_wheel()),
-            "--out",
-            str(image),
-            "--kernel-out",
-            str(kernel),
-        ],
+        [str(ROOT / "initramfs" / script), *args],
         capture_output=True,
         text=True,
         timeout=1800,
         env={**os.environ, "PYTHON": sys.executable},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return kernel, image
 
 
 def machine(kernel: Path, initrd: Path, append: str, nic: str = "user,model=virtio-net-pci") -> list[str]:
@@ -100,14 +97,7 @@ def arm64_stage1(arm64_node: tuple[Path, Path], tmp_path_factory: pytest.TempPat
     d = tmp_path_factory.mktemp("arm64-stage1")
     identity, pub = keys.generate(d / "release.key")
     out = d / "stage1.cpio.gz"
-    proc = subprocess.run(
-        [str(ROOT / "initramfs" / "build-stage1.sh"), "--arch", "aarch64", "--pub", str(pub), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    build("build-stage1.sh", "--arch", "aarch64", "--pub", str(pub), "--out", str(out))
     return identity, out
 
 
