@@ -167,6 +167,7 @@ cdef extern from "sandbox.h" nogil:
         uint32_t gen
         int32_t pid
         uint64_t cache_seq
+        uint64_t compile_seq
         int reuse
         int32_t last_wait_status
         int64_t last_maxrss_kb
@@ -231,6 +232,11 @@ cdef extern from "sandbox_proto.h" nogil:
         SANDBOX_TEST_TIMER
         SANDBOX_MSG_ADD
         SANDBOX_MSG_KILL
+        SANDBOX_MSG_COMPILED
+        SANDBOX_COMPILE_OK
+        SANDBOX_COMPILE_FAILED
+        SANDBOX_COMPILE_REFUSED
+        SANDBOX_CODE_MAGIC
 
     ctypedef struct sandbox_msg:
         uint32_t type
@@ -241,6 +247,24 @@ cdef extern from "sandbox_proto.h" nogil:
         int64_t maxrss_kb
         int64_t cpu_us
         uint32_t compile
+        uint64_t compile_seq
+        uint64_t code_len
+
+    ctypedef struct sandbox_event:
+        uint32_t type
+        uint32_t compile
+        uint8_t hash[32]
+        int32_t status
+        uint32_t has_code
+        uint64_t compile_seq
+        uint64_t compile_us
+        char message[160]
+
+    ctypedef struct sandbox_code_header:
+        uint32_t magic
+        uint32_t ok
+        uint64_t len
+        uint64_t compile_us
 
 cdef extern from "phase_spec.h" nogil:
     ctypedef struct phase_spec_instance:

@@ -102,9 +102,10 @@ def test_auto_sends_long_jobs_to_the_compiler_and_keeps_short_ones_on_wasm3(jit_
     assert jit_sandbox.run(hello_bytes, b"ab", deterministic=True).engine == "wasm3"
     r = jit_sandbox.run(hello_bytes, b"ab", limits=long, deterministic=True)
     assert (r.status, r.stdout, r.engine) == ("ok", b"ba", "wasmtime"), r.message
-    # a long job of a big module runs on wasm3 while the fork server compiles it; the next one is compiled
+    # a long job of a big module runs on wasm3 while a compile helper compiles it; once compiled, jobs use the code
     r = jit_sandbox.run(probe_bytes, b"in", args=["cat"], limits=long)
     assert (r.status, r.stdout, r.engine) == ("ok", b"in", "wasm3"), r.message
+    wait_until(lambda: jit_sandbox.compiled(probe_bytes, long), 60, "the compile helper")
     r = jit_sandbox.run(probe_bytes, b"in", args=["cat"], limits=long)
     assert (r.status, r.stdout, r.engine) == ("ok", b"in", "wasmtime"), r.message
     # compiled: later jobs of the module in that configuration use the code whatever their budget
