@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -125,6 +126,30 @@ def _streamed_as_kept(result: Result, sink: OutputSink) -> Result:
 
 
 _DEATHS = ("crashed", "timeout", "memory_limit")
+
+
+def _read_events(sandbox: weakref.ref[Sandbox], sock: socket.socket) -> None:
+    """A fork server's COMPILED events, until it is gone (its sandbox closed, collected or restarted it)."""
+    with sock:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(sock, _sandbox.EVENT_BYTES, 1)
+            except OSError:
+                break
+            try:
+                owner = sandbox()
+                if not data or owner is None:
+                    break
+                owner._on_compiled(sock, data, fds[0] if fds else -1)
+            except ValueError:
+                pass  # not an event: the server is trusted, so a bug of ours; nothing to act on
+            finally:
+                owner = None
+                for fd in fds:
+                    os.close(fd)
+        owner = sandbox()
+        if owner is not None:
+            owner._server_gone(sock)
 
 
 def _fallback_command() -> list[str]:
@@ -267,8 +292,9 @@ class Sandbox:
             server.wait()
             raise SandboxError(f"the sandbox did not start: {exc}") from None
         self._server, self._main, self._slots, self._events = server, main_parent, slots, events_parent
+        # the thread holds the sandbox weakly: an unclosed one is still collected (and warns)
         threading.Thread(
-            target=self._read_events, args=(events_parent,), name="phase-sandbox-events", daemon=True
+            target=_read_events, args=(weakref.ref(self), events_parent), name="phase-sandbox-events", daemon=True
         ).start()
         for slot in slots:
             self._free.put(slot)
@@ -292,23 +318,8 @@ class Sandbox:
 
     # ---- compiled code (docs/SANDBOX.md, "Engines") ------------------------------------------
 
-    def _read_events(self, sock: socket.socket) -> None:
-        """The fork server's COMPILED events, until it is gone; then every job still waiting for a compile wakes."""
-        with sock:
-            while True:
-                try:
-                    data, fds, _, _ = socket.recv_fds(sock, _sandbox.EVENT_BYTES, 1)
-                except OSError:
-                    break
-                if not data:
-                    break
-                try:
-                    self._on_compiled(sock, data, fds[0] if fds else -1)
-                except ValueError:
-                    pass  # not an event: the server is trusted, so a bug of ours; nothing to act on
-                finally:
-                    for fd in fds:
-                        os.close(fd)
+    def _server_gone(self, sock: socket.socket) -> None:
+        """The events socket closed: every job still waiting for a compile of that server wakes (and retries)."""
         with self._lock:
             if self._events is sock:
                 waiting, self._compiling = list(self._compiling.values()), {}
@@ -393,7 +404,22 @@ class Sandbox:
             if running is not None and running.signal.requested:
                 return  # the next run sees the stop and ends the job
 
-    def compiled(self, module: bytes | bytearray | memoryview, limits: Limits | None = None, deterministic: bool = False) -> bool:
+    def wait_for_compiles(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the compiles under way (``phase run`` before it exits, so the code
+        reaches the disk cache); True when none is left."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                waiting = next(iter(self._compiling.values()), None)
+            if waiting is None:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or not waiting.wait(left):
+                return False
+
+    def compiled(
+        self, module: bytes | bytearray | memoryview, limits: Limits | None = None, deterministic: bool = False
+    ) -> bool:
         """Whether this sandbox's fork server has ``module``'s code for jobs with these limits (its workers from
         now on run such jobs compiled)."""
         key = (hashlib.sha256(module).digest(), configuration(limits or Limits(), deterministic))
@@ -824,7 +850,9 @@ class Sandbox:
         if status == "refused" and message.startswith(JIT_REFUSED):
             return self._without_compiling_engine(slot, job, test_action, sink, running, message, result)
         if job.engine == "auto":  # auto never fails for want of compiled code: wasm3 runs it
-            return self._execute_on(slot, job._replace(engine="wasm3"), test_action, None if sink is None else sink.callback, running)
+            return self._execute_on(
+                slot, job._replace(engine="wasm3"), test_action, None if sink is None else sink.callback, running
+            )
         return result
 
     def _without_compiling_engine(
