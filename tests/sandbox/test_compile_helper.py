@@ -204,3 +204,17 @@ def test_a_restarted_sandbox_loads_code_and_history_from_the_data_dir(tmp_path, 
     third = _node_start(tmp_path, modules)
     assert third["hello"][:3] == ["ok", "ba", "wasmtime"] and third["hello"][3] > 0
     assert third["compiles"] == 3 and third["code_loads"] == 0
+
+
+def test_phase_run_in_the_sandbox_keeps_compiled_code_in_its_data_dir(tmp_path, hello_bytes):
+    module = tmp_path / "hello.wasm"
+    module.write_bytes(hello_bytes)
+    cmd = [sys.executable, "-m", "pyphase", "run", "--json", "--engine", "wasmtime", "--data-dir", str(tmp_path / "d")]
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([*cmd, str(module)], input=b"ab", capture_output=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(json.loads(out.stdout.splitlines()[-1]))
+        assert len(list((tmp_path / "d" / "compiled").glob("*.cwasm"))) == 1
+    assert [(r["status"], r["engine"]) for r in runs] == [("ok", "wasmtime")] * 2
+    assert runs[0]["compile_us"] > 0 and runs[1]["compile_us"] == 0  # the second run loaded the first one's code
