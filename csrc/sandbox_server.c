@@ -104,6 +104,7 @@ static uint8_t cache_compiling[CACHE_MAX];
 /* A helper's bounds: CPU seconds (SIGXCPU ends a compile that never ends), and address space beyond what it
  * inherits: Cranelift's working memory and the code it makes, for a module of len bytes. */
 #define HELPER_CPU_SECONDS 600
+#define HELPER_NICE 10
 #define HELPER_AS_BYTES(len) ((2ull << 30) + 64ull * (uint64_t) (len))
 typedef struct srv_helper {
     pid_t pid;                 /* 0: free */
@@ -849,6 +850,9 @@ static void helper_main(unsigned i, unsigned index, int memfd)
         munmap(buffers[j].shm, buffers[j].shm_bytes);
     if (dup2(devnull, 0) < 0 || dup2(devnull, 1) < 0 || dup2(devnull, 2) < 0 || dup2(memfd, HELPER_FD) < 0
         || syscall(SYS_close_range, HELPER_FD + 1, ~0u, 0) != 0)
+        _exit(SANDBOX_EXIT_SETUP);
+    /* Jobs first: a compile is background work (a worker's job takes the CPU from it, not the other way). */
+    if (setpriority(PRIO_PROCESS, 0, HELPER_NICE) != 0)
         _exit(SANDBOX_EXIT_SETUP);
     struct rlimit cpu = {.rlim_cur = HELPER_CPU_SECONDS, .rlim_max = HELPER_CPU_SECONDS + 1};
     uint64_t vm = server_vm_bytes;
