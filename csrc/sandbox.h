@@ -23,6 +23,10 @@ __attribute__((visibility("default"))) int phase_sandbox_server_main(int argc, c
  * engine's epoch timer, and rt_sigaction on the four fault signals (only in workers of a fork server that runs
  * it). 0 or -1/errno. */
 int phase_sandbox_seccomp_install(int allow_fs, int allow_timer);
+/* In a worker installed with allow_timer whose job runs on wasm3: take the timer calls back (a second filter that
+ * kills setitimer, rt_sigaction and seccomp itself; the fault signals' default actions restored first), so a wasm3
+ * job runs under the exact wasm3 policy whatever its server compiled. 0 or -1/errno. */
+int phase_sandbox_seccomp_narrow(void);
 /* A compile helper's filter (csrc/sandbox_server.c): memory calls with PROT_EXEC too (wasmtime publishes the code
  * it compiled), writes, its own rlimits, and signals to itself only (pid: its own). 0 or -1/errno. */
 int phase_sandbox_seccomp_install_compiler(int pid);

@@ -120,6 +120,31 @@ static const unsigned base_calls[] = {
     __NR_rt_sigreturn, __NR_clock_gettime, __NR_clock_getres, __NR_clock_nanosleep, __NR_getrandom, __NR_futex,
 };
 
+int phase_sandbox_seccomp_narrow(void)
+{
+    /* wasmtime's fault handlers (inherited) go first: a crash in wasm3 then kills the worker with its real signal,
+     * as in a worker forked before the compiling engine was set up */
+    static const int faults[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE};
+    for (unsigned i = 0; i < sizeof faults / sizeof faults[0]; i++)
+        if (signal(faults[i], SIG_DFL) == SIG_ERR)
+            return -1;
+    filter f;
+    f.n = 0;
+    prologue(&f);
+    emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_setitimer, 2, 0));
+    emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_rt_sigaction, 1, 0));
+    emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_seccomp, 0, 1));
+    emit(&f, (struct sock_filter) KILL);
+    emit(&f, (struct sock_filter) ALLOW);
+    struct sock_fprog prog = {.len = f.n, .filter = f.ins};
+    /* SPEC_ALLOW as for the first filter: without it the kernel would force its store-bypass mitigation (3x) */
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_SPEC_ALLOW, &prog) == 0)
+        return 0;
+    if (errno != EINVAL)
+        return -1;
+    return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) == 0 ? 0 : -1;   /* kernels before 4.17 */
+}
+
 int phase_sandbox_seccomp_install_compiler(int pid)
 {
     filter f;
@@ -176,6 +201,17 @@ int phase_sandbox_seccomp_install(int allow_fs, int allow_timer)
          * the fault repeats: only for the four fault signals, so the worker dies of its real signal */
         static const uint32_t faults[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE};
         allow_nr_if_arg(&f, __NR_rt_sigaction, 0, faults, 4);
+        /* a wasm3 job's worker takes those two back (phase_sandbox_seccomp_narrow): seccomp with
+         * SECCOMP_SET_MODE_FILTER and no flag but SPEC_ALLOW only, which can add restrictions, never remove one */
+        emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_seccomp, 0, 7));
+        emit(&f, (struct sock_filter) LOAD_ARG_LO(0));
+        emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SECCOMP_SET_MODE_FILTER, 0, 3));
+        emit(&f, (struct sock_filter) LOAD_ARG_LO(1));
+        emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 2, 0));
+        emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SECCOMP_FILTER_FLAG_SPEC_ALLOW, 1, 0));
+        emit(&f, (struct sock_filter) KILL);
+        emit(&f, (struct sock_filter) ALLOW);
+        emit(&f, (struct sock_filter) LOAD_NR);
     }
     if (allow_fs) {
         /* "go" arrives on the worker's channel (fd 3) with the job's directories attached */

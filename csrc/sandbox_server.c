@@ -368,8 +368,11 @@ static int set_limit(int resource, uint64_t value)
 
 /* Before waiting for a job: no capabilities (so no rlimit can be raised again), no_new_privs and the
  * seccomp filter. Done ahead because installing a filter costs ~100 us (the kernel compiles it). */
+static int worker_jit;   /* in a worker: its filter allows the compiling engine's epoch timer */
+
 static int confine_early(void)
 {
+    worker_jit = jit_ready;
     struct __user_cap_header_struct head = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof data);
@@ -568,6 +571,10 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
         if (landlock_abi && phase_sandbox_landlock(landlock_abi, go.fds, req.preopen_readonly, go.n) != 0)
             _exit(SANDBOX_EXIT_SETUP);
         if (confine(&req, base_vm, module ? module->len : (size_t) req.module_len) != 0)
+            _exit(SANDBOX_EXIT_SETUP);
+        /* forked with the compiling engine's two calls (its filter went on before the job was known): a wasm3 job
+         * gives them back */
+        if (worker_jit && !jit && phase_sandbox_seccomp_narrow() != 0)
             _exit(SANDBOX_EXIT_SETUP);
         resp->t_ready_ns = ready;
         resp->t_woke_ns = woke;

@@ -293,9 +293,10 @@ class Sandbox:
             raise SandboxError(f"the sandbox did not start: {exc}") from None
         self._server, self._main, self._slots, self._events = server, main_parent, slots, events_parent
         # the thread holds the sandbox weakly: an unclosed one is still collected (and warns)
-        threading.Thread(
+        self._events_thread = threading.Thread(
             target=_read_events, args=(weakref.ref(self), events_parent), name="phase-sandbox-events", daemon=True
-        ).start()
+        )
+        self._events_thread.start()
         for slot in slots:
             self._free.put(slot)
 
@@ -553,6 +554,8 @@ class Sandbox:
         except subprocess.TimeoutExpired:
             self._server.kill()
             self._server.wait()
+        if self._events_thread is not threading.current_thread():
+            self._events_thread.join(timeout)  # it closes the events socket at the server's exit
         for slot in taken:
             slot.close()
 
