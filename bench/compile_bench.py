@@ -91,7 +91,9 @@ def main() -> int:
         f"max {out['during_max_ms']} ms, {out['jobs_during_compile']} jobs while the compiled job waited "
         f"{out['compiled_job_waited_s']} s"
     )
-    print(f"tiny job after it:      p50 {out['after_p50_us']} us, max {out['after_max_ms']} ms (a bigger server to fork)")
+    print(
+        f"tiny job after it:      p50 {out['after_p50_us']} us, max {out['after_max_ms']} ms (a bigger server to fork)"
+    )
     print(
         f"after a restart: first compiled job {out['restart_first_compiled_job_ms']} ms (code from the data dir) "
         f"vs {out['compile_s']} s to compile"

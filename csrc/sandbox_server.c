@@ -824,12 +824,12 @@ static void worker_main(unsigned index, int chan)
 
 /* ---- compile helpers ------------------------------------------------------------------------ */
 
-/* Write all of len bytes to fd (a memfd). 0 or -1. */
-static int write_all(int fd, const void *buf, size_t len)
+/* Read or write all of len bytes on fd (EINTR and short transfers retried; end of file fails). 0 or -1. */
+static int transfer_full(int fd, void *buf, size_t len, int writing)
 {
-    const uint8_t *p = buf;
+    uint8_t *p = buf;
     while (len) {
-        ssize_t n = write(fd, p, len);
+        ssize_t n = writing ? write(fd, p, len) : read(fd, p, len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
@@ -883,7 +883,7 @@ static void helper_main(unsigned i, unsigned index, int memfd)
     int rc = phase_wasmtime_serialize(cache[i], &lim, det, &code, &len, err, sizeof err);
     sandbox_code_header h = {.magic = SANDBOX_CODE_MAGIC, .ok = rc == 0, .compile_us = (phase_now_ns() - t0) / 1000};
     h.len = rc == 0 ? len : strlen(err);
-    if (write_all(HELPER_FD, &h, sizeof h) != 0 || write_all(HELPER_FD, rc == 0 ? (void *) code : err, h.len) != 0)
+    if (transfer_full(HELPER_FD, &h, sizeof h, 1) != 0 || transfer_full(HELPER_FD, rc == 0 ? (void *) code : err, h.len, 1) != 0)
         _exit(SANDBOX_EXIT_SETUP);
     _exit(0);
 }
@@ -1067,17 +1067,7 @@ static void reap(void)
 
 static int read_full(int fd, void *buf, size_t len)
 {
-    uint8_t *p = buf;
-    while (len) {
-        ssize_t n = read(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t) n;
-    }
-    return 0;
+    return transfer_full(fd, buf, len, 0);
 }
 
 static void handle_main(void)

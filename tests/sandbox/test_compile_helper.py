@@ -24,7 +24,8 @@ LONG = Limits(timeout_ms=60_000)  # a budget that says "long" to auto
 
 @pytest.fixture(scope="module")
 def big_bytes() -> bytes:
-    return big_module()
+    """About 8 MB: Cranelift needs seconds (2-3 s on an idle 2-core VM), far more than the jobs run meanwhile."""
+    return big_module(functions=400, ops=3000)
 
 
 def _helpers(server_pid: int) -> list[int]:
@@ -113,12 +114,12 @@ with Sandbox(workers=1) as sb:
 print(json.dumps(out))
 """
 
-# about a second of wasm3 (and still > 0.2 s on a fast machine): auto's history then calls the module long
+# about half a second of wasm3 or more (0.13 s per 20 million rounds on this VM, unloaded): auto's history then calls the module long
 COUNTER = """(module (memory (export "memory") 1)
   (func (export "_start") (local i32)
     (loop $more
       (local.set 0 (i32.add (local.get 0) (i32.const 1)))
-      (br_if $more (i32.lt_u (local.get 0) (i32.const 20000000))))))"""
+      (br_if $more (i32.lt_u (local.get 0) (i32.const 100000000))))))"""
 
 
 def _node_start(tmp_path: Path, modules: list[Path]) -> dict:
