@@ -78,9 +78,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"phase: invalid_module: {message}", file=sys.stderr)
             return STATUS_EXIT_CODES["invalid_module"]
     else:
+        from pyphase import engines
         from pyphase.engines import looks_long
         from pyphase.sandbox import Sandbox
 
+        previous = engines.data_dir()
         if job.engine != "wasm3":
             _use_data_dir(args.data_dir)  # auto's history and compiled code, as a node keeps them
         try:
@@ -95,6 +97,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 sandbox.wait_for_compiles(result.wall_us / 1e6)
         except EngineUnavailable as exc:
             return fail(str(exc))
+        finally:
+            if job.engine != "wasm3":
+                engines.use_data_dir(previous)  # nothing of this run outlives it (phase run called in process)
     module_hash = hash_text(job.digest)
     result = result.with_hashes(module_hash, sha256_text(job_input))
     receipt = None

@@ -230,6 +230,11 @@ class Sandbox:
     def _start_server(self) -> None:
         """Start a fork server with one slot per worker, each with 1 + spares buffers (a memfd and a pre-forked
         worker each), and wait until every slot has a worker."""
+        with self._lock:
+            self._events: socket.socket | None = None  # events of an old server are dropped from here on
+            orphans = list(getattr(self, "_compiling", {}).values())
+        for done in orphans:
+            done.set()  # jobs waiting for a compile of a server that died: they retry on this one
         self._modules: dict[bytes, int] = {}  # digest -> ADD sequence number (1-based) sent to this server
         # (digest, compiling engine configuration) -> the server's compile_seq once it has the code: workers forked
         # from then on have it; compiles asked for and not answered yet; those that failed (status, message)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pyphase import Limits
+from pyphase.errors import SandboxError
 from pyphase.history import HISTORY_FILE, ModuleRuns
 from pyphase.sandbox import Sandbox
 
@@ -182,3 +183,23 @@ def test_phase_run_in_the_sandbox_keeps_compiled_code_in_its_data_dir(tmp_path, 
         assert len(list((tmp_path / "d" / "compiled").glob("*.cwasm"))) == 1
     assert [(r["status"], r["engine"]) for r in runs] == [("ok", "wasmtime")] * 2
     assert runs[0]["compile_us"] > 0 and runs[1]["compile_us"] == 0  # the second run loaded the first one's code
+
+
+def test_a_fork_server_killed_during_a_compile_fails_only_the_job_that_waited(hello_bytes):
+    with Sandbox(workers=1) as sb:
+        big = big_module(functions=302)
+        job = sb.submit(big, b"", limits=LONG, engine="wasmtime")
+        wait_until(lambda: bool(_helpers(sb.server_pid)), 60, "a compile helper")
+        helper, server = _helpers(sb.server_pid)[0], sb.server_pid
+        os.kill(server, 9)
+        with pytest.raises(SandboxError):
+            job.result(timeout=60)
+        wait_until(lambda: not os.path.exists(f"/proc/{helper}"), 10, "the helper to die with its server")
+        for _ in range(2):  # the first may still meet the dead server, which the sandbox then restarts
+            try:
+                r = sb.run(hello_bytes, b"ab", engine="wasmtime")
+                break
+            except SandboxError:
+                continue
+        assert (r.status, r.stdout, r.engine) == ("ok", b"ba", "wasmtime"), r.message
+        assert sb.restarts == 1
