@@ -42,6 +42,7 @@ from pyphase.engines import EngineUnavailable
 from pyphase.errors import LimitsError, PhaseError, SandboxError
 from pyphase.limits import Limits, format_size
 from pyphase.result import RawResult, Result
+from pyphase.sandbox.executor import failed_result
 from pyphase.preopen import FsQuota, Preopen, opened
 from pyphase.runtime import (
     DEFAULT_PROGRAM_NAME,
@@ -839,22 +840,9 @@ class Sandbox:
     ) -> Result | _Compiling:
         """A job whose module the fork server could not get compiled: wasmtime's reason as ``invalid_module``, or,
         when the engine cannot run here at all, ``rejected`` (then the sandbox goes on with wasm3)."""
-        empty = sha256_text(b"")
-        result = Result(
-            status="rejected" if status == "refused" else "invalid_module",
-            exit_code=0,
-            message=message[:1024] or "the module could not be compiled",
-            stdout=b"",
-            stderr=b"",
-            fuel_used=0,
-            wall_us=0,
-            memory_peak_bytes=0,
-            module_hash=sha256_text(job.data),
-            input_hash=sha256_text(bytes(job.input)),
-            stdout_hash=empty,
-            stderr_hash=empty,
-            engine="wasmtime",
-        )
+        outcome = "rejected" if status == "refused" else "invalid_module"
+        message = message or "the module could not be compiled"
+        result = replace(failed_result(outcome, message, job.data, bytes(job.input)), engine="wasmtime")
         if status == "refused" and message.startswith(JIT_REFUSED):
             return self._without_compiling_engine(slot, job, test_action, sink, running, message, result)
         if job.engine == "auto":  # auto never fails for want of compiled code: wasm3 runs it
