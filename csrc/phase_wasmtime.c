@@ -396,7 +396,7 @@ static wasm_engine_t *engine_for(int index, char *err, size_t errlen)
             pthread_mutex_unlock(&state_lock);
             return NULL;
         }
-        pooled[index] = slots != 0;
+        __atomic_store_n(&pooled[index], slots != 0, __ATOMIC_RELAXED);
         __atomic_store_n(&engines[index], engine, __ATOMIC_RELEASE);
     }
     wasm_engine_t *engine = engines[index];
@@ -774,7 +774,7 @@ void phase_wasmtime_run(phase_job *job, phase_job_classify classify)
     }
     int epoch = (index >> 2) & 1;
     int slot = pool_take(index);
-    int spill = pooled[index] && !slot;
+    int spill = __atomic_load_n(&pooled[index], __ATOMIC_RELAXED) && !slot;
     pw_job_state st;
     job->engine_state = &st;
     job->unlimited_fuel = spec->limits.fuel == 0;
