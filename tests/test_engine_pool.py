@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pyphase import Limits, _core
+from pyphase import Limits, Result, _core
 from pyphase.runtime import Module, run
 
 pytestmark = pytest.mark.usefixtures("no_data_dir")
@@ -80,3 +80,45 @@ def test_jobs_beyond_the_pool_spill_to_on_demand_allocation_with_the_same_result
     assert not together.broken
     for i, r in enumerate(results):
         assert r is not None and r.status == "ok" and r.stdout == f"job {i}".encode()[::-1], (i, r)
+
+
+def test_a_spinning_job_beyond_the_pool_still_ends_in_timeout(hello_bytes, probe_bytes):
+    # every slot of the engine for jobs with a wall-clock limit held by a job blocked in its own write; the spinning
+    # job then runs on the on-demand twin, whose epoch the ticker must advance too
+    slots = _core.WASMTIME_POOL_SLOTS
+    hello, probe = Module(hello_bytes), Module(probe_bytes)
+    held = Limits(timeout_ms=20_000)
+    run(probe, args=["echo"], limits=Limits(timeout_ms=300), engine="wasmtime")  # compile outside the measured run
+    inside = threading.Barrier(slots + 1)
+    release = threading.Event()
+    results: list[object] = [None] * slots
+
+    def hold(i: int) -> None:
+        def wait(stream: int, data: bytes) -> None:
+            inside.wait(timeout=120)
+            release.wait(timeout=120)
+
+        results[i] = run(hello, b"held", engine="wasmtime", limits=held, on_output=wait)
+
+    threads = [threading.Thread(target=hold, args=(i,)) for i in range(slots)]
+    for t in threads:
+        t.start()
+    spun: list[object] = []
+    # on a daemon thread: a spinner nothing interrupts must fail this test, not hang the suite
+    spinner = threading.Thread(
+        target=lambda: spun.append(run(probe, args=["spin"], limits=Limits(timeout_ms=300), engine="wasmtime")),
+        daemon=True,
+    )
+    try:
+        inside.wait(timeout=120)
+        spinner.start()
+        spinner.join(timeout=30)
+    finally:
+        release.set()
+        for t in threads:
+            t.join(timeout=180)
+    assert spun, "the spinning job beyond the pool never ended"
+    r = spun[0]
+    assert isinstance(r, Result) and r.status == "timeout" and "300 ms" in r.message
+    assert r.wall_us < 1_000_000
+    assert all(getattr(x, "stdout", None) == b"dleh" for x in results)
