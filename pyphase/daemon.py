@@ -308,7 +308,7 @@ def _start_relay_agent(config: NodeConfig, identity: Identity, node: Node, prese
 
     listen_host = split_hostport(config.listen)[0]
     local = ("127.0.0.1" if listen_host in ("0.0.0.0", "*", "") else listen_host, node.port)
-    agent = RelayAgent(identity, local, node.log)
+    agent = RelayAgent(identity, local, node.log, sources=node.relayed)
     if presence is not None:
         agent.on_change = lambda: presence.set_relays(agent.reserved())
     agent.begin(_relays_for(via, presence, node.log))

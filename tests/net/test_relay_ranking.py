@@ -1,0 +1,93 @@
+"""A node given more relays than it holds ranks them (round trip of the reservation handshake, the load each
+reports) and holds the best; when one fails it moves to the best spare. Real plasmd processes on loopback;
+one relay is made far away by a forwarder that holds each new connection 0.4 s."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from net_support import NodeProc, fixed_port_relay, loopback_host  # noqa: E402
+from relay_tap import Tap  # noqa: E402
+
+from pyphase import Client  # noqa: E402
+from pyphase.net.relay import RelayProbe, _reported_load, rank_relays  # noqa: E402
+from pyphase.net.relayed import RelayedSources, client_name  # noqa: E402
+
+FAR_S = 0.4
+
+
+def test_ranking_weighs_round_trip_by_load_and_puts_failures_last() -> None:
+    near_busy = RelayProbe(("a", 1), rtt_s=0.004, load=0.5)  # 0.004 * 3 = 0.012
+    far_idle = RelayProbe(("b", 1), rtt_s=0.010, load=0.0)
+    nearest = RelayProbe(("c", 1), rtt_s=0.002, load=0.0)
+    down = RelayProbe(("d", 1), error="Connection refused")
+    busy = RelayProbe(("e", 1), error="relay_busy: this relay holds 64 reservations")
+    ranked = rank_relays([down, near_busy, far_idle, busy, nearest])
+    assert [p.relay[0] for p in ranked] == ["c", "b", "a", "d", "e"]
+    assert _reported_load({"reservations": 3, "max_reservations": 4, "circuits": 1, "max_circuits": 100}) == 0.75
+    assert _reported_load({"circuits": 500, "max_circuits": 100}) == 1.0  # clamped
+    for junk in (None, [], {"reservations": "x", "max_reservations": 4}, {"circuits": 1, "max_circuits": 0}):
+        assert _reported_load(junk) == 0.0
+
+
+def test_relayed_client_names_and_their_loopback_sources() -> None:
+    assert client_name("198.18.0.5", "r:1") == "198.18.0.5 via r:1"
+    assert client_name("::ffff:198.18.0.5", "r:1") == "198.18.0.5 via r:1"
+    for junk in (None, 5, "", "not an address", "1.2.3.4; rm", "9" * 500):
+        assert client_name(junk, "r:1") == "? via r:1"
+    sources = RelayedSources()
+    a = sources.take("x via r:1")
+    assert sources.take("x via r:1") == a and a.startswith("127.93.")  # one source per client
+    b = sources.take("y via r:1")
+    assert b != a and sources.name(a) == "x via r:1" and sources.name(b) == "y via r:1"
+    assert sources.name("127.0.0.1") == "127.0.0.1" and "x via r:1" in sources
+    sources.give_back("x via r:1")
+    assert sources.name(a) == "x via r:1"  # one connection of x is still open
+    sources.give_back("x via r:1")
+    assert sources.name(a) == a and "x via r:1" not in sources
+    assert sources.take("z via r:1") not in (a, b)  # an address given back is reused last
+
+
+def test_node_holds_the_nearest_relays_and_fails_over_to_the_spare(tmp_path, hello_bytes) -> None:
+    relays = []
+    for name in ("near1", "near2", "far"):
+        relay, port = fixed_port_relay(tmp_path / name, loopback_host())
+        relays.append((relay.start(), port))
+    (near1, p1), (near2, p2), (far, p3) = relays
+    tap = Tap((far.host, p3), delay=FAR_S)
+    far_at, near1_at, near2_at = f"127.0.0.1:{tap.port}", f"{near1.host}:{p1}", f"{near2.host}:{p2}"
+    node = NodeProc(
+        tmp_path / "node",
+        loopback_host(),
+        sandbox=False,
+        workers=1,
+        extra=("--via-relay", f"{far_at},{near1_at},{near2_at}"),
+    )
+    try:
+        node.start()
+        ranked = node.wait_event("relay_ranked")["relays"]
+        assert [r["relay"] for r in ranked][-1] == far_at, ranked
+        assert ranked[-1]["rtt_ms"] >= FAR_S * 1000 > max(r["rtt_ms"] for r in ranked[:2]), ranked
+        held = {e["relay"] for e in node.wait_event_count("relay_reserved", 2)}
+        assert held == {near1_at, near2_at}
+        assert not far.events("relay_reserved")  # probed, never reserved
+        near1.kill()
+        failover = node.wait_event("relay_failover", timeout=20)
+        assert (failover["relay"], failover["to"]) == (near1_at, far_at), failover
+        deadline = time.monotonic() + 20
+        while far_at not in {e["relay"] for e in node.events("relay_reserved")}:
+            assert time.monotonic() < deadline, node.log_tail()
+            time.sleep(0.1)
+        peer_id = node.address.split("@")[0]
+        with Client(peers=[f"{peer_id}@relay/{far_at}"], connect_timeout=5) as client:
+            result = client.submit(hello_bytes, b"spare", retries=0, timeout=20)
+        assert result.stdout == b"eraps" and result.peer == peer_id
+    finally:
+        tap.close()
+        node.stop()
+        for relay, _ in relays:
+            relay.stop()
