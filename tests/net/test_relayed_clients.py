@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import textwrap
 import threading
@@ -25,19 +26,21 @@ from net_support import NodeProc, fixed_port_relay, loopback_host, spin_input  #
 from pyphase import Client  # noqa: E402
 from pyphase.errors import PhaseError  # noqa: E402
 from pyphase.identity import Identity  # noqa: E402
+from pyphase.limits import Limits  # noqa: E402
 from pyphase.net import wire  # noqa: E402
 from pyphase.net.reachability import _curve_public  # noqa: E402
 from pyphase.net.socks import SocksRelay  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-SPIN_S = 300_000  # thousands of loop turns: 1.5 s in a node thread idle, a few s loaded (limit 10 s)
+SPIN_S = 300_000  # thousands of loop turns: 1.5 s in a node thread idle, more when the machine is loaded
+LONG = Limits(timeout_ms=60_000)
 
 
 def _hold_a_job(address: str, module: bytes, out: dict) -> threading.Thread:
     def run() -> None:
         try:
             with Client(peers=[address], connect_timeout=5) as client:
-                out["result"] = client.submit(module, spin_input(SPIN_S), retries=0, timeout=60)
+                out["result"] = client.submit(module, spin_input(SPIN_S), limits=LONG, retries=0, timeout=90)
         except PhaseError as exc:
             out["error"] = str(exc)
 
@@ -118,12 +121,12 @@ LAB_CLIENT = textwrap.dedent(
     import json, struct, sys
     from pyphase import Client
     from pyphase.errors import PhaseError
+    from pyphase.limits import Limits
     module = open(sys.argv[1], "rb").read()
     data = struct.pack("<I", int(sys.argv[3])) if int(sys.argv[3]) else b"lab"
-    print("started", flush=True)
     try:
         with Client(peers=[sys.argv[2]], connect_timeout=5) as client:
-            r = client.submit(module, data, retries=0, timeout=60)
+            r = client.submit(module, data, limits=Limits(timeout_ms=60_000), retries=0, timeout=90)
         print(json.dumps({"ok": r.status == "ok", "stdout": r.stdout.hex()}))
     except PhaseError as exc:
         print(json.dumps({"error": str(exc)[:300]}))
@@ -131,11 +134,32 @@ LAB_CLIENT = textwrap.dedent(
 )
 
 
+# Run in a client's namespace: open circuits to the node and hold them; each outcome as JSON.
+LAB_CIRCUITS = textwrap.dedent(
+    """
+    import json, socket, sys
+    from pyphase.net.relay import RelayError, open_circuit
+    host, port = sys.argv[1].rsplit(":", 1)
+    held, out = [], []
+    for _ in range(int(sys.argv[3])):
+        sock = socket.create_connection((host, int(port)), timeout=5)
+        held.append(sock)
+        try:
+            open_circuit(sock, sys.argv[2], 5)
+            out.append("ok")
+        except RelayError as exc:
+            out.append(str(exc))
+    print(json.dumps(out))
+    """
+)
+
+
 @pytest.mark.skipif(natlab_skip_reason() is not None, reason=natlab_skip_reason() or "")
 def test_relayed_clients_at_different_addresses_each_have_a_share(natlab, tmp_path, spin_bytes) -> None:
     """A node behind a router without UPnP, reached only through a relay on the WAN, takes one job per
-    address: a client on the WAN holds its share; a second key at that address is refused; a client behind
-    its own NAT (another address) still gets its job run. Before, all three were one loopback address."""
+    address: a client on the WAN holds its share (a job that runs until that client goes); a second key at that address is refused; a client behind
+    its own NAT (another address) still gets its job run. Before, all three were one loopback address. And the
+    relay's own per-address circuit limit holds for the client behind the NAT, by its NAT's address."""
     lab = natlab
     plain, home = lab.router("plain"), lab.router("home")
     relay_host, c1, node_host, c2 = (
@@ -152,14 +176,13 @@ def test_relayed_clients_at_different_addresses_each_have_a_share(natlab, tmp_pa
         workers=1,
         extra=("--relay", "--relay-listen", f"{relay_host.ip}:7468", "--no-api"),
         prefix=tuple(relay_host.exec_prefix),
-        env=env,
+        env={**env, "PLASMD_RELAY_ADDRESS_CIRCUITS": "2"},
     )
     relay.port = 7465
     node = NodeProc(
         tmp_path / "n1",
         node_host.ip,
-        sandbox=False,
-        workers=2,
+        workers=2,  # sandboxed: the held job is stopped when its client goes
         extra=("--via-relay", f"{relay_host.ip}:7468", "--no-api"),
         prefix=tuple(node_host.exec_prefix),
         env={**env, "PLASMD_ADDRESS_JOBS": "1"},
@@ -175,23 +198,28 @@ def test_relayed_clients_at_different_addresses_each_have_a_share(natlab, tmp_pa
         target = f"{node.address.split('@')[0]}@relay/{relay_host.ip}:7468"
         client_env = dict(os.environ, **env)
         hog = c1.popen(
-            [sys.executable, "-c", LAB_CLIENT, str(spin), target, str(SPIN_S)],
-            stdout=-1,
-            text=True,
+            [sys.executable, "-c", LAB_CLIENT, str(spin), target, str(0xFFFFFFFF)],  # runs until killed
+            stdout=subprocess.DEVNULL,
             env=client_env,
         )
         node.wait_event("offer", timeout=30)
         second = c1.run([sys.executable, "-c", LAB_CLIENT, str(spin), target, "0"], env=client_env, timeout=60)
         behind_nat = c2.run([sys.executable, "-c", LAB_CLIENT, str(spin), target, "0"], env=client_env, timeout=60)
-        hog_out, _ = hog.communicate(timeout=90)
+        hog.kill()
+        hog.wait()
         refused = json.loads(second.stdout.splitlines()[-1])
         assert "this address already has 1 jobs here" in refused.get("error", ""), refused
         ran = json.loads(behind_nat.stdout.splitlines()[-1])
         assert ran.get("ok") and bytes.fromhex(ran["stdout"]) == b"lab", ran
-        assert json.loads(hog_out.splitlines()[-1]).get("ok"), hog_out
+        assert node.wait_event("cancelled", timeout=30)["job"] == node.events("offer")[0]["job"]  # the hog's
         via = f"{relay_host.ip}:7468"
         names = {e["client"] for e in node.events("circuit_opened")}
         assert names == {f"{c1.ip} via {via}", f"{home.wan_ip} via {via}"}, names  # c2 as its NAT shows it
+        peer_id = node.address.split("@")[0]
+        out = c2.run([sys.executable, "-c", LAB_CIRCUITS, via, peer_id, "3"], env=client_env, timeout=60)
+        opened = json.loads(out.stdout.splitlines()[-1])
+        assert opened[:2] == ["ok", "ok"], opened
+        assert opened[2].startswith("relay_busy") and f"2 circuits open from {home.wan_ip}" in opened[2], opened
     finally:
         node.stop()
         relay.stop()
