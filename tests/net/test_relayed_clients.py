@@ -21,7 +21,7 @@ import zmq.utils.z85
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from natlab import natlab_skip_reason  # noqa: E402
-from net_support import NodeProc, fixed_port_relay, loopback_host, spin_input  # noqa: E402
+from net_support import NodeProc, fixed_port_relay, lab_relay, loopback_host, spin_input  # noqa: E402
 
 from pyphase import Client  # noqa: E402
 from pyphase.errors import PhaseError  # noqa: E402
@@ -157,8 +157,8 @@ LAB_CIRCUITS = textwrap.dedent(
 @pytest.mark.skipif(natlab_skip_reason() is not None, reason=natlab_skip_reason() or "")
 def test_relayed_clients_at_different_addresses_each_have_a_share(natlab, tmp_path, spin_bytes) -> None:
     """A node behind a router without UPnP, reached only through a relay on the WAN, takes one job per
-    address: a client on the WAN holds its share (a job that runs until that client goes); a second key at that address is refused; a client behind
-    its own NAT (another address) still gets its job run. Before, all three were one loopback address. And the
+    address: a client on the WAN holds its share (a job that runs until that client goes); a second key at
+    that address is refused; a client behind its own NAT (another address) still gets its job run. Before, all three were one loopback address. And the
     relay's own per-address circuit limit holds for the client behind the NAT, by its NAT's address."""
     lab = natlab
     plain, home = lab.router("plain"), lab.router("home")
@@ -169,16 +169,7 @@ def test_relayed_clients_at_different_addresses_each_have_a_share(natlab, tmp_pa
         lab.host("c2", behind=home),
     )
     env = {"PYTHONPATH": str(ROOT)}
-    relay = NodeProc(
-        tmp_path / "relay",
-        relay_host.ip,
-        sandbox=False,
-        workers=1,
-        extra=("--relay", "--relay-listen", f"{relay_host.ip}:7468", "--no-api"),
-        prefix=tuple(relay_host.exec_prefix),
-        env={**env, "PLASMD_RELAY_ADDRESS_CIRCUITS": "2"},
-    )
-    relay.port = 7465
+    relay = lab_relay(relay_host, tmp_path / "relay", {**env, "PLASMD_RELAY_ADDRESS_CIRCUITS": "2"})
     node = NodeProc(
         tmp_path / "n1",
         node_host.ip,
