@@ -691,13 +691,20 @@ class RelayAgent:
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._rediscover: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None
 
     def reserved(self) -> list[str]:
         """``HOST:PORT`` of every relay that holds a reservation for this node now."""
         return [f"{h}:{p}" for (h, p), ok in self.active.items() if ok]
 
-    def begin(self, relays: Awaitable[list[tuple[str, int]]]) -> None:
-        """Reserve at the best (at most two) of the relays ``relays`` gives, in the background."""
+    def begin(
+        self,
+        relays: Awaitable[list[tuple[str, int]]],
+        rediscover: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None,
+    ) -> None:
+        """Reserve at the best (at most two) of the relays ``relays`` gives, in the background; when a relay
+        fails and no spare answers, ``rediscover`` (if given: ``auto``'s DHT lookup) is asked for new ones."""
+        self._rediscover = rediscover
         self._loop = asyncio.get_running_loop()
         self._tasks.append(self._loop.create_task(self._start(relays)))
 
@@ -726,11 +733,18 @@ class RelayAgent:
 
     async def _next_relay(self, failed: tuple[str, int], why: str) -> tuple[str, int]:
         """The best spare that answers a probe now, in place of ``failed`` (which becomes the last spare);
-        ``failed`` itself when no spare answers."""
-        if not self.spares:
-            return failed
-        ranked = await self.rank(self.spares)
-        free = [p for p in ranked if p.relay not in self._assigned]  # another task may have taken one meanwhile
+        ``failed`` itself when no spare answers. With none left, new candidates are looked for (``rediscover``)."""
+
+        async def free_ranked(candidates: list[tuple[str, int]]) -> list[RelayProbe]:
+            taken = self._assigned | {failed}  # another task may have taken one meanwhile
+            return await self.rank([c for c in candidates if c not in taken]) if candidates else []
+
+        free = await free_ranked(self.spares)
+        if (not free or free[0].error) and self._rediscover is not None:
+            found = await free_ranked(list(dict.fromkeys([*await self._rediscover(), *self.spares])))
+            if found and not found[0].error:
+                self.log("relay_ranked", relays=[p.to_json() for p in found], after=f"{failed[0]}:{failed[1]} failed")
+                free = found
         if not free or free[0].error:
             return failed
         best = free[0]

@@ -1,6 +1,7 @@
 """A node given more relays than it holds ranks them (round trip of the reservation handshake, the load each
-reports) and holds the best; when one fails it moves to the best spare. Real plasmd processes on loopback;
-one relay is made far away by a forwarder that holds each new connection 0.4 s."""
+reports) and holds the best; when one fails it moves to the best spare, and with ``auto`` and no spare left
+it looks on the DHT again. Real plasmd processes on loopback; one relay is made far away by a forwarder that
+holds each new connection 0.4 s; a private DHT of libtorrent sessions on loopback."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from dht_support import dht_host, endpoints, private_dht  # noqa: E402
 from net_support import NodeProc, fixed_port_relay, loopback_host  # noqa: E402
 from relay_tap import Tap  # noqa: E402
 
@@ -91,3 +93,48 @@ def test_node_holds_the_nearest_relays_and_fails_over_to_the_spare(tmp_path, hel
         node.stop()
         for relay, _ in relays:
             relay.stop()
+
+
+def test_auto_looks_on_the_dht_again_when_its_relay_fails_and_no_spare_is_left(tmp_path, hello_bytes) -> None:
+    with private_dht(4) as routers:
+        boot = [f"{h}:{p}" for h, p in endpoints(routers)]
+        started: list[NodeProc] = []
+
+        def relay(name: str) -> tuple[NodeProc, str]:
+            host = dht_host()
+            proc = NodeProc(
+                tmp_path / name,
+                host,
+                sandbox=False,
+                workers=1,
+                extra=("--relay", "--relay-listen", f"{host}:0", "--dht-bootstrap", *boot[:2]),
+            ).start()
+            started.append(proc)
+            proc.wait_event("dht_announced", timeout=30)
+            return proc, f"{host}:{proc.wait_event('relay_listening')['address'].rsplit(':', 1)[1]}"
+
+        try:
+            first, first_at = relay("first")
+            node = NodeProc(
+                tmp_path / "node",
+                dht_host(),
+                sandbox=False,
+                workers=1,
+                extra=("--via-relay", "auto", "--dht-bootstrap", *boot[2:]),
+            ).start()
+            started.append(node)
+            assert node.wait_event("relay_reserved", timeout=60)["relay"] == first_at
+            second, second_at = relay("second")  # comes later: the node knows nothing of it
+            first.kill()
+            failover = node.wait_event("relay_failover", timeout=60)
+            assert (failover["relay"], failover["to"]) == (first_at, second_at), failover
+            deadline = time.monotonic() + 20
+            while second_at not in {e["relay"] for e in node.events("relay_reserved")}:
+                assert time.monotonic() < deadline, node.log_tail()
+                time.sleep(0.1)
+            peer_id = node.address.split("@")[0]
+            with Client(peers=[f"{peer_id}@relay/{second_at}"], connect_timeout=5) as client:
+                assert client.submit(hello_bytes, b"again", retries=0, timeout=20).peer == peer_id
+        finally:
+            for proc in started:
+                proc.stop()
