@@ -85,6 +85,7 @@ RATE_LIMITED = frozenset(
         # a relay's and a relayed node's: any client opens circuits, any key reserves
         "circuit_opened",
         "circuit_closed",
+        "circuit_failed",
         "relay_reserved",
         "relay_lost",
     }

@@ -689,6 +689,7 @@ class RelayAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self._circuits = threading.BoundedSemaphore(self.MAX_CIRCUITS)
         self._open: set[socket.socket] = set()
+        self._per_relay: dict[tuple[str, int], int] = {}  # circuits open through each relay
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rediscover: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None
@@ -836,8 +837,12 @@ class RelayAgent:
             writer.close()
 
     def _take_circuit(self, relay: tuple[str, int], token: bytes, client: str) -> None:
-        if not self._circuits.acquire(blocking=False):
-            return  # the relay times the client out
+        with self._lock:  # one relay (a hostile one) cannot take the circuits the others' clients need
+            if self._per_relay.get(relay, 0) >= self.MAX_CIRCUITS // self.MAX_RELAYS:
+                return  # the relay times the client out
+            if not self._circuits.acquire(blocking=False):
+                return
+            self._per_relay[relay] = self._per_relay.get(relay, 0) + 1
         threading.Thread(
             target=self._circuit, args=(relay, token, client), name="phase-relay-circuit", daemon=True
         ).start()
@@ -869,7 +874,7 @@ class RelayAgent:
                 remote.sendall(encode_frame("accept", circuit=token))
                 local, aliased = self._local_connection(client)
             except OSError as exc:
-                self._threadsafe_log("warning", message=f"relay circuit not taken: {exc}")
+                self._threadsafe_log("circuit_failed", role="node", relay=f"{relay[0]}:{relay[1]}", error=str(exc))
                 return
             for s in (remote, local):
                 s.settimeout(None)
@@ -892,6 +897,9 @@ class RelayAgent:
             ends = [end for end in (remote, local) if end is not None]
             with self._lock:
                 self._open.difference_update(ends)
+                left = self._per_relay.pop(relay, 1) - 1
+                if left:
+                    self._per_relay[relay] = left
             for end in ends:
                 end.close()
             if aliased and self.sources is not None:
