@@ -216,6 +216,23 @@ def spin_input(thousands: int, tag: bytes = b"") -> bytes:
     return struct.pack("<I", thousands) + tag
 
 
+def relayed_node(data_dir: Path, via: str, *, workers: int = 1, env: dict[str, str] | None = None) -> NodeProc:
+    """A node (not started; jobs in node threads) on a fresh 127.0.0.x, reserving at the relays ``via``."""
+    return NodeProc(data_dir, loopback_host(), sandbox=False, workers=workers, extra=("--via-relay", via), env=env)
+
+
+def job_through_relay(node: NodeProc, relay_at: str, module: bytes, data: bytes) -> Any:
+    """Run one job on ``node`` through the relay at ``relay_at`` (``HOST:PORT``) and return its result,
+    checked to name that node."""
+    from pyphase import Client
+
+    peer_id = node.address.split("@")[0]
+    with Client(peers=[f"{peer_id}@relay/{relay_at}"], connect_timeout=5) as client:
+        result = client.submit(module, data, retries=0, timeout=20)
+    assert result.peer == peer_id and result.stdout == data[::-1], result
+    return result
+
+
 LAB_PORT, LAB_RELAY_PORT = 7465, 7468  # in the NAT lab every host has its own address: fixed ports
 
 

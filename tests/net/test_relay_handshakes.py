@@ -15,9 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from net_support import NodeProc, fixed_port_relay, loopback_host  # noqa: E402
+from net_support import fixed_port_relay, job_through_relay, loopback_host, relayed_node  # noqa: E402
 
-from pyphase import Client  # noqa: E402
 from pyphase.identity import Identity  # noqa: E402
 from pyphase.net.relay import RelayAgent, RelayError, RelayLimits, encode_frame, recv_frame  # noqa: E402
 
@@ -113,13 +112,7 @@ def test_a_hostile_relay_cannot_take_every_circuit_of_the_node(tmp_path, hello_b
     honest, honest_port = fixed_port_relay(tmp_path / "relay", loopback_host())
     honest.start()
     honest_at = f"{honest.host}:{honest_port}"
-    node = NodeProc(
-        tmp_path / "node",
-        loopback_host(),
-        sandbox=False,
-        workers=1,
-        extra=("--via-relay", f"127.0.0.1:{hostile.port},{honest_at}"),
-    )
+    node = relayed_node(tmp_path / "node", f"127.0.0.1:{hostile.port},{honest_at}")
     try:
         node.start()
         node.wait_event_count("relay_reserved", 2)
@@ -130,10 +123,7 @@ def test_a_hostile_relay_cannot_take_every_circuit_of_the_node(tmp_path, hello_b
             time.sleep(0.1)
         time.sleep(1.0)  # any circuit beyond the share would have been opened by now
         assert hostile.circuits == share
-        peer_id = node.address.split("@")[0]
-        with Client(peers=[f"{peer_id}@relay/{honest_at}"], connect_timeout=5) as client:
-            result = client.submit(hello_bytes, b"honest", retries=0, timeout=20)
-        assert result.stdout == b"tsenoh" and result.peer == peer_id
+        job_through_relay(node, honest_at, hello_bytes, b"honest")
     finally:
         node.stop()
         honest.stop()

@@ -12,14 +12,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dht_support import dht_host, endpoints, private_dht  # noqa: E402
-from net_support import NodeProc, fixed_port_relay, loopback_host  # noqa: E402
+from net_support import NodeProc, fixed_port_relay, job_through_relay, loopback_host, relayed_node  # noqa: E402
 from relay_tap import Tap  # noqa: E402
 
-from pyphase import Client  # noqa: E402
 from pyphase.net.relay import RelayProbe, _reported_load, rank_relays  # noqa: E402
 from pyphase.net.relayed import RelayedSources, client_name  # noqa: E402
 
 FAR_S = 0.4
+
+
+def _kill_and_see_failover(node: NodeProc, dead: NodeProc, dead_at: str, to_at: str, module: bytes) -> None:
+    """Kill the relay ``dead``; the node moves from it to ``to_at``, reserves there, and serves a job through it."""
+    dead.kill()
+    failover = node.wait_event("relay_failover", timeout=60)
+    assert (failover["relay"], failover["to"]) == (dead_at, to_at), failover
+    deadline = time.monotonic() + 20
+    while to_at not in {e["relay"] for e in node.events("relay_reserved")}:
+        assert time.monotonic() < deadline, node.log_tail()
+        time.sleep(0.1)
+    job_through_relay(node, to_at, module, b"failed over")
 
 
 def test_ranking_weighs_round_trip_by_load_and_puts_failures_last() -> None:
@@ -62,13 +73,7 @@ def test_node_holds_the_nearest_relays_and_fails_over_to_the_spare(tmp_path, hel
     (near1, p1), (near2, p2), (far, p3) = relays
     tap = Tap((far.host, p3), delay=FAR_S)
     far_at, near1_at, near2_at = f"127.0.0.1:{tap.port}", f"{near1.host}:{p1}", f"{near2.host}:{p2}"
-    node = NodeProc(
-        tmp_path / "node",
-        loopback_host(),
-        sandbox=False,
-        workers=1,
-        extra=("--via-relay", f"{far_at},{near1_at},{near2_at}"),
-    )
+    node = relayed_node(tmp_path / "node", f"{far_at},{near1_at},{near2_at}")
     try:
         node.start()
         ranked = node.wait_event("relay_ranked")["relays"]
@@ -77,17 +82,7 @@ def test_node_holds_the_nearest_relays_and_fails_over_to_the_spare(tmp_path, hel
         held = {e["relay"] for e in node.wait_event_count("relay_reserved", 2)}
         assert held == {near1_at, near2_at}
         assert not far.events("relay_reserved")  # probed, never reserved
-        near1.kill()
-        failover = node.wait_event("relay_failover", timeout=20)
-        assert (failover["relay"], failover["to"]) == (near1_at, far_at), failover
-        deadline = time.monotonic() + 20
-        while far_at not in {e["relay"] for e in node.events("relay_reserved")}:
-            assert time.monotonic() < deadline, node.log_tail()
-            time.sleep(0.1)
-        peer_id = node.address.split("@")[0]
-        with Client(peers=[f"{peer_id}@relay/{far_at}"], connect_timeout=5) as client:
-            result = client.submit(hello_bytes, b"spare", retries=0, timeout=20)
-        assert result.stdout == b"eraps" and result.peer == peer_id
+        _kill_and_see_failover(node, near1, near1_at, far_at, hello_bytes)
     finally:
         tap.close()
         node.stop()
@@ -125,16 +120,7 @@ def test_auto_looks_on_the_dht_again_when_its_relay_fails_and_no_spare_is_left(t
             started.append(node)
             assert node.wait_event("relay_reserved", timeout=60)["relay"] == first_at
             second, second_at = relay("second")  # comes later: the node knows nothing of it
-            first.kill()
-            failover = node.wait_event("relay_failover", timeout=60)
-            assert (failover["relay"], failover["to"]) == (first_at, second_at), failover
-            deadline = time.monotonic() + 20
-            while second_at not in {e["relay"] for e in node.events("relay_reserved")}:
-                assert time.monotonic() < deadline, node.log_tail()
-                time.sleep(0.1)
-            peer_id = node.address.split("@")[0]
-            with Client(peers=[f"{peer_id}@relay/{second_at}"], connect_timeout=5) as client:
-                assert client.submit(hello_bytes, b"again", retries=0, timeout=20).peer == peer_id
+            _kill_and_see_failover(node, first, first_at, second_at, hello_bytes)
         finally:
             for proc in started:
                 proc.stop()

@@ -21,7 +21,7 @@ import zmq.utils.z85
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from natlab import natlab_skip_reason  # noqa: E402
-from net_support import NodeProc, fixed_port_relay, lab_relay, loopback_host, spin_input  # noqa: E402
+from net_support import NodeProc, fixed_port_relay, lab_relay, loopback_host, relayed_node, spin_input  # noqa: E402
 
 from pyphase import Client  # noqa: E402
 from pyphase.errors import PhaseError  # noqa: E402
@@ -71,14 +71,7 @@ def test_a_relayed_client_has_its_own_share_and_no_dial_back(tmp_path, spin_byte
     relay, relay_port = fixed_port_relay(tmp_path / "relay", loopback_host())
     relay.start()
     via = f"{relay.host}:{relay_port}"
-    node = NodeProc(
-        tmp_path / "node",
-        loopback_host(),
-        sandbox=False,
-        workers=2,
-        extra=("--via-relay", via),
-        env={"PLASMD_ADDRESS_JOBS": "1"},
-    )
+    node = relayed_node(tmp_path / "node", via, workers=2, env={"PLASMD_ADDRESS_JOBS": "1"})
     try:
         node.start()
         node.wait_event("relay_reserved")
