@@ -13,6 +13,9 @@ descriptor and a little memory, never a thread. What a stranger may take:
 
 * ``max_connections`` connections at once, ``max_per_address`` of them from one source address; beyond
   either, the connection is answered 503 at once and closed (it never holds a slot);
+* at most ``2 * max_connections`` descriptors in all, slots and 503 answers together: beyond, the server stops
+  accepting and further connections wait in the kernel's backlog, which costs the process no descriptor
+  (``plasmd --boot-store`` reserves that many of its open-file limit for this server);
 * the request line and headers (at most 8 KiB) must arrive within ``header_timeout``; an idle keep-alive
   connection is closed after ``timeout``;
 * a response must be read at ``min_rate`` bytes per second or better (after a grace of
@@ -415,6 +418,9 @@ class ArtifactServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
+        self.open_limit = 2 * max_connections  # descriptors in all: slots and 503 answers
+        self._open = 0
+        self._accepting = False
 
     @property
     def port(self) -> int:
@@ -438,15 +444,57 @@ class ArtifactServer:
     async def _main(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = await asyncio.start_server(self.httpd.handle, sock=self._listener, limit=MAX_HEADER_BYTES)
+        self._loop.add_reader(self._listener.fileno(), self._accept)
+        self._accepting = True
         ready.set()
-        async with server:
-            await self._stop.wait()
-            server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._stop.wait()
+        if self._accepting:
+            self._loop.remove_reader(self._listener.fileno())
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _accept(self) -> None:
+        """Accept while fewer than ``open_limit`` connections are open; at the limit, stop watching the listener
+        (what arrives waits in the kernel's backlog) until one closes."""
+        assert self._loop is not None
+        while self._open < self.open_limit:
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of descriptors, or the peer gone already: look again shortly
+                self._pause(retry=0.1)
+                return
+            self._open += 1
+            self._loop.create_task(self._serve(conn))
+        self._pause()
+
+    def _pause(self, retry: float = 0.0) -> None:
+        assert self._loop is not None
+        if self._accepting:
+            self._loop.remove_reader(self._listener.fileno())
+            self._accepting = False
+        if retry:
+            self._loop.call_later(retry, self._resume)
+
+    def _resume(self) -> None:
+        if not self._accepting and self._open < self.open_limit and self._stop is not None and not self._stop.is_set():
+            assert self._loop is not None
+            self._loop.add_reader(self._listener.fileno(), self._accept)
+            self._accepting = True
+
+    async def _serve(self, conn: socket.socket) -> None:
+        try:
+            conn.setblocking(False)
+            reader, writer = await asyncio.open_connection(sock=conn, limit=MAX_HEADER_BYTES)
+            await self.httpd.handle(reader, writer)
+        except (OSError, asyncio.CancelledError):
+            conn.close()
+        finally:
+            self._open -= 1
+            self._resume()
 
     def close(self) -> None:
         if self._thread is not None and self._loop is not None and self._stop is not None:
