@@ -12,7 +12,10 @@ One asyncio event loop (on a background thread) serves every connection; a conne
 descriptor and a little memory, never a thread. What a stranger may take:
 
 * ``max_connections`` connections at once, ``max_per_address`` of them from one source address; beyond
-  either, the connection is answered 503 at once and closed (it never holds a slot);
+  either, the connection is answered 503 at once and closed (it never holds a slot), unless every slot is
+  taken and one of them has been held for ``EVICT_AFTER_S`` at less than ``min_rate`` (trickling its headers,
+  reading slowly, idle between requests): the slowest such connection is closed and the new one takes its slot,
+  so slow connections from many addresses cannot keep a boot's manifest and artifacts at 503;
 * at most ``2 * max_connections`` descriptors in all, slots and 503 answers together: beyond, the server stops
   accepting and further connections wait in the kernel's backlog, which costs the process no descriptor
   (``plasmd --boot-store`` reserves that many of its open-file limit for this server);
@@ -51,6 +54,7 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_MIN_RATE = 32 << 10  # bytes per second
 MIN_RATE_GRACE_S = 10.0
+EVICT_AFTER_S = 1.0  # a slot held this long below min_rate is given to a new connection when all are taken
 MAX_HEADER_BYTES = 8 << 10
 CHUNK = 1 << 16
 SEND_BUFFER = 128 << 10
@@ -103,6 +107,18 @@ class _Request:
         self.headers = headers
 
 
+@dataclass(eq=False)
+class _Slot:
+    """A connection holding a slot: since when, and the bytes of responses it has taken."""
+
+    task: asyncio.Task[None] | None
+    began: float
+    sent: int = 0
+
+    def rate(self, now: float) -> float:
+        return self.sent / max(1e-3, now - self.began)
+
+
 class ArtifactHTTPServer:
     """The server's state and its connection handler; runs on the loop of :class:`ArtifactServer`."""
 
@@ -129,6 +145,7 @@ class ArtifactHTTPServer:
         self.quiet = quiet
         self.active = 0
         self.per_address: Counter[str] = Counter()
+        self.slots: dict[asyncio.Task[None] | None, _Slot] = {}
 
     def _log(self, address: str, text: str) -> None:
         if not self.quiet:
@@ -137,9 +154,14 @@ class ArtifactHTTPServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) else "?"
-        over = self.active >= self.max_connections or self.per_address[address] >= self.max_per_address
+        over = self.per_address[address] >= self.max_per_address
+        if not over and self.active >= self.max_connections:
+            over = not self._evict_slowest()
         self.active += 1
         self.per_address[address] += 1
+        task = asyncio.current_task()
+        if not over:
+            self.slots[task] = _Slot(task, time.monotonic())  # type: ignore[arg-type]
         try:
             writer.transport.set_write_buffer_limits(high=CHUNK * 2)
             sock = writer.get_extra_info("socket")
@@ -156,6 +178,8 @@ class ArtifactHTTPServer:
             # cancelled as "Exception in callback ...", which the quiet server must not print)
             pass
         finally:
+            if not over:
+                self.slots.pop(task, None)
             self.active -= 1
             self.per_address[address] -= 1
             if self.per_address[address] <= 0:
@@ -164,6 +188,18 @@ class ArtifactHTTPServer:
                 writer.transport.abort()  # a peer that stopped reading gets no more of our time
             else:
                 writer.close()
+
+    def _evict_slowest(self) -> bool:
+        """Close the slowest connection held ``EVICT_AFTER_S`` or longer below ``min_rate``, if there is one."""
+        now = time.monotonic()
+        slow = [s for s in self.slots.values() if now - s.began >= EVICT_AFTER_S and s.rate(now) < self.min_rate]
+        if not slow:
+            return False
+        victim = min(slow, key=lambda s: (s.rate(now), s.began))
+        del self.slots[victim.task]
+        if victim.task is not None:
+            victim.task.cancel()
+        return True
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str) -> None:
         first = True
@@ -337,6 +373,9 @@ class ArtifactHTTPServer:
                 raise _Drop()
             writer.write(chunk)
             sent += len(chunk)
+            slot = self.slots.get(asyncio.current_task())
+            if slot is not None:
+                slot.sent += len(chunk)
             remaining -= len(chunk)
             await self._drain(writer, sent, began)
         return status, keep

@@ -348,3 +348,34 @@ def test_quiet_server_logs_no_traceback_for_dropped_connections(store) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
     assert "Traceback" not in err and err.strip() == "", err
+
+
+def test_slow_slots_from_many_addresses_go_to_new_connections(store) -> None:
+    """Slow connections from as many addresses as there are slots kept every other client at 503 (each is cut
+    off at its deadline and comes back). Now, with every slot taken, a new connection takes the slot of the
+    slowest one held a second below the minimum rate (here: headers never finished)."""
+    root, art = store
+    with ArtifactServer(root, max_connections=4) as s:
+        trickling = []
+        for i in range(4):
+            c = socket.socket()
+            c.bind((f"127.0.0.{40 + i}", 0))
+            c.connect(("127.0.0.1", s.port))
+            c.sendall(b"GET /boot/manifest.json HTTP/1.1\r\n")
+            trickling.append(c)
+        try:
+            time.sleep(0.3)
+            assert _get(s.port, "/boot/manifest.json")[0] == 503  # all taken, none slow for long enough yet
+            time.sleep(1.0)
+            assert [_get(s.port, f"/sha256/{art.hex}")[0] for _ in range(3)] == [200] * 3
+            closed = 0
+            for c in trickling:
+                c.settimeout(2)
+                try:
+                    closed += c.recv(100) == b""
+                except OSError:
+                    closed += 1
+            assert closed >= 1  # the slowest gave up their slots
+        finally:
+            for c in trickling:
+                c.close()
