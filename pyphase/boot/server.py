@@ -161,7 +161,7 @@ class ArtifactHTTPServer:
         self.per_address[address] += 1
         task = asyncio.current_task()
         if not over:
-            self.slots[task] = _Slot(task, time.monotonic())  # type: ignore[arg-type]
+            self.slots[task] = _Slot(task, time.monotonic())
         try:
             writer.transport.set_write_buffer_limits(high=CHUNK * 2)
             sock = writer.get_extra_info("socket")
