@@ -11,8 +11,8 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     ephemeral       = false             # fresh identity in memory only (Private mode: nothing on disk)
     workers         = 0                 # job workers (0: one per core)
     sandbox         = true              # isolated worker processes; unavailable: plasmd refuses to start; false: threads in the node
-    job_nice        = 10                # added to the sandbox workers' nice value: the node's own threads (its
-                                        # event loop, libzmq, the hand-offs) come before the CPU its jobs take
+    job_nice        = 0                 # added to the sandbox workers' nice value (0-19): above 0, the node's own
+                                        # threads and the host's other processes come before the CPU its jobs take
     queue           = 64                # jobs accepted beyond the running ones before offers get "busy"
     cache_bytes     = "256MiB"          # on-disk module cache bound (LRU)
     blob_cache_bytes = "1GiB"           # on-disk store of input-tree files (LRU), so a tree is sent once
@@ -163,7 +163,7 @@ class NodeConfig:
     ephemeral: bool = False
     workers: int = 0
     sandbox: bool = True
-    job_nice: int = 10
+    job_nice: int = 0
     queue: int = 64
     cache_bytes: int = 256 << 20
     blob_cache_bytes: int = 1 << 30

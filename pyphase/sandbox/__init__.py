@@ -118,9 +118,11 @@ def _fallback_command() -> list[str]:
 
 
 def _lower_priority(server_pid: int, nice: int) -> None:
-    """Raise the nice value of the fork server and of the workers it has forked; those it forks later inherit it."""
+    """Add ``nice`` to the nice value of the fork server and of the workers it has forked (those it forks later
+    inherit it)."""
     pids = [server_pid]
     try:
+        nice = min(19, os.getpriority(os.PRIO_PROCESS, server_pid) + nice)
         os.setpriority(os.PRIO_PROCESS, server_pid, nice)
         for task in os.listdir(f"/proc/{server_pid}/task"):
             with open(f"/proc/{server_pid}/task/{task}/children") as f:
