@@ -33,10 +33,13 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import errno
+import fcntl
 import os
 import re
 import socket
+import struct
 import sys
+import termios
 import threading
 import time
 from collections import Counter
@@ -113,10 +116,20 @@ class _Slot:
 
     task: asyncio.Task[None] | None
     began: float
+    transport: asyncio.BaseTransport
     sent: int = 0
 
     def rate(self, now: float) -> float:
-        return self.sent / max(1e-3, now - self.began)
+        """Bytes per second the peer has taken: what was written less what still waits in our buffer and in
+        the kernel's send queue (unsent or not acknowledged: ``SIOCOUTQ``)."""
+        waiting = self.transport.get_write_buffer_size() if isinstance(self.transport, asyncio.WriteTransport) else 0
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and self.sent:
+            try:
+                waiting += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+            except OSError:
+                pass
+        return max(0, self.sent - waiting) / max(1e-3, now - self.began)
 
 
 class ArtifactHTTPServer:
@@ -161,7 +174,7 @@ class ArtifactHTTPServer:
         self.per_address[address] += 1
         task = asyncio.current_task()
         if not over:
-            self.slots[task] = _Slot(task, time.monotonic())
+            self.slots[task] = _Slot(task, time.monotonic(), writer.transport)
         try:
             writer.transport.set_write_buffer_limits(high=CHUNK * 2)
             sock = writer.get_extra_info("socket")

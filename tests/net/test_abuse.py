@@ -195,6 +195,17 @@ def test_a_hostile_node_flooding_an_idle_client_then_leaving_cannot_abort_it(hel
     assert done.returncode == 0 and "client alive" in done.stdout, (done.returncode, done.stderr[-2000:])
 
 
+def curve_router(ctx: zmq.Context, identity: Identity) -> tuple[zmq.Socket, str]:
+    """A CURVE server ROUTER of ``identity`` on a free loopback port, and its address ``PEERID@127.0.0.1:PORT``."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    pub, sec = identity.curve_keypair()
+    sock.curve_server = True
+    sock.curve_publickey, sock.curve_secretkey = zmq.utils.z85.encode(pub), zmq.utils.z85.encode(sec)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    return sock, f"{identity.peer_id}@127.0.0.1:{port}"
+
+
 IDLE_CLIENT_HOLD = """
 import sys, time
 from pyphase import Client
@@ -225,13 +236,8 @@ def test_what_a_hostile_node_sends_an_idle_client_is_bounded(hello_bytes, tmp_pa
     module.write_bytes(hello_bytes)
     identity = Identity.generate()
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.linger = 0
-    sock.curve_server = True
-    pub, sec = identity.curve_keypair()
-    sock.curve_publickey, sock.curve_secretkey = zmq.utils.z85.encode(pub), zmq.utils.z85.encode(sec)
+    sock, address = curve_router(ctx, identity)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    address = f"{identity.peer_id}@127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}"
     flood_bytes = 512 << 20
     proc = subprocess.Popen(
         [sys.executable, "-c", IDLE_CLIENT_HOLD, address, str(module), "6"], stdout=subprocess.PIPE, text=True
@@ -274,14 +280,7 @@ class HostilePeer:
     def __init__(self) -> None:
         self.identity = Identity.generate()
         self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.linger = 0
-        pub, sec = self.identity.curve_keypair()
-        self.sock.curve_server = True
-        self.sock.curve_publickey = zmq.utils.z85.encode(pub)
-        self.sock.curve_secretkey = zmq.utils.z85.encode(sec)
-        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.address = f"{self.identity.peer_id}@127.0.0.1:{port}"
+        self.sock, self.address = curve_router(self.ctx, self.identity)
         self.answer: object = None
         self.offers = 0
         self._stop = threading.Event()
