@@ -542,7 +542,10 @@ class ArtifactServer:
             conn.setblocking(False)
             reader, writer = await asyncio.open_connection(sock=conn, limit=MAX_HEADER_BYTES)
             await self.httpd.handle(reader, writer)
-        except (OSError, asyncio.CancelledError):
+            # the stream's own record of how the connection ended (a reset is no error here): taken, so
+            # nothing reports it as "never retrieved"
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+        except (OSError, asyncio.CancelledError, asyncio.TimeoutError):
             conn.close()
         finally:
             self._open -= 1
