@@ -16,7 +16,7 @@
     python bench/run.py abuse [--seconds N]          honest latency while a node is attacked six ways
     python bench/run.py dht ...                      a private DHT on loopback: findable, resolve, rendezvous
     python bench/run.py sim [--nodes 1000]           the DHT at scale with churn (minutes of both cores)
-    python bench/run.py nat [--jobs N]               direct vs port-mapped jobs in the NAT lab (root)
+    python bench/run.py nat [--jobs N] [--paths ...] direct vs port-mapped vs relayed jobs in the NAT lab (root)
     python bench/run.py relay [--jobs N]             direct vs relayed jobs on loopback
     python bench/run.py clients                      the Python and PHP clients side by side
 The last six are run by name only, like install.

@@ -71,6 +71,7 @@ cdef extern from "phase_core.h" nogil:
 
     int phase_wasmtime_load(const char *path, char *err, size_t errlen)
     int phase_wasmtime_available()
+    void phase_wasmtime_set_pooling(unsigned slots)
     int phase_wasmtime_compile(phase_module *pm, const phase_limits *limits, int deterministic, uint64_t *compile_us,
                                char *err, size_t errlen)
     int phase_wasmtime_is_compiled(phase_module *pm, const phase_limits *limits, int deterministic)
@@ -132,6 +133,9 @@ cdef extern from "phase_core.h" nogil:
 
 cdef extern from "phase_wasmtime_api.h":
     const char *PHASE_WASMTIME_VERSION
+
+cdef extern from "phase_wasmtime.h":
+    unsigned PHASE_WASMTIME_POOL_SLOTS
 
 cdef extern from "phase_crypto.h" nogil:
     int phase_crypto_init()

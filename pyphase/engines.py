@@ -152,7 +152,7 @@ def check(engine: str) -> str:
     """``engine`` if it is a known choice (``ValueError`` otherwise); loads wasmtime when it is asked for."""
     if engine not in CHOICES:
         raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(CHOICES)}")
-    if engine == "wasmtime":
+    if engine == "wasmtime" and not _loaded:
         load_wasmtime()
     return engine
 
