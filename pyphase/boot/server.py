@@ -12,7 +12,13 @@ One asyncio event loop (on a background thread) serves every connection; a conne
 descriptor and a little memory, never a thread. What a stranger may take:
 
 * ``max_connections`` connections at once, ``max_per_address`` of them from one source address; beyond
-  either, the connection is answered 503 at once and closed (it never holds a slot);
+  either, the connection is answered 503 at once and closed (it never holds a slot), unless every slot is
+  taken and one of them has been held for ``EVICT_AFTER_S`` at less than ``min_rate`` (trickling its headers,
+  reading slowly, idle between requests): the slowest such connection is closed and the new one takes its slot,
+  so slow connections from many addresses cannot keep a boot's manifest and artifacts at 503;
+* at most ``2 * max_connections`` descriptors in all, slots and 503 answers together: beyond, the server stops
+  accepting and further connections wait in the kernel's backlog, which costs the process no descriptor
+  (``plasmd --boot-store`` reserves that many of its open-file limit for this server);
 * the request line and headers (at most 8 KiB) must arrive within ``header_timeout``; an idle keep-alive
   connection is closed after ``timeout``;
 * a response must be read at ``min_rate`` bytes per second or better (after a grace of
@@ -27,10 +33,13 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import errno
+import fcntl
 import os
 import re
 import socket
+import struct
 import sys
+import termios
 import threading
 import time
 from collections import Counter
@@ -48,6 +57,7 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_MIN_RATE = 32 << 10  # bytes per second
 MIN_RATE_GRACE_S = 10.0
+EVICT_AFTER_S = 1.0  # a slot held this long below min_rate is given to a new connection when all are taken
 MAX_HEADER_BYTES = 8 << 10
 CHUNK = 1 << 16
 SEND_BUFFER = 128 << 10
@@ -100,6 +110,28 @@ class _Request:
         self.headers = headers
 
 
+@dataclass(eq=False)
+class _Slot:
+    """A connection holding a slot: since when, and the bytes of responses it has taken."""
+
+    task: asyncio.Task[None] | None
+    began: float
+    transport: asyncio.BaseTransport
+    sent: int = 0
+
+    def rate(self, now: float) -> float:
+        """Bytes per second the peer has taken: what was written less what still waits in our buffer and in
+        the kernel's send queue (unsent or not acknowledged: ``SIOCOUTQ``)."""
+        waiting = self.transport.get_write_buffer_size() if isinstance(self.transport, asyncio.WriteTransport) else 0
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and self.sent:
+            try:
+                waiting += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+            except OSError:
+                pass
+        return max(0, self.sent - waiting) / max(1e-3, now - self.began)
+
+
 class ArtifactHTTPServer:
     """The server's state and its connection handler; runs on the loop of :class:`ArtifactServer`."""
 
@@ -126,6 +158,7 @@ class ArtifactHTTPServer:
         self.quiet = quiet
         self.active = 0
         self.per_address: Counter[str] = Counter()
+        self.slots: dict[asyncio.Task[None] | None, _Slot] = {}
 
     def _log(self, address: str, text: str) -> None:
         if not self.quiet:
@@ -134,9 +167,14 @@ class ArtifactHTTPServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) else "?"
-        over = self.active >= self.max_connections or self.per_address[address] >= self.max_per_address
+        over = self.per_address[address] >= self.max_per_address
+        if not over and self.active >= self.max_connections:
+            over = not self._evict_slowest()
         self.active += 1
         self.per_address[address] += 1
+        task = asyncio.current_task()
+        if not over:
+            self.slots[task] = _Slot(task, time.monotonic(), writer.transport)
         try:
             writer.transport.set_write_buffer_limits(high=CHUNK * 2)
             sock = writer.get_extra_info("socket")
@@ -153,6 +191,8 @@ class ArtifactHTTPServer:
             # cancelled as "Exception in callback ...", which the quiet server must not print)
             pass
         finally:
+            if not over:
+                self.slots.pop(task, None)
             self.active -= 1
             self.per_address[address] -= 1
             if self.per_address[address] <= 0:
@@ -161,6 +201,18 @@ class ArtifactHTTPServer:
                 writer.transport.abort()  # a peer that stopped reading gets no more of our time
             else:
                 writer.close()
+
+    def _evict_slowest(self) -> bool:
+        """Close the slowest connection held ``EVICT_AFTER_S`` or longer below ``min_rate``, if there is one."""
+        now = time.monotonic()
+        slow = [s for s in self.slots.values() if now - s.began >= EVICT_AFTER_S and s.rate(now) < self.min_rate]
+        if not slow:
+            return False
+        victim = min(slow, key=lambda s: (s.rate(now), s.began))
+        del self.slots[victim.task]
+        if victim.task is not None:
+            victim.task.cancel()
+        return True
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str) -> None:
         first = True
@@ -334,6 +386,9 @@ class ArtifactHTTPServer:
                 raise _Drop()
             writer.write(chunk)
             sent += len(chunk)
+            slot = self.slots.get(asyncio.current_task())
+            if slot is not None:
+                slot.sent += len(chunk)
             remaining -= len(chunk)
             await self._drain(writer, sent, began)
         return status, keep
@@ -415,6 +470,9 @@ class ArtifactServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
+        self.open_limit = 2 * max_connections  # descriptors in all: slots and 503 answers
+        self._open = 0
+        self._accepting = False
 
     @property
     def port(self) -> int:
@@ -438,15 +496,60 @@ class ArtifactServer:
     async def _main(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = await asyncio.start_server(self.httpd.handle, sock=self._listener, limit=MAX_HEADER_BYTES)
+        self._loop.add_reader(self._listener.fileno(), self._accept)
+        self._accepting = True
         ready.set()
-        async with server:
-            await self._stop.wait()
-            server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._stop.wait()
+        if self._accepting:
+            self._loop.remove_reader(self._listener.fileno())
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _accept(self) -> None:
+        """Accept while fewer than ``open_limit`` connections are open; at the limit, stop watching the listener
+        (what arrives waits in the kernel's backlog) until one closes."""
+        assert self._loop is not None
+        while self._open < self.open_limit:
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of descriptors, or the peer gone already: look again shortly
+                self._pause(retry=0.1)
+                return
+            self._open += 1
+            self._loop.create_task(self._serve(conn))
+        self._pause()
+
+    def _pause(self, retry: float = 0.0) -> None:
+        assert self._loop is not None
+        if self._accepting:
+            self._loop.remove_reader(self._listener.fileno())
+            self._accepting = False
+        if retry:
+            self._loop.call_later(retry, self._resume)
+
+    def _resume(self) -> None:
+        if not self._accepting and self._open < self.open_limit and self._stop is not None and not self._stop.is_set():
+            assert self._loop is not None
+            self._loop.add_reader(self._listener.fileno(), self._accept)
+            self._accepting = True
+
+    async def _serve(self, conn: socket.socket) -> None:
+        try:
+            conn.setblocking(False)
+            reader, writer = await asyncio.open_connection(sock=conn, limit=MAX_HEADER_BYTES)
+            await self.httpd.handle(reader, writer)
+            # the stream's own record of how the connection ended (a reset is no error here): taken, so
+            # nothing reports it as "never retrieved"
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+        except (OSError, asyncio.CancelledError, asyncio.TimeoutError):
+            conn.close()
+        finally:
+            self._open -= 1
+            self._resume()
 
     def close(self) -> None:
         if self._thread is not None and self._loop is not None and self._stop is not None:

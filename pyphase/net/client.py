@@ -32,6 +32,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,13 @@ TIMEOUT_SLACK_S = 5.0
 MAX_BACKOFF_S = 1.0  # longest pause before re-asking a peer that failed, when no other is left
 CHUNK = 1 << 20  # file bytes in one blob message (a node asks for at most this much at once)
 FETCH_WINDOW = 8  # output chunks asked for and not yet received
+# Between calls nothing reads a peer's messages, and libzmq keeps all of them (no receive limit: see
+# wire.RECEIVE_QUEUE_LIMIT). A thread drops them every IDLE_CHECK_S; a peer that sends more than IDLE_MESSAGES
+# messages or IDLE_BYTES bytes unasked is disconnected (what libzmq held for it is freed; it is reconnected when
+# next used). Late answers of an honest node (a result after the job moved on, the replicas not waited for) fit.
+IDLE_CHECK_S = 0.05
+IDLE_MESSAGES = 1024
+IDLE_BYTES = 16 << 20
 DEFAULT_DISK_BYTES = 256 << 20  # what a job with directories may write, unless told
 DEFAULT_FILES = 10_000
 _MONITOR_EVENTS = (
@@ -140,6 +148,7 @@ class _Peer:
         self.reached = False  # this client has completed a handshake with it at least once
         self.tcp_connected = False  # the current connection attempt got past TCP (not refused)
         self.last_failure: str | None = None
+        self.unasked = [0, 0]  # messages and bytes read by the idle reader since the client last used it
 
     def score(self, module_hash: str, now: float) -> tuple[Any, ...]:
         load = self.load or {}
@@ -270,6 +279,7 @@ class Client:
                 f"through the SOCKS proxy {self.socks_proxy}: give PEERID@HOST:PORT"
             )
         self._discovered = bool(peers)
+        self._idle_reader: _IdleReader | None = None
 
     # ---- peers -------------------------------------------------------------------------------------
 
@@ -337,6 +347,7 @@ class Client:
             self._dht_failure = f"{type(exc).__name__}: {exc}"
 
     def _socket(self, peer: _Peer) -> zmq.Socket[bytes]:
+        peer.unasked = [0, 0]
         if peer.sock is None:
             if peer.relayed and self._relay is None:
                 self._relay = SocksRelay(None, self.connect_timeout)  # circuits through Phase relays, directly
@@ -361,7 +372,42 @@ class Client:
             peer.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
             sock.connect(endpoint)
             peer.sock = sock
+            if self._idle_reader is None:
+                self._idle_reader = _IdleReader(self)
+                self._idle_reader.start()
         return peer.sock
+
+    def _drop_idle_input(self) -> None:
+        """Read and drop what peers sent while no call was using them (the idle reader's turn; skipped while
+        a call holds the lock); disconnect a peer that sent more than the idle allowance."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            for peer in [] if self._closed else list(self._peers.values()):
+                if peer.monitor is not None:
+                    self._drain_monitor(peer)  # connection events pile up too
+                while peer.sock is not None:
+                    try:
+                        frames = peer.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    peer.unasked[0] += 1
+                    peer.unasked[1] += sum(len(f) for f in frames)
+                    if peer.unasked[0] > IDLE_MESSAGES or peer.unasked[1] > IDLE_BYTES:
+                        self._disconnect(peer)
+                        peer.last_failure = (
+                            f"sent {peer.unasked[0]} messages ({format_size(peer.unasked[1])}) unasked while the "
+                            "client was idle: disconnected"
+                        )
+        finally:
+            self._lock.release()
+
+    def _disconnect(self, peer: _Peer) -> None:
+        for s in (peer.sock, peer.monitor):
+            if s is not None:
+                s.close(linger=0)
+        peer.sock = peer.monitor = None
+        peer.connected = peer.tcp_connected = False
 
     def _drain_monitor(self, peer: _Peer) -> str | None:
         """Apply the peer's connection events; return why it failed, if it did."""
@@ -1004,11 +1050,10 @@ class Client:
             if self._closed:
                 return
             self._closed = True
+            if self._idle_reader is not None:
+                self._idle_reader.stop.set()
             for p in self._peers.values():
-                for s in (p.sock, p.monitor):
-                    if s is not None:
-                        s.close(linger=0)
-                p.sock = p.monitor = None
+                self._disconnect(p)
             self._ctx.term()
             if self._relay is not None:
                 self._relay.close()
@@ -1025,3 +1070,20 @@ class Client:
                 self.close()
             except Exception:
                 pass
+
+
+class _IdleReader(threading.Thread):
+    """Calls :meth:`Client._drop_idle_input` every ``IDLE_CHECK_S`` until the client is closed or collected."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(name="phase-client-idle", daemon=True)
+        self.client = weakref.ref(client)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(IDLE_CHECK_S):
+            client = self.client()
+            if client is None:
+                return
+            client._drop_idle_input()
+            del client

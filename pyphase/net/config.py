@@ -11,6 +11,8 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     ephemeral       = false             # fresh identity in memory only (Private mode: nothing on disk)
     workers         = 0                 # job workers (0: one per core)
     sandbox         = true              # isolated worker processes; unavailable: plasmd refuses to start; false: threads in the node
+    job_nice        = 0                 # added to the sandbox workers' nice value (0-19): above 0, the node's own
+                                        # threads and the host's other processes come before the CPU its jobs take
     queue           = 64                # jobs accepted beyond the running ones before offers get "busy"
     cache_bytes     = "256MiB"          # on-disk module cache bound (LRU)
     blob_cache_bytes = "1GiB"           # on-disk store of input-tree files (LRU), so a tree is sent once
@@ -162,6 +164,7 @@ class NodeConfig:
     ephemeral: bool = False
     workers: int = 0
     sandbox: bool = True
+    job_nice: int = 0
     queue: int = 64
     cache_bytes: int = 256 << 20
     blob_cache_bytes: int = 1 << 30
@@ -242,6 +245,7 @@ _TOP: dict[str, tuple[str, Any]] = {
     "ephemeral": ("ephemeral", "bool"),
     "workers": ("workers", int),
     "sandbox": ("sandbox", "bool"),
+    "job_nice": ("job_nice", int),
     "queue": ("queue", int),
     "cache_bytes": ("cache_bytes", parse_size),
     "blob_cache_bytes": ("blob_cache_bytes", parse_size),
@@ -375,6 +379,8 @@ def load_config(
         raise ValueError("relay_circuit_bytes must be at least 1 byte")
     if config.relay_reservation_time_ms < 1000:
         raise ValueError("relay_reservation_time must be at least 1s")
+    if not 0 <= config.job_nice <= 19:
+        raise ValueError(f"job_nice must be between 0 and 19, got {config.job_nice}")
     if config.connections < 0:
         raise ValueError("connections must be 0 (from the open-file limit) or more")
     if config.log_format not in ("json", "text"):

@@ -277,6 +277,13 @@ def raise_descriptor_limit() -> int:
     return soft
 
 
+def _worker_seconds(future: concurrent.futures.Future[Result]) -> float | None:
+    """What a finished job ran in its worker (None: it did not finish there: stopped, crashed, refused)."""
+    if future.cancelled() or future.exception() is not None:
+        return None
+    return future.result().wall_us / 1e6
+
+
 def curve_key_text(key: bytes) -> str:
     return zmq.utils.z85.encode(key).decode("ascii")
 
@@ -452,7 +459,10 @@ class Node:
         self.address = f"{self.identity.peer_id}@{self.host}:{self.port}"
         if self.executor is None:  # after the bind: a port in use fails before the sandbox starts
             self.executor = make_executor(
-                self.config.worker_count, self.config.sandbox, warn=lambda msg: self.log("warning", message=msg)
+                self.config.worker_count,
+                self.config.sandbox,
+                warn=lambda msg: self.log("warning", message=msg),
+                nice=self.config.job_nice,
             )
         workers = self.executor.workers
         self.shares.caps = dataclasses.replace(self.shares.caps, total_jobs=workers + self.config.queue)
@@ -1116,8 +1126,12 @@ class Node:
         if self.executor is None:
             return
         while self.shares.running < self.executor.workers:
+            kept_until = self.shares.kept_until
             job = self.shares.next(self.executor.workers)
             if job is None:
+                if self.shares.kept_until != kept_until:  # a worker kept for a light client: ask again after
+                    delay = max(0.0, self.shares.kept_until - time.monotonic())
+                    asyncio.get_running_loop().call_later(delay + 0.001, self._dispatch)
                 return
             self._start(job)
 
@@ -1159,7 +1173,7 @@ class Node:
         )
         job.future = None  # the future's callback holds the job: no cycle keeps the result alive
         fs, job.fs = job.fs, None
-        if self.shares.remove(job.key) is None or self.sock is None or self.sock.closed:
+        if self.shares.remove(job.key, _worker_seconds(future)) is None or self.sock is None or self.sock.closed:
             if fs is not None:
                 fs.remove()
             return  # already answered (the node stopped before the job finished)

@@ -5,9 +5,14 @@ A job is *waiting* (accepted, its module not yet received), *queued* (ready, no 
 Keys are free to make, so every cap applies both per CURVE key and per source address; the queue takes turns
 between addresses, and within an address between keys, so one client's backlog never starves another's. When
 a worker frees, the address that has used the least worker time lately goes first (decayed over ``USAGE_HALF_LIFE_S``):
-a client of short jobs is not kept waiting behind the turns of clients of long ones.
-Running jobs cannot be taken back, so while another address is active one address runs at most
-``workers - 1`` jobs: a worker stays free for the others instead of all of them waiting out its longest job.
+a client of short jobs is not kept waiting behind the turns of clients of long ones. Worker time is what the job
+itself ran (measured in its worker), not how long the node held the worker: the hand-offs around a short job
+stretch with the machine's load, and counting them made a busy node take its lightest clients for heavy ones.
+Running jobs cannot be taken back, so while another address is *active* (had a job ready to run in the last
+``RECENT_S``; an offer still waiting for its module does not count) one address runs at most ``workers - 1``
+jobs, and for up to ``KEEP_S`` after a job of the lightest active address ended, the last free worker is kept
+for that address's next one: two heavy addresses cannot hold every worker while a light client that runs its jobs
+back to back waits out their longest job.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from typing import Any
 from pyphase.limits import Limits
 from pyphase.result import Result
 
-RECENT_S = 2.0  # an address that offered a job this recently is waiting for its share (Shares.next)
+RECENT_S = 2.0  # an address that had a job ready to run this recently is waiting for its share (Shares.next)
 USAGE_HALF_LIFE_S = 5.0  # worker time an address used counts half after this long (Shares.next)
+KEEP_S = 0.25  # how long the last free worker waits for a light address whose job just ended (Shares.next)
 
 
 @dataclass(frozen=True)
@@ -83,8 +89,11 @@ class Shares:
         self._queues: dict[str, dict[str, deque[HeldJob]]] = {}  # address -> client key -> queued jobs
         self.held_bytes = 0
         self._running_by: Counter[str] = Counter()  # source address -> running jobs
-        self._last_offer: dict[str, float] = {}  # source address -> when it last offered a job
+        self._last_ready: dict[str, float] = {}  # source address -> when a job of it last became ready, oldest first
         self._usage: dict[str, tuple[float, float]] = {}  # source address -> (worker seconds, as of when)
+        self._ended: dict[str, float] = {}  # source address -> when its last running job ended, oldest first
+        self.kept_until = 0.0
+        """When the last free worker stops being kept for a light address (monotonic; see :meth:`next`)."""
         self.running = 0
         self.queued = 0
         self.waiting = 0
@@ -110,8 +119,6 @@ class Shares:
 
     def add(self, job: HeldJob) -> None:
         self.jobs[job.key] = job
-        self._last_offer.pop(job.address, None)
-        self._last_offer[job.address] = job.since
         self._counts["client", job.client] += 1
         self._counts["address", job.address] += 1
         self.held_bytes += job.held
@@ -137,40 +144,60 @@ class Shares:
                 del self._counts[kind, who]
 
     def _push(self, job: HeldJob) -> None:
+        self._last_ready.pop(job.address, None)
+        self._last_ready[job.address] = time.monotonic()
         job.state = "queued"
         self.queued += 1
         self._queues.setdefault(job.address, {}).setdefault(job.client, deque()).append(job)
 
-    def _others_active(self, address: str, now: float) -> bool:
-        for other, when in list(self._last_offer.items()):  # oldest first: drop the stale ones
+    def _active(self, now: float) -> dict[str, float]:
+        """Addresses that had a job ready to run in the last ``RECENT_S`` (the stale ones are forgotten)."""
+        for other, when in list(self._last_ready.items()):  # oldest first
             if now - when < RECENT_S:
                 break
-            del self._last_offer[other]
-        return any(other != address for other in self._last_offer)
+            del self._last_ready[other]
+        for other, when in list(self._ended.items()):
+            if now - when < KEEP_S:
+                break
+            del self._ended[other]
+        return self._last_ready
 
     def usage(self, address: str, now: float) -> float:
         """Worker seconds the jobs of ``address`` that finished lately used (halved every ``USAGE_HALF_LIFE_S``)."""
         used, when = self._usage.get(address, (0.0, now))
         return float(used * 0.5 ** ((now - when) / USAGE_HALF_LIFE_S))
 
-    def _charge(self, job: HeldJob, now: float) -> None:
-        self._usage[job.address] = (self.usage(job.address, now) + max(0.0, now - job.ran_from), now)
+    def _charge(self, job: HeldJob, now: float, worker_s: float | None) -> None:
+        used = max(0.0, now - job.ran_from if worker_s is None else worker_s)
+        self._usage[job.address] = (self.usage(job.address, now) + used, now)
         if len(self._usage) > 4096:  # forget the smallest: bounded whatever the number of addresses
             for address, _ in sorted(self._usage.items(), key=lambda kv: kv[1][0])[:2048]:
                 del self._usage[address]
 
     def next(self, workers: int) -> HeldJob | None:
         """The next queued job to run: of the addresses allowed to start one, the one that used the least worker
-        time lately (ties: the first in turn), its first client's oldest job; both then go last. An address
-        already running ``workers - 1`` jobs waits its turn while other addresses are active."""
+        time lately (ties: the first in turn), its first client's oldest job; both then go last. While other
+        addresses are active, an address already running ``workers - 1`` jobs waits its turn, and the last free
+        worker goes to no heavier address while the lightest active one's job has just ended (until ``kept_until``:
+        the caller asks again then; see the module's docstring)."""
         now = time.monotonic()
+        active = self._active(now)
+        keep_for = None  # the lightest active address with nothing running whose job just ended
+        if workers > 1 and workers - self.running == 1 and len(active) > 1:  # one worker: nothing to keep
+            light = [(self.usage(a, now), a) for a in self._ended if a in active and not self._running_by[a]]
+            keep_for = min(light) if light else None
         while self._queues:
             best, best_usage = None, 0.0
             for address in self._queues:
-                if self._running_by[address] < max(1, workers - 1) or not self._others_active(address, now):
-                    used = self.usage(address, now)
-                    if best is None or used < best_usage:
-                        best, best_usage = address, used
+                others_active = len(active) > (address in active)
+                if others_active and self._running_by[address] >= max(1, workers - 1):
+                    continue
+                used = self.usage(address, now)
+                if keep_for is not None and address != keep_for[1] and used > keep_for[0]:
+                    self.kept_until = self._ended[keep_for[1]] + KEEP_S
+                    continue
+                if best is None or used < best_usage:
+                    best, best_usage = address, used
             if best is None:
                 return None  # a worker stays free for the active addresses that have nothing queued yet
             address, clients = best, self._queues[best]
@@ -193,8 +220,9 @@ class Shares:
             return job
         return None
 
-    def remove(self, key: tuple[bytes, bytes]) -> HeldJob | None:
-        """Forget a job (done, expired, cancelled); a queued one is skipped when its turn comes."""
+    def remove(self, key: tuple[bytes, bytes], worker_s: float | None = None) -> HeldJob | None:
+        """Forget a job (done, expired, cancelled); a queued one is skipped when its turn comes. ``worker_s``: what
+        a finished job ran in its worker, charged to its address (None: the time it held the worker)."""
         job = self.jobs.pop(key, None)
         if job is None:
             return None
@@ -205,8 +233,10 @@ class Shares:
             self.queued -= 1
             self.held_bytes -= job.held
         elif job.state == "running":
-            self._charge(job, time.monotonic())
+            self._charge(job, time.monotonic(), worker_s)
             self.running -= 1
+            self._ended.pop(job.address, None)
+            self._ended[job.address] = time.monotonic()
             self._running_by[job.address] -= 1
             if self._running_by[job.address] <= 0:
                 del self._running_by[job.address]

@@ -157,6 +157,25 @@ def _fallback_command() -> list[str]:
     return [sys.executable, "-I", "-c", "import sys; from pyphase import _sandbox; _sandbox.server_main(sys.argv[1:])"]
 
 
+def _lower_priority(server_pid: int, nice: int) -> None:
+    """Add ``nice`` to the nice value of the fork server and of the workers it has forked (those it forks later
+    inherit it)."""
+    pids = [server_pid]
+    try:
+        nice = min(19, os.getpriority(os.PRIO_PROCESS, server_pid) + nice)
+        os.setpriority(os.PRIO_PROCESS, server_pid, nice)
+        for task in os.listdir(f"/proc/{server_pid}/task"):
+            with open(f"/proc/{server_pid}/task/{task}/children") as f:
+                pids += [int(pid) for pid in f.read().split()]
+    except OSError:
+        pass
+    for pid in pids[1:]:
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+        except OSError:  # gone meanwhile
+            pass
+
+
 class Sandbox:
     """A pool of ``workers`` isolated worker processes. Thread-safe; use as a context manager or ``close()``.
 
@@ -166,7 +185,8 @@ class Sandbox:
     ``shm_bytes`` bounds one job's module + input + output limit; ``spin_us`` trades the calling thread's CPU
     for latency on tiny jobs; ``spares`` is how many more single-use workers each slot keeps pre-forked, so that
     back-to-back jobs do not wait for the replacement of the last one (see docs/SANDBOX.md); ``engines``: those its
-    workers run (default: every engine installed here, :func:`pyphase.engines.available`).
+    workers run (default: every engine installed here, :func:`pyphase.engines.available`); ``nice``: added to the
+    workers' nice value, so the caller's own threads come before the jobs' CPU (plasmd: ``job_nice``).
     """
 
     def __init__(
@@ -178,6 +198,7 @@ class Sandbox:
         spin_us: int = DEFAULT_SPIN_US,
         spares: int = DEFAULT_SPARES,
         engines: Sequence[str] | None = None,
+        nice: int = 0,
     ) -> None:
         if not 1 <= workers <= 256:
             raise ValueError(f"workers must be between 1 and 256, got {workers}")
@@ -191,6 +212,7 @@ class Sandbox:
         self.grace_ms = grace_ms
         self.spin_us = spin_us
         self.spares = spares
+        self.nice = nice
         self._lock = threading.Lock()
         self._shm_bytes = shm_bytes
         self._restart_lock = threading.Lock()
@@ -303,6 +325,8 @@ class Sandbox:
             target=_read_events, args=(weakref.ref(self), events_parent), name="phase-sandbox-events", daemon=True
         )
         self._events_thread.start()
+        if self.nice:
+            _lower_priority(server.pid, self.nice)
         for slot in slots:
             self._free.put(slot)
 

@@ -86,11 +86,11 @@ class SandboxExecutor:
 
     kind = "sandbox"
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, nice: int = 0) -> None:
         from pyphase.sandbox import Sandbox
 
         self.workers = workers
-        self._sandbox = Sandbox(workers=workers)
+        self._sandbox = Sandbox(workers=workers, nice=nice)
 
     @property
     def engines(self) -> list[str]:
@@ -124,8 +124,9 @@ class SandboxExecutor:
 Executor = ThreadExecutor | SandboxExecutor
 
 
-def make_executor(workers: int, sandbox: bool, warn: Callable[[str], None] = lambda _: None) -> Executor:
-    """The sandbox, checked with a self-test job; threads only when ``sandbox`` is False.
+def make_executor(workers: int, sandbox: bool, warn: Callable[[str], None] = lambda _: None, nice: int = 0) -> Executor:
+    """The sandbox, checked with a self-test job; threads only when ``sandbox`` is False. ``nice``: added to the
+    sandbox workers' nice value (threads keep the caller's).
 
     A node never falls back to threads by itself: running strangers' code in the node's own process must be
     asked for (``sandbox = false``), so a sandbox that cannot start raises :class:`SandboxUnavailable`.
@@ -135,7 +136,7 @@ def make_executor(workers: int, sandbox: bool, warn: Callable[[str], None] = lam
         return ThreadExecutor(workers)
     hint = "; fix it, or start plasmd with --no-sandbox to run jobs in the node's own process"
     try:
-        executor = SandboxExecutor(workers)
+        executor = SandboxExecutor(workers, nice)
     except Exception as exc:  # ImportError, SandboxError, OSError
         raise SandboxUnavailable(f"sandbox unavailable ({type(exc).__name__}: {exc}){hint}") from exc
     try:

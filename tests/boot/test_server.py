@@ -255,6 +255,15 @@ def _slow_reader(port: int, path: str, source: str) -> socket.socket:
     return c
 
 
+def _trickling(port: int, source: str, start: bytes) -> socket.socket:
+    """A connection from ``source`` that sent the first bytes of its request headers, and no more."""
+    c = socket.socket()
+    c.bind((source, 0))
+    c.connect(("127.0.0.1", port))
+    c.sendall(start)
+    return c
+
+
 def test_slow_readers_are_cut_off(tmp_path: Path) -> None:
     """34 clients reading a big artifact at a trickle held all 32 slots: every GET got 503 for as long as
     they liked. Below the minimum rate (after its grace) they are cut off and the slots come back."""
@@ -289,13 +298,7 @@ def test_trickled_headers_cost_no_thread_and_hit_a_deadline(store) -> None:
     root, art = store
     threads = threading.active_count()
     with ArtifactServer(root, header_timeout=1.0) as s:
-        conns = []
-        for i in range(100):
-            c = socket.socket()
-            c.bind((f"127.0.0.{20 + i % 10}", 0))
-            c.connect(("127.0.0.1", s.port))
-            c.sendall(b"G")
-            conns.append(c)
+        conns = [_trickling(s.port, f"127.0.0.{20 + i % 10}", b"G") for i in range(100)]
         try:
             assert threading.active_count() <= threads + 3
             assert _get(s.port, "/boot/manifest.json")[0] in (200, 503)
@@ -348,3 +351,35 @@ def test_quiet_server_logs_no_traceback_for_dropped_connections(store) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
     assert "Traceback" not in err and err.strip() == "", err
+
+
+@pytest.mark.parametrize("slow", ["headers", "reader"])
+def test_slow_slots_from_many_addresses_go_to_new_connections(store, slow: str) -> None:
+    """Slow connections from as many addresses as there are slots kept every other client at 503 (each is cut
+    off at its deadline and comes back). Now, with every slot taken, a new connection takes the slot of the
+    slowest one held a second below the minimum rate: headers never finished, or a response read at a trickle
+    (what counts is what the reader took, not what waits for it in buffers)."""
+    root, art = store
+    with ArtifactServer(root, max_connections=4) as s:
+        if slow == "headers":
+            trickling = [
+                _trickling(s.port, f"127.0.0.{40 + i}", b"GET /boot/manifest.json HTTP/1.1\r\n") for i in range(4)
+            ]
+        else:
+            trickling = [_slow_reader(s.port, f"/sha256/{art.hex}", f"127.0.0.{40 + i}") for i in range(4)]
+        try:
+            time.sleep(0.3)
+            assert _get(s.port, "/boot/manifest.json")[0] == 503  # all taken, none slow for long enough yet
+            time.sleep(1.0)
+            assert [_get(s.port, f"/sha256/{art.hex}")[0] for _ in range(3)] == [200] * 3
+            closed = 0
+            for c in trickling if slow == "headers" else ():  # a slow reader still has its bytes to read first
+                c.settimeout(2)
+                try:
+                    closed += c.recv(100) == b""
+                except OSError:
+                    closed += 1
+            assert closed >= 1 or slow == "reader"  # the slowest gave up their slots
+        finally:
+            for c in trickling:
+                c.close()

@@ -111,9 +111,10 @@ class Attack(threading.Thread):
 
     name_: str = ""
 
-    def __init__(self, address: str, source: str, modules: dict[str, bytes]) -> None:
+    def __init__(self, address: str, source: str, modules: dict[str, bytes], boot: str = "") -> None:
         super().__init__(daemon=True)
         self.address = address
+        self.boot = boot  # HOST:PORT of the node's boot server (plasmd --boot-store), for attack 8
         self.source = source
         self.modules = modules
         self.ctx: zmq.Context[Any] = zmq.Context()
@@ -240,7 +241,113 @@ class IdleConnections(Attack):
             self.count += 1
 
 
+class SlowBootReaders(Attack):
+    """8: 34 clients, each from an address of its own, reading a big boot artifact at 4 KiB/s; reconnect when cut off."""
+
+    name_ = "boot: 34 slow readers"
+    readers = 34
+
+    def setup(self) -> None:
+        import socket
+
+        self.socks: list[Any] = [None] * self.readers
+        self.socket = socket
+
+    def _open(self, i: int) -> Any:
+        host, port = self.boot.rsplit(":", 1)
+        c = self.socket.socket()
+        c.setsockopt(self.socket.SOL_SOCKET, self.socket.SO_RCVBUF, 4096)
+        c.bind((f"127.0.1.{1 + i}", 0))
+        c.settimeout(1.0)
+        try:
+            c.connect((host, int(port)))
+            c.sendall(f"GET {self.modules['boot_path'].decode()} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        except OSError:
+            c.close()
+            return None
+        c.setblocking(False)
+        self.count += 1
+        return c
+
+    def step(self) -> None:
+        for i, c in enumerate(self.socks):
+            if c is None:
+                self.socks[i] = c = self._open(i)
+            if c is None:
+                continue
+            try:
+                if not c.recv(4096):  # cut off (or refused with a 503 and closed): come back
+                    c.close()
+                    self.socks[i] = None
+            except BlockingIOError:
+                pass
+            except OSError:
+                c.close()
+                self.socks[i] = None
+        self.wait(1.0)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            for c in self.socks:
+                if c is not None:
+                    c.close()
+
+
+class TrickledBootHeaders(Attack):
+    """8: 1,100 connections to the boot server sending their headers a byte at a time; reopened when closed."""
+
+    name_ = "boot: 1,100 trickled headers"
+    connections = 1100
+
+    def setup(self) -> None:
+        import socket
+
+        self.socket = socket
+        self.socks: list[Any] = []
+
+    def _open(self) -> Any:
+        host, port = self.boot.rsplit(":", 1)
+        c = self.socket.socket()
+        c.bind((self.source, 0))
+        c.setblocking(False)
+        try:
+            c.connect_ex((host, int(port)))
+        except OSError:
+            c.close()
+            return None
+        self.count += 1
+        return c
+
+    def step(self) -> None:
+        while len(self.socks) < self.connections:
+            c = self._open()
+            if c is None:
+                break
+            self.socks.append(c)
+        alive = []
+        for c in self.socks:
+            try:
+                c.send(b"G")
+                alive.append(c)
+            except BlockingIOError:
+                alive.append(c)
+            except OSError:  # closed by the server (a 503, or the header deadline): reopened next step
+                c.close()
+        self.socks = alive
+        self.wait(0.5)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            for c in self.socks:
+                c.close()
+
+
 ATTACKS: list[type[Attack]] = [ClaimRoutingIds, PendingOffers, GoneSpinners, UnreadResults, LogFlood, IdleConnections]
+BOOT_ATTACKS: list[type[Attack]] = [SlowBootReaders, TrickledBootHeaders]  # on plasmd --boot-store's HTTP server
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -260,10 +367,10 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def _attack_main(
-    cls: type[Attack], address: str, source: str, modules: dict[str, bytes], stop: Any, parent_pid: int
+    cls: type[Attack], address: str, source: str, modules: dict[str, bytes], boot: str, stop: Any, parent_pid: int
 ) -> None:
     die_with_parent(parent_pid)
-    attack = cls(address, source, modules)
+    attack = cls(address, source, modules, boot)
     attack.start()
     stop.wait()
     attack.stop()
@@ -275,14 +382,14 @@ class AttackProcess:
     It dies with the thread that called :meth:`start` (PR_SET_PDEATHSIG): a killed test run leaves no
     attacker behind. Start it from a thread that outlives it (the main thread)."""
 
-    def __init__(self, cls: type[Attack], address: str, source: str, modules: dict[str, bytes]) -> None:
+    def __init__(self, cls: type[Attack], address: str, source: str, modules: dict[str, bytes], boot: str = "") -> None:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
         self.name_ = cls.name_
         self._stop = ctx.Event()
         self._proc = ctx.Process(
-            target=_attack_main, args=(cls, address, source, modules, self._stop, os.getpid()), daemon=True
+            target=_attack_main, args=(cls, address, source, modules, boot, self._stop, os.getpid()), daemon=True
         )
 
     @property
@@ -375,6 +482,60 @@ def honest_load(
     for t in threads:
         t.join()
     return latencies, tried[0], failures
+
+
+def make_boot_store(root: Any, artifact_bytes: int) -> str:
+    """A signed boot store (``plasmd --boot-store``) holding one artifact of ``artifact_bytes`` zeros; its
+    ``/sha256/...`` path (what attack 8's slow readers read)."""
+    from pathlib import Path
+
+    from pyphase.boot.manifest import make_boot_manifest, sign_manifest
+    from pyphase.boot.store import ArtifactStore
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    blob = root.with_suffix(".blob")
+    with open(blob, "wb") as f:
+        f.truncate(artifact_bytes)
+    store = ArtifactStore(root)
+    big = store.add_file(blob)
+    blob.write_bytes(b"kernel")
+    kernel = store.add_file(blob)
+    blob.unlink()
+    document = make_boot_manifest(kernel, big, "console=ttyS0", release=1, expires_at=int(time.time()) + 3600)
+    store.write_manifest(sign_manifest(document, Identity.generate().signing_key))
+    return f"/sha256/{big.hex}"
+
+
+class BootFetcher(threading.Thread):
+    """An honest boot client: GET /boot/manifest.json every 0.1 s; each answer's status and latency."""
+
+    def __init__(self, boot: str) -> None:
+        super().__init__(daemon=True)
+        self.boot = boot
+        self.answers: list[tuple[int, float]] = []  # (status or 0 for no answer, seconds)
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        import http.client
+
+        host, port = self.boot.rsplit(":", 1)
+        while not self._stop_event.wait(0.1):
+            t = time.perf_counter()
+            try:
+                c = http.client.HTTPConnection(host, int(port), timeout=5)
+                c.request("GET", "/boot/manifest.json")
+                r = c.getresponse()
+                r.read()
+                c.close()
+                status = r.status
+            except OSError:
+                status = 0
+            self.answers.append((status, time.perf_counter() - t))
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(10)
 
 
 def percentile(values: list[float], q: float) -> float:

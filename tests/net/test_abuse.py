@@ -195,6 +195,82 @@ def test_a_hostile_node_flooding_an_idle_client_then_leaving_cannot_abort_it(hel
     assert done.returncode == 0 and "client alive" in done.stdout, (done.returncode, done.stderr[-2000:])
 
 
+def curve_router(ctx: zmq.Context, identity: Identity) -> tuple[zmq.Socket, str]:
+    """A CURVE server ROUTER of ``identity`` on a free loopback port, and its address ``PEERID@127.0.0.1:PORT``."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    pub, sec = identity.curve_keypair()
+    sock.curve_server = True
+    sock.curve_publickey, sock.curve_secretkey = zmq.utils.z85.encode(pub), zmq.utils.z85.encode(sec)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    return sock, f"{identity.peer_id}@127.0.0.1:{port}"
+
+
+IDLE_CLIENT_HOLD = """
+import sys, time
+from pyphase import Client
+client = Client(peers=[sys.argv[1]])
+try:
+    client.submit(open(sys.argv[2], "rb").read(), input=b"x", timeout=1.0, retries=0)
+except Exception as exc:
+    print("submit failed:", type(exc).__name__, flush=True)
+print("idle", flush=True)
+time.sleep(float(sys.argv[3]))  # idle: no call reads the peer
+status = open("/proc/self/status").read()
+print("peak", int(next(x.split()[1] for x in status.splitlines() if x.startswith("VmHWM:"))) << 10, flush=True)
+print("why", client.failures().get(sys.argv[1], ""), flush=True)
+client.close()
+"""
+
+
+def test_what_a_hostile_node_sends_an_idle_client_is_bounded(hello_bytes, tmp_path):
+    """Between calls nothing read a peer's messages and libzmq kept them all (no receive limit, for the abort
+    above): a node the client once used could grow it without bound, 64 KiB at a time. Now an idle reader drops
+    them and disconnects a peer that sends more than the idle allowance (pyphase.net.client.IDLE_BYTES)."""
+    import subprocess
+    import sys
+
+    from pyphase.net.client import IDLE_BYTES
+
+    module = tmp_path / "hello.wasm"
+    module.write_bytes(hello_bytes)
+    identity = Identity.generate()
+    ctx = zmq.Context()
+    sock, address = curve_router(ctx, identity)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    flood_bytes = 512 << 20
+    proc = subprocess.Popen(
+        [sys.executable, "-c", IDLE_CLIENT_HOLD, address, str(module), "6"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert sock.poll(10_000), "the client never offered its job"
+        peer = sock.recv_multipart()[0]
+        while proc.stdout.readline().strip() != "idle":
+            pass
+        sent, gone, block = 0, False, [peer, b"x" * (64 << 10)]
+        deadline = time.monotonic() + 20
+        while sent < flood_bytes and time.monotonic() < deadline:
+            try:
+                sock.send_multipart(block, zmq.NOBLOCK)
+                sent += len(block[1])
+            except zmq.Again:
+                time.sleep(0.001)
+            except zmq.ZMQError as exc:
+                assert exc.errno == zmq.EHOSTUNREACH
+                gone = True  # the client closed the connection
+                break
+        out = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+        sock.close()
+        ctx.term()
+    peak = int(out.split("peak ")[1].split()[0])
+    assert gone and sent < flood_bytes, (sent, out)
+    assert peak < 160 << 20, f"the idle client grew to {peak >> 20} MiB while {sent >> 20} MiB were sent to it"
+    assert "unasked while the client was idle" in out, out
+    assert sent >= IDLE_BYTES
+
+
 # ---- a hostile peer beside an honest one: the client moves on ---------------------------------------
 
 
@@ -204,14 +280,7 @@ class HostilePeer:
     def __init__(self) -> None:
         self.identity = Identity.generate()
         self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.linger = 0
-        pub, sec = self.identity.curve_keypair()
-        self.sock.curve_server = True
-        self.sock.curve_publickey = zmq.utils.z85.encode(pub)
-        self.sock.curve_secretkey = zmq.utils.z85.encode(sec)
-        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.address = f"{self.identity.peer_id}@127.0.0.1:{port}"
+        self.sock, self.address = curve_router(self.ctx, self.identity)
         self.answer: object = None
         self.offers = 0
         self._stop = threading.Event()
@@ -646,3 +715,62 @@ def test_descriptor_exhaustion_at_job_start_is_refused_then_recovers(start_nodes
         assert _rss_and_fds(pid)[1] <= before + 2
     finally:
         raw.close()
+
+
+def test_a_boot_store_under_trickled_headers_leaves_phase1_jobs_alone(start_nodes, hello_bytes, tmp_path):
+    """Attack 8 on ``plasmd --boot-store``: 1,100 connections sending their headers a byte at a time cost a thread
+    and a descriptor each and took the node's descriptors, so ``phase/1`` jobs failed too. Now, on a node whose
+    open-file limit is 512 (hard), 1,200 trickling connections from 4 addresses (reopened whenever the server
+    closes them) get their capped slots or a 503, the boot server stays within the descriptors the node reserves
+    for it (it took 265 when it accepted everything and answered 503), and every honest job meanwhile succeeds."""
+    import resource
+
+    from attackers import TrickledBootHeaders, make_boot_store
+
+    from pyphase.boot.server import DEFAULT_MAX_CONNECTIONS
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))  # this process holds 1,200
+    make_boot_store(tmp_path / "store", 1 << 20)
+    node = start_nodes(
+        1,
+        prefix=("prlimit", "--nofile=512:512"),
+        extra=("--boot-store", str(tmp_path / "store"), "--boot-listen", "127.0.0.1:0", "--no-api"),
+    )[0]
+    boot = node.events("boot_serving")[0]["url"].removeprefix("http://")
+    idle_fds = len(os.listdir(f"/proc/{node.proc.pid}/fd"))
+    attackers = [TrickledBootHeaders(node.address, f"127.0.3.{i + 1}", {}, boot) for i in range(4)]
+    for attack in attackers:
+        attack.connections = 300
+        attack.start()
+    try:
+        time.sleep(1.5)  # all of them open and trickling
+        peak_fds, results = 0, []
+        with Client(peers=[node.address]) as client:
+            for _ in range(20):
+                results.append(client.submit(hello_bytes, input=b"abc", retries=0).stdout)
+                peak_fds = max(peak_fds, len(os.listdir(f"/proc/{node.proc.pid}/fd")))
+        opened = sum(a.count for a in attackers)
+    finally:
+        for attack in attackers:
+            attack.stop()
+    assert results == [b"cba"] * 20 and node.alive
+    assert opened > 1200, opened  # the server closed (503) most of them and they came back
+    assert peak_fds - idle_fds <= 2 * DEFAULT_MAX_CONNECTIONS + 8, (idle_fds, peak_fds)  # its reserved budget
+    deadline = time.monotonic() + 5  # the connections still in the kernel's backlog are closed first
+    while (status := http_get(boot, "/boot/manifest.json")) != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert status == 200
+    assert not node.events("internal_error")
+
+
+def http_get(hostport: str, path: str) -> int:
+    import http.client
+
+    host, port = hostport.rsplit(":", 1)
+    c = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        c.request("GET", path)
+        return c.getresponse().status
+    finally:
+        c.close()

@@ -394,3 +394,23 @@ def test_fork_server_cache_honours_its_memory_cap():
             assert result.status == "ok", result.message
         rss_kib = int(proc_status(sandbox._server.pid)["VmRSS"].split()[0])
     assert rss_kib < 300 << 10, f"fork server holds {rss_kib >> 10} MiB"
+
+
+def test_workers_run_at_the_nice_value_asked_for(hello_bytes):
+    """``Sandbox(nice=N)`` (plasmd's ``job_nice``): the fork server and every worker, those forked after a job
+    too, run N above the caller, which keeps its own."""
+
+    def niceness(pid: int) -> list[int]:
+        kids = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids += [int(k) for k in f.read().split()]
+        return [os.getpriority(os.PRIO_PROCESS, p) for p in [pid, *kids]]
+
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    with Sandbox(workers=1, nice=5) as sb:
+        pid = sb._server.pid
+        assert set(niceness(pid)) == {min(19, mine + 5)}, niceness(pid)
+        assert sb.run(hello_bytes, b"abc").stdout == b"cba"
+        assert set(niceness(pid)) == {min(19, mine + 5)}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == mine
