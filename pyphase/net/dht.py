@@ -13,9 +13,8 @@ alerts answer them, so a node calls them from a worker thread and a client calls
 * Record query: a node answers a padded UDP datagram on its announced port with its signed record
   (:class:`RecordResponder`; :func:`query_record` asks), so a client learns the key CURVE then proves.
 
-The DHT's own UDP socket is on ``dht_listen`` (by default the ``phase/1`` port + 2000,
-``pyphase.net.addresses.DHT_PORT_OFFSET``): libtorrent 2.1 always opens a TCP listener beside its UDP socket,
-so the DHT cannot share the ``phase/1`` port number; the record query does (UDP on the TCP listener's port number), and that is the port announced.
+By default the DHT's UDP socket, the record query and ``phase/1``'s TCP listener share one port number P,
+the one announced (:meth:`Dht.share_port`, :mod:`pyphase.net.portshare`); ``dht_listen`` puts the DHT elsewhere.
 
 Tests must never reach the public DHT: when ``PHASE_DHT_ALLOW`` names networks (``127.0.0.0/8``),
 every bootstrap node, remembered node and listen address must lie inside them, and leaving the
@@ -171,12 +170,14 @@ class PortMapping:
         self.on_event = on_event
         self.external_ip = ""
         self.requested: dict[int, tuple[str, str, int]] = {}
+        # what libtorrent's own mappings of its listen sockets serve, by protocol (Dht.share_port: phase/1's TCP)
+        self.own = {"udp": "dht", "tcp": "dht-tcp"}
         self.active: dict[tuple[str, str, str], int] = {}  # (what, protocol, transport) -> external port
         self._failed: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     def _what(self, mapping: int, protocol: str) -> tuple[str, int]:
-        what, _, port = self.requested.get(mapping, ("dht" if protocol == "udp" else "dht-tcp", protocol, 0))
+        what, _, port = self.requested.get(mapping, (self.own[protocol], protocol, 0))
         return what, port
 
     def obtained(self, transport: str, mapping: int, protocol: str, external_port: int) -> None:
@@ -200,7 +201,7 @@ class PortMapping:
             keys = [
                 k
                 for k in self.active
-                if k[2] == transport and (k[:2] == known[:2] if known else k[0] in ("dht", "dht-tcp"))
+                if k[2] == transport and (k[:2] == known[:2] if known else k[0] in self.own.values())
             ]
             lost = [(k, self.active.pop(k)) for k in keys]
         for (what, protocol, _), ext in lost:
@@ -327,6 +328,18 @@ class Dht:
 
     def _proto(self, alert: Any) -> str:
         return "udp" if alert.map_protocol == self._lt.portmap_protocol.udp else "tcp"
+
+    def share_port(self) -> list[socket.socket]:
+        """Make the DHT's port number P the node's one port: shut down the TCP listener libtorrent opened beside
+        its UDP socket (so ``phase/1`` binds TCP P) and return the record query's UDP sockets on P
+        (:mod:`pyphase.net.portshare`); libtorrent's own mapping of TCP P then serves ``phase/1``.
+        Raises ``OSError`` when the kernel refuses."""
+        from pyphase.net import portshare
+
+        sockets = portshare.record_query_sockets(self.port)
+        portshare.release_tcp(self.port)
+        self.mapping.own["tcp"] = "phase/1"
+        return sockets
 
     def map_port(self, protocol: str, port: int, what: str) -> None:
         """Ask the router (UPnP-IGD and NAT-PMP at once) to forward ``protocol`` ``port`` to this host, same
@@ -589,13 +602,19 @@ def query_records(endpoints: Iterable[tuple[str, int]], timeout: float = 1.0) ->
 
 
 class RecordResponder:
-    """The node's side of the record query: a UDP socket on the announced port answering padded queries
-    with the current signed record. Short or unknown datagrams are dropped; answers are rate-bounded."""
+    """The node's side of the record query: UDP on the announced port answering padded queries with the
+    current signed record. Short or unknown datagrams are dropped; answers are rate-bounded. ``sockets``:
+    ones already bound (beside the DHT's on the same port, :func:`pyphase.net.portshare.record_query_sockets`),
+    else one of its own on ``host``:``port``."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host if host not in ("*", "") else "0.0.0.0", port))
-        self.sock.setblocking(False)
+    def __init__(self, host: str, port: int, sockets: list[socket.socket] | None = None) -> None:
+        if not sockets:
+            own = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            own.bind((host if host not in ("*", "") else "0.0.0.0", port))
+            own.setblocking(False)
+            sockets = [own]
+        self.sockets = sockets
+        self.sock = sockets[0]
         self.answer = b""
         self._window = (0, 0)  # (second, answers sent in it)
         self.answered = 0
@@ -605,10 +624,11 @@ class RecordResponder:
             raise ValueError("record answer too big")
         self.answer = answer
 
-    def on_readable(self) -> None:
+    def on_readable(self, sock: socket.socket | None = None) -> None:
+        sock = sock or self.sock
         for _ in range(64):
             try:
-                data, source = self.sock.recvfrom(QUERY_BYTES + 64)
+                data, source = sock.recvfrom(QUERY_BYTES + 64)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -621,13 +641,14 @@ class RecordResponder:
             if count > ANSWERS_PER_SECOND:
                 continue
             try:
-                self.sock.sendto(self.answer, source)
+                sock.sendto(self.answer, source)
                 self.answered += 1
             except OSError:
                 pass
 
     def close(self) -> None:
-        self.sock.close()
+        for sock in self.sockets:
+            sock.close()
 
 
 # ---- what a client does -----------------------------------------------------------------------------------
