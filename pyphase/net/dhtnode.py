@@ -92,6 +92,13 @@ async def open_shared_dht(config: NodeConfig, log: Callable[..., None]) -> Share
         return None
 
 
+def rendezvous_classes(arch: str, engines: list[str]) -> dict[str, bytes]:
+    """The info-hashes a node announces under, by name: all nodes, its arch, each engine it runs (so a client
+    that needs ``--engine wasmtime`` on ``aarch64`` asks for those nodes only)."""
+    names = ["", f"arch/{arch}", *(f"engine/{e}" for e in engines)]
+    return {f"phase/1/{n}" if n else "phase/1": rendezvous_hash(n) for n in names}
+
+
 class DhtPresence:
     """Start with :meth:`start` (after the node listens), stop with :meth:`close`."""
 
@@ -297,10 +304,7 @@ class DhtPresence:
                 ms=int((time.monotonic() - started) * 1000),
                 routing_nodes=dht.routing_nodes(),
             )
-            hashes = {
-                "phase/1": rendezvous_hash(),
-                f"phase/1/arch/{machine_arch()}": rendezvous_hash(f"arch/{machine_arch()}"),
-            }
+            hashes = rendezvous_classes(machine_arch(), self.caps.get("engines") or [RUNTIME_NAME])
             if self.relay_port:
                 hashes["phase/1/relay"] = rendezvous_hash("relay")
             if not (self.via_relay or self.relays):  # a node behind a relay cannot answer the record query

@@ -92,6 +92,20 @@ def test_cli_peers_dht_and_rendezvous(dht_network) -> None:
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert sorted(p["peer_id"] for p in doc["peers"]) == sorted(n.address.split("@")[0] for n in nodes)
+    # one rendezvous per engine: every node runs wasm3; nobody runs an engine that does not exist
+    announced = nodes[0].events("dht_announced")[0]["hashes"]
+    assert announced["phase/1/engine/wasm3"] == dht.rendezvous_hash("engine/wasm3").hex()
+    for engine, expected in (("wasm3", len(nodes)), ("nosuch", 0)):
+        out = subprocess.run(
+            [sys.executable, "-m", "pyphase", "dht", "rendezvous", "--engine", engine, "--json", "--timeout", "5"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**_env(), "PHASE_DHT_BOOTSTRAP": bootstrap},
+        )
+        doc = json.loads(out.stdout)
+        assert doc["info_hash"] == dht.rendezvous_hash(f"engine/{engine}").hex()
+        assert len({p["peer_id"] for p in doc["peers"]}) == expected, (engine, doc)
     unknown = "a" * 52
     out = subprocess.run(
         [sys.executable, "-m", "pyphase", "dht", "record", unknown, "--dht-bootstrap", bootstrap, "--timeout", "3"],
