@@ -222,7 +222,8 @@ class PortMapping:
 
 
 class Dht:
-    """One libtorrent DHT session. ``listen``: ``IP:PORT`` (an address, never a device name; port 0: any);
+    """One libtorrent DHT session. ``listen``: ``IP:PORT`` (an address, never a device name; port 0: any), or
+    several, comma-separated (``0.0.0.0:P,[::]:P``: both families, BEP 32);
     ``bootstrap``: [(host, port)] or None for libtorrent's default routers; ``read_only`` (BEP 43) for
     clients, which take no part in storing; ``on_event(name, **fields)`` receives DHT events;
     ``port_mapping``: UPnP-IGD and NAT-PMP on (the DHT port is mapped, :meth:`map_port` maps others)."""
@@ -238,14 +239,18 @@ class Dht:
         port_mapping: bool = False,
     ) -> None:
         lt = _lt()
-        host, _, port = listen.rpartition(":")
-        self.listen_host = host.strip("[]") or "0.0.0.0"
+        entries = [e.strip() for e in listen.split(",") if e.strip()]
+        hosts = [e.rpartition(":")[0].strip("[]") or "0.0.0.0" for e in entries]
+        self.listen_host = hosts[0]
         known = list(known_nodes)
-        check_allowed(self.listen_host, None if bootstrap is None else bootstrap + known)
+        for host in hosts:
+            check_allowed(host, None if bootstrap is None else bootstrap + known)
         self.on_event = on_event or (lambda *a, **k: None)
+        self._interfaces = ",".join(entries)
+        self.listened: list[tuple[str, int]] = []  # (address, port) of each UDP socket libtorrent opened
         settings: dict[str, Any] = {
             **DHT_ONLY_SETTINGS,
-            "listen_interfaces": f"{host}:{port}",
+            "listen_interfaces": self._interfaces,
             "enable_upnp": port_mapping,
             "enable_natpmp": port_mapping,
             "dht_read_only": read_only,
@@ -258,7 +263,7 @@ class Dht:
             ),
         }
         if bootstrap is not None:
-            settings["dht_bootstrap_nodes"] = ",".join(f"{h}:{p}" for h, p in bootstrap)
+            settings["dht_bootstrap_nodes"] = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in bootstrap)
         params = lt.session_params(settings)
         params.disk_io_constructor = "posix_disk_io_constructor"
         self._lt = lt
@@ -297,6 +302,8 @@ class Dht:
                 return
             for a in alerts:
                 if isinstance(a, lt.listen_succeeded_alert):
+                    if a.socket_type == lt.socket_type_t.utp:
+                        self.listened.append((str(a.address), int(a.port)))
                     self._listening.set()
                 elif isinstance(a, lt.listen_failed_alert):
                     self._listen_error = a.message()
@@ -396,13 +403,17 @@ class Dht:
         return len(self.known_nodes())
 
     def known_nodes(self) -> list[tuple[str, int]]:
-        """IPv4 nodes of the routing table now (what libtorrent would save), to remember across restarts."""
+        """IPv4 and IPv6 nodes of the routing table now (what libtorrent would save), to remember across restarts."""
         lt = self._lt
         state = lt.bdecode(lt.write_session_params_buf(self._session.session_state()))
         out = []
-        for compact in (state.get(b"dht state") or {}).get(b"nodes") or []:
+        dht_state = state.get(b"dht state") or {}
+        for compact in dht_state.get(b"nodes") or []:
             if isinstance(compact, bytes) and len(compact) == 6:
                 out.append((socket.inet_ntoa(compact[:4]), int.from_bytes(compact[4:], "big")))
+        for compact in dht_state.get(b"nodes6") or []:
+            if isinstance(compact, bytes) and len(compact) == 18:
+                out.append((socket.inet_ntop(socket.AF_INET6, compact[:16]), int.from_bytes(compact[16:], "big")))
         return out[:200]
 
     def add_node(self, host: str, port: int) -> None:
@@ -733,5 +744,5 @@ def save_known_nodes(path: Path, nodes: list[tuple[str, int]]) -> None:
     if not nodes:
         return
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps([f"{h}:{p}" for h, p in nodes]) + "\n")
+    tmp.write_text(json.dumps([f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in nodes]) + "\n")
     os.replace(tmp, path)

@@ -72,7 +72,12 @@ async def open_shared_dht(config: NodeConfig, log: Callable[..., None]) -> Share
     if config.dht_listen:
         return None
     host, port = split_hostport(config.listen)
-    where = f"{'0.0.0.0' if host in ('*', '') else host}:{port}"
+    wildcard = host in ("0.0.0.0", "*", "")
+    if wildcard and port == 0:
+        port = _free_port()  # one number on every address (libtorrent would give each address a port of its own)
+    where = f"{'0.0.0.0' if wildcard else host}:{port}"
+    if wildcard and _has_ipv6():
+        where += f",[::]:{port}"  # BEP 32: the DHT on IPv6 too (a stage 2 booted with IPv6-only DHT nodes needs it)
     bootstrap, known = _dht_args(config)
     loop = asyncio.get_running_loop()
 
@@ -97,6 +102,35 @@ def rendezvous_classes(arch: str, engines: list[str]) -> dict[str, bytes]:
     that needs ``--engine wasmtime`` on ``aarch64`` asks for those nodes only)."""
     names = ["", f"arch/{arch}", *(f"engine/{e}" for e in engines)]
     return {f"phase/1/{n}" if n else "phase/1": rendezvous_hash(n) for n in names}
+
+
+def _free_port() -> int:
+    """A port number free for TCP and UDP on every IPv4 address now."""
+    for _ in range(20):
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("0.0.0.0", 0))
+            port = int(tcp.getsockname()[1])
+            try:
+                udp.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no port number free for both TCP and UDP")
+
+
+def _has_ipv6() -> bool:
+    """Whether this host has an IPv6 address a DHT can use (not loopback, not link-local)."""
+    import ipaddress
+
+    import ifaddr
+
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, tuple):
+                address = ipaddress.IPv6Address(ip.ip[0].split("%")[0])
+                if not (address.is_loopback or address.is_link_local):
+                    return True
+    return False
 
 
 class DhtPresence:
@@ -233,7 +267,8 @@ class DhtPresence:
             address=f"{self.dht.listen_host}:{self.dht.port}",
             record_query_port=self.port,
             shared_port=shared is not None,
-            bootstrap=[f"{h}:{p}" for h, p in bootstrap] if bootstrap else "default",
+            sockets=sorted({f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.dht.listened}),
+            bootstrap=[f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in bootstrap] if bootstrap else "default",
             remembered=len(known),
         )
         self._task = loop.create_task(self._refresh_loop())
