@@ -226,7 +226,8 @@ class Dht:
     several, comma-separated (``0.0.0.0:P,[::]:P``: both families, BEP 32);
     ``bootstrap``: [(host, port)] or None for libtorrent's default routers; ``read_only`` (BEP 43) for
     clients, which take no part in storing; ``on_event(name, **fields)`` receives DHT events;
-    ``port_mapping``: UPnP-IGD and NAT-PMP on (the DHT port is mapped, :meth:`map_port` maps others)."""
+    ``port_mapping``: UPnP-IGD and NAT-PMP on (the DHT port is mapped, :meth:`map_port` maps others);
+    ``shares_port``: the port is to be ``phase/1``'s too (:meth:`share_port`), so libtorrent's TCP mapping serves it."""
 
     def __init__(
         self,
@@ -237,6 +238,7 @@ class Dht:
         known_nodes: Iterable[tuple[str, int]] = (),
         on_event: Callable[..., None] | None = None,
         port_mapping: bool = False,
+        shares_port: bool = False,
     ) -> None:
         lt = _lt()
         entries = [e.strip() for e in listen.split(",") if e.strip()]
@@ -275,6 +277,8 @@ class Dht:
         self._listen_error: str | None = None
         self._listening = threading.Event()
         self.mapping = PortMapping(self.on_event)
+        if shares_port:  # named before the router can answer (NAT-PMP may within tens of ms)
+            self.mapping.own["tcp"] = "phase/1"
         self.port_mapping = port_mapping  # UPnP-IGD and NAT-PMP on: map_port() asks the router
         self._pump = threading.Thread(target=self._pump_alerts, name="dht-alerts", daemon=True)
         self._pump.start()

@@ -87,7 +87,13 @@ async def open_shared_dht(config: NodeConfig, log: Callable[..., None]) -> Share
     dht: Dht | None = None
     try:
         dht = await asyncio.to_thread(
-            Dht, where, bootstrap, known_nodes=known, on_event=threadsafe, port_mapping=maps_ports(where, config.upnp)
+            Dht,
+            where,
+            bootstrap,
+            known_nodes=known,
+            on_event=threadsafe,
+            port_mapping=maps_ports(where.split(",")[0], config.upnp),
+            shares_port=True,
         )
         return dht, dht.share_port()
     except (OSError, RuntimeError) as exc:  # DhtUnavailable; PermissionError: the test suite's DHT guard
