@@ -73,6 +73,23 @@ def test_dht_phase1_and_record_query_share_one_port() -> None:
             assert node.get_record(other.public_key).peer_id == other.peer_id
             # ... and none of its KRPC datagrams reached the record query's socket
             assert _nothing_queued(sockets)
+            # junk at P: too short for the steering program to read (libtorrent's, which drops it), "phas" but no
+            # query (ours, which drops it); the DHT goes on
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk:
+                for datagram in (b"", b"p", b"ph", b"pha", b"phas", b"phase/1 record?\n", b"d1:xe" * 300):
+                    junk.sendto(datagram, (host, port))
+            time.sleep(0.2)
+            probe = dht.RecordResponder(host, port, sockets)
+            junk_value = _value(host, port)
+            probe.set_record(
+                dht.record_answer(ident.public_key, junk_value, 1, records.sign_value(ident, junk_value, 1))
+            )
+            for sock in sockets:
+                probe.on_readable(sock)  # none of it is a padded query: nothing answered
+            assert probe.answered == 0 and _nothing_queued(sockets)
+            third = Identity.generate()
+            others[1].put_record(third, _value("127.0.0.1", 2))
+            assert node.get_record(third.public_key).peer_id == third.peer_id
             # the record query, on UDP P, is answered by ours; libtorrent never sees it
             responder = dht.RecordResponder(host, port, sockets)
             value = _value(host, port)
