@@ -718,10 +718,12 @@ def client_dht(bootstrap: str | Iterable[str] | None = None, listen: str | None 
 
 
 def _listen_for(nodes: list[tuple[str, int]] | None) -> str:
-    """Loopback bootstrap nodes (a private test DHT) are reached from a loopback address, anything else from any."""
+    """Loopback bootstrap nodes (a private test DHT) are reached from a loopback address, anything else from any;
+    IPv6-only bootstrap nodes from IPv6 (BEP 32), all others from IPv4."""
+    v6 = bool(nodes) and all(":" in h for h, _ in nodes or ())
     if nodes and all(_is_loopback(h) for h, _ in nodes):
-        return "127.0.0.1:0"
-    return "0.0.0.0:0"
+        return "[::1]:0" if v6 else "127.0.0.1:0"
+    return "[::]:0" if v6 else "0.0.0.0:0"
 
 
 def _is_loopback(host: str) -> bool:

@@ -128,8 +128,10 @@ def _has_ipv6() -> bool:
     """Whether this host has an IPv6 address a DHT can use (not loopback, not link-local)."""
     import ipaddress
 
-    import ifaddr
-
+    try:
+        import ifaddr
+    except ImportError:
+        return False
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
             if isinstance(ip.ip, tuple):

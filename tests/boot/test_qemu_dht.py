@@ -108,6 +108,60 @@ def test_internet_mode_finds_its_source_on_the_dht_and_boots_to_a_node(
     assert result.receipt is not None and result.receipt["node"]["peer_id"] == m.group(1)
 
 
+def test_internet_mode_over_ipv6_boots_to_a_node_on_the_dht(
+    boot_kit: dict, stage2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """Over QEMU's IPv6 user network with IPv6-only DHT nodes (libtorrent on the host's [::1], the guest's
+    [fec0::2]): stage 1 finds ``phase boot serve`` on [::1], boots stage 2, whose plasmd (on 0.0.0.0) runs its
+    DHT on IPv6 too and stores its record there; a host client that knows two other IPv6 nodes resolves the
+    booted node's peer id and runs a job on it."""
+    monkeypatch.setenv("PHASE_DHT_ALLOW", os.environ["PHASE_DHT_ALLOW"] + ",::1/128")  # IPv6 loopback: still local
+    fwd = free_port()
+    cmdline = f"console=ttyS0 panic=-1 quiet phase.port={fwd} phase.advertise=127.0.0.1"
+    publish(tmp_path / "store", boot_kit["key"], boot_kit["kernel"], stage2, cmdline=cmdline)
+    (tmp_path / "store" / "boot" / "release.pub").write_text(keys.public_key_text(boot_kit["key"].public_key))
+    port = free_port()
+    with loopback_sessions(8, host="::1") as sessions:
+        ports = [s.listen_port() for s in sessions]
+        out = tmp_path / "serve.out"
+        with out.open("wb") as sink:
+            serve = subprocess.Popen(
+                [sys.executable, "-m", "pyphase.boot", "serve", str(tmp_path / "store"), "--listen", f"[::1]:{port}",
+                 "--dht-bootstrap", ",".join(f"[::1]:{p}" for p in ports[:2]), "--quiet"],
+                stdout=sink, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            _wait_event(out, serve, lambda e: e.get("event") == "boot_dht_announced")
+            guest_dht = ",".join(f"[fec0::2]:{p}" for p in ports[2:4])
+            marks = (
+                "PHASE-BOOT: DHT: 1 source after",
+                f"PHASE-BOOT: sources: http://[fec0::2]:{port}\n",
+                "PHASE-NODE: plasmd running",
+                "PHASE-NODE: on the DHT",
+            )
+            args = qemu_args(boot_kit, f"phase.mode=internet phase.dht={guest_dht}", memory="1024")
+            args[-1] += f",hostfwd=tcp:127.0.0.1:{fwd}-:{fwd}"
+            q = Qemu(args, marks)
+            try:
+                q.wait_for("PHASE-NODE: plasmd running", 420)
+                m = q.wait_for_match(ADDRESS_RE, 30)
+                assert m, q.text[-3000:]
+                q.wait_for("PHASE-NODE: on the DHT", 150)
+                wat = request.getfixturevalue("wat")
+                client_dht = ",".join(f"[::1]:{p}" for p in ports[4:6])  # neither the guest's nor the source's
+                record, result = _submit_by_peer_id(m.group(1), client_dht, wat(ECHO_WAT), b"booted over IPv6")
+            finally:
+                r = q.close()
+        finally:
+            serve.terminate()
+            serve.wait(30)
+    for mark in marks:
+        assert mark in r, r.tail()
+    assert re.search(r"PHASE-NODE: on the DHT \(through [^)]*\): record stored on [1-9]\d* nodes", r.console), r.tail()
+    assert record.peer_id == m.group(1) and record.address == f"{m.group(1)}@127.0.0.1:{fwd}", record
+    assert (result.status, result.stdout) == ("ok", b"booted over IPv6"), result
+
+
 def _submit_by_peer_id(peer_id: str, bootstrap: str, module: bytes, stdin: bytes) -> tuple:
     """The booted node's record from the DHT (retried: a young private DHT can miss at first), then a job on
     the node it names, by peer id alone as ``phase submit --peer PEERID`` does."""
