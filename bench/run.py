@@ -16,10 +16,12 @@
     python bench/run.py abuse [--seconds N]          honest latency while a node is attacked six ways
     python bench/run.py dht ...                      a private DHT on loopback: findable, resolve, rendezvous
     python bench/run.py sim [--nodes 1000]           the DHT at scale with churn (minutes of both cores)
-    python bench/run.py nat [--jobs N]               direct vs port-mapped jobs in the NAT lab (root)
+    python bench/run.py nat [--jobs N] [--paths ...] direct vs port-mapped vs relayed jobs in the NAT lab (root)
     python bench/run.py relay [--jobs N]             direct vs relayed jobs on loopback
     python bench/run.py clients                      the Python and PHP clients side by side
-The last six are run by name only, like install.
+    python bench/run.py compile [--json]             tiny jobs while a big module compiles in the sandbox; a restart
+                                                     that loads its code from the data dir
+The last seven are run by name only, like install.
 
 Further arguments go to the benchmark named. BENCHMARKS.md keeps the latest figures with their commands.
 """
@@ -53,6 +55,7 @@ BY_NAME_ONLY = {
     "relay": [sys.executable, str(HERE / "relay_bench.py")],
     "clients": [sys.executable, str(HERE / "clients_bench.py")],
     "zstd": [sys.executable, str(HERE / "zstd_bench.py")],
+    "compile": [sys.executable, str(HERE / "compile_bench.py")],
 }
 
 

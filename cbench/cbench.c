@@ -8,6 +8,9 @@
  *       measured in alternating blocks in the same run
  *   cbench --wasm-dir DIR --phase-only --raw [--quick] [--reps N] PROGRAM...
  *       one line per program for a parent cbench (used by --fuel-cost)
+ *   --native-only: the native side alone (bench/core_bench.py interleaves it with the compiling engine's runs);
+ *   --cpu-time: time each run by the thread's CPU clock instead of the wall clock (a loaded machine steals wall
+ *       time, not CPU time, from a single-threaded run)
  *
  * Every program prints a checksum line. Native and wasm outputs (and exit codes) must be identical: a
  * mismatch is reported as an error and the exit status is 2, never turned into a number. Timings never
@@ -64,7 +67,7 @@ static const program PROGRAMS[] = {
 typedef struct options {
     const char *wasm_dir;
     const char *nometer_bin;
-    int quick, reps, json, raw, phase_only;
+    int quick, reps, json, raw, phase_only, native_only;
     uint64_t fuel;
 } options;
 
@@ -126,6 +129,18 @@ static void die(const char *what)
     exit(1);
 }
 
+static int cpu_time;   /* --cpu-time */
+
+/* What a run is timed by: the monotonic clock, or with --cpu-time the calling thread's CPU clock. */
+static uint64_t clock_ns(void)
+{
+    if (!cpu_time)
+        return phase_now_ns();
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t) ts.tv_sec * 1000000000ull + (uint64_t) ts.tv_nsec;
+}
+
 /* ---- native: call the renamed main() in this process, stdin and stdout redirected to memfds ---- */
 
 static void native_run(const program *p, int argc, char **argv, outcome *o, uint64_t *ns)
@@ -147,10 +162,10 @@ static void native_run(const program *p, int argc, char **argv, outcome *o, uint
     clearerr(stdin);
     fseek(stdin, 0, SEEK_SET);     /* drops whatever stdin buffered from the last run */
 
-    uint64_t t0 = phase_now_ns();
+    uint64_t t0 = clock_ns();
     o->exit_code = p->native(argc, argv);
     fflush(stdout);
-    uint64_t t1 = phase_now_ns();
+    uint64_t t1 = clock_ns();
 
     dup2(saved_out, 1);
     dup2(saved_in, 0);
@@ -185,9 +200,9 @@ static void phase_run(const phase_module *m, const options *opt, const program *
     spec.limits.timeout_ms = 0;   /* benchmarks measure long runs; no wall-clock limit */
     spec.limits.fuel = opt->fuel;
     phase_result r;
-    uint64_t t0 = phase_now_ns();
+    uint64_t t0 = clock_ns();
     phase_job_run(&spec, &r);
-    *ns = phase_now_ns() - t0;
+    *ns = clock_ns() - t0;
     o->ok = r.status == PHASE_OK;
     o->exit_code = r.exit_code;
     if (!o->ok)
@@ -310,7 +325,16 @@ static void measure(const options *opt, const program *p, row *rw)
     /* warm-up runs, which also give the reference outputs */
     if (!opt->phase_only)
         native_run(p, argc, argv, &native_ref, &ns);
-    phase_run(m, opt, p, argc, argv, &phase_ref, &ns, &fuel);
+    if (opt->native_only) {
+        phase_ref.ok = native_ref.ok;
+        phase_ref.exit_code = native_ref.exit_code;
+        phase_ref.out = malloc(native_ref.out_len + 1);
+        if (!phase_ref.out)
+            die("malloc");
+        memcpy(phase_ref.out, native_ref.out, native_ref.out_len);
+        phase_ref.out_len = native_ref.out_len;
+    } else
+        phase_run(m, opt, p, argc, argv, &phase_ref, &ns, &fuel);
     if (!phase_ref.ok) {
         fprintf(stderr, "cbench: ERROR %s: the job failed: %s\n", p->name, phase_ref.message);
         mismatches++;
@@ -330,6 +354,8 @@ static void measure(const options *opt, const program *p, row *rw)
             }
             outcome_clear(&o);
         }
+        if (opt->native_only)
+            continue;
         phase_run(m, opt, p, argc, argv, &o, &ph[i], &fuel);
         if (!same_outcome(&phase_ref, &o) || fuel != rw->fuel) {
             mismatch(p, "phase outputs (or fuel) of two runs", &phase_ref, &o);
@@ -339,7 +365,8 @@ static void measure(const options *opt, const program *p, row *rw)
     }
     if (!opt->phase_only)
         rw->native = summarize(nat, reps);
-    rw->phase = summarize(ph, reps);
+    if (!opt->native_only)
+        rw->phase = summarize(ph, reps);
     rw->ref = phase_ref;
     outcome_clear(&native_ref);
     free(nat);
@@ -356,7 +383,7 @@ static void print_table(const options *opt, row *rows, int n)
             printf("%s\n  {\"name\": \"%s\", \"reps\": %d, \"native_min_ms\": %.6f, \"native_median_ms\": %.6f, "
                    "\"phase_min_ms\": %.6f, \"phase_median_ms\": %.6f, \"fuel\": %llu, \"match\": %s, "
                    "\"compute\": %s, \"output\": ",
-                   i ? "," : "", r->p->name, r->phase.n, r->native.min_ms, r->native.median_ms, r->phase.min_ms,
+                   i ? "," : "", r->p->name, r->phase.n ? r->phase.n : r->native.n, r->native.min_ms, r->native.median_ms, r->phase.min_ms,
                    r->phase.median_ms, (unsigned long long) r->fuel, r->match ? "true" : "false",
                    r->p->compute ? "true" : "false");
             json_string(stdout, r->ref.out, r->ref.out_len);
@@ -374,7 +401,7 @@ static void print_table(const options *opt, row *rows, int n)
         fmt_ms(b, sizeof b, r->native.median_ms);
         fmt_ms(c, sizeof c, r->phase.min_ms);
         fmt_ms(d, sizeof d, r->phase.median_ms);
-        printf("%-15s %6d %9s ms %9s ms %9s ms %9s ms %7.1fx %14llu  %s ", r->p->name, r->phase.n, a, b, c, d,
+        printf("%-15s %6d %9s ms %9s ms %9s ms %9s ms %7.1fx %14llu  %s ", r->p->name, r->phase.n ? r->phase.n : r->native.n, a, b, c, d,
                r->native.median_ms > 0 ? r->phase.median_ms / r->native.median_ms : 0.0,
                (unsigned long long) r->fuel, r->match ? "match:" : "MISMATCH:");
         show_line(stdout, r->ref.out, r->ref.out_len);
@@ -501,7 +528,8 @@ static int fuel_cost(const options *opt, const program **progs, int n)
 static void usage(void)
 {
     fprintf(stderr, "usage: cbench --wasm-dir DIR [--quick] [--reps N] [--fuel N] [--json] "
-                    "[--fuel-cost NOMETER_BIN | --phase-only [--raw]] [PROGRAM...]\nprograms:");
+                    "[--cpu-time] [--fuel-cost NOMETER_BIN | --phase-only [--raw] | --native-only] [PROGRAM...]\n"
+                    "programs:");
     for (size_t i = 0; i < NPROGRAMS; i++)
         fprintf(stderr, " %s", PROGRAMS[i].name);
     fprintf(stderr, "\n");
@@ -532,6 +560,10 @@ int main(int argc, char **argv)
             opt.raw = 1;
         else if (!strcmp(a, "--phase-only"))
             opt.phase_only = 1;
+        else if (!strcmp(a, "--native-only"))
+            opt.native_only = 1;
+        else if (!strcmp(a, "--cpu-time"))
+            cpu_time = 1;
         else if (a[0] == '-')
             usage();
         else {

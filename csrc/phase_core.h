@@ -140,6 +140,10 @@ void phase_wasmtime_set_ticker(int enabled);
 void phase_wasmtime_tick(void);
 /* Make signal signum advance every engine's epoch (SA_RESTART): a sandbox worker's timer. 0 or -1/errno. */
 int phase_wasmtime_tick_on(int signum);
+/* Pool each engine's instances in `slots` reusable slots (0: allocate per job, the default). Called before the
+ * first job, in process only: a pool reserves its address space up front (a sandbox worker's RLIMIT_AS has no room);
+ * a process with an address-space limit never pools. */
+void phase_wasmtime_set_pooling(unsigned slots);
 /* Whether a job may compile its module (default on). A sandbox worker turns it off: it runs only code its fork
  * server compiled, and a job whose code is missing fails instead of compiling there. */
 void phase_wasmtime_set_compiling(int allowed);

@@ -10,8 +10,15 @@
  *
  * Up to eight engines exist, one per (fuel metering, NaN canonicalisation, epoch interruption) choice, made on
  * first use (epoch checks only for jobs with a wall-clock limit: they cost up to 1.7x on call-heavy code); each module
- * keeps its compiled code per engine (phase_module.jit), compiled once and shared by every later job.
+ * keeps its compiled code per engine (phase_module.jit), compiled once and shared by every later job, with an
+ * InstancePre (imports resolved once) from which each job instantiates.
  * Parallel compilation is off: a fork server compiles before it forks, and threads do not survive fork().
+ *
+ * In process (phase_wasmtime_set_pooling), engines use wasmtime's pooling allocator: linear memories live in slots
+ * reserved once and reused, so a job pays no mmap/mprotect/munmap of its 4 GiB reservation. The pool is a fixed
+ * number of slots: a job that finds them all busy, or a module the pool's per-instance bounds refuse, runs on a
+ * twin engine with on-demand allocation ("spill"), given the same code. A process with an address-space limit
+ * (a sandbox worker's RLIMIT_AS) never pools.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -21,6 +28,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "phase_internal.h"
@@ -41,6 +50,11 @@ static char load_error[256] = "the compiling engine is not loaded (pip install '
 #define PW_ENGINES PHASE_WASMTIME_CONFIGS
 static wasm_engine_t *engines[PW_ENGINES];  /* index: metered | canonical_nans << 1 | epoch << 2 */
 static wasmtime_linker_t *linkers[PW_ENGINES];
+static wasm_engine_t *spill_engines[PW_ENGINES];  /* on-demand twins of pooled engines, made when first needed */
+static wasmtime_linker_t *spill_linkers[PW_ENGINES];
+static int pooled[PW_ENGINES];                     /* engines[i] allocates from a pool of pool_slots slots */
+static unsigned pool_busy[PW_ENGINES];             /* slots in use (atomic) */
+static unsigned pool_slots;                        /* 0: no pooling (the default; a fork server never pools) */
 static int ticker_started;
 static int ticker_enabled = 1;
 static int compiling_allowed = 1;
@@ -51,6 +65,9 @@ static pthread_cond_t ticker_wake = PTHREAD_COND_INITIALIZER;
 struct phase_jit_cache {
     pthread_mutex_t lock;
     wasmtime_module_t *compiled[PW_ENGINES];
+    wasmtime_instance_pre_t *pre[PW_ENGINES];        /* made on the first job */
+    wasmtime_module_t *spill[PW_ENGINES];            /* the same code on the spill engine */
+    wasmtime_instance_pre_t *spill_pre[PW_ENGINES];
     uint64_t compile_us[PW_ENGINES];
 };
 
@@ -126,6 +143,13 @@ void phase_wasmtime_set_ticker(int enabled)
     pthread_mutex_unlock(&state_lock);
 }
 
+void phase_wasmtime_set_pooling(unsigned slots)
+{
+    pthread_mutex_lock(&state_lock);
+    pool_slots = slots;
+    pthread_mutex_unlock(&state_lock);
+}
+
 void phase_wasmtime_set_compiling(int allowed)
 {
     pthread_mutex_lock(&state_lock);
@@ -138,6 +162,8 @@ void phase_wasmtime_tick(void)
     for (int i = 0; i < PW_ENGINES; i++) {
         wasm_engine_t *e = __atomic_load_n(&engines[i], __ATOMIC_ACQUIRE);
         if (e)
+            api.wasmtime_engine_increment_epoch(e);
+        if ((e = __atomic_load_n(&spill_engines[i], __ATOMIC_ACQUIRE)) != NULL)
             api.wasmtime_engine_increment_epoch(e);
     }
 }
@@ -268,7 +294,93 @@ static void *ticker_main(void *arg)
     return NULL;
 }
 
-/* The engine for index (metered | nans << 1), made with its linker on first use. NULL with a message. */
+/* Address space a pool of `slots` reserves: each linear memory slot with its guards, each table slot. */
+static uint64_t pool_bytes(unsigned slots)
+{
+    return (uint64_t) slots * (PHASE_WASMTIME_RESERVATION + 2 * PHASE_WASMTIME_GUARD
+                               + PHASE_WASMTIME_POOL_TABLE_ELEMENTS * sizeof(void *) + (1u << 20));
+}
+
+/* Whether this process can reserve a pool: no address-space limit, and the reservation itself succeeds (wasmtime
+ * aborts the process when it cannot make an engine, so we ask the kernel first). */
+static int pool_fits(unsigned slots)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur != RLIM_INFINITY)
+        return 0;
+    size_t bytes = (size_t) pool_bytes(slots);
+    void *p = mmap(NULL, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return 0;
+    munmap(p, bytes);
+    return 1;
+}
+
+/* A new engine for configuration index, with its WASI linker; pooling with `slots` slots, or on demand (0). */
+static int make_engine(int index, unsigned slots, wasm_engine_t **engine_out, wasmtime_linker_t **linker_out,
+                       char *err, size_t errlen)
+{
+    wasm_config_t *config = api.wasm_config_new();
+    api.wasmtime_config_consume_fuel_set(config, index & 1);
+    /* Epoch checks at every function entry and loop head cost up to 1.7x on call-heavy code: only engines for
+     * jobs with a wall-clock limit have them (nothing else interrupts a job that runs in process). */
+    api.wasmtime_config_epoch_interruption_set(config, (index >> 2) & 1);
+    api.wasmtime_config_max_wasm_stack_set(config, PHASE_WASMTIME_STACK);
+    api.wasmtime_config_parallel_compilation_set(config, 0);
+    api.wasmtime_config_cranelift_nan_canonicalization_set(config, (index >> 1) & 1);
+    api.wasmtime_config_memory_reservation_set(config, PHASE_WASMTIME_RESERVATION);
+    api.wasmtime_config_memory_guard_size_set(config, PHASE_WASMTIME_GUARD);
+    /* Data segments are copied at instantiation, as on wasm3: copy-on-write images would need a memfd made
+     * on a module's first instantiation, which a sandbox worker may not create (nor keep: it closes fds). */
+    api.wasmtime_config_memory_init_cow_set(config, 0);
+    if (slots) {
+        /* Bounds of one instance: our validator admits one memory (wasm32: at most the reservation) and one
+         * table of at most 2^20 elements; anything beyond (or a busy pool) spills to the on-demand twin. */
+        wasmtime_pooling_allocation_config_t *pool = api.wasmtime_pooling_allocation_config_new();
+        api.wasmtime_pooling_allocation_config_total_core_instances_set(pool, slots);
+        api.wasmtime_pooling_allocation_config_total_memories_set(pool, slots);
+        api.wasmtime_pooling_allocation_config_total_tables_set(pool, slots);
+        api.wasmtime_pooling_allocation_config_total_stacks_set(pool, 1);
+        api.wasmtime_pooling_allocation_config_total_gc_heaps_set(pool, 1);
+        api.wasmtime_pooling_allocation_config_max_memories_per_module_set(pool, 1);
+        api.wasmtime_pooling_allocation_config_max_tables_per_module_set(pool, 1);
+        api.wasmtime_pooling_allocation_config_max_memory_size_set(pool, (size_t) PHASE_WASMTIME_RESERVATION);
+        api.wasmtime_pooling_allocation_config_table_elements_set(pool, PHASE_WASMTIME_POOL_TABLE_ELEMENTS);
+        api.wasmtime_pooling_allocation_config_max_core_instance_size_set(pool, PHASE_WASMTIME_POOL_INSTANCE_BYTES);
+        /* a small table is zeroed in place rather than given back to the kernel (one madvise less per job) */
+        api.wasmtime_pooling_allocation_config_table_keep_resident_set(pool, 16u << 10);
+        api.wasmtime_pooling_allocation_strategy_set(config, pool);
+        api.wasmtime_pooling_allocation_config_delete(pool);
+    }
+    wasm_engine_t *engine = api.wasm_engine_new_with_config(config);
+    wasmtime_linker_t *linker = engine ? api.wasmtime_linker_new(engine) : NULL;
+    if (!engine || !linker) {
+        if (engine)
+            api.wasm_engine_delete(engine);
+        errf(err, errlen, "wasmtime could not make an engine");
+        return -1;
+    }
+    const phase_wasi_binding *b;
+    for (uint32_t i = 0; (b = phase_wasi_binding_at(i)) != NULL; i++) {
+        wasm_functype_t *ty = functype_of(b->signature);
+        wasmtime_error_t *e = api.wasmtime_linker_define_func_unchecked(
+            linker, PHASE_WASI_MODULE, sizeof PHASE_WASI_MODULE - 1, b->name, strlen(b->name), ty, wasi_callback,
+            (void *) b, NULL);
+        api.wasm_functype_delete(ty);
+        if (e) {
+            error_text(e, err, errlen);
+            api.wasmtime_linker_delete(linker);
+            api.wasm_engine_delete(engine);
+            return -1;
+        }
+    }
+    *engine_out = engine;
+    *linker_out = linker;
+    return 0;
+}
+
+/* The engine for index (metered | nans << 1 | epoch << 2), made with its linker on first use (pooled when this
+ * process pools and the pool fits). NULL with a message. */
 static wasm_engine_t *engine_for(int index, char *err, size_t errlen)
 {
     pthread_mutex_lock(&state_lock);
@@ -278,47 +390,33 @@ static wasm_engine_t *engine_for(int index, char *err, size_t errlen)
         return NULL;
     }
     if (!engines[index]) {
-        wasm_config_t *config = api.wasm_config_new();
-        api.wasmtime_config_consume_fuel_set(config, index & 1);
-        /* Epoch checks at every function entry and loop head cost up to 1.7x on call-heavy code: only engines for
-         * jobs with a wall-clock limit have them (nothing else interrupts a job that runs in process). */
-        api.wasmtime_config_epoch_interruption_set(config, (index >> 2) & 1);
-        api.wasmtime_config_max_wasm_stack_set(config, PHASE_WASMTIME_STACK);
-        api.wasmtime_config_parallel_compilation_set(config, 0);
-        api.wasmtime_config_cranelift_nan_canonicalization_set(config, (index >> 1) & 1);
-        api.wasmtime_config_memory_reservation_set(config, PHASE_WASMTIME_RESERVATION);
-        api.wasmtime_config_memory_guard_size_set(config, PHASE_WASMTIME_GUARD);
-        /* Data segments are copied at instantiation, as on wasm3: copy-on-write images would need a memfd made
-         * on a module's first instantiation, which a sandbox worker may not create (nor keep: it closes fds). */
-        api.wasmtime_config_memory_init_cow_set(config, 0);
-        wasm_engine_t *engine = api.wasm_engine_new_with_config(config);
-        wasmtime_linker_t *linker = engine ? api.wasmtime_linker_new(engine) : NULL;
-        if (!engine || !linker) {
-            if (engine)
-                api.wasm_engine_delete(engine);
-            errf(err, errlen, "wasmtime could not make an engine");
+        unsigned slots = pool_slots && pool_fits(pool_slots) ? pool_slots : 0;
+        wasm_engine_t *engine;
+        if (make_engine(index, slots, &engine, &linkers[index], err, errlen) != 0) {
             pthread_mutex_unlock(&state_lock);
             return NULL;
         }
-        const phase_wasi_binding *b;
-        for (uint32_t i = 0; (b = phase_wasi_binding_at(i)) != NULL; i++) {
-            wasm_functype_t *ty = functype_of(b->signature);
-            wasmtime_error_t *e = api.wasmtime_linker_define_func_unchecked(
-                linker, PHASE_WASI_MODULE, sizeof PHASE_WASI_MODULE - 1, b->name, strlen(b->name), ty,
-                wasi_callback, (void *) b, NULL);
-            api.wasm_functype_delete(ty);
-            if (e) {
-                error_text(e, err, errlen);
-                api.wasmtime_linker_delete(linker);
-                api.wasm_engine_delete(engine);
-                pthread_mutex_unlock(&state_lock);
-                return NULL;
-            }
-        }
-        linkers[index] = linker;
+        __atomic_store_n(&pooled[index], slots != 0, __ATOMIC_RELAXED);
         __atomic_store_n(&engines[index], engine, __ATOMIC_RELEASE);
     }
     wasm_engine_t *engine = engines[index];
+    pthread_mutex_unlock(&state_lock);
+    return engine;
+}
+
+/* The on-demand twin of pooled engine index. NULL with a message. */
+static wasm_engine_t *spill_engine_for(int index, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&state_lock);
+    if (!spill_engines[index]) {
+        wasm_engine_t *engine;
+        if (make_engine(index, 0, &engine, &spill_linkers[index], err, errlen) != 0) {
+            pthread_mutex_unlock(&state_lock);
+            return NULL;
+        }
+        __atomic_store_n(&spill_engines[index], engine, __ATOMIC_RELEASE);
+    }
+    wasm_engine_t *engine = spill_engines[index];
     pthread_mutex_unlock(&state_lock);
     return engine;
 }
@@ -460,12 +558,84 @@ void phase_wasmtime_module_free(phase_module *pm)
     struct phase_jit_cache *c = pm->jit;
     if (!c)
         return;
-    for (int i = 0; i < PW_ENGINES; i++)
+    for (int i = 0; i < PW_ENGINES; i++) {
+        if (c->pre[i])
+            api.wasmtime_instance_pre_delete(c->pre[i]);
+        if (c->spill_pre[i])
+            api.wasmtime_instance_pre_delete(c->spill_pre[i]);
         if (c->compiled[i])
             api.wasmtime_module_delete(c->compiled[i]);
+        if (c->spill[i])
+            api.wasmtime_module_delete(c->spill[i]);
+    }
     pthread_mutex_destroy(&c->lock);
     free(c);
     pm->jit = NULL;
+}
+
+/* The module's code on the spill engine: wasmtime's own bytes of the pooled engine's code (the two engines differ
+ * only in how they allocate), or a compile if it refuses them. c->lock held. NULL with a message. */
+static wasmtime_module_t *spill_code(phase_module *pm, struct phase_jit_cache *c, int index, wasm_engine_t *engine,
+                                     char *err, size_t errlen)
+{
+    if (c->spill[index])
+        return c->spill[index];
+    wasmtime_module_t *m = NULL;
+    pw_byte_vec v = {0, NULL};
+    wasmtime_error_t *e = api.wasmtime_module_serialize(c->compiled[index], &v);
+    if (!e) {
+        e = api.wasmtime_module_deserialize(engine, v.data, v.size, &m);
+        api.wasm_byte_vec_delete(&v);
+    }
+    if (e) {
+        api.wasmtime_error_delete(e);
+        m = NULL;
+        if ((e = api.wasmtime_module_new(engine, pm->bytes, pm->len, &m)) != NULL) {
+            char why[200];
+            error_text(e, why, sizeof why);
+            errf(err, errlen, "wasmtime cannot compile the module: %s", why);
+            return NULL;
+        }
+    }
+    return c->spill[index] = m;
+}
+
+/* The InstancePre a job of pm on engine index instantiates from (imports resolved once per module and engine),
+ * on the spill engine if `spill`. The code is compiled already. NULL with a message. */
+static wasmtime_instance_pre_t *instance_pre(phase_module *pm, int index, int spill, char *err, size_t errlen)
+{
+    wasm_engine_t *engine = spill ? spill_engine_for(index, err, errlen) : engines[index];
+    struct phase_jit_cache *c = pm->jit;
+    if (!engine || !c)
+        return NULL;
+    pthread_mutex_lock(&c->lock);
+    wasmtime_instance_pre_t **slot = spill ? &c->spill_pre[index] : &c->pre[index];
+    if (!*slot) {
+        wasmtime_module_t *m = spill ? spill_code(pm, c, index, engine, err, errlen) : c->compiled[index];
+        wasmtime_error_t *e = m ? api.wasmtime_linker_instantiate_pre(spill ? spill_linkers[index] : linkers[index], m,
+                                                                       slot)
+                                : NULL;
+        if (e) {
+            char why[200];
+            error_text(e, why, sizeof why);
+            errf(err, errlen, "wasmtime cannot link the module: %s", why);
+            *slot = NULL;
+        }
+    }
+    wasmtime_instance_pre_t *pre = *slot;
+    pthread_mutex_unlock(&c->lock);
+    return pre;
+}
+
+/* A slot of pooled engine index for one job (1), or none free (0: the job spills). */
+static int pool_take(int index)
+{
+    if (!__atomic_load_n(&pooled[index], __ATOMIC_RELAXED))
+        return 0;
+    if (__atomic_add_fetch(&pool_busy[index], 1, __ATOMIC_ACQ_REL) <= pool_slots)
+        return 1;
+    __atomic_sub_fetch(&pool_busy[index], 1, __ATOMIC_ACQ_REL);
+    return 0;
 }
 
 /* ---- a job ----------------------------------------------------------------------------------------------- */
@@ -562,6 +732,29 @@ static void job_end(void)
     pthread_mutex_unlock(&state_lock);
 }
 
+/* A store for one job on engine, with the job's limits: memory (the limiter), fuel, the epoch deadline. */
+static wasmtime_store_t *job_store(phase_job *job, pw_job_state *st, wasm_engine_t *engine, int epoch)
+{
+    const phase_job_spec *spec = job->spec;
+    wasmtime_store_t *store = api.wasmtime_store_new(engine, job, NULL);
+    if (!store)
+        return NULL;
+    wasmtime_context_t *ctx = api.wasmtime_store_context(store);
+    st->context = ctx;
+    api.wasmtime_store_limiter(store, (int64_t) spec->limits.memory_bytes, -1, -1, -1, -1);
+    if (st->metered) {
+        st->fuel_start = spec->limits.fuel;
+        wasmtime_error_t *e = api.wasmtime_context_set_fuel(ctx, spec->limits.fuel);
+        if (e)
+            api.wasmtime_error_delete(e);
+    }
+    if (epoch) {
+        api.wasmtime_store_epoch_deadline_callback(store, on_epoch, job, NULL);
+        api.wasmtime_context_set_epoch_deadline(ctx, 1);
+    }
+    return store;
+}
+
 void phase_wasmtime_run(phase_job *job, phase_job_classify classify)
 {
     const phase_job_spec *spec = job->spec;
@@ -579,41 +772,49 @@ void phase_wasmtime_run(phase_job *job, phase_job_classify classify)
         snprintf(res->message, sizeof res->message, "%s", buf);
         return;
     }
+    int epoch = (index >> 2) & 1;
+    int slot = pool_take(index);
+    int spill = __atomic_load_n(&pooled[index], __ATOMIC_RELAXED) && !slot;
     pw_job_state st;
-    memset(&st, 0, sizeof st);
-    st.metered = index & 1;
     job->engine_state = &st;
     job->unlimited_fuel = spec->limits.fuel == 0;
-    wasmtime_store_t *store = api.wasmtime_store_new(engines[index], job, NULL);
-    if (!store) {
-        res->status = PHASE_CRASHED;
-        snprintf(res->message, sizeof res->message, "wasmtime could not make a store");
-        return;
-    }
-    wasmtime_context_t *ctx = api.wasmtime_store_context(store);
-    st.context = ctx;
-    api.wasmtime_store_limiter(store, (int64_t) spec->limits.memory_bytes, -1, -1, -1, -1);
-    if (st.metered) {
-        st.fuel_start = spec->limits.fuel;
-        wasmtime_error_t *e = api.wasmtime_context_set_fuel(ctx, spec->limits.fuel);
-        if (e)
-            api.wasmtime_error_delete(e);
-    }
     if (spec->limits.timeout_ms)
         job->deadline_ns = job->start_ns + spec->limits.timeout_ms * 1000000ull;
-    int epoch = (index >> 2) & 1;
-    if (epoch) {
-        api.wasmtime_store_epoch_deadline_callback(store, on_epoch, job, NULL);
-        api.wasmtime_context_set_epoch_deadline(ctx, 1);
-    }
-
     phase_job *outer = current_job;
     current_job = job;
     if (epoch)
         job_begin();
+    wasmtime_store_t *store = NULL;
+    wasmtime_context_t *ctx = NULL;
     pw_instance inst;
     wasm_trap_t *trap = NULL;
-    wasmtime_error_t *error = api.wasmtime_linker_instantiate(linkers[index], ctx, module, &inst, &trap);
+    wasmtime_error_t *error = NULL;
+    for (;;) {
+        memset(&st, 0, sizeof st);
+        st.metered = index & 1;
+        wasmtime_instance_pre_t *pre = instance_pre(pm, index, spill, buf, sizeof buf);
+        store = pre ? job_store(job, &st, spill ? spill_engines[index] : engines[index], epoch) : NULL;
+        if (!store) {
+            res->status = pre ? PHASE_CRASHED : PHASE_INVALID_MODULE;
+            if (pre)
+                snprintf(res->message, sizeof res->message, "wasmtime could not make a store");
+            else
+                snprintf(res->message, sizeof res->message, "%s", buf);
+            goto done;
+        }
+        ctx = st.context;
+        trap = NULL;
+        error = api.wasmtime_instance_pre_instantiate(pre, ctx, &inst, &trap);
+        if (!(error && slot && !trap && !st.host_trap))
+            break;
+        /* The pool refused this instance (beyond its slots' bounds): the job runs on the on-demand twin. */
+        api.wasmtime_error_delete(error);
+        api.wasmtime_store_delete(store);
+        store = NULL;
+        __atomic_sub_fetch(&pool_busy[index], 1, __ATOMIC_ACQ_REL);
+        slot = 0;
+        spill = 1;
+    }
     const char *r = call_outcome(&st, error, trap, buf, sizeof buf);
     int32_t returned = 0;
     if (!r) {
@@ -672,10 +873,14 @@ done:
     if (epoch)
         job_end();
     current_job = outer;
-    job->fuel_handed = fuel_consumed(job, &st);
-    res->fuel_used = job->fuel_handed;
-    if (st.has_memory)
-        res->memory_peak_bytes = api.wasmtime_memory_data_size(ctx, &st.memory);
-    api.wasmtime_store_delete(store);
+    if (store) {
+        job->fuel_handed = fuel_consumed(job, &st);
+        res->fuel_used = job->fuel_handed;
+        if (st.has_memory)
+            res->memory_peak_bytes = api.wasmtime_memory_data_size(ctx, &st.memory);
+        api.wasmtime_store_delete(store);
+    }
+    if (slot)
+        __atomic_sub_fetch(&pool_busy[index], 1, __ATOMIC_ACQ_REL);
     job->engine_state = NULL;
 }

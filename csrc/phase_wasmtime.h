@@ -16,6 +16,12 @@
  * grow), and the guard regions before and after it: a sandbox worker's RLIMIT_AS makes room for them. */
 #define PHASE_WASMTIME_RESERVATION (4ull << 30)
 #define PHASE_WASMTIME_GUARD (32ull << 20)
+/* In process, each engine's pooling allocator keeps this many instance slots (memory + table; the address space of
+ * PHASE_WASMTIME_POOL_SLOTS linear-memory reservations, reserved once); a job beyond them spills to on-demand
+ * allocation. A table slot holds our validator's largest table; an instance's own structures up to 16 MiB. */
+#define PHASE_WASMTIME_POOL_SLOTS 64
+#define PHASE_WASMTIME_POOL_TABLE_ELEMENTS (1u << 20)
+#define PHASE_WASMTIME_POOL_INSTANCE_BYTES (16u << 20)
 
 struct phase_job;
 typedef void (*phase_job_classify)(struct phase_job *job, const char *r, int32_t returned);

@@ -24,6 +24,8 @@ typedef struct wasmtime_store_t wasmtime_store_t;
 typedef struct wasmtime_context_t wasmtime_context_t;
 typedef struct wasmtime_linker_t wasmtime_linker_t;
 typedef struct wasmtime_caller_t wasmtime_caller_t;
+typedef struct wasmtime_instance_pre_t wasmtime_instance_pre_t;
+typedef struct wasmtime_pooling_allocation_config_t wasmtime_pooling_allocation_config_t;
 
 typedef struct pw_byte_vec { size_t size; uint8_t *data; } pw_byte_vec;
 typedef struct pw_valtype_vec { size_t size; wasm_valtype_t **data; } pw_valtype_vec;
@@ -81,6 +83,25 @@ typedef wasmtime_error_t *(*pw_deadline_callback)(wasmtime_context_t *context, v
     X(void, wasmtime_config_memory_reservation_set, (wasm_config_t *, uint64_t)) \
     X(void, wasmtime_config_memory_guard_size_set, (wasm_config_t *, uint64_t)) \
     X(void, wasmtime_config_memory_init_cow_set, (wasm_config_t *, bool)) \
+    X(wasmtime_pooling_allocation_config_t *, wasmtime_pooling_allocation_config_new, (void)) \
+    X(void, wasmtime_pooling_allocation_config_delete, (wasmtime_pooling_allocation_config_t *)) \
+    X(void, wasmtime_pooling_allocation_config_total_core_instances_set, \
+      (wasmtime_pooling_allocation_config_t *, uint32_t)) \
+    X(void, wasmtime_pooling_allocation_config_total_memories_set, (wasmtime_pooling_allocation_config_t *, uint32_t)) \
+    X(void, wasmtime_pooling_allocation_config_total_tables_set, (wasmtime_pooling_allocation_config_t *, uint32_t)) \
+    X(void, wasmtime_pooling_allocation_config_total_stacks_set, (wasmtime_pooling_allocation_config_t *, uint32_t)) \
+    X(void, wasmtime_pooling_allocation_config_total_gc_heaps_set, (wasmtime_pooling_allocation_config_t *, uint32_t)) \
+    X(void, wasmtime_pooling_allocation_config_max_memory_size_set, (wasmtime_pooling_allocation_config_t *, size_t)) \
+    X(void, wasmtime_pooling_allocation_config_table_elements_set, (wasmtime_pooling_allocation_config_t *, size_t)) \
+    X(void, wasmtime_pooling_allocation_config_max_core_instance_size_set, \
+      (wasmtime_pooling_allocation_config_t *, size_t)) \
+    X(void, wasmtime_pooling_allocation_config_max_tables_per_module_set, \
+      (wasmtime_pooling_allocation_config_t *, uint32_t)) \
+    X(void, wasmtime_pooling_allocation_config_max_memories_per_module_set, \
+      (wasmtime_pooling_allocation_config_t *, uint32_t)) \
+    X(void, wasmtime_pooling_allocation_config_table_keep_resident_set, \
+      (wasmtime_pooling_allocation_config_t *, size_t)) \
+    X(void, wasmtime_pooling_allocation_strategy_set, (wasm_config_t *, const wasmtime_pooling_allocation_config_t *)) \
     X(void, wasmtime_engine_increment_epoch, (wasm_engine_t *)) \
     X(wasmtime_error_t *, wasmtime_module_new, (wasm_engine_t *, const uint8_t *, size_t, wasmtime_module_t **)) \
     X(void, wasmtime_module_delete, (wasmtime_module_t *)) \
@@ -104,6 +125,11 @@ typedef wasmtime_error_t *(*pw_deadline_callback)(wasmtime_context_t *context, v
        pw_unchecked_callback, void *, void (*)(void *))) \
     X(wasmtime_error_t *, wasmtime_linker_instantiate, \
       (const wasmtime_linker_t *, wasmtime_context_t *, const wasmtime_module_t *, pw_instance *, wasm_trap_t **)) \
+    X(wasmtime_error_t *, wasmtime_linker_instantiate_pre, \
+      (const wasmtime_linker_t *, const wasmtime_module_t *, wasmtime_instance_pre_t **)) \
+    X(void, wasmtime_instance_pre_delete, (wasmtime_instance_pre_t *)) \
+    X(wasmtime_error_t *, wasmtime_instance_pre_instantiate, \
+      (const wasmtime_instance_pre_t *, wasmtime_context_t *, pw_instance *, wasm_trap_t **)) \
     X(bool, wasmtime_instance_export_get, \
       (wasmtime_context_t *, const pw_instance *, const char *, size_t, pw_extern *)) \
     X(wasm_functype_t *, wasmtime_func_type, (const wasmtime_context_t *, const pw_func *)) \

@@ -23,6 +23,13 @@ __attribute__((visibility("default"))) int phase_sandbox_server_main(int argc, c
  * engine's epoch timer, and rt_sigaction on the four fault signals (only in workers of a fork server that runs
  * it). 0 or -1/errno. */
 int phase_sandbox_seccomp_install(int allow_fs, int allow_timer);
+/* In a worker installed with allow_timer whose job runs on wasm3: take the timer calls back (a second filter that
+ * kills setitimer, rt_sigaction and seccomp itself; the fault signals' default actions restored first), so a wasm3
+ * job runs under the exact wasm3 policy whatever its server compiled. 0 or -1/errno. */
+int phase_sandbox_seccomp_narrow(void);
+/* A compile helper's filter (csrc/sandbox_server.c): memory calls with PROT_EXEC too (wasmtime publishes the code
+ * it compiled), writes, its own rlimits, and signals to itself only (pid: its own). 0 or -1/errno. */
+int phase_sandbox_seccomp_install_compiler(int pid);
 
 /* The kernel's Landlock ABI version, 0 if it has none. */
 int phase_sandbox_landlock_abi(void);
@@ -41,6 +48,7 @@ typedef struct phase_sandbox_spare {
     int32_t pid;
     uint32_t buffer;
     uint64_t cache_seq;       /* module ADDs the server had processed when it forked this worker */
+    uint64_t compile_seq;     /* compiles the server had finished when it forked this worker */
 } phase_sandbox_spare;
 
 typedef struct phase_sandbox_slot {
@@ -56,6 +64,7 @@ typedef struct phase_sandbox_slot {
     uint32_t gen;             /* generation of the current (or last) job's worker */
     int32_t pid;              /* the pid of the worker that runs (or will run) the slot's next job */
     uint64_t cache_seq;       /* cache_seq of that worker */
+    uint64_t compile_seq;     /* compile_seq of that worker */
     int awaiting_exit;        /* the current job's worker died or was killed; its EXITED message is still to come */
     int reuse;                /* the current worker lacked the module and waits for the bytes: use it again */
     uint64_t seq;

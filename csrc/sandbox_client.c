@@ -137,6 +137,7 @@ static void note_next(phase_sandbox_slot *slot)
     if (!slot->reuse && slot->nspares) {
         slot->pid = slot->spares[0].pid;
         slot->cache_seq = slot->spares[0].cache_seq;
+        slot->compile_seq = slot->spares[0].compile_seq;
     }
 }
 
@@ -184,7 +185,8 @@ static int handle_msg(phase_sandbox_slot *slot, const sandbox_msg *msg, int fd)
         && slot->nspares < PHASE_SANDBOX_MAX_DEPTH) {
         /* The server sends it only after the EXITED of the buffer's previous worker: the buffer is ours. */
         slot->spares[slot->nspares++] = (phase_sandbox_spare){
-            .chan = fd, .gen = msg->gen, .pid = msg->pid, .buffer = msg->buffer, .cache_seq = msg->cache_seq};
+            .chan = fd, .gen = msg->gen, .pid = msg->pid, .buffer = msg->buffer, .cache_seq = msg->cache_seq,
+            .compile_seq = msg->compile_seq};
         note_next(slot);
         return 0;
     }
@@ -273,6 +275,7 @@ static void take_worker(phase_sandbox_slot *slot)
     slot->gen = w.gen;
     slot->pid = w.pid;
     slot->cache_seq = w.cache_seq;
+    slot->compile_seq = w.compile_seq;
     slot->shm = slot->shms[w.buffer];
 }
 

@@ -6,6 +6,9 @@
  *   parent  <--slot socket i (seqpacket)-->  fork server          one per slot: READY / EXITED / KILL
  *   parent  <--worker channel (seqpacket, fresh per worker)-->  worker        "go" / "done" bytes, and the
  *                                                                             job's streamed output (chunks)
+ *   parent  <--events socket (seqpacket)--  fork server          COMPILED: a compile the parent asked for ended
+ *   fork server  --fork-->  compile helper (single use)          compiles one cached module, writes its code into a
+ *                                                                memfd the server made, exits (docs/SANDBOX.md)
  *   parent, fork server, worker of slot i buffer b: that buffer's shared memory (memfd mapped before fork);
  *   a slot has 1..SANDBOX_MAX_DEPTH buffers, each with at most one worker alive at a time
  *
@@ -132,7 +135,10 @@ enum sandbox_msg_type {
     SANDBOX_MSG_EXITED = 2,    /* server -> parent, slot socket: the worker of generation gen is reaped */
     SANDBOX_MSG_KILL = 3,      /* parent -> server, slot socket: SIGKILL the worker of generation gen */
     SANDBOX_MSG_ADD = 4,       /* parent -> server, main socket: validate and cache a module (bytes follow); with
-                                * compile, also compile it for the compiling engine's configuration compile - 1 */
+                                * compile, also have it compiled for the compiling engine's configuration compile - 1
+                                * (by a compile helper, off the server's loop; or from code_len bytes of code the
+                                * parent read from its disk cache, which follow the module's bytes) */
+    SANDBOX_MSG_COMPILED = 5,  /* server -> parent, events socket (sandbox_event): one per ADD with compile */
 };
 
 typedef struct sandbox_msg {
@@ -146,7 +152,41 @@ typedef struct sandbox_msg {
     int64_t cpu_us;            /* EXITED: user + system CPU time */
     uint32_t buffer;           /* READY/EXITED: the worker's buffer within the slot */
     uint32_t compile;          /* ADD: 0, or 1 + the engine index (fuel metering | NaN canonicalisation << 1) */
+    uint64_t compile_seq;      /* READY: compiles the server had finished (COMPILED events sent) when it forked it */
+    uint64_t code_len;         /* ADD: bytes of serialized code that follow the module's (0: compile it) */
 } sandbox_msg;
+
+/* Most bytes of compiled code the parent may send, or a compile helper may return. */
+#define SANDBOX_MAX_CODE_BYTES (1ull << 30)
+
+/* How a compile ended (sandbox_event.status). */
+enum sandbox_compile_status {
+    SANDBOX_COMPILE_OK = 0,        /* the code is in the server: workers forked from compile_seq on have it */
+    SANDBOX_COMPILE_FAILED = 1,    /* this module cannot be compiled (wasmtime's reason, or the helper died) */
+    SANDBOX_COMPILE_REFUSED = 2,   /* the compiling engine cannot run in this sandbox (e.g. MemoryDenyWriteExecute) */
+};
+
+typedef struct sandbox_event {   /* server -> parent on the events socket */
+    uint32_t type;                 /* SANDBOX_MSG_COMPILED */
+    uint32_t compile;              /* as in the ADD: 1 + the configuration */
+    uint8_t hash[PHASE_SHA256_BYTES];
+    int32_t status;                /* sandbox_compile_status */
+    uint32_t has_code;             /* 1: a memfd is attached: sandbox_code_header + the code a helper just made
+                                    * (for the parent's disk cache) */
+    uint64_t compile_seq;          /* this event's number (1-based): READY.compile_seq >= it has the code */
+    uint64_t compile_us;           /* the helper's compile time (0: the code came from the parent) */
+    char message[160];             /* why it failed */
+} sandbox_event;
+
+/* What a compile helper writes into its memfd: this header, then len bytes (the code, or why it failed). The
+ * helper compiled untrusted bytes: the server checks the lengths before it believes them. */
+#define SANDBOX_CODE_MAGIC 0x50484357u   /* "PHCW" */
+typedef struct sandbox_code_header {
+    uint32_t magic;
+    uint32_t ok;                   /* 1: code follows; 0: a message */
+    uint64_t len;
+    uint64_t compile_us;
+} sandbox_code_header;
 
 /* ---- descriptors over a unix socket (SCM_RIGHTS) ------------------------------------------ */
 

@@ -98,19 +98,87 @@ static const unsigned fs_calls[] = {
     __NR_landlock_restrict_self,
 };
 
+static int load(filter *f);
+
+/* Any other architecture, and x32 calls, kill; then the system call's number is loaded. */
+static void prologue(filter *f)
+{
+    emit(f, (struct sock_filter) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)));
+    emit(f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SANDBOX_AUDIT_ARCH, 1, 0));
+    emit(f, (struct sock_filter) KILL);
+    emit(f, (struct sock_filter) LOAD_NR);
+#if defined(__x86_64__)
+    /* x32 system calls (bit 30) would bypass the numbers below */
+    emit(f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u, 0, 1));
+    emit(f, (struct sock_filter) KILL);
+#endif
+}
+
+/* What a worker needs in every case: memory (never executable: patched by the caller), its channel, clocks. */
+static const unsigned base_calls[] = {
+    __NR_read, __NR_write, __NR_exit, __NR_exit_group, __NR_brk, __NR_munmap, __NR_mremap, __NR_madvise,
+    __NR_rt_sigreturn, __NR_clock_gettime, __NR_clock_getres, __NR_clock_nanosleep, __NR_getrandom, __NR_futex,
+};
+
+int phase_sandbox_seccomp_narrow(void)
+{
+    /* wasmtime's fault handlers (inherited) go first: a crash in wasm3 then kills the worker with its real signal,
+     * as in a worker forked before the compiling engine was set up */
+    static const int faults[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE};
+    for (unsigned i = 0; i < sizeof faults / sizeof faults[0]; i++)
+        if (signal(faults[i], SIG_DFL) == SIG_ERR)
+            return -1;
+    filter f;
+    f.n = 0;
+    prologue(&f);
+    emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_setitimer, 2, 0));
+    emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_rt_sigaction, 1, 0));
+    emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_seccomp, 0, 1));
+    emit(&f, (struct sock_filter) KILL);
+    emit(&f, (struct sock_filter) ALLOW);
+    struct sock_fprog prog = {.len = f.n, .filter = f.ins};
+    /* SPEC_ALLOW as for the first filter: without it the kernel would force its store-bypass mitigation (3x) */
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_SPEC_ALLOW, &prog) == 0)
+        return 0;
+    if (errno != EINVAL)
+        return -1;
+    return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) == 0 ? 0 : -1;   /* kernels before 4.17 */
+}
+
+int phase_sandbox_seccomp_install_compiler(int pid)
+{
+    filter f;
+    f.n = 0;
+    prologue(&f);
+    for (unsigned i = 0; i < sizeof base_calls / sizeof base_calls[0]; i++)
+        allow_nr(&f, base_calls[i]);
+    /* wasmtime maps the code it compiled executable (the helper never runs it); nothing else is added */
+    allow_nr(&f, __NR_mmap);
+    allow_nr(&f, __NR_mprotect);
+    static const uint32_t self[] = {0};
+    allow_nr_if_arg(&f, __NR_prlimit64, 0, self, 1);
+    /* abort() on a failed allocation: it blocks signals and raises SIGABRT on itself only */
+    allow_nr(&f, __NR_rt_sigprocmask);
+    allow_nr(&f, __NR_getpid);
+    allow_nr(&f, __NR_gettid);
+    const uint32_t own[] = {(uint32_t) pid};
+    allow_nr_if_arg(&f, __NR_tgkill, 0, own, 1);
+    /* wasmtime asks whether stderr (/dev/null here) is a terminal: it is not */
+    emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 1));
+    emit(&f, (struct sock_filter) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOTTY & SECCOMP_RET_DATA)));
+    emit(&f, (struct sock_filter) KILL);
+    if (f.n > FILTER_MAX) {
+        errno = E2BIG;
+        return -1;
+    }
+    return load(&f);
+}
+
 int phase_sandbox_seccomp_install(int allow_fs, int allow_timer)
 {
     filter f;
     f.n = 0;
-    emit(&f, (struct sock_filter) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)));
-    emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SANDBOX_AUDIT_ARCH, 1, 0));
-    emit(&f, (struct sock_filter) KILL);
-    emit(&f, (struct sock_filter) LOAD_NR);
-#if defined(__x86_64__)
-    /* x32 system calls (bit 30) would bypass the numbers below */
-    emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u, 0, 1));
-    emit(&f, (struct sock_filter) KILL);
-#endif
+    prologue(&f);
     /* mmap and mprotect: allowed only without PROT_EXEC (the jumps to the prot check are patched below) */
     unsigned short to_prot[2];
     emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_mmap, 0, 1));
@@ -119,10 +187,6 @@ int phase_sandbox_seccomp_install(int allow_fs, int allow_timer)
     emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_mprotect, 0, 1));
     to_prot[1] = f.n;
     emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JA, 0, 0, 0));
-    static const unsigned base_calls[] = {
-        __NR_read, __NR_write, __NR_exit, __NR_exit_group, __NR_brk, __NR_munmap, __NR_mremap, __NR_madvise,
-        __NR_rt_sigreturn, __NR_clock_gettime, __NR_clock_getres, __NR_clock_nanosleep, __NR_getrandom, __NR_futex,
-    };
     for (unsigned i = 0; i < sizeof base_calls / sizeof base_calls[0]; i++)
         allow_nr(&f, base_calls[i]);
     /* prlimit64 on itself only (pid 0): the job's rlimits are set after the filter is on. Without
@@ -137,6 +201,17 @@ int phase_sandbox_seccomp_install(int allow_fs, int allow_timer)
          * the fault repeats: only for the four fault signals, so the worker dies of its real signal */
         static const uint32_t faults[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE};
         allow_nr_if_arg(&f, __NR_rt_sigaction, 0, faults, 4);
+        /* a wasm3 job's worker takes those two back (phase_sandbox_seccomp_narrow): seccomp with
+         * SECCOMP_SET_MODE_FILTER and no flag but SPEC_ALLOW only, which can add restrictions, never remove one */
+        emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_seccomp, 0, 7));
+        emit(&f, (struct sock_filter) LOAD_ARG_LO(0));
+        emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SECCOMP_SET_MODE_FILTER, 0, 3));
+        emit(&f, (struct sock_filter) LOAD_ARG_LO(1));
+        emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 2, 0));
+        emit(&f, (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SECCOMP_FILTER_FLAG_SPEC_ALLOW, 1, 0));
+        emit(&f, (struct sock_filter) KILL);
+        emit(&f, (struct sock_filter) ALLOW);
+        emit(&f, (struct sock_filter) LOAD_NR);
     }
     if (allow_fs) {
         /* "go" arrives on the worker's channel (fd 3) with the job's directories attached */
@@ -160,7 +235,13 @@ int phase_sandbox_seccomp_install(int allow_fs, int allow_timer)
     }
     for (int i = 0; i < 2; i++)
         f.ins[to_prot[i]].k = (unsigned) (prot_check - to_prot[i] - 1);
-    struct sock_fprog prog = {.len = f.n, .filter = f.ins};
+    return load(&f);
+}
+
+/* no_new_privs, then the filter. */
+static int load(filter *f)
+{
+    struct sock_fprog prog = {.len = f->n, .filter = f->ins};
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         return -1;
     /* SPEC_ALLOW: do not force the speculative-store-bypass mitigation on the worker. Left on, it made every

@@ -9,10 +9,13 @@
  * rlimits, runs it, writes the result into the shared memory, says "done" and exits. The server reaps
  * it, tells the parent how it ended, and forks the buffer's next one.
  *
- * With --wasmtime PATH the server also runs the compiling engine's jobs: it loads wasmtime's C API, compiles a
- * cached module when the parent's ADD asks (here, single-threaded, before any later fork: workers inherit the
- * code copy-on-write), and its workers never compile (phase_wasmtime_set_compiling(0)); they advance the epoch
- * from a SIGALRM timer instead of a ticker thread. See docs/SANDBOX.md, "Engines".
+ * With --wasmtime PATH the server also runs the compiling engine's jobs: it loads wasmtime's C API and, when the
+ * parent's ADD asks, has a cached module compiled by a compile helper: a single-use process forked from this one
+ * (which never runs a stranger's code), confined, that compiles that one module and writes its code into a memfd,
+ * while this loop keeps forking workers. The server loads the code (or code the parent read from its disk cache)
+ * before any later fork, so workers inherit it copy-on-write, tells the parent on the events socket, and its
+ * workers never compile (phase_wasmtime_set_compiling(0)); they advance the epoch from a SIGALRM timer instead of
+ * a ticker thread. See docs/SANDBOX.md, "Engines".
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -91,6 +94,27 @@ static int jit_ready;
 static char jit_failure[200];
 static uint8_t cache_failed[CACHE_MAX];
 static char cache_failure[CACHE_MAX][160];
+/* Configurations of each cached module waiting for a compile helper, and being compiled by one. */
+static uint8_t cache_queued[CACHE_MAX];
+static uint8_t cache_compiling[CACHE_MAX];
+
+/* Compile helpers at once: each takes a CPU for as long as Cranelift needs (seconds for a big module). */
+#define HELPERS_MAX 2
+#define HELPER_FD 3
+/* A helper's bounds: CPU seconds (SIGXCPU ends a compile that never ends), and address space beyond what it
+ * inherits: Cranelift's working memory and the code it makes, for a module of len bytes. */
+#define HELPER_CPU_SECONDS 600
+#define HELPER_NICE 10
+#define HELPER_AS_BYTES(len) ((2ull << 30) + 64ull * (uint64_t) (len))
+typedef struct srv_helper {
+    pid_t pid;                 /* 0: free */
+    int memfd;                 /* where it writes sandbox_code_header + the code */
+    uint8_t hash[PHASE_SHA256_BYTES];
+    uint32_t compile;          /* 1 + configuration */
+} srv_helper;
+static srv_helper helpers[HELPERS_MAX];
+static int events_sock = -1;       /* COMPILED events to the parent */
+static uint64_t compile_seq;       /* COMPILED events sent */
 /* The kernel's Landlock ABI (0: none). Without it workers get no file system calls at all and a job with
  * directories is refused, since nothing else would bound the paths a worker that broke out of wasm3 could name. */
 static int landlock_abi;
@@ -183,46 +207,101 @@ static void limits_for_engine_index(unsigned index, phase_limits *lim, int *dete
         lim->timeout_ms = 0;   /* no epoch checks: a job without a wall-clock limit */
 }
 
-/* Compile cached module i for configuration index, here in the single-threaded server (parallel compilation is
- * off), so every worker forked later inherits the code. Its memory counts toward the cache's cap. */
 static int jit_set_up(void);
+static void shutdown_all(int code);
+static void start_helpers(void);
 
-static void cache_compile(unsigned i, uint32_t compile)
+/* Tell the parent how a compile it asked for ended; workers forked from now on carry the new compile_seq. The memfd
+ * (code_fd >= 0) holds the code a helper made, for the parent's disk cache. */
+static void send_event(const uint8_t *hash, uint32_t compile, int status, int code_fd, uint64_t compile_us,
+                       const char *message)
 {
-    if (!wasmtime_on || compile == 0 || compile > PHASE_WASMTIME_CONFIGS || !jit_set_up())
+    sandbox_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.type = SANDBOX_MSG_COMPILED;
+    ev.compile = compile;
+    memcpy(ev.hash, hash, PHASE_SHA256_BYTES);
+    ev.status = status;
+    ev.has_code = code_fd >= 0;
+    ev.compile_seq = ++compile_seq;
+    ev.compile_us = compile_us;
+    snprintf(ev.message, sizeof ev.message, "%s", message ? message : "");
+    if (events_sock >= 0 && sandbox_send_fds(events_sock, &ev, sizeof ev, &code_fd, code_fd >= 0 ? 1 : 0)
+                                != (ssize_t) sizeof ev)
+        shutdown_all(0);   /* the parent is gone */
+}
+
+/* Load code for cached module i (configuration index) into this process, where workers forked later inherit it;
+ * its memory counts toward the cache's cap. 0, or -1 with err. */
+static int cache_load_code(unsigned i, unsigned index, const uint8_t *code, size_t len, char *err, size_t errlen)
+{
+    phase_limits lim;
+    int det;
+    limits_for_engine_index(index, &lim, &det);
+    size_t resident_before = resident_bytes(), malloc_before = malloc_bytes();
+    int rc = phase_wasmtime_deserialize(cache[i], &lim, det, code, len, err, errlen);
+    check_single_threaded("loading compiled code");
+    size_t cost = grew(malloc_before, malloc_bytes()) + grew(resident_before, resident_bytes());
+    cache_cost[i] += cost;
+    cache_bytes += cost;
+    return rc;
+}
+
+/* The parent asked for cached module i's code for configuration compile - 1: load the code it sent (read from its
+ * disk cache), or queue the module for a compile helper. Every request is answered by one COMPILED event. */
+static void cache_compile(unsigned i, uint32_t compile, const uint8_t *code, size_t code_len)
+{
+    const uint8_t *hash = cache[i]->hash;
+    if (!wasmtime_on || compile == 0 || compile > PHASE_WASMTIME_CONFIGS) {
+        send_event(hash, compile, SANDBOX_COMPILE_REFUSED, -1, 0, "this sandbox was started without the compiling engine");
         return;
+    }
+    if (!jit_set_up()) {
+        send_event(hash, compile, SANDBOX_COMPILE_REFUSED, -1, 0, jit_failure);
+        return;
+    }
     unsigned index = compile - 1;
     phase_limits lim;
     int det;
     limits_for_engine_index(index, &lim, &det);
-    if ((cache_failed[i] >> index) & 1 || phase_wasmtime_is_compiled(cache[i], &lim, det))
+    if ((cache_failed[i] >> index) & 1) {
+        send_event(hash, compile, SANDBOX_COMPILE_FAILED, -1, 0, cache_failure[i]);
         return;
-    size_t resident_before = resident_bytes(), malloc_before = malloc_bytes();
-    char err[160];
-    if (phase_wasmtime_compile(cache[i], &lim, det, NULL, err, sizeof err) != 0) {
-        cache_failed[i] |= (uint8_t) (1u << index);
-        snprintf(cache_failure[i], sizeof cache_failure[i], "%s", err);
     }
-    check_single_threaded("compiling");
-    size_t cost = grew(malloc_before, malloc_bytes()) + grew(resident_before, resident_bytes());
-    cache_cost[i] += cost;
-    cache_bytes += cost;
+    if (phase_wasmtime_is_compiled(cache[i], &lim, det)) {
+        send_event(hash, compile, SANDBOX_COMPILE_OK, -1, 0, NULL);
+        return;
+    }
+    char err[160];
+    if (code && cache_load_code(i, index, code, code_len, err, sizeof err) == 0) {
+        send_event(hash, compile, SANDBOX_COMPILE_OK, -1, 0, NULL);
+        return;
+    }
+    /* No code, or code wasmtime refused (another build): compile it. One event when the helper is done. */
+    if (!(((cache_queued[i] | cache_compiling[i]) >> index) & 1))
+        cache_queued[i] |= (uint8_t) (1u << index);
+    start_helpers();
 }
 
-static void cache_add(const uint8_t *bytes, size_t len, uint32_t compile)
+static void cache_add(const uint8_t *bytes, size_t len, uint32_t compile, const uint8_t *code, size_t code_len)
 {
     char err[256];
     uint8_t hash[PHASE_SHA256_BYTES];
     phase_sha256(bytes, len, hash);
     int found = cache_index(hash);
     if (found >= 0) {
-        cache_compile((unsigned) found, compile);
+        if (compile)
+            cache_compile((unsigned) found, compile, code, code_len);
         return;
     }
     size_t resident_before = resident_bytes(), malloc_before = malloc_bytes();
     phase_module *m = phase_module_new(bytes, len, err, sizeof err);
-    if (!m)
-        return;   /* the worker that ran it already reported why; later workers get the bytes again */
+    if (!m) {
+        /* the worker that ran it already reported why; later workers get the bytes again */
+        if (compile)
+            send_event(hash, compile, SANDBOX_COMPILE_FAILED, -1, 0, err);
+        return;
+    }
     if (phase_module_prepare) {
         phase_limits lim;
         phase_limits_default(&lim);
@@ -237,18 +316,28 @@ static void cache_add(const uint8_t *bytes, size_t len, uint32_t compile)
     /* Drop the oldest until it fits (count and bytes: the server's memory is every worker's too). */
     while (cache_count && (cache_count == CACHE_MAX || cache_bytes + cost > CACHE_MAX_BYTES)) {
         cache_bytes -= cache_cost[0];
+        memmove(cache_failure, cache_failure + 1, (cache_count - 1) * sizeof cache_failure[0]);
+        /* a queued compile of it is dropped (its helper, if one runs, finds the module gone): answer it */
+        for (unsigned index = 0; index < PHASE_WASMTIME_CONFIGS; index++)
+            if ((cache_queued[0] >> index) & 1)
+                send_event(cache[0]->hash, index + 1, SANDBOX_COMPILE_FAILED, -1, 0,
+                           "evicted from the fork server's cache before it was compiled");
         phase_module_free(cache[0]);
         memmove(cache, cache + 1, (cache_count - 1) * sizeof cache[0]);
         memmove(cache_cost, cache_cost + 1, (cache_count - 1) * sizeof cache_cost[0]);
         memmove(cache_failed, cache_failed + 1, (cache_count - 1) * sizeof cache_failed[0]);
-        memmove(cache_failure, cache_failure + 1, (cache_count - 1) * sizeof cache_failure[0]);
+        memmove(cache_queued, cache_queued + 1, (cache_count - 1) * sizeof cache_queued[0]);
+        memmove(cache_compiling, cache_compiling + 1, (cache_count - 1) * sizeof cache_compiling[0]);
         cache_count--;
     }
     cache[cache_count] = m;
     cache_failed[cache_count] = 0;
+    cache_queued[cache_count] = 0;
+    cache_compiling[cache_count] = 0;
     cache_cost[cache_count++] = cost;
     cache_bytes += cost;
-    cache_compile(cache_count - 1, compile);
+    if (compile)
+        cache_compile(cache_count - 1, compile, code, code_len);
 }
 
 
@@ -279,8 +368,11 @@ static int set_limit(int resource, uint64_t value)
 
 /* Before waiting for a job: no capabilities (so no rlimit can be raised again), no_new_privs and the
  * seccomp filter. Done ahead because installing a filter costs ~100 us (the kernel compiles it). */
+static int worker_jit;   /* in a worker: its filter allows the compiling engine's epoch timer */
+
 static int confine_early(void)
 {
+    worker_jit = jit_ready;
     struct __user_cap_header_struct head = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof data);
@@ -479,6 +571,10 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
         if (landlock_abi && phase_sandbox_landlock(landlock_abi, go.fds, req.preopen_readonly, go.n) != 0)
             _exit(SANDBOX_EXIT_SETUP);
         if (confine(&req, base_vm, module ? module->len : (size_t) req.module_len) != 0)
+            _exit(SANDBOX_EXIT_SETUP);
+        /* forked with the compiling engine's two calls (its filter went on before the job was known): a wasm3 job
+         * gives them back */
+        if (worker_jit && !jit && phase_sandbox_seccomp_narrow() != 0)
             _exit(SANDBOX_EXIT_SETUP);
         resp->t_ready_ns = ready;
         resp->t_woke_ns = woke;
@@ -726,6 +822,159 @@ static void worker_main(unsigned index, int chan)
     _exit(SANDBOX_EXIT_IDLE);
 }
 
+/* ---- compile helpers ------------------------------------------------------------------------ */
+
+/* Read or write all of len bytes on fd (EINTR and short transfers retried; end of file fails). 0 or -1. */
+static int transfer_full(int fd, void *buf, size_t len, int writing)
+{
+    uint8_t *p = buf;
+    while (len) {
+        ssize_t n = writing ? write(fd, p, len) : read(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t) n;
+    }
+    return 0;
+}
+
+/* In the child right after fork: compile cached module i for configuration index and write the code (or why not)
+ * into the memfd, then exit. Forked from the server, which runs no stranger's code, and single-use: whatever one
+ * module's bytes do to Cranelift, no other module's code passes through this process. Confined like a worker
+ * (no capabilities, no_new_privs, rlimits, its own seccomp filter: it may make memory executable, since wasmtime
+ * publishes the code it compiled, but opens, sends and signals nothing), with nothing of the server's but the
+ * module: every buffer's shared memory is unmapped and every descriptor closed. */
+static void helper_main(unsigned i, unsigned index, int memfd)
+{
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != server_pid)
+        _exit(SANDBOX_EXIT_SETUP);
+    for (unsigned j = 0; j < nbuffers; j++)
+        munmap(buffers[j].shm, buffers[j].shm_bytes);
+    if (dup2(devnull, 0) < 0 || dup2(devnull, 1) < 0 || dup2(devnull, 2) < 0 || dup2(memfd, HELPER_FD) < 0
+        || syscall(SYS_close_range, HELPER_FD + 1, ~0u, 0) != 0)
+        _exit(SANDBOX_EXIT_SETUP);
+    /* Jobs first: a compile is background work (a worker's job takes the CPU from it, not the other way). */
+    if (setpriority(PRIO_PROCESS, 0, HELPER_NICE) != 0)
+        _exit(SANDBOX_EXIT_SETUP);
+    struct rlimit cpu = {.rlim_cur = HELPER_CPU_SECONDS, .rlim_max = HELPER_CPU_SECONDS + 1};
+    uint64_t vm = server_vm_bytes;
+    for (unsigned j = 0; j < nbuffers; j++)
+        vm -= buffers[j].shm_bytes;
+    struct __user_cap_header_struct head = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    if (set_limit(RLIMIT_AS, vm + HELPER_AS_BYTES(cache[i]->len)) != 0 || setrlimit(RLIMIT_CPU, &cpu) != 0
+        || set_limit(RLIMIT_CORE, 0) != 0 || set_limit(RLIMIT_NOFILE, HELPER_FD + 1) != 0
+        || set_limit(RLIMIT_FSIZE, sizeof(sandbox_code_header) + SANDBOX_MAX_CODE_BYTES) != 0
+        || syscall(SYS_capset, &head, data) != 0 || phase_sandbox_seccomp_install_compiler(getpid()) != 0)
+        _exit(SANDBOX_EXIT_SETUP);
+    phase_limits lim;
+    int det;
+    limits_for_engine_index(index, &lim, &det);
+    char err[160] = "";
+    uint8_t *code = NULL;
+    size_t len = 0;
+    uint64_t t0 = phase_now_ns();
+    int rc = phase_wasmtime_serialize(cache[i], &lim, det, &code, &len, err, sizeof err);
+    sandbox_code_header h = {.magic = SANDBOX_CODE_MAGIC, .ok = rc == 0, .compile_us = (phase_now_ns() - t0) / 1000};
+    h.len = rc == 0 ? len : strlen(err);
+    if (transfer_full(HELPER_FD, &h, sizeof h, 1) != 0 || transfer_full(HELPER_FD, rc == 0 ? (void *) code : err, h.len, 1) != 0)
+        _exit(SANDBOX_EXIT_SETUP);
+    _exit(0);
+}
+
+/* Give queued compiles to free helpers (the oldest cached module first). */
+static void start_helpers(void)
+{
+    for (unsigned h = 0; h < HELPERS_MAX; h++) {
+        if (helpers[h].pid)
+            continue;
+        unsigned i = 0, index = 0;
+        while (i < cache_count && !cache_queued[i])
+            i++;
+        if (i == cache_count)
+            return;
+        while (!((cache_queued[i] >> index) & 1))
+            index++;
+        int memfd = memfd_create("phase-compiled", MFD_CLOEXEC);
+        if (memfd < 0) {
+            snprintf(cache_failure[i], sizeof cache_failure[i], "cannot make a compile helper: %s", strerror(errno));
+            cache_queued[i] &= (uint8_t) ~(1u << index);
+            cache_failed[i] |= (uint8_t) (1u << index);
+            send_event(cache[i]->hash, index + 1, SANDBOX_COMPILE_FAILED, -1, 0, cache_failure[i]);
+            continue;
+        }
+        pid_t pid = fork();
+        if (pid < 0)
+            fatal("fork");
+        if (pid == 0)
+            helper_main(i, index, memfd);
+        cache_queued[i] &= (uint8_t) ~(1u << index);
+        cache_compiling[i] |= (uint8_t) (1u << index);
+        helpers[h] = (srv_helper){.pid = pid, .memfd = memfd, .compile = index + 1};
+        memcpy(helpers[h].hash, cache[i]->hash, PHASE_SHA256_BYTES);
+    }
+}
+
+/* A helper was reaped: load what it made (nothing in it is believed before its lengths are checked; wasmtime
+ * checks the code's header), or record why not, and tell the parent. */
+static void helper_done(srv_helper *h, int status)
+{
+    char why[160] = "";
+    unsigned index = h->compile - 1;
+    int ci = cache_index(h->hash);
+    if (ci >= 0)
+        cache_compiling[ci] &= (uint8_t) ~(1u << index);
+    sandbox_code_header hdr;
+    memset(&hdr, 0, sizeof hdr);
+    struct stat st;
+    int sane = WIFEXITED(status) && WEXITSTATUS(status) == 0 && fstat(h->memfd, &st) == 0
+               && pread(h->memfd, &hdr, sizeof hdr, 0) == (ssize_t) sizeof hdr && hdr.magic == SANDBOX_CODE_MAGIC
+               && hdr.len <= SANDBOX_MAX_CODE_BYTES && (uint64_t) st.st_size == sizeof hdr + hdr.len;
+    uint8_t *map = NULL;
+    if (!sane) {
+        if (WIFSIGNALED(status))
+            snprintf(why, sizeof why, "the compile helper was killed by %s (signal %d)%s", strsignal(WTERMSIG(status)),
+                     WTERMSIG(status), WTERMSIG(status) == SIGXCPU ? ": it ran out of CPU time" : "");
+        else
+            snprintf(why, sizeof why, "the compile helper failed (exit code %d)", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    } else if (!hdr.ok) {
+        size_t n = hdr.len < sizeof why - 1 ? (size_t) hdr.len : sizeof why - 1;
+        ssize_t got = pread(h->memfd, why, n, sizeof hdr);
+        why[got > 0 ? got : 0] = 0;
+        if (!why[0])
+            snprintf(why, sizeof why, "the compile helper could not compile the module");
+    } else if (ci >= 0) {
+        map = mmap(NULL, sizeof hdr + hdr.len, PROT_READ, MAP_PRIVATE, h->memfd, 0);
+        if (map == MAP_FAILED) {
+            map = NULL;
+            snprintf(why, sizeof why, "cannot map the compiled code: %s", strerror(errno));
+        } else if (cache_load_code((unsigned) ci, index, map + sizeof hdr, hdr.len, why, sizeof why) != 0) {
+            char what[120];
+            snprintf(what, sizeof what, "%s", why);
+            snprintf(why, sizeof why, "wasmtime refused the compile helper's code: %s", what);
+        }
+        if (map)
+            munmap(map, sizeof hdr + hdr.len);
+        note_vm_size();
+    }
+    if (why[0] && ci >= 0) {
+        cache_failed[ci] |= (uint8_t) (1u << index);
+        snprintf(cache_failure[ci], sizeof cache_failure[ci], "%s", why);
+    }
+    /* A module evicted meanwhile: its code still goes to the parent's disk cache (a later ADD brings it back). */
+    send_event(h->hash, h->compile, why[0] ? SANDBOX_COMPILE_FAILED : SANDBOX_COMPILE_OK, why[0] ? -1 : h->memfd,
+               hdr.compile_us, why);
+    close(h->memfd);
+    h->pid = 0;
+    start_helpers();
+}
+
 /* ---- the server loop ------------------------------------------------------------------------ */
 
 static int send_msg(int sock, const sandbox_msg *msg, int fd)
@@ -739,6 +988,11 @@ void __gcov_dump(void);
 
 static void shutdown_all(int code)
 {
+    for (unsigned h = 0; h < HELPERS_MAX; h++)
+        if (helpers[h].pid > 0) {
+            kill(helpers[h].pid, SIGKILL);
+            waitpid(helpers[h].pid, NULL, 0);
+        }
     for (unsigned i = 0; i < nbuffers; i++)
         if (buffers[i].pid > 0)
             kill(buffers[i].pid, SIGKILL);
@@ -769,7 +1023,7 @@ static void spawn(unsigned index)
     buf->pid = pid;
     buf->gen = ++slot->gen;
     sandbox_msg msg = {.type = SANDBOX_MSG_READY, .gen = buf->gen, .pid = pid, .cache_seq = cache_seq,
-                       .buffer = buf->index};
+                       .buffer = buf->index, .compile_seq = compile_seq};
     int rc = send_msg(slot->sock, &msg, sv[0]);
     close(sv[0]);
     if (rc != 0)
@@ -784,6 +1038,9 @@ static void reap(void)
         pid_t pid = wait4(-1, &status, WNOHANG, &ru);
         if (pid <= 0)
             return;
+        for (unsigned h = 0; h < HELPERS_MAX; h++)
+            if (helpers[h].pid == pid)
+                helper_done(&helpers[h], status);
         for (unsigned i = 0; i < nbuffers; i++) {
             srv_buffer *buf = &buffers[i];
             if (buf->pid != pid)
@@ -810,17 +1067,7 @@ static void reap(void)
 
 static int read_full(int fd, void *buf, size_t len)
 {
-    uint8_t *p = buf;
-    while (len) {
-        ssize_t n = read(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t) n;
-    }
-    return 0;
+    return transfer_full(fd, buf, len, 0);
 }
 
 static void handle_main(void)
@@ -828,17 +1075,18 @@ static void handle_main(void)
     sandbox_msg msg;
     if (read_full(main_sock, &msg, sizeof msg) != 0)
         shutdown_all(0);   /* EOF: the parent closed the sandbox (or died) */
-    if (msg.type != SANDBOX_MSG_ADD || msg.cache_seq > (256ull << 20)) {
+    if (msg.type != SANDBOX_MSG_ADD || msg.cache_seq > (256ull << 20) || msg.code_len > SANDBOX_MAX_CODE_BYTES
+        || (msg.code_len && !msg.compile)) {
         fprintf(stderr, "phase-sandboxd: bad message on the main socket\n");
         shutdown_all(2);
     }
-    size_t len = (size_t) msg.cache_seq;
-    uint8_t *bytes = malloc(len ? len : 1);
+    size_t len = (size_t) msg.cache_seq, code_len = (size_t) msg.code_len;
+    uint8_t *bytes = malloc(len + code_len ? len + code_len : 1);
     if (!bytes)
         shutdown_all(2);
-    if (read_full(main_sock, bytes, len) != 0)
+    if (read_full(main_sock, bytes, len + code_len) != 0)
         shutdown_all(0);
-    cache_add(bytes, len, msg.compile);
+    cache_add(bytes, len, msg.compile, code_len ? bytes + len : NULL, code_len);
     free(bytes);
     cache_seq++;
     note_vm_size();
@@ -932,6 +1180,8 @@ int phase_sandbox_server_main(int argc, char **argv)
         char *end;
         if (strcmp(argv[i], "--main") == 0 && i + 1 < argc) {
             main_sock = parse_fd(argv[++i], &end);
+        } else if (strcmp(argv[i], "--events") == 0 && i + 1 < argc) {
+            events_sock = parse_fd(argv[++i], &end);
         } else if (strcmp(argv[i], "--wasmtime") == 0 && i + 1 < argc) {
             wasmtime_path = argv[++i];
         } else if (strcmp(argv[i], "--slot") == 0 && i + 1 < argc && nslots < MAX_SLOTS) {
@@ -961,13 +1211,13 @@ int phase_sandbox_server_main(int argc, char **argv)
             }
             slots[nslots++].sock = sock;
         } else {
-            fprintf(stderr, "usage: phase-sandboxd --main FD --slot SOCKFD:SHMFD[,SHMFD...] [--slot ...] [--wasmtime LIBRARY]\n");
+            fprintf(stderr, "usage: phase-sandboxd --main FD --slot SOCKFD:SHMFD[,SHMFD...] [--slot ...] [--events FD] [--wasmtime LIBRARY]\n");
             _exit(2);
         }
     }
     landlock_abi = phase_sandbox_landlock_abi();
     if (main_sock < 0 || nslots == 0) {
-        fprintf(stderr, "usage: phase-sandboxd --main FD --slot SOCKFD:SHMFD[,SHMFD...] [--slot ...] [--wasmtime LIBRARY]\n");
+        fprintf(stderr, "usage: phase-sandboxd --main FD --slot SOCKFD:SHMFD[,SHMFD...] [--slot ...] [--events FD] [--wasmtime LIBRARY]\n");
         _exit(2);
     }
     if (phase_crypto_init() != 0) {

@@ -71,6 +71,7 @@ cdef extern from "phase_core.h" nogil:
 
     int phase_wasmtime_load(const char *path, char *err, size_t errlen)
     int phase_wasmtime_available()
+    void phase_wasmtime_set_pooling(unsigned slots)
     int phase_wasmtime_compile(phase_module *pm, const phase_limits *limits, int deterministic, uint64_t *compile_us,
                                char *err, size_t errlen)
     int phase_wasmtime_is_compiled(phase_module *pm, const phase_limits *limits, int deterministic)
@@ -133,6 +134,9 @@ cdef extern from "phase_core.h" nogil:
 cdef extern from "phase_wasmtime_api.h":
     const char *PHASE_WASMTIME_VERSION
 
+cdef extern from "phase_wasmtime.h":
+    unsigned PHASE_WASMTIME_POOL_SLOTS
+
 cdef extern from "phase_crypto.h" nogil:
     int phase_crypto_init()
     void phase_sha256(const void *buf, size_t len, uint8_t *out)
@@ -167,6 +171,7 @@ cdef extern from "sandbox.h" nogil:
         uint32_t gen
         int32_t pid
         uint64_t cache_seq
+        uint64_t compile_seq
         int reuse
         int32_t last_wait_status
         int64_t last_maxrss_kb
@@ -231,6 +236,11 @@ cdef extern from "sandbox_proto.h" nogil:
         SANDBOX_TEST_TIMER
         SANDBOX_MSG_ADD
         SANDBOX_MSG_KILL
+        SANDBOX_MSG_COMPILED
+        SANDBOX_COMPILE_OK
+        SANDBOX_COMPILE_FAILED
+        SANDBOX_COMPILE_REFUSED
+        SANDBOX_CODE_MAGIC
 
     ctypedef struct sandbox_msg:
         uint32_t type
@@ -241,6 +251,24 @@ cdef extern from "sandbox_proto.h" nogil:
         int64_t maxrss_kb
         int64_t cpu_us
         uint32_t compile
+        uint64_t compile_seq
+        uint64_t code_len
+
+    ctypedef struct sandbox_event:
+        uint32_t type
+        uint32_t compile
+        uint8_t hash[32]
+        int32_t status
+        uint32_t has_code
+        uint64_t compile_seq
+        uint64_t compile_us
+        char message[160]
+
+    ctypedef struct sandbox_code_header:
+        uint32_t magic
+        uint32_t ok
+        uint64_t len
+        uint64_t compile_us
 
 cdef extern from "phase_spec.h" nogil:
     ctypedef struct phase_spec_instance:

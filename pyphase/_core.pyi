@@ -10,6 +10,7 @@ from pyphase.runtime import PreparedJob
 RUNTIME_NAME: str
 RUNTIME_VERSION: str
 WASMTIME_VERSION: str
+WASMTIME_POOL_SLOTS: int
 ENGINE_CODES: dict[str, int]
 STATUS_NAMES: tuple[str, ...]
 WASM_PAGE: int

@@ -19,6 +19,7 @@ if phase_crypto_init() != 0:
 RUNTIME_NAME = PHASE_RUNTIME_NAME.decode()
 RUNTIME_VERSION = PHASE_RUNTIME_VERSION.decode()
 WASMTIME_VERSION = PHASE_WASMTIME_VERSION.decode()
+WASMTIME_POOL_SLOTS = PHASE_WASMTIME_POOL_SLOTS
 ENGINE_CODES = {"wasm3": PHASE_ENGINE_WASM3, "wasmtime": PHASE_ENGINE_WASMTIME}
 WASM_PAGE = PHASE_WASM_PAGE
 MAX_PREOPENS = PHASE_MAX_PREOPENS
@@ -135,7 +136,9 @@ cdef class CoreModule:
 
 
 def load_wasmtime(str path not None):
-    """dlopen wasmtime's C library at ``path`` (once per process); PhaseError with the reason otherwise."""
+    """dlopen wasmtime's C library at ``path`` (once per process); PhaseError with the reason otherwise. Jobs in this
+    process instantiate from pooled slots (no mmap per job); a sandbox's fork server loads the library itself and
+    never pools."""
     cdef char err[512]
     cdef bytes b = path.encode()
     cdef const char *p = b
@@ -144,6 +147,7 @@ def load_wasmtime(str path not None):
     with nogil:
         rc = phase_wasmtime_load(p, err, sizeof(err))
     check_rc(rc, err)
+    phase_wasmtime_set_pooling(PHASE_WASMTIME_POOL_SLOTS)
 
 
 cdef inline int _limits_of(object limits, phase_limits *out) except -1:

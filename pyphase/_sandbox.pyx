@@ -47,16 +47,49 @@ def landlock_abi():
 NOT_COMPILED = "not_compiled"
 
 
-def add_message(uint64_t length, int compile_index=-1):
+def add_message(uint64_t length, int compile_index=-1, uint64_t code_len=0):
     """The header of an ADD message (module bytes of ``length`` follow) for the main socket; with
-    ``compile_index`` >= 0 the fork server also compiles the module for that engine configuration
-    (fuel metering | NaN canonicalisation << 1)."""
+    ``compile_index`` >= 0 the fork server also has the module compiled for that engine configuration
+    (pyphase.compiled.configuration) by a compile helper, or loads the ``code_len`` bytes of compiled code that
+    follow the module's (read from the disk cache). Each such ADD is answered by one event (:func:`parse_event`)."""
     cdef sandbox_msg m
     memset(&m, 0, sizeof(m))
     m.type = SANDBOX_MSG_ADD
     m.cache_seq = length
     m.compile = <uint32_t> (compile_index + 1) if compile_index >= 0 else 0
+    m.code_len = code_len
     return PyBytes_FromStringAndSize(<char *> &m, sizeof(m))
+
+
+#: bytes of one event on the events socket, and of the header before the code in an event's memfd
+EVENT_BYTES = sizeof(sandbox_event)
+CODE_HEADER_BYTES = sizeof(sandbox_code_header)
+COMPILE_STATUSES = {SANDBOX_COMPILE_OK: "ok", SANDBOX_COMPILE_FAILED: "failed", SANDBOX_COMPILE_REFUSED: "refused"}
+
+
+def parse_event(bytes data):
+    """A COMPILED event: (module digest, configuration, status ``ok``/``failed``/``refused``, has code (a memfd
+    came with it), compile_seq, compile_us, message). ValueError if it is not one."""
+    cdef sandbox_event ev
+    if len(data) != sizeof(sandbox_event):
+        raise ValueError("not a sandbox event")
+    memcpy(&ev, <const char *> data, sizeof(ev))
+    if ev.type != SANDBOX_MSG_COMPILED or ev.compile == 0 or ev.status not in COMPILE_STATUSES:
+        raise ValueError("not a sandbox event")
+    ev.message[sizeof(ev.message) - 1] = 0
+    return (PyBytes_FromStringAndSize(<char *> ev.hash, 32), ev.compile - 1, COMPILE_STATUSES[ev.status],
+            bool(ev.has_code), ev.compile_seq, ev.compile_us, ev.message.decode("utf-8", "replace"))
+
+
+def code_length(bytes header):
+    """The length of the code after a compile helper's header (checked by the fork server already)."""
+    cdef sandbox_code_header h
+    if len(header) != sizeof(sandbox_code_header):
+        raise ValueError("short code header")
+    memcpy(&h, <const char *> header, sizeof(h))
+    if h.magic != SANDBOX_CODE_MAGIC or not h.ok:
+        raise ValueError("not compiled code")
+    return h.len
 
 
 def server_main(list args):
@@ -166,6 +199,11 @@ cdef class Slot:
     @property
     def cache_seq(self):
         return self.slot.cache_seq
+
+    @property
+    def compile_seq(self):
+        """Compiles the fork server had finished (events sent) when it forked the slot's next worker."""
+        return self.slot.compile_seq
 
     @property
     def last_exit(self):

@@ -86,7 +86,7 @@ class CompiledCache:
     def path(self, digest: bytes, config: int) -> Path:
         return self.directory / f"{digest.hex()}-{config}{SUFFIX}"
 
-    def encode(self, digest: bytes, config: int, payload: bytes) -> bytes:
+    def encode(self, digest: bytes, config: int, payload: bytes | memoryview) -> bytes:
         """A file's bytes for ``payload`` (wasmtime's serialized module)."""
         header = _HEADER.pack(MAGIC, digest, config, self.engine_tag, len(payload))
         mac = hmac.new(self._key, header, hashlib.sha256)
@@ -116,30 +116,55 @@ class CompiledCache:
             raise CompiledCacheError("MAC does not verify (written by someone else, or damaged)")
         return view[_HEADER.size : _HEADER.size + length]
 
-    def load(self, module: Module, limits: Limits, deterministic: bool) -> bool:
-        """Give ``module`` its compiled code from disk: True when it has it now; a bad file is removed (False)."""
-        config = configuration(limits, deterministic)
-        path = self.path(module.digest, config)
+    def read(self, digest: bytes, config: int) -> memoryview | None:
+        """The checked code of module ``digest`` for configuration ``config`` (None when there is none; a bad file is
+        removed). Whoever loads it still lets wasmtime check it, and calls :meth:`refuse` when wasmtime refuses."""
+        path = self.path(digest, config)
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 if size > self.max_bytes:
                     raise CompiledCacheError(f"{size} bytes, above the cache's bound")
                 data = f.read()
-            module._core.deserialize(limits, deterministic, self.decode(module.digest, config, data))
+            code = self.decode(digest, config, data)
         except FileNotFoundError:
-            return False
-        except PhaseError:  # CompiledCacheError, or wasmtime refused the code (another version or settings)
+            return None
+        except CompiledCacheError:
             path.unlink(missing_ok=True)
-            return False
+            return None
         os.utime(path)  # recently used
+        return code
+
+    def has(self, digest: bytes, config: int) -> bool:
+        """Whether a file for the module and configuration exists (checked only when read)."""
+        return self.path(digest, config).is_file()
+
+    def refuse(self, digest: bytes, config: int) -> None:
+        """Remove a file whose code wasmtime refused (another version or engine settings)."""
+        self.path(digest, config).unlink(missing_ok=True)
+
+    def load(self, module: Module, limits: Limits, deterministic: bool) -> bool:
+        """Give ``module`` its compiled code from disk: True when it has it now; a bad file is removed (False)."""
+        config = configuration(limits, deterministic)
+        code = self.read(module.digest, config)
+        if code is None:
+            return False
+        try:
+            module._core.deserialize(limits, deterministic, code)
+        except PhaseError:  # wasmtime refused the code (another version or settings)
+            self.refuse(module.digest, config)
+            return False
         return True
 
     def store(self, module: Module, limits: Limits, deterministic: bool) -> Path:
         """Write ``module``'s compiled code (compiling it first if needed) and keep the directory in its bound."""
         config = configuration(limits, deterministic)
-        data = self.encode(module.digest, config, module._core.serialize(limits, deterministic))
-        path = self.path(module.digest, config)
+        return self.store_code(module.digest, config, module._core.serialize(limits, deterministic))
+
+    def store_code(self, digest: bytes, config: int, code: bytes | memoryview) -> Path:
+        """Write code compiled elsewhere (a sandbox's compile helper) for module ``digest`` and ``config``."""
+        data = self.encode(digest, config, code)
+        path = self.path(digest, config)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:

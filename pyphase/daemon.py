@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from pyphase.api.services import NodeServices
 from pyphase.errors import IdentityError, SandboxUnavailable
@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--via-relay",
         metavar="auto|HOST:PORT|PEERID",
         help="be reached through relays (this node is not reachable directly): relays' HOST:PORT,..., "
-        "a relay's PEERID, or auto (found on the DHT)",
+        "a relay's PEERID, or auto (found on the DHT); of more than two, the two with the best round trip "
+        "and load are held and the rest kept as spares",
     )
     p.add_argument(
         "--no-upnp",
@@ -320,10 +321,19 @@ def _start_relay_agent(config: NodeConfig, identity: Identity, node: Node, prese
 
     listen_host = split_hostport(config.listen)[0]
     local = ("127.0.0.1" if listen_host in ("0.0.0.0", "*", "") else listen_host, node.port)
-    agent = RelayAgent(identity, local, node.log)
+    agent = RelayAgent(identity, local, node.log, sources=node.relayed)
     if presence is not None:
         agent.on_change = lambda: presence.set_relays(agent.reserved())
-    agent.begin(_relays_for(via, presence, node.log))
+    rediscover: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None
+    if presence is not None and ":" not in via and "," not in via:  # auto or a relay's PEERID: the DHT again
+
+        async def find_again() -> list[tuple[str, int]]:
+            found: list[tuple[str, int]] = await presence.find_relays(None if via == "auto" else via)
+            return found
+
+        rediscover = find_again
+
+    agent.begin(_relays_for(via, presence, node.log), rediscover)
     return agent
 
 

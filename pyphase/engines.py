@@ -79,6 +79,7 @@ _HISTORY_MAX = 4096
 _runs: ModuleRuns | None = None
 _cache: CompiledCache | None = None
 _cache_dir: tuple[Path, int] | None = None
+_data_dir: Path | None = None
 #: names the compiler build whose code the disk cache holds: wasmtime's release and our engine settings (bump the
 #: suffix when phase_wasmtime.c changes a setting that changes generated code)
 ENGINE_TAG = f"wasmtime-{WASMTIME_VERSION}/phase-2"
@@ -152,7 +153,7 @@ def check(engine: str) -> str:
     """``engine`` if it is a known choice (``ValueError`` otherwise); loads wasmtime when it is asked for."""
     if engine not in CHOICES:
         raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(CHOICES)}")
-    if engine == "wasmtime":
+    if engine == "wasmtime" and not _loaded:
         load_wasmtime()
     return engine
 
@@ -163,14 +164,20 @@ def use_data_dir(data_dir: str | os.PathLike[str] | None, max_bytes: int = DEFAU
     compiled-code directory is opened once the compiling engine is."""
     from pyphase.history import HISTORY_FILE, ModuleRuns  # history imports receipts, which import this module
 
-    global _runs, _cache, _cache_dir
+    global _runs, _cache, _cache_dir, _data_dir
     runs = None if data_dir is None else ModuleRuns(Path(data_dir) / HISTORY_FILE)
     with _lock:
+        _data_dir = None if data_dir is None else Path(data_dir)
         old, _runs, _cache = _runs, runs, None
         _cache_dir = None if data_dir is None else (Path(data_dir) / "compiled", max_bytes)
         _history.clear()
     if old is not None:
         old.close()
+
+
+def data_dir() -> Path | None:
+    """The data dir :func:`use_data_dir` named last (None: in memory only)."""
+    return _data_dir
 
 
 def compiled_cache() -> CompiledCache | None:

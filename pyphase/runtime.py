@@ -285,7 +285,7 @@ def prepare_job(
         limits or DEFAULT_LIMITS,
         deterministic,
         seed or bytes(32),
-        tuple(check(dirs)),
+        tuple(check(dirs)) if dirs else (),
         engines.check(engine),
         quota,
     )
@@ -340,8 +340,12 @@ def run_prepared(job: PreparedJob, on_output: OutputCallback | None = None) -> R
     module = job.module if isinstance(job.module, Module) else Module.cached(job.module, job.digest)
     engine = job.engine if job.engine == "wasm3" else engines.choose(job.engine, module, job.limits, job.deterministic)
     sink = sink_for(on_output)
-    with opened(job.dirs) as preopens:
-        result = Result.from_core(_core.run(module._core, job, preopens, sink, engine), engine)
+    if job.dirs:
+        with opened(job.dirs) as preopens:
+            raw = _core.run(module._core, job, preopens, sink, engine)
+    else:
+        raw = _core.run(module._core, job, None, sink, engine)  # the tiny job's path: no directories to open
+    result = Result.from_core(raw, engine)
     engines.after_job(module, job.limits, job.deterministic, job.engine, engine, result.wall_us, result.compile_us)
     if sink is not None:
         sink.reraise()

@@ -78,9 +78,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"phase: invalid_module: {message}", file=sys.stderr)
             return STATUS_EXIT_CODES["invalid_module"]
     else:
+        from pyphase import engines
         from pyphase.engines import looks_long
         from pyphase.sandbox import Sandbox
 
+        previous = engines.data_dir()
+        if job.engine != "wasm3":
+            _use_data_dir(args.data_dir)  # auto's history and compiled code, as a node keeps them
         try:
             # the compiling engine costs its fork server tens of ms to set up: only when this job may use it
             jit = job.engine == "wasmtime" or (job.engine == "auto" and looks_long(job.digest, job.limits))
@@ -88,8 +92,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                 workers=1, shm_bytes=Sandbox.shm_bytes_for(job), engines=None if jit else ["wasm3"]
             ) as sandbox:
                 result = sandbox.run_prepared(job, on_output)
+                # a long wasm3 job's module is compiled once it ends: wait at most as long again, so the next run
+                # finds the code in the data dir
+                sandbox.wait_for_compiles(result.wall_us / 1e6)
         except EngineUnavailable as exc:
             return fail(str(exc))
+        finally:
+            if job.engine != "wasm3":
+                engines.use_data_dir(previous)  # nothing of this run outlives it (phase run called in process)
     module_hash = hash_text(job.digest)
     result = result.with_hashes(module_hash, sha256_text(job_input))
     receipt = None
@@ -118,22 +128,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
+def _use_data_dir(data_dir: str | None) -> None:
+    """Keep what ``auto`` learns and the compiled code in ``data_dir`` (default: plasmd's), as a node does."""
+    from pyphase import engines
+    from pyphase.net.config import default_data_dir
+
+    target = Path(data_dir) if data_dir else default_data_dir()
+    try:
+        engines.use_data_dir(target)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"phase: note: compiled code is not kept across runs ({target}: {exc})", file=sys.stderr)
+
+
 def _run_here(job: PreparedJob, on_output: OutputCallback | None, data_dir: str | None) -> Result:
     """Run ``job`` in this process. Unless it is pinned to wasm3, the data dir keeps what ``auto`` learns and the
     compiled code across runs; a job still on wasm3 after AUTO_WALL_US has its module compiled meanwhile (kept for
     the next run, which then starts compiled), and this process waits for that compile at most as long again as the
     job ran."""
     from pyphase import engines
-    from pyphase.net.config import default_data_dir
     from pyphase.runtime import Module, run_prepared
 
     if job.engine == "wasm3":
         return run_prepared(job, on_output)
-    target = Path(data_dir) if data_dir else default_data_dir()
-    try:
-        engines.use_data_dir(target)
-    except (OSError, sqlite3.Error) as exc:
-        print(f"phase: note: compiled code is not kept across runs ({target}: {exc})", file=sys.stderr)
+    _use_data_dir(data_dir)
     module = Module.cached(job.data, job.digest)
     timer = None
     if job.engine == "auto" and engines.choose("auto", module, job.limits, job.deterministic) == "wasm3":
@@ -278,7 +295,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--data-dir",
         metavar="DIR",
-        help="where --no-sandbox runs keep compiled code and which modules ran long, as a node does "
+        help="where runs keep compiled code and which modules ran long, as a node does "
         "(default: plasmd's default data directory)",
     )
     p.add_argument("--identity", metavar="FILE", help=f"key that signs the receipt (default {default_identity_path()})")

@@ -71,9 +71,10 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     relay_circuit_bytes = "256MiB"      # bytes one circuit carries (both ways) before it is closed
     relay_circuit_time = "10m"          # how long one circuit lives (the client's ZeroMQ then reconnects)
     relay_reservation_time = "1h"       # a reservation not refreshed within this ends (nodes refresh at half)
-    via_relay       = ""                # reach this node through relays: "HOST:PORT,..." of relays (at most 2
-                                        # used), a relay's PEERID, or "auto" (relays found on the DHT); the
-                                        # record then names the relays instead of the node's own address.
+    via_relay       = ""                # reach this node through relays: "HOST:PORT,..." of relays (the best 2
+                                        # held, ranked by round trip and load, the rest spares), a relay's PEERID,
+                                        # or "auto" (relays found on the DHT); the record then names the relays
+                                        # instead of the node's own address.
                                         # "": "auto" once the dial-back verdict is "unreachable"; "off": never
 
     [limits]                            # the most a job may ask for; bigger offers are rejected "limits"

@@ -47,6 +47,7 @@ from pyphase.net.jobfs import CHUNK, JobFS
 from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig
 from pyphase.net.reachability import DialBackService
+from pyphase.net.relayed import RelayedSources
 from pyphase.net.shares import HeldJob, ShareCaps, Shares
 from pyphase.sandbox.executor import Executor, SandboxExecutor, failed_result, job_kwargs, make_executor
 from pyphase import engines
@@ -81,6 +82,12 @@ RATE_LIMITED = frozenset(
         "refused",
         "cancelled",
         "blob_timeout",
+        # a relay's and a relayed node's: any client opens circuits, any key reserves
+        "circuit_opened",
+        "circuit_closed",
+        "circuit_failed",
+        "relay_reserved",
+        "relay_lost",
     }
 )
 
@@ -393,6 +400,8 @@ class Node:
         self.on_result: Callable[[dict[str, Any], str], None] | None = None
         """Called with (receipt, client key) after each result is sent (history, metrics: pyphase.api)."""
         self.dial_back = DialBackService(self.ctx)
+        self.relayed = RelayedSources()
+        """Relayed clients' names for the loopback addresses the relay splice feeds them from (pyphase.net.relayed)."""
         self.dial_nonces: dict[bytes, threading.Event] = {}
         """Nonces of this node's own reachability checks; set when their dial back arrives."""
         self.reachability: dict[str, Any] | None = None
@@ -457,6 +466,11 @@ class Node:
                 from pyphase.boot.server import DEFAULT_MAX_CONNECTIONS
 
                 reserved += 2 * DEFAULT_MAX_CONNECTIONS
+            if self.config.relay:  # the relay's: handshakes, reservations, both ends of each circuit
+                from pyphase.net.relay import RelayLimits
+
+                c = self.config
+                reserved += RelayLimits().pending + c.relay_reservations + 2 * c.relay_circuits
             self.max_connections = max(16, soft - reserved)
         loop = asyncio.get_running_loop()
         loop.add_reader(self.monitor.fileno(), self._on_monitor)
@@ -552,7 +566,7 @@ class Node:
                 continue
             event, fd = struct.unpack("=HI", frames[0])
             if event == zmq.EVENT_ACCEPTED:
-                address = _peer_address(fd)
+                address = self.relayed.name(_peer_address(fd))
                 self._connections[fd] = address
                 self._address_connections[address] += 1
                 if (
@@ -588,7 +602,7 @@ class Node:
                 user = curve_key_text(frames[8]) if ok else ""
             except ValueError:
                 continue  # not a ZAP request: libzmq sends nothing else here
-            source = address.decode("utf-8", "replace")
+            source = self.relayed.name(address.decode("utf-8", "replace"))
             status, text = (b"200", b"OK") if ok else (b"400", b"CURVE only")
             if ok and user in self._penalty and self._penalty_active(user):
                 status, text = b"400", b"dropped for bad messages; try later"
@@ -797,7 +811,7 @@ class Node:
         self.bytes_in += sum(len(f) for f in frames[1:])
         try:
             client = frames[1].get("User-Id")
-            address = frames[1].get("Peer-Address")
+            address = self.relayed.name(frames[1].get("Peer-Address"))
             fd = frames[1].get(zmq.SRCFD)
         except zmq.ZMQError:
             client, address, fd = "", "", -1
@@ -840,6 +854,8 @@ class Node:
 
         if not 0 < port < 65536 or not client or not address:
             return answer(False, "a dial back needs a port (1-65535) and a CURVE key")
+        if address in self.relayed:  # its address is the relay's word, and dialling it would not test a way in
+            return answer(False, "no dial back through a relay: ask over a direct connection")
         refused = self.dial_back.admit(address)
         if refused is not None:
             return answer(False, refused)

@@ -36,6 +36,7 @@ import nacl.signing
 from pyphase._core import splice
 from pyphase.identity import Identity, public_key_from_peer_id
 from pyphase.net.addresses import RELAY_PORT_OFFSET, side_port
+from pyphase.net.relayed import RelayedSources, client_name
 
 __all__ = [
     "MAX_FRAME",
@@ -43,7 +44,10 @@ __all__ = [
     "RelayLimits",
     "RelayServer",
     "RelayAgent",
+    "RelayProbe",
     "open_circuit",
+    "probe_relay",
+    "rank_relays",
     "relay_listen_address",
 ]
 
@@ -200,6 +204,7 @@ class RelayLimits:
     circuit_bytes: int = 256 << 20  # both directions together; then the circuit is closed
     circuit_time_s: float = 600.0  # then the circuit is closed (the client's ZeroMQ reconnects)
     pending: int = 64  # connections still in their handshake
+    address_pending: int = 8  # the same, from one source address (one slow sender cannot hold them all)
     reservation_s: float = 3600.0  # a reservation not refreshed within this ends (the node refreshes at half)
 
     def to_wire(self) -> dict[str, int]:
@@ -237,6 +242,7 @@ class RelayServer:
         self._circuits = 0
         self._by_address: dict[str, int] = {}  # circuits open (or waiting) per client address
         self._handshaking = 0
+        self._handshaking_from: dict[str, int] = {}  # source address -> connections in their first frame
         self._tasks: set[asyncio.Task[Any]] = set()
         self._spliced: set[socket.socket] = set()  # owned by a splice thread, which closes them
         self.forwarded = 0  # bytes carried, both directions, every circuit
@@ -262,6 +268,15 @@ class RelayServer:
     @property
     def reservations(self) -> int:
         return len(self._reservations)
+
+    def load(self) -> dict[str, int]:
+        """What this relay holds against its limits (told in every challenge: nodes rank relays by it)."""
+        return {
+            "reservations": len(self._reservations),
+            "max_reservations": self.limits.reservations,
+            "circuits": self._circuits,
+            "max_circuits": self.limits.circuits,
+        }
 
     @property
     def circuits(self) -> int:
@@ -298,13 +313,18 @@ class RelayServer:
         ZeroMQ stream, which the splice thread copies from the kernel's buffer."""
         keep = False
         try:
-            if self._handshaking >= self.limits.pending:
+            from_there = self._handshaking_from.get(address, 0)
+            if self._handshaking >= self.limits.pending or from_there >= self.limits.address_pending:
                 return
             self._handshaking += 1
+            self._handshaking_from[address] = from_there + 1
             try:
                 first = await _sock_read_frame(conn, HANDSHAKE_TIMEOUT_S)
             finally:
                 self._handshaking -= 1
+                left = self._handshaking_from.pop(address) - 1
+                if left:
+                    self._handshaking_from[address] = left
             kind = first["t"]
             if kind == "reserve":
                 keep = True  # its streams own the socket from here
@@ -366,7 +386,7 @@ class RelayServer:
             raise RelayError("relay_busy", "too many handshakes under way")
         self._handshaking += 1  # until the proof is in: a flood of half-made reservations is bounded too
         try:
-            writer.write(encode_frame("challenge", nonce=nonce, relay=self.identity.peer_id))
+            writer.write(encode_frame("challenge", nonce=nonce, relay=self.identity.peer_id, load=self.load()))
             await writer.drain()
             proof = await read_frame(reader, HANDSHAKE_TIMEOUT_S)
         finally:
@@ -451,7 +471,7 @@ class RelayServer:
         opened = time.monotonic()
         why, carried = "closed", 0
         try:
-            res.writer.write(encode_frame("circuit", id=token))
+            res.writer.write(encode_frame("circuit", id=token, client=address))
             try:
                 async with asyncio.timeout(ACCEPT_TIMEOUT_S):
                     node_conn = await fut
@@ -564,11 +584,87 @@ def _refresh_after(limits: Any) -> float:
     return max(0.5, ttl / 2) if isinstance(ttl, (int, float)) and ttl > 0 else 1800.0
 
 
+LOAD_WEIGHT = 4.0  # a relay at its limits ranks as if this many times farther again (see rank_relays)
+FAILOVER_AFTER = 2  # failed reservation attempts in a row before a node moves to its next-ranked relay
+
+
+@dataclass(frozen=True)
+class RelayProbe:
+    """What a node learned of a candidate relay by starting a reservation: the time from dialling to the
+    relay's challenge, and the share of its limits in use it reported; or why it could not reserve there."""
+
+    relay: tuple[str, int]
+    rtt_s: float = 0.0
+    load: float = 0.0  # 0 idle ... 1 at its limits (reservations or circuits, whichever is fuller)
+    error: str = ""
+
+    @property
+    def score(self) -> float:
+        """Lower is better: the round trip, weighed up by the load (an idle relay 10 ms away ranks ahead of
+        a half-full one 4 ms away; one at its limits counts ``1 + LOAD_WEIGHT`` times its round trip)."""
+        return self.rtt_s * (1.0 + LOAD_WEIGHT * self.load)
+
+    def to_json(self) -> dict[str, Any]:
+        name = f"{self.relay[0]}:{self.relay[1]}"
+        if self.error:
+            return {"relay": name, "error": self.error}
+        return {"relay": name, "rtt_ms": round(self.rtt_s * 1000, 2), "load": round(self.load, 3)}
+
+
+def _reported_load(load: Any) -> float:
+    """A relay's ``load`` map as one fraction in [0, 1] (anything malformed counts as idle: it is the relay's
+    word, and the round trip is measured)."""
+    if not isinstance(load, dict):
+        return 0.0
+    fractions = [0.0]
+    for used, most in (("reservations", "max_reservations"), ("circuits", "max_circuits")):
+        u, m = load.get(used), load.get(most)
+        if type(u) is int and type(m) is int and m > 0:
+            fractions.append(min(1.0, max(0.0, u / m)))
+    return max(fractions)
+
+
+async def probe_relay(relay: tuple[str, int], peer_id: str, timeout: float = HANDSHAKE_TIMEOUT_S) -> RelayProbe:
+    """Start a reservation at ``relay`` and stop at its challenge (nothing is signed, nothing held): the
+    round trip from dialling to the challenge, and the load the relay reports in it."""
+    started = time.perf_counter()
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(relay[0], relay[1], limit=MAX_FRAME * 2)
+            writer.write(encode_frame("reserve", peer=peer_id))
+            answer = await read_frame(reader, timeout)
+        rtt = time.perf_counter() - started
+    except RelayError as exc:
+        return RelayProbe(relay, error=str(exc)[:200])
+    except (TimeoutError, asyncio.IncompleteReadError, OSError) as exc:
+        return RelayProbe(relay, error=(str(exc) or type(exc).__name__)[:200])
+    finally:
+        if writer is not None:
+            writer.close()
+    if answer["t"] != "challenge":
+        reason = str(answer.get("reason", answer["t"]))[:64]
+        return RelayProbe(relay, error=f"{reason}: {str(answer.get('detail', ''))[:128]}")
+    return RelayProbe(relay, rtt, _reported_load(answer.get("load")))
+
+
+def rank_relays(probes: list[RelayProbe]) -> list[RelayProbe]:
+    """Relays that answered, best score first, then those that did not (in the order given)."""
+    answered = sorted((p for p in probes if not p.error), key=lambda p: p.score)
+    return answered + [p for p in probes if p.error]
+
+
 class RelayAgent:
     """A node's reservations: one control connection per relay (kept, re-made with back-off when lost), and
     for each circuit the relay announces, a new outbound connection spliced onto the node's own ROUTER at
-    ``local``. Events: ``relay_reserved``, ``relay_lost``, ``circuit_opened``, ``circuit_closed`` (``role =
-    "node"``); ``on_change`` is called when the set of relays holding a reservation changes."""
+    ``local``, from the loopback address ``sources`` gives the client the relay names (pyphase.net.relayed).
+
+    Given more candidate relays than it holds, the node ranks them (:func:`probe_relay`: round trip of the
+    reservation handshake and reported load), holds the best :attr:`MAX_RELAYS` and keeps the rest as
+    spares: a relay that refuses or cannot be reached ``FAILOVER_AFTER`` times in a row is replaced by the
+    best spare that answers a fresh probe. Events: ``relay_ranked``, ``relay_reserved``, ``relay_lost``,
+    ``relay_failover``, ``circuit_opened``, ``circuit_closed`` (``role = "node"``); ``on_change`` is called
+    when the set of relays holding a reservation changes."""
 
     MAX_CIRCUITS = 64
 
@@ -580,30 +676,54 @@ class RelayAgent:
         local: tuple[str, int],
         log: Callable[..., None],
         on_change: Callable[[], None] = lambda: None,
+        sources: RelayedSources | None = None,
     ) -> None:
         self.identity = identity
         self.local = local
         self.log = log
         self.on_change = on_change
+        self.sources = sources
         self.active: dict[tuple[str, int], bool] = {}
+        self.spares: list[tuple[str, int]] = []  # ranked candidates not held now, best first
+        self._assigned: set[tuple[str, int]] = set()  # relays a _keep task holds or tries
         self._tasks: list[asyncio.Task[None]] = []
         self._circuits = threading.BoundedSemaphore(self.MAX_CIRCUITS)
         self._open: set[socket.socket] = set()
+        self._per_relay: dict[tuple[str, int], int] = {}  # circuits open through each relay
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._rediscover: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None
 
     def reserved(self) -> list[str]:
         """``HOST:PORT`` of every relay that holds a reservation for this node now."""
         return [f"{h}:{p}" for (h, p), ok in self.active.items() if ok]
 
-    def begin(self, relays: Awaitable[list[tuple[str, int]]]) -> None:
-        """Reserve at (at most two of) the relays ``relays`` gives, in the background."""
+    def begin(
+        self,
+        relays: Awaitable[list[tuple[str, int]]],
+        rediscover: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None,
+    ) -> None:
+        """Reserve at the best (at most two) of the relays ``relays`` gives, in the background; when a relay
+        fails and no spare answers, ``rediscover`` (if given: ``auto``'s DHT lookup) is asked for new ones."""
+        self._rediscover = rediscover
         self._loop = asyncio.get_running_loop()
         self._tasks.append(self._loop.create_task(self._start(relays)))
 
+    async def rank(self, candidates: list[tuple[str, int]]) -> list[RelayProbe]:
+        """Probe every candidate at once; ranked (see :func:`rank_relays`)."""
+        probes = await asyncio.gather(*(probe_relay(c, self.identity.peer_id) for c in dict.fromkeys(candidates)))
+        return rank_relays(list(probes))
+
     async def _start(self, relays: Awaitable[list[tuple[str, int]]]) -> None:
         assert self._loop is not None
-        for relay in (await relays)[: self.MAX_RELAYS]:
+        candidates = list(dict.fromkeys(await relays))
+        if len(candidates) > self.MAX_RELAYS:
+            ranked = await self.rank(candidates)
+            self.log("relay_ranked", relays=[p.to_json() for p in ranked])
+            candidates = [p.relay for p in ranked]
+        self.spares = candidates[self.MAX_RELAYS :]
+        for relay in candidates[: self.MAX_RELAYS]:
+            self._assigned.add(relay)
             self._tasks.append(self._loop.create_task(self._keep(relay)))
 
     async def close(self) -> None:
@@ -612,8 +732,33 @@ class RelayAgent:
             for sock in list(self._open):
                 _shutdown(sock)
 
+    async def _next_relay(self, failed: tuple[str, int], why: str) -> tuple[str, int]:
+        """The best spare that answers a probe now, in place of ``failed`` (which becomes the last spare);
+        ``failed`` itself when no spare answers. With none left, new candidates are looked for (``rediscover``)."""
+
+        async def free_ranked(candidates: list[tuple[str, int]]) -> list[RelayProbe]:
+            taken = self._assigned | {failed}  # another task may have taken one meanwhile
+            return await self.rank([c for c in candidates if c not in taken]) if candidates else []
+
+        free = await free_ranked(self.spares)
+        if (not free or free[0].error) and self._rediscover is not None:
+            found = await free_ranked(list(dict.fromkeys([*await self._rediscover(), *self.spares])))
+            if found and not found[0].error:
+                self.log("relay_ranked", relays=[p.to_json() for p in found], after=f"{failed[0]}:{failed[1]} failed")
+                free = found
+        if not free or free[0].error:
+            return failed
+        best = free[0]
+        self._assigned.discard(failed)
+        self._assigned.add(best.relay)
+        self.spares = [p.relay for p in free[1:] if p.relay != failed] + [failed]
+        old, new = f"{failed[0]}:{failed[1]}", f"{best.relay[0]}:{best.relay[1]}"
+        self.log("relay_failover", relay=old, to=new, reason=why[:200], probe=best.to_json())
+        return best.relay
+
     async def _keep(self, relay: tuple[str, int]) -> None:
         backoff = 1.0
+        failures = 0
         while True:
             try:
                 await self._hold(relay)
@@ -622,13 +767,19 @@ class RelayAgent:
             except (RelayError, TimeoutError, asyncio.IncompleteReadError, OSError) as exc:
                 why = str(exc) or type(exc).__name__
                 if self.active.pop(relay, False):  # it held: try again soon
-                    backoff = 1.0
+                    backoff, failures = 1.0, 0
                     self.on_change()
                     self.log("relay_lost", role="node", relay=f"{relay[0]}:{relay[1]}", reason=why)
                 else:
+                    failures += 1
                     if backoff <= 1.0:
                         self.log("warning", message=f"relay {relay[0]}:{relay[1]}: no reservation ({why})")
                     backoff = min(backoff * 2, 30.0)
+                    if failures >= FAILOVER_AFTER:
+                        replacement = await self._next_relay(relay, why)
+                        if replacement != relay:
+                            relay, backoff, failures = replacement, 1.0, 0
+                            continue
             await asyncio.sleep(backoff)
 
     async def _hold(self, relay: tuple[str, int]) -> None:
@@ -674,7 +825,7 @@ class RelayAgent:
                     continue
                 last = time.monotonic()
                 if msg["t"] == "circuit" and isinstance(msg.get("id"), bytes):
-                    self._take_circuit(relay, msg["id"])
+                    self._take_circuit(relay, msg["id"], client_name(msg.get("client"), f"{relay[0]}:{relay[1]}"))
                 elif msg["t"] == "ping":
                     writer.write(encode_frame("pong"))
                     await writer.drain()
@@ -685,33 +836,54 @@ class RelayAgent:
         finally:
             writer.close()
 
-    def _take_circuit(self, relay: tuple[str, int], token: bytes) -> None:
-        if not self._circuits.acquire(blocking=False):
-            return  # the relay times the client out
-        threading.Thread(target=self._circuit, args=(relay, token), name="phase-relay-circuit", daemon=True).start()
+    def _take_circuit(self, relay: tuple[str, int], token: bytes, client: str) -> None:
+        with self._lock:  # one relay (a hostile one) cannot take the circuits the others' clients need
+            if self._per_relay.get(relay, 0) >= self.MAX_CIRCUITS // self.MAX_RELAYS:
+                return  # the relay times the client out
+            if not self._circuits.acquire(blocking=False):
+                return
+            self._per_relay[relay] = self._per_relay.get(relay, 0) + 1
+        threading.Thread(
+            target=self._circuit, args=(relay, token, client), name="phase-relay-circuit", daemon=True
+        ).start()
 
     def _threadsafe_log(self, event: str, **fields: Any) -> None:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(lambda: self.log(event, **fields))
 
-    def _circuit(self, relay: tuple[str, int], token: bytes) -> None:
+    def _local_connection(self, client: str) -> tuple[socket.socket, bool]:
+        """A connection to the node's own ROUTER, from ``client``'s loopback alias where there is one (an
+        IPv4 ROUTER: all of 127/8 is this machine's; IPv6 has ``::1`` alone); and whether it came from it."""
+        if self.sources is not None and ":" not in self.local[0]:
+            alias = self.sources.take(client)
+            try:
+                return socket.create_connection(self.local, HANDSHAKE_TIMEOUT_S, (alias, 0)), True
+            except OSError:
+                self.sources.give_back(client)
+                raise
+        return socket.create_connection(self.local, timeout=HANDSHAKE_TIMEOUT_S), False
+
+    def _circuit(self, relay: tuple[str, int], token: bytes, client: str) -> None:
         remote = local = None
+        aliased = False
         opened = time.monotonic()
         carried = 0
         try:
             try:
                 remote = socket.create_connection(relay, timeout=HANDSHAKE_TIMEOUT_S)
                 remote.sendall(encode_frame("accept", circuit=token))
-                local = socket.create_connection(self.local, timeout=HANDSHAKE_TIMEOUT_S)
+                local, aliased = self._local_connection(client)
             except OSError as exc:
-                self._threadsafe_log("warning", message=f"relay circuit not taken: {exc}")
+                self._threadsafe_log("circuit_failed", role="node", relay=f"{relay[0]}:{relay[1]}", error=str(exc))
                 return
             for s in (remote, local):
                 s.settimeout(None)
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._open.update((remote, local))
-            self._threadsafe_log("circuit_opened", role="node", relay=f"{relay[0]}:{relay[1]}", circuit=token[:4].hex())
+            self._threadsafe_log(
+                "circuit_opened", role="node", relay=f"{relay[0]}:{relay[1]}", circuit=token[:4].hex(), client=client
+            )
             carried = join(remote, local)[1]
             self._threadsafe_log(
                 "circuit_closed",
@@ -725,6 +897,11 @@ class RelayAgent:
             ends = [end for end in (remote, local) if end is not None]
             with self._lock:
                 self._open.difference_update(ends)
+                left = self._per_relay.pop(relay, 1) - 1
+                if left:
+                    self._per_relay[relay] = left
             for end in ends:
                 end.close()
+            if aliased and self.sources is not None:
+                self.sources.give_back(client)
             self._circuits.release()

@@ -7,8 +7,10 @@ allow-list), runs it and writes the result back, then exits; the fork server for
 crashes, hangs past the hard timeout or runs out of memory is reaped and replaced, and the job ends with
 status ``crashed``, ``timeout`` or ``memory_limit``. See docs/SANDBOX.md.
 
-Both engines run in workers (:mod:`pyphase.engines`): the compiling engine's code is compiled by the fork server
-(never by a worker) when a worker has validated the module, and inherited by every worker forked after that.
+Both engines run in workers (:mod:`pyphase.engines`): the compiling engine's code is compiled by a compile helper
+the fork server forks (never by a worker, never on the server's own loop) once a worker has validated the module, or
+read from the node's disk cache (:mod:`pyphase.compiled`); the server loads it and every worker forked after that
+inherits it. An ``auto`` job never waits for a big module's compile: it runs on wasm3 meanwhile.
 
 Modules are validated inside a worker, never in this process: an invalid module is a job outcome
 (``status == "invalid_module"``), not an exception.
@@ -16,6 +18,8 @@ Modules are validated inside a worker, never in this process: an invalid module 
 
 from __future__ import annotations
 
+import hashlib
+import mmap
 import os
 import queue
 import socket
@@ -24,6 +28,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +42,7 @@ from pyphase.engines import EngineUnavailable
 from pyphase.errors import LimitsError, PhaseError, SandboxError
 from pyphase.limits import Limits, format_size
 from pyphase.result import RawResult, Result
+from pyphase.sandbox.executor import failed_result
 from pyphase.preopen import FsQuota, Preopen, opened
 from pyphase.runtime import (
     DEFAULT_PROGRAM_NAME,
@@ -66,6 +72,16 @@ START_TIMEOUT_MS = 10_000
 COMPILE_ATTEMPTS = 4 * _sandbox.MAX_DEPTH
 # How a worker says the fork server could not set up the compiling engine (csrc/sandbox_server.c, jit_set_up).
 JIT_REFUSED = "the compiling engine cannot run in this sandbox"
+
+
+class _Compiling:
+    """A job waiting for its module's code (the fork server's event for ``key`` sets ``done``)."""
+
+    __slots__ = ("key", "done")
+
+    def __init__(self, key: tuple[bytes, int], done: threading.Event) -> None:
+        self.key = key
+        self.done = done
 
 
 class _Running:
@@ -113,6 +129,30 @@ def _streamed_as_kept(result: Result, sink: OutputSink) -> Result:
 _DEATHS = ("crashed", "timeout", "memory_limit")
 
 
+def _read_events(sandbox: weakref.ref[Sandbox], sock: socket.socket) -> None:
+    """A fork server's COMPILED events, until it is gone (its sandbox closed, collected or restarted it)."""
+    with sock:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(sock, _sandbox.EVENT_BYTES, 1)
+            except OSError:
+                break
+            try:
+                owner = sandbox()
+                if not data or owner is None:
+                    break
+                owner._on_compiled(sock, data, fds[0] if fds else -1)
+            except ValueError:
+                pass  # not an event: the server is trusted, so a bug of ours; nothing to act on
+            finally:
+                owner = None
+                for fd in fds:
+                    os.close(fd)
+        owner = sandbox()
+        if owner is not None:
+            owner._server_gone(sock)
+
+
 def _fallback_command() -> list[str]:
     return [sys.executable, "-I", "-c", "import sys; from pyphase import _sandbox; _sandbox.server_main(sys.argv[1:])"]
 
@@ -155,6 +195,9 @@ class Sandbox:
         self._shm_bytes = shm_bytes
         self._restart_lock = threading.Lock()
         self.restarts = 0
+        #: modules compiled by this sandbox's compile helpers, and code loaded from the disk cache instead
+        self.compiles = 0
+        self.code_loads = 0
         self._uncacheable: set[bytes] = set()
         self._last_added: tuple[bytes, float] | None = None
         self._free: queue.SimpleQueue[_sandbox.Slot] = queue.SimpleQueue()
@@ -188,17 +231,28 @@ class Sandbox:
     def _start_server(self) -> None:
         """Start a fork server with one slot per worker, each with 1 + spares buffers (a memfd and a pre-forked
         worker each), and wait until every slot has a worker."""
+        with self._lock:
+            self._events: socket.socket | None = None  # events of an old server are dropped from here on
+            orphans = list(getattr(self, "_compiling", {}).values())
+        for done in orphans:
+            done.set()  # jobs waiting for a compile of a server that died: they retry on this one
         self._modules: dict[bytes, int] = {}  # digest -> ADD sequence number (1-based) sent to this server
-        # (digest, compiling engine configuration) -> the ADD that had this server compile it
+        # (digest, compiling engine configuration) -> the server's compile_seq once it has the code: workers forked
+        # from then on have it; compiles asked for and not answered yet; those that failed (status, message)
         self._compiled: dict[tuple[bytes, int], int] = {}
+        self._compiling: dict[tuple[bytes, int], threading.Event] = {}
+        self._compile_failed: dict[tuple[bytes, int], tuple[str, str]] = {}
+        self._compile_us: dict[tuple[bytes, int], int] = {}
+        self._sent_code: set[tuple[bytes, int]] = set()
         self._adds = 0
         main_parent, main_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        child_fds = [main_child.fileno()]
-        args = ["--main", str(main_child.fileno())]
+        events_parent, events_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        child_fds = [main_child.fileno(), events_child.fileno()]
+        args = ["--main", str(main_child.fileno()), "--events", str(events_child.fileno())]
         if "wasmtime" in self.engines:
             args += ["--wasmtime", engines.library()]
         ends: list[tuple[socket.socket, list[int]]] = []
-        closers: list[socket.socket | int] = [main_child]
+        closers: list[socket.socket | int] = [main_child, events_child]
         try:
             for i in range(self.workers):
                 parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -222,6 +276,7 @@ class Sandbox:
             )
         except BaseException:
             main_parent.close()
+            events_parent.close()
             for sock, fds in ends:
                 sock.close()
                 for fd in fds:
@@ -236,12 +291,18 @@ class Sandbox:
                 slot.ready(START_TIMEOUT_MS)
         except PhaseError as exc:
             main_parent.close()
+            events_parent.close()
             for slot in slots:
                 slot.close()
             server.kill()
             server.wait()
             raise SandboxError(f"the sandbox did not start: {exc}") from None
-        self._server, self._main, self._slots = server, main_parent, slots
+        self._server, self._main, self._slots, self._events = server, main_parent, slots, events_parent
+        # the thread holds the sandbox weakly: an unclosed one is still collected (and warns)
+        self._events_thread = threading.Thread(
+            target=_read_events, args=(weakref.ref(self), events_parent), name="phase-sandbox-events", daemon=True
+        )
+        self._events_thread.start()
         for slot in slots:
             self._free.put(slot)
 
@@ -261,6 +322,116 @@ class Sandbox:
             self._server.wait()
             self._start_server()
             self.restarts += 1
+
+    # ---- compiled code (docs/SANDBOX.md, "Engines") ------------------------------------------
+
+    def _server_gone(self, sock: socket.socket) -> None:
+        """The events socket closed: every job still waiting for a compile of that server wakes (and retries)."""
+        with self._lock:
+            if self._events is sock:
+                waiting, self._compiling = list(self._compiling.values()), {}
+            else:
+                waiting = []
+        for done in waiting:
+            done.set()
+
+    def _on_compiled(self, sock: socket.socket, data: bytes, code_fd: int) -> None:
+        digest, config, status, has_code, seq, compile_us, message = _sandbox.parse_event(data)
+        key = (digest, config)
+        if status == "ok" and has_code and code_fd >= 0:
+            self._keep_on_disk(digest, config, code_fd)
+        with self._lock:
+            if self._events is not sock:
+                return  # a server that has been replaced
+            if status == "ok":
+                self._compiled[key] = seq
+                self._compile_us[key] = compile_us
+                if has_code:
+                    self.compiles += 1
+                elif key in self._sent_code:
+                    self.code_loads += 1
+            else:
+                self._compile_failed[key] = (status, message)
+            self._sent_code.discard(key)
+            done = self._compiling.pop(key, None)
+        if done is not None:
+            done.set()
+
+    @staticmethod
+    def _keep_on_disk(digest: bytes, config: int, code_fd: int) -> None:
+        """Write code a compile helper made into the node's disk cache (when it has one), for its next start."""
+        cache = engines.compiled_cache()
+        if cache is None:
+            return
+        try:
+            with mmap.mmap(code_fd, 0, prot=mmap.PROT_READ) as mapped:
+                view = memoryview(mapped)
+                try:
+                    length = _sandbox.code_length(bytes(view[: _sandbox.CODE_HEADER_BYTES]))
+                    code = view[_sandbox.CODE_HEADER_BYTES : _sandbox.CODE_HEADER_BYTES + length]
+                    try:
+                        cache.store_code(digest, config, code)
+                    finally:
+                        code.release()
+                finally:
+                    view.release()
+        except (OSError, ValueError, PhaseError):
+            pass  # a full or read-only disk costs the next start a compile, nothing else
+
+    def _code_on_disk(self, digest: bytes, config: int) -> memoryview | None:
+        cache = engines.compiled_cache() if "wasmtime" in self.engines else None
+        return None if cache is None else cache.read(digest, config)
+
+    def _request_compile(self, digest: bytes, data: bytes, config: int) -> _Compiling | None:
+        """Have the fork server get a validated module's code for ``config``: from the disk cache when it has it,
+        else from a compile helper. None when it is known already (compiled, or failed); else what to wait on."""
+        key = (digest, config)
+        with self._lock:
+            if key in self._compiled or key in self._compile_failed:
+                return None
+            done = self._compiling.get(key)
+            if done is not None:
+                return _Compiling(key, done)
+            done = self._compiling[key] = threading.Event()
+        code = self._code_on_disk(digest, config)
+        if code is not None:
+            with self._lock:
+                self._sent_code.add(key)
+        if not self._add_module(digest, data, config, code):
+            with self._lock:
+                self._compiling.pop(key, None)
+            done.set()
+        return _Compiling(key, done)
+
+    def _await_compile(self, waiting: _Compiling, running: _Running | None) -> None:
+        """Wait (off any slot) for a compile, for a stop request, or for the sandbox to close."""
+        while not waiting.done.wait(0.1):
+            if self._closed:
+                raise SandboxError("the sandbox is closed")
+            if running is not None and running.signal.requested:
+                return  # the next run sees the stop and ends the job
+
+    def wait_for_compiles(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the compiles under way (``phase run`` before it exits, so the code
+        reaches the disk cache); True when none is left."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                waiting = next(iter(self._compiling.values()), None)
+            if waiting is None:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or not waiting.wait(left):
+                return False
+
+    def compiled(
+        self, module: bytes | bytearray | memoryview, limits: Limits | None = None, deterministic: bool = False
+    ) -> bool:
+        """Whether this sandbox's fork server has ``module``'s code for jobs with these limits (its workers from
+        now on run such jobs compiled)."""
+        key = (hashlib.sha256(module).digest(), configuration(limits or Limits(), deterministic))
+        with self._lock:
+            return key in self._compiled
 
     # ---- public API --------------------------------------------------------------------------
 
@@ -389,6 +560,8 @@ class Sandbox:
         except subprocess.TimeoutExpired:
             self._server.kill()
             self._server.wait()
+        if self._events_thread is not threading.current_thread():
+            self._events_thread.join(timeout)  # it closes the events socket at the server's exit
         for slot in taken:
             slot.close()
 
@@ -463,6 +636,24 @@ class Sandbox:
         on_output: OutputCallback | None = None,
         running: _Running | None = None,
     ) -> Result:
+        waited: tuple[bytes, int] | None = None
+        for _ in range(COMPILE_ATTEMPTS):
+            outcome = self._execute_once(job, test_action, on_output, running)
+            if isinstance(outcome, Result):
+                if waited is not None and outcome.engine == "wasmtime":  # this job waited for its compile
+                    outcome = replace(outcome, compile_us=self._compile_us.get(waited, 0))
+                return outcome
+            waited = outcome.key
+            self._await_compile(outcome, running)  # no slot held: other jobs run meanwhile
+        raise SandboxError("the sandbox's fork server did not compile the module for the compiling engine")
+
+    def _execute_once(
+        self,
+        job: PreparedJob,
+        test_action: int,
+        on_output: OutputCallback | None,
+        running: _Running | None,
+    ) -> Result | _Compiling:
         while True:
             if self._closed:
                 raise SandboxError("the sandbox is closed")
@@ -491,7 +682,7 @@ class Sandbox:
         test_action: int,
         on_output: OutputCallback | None = None,
         running: _Running | None = None,
-    ) -> Result:
+    ) -> Result | _Compiling:
         lim = job.limits
         sink = sink_for(on_output)
         hard_timeout = lim.timeout_ms + self.grace_ms if lim.timeout_ms else 0
@@ -499,6 +690,9 @@ class Sandbox:
         engine = self._choose(job)
         if engine == "wasmtime":
             return self._execute_compiled(slot, job, test_action, sink, running, hard_timeout)
+        if job.engine == "auto" and job.digest in self._modules and self._compile_later(job):
+            # a long job of a big module the server holds: its code is made while this one runs on wasm3
+            self._request_compile(job.digest, data, configuration(lim, job.deterministic))
         try:
             if running is not None:  # for stop(): which slot's worker to kill (the run tells it which generation)
                 running.slot = slot
@@ -524,10 +718,10 @@ class Sandbox:
             self._add_module(job.digest, data)
         result = self._finish(Result.from_core(raw), data, sink)
         if job.engine == "auto":
-            engines.record(job.digest, "wasm3", result.wall_us)
+            engines.record(job.digest, "wasm3", result.wall_us)  # auto's history (the data dir's, on a node)
             if valid and self._compile_later(job):
                 # a long job of a big module ran here; its next ones find the compiled code (pyphase.engines)
-                self._add_module(job.digest, data, configuration(lim, job.deterministic))
+                self._request_compile(job.digest, data, configuration(lim, job.deterministic))
         return result
 
     @staticmethod
@@ -545,16 +739,29 @@ class Sandbox:
             return job.engine
         if "wasmtime" not in self.engines or job.digest in self._uncacheable:
             return "wasm3"
-        if (job.digest, configuration(job.limits, job.deterministic)) in self._compiled:
-            return "wasmtime"
-        if not engines.looks_long(job.digest, job.limits):
+        key = (job.digest, configuration(job.limits, job.deterministic))
+        failed = self._compile_failed.get(key)
+        if key in self._compiled or (failed is not None and failed[0] == "refused"):
+            return "wasmtime"  # refused: the compiling engine cannot run here, which _execute_compiled handles
+        if failed is not None or not engines.looks_long(job.digest, job.limits):
             return "wasm3"
-        return "wasmtime" if len(job.data) <= engines.AUTO_INLINE_COMPILE_BYTES else "wasm3"
+        if len(job.data) <= engines.AUTO_INLINE_COMPILE_BYTES:
+            return "wasmtime"  # its compile takes tens of ms: the job waits for it
+        if key in self._compiling:
+            return "wasm3"  # a big module's compile is under way: never wait for Cranelift
+        cache = engines.compiled_cache()
+        return "wasmtime" if cache is not None and cache.has(*key) else "wasm3"  # loaded in milliseconds
 
     def _compile_later(self, job: PreparedJob) -> bool:
         """A big module whose job ``auto`` kept on wasm3 while it looked long: compile it for the next ones."""
         key = (job.digest, configuration(job.limits, job.deterministic))
-        return "wasmtime" in self.engines and key not in self._compiled and engines.looks_long(job.digest, job.limits)
+        return (
+            "wasmtime" in self.engines
+            and key not in self._compiled
+            and key not in self._compiling
+            and key not in self._compile_failed
+            and engines.looks_long(job.digest, job.limits)
+        )
 
     def _execute_compiled(
         self,
@@ -564,22 +771,32 @@ class Sandbox:
         sink: OutputSink | None,
         running: _Running | None,
         hard_timeout: int,
-    ) -> Result:
-        """A job on the compiling engine. A worker runs only code the fork server compiled before forking it: the
-        first worker validates the bytes and answers "not compiled", the server then compiles the module (an ADD
-        with a configuration), and the job goes to the next worker forked after that."""
+    ) -> Result | _Compiling:
+        """A job on the compiling engine. A worker runs only code its fork server had before forking it: a module the
+        server does not hold goes first to a worker, which validates the bytes and answers "not compiled"; the server
+        then gets the code (disk cache, else a compile helper) while the job waits off its slot (the returned
+        :class:`_Compiling`), and the job goes to a worker forked after that."""
         key = (job.digest, configuration(job.limits, job.deterministic))
         data = job.data
         if job.digest in self._uncacheable:
             raise SandboxError("the fork server died caching this module: it is not compiled in this sandbox")
         for _ in range(COMPILE_ATTEMPTS):
+            with self._lock:
+                failed = self._compile_failed.get(key)
+                compiled_at = self._compiled.get(key)
+            if failed is not None:
+                return self._not_compiled(slot, job, test_action, sink, running, *failed)
+            if compiled_at is None and job.digest in self._modules:
+                waiting = self._request_compile(job.digest, data, key[1])
+                if waiting is not None:
+                    return waiting
+                continue
             try:
                 slot.ready(30_000)
                 if running is not None:  # for stop(): which slot's worker to kill (the run tells it which generation)
                     running.slot = slot
                 stop = running.signal if running is not None else None
-                worker_seq = slot.cache_seq
-                compiled_at = self._compiled.get(key)
+                worker_seq = slot.compile_seq
                 inline = compiled_at is None or worker_seq < compiled_at
                 with opened(job.dirs) as preopens:
                     raw = slot.run(
@@ -599,13 +816,40 @@ class Sandbox:
                 if raw[0] == "rejected" and str(raw[2]).startswith(JIT_REFUSED):
                     return self._without_compiling_engine(slot, job, test_action, sink, running, str(raw[2]), raw)
                 return self._finish(Result.from_core(raw, "wasmtime"), data, sink)
-            if raw is None:  # the cache lost it (evicted): compile it again
-                self._compiled.pop(key, None)
-            elif compiled_at is not None and worker_seq >= compiled_at:
-                self._compiled.pop(key, None)  # forked after the compile and still without the code: evicted
-            if key not in self._compiled:
-                self._add_module(job.digest, data, key[1])
+            if raw is None or (compiled_at is not None and worker_seq >= compiled_at):
+                # forked after the server had the code, yet without it (or the module): evicted; get it again
+                with self._lock:
+                    self._compiled.pop(key, None)
+                    self._modules.pop(job.digest, None)
+            elif compiled_at is None:  # a worker validated the bytes: the server may hold and compile them
+                waiting = self._request_compile(job.digest, data, key[1])
+                if waiting is not None:
+                    return waiting
+            # else: a worker forked before the code was there; the next one has it
         raise SandboxError("the sandbox's fork server did not compile the module for the compiling engine")
+
+    def _not_compiled(
+        self,
+        slot: _sandbox.Slot,
+        job: PreparedJob,
+        test_action: int,
+        sink: OutputSink | None,
+        running: _Running | None,
+        status: str,
+        message: str,
+    ) -> Result | _Compiling:
+        """A job whose module the fork server could not get compiled: wasmtime's reason as ``invalid_module``, or,
+        when the engine cannot run here at all, ``rejected`` (then the sandbox goes on with wasm3)."""
+        outcome = "rejected" if status == "refused" else "invalid_module"
+        message = message or "the module could not be compiled"
+        result = replace(failed_result(outcome, message, job.data, bytes(job.input)), engine="wasmtime")
+        if status == "refused" and message.startswith(JIT_REFUSED):
+            return self._without_compiling_engine(slot, job, test_action, sink, running, message, result)
+        if job.engine == "auto":  # auto never fails for want of compiled code: wasm3 runs it
+            return self._execute_on(
+                slot, job._replace(engine="wasm3"), test_action, None if sink is None else sink.callback, running
+            )
+        return result
 
     def _without_compiling_engine(
         self,
@@ -615,36 +859,42 @@ class Sandbox:
         sink: OutputSink | None,
         running: _Running | None,
         why: str,
-        raw: RawResult,
-    ) -> Result:
+        raw: RawResult | Result,
+    ) -> Result | _Compiling:
         """The fork server could not set up the compiling engine at its first compile (e.g. under systemd's
         MemoryDenyWriteExecute): from now on this sandbox runs wasm3 only; an ``auto`` job runs there now."""
         if "wasmtime" in self.engines:
             self.engines = ("wasm3",)
             warnings.warn(f"{why}; the sandbox's workers run wasm3 only", RuntimeWarning, stacklevel=2)
         if job.engine != "auto":
+            if isinstance(raw, Result):
+                return raw
             return self._finish(Result.from_core(raw, "wasmtime"), job.data, sink)
         return self._execute_on(slot, job, test_action, None if sink is None else sink.callback, running)
 
-    def _add_module(self, digest: bytes, data: bytes, compile_index: int = -1) -> None:
+    def _add_module(
+        self, digest: bytes, data: bytes, compile_index: int = -1, code: bytes | memoryview | None = None
+    ) -> bool:
         """Have the fork server cache a module a worker validated without incident, so later workers
-        inherit it (no re-validation, no copy per job); with ``compile_index``, also compile it for that
-        configuration of the compiling engine (pyphase.compiled.configuration)."""
+        inherit it (no re-validation, no copy per job); with ``compile_index``, also get its code for that
+        configuration of the compiling engine (pyphase.compiled.configuration): ``code`` from the disk cache, else
+        compiled by a compile helper (an event answers). False when nothing was sent."""
         with self._lock:
             if digest in self._uncacheable or self._closed:
-                return
-            if (digest in self._modules) if compile_index < 0 else ((digest, compile_index) in self._compiled):
-                return
-            header = _sandbox.add_message(len(data), compile_index)
+                return False
+            if compile_index < 0 and digest in self._modules:
+                return False
+            header = _sandbox.add_message(len(data), compile_index, len(code) if code is not None else 0)
             try:
                 self._main.sendall(header + data)
+                if code is not None:
+                    self._main.sendall(code)
             except OSError:
-                return  # the server is gone; the next job reports it
+                return False  # the server is gone; the next job reports it
             self._adds += 1
             self._last_added = (digest, time.monotonic())
             self._modules.setdefault(digest, self._adds)
-            if compile_index >= 0:
-                self._compiled[(digest, compile_index)] = self._adds
+            return True
 
     def _selftest(
         self,

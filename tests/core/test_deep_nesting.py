@@ -160,10 +160,11 @@ def test_c_interpreter_with_3000_cases_nests_deep_and_runs(sandbox, interpreter_
         assert (r.status, r.stdout) == ("ok", want), r.message
 
 
-def test_phase_run_runs_a_deep_module_sandboxed_and_in_process(monkeypatch, tmp_path):
+def test_phase_run_runs_a_deep_module_sandboxed_and_in_process(monkeypatch, tmp_path, no_data_dir):
     from pyphase.cli import main as phase_main
 
     monkeypatch.setenv("PHASE_HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))  # phase run's default data dir: not this machine's own
     path = tmp_path / "deep.wasm"
     path.write_bytes(switch_module(10000, selectors_for(10000)))
     assert phase_main(["run", str(path)]) == expected(10000)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 START_TIMEOUT_S = 20.0
 _next_host = [2]
@@ -213,6 +214,42 @@ SPIN_ECHO = """
 def spin_input(thousands: int, tag: bytes = b"") -> bytes:
     """Input making SPIN_ECHO loop ``thousands`` * 1000 times (about 128k per second here), then echo."""
     return struct.pack("<I", thousands) + tag
+
+
+def relayed_node(data_dir: Path, via: str, *, workers: int = 1, env: dict[str, str] | None = None) -> NodeProc:
+    """A node (not started; jobs in node threads) on a fresh 127.0.0.x, reserving at the relays ``via``."""
+    return NodeProc(data_dir, loopback_host(), sandbox=False, workers=workers, extra=("--via-relay", via), env=env)
+
+
+def job_through_relay(node: NodeProc, relay_at: str, module: bytes, data: bytes) -> Any:
+    """Run one job on ``node`` through the relay at ``relay_at`` (``HOST:PORT``) and return its result,
+    checked to name that node."""
+    from pyphase import Client
+
+    peer_id = node.address.split("@")[0]
+    with Client(peers=[f"{peer_id}@relay/{relay_at}"], connect_timeout=5) as client:
+        result = client.submit(module, data, retries=0, timeout=20)
+    assert result.peer == peer_id and result.stdout == data[::-1], result
+    return result
+
+
+LAB_PORT, LAB_RELAY_PORT = 7465, 7468  # in the NAT lab every host has its own address: fixed ports
+
+
+def lab_relay(lab_host: Any, data_dir: Path, env: dict[str, str]) -> NodeProc:
+    """A relay (``plasmd --relay``, not started) on a NAT lab host (tests/net/natlab.py), relay service at
+    ``LAB_RELAY_PORT``."""
+    relay = NodeProc(
+        data_dir,
+        lab_host.ip,
+        sandbox=False,
+        workers=1,
+        extra=("--relay", "--relay-listen", f"{lab_host.ip}:{LAB_RELAY_PORT}", "--no-api"),
+        prefix=tuple(lab_host.exec_prefix),
+        env=env,
+    )
+    relay.port = LAB_PORT
+    return relay
 
 
 def fixed_port_relay(data_dir: Path, host: str) -> tuple[NodeProc, int]:

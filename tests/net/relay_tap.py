@@ -1,7 +1,8 @@
 """A TCP forwarder that keeps a copy of every byte it passes, both ways: put in front of a relay, it sees
 what the relay is given and what it forwards (the same bytes, to the other side of a circuit).
 
-In a test process: ``Tap(("HOST", PORT))`` listens on 127.0.0.1 (``.port``), copies into ``.seen``.
+In a test process: ``Tap(("HOST", PORT))`` listens on 127.0.0.1 (``.port``), copies into ``.seen``;
+``delay=S`` holds each new connection S seconds before it is joined (a relay that far away).
 As a program (inside a NAT lab namespace): ``relay_tap.py LISTEN_HOST:PORT TARGET_HOST:PORT DUMP_FILE``.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import socket
 import sys
 import threading
+import time
 from typing import BinaryIO
 
 
@@ -18,9 +20,14 @@ class Tap:
     and what it forwards (it forwards the same bytes to the other side of a circuit)."""
 
     def __init__(
-        self, target: tuple[str, int], listen: tuple[str, int] = ("127.0.0.1", 0), dump: BinaryIO | None = None
+        self,
+        target: tuple[str, int],
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+        dump: BinaryIO | None = None,
+        delay: float = 0.0,
     ) -> None:
         self.target = target
+        self.delay = delay
         self.listener = socket.create_server(listen)
         self.port = self.listener.getsockname()[1]
         self.seen = bytearray()
@@ -34,13 +41,17 @@ class Tap:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
-            try:
-                up = socket.create_connection(self.target)
-            except OSError:
-                conn.close()
-                continue
-            for a, b in ((conn, up), (up, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._join, args=(conn,), daemon=True).start()
+
+    def _join(self, conn: socket.socket) -> None:
+        time.sleep(self.delay)
+        try:
+            up = socket.create_connection(self.target)
+        except OSError:
+            conn.close()
+            return
+        for a, b in ((conn, up), (up, conn)):
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:

@@ -1,7 +1,7 @@
 """Port mapping in the NAT lab (tests/net/natlab.py): a real plasmd behind a router with miniupnpd maps its
 phase/1 and DHT ports (UPnP-IGD and NAT-PMP through libtorrent), publishes the mapped address in its DHT
-record, and a client on the WAN runs a job on it — by that address and by peer id alone; behind a router
-without UPnP the same node stays unreachable from the WAN."""
+record, and a client on the WAN runs a job on it — by that address and by peer id alone — as does a client
+behind a NAT of its own; behind a router without UPnP the same node stays unreachable from the WAN."""
 
 from __future__ import annotations
 
@@ -91,6 +91,10 @@ def test_node_behind_upnp_router_is_mapped_published_and_reachable(natlab: NatLa
         # ... and by peer id alone, resolved through the DHT to the record's mapped address
         out = submit(lab, client, peer_id, "--dht-bootstrap", bootstrap)
         assert out.returncode == 0, out.stdout + out.stderr
+        # a client behind a NAT of its own reaches it too (as it reaches relayed nodes: test_relay_nat.py)
+        behind = lab.host("cl", behind=lab.router("home"))
+        out = submit(lab, behind, f"{peer_id}@{mapped}")
+        assert out.returncode == 0 and json.loads(out.stdout)["peer"] == peer_id, out.stdout + out.stderr
         quiet.wait_event("dht_record_published", timeout=30)
         assert not quiet.events("port_mapping_obtained") and not quiet.events("reachability")
         assert quiet_host.ip not in router.mappings()

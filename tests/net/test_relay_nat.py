@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from natlab import natlab_skip_reason  # noqa: E402
-from net_support import NodeProc  # noqa: E402
+from net_support import NodeProc, lab_relay  # noqa: E402
 
 from pyphase.net.addresses import RELAY_PORT_OFFSET  # noqa: E402
 
@@ -60,16 +60,7 @@ def test_nodes_behind_nat_reached_through_a_relay_by_a_client_behind_nat(natlab,
     client_host = lab.host("cl", behind=home)
 
     env = {"PYTHONPATH": str(ROOT)}
-    relay = NodeProc(
-        tmp_path / "relay",
-        relay_host.ip,
-        sandbox=False,
-        workers=1,
-        extra=("--relay", "--relay-listen", f"{relay_host.ip}:7468", "--no-api"),
-        prefix=tuple(relay_host.exec_prefix),
-        env=env,
-    )
-    relay.port = 7465
+    relay = lab_relay(relay_host, tmp_path / "relay", env)
     relay.start()
     relay.wait_event("relay_listening")
     dump = tmp_path / "forwarded.bin"

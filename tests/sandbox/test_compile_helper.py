@@ -1,0 +1,205 @@
+"""Compiling off the fork server's loop: a single-use, confined compile helper makes a module's code while workers
+keep being forked; the node's disk cache serves a restarted sandbox; sandboxed jobs feed ``auto``'s history
+(docs/SANDBOX.md, "Engines")."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyphase import Limits
+from pyphase.errors import SandboxError
+from pyphase.history import HISTORY_FILE, ModuleRuns
+from pyphase.sandbox import Sandbox
+
+from sandbox_helpers import big_module, proc_status, wait_until
+
+LONG = Limits(timeout_ms=60_000)  # a budget that says "long" to auto
+
+
+@pytest.fixture(scope="module")
+def big_bytes() -> bytes:
+    """About 8 MB: Cranelift needs seconds (2-3 s on an idle 2-core VM), far more than the jobs run meanwhile."""
+    return big_module(functions=400, ops=3000)
+
+
+def _helpers(server_pid: int) -> list[int]:
+    """The fork server's compile helpers: its children whose fd 3 is the memfd they write their code into."""
+    found = []
+    try:
+        children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
+    except OSError:
+        return []
+    for child in children:
+        try:
+            if os.readlink(f"/proc/{child}/fd/3").startswith("/memfd:phase-compiled"):
+                found.append(int(child))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_big_modules_compile_does_not_block_other_jobs(big_bytes, hello_bytes):
+    with Sandbox(workers=1, spares=1) as sb:
+        # explicit wasmtime: this job waits for its code, off any slot
+        compiled_job = sb.submit(big_bytes, b"", limits=LONG, engine="wasmtime")
+        wait_until(lambda: bool(_helpers(sb.server_pid)), 60, "a compile helper")
+        helper = _helpers(sb.server_pid)[0]
+        wait_until(lambda: proc_status(helper).get("Seccomp") == "2", 10, "the helper to confine itself")
+        status = proc_status(helper)
+        # confined like a worker, single-threaded (parallel compilation is off where we fork)
+        assert (status["Seccomp"], status["NoNewPrivs"], status["CapEff"], status["Threads"]) == (
+            "2",
+            "1",
+            "0000000000000000",
+            "1",
+        )
+        assert sorted(os.listdir(f"/proc/{helper}/fd")) == ["0", "1", "2", "3"]
+        # meanwhile: jobs of another module, each on a freshly forked worker, and the big module's own auto jobs on
+        # wasm3 (a job never waits for Cranelift)
+        for i in range(6):
+            r = sb.run(hello_bytes, b"ab%d" % i)
+            assert (r.status, r.stdout) == ("ok", b"%dba" % i), r.message
+        r = sb.run(big_bytes, b"", limits=LONG)
+        assert (r.status, r.engine) == ("ok", "wasm3"), r.message
+        assert not compiled_job.done() and not sb.compiled(big_bytes, LONG), "the compile ended too soon to tell"
+        assert helper in _helpers(sb.server_pid)
+        result = compiled_job.result(timeout=300)
+        assert (result.status, result.engine) == ("ok", "wasmtime"), result.message
+        assert result.compile_us > 0 and sb.compiles == 1
+        assert sb.run(big_bytes, b"", limits=LONG).engine == "wasmtime"  # auto, now that it is compiled
+        assert proc_status(sb.server_pid)["Threads"] == "1"
+        assert not _helpers(sb.server_pid)
+
+
+def test_a_compile_that_fails_in_the_helper_is_reported_and_not_retried(hello_bytes, monkeypatch):
+    # a helper killed mid-compile (here from outside; in real life a crash, RLIMIT_CPU or RLIMIT_AS): the job that
+    # waited gets invalid_module with the reason, auto keeps the module on wasm3, the server serves on
+    with Sandbox(workers=1) as sb:
+        big = big_module(functions=301)
+        job = sb.submit(big, b"", limits=LONG, engine="wasmtime")
+        wait_until(lambda: bool(_helpers(sb.server_pid)), 60, "a compile helper")
+        os.kill(_helpers(sb.server_pid)[0], 9)
+        r = job.result(timeout=60)
+        assert (r.status, r.engine) == ("invalid_module", "wasmtime")
+        assert "compile helper was killed by" in r.message, r.message
+        assert sb.run(big, b"", limits=LONG).engine == "wasm3"
+        assert sb.run(big, b"", limits=LONG, engine="wasmtime").status == "invalid_module"
+        assert sb.run(hello_bytes, b"ab", engine="wasmtime").stdout == b"ba"
+        assert sb.compiles == 1
+
+
+RESTART_SCRIPT = """
+import json, sys
+from pyphase import Limits, engines
+from pyphase.sandbox import Sandbox
+data_dir, hello, probe, counter = sys.argv[1:5]
+engines.use_data_dir(data_dir)
+hello, probe, counter = (open(p, "rb").read() for p in (hello, probe, counter))
+out = {}
+with Sandbox(workers=1) as sb:
+    r = sb.run(hello, b"ab", engine="wasmtime")
+    out["hello"] = [r.status, r.stdout.decode(), r.engine, r.compile_us]
+    r = sb.run(probe, b"in", args=["cat"], limits=Limits(timeout_ms=60_000))
+    out["probe"] = [r.status, r.stdout.decode(), r.engine]
+    r = sb.run(counter, b"")
+    out["counter"] = [r.status, r.engine, r.wall_us]
+    assert sb.wait_for_compiles(120)  # the counter's, started after its long wasm3 job
+    out["compiles"], out["code_loads"] = sb.compiles, sb.code_loads
+print(json.dumps(out))
+"""
+
+# about half a second of wasm3 or more (0.13 s per 20 million rounds on this VM, unloaded): auto's history then calls the module long
+COUNTER = """(module (memory (export "memory") 1)
+  (func (export "_start") (local i32)
+    (loop $more
+      (local.set 0 (i32.add (local.get 0) (i32.const 1)))
+      (br_if $more (i32.lt_u (local.get 0) (i32.const 100000000))))))"""
+
+
+def _node_start(tmp_path: Path, modules: list[Path]) -> dict:
+    """One start of a node-like process on ``tmp_path``'s data dir: a fresh interpreter and fork server."""
+    out = subprocess.run(
+        [sys.executable, "-c", RESTART_SCRIPT, str(tmp_path / "data"), *map(str, modules)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_a_restarted_sandbox_loads_code_and_history_from_the_data_dir(tmp_path, hello_bytes, probe_bytes, wat):
+    modules = []
+    for name, data in (("hello", hello_bytes), ("probe", probe_bytes), ("counter", wat(COUNTER))):
+        modules.append(tmp_path / f"{name}.wasm")
+        modules[-1].write_bytes(data)
+    first = _node_start(tmp_path, modules)
+    assert first["hello"][:3] == ["ok", "ba", "wasmtime"] and first["hello"][3] > 0
+    assert first["probe"] == ["ok", "in", "wasm3"]  # big and long: wasm3 while it compiles, and compiled for later
+    assert first["counter"][:2] == ["ok", "wasm3"] and first["counter"][2] >= 200_000  # short budget: wasm3
+    assert (first["compiles"], first["code_loads"]) == (3, 0)
+    compiled = sorted((tmp_path / "data" / "compiled").glob("*.cwasm"))
+    assert len(compiled) == 3
+    # auto's history from the sandboxed job, in the data dir
+    counter_digest = hashlib.sha256(modules[2].read_bytes()).digest()
+    runs = ModuleRuns(tmp_path / "data" / HISTORY_FILE)
+    try:
+        assert (runs.get(counter_digest) or 0) >= 200_000
+    finally:
+        runs.close()
+
+    # restart: nothing is compiled again. The big module's first auto job starts compiled; the counter is long by
+    # its history (a short budget, so only the history says so), so auto runs it compiled too
+    second = _node_start(tmp_path, modules)
+    assert second["hello"] == ["ok", "ba", "wasmtime", 0]
+    assert second["probe"] == ["ok", "in", "wasmtime"]
+    assert second["counter"][:2] == ["ok", "wasmtime"]
+    assert (second["compiles"], second["code_loads"]) == (0, 3)
+
+    # a damaged file is refused by its MAC, removed, and the module compiled again
+    for path in compiled:
+        path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    third = _node_start(tmp_path, modules)
+    assert third["hello"][:3] == ["ok", "ba", "wasmtime"] and third["hello"][3] > 0
+    assert third["compiles"] == 3 and third["code_loads"] == 0
+
+
+def test_phase_run_in_the_sandbox_keeps_compiled_code_in_its_data_dir(tmp_path, hello_bytes):
+    module = tmp_path / "hello.wasm"
+    module.write_bytes(hello_bytes)
+    cmd = [sys.executable, "-m", "pyphase", "run", "--json", "--engine", "wasmtime", "--data-dir", str(tmp_path / "d")]
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([*cmd, str(module)], input=b"ab", capture_output=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(json.loads(out.stdout.splitlines()[-1]))
+        assert len(list((tmp_path / "d" / "compiled").glob("*.cwasm"))) == 1
+    assert [(r["status"], r["engine"]) for r in runs] == [("ok", "wasmtime")] * 2
+    assert runs[0]["compile_us"] > 0 and runs[1]["compile_us"] == 0  # the second run loaded the first one's code
+
+
+def test_a_fork_server_killed_during_a_compile_fails_only_the_job_that_waited(hello_bytes):
+    with Sandbox(workers=1) as sb:
+        big = big_module(functions=302)
+        job = sb.submit(big, b"", limits=LONG, engine="wasmtime")
+        wait_until(lambda: bool(_helpers(sb.server_pid)), 60, "a compile helper")
+        helper, server = _helpers(sb.server_pid)[0], sb.server_pid
+        os.kill(server, 9)
+        with pytest.raises(SandboxError):
+            job.result(timeout=60)
+        wait_until(lambda: not os.path.exists(f"/proc/{helper}"), 10, "the helper to die with its server")
+        for _ in range(2):  # the first may still meet the dead server, which the sandbox then restarts
+            try:
+                r = sb.run(hello_bytes, b"ab", engine="wasmtime")
+                break
+            except SandboxError:
+                continue
+        assert (r.status, r.stdout, r.engine) == ("ok", b"ba", "wasmtime"), r.message
+        assert sb.restarts == 1
