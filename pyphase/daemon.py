@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="DHT nodes to join through (default: libtorrent's Mainline router)",
     )
-    p.add_argument("--dht-listen", metavar="IP:PORT", help="the DHT's UDP socket (default: listen host, port + 2000)")
+    p.add_argument(
+        "--dht-listen", metavar="IP:PORT", help="the DHT's UDP socket (default: the listen address, phase/1's own port)"
+    )
     p.add_argument(
         "--relay",
         action="store_true",
@@ -147,10 +149,15 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
     relay_server: Any = None
     relay_agent: Any = None
     fallback: _RelayFallback | None = None
+    shared: Any = None  # the DHT on phase/1's port number, opened before phase/1 listens
     try:
         if boot_source is not None:
             await boot_source.start()
-        address = await node.start()
+        if config.dht:
+            from pyphase.net.dhtnode import open_shared_dht
+
+            shared = await open_shared_dht(config, node.log)
+        address = await node.start(shared[0].port if shared is not None else None)
         await services.start()
         _write_address(config.data_dir, address)  # first, so whoever reads the printed line finds the file
         print(address, flush=True)
@@ -163,7 +170,8 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
         if config.relay:
             relay_server = await _start_relay(config, identity, node)
         if config.dht:
-            presence = await _join_dht(config, identity, node, node.log, relay_server)
+            presence = await _join_dht(config, identity, node, node.log, relay_server, shared)
+            shared = None  # the presence owns it now
             if presence is not None:
                 presence.on_peers = services.saw_dht_peers
             if presence is not None and boot_source is not None:
@@ -184,6 +192,10 @@ async def run_node(config: NodeConfig, log: EventLog, node_class: type[Node] = N
             await relay_server.close()
         if presence is not None:
             await presence.close()
+        if shared is not None:
+            await asyncio.to_thread(shared[0].close)
+            for sock in shared[1]:
+                sock.close()
         if announcing is not None:
             if not announcing.done():
                 announcing.cancel()
@@ -370,7 +382,12 @@ async def _relays_for(value: str, presence: Any, log: Callable[..., None]) -> li
 
 
 async def _join_dht(
-    config: NodeConfig, identity: Identity, node: Node, log: Callable[..., None], relay_server: Any = None
+    config: NodeConfig,
+    identity: Identity,
+    node: Node,
+    log: Callable[..., None],
+    relay_server: Any = None,
+    shared: Any = None,
 ) -> Any:
     """The node's DHT presence (pyphase.net.dhtnode), or None with a warning: the direct address still serves."""
     presence: Any = None
@@ -380,7 +397,7 @@ async def _join_dht(
         presence = DhtPresence(config, identity, node.host, node.port, node.capabilities(), log, node=node)
         if relay_server is not None:
             presence.relay_port = relay_server.port
-        await presence.start()
+        await presence.start(shared)
         return presence
     except (ImportError, OSError, RuntimeError) as exc:  # PermissionError: the test suite's DHT guard
         log("warning", message=f"DHT unavailable: {type(exc).__name__}: {exc}")

@@ -23,6 +23,11 @@
  * are dropped. A loopback address in an answer from a node that is not itself on loopback stands
  * for that node's own host (QEMU's user network shows the host's loopback as 10.0.2.2); other
  * unusable addresses (0/8, 127/8 otherwise, multicast, broadcast, port 0) are dropped.
+ *
+ * BEP 42: a node's id must start with 21 bits derived from its IP (CRC32-C of the masked address), so a liar
+ * cannot pick ids next to the info-hash without as many addresses. Nodes whose ids do not match their
+ * addresses (old clients, or liars) are kept but asked only after every node whose id does; local addresses
+ * (10/8, 172.16/12, 192.168/16, 169.254/16, 127/8, fc00::/7, fe80::/10, ::1) are exempt, as BEP 42 says.
  * Exit 0 if at least one source was found, 1 if none, 2 on usage errors. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -70,6 +75,7 @@ struct candidate {
     addr_t addr;
     uint8_t id[ID_LEN];
     int has_id;    /* bootstrap nodes have no known id: asked first */
+    int verified;  /* its id matches its address (BEP 42), or the address is local: asked before those that do not */
     int state;
     int hops;      /* answers it took to learn of this node: 1 for a bootstrap node */
     uint16_t tid;  /* transaction id of the query in flight */
@@ -83,7 +89,7 @@ struct lookup {
     addr_t peers[MAX_PEERS];
     int npeers;
     int want4, want6;  /* address families to ask nodes for (BEP 32 "want"), from the bootstrap nodes' */
-    int queries, answers, malformed;
+    int queries, answers, malformed, unverified;
     long long first_peer_ms;
     int peer_hops;  /* hops of the node that named the first peer */
     uint16_t next_tid;
@@ -168,6 +174,7 @@ static int b_dict_str(const uint8_t *p, size_t n, size_t off, const char *key, c
 static int closer(const uint8_t *target, const struct candidate *a, const struct candidate *b)
 {
     if (a->has_id != b->has_id) return a->has_id < b->has_id; /* bootstrap nodes first */
+    if (a->verified != b->verified) return a->verified > b->verified; /* then ids that BEP 42 vouches for */
     for (int i = 0; i < ID_LEN; i++) {
         uint8_t x = a->id[i] ^ target[i], y = b->id[i] ^ target[i];
         if (x != y) return x < y;
@@ -192,6 +199,43 @@ static int is_loopback(const addr_t *a)
 {
     if (a->sa.sa_family == AF_INET6) return IN6_IS_ADDR_LOOPBACK(&a->in6.sin6_addr);
     return (ntohl(a->in4.sin_addr.s_addr) >> 24) == 127;
+}
+
+/* Local addresses, which BEP 42 exempts from its node id rule. */
+static int is_local(const addr_t *a)
+{
+    if (a->sa.sa_family == AF_INET6) {
+        const uint8_t *b = a->in6.sin6_addr.s6_addr;
+        return IN6_IS_ADDR_LOOPBACK(&a->in6.sin6_addr) || (b[0] & 0xfe) == 0xfc || (b[0] == 0xfe && (b[1] & 0xc0) == 0x80);
+    }
+    uint32_t ip = ntohl(a->in4.sin_addr.s_addr);
+    return (ip >> 24) == 10 || (ip >> 24) == 127 || (ip >> 20) == 0xAC1 || (ip >> 16) == 0xC0A8 || (ip >> 16) == 0xA9FE;
+}
+
+static uint32_t crc32c(const uint8_t *p, size_t n)
+{
+    uint32_t crc = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) {
+        crc ^= p[i];
+        for (int k = 0; k < 8; k++) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+    }
+    return ~crc;
+}
+
+/* BEP 42: id[0..2] (21 bits) = CRC32-C of the IP masked (IPv4: 0x030f3fff; IPv6: the first 8 bytes masked by
+ * 0x0103070f1f3f7fff) with r = id[19] & 7 in its top 3 bits. Local addresses pass. */
+static int bep42_ok(const addr_t *a, const uint8_t *id)
+{
+    static const uint8_t mask4[4] = {0x03, 0x0f, 0x3f, 0xff};
+    static const uint8_t mask6[8] = {0x01, 0x03, 0x07, 0x0f, 0x1f, 0x3f, 0x7f, 0xff};
+    uint8_t ip[8];
+    size_t n = a->sa.sa_family == AF_INET6 ? 8 : 4;
+    if (is_local(a)) return 1;
+    memcpy(ip, n == 8 ? (const void *)&a->in6.sin6_addr : (const void *)&a->in4.sin_addr, n);
+    for (size_t i = 0; i < n; i++) ip[i] &= n == 8 ? mask6[i] : mask4[i];
+    ip[0] |= (uint8_t)((id[19] & 7) << 5);
+    uint32_t crc = crc32c(ip, n);
+    return id[0] == (uint8_t)(crc >> 24) && id[1] == (uint8_t)(crc >> 16) && (id[2] & 0xf8) == ((crc >> 8) & 0xf8);
 }
 
 /* Compact form (BEP 5: 4-byte IPv4 or, BEP 32, 16-byte IPv6, then the port) into an address. */
@@ -238,7 +282,7 @@ static int usable(addr_t *a, const addr_t *from)
 static void add_candidate(struct lookup *L, const addr_t *addr, const uint8_t *id, int hops)
 {
     struct candidate c = {.addr = *addr, .has_id = id != NULL, .state = C_NEW, .hops = hops};
-    if (id) memcpy(c.id, id, ID_LEN);
+    if (id) memcpy(c.id, id, ID_LEN), c.verified = bep42_ok(addr, id);
     for (int i = 0; i < L->n; i++)
         if (same_addr(&L->c[i].addr, addr)) return;
     int pos = L->n;
@@ -327,7 +371,9 @@ static void take_answer(struct lookup *L, const uint8_t *p, size_t n, const addr
         for (size_t k = 0; k + step <= sl; k += step) {
             addr_t a;
             from_compact(&a, s + k + ID_LEN, lists[f].iplen);
-            if (usable(&a, from) && memcmp(s + k, L->self, ID_LEN) != 0) add_candidate(L, &a, s + k, hops + 1);
+            if (!usable(&a, from) || memcmp(s + k, L->self, ID_LEN) == 0) continue;
+            if (!bep42_ok(&a, s + k)) L->unverified++;
+            add_candidate(L, &a, s + k, hops + 1);
         }
     }
     long v = b_dict_get(p, n, (size_t)r, "values");
@@ -565,6 +611,7 @@ lookup:
     fprintf(stderr, "phase-dht: %d source%s after %d queries (%d answered, %d malformed) in %lld ms", L.npeers,
             L.npeers == 1 ? "" : "s", L.queries, L.answers, L.malformed, phase_now_ms() - start);
     if (L.npeers) fprintf(stderr, "; first after %d hops, %lld ms", L.peer_hops, L.first_peer_ms - start);
+    if (L.unverified) fprintf(stderr, "; %d nodes named with ids BEP 42 does not vouch for", L.unverified);
     fprintf(stderr, "\n");
     return L.npeers ? 0 : 1;
 usage:

@@ -55,7 +55,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 def cmd_rendezvous(args: argparse.Namespace) -> int:
     from pyphase.net.dht import client_dht, query_records, rendezvous_hash
 
-    klass = f"arch/{args.arch}" if args.arch else ""
+    klass = f"arch/{args.arch}" if args.arch else f"engine/{args.engine}" if args.engine else ""
     try:
         with client_dht(args.dht_bootstrap) as dht:
             announced = dht.get_peers(rendezvous_hash(klass), timeout=args.timeout, settle=2.0, rounds=2)
@@ -106,7 +106,11 @@ def register(subparsers: Any) -> None:
         description="List the IP:port pairs announced under the phase/1 info-hash (BEP 5) and "
         "ask each for its signed record over UDP.",
     )
-    z.add_argument("--arch", metavar="ARCH", help="the per-arch rendezvous (e.g. x86_64) instead of all nodes")
+    which = z.add_mutually_exclusive_group()
+    which.add_argument("--arch", metavar="ARCH", help="the per-arch rendezvous (e.g. x86_64) instead of all nodes")
+    which.add_argument(
+        "--engine", metavar="ENGINE", help="the per-engine rendezvous (wasm3, wasmtime) instead of all nodes"
+    )
     z.set_defaults(func=cmd_rendezvous)
     for q in (r, z):
         q.add_argument(

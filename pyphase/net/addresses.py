@@ -16,7 +16,6 @@ from pyphase.identity import public_key_from_peer_id
 __all__ = [
     "API_PORT_OFFSET",
     "DEFAULT_PORT",
-    "DHT_PORT_OFFSET",
     "RELAY_PORT_OFFSET",
     "RELAY_PREFIX",
     "SOCKS_PROXY_ENV",
@@ -30,10 +29,10 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 7465
-# A node's other services listen by default at its phase/1 port P plus these: far from P, so nodes started on
-# consecutive ports (7465, 7466, ...) never take each other's (at P + 1, P + 2, P + 3 they did)
+# A node's phase/1 TCP listener, its DHT's UDP socket and the record query share one port number P
+# (pyphase.net.portshare). Its other services listen by default at P plus these: far from P, so nodes started on
+# consecutive ports (7465, 7466, ...) never take each other's (at P + 1, P + 3 they did)
 API_PORT_OFFSET = 1000  # the HTTP API (TCP)
-DHT_PORT_OFFSET = 2000  # libtorrent's DHT socket (UDP, and the TCP listener libtorrent always opens beside it)
 RELAY_PORT_OFFSET = 3000  # the relay service (TCP)
 
 

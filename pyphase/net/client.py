@@ -74,6 +74,8 @@ DEFAULT_RETRIES = 3
 CONNECT_TIMEOUT_S = 2.0
 PROXY_CONNECT_TIMEOUT_S = 30.0  # through a proxy (Tor builds a circuit first): the default connect_timeout
 TIMEOUT_SLACK_S = 5.0
+RESOLVE_TIMEOUT_S = 20.0  # the longest a bare peer id is looked up in the DHT (a submit's own timeout, if shorter)
+RESOLVE_ROUND_S = 5.0  # one lookup of every id still unresolved; then again, after a pause, within that budget
 MAX_BACKOFF_S = 1.0  # longest pause before re-asking a peer that failed, when no other is left
 CHUNK = 1 << 20  # file bytes in one blob message (a node asks for at most this much at once)
 FETCH_WINDOW = 8  # output chunks asked for and not yet received
@@ -295,9 +297,9 @@ class Client:
         self._ensure_peers()
         return [p.address for p in self._peers.values()]
 
-    def _ensure_peers(self) -> None:
+    def _ensure_peers(self, resolve_within: float = RESOLVE_TIMEOUT_S) -> None:
         if self._unresolved:
-            self._resolve_unresolved()
+            self._resolve_unresolved(min(resolve_within, RESOLVE_TIMEOUT_S))
         if self._peers or self._discovered:
             return
         if self.socks_proxy is not None:
@@ -314,25 +316,57 @@ class Client:
             self._discover_dht()
         self._discovered = True
 
-    def _resolve_unresolved(self) -> None:
-        """Bare peer ids -> addresses from their signed DHT records (NoPeers naming why, if none resolves)."""
-        from pyphase.net.dht import client_dht, resolve_peer
+    def _resolve_unresolved(self, budget: float) -> None:
+        """Bare peer ids -> addresses from their signed DHT records, all ids at once, in rounds: a young DHT
+        (this client's own routing table, or a node's record not yet stored on the nodes a lookup reaches) misses
+        what a lookup moments later finds, and a record can name an address that is gone. While no peer is
+        known, ids are looked up again until ``budget`` seconds pass; once one is, after this round. Ids not
+        resolved stay pending for the next call; NoPeers names why each failed when none resolved."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from pyphase.net.dht import client_dht
+
+        deadline = time.monotonic() + budget
+        failures: dict[str, str] = {}
+        try:
+            with (
+                client_dht(self._dht_bootstrap) as dht,
+                ThreadPoolExecutor(8, thread_name_prefix="phase-resolve") as pool,
+            ):
+                pause = 0.25
+                while True:
+                    ids, self._unresolved = self._unresolved, []
+                    round_s = max(0.5, min(RESOLVE_ROUND_S, deadline - time.monotonic()))
+                    answers = list(pool.map(lambda peer_id: self._resolve_one(dht, peer_id, round_s), ids))
+                    for peer_id, (address, why) in zip(ids, answers):
+                        if address is not None:
+                            failures.pop(peer_id, None)
+                            self.add_peer(address)
+                        else:
+                            failures[peer_id] = why
+                            self._unresolved.append(peer_id)
+                    if not self._unresolved or self._peers or time.monotonic() + pause >= deadline:
+                        break
+                    time.sleep(pause)
+                    pause = min(pause * 2, 2.0)
+        except (RuntimeError, OSError) as exc:
+            failures["the DHT"] = f"unavailable: {exc}"
+        if failures and not self._peers:
+            raise NoPeers(
+                f"no peer id could be resolved through the DHT within {budget:g} s: "
+                + "; ".join(f"{k}: {v}" for k, v in failures.items())
+            )
+
+    def _resolve_one(self, dht: Any, peer_id: str, timeout: float) -> tuple[str | None, str]:
+        """Look ``peer_id`` up once: (the first way in its record names that answers, "") or (None, why not)."""
+        from pyphase.net.dht import resolve_peer
         from pyphase.net.dial import DIAL_TIMEOUT_S, first_reachable
 
-        ids, self._unresolved = self._unresolved, []
-        failures = []
         try:
-            with client_dht(self._dht_bootstrap) as dht:
-                for peer_id in ids:
-                    try:
-                        record = resolve_peer(dht, peer_id)
-                        self.add_peer(first_reachable(record, min(self.connect_timeout, DIAL_TIMEOUT_S)))
-                    except PhaseError as exc:
-                        failures.append(f"{peer_id}: {exc}")
-        except (RuntimeError, OSError) as exc:
-            failures.append(f"the DHT is unavailable: {exc}")
-        if failures and not self._peers:
-            raise NoPeers("no peer id could be resolved through the DHT: " + "; ".join(failures))
+            record = resolve_peer(dht, peer_id, timeout=timeout)
+            return first_reachable(record, min(self.connect_timeout, DIAL_TIMEOUT_S)), ""
+        except PhaseError as exc:
+            return None, str(exc)
 
     def _discover_dht(self) -> None:
         """Nodes from the DHT's rendezvous, each proven by its signed record (nothing when the DHT is unavailable)."""
@@ -582,7 +616,7 @@ class Client:
         with self._lock:
             if self._closed:
                 raise NetworkError("the client is closed")
-            self._ensure_peers()
+            self._ensure_peers(timeout)
             if not self._peers:
                 interfaces = self._mdns_interfaces or os.environ.get("PHASE_MDNS_INTERFACES") or "all"
                 why = self._dht_failure

@@ -51,7 +51,7 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     # The Internet: the BitTorrent Mainline DHT (docs/NETWORK.md). Private mode runs with dht = false.
     dht             = true              # publish a signed record under the node's key, announce for rendezvous,
                                         # answer the record query on UDP at the phase/1 port number
-    dht_listen      = ""                # IP:PORT of the DHT's UDP socket (default: listen host, phase/1 port + 2000)
+    dht_listen      = ""                # IP:PORT of the DHT's UDP socket (default: listen address, phase/1's port)
     dht_bootstrap   = ""                # HOST:PORT,... to join through; "": libtorrent's default Mainline router
                                         # (plus the good nodes remembered in DATA_DIR/dht-nodes.json either way)
     dht_refresh     = "20m"             # republish the record (good for 2 h) and re-announce this often

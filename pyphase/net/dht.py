@@ -13,9 +13,8 @@ alerts answer them, so a node calls them from a worker thread and a client calls
 * Record query: a node answers a padded UDP datagram on its announced port with its signed record
   (:class:`RecordResponder`; :func:`query_record` asks), so a client learns the key CURVE then proves.
 
-The DHT's own UDP socket is on ``dht_listen`` (by default the ``phase/1`` port + 2000,
-``pyphase.net.addresses.DHT_PORT_OFFSET``): libtorrent 2.1 always opens a TCP listener beside its UDP socket,
-so the DHT cannot share the ``phase/1`` port number; the record query does (UDP on the TCP listener's port number), and that is the port announced.
+By default the DHT's UDP socket, the record query and ``phase/1``'s TCP listener share one port number P,
+the one announced (:meth:`Dht.share_port`, :mod:`pyphase.net.portshare`); ``dht_listen`` puts the DHT elsewhere.
 
 Tests must never reach the public DHT: when ``PHASE_DHT_ALLOW`` names networks (``127.0.0.0/8``),
 every bootstrap node, remembered node and listen address must lie inside them, and leaving the
@@ -171,12 +170,14 @@ class PortMapping:
         self.on_event = on_event
         self.external_ip = ""
         self.requested: dict[int, tuple[str, str, int]] = {}
+        # what libtorrent's own mappings of its listen sockets serve, by protocol (Dht.share_port: phase/1's TCP)
+        self.own = {"udp": "dht", "tcp": "dht-tcp"}
         self.active: dict[tuple[str, str, str], int] = {}  # (what, protocol, transport) -> external port
         self._failed: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     def _what(self, mapping: int, protocol: str) -> tuple[str, int]:
-        what, _, port = self.requested.get(mapping, ("dht" if protocol == "udp" else "dht-tcp", protocol, 0))
+        what, _, port = self.requested.get(mapping, (self.own[protocol], protocol, 0))
         return what, port
 
     def obtained(self, transport: str, mapping: int, protocol: str, external_port: int) -> None:
@@ -200,7 +201,7 @@ class PortMapping:
             keys = [
                 k
                 for k in self.active
-                if k[2] == transport and (k[:2] == known[:2] if known else k[0] in ("dht", "dht-tcp"))
+                if k[2] == transport and (k[:2] == known[:2] if known else k[0] in self.own.values())
             ]
             lost = [(k, self.active.pop(k)) for k in keys]
         for (what, protocol, _), ext in lost:
@@ -221,10 +222,12 @@ class PortMapping:
 
 
 class Dht:
-    """One libtorrent DHT session. ``listen``: ``IP:PORT`` (an address, never a device name; port 0: any);
+    """One libtorrent DHT session. ``listen``: ``IP:PORT`` (an address, never a device name; port 0: any), or
+    several, comma-separated (``0.0.0.0:P,[::]:P``: both families, BEP 32);
     ``bootstrap``: [(host, port)] or None for libtorrent's default routers; ``read_only`` (BEP 43) for
     clients, which take no part in storing; ``on_event(name, **fields)`` receives DHT events;
-    ``port_mapping``: UPnP-IGD and NAT-PMP on (the DHT port is mapped, :meth:`map_port` maps others)."""
+    ``port_mapping``: UPnP-IGD and NAT-PMP on (the DHT port is mapped, :meth:`map_port` maps others);
+    ``shares_port``: the port is to be ``phase/1``'s too (:meth:`share_port`), so libtorrent's TCP mapping serves it."""
 
     def __init__(
         self,
@@ -235,16 +238,21 @@ class Dht:
         known_nodes: Iterable[tuple[str, int]] = (),
         on_event: Callable[..., None] | None = None,
         port_mapping: bool = False,
+        shares_port: bool = False,
     ) -> None:
         lt = _lt()
-        host, _, port = listen.rpartition(":")
-        self.listen_host = host.strip("[]") or "0.0.0.0"
+        entries = [e.strip() for e in listen.split(",") if e.strip()]
+        hosts = [e.rpartition(":")[0].strip("[]") or "0.0.0.0" for e in entries]
+        self.listen_host = hosts[0]
         known = list(known_nodes)
-        check_allowed(self.listen_host, None if bootstrap is None else bootstrap + known)
+        for host in hosts:
+            check_allowed(host, None if bootstrap is None else bootstrap + known)
         self.on_event = on_event or (lambda *a, **k: None)
+        self._interfaces = ",".join(entries)
+        self.listened: list[tuple[str, int]] = []  # (address, port) of each UDP socket libtorrent opened
         settings: dict[str, Any] = {
             **DHT_ONLY_SETTINGS,
-            "listen_interfaces": f"{host}:{port}",
+            "listen_interfaces": self._interfaces,
             "enable_upnp": port_mapping,
             "enable_natpmp": port_mapping,
             "dht_read_only": read_only,
@@ -257,7 +265,7 @@ class Dht:
             ),
         }
         if bootstrap is not None:
-            settings["dht_bootstrap_nodes"] = ",".join(f"{h}:{p}" for h, p in bootstrap)
+            settings["dht_bootstrap_nodes"] = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in bootstrap)
         params = lt.session_params(settings)
         params.disk_io_constructor = "posix_disk_io_constructor"
         self._lt = lt
@@ -269,6 +277,8 @@ class Dht:
         self._listen_error: str | None = None
         self._listening = threading.Event()
         self.mapping = PortMapping(self.on_event)
+        if shares_port:  # named before the router can answer (NAT-PMP may within tens of ms)
+            self.mapping.own["tcp"] = "phase/1"
         self.port_mapping = port_mapping  # UPnP-IGD and NAT-PMP on: map_port() asks the router
         self._pump = threading.Thread(target=self._pump_alerts, name="dht-alerts", daemon=True)
         self._pump.start()
@@ -296,6 +306,8 @@ class Dht:
                 return
             for a in alerts:
                 if isinstance(a, lt.listen_succeeded_alert):
+                    if a.socket_type == lt.socket_type_t.utp:
+                        self.listened.append((str(a.address), int(a.port)))
                     self._listening.set()
                 elif isinstance(a, lt.listen_failed_alert):
                     self._listen_error = a.message()
@@ -327,6 +339,18 @@ class Dht:
 
     def _proto(self, alert: Any) -> str:
         return "udp" if alert.map_protocol == self._lt.portmap_protocol.udp else "tcp"
+
+    def share_port(self) -> list[socket.socket]:
+        """Make the DHT's port number P the node's one port: shut down the TCP listener libtorrent opened beside
+        its UDP socket (so ``phase/1`` binds TCP P) and return the record query's UDP sockets on P
+        (:mod:`pyphase.net.portshare`); libtorrent's own mapping of TCP P then serves ``phase/1``.
+        Raises ``OSError`` when the kernel refuses."""
+        from pyphase.net import portshare
+
+        sockets = portshare.record_query_sockets(self.port)
+        portshare.release_tcp(self.port)
+        self.mapping.own["tcp"] = "phase/1"
+        return sockets
 
     def map_port(self, protocol: str, port: int, what: str) -> None:
         """Ask the router (UPnP-IGD and NAT-PMP at once) to forward ``protocol`` ``port`` to this host, same
@@ -383,13 +407,17 @@ class Dht:
         return len(self.known_nodes())
 
     def known_nodes(self) -> list[tuple[str, int]]:
-        """IPv4 nodes of the routing table now (what libtorrent would save), to remember across restarts."""
+        """IPv4 and IPv6 nodes of the routing table now (what libtorrent would save), to remember across restarts."""
         lt = self._lt
         state = lt.bdecode(lt.write_session_params_buf(self._session.session_state()))
         out = []
-        for compact in (state.get(b"dht state") or {}).get(b"nodes") or []:
+        dht_state = state.get(b"dht state") or {}
+        for compact in dht_state.get(b"nodes") or []:
             if isinstance(compact, bytes) and len(compact) == 6:
                 out.append((socket.inet_ntoa(compact[:4]), int.from_bytes(compact[4:], "big")))
+        for compact in dht_state.get(b"nodes6") or []:
+            if isinstance(compact, bytes) and len(compact) == 18:
+                out.append((socket.inet_ntop(socket.AF_INET6, compact[:16]), int.from_bytes(compact[16:], "big")))
         return out[:200]
 
     def add_node(self, host: str, port: int) -> None:
@@ -589,13 +617,19 @@ def query_records(endpoints: Iterable[tuple[str, int]], timeout: float = 1.0) ->
 
 
 class RecordResponder:
-    """The node's side of the record query: a UDP socket on the announced port answering padded queries
-    with the current signed record. Short or unknown datagrams are dropped; answers are rate-bounded."""
+    """The node's side of the record query: UDP on the announced port answering padded queries with the
+    current signed record. Short or unknown datagrams are dropped; answers are rate-bounded. ``sockets``:
+    ones already bound (beside the DHT's on the same port, :func:`pyphase.net.portshare.record_query_sockets`),
+    else one of its own on ``host``:``port``."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host if host not in ("*", "") else "0.0.0.0", port))
-        self.sock.setblocking(False)
+    def __init__(self, host: str, port: int, sockets: list[socket.socket] | None = None) -> None:
+        if not sockets:
+            own = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            own.bind((host if host not in ("*", "") else "0.0.0.0", port))
+            own.setblocking(False)
+            sockets = [own]
+        self.sockets = sockets
+        self.sock = sockets[0]
         self.answer = b""
         self._window = (0, 0)  # (second, answers sent in it)
         self.answered = 0
@@ -605,10 +639,11 @@ class RecordResponder:
             raise ValueError("record answer too big")
         self.answer = answer
 
-    def on_readable(self) -> None:
+    def on_readable(self, sock: socket.socket | None = None) -> None:
+        sock = sock or self.sock
         for _ in range(64):
             try:
-                data, source = self.sock.recvfrom(QUERY_BYTES + 64)
+                data, source = sock.recvfrom(QUERY_BYTES + 64)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -621,13 +656,14 @@ class RecordResponder:
             if count > ANSWERS_PER_SECOND:
                 continue
             try:
-                self.sock.sendto(self.answer, source)
+                sock.sendto(self.answer, source)
                 self.answered += 1
             except OSError:
                 pass
 
     def close(self) -> None:
-        self.sock.close()
+        for sock in self.sockets:
+            sock.close()
 
 
 # ---- what a client does -----------------------------------------------------------------------------------
@@ -682,10 +718,12 @@ def client_dht(bootstrap: str | Iterable[str] | None = None, listen: str | None 
 
 
 def _listen_for(nodes: list[tuple[str, int]] | None) -> str:
-    """Loopback bootstrap nodes (a private test DHT) are reached from a loopback address, anything else from any."""
+    """Loopback bootstrap nodes (a private test DHT) are reached from a loopback address, anything else from any;
+    IPv6-only bootstrap nodes from IPv6 (BEP 32), all others from IPv4."""
+    v6 = bool(nodes) and all(":" in h for h, _ in nodes or ())
     if nodes and all(_is_loopback(h) for h, _ in nodes):
-        return "127.0.0.1:0"
-    return "0.0.0.0:0"
+        return "[::1]:0" if v6 else "127.0.0.1:0"
+    return "[::]:0" if v6 else "0.0.0.0:0"
 
 
 def _is_loopback(host: str) -> bool:
@@ -712,5 +750,5 @@ def save_known_nodes(path: Path, nodes: list[tuple[str, int]]) -> None:
     if not nodes:
         return
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps([f"{h}:{p}" for h, p in nodes]) + "\n")
+    tmp.write_text(json.dumps([f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in nodes]) + "\n")
     os.replace(tmp, path)

@@ -1,6 +1,10 @@
 """A node's presence on the Mainline DHT: its signed record kept published, rendezvous announces, the
 record query answered on the ``phase/1`` port number, good DHT nodes remembered across restarts.
 
+One port number: :func:`open_shared_dht` starts the DHT on the node's listen address and port P *before*
+``phase/1`` listens, and makes P shareable (:mod:`pyphase.net.portshare`); ``phase/1`` then binds TCP P and
+:meth:`DhtPresence.start` answers the record query on UDP P beside the DHT.
+
 Runs beside :class:`pyphase.net.node.Node` in ``plasmd``'s event loop; libtorrent's blocking calls go
 to worker threads. Every step is logged as an event (``dht_listening``, ``dht_bootstrapped``,
 ``dht_record_published``, ``dht_announced``, ``dht_rendezvous``, ``dht_stopped``); a DHT that cannot
@@ -11,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from pyphase.identity import Identity
 from pyphase.net import records
-from pyphase.net.addresses import DHT_PORT_OFFSET, side_port, split_hostport
+from pyphase.net.addresses import split_hostport
 from pyphase.net.config import NodeConfig
 from pyphase.net.discovery import announce_addresses
 from pyphase.net.dht import (
@@ -41,12 +46,99 @@ if TYPE_CHECKING:
 KNOWN_NODES_FILE = "dht-nodes.json"
 
 
+SharedDht = tuple[Dht, list[socket.socket]]  # a DHT session on P and the record query's sockets beside it
+
+
 def dht_listen_address(config: NodeConfig, host: str, port: int) -> str:
-    """``dht_listen``, else the ``phase/1`` listen host at the node's port + ``DHT_PORT_OFFSET``."""
+    """``dht_listen``, else the ``phase/1`` listen host and port (one port number)."""
     if config.dht_listen:
         return config.dht_listen
     bind = split_hostport(config.listen)[0]
-    return f"{bind}:{side_port(port, DHT_PORT_OFFSET)}"
+    return f"{bind}:{port}"
+
+
+def _dht_args(config: NodeConfig) -> tuple[list[tuple[str, int]] | None, list[tuple[str, int]]]:
+    """(bootstrap nodes or None for libtorrent's default routers, remembered good nodes)."""
+    bootstrap = parse_endpoints(config.dht_bootstrap) if config.dht_bootstrap.strip() else None
+    path = config.data_dir / KNOWN_NODES_FILE
+    return bootstrap, (load_known_nodes(path) if not config.ephemeral else [])
+
+
+async def open_shared_dht(config: NodeConfig, log: Callable[..., None]) -> SharedDht | None:
+    """Before ``phase/1`` listens: the DHT on its listen address and port (0: any free one, which ``phase/1``
+    then takes), with that port made shareable. None, with a warning, when ``dht_listen`` names another
+    socket or this cannot be done (a taken UDP port, a kernel without ``SO_REUSEPORT`` steering): the DHT
+    then gets a port of its own in :meth:`DhtPresence.start`."""
+    if config.dht_listen:
+        return None
+    host, port = split_hostport(config.listen)
+    wildcard = host in ("0.0.0.0", "*", "")
+    if wildcard and port == 0:
+        port = _free_port()  # one number on every address (libtorrent would give each address a port of its own)
+    where = f"{'0.0.0.0' if wildcard else host}:{port}"
+    if wildcard and _has_ipv6():
+        where += f",[::]:{port}"  # BEP 32: the DHT on IPv6 too (a stage 2 booted with IPv6-only DHT nodes needs it)
+    bootstrap, known = _dht_args(config)
+    loop = asyncio.get_running_loop()
+
+    def threadsafe(event: str, **fields: Any) -> None:  # until DhtPresence.start takes the session over
+        loop.call_soon_threadsafe(lambda: log(event, **fields))
+
+    dht: Dht | None = None
+    try:
+        dht = await asyncio.to_thread(
+            Dht,
+            where,
+            bootstrap,
+            known_nodes=known,
+            on_event=threadsafe,
+            port_mapping=maps_ports(where.split(",")[0], config.upnp),
+            shares_port=True,
+        )
+        return dht, dht.share_port()
+    except (OSError, RuntimeError) as exc:  # DhtUnavailable; PermissionError: the test suite's DHT guard
+        if dht is not None:
+            await asyncio.to_thread(dht.close)
+        log("warning", message=f"the DHT cannot share port {port} with phase/1 ({exc}); it takes a port of its own")
+        return None
+
+
+def rendezvous_classes(arch: str, engines: list[str]) -> dict[str, bytes]:
+    """The info-hashes a node announces under, by name: all nodes, its arch, each engine it runs (so a client
+    that needs ``--engine wasmtime`` on ``aarch64`` asks for those nodes only)."""
+    names = ["", f"arch/{arch}", *(f"engine/{e}" for e in engines)]
+    return {f"phase/1/{n}" if n else "phase/1": rendezvous_hash(n) for n in names}
+
+
+def _free_port() -> int:
+    """A port number free for TCP and UDP on every IPv4 address now."""
+    for _ in range(20):
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("0.0.0.0", 0))
+            port = int(tcp.getsockname()[1])
+            try:
+                udp.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no port number free for both TCP and UDP")
+
+
+def _has_ipv6() -> bool:
+    """Whether this host has an IPv6 address a DHT can use (not loopback, not link-local)."""
+    import ipaddress
+
+    try:
+        import ifaddr
+    except ImportError:
+        return False
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, tuple):
+                address = ipaddress.IPv6Address(ip.ip[0].split("%")[0])
+                if not (address.is_loopback or address.is_link_local):
+                    return True
+    return False
 
 
 class DhtPresence:
@@ -158,17 +250,41 @@ class DhtPresence:
                 out.append((split_hostport(record.addresses[0])[0], port))
         return out
 
-    async def start(self) -> None:
+    async def start(self, shared: SharedDht | None = None) -> None:
+        """Join the DHT: with ``shared`` (:func:`open_shared_dht`, its port now ``phase/1``'s) use that session
+        and answer the record query beside it, else open a session of its own and a record query socket."""
         loop = asyncio.get_running_loop()
         bind_host = split_hostport(self.config.listen)[0]
-        self.responder = RecordResponder(bind_host, self.port)
+        bootstrap, known = _dht_args(self.config)
+        log = self._threadsafe_log()
+        if shared is not None:
+            self.dht, sockets = shared
+            self.dht.on_event = self.dht.mapping.on_event = log
+            self.responder = RecordResponder(bind_host, self.port, sockets)
+        else:
+            self.responder = RecordResponder(bind_host, self.port)
         if not self.via_relay:
             self._set_answer(self.record_value(), self.seq)
-        loop.add_reader(self.responder.sock.fileno(), self.responder.on_readable)
-        bootstrap = parse_endpoints(self.config.dht_bootstrap) if self.config.dht_bootstrap.strip() else None
-        known = load_known_nodes(self._known_path) if self._known_path else []
+        for sock in self.responder.sockets:
+            loop.add_reader(sock.fileno(), self.responder.on_readable, sock)
+        if shared is None:
+            await self._open_own(bootstrap, known, log)
+        assert self.dht is not None
+        self.log(
+            "dht_listening",
+            address=f"{self.dht.listen_host}:{self.dht.port}",
+            record_query_port=self.port,
+            shared_port=shared is not None,
+            sockets=sorted({f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.dht.listened}),
+            bootstrap=[f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in bootstrap] if bootstrap else "default",
+            remembered=len(known),
+        )
+        self._task = loop.create_task(self._refresh_loop())
+
+    async def _open_own(
+        self, bootstrap: list[tuple[str, int]] | None, known: list[tuple[str, int]], log: Callable[..., None]
+    ) -> None:
         where = dht_listen_address(self.config, self.host, self.port)
-        log = self._threadsafe_log()
         mapping = maps_ports(where, self.config.upnp)
         try:
             self.dht = await asyncio.to_thread(
@@ -184,14 +300,6 @@ class DhtPresence:
         if mapping:
             self.dht.map_port("tcp", self.port, "phase/1")
             self.dht.map_port("udp", self.port, "record-query")
-        self.log(
-            "dht_listening",
-            address=f"{self.dht.listen_host}:{self.dht.port}",
-            record_query_port=self.port,
-            bootstrap=[f"{h}:{p}" for h, p in bootstrap] if bootstrap else "default",
-            remembered=len(known),
-        )
-        self._task = loop.create_task(self._refresh_loop())
 
     def _threadsafe_log(self) -> Callable[..., None]:
         loop = asyncio.get_running_loop()
@@ -239,10 +347,7 @@ class DhtPresence:
                 ms=int((time.monotonic() - started) * 1000),
                 routing_nodes=dht.routing_nodes(),
             )
-            hashes = {
-                "phase/1": rendezvous_hash(),
-                f"phase/1/arch/{machine_arch()}": rendezvous_hash(f"arch/{machine_arch()}"),
-            }
+            hashes = rendezvous_classes(machine_arch(), self.caps.get("engines") or [RUNTIME_NAME])
             if self.relay_port:
                 hashes["phase/1/relay"] = rendezvous_hash("relay")
             if not (self.via_relay or self.relays):  # a node behind a relay cannot answer the record query
@@ -326,7 +431,8 @@ class DhtPresence:
             except (asyncio.CancelledError, Exception):
                 pass
         if self.responder is not None:
-            asyncio.get_running_loop().remove_reader(self.responder.sock.fileno())
+            for sock in self.responder.sockets:
+                asyncio.get_running_loop().remove_reader(sock.fileno())
             self.responder.close()
         if self.dht is not None:
             dht, self.dht = self.dht, None

@@ -417,7 +417,8 @@ class Node:
 
     # ---- life cycle ------------------------------------------------------------------------------
 
-    async def start(self) -> str:
+    async def start(self, port: int | None = None) -> str:
+        """Listen (on ``port`` when given, else the configured one: the DHT may have picked it) and serve."""
         self.zap = self.ctx.socket(zmq.ROUTER)
         self.zap.linger = 0
         self.zap.bind(ZAP_ENDPOINT)
@@ -444,7 +445,8 @@ class Node:
         sock.setsockopt(zmq.RCVHWM, wire.RECEIVE_QUEUE_LIMIT)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.linger = 1000
-        host, port = split_hostport(self.config.listen)
+        host, configured = split_hostport(self.config.listen)
+        port = configured if port is None else port
         bind_host = "*" if host in ("0.0.0.0", "*", "") else host
         try:
             sock.bind(f"tcp://{bind_host}:{port}")

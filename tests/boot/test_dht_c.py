@@ -254,6 +254,31 @@ def test_mutated_answers_never_crash_the_lookup(sanitized_dht: Path, release_key
     assert queries > 6 * 5, queries  # the walks went on through the damaged answers (a peer found ends one)
 
 
+def test_bep42_vector_and_nodes_it_does_not_vouch_for_are_asked_last(sanitized_dht: Path, release_key: tuple) -> None:
+    """A liar next to the info-hash whose id does not match its address is passed over for an honest node whose
+    id does (BEP 42), however far: with two queries, the second goes to the honest one. Non-local addresses are
+    needed (local ones are exempt), so this runs in a network namespace of its own (unshare -n)."""
+    from .dht_bep42 import bep42_prefix
+
+    # BEP 42's own example: 124.31.75.21 with r = 1 gives ids starting 5f bf b8..bf
+    prefix = bep42_prefix("124.31.75.21", 1)
+    assert prefix[:2] == bytes.fromhex("5fbf") and prefix[2] & 0xF8 == 0xB8
+    _, pub = release_key
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.fail("needs root and unshare (util-linux) for a network namespace")
+    proc = subprocess.run(
+        ["unshare", "-n", sys.executable, str(Path(__file__).with_name("dht_bep42.py")), str(sanitized_dht), str(pub)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["stdout"].split() == ["http://198.51.100.77:8080"], result
+    assert result["asked"] == {"boot": 1, "liar": 0, "honest": 1}, result
+    assert "1 nodes named with ids BEP 42 does not vouch for" in result["stderr"], result
+
+
 def test_loopback_peers_from_a_loopback_node_stay_as_they_are(phase_boot_bin: Path, release_key: tuple) -> None:
     """(From a node that is not on loopback, a 127.x peer means that node: the QEMU test covers that case.)"""
     _, pub = release_key

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,10 +51,7 @@ def _wait_event(log: Path, proc: subprocess.Popen, match, timeout: float = 60) -
 def test_internet_mode_finds_its_source_on_the_dht_and_boots_to_a_node(
     boot_kit: dict, stage2: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    fwd = free_port()  # the guest's plasmd listens on the same port number, so its record names 127.0.0.1:fwd
-    cmdline = f"console=ttyS0 panic=-1 quiet phase.port={fwd} phase.advertise=127.0.0.1"
-    publish(tmp_path / "store", boot_kit["key"], boot_kit["kernel"], stage2, cmdline=cmdline)
-    (tmp_path / "store" / "boot" / "release.pub").write_text(keys.public_key_text(boot_kit["key"].public_key))
+    fwd = _publish_node_image(boot_kit, stage2, tmp_path / "store")
     info_hash = boot_info_hash(boot_kit["key"].public_key).hex()
     log = tmp_path / "plasmd.log"
     with loopback_dht(8) as nodes:
@@ -81,31 +79,102 @@ def test_internet_mode_finds_its_source_on_the_dht_and_boots_to_a_node(
                 f"phase.dht={guest_dht}",  # the kexec line: stage 2 joins through the nodes stage 1 used
                 "PHASE-NODE: on the DHT",
             )
-            args = qemu_args(boot_kit, f"phase.mode=internet phase.dht={guest_dht}", memory="1024")
-            args[-1] += f",hostfwd=tcp:127.0.0.1:{fwd}-:{fwd}"
-            q = Qemu(args, marks)
-            try:
-                q.wait_for("PHASE-NODE: plasmd running", 420)
-                m = q.wait_for_match(ADDRESS_RE, 30)
-                assert m, q.text[-3000:]
-                q.wait_for("PHASE-NODE: on the DHT", 150)
-                wat = request.getfixturevalue("wat")
-                client_dht = ",".join(f"{h}:{p}" for h, p in nodes[4:6])  # neither the guest's nor the source's
-                result = _submit_by_peer_id(m.group(1), client_dht, wat(ECHO_WAT), b"booted from the DHT")
-            finally:
-                r = q.close()
+            client_dht = ",".join(f"{h}:{p}" for h, p in nodes[4:6])  # neither the guest's nor the source's
+            r = _boot_node_and_submit(boot_kit, request, guest_dht, fwd, client_dht, marks, b"booted from the DHT")
         finally:
             source.terminate()
             source.wait(30)
+    print("\n[figures] " + next(line for line in r.console.splitlines() if "PHASE-NODE: on the DHT" in line))
+
+
+def _serve_on_ipv6(tmp_path: Path, port: int, dht_ports: list[int]) -> subprocess.Popen[bytes]:
+    """``phase boot serve`` of ``tmp_path/store`` on [::1]:port, announced through the DHT nodes on [::1] at
+    ``dht_ports``; returns once it announced."""
+    out = tmp_path / "serve.out"
+    with out.open("wb") as sink:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "pyphase.boot", "serve", str(tmp_path / "store"), "--listen", f"[::1]:{port}",
+             "--dht-bootstrap", ",".join(f"[::1]:{p}" for p in dht_ports), "--quiet"],
+            stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        _wait_event(out, serve, lambda e: e.get("event") == "boot_dht_announced")
+    except BaseException:
+        serve.terminate()
+        serve.wait(30)
+        raise
+    return serve
+
+
+def _publish_node_image(boot_kit: dict, stage2: Path, store: Path) -> int:
+    """Publish the node image to ``store`` with its release key; -> the port its plasmd listens on (the guest's
+    plasmd listens on the same port number as the host forwards, so its record names 127.0.0.1:port)."""
+    fwd = free_port()
+    cmdline = f"console=ttyS0 panic=-1 quiet phase.port={fwd} phase.advertise=127.0.0.1"
+    publish(store, boot_kit["key"], boot_kit["kernel"], stage2, cmdline=cmdline)
+    (store / "boot" / "release.pub").write_text(keys.public_key_text(boot_kit["key"].public_key))
+    return fwd
+
+
+def _boot_node_and_submit(
+    boot_kit: dict,
+    request: pytest.FixtureRequest,
+    guest_dht: str,
+    fwd: int,
+    client_dht: str,
+    marks: tuple[str, ...],
+    stdin: bytes,
+) -> Any:
+    """Boot in Internet mode through ``guest_dht`` to a node on the DHT, then run a job on it by peer id from a
+    client that joins through ``client_dht``; checks the console ``marks``, the record and the receipt."""
+    args = qemu_args(boot_kit, f"phase.mode=internet phase.dht={guest_dht}", memory="1024")
+    args[-1] += f",hostfwd=tcp:127.0.0.1:{fwd}-:{fwd}"
+    q = Qemu(args, marks)
+    try:
+        q.wait_for("PHASE-NODE: plasmd running", 420)
+        m = q.wait_for_match(ADDRESS_RE, 30)
+        assert m, q.text[-3000:]
+        q.wait_for("PHASE-NODE: on the DHT", 150)
+        wat = request.getfixturevalue("wat")
+        record, result = _submit_by_peer_id(m.group(1), client_dht, wat(ECHO_WAT), stdin)
+    finally:
+        r = q.close()
     for mark in marks:
         assert mark in r, r.tail()
     assert "PHASE-BOOT FAIL" not in r, r.tail()
     assert re.search(r"PHASE-NODE: on the DHT \(through [^)]*\): record stored on [1-9]\d* nodes", r.console), r.tail()
-    print("\n[figures] " + next(line for line in r.console.splitlines() if "PHASE-NODE: on the DHT" in line))
-    record, result = result
     assert record.peer_id == m.group(1) and record.address == f"{m.group(1)}@127.0.0.1:{fwd}", record
-    assert (result.status, result.stdout) == ("ok", b"booted from the DHT"), result
+    assert (result.status, result.stdout) == ("ok", stdin), result
     assert result.receipt is not None and result.receipt["node"]["peer_id"] == m.group(1)
+    return r
+
+
+def test_internet_mode_over_ipv6_boots_to_a_node_on_the_dht(
+    boot_kit: dict, stage2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """Over QEMU's IPv6 user network with IPv6-only DHT nodes (libtorrent on the host's [::1], the guest's
+    [fec0::2]): stage 1 finds ``phase boot serve`` on [::1], boots stage 2, whose plasmd (on 0.0.0.0) runs its
+    DHT on IPv6 too and stores its record there; a host client that knows two other IPv6 nodes resolves the
+    booted node's peer id and runs a job on it."""
+    monkeypatch.setenv("PHASE_DHT_ALLOW", os.environ["PHASE_DHT_ALLOW"] + ",::1/128")  # IPv6 loopback: still local
+    fwd = _publish_node_image(boot_kit, stage2, tmp_path / "store")
+    port = free_port()
+    with loopback_sessions(8, host="::1") as sessions:
+        ports = [s.listen_port() for s in sessions]
+        serve = _serve_on_ipv6(tmp_path, port, ports[:2])
+        try:
+            guest_dht = ",".join(f"[fec0::2]:{p}" for p in ports[2:4])
+            marks = (
+                "PHASE-BOOT: DHT: 1 source after",
+                f"PHASE-BOOT: sources: http://[fec0::2]:{port}\n",
+                "PHASE-NODE: plasmd running",
+                "PHASE-NODE: on the DHT",
+            )
+            client_dht = ",".join(f"[::1]:{p}" for p in ports[4:6])  # neither the guest's nor the source's
+            _boot_node_and_submit(boot_kit, request, guest_dht, fwd, client_dht, marks, b"booted over IPv6")
+        finally:
+            serve.terminate()
+            serve.wait(30)
 
 
 def _submit_by_peer_id(peer_id: str, bootstrap: str, module: bytes, stdin: bytes) -> tuple:
@@ -148,15 +217,8 @@ def test_internet_mode_over_ipv6_with_a_named_dht_node(
     port = free_port()
     with loopback_sessions(8, host="::1") as sessions, DnsServer({"dht.phase.test": "fec0::2"}) as dns:
         ports = [s.listen_port() for s in sessions]
-        out = tmp_path / "serve.out"
-        with out.open("wb") as sink:
-            serve = subprocess.Popen(
-                [sys.executable, "-m", "pyphase.boot", "serve", str(tmp_path / "store"), "--listen", f"[::1]:{port}",
-                 "--dht-bootstrap", ",".join(f"[::1]:{p}" for p in ports[:2]), "--quiet"],
-                stdout=sink, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        serve = _serve_on_ipv6(tmp_path, port, ports[:2])
         try:
-            _wait_event(out, serve, lambda e: e.get("event") == "boot_dht_announced")
             append = f"phase.mode=internet phase.dht=dht.phase.test:{ports[3]} phase.dns={HOST}:{dns.port}"
             r = boot(qemu_args(boot_kit, append), deadline=300, stop_on="PHASE-BOOT: signature ok")
         finally:

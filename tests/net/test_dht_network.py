@@ -92,6 +92,20 @@ def test_cli_peers_dht_and_rendezvous(dht_network) -> None:
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert sorted(p["peer_id"] for p in doc["peers"]) == sorted(n.address.split("@")[0] for n in nodes)
+    # one rendezvous per engine: every node runs wasm3; nobody runs an engine that does not exist
+    announced = nodes[0].events("dht_announced")[0]["hashes"]
+    assert announced["phase/1/engine/wasm3"] == dht.rendezvous_hash("engine/wasm3").hex()
+    for engine, expected in (("wasm3", len(nodes)), ("nosuch", 0)):
+        out = subprocess.run(
+            [sys.executable, "-m", "pyphase", "dht", "rendezvous", "--engine", engine, "--json", "--timeout", "5"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**_env(), "PHASE_DHT_BOOTSTRAP": bootstrap},
+        )
+        doc = json.loads(out.stdout)
+        assert doc["info_hash"] == dht.rendezvous_hash(f"engine/{engine}").hex()
+        assert len({p["peer_id"] for p in doc["peers"]}) == expected, (engine, doc)
     unknown = "a" * 52
     out = subprocess.run(
         [sys.executable, "-m", "pyphase", "dht", "record", unknown, "--dht-bootstrap", bootstrap, "--timeout", "3"],
@@ -177,9 +191,9 @@ def test_the_api_lists_the_peers_the_dht_rendezvous_found(dht_network) -> None:
 
 
 def test_nodes_on_consecutive_ports_keep_their_own_ports(tmp_path: Path) -> None:
-    """Each node's side services (HTTP API, DHT socket and the TCP listener libtorrent opens beside it) listen far
-    from its phase/1 port, so nodes on P, P + 1, P + 2 (as acceptance's remote.sh starts them) all start, each on
-    its defaults. At P + 1 and P + 2, one node's API or DHT took the next node's phase/1 port."""
+    """One port number per node: phase/1 (TCP), the DHT and the record query (UDP) all on P; the HTTP API far
+    from it. So nodes on P, P + 1, P + 2 (as acceptance's remote.sh starts them) all start, each on its
+    defaults, and each answers the record query on its own P."""
     import socket
 
     host = dht_host()
@@ -187,7 +201,7 @@ def test_nodes_on_consecutive_ports_keep_their_own_ports(tmp_path: Path) -> None
         with socket.socket() as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
-        if port + 2002 <= 65535:
+        if port + 1002 <= 65535:
             break
     nodes: list[NodeProc] = []
     with private_dht(2) as routers:
@@ -204,8 +218,13 @@ def test_nodes_on_consecutive_ports_keep_their_own_ports(tmp_path: Path) -> None
                 node.port = port + i
                 nodes.append(node.start())
             for i, node in enumerate(nodes):
-                assert node.wait_event("dht_listening")["address"] == f"{host}:{port + i + 2000}"
+                listening = node.wait_event("dht_listening")
+                assert listening["address"] == f"{host}:{port + i}" and listening["shared_port"], listening
                 assert (node.data_dir / "api").read_text().strip() == f"http://127.0.0.1:{port + i + 1000}"
+            for i, node in enumerate(nodes):
+                node.wait_event("dht_record_published", timeout=30)
+                answers = dht.query_records([(host, port + i)], timeout=2.0)
+                assert answers[(host, port + i)].peer_id == node.address.split("@")[0]
         finally:
             for node in nodes:
                 node.stop()

@@ -1,0 +1,67 @@
+"""A client resolving bare peer ids on a private loopback DHT: a record that is not there yet at the first lookup
+is found by a later one within the submit's deadline, and an id nobody published fails within it, with why."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from dht_support import dht_host, endpoints, private_dht  # noqa: E402
+from net_support import NodeProc  # noqa: E402
+
+from pyphase import Client, Limits
+from pyphase.errors import NoPeers
+from pyphase.identity import Identity
+
+
+def test_a_record_published_after_the_first_lookup_is_found_within_the_deadline(tmp_path: Path, hello_bytes) -> None:
+    identity = Identity.generate()
+    identity.save(tmp_path / "node" / "identity.key")
+    with private_dht(6) as routers:
+        boot = [f"{h}:{p}" for h, p in endpoints(routers)]
+        outcome: list[object] = []
+        started = time.monotonic()
+
+        def submit() -> None:
+            with Client(peers=[identity.peer_id], dht_bootstrap=boot[:2]) as client:
+                try:
+                    outcome.append(client.submit(hello_bytes, b"late", limits=Limits(timeout_ms=10_000), timeout=25))
+                except Exception as exc:  # the assertion below shows it
+                    outcome.append(exc)
+
+        thread = threading.Thread(target=submit)
+        thread.start()
+        time.sleep(3.0)  # the client's first lookups run while the node does not exist yet
+        node = NodeProc(tmp_path / "node", dht_host(), sandbox=False, workers=1, extra=("--dht-bootstrap", *boot[2:4]))
+        try:
+            node.start()
+            thread.join(40)
+            assert outcome, "submit did not return"
+            result = outcome[0]
+            assert not isinstance(result, Exception), result
+            assert result.stdout == b"etal" and result.peer == identity.peer_id  # type: ignore[attr-defined]
+            assert time.monotonic() - started > 3.0
+        finally:
+            node.stop()
+
+
+def test_an_unpublished_peer_id_fails_within_the_submit_deadline_saying_why(hello_bytes) -> None:
+    unknown = Identity.generate().peer_id
+    with private_dht(4) as routers:
+        boot = [f"{h}:{p}" for h, p in endpoints(routers)]
+        with Client(peers=[unknown], dht_bootstrap=boot[:1]) as client:
+            started = time.monotonic()
+            with pytest.raises(NoPeers, match=f"within 4 s: {unknown}: no record found"):
+                client.submit(hello_bytes, limits=Limits(timeout_ms=1000), timeout=4)
+            took = time.monotonic() - started
+            # looked up again until the deadline (one lookup on a loopback DHT answers "nothing" within a second)
+            assert 3.5 <= took < 12, took
+            # still pending: the next submit looks again
+            with pytest.raises(NoPeers, match=unknown):
+                client.submit(hello_bytes, limits=Limits(timeout_ms=1000), timeout=1)
