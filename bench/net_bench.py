@@ -50,6 +50,7 @@ def start_node(data_dir: Path, host: str, *, sandbox: bool, mdns: bool = False, 
         "json",
     ]
     cmd += ["--mdns-interfaces", "127.0.0.1"] if mdns else ["--no-mdns"]
+    cmd.append("--no-dht")  # the DHT's default routers are public: a benchmark stays on this machine
     if not sandbox:
         cmd.append("--no-sandbox")
     env = dict(os.environ, PHASE_MDNS_INTERFACES="127.0.0.1")
