@@ -42,6 +42,8 @@ NEVER = {
 }
 # What a local run without a receipt does not need either: signing, schemas, the network.
 NOT_FOR_A_RUN = NEVER | {"nacl", "fastjsonschema", "pyphase.receipt", "pyphase.manifest", "zmq", "pyphase.cli.net"}
+# ... nor a thread pool (its one job runs on the calling thread; concurrent.futures imports logging)
+NOT_FOR_A_RUN |= {"concurrent.futures", "logging"}
 
 
 def loaded_by(code: str, watch: set[str], env: dict[str, str] | None = None) -> list[str]:
