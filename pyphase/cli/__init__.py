@@ -35,7 +35,6 @@ COMMAND_MODULES = {
     "receipts": "history",
     "boot": "boot",
 }
-_EXIT_USAGE = 2  # pyphase.cli.jobs.EXIT_USAGE, without importing it for a bare 'phase'
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -74,11 +73,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``phase`` with ``argv`` (default ``sys.argv[1:]``) and return its exit status."""
     args = _parse(argv)
-    if args is None:
-        return _EXIT_USAGE
-    from pyphase.cli.jobs import call
+    from pyphase.cli.jobs import EXIT_USAGE, call  # loaded already: every group's module imports it
 
-    return call(args)
+    return EXIT_USAGE if args is None else call(args)
 
 
 def console() -> NoReturn:
@@ -96,10 +93,10 @@ def console() -> NoReturn:
     finally:
         gc.freeze()
         gc.enable()
-    if args is None:
-        sys.exit(_EXIT_USAGE)
-    from pyphase.cli.jobs import call
+    from pyphase.cli.jobs import EXIT_USAGE, call
 
+    if args is None:
+        sys.exit(EXIT_USAGE)
     code = call(args)
     gc.freeze()
     sys.exit(code)
