@@ -957,7 +957,7 @@ static void helper_done(srv_helper *h, int status)
         } else if (cache_load_code((unsigned) ci, index, map + sizeof hdr, hdr.len, why, sizeof why) != 0) {
             char what[120];
             snprintf(what, sizeof what, "%s", why);
-            snprintf(why, sizeof why, "wasmtime refused the compile helper's code: %s", what);
+            snprintf(why, sizeof why, "wasmtime refused the compile helper's code: %.110s", what);
         }
         if (map)
             munmap(map, sizeof hdr + hdr.len);
