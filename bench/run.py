@@ -9,6 +9,8 @@
     python bench/run.py deep [--reps N] [--json]     a 3,000-case C switch (deep nesting): cold start vs wasmtime-py
     python bench/run.py stream [--quick] [--json]    the tiny job with and without streamed output (local, remote)
     python bench/run.py zstd [--rounds N] [--json]   zstd -3 of 5.8 MB: native vs phase run --engine auto (minutes)
+    python bench/run.py startup [--rounds N] [--submit] [--json]
+                                                     fresh phase run/verify (and submit) processes vs python -c pass
     python bench/run.py all --quick                  each of the above in turn, small sizes
     python bench/run.py install [--arm]              wheel sizes, install from wheel vs sdist, idle plasmd memory,
                                                      a job to an aarch64 node (needs tools/build-wheels.sh first;
@@ -44,6 +46,7 @@ BENCHMARKS = {
     "cbench": [str(ROOT / "cbench" / "run.sh")],
     "deep": [sys.executable, str(HERE / "deep_bench.py")],
     "stream": [sys.executable, str(HERE / "stream_bench.py")],
+    "startup": [sys.executable, str(HERE / "startup_bench.py")],
 }
 # Run only by name: each needs something more (built wheels, root, PHP) or takes minutes.
 BY_NAME_ONLY = {

@@ -32,32 +32,53 @@ from pyphase.errors import (
     Trap,
     VerificationError,
 )
-from pyphase.identity import Identity
-from pyphase.limits import Limits
-from pyphase.manifest import make_manifest
-from pyphase.preopen import FsQuota, Preopen
-from pyphase.receipt import make_receipt, verify_receipt
-from pyphase.result import Result
-from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION, Module, run
 
 if TYPE_CHECKING:
+    from pyphase.identity import Identity
+    from pyphase.limits import Limits
+    from pyphase.manifest import make_manifest
     from pyphase.net.client import Client
+    from pyphase.preopen import FsQuota, Preopen
+    from pyphase.receipt import make_receipt, verify_receipt
+    from pyphase.result import Result
+    from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION, Module, run
     from pyphase.sandbox import Sandbox
 
 __version__ = "0.1.0"
 
+# Where each public name lives. They load on first use, so that `import pyphase` costs the errors alone: a command
+# or a worker imports what it needs (`phase run` never loads the signing library, schemas or the network stack).
+_LAZY = {
+    "Client": "pyphase.net.client",
+    "FsQuota": "pyphase.preopen",
+    "Identity": "pyphase.identity",
+    "Limits": "pyphase.limits",
+    "Module": "pyphase.runtime",
+    "Preopen": "pyphase.preopen",
+    "RUNTIME_NAME": "pyphase.runtime",
+    "RUNTIME_VERSION": "pyphase.runtime",
+    "Result": "pyphase.result",
+    "Sandbox": "pyphase.sandbox",
+    "make_manifest": "pyphase.manifest",
+    "make_receipt": "pyphase.receipt",
+    "run": "pyphase.runtime",
+    "verify_receipt": "pyphase.receipt",
+}
+
 
 def __getattr__(name: str) -> Any:
-    # Heavier parts load on first use so that `import pyphase` stays cheap for the CLI and workers.
-    if name == "Client":
-        from pyphase.net.client import Client
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyphase' has no attribute {name!r}")
+    from importlib import import_module
 
-        return Client
-    if name == "Sandbox":
-        from pyphase.sandbox import Sandbox
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # found directly from now on
+    return value
 
-        return Sandbox
-    raise AttributeError(f"module 'pyphase' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [

@@ -1,7 +1,5 @@
 """python -m pyphase: the phase CLI."""
 
-import sys
+from pyphase.cli import console
 
-from pyphase.cli import main
-
-sys.exit(main())
+console()

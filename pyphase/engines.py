@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import platform
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -102,6 +100,8 @@ def _library_path() -> Path:
             f"wasmtime {version} is installed, pyphase's compiling engine is built for {WASMTIME_VERSION}: "
             f"pip install 'wasmtime=={WASMTIME_VERSION}'"
         )
+    import platform  # here: only a process that loads wasmtime needs it
+
     machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
     base = Path(next(iter(spec.submodule_search_locations)))
     path = base / f"linux-{machine}" / "_libwasmtime.so"
@@ -162,7 +162,7 @@ def use_data_dir(data_dir: str | os.PathLike[str] | None, max_bytes: int = DEFAU
     """Keep ``auto``'s module history in ``DATA_DIR/history.sqlite`` and compiled code in ``DATA_DIR/compiled/``
     (at most ``max_bytes``), so both outlive this process; None: in memory only (Private mode). Loads nothing: the
     compiled-code directory is opened once the compiling engine is."""
-    from pyphase.history import HISTORY_FILE, ModuleRuns  # history imports receipts, which import this module
+    from pyphase.history import HISTORY_FILE, ModuleRuns  # only a process that keeps a data dir needs it
 
     global _runs, _cache, _cache_dir, _data_dir
     runs = None if data_dir is None else ModuleRuns(Path(data_dir) / HISTORY_FILE)
@@ -201,10 +201,14 @@ def _past(digest: bytes) -> int:
         runs = _runs
     if past is not None:
         return past
-    try:
-        past = (runs.get(digest) if runs is not None else None) or 0
-    except sqlite3.Error:
-        past = 0
+    past = 0
+    if runs is not None:
+        import sqlite3  # loaded already with the data dir's history (only a process that keeps one needs it)
+
+        try:
+            past = runs.get(digest) or 0
+        except sqlite3.Error:
+            pass
     with _lock:
         _remember(digest, past)
     return past
@@ -231,6 +235,8 @@ def record(digest: bytes, engine: str, wall_us: int) -> None:
 
 
 def _persist(runs: ModuleRuns, digest: bytes, wall_us: int) -> None:
+    import sqlite3
+
     try:
         runs.put(digest, wall_us)
     except sqlite3.Error:

@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pyphase.receipt import timestamp
 
 HISTORY_FILE = "history.sqlite"
 DEFAULT_MAX_JOBS = 10_000
@@ -41,6 +40,8 @@ CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished);
 
 
 def _iso(t: float) -> str:
+    from pyphase.receipt import timestamp  # here: auto's ModuleRuns (phase run) needs no receipts
+
     return timestamp(datetime.fromtimestamp(t, timezone.utc))
 
 

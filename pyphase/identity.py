@@ -12,14 +12,17 @@ import binascii
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import nacl.bindings
-import nacl.signing
+from typing import TYPE_CHECKING
 
 from pyphase.errors import IdentityError
 
-PUBLIC_KEY_BYTES = nacl.bindings.crypto_sign_PUBLICKEYBYTES
-SEED_BYTES = nacl.bindings.crypto_sign_SEEDBYTES
+if TYPE_CHECKING:
+    import nacl.signing
+
+# Ed25519's sizes (RFC 8032), libsodium's crypto_sign_PUBLICKEYBYTES and crypto_sign_SEEDBYTES (a test checks that
+# they agree): written here so that the paths and peer ids a command needs cost no import of libsodium.
+PUBLIC_KEY_BYTES = 32
+SEED_BYTES = 32
 _KEY_FILE_HEADER = "phase-ed25519-seed-v1:"
 
 
@@ -29,6 +32,13 @@ def default_home() -> Path:
         return Path(os.environ["PHASE_HOME"])
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "phase"
+
+
+def default_data_dir() -> Path:
+    """A node's default data directory (``plasmd --data-dir``; ``phase run`` keeps its compiled code and module
+    history there too): ``$XDG_DATA_HOME/phase/node``, else ``~/.local/share/phase/node``."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "phase" / "node"
 
 
 def default_identity_path() -> Path:
@@ -68,12 +78,16 @@ class Identity:
 
     @classmethod
     def generate(cls) -> Identity:
+        import nacl.signing
+
         return cls(nacl.signing.SigningKey.generate())
 
     @classmethod
     def from_seed(cls, seed: bytes) -> Identity:
         if len(seed) != SEED_BYTES:
             raise IdentityError(f"identity seed must be {SEED_BYTES} bytes, got {len(seed)}")
+        import nacl.signing
+
         return cls(nacl.signing.SigningKey(seed))
 
     @property
@@ -86,6 +100,8 @@ class Identity:
 
     def curve_keypair(self) -> tuple[bytes, bytes]:
         """(public, secret) X25519 keys for ZeroMQ CURVE, derived from this identity (raw 32 bytes each)."""
+        import nacl.bindings
+
         seed_and_pk = bytes(self.signing_key) + self.public_key
         secret = nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(seed_and_pk)
         public = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(self.public_key)

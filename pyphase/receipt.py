@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import platform
 import time
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from pyphase import schemas
 from pyphase.errors import SignatureError, VerificationError
@@ -24,12 +22,17 @@ from pyphase.engines import VERSIONS, fuel_unit
 from pyphase.runtime import RUNTIME_NAME, RUNTIME_VERSION
 from pyphase.signing import sign_document, verify_document
 
+if TYPE_CHECKING:
+    from datetime import datetime
+
 RECEIPT_VERSION = 1
 MESSAGE_MAX = 1024
 
 
 def machine_arch() -> str:
     """Normalised CPU architecture: ``x86_64``, ``aarch64``, ..."""
+    import platform  # here: verifying a receipt needs none of it
+
     arch = platform.machine().lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
 
@@ -55,6 +58,8 @@ def timestamp(moment: datetime | None = None) -> str:
     that formats it. Now (the default) costs a strftime only once a second."""
     global _second_text
     if moment is not None:
+        from datetime import timezone  # only a given moment needs it (phase verify never does)
+
         moment = moment.astimezone(timezone.utc)
         return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{moment.microsecond // 1000:03d}Z"
     now = time.time()

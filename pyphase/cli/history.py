@@ -23,7 +23,7 @@ examples:
 
 def _open(args: argparse.Namespace) -> Any:
     from pyphase.history import History
-    from pyphase.net.config import default_data_dir
+    from pyphase.identity import default_data_dir
 
     return History.open_readonly(args.data_dir or default_data_dir())
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -42,8 +41,6 @@ NO_PREOPEN_NOTE = (
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a module here: its raw bytes go to an isolated worker (validated there, never in this process)."""
     from pyphase.digests import hash_text, sha256_text
-    from pyphase.manifest import job_id, make_manifest
-    from pyphase.receipt import make_receipt, timestamp
     from pyphase.engines import EngineUnavailable
     from pyphase.runtime import prepare_job
 
@@ -65,7 +62,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return fail(str(exc), exc.code)
     except (ValueError, EngineUnavailable) as exc:
         return fail(str(exc))
-    started = timestamp()
+    signed = bool(args.receipt or args.json)
+    if signed:  # the signing library, schemas and manifests load only for a receipt
+        from pyphase.manifest import job_id, make_manifest
+        from pyphase.receipt import make_receipt, timestamp
+
+        started = timestamp()
     on_output = None if args.json else print_output
     if args.no_sandbox:
         try:
@@ -88,8 +90,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             # the compiling engine costs its fork server tens of ms to set up: only when this job may use it
             jit = job.engine == "wasmtime" or (job.engine == "auto" and looks_long(job.digest, job.limits))
+            # one job: no spare worker (it would be forked, set up and killed unused)
             with Sandbox(
-                workers=1, shm_bytes=Sandbox.shm_bytes_for(job), engines=None if jit else ["wasm3"]
+                workers=1, shm_bytes=Sandbox.shm_bytes_for(job), engines=None if jit else ["wasm3"], spares=0
             ) as sandbox:
                 result = sandbox.run_prepared(job, on_output)
                 # a long wasm3 job's module is compiled once it ends: wait at most as long again, so the next run
@@ -103,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     module_hash = hash_text(job.digest)
     result = result.with_hashes(module_hash, sha256_text(job_input))
     receipt = None
-    if args.receipt or args.json:
+    if signed:
         manifest = make_manifest(
             data,
             job_input,
@@ -130,8 +133,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _use_data_dir(data_dir: str | None) -> None:
     """Keep what ``auto`` learns and the compiled code in ``data_dir`` (default: plasmd's), as a node does."""
+    import sqlite3
+
     from pyphase import engines
-    from pyphase.net.config import default_data_dir
+    from pyphase.identity import default_data_dir
 
     target = Path(data_dir) if data_dir else default_data_dir()
     try:

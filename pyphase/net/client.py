@@ -30,16 +30,16 @@ import hashlib
 import itertools
 import os
 import random
+import struct
 import threading
 import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import zmq
-import zmq.utils.monitor
 import zmq.utils.z85
 
 from pyphase import trees
@@ -58,11 +58,13 @@ from pyphase.limits import Limits, format_size
 from pyphase.manifest import make_manifest, new_nonce
 from pyphase.net import wire
 from pyphase.net.addresses import RELAY_PREFIX, parse_address, resolve_socks_proxy, split_relayed
-from pyphase.net.socks import SocksRelay
 from pyphase.preopen import Preopen
 from pyphase.receipt import verify_receipt
 from pyphase.result import Result
 from pyphase.runtime import OutputCallback, OutputSink, sink_for
+
+if TYPE_CHECKING:
+    from pyphase.net.socks import SocksRelay  # python-socks loads only for a proxy or a relayed peer
 
 ProgressCallback = Callable[[str, str, str], object]
 """Called with ``(state, peer_id, detail)`` as a job moves: ``connecting``, ``offered``, ``accepted``, ``running``,
@@ -106,6 +108,16 @@ _HANDSHAKE_FAILED = "CURVE handshake failed (wrong key or not a phase node)"
 
 def _refused(peer: _Peer) -> str:
     return f"{_REFUSED} at {peer.host}:{peer.port}: nothing listens there (is plasmd running? is the address right?)"
+
+
+def _monitor_event(frames: list[bytes]) -> int:
+    """The event id of a message from a socket monitor (zmq_socket_monitor(3): a 6-byte frame, the id as 16 bits and
+    a 32-bit value, then the endpoint). zmq.utils.monitor parses it the same way, but imports zmq.asyncio with it:
+    asyncio and ssl, a sixth of a ``phase submit``'s start-up (BENCHMARKS.md, "Start-up")."""
+    if len(frames) != 2 or len(frames[0]) != 6:
+        raise RuntimeError(f"invalid socket monitor message: {frames!r}")
+    event: int = struct.unpack("=hi", frames[0])[0]
+    return event
 
 
 def discovery_refused(proxy: str) -> str:
@@ -259,7 +271,11 @@ class Client:
         self._tags = itertools.count(1)
         self._tag_prefix = os.urandom(4)
         self.connect_timeout = connect_timeout
-        self._relay = SocksRelay(self.socks_proxy, connect_timeout) if self.socks_proxy is not None else None
+        self._relay: SocksRelay | None = None
+        if self.socks_proxy is not None:
+            from pyphase.net.socks import SocksRelay
+
+            self._relay = SocksRelay(self.socks_proxy, connect_timeout)
         self._peers: dict[str, _Peer] = {}
         self._discover_timeout = discover_timeout
         self._mdns_interfaces = mdns_interfaces
@@ -384,6 +400,8 @@ class Client:
         peer.unasked = [0, 0]
         if peer.sock is None:
             if peer.relayed and self._relay is None:
+                from pyphase.net.socks import SocksRelay
+
                 self._relay = SocksRelay(None, self.connect_timeout)  # circuits through Phase relays, directly
             if self._relay is not None and (peer.relayed or self.socks_proxy is not None):
                 # fail closed: the socket's only endpoint is our loopback forwarder, which dials only the proxy
@@ -448,10 +466,9 @@ class Client:
         failure = None
         while peer.monitor is not None:
             try:
-                event = zmq.utils.monitor.recv_monitor_message(peer.monitor, zmq.NOBLOCK)
+                kind = _monitor_event(peer.monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 break
-            kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 peer.connected = peer.reached = True
             elif kind == zmq.EVENT_DISCONNECTED:

@@ -104,6 +104,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from pyphase.identity import default_data_dir
 from pyphase.limits import Limits, parse_duration_ms, parse_size
 from pyphase.net.addresses import DEFAULT_PORT, split_hostport
 
@@ -111,11 +112,6 @@ from pyphase.net.addresses import DEFAULT_PORT, split_hostport
 def help_text() -> str:
     """This module's documentation as ``plasmd --help-config`` prints it: plain text, not reST."""
     return (__doc__ or "").replace("``", "").replace("::\n", ":\n").strip() + "\n"
-
-
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "phase" / "node"
 
 
 def check_listen(text: str, key: str, default_port: int = DEFAULT_PORT) -> None:

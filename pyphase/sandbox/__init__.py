@@ -29,10 +29,9 @@ import threading
 import time
 import warnings
 import weakref
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import pyphase
 from pyphase.compiled import configuration
@@ -54,6 +53,9 @@ from pyphase.runtime import (
     prepare_job,
     sink_for,
 )
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 __all__ = ["Sandbox", "SandboxError"]  # SandboxError lives in pyphase.errors; re-exported for callers here
 
@@ -224,6 +226,7 @@ class Sandbox:
         self._last_added: tuple[bytes, float] | None = None
         self._free: queue.SimpleQueue[_sandbox.Slot] = queue.SimpleQueue()
         self._running: dict[Future[Result], _Running] = {}
+        self._pool: ThreadPoolExecutor | None = None  # made by the first submit: a one-job run needs none
         try:
             self._start_server()
         except SandboxError as exc:
@@ -238,7 +241,19 @@ class Sandbox:
             self.engines = ("wasm3",)
             self._start_server()
         self._closed = False
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phase-sandbox")
+
+    @property
+    def _executor(self) -> ThreadPoolExecutor:
+        """The threads that run submitted jobs, started by the first submit: ``phase run``'s one job runs on the
+        calling thread, and concurrent.futures with the logging it imports is a tenth of its start-up."""
+        with self._lock:
+            if self._pool is None:
+                if self._closed:
+                    raise SandboxError("the sandbox is closed")
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="phase-sandbox")
+            return self._pool
 
     @staticmethod
     def _engines_wanted(wanted: Sequence[str] | None) -> tuple[str, ...]:
@@ -562,7 +577,7 @@ class Sandbox:
             if self._closed:
                 return
             self._closed = True
-        executor = getattr(self, "_executor", None)
+        executor = self._pool
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
         taken = []

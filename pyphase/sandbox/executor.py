@@ -10,14 +10,16 @@ really runs a job before trusting it, and falls back (loudly) when it cannot.
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from pyphase.errors import InvalidModule, SandboxUnavailable
 from pyphase.limits import Limits
 from pyphase.digests import sha256_text
 from pyphase.result import Result
 from pyphase.runtime import OutputCallback, PreparedJob, prepare_job, run_prepared
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 # The smallest valid WASI command: (module (func (export "_start"))). Used to check an executor works.
 EMPTY_MODULE = (
@@ -53,6 +55,8 @@ class ThreadExecutor:
     kind = "thread"
 
     def __init__(self, workers: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor  # here: the sandbox (phase run) imports this module too
+
         self.workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="plasmd-job")
 

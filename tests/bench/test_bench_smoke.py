@@ -215,3 +215,12 @@ def test_stream_bench_runs() -> None:
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert all(doc[where]["ratio"] > 0 for where in ("in_process", "sandbox", "remote"))
+
+
+def test_startup_bench_runs() -> None:
+    """bench/startup_bench.py --quick: every fresh phase process it times printed the right bytes and exited 0 (it
+    stops at the first that did not), with both references measured."""
+    doc = _quick_json("startup_bench.py")
+    rows = {row["command"]: row for row in doc["rows"]}
+    assert {"python -c pass", "phase run hello", "phase verify F"} <= set(rows)
+    assert rows["python -c pass"]["x_python"] == 1.0 and rows["phase run hello"]["median_ms"] > 0
