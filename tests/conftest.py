@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,15 @@ import wasm_build  # noqa: E402
 DHT_ALLOWED = "127.0.0.0/8"
 os.environ["PHASE_DHT_ALLOW"] = DHT_ALLOWED
 os.environ.pop("PHASE_DHT_BOOTSTRAP", None)
+
+# The user's own state stays out of the suite: phase run's default data dir (compiled code, auto's history) and the
+# default identity live under a directory of this session, for this process and every phase/plasmd it starts. A
+# module compiled into ~/.local/share by an earlier run would otherwise change what a later run measures.
+_HOME = tempfile.mkdtemp(prefix="phase-tests-home-")
+atexit.register(shutil.rmtree, _HOME, True)
+os.environ["XDG_DATA_HOME"] = os.path.join(_HOME, "data")
+os.environ["XDG_CONFIG_HOME"] = os.path.join(_HOME, "config")
+os.environ.pop("PHASE_HOME", None)
 
 
 def _dht_settings_allowed(settings: dict) -> None:

@@ -155,22 +155,26 @@ def _run_here(job: PreparedJob, on_output: OutputCallback | None, data_dir: str 
 
     if job.engine == "wasm3":
         return run_prepared(job, on_output)
+    previous = engines.data_dir()
     _use_data_dir(data_dir)
-    module = Module.cached(job.data, job.digest)
-    timer = None
-    if job.engine == "auto" and engines.choose("auto", module, job.limits, job.deterministic) == "wasm3":
-        timer = threading.Timer(
-            engines.AUTO_WALL_US / 1e6, engines.compile_in_background, (module, job.limits, job.deterministic)
-        )
-        timer.daemon = True
-        timer.start()
     try:
-        result = run_prepared(job._replace(module=module), on_output)
+        module = Module.cached(job.data, job.digest)
+        timer = None
+        if job.engine == "auto" and engines.choose("auto", module, job.limits, job.deterministic) == "wasm3":
+            timer = threading.Timer(
+                engines.AUTO_WALL_US / 1e6, engines.compile_in_background, (module, job.limits, job.deterministic)
+            )
+            timer.daemon = True
+            timer.start()
+        try:
+            result = run_prepared(job._replace(module=module), on_output)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        engines.wait_for_compiles(result.wall_us / 1e6)
+        return result
     finally:
-        if timer is not None:
-            timer.cancel()
-    engines.wait_for_compiles(result.wall_us / 1e6)
-    return result
+        engines.use_data_dir(previous)  # nothing of this run outlives it (phase run called in process)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -18,3 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def sandbox() -> Iterator[Sandbox]:
     with Sandbox(workers=2, grace_ms=300) as sb:
         yield sb
+
+
+@pytest.fixture(autouse=True)
+def _no_data_dir(no_data_dir: None) -> None:
+    """Each sandbox test starts with compiled code in memory only: a data dir an in-process node or phase run of an
+    earlier test named would let a module's code come from disk, and a compile under test never happen."""
