@@ -51,7 +51,8 @@ def pid_alive(pid: int) -> bool:
     return not proc_status(pid).get("State", "").startswith("Z")
 
 
-def _leb(n: int) -> bytes:
+def leb(n: int) -> bytes:
+    """Unsigned LEB128, as the wasm binary format writes sizes and indices."""
     out = bytearray()
     while True:
         low, n = n & 0x7F, n >> 7
@@ -60,12 +61,12 @@ def _leb(n: int) -> bytes:
             return bytes(out)
 
 
-def _vec(items: list[bytes]) -> bytes:
-    return _leb(len(items)) + b"".join(items)
+def vec(items: list[bytes]) -> bytes:
+    return leb(len(items)) + b"".join(items)
 
 
-def _section(kind: int, payload: bytes) -> bytes:
-    return bytes([kind]) + _leb(len(payload)) + payload
+def section(kind: int, payload: bytes) -> bytes:
+    return bytes([kind]) + leb(len(payload)) + payload
 
 
 def big_module(functions: int = 300, ops: int = 2500) -> bytes:
@@ -73,17 +74,17 @@ def big_module(functions: int = 300, ops: int = 2500) -> bytes:
     called): wasm3 runs it at once, Cranelift takes seconds to compile it."""
     body = bytearray()
     for i in range(ops):
-        body += b"\x20" + _leb(1 + i % 8) + b"\x20" + _leb(1 + (i * 5 + 3) % 8)
-        body += (b"\x6a", b"\x73", b"\x6c")[i % 3] + b"\x21" + _leb(1 + (i * 3 + 1) % 8)
-    func = _leb(1) + _leb(8) + b"\x7f" + bytes(body) + b"\x20\x01\x0b"
-    start = _leb(0) + b"\x0b"
+        body += b"\x20" + leb(1 + i % 8) + b"\x20" + leb(1 + (i * 5 + 3) % 8)
+        body += (b"\x6a", b"\x73", b"\x6c")[i % 3] + b"\x21" + leb(1 + (i * 3 + 1) % 8)
+    func = leb(1) + leb(8) + b"\x7f" + bytes(body) + b"\x20\x01\x0b"
+    start = leb(0) + b"\x0b"
     return b"".join(
         [
             b"\0asm\1\0\0\0",
-            _section(1, _vec([b"\x60\x00\x00", b"\x60\x01\x7f\x01\x7f"])),  # () -> (), (i32) -> i32
-            _section(3, _vec([_leb(0)] + [_leb(1)] * functions)),
-            _section(5, _vec([b"\x00\x01"])),
-            _section(7, _vec([b"\x06_start\x00" + _leb(0), b"\x06memory\x02" + _leb(0)])),
-            _section(10, _vec([_leb(len(start)) + start] + [_leb(len(func)) + func] * functions)),
+            section(1, vec([b"\x60\x00\x00", b"\x60\x01\x7f\x01\x7f"])),  # () -> (), (i32) -> i32
+            section(3, vec([leb(0)] + [leb(1)] * functions)),
+            section(5, vec([b"\x00\x01"])),
+            section(7, vec([b"\x06_start\x00" + leb(0), b"\x06memory\x02" + leb(0)])),
+            section(10, vec([leb(len(start)) + start] + [leb(len(func)) + func] * functions)),
         ]
     )

@@ -10,18 +10,9 @@ import pytest
 
 import wasm_build
 from pyphase.limits import Limits
-from sandbox_helpers import CORPUS, assert_hello_works
+from sandbox_helpers import CORPUS, assert_hello_works, leb, section, vec
 
 # ---- a few lines of binary encoding for the generated modules --------------------------------------
-
-
-def leb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def sleb(n: int) -> bytes:
@@ -32,14 +23,6 @@ def sleb(n: int) -> bytes:
         out.append(byte | (0 if done else 0x80))
         if done:
             return bytes(out)
-
-
-def section(ident: int, payload: bytes) -> bytes:
-    return bytes([ident]) + leb(len(payload)) + payload
-
-
-def vec(items: list[bytes]) -> bytes:
-    return leb(len(items)) + b"".join(items)
 
 
 def name(text: str) -> bytes:

@@ -17,7 +17,7 @@ import pytest
 import pyphase
 from pyphase.limits import Limits
 from pyphase.sandbox import Sandbox, SandboxError
-from sandbox_helpers import assert_hello_works, cpu_ticks, pid_alive, proc_status, wait_until
+from sandbox_helpers import assert_hello_works, cpu_ticks, leb, pid_alive, proc_status, section, wait_until
 
 LOOP = '(module (func (export "_start") (loop (br 0))))'
 
@@ -357,31 +357,18 @@ def test_spares_argument_is_checked():
         Sandbox(workers=1, spares=8)
 
 
-def _leb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _section(kind: int, body: bytes) -> bytes:
-    return bytes([kind]) + _leb(len(body)) + body
-
-
 def _data_module(size: int, salt: bytes) -> bytes:
     """A valid WASI command doing nothing, with ``size`` bytes of data copied into its memory."""
     data = salt + bytes(size - len(salt))
     pages = size // 65536 + 1
     return (
         b"\0asm\1\0\0\0"
-        + _section(1, b"\1\x60\0\0")
-        + _section(3, b"\1\0")
-        + _section(5, b"\1\0" + _leb(pages))
-        + _section(7, b"\1\6_start\0\0")
-        + _section(10, b"\1\2\0\x0b")
-        + _section(11, b"\1\0\x41\0\x0b" + _leb(len(data)) + data)
+        + section(1, b"\1\x60\0\0")
+        + section(3, b"\1\0")
+        + section(5, b"\1\0" + leb(pages))
+        + section(7, b"\1\6_start\0\0")
+        + section(10, b"\1\2\0\x0b")
+        + section(11, b"\1\0\x41\0\x0b" + leb(len(data)) + data)
     )
 
 
