@@ -71,6 +71,8 @@ typedef struct phase_module {
     struct phase_instance_pool *pool;
     /* Code compiled by the compiling engine, per engine configuration (private to phase_wasmtime.c). */
     struct phase_jit_cache *jit;
+    /* Where the fork server built it (phase_arena.h); NULL elsewhere. Freed with the module. */
+    struct phase_arena *arena;
 } phase_module;
 
 /* Validate and copy bytes. Returns NULL with a message in err on failure. */

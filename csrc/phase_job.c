@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "phase_arena.h"
 #include "phase_internal.h"
 #include "phase_wasi.h"
 #include "phase_wasmtime.h"
@@ -87,10 +88,10 @@ phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size
         return NULL;
 
     phase_module *module = calloc(1, sizeof *module);
-    uint8_t *copy = malloc(len ? len : 1);
+    uint8_t *copy = phase_arena_calloc(len ? len : 1);
     if (!module || !copy) {
         free(module);
-        free(copy);
+        phase_arena_release(copy);
         snprintf(err, errlen, "out of memory copying a module of %zu bytes", len);
         return NULL;
     }
@@ -98,7 +99,7 @@ phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size
     module->pool = calloc(1, sizeof *module->pool);
     if (!module->pool) {
         free(module);
-        free(copy);
+        phase_arena_release(copy);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
@@ -126,7 +127,8 @@ void phase_module_free(phase_module *module)
         free(module->pool);
     }
     phase_wasmtime_module_free(module);
-    free(module->bytes);
+    phase_arena_release(module->bytes);
+    phase_arena_free(module->arena);
     free(module);
 }
 

@@ -40,6 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "phase_arena.h"
 #include "phase_wasmtime.h"
 #include "sandbox.h"
 #include "sandbox_proto.h"
@@ -47,6 +48,8 @@
 #define MAX_SLOTS 256
 #define CACHE_MAX 64
 #define CACHE_MAX_BYTES (256u << 20)
+/* Address space reserved for building a cached module of len bytes (phase_arena_open). */
+#define ARENA_RESERVE(len) ((64ull << 20) + 16ull * (uint64_t) (len))
 #define WORKER_FD 3                       /* the worker's channel, after it tidies its fds */
 /* Address space a worker may use beyond what it inherits, its linear memory and its output:
  * wasm3's compiled code and runtime structures, the native stack, libc. */
@@ -295,23 +298,45 @@ static void cache_add(const uint8_t *bytes, size_t len, uint32_t compile, const 
         return;
     }
     size_t resident_before = resident_bytes(), malloc_before = malloc_bytes();
+    /* Built in an arena (phase_arena.h): its bytes, parsed and compiled code and prepared instance end up in a
+     * sealed memfd mapped copy-on-write, which fork() does not copy page by page. Address space only: wasm3's
+     * code is ~6x the module's bytes; what does not fit comes from the heap. */
+    phase_arena *arena = phase_arena_open(ARENA_RESERVE(len));
     phase_module *m = phase_module_new(bytes, len, err, sizeof err);
+    if (m && phase_module_prepare) {
+        phase_limits lim;
+        phase_limits_default(&lim);
+        (void) phase_module_prepare(m, &lim, err, sizeof err);
+    }
+    if (arena && phase_arena_finish(arena) != 0) {
+        /* still writable through its shared mapping, which every worker would inherit: not cached */
+        if (m) {
+            m->arena = arena;
+            phase_module_free(m);
+        } else {
+            phase_arena_free(arena);
+        }
+        m = NULL;
+        snprintf(err, sizeof err, "cannot seal the module's memory: %s", strerror(errno));
+    } else if (m) {
+        m->arena = arena;
+    } else {
+        phase_arena_free(arena);
+    }
+    /* the validator's and the compiler's temporaries: give their pages back rather than fork them */
+    malloc_trim(0);
     if (!m) {
         /* the worker that ran it already reported why; later workers get the bytes again */
         if (compile)
             send_event(hash, compile, SANDBOX_COMPILE_FAILED, -1, 0, err);
         return;
     }
-    if (phase_module_prepare) {
-        phase_limits lim;
-        phase_limits_default(&lim);
-        (void) phase_module_prepare(m, &lim, err, sizeof err);
-    }
     /* What the module holds is its bytes, its parsed code and a prepared instance (its memory with the data
-       segments copied in, mapped apart from malloc): about twice its bytes. Counted as what it took from
-       malloc (reused pages too) plus the pages it made resident (the instance's): never less than it holds,
-       at most twice that, so the cap is a bound. */
-    size_t cost = grew(malloc_before, malloc_bytes()) + grew(resident_before, resident_bytes());
+       segments copied in, mapped apart from malloc): about twice its bytes, more with wasm3's compiled code.
+       Counted as what it took from its arena and from malloc (reused pages too) plus the pages it made
+       resident (the instance's): never less than it holds, so the cap is a bound. */
+    size_t cost = phase_arena_bytes(arena) + grew(malloc_before, malloc_bytes())
+                  + grew(resident_before, resident_bytes());
     cost = cost > len ? cost : len;
     /* Drop the oldest until it fits (count and bytes: the server's memory is every worker's too). */
     while (cache_count && (cache_count == CACHE_MAX || cache_bytes + cost > CACHE_MAX_BYTES)) {
@@ -560,6 +585,8 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             say_done(resp);
             _exit(SANDBOX_EXIT_IDLE);
         }
+        /* Other cached modules' code and bytes are no business of this job: gone before anything of it runs. */
+        phase_arena_keep_only(module ? module->arena : NULL);
         if (req.npreopens != go.n) {
             respond_message(resp, PHASE_CRASHED, landlock_abi ? "sandbox: the job's directories did not arrive"
                             : "sandbox: this kernel has no Landlock, so directories cannot be given to sandboxed jobs");
@@ -855,6 +882,7 @@ static void helper_main(unsigned i, unsigned index, int memfd)
         _exit(SANDBOX_EXIT_SETUP);
     for (unsigned j = 0; j < nbuffers; j++)
         munmap(buffers[j].shm, buffers[j].shm_bytes);
+    phase_arena_keep_only(cache[i]->arena);
     if (dup2(devnull, 0) < 0 || dup2(devnull, 1) < 0 || dup2(devnull, 2) < 0 || dup2(memfd, HELPER_FD) < 0
         || syscall(SYS_close_range, HELPER_FD + 1, ~0u, 0) != 0)
         _exit(SANDBOX_EXIT_SETUP);

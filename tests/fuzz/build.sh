@@ -19,7 +19,7 @@ for f in "$w3"/*.c; do
     "$cc" "${common[@]}" -fwrapv -fsanitize=fuzzer-no-link -w -c "$f" -o "$o"
     objs+=("$o")
 done
-for f in "$root"/csrc/phase_job.c "$root"/csrc/phase_stack.c "$root"/csrc/phase_wasi.c "$root"/csrc/phase_wasi_fs.c "$root"/csrc/phase_wasmtime.c \
+for f in "$root"/csrc/phase_arena.c "$root"/csrc/phase_job.c "$root"/csrc/phase_stack.c "$root"/csrc/phase_wasi.c "$root"/csrc/phase_wasi_fs.c "$root"/csrc/phase_wasmtime.c \
          "$root"/csrc/sandbox_seccomp.c "$root"/csrc/phase_crypto.c "$root"/csrc/wasm_validate*.c; do
     o="$out/obj/$(basename "$f" .c).o"
     "$cc" "${common[@]}" -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined ${EXTRA_SAN:-} -c "$f" -o "$o"
