@@ -359,10 +359,10 @@ int phase_table_presize(IM3Module module, const phase_wasm_info *info)
     if (!info->has_table || info->table_initial == 0)
         return 0;
     uint32_t size = info->table_initial < d_m3MaxSaneTableSize ? info->table_initial : d_m3MaxSaneTableSize;
-    IM3Function *table = calloc(size, sizeof *table);
+    IM3Function *table = m3_AllocArray(IM3Function, size);
     if (!table)
         return -1;
-    module->table0 = table;   /* freed by wasm3 with the module */
+    module->table0 = table;   /* wasm3's: freed with the module (in the fork server, its arena's) */
     module->table0Size = size;
     return 0;
 }
