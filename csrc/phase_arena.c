@@ -7,8 +7,8 @@
  * heap they made every worker of every module pay ~5 ms of fork and exit. Built in an arena instead, they live
  * in a memfd that the server maps copy-on-write (MAP_PRIVATE) once the module is ready, and never writes again:
  * a worker of this module faults in (and copies, where its job writes) only the pages it touches, a worker of
- * another module unmaps the arena before its job runs (phase_arena_keep_only), and the memfd is sealed against
- * writing, so no process can change what later workers inherit.
+ * another module never touches it, and the memfd is sealed against writing, so no process can change what later
+ * workers inherit.
  *
  * Allocation is a bump pointer (the last block can shrink, grow or be freed in place); freeing any other block
  * is a no-op until the whole arena goes with its module. Only the fork server opens arenas (it is
@@ -38,7 +38,7 @@ struct phase_arena {
 };
 
 static phase_arena *open_arena;
-static phase_arena *arenas[ARENAS_MAX];
+static phase_arena *arenas[ARENAS_MAX];   /* by base address: wasm3 frees often, and each free asks owned() */
 static unsigned narenas;
 
 static size_t page_round(size_t n)
@@ -50,10 +50,34 @@ static size_t page_round(size_t n)
 static int owned(const void *p)
 {
     const uint8_t *q = p;
-    for (unsigned i = 0; i < narenas; i++)
-        if (q >= arenas[i]->base && q < arenas[i]->base + arenas[i]->mapped)
-            return 1;
-    return 0;
+    unsigned lo = 0, hi = narenas;   /* the last arena whose base is <= q */
+    while (lo < hi) {
+        unsigned mid = (lo + hi) / 2;
+        if (arenas[mid]->base <= q)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo > 0 && q < arenas[lo - 1]->base + arenas[lo - 1]->mapped;
+}
+
+static void remember(phase_arena *a)
+{
+    unsigned i = narenas++;
+    for (; i > 0 && arenas[i - 1]->base > a->base; i--)
+        arenas[i] = arenas[i - 1];
+    arenas[i] = a;
+}
+
+static void forget(phase_arena *a)
+{
+    unsigned i = 0;
+    while (i < narenas && arenas[i] != a)
+        i++;
+    if (i == narenas)
+        return;
+    narenas--;
+    memmove(arenas + i, arenas + i + 1, (narenas - i) * sizeof arenas[0]);
 }
 
 phase_arena *phase_arena_open(size_t reserve)
@@ -72,7 +96,7 @@ phase_arena *phase_arena_open(size_t reserve)
     if (a->base == MAP_FAILED)
         goto fail;
     a->mapped = a->reserved;
-    arenas[narenas++] = a;
+    remember(a);
     open_arena = a;
     return a;
 fail:
@@ -82,13 +106,26 @@ fail:
     return NULL;
 }
 
-static void forget(phase_arena *a)
+/* Blocks the server never wrote (wasm3's value stack: 512 KiB per module) are holes in the file. A worker's first
+ * write to a hole of a private file mapping would make the file allocate the page and then copy it; fresh private
+ * anonymous memory instead gives it a zero page, as before arenas, and fork() copies nothing of it either (no page
+ * of it is ever touched in the server). Holes below HOLE_MIN stay in the file (fewer mappings). */
+#define HOLE_MIN (64u << 10)
+
+static void anonymous_holes(phase_arena *a, size_t size)
 {
-    for (unsigned i = 0; i < narenas; i++)
-        if (arenas[i] == a) {
-            arenas[i] = arenas[--narenas];
-            return;
-        }
+    off_t hole = lseek(a->fd, 0, SEEK_HOLE);
+    while (hole >= 0 && (size_t) hole < size) {
+        off_t data = lseek(a->fd, hole, SEEK_DATA);
+        size_t end = data < 0 ? size : (size_t) data;   /* ENXIO: a hole to the end */
+        size_t from = page_round((size_t) hole);
+        if (end > from && end - from >= HOLE_MIN)
+            (void) mmap(a->base + from, end - from, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+        if (data < 0)
+            break;
+        hole = lseek(a->fd, data, SEEK_HOLE);
+    }
 }
 
 int phase_arena_finish(phase_arena *a)
@@ -107,6 +144,8 @@ int phase_arena_finish(phase_arena *a)
     if (rc == 0 && (ftruncate(a->fd, (off_t) size) != 0
                     || fcntl(a->fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0))
         rc = -1;
+    if (rc == 0)
+        anonymous_holes(a, size);
     close(a->fd);
     a->fd = -1;
     return rc;
@@ -139,7 +178,7 @@ void phase_arena_keep_only(const phase_arena *keep)
             continue;
         }
         munmap(a->base, a->mapped);
-        arenas[i] = arenas[--narenas];   /* the struct stays (the process ends with its job) */
+        forget(a);   /* the struct stays (the process ends with its job) */
     }
 }
 

@@ -585,8 +585,6 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
             say_done(resp);
             _exit(SANDBOX_EXIT_IDLE);
         }
-        /* Other cached modules' code and bytes are no business of this job: gone before anything of it runs. */
-        phase_arena_keep_only(module ? module->arena : NULL);
         if (req.npreopens != go.n) {
             respond_message(resp, PHASE_CRASHED, landlock_abi ? "sandbox: the job's directories did not arrive"
                             : "sandbox: this kernel has no Landlock, so directories cannot be given to sandboxed jobs");

@@ -45,8 +45,16 @@ def _helpers(server_pid: int) -> list[int]:
     return found
 
 
+def _arena_files(pid: int) -> set[str]:
+    """The module arenas a process maps (their memfds' inodes)."""
+    lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {line.split()[4] for line in lines if "/memfd:phase-module" in line}
+
+
 def test_a_big_modules_compile_does_not_block_other_jobs(big_bytes, hello_bytes):
     with Sandbox(workers=1, spares=1) as sb:
+        for _ in range(2):  # hello cached in the server too (its ADD comes first)
+            assert sb.run(hello_bytes, b"x").ok
         # explicit wasmtime: this job waits for its code, off any slot
         compiled_job = sb.submit(big_bytes, b"", limits=LONG, engine="wasmtime")
         wait_until(lambda: bool(_helpers(sb.server_pid)), 60, "a compile helper")
@@ -61,6 +69,9 @@ def test_a_big_modules_compile_does_not_block_other_jobs(big_bytes, hello_bytes)
             "1",
         )
         assert sorted(os.listdir(f"/proc/{helper}/fd")) == ["0", "1", "2", "3"]
+        # of the modules the server holds (their arenas, csrc/phase_arena.c), the helper keeps only the one it compiles
+        held, kept = _arena_files(sb.server_pid), _arena_files(helper)
+        assert len(held) == 2 and len(kept) == 1 and kept < held, (held, kept)
         # meanwhile: jobs of another module, each on a freshly forked worker, and the big module's own auto jobs on
         # wasm3 (a job never waits for Cranelift)
         for i in range(6):
