@@ -57,15 +57,19 @@ def _rss_anon_kib(pid: int) -> int:
 
 
 def _worker_rss_anon_kib(sb: Sandbox) -> int:
-    """The largest private anonymous memory of the server's live children (its waiting workers)."""
-    children = Path(f"/proc/{sb.server_pid}/task/{sb.server_pid}/children").read_text().split()
-    sizes = []
-    for pid in children:
-        try:
-            sizes.append(_rss_anon_kib(int(pid)))
-        except OSError:
-            pass  # a worker on its way out
-    return max(sizes, default=0)
+    """The largest private anonymous memory of the server's live children (its waiting workers; a second at most
+    for one that is not on its way out or still being forked)."""
+    deadline = time.monotonic() + 1.0
+    while True:
+        sizes = []
+        for pid in Path(f"/proc/{sb.server_pid}/task/{sb.server_pid}/children").read_text().split():
+            try:
+                sizes.append(_rss_anon_kib(int(pid)))
+            except OSError:
+                pass  # a worker on its way out
+        if max(sizes, default=0) or time.monotonic() > deadline:
+            return max(sizes, default=0)
+        time.sleep(0.01)
 
 
 def cached_module_cost(hello: bytes, big: bytes) -> dict[str, float]:
