@@ -141,11 +141,13 @@ int phase_arena_finish(phase_arena *a)
     if (rc == 0 && size < a->reserved)
         munmap(a->base + size, a->reserved - size);
     a->mapped = rc == 0 ? size : a->reserved;
-    if (rc == 0 && (ftruncate(a->fd, (off_t) size) != 0
-                    || fcntl(a->fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0))
-        rc = -1;
-    if (rc == 0)
+    if (rc == 0) {
+        /* The private mapping is what protects the server's copy (and no descriptor is left): the seals are a second
+         * lock, so a kernel that refuses them (or the cut) does not cost the module its place in the cache. */
+        if (ftruncate(a->fd, (off_t) size) == 0)
+            (void) fcntl(a->fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL);
         anonymous_holes(a, size);
+    }
     close(a->fd);
     a->fd = -1;
     return rc;
