@@ -13,7 +13,9 @@ offers never followed by their module, spinning jobs whose client left, 16 MiB r
 For each: honest p50/p99 latency and success rate, the p99 as a ratio to the unattacked p99, plasmd's
 peak RSS and open descriptors (sampled every 50 ms) and its CPU use (100 % = one core), and, from the node's
 log, where the honest jobs' time went inside the node: p99 from offer to start (queued) and of the run; and
-the share of the honest boot fetches answered 200 (the others: 503 "too many connections", or no answer).
+the share of the honest boot fetches answered 200 (the others: 503 "too many connections", or no answer); and
+"attack offers", the attackers' offers the node accepted (how much of the job-running attacks got through), and
+"demoted", the job workers the node moved to the lowest CPU priority (``job_demote_after``).
 
 Goal (issue 10): every honest job succeeds, p99 under 10x the unattacked p99, RSS under 256 MB.
 Caveats: attackers, honest clients and node share this machine's cores, so some of the slowdown is CPU the
@@ -165,6 +167,7 @@ def _run(
         env = {"PLASMD_JOB_DEMOTE_AFTER": demote_after} if demote_after else {}
         node = NodeProc(Path(tmp) / "node", "127.0.0.2", sandbox=sandbox, extra=extra, env=env).start()
         boot = node.events("boot_serving")[0]["url"].removeprefix("http://")
+        api = node.events("api_listening")[0]["url"]
         try:
             honest_load(node.address, hello, 1.0, clients)  # warm up: module cached, connections up
             rows = []
@@ -177,6 +180,7 @@ def _run(
                 cases = [x for c in cases for x in ([c] if not c[1] else [c, (f"{c[0]} [attackers cgroup]", c[1])])]
             for name, attacks in cases:
                 log_from = node.log_path.stat().st_size
+                demoted_before = _demoted(api)
                 sampler = Sampler(node.proc.pid)
                 sampler.start()
                 running = [
@@ -198,6 +202,7 @@ def _run(
                 waits = _honest_waits(node.log_path, log_from)
                 cpu = sampler.cpu_s / sampler.wall_s if sampler.wall_s else 0.0
                 boot_ok = sum(1 for status, _ in fetcher.answers if status == 200) / max(1, len(fetcher.answers))
+                waits += (_demoted(api) - demoted_before,)
                 rows.append((name, latencies, tried, failures, sampler.peak_rss, sampler.peak_fds, cpu, waits, boot_ok))
                 if not node.alive:
                     print(f"plasmd died during {name!r}: {node.log_tail()}")
@@ -219,23 +224,34 @@ def _run(
         print(f"[attackers cgroup]: the attackers' client processes in {cgroup.path} at CPU weight {weight}")
     print(
         f"{'case':58} {'jobs':>6} {'ok':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99/ref':>8} {'RSS MB':>7} {'fds':>5} "
-        f"{'CPU':>5} {'queue p99':>9} {'run p99':>8} {'boot ok':>8} {'attack jobs':>11}"
+        f"{'CPU':>5} {'queue p99':>9} {'run p99':>8} {'boot ok':>8} {'attack offers':>13} {'demoted':>7}"
     )
-    for name, latencies, tried, failures, rss, fds, cpu, (queue_ms, run_ms, others), boot_ok in rows:
+    for name, latencies, tried, failures, rss, fds, cpu, (queue_ms, run_ms, others, demoted), boot_ok in rows:
         ok = len(latencies) / tried if tried else 0.0
         p50, p99 = percentile(latencies, 50) * 1e3, percentile(latencies, 99) * 1e3
         print(
             f"{name:58} {tried:6d} {ok:7.1%} {p50:8.1f} {p99:8.1f} {p99 / (base_p99 * 1e3):8.2f} "
-            f"{rss / 1e6:7.0f} {fds:5d} {cpu:5.0%} {queue_ms:9.1f} {run_ms:8.1f} {boot_ok:8.0%} {others:11d}"
+            f"{rss / 1e6:7.0f} {fds:5d} {cpu:5.0%} {queue_ms:9.1f} {run_ms:8.1f} {boot_ok:8.0%} {others:13d} {demoted:7d}"
         )
         for why in sorted(set(failures))[:3]:
             print(f"    failed: {why}")
 
 
+def _demoted(api: str) -> int:
+    """The node's ``phase_jobs_demoted_total``: workers it demoted for their CPU (``job_demote_after``)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{api}/metrics", timeout=10) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("phase_jobs_demoted_total "):
+                return int(float(line.split()[1]))
+    return 0
+
+
 def _honest_waits(log_path: Path, offset: int) -> tuple[float, float, int]:
     """From the node's log since ``offset``: p99 of the honest jobs' time from offer to start (queued) and from
-    start to result (running), in ms, where an honest job's time went inside the node; and how many jobs of the
-    attackers ran (how much attack got through)."""
+    start to result (running), in ms, where an honest job's time went inside the node; and how many of the
+    attackers' offers the node accepted (how much of the job-running attacks got through)."""
     import json
 
     queued, running, others = [], [], 0
@@ -249,7 +265,7 @@ def _honest_waits(log_path: Path, offset: int) -> tuple[float, float, int]:
             if event.get("event") == "result" and event.get("client") in HONEST_KEYS:
                 queued.append(event["start_us"] / 1e3)
                 running.append(event["exec_us"] / 1e3)
-            elif event.get("event") == "result":
+            elif event.get("event") == "offer" and event.get("client") not in HONEST_KEYS:
                 others += 1
     return percentile(queued, 99), percentile(running, 99), others
 
