@@ -6,7 +6,7 @@ Method: a :class:`pyphase.Sandbox` with ``--spinners`` + 1 workers. The referenc
 back on it for ``--seconds`` (module cached), nothing else running. Then the same while ``--spinners`` jobs spin
 in the other workers until their timeout (a stranger's job that burns CPU), once with ``demote_after_ms=0``
 ("off": every worker at normal priority) and once with ``--after-ms`` ("on": a worker that has used that much CPU
-runs at SCHED_IDLE), alternating for ``--rounds`` rounds, each with its own reference just before. Printed: the
+runs at nice + 10), alternating for ``--rounds`` rounds, each with its own reference just before. Printed: the
 hello jobs' count, p50 and p99 (ms, submit to result), and the p99 as a ratio to the round's reference. With
 spinners at least the cores, "off" makes every short job wait for a time slice beside them; the machine's other
 load is in both.

@@ -71,7 +71,7 @@ class _NodeCollector(Collector):
         yield GaugeMetricFamily("phase_workers_busy", "Workers running a job", value=load["running"])
         yield CounterMetricFamily(
             "phase_jobs_demoted",
-            "Job workers moved to the lowest CPU priority for the CPU their job used (job_demote_after)",
+            "Job workers moved to a lower CPU priority for the CPU their job used (job_demote_after)",
             value=getattr(node.executor, "demoted", 0),
         )
         yield GaugeMetricFamily("phase_workers", "Workers in all", value=load["workers"])

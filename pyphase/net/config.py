@@ -14,8 +14,8 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     job_nice        = 0                 # added to the sandbox workers' nice value (0-19): above 0, the node's own
                                         # threads and the host's other processes come before the CPU its jobs take
     job_demote_after = "100ms"          # CPU a job's worker may use at normal priority; past it the worker runs
-                                        # at the lowest (SCHED_IDLE, else nice 19) for the rest of its job, so the
-                                        # event loop and short jobs come first ("0": never)
+                                        # at nice + 10 for the rest of its job, so the node's threads and short
+                                        # jobs come first ("0": never)
     queue           = 64                # jobs accepted beyond the running ones before offers get "busy"
     cache_bytes     = "256MiB"          # on-disk module cache bound (LRU)
     blob_cache_bytes = "1GiB"           # on-disk store of input-tree files (LRU), so a tree is sent once

@@ -190,7 +190,7 @@ class Sandbox:
     back-to-back jobs do not wait for the replacement of the last one (see docs/SANDBOX.md); ``engines``: those its
     workers run (default: every engine installed here, :func:`pyphase.engines.available`); ``nice``: added to the
     workers' nice value, so the caller's own threads come before the jobs' CPU (plasmd: ``job_nice``);
-    ``demote_after_ms``: a worker that has used that much CPU runs at the lowest priority for the rest of its job
+    ``demote_after_ms``: a worker that has used that much CPU runs at a lower priority (nice + 10) for the rest of its job
     (:mod:`pyphase.sandbox.demote`; 0: never; plasmd: ``job_demote_after``).
     """
 

@@ -1,12 +1,15 @@
-"""Long jobs yield the CPU: a sandbox worker that has used more than a threshold of CPU runs at the lowest priority.
+"""Long jobs yield the CPU: a sandbox worker that has used more than a threshold of CPU runs at a lower priority.
 
 A node's event loop, its I/O threads and its clients' short jobs need a core for a millisecond at a time; a
 stranger's job that spins until its timeout wants one for seconds. Lowering every worker's priority (``job_nice``)
 made the short jobs wait behind everything else on the host too, so only a worker that has itself used more than
-``after_ms`` of CPU is demoted, to ``SCHED_IDLE`` (it runs when nothing at normal priority wants the core; nice 19
-where that policy cannot be set). Workers are single-use and forked by the fork server, which keeps its priority,
-so the next job's worker starts at normal priority again. Children of the fork server are the only processes
-touched (its compile helpers too: compiling a big module is the same kind of long CPU work).
+``after_ms`` of CPU is demoted: its nice value goes up by ``NICE_STEP`` (0 -> 10: about a ninth of a normal task's
+share of a contended core). Not to the lowest (nice 19, ``SCHED_IDLE``): a worker still has to run to end its job,
+to finish writing its output, or to die when it is stopped, and an unprivileged node cannot raise it back; at the
+lowest, on a busy host, a stopped worker took 0.3-4.6 s to exit, holding its slot, against 30-50 ms at nice 10.
+Workers are single-use and forked by the fork server, which keeps its priority, so the next job's worker starts at
+normal priority again. Children of the fork server are the only processes touched (its compile helpers too:
+compiling a big module is the same kind of long CPU work).
 
 The watcher costs nothing while every job is short: it wakes only once a job has been running for ``after_ms``
 (CPU time cannot exceed the time spent running), then every ``after_ms / 2`` while such a job runs.
@@ -20,6 +23,7 @@ import time
 from typing import Callable
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+NICE_STEP = 10  # added to a demoted worker's nice value (see the module's docstring)
 
 
 def cpu_ns(pid: int) -> int | None:
@@ -49,19 +53,16 @@ def children(pid: int) -> list[int]:
     return kids
 
 
-def demote(pid: int) -> str:
-    """Run ``pid`` at the lowest CPU priority: ``"idle"`` (SCHED_IDLE), ``"nice"`` (nice 19: the policy could not
-    be set) or ``""`` (neither: gone, or not ours)."""
+def demote(pid: int) -> bool:
+    """Add ``NICE_STEP`` to ``pid``'s nice value (at most 19). False: it is gone, not ours, or already at 19."""
     try:
-        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
-        return "idle"
-    except (AttributeError, OSError):
-        pass
-    try:
-        os.setpriority(os.PRIO_PROCESS, pid, 19)
-        return "nice"
+        nice = os.getpriority(os.PRIO_PROCESS, pid)
+        if nice >= 19:
+            return False
+        os.setpriority(os.PRIO_PROCESS, pid, min(19, nice + NICE_STEP))
+        return True
     except OSError:
-        return ""
+        return False
 
 
 class Demoter:

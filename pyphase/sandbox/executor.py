@@ -141,7 +141,7 @@ def make_executor(
     demote_after_ms: int = 0,
 ) -> Executor:
     """The sandbox, checked with a self-test job; threads only when ``sandbox`` is False. ``nice``: added to the
-    sandbox workers' nice value; ``demote_after_ms``: CPU after which a worker runs at the lowest priority
+    sandbox workers' nice value; ``demote_after_ms``: CPU after which a worker runs at a lower priority
     (threads keep the caller's either way).
 
     A node never falls back to threads by itself: running strangers' code in the node's own process must be
