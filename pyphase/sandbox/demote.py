@@ -6,7 +6,7 @@ made the short jobs wait behind everything else on the host too, so only a worke
 ``after_ms`` of CPU is demoted: its nice value goes up by ``NICE_STEP`` (0 -> 10: about a ninth of a normal task's
 share of a contended core). Not to the lowest (nice 19, ``SCHED_IDLE``): a worker still has to run to end its job,
 to finish writing its output, or to die when it is stopped, and an unprivileged node cannot raise it back; at the
-lowest, on a busy host, a stopped worker took 0.3-4.6 s to exit, holding its slot, against 30-50 ms at nice 10.
+lowest, on a busy host, a stopped worker took 0.3-4.6 s to exit, holding its slot, against 30-160 ms at nice 10.
 Workers are single-use and forked by the fork server, which keeps its priority, so the next job's worker starts at
 normal priority again. Children of the fork server are the only processes touched (its compile helpers too:
 compiling a big module is the same kind of long CPU work).
