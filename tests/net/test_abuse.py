@@ -571,16 +571,9 @@ def test_a_spinning_strangers_worker_yields_the_cpu(start_nodes, spin_bytes, hel
     """A stranger's job that has used ``job_demote_after`` of CPU runs at a lower priority for the rest of it;
     the node, its fork server and the workers of short jobs keep theirs (a plain ``job_nice`` for every worker
     made the honest jobs wait too)."""
+    from demotion import BASE_NICE, demoted
     from net_support import spin_input
-    from pyphase.sandbox.demote import NICE_STEP, children
-
-    mine = os.getpriority(os.PRIO_PROCESS, 0)
-
-    def lowered(pid: int) -> bool:
-        try:
-            return os.getpriority(os.PRIO_PROCESS, pid) == min(19, mine + NICE_STEP)
-        except OSError:  # gone
-            return False
+    from pyphase.sandbox.demote import children
 
     node = start_nodes(1, env={"PLASMD_JOB_DEMOTE_AFTER": "50ms"})[0]
     (server,) = [pid for pid in children(node.proc.pid) if b"sandbox" in open(f"/proc/{pid}/cmdline", "rb").read()]
@@ -588,18 +581,18 @@ def test_a_spinning_strangers_worker_yields_the_cpu(start_nodes, spin_bytes, hel
         client.submit(spin_bytes, spin_input(0))  # the module is cached
         for _ in range(10):
             assert client.submit(hello_bytes, input=b"abc", retries=0).stdout == b"cba"
-        assert not any(lowered(pid) for pid in children(server))
+        assert not any(demoted(pid) for pid in children(server))
         raw = Raw(node.address, source="127.0.0.97")
         try:
             _offer(raw, b"spin", spin_bytes, spin_input(10_000_000), limits=Limits(timeout_ms=5000))
             deadline = time.monotonic() + 4
-            while not any(lowered(pid) for pid in children(server)):
+            while not any(demoted(pid) for pid in children(server)):
                 assert time.monotonic() < deadline, "the spinning job's worker kept its priority"
                 time.sleep(0.01)
             assert client.submit(hello_bytes, input=b"abc", retries=0).stdout == b"cba"  # on the other worker
-            assert sum(lowered(pid) for pid in children(server)) == 1
+            assert sum(demoted(pid) for pid in children(server)) == 1
             for pid in (node.proc.pid, server):
-                assert os.getpriority(os.PRIO_PROCESS, pid) == mine
+                assert os.getpriority(os.PRIO_PROCESS, pid) == BASE_NICE
         finally:
             raw.close()
     assert node.alive
