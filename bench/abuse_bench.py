@@ -231,7 +231,8 @@ def _run(
         p50, p99 = percentile(latencies, 50) * 1e3, percentile(latencies, 99) * 1e3
         print(
             f"{name:58} {tried:6d} {ok:7.1%} {p50:8.1f} {p99:8.1f} {p99 / (base_p99 * 1e3):8.2f} "
-            f"{rss / 1e6:7.0f} {fds:5d} {cpu:5.0%} {queue_ms:9.1f} {run_ms:8.1f} {boot_ok:8.0%} {others:13d} {demoted:7d}"
+            f"{rss / 1e6:7.0f} {fds:5d} {cpu:5.0%} {queue_ms:9.1f} {run_ms:8.1f} {boot_ok:8.0%} "
+            f"{others:13d} {demoted:7d}"
         )
         for why in sorted(set(failures))[:3]:
             print(f"    failed: {why}")

@@ -69,7 +69,8 @@ def main() -> None:
     hello = HELLO.read_bytes()
     print(f"{args.spinners} spinners, {os.cpu_count()} cores, {args.seconds:g} s per measure")
     print(
-        f"{'round':>5} {'demote':>6} {'load':>5} {'jobs':>6} {'p50 ms':>7} {'p99 ms':>7} {'ref p99':>7} {'p99/ref':>7} {'demoted':>7}"
+        f"{'round':>5} {'demote':>6} {'load':>5} {'jobs':>6} {'p50 ms':>7} {'p99 ms':>7} {'ref p99':>7} "
+        f"{'p99/ref':>7} {'demoted':>7}"
     )
     for r in range(1, args.rounds + 1):
         for mode, after in (("off", 0), ("on", args.after_ms)):

@@ -190,8 +190,8 @@ class Sandbox:
     back-to-back jobs do not wait for the replacement of the last one (see docs/SANDBOX.md); ``engines``: those its
     workers run (default: every engine installed here, :func:`pyphase.engines.available`); ``nice``: added to the
     workers' nice value, so the caller's own threads come before the jobs' CPU (plasmd: ``job_nice``);
-    ``demote_after_ms``: a worker that has used that much CPU runs at a lower priority (nice + 10) for the rest of its job
-    (:mod:`pyphase.sandbox.demote`; 0: never; plasmd: ``job_demote_after``).
+    ``demote_after_ms``: a worker that has used that much CPU runs at a lower priority (nice + 10) for the rest of
+    its job (:mod:`pyphase.sandbox.demote`; 0: never; plasmd: ``job_demote_after``).
     """
 
     def __init__(
@@ -210,6 +210,8 @@ class Sandbox:
             raise ValueError(f"workers must be between 1 and 256, got {workers}")
         if not 0 <= spares < _sandbox.MAX_DEPTH:
             raise ValueError(f"spares must be between 0 and {_sandbox.MAX_DEPTH - 1}, got {spares}")
+        if demote_after_ms < 0:
+            raise ValueError(f"demote_after_ms must be 0 (never) or more, got {demote_after_ms}")
         if shm_bytes < _sandbox.MIN_SHM_BYTES:
             raise ValueError(f"shm_bytes must be at least {_sandbox.MIN_SHM_BYTES}")
         self._closed = True
