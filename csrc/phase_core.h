@@ -75,6 +75,25 @@ typedef struct phase_module {
 
 /* Validate and copy bytes. Returns NULL with a message in err on failure. */
 phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size_t errlen);
+
+/* What validation found about a module (every field of phase_wasm_info, then the WASI import mask), in this order:
+ * what a record that the module passed the validator keeps (pyphase.compiled), so that a later process can make the
+ * module without validating the same bytes again. */
+#define PHASE_MODULE_FACTS 19
+void phase_module_facts(const phase_module *module, uint64_t facts[PHASE_MODULE_FACTS]);
+
+/* A module that this validator (PHASE_VALIDATOR_ID) accepted before: copies the bytes and takes the facts its
+ * validation found, without validating again. `hash` is the sha256 those bytes had then: bytes that hash otherwise,
+ * or facts out of their range, are refused (NULL, with the reason in err), and the caller validates instead. The
+ * caller vouches for the facts (an authenticated record of its own); never give it facts from a stranger. */
+phase_module *phase_module_new_validated(const uint8_t *bytes, size_t len, const uint8_t hash[PHASE_SHA256_BYTES],
+                                         const uint64_t facts[PHASE_MODULE_FACTS], char *err, size_t errlen);
+
+/* Names the validator's build (the sha256 of its sources, from CMakeLists.txt): a record made by another one is not
+ * used. A build outside CMake (the fuzz targets) has none, and pyphase then keeps and uses no record. */
+#ifndef PHASE_VALIDATOR_ID
+#define PHASE_VALIDATOR_ID ""
+#endif
 void phase_module_free(phase_module *module);
 
 /* A host directory the job sees at guest path `guest` (fd_prestat_dir_name). The job dups `fd` (an open

@@ -76,6 +76,9 @@ static int check_import(void *ctx, const char *module, size_t module_len, const 
     return 0;
 }
 
+static phase_module *module_made(const uint8_t *bytes, size_t len, const phase_wasm_info *info, uint64_t wasi_imports,
+                                  char *err, size_t errlen);
+
 phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size_t errlen)
 {
     phase_wasm_caps caps;
@@ -85,7 +88,64 @@ phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size
     memset(&info, 0, sizeof info);
     if (phase_wasm_validate(bytes, len, &caps, check_import, &scan, &info, err, errlen) != 0)
         return NULL;
+    return module_made(bytes, len, &info, scan.mask, err, errlen);
+}
 
+void phase_module_facts(const phase_module *module, uint64_t facts[PHASE_MODULE_FACTS])
+{
+    const phase_wasm_info *i = &module->info;
+    const uint64_t values[PHASE_MODULE_FACTS] = {
+        (uint64_t) i->has_memory,      i->mem_initial_pages,      (uint64_t) i->mem_has_max, i->mem_max_pages,
+        i->num_imported_functions,     i->num_defined_functions,  i->num_types,              i->num_exports,
+        (uint64_t) i->has_start,       i->start_function,         (uint64_t) i->has_table,   i->table_initial,
+        (uint64_t) i->table_has_max,   i->table_max,              i->num_globals,            i->num_data_segments,
+        i->num_elem_segments,          i->max_nesting_depth,      module->wasi_imports,
+    };
+    memcpy(facts, values, sizeof values);
+}
+
+phase_module *phase_module_new_validated(const uint8_t *bytes, size_t len, const uint8_t hash[PHASE_SHA256_BYTES],
+                                         const uint64_t facts[PHASE_MODULE_FACTS], char *err, size_t errlen)
+{
+    static const int flags[] = {0, 2, 8, 10, 12}; /* has_memory, mem_has_max, has_start, has_table, table_has_max */
+    for (size_t k = 0; k < sizeof flags / sizeof flags[0]; k++)
+        if (facts[flags[k]] > 1) {
+            snprintf(err, errlen, "fact %d out of range", flags[k]);
+            return NULL;
+        }
+    for (int k = 0; k < PHASE_MODULE_FACTS - 1; k++)
+        if (facts[k] > UINT32_MAX) {
+            snprintf(err, errlen, "fact %d out of range", k);
+            return NULL;
+        }
+    uint64_t known = phase_wasi_count() >= 64 ? UINT64_MAX : (1ull << phase_wasi_count()) - 1;
+    if (facts[PHASE_MODULE_FACTS - 1] & ~known) {
+        snprintf(err, errlen, "imports a WASI function this host does not have");
+        return NULL;
+    }
+    phase_wasm_info info = {
+        .has_memory = (int) facts[0],           .mem_initial_pages = (uint32_t) facts[1],
+        .mem_has_max = (int) facts[2],          .mem_max_pages = (uint32_t) facts[3],
+        .num_imported_functions = (uint32_t) facts[4], .num_defined_functions = (uint32_t) facts[5],
+        .num_types = (uint32_t) facts[6],       .num_exports = (uint32_t) facts[7],
+        .has_start = (int) facts[8],            .start_function = (uint32_t) facts[9],
+        .has_table = (int) facts[10],           .table_initial = (uint32_t) facts[11],
+        .table_has_max = (int) facts[12],       .table_max = (uint32_t) facts[13],
+        .num_globals = (uint32_t) facts[14],    .num_data_segments = (uint32_t) facts[15],
+        .num_elem_segments = (uint32_t) facts[16], .max_nesting_depth = (uint32_t) facts[17],
+    };
+    phase_module *module = module_made(bytes, len, &info, facts[PHASE_MODULE_FACTS - 1], err, errlen);
+    if (module && memcmp(module->hash, hash, PHASE_SHA256_BYTES) != 0) {
+        phase_module_free(module);
+        snprintf(err, errlen, "the bytes are not the module the record names");
+        return NULL;
+    }
+    return module;
+}
+
+static phase_module *module_made(const uint8_t *bytes, size_t len, const phase_wasm_info *info, uint64_t wasi_imports,
+                                  char *err, size_t errlen)
+{
     phase_module *module = calloc(1, sizeof *module);
     uint8_t *copy = malloc(len ? len : 1);
     if (!module || !copy) {
@@ -105,8 +165,8 @@ phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size
     pthread_mutex_init(&module->pool->lock, NULL);
     module->bytes = copy;
     module->len = len;
-    module->info = info;
-    module->wasi_imports = scan.mask;
+    module->info = *info;
+    module->wasi_imports = wasi_imports;
     phase_sha256(copy, len, module->hash);
     return module;
 }

@@ -46,6 +46,12 @@ cdef extern from "phase_core.h" nogil:
 
     phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size_t errlen)
     void phase_module_free(phase_module *module)
+    enum:
+        PHASE_MODULE_FACTS
+    void phase_module_facts(const phase_module *module, uint64_t *facts)
+    phase_module *phase_module_new_validated(const uint8_t *bytes, size_t len, const uint8_t *hash,
+                                             const uint64_t *facts, char *err, size_t errlen)
+    const char *PHASE_VALIDATOR_ID
 
     ctypedef struct phase_preopen:
         int fd
@@ -140,6 +146,7 @@ cdef extern from "phase_wasmtime.h":
 cdef extern from "phase_crypto.h" nogil:
     int phase_crypto_init()
     void phase_sha256(const void *buf, size_t len, uint8_t *out)
+    int phase_sha256_accelerated()
     int phase_ed25519_verify(const uint8_t *sig, const uint8_t *msg, size_t msg_len, const uint8_t *pk)
 
 cdef extern from "phase_splice.h" nogil:

@@ -10,6 +10,9 @@ from pyphase.runtime import PreparedJob
 RUNTIME_NAME: str
 RUNTIME_VERSION: str
 WASMTIME_VERSION: str
+VALIDATOR_ID: str
+MODULE_FACTS: int
+SHA256_ACCELERATED: bool
 WASMTIME_POOL_SLOTS: int
 ENGINE_CODES: dict[str, int]
 STATUS_NAMES: tuple[str, ...]
@@ -22,7 +25,11 @@ DEFAULT_LIMITS: dict[str, int]
 def wasi_functions() -> list[tuple[str, str, bool]]: ...
 
 class CoreModule:
-    def __init__(self, data: bytes) -> None: ...
+    def __init__(
+        self, data: bytes, digest: builtins.bytes | None = None, facts: tuple[int, ...] | None = None
+    ) -> None: ...
+    @property
+    def facts(self) -> tuple[int, ...]: ...
     @property
     def digest(self) -> bytes: ...
     @property

@@ -19,6 +19,9 @@ if phase_crypto_init() != 0:
 RUNTIME_NAME = PHASE_RUNTIME_NAME.decode()
 RUNTIME_VERSION = PHASE_RUNTIME_VERSION.decode()
 WASMTIME_VERSION = PHASE_WASMTIME_VERSION.decode()
+VALIDATOR_ID = PHASE_VALIDATOR_ID.decode()
+MODULE_FACTS = PHASE_MODULE_FACTS
+SHA256_ACCELERATED = bool(phase_sha256_accelerated())
 WASMTIME_POOL_SLOTS = PHASE_WASMTIME_POOL_SLOTS
 ENGINE_CODES = {"wasm3": PHASE_ENGINE_WASM3, "wasmtime": PHASE_ENGINE_WASMTIME}
 WASM_PAGE = PHASE_WASM_PAGE
@@ -43,15 +46,32 @@ cdef class CoreModule:
     """A validated module: its bytes, sha256 and facts. Immutable; safe to share across threads."""
     cdef phase_module *ptr
 
-    def __cinit__(self, const uint8_t[::1] data not None):
+    def __cinit__(self, const uint8_t[::1] data not None, bytes digest=None, facts=None):
+        """Validate ``data``; or, given the ``digest`` and ``facts`` an earlier validation of the same bytes by this
+        validator found (an authenticated record: never a stranger's), take them instead (ValueError when they do
+        not fit these bytes)."""
         cdef char err[512]
         cdef const uint8_t *p = view_ptr(data)
         cdef size_t n = data.shape[0]
+        cdef uint64_t known[PHASE_MODULE_FACTS]
+        cdef const uint8_t *h = NULL
+        cdef int i
         err[0] = 0
+        if facts is None:
+            with nogil:
+                self.ptr = phase_module_new(p, n, err, sizeof(err))
+            if self.ptr is NULL:
+                raise InvalidModule(err.decode("utf-8", "replace") or "invalid module")
+            return
+        if digest is None or len(digest) != 32 or len(facts) != PHASE_MODULE_FACTS:
+            raise ValueError("a validation record needs the module's sha256 and every fact")
+        for i in range(PHASE_MODULE_FACTS):
+            known[i] = facts[i]
+        h = digest
         with nogil:
-            self.ptr = phase_module_new(p, n, err, sizeof(err))
+            self.ptr = phase_module_new_validated(p, n, h, known, err, sizeof(err))
         if self.ptr is NULL:
-            raise InvalidModule(err.decode("utf-8", "replace") or "invalid module")
+            raise ValueError(err.decode("utf-8", "replace") or "the record does not fit the module")
 
     def __dealloc__(self):
         if self.ptr is not NULL:
@@ -118,6 +138,13 @@ cdef class CoreModule:
         with nogil:
             rc = phase_wasmtime_deserialize(self.ptr, &lim, deterministic, p, n, err, sizeof(err))
         check_rc(rc, err)
+
+    @property
+    def facts(self):
+        """What validation found (phase_module_facts): what a record of it keeps."""
+        cdef uint64_t out[PHASE_MODULE_FACTS]
+        phase_module_facts(self.ptr, out)
+        return tuple(out[i] for i in range(PHASE_MODULE_FACTS))
 
     @property
     def info(self):
@@ -205,7 +232,7 @@ def run(CoreModule module not None, job, list preopens=None, on_output=None, str
 
 
 def sha256(const uint8_t[::1] data not None):
-    """SHA-256 digest computed by libsodium, with the GIL released."""
+    """SHA-256 digest computed by the C core (the CPU's SHA instructions, else libsodium), with the GIL released."""
     cdef uint8_t out[32]
     cdef const uint8_t *p = view_ptr(data)
     cdef size_t n = data.shape[0]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyphase import _core
-from pyphase.compiled import DEFAULT_MAX_BYTES, CompiledCache, configuration
+from pyphase.compiled import DEFAULT_MAX_BYTES, CompiledCache, ValidationRecords, configuration
 from pyphase.errors import PhaseError
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ _HISTORY_MAX = 4096
 _runs: ModuleRuns | None = None
 _cache: CompiledCache | None = None
 _cache_dir: tuple[Path, int] | None = None
+_records: ValidationRecords | None = None
 _data_dir: Path | None = None
 #: names the compiler build whose code the disk cache holds: wasmtime's release and our engine settings (bump the
 #: suffix when phase_wasmtime.c changes a setting that changes generated code)
@@ -90,11 +91,8 @@ def _library_path() -> Path:
             "the compiling engine needs the wasmtime wheel: pip install 'pyphase[jit]' "
             f"(wasmtime=={WASMTIME_VERSION}); without it jobs run on wasm3"
         )
-    from importlib import (
-        metadata,
-    )  # here, not at the top: it brings email, zipfile, csv (2.5 MB an idle node never needs)
-
-    version = metadata.version("wasmtime")
+    base = Path(next(iter(spec.submodule_search_locations)))
+    version = _installed_version(base)
     if version != WASMTIME_VERSION:
         raise EngineUnavailable(
             f"wasmtime {version} is installed, pyphase's compiling engine is built for {WASMTIME_VERSION}: "
@@ -103,11 +101,26 @@ def _library_path() -> Path:
     import platform  # here: only a process that loads wasmtime needs it
 
     machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
-    base = Path(next(iter(spec.submodule_search_locations)))
     path = base / f"linux-{machine}" / "_libwasmtime.so"
     if not path.is_file():
         raise EngineUnavailable(f"the wasmtime wheel has no C library for linux-{machine} ({path} is missing)")
     return path
+
+
+def _installed_version(package: Path) -> str:
+    """The installed wasmtime wheel's version: read from the name of the one ``wasmtime-*.dist-info`` beside the
+    package (what pip writes; a listing of one directory), else asked of importlib.metadata, which a ``phase run``
+    would pay 25-80 ms of imports for (email, zipfile, csv: BENCHMARKS.md, "Start-up")."""
+    prefix, suffix = "wasmtime-", ".dist-info"
+    try:
+        found = [n for n in os.listdir(package.parent) if n.startswith(prefix) and n.endswith(suffix)]
+    except OSError:
+        found = []
+    if len(found) == 1:
+        return found[0][len(prefix) : -len(suffix)]
+    from importlib import metadata  # several or no dist-info here (an odd install): the full lookup
+
+    return metadata.version("wasmtime")
 
 
 def load_wasmtime() -> None:
@@ -164,11 +177,11 @@ def use_data_dir(data_dir: str | os.PathLike[str] | None, max_bytes: int = DEFAU
     compiled-code directory is opened once the compiling engine is."""
     from pyphase.history import HISTORY_FILE, ModuleRuns  # only a process that keeps a data dir needs it
 
-    global _runs, _cache, _cache_dir, _data_dir
+    global _runs, _cache, _cache_dir, _data_dir, _records
     runs = None if data_dir is None else ModuleRuns(Path(data_dir) / HISTORY_FILE)
     with _lock:
         _data_dir = None if data_dir is None else Path(data_dir)
-        old, _runs, _cache = _runs, runs, None
+        old, _runs, _cache, _records = _runs, runs, None, None
         _cache_dir = None if data_dir is None else (Path(data_dir) / "compiled", max_bytes)
         _history.clear()
     if old is not None:
@@ -192,6 +205,52 @@ def compiled_cache() -> CompiledCache | None:
             except (OSError, PhaseError):
                 _cache_dir = None  # an unwritable data dir: compiled code stays in memory
         return _cache
+
+
+def validation_records() -> ValidationRecords | None:
+    """The data dir's records of modules our validator accepted (None without a data dir, or an unwritable one)."""
+    global _records
+    with _lock:
+        if _records is None and _cache_dir is not None:
+            try:
+                _records = ValidationRecords(_cache_dir[0])
+            except (OSError, PhaseError):
+                pass  # an unwritable data dir: every process validates
+        return _records
+
+
+def module_for(data: bytes, digest: bytes) -> Module:
+    """The module of ``data`` (sha256 ``digest``) for a job in this process: validated at most once per process
+    (:meth:`Module.cached`), and not at all when the data dir has a record, made by this validator's build, that it
+    accepted these exact bytes, with the facts it found (:mod:`pyphase.compiled`). A damaged or forged record is
+    refused with a :class:`~pyphase.compiled.CacheRefused` warning and the module validated as if there were none."""
+    from pyphase.runtime import Module
+
+    known = Module.lookup(digest)
+    if known is not None:
+        return known
+    records = validation_records()
+    facts = records.read(digest) if records is not None else False
+    if isinstance(facts, tuple):
+        try:
+            return Module.from_record(data, digest, facts)
+        except ValueError:  # facts that do not fit these bytes: the record goes, the validator decides
+            records.forget(digest)  # type: ignore[union-attr]
+    return Module.cached(data, digest)
+
+
+def record_validated(module: Module) -> None:
+    """Keep a record that our validator accepted ``module`` (validated in this process), with its facts, for the
+    next process (:func:`module_for`)."""
+    if module.recorded:
+        return
+    records = validation_records()
+    if records is not None:
+        try:
+            records.write(module.digest, module._core.facts)
+            module.recorded = True
+        except OSError:
+            pass  # a full or read-only disk: the next process validates
 
 
 def _past(digest: bytes) -> int:
@@ -258,7 +317,8 @@ def _store(module: Module, limits: Limits, deterministic: bool) -> None:
         try:
             cache.store(module, limits, deterministic)
         except (OSError, PhaseError):
-            pass  # a full or read-only disk costs the next process a compile, nothing else
+            return  # a full or read-only disk costs the next process a compile, nothing else
+        record_validated(module)
 
 
 def compile_in_background(module: Module, limits: Limits, deterministic: bool) -> None:

@@ -74,7 +74,7 @@ class Module:
     the same bytes so repeated jobs skip validation.
     """
 
-    __slots__ = ("_core", "hash")
+    __slots__ = ("_core", "hash", "recorded")
 
     _cache: OrderedDict[bytes, Module] = OrderedDict()
     _cache_lock = threading.Lock()
@@ -86,6 +86,8 @@ class Module:
         except InvalidModule as exc:
             raise InvalidModule(_explained(str(exc), data)) from None
         self.hash: str = hash_text(self._core.digest)
+        #: whether the data dir has a record that our validator accepted it (pyphase.engines.module_for)
+        self.recorded = False
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Module:
@@ -97,17 +99,36 @@ class Module:
         """The module for ``data``, validated at most once per process (bounded LRU by content hash).
         ``digest``: the sha256 of ``data`` when the caller has it already."""
         key = digest or hashlib.sha256(data).digest()
+        module = cls.lookup(key)
+        return module if module is not None else cls._keep(key, cls(data))
+
+    @classmethod
+    def lookup(cls, digest: bytes) -> Module | None:
+        """The module of sha256 ``digest`` if this process has it already."""
         with cls._cache_lock:
-            module = cls._cache.get(key)
+            module = cls._cache.get(digest)
             if module is not None:
-                cls._cache.move_to_end(key)
-                return module
-        module = cls(data)
+                cls._cache.move_to_end(digest)
+            return module
+
+    @classmethod
+    def _keep(cls, digest: bytes, module: Module) -> Module:
         with cls._cache_lock:
-            cls._cache[key] = module
+            cls._cache[digest] = module
             while len(cls._cache) > cls.CACHE_SIZE:
                 cls._cache.popitem(last=False)
         return module
+
+    @classmethod
+    def from_record(cls, data: bytes, digest: bytes, facts: tuple[int, ...]) -> Module:
+        """The module for ``data`` made from what an earlier validation of the same bytes by this validator found,
+        without validating again: only from an authenticated record (:func:`pyphase.engines.module_for`).
+        ``ValueError`` when the facts do not fit these bytes (their sha256 is not ``digest``)."""
+        module = cls.__new__(cls)
+        module._core = _core.CoreModule(data, digest, facts)
+        module.hash = hash_text(digest)
+        module.recorded = True
+        return cls._keep(digest, module)
 
     @property
     def digest(self) -> bytes:

@@ -32,6 +32,7 @@ _HOME = tempfile.mkdtemp(prefix="phase-tests-home-")
 atexit.register(shutil.rmtree, _HOME, True)
 os.environ["XDG_DATA_HOME"] = os.path.join(_HOME, "data")
 os.environ["XDG_CONFIG_HOME"] = os.path.join(_HOME, "config")
+os.environ["XDG_CACHE_HOME"] = os.path.join(_HOME, "cache")
 os.environ.pop("PHASE_HOME", None)
 
 

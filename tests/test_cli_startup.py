@@ -73,6 +73,18 @@ def test_a_whole_local_run_loads_only_what_it_uses(tmp_path: Path) -> None:
     assert loaded_by(code, NOT_FOR_A_RUN, env) == []
 
 
+def test_a_compiled_run_loads_no_package_metadata_reader(tmp_path: Path) -> None:
+    """Loading the compiling engine checks the wasmtime wheel's version from its dist-info directory's name:
+    importlib.metadata (email, zipfile, csv: 25-80 ms here) is left to an install with none or several."""
+    env = {**os.environ, "PHASE_HOME": str(tmp_path / "home"), "XDG_DATA_HOME": str(tmp_path / "data")}
+    code = (
+        "from pyphase.cli import main\n"
+        f"assert main(['run', {str(HELLO)!r}, '--input', 'abc', '--engine', 'wasmtime']) == 0\n"
+        "from pyphase import engines\nassert engines._loaded"
+    )
+    assert loaded_by(code, NOT_FOR_A_RUN, env) == []
+
+
 def test_verify_loads_no_sqlite_network_or_engine_history(tmp_path: Path) -> None:
     env = {**os.environ, "PHASE_HOME": str(tmp_path / "home")}
     receipt = tmp_path / "r.json"

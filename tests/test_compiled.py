@@ -1,19 +1,29 @@
 """Compiled code on disk (pyphase.compiled) and what ``auto`` keeps in the data dir (pyphase.engines.use_data_dir):
-a fresh process starts compiled, every damaged or foreign file is refused and rebuilt, the directory stays bounded."""
+a fresh process starts compiled, every damaged or foreign file is refused and rebuilt, the directory stays bounded;
+a validation record lets a later process skip the validator for the same bytes, and a bad one is refused."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 
-from pyphase import Limits, engines
-from pyphase.compiled import CompiledCache, CompiledCacheError, configuration
+from pyphase import Limits, _core, engines
+from pyphase.compiled import (
+    RECORD_SUFFIX,
+    CacheRefused,
+    CompiledCache,
+    CompiledCacheError,
+    ValidationRecords,
+    configuration,
+)
 from pyphase.history import ModuleRuns
 from pyphase.runtime import Module, run
 
@@ -91,7 +101,14 @@ def test_a_damaged_or_foreign_file_is_refused_removed_and_rebuilt(cache, probe_b
     other = cache.store(Module(hello_bytes), LIMITS, False).read_bytes()
     path.write_bytes(_damage(kind, path.read_bytes(), cache, other, Module(probe_bytes).digest))
     fresh = Module(probe_bytes)
-    assert not cache.load(fresh, LIMITS, False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not cache.load(fresh, LIMITS, False)
+    said = [str(w.message) for w in caught if issubclass(w.category, CacheRefused)]
+    if kind == "another engine build":
+        assert said == []  # an upgrade's leftovers go quietly
+    else:
+        assert len(said) == 1 and said[0].startswith(f"{path}: refused and removed"), said
     assert not path.exists() and not fresh._core.is_compiled(LIMITS)
     result = run(fresh, b"z", args=["cat"], engine="wasmtime")  # compiles again, runs right
     assert result.stdout == b"z" and result.compile_us > 0
@@ -174,3 +191,107 @@ def test_phase_run_starts_compiled_the_second_time(tmp_path, probe_bytes):
     assert runs[0]["engine"] == "wasm3" and runs[0]["wall_us"] >= engines.AUTO_WALL_US, runs[0]
     assert runs[1]["engine"] == "wasmtime" and runs[1]["compile_us"] == 0, runs[1]
     assert runs[0]["stdout"] == runs[1]["stdout"] and runs[1]["receipt"]["node"]["fuel_unit"] == engines.UNMETERED
+
+
+# ---- validation records ------------------------------------------------------------------------------------------
+
+
+def test_the_core_hashes_as_hashlib_does_at_every_length_around_the_block_size():
+    """phase_sha256 (the CPU's SHA instructions where it has them, else libsodium) against OpenSSL's."""
+    data = os.urandom(3 * 64 * 64 + 7)
+    for n in [*range(0, 200), 447, 448, 449, 511, 512, 513, 4095, 4096, 4097, len(data)]:
+        assert _core.sha256(data[:n]) == hashlib.sha256(data[:n]).digest(), (n, _core.SHA256_ACCELERATED)
+    big = os.urandom(3 << 20)
+    assert _core.sha256(big) == hashlib.sha256(big).digest()
+
+
+def test_a_module_made_from_its_record_is_the_validated_module(probe_bytes):
+    validated = _core.CoreModule(probe_bytes)
+    digest = hashlib.sha256(probe_bytes).digest()
+    recorded = _core.CoreModule(probe_bytes, digest, validated.facts)
+    assert (recorded.digest, recorded.facts, recorded.info) == (validated.digest, validated.facts, validated.info)
+    assert run(Module.from_record(probe_bytes, digest, validated.facts), b"xy", args=["cat"]).stdout == b"xy"
+    with pytest.raises(ValueError, match="not the module the record names"):
+        _core.CoreModule(probe_bytes[:-1] + b"\0", digest, validated.facts)
+    for i, bad in ((0, 2), (1, 1 << 32), (_core.MODULE_FACTS - 1, 1 << 63)):
+        facts = list(validated.facts)
+        facts[i] = bad
+        with pytest.raises(ValueError):
+            _core.CoreModule(probe_bytes, digest, tuple(facts))
+
+
+def _forged(records: ValidationRecords, kind: str, data: bytes, digest: bytes, facts: tuple[int, ...]) -> bytes:
+    if kind == "flipped fact":
+        i = len(data) - 40
+        return data[:i] + bytes([data[i] ^ 1]) + data[i + 1 :]
+    if kind == "truncated":
+        return data[:-1]
+    if kind == "another node's key":
+        stranger = ValidationRecords.__new__(ValidationRecords)
+        stranger._key = os.urandom(32)
+        return stranger.encode(digest, facts)
+    if kind == "another module's record":
+        return records.encode(b"\1" * 32, facts)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["flipped fact", "truncated", "another node's key", "another module's record"])
+def test_a_forged_or_damaged_record_is_refused_with_a_warning_and_the_module_validated(data_dir, probe_bytes, kind):
+    digest = hashlib.sha256(probe_bytes).digest()
+    module = Module(probe_bytes)
+    engines.record_validated(module)
+    records = engines.validation_records()
+    path = records.path(digest)
+    assert path.name == digest.hex() + RECORD_SUFFIX and records.read(digest) == module._core.facts
+    path.write_bytes(_forged(records, kind, path.read_bytes(), digest, module._core.facts))
+    Module._cache.clear()  # as a fresh process
+    with pytest.warns(CacheRefused, match="refused and removed"):
+        again = engines.module_for(probe_bytes, digest)
+    assert not path.exists() and not again.recorded  # validated, not taken from the record
+    assert run(again, b"q", args=["cat"]).stdout == b"q"
+
+
+def test_a_record_of_another_validator_build_is_not_used(data_dir, probe_bytes, monkeypatch):
+    from pyphase import compiled
+
+    digest = hashlib.sha256(probe_bytes).digest()
+    engines.record_validated(Module(probe_bytes))
+    monkeypatch.setattr(compiled, "VALIDATOR_ID", bytes(32))  # as after an upgrade of the validator
+    Module._cache.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # quietly: no one's fault
+        assert not engines.module_for(probe_bytes, digest).recorded
+    assert not engines.validation_records().path(digest).exists()
+
+
+def test_phase_run_validates_once_then_uses_the_record_and_refuses_a_forged_one(tmp_path, probe_bytes):
+    """Real processes: a compiled run leaves a record with the code; the next run is made from it; a forged record
+    is refused on stderr and that run validates, runs and writes a good record again."""
+    module = tmp_path / "probe.wasm"
+    module.write_bytes(probe_bytes)
+    data = tmp_path / "d"
+    cmd = [sys.executable, "-m", "pyphase", "run", "--no-sandbox", "--engine", "wasmtime", "--data-dir", str(data)]
+    cmd += [str(module), "--arg", "cat", "--input", "hi"]
+    probe = "import sys, runpy; from pyphase import runtime; made = []; orig = runtime.Module.from_record\n"
+    probe += "runtime.Module.from_record = classmethod(lambda c, *a: made.append(1) or orig(*a))\n"
+    probe += "sys.argv = ['phase', *sys.argv[1:]]\ntry:\n    runpy.run_module('pyphase', run_name='__main__')\n"
+    probe += "finally:\n    print('FROM_RECORD', len(made), file=sys.stderr)\n"
+    traced = [sys.executable, "-c", probe, *cmd[3:]]
+
+    def phase_run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(traced, capture_output=True, text=True, timeout=300)
+
+    first = phase_run()
+    assert first.returncode == 0 and first.stdout == "hi" and "FROM_RECORD 0" in first.stderr, first.stderr
+    record = data / "compiled" / (hashlib.sha256(probe_bytes).hexdigest() + RECORD_SUFFIX)
+    assert record.is_file()
+    second = phase_run()
+    assert second.returncode == 0 and second.stdout == "hi" and "FROM_RECORD 1" in second.stderr, second.stderr
+    forged = bytearray(record.read_bytes())
+    forged[-1] ^= 1
+    record.write_bytes(bytes(forged))
+    third = phase_run()
+    assert third.returncode == 0 and third.stdout == "hi", third.stderr
+    assert "FROM_RECORD 0" in third.stderr and f"{record}: refused and removed (MAC does not verify" in third.stderr
+    assert record.is_file() and record.read_bytes() != bytes(forged)  # validated, then recorded again
+    assert "FROM_RECORD 1" in phase_run().stderr

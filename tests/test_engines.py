@@ -166,3 +166,17 @@ def test_phase_run_engine_flag(tmp_path, hello_bytes, capsys):
     assert main(["run", str(path), "--input", "abc", "--engine", "wasmtime", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["receipt"]["node"]["runtime"] == "wasmtime" and doc["receipt"]["node"]["fuel_unit"] == engines.UNMETERED
+
+
+def test_the_wheel_version_is_read_from_its_one_dist_info_else_from_package_metadata(tmp_path):
+    import wasmtime
+
+    from pathlib import Path
+
+    package = Path(wasmtime.__file__).parent
+    assert engines._installed_version(package) == engines.WASMTIME_VERSION
+    (tmp_path / "wasmtime").mkdir()
+    (tmp_path / "wasmtime-49.0.0.dist-info").mkdir()
+    assert engines._installed_version(tmp_path / "wasmtime") == "49.0.0"  # refused by _library_path: not ours
+    (tmp_path / "wasmtime-50.0.1.dist-info").mkdir()  # two: ask importlib.metadata, which knows the installed one
+    assert engines._installed_version(tmp_path / "wasmtime") == engines.WASMTIME_VERSION

@@ -151,14 +151,14 @@ def _run_here(job: PreparedJob, on_output: OutputCallback | None, data_dir: str 
     the next run, which then starts compiled), and this process waits for that compile at most as long again as the
     job ran."""
     from pyphase import engines
-    from pyphase.runtime import Module, run_prepared
+    from pyphase.runtime import run_prepared
 
     if job.engine == "wasm3":
         return run_prepared(job, on_output)
     previous = engines.data_dir()
     _use_data_dir(data_dir)
     try:
-        module = Module.cached(job.data, job.digest)
+        module = engines.module_for(job.data, job.digest)  # not validated again when the data dir says it was
         timer = None
         if job.engine == "auto" and engines.choose("auto", module, job.limits, job.deterministic) == "wasm3":
             timer = threading.Timer(
@@ -171,6 +171,8 @@ def _run_here(job: PreparedJob, on_output: OutputCallback | None, data_dir: str 
         finally:
             if timer is not None:
                 timer.cancel()
+        if result.engine == "wasmtime":
+            engines.record_validated(module)  # beside its compiled code: the next run skips the validator
         engines.wait_for_compiles(result.wall_us / 1e6)
         return result
     finally:

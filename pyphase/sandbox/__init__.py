@@ -389,6 +389,8 @@ class Sandbox:
         key = (digest, config)
         if status == "ok" and has_code and code_fd >= 0:
             self._keep_on_disk(digest, config, code_fd)
+        if status == "ok":
+            self._record_validated(digest)
         with self._lock:
             if self._events is not sock:
                 return  # a server that has been replaced
@@ -426,6 +428,26 @@ class Sandbox:
                     view.release()
         except (OSError, ValueError, PhaseError):
             pass  # a full or read-only disk costs the next start a compile, nothing else
+
+    def _validated_before(self, digest: bytes) -> bool:
+        """Whether the data dir records that our validator accepted module ``digest`` (a worker's and a fork server's
+        validation, or this process's own); only for a sandbox that runs the compiling engine, whose server
+        validates the module again when it takes it."""
+        records = engines.validation_records() if "wasmtime" in self.engines else None
+        return records is not None and records.read(digest) is not False
+
+    @staticmethod
+    def _record_validated(digest: bytes) -> None:
+        """The fork server compiled (or loaded code for) a module it took, so a worker and the server validated it:
+        record that for the next process (unless a record is there already: it may hold the facts too)."""
+        records = engines.validation_records()
+        if records is None:
+            return
+        try:
+            if records.read(digest) is False:
+                records.write(digest, None)
+        except OSError:
+            pass  # a full or read-only disk: the next process validates in a worker first
 
     def _code_on_disk(self, digest: bytes, config: int) -> memoryview | None:
         cache = engines.compiled_cache() if "wasmtime" in self.engines else None
@@ -845,7 +867,9 @@ class Sandbox:
                 compiled_at = self._compiled.get(key)
             if failed is not None:
                 return self._not_compiled(slot, job, test_action, sink, running, *failed)
-            if compiled_at is None and job.digest in self._modules:
+            if compiled_at is None and (job.digest in self._modules or self._validated_before(job.digest)):
+                # the server holds the module, or a record says a worker and a server validated these very bytes
+                # before: the server gets the code now (and validates the module itself), no worker validates first
                 waiting = self._request_compile(job.digest, data, key[1])
                 if waiting is not None:
                     return waiting

@@ -184,21 +184,23 @@ def _submit_by_peer_id(peer_id: str, bootstrap: str, module: bytes, stdin: bytes
     from pyphase.errors import NoPeers, PhaseError
     from pyphase.net.dht import client_dht, resolve_peer
 
-    end, why, record = time.monotonic() + 120, "", None
-    while time.monotonic() < end:
-        try:
-            if record is None:
-                with client_dht(bootstrap) as dht:
+    # one session for the lookups, kept across tries: its routing table fills while it waits (a fresh session per
+    # try starts from the two bootstrap nodes each time, which on a loaded 2-core machine missed for 120 s)
+    end, why, record = time.monotonic() + 180, "", None
+    with client_dht(bootstrap) as dht:
+        while time.monotonic() < end:
+            try:
+                if record is None:
                     record = resolve_peer(dht, peer_id, timeout=10)
-            # the client looks the record up again through its own young DHT session, which can miss as well
-            with Client([peer_id], dht_bootstrap=bootstrap, connect_timeout=30) as client:
-                return record, client.submit(module, stdin, timeout=180, retries=2)
-        except NoPeers as exc:
-            why = str(exc)
-        except PhaseError as exc:
-            if record is not None:
-                raise
-            why = str(exc)
+                # the client looks the record up again through its own young DHT session, which can miss as well
+                with Client([peer_id], dht_bootstrap=bootstrap, connect_timeout=30) as client:
+                    return record, client.submit(module, stdin, timeout=180, retries=2)
+            except NoPeers as exc:
+                why = f"the client's own lookup: {exc}"
+            except PhaseError as exc:
+                if record is not None:
+                    raise
+                why = f"the test's lookup: {exc}"
     raise AssertionError(f"the booted node was not found on the DHT: {why}")
 
 

@@ -203,3 +203,34 @@ def test_a_fork_server_killed_during_a_compile_fails_only_the_job_that_waited(he
                 continue
         assert (r.status, r.stdout, r.engine) == ("ok", b"ba", "wasmtime"), r.message
         assert sb.restarts == 1
+
+
+def test_a_validation_record_spares_the_first_worker_and_the_fork_server_still_validates(tmp_path, hello_bytes):
+    """A module a worker and the fork server validated is recorded in the data dir (pyphase.compiled); the next
+    sandbox sends it straight to its fork server with the code, and the server's own validator still decides: a
+    record of this node's own key for bytes the validator refuses gives invalid_module, never a run."""
+    from pyphase import engines
+
+    engines.use_data_dir(tmp_path)
+    try:
+        digest = hashlib.sha256(hello_bytes).digest()
+        with Sandbox(workers=1, spares=0) as sb:
+            r = sb.run(hello_bytes, b"ab", engine="wasmtime")
+        assert (r.status, r.stdout, r.engine) == ("ok", b"ba", "wasmtime")
+        records = engines.validation_records()
+        assert records is not None and records.read(digest) is None  # validated, facts unknown to this process
+        engines.use_data_dir(tmp_path)  # a restarted node
+        with Sandbox(workers=1, spares=0) as sb:
+            assert sb._validated_before(digest)
+            r = sb.run(hello_bytes, b"cd", engine="wasmtime")
+            assert (r.status, r.stdout, r.engine) == ("ok", b"dc", "wasmtime") and sb.code_loads == 1
+            invalid = b"\0asm\1\0\0\0" + b"\x01\xff\xff\xff\xff\x0f"  # a type section longer than the module
+            records = engines.validation_records()
+            assert records is not None
+            records.write(hashlib.sha256(invalid).digest(), None)
+            assert sb._validated_before(hashlib.sha256(invalid).digest())
+            r = sb.run(invalid, b"", engine="wasmtime")
+            assert r.status == "invalid_module", r
+            assert sb.run(hello_bytes, b"ef", engine="wasmtime").stdout == b"fe"
+    finally:
+        engines.use_data_dir(None)
