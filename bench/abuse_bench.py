@@ -13,16 +13,26 @@ offers never followed by their module, spinning jobs whose client left, 16 MiB r
 For each: honest p50/p99 latency and success rate, the p99 as a ratio to the unattacked p99, plasmd's
 peak RSS and open descriptors (sampled every 50 ms) and its CPU use (100 % = one core), and, from the node's
 log, where the honest jobs' time went inside the node: p99 from offer to start (queued) and of the run; and
-the share of the honest boot fetches answered 200 (the others: 503 "too many connections", or no answer).
+the share of the honest boot fetches answered 200 (the others: 503 "too many connections", or no answer); and
+"attack offers", the attackers' offers the node accepted (how much of the job-running attacks got through), and
+"demoted", the job workers the node moved to the lowest CPU priority (``job_demote_after``).
 
 Goal (issue 10): every honest job succeeds, p99 under 10x the unattacked p99, RSS under 256 MB.
 Caveats: attackers, honest clients and node share this machine's cores, so some of the slowdown is CPU the
 attackers' own processes take (each attacker runs in a process of its own); nothing here fails on a number.
+
+``--attackers-cgroup WEIGHT``: a real attacker's client processes run on its own machines, not beside the node.
+With it, every attacked case is measured twice in the same run, alternating: once as above, and once with the
+attacker *client* processes (not the node, not the jobs they make it run) in a cgroup of their own with CPU weight
+WEIGHT (the default is 100: cgroup v2 ``cpu.weight``, or cgroup v1 ``cpu.shares`` scaled to 1024), created under
+the CPU controller's root and removed at the end (needs root; without it the bench says why and measures only the
+plain cases). ``--job-demote-after``: the node's ``job_demote_after`` (docs/NETWORK.md), for A/B runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -47,9 +57,106 @@ from net_support import SPIN_ECHO, NodeProc  # noqa: E402
 
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"
 BOOT_ARTIFACT_BYTES = 16 << 20
+CGROUP_NAME = "phase-abuse-attackers"
 
 
-def run(seconds: float, clients: int, sandbox: bool, only: str = "", keep_log: str = "") -> None:
+class CpuCgroup:
+    """A cgroup with a low CPU weight for the attackers' client processes, made under the root of the CPU
+    controller's hierarchy (cgroup v2 with ``cpu`` enabled, else v1's ``cpu``) and removed by :meth:`close`.
+    ``CpuCgroup.make(weight)`` returns it, or a sentence saying why it cannot be made here."""
+
+    def __init__(self, path: Path, v2: bool, parent: Path, enabled_cpu: bool) -> None:
+        self.path, self.v2, self.parent, self._enabled_cpu = path, v2, parent, enabled_cpu
+
+    @classmethod
+    def make(cls, weight: int) -> CpuCgroup | str:
+        v2_root = v1_root = None
+        try:
+            mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+        except OSError as exc:
+            return f"no /proc/self/mountinfo ({exc})"
+        for line in mounts:
+            fields, _, super_fields = line.partition(" - ")
+            where, (fstype, _, options) = Path(fields.split()[4]), super_fields.split()[:3]
+            if fstype == "cgroup2" and v2_root is None:
+                v2_root = where
+            elif fstype == "cgroup" and "cpu" in options.split(","):
+                v1_root = where
+        enabled_cpu = False
+        try:
+            if v2_root is not None and "cpu" in (v2_root / "cgroup.controllers").read_text().split():
+                if "cpu" not in (v2_root / "cgroup.subtree_control").read_text().split():
+                    (v2_root / "cgroup.subtree_control").write_text("+cpu")
+                    enabled_cpu = True
+                path, v2 = v2_root / CGROUP_NAME, True
+                path.mkdir(exist_ok=True)
+                (path / "cpu.weight").write_text(str(weight))
+                root = v2_root
+            elif v1_root is not None:
+                path, v2 = v1_root / CGROUP_NAME, False
+                path.mkdir(exist_ok=True)
+                (path / "cpu.shares").write_text(str(max(2, weight * 1024 // 100)))
+                root = v1_root
+            else:
+                return "no cgroup hierarchy with the cpu controller is mounted"
+        except OSError as exc:
+            return f"cannot make a cgroup with the cpu controller here ({exc.strerror}: {exc.filename}; root needed)"
+        return cls(path, v2, root, enabled_cpu)
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def close(self) -> None:
+        """Move what is left in it back to its parent, remove it, and undo the controller we enabled."""
+        try:
+            for pid in (self.path / "cgroup.procs").read_text().split():
+                try:
+                    (self.parent / "cgroup.procs").write_text(pid)
+                except OSError:
+                    pass  # gone meanwhile
+            self.path.rmdir()
+        except OSError as exc:
+            print(f"could not remove the cgroup {self.path}: {exc}", file=sys.stderr)
+        if self._enabled_cpu:
+            try:
+                (self.parent / "cgroup.subtree_control").write_text("-cpu")
+            except OSError:
+                pass  # another cgroup uses it now
+
+
+def run(
+    seconds: float,
+    clients: int,
+    sandbox: bool,
+    only: str = "",
+    keep_log: str = "",
+    attackers_weight: int = 0,
+    demote_after: str = "",
+) -> None:
+    cgroup: CpuCgroup | None = None
+    if attackers_weight:
+        made = CpuCgroup.make(attackers_weight)
+        if isinstance(made, str):
+            print(f"--attackers-cgroup: {made}; measuring without it", file=sys.stderr)
+        else:
+            cgroup = made
+    try:
+        _run(seconds, clients, sandbox, only, keep_log, cgroup, attackers_weight, demote_after)
+    finally:
+        if cgroup is not None:
+            cgroup.close()
+
+
+def _run(
+    seconds: float,
+    clients: int,
+    sandbox: bool,
+    only: str,
+    keep_log: str,
+    cgroup: CpuCgroup | None,
+    weight: int,
+    demote_after: str,
+) -> None:
     import wasm_build
 
     modules = {"spin": wasm_build.build_wat(SPIN_ECHO), "big_output": wasm_build.build_wat(BIG_OUTPUT)}
@@ -57,8 +164,10 @@ def run(seconds: float, clients: int, sandbox: bool, only: str = "", keep_log: s
     with tempfile.TemporaryDirectory() as tmp:
         modules["boot_path"] = make_boot_store(Path(tmp) / "store", BOOT_ARTIFACT_BYTES).encode()
         extra = ("--boot-store", str(Path(tmp) / "store"), "--boot-listen", "127.0.0.2:0")
-        node = NodeProc(Path(tmp) / "node", "127.0.0.2", sandbox=sandbox, extra=extra).start()
+        env = {"PLASMD_JOB_DEMOTE_AFTER": demote_after} if demote_after else {}
+        node = NodeProc(Path(tmp) / "node", "127.0.0.2", sandbox=sandbox, extra=extra, env=env).start()
         boot = node.events("boot_serving")[0]["url"].removeprefix("http://")
+        api = node.events("api_listening")[0]["url"]
         try:
             honest_load(node.address, hello, 1.0, clients)  # warm up: module cached, connections up
             rows = []
@@ -67,8 +176,11 @@ def run(seconds: float, clients: int, sandbox: bool, only: str = "", keep_log: s
             cases.append(("all six phase/1 attacks at once", list(ATTACKS)))
             if only:  # the reference and the cases whose name contains ``only``
                 cases = [c for c in cases if c[0] == "no attack" or only in c[0]]
+            if cgroup is not None:  # each attacked case again, right after, its attackers in the cgroup
+                cases = [x for c in cases for x in ([c] if not c[1] else [c, (f"{c[0]} [attackers cgroup]", c[1])])]
             for name, attacks in cases:
                 log_from = node.log_path.stat().st_size
+                demoted_before = _demoted(api)
                 sampler = Sampler(node.proc.pid)
                 sampler.start()
                 running = [
@@ -77,6 +189,8 @@ def run(seconds: float, clients: int, sandbox: bool, only: str = "", keep_log: s
                 ]
                 for a in running:
                     a.start()
+                    if cgroup is not None and name.endswith("[attackers cgroup]") and a.pid is not None:
+                        cgroup.add(a.pid)
                 time.sleep(2.0 if attacks else 0)  # let the attack build up first
                 fetcher = BootFetcher(boot)
                 fetcher.start()
@@ -88,6 +202,7 @@ def run(seconds: float, clients: int, sandbox: bool, only: str = "", keep_log: s
                 waits = _honest_waits(node.log_path, log_from)
                 cpu = sampler.cpu_s / sampler.wall_s if sampler.wall_s else 0.0
                 boot_ok = sum(1 for status, _ in fetcher.answers if status == 200) / max(1, len(fetcher.answers))
+                waits += (_demoted(api) - demoted_before,)
                 rows.append((name, latencies, tried, failures, sampler.peak_rss, sampler.peak_fds, cpu, waits, boot_ok))
                 if not node.alive:
                     print(f"plasmd died during {name!r}: {node.log_tail()}")
@@ -102,29 +217,45 @@ def run(seconds: float, clients: int, sandbox: bool, only: str = "", keep_log: s
     base_p99 = percentile(rows[0][1], 99)
     print(
         f"honest load: {clients} clients back to back, {seconds:g} s per case; executor "
-        f"{'sandbox' if sandbox else 'thread'}"
+        f"{'sandbox' if sandbox else 'thread'}; node job_demote_after {demote_after or 'default'}; "
+        f"load average {os.getloadavg()[0]:.1f} at the end"
     )
+    if cgroup is not None:
+        print(f"[attackers cgroup]: the attackers' client processes in {cgroup.path} at CPU weight {weight}")
     print(
-        f"{'case':40} {'jobs':>6} {'ok':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99/ref':>8} {'RSS MB':>7} {'fds':>5} "
-        f"{'CPU':>5} {'queue p99':>9} {'run p99':>8} {'boot ok':>8}"
+        f"{'case':58} {'jobs':>6} {'ok':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99/ref':>8} {'RSS MB':>7} {'fds':>5} "
+        f"{'CPU':>5} {'queue p99':>9} {'run p99':>8} {'boot ok':>8} {'attack offers':>13} {'demoted':>7}"
     )
-    for name, latencies, tried, failures, rss, fds, cpu, (queue_ms, run_ms), boot_ok in rows:
+    for name, latencies, tried, failures, rss, fds, cpu, (queue_ms, run_ms, others, demoted), boot_ok in rows:
         ok = len(latencies) / tried if tried else 0.0
         p50, p99 = percentile(latencies, 50) * 1e3, percentile(latencies, 99) * 1e3
         print(
-            f"{name:40} {tried:6d} {ok:7.1%} {p50:8.1f} {p99:8.1f} {p99 / (base_p99 * 1e3):8.2f} "
-            f"{rss / 1e6:7.0f} {fds:5d} {cpu:5.0%} {queue_ms:9.1f} {run_ms:8.1f} {boot_ok:8.0%}"
+            f"{name:58} {tried:6d} {ok:7.1%} {p50:8.1f} {p99:8.1f} {p99 / (base_p99 * 1e3):8.2f} "
+            f"{rss / 1e6:7.0f} {fds:5d} {cpu:5.0%} {queue_ms:9.1f} {run_ms:8.1f} {boot_ok:8.0%} "
+            f"{others:13d} {demoted:7d}"
         )
         for why in sorted(set(failures))[:3]:
             print(f"    failed: {why}")
 
 
-def _honest_waits(log_path: Path, offset: int) -> tuple[float, float]:
+def _demoted(api: str) -> int:
+    """The node's ``phase_jobs_demoted_total``: workers it demoted for their CPU (``job_demote_after``)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{api}/metrics", timeout=10) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("phase_jobs_demoted_total "):
+                return int(float(line.split()[1]))
+    return 0
+
+
+def _honest_waits(log_path: Path, offset: int) -> tuple[float, float, int]:
     """From the node's log since ``offset``: p99 of the honest jobs' time from offer to start (queued) and from
-    start to result (running), in ms; where an honest job's time went inside the node."""
+    start to result (running), in ms, where an honest job's time went inside the node; and how many of the
+    attackers' offers the node accepted (how much of the job-running attacks got through)."""
     import json
 
-    queued, running = [], []
+    queued, running, others = [], [], 0
     with open(log_path, "rb") as f:
         f.seek(offset)
         for line in f:
@@ -135,7 +266,9 @@ def _honest_waits(log_path: Path, offset: int) -> tuple[float, float]:
             if event.get("event") == "result" and event.get("client") in HONEST_KEYS:
                 queued.append(event["start_us"] / 1e3)
                 running.append(event["exec_us"] / 1e3)
-    return percentile(queued, 99), percentile(running, 99)
+            elif event.get("event") == "offer" and event.get("client") not in HONEST_KEYS:
+                others += 1
+    return percentile(queued, 99), percentile(running, 99), others
 
 
 def main() -> None:
@@ -145,8 +278,27 @@ def main() -> None:
     p.add_argument("--executor", choices=("sandbox", "thread"), default="sandbox")
     p.add_argument("--only", default="", help="run only the cases whose name contains this (and the reference)")
     p.add_argument("--keep-log", default="", metavar="PATH", help="copy the node's log (JSON lines) there")
+    p.add_argument(
+        "--attackers-cgroup",
+        type=int,
+        default=0,
+        metavar="WEIGHT",
+        help="also measure each attacked case with the attackers' client processes in a cgroup of this CPU weight "
+        "(1-10000; the default weight is 100); needs root",
+    )
+    p.add_argument("--job-demote-after", default="", metavar="DURATION", help="the node's job_demote_after (0: never)")
     args = p.parse_args()
-    run(args.seconds, args.clients, args.executor == "sandbox", args.only, args.keep_log)
+    if not 0 <= args.attackers_cgroup <= 10000:
+        p.error("--attackers-cgroup: a weight from 1 to 10000")
+    run(
+        args.seconds,
+        args.clients,
+        args.executor == "sandbox",
+        args.only,
+        args.keep_log,
+        args.attackers_cgroup,
+        args.job_demote_after,
+    )
 
 
 if __name__ == "__main__":

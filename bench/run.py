@@ -16,6 +16,7 @@
                                                      a job to an aarch64 node (needs tools/build-wheels.sh first;
                                                      not part of "all")
     python bench/run.py abuse [--seconds N]          honest latency while a node is attacked six ways
+    python bench/run.py demote [--rounds N]          short jobs beside spinning ones, long jobs' workers demoted or not
     python bench/run.py dht ...                      a private DHT on loopback: findable, resolve, rendezvous
     python bench/run.py sim [--nodes 1000]           the DHT at scale with churn (minutes of both cores)
     python bench/run.py nat [--jobs N] [--paths ...] direct vs port-mapped vs relayed jobs in the NAT lab (root)
@@ -23,7 +24,7 @@
     python bench/run.py clients                      the Python and PHP clients side by side
     python bench/run.py compile [--json]             tiny jobs while a big module compiles in the sandbox; a restart
                                                      that loads its code from the data dir
-The last seven are run by name only, like install.
+The last eight are run by name only, like install.
 
 Further arguments go to the benchmark named. BENCHMARKS.md keeps the latest figures with their commands.
 """
@@ -52,6 +53,7 @@ BENCHMARKS = {
 BY_NAME_ONLY = {
     "install": [sys.executable, str(HERE / "install_bench.py")],
     "abuse": [sys.executable, str(HERE / "abuse_bench.py")],
+    "demote": [sys.executable, str(HERE / "demote_bench.py")],
     "dht": [sys.executable, str(HERE / "dht_bench.py")],
     "sim": [sys.executable, str(HERE / "dht_sim.py")],
     "nat": [sys.executable, str(HERE / "nat_bench.py")],

@@ -69,6 +69,11 @@ class _NodeCollector(Collector):
             "phase_jobs_abandoned", "Results dropped: their client was gone or did not read", value=node.abandoned
         )
         yield GaugeMetricFamily("phase_workers_busy", "Workers running a job", value=load["running"])
+        yield CounterMetricFamily(
+            "phase_jobs_demoted",
+            "Job workers moved to a lower CPU priority for the CPU their job used (job_demote_after)",
+            value=getattr(node.executor, "demoted", 0),
+        )
         yield GaugeMetricFamily("phase_workers", "Workers in all", value=load["workers"])
         yield GaugeMetricFamily("phase_cache_bytes", "Module cache size on disk", value=node.cache.disk_bytes)
         yield GaugeMetricFamily("phase_cache_modules", "Modules in the cache", value=len(node.cache))

@@ -13,6 +13,9 @@ and its meaning (this table is the documentation ``plasmd --help-config`` prints
     sandbox         = true              # isolated worker processes; unavailable: plasmd refuses to start; false: threads in the node
     job_nice        = 0                 # added to the sandbox workers' nice value (0-19): above 0, the node's own
                                         # threads and the host's other processes come before the CPU its jobs take
+    job_demote_after = "100ms"          # CPU a job's worker may use at normal priority; past it the worker runs
+                                        # at nice + 10 for the rest of its job, so the node's threads and short
+                                        # jobs come first ("0": never)
     queue           = 64                # jobs accepted beyond the running ones before offers get "busy"
     cache_bytes     = "256MiB"          # on-disk module cache bound (LRU)
     blob_cache_bytes = "1GiB"           # on-disk store of input-tree files (LRU), so a tree is sent once
@@ -161,6 +164,7 @@ class NodeConfig:
     workers: int = 0
     sandbox: bool = True
     job_nice: int = 0
+    job_demote_after_ms: int = 100
     queue: int = 64
     cache_bytes: int = 256 << 20
     blob_cache_bytes: int = 1 << 30
@@ -242,6 +246,7 @@ _TOP: dict[str, tuple[str, Any]] = {
     "workers": ("workers", int),
     "sandbox": ("sandbox", "bool"),
     "job_nice": ("job_nice", int),
+    "job_demote_after": ("job_demote_after_ms", parse_duration_ms),
     "queue": ("queue", int),
     "cache_bytes": ("cache_bytes", parse_size),
     "blob_cache_bytes": ("blob_cache_bytes", parse_size),
@@ -377,6 +382,8 @@ def load_config(
         raise ValueError("relay_reservation_time must be at least 1s")
     if not 0 <= config.job_nice <= 19:
         raise ValueError(f"job_nice must be between 0 and 19, got {config.job_nice}")
+    if config.job_demote_after_ms < 0:
+        raise ValueError("job_demote_after must be 0 (never) or more")
     if config.connections < 0:
         raise ValueError("connections must be 0 (from the open-file limit) or more")
     if config.log_format not in ("json", "text"):

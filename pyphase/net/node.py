@@ -465,6 +465,7 @@ class Node:
                 self.config.sandbox,
                 warn=lambda msg: self.log("warning", message=msg),
                 nice=self.config.job_nice,
+                demote_after_ms=self.config.job_demote_after_ms,
             )
         workers = self.executor.workers
         self.shares.caps = dataclasses.replace(self.shares.caps, total_jobs=workers + self.config.queue)

@@ -41,6 +41,7 @@ from pyphase.engines import EngineUnavailable
 from pyphase.errors import LimitsError, PhaseError, SandboxError
 from pyphase.limits import Limits, format_size
 from pyphase.result import RawResult, Result
+from pyphase.sandbox.demote import Demoter
 from pyphase.sandbox.executor import failed_result
 from pyphase.preopen import FsQuota, Preopen, opened
 from pyphase.runtime import (
@@ -188,7 +189,9 @@ class Sandbox:
     for latency on tiny jobs; ``spares`` is how many more single-use workers each slot keeps pre-forked, so that
     back-to-back jobs do not wait for the replacement of the last one (see docs/SANDBOX.md); ``engines``: those its
     workers run (default: every engine installed here, :func:`pyphase.engines.available`); ``nice``: added to the
-    workers' nice value, so the caller's own threads come before the jobs' CPU (plasmd: ``job_nice``).
+    workers' nice value, so the caller's own threads come before the jobs' CPU (plasmd: ``job_nice``);
+    ``demote_after_ms``: a worker that has used that much CPU runs at a lower priority (nice + 10) for the rest of
+    its job (:mod:`pyphase.sandbox.demote`; 0: never; plasmd: ``job_demote_after``).
     """
 
     def __init__(
@@ -201,11 +204,14 @@ class Sandbox:
         spares: int = DEFAULT_SPARES,
         engines: Sequence[str] | None = None,
         nice: int = 0,
+        demote_after_ms: int = 0,
     ) -> None:
         if not 1 <= workers <= 256:
             raise ValueError(f"workers must be between 1 and 256, got {workers}")
         if not 0 <= spares < _sandbox.MAX_DEPTH:
             raise ValueError(f"spares must be between 0 and {_sandbox.MAX_DEPTH - 1}, got {spares}")
+        if demote_after_ms < 0:
+            raise ValueError(f"demote_after_ms must be 0 (never) or more, got {demote_after_ms}")
         if shm_bytes < _sandbox.MIN_SHM_BYTES:
             raise ValueError(f"shm_bytes must be at least {_sandbox.MIN_SHM_BYTES}")
         self._closed = True
@@ -215,6 +221,7 @@ class Sandbox:
         self.spin_us = spin_us
         self.spares = spares
         self.nice = nice
+        self._demoter: Demoter | None = None
         self._lock = threading.Lock()
         self._shm_bytes = shm_bytes
         self._restart_lock = threading.Lock()
@@ -241,6 +248,9 @@ class Sandbox:
             self.engines = ("wasm3",)
             self._start_server()
         self._closed = False
+        if demote_after_ms:
+            me = weakref.ref(self)  # held weakly, as the events thread does: an unclosed sandbox is still collected
+            self._demoter = Demoter(lambda: sb._server.pid if (sb := me()) is not None else 0, demote_after_ms)
 
     @property
     def _executor(self) -> ThreadPoolExecutor:
@@ -586,6 +596,11 @@ class Sandbox:
         return [slot.worker_pid for slot in self._slots]
 
     @property
+    def demoted(self) -> int:
+        """Workers (and compile helpers) demoted for the CPU they used (see ``demote_after_ms``)."""
+        return self._demoter.demoted if self._demoter is not None else 0
+
+    @property
     def server_pid(self) -> int:
         return self._server.pid
 
@@ -623,6 +638,8 @@ class Sandbox:
             self._server.wait()
         if self._events_thread is not threading.current_thread():
             self._events_thread.join(timeout)  # it closes the events socket at the server's exit
+        if self._demoter is not None:
+            self._demoter.close()
         for slot in taken:
             slot.close()
 
@@ -723,6 +740,7 @@ class Sandbox:
             if slot not in self._slots:  # from a fork server that has been replaced
                 slot.close()
                 continue
+            token = self._demoter.started() if self._demoter is not None else 0
             try:
                 return self._execute_on(slot, job, test_action, on_output, running)
             except SandboxError:
@@ -731,6 +749,8 @@ class Sandbox:
                 self._restart(slots)
                 raise SandboxError("the sandbox's fork server died during this job; it was restarted") from None
             finally:
+                if self._demoter is not None:
+                    self._demoter.ended(token)
                 if slot in self._slots:
                     self._free.put(slot)
                 else:

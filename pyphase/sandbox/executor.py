@@ -90,11 +90,16 @@ class SandboxExecutor:
 
     kind = "sandbox"
 
-    def __init__(self, workers: int, nice: int = 0) -> None:
+    def __init__(self, workers: int, nice: int = 0, demote_after_ms: int = 0) -> None:
         from pyphase.sandbox import Sandbox
 
         self.workers = workers
-        self._sandbox = Sandbox(workers=workers, nice=nice)
+        self._sandbox = Sandbox(workers=workers, nice=nice, demote_after_ms=demote_after_ms)
+
+    @property
+    def demoted(self) -> int:
+        """Workers demoted for the CPU their job used (``Sandbox(demote_after_ms=)``)."""
+        return self._sandbox.demoted
 
     @property
     def engines(self) -> list[str]:
@@ -128,9 +133,16 @@ class SandboxExecutor:
 Executor = ThreadExecutor | SandboxExecutor
 
 
-def make_executor(workers: int, sandbox: bool, warn: Callable[[str], None] = lambda _: None, nice: int = 0) -> Executor:
+def make_executor(
+    workers: int,
+    sandbox: bool,
+    warn: Callable[[str], None] = lambda _: None,
+    nice: int = 0,
+    demote_after_ms: int = 0,
+) -> Executor:
     """The sandbox, checked with a self-test job; threads only when ``sandbox`` is False. ``nice``: added to the
-    sandbox workers' nice value (threads keep the caller's).
+    sandbox workers' nice value; ``demote_after_ms``: CPU after which a worker runs at a lower priority
+    (threads keep the caller's either way).
 
     A node never falls back to threads by itself: running strangers' code in the node's own process must be
     asked for (``sandbox = false``), so a sandbox that cannot start raises :class:`SandboxUnavailable`.
@@ -140,7 +152,7 @@ def make_executor(workers: int, sandbox: bool, warn: Callable[[str], None] = lam
         return ThreadExecutor(workers)
     hint = "; fix it, or start plasmd with --no-sandbox to run jobs in the node's own process"
     try:
-        executor = SandboxExecutor(workers, nice)
+        executor = SandboxExecutor(workers, nice, demote_after_ms)
     except Exception as exc:  # ImportError, SandboxError, OSError
         raise SandboxUnavailable(f"sandbox unavailable ({type(exc).__name__}: {exc}){hint}") from exc
     try:

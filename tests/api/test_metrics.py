@@ -62,4 +62,5 @@ def test_metrics_count_what_happened(api_nodes: Callable[..., list[Any]], hello_
     assert m[("phase_sent_bytes_total", ())] > 0
     assert m[("phase_history_jobs", ())] == 3
     assert m[("phase_queue_depth", ())] == 0
+    assert m[("phase_jobs_demoted_total", ())] == 0  # short jobs keep their priority
     assert m[("phase_api_connections", ())] >= 1  # this scrape's own connection

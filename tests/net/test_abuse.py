@@ -567,6 +567,37 @@ def test_one_clients_backlog_does_not_starve_another(start_nodes, spin_bytes, he
             hog.close()
 
 
+def test_a_spinning_strangers_worker_yields_the_cpu(start_nodes, spin_bytes, hello_bytes):
+    """A stranger's job that has used ``job_demote_after`` of CPU runs at a lower priority for the rest of it;
+    the node, its fork server and the workers of short jobs keep theirs (a plain ``job_nice`` for every worker
+    made the honest jobs wait too)."""
+    from demotion import BASE_NICE, demoted
+    from net_support import spin_input
+    from pyphase.sandbox.demote import children
+
+    node = start_nodes(1, env={"PLASMD_JOB_DEMOTE_AFTER": "50ms"})[0]
+    (server,) = [pid for pid in children(node.proc.pid) if b"sandbox" in open(f"/proc/{pid}/cmdline", "rb").read()]
+    with Client(peers=[node.address]) as client:
+        client.submit(spin_bytes, spin_input(0))  # the module is cached
+        for _ in range(10):
+            assert client.submit(hello_bytes, input=b"abc", retries=0).stdout == b"cba"
+        assert not any(demoted(pid) for pid in children(server))
+        raw = Raw(node.address, source="127.0.0.97")
+        try:
+            _offer(raw, b"spin", spin_bytes, spin_input(10_000_000), limits=Limits(timeout_ms=5000))
+            deadline = time.monotonic() + 4
+            while not any(demoted(pid) for pid in children(server)):
+                assert time.monotonic() < deadline, "the spinning job's worker kept its priority"
+                time.sleep(0.01)
+            assert client.submit(hello_bytes, input=b"abc", retries=0).stdout == b"cba"  # on the other worker
+            assert sum(demoted(pid) for pid in children(server)) == 1
+            for pid in (node.proc.pid, server):
+                assert os.getpriority(os.PRIO_PROCESS, pid) == BASE_NICE
+        finally:
+            raw.close()
+    assert node.alive
+
+
 # ---- bounded memory --------------------------------------------------------------------------------
 
 

@@ -401,3 +401,27 @@ def test_workers_run_at_the_nice_value_asked_for(hello_bytes):
         assert sb.run(hello_bytes, b"abc").stdout == b"cba"
         assert set(niceness(pid)) == {min(19, mine + 5)}
     assert os.getpriority(os.PRIO_PROCESS, 0) == mine
+
+
+def test_a_long_jobs_worker_is_demoted_and_short_jobs_are_not(wat, hello_bytes):
+    """``Sandbox(demote_after_ms=N)`` (plasmd's ``job_demote_after``): a worker whose job has used N ms of CPU runs
+    at a lower priority; short jobs' workers, the spares and the fork server keep the caller's priority."""
+    from demotion import BASE_NICE, demoted
+    from pyphase.sandbox.demote import children, cpu_ns
+
+    with Sandbox(workers=1, demote_after_ms=50) as sb:
+        for _ in range(20):
+            assert sb.run(hello_bytes, b"abc").stdout == b"cba"
+        assert sb.demoted == 0
+        future = sb.submit(wat(LOOP), limits=Limits(timeout_ms=20_000))
+        wait_until(lambda: any(demoted(pid) for pid in children(sb._server.pid)), what="a demoted worker")
+        spinning = next(pid for pid in children(sb._server.pid) if demoted(pid))
+        assert cpu_ns(spinning) >= 50_000_000
+        assert sb.demoted == 1
+        assert os.getpriority(os.PRIO_PROCESS, sb._server.pid) == BASE_NICE
+        assert not any(demoted(pid) for pid in children(sb._server.pid) if pid != spinning)  # the spare
+        assert sb.stop(future)
+        assert future.exception(10) is None and future.result().status == "crashed"
+        assert sb.run(hello_bytes, b"abc").stdout == b"cba"  # on a fresh worker, at normal priority again
+        assert not any(demoted(pid) for pid in children(sb._server.pid))
+        assert sb.demoted == 1
