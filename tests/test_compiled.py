@@ -186,7 +186,8 @@ def test_phase_run_starts_compiled_the_second_time(tmp_path, probe_bytes):
     module = tmp_path / "probe.wasm"
     module.write_bytes(probe_bytes)
     cmd = [sys.executable, "-m", "pyphase", "run", "--no-sandbox", "--json", "--data-dir", str(tmp_path / "d")]
-    cmd += [str(module), "--arg", "count", "--arg", "20000000"]
+    # 80 million rounds: ≈ 0.8 s of wasm3 on an idle machine, well past AUTO_WALL_US (20 million once read 0.19 s)
+    cmd += [str(module), "--arg", "count", "--arg", "80000000"]
     runs = [json.loads(subprocess.run(cmd, capture_output=True, check=True, timeout=300).stdout) for _ in range(2)]
     assert runs[0]["engine"] == "wasm3" and runs[0]["wall_us"] >= engines.AUTO_WALL_US, runs[0]
     assert runs[1]["engine"] == "wasmtime" and runs[1]["compile_us"] == 0, runs[1]

@@ -25,7 +25,7 @@ def test_node_records_the_authenticated_client_key(start_nodes, hello_bytes):
 
 def test_broken_sandbox_stops_the_node_instead_of_falling_back(monkeypatch):
     class Broken:
-        def __init__(self, workers: int, nice: int = 0) -> None:
+        def __init__(self, *args: object, **kwargs: object) -> None:  # whatever the executor's options are
             raise OSError("no fork server here")
 
     monkeypatch.setattr(executor_mod, "SandboxExecutor", Broken)
