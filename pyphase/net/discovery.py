@@ -213,13 +213,16 @@ def _peers_from_response(data: bytes, started: float) -> list[DiscoveredPeer]:
 
 def _one_shot_query(interfaces: str | None, found: queue.SimpleQueue[Any], timeout: float, started: float) -> None:
     """An RFC 6762 one-shot (legacy unicast) query from an ephemeral port: responders answer it at once and
-    directly, where a multicast answer given in the last second is held back a second (RFC 6762 §14)."""
+    directly, where a multicast answer given in the last second is held back a second (RFC 6762 §14).
+    Its DNS id is random: zeroconf responders drop a byte-identical packet seen in the last 0.8 s, so a
+    second process asking as soon after (a user running `phase peers` twice) heard nothing."""
+    import secrets
     import select
 
     from zeroconf import DNSOutgoing, DNSQuestion  # type: ignore[attr-defined]
     from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_PTR
 
-    out = DNSOutgoing(_FLAGS_QR_QUERY, multicast=False)
+    out = DNSOutgoing(_FLAGS_QR_QUERY, multicast=False, id_=1 + secrets.randbelow(0xFFFF))
     out.add_question(DNSQuestion(SERVICE, _TYPE_PTR, _CLASS_IN))
     packets = out.packets()
     socks = []
@@ -303,6 +306,10 @@ def discover(
                 if settle is not None:
                     deadline = min(started + timeout, time.monotonic() + settle)
         browser.cancel()
+        while not names.empty():  # answers already heard when the window closed (a slow start-up ate it)
+            item = names.get_nowait()
+            if isinstance(item, DiscoveredPeer) and item.peer_id not in found and (want is None or len(found) < want):
+                found[item.peer_id] = item
     finally:
         zc.close()
     return sorted(found.values(), key=lambda p: p.found_after_s)

@@ -28,6 +28,26 @@ def test_discover_finds_every_node(start_nodes):
     assert all(p.properties["proto"] == "phase/1" and p.properties["ck"] for p in found)
 
 
+def test_back_to_back_one_shot_queries_are_each_answered(start_nodes):
+    """Two fresh processes asking within 0.8 s: responders drop a byte-identical packet seen that recently
+    (zeroconf's duplicate suppression), so each one-shot query must differ (its own DNS id)."""
+    import queue
+    import time
+
+    from pyphase.net.discovery import _one_shot_query
+
+    (node,) = start_nodes(1, mdns=True, sandbox=False)
+    node.wait_event("mdns_announced")
+    node_id = node.address.split("@")[0]
+    for attempt in range(3):
+        found: queue.SimpleQueue[object] = queue.SimpleQueue()
+        _one_shot_query("127.0.0.1", found, 0.3, time.monotonic())
+        ids = set()
+        while not found.empty():
+            ids.add(found.get().peer_id)  # type: ignore[attr-defined]
+        assert node_id in ids, f"query {attempt + 1} in a row went unanswered"
+
+
 def test_client_without_peers_discovers(start_nodes, hello_bytes):
     for n in start_nodes(2, mdns=True, sandbox=False):
         n.wait_event("mdns_announced")
