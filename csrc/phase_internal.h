@@ -23,6 +23,8 @@ extern const char *const phase_trap_interrupted;
 /* A loaded, linked wasm3 runtime for one module, kept between jobs of that module so that lazily
  * compiled code is compiled once. Between jobs its memory, globals and start function are reset to
  * the module's initial state (see instance_reset in phase_job.c). runtime->userdata points here. */
+#define PHASE_KEPT_RUNS 4
+
 typedef struct phase_instance {
     struct phase_instance *next;
     IM3Environment env;
@@ -35,6 +37,11 @@ typedef struct phase_instance {
     int64_t *global_init;           /* values of the globals right after instantiation */
     IM3Function entry;
     char entry_name[64];
+    /* Page runs of linear memory that reset zeroes in place instead of dropping: the pages the module's
+     * jobs touch (learned with mincore now and then), so a tiny job does not fault them in again. */
+    uint32_t kept[PHASE_KEPT_RUNS][2]; /* [first, end) page index from the first whole page of memory */
+    uint32_t kept_runs;
+    uint32_t resets;
 } phase_instance;
 
 typedef struct phase_job {
