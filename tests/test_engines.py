@@ -12,7 +12,7 @@ import time
 import pytest
 
 import pyphase
-from pyphase import Identity, Limits, engines, make_receipt, verify_receipt
+from pyphase import Identity, Limits, Sandbox, engines, make_receipt, verify_receipt
 from pyphase.cli import main
 from pyphase.errors import PhaseError
 from pyphase.runtime import Module, prepare_job, run
@@ -47,6 +47,20 @@ def test_auto_keeps_short_jobs_on_wasm3_and_sends_long_budgets_to_the_compiler(h
     assert engines.choose("auto", module, Limits(fuel=engines.AUTO_FUEL), False) == "wasmtime"
     assert engines.choose("auto", module, Limits(timeout_ms=engines.AUTO_TIMEOUT_MS), False) == "wasmtime"
     assert run(module, b"ab").engine == "wasm3"
+
+
+def test_compiled_code_alone_does_not_move_a_short_job_off_wasm3(hello_bytes):
+    """A module compiled once (asked for, or for a long budget) still starts its short jobs on wasm3: an instance of
+    compiled code takes several times longer to start than wasm3's."""
+    module = Module(hello_bytes)
+    assert run(module, b"ab", engine="wasmtime").engine == "wasmtime"
+    assert module._core.is_compiled(Limits())
+    assert engines.choose("auto", module, Limits(), False) == "wasm3"
+    assert run(module, b"ab").engine == "wasm3"
+    assert engines.choose("auto", module, Limits(fuel=engines.AUTO_FUEL), False) == "wasmtime"
+    with Sandbox(workers=1) as sandbox:
+        assert sandbox.run(module, b"ab", engine="wasmtime").engine == "wasmtime"
+        assert sandbox.run(module, b"ab").engine == "wasm3"
 
 
 def test_a_long_job_of_a_big_module_runs_on_wasm3_while_its_code_compiles_in_the_background(probe_bytes):

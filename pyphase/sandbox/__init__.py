@@ -820,11 +820,13 @@ class Sandbox:
             return job.engine
         if "wasmtime" not in self.engines or job.digest in self._uncacheable:
             return "wasm3"
+        if not engines.looks_long(job.digest, job.limits):
+            return "wasm3"  # even when compiled: a short job starts faster on wasm3
         key = (job.digest, configuration(job.limits, job.deterministic))
         failed = self._compile_failed.get(key)
         if key in self._compiled or (failed is not None and failed[0] == "refused"):
             return "wasmtime"  # refused: the compiling engine cannot run here, which _execute_compiled handles
-        if failed is not None or not engines.looks_long(job.digest, job.limits):
+        if failed is not None:
             return "wasm3"
         if len(job.data) <= engines.AUTO_INLINE_COMPILE_BYTES:
             return "wasmtime"  # its compile takes tens of ms: the job waits for it

@@ -108,8 +108,8 @@ def test_auto_sends_long_jobs_to_the_compiler_and_keeps_short_ones_on_wasm3(jit_
     wait_until(lambda: jit_sandbox.compiled(probe_bytes, long), 60, "the compile helper")
     r = jit_sandbox.run(probe_bytes, b"in", args=["cat"], limits=long)
     assert (r.status, r.stdout, r.engine) == ("ok", b"in", "wasmtime"), r.message
-    # compiled: later jobs of the module in that configuration use the code whatever their budget
-    assert jit_sandbox.run(probe_bytes, b"z", args=["cat"]).engine == "wasmtime"
+    # compiled code alone moves no job: a short one of the module still starts on wasm3 (faster to start)
+    assert jit_sandbox.run(probe_bytes, b"z", args=["cat"]).engine == "wasm3"
 
 
 def test_only_compiled_jobs_of_workers_forked_after_the_first_compile_may_set_their_epoch_timer(hello_bytes):
