@@ -256,6 +256,9 @@ def record_validated(module: Module) -> None:
 
 def _past(digest: bytes) -> int:
     """The wall time of the module's longest wasm3 job (as this process knows it, else the data dir), 0 if none."""
+    past = _history.get(digest)  # the tiny job's path: a dict read needs no lock
+    if past is not None:
+        return past
     with _lock:
         past = _history.get(digest)
         runs = _runs
@@ -284,8 +287,8 @@ def record(digest: bytes, engine: str, wall_us: int) -> None:
     """Remember the longest wasm3 job of this module (``auto`` reads it for the next job; a module once long stays
     long, since a short job of it on compiled code costs a fraction of a millisecond); a long one is written to the
     data dir's history too."""
-    if engine != "wasm3":
-        return
+    if engine != "wasm3" or wall_us <= _history.get(digest, -1):
+        return  # the tiny job's path: nothing new (a dict read needs no lock)
     with _lock:
         before = _history.get(digest, 0)
         _remember(digest, max(before, wall_us))

@@ -8,6 +8,8 @@ from typing import Any
 from pyphase.digests import UNHASHED, hash_text, sha256_text
 from pyphase.errors import JOB_ERRORS
 
+_new = object.__new__
+
 RawResult = tuple[str, int, str, bytes, bytes, int, int, int, bytes, bytes, bytes, bytes, bool, int, str]
 """A result as the C bindings return it (``_core.run``, ``_sandbox.Slot.run``); :meth:`Result.from_core` reads it."""
 
@@ -39,8 +41,11 @@ class Result:
 
     @classmethod
     def from_core(cls, raw: RawResult, engine: str = "wasm3") -> Result:
-        """The result of a job the C core ran (in this process or in a sandbox worker) on ``engine``."""
-        return cls(
+        """The result of a job the C core ran (in this process or in a sandbox worker) on ``engine``. Every field is
+        set at once, past the frozen dataclass's ``__init__`` (one ``object.__setattr__`` per field: half the
+        Python cost of a tiny job's result); ``tests/test_result.py`` checks it sets each field."""
+        result = _new(cls)
+        result.__dict__.update(
             status=raw[0],
             exit_code=raw[1],
             message=raw[2],
@@ -54,10 +59,12 @@ class Result:
             stdout_hash=hash_text(raw[10]),
             stderr_hash=hash_text(raw[11]),
             fs_unavailable=raw[12],
+            receipt=None,
             engine=engine,
             compile_us=raw[13],
             fs_limit=raw[14],
         )
+        return result
 
     def with_hashes(self, module_hash: str, input_hash: str) -> Result:
         """This result, or, for a job that never ran and so hashed nothing (:data:`~pyphase.digests.UNHASHED`:

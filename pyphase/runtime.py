@@ -24,6 +24,7 @@ from pyphase.result import Result
 RUNTIME_NAME: str = _core.RUNTIME_NAME
 RUNTIME_VERSION: str = _core.RUNTIME_VERSION
 DEFAULT_PROGRAM_NAME = "main.wasm"
+_DEFAULT_ARGV0 = DEFAULT_PROGRAM_NAME.encode()
 
 
 WASM_MAGIC = b"\0asm"
@@ -286,14 +287,17 @@ def prepare_job(
         module = bytes(module)
         if digest is None:
             digest = hashlib.sha256(module).digest()
-    environment = dict(env or {})
+    environment = dict(env) if env else {}
     for key in environment:
         if "=" in key or not key:
             raise ValueError(f"environment variable names must be non-empty and contain no '=': {key!r}")
     if "\0" in entry:
         raise ValueError("entry must not contain NUL")
-    argv = encode_strings([program_name, *args], "arguments")
-    envp = encode_strings([f"{k}={v}" for k, v in environment.items()], "environment")
+    if args or program_name != DEFAULT_PROGRAM_NAME:
+        argv = encode_strings([program_name, *args], "arguments")
+    else:
+        argv = [_DEFAULT_ARGV0]  # the tiny job's path
+    envp = encode_strings([f"{k}={v}" for k, v in environment.items()], "environment") if environment else []
     if deterministic and seed is None:
         seed = deterministic_seed(hash_text(digest), hash_text(_core.sha256(input)), list(args), environment, entry)
     return PreparedJob(
