@@ -36,10 +36,28 @@ def _check_value(value: Any, path: str) -> None:
         raise ValueError(f"{path}: {type(value).__name__} cannot appear in a signed document")
 
 
+def _plain(value: Any) -> bool:
+    """Whether ``value`` holds only what a signed document may: the common case, checked without building the paths
+    :func:`_check_value` names in its error (half the cost of verifying a receipt)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not all(isinstance(key, str) for key in item):
+                return False
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, float) or (item is not None and not isinstance(item, (str, int, bool))):
+            return False
+    return True
+
+
 def canonical_bytes(document: Mapping[str, Any]) -> bytes:
     """Return the bytes that are signed: ``document`` minus ``signature``, canonical JSON."""
     body = {key: value for key, value in document.items() if key != SIGNATURE_FIELD}
-    _check_value(body, "$")
+    if not _plain(body):
+        _check_value(body, "$")  # raises, naming where
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 

@@ -164,6 +164,20 @@ def test_canonical_bytes_are_sorted_compact_and_refuse_floats():
         canonical_bytes({"a": 1.5})
 
 
+@pytest.mark.parametrize(
+    ("document", "where"),
+    [
+        ({"a": {"b": [1, 2, {"c": 2.0}]}}, r"\$\.a\.b\[2\]\.c: floats"),
+        ({"a": [True, None, "x", (1, b"raw")]}, r"\$\.a\[3\]\[1\]: bytes cannot appear"),
+        ({"a": {"ok": 1, 7: "key"}}, r"\$\.a: object keys must be strings"),
+        ({"a": {1.5}}, r"\$\.a: set cannot appear"),
+    ],
+)
+def test_canonical_bytes_name_where_a_document_cannot_be_signed(document, where):
+    with pytest.raises(ValueError, match=where):
+        canonical_bytes(document)
+
+
 def test_manifest_schema_rejects_bad_documents(hello_bytes):
     manifest = make_manifest(hello_bytes, b"")
     for mutate in (

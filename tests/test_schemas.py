@@ -80,3 +80,12 @@ def test_the_kept_validator_answers_as_fastjsonschemas_own(cache: Path, name: st
             if validate is reference:
                 expected = said
         assert said == expected, (name, document)
+
+
+def test_a_float_where_an_integer_belongs_is_named_with_its_path(hello_bytes):
+    from pyphase import make_manifest
+
+    manifest = make_manifest(hello_bytes, b"")
+    assert schemas.errors("manifest", manifest) == []
+    manifest["limits"]["fuel"] = 1000.0  # JSON Schema calls it an integer
+    assert schemas.errors("manifest", manifest) == ["manifest.limits.fuel: must be an integer, not a float"]

@@ -110,12 +110,26 @@ def errors(name: str, document: Any) -> list[str]:
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in (exc.path or [])[1:])
         message = exc.message.replace("data" + path, "").strip() if path else exc.message.replace("data ", "", 1)
         return [f"{name}{path}: {message}"]
-    where = _float_path(document)
+    where = _float_path(document) if _has_float(document) else None
     if where is not None:
         # JSON Schema calls 1234.0 an integer; no number in these documents is fractional, and a float size
         # or limit would pass here and break whoever computes with it later
         return [f"{name}{where}: must be an integer, not a float"]
     return []
+
+
+def _has_float(document: Any) -> bool:
+    """Whether ``document`` holds a float anywhere: the common answer, no, without building paths."""
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, float):
+            return True
+    return False
 
 
 def _float_path(document: Any) -> str | None:
