@@ -20,11 +20,11 @@ extern const char *const phase_trap_timeout;
 extern const char *const phase_trap_fuel_exhausted;
 extern const char *const phase_trap_interrupted;
 
+#define PHASE_KEPT_RUNS 4 /* page runs an instance's reset zeroes in place (phase_job.c) */
+
 /* A loaded, linked wasm3 runtime for one module, kept between jobs of that module so that lazily
  * compiled code is compiled once. Between jobs its memory, globals and start function are reset to
  * the module's initial state (see instance_reset in phase_job.c). runtime->userdata points here. */
-#define PHASE_KEPT_RUNS 4
-
 typedef struct phase_instance {
     struct phase_instance *next;
     IM3Environment env;
