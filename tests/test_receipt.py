@@ -178,6 +178,13 @@ def test_canonical_bytes_name_where_a_document_cannot_be_signed(document, where)
         canonical_bytes(document)
 
 
+def test_a_document_that_contains_itself_is_refused_not_walked_forever():
+    loop: dict[str, object] = {"a": 1}
+    loop["self"] = [loop]
+    with pytest.raises(RecursionError):
+        canonical_bytes(loop)
+
+
 def test_manifest_schema_rejects_bad_documents(hello_bytes):
     manifest = make_manifest(hello_bytes, b"")
     for mutate in (
