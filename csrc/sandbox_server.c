@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
 #include <linux/openat2.h>
 #include <malloc.h>
 #include <poll.h>
@@ -392,7 +393,8 @@ static int set_limit(int resource, uint64_t value)
 }
 
 /* Before waiting for a job: no capabilities (so no rlimit can be raised again), no_new_privs and the
- * seccomp filter. Done ahead because installing a filter costs ~100 us (the kernel compiles it). */
+ * seccomp filter. Done ahead because installing a filter costs ~100 us (the kernel checks, compiles and emulates
+ * it). */
 static int worker_jit;   /* in a worker: its filter allows the compiling engine's epoch timer */
 
 static int confine_early(void)
@@ -1210,6 +1212,15 @@ int phase_sandbox_server_main(int argc, char **argv)
             events_sock = parse_fd(argv[++i], &end);
         } else if (strcmp(argv[i], "--wasmtime") == 0 && i + 1 < argc) {
             wasmtime_path = argv[++i];
+        } else if (strcmp(argv[i], "--seccomp-program") == 0 && i + 1 < argc) {
+            /* tests: the policy's BPF program on stdout (struct sock_filter, native byte order), nothing run */
+            struct sock_filter prog[255];
+            unsigned len = 0;
+            if (phase_sandbox_seccomp_program(argv[++i], prog, &len) != 0) {
+                fprintf(stderr, "phase-sandboxd: --seccomp-program %s: %s\n", argv[i], strerror(errno));
+                _exit(2);
+            }
+            _exit(fwrite(prog, sizeof prog[0], len, stdout) == len && fflush(stdout) == 0 ? 0 : 1);
         } else if (strcmp(argv[i], "--slot") == 0 && i + 1 < argc && nslots < MAX_SLOTS) {
             /* --slot SOCK:SHM[,SHM...]: one memfd per buffer of the slot. */
             int sock = parse_fd(argv[++i], &end);
