@@ -89,8 +89,8 @@ typedef struct filter {
 
 static void add(policy *p, unsigned nr, unsigned char kind, unsigned char arg, const uint32_t *values, unsigned count)
 {
-    if (p->n == RULES_MAX || count > 4) {
-        p->n = RULES_MAX + 1;   /* refused at build time */
+    if (p->n >= RULES_MAX || count > 4) {
+        p->n = RULES_MAX + 1;   /* refused at build time; later rules are not stored either */
         return;
     }
     rule *r = &p->r[p->n++];
@@ -380,10 +380,15 @@ int phase_sandbox_seccomp_program(const char *which, struct sock_filter *out, un
 {
     policy p;
     filter f;
-    if (strcmp(which, "compiler") == 0)
+    static const char *const workers[] = {"worker", "worker-fs", "worker-timer", "worker-fs-timer"};
+    int worker = -1;
+    for (int i = 0; i < 4; i++)
+        if (strcmp(which, workers[i]) == 0)
+            worker = i;
+    if (worker >= 0)
+        worker_policy(&p, worker & 1, worker >> 1);
+    else if (strcmp(which, "compiler") == 0)
         compiler_policy(&p, 4242);
-    else if (strncmp(which, "worker", 6) == 0)
-        worker_policy(&p, strstr(which, "-fs") != NULL, strstr(which, "-timer") != NULL);
     else {
         errno = EINVAL;
         return -1;
