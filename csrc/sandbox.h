@@ -31,8 +31,9 @@ int phase_sandbox_seccomp_narrow(void);
  * it compiled), writes, its own rlimits, and signals to itself only (pid: its own). 0 or -1/errno. */
 int phase_sandbox_seccomp_install_compiler(int pid);
 
-/* The classic BPF program of a policy, for tests (phase-sandboxd --seccomp-program NAME): "worker", with
- * "-fs" and/or "-timer" for those calls, or "compiler" (pid 4242). out holds 255 instructions. 0 or -1/errno. */
+/* The classic BPF program of a policy, for tests (phase-sandboxd --seccomp-program NAME): "worker", "worker-fs",
+ * "worker-timer", "worker-fs-timer" (allow_fs, allow_timer) or "compiler" (pid 4242). out holds 255 instructions.
+ * 0 or -1/errno (EINVAL: another name). */
 struct sock_filter;
 int phase_sandbox_seccomp_program(const char *which, struct sock_filter *out, unsigned *len);
 
