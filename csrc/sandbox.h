@@ -32,8 +32,9 @@ int phase_sandbox_seccomp_narrow(void);
 int phase_sandbox_seccomp_install_compiler(int pid);
 
 /* The classic BPF program of a policy, for tests (phase-sandboxd --seccomp-program NAME): "worker", "worker-fs",
- * "worker-timer", "worker-fs-timer" (allow_fs, allow_timer) or "compiler" (pid 4242). out holds 255 instructions.
- * 0 or -1/errno (EINVAL: another name). */
+ * "worker-timer", "worker-fs-timer" (allow_fs, allow_timer) or "compiler" (pid 4242). out holds
+ * PHASE_SECCOMP_MAX_INSNS instructions. 0 or -1/errno (EINVAL: another name). */
+#define PHASE_SECCOMP_MAX_INSNS 255   /* every jump then fits classic BPF's 8-bit offsets */
 struct sock_filter;
 int phase_sandbox_seccomp_program(const char *which, struct sock_filter *out, unsigned *len);
 

@@ -57,7 +57,7 @@
 #define ALLOW BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)
 #define KILL BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS)
 
-#define FILTER_MAX 255   /* every jump then fits classic BPF's 8-bit offsets */
+#define FILTER_MAX PHASE_SECCOMP_MAX_INSNS
 #define RULES_MAX 80
 #define LEAF_RULES 4     /* numbers compared one by one at the bottom of the search */
 

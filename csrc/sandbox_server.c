@@ -1214,7 +1214,7 @@ int phase_sandbox_server_main(int argc, char **argv)
             wasmtime_path = argv[++i];
         } else if (strcmp(argv[i], "--seccomp-program") == 0 && i + 1 < argc) {
             /* tests: the policy's BPF program on stdout (struct sock_filter, native byte order), nothing run */
-            struct sock_filter prog[255];
+            struct sock_filter prog[PHASE_SECCOMP_MAX_INSNS];
             unsigned len = 0;
             if (phase_sandbox_seccomp_program(argv[++i], prog, &len) != 0) {
                 fprintf(stderr, "phase-sandboxd: --seccomp-program %s: %s\n", argv[i], strerror(errno));
