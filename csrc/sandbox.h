@@ -56,6 +56,7 @@ typedef struct phase_sandbox_spare {
     uint32_t buffer;
     uint64_t cache_seq;       /* module ADDs the server had processed when it forked this worker */
     uint64_t compile_seq;     /* compiles the server had finished when it forked this worker */
+    int retiring;             /* asked to be killed (phase_sandbox_slot_renew); its EXITED is still to come */
 } phase_sandbox_spare;
 
 typedef struct phase_sandbox_slot {
@@ -135,6 +136,12 @@ void phase_sandbox_slot_close(phase_sandbox_slot *slot);
 
 /* Wait (up to timeout_ms) until the slot has a fresh worker set up for its next job. 0 or -1. */
 int phase_sandbox_slot_ready(phase_sandbox_slot *slot, int timeout_ms, char *err, size_t errlen);
+
+/* Have the fork server kill the slot's idle workers forked before it had finished compile_seq compiles (they lack
+ * that code: a compiled job given to one would only be declined) and wait, up to timeout_ms, until the slot's next
+ * worker is one forked since. Nothing to do when the slot keeps its current worker for a module's bytes. 0 or -1. */
+int phase_sandbox_slot_renew(phase_sandbox_slot *slot, uint64_t compile_seq, int timeout_ms, char *err,
+                             size_t errlen);
 
 /* Read what the fork server has reported so far without waiting (new spares, spares that died). 0, or -1 if
  * the server is gone. */

@@ -261,6 +261,49 @@ int phase_sandbox_slot_ready(phase_sandbox_slot *slot, int timeout_ms, char *err
     return 0;
 }
 
+int phase_sandbox_slot_renew(phase_sandbox_slot *slot, uint64_t compile_seq, int timeout_ms, char *err,
+                             size_t errlen)
+{
+    uint64_t deadline = now_ms() + (uint64_t) timeout_ms;
+    for (;;) {
+        int d = drain(slot);
+        if (d == -1) {
+            errf(err, errlen, "the sandbox's fork server is gone");
+            return -1;
+        }
+        if (slot->reuse || (slot->nspares > 0 && slot->spares[0].compile_seq >= compile_seq))
+            return 0;
+        for (uint32_t i = 0; i < slot->nspares; i++) {
+            phase_sandbox_spare *w = &slot->spares[i];
+            if (w->compile_seq >= compile_seq || w->retiring)
+                continue;
+            sandbox_msg kill_msg = {.type = SANDBOX_MSG_KILL, .gen = w->gen};
+            if (send(slot->sock, &kill_msg, sizeof kill_msg, MSG_NOSIGNAL) != (ssize_t) sizeof kill_msg) {
+                errf(err, errlen, "the sandbox's fork server is gone");
+                return -1;
+            }
+            w->retiring = 1;   /* its EXITED drops it; the server forks the buffer's next worker, with the code */
+        }
+        uint64_t now = now_ms();
+        if (now >= deadline) {
+            errf(err, errlen, "the sandbox's fork server did not provide a worker within %d ms", timeout_ms);
+            return -1;
+        }
+        sandbox_msg msg;
+        int fd = -1;
+        int rc = recv_msg(slot, &msg, &fd, (int) (deadline - now));
+        int h = rc == 1 ? handle_msg(slot, &msg, fd) : 0;
+        if (h == NO_DESCRIPTOR) {
+            no_descriptor(err, errlen);
+            return -1;
+        }
+        if (rc < 0 || h != 0) {
+            errf(err, errlen, "the sandbox's fork server is gone");
+            return -1;
+        }
+    }
+}
+
 /* Make the oldest spare the current worker (unless the current one waits for the module's bytes). */
 static void take_worker(phase_sandbox_slot *slot)
 {

@@ -222,6 +222,8 @@ cdef extern from "sandbox.h" nogil:
     void phase_sandbox_slot_close(phase_sandbox_slot *slot)
     int phase_sandbox_slot_ready(phase_sandbox_slot *slot, int timeout_ms, char *err, size_t errlen)
     int phase_sandbox_slot_poll(phase_sandbox_slot *slot)
+    int phase_sandbox_slot_renew(phase_sandbox_slot *slot, uint64_t compile_seq, int timeout_ms, char *err,
+                                 size_t errlen)
     int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *job, phase_result *result,
                                char *err, size_t errlen)
 

@@ -244,6 +244,18 @@ cdef class Slot:
             rc = phase_sandbox_slot_ready(&self.slot, timeout_ms, err, sizeof(err))
         check_rc(rc, err)
 
+    def renew(self, uint64_t compile_seq, int timeout_ms):
+        """Wait until the slot's next worker was forked after the fork server's ``compile_seq``-th compile, having
+        the server kill the idle workers forked before it (they lack that code)."""
+        cdef char err[256]
+        cdef int rc
+        err[0] = 0
+        if not self.opened:
+            raise PhaseError("the sandbox slot is closed")
+        with nogil:
+            rc = phase_sandbox_slot_renew(&self.slot, compile_seq, timeout_ms, err, sizeof(err))
+        check_rc(rc, err)
+
     cdef int _fill(self, phase_sandbox_job *j, job, module, list keep, list preopens) except -1:
         """Fill ``j`` from a pyphase.runtime.PreparedJob (``module``: its bytes, or None when the worker has it
         cached; ``preopens``: its directories as (open fd, guest name bytes, readonly)); argv/envp/preopen arrays

@@ -878,6 +878,10 @@ class Sandbox:
                 continue
             try:
                 slot.ready(30_000)
+                if compiled_at is not None and slot.compile_seq < compiled_at:
+                    # a worker forked before the code was there would validate the bytes only to decline the job:
+                    # have it replaced by one forked since
+                    slot.renew(compiled_at, 30_000)
                 if running is not None:  # for stop(): which slot's worker to kill (the run tells it which generation)
                     running.slot = slot
                 stop = running.signal if running is not None else None

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pyphase import Limits
+from pyphase.compiled import configuration
 from pyphase.errors import SandboxError
 from pyphase.history import HISTORY_FILE, ModuleRuns
 from pyphase.sandbox import Sandbox
@@ -106,9 +107,49 @@ def test_a_compile_that_fails_in_the_helper_is_reported_and_not_retried(hello_by
         assert sb.compiles == 1
 
 
+def _stale_workers(sb: Sandbox, module: bytes) -> tuple[int, list[int]]:
+    """Have the fork server get ``module``'s code while the slot holds three idle workers forked before: the
+    server's compile_seq once it has it, and those workers' pids."""
+    assert sb.run(module, b"ab").engine == "wasm3"  # the server holds the module (no code yet)
+    slot = sb._slots[0]
+    wait_until(lambda: (slot.poll(), slot.spares)[1] == 3, 30, "three idle workers")
+    digest, config = hashlib.sha256(module).digest(), configuration(Limits(), False)
+    waiting = sb._request_compile(digest, module, config)
+    assert waiting is not None and waiting.done.wait(60)
+    slot.poll()
+    return sb._compiled[(digest, config)], slot.spare_pids
+
+
+def test_workers_forked_before_a_compile_are_replaced_on_request(hello_bytes):
+    # a worker forked before the server had a module's code would take the compiled job's bytes, validate them and
+    # decline; Slot.renew has such idle workers killed and waits for one forked since
+    with Sandbox(workers=1, spares=2) as sb:
+        compiled_at, stale = _stale_workers(sb, hello_bytes)
+        slot = sb._slots[0]
+        assert len(stale) == 3 and slot.compile_seq < compiled_at
+        slot.renew(0, 1000)  # none is older than "no compile": nothing happens
+        assert slot.spare_pids == stale
+        slot.renew(compiled_at, 30_000)
+        assert slot.compile_seq >= compiled_at and slot.spare_pids[0] not in stale
+        wait_until(lambda: not any(proc_status(pid) for pid in stale), 30, "the stale workers to be gone")
+        wait_until(lambda: (slot.poll(), slot.spares)[1] == 3, 30, "three fresh workers")
+        assert not set(slot.spare_pids) & set(stale)
+        r = sb.run(hello_bytes, b"ab", engine="wasmtime")
+        assert (r.status, r.stdout, r.engine, sb.compiles) == ("ok", b"ba", "wasmtime", 1), r.message
+
+
+def test_a_compiled_job_skips_the_workers_forked_before_its_code(hello_bytes):
+    with Sandbox(workers=1, spares=2) as sb:
+        compiled_at, stale = _stale_workers(sb, hello_bytes)
+        r = sb.run(hello_bytes, b"ab", engine="wasmtime")
+        assert (r.status, r.stdout, r.engine, sb.compiles) == ("ok", b"ba", "wasmtime", 1), r.message
+        assert sb._slots[0].compile_seq >= compiled_at
+        wait_until(lambda: not any(proc_status(pid) for pid in stale), 30, "the stale workers to be gone")
+
+
 RESTART_SCRIPT = """
 import json, sys
-from pyphase import Limits, engines
+from pyphase import Limits
 from pyphase.sandbox import Sandbox
 data_dir, hello, probe, counter = sys.argv[1:5]
 engines.use_data_dir(data_dir)
