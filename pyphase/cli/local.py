@@ -10,7 +10,7 @@ import json
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from pyphase.cli.jobs import (
     add_dir_options,
@@ -31,6 +31,9 @@ from pyphase.limits import LOCAL_LIMITS
 if TYPE_CHECKING:
     from pyphase.result import Result
     from pyphase.runtime import OutputCallback, PreparedJob
+
+#: at most this long ``phase run`` waits, after its job, for the compile of a long job's module (:func:`_await_compiles`)
+COMPILE_WAIT_S = 120.0
 
 NO_PREOPEN_NOTE = (
     "phase: note: the module looked for a directory and none was given; "
@@ -71,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     on_output = None if args.json else print_output
     if args.no_sandbox:
         try:
-            result = _run_here(job, on_output, args.data_dir)
+            result = _run_here(job, on_output, args.data_dir, args.module)
         except InvalidModule as exc:
             message = str(exc)
             if args.json:
@@ -95,9 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 workers=1, shm_bytes=Sandbox.shm_bytes_for(job), engines=None if jit else ["wasm3"], spares=0
             ) as sandbox:
                 result = sandbox.run_prepared(job, on_output)
-                # a long wasm3 job's module is compiled once it ends: wait at most as long again, so the next run
-                # finds the code in the data dir
-                sandbox.wait_for_compiles(result.wall_us / 1e6)
+                _await_compiles(sandbox.wait_for_compiles, result, args.module)
         except EngineUnavailable as exc:
             return fail(str(exc))
         finally:
@@ -145,11 +146,29 @@ def _use_data_dir(data_dir: str | None) -> None:
         print(f"phase: note: compiled code is not kept across runs ({target}: {exc})", file=sys.stderr)
 
 
-def _run_here(job: PreparedJob, on_output: OutputCallback | None, data_dir: str | None) -> Result:
+def _await_compiles(wait: Callable[[float], bool], result: Result, name: str) -> None:
+    """Let the compile a long job's module started finish before exiting, so that its next run starts compiled.
+
+    Abandoned at exit, a compile that takes longer than the job would be started again by every run and never
+    finish. Waiting costs a process about what ``wasmtime run`` spends compiling every time: at most
+    COMPILE_WAIT_S, with a note on a terminal once it outlasts the job; Ctrl-C skips it."""
+    try:
+        if wait(max(result.wall_us / 1e6, 0.05)):
+            return
+        if sys.stderr.isatty():
+            print(f"phase: compiling {name} for its next runs (Ctrl-C skips this)", file=sys.stderr, flush=True)
+        done = wait(COMPILE_WAIT_S)
+    except KeyboardInterrupt:
+        print(f"phase: note: compile skipped: the next run of {name} starts on wasm3 again", file=sys.stderr)
+        return
+    if not done:
+        print(f"phase: note: {name} did not compile within {COMPILE_WAIT_S:.0f} s; not waiting longer", file=sys.stderr)
+
+
+def _run_here(job: PreparedJob, on_output: OutputCallback | None, data_dir: str | None, name: str) -> Result:
     """Run ``job`` in this process. Unless it is pinned to wasm3, the data dir keeps what ``auto`` learns and the
-    compiled code across runs; a job still on wasm3 after AUTO_WALL_US has its module compiled meanwhile (kept for
-    the next run, which then starts compiled), and this process waits for that compile at most as long again as the
-    job ran."""
+    compiled code across runs; a job still on wasm3 after AUTO_WALL_US has its module compiled meanwhile, kept for
+    the next run, which then starts compiled (:func:`_await_compiles`)."""
     from pyphase import engines
     from pyphase.runtime import run_prepared
 
@@ -173,7 +192,7 @@ def _run_here(job: PreparedJob, on_output: OutputCallback | None, data_dir: str 
                 timer.cancel()
         if result.engine == "wasmtime":
             engines.record_validated(module)  # beside its compiled code: the next run skips the validator
-        engines.wait_for_compiles(result.wall_us / 1e6)
+        _await_compiles(engines.wait_for_compiles, result, name)
         return result
     finally:
         engines.use_data_dir(previous)  # nothing of this run outlives it (phase run called in process)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pyphase import Limits
+from pyphase import Limits, engines
 from pyphase.compiled import configuration
 from pyphase.errors import SandboxError
 from pyphase.history import HISTORY_FILE, ModuleRuns
@@ -147,9 +147,22 @@ def test_a_compiled_job_skips_the_workers_forked_before_its_code(hello_bytes):
         wait_until(lambda: not any(proc_status(pid) for pid in stale), 30, "the stale workers to be gone")
 
 
+def test_phase_run_keeps_the_compile_its_long_job_started_for_the_next_run(tmp_path):
+    # the module (25 MB) compiles for seconds, its job runs for half of one: a `phase run` that gave up on the compile
+    # when it had waited as long as the job ran left every later run on wasm3, starting the same compile again
+    module = tmp_path / "big.wasm"
+    module.write_bytes(big_module(functions=1200, ops=3000, spin=100_000_000))  # 25 MB
+    cmd = [sys.executable, "-m", "pyphase", "run", "--json", "--data-dir", str(tmp_path / "data"), str(module)]
+    docs = [json.loads(subprocess.run(cmd, capture_output=True, check=True, timeout=600).stdout) for _ in range(3)]
+    assert [d["status"] for d in docs] == ["ok"] * 3, docs
+    assert docs[0]["engine"] == "wasm3" and docs[0]["wall_us"] >= engines.AUTO_WALL_US  # auto learns it is long
+    assert docs[1]["engine"] == "wasm3"  # compiled meanwhile (the module is too big to wait for)
+    assert docs[2]["engine"] == "wasmtime" and docs[2]["compile_us"] == 0  # the code the second run left
+
+
 RESTART_SCRIPT = """
 import json, sys
-from pyphase import Limits
+from pyphase import Limits, engines
 from pyphase.sandbox import Sandbox
 data_dir, hello, probe, counter = sys.argv[1:5]
 engines.use_data_dir(data_dir)
