@@ -18,6 +18,7 @@ ran long. Compiled code is kept by module hash in memory and, with a data dir, o
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import threading
@@ -85,7 +86,9 @@ _data_dir: Path | None = None
 ENGINE_TAG = f"wasmtime-{WASMTIME_VERSION}/phase-2"
 
 
+@functools.cache
 def _library_path() -> Path:
+    """The installed wheel's ``_libwasmtime.so`` (found once: a sandbox's parent asks again for its fork server)."""
     spec = importlib.util.find_spec("wasmtime")
     if spec is None or not spec.submodule_search_locations:
         raise EngineUnavailable(
@@ -99,9 +102,8 @@ def _library_path() -> Path:
             f"wasmtime {version} is installed, pyphase's compiling engine is built for {WASMTIME_VERSION}: "
             f"pip install 'wasmtime=={WASMTIME_VERSION}'"
         )
-    import platform  # here: only a process that loads wasmtime needs it
-
-    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+    machine = os.uname().machine.lower()  # what platform.machine() says, without importing platform
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
     path = base / f"linux-{machine}" / "_libwasmtime.so"
     if not path.is_file():
         raise EngineUnavailable(f"the wasmtime wheel has no C library for linux-{machine} ({path} is missing)")

@@ -84,15 +84,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             return STATUS_EXIT_CODES["invalid_module"]
     else:
         from pyphase import engines
-        from pyphase.engines import looks_long
+        from pyphase.engines import AUTO_INLINE_COMPILE_BYTES, looks_long
         from pyphase.sandbox import Sandbox
 
         previous = engines.data_dir()
         if job.engine != "wasm3":
             _use_data_dir(args.data_dir)  # auto's history and compiled code, as a node keeps them
         try:
-            # the compiling engine costs its fork server tens of ms to set up: only when this job may use it
-            jit = job.engine == "wasmtime" or (job.engine == "auto" and looks_long(job.digest, job.limits))
+            # the compiling engine costs this process and its fork server 10-20 ms to load: only when this job may
+            # use it, or may turn out long and get its big module compiled for the next run right after it
+            big = len(data) > AUTO_INLINE_COMPILE_BYTES
+            jit = job.engine == "wasmtime" or (job.engine == "auto" and (big or looks_long(job.digest, job.limits)))
             # one job: no spare worker (it would be forked, set up and killed unused)
             with Sandbox(
                 workers=1, shm_bytes=Sandbox.shm_bytes_for(job), engines=None if jit else ["wasm3"], spares=0
