@@ -227,6 +227,29 @@ int phase_sandbox_slot_poll(phase_sandbox_slot *slot)
     return d == NO_DESCRIPTOR ? 0 : d;   /* that spare is being replaced */
 }
 
+/* Wait until deadline for the server's next message and apply it. 0, or -1 with a message. */
+static int await_msg(phase_sandbox_slot *slot, uint64_t deadline, int timeout_ms, char *err, size_t errlen)
+{
+    uint64_t now = now_ms();
+    if (now >= deadline) {
+        errf(err, errlen, "the sandbox's fork server did not provide a worker within %d ms", timeout_ms);
+        return -1;
+    }
+    sandbox_msg msg;
+    int fd = -1;
+    int rc = recv_msg(slot, &msg, &fd, (int) (deadline - now));
+    int h = rc == 1 ? handle_msg(slot, &msg, fd) : 0;
+    if (h == NO_DESCRIPTOR) {
+        no_descriptor(err, errlen);
+        return -1;
+    }
+    if (rc < 0 || h != 0) {
+        errf(err, errlen, "the sandbox's fork server is gone");
+        return -1;
+    }
+    return 0;
+}
+
 int phase_sandbox_slot_ready(phase_sandbox_slot *slot, int timeout_ms, char *err, size_t errlen)
 {
     uint64_t deadline = now_ms() + (uint64_t) timeout_ms;
@@ -240,23 +263,8 @@ int phase_sandbox_slot_ready(phase_sandbox_slot *slot, int timeout_ms, char *err
             no_descriptor(err, errlen);
             return -1;
         }
-        uint64_t now = now_ms();
-        if (now >= deadline) {
-            errf(err, errlen, "the sandbox's fork server did not provide a worker within %d ms", timeout_ms);
+        if (await_msg(slot, deadline, timeout_ms, err, errlen) != 0)
             return -1;
-        }
-        sandbox_msg msg;
-        int fd = -1;
-        int rc = recv_msg(slot, &msg, &fd, (int) (deadline - now));
-        int h = rc == 1 ? handle_msg(slot, &msg, fd) : 0;
-        if (h == NO_DESCRIPTOR) {
-            no_descriptor(err, errlen);
-            return -1;
-        }
-        if (rc < 0 || h != 0) {
-            errf(err, errlen, "the sandbox's fork server is gone");
-            return -1;
-        }
     }
     return 0;
 }
@@ -284,23 +292,8 @@ int phase_sandbox_slot_renew(phase_sandbox_slot *slot, uint64_t compile_seq, int
             }
             w->retiring = 1;   /* its EXITED drops it; the server forks the buffer's next worker, with the code */
         }
-        uint64_t now = now_ms();
-        if (now >= deadline) {
-            errf(err, errlen, "the sandbox's fork server did not provide a worker within %d ms", timeout_ms);
+        if (await_msg(slot, deadline, timeout_ms, err, errlen) != 0)
             return -1;
-        }
-        sandbox_msg msg;
-        int fd = -1;
-        int rc = recv_msg(slot, &msg, &fd, (int) (deadline - now));
-        int h = rc == 1 ? handle_msg(slot, &msg, fd) : 0;
-        if (h == NO_DESCRIPTOR) {
-            no_descriptor(err, errlen);
-            return -1;
-        }
-        if (rc < 0 || h != 0) {
-            errf(err, errlen, "the sandbox's fork server is gone");
-            return -1;
-        }
     }
 }
 
