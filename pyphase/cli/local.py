@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 #: at most this long ``phase run`` waits, after its job, for the compile of a long job's module (:func:`_await_compiles`)
 COMPILE_WAIT_S = 120.0
+#: a wait for a compile longer than this is announced on a terminal (the job's output is done: say why nothing ends)
+COMPILE_NOTE_S = 0.5
 
 NO_PREOPEN_NOTE = (
     "phase: note: the module looked for a directory and none was given; "
@@ -100,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 workers=1, shm_bytes=Sandbox.shm_bytes_for(job), engines=None if jit else ["wasm3"], spares=0
             ) as sandbox:
                 result = sandbox.run_prepared(job, on_output)
-                _await_compiles(sandbox.wait_for_compiles, result, args.module)
+                _await_compiles(sandbox.wait_for_compiles, args.module)
         except EngineUnavailable as exc:
             return fail(str(exc))
         finally:
@@ -148,14 +150,14 @@ def _use_data_dir(data_dir: str | None) -> None:
         print(f"phase: note: compiled code is not kept across runs ({target}: {exc})", file=sys.stderr)
 
 
-def _await_compiles(wait: Callable[[float], bool], result: Result, name: str) -> None:
+def _await_compiles(wait: Callable[[float], bool], name: str) -> None:
     """Let the compile a long job's module started finish before exiting, so that its next run starts compiled.
 
     Abandoned at exit, a compile that takes longer than the job would be started again by every run and never
     finish. Waiting costs a process about what ``wasmtime run`` spends compiling every time: at most
-    COMPILE_WAIT_S, with a note on a terminal once it outlasts the job; Ctrl-C skips it."""
+    COMPILE_WAIT_S, with a note on a terminal once it takes longer than COMPILE_NOTE_S; Ctrl-C skips it."""
     try:
-        if wait(max(result.wall_us / 1e6, 0.05)):
+        if wait(COMPILE_NOTE_S):
             return
         if sys.stderr.isatty():
             print(f"phase: compiling {name} for its next runs (Ctrl-C skips this)", file=sys.stderr, flush=True)
@@ -194,7 +196,7 @@ def _run_here(job: PreparedJob, on_output: OutputCallback | None, data_dir: str 
                 timer.cancel()
         if result.engine == "wasmtime":
             engines.record_validated(module)  # beside its compiled code: the next run skips the validator
-        _await_compiles(engines.wait_for_compiles, result, name)
+        _await_compiles(engines.wait_for_compiles, name)
         return result
     finally:
         engines.use_data_dir(previous)  # nothing of this run outlives it (phase run called in process)
