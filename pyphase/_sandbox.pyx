@@ -235,25 +235,24 @@ cdef class Slot:
 
     def ready(self, int timeout_ms):
         """Wait until a fresh worker is there for the slot's next job."""
-        cdef char err[256]
-        cdef int rc
-        err[0] = 0
-        if not self.opened:
-            raise PhaseError("the sandbox slot is closed")
-        with nogil:
-            rc = phase_sandbox_slot_ready(&self.slot, timeout_ms, err, sizeof(err))
-        check_rc(rc, err)
+        self._wait_for_worker(False, 0, timeout_ms)
 
     def renew(self, uint64_t compile_seq, int timeout_ms):
         """Wait until the slot's next worker was forked after the fork server's ``compile_seq``-th compile, having
         the server kill the idle workers forked before it (they lack that code)."""
+        self._wait_for_worker(True, compile_seq, timeout_ms)
+
+    cdef _wait_for_worker(self, bint renew, uint64_t compile_seq, int timeout_ms):
         cdef char err[256]
         cdef int rc
         err[0] = 0
         if not self.opened:
             raise PhaseError("the sandbox slot is closed")
         with nogil:
-            rc = phase_sandbox_slot_renew(&self.slot, compile_seq, timeout_ms, err, sizeof(err))
+            if renew:
+                rc = phase_sandbox_slot_renew(&self.slot, compile_seq, timeout_ms, err, sizeof(err))
+            else:
+                rc = phase_sandbox_slot_ready(&self.slot, timeout_ms, err, sizeof(err))
         check_rc(rc, err)
 
     cdef int _fill(self, phase_sandbox_job *j, job, module, list keep, list preopens) except -1:

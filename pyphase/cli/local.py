@@ -154,7 +154,7 @@ def _await_compiles(wait: Callable[[float], bool], name: str) -> None:
     """Let the compile a long job's module started finish before exiting, so that its next run starts compiled.
 
     Abandoned at exit, a compile that takes longer than the job would be started again by every run and never
-    finish. Waiting costs a process about what ``wasmtime run`` spends compiling every time: at most
+    finish. Waiting costs a process the rest of the compile, once per module: at most
     COMPILE_WAIT_S, with a note on a terminal once it takes longer than COMPILE_NOTE_S; Ctrl-C skips it."""
     try:
         if wait(COMPILE_NOTE_S):
