@@ -304,7 +304,9 @@ static void cache_add(const uint8_t *bytes, size_t len, uint32_t compile, const 
      * code is ~6x the module's bytes; what does not fit comes from the heap. */
     phase_arena *arena = phase_arena_open(ARENA_RESERVE(len));
     phase_module *m = phase_module_new(bytes, len, err, sizeof err);
-    if (m && phase_module_prepare) {
+    /* wasm3's code for every function and a prepared instance: what a wasm3 job starts from. A module that comes
+     * with its compiled code runs on the compiling engine; a wasm3 job of it compiles what it calls. */
+    if (m && phase_module_prepare && !(compile && code)) {
         phase_limits lim;
         phase_limits_default(&lim);
         (void) phase_module_prepare(m, &lim, err, sizeof err);

@@ -147,11 +147,18 @@ def test_a_compiled_job_skips_the_workers_forked_before_its_code(hello_bytes):
         wait_until(lambda: not any(proc_status(pid) for pid in stale), 30, "the stale workers to be gone")
 
 
-def test_phase_run_keeps_the_compile_its_long_job_started_for_the_next_run(tmp_path):
-    # the module (25 MB) compiles for seconds, its job runs for half of one: a `phase run` that gave up on the compile
+@pytest.fixture(scope="module")
+def slow_to_compile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 25 MB module that Cranelift compiles for seconds and whose job spins half of one on wasm3."""
+    module = tmp_path_factory.mktemp("slow") / "big.wasm"
+    module.write_bytes(big_module(functions=1200, ops=3000, spin=100_000_000))
+    return module
+
+
+def test_phase_run_keeps_the_compile_its_long_job_started_for_the_next_run(tmp_path, slow_to_compile):
+    # the module compiles for seconds, its job runs for half of one: a `phase run` that gave up on the compile
     # when it had waited as long as the job ran left every later run on wasm3, starting the same compile again
-    module = tmp_path / "big.wasm"
-    module.write_bytes(big_module(functions=1200, ops=3000, spin=100_000_000))  # 25 MB
+    module = slow_to_compile
     cmd = [sys.executable, "-m", "pyphase", "run", "--json", "--data-dir", str(tmp_path / "data"), str(module)]
     docs = [json.loads(subprocess.run(cmd, capture_output=True, check=True, timeout=600).stdout) for _ in range(2)]
     assert [d["status"] for d in docs] == ["ok"] * 2, docs
@@ -297,5 +304,24 @@ def test_a_validation_record_spares_the_first_worker_and_the_fork_server_still_v
             r = sb.run(invalid, b"", engine="wasmtime")
             assert r.status == "invalid_module", r
             assert sb.run(hello_bytes, b"ef", engine="wasmtime").stdout == b"fe"
+    finally:
+        engines.use_data_dir(None)
+
+
+def test_a_module_that_came_with_its_code_still_runs_on_wasm3(tmp_path, hello_bytes):
+    """A module sent to the fork server with its code (from the data dir) is not prepared for wasm3 there (its jobs
+    run compiled): a wasm3 job of it still runs, in a worker that compiles what it calls."""
+    engines.use_data_dir(tmp_path)
+    try:
+        with Sandbox(workers=1, spares=0) as sb:
+            assert sb.run(hello_bytes, b"ab", engine="wasmtime").engine == "wasmtime"
+        engines.use_data_dir(tmp_path)  # a restarted node: the module reaches its fork server with the code
+        with Sandbox(workers=1, spares=0) as sb:
+            r = sb.run(hello_bytes, b"cd", engine="wasmtime")
+            assert (r.status, r.stdout, r.engine, sb.code_loads) == ("ok", b"dc", "wasmtime", 1)
+            for text in (b"ef", b"ghi"):
+                r = sb.run(hello_bytes, text, engine="wasm3")
+                assert (r.status, r.stdout, r.engine) == ("ok", text[::-1], "wasm3"), r.message
+            assert sb.run(hello_bytes, b"jk", engine="wasmtime").stdout == b"kj"
     finally:
         engines.use_data_dir(None)
