@@ -7,8 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pty
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -165,6 +169,37 @@ def test_phase_run_keeps_the_compile_its_long_job_started_for_the_next_run(tmp_p
     # auto learns that the job is long, and the big module is compiled after it (its run waits for that)
     assert docs[0]["engine"] == "wasm3" and docs[0]["wall_us"] >= engines.AUTO_WALL_US
     assert docs[1]["engine"] == "wasmtime" and docs[1]["compile_us"] == 0  # the code the first run left
+
+
+def _read_until(fd: int, marker: bytes, timeout: float) -> bytes:
+    """What a terminal's master side shows until ``marker`` appears (the test keeps the terminal open meanwhile)."""
+    seen, deadline = b"", time.monotonic() + timeout
+    while marker not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"timed out waiting for {marker!r}; seen {seen!r}"
+        seen += os.read(fd, 4096)
+    return seen
+
+
+def test_phase_run_says_on_a_terminal_that_it_compiles_and_ctrl_c_skips_it(tmp_path, slow_to_compile):
+    """The note is printed inside the wait, so the signal lands in it. The test holds the terminal's other side
+    open: a terminal whose last writer exited may drop what it had not yet passed on (what made an earlier
+    version of this test flaky)."""
+    master, child_side = pty.openpty()
+    cmd = [sys.executable, "-m", "pyphase", "run", "--data-dir", str(tmp_path / "data"), str(slow_to_compile)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=child_side)
+    try:
+        shown = _read_until(master, b"Ctrl-C skips this", 300)
+        assert b"phase: compiling " + str(slow_to_compile).encode() + b" for its next runs" in shown, shown
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0  # the job's exit code: it completed
+        shown += _read_until(master, b"starts on wasm3 again", 10)
+    finally:
+        proc.kill()
+        os.close(master)
+        os.close(child_side)
+    assert b"phase: note: compile skipped" in shown, shown
+    assert not list((tmp_path / "data" / "compiled").glob("*.cwasm"))
 
 
 RESTART_SCRIPT = """
