@@ -13,6 +13,10 @@ Method
     The breakdown (medians, µs after "go") comes from the worker's own clock: when it was set up (usually
     before "go": a spare waits set up), woke, confined (rlimits), job ran, parent saw "done". Sandbox() defaults: one spare
     worker per slot.
+  * engines: the same tiny job, back to back, in three sandboxes used in turn (blocks of 200, the order rotating):
+    wasm3 only; both engines, nothing compiled yet (the fork server has not loaded the compiling engine's library);
+    both, after one compile (library loaded, so every worker is forked with its mappings). Reported: the median of
+    each block's ratio to the wasm3-only block beside it. Skipped when the compiling engine is not installed.
   * throughput: N jobs submitted at once to Sandbox(workers=2), against two threads calling pyphase.run.
   * crash: a worker segfaults mid-job (test-only action); "detect" is submit -> crashed result, "replace" is
     result -> a fresh worker ready. Also a worker SIGKILLed from outside mid-job: kill -> crashed result.
@@ -95,6 +99,38 @@ def tiny_job(n: int) -> dict[str, float]:
     return out
 
 
+def engines_cost(blocks: int) -> dict[str, float]:
+    """Per-block ratios of a wasm3 tiny job's latency in a sandbox with the compiling engine (before and after it
+    is loaded by a compile) to a wasm3-only sandbox's, in rotating blocks."""
+    from pyphase import engines
+
+    if "wasmtime" not in engines.available():
+        return {}
+    module = pyphase.Module.cached(HELLO)
+    sandboxes = {
+        "wasm3_only": Sandbox(workers=1, engines=["wasm3"]),
+        "both_unloaded": Sandbox(workers=1),
+        "both_loaded": Sandbox(workers=1),
+    }
+    try:
+        assert sandboxes["both_loaded"].run(module, INPUT, engine="wasmtime").engine == "wasmtime"
+        medians: dict[str, list[float]] = {name: [] for name in sandboxes}
+        names = list(sandboxes)
+        for b in range(blocks):
+            for name in names[b % 3 :] + names[: b % 3]:
+                sb = sandboxes[name]
+                medians[name].append(statistics.median(latency(lambda: sb.run(module, INPUT), 200, warmup=20)))
+        assert sandboxes["both_unloaded"].compiles == 0
+    finally:
+        for sb in sandboxes.values():
+            sb.close()
+    out = {f"engines_{name}_p50_us": statistics.median(v) for name, v in medians.items()}
+    for name in ("both_unloaded", "both_loaded"):
+        ratios = [a / b for a, b in zip(medians[name], medians["wasm3_only"])]
+        out[f"engines_{name}_ratio"] = statistics.median(ratios)
+    return out
+
+
 def ready_text(ready_us: float) -> str:
     """When the worker finished setting up, relative to "go": usually before (a spare waits set up)."""
     if ready_us < 0:
@@ -167,6 +203,7 @@ def main() -> int:
     n_lat, n_tp, n_crash = (300, 1000, 30) if args.quick else (2000, 5000, 200)
     figures = {"cpus": os.cpu_count(), "loadavg_1m": os.getloadavg()[0]}
     figures.update(tiny_job(n_lat))
+    figures.update(engines_cost(4 if args.quick else 12))
     figures.update(throughput(n_tp))
     figures.update(crash(n_crash))
     if args.json:
@@ -191,6 +228,12 @@ def main() -> int:
         f" limits {f['spaced_timeline_confined_us']:.0f}, job {f['spaced_timeline_ran_us']:.0f},"
         f" parent {f['spaced_timeline_done_us']:.0f})"
     )
+    if "engines_both_loaded_ratio" in f:
+        print(
+            f"  engines (wasm3 job, p50)   wasm3-only sandbox {f['engines_wasm3_only_p50_us']:5.0f} us; both engines,"
+            f" nothing compiled {f['engines_both_unloaded_p50_us']:5.0f} us (x{f['engines_both_unloaded_ratio']:.3f} per block);"
+            f" after a compile {f['engines_both_loaded_p50_us']:5.0f} us (x{f['engines_both_loaded_ratio']:.3f})"
+        )
     print(
         f"  throughput                 in-process 2 threads {f['inprocess_2threads_jobs_per_s']:7.0f} jobs/s;"
         f" sandbox 2 workers {f['sandbox_2workers_jobs_per_s']:7.0f} jobs/s"

@@ -90,7 +90,8 @@ static unsigned cache_count;
 static size_t cache_bytes;
 static uint64_t cache_seq;          /* ADD messages processed (accepted or not) */
 /* The compiling engine (--wasmtime): per cached module, the engine configurations whose compile failed and why. */
-static int wasmtime_on;            /* the library is loaded (--wasmtime) */
+static const char *wasmtime_path;  /* --wasmtime: the compiling engine's library, loaded at the first compile */
+static int wasmtime_on;            /* that library is loaded (workers forked since have it) */
 /* Set up on the first compile, not at start (an idle node keeps the ~12 MiB wasmtime's compiler touches):
  * 1 once the warm-up ran, so workers forked from then on get the epoch timer in their filter; jit_failure says why
  * it could not be (e.g. MemoryDenyWriteExecute), and every compiling-engine job is then refused with it. */
@@ -212,6 +213,7 @@ static void limits_for_engine_index(unsigned index, phase_limits *lim, int *dete
 }
 
 static int jit_set_up(void);
+static void note_vm_size(void);
 static void shutdown_all(int code);
 static void start_helpers(void);
 
@@ -235,6 +237,27 @@ static void send_event(const uint8_t *hash, uint32_t compile, int status, int co
         shutdown_all(0);   /* the parent is gone */
 }
 
+/* Load the compiling engine's library, once, when the first module is to be compiled or given its code: until
+ * then workers are forked from a smaller process (its mappings and relocated pages cost every wasm3 job's fork
+ * and exit ~10%). Single-threaded as before: nothing here starts a thread. 1 when loaded; 0 with jit_failure. */
+static int wasmtime_load_now(void)
+{
+    if (wasmtime_on || jit_failure[0])
+        return wasmtime_on;
+    char err[160];
+    if (phase_wasmtime_load(wasmtime_path, err, sizeof err) != 0) {
+        snprintf(jit_failure, sizeof jit_failure, "the compiling engine cannot run in this sandbox: %.150s", err);
+        return 0;
+    }
+    phase_wasmtime_set_ticker(0);
+    if (phase_wasmtime_tick_on(SIGALRM) != 0)   /* workers inherit it: their epoch timer */
+        fatal("sigaction");
+    wasmtime_on = 1;
+    check_single_threaded("loading the compiling engine");
+    note_vm_size();
+    return 1;
+}
+
 /* Load code for cached module i (configuration index) into this process, where workers forked later inherit it;
  * its memory counts toward the cache's cap. 0, or -1 with err. */
 static int cache_load_code(unsigned i, unsigned index, const uint8_t *code, size_t len, char *err, size_t errlen)
@@ -256,11 +279,11 @@ static int cache_load_code(unsigned i, unsigned index, const uint8_t *code, size
 static void cache_compile(unsigned i, uint32_t compile, const uint8_t *code, size_t code_len)
 {
     const uint8_t *hash = cache[i]->hash;
-    if (!wasmtime_on || compile == 0 || compile > PHASE_WASMTIME_CONFIGS) {
+    if (!wasmtime_path || compile == 0 || compile > PHASE_WASMTIME_CONFIGS) {
         send_event(hash, compile, SANDBOX_COMPILE_REFUSED, -1, 0, "this sandbox was started without the compiling engine");
         return;
     }
-    if (!jit_set_up()) {
+    if (!wasmtime_load_now() || !jit_set_up()) {
         send_event(hash, compile, SANDBOX_COMPILE_REFUSED, -1, 0, jit_failure);
         return;
     }
@@ -719,7 +742,7 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
         if (jit) {
             int ci = own ? -1 : cache_index(module->hash);
             unsigned index = (req.limits.fuel != 0) | ((req.deterministic != 0) << 1);
-            if (!wasmtime_on || jit_failure[0]) {
+            if (!wasmtime_path || jit_failure[0]) {
                 respond_message(resp, PHASE_REJECTED,
                                 jit_failure[0] ? jit_failure : "this sandbox was started without the compiling engine");
                 say_done(resp);
@@ -730,7 +753,7 @@ static void worker_run(sandbox_shm_header *hdr, size_t shm_bytes, uint64_t base_
                 say_done(resp);
                 _exit(0);
             }
-            if (!phase_wasmtime_is_compiled((phase_module *) module, &req.limits, req.deterministic)) {
+            if (!wasmtime_on || !phase_wasmtime_is_compiled((phase_module *) module, &req.limits, req.deterministic)) {
                 /* Valid, but no code: the parent has the server compile it and sends the job to a later worker. */
                 resp->uncompiled = 1;
                 say_done(resp);
@@ -1204,7 +1227,6 @@ static int parse_fd(const char *s, char **end)
 
 int phase_sandbox_server_main(int argc, char **argv)
 {
-    const char *wasmtime_path = NULL;
     server_pid = getpid();
     for (int i = 1; i < argc; i++) {
         char *end;
@@ -1268,17 +1290,6 @@ int phase_sandbox_server_main(int argc, char **argv)
      * dynamic threshold would move them onto the heap after the warm-up job freed one.) */
     mallopt(M_MMAP_THRESHOLD, 64 << 10);
     signal(SIGPIPE, SIG_IGN);
-    if (wasmtime_path) {
-        char err[256];
-        if (phase_wasmtime_load(wasmtime_path, err, sizeof err) != 0) {
-            fprintf(stderr, "phase-sandboxd: %s\n", err);
-            _exit(2);
-        }
-        phase_wasmtime_set_ticker(0);
-        if (phase_wasmtime_tick_on(SIGALRM) != 0)   /* workers inherit it: their epoch timer */
-            fatal("sigaction");
-        wasmtime_on = 1;
-    }
     devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
     if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(devnull, 1) < 0)
         fatal("/dev/null");

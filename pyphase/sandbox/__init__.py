@@ -234,19 +234,7 @@ class Sandbox:
         self._free: queue.SimpleQueue[_sandbox.Slot] = queue.SimpleQueue()
         self._running: dict[Future[Result], _Running] = {}
         self._pool: ThreadPoolExecutor | None = None  # made by the first submit: a one-job run needs none
-        try:
-            self._start_server()
-        except SandboxError as exc:
-            if engines is not None or "wasmtime" not in self.engines:
-                raise
-            # the library did not load in the fork server: wasm3 still can run
-            warnings.warn(
-                f"the sandbox could not set up the compiling engine ({exc}); its workers run wasm3 only",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            self.engines = ("wasm3",)
-            self._start_server()
+        self._start_server()  # its fork server loads the compiling engine on first need (_without_compiling_engine)
         self._closed = False
         if demote_after_ms:
             me = weakref.ref(self)  # held weakly, as the events thread does: an unclosed sandbox is still collected

@@ -13,7 +13,6 @@ import pytest
 import pyphase
 from pyphase import Limits, engines
 from pyphase.digests import hash_text
-from pyphase.errors import SandboxError
 from pyphase.sandbox import Sandbox
 
 from sandbox_helpers import CORPUS, cpu_ticks, proc_status, wait_until
@@ -158,18 +157,35 @@ def test_a_worker_on_the_compiling_engine_is_confined(wat):
         assert future.result(timeout=10).status == "crashed"
 
 
-def test_a_fork_server_that_cannot_set_up_the_compiling_engine_falls_back_to_wasm3(monkeypatch, hello_bytes, tmp_path):
-    # as under systemd's MemoryDenyWriteExecute (packaging/deb/plasmd.service), where no code may be made executable
+def test_a_fork_server_that_cannot_load_the_compiling_engine_falls_back_to_wasm3(monkeypatch, hello_bytes, tmp_path):
+    # the library loads in the parent (engines.available) but not in the fork server, which finds out when it first
+    # needs it: as under systemd's MemoryDenyWriteExecute, where the engine cannot be set up (test below)
     bogus = tmp_path / "libnot.so"
     bogus.write_bytes(b"not a library")
     monkeypatch.setattr(engines, "library", lambda: str(bogus))
-    with pytest.warns(RuntimeWarning, match="compiling engine"):
-        sb = Sandbox(workers=1)
-    with sb:
-        assert sb.engines == ("wasm3",)
-        assert sb.run(hello_bytes, b"ab", limits=Limits(timeout_ms=60_000)).engine == "wasm3"
-    with pytest.raises(SandboxError):  # asked for by name: no silent fallback
-        Sandbox(workers=1, engines=["wasmtime"])
+    with Sandbox(workers=1) as sb:
+        assert sb.run(hello_bytes, b"ab").engine == "wasm3"  # a short job: nothing to load
+        with pytest.warns(RuntimeWarning, match="compiling engine"):
+            r = sb.run(hello_bytes, b"ab", limits=Limits(timeout_ms=60_000))  # auto, on its way to the compiler
+        assert (r.status, r.stdout, r.engine) == ("ok", b"ba", "wasm3") and sb.engines == ("wasm3",)
+    with Sandbox(workers=1, engines=["wasmtime"]) as sb:  # asked for by name: refused with the reason, no fallback
+        with pytest.warns(RuntimeWarning, match="compiling engine"):
+            r = sb.run(hello_bytes, b"ab", engine="wasmtime")
+        assert r.status == "rejected" and "cannot load" in r.message and str(bogus) in r.message, r.message
+
+
+def test_the_fork_server_loads_the_compiling_engine_on_its_first_compile(hello_bytes):
+    """Until then its workers are forked without the library's mappings (cheaper to fork and to end)."""
+
+    def mapped(sb: Sandbox) -> bool:
+        return "_libwasmtime" in Path(f"/proc/{sb.server_pid}/maps").read_text()
+
+    with Sandbox(workers=1) as sb:
+        assert sb.engines == ("wasm3", "wasmtime")
+        assert sb.run(hello_bytes, b"ab").stdout == b"ba" and not mapped(sb)
+        r = sb.run(hello_bytes, b"cd", engine="wasmtime")
+        assert (r.status, r.stdout, r.engine) == ("ok", b"dc", "wasmtime") and mapped(sb)
+        assert sb.run(hello_bytes, b"ef").stdout == b"fe"  # wasm3 in a worker that has the library
 
 
 MDWE_SCRIPT = """
