@@ -172,7 +172,8 @@ def test_phase_run_keeps_the_compile_its_long_job_started_for_the_next_run(tmp_p
 
 
 def _read_until(fd: int, marker: bytes, timeout: float) -> bytes:
-    """What a terminal's master side shows until ``marker`` appears (the test keeps the terminal open meanwhile)."""
+    """What a terminal's master side shows until ``marker`` appears (the test holds the child side open, so that
+    the master never reports EIO while the last writer's output is in flight)."""
     seen, deadline = b"", time.monotonic() + timeout
     while marker not in seen:
         ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
@@ -182,12 +183,17 @@ def _read_until(fd: int, marker: bytes, timeout: float) -> bytes:
 
 
 def test_phase_run_says_on_a_terminal_that_it_compiles_and_ctrl_c_skips_it(tmp_path, slow_to_compile):
-    """The note is printed inside the wait, so the signal lands in it. The test holds the terminal's other side
-    open: a terminal whose last writer exited may drop what it had not yet passed on (what made an earlier
-    version of this test flaky)."""
+    """The note is printed inside the wait, so the signal lands in it. The child gets SIGINT's default action, as
+    a command typed at a terminal does: run as a shell's background job (as CI runs the suite) this process
+    inherits SIGINT ignored, and so would phase, which then rightly keeps waiting (what failed an earlier version
+    of this test in CI)."""
     master, child_side = pty.openpty()
     cmd = [sys.executable, "-m", "pyphase", "run", "--data-dir", str(tmp_path / "data"), str(slow_to_compile)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=child_side)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # caught here: the default after exec
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=child_side)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         shown = _read_until(master, b"Ctrl-C skips this", 300)
         assert b"phase: compiling " + str(slow_to_compile).encode() + b" for its next runs" in shown, shown
