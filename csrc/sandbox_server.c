@@ -237,8 +237,8 @@ static void send_event(const uint8_t *hash, uint32_t compile, int status, int co
         shutdown_all(0);   /* the parent is gone */
 }
 
-/* Load the compiling engine's library, once, when the first module is to be compiled or given its code: until
- * then workers are forked from a smaller process (its mappings and relocated pages cost every wasm3 job's fork
+/* Load the compiling engine's library, once, when the first module is to be compiled or given its code
+ * (jit_set_up): until then workers are forked from a smaller process (its mappings and relocated pages cost every wasm3 job's fork
  * and exit ~10%). Single-threaded as before: nothing here starts a thread. 1 when loaded; 0 with jit_failure. */
 static int wasmtime_load_now(void)
 {
@@ -283,7 +283,7 @@ static void cache_compile(unsigned i, uint32_t compile, const uint8_t *code, siz
         send_event(hash, compile, SANDBOX_COMPILE_REFUSED, -1, 0, "this sandbox was started without the compiling engine");
         return;
     }
-    if (!wasmtime_load_now() || !jit_set_up()) {
+    if (!jit_set_up()) {
         send_event(hash, compile, SANDBOX_COMPILE_REFUSED, -1, 0, jit_failure);
         return;
     }
@@ -1191,12 +1191,12 @@ static void warm_up(void)
     phase_module_free(m);
 }
 
-/* The compiling engine's warm-up, once, before its first compile: the tiny module on wasmtime sets up its engine,
- * its signal handlers and this thread's trap state here, so workers inherit them (no sigaltstack or sigaction
- * after their filter is on). 1 when ready; 0 with jit_failure set when it cannot be. */
+/* The compiling engine's set-up, once, before its first compile: its library loaded, then the tiny module on
+ * wasmtime sets up its engine, its signal handlers and this thread's trap state here, so workers inherit them (no
+ * sigaltstack or sigaction after their filter is on). 1 when ready; 0 with jit_failure set when it cannot be. */
 static int jit_set_up(void)
 {
-    if (jit_ready || jit_failure[0])
+    if (jit_ready || jit_failure[0] || !wasmtime_load_now())
         return jit_ready;
     char err[256];
     phase_module *m = phase_module_new(warm_up_module, sizeof warm_up_module, err, sizeof err);

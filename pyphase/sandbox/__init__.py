@@ -234,7 +234,7 @@ class Sandbox:
         self._free: queue.SimpleQueue[_sandbox.Slot] = queue.SimpleQueue()
         self._running: dict[Future[Result], _Running] = {}
         self._pool: ThreadPoolExecutor | None = None  # made by the first submit: a one-job run needs none
-        self._start_server()  # its fork server loads the compiling engine on first need (_without_compiling_engine)
+        self._start_server()  # the compiling engine is loaded at its first compile; a failure: _without_compiling_engine
         self._closed = False
         if demote_after_ms:
             me = weakref.ref(self)  # held weakly, as the events thread does: an unclosed sandbox is still collected
