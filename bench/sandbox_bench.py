@@ -100,8 +100,8 @@ def tiny_job(n: int) -> dict[str, float]:
 
 
 def engines_cost(blocks: int) -> dict[str, float]:
-    """Per-block ratios of a wasm3 tiny job's latency in a sandbox with the compiling engine (before and after it
-    is loaded by a compile) to a wasm3-only sandbox's, in rotating blocks."""
+    """Per-block ratios of a wasm3 tiny job's latency in a sandbox with the compiling engine (before and after a
+    compiled job, which starts its second fork server) to a wasm3-only sandbox's, in rotating blocks."""
     from pyphase import engines
 
     if "wasmtime" not in engines.available():

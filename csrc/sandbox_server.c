@@ -327,9 +327,10 @@ static void cache_add(const uint8_t *bytes, size_t len, uint32_t compile, const 
      * code is ~6x the module's bytes; what does not fit comes from the heap. */
     phase_arena *arena = phase_arena_open(ARENA_RESERVE(len));
     phase_module *m = phase_module_new(bytes, len, err, sizeof err);
-    /* wasm3's code for every function and a prepared instance: what a wasm3 job starts from. A module that comes
-     * with its compiled code runs on the compiling engine; a wasm3 job of it compiles what it calls. */
-    if (m && phase_module_prepare && !(compile && code)) {
+    /* wasm3's code for every function and a prepared instance: what a wasm3 job starts from. Not for a module added
+     * to be compiled: its jobs run on the compiling engine (a sandbox's wasm3 jobs go to a fork server without it),
+     * and a wasm3 job of it compiles what it calls. */
+    if (m && phase_module_prepare && !compile) {
         phase_limits lim;
         phase_limits_default(&lim);
         (void) phase_module_prepare(m, &lim, err, sizeof err);

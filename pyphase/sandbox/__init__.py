@@ -7,10 +7,12 @@ allow-list), runs it and writes the result back, then exits; the fork server for
 crashes, hangs past the hard timeout or runs out of memory is reaped and replaced, and the job ends with
 status ``crashed``, ``timeout`` or ``memory_limit``. See docs/SANDBOX.md.
 
-Both engines run in workers (:mod:`pyphase.engines`): the compiling engine's code is compiled by a compile helper
-the fork server forks (never by a worker, never on the server's own loop) once a worker has validated the module, or
-read from the node's disk cache (:mod:`pyphase.compiled`); the server loads it and every worker forked after that
-inherits it. An ``auto`` job never waits for a big module's compile: it runs on wasm3 meanwhile.
+Both engines run in workers (:mod:`pyphase.engines`), each from a fork server of its own: wasm3's never loads the
+compiling engine (a worker forked from a process that holds it costs every tiny job a fifth more), and the one for
+compiled jobs starts with the first of them. Its code is compiled by a compile helper that server forks (never by a
+worker, never on the server's own loop) once a worker has validated the module, or read from the node's disk cache
+(:mod:`pyphase.compiled`); the server loads it and every worker forked after that inherits it. An ``auto`` job never
+waits for a big module's compile: it runs on wasm3 meanwhile.
 
 Modules are validated inside a worker, never in this process: an invalid module is a job outcome
 (``status == "invalid_module"``), not an exception.
@@ -205,6 +207,7 @@ class Sandbox:
         engines: Sequence[str] | None = None,
         nice: int = 0,
         demote_after_ms: int = 0,
+        _compiled_jobs: bool = False,
     ) -> None:
         if not 1 <= workers <= 256:
             raise ValueError(f"workers must be between 1 and 256, got {workers}")
@@ -225,10 +228,15 @@ class Sandbox:
         self._lock = threading.Lock()
         self._shm_bytes = shm_bytes
         self._restart_lock = threading.Lock()
-        self.restarts = 0
-        #: modules compiled by this sandbox's compile helpers, and code loaded from the disk cache instead
-        self.compiles = 0
-        self.code_loads = 0
+        self._restarts = 0
+        self._compiles = 0
+        self._code_loads = 0
+        # With the compiling engine, this sandbox's own fork server runs wasm3's jobs only and never loads that engine;
+        # compiled jobs go to a second sandbox (``_jit``, started by the first of them) whose server does.
+        self._split = "wasmtime" in self.engines and not _compiled_jobs
+        self._jit: Sandbox | None = None
+        self._jit_lock = threading.Lock()
+        self._demote_after_ms = demote_after_ms
         self._uncacheable: set[bytes] = set()
         self._last_added: tuple[bytes, float] | None = None
         self._free: queue.SimpleQueue[_sandbox.Slot] = queue.SimpleQueue()
@@ -284,7 +292,7 @@ class Sandbox:
         events_parent, events_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         child_fds = [main_child.fileno(), events_child.fileno()]
         args = ["--main", str(main_child.fileno()), "--events", str(events_child.fileno())]
-        if "wasmtime" in self.engines:
+        if "wasmtime" in self.engines and not self._split:
             args += ["--wasmtime", engines.library()]
         ends: list[tuple[socket.socket, list[int]]] = []
         closers: list[socket.socket | int] = [main_child, events_child]
@@ -358,7 +366,7 @@ class Sandbox:
                 self._server.kill()
             self._server.wait()
             self._start_server()
-            self.restarts += 1
+            self._restarts += 1
 
     # ---- compiled code (docs/SANDBOX.md, "Engines") ------------------------------------------
 
@@ -386,9 +394,9 @@ class Sandbox:
                 self._compiled[key] = seq
                 self._compile_us[key] = compile_us
                 if has_code:
-                    self.compiles += 1
+                    self._compiles += 1
                 elif key in self._sent_code:
-                    self.code_loads += 1
+                    self._code_loads += 1
             else:
                 self._compile_failed[key] = (status, message)
             self._sent_code.discard(key)
@@ -444,6 +452,8 @@ class Sandbox:
     def _request_compile(self, digest: bytes, data: bytes, config: int) -> _Compiling | None:
         """Have the fork server get a validated module's code for ``config``: from the disk cache when it has it,
         else from a compile helper. None when it is known already (compiled, or failed); else what to wait on."""
+        if self._split:
+            return self._compiling_side()._request_compile(digest, data, config)
         key = (digest, config)
         with self._lock:
             if key in self._compiled or key in self._compile_failed:
@@ -473,6 +483,9 @@ class Sandbox:
     def wait_for_compiles(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the compiles under way (``phase run`` before it exits, so the code
         reaches the disk cache); True when none is left."""
+        if self._split:
+            jit = self._jit
+            return jit is None or jit.wait_for_compiles(timeout)
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
@@ -488,6 +501,9 @@ class Sandbox:
     ) -> bool:
         """Whether this sandbox's fork server has ``module``'s code for jobs with these limits (its workers from
         now on run such jobs compiled)."""
+        if self._split:
+            jit = self._jit
+            return jit is not None and jit.compiled(module, limits, deterministic)
         key = (hashlib.sha256(module).digest(), configuration(limits or Limits(), deterministic))
         with self._lock:
             return key in self._compiled
@@ -586,7 +602,31 @@ class Sandbox:
     @property
     def demoted(self) -> int:
         """Workers (and compile helpers) demoted for the CPU they used (see ``demote_after_ms``)."""
-        return self._demoter.demoted if self._demoter is not None else 0
+        own = self._demoter.demoted if self._demoter is not None else 0
+        return own + (self._jit.demoted if self._jit is not None else 0)
+
+    @property
+    def compiles(self) -> int:
+        """Modules compiled by this sandbox's compile helpers."""
+        return self._compiles + (self._jit.compiles if self._jit is not None else 0)
+
+    @property
+    def code_loads(self) -> int:
+        """Compiled code loaded from the disk cache instead of compiled."""
+        return self._code_loads + (self._jit.code_loads if self._jit is not None else 0)
+
+    @property
+    def restarts(self) -> int:
+        """Fork servers that died and were started again."""
+        return self._restarts + (self._jit.restarts if self._jit is not None else 0)
+
+    @property
+    def compiling_server_pid(self) -> int | None:
+        """The pid of the fork server that runs compiled jobs: None until the first of them (or without the engine)."""
+        if not self._split:
+            return self._server.pid if "wasmtime" in self.engines else None
+        jit = self._jit
+        return None if jit is None else jit.server_pid
 
     @property
     def server_pid(self) -> int:
@@ -630,6 +670,10 @@ class Sandbox:
             self._demoter.close()
         for slot in taken:
             slot.close()
+        with self._jit_lock:
+            jit = self._jit
+        if jit is not None:
+            jit.close(timeout)
 
     def __enter__(self) -> Sandbox:
         return self
@@ -702,6 +746,10 @@ class Sandbox:
         on_output: OutputCallback | None = None,
         running: _Running | None = None,
     ) -> Result:
+        if self._split and (
+            job.engine == "wasmtime" or ("wasmtime" in self.engines and self._choose(job) == "wasmtime")
+        ):
+            return self._execute_on_jit(job, test_action, on_output, running)
         waited: tuple[bytes, int] | None = None
         for _ in range(COMPILE_ATTEMPTS):
             outcome = self._execute_once(job, test_action, on_output, running)
@@ -756,12 +804,12 @@ class Sandbox:
         sink = sink_for(on_output)
         hard_timeout = lim.timeout_ms + self.grace_ms if lim.timeout_ms else 0
         data = job.data
-        engine = self._choose(job)
+        engine = "wasm3" if self._split else self._choose(job)  # a split sandbox's compiled jobs went to its _jit
         if engine == "wasmtime":
             return self._execute_compiled(slot, job, test_action, sink, running, hard_timeout)
         if job.engine == "auto" and job.digest in self._modules and self._compile_later(job):
             # a long job of a big module the server holds: its code is made while this one runs on wasm3
-            self._request_compile(job.digest, data, configuration(lim, job.deterministic))
+            self._compile_soon(job)
         try:
             if running is not None:  # for stop(): which slot's worker to kill (the run tells it which generation)
                 running.slot = slot
@@ -790,7 +838,7 @@ class Sandbox:
             engines.record(job.digest, "wasm3", result.wall_us)  # auto's history (the data dir's, on a node)
             if valid and self._compile_later(job):
                 # a long job of a big module ran here; its next ones find the compiled code (pyphase.engines)
-                self._request_compile(job.digest, data, configuration(lim, job.deterministic))
+                self._compile_soon(job)
         return result
 
     @staticmethod
@@ -806,33 +854,79 @@ class Sandbox:
         "compiled" meaning compiled in this sandbox's fork server."""
         if job.engine != "auto":
             return job.engine
+        jit = self._jit
         if "wasmtime" not in self.engines or job.digest in self._uncacheable:
+            return "wasm3"
+        if jit is not None and job.digest in jit._uncacheable:
             return "wasm3"
         if not engines.looks_long(job.digest, job.limits):
             return "wasm3"  # even when compiled: a short job starts faster on wasm3
         key = (job.digest, configuration(job.limits, job.deterministic))
-        failed = self._compile_failed.get(key)
-        if key in self._compiled or (failed is not None and failed[0] == "refused"):
+        compiled, failed, under_way = self._compile_status(key)
+        if compiled or (failed is not None and failed[0] == "refused"):
             return "wasmtime"  # refused: the compiling engine cannot run here, which _execute_compiled handles
         if failed is not None:
             return "wasm3"
         if len(job.data) <= engines.AUTO_INLINE_COMPILE_BYTES:
             return "wasmtime"  # its compile takes tens of ms: the job waits for it
-        if key in self._compiling:
+        if under_way:
             return "wasm3"  # a big module's compile is under way: never wait for Cranelift
         cache = engines.compiled_cache()
         return "wasmtime" if cache is not None and cache.has(*key) else "wasm3"  # loaded in milliseconds
 
     def _compile_later(self, job: PreparedJob) -> bool:
         """A big module whose job ``auto`` kept on wasm3 while it looked long: compile it for the next ones."""
-        key = (job.digest, configuration(job.limits, job.deterministic))
-        return (
-            "wasmtime" in self.engines
-            and key not in self._compiled
-            and key not in self._compiling
-            and key not in self._compile_failed
-            and engines.looks_long(job.digest, job.limits)
-        )
+        if "wasmtime" not in self.engines or not engines.looks_long(job.digest, job.limits):
+            return False
+        compiled, failed, under_way = self._compile_status((job.digest, configuration(job.limits, job.deterministic)))
+        return not compiled and failed is None and not under_way
+
+    def _compile_status(self, key: tuple[bytes, int]) -> tuple[bool, tuple[str, str] | None, bool]:
+        """Where ``key``'s code stands on the fork server of compiled jobs: (compiled, failed (status, message) or
+        None, under way)."""
+        side = self._jit if self._split else self
+        if side is None:
+            return False, None, False
+        with side._lock:
+            return key in side._compiled, side._compile_failed.get(key), key in side._compiling
+
+    def _compile_soon(self, job: PreparedJob) -> None:
+        """Have the fork server of compiled jobs make ``job``'s code (a worker here validated the module), for the
+        module's next jobs; this job runs on wasm3."""
+        try:
+            self._request_compile(job.digest, job.data, configuration(job.limits, job.deterministic))
+        except SandboxError:
+            pass  # closed meanwhile, or the second fork server did not start: later jobs stay on wasm3
+
+    def _compiling_side(self) -> Sandbox:
+        """The sandbox whose fork server runs this one's compiled jobs, started by the first of them: wasm3's workers
+        are forked from a server that never loads the compiling engine (docs/SANDBOX.md, "Two fork servers")."""
+        with self._jit_lock:
+            if self._closed:
+                raise SandboxError("the sandbox is closed")
+            if self._jit is None:
+                self._jit = Sandbox(
+                    self.workers,
+                    shm_bytes=self._shm_bytes,
+                    grace_ms=self.grace_ms,
+                    spin_us=self.spin_us,
+                    spares=self.spares,
+                    engines=self.engines,
+                    nice=self.nice,
+                    demote_after_ms=self._demote_after_ms,
+                    _compiled_jobs=True,
+                )
+            return self._jit
+
+    def _execute_on_jit(
+        self, job: PreparedJob, test_action: int, on_output: OutputCallback | None, running: _Running | None
+    ) -> Result:
+        jit = self._compiling_side()
+        try:
+            return jit._execute(job, test_action, on_output, running)
+        finally:
+            if "wasmtime" not in jit.engines and "wasmtime" in self.engines:
+                self.engines = ("wasm3",)  # it could not set the engine up (and warned): wasm3 only from now on
 
     def _execute_compiled(
         self,

@@ -34,8 +34,9 @@ def big_bytes() -> bytes:
     return big_module(functions=400, ops=3000)
 
 
-def _helpers(server_pid: int) -> list[int]:
-    """The fork server's compile helpers: its children whose fd 3 is the memfd they write their code into."""
+def _helpers(server_pid: int | None) -> list[int]:
+    """The fork server's compile helpers: its children whose fd 3 is the memfd they write their code into (none
+    while the sandbox has no fork server for compiled jobs yet: ``server_pid`` None)."""
     found = []
     try:
         children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
@@ -58,12 +59,12 @@ def _arena_files(pid: int) -> set[str]:
 
 def test_a_big_modules_compile_does_not_block_other_jobs(big_bytes, hello_bytes):
     with Sandbox(workers=1, spares=1) as sb:
-        for _ in range(2):  # hello cached in the server too (its ADD comes first)
-            assert sb.run(hello_bytes, b"x").ok
+        for _ in range(2):  # hello cached (and compiled) in the server of compiled jobs too (its ADD comes first)
+            assert sb.run(hello_bytes, b"x", engine="wasmtime").ok
         # explicit wasmtime: this job waits for its code, off any slot
         compiled_job = sb.submit(big_bytes, b"", limits=LONG, engine="wasmtime")
-        wait_until(lambda: bool(_helpers(sb.server_pid)), 60, "a compile helper")
-        helper = _helpers(sb.server_pid)[0]
+        wait_until(lambda: bool(_helpers(sb.compiling_server_pid)), 60, "a compile helper")
+        helper = _helpers(sb.compiling_server_pid)[0]
         wait_until(lambda: proc_status(helper).get("Seccomp") == "2", 10, "the helper to confine itself")
         status = proc_status(helper)
         # confined like a worker, single-threaded (parallel compilation is off where we fork)
@@ -75,7 +76,7 @@ def test_a_big_modules_compile_does_not_block_other_jobs(big_bytes, hello_bytes)
         )
         assert sorted(os.listdir(f"/proc/{helper}/fd")) == ["0", "1", "2", "3"]
         # of the modules the server holds (their arenas, csrc/phase_arena.c), the helper keeps only the one it compiles
-        held, kept = _arena_files(sb.server_pid), _arena_files(helper)
+        held, kept = _arena_files(sb.compiling_server_pid), _arena_files(helper)
         assert len(held) == 2 and len(kept) == 1 and kept < held, (held, kept)
         # meanwhile: jobs of another module, each on a freshly forked worker, and the big module's own auto jobs on
         # wasm3 (a job never waits for Cranelift)
@@ -85,13 +86,13 @@ def test_a_big_modules_compile_does_not_block_other_jobs(big_bytes, hello_bytes)
         r = sb.run(big_bytes, b"", limits=LONG)
         assert (r.status, r.engine) == ("ok", "wasm3"), r.message
         assert not compiled_job.done() and not sb.compiled(big_bytes, LONG), "the compile ended too soon to tell"
-        assert helper in _helpers(sb.server_pid)
+        assert helper in _helpers(sb.compiling_server_pid)
         result = compiled_job.result(timeout=300)
         assert (result.status, result.engine) == ("ok", "wasmtime"), result.message
-        assert result.compile_us > 0 and sb.compiles == 1
+        assert result.compile_us > 0 and sb.compiles == 2  # hello's and the big module's
         assert sb.run(big_bytes, b"", limits=LONG).engine == "wasmtime"  # auto, now that it is compiled
-        assert proc_status(sb.server_pid)["Threads"] == "1"
-        assert not _helpers(sb.server_pid)
+        assert proc_status(sb.compiling_server_pid)["Threads"] == "1"
+        assert not _helpers(sb.compiling_server_pid)
 
 
 def test_a_compile_that_fails_in_the_helper_is_reported_and_not_retried(hello_bytes, monkeypatch):
@@ -100,8 +101,8 @@ def test_a_compile_that_fails_in_the_helper_is_reported_and_not_retried(hello_by
     with Sandbox(workers=1) as sb:
         big = big_module(functions=301)
         job = sb.submit(big, b"", limits=LONG, engine="wasmtime")
-        wait_until(lambda: bool(_helpers(sb.server_pid)), 60, "a compile helper")
-        os.kill(_helpers(sb.server_pid)[0], 9)
+        wait_until(lambda: bool(_helpers(sb.compiling_server_pid)), 60, "a compile helper")
+        os.kill(_helpers(sb.compiling_server_pid)[0], 9)
         r = job.result(timeout=60)
         assert (r.status, r.engine) == ("invalid_module", "wasmtime")
         assert "compile helper was killed by" in r.message, r.message
@@ -112,16 +113,17 @@ def test_a_compile_that_fails_in_the_helper_is_reported_and_not_retried(hello_by
 
 
 def _stale_workers(sb: Sandbox, module: bytes) -> tuple[int, list[int]]:
-    """Have the fork server get ``module``'s code while the slot holds three idle workers forked before: the
-    server's compile_seq once it has it, and those workers' pids."""
-    assert sb.run(module, b"ab").engine == "wasm3"  # the server holds the module (no code yet)
-    slot = sb._slots[0]
+    """Have the fork server of compiled jobs get ``module``'s code while its slot holds three idle workers forked
+    before: the server's compile_seq once it has it, and those workers' pids."""
+    jit = sb._compiling_side()
+    assert jit.run(module, b"ab").engine == "wasm3"  # that server holds the module (no code yet)
+    slot = jit._slots[0]
     wait_until(lambda: (slot.poll(), slot.spares)[1] == 3, 30, "three idle workers")
     digest, config = hashlib.sha256(module).digest(), configuration(Limits(), False)
-    waiting = sb._request_compile(digest, module, config)
+    waiting = jit._request_compile(digest, module, config)
     assert waiting is not None and waiting.done.wait(60)
     slot.poll()
-    return sb._compiled[(digest, config)], slot.spare_pids
+    return jit._compiled[(digest, config)], slot.spare_pids
 
 
 def test_workers_forked_before_a_compile_are_replaced_on_request(hello_bytes):
@@ -129,7 +131,7 @@ def test_workers_forked_before_a_compile_are_replaced_on_request(hello_bytes):
     # decline; Slot.renew has such idle workers killed and waits for one forked since
     with Sandbox(workers=1, spares=2) as sb:
         compiled_at, stale = _stale_workers(sb, hello_bytes)
-        slot = sb._slots[0]
+        slot = sb._compiling_side()._slots[0]
         assert len(stale) == 3 and slot.compile_seq < compiled_at
         slot.renew(0, 1000)  # none is older than "no compile": nothing happens
         assert slot.spare_pids == stale
@@ -147,7 +149,7 @@ def test_a_compiled_job_skips_the_workers_forked_before_its_code(hello_bytes):
         compiled_at, stale = _stale_workers(sb, hello_bytes)
         r = sb.run(hello_bytes, b"ab", engine="wasmtime")
         assert (r.status, r.stdout, r.engine, sb.compiles) == ("ok", b"ba", "wasmtime", 1), r.message
-        assert sb._slots[0].compile_seq >= compiled_at
+        assert sb._compiling_side()._slots[0].compile_seq >= compiled_at
         wait_until(lambda: not any(proc_status(pid) for pid in stale), 30, "the stale workers to be gone")
 
 
@@ -302,8 +304,8 @@ def test_a_fork_server_killed_during_a_compile_fails_only_the_job_that_waited(he
     with Sandbox(workers=1) as sb:
         big = big_module(functions=302)
         job = sb.submit(big, b"", limits=LONG, engine="wasmtime")
-        wait_until(lambda: bool(_helpers(sb.server_pid)), 60, "a compile helper")
-        helper, server = _helpers(sb.server_pid)[0], sb.server_pid
+        wait_until(lambda: bool(_helpers(sb.compiling_server_pid)), 60, "a compile helper")
+        helper, server = _helpers(sb.compiling_server_pid)[0], sb.compiling_server_pid
         os.kill(server, 9)
         with pytest.raises(SandboxError):
             job.result(timeout=60)
@@ -350,19 +352,27 @@ def test_a_validation_record_spares_the_first_worker_and_the_fork_server_still_v
 
 
 def test_a_module_that_came_with_its_code_still_runs_on_wasm3(tmp_path, hello_bytes):
-    """A module sent to the fork server with its code (from the data dir) is not prepared for wasm3 there (its jobs
-    run compiled): a wasm3 job of it still runs, in a worker that compiles what it calls."""
+    """A module sent to the compiled jobs' fork server to be compiled (by a helper, or with its code from the data
+    dir) is not prepared for wasm3 there (its jobs run compiled): a wasm3 job of it on that server (auto's fallback
+    there) still runs, in a worker that compiles what it calls."""
+
+    def wasm3_on_the_compiling_side(sb: Sandbox) -> None:
+        jit = sb._compiling_side()
+        for text in (b"ef", b"ghi"):
+            r = jit.run(hello_bytes, text, engine="wasm3")
+            assert (r.status, r.stdout, r.engine) == ("ok", text[::-1], "wasm3"), r.message
+
     engines.use_data_dir(tmp_path)
     try:
         with Sandbox(workers=1, spares=0) as sb:
             assert sb.run(hello_bytes, b"ab", engine="wasmtime").engine == "wasmtime"
+            assert sb.compiles == 1
+            wasm3_on_the_compiling_side(sb)
         engines.use_data_dir(tmp_path)  # a restarted node: the module reaches its fork server with the code
         with Sandbox(workers=1, spares=0) as sb:
             r = sb.run(hello_bytes, b"cd", engine="wasmtime")
             assert (r.status, r.stdout, r.engine, sb.code_loads) == ("ok", b"dc", "wasmtime", 1)
-            for text in (b"ef", b"ghi"):
-                r = sb.run(hello_bytes, text, engine="wasm3")
-                assert (r.status, r.stdout, r.engine) == ("ok", text[::-1], "wasm3"), r.message
+            wasm3_on_the_compiling_side(sb)
             assert sb.run(hello_bytes, b"jk", engine="wasmtime").stdout == b"kj"
     finally:
         engines.use_data_dir(None)
