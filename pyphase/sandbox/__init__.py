@@ -190,7 +190,8 @@ class Sandbox:
     ``shm_bytes`` bounds one job's module + input + output limit; ``spin_us`` trades the calling thread's CPU
     for latency on tiny jobs; ``spares`` is how many more single-use workers each slot keeps pre-forked, so that
     back-to-back jobs do not wait for the replacement of the last one (see docs/SANDBOX.md); ``engines``: those its
-    workers run (default: every engine installed here, :func:`pyphase.engines.available`); ``nice``: added to the
+    workers run (default: every engine installed here, :func:`pyphase.engines.available`; compiled jobs then run on a
+    second fork server with as many workers, started by the first of them); ``nice``: added to the
     workers' nice value, so the caller's own threads come before the jobs' CPU (plasmd: ``job_nice``);
     ``demote_after_ms``: a worker that has used that much CPU runs at a lower priority (nice + 10) for the rest of
     its job (:mod:`pyphase.sandbox.demote`; 0: never; plasmd: ``job_demote_after``).
