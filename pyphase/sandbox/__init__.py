@@ -623,11 +623,12 @@ class Sandbox:
 
     @property
     def compiling_server_pid(self) -> int | None:
-        """The pid of the fork server that runs compiled jobs: None until the first of them (or without the engine)."""
+        """The pid of the fork server that runs compiled jobs: None until the first of them, without the engine, or
+        once that server is closed (it could not set the engine up)."""
         if not self._split:
             return self._server.pid if "wasmtime" in self.engines else None
         jit = self._jit
-        return None if jit is None else jit.server_pid
+        return None if jit is None or jit.closed else jit.server_pid
 
     @property
     def server_pid(self) -> int:
@@ -927,7 +928,10 @@ class Sandbox:
             return jit._execute(job, test_action, on_output, running)
         finally:
             if "wasmtime" not in jit.engines and "wasmtime" in self.engines:
-                self.engines = ("wasm3",)  # it could not set the engine up (and warned): wasm3 only from now on
+                # it could not set the engine up (and warned): wasm3 only from now on, so its server and workers go
+                # (in the background: this job's result does not wait for jobs still running there)
+                self.engines = ("wasm3",)
+                threading.Thread(target=jit.close, name="phase-sandbox-close", daemon=True).start()
 
     def _execute_compiled(
         self,

@@ -177,6 +177,12 @@ def test_a_fork_server_that_cannot_load_the_compiling_engine_falls_back_to_wasm3
         with pytest.warns(RuntimeWarning, match="compiling engine"):
             r = sb.run(hello_bytes, b"ab", limits=Limits(timeout_ms=60_000))  # auto, on its way to the compiler
         assert (r.status, r.stdout, r.engine) == ("ok", b"ba", "wasm3") and sb.engines == ("wasm3",)
+        # the compiled jobs' fork server, of no use from now on, is closed with its workers
+        jit = sb._jit
+        assert jit is not None
+        wait_until(lambda: jit.closed and jit._server.poll() is not None, 10, "the compiled jobs' sandbox to close")
+        assert sb.compiling_server_pid is None
+        assert sb.run(hello_bytes, b"cd", limits=Limits(timeout_ms=60_000)).engine == "wasm3"
     with Sandbox(workers=1, engines=["wasmtime"]) as sb:  # asked for by name: refused with the reason, no fallback
         with pytest.warns(RuntimeWarning, match="compiling engine"):
             r = sb.run(hello_bytes, b"ab", engine="wasmtime")
@@ -201,7 +207,7 @@ def test_wasm3_workers_never_come_from_a_fork_server_that_loaded_the_compiling_e
         assert sb.run(hello_bytes, b"ef").stdout == b"fe"
         worker = sb._slots[0].worker_pid  # the next wasm3 job's worker: the first server's child
         assert str(worker) in Path(f"/proc/{sb.server_pid}/task/{sb.server_pid}/children").read_text().split()
-    assert sb.compiling_server_pid is not None and not Path(f"/proc/{jit_server}").exists()  # closed with it
+    assert sb.compiling_server_pid is None and not Path(f"/proc/{jit_server}").exists()  # closed with it
 
 
 def test_the_compiled_jobs_fork_server_loads_the_compiling_engine_on_its_first_compile(hello_bytes):
