@@ -748,9 +748,7 @@ class Sandbox:
         on_output: OutputCallback | None = None,
         running: _Running | None = None,
     ) -> Result:
-        if self._split and (
-            job.engine == "wasmtime" or ("wasmtime" in self.engines and self._choose(job) == "wasmtime")
-        ):
+        if self._split and self._choose(job) == "wasmtime":  # by name, or auto's choice
             return self._execute_on_jit(job, test_action, on_output, running)
         waited: tuple[bytes, int] | None = None
         for _ in range(COMPILE_ATTEMPTS):
@@ -902,7 +900,7 @@ class Sandbox:
 
     def _compiling_side(self) -> Sandbox:
         """The sandbox whose fork server runs this one's compiled jobs, started by the first of them: wasm3's workers
-        are forked from a server that never loads the compiling engine (docs/SANDBOX.md, "Two fork servers")."""
+        are forked from a server that never loads the compiling engine (docs/SANDBOX.md, "Engines": "two fork servers")."""
         with self._jit_lock:
             if self._closed:
                 raise SandboxError("the sandbox is closed")
