@@ -187,6 +187,8 @@ typedef struct phase_job_spec {
     void *output_ctx;
     phase_engine engine;               /* which engine runs it; PHASE_ENGINE_WASM3 (0) by default */
     phase_fs_quota quota;              /* the writable directories' bound (not enabled: none) */
+    int unhashed;                      /* leave the result's input and output hashes zero: the caller makes its own
+                                          (a sandbox's parent never takes them from a worker) */
 } phase_job_spec;
 
 typedef struct phase_result {

@@ -28,7 +28,7 @@
 #include "sandbox.h"
 
 #define SANDBOX_MAGIC 0x50485342u         /* "PHSB" */
-#define SANDBOX_VERSION 4u
+#define SANDBOX_VERSION 5u
 #define SANDBOX_HEADER_BYTES 4096u        /* request + response headers; payloads follow */
 #define SANDBOX_MIN_SHM_BYTES (1u << 20)
 /* Buffers (memfd + pre-forked worker) per slot at most: the slot's next job takes a ready one while the
@@ -109,10 +109,7 @@ typedef struct sandbox_response {         /* written by the worker before "done"
     char message[PHASE_MESSAGE_BYTES];
     uint64_t out_len, err_len;            /* at request.out_off: stdout then stderr */
     uint64_t fuel_used, wall_us, memory_peak_bytes;
-    uint8_t module_hash[PHASE_SHA256_BYTES];
-    uint8_t input_hash[PHASE_SHA256_BYTES];
-    uint8_t stdout_hash[PHASE_SHA256_BYTES];
-    uint8_t stderr_hash[PHASE_SHA256_BYTES];
+    /* no hashes: the parent computes the receipt's from what it sent and what it copied out */
     /* CLOCK_MONOTONIC ns in the worker, for the benchmark's breakdown: set up and waiting for "go", woke on
      * "go", confined, job done */
     uint64_t t_ready_ns, t_woke_ns, t_confined_ns, t_ran_ns;

@@ -70,7 +70,7 @@ class Result:
         """This result, or, for a job that never ran and so hashed nothing (:data:`~pyphase.digests.UNHASHED`:
         invalid module, crashed worker), a copy naming the module and input the caller checked and hashing the
         output it holds."""
-        if self.stdout_hash != UNHASHED and self.module_hash != UNHASHED:
+        if self.hashed:
             return self
         return replace(
             self,
@@ -79,6 +79,11 @@ class Result:
             stdout_hash=sha256_text(self.stdout),
             stderr_hash=sha256_text(self.stderr),
         )
+
+    @property
+    def hashed(self) -> bool:
+        """Whether the job ran and so hashed its module, input and output (else see :meth:`with_hashes`)."""
+        return self.stdout_hash != UNHASHED and self.module_hash != UNHASHED
 
     @property
     def ok(self) -> bool:
