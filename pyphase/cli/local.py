@@ -97,9 +97,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             # use it, or may turn out long and get its big module compiled for the next run right after it
             big = len(data) > AUTO_INLINE_COMPILE_BYTES
             jit = job.engine == "wasmtime" or (job.engine == "auto" and (big or looks_long(job.digest, job.limits)))
-            # one job: no spare worker (it would be forked, set up and killed unused)
+            # one job: no spare worker (it would be forked, set up and killed unused), one fork server for either engine
             with Sandbox(
-                workers=1, shm_bytes=Sandbox.shm_bytes_for(job), engines=None if jit else ["wasm3"], spares=0
+                workers=1,
+                shm_bytes=Sandbox.shm_bytes_for(job),
+                engines=None if jit else ["wasm3"],
+                spares=0,
+                one_server=True,
             ) as sandbox:
                 result = sandbox.run_prepared(job, on_output)
                 _await_compiles(sandbox.wait_for_compiles, args.module)
@@ -109,7 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             if job.engine != "wasm3":
                 engines.use_data_dir(previous)  # nothing of this run outlives it (phase run called in process)
     module_hash = hash_text(job.digest)
-    result = result.with_hashes(module_hash, sha256_text(job_input))
+    if not result.hashed:  # a job that never ran hashed nothing: name what was sent
+        result = result.with_hashes(module_hash, sha256_text(job_input))
     receipt = None
     if signed:
         manifest = make_manifest(

@@ -24,6 +24,7 @@ import hashlib
 import mmap
 import os
 import queue
+import select
 import socket
 import subprocess
 import sys
@@ -106,6 +107,26 @@ def _server_command() -> list[str]:
         if os.access(exe, os.X_OK):
             return [str(exe)]
     return _fallback_command()
+
+
+def _wait_for_exit(server: subprocess.Popen[bytes], deadline: float) -> None:
+    """Wait until ``deadline`` for a fork server to exit, woken by its exit (a pidfd) rather than polling as
+    ``Popen.wait(timeout)`` does (0.5, 1, 2, 4 ... ms naps: up to half of a server's exit time lost); then kill it."""
+    if server.returncode is None:
+        try:
+            pidfd = os.pidfd_open(server.pid)
+        except OSError:
+            pidfd = -1  # reaped meanwhile, or a kernel without pidfds (Linux < 5.3): Popen's own wait below
+        if pidfd >= 0:
+            try:
+                select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))
+            finally:
+                os.close(pidfd)
+    try:
+        server.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 def _streamed_as_kept(result: Result, sink: OutputSink) -> Result:
@@ -194,7 +215,9 @@ class Sandbox:
     second fork server with as many workers, started by the first of them); ``nice``: added to the
     workers' nice value, so the caller's own threads come before the jobs' CPU (plasmd: ``job_nice``);
     ``demote_after_ms``: a worker that has used that much CPU runs at a lower priority (nice + 10) for the rest of
-    its job (:mod:`pyphase.sandbox.demote`; 0: never; plasmd: ``job_demote_after``).
+    its job (:mod:`pyphase.sandbox.demote`; 0: never; plasmd: ``job_demote_after``); ``one_server``: one fork server
+    runs jobs of both engines (``phase run``'s one job: a single server to start; wasm3's workers forked after the
+    compiling engine was loaded are ~20% slower to fork and exit, which a sandbox that runs many jobs avoids).
     """
 
     def __init__(
@@ -208,7 +231,7 @@ class Sandbox:
         engines: Sequence[str] | None = None,
         nice: int = 0,
         demote_after_ms: int = 0,
-        _compiled_jobs: bool = False,
+        one_server: bool = False,
     ) -> None:
         if not 1 <= workers <= 256:
             raise ValueError(f"workers must be between 1 and 256, got {workers}")
@@ -232,9 +255,9 @@ class Sandbox:
         self._restarts = 0
         self._compiles = 0
         self._code_loads = 0
-        # With the compiling engine, this sandbox's own fork server runs wasm3's jobs only and never loads that engine;
-        # compiled jobs go to a second sandbox (``_jit``, started by the first of them) whose server does.
-        self._split = "wasmtime" in self.engines and not _compiled_jobs
+        # With the compiling engine (and not one_server), this sandbox's own fork server runs wasm3's jobs only and
+        # never loads that engine; compiled jobs go to a second sandbox (``_jit``, started by the first of them).
+        self._split = "wasmtime" in self.engines and not one_server
         self._jit: Sandbox | None = None
         self._jit_lock = threading.Lock()
         self._demote_after_ms = demote_after_ms
@@ -639,17 +662,32 @@ class Sandbox:
         return self._closed
 
     def close(self, timeout: float = 10.0) -> None:
-        """Wait for running jobs, stop the fork server and its workers. Idempotent."""
+        """Wait for running jobs, stop the fork server and its workers (with the compiling engine, both fork servers
+        at once). Idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        deadline = time.monotonic() + timeout
         executor = self._pool
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
+        with self._jit_lock:
+            jit = self._jit  # none is made from here on: _compiling_side looks at _closed under this lock
+        sides = [self]
+        if jit is not None:
+            with jit._lock:
+                if not jit._closed:  # else closed already, or being closed by the thread that gave up on it
+                    jit._closed = True
+                    sides.append(jit)
+        taken = [side._let_server_go(deadline) for side in sides]  # the servers exit side by side
+        for side, slots in zip(sides, taken):
+            side._reap_server(slots, deadline, timeout)
+
+    def _let_server_go(self, deadline: float) -> list[_sandbox.Slot]:
+        """Take every slot back (waiting until ``deadline`` for running jobs), then tell the fork server to exit."""
         taken = []
         pending = list(self._slots)
-        deadline = time.monotonic() + timeout
         try:
             while pending:
                 slot = self._free.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -661,21 +699,17 @@ class Sandbox:
         except queue.Empty:
             pass  # a job still runs; closing the sockets below ends it with a SandboxError
         self._main.close()
-        try:
-            self._server.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self._server.kill()
-            self._server.wait()
+        return taken
+
+    def _reap_server(self, taken: list[_sandbox.Slot], deadline: float, timeout: float) -> None:
+        """Wait for the fork server told to exit (killed at ``deadline``), then release what this side holds."""
+        _wait_for_exit(self._server, deadline)
         if self._events_thread is not threading.current_thread():
             self._events_thread.join(timeout)  # it closes the events socket at the server's exit
         if self._demoter is not None:
             self._demoter.close()
         for slot in taken:
             slot.close()
-        with self._jit_lock:
-            jit = self._jit
-        if jit is not None:
-            jit.close(timeout)
 
     def __enter__(self) -> Sandbox:
         return self
@@ -914,7 +948,7 @@ class Sandbox:
                     engines=self.engines,
                     nice=self.nice,
                     demote_after_ms=self._demote_after_ms,
-                    _compiled_jobs=True,
+                    one_server=True,
                 )
             return self._jit
 

@@ -212,7 +212,7 @@ def test_wasm3_workers_never_come_from_a_fork_server_that_loaded_the_compiling_e
 
 def test_the_compiled_jobs_fork_server_loads_the_compiling_engine_on_its_first_compile(hello_bytes):
     """Until then its workers are forked without the library's mappings (cheaper to fork and to end)."""
-    with Sandbox(workers=1, _compiled_jobs=True) as sb:
+    with Sandbox(workers=1, one_server=True) as sb:
         assert sb.engines == ("wasm3", "wasmtime") and sb.compiling_server_pid == sb.server_pid
         assert sb.run(hello_bytes, b"ab").stdout == b"ba" and not mapped(sb.server_pid)
         r = sb.run(hello_bytes, b"cd", engine="wasmtime")

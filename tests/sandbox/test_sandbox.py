@@ -211,6 +211,17 @@ def test_server_exits_and_workers_die_on_close(hello_bytes):
         sb.run(hello_bytes)
 
 
+def test_close_kills_a_fork_server_that_does_not_exit_by_the_deadline(hello_bytes):
+    sb = Sandbox(workers=1)
+    assert_hello_works(sb, hello_bytes)
+    server = sb._server
+    os.kill(server.pid, signal.SIGSTOP)  # it cannot read the close, let alone exit
+    started = time.monotonic()
+    sb.close(timeout=0.5)
+    assert 0.5 <= time.monotonic() - started < 10
+    assert server.returncode == -signal.SIGKILL and not pid_alive(server.pid)
+
+
 def test_unclosed_sandbox_warns():
     sb = Sandbox(workers=1)
     pid = sb.server_pid
