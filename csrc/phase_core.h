@@ -78,6 +78,12 @@ typedef struct phase_module {
 /* Validate and copy bytes. Returns NULL with a message in err on failure. */
 phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size_t errlen);
 
+/* phase_module_new without the copy: the module keeps `bytes` (from phase_arena_calloc, released with the module)
+ * and takes `hash` as their sha256, which the caller computed over these very bytes in memory nobody else writes
+ * (the fork server reads a module straight into its arena). NULL: `bytes` stay the caller's. */
+phase_module *phase_module_new_in_place(uint8_t *bytes, size_t len, const uint8_t hash[PHASE_SHA256_BYTES], char *err,
+                                        size_t errlen);
+
 /* What validation found about a module (every field of phase_wasm_info, then the WASI import mask), in this order:
  * what a record that the module passed the validator keeps (pyphase.compiled), so that a later process can make the
  * module without validating the same bytes again. */

@@ -79,17 +79,40 @@ static int check_import(void *ctx, const char *module, size_t module_len, const 
 
 static phase_module *module_made(const uint8_t *bytes, size_t len, const phase_wasm_info *info, uint64_t wasi_imports,
                                   char *err, size_t errlen);
+static phase_module *module_kept(uint8_t *bytes, size_t len, const uint8_t *hash, const phase_wasm_info *info,
+                                 uint64_t wasi_imports, char *err, size_t errlen);
 
-phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size_t errlen)
+/* Our validator over bytes: 0 with what it found (info, the WASI import mask), or -1 with the reason. */
+static int validated(const uint8_t *bytes, size_t len, phase_wasm_info *info, uint64_t *wasi_imports, char *err,
+                     size_t errlen)
 {
     phase_wasm_caps caps;
     phase_wasm_caps_default(&caps);
     import_scan scan = {0};
+    memset(info, 0, sizeof *info);
+    if (phase_wasm_validate(bytes, len, &caps, check_import, &scan, info, err, errlen) != 0)
+        return -1;
+    *wasi_imports = scan.mask;
+    return 0;
+}
+
+phase_module *phase_module_new(const uint8_t *bytes, size_t len, char *err, size_t errlen)
+{
     phase_wasm_info info;
-    memset(&info, 0, sizeof info);
-    if (phase_wasm_validate(bytes, len, &caps, check_import, &scan, &info, err, errlen) != 0)
+    uint64_t wasi_imports;
+    if (validated(bytes, len, &info, &wasi_imports, err, errlen) != 0)
         return NULL;
-    return module_made(bytes, len, &info, scan.mask, err, errlen);
+    return module_made(bytes, len, &info, wasi_imports, err, errlen);
+}
+
+phase_module *phase_module_new_in_place(uint8_t *bytes, size_t len, const uint8_t hash[PHASE_SHA256_BYTES], char *err,
+                                        size_t errlen)
+{
+    phase_wasm_info info;
+    uint64_t wasi_imports;
+    if (validated(bytes, len, &info, &wasi_imports, err, errlen) != 0)
+        return NULL;
+    return module_kept(bytes, len, hash, &info, wasi_imports, err, errlen);
 }
 
 void phase_module_facts(const phase_module *module, uint64_t facts[PHASE_MODULE_FACTS])
@@ -147,28 +170,39 @@ phase_module *phase_module_new_validated(const uint8_t *bytes, size_t len, const
 static phase_module *module_made(const uint8_t *bytes, size_t len, const phase_wasm_info *info, uint64_t wasi_imports,
                                   char *err, size_t errlen)
 {
-    phase_module *module = calloc(1, sizeof *module);
     uint8_t *copy = phase_arena_calloc(len ? len : 1);
-    if (!module || !copy) {
-        free(module);
-        phase_arena_release(copy);
+    if (!copy) {
         snprintf(err, errlen, "out of memory copying a module of %zu bytes", len);
         return NULL;
     }
     memcpy(copy, bytes, len);
-    module->pool = calloc(1, sizeof *module->pool);
-    if (!module->pool) {
-        free(module);
+    phase_module *module = module_kept(copy, len, NULL, info, wasi_imports, err, errlen);
+    if (!module)
         phase_arena_release(copy);
+    return module;
+}
+
+/* A module that holds `bytes` itself (NULL: they stay the caller's); `hash` their sha256 if known, else computed. */
+static phase_module *module_kept(uint8_t *bytes, size_t len, const uint8_t *hash, const phase_wasm_info *info,
+                                 uint64_t wasi_imports, char *err, size_t errlen)
+{
+    phase_module *module = calloc(1, sizeof *module);
+    if (module)
+        module->pool = calloc(1, sizeof *module->pool);
+    if (!module || !module->pool) {
+        free(module);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&module->pool->lock, NULL);
-    module->bytes = copy;
+    module->bytes = bytes;
     module->len = len;
     module->info = *info;
     module->wasi_imports = wasi_imports;
-    phase_sha256(copy, len, module->hash);
+    if (hash)
+        memcpy(module->hash, hash, PHASE_SHA256_BYTES);
+    else
+        phase_sha256(bytes, len, module->hash);
     return module;
 }
 

@@ -442,7 +442,8 @@ static void death_result(phase_sandbox_slot *slot, const phase_sandbox_job *job,
     }
 }
 
-static int copy_response(phase_sandbox_slot *slot, const phase_sandbox_job *job, phase_result *res)
+static int copy_response(phase_sandbox_slot *slot, const phase_sandbox_job *job, phase_result *res,
+                         const uint8_t input_hash[PHASE_SHA256_BYTES])
 {
     /* Untrusted: check everything against the request we wrote. */
     const sandbox_shm_header *hdr = (const sandbox_shm_header *) slot->shm;
@@ -485,7 +486,7 @@ static int copy_response(phase_sandbox_slot *slot, const phase_sandbox_job *job,
      * never take them from the worker. */
 hashes:
     memcpy(res->module_hash, job->module_hash, PHASE_SHA256_BYTES);
-    phase_sha256(job->input, job->input_len, res->input_hash);
+    memcpy(res->input_hash, input_hash, PHASE_SHA256_BYTES);
     phase_sha256(res->out, res->out_len, res->stdout_hash);
     phase_sha256(res->err, res->err_len, res->stderr_hash);
     return 0;
@@ -586,6 +587,9 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
         slot->reuse = 0;
     }
 
+    /* The input's hash (for the receipt) while the worker runs: a long job's big input costs it nothing then. */
+    uint8_t input_hash[PHASE_SHA256_BYTES];
+    phase_sha256(job->input, job->input_len, input_hash);
     uint64_t start = now_ms();
     int killed_for_timeout = 0;
     int done = 0;
@@ -682,7 +686,7 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
         note_next(slot);
         if (hdr->response.uncompiled && hdr->response.seq == slot->seq && job->engine == PHASE_ENGINE_WASMTIME)
             return 3;
-        if (copy_response(slot, job, res) != 0) {
+        if (copy_response(slot, job, res, input_hash) != 0) {
             phase_result_clear(res);
             errf(err, errlen, "out of memory copying a job's output");
             return -1;
@@ -695,7 +699,7 @@ int phase_sandbox_slot_run(phase_sandbox_slot *slot, const phase_sandbox_job *jo
     note_next(slot);
     death_result(slot, job, killed_for_timeout, res);
     memcpy(res->module_hash, job->module_hash, PHASE_SHA256_BYTES);
-    phase_sha256(job->input, job->input_len, res->input_hash);
+    memcpy(res->input_hash, input_hash, PHASE_SHA256_BYTES);
     phase_sha256(NULL, 0, res->stdout_hash);
     phase_sha256(NULL, 0, res->stderr_hash);
     res->wall_us = (now_ms() - start) * 1000;
