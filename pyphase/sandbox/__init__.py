@@ -119,7 +119,9 @@ def _wait_for_exit(server: subprocess.Popen[bytes], deadline: float) -> None:
             pidfd = -1  # reaped meanwhile, or a kernel without pidfds (Linux < 5.3): Popen's own wait below
         if pidfd >= 0:
             try:
-                select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))
+                waiter = select.poll()  # not select(): a node's descriptors may number past FD_SETSIZE
+                waiter.register(pidfd, select.POLLIN)
+                waiter.poll(max(0.0, deadline - time.monotonic()) * 1000)
             finally:
                 os.close(pidfd)
     try:
