@@ -666,10 +666,8 @@ class Sandbox:
     def close(self, timeout: float = 10.0) -> None:
         """Wait for running jobs, stop the fork server and its workers (with the compiling engine, both fork servers
         at once). Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+        if not self._mark_closed():
+            return
         deadline = time.monotonic() + timeout
         executor = self._pool
         if executor is not None:
@@ -677,14 +675,19 @@ class Sandbox:
         with self._jit_lock:
             jit = self._jit  # none is made from here on: _compiling_side looks at _closed under this lock
         sides = [self]
-        if jit is not None:
-            with jit._lock:
-                if not jit._closed:  # else closed already, or being closed by the thread that gave up on it
-                    jit._closed = True
-                    sides.append(jit)
+        if jit is not None and jit._mark_closed():  # else closed already, or by the thread that gave up on it
+            sides.append(jit)
         taken = [side._let_server_go(deadline) for side in sides]  # the servers exit side by side
         for side, slots in zip(sides, taken):
             side._reap_server(slots, deadline, timeout)
+
+    def _mark_closed(self) -> bool:
+        """Mark this sandbox closed: False when it was already (another close owns the rest)."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._closed = True
+            return True
 
     def _let_server_go(self, deadline: float) -> list[_sandbox.Slot]:
         """Take every slot back (waiting until ``deadline`` for running jobs), then tell the fork server to exit."""
