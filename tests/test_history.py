@@ -58,3 +58,21 @@ def test_private_mode_keeps_it_in_memory(tmp_path: Path, receipt_factory) -> Non
     assert len(history) == 1 and not list(tmp_path.iterdir())
     with pytest.raises(FileNotFoundError, match="no job history"):
         History.open_readonly(tmp_path)
+
+
+def test_rows_added_without_commit_reach_readers_at_commit_or_close(tmp_path: Path, receipt_factory) -> None:
+    """A node adds rows with ``commit=False`` and commits them together (pyphase.api.services): another process
+    sees none of them until then, and closing commits what is pending instead of rolling it back."""
+    history = History(tmp_path / HISTORY_FILE)
+    history.add(receipt_factory(), "client-key")
+    pending = [receipt_factory() for _ in range(3)]
+    for r in pending[:2]:
+        history.add(r, "client-key", commit=False)
+    reader = History.open_readonly(tmp_path)
+    assert len(reader) == 1 and len(history) == 3  # the writer's own connection sees its rows at once
+    history.commit()
+    assert [j["job_id"] for j in reader.jobs(2)] == [pending[1]["job_id"], pending[0]["job_id"]] and len(reader) == 3
+    history.add(pending[2], "client-key", commit=False)
+    history.close()
+    assert reader.receipts(1) == [pending[2]] and len(reader) == 4
+    reader.close()

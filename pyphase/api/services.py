@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 MAX_PEERS_LISTED = 1024
 DHT_PEER_KEPT_S = 3600.0
+#: the jobs a node finished are written to its history file at most this late, in one commit for all of them
+HISTORY_COMMIT_S = 0.05
 
 
 class _Tee:
@@ -81,6 +83,7 @@ class NodeServices:
         self.started = time.time()
         self.mdns_peers: dict[str, float] = {}
         self.dht_peers: dict[str, float] = {}
+        self._history_commit: asyncio.TimerHandle | None = None
         self.log = node.log
         node.log = _Tee(node.log, self._on_event)
         node.on_result = self._on_result
@@ -96,7 +99,17 @@ class NodeServices:
         try:
             self.metrics.on_receipt(receipt)
             if self.config.history_jobs:
-                self.history.add(receipt, client)
+                self.history.add(receipt, client, commit=False)
+                if self._history_commit is None:
+                    loop = asyncio.get_running_loop()
+                    self._history_commit = loop.call_later(HISTORY_COMMIT_S, self._commit_history)
+        except Exception as exc:
+            self.log("internal_error", error=f"history: {type(exc).__name__}: {exc}")
+
+    def _commit_history(self) -> None:
+        self._history_commit = None
+        try:
+            self.history.commit()
         except Exception as exc:
             self.log("internal_error", error=f"history: {type(exc).__name__}: {exc}")
 
@@ -197,7 +210,10 @@ class NodeServices:
                 sock.close()
         if self.config.api:
             (self.config.data_dir / API_FILE).unlink(missing_ok=True)
-        self.history.close()
+        if self._history_commit is not None:
+            self._history_commit.cancel()
+            self._history_commit = None
+        self.history.close()  # commits what the timer did not
 
 
 def _stamp(t: float) -> str:
