@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import time
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -29,8 +30,9 @@ RECEIPT_VERSION = 1
 MESSAGE_MAX = 1024
 
 
+@functools.cache
 def machine_arch() -> str:
-    """Normalised CPU architecture: ``x86_64``, ``aarch64``, ..."""
+    """Normalised CPU architecture: ``x86_64``, ``aarch64``, ... (asked once: every receipt names it)"""
     import platform  # here: verifying a receipt needs none of it
 
     arch = platform.machine().lower()

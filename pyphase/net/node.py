@@ -63,6 +63,11 @@ STREAM_GATHER_S = 0.01  # a streaming job's output is gathered this long before 
 TRACK_MIN = 64 << 10  # results at least this big are tracked until libzmq has sent them
 SEND_QUEUE_TOTAL_FACTOR = 4  # all connections together: this many times one connection's send_queue
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+# plain ints: pyzmq's enum flags cost a few µs per call on the per-message path, as does a zmq.Again raised for
+# every empty socket polled (the ZAP and monitor sockets are polled on every readable event)
+_NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 MAX_MESSAGE_SLACK = 64 << 10
 BAD_MESSAGE_BUDGET = 64  # bad messages one connection may send before the node drops it
 BARRIER_RESEND_S = 1.0  # a ZAP barrier token not back by then is sent anew
@@ -176,6 +181,12 @@ class EventLog:
             self.stream.flush()
         except (OSError, ValueError):
             pass
+
+
+def _waiting(sock: zmq.Socket[Any]) -> bool:
+    """Whether a whole message waits on ``sock`` (reading ``EVENTS`` also re-arms its edge-triggered descriptor)."""
+    events: int = sock.getsockopt(_EVENTS)  # type: ignore[assignment]
+    return bool(events & _POLLIN)
 
 
 def _seed_routing_ids() -> None:
@@ -568,11 +579,8 @@ class Node:
         """Connection events: count connections per source address; a connection that closed takes its
         waiting and queued jobs with it, and its running ones' results are not sent."""
         monitor = self.monitor
-        while monitor is not None and not monitor.closed:
-            try:
-                frames = monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        while monitor is not None and not monitor.closed and _waiting(monitor):
+            frames = monitor.recv_multipart(_NOBLOCK)
             if len(frames) != 2 or len(frames[0]) != 6:
                 continue
             event, fd = struct.unpack("=HI", frames[0])
@@ -602,11 +610,8 @@ class Node:
     def _on_zap(self) -> None:
         self._on_monitor()  # count the connection being authenticated before deciding on it
         zap = self.zap
-        while zap is not None:
-            try:
-                frames = zap.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        while zap is not None and _waiting(zap):
+            frames = zap.recv_multipart(_NOBLOCK)
             try:
                 peer, _empty, _version, request_id, _domain, address, _identity, mechanism = frames[:8]
                 ok = mechanism == b"CURVE" and len(frames) == 9 and len(frames[8]) == 32
@@ -708,7 +713,7 @@ class Node:
             if sock is None or sock.closed:
                 return
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = sock.recv_multipart(_NOBLOCK, copy=False)
             except zmq.Again:
                 return
             try:
@@ -732,7 +737,7 @@ class Node:
         try:
             # zero-copy only pays for big frames: a small one costs more to track than to copy
             big = any(len(f) > wire.ZERO_COPY_MIN for f in frames)
-            self.sock.send_multipart([rid, *frames], zmq.NOBLOCK, copy=not big)
+            self.sock.send_multipart([rid, *frames], _NOBLOCK, copy=not big)
             sent = True
         except zmq.ZMQError as exc:
             if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):  # gone, or not reading: the caller counts it
@@ -743,7 +748,7 @@ class Node:
         if sent and tracker is not None:
             self._unsent.setdefault(rid, []).append((tracker, size))
         # a send can consume the descriptor's edge for messages that arrived meanwhile
-        if int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        if _waiting(self.sock):
             asyncio.get_running_loop().call_soon(self._on_readable)
         return sent
 
