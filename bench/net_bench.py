@@ -7,7 +7,10 @@ Method: nodes are started as subprocesses (2 job workers each) on 127.0.0.x and 
 ``Client.submit`` of examples/hello/hello.wasm with the module already cached on the node, timed end to
 end *including* receipt verification, sequentially from one client (first 100 jobs dropped). The
 reference is the same job run locally in the same run (``pyphase.run`` in-process, and one isolated
-``Sandbox`` worker), so the ratio shows what the network adds. Throughput: C client processes (C = 2, 4, 6 by
+``Sandbox`` worker), so the ratio shows what the network adds. Over the same jobs, the CPU each costs (from
+/proc): the node's event-loop thread, the whole node (threads, fork server, workers) and the client; CPU time moves
+less with the neighbours' load than wall time, and the loop's against the client's (whose code a change to the node
+leaves alone) compares two builds run one after the other. Throughput: C client processes (C = 2, 4, 6 by
 default), each with its own Client, submitting back to back to one node, counted over the wall time of all;
 more clients than cores only adds context switches, so the best C is reported too. First job:
 a module the node has never seen (hello with a unique custom section), over an established connection,
@@ -65,17 +68,40 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
 
 
-def latency(address: str, module: bytes, n: int) -> list[float]:
+def _cpu_s(pid: int, task: int | None = None) -> float:
+    """CPU seconds (user + system) of a process with its reaped children, or of one of its threads alone."""
+    path = f"/proc/{pid}/task/{task}/stat" if task is not None else f"/proc/{pid}/stat"
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12]) + (0 if task is not None else int(fields[13]) + int(fields[14]))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _node_cpu_s(pid: int) -> float:
+    """The node's CPU seconds: its own threads and its children (the fork server, with the workers it reaped)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = [int(c) for c in f.read().split()]
+    return _cpu_s(pid) + sum(_cpu_s(c) for c in children)
+
+
+def latency(address: str, module: bytes, n: int, node_pid: int) -> tuple[list[float], dict[str, float]]:
+    """End-to-end times of ``n`` sequential jobs (after 100 unmeasured), and the CPU µs per job they cost: the
+    node's event-loop thread (the per-job path in Python, which bounds its throughput), the whole node with its
+    fork server and workers, and this client."""
     from pyphase import Client
 
     with Client(peers=[address]) as client:
         out = []
         for i in range(n + 100):
+            if i == 100:
+                cpu = (_cpu_s(node_pid, node_pid), _node_cpu_s(node_pid), time.process_time())
             t = time.perf_counter()
             r = client.submit(module, input=INPUT)
             out.append(time.perf_counter() - t)
             assert r.stdout == b"dlroW ,olleH"
-    return sorted(out[100:])
+        after = (_cpu_s(node_pid, node_pid), _node_cpu_s(node_pid), time.process_time())
+    per_job = {k: (b - a) / n * 1e6 for k, a, b in zip(("loop", "node", "client"), cpu, after)}
+    return sorted(out[100:]), per_job
 
 
 def local_reference(module: bytes, n: int) -> tuple[float, float]:
@@ -191,12 +217,17 @@ def main() -> None:
         for k, kind in enumerate(kinds):
             proc, address = start_node(tmp / kind, f"127.0.0.{10 + k}", sandbox=kind == "sandbox")
             try:
-                lat = latency(address, module, args.jobs)
+                lat, cpu = latency(address, module, args.jobs, proc.pid)
                 p50, p99 = statistics.median(lat), percentile(lat, 0.99)
                 ref = local_sandbox if kind == "sandbox" else local_run
                 print(
                     f"[{kind} node] remote tiny job, cached, receipt verified: p50 {p50 * 1e3:.2f} ms, "
                     f"p99 {p99 * 1e3:.2f} ms (goals 2 / 10 ms; {p50 / ref:.1f}x the local {kind} run)"
+                )
+                print(
+                    f"[{kind} node] CPU per job in those: node's event loop {cpu['loop']:.0f} us, whole node "
+                    f"{cpu['node']:.0f} us (its threads, fork server, workers), client {cpu['client']:.0f} us; "
+                    f"loop / client {cpu['loop'] / cpu['client']:.2f}"
                 )
                 rates = {c: throughput(address, module, c, args.jobs) for c in map(int, args.clients.split(","))}
                 best = max(rates, key=rates.__getitem__)
