@@ -78,9 +78,12 @@ def _cpu_s(pid: int, task: int | None = None) -> float:
 
 
 def _node_cpu_s(pid: int) -> float:
-    """The node's CPU seconds: its own threads and its children (the fork server, with the workers it reaped)."""
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        children = [int(c) for c in f.read().split()]
+    """The node's CPU seconds: its own threads and its children (the fork servers, with the workers they reaped),
+    whichever of its threads started them."""
+    children = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            children += [int(c) for c in f.read().split()]
     return _cpu_s(pid) + sum(_cpu_s(c) for c in children)
 
 
