@@ -93,18 +93,22 @@ def latency(address: str, module: bytes, n: int, node_pid: int) -> tuple[list[fl
     fork server and workers, and this client."""
     from pyphase import Client
 
+    def cpu() -> tuple[float, float, float]:
+        return _cpu_s(node_pid, node_pid), _node_cpu_s(node_pid), time.process_time()
+
     with Client(peers=[address]) as client:
+        for _ in range(100):
+            client.submit(module, input=INPUT)
         out = []
-        for i in range(n + 100):
-            if i == 100:
-                cpu = (_cpu_s(node_pid, node_pid), _node_cpu_s(node_pid), time.process_time())
+        before = cpu()
+        for _ in range(n):
             t = time.perf_counter()
             r = client.submit(module, input=INPUT)
             out.append(time.perf_counter() - t)
             assert r.stdout == b"dlroW ,olleH"
-        after = (_cpu_s(node_pid, node_pid), _node_cpu_s(node_pid), time.process_time())
-    per_job = {k: (b - a) / n * 1e6 for k, a, b in zip(("loop", "node", "client"), cpu, after)}
-    return sorted(out[100:]), per_job
+        after = cpu()
+    per_job = {k: (b - a) / max(n, 1) * 1e6 for k, a, b in zip(("loop", "node", "client"), before, after)}
+    return sorted(out), per_job
 
 
 def local_reference(module: bytes, n: int) -> tuple[float, float]:

@@ -61,8 +61,9 @@ def test_private_mode_keeps_it_in_memory(tmp_path: Path, receipt_factory) -> Non
 
 
 def test_rows_added_without_commit_reach_readers_at_commit_or_close(tmp_path: Path, receipt_factory) -> None:
-    """A node adds rows with ``commit=False`` and commits them together (pyphase.api.services): another process
-    sees none of them until then, and closing commits what is pending instead of rolling it back."""
+    """A node adds rows with ``commit=False`` and commits them together (pyphase.api.services): another connection
+    (what ``phase jobs`` opens) sees none of them until then, and closing commits what is pending instead of rolling
+    it back."""
     history = History(tmp_path / HISTORY_FILE)
     history.add(receipt_factory(), "client-key")
     pending = [receipt_factory() for _ in range(3)]
