@@ -44,10 +44,13 @@ def probe(address: str, timeout: float) -> str | None:
 
 def first_reachable(record: NodeRecord, timeout: float = DIAL_TIMEOUT_S) -> str:
     """The first of ``record``'s :attr:`~NodeRecord.candidates` that answers within ``timeout`` (each tried at
-    once); a record with a single way in is returned as it is (ZeroMQ's own errors then say why). Raises
-    :class:`~pyphase.errors.NetworkError` naming every way tried and why it failed."""
+    once). A single address is tried too (a node that moved leaves its older record on DHT nodes for a while,
+    and a lookup may read that one); a single relay is returned as it is, for a circuit opened only to look
+    would cost the relay and the node one of their circuits. Raises :class:`~pyphase.errors.NetworkError`
+    naming every way tried and why it failed (the resolver then looks again), ``RecordError`` when the record
+    names none."""
     candidates = record.candidates
-    if len(candidates) <= 1:
+    if not candidates or (len(candidates) == 1 and record.relays):
         return record.address  # RecordError when there is none
     pool = ThreadPoolExecutor(len(candidates), thread_name_prefix="phase-dial")
     try:

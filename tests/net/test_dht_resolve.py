@@ -1,8 +1,10 @@
 """A client resolving bare peer ids on a private loopback DHT: a record that is not there yet at the first lookup
-is found by a later one within the submit's deadline, and an id nobody published fails within it, with why."""
+is found by a later one within the submit's deadline, so is a newer record after an older one naming an address
+that is gone, and an id nobody published fails within it, with why."""
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
 import time
@@ -18,6 +20,8 @@ from net_support import NodeProc  # noqa: E402
 from pyphase import Client, Limits
 from pyphase.errors import NoPeers
 from pyphase.identity import Identity
+from pyphase.net import records
+from pyphase.receipt import machine_arch
 
 
 def test_a_record_published_after_the_first_lookup_is_found_within_the_deadline(tmp_path: Path, hello_bytes) -> None:
@@ -65,3 +69,40 @@ def test_an_unpublished_peer_id_fails_within_the_submit_deadline_saying_why(hell
             # still pending: the next submit looks again
             with pytest.raises(NoPeers, match=unknown):
                 client.submit(hello_bytes, limits=Limits(timeout_ms=1000), timeout=1)
+
+
+def test_an_older_record_naming_a_gone_address_is_looked_up_again(tmp_path: Path, hello_bytes) -> None:
+    """A node that moved leaves its older record on DHT nodes for a while. A client that reads it finds nothing
+    answering at its single address, looks the id up again and reaches the node where its newer record says."""
+    identity = Identity.generate()
+    identity.save(tmp_path / "node" / "identity.key")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        gone = f"127.0.0.1:{s.getsockname()[1]}"  # closed again below: nothing listens there
+    with private_dht(6) as routers:
+        boot = [f"{h}:{p}" for h, p in endpoints(routers)]
+        seq, stored = routers[0].put_record(identity, records.encode_value([gone], ["wasm3"], {"arch": machine_arch()}))
+        assert stored >= 1
+        outcome: list[object] = []
+
+        def submit() -> None:
+            with Client(peers=[identity.peer_id], dht_bootstrap=boot[:2]) as client:
+                try:
+                    outcome.append(client.submit(hello_bytes, b"moved", limits=Limits(timeout_ms=10_000), timeout=25))
+                except Exception as exc:  # the assertion below shows it
+                    outcome.append(exc)
+
+        thread = threading.Thread(target=submit)
+        thread.start()
+        time.sleep(2.0)  # the client's first lookups read the older record only
+        node = NodeProc(tmp_path / "node", dht_host(), sandbox=False, workers=1, extra=("--dht-bootstrap", *boot[2:4]))
+        try:
+            node.start()
+            assert node.wait_event("dht_record_published", timeout=30)["seq"] > seq
+            thread.join(40)
+            assert outcome, "submit did not return"
+            result = outcome[0]
+            assert not isinstance(result, Exception), result
+            assert result.stdout == b"devom" and result.peer == identity.peer_id  # type: ignore[attr-defined]
+        finally:
+            node.stop()
