@@ -16,7 +16,10 @@ warm ``phase run --stdin`` process as a user types it (the default: the sandbox)
 and ``--no-sandbox --json`` (the job's own time, the receipt's ``wall_us``, and its engine). With ``--before PYTHON``
 another build's ``phase`` (another venv) runs the same commands in the same rounds. Reported: medians, their ratio
 to native zstd's process, and the median of each round's own ratio (both measured moments apart: steadier when the
-machine's load drifts). Outputs are checked (by hash) against native zstd's.
+machine's load drifts). Outputs are checked (by hash) against native zstd's. The same rounds also time the floor of
+any front end written in Python (this interpreter: ``python -c pass``, and importing argparse and dataclasses and
+reading the input), printed with that floor plus the warm job's own time against native: what is left for everything
+else within the target.
 """
 
 from __future__ import annotations
@@ -126,6 +129,21 @@ FIRST_RUNS = 4
 #: what each round runs for one build of phase: name -> (sandbox, JSON document)
 PHASE_RUNS = {"sandbox": (True, False), "no-sandbox": (False, False), "no-sandbox --json": (False, True)}
 
+#: what any front end written in Python pays before its own work, in the same rounds: name -> the code run
+FLOOR_RUNS = {
+    "python -c pass": "pass",
+    "python: argparse, dataclasses, stdin read": "import argparse, dataclasses, sys; sys.stdin.buffer.read()",
+}
+
+
+def run_python(python: str, code: str, text: Path) -> float:
+    """Seconds of one fresh ``python -c code`` process with the input text on its stdin."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    with open(text, "rb") as stdin:
+        t0 = time.perf_counter()
+        subprocess.run([python, "-c", code], stdin=stdin, capture_output=True, check=True, env=env)
+        return time.perf_counter() - t0
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -158,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 errors.append(f"{build_name}: {FIRST_RUNS} runs of phase run, none started compiled")
         _, wasm3 = run_phase(sys.executable, wasm, text, Path(tmp) / "w3", "wasm3")
         docs.append(wasm3)
-        sides = ["native"] + [f"{b}: {r}" for b in builds for r in PHASE_RUNS]
+        sides = ["native", *FLOOR_RUNS] + [f"{b}: {r}" for b in builds for r in PHASE_RUNS]
         for round_no in range(a.rounds):
             k = round_no % len(sides)
             took = {}
@@ -167,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                     took[side], h = run_native(native, text)
                     if h != expected:
                         errors.append("native output changed between runs")
+                    continue
+                if side in FLOOR_RUNS:
+                    took[side] = run_python(sys.executable, FLOOR_RUNS[side], text)
                     continue
                 build_name, run_name = side.split(": ")
                 sandbox, doc_wanted = PHASE_RUNS[run_name]
@@ -204,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         "errors": errors,
     }
     report["job_vs_native"] = {b: s / native_med for b, s in report["warm_job_s"].items()}
+    # the least a Python front end could take: the interpreter with what a CLI of this shape imports, then the job
+    job_s = report["warm_job_s"].get("after")
+    report["python_floor_plus_job_vs_native"] = {
+        side: (report["process_s"][side] + job_s) / native_med for side in FLOOR_RUNS if job_s is not None
+    }
     if a.json:
         print(json.dumps(report, indent=1))
     else:
@@ -226,11 +252,21 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"  whole warm processes (auto){'':19}median   x native  [each round's own]")
         for side in sides[1:]:
+            if side in FLOOR_RUNS:
+                continue
             print(
                 f"  {side:44} {report['process_s'][side] * 1000:6.0f} ms  {report['process_vs_native'][side]:5.2f}x"
                 f"  [{report['process_vs_native_per_round'][side]:5.2f}x]"
             )
         print(f"  target: the whole process <= {TARGET}x native's")
+        print(f"  the floor of any Python front end (sys.executable){'':4}median   x native  [each round's own]  + job")
+        for side in FLOOR_RUNS:
+            plus = report["python_floor_plus_job_vs_native"].get(side)
+            print(
+                f"  {side:44} {report['process_s'][side] * 1000:6.0f} ms  {report['process_vs_native'][side]:5.2f}x"
+                f"  [{report['process_vs_native_per_round'][side]:5.2f}x]"
+                + (f"  {plus:5.2f}x" if plus is not None else "")
+            )
         for e in errors:
             print(f"ERROR: {e}")
     return 1 if errors else 0
