@@ -78,6 +78,10 @@ PROXY_CONNECT_TIMEOUT_S = 30.0  # through a proxy (Tor builds a circuit first): 
 TIMEOUT_SLACK_S = 5.0
 RESOLVE_TIMEOUT_S = 20.0  # the longest a bare peer id is looked up in the DHT (a submit's own timeout, if shorter)
 RESOLVE_ROUND_S = 5.0  # one lookup of every id still unresolved; then again, after a pause, within that budget
+# the same record found by this many lookups over this long, nothing answering where it says: its node is down (a
+# node that moved publishes a newer one, which a lookup soon finds)
+RESOLVE_DEAD_LOOKUPS = 3
+RESOLVE_DEAD_S = 5.0
 MAX_BACKOFF_S = 1.0  # longest pause before re-asking a peer that failed, when no other is left
 CHUNK = 1 << 20  # file bytes in one blob message (a node asks for at most this much at once)
 FETCH_WINDOW = 8  # output chunks asked for and not yet received
@@ -337,13 +341,17 @@ class Client:
         (this client's own routing table, or a node's record not yet stored on the nodes a lookup reaches) misses
         what a lookup moments later finds, and a record can name an address that is gone. While no peer is
         known, ids are looked up again until ``budget`` seconds pass; once one is, after this round. Ids not
-        resolved stay pending for the next call; NoPeers names why each failed when none resolved."""
+        resolved stay pending for the next call; NoPeers names why each failed when none resolved. An id whose
+        lookups found the same record RESOLVE_DEAD_LOOKUPS times over RESOLVE_DEAD_S, nothing answering where it
+        says, is not looked up again in this call: its node is down, not moved, and fails in seconds."""
         from concurrent.futures import ThreadPoolExecutor
 
         from pyphase.net.dht import client_dht
 
         deadline = time.monotonic() + budget
         failures: dict[str, str] = {}
+        unanswered: dict[str, tuple[int, float, int]] = {}  # id -> (seq answering nowhere, since, lookups)
+        settled: list[str] = []  # ids given up on in this call: pending again for the next
         try:
             with (
                 client_dht(self._dht_bootstrap) as dht,
@@ -354,35 +362,48 @@ class Client:
                     ids, self._unresolved = self._unresolved, []
                     round_s = max(0.5, min(RESOLVE_ROUND_S, deadline - time.monotonic()))
                     answers = list(pool.map(lambda peer_id: self._resolve_one(dht, peer_id, round_s), ids))
-                    for peer_id, (address, why) in zip(ids, answers):
+                    for peer_id, (address, why, seq) in zip(ids, answers):
                         if address is not None:
                             failures.pop(peer_id, None)
                             self.add_peer(address)
-                        else:
-                            failures[peer_id] = why
-                            self._unresolved.append(peer_id)
+                            continue
+                        failures[peer_id] = why
+                        if seq is not None:
+                            last, since, count = unanswered.get(peer_id, (seq, time.monotonic(), 0))
+                            if last != seq:
+                                since, count = time.monotonic(), 0
+                            unanswered[peer_id] = (seq, since, count + 1)
+                            if count + 1 >= RESOLVE_DEAD_LOOKUPS and time.monotonic() - since >= RESOLVE_DEAD_S:
+                                settled.append(peer_id)
+                                continue
+                        self._unresolved.append(peer_id)
                     if not self._unresolved or self._peers or time.monotonic() + pause >= deadline:
                         break
                     time.sleep(pause)
                     pause = min(pause * 2, 2.0)
         except (RuntimeError, OSError) as exc:
             failures["the DHT"] = f"unavailable: {exc}"
+        self._unresolved.extend(settled)
         if failures and not self._peers:
             raise NoPeers(
                 f"no peer id could be resolved through the DHT within {budget:g} s: "
                 + "; ".join(f"{k}: {v}" for k, v in failures.items())
             )
 
-    def _resolve_one(self, dht: Any, peer_id: str, timeout: float) -> tuple[str | None, str]:
-        """Look ``peer_id`` up once: (the first way in its record names that answers, "") or (None, why not)."""
+    def _resolve_one(self, dht: Any, peer_id: str, timeout: float) -> tuple[str | None, str, int | None]:
+        """Look ``peer_id`` up once: (the first way in its record names that answers, "", its seq), or (None, why
+        not, the seq of the record found when nothing answered where it says, else None)."""
         from pyphase.net.dht import resolve_peer
         from pyphase.net.dial import DIAL_TIMEOUT_S, first_reachable
 
         try:
             record = resolve_peer(dht, peer_id, timeout=timeout)
-            return first_reachable(record, min(self.connect_timeout, DIAL_TIMEOUT_S)), ""
         except PhaseError as exc:
-            return None, str(exc)
+            return None, str(exc), None
+        try:
+            return first_reachable(record, min(self.connect_timeout, DIAL_TIMEOUT_S)), "", record.seq
+        except PhaseError as exc:
+            return None, str(exc), record.seq
 
     def _discover_dht(self) -> None:
         """Nodes from the DHT's rendezvous, each proven by its signed record (nothing when the DHT is unavailable)."""

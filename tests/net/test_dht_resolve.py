@@ -20,6 +20,7 @@ from net_support import NodeProc  # noqa: E402
 from pyphase import Client, Limits
 from pyphase.errors import NoPeers
 from pyphase.identity import Identity
+from pyphase.net import client as client_module
 from pyphase.net import records
 from pyphase.receipt import machine_arch
 
@@ -71,14 +72,17 @@ def test_an_unpublished_peer_id_fails_within_the_submit_deadline_saying_why(hell
                 client.submit(hello_bytes, limits=Limits(timeout_ms=1000), timeout=1)
 
 
-def test_an_older_record_naming_a_gone_address_is_looked_up_again(tmp_path: Path, hello_bytes) -> None:
+def test_an_older_record_naming_a_gone_address_is_looked_up_again(tmp_path: Path, hello_bytes, monkeypatch) -> None:
     """A node that moved leaves its older record on DHT nodes for a while. A client that reads it finds nothing
     answering at its single address, looks the id up again and reaches the node where its newer record says."""
+    # the node starts only after the client's first lookups, and a loaded machine can take longer than the few
+    # seconds after which the same record answering nowhere means a dead node (the next test): not here
+    monkeypatch.setattr(client_module, "RESOLVE_DEAD_S", 60.0)
     identity = Identity.generate()
     identity.save(tmp_path / "node" / "identity.key")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        gone = f"127.0.0.1:{s.getsockname()[1]}"  # closed again below: nothing listens there
+        gone = f"127.0.0.1:{s.getsockname()[1]}"  # bound, never listened on, closed: nothing answers there
     with private_dht(6) as routers:
         boot = [f"{h}:{p}" for h, p in endpoints(routers)]
         seq, stored = routers[0].put_record(identity, records.encode_value([gone], ["wasm3"], {"arch": machine_arch()}))
@@ -106,3 +110,27 @@ def test_an_older_record_naming_a_gone_address_is_looked_up_again(tmp_path: Path
             assert result.stdout == b"devom" and result.peer == identity.peer_id  # type: ignore[attr-defined]
         finally:
             node.stop()
+
+
+def test_a_record_naming_only_a_dead_address_fails_before_the_deadline_saying_why(hello_bytes) -> None:
+    """The same record found again and again, nothing answering where it says: the node is down, not moved. The
+    client stops looking after a few lookups over a few seconds (not the whole deadline), naming the address and
+    why."""
+    identity = Identity.generate()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"  # bound, never listened on, closed: nothing answers there
+    with private_dht(4) as routers:
+        boot = [f"{h}:{p}" for h, p in endpoints(routers)]
+        assert routers[0].put_record(identity, records.encode_value([dead], ["wasm3"], {"arch": machine_arch()}))[1]
+        with Client(peers=[identity.peer_id], dht_bootstrap=boot[1:2]) as client:
+            started = time.monotonic()
+            with pytest.raises(NoPeers) as failed:
+                client.submit(hello_bytes, limits=Limits(timeout_ms=1000), timeout=20)
+            took = time.monotonic() - started
+            assert identity.peer_id in str(failed.value) and f"{dead}: Connection refused" in str(failed.value)
+            # at least RESOLVE_DEAD_S of lookups of the same record, not the 20 s a record not found gets
+            assert client_module.RESOLVE_DEAD_S <= took < 15, took
+            # still pending: the next submit looks again
+            with pytest.raises(NoPeers, match="Connection refused"):
+                client.submit(hello_bytes, limits=Limits(timeout_ms=1000), timeout=5)
