@@ -391,8 +391,8 @@ class Client:
             )
 
     def _resolve_one(self, dht: Any, peer_id: str, timeout: float) -> tuple[str | None, str, int | None]:
-        """Look ``peer_id`` up once: (the first way in its record names that answers, "", its seq), or (None, why
-        not, the seq of the record found when nothing answered where it says, else None)."""
+        """Look ``peer_id`` up once: (the first way in its record names that answers, "", None), or (None, why not,
+        the seq of the record found when nothing answered where it says, else None)."""
         from pyphase.net.dht import resolve_peer
         from pyphase.net.dial import DIAL_TIMEOUT_S, first_reachable
 
@@ -401,7 +401,7 @@ class Client:
         except PhaseError as exc:
             return None, str(exc), None
         try:
-            return first_reachable(record, min(self.connect_timeout, DIAL_TIMEOUT_S)), "", record.seq
+            return first_reachable(record, min(self.connect_timeout, DIAL_TIMEOUT_S)), "", None
         except PhaseError as exc:
             return None, str(exc), record.seq
 

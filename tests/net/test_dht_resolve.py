@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,32 +26,49 @@ from pyphase.net import records
 from pyphase.receipt import machine_arch
 
 
+def _submit_in_background(peer_id: str, boot: list[str], module: bytes, text: bytes) -> tuple[threading.Thread, list]:
+    """A client resolving ``peer_id`` through ``boot`` submits in a thread; its result (or exception) lands in the list."""
+    outcome: list[object] = []
+
+    def submit() -> None:
+        with Client(peers=[peer_id], dht_bootstrap=boot) as client:
+            try:
+                outcome.append(client.submit(module, text, limits=Limits(timeout_ms=10_000), timeout=25))
+            except Exception as exc:  # the caller's assertion shows it
+                outcome.append(exc)
+
+    thread = threading.Thread(target=submit)
+    thread.start()
+    return thread, outcome
+
+
+def _joined(thread: threading.Thread, outcome: list) -> Any:
+    thread.join(40)
+    assert outcome, "submit did not return"
+    assert not isinstance(outcome[0], Exception), outcome[0]
+    return outcome[0]
+
+
+def _closed_address() -> str:
+    """127.0.0.1:PORT with a port bound, never listened on, and closed again: nothing answers there."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
 def test_a_record_published_after_the_first_lookup_is_found_within_the_deadline(tmp_path: Path, hello_bytes) -> None:
     identity = Identity.generate()
     identity.save(tmp_path / "node" / "identity.key")
     with private_dht(6) as routers:
         boot = [f"{h}:{p}" for h, p in endpoints(routers)]
-        outcome: list[object] = []
         started = time.monotonic()
-
-        def submit() -> None:
-            with Client(peers=[identity.peer_id], dht_bootstrap=boot[:2]) as client:
-                try:
-                    outcome.append(client.submit(hello_bytes, b"late", limits=Limits(timeout_ms=10_000), timeout=25))
-                except Exception as exc:  # the assertion below shows it
-                    outcome.append(exc)
-
-        thread = threading.Thread(target=submit)
-        thread.start()
+        thread, outcome = _submit_in_background(identity.peer_id, boot[:2], hello_bytes, b"late")
         time.sleep(3.0)  # the client's first lookups run while the node does not exist yet
         node = NodeProc(tmp_path / "node", dht_host(), sandbox=False, workers=1, extra=("--dht-bootstrap", *boot[2:4]))
         try:
             node.start()
-            thread.join(40)
-            assert outcome, "submit did not return"
-            result = outcome[0]
-            assert not isinstance(result, Exception), result
-            assert result.stdout == b"etal" and result.peer == identity.peer_id  # type: ignore[attr-defined]
+            result = _joined(thread, outcome)
+            assert result.stdout == b"etal" and result.peer == identity.peer_id
             assert time.monotonic() - started > 3.0
         finally:
             node.stop()
@@ -80,34 +98,19 @@ def test_an_older_record_naming_a_gone_address_is_looked_up_again(tmp_path: Path
     monkeypatch.setattr(client_module, "RESOLVE_DEAD_S", 60.0)
     identity = Identity.generate()
     identity.save(tmp_path / "node" / "identity.key")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        gone = f"127.0.0.1:{s.getsockname()[1]}"  # bound, never listened on, closed: nothing answers there
+    gone = _closed_address()
     with private_dht(6) as routers:
         boot = [f"{h}:{p}" for h, p in endpoints(routers)]
         seq, stored = routers[0].put_record(identity, records.encode_value([gone], ["wasm3"], {"arch": machine_arch()}))
         assert stored >= 1
-        outcome: list[object] = []
-
-        def submit() -> None:
-            with Client(peers=[identity.peer_id], dht_bootstrap=boot[:2]) as client:
-                try:
-                    outcome.append(client.submit(hello_bytes, b"moved", limits=Limits(timeout_ms=10_000), timeout=25))
-                except Exception as exc:  # the assertion below shows it
-                    outcome.append(exc)
-
-        thread = threading.Thread(target=submit)
-        thread.start()
+        thread, outcome = _submit_in_background(identity.peer_id, boot[:2], hello_bytes, b"moved")
         time.sleep(2.0)  # the client's first lookups read the older record only
         node = NodeProc(tmp_path / "node", dht_host(), sandbox=False, workers=1, extra=("--dht-bootstrap", *boot[2:4]))
         try:
             node.start()
             assert node.wait_event("dht_record_published", timeout=30)["seq"] > seq
-            thread.join(40)
-            assert outcome, "submit did not return"
-            result = outcome[0]
-            assert not isinstance(result, Exception), result
-            assert result.stdout == b"devom" and result.peer == identity.peer_id  # type: ignore[attr-defined]
+            result = _joined(thread, outcome)
+            assert result.stdout == b"devom" and result.peer == identity.peer_id
         finally:
             node.stop()
 
@@ -117,9 +120,7 @@ def test_a_record_naming_only_a_dead_address_fails_before_the_deadline_saying_wh
     client stops looking after a few lookups over a few seconds (not the whole deadline), naming the address and
     why."""
     identity = Identity.generate()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{s.getsockname()[1]}"  # bound, never listened on, closed: nothing answers there
+    dead = _closed_address()
     with private_dht(4) as routers:
         boot = [f"{h}:{p}" for h, p in endpoints(routers)]
         assert routers[0].put_record(identity, records.encode_value([dead], ["wasm3"], {"arch": machine_arch()}))[1]
