@@ -96,6 +96,13 @@ def run_native(native: Path, text: Path) -> tuple[float, str]:
         return time.perf_counter() - t0, "sha256:" + hashlib.sha256(out).hexdigest()
 
 
+def _env_with_bytecode() -> dict[str, str]:
+    """This environment with bytecode caches, as an installed package has them (with PYTHONDONTWRITEBYTECODE, set in
+    the shells of the machine these figures come from, a fresh checkout never gets them: every process compiles every
+    module)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def run_phase(
     python: str,
     wasm: Path,
@@ -111,9 +118,7 @@ def run_phase(
     cmd = [python, "-m", "pyphase", "run", "--engine", engine, "--data-dir", str(data_dir), "--stdin", str(wasm)]
     cmd += [] if sandbox else ["--no-sandbox"]
     cmd += ["--json"] if doc else []
-    # with bytecode caches, as an installed package has them (with PYTHONDONTWRITEBYTECODE, set in the shells of the
-    # machine these figures come from, a fresh checkout never gets them: every process compiles every module)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = _env_with_bytecode()
     with open(text, "rb") as stdin:
         t0 = time.perf_counter()
         p = subprocess.run(cmd, stdin=stdin, capture_output=True, check=True, env=env)
@@ -138,10 +143,9 @@ FLOOR_RUNS = {
 
 def run_python(python: str, code: str, text: Path) -> float:
     """Seconds of one fresh ``python -c code`` process with the input text on its stdin."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     with open(text, "rb") as stdin:
         t0 = time.perf_counter()
-        subprocess.run([python, "-c", code], stdin=stdin, capture_output=True, check=True, env=env)
+        subprocess.run([python, "-c", code], stdin=stdin, capture_output=True, check=True, env=_env_with_bytecode())
         return time.perf_counter() - t0
 
 
