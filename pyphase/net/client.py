@@ -350,7 +350,7 @@ class Client:
 
         deadline = time.monotonic() + budget
         failures: dict[str, str] = {}
-        unanswered: dict[str, tuple[int, float, int]] = {}  # id -> (seq answering nowhere, since, lookups)
+        unanswered: dict[str, tuple[int | None, float, int]] = {}  # id -> (seq answering nowhere, since, lookups)
         settled: list[str] = []  # ids given up on in this call: pending again for the next
         try:
             with (
@@ -369,11 +369,12 @@ class Client:
                             continue
                         failures[peer_id] = why
                         if seq is not None:
-                            last, since, count = unanswered.get(peer_id, (seq, time.monotonic(), 0))
+                            last, since, count = unanswered.get(peer_id, (None, 0.0, 0))
                             if last != seq:
                                 since, count = time.monotonic(), 0
-                            unanswered[peer_id] = (seq, since, count + 1)
-                            if count + 1 >= RESOLVE_DEAD_LOOKUPS and time.monotonic() - since >= RESOLVE_DEAD_S:
+                            count += 1
+                            unanswered[peer_id] = (seq, since, count)
+                            if count >= RESOLVE_DEAD_LOOKUPS and time.monotonic() - since >= RESOLVE_DEAD_S:
                                 settled.append(peer_id)
                                 continue
                         self._unresolved.append(peer_id)

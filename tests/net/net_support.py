@@ -28,6 +28,13 @@ def loopback_host() -> str:
     return f"127.0.0.{_next_host[0] + 1}"
 
 
+def closed_address() -> str:
+    """127.0.0.1:PORT with a port bound, never listened on, and closed again: nothing answers there."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
 class NodeProc:
     """One ``plasmd`` process; ``restart()`` brings it back on the same address with the same identity."""
 

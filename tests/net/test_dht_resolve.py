@@ -4,7 +4,6 @@ that is gone, and an id nobody published fails within it, with why."""
 
 from __future__ import annotations
 
-import socket
 import sys
 import threading
 import time
@@ -16,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dht_support import dht_host, endpoints, private_dht  # noqa: E402
-from net_support import NodeProc  # noqa: E402
+from net_support import NodeProc, closed_address  # noqa: E402
 
 from pyphase import Client, Limits
 from pyphase.errors import NoPeers
@@ -47,13 +46,6 @@ def _joined(thread: threading.Thread, outcome: list) -> Any:
     assert outcome, "submit did not return"
     assert not isinstance(outcome[0], Exception), outcome[0]
     return outcome[0]
-
-
-def _closed_address() -> str:
-    """127.0.0.1:PORT with a port bound, never listened on, and closed again: nothing answers there."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 def test_a_record_published_after_the_first_lookup_is_found_within_the_deadline(tmp_path: Path, hello_bytes) -> None:
@@ -98,7 +90,7 @@ def test_an_older_record_naming_a_gone_address_is_looked_up_again(tmp_path: Path
     monkeypatch.setattr(client_module, "RESOLVE_DEAD_S", 60.0)
     identity = Identity.generate()
     identity.save(tmp_path / "node" / "identity.key")
-    gone = _closed_address()
+    gone = closed_address()
     with private_dht(6) as routers:
         boot = [f"{h}:{p}" for h, p in endpoints(routers)]
         seq, stored = routers[0].put_record(identity, records.encode_value([gone], ["wasm3"], {"arch": machine_arch()}))
@@ -120,7 +112,7 @@ def test_a_record_naming_only_a_dead_address_fails_before_the_deadline_saying_wh
     client stops looking after a few lookups over a few seconds (not the whole deadline), naming the address and
     why."""
     identity = Identity.generate()
-    dead = _closed_address()
+    dead = closed_address()
     with private_dht(4) as routers:
         boot = [f"{h}:{p}" for h, p in endpoints(routers)]
         assert routers[0].put_record(identity, records.encode_value([dead], ["wasm3"], {"arch": machine_arch()}))[1]

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dht_support import dht_host, endpoints, private_dht  # noqa: E402
-from net_support import NodeProc, fixed_port_relay, loopback_host  # noqa: E402
+from net_support import NodeProc, closed_address, fixed_port_relay, loopback_host  # noqa: E402
 
 from pyphase import Client
 from pyphase.errors import NoPeers
@@ -46,12 +46,6 @@ def blackhole() -> Iterator[str]:
     listener.close()
 
 
-def _closed_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
 def _publish(routers: list[dht.Dht], who: Identity, addresses: list[str], relays: list[str] = ()) -> None:
     value = records.encode_value(addresses, ["wasm3"], {"arch": "x86_64"}, relays=list(relays))
     assert routers[0].put_record(who, value)[1] >= 1
@@ -78,7 +72,7 @@ def test_client_tries_every_way_a_record_names(tmp_path, blackhole, hello_bytes)
             direct_id = Identity.load(tmp_path / "direct" / "identity.key")
             relayed_id = Identity.load(tmp_path / "relayed" / "identity.key")
             stranger = Identity.generate()
-            refused = _closed_port()
+            refused = closed_address()
             _publish(routers, direct_id, [blackhole, direct.address.split("@")[1]])
             _publish(routers, relayed_id, [refused], relays=[refusing, good])
             _publish(routers, stranger, [blackhole, refused], relays=[refusing])
