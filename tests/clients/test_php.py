@@ -41,7 +41,7 @@ def php(*args: str | Path, check: bool = False) -> subprocess.CompletedProcess[s
 
 
 def test_phpunit_suite_passes_against_real_nodes(tmp_path: Path) -> None:
-    """Job, cached module, failover after a kill, tampered receipt, wrong signer, the demo scripts' output."""
+    """Job, cached module, a killed node (between jobs, mid-job), tampered receipt, wrong signer, the demo output."""
     junit = tmp_path / "junit.xml"
     proc = subprocess.run(
         ["phpunit", "-c", str(PHP_DIR / "phpunit.xml.dist"), "--log-junit", str(junit)],
@@ -64,6 +64,7 @@ def test_phpunit_suite_passes_against_real_nodes(tmp_path: Path) -> None:
         "testJobRunsAndItsReceiptVerifies",
         "testModuleIsSentOnceThenCached",
         "testFailoverAfterTheServingNodeIsKilled",
+        "testANodeKilledMidJobIsNoticedWithinTheConnectTimeoutNotTheJobTimeout",
         "testTamperedReceiptIsRefused",
         "testWrongSignerIsRefused",
         "testRemoteDemo",

@@ -106,6 +106,27 @@ final class ClientTest extends NodeTestCase
         $this->assertStringContainsString('not reachable', $second->attempts[0][1]);
     }
 
+    public function testANodeKilledMidJobIsNoticedWithinTheConnectTimeoutNotTheJobTimeout(): void
+    {
+        $node = $this->node();
+        $client = new Client([$node->address], connectTimeout: 1.0, retries: 0);
+        $job = self::drip()->withArgs(['40', '250'])->withLimits(timeoutMs: 30_000);   // 10 s; waited for: 35 s
+        $pieces = [];
+        $start = microtime(true);
+        try {
+            $client->submit($job, static function (int $s, string $data) use ($node, &$pieces, $start): void {
+                $pieces[] = [microtime(true) - $start, $s, $data];
+                $node->kill();
+            });
+            $this->fail('a job whose node was killed returned');
+        } catch (UnverifiedOutput $e) {
+            $this->assertSame("tick 0\n", self::joined($pieces, 1));
+            $this->assertCount(1, $e->attempts);
+            $this->assertStringContainsString('connection dropped', $e->attempts[0][1]);
+            $this->assertLessThan(8.0, microtime(true) - $start);   // 1 s after the drop, give or take a slow start
+        }
+    }
+
     public function testTamperedReceiptIsRefused(): void
     {
         $forger = $this->node('forge-receipt');

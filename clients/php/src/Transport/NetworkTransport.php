@@ -25,8 +25,8 @@ use Phase\Wire;
  * manifest sent and the bytes received. A reject, an error, an unreachable peer (not connected within
  * $connectTimeout), no result within $timeout (default: the job's timeout_ms + 5 s) or a bad receipt
  * sends the job to the next peer, up to $retries further attempts. Failed peers are avoided for a
- * while (a bad receipt: 5 minutes). As in pyphase.Client; php-zmq has no socket monitor, so a node
- * that dies mid-job is noticed by the timeout rather than at once.
+ * while (a bad receipt: 5 minutes). As in pyphase.Client, a dropped connection ends the attempt too; php-zmq has
+ * no socket monitor, so a waiting attempt looks every 0.1 s and gives the connection $connectTimeout to come back.
  *
  * With $onOutput, a node whose caps say "stream" is asked to stream the output: each chunk is checked (asked
  * for, stream 1 or 2, at the offset of the bytes received so far, 1 to 64 KiB, all within the job's
@@ -38,6 +38,8 @@ final class NetworkTransport implements Transport
     public const TIMEOUT_SLACK_S = 5.0;
     private const MAX_BACKOFF_S = 1.0;
     private const BAD_RECEIPT_DOWN_S = 300.0;
+    /** How often an attempt waiting for its result checks that its connection stands (php-zmq has no monitor). */
+    private const LIVENESS_CHECK_S = 0.1;
 
     private \ZMQContext $ctx;
     private string $curvePublic;
@@ -172,11 +174,12 @@ final class NetworkTransport implements Transport
             $shown += strlen($data);
             $onOutput($s, $data);
         } : null;
+        $droppedAt = null;
         while (($left = $deadline - microtime(true)) > 0) {
             $poll = new \ZMQPoll();
             $poll->add($sock, \ZMQ::POLL_IN);
             $readable = $writable = [];
-            $poll->poll($readable, $writable, max(1, (int) ceil($left * 1000)));
+            $poll->poll($readable, $writable, max(1, (int) ceil(min($left, self::LIVENESS_CHECK_S) * 1000)));
             while (($frames = $sock->recvmulti(\ZMQ::MODE_DONTWAIT)) !== false) {
                 $result = $this->onMessage($job, $id, $sock, $tag, $manifest, $frames, $failures, $output, $received);
                 if ($result !== null) {
@@ -189,6 +192,13 @@ final class NetworkTransport implements Transport
                     }
                     return $result;
                 }
+            }
+            if ($this->connected($sock)) {
+                $droppedAt = null;
+            } elseif (microtime(true) - ($droppedAt ??= microtime(true)) >= $this->connectTimeout) {
+                // the offer went down with the connection (or into one that was already closing): no result comes
+                throw new AttemptFailed(sprintf('connection dropped (not reachable again within %g s)',
+                    $this->connectTimeout));
             }
         }
         throw new AttemptFailed('timed out');
@@ -219,6 +229,15 @@ final class NetworkTransport implements Transport
             }
         }
         return $this->peers[$id]['caps'] ?? [];
+    }
+
+    /** Whether the socket has an authenticated connection now (SOCKOPT_IMMEDIATE: writable only then). */
+    private function connected(\ZMQSocket $sock): bool
+    {
+        $poll = new \ZMQPoll();
+        $poll->add($sock, \ZMQ::POLL_OUT);
+        $readable = $writable = [];
+        return $poll->poll($readable, $writable, 0) > 0;
     }
 
     private function waitWritable(\ZMQSocket $sock, float $until): bool
