@@ -103,10 +103,12 @@ final class ClientTest extends NodeTestCase
         $this->assertSame($alive->peerId, $second->peer);
         $this->assertCount(1, $second->attempts);
         $this->assertSame($dead->peerId, $second->attempts[0][0]);
-        $this->assertStringContainsString('not reachable', $second->attempts[0][1]);
+        // seen closed before the offer, or (on a loaded machine) only after the offer went into the closing connection
+        $this->assertMatchesRegularExpression('/^(not reachable within 1 s|connection dropped)$/',
+            $second->attempts[0][1]);
     }
 
-    public function testANodeKilledMidJobIsNoticedWithinTheConnectTimeoutNotTheJobTimeout(): void
+    public function testANodeKilledMidJobIsNoticedAtOnceNotAtTheJobTimeout(): void
     {
         $node = $this->node();
         $client = new Client([$node->address], connectTimeout: 1.0, retries: 0);
@@ -122,8 +124,8 @@ final class ClientTest extends NodeTestCase
         } catch (UnverifiedOutput $e) {
             $this->assertSame("tick 0\n", self::joined($pieces, 1));
             $this->assertCount(1, $e->attempts);
-            $this->assertStringContainsString('connection dropped', $e->attempts[0][1]);
-            $this->assertLessThan(8.0, microtime(true) - $start);   // 1 s after the drop, give or take a slow start
+            $this->assertSame('connection dropped', $e->attempts[0][1]);
+            $this->assertLessThan(5.0, microtime(true) - $start);   // 0.1 s after the drop, give or take a slow start
         }
     }
 
