@@ -44,14 +44,12 @@ def probe(address: str, timeout: float) -> str | None:
 
 def first_reachable(record: NodeRecord, timeout: float = DIAL_TIMEOUT_S) -> str:
     """The first of ``record``'s :attr:`~NodeRecord.candidates` that answers within ``timeout`` (each tried at
-    once). A single address is tried too (a node that moved leaves its older record on DHT nodes for a while,
-    and a lookup may read that one); a single relay is returned as it is, for a circuit opened only to look
-    would cost the relay and the node one of their circuits. Raises :class:`~pyphase.errors.NetworkError`
-    naming every way tried and why it failed (the resolver then looks again), ``RecordError`` when the record
-    names none."""
+    once). A single way in is tried too: a node that moved, or changed relays, leaves its older record on DHT
+    nodes for a while, and a lookup may read that one. Raises :class:`~pyphase.errors.NetworkError` naming every
+    way tried and why it failed (the resolver then looks again), ``RecordError`` when the record names none."""
     candidates = record.candidates
-    if not candidates or (len(candidates) == 1 and record.relays):
-        return record.address  # RecordError when there is none
+    if not candidates:
+        return record.address  # RecordError
     pool = ThreadPoolExecutor(len(candidates), thread_name_prefix="phase-dial")
     try:
         tries = [pool.submit(probe, c, timeout) for c in candidates]

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dht_support import dht_host, endpoints, private_dht  # noqa: E402
-from net_support import NodeProc, closed_address  # noqa: E402
+from net_support import NodeProc, closed_address, fixed_port_relay  # noqa: E402
 
 from pyphase import Client, Limits
 from pyphase.errors import NoPeers
@@ -105,6 +105,46 @@ def test_an_older_record_naming_a_gone_address_is_looked_up_again(tmp_path: Path
             assert result.stdout == b"devom" and result.peer == identity.peer_id
         finally:
             node.stop()
+
+
+def test_an_older_record_naming_a_relay_that_lost_the_node_is_looked_up_again(
+    tmp_path: Path, hello_bytes, monkeypatch
+) -> None:
+    """The same for a node behind one relay that now holds it at another: the older record's relay says
+    no_reservation, and the client looks again and goes through the relay the newer record names."""
+    monkeypatch.setattr(client_module, "RESOLVE_DEAD_S", 60.0)  # as above
+    identity = Identity.generate()
+    identity.save(tmp_path / "node" / "identity.key")
+    host = dht_host()
+    old_relay, old_port = fixed_port_relay(tmp_path / "old-relay", host)
+    new_relay, new_port = fixed_port_relay(tmp_path / "new-relay", host)
+    with private_dht(6) as routers:
+        boot = [f"{h}:{p}" for h, p in endpoints(routers)]
+        value = records.encode_value([], ["wasm3"], {"arch": machine_arch()}, relays=[f"{host}:{old_port}"])
+        seq, stored = routers[0].put_record(identity, value)
+        assert stored >= 1
+        node = NodeProc(
+            tmp_path / "node",
+            host,
+            sandbox=False,
+            workers=1,
+            extra=("--via-relay", f"{host}:{new_port}", "--dht-bootstrap", *boot[2:4]),
+        )
+        try:
+            old_relay.start()  # up, and holding no reservation for the node
+            new_relay.start()
+            thread, outcome = _submit_in_background(identity.peer_id, boot[:2], hello_bytes, b"relayed")
+            time.sleep(2.0)  # the client's first lookups read the older record only
+            node.start()
+            node.wait_event("relay_reserved")
+            published = node.wait_event("dht_record_published", timeout=30)
+            assert published["seq"] > seq and published["relays"] == [f"{host}:{new_port}"], published
+            result = _joined(thread, outcome)
+            assert result.stdout == b"deyaler" and result.peer == identity.peer_id
+            assert new_relay.wait_event("circuit_opened")["peer"] == identity.peer_id
+        finally:
+            for proc in (node, new_relay, old_relay):
+                proc.stop()
 
 
 def test_a_record_naming_only_a_dead_address_fails_before_the_deadline_saying_why(hello_bytes) -> None:
