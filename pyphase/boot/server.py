@@ -61,6 +61,7 @@ EVICT_AFTER_S = 1.0  # a slot held this long below min_rate is given to a new co
 MAX_HEADER_BYTES = 8 << 10
 CHUNK = 1 << 16
 SEND_BUFFER = 128 << 10
+WRITE_BUFFER_HIGH = CHUNK * 2  # drain() waits while more than this waits in our buffer
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ class ArtifactHTTPServer:
         if not over:
             self.slots[task] = _Slot(task, time.monotonic(), writer.transport)
         try:
-            writer.transport.set_write_buffer_limits(high=CHUNK * 2)
+            writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
             sock = writer.get_extra_info("socket")
             if sock is not None:  # a small kernel buffer too, so the rate measured is the reader's
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
@@ -390,17 +391,24 @@ class ArtifactHTTPServer:
             if slot is not None:
                 slot.sent += len(chunk)
             remaining -= len(chunk)
-            await self._drain(writer, sent, began)
+            await self._drain(writer, sent, began, flush=remaining == 0)
         return status, keep
 
-    async def _drain(self, writer: asyncio.StreamWriter, sent: int, began: float) -> None:
+    async def _drain(self, writer: asyncio.StreamWriter, sent: int, began: float, flush: bool = False) -> None:
         """Wait until the socket took the bytes: within ``timeout``, and by the time ``sent`` bytes at
-        ``min_rate`` allow (at the earliest the grace's end); a slower reader is cut off."""
+        ``min_rate`` allow (at the earliest the grace's end); a slower reader is cut off. ``drain()`` alone
+        waits only for our buffer to fall below its high-water mark; with ``flush`` (a response's last bytes)
+        it waits for the buffer to empty, for the close that follows resets a connection with bytes left."""
         allowed = max(self.min_rate_grace, sent / self.min_rate) - (time.monotonic() - began)
+        if flush:
+            writer.transport.set_write_buffer_limits(high=0)
         try:
             await asyncio.wait_for(writer.drain(), max(0.0, min(self.timeout_seconds, allowed)))
         except (TimeoutError, asyncio.TimeoutError):
             raise _Drop() from None
+        finally:
+            if flush:
+                writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
 
 
 _REASONS = {

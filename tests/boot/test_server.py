@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import socket
 import subprocess
 import sys
@@ -290,6 +291,27 @@ def test_slow_readers_are_cut_off(tmp_path: Path) -> None:
         finally:
             for c in slow:
                 c.close()
+
+
+def test_a_reader_slower_than_the_buffers_gets_the_whole_response(tmp_path: Path) -> None:
+    """The last chunk of a response could still wait in the server's buffer when the response ended, and the
+    server then reset the connection as if the reader had stalled: an honest reader well above the minimum rate
+    got all but its last bytes (a fetch test saw 262,144 of 300,000)."""
+    data = os.urandom(1 << 20)
+    art = ArtifactStore(tmp_path / "store").add_file(_write(tmp_path / "blob", data))
+    with ArtifactServer(tmp_path / "store") as s:
+        for _ in range(3):
+            got = b""
+            with socket.socket() as c:
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connect: a small window
+                c.settimeout(10)
+                c.connect(("127.0.0.1", s.port))
+                c.sendall(f"GET /sha256/{art.hex} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                while chunk := c.recv(16384):  # until the server closes
+                    got += chunk
+                    time.sleep(0.001)
+            head, _, body = got.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and body == data, (head, len(body))
 
 
 def test_trickled_headers_cost_no_thread_and_hit_a_deadline(store) -> None:
