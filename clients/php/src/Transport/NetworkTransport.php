@@ -231,23 +231,25 @@ final class NetworkTransport implements Transport
     /** Whether the socket has an authenticated connection now (SOCKOPT_IMMEDIATE: writable only then). */
     private function connected(\ZMQSocket $sock): bool
     {
-        $poll = new \ZMQPoll();
-        $poll->add($sock, \ZMQ::POLL_OUT);
-        $readable = $writable = [];
-        return $poll->poll($readable, $writable, 0) > 0;
+        return self::writableWithin($sock, 0);
     }
 
     private function waitWritable(\ZMQSocket $sock, float $until): bool
     {
         do {
-            $poll = new \ZMQPoll();
-            $poll->add($sock, \ZMQ::POLL_OUT);
-            $readable = $writable = [];
-            if ($poll->poll($readable, $writable, max(1, (int) ceil(($until - microtime(true)) * 1000))) > 0) {
+            if (self::writableWithin($sock, max(1, (int) ceil(($until - microtime(true)) * 1000)))) {
                 return true;
             }
         } while (microtime(true) < $until);
         return false;
+    }
+
+    private static function writableWithin(\ZMQSocket $sock, int $ms): bool
+    {
+        $poll = new \ZMQPoll();
+        $poll->add($sock, \ZMQ::POLL_OUT);
+        $readable = $writable = [];
+        return $poll->poll($readable, $writable, $ms) > 0;
     }
 
     /**
